@@ -1,0 +1,35 @@
+"""Where autocomp keeps its caches, and how paths in YAML files are resolved."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from autocomp.errors import AutocompError
+
+__all__ = ["cache_dir", "resolve_path"]
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$AUTOCOMP_CACHE`` if set, else ``~/.cache/autocomp``."""
+    root = os.environ.get("AUTOCOMP_CACHE") or Path.home() / ".cache" / "autocomp"
+    return Path(root).expanduser()
+
+
+def resolve_path(value: str | os.PathLike, *, base: Path | None = None, what: str = "file",
+                 must_exist: bool = True) -> Path:
+    """Resolve a path from a YAML file.
+
+    ``{cache}`` expands to :func:`cache_dir`; ``~`` and environment variables expand; a relative path is looked up
+    next to ``base`` (the YAML file's folder) first, then in the current directory.
+    """
+    text = os.path.expandvars(str(value)).replace("{cache}", str(cache_dir()))
+    path = Path(text).expanduser()
+    candidates = [path] if path.is_absolute() else ([base / path] if base else []) + [Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    if must_exist:
+        tried = ", ".join(str(c) for c in candidates)
+        raise AutocompError(f"{what} not found: {value!r} (looked at {tried}); fix the path")
+    return candidates[0]

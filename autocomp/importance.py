@@ -1,0 +1,46 @@
+"""Importance scores: *what* to remove. The surgery in ``autocomp.ops`` decides nothing, it removes what it is told.
+
+Each head scorer returns one score per head for one attention module; higher means more important.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from autocomp.errors import AutocompError
+
+__all__ = ["HEAD_SCORES", "head_scores"]
+
+
+def _weight_norm(attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Tensor:
+    """Data-free: L2 norm of each head's rows in q, k, v and its columns in proj."""
+    heads, head_dim = attn.num_heads, attn.head_dim
+    qkv = attn.qkv.weight.detach().reshape(3, heads, head_dim, -1)
+    proj = attn.proj.weight.detach().reshape(-1, heads, head_dim)
+    return qkv.pow(2).sum(dim=(0, 2, 3)).sqrt() + proj.pow(2).sum(dim=(0, 2)).sqrt()
+
+
+def _output_norm(attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Tensor:
+    """Data-aware: mean L2 norm of each head's contribution to the block output on calibration tokens."""
+    if proj_inputs is None:
+        raise AutocompError("importance 'output_norm' needs calibration data; pass calibration images or use "
+                            "importance 'weight_norm'")
+    heads, head_dim = attn.num_heads, attn.head_dim
+    per_head = proj_inputs.reshape(-1, heads, head_dim)  # tokens, heads, head_dim
+    proj = attn.proj.weight.detach().reshape(-1, heads, head_dim)  # out, heads, head_dim
+    contribution = torch.einsum("thd,ohd->tho", per_head, proj)
+    return contribution.norm(dim=-1).mean(dim=0)
+
+
+HEAD_SCORES: dict[str, Callable[[nn.Module, torch.Tensor | None], torch.Tensor]] = {
+    "weight_norm": _weight_norm,
+    "output_norm": _output_norm,
+}
+
+
+def head_scores(method: str, attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Tensor:
+    """Score the heads of ``attn`` with ``method``; ``proj_inputs`` are its proj's inputs on calibration data."""
+    return HEAD_SCORES[method](attn, proj_inputs)

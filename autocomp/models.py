@@ -1,0 +1,107 @@
+"""Models a user brings: a timm model name with keyword arguments and a checkpoint, or an ``nn.Module``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from autocomp.errors import AutocompError
+
+__all__ = ["ModelSpec", "create_model", "load_checkpoint", "vit_blocks"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the base model.
+
+    Attributes:
+        name: a timm model name (``timm.list_models()``), e.g. ``deit_tiny_patch16_224``.
+        kwargs: keyword arguments for ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``, ...).
+        checkpoint: weights to load: ``.safetensors``, or ``.pth``/``.pt`` (loaded with ``weights_only=True``).
+    """
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs), "checkpoint": self.checkpoint}
+
+
+def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
+    """Build the timm model of ``spec`` (never downloads anything) and load its checkpoint."""
+    import timm
+
+    if not timm.is_model(spec.name):
+        near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
+        raise AutocompError(f"unknown timm model {spec.name!r}{hint}")
+    try:
+        model = timm.create_model(spec.name, pretrained=False, **dict(spec.kwargs))
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise AutocompError(f"timm could not build {spec.name!r} with kwargs {dict(spec.kwargs)}: {exc}") from None
+    vit_blocks(model)
+    if load_weights and spec.checkpoint:
+        load_checkpoint(model, spec.checkpoint)
+    return model.eval()
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict into ``model``; a checkpoint that does not fit is refused with what differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutocompError(f"checkpoint not found: {path}; train or copy it there, or fix model.checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+            raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        details = []
+        if wrong:
+            key = wrong[0]
+            details.append(f"{len(wrong)} shape mismatch(es), e.g. {key}: checkpoint {tuple(state[key].shape)} vs "
+                           f"model {tuple(own[key].shape)}")
+        if missing:
+            details.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; check model.name "
+                            "and model.kwargs against the checkpoint")
+    model.load_state_dict(state)
+
+
+def vit_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a timm ViT-family model, checked to have the standard layout."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        raise AutocompError(f"{type(model).__name__} has no 'blocks' sequence; autocomp needs a timm ViT-family "
+                            "model (VisionTransformer, DeiT, ...)")
+    for index, block in enumerate(blocks):
+        for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            if _get(block, path) is None:
+                raise AutocompError(f"block {index} has no {path}; autocomp supports blocks with a fused qkv "
+                                    "Linear, attn.proj, mlp.fc1 and mlp.fc2 (timm's standard ViT block)")
+    return list(blocks)
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module

@@ -1,0 +1,204 @@
+"""Results of a search, always on disk: trials.csv, pareto.json, pareto.png, summary.json and best/.
+
+Every file is derived from the Optuna study in RUN_DIR/study.db, so they can be rewritten at any time (after each
+trial, at the end, or after a crash) and agree with each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+import torch
+import yaml
+from torch import nn
+
+from autocomp.errors import AutocompError
+from autocomp.models import ModelSpec, create_model
+from autocomp.ops import compress
+from autocomp.recipe import Recipe
+
+__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "save_model", "load_model", "closest_trial",
+           "best_feasible"]
+
+STUDY_NAME = "autocomp"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as the results report it."""
+
+    number: int
+    state: str
+    recipe_summary: str
+    recipe: Mapping[str, Any]
+    accuracy: float | None
+    latency_ms: float | None
+    memory_mb: float | None
+    latency_ratio: float | None
+    weights_mb: float | None
+    activations_mb: float | None
+    violations: Mapping[str, float]
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE"
+
+    @property
+    def feasible(self) -> bool:
+        return self.complete and all(v <= 0 for v in self.violations.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "state": self.state, "recipe_summary": self.recipe_summary,
+                "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
+                "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
+                "activations_mb": self.activations_mb, "feasible": self.feasible,
+                "violations": dict(self.violations), "recipe": dict(self.recipe)}
+
+
+def study_storage(run_dir: Path) -> str:
+    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+
+
+def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        values = trial.values if trial.state == optuna.trial.TrialState.COMPLETE else None
+        violations = {key: trial.system_attrs.get(f"constraints:{key}") for key in limit_keys}  # set_constraint
+        rows.append(TrialRow(
+            number=trial.number, state=trial.state.name, recipe_summary=trial.user_attrs.get("recipe_summary", ""),
+            recipe=trial.user_attrs.get("recipe", {}), accuracy=values[0] if values else None,
+            latency_ms=values[1] if values else None, memory_mb=values[2] if values else None,
+            latency_ratio=trial.user_attrs.get("latency_ratio"), weights_mb=trial.user_attrs.get("weights_mb"),
+            activations_mb=trial.user_attrs.get("activations_mb"),
+            violations={k: v for k, v in violations.items() if v is not None}))
+    return rows
+
+
+def _dominates(a: TrialRow, b: TrialRow) -> bool:
+    no_worse = a.accuracy >= b.accuracy and a.latency_ms <= b.latency_ms and a.memory_mb <= b.memory_mb
+    better = a.accuracy > b.accuracy or a.latency_ms < b.latency_ms or a.memory_mb < b.memory_mb
+    return no_worse and better
+
+
+def pareto_front(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """Non-dominated complete trials (accuracy up, latency down, memory down), by latency."""
+    done = [r for r in rows if r.complete]
+    front = [r for r in done if not any(_dominates(o, r) for o in done)]
+    return sorted(front, key=lambda r: (r.latency_ms, -r.accuracy))
+
+
+def best_feasible(rows: Sequence[TrialRow]) -> TrialRow | None:
+    """The most accurate trial within budget (ties: the faster, then the smaller)."""
+    feasible = [r for r in rows if r.feasible]
+    return min(feasible, key=lambda r: (-r.accuracy, r.latency_ms, r.memory_mb)) if feasible else None
+
+
+def closest_trial(rows: Sequence[TrialRow]) -> TrialRow | None:
+    """The complete trial whose worst budget violation is smallest."""
+    done = [r for r in rows if r.complete]
+    return min(done, key=lambda r: max(r.violations.values(), default=0.0)) if done else None
+
+
+def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, float]) -> list[TrialRow]:
+    """Write trials.csv, pareto.json and pareto.png; returns the front."""
+    run_dir = Path(run_dir)
+    columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
+               "latency_ratio", "weights_mb", "activations_mb"]
+    tmp = run_dir / "trials.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.as_dict().items()})
+    tmp.replace(run_dir / "trials.csv")
+    front = pareto_front(rows)
+    _write_json(run_dir / "pareto.json", {"limits": dict(limits), "trials": [r.as_dict() for r in front]})
+    if front:
+        plot_front(run_dir / "pareto.png", rows, front, limits)
+    return front
+
+
+def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Mapping[str, float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.complete]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, label in ((axes[0], "latency_ms", "latency (ms)"), (axes[1], "memory_mb", "memory (MB)")):
+        feasible = [r for r in done if r.feasible]
+        other = [r for r in done if not r.feasible]
+        axis.scatter([getattr(r, key) for r in other], [r.accuracy for r in other], c="0.7", s=18,
+                     label="over budget")
+        axis.scatter([getattr(r, key) for r in feasible], [r.accuracy for r in feasible], c="tab:blue", s=18,
+                     label="within budget")
+        ordered = sorted(front, key=lambda r: getattr(r, key))
+        axis.plot([getattr(r, key) for r in ordered], [r.accuracy for r in ordered], "o", mfc="none", mec="tab:red",
+                  ms=9, label="Pareto front (3 objectives)")
+        if key in limits:
+            axis.axvline(limits[key], color="tab:red", ls="--", lw=1, label=f"budget {limits[key]:.3g}")
+        axis.set_xlabel(label)
+        axis.set_ylabel("validation accuracy (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec,
+               metrics: Mapping[str, Any] | None = None) -> None:
+    """Write a loadable model folder: recipe.yaml, model.yaml (the base architecture) and weights.safetensors."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    recipe.save(directory / "recipe.yaml")
+    (directory / "model.yaml").write_text(yaml.safe_dump({"name": spec.name, "kwargs": dict(spec.kwargs)},
+                                                         sort_keys=False))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "weights.safetensors"))
+    if metrics is not None:
+        _write_json(directory / "metrics.json", dict(metrics))
+
+
+def load_model(directory: str | Path) -> nn.Module:
+    """Rebuild a saved compressed model: base architecture, recipe shapes, then the saved weights."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    needed = [directory / name for name in ("model.yaml", "recipe.yaml", "weights.safetensors")]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise AutocompError(f"{directory} is not a saved autocomp model (missing {missing}); pass a run's best/ "
+                            "folder or one written by 'autocomp export'")
+    spec_data = yaml.safe_load((directory / "model.yaml").read_text())
+    spec = ModelSpec(name=spec_data["name"], kwargs=spec_data.get("kwargs") or {})
+    model = compress(create_model(spec, load_weights=False), Recipe.load(directory / "recipe.yaml"),
+                     structure_only=True, inplace=True)
+    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+    return model.eval()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.4f}" if isinstance(value, float) else value

@@ -1,0 +1,35 @@
+"""Rebuild any trial of a finished (or interrupted) run and save it as a loadable model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from autocomp.config import load_config
+from autocomp.data import load_splits
+from autocomp.errors import AutocompError
+from autocomp.models import create_model
+from autocomp.recipe import Recipe
+from autocomp.results import STUDY_NAME, save_model, study_storage
+from autocomp.search.objective import build_candidate
+
+__all__ = ["export_trial"]
+
+
+def export_trial(run_dir: Path, number: int, out: Path) -> Path:
+    """Rebuild trial ``number`` of ``run_dir`` from its recipe and save it to ``out``."""
+    if not (run_dir / "study.db").is_file() or not (run_dir / "config.yaml").is_file():
+        raise AutocompError(f"{run_dir} is not a search run folder (no study.db / config.yaml)")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
+        complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
+        raise AutocompError(f"trial {number} is not a complete trial of {run_dir}; complete trials: "
+                            f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
+    config = load_config(run_dir / "config.yaml")
+    recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
+    splits = load_splits(config.data)
+    model = build_candidate(create_model(config.model), recipe, splits.calib.x)
+    save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs})
+    return out

@@ -1,0 +1,71 @@
+"""One trial: build the candidate from a recipe, score it on validation, measure it. The same function runs
+inside a Ray Tune trial or in-process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from autocomp.config import violations
+from autocomp.data import Split
+from autocomp.hardware import HardwareProfile
+from autocomp.measure import Measurement, measure
+from autocomp.ops import compress
+from autocomp.recipe import Recipe
+from autocomp.train import evaluate
+
+__all__ = ["TrialInputs", "build_candidate", "run_trial", "metrics_of"]
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """Everything a trial needs, shipped once to every Ray worker.
+
+    Attributes:
+        base: the uncompressed model (eval mode).
+        val: the validation split candidates are scored on.
+        calib: calibration images (importance scores; the timing input).
+        profile: how to measure.
+        limits: absolute budget limits (``latency_ms``, ``memory_mb``).
+        base_latency_ms: the uncompressed model's latency, measured once at the start of the run.
+    """
+
+    base: nn.Module
+    val: Split
+    calib: torch.Tensor
+    profile: HardwareProfile
+    limits: Mapping[str, float]
+    base_latency_ms: float
+
+
+def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor) -> nn.Module:
+    """The compressed model of a recipe; deterministic, so a trial can be rebuilt for export."""
+    return compress(base, recipe, calibration=calib)
+
+
+def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, float]:
+    """Trial metrics from a measurement.
+
+    ``latency_ms`` is drift-corrected: the candidate's latency ratio to the uncompressed model, timed interleaved
+    in the trial, times the uncompressed latency measured at the start of the run. ``raw_latency_ms`` is the
+    candidate's own median in the trial, on a machine that other trials may be loading.
+    """
+    ratio = measurement.latency_ratio if measurement.latency_ratio is not None else 1.0
+    return {"latency_ms": ratio * base_latency_ms, "latency_ratio": ratio, "raw_latency_ms": measurement.latency_ms,
+            "latency_iqr_ms": measurement.latency_iqr_ms, "memory_mb": measurement.memory_mb,
+            "weights_mb": measurement.weights_mb, "activations_mb": measurement.activations_mb}
+
+
+def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs) -> dict[str, Any]:
+    """Build, score and measure one candidate; returns its metrics and, flat, its budget violations
+    (``violation:latency_ms`` ...: Ray Tune flattens nested results)."""
+    recipe = Recipe.from_dict(recipe_dict)
+    with torch.no_grad():
+        model = build_candidate(inputs.base, recipe, inputs.calib)
+    metrics = metrics_of(measure(model, inputs.profile, example=inputs.calib, reference=inputs.base),
+                         inputs.base_latency_ms)
+    metrics["accuracy"] = evaluate(model, inputs.val)
+    return {**metrics, **{f"violation:{k}": v for k, v in violations(metrics, inputs.limits).items()}}

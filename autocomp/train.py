@@ -1,0 +1,117 @@
+"""Training and evaluation loops (teacher training, accuracy)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autocomp.data import Split
+
+if TYPE_CHECKING:
+    from autocomp.data import Splits
+    from autocomp.models import ModelSpec
+
+__all__ = ["TrainConfig", "train", "evaluate", "train_or_reuse"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training settings.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per step.
+        lr: peak AdamW learning rate (linear warm-up, then cosine decay).
+        weight_decay: AdamW weight decay.
+        warmup_steps: steps of linear warm-up.
+        label_smoothing: cross-entropy label smoothing.
+        hflip: random horizontal flips as augmentation.
+        seed: seed of shuffling and initialisation-independent randomness.
+    """
+
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    label_smoothing: float = 0.1
+    hflip: bool = True
+    seed: int = 0
+
+
+def train(model: nn.Module, split: Split, config: TrainConfig,
+          log: Callable[[str], None] | None = None) -> nn.Module:
+    """Train ``model`` on ``split`` with AdamW and a warm-up + cosine schedule."""
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(split) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+
+    def schedule(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        running = 0.0
+        for x, y in split.batches(config.batch_size, shuffle=True, generator=generator):
+            if config.hflip:
+                flip = torch.rand(len(x), generator=generator) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+        if log:
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {running / steps_per_epoch:.4f} "
+                f"({time.perf_counter() - start:.0f} s)")
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for x, y in split.batches(batch_size):
+        correct += (model(x).argmax(-1) == y).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / max(1, len(split))
+
+
+def train_or_reuse(spec: "ModelSpec", splits: "Splits", config: TrainConfig, checkpoint: str | Path,
+                   log: Callable[[str], None] = print) -> tuple[nn.Module, bool]:
+    """The model of ``spec`` with weights from ``checkpoint`` if it exists, else trained on ``splits.train`` and
+    saved there (safetensors). Returns (model, trained_now)."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from autocomp.models import create_model
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        return create_model(dataclasses.replace(spec, checkpoint=str(checkpoint))), False
+    torch.manual_seed(config.seed)
+    model = create_model(dataclasses.replace(spec, checkpoint=None))
+    log(f"training {spec.name} {dict(spec.kwargs)} for {config.epochs} epochs -> {checkpoint}")
+    train(model, splits.train, config, log=log)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(checkpoint)
+    return model, True

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny ViT trained on scikit-learn's digits, cached for the session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback only
+
+from autocomp.data import DataConfig, load_splits  # noqa: E402
+from autocomp.models import ModelSpec  # noqa: E402
+from autocomp.train import TrainConfig, train_or_reuse  # noqa: E402
+
+TINY_KWARGS = {"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 10, "embed_dim": 32, "depth": 2,
+               "num_heads": 4}
+DIGITS = DataConfig(dataset="digits", val_size=300, calib_size=64, test_size=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    return load_splits(DIGITS)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, digits_splits):
+    """(spec with checkpoint, model): a 2-block, 4-head ViT trained on digits for a few seconds."""
+    path = tmp_path_factory.mktemp("teacher") / "tiny_digits.safetensors"
+    spec = ModelSpec(name="deit_tiny_patch16_224", kwargs=TINY_KWARGS, checkpoint=str(path))
+    torch.manual_seed(0)
+    model, _ = train_or_reuse(spec, digits_splits, TrainConfig(epochs=15, batch_size=64, lr=3e-3, warmup_steps=20,
+                                                               hflip=False), path, log=lambda _: None)
+    return spec, model

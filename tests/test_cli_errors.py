@@ -1,0 +1,94 @@
+"""Bad input ends in one clear line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autocomp.cli import main
+from test_search_e2e import write_job
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("autocomp: error: ") and "Traceback" not in err
+    return err
+
+
+def edit_job(path: Path, change) -> Path:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def job(tmp_path, tiny_teacher):
+    return write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
+
+
+def test_unknown_model_name(job, tmp_path, capsys):
+    edit_job(job, lambda d: d["model"].update(name="deit_tiny_patch16_22"))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "unknown timm model 'deit_tiny_patch16_22'; did you mean deit_tiny_patch16_224" in err
+
+
+def test_malformed_yaml(job, tmp_path, capsys):
+    job.write_text("model: [unclosed\n")
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"{job} is not valid YAML" in err
+
+
+def test_unknown_key_names_key_and_file(job, tmp_path, capsys):
+    edit_job(job, lambda d: d["data"].update(vals_size=3))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"{job}: data: unknown key(s) ['vals_size']" in err
+
+
+def test_unknown_key_in_search_space(job, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 1.0]\nbits: [8]\n")
+    edit_job(job, lambda d: d.update(search_space=str(space)))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"search space {space}: unknown key(s) ['bits']" in err
+
+
+def test_missing_dataset(job, tmp_path, capsys):
+    edit_job(job, lambda d: d.update(data={"dataset": "fashion_mnist", "root": str(tmp_path / "nowhere")}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "Fashion-MNIST files not found" in err and "apt-get install -y dataset-fashion-mnist" in err
+
+
+def test_checkpoint_that_does_not_fit(job, tmp_path, capsys):
+    edit_job(job, lambda d: d["model"]["kwargs"].update(embed_dim=48))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "does not fit the model" in err
+
+
+def test_missing_checkpoint(job, tmp_path, capsys):
+    edit_job(job, lambda d: d["model"].update(checkpoint=str(tmp_path / "nope.safetensors")))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "checkpoint not found" in err
+
+
+def test_bad_budget(job, tmp_path, capsys):
+    edit_job(job, lambda d: d.update(budget={"latency": -1}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "budget.latency must be a positive number, got -1" in err
+
+
+def test_bad_hardware_profile(job, tmp_path, capsys):
+    profile = tmp_path / "hw.yaml"
+    profile.write_text("name: x\nthreads: 0\n")
+    edit_job(job, lambda d: d.update(hardware=str(profile)))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"hardware profile {profile}: threads must be a whole number >= 1, got 0" in err
+
+
+def test_load_of_a_non_model_folder(tmp_path, capsys):
+    err = run_cli(["export", str(tmp_path), "--trial", "0", "--out", str(tmp_path / "x")], capsys)
+    assert "is not a search run folder" in err

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autocomp import AutocompError
+from autocomp.models import ModelSpec, create_model, load_checkpoint
+
+KW = {"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 10, "embed_dim": 32, "depth": 2, "num_heads": 4}
+
+
+def test_unknown_model_lists_near_matches():
+    with pytest.raises(AutocompError) as info:
+        create_model(ModelSpec(name="deit_tiny_patch16_22"))
+    assert "unknown timm model 'deit_tiny_patch16_22'" in str(info.value)
+    assert "deit_tiny_patch16_224" in str(info.value)
+
+
+def test_pth_checkpoint_loads_with_weights_only(tmp_path):
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pth")
+    again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.pth")))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), again(x))
+
+
+def test_checkpoint_that_does_not_fit_names_the_difference(tmp_path, tiny_teacher):
+    spec, _ = tiny_teacher
+    wider = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs={**KW, "embed_dim": 48}))
+    with pytest.raises(AutocompError, match=r"does not fit the model: \d+ shape mismatch.*checkpoint \(32,\) vs model \(48,\)"):
+        load_checkpoint(wider, spec.checkpoint)
+
+
+def test_non_vit_model_is_refused():
+    with pytest.raises(AutocompError, match="has no 'blocks' sequence"):
+        create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))

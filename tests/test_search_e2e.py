@@ -1,0 +1,112 @@
+"""End to end on digits: a real Optuna study executed by Ray Tune on an embedded local Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import autocomp
+from autocomp.cli import main
+from autocomp.data import load_splits
+from autocomp.train import evaluate
+from conftest import DIGITS, TINY_KWARGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_job(tmp_path: Path, spec, budget: dict, trials: int, workers: int = 2) -> Path:
+    job = {
+        "model": {"name": spec.name, "kwargs": TINY_KWARGS, "checkpoint": spec.checkpoint},
+        "data": {"dataset": "digits", "val_size": DIGITS.val_size, "calib_size": DIGITS.calib_size,
+                 "test_size": DIGITS.test_size, "seed": DIGITS.seed},
+        "search_space": str(ROOT / "search_spaces" / "heads_int8.yaml"),
+        "hardware": str(ROOT / "hardware_profiles" / "local_cpu.yaml"),
+        "budget": budget, "trials": trials, "workers": workers, "seed": 0,
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_teacher):
+    tmp = tmp_path_factory.mktemp("search")
+    job = write_job(tmp, tiny_teacher[0], {"memory": 0.99}, trials=4)
+    assert main(["search", str(job), "--out", str(tmp / "run")]) == 0
+    return tmp, tmp / "run"
+
+
+def test_search_writes_every_result(finished_run):
+    _, run = finished_run
+    for name in ("trials.csv", "pareto.json", "pareto.png", "summary.json", "study.db", "best/recipe.yaml",
+                 "best/weights.safetensors", "best/model.yaml"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["met_budget"] and summary["trials"]["complete"] == 4
+    limit = summary["limits"]["memory_mb"]
+    assert abs(limit - 0.99 * summary["baseline"]["memory_mb"]) < 1e-9
+    feasible = [r for r in rows if r["feasible"] == "True"]
+    assert all(float(r["memory_mb"]) <= limit for r in feasible)
+    assert summary["best"]["val_accuracy"] == max(float(r["accuracy"]) for r in feasible) or \
+        abs(summary["best"]["val_accuracy"] - max(float(r["accuracy"]) for r in feasible)) < 0.1
+
+
+def test_pareto_json_holds_only_non_dominated_trials(finished_run):
+    _, run = finished_run
+    front = json.loads((run / "pareto.json").read_text())["trials"]
+    rows = [r for r in csv.DictReader((run / "trials.csv").open())]
+    assert front
+    for member in front:
+        for other in rows:
+            acc, lat, mem = float(other["accuracy"]), float(other["latency_ms"]), float(other["memory_mb"])
+            dominates = (acc >= member["accuracy"] and lat <= member["latency_ms"] and mem <= member["memory_mb"]
+                         and (acc > member["accuracy"] + 1e-4 or lat < member["latency_ms"] - 1e-4
+                              or mem < member["memory_mb"] - 1e-4))
+            assert not dominates
+
+
+def test_loaded_best_model_reproduces_the_recorded_accuracy(finished_run):
+    _, run = finished_run
+    summary = json.loads((run / "summary.json").read_text())
+    model = autocomp.load(run / "best")
+    splits = load_splits(DIGITS)
+    assert abs(evaluate(model, splits.val) - summary["best"]["val_accuracy"]) < 0.1
+    assert abs(evaluate(model, splits.test) - summary["best"]["test_accuracy"]) < 0.1
+
+
+def test_export_any_trial_and_print_the_front(finished_run, capsys):
+    tmp, run = finished_run
+    assert main(["export", str(run), "--trial", "1", "--out", str(tmp / "t1")]) == 0
+    model = autocomp.load(tmp / "t1")
+    recipe = autocomp.Recipe.load(tmp / "t1" / "recipe.yaml")
+    assert [b.attn.num_heads for b in model.blocks] == [
+        block["prune_heads"].keep if "prune_heads" in block else 4 for block in recipe.blocks]
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    capsys.readouterr()
+    assert main(["pareto", str(run)]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_rerun_resumes_and_runs_only_the_missing_trials(finished_run):
+    tmp, run = finished_run
+    assert main(["search", str(tmp / "job.yaml"), "--out", str(run), "--trials", "5", "--quiet"]) == 0
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3, 4]
+
+
+def test_unmeetable_budget_still_writes_results_and_names_the_closest(tmp_path, tiny_teacher, capsys):
+    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e-6}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["met_budget"] is False and not (tmp_path / "run" / "best").exists()
+    assert summary["closest"]["trial"] in (0, 1)
+    assert "no candidate met the budget; closest was trial" in summary["message"]
+    assert len(list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))) == 2
+    assert "no candidate met the budget" in capsys.readouterr().out
