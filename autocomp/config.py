@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import yaml
+from torch import nn
 
 from autocomp._paths import resolve_path
 from autocomp.data import DataConfig
@@ -81,7 +83,7 @@ class JobConfig:
     """A search job.
 
     Attributes:
-        model: the base (teacher) model.
+        model: the base (teacher) model: a timm spec, or (Python API) the ``nn.Module`` itself.
         data: the dataset and its splits.
         search_space: path of the search-space YAML.
         hardware: path of the hardware-profile YAML.
@@ -92,7 +94,7 @@ class JobConfig:
         source: the YAML file the config came from.
     """
 
-    model: ModelSpec
+    model: ModelSpec | nn.Module
     data: DataConfig
     search_space: Path
     hardware: Path
@@ -127,8 +129,13 @@ def load_config(path: str | Path) -> JobConfig:
     base = path.parent
     values: dict[str, Any] = {}
     for key, cls in _SECTIONS.items():
+        if key == "model" and isinstance(raw[key], Mapping) and set(raw[key]) == {"module"}:
+            continue  # a pickled nn.Module that autocomp itself saved in a run folder (see search.runner)
         values[key] = _section(cls, raw[key], f"{path}: {key}")
-    if values["model"].checkpoint:
+    if "model" not in values:
+        module_path = resolve_path(raw["model"]["module"], base=base, what="saved base module")
+        values["model"] = torch.load(module_path, weights_only=False).eval()  # written by autocomp, not a user
+    if isinstance(values["model"], ModelSpec) and values["model"].checkpoint:
         checkpoint = resolve_path(values["model"].checkpoint, base=base, what="checkpoint", must_exist=False)
         values["model"] = dataclasses.replace(values["model"], checkpoint=str(checkpoint))
     values["search_space"] = resolve_path(raw["search_space"], base=base, what="search space file")

@@ -1,6 +1,7 @@
 """Importance scores: *what* to remove. The surgery in ``autocomp.ops`` decides nothing, it removes what it is told.
 
-Each head scorer returns one score per head for one attention module; higher means more important.
+Each head scorer returns one score per head for one attention module, each neuron scorer one score per hidden
+neuron of one MLP; higher means more important.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 
-__all__ = ["HEAD_SCORES", "head_scores"]
+__all__ = ["HEAD_SCORES", "NEURON_SCORES", "head_scores", "neuron_scores"]
 
 
 def _weight_norm(attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Tensor:
@@ -44,3 +45,28 @@ HEAD_SCORES: dict[str, Callable[[nn.Module, torch.Tensor | None], torch.Tensor]]
 def head_scores(method: str, attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Tensor:
     """Score the heads of ``attn`` with ``method``; ``proj_inputs`` are its proj's inputs on calibration data."""
     return HEAD_SCORES[method](attn, proj_inputs)
+
+
+def _neuron_weight_norm(mlp: nn.Module, mean_activation: torch.Tensor | None) -> torch.Tensor:
+    """Data-free: L2 norm of each neuron's fc1 row times the L2 norm of its fc2 column."""
+    return mlp.fc1.weight.detach().norm(dim=1) * mlp.fc2.weight.detach().norm(dim=0)
+
+
+def _neuron_activation(mlp: nn.Module, mean_activation: torch.Tensor | None) -> torch.Tensor:
+    """Data-aware: mean |activation| of each neuron on calibration tokens times the L2 norm of its fc2 column."""
+    if mean_activation is None:
+        raise AutocompError("importance 'activation' needs calibration data; pass calibration images or use "
+                            "importance 'weight_norm'")
+    return mean_activation * mlp.fc2.weight.detach().norm(dim=0)
+
+
+NEURON_SCORES: dict[str, Callable[[nn.Module, torch.Tensor | None], torch.Tensor]] = {
+    "weight_norm": _neuron_weight_norm,
+    "activation": _neuron_activation,
+}
+
+
+def neuron_scores(method: str, mlp: nn.Module, mean_activation: torch.Tensor | None) -> torch.Tensor:
+    """Score the hidden neurons of ``mlp`` with ``method``; ``mean_activation`` is each neuron's mean |activation|
+    (after ``mlp.act``) on calibration tokens."""
+    return NEURON_SCORES[method](mlp, mean_activation)

@@ -152,16 +152,23 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
     plt.close(fig)
 
 
-def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec,
+def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec | nn.Module,
                metrics: Mapping[str, Any] | None = None) -> None:
-    """Write a loadable model folder: recipe.yaml, model.yaml (the base architecture) and weights.safetensors."""
+    """Write a loadable model folder: recipe.yaml, the base architecture and weights.safetensors.
+
+    The architecture is model.yaml (timm name and kwargs), or, for a model given as an ``nn.Module``, model.pt (the
+    whole compressed module, pickled: load such files only from sources you trust).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     recipe.save(directory / "recipe.yaml")
-    (directory / "model.yaml").write_text(yaml.safe_dump({"name": spec.name, "kwargs": dict(spec.kwargs)},
-                                                         sort_keys=False))
+    if isinstance(spec, ModelSpec):
+        (directory / "model.yaml").write_text(yaml.safe_dump({"name": spec.name, "kwargs": dict(spec.kwargs)},
+                                                             sort_keys=False))
+    else:
+        torch.save(model, directory / "model.pt")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "weights.safetensors"))
     if metrics is not None:
@@ -173,6 +180,8 @@ def load_model(directory: str | Path) -> nn.Module:
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if (directory / "model.pt").is_file() and not (directory / "model.yaml").is_file():
+        return torch.load(directory / "model.pt", weights_only=False).eval()  # saved by autocomp from an nn.Module
     needed = [directory / name for name in ("model.yaml", "recipe.yaml", "weights.safetensors")]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:

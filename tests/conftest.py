@@ -32,3 +32,13 @@ def tiny_teacher(tmp_path_factory, digits_splits):
     model, _ = train_or_reuse(spec, digits_splits, TrainConfig(epochs=15, batch_size=64, lr=3e-3, warmup_steps=20,
                                                                hflip=False), path, log=lambda _: None)
     return spec, model
+
+
+def small_vit(**overrides):
+    """A seeded 2-block, 6-head ViT on 16x16 RGB images (width 48) for operator tests."""
+    import timm
+
+    kwargs = dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=48, depth=2, num_heads=6)
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs).eval()

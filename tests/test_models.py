@@ -27,7 +27,8 @@ def test_pth_checkpoint_loads_with_weights_only(tmp_path):
 def test_checkpoint_that_does_not_fit_names_the_difference(tmp_path, tiny_teacher):
     spec, _ = tiny_teacher
     wider = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs={**KW, "embed_dim": 48}))
-    with pytest.raises(AutocompError, match=r"does not fit the model: \d+ shape mismatch.*checkpoint \(32,\) vs model \(48,\)"):
+    fits = r"does not fit the model: \d+ shape mismatch.*checkpoint \(32,\) vs model \(48,\)"
+    with pytest.raises(AutocompError, match=fits):
         load_checkpoint(wider, spec.checkpoint)
 
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
+
+from conftest import small_vit
 from torch.nn import functional as F
 
 from autocomp import Recipe, compress
@@ -10,11 +11,7 @@ from autocomp.importance import HEAD_SCORES
 from autocomp.ops.heads import keep_heads
 
 
-def _model(**overrides):
-    kwargs = dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=48, depth=2, num_heads=6)
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs).eval()
+_model = small_vit
 
 
 VARIANTS = {

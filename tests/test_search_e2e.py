@@ -110,3 +110,29 @@ def test_unmeetable_budget_still_writes_results_and_names_the_closest(tmp_path, 
     assert "no candidate met the budget; closest was trial" in summary["message"]
     assert len(list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))) == 2
     assert "no candidate met the budget" in capsys.readouterr().out
+
+
+def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher):
+    """A model given as an nn.Module (no timm spec): the run saves it, and best/ loads without a spec."""
+    import dataclasses
+
+    from autocomp.config import load_config
+    from autocomp.search import run_search
+
+    spec, model = tiny_teacher
+    config = dataclasses.replace(load_config(write_job(tmp_path, spec, {"memory": 0.99}, trials=2, workers=1)),
+                                 model=model)
+    summary = run_search(config, tmp_path / "run", log=lambda _: None, progress=False)
+    assert (tmp_path / "run" / "base.pt").is_file()
+    assert summary["met_budget"]
+    loaded = autocomp.load(tmp_path / "run" / "best")
+    assert abs(evaluate(loaded, load_splits(DIGITS).val) - summary["best"]["val_accuracy"]) < 0.1
+    assert main(["export", str(tmp_path / "run"), "--trial", "0", "--out", str(tmp_path / "t0")]) == 0
+    assert autocomp.load(tmp_path / "t0")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_resuming_a_folder_of_another_job_is_refused(finished_run, tiny_teacher, tmp_path, capsys):
+    _, run = finished_run
+    other = write_job(tmp_path, tiny_teacher[0], {"memory": 0.5}, trials=4)
+    assert main(["search", str(other), "--out", str(run), "--quiet"]) == 2
+    assert "holds a search of a different job" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Compression operators and the one verb that applies a recipe.
 
-Order of application (fixed): structural operators first (``prune_heads``), quantization last (``quantize``),
-so that quantization sees the final shapes.
+Order of application (fixed, whatever the order in a recipe): ``prune_heads`` (10), ``prune_mlp`` (20),
+``low_rank`` (30), ``reduce_tokens`` (40), ``quantize`` (90). Pruning first, so that importance scores and SVDs see
+only what stays; token reduction after the weight surgery (it changes no weights); quantization last, so that it
+sees the final shapes (it also quantizes the two factors of a low-rank layer).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops import heads, quantize  # noqa: F401 - registers the operators
+from autocomp.ops import heads, lowrank, mlp, quantize, tokens  # noqa: F401 - registers the operators
 from autocomp.ops._registry import CompressContext, registry
 from autocomp.ops.heads import PruneHeads
+from autocomp.ops.lowrank import LowRank, LowRankLinear
+from autocomp.ops.mlp import PruneMlp
 from autocomp.ops.quantize import Int8Linear, Quantize
+from autocomp.ops.tokens import ReduceTokens
 from autocomp.recipe import Recipe
 
-__all__ = ["compress", "CompressContext", "PruneHeads", "Quantize", "Int8Linear", "registry"]
+__all__ = ["compress", "CompressContext", "PruneHeads", "PruneMlp", "LowRank", "LowRankLinear", "ReduceTokens",
+           "Quantize", "Int8Linear", "registry"]
 
 
 @torch.no_grad()

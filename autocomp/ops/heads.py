@@ -12,6 +12,7 @@ from autocomp.errors import AutocompError
 from autocomp.importance import HEAD_SCORES, head_scores
 from autocomp.models import vit_blocks
 from autocomp.ops._registry import CompressContext, register
+from autocomp.ops._surgery import slice_linear
 
 __all__ = ["PruneHeads", "keep_heads"]
 
@@ -44,10 +45,10 @@ def keep_heads(attn: nn.Module, kept: torch.Tensor) -> None:
     heads, head_dim = attn.num_heads, attn.head_dim
     per_head = (kept[:, None] * head_dim + torch.arange(head_dim)).flatten()  # channels of kept heads
     qkv_rows = torch.cat([per_head + part * heads * head_dim for part in range(3)])
-    attn.qkv = _slice_linear(attn.qkv, rows=qkv_rows)
-    attn.proj = _slice_linear(attn.proj, cols=per_head)
+    attn.qkv = slice_linear(attn.qkv, rows=qkv_rows)
+    attn.proj = slice_linear(attn.proj, cols=per_head)
     if getattr(attn, "gate", None) is not None:
-        attn.gate = _slice_linear(attn.gate, rows=per_head)
+        attn.gate = slice_linear(attn.gate, rows=per_head)
     if isinstance(attn.norm, nn.LayerNorm):
         attn.norm.weight = nn.Parameter(attn.norm.weight.detach()[per_head].clone())
         attn.norm.bias = nn.Parameter(attn.norm.bias.detach()[per_head].clone())
@@ -56,22 +57,6 @@ def keep_heads(attn: nn.Module, kept: torch.Tensor) -> None:
         raise AutocompError(f"cannot prune heads through a {type(attn.norm).__name__} attention norm")
     attn.num_heads = len(kept)
     attn.attn_dim = len(kept) * head_dim
-
-
-def _slice_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    weight = linear.weight.detach()
-    bias = linear.bias.detach() if linear.bias is not None else None
-    if rows is not None:
-        weight = weight[rows]
-        bias = bias[rows] if bias is not None else None
-    if cols is not None:
-        weight = weight[:, cols]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new
 
 
 @register("prune_heads", PruneHeads, order=10)

@@ -9,7 +9,7 @@ import optuna
 from autocomp.config import load_config
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
-from autocomp.models import create_model
+from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, save_model, study_storage
 from autocomp.search.objective import build_candidate
@@ -30,6 +30,7 @@ def export_trial(run_dir: Path, number: int, out: Path) -> Path:
     config = load_config(run_dir / "config.yaml")
     recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
     splits = load_splits(config.data)
-    model = build_candidate(create_model(config.model), recipe, splits.calib.x)
+    base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
+    model = build_candidate(base, recipe, splits.calib.x)
     save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs})
     return out

@@ -3,16 +3,18 @@ writing results after every trial."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import torch
 import yaml
+from torch import nn
 
 from autocomp.config import JobConfig
 from autocomp.data import load_splits
@@ -42,18 +44,23 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     profile = load_profile(config.hardware)
     space = load_space(config.search_space)
     splits = load_splits(config.data)
-    base = create_model(config.model)
+    base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     heads = [block.attn.num_heads for block in vit_blocks(base)]
-    log(f"base model {config.model.name}: {len(heads)} blocks, heads {heads}")
+    log(f"base model {getattr(config.model, 'name', type(base).__name__)}: {len(heads)} blocks, heads {heads}")
 
-    baseline_measurement = measure(base, profile, example=splits.calib.x)
-    baseline = {"val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test),
-                **metrics_of(baseline_measurement, baseline_measurement.latency_ms)}
-    limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
+    job, fingerprint = _job_identity(config, base)
+    previous = _previous_run(run_dir, fingerprint)
+    if previous is not None:  # resuming: keep the limits the earlier trials were judged by
+        baseline, limits = previous["baseline"], previous["limits"]
+    else:
+        baseline_measurement = measure(base, profile, example=splits.calib.x)
+        baseline = {"val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test),
+                    **metrics_of(baseline_measurement, baseline_measurement.latency_ms)}
+        limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
+        _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits)
     log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
         f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
         + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
-    _write_run_info(run_dir, config, baseline, limits)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir), load_if_exists=True,
@@ -126,13 +133,41 @@ def _run_with_ray(controller: OptunaController, inputs: TrialInputs, run_dir: Pa
             ray.shutdown()
 
 
-def _write_run_info(run_dir: Path, config: JobConfig, baseline: dict, limits: dict) -> None:
-    """run.json (baseline, limits) and config.yaml (the job with resolved paths, for export)."""
-    (run_dir / "run.json").write_text(json.dumps({"baseline": baseline, "limits": limits}, indent=2))
-    data = {"model": config.model.to_dict(), "data": vars(config.data).copy(),
-            "search_space": str(config.search_space), "hardware": str(config.hardware),
-            "budget": {k: v for k, v in vars(config.budget).items() if v is not None},
-            "trials": config.trials, "workers": config.workers, "seed": config.seed}
+def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str]:
+    """The job as written to config.yaml, and a fingerprint of everything that decides a trial's result."""
+    if isinstance(config.model, nn.Module):
+        model: dict[str, Any] = {"module": "base.pt"}
+        identity = hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
+    else:
+        model = config.model.to_dict()
+        identity = json.dumps(model, sort_keys=True)
+    job = {"model": model, "data": vars(config.data).copy(), "search_space": str(config.search_space),
+           "hardware": str(config.hardware), "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
+    parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
+    return job, hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _previous_run(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The run.json of an earlier search of the same job in ``run_dir``; a different job there is refused."""
+    info, study = run_dir / "run.json", run_dir / "study.db"
+    if not (info.is_file() and study.is_file()):
+        return None
+    previous = json.loads(info.read_text())
+    if previous.get("fingerprint") != fingerprint:
+        raise AutocompError(f"{run_dir} holds a search of a different job (model, data, search space, hardware "
+                            "or budget changed); use a new --out folder or delete this one")
+    return previous
+
+
+def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
+                    baseline: dict, limits: dict) -> None:
+    """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
+    as an nn.Module, base.pt: what export and resume need."""
+    if isinstance(config.model, nn.Module):
+        torch.save(base, run_dir / "base.pt")
+    (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
+                                                  "limits": limits}, indent=2))
+    data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")

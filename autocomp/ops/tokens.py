@@ -1,0 +1,220 @@
+"""Token reduction: after a block, fewer tokens go on to the later blocks, so their attention and MLP really
+shrink. Prefix tokens (class and register tokens) are never dropped or merged.
+
+Two methods:
+
+* ``merge`` (ToMe, Bolya et al. 2023): bipartite soft matching on the cosine similarity of the block's attention
+  keys (averaged over heads); matched tokens are merged by a size-weighted average. Each token's size (how many
+  patches it stands for) is tracked, and later blocks get ``attn_mask = log(size)`` on the key axis (proportional
+  attention), which fused ``scaled_dot_product_attention`` adds to its logits.
+* ``prune`` (EViT, Liang et al. 2022): keep the tokens the class token attends to most in that block; the dropped
+  tokens are fused into one extra token, their attention-weighted average, placed after the kept ones.
+
+The blocks are wrapped in :class:`TokenReducingBlocks` (an ``nn.Sequential`` holding the same block modules, so
+parameter names and other operators are unaffected); its ``plan`` maps block index to :class:`ReduceTokens`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autocomp.errors import AutocompError
+from autocomp.models import vit_blocks
+from autocomp.ops._registry import CompressContext, register
+
+__all__ = ["ReduceTokens", "TokenReducingBlocks", "TOKEN_METHODS", "kept_tokens", "reduced_count", "size_bias"]
+
+TOKEN_METHODS = ("merge", "prune")
+
+
+@dataclass(frozen=True)
+class ReduceTokens:
+    """After the block, keep a fraction of its non-prefix tokens.
+
+    Attributes:
+        keep: fraction of the block's non-prefix tokens kept, in (0, 1]; ``max(1, round(keep * n))`` are kept.
+        method: ``merge`` (ToMe size-weighted merging) or ``prune`` (EViT: drop the least attended, fuse them into
+            one extra token); one of ``TOKEN_METHODS``.
+    """
+
+    keep: float
+    method: str = "merge"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not 0 < self.keep <= 1:
+            raise AutocompError(f"keep must be the fraction of tokens kept, a number in (0, 1], got {self.keep!r}")
+        object.__setattr__(self, "keep", float(self.keep))  # 1 and 1.0 are the same setting
+        if self.method not in TOKEN_METHODS:
+            raise AutocompError(f"method must be one of {list(TOKEN_METHODS)}, got {self.method!r}")
+
+    def tag(self) -> str:
+        return f"t{self.method[0]}{self.keep:g}"
+
+
+def kept_tokens(num_tokens: int, keep: float) -> int:
+    """How many of ``num_tokens`` non-prefix tokens a reduction with fraction ``keep`` keeps."""
+    return max(1, round(keep * num_tokens))
+
+
+def reduced_count(num_tokens: int, config: ReduceTokens) -> int:
+    """Non-prefix tokens after a block reduced by ``config`` (``prune`` adds its fused token when it drops any)."""
+    kept = kept_tokens(num_tokens, config.keep)
+    return kept + 1 if config.method == "prune" and kept < num_tokens else kept
+
+
+def size_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The proportional-attention mask for token sizes ``(B, N)``: ``log(size)`` shaped ``(B, 1, 1, N)``."""
+    return size.log().to(dtype)[:, None, None, :]
+
+
+class TokenReducingBlocks(nn.Sequential):
+    """Transformer blocks that shorten the token sequence after the blocks named in ``plan``.
+
+    Attributes:
+        plan: block index -> :class:`ReduceTokens` applied to that block's output.
+        num_prefix_tokens: leading tokens (class + register) that pass through every reduction unchanged.
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module], *, num_prefix_tokens: int) -> None:
+        super().__init__(*blocks)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.plan: dict[int, ReduceTokens] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_sizes(x)[0]
+
+    def forward_with_sizes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the blocks; also return each token's size ``(B, N)`` (patches it stands for), or None while no
+        merge has happened (every token is itself)."""
+        size = None
+        for index, block in enumerate(self):
+            bias = None if size is None else size_bias(size, x.dtype)
+            config, rest = self.plan.get(index), x.shape[1] - self.num_prefix_tokens
+            if config is None or kept_tokens(rest, config.keep) == rest:
+                x = block(x) if bias is None else block(x, attn_mask=bias)
+                continue
+            with _capture_query_key(block.attn) as qk:
+                x = block(x) if bias is None else block(x, attn_mask=bias)
+            if config.method == "merge":
+                x, size = _merge(x, size, qk["k"], self.num_prefix_tokens, config.keep)
+            else:
+                scores = _class_attention(qk["q"], qk["k"], bias, block.attn.scale)
+                x, size = _prune(x, size, scores, self.num_prefix_tokens, config.keep)
+        return x, size
+
+    def tokens_entering(self, num_tokens: int) -> list[int]:
+        """Tokens (prefix included) entering each block, then leaving the last, for ``num_tokens`` at the input."""
+        counts = [num_tokens]
+        for index in range(len(self)):
+            config, rest = self.plan.get(index), counts[-1] - self.num_prefix_tokens
+            counts.append(counts[-1] if config is None else self.num_prefix_tokens + reduced_count(rest, config))
+        return counts
+
+    def extra_repr(self) -> str:
+        return "plan={" + ", ".join(f"{i}: {c.tag()}" for i, c in sorted(self.plan.items())) + "}"
+
+
+@contextlib.contextmanager
+def _capture_query_key(attn: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the attention's queries and keys ``(B, heads, N, head_dim)`` as it runs: timm's ``Attention`` passes
+    them through ``q_norm``/``k_norm`` (Identity or a norm), so nothing is recomputed."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [getattr(attn, f"{name}_norm").register_forward_hook(
+        lambda module, args, out, name=name: captured.__setitem__(name, out)) for name in ("q", "k")]
+    try:
+        yield captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _class_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Score: the class token's attention to every token ``(B, N)``, averaged over heads; only its row of q.k."""
+    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1).mean(dim=1)[:, 0]
+
+
+def _bipartite_matching(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score: split tokens alternately into A (even) and B (odd); the ``r`` A tokens most similar to their best B
+    partner are merged into it. Returns (merged A indices, their B partners, unmerged A indices in order)."""
+    metric = F.normalize(metric, dim=-1)
+    similarity = metric[:, ::2] @ metric[:, 1::2].transpose(-2, -1)  # (B, |A|, |B|)
+    best, partner = similarity.max(dim=-1)
+    order = best.argsort(dim=-1, descending=True)
+    src = order[:, :r]
+    return src, partner.gather(1, src), order[:, r:].sort(dim=-1).values
+
+
+def _merge_rows(values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, unmerged: torch.Tensor) -> torch.Tensor:
+    """Surgery: add A rows ``src`` into B rows ``dst``; the result is (unmerged A rows, B rows)."""
+    a, b = values[:, ::2], values[:, 1::2]
+    index = lambda i: i[..., None].expand(-1, -1, values.shape[-1])  # noqa: E731
+    b = b.scatter_add(1, index(dst), a.gather(1, index(src)))
+    return torch.cat([a.gather(1, index(unmerged)), b], dim=1)
+
+
+def _merge(x: torch.Tensor, size: torch.Tensor | None, keys: torch.Tensor, prefix: int,
+           keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe merging of the non-prefix tokens of ``x`` down to ``kept_tokens(n, keep)``, in rounds of at most |A|."""
+    if size is None:
+        size = x.new_ones(x.shape[:2], dtype=torch.float32)
+    head, tokens = x[:, :prefix], x[:, prefix:]
+    head_size, tokens_size = size[:, :prefix], size[:, prefix:]
+    metric = keys.mean(dim=1)[:, prefix:]  # (B, n, head_dim): keys averaged over heads, as in ToMe
+    target = kept_tokens(tokens.shape[1], keep)
+    while tokens.shape[1] > target:
+        r = min(tokens.shape[1] - target, (tokens.shape[1] + 1) // 2)
+        src, dst, unmerged = _bipartite_matching(metric, r)
+        weight = tokens_size[..., None]
+        summed = _merge_rows(torch.cat([tokens, metric], dim=-1) * weight.to(tokens.dtype), src, dst, unmerged)
+        tokens_size = _merge_rows(weight, src, dst, unmerged)[..., 0]
+        summed = summed / tokens_size[..., None].to(summed.dtype)
+        tokens, metric = summed[..., :x.shape[-1]], summed[..., x.shape[-1]:]
+    return torch.cat([head, tokens], dim=1), torch.cat([head_size, tokens_size], dim=1)
+
+
+def _prune(x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, prefix: int,
+           keep: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """EViT: keep the top-scored non-prefix tokens (in their order), fuse the rest into one token after them."""
+    head, tokens, scores = x[:, :prefix], x[:, prefix:], scores[:, prefix:]
+    kept = kept_tokens(tokens.shape[1], keep)
+    order = scores.argsort(dim=-1, descending=True)
+    top, rest = order[:, :kept].sort(dim=-1).values, order[:, kept:]
+    index = lambda i: i[..., None].expand(-1, -1, x.shape[-1])  # noqa: E731
+    weight = scores.gather(1, rest)
+    weight = (weight / weight.sum(dim=-1, keepdim=True))[..., None].to(x.dtype)
+    fused = (tokens.gather(1, index(rest)) * weight).sum(dim=1, keepdim=True)
+    x = torch.cat([head, tokens.gather(1, index(top)), fused], dim=1)
+    if size is not None:  # after a merge, the fused token stands for all the patches it absorbed
+        size_rest = size[:, prefix:]
+        size = torch.cat([size[:, :prefix], size_rest.gather(1, top),
+                          size_rest.gather(1, rest).sum(dim=-1, keepdim=True)], dim=1)
+    return x, size
+
+
+@register("reduce_tokens", ReduceTokens, order=40)
+def apply(model: nn.Module, configs: dict[int, ReduceTokens], context: CompressContext) -> None:
+    blocks = vit_blocks(model)
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if not isinstance(prefix, int):
+        raise AutocompError(f"{type(model).__name__} has no num_prefix_tokens; reduce_tokens needs a timm "
+                            "VisionTransformer-family model")
+    for index, config in configs.items():
+        if config.method == "prune" and getattr(model, "cls_token", None) is None:
+            raise AutocompError(f"block {index}: reduce_tokens method 'prune' ranks tokens by class-token "
+                                "attention but this model has no class token; use method 'merge'")
+        attn = blocks[index].attn
+        if not all(isinstance(getattr(attn, name, None), nn.Module) for name in ("q_norm", "k_norm")):
+            raise AutocompError(f"block {index}: reduce_tokens reads queries and keys through attn.q_norm and "
+                                f"attn.k_norm, which {type(attn).__name__} lacks; use timm's Attention")
+    if not isinstance(model.blocks, TokenReducingBlocks):
+        model.blocks = TokenReducingBlocks(blocks, num_prefix_tokens=prefix)
+    model.blocks.plan.update(configs)
