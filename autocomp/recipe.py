@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from autocomp.distill import Distill
 from autocomp.errors import AutocompError
 from autocomp.ops._registry import registry
 
@@ -25,9 +26,11 @@ class Recipe:
     Attributes:
         blocks: one mapping per transformer block, from operator name (``prune_heads``, ``quantize``) to its
             frozen config. An empty mapping leaves the block as it is.
+        distill: knowledge-distillation recovery after compression (model-level), or None for none.
     """
 
     blocks: tuple[Mapping[str, Any], ...]
+    distill: Distill | None = None
 
     @classmethod
     def identity(cls, depth: int) -> Recipe:
@@ -39,9 +42,9 @@ class Recipe:
         """Build and validate a recipe from its dict form; errors name the block, the field and the fix."""
         if not isinstance(data, Mapping) or not isinstance(data.get("blocks"), list):
             raise AutocompError(f"{source}: expected a mapping with a 'blocks' list, one entry per transformer block")
-        unknown = set(data) - {"format", "blocks"}
+        unknown = set(data) - {"format", "blocks", "distill"}
         if unknown:
-            raise AutocompError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: 'format', 'blocks'")
+            raise AutocompError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: 'format', 'blocks', 'distill'")
         ops = registry()
         blocks = []
         for index, block in enumerate(data["blocks"]):
@@ -54,17 +57,22 @@ class Recipe:
                     raise AutocompError(f"{source}: block {index}: unknown operator {name!r}; known: {sorted(ops)}")
                 parsed[name] = _make_config(ops[name].config_cls, settings or {}, f"{source}: block {index}: {name}")
             blocks.append(parsed)
-        return cls(blocks=tuple(blocks))
+        distill = data.get("distill")
+        distill = _make_config(Distill, distill, f"{source}: distill") if distill is not None else None
+        return cls(blocks=tuple(blocks), distill=distill)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML-ready dict form (operators in application order)."""
         order = list(registry())
-        return {
+        data: dict[str, Any] = {
             "format": FORMAT,
             "blocks": [
                 {name: dataclasses.asdict(block[name]) for name in order if name in block} for block in self.blocks
             ],
         }
+        if self.distill is not None:
+            data["distill"] = dataclasses.asdict(self.distill)
+        return data
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -84,7 +92,7 @@ class Recipe:
         for block in self.blocks:
             tags = [block[name].tag() for name in registry() if name in block]
             parts.append(":".join(tags) if tags else "-")
-        return " | ".join(parts)
+        return " | ".join(parts) + (f" + {self.distill.tag()}" if self.distill is not None else "")
 
 
 def _make_config(config_cls: type, settings: Any, where: str) -> Any:

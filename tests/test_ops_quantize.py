@@ -1,12 +1,30 @@
 from __future__ import annotations
 
+import copy
+import io
+
+import pytest
 import timm
 import torch
+from conftest import small_vit
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from autocomp import Recipe, compress
+from autocomp import AutocompError, Recipe, compress
 from autocomp.measure import weight_nbytes
 from autocomp.ops import Int8Linear
+from autocomp.ops import quantize as q
+from autocomp.ops._quantizers import pack_codes, search_scale, unpack_codes
+from autocomp.ops.quantize import (Bf16Linear, FakeQuantLinear, Int8StaticLinear, PackedLinear, Quantize, deployed,
+                                   quantize_linear, simulated_layers, trainable)
+
+CONFIGS = [  # every deployed form: bit-widths, scale searches, a short last group, static activations
+    Quantize(weight_bits=16), Quantize(), Quantize(weight_bits=8, scale="mse"), Quantize(weight_bits=6),
+    Quantize(weight_bits=4), Quantize(weight_bits=3, group_size=32, scale="percentile"),
+    Quantize(weight_bits=2, group_size=20, scale="mse"), Quantize(weight_bits=8, act_bits=8),
+    Quantize(weight_bits=4, act_bits=8),
+]
+IDS = [c.tag() for c in CONFIGS]
 
 
 def _model():
@@ -16,7 +34,13 @@ def _model():
 
 
 def _linear_bytes(model):
-    return sum(weight_nbytes(m) for m in model.blocks.modules() if isinstance(m, (nn.Linear, Int8Linear)))
+    return sum(weight_nbytes(m) for m in model.blocks.modules() if isinstance(m, (nn.Linear, q.QuantizedLinear)))
+
+
+def _compress(config, model=None, **kwargs):
+    model = model if model is not None else small_vit()
+    calibration = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    return compress(model, Recipe(blocks=({"quantize": config},) * 2), calibration=calibration, **kwargs)
 
 
 def test_int8_weights_take_about_a_quarter_of_fp32():
@@ -56,3 +80,279 @@ def test_int8_state_dict_is_plain_tensors_and_reloads_exactly():
     rebuilt = compress(_model(), recipe, structure_only=True)
     rebuilt.load_state_dict(state)
     assert torch.equal(rebuilt(x), quantized(x))
+
+
+@pytest.mark.parametrize("bits, group, in_features, expected", [
+    (16, 64, 192, 2 * 40 * 192 + 2 * 40),  # bf16 weight + bf16 bias
+    (8, 64, 192, 40 * 192 + 4 * 40 + 4 * 40),  # int8 weight + fp32 scale per row + fp32 bias
+    (6, 64, 192, 40 * 192 * 6 // 8 + 2 * 40 * 3 + 4 * 40),  # packed codes + fp16 scale per group + fp32 bias
+    (4, 64, 192, 40 * 192 // 2 + 2 * 40 * 3 + 4 * 40),
+    (3, 64, 192, 40 * 192 * 3 // 8 + 2 * 40 * 3 + 4 * 40),
+    (2, 64, 192, 40 * 192 // 4 + 2 * 40 * 3 + 4 * 40),
+    (4, 32, 192, 40 * 192 // 2 + 2 * 40 * 6 + 4 * 40),
+    (3, 64, 100, 1500 + 2 * 40 * 2 + 4 * 40),  # 4000 codes * 3 bits = 1500 bytes; 2 groups, the last of 36
+    (2, 64, 25, 250 + 2 * 40 * 1 + 4 * 40),  # one short group
+])
+def test_stored_bytes_are_exactly_the_packed_codes_scales_and_bias(bits, group, in_features, expected):
+    torch.manual_seed(0)
+    layer = quantize_linear(nn.Linear(in_features, 40), Quantize(weight_bits=bits, group_size=group))
+    assert weight_nbytes(layer) == layer.stored_nbytes() == expected
+    assert sum(t.numel() * t.element_size() for t in layer.state_dict().values()) == expected  # saved == counted
+    config = Quantize(weight_bits=bits, group_size=group)
+    assert q.stored_nbytes_for(in_features, 40, bias=True, config=config) == expected  # without building it
+    with_act = quantize_linear(nn.Linear(in_features, 40), Quantize(weight_bits=bits, group_size=group, act_bits=8),
+                               act=(0.1, 3))
+    assert weight_nbytes(with_act) == expected + 8  # + fp32 activation scale, int32 zero point
+
+
+def test_four_bit_linears_take_at_most_a_seventh_of_fp32_at_width_192():
+    model = small_vit(embed_dim=192, num_heads=3)
+    sizes = {bits: _linear_bytes(_compress(Quantize(weight_bits=bits), model)) for bits in (16, 8, 6, 4, 3, 2)}
+    assert _linear_bytes(model) / 7 >= sizes[4]
+    assert sizes[16] > sizes[8] > sizes[6] > sizes[4] > sizes[3] > sizes[2]
+    assert sizes[2] < _linear_bytes(model) / 12  # 2 bits + 0.25 bit of fp16 scale + bias
+
+
+def test_reconstruction_error_falls_as_bits_rise():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 96)
+    errors = []
+    for bits in (2, 3, 4, 6, 8, 16):
+        weight, _ = quantize_linear(linear, Quantize(weight_bits=bits)).dequantized()
+        errors.append(float((weight - linear.weight.detach()).norm() / linear.weight.detach().norm()))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.005 and errors[0] < 0.7
+    assert all(a > 1.5 * b for a, b in zip(errors, errors[1:]))
+
+
+def _with_outliers():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 256) * 0.02
+    rows, cols = torch.randint(0, 64, (20,)), torch.randint(0, 256, (20,))
+    weight[rows, cols] = 0.5 * torch.sign(torch.randn(20))  # 25x the typical weight
+    return weight
+
+
+def _heavy_tailed():
+    torch.manual_seed(0)
+    return torch.distributions.StudentT(3.0).sample((64, 256)) * 0.02
+
+
+def _error(weight, bits, group, method):
+    scale = search_scale(weight, bits, group, method)
+    codes = q.quantize_codes(weight, scale, bits, group)
+    return float(((q.dequantize(codes, scale, group) - weight) ** 2).sum())
+
+
+@pytest.mark.parametrize("bits, group", [(8, None), (6, 64), (4, 64), (3, 32), (2, 64)])
+def test_mse_scale_search_never_loses_to_minmax_and_wins_on_outliers(bits, group):
+    for weight in (_with_outliers(), _heavy_tailed(), torch.randn(64, 256)):
+        assert _error(weight, bits, group, "mse") <= _error(weight, bits, group, "minmax")  # the grid includes 1.0
+    if bits < 8:
+        assert _error(_with_outliers(), bits, group, "mse") < 0.995 * _error(_with_outliers(), bits, group, "minmax")
+    assert torch.equal(search_scale(_with_outliers(), bits, group, "mse"),
+                       search_scale(_with_outliers(), bits, group, "mse"))  # deterministic
+
+
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_percentile_clipping_beats_minmax_on_heavy_tailed_weights_at_low_bits(bits):
+    # At 6-8 bits it clips more than rounding costs (measured: 1.1x to 10x minmax's error), so it is a low-bit choice.
+    weight = _heavy_tailed()
+    assert _error(weight, bits, 64, "percentile") < 0.995 * _error(weight, bits, 64, "minmax")
+    scale = search_scale(weight, bits, 64, "percentile")
+    expected = torch.quantile(weight.abs().view(64, 4, 64), 0.999, dim=-1) / q.levels(bits)
+    assert torch.equal(scale, expected.half().float())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("count", [1, 7, 64, 1001])
+def test_pack_unpack_round_trips_codes_exactly(bits, count):
+    codes = torch.randint(0, 2 ** bits, (count,), generator=torch.Generator().manual_seed(count))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-count * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, count).long(), codes)
+
+
+@pytest.mark.parametrize("bits, codes, stream", [  # little-endian bit stream, hand-derived
+    (4, [1, 2], [0x21]),
+    (2, [1, 2, 3, 0], [1 | 2 << 2 | 3 << 4]),
+    (3, [1, 2, 3, 4, 5, 6, 7, 0], [0xD1, 0x58, 0x1F]),  # sum(c_i << 3i) = 0x1F58D1
+    (6, [1, 2, 3, 63], [0x81, 0x30, 0xFC]),  # 1 + 2 << 6 + 3 << 12 + 63 << 18 = 0xFC3081
+])
+def test_packed_layout_is_the_documented_bit_stream(bits, codes, stream):
+    assert pack_codes(torch.tensor(codes), bits).tolist() == stream
+
+
+def test_packed_layer_holds_codes_of_its_bit_width_and_uses_every_level():
+    torch.manual_seed(0)
+    layer = quantize_linear(nn.Linear(128, 16), Quantize(weight_bits=3, group_size=32))
+    codes = layer.codes()
+    assert codes.min() == -3 and codes.max() == 3 and len(codes.unique()) == 7
+    assert layer.state_dict()["weight_packed"].numel() == 16 * 128 * 3 // 8
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_recipe_yaml_round_trip_is_exact(tmp_path, config):
+    recipe = Recipe(blocks=({"quantize": config}, {}))
+    recipe.save(tmp_path / "r.yaml")
+    assert Recipe.load(tmp_path / "r.yaml") == recipe
+    assert Recipe.from_dict({"blocks": [{"quantize": {"weight_bits": 8}}, {}]}) == Recipe(
+        blocks=({"quantize": Quantize()}, {}))  # yesterday's recipes still read as before
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_safetensors_reload_into_a_structure_only_model_is_identical(tmp_path, config):
+    x = torch.randn(2, 3, 16, 16)
+    quantized = _compress(config)
+    save_file({k: v.contiguous() for k, v in quantized.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    rebuilt = _compress(config, structure_only=True)
+    rebuilt.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    assert torch.equal(rebuilt(x), quantized(x))
+    assert weight_nbytes(rebuilt) == weight_nbytes(quantized)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_trainable_then_deployed_gives_identical_outputs_and_tensors(config):
+    x = torch.randn(2, 3, 16, 16)
+    quantized = _compress(config)
+    fake = trainable(copy.deepcopy(quantized))
+    assert sum(isinstance(m, FakeQuantLinear) for m in fake.modules()) == 8
+    assert (fake(x) - quantized(x)).abs().max() < 0.05 * quantized(x).abs().max()  # trains what deploys
+    again = deployed(fake)
+    assert torch.equal(again(x), quantized(x))
+    for key, tensor in quantized.state_dict().items():
+        assert torch.equal(again.state_dict()[key], tensor), key
+
+
+def test_minmax_scales_follow_the_trained_weights_and_searched_scales_stay_frozen():
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 16)
+    for method, follows in (("minmax", True), ("mse", False), ("percentile", False)):
+        packed = quantize_linear(linear, Quantize(weight_bits=4, group_size=32, scale=method))
+        fake = packed.trainable()
+        with torch.no_grad():
+            fake.weight.mul_(1.5)
+        rescaled = fake.deployed().scales()
+        assert torch.equal(rescaled, (1.5 * packed.scales().float()).half()) == follows, method
+        assert torch.equal(rescaled, packed.scales()) != follows, method
+
+
+def test_a_model_pickles_and_copies_with_every_kernel():
+    x = torch.randn(2, 3, 16, 16)
+    model = small_vit()
+    recipe = Recipe(blocks=({"quantize": Quantize(weight_bits=8, act_bits=8)}, {"quantize": Quantize(weight_bits=3)}))
+    quantized = compress(model, recipe, calibration=torch.randn(8, 3, 16, 16))
+    buffer = io.BytesIO()
+    torch.save(quantized, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False)(x), quantized(x))
+    assert torch.equal(copy.deepcopy(quantized)(x), quantized(x))
+
+
+@pytest.mark.parametrize("config", [Quantize(weight_bits=16), Quantize(weight_bits=4, group_size=32),
+                                    Quantize(weight_bits=8, act_bits=8)], ids=["w16", "w4g32", "w8a8"])
+def test_straight_through_gradients_reach_the_fp32_weights(config):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 8)
+    fake = quantize_linear(linear, config, act=(0.02, 128)).trainable()
+    x, target = torch.randn(5, 64, requires_grad=True), torch.randn(5, 8)
+    ((fake(x) - target) ** 2).sum().backward()
+    with torch.no_grad():  # STE: the gradient is the one of a plain Linear holding the quantized weights
+        weight, bias = fake.deployed().dequantized()
+        inputs = x if not config.act_bits else torch.fake_quantize_per_tensor_affine(x, 0.02, 128, 0, 255)
+        if config.weight_bits == 16:
+            inputs = inputs.bfloat16().float()
+        residual = 2 * (nn.functional.linear(inputs, weight, bias) - target)
+    torch.testing.assert_close(fake.weight.grad, residual.t() @ inputs, rtol=2e-2, atol=1e-3)
+    assert fake.weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+
+
+def test_each_class_names_its_kernel():
+    kernels = {cls: cls.kernel for cls in (Bf16Linear, Int8Linear, Int8StaticLinear, PackedLinear)}
+    assert kernels == {Bf16Linear: "bf16_matmul", Int8Linear: "int8_dynamic", Int8StaticLinear: "int8_static",
+                       PackedLinear: "unpacked_fp32"}
+    for config, cls in [(Quantize(weight_bits=16), Bf16Linear), (Quantize(), Int8Linear),
+                        (Quantize(weight_bits=8, act_bits=8), Int8StaticLinear),
+                        (Quantize(weight_bits=2), PackedLinear)]:
+        layers = [m for m in _compress(config).blocks.modules() if isinstance(m, q.QuantizedLinear)]
+        assert len(layers) == 8 and all(type(m) is cls for m in layers)
+
+
+def test_static_int8_activations_run_the_onednn_kernel_and_match_their_simulation(monkeypatch):
+    x = torch.randn(4, 3, 16, 16)
+    real = _compress(Quantize(weight_bits=8, act_bits=8))
+    assert simulated_layers(real) == []
+    calls = []
+    kernel = torch.ops.onednn.qlinear_pointwise
+    monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", lambda *a: calls.append(1) or kernel(*a),
+                        raising=False)
+    expected = real(x)
+    assert len(calls) == 8
+    monkeypatch.setattr(q, "has_int8_static_kernel", lambda: False)  # a backend without it: simulated, labelled
+    simulated = _compress(Quantize(weight_bits=8, act_bits=8))
+    assert {type(m) for m in simulated.blocks.modules() if isinstance(m, q.QuantizedLinear)} == {Int8Linear}
+    assert len(simulated_layers(simulated)) == 8 and simulated_layers(simulated)[0] == "blocks.0.attn.qkv"
+    assert simulated.state_dict().keys() == real.state_dict().keys()  # same weights file either way
+    assert (simulated(x) - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_low_bit_activation_quantization_is_simulated_and_labelled():
+    model = _compress(Quantize(weight_bits=4, act_bits=8))
+    layers = [m for m in model.blocks.modules() if isinstance(m, PackedLinear)]
+    assert all(m.simulated for m in layers) and len(simulated_layers(model)) == 8
+    assert not any(m.simulated for m in _compress(Quantize(weight_bits=4)).modules() if hasattr(m, "simulated"))
+
+
+def test_activation_ranges_come_from_the_calibration_images():
+    model = small_vit()
+    images = torch.randn(8, 3, 16, 16)
+    seen = []
+    hook = model.blocks[1].mlp.fc2.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(images)
+    hook.remove()
+    low, high = min(float(seen[0].min()), 0.0), float(seen[0].max())
+    quantized = compress(model, Recipe(blocks=({}, {"quantize": Quantize(weight_bits=4, act_bits=8)})),
+                         calibration=images)
+    scale, zero_point = quantized.blocks[1].mlp.fc2.act_qparams
+    assert scale == pytest.approx((high - low) / 255) and zero_point == round(-low / scale)
+
+
+def test_bf16_layer_computes_in_bf16():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(3, 64)
+    expected = nn.functional.linear(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16()).float()
+    assert torch.equal(quantize_linear(linear, Quantize(weight_bits=16))(x), expected)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"weight_bits": 5}, "block 0: quantize: weight_bits must be one of [16, 8, 6, 4, 3, 2], got 5"),
+    ({"weight_bits": 32}, "weight_bits must be one of [16, 8, 6, 4, 3, 2], got 32"),
+    ({"weight_bits": 8.0}, "weight_bits must be one of [16, 8, 6, 4, 3, 2], got 8.0"),
+    ({"group_size": 4}, "group_size must be a whole number >= 8, got 4"),
+    ({"group_size": "64"}, "group_size must be a whole number >= 8, got '64'"),
+    ({"scale": "max"}, "scale must be one of ['minmax', 'percentile', 'mse'], got 'max'"),
+    ({"act_bits": 4}, "act_bits must be one of [None, 8] (null: weights only), got 4"),
+    ({"bits": 4}, "unknown field(s) ['bits']; allowed: ['weight_bits', 'group_size', 'scale', 'act_bits']"),
+])
+def test_impossible_settings_are_refused_when_the_recipe_is_read(settings, message):
+    with pytest.raises(AutocompError) as info:
+        Recipe.from_dict({"blocks": [{"quantize": settings}]})
+    assert message in str(info.value)
+
+
+def test_activation_quantization_without_calibration_images_is_refused():
+    recipe = Recipe(blocks=({}, {"quantize": Quantize(act_bits=8)}))
+    with pytest.raises(AutocompError, match=r"block 1: quantize.act_bits=8 calibrates .* pass calibration="):
+        compress(small_vit(), recipe)
+    compress(small_vit(), recipe, structure_only=True)  # loading saved weights needs none
+
+
+def test_weights_saved_under_another_bit_width_are_refused_with_the_shapes():
+    state = _compress(Quantize(weight_bits=4)).state_dict()
+    rebuilt = _compress(Quantize(weight_bits=3), structure_only=True)
+    with pytest.raises(RuntimeError, match=r"PackedLinear \(w3g64\): blocks.0.attn.qkv.weight_packed: expected "
+                                           r"\(2592,\) torch.uint8, got \(3456,\) torch.uint8"):
+        rebuilt.load_state_dict(state)
+    with pytest.raises(AutocompError, match="act_bits=8 needs the calibrated input"):
+        quantize_linear(nn.Linear(8, 8), Quantize(act_bits=8))

@@ -17,7 +17,9 @@ def slice_linear(linear: nn.Linear, *, rows: torch.Tensor | None = None, cols: t
         bias = bias[rows] if bias is not None else None
     if cols is not None:
         weight = weight[:, cols]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    # skip_init: the weights are copied in below, so drawing random ones would only consume the global RNG
+    new = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                             device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:

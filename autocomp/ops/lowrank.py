@@ -68,8 +68,9 @@ class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, *, bias: bool = True,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+        # skip_init: the factors are always filled in afterwards (SVD or a state dict)
+        self.first = nn.utils.skip_init(nn.Linear, in_features, rank, bias=False, device=device, dtype=dtype)
+        self.second = nn.utils.skip_init(nn.Linear, rank, out_features, bias=bias, device=device, dtype=dtype)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, *, gram: torch.Tensor | None = None) -> LowRankLinear:

@@ -1,25 +1,49 @@
-"""Weight quantization of a block's Linear layers.
+"""Weight (and optionally activation) quantization of a block's Linear layers.
 
-8-bit: weights stored as int8 with one fp32 scale per output channel (symmetric), executed by PyTorch's int8
-dynamic-quantization CPU kernel (``quantized::linear_dynamic``: fbgemm/oneDNN on x86, qnnpack on ARM), which
-quantizes activations per batch on the fly. Memory and latency both really drop.
+What each bit-width stores, and how it runs (the class attribute ``kernel`` names it, for the cost model):
+
+========  ======================================================  ===============================================
+bits      stored                                                  executed by
+========  ======================================================  ===============================================
+16        bf16 weight and bias                                    ``bf16_matmul``: bf16 GEMM (oneDNN, AMX/AVX512-BF16
+                                                                  where the CPU has them), output cast to fp32
+8         int8 weight, fp32 scale per output channel, fp32 bias   ``int8_dynamic``: ``quantized::linear_dynamic``
+                                                                  (activations quantized per batch at run time)
+8 + a8    the same + calibrated uint8 activation scale/zero       ``int8_static``: ``onednn::qlinear_pointwise``
+6/4/3/2   codes packed densely (bits * in * out / 8 bytes), fp16  ``unpacked_fp32``: no kernel; the weight is
+          scale per group of ``group_size`` inputs, fp32 bias     unpacked to fp32 at every call, then fp32 GEMM
+========  ======================================================  ===============================================
+
+``act_bits=8`` (static activations, calibrated on the calibration images) runs for real only with 8-bit weights on a
+backend with oneDNN's int8 kernel; elsewhere the layer fake-quantizes its input before its own kernel and reports
+``simulated = True``: such a layer shows accuracy, never speed (see :func:`simulated_layers`). The choices were
+measured on this machine's CPU: ``benchmarks/quant_kernels.py``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
+from autocomp.ops._quantizers import (SCALE_METHODS, activation_qparams, dequantize, levels, pack_codes,
+                                      packed_nbytes, quantize_codes, search_scale, unpack_codes)
 from autocomp.ops._registry import CompressContext, register
 
-__all__ = ["Quantize", "Int8Linear", "WEIGHT_BITS"]
+__all__ = ["Quantize", "QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear",
+           "FakeQuantLinear", "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "trainable", "deployed",
+           "quantize_linear", "stored_nbytes_for", "simulated_layers", "module_class", "has_int8_static_kernel"]
 
-WEIGHT_BITS = (8,)
+WEIGHT_BITS = (16, 8, 6, 4, 3, 2)
+ACT_BITS = (None, 8)
+MIN_GROUP_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -27,41 +51,172 @@ class Quantize:
     """Quantize every Linear of a block.
 
     Attributes:
-        weight_bits: bits per weight; allowed values are ``WEIGHT_BITS``.
+        weight_bits: bits per weight, one of ``WEIGHT_BITS`` (16 = bf16 half precision).
+        group_size: input weights sharing one fp16 scale below 8 bits (8 bits: one scale per output channel; 16
+            bits: no scale). A row whose length is not a multiple keeps a shorter last group.
+        scale: how scales are chosen, one of ``SCALE_METHODS`` (``minmax``, ``percentile``, ``mse``).
+        act_bits: None (weights only; 8-bit weights still quantize activations per batch in their kernel) or 8:
+            static uint8 activations, one scale per layer input, calibrated on the calibration images.
     """
 
     weight_bits: int = 8
+    group_size: int = 64
+    scale: str = "minmax"
+    act_bits: int | None = None
 
     def __post_init__(self) -> None:
-        if self.weight_bits not in WEIGHT_BITS:
+        if not _is_int(self.weight_bits) or self.weight_bits not in WEIGHT_BITS:
             raise AutocompError(f"weight_bits must be one of {list(WEIGHT_BITS)}, got {self.weight_bits!r}")
+        if not _is_int(self.group_size) or self.group_size < MIN_GROUP_SIZE:
+            raise AutocompError(f"group_size must be a whole number >= {MIN_GROUP_SIZE}, got {self.group_size!r}")
+        if self.scale not in SCALE_METHODS:
+            raise AutocompError(f"scale must be one of {list(SCALE_METHODS)}, got {self.scale!r}")
+        if self.act_bits is not None and (not _is_int(self.act_bits) or self.act_bits not in ACT_BITS):
+            raise AutocompError(f"act_bits must be one of {list(ACT_BITS)} (null: weights only), got {self.act_bits!r}")
+
+    @property
+    def weight_group(self) -> int | None:
+        """Input weights per scale; None for one scale per output channel (8 bits) or none at all (16 bits)."""
+        return self.group_size if self.weight_bits < 8 else None
 
     def tag(self) -> str:
-        return f"w{self.weight_bits}"
+        """E.g. ``w8``, ``w4g64``, ``w3g32-mse``, ``w8a8``."""
+        text = f"w{self.weight_bits}" + (f"g{self.group_size}" if self.weight_bits < 8 else "")
+        if self.scale != "minmax" and self.weight_bits <= 8:
+            text += f"-{self.scale}"
+        return text + (f"a{self.act_bits}" if self.act_bits else "")
 
 
-class Int8Linear(nn.Module):
-    """A Linear whose weight is int8 per output channel, run by the int8 dynamic-quantization kernel.
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+ActQParams = tuple[float, int]  # (scale, zero point) of the uint8 quantizer of a layer's input
+Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]  # saved tensor name -> (shape, dtype)
+
+
+class QuantizedLinear(nn.Module):
+    """Base of the deployed quantized Linears: what they hold lives outside parameters and buffers (kernel-packed
+    or bit-packed), is counted by :meth:`stored_nbytes`, and is saved as plain tensors.
+
+    Subclasses set ``kernel`` and implement ``spec`` (name -> (shape, dtype) of each saved weight tensor),
+    ``_quantize``, ``_state``, ``_set_state``, ``dequantized``, ``scales`` and ``_linear``.
+    """
+
+    kernel: ClassVar[str] = ""
+    executes_activations: ClassVar[bool] = False  # has a real kernel for static activation quantization
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 config: Quantize | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+        self.config = config if config is not None else Quantize()
+        self.act_qparams: ActQParams | None = (1.0, 0) if self.config.act_bits else None
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, config: Quantize, *,
+                    scale: torch.Tensor | None = None, act: ActQParams | None = None) -> QuantizedLinear:
+        """Quantize an fp32 ``weight`` (out, in); ``scale`` None: search it with ``config.scale``; ``act``: the
+        calibrated input quantizer, required with ``config.act_bits``."""
+        if config.act_bits and act is None:
+            raise AutocompError("act_bits=8 needs the calibrated input (scale, zero point); see quantize's apply")
+        module = cls(weight.shape[1], weight.shape[0], bias=bias is not None, config=config)
+        module._quantize(weight.detach().float(), None if bias is None else bias.detach().float(), scale)
+        if act is not None:
+            module.act_qparams = (float(act[0]), int(act[1]))
+        return module
+
+    @property
+    def simulated(self) -> bool:
+        """True when activation quantization is fake (no real kernel): this layer's latency is not a claim."""
+        return self.act_qparams is not None and not self.executes_activations
+
+    @classmethod
+    def spec(cls, in_features: int, out_features: int, *, bias: bool, config: Quantize) -> Spec:
+        """Name -> (shape, dtype) of each tensor a layer of this shape holds and saves, activation ones included."""
+        spec = cls._weight_spec(in_features, out_features, bias=bias, config=config)
+        if config.act_bits:
+            spec |= {"act_scale": ((), torch.float32), "act_zero_point": ((), torch.int32)}
+        return spec
+
+    def stored_nbytes(self) -> int:
+        """Bytes of the tensors the module holds, exactly as saved (see :func:`stored_nbytes_for`)."""
+        return _nbytes(self._spec())
+
+    def _spec(self) -> Spec:
+        return self.spec(self.in_features, self.out_features, bias=self.has_bias, config=self.config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_qparams is not None and not self.executes_activations:
+            x = torch.fake_quantize_per_tensor_affine(x, self.act_qparams[0], self.act_qparams[1], 0, 255)
+        return self._linear(x)
+
+    def trainable(self) -> FakeQuantLinear:
+        """An fp32 copy (dequantized weights, same scales and quantizer) that trains; see :func:`trainable`."""
+        weight, bias = self.dequantized()
+        return FakeQuantLinear.from_weight(weight, bias, self.config, scale=self.scales(), act=self.act_qparams)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.config.tag()}, "
+                f"kernel={self.kernel}" + (", simulated activations" if self.simulated else ""))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - torch's signature
+        for name, tensor in self._state().items():
+            destination[prefix + name] = tensor
+        if self.act_qparams is not None:
+            destination[prefix + "act_scale"] = torch.tensor(self.act_qparams[0], dtype=torch.float32)
+            destination[prefix + "act_zero_point"] = torch.tensor(self.act_qparams[1], dtype=torch.int32)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # noqa: ANN001 - torch's signature
+        spec = self._spec()
+        missing = [prefix + name for name in spec if prefix + name not in state_dict]
+        if missing:
+            missing_keys.extend(missing)
+            return
+        state = {name: state_dict[prefix + name] for name in spec}
+        bad = [f"{prefix}{name}: expected {tuple(shape)} {dtype}, got {tuple(state[name].shape)} {state[name].dtype}"
+               for name, (shape, dtype) in spec.items()
+               if tuple(state[name].shape) != tuple(shape) or state[name].dtype != dtype]
+        if bad:
+            error_msgs.append(f"quantized layer {type(self).__name__} ({self.config.tag()}): " + "; ".join(bad))
+            return
+        if self.act_qparams is not None:
+            self.act_qparams = (float(state.pop("act_scale")), int(state.pop("act_zero_point")))
+        self._set_state(state)
+
+
+def _nbytes(spec: Spec) -> int:
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in spec.values())
+
+
+def _fp32_bias(out_features: int, bias: bool) -> Spec:
+    return {"bias": ((out_features,), torch.float32)} if bias else {}
+
+
+class Int8Linear(QuantizedLinear):
+    """8-bit weights, per output channel, run by the int8 dynamic-quantization kernel.
 
     The module holds only the kernel's packed weight; its state dict holds plain tensors (``weight_int8``,
     ``weight_scale``, ``bias``) so it saves to safetensors.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+    kernel = "int8_dynamic"
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 config: Quantize | None = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, config=config or Quantize(weight_bits=8))
         self._pack(torch.zeros(out_features, in_features, dtype=torch.int8), torch.ones(out_features),
                    torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        weight = linear.weight.detach().float()
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
-        weight_int8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        bias = linear.bias.detach().float() if linear.bias is not None else None
-        module._pack(weight_int8, scale, bias)
-        return module
+    def from_linear(cls, linear: nn.Linear, config: Quantize | None = None) -> Int8Linear:
+        return cls.from_weight(linear.weight, linear.bias, config or Quantize(weight_bits=8))
+
+    def _quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None) -> None:
+        if scale is None:
+            scale = search_scale(weight, 8, None, self.config.scale)
+        self._pack(quantize_codes(weight, scale.float(), 8, None).to(torch.int8), scale.float(), bias)
 
     def _pack(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         with warnings.catch_warnings():  # the quantized-tensor API is deprecated; its kernel is still the fastest
@@ -75,39 +230,332 @@ class Int8Linear(nn.Module):
         qweight, bias = torch.ops.quantized.linear_unpack(self._packed)
         return qweight.int_repr(), qweight.q_per_channel_scales().float(), bias
 
-    def stored_nbytes(self) -> int:
-        """Bytes of what the module holds: int8 weights, fp32 scales, fp32 bias."""
-        return self.out_features * self.in_features + 4 * self.out_features * (1 + int(self.has_bias))
+    @classmethod
+    def _weight_spec(cls, in_features: int, out_features: int, *, bias: bool, config: Quantize) -> Spec:
+        return {"weight_int8": ((out_features, in_features), torch.int8),
+                "weight_scale": ((out_features,), torch.float32), **_fp32_bias(out_features, bias)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _state(self) -> dict[str, torch.Tensor]:
+        weight_int8, scale, bias = self.unpacked()
+        return {"weight_int8": weight_int8, "weight_scale": scale, **({"bias": bias} if bias is not None else {})}
+
+    def _set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._pack(state["weight_int8"], state["weight_scale"], state.get("bias"))
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight_int8, scale, bias = self.unpacked()
+        return weight_int8.float() * scale[:, None], bias
+
+    def scales(self) -> torch.Tensor:
+        return self.unpacked()[1]
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, True)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - torch's signature
-        weight_int8, scale, bias = self.unpacked()
-        destination[prefix + "weight_int8"] = weight_int8
-        destination[prefix + "weight_scale"] = scale
-        if bias is not None:
-            destination[prefix + "bias"] = bias
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):  # noqa: ANN001 - torch's signature
-        names = ["weight_int8", "weight_scale"] + (["bias"] if self.has_bias else [])
-        missing = [prefix + n for n in names if prefix + n not in state_dict]
-        if missing:
-            missing_keys.extend(missing)
-            return
-        self._pack(state_dict[prefix + "weight_int8"], state_dict[prefix + "weight_scale"],
-                   state_dict[prefix + "bias"] if self.has_bias else None)
+_NO_ZERO_POINT = torch.zeros(1, dtype=torch.long)  # symmetric weights; shared by all layers
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits=8"
+
+class Int8StaticLinear(Int8Linear):
+    """8-bit weights and static uint8 activations (calibrated scale and zero point), run by oneDNN's int8 GEMM
+    with fp32 output. Same saved tensors as :class:`Int8Linear` plus ``act_scale`` and ``act_zero_point``."""
+
+    kernel = "int8_static"
+    executes_activations = True
+
+    def _pack(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self._packed = torch.ops.onednn.qlinear_prepack(weight_int8.contiguous(), None)  # opaque, (in, out)
+        self._scale = scale.float().contiguous()
+        self._bias = None if bias is None else bias.float().contiguous()
+
+    def unpacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return self._packed.to_dense().t().contiguous(), self._scale.clone(), self._bias
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zero_point = self.act_qparams
+        with warnings.catch_warnings():  # deprecated API, but its fused quantize is the fast one
+            warnings.simplefilter("ignore", UserWarning)
+            qx = torch.quantize_per_tensor(x.contiguous(), scale, zero_point, torch.quint8).int_repr()
+        return torch.ops.onednn.qlinear_pointwise(qx, scale, zero_point, self._packed, self._scale, _NO_ZERO_POINT,
+                                                  self._bias, 1.0, 0, torch.float32, "none", [], "")
+
+    def __getstate__(self) -> dict:  # the opaque oneDNN tensor cannot be copied or pickled: keep plain tensors
+        state = self.__dict__.copy()
+        state["_packed"] = self._packed.to_dense()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["_packed"] = torch.ops.onednn.qlinear_prepack(state["_packed"].t().contiguous(), None)
+        super().__setstate__(state)
+
+
+class Bf16Linear(QuantizedLinear):
+    """16-bit weights and bias in bf16, run by a bf16 GEMM (input cast to bf16, output cast back to fp32)."""
+
+    kernel = "bf16_matmul"
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 config: Quantize | None = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, config=config or Quantize(weight_bits=16))
+        self._weight = torch.zeros(out_features, in_features, dtype=torch.bfloat16)
+        self._bias = torch.zeros(out_features, dtype=torch.bfloat16) if bias else None
+
+    def _quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None) -> None:
+        self._weight = weight.to(torch.bfloat16)
+        self._bias = None if bias is None else bias.to(torch.bfloat16)
+
+    @classmethod
+    def _weight_spec(cls, in_features: int, out_features: int, *, bias: bool, config: Quantize) -> Spec:
+        spec = {"weight": ((out_features, in_features), torch.bfloat16)}
+        return spec | ({"bias": ((out_features,), torch.bfloat16)} if bias else {})
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"weight": self._weight, **({"bias": self._bias} if self._bias is not None else {})}
+
+    def _set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._weight, self._bias = state["weight"].clone(), state["bias"].clone() if self.has_bias else None
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._weight.float(), None if self._bias is None else self._bias.float()
+
+    def scales(self) -> None:
+        return None
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(torch.bfloat16), self._weight, self._bias).float()
+
+
+class PackedLinear(QuantizedLinear):
+    """6/4/3/2-bit weights: codes ``w / scale + L`` bit-packed densely into uint8 (``weight_packed``, row-major over
+    (out, in)), one fp16 scale per group (``weight_scale``, (out, groups)), fp32 ``bias``. No low-bit kernel is
+    used: each call unpacks to a temporary fp32 weight (nothing is cached) and runs the fp32 GEMM."""
+
+    kernel = "unpacked_fp32"
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 config: Quantize | None = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, config=config or Quantize(weight_bits=4))
+        if self.config.weight_bits >= 8:
+            raise AutocompError(f"PackedLinear holds 2..6-bit weights, got weight_bits={self.config.weight_bits}")
+        spec = self._spec()
+        self._codes = torch.zeros(spec["weight_packed"][0], dtype=torch.uint8)
+        self._scale = torch.ones(spec["weight_scale"][0], dtype=torch.float16)
+        self._bias = torch.zeros(out_features) if bias else None
+
+    def _quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None) -> None:
+        bits, group = self.config.weight_bits, self.config.group_size
+        if scale is None:
+            scale = search_scale(weight, bits, group, self.config.scale)
+        codes = quantize_codes(weight, scale.float(), bits, group) + levels(bits)
+        self._codes = pack_codes(codes.to(torch.int32), bits)
+        self._scale = scale.half()
+        self._bias = bias
+
+    @classmethod
+    def _weight_spec(cls, in_features: int, out_features: int, *, bias: bool, config: Quantize) -> Spec:
+        codes = packed_nbytes(out_features * in_features, config.weight_bits)
+        groups = math.ceil(in_features / config.group_size)
+        return {"weight_packed": ((codes,), torch.uint8), "weight_scale": ((out_features, groups), torch.float16),
+                **_fp32_bias(out_features, bias)}
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = {"weight_packed": self._codes, "weight_scale": self._scale}
+        return state | ({"bias": self._bias} if self._bias is not None else {})
+
+    def _set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._codes, self._scale = state["weight_packed"].clone(), state["weight_scale"].clone()
+        self._bias = state["bias"].clone() if self.has_bias else None
+
+    def codes(self) -> torch.Tensor:
+        """Signed integer codes (out, in), int32."""
+        bits = self.config.weight_bits
+        flat = unpack_codes(self._codes, bits, self.out_features * self.in_features)
+        return flat.to(torch.int32).view(self.out_features, self.in_features) - levels(bits)
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._weight(), self._bias
+
+    def scales(self) -> torch.Tensor:
+        return self._scale.clone()
+
+    def _weight(self) -> torch.Tensor:
+        bits = self.config.weight_bits
+        flat = unpack_codes(self._codes, bits, self.out_features * self.in_features)
+        codes = flat.view(self.out_features, self.in_features).float() - levels(bits)
+        return dequantize(codes, self._scale, self.config.group_size)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self._weight(), self._bias)
+
+
+@functools.cache
+def has_int8_static_kernel() -> bool:
+    """Whether this PyTorch build runs oneDNN's static int8 Linear (x86 builds with oneDNN do)."""
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(torch.ones(16, 16, dtype=torch.int8), None)
+        torch.ops.onednn.qlinear_pointwise(torch.ones(2, 16, dtype=torch.uint8), 1.0, 0, packed, torch.ones(16),
+                                           torch.zeros(16, dtype=torch.long), None, 1.0, 0, torch.float32, "none",
+                                           [], "")
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def module_class(config: Quantize) -> type[QuantizedLinear]:
+    """The deployed class for ``config`` on this backend."""
+    if config.weight_bits == 16:
+        return Bf16Linear
+    if config.weight_bits == 8:
+        return Int8StaticLinear if config.act_bits and has_int8_static_kernel() else Int8Linear
+    return PackedLinear
+
+
+def stored_nbytes_for(in_features: int, out_features: int, *, bias: bool, config: Quantize) -> int:
+    """Bytes a Linear of this shape holds once quantized with ``config`` (what the cost model should count)."""
+    return _nbytes(module_class(config).spec(in_features, out_features, bias=bias, config=config))
+
+
+def quantize_linear(linear: nn.Linear, config: Quantize, *, act: ActQParams | None = None) -> QuantizedLinear:
+    """The deployed, really quantized form of ``linear``."""
+    return module_class(config).from_weight(linear.weight, linear.bias, config, act=act)
+
+
+class FakeQuantLinear(nn.Linear):
+    """Training form of a quantized Linear: fp32 master weights, forward through the same quantizer (bits, group
+    size, fixed scales, activation quantizer) with a straight-through estimator (gradients pass the rounding
+    unchanged). Simulation for training only; :meth:`deployed` turns it back into the packed layer.
+
+    ``minmax`` scales follow the weights (recomputed at every call, as cheap as the rounding). Searched scales
+    (``percentile``, ``mse``) are frozen in the buffer ``weight_scale`` when the layer is made (copied from the packed
+    layer, or searched by :meth:`from_weight`): searching at every step would cost ~40 passes over the weight, and a
+    search over already-quantized weights would not find the same clipping again. Either way ``deployed()`` right
+    after ``trainable()`` rebuilds the same codes and scales exactly.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 config: Quantize | None = None) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.config = config if config is not None else Quantize()
+        if self.frozen_scale:
+            group = self.config.weight_group
+            shape = (out_features,) if group is None else (out_features, -(-in_features // group))
+            self.register_buffer("weight_scale", torch.ones(shape, dtype=torch.float32 if group is None
+                                                            else torch.float16))
+        if self.config.act_bits:
+            self.register_buffer("act_scale", torch.tensor(1.0))
+            self.register_buffer("act_zero_point", torch.tensor(0, dtype=torch.int32))
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, config: Quantize, *,
+                    scale: torch.Tensor | None = None, act: ActQParams | None = None) -> FakeQuantLinear:
+        module = cls(weight.shape[1], weight.shape[0], bias=bias is not None, config=config)
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            if bias is not None:
+                module.bias.copy_(bias)
+            if module.frozen_scale:
+                module.weight_scale.copy_(scale if scale is not None else
+                                          search_scale(weight, config.weight_bits, config.weight_group, config.scale))
+            if config.act_bits and act is not None:
+                module.act_scale.fill_(act[0])
+                module.act_zero_point.fill_(act[1])
+        return module
+
+    @property
+    def bits(self) -> int:
+        return self.config.weight_bits
+
+    @property
+    def frozen_scale(self) -> bool:
+        """Whether the scales are fixed buffers (searched ones) rather than recomputed from the weights (minmax)."""
+        return self.config.weight_bits <= 8 and self.config.scale != "minmax"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.act_bits:
+            x = torch.fake_quantize_per_tensor_affine(x, float(self.act_scale), int(self.act_zero_point), 0, 255)
+        bias = self.bias
+        if self.config.weight_bits == 16:
+            quantized = self.weight.to(torch.bfloat16).float()
+            x = x + (x.to(torch.bfloat16).float() - x).detach()
+            bias = None if bias is None else bias + (bias.to(torch.bfloat16).float() - bias).detach()
+        else:
+            bits, group = self.config.weight_bits, self.config.weight_group
+            scale = self.weight_scale.float() if self.frozen_scale else search_scale(self.weight, bits, group, "minmax")
+            quantized = dequantize(quantize_codes(self.weight.detach(), scale, bits, group), scale, group)
+        weight = self.weight + (quantized - self.weight).detach()  # straight-through estimator
+        return nn.functional.linear(x, weight, bias)
+
+    def deployed(self) -> QuantizedLinear:
+        act = (float(self.act_scale), int(self.act_zero_point)) if self.config.act_bits else None
+        scale = self.weight_scale if self.frozen_scale else None
+        return module_class(self.config).from_weight(self.weight, self.bias, self.config, scale=scale, act=act)
+
+
+def trainable(model: nn.Module) -> nn.Module:
+    """Swap every packed quantized layer of ``model`` (in place) for its trainable fake-quant form."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if hasattr(child, "trainable"):
+                setattr(parent, name, child.trainable())
+    return model
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """Swap every fake-quant layer of ``model`` (in place) back to its packed, really quantized form."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FakeQuantLinear):
+                setattr(parent, name, child.deployed())
+    return model
+
+
+def simulated_layers(model: nn.Module) -> list[str]:
+    """Names of the layers whose quantization is simulated; a model with any must make no latency claim."""
+    return [name for name, module in model.named_modules() if getattr(module, "simulated", False)]
 
 
 @register("quantize", Quantize, order=90)
 def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressContext) -> None:
     blocks = vit_blocks(model)
-    for index in configs:
-        for parent in list(blocks[index].modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear.from_linear(child))
+    targets = {index: [(parent, name, child) for parent in blocks[index].modules()
+                       for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+               for index in configs}
+    calibrate = [index for index, config in configs.items() if config.act_bits]
+    ranges: dict[nn.Module, list[float]] = {}
+    if calibrate and not context.structure_only:
+        if context.calibration is None:
+            raise AutocompError(f"block {calibrate[0]}: quantize.act_bits=8 calibrates activation ranges on "
+                                "calibration images; pass calibration= (the calibration split) to compress")
+        ranges = _input_ranges(model, [child for index in calibrate for _, _, child in targets[index]],
+                               context.calibration)
+    for index, config in configs.items():
+        cls = module_class(config)
+        for parent, name, child in targets[index]:
+            if context.structure_only:
+                module = cls(child.in_features, child.out_features, bias=child.bias is not None, config=config)
+            else:
+                if config.act_bits and child not in ranges:
+                    raise AutocompError(f"block {index}: {name} never ran on the calibration images, so its input "
+                                        "range is unknown; leave act_bits out for this block")
+                act = activation_qparams(*ranges[child]) if config.act_bits else None
+                module = quantize_linear(child, config, act=act)
+            setattr(parent, name, module)
+
+
+def _input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:
+    """[min, max] of each layer's input over one forward pass of ``images``."""
+    ranges: dict[nn.Module, list[float]] = {}
+
+    def observe(module: nn.Module, args: tuple) -> None:
+        low, high = float(args[0].min()), float(args[0].max())
+        seen = ranges.setdefault(module, [low, high])
+        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+
+    hooks = [layer.register_forward_pre_hook(observe) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ranges

@@ -57,7 +57,10 @@ class OptunaController(Searcher):
         trial = self._live.pop(trial_id, None)
         if trial is None:
             return
-        if error or not result or "accuracy" not in result:
+        if result and "refused" in result:
+            trial.set_user_attr("refused", result["refused"])
+            frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif error or not result or "accuracy" not in result:
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             for key, value in result.items():

@@ -12,7 +12,7 @@ from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, save_model, study_storage
-from autocomp.search.objective import build_candidate
+from autocomp.search.objective import build_candidate, distill_subset
 
 __all__ = ["export_trial"]
 
@@ -31,6 +31,6 @@ def export_trial(run_dir: Path, number: int, out: Path) -> Path:
     recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
     splits = load_splits(config.data)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
-    model = build_candidate(base, recipe, splits.calib.x)
+    model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train))
     save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs})
     return out

@@ -13,7 +13,7 @@ from autocomp.config import JobConfig
 from autocomp.data import Splits
 from autocomp.recipe import Recipe
 from autocomp.results import TrialRow, best_feasible, closest_trial, save_model, trial_rows, write_results
-from autocomp.search.objective import build_candidate
+from autocomp.search.objective import build_candidate, distill_subset
 from autocomp.train import evaluate
 
 __all__ = ["finalize"]
@@ -33,7 +33,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "pareto_size": len(front), "met_budget": best is not None,
     }
     if best is not None:
-        model = build_candidate(base, Recipe.from_dict(best.recipe), splits.calib.x)
+        model = build_candidate(base, Recipe.from_dict(best.recipe), splits.calib.x, distill_subset(splits.train))
         entry = _trial_entry(best)
         entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
                      path=str((run_dir / "best").resolve()))

@@ -11,13 +11,15 @@ from torch import nn
 
 from autocomp.config import violations
 from autocomp.data import Split
+from autocomp.distill import distill
+from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, measure
 from autocomp.ops import compress
 from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
-__all__ = ["TrialInputs", "build_candidate", "run_trial", "metrics_of"]
+__all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class TrialInputs:
         base: the uncompressed model (eval mode).
         val: the validation split candidates are scored on.
         calib: calibration images (importance scores; the timing input).
+        train: training images for distillation recovery (a fixed subset of the training split).
         profile: how to measure.
         limits: absolute budget limits (``latency_ms``, ``memory_mb``).
         base_latency_ms: the uncompressed model's latency, measured once at the start of the run.
@@ -36,14 +39,28 @@ class TrialInputs:
     base: nn.Module
     val: Split
     calib: torch.Tensor
+    train: Split
     profile: HardwareProfile
     limits: Mapping[str, float]
     base_latency_ms: float
 
 
-def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor) -> nn.Module:
-    """The compressed model of a recipe; deterministic, so a trial can be rebuilt for export."""
-    return compress(base, recipe, calibration=calib)
+def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split) -> nn.Module:
+    """The compressed (and, if the recipe says so, distilled) model of a recipe; deterministic, so a trial can be
+    rebuilt for export."""
+    with torch.no_grad():
+        model = compress(base, recipe, calibration=calib)
+    if recipe.distill is not None and recipe.distill.steps > 0:
+        model = distill(model, base, train, recipe.distill)
+    return model
+
+
+DISTILL_IMAGES = 8192
+
+
+def distill_subset(train: Split) -> Split:
+    """The training images trials distil on: the first ``DISTILL_IMAGES`` of the (already shuffled) split."""
+    return Split(x=train.x[:DISTILL_IMAGES], y=train.y[:DISTILL_IMAGES])
 
 
 def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, float]:
@@ -63,8 +80,10 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs) -> dict[str, 
     """Build, score and measure one candidate; returns its metrics and, flat, its budget violations
     (``violation:latency_ms`` ...: Ray Tune flattens nested results)."""
     recipe = Recipe.from_dict(recipe_dict)
-    with torch.no_grad():
-        model = build_candidate(inputs.base, recipe, inputs.calib)
+    try:
+        model = build_candidate(inputs.base, recipe, inputs.calib, inputs.train)
+    except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
+        return {"refused": str(exc)}
     metrics = metrics_of(measure(model, inputs.profile, example=inputs.calib, reference=inputs.base),
                          inputs.base_latency_ms)
     metrics["accuracy"] = evaluate(model, inputs.val)

@@ -24,7 +24,7 @@ from autocomp.measure import measure
 from autocomp.models import create_model, vit_blocks
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
 from autocomp.search.controller import DIRECTIONS, OptunaController
-from autocomp.search.objective import TrialInputs, metrics_of, run_trial
+from autocomp.search.objective import TrialInputs, distill_subset, metrics_of, run_trial
 from autocomp.search.space import load_space
 from autocomp.search import finish
 from autocomp.train import evaluate
@@ -72,8 +72,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     if done:
         log(f"resuming: {done} trials already in {run_dir / 'study.db'}, {remaining} to run")
 
-    inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, profile=profile, limits=limits,
-                         base_latency_ms=baseline["latency_ms"])
+    inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=distill_subset(splits.train),
+                         profile=profile, limits=limits, base_latency_ms=baseline["latency_ms"])
     display = _Progress(total=config.trials, done=done, enabled=progress)
 
     def on_told(_trial: optuna.trial.FrozenTrial) -> None:

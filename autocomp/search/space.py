@@ -9,10 +9,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from autocomp.distill import Distill
 from autocomp.errors import AutocompError
-from autocomp.importance import HEAD_SCORES
-from autocomp.ops.heads import PruneHeads
-from autocomp.ops.quantize import WEIGHT_BITS, Quantize
+from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
+from autocomp.ops.quantize import WEIGHT_BITS
 from autocomp.recipe import Recipe
 
 __all__ = ["SearchSpace", "load_space"]
@@ -22,41 +22,77 @@ FLOAT_BITS = 32
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Choices sampled independently for every transformer block.
+    """Choices sampled independently for every transformer block. A knob with a single choice is not searched.
 
     Attributes:
         heads_keep: fractions of each block's heads to keep (rounded, at least one head).
+        mlp_keep: fractions of each block's MLP hidden neurons to keep.
+        rank: fractions of full rank kept by low-rank factorization of the block's Linears (1.0 = not factored).
+        tokens_keep: fractions of tokens kept after the block (1.0 = no reduction).
         weight_bits: weight bit-widths; 32 leaves the block in fp32.
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
+        token_method: ``merge`` (ToMe) or ``prune`` (EViT).
+        lowrank_method: ``svd`` or ``whitened``.
+        distill_steps: distillation steps after compression (0 = no distillation).
+        distill_alpha: weights of the distillation term against the labels' cross-entropy.
+        distill_temperature: softmax temperature of the distillation term.
     """
 
     heads_keep: tuple[float, ...] = (1.0,)
+    mlp_keep: tuple[float, ...] = (1.0,)
+    rank: tuple[float, ...] = (1.0,)
+    tokens_keep: tuple[float, ...] = (1.0,)
     weight_bits: tuple[int, ...] = (FLOAT_BITS,)
     head_importance: str = "output_norm"
+    token_method: str = "merge"
+    lowrank_method: str = "svd"
+    distill_steps: tuple[int, ...] = (0,)
+    distill_alpha: tuple[float, ...] = (0.5,)
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        if not self.heads_keep or any(not 0 < f <= 1 for f in self.heads_keep):
-            raise AutocompError(f"heads_keep must list fractions in (0, 1], got {list(self.heads_keep)}")
+        for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep"):
+            values = getattr(self, name)
+            if not values or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
+                                 for f in values):
+                raise AutocompError(f"{name} must list fractions in (0, 1], got {list(values)}")
         allowed = (FLOAT_BITS, *WEIGHT_BITS)
         if not self.weight_bits or any(b not in allowed for b in self.weight_bits):
             raise AutocompError(f"weight_bits must list values from {list(allowed)}, got {list(self.weight_bits)}")
-        if self.head_importance not in HEAD_SCORES:
-            raise AutocompError(f"head_importance must be one of {sorted(HEAD_SCORES)}, got {self.head_importance!r}")
+        # the operators' own configs validate the method names, with their messages
+        PruneHeads(keep=1, importance=self.head_importance)
+        ReduceTokens(keep=1.0, method=self.token_method)
+        LowRank(rank=1.0, method=self.lowrank_method)
+        for steps in self.distill_steps:
+            for alpha in self.distill_alpha:
+                Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature)
 
     def sample(self, trial: Any, heads_per_block: Sequence[int]) -> Recipe:
         """Ask an Optuna trial for one choice per block and knob; returns the recipe."""
         blocks = []
         for index, heads in enumerate(heads_per_block):
+            choose = lambda knob: _choose(trial, f"b{index}.{knob}", getattr(self, knob))  # noqa: E731
             block: dict[str, Any] = {}
-            fraction = trial.suggest_categorical(f"b{index}.heads_keep", list(self.heads_keep))
-            keep = max(1, round(fraction * heads))
+            keep = max(1, round(choose("heads_keep") * heads))
             if keep < heads:
                 block["prune_heads"] = PruneHeads(keep=keep, importance=self.head_importance)
-            bits = trial.suggest_categorical(f"b{index}.weight_bits", list(self.weight_bits))
-            if bits != FLOAT_BITS:
+            if (mlp := choose("mlp_keep")) < 1:
+                block["prune_mlp"] = PruneMlp(keep=mlp)
+            if (rank := choose("rank")) < 1:
+                block["low_rank"] = LowRank(rank=rank, method=self.lowrank_method)
+            if (tokens := choose("tokens_keep")) < 1:
+                block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
+            if (bits := choose("weight_bits")) != FLOAT_BITS:
                 block["quantize"] = Quantize(weight_bits=bits)
             blocks.append(block)
-        return Recipe(blocks=tuple(blocks))
+        steps = _choose(trial, "distill_steps", self.distill_steps)
+        alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
+        distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) if steps > 0 else None
+        return Recipe(blocks=tuple(blocks), distill=distill)
+
+
+def _choose(trial: Any, name: str, options: Sequence[Any]) -> Any:
+    return options[0] if len(options) == 1 else trial.suggest_categorical(name, list(options))
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -1,0 +1,228 @@
+"""Knowledge distillation: after compression, fine-tune the student against the uncompressed teacher.
+
+The loss is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+(Hinton et al. 2015; the ``T^2`` keeps the soft term's gradients on the scale of the hard one), plus, optionally,
+``feature_weight`` times the MSE between the two models' block outputs.
+
+Quantized layers train in their fake-quant form (:func:`autocomp.ops.quantize.trainable`: fp32 master weights,
+forward through the int8 quantizer, straight-through gradients) and are packed again at the end
+(:func:`autocomp.ops.quantize.deployed`), so the returned model has the same structure and weight bytes as the
+compressed one it was given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autocomp.data import Split
+from autocomp.errors import AutocompError
+from autocomp.models import vit_blocks
+from autocomp.ops.quantize import deployed, trainable
+
+__all__ = ["WARMUP_FRACTION", "Distill", "distill", "distillation_loss"]
+
+# Linear warm-up over this fraction of the steps, then cosine decay to 0. Fine-tuning starts from trained weights, so
+# a short warm-up suffices: it only keeps AdamW's first, badly normalised updates from knocking the student about.
+WARMUP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Settings of the distillation fine-tuning (a model-level recipe entry; plain data, round-trips through YAML
+    as ``dataclasses.asdict`` / ``Distill(**d)``).
+
+    Attributes:
+        steps: optimizer steps; 0 leaves the student as it is.
+        alpha: weight of the distillation term, in [0, 1]; ``1 - alpha`` weights the cross-entropy with the labels.
+        temperature: softmax temperature ``T`` > 0 of both models' logits in the distillation term.
+        lr: peak AdamW learning rate (linear warm-up over ``WARMUP_FRACTION`` of the steps, then cosine to 0).
+        batch_size: images per step.
+        feature_weight: weight (>= 0) of the MSE between student and teacher block outputs; 0 turns it off.
+        seed: seed (>= 0) of the batch order and of any dropout.
+    """
+
+    steps: int
+    alpha: float
+    temperature: float = 4.0
+    lr: float = 1e-3
+    batch_size: int = 64
+    feature_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_whole(self, "steps", 0, "a whole number of optimizer steps")
+        _check_number(self, "alpha", "the weight of the distillation term, a number in [0, 1]", 0.0, 1.0)
+        _check_number(self, "temperature", "the softmax temperature, a number > 0", 0.0, math.inf, low_open=True)
+        _check_number(self, "lr", "the peak learning rate, a number > 0", 0.0, math.inf, low_open=True)
+        _check_whole(self, "batch_size", 1, "a whole number of images per step")
+        _check_number(self, "feature_weight", "the weight of the feature MSE, a number >= 0 (0 turns it off)", 0.0,
+                      math.inf)
+        _check_whole(self, "seed", 0, "a whole-number seed")
+
+    def tag(self) -> str:
+        tag = f"kd{self.steps}a{self.alpha:g}T{self.temperature:g}"
+        return tag + (f"f{self.feature_weight:g}" if self.feature_weight else "")
+
+
+def _check_whole(config: Distill, name: str, minimum: int, meaning: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AutocompError(f"{name} must be {meaning} >= {minimum}, got {value!r}")
+
+
+def _check_number(config: Distill, name: str, meaning: str, low: float, high: float, *,
+                  low_open: bool = False) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or value > high or (low_open and value == low):
+        raise AutocompError(f"{name} must be {meaning}, got {value!r}")
+    object.__setattr__(config, name, float(value))  # YAML's 1 and 1.0 are the same setting
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      alpha: float, temperature: float) -> torch.Tensor:
+    """``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(teacher/T || student/T)``, both terms batch means."""
+    hard = F.cross_entropy(student_logits, labels)
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
+                    F.log_softmax(teacher_logits / temperature, dim=-1), log_target=True, reduction="batchmean")
+    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distill, *,
+            log: Callable[[str], None] | None = None) -> nn.Module:
+    """Fine-tune ``student`` (in place) against ``teacher`` on ``split`` for ``config.steps`` AdamW steps.
+
+    The teacher runs in eval mode without gradients; the student trains in train mode (timm's dropout and drop-path
+    rates default to 0). Deterministic for a given ``config.seed`` (and thread count); the global RNG is left as it
+    was.
+
+    Returns:
+        ``student`` in eval mode, quantized layers packed again; untouched when ``config.steps`` is 0.
+
+    Raises:
+        AutocompError: the split is empty, or the two models do not match (class count; depth or width with
+            feature distillation).
+    """
+    if config.steps == 0:
+        return student.eval()
+    _check_inputs(student, teacher, split, config)
+    features = _FeatureMatch(student, teacher) if config.feature_weight > 0 else None
+    teacher_was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            _train(trainable(student), teacher, split, config, features, log)
+    finally:  # even on failure the student goes back to its packed, exportable form
+        deployed(student)
+        teacher.train(teacher_was_training)
+        if features is not None:
+            features.remove()
+    return student.eval()
+
+
+def _train(student: nn.Module, teacher: nn.Module, split: Split, config: Distill, features: _FeatureMatch | None,
+           log: Callable[[str], None] | None) -> None:
+    for parameter in student.parameters():  # compress() may hand over frozen or no-grad-built parameters
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config.steps))
+    every = max(1, config.steps // 5)
+    running, last = torch.zeros(()), 0
+    student.train()
+    for step, (x, y) in enumerate(_batches(split, config), start=1):
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        loss = distillation_loss(student(x), teacher_logits, y, config.alpha, config.temperature)
+        if features is not None:
+            loss = loss + config.feature_weight * features.loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if log is not None:
+            running += loss.detach()
+            if step % every == 0 or step == config.steps:
+                log(f"distill step {step}/{config.steps}: loss {running.item() / (step - last):.4f}")
+                running.zero_()
+                last = step
+    optimizer.zero_grad(set_to_none=True)  # the returned model holds no gradient buffers
+
+
+def _lr_factor(step: int, steps: int) -> float:
+    """Learning-rate multiplier at ``step`` of ``steps``: linear warm-up, then cosine decay to 0."""
+    warmup = max(1, round(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def _batches(split: Split, config: Distill) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``config.steps`` shuffled batches, reshuffled after each pass over ``split``."""
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    while True:
+        for batch in split.batches(config.batch_size, shuffle=True, generator=generator):
+            if step == config.steps:
+                return
+            step += 1
+            yield batch
+
+
+def _check_inputs(student: nn.Module, teacher: nn.Module, split: Split, config: Distill) -> None:
+    if len(split) == 0:
+        raise AutocompError("distillation needs training images but the split is empty; lower data.val_size or "
+                            "data.calib_size, or set distill steps to 0")
+    classes = getattr(student, "num_classes", None), getattr(teacher, "num_classes", None)
+    if None not in classes and classes[0] != classes[1]:
+        raise AutocompError(f"the student predicts {classes[0]} classes but the teacher {classes[1]}; distil from "
+                            "the model the student was compressed from")
+    if config.feature_weight == 0:
+        return
+    depths = len(vit_blocks(student)), len(vit_blocks(teacher))
+    widths = getattr(student, "embed_dim", None), getattr(teacher, "embed_dim", None)
+    if depths[0] != depths[1] or widths[0] != widths[1]:
+        raise AutocompError(f"feature distillation matches block outputs one to one, but the student has "
+                            f"{depths[0]} blocks of width {widths[0]} and the teacher {depths[1]} of width "
+                            f"{widths[1]}; set feature_weight to 0")
+
+
+class _FeatureMatch:
+    """Forward hooks recording, at every block of both models, the token the classifier reads: the class token
+    (``global_pool='token'``) or else the mean of the non-prefix tokens.
+
+    Why not all tokens: token reduction leaves the student fewer (merged) tokens than the teacher, with no one-to-one
+    correspondence; the class token exists in both at every depth and is what the head finally reads. Block outputs
+    keep the embedding width whatever heads or MLP neurons were pruned, so the two features always align.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        self.student: list[torch.Tensor] = []
+        self.teacher: list[torch.Tensor] = []
+        self.hooks = [block.register_forward_hook(self._recorder(store, model))
+                      for model, store in ((student, self.student), (teacher, self.teacher))
+                      for block in vit_blocks(model)]
+
+    @staticmethod
+    def _recorder(store: list[torch.Tensor], model: nn.Module) -> Callable:
+        prefix = getattr(model, "num_prefix_tokens", 0)
+        if getattr(model, "global_pool", "token") == "token":
+            return lambda module, args, out: store.append(out[:, 0])
+        return lambda module, args, out: store.append(out[:, prefix:].mean(dim=1))
+
+    def loss(self) -> torch.Tensor:
+        """Mean over blocks of the MSE between the recorded features; clears the records."""
+        loss = sum(F.mse_loss(s, t) for s, t in zip(self.student, self.teacher)) / len(self.student)
+        self.student.clear()
+        self.teacher.clear()
+        return loss
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()

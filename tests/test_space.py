@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autocomp import AutocompError
+from autocomp.search.space import SearchSpace, load_space
+
+
+def test_sample_builds_the_recipe_of_the_chosen_values():
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), rank=(0.25, 1.0), tokens_keep=(0.7, 1.0),
+                        weight_bits=(32, 8))
+    trial = optuna.trial.FixedTrial({
+        "b0.heads_keep": 0.5, "b0.mlp_keep": 1.0, "b0.rank": 0.25, "b0.tokens_keep": 0.7, "b0.weight_bits": 8,
+        "b1.heads_keep": 1.0, "b1.mlp_keep": 0.5, "b1.rank": 1.0, "b1.tokens_keep": 1.0, "b1.weight_bits": 32})
+    recipe = space.sample(trial, [6, 6])
+    assert recipe.summary() == "h3:r0.25:tm0.7:w8 | m0.5"
+
+
+def test_single_choice_knobs_are_not_searched():
+    space = SearchSpace(heads_keep=(0.5, 1.0))
+    study = optuna.create_study()
+    trial = study.ask()
+    space.sample(trial, [4, 4, 4])
+    assert sorted(trial.params) == ["b0.heads_keep", "b1.heads_keep", "b2.heads_keep"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("heads_keep: [0, 1.0]\n", "heads_keep must list fractions in (0, 1], got [0, 1.0]"),
+    ("weight_bits: [32, 5]\n", "weight_bits must list values from [32, "),
+    ("token_method: blend\n", "method must be one of ['merge', 'prune'], got 'blend'"),
+    ("tokens: [0.5]\n", "unknown key(s) ['tokens']"),
+])
+def test_bad_space_files_are_refused(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(AutocompError) as info:
+        load_space(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_distillation_is_searched_and_applied(tiny_teacher, digits_splits):
+    import torch
+
+    from autocomp.search.objective import build_candidate
+
+    space = SearchSpace(heads_keep=(0.5,), distill_steps=(0, 5), distill_alpha=(0.3, 0.9))
+    trial = optuna.trial.FixedTrial({"distill_steps": 5, "distill_alpha": 0.9})
+    recipe = space.sample(trial, [4, 4])
+    assert recipe.distill is not None and (recipe.distill.steps, recipe.distill.alpha) == (5, 0.9)
+    assert recipe.summary().endswith("+ kd5a0.9T4")
+    _, model = tiny_teacher
+    plain = build_candidate(model, type(recipe)(blocks=recipe.blocks), digits_splits.calib.x, digits_splits.train)
+    tuned = build_candidate(model, recipe, digits_splits.calib.x, digits_splits.train)
+    assert not torch.equal(plain.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight)
+    again = build_candidate(model, recipe, digits_splits.calib.x, digits_splits.train)
+    assert torch.equal(again.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight)  # rebuilds for export
