@@ -1,11 +1,17 @@
 """Hardware profiles: the facts about a target device, from ``hardware_profiles/*.yaml``, in a frozen dataclass.
 
-Hardware numbers live only in those YAML files, never in code.
+Hardware numbers live only in those YAML files, never in code. A profile says how to measure on the device
+(threads, batch size, repeats) and what the cost model needs to predict it (peak throughput per precision, memory
+bandwidth and capacity, per-op overhead, which weight bit-widths and ops have fast kernels).
+
+A profile built in code may leave the device facts out (a timing-only profile for :func:`autocomp.measure.measure`);
+a profile *file* must state them all, and the cost model refuses a profile without them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,26 +20,45 @@ import yaml
 
 from autocomp.errors import AutocompError
 
-__all__ = ["HardwareProfile", "load_profile"]
+__all__ = ["HardwareProfile", "load_profile", "from_mapping", "DEVICES", "PRECISIONS", "WEIGHT_BITS", "FAST_OPS",
+           "REQUIRED_IN_FILE"]
 
-DEVICES = ("cpu",)
+DEVICES = ("cpu", "gpu", "npu")
+# Arithmetic precisions a peak throughput can be given for; unquantized layers run at fp32.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+# Weight bit-widths a quantize recipe may ask for (32 is the unquantized model itself).
+WEIGHT_BITS = (16, 8, 6, 4, 3, 2)
+FAST_OPS = (
+    "fused_attention",    # q@k, softmax and @v run as one kernel: the N x N scores never go to memory
+    "fused_elementwise",  # bias, GELU and residual adds are fused into the neighbouring GEMMs (compiled backends)
+)
+# What a profile file must state: the cost model cannot guess any of it.
+REQUIRED_IN_FILE = ("name", "device", "backend", "peak_gflops", "memory_bandwidth_gbs", "memory_gb")
 
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """A target device and how to measure on it.
+    """A target device, how to measure on it, and what the cost model needs to predict it.
 
     Attributes:
         name: a short name, e.g. ``local-cpu``.
-        device: where the model runs; today ``cpu``.
-        backend: the execution backend, e.g. ``pytorch-cpu``.
-        threads: intra-op threads used when timing.
-        batch_size: images per forward pass when timing and counting activation memory.
+        device: the kind of device, one of ``DEVICES`` (``cpu``, ``gpu``, ``npu``).
+        backend: the execution backend, e.g. ``pytorch-cpu``, ``tensorrt``.
+        threads: intra-op threads used when timing (the peak numbers below are for this many threads).
+        batch_size: images per forward pass when timing, counting activation memory and predicting.
         warmup: untimed forward passes before timing.
         repeats: timed forward passes (the median is reported).
-        int8_kernel: the backend runs int8 weights with a real int8 kernel (else they are simulated).
+        peak_gflops: precision (from ``PRECISIONS``) -> dense peak throughput in GFLOP/s (GOP/s for integers),
+            counting a multiply-add as 2 operations as vendors do; must include ``fp32``.
+        memory_bandwidth_gbs: memory bandwidth in GB/s (1e9 bytes per second).
+        memory_gb: memory capacity in GB (1e9 bytes) available to the model.
+        op_overhead_us: fixed cost of launching one operator (dispatch, kernel launch), in microseconds.
+        fast_weight_bits: weight bits (from ``WEIGHT_BITS``) -> the precision its real kernel computes at, e.g.
+            ``{8: int8}`` for int8 GEMMs, ``{4: fp16}`` for a weight-only int4 kernel. Bit-widths not listed are
+            stored packed but unpacked to fp32 before an fp32 GEMM: they save memory, not time.
+        fast_ops: ops with fused kernels, from ``FAST_OPS``.
         ray_resource: the Ray custom resource that marks the node holding this device, or None for any node.
-        sources: where each number came from (field -> source).
+        sources: where each number came from (field, or ``field.key``, -> source).
     """
 
     name: str
@@ -43,19 +68,102 @@ class HardwareProfile:
     batch_size: int = 1
     warmup: int = 5
     repeats: int = 30
-    int8_kernel: bool = True
+    peak_gflops: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    memory_bandwidth_gbs: float | None = None
+    memory_gb: float | None = None
+    op_overhead_us: float = 0.0
+    fast_weight_bits: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    fast_ops: tuple[str, ...] = ()
     ray_resource: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise AutocompError(f"name must be a non-empty string, got {self.name!r}")
         if self.device not in DEVICES:
             raise AutocompError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise AutocompError(f"backend must be a non-empty string such as 'pytorch-cpu', got {self.backend!r}")
         for name in ("threads", "batch_size", "repeats"):
+            _check_whole(name, getattr(self, name), minimum=1)
+        _check_whole("warmup", self.warmup, minimum=0)
+        self._check_peaks()
+        for name in ("memory_bandwidth_gbs", "memory_gb"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise AutocompError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise AutocompError(f"warmup must be a whole number >= 0, got {self.warmup!r}")
+            if value is not None:
+                _check_positive(name, value)
+        if _not_number(self.op_overhead_us) or self.op_overhead_us < 0:
+            raise AutocompError(f"op_overhead_us must be a number of microseconds >= 0, got {self.op_overhead_us!r}")
+        self._check_kernels()
+        if self.ray_resource is not None and (not isinstance(self.ray_resource, str) or not self.ray_resource):
+            raise AutocompError(f"ray_resource must be a Ray resource name or null, got {self.ray_resource!r}")
+        self._check_sources()
+
+    def _check_peaks(self) -> None:
+        if not isinstance(self.peak_gflops, Mapping):
+            raise AutocompError(f"peak_gflops must be a mapping precision -> GFLOP/s, got {self.peak_gflops!r}")
+        unknown = sorted(str(p) for p in self.peak_gflops if p not in PRECISIONS)
+        if unknown:
+            raise AutocompError(f"peak_gflops: unknown precision(s) {unknown}; allowed: {list(PRECISIONS)}")
+        for precision, value in self.peak_gflops.items():
+            _check_positive(f"peak_gflops.{precision}", value)
+        if self.peak_gflops and "fp32" not in self.peak_gflops:
+            raise AutocompError("peak_gflops must give fp32: unquantized layers and unpacked weights run at fp32")
+        object.__setattr__(self, "peak_gflops", {p: float(v) for p, v in self.peak_gflops.items()})
+
+    def _check_kernels(self) -> None:
+        if not isinstance(self.fast_weight_bits, Mapping):
+            raise AutocompError(f"fast_weight_bits must be a mapping bits -> precision, e.g. {{8: int8}}, "
+                                f"got {self.fast_weight_bits!r}")
+        for bits, precision in self.fast_weight_bits.items():
+            if bits not in WEIGHT_BITS:
+                raise AutocompError(f"fast_weight_bits: {bits!r} is not a weight bit-width; allowed: "
+                                    f"{list(WEIGHT_BITS)}")
+            if precision not in PRECISIONS:
+                raise AutocompError(f"fast_weight_bits.{bits}: unknown precision {precision!r}; allowed: "
+                                    f"{list(PRECISIONS)}")
+            if self.peak_gflops and precision not in self.peak_gflops:
+                raise AutocompError(f"fast_weight_bits.{bits} computes at {precision} but peak_gflops has no "
+                                    f"{precision}; add peak_gflops.{precision}")
+        object.__setattr__(self, "fast_weight_bits", dict(self.fast_weight_bits))
+        if isinstance(self.fast_ops, str) or not isinstance(self.fast_ops, (list, tuple)):
+            raise AutocompError(f"fast_ops must be a list from {list(FAST_OPS)}, got {self.fast_ops!r}")
+        unknown = [op for op in self.fast_ops if op not in FAST_OPS]
+        if unknown:
+            raise AutocompError(f"fast_ops: unknown op(s) {unknown}; allowed: {list(FAST_OPS)}")
+        object.__setattr__(self, "fast_ops", tuple(self.fast_ops))
+
+    def _check_sources(self) -> None:
+        if not isinstance(self.sources, Mapping):
+            raise AutocompError(f"sources must be a mapping field -> where its number came from, got "
+                                f"{self.sources!r}")
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(str(k) for k in self.sources if str(k).split(".")[0] not in fields)
+        if unknown:
+            raise AutocompError(f"sources: unknown field(s) {unknown}; keys name a field, e.g. 'memory_gb' or "
+                                "'peak_gflops.int8'")
+
+    def kernel_precision(self, weight_bits: int) -> str | None:
+        """The precision a real kernel for ``weight_bits`` computes at; None: unpacked and computed in fp32."""
+        return "fp32" if weight_bits == 32 else self.fast_weight_bits.get(weight_bits)
+
+    def missing_device_facts(self) -> list[str]:
+        """The cost-model fields this profile leaves out (empty when it can be used to predict)."""
+        return [name for name in ("peak_gflops", "memory_bandwidth_gbs", "memory_gb") if not getattr(self, name)]
+
+
+def _not_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+
+
+def _check_whole(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AutocompError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if _not_number(value) or value <= 0 or math.isinf(value):
+        raise AutocompError(f"{name} must be a positive number, got {value!r}")
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
@@ -71,15 +179,25 @@ def load_profile(path: str | Path) -> HardwareProfile:
 
 
 def from_mapping(data: Any, *, source: str) -> HardwareProfile:
+    """Validate the dict form of a profile file: unknown fields, bad values, then missing device facts."""
     if not isinstance(data, Mapping):
         raise AutocompError(f"hardware profile {source}: expected a mapping of fields")
     allowed = [f.name for f in dataclasses.fields(HardwareProfile)]
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted(str(k) for k in set(data) - set(allowed))
     if unknown:
         raise AutocompError(f"hardware profile {source}: unknown field(s) {unknown}; allowed: {allowed}")
     if "name" not in data:
         raise AutocompError(f"hardware profile {source}: missing field 'name'")
+    values = dict(data)
+    for name in ("peak_gflops", "fast_weight_bits", "sources"):
+        if values.get(name) is None:
+            values.pop(name, None)  # an empty YAML mapping reads as None
     try:
-        return HardwareProfile(**data)
+        profile = HardwareProfile(**values)
     except AutocompError as exc:
         raise AutocompError(f"hardware profile {source}: {exc}") from None
+    missing = [name for name in REQUIRED_IN_FILE if data.get(name) in (None, "", {})]
+    if missing:
+        raise AutocompError(f"hardware profile {source}: missing field(s) {missing}; a profile file states the "
+                            "device facts the cost model uses; see hardware_profiles/local_cpu.yaml")
+    return profile

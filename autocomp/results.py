@@ -42,6 +42,7 @@ class TrialRow:
     latency_ratio: float | None
     weights_mb: float | None
     activations_mb: float | None
+    simulated_layers: int | None
     violations: Mapping[str, float]
 
     @property
@@ -56,7 +57,8 @@ class TrialRow:
         return {"number": self.number, "state": self.state, "recipe_summary": self.recipe_summary,
                 "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
-                "activations_mb": self.activations_mb, "feasible": self.feasible,
+                "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
+                "feasible": self.feasible,
                 "violations": dict(self.violations), "recipe": dict(self.recipe)}
 
 
@@ -75,6 +77,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             latency_ms=values[1] if values else None, memory_mb=values[2] if values else None,
             latency_ratio=trial.user_attrs.get("latency_ratio"), weights_mb=trial.user_attrs.get("weights_mb"),
             activations_mb=trial.user_attrs.get("activations_mb"),
+            simulated_layers=trial.user_attrs.get("simulated_layers"),
             violations={k: v for k, v in violations.items() if v is not None}))
     return rows
 
@@ -108,7 +111,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     """Write trials.csv, pareto.json and pareto.png; returns the front."""
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
-               "latency_ratio", "weights_mb", "activations_mb"]
+               "latency_ratio", "weights_mb", "activations_mb", "simulated_layers"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -13,7 +13,7 @@ __all__ = ["OptunaController", "OBJECTIVES", "RECORDED"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
-RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb")
+RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers")
 
 
 class OptunaController(Searcher):

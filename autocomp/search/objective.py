@@ -16,6 +16,7 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, measure
 from autocomp.ops import compress
+from autocomp.ops.quantize import simulated_layers
 from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
@@ -87,4 +88,6 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs) -> dict[str, 
     metrics = metrics_of(measure(model, inputs.profile, example=inputs.calib, reference=inputs.base),
                          inputs.base_latency_ms)
     metrics["accuracy"] = evaluate(model, inputs.val)
+    # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
+    metrics["simulated_layers"] = len(simulated_layers(model))
     return {**metrics, **{f"violation:{k}": v for k, v in violations(metrics, inputs.limits).items()}}

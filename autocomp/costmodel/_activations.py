@@ -1,0 +1,152 @@
+"""Peak activation memory of a forward pass, as :func:`autocomp.measure.peak_activation_nbytes` counts it: the bytes
+of tensors allocated during the pass that are alive at once (the input image and the weights not counted).
+
+It walks the forward pass of timm's ViT and of ``autocomp.ops.tokens`` and, at each allocation, adds up what Python
+still references there. What is referenced follows from the code, e.g.: the stem's output stays alive through all
+blocks (the caller holds it); a block's input stays alive while the block runs (``nn.Sequential`` holds it); the
+norm's output stays alive while the attention or MLP it feeds runs (it is their call argument); a reducing block's
+``qkv`` output stays alive until the next reducing block (the query/key capture keeps a view of it).
+"""
+
+from __future__ import annotations
+
+import math
+
+from autocomp.costmodel._describe import ViTDescription
+from autocomp.costmodel._plan import BlockPlan, merge_rounds
+from autocomp.hardware import HardwareProfile
+from autocomp.ops.quantize import has_int8_static_kernel
+
+__all__ = ["peak_activation_nbytes"]
+
+STAT_BYTES = 4  # LayerNorm's mean and rstd (fp32), allocated together with its output
+UNPACK_PEAK_BYTES = 9  # bytes per weight alive at once while packed codes are unpacked to fp32
+HALF = ("bf16", "fp16")
+
+
+class _Peak:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def see(self, *live: int) -> None:
+        self.value = max(self.value, sum(live))
+
+
+def peak_activation_nbytes(description: ViTDescription, plans: list[BlockPlan], profile: HardwareProfile, *,
+                           batch: int) -> int:
+    """Predicted peak bytes of live activations in one forward pass of ``batch`` images."""
+    d, peak, act = description, _Peak(), description.dtype_bytes
+    rows = lambda tokens, width: act * batch * tokens * width  # noqa: E731 - bytes of a (batch, tokens, width)
+    stats = lambda tokens: 2 * STAT_BYTES * batch * tokens  # noqa: E731
+    patches, stem = rows(d.num_patches, d.embed_dim), rows(d.num_tokens, d.embed_dim)
+    peak.see(patches, stem)  # the prefix concatenated in front of the patches (or the position add)
+    if d.num_prefix_tokens:
+        peak.see(patches, stem, stem)  # then the position embedding added
+    x_in, lingering, sizes = stem, 0, 0
+    for index, block in enumerate(plans):
+        n, width = block.tokens, d.embed_dim
+        x = rows(n, width)
+        sizes = (act + STAT_BYTES) * batch * n if block.masked else 0  # size mask and token sizes after a merge
+        held = (stem if index else 0) + x_in + (0 if block.reduce else lingering) + sizes
+        qkv = rows(n, 3 * block.attn_dim)
+        peak.see(held, x, stats(n))  # norm1
+        _linear(peak, [held, x], block, "qkv", d, profile, batch)
+        attn_out = _attention(peak, block, d, profile, batch, [held, x, qkv])
+        _linear(peak, [held, x, qkv, attn_out], block, "proj", d, profile, batch)
+        peak.see(held, x, x)  # first residual add
+        held = held + x + (qkv if block.reduce else 0)  # the block input and the first residual
+        hidden = rows(n, block.hidden)
+        peak.see(held, x, stats(n))  # norm2
+        _linear(peak, [held, x], block, "fc1", d, profile, batch)
+        peak.see(held, x, hidden, hidden)  # GELU
+        if d.mlp_norm:
+            peak.see(held, x, hidden, hidden, stats(n))
+        _linear(peak, [held, x, hidden], block, "fc2", d, profile, batch)
+        peak.see(held, x, x)  # second residual add
+        x_in = rows(block.tokens_out, width)
+        if block.reduce is not None:
+            _reduction(peak, block, d, batch, held=stem + x + qkv + sizes)
+            lingering = qkv
+    last = plans[-1].tokens_out if plans else d.num_tokens
+    peak.see(rows(last, d.embed_dim), rows(last, d.embed_dim), stats(last))  # final norm
+    return peak.value
+
+
+def _linear(peak: _Peak, live: list[int], block: BlockPlan, name: str, d: ViTDescription, profile: HardwareProfile,
+            batch: int) -> None:
+    """Record the peak of one Linear (or its two low-rank factors) reading inputs while ``live`` is alive.
+
+    What a Linear allocates besides its output: a float one without bias runs as ``mm`` plus ``_unsafe_view``, which
+    is not a view op, so the counter counts its output twice until the ``mm`` result dies; bits without a fast kernel
+    are unpacked to a temporary fp32 weight (uint8 codes, their fp32 conversion and the scaled weight: 9 bytes a
+    weight at once, plus the scales in fp32, copied per weight when the groups do not divide the row); a 16-bit
+    kernel casts its input down and its output back up; 8-bit activations are quantized (one byte, two while the
+    quantized tensor is converted) or, without a static int8 kernel, fake-quantized.
+    """
+    quantize, bits, act = block.quantize, block.weight_bits, d.dtype_bytes
+    precision = profile.kernel_precision(bits)
+    unpacked = precision is None
+    half = precision in HALF
+    rows = batch * block.tokens
+    previous = 0  # the first factor's output, alive while the second runs
+    for in_f, out_f, bias in block.linear_parts(d.embed_dim, d.bias)[name]:
+        out = act * rows * out_f
+        extra = 0
+        if quantize is not None and quantize.act_bits:
+            extra = rows * in_f * (2 if bits == 8 and has_int8_static_kernel() else act)
+        double = 2 if (bits == 32 or unpacked or half) and not bias else 1
+        if unpacked:
+            scales = 0  # the scales as fp32: one per group, or one per weight (padded) when groups do not divide
+            if quantize is not None:
+                groups = math.ceil(in_f / quantize.group_size)
+                scales = 4 * out_f * groups * (quantize.group_size if in_f % quantize.group_size else 1)
+            peak.see(*live, previous, extra, UNPACK_PEAK_BYTES * in_f * out_f + scales)
+            peak.see(*live, previous, extra, 4 * in_f * out_f, out * double)
+        elif half:
+            peak.see(*live, previous, extra, 2 * rows * in_f, out // 2 * double)  # input cast down, bf16 GEMM
+            peak.see(*live, previous, extra, out // 2, out)  # output cast back to fp32
+        else:
+            peak.see(*live, previous, extra, out * double)
+        previous = out
+
+
+def _attention(peak: _Peak, block: BlockPlan, d: ViTDescription, profile: HardwareProfile, batch: int,
+               live: list[int]) -> int:
+    """Record the attention's peak; return the bytes of its output (what ``proj`` reads)."""
+    act, n = d.dtype_bytes, block.tokens
+    out = act * batch * n * block.attn_dim
+    if "fused_attention" in profile.fast_ops:
+        peak.see(*live, out, STAT_BYTES * batch * block.heads * n)  # output and log-sum-exp
+    else:
+        scores = act * batch * block.heads * n * n
+        peak.see(*live, out, scores, scores)  # scaled q, logits, softmax
+        peak.see(*live, scores, out, out)  # attn @ v, then the copy that merges the heads
+    if d.attn_norm:
+        peak.see(*live, out, out, 2 * STAT_BYTES * batch * n)
+    return out
+
+
+def _reduction(peak: _Peak, block: BlockPlan, d: ViTDescription, batch: int, *, held: int) -> None:
+    """Record the peak of the token reduction after ``block`` (``held``: what stays alive around it)."""
+    act, rest = d.dtype_bytes, block.tokens - d.num_prefix_tokens
+    out = act * batch * block.tokens_out * d.embed_dim
+    if block.reduce.method == "prune":
+        kept = block.tokens_out - d.num_prefix_tokens - 1  # tokens_out counts the fused token
+        dropped = act * batch * (rest - kept) * d.embed_dim
+        peak.see(held, 3 * act * batch * block.heads * block.tokens)  # class-attention scores
+        peak.see(held, dropped, dropped)  # the dropped tokens gathered, then weighted
+        peak.see(held, act * batch * d.embed_dim, act * batch * kept * d.embed_dim, out)  # kept gathered, cat
+        return
+    width = d.embed_dim + d.head_dim  # tokens and their keys are merged together
+    keys = act * batch * block.tokens * d.head_dim  # keys averaged over heads
+    previous = 0
+    for n, merged in merge_rounds(rest, block.reduce.keep):
+        a_side, b_side = (n + 1) // 2, n // 2
+        tokens = act * batch * width
+        peak.see(held, keys, previous, act * batch * n * d.head_dim, act * batch * a_side * b_side)  # similarity
+        peak.see(held, keys, previous, 2 * n * tokens)  # tokens and keys concatenated, weighted by size
+        peak.see(held, keys, previous, n * tokens, tokens * (merged + b_side))  # merged rows added into B
+        peak.see(held, keys, previous, n * tokens, tokens * (b_side + (a_side - merged) + (n - merged)))  # cat
+        peak.see(held, keys, previous, 2 * (n - merged) * tokens)  # divided by the merged sizes
+        previous, keys = (n - merged) * tokens, 0
+    peak.see(held, previous, out)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autocomp.errors import AutocompError
+from autocomp.hardware import PRECISIONS, HardwareProfile, load_profile
+
+PROFILES = sorted((Path(__file__).parent.parent / "hardware_profiles").glob("*.yaml"))
+LOCAL = Path(__file__).parent.parent / "hardware_profiles" / "local_cpu.yaml"
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_every_shipped_profile_loads_and_can_predict(path):
+    profile = load_profile(path)
+    assert profile.missing_device_facts() == []
+    assert "fp32" in profile.peak_gflops
+    for precision in profile.fast_weight_bits.values():
+        assert precision in profile.peak_gflops
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_every_device_number_has_a_source(path):
+    profile = load_profile(path)
+    needed = [f"peak_gflops.{p}" for p in profile.peak_gflops]
+    needed += ["memory_bandwidth_gbs", "memory_gb", "op_overhead_us", "fast_weight_bits", "fast_ops", "device"]
+    missing = [key for key in needed if not profile.sources.get(key)]
+    assert missing == []
+
+
+def test_the_local_profile_is_measured_here_and_keeps_its_timing_settings():
+    profile = load_profile(LOCAL)
+    assert (profile.threads, profile.batch_size, profile.warmup, profile.repeats) == (1, 16, 5, 30)
+    assert profile.kernel_precision(8) == "int8"
+    assert profile.kernel_precision(4) is None  # unpacked to fp32: saves memory, not time
+    assert profile.kernel_precision(32) == "fp32"
+    assert "measured here" in profile.sources["peak_gflops.fp32"]
+    assert "measured here" in profile.sources["memory_bandwidth_gbs"]
+
+
+def test_a_timing_only_profile_built_in_code_still_works_for_measuring():
+    profile = HardwareProfile(name="t", batch_size=4, repeats=15, warmup=2)
+    assert profile.missing_device_facts() == ["peak_gflops", "memory_bandwidth_gbs", "memory_gb"]
+
+
+def _write(tmp_path, edit):
+    data = yaml.safe_load(LOCAL.read_text())
+    edit(data)
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+def _peak(precision, value):
+    return lambda d: d["peak_gflops"].__setitem__(precision, value)
+
+
+BAD = [
+    ("missing bandwidth", _drop("memory_bandwidth_gbs"), "missing field(s) ['memory_bandwidth_gbs']"),
+    ("missing peaks", _drop("peak_gflops"), "missing field(s) ['peak_gflops']"),
+    ("missing capacity", _drop("memory_gb"), "missing field(s) ['memory_gb']"),
+    ("empty peaks", _set("peak_gflops", None), "missing field(s) ['peak_gflops']"),
+    ("missing name", _drop("name"), "missing field 'name'"),
+    ("zero bandwidth", _set("memory_bandwidth_gbs", 0), "memory_bandwidth_gbs must be a positive number, got 0"),
+    ("negative bandwidth", _set("memory_bandwidth_gbs", -5), "memory_bandwidth_gbs must be a positive number, got -5"),
+    ("negative capacity", _set("memory_gb", -1), "memory_gb must be a positive number, got -1"),
+    ("zero throughput", _peak("int8", 0), "peak_gflops.int8 must be a positive number, got 0"),
+    ("negative throughput", _peak("fp32", -170), "peak_gflops.fp32 must be a positive number, got -170"),
+    ("text throughput", _peak("fp32", "fast"), "peak_gflops.fp32 must be a positive number, got 'fast'"),
+    ("unknown precision", _peak("fp12", 10), "peak_gflops: unknown precision(s) ['fp12']"),
+    ("no fp32 peak", _set("peak_gflops", {"int8": 400}), "peak_gflops must give fp32"),
+    ("unknown field", _set("clock_ghz", 2.6), "unknown field(s) ['clock_ghz']"),
+    ("bad bit-width", _set("fast_weight_bits", {5: "int8"}), "fast_weight_bits: 5 is not a weight bit-width"),
+    ("kernel precision", _set("fast_weight_bits", {8: "int9"}), "fast_weight_bits.8: unknown precision 'int9'"),
+    ("kernel without peak", _set("fast_weight_bits", {16: "fp16"}), "fast_weight_bits.16 computes at fp16 but "
+                                                                     "peak_gflops has no fp16"),
+    ("unknown op", _set("fast_ops", ["flash"]), "fast_ops: unknown op(s) ['flash']"),
+    ("negative overhead", _set("op_overhead_us", -1), "op_overhead_us must be a number of microseconds >= 0"),
+    ("bad device", _set("device", "tpu"), "device must be one of ['cpu', 'gpu', 'npu'], got 'tpu'"),
+    ("zero threads", _set("threads", 0), "threads must be a whole number >= 1, got 0"),
+    ("source of nothing", _set("sources", {"clock": "ark"}), "sources: unknown field(s) ['clock']"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_profiles_are_refused_naming_the_file_and_the_field(tmp_path, edit, message):
+    path = _write(tmp_path, edit)
+    with pytest.raises(AutocompError) as error:
+        load_profile(path)
+    assert f"hardware profile {path}" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_a_bad_value_is_reported_before_missing_device_facts(tmp_path):
+    path = tmp_path / "hw.yaml"
+    path.write_text("name: x\nthreads: 0\n")
+    with pytest.raises(AutocompError, match="threads must be a whole number >= 1, got 0"):
+        load_profile(path)
+
+
+def test_precision_names_are_the_documented_ones():
+    assert set(PRECISIONS) >= {"fp32", "fp16", "bf16", "int8"}
+
+
+def test_calibration_returns_profile_numbers():
+    from autocomp.profiling import GemmShape, calibrate
+
+    result = calibrate(shapes=(GemmShape(8, 32, 32),), precisions=("fp32", "int8"), repeats=2, copy_mb=1)
+    assert set(result.peak_gflops) == {"fp32", "int8"}
+    assert min(result.peak_gflops.values()) > 0
+    assert result.memory_bandwidth_gbs > 0 and result.op_overhead_us > 0
+    assert {"attention", "layernorm", "softmax"} <= set(result.details)
