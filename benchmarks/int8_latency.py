@@ -23,7 +23,7 @@ from autocomp.ops import Int8Linear
 MODELS = {
     "fashion teacher (28px, d96x6)": ("deit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1,
                                                                     num_classes=10, embed_dim=96, depth=6,
-                                                                    num_heads=6), (1, 1, 28, 28)),
+                                                                    num_heads=6, mlp_ratio=2.0), (1, 1, 28, 28)),
     "deit_small_patch16_224": ("deit_small_patch16_224", {}, (1, 3, 224, 224)),
 }
 
