@@ -91,6 +91,8 @@ class JobConfig:
         trials: candidates to evaluate.
         workers: trials run at once.
         seed: seed of the sampler.
+        skip_margin: skip (never compress, distil, measure or evaluate) a candidate the cost model predicts to
+            exceed a budget limit by more than this fraction (0.5: 50 % over); None never skips.
         source: the YAML file the config came from.
     """
 
@@ -102,6 +104,7 @@ class JobConfig:
     trials: int = 30
     workers: int = 1
     seed: int = 0
+    skip_margin: float | None = 0.5
     source: Path | None = None
 
 
@@ -146,6 +149,13 @@ def load_config(path: str | Path) -> JobConfig:
                 raise AutocompError(f"{path}: {key} must be a whole number >= {0 if key == 'seed' else 1}, "
                                     f"got {raw[key]!r}")
             values[key] = raw[key]
+    if "skip_margin" in raw:
+        margin = raw["skip_margin"]
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not margin >= 0):
+            raise AutocompError(f"{path}: skip_margin must be a fraction >= 0 (0.5 = skip candidates predicted "
+                                f"50% over a limit) or null to never skip, got {margin!r}")
+        values["skip_margin"] = None if margin is None else float(margin)
     return JobConfig(**values, source=path)
 
 

@@ -1,7 +1,9 @@
 """Real measurement: latency by running the model, memory from the bytes it really holds and allocates.
 
-Latency is a median over repeats; when a reference model is given, the two are timed interleaved (A, B, A, B ...)
-and the ratio is the median of the per-pair ratios, so that drift on a shared machine cancels.
+Latency is a median over repeats; when a reference model is given, the two are timed interleaved, in alternating
+order (A, B, B, A, A, B ...), and the ratio is the median of the per-pair ratios: slow drift on a shared machine
+cancels within a pair, the alternation cancels the bias of always running second (under a competing load the
+scheduler tends to preempt the same position of a round), and the median discards the pairs a preemption hit.
 """
 
 from __future__ import annotations
@@ -107,16 +109,18 @@ def _threads(count: int) -> Iterator[None]:
 @torch.no_grad()
 def time_models(models: list[nn.Module], example: torch.Tensor, *, warmup: int, repeats: int,
                 threads: int) -> list[list[float]]:
-    """Time each model ``repeats`` times, interleaved round by round; returns seconds per model per round."""
+    """Time each model ``repeats`` times, interleaved round by round, the order reversed every other round;
+    returns seconds per model per round."""
     times: list[list[float]] = [[] for _ in models]
+    order = list(range(len(models)))
     with _threads(threads):
         for model in models:
             for _ in range(warmup):
                 model(example)
-        for _ in range(repeats):
-            for index, model in enumerate(models):
+        for round_ in range(repeats):
+            for index in (order if round_ % 2 == 0 else order[::-1]):
                 start = time.perf_counter()
-                model(example)
+                models[index](example)
                 times[index].append(time.perf_counter() - start)
     return times
 

@@ -1,5 +1,8 @@
 """Results of a search, always on disk: trials.csv, pareto.json, pareto.png, summary.json and best/.
 
+A trial the cost model skipped (predicted far over budget) is a row with state PRUNED and its ``skipped_reason``;
+every trial carries its predicted latency and memory next to the measured ones.
+
 Every file is derived from the Optuna study in RUN_DIR/study.db, so they can be rewritten at any time (after each
 trial, at the end, or after a crash) and agree with each other.
 """
@@ -44,6 +47,10 @@ class TrialRow:
     activations_mb: float | None
     simulated_layers: int | None
     violations: Mapping[str, float]
+    predicted_latency_ms: float | None = None
+    predicted_memory_mb: float | None = None
+    skipped_reason: str | None = None
+    trial_seconds: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -58,7 +65,9 @@ class TrialRow:
                 "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
-                "feasible": self.feasible,
+                "feasible": self.feasible, "predicted_latency_ms": self.predicted_latency_ms,
+                "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
+                "trial_seconds": self.trial_seconds,
                 "violations": dict(self.violations), "recipe": dict(self.recipe)}
 
 
@@ -78,7 +87,10 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             latency_ratio=trial.user_attrs.get("latency_ratio"), weights_mb=trial.user_attrs.get("weights_mb"),
             activations_mb=trial.user_attrs.get("activations_mb"),
             simulated_layers=trial.user_attrs.get("simulated_layers"),
-            violations={k: v for k, v in violations.items() if v is not None}))
+            violations={k: v for k, v in violations.items() if v is not None},
+            predicted_latency_ms=trial.user_attrs.get("predicted_latency_ms"),
+            predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
+            skipped_reason=trial.user_attrs.get("skipped_reason"), trial_seconds=trial.user_attrs.get("trial_seconds")))
     return rows
 
 
@@ -111,7 +123,8 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     """Write trials.csv, pareto.json and pareto.png; returns the front."""
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
-               "latency_ratio", "weights_mb", "activations_mb", "simulated_layers"]
+               "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
+               "simulated_layers", "trial_seconds", "skipped_reason"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -34,7 +34,7 @@ ALL = list(range(DEPTH))
 # name -> ({operator: settings} per block, blocks it applies to)
 SETTINGS = {
     "int8 weights": ({"quantize": {"weight_bits": 8}}, ALL),
-    "4-bit weights (g64, mse)": ({"quantize": {"weight_bits": 4, "group_size": 32, "scale": "mse"}}, ALL),
+    "4-bit weights (g32, mse)": ({"quantize": {"weight_bits": 4, "group_size": 32, "scale": "mse"}}, ALL),
     "bf16 weights": ({"quantize": {"weight_bits": 16}}, ALL),
     "heads 3/6": ({"prune_heads": {"keep": 3}}, ALL),
     "heads 4/6": ({"prune_heads": {"keep": 4}}, ALL),

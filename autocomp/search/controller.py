@@ -1,4 +1,9 @@
-"""The search controller: an Optuna study used through ask/tell, behind Ray Tune's ``Searcher`` interface."""
+"""The search controller: an Optuna study used through ask/tell, behind Ray Tune's ``Searcher`` interface.
+
+Before a recipe is handed to Ray, the controller predicts its cost; a candidate the screen judges far over budget is
+told to the study as PRUNED (user attr ``skipped_reason``) without ever being compressed, distilled, measured or
+evaluated, and the next recipe is asked for in its place.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,22 @@ from typing import Any, Callable, Sequence
 import optuna
 from ray.tune.search import Searcher
 
+from autocomp.recipe import Recipe
+from autocomp.search.predict import Screen
 from autocomp.search.space import SearchSpace
 
-__all__ = ["OptunaController", "OBJECTIVES", "RECORDED"]
+__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
-RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers")
+RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
+            "trial_seconds", "measured_on")
+SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a stored trial counts towards the job's trial count on resume: measured, or skipped by the screen."""
+    return trial.state == optuna.trial.TrialState.COMPLETE or SKIPPED in trial.user_attrs
 
 
 class OptunaController(Searcher):
@@ -23,16 +37,23 @@ class OptunaController(Searcher):
         study: the multi-objective study (accuracy up, latency down, memory down).
         space: what to sample per block.
         heads_per_block: head count of each block of the base model.
-        n_trials: trials to ask for in this run.
+        n_trials: trials to ask for in this run (skipped ones included).
         on_told: called with each finished Optuna trial (progress, anytime results).
+        screen: predicts each recipe's cost and skips those far over budget; None predicts nothing. It learns from
+            the trials already complete in the study and from each one measured here.
     """
 
     def __init__(self, *, study: optuna.Study, space: SearchSpace, heads_per_block: Sequence[int], n_trials: int,
-                 on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
+                 on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+                 screen: Screen | None = None) -> None:
         super().__init__()
         self._study, self._space, self._heads = study, space, list(heads_per_block)
-        self._remaining, self._on_told = n_trials, on_told
-        self._live: dict[str, optuna.Trial] = {}
+        self._remaining, self._on_told, self._screen = n_trials, on_told, screen
+        self._live: dict[str, tuple[optuna.Trial, Recipe]] = {}
+        if screen is not None:  # resuming: what earlier runs measured
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                if "recipe" in trial.user_attrs:
+                    screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1])
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its searcher into its experiment checkpoint; the study lives in SQLite and is resumed from
@@ -40,21 +61,29 @@ class OptunaController(Searcher):
         return {"_remaining": self._remaining}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _live={})
+        self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self._remaining <= 0:
-            return Searcher.FINISHED
-        self._remaining -= 1
-        trial = self._study.ask()
-        recipe = self._space.sample(trial, self._heads)
-        trial.set_user_attr("recipe", recipe.to_dict())
-        trial.set_user_attr("recipe_summary", recipe.summary())
-        self._live[trial_id] = trial
-        return {"trial_number": trial.number, "recipe": recipe.to_dict()}
+        while self._remaining > 0:
+            self._remaining -= 1
+            trial = self._study.ask()
+            recipe = self._space.sample(trial, self._heads)
+            trial.set_user_attr("recipe", recipe.to_dict())
+            trial.set_user_attr("recipe_summary", recipe.summary())
+            if self._screen is not None:
+                verdict = self._screen.judge(recipe)
+                for key, value in verdict.predicted.items():
+                    trial.set_user_attr(f"predicted_{key}", value)
+                if verdict.skip_reason is not None:
+                    trial.set_user_attr(SKIPPED, verdict.skip_reason)
+                    self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
+                    continue
+            self._live[trial_id] = (trial, recipe)
+            return {"trial_number": trial.number, "recipe": recipe.to_dict()}
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self._live.pop(trial_id, None)
+        trial, recipe = self._live.pop(trial_id, (None, None))
         if trial is None:
             return
         if result and "refused" in result:
@@ -69,5 +98,10 @@ class OptunaController(Searcher):
             for key in RECORDED:
                 trial.set_user_attr(key, result[key])
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
+            if self._screen is not None:
+                self._screen.observe(recipe, result["latency_ms"])
+        self._told(frozen)
+
+    def _told(self, frozen: optuna.trial.FrozenTrial) -> None:
         if self._on_told is not None:
             self._on_told(frozen)

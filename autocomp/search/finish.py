@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from torch import nn
 
 from autocomp.config import JobConfig
+from autocomp.costmodel import fidelity
 from autocomp.data import Splits
 from autocomp.recipe import Recipe
 from autocomp.results import TrialRow, best_feasible, closest_trial, save_model, trial_rows, write_results
 from autocomp.search.objective import build_candidate, distill_subset
 from autocomp.train import evaluate
 
-__all__ = ["finalize"]
+__all__ = ["finalize", "skipped_summary", "prediction_fidelity"]
 
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
@@ -30,8 +33,13 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
         "trials": {"total": len(rows), "complete": sum(r.complete for r in rows),
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
+        **skipped_summary(rows), "cost_model": prediction_fidelity(rows),
         "pareto_size": len(front), "met_budget": best is not None,
     }
+    if summary["skipped"]:
+        saved = summary["time_saved_s"]
+        log(f"skipped {summary['skipped']} candidates predicted over budget"
+            + (f" (about {saved:.0f} s saved)" if saved is not None else ""))
     if best is not None:
         model = build_candidate(base, Recipe.from_dict(best.recipe), splits.calib.x, distill_subset(splits.train))
         entry = _trial_entry(best)
@@ -58,3 +66,25 @@ def _trial_entry(row: TrialRow) -> dict[str, Any]:
     return {"trial": row.number, "recipe_summary": row.recipe_summary, "val_accuracy": row.accuracy,
             "latency_ms": row.latency_ms, "latency_ratio": row.latency_ratio, "memory_mb": row.memory_mb,
             "violations": dict(row.violations)}
+
+
+def skipped_summary(rows: Sequence[TrialRow]) -> dict[str, Any]:
+    """``skipped``: trials the cost model skipped; ``time_saved_s``: their count times the mean time of the trials
+    that ran (compression, distillation, measurement, evaluation), or None when none ran. It is trial time: with
+    ``workers`` trials at once the run ends about ``time_saved_s / workers`` sooner."""
+    skipped = sum(r.skipped_reason is not None for r in rows)
+    ran = [r.trial_seconds for r in rows if r.trial_seconds is not None]
+    return {"skipped": skipped, "time_saved_s": skipped * statistics.mean(ran) if ran else None}
+
+
+def prediction_fidelity(rows: Sequence[TrialRow]) -> dict[str, Any] | None:
+    """How the predictions made before each trial compare with its measurement (see
+    :func:`autocomp.costmodel.fidelity`), for latency and memory; None before any trial with a prediction ran."""
+    done = [r for r in rows if r.complete and r.predicted_latency_ms is not None]
+    if not done:
+        return None
+    report = {}
+    for key, predicted in (("latency_ms", "predicted_latency_ms"), ("memory_mb", "predicted_memory_mb")):
+        stats = fidelity([getattr(r, predicted) for r in done], [getattr(r, key) for r in done])
+        report[key] = {k: None if math.isnan(v) else v for k, v in stats.items()}
+    return report

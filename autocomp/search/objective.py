@@ -1,8 +1,10 @@
-"""One trial: build the candidate from a recipe, score it on validation, measure it. The same function runs
-inside a Ray Tune trial or in-process."""
+"""One trial: build the candidate from a recipe, score it on validation, measure it (on the device's node when the
+profile names one, see :mod:`autocomp.search.device`). The same function runs inside a Ray Tune trial or
+in-process."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -14,10 +16,11 @@ from autocomp.data import Split
 from autocomp.distill import distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
-from autocomp.measure import Measurement, measure
+from autocomp.measure import Measurement
 from autocomp.ops import compress
 from autocomp.ops.quantize import simulated_layers
 from autocomp.recipe import Recipe
+from autocomp.search.device import measure_on_device
 from autocomp.train import evaluate
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of"]
@@ -79,15 +82,21 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
 
 def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs) -> dict[str, Any]:
     """Build, score and measure one candidate; returns its metrics and, flat, its budget violations
-    (``violation:latency_ms`` ...: Ray Tune flattens nested results)."""
+    (``violation:latency_ms`` ...: Ray Tune flattens nested results).
+
+    Also returned: ``trial_seconds``, the wall time of all these steps (what skipping a candidate saves), and
+    ``measured_on``, the Ray node id the measurement ran on (None: in this process).
+    """
+    started = time.perf_counter()
     recipe = Recipe.from_dict(recipe_dict)
     try:
         model = build_candidate(inputs.base, recipe, inputs.calib, inputs.train)
     except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
         return {"refused": str(exc)}
-    metrics = metrics_of(measure(model, inputs.profile, example=inputs.calib, reference=inputs.base),
-                         inputs.base_latency_ms)
+    placed = measure_on_device(model, inputs.profile, example=inputs.calib, reference=inputs.base)
+    metrics: dict[str, Any] = metrics_of(placed.measurement, inputs.base_latency_ms)
     metrics["accuracy"] = evaluate(model, inputs.val)
     # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
     metrics["simulated_layers"] = len(simulated_layers(model))
+    metrics.update(trial_seconds=time.perf_counter() - started, measured_on=placed.node_id)
     return {**metrics, **{f"violation:{k}": v for k, v in violations(metrics, inputs.limits).items()}}

@@ -1,5 +1,6 @@
-"""Run a search job: measure the uncompressed model, then let Ray Tune execute the trials that Optuna asks for,
-writing results after every trial."""
+"""Run a search job: measure the uncompressed model (on the device's Ray node when the profile names one), then let
+Ray Tune execute the trials that Optuna asks for and the cost model does not skip, writing results after every
+trial."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import optuna
 import torch
@@ -17,14 +19,15 @@ import yaml
 from torch import nn
 
 from autocomp.config import JobConfig
-from autocomp.data import load_splits
+from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
-from autocomp.hardware import load_profile
-from autocomp.measure import measure
+from autocomp.hardware import HardwareProfile, load_profile
 from autocomp.models import create_model, vit_blocks
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
-from autocomp.search.controller import DIRECTIONS, OptunaController
+from autocomp.search.controller import DIRECTIONS, OptunaController, counted
+from autocomp.search.device import measure_on_device, ray_session, require_resource
 from autocomp.search.objective import TrialInputs, distill_subset, metrics_of, run_trial
+from autocomp.search.predict import CostPredictor, Screen
 from autocomp.search.space import load_space
 from autocomp.search import finish
 from autocomp.train import evaluate
@@ -37,7 +40,10 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     """Search compressed variants of ``config.model`` within ``config.budget``; returns the summary.
 
     Results land in ``run_dir`` as trials finish. Running again on the same ``run_dir`` resumes the study: only the
-    trials still missing are run.
+    trials still missing are run. When the hardware profile names a ``ray_resource``, every measurement runs on the
+    Ray node holding it (:mod:`autocomp.search.device`), and a cluster without it is refused before anything runs.
+    Candidates the cost model predicts to be more than ``config.skip_margin`` over a limit are skipped
+    (:mod:`autocomp.search.predict`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -50,68 +56,82 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
 
     job, fingerprint = _job_identity(config, base)
     previous = _previous_run(run_dir, fingerprint)
-    if previous is not None:  # resuming: keep the limits the earlier trials were judged by
-        baseline, limits = previous["baseline"], previous["limits"]
-    else:
-        baseline_measurement = measure(base, profile, example=splits.calib.x)
-        baseline = {"val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test),
-                    **metrics_of(baseline_measurement, baseline_measurement.latency_ms)}
-        limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
-        _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits)
-    log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
-        f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
-        + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir), load_if_exists=True,
                                 directions=list(DIRECTIONS),
                                 sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True,
                                                                    n_startup_trials=min(10, config.trials)))
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     remaining = max(0, config.trials - done)
-    if done:
-        log(f"resuming: {done} trials already in {run_dir / 'study.db'}, {remaining} to run")
+    if previous is not None:
+        baseline = previous["baseline"]
+    elif profile.ray_resource is None:  # before an embedded Ray starts: its start-up load would bias the anchor
+        baseline = _baseline(config, base, profile, splits)
+    else:
+        baseline = None  # measured on the device's node, once Ray is up
+    needs_ray = remaining > 0 or baseline is None
+    with ray_session(workers=config.workers, ray_address=ray_address) if needs_ray else nullcontext():
+        if needs_ray:
+            require_resource(profile, source=config.hardware)
+        if baseline is None:
+            baseline = _baseline(config, base, profile, splits)
+        if previous is not None:  # resuming: keep the limits the earlier trials were judged by
+            limits = previous["limits"]
+        else:
+            limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
+            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits)
+        log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
+            f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
+            + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
+        if done:
+            log(f"resuming: {done} trials already in {run_dir / 'study.db'}, {remaining} to run")
 
-    inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=distill_subset(splits.train),
-                         profile=profile, limits=limits, base_latency_ms=baseline["latency_ms"])
-    display = _Progress(total=config.trials, done=done, enabled=progress)
+        inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=distill_subset(splits.train),
+                             profile=profile, limits=limits, base_latency_ms=baseline["latency_ms"])
+        display = _Progress(total=config.trials, done=done, enabled=progress)
 
-    def on_told(_trial: optuna.trial.FrozenTrial) -> None:
-        rows = trial_rows(study, list(limits))
-        write_results(run_dir, rows, limits)
-        display.update(rows)
+        def on_told(_trial: optuna.trial.FrozenTrial) -> None:
+            rows = trial_rows(study, list(limits))
+            write_results(run_dir, rows, limits)
+            display.update(rows)
 
-    if remaining:
-        controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
-                                      on_told=on_told)
-        started = time.perf_counter()
-        with display:
-            _run_with_ray(controller, inputs, run_dir, trials=remaining, workers=config.workers,
-                          ray_address=ray_address)
-        log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
+        if remaining:
+            controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
+                                          on_told=on_told, screen=_screen(base, profile, baseline, limits, config,
+                                                                          log))
+            started = time.perf_counter()
+            with display:
+                _run_tune(controller, inputs, run_dir, trials=remaining, workers=config.workers)
+            log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
     return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                            limits=limits, log=log)
 
 
-def _run_with_ray(controller: OptunaController, inputs: TrialInputs, run_dir: Path, *, trials: int, workers: int,
-                  ray_address: str | None) -> None:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep an embedded Ray on loopback
+def _baseline(config: JobConfig, base: nn.Module, profile: HardwareProfile, splits: Splits) -> dict[str, float]:
+    """The uncompressed model's accuracy and cost, measured on the device."""
+    measurement = measure_on_device(base, profile, example=splits.calib.x).measurement
+    return {"val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test),
+            **metrics_of(measurement, measurement.latency_ms)}
+
+
+def _screen(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, Any], limits: Mapping[str, float],
+            config: JobConfig, log: Callable[[str], None]) -> Screen | None:
+    """The cost predictor and skip rule of the run; None (nothing predicted or skipped) for a model the cost model
+    cannot describe, which is said in the log."""
+    try:
+        predictor = CostPredictor(base=base, profile=profile, base_latency_ms=baseline["latency_ms"])
+    except AutocompError as exc:
+        log(f"cost model unavailable ({exc}); trials are not predicted and none is skipped")
+        return None
+    return Screen(predictor=predictor, limits=limits, margin=config.skip_margin)
+
+
+def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, *, trials: int,
+              workers: int) -> None:
+    """Run the trials on the Ray that is initialized (see :func:`autocomp.search.device.ray_session`)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
     from ray import tune
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            if ray_address:
-                ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
-            else:
-                ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR")
-        except ConnectionError as exc:
-            raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
-                                "(ray status shows it) or omit --ray-address for an embedded local Ray") from None
 
     def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
         import torch
@@ -119,18 +139,14 @@ def _run_with_ray(controller: OptunaController, inputs: TrialInputs, run_dir: Pa
         torch.set_num_threads(1)
         tune.report(run_trial(config["recipe"], inputs))
 
-    try:
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, inputs=inputs), {"cpu": 1}),
-            tune_config=tune.TuneConfig(search_alg=controller, num_samples=trials, max_concurrent_trials=workers,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(name="tune", storage_path=str((run_dir / "ray").resolve()), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        tuner.fit()
-    finally:
-        if started_here:
-            ray.shutdown()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, inputs=inputs), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=controller, num_samples=trials, max_concurrent_trials=workers,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str((run_dir / "ray").resolve()), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
 
 
 def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str]:
@@ -167,7 +183,8 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
         torch.save(base, run_dir / "base.pt")
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
                                                   "limits": limits}, indent=2))
-    data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed}
+    data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
+            "skip_margin": config.skip_margin}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")
@@ -196,10 +213,12 @@ class _Progress:
         self._progress.__exit__(*exc)
 
     def update(self, rows: list) -> None:
-        finished = [r for r in rows if r.state in ("COMPLETE", "FAIL")]
+        finished = [r for r in rows if r.state in ("COMPLETE", "FAIL") or r.skipped_reason]
         feasible = [r for r in rows if r.feasible]
         best = max((r.accuracy for r in feasible), default=None)
-        status = f"within budget {len(feasible)}" + (f", best {best:.2f}%" if best is not None else "")
+        skipped = sum(r.skipped_reason is not None for r in rows)
+        status = (f"within budget {len(feasible)}" + (f", best {best:.2f}%" if best is not None else "")
+                  + (f", skipped {skipped}" if skipped else ""))
         self._progress.update(self._task, completed=len(finished), status=status)
         if self._lines:
             print(f"search {len(finished)}/{self._total}  {status}", flush=True)

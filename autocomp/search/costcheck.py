@@ -1,0 +1,192 @@
+"""How good the cost model is on this machine: random recipes from a job's search space, predicted and measured.
+
+Each sampled recipe is compressed and measured interleaved with the uncompressed model (latency = the per-pair
+ratio times the uncompressed model's median, so that the machine's drift cancels), and predicted three ways:
+
+- ``before``: the roofline's own milliseconds;
+- ``anchored``: the roofline's ratio to the uncompressed model times its measured latency (what a search predicts
+  before it has measured enough trials, see :mod:`autocomp.search.predict`);
+- ``after``: the measured correction, fitted leave-one-out (each recipe predicted by a correction fitted on the
+  others), so the numbers are what an unseen recipe would get.
+
+Memory is counted rather than fitted, so its ``before`` and ``after`` are the same prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+import torch
+from torch import nn
+
+from autocomp.config import JobConfig
+from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
+from autocomp.data import load_splits
+from autocomp.errors import AutocompError
+from autocomp.hardware import load_profile
+from autocomp.measure import measure
+from autocomp.models import create_model, vit_blocks
+from autocomp.ops import compress
+from autocomp.recipe import Recipe
+from autocomp.search.space import load_space
+
+__all__ = ["check_costmodel", "MIN_SAMPLES"]
+
+MB = 1e6
+MIN_SAMPLES = 3  # leave-one-out needs at least two others to fit on
+
+
+def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample ``samples`` recipes from the config's search space (Optuna's RandomSampler, seeded with
+    ``config.seed``), predict and measure each on the local device; write the report to ``out`` (JSON) and a
+    predicted-vs-measured plot next to it (same name, ``.png``). Returns the report.
+
+    Raises:
+        AutocompError: fewer than ``MIN_SAMPLES`` samples, or a search space whose recipes the operators refuse.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < MIN_SAMPLES:
+        raise AutocompError(f"--samples must be a whole number >= {MIN_SAMPLES} (the correction is validated "
+                            f"leave-one-out), got {samples!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(config.hardware)
+    space = load_space(config.search_space)
+    calib = load_splits(config.data).calib.x
+    base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    heads = [block.attn.num_heads for block in vit_blocks(base)]
+    cost = CostModel(description=describe(base), profile=profile)
+    identity = cost.predict(Recipe.identity(len(heads)))
+    reference = measure(base, profile, example=calib)
+    anchor = reference.latency_ms / identity.latency_ms  # measured ms per roofline ms
+    log(f"uncompressed: {reference.latency_ms:.3f} ms (IQR {reference.latency_iqr_ms:.3f}), "
+        f"{reference.memory_mb:.3f} MB; roofline {identity.latency_ms:.3f} ms")
+
+    rows, predictions = _sample_and_measure(base, cost, space, heads, calib, profile, reference.latency_ms,
+                                            samples=samples, seed=config.seed, log=log)
+    measured = [r["measured_latency_ms"] for r in rows]
+    corrected = _leave_one_out(identity, predictions, measured, anchor)
+    for row, prediction, value in zip(rows, predictions, corrected, strict=True):
+        row["anchored_latency_ms"] = prediction.latency_ms * anchor
+        row["corrected_latency_ms"] = value
+    memory = fidelity([r["predicted_memory_mb"] for r in rows], [r["measured_memory_mb"] for r in rows])
+    full = _correction(identity, predictions, measured, anchor)
+    report = {
+        "config": str(config.source) if config.source else None, "hardware": str(config.hardware),
+        "profile": profile.name, "samples": len(rows), "seed": config.seed,
+        "base": {"measured_latency_ms": reference.latency_ms, "latency_iqr_ms": reference.latency_iqr_ms,
+                 "roofline_latency_ms": identity.latency_ms, "measured_memory_mb": reference.memory_mb,
+                 "predicted_memory_mb": identity.memory_nbytes / MB},
+        "latency": {"before": _clean(fidelity([r["roofline_latency_ms"] for r in rows], measured)),
+                    "anchored": _clean(fidelity([r["anchored_latency_ms"] for r in rows], measured)),
+                    "after": _clean(fidelity(corrected, measured))},
+        "memory": {"before": _clean(memory), "after": _clean(memory)},
+        "correction": {"validation": "leave-one-out", "units": "roofline ms (measured ms / anchor)",
+                       "anchor_ms_per_roofline_ms": anchor, "scales_fitted_on_all": full.scales},
+        "rows": rows, "plot": str(out.with_suffix(".png")),
+    }
+    out.write_text(json.dumps(report, indent=2))
+    plot_fidelity(out.with_suffix(".png"), rows)
+    return report
+
+
+def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: list[int], calib: torch.Tensor,
+                        profile: Any, base_latency_ms: float, *, samples: int, seed: int,
+                        log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[Prediction]]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    rows: list[dict[str, Any]] = []
+    predictions: list[Prediction] = []
+    refused = 0
+    while len(rows) < samples:
+        recipe = Recipe(blocks=space.sample(study.ask(), heads).blocks)  # distillation changes no cost
+        try:
+            prediction = cost.predict(recipe)
+            with torch.no_grad():
+                model = compress(base, recipe, calibration=calib)
+        except AutocompError:
+            refused += 1
+            if refused > 10 * samples:
+                raise AutocompError(f"the operators refused {refused} of the recipes sampled from the search "
+                                    "space; check its fractions (e.g. a rank that saves nothing)") from None
+            continue
+        result = measure(model, profile, example=calib, reference=base)
+        rows.append({"recipe_summary": recipe.summary(), "recipe": recipe.to_dict(),
+                     "roofline_latency_ms": prediction.latency_ms,
+                     "measured_latency_ms": result.latency_ratio * base_latency_ms,
+                     "latency_ratio": result.latency_ratio, "raw_latency_ms": result.latency_ms,
+                     "latency_iqr_ms": result.latency_iqr_ms,
+                     "predicted_memory_mb": prediction.memory_nbytes / MB, "measured_memory_mb": result.memory_mb})
+        predictions.append(prediction)
+        log(f"sample {len(rows)}/{samples}: {recipe.summary()}  measured {rows[-1]['measured_latency_ms']:.3f} ms, "
+            f"{result.memory_mb:.3f} MB")
+    return rows, predictions
+
+
+def _correction(identity: Prediction, predictions: Sequence[Prediction], measured: Sequence[float],
+                anchor: float) -> CorrectedCostModel:
+    """A correction fitted on the uncompressed model and ``predictions``, in anchored units (as the search fits
+    it, see :class:`autocomp.search.predict.CostPredictor`)."""
+    correction = CorrectedCostModel()
+    correction.add(identity, identity.latency_ms)
+    for prediction, value in zip(predictions, measured, strict=True):
+        correction.add(prediction, value / anchor)
+    return correction
+
+
+def _leave_one_out(identity: Prediction, predictions: Sequence[Prediction], measured: Sequence[float],
+                   anchor: float) -> list[float]:
+    """Each recipe's corrected latency (ms) from a correction fitted on all the others."""
+    corrected = []
+    for index, prediction in enumerate(predictions):
+        others = [i for i in range(len(predictions)) if i != index]
+        fit = _correction(identity, [predictions[i] for i in others], [measured[i] for i in others], anchor)
+        corrected.append(fit.latency_ms(prediction) * anchor)
+    return corrected
+
+
+def _clean(stats: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: an undefined statistic (a rank correlation of constant values) is null."""
+    return {key: None if math.isnan(value) else value for key, value in stats.items()}
+
+
+def plot_fidelity(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Predicted against measured: latency (roofline, anchored, corrected) and memory, with the ±10 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    panels = ((axes[0], "measured_latency_ms", (("roofline_latency_ms", "roofline (before)", "0.6"),
+                                                ("anchored_latency_ms", "anchored on the base", "tab:orange"),
+                                                ("corrected_latency_ms", "corrected, leave-one-out (after)",
+                                                 "tab:blue")), "latency (ms)"),
+              (axes[1], "measured_memory_mb", (("predicted_memory_mb", "predicted", "tab:blue"),), "memory (MB)"))
+    for axis, measured_key, series, label in panels:
+        measured = [r[measured_key] for r in rows]
+        values = measured + [r[key] for key, _, _ in series for r in rows]
+        low, high = min(values) * 0.9, max(values) * 1.1
+        axis.plot([low, high], [low, high], color="k", lw=1, label="predicted = measured")
+        axis.fill_between([low, high], [0.9 * low, 0.9 * high], [1.1 * low, 1.1 * high], color="0.9",
+                          label="±10 %")
+        for key, name, color in series:
+            axis.scatter(measured, [r[key] for r in rows], s=18, c=color, label=name)
+        for scale in (axis.set_xscale, axis.set_yscale):
+            scale("log")
+        for ticks in (axis.xaxis, axis.yaxis):
+            ticks.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ticks.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_xlabel(f"measured {label}")
+        axis.set_ylabel(f"predicted {label}")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"cost model fidelity, {len(rows)} random recipes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

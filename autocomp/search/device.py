@@ -1,0 +1,130 @@
+"""Where measurements run: in the calling process, or on the Ray node that holds the target device.
+
+A profile with ``ray_resource: NAME`` says that the device sits on the Ray node declaring the custom resource NAME.
+Every measurement of the run (the uncompressed baseline and each trial's candidate) is then a Ray task that asks for
+one whole unit of NAME, so it runs on that node and, the node declaring one unit, one at a time: trials compress and
+evaluate wherever Ray puts them, but never time on the device while another measurement is running there. The task
+asks for no CPU; start the device's node with ``--num-cpus=0`` so that no trial is scheduled beside it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import torch
+from torch import nn
+
+from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
+from autocomp.measure import Measurement, measure
+
+__all__ = ["Placed", "ray_session", "require_resource", "measure_on_device"]
+
+
+class Placed(NamedTuple):
+    """A measurement and where and when it ran.
+
+    Attributes:
+        measurement: what :func:`autocomp.measure.measure` returned.
+        node_id: the Ray node id it ran on, or None when measured in the calling process.
+        started: ``time.time()`` when the timing began.
+        finished: ``time.time()`` when it ended.
+    """
+
+    measurement: Measurement
+    node_id: str | None
+    started: float
+    finished: float
+
+
+def _import_ray() -> Any:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep an embedded Ray on loopback
+    import ray
+
+    return ray
+
+
+@contextmanager
+def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
+    """Ray for the duration of the block: the caller's, if Ray is already initialized; else joined at
+    ``ray_address`` or started embedded, and shut down on exit."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+    except ConnectionError as exc:
+        raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
+                            "(ray status shows it) or omit --ray-address for an embedded local Ray") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def require_resource(profile: HardwareProfile, *, source: str | Path) -> None:
+    """Check, before any trial starts, that some node of the connected Ray cluster holds the profile's device.
+
+    Raises:
+        AutocompError: no node declares a whole unit of ``profile.ray_resource``; names the resource, the profile
+            file and how to fix it.
+    """
+    if profile.ray_resource is None:
+        return
+    ray = _import_ray()
+    available = ray.cluster_resources()
+    name = profile.ray_resource
+    if available.get(name, 0) >= 1:
+        return
+    declared = sorted(k for k in available if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                      and not k.startswith("node:") and not k.startswith("accelerator_type:"))
+    raise AutocompError(
+        f"hardware profile {source} measures on the Ray resource {name!r}, but no node of the Ray cluster has it "
+        f"(custom resources there: {declared or 'none'}); start the device's node with "
+        f"ray start --address=HEAD --num-cpus=0 --resources='{{\"{name}\": 1}}' and pass --ray-address, "
+        "or set ray_resource: null in the profile to measure where each trial runs")
+
+
+def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor,
+                      reference: nn.Module | None = None) -> Placed:
+    """:func:`autocomp.measure.measure`, run where the profile's device is.
+
+    Without ``profile.ray_resource`` it runs in the calling process; with it, as a Ray task holding one unit of the
+    resource (Ray must be initialized), which the caller waits for.
+    """
+    if profile.ray_resource is None:
+        return _measure(model, profile, example, reference, node_id=None)
+    # "DEFAULT" leaves the trial's placement group (Tune captures child tasks into it, and its bundles hold no
+    # device) for the cluster's own scheduler, which finds the node with the resource
+    task = _remote_measure().options(num_cpus=0, resources={profile.ray_resource: 1}, scheduling_strategy="DEFAULT")
+    return _import_ray().get(task.remote(model, profile, example, reference))
+
+
+def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, reference: nn.Module | None, *,
+             node_id: str | None) -> Placed:
+    started = time.time()
+    measurement = measure(model, profile, example=example, reference=reference)
+    return Placed(measurement=measurement, node_id=node_id, started=started, finished=time.time())
+
+
+@functools.cache
+def _remote_measure() -> Any:
+    """The Ray task, created once per process (each creation would export the function again)."""
+    ray = _import_ray()
+
+    @ray.remote(max_retries=0)
+    def measure_task(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,
+                     reference: nn.Module | None) -> Placed:
+        return _measure(model, profile, example, reference, node_id=ray.get_runtime_context().get_node_id())
+
+    return measure_task

@@ -1,0 +1,115 @@
+"""Predicted cost of a trial's recipe, and the screen that skips candidates predicted to be far over budget.
+
+The roofline's milliseconds are not this machine's milliseconds (on a shared CPU the measured ones swing by several
+times, and dispatch dominates small models), but its *ratios* between recipes are good. So a trial's latency is
+predicted as::
+
+    predicted_latency_ms = base_latency_ms * roofline(recipe) / roofline(identity)
+
+anchored on the uncompressed model measured at the start of the run. Once ``CORRECT_AFTER`` trials are measured,
+the :class:`~autocomp.costmodel.CorrectedCostModel` fitted on them predicts instead: it learns per operator group how
+far the roofline is off here. It is fitted on measured latencies expressed in the roofline's units through the same
+anchor (divided by ``base_latency_ms / roofline(identity)``), so that its starting point and prior (every scale 1,
+no fixed cost) *are* the anchored ratio, and a few trials only move it where they disagree with it. Memory is
+predicted directly: the cost model counts the bytes the compressed model will hold and allocate, which does not
+depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import nn
+
+from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe
+from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
+from autocomp.recipe import Recipe
+
+__all__ = ["CostPredictor", "Screen", "Verdict", "CORRECT_AFTER", "MIN_MEASURED"]
+
+MB = 1e6
+CORRECT_AFTER = 5  # measured trials before the fitted correction replaces the anchored ratio
+MIN_MEASURED = 1  # nothing is skipped before a trial was measured: the run keeps a closest candidate to report
+
+
+class CostPredictor:
+    """Latency (ms) and memory (MB) of recipes on the run's device, learning from measured trials.
+
+    Args:
+        base: the uncompressed model.
+        profile: the device.
+        base_latency_ms: the uncompressed model's latency, measured at the start of the run.
+    """
+
+    def __init__(self, *, base: nn.Module, profile: HardwareProfile, base_latency_ms: float) -> None:
+        self._model = CostModel(description=describe(base), profile=profile)
+        identity = self._model.predict(Recipe.identity(len(self._model.description.num_heads)))
+        self._ms_per_unit = base_latency_ms / identity.latency_ms  # the anchor: measured ms per roofline ms
+        self._correction = CorrectedCostModel()
+        self._correction.add(identity, identity.latency_ms)
+        self.measured = 0
+
+    def prediction(self, recipe: Recipe) -> Prediction:
+        """The cost model's own prediction (roofline terms per operator)."""
+        return self._model.predict(recipe)
+
+    def predict(self, recipe: Recipe) -> dict[str, float]:
+        """``latency_ms`` and ``memory_mb`` of ``recipe`` (see the module docstring for how latency is anchored).
+
+        Raises:
+            AutocompError: the recipe does not fit the model.
+        """
+        prediction = self._model.predict(recipe)
+        units = self._correction.latency_ms(prediction) if self.measured >= CORRECT_AFTER else prediction.latency_ms
+        return {"latency_ms": units * self._ms_per_unit, "memory_mb": prediction.memory_nbytes / MB}
+
+    def observe(self, recipe: Recipe, latency_ms: float) -> None:
+        """Learn from a measured trial."""
+        self._correction.add(self._model.predict(recipe), latency_ms / self._ms_per_unit)
+        self.measured += 1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the screen says of one recipe.
+
+    Attributes:
+        predicted: ``latency_ms`` and ``memory_mb`` (empty when the cost model cannot predict the recipe).
+        skip_reason: why the candidate is skipped, or None when it is run.
+    """
+
+    predicted: Mapping[str, float]
+    skip_reason: str | None = None
+
+
+class Screen:
+    """Skips candidates predicted to exceed a budget limit by more than ``margin`` (0.25: 25 % over).
+
+    Args:
+        predictor: the run's cost predictor.
+        limits: the absolute budget limits (``latency_ms``, ``memory_mb``).
+        margin: how far over a limit a prediction may be and the candidate still run; None never skips.
+    """
+
+    def __init__(self, *, predictor: CostPredictor, limits: Mapping[str, float], margin: float | None) -> None:
+        self.predictor, self.limits, self.margin = predictor, dict(limits), margin
+
+    def judge(self, recipe: Recipe) -> Verdict:
+        try:
+            predicted = self.predictor.predict(recipe)
+        except AutocompError:
+            return Verdict(predicted={})  # the operators will refuse it in the trial, in their own words
+        if self.margin is None or self.predictor.measured < MIN_MEASURED:
+            return Verdict(predicted=predicted)
+        over = {key: predicted[key] / limit - 1 for key, limit in self.limits.items()}
+        worst = max(over, key=over.get, default=None)
+        if worst is None or over[worst] <= self.margin:
+            return Verdict(predicted=predicted)
+        return Verdict(predicted=predicted,
+                       skip_reason=f"predicted {worst} {predicted[worst]:.4g} is {100 * over[worst]:.0f}% over the "
+                                   f"limit {self.limits[worst]:.4g} (skip margin {100 * self.margin:.0f}%)")
+
+    def observe(self, recipe: Recipe, latency_ms: float) -> None:
+        self.predictor.observe(recipe, latency_ms)

@@ -1,0 +1,75 @@
+"""``autocomp profile`` writes a profile that loads; ``autocomp check-costmodel`` writes the fidelity report and
+its plot; their mistakes end in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autocomp.cli import main
+from autocomp.hardware import load_profile
+from test_cli_errors import run_cli
+from test_search_e2e import write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "hardware_profiles" / "local_cpu.yaml"
+STATS = {"n", "spearman", "mape", "within_10pct", "median_ratio"}
+
+
+def test_profile_writes_a_profile_that_loads(tmp_path, capsys):
+    out = tmp_path / "measured.yaml"
+    assert main(["profile", "--out", str(out), "--quick", "--name", "here"]) == 0
+    profile = load_profile(out)
+    assert profile.name == "here" and profile.threads == 1 and profile.device == "cpu"
+    assert {"fp32", "int8"} <= set(profile.peak_gflops) and profile.memory_bandwidth_gbs > 0
+    assert profile.memory_gb > 0 and profile.op_overhead_us > 0
+    for field in ("peak_gflops.fp32", "memory_bandwidth_gbs", "op_overhead_us", "memory_gb"):
+        assert profile.sources[field].startswith("measured by autocomp profile on "), field
+    assert out.read_text().startswith("# Measured by autocomp profile on ")
+    assert "written to" in capsys.readouterr().out
+
+
+def test_profile_on_a_base_keeps_its_other_fields(tmp_path):
+    out = tmp_path / "measured.yaml"
+    assert main(["profile", "--out", str(out), "--quick", "--base", str(LOCAL)]) == 0
+    profile, base = load_profile(out), load_profile(LOCAL)
+    assert (profile.name, profile.batch_size, profile.memory_gb, profile.ray_resource) == \
+        (base.name, base.batch_size, base.memory_gb, base.ray_resource)
+    assert profile.sources["memory_gb"] == base.sources["memory_gb"]  # kept, with its own source
+    assert profile.sources["peak_gflops.fp32"].startswith("measured by autocomp profile on ")
+    assert set(profile.fast_weight_bits.values()) <= set(profile.peak_gflops)
+
+
+def test_profile_mistakes_are_one_line(tmp_path, capsys):
+    assert "--threads must be a whole number >= 1, got 0" in run_cli(
+        ["profile", "--out", str(tmp_path / "p.yaml"), "--threads", "0"], capsys)
+    assert "hardware profile not found" in run_cli(
+        ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(tmp_path / "none.yaml")], capsys)
+    jetson = ROOT / "hardware_profiles" / "jetson_orin_nano.yaml"
+    assert f"--base {jetson} is a tensorrt profile" in run_cli(
+        ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(jetson)], capsys)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teacher, capsys):
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
+    out = tmp_path / "fidelity" / "report.json"
+    assert main(["check-costmodel", str(job), "--samples", "6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (tmp_path / "fidelity" / "report.png").stat().st_size > 0 and report["plot"].endswith("report.png")
+    assert report["samples"] == 6 and len(report["rows"]) == 6
+    for key in ("latency", "memory"):
+        for stage in ("before", "after"):
+            assert set(report[key][stage]) == STATS and report[key][stage]["n"] == 6
+    assert set(report["latency"]) == {"before", "anchored", "after"}
+    for row in report["rows"]:
+        assert row["measured_latency_ms"] > 0 and row["corrected_latency_ms"] > 0 and row["recipe_summary"]
+    assert report["memory"]["after"]["mape"] < 0.05  # memory is counted, not guessed
+    out_text = capsys.readouterr().out
+    assert "latency  after " in out_text and "Spearman" in out_text
+
+
+def test_check_costmodel_needs_three_samples(tmp_path, tiny_teacher, capsys):
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
+    err = run_cli(["check-costmodel", str(job), "--samples", "2", "--out", str(tmp_path / "r.json")], capsys)
+    assert "--samples must be a whole number >= 3" in err

@@ -1,0 +1,134 @@
+"""Measurement on the target's node, in a real two-node Ray cluster on loopback: the head, and a node declaring the
+device's resource."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from autocomp import AutocompError
+from autocomp.cli import main
+from autocomp.hardware import HardwareProfile, load_profile
+from autocomp.results import STUDY_NAME, study_storage
+from autocomp.search.device import measure_on_device, require_resource
+from conftest import small_vit
+from test_search_e2e import write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+RESOURCE = "test_device"
+
+
+def test_a_device_profile_is_refused_on_an_embedded_ray(tiny_teacher, tmp_path, capsys):
+    """Without --ray-address the embedded Ray has no custom resources: a profile naming a device is refused up
+    front. (First in this module: the cluster fixture is not up yet.)"""
+    import ray
+
+    assert not ray.is_initialized()
+    shipped = ROOT / "hardware_profiles" / "nvidia_h100.yaml"
+    assert load_profile(shipped).ray_resource == "nvidia_h100"
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "hardware": str(shipped)}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"hardware profile {shipped} measures on the Ray resource 'nvidia_h100'" in err
+    assert not ray.is_initialized()  # the embedded Ray it started is shut down again
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(cluster, id of the node holding the device); Ray is connected to it for the module's tests."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    try:
+        device_node = cluster.add_node(num_cpus=1, resources={RESOURCE: 1}, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        yield cluster, device_node.node_id
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def profile_on(resource: str | None) -> HardwareProfile:
+    return HardwareProfile(name="t", batch_size=2, warmup=1, repeats=5, ray_resource=resource)
+
+
+def test_the_measurement_runs_on_the_node_that_holds_the_device(cluster):
+    _, device_node = cluster
+    import ray
+
+    assert ray.get_runtime_context().get_node_id() != device_node  # the driver is on the head
+    model = small_vit()
+    placed = measure_on_device(model, profile_on(RESOURCE), example=torch.randn(2, 3, 16, 16), reference=model)
+    assert placed.node_id == device_node
+    assert placed.measurement.latency_ratio is not None and placed.measurement.memory_mb > 0
+    local = measure_on_device(model, profile_on(None), example=torch.randn(2, 3, 16, 16))
+    assert local.node_id is None  # no resource named: measured in this process
+
+
+def _concurrently(count: int, repeats: int) -> list:
+    model = small_vit()
+    profile = dataclasses.replace(profile_on(RESOURCE), repeats=repeats)
+    placed = []
+
+    def run() -> None:
+        placed.append(measure_on_device(model, profile, example=torch.randn(2, 3, 16, 16)))
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return placed
+
+
+def test_one_measurement_at_a_time_per_device(cluster):
+    _, device_node = cluster
+    _concurrently(3, repeats=1)  # had the device allowed it, this would have started a worker per measurement
+    placed = _concurrently(3, repeats=300)  # each long enough to overlap the others, if allowed to
+    windows = sorted((p.started, p.finished) for p in placed)
+    assert len(windows) == 3 and {p.node_id for p in placed} == {device_node}
+    assert all(earlier[1] <= later[0] for earlier, later in zip(windows, windows[1:]))  # never overlapping
+
+
+def test_a_resource_no_node_has_is_refused(cluster):
+    require_resource(profile_on(RESOURCE), source="p.yaml")
+    with pytest.raises(AutocompError, match=r"hardware profile p.yaml measures on the Ray resource 'no_such_device', "
+                                            r"but no node of the Ray cluster has it \(custom resources there: "
+                                            r"\['test_device'\]\); start the device's node with ray start"):
+        require_resource(profile_on("no_such_device"), source="p.yaml")
+
+
+def _job_on(tmp_path: Path, tiny_teacher, resource: str) -> Path:
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "local_cpu.yaml").read_text())
+    (tmp_path / "device.yaml").write_text(yaml.safe_dump({**profile, "ray_resource": resource}))
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=2, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "hardware": str(tmp_path / "device.yaml")}))
+    return job
+
+
+def test_a_search_measures_every_trial_on_the_device_node(cluster, tiny_teacher, tmp_path):
+    _, device_node = cluster
+    job = _job_on(tmp_path, tiny_teacher, RESOURCE)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials()
+    assert len(trials) == 2
+    assert [t.user_attrs["measured_on"] for t in trials] == [device_node, device_node]
+
+
+def test_a_search_on_a_cluster_without_the_resource_stops_before_any_trial(cluster, tiny_teacher, tmp_path, capsys):
+    job = _job_on(tmp_path, tiny_teacher, "no_such_device")
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("autocomp: error: hardware profile ")
+    assert "'no_such_device'" in err and str(tmp_path / "device.yaml") in err and "ray_resource: null" in err
+    assert not (tmp_path / "run" / "run.json").exists()  # not even the baseline was measured
+    assert optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials() == []

@@ -1,0 +1,118 @@
+"""The cost model in the search: predictions recorded per trial, candidates far over budget skipped before they are
+built, and the count and time saved reported."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from conftest import small_vit
+
+from autocomp import Recipe, compress
+from autocomp.cli import main
+from autocomp.hardware import load_profile
+from autocomp.measure import measure
+from autocomp.results import STUDY_NAME, study_storage
+from autocomp.search.predict import CORRECT_AFTER, CostPredictor, Screen
+from test_search_e2e import write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = load_profile(ROOT / "hardware_profiles" / "local_cpu.yaml")
+HALF_HEADS = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 3}}, {"prune_heads": {"keep": 3}}]})
+INT8 = Recipe.from_dict({"blocks": [{"quantize": {"weight_bits": 8}}, {}]})
+
+
+@pytest.fixture(scope="module")
+def base():
+    return small_vit(depth=2)
+
+
+@pytest.fixture
+def predictor(base):
+    return CostPredictor(base=base, profile=dataclasses.replace(LOCAL, batch_size=4), base_latency_ms=10.0)
+
+
+def test_latency_is_anchored_on_the_measured_base_and_memory_is_counted(base, predictor):
+    identity = predictor.predict(Recipe.identity(2))
+    assert identity["latency_ms"] == pytest.approx(10.0)  # the roofline's ratio to itself, times the measured base
+    assert predictor.predict(HALF_HEADS)["latency_ms"] < 10.0
+    measured = measure(base, dataclasses.replace(LOCAL, batch_size=4, repeats=2, warmup=0),
+                       example=torch.randn(4, 3, 16, 16))
+    assert identity["memory_mb"] == pytest.approx(measured.memory_mb, rel=0.03)
+    small = compress(base, HALF_HEADS, calibration=torch.randn(8, 3, 16, 16))
+    measured = measure(small, dataclasses.replace(LOCAL, batch_size=4, repeats=2, warmup=0),
+                       example=torch.randn(4, 3, 16, 16))
+    assert predictor.predict(HALF_HEADS)["memory_mb"] == pytest.approx(measured.memory_mb, rel=0.03)
+
+
+def _slow_int8_device(predictor, recipe):
+    """A device where int8 GEMMs take 4x the roofline's time; everything else as predicted, in anchored ms."""
+    prediction = predictor.prediction(recipe)
+    units = sum((4 if op.group == "linear.int8" else 1) * max(op.compute_ms, op.memory_ms) + op.overhead_ms
+                for op in prediction.ops)
+    return units * predictor.predict(Recipe.identity(2))["latency_ms"] / predictor.prediction(
+        Recipe.identity(2)).latency_ms
+
+
+def test_the_fitted_correction_takes_over_after_enough_measured_trials(predictor):
+    def block(keep, int8):
+        return {**({"prune_heads": {"keep": keep}} if keep < 6 else {}),
+                **({"quantize": {"weight_bits": 8}} if int8 else {})}
+
+    recipes = [Recipe.from_dict({"blocks": [block(k0, q0), block(k1, q1)]})
+               for k0 in (6, 3) for k1 in (6, 2) for q0 in (False, True) for q1 in (False, True)]
+    held_out = Recipe.from_dict({"blocks": [block(4, True), block(5, True)]})
+    truth = _slow_int8_device(predictor, held_out)
+    anchored = predictor.predict(held_out)["latency_ms"]
+    assert abs(anchored / truth - 1) > 0.2  # the roofline alone misses the slow int8 kernel
+    for recipe in recipes[:CORRECT_AFTER - 1]:
+        predictor.observe(recipe, _slow_int8_device(predictor, recipe))
+    assert predictor.predict(held_out)["latency_ms"] == anchored  # too few trials: still the anchored ratio
+    for recipe in recipes[CORRECT_AFTER - 1:]:
+        predictor.observe(recipe, _slow_int8_device(predictor, recipe))
+    assert predictor.predict(held_out)["latency_ms"] == pytest.approx(truth, rel=0.05)
+
+
+def test_the_screen_skips_only_beyond_the_margin_and_only_after_a_measured_trial(predictor):
+    predicted = predictor.predict(HALF_HEADS)["latency_ms"]
+    tight = Screen(predictor=predictor, limits={"latency_ms": predicted / 1.3}, margin=0.25)  # 30 % over
+    assert tight.judge(HALF_HEADS).skip_reason is None  # nothing measured yet: the first candidate always runs
+    tight.observe(Recipe.identity(2), 10.0)
+    verdict = tight.judge(HALF_HEADS)
+    assert verdict.predicted["latency_ms"] == pytest.approx(predicted)
+    assert verdict.skip_reason.startswith("predicted latency_ms") and "30% over the limit" in verdict.skip_reason
+    assert Screen(predictor=predictor, limits={"latency_ms": predicted / 1.2}, margin=0.25).judge(
+        HALF_HEADS).skip_reason is None  # 20 % over: within the margin
+    assert Screen(predictor=predictor, limits={"latency_ms": 1e-9}, margin=None).judge(HALF_HEADS).skip_reason is None
+
+
+def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):
+    job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-3}, trials=3, workers=1)
+    data = yaml.safe_load(job.read_text())
+    job.write_text(yaml.safe_dump({**data, "skip_margin": 0}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()
+    ran = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    skipped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(trials) == 3 and len(ran) == 1 and len(skipped) == 2  # the first trial runs: nothing is measured yet
+    assert summary["skipped"] == 2
+    assert summary["time_saved_s"] == pytest.approx(2 * ran[0].user_attrs["trial_seconds"])
+    for trial in trials:
+        assert trial.user_attrs["predicted_memory_mb"] > 1e-3 and trial.user_attrs["predicted_latency_ms"] > 0
+    for trial in skipped:
+        assert "predicted memory_mb" in trial.user_attrs["skipped_reason"]
+        # never compressed, distilled, measured or evaluated
+        assert not {"trial_seconds", "latency_ratio", "accuracy"} & set(trial.user_attrs) and trial.values is None
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert rows[1]["skipped_reason"] and float(rows[0]["predicted_memory_mb"]) > 0
+    assert summary["cost_model"]["memory_mb"]["mape"] < 0.05  # memory is counted, so its prediction is close
