@@ -78,9 +78,8 @@ def main() -> None:
     print(f"teacher: val {base['acc']:.2f}%  params {base['params']:,}  weights {base['bytes'] / 1e6:.3f} MB  "
           f"MACs {base['macs'] / 1e6:.2f} M/image;  distillation {args.steps} steps, alpha 0.5, T 4; latency at "
           f"batch {profile.batch_size}, {profile.threads} thread(s), {args.repeats} interleaved pairs")
-    header = (f"| setting | val acc | acc after KD | params | weight bytes | MACs | latency ratio | "
-              f"1 - lat / (1 - MACs) |")
-    print(header)
+    print("| setting | val acc | acc after KD | params | weight bytes | MACs | latency ratio | "
+          "(1 - latency) / (1 - MACs) |")
     print("|" + "---|" * 8)
     for name in SETTINGS:
         started = time.perf_counter()

@@ -28,7 +28,8 @@ def test_summary_names_each_block():
 @pytest.mark.parametrize("blocks, message", [
     ([{"prune_heads": {"keep": 0}}], "block 0: prune_heads: keep must be a whole number of heads >= 1"),
     ([{}, {"quantize": {"weight_bits": 5}}], "block 1: quantize: weight_bits must be one of ["),
-    ([{"prune_head": {"keep": 2}}], "block 0: unknown operator 'prune_head'; known: ['low_rank', 'prune_heads', 'prune_mlp', 'quantize', "
+    ([{"prune_head": {"keep": 2}}],
+     "block 0: unknown operator 'prune_head'; known: ['low_rank', 'prune_heads', 'prune_mlp', 'quantize', "
      "'reduce_tokens']"),
     ([{"prune_heads": {"kept": 2}}], "block 0: prune_heads: unknown field(s) ['kept']; allowed: ['keep', 'imp"),
     ([{"prune_heads": {"keep": 2, "importance": "magic"}}], "importance must be one of"),
