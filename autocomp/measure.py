@@ -97,7 +97,8 @@ def peak_activation_nbytes(model: nn.Module, example: torch.Tensor) -> int:
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def num_threads(count: int) -> Iterator[None]:
+    """Run the body with ``count`` intra-op threads, then restore the previous count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -113,7 +114,7 @@ def time_models(models: list[nn.Module], example: torch.Tensor, *, warmup: int, 
     returns seconds per model per round."""
     times: list[list[float]] = [[] for _ in models]
     order = list(range(len(models)))
-    with _threads(threads):
+    with num_threads(threads):
         for model in models:
             for _ in range(warmup):
                 model(example)

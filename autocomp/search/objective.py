@@ -16,7 +16,7 @@ from autocomp.data import Split
 from autocomp.distill import distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
-from autocomp.measure import Measurement
+from autocomp.measure import Measurement, num_threads
 from autocomp.ops import compress
 from autocomp.ops.quantize import simulated_layers
 from autocomp.recipe import Recipe
@@ -51,15 +51,21 @@ class TrialInputs:
 
 def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split) -> nn.Module:
     """The compressed (and, if the recipe says so, distilled) model of a recipe; deterministic, so a trial can be
-    rebuilt for export."""
-    with torch.no_grad():
-        model = compress(base, recipe, calibration=calib)
-    if recipe.distill is not None and recipe.distill.steps > 0:
-        model = distill(model, base, train, recipe.distill)
+    rebuilt for export.
+
+    One thread, as in a trial: float sums taken in another order would make a rebuilt, distilled model differ from
+    the one the trial scored.
+    """
+    with num_threads(TRIAL_THREADS):
+        with torch.no_grad():
+            model = compress(base, recipe, calibration=calib)
+        if recipe.distill is not None and recipe.distill.steps > 0:
+            model = distill(model, base, train, recipe.distill)
     return model
 
 
 DISTILL_IMAGES = 8192
+TRIAL_THREADS = 1  # intra-op threads of a trial's compute (Ray gives each trial one CPU)
 
 
 def distill_subset(train: Split) -> Split:

@@ -26,7 +26,7 @@ from autocomp.models import create_model, vit_blocks
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
 from autocomp.search.controller import DIRECTIONS, OptunaController, counted
 from autocomp.search.device import measure_on_device, ray_session, require_resource
-from autocomp.search.objective import TrialInputs, distill_subset, metrics_of, run_trial
+from autocomp.search.objective import TRIAL_THREADS, TrialInputs, distill_subset, metrics_of, run_trial
 from autocomp.search.predict import CostPredictor, Screen
 from autocomp.search.space import load_space
 from autocomp.search import finish
@@ -136,7 +136,7 @@ def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, 
     def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(TRIAL_THREADS)
         tune.report(run_trial(config["recipe"], inputs))
 
     tuner = tune.Tuner(
