@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from autocomp.data import Split
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops.quantize import deployed, trainable
+from autocomp.ops.qat import deployed, trainable
 
 __all__ = ["WARMUP_FRACTION", "Distill", "distill", "distillation_loss"]
 

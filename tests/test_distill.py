@@ -12,7 +12,8 @@ from autocomp import AutocompError, Recipe, compress
 from autocomp.distill import Distill, distill, distillation_loss
 from autocomp.measure import weight_nbytes
 from autocomp.ops import registry
-from autocomp.ops.quantize import FakeQuantLinear, Int8Linear
+from autocomp.ops.qat import FakeQuantLinear
+from autocomp.ops.quantize import Int8Linear
 from autocomp.train import evaluate
 
 # One setting per registered operator, for a 2-block, 4-head, width-32 model (tiny_teacher).

@@ -15,8 +15,9 @@ from autocomp.measure import weight_nbytes
 from autocomp.ops import Int8Linear
 from autocomp.ops import quantize as q
 from autocomp.ops._quantizers import pack_codes, search_scale, unpack_codes
-from autocomp.ops.quantize import (Bf16Linear, FakeQuantLinear, Int8StaticLinear, PackedLinear, Quantize, deployed,
-                                   quantize_linear, simulated_layers, trainable)
+from autocomp.ops.qat import FakeQuantLinear, deployed, trainable
+from autocomp.ops.quantize import (Bf16Linear, Int8StaticLinear, PackedLinear, Quantize, quantize_linear,
+                                   simulated_layers)
 
 CONFIGS = [  # every deployed form: bit-widths, scale searches, a short last group, static activations
     Quantize(weight_bits=16), Quantize(), Quantize(weight_bits=8, scale="mse"), Quantize(weight_bits=6),

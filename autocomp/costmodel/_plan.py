@@ -9,7 +9,7 @@ from torch import nn
 
 from autocomp.costmodel._describe import LINEARS, ViTDescription
 from autocomp.errors import AutocompError
-from autocomp.ops.lowrank import _checked_rank
+from autocomp.ops.lowrank import checked_rank
 from autocomp.ops.mlp import kept_count
 from autocomp.ops.quantize import Quantize, stored_nbytes_for
 from autocomp.ops.tokens import ReduceTokens, TokenReducingBlocks, kept_tokens
@@ -94,7 +94,7 @@ def plan(description: ViTDescription, recipe: Recipe) -> list[BlockPlan]:
         if low_rank is not None and low_rank.rank < 1:
             for name in low_rank.layers:
                 in_f, out_f = shapes[name]
-                ranks[name] = _checked_rank(low_rank, SimpleNamespace(in_features=in_f, out_features=out_f), index,
+                ranks[name] = checked_rank(low_rank, SimpleNamespace(in_features=in_f, out_features=out_f), index,
                                             name)
         reduce = block.get("reduce_tokens")
         if reduce is not None and tokens[index + 1] == tokens[index]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 __all__ = ["SCALE_METHODS", "PERCENTILE", "levels", "search_scale", "quantize_codes", "dequantize", "pack_codes",
-           "unpack_codes", "packed_nbytes", "activation_qparams"]
+           "unpack_codes", "packed_nbytes", "activation_qparams", "input_ranges"]
 
 SCALE_METHODS = ("minmax", "percentile", "mse")
 # "percentile" clips each group (or row) at this quantile of |w|. Measured on heavy-tailed weights it lowers the
@@ -152,3 +153,22 @@ def activation_qparams(low: float, high: float) -> tuple[float, int]:
     scale = max((high - low) / 255.0, 1e-8)
     zero_point = int(min(255, max(0, round(-low / scale))))
     return float(scale), zero_point
+
+
+def input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:
+    """[min, max] of each layer's input over one forward pass of ``images``."""
+    ranges: dict[nn.Module, list[float]] = {}
+
+    def observe(module: nn.Module, args: tuple) -> None:
+        low, high = float(args[0].min()), float(args[0].max())
+        seen = ranges.setdefault(module, [low, high])
+        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+
+    hooks = [layer.register_forward_pre_hook(observe) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ranges

@@ -143,7 +143,7 @@ def _layer(block: nn.Module, name: str, index: int) -> nn.Linear:
     return layer
 
 
-def _checked_rank(config: LowRank, layer: nn.Linear, index: int, name: str) -> int:
+def checked_rank(config: LowRank, layer: nn.Linear, index: int, name: str) -> int:
     """The rank ``config.rank`` gives ``layer``, refused unless the two factors are smaller than the layer."""
     full = min(layer.in_features, layer.out_features)
     rank = max(1, round(config.rank * full))
@@ -167,7 +167,7 @@ def apply(model: nn.Module, configs: dict[int, LowRank], context: CompressContex
         for name in config.layers:
             layer = _layer(blocks[index], name, index)
             if config.rank < 1:
-                ranks[index, name] = _checked_rank(config, layer, index, name)
+                ranks[index, name] = checked_rank(config, layer, index, name)
     whitened = [key for key in ranks if configs[key[0]].method == "whitened"]
     if whitened and context.calibration is None and not context.structure_only:
         raise AutocompError("low_rank method 'whitened' needs calibration data; pass calibration images or use "

@@ -26,20 +26,23 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops._quantizers import (SCALE_METHODS, activation_qparams, dequantize, levels, pack_codes,
+from autocomp.ops._quantizers import (SCALE_METHODS, activation_qparams, dequantize, input_ranges, levels, pack_codes,
                                       packed_nbytes, quantize_codes, search_scale, unpack_codes)
 from autocomp.ops._registry import CompressContext, register
 
+if TYPE_CHECKING:
+    from autocomp.ops.qat import FakeQuantLinear
+
 __all__ = ["Quantize", "QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear",
-           "FakeQuantLinear", "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "trainable", "deployed",
-           "quantize_linear", "stored_nbytes_for", "simulated_layers", "module_class", "has_int8_static_kernel"]
+           "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "ActQParams", "quantize_linear",
+           "stored_nbytes_for", "simulated_layers", "module_class", "has_int8_static_kernel"]
 
 WEIGHT_BITS = (16, 8, 6, 4, 3, 2)
 ACT_BITS = (None, 8)
@@ -152,7 +155,10 @@ class QuantizedLinear(nn.Module):
         return self._linear(x)
 
     def trainable(self) -> FakeQuantLinear:
-        """An fp32 copy (dequantized weights, same scales and quantizer) that trains; see :func:`trainable`."""
+        """An fp32 copy (dequantized weights, same scales and quantizer) that trains; see
+        :func:`autocomp.ops.qat.trainable`."""
+        from autocomp.ops.qat import FakeQuantLinear  # the training form builds on this module
+
         weight, bias = self.dequantized()
         return FakeQuantLinear.from_weight(weight, bias, self.config, scale=self.scales(), act=self.act_qparams)
 
@@ -420,95 +426,6 @@ def quantize_linear(linear: nn.Linear, config: Quantize, *, act: ActQParams | No
     return module_class(config).from_weight(linear.weight, linear.bias, config, act=act)
 
 
-class FakeQuantLinear(nn.Linear):
-    """Training form of a quantized Linear: fp32 master weights, forward through the same quantizer (bits, group
-    size, fixed scales, activation quantizer) with a straight-through estimator (gradients pass the rounding
-    unchanged). Simulation for training only; :meth:`deployed` turns it back into the packed layer.
-
-    ``minmax`` scales follow the weights (recomputed at every call, as cheap as the rounding). Searched scales
-    (``percentile``, ``mse``) are frozen in the buffer ``weight_scale`` when the layer is made (copied from the packed
-    layer, or searched by :meth:`from_weight`): searching at every step would cost ~40 passes over the weight, and a
-    search over already-quantized weights would not find the same clipping again. Either way ``deployed()`` right
-    after ``trainable()`` rebuilds the same codes and scales exactly.
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 config: Quantize | None = None) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.config = config if config is not None else Quantize()
-        if self.frozen_scale:
-            group = self.config.weight_group
-            shape = (out_features,) if group is None else (out_features, -(-in_features // group))
-            self.register_buffer("weight_scale", torch.ones(shape, dtype=torch.float32 if group is None
-                                                            else torch.float16))
-        if self.config.act_bits:
-            self.register_buffer("act_scale", torch.tensor(1.0))
-            self.register_buffer("act_zero_point", torch.tensor(0, dtype=torch.int32))
-
-    @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, config: Quantize, *,
-                    scale: torch.Tensor | None = None, act: ActQParams | None = None) -> FakeQuantLinear:
-        module = cls(weight.shape[1], weight.shape[0], bias=bias is not None, config=config)
-        with torch.no_grad():
-            module.weight.copy_(weight)
-            if bias is not None:
-                module.bias.copy_(bias)
-            if module.frozen_scale:
-                module.weight_scale.copy_(scale if scale is not None else
-                                          search_scale(weight, config.weight_bits, config.weight_group, config.scale))
-            if config.act_bits and act is not None:
-                module.act_scale.fill_(act[0])
-                module.act_zero_point.fill_(act[1])
-        return module
-
-    @property
-    def bits(self) -> int:
-        return self.config.weight_bits
-
-    @property
-    def frozen_scale(self) -> bool:
-        """Whether the scales are fixed buffers (searched ones) rather than recomputed from the weights (minmax)."""
-        return self.config.weight_bits <= 8 and self.config.scale != "minmax"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.act_bits:
-            x = torch.fake_quantize_per_tensor_affine(x, float(self.act_scale), int(self.act_zero_point), 0, 255)
-        bias = self.bias
-        if self.config.weight_bits == 16:
-            quantized = self.weight.to(torch.bfloat16).float()
-            x = x + (x.to(torch.bfloat16).float() - x).detach()
-            bias = None if bias is None else bias + (bias.to(torch.bfloat16).float() - bias).detach()
-        else:
-            bits, group = self.config.weight_bits, self.config.weight_group
-            scale = self.weight_scale.float() if self.frozen_scale else search_scale(self.weight, bits, group, "minmax")
-            quantized = dequantize(quantize_codes(self.weight.detach(), scale, bits, group), scale, group)
-        weight = self.weight + (quantized - self.weight).detach()  # straight-through estimator
-        return nn.functional.linear(x, weight, bias)
-
-    def deployed(self) -> QuantizedLinear:
-        act = (float(self.act_scale), int(self.act_zero_point)) if self.config.act_bits else None
-        scale = self.weight_scale if self.frozen_scale else None
-        return module_class(self.config).from_weight(self.weight, self.bias, self.config, scale=scale, act=act)
-
-
-def trainable(model: nn.Module) -> nn.Module:
-    """Swap every packed quantized layer of ``model`` (in place) for its trainable fake-quant form."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if hasattr(child, "trainable"):
-                setattr(parent, name, child.trainable())
-    return model
-
-
-def deployed(model: nn.Module) -> nn.Module:
-    """Swap every fake-quant layer of ``model`` (in place) back to its packed, really quantized form."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, FakeQuantLinear):
-                setattr(parent, name, child.deployed())
-    return model
-
-
 def simulated_layers(model: nn.Module) -> list[str]:
     """Names of the layers whose quantization is simulated; a model with any must make no latency claim."""
     return [name for name, module in model.named_modules() if getattr(module, "simulated", False)]
@@ -526,7 +443,7 @@ def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressConte
         if context.calibration is None:
             raise AutocompError(f"block {calibrate[0]}: quantize.act_bits=8 calibrates activation ranges on "
                                 "calibration images; pass calibration= (the calibration split) to compress")
-        ranges = _input_ranges(model, [child for index in calibrate for _, _, child in targets[index]],
+        ranges = input_ranges(model, [child for index in calibrate for _, _, child in targets[index]],
                                context.calibration)
     for index, config in configs.items():
         cls = module_class(config)
@@ -540,22 +457,3 @@ def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressConte
                 act = activation_qparams(*ranges[child]) if config.act_bits else None
                 module = quantize_linear(child, config, act=act)
             setattr(parent, name, module)
-
-
-def _input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:
-    """[min, max] of each layer's input over one forward pass of ``images``."""
-    ranges: dict[nn.Module, list[float]] = {}
-
-    def observe(module: nn.Module, args: tuple) -> None:
-        low, high = float(args[0].min()), float(args[0].max())
-        seen = ranges.setdefault(module, [low, high])
-        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
-
-    hooks = [layer.register_forward_pre_hook(observe) for layer in layers]
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return ranges
