@@ -61,9 +61,10 @@ def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teac
     for key in ("latency", "memory"):
         for stage in ("before", "after"):
             assert set(report[key][stage]) == STATS and report[key][stage]["n"] == 6
-    assert set(report["latency"]) == {"before", "anchored", "after"}
+    assert set(report["latency"]) == {"before", "anchored", "after", "repeat"}  # repeat: the measurement's ceiling
     for row in report["rows"]:
         assert row["measured_latency_ms"] > 0 and row["corrected_latency_ms"] > 0 and row["recipe_summary"]
+        assert row["repeat_latency_ms"] > 0 and row["repeat_latency_ms"] != row["measured_latency_ms"]
     assert report["memory"]["after"]["mape"] < 0.05  # memory is counted, not guessed
     out_text = capsys.readouterr().out
     assert "latency  after " in out_text and "Spearman" in out_text
