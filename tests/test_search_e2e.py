@@ -54,8 +54,8 @@ def test_search_writes_every_result(finished_run):
     assert abs(limit - 0.99 * summary["baseline"]["memory_mb"]) < 1e-9
     feasible = [r for r in rows if r["feasible"] == "True"]
     assert all(float(r["memory_mb"]) <= limit for r in feasible)
-    assert summary["best"]["val_accuracy"] == max(float(r["accuracy"]) for r in feasible) or \
-        abs(summary["best"]["val_accuracy"] - max(float(r["accuracy"]) for r in feasible)) < 0.1
+    # the best model is rebuilt from its recipe: it scores what its trial scored (csv rounds to 4 decimals)
+    assert abs(summary["best"]["val_accuracy"] - max(float(r["accuracy"]) for r in feasible)) < 0.1
 
 
 def test_pareto_json_holds_only_non_dominated_trials(finished_run):
