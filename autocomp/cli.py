@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from autocomp.errors import AutocompError
 
@@ -68,98 +68,33 @@ def _profile(args: argparse.Namespace) -> None:
 
     import yaml
 
-    from autocomp.hardware import from_mapping, load_profile
-    from autocomp.profiling import VIT_GEMMS, calibrate
+    from autocomp.hardware import read_profile
+    from autocomp.profiling import VIT_GEMMS, calibrate, calibrated_profile, write_profile
 
-    base: dict[str, Any] = {}
+    base: dict[str, Any] | None = None
     if args.base:
-        profile = load_profile(args.base)  # validated, with its own messages
+        profile = read_profile(args.base)  # validated, with its own messages
         if profile.backend != "pytorch-cpu":
             raise AutocompError(f"autocomp profile measures PyTorch on this machine's CPU, but --base {args.base} is "
                                 f"a {profile.backend} profile; pass a pytorch-cpu profile such as "
                                 "hardware_profiles/local_cpu.yaml, or no --base")
         base = yaml.safe_load(Path(args.base).read_text())
-    threads = args.threads if args.threads is not None else base.get("threads", 1)
+    threads = args.threads if args.threads is not None else (base or {}).get("threads", 1)
     if threads < 1:
         raise AutocompError(f"--threads must be a whole number >= 1, got {threads}")
     settings = {"shapes": VIT_GEMMS[:2], "repeats": 5, "copy_mb": 64} if args.quick else {}
     calibration = calibrate(threads=threads, **settings)
-    date = datetime.date.today().isoformat()
-    data = calibrated_profile(calibration, base=base, threads=threads, date=date, name=args.name,
+    data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,
                               copy_mb=settings.get("copy_mb", 512))
     out = Path(args.out)
-    from_mapping(data, source=str(out))  # never write a profile that would not load
-    details = "\n".join(f"#   {key}: {value:.4g}" for key, value in calibration.details.items())
-    out.write_text(f"# Measured by autocomp profile on {date} with {threads} thread(s)"
-                   + (f", other fields from {args.base}" if args.base else "")
-                   + ". Benchmarks (GEMMs in GFLOP/s, attention in GFLOP/s, layernorm and softmax in GB/s):\n"
-                   + details + "\n" + yaml.safe_dump(data, sort_keys=False, width=1000))
+    details = "\n".join(f"  {key}: {value:.4g}" for key, value in calibration.details.items())
+    write_profile(out, data, header=f"Measured by autocomp profile on {datetime.date.today()} with {threads} thread(s)"
+                  + (f", other fields from {args.base}" if args.base else "")
+                  + ". Benchmarks (GEMMs in GFLOP/s, attention in GFLOP/s, layernorm and softmax in GB/s):\n"
+                  + details)
     print(f"profile {data['name']!r} written to {out}: peak GFLOP/s "
           + ", ".join(f"{k} {v:.0f}" for k, v in data["peak_gflops"].items())
           + f"; memory bandwidth {data['memory_bandwidth_gbs']:.1f} GB/s; op overhead {data['op_overhead_us']:.1f} us")
-
-
-# what autocomp's quantize operator runs on PyTorch's CPU backend: weight bits -> the precision its GEMM computes at
-_CPU_KERNELS = {16: "bf16", 8: "int8"}
-
-
-def calibrated_profile(calibration: Any, *, base: Mapping[str, Any], threads: int, date: str, name: str | None,
-                       copy_mb: int) -> dict[str, Any]:
-    """The dict form of a profile file: measured numbers from ``calibration``, the rest from ``base`` (a profile
-    file's mapping, or empty for this machine's defaults); every measured number's source says so."""
-    import os
-    import platform
-
-    measured = f"measured by autocomp profile on {date}"
-    data = dict(base) if base else {"name": "local-cpu", "device": "cpu", "backend": "pytorch-cpu",
-                                     "batch_size": 1, "warmup": 5, "repeats": 30}
-    sources = {k: v for k, v in (data.get("sources") or {}).items()
-               if str(k).split(".")[0] not in ("threads", "peak_gflops", "memory_bandwidth_gbs", "op_overhead_us")}
-    data.update(threads=threads, peak_gflops={k: round(v, 1) for k, v in calibration.peak_gflops.items()},
-                memory_bandwidth_gbs=round(calibration.memory_bandwidth_gbs, 2),
-                op_overhead_us=round(calibration.op_overhead_us, 2))
-    if name:
-        data["name"] = name
-    sources["threads"] = f"autocomp profile --threads {threads}"
-    for precision in calibration.peak_gflops:
-        sources[f"peak_gflops.{precision}"] = (f"{measured}: best of ViT GEMMs at {precision}, {threads} thread(s)")
-    sources["memory_bandwidth_gbs"] = f"{measured}: {copy_mb} MiB tensor copy (read + write), {threads} thread(s)"
-    sources["op_overhead_us"] = f"{measured}: median call of a tiny nn.Linear module"
-    if not base:
-        sources["device"] = f"autocomp profile on {date} ran on this machine's CPU ({platform.machine()})"
-        data["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-        sources["memory_gb"] = f"{measured}: physical memory (sysconf), not reduced for other users"
-        data["fast_weight_bits"] = {bits: p for bits, p in _CPU_KERNELS.items() if p in calibration.peak_gflops}
-        sources["fast_weight_bits"] = ("autocomp.ops.quantize on pytorch-cpu: 16 bits run a bf16 GEMM, 8 bits the "
-                                       "int8 dynamic kernel; listed where that precision was measured")
-        data["fast_ops"] = ["fused_attention"] if _fused_attention() else []
-        sources["fast_ops"] = f"{measured}: which kernel scaled_dot_product_attention dispatches to"
-    else:  # a kernel at a precision this machine could not run is gone
-        data["fast_weight_bits"] = {bits: p for bits, p in (data.get("fast_weight_bits") or {}).items()
-                                    if p in calibration.peak_gflops}
-    data["sources"] = sources
-    return data
-
-
-def _fused_attention() -> bool:
-    """Whether PyTorch runs scaled_dot_product_attention here as one fused kernel (the scores never stored)."""
-    import torch
-    from torch.nn import functional as F
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: list[str] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    q = torch.randn(1, 2, 16, 8)
-    with Ops() as ops:
-        F.scaled_dot_product_attention(q, q, q)
-    return any("flash" in n or "efficient" in n or "fused" in n for n in ops.names)
 
 
 def _check_costmodel(args: argparse.Namespace) -> None:

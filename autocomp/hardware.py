@@ -5,7 +5,9 @@ Hardware numbers live only in those YAML files, never in code. A profile says ho
 bandwidth and capacity, per-op overhead, which weight bit-widths and ops have fast kernels).
 
 A profile built in code may leave the device facts out (a timing-only profile for :func:`autocomp.measure.measure`);
-a profile *file* must state them all, and the cost model refuses a profile without them.
+a profile *file* must state them all, and the cost model refuses a profile without them, except a profile that says
+``calibrate: on_first_use``: its device facts are measured on the machine that uses it, once per CPU
+(:func:`autocomp.profiling.load_profile`, which callers use; :func:`read_profile` here only reads the file).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import yaml
 
 from autocomp.errors import AutocompError
 
-__all__ = ["HardwareProfile", "load_profile", "from_mapping", "DEVICES", "PRECISIONS", "WEIGHT_BITS", "FAST_OPS",
-           "REQUIRED_IN_FILE"]
+__all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "PRECISIONS", "WEIGHT_BITS", "FAST_OPS",
+           "REQUIRED_IN_FILE", "CALIBRATE"]
 
 DEVICES = ("cpu", "gpu", "npu")
 # Arithmetic precisions a peak throughput can be given for; unquantized layers run at fp32.
@@ -32,8 +34,9 @@ FAST_OPS = (
     "fused_attention",    # q@k, softmax and @v run as one kernel: the N x N scores never go to memory
     "fused_elementwise",  # bias, GELU and residual adds are fused into the neighbouring GEMMs (compiled backends)
 )
-# What a profile file must state: the cost model cannot guess any of it.
+# What a profile file must state: the cost model cannot guess any of it (unless it is measured on first use).
 REQUIRED_IN_FILE = ("name", "device", "backend", "peak_gflops", "memory_bandwidth_gbs", "memory_gb")
+CALIBRATE = ("on_first_use",)  # values of ``calibrate``: when the device facts are measured on the machine itself
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class HardwareProfile:
             stored packed but unpacked to fp32 before an fp32 GEMM: they save memory, not time.
         fast_ops: ops with fused kernels, from ``FAST_OPS``.
         ray_resource: the Ray custom resource that marks the node holding this device, or None for any node.
+        calibrate: ``on_first_use``: the device facts are measured on the CPU that uses the profile, once, and
+            cached per CPU (see :mod:`autocomp.profiling`); None: the file states them.
+        measured_on: the CPU the device facts were measured on (:func:`autocomp.profiling.cpu_description`), or
+            None for numbers from a datasheet.
         sources: where each number came from (field, or ``field.key``, -> source).
     """
 
@@ -75,6 +82,8 @@ class HardwareProfile:
     fast_weight_bits: Mapping[int, str] = dataclasses.field(default_factory=dict)
     fast_ops: tuple[str, ...] = ()
     ray_resource: str | None = None
+    calibrate: str | None = None
+    measured_on: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +106,14 @@ class HardwareProfile:
         self._check_kernels()
         if self.ray_resource is not None and (not isinstance(self.ray_resource, str) or not self.ray_resource):
             raise AutocompError(f"ray_resource must be a Ray resource name or null, got {self.ray_resource!r}")
+        if self.calibrate is not None:
+            if self.calibrate not in CALIBRATE:
+                raise AutocompError(f"calibrate must be one of {list(CALIBRATE)} or null, got {self.calibrate!r}")
+            if (self.device, self.backend) != ("cpu", "pytorch-cpu"):
+                raise AutocompError(f"calibrate: {self.calibrate} measures PyTorch on this machine's CPU; it needs "
+                                    f"device: cpu and backend: pytorch-cpu, got {self.device} and {self.backend}")
+        if self.measured_on is not None and (not isinstance(self.measured_on, str) or not self.measured_on):
+            raise AutocompError(f"measured_on must describe a CPU (a string) or be null, got {self.measured_on!r}")
         self._check_sources()
 
     def _check_peaks(self) -> None:
@@ -166,8 +183,9 @@ def _check_positive(name: str, value: Any) -> None:
         raise AutocompError(f"{name} must be a positive number, got {value!r}")
 
 
-def load_profile(path: str | Path) -> HardwareProfile:
-    """Read and validate a hardware profile; errors name the file and the field."""
+def read_profile(path: str | Path) -> HardwareProfile:
+    """Read and validate a hardware profile file as it is (a ``calibrate: on_first_use`` profile comes back
+    without device facts); errors name the file and the field."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -196,8 +214,10 @@ def from_mapping(data: Any, *, source: str) -> HardwareProfile:
         profile = HardwareProfile(**values)
     except AutocompError as exc:
         raise AutocompError(f"hardware profile {source}: {exc}") from None
-    missing = [name for name in REQUIRED_IN_FILE if data.get(name) in (None, "", {})]
+    required = REQUIRED_IN_FILE if profile.calibrate is None else ("name",)
+    missing = [name for name in required if data.get(name) in (None, "", {})]
     if missing:
         raise AutocompError(f"hardware profile {source}: missing field(s) {missing}; a profile file states the "
-                            "device facts the cost model uses; see hardware_profiles/local_cpu.yaml")
+                            "device facts the cost model uses (see hardware_profiles/x86_server_vnni.yaml), or says "
+                            "calibrate: on_first_use to measure them on this CPU")
     return profile

@@ -51,6 +51,7 @@ class TrialRow:
     predicted_memory_mb: float | None = None
     skipped_reason: str | None = None
     trial_seconds: float | None = None
+    int8_activations: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -65,7 +66,7 @@ class TrialRow:
                 "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
-                "feasible": self.feasible, "predicted_latency_ms": self.predicted_latency_ms,
+                "int8_activations": self.int8_activations, "feasible": self.feasible, "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
                 "trial_seconds": self.trial_seconds,
                 "violations": dict(self.violations), "recipe": dict(self.recipe)}
@@ -87,6 +88,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             latency_ratio=trial.user_attrs.get("latency_ratio"), weights_mb=trial.user_attrs.get("weights_mb"),
             activations_mb=trial.user_attrs.get("activations_mb"),
             simulated_layers=trial.user_attrs.get("simulated_layers"),
+            int8_activations=trial.user_attrs.get("int8_activations"),
             violations={k: v for k, v in violations.items() if v is not None},
             predicted_latency_ms=trial.user_attrs.get("predicted_latency_ms"),
             predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
@@ -124,7 +126,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
-               "simulated_layers", "trial_seconds", "skipped_reason"]
+               "simulated_layers", "int8_activations", "trial_seconds", "skipped_reason"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -19,6 +19,7 @@ from torch import nn
 from autocomp import Recipe, compress
 from autocomp.measure import time_models, weight_nbytes
 from autocomp.ops import Int8Linear
+from autocomp.profiling import cpu_description
 
 MODELS = {
     "fashion teacher (28px, d96x6)": ("deit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1,
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")
     print(f"batch 1, {args.threads} thread(s), {args.repeats} interleaved pairs, torch {torch.__version__}, "
           f"quantized engine {torch.backends.quantized.engine}")
     print(f"{'model':32} {'fp32 ms':>9} {'int8 ms':>9} {'int8/fp32 latency':>18} {'int8/fp32 linear bytes':>23}")

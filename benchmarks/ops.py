@@ -22,9 +22,9 @@ from autocomp._paths import resolve_path
 from autocomp.data import DataConfig, load_splits
 from autocomp.distill import Distill, distill
 from autocomp.flops import count_macs, count_params
-from autocomp.hardware import load_profile
 from autocomp.measure import time_models, weight_nbytes
 from autocomp.models import ModelSpec, create_model
+from autocomp.profiling import cpu_description, load_profile
 from autocomp.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,7 @@ def main() -> None:
     one = splits.calib.x[:1]
     base = {"acc": evaluate(teacher, splits.val), "params": count_params(teacher), "bytes": weight_nbytes(teacher),
             "macs": count_macs(teacher, one).total}
+    print(f"CPU: {cpu_description()}")
     print(f"teacher: val {base['acc']:.2f}%  params {base['params']:,}  weights {base['bytes'] / 1e6:.3f} MB  "
           f"MACs {base['macs'] / 1e6:.2f} M/image;  distillation {args.steps} steps, alpha 0.5, T 4; latency at "
           f"batch {profile.batch_size}, {profile.threads} thread(s), {args.repeats} interleaved pairs")

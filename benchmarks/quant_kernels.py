@@ -19,6 +19,7 @@ from torch import nn
 
 from autocomp.measure import time_models
 from autocomp.ops.quantize import Quantize, quantize_linear
+from autocomp.profiling import cpu_description
 
 SHAPES = {  # label: (tokens M, in K, out N)
     "fashion b16 qkv": (16 * 50, 96, 288),
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}")
     print(f"{args.threads} thread(s), {args.repeats} interleaved rounds, torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}; ratios = candidate / fp32 latency")
     for label, (tokens, in_features, out_features) in SHAPES.items():

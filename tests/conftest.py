@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback only
+# the suite's own cache (calibrated profiles, teachers): never the user's, and measured afresh on each run
+os.environ["AUTOCOMP_CACHE"] = tempfile.mkdtemp(prefix="autocomp-test-cache-")
 
 from autocomp.data import DataConfig, load_splits  # noqa: E402
 from autocomp.models import ModelSpec  # noqa: E402

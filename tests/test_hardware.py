@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from autocomp.errors import AutocompError
-from autocomp.hardware import PRECISIONS, HardwareProfile, load_profile
+from autocomp import profiling
+from autocomp.hardware import PRECISIONS, HardwareProfile, read_profile
+from autocomp.profiling import cpu_description, load_profile, profile_note
 
 PROFILES = sorted((Path(__file__).parent.parent / "hardware_profiles").glob("*.yaml"))
 LOCAL = Path(__file__).parent.parent / "hardware_profiles" / "local_cpu.yaml"
+DATASHEET = Path(__file__).parent.parent / "hardware_profiles" / "x86_server_vnni.yaml"
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
@@ -30,14 +34,54 @@ def test_every_device_number_has_a_source(path):
     assert missing == []
 
 
-def test_the_local_profile_is_measured_here_and_keeps_its_timing_settings():
+def test_the_local_profile_is_measured_on_this_cpu_and_keeps_its_timing_settings():
+    template = read_profile(LOCAL)
+    assert template.calibrate == "on_first_use" and template.missing_device_facts() != []  # no numbers shipped
     profile = load_profile(LOCAL)
+    assert profile.calibrate is None and profile.missing_device_facts() == []
     assert (profile.threads, profile.batch_size, profile.warmup, profile.repeats) == (1, 16, 5, 30)
     assert profile.kernel_precision(8) == "int8"
     assert profile.kernel_precision(4) is None  # unpacked to fp32: saves memory, not time
     assert profile.kernel_precision(32) == "fp32"
-    assert "measured here" in profile.sources["peak_gflops.fp32"]
-    assert "measured here" in profile.sources["memory_bandwidth_gbs"]
+    assert profile.measured_on == cpu_description() and profile_note(profile) is None
+    for field in ("peak_gflops.fp32", "peak_gflops.int8", "memory_bandwidth_gbs", "op_overhead_us", "memory_gb"):
+        assert profile.sources[field].startswith("measured by autocomp profile on "), field
+
+
+def test_the_local_profile_is_measured_once_per_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path))
+    calls = []
+    real = profiling.calibrate
+    monkeypatch.setattr(profiling, "calibrate", lambda **kw: calls.append(kw) or real(
+        shapes=profiling.VIT_GEMMS[:1], repeats=2, copy_mb=1, **kw))
+    said = []
+    first = load_profile(LOCAL, log=said.append)
+    assert len(calls) == 1 and len(said) == 1 and cpu_description() in said[0]
+    cached = list((tmp_path / "profiles").glob("local_cpu-*.yaml"))
+    assert len(cached) == 1 and str(cached[0]) in said[0]
+    assert load_profile(LOCAL) == first and len(calls) == 1  # the cache, not a second measurement
+    monkeypatch.setattr(profiling, "cpu_description", lambda: "Another CPU (x86_64, 4 CPUs; avx avx2 fma)")
+    other = load_profile(LOCAL)
+    assert len(calls) == 2 and len(list((tmp_path / "profiles").glob("local_cpu-*.yaml"))) == 2
+    assert other.measured_on == "Another CPU (x86_64, 4 CPUs; avx avx2 fma)"
+
+
+def test_a_profile_measured_on_another_cpu_says_so():
+    profile = dataclasses.replace(load_profile(LOCAL), measured_on="Some other CPU (x86_64, 2 CPUs; avx fma)")
+    note = profile_note(profile)
+    assert note.startswith("hardware profile 'local-cpu' was measured on Some other CPU (x86_64, 2 CPUs; avx fma), "
+                           f"but this is {cpu_description()}")
+    assert "autocomp profile" in note
+    assert profile_note(load_profile(DATASHEET)) is None  # a datasheet's numbers claim no machine
+
+
+def test_only_a_cpu_profile_can_be_measured_on_first_use(tmp_path):
+    path = _write(tmp_path, lambda d: d.update(calibrate="on_first_use", backend="tensorrt"))
+    with pytest.raises(AutocompError, match="calibrate: on_first_use measures PyTorch on this machine's CPU"):
+        read_profile(path)
+    path = _write(tmp_path, lambda d: d.update(calibrate="always"))
+    with pytest.raises(AutocompError, match=r"calibrate must be one of \['on_first_use'\] or null, got 'always'"):
+        read_profile(path)
 
 
 def test_a_timing_only_profile_built_in_code_still_works_for_measuring():
@@ -46,7 +90,7 @@ def test_a_timing_only_profile_built_in_code_still_works_for_measuring():
 
 
 def _write(tmp_path, edit):
-    data = yaml.safe_load(LOCAL.read_text())
+    data = yaml.safe_load(DATASHEET.read_text())
     edit(data)
     path = tmp_path / "hw.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -103,7 +103,7 @@ def test_stored_bytes_are_exactly_the_packed_codes_scales_and_bias(bits, group, 
     assert q.stored_nbytes_for(in_features, 40, bias=True, config=config) == expected  # without building it
     with_act = quantize_linear(nn.Linear(in_features, 40), Quantize(weight_bits=bits, group_size=group, act_bits=8),
                                act=(0.1, 3))
-    assert weight_nbytes(with_act) == expected + 8  # + fp32 activation scale, int32 zero point
+    assert weight_nbytes(with_act) == expected + 12  # + fp32 activation scale, int32 zero point and top code
 
 
 def test_four_bit_linears_take_at_most_a_seventh_of_fp32_at_width_192():
@@ -288,7 +288,9 @@ def test_static_int8_activations_run_the_onednn_kernel_and_match_their_simulatio
                         raising=False)
     expected = real(x)
     assert len(calls) == 8
-    monkeypatch.setattr(q, "has_int8_static_kernel", lambda: False)  # a backend without it: simulated, labelled
+    top = q.activation_quant_max()
+    monkeypatch.setattr(q, "int8_static_range", lambda: None)  # a backend without it: simulated, labelled
+    monkeypatch.setattr(q, "activation_quant_max", lambda: top)  # with the same quantizer, to compare like for like
     simulated = _compress(Quantize(weight_bits=8, act_bits=8))
     assert {type(m) for m in simulated.blocks.modules() if isinstance(m, q.QuantizedLinear)} == {Int8Linear}
     assert len(simulated_layers(simulated)) == 8 and simulated_layers(simulated)[0] == "blocks.0.attn.qkv"
@@ -314,8 +316,9 @@ def test_activation_ranges_come_from_the_calibration_images():
     low, high = min(float(seen[0].min()), 0.0), float(seen[0].max())
     quantized = compress(model, Recipe(blocks=({}, {"quantize": Quantize(weight_bits=4, act_bits=8)})),
                          calibration=images)
-    scale, zero_point = quantized.blocks[1].mlp.fc2.act_qparams
-    assert scale == pytest.approx((high - low) / 255) and zero_point == round(-low / scale)
+    scale, zero_point, top = quantized.blocks[1].mlp.fc2.act_qparams
+    assert top == q.activation_quant_max() and top in (127, 255)
+    assert scale == pytest.approx((high - low) / top) and zero_point == round(-low / scale)
 
 
 def test_bf16_layer_computes_in_bf16():
@@ -357,3 +360,45 @@ def test_weights_saved_under_another_bit_width_are_refused_with_the_shapes():
         rebuilt.load_state_dict(state)
     with pytest.raises(AutocompError, match="act_bits=8 needs the calibrated input"):
         quantize_linear(nn.Linear(8, 8), Quantize(act_bits=8))
+
+
+def test_the_static_int8_kernel_is_exact_over_the_range_its_layers_use():
+    # The worst case for a 16-bit accumulation: every input at the top code, every weight at 127.
+    top = q.int8_static_range()
+    if top is None:
+        pytest.skip("this PyTorch build has no oneDNN int8 Linear")
+    layer = quantize_linear(nn.Linear(256, 8), Quantize(weight_bits=8, act_bits=8), act=(1.0, 0, top))
+    layer._set_state({"weight_int8": torch.full((8, 256), 127, dtype=torch.int8), "weight_scale": torch.ones(8),
+                      "bias": torch.zeros(8)})
+    assert layer.executes_activations()
+    assert torch.equal(layer(torch.full((3, 256), 255.0)), torch.full((3, 8), float(top * 127 * 256)))
+
+
+def test_a_full_range_layer_on_a_cpu_that_would_saturate_is_simulated_with_the_same_numbers(monkeypatch):
+    x = torch.randn(4, 3, 16, 16)
+    monkeypatch.setattr(q, "int8_static_range", lambda: 255)
+    full = _compress(Quantize(weight_bits=8, act_bits=8))
+    assert {m.act_qparams.quant_max for m in full.modules() if isinstance(m, Int8StaticLinear)} == {255}
+    assert q.activation_kernels(full) == "onednn-u8"
+    monkeypatch.setattr(q, "int8_static_range", lambda: 127)  # the same weights on a CPU without VNNI
+    assert len(simulated_layers(full)) == 8 and q.activation_kernels(full) == "simulated"
+    monkeypatch.setattr(q, "int8_static_range", lambda: None)
+    simulated_everywhere = full(x)
+    monkeypatch.setattr(q, "int8_static_range", lambda: 127)
+    assert torch.allclose(full(x), simulated_everywhere, rtol=1e-4, atol=1e-4)
+    reduced = _compress(Quantize(weight_bits=8, act_bits=8))  # calibrated here: 0..127, run by the kernel
+    assert {m.act_qparams.quant_max for m in reduced.modules() if isinstance(m, Int8StaticLinear)} == {127}
+    assert q.activation_kernels(reduced) == "onednn-u7"
+
+
+@pytest.mark.skipif(q.int8_static_range() is None, reason="this PyTorch build has no oneDNN int8 Linear")
+@pytest.mark.parametrize("isa", ["AVX2", "SSE41"])  # e.g. Haswell-Skylake clients and Zen 1-3; an AVX-only CPU
+def test_a_cpu_without_vnni_is_detected_and_gets_seven_bit_activations(isa):
+    import os
+    import subprocess
+    import sys
+
+    script = "from autocomp.ops import quantize as q; print(q.int8_static_range(), q.activation_quant_max())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": isa}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["127", "127"]  # oneDNN there sums u8 x s8 pairs in 16 bits

@@ -14,7 +14,8 @@ import yaml
 
 from autocomp import AutocompError
 from autocomp.cli import main
-from autocomp.hardware import HardwareProfile, load_profile
+from autocomp.hardware import HardwareProfile
+from autocomp.profiling import load_profile
 from autocomp.results import STUDY_NAME, study_storage
 from autocomp.search.device import measure_on_device, require_resource
 from conftest import small_vit

@@ -16,7 +16,7 @@ from conftest import small_vit
 
 from autocomp import Recipe, compress
 from autocomp.cli import main
-from autocomp.hardware import load_profile
+from autocomp.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import STUDY_NAME, study_storage
 from autocomp.search.predict import CORRECT_AFTER, CostPredictor, Screen

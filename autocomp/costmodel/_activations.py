@@ -15,7 +15,7 @@ import math
 from autocomp.costmodel._describe import ViTDescription
 from autocomp.costmodel._plan import BlockPlan, merge_rounds
 from autocomp.hardware import HardwareProfile
-from autocomp.ops.quantize import has_int8_static_kernel
+from autocomp.ops.quantize import int8_static_range
 
 __all__ = ["peak_activation_nbytes"]
 
@@ -93,7 +93,7 @@ def _linear(peak: _Peak, live: list[int], block: BlockPlan, name: str, d: ViTDes
         out = act * rows * out_f
         extra = 0
         if quantize is not None and quantize.act_bits:
-            extra = rows * in_f * (2 if bits == 8 and has_int8_static_kernel() else act)
+            extra = rows * in_f * (2 if bits == 8 and int8_static_range() is not None else act)
         double = 2 if (bits == 32 or unpacked or half) and not bias else 1
         if unpacked:
             scales = 0  # the scales as fp32: one per group, or one per weight (padded) when groups do not divide

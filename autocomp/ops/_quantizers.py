@@ -9,12 +9,13 @@ of ``group_size`` the last group of each row is shorter (nothing is padded or st
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 __all__ = ["SCALE_METHODS", "PERCENTILE", "levels", "search_scale", "quantize_codes", "dequantize", "pack_codes",
-           "unpack_codes", "packed_nbytes", "activation_qparams", "input_ranges"]
+           "unpack_codes", "packed_nbytes", "ActQuant", "activation_qparams", "input_ranges"]
 
 SCALE_METHODS = ("minmax", "percentile", "mse")
 # "percentile" clips each group (or row) at this quantile of |w|. Measured on heavy-tailed weights it lowers the
@@ -147,12 +148,25 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return codes.reshape(-1)[:count]
 
 
-def activation_qparams(low: float, high: float) -> tuple[float, int]:
-    """(scale, zero point) of an asymmetric uint8 quantizer covering ``[low, high]`` (widened to include 0)."""
+class ActQuant(NamedTuple):
+    """The static quantizer of a layer's input: ``code = clamp(round(x / scale) + zero_point, 0, quant_max)``.
+
+    ``quant_max`` is 255 (full uint8) or 127 where the int8 kernel would saturate on larger codes (CPUs without
+    VNNI, see :func:`autocomp.ops.quantize.int8_static_range`); it is saved with the layer, so a model computes the
+    same numbers on every machine.
+    """
+
+    scale: float
+    zero_point: int
+    quant_max: int = 255
+
+
+def activation_qparams(low: float, high: float, quant_max: int = 255) -> ActQuant:
+    """The asymmetric quantizer with codes ``0 .. quant_max`` covering ``[low, high]`` (widened to include 0)."""
     low, high = min(low, 0.0), max(high, 0.0)
-    scale = max((high - low) / 255.0, 1e-8)
-    zero_point = int(min(255, max(0, round(-low / scale))))
-    return float(scale), zero_point
+    scale = max((high - low) / quant_max, 1e-8)
+    zero_point = int(min(quant_max, max(0, round(-low / scale))))
+    return ActQuant(float(scale), zero_point, int(quant_max))
 
 
 def input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:

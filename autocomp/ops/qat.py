@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autocomp.ops._quantizers import dequantize, quantize_codes, search_scale
-from autocomp.ops.quantize import ActQParams, Quantize, QuantizedLinear, module_class
+from autocomp.ops.quantize import Quantize, QuantizedLinear, module_class
 
 __all__ = ["FakeQuantLinear", "trainable", "deployed"]
 
@@ -37,10 +37,11 @@ class FakeQuantLinear(nn.Linear):
         if self.config.act_bits:
             self.register_buffer("act_scale", torch.tensor(1.0))
             self.register_buffer("act_zero_point", torch.tensor(0, dtype=torch.int32))
+            self.register_buffer("act_quant_max", torch.tensor(255, dtype=torch.int32))
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, config: Quantize, *,
-                    scale: torch.Tensor | None = None, act: ActQParams | None = None) -> FakeQuantLinear:
+                    scale: torch.Tensor | None = None, act: tuple | None = None) -> FakeQuantLinear:
         module = cls(weight.shape[1], weight.shape[0], bias=bias is not None, config=config)
         with torch.no_grad():
             module.weight.copy_(weight)
@@ -52,6 +53,7 @@ class FakeQuantLinear(nn.Linear):
             if config.act_bits and act is not None:
                 module.act_scale.fill_(act[0])
                 module.act_zero_point.fill_(act[1])
+                module.act_quant_max.fill_(act[2] if len(act) > 2 else 255)
         return module
 
     @property
@@ -65,7 +67,8 @@ class FakeQuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.act_bits:
-            x = torch.fake_quantize_per_tensor_affine(x, float(self.act_scale), int(self.act_zero_point), 0, 255)
+            x = torch.fake_quantize_per_tensor_affine(x, float(self.act_scale), int(self.act_zero_point), 0,
+                                                      int(self.act_quant_max))
         bias = self.bias
         if self.config.weight_bits == 16:
             quantized = self.weight.to(torch.bfloat16).float()
@@ -79,7 +82,8 @@ class FakeQuantLinear(nn.Linear):
         return nn.functional.linear(x, weight, bias)
 
     def deployed(self) -> QuantizedLinear:
-        act = (float(self.act_scale), int(self.act_zero_point)) if self.config.act_bits else None
+        act = ((float(self.act_scale), int(self.act_zero_point), int(self.act_quant_max)) if self.config.act_bits
+               else None)
         scale = self.weight_scale if self.frozen_scale else None
         return module_class(self.config).from_weight(self.weight, self.bias, self.config, scale=scale, act=act)
 

@@ -9,7 +9,7 @@ bits      stored                                                  executed by
                                                                   where the CPU has them), output cast to fp32
 8         int8 weight, fp32 scale per output channel, fp32 bias   ``int8_dynamic``: ``quantized::linear_dynamic``
                                                                   (activations quantized per batch at run time)
-8 + a8    the same + calibrated uint8 activation scale/zero       ``int8_static``: ``onednn::qlinear_pointwise``
+8 + a8    the same + calibrated uint8 activation scale/zero/max   ``int8_static``: ``onednn::qlinear_pointwise``
 6/4/3/2   codes packed densely (bits * in * out / 8 bytes), fp16  ``unpacked_fp32``: no kernel; the weight is
           scale per group of ``group_size`` inputs, fp32 bias     unpacked to fp32 at every call, then fp32 GEMM
 ========  ======================================================  ===============================================
@@ -18,6 +18,13 @@ bits      stored                                                  executed by
 backend with oneDNN's int8 kernel; elsewhere the layer fake-quantizes its input before its own kernel and reports
 ``simulated = True``: such a layer shows accuracy, never speed (see :func:`simulated_layers`). The choices were
 measured on this machine's CPU: ``benchmarks/quant_kernels.py``.
+
+oneDNN's int8 GEMM is exact over the whole uint8 input range only where the CPU has VNNI or AMX (32-bit sums of
+u8 x s8 products). Without them (AVX2, AVX-512 without VNNI, older x86) pairs of products are summed in 16 bits and
+saturate, so activations are quantized to ``0 .. 127`` there, as PyTorch's own x86 backends do with
+``reduce_range``. :func:`int8_static_range` finds out which by running the kernel on inputs that would saturate;
+the range is saved with each layer, and a layer saved with the full range on a machine that cannot run it exactly
+is simulated (and labelled) instead of computing wrong numbers.
 """
 
 from __future__ import annotations
@@ -33,16 +40,17 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops._quantizers import (SCALE_METHODS, activation_qparams, dequantize, input_ranges, levels, pack_codes,
-                                      packed_nbytes, quantize_codes, search_scale, unpack_codes)
+from autocomp.ops._quantizers import (SCALE_METHODS, ActQuant, activation_qparams, dequantize, input_ranges, levels,
+                                      pack_codes, packed_nbytes, quantize_codes, search_scale, unpack_codes)
 from autocomp.ops._registry import CompressContext, register
 
 if TYPE_CHECKING:
     from autocomp.ops.qat import FakeQuantLinear
 
 __all__ = ["Quantize", "QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear",
-           "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "ActQParams", "quantize_linear",
-           "stored_nbytes_for", "simulated_layers", "module_class", "has_int8_static_kernel"]
+           "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "ActQuant", "quantize_linear",
+           "stored_nbytes_for", "simulated_layers", "activation_kernels", "module_class", "int8_static_range",
+           "activation_quant_max"]
 
 WEIGHT_BITS = (16, 8, 6, 4, 3, 2)
 ACT_BITS = (None, 8)
@@ -94,7 +102,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-ActQParams = tuple[float, int]  # (scale, zero point) of the uint8 quantizer of a layer's input
 Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]  # saved tensor name -> (shape, dtype)
 
 
@@ -107,39 +114,43 @@ class QuantizedLinear(nn.Module):
     """
 
     kernel: ClassVar[str] = ""
-    executes_activations: ClassVar[bool] = False  # has a real kernel for static activation quantization
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  config: Quantize | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
         self.config = config if config is not None else Quantize()
-        self.act_qparams: ActQParams | None = (1.0, 0) if self.config.act_bits else None
+        self.act_qparams: ActQuant | None = ActQuant(1.0, 0) if self.config.act_bits else None
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, config: Quantize, *,
-                    scale: torch.Tensor | None = None, act: ActQParams | None = None) -> QuantizedLinear:
+                    scale: torch.Tensor | None = None, act: tuple | None = None) -> QuantizedLinear:
         """Quantize an fp32 ``weight`` (out, in); ``scale`` None: search it with ``config.scale``; ``act``: the
-        calibrated input quantizer, required with ``config.act_bits``."""
+        calibrated input quantizer (an :class:`ActQuant` or its tuple), required with ``config.act_bits``."""
         if config.act_bits and act is None:
             raise AutocompError("act_bits=8 needs the calibrated input (scale, zero point); see quantize's apply")
         module = cls(weight.shape[1], weight.shape[0], bias=bias is not None, config=config)
         module._quantize(weight.detach().float(), None if bias is None else bias.detach().float(), scale)
         if act is not None:
-            module.act_qparams = (float(act[0]), int(act[1]))
+            module.act_qparams = ActQuant(float(act[0]), int(act[1]), *(int(v) for v in act[2:]))
         return module
 
     @property
     def simulated(self) -> bool:
         """True when activation quantization is fake (no real kernel): this layer's latency is not a claim."""
-        return self.act_qparams is not None and not self.executes_activations
+        return self.act_qparams is not None and not self.executes_activations()
+
+    def executes_activations(self) -> bool:
+        """Whether a real kernel quantizes and computes this layer's input (static activations) exactly here."""
+        return False
 
     @classmethod
     def spec(cls, in_features: int, out_features: int, *, bias: bool, config: Quantize) -> Spec:
         """Name -> (shape, dtype) of each tensor a layer of this shape holds and saves, activation ones included."""
         spec = cls._weight_spec(in_features, out_features, bias=bias, config=config)
         if config.act_bits:
-            spec |= {"act_scale": ((), torch.float32), "act_zero_point": ((), torch.int32)}
+            spec |= {"act_scale": ((), torch.float32), "act_zero_point": ((), torch.int32),
+                     "act_quant_max": ((), torch.int32)}
         return spec
 
     def stored_nbytes(self) -> int:
@@ -150,8 +161,13 @@ class QuantizedLinear(nn.Module):
         return self.spec(self.in_features, self.out_features, bias=self.has_bias, config=self.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_qparams is not None and not self.executes_activations:
-            x = torch.fake_quantize_per_tensor_affine(x, self.act_qparams[0], self.act_qparams[1], 0, 255)
+        if self.act_qparams is not None and not self.executes_activations():
+            scale, zero_point, quant_max = self.act_qparams
+            return self._simulated_linear(torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, quant_max))
+        return self._linear(x)
+
+    def _simulated_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on an already fake-quantized input, where no kernel quantizes activations for real."""
         return self._linear(x)
 
     def trainable(self) -> FakeQuantLinear:
@@ -172,6 +188,7 @@ class QuantizedLinear(nn.Module):
         if self.act_qparams is not None:
             destination[prefix + "act_scale"] = torch.tensor(self.act_qparams[0], dtype=torch.float32)
             destination[prefix + "act_zero_point"] = torch.tensor(self.act_qparams[1], dtype=torch.int32)
+            destination[prefix + "act_quant_max"] = torch.tensor(self.act_qparams[2], dtype=torch.int32)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # noqa: ANN001 - torch's signature
@@ -188,7 +205,8 @@ class QuantizedLinear(nn.Module):
             error_msgs.append(f"quantized layer {type(self).__name__} ({self.config.tag()}): " + "; ".join(bad))
             return
         if self.act_qparams is not None:
-            self.act_qparams = (float(state.pop("act_scale")), int(state.pop("act_zero_point")))
+            self.act_qparams = ActQuant(float(state.pop("act_scale")), int(state.pop("act_zero_point")),
+                                        int(state.pop("act_quant_max")))
         self._set_state(state)
 
 
@@ -264,10 +282,18 @@ _NO_ZERO_POINT = torch.zeros(1, dtype=torch.long)  # symmetric weights; shared b
 
 class Int8StaticLinear(Int8Linear):
     """8-bit weights and static uint8 activations (calibrated scale and zero point), run by oneDNN's int8 GEMM
-    with fp32 output. Same saved tensors as :class:`Int8Linear` plus ``act_scale`` and ``act_zero_point``."""
+    with fp32 output. Same saved tensors as :class:`Int8Linear` plus ``act_scale``, ``act_zero_point`` and
+    ``act_quant_max``.
+
+    A layer whose saved range this CPU's kernel cannot compute exactly (255 where only 127 is exact) runs as a
+    labelled simulation: fake-quantized input, dequantized weight, fp32 GEMM.
+    """
 
     kernel = "int8_static"
-    executes_activations = True
+
+    def executes_activations(self) -> bool:
+        top = int8_static_range()
+        return top is not None and self.act_qparams is not None and self.act_qparams.quant_max <= top
 
     def _pack(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         self._packed = torch.ops.onednn.qlinear_prepack(weight_int8.contiguous(), None)  # opaque, (in, out)
@@ -278,12 +304,18 @@ class Int8StaticLinear(Int8Linear):
         return self._packed.to_dense().t().contiguous(), self._scale.clone(), self._bias
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
-        scale, zero_point = self.act_qparams
+        scale, zero_point, quant_max = self.act_qparams
         with warnings.catch_warnings():  # deprecated API, but its fused quantize is the fast one
             warnings.simplefilter("ignore", UserWarning)
             qx = torch.quantize_per_tensor(x.contiguous(), scale, zero_point, torch.quint8).int_repr()
+        if quant_max < 255:
+            qx = qx.clamp_(max=quant_max)
         return torch.ops.onednn.qlinear_pointwise(qx, scale, zero_point, self._packed, self._scale, _NO_ZERO_POINT,
                                                   self._bias, 1.0, 0, torch.float32, "none", [], "")
+
+    def _simulated_linear(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.dequantized()
+        return nn.functional.linear(x, weight, bias)
 
     def __getstate__(self) -> dict:  # the opaque oneDNN tensor cannot be copied or pickled: keep plain tensors
         state = self.__dict__.copy()
@@ -395,16 +427,31 @@ class PackedLinear(QuantizedLinear):
 
 
 @functools.cache
-def has_int8_static_kernel() -> bool:
-    """Whether this PyTorch build runs oneDNN's static int8 Linear (x86 builds with oneDNN do)."""
+def int8_static_range() -> int | None:
+    """The largest uint8 input code oneDNN's static int8 Linear computes exactly on this CPU, or None without it.
+
+    255 where u8 x s8 products are summed in 32 bits (VNNI, AMX); 127 where pairs of them are summed in 16 bits and
+    saturate (e.g. AVX2 without VNNI, or oneDNN capped by ``ONEDNN_MAX_CPU_ISA``): found by running the kernel on
+    the worst case, all inputs at the top code against weights of 127, and comparing with the exact sum.
+    """
+    width = 64
     try:
-        packed = torch.ops.onednn.qlinear_prepack(torch.ones(16, 16, dtype=torch.int8), None)
-        torch.ops.onednn.qlinear_pointwise(torch.ones(2, 16, dtype=torch.uint8), 1.0, 0, packed, torch.ones(16),
-                                           torch.zeros(16, dtype=torch.long), None, 1.0, 0, torch.float32, "none",
-                                           [], "")
+        packed = torch.ops.onednn.qlinear_prepack(torch.full((4, width), 127, dtype=torch.int8), None)
+        for top in (255, 127):
+            out = torch.ops.onednn.qlinear_pointwise(torch.full((2, width), top, dtype=torch.uint8), 1.0, 0, packed,
+                                                     torch.ones(4), torch.zeros(4, dtype=torch.long), None, 1.0, 0,
+                                                     torch.float32, "none", [], "")
+            if torch.all(out == float(top * 127 * width)):
+                return top
     except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return True
+        return None
+    return None
+
+
+def activation_quant_max() -> int:
+    """The top activation code layers calibrated here get: what this CPU's int8 kernel computes exactly (255
+    where there is no such kernel: those layers are simulated, as for an ideal uint8 kernel)."""
+    return int8_static_range() or 255
 
 
 def module_class(config: Quantize) -> type[QuantizedLinear]:
@@ -412,7 +459,7 @@ def module_class(config: Quantize) -> type[QuantizedLinear]:
     if config.weight_bits == 16:
         return Bf16Linear
     if config.weight_bits == 8:
-        return Int8StaticLinear if config.act_bits and has_int8_static_kernel() else Int8Linear
+        return Int8StaticLinear if config.act_bits and int8_static_range() is not None else Int8Linear
     return PackedLinear
 
 
@@ -421,7 +468,7 @@ def stored_nbytes_for(in_features: int, out_features: int, *, bias: bool, config
     return _nbytes(module_class(config).spec(in_features, out_features, bias=bias, config=config))
 
 
-def quantize_linear(linear: nn.Linear, config: Quantize, *, act: ActQParams | None = None) -> QuantizedLinear:
+def quantize_linear(linear: nn.Linear, config: Quantize, *, act: tuple | None = None) -> QuantizedLinear:
     """The deployed, really quantized form of ``linear``."""
     return module_class(config).from_weight(linear.weight, linear.bias, config, act=act)
 
@@ -429,6 +476,17 @@ def quantize_linear(linear: nn.Linear, config: Quantize, *, act: ActQParams | No
 def simulated_layers(model: nn.Module) -> list[str]:
     """Names of the layers whose quantization is simulated; a model with any must make no latency claim."""
     return [name for name, module in model.named_modules() if getattr(module, "simulated", False)]
+
+
+def activation_kernels(model: nn.Module) -> str | None:
+    """How the layers with static 8-bit activations run, e.g. ``onednn-u8`` (full range), ``onednn-u7`` (0..127,
+    a CPU without VNNI), ``simulated``, joined by ``+`` when they differ; None when no layer quantizes activations."""
+    kinds = set()
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear) and module.act_qparams is not None:
+            bits = 8 if module.act_qparams.quant_max == 255 else 7
+            kinds.add("simulated" if module.simulated else f"onednn-u{bits}")
+    return "+".join(sorted(kinds)) or None
 
 
 @register("quantize", Quantize, order=90)
@@ -454,6 +512,6 @@ def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressConte
                 if config.act_bits and child not in ranges:
                     raise AutocompError(f"block {index}: {name} never ran on the calibration images, so its input "
                                         "range is unknown; leave act_bits out for this block")
-                act = activation_qparams(*ranges[child]) if config.act_bits else None
+                act = activation_qparams(*ranges[child], activation_quant_max()) if config.act_bits else None
                 module = quantize_linear(child, config, act=act)
             setattr(parent, name, module)

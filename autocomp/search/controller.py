@@ -21,7 +21,7 @@ __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "counted"]
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
-            "trial_seconds", "measured_on")
+            "int8_activations", "trial_seconds", "measured_on")
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 
 

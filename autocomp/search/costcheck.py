@@ -29,7 +29,7 @@ from autocomp.config import JobConfig
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
-from autocomp.hardware import load_profile
+from autocomp.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.models import create_model, vit_blocks
 from autocomp.ops import compress
@@ -56,7 +56,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
                             f"leave-one-out), got {samples!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    profile = load_profile(config.hardware)
+    profile = load_profile(config.hardware, log=log)
     space = load_space(config.search_space)
     calib = load_splits(config.data).calib.x
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)

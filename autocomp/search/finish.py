@@ -14,6 +14,8 @@ from torch import nn
 from autocomp.config import JobConfig
 from autocomp.costmodel import fidelity
 from autocomp.data import Splits
+from autocomp.hardware import HardwareProfile
+from autocomp.profiling import cpu_description, profile_note
 from autocomp.recipe import Recipe
 from autocomp.results import TrialRow, best_feasible, closest_trial, save_model, trial_rows, write_results
 from autocomp.search.objective import build_candidate, distill_subset
@@ -23,7 +25,7 @@ __all__ = ["finalize", "skipped_summary", "prediction_fidelity"]
 
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
-             baseline: Mapping[str, Any], limits: Mapping[str, float],
+             baseline: Mapping[str, Any], limits: Mapping[str, float], profile: HardwareProfile,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write all results; save best/ (the most accurate trial within budget) and summary.json."""
     rows = trial_rows(study, list(limits))
@@ -35,6 +37,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
         **skipped_summary(rows), "cost_model": prediction_fidelity(rows),
         "pareto_size": len(front), "met_budget": best is not None,
+        "hardware": {"profile": profile.name, "backend": profile.backend, "measured_on": profile.measured_on,
+                     "this_cpu": cpu_description(), "note": profile_note(profile)},
     }
     if summary["skipped"]:
         saved = summary["time_saved_s"]

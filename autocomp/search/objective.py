@@ -18,7 +18,7 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, num_threads
 from autocomp.ops import compress
-from autocomp.ops.quantize import simulated_layers
+from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
 from autocomp.search.device import measure_on_device
 from autocomp.train import evaluate
@@ -104,5 +104,6 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs) -> dict[str, 
     metrics["accuracy"] = evaluate(model, inputs.val)
     # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
     metrics["simulated_layers"] = len(simulated_layers(model))
+    metrics["int8_activations"] = activation_kernels(model)  # onednn-u8, onednn-u7 (no VNNI), simulated or None
     metrics.update(trial_seconds=time.perf_counter() - started, measured_on=placed.node_id)
     return {**metrics, **{f"violation:{k}": v for k, v in violations(metrics, inputs.limits).items()}}

@@ -21,7 +21,8 @@ from torch import nn
 from autocomp.config import JobConfig
 from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
-from autocomp.hardware import HardwareProfile, load_profile
+from autocomp.hardware import HardwareProfile
+from autocomp.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
 from autocomp.search.controller import DIRECTIONS, OptunaController, counted
@@ -47,7 +48,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    profile = load_profile(config.hardware)
+    profile = load_profile(config.hardware, log=log)
+    if (note := profile_note(profile)) is not None:
+        log(f"warning: {note}")
     space = load_space(config.search_space)
     splits = load_splits(config.data)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
@@ -104,7 +107,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                 _run_tune(controller, inputs, run_dir, trials=remaining, workers=config.workers)
             log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
     return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
-                           limits=limits, log=log)
+                           limits=limits, profile=profile, log=log)
 
 
 def _baseline(config: JobConfig, base: nn.Module, profile: HardwareProfile, splits: Splits) -> dict[str, float]:

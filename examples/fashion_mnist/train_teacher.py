@@ -16,7 +16,7 @@ import yaml
 from autocomp._paths import resolve_path
 from autocomp.data import DataConfig, load_splits
 from autocomp.errors import AutocompError
-from autocomp.hardware import load_profile
+from autocomp.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.models import ModelSpec
 from autocomp.train import TrainConfig, evaluate, train_or_reuse
@@ -32,7 +32,7 @@ def main() -> int:
     started = time.perf_counter()
     model, trained = train_or_reuse(spec, splits, TrainConfig(**config["train"]), checkpoint)
     took = time.perf_counter() - started
-    profile = load_profile(HERE.parents[1] / "hardware_profiles" / "local_cpu.yaml")
+    profile = load_profile(HERE.parents[1] / "hardware_profiles" / "local_cpu.yaml", log=print)
     cost = measure(model, profile, example=splits.calib.x)
     params = sum(p.numel() for p in model.parameters())
     print(f"teacher {'trained in %.1f min' % (took / 60) if trained else 'reused'}: {checkpoint}")
