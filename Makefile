@@ -33,7 +33,7 @@ demo: install data
 # Tests whose kernels depend on the CPU's ISA run a second time with it capped (no AVX-512, VNNI or AMX in ATen and
 # oneDNN), so that a machine with every extension cannot hide a bug of the CPUs without them.
 CAPPED_TESTS := tests/test_ops_quantize.py tests/test_distill.py tests/test_measure_noise.py tests/test_costmodel.py \
-                tests/test_search_objective.py tests/test_hardware.py
+                tests/test_search_objective.py tests/test_hardware.py tests/test_ops_contract.py
 CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 
 test: install data

@@ -57,7 +57,7 @@ def _print_front(run_dir: Path) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from autocomp.search.export import export_trial
+    from autocomp.search import export_trial
 
     path = export_trial(Path(args.run_dir), args.trial, Path(args.out))
     print(f"trial {args.trial} written to {path}")
@@ -69,7 +69,7 @@ def _profile(args: argparse.Namespace) -> None:
     import yaml
 
     from autocomp.hardware import read_profile
-    from autocomp.profiling import VIT_GEMMS, calibrate, calibrated_profile, write_profile
+    from autocomp.measure.profiling import VIT_GEMMS, calibrate, calibrated_profile, write_profile
 
     base: dict[str, Any] | None = None
     if args.base:
@@ -99,7 +99,7 @@ def _profile(args: argparse.Namespace) -> None:
 
 def _check_costmodel(args: argparse.Namespace) -> None:
     from autocomp.config import load_config
-    from autocomp.search.costcheck import check_costmodel
+    from autocomp.costmodel.check import check_costmodel
 
     report = check_costmodel(load_config(args.config), samples=args.samples, out=Path(args.out))
     print()

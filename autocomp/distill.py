@@ -4,9 +4,9 @@ The loss is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teach
 (Hinton et al. 2015; the ``T^2`` keeps the soft term's gradients on the scale of the hard one), plus, optionally,
 ``feature_weight`` times the MSE between the two models' block outputs.
 
-Quantized layers train in their fake-quant form (:func:`autocomp.ops.quantize.trainable`: fp32 master weights,
-forward through the int8 quantizer, straight-through gradients) and are packed again at the end
-(:func:`autocomp.ops.quantize.deployed`), so the returned model has the same structure and weight bytes as the
+Its settings (:class:`autocomp.recipe.Distill`) are part of the recipe. Quantized layers train in their fake-quant
+form (:func:`autocomp.ops.qat.trainable`: fp32 master weights, forward through the layer's quantizer,
+straight-through gradients) and are packed again at the end (:func:`autocomp.ops.qat.deployed`), so the returned model has the same structure and weight bytes as the
 compressed one it was given.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,65 +23,13 @@ from autocomp.data import Split
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
 from autocomp.ops.qat import deployed, trainable
+from autocomp.recipe import Distill
 
-__all__ = ["WARMUP_FRACTION", "Distill", "distill", "distillation_loss"]
+__all__ = ["WARMUP_FRACTION", "distill", "distillation_loss"]
 
 # Linear warm-up over this fraction of the steps, then cosine decay to 0. Fine-tuning starts from trained weights, so
 # a short warm-up suffices: it only keeps AdamW's first, badly normalised updates from knocking the student about.
 WARMUP_FRACTION = 0.1
-
-
-@dataclass(frozen=True)
-class Distill:
-    """Settings of the distillation fine-tuning (a model-level recipe entry; plain data, round-trips through YAML
-    as ``dataclasses.asdict`` / ``Distill(**d)``).
-
-    Attributes:
-        steps: optimizer steps; 0 leaves the student as it is.
-        alpha: weight of the distillation term, in [0, 1]; ``1 - alpha`` weights the cross-entropy with the labels.
-        temperature: softmax temperature ``T`` > 0 of both models' logits in the distillation term.
-        lr: peak AdamW learning rate (linear warm-up over ``WARMUP_FRACTION`` of the steps, then cosine to 0).
-        batch_size: images per step.
-        feature_weight: weight (>= 0) of the MSE between student and teacher block outputs; 0 turns it off.
-        seed: seed (>= 0) of the batch order and of any dropout.
-    """
-
-    steps: int
-    alpha: float
-    temperature: float = 4.0
-    lr: float = 1e-3
-    batch_size: int = 64
-    feature_weight: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_whole(self, "steps", 0, "a whole number of optimizer steps")
-        _check_number(self, "alpha", "the weight of the distillation term, a number in [0, 1]", 0.0, 1.0)
-        _check_number(self, "temperature", "the softmax temperature, a number > 0", 0.0, math.inf, low_open=True)
-        _check_number(self, "lr", "the peak learning rate, a number > 0", 0.0, math.inf, low_open=True)
-        _check_whole(self, "batch_size", 1, "a whole number of images per step")
-        _check_number(self, "feature_weight", "the weight of the feature MSE, a number >= 0 (0 turns it off)", 0.0,
-                      math.inf)
-        _check_whole(self, "seed", 0, "a whole-number seed")
-
-    def tag(self) -> str:
-        tag = f"kd{self.steps}a{self.alpha:g}T{self.temperature:g}"
-        return tag + (f"f{self.feature_weight:g}" if self.feature_weight else "")
-
-
-def _check_whole(config: Distill, name: str, minimum: int, meaning: str) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise AutocompError(f"{name} must be {meaning} >= {minimum}, got {value!r}")
-
-
-def _check_number(config: Distill, name: str, meaning: str, low: float, high: float, *,
-                  low_open: bool = False) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < low or value > high or (low_open and value == low):
-        raise AutocompError(f"{name} must be {meaning}, got {value!r}")
-    object.__setattr__(config, name, float(value))  # YAML's 1 and 1.0 are the same setting
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

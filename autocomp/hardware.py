@@ -7,7 +7,7 @@ bandwidth and capacity, per-op overhead, which weight bit-widths and ops have fa
 A profile built in code may leave the device facts out (a timing-only profile for :func:`autocomp.measure.measure`);
 a profile *file* must state them all, and the cost model refuses a profile without them, except a profile that says
 ``calibrate: on_first_use``: its device facts are measured on the machine that uses it, once per CPU
-(:func:`autocomp.profiling.load_profile`, which callers use; :func:`read_profile` here only reads the file).
+(:func:`autocomp.measure.profiling.load_profile`, which callers use; :func:`read_profile` here only reads the file).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 
 __all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "PRECISIONS", "WEIGHT_BITS", "FAST_OPS",
@@ -62,8 +61,8 @@ class HardwareProfile:
         fast_ops: ops with fused kernels, from ``FAST_OPS``.
         ray_resource: the Ray custom resource that marks the node holding this device, or None for any node.
         calibrate: ``on_first_use``: the device facts are measured on the CPU that uses the profile, once, and
-            cached per CPU (see :mod:`autocomp.profiling`); None: the file states them.
-        measured_on: the CPU the device facts were measured on (:func:`autocomp.profiling.cpu_description`), or
+            cached per CPU (see :mod:`autocomp.measure.profiling`); None: the file states them.
+        measured_on: the CPU the device facts were measured on (:func:`autocomp.measure.profiling.cpu_description`), or
             None for numbers from a datasheet.
         sources: where each number came from (field, or ``field.key``, -> source).
     """
@@ -186,38 +185,23 @@ def _check_positive(name: str, value: Any) -> None:
 def read_profile(path: str | Path) -> HardwareProfile:
     """Read and validate a hardware profile file as it is (a ``calibrate: on_first_use`` profile comes back
     without device facts); errors name the file and the field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError:
-        raise AutocompError(f"hardware profile not found: {path}; see hardware_profiles/ for examples") from None
-    except yaml.YAMLError as exc:
-        raise AutocompError(f"hardware profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return from_mapping(data, source=str(path))
+    return from_mapping(read_yaml(path, what="hardware profile"), source=str(path))
+
+
+_EMPTY_AS_NONE = ("peak_gflops", "fast_weight_bits", "sources")  # an empty YAML mapping reads as None
 
 
 def from_mapping(data: Any, *, source: str) -> HardwareProfile:
-    """Validate the dict form of a profile file: unknown fields, bad values, then missing device facts."""
-    if not isinstance(data, Mapping):
-        raise AutocompError(f"hardware profile {source}: expected a mapping of fields")
-    allowed = [f.name for f in dataclasses.fields(HardwareProfile)]
-    unknown = sorted(str(k) for k in set(data) - set(allowed))
-    if unknown:
-        raise AutocompError(f"hardware profile {source}: unknown field(s) {unknown}; allowed: {allowed}")
-    if "name" not in data:
-        raise AutocompError(f"hardware profile {source}: missing field 'name'")
-    values = dict(data)
-    for name in ("peak_gflops", "fast_weight_bits", "sources"):
-        if values.get(name) is None:
-            values.pop(name, None)  # an empty YAML mapping reads as None
-    try:
-        profile = HardwareProfile(**values)
-    except AutocompError as exc:
-        raise AutocompError(f"hardware profile {source}: {exc}") from None
+    """Validate the dict form of a profile file (:func:`autocomp._loader.build`), then that it states the device
+    facts (unless they are measured on first use)."""
+    where = f"hardware profile {source}"
+    if isinstance(data, Mapping):
+        data = {k: v for k, v in data.items() if not (k in _EMPTY_AS_NONE and v is None)}
+    profile = build(HardwareProfile, data, where=where)
     required = REQUIRED_IN_FILE if profile.calibrate is None else ("name",)
     missing = [name for name in required if data.get(name) in (None, "", {})]
     if missing:
-        raise AutocompError(f"hardware profile {source}: missing field(s) {missing}; a profile file states the "
-                            "device facts the cost model uses (see hardware_profiles/x86_server_vnni.yaml), or says "
+        raise AutocompError(f"{where}: missing key(s) {missing}; a profile file states the device facts the cost "
+                            "model uses (see hardware_profiles/x86_server_vnni.yaml), or says "
                             "calibrate: on_first_use to measure them on this CPU")
     return profile

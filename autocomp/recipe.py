@@ -1,22 +1,76 @@
-"""A recipe: per transformer block, which operators to apply with which settings. It is plain data and
-round-trips through YAML exactly."""
+"""A recipe: per transformer block, which operators to apply with which settings, and the distillation that recovers
+accuracy afterwards. It is plain data and round-trips through YAML exactly."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from autocomp.distill import Distill
+from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
-from autocomp.ops._registry import registry
+from autocomp.ops import OPERATORS
 
-__all__ = ["Recipe"]
+__all__ = ["Recipe", "Distill", "FORMAT"]
 
 FORMAT = "autocomp-recipe/1"
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Settings of the distillation fine-tuning (a model-level recipe entry; plain data, round-trips through YAML
+    as ``dataclasses.asdict`` / ``Distill(**d)``).
+
+    Attributes:
+        steps: optimizer steps; 0 leaves the student as it is.
+        alpha: weight of the distillation term, in [0, 1]; ``1 - alpha`` weights the cross-entropy with the labels.
+        temperature: softmax temperature ``T`` > 0 of both models' logits in the distillation term.
+        lr: peak AdamW learning rate (linear warm-up over ``autocomp.distill.WARMUP_FRACTION`` of the steps, then cosine to 0).
+        batch_size: images per step.
+        feature_weight: weight (>= 0) of the MSE between student and teacher block outputs; 0 turns it off.
+        seed: seed (>= 0) of the batch order and of any dropout.
+    """
+
+    steps: int
+    alpha: float
+    temperature: float = 4.0
+    lr: float = 1e-3
+    batch_size: int = 64
+    feature_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_whole(self, "steps", 0, "a whole number of optimizer steps")
+        _check_number(self, "alpha", "the weight of the distillation term, a number in [0, 1]", 0.0, 1.0)
+        _check_number(self, "temperature", "the softmax temperature, a number > 0", 0.0, math.inf, low_open=True)
+        _check_number(self, "lr", "the peak learning rate, a number > 0", 0.0, math.inf, low_open=True)
+        _check_whole(self, "batch_size", 1, "a whole number of images per step")
+        _check_number(self, "feature_weight", "the weight of the feature MSE, a number >= 0 (0 turns it off)", 0.0,
+                      math.inf)
+        _check_whole(self, "seed", 0, "a whole-number seed")
+
+    def tag(self) -> str:
+        tag = f"kd{self.steps}a{self.alpha:g}T{self.temperature:g}"
+        return tag + (f"f{self.feature_weight:g}" if self.feature_weight else "")
+
+
+def _check_whole(config: Distill, name: str, minimum: int, meaning: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AutocompError(f"{name} must be {meaning} >= {minimum}, got {value!r}")
+
+
+def _check_number(config: Distill, name: str, meaning: str, low: float, high: float, *,
+                  low_open: bool = False) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or value > high or (low_open and value == low):
+        raise AutocompError(f"{name} must be {meaning}, got {value!r}")
+    object.__setattr__(config, name, float(value))  # YAML's 1 and 1.0 are the same setting
 
 
 @dataclass(frozen=True)
@@ -45,7 +99,7 @@ class Recipe:
         unknown = set(data) - {"format", "blocks", "distill"}
         if unknown:
             raise AutocompError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: 'format', 'blocks', 'distill'")
-        ops = registry()
+        ops = OPERATORS
         blocks = []
         for index, block in enumerate(data["blocks"]):
             block = block or {}
@@ -55,15 +109,15 @@ class Recipe:
             for name, settings in block.items():
                 if name not in ops:
                     raise AutocompError(f"{source}: block {index}: unknown operator {name!r}; known: {sorted(ops)}")
-                parsed[name] = _make_config(ops[name].config_cls, settings or {}, f"{source}: block {index}: {name}")
+                parsed[name] = build(ops[name].config_cls, settings or {}, where=f"{source}: block {index}: {name}")
             blocks.append(parsed)
         distill = data.get("distill")
-        distill = _make_config(Distill, distill, f"{source}: distill") if distill is not None else None
+        distill = build(Distill, distill, where=f"{source}: distill") if distill is not None else None
         return cls(blocks=tuple(blocks), distill=distill)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML-ready dict form (operators in application order)."""
-        order = list(registry())
+        order = list(OPERATORS)
         data: dict[str, Any] = {
             "format": FORMAT,
             "blocks": [
@@ -79,30 +133,12 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise AutocompError(f"cannot read recipe {path}: {exc}".splitlines()[0]) from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_yaml(path, what="recipe"), source=str(path))
 
     def summary(self) -> str:
         """A compact one-line description, e.g. ``h8/8:q8 | h4/8 | -``."""
         parts = []
         for block in self.blocks:
-            tags = [block[name].tag() for name in registry() if name in block]
+            tags = [block[name].tag() for name in OPERATORS if name in block]
             parts.append(":".join(tags) if tags else "-")
         return " | ".join(parts) + (f" + {self.distill.tag()}" if self.distill is not None else "")
-
-
-def _make_config(config_cls: type, settings: Any, where: str) -> Any:
-    if not isinstance(settings, Mapping):
-        raise AutocompError(f"{where}: settings must be a mapping, got {settings!r}")
-    allowed = [f.name for f in dataclasses.fields(config_cls)]
-    unknown = set(settings) - set(allowed)
-    if unknown:
-        raise AutocompError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {allowed}")
-    try:
-        return config_cls(**settings)
-    except AutocompError as exc:
-        raise AutocompError(f"{where}: {exc}") from None

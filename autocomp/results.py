@@ -1,4 +1,5 @@
-"""Results of a search, always on disk: trials.csv, pareto.json, pareto.png, summary.json and best/.
+"""Results of a search, always on disk: trials.csv, pareto.json, pareto.png (summary.json is written by the search's
+end, models by :mod:`autocomp.saving`).
 
 A trial the cost model skipped (predicted far over budget) is a row with state PRUNED and its ``skipped_reason``;
 every trial carries its predicted latency and memory next to the measured ones.
@@ -10,23 +11,17 @@ trial, at the end, or after a crash) and agree with each other.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import optuna
-import torch
-import yaml
-from torch import nn
 
-from autocomp.errors import AutocompError
-from autocomp.models import ModelSpec, create_model
-from autocomp.ops import compress
-from autocomp.recipe import Recipe
+from autocomp._io import write_json
+from autocomp.budget import feasible
 
-__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "save_model", "load_model", "closest_trial",
-           "best_feasible"]
+__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_trial", "best_feasible",
+           "STUDY_NAME", "study_storage"]
 
 STUDY_NAME = "autocomp"
 
@@ -59,7 +54,7 @@ class TrialRow:
 
     @property
     def feasible(self) -> bool:
-        return self.complete and all(v <= 0 for v in self.violations.values())
+        return self.complete and feasible(self.violations)
 
     def as_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, "recipe_summary": self.recipe_summary,
@@ -135,7 +130,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
             writer.writerow({k: _fmt(v) for k, v in row.as_dict().items()})
     tmp.replace(run_dir / "trials.csv")
     front = pareto_front(rows)
-    _write_json(run_dir / "pareto.json", {"limits": dict(limits), "trials": [r.as_dict() for r in front]})
+    write_json(run_dir / "pareto.json", {"limits": dict(limits), "trials": [r.as_dict() for r in front]})
     if front:
         plot_front(run_dir / "pareto.png", rows, front, limits)
     return front
@@ -168,63 +163,6 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec | nn.Module,
-               metrics: Mapping[str, Any] | None = None) -> None:
-    """Write a loadable model folder: recipe.yaml, the base architecture and weights.safetensors.
-
-    The architecture is model.yaml (timm name and kwargs), or, for a model given as an ``nn.Module``, model.pt (the
-    whole compressed module, pickled: load such files only from sources you trust).
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    recipe.save(directory / "recipe.yaml")
-    if isinstance(spec, ModelSpec):
-        (directory / "model.yaml").write_text(yaml.safe_dump({"name": spec.name, "kwargs": dict(spec.kwargs)},
-                                                             sort_keys=False))
-    else:
-        torch.save(model, directory / "model.pt")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "weights.safetensors"))
-    if metrics is not None:
-        _write_json(directory / "metrics.json", dict(metrics))
-
-
-def load_model(directory: str | Path) -> nn.Module:
-    """Rebuild a saved compressed model: base architecture, recipe shapes, then the saved weights."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if (directory / "model.pt").is_file() and not (directory / "model.yaml").is_file():
-        return torch.load(directory / "model.pt", weights_only=False).eval()  # saved by autocomp from an nn.Module
-    needed = [directory / name for name in ("model.yaml", "recipe.yaml", "weights.safetensors")]
-    missing = [p.name for p in needed if not p.is_file()]
-    if missing:
-        raise AutocompError(f"{directory} is not a saved autocomp model (missing {missing}); pass a run's best/ "
-                            "folder or one written by 'autocomp export'")
-    spec_data = yaml.safe_load((directory / "model.yaml").read_text())
-    spec = ModelSpec(name=spec_data["name"], kwargs=spec_data.get("kwargs") or {})
-    model = compress(create_model(spec, load_weights=False), Recipe.load(directory / "recipe.yaml"),
-                     structure_only=True, inplace=True)
-    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
-    return model.eval()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def _fmt(value: Any) -> Any:

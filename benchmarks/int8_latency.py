@@ -18,8 +18,8 @@ from torch import nn
 
 from autocomp import Recipe, compress
 from autocomp.measure import time_models, weight_nbytes
+from autocomp.measure.profiling import cpu_description
 from autocomp.ops import Int8Linear
-from autocomp.profiling import cpu_description
 
 MODELS = {
     "fashion teacher (28px, d96x6)": ("deit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1,

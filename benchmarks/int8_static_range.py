@@ -20,7 +20,7 @@ CHILD = r"""
 import json, timm, torch
 from autocomp import Recipe, compress
 from autocomp.ops import quantize as q
-from autocomp.profiling import cpu_description
+from autocomp.measure.profiling import cpu_description
 
 torch.manual_seed(0)
 model = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=3,

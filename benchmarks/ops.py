@@ -20,11 +20,12 @@ import yaml
 from autocomp import Recipe, compress
 from autocomp._paths import resolve_path
 from autocomp.data import DataConfig, load_splits
-from autocomp.distill import Distill, distill
+from autocomp.distill import distill
 from autocomp.flops import count_macs, count_params
 from autocomp.measure import time_models, weight_nbytes
+from autocomp.measure.profiling import cpu_description, load_profile
 from autocomp.models import ModelSpec, create_model
-from autocomp.profiling import cpu_description, load_profile
+from autocomp.recipe import Distill
 from autocomp.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

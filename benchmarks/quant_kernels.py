@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from autocomp.measure import time_models
+from autocomp.measure.profiling import cpu_description
 from autocomp.ops.quantize import Quantize, quantize_linear
-from autocomp.profiling import cpu_description
 
 SHAPES = {  # label: (tokens M, in K, out N)
     "fashion b16 qkv": (16 * 50, 96, 288),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from autocomp.cli import main
-from autocomp.profiling import load_profile
+from autocomp.measure.profiling import load_profile
 from test_cli_errors import run_cli
 from test_search_e2e import write_job
 

@@ -16,7 +16,7 @@ from autocomp import AutocompError, Recipe, compress
 from autocomp.costmodel import CorrectedCostModel, CostModel, ViTDescription, describe, fidelity, linear_nbytes, plan
 from autocomp.flops import count_macs
 from autocomp.hardware import HardwareProfile
-from autocomp.profiling import load_profile
+from autocomp.measure.profiling import load_profile
 from autocomp.measure import peak_activation_nbytes, weight_nbytes
 from autocomp.ops.quantize import WEIGHT_BITS, Quantize, stored_nbytes_for
 from autocomp.ops.tokens import TokenReducingBlocks

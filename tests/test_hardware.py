@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from autocomp.errors import AutocompError
-from autocomp import profiling
+from autocomp.measure import profiling
 from autocomp.hardware import PRECISIONS, HardwareProfile, read_profile
-from autocomp.profiling import cpu_description, load_profile, profile_note
+from autocomp.measure.profiling import cpu_description, load_profile, profile_note
 
 PROFILES = sorted((Path(__file__).parent.parent / "hardware_profiles").glob("*.yaml"))
 LOCAL = Path(__file__).parent.parent / "hardware_profiles" / "local_cpu.yaml"
@@ -110,11 +110,11 @@ def _peak(precision, value):
 
 
 BAD = [
-    ("missing bandwidth", _drop("memory_bandwidth_gbs"), "missing field(s) ['memory_bandwidth_gbs']"),
-    ("missing peaks", _drop("peak_gflops"), "missing field(s) ['peak_gflops']"),
-    ("missing capacity", _drop("memory_gb"), "missing field(s) ['memory_gb']"),
-    ("empty peaks", _set("peak_gflops", None), "missing field(s) ['peak_gflops']"),
-    ("missing name", _drop("name"), "missing field 'name'"),
+    ("missing bandwidth", _drop("memory_bandwidth_gbs"), "missing key(s) ['memory_bandwidth_gbs']"),
+    ("missing peaks", _drop("peak_gflops"), "missing key(s) ['peak_gflops']"),
+    ("missing capacity", _drop("memory_gb"), "missing key(s) ['memory_gb']"),
+    ("empty peaks", _set("peak_gflops", None), "missing key(s) ['peak_gflops']"),
+    ("missing name", _drop("name"), "missing key(s) ['name']"),
     ("zero bandwidth", _set("memory_bandwidth_gbs", 0), "memory_bandwidth_gbs must be a positive number, got 0"),
     ("negative bandwidth", _set("memory_bandwidth_gbs", -5), "memory_bandwidth_gbs must be a positive number, got -5"),
     ("negative capacity", _set("memory_gb", -1), "memory_gb must be a positive number, got -1"),
@@ -123,7 +123,7 @@ BAD = [
     ("text throughput", _peak("fp32", "fast"), "peak_gflops.fp32 must be a positive number, got 'fast'"),
     ("unknown precision", _peak("fp12", 10), "peak_gflops: unknown precision(s) ['fp12']"),
     ("no fp32 peak", _set("peak_gflops", {"int8": 400}), "peak_gflops must give fp32"),
-    ("unknown field", _set("clock_ghz", 2.6), "unknown field(s) ['clock_ghz']"),
+    ("unknown field", _set("clock_ghz", 2.6), "unknown key(s) ['clock_ghz']"),
     ("bad bit-width", _set("fast_weight_bits", {5: "int8"}), "fast_weight_bits: 5 is not a weight bit-width"),
     ("kernel precision", _set("fast_weight_bits", {8: "int9"}), "fast_weight_bits.8: unknown precision 'int9'"),
     ("kernel without peak", _set("fast_weight_bits", {16: "fp16"}), "fast_weight_bits.16 computes at fp16 but "
@@ -157,7 +157,7 @@ def test_precision_names_are_the_documented_ones():
 
 
 def test_calibration_returns_profile_numbers():
-    from autocomp.profiling import GemmShape, calibrate
+    from autocomp.measure.profiling import GemmShape, calibrate
 
     result = calibrate(shapes=(GemmShape(8, 32, 32),), precisions=("fp32", "int8"), repeats=2, copy_mb=1)
     assert set(result.peak_gflops) == {"fp32", "int8"}

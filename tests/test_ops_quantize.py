@@ -15,7 +15,7 @@ from autocomp.measure import weight_nbytes
 from autocomp.ops import Int8Linear
 from autocomp.ops import quantize as q
 from autocomp.ops._quantizers import pack_codes, search_scale, unpack_codes
-from autocomp.ops.qat import FakeQuantLinear, deployed, trainable
+from autocomp.ops.qat import FakeQuantLinear, deployed, trainable, trainable_layer
 from autocomp.ops.quantize import (Bf16Linear, Int8StaticLinear, PackedLinear, Quantize, quantize_linear,
                                    simulated_layers)
 
@@ -229,7 +229,7 @@ def test_minmax_scales_follow_the_trained_weights_and_searched_scales_stay_froze
     linear = nn.Linear(128, 16)
     for method, follows in (("minmax", True), ("mse", False), ("percentile", False)):
         packed = quantize_linear(linear, Quantize(weight_bits=4, group_size=32, scale=method))
-        fake = packed.trainable()
+        fake = trainable_layer(packed)
         with torch.no_grad():
             fake.weight.mul_(1.5)
         rescaled = fake.deployed().scales()
@@ -254,7 +254,7 @@ def test_a_model_pickles_and_copies_with_every_kernel():
 def test_straight_through_gradients_reach_the_fp32_weights(config):
     torch.manual_seed(0)
     linear = nn.Linear(64, 8)
-    fake = quantize_linear(linear, config, act=(0.02, 128)).trainable()
+    fake = trainable_layer(quantize_linear(linear, config, act=(0.02, 128)))
     x, target = torch.randn(5, 64, requires_grad=True), torch.randn(5, 8)
     ((fake(x) - target) ** 2).sum().backward()
     with torch.no_grad():  # STE: the gradient is the one of a plain Linear holding the quantized weights
@@ -337,7 +337,7 @@ def test_bf16_layer_computes_in_bf16():
     ({"group_size": "64"}, "group_size must be a whole number >= 8, got '64'"),
     ({"scale": "max"}, "scale must be one of ['minmax', 'percentile', 'mse'], got 'max'"),
     ({"act_bits": 4}, "act_bits must be one of [None, 8] (null: weights only), got 4"),
-    ({"bits": 4}, "unknown field(s) ['bits']; allowed: ['weight_bits', 'group_size', 'scale', 'act_bits']"),
+    ({"bits": 4}, "unknown key(s) ['bits']; allowed: ['weight_bits', 'group_size', 'scale', 'act_bits', 'layers']"),
 ])
 def test_impossible_settings_are_refused_when_the_recipe_is_read(settings, message):
     with pytest.raises(AutocompError) as info:

@@ -31,7 +31,7 @@ def test_summary_names_each_block():
     ([{"prune_head": {"keep": 2}}],
      "block 0: unknown operator 'prune_head'; known: ['low_rank', 'prune_heads', 'prune_mlp', 'quantize', "
      "'reduce_tokens']"),
-    ([{"prune_heads": {"kept": 2}}], "block 0: prune_heads: unknown field(s) ['kept']; allowed: ['keep', 'imp"),
+    ([{"prune_heads": {"kept": 2}}], "block 0: prune_heads: unknown key(s) ['kept']; allowed: ['keep', 'imp"),
     ([{"prune_heads": {"keep": 2, "importance": "magic"}}], "importance must be one of"),
 ])
 def test_bad_settings_are_refused_when_read(blocks, message):

@@ -15,9 +15,9 @@ import yaml
 from autocomp import AutocompError
 from autocomp.cli import main
 from autocomp.hardware import HardwareProfile
-from autocomp.profiling import load_profile
+from autocomp.measure.profiling import load_profile
 from autocomp.results import STUDY_NAME, study_storage
-from autocomp.search.device import measure_on_device, require_resource
+from autocomp.measure.placement import measure_on_device, require_resource
 from conftest import small_vit
 from test_search_e2e import write_job
 

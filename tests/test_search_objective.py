@@ -7,7 +7,7 @@ import pytest
 from autocomp.hardware import HardwareProfile
 from autocomp.ops import quantize as q
 from autocomp.recipe import Recipe
-from autocomp.search.objective import TrialInputs, distill_subset, run_trial
+from autocomp.search._objective import TrialInputs, distill_subset, run_trial
 
 PROFILE = HardwareProfile(name="t", threads=1, batch_size=4, warmup=1, repeats=3)
 

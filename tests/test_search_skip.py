@@ -16,10 +16,10 @@ from conftest import small_vit
 
 from autocomp import Recipe, compress
 from autocomp.cli import main
-from autocomp.profiling import load_profile
+from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import STUDY_NAME, study_storage
-from autocomp.search.predict import CORRECT_AFTER, CostPredictor, Screen
+from autocomp.search._screen import CORRECT_AFTER, CostPredictor, Screen
 from test_search_e2e import write_job
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from autocomp import AutocompError
-from autocomp.search.space import SearchSpace, load_space
+from autocomp.search._space import SearchSpace, load_space
 
 
 def test_sample_builds_the_recipe_of_the_chosen_values():
@@ -30,6 +30,8 @@ def test_single_choice_knobs_are_not_searched():
     ("weight_bits: [32, 5]\n", "weight_bits must list values from [32, "),
     ("token_method: blend\n", "method must be one of ['merge', 'prune'], got 'blend'"),
     ("tokens: [0.5]\n", "unknown key(s) ['tokens']"),
+    ("quantize_layers: ['']\n", "quantize_layers choices are 'all' or layer names joined by commas, got ''"),
+    ("quantize_layers: 8\n", "quantize_layers must be a list of strings, got 8"),
 ])
 def test_bad_space_files_are_refused(tmp_path, text, message):
     path = tmp_path / "space.yaml"
@@ -42,7 +44,7 @@ def test_bad_space_files_are_refused(tmp_path, text, message):
 def test_distillation_is_searched_and_applied(tiny_teacher, digits_splits):
     import torch
 
-    from autocomp.search.objective import build_candidate
+    from autocomp.search._objective import build_candidate
 
     space = SearchSpace(heads_keep=(0.5,), distill_steps=(0, 5), distill_alpha=(0.3, 0.9))
     trial = optuna.trial.FixedTrial({"distill_steps": 5, "distill_alpha": 0.9})
@@ -55,3 +57,19 @@ def test_distillation_is_searched_and_applied(tiny_teacher, digits_splits):
     assert not torch.equal(plain.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight)
     again = build_candidate(model, recipe, digits_splits.calib.x, digits_splits.train)
     assert torch.equal(again.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight)  # rebuilds for export
+
+
+def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layers():
+    from conftest import small_vit
+
+    from autocomp import compress
+    from autocomp.ops.quantize import Int8Linear
+
+    space = SearchSpace(weight_bits=(32, 8), quantize_layers=("all", "qkv,fc1"))
+    trial = optuna.trial.FixedTrial({"b0.weight_bits": 8, "b0.quantize_layers": "qkv,fc1", "b1.weight_bits": 8,
+                                     "b1.quantize_layers": "all"})
+    recipe = space.sample(trial, [6, 6])
+    assert recipe.summary() == "w8[qkv,fc1] | w8"
+    model = compress(small_vit(), recipe)
+    int8 = {name for name, m in model.blocks.named_modules() if isinstance(m, Int8Linear)}
+    assert int8 == {"0.attn.qkv", "0.mlp.fc1", "1.attn.qkv", "1.attn.proj", "1.mlp.fc1", "1.mlp.fc2"}

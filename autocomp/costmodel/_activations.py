@@ -83,13 +83,15 @@ def _linear(peak: _Peak, live: list[int], block: BlockPlan, name: str, d: ViTDes
     kernel casts its input down and its output back up; 8-bit activations are quantized (one byte, two while the
     quantized tensor is converted) or, without a static int8 kernel, fake-quantized.
     """
-    quantize, bits, act = block.quantize, block.weight_bits, d.dtype_bytes
-    precision = profile.kernel_precision(bits)
-    unpacked = precision is None
-    half = precision in HALF
+    act = d.dtype_bytes
     rows = batch * block.tokens
     previous = 0  # the first factor's output, alive while the second runs
-    for in_f, out_f, bias in block.linear_parts(d.embed_dim, d.bias)[name]:
+    for (in_f, out_f, bias), quantize in zip(block.linear_parts(d.embed_dim, d.bias)[name], block.part_quantize(name),
+                                             strict=True):
+        bits = 32 if quantize is None else quantize.weight_bits
+        precision = profile.kernel_precision(bits)
+        unpacked = precision is None
+        half = precision in HALF
         out = act * rows * out_f
         extra = 0
         if quantize is not None and quantize.act_bits:

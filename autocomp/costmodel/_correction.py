@@ -21,6 +21,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import scipy.optimize
+import scipy.stats
 
 from autocomp.errors import AutocompError
 
@@ -55,23 +57,10 @@ def fidelity(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2:
+    """Rank correlation; nan below 2 points or when one side is constant (scipy would warn and return nan)."""
+    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return math.nan
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 1, ties given their average rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 def _features(prediction: Prediction) -> dict[str, float]:
@@ -135,26 +124,9 @@ class CorrectedCostModel:
         root = math.sqrt(self.prior_weight)
         design = np.vstack([design, root * np.eye(len(names))])
         goal = np.concatenate([np.ones(len(target)), root * prior])
-        return {name: float(x) for name, x in zip(names, _nonnegative_least_squares(design, goal, start=prior),
-                                                  strict=True)}
+        solution, _ = scipy.optimize.nnls(design, goal)  # the ridge rows make the solution unique
+        return {name: float(x) for name, x in zip(names, solution, strict=True)}
 
 
 def _apply(scales: dict[str, float], features: dict[str, float]) -> float:
     return sum(value * scales.get(name, 0.0 if name == FIXED else 1.0) for name, value in features.items())
-
-
-def _nonnegative_least_squares(design: np.ndarray, goal: np.ndarray, *, start: np.ndarray,
-                               sweeps: int = 2000, tol: float = 1e-12) -> np.ndarray:
-    """``argmin |design x - goal|^2`` over ``x >= 0`` by cyclic coordinate descent (the ridge rows make the problem
-    strictly convex, so it converges to the unique solution)."""
-    gram, rhs = design.T @ design, design.T @ goal
-    x = start.astype(float).copy()
-    for _ in range(sweeps):
-        largest = 0.0
-        for k in range(len(x)):
-            new = max(0.0, x[k] + (rhs[k] - gram[k] @ x) / gram[k, k])
-            largest = max(largest, abs(new - x[k]))
-            x[k] = new
-        if largest < tol:
-            break
-    return x

@@ -31,7 +31,8 @@ class BlockPlan:
         attn_dim: ``heads x head_dim``.
         hidden: MLP hidden neurons kept.
         ranks: Linear name (``qkv`` ...) -> low-rank rank, or None when the Linear stays whole.
-        quantize: the block's quantize config (every Linear of the block), or None for float weights.
+        quantize: the block's quantize config (the Linears its ``layers`` name), or None for float weights; see
+            :meth:`part_quantize`.
         reduce: the token reduction after this block, or None when it removes no token.
         masked: an earlier merge made token sizes differ, so attention gets a size mask.
     """
@@ -46,14 +47,16 @@ class BlockPlan:
     reduce: ReduceTokens | None
     masked: bool
 
-    @property
-    def weight_bits(self) -> int:
-        """Bits of every Linear's weights (32: not quantized)."""
-        return FLOAT_BITS if self.quantize is None else self.quantize.weight_bits
-
     def linear_shapes(self, embed_dim: int) -> dict[str, tuple[int, int]]:
         """Linear name -> (in_features, out_features)."""
         return _linear_shapes(embed_dim, self.attn_dim, self.hidden)
+
+    def part_quantize(self, name: str) -> list[Quantize | None]:
+        """The quantize config of each part of the Linear ``name`` (itself, or its two low-rank factors, as in
+        :meth:`linear_parts`), None for a part that stays float: the operator's own ``targets`` decides."""
+        path = ".".join(LINEARS[name])
+        paths = [path] if self.ranks[name] is None else [f"{path}.first", f"{path}.second"]
+        return [self.quantize if self.quantize is not None and self.quantize.targets(p) else None for p in paths]
 
     def linear_parts(self, embed_dim: int, bias: dict[str, bool]) -> dict[str, list[tuple[int, int, bool]]]:
         """Linear name -> the Linears it is held as, ``(in, out, has_bias)``: itself, or its two low-rank factors
@@ -141,9 +144,10 @@ def weight_nbytes(description: ViTDescription, plans: list[BlockPlan]) -> dict[s
         total = description.block_fixed_nbytes[index]
         total += 2 * description.dtype_bytes * (block.attn_dim * description.attn_norm
                                                 + block.hidden * description.mlp_norm)
-        for parts_of_layer in block.linear_parts(description.embed_dim, description.bias).values():
-            for part_in, part_out, part_bias in parts_of_layer:
-                total += linear_nbytes(part_in, part_out, bias=part_bias, quantize=block.quantize,
+        for name, parts_of_layer in block.linear_parts(description.embed_dim, description.bias).items():
+            for (part_in, part_out, part_bias), quantize in zip(parts_of_layer, block.part_quantize(name),
+                                                                 strict=True):
+                total += linear_nbytes(part_in, part_out, bias=part_bias, quantize=quantize,
                                        dtype_bytes=description.dtype_bytes)
         parts[f"blocks.{index}"] = total
     parts["head"] = description.head_nbytes

@@ -109,16 +109,18 @@ class _Inventory:
         if not self.fused_elementwise:
             self.add(name, "elementwise", flops=flops_each * elements, nbytes=self.act * (reads + 1) * elements)
 
-    def linear(self, name: str, rows: int, parts: list[tuple[int, int, bool]], quantize: Quantize | None) -> None:
-        """A Linear (or its low-rank factors) over ``rows`` tokens per image, quantized by ``quantize`` or not.
+    def linear(self, name: str, rows: int, parts: list[tuple[int, int, bool]],
+               quantizes: list[Quantize | None]) -> None:
+        """A Linear (or its low-rank factors) over ``rows`` tokens per image, each part quantized by its entry of
+        ``quantizes`` or not.
 
         The weight bits run at the precision of the profile's kernel for them; bits without a kernel are unpacked
         to fp32 first (an extra op that reads the packed weight and writes the fp32 one) and run an fp32 GEMM.
         """
-        bits = 32 if quantize is None else quantize.weight_bits
-        precision = self.profile.kernel_precision(bits)
         tokens = self.batch * rows
-        for index, (in_f, out_f, bias) in enumerate(parts):
+        for index, ((in_f, out_f, bias), quantize) in enumerate(zip(parts, quantizes, strict=True)):
+            bits = 32 if quantize is None else quantize.weight_bits
+            precision = self.profile.kernel_precision(bits)
             part = name if len(parts) == 1 else f"{name}.{('first', 'second')[index]}"
             weights = linear_nbytes(in_f, out_f, bias=bias, quantize=quantize, dtype_bytes=self.act)
             act = self.act
@@ -188,18 +190,18 @@ def inventory(description: ViTDescription, plans: list[BlockPlan], profile: Hard
         name, n, width = f"blocks.{index}", block.tokens, d.embed_dim
         parts = block.linear_parts(d.embed_dim, d.bias)
         ops.norm(f"{name}.norm1", n, width)
-        ops.linear(f"{name}.attn.qkv", n, parts["qkv"], block.quantize)
+        ops.linear(f"{name}.attn.qkv", n, parts["qkv"], block.part_quantize("qkv"))
         ops.attention(f"{name}.attn", block)
         if d.attn_norm:
             ops.norm(f"{name}.attn.norm", n, block.attn_dim)
-        ops.linear(f"{name}.attn.proj", n, parts["proj"], block.quantize)
+        ops.linear(f"{name}.attn.proj", n, parts["proj"], block.part_quantize("proj"))
         ops.elementwise(f"{name}.add1", batch * n * width, flops_each=ADD_FLOPS, reads=2)
         ops.norm(f"{name}.norm2", n, width)
-        ops.linear(f"{name}.mlp.fc1", n, parts["fc1"], block.quantize)
+        ops.linear(f"{name}.mlp.fc1", n, parts["fc1"], block.part_quantize("fc1"))
         ops.elementwise(f"{name}.mlp.act", batch * n * block.hidden, flops_each=GELU_FLOPS)
         if d.mlp_norm:
             ops.norm(f"{name}.mlp.norm", n, block.hidden)
-        ops.linear(f"{name}.mlp.fc2", n, parts["fc2"], block.quantize)
+        ops.linear(f"{name}.mlp.fc2", n, parts["fc2"], block.part_quantize("fc2"))
         ops.elementwise(f"{name}.add2", batch * n * width, flops_each=ADD_FLOPS, reads=2)
         if block.reduce is not None:
             ops.tokens(f"{name}.tokens", block)
@@ -211,5 +213,5 @@ def inventory(description: ViTDescription, plans: list[BlockPlan], profile: Hard
     if d.fc_norm:
         ops.norm("fc_norm", 1, d.embed_dim)
     if d.num_classes:
-        ops.linear("head", 1, [(d.embed_dim, d.num_classes, True)], None)
+        ops.linear("head", 1, [(d.embed_dim, d.num_classes, True)], [None])
     return ops.ops

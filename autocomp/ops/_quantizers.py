@@ -1,4 +1,4 @@
-"""Quantizer maths for ``quantize.py``: scale search, integer codes, dense bit packing, activation ranges.
+"""Quantizer maths for ``quantize.py``: scale search, integer codes, dense bit packing, activation quantizers.
 
 Weights are quantized symmetrically: ``code = clamp(round(w / scale), -L, L)`` with ``L = 2**(bits-1) - 1``, so at
 2 bits the grid is ternary {-1, 0, 1} (one of the four codes is unused). One scale per output channel at 8 bits, one
@@ -12,10 +12,9 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 __all__ = ["SCALE_METHODS", "PERCENTILE", "levels", "search_scale", "quantize_codes", "dequantize", "pack_codes",
-           "unpack_codes", "packed_nbytes", "ActQuant", "activation_qparams", "input_ranges"]
+           "unpack_codes", "packed_nbytes", "ActQuant", "activation_qparams"]
 
 SCALE_METHODS = ("minmax", "percentile", "mse")
 # "percentile" clips each group (or row) at this quantile of |w|. Measured on heavy-tailed weights it lowers the
@@ -167,22 +166,3 @@ def activation_qparams(low: float, high: float, quant_max: int = 255) -> ActQuan
     scale = max((high - low) / quant_max, 1e-8)
     zero_point = int(min(quant_max, max(0, round(-low / scale))))
     return ActQuant(float(scale), zero_point, int(quant_max))
-
-
-def input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:
-    """[min, max] of each layer's input over one forward pass of ``images``."""
-    ranges: dict[nn.Module, list[float]] = {}
-
-    def observe(module: nn.Module, args: tuple) -> None:
-        low, high = float(args[0].min()), float(args[0].max())
-        seen = ranges.setdefault(module, [low, high])
-        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
-
-    hooks = [layer.register_forward_pre_hook(observe) for layer in layers]
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return ranges

@@ -1,59 +1,49 @@
-"""The operator registry: each compression technique registers its config class and one apply function."""
+"""The operator registry: one table, read by ``compress``, the recipe loader, the search space and the cost model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
-__all__ = ["CompressContext", "Operator", "register", "registry"]
+from autocomp.ops import heads, lowrank, mlp, quantize, tokens
+from autocomp.ops._base import CompressContext
 
-
-@dataclass(frozen=True)
-class CompressContext:
-    """What an operator may use besides the model.
-
-    Attributes:
-        calibration: a batch of calibration images (for data-aware importance scores), or None.
-        structure_only: rebuild shapes only (loading saved weights); skip scoring and weight maths.
-    """
-
-    calibration: torch.Tensor | None = None
-    structure_only: bool = False
+__all__ = ["Operator", "OPERATORS", "operator_of"]
 
 
 @dataclass(frozen=True)
 class Operator:
-    """One registered technique.
+    """One compression technique.
 
     Attributes:
         name: its key in a recipe's block (YAML).
         config_cls: frozen dataclass of its settings, validated in ``__post_init__``.
         apply: ``apply(model, {block_index: config}, context)``; changes the model in place.
-        order: operators run in ascending order (structure first, quantization last).
     """
 
     name: str
     config_cls: type
     apply: Callable[[nn.Module, dict[int, Any], CompressContext], None]
-    order: int
 
 
-_REGISTRY: dict[str, Operator] = {}
+# In the order they are applied, whatever the order in a recipe: pruning first, so that importance scores and SVDs
+# see only what stays; token reduction after the weight surgery (it changes no weights); quantization last, so that
+# it sees the final shapes (it also quantizes the two factors of a low-rank layer).
+OPERATORS: dict[str, Operator] = {op.name: op for op in (
+    Operator("prune_heads", heads.PruneHeads, heads.apply),
+    Operator("prune_mlp", mlp.PruneMlp, mlp.apply),
+    Operator("low_rank", lowrank.LowRank, lowrank.apply),
+    Operator("reduce_tokens", tokens.ReduceTokens, tokens.apply),
+    Operator("quantize", quantize.Quantize, quantize.apply),
+)}
 
 
-def register(name: str, config_cls: type, *, order: int) -> Callable:
-    """Decorator: register ``apply`` as the operator ``name`` with its config class."""
-
-    def wrap(apply: Callable) -> Callable:
-        _REGISTRY[name] = Operator(name=name, config_cls=config_cls, apply=apply, order=order)
-        return apply
-
-    return wrap
-
-
-def registry() -> dict[str, Operator]:
-    """All operators, in application order."""
-    return dict(sorted(_REGISTRY.items(), key=lambda item: item[1].order))
+def operator_of(config: Any) -> Operator:
+    """The operator whose config ``config`` is."""
+    for operator in OPERATORS.values():
+        if type(config) is operator.config_cls:
+            return operator
+    raise TypeError(f"{type(config).__name__} is not the config of an operator; known: "
+                    f"{[op.config_cls.__name__ for op in OPERATORS.values()]}")

@@ -11,7 +11,7 @@ from torch import nn
 from autocomp.errors import AutocompError
 from autocomp.importance import HEAD_SCORES, head_scores
 from autocomp.models import vit_blocks
-from autocomp.ops._registry import CompressContext, register
+from autocomp.ops._base import CompressContext, observe
 from autocomp.ops._surgery import slice_linear
 
 __all__ = ["PruneHeads", "keep_heads"]
@@ -59,7 +59,6 @@ def keep_heads(attn: nn.Module, kept: torch.Tensor) -> None:
     attn.attn_dim = len(kept) * head_dim
 
 
-@register("prune_heads", PruneHeads, order=10)
 def apply(model: nn.Module, configs: dict[int, PruneHeads], context: CompressContext) -> None:
     blocks = vit_blocks(model)
     for index, config in configs.items():
@@ -88,11 +87,5 @@ def _capture_proj_inputs(model: nn.Module, blocks: list[nn.Module], configs: dic
     if not wanted or context.calibration is None:
         return {}
     captured: dict[int, torch.Tensor] = {}
-    hooks = [blocks[i].attn.proj.register_forward_pre_hook(
-        lambda module, args, i=i: captured.__setitem__(i, args[0].detach())) for i in wanted]
-    try:
-        model(context.calibration)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    observe(model, context.calibration, {i: blocks[i].attn.proj for i in wanted}, captured.__setitem__)
     return captured

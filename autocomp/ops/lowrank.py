@@ -12,7 +12,7 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops._registry import CompressContext, register
+from autocomp.ops._base import CompressContext, observe
 
 __all__ = ["LowRank", "LowRankLinear", "LOW_RANK_LAYERS", "LOW_RANK_METHODS", "low_rank_factors", "useful_rank"]
 
@@ -159,7 +159,6 @@ def checked_rank(config: LowRank, layer: nn.Linear, index: int, name: str) -> in
                         f"itself; {fix}, or leave {name!r} out of layers")
 
 
-@register("low_rank", LowRank, order=30)
 def apply(model: nn.Module, configs: dict[int, LowRank], context: CompressContext) -> None:
     blocks = vit_blocks(model)
     ranks = {}
@@ -199,18 +198,11 @@ def _capture_input_grams(model: nn.Module, blocks: list[nn.Module], wanted: list
     rows: dict[tuple[int, str], int] = {}
 
     def record(key: tuple[int, str], inputs: torch.Tensor) -> None:
-        flat = inputs.detach().reshape(-1, inputs.shape[-1]).double()
+        flat = inputs.reshape(-1, inputs.shape[-1]).double()
         sums[key] = sums.get(key, 0) + flat.T @ flat
         rows[key] = rows.get(key, 0) + flat.shape[0]
 
-    hooks = []
-    for index, name in wanted:
-        parent, attr = LOW_RANK_LAYERS[name]
-        layer = getattr(getattr(blocks[index], parent), attr)
-        hooks.append(layer.register_forward_pre_hook(lambda module, args, key=(index, name): record(key, args[0])))
-    try:
-        model(context.calibration)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    layers = {(index, name): getattr(getattr(blocks[index], LOW_RANK_LAYERS[name][0]), LOW_RANK_LAYERS[name][1])
+              for index, name in wanted}
+    observe(model, context.calibration, layers, record)
     return {key: sums[key] / rows[key] for key in sums}

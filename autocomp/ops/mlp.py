@@ -12,7 +12,7 @@ from torch import nn
 from autocomp.errors import AutocompError
 from autocomp.importance import NEURON_SCORES, neuron_scores
 from autocomp.models import vit_blocks
-from autocomp.ops._registry import CompressContext, register
+from autocomp.ops._base import CompressContext, observe
 from autocomp.ops._surgery import slice_linear
 
 __all__ = ["PruneMlp", "keep_neurons", "kept_count"]
@@ -78,7 +78,6 @@ def _check_mlp(mlp: nn.Module, index: int) -> None:
                             "mlp.norm; prune_mlp supports LayerNorm or no norm there")
 
 
-@register("prune_mlp", PruneMlp, order=20)
 def apply(model: nn.Module, configs: dict[int, PruneMlp], context: CompressContext) -> None:
     blocks = vit_blocks(model)
     counts = {}
@@ -113,15 +112,9 @@ def _capture_mean_activations(model: nn.Module, blocks: list[nn.Module], wanted:
     tokens: dict[int, int] = {}
 
     def record(index: int, output: torch.Tensor) -> None:
-        flat = output.detach().reshape(-1, output.shape[-1]).abs().double()
+        flat = output.reshape(-1, output.shape[-1]).abs().double()
         sums[index] = sums.get(index, 0) + flat.sum(dim=0)
         tokens[index] = tokens.get(index, 0) + flat.shape[0]
 
-    hooks = [blocks[i].mlp.act.register_forward_hook(
-        lambda module, args, output, i=i: record(i, output)) for i in wanted]
-    try:
-        model(context.calibration)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    observe(model, context.calibration, {i: blocks[i].mlp.act for i in wanted}, record, what="output")
     return {i: (sums[i] / tokens[i]).float() for i in sums}

@@ -10,7 +10,7 @@ from torch import nn
 from autocomp.ops._quantizers import dequantize, quantize_codes, search_scale
 from autocomp.ops.quantize import Quantize, QuantizedLinear, module_class
 
-__all__ = ["FakeQuantLinear", "trainable", "deployed"]
+__all__ = ["FakeQuantLinear", "trainable_layer", "trainable", "deployed"]
 
 
 class FakeQuantLinear(nn.Linear):
@@ -88,12 +88,19 @@ class FakeQuantLinear(nn.Linear):
         return module_class(self.config).from_weight(self.weight, self.bias, self.config, scale=scale, act=act)
 
 
+def trainable_layer(layer: QuantizedLinear) -> FakeQuantLinear:
+    """The training form of a deployed quantized layer: an fp32 copy (dequantized weights, the same scales and
+    input quantizer); its :meth:`~FakeQuantLinear.deployed` gives the same layer back."""
+    weight, bias = layer.dequantized()
+    return FakeQuantLinear.from_weight(weight, bias, layer.config, scale=layer.scales(), act=layer.act_qparams)
+
+
 def trainable(model: nn.Module) -> nn.Module:
     """Swap every packed quantized layer of ``model`` (in place) for its trainable fake-quant form."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if hasattr(child, "trainable"):
-                setattr(parent, name, child.trainable())
+            if isinstance(child, QuantizedLinear):
+                setattr(parent, name, trainable_layer(child))
     return model
 
 

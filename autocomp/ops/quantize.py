@@ -31,21 +31,29 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops._quantizers import (SCALE_METHODS, ActQuant, activation_qparams, dequantize, input_ranges, levels,
-                                      pack_codes, packed_nbytes, quantize_codes, search_scale, unpack_codes)
-from autocomp.ops._registry import CompressContext, register
-
-if TYPE_CHECKING:
-    from autocomp.ops.qat import FakeQuantLinear
+from autocomp.ops._base import CompressContext, observe
+from autocomp.ops._quantizers import (
+    SCALE_METHODS,
+    ActQuant,
+    activation_qparams,
+    dequantize,
+    levels,
+    pack_codes,
+    packed_nbytes,
+    quantize_codes,
+    search_scale,
+    unpack_codes,
+)
 
 __all__ = ["Quantize", "QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear",
            "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "ActQuant", "quantize_linear",
@@ -59,7 +67,7 @@ MIN_GROUP_SIZE = 8
 
 @dataclass(frozen=True)
 class Quantize:
-    """Quantize every Linear of a block.
+    """Quantize the Linears of a block (all, or those ``layers`` names).
 
     Attributes:
         weight_bits: bits per weight, one of ``WEIGHT_BITS`` (16 = bf16 half precision).
@@ -68,12 +76,17 @@ class Quantize:
         scale: how scales are chosen, one of ``SCALE_METHODS`` (``minmax``, ``percentile``, ``mse``).
         act_bits: None (weights only; 8-bit weights still quantize activations per batch in their kernel) or 8:
             static uint8 activations, one scale per layer input, calibrated on the calibration images.
+        layers: None for every Linear of the block, or which: a name matches a Linear whose path in the block has
+            it as a part (``qkv`` matches ``attn.qkv`` and both factors of a low-rank ``attn.qkv``), and ``re:`` plus
+            a regular expression matches whole paths (``re:mlp\..*``). E.g. ``[qkv, fc1]``: int8 qkv and fc1, fp32
+            proj and fc2.
     """
 
     weight_bits: int = 8
     group_size: int = 64
     scale: str = "minmax"
     act_bits: int | None = None
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.weight_bits) or self.weight_bits not in WEIGHT_BITS:
@@ -84,6 +97,26 @@ class Quantize:
             raise AutocompError(f"scale must be one of {list(SCALE_METHODS)}, got {self.scale!r}")
         if self.act_bits is not None and (not _is_int(self.act_bits) or self.act_bits not in ACT_BITS):
             raise AutocompError(f"act_bits must be one of {list(ACT_BITS)} (null: weights only), got {self.act_bits!r}")
+        if self.layers is not None:
+            if (not isinstance(self.layers, (list, tuple)) or not self.layers
+                    or not all(isinstance(e, str) and e for e in self.layers)):
+                raise AutocompError(f"layers must be null (every Linear) or a non-empty list of layer names or "
+                                    f"'re:' patterns, e.g. [qkv, fc1], got {self.layers!r}")
+            for entry in self.layers:
+                if entry.startswith("re:"):
+                    try:
+                        re.compile(entry[3:])
+                    except re.error as exc:
+                        raise AutocompError(f"layers: {entry!r} is not a valid regular expression: {exc}") from None
+            object.__setattr__(self, "layers", tuple(self.layers))  # YAML gives a list; a tuple stays hashable
+
+    def targets(self, path: str) -> bool:
+        """Whether this config quantizes the Linear at ``path`` in its block (``attn.qkv``, ``mlp.fc1``, or
+        ``attn.qkv.first`` for a low-rank factor); the operator and the cost model both ask this."""
+        if self.layers is None:
+            return True
+        parts = path.split(".")
+        return any(re.fullmatch(e[3:], path) is not None if e.startswith("re:") else e in parts for e in self.layers)
 
     @property
     def weight_group(self) -> int | None:
@@ -95,7 +128,8 @@ class Quantize:
         text = f"w{self.weight_bits}" + (f"g{self.group_size}" if self.weight_bits < 8 else "")
         if self.scale != "minmax" and self.weight_bits <= 8:
             text += f"-{self.scale}"
-        return text + (f"a{self.act_bits}" if self.act_bits else "")
+        text += f"a{self.act_bits}" if self.act_bits else ""
+        return text + ("[" + ",".join(self.layers) + "]" if self.layers is not None else "")
 
 
 def _is_int(value: object) -> bool:
@@ -169,14 +203,6 @@ class QuantizedLinear(nn.Module):
     def _simulated_linear(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on an already fake-quantized input, where no kernel quantizes activations for real."""
         return self._linear(x)
-
-    def trainable(self) -> FakeQuantLinear:
-        """An fp32 copy (dequantized weights, same scales and quantizer) that trains; see
-        :func:`autocomp.ops.qat.trainable`."""
-        from autocomp.ops.qat import FakeQuantLinear  # the training form builds on this module
-
-        weight, bias = self.dequantized()
-        return FakeQuantLinear.from_weight(weight, bias, self.config, scale=self.scales(), act=self.act_qparams)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.config.tag()}, "
@@ -489,19 +515,16 @@ def activation_kernels(model: nn.Module) -> str | None:
     return "+".join(sorted(kinds)) or None
 
 
-@register("quantize", Quantize, order=90)
 def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressContext) -> None:
     blocks = vit_blocks(model)
-    targets = {index: [(parent, name, child) for parent in blocks[index].modules()
-                       for name, child in parent.named_children() if isinstance(child, nn.Linear)]
-               for index in configs}
+    targets = {index: _targets(blocks[index], config, index) for index, config in configs.items()}
     calibrate = [index for index, config in configs.items() if config.act_bits]
     ranges: dict[nn.Module, list[float]] = {}
     if calibrate and not context.structure_only:
         if context.calibration is None:
             raise AutocompError(f"block {calibrate[0]}: quantize.act_bits=8 calibrates activation ranges on "
                                 "calibration images; pass calibration= (the calibration split) to compress")
-        ranges = input_ranges(model, [child for index in calibrate for _, _, child in targets[index]],
+        ranges = _input_ranges(model, [child for index in calibrate for _, _, child in targets[index]],
                                context.calibration)
     for index, config in configs.items():
         cls = module_class(config)
@@ -515,3 +538,29 @@ def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressConte
                 act = activation_qparams(*ranges[child], activation_quant_max()) if config.act_bits else None
                 module = quantize_linear(child, config, act=act)
             setattr(parent, name, module)
+
+
+def _input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:
+    """[min, max] of each layer's input over one forward pass of ``images``."""
+    ranges: dict[nn.Module, list[float]] = {}
+
+    def record(layer: nn.Module, inputs: torch.Tensor) -> None:
+        low, high = float(inputs.min()), float(inputs.max())
+        seen = ranges.setdefault(layer, [low, high])
+        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+
+    observe(model, images, {layer: layer for layer in layers}, record)
+    return ranges
+
+
+def _targets(block: nn.Module, config: Quantize, index: int) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, Linear) of each Linear of ``block`` that ``config`` quantizes; an entry of
+    ``config.layers`` that matches none is refused, naming the block's Linears."""
+    linears = [(path, parent, path.rsplit(".", 1)[-1], child) for path, child in block.named_modules()
+               if isinstance(child, nn.Linear)
+               for parent in [block.get_submodule(path.rsplit(".", 1)[0]) if "." in path else block]]
+    for entry in config.layers or ():
+        if not any(Quantize(layers=(entry,)).targets(path) for path, *_ in linears):
+            raise AutocompError(f"block {index}: quantize.layers entry {entry!r} matches no Linear of the block; "
+                                f"its Linears: {[path for path, *_ in linears]}")
+    return [(parent, name, child) for path, parent, name, child in linears if config.targets(path)]

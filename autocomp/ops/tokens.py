@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
-from autocomp.ops._registry import CompressContext, register
+from autocomp.ops._base import CompressContext
 
 __all__ = ["ReduceTokens", "TokenReducingBlocks", "TOKEN_METHODS", "kept_tokens", "reduced_count", "size_bias"]
 
@@ -200,7 +200,6 @@ def _prune(x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, pre
     return x, size
 
 
-@register("reduce_tokens", ReduceTokens, order=40)
 def apply(model: nn.Module, configs: dict[int, ReduceTokens], context: CompressContext) -> None:
     blocks = vit_blocks(model)
     prefix = getattr(model, "num_prefix_tokens", None)

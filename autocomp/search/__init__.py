@@ -1,16 +1,15 @@
-"""The search: Optuna (ask/tell) decides what to try, Ray Tune runs each trial, results are written as they come."""
+"""The search: Optuna (ask/tell) decides what to try, Ray Tune runs each trial, results are written as they come.
+
+Public: :func:`run_search` (a whole job), :func:`export_trial` (any trial as a loadable model), and the search
+space. The modules behind them are private: ``_space`` (what is sampled), ``_screen`` (cost prediction and the skip
+rule), ``_controller`` (Optuna behind Ray Tune's Searcher), ``_objective`` (one trial), ``_ray`` (the Ray a search
+runs on), ``_runner`` (the job), ``_finish`` (summary and best model), ``_export``.
+"""
 
 from __future__ import annotations
 
-from autocomp.search.space import SearchSpace, load_space
+from autocomp.search._export import export_trial
+from autocomp.search._runner import run_search
+from autocomp.search._space import SearchSpace, load_space
 
-__all__ = ["SearchSpace", "load_space", "run_search"]
-
-
-def run_search(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - see autocomp.search.runner.run_search
-    from autocomp.search.runner import run_search as _run
-
-    return _run(*args, **kwargs)
-
-
-run_search.__doc__ = "Run a search job; see :func:`autocomp.search.runner.run_search`."
+__all__ = ["SearchSpace", "load_space", "run_search", "export_trial"]

@@ -16,8 +16,8 @@ import yaml
 from autocomp._paths import resolve_path
 from autocomp.data import DataConfig, load_splits
 from autocomp.errors import AutocompError
-from autocomp.profiling import load_profile
 from autocomp.measure import measure
+from autocomp.measure.profiling import load_profile
 from autocomp.models import ModelSpec
 from autocomp.train import TrainConfig, evaluate, train_or_reuse
 

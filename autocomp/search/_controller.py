@@ -13,8 +13,8 @@ import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
-from autocomp.search.predict import Screen
-from autocomp.search.space import SearchSpace
+from autocomp.search._screen import Screen
+from autocomp.search._space import SearchSpace
 
 __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "counted"]
 

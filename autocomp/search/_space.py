@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import yaml
-
-from autocomp.distill import Distill
+from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
 from autocomp.ops.quantize import WEIGHT_BITS
-from autocomp.recipe import Recipe
+from autocomp.recipe import Distill, Recipe
 
 __all__ = ["SearchSpace", "load_space"]
 
@@ -30,6 +27,8 @@ class SearchSpace:
         rank: fractions of full rank kept by low-rank factorization of the block's Linears (1.0 = not factored).
         tokens_keep: fractions of tokens kept after the block (1.0 = no reduction).
         weight_bits: weight bit-widths; 32 leaves the block in fp32.
+        quantize_layers: which Linears of a block a quantized block quantizes: ``all``, or names joined by commas
+            (``qkv,fc1``: int8 qkv and fc1, fp32 proj and fc2), as :class:`~autocomp.ops.Quantize`'s ``layers``.
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
@@ -43,6 +42,7 @@ class SearchSpace:
     rank: tuple[float, ...] = (1.0,)
     tokens_keep: tuple[float, ...] = (1.0,)
     weight_bits: tuple[int, ...] = (FLOAT_BITS,)
+    quantize_layers: tuple[str, ...] = ("all",)
     head_importance: str = "output_norm"
     token_method: str = "merge"
     lowrank_method: str = "svd"
@@ -59,6 +59,10 @@ class SearchSpace:
         allowed = (FLOAT_BITS, *WEIGHT_BITS)
         if not self.weight_bits or any(b not in allowed for b in self.weight_bits):
             raise AutocompError(f"weight_bits must list values from {list(allowed)}, got {list(self.weight_bits)}")
+        if not self.quantize_layers:
+            raise AutocompError("quantize_layers must list at least one choice, e.g. [all, 'qkv,fc1']")
+        for choice in self.quantize_layers:
+            Quantize(layers=_layers(choice))  # the operator's own check of the names, with its message
         # the operators' own configs validate the method names, with their messages
         PruneHeads(keep=1, importance=self.head_importance)
         ReduceTokens(keep=1.0, method=self.token_method)
@@ -83,12 +87,19 @@ class SearchSpace:
             if (tokens := choose("tokens_keep")) < 1:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
-                block["quantize"] = Quantize(weight_bits=bits)
+                block["quantize"] = Quantize(weight_bits=bits, layers=_layers(choose("quantize_layers")))
             blocks.append(block)
         steps = _choose(trial, "distill_steps", self.distill_steps)
         alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
         distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) if steps > 0 else None
         return Recipe(blocks=tuple(blocks), distill=distill)
+
+
+def _layers(choice: str) -> tuple[str, ...] | None:
+    """``all`` -> None (every Linear); ``qkv,fc1`` -> ("qkv", "fc1")."""
+    if not isinstance(choice, str) or not choice.strip():
+        raise AutocompError(f"quantize_layers choices are 'all' or layer names joined by commas, got {choice!r}")
+    return None if choice.strip() == "all" else tuple(name.strip() for name in choice.split(","))
 
 
 def _choose(trial: Any, name: str, options: Sequence[Any]) -> Any:
@@ -97,21 +108,4 @@ def _choose(trial: Any, name: str, options: Sequence[Any]) -> Any:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read a search-space YAML; unknown keys and bad values are named with the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError:
-        raise AutocompError(f"search space file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise AutocompError(f"search space {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, Mapping):
-        raise AutocompError(f"search space {path}: expected a mapping of knobs")
-    allowed = [f.name for f in dataclasses.fields(SearchSpace)]
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise AutocompError(f"search space {path}: unknown key(s) {unknown}; allowed: {allowed}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    try:
-        return SearchSpace(**values)
-    except AutocompError as exc:
-        raise AutocompError(f"search space {path}: {exc}") from None
+    return build(SearchSpace, read_yaml(path, what="search space"), where=f"search space {path}")

@@ -22,15 +22,16 @@ from autocomp.config import JobConfig
 from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
-from autocomp.profiling import load_profile, profile_note
+from autocomp.measure.placement import measure_on_device, require_resource
+from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
-from autocomp.search.controller import DIRECTIONS, OptunaController, counted
-from autocomp.search.device import measure_on_device, ray_session, require_resource
-from autocomp.search.objective import TRIAL_THREADS, TrialInputs, distill_subset, metrics_of, run_trial
-from autocomp.search.predict import CostPredictor, Screen
-from autocomp.search.space import load_space
-from autocomp.search import finish
+from autocomp.search import _finish as finish
+from autocomp.search._controller import DIRECTIONS, OptunaController, counted
+from autocomp.search._objective import TRIAL_THREADS, TrialInputs, distill_subset, metrics_of, run_trial
+from autocomp.search._ray import ray_session
+from autocomp.search._screen import CostPredictor, Screen
+from autocomp.search._space import load_space
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
@@ -42,9 +43,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
 
     Results land in ``run_dir`` as trials finish. Running again on the same ``run_dir`` resumes the study: only the
     trials still missing are run. When the hardware profile names a ``ray_resource``, every measurement runs on the
-    Ray node holding it (:mod:`autocomp.search.device`), and a cluster without it is refused before anything runs.
+    Ray node holding it (:mod:`autocomp.measure.placement`), and a cluster without it is refused before anything runs.
     Candidates the cost model predicts to be more than ``config.skip_margin`` over a limit are skipped
-    (:mod:`autocomp.search.predict`).
+    (:mod:`autocomp.search._screen`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ def _screen(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, An
 
 def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, *, trials: int,
               workers: int) -> None:
-    """Run the trials on the Ray that is initialized (see :func:`autocomp.search.device.ray_session`)."""
+    """Run the trials on the Ray that is initialized (see :func:`autocomp.search._ray.ray_session`)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune

@@ -1,5 +1,5 @@
 """One trial: build the candidate from a recipe, score it on validation, measure it (on the device's node when the
-profile names one, see :mod:`autocomp.search.device`). The same function runs inside a Ray Tune trial or
+profile names one, see :mod:`autocomp.measure.placement`). The same function runs inside a Ray Tune trial or
 in-process."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from autocomp.config import violations
+from autocomp.budget import violations
+from autocomp.compress import compress
 from autocomp.data import Split
 from autocomp.distill import distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, num_threads
-from autocomp.ops import compress
+from autocomp.measure.placement import measure_on_device
 from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
-from autocomp.search.device import measure_on_device
 from autocomp.train import evaluate
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of"]

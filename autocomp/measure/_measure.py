@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves
 
 from autocomp.hardware import HardwareProfile
 
-__all__ = ["Measurement", "measure", "weight_nbytes", "peak_activation_nbytes", "time_models"]
+__all__ = ["MB", "Measurement", "measure", "num_threads", "weight_nbytes", "peak_activation_nbytes", "time_models"]
 
 MB = 1e6
 

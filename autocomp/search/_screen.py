@@ -22,6 +22,7 @@ from typing import Mapping
 
 from torch import nn
 
+from autocomp.budget import violations
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
@@ -103,7 +104,7 @@ class Screen:
             return Verdict(predicted={})  # the operators will refuse it in the trial, in their own words
         if self.margin is None or self.predictor.measured < MIN_MEASURED:
             return Verdict(predicted=predicted)
-        over = {key: predicted[key] / limit - 1 for key, limit in self.limits.items()}
+        over = violations(predicted, self.limits)
         worst = max(over, key=over.get, default=None)
         if worst is None or over[worst] <= self.margin:
             return Verdict(predicted=predicted)

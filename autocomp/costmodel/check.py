@@ -5,7 +5,7 @@ ratio times the uncompressed model's median, so that the machine's drift cancels
 
 - ``before``: the roofline's own milliseconds;
 - ``anchored``: the roofline's ratio to the uncompressed model times its measured latency (what a search predicts
-  before it has measured enough trials, see :mod:`autocomp.search.predict`);
+  before it has measured enough trials, see :mod:`autocomp.search._screen`);
 - ``repeat``: a second measurement of each model taken as the "prediction" of the first: the best any cost
   model can do on this machine;
 - ``after``: the measured correction, fitted leave-one-out (each recipe predicted by a correction fitted on the
@@ -25,16 +25,16 @@ import optuna
 import torch
 from torch import nn
 
+from autocomp.compress import compress
 from autocomp.config import JobConfig
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
-from autocomp.profiling import load_profile
 from autocomp.measure import measure
+from autocomp.measure.profiling import load_profile
 from autocomp.models import create_model, vit_blocks
-from autocomp.ops import compress
 from autocomp.recipe import Recipe
-from autocomp.search.space import load_space
+from autocomp.search._space import load_space
 
 __all__ = ["check_costmodel", "MIN_SAMPLES"]
 
@@ -140,7 +140,7 @@ def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: lis
 def _correction(identity: Prediction, predictions: Sequence[Prediction], measured: Sequence[float],
                 anchor: float) -> CorrectedCostModel:
     """A correction fitted on the uncompressed model and ``predictions``, in anchored units (as the search fits
-    it, see :class:`autocomp.search.predict.CostPredictor`)."""
+    it, see :class:`autocomp.search._screen.CostPredictor`)."""
     correction = CorrectedCostModel()
     correction.add(identity, identity.latency_ms)
     for prediction, value in zip(predictions, measured, strict=True):

@@ -11,8 +11,9 @@ from autocomp.data import load_splits
 from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
-from autocomp.results import STUDY_NAME, save_model, study_storage
-from autocomp.search.objective import build_candidate, distill_subset
+from autocomp.results import STUDY_NAME, study_storage
+from autocomp.saving import save_model
+from autocomp.search._objective import build_candidate, distill_subset
 
 __all__ = ["export_trial"]
 

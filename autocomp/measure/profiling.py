@@ -194,7 +194,7 @@ def load_profile(path: str | Path, *, log: Callable[[str], None] | None = None) 
         log(f"measuring this CPU for {path.name} (once; cached at {cached}): {cpu_description()}")
     base = yaml.safe_load(path.read_text())
     data = calibrated_profile(calibrate(threads=template.threads), base=base, threads=template.threads)
-    write_profile(cached, data, header=f"Measured on first use of {path} by autocomp.profiling.load_profile.")
+    write_profile(cached, data, header=f"Measured on first use of {path} by autocomp.measure.profiling.load_profile.")
     return read_profile(cached)
 
 
@@ -251,7 +251,7 @@ def calibrated_profile(calibration: Calibration, *, base: Mapping[str, Any] | No
         sources[f"peak_gflops.{precision}"] = f"{measured}: best of ViT GEMMs at {precision}, {threads} thread(s)"
     sources["memory_bandwidth_gbs"] = f"{measured}: {copy_mb} MiB tensor copy (read + write), {threads} thread(s)"
     sources["op_overhead_us"] = f"{measured}: median call of a tiny nn.Linear module"
-    sources["measured_on"] = f"{measured}: autocomp.profiling.cpu_description()"
+    sources["measured_on"] = f"{measured}: autocomp.measure.profiling.cpu_description()"
     if not data.get("memory_gb"):
         data["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
         sources["memory_gb"] = f"{measured}: physical memory (sysconf), not reduced for other users"

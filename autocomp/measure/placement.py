@@ -12,18 +12,17 @@ from __future__ import annotations
 import functools
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
-from autocomp.measure import Measurement, measure
+from autocomp.measure._measure import Measurement, measure
 
-__all__ = ["Placed", "ray_session", "require_resource", "measure_on_device"]
+__all__ = ["Placed", "import_ray", "require_resource", "measure_on_device"]
 
 
 class Placed(NamedTuple):
@@ -42,34 +41,11 @@ class Placed(NamedTuple):
     finished: float
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep an embedded Ray on loopback
     import ray
 
     return ray
-
-
-@contextmanager
-def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
-    """Ray for the duration of the block: the caller's, if Ray is already initialized; else joined at
-    ``ray_address`` or started embedded, and shut down on exit."""
-    ray = _import_ray()
-    if ray.is_initialized():
-        yield
-        return
-    try:
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
-        else:
-            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-    except ConnectionError as exc:
-        raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
-                            "(ray status shows it) or omit --ray-address for an embedded local Ray") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def require_resource(profile: HardwareProfile, *, source: str | Path) -> None:
@@ -81,7 +57,7 @@ def require_resource(profile: HardwareProfile, *, source: str | Path) -> None:
     """
     if profile.ray_resource is None:
         return
-    ray = _import_ray()
+    ray = import_ray()
     available = ray.cluster_resources()
     name = profile.ray_resource
     if available.get(name, 0) >= 1:
@@ -107,7 +83,7 @@ def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: to
     # "DEFAULT" leaves the trial's placement group (Tune captures child tasks into it, and its bundles hold no
     # device) for the cluster's own scheduler, which finds the node with the resource
     task = _remote_measure().options(num_cpus=0, resources={profile.ray_resource: 1}, scheduling_strategy="DEFAULT")
-    return _import_ray().get(task.remote(model, profile, example, reference))
+    return import_ray().get(task.remote(model, profile, example, reference))
 
 
 def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, reference: nn.Module | None, *,
@@ -120,7 +96,7 @@ def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, 
 @functools.cache
 def _remote_measure() -> Any:
     """The Ray task, created once per process (each creation would export the function again)."""
-    ray = _import_ray()
+    ray = import_ray()
 
     @ray.remote(max_retries=0)
     def measure_task(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,

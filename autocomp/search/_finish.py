@@ -15,10 +15,11 @@ from autocomp.config import JobConfig
 from autocomp.costmodel import fidelity
 from autocomp.data import Splits
 from autocomp.hardware import HardwareProfile
-from autocomp.profiling import cpu_description, profile_note
+from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Recipe
-from autocomp.results import TrialRow, best_feasible, closest_trial, save_model, trial_rows, write_results
-from autocomp.search.objective import build_candidate, distill_subset
+from autocomp.results import TrialRow, best_feasible, closest_trial, trial_rows, write_results
+from autocomp.saving import save_model
+from autocomp.search._objective import build_candidate, distill_subset
 from autocomp.train import evaluate
 
 __all__ = ["finalize", "skipped_summary", "prediction_fidelity"]

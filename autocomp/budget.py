@@ -1,0 +1,76 @@
+"""The budget: the hard constraint of a search, and the one function that decides whether it is met."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+from autocomp.errors import AutocompError
+
+__all__ = ["Budget", "violations", "feasible"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The hard constraint. Absolute limits, or fractions of the uncompressed model measured in the same run.
+
+    Attributes:
+        latency_ms: at most this many milliseconds per forward pass.
+        memory_mb: at most this many MB of weights plus peak activations.
+        latency: at most this fraction of the uncompressed model's latency (e.g. 0.5 = twice as fast).
+        memory: at most this fraction of the uncompressed model's memory.
+    """
+
+    latency_ms: float | None = None
+    memory_mb: float | None = None
+    latency: float | None = None
+    memory: float | None = None
+
+    def __post_init__(self) -> None:
+        set_fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if not set_fields:
+            raise AutocompError("budget is empty; set at least one of latency_ms, memory_mb, latency (fraction), "
+                                "memory (fraction)")
+        for key, value in set_fields.items():
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise AutocompError(f"budget.{key} must be a positive number, got {value!r}")
+        if self.latency_ms is not None and self.latency is not None:
+            raise AutocompError("budget: give latency_ms or latency (fraction), not both")
+        if self.memory_mb is not None and self.memory is not None:
+            raise AutocompError("budget: give memory_mb or memory (fraction), not both")
+
+    def limits(self, base_latency_ms: float, base_memory_mb: float) -> dict[str, float]:
+        """Absolute limits (``latency_ms``, ``memory_mb``) given the uncompressed model's measurements."""
+        limits = {}
+        if self.latency_ms is not None or self.latency is not None:
+            limits["latency_ms"] = self.latency_ms if self.latency_ms is not None else self.latency * base_latency_ms
+        if self.memory_mb is not None or self.memory is not None:
+            limits["memory_mb"] = self.memory_mb if self.memory_mb is not None else self.memory * base_memory_mb
+        return limits
+
+    def describe(self) -> str:
+        parts = []
+        if self.latency_ms is not None:
+            parts.append(f"latency <= {self.latency_ms:g} ms")
+        if self.latency is not None:
+            parts.append(f"latency <= {self.latency:g} x uncompressed")
+        if self.memory_mb is not None:
+            parts.append(f"memory <= {self.memory_mb:g} MB")
+        if self.memory is not None:
+            parts.append(f"memory <= {self.memory:g} x uncompressed")
+        return ", ".join(parts)
+
+
+def violations(metrics: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
+    """How far each limit is exceeded, relative to the limit (0.1: 10 % over); a value <= 0 means that limit is met.
+
+    With :func:`feasible`, the one place that decides feasibility: the trial's Optuna constraints, the cost screen
+    (on predicted metrics) and the results all use it.
+    """
+    return {key: metrics[key] / limit - 1.0 for key, limit in limits.items()}
+
+
+def feasible(over: Mapping[str, float]) -> bool:
+    """Whether every limit is met, given :func:`violations`."""
+    return all(value <= 0 for value in over.values())

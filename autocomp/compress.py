@@ -1,0 +1,47 @@
+"""The one verb: apply a recipe to a model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from autocomp.errors import AutocompError
+from autocomp.models import vit_blocks
+from autocomp.ops import OPERATORS, CompressContext
+from autocomp.recipe import Recipe
+
+__all__ = ["compress"]
+
+
+@torch.no_grad()
+def compress(model: nn.Module, recipe: Recipe, *, calibration: torch.Tensor | None = None,
+             structure_only: bool = False, inplace: bool = False) -> nn.Module:
+    """Apply ``recipe`` to ``model`` and return the compressed model.
+
+    The operators run in the order of :data:`autocomp.ops.OPERATORS`, whatever the order in the recipe.
+
+    Args:
+        model: a timm ViT-family model.
+        recipe: one entry per transformer block.
+        calibration: calibration images for data-aware importance scores and activation ranges.
+        structure_only: only rebuild the shapes (used when loading saved weights).
+        inplace: change ``model`` itself instead of a copy.
+
+    Raises:
+        AutocompError: the recipe does not fit the model (block count, head count).
+    """
+    blocks = vit_blocks(model)
+    if len(recipe.blocks) != len(blocks):
+        raise AutocompError(f"the recipe has {len(recipe.blocks)} blocks but the model has {len(blocks)}; "
+                            "give one entry per transformer block")
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    context = CompressContext(calibration=calibration, structure_only=structure_only)
+    for name, operator in OPERATORS.items():
+        configs = {index: block[name] for index, block in enumerate(recipe.blocks) if name in block}
+        if configs:
+            operator.apply(model, configs, context)
+    return model

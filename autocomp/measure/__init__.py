@@ -1,0 +1,22 @@
+"""Measurement: what a model really costs on the target, where the target is, and how fast the target is.
+
+- :func:`measure` runs the model: latency (median of interleaved repeats, a drift-free ratio to a reference) and
+  memory (the bytes the weights really hold plus peak live activations);
+- :mod:`~autocomp.measure.placement` runs it on the Ray node holding the device (``ray_resource``);
+- :mod:`~autocomp.measure.profiling` measures the device itself (micro-benchmarks) to calibrate a hardware profile,
+  and loads profiles, calibrating those that say ``calibrate: on_first_use``.
+"""
+
+from __future__ import annotations
+
+from autocomp.measure._measure import (
+                                       MB,
+                                       Measurement,
+                                       measure,
+                                       num_threads,
+                                       peak_activation_nbytes,
+                                       time_models,
+                                       weight_nbytes,
+)
+
+__all__ = ["MB", "Measurement", "measure", "num_threads", "peak_activation_nbytes", "time_models", "weight_nbytes"]
