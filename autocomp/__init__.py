@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from autocomp.compress import compress
 from autocomp.errors import AutocompError
-from autocomp.recipe import Recipe
+from autocomp.recipe import Distill, Recipe
 
-__all__ = ["AutocompError", "Recipe", "compress", "load"]
+__all__ = ["AutocompError", "Recipe", "Distill", "compress", "load", "load_preprocessing"]
 __version__ = "0.1.0"
 
 
@@ -19,3 +19,10 @@ def load(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.savi
     from autocomp.saving import load_model
 
     return load_model(path)
+
+
+def load_preprocessing(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving
+    """How a saved model's inputs are made (``.transform()`` turns a PIL image into one), or None."""
+    from autocomp.saving import load_preprocessing as _load
+
+    return _load(path)

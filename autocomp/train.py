@@ -82,12 +82,12 @@ def train(model: nn.Module, split: Split, config: TrainConfig,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, *, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, split: Split, *, batch_size: int | None = None) -> float:
+    """Top-1 accuracy in percent; batches of ``split.eval_batch_size()`` unless ``batch_size`` is given."""
     was_training = model.training
     model.eval()
     correct = 0
-    for x, y in split.batches(batch_size):
+    for x, y in split.batches(batch_size or split.eval_batch_size()):
         correct += (model(x).argmax(-1) == y).sum().item()
     model.train(was_training)
     return 100.0 * correct / max(1, len(split))

@@ -1,13 +1,37 @@
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from autocomp import AutocompError
-from autocomp.data import DataConfig, load_splits
+from autocomp.data import DataConfig, FolderSplit, load_splits
+
+COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+def make_folder(root, counts, size=(12, 10)):
+    """Class folders of small PNGs; a class named after a colour is that colour plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, count in counts.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        base = np.array(COLORS.get(label, (rng.integers(0, 255),) * 3), dtype=np.int16)
+        for i in range(count):
+            pixels = np.clip(base + rng.integers(-40, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+
+
+def tiny_rgb_vit(num_classes=2):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4,
+                             num_classes=num_classes, embed_dim=32, depth=1, num_heads=2).eval()
 
 
 def test_digits_splits_are_deterministic_disjoint_and_sized():
@@ -42,16 +66,132 @@ def test_missing_fashion_mnist_names_the_install_line(tmp_path):
         load_splits(DataConfig(dataset="fashion_mnist", root=str(tmp_path)))
 
 
-def test_imagefolder(tmp_path):
+def test_imagefolder_of_class_folders_is_split_and_streamed(tmp_path):
+    make_folder(tmp_path, {"cat": 6, "dog": 6})
+    model = tiny_rgb_vit()
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                    test_size=2, workers=0), model)
+    assert splits.num_classes == 2 and (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 2)
+    assert isinstance(splits.train, FolderSplit) and isinstance(splits.val, FolderSplit)  # paths, not pixels
+    assert splits.calib.x.shape == (2, 3, 16, 16)  # only the calibration images are held as a tensor
+    x, y = splits.train.tensors()
+    assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    files = set(splits.train.files) | set(splits.val.files) | set(splits.test.files)
+    assert len(files) == 10 and not files & set()  # disjoint: 6 + 2 + 2 distinct files
+    again = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                   test_size=2, workers=0), model)
+    assert again.train.files == splits.train.files and torch.equal(again.calib.x, splits.calib.x)
+
+
+def test_train_and_val_folders_are_splits_not_classes(tmp_path):
+    make_folder(tmp_path / "train", {"cat": 8, "dog": 8, "fox": 8})
+    make_folder(tmp_path / "val", {"cat": 2, "dog": 2, "fox": 2})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=100, calib_size=3,
+                                    test_size=3, workers=2), tiny_rgb_vit())
+    assert splits.num_classes == 3
+    assert len(splits.val) == 6 and all(f.startswith("val/") for f in splits.val.files)
+    assert len(splits.train) == 24 - 3 - 3 and all(f.startswith("train/") for f in splits.train.files)
+    assert sorted(splits.val.tensors()[1].tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tmp_path):
+    from PIL import Image
+    from timm.data import create_transform, resolve_model_data_config
+
+    make_folder(tmp_path, {"red": 5, "green": 5}, size=(37, 29))
+    model = tiny_rgb_vit()
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.3, 0.4, 0.5), "std": (0.2, 0.25, 0.3),
+                            "interpolation": "bicubic", "crop_pct": 0.8, "input_size": (3, 16, 16)}
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                    test_size=2, workers=0), model)
+    p = splits.preprocessing
+    assert (p.mean, p.std, p.interpolation, p.crop_pct, p.image_size) == ((0.3, 0.4, 0.5), (0.2, 0.25, 0.3),
+                                                                          "bicubic", 0.8, 16)
+    timm_transform = create_transform(**resolve_model_data_config(model), is_training=False)
+    x, _ = splits.val.tensors()
+    expected = torch.stack([timm_transform(Image.open(tmp_path / f).convert("RGB")) for f in splits.val.files])
+    assert torch.equal(x, expected)
+    overridden = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                        test_size=2, workers=0, mean=[0.5], std=[0.5], image_size=12,
+                                        interpolation="bilinear", crop_pct=1.0), model)
+    assert overridden.preprocessing.mean == (0.5, 0.5, 0.5) and overridden.calib.x.shape[-1] == 12
+
+
+def test_a_model_trained_on_its_own_preprocessing_scores_the_same_through_autocomp(tmp_path):
+    from PIL import Image
+    from timm.data import create_transform, resolve_model_data_config
+
+    from autocomp.train import evaluate
+
+    make_folder(tmp_path, {"red": 20, "green": 20, "blue": 20}, size=(40, 30))
+    model = tiny_rgb_vit(num_classes=3)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.6, 0.2, 0.4), "std": (0.1, 0.3, 0.2),
+                            "interpolation": "bicubic", "crop_pct": 0.9, "input_size": (3, 16, 16)}
+    config = DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=12, calib_size=4, test_size=4,
+                        workers=0)
+    splits = load_splits(config, model)
+    timm_transform = create_transform(**resolve_model_data_config(model), is_training=False)
+
+    def timm_batch(files):
+        return torch.stack([timm_transform(Image.open(tmp_path / f).convert("RGB")) for f in files])
+
+    train_x, train_y = timm_batch(splits.train.files), torch.tensor(splits.train.labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(40):  # trained on timm's own transform
+        loss = torch.nn.functional.cross_entropy(model(train_x), train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        timm_accuracy = 100.0 * (model(timm_batch(splits.val.files)).argmax(-1)
+                                 == torch.tensor(splits.val.labels)).float().mean().item()
+    assert timm_accuracy > 60  # it learned something, so a wrong preprocessing would show
+    assert evaluate(model, splits.val) == pytest.approx(timm_accuracy)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"loose.png": None}, "has no class folders; put each class's images in a folder of its own"),
+    ({"cat/a.png": None, "dog/": None}, "class folder(s) ['dog'] under"),
+    ({"cat/a.png": None, "cat/notes.txt": "text"}, "notes.txt is not an image"),
+    ({**{f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "cat/b.png": "not a png"},
+     "cannot read image"),
+    ({"train/cat/a.png": None, "train/dog/a.png": None, "val/cat/a.png": None, "val/fox/a.png": None},
+     "has classes ['cat', 'fox'] but"),
+])
+def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
     from PIL import Image
 
-    for label in ("cat", "dog"):
-        (tmp_path / label).mkdir()
-        for i in range(6):
-            Image.fromarray(np.full((10, 12, 3), 40 * i, dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=8, channels=3,
-                                    val_size=2, calib_size=2, test_size=2))
-    assert splits.num_classes == 2 and splits.train.x.shape == (6, 3, 8, 8)
+    for name, content in layout.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir(exist_ok=True)
+        elif content is None:
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
+        else:
+            path.write_text(content)
+    with pytest.raises(AutocompError, match=re.escape(message)) as info:
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1),
+                    tiny_rgb_vit())
+    assert "\n" not in str(info.value)
+
+
+def test_mean_and_std_must_match_the_channels(tmp_path):
+    make_folder(tmp_path, {"a": 4, "b": 4})
+    with pytest.raises(AutocompError, match=r"data.mean has 2 values but the model takes 3 channel\(s\)"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
+                               mean=[0.5, 0.5]), tiny_rgb_vit())
+
+
+def test_a_missing_folder_on_a_node_is_named(tmp_path):
+    make_folder(tmp_path / "data", {"a": 4, "b": 4})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "data"), val_size=1, calib_size=1,
+                                    test_size=1), tiny_rgb_vit())
+    (tmp_path / "data").rename(tmp_path / "elsewhere")
+    with pytest.raises(AutocompError, match=r"image folder .*data does not exist on host .*; put the data at the "):
+        next(splits.train.batches(2))
 
 
 def test_too_large_holdout_is_refused():

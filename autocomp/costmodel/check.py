@@ -58,8 +58,8 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     profile = load_profile(config.hardware, log=log)
     space = load_space(config.search_space)
-    calib = load_splits(config.data).calib.x
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    calib = load_splits(config.data, base).calib.x
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     cost = CostModel(description=describe(base), profile=profile)
     identity = cost.predict(Recipe.identity(len(heads)))

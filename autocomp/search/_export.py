@@ -30,8 +30,9 @@ def export_trial(run_dir: Path, number: int, out: Path) -> Path:
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
     config = load_config(run_dir / "config.yaml")
     recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
-    splits = load_splits(config.data)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
+    splits = load_splits(config.data, base)
     model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train))
-    save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs})
+    save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs},
+               preprocessing=splits.preprocessing)
     return out

@@ -38,6 +38,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
         **skipped_summary(rows), "cost_model": prediction_fidelity(rows),
         "pareto_size": len(front), "met_budget": best is not None,
+        "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
         "hardware": {"profile": profile.name, "backend": profile.backend, "measured_on": profile.measured_on,
                      "this_cpu": cpu_description(), "note": profile_note(profile)},
     }
@@ -50,7 +51,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         entry = _trial_entry(best)
         entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
                      path=str((run_dir / "best").resolve()))
-        save_model(run_dir / "best", model, Recipe.from_dict(best.recipe), config.model, metrics=entry)
+        save_model(run_dir / "best", model, Recipe.from_dict(best.recipe), config.model, metrics=entry,
+                   preprocessing=splits.preprocessing)
         summary["best"] = entry
         log(f"best within budget: trial {best.number}  val {entry['val_accuracy']:.2f}%  "
             f"test {entry['test_accuracy']:.2f}%  latency {best.latency_ms:.2f} ms  memory {best.memory_mb:.2f} MB")

@@ -70,7 +70,7 @@ TRIAL_THREADS = 1  # intra-op threads of a trial's compute (Ray gives each trial
 
 def distill_subset(train: Split) -> Split:
     """The training images trials distil on: the first ``DISTILL_IMAGES`` of the (already shuffled) split."""
-    return Split(x=train.x[:DISTILL_IMAGES], y=train.y[:DISTILL_IMAGES])
+    return train.subset(DISTILL_IMAGES)
 
 
 def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, float]:

@@ -53,8 +53,10 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
     space = load_space(config.search_space)
-    splits = load_splits(config.data)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    splits = load_splits(config.data, base)
+    log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
+        f"preprocessing {splits.preprocessing.to_dict()}")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', type(base).__name__)}: {len(heads)} blocks, heads {heads}")
 

@@ -1,0 +1,55 @@
+"""End to end at a realistic shape: a 224-px timm ViT (weights made here) searched on an image folder laid out as
+train/ and val/, with the model's own per-channel preprocessing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import timm.data
+import torch
+import yaml
+from safetensors.torch import save_file
+from test_data import make_folder
+
+import autocomp
+from autocomp.cli import main
+from autocomp.data import DataConfig, load_splits
+from autocomp.train import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+KWARGS = {"num_classes": 3, "depth": 2}  # vit_tiny_patch16_224 at 224 px, two of its blocks
+
+
+def test_a_224px_vit_on_train_and_val_folders(tmp_path):
+    make_folder(tmp_path / "data" / "train", {"red": 8, "green": 8, "blue": 8}, size=(64, 48))
+    make_folder(tmp_path / "data" / "val", {"red": 3, "green": 3, "blue": 3}, size=(64, 48))
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **KWARGS)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "teacher.safetensors"))
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "local_cpu.yaml").read_text())
+    (tmp_path / "hw.yaml").write_text(yaml.safe_dump({**profile, "batch_size": 2, "repeats": 3, "warmup": 1}))
+    (tmp_path / "space.yaml").write_text("heads_keep: [0.67]\nweight_bits: [32, 8]\n")  # all within budget
+    data = {"dataset": "imagefolder", "root": str(tmp_path / "data"), "val_size": 9, "calib_size": 4,
+            "test_size": 3, "workers": 1}
+    job = {"model": {"name": "vit_tiny_patch16_224", "kwargs": KWARGS,
+                     "checkpoint": str(tmp_path / "teacher.safetensors")},
+           "data": data, "search_space": str(tmp_path / "space.yaml"), "hardware": str(tmp_path / "hw.yaml"),
+           "budget": {"memory": 0.99}, "trials": 2, "workers": 1, "seed": 0}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["trials"]["complete"] == 2
+    own = timm.data.resolve_model_data_config(model)  # the model's own preprocessing, as timm gives it
+    assert summary["preprocessing"] == {"image_size": 224, "channels": 3, "mean": list(own["mean"]),
+                                        "std": list(own["std"]), "interpolation": own["interpolation"],
+                                        "crop_pct": own["crop_pct"]}
+    assert summary["met_budget"]
+    best = autocomp.load(tmp_path / "run" / "best")
+    assert tuple(best.pretrained_cfg["mean"]) == tuple(own["mean"])  # the preprocessing comes back with it
+    preprocessing = autocomp.load_preprocessing(tmp_path / "run" / "best")
+    splits = load_splits(DataConfig(**data), model)
+    assert preprocessing == splits.preprocessing and len(splits.val) == 9  # val/ is the validation split
+    assert evaluate(best, splits.val) == summary["best"]["val_accuracy"]
