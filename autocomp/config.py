@@ -17,7 +17,27 @@ from autocomp.data import DataConfig
 from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec
 
-__all__ = ["JobConfig", "load_config"]
+__all__ = ["JobConfig", "Resources", "load_config"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial asks Ray for.
+
+    Attributes:
+        cpu: CPUs per trial, and the intra-op threads its compression, distillation and evaluation use.
+        gpu: GPUs (a fraction shares one) per trial; distillation runs on the trial's GPU. Latency is still measured
+            where the hardware profile says.
+    """
+
+    cpu: int = 1
+    gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cpu, bool) or not isinstance(self.cpu, int) or self.cpu < 1:
+            raise AutocompError(f"resources.cpu must be a whole number of CPUs >= 1, got {self.cpu!r}")
+        if isinstance(self.gpu, bool) or not isinstance(self.gpu, (int, float)) or self.gpu < 0:
+            raise AutocompError(f"resources.gpu must be a number of GPUs >= 0 (0.5 shares one), got {self.gpu!r}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +54,9 @@ class JobConfig:
         workers: trials run at once.
         seed: seed of the sampler.
         skip_margin: skip (never compress, distil, measure or evaluate) a candidate the cost model predicts to
-            exceed a budget limit by more than this fraction (0.5: 50 % over); None never skips.
+            exceed a budget limit by more than this fraction (0.5: 50 % over), and do not distil one measured that
+            far over; None never skips.
+        resources: CPUs and GPUs per trial.
         source: the YAML file the config came from.
     """
 
@@ -47,6 +69,7 @@ class JobConfig:
     workers: int = 1
     seed: int = 0
     skip_margin: float | None = 0.5
+    resources: Resources = dataclasses.field(default_factory=Resources)
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})
 
     def __post_init__(self) -> None:

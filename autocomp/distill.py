@@ -6,14 +6,16 @@ The loss is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teach
 
 Its settings (:class:`autocomp.recipe.Distill`) are part of the recipe. Quantized layers train in their fake-quant
 form (:func:`autocomp.ops.qat.trainable`: fp32 master weights, forward through the layer's quantizer,
-straight-through gradients) and are packed again at the end (:func:`autocomp.ops.qat.deployed`), so the returned model has the same structure and weight bytes as the
-compressed one it was given.
+straight-through gradients) and are packed again at the end (:func:`autocomp.ops.qat.deployed`), so the returned
+model has the same structure and weight bytes as the compressed one it was given.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,7 +27,7 @@ from autocomp.models import vit_blocks
 from autocomp.ops.qat import deployed, trainable
 from autocomp.recipe import Distill
 
-__all__ = ["WARMUP_FRACTION", "distill", "distillation_loss"]
+__all__ = ["WARMUP_FRACTION", "TeacherCache", "distill", "distillation_loss"]
 
 # Linear warm-up over this fraction of the steps, then cosine decay to 0. Fine-tuning starts from trained weights, so
 # a short warm-up suffices: it only keeps AdamW's first, badly normalised updates from knocking the student about.
@@ -41,13 +43,52 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - alpha) * hard + alpha * temperature ** 2 * soft
 
 
+@dataclass(frozen=True)
+class TeacherCache:
+    """The teacher's logits on every batch a distillation draws, computed once per run and reused by every trial.
+
+    The batches depend only on the split, ``batch_size`` and ``seed`` (a shorter distillation draws a prefix of
+    them; ``alpha`` and the temperature do not change them), and the teacher's output on the same batch is the
+    same, so a student distilled from the cache gets exactly the weights it would get from the teacher itself.
+
+    Attributes:
+        batch_size: images per step of the distillations it serves.
+        seed: their batch-order seed.
+        outputs: the teacher's logits, one tensor per step.
+    """
+
+    batch_size: int
+    seed: int
+    outputs: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def build(cls, teacher: nn.Module, split: Split, config: Distill) -> TeacherCache:
+        """Run the teacher on the first ``config.steps`` batches ``distill`` would draw for ``config``."""
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            outputs = tuple(teacher(x) for x, _ in _batches(split, config))
+        teacher.train(was_training)
+        return cls(batch_size=config.batch_size, seed=config.seed, outputs=outputs)
+
+    def serves(self, config: Distill) -> bool:
+        """Whether ``config`` draws a prefix of the cached batches (feature distillation needs the teacher run)."""
+        return (config.batch_size, config.seed) == (self.batch_size, self.seed) and config.steps <= len(
+            self.outputs) and config.feature_weight == 0
+
+
 def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distill, *,
+            cache: TeacherCache | None = None, device: str = "cpu",
             log: Callable[[str], None] | None = None) -> nn.Module:
     """Fine-tune ``student`` (in place) against ``teacher`` on ``split`` for ``config.steps`` AdamW steps.
 
     The teacher runs in eval mode without gradients; the student trains in train mode (timm's dropout and drop-path
     rates default to 0). Deterministic for a given ``config.seed`` (and thread count); the global RNG is left as it
     was.
+
+    ``cache``: the teacher's logits precomputed for these batches (:class:`TeacherCache`); used when it serves
+    ``config``, else the teacher runs. ``device``: where the training runs (``cuda`` on a trial's GPU); the
+    student comes back to the CPU, packed (a copy of the teacher goes to the device; the given one stays put).
 
     Returns:
         ``student`` in eval mode, quantized layers packed again; untouched when ``config.steps`` is 0.
@@ -59,15 +100,18 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
     if config.steps == 0:
         return student.eval()
     _check_inputs(student, teacher, split, config)
-    features = _FeatureMatch(student, teacher) if config.feature_weight > 0 else None
+    cached = cache.outputs if cache is not None and cache.serves(config) else None
+    on_device = teacher if device == "cpu" or cached is not None else copy.deepcopy(teacher).to(device)
+    features = _FeatureMatch(student, on_device) if config.feature_weight > 0 else None
     teacher_was_training = teacher.training
     teacher.eval()
+    on_device.eval()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            _train(trainable(student), teacher, split, config, features, log)
-    finally:  # even on failure the student goes back to its packed, exportable form
-        deployed(student)
+            _train(trainable(student).to(device), on_device, split, config, features, cached, device, log)
+    finally:  # even on failure the student goes back to its packed, exportable form, on the CPU
+        deployed(student.to("cpu"))
         teacher.train(teacher_was_training)
         if features is not None:
             features.remove()
@@ -75,17 +119,21 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
 
 
 def _train(student: nn.Module, teacher: nn.Module, split: Split, config: Distill, features: _FeatureMatch | None,
-           log: Callable[[str], None] | None) -> None:
+           cached: tuple[torch.Tensor, ...] | None, device: str, log: Callable[[str], None] | None) -> None:
     for parameter in student.parameters():  # compress() may hand over frozen or no-grad-built parameters
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config.steps))
     every = max(1, config.steps // 5)
-    running, last = torch.zeros(()), 0
+    running, last = torch.zeros((), device=device), 0
     student.train()
     for step, (x, y) in enumerate(_batches(split, config), start=1):
-        with torch.no_grad():
-            teacher_logits = teacher(x)
+        x, y = x.to(device), y.to(device)
+        if cached is not None:
+            teacher_logits = cached[step - 1].to(device)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
         loss = distillation_loss(student(x), teacher_logits, y, config.alpha, config.temperature)
         if features is not None:
             loss = loss + config.feature_weight * features.loss()

@@ -29,7 +29,8 @@ class Distill:
         steps: optimizer steps; 0 leaves the student as it is.
         alpha: weight of the distillation term, in [0, 1]; ``1 - alpha`` weights the cross-entropy with the labels.
         temperature: softmax temperature ``T`` > 0 of both models' logits in the distillation term.
-        lr: peak AdamW learning rate (linear warm-up over ``autocomp.distill.WARMUP_FRACTION`` of the steps, then cosine to 0).
+        lr: peak AdamW learning rate (linear warm-up over ``autocomp.distill.WARMUP_FRACTION`` of the steps, then
+            cosine to 0).
         batch_size: images per step.
         feature_weight: weight (>= 0) of the MSE between student and teacher block outputs; 0 turns it off.
         seed: seed (>= 0) of the batch order and of any dropout.

@@ -11,6 +11,7 @@ trial, at the end, or after a crash) and agree with each other.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,6 +25,7 @@ __all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_t
            "STUDY_NAME", "study_storage"]
 
 STUDY_NAME = "autocomp"
+SECONDS = tuple(f"seconds_{p}" for p in ("compress", "measure", "distill", "evaluate", "engine"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class TrialRow:
     skipped_reason: str | None = None
     trial_seconds: float | None = None
     int8_activations: str | None = None
+    distilled: bool | None = None
+    seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)  # compress, measure, ..., engine
 
     @property
     def complete(self) -> bool:
@@ -61,7 +65,9 @@ class TrialRow:
                 "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
-                "int8_activations": self.int8_activations, "feasible": self.feasible, "predicted_latency_ms": self.predicted_latency_ms,
+                "int8_activations": self.int8_activations, "distilled": self.distilled,
+                **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
+                "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
                 "trial_seconds": self.trial_seconds,
                 "violations": dict(self.violations), "recipe": dict(self.recipe)}
@@ -83,7 +89,10 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             latency_ratio=trial.user_attrs.get("latency_ratio"), weights_mb=trial.user_attrs.get("weights_mb"),
             activations_mb=trial.user_attrs.get("activations_mb"),
             simulated_layers=trial.user_attrs.get("simulated_layers"),
-            int8_activations=trial.user_attrs.get("int8_activations"),
+            int8_activations=trial.user_attrs.get("int8_activations"), distilled=trial.user_attrs.get("distilled"),
+            seconds={key[len("seconds_"):] if key.startswith("seconds_") else "engine": value
+                     for key, value in trial.user_attrs.items()
+                     if key.startswith("seconds_") or key == "engine_seconds"},
             violations={k: v for k, v in violations.items() if v is not None},
             predicted_latency_ms=trial.user_attrs.get("predicted_latency_ms"),
             predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
@@ -121,7 +130,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
-               "simulated_layers", "int8_activations", "trial_seconds", "skipped_reason"]
+               "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

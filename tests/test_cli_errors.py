@@ -92,3 +92,26 @@ def test_bad_hardware_profile(job, tmp_path, capsys):
 def test_load_of_a_non_model_folder(tmp_path, capsys):
     err = run_cli(["export", str(tmp_path), "--trial", "0", "--out", str(tmp_path / "x")], capsys)
     assert "is not a search run folder" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_gpus_asked_where_cuda_is_absent(job, tmp_path, capsys):
+    edit_job(job, lambda d: d.update(resources={"gpu": 1}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "resources.gpu is 1 but CUDA is not available on this machine" in err
+    assert not (tmp_path / "r" / "trials.csv").exists()  # refused before any trial
+
+
+def test_more_cpus_per_trial_than_any_node_has(job, tmp_path, capsys):
+    edit_job(job, lambda d: d.update(resources={"cpu": 512}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "resources.cpu is 512 but no node of the Ray cluster has that many CPUs" in err
+    assert not (tmp_path / "r" / "trials.csv").exists()  # refused before any trial
+
+
+@pytest.mark.parametrize("resources, message", [({"cpu": 0}, "resources.cpu must be a whole number of CPUs >= 1"),
+                                                ({"gpu": -1}, "resources.gpu must be a number of GPUs >= 0"),
+                                                ({"cpus": 2}, "resources: unknown key(s) ['cpus']")])
+def test_bad_resources(job, tmp_path, capsys, resources, message):
+    edit_job(job, lambda d: d.update(resources=resources))
+    assert message in run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)

@@ -201,3 +201,35 @@ def test_an_empty_split_is_refused(tiny_teacher, digits_splits):
     empty = dataclasses.replace(digits_splits.train, x=digits_splits.train.x[:0], y=digits_splits.train.y[:0])
     with pytest.raises(AutocompError, match="the split is empty"):
         distill(_student(teacher, digits_splits, {}), teacher, empty, Distill(steps=1, alpha=0.5))
+
+
+@pytest.mark.parametrize("block", [{"prune_heads": {"keep": 2}}, {"quantize": {}}], ids=["heads", "int8"])
+def test_teacher_outputs_cached_once_give_identical_weights(tiny_teacher, digits_splits, block):
+    from autocomp.distill import TeacherCache
+
+    _, teacher = tiny_teacher
+    cache = TeacherCache.build(teacher, digits_splits.train, Distill(steps=12, alpha=0.5, batch_size=32))
+    assert len(cache.outputs) == 12
+    for steps, alpha in ((12, 0.5), (7, 0.9)):  # a shorter run uses a prefix; alpha does not change the batches
+        config = Distill(steps=steps, alpha=alpha, batch_size=32)
+        assert cache.serves(config)
+        plain = distill(_student(teacher, digits_splits, block), teacher, digits_splits.train, config)
+        cached = distill(_student(teacher, digits_splits, block), teacher, digits_splits.train, config, cache=cache)
+        for key, tensor in plain.state_dict().items():
+            assert torch.equal(cached.state_dict()[key], tensor), key
+    assert not cache.serves(Distill(steps=12, alpha=0.5, batch_size=64))  # other batches
+    assert not cache.serves(Distill(steps=13, alpha=0.5, batch_size=32))  # more than were cached
+    assert not cache.serves(Distill(steps=5, alpha=0.5, batch_size=32, seed=1))
+    assert not cache.serves(Distill(steps=5, alpha=0.5, batch_size=32, feature_weight=1.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one exists")
+def test_distillation_on_a_gpu_returns_a_packed_student_on_the_cpu(tiny_teacher, digits_splits):
+    _, teacher = tiny_teacher
+    student = _student(teacher, digits_splits, {"quantize": {}})
+    before = evaluate(student, digits_splits.val)
+    tuned = distill(student, teacher, digits_splits.train, Distill(steps=STEPS, alpha=0.5), device="cuda")
+    assert all(t.device.type == "cpu" for t in tuned.state_dict().values())
+    assert sum(isinstance(m, Int8Linear) for m in tuned.modules()) == 8
+    assert next(teacher.parameters()).device.type == "cpu"
+    assert evaluate(tuned, digits_splits.val) >= before

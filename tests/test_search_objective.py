@@ -28,3 +28,41 @@ def test_a_trial_records_how_its_static_int8_activations_ran(tiny_teacher, digit
     plain = run_trial(Recipe.from_dict({"blocks": [{"quantize": {}}, {}]}).to_dict(),
                       _inputs(tiny_teacher[1], digits_splits))
     assert plain["int8_activations"] is None and plain["simulated_layers"] == 0
+
+
+def _distilled(steps=20):
+    return Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}, {"prune_heads": {"keep": 2}}],
+                             "distill": {"steps": steps, "alpha": 0.5}})
+
+
+def test_a_candidate_measured_far_over_budget_is_not_distilled(tiny_teacher, digits_splits):
+    import dataclasses
+
+    inputs = dataclasses.replace(_inputs(tiny_teacher[1], digits_splits), limits={"memory_mb": 1e-4},
+                                 skip_margin=0.5)
+    over = run_trial(_distilled().to_dict(), inputs)
+    assert over["distilled"] is False and over["seconds_distill"] == 0.0
+    assert over["violation:memory_mb"] > 0.5 and over["memory_mb"] > 0  # infeasible, with its measured figures
+    within = run_trial(_distilled().to_dict(), dataclasses.replace(inputs, limits={"memory_mb": 100.0}))
+    assert within["distilled"] is True and within["seconds_distill"] > 0
+    assert within["memory_mb"] == pytest.approx(over["memory_mb"])  # distillation changes weights, not cost
+    assert within["accuracy"] != over["accuracy"]
+    for phase in ("compress", "measure", "evaluate"):
+        assert within[f"seconds_{phase}"] > 0
+    assert within["trial_seconds"] >= sum(within[f"seconds_{p}"] for p in ("compress", "measure", "distill",
+                                                                            "evaluate"))
+
+
+def test_a_trial_within_budget_keeps_the_weights_it_scored(tiny_teacher, digits_splits, tmp_path):
+    import dataclasses
+
+    from autocomp.search._objective import kept_model
+    from autocomp.train import evaluate
+
+    inputs = dataclasses.replace(_inputs(tiny_teacher[1], digits_splits), weights_dir=str(tmp_path))
+    result = run_trial(_distilled().to_dict(), inputs, number=3)
+    kept = kept_model(tiny_teacher[1], _distilled(), tmp_path / "3")
+    assert kept is not None and evaluate(kept, digits_splits.val) == result["accuracy"]
+    run_trial(_distilled().to_dict(), dataclasses.replace(inputs, limits={"memory_mb": 1e-4}), number=4)
+    assert not (tmp_path / "4").exists()  # over budget: nothing kept
+    assert kept_model(tiny_teacher[1], _distilled(), tmp_path / "5") is None

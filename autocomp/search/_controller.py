@@ -7,12 +7,14 @@ evaluated, and the next recipe is asked for in its place.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
+from autocomp.search._objective import PHASES
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace
 
@@ -21,7 +23,7 @@ __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "counted"]
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
-            "int8_activations", "trial_seconds", "measured_on")
+            "int8_activations", "distilled", "trial_seconds", "measured_on", *(f"seconds_{p}" for p in PHASES))
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 
 
@@ -50,6 +52,7 @@ class OptunaController(Searcher):
         self._study, self._space, self._heads = study, space, list(heads_per_block)
         self._remaining, self._on_told, self._screen = n_trials, on_told, screen
         self._live: dict[str, tuple[optuna.Trial, Recipe]] = {}
+        self._started: dict[str, float] = {}  # when each trial was handed to Ray: the rest of its time is the engine's
         if screen is not None:  # resuming: what earlier runs measured
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
                 if "recipe" in trial.user_attrs:
@@ -61,7 +64,8 @@ class OptunaController(Searcher):
         return {"_remaining": self._remaining}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={})
+        self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
+                             _started={})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
@@ -79,11 +83,13 @@ class OptunaController(Searcher):
                     self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
                     continue
             self._live[trial_id] = (trial, recipe)
+            self._started[trial_id] = time.perf_counter()
             return {"trial_number": trial.number, "recipe": recipe.to_dict()}
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial, recipe = self._live.pop(trial_id, (None, None))
+        started = self._started.pop(trial_id, None)
         if trial is None:
             return
         if result and "refused" in result:
@@ -97,6 +103,8 @@ class OptunaController(Searcher):
                     trial.set_constraint(key.split(":", 1)[1], value)
             for key in RECORDED:
                 trial.set_user_attr(key, result[key])
+            if started is not None:  # Ray, transfers and results writing: everything but the trial's own work
+                trial.set_user_attr("engine_seconds", max(0.0, time.perf_counter() - started - result["trial_seconds"]))
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
             if self._screen is not None:
                 self._screen.observe(recipe, result["latency_ms"])

@@ -13,7 +13,8 @@ from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_storage
 from autocomp.saving import save_model
-from autocomp.search._objective import build_candidate, distill_subset
+from autocomp.search._finish import KEPT
+from autocomp.search._objective import build_candidate, distill_subset, kept_model
 
 __all__ = ["export_trial"]
 
@@ -32,7 +33,10 @@ def export_trial(run_dir: Path, number: int, out: Path) -> Path:
     recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
     splits = load_splits(config.data, base)
-    model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train))
+    model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
+    if model is None:
+        model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
+                                threads=config.resources.cpu)
     save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs},
                preprocessing=splits.preprocessing)
     return out

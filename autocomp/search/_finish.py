@@ -17,12 +17,14 @@ from autocomp.data import Splits
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Recipe
-from autocomp.results import TrialRow, best_feasible, closest_trial, trial_rows, write_results
+from autocomp.results import TrialRow, best_feasible, closest_trial, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
-from autocomp.search._objective import build_candidate, distill_subset
+from autocomp.search._objective import build_candidate, distill_subset, kept_model
 from autocomp.train import evaluate
 
-__all__ = ["finalize", "skipped_summary", "prediction_fidelity"]
+__all__ = ["finalize", "skipped_summary", "prediction_fidelity", "time_split", "KEPT", "prune_kept"]
+
+KEPT = "trials"  # run_dir/trials/<number>/: the weights of trials within budget that are on the front
 
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
@@ -36,7 +38,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
         "trials": {"total": len(rows), "complete": sum(r.complete for r in rows),
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
-        **skipped_summary(rows), "cost_model": prediction_fidelity(rows),
+        **skipped_summary(rows), "cost_model": prediction_fidelity(rows), "time_split": time_split(rows),
+        "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None,
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
         "hardware": {"profile": profile.name, "backend": profile.backend, "measured_on": profile.measured_on,
@@ -47,8 +50,13 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         log(f"skipped {summary['skipped']} candidates predicted over budget"
             + (f" (about {saved:.0f} s saved)" if saved is not None else ""))
     if best is not None:
-        model = build_candidate(base, Recipe.from_dict(best.recipe), splits.calib.x, distill_subset(splits.train))
+        recipe = Recipe.from_dict(best.recipe)
+        model = kept_model(base, recipe, run_dir / KEPT / str(best.number))  # the weights the trial scored
         entry = _trial_entry(best)
+        entry["weights"] = "kept by the trial" if model is not None else "rebuilt (compressed and distilled again)"
+        if model is None:  # the trial ran where the run folder is not (another node), or before weights were kept
+            model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
+                                    threads=config.resources.cpu)
         entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
                      path=str((run_dir / "best").resolve()))
         save_model(run_dir / "best", model, Recipe.from_dict(best.recipe), config.model, metrics=entry,
@@ -73,6 +81,32 @@ def _trial_entry(row: TrialRow) -> dict[str, Any]:
     return {"trial": row.number, "recipe_summary": row.recipe_summary, "val_accuracy": row.accuracy,
             "latency_ms": row.latency_ms, "latency_ratio": row.latency_ratio, "memory_mb": row.memory_mb,
             "violations": dict(row.violations)}
+
+
+def time_split(rows: Sequence[TrialRow]) -> dict[str, float] | None:
+    """Mean seconds per measured trial in each phase (compress, measure, distill, evaluate, engine: Ray, data
+    transfer, results writing) and ``engine_share``, the engine's share of the total; None before any."""
+    timed = [r.seconds for r in rows if r.complete and r.seconds]
+    if not timed:
+        return None
+    phases = sorted({key for seconds in timed for key in seconds})
+    means = {phase: statistics.mean(s.get(phase, 0.0) for s in timed) for phase in phases}
+    total = sum(means.values())
+    return {**means, "engine_share": means.get("engine", 0.0) / total if total else 0.0}
+
+
+def prune_kept(run_dir: Path, rows: Sequence[TrialRow]) -> None:
+    """Delete the kept weights of finished trials that are not on the front (a later trial dominates them); a trial
+    not yet told may have written its weights already and keeps them."""
+    import shutil
+
+    keep = {str(r.number) for r in pareto_front(rows) if r.feasible} | {str(r.number) for r in rows
+                                                                        if r.state == "RUNNING"}
+    folder = run_dir / KEPT
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.name not in keep and child.name.isdigit():
+                shutil.rmtree(child, ignore_errors=True)
 
 
 def skipped_summary(rows: Sequence[TrialRow]) -> dict[str, Any]:

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from autocomp.budget import violations
+from autocomp.budget import feasible, violations
 from autocomp.compress import compress
 from autocomp.data import Split
-from autocomp.distill import distill
+from autocomp.distill import TeacherCache, distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, num_threads
@@ -23,12 +24,12 @@ from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
-__all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of"]
+__all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES"]
 
 
 @dataclass(frozen=True)
 class TrialInputs:
-    """Everything a trial needs, shipped once to every Ray worker.
+    """Everything a trial needs, shipped once to every Ray node (the object store keeps one copy per node).
 
     Attributes:
         base: the uncompressed model (eval mode).
@@ -38,6 +39,11 @@ class TrialInputs:
         profile: how to measure.
         limits: absolute budget limits (``latency_ms``, ``memory_mb``).
         base_latency_ms: the uncompressed model's latency, measured once at the start of the run.
+        threads: intra-op threads of the trial's compute (the job's ``resources.cpu``).
+        skip_margin: a candidate measured more than this fraction over a limit is not distilled (None: always).
+        teacher_cache: the teacher's logits on the distillation batches, computed once per run, or None.
+        weights_dir: where a trial within budget keeps its weights (``<dir>/<trial number>/``), or None.
+        gpu: distil on the trial's GPU (the job asks for GPUs and this process sees CUDA).
     """
 
     base: nn.Module
@@ -47,25 +53,30 @@ class TrialInputs:
     profile: HardwareProfile
     limits: Mapping[str, float]
     base_latency_ms: float
+    threads: int = 1
+    skip_margin: float | None = None
+    teacher_cache: TeacherCache | None = None
+    weights_dir: str | None = None
+    gpu: bool = False
 
 
-def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split) -> nn.Module:
+def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split, *,
+                    threads: int = 1, cache: TeacherCache | None = None) -> nn.Module:
     """The compressed (and, if the recipe says so, distilled) model of a recipe; deterministic, so a trial can be
     rebuilt for export.
 
-    One thread, as in a trial: float sums taken in another order would make a rebuilt, distilled model differ from
-    the one the trial scored.
+    ``threads`` must be the trial's: float sums taken in another order would make a rebuilt, distilled model
+    differ from the one the trial scored.
     """
-    with num_threads(TRIAL_THREADS):
+    with num_threads(threads):
         with torch.no_grad():
             model = compress(base, recipe, calibration=calib)
         if recipe.distill is not None and recipe.distill.steps > 0:
-            model = distill(model, base, train, recipe.distill)
+            model = distill(model, base, train, recipe.distill, cache=cache)
     return model
 
 
 DISTILL_IMAGES = 8192
-TRIAL_THREADS = 1  # intra-op threads of a trial's compute (Ray gives each trial one CPU)
 
 
 def distill_subset(train: Split) -> Split:
@@ -86,24 +97,80 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
             "weights_mb": measurement.weights_mb, "activations_mb": measurement.activations_mb}
 
 
-def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs) -> dict[str, Any]:
-    """Build, score and measure one candidate; returns its metrics and, flat, its budget violations
+PHASES = ("compress", "measure", "distill", "evaluate")  # a trial's steps, timed as seconds_<phase>
+
+
+def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: int | None = None) -> dict[str, Any]:
+    """Build, measure and score one candidate; returns its metrics and, flat, its budget violations
     (``violation:latency_ms`` ...: Ray Tune flattens nested results).
 
-    Also returned: ``trial_seconds``, the wall time of all these steps (what skipping a candidate saves), and
-    ``measured_on``, the Ray node id the measurement ran on (None: in this process).
+    The candidate is measured before it is distilled (distillation changes weights, not cost): one measured more
+    than ``inputs.skip_margin`` over a limit is scored without distillation (``distilled`` False) and is infeasible
+    anyway. A trial within budget keeps its weights under ``inputs.weights_dir`` so that ``best/`` and export need
+    not distil again. Also returned: ``seconds_<phase>`` for each of ``PHASES``, ``trial_seconds`` (their total
+    with the rest of the trial) and ``measured_on``, the Ray node id the measurement ran on (None: in this process).
     """
     started = time.perf_counter()
+    seconds = dict.fromkeys(PHASES, 0.0)
+
+    def timed(phase: str, run: Callable[[], Any]) -> Any:
+        begin = time.perf_counter()
+        result = run()
+        seconds[phase] += time.perf_counter() - begin
+        return result
+
     recipe = Recipe.from_dict(recipe_dict)
-    try:
-        model = build_candidate(inputs.base, recipe, inputs.calib, inputs.train)
-    except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
-        return {"refused": str(exc)}
-    placed = measure_on_device(model, inputs.profile, example=inputs.calib, reference=inputs.base)
+    with num_threads(inputs.threads):
+        try:
+            model = timed("compress", lambda: compress(inputs.base, recipe, calibration=inputs.calib))
+        except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
+            return {"refused": str(exc)}
+    placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
+                                                        reference=inputs.base))
     metrics: dict[str, Any] = metrics_of(placed.measurement, inputs.base_latency_ms)
-    metrics["accuracy"] = evaluate(model, inputs.val)
+    over = violations(metrics, inputs.limits)
+    wants = recipe.distill is not None and recipe.distill.steps > 0
+    hopeless = inputs.skip_margin is not None and max(over.values(), default=0.0) > inputs.skip_margin
+    with num_threads(inputs.threads):
+        if wants and not hopeless:
+            device = "cuda" if inputs.gpu and torch.cuda.is_available() else "cpu"
+            model = timed("distill", lambda: distill(model, inputs.base, inputs.train, recipe.distill,
+                                                     cache=inputs.teacher_cache, device=device))
+        metrics["accuracy"] = timed("evaluate", lambda: evaluate(model, inputs.val))
+    metrics["distilled"] = wants and not hopeless
     # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
     metrics["simulated_layers"] = len(simulated_layers(model))
     metrics["int8_activations"] = activation_kernels(model)  # onednn-u8, onednn-u7 (no VNNI), simulated or None
-    metrics.update(trial_seconds=time.perf_counter() - started, measured_on=placed.node_id)
-    return {**metrics, **{f"violation:{k}": v for k, v in violations(metrics, inputs.limits).items()}}
+    if number is not None and inputs.weights_dir is not None and feasible(over):
+        _keep_weights(model, Path(inputs.weights_dir) / str(number))
+    metrics.update({f"seconds_{phase}": value for phase, value in seconds.items()},
+                   trial_seconds=time.perf_counter() - started, measured_on=placed.node_id)
+    return {**metrics, **{f"violation:{k}": v for k, v in over.items()}}
+
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def _keep_weights(model: nn.Module, directory: Path) -> None:
+    """Save the trial's weights; a node that cannot write there (no shared run folder) keeps nothing."""
+    from safetensors.torch import save_file
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.replace(directory / WEIGHTS_FILE)
+    except OSError:
+        pass
+
+
+def kept_model(base: nn.Module, recipe: Recipe, directory: Path) -> nn.Module | None:
+    """The model a trial kept under ``directory`` (its structure rebuilt, its weights loaded), or None."""
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    model = compress(base, recipe, structure_only=True)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()

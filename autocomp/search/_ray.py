@@ -6,10 +6,11 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["ray_session"]
+__all__ = ["ray_session", "require_trial_resources"]
 
 
 @contextmanager
@@ -33,3 +34,27 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def require_trial_resources(resources: Resources, *, ray_address: str | None) -> None:
+    """Check, before any trial, that some node of the Ray cluster can hold one trial's CPUs and GPUs.
+
+    Raises:
+        AutocompError: what is missing, and how to fix it.
+    """
+    import torch
+
+    if resources.gpu and ray_address is None and not torch.cuda.is_available():
+        raise AutocompError(f"resources.gpu is {resources.gpu:g} but CUDA is not available on this machine "
+                            "(torch.cuda.is_available() is False); set resources.gpu: 0, or pass --ray-address of "
+                            "a cluster with GPU nodes")
+    ray = import_ray()
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    if cpus < resources.cpu:
+        raise AutocompError(f"resources.cpu is {resources.cpu} but no node of the Ray cluster has that many CPUs "
+                            f"(the largest has {cpus:g}); lower resources.cpu")
+    if resources.gpu and gpus < min(resources.gpu, 1):
+        raise AutocompError(f"resources.gpu is {resources.gpu:g} but no node of the Ray cluster has a GPU; set "
+                            "resources.gpu: 0, or add a node with GPUs (ray start ... --num-gpus=N)")

@@ -18,20 +18,23 @@ import torch
 import yaml
 from torch import nn
 
-from autocomp.config import JobConfig
-from autocomp.data import Splits, load_splits
+from autocomp.config import JobConfig, Resources
+from autocomp.data import Split, Splits, load_splits
+from autocomp.distill import TeacherCache
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
+from autocomp.measure import num_threads
 from autocomp.measure.placement import measure_on_device, require_resource
 from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
+from autocomp.recipe import Distill
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
 from autocomp.search import _finish as finish
 from autocomp.search._controller import DIRECTIONS, OptunaController, counted
-from autocomp.search._objective import TRIAL_THREADS, TrialInputs, distill_subset, metrics_of, run_trial
-from autocomp.search._ray import ray_session
+from autocomp.search._objective import TrialInputs, distill_subset, metrics_of, run_trial
+from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._space import load_space
+from autocomp.search._space import SearchSpace, load_space
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
@@ -79,6 +82,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     with ray_session(workers=config.workers, ray_address=ray_address) if needs_ray else nullcontext():
         if needs_ray:
             require_resource(profile, source=config.hardware)
+            require_trial_resources(config.resources, ray_address=ray_address)
         if baseline is None:
             baseline = _baseline(config, base, profile, splits)
         if previous is not None:  # resuming: keep the limits the earlier trials were judged by
@@ -92,13 +96,18 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         if done:
             log(f"resuming: {done} trials already in {run_dir / 'study.db'}, {remaining} to run")
 
-        inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=distill_subset(splits.train),
-                             profile=profile, limits=limits, base_latency_ms=baseline["latency_ms"])
+        train = distill_subset(splits.train)
+        inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=train, profile=profile,
+                             limits=limits, base_latency_ms=baseline["latency_ms"], threads=config.resources.cpu,
+                             skip_margin=config.skip_margin,
+                             teacher_cache=_teacher_cache(base, train, space, config, log) if remaining else None,
+                             weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0)
         display = _Progress(total=config.trials, done=done, enabled=progress)
 
         def on_told(_trial: optuna.trial.FrozenTrial) -> None:
             rows = trial_rows(study, list(limits))
             write_results(run_dir, rows, limits)
+            finish.prune_kept(run_dir, rows)
             display.update(rows)
 
         if remaining:
@@ -107,7 +116,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                                                           log))
             started = time.perf_counter()
             with display:
-                _run_tune(controller, inputs, run_dir, trials=remaining, workers=config.workers)
+                _run_tune(controller, inputs, run_dir, trials=remaining, workers=config.workers,
+                          resources=config.resources)
             log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
     return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                            limits=limits, profile=profile, log=log)
@@ -132,8 +142,23 @@ def _screen(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, An
     return Screen(predictor=predictor, limits=limits, margin=config.skip_margin)
 
 
+def _teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: JobConfig,
+                   log: Callable[[str], None]) -> TeacherCache | None:
+    """The teacher's logits on every batch the space's distillations draw (the longest one; the others take a
+    prefix), computed once with the trials' threads; None when the space never distils."""
+    steps = max(space.distill_steps)
+    if steps == 0:
+        return None
+    started = time.perf_counter()
+    with num_threads(config.resources.cpu):
+        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5))
+    log(f"teacher outputs for {steps} distillation steps computed once for all trials "
+        f"({time.perf_counter() - started:.1f} s)")
+    return cache
+
+
 def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, *, trials: int,
-              workers: int) -> None:
+              workers: int, resources: Resources) -> None:
     """Run the trials on the Ray that is initialized (see :func:`autocomp.search._ray.ray_session`)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -142,11 +167,12 @@ def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, 
     def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
         import torch
 
-        torch.set_num_threads(TRIAL_THREADS)
-        tune.report(run_trial(config["recipe"], inputs))
+        torch.set_num_threads(inputs.threads)
+        tune.report(run_trial(config["recipe"], inputs, number=config["trial_number"]))
 
+    asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, inputs=inputs), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(trainable, inputs=inputs), asked),
         tune_config=tune.TuneConfig(search_alg=controller, num_samples=trials, max_concurrent_trials=workers,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str((run_dir / "ray").resolve()), verbose=0,
