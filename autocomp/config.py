@@ -57,6 +57,7 @@ class JobConfig:
             exceed a budget limit by more than this fraction (0.5: 50 % over), and do not distil one measured that
             far over; None never skips.
         resources: CPUs and GPUs per trial.
+        retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
         source: the YAML file the config came from.
     """
 
@@ -70,10 +71,11 @@ class JobConfig:
     seed: int = 0
     skip_margin: float | None = 0.5
     resources: Resources = dataclasses.field(default_factory=Resources)
+    retries: int = 1
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})
 
     def __post_init__(self) -> None:
-        for key, minimum in (("trials", 1), ("workers", 1), ("seed", 0)):
+        for key, minimum in (("trials", 1), ("workers", 1), ("seed", 0), ("retries", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise AutocompError(f"{key} must be a whole number >= {minimum}, got {value!r}")

@@ -50,6 +50,7 @@ class TrialRow:
     trial_seconds: float | None = None
     int8_activations: str | None = None
     distilled: bool | None = None
+    error: str | None = None
     seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)  # compress, measure, ..., engine
 
     @property
@@ -65,7 +66,7 @@ class TrialRow:
                 "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
-                "int8_activations": self.int8_activations, "distilled": self.distilled,
+                "int8_activations": self.int8_activations, "distilled": self.distilled, "error": self.error,
                 **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
@@ -90,6 +91,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             activations_mb=trial.user_attrs.get("activations_mb"),
             simulated_layers=trial.user_attrs.get("simulated_layers"),
             int8_activations=trial.user_attrs.get("int8_activations"), distilled=trial.user_attrs.get("distilled"),
+            error=_error(trial),
             seconds={key[len("seconds_"):] if key.startswith("seconds_") else "engine": value
                      for key, value in trial.user_attrs.items()
                      if key.startswith("seconds_") or key == "engine_seconds"},
@@ -98,6 +100,16 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
             skipped_reason=trial.user_attrs.get("skipped_reason"), trial_seconds=trial.user_attrs.get("trial_seconds")))
     return rows
+
+
+def _error(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why a trial failed: its reported error, or, for one that a stopped search left behind, that it was
+    interrupted."""
+    if "error" in trial.user_attrs:
+        return trial.user_attrs["error"]
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return "interrupted: the search stopped while it ran (its recipe runs again on resume)"
+    return None
 
 
 def _dominates(a: TrialRow, b: TrialRow) -> bool:
@@ -130,7 +142,8 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
-               "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason"]
+               "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason",
+               "error"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

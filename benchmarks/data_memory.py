@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import timm
 import torch
 import yaml
@@ -48,17 +47,35 @@ def make_folder(root: Path, count: int) -> Path:
     return folder
 
 
+def _tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants, read from /proc (Linux)."""
+    parents, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
+            rss[int(entry.name)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
 def peak_rss(command: list[str]) -> tuple[float, float]:
     """(peak MB of the process tree's resident memory, wall seconds) of a command."""
     started = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while process.poll() is None:
-        try:
-            tree = [process] + process.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
+        peak = max(peak, _tree_rss(process.pid))
         time.sleep(0.2)
     if process.returncode != 0:
         raise SystemExit(process.stderr.read().decode()[-2000:])

@@ -66,3 +66,36 @@ def test_a_trial_within_budget_keeps_the_weights_it_scored(tiny_teacher, digits_
     run_trial(_distilled().to_dict(), dataclasses.replace(inputs, limits={"memory_mb": 1e-4}), number=4)
     assert not (tmp_path / "4").exists()  # over budget: nothing kept
     assert kept_model(tiny_teacher[1], _distilled(), tmp_path / "5") is None
+
+
+def test_a_diverged_distillation_is_a_failed_trial_with_its_reason(tiny_teacher, digits_splits):
+    recipe = Recipe.from_dict({"blocks": [{}, {}], "distill": {"steps": 5, "alpha": 0.5, "lr": 1e12}})
+    result = run_trial(recipe.to_dict(), _inputs(tiny_teacher[1], digits_splits))
+    assert set(result) == {"error"} and "logits are not finite after distillation" in result["error"]
+
+
+def test_a_crashed_trial_is_failed_with_its_reason_and_its_recipe_retried_once():
+    import optuna
+
+    from autocomp.search._controller import OptunaController
+    from autocomp.search._space import SearchSpace
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    told = []
+    controller = OptunaController(study=study, space=SearchSpace(heads_keep=(0.5, 1.0)), heads_per_block=[4, 4],
+                                  n_trials=1, on_told=told.append, retries=1)
+    first = controller.suggest("a")
+    controller.on_trial_complete("a", result={"error": "RuntimeError: out of memory"})
+    again = controller.suggest("b")  # the same recipe, asked on top of the one trial
+    assert again["recipe"] == first["recipe"] and again["trial_number"] == first["trial_number"] + 1
+    controller.on_trial_complete("b", result={"error": "RuntimeError: out of memory"})
+    assert controller.suggest("c") == controller.FINISHED  # retried once, then given up
+    assert [t.state for t in told] == [optuna.trial.TrialState.FAIL] * 2
+    assert told[0].user_attrs["error"] == "RuntimeError: out of memory" and told[1].user_attrs["retry_of"] == 0
+    controller = OptunaController(study=study, space=SearchSpace(heads_keep=(0.5, 1.0)), heads_per_block=[4, 4],
+                                  n_trials=1, retries=1)
+    controller.suggest("d")
+    controller.on_trial_complete("d", result={"refused": "block 0: rank saves nothing"})
+    assert study.trials[-1].user_attrs["error"] == "refused: block 0: rank saves nothing"
+    assert controller.suggest("e") == controller.FINISHED  # a refusal is not retried

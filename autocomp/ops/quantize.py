@@ -78,7 +78,7 @@ class Quantize:
             static uint8 activations, one scale per layer input, calibrated on the calibration images.
         layers: None for every Linear of the block, or which: a name matches a Linear whose path in the block has
             it as a part (``qkv`` matches ``attn.qkv`` and both factors of a low-rank ``attn.qkv``), and ``re:`` plus
-            a regular expression matches whole paths (``re:mlp\..*``). E.g. ``[qkv, fc1]``: int8 qkv and fc1, fp32
+            a regular expression matches whole paths (``re:mlp[.].*``). E.g. ``[qkv, fc1]``: int8 qkv and fc1, fp32
             proj and fc2.
     """
 

@@ -14,17 +14,18 @@ import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
-from autocomp.search._objective import PHASES
+from autocomp.search._objective import ERROR, PHASES
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace
 
-__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "counted"]
+__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "ERROR", "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", *(f"seconds_{p}" for p in PHASES))
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
+RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -43,14 +44,17 @@ class OptunaController(Searcher):
         on_told: called with each finished Optuna trial (progress, anytime results).
         screen: predicts each recipe's cost and skips those far over budget; None predicts nothing. It learns from
             the trials already complete in the study and from each one measured here.
+        retries: how many times a crashed trial's recipe is run again (an operator's refusal is not retried); each
+            retry is asked for on top of ``n_trials``, so failures do not cost the user completed trials.
     """
 
     def __init__(self, *, study: optuna.Study, space: SearchSpace, heads_per_block: Sequence[int], n_trials: int,
                  on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None,
-                 screen: Screen | None = None) -> None:
+                 screen: Screen | None = None, retries: int = 0) -> None:
         super().__init__()
         self._study, self._space, self._heads = study, space, list(heads_per_block)
         self._remaining, self._on_told, self._screen = n_trials, on_told, screen
+        self._retries = retries
         self._live: dict[str, tuple[optuna.Trial, Recipe]] = {}
         self._started: dict[str, float] = {}  # when each trial was handed to Ray: the rest of its time is the engine's
         if screen is not None:  # resuming: what earlier runs measured
@@ -92,11 +96,15 @@ class OptunaController(Searcher):
         started = self._started.pop(trial_id, None)
         if trial is None:
             return
-        if result and "refused" in result:
+        if result and "refused" in result:  # the operators refuse this recipe: running it again would not help
             trial.set_user_attr("refused", result["refused"])
+            trial.set_user_attr(ERROR, f"refused: {result['refused']}")
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
         elif error or not result or "accuracy" not in result:
+            reason = (result or {}).get(ERROR) or "the trial's worker failed without a result (Ray reported an error)"
+            trial.set_user_attr(ERROR, reason)
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._retry(frozen)
         else:
             for key, value in result.items():
                 if key.startswith("violation:"):
@@ -109,6 +117,18 @@ class OptunaController(Searcher):
             if self._screen is not None:
                 self._screen.observe(recipe, result["latency_ms"])
         self._told(frozen)
+
+    def _retry(self, failed: optuna.trial.FrozenTrial) -> None:
+        """Queue a crashed trial's recipe again, ``retries`` times at most per recipe."""
+        attempt, first = 1, failed
+        trials = {t.number: t for t in self._study.get_trials(deepcopy=False)}
+        while RETRY_OF in first.user_attrs and first.user_attrs[RETRY_OF] in trials:
+            first = trials[first.user_attrs[RETRY_OF]]
+            attempt += 1
+        if attempt > self._retries:
+            return
+        self._study.enqueue_trial(failed.params, user_attrs={RETRY_OF: failed.number}, skip_if_exists=False)
+        self._remaining += 1
 
     def _told(self, frozen: optuna.trial.FrozenTrial) -> None:
         if self._on_told is not None:

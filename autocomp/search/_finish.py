@@ -38,6 +38,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
         "trials": {"total": len(rows), "complete": sum(r.complete for r in rows),
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
+        "errors": {str(r.number): r.error for r in rows if r.state == "FAIL"},
         **skipped_summary(rows), "cost_model": prediction_fidelity(rows), "time_split": time_split(rows),
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None,

@@ -24,7 +24,8 @@ from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
-__all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES"]
+__all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES",
+           "ERROR"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
 
 
 PHASES = ("compress", "measure", "distill", "evaluate")  # a trial's steps, timed as seconds_<phase>
+ERROR = "error"  # a failed trial reports why under this key
 
 
 def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: int | None = None) -> dict[str, Any]:
@@ -137,6 +139,11 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
             model = timed("distill", lambda: distill(model, inputs.base, inputs.train, recipe.distill,
                                                      cache=inputs.teacher_cache, device=device))
         metrics["accuracy"] = timed("evaluate", lambda: evaluate(model, inputs.val))
+        with torch.no_grad():
+            logits = model(inputs.calib[:8])
+    if not torch.isfinite(logits).all():
+        where = "after distillation (it diverged; lower distill lr)" if wants and not hopeless else ""
+        return {ERROR: f"the candidate's logits are not finite {where}".strip()}
     metrics["distilled"] = wants and not hopeless
     # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
     metrics["simulated_layers"] = len(simulated_layers(model))

@@ -25,8 +25,9 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+            # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) on the machine
+            ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR")
     except ConnectionError as exc:
         raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
                             "(ray status shows it) or omit --ray-address for an embedded local Ray") from None

@@ -30,8 +30,8 @@ from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Distill
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
 from autocomp.search import _finish as finish
-from autocomp.search._controller import DIRECTIONS, OptunaController, counted
-from autocomp.search._objective import TrialInputs, distill_subset, metrics_of, run_trial
+from autocomp.search._controller import DIRECTIONS, RETRY_OF, OptunaController, counted
+from autocomp.search._objective import ERROR, TrialInputs, distill_subset, metrics_of, run_trial
 from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
@@ -67,9 +67,14 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     previous = _previous_run(run_dir, fingerprint)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir), load_if_exists=True,
-                                directions=list(DIRECTIONS),
-                                sampler=optuna.samplers.TPESampler(seed=config.seed, multivariate=True,
-                                                                   n_startup_trials=min(10, config.trials)))
+                                directions=list(DIRECTIONS))
+    # Resuming: the sampler's random start-up must not repeat the recipes the first run drew from the same seed
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials), multivariate=True,
+                                               n_startup_trials=min(10, config.trials))
+    interrupted = _requeue_interrupted(study)
+    if interrupted:
+        log(f"trials {interrupted} were running when an earlier search stopped; they are marked failed and run "
+            "again with the same recipes")
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     remaining = max(0, config.trials - done)
     if previous is not None:
@@ -113,14 +118,24 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         if remaining:
             controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                           on_told=on_told, screen=_screen(base, profile, baseline, limits, config,
-                                                                          log))
+                                                                          log), retries=config.retries)
             started = time.perf_counter()
             with display:
-                _run_tune(controller, inputs, run_dir, trials=remaining, workers=config.workers,
+                _run_tune(controller, inputs, run_dir, trials=remaining * (1 + config.retries), workers=config.workers,
                           resources=config.resources)
             log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
     return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                            limits=limits, profile=profile, log=log)
+
+
+def _requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Trials an earlier driver left RUNNING (it was killed): mark them failed and queue their parameters again,
+    so the rerun evaluates the same recipes instead of drawing new ones; returns their numbers."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+    return [trial.number for trial in stale]
 
 
 def _baseline(config: JobConfig, base: nn.Module, profile: HardwareProfile, splits: Splits) -> dict[str, float]:
@@ -168,7 +183,11 @@ def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, 
         import torch
 
         torch.set_num_threads(inputs.threads)
-        tune.report(run_trial(config["recipe"], inputs, number=config["trial_number"]))
+        try:
+            result = run_trial(config["recipe"], inputs, number=config["trial_number"])
+        except Exception as exc:  # noqa: BLE001 - any crash becomes a failed trial with its reason, the search goes on
+            result = {ERROR: f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
+        tune.report(result)
 
     asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
     tuner = tune.Tuner(
@@ -249,8 +268,10 @@ class _Progress:
         feasible = [r for r in rows if r.feasible]
         best = max((r.accuracy for r in feasible), default=None)
         skipped = sum(r.skipped_reason is not None for r in rows)
+        failed = [r for r in rows if r.state == "FAIL"]
         status = (f"within budget {len(feasible)}" + (f", best {best:.2f}%" if best is not None else "")
-                  + (f", skipped {skipped}" if skipped else ""))
+                  + (f", skipped {skipped}" if skipped else "")
+                  + (f", failed {len(failed)} (last: {failed[-1].error})" if failed else ""))
         self._progress.update(self._task, completed=len(finished), status=status)
         if self._lines:
             print(f"search {len(finished)}/{self._total}  {status}", flush=True)

@@ -1,0 +1,91 @@
+"""A search survives a SIGKILL of its driver: the rerun keeps every finished trial, reruns the interrupted ones with
+the same recipes, and asks the sampler for new recipes instead of repeating the first run's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import yaml
+
+from autocomp.cli import main
+from autocomp.results import STUDY_NAME, study_storage, trial_rows
+from test_search_e2e import write_job
+
+TRIALS = 4
+
+
+def _trials(run):
+    return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials(deepcopy=False)
+
+
+def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path, tiny_teacher):
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=TRIALS, workers=1)
+    space = tmp_path / "space.yaml"  # a little distillation makes a trial last long enough to be killed in it
+    space.write_text("heads_keep: [0.5, 0.75, 1.0]\nweight_bits: [32, 8]\ndistill_steps: [40]\n"
+                     "distill_alpha: [0.5]\n")
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
+    run = tmp_path / "run"
+    driver = subprocess.Popen([sys.executable, "-m", "autocomp.cli", "search", str(job), "--out", str(run),
+                               "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # kill it while trial 1 or 2 runs, after one has finished
+            try:
+                states = [t.state for t in _trials(run)] if (run / "study.db").is_file() else []
+            except KeyError:  # the database is there, the study not yet
+                states = []
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
+                break
+            assert driver.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no trial was running within 240 s")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {t.number: t for t in _trials(run)}
+    finished = {n: t for n, t in before.items() if t.state == optuna.trial.TrialState.COMPLETE}
+    interrupted = {n: t for n, t in before.items() if t.state == optuna.trial.TrialState.RUNNING}
+    assert finished and interrupted
+
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    after = {t.number: t for t in _trials(run)}
+    complete = {n: t for n, t in after.items() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(complete) == TRIALS  # the total asked for, no more
+    for number, trial in finished.items():  # every finished trial survived unchanged and was not run again
+        assert complete[number].values == trial.values and complete[number].datetime_complete == trial.datetime_complete
+    for number, trial in interrupted.items():  # marked failed, explained, and run again with the same recipe
+        assert after[number].state == optuna.trial.TrialState.FAIL
+        reruns = [t for t in complete.values() if t.user_attrs.get("retry_of") == number]
+        assert len(reruns) == 1 and reruns[0].params == trial.params
+    rows = {r.number: r for r in trial_rows(optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)),
+                                             ["memory_mb"])}
+    assert all(rows[n].error.startswith("interrupted") for n in interrupted)
+    first_recipe = before[0].params
+    new = [t for n, t in complete.items() if n not in finished and "retry_of" not in t.user_attrs]
+    assert all(t.params != first_recipe for t in new)  # the resumed sampler does not replay the first run's draws
+
+
+def test_a_stale_local_ray_cluster_does_not_stop_an_embedded_search(tmp_path, tiny_teacher):
+    """`ray start` (or one that died) leaves /tmp/ray/ray_current_cluster; a plain search starts its own Ray."""
+    from pathlib import Path
+
+    marker = Path("/tmp/ray/ray_current_cluster")
+    saved = marker.read_text() if marker.is_file() else None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("127.0.0.1:1")  # a head that is not there
+    try:
+        job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
+        assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    finally:
+        if saved is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(saved)
+    assert len(_trials(tmp_path / "run")) == 1
