@@ -36,8 +36,10 @@ class Resources:
     def __post_init__(self) -> None:
         if isinstance(self.cpu, bool) or not isinstance(self.cpu, int) or self.cpu < 1:
             raise AutocompError(f"resources.cpu must be a whole number of CPUs >= 1, got {self.cpu!r}")
-        if isinstance(self.gpu, bool) or not isinstance(self.gpu, (int, float)) or self.gpu < 0:
-            raise AutocompError(f"resources.gpu must be a number of GPUs >= 0 (0.5 shares one), got {self.gpu!r}")
+        if (isinstance(self.gpu, bool) or not isinstance(self.gpu, (int, float)) or self.gpu < 0
+                or (self.gpu > 1 and self.gpu != int(self.gpu))):
+            raise AutocompError(f"resources.gpu must be a number of GPUs >= 0, a fraction of one (0.5 shares it) or "
+                                f"a whole number, got {self.gpu!r}")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,15 @@ class DataConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise AutocompError(f"data.{name} must be a positive number of images, got {value!r}")
+        if isinstance(self.test_size, bool) or not isinstance(self.test_size, int) or self.test_size < 1:
+            raise AutocompError(f"data.test_size must be a positive number of images, got {self.test_size!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise AutocompError(f"data.workers must be a whole number >= 0 (0: decode in the trial itself), got "
+                                f"{self.workers!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            raise AutocompError(f"data.image_size must be a number of pixels >= 1 or null (the model's), got "
+                                f"{self.image_size!r}")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise AutocompError(f"data.interpolation must be one of {list(INTERPOLATIONS)}, got "
                                 f"{self.interpolation!r}")
@@ -440,7 +449,10 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
                             "train/ and val/ folders of class folders, or one folder of class folders")
     generator = torch.Generator().manual_seed(config.seed)
     split_dirs = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
-    if "train" in split_dirs and "val" in split_dirs:
+    if split_dirs:  # split folders: train/ is required, val/ and test/ are held out of it when missing
+        if "train" not in split_dirs:
+            raise AutocompError(f"{root} has {sorted(split_dirs)} but no train/ folder; add train/ with one folder "
+                                "of images per class")
         parts = {name: _classes(path) for name, path in split_dirs.items()}
         classes = sorted(parts["train"])
         for name, found in parts.items():
@@ -455,9 +467,13 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
             test_idx, keep = _hold_out(len(train_files), config.test_size, generator, "data.test_size")
             test_files, test_labels = _take(train_files, train_labels, test_idx)
             train_files, train_labels = _take(train_files, train_labels, keep)
-        _, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator, val_size=0)
-        val_order = torch.randperm(len(listed["val"][0]), generator=generator)[:config.val_size]
-        val_files, val_labels = _take(*listed["val"], val_order)
+        if "val" in listed:
+            _, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator, val_size=0)
+            val_order = torch.randperm(len(listed["val"][0]), generator=generator)[:config.val_size]
+            val_files, val_labels = _take(*listed["val"], val_order)
+        else:
+            val_idx, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator)
+            val_files, val_labels = _take(train_files, train_labels, val_idx)
     else:
         found = _classes(root)
         classes = sorted(found)

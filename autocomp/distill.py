@@ -107,7 +107,7 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
     teacher.eval()
     on_device.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device != "cpu" else []):
             torch.manual_seed(config.seed)
             _train(trainable(student).to(device), on_device, split, config, features, cached, device, log)
     finally:  # even on failure the student goes back to its packed, exportable form, on the CPU

@@ -105,7 +105,7 @@ def test_gpus_asked_where_cuda_is_absent(job, tmp_path, capsys):
 def test_more_cpus_per_trial_than_any_node_has(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(resources={"cpu": 512}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-    assert "resources.cpu is 512 but no node of the Ray cluster has that many CPUs" in err
+    assert "resources asks 512 CPU + 0 GPU per trial, but no node of the Ray cluster has that many" in err
     assert not (tmp_path / "r" / "trials.csv").exists()  # refused before any trial
 
 
@@ -115,3 +115,9 @@ def test_more_cpus_per_trial_than_any_node_has(job, tmp_path, capsys):
 def test_bad_resources(job, tmp_path, capsys, resources, message):
     edit_job(job, lambda d: d.update(resources=resources))
     assert message in run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+
+
+def test_a_ray_client_address_is_refused_with_the_way_to_run(job, tmp_path, capsys):
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address", "ray://127.0.0.1:10001"],
+                  capsys)
+    assert "Ray Client (ray://) addresses are not supported" in err and "HOST:PORT" in err

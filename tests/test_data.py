@@ -94,6 +94,21 @@ def test_train_and_val_folders_are_splits_not_classes(tmp_path):
     assert sorted(splits.val.tensors()[1].tolist()) == [0, 0, 1, 1, 2, 2]
 
 
+def test_train_and_test_folders_without_val_hold_validation_out_of_train(tmp_path):
+    make_folder(tmp_path / "train", {"cat": 10, "dog": 10})
+    make_folder(tmp_path / "test", {"cat": 2, "dog": 2})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=4, calib_size=2,
+                                    test_size=3, workers=0), tiny_rgb_vit())
+    assert splits.num_classes == 2  # cat and dog, not "test" and "train"
+    assert all(f.startswith("test/") for f in splits.test.files) and len(splits.test) == 4
+    assert all(f.startswith("train/") for f in splits.val.files + splits.train.files)
+    assert (len(splits.val), len(splits.train)) == (4, 20 - 4 - 2)
+    assert not set(splits.val.files) & set(splits.train.files)
+    (tmp_path / "train").rename(tmp_path / "training")
+    with pytest.raises(AutocompError, match=r"has \['test'\] but no train/ folder"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path)), tiny_rgb_vit())
+
+
 def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tmp_path):
     from PIL import Image
     from timm.data import create_transform, resolve_model_data_config

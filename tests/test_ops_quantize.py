@@ -317,7 +317,7 @@ def test_activation_ranges_come_from_the_calibration_images():
     quantized = compress(model, Recipe(blocks=({}, {"quantize": Quantize(weight_bits=4, act_bits=8)})),
                          calibration=images)
     scale, zero_point, top = quantized.blocks[1].mlp.fc2.act_qparams
-    assert top == q.activation_quant_max() and top in (127, 255)
+    assert top == 255  # a simulated (4-bit) layer models an ideal uint8 kernel, on every CPU
     assert scale == pytest.approx((high - low) / top) and zero_point == round(-low / scale)
 
 

@@ -535,7 +535,8 @@ def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressConte
                 if config.act_bits and child not in ranges:
                     raise AutocompError(f"block {index}: {name} never ran on the calibration images, so its input "
                                         "range is unknown; leave act_bits out for this block")
-                act = activation_qparams(*ranges[child], activation_quant_max()) if config.act_bits else None
+                top = activation_quant_max() if cls is Int8StaticLinear else 255  # simulated layers: an ideal kernel
+                act = activation_qparams(*ranges[child], top) if config.act_bits else None
                 module = quantize_linear(child, config, act=act)
             setattr(parent, name, module)
 

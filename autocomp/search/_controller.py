@@ -104,7 +104,8 @@ class OptunaController(Searcher):
             reason = (result or {}).get(ERROR) or "the trial's worker failed without a result (Ray reported an error)"
             trial.set_user_attr(ERROR, reason)
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            self._retry(frozen)
+            if (result or {}).get("retry", True):
+                self._retry(frozen)
         else:
             for key, value in result.items():
                 if key.startswith("violation:"):

@@ -143,7 +143,7 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
             logits = model(inputs.calib[:8])
     if not torch.isfinite(logits).all():
         where = "after distillation (it diverged; lower distill lr)" if wants and not hopeless else ""
-        return {ERROR: f"the candidate's logits are not finite {where}".strip()}
+        return {ERROR: f"the candidate's logits are not finite {where}".strip(), "retry": False}  # it would again
     metrics["distilled"] = wants and not hopeless
     # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
     metrics["simulated_layers"] = len(simulated_layers(model))
@@ -159,16 +159,19 @@ WEIGHTS_FILE = "weights.safetensors"
 
 
 def _keep_weights(model: nn.Module, directory: Path) -> None:
-    """Save the trial's weights; a node that cannot write there (no shared run folder) keeps nothing."""
+    """Save the trial's weights; a node that does not see the run folder (no shared file system), or cannot write
+    there, keeps nothing (the end of the search then rebuilds the model)."""
     from safetensors.torch import save_file
 
+    if not directory.parent.parent.is_dir():  # the run folder itself: absent on a node without the shared folder
+        return
+    tmp = directory / (WEIGHTS_FILE + ".tmp")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (WEIGHTS_FILE + ".tmp")
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         tmp.replace(directory / WEIGHTS_FILE)
-    except OSError:
-        pass
+    except Exception:  # noqa: BLE001 - disk full, permissions, safetensors' own errors: keeping weights is optional
+        tmp.unlink(missing_ok=True)
 
 
 def kept_model(base: nn.Module, recipe: Recipe, directory: Path) -> nn.Module | None:

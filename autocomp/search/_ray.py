@@ -21,6 +21,10 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    if ray_address and ray_address.startswith("ray://"):
+        raise AutocompError(f"--ray-address {ray_address}: Ray Client (ray://) addresses are not supported, the "
+                            "search keeps its study in a local SQLite file next to the driver; run autocomp on a "
+                            "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
     try:
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
@@ -51,11 +55,11 @@ def require_trial_resources(resources: Resources, *, ray_address: str | None) ->
                             "a cluster with GPU nodes")
     ray = import_ray()
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    cpus = max((node.get("CPU", 0) for node in nodes), default=0)
-    gpus = max((node.get("GPU", 0) for node in nodes), default=0)
-    if cpus < resources.cpu:
-        raise AutocompError(f"resources.cpu is {resources.cpu} but no node of the Ray cluster has that many CPUs "
-                            f"(the largest has {cpus:g}); lower resources.cpu")
-    if resources.gpu and gpus < min(resources.gpu, 1):
+    if any(node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu for node in nodes):
+        return
+    have = ", ".join(f"{node.get('CPU', 0):g} CPU + {node.get('GPU', 0):g} GPU" for node in nodes) or "no node"
+    if resources.gpu and not any(node.get("GPU", 0) for node in nodes):
         raise AutocompError(f"resources.gpu is {resources.gpu:g} but no node of the Ray cluster has a GPU; set "
                             "resources.gpu: 0, or add a node with GPUs (ray start ... --num-gpus=N)")
+    raise AutocompError(f"resources asks {resources.cpu} CPU + {resources.gpu:g} GPU per trial, but no node of the "
+                        f"Ray cluster has that many (nodes: {have}); lower resources.cpu or resources.gpu")
