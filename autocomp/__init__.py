@@ -14,11 +14,12 @@ __all__ = ["AutocompError", "Recipe", "Distill", "compress", "load", "load_prepr
 __version__ = "0.1.0"
 
 
-def load(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving
-    """Load a saved compressed model (a ``best/`` or exported folder) as a ready ``nn.Module``."""
+def load(path, *, base=None):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving
+    """Load a saved compressed model (a ``best/`` or exported folder) as a ready ``nn.Module``; ``base``: the
+    uncompressed model, when the search was given it as an ``nn.Module``."""
     from autocomp.saving import load_model
 
-    return load_model(path)
+    return load_model(path, base=base)
 
 
 def load_preprocessing(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import torch
 from torch import nn
 
 from autocomp._loader import build, read_yaml
@@ -88,18 +87,28 @@ class JobConfig:
                                 f"limit) or null to never skip, got {margin!r}")
 
 
-def load_config(path: str | Path) -> JobConfig:
-    """Read a job config (:func:`autocomp._loader.build`); paths in it are resolved next to the file first."""
+def load_config(path: str | Path, *, model: nn.Module | None = None) -> JobConfig:
+    """Read a job config (:func:`autocomp._loader.build`); paths in it are resolved next to the file first.
+
+    ``model``: the ``nn.Module`` a run's config.yaml says the search was given in Python (``given_as:
+    nn.Module``); nothing in a config is ever unpickled.
+    """
     path = Path(path)
     raw = read_yaml(path, what="config file")
     if not isinstance(raw, Mapping):
         raise AutocompError(f"{path}: expected a mapping with model, data, search_space, hardware, budget")
     values = dict(raw)
     base = path.parent
-    model = values.get("model")
-    if isinstance(model, Mapping) and set(model) == {"module"}:  # an nn.Module autocomp itself saved in a run folder
-        module_path = resolve_path(model["module"], base=base, what="saved base module")
-        values["model"] = torch.load(module_path, weights_only=False).eval()  # written by autocomp, not a user
+    section = values.get("model")
+    if isinstance(section, Mapping) and "module" in section:
+        raise AutocompError(f"{path}: model.module (a pickled model) is not read: loading a pickle can run code; "
+                            "give model: {factory: 'package.module:function', kwargs: {...}, checkpoint: "
+                            "weights.safetensors}, or pass the nn.Module from Python")
+    if isinstance(section, Mapping) and section.get("given_as") == "nn.Module":  # a run folder's config.yaml
+        if model is None:
+            raise AutocompError(f"{path}: this search was given its model as an nn.Module in Python; pass the same "
+                                "module (e.g. autocomp.search.export_trial(run, number, out, base=my_model))")
+        values["model"] = model.eval()
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):
         if isinstance(values.get(key), str):
             values[key] = resolve_path(values[key], base=base, what=what)

@@ -1,4 +1,5 @@
-"""Models a user brings: a timm model name with keyword arguments and a checkpoint, or an ``nn.Module``."""
+"""Models a user brings: a timm model name, or a factory function of their own (``package.module:function``), with
+keyword arguments and a checkpoint; or (Python API) an ``nn.Module``. Nothing is ever unpickled."""
 
 from __future__ import annotations
 
@@ -20,23 +21,44 @@ class ModelSpec:
     """How to build the base model.
 
     Attributes:
-        name: a timm model name (``timm.list_models()``), e.g. ``deit_tiny_patch16_224``.
-        kwargs: keyword arguments for ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``, ...).
+        name: a timm model name (``timm.list_models()``), e.g. ``deit_tiny_patch16_224``; or None with ``factory``.
+        kwargs: keyword arguments for ``timm.create_model`` or the factory (``img_size``, ``embed_dim``, ...).
         checkpoint: weights to load: ``.safetensors``, or ``.pth``/``.pt`` (loaded with ``weights_only=True``).
+        factory: ``package.module:function`` returning the model (a timm ViT-family ``nn.Module``), for a model
+            timm does not name; importable where autocomp runs.
     """
 
-    name: str
+    name: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    factory: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.factory is None):
+            raise AutocompError("give the model a timm name or a factory ('package.module:function'), not "
+                                f"{'both' if self.name else 'neither'}")
+        if self.factory is not None and (not isinstance(self.factory, str) or self.factory.count(":") != 1):
+            raise AutocompError(f"factory must read 'package.module:function', got {self.factory!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kwargs": dict(self.kwargs), "checkpoint": self.checkpoint}
+        data = {"name": self.name, "kwargs": dict(self.kwargs), "checkpoint": self.checkpoint}
+        return data | ({"factory": self.factory} if self.factory is not None else {})
+
+    def describe(self) -> str:
+        return self.name if self.name is not None else self.factory
 
 
 def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
-    """Build the timm model of ``spec`` (never downloads anything) and load its checkpoint."""
+    """Build the model of ``spec`` (a timm name, or the user's factory; never downloads anything) and load its
+    checkpoint."""
     import timm
 
+    if spec.factory is not None:
+        model = _from_factory(spec)
+        vit_blocks(model)
+        if load_weights and spec.checkpoint:
+            load_checkpoint(model, spec.checkpoint)
+        return model.eval()
     if not timm.is_model(spec.name):
         near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
@@ -49,6 +71,23 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
     if load_weights and spec.checkpoint:
         load_checkpoint(model, spec.checkpoint)
     return model.eval()
+
+
+def _from_factory(spec: ModelSpec) -> nn.Module:
+    import importlib
+
+    module_name, _, function = spec.factory.partition(":")
+    try:
+        make = getattr(importlib.import_module(module_name), function)
+    except ImportError as exc:
+        raise AutocompError(f"model.factory {spec.factory!r}: cannot import {module_name} ({exc}); install it or "
+                            "add its folder to PYTHONPATH") from None
+    except AttributeError:
+        raise AutocompError(f"model.factory {spec.factory!r}: {module_name} has no {function!r}") from None
+    model = make(**dict(spec.kwargs))
+    if not isinstance(model, nn.Module):
+        raise AutocompError(f"model.factory {spec.factory!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 import yaml
 from torch import nn
 
 from autocomp._io import write_json
-from autocomp._loader import build
+from autocomp._loader import build, read_yaml
 from autocomp.compress import compress
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 
-__all__ = ["save_model", "load_model", "load_preprocessing"]
+__all__ = ["save_model", "load_model", "load_preprocessing", "GIVEN_AS"]
+
+GIVEN_AS = "given_as"  # model.yaml of a model the search was given as an nn.Module: {given_as: nn.Module}
 
 
 def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec | nn.Module,
@@ -26,19 +28,17 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
     """Write a loadable model folder: recipe.yaml, the base architecture, weights.safetensors and
     preprocessing.json (how its inputs were made: size, crop, interpolation, mean, std).
 
-    The architecture is model.yaml (timm name and kwargs), or, for a model given as an ``nn.Module``, model.pt (the
-    whole compressed module, pickled: load such files only from sources you trust).
+    The architecture is model.yaml: the timm name or factory and its kwargs; for a model given as an ``nn.Module``
+    it says so, and loading needs that module (``load_model(path, base=module)``). Nothing is pickled.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     recipe.save(directory / "recipe.yaml")
-    if isinstance(spec, ModelSpec):
-        (directory / "model.yaml").write_text(yaml.safe_dump({"name": spec.name, "kwargs": dict(spec.kwargs)},
-                                                             sort_keys=False))
-    else:
-        torch.save(model, directory / "model.pt")
+    architecture = ({k: v for k, v in spec.to_dict().items() if k != "checkpoint"} if isinstance(spec, ModelSpec)
+                    else {GIVEN_AS: "nn.Module"})
+    (directory / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "weights.safetensors"))
     if metrics is not None:
@@ -56,24 +56,40 @@ def load_preprocessing(directory: str | Path) -> Preprocessing | None:
     return build(Preprocessing, json.loads(path.read_text()), where=str(path))
 
 
-def load_model(directory: str | Path) -> nn.Module:
+def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved compressed model: base architecture, recipe shapes, then the saved weights. Its
     ``pretrained_cfg`` carries the saved preprocessing, so timm's ``resolve_model_data_config`` and
-    ``create_transform`` give the transform it was scored with."""
+    ``create_transform`` give the transform it was scored with.
+
+    Args:
+        directory: a run's ``best/`` or a folder written by ``autocomp export``.
+        base: the uncompressed model, needed (only) when the search was given it as an ``nn.Module``.
+
+    Raises:
+        AutocompError: not a saved model, a pickled one (never loaded: a pickle can run code), or a model given as
+            an ``nn.Module`` without ``base``.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
     if (directory / "model.pt").is_file() and not (directory / "model.yaml").is_file():
-        return torch.load(directory / "model.pt", weights_only=False).eval()  # saved by autocomp from an nn.Module
+        raise AutocompError(f"{directory / 'model.pt'} is a pickle, which can run code when loaded, so autocomp does "
+                            "not load it; export the trial again with this version (weights as safetensors)")
     needed = [directory / name for name in ("model.yaml", "recipe.yaml", "weights.safetensors")]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise AutocompError(f"{directory} is not a saved autocomp model (missing {missing}); pass a run's best/ "
                             "folder or one written by 'autocomp export'")
-    spec_data = yaml.safe_load((directory / "model.yaml").read_text())
-    spec = ModelSpec(name=spec_data["name"], kwargs=spec_data.get("kwargs") or {})
-    model = compress(create_model(spec, load_weights=False), Recipe.load(directory / "recipe.yaml"),
-                     structure_only=True, inplace=True)
+    architecture = read_yaml(directory / "model.yaml", what="saved architecture") or {}
+    if architecture.get(GIVEN_AS) == "nn.Module":
+        if base is None:
+            raise AutocompError(f"{directory} was searched on a model given as an nn.Module; pass it: "
+                                "autocomp.load(path, base=my_model)")
+        skeleton = copy.deepcopy(base)
+    else:
+        skeleton = create_model(build(ModelSpec, architecture, where=str(directory / "model.yaml")),
+                                load_weights=False)
+    model = compress(skeleton, Recipe.load(directory / "recipe.yaml"), structure_only=True, inplace=True)
     model.load_state_dict(load_file(str(directory / "weights.safetensors")))
     preprocessing = load_preprocessing(directory)
     if preprocessing is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,8 @@ def test_unmeetable_budget_still_writes_results_and_names_the_closest(tmp_path, 
 
 
 def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher):
-    """A model given as an nn.Module (no timm spec): the run saves it, and best/ loads without a spec."""
+    """A model given as an nn.Module (no timm spec): the run keeps its weights (never a pickle); best/ and export need
+    the module given back."""
     import dataclasses
 
     from autocomp.config import load_config
@@ -130,12 +132,49 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     config = dataclasses.replace(load_config(write_job(tmp_path, spec, {"memory": 0.99}, trials=2, workers=1)),
                                  model=model)
     summary = run_search(config, tmp_path / "run", log=lambda _: None, progress=False)
-    assert (tmp_path / "run" / "base.pt").is_file()
+    assert (tmp_path / "run" / "base.safetensors").is_file() and not list((tmp_path / "run").rglob("*.pt"))
     assert summary["met_budget"]
+    with pytest.raises(autocomp.AutocompError, match=r"given as an nn.Module; pass it: autocomp.load\(path, base="):
+        autocomp.load(tmp_path / "run" / "best")
+    loaded = autocomp.load(tmp_path / "run" / "best", base=model)
+    assert abs(evaluate(loaded, load_splits(DIGITS).val) - summary["best"]["val_accuracy"]) < 1e-9
+    assert main(["export", str(tmp_path / "run"), "--trial", "0", "--out", str(tmp_path / "t0")]) == 2  # no module
+    from autocomp.search import export_trial
+
+    export_trial(tmp_path / "run", 0, tmp_path / "t0", base=model)
+    assert autocomp.load(tmp_path / "t0", base=model)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch):
+    """model: {factory: package.module:function}: no timm name, nothing pickled, best/ loads on its own."""
+    (tmp_path / "my_models.py").write_text(
+        "import timm\n\n"
+        "def tiny(**kwargs):\n"
+        "    return timm.create_model('deit_tiny_patch16_224', pretrained=False, **kwargs)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")  # for Ray's workers
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
+    data = yaml.safe_load(job.read_text())
+    data["model"] = {"factory": "my_models:tiny", "kwargs": data["model"]["kwargs"],
+                     "checkpoint": data["model"]["checkpoint"]}
+    job.write_text(yaml.safe_dump(data))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     loaded = autocomp.load(tmp_path / "run" / "best")
-    assert abs(evaluate(loaded, load_splits(DIGITS).val) - summary["best"]["val_accuracy"]) < 0.1
-    assert main(["export", str(tmp_path / "run"), "--trial", "0", "--out", str(tmp_path / "t0")]) == 0
-    assert autocomp.load(tmp_path / "t0")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert evaluate(loaded, load_splits(DIGITS).val) == summary["best"]["val_accuracy"]
+
+
+def test_a_pickled_model_is_never_loaded(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.pt").write_bytes(b"not read")
+    with pytest.raises(autocomp.AutocompError, match="is a pickle, which can run code when loaded"):
+        autocomp.load(tmp_path / "best")
+    config = tmp_path / "job.yaml"
+    config.write_text("model: {module: base.pt}\n")
+    from autocomp.config import load_config
+
+    with pytest.raises(autocomp.AutocompError, match=r"model.module \(a pickled model\) is not read"):
+        load_config(config)
 
 
 def test_resuming_a_folder_of_another_job_is_refused(finished_run, tiny_teacher, tmp_path, capsys):

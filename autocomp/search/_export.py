@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from torch import nn
 
 from autocomp.config import load_config
 from autocomp.data import load_splits
@@ -19,8 +20,11 @@ from autocomp.search._objective import build_candidate, distill_subset, kept_mod
 __all__ = ["export_trial"]
 
 
-def export_trial(run_dir: Path, number: int, out: Path) -> Path:
-    """Rebuild trial ``number`` of ``run_dir`` from its recipe and save it to ``out``."""
+def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | None = None) -> Path:
+    """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe.
+
+    ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
+    """
     if not (run_dir / "study.db").is_file() or not (run_dir / "config.yaml").is_file():
         raise AutocompError(f"{run_dir} is not a search run folder (no study.db / config.yaml)")
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
@@ -29,7 +33,7 @@ def export_trial(run_dir: Path, number: int, out: Path) -> Path:
         complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
         raise AutocompError(f"trial {number} is not a complete trial of {run_dir}; complete trials: "
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(run_dir / "config.yaml", model=base)
     recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
     splits = load_splits(config.data, base)

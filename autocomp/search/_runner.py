@@ -29,6 +29,7 @@ from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Distill
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
+from autocomp.saving import GIVEN_AS
 from autocomp.search import _finish as finish
 from autocomp.search._controller import DIRECTIONS, RETRY_OF, OptunaController, counted
 from autocomp.search._objective import ERROR, TrialInputs, distill_subset, metrics_of, run_trial
@@ -38,6 +39,8 @@ from autocomp.search._space import SearchSpace, load_space
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
+
+BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
 
 
 def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | None = None,
@@ -180,7 +183,6 @@ def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, 
     from ray import tune
 
     def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
-        import torch
 
         torch.set_num_threads(inputs.threads)
         try:
@@ -203,7 +205,7 @@ def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, 
 def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str]:
     """The job as written to config.yaml, and a fingerprint of everything that decides a trial's result."""
     if isinstance(config.model, nn.Module):
-        model: dict[str, Any] = {"module": "base.pt"}
+        model: dict[str, Any] = {GIVEN_AS: "nn.Module", "weights": BASE_WEIGHTS}
         identity = hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
     else:
         model = config.model.to_dict()
@@ -229,13 +231,15 @@ def _previous_run(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
 def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
                     baseline: dict, limits: dict) -> None:
     """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
-    as an nn.Module, base.pt: what export and resume need."""
+    as an nn.Module, its weights (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
-        torch.save(base, run_dir / "base.pt")
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(run_dir / BASE_WEIGHTS))
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
                                                   "limits": limits}, indent=2))
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
-            "skip_margin": config.skip_margin}
+            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")
