@@ -30,8 +30,11 @@ def _states_read_only(path):
     if not path.is_file():
         return []
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as connection:
-            return [row[0] for row in connection.execute("SELECT state FROM trials")]
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as connection:  # a RUNNING trial counts
+            rows = connection.execute(  # once its recipe is complete, i.e. handed to Ray
+                "SELECT t.state, EXISTS(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND "
+                "a.key = 'recipe') FROM trials t").fetchall()
+            return [state for state, has_recipe in rows if state != "RUNNING" or has_recipe]
     except sqlite3.Error:  # the schema is not there yet, or the file is locked for a moment
         return []
 
@@ -73,7 +76,9 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
     for number, trial in interrupted.items():  # marked failed, explained, and run again with the same recipe
         assert after[number].state == optuna.trial.TrialState.FAIL
         reruns = [t for t in complete.values() if t.user_attrs.get("retry_of") == number]
-        assert len(reruns) == 1 and reruns[0].params == trial.params
+        assert len(reruns) == 1 and trial.params.items() <= reruns[0].params.items()
+        if "recipe" in trial.user_attrs:  # it was running (not still being sampled): the very same recipe
+            assert reruns[0].params == trial.params and reruns[0].user_attrs["recipe"] == trial.user_attrs["recipe"]
     rows = {r.number: r for r in trial_rows(optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)),
                                              ["memory_mb"])}
     assert all(rows[n].error.startswith("interrupted") for n in interrupted)
