@@ -2,9 +2,10 @@
 frozen dataclasses, with one-line errors that name the file and the key.
 
 :func:`read_yaml` parses a file; :func:`build` turns a mapping into a dataclass, in this order: the mapping itself,
-unknown keys, missing keys (fields without a default), each value's type from the field's annotation (``bool`` is
+unknown keys, missing keys (fields without a default), the dataclass's own ``__post_init__`` checks on the values as
+written (their messages quote the user's value), then each value's type from the field's annotation (``bool`` is
 not a number; an ``int`` is accepted for a ``float``; a list for a ``tuple``; a mapping for a nested dataclass;
-``None`` only where the annotation allows it), then the dataclass's own ``__post_init__`` checks of values.
+``None`` only where the annotation allows it).
 """
 
 from __future__ import annotations

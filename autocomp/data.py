@@ -190,12 +190,13 @@ class Split:
         xs, ys = zip(*self.batches(256)) if len(self) else ((), ())
         return (torch.cat(xs) if xs else torch.empty(0)), (torch.cat(ys) if ys else torch.empty(0, dtype=torch.long))
 
+    def input_numel(self) -> int:
+        """Values in one preprocessed input image."""
+        raise NotImplementedError
+
     def eval_batch_size(self) -> int:
-        """A throughput-friendly batch size: about ``EVAL_BATCH_BYTES`` of input, at most 512 images."""
-        first = next(self.batches(1), None)
-        if first is None:
-            return 1
-        return max(1, min(512, EVAL_BATCH_BYTES // (first[0][0].numel() * 4)))
+        """A throughput-friendly batch size: about ``EVAL_BATCH_BYTES`` of fp32 input, at most 512 images."""
+        return max(1, min(512, EVAL_BATCH_BYTES // (max(1, self.input_numel()) * 4)))
 
 
 def _order(count: int, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
@@ -224,6 +225,9 @@ class TensorSplit(Split):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
+
+    def input_numel(self) -> int:
+        return self.x[0].numel() if len(self) else 0
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,9 @@ class FolderSplit(Split):
                                              collate_fn=_collate)
         for (x, y), index in zip(loader, batches, strict=True):
             yield (x, y, torch.tensor(index)) if with_index else (x, y)
+
+    def input_numel(self) -> int:  # known from the preprocessing: no image is decoded to size a batch
+        return self.preprocessing.channels * self.preprocessing.image_size ** 2
 
     def subset(self, count: int) -> FolderSplit:
         return FolderSplit(root=self.root, files=self.files[:count], labels=self.labels[:count],

@@ -76,8 +76,9 @@ def test_imagefolder_of_class_folders_is_split_and_streamed(tmp_path):
     assert splits.calib.x.shape == (2, 3, 16, 16)  # only the calibration images are held as a tensor
     x, y = splits.train.tensors()
     assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
-    files = set(splits.train.files) | set(splits.val.files) | set(splits.test.files)
-    assert len(files) == 10 and not files & set()  # disjoint: 6 + 2 + 2 distinct files
+    parts = [set(splits.train.files), set(splits.val.files), set(splits.test.files)]
+    assert len(set.union(*parts)) == sum(map(len, parts)) == 10  # disjoint: 6 + 2 + 2 distinct files
+    assert splits.train.input_numel() == splits.calib.input_numel() == 3 * 16 * 16  # sized without decoding
     again = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
                                    test_size=2, workers=0), model)
     assert again.train.files == splits.train.files and torch.equal(again.calib.x, splits.calib.x)
