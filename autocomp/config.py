@@ -59,6 +59,10 @@ class JobConfig:
             far over; None never skips.
         resources: CPUs and GPUs per trial.
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
+        trial_timeout_s: a trial running longer stops at its next step (distillation step, evaluation batch, timing
+            round) and fails with the reason; None: no limit.
+        measure_timeout_s: a measurement not done within this time (waiting for a busy device included) fails its
+            trial; None: no limit.
         source: the YAML file the config came from.
     """
 
@@ -73,6 +77,8 @@ class JobConfig:
     skip_margin: float | None = 0.5
     resources: Resources = dataclasses.field(default_factory=Resources)
     retries: int = 1
+    trial_timeout_s: float | None = None
+    measure_timeout_s: float | None = 600.0
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})
 
     def __post_init__(self) -> None:
@@ -80,6 +86,11 @@ class JobConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise AutocompError(f"{key} must be a whole number >= {minimum}, got {value!r}")
+        for key in ("trial_timeout_s", "measure_timeout_s"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not value > 0):
+                raise AutocompError(f"{key} must be a number of seconds > 0, or null for no limit, got {value!r}")
         margin = self.skip_margin
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
                                    or not margin >= 0):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autocomp._timeout import check_time
 from autocomp.data import Split
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
@@ -128,6 +129,7 @@ def _train(student: nn.Module, teacher: nn.Module, split: Split, config: Distill
     running, last = torch.zeros((), device=device), 0
     student.train()
     for step, (x, y) in enumerate(_batches(split, config), start=1):
+        check_time()
         x, y = x.to(device), y.to(device)
         if cached is not None:
             teacher_logits = cached[step - 1].to(device)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autocomp._timeout import check_time
 from autocomp.data import Split
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int | None = None) -
     model.eval()
     correct = 0
     for x, y in split.batches(batch_size or split.eval_batch_size()):
+        check_time()
         correct += (model(x).argmax(-1) == y).sum().item()
     model.train(was_training)
     return 100.0 * correct / max(1, len(split))

@@ -133,3 +133,24 @@ def test_a_search_on_a_cluster_without_the_resource_stops_before_any_trial(clust
     assert "'no_such_device'" in err and str(tmp_path / "device.yaml") in err and "ray_resource: null" in err
     assert not (tmp_path / "run" / "run.json").exists()  # not even the baseline was measured
     assert optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials() == []
+
+
+def test_a_measurement_for_a_device_no_node_holds_ends_instead_of_waiting_for_ever(cluster):
+    import time
+
+    from autocomp.measure.placement import DeviceLost
+
+    started = time.monotonic()
+    with pytest.raises(DeviceLost, match=r"the Ray node holding the device resource 'gone_device' left the cluster"):
+        measure_on_device(small_vit(), profile_on("gone_device"), example=torch.randn(2, 3, 16, 16))
+    assert time.monotonic() - started < 30  # Ray itself would keep the infeasible task pending for ever
+
+
+def test_a_measurement_past_its_timeout_fails_with_the_setting_named(cluster):
+    from autocomp._timeout import TimedOut
+
+    profile = dataclasses.replace(profile_on(RESOURCE), repeats=100_000)
+    with pytest.raises(TimedOut, match=r"ran past measure_timeout_s = 2 s"):
+        measure_on_device(small_vit(), profile, example=torch.randn(2, 3, 16, 16), timeout_s=2)
+    placed = measure_on_device(small_vit(), profile_on(RESOURCE), example=torch.randn(2, 3, 16, 16), timeout_s=60)
+    assert placed.measurement.latency_ms > 0  # the device is free again: the timed-out task was cancelled

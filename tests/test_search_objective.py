@@ -7,6 +7,7 @@ import pytest
 from autocomp.hardware import HardwareProfile
 from autocomp.ops import quantize as q
 from autocomp.recipe import Recipe
+from autocomp.search._controller import RECORDED
 from autocomp.search._objective import TrialInputs, distill_subset, run_trial
 
 PROFILE = HardwareProfile(name="t", threads=1, batch_size=4, warmup=1, repeats=3)
@@ -75,28 +76,100 @@ def test_a_diverged_distillation_is_a_failed_trial_with_its_reason(tiny_teacher,
     assert result["retry"] is False  # it would diverge again
 
 
-def test_a_crashed_trial_is_failed_with_its_reason_and_its_recipe_retried_once():
-    import optuna
-
+def _controller(study, n_trials=1, **kwargs):
     from autocomp.search._controller import OptunaController
     from autocomp.search._space import SearchSpace
 
+    return OptunaController(study=study, space=SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0)),
+                            heads_per_block=[4, 4], n_trials=n_trials, **kwargs)
+
+
+def _study():
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    told = []
-    controller = OptunaController(study=study, space=SearchSpace(heads_keep=(0.5, 1.0)), heads_per_block=[4, 4],
-                                  n_trials=1, on_told=told.append, retries=1)
+    return optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_a_crashed_trial_is_failed_with_its_reason_retried_once_then_replaced():
+    import optuna
+
+    study, told = _study(), []
+    controller = _controller(study, on_told=told.append, retries=1)
     first = controller.suggest("a")
     controller.on_trial_complete("a", result={"error": "RuntimeError: out of memory"})
     again = controller.suggest("b")  # the same recipe, asked on top of the one trial
     assert again["recipe"] == first["recipe"] and again["trial_number"] == first["trial_number"] + 1
     controller.on_trial_complete("b", result={"error": "RuntimeError: out of memory"})
-    assert controller.suggest("c") == controller.FINISHED  # retried once, then given up
     assert [t.state for t in told] == [optuna.trial.TrialState.FAIL] * 2
     assert told[0].user_attrs["error"] == "RuntimeError: out of memory" and told[1].user_attrs["retry_of"] == 0
-    controller = OptunaController(study=study, space=SearchSpace(heads_keep=(0.5, 1.0)), heads_per_block=[4, 4],
-                                  n_trials=1, retries=1)
-    controller.suggest("d")
-    controller.on_trial_complete("d", result={"refused": "block 0: rank saves nothing"})
-    assert study.trials[-1].user_attrs["error"] == "refused: block 0: rank saves nothing"
-    assert controller.suggest("e") == controller.FINISHED  # a refusal is not retried
+    replaced = controller.suggest("c")  # retries spent: a new recipe takes the failed one's place
+    assert replaced is not controller.FINISHED and "retry_of" not in study.trials[-1].user_attrs
+    controller.on_trial_complete("c", result={"error": "RuntimeError: out of memory"})
+    again = controller.suggest("d")
+    assert again["recipe"] == replaced["recipe"]  # the replacement's own retry
+    controller.on_trial_complete("d", result={"error": "RuntimeError: out of memory"})
+    assert controller.suggest("e") == controller.FINISHED  # one replacement per asked trial: the cap is reached
+
+
+@pytest.mark.parametrize("result", [{"refused": "block 0: rank saves nothing"},
+                                    {"error": "timed out: ran past trial_timeout_s = 1 s", "retry": False}])
+def test_a_failure_a_rerun_would_repeat_is_replaced_by_a_new_recipe(result):
+    study = _study()
+    controller = _controller(study, retries=1)
+    controller.suggest("a")
+    controller.on_trial_complete("a", result=result)
+    assert study.trials[-1].user_attrs["error"] in (f"refused: {result.get('refused')}", result.get("error"))
+    controller.suggest("b")
+    assert "retry_of" not in study.trials[-1].user_attrs  # not retried: a new draw in its place
+    controller.on_trial_complete("b", result={"accuracy": 1.0, "latency_ms": 1.0, "memory_mb": 1.0,
+                                              **dict.fromkeys(RECORDED, 0.0)})
+    assert controller.suggest("c") == controller.FINISHED
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+
+
+def test_a_lost_device_stops_the_search_and_queues_the_recipe_for_the_resume():
+    import optuna
+
+    study = _study()
+    controller = _controller(study, n_trials=3, retries=1)
+    first, second = controller.suggest("a"), controller.suggest("b")
+    lost = "the Ray node holding the device resource 'gpu0' left the cluster"
+    controller.on_trial_complete("a", result={"error": lost, "stop_search": True})
+    controller.on_trial_complete("b", result={"error": "RuntimeError: worker died"})  # finishing after the stop
+    assert controller.stopped == lost and controller.suggest("c") == controller.FINISHED
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2
+    resumed = _controller(study, n_trials=2)  # the resumed search runs both recipes first
+    assert [resumed.suggest(t)["recipe"] for t in "de"] == [first["recipe"], second["recipe"]]
+
+
+def test_a_trial_past_its_time_limit_fails_with_the_reason(tiny_teacher, digits_splits):
+    import dataclasses
+
+    inputs = dataclasses.replace(_inputs(tiny_teacher[1], digits_splits), trial_timeout_s=1e-3)
+    result = run_trial(_distilled(steps=1000).to_dict(), inputs)
+    assert result == {"error": "timed out: ran past trial_timeout_s = 0.001 s", "retry": False}
+
+
+def test_time_limits_nest_and_the_earliest_deadline_holds():
+    import time
+
+    from autocomp._timeout import TimedOut, check_time, time_limit
+
+    check_time()  # no limit: nothing to raise
+    with time_limit(100.0, setting="trial_timeout_s"):
+        with time_limit(None, setting="measure_timeout_s"):
+            check_time()
+        with time_limit(1e-3, setting="measure_timeout_s"):
+            time.sleep(0.01)
+            with pytest.raises(TimedOut, match=r"ran past measure_timeout_s = 0.001 s"):
+                check_time()
+        with time_limit(1000.0, setting="measure_timeout_s"):  # the outer, earlier deadline still holds
+            time.sleep(0.01)
+            check_time()
+    with time_limit(1e-3, setting="trial_timeout_s"):
+        time.sleep(0.01)
+        with time_limit(1000.0, setting="measure_timeout_s"):
+            with pytest.raises(TimedOut, match="trial_timeout_s"):
+                check_time()

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from autocomp._timeout import check_time
 from autocomp.hardware import HardwareProfile
 
 __all__ = ["MB", "Measurement", "measure", "num_threads", "weight_nbytes", "peak_activation_nbytes", "time_models"]
@@ -119,6 +120,7 @@ def time_models(models: list[nn.Module], example: torch.Tensor, *, warmup: int, 
             for _ in range(warmup):
                 model(example)
         for round_ in range(repeats):
+            check_time()
             for index in (order if round_ % 2 == 0 else order[::-1]):
                 start = time.perf_counter()
                 models[index](example)

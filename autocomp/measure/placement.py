@@ -5,6 +5,10 @@ Every measurement of the run (the uncompressed baseline and each trial's candida
 one whole unit of NAME, so it runs on that node and, the node declaring one unit, one at a time: trials compress and
 evaluate wherever Ray puts them, but never time on the device while another measurement is running there. The task
 asks for no CPU; start the device's node with ``--num-cpus=0`` so that no trial is scheduled beside it.
+
+A measurement waits for its task in short polls: if the node holding the device leaves the cluster, it raises
+:class:`DeviceLost` (the search stops, keeps everything, and resumes when the node is back) instead of waiting for
+ever on a task no node can run; and it gives up past ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from autocomp._timeout import check_time, time_limit
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure._measure import Measurement, measure
 
-__all__ = ["Placed", "import_ray", "require_resource", "measure_on_device"]
+__all__ = ["Placed", "DeviceLost", "import_ray", "require_resource", "measure_on_device"]
+
+POLL_S = 1.0  # how often a wait for a remote measurement checks that the device is still there
 
 
 class Placed(NamedTuple):
@@ -39,6 +46,10 @@ class Placed(NamedTuple):
     node_id: str | None
     started: float
     finished: float
+
+
+class DeviceLost(AutocompError):
+    """The Ray node holding the profile's device left the cluster."""
 
 
 def import_ray() -> Any:
@@ -72,18 +83,49 @@ def require_resource(profile: HardwareProfile, *, source: str | Path) -> None:
 
 
 def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor,
-                      reference: nn.Module | None = None) -> Placed:
+                      reference: nn.Module | None = None, timeout_s: float | None = None) -> Placed:
     """:func:`autocomp.measure.measure`, run where the profile's device is.
 
     Without ``profile.ray_resource`` it runs in the calling process; with it, as a Ray task holding one unit of the
-    resource (Ray must be initialized), which the caller waits for.
+    resource (Ray must be initialized), which the caller waits for (the time it queues behind other measurements
+    for the device included).
+
+    Raises:
+        autocomp._timeout.TimedOut: past ``timeout_s`` (``measure_timeout_s``), or past an outer time limit.
+        DeviceLost: the node holding ``profile.ray_resource`` left the cluster.
     """
-    if profile.ray_resource is None:
-        return _measure(model, profile, example, reference, node_id=None)
-    # "DEFAULT" leaves the trial's placement group (Tune captures child tasks into it, and its bundles hold no
-    # device) for the cluster's own scheduler, which finds the node with the resource
-    task = _remote_measure().options(num_cpus=0, resources={profile.ray_resource: 1}, scheduling_strategy="DEFAULT")
-    return import_ray().get(task.remote(model, profile, example, reference))
+    with time_limit(timeout_s, setting="measure_timeout_s"):
+        if profile.ray_resource is None:
+            return _measure(model, profile, example, reference, node_id=None)
+        # "DEFAULT" leaves the trial's placement group (Tune captures child tasks into it, and its bundles hold no
+        # device) for the cluster's own scheduler, which finds the node with the resource
+        task = _remote_measure().options(num_cpus=0, resources={profile.ray_resource: 1},
+                                         scheduling_strategy="DEFAULT")
+        return _wait(task.remote(model, profile, example, reference), profile.ray_resource)
+
+
+def _wait(ref: Any, resource: str) -> Placed:
+    """The result of a remote measurement, polled so that a lost device or a time limit ends the wait."""
+    ray = import_ray()
+    try:
+        while True:
+            ready, _ = ray.wait([ref], timeout=POLL_S)
+            if ready:
+                try:
+                    return ray.get(ref)
+                except ray.exceptions.RayError:
+                    _check_device(resource)  # the node died under the task: say so
+                    raise
+            _check_device(resource)
+            check_time()
+    except BaseException:
+        ray.cancel(ref, force=True)
+        raise
+
+
+def _check_device(resource: str) -> None:
+    if import_ray().cluster_resources().get(resource, 0) < 1:
+        raise DeviceLost(f"the Ray node holding the device resource {resource!r} left the cluster")
 
 
 def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, reference: nn.Module | None, *,

@@ -14,7 +14,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
-from autocomp.search._objective import ERROR, PHASES
+from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace
 
@@ -24,6 +24,7 @@ OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", *(f"seconds_{p}" for p in PHASES))
+# set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 
@@ -44,8 +45,13 @@ class OptunaController(Searcher):
         on_told: called with each finished Optuna trial (progress, anytime results).
         screen: predicts each recipe's cost and skips those far over budget; None predicts nothing. It learns from
             the trials already complete in the study and from each one measured here.
-        retries: how many times a crashed trial's recipe is run again (an operator's refusal is not retried); each
-            retry is asked for on top of ``n_trials``, so failures do not cost the user completed trials.
+        retries: how many times a crashed trial's recipe is run again; each retry is asked for on top of
+            ``n_trials``. A trial that fails for a reason a rerun would meet again (an operator's refusal,
+            non-finite logits, a time limit), or whose retries are spent, is replaced by a new recipe instead, at most
+            ``n_trials`` times in a run: failures do not cost the user completed trials, up to that cap.
+
+    A trial whose device left the cluster stops the search (:attr:`stopped` says why): no new trial is asked for,
+    and its recipe is queued in the study, to run first when the search is resumed.
     """
 
     def __init__(self, *, study: optuna.Study, space: SearchSpace, heads_per_block: Sequence[int], n_trials: int,
@@ -54,7 +60,8 @@ class OptunaController(Searcher):
         super().__init__()
         self._study, self._space, self._heads = study, space, list(heads_per_block)
         self._remaining, self._on_told, self._screen = n_trials, on_told, screen
-        self._retries = retries
+        self._retries, self._replacements = retries, n_trials
+        self.stopped: str | None = None
         self._live: dict[str, tuple[optuna.Trial, Recipe]] = {}
         self._started: dict[str, float] = {}  # when each trial was handed to Ray: the rest of its time is the engine's
         if screen is not None:  # resuming: what earlier runs measured
@@ -69,7 +76,7 @@ class OptunaController(Searcher):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
-                             _started={})
+                             _started={}, _retries=0, _replacements=0, stopped=None)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
@@ -96,16 +103,23 @@ class OptunaController(Searcher):
         started = self._started.pop(trial_id, None)
         if trial is None:
             return
-        if result and "refused" in result:  # the operators refuse this recipe: running it again would not help
+        result = result or {}
+        if result.get("node") is not None:
+            trial.set_user_attr("node", result["node"])
+        if "refused" in result:  # the operators refuse this recipe: running it again would not help
             trial.set_user_attr("refused", result["refused"])
             trial.set_user_attr(ERROR, f"refused: {result['refused']}")
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        elif error or not result or "accuracy" not in result:
-            reason = (result or {}).get(ERROR) or "the trial's worker failed without a result (Ray reported an error)"
+            self._replace()
+        elif error or "accuracy" not in result:
+            reason = result.get(ERROR) or ("the trial's Ray worker died without a result (its node left the "
+                                           "cluster, or the process crashed, e.g. out of memory)")
             trial.set_user_attr(ERROR, reason)
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if (result or {}).get("retry", True):
-                self._retry(frozen)
+            if result.get(STOP):
+                self._stop(frozen, reason)
+            elif not (result.get("retry", True) and self._retry(frozen)):
+                self._replace()
         else:
             for key, value in result.items():
                 if key.startswith("violation:"):
@@ -119,17 +133,30 @@ class OptunaController(Searcher):
                 self._screen.observe(recipe, result["latency_ms"])
         self._told(frozen)
 
-    def _retry(self, failed: optuna.trial.FrozenTrial) -> None:
-        """Queue a crashed trial's recipe again, ``retries`` times at most per recipe."""
+    def _retry(self, failed: optuna.trial.FrozenTrial) -> bool:
+        """Queue a crashed trial's recipe again, ``retries`` times at most per recipe; whether it was queued."""
         attempt, first = 1, failed
         trials = {t.number: t for t in self._study.get_trials(deepcopy=False)}
         while RETRY_OF in first.user_attrs and first.user_attrs[RETRY_OF] in trials:
             first = trials[first.user_attrs[RETRY_OF]]
             attempt += 1
         if attempt > self._retries:
-            return
+            return False
         self._study.enqueue_trial(failed.params, user_attrs={RETRY_OF: failed.number}, skip_if_exists=False)
-        self._remaining += 1
+        if self.stopped is None:  # stopped: the queued recipe waits in the study for the resumed search
+            self._remaining += 1
+        return True
+
+    def _replace(self) -> None:
+        """Ask for one more new recipe in place of a failed one, while the cap allows."""
+        if self.stopped is None and self._replacements > 0:
+            self._replacements -= 1
+            self._remaining += 1
+
+    def _stop(self, failed: optuna.trial.FrozenTrial, reason: str) -> None:
+        """Ask for no further trial; the failed recipe waits in the study for the resumed search."""
+        self._study.enqueue_trial(failed.params, user_attrs={RETRY_OF: failed.number}, skip_if_exists=False)
+        self.stopped, self._remaining = reason, 0
 
     def _told(self, frozen: optuna.trial.FrozenTrial) -> None:
         if self._on_told is not None:

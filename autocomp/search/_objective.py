@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from autocomp._timeout import TimedOut, time_limit
 from autocomp.budget import feasible, violations
 from autocomp.compress import compress
 from autocomp.data import Split
@@ -19,13 +20,13 @@ from autocomp.distill import TeacherCache, distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, num_threads
-from autocomp.measure.placement import measure_on_device
+from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES",
-           "ERROR"]
+           "ERROR", "STOP"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class TrialInputs:
         teacher_cache: the teacher's logits on the distillation batches, computed once per run, or None.
         weights_dir: where a trial within budget keeps its weights (``<dir>/<trial number>/``), or None.
         gpu: distil on the trial's GPU (the job asks for GPUs and this process sees CUDA).
+        trial_timeout_s: the job's limit on one trial (None: none).
+        measure_timeout_s: the job's limit on one measurement (None: none).
     """
 
     base: nn.Module
@@ -59,6 +62,8 @@ class TrialInputs:
     teacher_cache: TeacherCache | None = None
     weights_dir: str | None = None
     gpu: bool = False
+    trial_timeout_s: float | None = None
+    measure_timeout_s: float | None = None
 
 
 def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split, *,
@@ -100,6 +105,7 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
 
 PHASES = ("compress", "measure", "distill", "evaluate")  # a trial's steps, timed as seconds_<phase>
 ERROR = "error"  # a failed trial reports why under this key
+STOP = "stop_search"  # set in a failed trial's result when the search cannot go on (the device left)
 
 
 def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: int | None = None) -> dict[str, Any]:
@@ -111,7 +117,21 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     anyway. A trial within budget keeps its weights under ``inputs.weights_dir`` so that ``best/`` and export need
     not distil again. Also returned: ``seconds_<phase>`` for each of ``PHASES``, ``trial_seconds`` (their total
     with the rest of the trial) and ``measured_on``, the Ray node id the measurement ran on (None: in this process).
+
+    A trial that fails for a reason a rerun would meet again returns ``{ERROR: why, "retry": False}``: a recipe
+    the operators refuse (``refused``), non-finite logits, a time limit passed; one whose device left the cluster
+    returns ``{ERROR: why, STOP: True}``.
     """
+    try:
+        with time_limit(inputs.trial_timeout_s, setting="trial_timeout_s"):
+            return _run_trial(Recipe.from_dict(recipe_dict), inputs, number)
+    except TimedOut as exc:
+        return {ERROR: str(exc), "retry": False}
+    except DeviceLost as exc:
+        return {ERROR: str(exc), STOP: True}
+
+
+def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None) -> dict[str, Any]:
     started = time.perf_counter()
     seconds = dict.fromkeys(PHASES, 0.0)
 
@@ -121,14 +141,15 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
         seconds[phase] += time.perf_counter() - begin
         return result
 
-    recipe = Recipe.from_dict(recipe_dict)
     with num_threads(inputs.threads):
         try:
             model = timed("compress", lambda: compress(inputs.base, recipe, calibration=inputs.calib))
+        except TimedOut:
+            raise
         except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
             return {"refused": str(exc)}
     placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
-                                                        reference=inputs.base))
+                                                        reference=inputs.base, timeout_s=inputs.measure_timeout_s))
     metrics: dict[str, Any] = metrics_of(placed.measurement, inputs.base_latency_ms)
     over = violations(metrics, inputs.limits)
     wants = recipe.distill is not None and recipe.distill.steps > 0

@@ -1,4 +1,9 @@
-"""The Ray a search runs on: the caller's, an existing cluster joined by address, or an embedded local one."""
+"""The Ray a search runs on: the caller's, an existing cluster joined by address, or an embedded local one.
+
+A cluster joined by address gets the driver's autocomp package through Ray's ``runtime_env`` (its nodes need not
+have it installed), and every node is checked, before any trial, to run the same Python, torch, timm and Ray as
+the driver: other versions would give other numbers, or fail mid-search.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["ray_session", "require_trial_resources"]
+__all__ = ["ray_session", "require_trial_resources", "require_same_versions"]
+
+VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 
 
 @contextmanager
@@ -27,18 +34,71 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
                             "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
     try:
         if ray_address:
-            ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"py_modules": [_package_dir()], "excludes": ["__pycache__"]})
         else:
             # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) on the machine
             ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR")
     except ConnectionError as exc:
         raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
-                            "(ray status shows it) or omit --ray-address for an embedded local Ray") from None
+                            "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started with "
+                            "it, or omit --ray-address for an embedded local Ray") from None
     try:
+        if ray_address:
+            require_same_versions()
         yield
     finally:
         ray.shutdown()
+
+
+def _package_dir() -> str:
+    import autocomp
+
+    return os.path.dirname(autocomp.__file__)
+
+
+def _versions() -> dict[str, str]:
+    """Python's and the ``VERSIONED`` packages' versions in this process ("missing" for one not installed)."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def require_same_versions() -> None:
+    """Check that every alive node of the cluster runs the driver's Python and ``VERSIONED`` packages.
+
+    Raises:
+        AutocompError: names the node, the package, both versions and the fix.
+    """
+    ray = import_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_versions)
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+            for node in nodes]
+    mine = _versions()
+    for node, ref in zip(nodes, refs):
+        where = f"Ray node {node['NodeManagerAddress']} ({node['NodeID'][:12]})"
+        try:
+            theirs = ray.get(ref, timeout=120)
+        except ray.exceptions.RayError as exc:
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise AutocompError(f"{where} cannot run autocomp's code ({last}); install autocomp's dependencies "
+                                "there (pip install autocomp) with the driver's versions") from None
+        for name, version in mine.items():
+            if theirs.get(name) != version:
+                fix = f"run Python {version} there" if name == "python" else f"install {name}=={version} there"
+                raise AutocompError(f"{where} has {name} {theirs.get(name)}, the driver {version}; {fix} (every "
+                                    "node must compute what the driver would)")
 
 
 def require_trial_resources(resources: Resources, *, ray_address: str | None) -> None:

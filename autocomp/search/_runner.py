@@ -109,7 +109,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                              limits=limits, base_latency_ms=baseline["latency_ms"], threads=config.resources.cpu,
                              skip_margin=config.skip_margin,
                              teacher_cache=_teacher_cache(base, train, space, config, log) if remaining else None,
-                             weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0)
+                             weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0,
+                             trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s)
         display = _Progress(total=config.trials, done=done, enabled=progress)
 
         def on_told(_trial: optuna.trial.FrozenTrial) -> None:
@@ -124,8 +125,13 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                                                           log), retries=config.retries)
             started = time.perf_counter()
             with display:
-                _run_tune(controller, inputs, run_dir, trials=remaining * (1 + config.retries), workers=config.workers,
+                # room for each trial, its retries, and one replacement (the controller caps them)
+                _run_tune(controller, inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
                           resources=config.resources)
+            if controller.stopped is not None:
+                kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
+                raise AutocompError(f"search stopped: {controller.stopped}; the {kept} trials done are kept in "
+                                    f"{run_dir}; run the same command again to resume once it is back")
             log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
     return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                            limits=limits, profile=profile, log=log)
@@ -183,13 +189,14 @@ def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, 
     from ray import tune
 
     def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
+        import ray
 
         torch.set_num_threads(inputs.threads)
         try:
             result = run_trial(config["recipe"], inputs, number=config["trial_number"])
         except Exception as exc:  # noqa: BLE001 - any crash becomes a failed trial with its reason, the search goes on
             result = {ERROR: f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
-        tune.report(result)
+        tune.report({**result, "node": ray.get_runtime_context().get_node_id()})
 
     asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
     tuner = tune.Tuner(
@@ -239,7 +246,8 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
                                                   "limits": limits}, indent=2))
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
-            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries}
+            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
+            "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")

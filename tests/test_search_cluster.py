@@ -1,0 +1,191 @@
+"""Searches on real Ray clusters on loopback, joined by address: a head started with ``ray start --head``, a
+two-node cluster that loses its worker node mid-search, and one that loses the node holding the device."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autocomp.cli import main
+from autocomp.results import STUDY_NAME, study_storage
+from test_search_e2e import write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "ray start --head exited"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no Ray head listening on 127.0.0.1:{port} after {seconds} s")
+
+
+def _slow_job(tmp_path: Path, tiny_teacher, *, trials: int, workers: int, hardware: Path | None = None) -> Path:
+    """A job whose trials distil a little, so that each lasts long enough for a node to die under it."""
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=trials, workers=workers)
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 0.75, 1.0]\nweight_bits: [32, 8]\ndistill_steps: [60]\n"
+                     "distill_alpha: [0.5]\n")
+    values = {**yaml.safe_load(job.read_text()), "search_space": str(space), "resources": {"cpu": 1}}
+    if hardware is not None:
+        values["hardware"] = str(hardware)
+    job.write_text(yaml.safe_dump(values))
+    return job
+
+
+def _trials_read_only(run: Path) -> list[tuple[int, str, str | None]]:
+    """(number, state, node) of each trial, read straight from SQLite while another process writes it."""
+    path = run / "study.db"
+    if not path.is_file():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as connection:
+            rows = connection.execute(
+                "SELECT t.number, t.state, (SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = "
+                "t.trial_id AND a.key = 'node') FROM trials t").fetchall()
+    except sqlite3.Error:  # the schema is not there yet, or the file is locked for a moment
+        return []
+    return [(number, state, json.loads(node) if node else None) for number, state, node in rows]
+
+
+def _search(job: Path, run: Path, address: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autocomp.cli", "search", str(job), "--out", str(run),
+                             "--ray-address", address, "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_until(condition, process: subprocess.Popen, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the search ended before {what}: {process.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def _complete(run: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+@pytest.mark.skipif(not shutil.which(RAY), reason="the ray command is not installed beside this Python")
+def test_a_search_joins_a_head_started_with_ray_start(tmp_path, tiny_teacher, monkeypatch):
+    """As a new user would: `ray start --head` in a terminal, then `autocomp search ... --ray-address HOST:PORT`
+    (on loopback, Ray's command line wants token authentication, and so does every process that joins)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"], start_new_session=True,
+                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+                            stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, head)
+        job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=2, workers=2)
+        run = tmp_path / "run"
+        assert main(["search", str(job), "--out", str(run), "--ray-address", f"127.0.0.1:{port}", "--quiet"]) == 0
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+    trials = _complete(run)
+    assert len(trials) == 2 and len({t.user_attrs["node"] for t in trials}) == 1  # the head is the only node
+    assert (run / "summary.json").is_file()
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tmp_path, tiny_teacher):
+    worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    head = cluster.head_node.node_id
+    trials, run = 8, tmp_path / "run"
+    search = _search(_slow_job(tmp_path, tiny_teacher, trials=trials, workers=2), run, cluster.address)
+    try:
+        def worker_busy_after_a_trial() -> bool:
+            rows = _trials_read_only(run)
+            on_worker = [state for _, state, node in rows if node == worker.node_id]
+            return "COMPLETE" in on_worker and sum(state == "RUNNING" for _, state, _ in rows) == 2
+        _wait_until(worker_busy_after_a_trial, search, 300, "a trial finished on the worker node")
+        cluster.remove_node(worker, allow_graceful=False)  # as if the machine died
+        removed = time.monotonic()
+        out, err = search.communicate(timeout=600)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+    assert search.returncode == 0, err
+    complete = _complete(run)
+    assert len(complete) == trials  # every trial asked for, despite the loss
+    nodes = {t.user_attrs["node"] for t in complete}
+    assert nodes == {head, worker.node_id}  # the trial records say where each ran
+    late = [t for t in complete if t.datetime_complete.timestamp() > time.time() - (time.monotonic() - removed)]
+    assert late and all(t.user_attrs["node"] == head for t in late)  # after the loss, all on the head
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
+    for failed in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):  # those the loss killed: run again
+        assert failed.user_attrs["error"]
+        assert any(t.user_attrs.get("retry_of") == failed.number for t in complete)
+
+
+def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(cluster, tmp_path, tiny_teacher):
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "local_cpu.yaml").read_text())
+    (tmp_path / "device.yaml").write_text(yaml.safe_dump({**profile, "ray_resource": "test_device"}))
+    device = cluster.add_node(num_cpus=0, resources={"test_device": 1}, node_ip_address="127.0.0.1")
+    trials, run = 4, tmp_path / "run"
+    job = _slow_job(tmp_path, tiny_teacher, trials=trials, workers=1, hardware=tmp_path / "device.yaml")
+    search = _search(job, run, cluster.address)
+    try:
+        _wait_until(lambda: [s for _, s, _ in _trials_read_only(run)].count("COMPLETE") >= 1, search, 300,
+                    "a trial finished")
+        cluster.remove_node(device, allow_graceful=False)
+        out, err = search.communicate(timeout=300)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+    assert search.returncode == 2
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("autocomp: error: search stopped: the Ray node holding "
+                                                           "the device resource 'test_device' left the cluster")
+    assert "run the same command again to resume once it is back" in line
+    kept = {t.number: t.values for t in _complete(run)}
+    assert 1 <= len(kept) < trials and (run / "trials.csv").is_file()
+
+    cluster.add_node(num_cpus=0, resources={"test_device": 1}, node_ip_address="127.0.0.1")  # the device is back
+    rerun = _search(job, run, cluster.address)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    complete = {t.number: t for t in _complete(run)}
+    assert len(complete) == trials and all(complete[n].values == v for n, v in kept.items())
