@@ -143,7 +143,7 @@ def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tm
         _wait_until(worker_busy_after_a_trial, search, 300, "a trial finished on the worker node")
         cluster.remove_node(worker, allow_graceful=False)  # as if the machine died
         removed = time.monotonic()
-        out, err = search.communicate(timeout=600)
+        _, err = search.communicate(timeout=600)
     finally:
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
@@ -171,7 +171,7 @@ def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(c
         _wait_until(lambda: [s for _, s, _ in _trials_read_only(run)].count("COMPLETE") >= 1, search, 300,
                     "a trial finished")
         cluster.remove_node(device, allow_graceful=False)
-        out, err = search.communicate(timeout=300)
+        _, err = search.communicate(timeout=300)
     finally:
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
@@ -185,7 +185,7 @@ def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(c
 
     cluster.add_node(num_cpus=0, resources={"test_device": 1}, node_ip_address="127.0.0.1")  # the device is back
     rerun = _search(job, run, cluster.address)
-    out, err = rerun.communicate(timeout=600)
+    _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     complete = {t.number: t for t in _complete(run)}
     assert len(complete) == trials and all(complete[n].values == v for n, v in kept.items())
