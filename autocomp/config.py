@@ -42,6 +42,28 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SensitivityConfig:
+    """The sensitivity pass before the search (:mod:`autocomp.search._sensitivity`).
+
+    Attributes:
+        images: validation images each setting is scored on (the first of the split); 0 skips the pass.
+        drop_above: a setting that alone, before distillation, costs a block more accuracy points than this is not
+            offered to the search in that block.
+    """
+
+    images: int = 512
+    drop_above: float = 5.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 0:
+            raise AutocompError(f"sensitivity.images must be a whole number >= 0 (0 skips the pass), got "
+                                f"{self.images!r}")
+        if isinstance(self.drop_above, bool) or not isinstance(self.drop_above, (int, float)) \
+                or not self.drop_above >= 0:
+            raise AutocompError(f"sensitivity.drop_above must be accuracy points >= 0, got {self.drop_above!r}")
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A search job.
 
@@ -59,6 +81,9 @@ class JobConfig:
             far over; None never skips.
         resources: CPUs and GPUs per trial.
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
+        sensitivity: the sensitivity pass that shows which blocks tolerate what and narrows their choices.
+        start_points: evaluate known-good recipes first (the uncompressed model, uniform int8, per knob the uniform
+            setting predicted to fit the budget; :mod:`autocomp.search._start`), then let the sampler draw.
         trial_timeout_s: a trial running longer stops at its next step (distillation step, evaluation batch, timing
             round) and fails with the reason; None: no limit.
         measure_timeout_s: a measurement not done within this time (waiting for a busy device included) fails its
@@ -77,6 +102,8 @@ class JobConfig:
     skip_margin: float | None = 0.5
     resources: Resources = dataclasses.field(default_factory=Resources)
     retries: int = 1
+    sensitivity: SensitivityConfig = dataclasses.field(default_factory=SensitivityConfig)
+    start_points: bool = True
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = 600.0
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})

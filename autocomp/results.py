@@ -52,6 +52,7 @@ class TrialRow:
     distilled: bool | None = None
     error: str | None = None
     node: str | None = None  # the Ray node id the trial ran on
+    start_point: str | None = None  # a known-good recipe the search started from: which
     seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)  # compress, measure, ..., engine
 
     @property
@@ -68,7 +69,7 @@ class TrialRow:
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
                 "int8_activations": self.int8_activations, "distilled": self.distilled, "error": self.error,
-                "node": self.node,
+                "node": self.node, "start_point": self.start_point,
                 **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
@@ -93,7 +94,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             activations_mb=trial.user_attrs.get("activations_mb"),
             simulated_layers=trial.user_attrs.get("simulated_layers"),
             int8_activations=trial.user_attrs.get("int8_activations"), distilled=trial.user_attrs.get("distilled"),
-            error=_error(trial), node=trial.user_attrs.get("node"),
+            error=_error(trial), node=trial.user_attrs.get("node"), start_point=trial.user_attrs.get("start_point"),
             seconds={key[len("seconds_"):] if key.startswith("seconds_") else "engine": value
                      for key, value in trial.user_attrs.items()
                      if key.startswith("seconds_") or key == "engine_seconds"},
@@ -145,7 +146,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
                "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason",
-               "error", "node"]
+               "error", "node", "start_point"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -28,6 +28,7 @@ def write_job(tmp_path: Path, spec, budget: dict, trials: int, workers: int = 2)
         "search_space": str(ROOT / "search_spaces" / "heads_int8.yaml"),
         "hardware": str(ROOT / "hardware_profiles" / "local_cpu.yaml"),
         "budget": budget, "trials": trials, "workers": workers, "seed": 0,
+        "sensitivity": {"images": 0},  # tests of other features keep the full space (test_search_sensitivity.py)
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))

@@ -70,7 +70,8 @@ def test_a_trial_within_budget_keeps_the_weights_it_scored(tiny_teacher, digits_
 
 
 def test_a_diverged_distillation_is_a_failed_trial_with_its_reason(tiny_teacher, digits_splits):
-    recipe = Recipe.from_dict({"blocks": [{}, {}], "distill": {"steps": 5, "alpha": 0.5, "lr": 1e12}})
+    recipe = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}, {}],
+                               "distill": {"steps": 5, "alpha": 0.5, "lr": 1e12}})
     result = run_trial(recipe.to_dict(), _inputs(tiny_teacher[1], digits_splits))
     assert set(result) == {"error", "retry"} and "logits are not finite after distillation" in result["error"]
     assert result["retry"] is False  # it would diverge again
@@ -142,6 +143,12 @@ def test_a_lost_device_stops_the_search_and_queues_the_recipe_for_the_resume():
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2
     resumed = _controller(study, n_trials=2)  # the resumed search runs both recipes first
     assert [resumed.suggest(t)["recipe"] for t in "de"] == [first["recipe"], second["recipe"]]
+
+
+def test_an_uncompressed_candidate_is_not_distilled(tiny_teacher, digits_splits):
+    recipe = Recipe.from_dict({"blocks": [{}, {}], "distill": {"steps": 20, "alpha": 0.5}})
+    result = run_trial(recipe.to_dict(), _inputs(tiny_teacher[1], digits_splits))
+    assert result["distilled"] is False and result["seconds_distill"] == 0.0  # nothing to recover
 
 
 def test_a_trial_past_its_time_limit_fails_with_the_reason(tiny_teacher, digits_splits):

@@ -116,6 +116,9 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
         assert "predicted memory_mb" in trial.user_attrs["skipped_reason"]
         # never compressed, distilled, measured or evaluated
         assert not {"trial_seconds", "latency_ratio", "accuracy"} & set(trial.user_attrs) and trial.values is None
+        # the predicted violation is the trial's constraint: the sampler ranks it as infeasible by that much
+        predicted = trial.user_attrs["predicted_memory_mb"] / 1e-3 - 1
+        assert trial.constraints == {"memory_mb": pytest.approx(predicted)} and predicted > 0
     rows = list(csv.DictReader((run / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["COMPLETE", "PRUNED", "PRUNED"]
     assert rows[1]["skipped_reason"] and float(rows[0]["predicted_memory_mb"]) > 0

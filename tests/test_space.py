@@ -10,9 +10,9 @@ from autocomp.search._space import SearchSpace, load_space
 def test_sample_builds_the_recipe_of_the_chosen_values():
     space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), rank=(0.25, 1.0), tokens_keep=(0.7, 1.0),
                         weight_bits=(32, 8))
-    trial = optuna.trial.FixedTrial({
+    trial = optuna.trial.FixedTrial(space.params({
         "b0.heads_keep": 0.5, "b0.mlp_keep": 1.0, "b0.rank": 0.25, "b0.tokens_keep": 0.7, "b0.weight_bits": 8,
-        "b1.heads_keep": 1.0, "b1.mlp_keep": 0.5, "b1.rank": 1.0, "b1.tokens_keep": 1.0, "b1.weight_bits": 32})
+        "b1.heads_keep": 1.0, "b1.mlp_keep": 0.5, "b1.rank": 1.0, "b1.tokens_keep": 1.0, "b1.weight_bits": 32}))
     recipe = space.sample(trial, [6, 6])
     assert recipe.summary() == "h3:r0.25:tm0.7:w8 | m0.5"
 
@@ -22,7 +22,7 @@ def test_single_choice_knobs_are_not_searched():
     study = optuna.create_study()
     trial = study.ask()
     space.sample(trial, [4, 4, 4])
-    assert sorted(trial.params) == ["b0.heads_keep", "b1.heads_keep", "b2.heads_keep"]
+    assert sorted(trial.params) == ["b0.heads_keep#rank", "b1.heads_keep#rank", "b2.heads_keep#rank"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -47,7 +47,7 @@ def test_distillation_is_searched_and_applied(tiny_teacher, digits_splits):
     from autocomp.search._objective import build_candidate
 
     space = SearchSpace(heads_keep=(0.5,), distill_steps=(0, 5), distill_alpha=(0.3, 0.9))
-    trial = optuna.trial.FixedTrial({"distill_steps": 5, "distill_alpha": 0.9})
+    trial = optuna.trial.FixedTrial(space.params({"distill_steps": 5, "distill_alpha": 0.9}))
     recipe = space.sample(trial, [4, 4])
     assert recipe.distill is not None and (recipe.distill.steps, recipe.distill.alpha) == (5, 0.9)
     assert recipe.summary().endswith("+ kd5a0.9T4")
@@ -66,8 +66,8 @@ def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layer
     from autocomp.ops.quantize import Int8Linear
 
     space = SearchSpace(weight_bits=(32, 8), quantize_layers=("all", "qkv,fc1"))
-    trial = optuna.trial.FixedTrial({"b0.weight_bits": 8, "b0.quantize_layers": "qkv,fc1", "b1.weight_bits": 8,
-                                     "b1.quantize_layers": "all"})
+    trial = optuna.trial.FixedTrial(space.params({"b0.weight_bits": 8, "b0.quantize_layers": "qkv,fc1",
+                                                  "b1.weight_bits": 8, "b1.quantize_layers": "all"}))
     recipe = space.sample(trial, [6, 6])
     assert recipe.summary() == "w8[qkv,fc1] | w8"
     model = compress(small_vit(), recipe)

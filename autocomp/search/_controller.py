@@ -2,13 +2,15 @@
 
 Before a recipe is handed to Ray, the controller predicts its cost; a candidate the screen judges far over budget is
 told to the study as PRUNED (user attr ``skipped_reason``) without ever being compressed, distilled, measured or
-evaluated, and the next recipe is asked for in its place.
+evaluated, and the next recipe is asked for in its place. It carries its predicted budget violations as its
+constraints: TPE ranks infeasible trials by how far they violate the budget, whatever their state, so the sampler
+learns where the budget lies from them (told as plain PRUNED trials, they ranked above measured near misses).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from ray.tune.search import Searcher
@@ -49,6 +51,7 @@ class OptunaController(Searcher):
             ``n_trials``. A trial that fails for a reason a rerun would meet again (an operator's refusal,
             non-finite logits, a time limit), or whose retries are spent, is replaced by a new recipe instead, at most
             ``n_trials`` times in a run: failures do not cost the user completed trials, up to that cap.
+        allowed: narrower choices for some parameters (what the sensitivity pass left), as ``SearchSpace.sample``.
 
     A trial whose device left the cluster stops the search (:attr:`stopped` says why): no new trial is asked for,
     and its recipe is queued in the study, to run first when the search is resumed.
@@ -56,11 +59,12 @@ class OptunaController(Searcher):
 
     def __init__(self, *, study: optuna.Study, space: SearchSpace, heads_per_block: Sequence[int], n_trials: int,
                  on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None,
-                 screen: Screen | None = None, retries: int = 0) -> None:
+                 screen: Screen | None = None, retries: int = 0,
+                 allowed: Mapping[str, Sequence[Any]] | None = None) -> None:
         super().__init__()
         self._study, self._space, self._heads = study, space, list(heads_per_block)
         self._remaining, self._on_told, self._screen = n_trials, on_told, screen
-        self._retries, self._replacements = retries, n_trials
+        self._retries, self._replacements, self._allowed = retries, n_trials, allowed
         self.stopped: str | None = None
         self._live: dict[str, tuple[optuna.Trial, Recipe]] = {}
         self._started: dict[str, float] = {}  # when each trial was handed to Ray: the rest of its time is the engine's
@@ -76,13 +80,14 @@ class OptunaController(Searcher):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
-                             _started={}, _retries=0, _replacements=0, stopped=None)
+                             _started={}, _retries=0, _replacements=0, stopped=None,
+                             _allowed=None)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
             self._remaining -= 1
             trial = self._study.ask()
-            recipe = self._space.sample(trial, self._heads)
+            recipe = self._space.sample(trial, self._heads, allowed=self._allowed)
             trial.set_user_attr("recipe", recipe.to_dict())
             trial.set_user_attr("recipe_summary", recipe.summary())
             if self._screen is not None:
@@ -91,6 +96,8 @@ class OptunaController(Searcher):
                     trial.set_user_attr(f"predicted_{key}", value)
                 if verdict.skip_reason is not None:
                     trial.set_user_attr(SKIPPED, verdict.skip_reason)
+                    for key, value in verdict.violations.items():
+                        trial.set_constraint(key, value)
                     self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
                     continue
             self._live[trial_id] = (trial, recipe)

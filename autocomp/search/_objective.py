@@ -77,9 +77,15 @@ def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train:
     with num_threads(threads):
         with torch.no_grad():
             model = compress(base, recipe, calibration=calib)
-        if recipe.distill is not None and recipe.distill.steps > 0:
+        if distils(recipe):
             model = distill(model, base, train, recipe.distill, cache=cache)
     return model
+
+
+def distils(recipe: Recipe) -> bool:
+    """Whether a trial distils its candidate: the recipe asks for it and compresses something (an uncompressed
+    candidate, a starting point, has nothing to recover)."""
+    return recipe.distill is not None and recipe.distill.steps > 0 and any(recipe.blocks)
 
 
 DISTILL_IMAGES = 8192
@@ -152,7 +158,7 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None) -> dict[
                                                         reference=inputs.base, timeout_s=inputs.measure_timeout_s))
     metrics: dict[str, Any] = metrics_of(placed.measurement, inputs.base_latency_ms)
     over = violations(metrics, inputs.limits)
-    wants = recipe.distill is not None and recipe.distill.steps > 0
+    wants = distils(recipe)
     hopeless = inputs.skip_margin is not None and max(over.values(), default=0.0) > inputs.skip_margin
     with num_threads(inputs.threads):
         if wants and not hopeless:

@@ -36,6 +36,8 @@ from autocomp.search._objective import ERROR, TrialInputs, distill_subset, metri
 from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
+from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
+from autocomp.search._start import START, lightest, start_points
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
@@ -86,7 +88,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         baseline = _baseline(config, base, profile, splits)
     else:
         baseline = None  # measured on the device's node, once Ray is up
-    needs_ray = remaining > 0 or baseline is None
+    # a device on a Ray node is needed for the baseline, the trials, and the final re-measurement of the best
+    needs_ray = remaining > 0 or baseline is None or profile.ray_resource is not None
     with ray_session(workers=config.workers, ray_address=ray_address) if needs_ray else nullcontext():
         if needs_ray:
             require_resource(profile, source=config.hardware)
@@ -120,9 +123,14 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             display.update(rows)
 
         if remaining:
+            screen = _screen(base, profile, baseline, limits, config, log)
+            settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
+                                             fresh=not study.trials)
+            if config.start_points and config.trials >= 4 and not study.trials:
+                _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
+                                      settings=settings)
             controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
-                                          on_told=on_told, screen=_screen(base, profile, baseline, limits, config,
-                                                                          log), retries=config.retries)
+                                          on_told=on_told, screen=screen, retries=config.retries, allowed=allowed)
             started = time.perf_counter()
             with display:
                 # room for each trial, its retries, and one replacement (the controller caps them)
@@ -133,8 +141,47 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                 raise AutocompError(f"search stopped: {controller.stopped}; the {kept} trials done are kept in "
                                     f"{run_dir}; run the same command again to resume once it is back")
             log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
-    return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
-                           limits=limits, profile=profile, log=log)
+        return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
+                               limits=limits, profile=profile, log=log)
+
+
+SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume
+
+
+def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
+                 screen: Screen | None, config: JobConfig, log: Callable[[str], None], *,
+                 fresh: bool) -> tuple[list[Setting], dict[str, tuple]]:
+    """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
+    reuses the choices it saved."""
+    saved = run_dir / SENSITIVITY
+    if saved.is_file():
+        return [], {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
+    if not fresh or config.sensitivity.images == 0 or not lightest(space):
+        return [], {}
+    started = time.perf_counter()
+    settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
+                                calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
+                                threads=config.resources.cpu)
+    drop_above = config.sensitivity.drop_above
+    allowed = allowed_choices(settings, space, drop_above=drop_above)
+    write_sensitivity(run_dir, settings, drop_above=drop_above)
+    saved.write_text(json.dumps(allowed, indent=1))
+    removed = sum(len(getattr(space, name.split(".")[1])) - len(values) for name, values in allowed.items())
+    log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
+        f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
+        f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
+    return settings, allowed
+
+
+def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[int], screen: Screen | None,
+                          limits: Mapping[str, float], config: JobConfig, log: Callable[[str], None], *,
+                          allowed: Mapping[str, tuple], settings: list[Setting]) -> None:
+    """Queue the known-good starting recipes (:mod:`autocomp.search._start`), a quarter of the trials at most."""
+    points = start_points(space, heads, predictor=screen.predictor if screen is not None else None, limits=limits,
+                          cap=config.trials // 4, allowed=allowed, sensitivity=settings)
+    for label, params in points:
+        study.enqueue_trial(params, user_attrs={START: label})
+    log("starting points: " + "; ".join(label for label, _ in points))
 
 
 def _requeue_interrupted(study: optuna.Study) -> list[int]:
@@ -246,7 +293,8 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
                                                   "limits": limits}, indent=2))
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
-            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
+            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries, "start_points": config.start_points,
+            "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():

@@ -17,6 +17,7 @@ depend on the machine's load.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -79,10 +80,12 @@ class Verdict:
     Attributes:
         predicted: ``latency_ms`` and ``memory_mb`` (empty when the cost model cannot predict the recipe).
         skip_reason: why the candidate is skipped, or None when it is run.
+        violations: the predicted :func:`~autocomp.budget.violations` of a skipped candidate (empty otherwise).
     """
 
     predicted: Mapping[str, float]
     skip_reason: str | None = None
+    violations: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Screen:
@@ -108,7 +111,7 @@ class Screen:
         worst = max(over, key=over.get, default=None)
         if worst is None or over[worst] <= self.margin:
             return Verdict(predicted=predicted)
-        return Verdict(predicted=predicted,
+        return Verdict(predicted=predicted, violations=over,
                        skip_reason=f"predicted {worst} {predicted[worst]:.4g} is {100 * over[worst]:.0f}% over the "
                                    f"limit {self.limits[worst]:.4g} (skip margin {100 * self.margin:.0f}%)")
 

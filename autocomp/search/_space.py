@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
@@ -15,6 +15,7 @@ from autocomp.recipe import Distill, Recipe
 __all__ = ["SearchSpace", "load_space"]
 
 FLOAT_BITS = 32
+RANK = "#rank"  # suffix of an ordered knob's Optuna parameter: the rank of its choice, smallest first
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,19 @@ class SearchSpace:
             for alpha in self.distill_alpha:
                 Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature)
 
-    def sample(self, trial: Any, heads_per_block: Sequence[int]) -> Recipe:
-        """Ask an Optuna trial for one choice per block and knob; returns the recipe."""
+    def sample(self, trial: Any, heads_per_block: Sequence[int], *,
+               allowed: Mapping[str, Sequence[Any]] | None = None) -> Recipe:
+        """Ask an Optuna trial for one choice per block and knob; returns the recipe.
+
+        ``allowed``: narrower choices for some parameters (``b3.heads_keep``: what the sensitivity pass left).
+        """
+        allowed = allowed or {}
         blocks = []
         for index, heads in enumerate(heads_per_block):
-            choose = lambda knob: _choose(trial, f"b{index}.{knob}", getattr(self, knob))  # noqa: E731
+            def choose(knob: str) -> Any:
+                name = f"b{index}.{knob}"
+                return _choose(trial, name, allowed.get(name, getattr(self, knob)))  # noqa: B023 - called at once
+
             block: dict[str, Any] = {}
             keep = max(1, round(choose("heads_keep") * heads))
             if keep < heads:
@@ -94,6 +103,21 @@ class SearchSpace:
         distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) if steps > 0 else None
         return Recipe(blocks=tuple(blocks), distill=distill)
 
+    def params(self, values: Mapping[str, Any], *,
+               allowed: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+        """The Optuna parameters that make :meth:`sample` (given the same ``allowed``) choose ``values``
+        (``b0.heads_keep``: 0.5, ...; knobs with one choice are left out), e.g. to queue a recipe with
+        ``study.enqueue_trial``."""
+        params = {}
+        for name, value in values.items():
+            options = (allowed or {}).get(name, getattr(self, name.split(".")[-1]))
+            if value not in options:
+                raise AutocompError(f"{name} = {value!r} is not among the space's choices {list(options)}")
+            if len(options) == 1:
+                continue
+            params.update({name + RANK: sorted(options).index(value)} if _ordered(options) else {name: value})
+        return params
+
 
 def _layers(choice: str) -> tuple[str, ...] | None:
     """``all`` -> None (every Linear); ``qkv,fc1`` -> ("qkv", "fc1")."""
@@ -103,7 +127,18 @@ def _layers(choice: str) -> tuple[str, ...] | None:
 
 
 def _choose(trial: Any, name: str, options: Sequence[Any]) -> Any:
-    return options[0] if len(options) == 1 else trial.suggest_categorical(name, list(options))
+    """One of ``options``: numbers are ordered (the sampler sees their rank, an integer, so it learns that 0.67
+    lies between 0.5 and 0.83), names are categories."""
+    if len(options) == 1:
+        return options[0]
+    if _ordered(options):
+        ranked = sorted(options)
+        return ranked[trial.suggest_int(name + RANK, 0, len(ranked) - 1)]
+    return trial.suggest_categorical(name, list(options))
+
+
+def _ordered(options: Sequence[Any]) -> bool:
+    return all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in options)
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -1,0 +1,137 @@
+"""The sensitivity pass, before the search: every setting of every searched knob applied to one block alone, scored
+without distillation on a validation subset, with its predicted latency.
+
+It shows the user which blocks tolerate what (``sensitivity.csv`` and the heatmap ``sensitivity.png`` in the run
+folder), and it shapes the search: a setting that alone costs more than ``drop_above`` points is not offered in
+that block (the least compressing choice always is). A pretrained ViT is far more fragile than a model trained
+from scratch on a small data set; without this, the sampler spends its trials learning that the hard way.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocomp.compress import compress
+from autocomp.data import Split
+from autocomp.errors import AutocompError
+from autocomp.measure import num_threads
+from autocomp.search._screen import CostPredictor
+from autocomp.search._space import SearchSpace
+from autocomp.search._start import lightest, recipe_of
+from autocomp.train import evaluate
+
+__all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One knob setting on one block, alone.
+
+    Attributes:
+        block: the block's index.
+        knob: ``heads_keep``, ``mlp_keep``, ``rank``, ``tokens_keep`` or ``weight_bits``.
+        value: the setting.
+        accuracy_drop: points lost against the uncompressed model on the subset, before any distillation (None:
+            the operators refuse the setting on this block).
+        predicted_latency_ratio: the cost model's latency for it, as a fraction of the uncompressed model's (None
+            without a cost model).
+    """
+
+    block: int
+    knob: str
+    value: float
+    accuracy_drop: float | None
+    predicted_latency_ratio: float | None
+
+
+def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, val: Split,
+                     calib: torch.Tensor, predictor: CostPredictor | None, threads: int) -> list[Setting]:
+    """Score each non-lightest choice of each searched knob on each block alone (see the module docstring)."""
+    light = lightest(space)
+    uncompressed = {f"b{i}.{knob}": value for i in range(len(heads_per_block)) for knob, value in light.items()}
+    with num_threads(threads):
+        reference = evaluate(base, val)
+        base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \
+            if predictor is not None else None
+        settings = []
+        for block in range(len(heads_per_block)):
+            for knob, value in _settings(space, light):
+                recipe = recipe_of(space, heads_per_block, {**uncompressed, f"b{block}.{knob}": value})
+                try:
+                    with torch.no_grad():
+                        model = compress(base, recipe, calibration=calib)
+                except AutocompError:  # e.g. a rank that saves nothing on this block's shapes
+                    settings.append(Setting(block, knob, value, None, None))
+                    continue
+                ratio = predictor.predict(recipe)["latency_ms"] / base_latency if predictor is not None else None
+                settings.append(Setting(block, knob, value, reference - evaluate(model, val), ratio))
+    return settings
+
+
+def _settings(space: SearchSpace, light: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    return [(knob, value) for knob in light for value in sorted(getattr(space, knob), reverse=True)
+            if value != light[knob]]
+
+
+def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_above: float) -> dict[str, tuple]:
+    """Per Optuna parameter name (``b3.heads_keep``), the choices left once those that alone lose more than
+    ``drop_above`` points (or that the operators refuse) are removed; only names that lost a choice are listed."""
+    light = lightest(space)
+    removed: dict[str, set] = {}
+    for s in settings:
+        if s.accuracy_drop is None or s.accuracy_drop > drop_above:
+            removed.setdefault(f"b{s.block}.{s.knob}", set()).add(s.value)
+    return {name: tuple(v for v in getattr(space, name.split(".")[1]) if v not in gone or v == light[name.split(
+        ".")[1]]) for name, gone in removed.items()}
+
+
+def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float) -> None:
+    """``sensitivity.csv`` (one row per setting) and ``sensitivity.png`` (blocks x settings, coloured by the
+    accuracy drop; settings not offered to the search are crossed)."""
+    with (run_dir / "sensitivity.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["block", "knob", "value", "accuracy_drop", "predicted_latency_ratio", "offered"])
+        for s in settings:
+            offered = s.accuracy_drop is not None and s.accuracy_drop <= drop_above
+            writer.writerow([s.block, s.knob, s.value, _fmt(s.accuracy_drop), _fmt(s.predicted_latency_ratio),
+                             offered])
+    if settings:
+        _heatmap(run_dir / "sensitivity.png", settings, drop_above)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns = list(dict.fromkeys((s.knob, s.value) for s in settings))
+    blocks = sorted({s.block for s in settings})
+    grid = np.full((len(blocks), len(columns)), np.nan)
+    for s in settings:
+        if s.accuracy_drop is not None:
+            grid[blocks.index(s.block), columns.index((s.knob, s.value))] = s.accuracy_drop
+    fig, axis = plt.subplots(figsize=(2.5 + 0.6 * len(columns), 2.0 + 0.35 * len(blocks)))
+    image = axis.imshow(grid, cmap="Reds", vmin=0, aspect="auto")
+    for s in settings:
+        if s.accuracy_drop is None or s.accuracy_drop > drop_above:
+            axis.text(columns.index((s.knob, s.value)), blocks.index(s.block), "x", ha="center", va="center")
+    axis.set_xticks(range(len(columns)), [f"{k} {v:g}" for k, v in columns], rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks], fontsize=8)
+    fig.colorbar(image, label="points lost, no distillation")
+    axis.set_title(f"each setting alone; x: not offered (drop > {drop_above:g} or refused)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

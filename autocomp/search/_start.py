@@ -1,0 +1,109 @@
+"""Known-good starting points: recipes a new search evaluates first, queued in the study (Optuna
+``enqueue_trial``) before the sampler draws its own.
+
+A pretrained ViT is fragile (one head pruned in every block can cost 20 points before distillation), so random
+start-up trials, mostly heavy compression, can spend a whole small budget far from anything usable. The search
+therefore starts from: the uncompressed model (the accuracy anchor), uniform int8 weights (cheap in accuracy almost
+everywhere), for each searched knob alone the uniform setting the cost model predicts to fit the budget with the
+least compression, and, after a sensitivity pass, every block at the strongest settings that alone cost it at most
+``QUIET`` points. Per-block knobs are given; the distillation settings are left to the sampler. A point that uses
+a choice the sensitivity pass removed from a block is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+
+from autocomp.budget import feasible, violations
+from autocomp.errors import AutocompError
+from autocomp.recipe import Recipe
+from autocomp.search._screen import CostPredictor
+from autocomp.search._space import FLOAT_BITS, SearchSpace
+
+__all__ = ["start_points", "lightest", "recipe_of", "KNOBS", "START", "QUIET"]
+
+START = "start_point"  # user attr of a queued starting trial: what it is
+# per-block knobs, each with its "not compressed" value
+KNOBS = {"heads_keep": 1.0, "mlp_keep": 1.0, "rank": 1.0, "tokens_keep": 1.0, "weight_bits": FLOAT_BITS}
+QUIET = 0.5  # accuracy points a setting may cost alone, without distillation, to be in the least-sensitive point
+
+
+def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predictor: CostPredictor | None,
+                 limits: Mapping[str, float], cap: int, allowed: Mapping[str, Sequence[Any]] | None = None,
+                 sensitivity: Sequence[Any] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """(label, Optuna params) of the starting recipes, at most ``cap``, most useful first, without repeats.
+
+    Args:
+        allowed: choices per parameter name left by the sensitivity pass (:func:`~autocomp.search._sensitivity.
+            allowed_choices`).
+        sensitivity: its :class:`~autocomp.search._sensitivity.Setting` rows.
+    """
+    light, blocks = lightest(space), len(heads_per_block)
+    points = [("uncompressed", _uniform(light, blocks))]
+    if 8 in space.weight_bits and len(space.weight_bits) > 1:
+        points.append(("uniform weight_bits 8", _uniform({**light, "weight_bits": 8}, blocks)))
+    if predictor is not None:
+        for knob in light:
+            value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob)
+            if value is not None:
+                points.append((f"uniform {knob} {value:g}, predicted within budget",
+                               _uniform({**light, knob: value}, blocks)))
+    quiet = _least_sensitive(light, blocks, sensitivity)
+    if quiet is not None:
+        points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
+    unique: list[tuple[str, dict[str, Any]]] = []
+    for label, values in points:
+        try:
+            params = space.params(values, allowed=allowed)
+        except AutocompError:  # a choice the sensitivity pass removed from some block
+            continue
+        if all(params != seen for _, seen in unique):
+            unique.append((label, params))
+    return unique[:cap]
+
+
+def lightest(space: SearchSpace) -> dict[str, Any]:
+    """Each searched per-block knob's least compressing choice."""
+    return {knob: KNOBS[knob] if KNOBS[knob] in getattr(space, knob) else max(getattr(space, knob))
+            for knob in KNOBS if len(getattr(space, knob)) > 1}
+
+
+def _uniform(values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
+    return {f"b{index}.{knob}": value for index in range(blocks) for knob, value in values.items()}
+
+
+def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
+                                 limits: Mapping[str, float], light: Mapping[str, Any], knob: str) -> Any:
+    """The least compressing choice of ``knob`` predicted within budget when set alike in every block (the other
+    knobs at their lightest); None when even the strongest does not fit, or the lightest already does."""
+    for value in sorted(getattr(space, knob), reverse=True):  # fractions and bit widths: larger compresses less
+        values = _uniform({**light, knob: value}, len(heads_per_block))
+        try:
+            predicted = predictor.predict(recipe_of(space, heads_per_block, values))
+        except AutocompError:  # a combination the operators refuse
+            continue
+        if feasible(violations(predicted, limits)):
+            return None if value == light[knob] else value
+    return None
+
+
+def _least_sensitive(light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any]) -> dict[str, Any] | None:
+    """Every block at, per knob, its most compressing setting that alone cost at most ``QUIET`` points; None when
+    no setting is that quiet."""
+    values = _uniform(light, blocks)
+    for s in sensitivity:
+        name = f"b{s.block}.{s.knob}"
+        if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
+            values[name] = s.value
+    return None if values == _uniform(light, blocks) else values
+
+
+def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any]) -> Recipe:
+    """The recipe of the knob ``values`` (distillation at its first choices: it changes no cost)."""
+    fixed = {**{name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")},
+             **{f"b{index}.quantize_layers": space.quantize_layers[0] for index in range(len(heads_per_block))},
+             **values}
+    return space.sample(optuna.trial.FixedTrial(space.params(fixed)), heads_per_block)

@@ -1,0 +1,60 @@
+"""Naming the best model: the most accurate candidates within budget are measured again first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autocomp.hardware import HardwareProfile
+from autocomp.measure import Measurement
+from autocomp.measure.placement import Placed
+from autocomp.results import TrialRow
+from autocomp.search import _finish
+from conftest import small_vit
+
+LIMITS = {"latency_ms": 10.0}
+
+
+def _row(number: int, accuracy: float, latency_ms: float) -> TrialRow:
+    return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe={"blocks": [{}, {}]},
+                    accuracy=accuracy, latency_ms=latency_ms, memory_mb=1.0, latency_ratio=latency_ms / 12.0,
+                    weights_mb=1.0, activations_mb=0.0, simulated_layers=0,
+                    violations={"latency_ms": latency_ms / LIMITS["latency_ms"] - 1})
+
+
+@pytest.fixture
+def remeasure_as(monkeypatch):
+    """Make the re-measurement of the n-th candidate give the latency ratios listed, in order."""
+    def install(ratios):
+        queue = list(ratios)
+
+        def fake(model, profile, *, example, reference=None, timeout_s=None):
+            measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=queue.pop(0),
+                                      weights_mb=1.0, activations_mb=0.0)
+            return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)
+        monkeypatch.setattr(_finish, "measure_on_device", fake)
+    return install
+
+
+def test_a_candidate_that_was_within_budget_by_luck_is_not_named_best(remeasure_as):
+    rows = [_row(0, 91.0, 9.9), _row(1, 90.0, 8.0), _row(2, 95.0, 11.0)]  # trial 2 is over budget
+    remeasure_as([10.5 / 12, 8.1 / 12])  # trial 0, at the edge, measures over the limit the second time
+    best, remeasured = _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
+                                            example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
+                                            limits=LIMITS)
+    assert best.number == 1
+    assert [(m["trial"], m["within_budget_again"]) for m in remeasured] == [(0, False), (1, True)]
+    assert remeasured[0]["latency_ms"] == 9.9 and remeasured[0]["remeasured_latency_ms"] == pytest.approx(10.5)
+
+
+def test_when_no_candidate_holds_the_trials_own_best_is_kept_and_nothing_feasible_means_none(remeasure_as):
+    rows = [_row(0, 91.0, 9.9), _row(1, 90.0, 9.8)]
+    remeasure_as([1.0, 1.0])
+    best, remeasured = _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
+                                            example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
+                                            limits=LIMITS)
+    assert best.number == 0 and not any(m["within_budget_again"] for m in remeasured)
+    best, remeasured = _finish.confirm_best([_row(0, 91.0, 11.0)], base=small_vit(),
+                                            profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
+                                            baseline_latency_ms=12.0, limits=LIMITS)
+    assert best is None and remeasured == []

@@ -1,0 +1,97 @@
+"""Known-good starting points: the recipes a new search evaluates before the sampler draws its own."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocomp.budget import feasible, violations
+from autocomp.measure.profiling import load_profile
+from autocomp.search._screen import CostPredictor
+from autocomp.search._space import SearchSpace
+from autocomp.search._start import recipe_of, start_points
+from conftest import small_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = dataclasses.replace(load_profile(ROOT / "hardware_profiles" / "local_cpu.yaml"), batch_size=4,
+                              peak_gflops={"fp32": 100.0, "int8": 200.0}, fast_weight_bits={8: "int8"},
+                              memory_bandwidth_gbs=10.0, op_overhead_us=8.0)  # fixed numbers: no load to vary
+SPACE = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0), mlp_keep=(0.5, 0.75, 1.0), weight_bits=(32, 8),
+                    distill_steps=(100,), distill_alpha=(0.3, 0.6))
+HEADS = [6, 6]
+UNCOMPRESSED = {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", 1.0), ("mlp_keep", 1.0),
+                                                                ("weight_bits", 32))}
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return CostPredictor(base=small_vit(), profile=PROFILE, base_latency_ms=10.0)
+
+
+def test_the_search_starts_from_the_uncompressed_model_uniform_int8_and_uniform_settings_that_fit(predictor):
+    limits = {"latency_ms": 0.96 * predictor.predict(recipe_of(SPACE, HEADS, UNCOMPRESSED))["latency_ms"]}
+    points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10))
+    labels = list(points)
+    assert labels[:2] == ["uncompressed", "uniform weight_bits 8"]
+    assert points["uncompressed"] == SPACE.params(UNCOMPRESSED)
+    assert points["uncompressed"]["b0.heads_keep#rank"] == 3  # the rank of 1.0 among the sorted choices
+    for knob in ("heads_keep", "mlp_keep"):  # each alone, at the lightest setting predicted within budget
+        [label] = [label for label in labels if label.startswith(f"uniform {knob} ")]
+        value = sorted(getattr(SPACE, knob))[points[label][f"b0.{knob}#rank"]]
+        fits = lambda v: feasible(violations(predictor.predict(recipe_of(SPACE, HEADS, {  # noqa: E731
+            **UNCOMPRESSED, **{f"b{i}.{knob}": v for i in range(2)}})), limits))
+        lighter = [v for v in getattr(SPACE, knob) if v > value]
+        assert fits(value) and not any(fits(v) for v in lighter)
+    assert len(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=2)) == 2
+
+
+def test_no_uniform_setting_is_proposed_where_none_fits_or_nothing_is_needed(predictor):
+    base = predictor.predict(recipe_of(SPACE, HEADS, UNCOMPRESSED))["latency_ms"]
+    for limit in (1e-6, 10 * base):  # nothing fits; everything fits (the uncompressed model covers it)
+        labels = [label for label, _ in start_points(SPACE, HEADS, predictor=predictor,
+                                                      limits={"latency_ms": limit}, cap=10)]
+        assert labels == ["uncompressed", "uniform weight_bits 8"]
+
+
+def test_ordered_knobs_are_sampled_by_rank_and_categories_by_name():
+    from autocomp.search._space import SearchSpace
+
+    space = SearchSpace(heads_keep=(1.0, 0.5, 0.75), quantize_layers=("all", "qkv,fc1"), weight_bits=(32, 8),
+                        distill_steps=(0, 50), distill_alpha=(0.5,))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    recipe = space.sample(trial, [4, 4])
+    assert isinstance(trial.distributions["b0.heads_keep#rank"], optuna.distributions.IntDistribution)
+    assert isinstance(trial.distributions["distill_steps#rank"], optuna.distributions.IntDistribution)
+    kept = sorted(space.heads_keep)[trial.params["b0.heads_keep#rank"]]
+    assert recipe.blocks[0].get("prune_heads", None) is None if kept == 1.0 else \
+        recipe.blocks[0]["prune_heads"].keep == round(kept * 4)
+    fixed = space.params({"b0.heads_keep": 0.5, "b1.heads_keep": 1.0, "b0.weight_bits": 8, "b1.weight_bits": 32,
+                          "b0.quantize_layers": "qkv,fc1", "distill_steps": 0})
+    assert fixed == {"b0.heads_keep#rank": 0, "b1.heads_keep#rank": 2, "b0.weight_bits#rank": 0,
+                     "b1.weight_bits#rank": 1, "b0.quantize_layers": "qkv,fc1", "distill_steps#rank": 0}
+    again = space.sample(optuna.trial.FixedTrial(fixed), [4, 4])
+    assert again.blocks[0]["prune_heads"].keep == 2 and again.blocks[0]["quantize"].layers == ("qkv", "fc1")
+    assert "prune_heads" not in again.blocks[1] and again.distill is None
+    with pytest.raises(Exception, match=r"b0.heads_keep = 0.6 is not among the space's choices \[1.0, 0.5, 0.75\]"):
+        space.params({"b0.heads_keep": 0.6})
+
+
+def test_a_new_search_runs_its_starting_points_first(tmp_path, tiny_teacher):
+    import yaml
+
+    from autocomp.cli import main
+    from autocomp.results import STUDY_NAME, study_storage
+    from test_search_e2e import write_job
+
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=8, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(ROOT / "search_spaces" /
+                                                                                           "heads_int8.yaml")}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials()
+    assert trials[0].user_attrs["start_point"] == "uncompressed" and trials[0].user_attrs["recipe_summary"].startswith("- | -")
+    assert trials[1].user_attrs["start_point"] == "uniform weight_bits 8"
+    assert all("start_point" not in t.user_attrs for t in trials[2:])  # cap: a quarter of the 8 trials
