@@ -69,9 +69,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         started = time.monotonic()
-        search = subprocess.Popen([sys.executable, "-m", "autocomp.cli", "search", str(_job(args.config,
-                                   args.trials, Path(tmp))), "--out", str(run), "--ray-address", cluster.address,
-                                   "--quiet"], start_new_session=True, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "autocomp.cli", "search", str(_job(args.config, args.trials, Path(tmp))),
+                   "--out", str(run), "--ray-address", cluster.address, "--quiet"]
+        search = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
         try:
             while True:
                 states = _states(run)
