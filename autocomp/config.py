@@ -41,6 +41,9 @@ class Resources:
                                 f"a whole number, got {self.gpu!r}")
 
 
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
 @dataclass(frozen=True)
 class SensitivityConfig:
     """The sensitivity pass before the search (:mod:`autocomp.search._sensitivity`).
@@ -81,6 +84,7 @@ class JobConfig:
             far over; None never skips.
         resources: CPUs and GPUs per trial.
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
+        sampler: how Optuna draws recipes: ``tpe`` (multivariate TPE), ``nsga2`` or ``random``.
         sensitivity: the sensitivity pass that shows which blocks tolerate what and narrows their choices.
         start_points: evaluate known-good recipes first (the uncompressed model, uniform int8, per knob the uniform
             setting predicted to fit the budget; :mod:`autocomp.search._start`), then let the sampler draw.
@@ -102,6 +106,7 @@ class JobConfig:
     skip_margin: float | None = 0.5
     resources: Resources = dataclasses.field(default_factory=Resources)
     retries: int = 1
+    sampler: str = "tpe"
     sensitivity: SensitivityConfig = dataclasses.field(default_factory=SensitivityConfig)
     start_points: bool = True
     trial_timeout_s: float | None = None
@@ -113,6 +118,8 @@ class JobConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise AutocompError(f"{key} must be a whole number >= {minimum}, got {value!r}")
+        if self.sampler not in SAMPLERS:
+            raise AutocompError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         for key in ("trial_timeout_s", "measure_timeout_s"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

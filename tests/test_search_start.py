@@ -92,6 +92,20 @@ def test_a_new_search_runs_its_starting_points_first(tmp_path, tiny_teacher):
                                                                                            "heads_int8.yaml")}))
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials()
-    assert trials[0].user_attrs["start_point"] == "uncompressed" and trials[0].user_attrs["recipe_summary"].startswith("- | -")
+    assert trials[0].user_attrs["start_point"] == "uncompressed"
+    assert trials[0].user_attrs["recipe_summary"].startswith("- | -")
     assert trials[1].user_attrs["start_point"] == "uniform weight_bits 8"
     assert all("start_point" not in t.user_attrs for t in trials[2:])  # cap: a quarter of the 8 trials
+
+
+def test_a_uniform_space_searches_one_setting_for_every_block():
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), uniform=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    recipes = [space.sample(study.ask(), [4, 4, 4]) for _ in range(8)]
+    assert sorted(study.trials[0].params) == ["all.heads_keep#rank", "all.weight_bits#rank"]
+    for recipe in recipes:
+        assert recipe.blocks[0] == recipe.blocks[1] == recipe.blocks[2]
+    assert len({recipe.summary() for recipe in recipes}) > 1
+    points = dict(start_points(space, [4, 4, 4], predictor=None, limits={}, cap=5))
+    assert points == {"uncompressed": {"all.heads_keep#rank": 1, "all.weight_bits#rank": 1},
+                      "uniform weight_bits 8": {"all.heads_keep#rank": 1, "all.weight_bits#rank": 0}}

@@ -74,8 +74,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir), load_if_exists=True,
                                 directions=list(DIRECTIONS))
     # Resuming: the sampler's random start-up must not repeat the recipes the first run drew from the same seed
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials), multivariate=True,
-                                               n_startup_trials=min(10, config.trials))
+    study.sampler = _sampler(config, seed=config.seed + len(study.trials))
     interrupted = _requeue_interrupted(study)
     if interrupted:
         log(f"trials {interrupted} were running when an earlier search stopped; they are marked failed and run "
@@ -156,7 +155,7 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         return [], {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
-    if not fresh or config.sensitivity.images == 0 or not lightest(space):
+    if not fresh or config.sensitivity.images == 0 or not lightest(space) or space.uniform:
         return [], {}
     started = time.perf_counter()
     settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
@@ -171,6 +170,15 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
         f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
         f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
     return settings, allowed
+
+
+def _sampler(config: JobConfig, *, seed: int) -> optuna.samplers.BaseSampler:
+    """The job's ``sampler``: multivariate TPE (its random start-up at most 10 trials), NSGA-II, or random."""
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.trials // 3)))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, config.trials))
 
 
 def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[int], screen: Screen | None,
@@ -293,7 +301,8 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
                                                   "limits": limits}, indent=2))
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
-            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries, "start_points": config.start_points,
+            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
+            "start_points": config.start_points, "sampler": config.sampler,
             "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

@@ -10,6 +10,7 @@ from scratch on a small data set; without this, the sampler spends its trials le
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
     """Score each non-lightest choice of each searched knob on each block alone (see the module docstring)."""
     light = lightest(space)
     uncompressed = {f"b{i}.{knob}": value for i in range(len(heads_per_block)) for knob, value in light.items()}
+    space = dataclasses.replace(space, uniform=False)  # each block alone, even where the search keeps them alike
     with num_threads(threads):
         reference = evaluate(base, val)
         base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \

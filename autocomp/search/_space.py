@@ -36,6 +36,8 @@ class SearchSpace:
         distill_steps: distillation steps after compression (0 = no distillation).
         distill_alpha: weights of the distillation term against the labels' cross-entropy.
         distill_temperature: softmax temperature of the distillation term.
+        uniform: one choice per knob for every block alike (a uniform setting, still searched), instead of one per
+            block.
     """
 
     heads_keep: tuple[float, ...] = (1.0,)
@@ -50,6 +52,7 @@ class SearchSpace:
     distill_steps: tuple[int, ...] = (0,)
     distill_alpha: tuple[float, ...] = (0.5,)
     distill_temperature: float = 4.0
+    uniform: bool = False
 
     def __post_init__(self) -> None:
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep"):
@@ -82,7 +85,7 @@ class SearchSpace:
         blocks = []
         for index, heads in enumerate(heads_per_block):
             def choose(knob: str) -> Any:
-                name = f"b{index}.{knob}"
+                name = self.name(index, knob)
                 return _choose(trial, name, allowed.get(name, getattr(self, knob)))  # noqa: B023 - called at once
 
             block: dict[str, Any] = {}
@@ -102,6 +105,11 @@ class SearchSpace:
         alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
         distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) if steps > 0 else None
         return Recipe(blocks=tuple(blocks), distill=distill)
+
+    def name(self, block: int, knob: str) -> str:
+        """The Optuna parameter (before the rank suffix) of a per-block knob: ``b3.heads_keep``, or
+        ``all.heads_keep`` in a uniform space."""
+        return f"all.{knob}" if self.uniform else f"b{block}.{knob}"
 
     def params(self, values: Mapping[str, Any], *,
                allowed: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:

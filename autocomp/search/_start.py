@@ -42,16 +42,16 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         sensitivity: its :class:`~autocomp.search._sensitivity.Setting` rows.
     """
     light, blocks = lightest(space), len(heads_per_block)
-    points = [("uncompressed", _uniform(light, blocks))]
+    points = [("uncompressed", _uniform(space, light, blocks))]
     if 8 in space.weight_bits and len(space.weight_bits) > 1:
-        points.append(("uniform weight_bits 8", _uniform({**light, "weight_bits": 8}, blocks)))
+        points.append(("uniform weight_bits 8", _uniform(space, {**light, "weight_bits": 8}, blocks)))
     if predictor is not None:
         for knob in light:
             value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob)
             if value is not None:
                 points.append((f"uniform {knob} {value:g}, predicted within budget",
-                               _uniform({**light, knob: value}, blocks)))
-    quiet = _least_sensitive(light, blocks, sensitivity)
+                               _uniform(space, {**light, knob: value}, blocks)))
+    quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity)
     if quiet is not None:
         points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
     unique: list[tuple[str, dict[str, Any]]] = []
@@ -71,8 +71,8 @@ def lightest(space: SearchSpace) -> dict[str, Any]:
             for knob in KNOBS if len(getattr(space, knob)) > 1}
 
 
-def _uniform(values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
-    return {f"b{index}.{knob}": value for index in range(blocks) for knob, value in values.items()}
+def _uniform(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
+    return {space.name(index, knob): value for index in range(blocks) for knob, value in values.items()}
 
 
 def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
@@ -80,7 +80,7 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
     """The least compressing choice of ``knob`` predicted within budget when set alike in every block (the other
     knobs at their lightest); None when even the strongest does not fit, or the lightest already does."""
     for value in sorted(getattr(space, knob), reverse=True):  # fractions and bit widths: larger compresses less
-        values = _uniform({**light, knob: value}, len(heads_per_block))
+        values = _uniform(space, {**light, knob: value}, len(heads_per_block))
         try:
             predicted = predictor.predict(recipe_of(space, heads_per_block, values))
         except AutocompError:  # a combination the operators refuse
@@ -90,20 +90,22 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
     return None
 
 
-def _least_sensitive(light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any]) -> dict[str, Any] | None:
+def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int,
+                     sensitivity: Sequence[Any]) -> dict[str, Any] | None:
     """Every block at, per knob, its most compressing setting that alone cost at most ``QUIET`` points; None when
     no setting is that quiet."""
-    values = _uniform(light, blocks)
+    values = _uniform(space, light, blocks)
     for s in sensitivity:
         name = f"b{s.block}.{s.knob}"
         if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
             values[name] = s.value
-    return None if values == _uniform(light, blocks) else values
+    return None if values == _uniform(space, light, blocks) else values
 
 
 def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any]) -> Recipe:
     """The recipe of the knob ``values`` (distillation at its first choices: it changes no cost)."""
     fixed = {**{name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")},
-             **{f"b{index}.quantize_layers": space.quantize_layers[0] for index in range(len(heads_per_block))},
+             **{space.name(index, "quantize_layers"): space.quantize_layers[0]
+                for index in range(len(heads_per_block))},
              **values}
     return space.sample(optuna.trial.FixedTrial(space.params(fixed)), heads_per_block)
