@@ -1,0 +1,143 @@
+"""Does the joint per-block search beat single techniques, uniform settings and random search? Side by side.
+
+    .venv/bin/python benchmarks/search_quality.py --quick          # a reduced grid: a quarter of an hour
+    .venv/bin/python benchmarks/search_quality.py                  # every method x budget x 3 seeds: hours
+
+Every method searches the same model with the same number of trials, budget and seeds:
+
+- ``joint``: autocomp as it ships (multivariate TPE over the per-block space, sensitivity pass, starting points);
+- ``random``: random search over the same space (no sensitivity pass, no starting points);
+- ``uniform``: the same knobs, one setting for every block, chosen by the same search;
+- ``heads``, ``mlp``, ``rank``, ``tokens``, ``bits``: one technique alone, per block, by the same search.
+
+Per method and budget it prints the best validation accuracy within budget (mean and sd over seeds), the test
+accuracy of that model, the hypervolume of the (accuracy, latency) front against a fixed reference point (latency
+at the uncompressed model's, accuracy 20 points below it), and the trials and wall time until the first model within
+budget and within 1 point of the uncompressed model (a dash: never).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autocomp.budget import Budget
+from autocomp.config import JobConfig, SensitivityConfig, load_config
+from autocomp.measure.profiling import cpu_description
+from autocomp.results import STUDY_NAME, study_storage, trial_rows
+from autocomp.search import load_space, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+KNOBS = {"heads": "heads_keep", "mlp": "mlp_keep", "rank": "rank", "tokens": "tokens_keep", "bits": "weight_bits"}
+METHODS = ("joint", "random", "uniform", *KNOBS)
+REFERENCE_DROP = 20.0  # accuracy points below the uncompressed model: the hypervolume's reference point
+
+
+def method_config(base: JobConfig, method: str, space_dir: Path) -> JobConfig:
+    """``base`` searched the way ``method`` says."""
+    space = load_space(base.search_space)
+    if method == "random":
+        return dataclasses.replace(base, sampler="random", start_points=False,
+                                   sensitivity=SensitivityConfig(images=0))
+    if method == "uniform":
+        space = dataclasses.replace(space, uniform=True)
+    elif method in KNOBS:
+        keep = KNOBS[method]
+        space = dataclasses.replace(space, **{knob: (1.0,) if knob != "weight_bits" else (32,)
+                                             for knob in KNOBS.values() if knob != keep})
+        if len(getattr(space, keep)) < 2:
+            raise SystemExit(f"{base.search_space} does not search {keep}: '{method}' has nothing to search")
+    path = space_dir / f"{method}.yaml"
+    path.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in vars(space).items()}))
+    return dataclasses.replace(base, search_space=path)
+
+
+def hypervolume(points: list[tuple[float, float]], *, latency_ref: float, accuracy_ref: float) -> float:
+    """Area dominated by (latency down, accuracy up) points, bounded by the reference point."""
+    area, best = 0.0, accuracy_ref
+    for latency, accuracy in sorted(p for p in points if p[0] < latency_ref and p[1] > accuracy_ref):
+        if accuracy > best:  # sweeping latency upwards: only points that raise the accuracy reached add area
+            area += (latency_ref - latency) * (accuracy - best)
+            best = accuracy
+    return area
+
+
+def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's figures for one finished search."""
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
+    rows = trial_rows(study, list(summary["limits"]))
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    base = summary["baseline"]
+    points = [(r.latency_ms / base["latency_ms"], r.accuracy) for r in rows if r.complete]
+    close, started = None, min((t.datetime_start for t in trials.values() if t.datetime_start), default=None)
+    for row in sorted((r for r in rows if r.feasible), key=lambda r: r.number):
+        if row.accuracy >= base["val_accuracy"] - 1.0:
+            done = trials[row.number].datetime_complete
+            close = (row.number + 1, (done - started).total_seconds())
+            break
+    best = summary.get("best") or {}
+    return {"val": best.get("val_accuracy"), "test": best.get("test_accuracy"),
+            "hypervolume": hypervolume(points, latency_ref=1.0, accuracy_ref=base["val_accuracy"] - REFERENCE_DROP),
+            "first_close": close}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search.yaml")
+    parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "vit_all.yaml",
+                        help="the joint space; the other methods are cut from it")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--budgets", default="latency=0.5,latency=0.65,latency=0.8,memory=0.5")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--quick", action="store_true",
+                        help="methods joint,random,uniform,heads; budget latency=0.8; 1 seed; 8 trials")
+    parser.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: discarded)")
+    args = parser.parse_args()
+    if args.quick:
+        args.methods, args.budgets, args.seeds, args.trials = "joint,random,uniform,heads", "latency=0.8", 1, 8
+    print(f"CPU: {cpu_description()}")
+    base = dataclasses.replace(load_config(args.config), trials=args.trials, search_space=args.space)
+    budgets = [tuple(item.split("=")) for item in args.budgets.split(",")]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        for kind, fraction in budgets:
+            for method in args.methods.split(","):
+                for seed in range(args.seeds):
+                    name = f"{method}-{kind}{fraction}-s{seed}"
+                    config = dataclasses.replace(method_config(base, method, Path(tmp)), seed=seed,
+                                                 budget=Budget(**{kind: float(fraction)}))
+                    started = time.perf_counter()
+                    summary = run_search(config, root / name, log=lambda _: None, progress=False)
+                    figures = {**score(root / name, summary), "wall_s": time.perf_counter() - started}
+                    results.setdefault((method, f"{kind} {fraction}x"), []).append(figures)
+                    print(f"{name}: {figures}", flush=True)
+    print("\n| budget | method | best val within budget | its test | hypervolume | trials to close | "
+          "seconds to close | wall s |\n|---|---|---|---|---|---|---|---|")
+    for (method, budget), runs in results.items():
+        close = [r["first_close"] for r in runs if r["first_close"] is not None]
+        print(f"| {budget} | {method} | {_mean_sd([r['val'] for r in runs if r['val'] is not None])} | "
+              f"{_mean_sd([r['test'] for r in runs if r['test'] is not None])} | "
+              f"{_mean_sd([r['hypervolume'] for r in runs])} | "
+              f"{_mean_sd([c[0] for c in close]) if close else '-'} ({len(close)}/{len(runs)}) | "
+              f"{_mean_sd([c[1] for c in close]) if close else '-'} | {_mean_sd([r['wall_s'] for r in runs])} |")
+
+
+if __name__ == "__main__":
+    main()
