@@ -51,9 +51,12 @@ def build(cls: type, data: Any, *, where: str) -> Any:
     Raises:
         AutocompError: one line, ``"{where}: ..."``, naming the key.
     """
-    if not isinstance(data, Mapping):
-        raise AutocompError(f"{where}: expected a mapping of keys, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.metadata.get("yaml", True)}
+    if not isinstance(data, Mapping):
+        got = ("is empty" if data is None
+               else "is a list; write 'key: value' lines, not '- ' items" if isinstance(data, list)
+               else f"is {data!r}, not a mapping of keys")
+        raise AutocompError(f"{where} {got}; the keys are {list(fields)}")
     unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:
         raise AutocompError(f"{where}: unknown key(s) {unknown}; allowed: {list(fields)}")
@@ -65,7 +68,7 @@ def build(cls: type, data: Any, *, where: str) -> Any:
     try:  # the dataclass's own checks first, on the values as written (its messages then quote them)
         cls(**data)
     except AutocompError as exc:
-        raise AutocompError(f"{where}: {exc}") from None
+        raise AutocompError(_located(where, str(exc))) from None
     except (TypeError, ValueError):
         pass  # a check that tripped over a value of the wrong type: the loader names it below
     hints = typing.get_type_hints(cls)
@@ -78,10 +81,10 @@ def build(cls: type, data: Any, *, where: str) -> Any:
     try:
         built = cls(**values)
     except AutocompError as exc:
-        raise AutocompError(f"{where}: {exc}") from None
+        raise AutocompError(_located(where, str(exc))) from None
     except (TypeError, ValueError) as exc:  # a check that tripped over a value of the wrong type
         if not wrong:
-            raise AutocompError(f"{where}: {exc}") from None
+            raise AutocompError(_located(where, str(exc))) from None
     if wrong:
         name, value = next(iter(wrong.items()))
         raise AutocompError(f"{where}: {name} must be {_describe(hints[name])}, got {value!r}")
@@ -89,6 +92,15 @@ def build(cls: type, data: Any, *, where: str) -> Any:
 
 
 _WRONG = object()
+
+
+def _located(where: str, message: str) -> str:
+    """``where: message``, without saying the section twice when the message already starts with it
+    (``job.yaml: budget`` + ``budget.latency must be ...`` -> ``job.yaml: budget.latency must be ...``)."""
+    head, _, section = where.rpartition(": ")
+    if head and message.startswith((f"{section}.", f"{section}:", f"{section} ")):
+        return f"{head}: {message}"
+    return f"{where}: {message}"
 
 
 def _convert(value: Any, hint: Any, key: str, where: str) -> Any:

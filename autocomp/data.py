@@ -164,6 +164,11 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
         height = embed.img_size[0]
     if getattr(getattr(embed, "proj", None), "in_channels", None) is not None:
         channels = embed.proj.in_channels
+    for name in ("mean", "std"):
+        if getattr(config, name) is None and len(timm_config[name]) not in (1, channels):
+            raise AutocompError(f"the model takes {channels} channel(s) but its timm config gives {name} "
+                                f"{list(timm_config[name])}; set data.mean and data.std to {channels} value(s) "
+                                "each (the statistics the model was trained with)")
     return Preprocessing(image_size=config.image_size or height, channels=channels,
                          mean=config.mean or tuple(timm_config["mean"]), std=config.std or tuple(timm_config["std"]),
                          interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
@@ -335,6 +340,7 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
         if model is None:
             raise AutocompError("an image folder is preprocessed as the model expects; pass the model to "
                                 "load_splits")
+        _folder_root(config)  # a wrong path is the first thing to say, before anything about the model
         return _folder_splits(config, resolve_preprocessing(model, config))
     loader = {"fashion_mnist": _fashion_mnist, "digits": _digits}[config.dataset]
     train_x, train_y, test_x, test_y, num_classes = loader(config)
@@ -389,6 +395,10 @@ def _fashion_mnist(config: DataConfig):
     files = {part: root / f"{part}-{kind}-idx{dims}-ubyte.gz"
              for part, kind, dims in [("train", "images", 3), ("t10k", "images", 3)]}
     if not all(path.exists() for path in files.values()):
+        if config.root:  # the user's folder: the path is what to fix
+            raise AutocompError(f"data.root: Fashion-MNIST files not found in {root.resolve()} (train-images-idx3-"
+                                f"ubyte.gz, t10k-images-idx3-ubyte.gz and their labels); fix data.root, or leave it "
+                                f"out to use {FASHION_MNIST_DIR} (sudo apt-get install -y dataset-fashion-mnist)")
         raise AutocompError(f"Fashion-MNIST files not found in {root}; install them with: {FASHION_INSTALL}")
 
     def part(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,11 +459,17 @@ def _check_readable(paths: list[str]) -> None:
             raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
 
-def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+def _folder_root(config: DataConfig) -> Path:
     root = Path(config.root) if config.root else None
     if root is None or not root.is_dir():
-        raise AutocompError(f"image folder {config.root!r} is not a directory; set data.root to a folder with "
-                            "train/ and val/ folders of class folders, or one folder of class folders")
+        where = f" ({root.resolve()})" if root is not None else ""
+        raise AutocompError(f"data.root: image folder {config.root!r}{where} is not a directory; set data.root to a "
+                            "folder with train/ and val/ folders of class folders, or one folder of class folders")
+    return root
+
+
+def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+    root = _folder_root(config)
     generator = torch.Generator().manual_seed(config.seed)
     split_dirs = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
     if split_dirs:  # split folders: train/ is required, val/ and test/ are held out of it when missing

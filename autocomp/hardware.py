@@ -13,6 +13,7 @@ a profile *file* must state them all, and the cost model refuses a profile witho
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,14 @@ from typing import Any, Mapping
 from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 
-__all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "PRECISIONS", "WEIGHT_BITS", "FAST_OPS",
-           "REQUIRED_IN_FILE", "CALIBRATE"]
+__all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "BACKENDS", "PRECISIONS", "WEIGHT_BITS",
+           "FAST_OPS", "REQUIRED_IN_FILE", "CALIBRATE"]
 
 DEVICES = ("cpu", "gpu", "npu")
+# Runtimes a profile's numbers can describe; any other name is refused, so that a typo (pytorch_cpu) does not pass
+# unnoticed. A new runtime adds its name here. (Measurements still run PyTorch eager on a CPU whatever the backend:
+# issue 10.)
+BACKENDS = ("pytorch-cpu", "pytorch-cuda", "tensorrt")
 # Arithmetic precisions a peak throughput can be given for; unquantized layers run at fp32.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 # Weight bit-widths a quantize recipe may ask for (32 is the unquantized model itself).
@@ -45,7 +50,7 @@ class HardwareProfile:
     Attributes:
         name: a short name, e.g. ``local-cpu``.
         device: the kind of device, one of ``DEVICES`` (``cpu``, ``gpu``, ``npu``).
-        backend: the execution backend, e.g. ``pytorch-cpu``, ``tensorrt``.
+        backend: the execution backend, one of ``BACKENDS`` (``pytorch-cpu``, ``pytorch-cuda``, ``tensorrt``).
         threads: intra-op threads used when timing (the peak numbers below are for this many threads).
         batch_size: images per forward pass when timing, counting activation memory and predicting.
         warmup: untimed forward passes before timing.
@@ -90,8 +95,10 @@ class HardwareProfile:
             raise AutocompError(f"name must be a non-empty string, got {self.name!r}")
         if self.device not in DEVICES:
             raise AutocompError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
-        if not isinstance(self.backend, str) or not self.backend:
-            raise AutocompError(f"backend must be a non-empty string such as 'pytorch-cpu', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            near = difflib.get_close_matches(str(self.backend), BACKENDS, n=1, cutoff=0.6)
+            raise AutocompError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}"
+                                + (f"; did you mean {near[0]!r}?" if near else ""))
         for name in ("threads", "batch_size", "repeats"):
             _check_whole(name, getattr(self, name), minimum=1)
         _check_whole("warmup", self.warmup, minimum=0)

@@ -61,6 +61,28 @@ def test_missing_dataset(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(data={"dataset": "fashion_mnist", "root": str(tmp_path / "nowhere")}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert "Fashion-MNIST files not found" in err and "apt-get install -y dataset-fashion-mnist" in err
+    assert err.startswith(f"autocomp: error: data.root: Fashion-MNIST files not found in {tmp_path / 'nowhere'}")
+    assert "fix data.root" in err
+
+
+def test_missing_image_folder_is_named_before_the_model_preprocessing(job, tmp_path, capsys):
+    edit_job(job, lambda d: d.update(data={"dataset": "imagefolder", "root": str(tmp_path / "nowhere")}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"data.root: image folder '{tmp_path / 'nowhere'}'" in err and "is not a directory" in err
+
+
+def test_a_one_channel_model_on_an_image_folder_asks_for_its_mean_and_std(job, tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(12):
+            Image.new("RGB", (8, 8)).save(tmp_path / "images" / label / f"{index}.png")
+    edit_job(job, lambda d: d.update(data={"dataset": "imagefolder", "root": str(tmp_path / "images"), "val_size": 4,
+                                           "calib_size": 4, "test_size": 4, "workers": 0}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "the model takes 1 channel(s) but its timm config gives mean [0.485, 0.456, 0.406]" in err
+    assert "set data.mean and data.std to 1 value(s) each" in err
 
 
 def test_checkpoint_that_does_not_fit(job, tmp_path, capsys):
@@ -78,7 +100,7 @@ def test_missing_checkpoint(job, tmp_path, capsys):
 def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"latency": -1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-    assert "budget.latency must be a positive number, got -1" in err
+    assert f"{job}: budget.latency must be a positive number, got -1" in err  # not "budget: budget.latency"
 
 
 def test_bad_hardware_profile(job, tmp_path, capsys):
@@ -109,6 +131,12 @@ def test_more_cpus_per_trial_than_any_node_has(job, tmp_path, capsys):
     assert not (tmp_path / "r" / "trials.csv").exists()  # refused before any trial
 
 
+def test_an_empty_budget_is_named_once(job, tmp_path, capsys):
+    edit_job(job, lambda d: d.update(budget={}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"{job}: budget is empty; set at least one of latency_ms" in err
+
+
 @pytest.mark.parametrize("resources, message", [({"cpu": 0}, "resources.cpu must be a whole number of CPUs >= 1"),
                                                 ({"gpu": -1}, "resources.gpu must be a number of GPUs >= 0"),
                                                 ({"cpus": 2}, "resources: unknown key(s) ['cpus']")])
@@ -121,3 +149,19 @@ def test_a_ray_client_address_is_refused_with_the_way_to_run(job, tmp_path, caps
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address", "ray://127.0.0.1:10001"],
                   capsys)
     assert "Ray Client (ray://) addresses are not supported" in err and "HOST:PORT" in err
+
+
+def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
+    import optuna
+
+    from autocomp.results import STUDY_NAME, study_storage
+    from test_search_e2e import write_job
+
+    job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-4}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "budget: memory_mb <= 0.0001 cannot be met in " in err
+    assert "its smallest candidate (every block at heads_keep 0.5, weight_bits 8) holds " in err
+    assert err.endswith("loosen the budget or widen the search space")
+    assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
+    assert optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).trials == []

@@ -131,6 +131,9 @@ BAD = [
     ("unknown op", _set("fast_ops", ["flash"]), "fast_ops: unknown op(s) ['flash']"),
     ("negative overhead", _set("op_overhead_us", -1), "op_overhead_us must be a number of microseconds >= 0"),
     ("bad device", _set("device", "tpu"), "device must be one of ['cpu', 'gpu', 'npu'], got 'tpu'"),
+    ("backend typo", _set("backend", "pytorch_cpu"),
+     ("backend must be one of ['pytorch-cpu', 'pytorch-cuda', 'tensorrt'], got 'pytorch_cpu'; "
+      "did you mean 'pytorch-cpu'?")),
     ("zero threads", _set("threads", 0), "threads must be a whole number >= 1, got 0"),
     ("source of nothing", _set("sources", {"clock": "ark"}), "sources: unknown field(s) ['clock']"),
 ]
@@ -143,6 +146,16 @@ def test_bad_profiles_are_refused_naming_the_file_and_the_field(tmp_path, edit, 
         load_profile(path)
     assert f"hardware profile {path}" in str(error.value)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [("", "is empty; the keys are ['name', 'device', "),
+                                           ("- name: x\n", "is a list; write 'key: value' lines, not '- ' items")])
+def test_a_profile_that_is_no_mapping_says_what_it_is(tmp_path, text, message):
+    path = tmp_path / "hw.yaml"
+    path.write_text(text)
+    with pytest.raises(AutocompError) as error:
+        read_profile(path)
+    assert f"hardware profile {path} {message}" in str(error.value)
 
 
 def test_a_bad_value_is_reported_before_missing_device_facts(tmp_path):

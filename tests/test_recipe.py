@@ -33,6 +33,7 @@ def test_summary_names_each_block():
      "'reduce_tokens']"),
     ([{"prune_heads": {"kept": 2}}], "block 0: prune_heads: unknown key(s) ['kept']; allowed: ['keep', 'imp"),
     ([{"prune_heads": {"keep": 2, "importance": "magic"}}], "importance must be one of"),
+    ([{"quantize": [8]}], "block 0: quantize is a list; write 'key: value' lines, not '- ' items"),
 ])
 def test_bad_settings_are_refused_when_read(blocks, message):
     with pytest.raises(AutocompError) as info:

@@ -97,7 +97,7 @@ def test_the_screen_skips_only_beyond_the_margin_and_only_after_a_measured_trial
 
 
 def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):
-    job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-3}, trials=3, workers=1)
+    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e-3}, trials=3, workers=1)  # met by nothing
     data = yaml.safe_load(job.read_text())
     job.write_text(yaml.safe_dump({**data, "skip_margin": 0}))
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
@@ -111,14 +111,14 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     assert summary["skipped"] == 2
     assert summary["time_saved_s"] == pytest.approx(2 * ran[0].user_attrs["trial_seconds"])
     for trial in trials:
-        assert trial.user_attrs["predicted_memory_mb"] > 1e-3 and trial.user_attrs["predicted_latency_ms"] > 0
+        assert trial.user_attrs["predicted_latency_ms"] > 1e-3 and trial.user_attrs["predicted_memory_mb"] > 0
     for trial in skipped:
-        assert "predicted memory_mb" in trial.user_attrs["skipped_reason"]
+        assert "predicted latency_ms" in trial.user_attrs["skipped_reason"]
         # never compressed, distilled, measured or evaluated
         assert not {"trial_seconds", "latency_ratio", "accuracy"} & set(trial.user_attrs) and trial.values is None
         # the predicted violation is the trial's constraint: the sampler ranks it as infeasible by that much
-        predicted = trial.user_attrs["predicted_memory_mb"] / 1e-3 - 1
-        assert trial.constraints == {"memory_mb": pytest.approx(predicted)} and predicted > 0
+        predicted = trial.user_attrs["predicted_latency_ms"] / 1e-3 - 1
+        assert trial.constraints == {"latency_ms": pytest.approx(predicted)} and predicted > 0
     rows = list(csv.DictReader((run / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["COMPLETE", "PRUNED", "PRUNED"]
     assert rows[1]["skipped_reason"] and float(rows[0]["predicted_memory_mb"]) > 0

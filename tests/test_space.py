@@ -32,6 +32,10 @@ def test_single_choice_knobs_are_not_searched():
     ("tokens: [0.5]\n", "unknown key(s) ['tokens']"),
     ("quantize_layers: ['']\n", "quantize_layers choices are 'all' or layer names joined by commas, got ''"),
     ("quantize_layers: 8\n", "quantize_layers must be a list of strings, got 8"),
+    ("heads_keep: half\n", "heads_keep must be a list of numbers, got 'half'"),  # not its letters
+    ("weight_bits: '8'\n", "weight_bits must be a list of whole numbers, got '8'"),
+    ("", "is empty; the keys are ['heads_keep', "),
+    ("- heads_keep: [0.5]\n", "is a list; write 'key: value' lines, not '- ' items"),
 ])
 def test_bad_space_files_are_refused(tmp_path, text, message):
     path = tmp_path / "space.yaml"

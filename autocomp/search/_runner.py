@@ -37,7 +37,7 @@ from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
-from autocomp.search._start import START, lightest, start_points
+from autocomp.search._start import START, lightest, recipe_of, start_points
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
@@ -99,6 +99,10 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             limits = previous["limits"]
         else:
             limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
+        screen = _screen(base, profile, baseline, limits, config, log) if remaining else None
+        if previous is None:
+            if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
+                _check_reachable(space, heads, screen, config, log)
             _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits)
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
@@ -122,7 +126,6 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             display.update(rows)
 
         if remaining:
-            screen = _screen(base, profile, baseline, limits, config, log)
             settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
                                              fresh=not study.trials)
             if config.start_points and config.trials >= 4 and not study.trials:
@@ -142,6 +145,29 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
         return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                                limits=limits, profile=profile, log=log)
+
+
+def _check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
+                     log: Callable[[str], None]) -> None:
+    """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
+    strongest in every block) exceeds: memory is counted, so the prediction is the candidate's own. A latency limit
+    beyond the fastest candidate's prediction is only warned about: the cost model can be off."""
+    strongest = {space.name(i, knob): min(getattr(space, knob)) for i in range(len(heads)) for knob in lightest(space)}
+    try:
+        predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
+    except AutocompError:  # a combination the operators refuse: nothing to conclude
+        return
+    what = "every block at " + ", ".join(f"{knob} {min(getattr(space, knob)):g}" for knob in lightest(space))
+    limit = screen.limits.get("memory_mb")
+    if limit is not None and predicted["memory_mb"] > limit:
+        raise AutocompError(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its smallest "
+                            f"candidate ({what}) holds {predicted['memory_mb']:.4g} MB of weights and activations; "
+                            "loosen the budget or widen the search space")
+    limit = screen.limits.get("latency_ms")
+    if limit is not None and predicted["latency_ms"] > limit:
+        log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
+            f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
+            "budget")
 
 
 SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume

@@ -55,6 +55,10 @@ class SearchSpace:
     uniform: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers",
+                     "distill_steps", "distill_alpha"):
+            if isinstance(getattr(self, name), str):  # not a list of its letters; the loader names the type wanted
+                raise TypeError(f"{name} must be a list of choices, got {getattr(self, name)!r}")
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep"):
             values = getattr(self, name)
             if not values or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
