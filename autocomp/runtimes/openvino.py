@@ -1,0 +1,102 @@
+"""OpenVINO: the ONNX export (autocomp's own numbers) converted to OpenVINO IR, compiled for the CPU, and timed and
+checked with the same helpers as ONNX Runtime sessions.
+
+OpenVINO's ONNX front end turns ``DequantizeLinear`` of a constant int8 weight, and ``MatMulNBits``, into its
+compressed-weight pattern (integer constant -> convert -> multiply by the scales -> MatMul), which its CPU plugin runs
+with the weights kept compressed and the activations quantized on the fly (``DYNAMIC_QUANTIZATION_GROUP_SIZE``).
+``DynamicQuantizeLinear -> MatMulInteger`` (ORT's int8 form) is not recognised, so the export for OpenVINO writes
+weights-only int8 as ``DequantizeLinear -> MatMul`` (:data:`OPENVINO_EXPORT`).
+
+Not used: ``nncf.compress_weights`` chooses its own scales (it would deploy numbers the search never evaluated), and
+``save_model``'s default ``compress_to_fp16`` would round the fp32 weights; both are left out on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocomp.runtimes.onnx import OnnxExport, OnnxExportConfig, export_onnx
+
+__all__ = ["OPENVINO_EXPORT", "OpenVinoExport", "OvModule", "export_openvino", "ir_weight_nbytes", "ov_compiled"]
+
+OPENVINO_EXPORT = OnnxExportConfig(int8_weights="dequantize_linear")
+
+
+@dataclass(frozen=True)
+class OpenVinoExport:
+    """A candidate in OpenVINO IR.
+
+    Attributes:
+        path: the ``.xml`` file (its weights in the ``.bin`` beside it).
+        onnx: the ONNX export it was converted from (kept beside it, ``.onnx``).
+        weight_nbytes: bytes of the IR's constants (:func:`ir_weight_nbytes`).
+    """
+
+    path: Path
+    onnx: OnnxExport
+    weight_nbytes: int
+
+
+def export_openvino(model: nn.Module, example: torch.Tensor, path: str | Path, *,
+                    config: OnnxExportConfig = OPENVINO_EXPORT) -> OpenVinoExport:
+    """Export ``model`` to ONNX (``path`` with ``.onnx``), convert it with ``openvino.convert_model`` and save the
+    IR to ``path`` (``.xml`` + ``.bin``) with the weights as they are (no fp16 compression)."""
+    import openvino as ov
+
+    path = Path(path)
+    exported = export_onnx(model, example, path.with_suffix(".onnx"), config=config)
+    ov.save_model(ov.convert_model(str(exported.path)), str(path), compress_to_fp16=False)
+    return OpenVinoExport(path=path, onnx=exported, weight_nbytes=ir_weight_nbytes(path))
+
+
+def ir_weight_nbytes(path: str | Path) -> int:
+    """Bytes of the constants an OpenVINO IR (or any model file OpenVINO reads) holds."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    return sum(op.get_byte_size() for op in model.get_ops() if op.get_type_name() == "Constant")
+
+
+def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None, precision: str = "f32",
+                properties: Mapping[str, Any] | None = None) -> Any:
+    """A model compiled for OpenVINO's CPU plugin: ``threads`` inference threads, one stream, latency mode.
+
+    Args:
+        path: an IR ``.xml`` or an ``.onnx`` file.
+        threads: ``INFERENCE_NUM_THREADS``.
+        batch: make the batch axis static at this size (OpenVINO plans static shapes better); None keeps it.
+        precision: ``INFERENCE_PRECISION_HINT``; ``f32`` by default, since on CPUs with AMX the plugin would
+            otherwise run fp32 layers in bf16 (a different model from the one autocomp evaluated).
+        properties: further CPU properties, e.g. ``{"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}`` (off).
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if batch is not None:
+        shape = model.input(0).get_partial_shape()
+        shape[0] = batch
+        model.reshape({model.input(0): shape})
+    settings = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": precision, "ENABLE_CPU_PINNING": False, **(properties or {})}
+    return core.compile_model(model, "CPU", settings)
+
+
+class OvModule(nn.Module):
+    """A compiled OpenVINO model called like the model it came from (torch tensors in and out), for
+    :func:`autocomp.runtimes.compare_outputs` and :func:`autocomp.runtimes.time_sessions`."""
+
+    def __init__(self, compiled: Any) -> None:
+        super().__init__()
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.request.infer({0: images.numpy()})
+        return torch.from_numpy(np.array(self.request.get_output_tensor(0).data))  # a copy: OV reuses the buffer

@@ -1,0 +1,272 @@
+"""ONNX export and ONNX Runtime: every operator and bit width exports, runs in ORT with integer kernels where
+autocomp has them, holds autocomp's own numbers and bytes, and agrees with the PyTorch model.
+
+The model is the session's tiny digits teacher (trained, so its top-1 decisions have margins that random weights
+lack), compared on the 600 validation and test digits. No test asserts a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from autocomp import AutocompError, Recipe, compress  # noqa: E402
+from autocomp.costmodel import CostModel, describe  # noqa: E402
+from autocomp.hardware import HardwareProfile  # noqa: E402
+from autocomp.ops import OPERATORS, LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens  # noqa: E402
+from autocomp.ops.qat import trainable  # noqa: E402
+from autocomp.ops.quantize import ActQuant, PackedLinear, QuantizedLinear  # noqa: E402
+from autocomp.runtimes import (  # noqa: E402
+    OnnxExportConfig,
+    OrtModule,
+    compare_outputs,
+    export_onnx,
+    onnx_weight_nbytes,
+    op_types,
+    ort_session,
+    time_sessions,
+)
+
+SETTINGS = {  # every operator, each bit width; a new operator must add its own here (checked below)
+    "prune_heads": [PruneHeads(keep=2)],
+    "prune_mlp": [PruneMlp(keep=0.5)],
+    "low_rank": [LowRank(rank=0.4), LowRank(rank=0.4, layers=("qkv", "fc1"), method="whitened")],
+    "reduce_tokens": [ReduceTokens(keep=0.5), ReduceTokens(keep=0.5, method="prune")],
+    "quantize": [Quantize(), Quantize(act_bits=8), Quantize(weight_bits=8, layers=("qkv", "fc1")),
+                 Quantize(weight_bits=4), Quantize(weight_bits=4, group_size=16),
+                 Quantize(weight_bits=4, group_size=16, act_bits=8), Quantize(weight_bits=16),
+                 Quantize(weight_bits=6, group_size=16), Quantize(weight_bits=3, group_size=16),
+                 Quantize(weight_bits=2, group_size=16), Quantize(weight_bits=4, group_size=20)],
+}
+CASES = [(name, config) for name, configs in SETTINGS.items() for config in configs]
+IDS = [f"{name}-{config.tag()}" for name, config in CASES]
+WIDENED = {6: 8, 3: 4}  # bits MatMulNBits lacks -> the width that stores them
+PROFILE = HardwareProfile(name="onnx-test", batch_size=1, peak_gflops={"fp32": 100.0}, memory_bandwidth_gbs=10.0,
+                          memory_gb=8.0)
+
+
+def test_every_registered_operator_has_export_cases():
+    assert set(SETTINGS) == set(OPERATORS)
+
+
+def _recipe(name, config):
+    return Recipe(blocks=({name: config}, {name: config} if name != "reduce_tokens" else {}))
+
+
+@pytest.fixture(scope="module")
+def images(digits_splits):
+    return torch.cat([digits_splits.val.tensors()[0], digits_splits.test.tensors()[0]])
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_teacher, digits_splits, tmp_path_factory):
+    """(name, config) -> (compressed model, OnnxExport, session), each exported once per module."""
+    folder, cache = tmp_path_factory.mktemp("onnx"), {}
+    calibration = digits_splits.calib.tensors()[0]
+
+    def get(name, config, export_config=None):
+        key = (name, config, export_config)
+        if key not in cache:
+            model = compress(tiny_teacher[1], _recipe(name, config), calibration=calibration)
+            result = export_onnx(model, calibration[:2], folder / f"{len(cache)}.onnx", config=export_config)
+            cache[key] = model, result, ort_session(result.path)
+        return cache[key]
+
+    return get
+
+
+def _initializers(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def _optimized_op_types(path, tmp_path):
+    """Node types after ORT's own graph optimizations: the kernels it will really run."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return op_types(tmp_path / "optimized.onnx")
+
+
+def _quantized(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+@pytest.mark.parametrize("name, config", CASES, ids=IDS)
+def test_export_agrees_with_the_pytorch_model(exported, images, name, config):
+    model, _, session = exported(name, config)
+    agreement = compare_outputs(model, session, images)
+    assert agreement.images == 600 and agreement.top1 >= 0.99, agreement
+    if name != "quantize":  # structural changes are the same fp32 maths
+        assert agreement.max_logit_diff < 1e-3, agreement
+
+
+@pytest.mark.parametrize("name, config", CASES, ids=IDS)
+def test_weight_bytes_match_what_autocomp_predicts(tiny_teacher, exported, name, config):
+    _, result, _ = exported(name, config)
+    predicted = CostModel(description=describe(tiny_teacher[1]), profile=PROFILE).predict(
+        _recipe(name, config)).weight_nbytes
+    assert result.torch_weight_nbytes == predicted
+    assert result.weight_nbytes == onnx_weight_nbytes(result.path)
+    if name == "quantize" and config.weight_bits in WIDENED:  # codes stored wider: more bytes, said per layer
+        assert all(f"stored in {WIDENED[config.weight_bits]} bits" in layer.note for layer in result.layers)
+        assert predicted < result.weight_nbytes < predicted * WIDENED[config.weight_bits] / config.weight_bits
+    elif name == "quantize" and config.group_size % 16 and config.weight_bits < 8:
+        assert all("no MatMulNBits block fits" in layer.note for layer in result.layers)
+        assert result.weight_nbytes > 2 * predicted  # the fp32 fallback saves no bytes
+    else:
+        assert result.weight_nbytes == pytest.approx(predicted, rel=0.01)
+
+
+@pytest.mark.parametrize("config", [Quantize(), Quantize(weight_bits=8, layers=("qkv", "fc1"))], ids=["all", "qkv,fc1"])
+def test_int8_weights_become_integer_ops_holding_autocomps_codes(exported, tmp_path, config):
+    model, result, _ = exported("quantize", config)
+    layers = _quantized(model)
+    types = op_types(result.path)
+    assert types["DynamicQuantizeLinear"] == types["MatMulInteger"] == len(layers) == len(result.layers)
+    assert _optimized_op_types(result.path, tmp_path)["com.microsoft.DynamicQuantizeMatMul"] == len(layers)
+    tensors = _initializers(result.path)
+    for name, layer in layers.items():
+        weight, scale, _ = layer.unpacked()
+        assert tensors[f"{name}.weight_int8"].dtype == np.int8
+        np.testing.assert_array_equal(tensors[f"{name}.weight_int8"], weight.t().numpy())
+        np.testing.assert_array_equal(tensors[f"{name}.weight_scale"], scale.numpy())
+
+
+def test_static_activations_are_qdq_with_the_calibrated_quantizer(exported, tmp_path):
+    model, result, _ = exported("quantize", Quantize(act_bits=8))
+    layers = _quantized(model)
+    types = op_types(result.path)
+    assert types["QuantizeLinear"] == len(layers) and types["DequantizeLinear"] == 2 * len(layers)
+    assert _optimized_op_types(result.path, tmp_path)["com.microsoft.MatMulIntegerToFloat"] == len(layers)
+    tensors = _initializers(result.path)
+    for name, layer in layers.items():
+        scale, zero_point, _ = layer.act_qparams
+        assert tensors[f"{name}.act_scale"] == np.float32(scale)
+        assert tensors[f"{name}.act_zero_point"].dtype == np.uint8 and tensors[f"{name}.act_zero_point"] == zero_point
+
+
+def test_activation_codes_capped_at_127_are_clipped_first(tiny_teacher, digits_splits, images, tmp_path):
+    calibration = digits_splits.calib.tensors()[0]
+    model = compress(tiny_teacher[1], _recipe("quantize", Quantize(act_bits=8)), calibration=calibration)
+    for layer in _quantized(model).values():  # as calibrated on a CPU without VNNI: codes 0..127
+        scale, zero_point, _ = layer.act_qparams
+        layer.act_qparams = ActQuant(scale * 255 / 127, round(zero_point * 127 / 255), 127)
+    result = export_onnx(model, calibration[:2], tmp_path / "u7.onnx")
+    assert op_types(result.path)["Clip"] == len(result.layers)
+    assert compare_outputs(model, ort_session(result.path), images).top1 >= 0.99
+
+
+def _unpack_nbits(packed: np.ndarray, bits: int, in_features: int) -> np.ndarray:
+    """MatMulNBits' B (out, blocks, bytes) back to signed codes (out, in), low bits first."""
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    codes = (packed[..., None] >> shifts) & (2 ** bits - 1)
+    return codes.reshape(packed.shape[0], -1)[:, :in_features].astype(np.int32) - 2 ** (bits - 1)
+
+
+def _attributes(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("bits, group", [(4, 16), (4, 64), (2, 16), (6, 16)])
+def test_low_bit_weights_are_matmulnbits_holding_autocomps_codes(exported, bits, group):
+    model, result, _ = exported("quantize", Quantize(weight_bits=bits, group_size=group))
+    layers = _quantized(model)
+    nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == len(layers) and all(n.domain == "com.microsoft" for n in nodes)
+    tensors = _initializers(result.path)
+    for node in nodes:
+        attrs, name = _attributes(node), node.input[1].removesuffix(".weight_packed")
+        layer, block = layers[name], _attributes(node)["block_size"]
+        assert isinstance(layer, PackedLinear) and attrs["bits"] == WIDENED.get(bits, bits)
+        if layer.in_features > group:
+            assert block == group
+        codes = _unpack_nbits(tensors[node.input[1]], attrs["bits"], layer.in_features)
+        np.testing.assert_array_equal(codes, layer.codes().numpy())
+        scales = tensors[f"{name}.weight_scale"]  # autocomp's fp16 scales (the graph casts them), one per block
+        first_of_block = np.arange(scales.shape[1]) * block // group
+        assert scales.dtype == np.float16
+        np.testing.assert_array_equal(scales, layer.scales().numpy()[:, first_of_block])
+
+
+def test_the_int4_compute_path_is_configurable(exported, images):
+    config = Quantize(weight_bits=4, group_size=16)
+    _, exact, _ = exported("quantize", config)
+    model, fast, session = exported("quantize", config, OnnxExportConfig(nbits_accuracy_level=4))
+    levels = lambda path: {_attributes(n).get("accuracy_level") for n in onnx.load(str(path)).graph.node  # noqa: E731
+                           if n.op_type == "MatMulNBits"}
+    assert levels(exact.path) == {None} and levels(fast.path) == {4}
+    assert compare_outputs(model, exported("quantize", config)[2], images).max_logit_diff < 1e-3  # fp32 compute
+    agreement = compare_outputs(model, session, images)  # int8 compute: the input is quantized per block too
+    assert agreement.top1 >= 0.99 and agreement.max_logit_diff > 1e-4, agreement
+
+
+def test_token_reduction_exports_the_shorter_sequence_for_any_batch(exported, images):
+    model, _, session = exported("reduce_tokens", ReduceTokens(keep=0.5))
+    assert model.blocks.tokens_entering(17)[-1] == 9
+    runtime = OrtModule(session)
+    for batch in (1, 7):
+        with torch.no_grad():
+            assert torch.allclose(runtime(images[:batch]), model(images[:batch]), atol=1e-4)
+
+
+def test_pruned_heads_leave_a_smaller_graph(exported, tiny_teacher):
+    _, pruned, _ = exported("prune_heads", PruneHeads(keep=2))
+    _, full, _ = exported("prune_mlp", PruneMlp(keep=1.0))
+    qkv = {t.name: tuple(t.dims) for t in onnx.load(str(pruned.path)).graph.initializer if len(t.dims) == 2}
+    assert (32, 48) in qkv.values() and (32, 96) not in qkv.values()  # 2 of 4 heads x 8 dims x q, k, v
+    assert pruned.weight_nbytes < full.weight_nbytes
+
+
+def test_time_sessions_interleaves_and_reports_medians(exported, images):
+    _, _, quantized = exported("quantize", Quantize())
+    _, _, reference = exported("prune_mlp", PruneMlp(keep=1.0))
+    timing = time_sessions(quantized, reference, images[:1], warmup=1, repeats=3)
+    assert timing.latency_ms > 0 and timing.reference_ms > 0 and timing.ratio > 0  # no claim about speed
+
+
+def test_training_form_is_refused_with_the_fix(tiny_teacher, tmp_path):
+    model = trainable(compress(tiny_teacher[1], _recipe("quantize", Quantize())))
+    with pytest.raises(AutocompError, match="deployed"):
+        export_onnx(model, torch.randn(2, 1, 8, 8), tmp_path / "x.onnx")
+
+
+def test_export_config_errors_name_the_bad_value():
+    with pytest.raises(AutocompError, match="nbits_accuracy_level must be 0 .* got 2"):
+        OnnxExportConfig(nbits_accuracy_level=2)
+    with pytest.raises(AutocompError, match="opset must be a whole number in 18..22 .* got 23"):
+        OnnxExportConfig(opset=23)
+    with pytest.raises(AutocompError, match=r"int8_weights must be one of \['matmul_integer', 'dequantize_linear'\], "
+                                            "got 'qdq'"):
+        OnnxExportConfig(int8_weights="qdq")
+
+
+OPENVINO_CASES = [("quantize", Quantize()), ("quantize", Quantize(weight_bits=4, group_size=16)),
+                  ("quantize", Quantize(act_bits=8)), ("reduce_tokens", ReduceTokens(keep=0.5))]
+
+
+@pytest.mark.parametrize("name, config", OPENVINO_CASES, ids=["w8", "w4g16", "w8a8", "tokens"])
+def test_openvino_runs_the_export_with_autocomps_numbers(tiny_teacher, digits_splits, images, tmp_path, name, config):
+    pytest.importorskip("openvino")
+    from autocomp.runtimes.openvino import OvModule, export_openvino, ov_compiled
+
+    calibration = digits_splits.calib.tensors()[0]
+    model = compress(tiny_teacher[1], _recipe(name, config), calibration=calibration)
+    result = export_openvino(model, calibration[:2], tmp_path / "model.xml")
+    assert result.path.is_file()
+    # the IR adds a few shape constants, and holds MatMulNBits' fp16 scales as fp32 (2 more bytes each)
+    fp16 = sum(t.size for t in _initializers(result.onnx.path).values() if t.dtype == np.float16)
+    assert result.onnx.weight_nbytes <= result.weight_nbytes <= result.onnx.weight_nbytes + 2 * fp16 + 2048
+    if name == "quantize" and not config.act_bits:
+        assert "MatMulInteger" not in op_types(result.onnx.path)  # weights-only int8 as DequantizeLinear -> MatMul
+    agreement = compare_outputs(model, OvModule(ov_compiled(result.path)), images)
+    assert agreement.top1 >= 0.99, agreement
