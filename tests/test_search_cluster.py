@@ -140,7 +140,7 @@ def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tm
             rows = _trials_read_only(run)
             on_worker = [state for _, state, node in rows if node == worker.node_id]
             return "COMPLETE" in on_worker and sum(state == "RUNNING" for _, state, _ in rows) == 2
-        _wait_until(worker_busy_after_a_trial, search, 300, "a trial finished on the worker node")
+        _wait_until(worker_busy_after_a_trial, search, 900, "a trial finished on the worker node")
         cluster.remove_node(worker, allow_graceful=False)  # as if the machine died
         removed = time.monotonic()
         _, err = search.communicate(timeout=600)
@@ -168,10 +168,10 @@ def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(c
     job = _slow_job(tmp_path, tiny_teacher, trials=trials, workers=1, hardware=tmp_path / "device.yaml")
     search = _search(job, run, cluster.address)
     try:
-        _wait_until(lambda: [s for _, s, _ in _trials_read_only(run)].count("COMPLETE") >= 1, search, 300,
+        _wait_until(lambda: [s for _, s, _ in _trials_read_only(run)].count("COMPLETE") >= 1, search, 900,
                     "a trial finished")
         cluster.remove_node(device, allow_graceful=False)
-        _, err = search.communicate(timeout=300)
+        _, err = search.communicate(timeout=600)
     finally:
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
@@ -185,7 +185,7 @@ def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(c
 
     cluster.add_node(num_cpus=0, resources={"test_device": 1}, node_ip_address="127.0.0.1")  # the device is back
     rerun = _search(job, run, cluster.address)
-    _, err = rerun.communicate(timeout=600)
+    _, err = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, err
     complete = {t.number: t for t in _complete(run)}
     assert len(complete) == trials and all(complete[n].values == v for n, v in kept.items())

@@ -18,6 +18,7 @@ from autocomp.measure.placement import import_ray
 __all__ = ["ray_session", "require_trial_resources", "require_same_versions"]
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
+PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
 
 
 @contextmanager
@@ -89,7 +90,10 @@ def require_same_versions() -> None:
     for node, ref in zip(nodes, refs):
         where = f"Ray node {node['NodeManagerAddress']} ({node['NodeID'][:12]})"
         try:
-            theirs = ray.get(ref, timeout=120)
+            theirs = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise AutocompError(f"{where} did not run a task within {PROBE_TIMEOUT_S} s (no worker could start "
+                                "there); check the node with ray status, or remove it from the cluster") from None
         except ray.exceptions.RayError as exc:
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise AutocompError(f"{where} cannot run autocomp's code ({last}); install autocomp's dependencies "
