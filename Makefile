@@ -36,8 +36,11 @@ CAPPED_TESTS := tests/test_ops_quantize.py tests/test_distill.py tests/test_meas
                 tests/test_search_objective.py tests/test_hardware.py tests/test_ops_contract.py
 CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 
+# The multi-node cluster tests run in a pytest process of their own: after the rest of the suite's in-process Ray
+# sessions, a fresh Cluster's worker node was left without trials (seen in CI; alone, the file passes).
 test: install data
-	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(PY) -m pytest -q tests
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(PY) -m pytest -q tests --ignore=tests/test_search_cluster.py
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(PY) -m pytest -q tests/test_search_cluster.py
 	$(CPU_CAP) RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(PY) -m pytest -q $(CAPPED_TESTS)
 
 bench: install data
