@@ -21,7 +21,7 @@ import optuna
 from autocomp._io import write_json
 from autocomp.budget import feasible
 
-__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_trial", "best_feasible",
+__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_trial", "best_feasible", "ranked_feasible",
            "STUDY_NAME", "study_storage"]
 
 STUDY_NAME = "autocomp"
@@ -128,10 +128,15 @@ def pareto_front(rows: Sequence[TrialRow]) -> list[TrialRow]:
     return sorted(front, key=lambda r: (r.latency_ms, -r.accuracy))
 
 
+def ranked_feasible(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """The trials within budget, most accurate first (ties: the faster, then the smaller)."""
+    return sorted((r for r in rows if r.feasible), key=lambda r: (-r.accuracy, r.latency_ms, r.memory_mb))
+
+
 def best_feasible(rows: Sequence[TrialRow]) -> TrialRow | None:
     """The most accurate trial within budget (ties: the faster, then the smaller)."""
-    feasible = [r for r in rows if r.feasible]
-    return min(feasible, key=lambda r: (-r.accuracy, r.latency_ms, r.memory_mb)) if feasible else None
+    ranked = ranked_feasible(rows)
+    return ranked[0] if ranked else None
 
 
 def closest_trial(rows: Sequence[TrialRow]) -> TrialRow | None:

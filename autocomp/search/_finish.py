@@ -22,7 +22,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp.measure.placement import measure_on_device
 from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Recipe
-from autocomp.results import TrialRow, closest_trial, pareto_front, trial_rows, write_results
+from autocomp.results import TrialRow, closest_trial, ranked_feasible, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
 from autocomp.search._objective import build_candidate, distill_subset, kept_model, metrics_of
 from autocomp.train import evaluate
@@ -102,7 +102,7 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
         and per candidate both measurements.
     """
-    feasible = sorted((r for r in rows if r.feasible), key=lambda r: (-r.accuracy, r.latency_ms, r.memory_mb))
+    feasible = ranked_feasible(rows)
     remeasured, best = [], None
     for row in feasible[:CONFIRM]:
         model = compress(base, Recipe.from_dict(row.recipe), structure_only=True).eval()
