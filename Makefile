@@ -1,4 +1,5 @@
-# make demo: install everything, train or reuse the teacher, search on Fashion-MNIST (runs/demo).
+# make demo: install everything (with the ONNX Runtime and OpenVINO backends), train or reuse the teacher, search on
+# Fashion-MNIST (runs/demo).
 # make test: install everything, run the test suite.
 # Re-running skips what is already done (venv, dataset, teacher checkpoint).
 
@@ -16,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,onnx,openvino]"
 	@touch $(STAMP)
 
 data: $(FASHION)

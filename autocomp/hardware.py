@@ -23,13 +23,13 @@ from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 
 __all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "BACKENDS", "PRECISIONS", "WEIGHT_BITS",
-           "FAST_OPS", "REQUIRED_IN_FILE", "CALIBRATE"]
+           "FAST_OPS", "REQUIRED_IN_FILE", "CALIBRATE", "BACKEND_DEVICES"]
 
 DEVICES = ("cpu", "gpu", "npu")
-# Runtimes a profile's numbers can describe; any other name is refused, so that a typo (pytorch_cpu) does not pass
-# unnoticed. A new runtime adds its name here. (Measurements still run PyTorch eager on a CPU whatever the backend:
-# issue 10.)
-BACKENDS = ("pytorch-cpu", "pytorch-cuda", "tensorrt")
+# How a candidate is run and timed (autocomp.measure.backends), with the device kind each runs on; any other name is
+# refused, so that a typo (pytorch_cpu) does not pass unnoticed. A new backend adds its name here and its class there.
+BACKEND_DEVICES = {"pytorch-cpu": "cpu", "onnxruntime-cpu": "cpu", "openvino-cpu": "cpu", "pytorch-cuda": "gpu"}
+BACKENDS = tuple(BACKEND_DEVICES)
 # Arithmetic precisions a peak throughput can be given for; unquantized layers run at fp32.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 # Weight bit-widths a quantize recipe may ask for (32 is the unquantized model itself).
@@ -50,7 +50,8 @@ class HardwareProfile:
     Attributes:
         name: a short name, e.g. ``local-cpu``.
         device: the kind of device, one of ``DEVICES`` (``cpu``, ``gpu``, ``npu``).
-        backend: the execution backend, one of ``BACKENDS`` (``pytorch-cpu``, ``pytorch-cuda``, ``tensorrt``).
+        backend: how candidates are run and timed, one of ``BACKENDS`` (``pytorch-cpu``, ``onnxruntime-cpu``,
+            ``openvino-cpu``, ``pytorch-cuda``; see :mod:`autocomp.measure.backends`).
         threads: intra-op threads used when timing (the peak numbers below are for this many threads).
         batch_size: images per forward pass when timing, counting activation memory and predicting.
         warmup: untimed forward passes before timing.
@@ -99,6 +100,11 @@ class HardwareProfile:
             near = difflib.get_close_matches(str(self.backend), BACKENDS, n=1, cutoff=0.6)
             raise AutocompError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}"
                                 + (f"; did you mean {near[0]!r}?" if near else ""))
+        if BACKEND_DEVICES[self.backend] != self.device:
+            fitting = [b for b, d in BACKEND_DEVICES.items() if d == self.device]
+            raise AutocompError(f"backend {self.backend} runs on a {BACKEND_DEVICES[self.backend]}, but the profile "
+                                f"says device: {self.device}; set device: {BACKEND_DEVICES[self.backend]}, or a "
+                                f"{self.device} backend: {fitting or 'none is built yet'}")
         for name in ("threads", "batch_size", "repeats"):
             _check_whole(name, getattr(self, name), minimum=1)
         _check_whole("warmup", self.warmup, minimum=0)
@@ -115,9 +121,9 @@ class HardwareProfile:
         if self.calibrate is not None:
             if self.calibrate not in CALIBRATE:
                 raise AutocompError(f"calibrate must be one of {list(CALIBRATE)} or null, got {self.calibrate!r}")
-            if (self.device, self.backend) != ("cpu", "pytorch-cpu"):
-                raise AutocompError(f"calibrate: {self.calibrate} measures PyTorch on this machine's CPU; it needs "
-                                    f"device: cpu and backend: pytorch-cpu, got {self.device} and {self.backend}")
+            if self.device != "cpu":
+                raise AutocompError(f"calibrate: {self.calibrate} measures this machine's CPU; it needs device: cpu "
+                                    f"and a CPU backend, got {self.device} and {self.backend}")
         if self.measured_on is not None and (not isinstance(self.measured_on, str) or not self.measured_on):
             raise AutocompError(f"measured_on must describe a CPU (a string) or be null, got {self.measured_on!r}")
         self._check_sources()

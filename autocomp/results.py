@@ -21,8 +21,8 @@ import optuna
 from autocomp._io import write_json
 from autocomp.budget import feasible
 
-__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_trial", "best_feasible", "ranked_feasible",
-           "STUDY_NAME", "study_storage"]
+__all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_trial", "best_feasible",
+           "ranked_feasible", "STUDY_NAME", "study_storage"]
 
 STUDY_NAME = "autocomp"
 SECONDS = tuple(f"seconds_{p}" for p in ("compress", "measure", "distill", "evaluate", "engine"))
@@ -53,6 +53,9 @@ class TrialRow:
     error: str | None = None
     node: str | None = None  # the Ray node id the trial ran on
     start_point: str | None = None  # a known-good recipe the search started from: which
+    runtime: str | None = None  # the backend that measured it, its version, device and options
+    export_top1: float | None = None  # a runtime backend's export against PyTorch: top-1 agreement on validation
+    export_max_logit_diff: float | None = None  # ... and the largest logit difference
     seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)  # compress, measure, ..., engine
 
     @property
@@ -69,7 +72,8 @@ class TrialRow:
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
                 "int8_activations": self.int8_activations, "distilled": self.distilled, "error": self.error,
-                "node": self.node, "start_point": self.start_point,
+                "node": self.node, "start_point": self.start_point, "runtime": self.runtime,
+                "export_top1": self.export_top1, "export_max_logit_diff": self.export_max_logit_diff,
                 **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
@@ -95,6 +99,8 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             simulated_layers=trial.user_attrs.get("simulated_layers"),
             int8_activations=trial.user_attrs.get("int8_activations"), distilled=trial.user_attrs.get("distilled"),
             error=_error(trial), node=trial.user_attrs.get("node"), start_point=trial.user_attrs.get("start_point"),
+            runtime=trial.user_attrs.get("runtime"), export_top1=trial.user_attrs.get("export_top1"),
+            export_max_logit_diff=trial.user_attrs.get("export_max_logit_diff"),
             seconds={key[len("seconds_"):] if key.startswith("seconds_") else "engine": value
                      for key, value in trial.user_attrs.items()
                      if key.startswith("seconds_") or key == "engine_seconds"},
@@ -151,7 +157,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
                "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason",
-               "error", "node", "start_point"]
+               "export_top1", "export_max_logit_diff", "error", "node", "start_point", "runtime"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -76,8 +76,9 @@ def test_a_profile_measured_on_another_cpu_says_so():
 
 
 def test_only_a_cpu_profile_can_be_measured_on_first_use(tmp_path):
-    path = _write(tmp_path, lambda d: d.update(calibrate="on_first_use", backend="tensorrt"))
-    with pytest.raises(AutocompError, match="calibrate: on_first_use measures PyTorch on this machine's CPU"):
+    path = _write(tmp_path, lambda d: d.update(calibrate="on_first_use", backend="pytorch-cuda", device="gpu"))
+    with pytest.raises(AutocompError, match="calibrate: on_first_use measures this machine's CPU; it needs device: "
+                                            "cpu and a CPU backend, got gpu and pytorch-cuda"):
         read_profile(path)
     path = _write(tmp_path, lambda d: d.update(calibrate="always"))
     with pytest.raises(AutocompError, match=r"calibrate must be one of \['on_first_use'\] or null, got 'always'"):
@@ -132,8 +133,12 @@ BAD = [
     ("negative overhead", _set("op_overhead_us", -1), "op_overhead_us must be a number of microseconds >= 0"),
     ("bad device", _set("device", "tpu"), "device must be one of ['cpu', 'gpu', 'npu'], got 'tpu'"),
     ("backend typo", _set("backend", "pytorch_cpu"),
-     ("backend must be one of ['pytorch-cpu', 'pytorch-cuda', 'tensorrt'], got 'pytorch_cpu'; "
-      "did you mean 'pytorch-cpu'?")),
+     ("backend must be one of ['pytorch-cpu', 'onnxruntime-cpu', 'openvino-cpu', 'pytorch-cuda'], got "
+      "'pytorch_cpu'; did you mean 'pytorch-cpu'?")),
+    ("backend not built", _set("backend", "tensorrt"), "backend must be one of"),
+    ("backend on another device", _set("backend", "pytorch-cuda"),
+     "backend pytorch-cuda runs on a gpu, but the profile says device: cpu; set device: gpu, or a cpu backend: "
+     "['pytorch-cpu', 'onnxruntime-cpu', 'openvino-cpu']"),
     ("zero threads", _set("threads", 0), "threads must be a whole number >= 1, got 0"),
     ("source of nothing", _set("sources", {"clock": "ark"}), "sources: unknown field(s) ['clock']"),
 ]

@@ -26,8 +26,9 @@ from autocomp._timeout import check_time, time_limit
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure._measure import Measurement, measure
+from autocomp.measure.backends import require_backend
 
-__all__ = ["Placed", "DeviceLost", "import_ray", "require_resource", "measure_on_device"]
+__all__ = ["Placed", "DeviceLost", "import_ray", "require_resource", "require_device", "measure_on_device"]
 
 POLL_S = 1.0  # how often a wait for a remote measurement checks that the device is still there
 
@@ -82,8 +83,32 @@ def require_resource(profile: HardwareProfile, *, source: str | Path) -> None:
         "or set ray_resource: null in the profile to measure where each trial runs")
 
 
+def require_device(profile: HardwareProfile, *, source: str | Path) -> str:
+    """Check, before any trial starts, that the profile's backend can run where its measurements are placed: here,
+    or on the Ray node holding ``ray_resource`` (Ray initialized); returns the backend's description there.
+
+    Raises:
+        AutocompError: no node holds the resource, or the backend's runtime or device is missing where it must run
+            (names the profile file and the fix).
+    """
+    if profile.ray_resource is None:
+        return require_backend(profile, source=source)
+    require_resource(profile, source=source)
+    ray = import_ray()
+    task = ray.remote(max_retries=0)(require_backend).options(num_cpus=0, resources={profile.ray_resource: 1},
+                                                              scheduling_strategy="DEFAULT")
+    try:
+        return ray.get(task.remote(profile, source=str(source)))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, AutocompError):
+            raise AutocompError(f"{cause} (on the Ray node holding {profile.ray_resource!r})") from None
+        raise
+
+
 def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor,
-                      reference: nn.Module | None = None, timeout_s: float | None = None) -> Placed:
+                      reference: nn.Module | None = None, timeout_s: float | None = None,
+                      check: torch.Tensor | None = None) -> Placed:
     """:func:`autocomp.measure.measure`, run where the profile's device is.
 
     Without ``profile.ray_resource`` it runs in the calling process; with it, as a Ray task holding one unit of the
@@ -96,12 +121,12 @@ def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: to
     """
     with time_limit(timeout_s, setting="measure_timeout_s"):
         if profile.ray_resource is None:
-            return _measure(model, profile, example, reference, node_id=None)
+            return _measure(model, profile, example, reference, check, node_id=None)
         # "DEFAULT" leaves the trial's placement group (Tune captures child tasks into it, and its bundles hold no
         # device) for the cluster's own scheduler, which finds the node with the resource
         task = _remote_measure().options(num_cpus=0, resources={profile.ray_resource: 1},
                                          scheduling_strategy="DEFAULT")
-        return _wait(task.remote(model, profile, example, reference), profile.ray_resource)
+        return _wait(task.remote(model, profile, example, reference, check), profile.ray_resource)
 
 
 def _wait(ref: Any, resource: str) -> Placed:
@@ -128,10 +153,10 @@ def _check_device(resource: str) -> None:
         raise DeviceLost(f"the Ray node holding the device resource {resource!r} left the cluster")
 
 
-def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, reference: nn.Module | None, *,
-             node_id: str | None) -> Placed:
+def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, reference: nn.Module | None,
+             check: torch.Tensor | None, *, node_id: str | None) -> Placed:
     started = time.time()
-    measurement = measure(model, profile, example=example, reference=reference)
+    measurement = measure(model, profile, example=example, reference=reference, check=check)
     return Placed(measurement=measurement, node_id=node_id, started=started, finished=time.time())
 
 
@@ -142,7 +167,7 @@ def _remote_measure() -> Any:
 
     @ray.remote(max_retries=0)
     def measure_task(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,
-                     reference: nn.Module | None) -> Placed:
-        return _measure(model, profile, example, reference, node_id=ray.get_runtime_context().get_node_id())
+                     reference: nn.Module | None, check: torch.Tensor | None) -> Placed:
+        return _measure(model, profile, example, reference, check, node_id=ray.get_runtime_context().get_node_id())
 
     return measure_task

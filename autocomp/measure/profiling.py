@@ -1,8 +1,10 @@
 """Micro-benchmarks that calibrate a hardware profile on the machine they run on.
 
-They time the kernels a ViT is made of, at ViT shapes, with PyTorch on the CPU: GEMMs per precision (fp32, bf16,
-and the int8 dynamic-quantization kernel that ``quantize`` uses), fused attention, LayerNorm, softmax, a large copy
-(memory bandwidth) and a tiny op (per-op overhead). The best GEMM rate per precision becomes the profile's
+They time the kernels a ViT is made of, at ViT shapes, on the CPU backend the profile names
+(:mod:`autocomp.measure.backends`: PyTorch eager, or each kernel exported and run by ONNX Runtime or OpenVINO):
+GEMMs per precision (fp32, and the quantized layers autocomp deploys there: bf16 and int8 in PyTorch, int8 and
+low-bit weights in the runtimes), attention, LayerNorm, softmax, a large copy (memory bandwidth) and a tiny op (the
+per-op overhead of that backend). The best GEMM rate per precision becomes the profile's
 ``peak_gflops``: an *achieved* peak, lower than the datasheet's, which is what a roofline on this machine needs.
 
 :func:`load_profile` is how a hardware profile is loaded: a profile that says ``calibrate: on_first_use`` (such as
@@ -14,6 +16,7 @@ another CPU gets its own numbers. A profile measured on one CPU and used on anot
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -30,8 +33,10 @@ from torch.nn import functional as F
 
 from autocomp._paths import cache_dir
 from autocomp.hardware import HardwareProfile, from_mapping, read_profile
+from autocomp.errors import AutocompError
 from autocomp.measure import time_models
-from autocomp.ops.quantize import Int8Linear, int8_static_range
+from autocomp.measure.backends import backend_of
+from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
 
 __all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "calibrate", "calibrated_profile", "cpu_description",
            "load_profile", "profile_note", "write_profile"]
@@ -72,77 +77,109 @@ class Calibration:
     details: dict[str, float] = field(default_factory=dict)
 
 
-def calibrate(*, threads: int = 1, shapes: tuple[GemmShape, ...] = VIT_GEMMS,
-              precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), repeats: int = 20,
-              copy_mb: int = 512) -> Calibration:
-    """Run the micro-benchmarks with ``threads`` intra-op threads; each number is a median over ``repeats``.
+# The precisions whose GEMM rate each CPU backend is calibrated for, and which of them each weight bit-width's
+# layer computes at there (``fast_weight_bits``). On pytorch-cpu: autocomp's bf16 GEMM and int8 dynamic kernel; 2-6
+# bits are unpacked to fp32. On the runtimes, 16-bit weights run an fp32 GEMM (cast when the file is loaded), 8-bit
+# the runtime's int8 kernel, 2-6 bits its low-bit weight kernel (``MatMulNBits`` / compressed weights), whose
+# measured rate is listed as ``int4``.
+BACKEND_PRECISIONS = {"pytorch-cpu": ("fp32", "bf16", "int8"), "onnxruntime-cpu": ("fp32", "int8", "int4"),
+                      "openvino-cpu": ("fp32", "int8", "int4")}
+_LOW_BITS = {6: "int4", 4: "int4", 3: "int4", 2: "int4"}
+BACKEND_KERNELS = {"pytorch-cpu": {16: "bf16", 8: "int8"}, "onnxruntime-cpu": {16: "fp32", 8: "int8", **_LOW_BITS},
+                   "openvino-cpu": {16: "fp32", 8: "int8", **_LOW_BITS}}
 
-    Precisions this build of PyTorch cannot run are left out of ``peak_gflops``.
+
+CHAIN = 16  # tiny ops chained to measure the per-op overhead
+
+
+def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[GemmShape, ...] = VIT_GEMMS,
+              precisions: tuple[str, ...] | None = None, repeats: int = 20, copy_mb: int = 512) -> Calibration:
+    """Run the micro-benchmarks on ``backend`` (each one a small module run as the backend runs a candidate: in
+    PyTorch, or exported and run by the runtime) with ``threads`` threads; each number is a median over
+    ``repeats``. The memory bandwidth is measured with a PyTorch copy whatever the backend (a fact of the machine).
+
+    ``precisions`` defaults to the backend's (``BACKEND_PRECISIONS``); those this build cannot run are left out of
+    ``peak_gflops``.
+
+    Raises:
+        AutocompError: a backend that cannot be calibrated here (a GPU one), or whose runtime is not installed.
     """
-    timer = _Timer(threads=threads, repeats=repeats)
+    if backend not in BACKEND_PRECISIONS:
+        raise AutocompError(f"autocomp profile calibrates CPU backends {list(BACKEND_PRECISIONS)}, not {backend!r}; "
+                            "a GPU profile states its datasheet numbers, and the search corrects them with the "
+                            "latencies it measures")
+    timer = _Timer(backend=backend, threads=threads, repeats=repeats)
+    timer.backend.require()
     details: dict[str, float] = {}
     peaks: dict[str, float] = {}
-    for precision in precisions:
+    for precision in precisions or BACKEND_PRECISIONS[backend]:
         for shape in shapes:
-            run = _gemm(precision, shape)
-            if run is None:
+            layer = _gemm(precision, shape)
+            if layer is None:
                 break
-            rate = 2 * shape.macs / timer(run) / 1e9
+            rate = 2 * shape.macs / timer(layer, torch.randn(shape.tokens, shape.in_features)) / 1e9
             details[f"gemm.{precision}.{shape.tokens}x{shape.in_features}x{shape.out_features}"] = rate
             peaks[precision] = max(peaks.get(precision, 0.0), rate)
     width, heads, tokens = shapes[0].in_features, 6, shapes[0].tokens
-    q = torch.randn(1, heads, tokens, width // heads)
-    seconds = timer(lambda: F.scaled_dot_product_attention(q, q, q))
+    seconds = timer(_Attention(), torch.randn(1, heads, tokens, width // heads))
     details["attention"] = 2 * 2 * heads * tokens * tokens * (width // heads) / seconds / 1e9
-    x = torch.randn(tokens, width)
-    norm_weight, norm_bias = torch.ones(width), torch.zeros(width)
-    details["layernorm"] = 2 * x.numel() * 4 / timer(lambda: F.layer_norm(x, (width,), norm_weight, norm_bias)) / 1e9
-    scores = torch.randn(heads, tokens, tokens)
-    details["softmax"] = 2 * scores.numel() * 4 / timer(lambda: scores.softmax(-1)) / 1e9
+    details["layernorm"] = 2 * tokens * width * 4 / timer(torch.nn.LayerNorm(width), torch.randn(tokens, width)) / 1e9
+    details["softmax"] = 2 * heads * tokens * tokens * 4 / timer(_Softmax(), torch.randn(heads, tokens, tokens)) / 1e9
     source = torch.ones(copy_mb * 2**20 // 4)
     target = torch.zeros_like(source)  # touched once here, so the timed copies pay no page faults
-    seconds = _Timer(threads=threads, repeats=max(3, repeats // 4))(lambda: target.copy_(source))
-    bandwidth = 2 * source.numel() * 4 / seconds / 1e9
-    one = torch.ones(1)
-    details["tiny_add_us"] = 1e6 * timer(lambda: one + one)
-    tiny, row = torch.nn.Linear(4, 4), torch.ones(1, 4)
-    overhead_us = 1e6 * timer(lambda: tiny(row))  # a module call: most ops of a ViT are one
+    times = time_models([lambda _: target.copy_(source)], torch.empty(0), warmup=1, repeats=max(3, repeats // 4),
+                        threads=threads)
+    bandwidth = 2 * source.numel() * 4 / statistics.median(times[0]) / 1e9
+    # the per-op cost inside a forward pass: a chain of CHAIN tiny Linears against one, so that the cost of a call
+    # into the runtime (large for OpenVINO) is not counted once per op
+    one, chain = (timer(torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(n)]), torch.ones(1, 4))
+                  for n in (1, CHAIN + 1))
+    details["call_us"] = 1e6 * one
+    overhead_us = max(1e6 * (chain - one) / CHAIN, 0.01)
     return Calibration(peak_gflops=peaks, memory_bandwidth_gbs=bandwidth, op_overhead_us=overhead_us,
                        details=details)
 
 
+class _Attention(torch.nn.Module):
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, q, q)
+
+
+class _Softmax(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.softmax(-1)
+
+
 class _Timer:
-    """Median seconds of a callable, through :func:`autocomp.measure.time_models` (the project's one timing loop)."""
+    """Median seconds of one module on one input, prepared and timed by the backend as a candidate would be."""
 
-    def __init__(self, *, threads: int, repeats: int) -> None:
-        self.threads, self.repeats = threads, repeats
+    def __init__(self, *, backend: str, threads: int, repeats: int) -> None:
+        self.profile = HardwareProfile(name="calibration", backend=backend, threads=threads, warmup=3,
+                                       repeats=repeats)
+        self.backend = backend_of(self.profile)
 
-    def __call__(self, run: Callable[[], object]) -> float:
-        times = time_models([lambda _: run()], torch.empty(0), warmup=3, repeats=self.repeats,  # type: ignore[list-item]
-                            threads=self.threads)
-        return statistics.median(times[0])
+    def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> float:
+        profile = dataclasses.replace(self.profile, batch_size=len(x))
+        prepared = self.backend.prepare(module.eval(), x, profile)
+        return statistics.median(self.backend.time([prepared.run], x, profile)[0])
 
 
-def _gemm(precision: str, shape: GemmShape) -> Callable[[], object] | None:
-    """A callable running one GEMM of ``shape`` at ``precision``, or None if this build cannot."""
-    x = torch.randn(shape.tokens, shape.in_features)
-    weight = torch.randn(shape.out_features, shape.in_features)
-    bias = torch.randn(shape.out_features)
+def _gemm(precision: str, shape: GemmShape) -> torch.nn.Module | None:
+    """A Linear of ``shape`` whose GEMM runs at ``precision`` (the layer autocomp's quantize operator deploys), or
+    None if this build cannot run it."""
+    linear = torch.nn.Linear(shape.in_features, shape.out_features)
     if precision == "fp32":
-        return lambda: F.linear(x, weight, bias)
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        xh, wh, bh = x.to(dtype), weight.to(dtype), bias.to(dtype)
-        try:
-            F.linear(xh, wh, bh)
-        except RuntimeError:
-            return None
-        return lambda: F.linear(xh, wh, bh)
-    if precision == "int8":
-        linear = torch.nn.Linear(shape.in_features, shape.out_features)
-        layer = Int8Linear.from_linear(linear)  # the kernel the quantize operator really uses
-        return lambda: layer(x)
-    return None
+        return linear
+    bits = {"bf16": 16, "int8": 8, "int4": 4}.get(precision)
+    if bits is None:
+        return None
+    layer = quantize_linear(linear, Quantize(weight_bits=bits, group_size=min(64, shape.in_features)))
+    try:
+        with torch.no_grad():
+            layer(torch.randn(2, shape.in_features))
+    except RuntimeError:  # e.g. no bf16 GEMM in this build
+        return None
+    return layer
 
 
 # CPU features that decide which kernels PyTorch and oneDNN run (x86, then Arm)
@@ -193,7 +230,8 @@ def load_profile(path: str | Path, *, log: Callable[[str], None] | None = None) 
     if log is not None:
         log(f"measuring this CPU for {path.name} (once; cached at {cached}): {cpu_description()}")
     base = yaml.safe_load(path.read_text())
-    data = calibrated_profile(calibrate(threads=template.threads), base=base, threads=template.threads)
+    data = calibrated_profile(calibrate(threads=template.threads, backend=template.backend), base=base,
+                              threads=template.threads)
     write_profile(cached, data, header=f"Measured on first use of {path} by autocomp.measure.profiling.load_profile.")
     return read_profile(cached)
 
@@ -211,7 +249,9 @@ def profile_note(profile: HardwareProfile) -> str | None:
 
 def _calibration_key(path: Path) -> str:
     """What a cached calibration depends on: this CPU and the profile file's own settings."""
-    return hashlib.sha256((cpu_description() + "\n" + path.read_text()).encode()).hexdigest()[:12]
+    runtime = backend_of(read_profile(path)).runtime_versions(besides_torch=True)  # torch is in the description
+    return hashlib.sha256((cpu_description() + "\n" + (runtime + "\n" if runtime else "")
+                           + path.read_text()).encode()).hexdigest()[:12]
 
 
 def write_profile(path: Path, data: Mapping[str, Any], *, header: str) -> None:
@@ -225,8 +265,6 @@ def write_profile(path: Path, data: Mapping[str, Any], *, header: str) -> None:
     tmp.replace(path)
 
 
-# what autocomp's quantize operator runs on PyTorch's CPU backend: weight bits -> the precision its GEMM computes at
-_CPU_KERNELS = {16: "bf16", 8: "int8"}
 _MEASURED = ("threads", "peak_gflops", "memory_bandwidth_gbs", "op_overhead_us", "measured_on")
 
 
@@ -250,22 +288,30 @@ def calibrated_profile(calibration: Calibration, *, base: Mapping[str, Any] | No
     for precision in calibration.peak_gflops:
         sources[f"peak_gflops.{precision}"] = f"{measured}: best of ViT GEMMs at {precision}, {threads} thread(s)"
     sources["memory_bandwidth_gbs"] = f"{measured}: {copy_mb} MiB tensor copy (read + write), {threads} thread(s)"
-    sources["op_overhead_us"] = f"{measured}: median call of a tiny nn.Linear module"
+    sources["op_overhead_us"] = (f"{measured}: per op of a chain of {CHAIN} tiny nn.Linear modules, less one "
+                                 "(the cost of calling the backend counted once)")
     sources["measured_on"] = f"{measured}: autocomp.measure.profiling.cpu_description()"
     if not data.get("memory_gb"):
         data["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
         sources["memory_gb"] = f"{measured}: physical memory (sysconf), not reduced for other users"
+    backend = data.get("backend", "pytorch-cpu")
     if data.get("fast_weight_bits") is None:
-        data["fast_weight_bits"] = dict(_CPU_KERNELS)
-        sources["fast_weight_bits"] = ("autocomp.ops.quantize on pytorch-cpu: 16 bits run a bf16 GEMM, 8 bits the "
-                                       "int8 dynamic kernel; listed where that precision was measured, at its "
-                                       "measured rate (slow where the CPU lacks AVX512-BF16/AMX)")
+        data["fast_weight_bits"] = dict(BACKEND_KERNELS[backend])
+        sources["fast_weight_bits"] = (
+            "autocomp.ops.quantize on pytorch-cpu: 16 bits run a bf16 GEMM, 8 bits the int8 dynamic kernel"
+            if backend == "pytorch-cpu" else
+            f"autocomp.runtimes export on {backend}: 16 bits run an fp32 GEMM, 8 bits the runtime's int8 kernel, 2-6 "
+            "bits its low-bit weight kernel (measured as int4)") + (
+            "; listed where that precision was measured, at its measured rate")
     # a kernel at a precision this machine could not run is gone
     data["fast_weight_bits"] = {bits: p for bits, p in data["fast_weight_bits"].items()
                                 if p in calibration.peak_gflops}
-    if data.get("fast_ops") is None:
+    if data.get("fast_ops") is None and backend == "pytorch-cpu":
         data["fast_ops"] = ["fused_attention"] if _fused_attention() else []
         sources["fast_ops"] = f"{measured}: which kernel scaled_dot_product_attention dispatches to"
+    elif data.get("fast_ops") is None:
+        data["fast_ops"] = []
+        sources["fast_ops"] = "the ONNX export writes attention as MatMul, Softmax, MatMul: the scores are stored"
     if not sources.get("device"):
         sources["device"] = f"autocomp profile on {date} ran on this machine's CPU: {cpu_description()}"
     data["sources"] = sources

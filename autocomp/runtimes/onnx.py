@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.measure import time_models, weight_nbytes
+from autocomp._timing import time_models, weight_nbytes
 from autocomp.ops.qat import FakeQuantLinear
 from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear
 
@@ -292,6 +292,8 @@ def _export_model(model: nn.Module, config: OnnxExportConfig) -> tuple[nn.Module
         raise AutocompError(f"{trained[0]} is in its training form (FakeQuantLinear); call "
                             "autocomp.ops.qat.deployed(model) before exporting")
     model = copy.deepcopy(model).eval()
+    if isinstance(model, QuantizedLinear):  # a lone layer: give it a parent to be replaced in
+        model = nn.Sequential(model).eval()
     layers = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedLinear):

@@ -20,6 +20,7 @@ from autocomp.distill import TeacherCache, distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, num_threads
+from autocomp.measure.backends import ExportFailed
 from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
@@ -48,6 +49,8 @@ class TrialInputs:
         gpu: distil on the trial's GPU (the job asks for GPUs and this process sees CUDA).
         trial_timeout_s: the job's limit on one trial (None: none).
         measure_timeout_s: the job's limit on one measurement (None: none).
+        check_images: validation images a runtime backend compares its export of each candidate on (None: no
+            check).
     """
 
     base: nn.Module
@@ -64,6 +67,7 @@ class TrialInputs:
     gpu: bool = False
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = None
+    check_images: torch.Tensor | None = None
 
 
 def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split, *,
@@ -101,12 +105,16 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
 
     ``latency_ms`` is drift-corrected: the candidate's latency ratio to the uncompressed model, timed interleaved
     in the trial, times the uncompressed latency measured at the start of the run. ``raw_latency_ms`` is the
-    candidate's own median in the trial, on a machine that other trials may be loading.
+    candidate's own median in the trial, on a machine that other trials may be loading. ``runtime`` says what ran
+    it; ``export_top1`` and ``export_max_logit_diff`` how a runtime backend's export agreed with PyTorch (None: no
+    export).
     """
     ratio = measurement.latency_ratio if measurement.latency_ratio is not None else 1.0
     return {"latency_ms": ratio * base_latency_ms, "latency_ratio": ratio, "raw_latency_ms": measurement.latency_ms,
             "latency_iqr_ms": measurement.latency_iqr_ms, "memory_mb": measurement.memory_mb,
-            "weights_mb": measurement.weights_mb, "activations_mb": measurement.activations_mb}
+            "weights_mb": measurement.weights_mb, "activations_mb": measurement.activations_mb,
+            "runtime": measurement.runtime, "export_top1": measurement.agreement,
+            "export_max_logit_diff": measurement.max_logit_diff}
 
 
 PHASES = ("compress", "measure", "distill", "evaluate")  # a trial's steps, timed as seconds_<phase>
@@ -125,13 +133,13 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     with the rest of the trial) and ``measured_on``, the Ray node id the measurement ran on (None: in this process).
 
     A trial that fails for a reason a rerun would meet again returns ``{ERROR: why, "retry": False}``: a recipe
-    the operators refuse (``refused``), non-finite logits, a time limit passed; one whose device left the cluster
-    returns ``{ERROR: why, STOP: True}``.
+    the operators refuse (``refused``), non-finite logits, a time limit passed, a runtime backend that cannot export
+    or run the candidate as PyTorch does; one whose device left the cluster returns ``{ERROR: why, STOP: True}``.
     """
     try:
         with time_limit(inputs.trial_timeout_s, setting="trial_timeout_s"):
             return _run_trial(Recipe.from_dict(recipe_dict), inputs, number)
-    except TimedOut as exc:
+    except (TimedOut, ExportFailed) as exc:
         return {ERROR: str(exc), "retry": False}
     except DeviceLost as exc:
         return {ERROR: str(exc), STOP: True}
@@ -155,7 +163,8 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None) -> dict[
         except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
             return {"refused": str(exc)}
     placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
-                                                        reference=inputs.base, timeout_s=inputs.measure_timeout_s))
+                                                        reference=inputs.base, timeout_s=inputs.measure_timeout_s,
+                                                        check=inputs.check_images))
     metrics: dict[str, Any] = metrics_of(placed.measurement, inputs.base_latency_ms)
     over = violations(metrics, inputs.limits)
     wants = distils(recipe)

@@ -24,7 +24,8 @@ from autocomp.distill import TeacherCache
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import num_threads
-from autocomp.measure.placement import measure_on_device, require_resource
+from autocomp.measure.backends import check_images
+from autocomp.measure.placement import measure_on_device, require_device
 from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Distill
@@ -60,6 +61,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     profile = load_profile(config.hardware, log=log)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
+    if profile.ray_resource is None:  # a missing runtime is said before the data and model load
+        log(f"measuring on {require_device(profile, source=config.hardware)}")
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     splits = load_splits(config.data, base)
@@ -91,7 +94,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     needs_ray = remaining > 0 or baseline is None or profile.ray_resource is not None
     with ray_session(workers=config.workers, ray_address=ray_address) if needs_ray else nullcontext():
         if needs_ray:
-            require_resource(profile, source=config.hardware)
+            if profile.ray_resource is not None:
+                log(f"measuring on {require_device(profile, source=config.hardware)} (node holding "
+                    f"{profile.ray_resource!r})")
             require_trial_resources(config.resources, ray_address=ray_address)
         if baseline is None:
             baseline = _baseline(config, base, profile, splits)
@@ -116,7 +121,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                              skip_margin=config.skip_margin,
                              teacher_cache=_teacher_cache(base, train, space, config, log) if remaining else None,
                              weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0,
-                             trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s)
+                             trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s,
+                             check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
+                                                       splits.val.input_numel()))
         display = _Progress(total=config.trials, done=done, enabled=progress)
 
         def on_told(_trial: optuna.trial.FrozenTrial) -> None:

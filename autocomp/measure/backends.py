@@ -1,0 +1,367 @@
+"""Backends: how a candidate is run and timed on the target, chosen by the hardware profile's ``backend``.
+
+=================  ===============================================================================================
+``pytorch-cpu``    PyTorch eager on the CPU, ``threads`` intra-op threads (autocomp's own quantized kernels).
+``onnxruntime-cpu`` the candidate exported to ONNX with autocomp's own numbers (:mod:`autocomp.runtimes.onnx`) and
+                   run by ONNX Runtime's CPU provider; its weights are the bytes the file holds.
+``openvino-cpu``   the same export converted to OpenVINO IR (:mod:`autocomp.runtimes.openvino`), compiled for the
+                   CPU plugin at the profile's batch size; its weights are the bytes the IR holds.
+``pytorch-cuda``   PyTorch eager on the first CUDA GPU, timed with CUDA events after a synchronize.
+=================  ===============================================================================================
+
+Every backend times a candidate interleaved with the uncompressed model prepared the same way (the reference is
+exported once per model and cached under ``<cache>/exports/``), and counts activation memory as the peak bytes
+PyTorch allocates in one forward pass (the runtimes do not report theirs; :attr:`Prepared.weights_from` and
+:meth:`Backend.describe` say where each number comes from).
+
+A runtime backend also checks what it deploys: the exported model against the PyTorch one on validation images
+(top-1 agreement, largest logit difference). A candidate that fails to export, or agrees on fewer than
+``AGREEMENT_MIN`` of the images, raises :class:`ExportFailed` (the trial fails, with that reason in trials.csv).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from autocomp._paths import cache_dir
+from autocomp._timeout import check_time
+from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
+from autocomp._timing import num_threads, time_models, weight_nbytes
+
+__all__ = ["Backend", "Prepared", "Agreement", "ExportFailed", "backend_of", "require_backend", "check_images",
+           "AGREEMENT_MIN", "CHECK_IMAGES"]
+
+# top-1 agreement of an exported candidate with its PyTorch model below which the trial fails: an export bug agrees
+# far less; int8 kernels that round differently (ORT's vs PyTorch's dynamic quantization) flip a near tie or two, more
+# often on an undistilled candidate whose logits are close
+AGREEMENT_MIN = 0.95
+CHECK_IMAGES = 256    # validation images a runtime backend compares the exported candidate on, at most ...
+CHECK_BYTES = 32e6    # ... and at most this many bytes of them (a measurement on a Ray node ships them each time)
+
+
+class ExportFailed(AutocompError):
+    """A candidate the backend cannot run as autocomp evaluated it: its export failed, the runtime refused an
+    operator, or the exported model's outputs disagree with the PyTorch model's."""
+
+
+class Prepared(NamedTuple):
+    """A model ready to time on the backend.
+
+    Attributes:
+        run: called on an input batch (a CPU tensor), returns the logits.
+        weight_nbytes: bytes of weights the deployed form holds.
+        weights_from: where ``weight_nbytes`` was counted (``PyTorch tensors``, ``ONNX file``, ``OpenVINO IR``).
+    """
+
+    run: Callable[[torch.Tensor], Any]
+    weight_nbytes: int
+    weights_from: str
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The exported model against the PyTorch one: top-1 agreement, largest absolute logit difference, images."""
+
+    top1: float
+    max_logit_diff: float
+    images: int
+
+
+class Backend:
+    """One way of running a model on the target. Subclasses say what they need and how they prepare and time."""
+
+    name = ""
+    device = "cpu"
+    packages: tuple[str, ...] = ()  # modules that must be importable
+    extra = ""                      # the pip extra that installs them
+    versions: tuple[str, ...] = ("torch",)  # distributions whose versions the description names
+    exports = False                 # runs an exported file (whose agreement with PyTorch is checked)
+
+    def require(self) -> None:
+        """Raise one clear line if this machine cannot run the backend."""
+        missing = [name for name in self.packages if importlib.util.find_spec(name) is None]
+        if missing:
+            raise AutocompError(f"backend {self.name} needs {', '.join(missing)}, not installed here: "
+                                f"pip install 'autocomp[{self.extra}]'")
+
+    def describe(self, profile: HardwareProfile) -> str:
+        """The runtime, its version, the device and the options a measurement uses, in one line."""
+        return f"{self.name} ({self.runtime_versions()}) on {self.device}: {self.options(profile)}"
+
+    def runtime_versions(self, *, besides_torch: bool = False) -> str:
+        """``onnxruntime 1.32.0, onnx 1.23.2, torch 2.14.1``: the libraries whose versions decide the numbers."""
+        return ", ".join(f"{name} {_version(name)}" for name in self.versions if not (besides_torch
+                                                                                     and name == "torch"))
+
+    def options(self, profile: HardwareProfile) -> str:
+        return f"{profile.threads} thread(s), batch {profile.batch_size}"
+
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+        """``model`` in the backend's form (the caller's model is not changed)."""
+        raise NotImplementedError
+
+    def prepare_reference(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+        """:meth:`prepare` for the uncompressed model, which every trial times against: cached where preparing
+        costs seconds."""
+        return self.prepare(model, batch, profile)
+
+    def time(self, runs: Sequence[Callable[[torch.Tensor], Any]], batch: torch.Tensor,
+             profile: HardwareProfile) -> list[list[float]]:
+        """Seconds per run per round, interleaved (:func:`autocomp.measure.time_models`)."""
+        return time_models(runs, batch, warmup=profile.warmup, repeats=profile.repeats, threads=profile.threads)
+
+    def check(self, model: nn.Module, prepared: Prepared, images: torch.Tensor,
+              profile: HardwareProfile) -> Agreement | None:
+        """The prepared model against ``model`` on ``images``; None where they are the same model."""
+        return None
+
+
+class PyTorchCpu(Backend):
+    name = "pytorch-cpu"
+
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+        return Prepared(run=model, weight_nbytes=weight_nbytes(model), weights_from="PyTorch tensors")
+
+
+class PyTorchCuda(Backend):
+    """PyTorch eager on ``cuda:0``; autocomp's int8 layers (CPU kernels) cannot run there."""
+
+    name, device = "pytorch-cuda", "cuda"
+
+    def require(self) -> None:
+        if not torch.cuda.is_available():
+            raise AutocompError("backend pytorch-cuda needs a CUDA GPU, and this machine has none that torch "
+                                f"{torch.__version__} can use; measure on the GPU's node (ray_resource in the "
+                                "profile), or use a CPU profile")
+
+    def options(self, profile: HardwareProfile) -> str:
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        return f"{name}, CUDA {torch.version.cuda}, batch {profile.batch_size}, CUDA events"
+
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+        from autocomp.ops.quantize import Int8Linear, QuantizedLinear
+
+        for name, module in model.named_modules():
+            if isinstance(module, Int8Linear) or (isinstance(module, QuantizedLinear)
+                                                  and module.act_qparams is not None):
+                raise ExportFailed(f"backend pytorch-cuda cannot run {name} ({module.config.tag()}): autocomp's "
+                                   "int8 kernels are CPU kernels; search weight bits 16 or 2-6 on a GPU profile")
+        on_gpu = copy.deepcopy(model).to("cuda").eval()
+        return Prepared(run=lambda x: on_gpu(x.to("cuda", non_blocking=True)), weight_nbytes=weight_nbytes(model),
+                        weights_from="PyTorch tensors")
+
+    def time(self, runs: Sequence[Callable[[torch.Tensor], Any]], batch: torch.Tensor,
+             profile: HardwareProfile) -> list[list[float]]:
+        batch = batch.to("cuda")
+        times: list[list[float]] = [[] for _ in runs]
+        order = list(range(len(runs)))
+        with torch.no_grad():
+            for run in runs:
+                for _ in range(profile.warmup):
+                    run(batch)
+            torch.cuda.synchronize()
+            for round_ in range(profile.repeats):
+                check_time()
+                for index in (order if round_ % 2 == 0 else order[::-1]):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    runs[index](batch)
+                    end.record()
+                    end.synchronize()
+                    times[index].append(start.elapsed_time(end) / 1e3)
+        return times
+
+
+class _Exported(Backend):
+    """A backend that runs an exported file: candidates exported to a temporary folder, the reference to the cache."""
+
+    suffix = ".onnx"
+    exports = True
+
+    def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
+        """Write ``model`` to ``path``; returns the weight bytes of the written file."""
+        raise NotImplementedError
+
+    def _load(self, path: Path, profile: HardwareProfile) -> nn.Module:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+        folder = Path(tempfile.mkdtemp(prefix="autocomp-export-"))
+        try:
+            nbytes = self._export_checked(model, batch, folder / f"model{self.suffix}")
+            return Prepared(run=self._load(folder / f"model{self.suffix}", profile), weight_nbytes=nbytes,
+                            weights_from=self.weights_from)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the session holds what it needs
+
+    def prepare_reference(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+        folder = cache_dir() / "exports" / f"{self.name}-{_fingerprint(model, batch)}"
+        path = folder / f"model{self.suffix}"
+        if not (folder / "weight_nbytes").is_file():
+            scratch = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=_mkdir(folder.parent)))
+            (scratch / "weight_nbytes").write_text(str(self._export_checked(model, batch, scratch / path.name)))
+            try:
+                scratch.rename(folder)  # atomic; a concurrent trial may have won the race, and that is fine
+            except OSError:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return Prepared(run=self._load(path, profile), weight_nbytes=int((folder / "weight_nbytes").read_text()),
+                        weights_from=self.weights_from)
+
+    def _export_checked(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
+        try:
+            return self._export(model, batch, path)
+        except AutocompError as exc:
+            raise ExportFailed(f"{self.name}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - the exporter's and the converter's own errors: the trial fails
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ExportFailed(f"{self.name}: export failed: {type(exc).__name__}: {first}") from exc
+
+    @torch.no_grad()
+    def check(self, model: nn.Module, prepared: Prepared, images: torch.Tensor,
+              profile: HardwareProfile) -> Agreement | None:
+        if not len(images):
+            return None
+        batch, same, largest = profile.batch_size, 0, 0.0
+        with num_threads(profile.threads):
+            for start in range(0, len(images), batch):
+                x = images[start:start + batch].contiguous()
+                expected = model(x).float()
+                got = torch.as_tensor(prepared.run(_fit(x, batch)))[:len(x)].float()
+                same += int((expected.argmax(-1) == got.argmax(-1)).sum())
+                largest = max(largest, float((expected - got).abs().max()))
+        agreement = Agreement(top1=same / len(images), max_logit_diff=largest, images=len(images))
+        if agreement.top1 < AGREEMENT_MIN:
+            raise ExportFailed(f"{self.name}: the exported model agrees with the PyTorch one on "
+                               f"{100 * agreement.top1:.1f}% of {agreement.images} validation images (top-1; at least "
+                               f"{100 * AGREEMENT_MIN:.0f}% required), largest logit difference "
+                               f"{agreement.max_logit_diff:.3g}")
+        return agreement
+
+
+class OnnxRuntimeCpu(_Exported):
+    name = "onnxruntime-cpu"
+    packages, extra = ("onnx", "onnxscript", "onnxruntime"), "onnx"
+    versions = ("onnxruntime", "onnx", "torch")
+    weights_from = "ONNX file"
+
+    def options(self, profile: HardwareProfile) -> str:
+        return (f"CPUExecutionProvider, intra_op_num_threads={profile.threads}, sequential, ORT_ENABLE_ALL, "
+                f"no spinning, batch {profile.batch_size}")
+
+    def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
+        from autocomp.runtimes.onnx import export_onnx
+
+        return export_onnx(model, batch, path).weight_nbytes
+
+    def _load(self, path: Path, profile: HardwareProfile) -> nn.Module:
+        from autocomp.runtimes.onnx import OrtModule, ort_session
+
+        try:
+            return OrtModule(ort_session(path, threads=profile.threads))
+        except Exception as exc:  # noqa: BLE001 - ORT refuses an operator it has no kernel for
+            raise ExportFailed(f"{self.name}: ONNX Runtime cannot load the export: {str(exc)[:300]}") from exc
+
+
+class OpenVinoCpu(_Exported):
+    name = "openvino-cpu"
+    packages, extra = ("onnx", "onnxscript", "openvino"), "openvino"
+    versions = ("openvino", "onnx", "torch")
+    weights_from = "OpenVINO IR"
+    suffix = ".xml"
+
+    def options(self, profile: HardwareProfile) -> str:
+        return (f"CPU plugin, INFERENCE_NUM_THREADS={profile.threads}, 1 stream, LATENCY, f32 precision, static "
+                f"batch {profile.batch_size}")
+
+    def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
+        from autocomp.runtimes.openvino import export_openvino
+
+        return export_openvino(model, batch, path).weight_nbytes
+
+    def _load(self, path: Path, profile: HardwareProfile) -> nn.Module:
+        from autocomp.runtimes.openvino import OvModule, ov_compiled
+
+        try:
+            return OvModule(ov_compiled(path, threads=profile.threads, batch=profile.batch_size))
+        except Exception as exc:  # noqa: BLE001 - the CPU plugin refuses an operator
+            raise ExportFailed(f"{self.name}: OpenVINO cannot compile the export: {str(exc)[:300]}") from exc
+
+
+_BACKENDS = {backend.name: backend for backend in (PyTorchCpu(), PyTorchCuda(), OnnxRuntimeCpu(), OpenVinoCpu())}
+
+
+def backend_of(profile: HardwareProfile) -> Backend:
+    """The backend a profile names (validated by :class:`autocomp.hardware.HardwareProfile`)."""
+    return _BACKENDS[profile.backend]
+
+
+def require_backend(profile: HardwareProfile, *, source: str | Path | None = None) -> str:
+    """Check that this machine can run the profile's backend; returns its description (:meth:`Backend.describe`).
+
+    Raises:
+        AutocompError: a missing runtime (with its install line) or device, naming the profile file.
+    """
+    backend = backend_of(profile)
+    try:
+        backend.require()
+    except AutocompError as exc:
+        raise AutocompError(f"hardware profile {source or profile.name}: {exc}") from None
+    return backend.describe(profile)
+
+
+def check_images(profile: HardwareProfile, images: Callable[[int], torch.Tensor], input_numel: int) -> \
+        torch.Tensor | None:
+    """The validation images a trial's export is checked on (``images(count)`` gives the first ``count``), or None
+    where the backend runs the PyTorch model itself."""
+    if not backend_of(profile).exports:
+        return None
+    return images(int(max(1, min(CHECK_IMAGES, CHECK_BYTES // (4 * max(1, input_numel))))))
+
+
+def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` padded (repeating its last image) to ``size`` images, for a runtime compiled at a static batch."""
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])]).contiguous()
+
+
+def _fingerprint(model: nn.Module, batch: torch.Tensor) -> str:
+    """What an exported reference depends on: the model's structure and weights, the input shape and the versions
+    of the libraries that write and read the file."""
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(repr(model).encode())
+    digest.update(repr(tuple(batch.shape[1:])).encode())
+    digest.update(" ".join(f"{name}={_version(name)}" for name in ("torch", "onnx", "onnxscript", "onnxruntime",
+                                                                    "openvino")).encode())
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+

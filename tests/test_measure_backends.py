@@ -1,0 +1,197 @@
+"""Backends chosen by the hardware profile: what runs a candidate, what its weights are counted in, what the trial
+records, and the one-line refusals. No test asserts a time."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from autocomp import AutocompError, Recipe, compress
+from autocomp.cli import main
+from autocomp.hardware import HardwareProfile
+from autocomp.measure import backends, measure
+from autocomp.measure.backends import ExportFailed, backend_of, require_backend
+from autocomp.ops import PruneHeads, PruneMlp, Quantize
+from autocomp.search._objective import ERROR, TrialInputs, run_trial
+from tests.conftest import DIGITS, TINY_KWARGS
+
+ROOT = Path(__file__).parent.parent
+RECIPE = Recipe(blocks=[{"prune_heads": PruneHeads(keep=2), "quantize": Quantize(weight_bits=8)},
+                        {"prune_mlp": PruneMlp(keep=0.5), "quantize": Quantize(weight_bits=4, group_size=16)}])
+
+
+def _profile(backend: str, **overrides) -> HardwareProfile:
+    return HardwareProfile(name="t", backend=backend, batch_size=8, warmup=1, repeats=3, **overrides)
+
+
+def _needs(*modules: str) -> None:
+    for name in modules:
+        pytest.importorskip(name)
+
+
+@pytest.fixture(scope="module")
+def candidate(tiny_teacher, digits_splits):
+    base = tiny_teacher[1]
+    return base, compress(base, RECIPE, calibration=digits_splits.calib.x), digits_splits
+
+
+@pytest.mark.parametrize("backend,modules,counted_in", [
+    ("onnxruntime-cpu", ("onnxruntime", "onnx", "onnxscript"), "ONNX file"),
+    ("openvino-cpu", ("openvino", "onnx", "onnxscript"), "OpenVINO IR"),
+])
+def test_a_runtime_backend_measures_the_exported_model_and_counts_its_file(candidate, backend, modules, counted_in,
+                                                                           tmp_path):
+    _needs(*modules)
+    base, model, splits = candidate
+    profile = _profile(backend)
+    images = splits.val.tensors()[0][:64]
+    result = measure(model, profile, example=splits.calib.x, reference=base, check=images)
+    # the weights are the bytes of the exported file, not PyTorch's count
+    if backend == "onnxruntime-cpu":
+        from autocomp.runtimes import export_onnx
+
+        exported = export_onnx(model, splits.calib.x[:2], tmp_path / "m.onnx")
+    else:
+        from autocomp.runtimes.openvino import export_openvino
+
+        exported = export_openvino(model, splits.calib.x[:2], tmp_path / "m.xml")
+    assert result.weights_mb == pytest.approx(exported.weight_nbytes / 1e6)
+    assert result.weights_mb < measure(base, profile, example=splits.calib.x).weights_mb  # the file shrank
+    assert result.agreement is not None and result.agreement >= 0.99 and result.max_logit_diff < 1.0
+    assert result.latency_ratio is not None and result.latency_ms > 0
+    assert result.runtime.startswith(f"{backend} (") and f"weights counted in the {counted_in}" in result.runtime
+    runtime_package = modules[0]
+    assert f"{runtime_package} {importlib.metadata.version(runtime_package)}" in result.runtime
+
+
+def test_pytorch_cpu_runs_the_model_itself_and_checks_nothing(candidate):
+    base, model, splits = candidate
+    result = measure(model, _profile("pytorch-cpu"), example=splits.calib.x, reference=base,
+                     check=splits.val.tensors()[0][:16])
+    assert result.agreement is None and result.max_logit_diff is None
+    assert result.runtime.startswith("pytorch-cpu (torch ") and "PyTorch tensors" in result.runtime
+
+
+def test_the_exported_reference_is_cached_and_candidates_are_not(candidate, monkeypatch):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    base, model, splits = candidate
+    backend = backend_of(_profile("onnxruntime-cpu"))
+    calls = []
+    real = type(backend)._export
+    monkeypatch.setattr(type(backend), "_export", lambda self, m, b, p: calls.append(m) or real(self, m, b, p))
+    torch.manual_seed(1)
+    fresh = type(base)(**{**TINY_KWARGS}).eval()  # new weights: a new cache entry
+    for _ in range(2):
+        backend.prepare_reference(fresh, splits.calib.x[:8], _profile("onnxruntime-cpu"))
+    assert len(calls) == 1
+    for _ in range(2):
+        backend.prepare(model, splits.calib.x[:8], _profile("onnxruntime-cpu"))
+    assert len(calls) == 3
+
+
+def test_an_export_that_disagrees_with_pytorch_fails_the_trial_with_its_reason(candidate, monkeypatch):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    base, _, splits = candidate
+    backend = backend_of(_profile("onnxruntime-cpu"))
+    real = type(backend)._load
+
+    def wrong(self, path, profile):  # the runtime's logits, rolled by one class: every top-1 decision changes
+        module = real(self, path, profile)
+        return lambda x: torch.roll(module(x), 1, dims=-1)
+
+    monkeypatch.setattr(type(backend), "_load", wrong)
+    inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=splits.train,
+                         profile=_profile("onnxruntime-cpu"), limits={"latency_ms": 1e9}, base_latency_ms=1.0,
+                         check_images=splits.val.tensors()[0][:32])
+    result = run_trial(RECIPE.to_dict(), inputs)
+    assert result["retry"] is False
+    assert result[ERROR].startswith("onnxruntime-cpu: the exported model agrees with the PyTorch one on ")
+    assert "validation images" in result[ERROR] and "accuracy" not in result
+
+
+def test_an_export_that_fails_is_a_failed_trial_not_a_crash(candidate, monkeypatch):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    base, _, splits = candidate
+
+    def broken(self, model, batch, path):
+        raise RuntimeError("Unsupported: aten::something_new\nmore lines")
+
+    monkeypatch.setattr(backends.OnnxRuntimeCpu, "_export", broken)
+    with pytest.raises(ExportFailed, match=r"^onnxruntime-cpu: export failed: RuntimeError: Unsupported: "
+                                           r"aten::something_new$"):
+        measure(base, _profile("onnxruntime-cpu"), example=splits.calib.x)
+
+
+def test_a_missing_runtime_is_one_line_with_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(AutocompError) as error:
+        require_backend(_profile("openvino-cpu"), source="hw.yaml")
+    assert str(error.value) == ("hardware profile hw.yaml: backend openvino-cpu needs openvino, not installed here: "
+                                "pip install 'autocomp[openvino]'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_cuda_profile_without_cuda_is_refused_before_any_trial(tiny_teacher, tmp_path, capsys):
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "nvidia_h100.yaml").read_text())
+    profile["ray_resource"] = None
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(profile))
+    job = _job(tmp_path, tiny_teacher[0], tmp_path / "gpu.yaml")
+    assert main(["search", str(job), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"autocomp: error: hardware profile {tmp_path / 'gpu.yaml'}: backend pytorch-cuda needs a "
+                          "CUDA GPU")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_pytorch_cuda_refuses_autocomps_cpu_only_int8_layers_by_name(candidate):
+    _, model, splits = candidate
+    with pytest.raises(ExportFailed, match=r"backend pytorch-cuda cannot run blocks\.0\.attn\.qkv \(w8\): "):
+        backend_of(HardwareProfile(name="g", device="gpu", backend="pytorch-cuda")).prepare(
+            model, splits.calib.x[:2], HardwareProfile(name="g", device="gpu", backend="pytorch-cuda"))
+
+
+def test_calibrating_a_runtime_measures_its_own_kernels():
+    _needs("onnxruntime", "onnx", "onnxscript")
+    from autocomp.measure.profiling import GemmShape, calibrate
+
+    result = calibrate(backend="onnxruntime-cpu", shapes=(GemmShape(16, 64, 64),), repeats=2, copy_mb=1)
+    assert set(result.peak_gflops) == {"fp32", "int8", "int4"}  # ORT's GEMM, MatMulInteger, MatMulNBits
+    assert result.op_overhead_us > 0 and result.details["call_us"] > 0
+    with pytest.raises(AutocompError, match="autocomp profile calibrates CPU backends"):
+        calibrate(backend="pytorch-cuda")
+
+
+def _job(tmp_path: Path, spec, hardware: Path, *, trials: int = 2) -> Path:
+    job = {"model": {"name": spec.name, "kwargs": TINY_KWARGS, "checkpoint": spec.checkpoint},
+           "data": dataclasses.asdict(DIGITS), "search_space": str(ROOT / "search_spaces" / "heads_int8.yaml"),
+           "hardware": str(hardware), "budget": {"memory": 0.99}, "trials": trials, "workers": 1, "seed": 0,
+           "sensitivity": {"images": 0}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_teacher, tmp_path):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    job = _job(tmp_path, tiny_teacher[0], ROOT / "hardware_profiles" / "onnxruntime_cpu.yaml", trials=3)
+    assert main(["search", str(job), "--out", str(tmp_path / "run")]) == 0
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "trials.csv").open()) if r["state"] == "COMPLETE"]
+    assert rows
+    for row in rows:
+        assert row["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
+        assert "weights counted in the ONNX file" in row["runtime"]
+        assert float(row["export_top1"]) >= 0.95 and float(row["export_max_logit_diff"]) >= 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["hardware"]["backend"] == "onnxruntime-cpu"
+    assert summary["hardware"]["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
