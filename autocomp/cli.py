@@ -59,8 +59,13 @@ def _print_front(run_dir: Path) -> None:
 def _export(args: argparse.Namespace) -> None:
     from autocomp.search import export_trial
 
-    path = export_trial(Path(args.run_dir), args.trial, Path(args.out))
+    path = export_trial(Path(args.run_dir), args.trial, Path(args.out), format=args.format)
     print(f"trial {args.trial} written to {path}")
+    if args.format != "pytorch":
+        info = json.loads((path / "export.json").read_text())
+        print(f"{info['file']}: {info['weight_nbytes'] / 1e6:.3f} MB of weights; top-1 agreement with the PyTorch "
+              f"model {100 * info['top1_agreement']:.1f}% of {info['images']} validation images, largest logit "
+              f"difference {info['max_logit_diff']:.3g}")
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -72,27 +77,34 @@ def _profile(args: argparse.Namespace) -> None:
     from autocomp.measure.profiling import VIT_GEMMS, calibrate, calibrated_profile, write_profile
 
     base: dict[str, Any] | None = None
+    backend = args.backend or "pytorch-cpu"
     if args.base:
         profile = read_profile(args.base)  # validated, with its own messages
-        if profile.backend != "pytorch-cpu":
-            raise AutocompError(f"autocomp profile measures PyTorch on this machine's CPU, but --base {args.base} is "
-                                f"a {profile.backend} profile; pass a pytorch-cpu profile such as "
-                                "hardware_profiles/local_cpu.yaml, or no --base")
+        if profile.device != "cpu":
+            raise AutocompError(f"autocomp profile measures this machine's CPU, but --base {args.base} is a "
+                                f"{profile.backend} profile; pass a CPU profile such as hardware_profiles/"
+                                "local_cpu.yaml or onnxruntime_cpu.yaml, or no --base")
         base = yaml.safe_load(Path(args.base).read_text())
+        backend = args.backend or profile.backend
+        base["backend"] = backend
+    elif backend != "pytorch-cpu":
+        base = {"name": f"local-{backend}", "device": "cpu", "backend": backend, "batch_size": 1, "warmup": 5,
+                "repeats": 30}
     threads = args.threads if args.threads is not None else (base or {}).get("threads", 1)
     if threads < 1:
         raise AutocompError(f"--threads must be a whole number >= 1, got {threads}")
     settings = {"shapes": VIT_GEMMS[:2], "repeats": 5, "copy_mb": 64} if args.quick else {}
-    calibration = calibrate(threads=threads, **settings)
+    calibration = calibrate(threads=threads, backend=backend, **settings)
     data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,
                               copy_mb=settings.get("copy_mb", 512))
     out = Path(args.out)
     details = "\n".join(f"  {key}: {value:.4g}" for key, value in calibration.details.items())
-    write_profile(out, data, header=f"Measured by autocomp profile on {datetime.date.today()} with {threads} thread(s)"
+    write_profile(out, data, header=f"Measured by autocomp profile on {datetime.date.today()} with {threads} "
+                  f"thread(s) on {backend}"
                   + (f", other fields from {args.base}" if args.base else "")
                   + ". Benchmarks (GEMMs in GFLOP/s, attention in GFLOP/s, layernorm and softmax in GB/s):\n"
                   + details)
-    print(f"profile {data['name']!r} written to {out}: peak GFLOP/s "
+    print(f"profile {data['name']!r} ({backend}) written to {out}: peak GFLOP/s "
           + ", ".join(f"{k} {v:.0f}" for k, v in data["peak_gflops"].items())
           + f"; memory bandwidth {data['memory_bandwidth_gbs']:.1f} GB/s; op overhead {data['op_overhead_us']:.1f} us")
 
@@ -130,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--trial", type=int, required=True)
     export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=("pytorch", "onnx", "openvino"), default="pytorch",
+                        help="pytorch: a folder autocomp.load reads (always written); onnx: also model.onnx (ONNX "
+                             "Runtime); openvino: also model.xml/.bin (OpenVINO IR); both checked against PyTorch")
     export.set_defaults(run=_export)
     profile = commands.add_parser("profile", help="calibrate a hardware profile on this machine")
     profile.add_argument("--out", required=True, help="profile YAML to write")
@@ -139,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="profile YAML whose other fields (name, batch size, memory, kernels, ray_resource) "
                               "are kept")
     profile.add_argument("--name", default=None, help="name of the written profile")
+    profile.add_argument("--backend", default=None, choices=("pytorch-cpu", "onnxruntime-cpu", "openvino-cpu"),
+                         help="whose kernels to measure (default: the base profile's, else pytorch-cpu)")
     profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats: seconds, rougher numbers")
     profile.set_defaults(run=_profile)
     check = commands.add_parser("check-costmodel", help="predict and measure random recipes of a job's search "

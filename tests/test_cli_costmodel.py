@@ -46,7 +46,7 @@ def test_profile_mistakes_are_one_line(tmp_path, capsys):
     assert "hardware profile not found" in run_cli(
         ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(tmp_path / "none.yaml")], capsys)
     jetson = ROOT / "hardware_profiles" / "jetson_orin_nano.yaml"
-    assert f"--base {jetson} is a pytorch-cuda profile" in run_cli(
+    assert f"autocomp profile measures this machine's CPU, but --base {jetson} is a pytorch-cuda profile" in run_cli(
         ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(jetson)], capsys)
     assert not (tmp_path / "p.yaml").exists()
 

@@ -1,15 +1,23 @@
-"""Rebuild any trial of a finished (or interrupted) run and save it as a loadable model folder."""
+"""Rebuild any trial of a finished (or interrupted) run and save it as a loadable model folder, and, with
+``format`` ``onnx`` or ``openvino``, the deployable file beside it (``model.onnx``; ``model.xml`` + ``model.bin``),
+exported with autocomp's own numbers by the backend that measures on that runtime
+(:mod:`autocomp.measure.backends`) and checked against the PyTorch model on validation images (``export.json``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 import optuna
 from torch import nn
 
+from autocomp._io import write_json
 from autocomp.config import load_config
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
+from autocomp.measure.backends import CHECK_IMAGES, Backend, Prepared, backend_of
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_storage
@@ -17,14 +25,35 @@ from autocomp.saving import save_model
 from autocomp.search._finish import KEPT
 from autocomp.search._objective import build_candidate, distill_subset, kept_model
 
-__all__ = ["export_trial"]
+__all__ = ["export_trial", "FORMATS"]
+
+# --format -> the backend whose export it is (None: the PyTorch folder alone)
+FORMATS = {"pytorch": None, "onnx": "onnxruntime-cpu", "openvino": "openvino-cpu"}
+CHECK_BATCH = 16  # images per run of the exported model when it is checked
 
 
-def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | None = None) -> Path:
-    """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe.
+def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | None = None,
+                 format: str = "pytorch") -> Path:  # noqa: A002 - the CLI's --format
+    """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe; with
+    ``format`` ``onnx`` or ``openvino`` also the deployable file, checked against the PyTorch model (top-1
+    agreement and largest logit difference on validation images, in ``out/export.json``).
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
+
+    Raises:
+        AutocompError: not a run folder, not a complete trial, an unknown format, the format's runtime not
+            installed (before anything is rebuilt), or an export that fails or disagrees with PyTorch (the files
+            stay in ``out`` to look at).
     """
+    if format not in FORMATS:
+        raise AutocompError(f"unknown export format {format!r}; known: {list(FORMATS)}")
+    profile = (HardwareProfile(name="export", backend=FORMATS[format], batch_size=CHECK_BATCH)
+               if FORMATS[format] else None)
+    if profile is not None:
+        try:
+            backend_of(profile).require()
+        except AutocompError as exc:
+            raise AutocompError(f"--format {format}: {exc}") from None
     if not (run_dir / "study.db").is_file() or not (run_dir / "config.yaml").is_file():
         raise AutocompError(f"{run_dir} is not a search run folder (no study.db / config.yaml)")
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
@@ -43,4 +72,23 @@ def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | Non
                                 threads=config.resources.cpu)
     save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs},
                preprocessing=splits.preprocessing)
+    if profile is not None:
+        images = splits.val.subset(CHECK_IMAGES).tensors()[0]
+        _write_deployable(backend_of(profile), model, images, out, profile, format)
     return out
+
+
+def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
+                      profile: HardwareProfile, format: str) -> None:  # noqa: A002
+    """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
+    path = out / f"model{backend.suffix}"
+    nbytes = backend.write(model.eval(), images[:2], path)
+    prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
+    info = {"format": format, "file": path.name, "weight_nbytes": nbytes, "runtime": backend.describe(profile)}
+    try:
+        agreement = backend.check(model, prepared, images, profile)
+    except AutocompError as exc:
+        write_json(out / "export.json", {**info, "check": str(exc)})
+        raise
+    write_json(out / "export.json", {**info, "top1_agreement": agreement.top1,
+                                      "max_logit_diff": agreement.max_logit_diff, "images": agreement.images})

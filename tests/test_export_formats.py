@@ -1,0 +1,88 @@
+"""autocomp export --format onnx|openvino: the deployable file beside the loadable folder, its bytes, its agreement
+with the model autocomp.load gives, and the one-line refusals."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+import autocomp
+from autocomp.cli import main
+from autocomp.measure import backends
+from tests.test_cli_errors import run_cli
+from tests.test_search_e2e import write_job
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_teacher):
+    tmp = tmp_path_factory.mktemp("export")
+    job = write_job(tmp, tiny_teacher[0], {"memory": 0.99}, trials=3)
+    assert main(["search", str(job), "--out", str(tmp / "run"), "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp / "run" / "trials.csv").open()))
+    # the most compressed complete trial (fewest weight bytes): its file must be smaller than the uncompressed one's
+    trial = min((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: float(r["weights_mb"]))
+    return tmp / "run", int(trial["number"]), float(trial["weights_mb"])
+
+
+def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_path, digits_splits, capsys):
+    pytest.importorskip("onnxruntime")
+    run_dir, trial, _ = run
+    out = tmp_path / "onnx"
+    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "model.onnx:" in printed and "top-1 agreement with the PyTorch model" in printed
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "onnx" and info["file"] == "model.onnx" and info["top1_agreement"] >= 0.9
+    assert info["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
+    from autocomp.runtimes import compare_outputs, onnx_weight_nbytes, ort_session
+
+    assert info["weight_nbytes"] == onnx_weight_nbytes(out / "model.onnx")
+    model = autocomp.load(out)  # the PyTorch folder is still there and loads
+    images = digits_splits.val.tensors()[0][:128]
+    agreement = compare_outputs(model, ort_session(out / "model.onnx"), images)
+    assert agreement.top1 >= 0.9
+
+
+def test_an_onnx_export_of_a_compressed_trial_holds_fewer_bytes_than_the_uncompressed(run, tmp_path, tiny_teacher):
+    pytest.importorskip("onnxruntime")
+    run_dir, trial, weights_mb = run
+    base_nbytes = sum(t.numel() * t.element_size() for t in tiny_teacher[1].state_dict().values())
+    assert weights_mb * 1e6 < 0.9 * base_nbytes  # the fixture picked a compressed trial
+    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "c"), "--format",
+                 "onnx"]) == 0
+    exported = json.loads((tmp_path / "c" / "export.json").read_text())["weight_nbytes"]
+    assert exported < 0.9 * base_nbytes
+
+
+def test_openvino_export_writes_the_ir(run, tmp_path):
+    pytest.importorskip("openvino")
+    run_dir, trial, _ = run
+    out = tmp_path / "ov"
+    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "openvino"]) == 0
+    assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    info = json.loads((out / "export.json").read_text())
+    assert info["file"] == "model.xml" and info["top1_agreement"] >= 0.9 and info["images"] > 0
+    assert (out / "weights.safetensors").is_file()
+
+
+def test_a_missing_runtime_is_refused_before_anything_is_rebuilt(run, tmp_path, monkeypatch, capsys):
+    run_dir, trial, _ = run
+    real = importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "x"), "--format", "onnx"],
+                  capsys)
+    assert err == ("autocomp: error: --format onnx: backend onnxruntime-cpu needs onnxruntime, not installed here: "
+                   "pip install 'autocomp[onnx]'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unknown_format_is_refused_by_the_parser(run, tmp_path, capsys):
+    run_dir, trial, _ = run
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "x"), "--format", "tflite"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
