@@ -143,7 +143,8 @@ class _OnnxLinear(nn.Module):
     def __init__(self, layer: QuantizedLinear, form: str, tensors: dict[str, torch.Tensor],
                  attrs: dict[str, int] | None = None) -> None:
         super().__init__()
-        self.form, self.attrs, self.out_features = form, attrs or {}, layer.out_features
+        self.form, self.attrs = form, attrs or {}
+        self.in_features, self.out_features = layer.in_features, layer.out_features  # as the layer it stands for
         self._layer = [layer]  # a list: not a registered child, so its tensors stay out of the export
         for key, tensor in tensors.items():
             self.register_buffer(key, tensor.contiguous())
