@@ -92,6 +92,19 @@ class CostModel:
         batch = self.profile.batch_size
         return Prediction(ops=tuple(inventory(self.description, plans, self.profile, batch=batch)),
                           weight_parts=weight_nbytes(self.description, plans),
-                          activation_nbytes=peak_activation_nbytes(self.description, plans, self.profile,
-                                                                   batch=batch),
+                          activation_nbytes=peak_activation_nbytes(self.description, plans,
+                                                                   _allocating(self.profile), batch=batch),
                           batch_size=batch)
+
+
+def _allocating(profile: HardwareProfile) -> HardwareProfile:
+    """The profile whose kernels decide the activation bytes that are measured: on a runtime backend those are
+    still PyTorch's on the CPU (the runtimes report none, see :mod:`autocomp.measure.backends`), so its kernels and
+    its attention there."""
+    if profile.backend in ("pytorch-cpu", "pytorch-cuda"):
+        return profile
+    from autocomp.measure.profiling import BACKEND_KERNELS, pytorch_fuses_attention
+
+    return HardwareProfile(name=profile.name, batch_size=profile.batch_size,
+                           fast_weight_bits=BACKEND_KERNELS["pytorch-cpu"],
+                           fast_ops=("fused_attention",) if pytorch_fuses_attention() else ())

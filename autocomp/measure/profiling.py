@@ -38,8 +38,9 @@ from autocomp.measure import time_models
 from autocomp.measure.backends import backend_of
 from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
 
-__all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "calibrate", "calibrated_profile", "cpu_description",
-           "load_profile", "profile_note", "write_profile"]
+__all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "BACKEND_PRECISIONS", "BACKEND_KERNELS", "calibrate",
+           "calibrated_profile", "cpu_description", "load_profile", "profile_note", "pytorch_fuses_attention",
+           "write_profile"]
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def calibrated_profile(calibration: Calibration, *, base: Mapping[str, Any] | No
     data["fast_weight_bits"] = {bits: p for bits, p in data["fast_weight_bits"].items()
                                 if p in calibration.peak_gflops}
     if data.get("fast_ops") is None and backend == "pytorch-cpu":
-        data["fast_ops"] = ["fused_attention"] if _fused_attention() else []
+        data["fast_ops"] = ["fused_attention"] if pytorch_fuses_attention() else []
         sources["fast_ops"] = f"{measured}: which kernel scaled_dot_product_attention dispatches to"
     elif data.get("fast_ops") is None:
         data["fast_ops"] = []
@@ -318,7 +319,8 @@ def calibrated_profile(calibration: Calibration, *, base: Mapping[str, Any] | No
     return data
 
 
-def _fused_attention() -> bool:
+@functools.cache
+def pytorch_fuses_attention() -> bool:
     """Whether PyTorch runs scaled_dot_product_attention here as one fused kernel (the scores never stored)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
