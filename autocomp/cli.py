@@ -93,7 +93,7 @@ def _profile(args: argparse.Namespace) -> None:
     threads = args.threads if args.threads is not None else (base or {}).get("threads", 1)
     if threads < 1:
         raise AutocompError(f"--threads must be a whole number >= 1, got {threads}")
-    settings = {"shapes": VIT_GEMMS[:2], "repeats": 5, "copy_mb": 64} if args.quick else {}
+    settings = {"shapes": VIT_GEMMS[:1], "repeats": 5, "copy_mb": 64} if args.quick else {}
     calibration = calibrate(threads=threads, backend=backend, **settings)
     data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,
                               copy_mb=settings.get("copy_mb", 512))

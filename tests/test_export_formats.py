@@ -86,3 +86,18 @@ def test_an_unknown_format_is_refused_by_the_parser(run, tmp_path, capsys):
         main(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "x"), "--format", "tflite"])
     assert exit_.value.code == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_its_files(run, tmp_path, monkeypatch,
+                                                                                        capsys):
+    pytest.importorskip("onnxruntime")
+    run_dir, trial, _ = run
+    out = tmp_path / "bad"
+    monkeypatch.setattr(backends, "AGREEMENT_MIN", 1.01)  # no export can agree on more than 100%
+    err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "onnx"], capsys)
+    assert err.startswith("autocomp: error: onnxruntime-cpu: the exported model agrees with the PyTorch one on ")
+    assert "(top-1; at least 101% required), largest logit difference " in err
+    info = json.loads((out / "export.json").read_text())  # the failed check is recorded for the user to read
+    assert info["file"] == "model.onnx" and info["check"] == err.removeprefix("autocomp: error: ")
+    assert (out / "model.onnx").is_file()
+    assert autocomp.load(out) is not None  # the loadable folder was written before the check

@@ -166,6 +166,7 @@ def test_calibrating_a_runtime_measures_its_own_kernels():
     from autocomp.measure.profiling import GemmShape, calibrate
 
     result = calibrate(backend="onnxruntime-cpu", shapes=(GemmShape(16, 64, 64),), repeats=2, copy_mb=1)
+    assert "attention" not in result.details  # kernels' details are PyTorch's only: exports cost seconds
     assert set(result.peak_gflops) == {"fp32", "int8", "int4"}  # ORT's GEMM, MatMulInteger, MatMulNBits
     assert result.op_overhead_us > 0 and result.details["call_us"] > 0
     with pytest.raises(AutocompError, match="autocomp profile calibrates CPU backends"):
@@ -184,7 +185,7 @@ def _job(tmp_path: Path, spec, hardware: Path, *, trials: int = 2) -> Path:
 
 def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_teacher, tmp_path):
     _needs("onnxruntime", "onnx", "onnxscript")
-    job = _job(tmp_path, tiny_teacher[0], ROOT / "hardware_profiles" / "onnxruntime_cpu.yaml", trials=3)
+    job = _job(tmp_path, tiny_teacher[0], ROOT / "hardware_profiles" / "onnxruntime_cpu.yaml", trials=2)
     assert main(["search", str(job), "--out", str(tmp_path / "run")]) == 0
     rows = [r for r in csv.DictReader((tmp_path / "run" / "trials.csv").open()) if r["state"] == "COMPLETE"]
     assert rows

@@ -23,6 +23,7 @@ import hashlib
 import os
 import platform
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -35,7 +36,7 @@ from autocomp._paths import cache_dir
 from autocomp.hardware import HardwareProfile, from_mapping, read_profile
 from autocomp.errors import AutocompError
 from autocomp.measure import time_models
-from autocomp.measure.backends import backend_of
+from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
 
 __all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "BACKEND_PRECISIONS", "BACKEND_KERNELS", "calibrate",
@@ -93,14 +94,16 @@ BACKEND_KERNELS = {"pytorch-cpu": {16: "bf16", 8: "int8"}, "onnxruntime-cpu": {1
 CHAIN = 16  # tiny ops chained to measure the per-op overhead
 
 
-def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[GemmShape, ...] = VIT_GEMMS,
+def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[GemmShape, ...] | None = None,
               precisions: tuple[str, ...] | None = None, repeats: int = 20, copy_mb: int = 512) -> Calibration:
     """Run the micro-benchmarks on ``backend`` (each one a small module run as the backend runs a candidate: in
     PyTorch, or exported and run by the runtime) with ``threads`` threads; each number is a median over
     ``repeats``. The memory bandwidth is measured with a PyTorch copy whatever the backend (a fact of the machine).
 
-    ``precisions`` defaults to the backend's (``BACKEND_PRECISIONS``); those this build cannot run are left out of
-    ``peak_gflops``.
+    ``precisions`` defaults to the backend's (``BACKEND_PRECISIONS``); those this build cannot run, or the runtime
+    cannot compile here, are left out of ``peak_gflops`` (their layers are then predicted as unpacked to fp32).
+    ``shapes`` defaults to ``VIT_GEMMS`` in PyTorch, and to its widest and narrowest-output GEMMs (qkv, fc2) on a
+    runtime, where each shape is an export of seconds.
 
     Raises:
         AutocompError: a backend that cannot be calibrated here (a GPU one), or whose runtime is not installed.
@@ -113,19 +116,31 @@ def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[G
     timer.backend.require()
     details: dict[str, float] = {}
     peaks: dict[str, float] = {}
+    if shapes is None:
+        shapes = VIT_GEMMS if backend == "pytorch-cpu" else (VIT_GEMMS[0], VIT_GEMMS[3])
     for precision in precisions or BACKEND_PRECISIONS[backend]:
         for shape in shapes:
             layer = _gemm(precision, shape)
             if layer is None:
                 break
-            rate = 2 * shape.macs / timer(layer, torch.randn(shape.tokens, shape.in_features)) / 1e9
+            try:
+                seconds = timer(layer, torch.randn(shape.tokens, shape.in_features))
+            except ExportFailed as exc:  # e.g. OpenVINO's compressed-weight kernels under ONEDNN_MAX_CPU_ISA=AVX2
+                details[f"gemm.{precision}.unavailable"] = 0.0
+                peaks.pop(precision, None)
+                warnings.warn(f"calibration leaves {precision} out: {exc}", stacklevel=2)
+                break
+            rate = 2 * shape.macs / seconds / 1e9
             details[f"gemm.{precision}.{shape.tokens}x{shape.in_features}x{shape.out_features}"] = rate
             peaks[precision] = max(peaks.get(precision, 0.0), rate)
-    width, heads, tokens = shapes[0].in_features, 6, shapes[0].tokens
-    seconds = timer(_Attention(), torch.randn(1, heads, tokens, width // heads))
-    details["attention"] = 2 * 2 * heads * tokens * tokens * (width // heads) / seconds / 1e9
-    details["layernorm"] = 2 * tokens * width * 4 / timer(torch.nn.LayerNorm(width), torch.randn(tokens, width)) / 1e9
-    details["softmax"] = 2 * heads * tokens * tokens * 4 / timer(_Softmax(), torch.randn(heads, tokens, tokens)) / 1e9
+    if backend == "pytorch-cpu":  # details only (no profile field): seconds of exports each on a runtime
+        width, heads, tokens = shapes[0].in_features, 6, shapes[0].tokens
+        seconds = timer(_Attention(), torch.randn(1, heads, tokens, width // heads))
+        details["attention"] = 2 * 2 * heads * tokens * tokens * (width // heads) / seconds / 1e9
+        seconds = timer(torch.nn.LayerNorm(width), torch.randn(tokens, width))
+        details["layernorm"] = 2 * tokens * width * 4 / seconds / 1e9
+        seconds = timer(_Softmax(), torch.randn(heads, tokens, tokens))
+        details["softmax"] = 2 * heads * tokens * tokens * 4 / seconds / 1e9
     source = torch.ones(copy_mb * 2**20 // 4)
     target = torch.zeros_like(source)  # touched once here, so the timed copies pay no page faults
     times = time_models([lambda _: target.copy_(source)], torch.empty(0), warmup=1, repeats=max(3, repeats // 4),
