@@ -58,3 +58,26 @@ def test_when_no_candidate_holds_the_trials_own_best_is_kept_and_nothing_feasibl
                                             profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
                                             baseline_latency_ms=12.0, limits=LIMITS)
     assert best is None and remeasured == []
+
+
+def test_the_remeasured_candidate_holds_its_compressed_weights_not_uninitialized_memory(monkeypatch):
+    """A structure-only rebuild holds whatever memory it got (NaNs made an int8 low-rank layer's dynamic
+    quantization fail in a search on ONNX Runtime); the re-measured model is the recipe compressed again."""
+    from autocomp import Recipe, compress
+
+    recipe = {"blocks": [{"low_rank": {"rank": 0.25}, "quantize": {"weight_bits": 8}}] * 2}
+    row = TrialRow(**{**_row(0, 91.0, 9.0).__dict__, "recipe": recipe})
+    base, example, seen = small_vit(), torch.randn(4, 3, 16, 16), []
+
+    def fake(model, profile, *, example, reference=None, timeout_s=None):
+        seen.append(model)
+        measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=0.75, weights_mb=1.0,
+                                  activations_mb=0.0)
+        return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)
+
+    monkeypatch.setattr(_finish, "measure_on_device", fake)
+    _finish.confirm_best([row], base=base, profile=HardwareProfile(name="t"), example=example,
+                         baseline_latency_ms=12.0, limits=LIMITS)
+    expected = compress(base, Recipe.from_dict(recipe), calibration=example).eval()
+    with torch.no_grad():
+        assert torch.equal(seen[0](example), expected(example))

@@ -97,7 +97,8 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     """The best trial, named after measuring the ``CONFIRM`` most accurate candidates within budget again, one
     after the other on the device the trials no longer load: the most accurate whose second measurement is still
     within budget (a single measurement at the budget's edge can be luck). Latency does not depend on the weights,
-    so each candidate's structure is measured, interleaved with the uncompressed model, as in its trial.
+    so each candidate is compressed again (not distilled) and measured, interleaved with the uncompressed model, as
+    in its trial.
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
@@ -106,7 +107,10 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     feasible = ranked_feasible(rows)
     remeasured, best = [], None
     for row in feasible[:CONFIRM]:
-        model = compress(base, Recipe.from_dict(row.recipe), structure_only=True).eval()
+        # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory, whose
+        # NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
+        with torch.no_grad():
+            model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
         placed = measure_on_device(model, profile, example=example, reference=base)
         again = metrics_of(placed.measurement, baseline_latency_ms)
         holds = feasible_metrics(violations(again, limits))
