@@ -101,9 +101,11 @@ def _allocating(profile: HardwareProfile) -> HardwareProfile:
     """The profile whose kernels decide the activation bytes that are measured: on a runtime backend those are
     still PyTorch's on the CPU (the runtimes report none, see :mod:`autocomp.measure.backends`), so its kernels and
     its attention there."""
-    if profile.backend in ("pytorch-cpu", "pytorch-cuda"):
-        return profile
+    from autocomp.measure.backends import backend_of
     from autocomp.measure.profiling import BACKEND_KERNELS, pytorch_fuses_attention
+
+    if not backend_of(profile).exports:
+        return profile
 
     return HardwareProfile(name=profile.name, batch_size=profile.batch_size,
                            fast_weight_bits=BACKEND_KERNELS["pytorch-cpu"],
