@@ -16,7 +16,7 @@ from autocomp.data import DataConfig
 from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec
 
-__all__ = ["JobConfig", "Resources", "load_config"]
+__all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,13 @@ class SensitivityConfig:
         images: validation images each setting is scored on (the first of the split); 0 skips the pass.
         drop_above: a setting that alone, before distillation, costs a block more accuracy points than this is not
             offered to the search in that block.
+        min_saving: under a latency budget, a setting that, measured in every block at once, saves less than this
+            fraction of the uncompressed latency is offered in no block (on the target it does not buy time).
     """
 
     images: int = 512
     drop_above: float = 5.0
+    min_saving: float = 0.03
 
     def __post_init__(self) -> None:
         if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 0:
@@ -64,6 +67,38 @@ class SensitivityConfig:
         if isinstance(self.drop_above, bool) or not isinstance(self.drop_above, (int, float)) \
                 or not self.drop_above >= 0:
             raise AutocompError(f"sensitivity.drop_above must be accuracy points >= 0, got {self.drop_above!r}")
+        if isinstance(self.min_saving, bool) or not isinstance(self.min_saving, (int, float)) \
+                or not 0 <= self.min_saving < 1:
+            raise AutocompError(f"sensitivity.min_saving must be a fraction of the latency in [0, 1) (0.03: 3%), "
+                                f"got {self.min_saving!r}")
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Multi-fidelity: every distilled candidate is first distilled for a part of its steps and scored on a
+    validation subset; only one that could enter the front of those short scores (within budget, and no other
+    candidate at most as slow and as large more accurate by ``slack`` points) finishes its distillation and is
+    scored on all of validation. The others stop there, reported with their short scores (``fidelity: short``).
+
+    Attributes:
+        steps: the fraction of the recipe's distillation steps taken before the decision.
+        images: the validation images (the first of the split) of the short score.
+        slack: accuracy points a short score may lose to a dominating one and still go on (the subset's noise).
+    """
+
+    steps: float = 0.25
+    images: int = 1000
+    slack: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, float)) or not 0 < self.steps < 1:
+            raise AutocompError(f"fidelity.steps must be a fraction of the distillation steps between 0 and 1 "
+                                f"(0.25: a quarter), got {self.steps!r}")
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 1:
+            raise AutocompError(f"fidelity.images must be a whole number of validation images >= 1, got "
+                                f"{self.images!r}")
+        if isinstance(self.slack, bool) or not isinstance(self.slack, (int, float)) or not self.slack >= 0:
+            raise AutocompError(f"fidelity.slack must be accuracy points >= 0, got {self.slack!r}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +121,8 @@ class JobConfig:
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
         sampler: how Optuna draws recipes: ``tpe`` (multivariate TPE), ``nsga2`` or ``random``.
         sensitivity: the sensitivity pass that shows which blocks tolerate what and narrows their choices.
+        fidelity: stop candidates early that cannot enter the front (:class:`FidelityConfig`); None distils every
+            candidate fully and scores it on all of validation.
         start_points: evaluate known-good recipes first (the uncompressed model, uniform int8, per knob the uniform
             setting predicted to fit the budget; :mod:`autocomp.search._start`), then let the sampler draw.
         trial_timeout_s: a trial running longer stops at its next step (distillation step, evaluation batch, timing
@@ -109,6 +146,7 @@ class JobConfig:
     sampler: str = "tpe"
     sensitivity: SensitivityConfig = dataclasses.field(default_factory=SensitivityConfig)
     start_points: bool = True
+    fidelity: FidelityConfig | None = dataclasses.field(default_factory=FidelityConfig)
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = 600.0
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})

@@ -80,12 +80,17 @@ class TeacherCache:
 
 def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distill, *,
             cache: TeacherCache | None = None, device: str = "cpu",
-            log: Callable[[str], None] | None = None) -> nn.Module:
+            log: Callable[[str], None] | None = None,
+            pause: tuple[int, Callable[[nn.Module], bool]] | None = None) -> nn.Module:
     """Fine-tune ``student`` (in place) against ``teacher`` on ``split`` for ``config.steps`` AdamW steps.
 
     The teacher runs in eval mode without gradients; the student trains in train mode (timm's dropout and drop-path
     rates default to 0). Deterministic for a given ``config.seed`` (and thread count); the global RNG is left as it
     was.
+
+    ``pause``: ``(step, go_on)``: after that step, ``go_on`` gets a deployed, eval-mode copy of the student (on the
+    CPU) and says whether to finish the schedule; False stops there (the student keeps the steps it took). The copy
+    changes nothing: with or without a pause that goes on, the student comes out the same.
 
     ``cache``: the teacher's logits precomputed for these batches (:class:`TeacherCache`); used when it serves
     ``config``, else the teacher runs. ``device``: where the training runs (``cuda`` on a trial's GPU); the
@@ -110,7 +115,7 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
     try:
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device != "cpu" else []):
             torch.manual_seed(config.seed)
-            _train(trainable(student).to(device), on_device, split, config, features, cached, device, log)
+            _train(trainable(student).to(device), on_device, split, config, features, cached, device, log, pause)
     finally:  # even on failure the student goes back to its packed, exportable form, on the CPU
         deployed(student.to("cpu"))
         teacher.train(teacher_was_training)
@@ -120,7 +125,8 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
 
 
 def _train(student: nn.Module, teacher: nn.Module, split: Split, config: Distill, features: _FeatureMatch | None,
-           cached: tuple[torch.Tensor, ...] | None, device: str, log: Callable[[str], None] | None) -> None:
+           cached: tuple[torch.Tensor, ...] | None, device: str, log: Callable[[str], None] | None,
+           pause: tuple[int, Callable[[nn.Module], bool]] | None = None) -> None:
     for parameter in student.parameters():  # compress() may hand over frozen or no-grad-built parameters
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.0)
@@ -149,6 +155,11 @@ def _train(student: nn.Module, teacher: nn.Module, split: Split, config: Distill
                 log(f"distill step {step}/{config.steps}: loss {running.item() / (step - last):.4f}")
                 running.zero_()
                 last = step
+        if pause is not None and step == pause[0] and step < config.steps:
+            probe = deployed(copy.deepcopy(student).to("cpu")).eval()
+            probe.zero_grad(set_to_none=True)
+            if not pause[1](probe):
+                break
     optimizer.zero_grad(set_to_none=True)  # the returned model holds no gradient buffers
 
 

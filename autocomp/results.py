@@ -57,10 +57,18 @@ class TrialRow:
     export_top1: float | None = None  # a runtime backend's export against PyTorch: top-1 agreement on validation
     export_max_logit_diff: float | None = None  # ... and the largest logit difference
     seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)  # compress, measure, ..., engine
+    fidelity: str | None = None  # "short": stopped after a short distillation, scored on a validation subset
+    short_accuracy: float | None = None  # the short score of a trial that had one (stopped or not)
+    saved_seconds: float | None = None  # a stopped trial: what finishing it would have cost (estimated)
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE"
+
+    @property
+    def final(self) -> bool:
+        """Complete, with its accuracy after its full distillation on all of validation (not stopped early)."""
+        return self.complete and self.fidelity != "short"
 
     @property
     def feasible(self) -> bool:
@@ -74,6 +82,8 @@ class TrialRow:
                 "int8_activations": self.int8_activations, "distilled": self.distilled, "error": self.error,
                 "node": self.node, "start_point": self.start_point, "runtime": self.runtime,
                 "export_top1": self.export_top1, "export_max_logit_diff": self.export_max_logit_diff,
+                "fidelity": self.fidelity, "short_accuracy": self.short_accuracy,
+                "saved_seconds": self.saved_seconds,
                 **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
@@ -107,7 +117,9 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             violations={k: v for k, v in violations.items() if v is not None},
             predicted_latency_ms=trial.user_attrs.get("predicted_latency_ms"),
             predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
-            skipped_reason=trial.user_attrs.get("skipped_reason"), trial_seconds=trial.user_attrs.get("trial_seconds")))
+            skipped_reason=trial.user_attrs.get("skipped_reason"), trial_seconds=trial.user_attrs.get("trial_seconds"),
+            fidelity=trial.user_attrs.get("fidelity"), short_accuracy=trial.user_attrs.get("short_accuracy"),
+            saved_seconds=trial.user_attrs.get("saved_seconds")))
     return rows
 
 
@@ -128,15 +140,17 @@ def _dominates(a: TrialRow, b: TrialRow) -> bool:
 
 
 def pareto_front(rows: Sequence[TrialRow]) -> list[TrialRow]:
-    """Non-dominated complete trials (accuracy up, latency down, memory down), by latency."""
-    done = [r for r in rows if r.complete]
+    """Non-dominated complete trials (accuracy up, latency down, memory down), by latency; trials stopped early
+    (short scores, not comparable) are left out."""
+    done = [r for r in rows if r.final]
     front = [r for r in done if not any(_dominates(o, r) for o in done)]
     return sorted(front, key=lambda r: (r.latency_ms, -r.accuracy))
 
 
 def ranked_feasible(rows: Sequence[TrialRow]) -> list[TrialRow]:
-    """The trials within budget, most accurate first (ties: the faster, then the smaller)."""
-    return sorted((r for r in rows if r.feasible), key=lambda r: (-r.accuracy, r.latency_ms, r.memory_mb))
+    """The trials within budget scored in full (not stopped early), most accurate first (ties: the faster, then the
+    smaller)."""
+    return sorted((r for r in rows if r.feasible and r.final), key=lambda r: (-r.accuracy, r.latency_ms, r.memory_mb))
 
 
 def best_feasible(rows: Sequence[TrialRow]) -> TrialRow | None:
@@ -151,13 +165,15 @@ def closest_trial(rows: Sequence[TrialRow]) -> TrialRow | None:
     return min(done, key=lambda r: max(r.violations.values(), default=0.0)) if done else None
 
 
-def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, float]) -> list[TrialRow]:
-    """Write trials.csv, pareto.json and pareto.png; returns the front."""
+def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, float], *,
+                  plot: bool = True) -> list[TrialRow]:
+    """Write trials.csv, pareto.json and (``plot``) pareto.png; returns the front."""
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
                "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason",
-               "export_top1", "export_max_logit_diff", "error", "node", "start_point", "runtime"]
+               "fidelity", "short_accuracy", "saved_seconds", "export_top1", "export_max_logit_diff", "error", "node",
+               "start_point", "runtime"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
@@ -167,7 +183,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     tmp.replace(run_dir / "trials.csv")
     front = pareto_front(rows)
     write_json(run_dir / "pareto.json", {"limits": dict(limits), "trials": [r.as_dict() for r in front]})
-    if front:
+    if front and plot:
         plot_front(run_dir / "pareto.png", rows, front, limits)
     return front
 
@@ -181,10 +197,14 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
     done = [r for r in rows if r.complete]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, key, label in ((axes[0], "latency_ms", "latency (ms)"), (axes[1], "memory_mb", "memory (MB)")):
-        feasible = [r for r in done if r.feasible]
+        feasible = [r for r in done if r.feasible and r.final]
+        short = [r for r in done if r.feasible and not r.final]
         other = [r for r in done if not r.feasible]
         axis.scatter([getattr(r, key) for r in other], [r.accuracy for r in other], c="0.7", s=18,
                      label="over budget")
+        if short:
+            axis.scatter([getattr(r, key) for r in short], [r.accuracy for r in short], c="lightsteelblue", s=18,
+                         label="within budget, stopped early (short score)")
         axis.scatter([getattr(r, key) for r in feasible], [r.accuracy for r in feasible], c="tab:blue", s=18,
                      label="within budget")
         ordered = sorted(front, key=lambda r: getattr(r, key))

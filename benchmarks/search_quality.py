@@ -5,15 +5,21 @@
 
 Every method searches the same model with the same number of trials, budget and seeds:
 
-- ``joint``: autocomp as it ships (multivariate TPE over the per-block space, sensitivity pass, starting points);
-- ``random``: random search over the same space (no sensitivity pass, no starting points);
+- ``joint``: autocomp as it ships (multivariate TPE over the per-block space, sensitivity pass, starting points,
+  multi-fidelity);
+- ``joint_nsga2``: the same with NSGA-II as the sampler (the sampler is chosen by this comparison);
+- ``random``: random search over the same space (no sensitivity pass, no starting points, every candidate distilled
+  fully);
 - ``uniform``: the same knobs, one setting for every block, chosen by the same search;
 - ``heads``, ``mlp``, ``rank``, ``tokens``, ``bits``: one technique alone, per block, by the same search.
 
 Per method and budget it prints the best validation accuracy within budget (mean and sd over seeds), the test
 accuracy of that model, the hypervolume of the (accuracy, latency) front against a fixed reference point (latency
 at the uncompressed model's, accuracy 20 points below it), and the trials and wall time until the first model within
-budget and within 1 point of the uncompressed model (a dash: never).
+budget and within 1 point of the uncompressed model (a dash: never), the trials multi-fidelity stopped early, and
+the search's own overhead (the share of the trial loop's wall time the workers spent outside trials).
+
+One embedded Ray serves every search of the benchmark.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -37,7 +44,7 @@ from autocomp.search import load_space, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOBS = {"heads": "heads_keep", "mlp": "mlp_keep", "rank": "rank", "tokens": "tokens_keep", "bits": "weight_bits"}
-METHODS = ("joint", "random", "uniform", *KNOBS)
+METHODS = ("joint", "joint_nsga2", "random", "uniform", *KNOBS)
 REFERENCE_DROP = 20.0  # accuracy points below the uncompressed model: the hypervolume's reference point
 
 
@@ -46,7 +53,9 @@ def method_config(base: JobConfig, method: str, space_dir: Path) -> JobConfig:
     space = load_space(base.search_space)
     if method == "random":
         return dataclasses.replace(base, sampler="random", start_points=False,
-                                   sensitivity=SensitivityConfig(images=0))
+                                   sensitivity=SensitivityConfig(images=0), fidelity=None)
+    if method == "joint_nsga2":
+        return dataclasses.replace(base, sampler="nsga2")
     if method == "uniform":
         space = dataclasses.replace(space, uniform=True)
     elif method in KNOBS:
@@ -76,9 +85,9 @@ def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     rows = trial_rows(study, list(summary["limits"]))
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     base = summary["baseline"]
-    points = [(r.latency_ms / base["latency_ms"], r.accuracy) for r in rows if r.complete]
+    points = [(r.latency_ms / base["latency_ms"], r.accuracy) for r in rows if r.final]
     close, started = None, min((t.datetime_start for t in trials.values() if t.datetime_start), default=None)
-    for row in sorted((r for r in rows if r.feasible), key=lambda r: r.number):
+    for row in sorted((r for r in rows if r.feasible and r.final), key=lambda r: r.number):
         if row.accuracy >= base["val_accuracy"] - 1.0:
             done = trials[row.number].datetime_complete
             close = (row.number + 1, (done - started).total_seconds())
@@ -86,7 +95,8 @@ def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     best = summary.get("best") or {}
     return {"val": best.get("val_accuracy"), "test": best.get("test_accuracy"),
             "hypervolume": hypervolume(points, latency_ref=1.0, accuracy_ref=base["val_accuracy"] - REFERENCE_DROP),
-            "first_close": close}
+            "first_close": close, "stopped": summary["early_stopped"]["stopped"],
+            "overhead": (summary.get("overhead") or {}).get("share")}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -115,6 +125,10 @@ def main() -> None:
     base = dataclasses.replace(load_config(args.config), trials=args.trials, search_space=args.space)
     budgets = [tuple(item.split("=")) for item in args.budgets.split(",")]
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    import ray
+
+    ray.init(address="local", num_cpus=max(base.workers, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         for kind, fraction in budgets:
@@ -129,14 +143,16 @@ def main() -> None:
                     results.setdefault((method, f"{kind} {fraction}x"), []).append(figures)
                     print(f"{name}: {figures}", flush=True)
     print("\n| budget | method | best val within budget | its test | hypervolume | trials to close | "
-          "seconds to close | wall s |\n|---|---|---|---|---|---|---|---|")
+          "seconds to close | stopped early | overhead | wall s |\n|---|---|---|---|---|---|---|---|---|---|")
     for (method, budget), runs in results.items():
         close = [r["first_close"] for r in runs if r["first_close"] is not None]
         print(f"| {budget} | {method} | {_mean_sd([r['val'] for r in runs if r['val'] is not None])} | "
               f"{_mean_sd([r['test'] for r in runs if r['test'] is not None])} | "
               f"{_mean_sd([r['hypervolume'] for r in runs])} | "
               f"{_mean_sd([c[0] for c in close]) if close else '-'} ({len(close)}/{len(runs)}) | "
-              f"{_mean_sd([c[1] for c in close]) if close else '-'} | {_mean_sd([r['wall_s'] for r in runs])} |")
+              f"{_mean_sd([c[1] for c in close]) if close else '-'} | {_mean_sd([r['stopped'] for r in runs])} | "
+              f"{_mean_sd([100 * r['overhead'] for r in runs if r['overhead'] is not None])}% | "
+              f"{_mean_sd([r['wall_s'] for r in runs])} |")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,46 @@ def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_
         for index, block in enumerate(trial.user_attrs["recipe"]["blocks"]):
             if "prune_heads" in block:
                 assert (f"b{index}.heads_keep", block["prune_heads"]["keep"] / 4) not in lost
+
+
+def test_settings_that_save_no_latency_in_every_block_are_offered_in_none(tiny_teacher, digits_splits):
+    from autocomp.search._sensitivity import uniform_latencies, without_slow
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 16, 8), head_importance="weight_norm")
+    seen = []
+
+    def measure(model):  # a fake target: bf16 weights save nothing there, the rest does
+        from autocomp.ops.quantize import Bf16Linear
+
+        seen.append(model)
+        return 1.02 if any(isinstance(m, Bf16Linear) for m in model.modules()) else 0.7
+
+    ratios = uniform_latencies(tiny_teacher[1], space, [4, 4], calib=digits_splits.calib.x, measure=measure)
+    assert set(ratios) == {("heads_keep", 0.5), ("weight_bits", 16), ("weight_bits", 8)}
+    assert ratios[("weight_bits", 16)] == 1.02 and ratios[("heads_keep", 0.5)] == 0.7
+    assert all(m.blocks[0].attn.num_heads == m.blocks[1].attn.num_heads for m in seen)  # every block at once
+    allowed = without_slow({"b0.heads_keep": (1.0,)}, ratios, space, 2, min_saving=0.03)
+    assert allowed == {"b0.heads_keep": (1.0,), "b0.weight_bits": (32, 8), "b1.weight_bits": (32, 8)}
+    assert without_slow({}, {("weight_bits", 16): 0.96}, space, 2, min_saving=0.03) == {}  # it saves 4%: kept
+    assert without_slow({}, {("weight_bits", 16): 0.96}, space, 2, min_saving=0.05) == {
+        "b0.weight_bits": (32, 8), "b1.weight_bits": (32, 8)}
+
+
+def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_teacher):
+    from autocomp.cli import main
+    from test_search_e2e import write_job
+
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [32, 8]\n")
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=4, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "sensitivity": {"images": 100, "min_saving": 0.99}}))
+    run = tmp_path / "run"
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    rows = list(csv.DictReader((run / "uniform_latency.csv").open()))
+    assert {(r["knob"], r["value"]) for r in rows} == {("heads_keep", "0.5"), ("weight_bits", "8")}
+    assert all(r["offered"] == "False" for r in rows)  # nothing saves 99% of the latency
+    allowed = json.loads((run / "sensitivity.json").read_text())
+    assert allowed["b0.heads_keep"] == [1.0] and allowed["b1.weight_bits"] == [32]
+    trials = optuna.load_study(study_name="autocomp", storage=f"sqlite:///{run / 'study.db'}").get_trials()
+    assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered

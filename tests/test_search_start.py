@@ -109,3 +109,25 @@ def test_a_uniform_space_searches_one_setting_for_every_block():
     points = dict(start_points(space, [4, 4, 4], predictor=None, limits={}, cap=5))
     assert points == {"uncompressed": {"all.heads_keep#rank": 1, "all.weight_bits#rank": 1},
                       "uniform weight_bits 8": {"all.heads_keep#rank": 1, "all.weight_bits#rank": 0}}
+
+
+def test_the_uniform_mix_of_knobs_predicted_closest_under_the_budget_is_a_starting_point(predictor):
+    import itertools
+
+    def predicted(heads, mlp, bits):
+        values = {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", heads), ("mlp_keep", mlp),
+                                                                  ("weight_bits", bits))}
+        return predictor.predict(recipe_of(SPACE, HEADS, values))["latency_ms"]
+
+    limits = {"latency_ms": predicted(0.67, 0.75, 32) * 1.001}
+    points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10))
+    [label] = [label for label in points if label.startswith("all knobs alike: ")]
+    params = points[label]
+    chosen = tuple(sorted(getattr(SPACE, k))[params[f"b0.{k}#rank"]] for k in ("heads_keep", "mlp_keep",
+                                                                               "weight_bits"))
+    assert all(params[f"b1.{k}#rank"] == params[f"b0.{k}#rank"] for k in ("heads_keep", "mlp_keep", "weight_bits"))
+    assert predicted(*chosen) <= limits["latency_ms"]
+    fitting = [predicted(*c) for c in itertools.product(SPACE.heads_keep, SPACE.mlp_keep, SPACE.weight_bits)
+               if predicted(*c) <= limits["latency_ms"]]
+    assert predicted(*chosen) == max(fitting)  # the least compression of all knobs together that fits
+    assert sum(v != light for v, light in zip(chosen, (1.0, 1.0, 32))) >= 2

@@ -26,7 +26,7 @@ OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", "runtime", "export_top1",
-            "export_max_logit_diff", *(f"seconds_{p}" for p in PHASES))
+            "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", *(f"seconds_{p}" for p in PHASES))
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted

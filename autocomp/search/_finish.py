@@ -34,8 +34,10 @@ KEPT = "trials"  # run_dir/trials/<number>/: the weights of trials within budget
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
              baseline: Mapping[str, Any], limits: Mapping[str, float], profile: HardwareProfile,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write all results; save best/ (the most accurate trial within budget) and summary.json."""
+             log: Callable[[str], None] = print, loop_seconds: float | None = None) -> dict[str, Any]:
+    """Write all results; save best/ (the most accurate trial within budget) and summary.json.
+
+    ``loop_seconds``: the wall time of the trial loop(s), for the search's own overhead (None: not known)."""
     rows = trial_rows(study, list(limits))
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
@@ -46,6 +48,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
         "errors": {str(r.number): r.error for r in rows if r.state == "FAIL"},
         **skipped_summary(rows), "cost_model": prediction_fidelity(rows), "time_split": time_split(rows),
+        "early_stopped": early_stopped(rows), "overhead": overhead(rows, loop_seconds, config.workers),
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
@@ -57,6 +60,10 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         saved = summary["time_saved_s"]
         log(f"skipped {summary['skipped']} candidates predicted over budget"
             + (f" (about {saved:.0f} s saved)" if saved is not None else ""))
+    if summary["early_stopped"]["stopped"]:
+        stopped = summary["early_stopped"]
+        log(f"multi-fidelity: {stopped['stopped']} of {stopped['short_scored']} distilled candidates stopped after "
+            f"their short score (about {stopped['saved_seconds']:.0f} s of distillation and validation saved)")
     if best is not None:
         recipe = Recipe.from_dict(best.recipe)
         model = kept_model(base, recipe, run_dir / KEPT / str(best.number))  # the weights the trial scored
@@ -152,6 +159,25 @@ def prune_kept(run_dir: Path, rows: Sequence[TrialRow]) -> None:
         for child in folder.iterdir():
             if child.name not in keep and child.name.isdigit():
                 shutil.rmtree(child, ignore_errors=True)
+
+
+def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int) -> dict[str, Any] | None:
+    """The search's own share of the trial loop's wall time: what the workers did not spend inside trials (the
+    sampler, Ray, results writing, and slots left idle); None when the loop's time is not known."""
+    if not loop_seconds:
+        return None
+    busy = sum(r.trial_seconds or 0.0 for r in rows if r.trial_seconds is not None)
+    return {"loop_seconds": round(loop_seconds, 1), "trial_seconds": round(busy, 1), "workers": workers,
+            "share": round(max(0.0, 1 - busy / (workers * loop_seconds)), 4)}
+
+
+def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:
+    """Multi-fidelity's figures: trials that had a short score, how many stopped there, and the time that saved
+    (each stopped trial's remaining distillation and full validation, estimated from its own pace)."""
+    scored = [r for r in rows if r.complete and r.short_accuracy is not None]
+    stopped = [r for r in scored if not r.final]
+    return {"short_scored": len(scored), "stopped": len(stopped),
+            "saved_seconds": round(sum(r.saved_seconds or 0.0 for r in stopped), 1)}
 
 
 def skipped_summary(rows: Sequence[TrialRow]) -> dict[str, Any]:

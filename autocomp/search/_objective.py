@@ -15,6 +15,7 @@ from torch import nn
 from autocomp._timeout import TimedOut, time_limit
 from autocomp.budget import feasible, violations
 from autocomp.compress import compress
+from autocomp.config import FidelityConfig
 from autocomp.data import Split
 from autocomp.distill import TeacherCache, distill
 from autocomp.errors import AutocompError
@@ -51,6 +52,8 @@ class TrialInputs:
         measure_timeout_s: the job's limit on one measurement (None: none).
         check_images: validation images a runtime backend compares its export of each candidate on (None: no
             check).
+        fidelity: the multi-fidelity rule (a short distillation and score first; see :class:`FidelityConfig`), or
+            None: every candidate is distilled fully and scored on all of ``val``.
     """
 
     base: nn.Module
@@ -68,6 +71,7 @@ class TrialInputs:
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = None
     check_images: torch.Tensor | None = None
+    fidelity: FidelityConfig | None = None
 
 
 def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split, *,
@@ -118,11 +122,13 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
 
 
 PHASES = ("compress", "measure", "distill", "evaluate")  # a trial's steps, timed as seconds_<phase>
+SHORT, FULL = "short", "full"  # a trial's fidelity: stopped after the short distillation and score, or finished
 ERROR = "error"  # a failed trial reports why under this key
 STOP = "stop_search"  # set in a failed trial's result when the search cannot go on (the device left)
 
 
-def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: int | None = None) -> dict[str, Any]:
+def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: int | None = None,
+              short: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """Build, measure and score one candidate; returns its metrics and, flat, its budget violations
     (``violation:latency_ms`` ...: Ray Tune flattens nested results).
 
@@ -132,20 +138,27 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     not distil again. Also returned: ``seconds_<phase>`` for each of ``PHASES``, ``trial_seconds`` (their total
     with the rest of the trial) and ``measured_on``, the Ray node id the measurement ran on (None: in this process).
 
+    Multi-fidelity (``inputs.fidelity`` and ``short`` given): after the first part of its distillation, a candidate
+    is scored on the validation subset and this result (``fidelity`` ``short``, ``short_accuracy``,
+    ``saved_seconds``: what finishing would have cost, estimated from the time taken so far) goes to ``short``,
+    which says whether to go on (inside Ray Tune it reports the result, and a scheduler that stops the trial ends it
+    there). A candidate that goes on comes back with ``fidelity`` ``full`` and its full accuracy.
+
     A trial that fails for a reason a rerun would meet again returns ``{ERROR: why, "retry": False}``: a recipe
     the operators refuse (``refused``), non-finite logits, a time limit passed, a runtime backend that cannot export
     or run the candidate as PyTorch does; one whose device left the cluster returns ``{ERROR: why, STOP: True}``.
     """
     try:
         with time_limit(inputs.trial_timeout_s, setting="trial_timeout_s"):
-            return _run_trial(Recipe.from_dict(recipe_dict), inputs, number)
+            return _run_trial(Recipe.from_dict(recipe_dict), inputs, number, short)
     except (TimedOut, ExportFailed) as exc:
         return {ERROR: str(exc), "retry": False}
     except DeviceLost as exc:
         return {ERROR: str(exc), STOP: True}
 
 
-def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None) -> dict[str, Any]:
+def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
+               short: Callable[[dict[str, Any]], bool] | None) -> dict[str, Any]:
     started = time.perf_counter()
     seconds = dict.fromkeys(PHASES, 0.0)
 
@@ -165,30 +178,62 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None) -> dict[
     placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
                                                         reference=inputs.base, timeout_s=inputs.measure_timeout_s,
                                                         check=inputs.check_images))
-    metrics: dict[str, Any] = metrics_of(placed.measurement, inputs.base_latency_ms)
+    metrics: dict[str, Any] = {**metrics_of(placed.measurement, inputs.base_latency_ms), "fidelity": FULL,
+                               "short_accuracy": None, "saved_seconds": 0.0, "measured_on": placed.node_id}
     over = violations(metrics, inputs.limits)
     wants = distils(recipe)
-    hopeless = inputs.skip_margin is not None and max(over.values(), default=0.0) > inputs.skip_margin
-    with num_threads(inputs.threads):
-        if wants and not hopeless:
-            device = "cuda" if inputs.gpu and torch.cuda.is_available() else "cpu"
-            model = timed("distill", lambda: distill(model, inputs.base, inputs.train, recipe.distill,
-                                                     cache=inputs.teacher_cache, device=device))
-        metrics["accuracy"] = timed("evaluate", lambda: evaluate(model, inputs.val))
+    distilled = wants and not (inputs.skip_margin is not None and max(over.values(), default=0.0) > inputs.skip_margin)
+    stopped = False
+
+    def finished(model: nn.Module, accuracy: float) -> dict[str, Any]:
+        """The trial's result for ``model`` scored ``accuracy``."""
         with torch.no_grad():
             logits = model(inputs.calib[:8])
-    if not torch.isfinite(logits).all():
-        where = "after distillation (it diverged; lower distill lr)" if wants and not hopeless else ""
-        return {ERROR: f"the candidate's logits are not finite {where}".strip(), "retry": False}  # it would again
-    metrics["distilled"] = wants and not hopeless
-    # simulated (fake-quant) layers have no real kernel: the trial's latency is then no claim about the target
-    metrics["simulated_layers"] = len(simulated_layers(model))
-    metrics["int8_activations"] = activation_kernels(model)  # onednn-u8, onednn-u7 (no VNNI), simulated or None
-    if number is not None and inputs.weights_dir is not None and feasible(over):
+        if not torch.isfinite(logits).all():
+            where = "after distillation (it diverged; lower distill lr)" if distilled else ""
+            return {ERROR: f"the candidate's logits are not finite {where}".strip(), "retry": False}  # it would again
+        return {**metrics, "accuracy": accuracy, "distilled": distilled,
+                # simulated (fake-quant) layers have no real kernel: the latency is then no claim about the target
+                "simulated_layers": len(simulated_layers(model)),
+                "int8_activations": activation_kernels(model),  # onednn-u8, onednn-u7 (no VNNI), simulated or None
+                **{f"seconds_{phase}": value for phase, value in seconds.items()},
+                "trial_seconds": time.perf_counter() - started, **{f"violation:{k}": v for k, v in over.items()}}
+
+    def go_on(probe: nn.Module) -> bool:
+        nonlocal stopped
+        subset = inputs.val.subset(inputs.fidelity.images)
+        begin = time.perf_counter()
+        accuracy = evaluate(probe, subset)
+        took = time.perf_counter() - begin
+        seconds["evaluate"] += took
+        seconds["distill"] += time.perf_counter() - distill_began - took
+        total = recipe.distill.steps
+        metrics.update(fidelity=SHORT, short_accuracy=accuracy, saved_seconds=(
+            seconds["distill"] * (total / pause_at - 1) + took * max(0.0, len(inputs.val) / len(subset) - 1)))
+        result = finished(probe, accuracy)
+        stopped = ERROR in result or not short(result)
+        if not stopped:
+            metrics.update(fidelity=FULL, saved_seconds=0.0)
+        return not stopped
+
+    with num_threads(inputs.threads):
+        if distilled:
+            device = "cuda" if inputs.gpu and torch.cuda.is_available() else "cpu"
+            pause = None
+            if short is not None and inputs.fidelity is not None:
+                pause_at = max(1, round(recipe.distill.steps * inputs.fidelity.steps))
+                pause = (pause_at, go_on)
+            distill_began = time.perf_counter()
+            model = distill(model, inputs.base, inputs.train, recipe.distill, cache=inputs.teacher_cache,
+                            device=device, pause=pause)
+            if stopped:
+                return {**finished(model, metrics["short_accuracy"]), "fidelity": SHORT}
+            seconds["distill"] = time.perf_counter() - distill_began - seconds["evaluate"]
+        accuracy = timed("evaluate", lambda: evaluate(model, inputs.val))
+    result = finished(model, accuracy)
+    if ERROR not in result and number is not None and inputs.weights_dir is not None and feasible(over):
         _keep_weights(model, Path(inputs.weights_dir) / str(number))
-    metrics.update({f"seconds_{phase}": value for phase, value in seconds.items()},
-                   trial_seconds=time.perf_counter() - started, measured_on=placed.node_id)
-    return {**metrics, **{f"violation:{k}": v for k, v in over.items()}}
+    return result
 
 
 WEIGHTS_FILE = "weights.safetensors"

@@ -33,17 +33,21 @@ from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_result
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _finish as finish
 from autocomp.search._controller import DIRECTIONS, RETRY_OF, OptunaController, counted
+from autocomp.search._fidelity import FrontRule, FrontScheduler
 from autocomp.search._objective import ERROR, TrialInputs, distill_subset, metrics_of, run_trial
 from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
-from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
+from autocomp.search._sensitivity import (Setting, allowed_choices, sensitivity_pass, uniform_latencies,
+                                          without_slow, write_sensitivity, write_uniform_latencies)
 from autocomp.search._start import START, lightest, recipe_of, start_points
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
+PLOT_EVERY_S = 60.0
+LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 
 
 def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | None = None,
@@ -123,35 +127,49 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                              weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0,
                              trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s,
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
-                                                       splits.val.input_numel()))
+                                                       splits.val.input_numel()),
+                             fidelity=config.fidelity)
         display = _Progress(total=config.trials, done=done, enabled=progress)
+
+        plotted = [0.0]  # when pareto.png was last drawn: the driver draws it at most every PLOT_EVERY_S seconds,
+        # since Ray starts no trial while the driver is busy (the end of the search draws it once more)
 
         def on_told(_trial: optuna.trial.FrozenTrial) -> None:
             rows = trial_rows(study, list(limits))
-            write_results(run_dir, rows, limits)
+            plot = time.perf_counter() - plotted[0] >= PLOT_EVERY_S
+            write_results(run_dir, rows, limits, plot=plot)
+            if plot:
+                plotted[0] = time.perf_counter()
             finish.prune_kept(run_dir, rows)
             display.update(rows)
 
         if remaining:
             settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
-                                             fresh=not study.trials)
+                                             fresh=not study.trials, profile=profile, limits=limits,
+                                             base_latency_ms=baseline["latency_ms"])
             if config.start_points and config.trials >= 4 and not study.trials:
                 _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
                                       settings=settings)
             controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                           on_told=on_told, screen=screen, retries=config.retries, allowed=allowed)
+            rule = _front_rule(study, config)
             started = time.perf_counter()
             with display:
                 # room for each trial, its retries, and one replacement (the controller caps them)
                 _run_tune(controller, inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
-                          resources=config.resources)
+                          resources=config.resources, rule=rule)
             if controller.stopped is not None:
                 kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
                 raise AutocompError(f"search stopped: {controller.stopped}; the {kept} trials done are kept in "
                                     f"{run_dir}; run the same command again to resume once it is back")
-            log(f"{remaining} trials in {time.perf_counter() - started:.0f} s")
+            took = time.perf_counter() - started
+            study.set_user_attr(LOOP_SECONDS, study.user_attrs.get(LOOP_SECONDS, 0.0) + took)
+            log(f"{remaining} trials in {took:.0f} s"
+                + (f"; {rule.stopped} stopped after the short distillation and score, {rule.promoted} finished"
+                   if rule is not None and rule.stopped + rule.promoted else ""))
         return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
-                               limits=limits, profile=profile, log=log)
+                               limits=limits, profile=profile, log=log,
+                               loop_seconds=study.user_attrs.get(LOOP_SECONDS))
 
 
 def _check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
@@ -181,37 +199,67 @@ SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per pa
 
 
 def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
-                 screen: Screen | None, config: JobConfig, log: Callable[[str], None], *,
-                 fresh: bool) -> tuple[list[Setting], dict[str, tuple]]:
+                 screen: Screen | None, config: JobConfig, log: Callable[[str], None], *, fresh: bool,
+                 profile: HardwareProfile, limits: Mapping[str, float],
+                 base_latency_ms: float) -> tuple[list[Setting], dict[str, tuple]]:
     """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
-    reuses the choices it saved."""
+    reuses the choices it saved.
+
+    Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
+    that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
+    not buy time), and the cost model learns from these measurements before the first trial."""
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         return [], {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
-    if not fresh or config.sensitivity.images == 0 or not lightest(space) or space.uniform:
+    if not fresh or config.sensitivity.images == 0 or not lightest(space):
         return [], {}
-    started = time.perf_counter()
-    settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
-                                calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
-                                threads=config.resources.cpu)
-    drop_above = config.sensitivity.drop_above
-    allowed = allowed_choices(settings, space, drop_above=drop_above)
-    write_sensitivity(run_dir, settings, drop_above=drop_above)
+    settings: list[Setting] = []
+    allowed: dict[str, tuple] = {}
+    if not space.uniform:
+        started = time.perf_counter()
+        settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
+                                    calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
+                                    threads=config.resources.cpu)
+        drop_above = config.sensitivity.drop_above
+        allowed = allowed_choices(settings, space, drop_above=drop_above)
+        write_sensitivity(run_dir, settings, drop_above=drop_above)
+        removed = sum(len(getattr(space, name.split(".")[1])) - len(values) for name, values in allowed.items())
+        log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
+            f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
+            f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
+    if "latency_ms" in limits and "memory_mb" not in limits:
+        started = time.perf_counter()
+
+        def ratio(model: nn.Module) -> float:
+            placed = measure_on_device(model, profile, example=splits.calib.x, reference=base,
+                                       timeout_s=config.measure_timeout_s)
+            return placed.measurement.latency_ratio
+
+        with num_threads(config.resources.cpu):
+            ratios = uniform_latencies(  # the cost model learns from them before the first trial
+                base, space, heads, calib=splits.calib.x, measure=ratio,
+                observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms))
+        minimum = config.sensitivity.min_saving
+        allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
+        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if r > 1 - minimum]
+        write_uniform_latencies(run_dir, ratios, min_saving=minimum)
+        log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
+            f"s; " + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
+                      "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     saved.write_text(json.dumps(allowed, indent=1))
-    removed = sum(len(getattr(space, name.split(".")[1])) - len(values) for name, values in allowed.items())
-    log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
-        f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
-        f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
     return settings, allowed
 
 
 def _sampler(config: JobConfig, *, seed: int) -> optuna.samplers.BaseSampler:
-    """The job's ``sampler``: multivariate TPE (its random start-up at most 10 trials), NSGA-II, or random."""
+    """The job's ``sampler``: multivariate TPE, NSGA-II, or random. TPE's random start-up is a fifth of the trials
+    (4 to 10): the starting points already spread the first trials, and a short search left random for 10 trials
+    would hardly be guided at all."""
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.trials // 3)))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, config.trials))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                      n_startup_trials=min(config.trials, 10, max(4, config.trials // 5)))
 
 
 def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[int], screen: Screen | None,
@@ -269,28 +317,48 @@ def _teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Jo
     return cache
 
 
+def _front_rule(study: optuna.Study, config: JobConfig) -> FrontRule | None:
+    """The multi-fidelity rule of the job (None: off), knowing the short results of the study's earlier trials."""
+    if config.fidelity is None:
+        return None
+    seen = [(t.user_attrs["short_accuracy"], t.values[1], t.values[2])
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("short_accuracy") is not None
+            and all(t.system_attrs.get(f"constraints:{key}", 0.0) <= 0 for key in ("latency_ms", "memory_mb"))]
+    return FrontRule(slack=config.fidelity.slack, seen=seen)
+
+
 def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, *, trials: int,
-              workers: int, resources: Resources) -> None:
+              workers: int, resources: Resources, rule: FrontRule | None = None) -> None:
     """Run the trials on the Ray that is initialized (see :func:`autocomp.search._ray.ray_session`)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
+    with_rule = rule is not None
+
     def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
         import ray
 
         torch.set_num_threads(inputs.threads)
+        node = ray.get_runtime_context().get_node_id()
+
+        def short(result: dict[str, Any]) -> bool:  # a scheduler that stops the trial ends this thread in report()
+            tune.report({**result, "node": node})
+            return True
+
         try:
-            result = run_trial(config["recipe"], inputs, number=config["trial_number"])
+            result = run_trial(config["recipe"], inputs, number=config["trial_number"],
+                               short=short if with_rule else None)
         except Exception as exc:  # noqa: BLE001 - any crash becomes a failed trial with its reason, the search goes on
             result = {ERROR: f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
-        tune.report({**result, "node": ray.get_runtime_context().get_node_id()})
+        tune.report({**result, "node": node})
 
     asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, inputs=inputs), asked),
         tune_config=tune.TuneConfig(search_alg=controller, num_samples=trials, max_concurrent_trials=workers,
-                                    reuse_actors=True),
+                                    reuse_actors=True, scheduler=FrontScheduler(rule) if with_rule else None),
         run_config=tune.RunConfig(name="tune", storage_path=str((run_dir / "ray").resolve()), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
@@ -336,6 +404,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler,
+            "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
             "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -368,7 +437,7 @@ class _Progress:
     def update(self, rows: list) -> None:
         finished = [r for r in rows if r.state in ("COMPLETE", "FAIL") or r.skipped_reason]
         feasible = [r for r in rows if r.feasible]
-        best = max((r.accuracy for r in feasible), default=None)
+        best = max((r.accuracy for r in feasible if r.final), default=None)
         skipped = sum(r.skipped_reason is not None for r in rows)
         failed = [r for r in rows if r.state == "FAIL"]
         status = (f"within budget {len(feasible)}" + (f", best {best:.2f}%" if best is not None else "")

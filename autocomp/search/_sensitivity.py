@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,16 @@ from autocomp.compress import compress
 from autocomp.data import Split
 from autocomp.errors import AutocompError
 from autocomp.measure import num_threads
+from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import lightest, recipe_of
 from autocomp.train import evaluate
 
-__all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity"]
+__all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
+           "without_slow", "write_uniform_latencies", "MIN_SAVING"]
+
+MIN_SAVING = 0.03  # a setting that, in every block at once, saves less latency than this fraction saves none
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,57 @@ def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_abo
             removed.setdefault(f"b{s.block}.{s.knob}", set()).add(s.value)
     return {name: tuple(v for v in getattr(space, name.split(".")[1]) if v not in gone or v == light[name.split(
         ".")[1]]) for name, gone in removed.items()}
+
+
+def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
+                      measure: Callable[[nn.Module], float],
+                      observe: Callable[[Recipe, float], None] | None = None) -> dict[tuple[str, Any], float]:
+    """Each non-lightest setting of each searched knob applied to every block at once, measured: its latency as a
+    fraction of the uncompressed model's (``measure`` times a model against it, on the target); ``observe`` gets
+    each recipe with its ratio (the cost model learns from them). What the cost model predicts from MACs and kernel
+    rates, this measures: on a small model in PyTorch eager, low-rank pairs or
+    simulated 4-bit weights can cost more time than they save. Settings the operators refuse are left out."""
+    light = lightest(space)
+    ratios = {}
+    for knob, value in _settings(space, light):
+        values = {space.name(i, k): v for i in range(len(heads_per_block)) for k, v in light.items()}
+        values.update({space.name(i, knob): value for i in range(len(heads_per_block))})
+        try:
+            with torch.no_grad():
+                recipe = recipe_of(space, heads_per_block, values)
+                model = compress(base, recipe, calibration=calib)
+        except AutocompError:
+            continue
+        ratios[(knob, value)] = measure(model)
+        if observe is not None:
+            observe(recipe, ratios[(knob, value)])
+    return ratios
+
+
+def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], float], space: SearchSpace,
+                 blocks: int, *, min_saving: float = MIN_SAVING) -> dict[str, tuple]:
+    """``allowed`` (see :func:`allowed_choices`) with every setting that saves less than ``min_saving`` of the
+    latency in every block at once removed from every block (the lightest choice always stays)."""
+    light = lightest(space)
+    slow = {(knob, value) for (knob, value), ratio in ratios.items() if ratio > 1 - min_saving}
+    result = dict(allowed)
+    for index in range(blocks):
+        for knob in light:
+            name = space.name(index, knob)
+            choices = result.get(name, tuple(getattr(space, knob)))
+            kept = tuple(v for v in choices if (knob, v) not in slow or v == light[knob])
+            if kept != tuple(getattr(space, knob)):
+                result[name] = kept
+    return result
+
+
+def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], float], *, min_saving: float) -> None:
+    """``uniform_latency.csv``: each setting measured in every block at once, and whether it is offered."""
+    with (run_dir / "uniform_latency.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["knob", "value", "latency_ratio", "offered"])
+        for (knob, value), ratio in ratios.items():
+            writer.writerow([knob, value, f"{ratio:.3f}", ratio <= 1 - min_saving])
 
 
 def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float) -> None:

@@ -3,15 +3,19 @@
 
 A pretrained ViT is fragile (one head pruned in every block can cost 20 points before distillation), so random
 start-up trials, mostly heavy compression, can spend a whole small budget far from anything usable. The search
-therefore starts from: the uncompressed model (the accuracy anchor), uniform int8 weights (cheap in accuracy almost
-everywhere), for each searched knob alone the uniform setting the cost model predicts to fit the budget with the
-least compression, and, after a sensitivity pass, every block at the strongest settings that alone cost it at most
-``QUIET`` points. Per-block knobs are given; the distillation settings are left to the sampler. A point that uses
-a choice the sensitivity pass removed from a block is left out.
+therefore starts from, in this order (a quarter of the trials at most): the uncompressed model (the accuracy
+anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform combination of all knobs predicted
+closest under the budget (after the latency pass the cost model is corrected by what that pass measured); after a
+sensitivity pass, every block at the strongest settings that alone cost it at most ``QUIET`` points; and for each
+searched knob alone the uniform setting the cost model predicts to fit the budget with the least compression.
+Per-block knobs are given; the distillation settings are left to the sampler. A point that uses a choice the
+sensitivity pass removed from a block is left out.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,15 +49,20 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     points = [("uncompressed", _uniform(space, light, blocks))]
     if 8 in space.weight_bits and len(space.weight_bits) > 1:
         points.append(("uniform weight_bits 8", _uniform(space, {**light, "weight_bits": 8}, blocks)))
+    mix = _uniform_mix_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}) \
+        if predictor is not None and limits else None
+    if mix is not None:
+        points.append(("all knobs alike: " + ", ".join(f"{k} {v:g}" for k, v in mix.items() if v != light[k])
+                       + ", predicted closest under the budget", _uniform(space, mix, blocks)))
+    quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
+    if quiet is not None:
+        points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
     if predictor is not None:
         for knob in light:
             value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob)
             if value is not None:
                 points.append((f"uniform {knob} {value:g}, predicted within budget",
                                _uniform(space, {**light, knob: value}, blocks)))
-    quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity)
-    if quiet is not None:
-        points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
     unique: list[tuple[str, dict[str, Any]]] = []
     for label, values in points:
         try:
@@ -75,6 +84,37 @@ def _uniform(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict
     return {space.name(index, knob): value for index in range(blocks) for knob, value in values.items()}
 
 
+MAX_MIXES = 4096  # uniform knob combinations predicted for the mixed starting point, at most
+
+
+def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
+                           limits: Mapping[str, float], light: Mapping[str, Any],
+                           allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+    """The combination of knob settings, each alike in every block and offered in every block, predicted within
+    budget and closest under it (the largest predicted fraction of the tightest limit): the least compression of
+    all knobs together that fits. None when none is predicted to fit, or when no single knob is needed."""
+    blocks = len(heads_per_block)
+    choices = {knob: [v for v in getattr(space, knob)
+                      if all(v in allowed.get(space.name(i, knob), (v,)) for i in range(blocks))] for knob in light}
+    if math.prod(len(values) for values in choices.values()) > MAX_MIXES:
+        return None
+    best, closest = None, -1.0
+    for combination in itertools.product(*choices.values()):
+        values = dict(zip(choices, combination))
+        try:
+            predicted = predictor.predict(recipe_of(space, heads_per_block, _uniform(space, values, blocks)))
+        except AutocompError:  # a combination the operators refuse
+            continue
+        if not feasible(violations(predicted, limits)):
+            continue
+        tightest = max(predicted[key] / limit for key, limit in limits.items())
+        if tightest > closest:
+            best, closest = values, tightest
+    if best is None or best == dict(light) or sum(v != light[k] for k, v in best.items()) < 2:
+        return None  # nothing fits, nothing is needed, or one knob alone: a point of its own below
+    return best
+
+
 def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
                                  limits: Mapping[str, float], light: Mapping[str, Any], knob: str) -> Any:
     """The least compressing choice of ``knob`` predicted within budget when set alike in every block (the other
@@ -90,13 +130,15 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
     return None
 
 
-def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int,
-                     sensitivity: Sequence[Any]) -> dict[str, Any] | None:
-    """Every block at, per knob, its most compressing setting that alone cost at most ``QUIET`` points; None when
-    no setting is that quiet."""
+def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
+                     allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+    """Every block at, per knob, its most compressing setting offered to the search that alone cost at most
+    ``QUIET`` points; None when no setting is that quiet."""
     values = _uniform(space, light, blocks)
     for s in sensitivity:
         name = f"b{s.block}.{s.knob}"
+        if s.value not in allowed.get(name, (s.value,)):
+            continue
         if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
             values[name] = s.value
     return None if values == _uniform(space, light, blocks) else values

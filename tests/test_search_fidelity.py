@@ -1,0 +1,162 @@
+"""Multi-fidelity: a short distillation and score first, the rest only for candidates that could enter the front."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from autocomp.config import FidelityConfig
+from autocomp.distill import distill
+from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
+from autocomp.recipe import Distill, Recipe
+from autocomp.results import TrialRow, pareto_front, ranked_feasible
+from autocomp.search._fidelity import FrontRule
+from autocomp.search._objective import TrialInputs, distill_subset, run_trial
+from autocomp.train import evaluate
+
+PROFILE = HardwareProfile(name="t", threads=1, batch_size=4, warmup=1, repeats=3)
+RECIPE = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}, {"prune_heads": {"keep": 2}}],
+                           "distill": {"steps": 20, "alpha": 0.5}})
+
+
+def _inputs(model, splits, **kwargs):
+    return TrialInputs(base=model, val=splits.val, calib=splits.calib.x, train=distill_subset(splits.train),
+                       profile=PROFILE, limits={"memory_mb": 100.0}, base_latency_ms=1.0,
+                       fidelity=FidelityConfig(steps=0.25, images=64), **kwargs)
+
+
+def _student(teacher, splits):
+    from autocomp.compress import compress
+
+    with torch.no_grad():
+        return compress(teacher, Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}, {}]}),
+                        calibration=splits.calib.x)
+
+
+def test_a_pause_that_goes_on_leaves_the_distilled_student_unchanged(tiny_teacher, digits_splits):
+    teacher = tiny_teacher[1]
+    config = Distill(steps=12, alpha=0.5)
+    plain = distill(_student(teacher, digits_splits), teacher, digits_splits.train, config)
+    seen = []
+    paused = distill(_student(teacher, digits_splits), teacher, digits_splits.train, config,
+                     pause=(3, lambda probe: seen.append(copy.deepcopy(probe)) or True))
+    for (name, a), b in zip(plain.state_dict().items(), paused.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert len(seen) == 1 and not seen[0].training  # an eval-mode copy, after step 3
+    stopped = distill(_student(teacher, digits_splits), teacher, digits_splits.train, config,
+                      pause=(3, lambda probe: False))
+    for a, b in zip(seen[0].state_dict().values(), stopped.state_dict().values()):
+        assert torch.equal(a, b)  # stopping keeps the student at the step it paused after
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), stopped.state_dict().values()))
+
+
+def test_a_trial_stopped_at_its_short_score_reports_it_and_what_finishing_would_have_cost(tiny_teacher,
+                                                                                        digits_splits):
+    teacher = tiny_teacher[1]
+    reports = []
+    stopped = run_trial(RECIPE.to_dict(), _inputs(teacher, digits_splits),
+                        short=lambda result: reports.append(result) or False)
+    assert len(reports) == 1 and reports[0]["fidelity"] == "short"
+    assert stopped["fidelity"] == "short" and stopped["accuracy"] == stopped["short_accuracy"]
+    assert stopped["short_accuracy"] == reports[0]["short_accuracy"]
+    assert stopped["saved_seconds"] > stopped["seconds_distill"] * 2  # three quarters of the steps were left
+    assert stopped["distilled"] is True and "violation:memory_mb" in stopped
+
+    finished = run_trial(RECIPE.to_dict(), _inputs(teacher, digits_splits), short=lambda result: True)
+    plain = run_trial(RECIPE.to_dict(), dataclasses.replace(_inputs(teacher, digits_splits), fidelity=None))
+    assert finished["fidelity"] == "full" and finished["saved_seconds"] == 0.0
+    assert finished["accuracy"] == plain["accuracy"]  # going on is the full distillation, scored on all of val
+    assert finished["short_accuracy"] == stopped["short_accuracy"] and plain["short_accuracy"] is None
+    subset = digits_splits.val.subset(64)
+    assert stopped["short_accuracy"] * len(subset) / 100 == pytest.approx(
+        round(stopped["short_accuracy"] * len(subset) / 100))  # a score on the 64-image subset
+
+
+def test_an_undistilled_candidate_has_no_short_score(tiny_teacher, digits_splits):
+    recipe = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}, {}]})
+    result = run_trial(recipe.to_dict(), _inputs(tiny_teacher[1], digits_splits),
+                       short=lambda result: pytest.fail("asked about an undistilled candidate"))
+    assert result["fidelity"] == "full" and result["short_accuracy"] is None
+    assert result["accuracy"] == evaluate(_student(tiny_teacher[1], digits_splits), digits_splits.val)
+
+
+def _short(accuracy, latency, memory=1.0, over=0.0):
+    return {"fidelity": "short", "short_accuracy": accuracy, "latency_ms": latency, "memory_mb": memory,
+            "violation:latency_ms": over}
+
+
+def test_the_front_rule_stops_the_dominated_and_the_over_budget():
+    rule = FrontRule(slack=0.5)
+    assert rule.goes_on(_short(80.0, 5.0))
+    assert rule.goes_on(_short(70.0, 3.0))  # faster: it could enter the front
+    assert not rule.goes_on(_short(75.0, 6.0))  # slower and 5 points worse than the first
+    assert rule.goes_on(_short(79.8, 6.0))  # within the slack of the first
+    assert rule.goes_on(_short(75.0, 6.0, memory=0.5))  # smaller: not dominated
+    assert not rule.goes_on(_short(99.0, 1.0, over=0.1))  # over budget
+    assert (rule.promoted, rule.stopped) == (4, 2)
+    resumed = FrontRule(slack=0.5, seen=[(80.0, 5.0, 1.0)])  # a resumed search knows the earlier short scores
+    assert not resumed.goes_on(_short(75.0, 6.0))
+
+
+def _row(number, accuracy, latency, fidelity):
+    return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe={}, accuracy=accuracy,
+                    latency_ms=latency, memory_mb=1.0, latency_ratio=None, weights_mb=None, activations_mb=None,
+                    simulated_layers=0, violations={"latency_ms": -0.1}, fidelity=fidelity)
+
+
+def test_short_scores_never_name_the_best_or_the_front():
+    rows = [_row(0, 80.0, 5.0, "full"), _row(1, 85.0, 4.0, "short"), _row(2, 70.0, 3.0, "full")]
+    assert [r.number for r in ranked_feasible(rows)] == [0, 2]
+    assert [r.number for r in pareto_front(rows)] == [2, 0]
+
+
+@pytest.mark.parametrize("values, key", [({"steps": 1.0}, "fidelity.steps"), ({"steps": 0}, "fidelity.steps"),
+                                         ({"images": 0}, "fidelity.images"), ({"slack": -1}, "fidelity.slack")])
+def test_bad_fidelity_settings_are_named(values, key):
+    with pytest.raises(AutocompError, match=key):
+        FidelityConfig(**values)
+
+
+def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_finished(tmp_path, tiny_teacher,
+                                                                                        monkeypatch):
+    """Through Ray Tune: the scheduler (on the driver) stops every other short result; those trials end there."""
+    import csv
+    import json
+
+    import yaml
+
+    from autocomp.cli import main
+    from test_search_e2e import write_job
+
+    calls = []
+
+    def every_other(self, result):
+        calls.append(result["short_accuracy"])
+        return len(calls) % 2 == 1
+
+    monkeypatch.setattr(FrontRule, "goes_on", every_other)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"heads_keep": [0.5, 0.75], "head_importance": "weight_norm",
+                                     "distill_steps": [16], "distill_alpha": [0.5]}))
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=4, workers=2)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "start_points": False, "fidelity": {"steps": 0.25, "images": 64}}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "trials.csv").open()))
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"} and len(calls) == 4
+    short = [r for r in rows if r["fidelity"] == "short"]
+    full = [r for r in rows if r["fidelity"] == "full"]
+    assert len(short) == 2 and len(full) == 2
+    for row in short:  # stopped at the short score: that is its accuracy, and it kept no weights
+        assert row["accuracy"] == row["short_accuracy"] and float(row["saved_seconds"]) > 0
+        assert not (run / "trials" / row["number"]).exists()
+    assert all(r["short_accuracy"] != "" and float(r["seconds_distill"]) > 0 for r in full)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["early_stopped"]["stopped"] == 2 and summary["early_stopped"]["short_scored"] == 4
+    assert str(summary["best"]["trial"]) in {r["number"] for r in full}
+    assert summary["best"]["weights"] == "kept by the trial"
