@@ -121,6 +121,8 @@ class JobConfig:
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
         sampler: how Optuna draws recipes: ``tpe`` (multivariate TPE), ``nsga2`` or ``random``.
         sensitivity: the sensitivity pass that shows which blocks tolerate what and narrows their choices.
+        coarse: with the ``tpe`` sampler, the fraction of the trials drawn coarse first: every block alike, by a TPE
+            over the uniform settings, before the per-block TPE refines from them (0: per block from the start).
         fidelity: stop candidates early that cannot enter the front (:class:`FidelityConfig`); None distils every
             candidate fully and scores it on all of validation.
         start_points: evaluate known-good recipes first (the uncompressed model, uniform int8, per knob the uniform
@@ -146,6 +148,7 @@ class JobConfig:
     sampler: str = "tpe"
     sensitivity: SensitivityConfig = dataclasses.field(default_factory=SensitivityConfig)
     start_points: bool = True
+    coarse: float = 0.5
     fidelity: FidelityConfig | None = dataclasses.field(default_factory=FidelityConfig)
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = 600.0
@@ -163,6 +166,9 @@ class JobConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not value > 0):
                 raise AutocompError(f"{key} must be a number of seconds > 0, or null for no limit, got {value!r}")
+        if isinstance(self.coarse, bool) or not isinstance(self.coarse, (int, float)) or not 0 <= self.coarse <= 1:
+            raise AutocompError(f"coarse must be a fraction of the trials in [0, 1] (0.5: the first half drawn with "
+                                f"every block alike), got {self.coarse!r}")
         margin = self.skip_margin
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
                                    or not margin >= 0):

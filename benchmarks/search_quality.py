@@ -5,8 +5,8 @@
 
 Every method searches the same model with the same number of trials, budget and seeds:
 
-- ``joint``: autocomp as it ships (multivariate TPE over the per-block space, sensitivity pass, starting points,
-  multi-fidelity);
+- ``joint``: autocomp as it ships (sensitivity and latency pass, starting points, a coarse stage with every block
+  alike, then multivariate TPE per block, multi-fidelity);
 - ``joint_nsga2``: the same with NSGA-II as the sampler (the sampler is chosen by this comparison);
 - ``random``: random search over the same space (no sensitivity pass, no starting points, every candidate distilled
   fully);

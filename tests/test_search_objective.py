@@ -180,3 +180,32 @@ def test_time_limits_nest_and_the_earliest_deadline_holds():
         with time_limit(1000.0, setting="measure_timeout_s"):
             with pytest.raises(TimedOut, match="trial_timeout_s"):
                 check_time()
+
+
+def _result(accuracy, latency):
+    from autocomp.search._controller import RECORDED
+
+    return {**dict.fromkeys(RECORDED, None), "accuracy": accuracy, "latency_ms": latency, "memory_mb": 1.0,
+            "trial_seconds": 1.0, "violation:latency_ms": latency - 5.0}
+
+
+def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_block_sampler():
+    from autocomp.search._controller import OptunaController
+    from autocomp.search._space import SearchSpace
+
+    study = _study()
+    space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
+    controller = OptunaController(study=study, space=space, heads_per_block=[4, 4, 4], n_trials=8, coarse=3,
+                                  allowed={"b1.mlp_keep": (1.0,)}, seed=0)
+    blocks = []
+    for index in range(8):
+        asked = controller.suggest(str(index))
+        blocks.append(asked["recipe"]["blocks"])
+        controller.on_trial_complete(str(index), result=_result(80.0 + index, 4.0 + index % 3))
+    for recipe in blocks[:3]:  # alike in every block, and only what every block is offered (no MLP pruning)
+        assert recipe[0] == recipe[1] == recipe[2] and not any("prune_mlp" in b for b in recipe)
+    assert [("coarse" in t.user_attrs) for t in study.trials] == [True] * 3 + [False] * 5
+    coarse = controller._uniform_study.trials
+    assert len(coarse) == 3 and [t.values[0] for t in coarse] == [80.0, 81.0, 82.0]
+    assert [t.system_attrs["constraints:latency_ms"] for t in coarse] == [-1.0, 0.0, 1.0]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)

@@ -9,6 +9,7 @@ learns where the budget lies from them (told as plain PRUNED trials, they ranked
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,9 +19,9 @@ from ray.tune.search import Searcher
 from autocomp.recipe import Recipe
 from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
-from autocomp.search._space import SearchSpace
+from autocomp.search._space import RANK, SearchSpace
 
-__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "ERROR", "counted"]
+__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "ERROR", "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -29,6 +30,7 @@ RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "
             "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", *(f"seconds_{p}" for p in PHASES))
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
+COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 
 
@@ -53,6 +55,10 @@ class OptunaController(Searcher):
             non-finite logits, a time limit), or whose retries are spent, is replaced by a new recipe instead, at most
             ``n_trials`` times in a run: failures do not cost the user completed trials, up to that cap.
         allowed: narrower choices for some parameters (what the sensitivity pass left), as ``SearchSpace.sample``.
+        coarse: how many of the recipes the sampler draws in this run are drawn coarse first: every block alike, by
+            a TPE over the few uniform parameters (an in-memory study of its own), queued into the study as
+            per-block recipes; the study's own sampler then refines per block from there. 0: none.
+        seed: the coarse sampler's seed.
 
     A trial whose device left the cluster stops the search (:attr:`stopped` says why): no new trial is asked for,
     and its recipe is queued in the study, to run first when the search is resumed.
@@ -61,8 +67,12 @@ class OptunaController(Searcher):
     def __init__(self, *, study: optuna.Study, space: SearchSpace, heads_per_block: Sequence[int], n_trials: int,
                  on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None,
                  screen: Screen | None = None, retries: int = 0,
-                 allowed: Mapping[str, Sequence[Any]] | None = None) -> None:
+                 allowed: Mapping[str, Sequence[Any]] | None = None, coarse: int = 0, seed: int = 0) -> None:
         super().__init__()
+        self._coarse_left = coarse
+        self._coarse: dict[str, optuna.Trial] = {}  # Ray trial id -> its trial in the coarse study
+        self._uniform_study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=min(4, max(1, coarse // 3)))) if coarse else None
         self._study, self._space, self._heads = study, space, list(heads_per_block)
         self._remaining, self._on_told, self._screen = n_trials, on_told, screen
         self._retries, self._replacements, self._allowed = retries, n_trials, allowed
@@ -82,11 +92,12 @@ class OptunaController(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
                              _started={}, _retries=0, _replacements=0, stopped=None,
-                             _allowed=None)
+                             _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
             self._remaining -= 1
+            coarse = self._ask_coarse()
             trial = self._study.ask()
             recipe = self._space.sample(trial, self._heads, allowed=self._allowed)
             trial.set_user_attr("recipe", recipe.to_dict())
@@ -99,12 +110,58 @@ class OptunaController(Searcher):
                     trial.set_user_attr(SKIPPED, verdict.skip_reason)
                     for key, value in verdict.violations.items():
                         trial.set_constraint(key, value)
+                        if coarse is not None:
+                            coarse.set_constraint(key, value)
+                    if coarse is not None:
+                        self._uniform_study.tell(coarse, state=optuna.trial.TrialState.PRUNED)
                     self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
                     continue
+            if coarse is not None:
+                self._coarse[trial_id] = coarse
             self._live[trial_id] = (trial, recipe)
             self._started[trial_id] = time.perf_counter()
             return {"trial_number": trial.number, "recipe": recipe.to_dict()}
         return Searcher.FINISHED
+
+    def _ask_coarse(self) -> optuna.Trial | None:
+        """While coarse draws are left and nothing else is queued: a uniform recipe from the coarse study, queued
+        into the study as per-block parameters (the study's next ask takes it); its coarse trial, or None."""
+        if self._coarse_left <= 0 or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return None
+        self._coarse_left -= 1
+        coarse = self._uniform_study.ask()
+        blocks = len(self._heads)
+        uniform = dataclasses.replace(self._space, uniform=True)
+        allowed = {uniform.name(0, knob): tuple(v for v in getattr(self._space, knob) if all(
+            v in (self._allowed or {}).get(self._space.name(i, knob), (v,)) for i in range(blocks)))
+            for knob in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits")}
+        recipe = uniform.sample(coarse, self._heads, allowed=allowed)
+        values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
+                  for name, options in allowed.items() if len(options) == 1 for i in range(blocks)}
+        for name, value in coarse.params.items():
+            name, ranked = name.removesuffix(RANK), name.endswith(RANK)
+            knob = name.removeprefix("all.")
+            if ranked:
+                value = sorted(allowed.get(name, getattr(self._space, knob)))[value]
+            if name.startswith("all."):
+                values.update({self._space.name(i, knob): value for i in range(blocks)})
+            else:
+                values[name] = value
+        self._study.enqueue_trial(self._space.params(values, allowed=self._allowed),
+                                  user_attrs={COARSE: recipe.summary()})
+        return coarse
+
+    def _tell_coarse(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> None:
+        coarse = self._coarse.pop(trial_id, None)
+        if coarse is None:
+            return
+        for key, value in frozen.system_attrs.items():
+            if key.startswith("constraints:"):
+                coarse.set_constraint(key.split(":", 1)[1], value)
+        if frozen.state == optuna.trial.TrialState.COMPLETE:
+            self._uniform_study.tell(coarse, frozen.values)
+        else:
+            self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial, recipe = self._live.pop(trial_id, (None, None))
@@ -139,6 +196,7 @@ class OptunaController(Searcher):
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
             if self._screen is not None:
                 self._screen.observe(recipe, result["latency_ms"])
+        self._tell_coarse(trial_id, frozen)
         self._told(frozen)
 
     def _retry(self, failed: optuna.trial.FrozenTrial) -> bool:

@@ -226,8 +226,8 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
             distill_began = time.perf_counter()
             model = distill(model, inputs.base, inputs.train, recipe.distill, cache=inputs.teacher_cache,
                             device=device, pause=pause)
-            if stopped:
-                return {**finished(model, metrics["short_accuracy"]), "fidelity": SHORT}
+            if stopped:  # its result is the short one (fidelity short)
+                return finished(model, metrics["short_accuracy"])
             seconds["distill"] = time.perf_counter() - distill_began - seconds["evaluate"]
         accuracy = timed("evaluate", lambda: evaluate(model, inputs.val))
     result = finished(model, accuracy)

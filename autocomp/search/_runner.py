@@ -32,7 +32,7 @@ from autocomp.recipe import Distill
 from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _finish as finish
-from autocomp.search._controller import DIRECTIONS, RETRY_OF, OptunaController, counted
+from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaController, counted
 from autocomp.search._fidelity import FrontRule, FrontScheduler
 from autocomp.search._objective import ERROR, TrialInputs, distill_subset, metrics_of, run_trial
 from autocomp.search._ray import ray_session, require_trial_resources
@@ -151,7 +151,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                 _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
                                       settings=settings)
             controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
-                                          on_told=on_told, screen=screen, retries=config.retries, allowed=allowed)
+                                          on_told=on_told, screen=screen, retries=config.retries, allowed=allowed,
+                                          coarse=_coarse_draws(study, space, config), seed=config.seed + done)
             rule = _front_rule(study, config)
             started = time.perf_counter()
             with display:
@@ -248,6 +249,15 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
                       "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
+
+
+def _coarse_draws(study: optuna.Study, space: SearchSpace, config: JobConfig) -> int:
+    """How many recipes this run draws coarse (every block alike) before the per-block TPE: ``config.coarse`` of
+    the job's trials, less those an earlier run of the job drew; none for another sampler or a uniform space."""
+    if config.sampler != "tpe" or space.uniform:
+        return 0
+    drawn = sum(COARSE in t.user_attrs for t in study.get_trials(deepcopy=False))
+    return max(0, round(config.coarse * config.trials) - drawn)
 
 
 def _sampler(config: JobConfig, *, seed: int) -> optuna.samplers.BaseSampler:
@@ -403,7 +413,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
                                                   "limits": limits}, indent=2))
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
-            "start_points": config.start_points, "sampler": config.sampler,
+            "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
             "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
             "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
