@@ -209,23 +209,3 @@ def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_blo
     assert len(coarse) == 3 and [t.values[0] for t in coarse] == [80.0, 81.0, 82.0]
     assert [t.system_attrs["constraints:latency_ms"] for t in coarse] == [-1.0, 0.0, 1.0]
     assert all(t.state.name == "COMPLETE" for t in study.trials)
-
-
-def test_a_starting_point_with_every_block_alike_seeds_the_coarse_stage():
-    from autocomp.search._controller import OptunaController
-    from autocomp.search._space import SearchSpace
-
-    study = _study()
-    space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
-    alike = {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", 0.5), ("mlp_keep", 0.5))}
-    mixed = {**alike, "b1.heads_keep": 1.0}
-    for label, values in (("alike", alike), ("mixed", mixed)):
-        study.enqueue_trial(space.params(values), user_attrs={"start_point": label})
-    controller = OptunaController(study=study, space=space, heads_per_block=[4, 4], n_trials=3, coarse=1, seed=0)
-    for index in range(3):
-        controller.suggest(str(index))
-        controller.on_trial_complete(str(index), result=_result(70.0 + index, 4.0))
-    coarse = controller._uniform_study.trials
-    assert len(coarse) == 2  # the alike starting point, then one coarse draw; the mixed one is not uniform
-    assert coarse[0].params == {"all.heads_keep#rank": 1, "all.mlp_keep#rank": 0} and coarse[0].values[0] == 70.0
-    assert "coarse" in study.trials[2].user_attrs and coarse[1].values[0] == 72.0

@@ -19,9 +19,7 @@ from ray.tune.search import Searcher
 from autocomp.recipe import Recipe
 from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
-from autocomp.errors import AutocompError
 from autocomp.search._space import RANK, SearchSpace
-from autocomp.search._start import START
 
 __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "ERROR", "counted"]
 
@@ -32,7 +30,6 @@ RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "
             "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", *(f"seconds_{p}" for p in PHASES))
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
-UNIFORM_KNOBS = ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits")
 COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 
@@ -117,12 +114,7 @@ class OptunaController(Searcher):
                             coarse.set_constraint(key, value)
                     if coarse is not None:
                         self._uniform_study.tell(coarse, state=optuna.trial.TrialState.PRUNED)
-                    frozen = self._study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    if coarse is None and (seeded := self._coarse_of(frozen)) is not None:
-                        for key, value in verdict.violations.items():
-                            seeded.set_constraint(key, value)
-                        self._uniform_study.tell(seeded, state=optuna.trial.TrialState.PRUNED)
-                    self._told(frozen)
+                    self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
                     continue
             if coarse is not None:
                 self._coarse[trial_id] = coarse
@@ -139,7 +131,10 @@ class OptunaController(Searcher):
         self._coarse_left -= 1
         coarse = self._uniform_study.ask()
         blocks = len(self._heads)
-        uniform, allowed = self._uniform_space()
+        uniform = dataclasses.replace(self._space, uniform=True)
+        allowed = {uniform.name(0, knob): tuple(v for v in getattr(self._space, knob) if all(
+            v in (self._allowed or {}).get(self._space.name(i, knob), (v,)) for i in range(blocks)))
+            for knob in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits")}
         recipe = uniform.sample(coarse, self._heads, allowed=allowed)
         values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
                   for name, options in allowed.items() if len(options) == 1 for i in range(blocks)}
@@ -156,38 +151,8 @@ class OptunaController(Searcher):
                                   user_attrs={COARSE: recipe.summary()})
         return coarse
 
-    def _uniform_space(self) -> tuple[SearchSpace, dict[str, tuple]]:
-        """The space with every block alike, and per knob the choices every block is offered."""
-        uniform = dataclasses.replace(self._space, uniform=True)
-        return uniform, {uniform.name(0, knob): tuple(v for v in getattr(self._space, knob) if all(
-            v in (self._allowed or {}).get(self._space.name(i, knob), (v,)) for i in range(len(self._heads))))
-            for knob in UNIFORM_KNOBS}
-
-    def _coarse_of(self, frozen: optuna.trial.FrozenTrial) -> optuna.Trial | None:
-        """A starting point whose blocks are all alike, as a trial of the coarse study (so that the coarse stage
-        starts from what it found); None for any other trial."""
-        if self._uniform_study is None or START not in frozen.user_attrs:
-            return None
-        uniform, allowed = self._uniform_space()
-        values: dict[str, Any] = {}
-        for name, value in frozen.params.items():
-            name, ranked = name.removesuffix(RANK), name.endswith(RANK)
-            knob = name.split(".")[-1]
-            if ranked:
-                value = sorted((self._allowed or {}).get(name, getattr(self._space, knob)))[value]
-            key = uniform.name(0, knob) if "." in name else name
-            if values.setdefault(key, value) != value:
-                return None  # blocks differ
-        try:
-            self._uniform_study.enqueue_trial(uniform.params(values, allowed=allowed))
-        except AutocompError:  # a value some block is not offered
-            return None
-        coarse = self._uniform_study.ask()
-        uniform.sample(coarse, self._heads, allowed=allowed)
-        return coarse
-
     def _tell_coarse(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> None:
-        coarse = self._coarse.pop(trial_id, None) or self._coarse_of(frozen)
+        coarse = self._coarse.pop(trial_id, None)
         if coarse is None:
             return
         for key, value in frozen.system_attrs.items():
