@@ -18,8 +18,13 @@ from tests.test_search_e2e import write_job
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_teacher):
+    import yaml
+
     tmp = tmp_path_factory.mktemp("export")
     job = write_job(tmp, tiny_teacher[0], {"memory": 0.99}, trials=3)
+    space = tmp / "space.yaml"  # every candidate int8: a compressed trial whatever the sampler draws
+    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [8]\n")
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
     assert main(["search", str(job), "--out", str(tmp / "run"), "--quiet"]) == 0
     rows = list(csv.DictReader((tmp / "run" / "trials.csv").open()))
     # the most compressed complete trial (fewest weight bytes): its file must be smaller than the uncompressed one's
