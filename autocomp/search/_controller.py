@@ -5,6 +5,10 @@ told to the study as PRUNED (user attr ``skipped_reason``) without ever being co
 evaluated, and the next recipe is asked for in its place. It carries its predicted budget violations as its
 constraints: TPE ranks infeasible trials by how far they violate the budget, whatever their state, so the sampler
 learns where the budget lies from them (told as plain PRUNED trials, they ranked above measured near misses).
+
+The first recipes can be drawn coarse (``coarse``): every block alike, by a TPE of its own over the few uniform
+parameters, and queued into the study as per-block recipes, so that the study's own sampler refines from a region
+that works instead of learning 30-odd per-block parameters from scratch.
 """
 
 from __future__ import annotations
