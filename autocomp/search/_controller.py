@@ -24,6 +24,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
+from autocomp.search._start import alike_choices
 
 __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "ERROR", "counted"]
 
@@ -136,9 +137,8 @@ class OptunaController(Searcher):
         coarse = self._uniform_study.ask()
         blocks = len(self._heads)
         uniform = dataclasses.replace(self._space, uniform=True)
-        allowed = {uniform.name(0, knob): tuple(v for v in getattr(self._space, knob) if all(
-            v in (self._allowed or {}).get(self._space.name(i, knob), (v,)) for i in range(blocks)))
-            for knob in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits")}
+        allowed = {uniform.name(0, knob): choices
+                   for knob, choices in alike_choices(self._space, blocks, self._allowed or {}).items()}
         recipe = uniform.sample(coarse, self._heads, allowed=allowed)
         values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
                   for name, options in allowed.items() if len(options) == 1 for i in range(blocks)}

@@ -26,13 +26,11 @@ from autocomp.measure import num_threads
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import SearchSpace
-from autocomp.search._start import lightest, recipe_of
+from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
-           "without_slow", "write_uniform_latencies", "MIN_SAVING"]
-
-MIN_SAVING = 0.03  # a setting that, in every block at once, saves less latency than this fraction saves none
+           "without_slow", "write_uniform_latencies"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +107,7 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
     light = lightest(space)
     ratios = {}
     for knob, value in _settings(space, light):
-        values = {space.name(i, k): v for i in range(len(heads_per_block)) for k, v in light.items()}
-        values.update({space.name(i, knob): value for i in range(len(heads_per_block))})
+        values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
         try:
             with torch.no_grad():
                 recipe = recipe_of(space, heads_per_block, values)
@@ -124,7 +121,7 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
 
 
 def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], float], space: SearchSpace,
-                 blocks: int, *, min_saving: float = MIN_SAVING) -> dict[str, tuple]:
+                 blocks: int, *, min_saving: float) -> dict[str, tuple]:
     """``allowed`` (see :func:`allowed_choices`) with every setting that saves less than ``min_saving`` of the
     latency in every block at once removed from every block (the lightest choice always stays)."""
     light = lightest(space)

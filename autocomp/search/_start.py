@@ -27,7 +27,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import FLOAT_BITS, SearchSpace
 
-__all__ = ["start_points", "lightest", "recipe_of", "KNOBS", "START", "QUIET"]
+__all__ = ["start_points", "lightest", "recipe_of", "alike_choices", "uniform_values", "KNOBS", "START", "QUIET"]
 
 START = "start_point"  # user attr of a queued starting trial: what it is
 # per-block knobs, each with its "not compressed" value
@@ -46,14 +46,14 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         sensitivity: its :class:`~autocomp.search._sensitivity.Setting` rows.
     """
     light, blocks = lightest(space), len(heads_per_block)
-    points = [("uncompressed", _uniform(space, light, blocks))]
+    points = [("uncompressed", uniform_values(space, light, blocks))]
     if 8 in space.weight_bits and len(space.weight_bits) > 1:
-        points.append(("uniform weight_bits 8", _uniform(space, {**light, "weight_bits": 8}, blocks)))
+        points.append(("uniform weight_bits 8", uniform_values(space, {**light, "weight_bits": 8}, blocks)))
     mix = _uniform_mix_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}) \
         if predictor is not None and limits else None
     if mix is not None:
         points.append(("all knobs alike: " + ", ".join(f"{k} {v:g}" for k, v in mix.items() if v != light[k])
-                       + ", predicted closest under the budget", _uniform(space, mix, blocks)))
+                       + ", predicted closest under the budget", uniform_values(space, mix, blocks)))
     quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
     if quiet is not None:
         points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
@@ -62,7 +62,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
             value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob)
             if value is not None:
                 points.append((f"uniform {knob} {value:g}, predicted within budget",
-                               _uniform(space, {**light, knob: value}, blocks)))
+                               uniform_values(space, {**light, knob: value}, blocks)))
     unique: list[tuple[str, dict[str, Any]]] = []
     for label, values in points:
         try:
@@ -80,7 +80,15 @@ def lightest(space: SearchSpace) -> dict[str, Any]:
             for knob in KNOBS if len(getattr(space, knob)) > 1}
 
 
-def _uniform(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
+def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
+    """Per knob, the choices offered in every block (``allowed``: what the sensitivity pass left per parameter):
+    what a recipe with every block alike may use."""
+    return {knob: tuple(v for v in getattr(space, knob)
+                        if all(v in allowed.get(space.name(i, knob), (v,)) for i in range(blocks))) for knob in KNOBS}
+
+
+def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
+    """Each knob of ``values`` set alike in every block, by Optuna parameter name."""
     return {space.name(index, knob): value for index in range(blocks) for knob, value in values.items()}
 
 
@@ -94,15 +102,15 @@ def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], p
     budget and closest under it (the largest predicted fraction of the tightest limit): the least compression of
     all knobs together that fits. None when none is predicted to fit, or when no single knob is needed."""
     blocks = len(heads_per_block)
-    choices = {knob: [v for v in getattr(space, knob)
-                      if all(v in allowed.get(space.name(i, knob), (v,)) for i in range(blocks))] for knob in light}
+    alike = alike_choices(space, blocks, allowed)
+    choices = {knob: alike[knob] for knob in light}
     if math.prod(len(values) for values in choices.values()) > MAX_MIXES:
         return None
     best, closest = None, -1.0
     for combination in itertools.product(*choices.values()):
         values = dict(zip(choices, combination))
         try:
-            predicted = predictor.predict(recipe_of(space, heads_per_block, _uniform(space, values, blocks)))
+            predicted = predictor.predict(recipe_of(space, heads_per_block, uniform_values(space, values, blocks)))
         except AutocompError:  # a combination the operators refuse
             continue
         if not feasible(violations(predicted, limits)):
@@ -120,7 +128,7 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
     """The least compressing choice of ``knob`` predicted within budget when set alike in every block (the other
     knobs at their lightest); None when even the strongest does not fit, or the lightest already does."""
     for value in sorted(getattr(space, knob), reverse=True):  # fractions and bit widths: larger compresses less
-        values = _uniform(space, {**light, knob: value}, len(heads_per_block))
+        values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
         try:
             predicted = predictor.predict(recipe_of(space, heads_per_block, values))
         except AutocompError:  # a combination the operators refuse
@@ -134,14 +142,14 @@ def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int, 
                      allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
     """Every block at, per knob, its most compressing setting offered to the search that alone cost at most
     ``QUIET`` points; None when no setting is that quiet."""
-    values = _uniform(space, light, blocks)
+    values = uniform_values(space, light, blocks)
     for s in sensitivity:
         name = f"b{s.block}.{s.knob}"
         if s.value not in allowed.get(name, (s.value,)):
             continue
         if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
             values[name] = s.value
-    return None if values == _uniform(space, light, blocks) else values
+    return None if values == uniform_values(space, light, blocks) else values
 
 
 def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any]) -> Recipe:
