@@ -21,8 +21,6 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import scipy.optimize
-import scipy.stats
 
 from autocomp.errors import AutocompError
 
@@ -60,6 +58,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Rank correlation; nan below 2 points or when one side is constant (scipy would warn and return nan)."""
     if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return math.nan
+    import scipy.stats  # here, not at the top: the trials' Ray workers import this module and never need scipy
+
     return float(scipy.stats.spearmanr(a, b).statistic)
 
 
@@ -124,6 +124,8 @@ class CorrectedCostModel:
         root = math.sqrt(self.prior_weight)
         design = np.vstack([design, root * np.eye(len(names))])
         goal = np.concatenate([np.ones(len(target)), root * prior])
+        import scipy.optimize  # see _spearman
+
         solution, _ = scipy.optimize.nnls(design, goal)  # the ridge rows make the solution unique
         return {name: float(x) for name, x in zip(names, solution, strict=True)}
 
