@@ -44,7 +44,7 @@ CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 SERIAL_TESTS := tests/test_measure_noise.py tests/test_cli_costmodel.py tests/test_cli_errors.py tests/test_export_formats.py \
               tests/test_measure_backends.py tests/test_search_device.py tests/test_search_e2e.py \
               tests/test_search_imagefolder.py tests/test_search_resume.py tests/test_search_sensitivity.py \
-              tests/test_search_skip.py tests/test_search_start.py tests/test_search_fidelity.py
+              tests/test_search_skip.py tests/test_search_start.py tests/test_search_fidelity.py tests/test_search_loop.py
 FREE_TESTS := $(filter-out $(SERIAL_TESTS) tests/test_search_cluster.py,$(wildcard tests/test_*.py))
 
 test: install data

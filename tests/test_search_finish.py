@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,3 +83,17 @@ def test_the_remeasured_candidate_holds_its_compressed_weights_not_uninitialized
     expected = compress(base, Recipe.from_dict(recipe), calibration=example).eval()
     with torch.no_grad():
         assert torch.equal(seen[0](example), expected(example))
+
+
+def test_the_overhead_is_split_into_per_trial_engine_time_worker_start_and_idle_slots():
+    # two workers, a 30 s loop: six 8 s trials, whose engine time (Ray, sampler, writing) was 0.5 s each except the
+    # first trial on each worker, which also waited 3 s for its worker to start
+    rows = [dataclasses.replace(_row(n, 90.0, 5.0), trial_seconds=8.0, seconds={"engine": engine})
+            for n, engine in enumerate([3.5, 3.5, 0.5, 0.5, 0.5, 0.5])]
+    rows.append(dataclasses.replace(_row(6, 0.0, 0.0), state="PRUNED", accuracy=None))  # skipped: never ran
+    split = _finish.overhead(rows, 30.0, workers=2)
+    assert split["share"] == pytest.approx(1 - 48 / 60)
+    assert split["per_trial_seconds"] == pytest.approx(0.5)
+    assert split["worker_start_seconds"] == pytest.approx(6.0)
+    assert split["idle_seconds"] == pytest.approx(60 - 48 - 9)  # the slots no trial held
+    assert _finish.overhead(rows, None, workers=2) is None

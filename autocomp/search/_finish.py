@@ -162,13 +162,27 @@ def prune_kept(run_dir: Path, rows: Sequence[TrialRow]) -> None:
 
 
 def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int) -> dict[str, Any] | None:
-    """The search's own share of the trial loop's wall time: what the workers did not spend inside trials (the
-    sampler, Ray, results writing, and slots left idle); None when the loop's time is not known."""
+    """The search's own share of the trial loop's wall time: what the workers did not spend inside trials; None when
+    the loop's time is not known. It is split three ways (seconds of worker time):
+
+    - ``per_trial_seconds``: the engine's usual time around one trial (the median over trials of the time from
+      handing a recipe to Ray until its result is stored, less the trial's own work): the sampler, Ray, results
+      writing;
+    - ``worker_start_seconds``: what trials took beyond that median, mostly each Ray worker's start (a fresh process
+      importing torch and receiving the data) before its first trial;
+    - ``idle_seconds``: the rest: slots with no trial, e.g. one worker waiting while the last trial finishes.
+    """
     if not loop_seconds:
         return None
-    busy = sum(r.trial_seconds or 0.0 for r in rows if r.trial_seconds is not None)
+    ran = [r for r in rows if r.trial_seconds is not None]
+    busy = sum(r.trial_seconds for r in ran)
+    engine = [r.seconds["engine"] for r in ran if r.seconds.get("engine") is not None]
+    usual = statistics.median(engine) if engine else 0.0
+    start = sum(max(0.0, e - usual) for e in engine)
     return {"loop_seconds": round(loop_seconds, 1), "trial_seconds": round(busy, 1), "workers": workers,
-            "share": round(max(0.0, 1 - busy / (workers * loop_seconds)), 4)}
+            "share": round(max(0.0, 1 - busy / (workers * loop_seconds)), 4),
+            "per_trial_seconds": round(usual, 2), "worker_start_seconds": round(start, 1),
+            "idle_seconds": round(max(0.0, workers * loop_seconds - busy - sum(engine)), 1)}
 
 
 def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:

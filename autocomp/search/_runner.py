@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -14,11 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
-import torch
 import yaml
 from torch import nn
 
-from autocomp.config import JobConfig, Resources
+from autocomp.config import JobConfig
 from autocomp.data import Split, Splits, load_splits
 from autocomp.distill import TeacherCache
 from autocomp.errors import AutocompError
@@ -33,8 +31,9 @@ from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_result
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _finish as finish
 from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaController, counted
-from autocomp.search._fidelity import FrontRule, FrontScheduler
-from autocomp.search._objective import ERROR, TrialInputs, distill_subset, metrics_of, run_trial
+from autocomp.search._fidelity import FrontRule
+from autocomp.search._loop import TrialLoop
+from autocomp.search._objective import TrialInputs, distill_subset, metrics_of
 from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
@@ -144,21 +143,24 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             display.update(rows)
 
         if remaining:
-            settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
-                                             fresh=not study.trials, profile=profile, limits=limits,
-                                             base_latency_ms=baseline["latency_ms"])
-            if config.start_points and config.trials >= 4 and not study.trials:
-                _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
-                                      settings=settings)
-            controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
-                                          on_told=on_told, screen=screen, retries=config.retries, allowed=allowed,
-                                          coarse=_coarse_draws(study, space, config), seed=config.seed + done)
             rule = _front_rule(study, config)
-            started = time.perf_counter()
-            with display:
-                # room for each trial, its retries, and one replacement (the controller caps them)
-                _run_tune(controller, inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
-                          resources=config.resources, rule=rule)
+            # the trials' Ray workers start (and receive the inputs) while the sensitivity pass runs
+            with TrialLoop(inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
+                           resources=config.resources, rule=rule) as loop:  # room for retries and replacements
+                settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
+                                                 fresh=not study.trials, profile=profile, limits=limits,
+                                                 base_latency_ms=baseline["latency_ms"],
+                                                 before_timing=loop.wait_for_workers)
+                if config.start_points and config.trials >= 4 and not study.trials:
+                    _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
+                                          settings=settings)
+                controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
+                                              on_told=on_told, screen=screen, retries=config.retries,
+                                              allowed=allowed, coarse=_coarse_draws(study, space, config),
+                                              seed=config.seed + done)
+                started = time.perf_counter()
+                with display:
+                    loop.run(controller)
             if controller.stopped is not None:
                 kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
                 raise AutocompError(f"search stopped: {controller.stopped}; the {kept} trials done are kept in "
@@ -201,14 +203,15 @@ SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per pa
 
 def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
                  screen: Screen | None, config: JobConfig, log: Callable[[str], None], *, fresh: bool,
-                 profile: HardwareProfile, limits: Mapping[str, float],
-                 base_latency_ms: float) -> tuple[list[Setting], dict[str, tuple]]:
+                 profile: HardwareProfile, limits: Mapping[str, float], base_latency_ms: float,
+                 before_timing: Callable[[], None] = lambda: None) -> tuple[list[Setting], dict[str, tuple]]:
     """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
     reuses the choices it saved.
 
     Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
     that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
-    not buy time), and the cost model learns from these measurements before the first trial."""
+    not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
+    called before them (it waits until the trials' workers have started)."""
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         return [], {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
@@ -229,6 +232,7 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
             f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
             f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
     if "latency_ms" in limits and "memory_mb" not in limits:
+        before_timing()
         started = time.perf_counter()
 
         def ratio(model: nn.Module) -> float:
@@ -336,43 +340,6 @@ def _front_rule(study: optuna.Study, config: JobConfig) -> FrontRule | None:
             if t.user_attrs.get("short_accuracy") is not None
             and all(t.system_attrs.get(f"constraints:{key}", 0.0) <= 0 for key in ("latency_ms", "memory_mb"))]
     return FrontRule(slack=config.fidelity.slack, seen=seen)
-
-
-def _run_tune(controller: OptunaController, inputs: TrialInputs, run_dir: Path, *, trials: int,
-              workers: int, resources: Resources, rule: FrontRule | None = None) -> None:
-    """Run the trials on the Ray that is initialized (see :func:`autocomp.search._ray.ray_session`)."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    from ray import tune
-
-    with_rule = rule is not None
-
-    def trainable(config: dict[str, Any], inputs: TrialInputs) -> None:
-        import ray
-
-        torch.set_num_threads(inputs.threads)
-        node = ray.get_runtime_context().get_node_id()
-
-        def short(result: dict[str, Any]) -> bool:  # a scheduler that stops the trial ends this thread in report()
-            tune.report({**result, "node": node})
-            return True
-
-        try:
-            result = run_trial(config["recipe"], inputs, number=config["trial_number"],
-                               short=short if with_rule else None)
-        except Exception as exc:  # noqa: BLE001 - any crash becomes a failed trial with its reason, the search goes on
-            result = {ERROR: f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
-        tune.report({**result, "node": node})
-
-    asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, inputs=inputs), asked),
-        tune_config=tune.TuneConfig(search_alg=controller, num_samples=trials, max_concurrent_trials=workers,
-                                    reuse_actors=True, scheduler=FrontScheduler(rule) if with_rule else None),
-        run_config=tune.RunConfig(name="tune", storage_path=str((run_dir / "ray").resolve()), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
-    )
-    tuner.fit()
 
 
 def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str]:

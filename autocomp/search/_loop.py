@@ -1,0 +1,188 @@
+"""The trial loop: Ray Tune runs the trials the controller asks for, on Ray workers started ahead of time.
+
+A fresh Ray worker takes seconds before its first trial: a new process imports torch, timm and autocomp, then
+receives the model and the data. Started with the first trial, that time is lost to every worker of every search
+(most of a short search's overhead). So the loop starts before the sensitivity pass: Tune runs in a thread of the
+driver, and its first trials are placeholders, one per worker, that start the workers and wait at a gate. When the
+search is ready (:meth:`TrialLoop.run`), the gate opens, the placeholders end, and the real trials reuse their
+workers (Tune's ``reuse_actors``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autocomp.config import Resources
+from autocomp.search._controller import OptunaController
+from autocomp.search._fidelity import FrontRule, FrontScheduler
+from autocomp.search._objective import ERROR, TrialInputs, run_trial
+
+__all__ = ["TrialLoop"]
+
+PLACEHOLDER = "placeholder"  # config key of the trials that start a worker and wait at the gate
+
+
+class _Gate:
+    """A Ray actor the placeholder trials wait at (and count themselves in) until the search is ready."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._open, self._parked = asyncio.Event(), []
+
+    async def park(self, pid: int) -> None:
+        self._parked.append(pid)
+        await self._open.wait()
+
+    async def parked(self) -> list[int]:
+        return self._parked
+
+    async def open(self) -> None:
+        self._open.set()
+
+
+def _searcher_class() -> type:
+    from ray.tune.search import Searcher
+
+    class Gated(Searcher):
+        """Hands Tune the placeholder trials first, then nothing until the controller is set, then the
+        controller's trials (the placeholders' ends are not the controller's business)."""
+
+        def __init__(self, placeholders: int) -> None:
+            super().__init__()
+            self._placeholders, self._waiting = placeholders, set()
+            self.controller: OptunaController | None = None
+            self.finished = False
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+            if self.finished:
+                return Searcher.FINISHED
+            if self._placeholders > 0:
+                self._placeholders -= 1
+                self._waiting.add(trial_id)
+                return {PLACEHOLDER: True}
+            return None if self.controller is None else self.controller.suggest(trial_id)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._waiting:
+                self._waiting.discard(trial_id)
+            elif self.controller is not None:
+                self.controller.on_trial_complete(trial_id, result, error)
+
+    return Gated
+
+
+def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_early: bool) -> None:
+    """One Tune trial: a placeholder waits at the gate; a real one runs its recipe and reports the result (first
+    the short one, under multi-fidelity: a scheduler that stops the trial ends this thread in that report)."""
+    import ray
+    from ray import tune
+
+    if config.get(PLACEHOLDER):
+        ray.get(gate.park.remote(os.getpid()))
+        tune.report({PLACEHOLDER: 1})
+        return
+    torch.set_num_threads(inputs.threads)
+    node = ray.get_runtime_context().get_node_id()
+
+    def short(result: dict[str, Any]) -> bool:
+        tune.report({**result, "node": node, "pid": os.getpid()})
+        return True
+
+    try:
+        result = run_trial(config["recipe"], inputs, number=config["trial_number"],
+                           short=short if stops_early else None)
+    except Exception as exc:  # noqa: BLE001 - any crash becomes a failed trial with its reason, the search goes on
+        result = {ERROR: f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
+    tune.report({**result, "node": node, "pid": os.getpid()})
+
+
+class TrialLoop:
+    """Ray Tune's run of a search, started early on the Ray that is initialized (see
+    :func:`autocomp.search._ray.ray_session`); use as a context manager.
+
+    Args:
+        inputs: what every trial needs (sent to the workers once, while they start).
+        run_dir: the run folder (Tune's own records go to ``ray/`` in it).
+        trials: room for this many real trials (retries and replacements included).
+        workers: trials at once; as many placeholders start the workers.
+        resources: CPUs and GPUs per trial.
+        rule: the multi-fidelity rule, or None.
+    """
+
+    def __init__(self, inputs: TrialInputs, run_dir: Path, *, trials: int, workers: int, resources: Resources,
+                 rule: FrontRule | None = None) -> None:
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        import ray
+        from ray import tune
+
+        self._placeholders = workers
+        self._gate = ray.remote(num_cpus=0)(_Gate).remote()
+        self._searcher = _searcher_class()(workers)
+        self._error: BaseException | None = None
+        asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
+        trainable = tune.with_parameters(_trainable, inputs=inputs, gate=self._gate, stops_early=rule is not None)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, asked),
+            tune_config=tune.TuneConfig(search_alg=self._searcher, num_samples=trials + workers,
+                                        max_concurrent_trials=workers, reuse_actors=True,
+                                        scheduler=FrontScheduler(rule) if rule is not None else None),
+            run_config=tune.RunConfig(name="tune", storage_path=str((Path(run_dir) / "ray").resolve()), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        self._thread = threading.Thread(target=self._fit, args=(tuner,), name="autocomp-tune", daemon=True)
+        self._thread.start()
+
+    def _fit(self, tuner: Any) -> None:
+        try:
+            tuner.fit()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the driver's thread by run()
+            self._error = exc
+
+    def __enter__(self) -> TrialLoop:
+        return self
+
+    def __exit__(self, kind: type | None, *_: object) -> None:
+        if kind is not None and self._thread.is_alive():  # the search failed before or while running its trials
+            self._searcher.finished = True
+            self._open_gate()
+            if kind is not KeyboardInterrupt:
+                self._thread.join(timeout=60)
+
+    @property
+    def done(self) -> bool:
+        """Whether Tune's run has ended."""
+        return not self._thread.is_alive()
+
+    def workers(self) -> list[int]:
+        """The process ids of the workers started so far (their placeholders wait at the gate)."""
+        import ray
+
+        return ray.get(self._gate.parked.remote())
+
+    def wait_for_workers(self, timeout_s: float = 120.0) -> None:
+        """Return once every placeholder waits at the gate (its worker has started), or after ``timeout_s``: a
+        worker that starts later would disturb latency measurements made on the driver meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while not self.done and time.monotonic() < deadline and len(self.workers()) < self._placeholders:
+            time.sleep(0.2)
+
+    def run(self, controller: OptunaController) -> None:
+        """Hand Tune the controller's trials and wait until they are done."""
+        self._searcher.controller = controller
+        self._open_gate()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _open_gate(self) -> None:
+        import ray
+
+        ray.get(self._gate.open.remote())

@@ -1,0 +1,62 @@
+"""The trial loop starts the trials' Ray workers before the search is ready, and the trials then run on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import ray
+from ray.tune.search import Searcher
+
+from autocomp.config import Resources
+from autocomp.recipe import Recipe
+from autocomp.search._loop import TrialLoop
+from test_search_objective import _inputs
+
+UNCOMPRESSED, INT8 = Recipe.from_dict({"blocks": [{}, {}]}), Recipe.from_dict({"blocks": [{"quantize": {}}, {}]})
+
+
+class _Controller:
+    """Stands for the Optuna controller: hands out the given recipes, then finishes; keeps the results."""
+
+    def __init__(self, recipes: list[Recipe]) -> None:
+        self._recipes, self.results = list(recipes), []
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if not self._recipes:
+            return Searcher.FINISHED
+        return {"trial_number": len(self.results), "recipe": self._recipes.pop(0).to_dict()}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.results.append(result)
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_the_workers_start_before_the_search_is_ready_and_its_trials_run_on_them(local_ray, tiny_teacher,
+                                                                                digits_splits, tmp_path):
+    inputs = _inputs(tiny_teacher[1], digits_splits)
+    with TrialLoop(inputs, tmp_path, trials=4, workers=2, resources=Resources(cpu=1)) as loop:
+        loop.wait_for_workers(timeout_s=300)
+        started = loop.workers()
+        assert len(set(started)) == 2 and not loop.done  # two workers up, and no trial asked for yet
+        controller = _Controller([UNCOMPRESSED, INT8, UNCOMPRESSED, INT8])
+        loop.run(controller)
+    assert loop.done and len(controller.results) == 4
+    assert all("accuracy" in result for result in controller.results)  # real trials, the placeholders left out
+    assert {result["pid"] for result in controller.results} <= set(started)  # no worker started for them
+
+
+def test_a_search_that_fails_before_its_trials_ends_the_loop(local_ray, tiny_teacher, digits_splits, tmp_path):
+    inputs = _inputs(tiny_teacher[1], digits_splits)
+    with pytest.raises(RuntimeError, match="the sensitivity pass failed"):
+        with TrialLoop(inputs, tmp_path, trials=4, workers=2, resources=Resources(cpu=1)) as loop:
+            raise RuntimeError("the sensitivity pass failed")
+    assert loop.done  # Tune's thread has ended: no worker is left waiting at the gate
