@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import optuna
@@ -131,3 +132,31 @@ def test_the_uniform_mix_of_knobs_predicted_closest_under_the_budget_is_a_starti
                if predicted(*c) <= limits["latency_ms"]]
     assert predicted(*chosen) == max(fitting)  # the least compression of all knobs together that fits
     assert sum(v != light for v, light in zip(chosen, (1.0, 1.0, 32))) >= 2
+
+
+def test_with_a_sensitivity_pass_the_uniform_mix_is_the_one_predicted_to_lose_least(predictor):
+    from autocomp.search._sensitivity import Setting
+
+    def values(heads, mlp, bits):
+        return {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", heads), ("mlp_keep", mlp),
+                                                                ("weight_bits", bits))}
+
+    def predicted(*setting):
+        return predictor.predict(recipe_of(SPACE, HEADS, values(*setting)))["latency_ms"]
+
+    limits = {"latency_ms": predicted(0.67, 0.75, 32) * 1.001}
+    # pruning heads costs a lot in every block, narrowing the MLP or int8 weights very little
+    cost = {"heads_keep": 4.0, "mlp_keep": 0.2, "weight_bits": 0.1}
+    sensitivity = [Setting(block=i, knob=knob, value=value, accuracy_drop=cost[knob], predicted_latency_ratio=None)
+                   for i in range(2) for knob in cost for value in getattr(SPACE, knob)
+                   if value not in (1.0, 32)]
+    points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10, sensitivity=sensitivity))
+    [label] = [label for label in points if label.startswith("all knobs alike: ")]
+    assert label.endswith("predicted within budget at the least sensitivity")
+    chosen = tuple(sorted(getattr(SPACE, k))[points[label][f"b0.{k}#rank"]]
+                   for k in ("heads_keep", "mlp_keep", "weight_bits"))
+    assert chosen[0] == 1.0  # no head pruned, although the closest fit under the budget prunes heads
+    assert predicted(*chosen) <= limits["latency_ms"]
+    closest = max((c for c in itertools.product(SPACE.heads_keep, SPACE.mlp_keep, SPACE.weight_bits)
+                   if predicted(*c) <= limits["latency_ms"]), key=lambda c: predicted(*c))
+    assert closest[0] < 1.0  # the test means something: without the sensitivity pass another point is chosen

@@ -1,15 +1,16 @@
-"""Known-good starting points: recipes a new search evaluates first, queued in the study (Optuna
-``enqueue_trial``) before the sampler draws its own.
+"""Known-good starting points: recipes a new search evaluates first, queued in the study (Optuna ``enqueue_trial``)
+before the sampler draws its own.
 
 A pretrained ViT is fragile (one head pruned in every block can cost 20 points before distillation), so random
 start-up trials, mostly heavy compression, can spend a whole small budget far from anything usable. The search
 therefore starts from, in this order (a quarter of the trials at most): the uncompressed model (the accuracy
-anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform combination of all knobs predicted
-closest under the budget (after the latency pass the cost model is corrected by what that pass measured); after a
-sensitivity pass, every block at the strongest settings that alone cost it at most ``QUIET`` points; and for each
-searched knob alone the uniform setting the cost model predicts to fit the budget with the least compression.
-Per-block knobs are given; the distillation settings are left to the sampler. A point that uses a choice the
-sensitivity pass removed from a block is left out.
+anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform combination of knobs predicted
+within budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
+the latency pass the cost model is corrected by what that pass measured); after a sensitivity pass, every block at
+the strongest settings that alone cost it at most ``QUIET`` points; and for each searched knob alone the uniform
+setting the cost model predicts to fit the budget with the least compression. Per-block knobs are given; the
+distillation settings are left to the sampler. A point that uses a choice the sensitivity pass removed from a block
+is left out.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     points = [("uncompressed", uniform_values(space, light, blocks))]
     if 8 in space.weight_bits and len(space.weight_bits) > 1:
         points.append(("uniform weight_bits 8", uniform_values(space, {**light, "weight_bits": 8}, blocks)))
-    mix = _uniform_mix_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}) \
+    drops = _uniform_drops(sensitivity)
+    mix = _uniform_mix_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}, drops) \
         if predictor is not None and limits else None
     if mix is not None:
         points.append(("all knobs alike: " + ", ".join(f"{k} {v:g}" for k, v in mix.items() if v != light[k])
-                       + ", predicted closest under the budget", uniform_values(space, mix, blocks)))
+                       + (", predicted within budget at the least sensitivity" if drops else
+                          ", predicted closest under the budget"), uniform_values(space, mix, blocks)))
     quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
     if quiet is not None:
         points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
@@ -95,18 +98,36 @@ def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -
 MAX_MIXES = 4096  # uniform knob combinations predicted for the mixed starting point, at most
 
 
+def _uniform_drops(sensitivity: Sequence[Any]) -> dict[tuple[str, Any], float]:
+    """Per (knob, setting): the accuracy points the sensitivity pass saw it cost, added up over the blocks (each
+    block alone, before distillation): a rough estimate of what the setting costs in every block at once."""
+    drops: dict[tuple[str, Any], float] = {}
+    for s in sensitivity:
+        if s.accuracy_drop is not None:
+            drops[(s.knob, s.value)] = drops.get((s.knob, s.value), 0.0) + s.accuracy_drop
+    return drops
+
+
 def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
                            limits: Mapping[str, float], light: Mapping[str, Any],
-                           allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+                           allowed: Mapping[str, Sequence[Any]],
+                           drops: Mapping[tuple[str, Any], float]) -> dict[str, Any] | None:
     """The combination of knob settings, each alike in every block and offered in every block, predicted within
-    budget and closest under it (the largest predicted fraction of the tightest limit): the least compression of
-    all knobs together that fits. None when none is predicted to fit, or when no single knob is needed."""
+    budget that should lose the least accuracy: with a sensitivity pass (``drops``, see :func:`_uniform_drops`),
+    the one whose settings cost least added up, then the closest under the budget; without one, the closest under
+    the budget (the largest predicted fraction of the tightest limit: the least compression of all knobs together
+    that fits). None when none is predicted to fit or none is needed, and, without a sensitivity pass, for one knob
+    alone (a point of its own below).
+
+    Closeness to the budget is not accuracy: on a wide 4-block model under a 0.65x budget, uniform rank 0.25 lost 0.1
+    point at 0.60x, while the combination closest under the budget (3 heads of 4 and rank 0.4, at 0.65x) scored 1.1
+    points lower after its short distillation (benchmarks/search_quality.py, examples/fashion_mnist/search_wide)."""
     blocks = len(heads_per_block)
     alike = alike_choices(space, blocks, allowed)
     choices = {knob: alike[knob] for knob in light}
     if math.prod(len(values) for values in choices.values()) > MAX_MIXES:
         return None
-    best, closest = None, -1.0
+    best, best_key = None, None
     for combination in itertools.product(*choices.values()):
         values = dict(zip(choices, combination))
         try:
@@ -116,10 +137,13 @@ def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], p
         if not feasible(violations(predicted, limits)):
             continue
         tightest = max(predicted[key] / limit for key, limit in limits.items())
-        if tightest > closest:
-            best, closest = values, tightest
-    if best is None or best == dict(light) or sum(v != light[k] for k, v in best.items()) < 2:
-        return None  # nothing fits, nothing is needed, or one knob alone: a point of its own below
+        cost = sum(drops.get((knob, value), 0.0) for knob, value in values.items() if value != light[knob])
+        key = (-cost, tightest)
+        if best_key is None or key > best_key:
+            best, best_key = values, key
+    compressed = 0 if best is None else sum(v != light[k] for k, v in best.items())
+    if compressed == 0 or (compressed < 2 and not drops):
+        return None
     return best
 
 
