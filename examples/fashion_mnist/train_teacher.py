@@ -1,6 +1,7 @@
 """Train (or reuse) the Fashion-MNIST reference teacher and report its accuracy, size, memory and latency.
 
-    python examples/fashion_mnist/train_teacher.py
+    python examples/fashion_mnist/train_teacher.py                    # the demo's teacher (teacher.yaml)
+    python examples/fashion_mnist/train_teacher.py teacher_wide.yaml  # the benchmark's second model
 
 The checkpoint is cached under ~/.cache/autocomp/teachers/ ($AUTOCOMP_CACHE overrides); later runs reuse it.
 """
@@ -24,8 +25,8 @@ from autocomp.train import TrainConfig, evaluate, train_or_reuse
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> int:
-    config = yaml.safe_load((HERE / "teacher.yaml").read_text())
+def main(argv: list[str]) -> int:
+    config = yaml.safe_load((HERE / (argv[0] if argv else "teacher.yaml")).read_text())
     checkpoint = resolve_path(config["model"]["checkpoint"], what="checkpoint", must_exist=False)
     spec = ModelSpec(name=config["model"]["name"], kwargs=config["model"]["kwargs"])
     splits = load_splits(DataConfig(**config["data"]))
@@ -46,7 +47,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(main(sys.argv[1:]))
     except AutocompError as exc:
         print(f"autocomp: error: {exc}", file=sys.stderr)
         sys.exit(2)
