@@ -103,6 +103,21 @@ def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_ear
     tune.report({**result, "node": node, "pid": os.getpid()})
 
 
+def _room(resources: Resources) -> int:
+    """How many trials of ``resources`` the alive nodes of the Ray cluster can hold at once."""
+    import ray
+
+    room = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            fits = int(have.get("CPU", 0) // resources.cpu) if resources.cpu else 1 << 30
+            if resources.gpu:
+                fits = min(fits, int(have.get("GPU", 0) // resources.gpu))
+            room += fits
+    return room
+
+
 class TrialLoop:
     """Ray Tune's run of a search, started early on the Ray that is initialized (see
     :func:`autocomp.search._ray.ray_session`); use as a context manager.
@@ -124,6 +139,7 @@ class TrialLoop:
         from ray import tune
 
         self._placeholders = workers
+        self._room = min(workers, _room(resources))  # placeholders that can run at once: those wait_for_workers awaits
         self._gate = ray.remote(num_cpus=0)(_Gate).remote()
         self._searcher = _searcher_class()(workers)
         self._error: BaseException | None = None
@@ -168,10 +184,11 @@ class TrialLoop:
         return ray.get(self._gate.parked.remote())
 
     def wait_for_workers(self, timeout_s: float = 120.0) -> None:
-        """Return once every placeholder waits at the gate (its worker has started), or after ``timeout_s``: a
-        worker that starts later would disturb latency measurements made on the driver meanwhile."""
+        """Return once every placeholder the cluster has room for waits at the gate (its worker has started), or
+        after ``timeout_s``: a worker that starts later would disturb latency measurements made on the driver
+        meanwhile."""
         deadline = time.monotonic() + timeout_s
-        while not self.done and time.monotonic() < deadline and len(self.workers()) < self._placeholders:
+        while not self.done and time.monotonic() < deadline and len(self.workers()) < self._room:
             time.sleep(0.2)
 
     def run(self, controller: OptunaController) -> None:
