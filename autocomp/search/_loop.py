@@ -168,7 +168,10 @@ class TrialLoop:
     def __exit__(self, kind: type | None, *_: object) -> None:
         if kind is not None and self._thread.is_alive():  # the search failed before or while running its trials
             self._searcher.finished = True
-            self._open_gate()
+            try:
+                self._open_gate()
+            except Exception:  # noqa: BLE001 - Ray itself may be what failed: the search's own error is raised
+                return
             if kind is not KeyboardInterrupt:
                 self._thread.join(timeout=60)
 
