@@ -10,7 +10,8 @@ from ray.tune.search import Searcher
 
 from autocomp.config import Resources
 from autocomp.recipe import Recipe
-from autocomp.search._loop import TrialLoop, _room
+from autocomp.search._loop import TrialLoop
+from autocomp.search._ray import trial_room
 from test_search_objective import _inputs
 
 UNCOMPRESSED, INT8 = Recipe.from_dict({"blocks": [{}, {}]}), Recipe.from_dict({"blocks": [{"quantize": {}}, {}]})
@@ -64,5 +65,5 @@ def test_a_search_that_fails_before_its_trials_ends_the_loop(local_ray, tiny_tea
 
 def test_the_loop_awaits_only_the_workers_the_cluster_has_room_for(local_ray):
     # two CPUs and no GPU: a placeholder the cluster cannot hold would keep the latency pass waiting for nothing
-    assert [_room(Resources(cpu=cpu)) for cpu in (1, 2, 3)] == [2, 1, 0]
-    assert _room(Resources(cpu=1, gpu=1)) == 0
+    assert [trial_room(Resources(cpu=cpu)) for cpu in (1, 2, 3)] == [2, 1, 0]
+    assert trial_room(Resources(cpu=1, gpu=1)) == 0

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.tune.search import Searcher
 
 from autocomp.config import Resources
 from autocomp.search._controller import OptunaController
 from autocomp.search._fidelity import FrontRule, FrontScheduler
 from autocomp.search._objective import ERROR, TrialInputs, run_trial
+from autocomp.search._ray import trial_room
 
 __all__ = ["TrialLoop"]
 
@@ -47,35 +49,30 @@ class _Gate:
         self._open.set()
 
 
-def _searcher_class() -> type:
-    from ray.tune.search import Searcher
+class _Gated(Searcher):
+    """Hands Tune the placeholder trials first, then nothing until the controller is set, then the controller's
+    trials (the placeholders' ends are not the controller's business)."""
 
-    class Gated(Searcher):
-        """Hands Tune the placeholder trials first, then nothing until the controller is set, then the
-        controller's trials (the placeholders' ends are not the controller's business)."""
+    def __init__(self, placeholders: int) -> None:
+        super().__init__()
+        self._placeholders, self._waiting = placeholders, set()
+        self.controller: OptunaController | None = None
+        self.finished = False
 
-        def __init__(self, placeholders: int) -> None:
-            super().__init__()
-            self._placeholders, self._waiting = placeholders, set()
-            self.controller: OptunaController | None = None
-            self.finished = False
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.finished:
+            return Searcher.FINISHED
+        if self._placeholders > 0:
+            self._placeholders -= 1
+            self._waiting.add(trial_id)
+            return {PLACEHOLDER: True}
+        return None if self.controller is None else self.controller.suggest(trial_id)
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            if self.finished:
-                return Searcher.FINISHED
-            if self._placeholders > 0:
-                self._placeholders -= 1
-                self._waiting.add(trial_id)
-                return {PLACEHOLDER: True}
-            return None if self.controller is None else self.controller.suggest(trial_id)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._waiting:
-                self._waiting.discard(trial_id)
-            elif self.controller is not None:
-                self.controller.on_trial_complete(trial_id, result, error)
-
-    return Gated
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._waiting:
+            self._waiting.discard(trial_id)
+        elif self.controller is not None:
+            self.controller.on_trial_complete(trial_id, result, error)
 
 
 def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_early: bool) -> None:
@@ -103,21 +100,6 @@ def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_ear
     tune.report({**result, "node": node, "pid": os.getpid()})
 
 
-def _room(resources: Resources) -> int:
-    """How many trials of ``resources`` the alive nodes of the Ray cluster can hold at once."""
-    import ray
-
-    room = 0
-    for node in ray.nodes():
-        if node.get("Alive"):
-            have = node.get("Resources", {})
-            fits = int(have.get("CPU", 0) // resources.cpu) if resources.cpu else 1 << 30
-            if resources.gpu:
-                fits = min(fits, int(have.get("GPU", 0) // resources.gpu))
-            room += fits
-    return room
-
-
 class TrialLoop:
     """Ray Tune's run of a search, started early on the Ray that is initialized (see
     :func:`autocomp.search._ray.ray_session`); use as a context manager.
@@ -138,10 +120,9 @@ class TrialLoop:
         import ray
         from ray import tune
 
-        self._placeholders = workers
-        self._room = min(workers, _room(resources))  # placeholders that can run at once: those wait_for_workers awaits
+        self._room = min(workers, trial_room(resources))  # the placeholders that can run at once
         self._gate = ray.remote(num_cpus=0)(_Gate).remote()
-        self._searcher = _searcher_class()(workers)
+        self._searcher = _Gated(workers)
         self._error: BaseException | None = None
         asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
         trainable = tune.with_parameters(_trainable, inputs=inputs, gate=self._gate, stops_early=rule is not None)

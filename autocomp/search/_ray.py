@@ -15,7 +15,7 @@ from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["ray_session", "require_trial_resources", "require_same_versions"]
+__all__ = ["ray_session", "require_trial_resources", "require_same_versions", "trial_room"]
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
@@ -117,13 +117,26 @@ def require_trial_resources(resources: Resources, *, ray_address: str | None) ->
         raise AutocompError(f"resources.gpu is {resources.gpu:g} but CUDA is not available on this machine "
                             "(torch.cuda.is_available() is False); set resources.gpu: 0, or pass --ray-address of "
                             "a cluster with GPU nodes")
+    if trial_room(resources) > 0:
+        return
     ray = import_ray()
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    if any(node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu for node in nodes):
-        return
     have = ", ".join(f"{node.get('CPU', 0):g} CPU + {node.get('GPU', 0):g} GPU" for node in nodes) or "no node"
     if resources.gpu and not any(node.get("GPU", 0) for node in nodes):
         raise AutocompError(f"resources.gpu is {resources.gpu:g} but no node of the Ray cluster has a GPU; set "
                             "resources.gpu: 0, or add a node with GPUs (ray start ... --num-gpus=N)")
     raise AutocompError(f"resources asks {resources.cpu} CPU + {resources.gpu:g} GPU per trial, but no node of the "
                         f"Ray cluster has that many (nodes: {have}); lower resources.cpu or resources.gpu")
+
+
+def trial_room(resources: Resources) -> int:
+    """How many trials of ``resources`` the alive nodes of the Ray cluster can hold at once."""
+    room = 0
+    for node in import_ray().nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            fits = int(have.get("CPU", 0) // resources.cpu) if resources.cpu else 1 << 30
+            if resources.gpu:
+                fits = min(fits, int(have.get("GPU", 0) // resources.gpu))
+            room += fits
+    return room

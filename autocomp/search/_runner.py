@@ -204,7 +204,7 @@ SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per pa
 def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
                  screen: Screen | None, config: JobConfig, log: Callable[[str], None], *, fresh: bool,
                  profile: HardwareProfile, limits: Mapping[str, float], base_latency_ms: float,
-                 before_timing: Callable[[], None] = lambda: None) -> tuple[list[Setting], dict[str, tuple]]:
+                 before_timing: Callable[[], None]) -> tuple[list[Setting], dict[str, tuple]]:
     """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
     reuses the choices it saved.
 
