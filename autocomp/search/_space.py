@@ -33,7 +33,9 @@ class SearchSpace:
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
-        distill_steps: distillation steps after compression (0 = no distillation).
+        distill_steps: distillation steps after compression (0 = no distillation). With several values the sampler
+            picks per candidate; distillation changes no deployed cost, only the trial's time, so offering 0 beside
+            a positive count spends trials on candidates worse at the same cost.
         distill_alpha: weights of the distillation term against the labels' cross-entropy.
         distill_temperature: softmax temperature of the distillation term.
         uniform: one choice per knob for every block alike (a uniform setting, still searched), instead of one per
