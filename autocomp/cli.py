@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="search compressed models within a budget")
     search.add_argument("config", help="job config YAML")
-    search.add_argument("--out", required=True, help="run folder (results, study.db); reusing it resumes")
+    search.add_argument("--out", required=True, help="run folder (results, study.journal); reusing it resumes")
     search.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: embedded)")
     search.add_argument("--trials", type=int, default=None, help="override the config's trial count")
     search.add_argument("--workers", type=int, default=None, help="override the config's worker count")

@@ -4,8 +4,13 @@ end, models by :mod:`autocomp.saving`).
 A trial the cost model skipped (predicted far over budget) is a row with state PRUNED and its ``skipped_reason``;
 every trial carries its predicted latency and memory next to the measured ones.
 
-Every file is derived from the Optuna study in RUN_DIR/study.db, so they can be rewritten at any time (after each
-trial, at the end, or after a crash) and agree with each other.
+Every file is derived from the Optuna study in RUN_DIR/study.journal, so they can be rewritten at any time (after
+each trial, at the end, or after a crash) and agree with each other.
+
+The study is kept in Optuna's journal storage: each change (a parameter drawn, a user attr, a result told) is one line
+appended to the file, where SQLite took a transaction; a trial makes some 80 changes, and the journal writes them
+about 5x faster (``benchmarks/study_storage.py``). Run folders from before the journal hold ``study.db`` (SQLite),
+and are read and resumed in that format.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from autocomp._io import write_json
 from autocomp.budget import feasible
 
 __all__ = ["TrialRow", "trial_rows", "pareto_front", "write_results", "closest_trial", "best_feasible",
-           "ranked_feasible", "STUDY_NAME", "study_storage"]
+           "ranked_feasible", "STUDY_NAME", "study_file", "study_storage", "load_run_study", "read_trials"]
 
 STUDY_NAME = "autocomp"
 SECONDS = tuple(f"seconds_{p}" for p in ("compress", "measure", "distill", "evaluate", "engine"))
@@ -91,8 +96,55 @@ class TrialRow:
                 "violations": dict(self.violations), "recipe": dict(self.recipe)}
 
 
-def study_storage(run_dir: Path) -> str:
-    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+JOURNAL, SQLITE = "study.journal", "study.db"
+
+
+def study_file(run_dir: Path) -> Path:
+    """The file that holds a run folder's study: ``study.journal``, or ``study.db`` in a folder made before the
+    journal (SQLite). It may not exist yet."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir / SQLITE if (run_dir / SQLITE).is_file() else run_dir / JOURNAL
+
+
+def study_storage(run_dir: Path, *, writer: bool = False) -> optuna.storages.BaseStorage | str:
+    """The Optuna storage of a run folder's study (the journal file is created if missing).
+
+    ``writer``: the caller is the search that will append to it (one at a time per folder). A search killed while
+    it appended leaves a partial last line, which the next append would join into one unreadable line; the writer
+    drops it first. Readers (export, a dashboard, another process watching a running search) skip it.
+    """
+    path = study_file(run_dir)
+    if path.name == SQLITE:
+        return f"sqlite:///{path}"
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if writer and path.is_file():
+        _drop_partial_line(path)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _drop_partial_line(path: Path) -> None:
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+
+
+def load_run_study(run_dir: Path) -> optuna.Study:
+    """The study of a run folder (which must hold one)."""
+    return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
+
+
+def read_trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    """The trials of a run folder's study, read while a search may be writing it; [] before the study exists."""
+    if not study_file(run_dir).is_file():
+        return []
+    try:
+        return load_run_study(run_dir).get_trials(deepcopy=False)
+    except KeyError:  # the file exists, the study is not created in it yet
+        return []
 
 
 def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]:

@@ -5,8 +5,8 @@
 
 The search runs in its own process group; at each kill the whole group (driver and its Ray) gets SIGKILL at a moment
 drawn uniformly within ``--spread`` seconds of that run's start, and the same command is run again on the same
-folder. After the last kill the rerun goes to the end. Before each kill the finished trials are read from study.db
-(read-only, through sqlite3). At the end:
+folder. After the last kill the rerun goes to the end. Before each kill the finished trials are read from the run's
+study. At the end:
 
 - lost: a trial finished before some kill that is missing or changed (values or recipe) at the end (target 0);
 - recomputed: a recipe that had finished evaluated again by a later trial that is not a retry (target 0);
@@ -17,33 +17,30 @@ Exits non-zero unless lost and recomputed are 0 and complete equals the trials a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import yaml
+
+from autocomp.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def finished(run: Path) -> dict[int, tuple[str, str]]:
-    """number -> (values, recipe) of the COMPLETE trials, read-only while (or after) a driver writes."""
-    try:
-        with sqlite3.connect(f"file:{run / 'study.db'}?mode=ro", uri=True, timeout=5) as connection:
-            rows = connection.execute(
-                "SELECT t.number, (SELECT group_concat(v.value, ',') FROM trial_values v WHERE v.trial_id = "
-                "t.trial_id), (SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND "
-                "a.key = 'recipe'), (SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id "
-                "AND a.key = 'retry_of') FROM trials t WHERE t.state = 'COMPLETE'").fetchall()
-    except sqlite3.Error:
-        return {}
-    return {number: (values, recipe, retry) for number, values, recipe, retry in rows}
+def finished(run: Path) -> dict[int, tuple[tuple[float, ...], str, int | None]]:
+    """number -> (values, recipe, the trial it reruns) of the COMPLETE trials, read while (or after) a driver
+    writes the study."""
+    return {t.number: (tuple(t.values), json.dumps(t.user_attrs.get("recipe"), sort_keys=True),
+                       t.user_attrs.get("retry_of")) for t in read_trials(run)
+            if t.state == optuna.trial.TrialState.COMPLETE}
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from autocomp.results import STUDY_NAME, study_storage
+from autocomp.results import load_run_study, read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +44,8 @@ def _job(config: Path, trials: int, out: Path) -> Path:
 
 
 def _states(run: Path) -> list[tuple[str, str | None]]:
-    """(state, node) of each trial, read-only from SQLite while the driver writes it."""
-    try:
-        with sqlite3.connect(f"file:{run / 'study.db'}?mode=ro", uri=True, timeout=1) as connection:
-            return connection.execute(
-                "SELECT t.state, (SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id "
-                "AND a.key = 'node') FROM trials t").fetchall()
-    except sqlite3.Error:
-        return []
+    """(state, node) of each trial, read while the driver writes the study."""
+    return [(t.state.name, t.user_attrs.get("node")) for t in read_trials(run)]
 
 
 def main() -> None:
@@ -90,7 +83,7 @@ def main() -> None:
                 os.killpg(search.pid, signal.SIGKILL)
             cluster.shutdown()
         wall = time.monotonic() - started
-        trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()
+        trials = load_run_study(run).get_trials()
 
     print(f"worker node removed at {killed_at:.0f} s of {wall:.0f} s; search exit code {search.returncode}"
           + (f": {err.strip()}" if search.returncode else ""))

@@ -17,7 +17,8 @@ Per method and budget it prints the best validation accuracy within budget (mean
 accuracy of that model, the hypervolume of the (accuracy, latency) front against a fixed reference point (latency
 at the uncompressed model's, accuracy 20 points below it), and the trials and wall time until the first model within
 budget and within 1 point of the uncompressed model (a dash: never), the trials multi-fidelity stopped early, and
-the search's own overhead (the share of the trial loop's wall time the workers spent outside trials).
+the search's own overhead (the share of the trial loop's wall time the workers spent outside trials). Below the table:
+the standard error of one validation accuracy, and joint against each other method with Welch's t-test over seeds.
 
 One embedded Ray serves every search of the benchmark.
 """
@@ -34,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
 
 from autocomp.budget import Budget
 from autocomp.config import JobConfig, SensitivityConfig, load_config
 from autocomp.measure.profiling import cpu_description
-from autocomp.results import STUDY_NAME, study_storage, trial_rows
+from autocomp.results import load_run_study, trial_rows
 from autocomp.search import load_space, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def hypervolume(points: list[tuple[float, float]], *, latency_ref: float, accura
 
 def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The benchmark's figures for one finished search."""
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
+    study = load_run_study(run)
     rows = trial_rows(study, list(summary["limits"]))
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     base = summary["baseline"]
@@ -153,6 +153,30 @@ def main() -> None:
               f"{_mean_sd([c[1] for c in close]) if close else '-'} | {_mean_sd([r['stopped'] for r in runs])} | "
               f"{_mean_sd([100 * r['overhead'] for r in runs if r['overhead'] is not None])}% | "
               f"{_mean_sd([r['wall_s'] for r in runs])} |")
+    _print_noise(results, val_images=base.data.val_size)
+
+
+def _print_noise(results: dict[tuple[str, str], list[dict[str, Any]]], *, val_images: int) -> None:
+    """How far apart two methods' best validation accuracies must be to mean anything. One accuracy measured on n
+    images has a binomial standard error; and a method that evaluates more candidates near the best takes the
+    maximum of more noisy measurements. Joint against each other method: the difference of means and Welch's
+    t-test over the seeds (a p-value; nan when a side has fewer than 2 runs within budget)."""
+    import scipy.stats  # the benchmark's statistics only
+
+    accuracies = [r["val"] for runs in results.values() for r in runs if r["val"] is not None]
+    if not accuracies:
+        return
+    p = statistics.mean(accuracies) / 100
+    print(f"\nOne validation accuracy near {100 * p:.1f}% on {val_images} images: standard error "
+          f"{100 * (p * (1 - p) / val_images) ** 0.5:.2f} points.")
+    for (method, budget), runs in results.items():
+        joint = [r["val"] for r in results.get(("joint", budget), []) if r["val"] is not None]
+        other = [r["val"] for r in runs if r["val"] is not None]
+        if method == "joint" or not joint or not other:
+            continue
+        test = scipy.stats.ttest_ind(joint, other, equal_var=False) if min(len(joint), len(other)) > 1 else None
+        print(f"{budget}: joint - {method} = {statistics.mean(joint) - statistics.mean(other):+.2f} points "
+              f"(Welch p = {test.pvalue if test is not None else float('nan'):.2f})")
 
 
 if __name__ == "__main__":

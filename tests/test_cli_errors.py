@@ -152,9 +152,8 @@ def test_a_ray_client_address_is_refused_with_the_way_to_run(job, tmp_path, caps
 
 
 def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
-    import optuna
 
-    from autocomp.results import STUDY_NAME, study_storage
+    from autocomp.results import load_run_study
     from test_search_e2e import write_job
 
     job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-4}, trials=2, workers=1)
@@ -164,4 +163,4 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     assert "its smallest candidate (every block at heads_keep 0.5, weight_bits 8) holds " in err
     assert err.endswith("loosen the budget or widen the search space")
     assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
-    assert optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).trials == []
+    assert load_run_study(tmp_path / "run").trials == []

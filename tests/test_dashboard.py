@@ -1,4 +1,4 @@
-"""optuna-dashboard opens a search's study.db: the study, its three objectives, its trials and their user attrs.
+"""optuna-dashboard opens a search's study.journal: the study, its three objectives, its trials and their user attrs.
 
 The study is built by hand the way ``autocomp.search._controller`` writes it (ask, user attrs, ``set_constraint``,
 tell), so no search has to run; the dashboard's WSGI app is then called directly, without a server.
@@ -17,7 +17,7 @@ import optuna_dashboard
 import pytest
 
 from autocomp.recipe import Recipe
-from autocomp.results import STUDY_NAME, study_storage
+from autocomp.results import STUDY_NAME, study_file, study_storage
 from autocomp.search._controller import DIRECTIONS, SKIPPED
 
 MEASURED = {  # trial number -> (recipe, objective values, constraints as set_constraint gets them)
@@ -30,7 +30,7 @@ SKIPPED_VIOLATIONS = {"latency_ms": 0.8, "memory_mb": 0.1}
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder whose study.db holds two measured trials and one the screen skipped."""
+    """A run folder whose study.journal holds two measured trials and one the screen skipped."""
     path = tmp_path_factory.mktemp("run")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(path), directions=list(DIRECTIONS))
@@ -66,12 +66,13 @@ def _get(app: Any, path: str) -> dict[str, Any]:
     return json.loads(body)
 
 
-@pytest.fixture(params=["RDBStorage", "url"])
+@pytest.fixture(params=["storage", "path"])
 def dashboard(request, run_dir: Path) -> Any:
-    """The dashboard's app on the run's study: given an RDBStorage, or the URL as ``optuna-dashboard URL`` gets it."""
-    url = study_storage(run_dir)
-    storage = optuna.storages.RDBStorage(url) if request.param == "RDBStorage" else url
-    return optuna_dashboard.wsgi(storage)
+    """The dashboard's app on the run's study: given autocomp's storage, or the file's path as
+    ``optuna-dashboard runs/x/study.journal`` gets it (the README's command)."""
+    path = study_file(run_dir)
+    assert path.name == "study.journal"
+    return optuna_dashboard.wsgi(study_storage(run_dir) if request.param == "storage" else str(path))
 
 
 def _study(app: Any) -> dict[str, Any]:

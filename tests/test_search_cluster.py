@@ -3,12 +3,10 @@ two-node cluster that loses its worker node mid-search, and one that loses the n
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ import pytest
 import yaml
 
 from autocomp.cli import main
-from autocomp.results import STUDY_NAME, study_storage
+from autocomp.results import load_run_study, read_trials
 from test_search_e2e import write_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,18 +58,8 @@ def _slow_job(tmp_path: Path, tiny_teacher, *, trials: int, workers: int, hardwa
 
 
 def _trials_read_only(run: Path) -> list[tuple[int, str, str | None]]:
-    """(number, state, node) of each trial, read straight from SQLite while another process writes it."""
-    path = run / "study.db"
-    if not path.is_file():
-        return []
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as connection:
-            rows = connection.execute(
-                "SELECT t.number, t.state, (SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = "
-                "t.trial_id AND a.key = 'node') FROM trials t").fetchall()
-    except sqlite3.Error:  # the schema is not there yet, or the file is locked for a moment
-        return []
-    return [(number, state, json.loads(node) if node else None) for number, state, node in rows]
+    """(number, state, node) of each trial, read while another process writes the study."""
+    return [(t.number, t.state.name, t.user_attrs.get("node")) for t in read_trials(run)]
 
 
 def _search(job: Path, run: Path, address: str) -> subprocess.Popen:
@@ -92,7 +80,7 @@ def _wait_until(condition, process: subprocess.Popen, seconds: float, what: str)
 
 
 def _complete(run: Path) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
+    study = load_run_study(run)
     return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
 
@@ -179,7 +167,7 @@ def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tm
     assert nodes == {head, worker.node_id}  # the trial records say where each ran
     late = [t for t in complete if t.datetime_complete.timestamp() > time.time() - (time.monotonic() - removed)]
     assert late and all(t.user_attrs["node"] == head for t in late)  # after the loss, all on the head
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run))
+    study = load_run_study(run)
     for failed in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):  # those the loss killed: run again
         assert failed.user_attrs["error"]
         assert any(t.user_attrs.get("retry_of") == failed.number for t in complete)

@@ -7,7 +7,6 @@ import dataclasses
 import threading
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 import yaml
@@ -16,7 +15,7 @@ from autocomp import AutocompError
 from autocomp.cli import main
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.profiling import load_profile
-from autocomp.results import STUDY_NAME, study_storage
+from autocomp.results import load_run_study
 from autocomp.measure.placement import measure_on_device, require_resource
 from conftest import small_vit
 from test_search_e2e import write_job
@@ -120,7 +119,7 @@ def test_a_search_measures_every_trial_on_the_device_node(cluster, tiny_teacher,
     _, device_node = cluster
     job = _job_on(tmp_path, tiny_teacher, RESOURCE)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials()
+    trials = load_run_study(tmp_path / "run").get_trials()
     assert len(trials) == 2
     assert [t.user_attrs["measured_on"] for t in trials] == [device_node, device_node]
 
@@ -132,7 +131,7 @@ def test_a_search_on_a_cluster_without_the_resource_stops_before_any_trial(clust
     assert len(err.splitlines()) == 1 and err.startswith("autocomp: error: hardware profile ")
     assert "'no_such_device'" in err and str(tmp_path / "device.yaml") in err and "ray_resource: null" in err
     assert not (tmp_path / "run" / "run.json").exists()  # not even the baseline was measured
-    assert optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials() == []
+    assert load_run_study(tmp_path / "run").get_trials() == []
 
 
 def test_a_measurement_for_a_device_no_node_holds_ends_instead_of_waiting_for_ever(cluster):

@@ -45,7 +45,7 @@ def finished_run(tmp_path_factory, tiny_teacher):
 
 def test_search_writes_every_result(finished_run):
     _, run = finished_run
-    for name in ("trials.csv", "pareto.json", "pareto.png", "summary.json", "study.db", "best/recipe.yaml",
+    for name in ("trials.csv", "pareto.json", "pareto.png", "summary.json", "study.journal", "best/recipe.yaml",
                  "best/weights.safetensors", "best/model.yaml"):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "trials.csv").open()))

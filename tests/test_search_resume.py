@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,29 +13,20 @@ import optuna
 import yaml
 
 from autocomp.cli import main
-from autocomp.results import STUDY_NAME, study_storage, trial_rows
+from autocomp.results import load_run_study, read_trials, trial_rows
 from test_search_e2e import write_job
 
 TRIALS = 4
 
 
 def _trials(run):
-    return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials(deepcopy=False)
+    return load_run_study(run).get_trials(deepcopy=False)
 
 
-def _states_read_only(path):
-    """Trial states straight from the SQLite file, read-only: opening it through Optuna while the driver creates
-    the schema would race it."""
-    if not path.is_file():
-        return []
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as connection:  # a RUNNING trial counts
-            rows = connection.execute(  # once its recipe is complete, i.e. handed to Ray
-                "SELECT t.state, EXISTS(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND "
-                "a.key = 'recipe') FROM trials t").fetchall()
-            return [state for state, has_recipe in rows if state != "RUNNING" or has_recipe]
-    except sqlite3.Error:  # the schema is not there yet, or the file is locked for a moment
-        return []
+def _states_while_running(run):
+    """Trial states, read while the driver writes the study; a RUNNING trial counts once its recipe is set, i.e.
+    once it is handed to Ray."""
+    return [t.state.name for t in read_trials(run) if t.state.name != "RUNNING" or "recipe" in t.user_attrs]
 
 
 def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path, tiny_teacher):
@@ -52,7 +42,7 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # kill it while trial 1 or 2 runs, after one has finished
-            states = _states_read_only(run / "study.db")
+            states = _states_while_running(run)
             if states.count("COMPLETE") >= 1 and "RUNNING" in states:
                 break
             assert driver.poll() is None, "the search ended before it could be killed"
@@ -79,7 +69,7 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
         assert len(reruns) == 1 and trial.params.items() <= reruns[0].params.items()
         if "recipe" in trial.user_attrs:  # it was running (not still being sampled): the very same recipe
             assert reruns[0].params == trial.params and reruns[0].user_attrs["recipe"] == trial.user_attrs["recipe"]
-    rows = {r.number: r for r in trial_rows(optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)),
+    rows = {r.number: r for r in trial_rows(load_run_study(run),
                                              ["memory_mb"])}
     assert all(rows[n].error.startswith("interrupted") for n in interrupted)
     first_recipe = before[0].params

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from autocomp.compress import compress
+from autocomp.results import load_run_study
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
@@ -57,7 +58,6 @@ def test_settings_that_cost_too_much_alone_are_not_offered_and_the_lightest_alwa
 
 def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_teacher):
     from autocomp.cli import main
-    from autocomp.results import STUDY_NAME, study_storage
     from test_search_e2e import write_job
 
     space = tmp_path / "space.yaml"
@@ -73,7 +73,7 @@ def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_
     allowed = json.loads((run / "sensitivity.json").read_text())
     lost = {(f"b{r['block']}.{r['knob']}", float(r["value"])) for r in rows if r["offered"] == "False"}
     assert lost and all(value not in allowed[name] for name, value in lost)
-    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()
+    trials = load_run_study(run).get_trials()
     for trial in trials:  # no trial used a setting the pass removed
         for index, block in enumerate(trial.user_attrs["recipe"]["blocks"]):
             if "prune_heads" in block:
@@ -119,5 +119,5 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
     assert all(r["offered"] == "False" for r in rows)  # nothing saves 99% of the latency
     allowed = json.loads((run / "sensitivity.json").read_text())
     assert allowed["b0.heads_keep"] == [1.0] and allowed["b1.weight_bits"] == [32]
-    trials = optuna.load_study(study_name="autocomp", storage=f"sqlite:///{run / 'study.db'}").get_trials()
+    trials = load_run_study(run).get_trials()
     assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered

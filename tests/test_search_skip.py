@@ -18,7 +18,7 @@ from autocomp import Recipe, compress
 from autocomp.cli import main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
-from autocomp.results import STUDY_NAME, study_storage
+from autocomp.results import load_run_study
 from autocomp.search._screen import CORRECT_AFTER, CostPredictor, Screen
 from test_search_e2e import write_job
 
@@ -104,7 +104,7 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
 
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
-    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run)).get_trials()
+    trials = load_run_study(run).get_trials()
     ran = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     skipped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(trials) == 3 and len(ran) == 1 and len(skipped) == 2  # the first trial runs: nothing is measured yet

@@ -85,14 +85,14 @@ def test_a_new_search_runs_its_starting_points_first(tmp_path, tiny_teacher):
     import yaml
 
     from autocomp.cli import main
-    from autocomp.results import STUDY_NAME, study_storage
+    from autocomp.results import load_run_study
     from test_search_e2e import write_job
 
     job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=8, workers=1)
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(ROOT / "search_spaces" /
                                                                                            "heads_int8.yaml")}))
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path / "run")).get_trials()
+    trials = load_run_study(tmp_path / "run").get_trials()
     assert trials[0].user_attrs["start_point"] == "uncompressed"
     assert trials[0].user_attrs["recipe_summary"].startswith("- | -")
     assert trials[1].user_attrs["start_point"] == "uniform weight_bits 8"

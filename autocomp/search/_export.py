@@ -20,7 +20,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, Prepared, backend_of
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
-from autocomp.results import STUDY_NAME, study_storage
+from autocomp.results import load_run_study, study_file
 from autocomp.saving import save_model
 from autocomp.search._finish import KEPT
 from autocomp.search._objective import build_candidate, distill_subset, kept_model
@@ -54,9 +54,9 @@ def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | Non
             backend_of(profile).require()
         except AutocompError as exc:
             raise AutocompError(f"--format {format}: {exc}") from None
-    if not (run_dir / "study.db").is_file() or not (run_dir / "config.yaml").is_file():
-        raise AutocompError(f"{run_dir} is not a search run folder (no study.db / config.yaml)")
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
+    if not study_file(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
+        raise AutocompError(f"{run_dir} is not a search run folder (no {study_file(run_dir).name} / config.yaml)")
+    study = load_run_study(run_dir)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
         complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]

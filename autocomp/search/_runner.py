@@ -27,7 +27,7 @@ from autocomp.measure.placement import measure_on_device, require_device
 from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Distill
-from autocomp.results import STUDY_NAME, study_storage, trial_rows, write_results
+from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _finish as finish
 from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaController, counted
@@ -77,8 +77,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     job, fingerprint = _job_identity(config, base)
     previous = _previous_run(run_dir, fingerprint)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir), load_if_exists=True,
-                                directions=list(DIRECTIONS))
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
+                                load_if_exists=True, directions=list(DIRECTIONS))
     # Resuming: the sampler's random start-up must not repeat the recipes the first run drew from the same seed
     study.sampler = _sampler(config, seed=config.seed + len(study.trials))
     interrupted = _requeue_interrupted(study)
@@ -116,7 +116,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
         if done:
-            log(f"resuming: {done} trials already in {run_dir / 'study.db'}, {remaining} to run")
+            log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run")
 
         train = distill_subset(splits.train)
         inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=train, profile=profile,
@@ -358,7 +358,7 @@ def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], s
 
 def _previous_run(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The run.json of an earlier search of the same job in ``run_dir``; a different job there is refused."""
-    info, study = run_dir / "run.json", run_dir / "study.db"
+    info, study = run_dir / "run.json", study_file(run_dir)
     if not (info.is_file() and study.is_file()):
         return None
     previous = json.loads(info.read_text())

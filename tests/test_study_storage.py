@@ -1,0 +1,52 @@
+"""A run folder's study: Optuna's journal file, repaired after a kill mid-append; older SQLite folders still read."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autocomp.results import STUDY_NAME, load_run_study, read_trials, study_file, study_storage
+from autocomp.search._controller import DIRECTIONS
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _add_trial(run, value: float) -> None:
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run, writer=True), load_if_exists=True,
+                                directions=list(DIRECTIONS))
+    trial = study.ask()
+    trial.suggest_int("b0.heads_keep#rank", 0, 3)
+    trial.set_user_attr("recipe", {"blocks": [{}]})
+    study.tell(trial, [value, 1.0, 2.0])
+
+
+def test_a_new_run_keeps_its_study_in_a_journal(tmp_path):
+    assert read_trials(tmp_path) == []  # before the study exists: nothing, and no file made
+    assert not study_file(tmp_path).exists()
+    _add_trial(tmp_path, 90.0)
+    assert study_file(tmp_path) == tmp_path.resolve() / "study.journal"
+    assert [t.values for t in read_trials(tmp_path)] == [[90.0, 1.0, 2.0]]
+
+
+def test_a_partial_line_left_by_a_kill_is_dropped_before_the_search_writes_again(tmp_path):
+    _add_trial(tmp_path, 90.0)
+    path = study_file(tmp_path)
+    with path.open("ab") as f:
+        f.write(b'{"op_code": 6, "trial_id": 0, "key": "cut-sho')  # the kill came in the middle of an append
+    assert len(read_trials(tmp_path)) == 1  # a reader skips the partial line
+    _add_trial(tmp_path, 91.0)  # the resumed search: its appends must not join the partial line
+    assert [t.values[0] for t in load_run_study(tmp_path).get_trials()] == [90.0, 91.0]
+    assert path.read_bytes().endswith(b"\n") and b"cut-sho" not in path.read_bytes()
+
+
+def test_a_folder_made_before_the_journal_is_read_and_resumed_in_sqlite(tmp_path):
+    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                directions=list(DIRECTIONS))
+    study.add_trial(optuna.trial.create_trial(values=[88.0, 1.0, 2.0]))
+    assert study_file(tmp_path).name == "study.db"
+    _add_trial(tmp_path, 89.0)
+    assert [t.values[0] for t in read_trials(tmp_path)] == [88.0, 89.0]
+    assert not (tmp_path / "study.journal").exists()
