@@ -14,6 +14,7 @@ import yaml
 import autocomp
 from autocomp.cli import main
 from autocomp.data import load_splits
+from autocomp.results import load_run_study
 from autocomp.train import evaluate
 from conftest import DIGITS, TINY_KWARGS
 
@@ -28,7 +29,7 @@ def write_job(tmp_path: Path, spec, budget: dict, trials: int, workers: int = 2)
         "search_space": str(ROOT / "search_spaces" / "heads_int8.yaml"),
         "hardware": str(ROOT / "hardware_profiles" / "local_cpu.yaml"),
         "budget": budget, "trials": trials, "workers": workers, "seed": 0,
-        "sensitivity": {"images": 0},  # tests of other features keep the full space (test_search_sensitivity.py)
+        "sensitivity": {"images": 0},  # tests of other features keep the space (test_search_sensitivity.py)
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -65,6 +66,9 @@ def test_search_writes_every_result(finished_run):
     split = summary["time_split"]
     assert {"compress", "measure", "distill", "evaluate", "engine", "engine_share"} <= set(split)
     assert split["measure"] > 0 and 0 <= split["engine_share"] < 1
+    # of 4 heads, 0.67 and 0.83 both keep 3: the search offers the count once, and no trial drew the other name
+    assert json.loads((run / "sensitivity.json").read_text()) == {f"b{i}.heads_keep": [0.5, 0.83, 1.0] for i in (0, 1)}
+    assert all(t.params[f"b{i}.heads_keep#rank"] <= 2 for t in load_run_study(run).trials for i in (0, 1))
 
 
 def test_pareto_json_holds_only_non_dominated_trials(finished_run):

@@ -121,3 +121,12 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
     assert allowed["b0.heads_keep"] == [1.0] and allowed["b1.weight_bits"] == [32]
     trials = load_run_study(run).get_trials()
     assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered
+
+
+def test_the_pass_narrows_the_choices_already_narrowed():
+    settings = [Setting(0, "heads_keep", 0.5, 9.0, None), Setting(0, "heads_keep", 0.83, 0.5, None)]
+    space = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0))
+    assert allowed_choices(settings, space, drop_above=5.0) == {"b0.heads_keep": (0.67, 0.83, 1.0)}
+    assert allowed_choices(settings, space, drop_above=5.0, allowed={"b0.heads_keep": (0.5, 0.83, 1.0),
+                                                                     "b1.heads_keep": (0.5, 0.83, 1.0)}) == {
+        "b0.heads_keep": (0.83, 1.0), "b1.heads_keep": (0.5, 0.83, 1.0)}

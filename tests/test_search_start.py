@@ -160,3 +160,37 @@ def test_with_a_sensitivity_pass_the_uniform_mix_is_the_one_predicted_to_lose_le
     closest = max((c for c in itertools.product(SPACE.heads_keep, SPACE.mlp_keep, SPACE.weight_bits)
                    if predicted(*c) <= limits["latency_ms"]), key=lambda c: predicted(*c))
     assert closest[0] < 1.0  # the test means something: without the sensitivity pass another point is chosen
+
+
+def test_measured_the_uniform_mix_is_the_best_ranked_one_the_target_measures_within_budget(predictor):
+    from autocomp.search._sensitivity import Setting
+
+    def values(heads, mlp, bits):
+        return {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", heads), ("mlp_keep", mlp),
+                                                                ("weight_bits", bits))}
+
+    def chosen(points):
+        [label] = [label for label in points if label.startswith("all knobs alike: ")]
+        return label, tuple(sorted(getattr(SPACE, k))[points[label][f"b0.{k}#rank"]]
+                            for k in ("heads_keep", "mlp_keep", "weight_bits"))
+
+    limits = {"latency_ms": predictor.predict(recipe_of(SPACE, HEADS, values(0.67, 0.75, 32)))["latency_ms"] * 1.001}
+    cost = {"heads_keep": 4.0, "mlp_keep": 0.2, "weight_bits": 0.1}
+    sensitivity = [Setting(block=i, knob=knob, value=value, accuracy_drop=cost[knob], predicted_latency_ratio=None)
+                   for i in range(2) for knob in cost for value in getattr(SPACE, knob) if value not in (1.0, 32)]
+    kwargs = dict(predictor=predictor, limits=limits, cap=10, sensitivity=sensitivity)
+    _, predicted_best = chosen(dict(start_points(SPACE, HEADS, **kwargs)))
+    measured: list = []
+
+    def measure(recipe):  # the target finds the predicted best over the limit, everything else within it
+        measured.append(recipe)
+        return limits["latency_ms"] * (1.2 if len(measured) == 1 else 0.9)
+
+    label, picked = chosen(dict(start_points(SPACE, HEADS, **kwargs, measure=measure)))
+    assert label.endswith("measured within budget at the least sensitivity")
+    assert len(measured) == 2 and measured[0] == recipe_of(SPACE, HEADS, values(*predicted_best))
+    assert picked != predicted_best and measured[1] == recipe_of(SPACE, HEADS, values(*picked))
+    over = dict(start_points(SPACE, HEADS, **kwargs, measure=lambda recipe: 2 * limits["latency_ms"]))
+    assert not any(label.startswith("all knobs alike") for label in over)  # none measured within: no such point
+    memory = {"memory_mb": predictor.predict(recipe_of(SPACE, HEADS, values(0.67, 0.75, 32)))["memory_mb"]}
+    start_points(SPACE, HEADS, **{**kwargs, "limits": memory}, measure=lambda recipe: 1 / 0)  # counted: not measured

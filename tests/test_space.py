@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 
@@ -77,3 +79,18 @@ def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layer
     model = compress(small_vit(), recipe)
     int8 = {name for name, m in model.blocks.named_modules() if isinstance(m, Int8Linear)}
     assert int8 == {"0.attn.qkv", "0.mlp.fc1", "1.attn.qkv", "1.attn.proj", "1.mlp.fc1", "1.mlp.fc2"}
+
+
+def test_fractions_that_keep_the_same_number_of_heads_are_offered_once():
+    space = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0))
+    assert space.distinct([6, 6]) == {}  # 3, 4, 5 and 6 heads: all different
+    assert space.distinct([4, 6]) == {"b0.heads_keep": (0.5, 0.83, 1.0)}  # of 4 heads, 0.67 and 0.83 both keep 3
+    # sampled within those choices, every head count of block 0 is drawn alike, and 3 heads is not drawn twice as often
+    allowed = space.distinct([4, 6])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    kept = [space.sample(study.ask(), [4, 6], allowed=allowed).blocks[0].get("prune_heads") for _ in range(600)]
+    counts = [sum((k.keep if k else 4) == n for k in kept) for n in (2, 3, 4)]
+    assert all(150 < c < 250 for c in counts), counts
+    # a uniform space keeps a fraction that is distinct in any block
+    assert dataclasses.replace(space, uniform=True).distinct([4, 4]) == {"all.heads_keep": (0.5, 0.83, 1.0)}
+    assert dataclasses.replace(space, uniform=True).distinct([4, 6]) == {}

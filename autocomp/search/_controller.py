@@ -90,7 +90,7 @@ class OptunaController(Searcher):
                     screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1])
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its searcher into its experiment checkpoint; the study lives in SQLite and is resumed from
+        # Tune pickles its searcher into its experiment checkpoint; the study lives in its file and is resumed from
         # there, so the live handles (database engine, callbacks) are left out.
         return {"_remaining": self._remaining}
 

@@ -31,7 +31,7 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
         return
     if ray_address and ray_address.startswith("ray://"):
         raise AutocompError(f"--ray-address {ray_address}: Ray Client (ray://) addresses are not supported, the "
-                            "search keeps its study in a local SQLite file next to the driver; run autocomp on a "
+                            "search keeps its study in a local file next to the driver; run autocomp on a "
                             "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
     try:
         if ray_address:

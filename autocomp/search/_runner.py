@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
+import torch
 import yaml
 from torch import nn
 
+from autocomp.compress import compress
 from autocomp.config import JobConfig
 from autocomp.data import Split, Splits, load_splits
 from autocomp.distill import TeacherCache
@@ -26,7 +28,7 @@ from autocomp.measure.backends import check_images
 from autocomp.measure.placement import measure_on_device, require_device
 from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
-from autocomp.recipe import Distill
+from autocomp.recipe import Distill, Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _finish as finish
@@ -152,8 +154,10 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                                  base_latency_ms=baseline["latency_ms"],
                                                  before_timing=loop.wait_for_workers)
                 if config.start_points and config.trials >= 4 and not study.trials:
+                    loop.wait_for_workers()  # the all-knobs point may be measured
                     _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
-                                          settings=settings)
+                                          settings=settings, measure=_latency_of(base, profile, splits, config,
+                                                                                 screen, baseline["latency_ms"]))
                 controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
@@ -215,34 +219,35 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         return [], {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
-    if not fresh or config.sensitivity.images == 0 or not lightest(space):
+    if not fresh:  # a study begun before the choices were saved: offer them as it did
         return [], {}
     settings: list[Setting] = []
-    allowed: dict[str, tuple] = {}
-    if not space.uniform:
+    allowed = space.distinct(heads)  # one choice per head count
+    if allowed:
+        log("heads_keep: choices that keep as many heads as a larger one are offered once: "
+            + "; ".join(f"{name} {list(values)}" for name, values in allowed.items()))
+    passes = config.sensitivity.images > 0 and bool(lightest(space))
+    if passes and not space.uniform:
         started = time.perf_counter()
         settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
                                     calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
                                     threads=config.resources.cpu)
         drop_above = config.sensitivity.drop_above
-        allowed = allowed_choices(settings, space, drop_above=drop_above)
+        offered = allowed
+        allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=offered)
         write_sensitivity(run_dir, settings, drop_above=drop_above)
-        removed = sum(len(getattr(space, name.split(".")[1])) - len(values) for name, values in allowed.items())
+        removed = sum(len(offered.get(name, getattr(space, name.split(".")[1]))) - len(values)
+                      for name, values in allowed.items())
         log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
             f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
             f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
-    if "latency_ms" in limits and "memory_mb" not in limits:
+    if passes and "latency_ms" in limits and "memory_mb" not in limits:
         before_timing()
         started = time.perf_counter()
 
-        def ratio(model: nn.Module) -> float:
-            placed = measure_on_device(model, profile, example=splits.calib.x, reference=base,
-                                       timeout_s=config.measure_timeout_s)
-            return placed.measurement.latency_ratio
-
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
-                base, space, heads, calib=splits.calib.x, measure=ratio,
+                base, space, heads, calib=splits.calib.x, measure=_ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms))
         minimum = config.sensitivity.min_saving
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
@@ -253,6 +258,32 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
                       "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
+
+
+def _ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
+              config: JobConfig) -> Callable[[nn.Module], float]:
+    """A model's latency as a fraction of ``base``'s, measured on the target interleaved with it."""
+    def ratio(model: nn.Module) -> float:
+        placed = measure_on_device(model, profile, example=splits.calib.x, reference=base,
+                                   timeout_s=config.measure_timeout_s)
+        return placed.measurement.latency_ratio
+    return ratio
+
+
+def _latency_of(base: nn.Module, profile: HardwareProfile, splits: Splits, config: JobConfig, screen: Screen | None,
+                base_latency_ms: float) -> Callable[[Recipe], float] | None:
+    """A recipe's latency in ms, compressed and measured on the target (the cost model learns from it); None
+    without a cost model (nothing is predicted that a measurement would check)."""
+    if screen is None:
+        return None
+    ratio = _ratio_of(base, profile, splits, config)
+
+    def latency_ms(recipe: Recipe) -> float:
+        with torch.no_grad(), num_threads(config.resources.cpu):
+            measured = ratio(compress(base, recipe, calibration=splits.calib.x)) * base_latency_ms
+        screen.observe(recipe, measured)
+        return measured
+    return latency_ms
 
 
 def _coarse_draws(study: optuna.Study, space: SearchSpace, config: JobConfig) -> int:
@@ -278,10 +309,11 @@ def _sampler(config: JobConfig, *, seed: int) -> optuna.samplers.BaseSampler:
 
 def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[int], screen: Screen | None,
                           limits: Mapping[str, float], config: JobConfig, log: Callable[[str], None], *,
-                          allowed: Mapping[str, tuple], settings: list[Setting]) -> None:
+                          allowed: Mapping[str, tuple], settings: list[Setting],
+                          measure: Callable[[Recipe], float] | None) -> None:
     """Queue the known-good starting recipes (:mod:`autocomp.search._start`), a quarter of the trials at most."""
     points = start_points(space, heads, predictor=screen.predictor if screen is not None else None, limits=limits,
-                          cap=config.trials // 4, allowed=allowed, sensitivity=settings)
+                          cap=config.trials // 4, allowed=allowed, sensitivity=settings, measure=measure)
     for label, params in points:
         study.enqueue_trial(params, user_attrs={START: label})
     log("starting points: " + "; ".join(label for label, _ in points))

@@ -84,16 +84,21 @@ def _settings(space: SearchSpace, light: Mapping[str, Any]) -> list[tuple[str, A
             if value != light[knob]]
 
 
-def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_above: float) -> dict[str, tuple]:
-    """Per Optuna parameter name (``b3.heads_keep``), the choices left once those that alone lose more than
-    ``drop_above`` points (or that the operators refuse) are removed; only names that lost a choice are listed."""
+def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_above: float,
+                    allowed: Mapping[str, tuple] | None = None) -> dict[str, tuple]:
+    """Per Optuna parameter name (``b3.heads_keep``), the choices left (of ``allowed``, else of the space) once
+    those that alone lose more than ``drop_above`` points (or that the operators refuse) are removed; only names
+    that lost a choice are listed."""
     light = lightest(space)
     removed: dict[str, set] = {}
     for s in settings:
         if s.accuracy_drop is None or s.accuracy_drop > drop_above:
             removed.setdefault(f"b{s.block}.{s.knob}", set()).add(s.value)
-    return {name: tuple(v for v in getattr(space, name.split(".")[1]) if v not in gone or v == light[name.split(
-        ".")[1]]) for name, gone in removed.items()}
+    result = dict(allowed or {})
+    for name, gone in removed.items():
+        knob = name.split(".")[1]
+        result[name] = tuple(v for v in result.get(name, getattr(space, knob)) if v not in gone or v == light[knob])
+    return result
 
 
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,

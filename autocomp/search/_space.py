@@ -112,6 +112,20 @@ class SearchSpace:
         distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) if steps > 0 else None
         return Recipe(blocks=tuple(blocks), distill=distill)
 
+    def distinct(self, heads_per_block: Sequence[int]) -> dict[str, tuple]:
+        """Per parameter, the ``heads_keep`` choices that keep different numbers of heads (of each group, the largest
+        fraction), as ``allowed`` for :meth:`sample`; only parameters that lose a choice are listed. With 4 heads,
+        0.67 and 0.83 both keep 3: offered both, a sampler draws 3 heads twice as often as any other count, and a
+        search spends its trials on one recipe under two names."""
+        kept: dict[str, set] = {}
+        for index, heads in enumerate(heads_per_block):
+            counts: dict[int, float] = {}
+            for fraction in sorted(self.heads_keep, reverse=True):
+                counts.setdefault(max(1, round(fraction * heads)), fraction)
+            kept.setdefault(self.name(index, "heads_keep"), set()).update(counts.values())  # uniform: any block's
+        return {name: tuple(v for v in self.heads_keep if v in values) for name, values in kept.items()
+                if len(values) < len(self.heads_keep)}
+
     def name(self, block: int, knob: str) -> str:
         """The Optuna parameter (before the rank suffix) of a per-block knob: ``b3.heads_keep``, or
         ``all.heads_keep`` in a uniform space."""

@@ -6,7 +6,8 @@ start-up trials, mostly heavy compression, can spend a whole small budget far fr
 therefore starts from, in this order (a quarter of the trials at most): the uncompressed model (the accuracy
 anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform combination of knobs predicted
 within budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
-the latency pass the cost model is corrected by what that pass measured); after a sensitivity pass, every block at
+the latency pass the cost model is corrected by what that pass measured; under a latency budget the best-ranked
+combinations are measured on the target until one is within it); after a sensitivity pass, every block at
 the strongest settings that alone cost it at most ``QUIET`` points; and for each searched knob alone the uniform
 setting the cost model predicts to fit the budget with the least compression. Per-block knobs are given; the
 distillation settings are left to the sampler. A point that uses a choice the sensitivity pass removed from a block
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -38,25 +39,31 @@ QUIET = 0.5  # accuracy points a setting may cost alone, without distillation, t
 
 def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predictor: CostPredictor | None,
                  limits: Mapping[str, float], cap: int, allowed: Mapping[str, Sequence[Any]] | None = None,
-                 sensitivity: Sequence[Any] = ()) -> list[tuple[str, dict[str, Any]]]:
+                 sensitivity: Sequence[Any] = (),
+                 measure: Callable[[Recipe], float] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(label, Optuna params) of the starting recipes, at most ``cap``, most useful first, without repeats.
 
     Args:
         allowed: choices per parameter name left by the sensitivity pass (:func:`~autocomp.search._sensitivity.
             allowed_choices`).
         sensitivity: its :class:`~autocomp.search._sensitivity.Setting` rows.
+        measure: a recipe's latency in ms, measured on the target. Under a latency limit, the all-knobs point is
+            then the first of the best-ranked combinations (at most ``MEASURED_MIXES``) measured within it: the
+            cost model is least sure of combinations, and one predicted just under the limit often measures over.
     """
     light, blocks = lightest(space), len(heads_per_block)
     points = [("uncompressed", uniform_values(space, light, blocks))]
     if 8 in space.weight_bits and len(space.weight_bits) > 1:
         points.append(("uniform weight_bits 8", uniform_values(space, {**light, "weight_bits": 8}, blocks)))
     drops = _uniform_drops(sensitivity)
-    mix = _uniform_mix_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}, drops) \
-        if predictor is not None and limits else None
+    measure = measure if "latency_ms" in limits else None
+    mix = _uniform_mix_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}, drops,
+                                 measure=measure) if predictor is not None and limits else None
     if mix is not None:
         points.append(("all knobs alike: " + ", ".join(f"{k} {v:g}" for k, v in mix.items() if v != light[k])
-                       + (", predicted within budget at the least sensitivity" if drops else
-                          ", predicted closest under the budget"), uniform_values(space, mix, blocks)))
+                       + (", measured" if measure is not None else ", predicted")
+                       + (" within budget at the least sensitivity" if drops else " closest under the budget"),
+                       uniform_values(space, mix, blocks)))
     quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
     if quiet is not None:
         points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
@@ -96,6 +103,7 @@ def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -
 
 
 MAX_MIXES = 4096  # uniform knob combinations predicted for the mixed starting point, at most
+MEASURED_MIXES = 4  # of those predicted within budget, the best-ranked measured until one is within the limit
 
 
 def _uniform_drops(sensitivity: Sequence[Any]) -> dict[tuple[str, Any], float]:
@@ -111,13 +119,15 @@ def _uniform_drops(sensitivity: Sequence[Any]) -> dict[tuple[str, Any], float]:
 def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
                            limits: Mapping[str, float], light: Mapping[str, Any],
                            allowed: Mapping[str, Sequence[Any]],
-                           drops: Mapping[tuple[str, Any], float]) -> dict[str, Any] | None:
+                           drops: Mapping[tuple[str, Any], float], *,
+                           measure: Callable[[Recipe], float] | None = None) -> dict[str, Any] | None:
     """The combination of knob settings, each alike in every block and offered in every block, predicted within
     budget that should lose the least accuracy: with a sensitivity pass (``drops``, see :func:`_uniform_drops`),
     the one whose settings cost least added up, then the closest under the budget; without one, the closest under
     the budget (the largest predicted fraction of the tightest limit: the least compression of all knobs together
     that fits). None when none is predicted to fit or none is needed, and, without a sensitivity pass, for one knob
-    alone (a point of its own below).
+    alone (a point of its own below). With ``measure`` (a recipe's latency in ms), the first of the best-ranked
+    ``MEASURED_MIXES`` measured within the latency limit; None when none is.
 
     Closeness to the budget is not accuracy: on a wide 4-block model under a 0.65x budget, uniform rank 0.25 lost 0.1
     point at 0.60x, while the combination closest under the budget (3 heads of 4 and rank 0.4, at 0.65x) scored 1.1
@@ -127,7 +137,7 @@ def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], p
     choices = {knob: alike[knob] for knob in light}
     if math.prod(len(values) for values in choices.values()) > MAX_MIXES:
         return None
-    best, best_key = None, None
+    ranked = []
     for combination in itertools.product(*choices.values()):
         values = dict(zip(choices, combination))
         try:
@@ -138,13 +148,18 @@ def _uniform_mix_at_budget(space: SearchSpace, heads_per_block: Sequence[int], p
             continue
         tightest = max(predicted[key] / limit for key, limit in limits.items())
         cost = sum(drops.get((knob, value), 0.0) for knob, value in values.items() if value != light[knob])
-        key = (-cost, tightest)
-        if best_key is None or key > best_key:
-            best, best_key = values, key
-    compressed = 0 if best is None else sum(v != light[k] for k, v in best.items())
-    if compressed == 0 or (compressed < 2 and not drops):
+        ranked.append(((-cost, tightest), values))
+    ranked = [values for _, values in sorted(ranked, key=lambda item: item[0], reverse=True)]
+    if not ranked or all(v == light[k] for k, v in ranked[0].items()):  # none fits, or none is needed
         return None
-    return best
+    if not drops:
+        ranked = ranked[:1] if sum(v != light[k] for k, v in ranked[0].items()) >= 2 else []
+    if measure is None:
+        return ranked[0] if ranked else None
+    for values in ranked[:MEASURED_MIXES]:
+        if measure(recipe_of(space, heads_per_block, uniform_values(space, values, blocks))) <= limits["latency_ms"]:
+            return values
+    return None
 
 
 def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
