@@ -32,13 +32,15 @@ def predictor():
     return CostPredictor(base=small_vit(), profile=PROFILE, base_latency_ms=10.0)
 
 
-def test_the_search_starts_from_the_uncompressed_model_uniform_int8_and_uniform_settings_that_fit(predictor):
+def test_the_search_starts_from_uniform_int8_and_uniform_settings_that_fit_never_from_one_over_budget(predictor):
     limits = {"latency_ms": 0.96 * predictor.predict(recipe_of(SPACE, HEADS, UNCOMPRESSED))["latency_ms"]}
     points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10))
     labels = list(points)
-    assert labels[:2] == ["uncompressed", "uniform weight_bits 8"]
-    assert points["uncompressed"] == SPACE.params(UNCOMPRESSED)
-    assert points["uncompressed"]["b0.heads_keep#rank"] == 3  # the rank of 1.0 among the sorted choices
+    assert labels[0] == "uniform weight_bits 8" and "uncompressed" not in labels  # that one is over the budget
+    for params in points.values():
+        values = {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix("#rank")))[v]
+                  for name, v in params.items()}
+        assert feasible(violations(predictor.predict(recipe_of(SPACE, HEADS, values)), limits))
     for knob in ("heads_keep", "mlp_keep"):  # each alone, at the lightest setting predicted within budget
         [label] = [label for label in labels if label.startswith(f"uniform {knob} ")]
         value = sorted(getattr(SPACE, knob))[points[label][f"b0.{knob}#rank"]]
@@ -51,10 +53,11 @@ def test_the_search_starts_from_the_uncompressed_model_uniform_int8_and_uniform_
 
 def test_no_uniform_setting_is_proposed_where_none_fits_or_nothing_is_needed(predictor):
     base = predictor.predict(recipe_of(SPACE, HEADS, UNCOMPRESSED))["latency_ms"]
-    for limit in (1e-6, 10 * base):  # nothing fits; everything fits (the uncompressed model covers it)
-        labels = [label for label, _ in start_points(SPACE, HEADS, predictor=predictor,
-                                                      limits={"latency_ms": limit}, cap=10)]
-        assert labels == ["uncompressed", "uniform weight_bits 8"]
+    assert start_points(SPACE, HEADS, predictor=predictor, limits={"latency_ms": 1e-6}, cap=10) == []
+    points = start_points(SPACE, HEADS, predictor=predictor, limits={"latency_ms": 10 * base}, cap=10)
+    assert [label for label, _ in points] == ["uncompressed", "uniform weight_bits 8"]  # the former covers it all
+    assert points[0][1] == SPACE.params(UNCOMPRESSED)
+    assert points[0][1]["b0.heads_keep#rank"] == 3  # the rank of 1.0 among the sorted choices
 
 
 def test_ordered_knobs_are_sampled_by_rank_and_categories_by_name():
@@ -93,9 +96,10 @@ def test_a_new_search_runs_its_starting_points_first(tmp_path, tiny_teacher):
                                                                                            "heads_int8.yaml")}))
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     trials = load_run_study(tmp_path / "run").get_trials()
-    assert trials[0].user_attrs["start_point"] == "uncompressed"
-    assert trials[0].user_attrs["recipe_summary"].startswith("- | -")
-    assert trials[1].user_attrs["start_point"] == "uniform weight_bits 8"
+    # the uncompressed model is over the budget (0.99x its memory): not queued
+    assert trials[0].user_attrs["start_point"] == "uniform weight_bits 8"
+    assert trials[0].user_attrs["recipe_summary"] == "w8 | w8"
+    assert all(t.user_attrs.get("start_point") != "uncompressed" for t in trials)
     assert all("start_point" not in t.user_attrs for t in trials[2:])  # cap: a quarter of the 8 trials
 
 

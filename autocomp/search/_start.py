@@ -10,8 +10,8 @@ the latency pass the cost model is corrected by what that pass measured; under a
 combinations are measured on the target until one is within it); after a sensitivity pass, every block at
 the strongest settings that alone cost it at most ``QUIET`` points; and for each searched knob alone the uniform
 setting the cost model predicts to fit the budget with the least compression. Per-block knobs are given; the
-distillation settings are left to the sampler. A point that uses a choice the sensitivity pass removed from a block
-is left out.
+distillation settings are left to the sampler. A point that uses a choice the sensitivity pass removed from a block,
+or that the cost model predicts over budget (the uncompressed model under any budget below 1x), is left out.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     for label, values in points:
         try:
             params = space.params(values, allowed=allowed)
-        except AutocompError:  # a choice the sensitivity pass removed from some block
+            if predictor is not None and limits and not feasible(violations(
+                    predictor.predict(recipe_of(space, heads_per_block, values)), limits)):
+                continue  # over budget it cannot be the answer, and a trial run or skipped counts all the same
+        except AutocompError:  # a choice the sensitivity pass removed from some block, or the operators refuse
             continue
         if all(params != seen for _, seen in unique):
             unique.append((label, params))
