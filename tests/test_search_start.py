@@ -198,3 +198,16 @@ def test_measured_the_uniform_mix_is_the_best_ranked_one_the_target_measures_wit
     assert not any(label.startswith("all knobs alike") for label in over)  # none measured within: no such point
     memory = {"memory_mb": predictor.predict(recipe_of(SPACE, HEADS, values(0.67, 0.75, 32)))["memory_mb"]}
     start_points(SPACE, HEADS, **{**kwargs, "limits": memory}, measure=lambda recipe: 1 / 0)  # counted: not measured
+
+
+def test_a_queued_point_is_the_recipe_predicted_with_the_quantized_layers_it_was_predicted_with(predictor):
+    space = dataclasses.replace(SPACE, quantize_layers=("all", "qkv,fc1"))
+    limits = {"latency_ms": 10 * predictor.predict(recipe_of(space, HEADS, UNCOMPRESSED))["latency_ms"]}
+    points = dict(start_points(space, HEADS, predictor=predictor, limits=limits, cap=10))
+    params = points["uniform weight_bits 8"]
+    assert params["b0.quantize_layers"] == params["b1.quantize_layers"] == "all"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(params)
+    queued = space.sample(study.ask(), HEADS)  # what the trial runs, whatever the sampler would have drawn
+    assert queued.blocks == recipe_of(space, HEADS, {**UNCOMPRESSED, "b0.weight_bits": 8, "b1.weight_bits": 8}).blocks
+    assert "b0.quantize_layers" not in points["uncompressed"]  # an fp32 block has no layers to choose

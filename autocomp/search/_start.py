@@ -75,6 +75,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
                                uniform_values(space, {**light, knob: value}, blocks)))
     unique: list[tuple[str, dict[str, Any]]] = []
     for label, values in points:
+        values = _with_layers(space, values, blocks)  # the recipe predicted (and measured) is the one queued
         try:
             params = space.params(values, allowed=allowed)
             if predictor is not None and limits and not feasible(violations(
@@ -85,6 +86,16 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         if all(params != seen for _, seen in unique):
             unique.append((label, params))
     return unique[:cap]
+
+
+def _with_layers(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
+    """``values`` with each quantized block's ``quantize_layers`` at the space's first choice, as :func:`recipe_of`
+    predicts it, unless given."""
+    if len(space.quantize_layers) < 2:
+        return dict(values)
+    layers = {space.name(i, "quantize_layers"): space.quantize_layers[0] for i in range(blocks)
+              if values.get(space.name(i, "weight_bits"), FLOAT_BITS) != FLOAT_BITS}
+    return {**layers, **values}
 
 
 def lightest(space: SearchSpace) -> dict[str, Any]:
