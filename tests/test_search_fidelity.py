@@ -102,6 +102,16 @@ def test_the_front_rule_stops_the_dominated_and_the_over_budget():
     assert not resumed.goes_on(_short(75.0, 6.0))
 
 
+def test_a_short_score_within_the_subsets_noise_goes_on():
+    rule = FrontRule(slack=0.5, images=1000)
+    assert abs(rule.margin(87.0, 87.0) - 1.504) < 1e-3  # one sd of the difference of two scores on 1000 images
+    assert rule.goes_on(_short(87.0, 5.0))
+    assert rule.goes_on(_short(86.0, 6.0))  # 1 point behind, slower: inside the noise, so it goes on
+    assert not rule.goes_on(_short(85.0, 6.0))  # 2 points behind: beyond it
+    assert FrontRule(slack=0.5, images=100_000).margin(87.0, 87.0) == 0.5  # large subsets: the slack is the floor
+    assert not FrontRule(slack=0.5, seen=[(87.0, 5.0, 1.0)]).goes_on(_short(86.0, 6.0))  # the slack alone
+
+
 def _row(number, accuracy, latency, fidelity):
     return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe={}, accuracy=accuracy,
                     latency_ms=latency, memory_mb=1.0, latency_ratio=None, weights_mb=None, activations_mb=None,

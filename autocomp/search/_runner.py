@@ -145,7 +145,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             display.update(rows)
 
         if remaining:
-            rule = _front_rule(study, config)
+            rule = _front_rule(study, config, len(splits.val))
             # the trials' Ray workers start (and receive the inputs) while the sensitivity pass runs
             with TrialLoop(inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
                            resources=config.resources, rule=rule) as loop:  # room for retries and replacements
@@ -363,15 +363,16 @@ def _teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Jo
     return cache
 
 
-def _front_rule(study: optuna.Study, config: JobConfig) -> FrontRule | None:
-    """The multi-fidelity rule of the job (None: off), knowing the short results of the study's earlier trials."""
+def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> FrontRule | None:
+    """The multi-fidelity rule of the job (None: off), knowing the short results of the study's earlier trials and
+    the images a short score is measured on (``val_images``: the validation split's size)."""
     if config.fidelity is None:
         return None
     seen = [(t.user_attrs["short_accuracy"], t.values[1], t.values[2])
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("short_accuracy") is not None
             and all(t.system_attrs.get(f"constraints:{key}", 0.0) <= 0 for key in ("latency_ms", "memory_mb"))]
-    return FrontRule(slack=config.fidelity.slack, seen=seen)
+    return FrontRule(slack=config.fidelity.slack, images=min(config.fidelity.images, val_images), seen=seen)
 
 
 def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str]:
