@@ -146,7 +146,8 @@ def main() -> None:
           "seconds to close | stopped early | overhead | wall s |\n|---|---|---|---|---|---|---|---|---|---|")
     for (method, budget), runs in results.items():
         close = [r["first_close"] for r in runs if r["first_close"] is not None]
-        print(f"| {budget} | {method} | {_mean_sd([r['val'] for r in runs if r['val'] is not None])} | "
+        within = [r["val"] for r in runs if r["val"] is not None]
+        print(f"| {budget} | {method} | {_mean_sd(within)} ({len(within)}/{len(runs)}) | "
               f"{_mean_sd([r['test'] for r in runs if r['test'] is not None])} | "
               f"{_mean_sd([r['hypervolume'] for r in runs])} | "
               f"{_mean_sd([c[0] for c in close]) if close else '-'} ({len(close)}/{len(runs)}) | "
