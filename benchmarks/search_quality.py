@@ -38,6 +38,7 @@ from typing import Any
 
 from autocomp.budget import Budget
 from autocomp.config import JobConfig, SensitivityConfig, load_config
+from autocomp.errors import AutocompError
 from autocomp.measure.profiling import cpu_description
 from autocomp.results import load_run_study, trial_rows
 from autocomp.search import load_space, run_search
@@ -138,7 +139,11 @@ def main() -> None:
                     config = dataclasses.replace(method_config(base, method, Path(tmp)), seed=seed,
                                                  budget=Budget(**{kind: float(fraction)}))
                     started = time.perf_counter()
-                    summary = run_search(config, root / name, log=lambda _: None, progress=False)
+                    try:
+                        summary = run_search(config, root / name, log=lambda _: None, progress=False)
+                    except AutocompError as exc:  # e.g. a technique alone that cannot reach the budget at all
+                        print(f"{name}: refused: {exc}", flush=True)
+                        break  # the other seeds would be refused alike
                     figures = {**score(root / name, summary), "wall_s": time.perf_counter() - started}
                     results.setdefault((method, f"{kind} {fraction}x"), []).append(figures)
                     print(f"{name}: {figures}", flush=True)
