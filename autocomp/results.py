@@ -8,9 +8,9 @@ Every file is derived from the Optuna study in RUN_DIR/study.journal, so they ca
 each trial, at the end, or after a crash) and agree with each other.
 
 The study is kept in Optuna's journal storage: each change (a parameter drawn, a user attr, a result told) is one line
-appended to the file, where SQLite took a transaction; a trial makes some 80 changes, and the journal writes them
-about 5x faster (``benchmarks/study_storage.py``). Run folders from before the journal hold ``study.db`` (SQLite),
-and are read and resumed in that format.
+appended to the file, where SQLite took a transaction; a trial makes some 80 changes, and the driver spent 27 ms per
+trial on them against 177 ms in SQLite (``benchmarks/study_storage.py``). Run folders from before the journal hold
+``study.db`` (SQLite), and are read and resumed in that format.
 """
 
 from __future__ import annotations

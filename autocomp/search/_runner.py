@@ -154,7 +154,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                                  base_latency_ms=baseline["latency_ms"],
                                                  before_timing=loop.wait_for_workers)
                 if config.start_points and config.trials >= 4 and not study.trials:
-                    loop.wait_for_workers()  # the all-knobs point may be measured
+                    if "latency_ms" in limits:  # the all-knobs point is measured: not while workers start
+                        loop.wait_for_workers()
                     _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
                                           settings=settings, measure=_latency_of(base, profile, splits, config,
                                                                                  screen, baseline["latency_ms"]))
