@@ -133,6 +133,11 @@ class JobConfig:
             round) and fails with the reason; None: no limit.
         measure_timeout_s: a measurement not done within this time (waiting for a busy device included) fails its
             trial; None: no limit.
+        final_distill_steps: distil the best candidate within budget again from its compressed weights, for this
+            many steps on the whole training split, before it is saved as ``best/`` (the trials distil briefly, on a
+            subset, to rank candidates; the deployed model gets the long recovery). Its cost does not change:
+            distillation changes weights, not structure. Kept only if it scores higher on validation; 0: the trial's
+            own weights.
         source: the YAML file the config came from.
     """
 
@@ -154,10 +159,11 @@ class JobConfig:
     fidelity: FidelityConfig | None = dataclasses.field(default_factory=FidelityConfig)
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = 600.0
+    final_distill_steps: int = 0
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})
 
     def __post_init__(self) -> None:
-        for key, minimum in (("trials", 1), ("workers", 1), ("seed", 0), ("retries", 0)):
+        for key, minimum in (("trials", 1), ("workers", 1), ("seed", 0), ("retries", 0), ("final_distill_steps", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise AutocompError(f"{key} must be a whole number >= {minimum}, got {value!r}")

@@ -97,3 +97,53 @@ def test_the_overhead_is_split_into_per_trial_engine_time_worker_start_and_idle_
     assert split["worker_start_seconds"] == pytest.approx(6.0)
     assert split["idle_seconds"] == pytest.approx(60 - 48 - 9)  # the slots no trial held
     assert _finish.overhead(rows, None, workers=2) is None
+
+
+def _trial_entry(model, splits):
+    from autocomp.train import evaluate
+
+    return {"val_accuracy": evaluate(model, splits.val), "test_accuracy": evaluate(model, splits.test)}
+
+
+def test_the_final_distillation_recovers_what_the_trial_left_and_says_so_in_the_recipe(tiny_teacher, digits_splits):
+    from autocomp import Recipe, compress
+    from autocomp.train import evaluate
+
+    _, teacher = tiny_teacher
+    recipe = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}, "prune_mlp": {"keep": 0.5}}] * 2,
+                               "distill": {"steps": 0, "alpha": 0.7, "temperature": 2.0}})
+    with torch.no_grad():
+        trial_model = compress(teacher, recipe, calibration=digits_splits.calib.x)
+    entry = _trial_entry(trial_model, digits_splits)
+    model, saved = _finish.final_distillation(trial_model, teacher, recipe, digits_splits, entry, steps=150,
+                                              log=lambda _: None)
+    final = entry["final_distillation"]
+    assert final["kept"] and model is not trial_model
+    assert final["val_accuracy"] > final["trial_val_accuracy"]
+    assert entry["val_accuracy"] == final["val_accuracy"] == evaluate(model, digits_splits.val)
+    # the saved recipe says how the saved weights were made: the trial's settings with the longer distillation
+    assert saved.distill == dataclasses.replace(recipe.distill, steps=150) and saved.blocks == recipe.blocks
+    assert final["images"] == len(digits_splits.train)
+
+
+def test_a_final_distillation_that_scores_lower_keeps_the_trials_weights(tiny_teacher, digits_splits):
+    from autocomp import Recipe
+
+    _, teacher = tiny_teacher
+    recipe = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}] * 2})  # a trial that distilled nothing
+    entry = {"val_accuracy": 100.0, "test_accuracy": 100.0}  # nothing can score higher
+    trial_model = small_vit()
+    model, saved = _finish.final_distillation(trial_model, teacher, recipe, digits_splits, entry, steps=5,
+                                              log=lambda _: None)
+    assert model is trial_model and saved is recipe
+    assert not entry["final_distillation"]["kept"] and entry["val_accuracy"] == 100.0
+    assert entry["final_distillation"]["val_accuracy"] < 100.0
+
+
+def test_final_distill_steps_must_be_a_whole_number():
+    from autocomp.config import JobConfig
+    from autocomp.errors import AutocompError
+
+    with pytest.raises(AutocompError, match="final_distill_steps must be a whole number >= 0"):
+        JobConfig(model=small_vit(), data=None, search_space="s.yaml", hardware="h.yaml", budget=None,
+                  final_distill_steps=-1)
