@@ -56,11 +56,20 @@ def _print_front(run_dir: Path) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
+def _trial_number(text: str) -> int | str:
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a trial number or 'best', got {text!r}") from None
+
+
 def _export(args: argparse.Namespace) -> None:
     from autocomp.search import export_trial
 
     path = export_trial(Path(args.run_dir), args.trial, Path(args.out), format=args.format)
-    print(f"trial {args.trial} written to {path}")
+    print(f"{'the best model' if args.trial == 'best' else f'trial {args.trial}'} written to {path}")
     if args.format != "pytorch":
         info = json.loads((path / "export.json").read_text())
         print(f"{info['file']}: {info['weight_nbytes'] / 1e6:.3f} MB of weights; top-1 agreement with the PyTorch "
@@ -138,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = commands.add_parser("pareto", help="print a run's Pareto front")
     pareto.add_argument("run_dir")
     pareto.set_defaults(run=_pareto)
-    export = commands.add_parser("export", help="write any trial's compressed model")
+    export = commands.add_parser("export", help="write the best model, or any trial's, for loading or deployment")
     export.add_argument("run_dir")
-    export.add_argument("--trial", type=int, required=True)
+    export.add_argument("--trial", type=_trial_number, default="best",
+                        help="a trial number (autocomp pareto lists them), or best (default): the run's best/ model, "
+                             "after any final distillation")
     export.add_argument("--out", required=True)
     export.add_argument("--format", choices=("pytorch", "onnx", "openvino"), default="pytorch",
                         help="pytorch: a folder autocomp.load reads (always written); onnx: also model.onnx (ONNX "

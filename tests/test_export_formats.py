@@ -106,3 +106,31 @@ def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_its_
     assert info["file"] == "model.onnx" and info["check"] == err.removeprefix("autocomp: error: ")
     assert (out / "model.onnx").is_file()
     assert autocomp.load(out) is not None  # the loadable folder was written before the check
+
+
+def test_the_default_export_is_the_best_model_as_saved_after_any_final_distillation(run, tmp_path, capsys):
+    """best/ may hold weights no trial scored (final_distill_steps): exporting 'best' takes them, not a rebuild."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    pytest.importorskip("onnxruntime")
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    weights = run_dir / "best" / "weights.safetensors"
+    changed = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    save_file(changed, str(weights))
+    out = tmp_path / "best_onnx"
+    assert main(["export", str(run_dir), "--out", str(out), "--format", "onnx"]) == 0
+    assert "the best model written to" in capsys.readouterr().out
+    exported = load_file(str(out / "weights.safetensors"))
+    assert exported.keys() == changed.keys() and all(torch.equal(exported[k], changed[k]) for k in changed)
+    assert (out / "recipe.yaml").read_text() == (run_dir / "best" / "recipe.yaml").read_text()
+    assert json.loads((out / "export.json").read_text())["top1_agreement"] >= 0.9
+    shutil.rmtree(run_dir / "best")  # as when no candidate met the budget
+    err = run_cli(["export", str(run_dir), "--out", str(tmp_path / "none")], capsys)
+    assert "has no best/ model" in err and "--trial N" in err
+    with pytest.raises(SystemExit):
+        main(["export", str(run_dir), "--trial", "last", "--out", str(tmp_path / "x")])
+    assert "expected a trial number or 'best', got 'last'" in capsys.readouterr().err

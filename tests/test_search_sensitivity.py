@@ -130,3 +130,61 @@ def test_the_pass_narrows_the_choices_already_narrowed():
     assert allowed_choices(settings, space, drop_above=5.0, allowed={"b0.heads_keep": (0.5, 0.83, 1.0),
                                                                      "b1.heads_keep": (0.5, 0.83, 1.0)}) == {
         "b0.heads_keep": (0.83, 1.0), "b1.heads_keep": (0.5, 0.83, 1.0)}
+
+
+@pytest.fixture
+def fastest_measures(monkeypatch):
+    """Replace the target by a list of latency ratios, one per model measured; records the models."""
+    from autocomp.search import _runner
+
+    def install(ratios):
+        seen, queue = [], list(ratios)
+
+        def ratio_of(*_args):
+            def ratio(model):
+                seen.append(model)
+                return queue.pop(0)
+            return ratio
+        monkeypatch.setattr(_runner, "_ratio_of", ratio_of)
+        return seen
+    return install
+
+
+def _check(tiny_teacher, digits_splits, ratios, limit_ratio):
+    from autocomp.config import JobConfig
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _runner
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 16, 8),
+                        head_importance="weight_norm")
+    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
+    _runner._check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
+                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0)
+
+
+def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
+    from autocomp.search._runner import LatencyUnreachable
+
+    seen = fastest_measures([0.72])
+    ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
+    expected = (r"its fastest candidate \(every block at heads_keep 0.5, mlp_keep 0.5, weight_bits 8\) measured "
+                r"7.2 ms, 0.72x the uncompressed model; loosen the budget to at least about 0.72x")
+    with pytest.raises(LatencyUnreachable, match=expected):
+        _check(tiny_teacher, digits_splits, ratios, 0.6)
+    (model,) = seen  # one measurement, of every knob at its fastest in every block (bf16 was slower: not taken)
+    assert all(block.attn.num_heads == 2 for block in model.blocks)
+    assert all(block.mlp.fc1.out_features == tiny_teacher[1].blocks[0].mlp.fc1.out_features // 2
+               for block in model.blocks)
+    assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in model.blocks)
+
+
+def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_not_refused(tiny_teacher,
+                                                                                         digits_splits,
+                                                                                         fastest_measures):
+    ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 8): 0.85}
+    seen = fastest_measures([0.65])
+    _check(tiny_teacher, digits_splits, ratios, 0.6)  # 8% over: within the tolerance for noise
+    assert len(seen) == 1
+    seen = fastest_measures([])
+    _check(tiny_teacher, digits_splits, ratios, 0.8)  # heads alone meet it: nothing measured
+    assert seen == []

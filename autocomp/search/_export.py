@@ -5,6 +5,7 @@ exported with autocomp's own numbers by the backend that measures on that runtim
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -21,8 +22,8 @@ from autocomp.measure.backends import CHECK_IMAGES, Backend, Prepared, backend_o
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
-from autocomp.saving import save_model
-from autocomp.search._finish import KEPT
+from autocomp.saving import load_model, save_model
+from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import build_candidate, distill_subset, kept_model
 
 __all__ = ["export_trial", "FORMATS"]
@@ -32,18 +33,19 @@ FORMATS = {"pytorch": None, "onnx": "onnxruntime-cpu", "openvino": "openvino-cpu
 CHECK_BATCH = 16  # images per run of the exported model when it is checked
 
 
-def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | None = None,
+def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module | None = None,
                  format: str = "pytorch") -> Path:  # noqa: A002 - the CLI's --format
-    """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe; with
+    """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe
+    (``number`` ``"best"``: the run's ``best/`` model, as the search saved it, after any final distillation); with
     ``format`` ``onnx`` or ``openvino`` also the deployable file, checked against the PyTorch model (top-1
     agreement and largest logit difference on validation images, in ``out/export.json``).
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
 
     Raises:
-        AutocompError: not a run folder, not a complete trial, an unknown format, the format's runtime not
-            installed (before anything is rebuilt), or an export that fails or disagrees with PyTorch (the files
-            stay in ``out`` to look at).
+        AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown
+            format, the format's runtime not installed (before anything is rebuilt), or an export that fails or
+            disagrees with PyTorch (the files stay in ``out`` to look at).
     """
     if format not in FORMATS:
         raise AutocompError(f"unknown export format {format!r}; known: {list(FORMATS)}")
@@ -56,26 +58,40 @@ def export_trial(run_dir: Path, number: int, out: Path, *, base: nn.Module | Non
             raise AutocompError(f"--format {format}: {exc}") from None
     if not study_file(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
         raise AutocompError(f"{run_dir} is not a search run folder (no {study_file(run_dir).name} / config.yaml)")
-    study = load_run_study(run_dir)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
-        complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
-        raise AutocompError(f"trial {number} is not a complete trial of {run_dir}; complete trials: "
-                            f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
+    if number == BEST:
+        if not (run_dir / BEST / "weights.safetensors").is_file():
+            raise AutocompError(f"{run_dir} has no {BEST}/ model (no candidate met the budget, or the search has not "
+                                "finished); export a trial by number: --trial N (autocomp pareto lists them)")
+    elif not isinstance(number, int):
+        raise AutocompError(f"--trial must be a trial number or 'best', got {number!r}")
+    else:
+        trial = _complete_trial(run_dir, number)
     config = load_config(run_dir / "config.yaml", model=base)
-    recipe = Recipe.from_dict(trials[number].user_attrs["recipe"])
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
     splits = load_splits(config.data, base)
-    model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
-    if model is None:
-        model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
-                                threads=config.resources.cpu)
-    save_model(out, model, recipe, config.model, metrics={"trial": number, **trials[number].user_attrs},
-               preprocessing=splits.preprocessing)
+    if number == BEST:
+        model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
+        metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
+    else:
+        recipe, metrics = Recipe.from_dict(trial.user_attrs["recipe"]), {"trial": number, **trial.user_attrs}
+        model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
+        if model is None:
+            model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
+                                    threads=config.resources.cpu)
+    save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=splits.preprocessing)
     if profile is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
         _write_deployable(backend_of(profile), model, images, out, profile, format)
     return out
+
+
+def _complete_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
+    trials = {t.number: t for t in load_run_study(run_dir).get_trials(deepcopy=False)}
+    if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
+        complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
+        raise AutocompError(f"trial {number} is not a complete trial of {run_dir}; complete trials: "
+                            f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
+    return trials[number]
 
 
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,

@@ -31,9 +31,10 @@ from autocomp.search._objective import build_candidate, distill_subset, kept_mod
 from autocomp.train import evaluate
 
 __all__ = ["finalize", "final_distillation", "confirm_best", "skipped_summary", "prediction_fidelity", "time_split",
-           "KEPT", "prune_kept"]
+           "KEPT", "BEST", "prune_kept"]
 
 KEPT = "trials"  # run_dir/trials/<number>/: the weights of trials within budget that are on the front
+BEST = "best"  # run_dir/best/: the best model within budget, ready to load
 
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
@@ -81,11 +82,11 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
         entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
-                     path=str((run_dir / "best").resolve()))
+                     path=str((run_dir / BEST).resolve()))
         if config.final_distill_steps and any(recipe.blocks):  # the uncompressed model has nothing to recover
             model, recipe = final_distillation(model, base, recipe, splits, entry, steps=config.final_distill_steps,
                                                gpu=config.resources.gpu > 0, log=log)
-        save_model(run_dir / "best", model, recipe, config.model, metrics=entry, preprocessing=splits.preprocessing)
+        save_model(run_dir / BEST, model, recipe, config.model, metrics=entry, preprocessing=splits.preprocessing)
         summary["best"] = entry
         log(f"best within budget: trial {best.number}  val {entry['val_accuracy']:.2f}%  "
             f"test {entry['test_accuracy']:.2f}%  latency {best.latency_ms:.2f} ms  memory {best.memory_mb:.2f} MB")

@@ -41,7 +41,7 @@ from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import (Setting, allowed_choices, sensitivity_pass, uniform_latencies,
                                           without_slow, write_sensitivity, write_uniform_latencies)
-from autocomp.search._start import START, lightest, recipe_of, start_points
+from autocomp.search._start import START, lightest, recipe_of, start_points, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["run_search"]
@@ -149,10 +149,15 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             # the trials' Ray workers start (and receive the inputs) while the sensitivity pass runs
             with TrialLoop(inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
                            resources=config.resources, rule=rule) as loop:  # room for retries and replacements
-                settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
-                                                 fresh=not study.trials, profile=profile, limits=limits,
-                                                 base_latency_ms=baseline["latency_ms"],
-                                                 before_timing=loop.wait_for_workers)
+                try:
+                    settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
+                                                     fresh=not study.trials, profile=profile, limits=limits,
+                                                     base_latency_ms=baseline["latency_ms"],
+                                                     before_timing=loop.wait_for_workers)
+                except LatencyUnreachable:
+                    if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
+                        (run_dir / "run.json").unlink(missing_ok=True)
+                    raise
                 if config.start_points and config.trials >= 4 and not study.trials:
                     if "latency_ms" in limits:  # the all-knobs point is measured: not while workers start
                         loop.wait_for_workers()
@@ -251,6 +256,8 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
                 base, space, heads, calib=splits.calib.x, measure=_ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms))
         minimum = config.sensitivity.min_saving
+        _check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
+                                 base_latency_ms)
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
         slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if r > 1 - minimum]
         write_uniform_latencies(run_dir, ratios, min_saving=minimum)
@@ -259,6 +266,46 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
                       "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
+
+
+REACH_TOLERANCE = 0.1  # a latency limit is refused when the space's fastest candidate measures >10% over it
+
+
+class LatencyUnreachable(AutocompError):
+    """No candidate of the search space can meet the latency limit (measured before any trial)."""
+
+
+def _check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
+                             heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
+                             limit: float, base_latency_ms: float) -> None:
+    """Refuse a latency limit that the space's fastest candidate misses: every block at each knob's fastest setting
+    (as the latency pass measured each alone), measured on the target more than ``REACH_TOLERANCE`` over the limit.
+    Nothing is measured when one setting alone already meets the limit. The tolerance leaves room for timing noise
+    and for per-block recipes a little faster than the uniform one.
+
+    Raises:
+        LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
+    """
+    if not ratios or any(r * base_latency_ms <= limit for r in ratios.values()):
+        return
+    light = lightest(space)
+    fastest = {}
+    for (knob, value), ratio in ratios.items():
+        if ratio < min(1.0, ratios.get((knob, fastest.get(knob)), 1.0)):
+            fastest[knob] = value
+    try:
+        with torch.no_grad(), num_threads(config.resources.cpu):
+            model = compress(base, recipe_of(space, heads, uniform_values(space, {**light, **fastest}, len(heads))),
+                             calibration=splits.calib.x)
+    except AutocompError:  # a combination the operators refuse: nothing to conclude
+        return
+    ratio = _ratio_of(base, profile, splits, config)(model)
+    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
+        what = ", ".join(f"{knob} {value:g}" for knob, value in fastest.items())
+        raise LatencyUnreachable(
+            f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
+            f"candidate (every block at {what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
+            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space")
 
 
 def _ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
