@@ -215,7 +215,7 @@ def test_a_queued_point_is_the_recipe_predicted_with_the_quantized_layers_it_was
 
 def test_a_second_uniform_mix_compresses_other_knobs_and_is_measured_too(predictor):
     """The sensitivity pass ranks settings by what they cost before distillation; a second mix of other knobs
-    hedges against that ranking (on the demo teacher in ONNX Runtime the second-ranked set scored 1.4 points more)."""
+    hedges against that ranking."""
     from autocomp.search._sensitivity import Setting
     from autocomp.search._start import MIXES
 

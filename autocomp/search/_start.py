@@ -122,7 +122,8 @@ MAX_MIXES = 4096  # uniform knob combinations predicted for the mixed starting p
 MEASURED_MIXES = 4  # of those predicted within budget, the best-ranked measured until one is within the limit
 # Uniform mixes queued, each compressing a different set of knobs. The sensitivity pass ranks them by what each setting
 # costs before distillation, which is not what distillation gives back: on the demo teacher in ONNX Runtime at 0.6x,
-# token merging with int8 ranked first (86.2% after distillation), 3 heads of 6 with MLP 0.5 lower (87.6%).
+# token merging with int8 ranked first (86.2% after distillation), while uniform search found 3 heads of 6 with MLP
+# 0.5 at 87.6% (BENCHMARKS.md, session 8; there the second mix did not measurably help).
 MIXES = 2
 
 
