@@ -125,6 +125,9 @@ class JobConfig:
         sensitivity: the sensitivity pass that shows which blocks tolerate what and narrows their choices.
         coarse: with the ``tpe`` sampler, the fraction of the trials drawn coarse first: every block alike, by a TPE
             over the uniform settings, before the per-block TPE refines from them (0: per block from the start).
+        local: with the ``tpe`` sampler, the share of the draws after the coarse stage that are local moves from the
+            best trial within budget: one block knob a step lighter or heavier, or one lighter and another heavier,
+            among the moves the cost model predicts to fit the budget (0: TPE draws them all).
         fidelity: stop candidates early that cannot enter the front (:class:`FidelityConfig`); None distils every
             candidate fully and scores it on all of validation.
         start_points: evaluate known-good recipes first (the uncompressed model, uniform int8, per knob the uniform
@@ -156,6 +159,7 @@ class JobConfig:
     sensitivity: SensitivityConfig = dataclasses.field(default_factory=SensitivityConfig)
     start_points: bool = True
     coarse: float = 0.5
+    local: float = 0.5
     fidelity: FidelityConfig | None = dataclasses.field(default_factory=FidelityConfig)
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = 600.0
@@ -177,6 +181,9 @@ class JobConfig:
         if isinstance(self.coarse, bool) or not isinstance(self.coarse, (int, float)) or not 0 <= self.coarse <= 1:
             raise AutocompError(f"coarse must be a fraction of the trials in [0, 1] (0.5: the first half drawn with "
                                 f"every block alike), got {self.coarse!r}")
+        if isinstance(self.local, bool) or not isinstance(self.local, (int, float)) or not 0 <= self.local <= 1:
+            raise AutocompError(f"local must be a share of the draws in [0, 1] (0.5: every other draw after the "
+                                f"coarse stage is a local move), got {self.local!r}")
         margin = self.skip_margin
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
                                    or not margin >= 0):

@@ -58,6 +58,8 @@ class TrialRow:
     error: str | None = None
     node: str | None = None  # the Ray node id the trial ran on
     start_point: str | None = None  # a known-good recipe the search started from: which
+    local_move: str | None = None  # a local move from the best trial within budget: from which, what it changes
+    duplicate_of: int | None = None  # a proposal not run (PRUNED): the trial that has its recipe
     runtime: str | None = None  # the backend that measured it, its version, device and options
     export_top1: float | None = None  # a runtime backend's export against PyTorch: top-1 agreement on validation
     export_max_logit_diff: float | None = None  # ... and the largest logit difference
@@ -85,7 +87,8 @@ class TrialRow:
                 "latency_ratio": self.latency_ratio, "weights_mb": self.weights_mb,
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
                 "int8_activations": self.int8_activations, "distilled": self.distilled, "error": self.error,
-                "node": self.node, "start_point": self.start_point, "runtime": self.runtime,
+                "node": self.node, "start_point": self.start_point, "local_move": self.local_move,
+                "duplicate_of": self.duplicate_of, "runtime": self.runtime,
                 "export_top1": self.export_top1, "export_max_logit_diff": self.export_max_logit_diff,
                 "fidelity": self.fidelity, "short_accuracy": self.short_accuracy,
                 "saved_seconds": self.saved_seconds,
@@ -161,6 +164,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             simulated_layers=trial.user_attrs.get("simulated_layers"),
             int8_activations=trial.user_attrs.get("int8_activations"), distilled=trial.user_attrs.get("distilled"),
             error=_error(trial), node=trial.user_attrs.get("node"), start_point=trial.user_attrs.get("start_point"),
+            local_move=trial.user_attrs.get("local_move"), duplicate_of=trial.user_attrs.get("duplicate_of"),
             runtime=trial.user_attrs.get("runtime"), export_top1=trial.user_attrs.get("export_top1"),
             export_max_logit_diff=trial.user_attrs.get("export_max_logit_diff"),
             seconds={key[len("seconds_"):] if key.startswith("seconds_") else "engine": value
@@ -225,7 +229,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
                "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason",
                "fidelity", "short_accuracy", "saved_seconds", "export_top1", "export_max_logit_diff", "error", "node",
-               "start_point", "runtime"]
+               "start_point", "local_move", "duplicate_of", "runtime"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -127,7 +127,8 @@ def test_a_failure_a_rerun_would_repeat_is_replaced_by_a_new_recipe(result):
     controller.on_trial_complete("b", result={"accuracy": 1.0, "latency_ms": 1.0, "memory_mb": 1.0,
                                               **dict.fromkeys(RECORDED, 0.0)})
     assert controller.suggest("c") == controller.FINISHED
-    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    ran = [t for t in study.trials if "duplicate_of" not in t.user_attrs]  # a refused recipe drawn again is not run
+    assert [t.state.name for t in ran] == ["FAIL", "COMPLETE"]
 
 
 def test_a_lost_device_stops_the_search_and_queues_the_recipe_for_the_resume():
@@ -190,6 +191,8 @@ def _result(accuracy, latency):
 
 
 def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_block_sampler():
+    import optuna
+
     from autocomp.search._controller import OptunaController
     from autocomp.search._space import SearchSpace
 
@@ -204,8 +207,9 @@ def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_blo
         controller.on_trial_complete(str(index), result=_result(80.0 + index, 4.0 + index % 3))
     for recipe in blocks[:3]:  # alike in every block, and only what every block is offered (no MLP pruning)
         assert recipe[0] == recipe[1] == recipe[2] and not any("prune_mlp" in b for b in recipe)
+    assert len({str(recipe) for recipe in blocks[:3]}) == 3  # of 4 alike recipes, none drawn twice
     assert [("coarse" in t.user_attrs) for t in study.trials] == [True] * 3 + [False] * 5
-    coarse = controller._uniform_study.trials
+    coarse = controller._uniform_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))  # not the redraws
     assert len(coarse) == 3 and [t.values[0] for t in coarse] == [80.0, 81.0, 82.0]
     assert [t.system_attrs["constraints:latency_ms"] for t in coarse] == [-1.0, 0.0, 1.0]
     assert all(t.state.name == "COMPLETE" for t in study.trials)

@@ -8,12 +8,19 @@ learns where the budget lies from them (told as plain PRUNED trials, they ranked
 
 The first recipes can be drawn coarse (``coarse``): every block alike, by a TPE of its own over the few uniform
 parameters, and queued into the study as per-block recipes, so that the study's own sampler refines from a region
-that works instead of learning 30-odd per-block parameters from scratch.
+that works instead of learning 30-odd per-block parameters from scratch. After it, a share of the draws
+(``local``) are local moves from the best trial within budget (:mod:`autocomp.search._local`): one block knob a step
+away, or one a step lighter and another a step heavier, predicted to fit the budget.
+
+A recipe the sampler proposes again (a duplicate of one measured, running or skipped) is not run: it is told as
+PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
+The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,12 +28,14 @@ import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
+from autocomp.search._local import incumbent, local_move, recipe_key
 from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
 from autocomp.search._start import alike_choices
 
-__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "ERROR", "counted"]
+__all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "LOCAL", "DUPLICATE", "ERROR",
+           "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -36,7 +45,10 @@ RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary
+COARSE_REDRAWS = 20  # coarse draws of recipes already run, before the per-block sampler takes the draw
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
+LOCAL = "local_move"  # user attr of a trial queued as a local move: from which trial, and what it changes
+DUPLICATE = "duplicate_of"  # user attr of a proposal not run (state PRUNED): the trial that has its recipe
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -63,7 +75,9 @@ class OptunaController(Searcher):
         coarse: how many of the recipes the sampler draws in this run are drawn coarse first: every block alike, by
             a TPE over the few uniform parameters (an in-memory study of its own), queued into the study as
             per-block recipes; the study's own sampler then refines per block from there. 0: none.
-        seed: the coarse sampler's seed.
+        local: the share of the draws after the coarse stage made as local moves from the best trial within budget
+            (needs ``screen``: the moves are drawn among those predicted to fit); 0: none, 1: all.
+        seed: the seed of the coarse sampler and of the local moves.
 
     A trial whose device left the cluster stops the search (:attr:`stopped` says why): no new trial is asked for,
     and its recipe is queued in the study, to run first when the search is resumed.
@@ -72,9 +86,14 @@ class OptunaController(Searcher):
     def __init__(self, *, study: optuna.Study, space: SearchSpace, heads_per_block: Sequence[int], n_trials: int,
                  on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None,
                  screen: Screen | None = None, retries: int = 0,
-                 allowed: Mapping[str, Sequence[Any]] | None = None, coarse: int = 0, seed: int = 0) -> None:
+                 allowed: Mapping[str, Sequence[Any]] | None = None, coarse: int = 0, local: float = 0.0,
+                 seed: int = 0) -> None:
         super().__init__()
         self._coarse_left = coarse
+        self._local = local if screen is not None else 0.0
+        self._local_credit = 1.0 - self._local  # the first draw after the coarse stage is a local move
+        self._duplicates_left = n_trials  # duplicates replaced at no trial's cost, at most this many per run
+        self._rng = random.Random(seed)
         self._coarse: dict[str, optuna.Trial] = {}  # Ray trial id -> its trial in the coarse study
         self._uniform_study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.TPESampler(
             seed=seed, multivariate=True, n_startup_trials=min(4, max(1, coarse // 3)))) if coarse else None
@@ -97,16 +116,21 @@ class OptunaController(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
                              _started={}, _retries=0, _replacements=0, stopped=None,
-                             _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None)
+                             _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None, _local=0.0,
+                             _local_credit=0.0, _duplicates_left=0, _rng=random.Random(0))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
             self._remaining -= 1
             coarse = self._ask_coarse()
+            if coarse is None:
+                self._ask_local()
             trial = self._study.ask()
             recipe = self._space.sample(trial, self._heads, allowed=self._allowed)
             trial.set_user_attr("recipe", recipe.to_dict())
             trial.set_user_attr("recipe_summary", recipe.summary())
+            if self._replace_duplicate(trial, recipe, coarse):
+                continue
             if self._screen is not None:
                 verdict = self._screen.judge(recipe)
                 for key, value in verdict.predicted.items():
@@ -134,12 +158,21 @@ class OptunaController(Searcher):
         if self._coarse_left <= 0 or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return None
         self._coarse_left -= 1
-        coarse = self._uniform_study.ask()
         blocks = len(self._heads)
         uniform = dataclasses.replace(self._space, uniform=True)
         allowed = {uniform.name(0, knob): choices
                    for knob, choices in alike_choices(self._space, blocks, self._allowed or {}).items()}
-        recipe = uniform.sample(coarse, self._heads, allowed=allowed)
+        seen = self._seen()
+        for _ in range(COARSE_REDRAWS):  # a uniform recipe already run is drawn again, at random (the coarse space
+            coarse = self._uniform_study.ask()  # is small: its TPE, which ignores failed trials, may keep to one)
+            recipe = uniform.sample(coarse, self._heads, allowed=allowed)
+            if recipe_key(recipe.to_dict()) not in seen:
+                break
+            drawn = self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
+            self._uniform_study.enqueue_trial({name: _at_random(dist, self._rng)
+                                               for name, dist in drawn.distributions.items()})
+        else:
+            return None  # the per-block sampler draws this one
         values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
                   for name, options in allowed.items() if len(options) == 1 for i in range(blocks)}
         for name, value in coarse.params.items():
@@ -154,6 +187,64 @@ class OptunaController(Searcher):
         self._study.enqueue_trial(self._space.params(values, allowed=self._allowed),
                                   user_attrs={COARSE: recipe.summary()})
         return coarse
+
+    def _ask_local(self) -> None:
+        """After the coarse stage, while nothing else is queued: queue a local move from the best trial within
+        budget for ``local`` of the draws."""
+        if (self._local <= 0 or self._coarse_left > 0
+                or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))):
+            return
+        self._local_credit = min(1.0, self._local_credit + self._local)
+        best = incumbent(self._study.get_trials(deepcopy=False))
+        if self._local_credit < 1.0 - 1e-9 or best is None:
+            return
+        self._local_credit -= 1.0
+        self._queue_move(best, must_fit=True)
+
+    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool) -> bool:
+        """Queue a local move from ``base`` (:func:`~autocomp.search._local.local_move`); whether one was queued."""
+        move = local_move(base, space=self._space, heads_per_block=self._heads, allowed=self._allowed,
+                          predictor=self._screen.predictor if self._screen is not None else None,
+                          limits=self._screen.limits if self._screen is not None else {},
+                          seen=self._seen(), rng=self._rng, must_fit=must_fit)
+        if move is None:
+            return False
+        params, label = move
+        self._study.enqueue_trial(params, user_attrs={LOCAL: f"from trial {base.number}: {label}"},
+                                  skip_if_exists=False)
+        return True
+
+    def _seen(self, *, but: int | None = None) -> dict[str, int]:
+        """The recipes already run, running or skipped in the study (not those that crashed: a rerun may succeed),
+        by :func:`~autocomp.search._local.recipe_key`: the first trial that has each."""
+        seen: dict[str, int] = {}
+        for t in self._study.get_trials(deepcopy=False):
+            if t.number == but or "recipe" not in t.user_attrs or DUPLICATE in t.user_attrs:
+                continue
+            if (t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+                    or SKIPPED in t.user_attrs or "refused" in t.user_attrs):
+                seen.setdefault(recipe_key(t.user_attrs["recipe"]), t.number)
+        return seen
+
+    def _replace_duplicate(self, trial: optuna.Trial, recipe: Recipe, coarse: optuna.Trial | None) -> bool:
+        """When ``trial`` proposes a recipe the study has already run, is running or skipped: tell it PRUNED with
+        ``duplicate_of``, give the trial back to the run (at most ``n_trials`` times in a run), and queue a local move
+        from it in its place; whether it was a duplicate. A retry is never one."""
+        if RETRY_OF in trial.user_attrs:
+            return False
+        original = self._seen(but=trial.number).get(recipe_key(recipe.to_dict()))
+        if original is None:
+            return False
+        trial.set_user_attr(DUPLICATE, original)
+        frozen = self._study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        if self._duplicates_left > 0:
+            self._duplicates_left -= 1
+            self._remaining += 1
+        if coarse is not None:  # drawn as new by the coarse sampler: a recipe queued meanwhile (a retry's) had it
+            self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
+        self._queue_move(frozen, must_fit=False)
+        self._told(frozen)
+        return True
 
     def _tell_coarse(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> None:
         coarse = self._coarse.pop(trial_id, None)
@@ -231,3 +322,10 @@ class OptunaController(Searcher):
     def _told(self, frozen: optuna.trial.FrozenTrial) -> None:
         if self._on_told is not None:
             self._on_told(frozen)
+
+
+def _at_random(dist: optuna.distributions.BaseDistribution, rng: random.Random) -> Any:
+    """A value of a sampled parameter's distribution, drawn uniformly."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return rng.choice(dist.choices)
+    return rng.randint(dist.low, dist.high)  # the rank of an ordered knob's choice

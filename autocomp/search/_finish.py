@@ -52,7 +52,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "trials": {"total": len(rows), "complete": sum(r.complete for r in rows),
                    "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
         "errors": {str(r.number): r.error for r in rows if r.state == "FAIL"},
-        **skipped_summary(rows), "cost_model": prediction_fidelity(rows), "time_split": time_split(rows),
+        **skipped_summary(rows), "proposals": proposals(rows, best), "cost_model": prediction_fidelity(rows),
+        "time_split": time_split(rows),
         "early_stopped": early_stopped(rows), "overhead": overhead(rows, loop_seconds, config.workers),
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
@@ -232,6 +233,16 @@ def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:
     stopped = [r for r in scored if not r.final]
     return {"short_scored": len(scored), "stopped": len(stopped),
             "saved_seconds": round(sum(r.saved_seconds or 0.0 for r in stopped), 1)}
+
+
+def proposals(rows: Sequence[TrialRow], best: TrialRow | None) -> dict[str, Any]:
+    """Where the per-block stage's recipes came from: ``local_moves`` (queued from the best trial within budget),
+    how many of them ended within budget, and whether ``best`` is one; ``duplicates``: proposals of a recipe
+    already run, replaced at no trial's cost."""
+    local = [r for r in rows if r.local_move is not None and r.complete]
+    return {"local_moves": len(local), "local_within_budget": sum(r.feasible for r in local),
+            "best_is_local_move": best is not None and best.local_move is not None,
+            "duplicates": sum(r.duplicate_of is not None for r in rows)}
 
 
 def skipped_summary(rows: Sequence[TrialRow]) -> dict[str, Any]:

@@ -167,6 +167,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                 controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
+                                              local=config.local if config.sampler == "tpe" else 0.0,
                                               seed=config.seed + done)
                 started = time.perf_counter()
                 with display:
@@ -462,6 +463,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
+            "local": config.local,
             "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
             "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}

@@ -1,0 +1,109 @@
+"""Local moves: recipes one or two block knobs away from a measured one, for the per-block stage of the search.
+
+In the benchmark (session 8, ONNX Runtime at 0.6x), the per-block TPE draws after the coarse stage were mostly worse
+than the best recipe with every block alike: 16-30 trials leave TPE barely past its start over 30-odd per-block
+parameters, so its draws are close to random mixes. What per-block freedom can buy near a budget is a finer use of
+it. The best recipe within budget leaves part of the budget unspent (a uniform step is coarse), and moving one
+block's knob one step lighter, or one block's lighter and another's heavier, spends it. So part of the per-block
+draws are such moves from the best trial within budget, among those the cost model predicts to fit the budget.
+
+The same moves replace a recipe the sampler proposes again (a duplicate): re-running it would only repeat its score.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Iterable, Mapping, Sequence
+
+import optuna
+
+from autocomp.budget import feasible, violations
+from autocomp.errors import AutocompError
+from autocomp.recipe import Recipe
+from autocomp.search._screen import CostPredictor
+from autocomp.search._space import RANK, SearchSpace
+
+__all__ = ["recipe_key", "local_move", "incumbent"]
+
+
+def recipe_key(recipe: Mapping[str, Any]) -> str:
+    """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike."""
+    return json.dumps(recipe, sort_keys=True)
+
+
+def incumbent(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The most accurate complete trial within budget scored in full (not stopped after its short score)."""
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "recipe" in t.user_attrs
+            and t.user_attrs.get("fidelity") != "short" and feasible(t.constraints)]
+    return max(done, key=lambda t: t.values[0], default=None)
+
+
+def _moves(params: Mapping[str, Any],
+           distributions: Mapping[str, optuna.distributions.BaseDistribution]) -> list[tuple[dict[str, Any], str]]:
+    """Every recipe one block knob one step away (ordered knobs: the next choice up or down; named ones: any other)
+    and every pair of one knob a step lighter and another a step heavier, with what each changes."""
+    lighter, heavier, other = [], [], []
+    for name, value in params.items():
+        if name.startswith("distill") or name not in distributions:
+            continue
+        dist, knob = distributions[name], name.removesuffix(RANK)
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            if value < dist.high:
+                lighter.append((name, value + 1, f"{knob} up"))
+            if value > dist.low:
+                heavier.append((name, value - 1, f"{knob} down"))
+        elif isinstance(dist, optuna.distributions.CategoricalDistribution):
+            other += [(name, choice, f"{knob} {choice}") for choice in dist.choices if choice != value]
+    moves = [({**params, name: value}, label) for name, value, label in lighter + heavier + other]
+    moves += [({**params, up: a, down: b}, f"{la}, {lb}")
+              for up, a, la in lighter for down, b, lb in heavier if up != down]
+    return moves
+
+
+def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_block: Sequence[int],
+               allowed: Mapping[str, Sequence[Any]] | None, predictor: CostPredictor | None,
+               limits: Mapping[str, float], seen: set[str], rng: random.Random,
+               must_fit: bool = True) -> tuple[dict[str, Any], str] | None:
+    """A move from ``base``'s parameters to a recipe not in ``seen`` (:func:`recipe_key`), drawn with ``rng``; with
+    its label. None when there is none to draw.
+
+    Drawn among the moves the predictor puts within ``limits``, and among those, the ones that spend at least as
+    much of the budget as ``base`` (the largest ratio of predicted cost to limit) when there are any. Without a
+    predictor, or when no move is predicted within budget and not ``must_fit``: among all unseen moves.
+    """
+    unseen = []
+    for params, label in _moves(base.params, base.distributions):
+        try:
+            recipe = space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed)
+        except ValueError:  # the move needs a parameter the base never drew (quantized layers of a float block)
+            continue
+        if recipe_key(recipe.to_dict()) not in seen:
+            unseen.append((params, label, recipe))
+    if not unseen:
+        return None
+    if predictor is None:
+        if must_fit:
+            return None
+        params, label, _ = rng.choice(unseen)
+        return params, label
+
+    def load(recipe: Recipe) -> float | None:
+        """The largest predicted share of a limit the recipe uses; None when it is predicted over one or cannot
+        be predicted."""
+        try:
+            predicted = predictor.predict(recipe)
+        except AutocompError:
+            return None
+        if not feasible(violations(predicted, limits)):
+            return None
+        return max((predicted[key] / limit for key, limit in limits.items()), default=0.0)
+
+    floor = load(Recipe.from_dict(base.user_attrs["recipe"])) if "recipe" in base.user_attrs else None
+    fitting = [(params, label, share) for params, label, recipe in unseen if (share := load(recipe)) is not None]
+    spending = [m for m in fitting if floor is not None and m[2] >= floor]
+    drawn = spending or fitting or ([] if must_fit else [(p, lb, None) for p, lb, _ in unseen])
+    if not drawn:
+        return None
+    params, label, _ = rng.choice(drawn)
+    return params, label

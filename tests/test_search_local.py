@@ -1,0 +1,134 @@
+"""Local moves from the best trial within budget, and proposals of a recipe already run (duplicates)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocomp.budget import feasible, violations
+from autocomp.measure.profiling import load_profile
+from autocomp.recipe import Recipe
+from autocomp.search._controller import DUPLICATE, LOCAL, RECORDED, OptunaController, counted
+from autocomp.search._local import local_move, recipe_key
+from autocomp.search._screen import CostPredictor, Screen
+from autocomp.search._space import SearchSpace
+from autocomp.search._start import recipe_of
+from conftest import small_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = dataclasses.replace(load_profile(ROOT / "hardware_profiles" / "local_cpu.yaml"), batch_size=4,
+                              peak_gflops={"fp32": 100.0, "int8": 200.0}, fast_weight_bits={8: "int8"},
+                              memory_bandwidth_gbs=10.0, op_overhead_us=8.0)  # fixed numbers: no load to vary
+SPACE = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0), mlp_keep=(0.5, 0.75, 1.0), distill_steps=(100,),
+                    distill_alpha=(0.3, 0.6))
+HEADS = [6, 6]
+HALF = {f"b{i}.{k}": 0.5 for i in range(2) for k in ("heads_keep", "mlp_keep")}  # the lightest recipe
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return CostPredictor(base=small_vit(), profile=PROFILE, base_latency_ms=10.0)
+
+
+def _study():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def _latency(predictor, values):
+    return predictor.predict(recipe_of(SPACE, HEADS, values))["latency_ms"]
+
+
+def _tell(controller, trial_id, asked, predictor, limit, accuracy=80.0):
+    """Complete a trial with its predicted latency as the measured one."""
+    latency = predictor.predict(Recipe.from_dict(asked["recipe"]))["latency_ms"]
+    controller.on_trial_complete(trial_id, result={**dict.fromkeys(RECORDED, None), "accuracy": accuracy,
+                                                   "latency_ms": latency, "memory_mb": 1.0, "trial_seconds": 1.0,
+                                                   "violation:latency_ms": latency / limit - 1.0})
+
+
+def _knobs(recipe):
+    return [dict(sorted(block.items())) for block in recipe["blocks"]]
+
+
+def test_after_the_coarse_stage_a_share_of_draws_are_moves_from_the_best_trial_within_budget(predictor):
+    limit = 1.15 * _latency(predictor, HALF)  # the lightest recipe fits, with a little of the budget to spend
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=5, local=0.5, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=None))
+    first = controller.suggest("a")
+    _tell(controller, "a", first, predictor, limit)
+    proposed = [controller.suggest(t) for t in "bcde"]  # b: a move, c: the sampler's, d: a move, e: the sampler's
+    moves = [study.trials[p["trial_number"]].user_attrs.get(LOCAL) for p in proposed]
+    assert [m is not None for m in moves] == [True, False, True, False]
+    assert moves[0].startswith("from trial 0: ")
+    base = _knobs(first["recipe"])
+    for asked in (proposed[0], proposed[2]):
+        assert asked["recipe"] != first["recipe"] and asked["recipe"]["distill"] == first["recipe"]["distill"]
+        changed = [(i, k) for i, (a, b) in enumerate(zip(base, _knobs(asked["recipe"]))) for k in {*a, *b}
+                   if a.get(k) != b.get(k)]
+        assert 1 <= len(changed) <= 2  # one knob a step away, or one lighter and another heavier
+        predicted = predictor.predict(Recipe.from_dict(asked["recipe"]))
+        assert feasible(violations(predicted, {"latency_ms": limit}))
+        assert predicted["latency_ms"] >= predictor.predict(Recipe.from_dict(first["recipe"]))["latency_ms"]
+    assert proposed[0]["recipe"] != proposed[2]["recipe"]  # a move already queued is not drawn again
+
+
+def test_no_move_is_drawn_before_a_trial_is_within_budget_nor_one_predicted_over_it(predictor):
+    limit = 0.5 * _latency(predictor, HALF)  # nothing fits
+    study = _study()
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=3, local=1.0, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=None))
+    for trial_id in "abc":
+        _tell(controller, trial_id, controller.suggest(trial_id), predictor, limit)
+    assert not any(LOCAL in t.user_attrs for t in study.trials)  # no trial within budget to move from
+    base = study.trials[0]
+    assert base.state.name == "COMPLETE" and not feasible(base.constraints)
+    kwargs = dict(space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                  limits={"latency_ms": limit}, seen=set(), rng=random.Random(0))
+    assert local_move(base, **kwargs) is None  # every move is predicted over the budget
+    params, _ = local_move(base, **kwargs, must_fit=False)  # a duplicate's replacement need not fit
+    assert params != base.params
+
+
+def test_a_proposal_already_run_is_not_run_again_nor_counted_and_a_move_takes_its_place(predictor):
+    limit = 10 * _latency(predictor, HALF)
+    study = _study()
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=2, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=None))
+    first = controller.suggest("a")
+    _tell(controller, "a", first, predictor, limit)
+    study.enqueue_trial(study.trials[0].params)  # the sampler proposes the same recipe again
+    second = controller.suggest("b")
+    duplicate, move = study.trials[1], study.trials[2]
+    assert duplicate.state.name == "PRUNED" and duplicate.user_attrs[DUPLICATE] == 0 and not counted(duplicate)
+    assert second["trial_number"] == move.number and move.user_attrs[LOCAL].startswith("from trial 1: ")
+    assert recipe_key(second["recipe"]) != recipe_key(first["recipe"])
+    _tell(controller, "b", second, predictor, limit)
+    assert controller.suggest("c") == controller.FINISHED  # two trials run: the duplicate took none of them
+    retry = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=1, seed=0)
+    study.enqueue_trial(study.trials[0].params, user_attrs={"retry_of": 0})
+    assert retry.suggest("d")["recipe"] == first["recipe"]  # a retry runs a recipe again on purpose
+
+
+def test_local_moves_are_off_at_zero_and_the_config_checks_the_share(predictor):
+    limit = 1.15 * _latency(predictor, HALF)
+    study = _study()
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=4, local=0.0, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=None))
+    for trial_id in "abcd":
+        _tell(controller, trial_id, controller.suggest(trial_id), predictor, limit)
+    assert not any(LOCAL in t.user_attrs for t in study.trials)
+    from autocomp.config import JobConfig
+    from autocomp.errors import AutocompError
+
+    fields = {f.name for f in dataclasses.fields(JobConfig)}
+    assert "local" in fields
+    with pytest.raises(AutocompError, match="local must be a share of the draws in"):
+        JobConfig(model=None, data=None, search_space=Path("x"), hardware=Path("x"), budget=None, local=1.5)
