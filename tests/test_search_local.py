@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocomp.budget import feasible, violations
+from autocomp.budget import feasible
 from autocomp.measure.profiling import load_profile
 from autocomp.recipe import Recipe
 from autocomp.search._controller import DUPLICATE, LOCAL, RECORDED, OptunaController, counted
-from autocomp.search._local import local_move, recipe_key
+from autocomp.search._local import FILL, _moves, local_move, recipe_key
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import recipe_of
@@ -68,16 +68,37 @@ def test_after_the_coarse_stage_a_share_of_draws_are_moves_from_the_best_trial_w
     moves = [study.trials[p["trial_number"]].user_attrs.get(LOCAL) for p in proposed]
     assert [m is not None for m in moves] == [True, False, True, False]
     assert moves[0].startswith("from trial 0: ")
-    base = _knobs(first["recipe"])
     for asked in (proposed[0], proposed[2]):
         assert asked["recipe"] != first["recipe"] and asked["recipe"]["distill"] == first["recipe"]["distill"]
-        changed = [(i, k) for i, (a, b) in enumerate(zip(base, _knobs(asked["recipe"]))) for k in {*a, *b}
-                   if a.get(k) != b.get(k)]
-        assert 1 <= len(changed) <= 2  # one knob a step away, or one lighter and another heavier
-        predicted = predictor.predict(Recipe.from_dict(asked["recipe"]))
-        assert feasible(violations(predicted, {"latency_ms": limit}))
-        assert predicted["latency_ms"] >= predictor.predict(Recipe.from_dict(first["recipe"]))["latency_ms"]
+        predicted = predictor.predict(Recipe.from_dict(asked["recipe"]))["latency_ms"]
+        assert predicted <= limit
+        assert predicted >= predictor.predict(Recipe.from_dict(first["recipe"]))["latency_ms"]
+        trial = study.trials[asked["trial_number"]]  # filled: no knob a step lighter stays under FILL of the limit
+        for params, _ in _moves(trial.params, trial.distributions, heavier=False):
+            after = predictor.predict(SPACE.sample(optuna.trial.FixedTrial(params), HEADS))["latency_ms"]
+            assert after > FILL * limit
     assert proposed[0]["recipe"] != proposed[2]["recipe"]  # a move already queued is not drawn again
+
+
+def test_a_move_is_one_knob_a_step_away_or_one_lighter_and_another_heavier(predictor):
+    limit = 1.15 * _latency(predictor, HALF)
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))
+    trial = study.ask()
+    base = SPACE.sample(trial, HEADS)
+    trial.set_user_attr("recipe", base.to_dict())
+    base_trial = study.tell(trial, [80.0, 1.0, 1.0])
+    for seed in range(10):
+        params, label = local_move(base_trial, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                                   limits={"latency_ms": limit}, seen=set(), rng=random.Random(seed))
+        changed = {name: (base_trial.params[name], value) for name, value in params.items()
+                   if value != base_trial.params[name]}
+        ups = [name for name, (a, b) in changed.items() if b == a + 1]
+        downs = [name for name, (a, b) in changed.items() if b == a - 1]
+        assert (len(changed), len(ups)) in ((1, 1), (1, 0), (2, 1)) and len(ups) + len(downs) == len(changed)
+        assert label.count(" up") == len(ups) and label.count(" down") == len(downs)
+        recipe = SPACE.sample(optuna.trial.FixedTrial(params), HEADS)
+        assert predictor.predict(recipe)["latency_ms"] <= limit
 
 
 def test_no_move_is_drawn_before_a_trial_is_within_budget_nor_one_predicted_over_it(predictor):
@@ -132,3 +153,21 @@ def test_local_moves_are_off_at_zero_and_the_config_checks_the_share(predictor):
     assert "local" in fields
     with pytest.raises(AutocompError, match="local must be a share of the draws in"):
         JobConfig(model=None, data=None, search_space=Path("x"), hardware=Path("x"), budget=None, local=1.5)
+
+
+def test_the_summary_counts_the_moves_those_within_budget_and_the_duplicates():
+    from autocomp.results import TrialRow
+    from autocomp.search._finish import proposals
+
+    def row(number, latency_ms, **kwargs):
+        return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe={"blocks": [{}, {}]},
+                        accuracy=80.0 + number, latency_ms=latency_ms, memory_mb=1.0, latency_ratio=None,
+                        weights_mb=1.0, activations_mb=0.0, simulated_layers=0,
+                        violations={"latency_ms": latency_ms / 10.0 - 1}, **kwargs)
+
+    rows = [row(0, 9.0), row(1, 9.5, local_move="from trial 0: b1.heads_keep up"),
+            row(2, 11.0, local_move="from trial 0: b0.mlp_keep up"),
+            dataclasses.replace(row(3, 9.0, duplicate_of=0), state="PRUNED", accuracy=None)]
+    assert proposals(rows, rows[1]) == {"local_moves": 2, "local_within_budget": 1, "best_is_local_move": True,
+                                        "duplicates": 1}
+    assert proposals(rows, rows[0])["best_is_local_move"] is False

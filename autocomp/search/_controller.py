@@ -10,7 +10,8 @@ The first recipes can be drawn coarse (``coarse``): every block alike, by a TPE 
 parameters, and queued into the study as per-block recipes, so that the study's own sampler refines from a region
 that works instead of learning 30-odd per-block parameters from scratch. After it, a share of the draws
 (``local``) are local moves from the best trial within budget (:mod:`autocomp.search._local`): one block knob a step
-away, or one a step lighter and another a step heavier, predicted to fit the budget.
+away, or one a step lighter and another a step heavier, predicted to fit the budget, then filled with further
+knobs a step lighter while the recipe is predicted to stay under the budget.
 
 A recipe the sampler proposes again (a duplicate of one measured, running or skipped) is not run: it is told as
 PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
@@ -199,14 +200,14 @@ class OptunaController(Searcher):
         if self._local_credit < 1.0 - 1e-9 or best is None:
             return
         self._local_credit -= 1.0
-        self._queue_move(best, must_fit=True)
+        self._queue_move(best, must_fit=True, fill=True)
 
-    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool) -> bool:
+    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool, fill: bool = False) -> bool:
         """Queue a local move from ``base`` (:func:`~autocomp.search._local.local_move`); whether one was queued."""
         move = local_move(base, space=self._space, heads_per_block=self._heads, allowed=self._allowed,
                           predictor=self._screen.predictor if self._screen is not None else None,
                           limits=self._screen.limits if self._screen is not None else {},
-                          seen=self._seen(), rng=self._rng, must_fit=must_fit)
+                          seen=self._seen(), rng=self._rng, must_fit=must_fit, fill=fill)
         if move is None:
             return False
         params, label = move
