@@ -74,7 +74,7 @@ def test_after_the_coarse_stage_a_share_of_draws_are_moves_from_the_best_trial_w
         assert predicted <= limit
         assert predicted >= predictor.predict(Recipe.from_dict(first["recipe"]))["latency_ms"]
         trial = study.trials[asked["trial_number"]]  # filled: no knob a step lighter stays under FILL of the limit
-        for params, _ in _moves(trial.params, trial.distributions, heavier=False):
+        for params, _ in _moves(trial.params, trial.distributions, lighter_only=True):
             after = predictor.predict(SPACE.sample(optuna.trial.FixedTrial(params), HEADS))["latency_ms"]
             assert after > FILL * limit
     assert proposed[0]["recipe"] != proposed[2]["recipe"]  # a move already queued is not drawn again

@@ -45,10 +45,10 @@ def incumbent(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.Frozen
 
 
 def _moves(params: Mapping[str, Any], distributions: Mapping[str, optuna.distributions.BaseDistribution], *,
-           pairs: bool = True, heavier: bool = True) -> list[tuple[dict[str, Any], str]]:
+           lighter_only: bool = False) -> list[tuple[dict[str, Any], str]]:
     """Every recipe one block knob one step away (ordered knobs: the next choice up or down; named ones: any other)
-    and (``pairs``) every pair of one knob a step lighter and another a step heavier, with what each changes.
-    Without ``heavier``: only the knobs a step lighter (ordered knobs up)."""
+    and every pair of one knob a step lighter and another a step heavier, with what each changes. ``lighter_only``:
+    only one knob a step lighter (an ordered knob's next choice up)."""
     lighter, down, other = [], [], []
     for name, value in params.items():
         if name.startswith("distill") or name not in distributions:
@@ -61,13 +61,11 @@ def _moves(params: Mapping[str, Any], distributions: Mapping[str, optuna.distrib
                 down.append((name, value - 1, f"{knob} down"))
         elif isinstance(dist, optuna.distributions.CategoricalDistribution):
             other += [(name, choice, f"{knob} {choice}") for choice in dist.choices if choice != value]
-    if not heavier:
+    if lighter_only:
         return [({**params, name: value}, label) for name, value, label in lighter]
-    moves = [({**params, name: value}, label) for name, value, label in lighter + down + other]
-    if pairs:
-        moves += [({**params, up: a, lower: b}, f"{la}, {lb}")
-                  for up, a, la in lighter for lower, b, lb in down if up != lower]
-    return moves
+    return ([({**params, name: value}, label) for name, value, label in lighter + down + other]
+            + [({**params, up: a, lower: b}, f"{la}, {lb}")
+               for up, a, la in lighter for lower, b, lb in down if up != lower])
 
 
 def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_block: Sequence[int],
@@ -83,14 +81,19 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
     then, while a knob a step lighter keeps the recipe predicted under ``FILL`` of every limit, one such step more
     (drawn among them).
     """
-    unseen = []
-    for params, label in _moves(base.params, base.distributions):
-        try:
-            recipe = space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed)
-        except ValueError:  # the move needs a parameter the base never drew (quantized layers of a float block)
-            continue
-        if recipe_key(recipe.to_dict()) not in seen:
-            unseen.append((params, label, recipe))
+    def new(moves: list[tuple[dict[str, Any], str]]) -> list[tuple[dict[str, Any], str, Recipe]]:
+        """The moves to recipes not in ``seen``, with their recipes."""
+        found = []
+        for params, label in moves:
+            try:
+                recipe = space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed)
+            except ValueError:  # the move needs a parameter the base never drew (quantized layers of a float block)
+                continue
+            if recipe_key(recipe.to_dict()) not in seen:
+                found.append((params, label, recipe))
+        return found
+
+    unseen = new(_moves(base.params, base.distributions))
     if not unseen:
         return None
     if predictor is None:
@@ -118,14 +121,9 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
         return None
     params, label, share = rng.choice(drawn)
     while fill and share is not None and share <= FILL:
-        steps = []
-        for step, step_label in _moves(params, base.distributions, pairs=False, heavier=False):
-            try:
-                recipe = space.sample(optuna.trial.FixedTrial(step), heads_per_block, allowed=allowed)
-            except ValueError:
-                continue
-            if (after := load(recipe)) is not None and after <= FILL and recipe_key(recipe.to_dict()) not in seen:
-                steps.append((step, step_label, after))
+        steps = [(step, step_label, after) for step, step_label, recipe
+                 in new(_moves(params, base.distributions, lighter_only=True))
+                 if (after := load(recipe)) is not None and after <= FILL]
         if not steps:
             break
         params, step_label, share = rng.choice(steps)
