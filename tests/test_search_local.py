@@ -171,3 +171,20 @@ def test_the_summary_counts_the_moves_those_within_budget_and_the_duplicates():
     assert proposals(rows, rows[1]) == {"local_moves": 2, "local_within_budget": 1, "best_is_local_move": True,
                                         "duplicates": 1}
     assert proposals(rows, rows[0])["best_is_local_move"] is False
+
+
+def test_moves_are_predicted_relative_to_the_base_as_measured(predictor):
+    middle = {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", 0.67), ("mlp_keep", 0.75))}
+    predicted = _latency(predictor, middle)
+    limit = 0.85 * predicted  # predicted well over the limit, measured under it
+    study = _study()
+    study.enqueue_trial(SPACE.params({**middle, "distill_alpha": 0.3}))
+    trial = study.ask()
+    trial.set_user_attr("recipe", SPACE.sample(trial, HEADS).to_dict())
+    base = study.tell(trial, [80.0, 0.95 * limit, 1.0])
+    kwargs = dict(space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                  limits={"latency_ms": limit}, seen=set(), rng=random.Random(0))
+    assert local_move(base, **kwargs) is None  # taken as predicted, no move from it fits
+    params, _ = local_move(base, **kwargs, measured={"latency_ms": 0.95 * limit, "memory_mb": 1.0})
+    moved = predictor.predict(SPACE.sample(optuna.trial.FixedTrial(params), HEADS))["latency_ms"]
+    assert moved * (0.95 * limit / predicted) <= limit  # within budget, scaled as the base measured

@@ -200,14 +200,15 @@ class OptunaController(Searcher):
         if self._local_credit < 1.0 - 1e-9 or best is None:
             return
         self._local_credit -= 1.0
-        self._queue_move(best, must_fit=True, fill=True)
+        self._queue_move(best, must_fit=True, fill=True, measured=dict(zip(OBJECTIVES, best.values)))
 
-    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool, fill: bool = False) -> bool:
+    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool, fill: bool = False,
+                    measured: Mapping[str, float] | None = None) -> bool:
         """Queue a local move from ``base`` (:func:`~autocomp.search._local.local_move`); whether one was queued."""
         move = local_move(base, space=self._space, heads_per_block=self._heads, allowed=self._allowed,
                           predictor=self._screen.predictor if self._screen is not None else None,
                           limits=self._screen.limits if self._screen is not None else {},
-                          seen=self._seen(), rng=self._rng, must_fit=must_fit, fill=fill)
+                          seen=self._seen(), rng=self._rng, measured=measured, must_fit=must_fit, fill=fill)
         if move is None:
             return False
         params, label = move

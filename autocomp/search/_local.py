@@ -71,7 +71,8 @@ def _moves(params: Mapping[str, Any], distributions: Mapping[str, optuna.distrib
 def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_block: Sequence[int],
                allowed: Mapping[str, Sequence[Any]] | None, predictor: CostPredictor | None,
                limits: Mapping[str, float], seen: set[str], rng: random.Random,
-               must_fit: bool = True, fill: bool = False) -> tuple[dict[str, Any], str] | None:
+               measured: Mapping[str, float] | None = None, must_fit: bool = True,
+               fill: bool = False) -> tuple[dict[str, Any], str] | None:
     """A move from ``base``'s parameters to a recipe not in ``seen`` (:func:`recipe_key`), drawn with ``rng``; with
     its label. None when there is none to draw.
 
@@ -80,6 +81,10 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
     predictor, or when no move is predicted within budget and not ``must_fit``: among all unseen moves. ``fill``:
     then, while a knob a step lighter keeps the recipe predicted under ``FILL`` of every limit, one such step more
     (drawn among them).
+
+    ``measured``: ``base``'s measured costs (``latency_ms``, ``memory_mb``). The moves' predictions are then scaled
+    by measured / predicted of ``base``: a move's cost relative to its base is predicted better than its absolute
+    cost, and a base measured within budget but predicted over it would otherwise leave no move to draw.
     """
     def new(moves: list[tuple[dict[str, Any], str]]) -> list[tuple[dict[str, Any], str, Recipe]]:
         """The moves to recipes not in ``seen``, with their recipes."""
@@ -102,11 +107,19 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
         params, label, _ = rng.choice(unseen)
         return params, label
 
+    scale = dict.fromkeys(limits, 1.0)
+    if measured is not None and "recipe" in base.user_attrs:
+        try:
+            own = predictor.predict(Recipe.from_dict(base.user_attrs["recipe"]))
+            scale = {key: measured[key] / own[key] for key in limits if own[key] > 0}
+        except AutocompError:
+            pass
+
     def load(recipe: Recipe) -> float | None:
         """The largest predicted share of a limit the recipe uses; None when it is predicted over one or cannot
         be predicted."""
         try:
-            predicted = predictor.predict(recipe)
+            predicted = {key: value * scale.get(key, 1.0) for key, value in predictor.predict(recipe).items()}
         except AutocompError:
             return None
         if not feasible(violations(predicted, limits)):
