@@ -102,7 +102,7 @@ def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return {"val": best.get("val_accuracy"), "test": best.get("test_accuracy"),
             "hypervolume": hypervolume(points, latency_ref=1.0, accuracy_ref=base["val_accuracy"] - REFERENCE_DROP),
             "first_close": close, "stopped": summary["early_stopped"]["stopped"],
-            "overhead": (summary.get("overhead") or {}).get("share")}
+            "overhead": (summary.get("overhead") or {}).get("share"), "proposals": summary.get("proposals")}
 
 
 def _mean_sd(values: list[float]) -> str:
