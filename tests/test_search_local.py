@@ -89,8 +89,9 @@ def test_a_move_is_one_knob_a_step_away_or_one_lighter_and_another_heavier(predi
     trial.set_user_attr("recipe", base.to_dict())
     base_trial = study.tell(trial, [80.0, 1.0, 1.0])
     for seed in range(10):
-        params, label = local_move(base_trial, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
-                                   limits={"latency_ms": limit}, seen=set(), rng=random.Random(seed))
+        params, label, _ = local_move(base_trial, space=SPACE, heads_per_block=HEADS, allowed=None,
+                                      predictor=predictor, limits={"latency_ms": limit}, seen=set(),
+                                      rng=random.Random(seed))
         changed = {name: (base_trial.params[name], value) for name, value in params.items()
                    if value != base_trial.params[name]}
         ups = [name for name, (a, b) in changed.items() if b == a + 1]
@@ -114,7 +115,7 @@ def test_no_move_is_drawn_before_a_trial_is_within_budget_nor_one_predicted_over
     kwargs = dict(space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
                   limits={"latency_ms": limit}, seen=set(), rng=random.Random(0))
     assert local_move(base, **kwargs) is None  # every move is predicted over the budget
-    params, _ = local_move(base, **kwargs, must_fit=False)  # a duplicate's replacement need not fit
+    params, _, _ = local_move(base, **kwargs, must_fit=False)  # a duplicate's replacement need not fit
     assert params != base.params
 
 
@@ -185,6 +186,54 @@ def test_moves_are_predicted_relative_to_the_base_as_measured(predictor):
     kwargs = dict(space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
                   limits={"latency_ms": limit}, seen=set(), rng=random.Random(0))
     assert local_move(base, **kwargs) is None  # taken as predicted, no move from it fits
-    params, _ = local_move(base, **kwargs, measured={"latency_ms": 0.95 * limit, "memory_mb": 1.0})
+    params, _, _ = local_move(base, **kwargs, measured={"latency_ms": 0.95 * limit, "memory_mb": 1.0})
     moved = predictor.predict(SPACE.sample(optuna.trial.FixedTrial(params), HEADS))["latency_ms"]
     assert moved * (0.95 * limit / predicted) <= limit  # within budget, scaled as the base measured
+
+
+def test_a_move_is_filled_with_the_steps_the_sensitivity_pass_says_give_back_most_per_cost(predictor):
+    from autocomp.search._local import _given_back
+
+    drops = {(b, "heads_keep", v): d for b in range(2) for v, d in ((0.5, 6.0), (0.67, 3.0), (0.83, 1.0))}
+    drops[(1, "mlp_keep", 0.5)] = 2.0
+    before = {"b0.heads_keep#rank": 0, "b1.mlp_keep#rank": 0, "all.heads_keep#rank": 1}
+    after = {"b0.heads_keep#rank": 1, "b1.mlp_keep#rank": 1, "all.heads_keep#rank": 2}
+    assert _given_back(before, after, SPACE, HEADS, None, drops) == pytest.approx((6 - 3) + (2 - 0) + 2 * (3 - 1))
+
+    limit = 1.12 * _latency(predictor, HALF)  # room for a few steps, not all
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))
+    trial = study.ask()
+    trial.set_user_attr("recipe", SPACE.sample(trial, HEADS).to_dict())
+    base = study.tell(trial, [80.0, 1.0, 1.0])
+    steps = {}
+    for costly in ("heads_keep", "mlp_keep"):
+        weights = {(b, costly, v): 10.0 * (1 - v) for b in range(2) for v in (0.5, 0.67, 0.75, 0.83)}
+        labels = [local_move(base, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                             limits={"latency_ms": limit}, seen=set(), rng=random.Random(seed), fill_to=FILL,
+                             drops=weights).label for seed in range(8)]
+        steps[costly] = [sum(label.count(f"{knob} up") for label in labels) for knob in ("heads_keep", "mlp_keep")]
+    assert steps["heads_keep"][0] > steps["mlp_keep"][0] and steps["mlp_keep"][1] > steps["heads_keep"][1]
+
+
+def test_moves_that_measured_over_their_prediction_lower_the_fill_of_the_next(predictor):
+    from autocomp.search._controller import LOCAL_LOAD
+
+    limit = 1.12 * _latency(predictor, HALF)
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=3, local=1.0, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=None))
+    _tell(controller, "a", controller.suggest("a"), predictor, limit)
+    assert controller._fill_target() == FILL
+    move = controller.suggest("b")
+    load = study.trials[move["trial_number"]].user_attrs[LOCAL_LOAD]
+    assert 0 < load <= FILL
+    latency = 1.2 * load * limit  # measured 20% over its prediction (and over the budget)
+    controller.on_trial_complete("b", result={**dict.fromkeys(RECORDED, None), "accuracy": 81.0,
+                                              "latency_ms": latency, "memory_mb": 1.0, "trial_seconds": 1.0,
+                                              "violation:latency_ms": latency / limit - 1.0})
+    assert controller._fill_target() == pytest.approx(FILL / 1.2)
+    assert _latency(predictor, HALF) / limit > FILL / 1.2  # the best trial is the lightest recipe, over the new fill
+    again = controller.suggest("c")  # so no move is predicted under it: the sampler draws
+    assert LOCAL not in study.trials[again["trial_number"]].user_attrs

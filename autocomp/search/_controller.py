@@ -29,7 +29,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
-from autocomp.search._local import incumbent, local_move, recipe_key
+from autocomp.search._local import FILL, incumbent, local_move, recipe_key
 from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
@@ -49,6 +49,7 @@ COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block
 COARSE_REDRAWS = 20  # coarse draws of recipes already run, before the per-block sampler takes the draw
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 LOCAL = "local_move"  # user attr of a trial queued as a local move: from which trial, and what it changes
+LOCAL_LOAD = "local_load"  # ... and its predicted share of the budget (scaled by its base's measurement)
 DUPLICATE = "duplicate_of"  # user attr of a proposal not run (state PRUNED): the trial that has its recipe
 
 
@@ -77,7 +78,9 @@ class OptunaController(Searcher):
             a TPE over the few uniform parameters (an in-memory study of its own), queued into the study as
             per-block recipes; the study's own sampler then refines per block from there. 0: none.
         local: the share of the draws after the coarse stage made as local moves from the best trial within budget
-            (needs ``screen``: the moves are drawn among those predicted to fit); 0: none, 1: all.
+            (needs ``screen``: the moves are drawn among those predicted to fit); 0: none, 1: all. A move is filled
+            up to ``FILL`` of the budget, less by as far as earlier moves measured over their prediction.
+        drops: the sensitivity pass's accuracy drop per (block, knob, setting), which guides the moves' fill.
         seed: the seed of the coarse sampler and of the local moves.
 
     A trial whose device left the cluster stops the search (:attr:`stopped` says why): no new trial is asked for,
@@ -88,11 +91,12 @@ class OptunaController(Searcher):
                  on_told: Callable[[optuna.trial.FrozenTrial], None] | None = None,
                  screen: Screen | None = None, retries: int = 0,
                  allowed: Mapping[str, Sequence[Any]] | None = None, coarse: int = 0, local: float = 0.0,
-                 seed: int = 0) -> None:
+                 drops: Mapping[tuple[int, str, float], float] | None = None, seed: int = 0) -> None:
         super().__init__()
         self._coarse_left = coarse
         self._local = local if screen is not None else 0.0
         self._local_credit = 1.0 - self._local  # the first draw after the coarse stage is a local move
+        self._drops = dict(drops or {})
         self._duplicates_left = n_trials  # duplicates replaced at no trial's cost, at most this many per run
         self._rng = random.Random(seed)
         self._coarse: dict[str, optuna.Trial] = {}  # Ray trial id -> its trial in the coarse study
@@ -118,7 +122,7 @@ class OptunaController(Searcher):
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
                              _started={}, _retries=0, _replacements=0, stopped=None,
                              _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None, _local=0.0,
-                             _local_credit=0.0, _duplicates_left=0, _rng=random.Random(0))
+                             _local_credit=0.0, _duplicates_left=0, _rng=random.Random(0), _drops={})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
@@ -200,20 +204,33 @@ class OptunaController(Searcher):
         if self._local_credit < 1.0 - 1e-9 or best is None:
             return
         self._local_credit -= 1.0
-        self._queue_move(best, must_fit=True, fill=True, measured=dict(zip(OBJECTIVES, best.values)))
+        self._queue_move(best, must_fit=True, fill_to=self._fill_target(),
+                         measured=dict(zip(OBJECTIVES, best.values)))
 
-    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool, fill: bool = False,
+    def _fill_target(self) -> float:
+        """``FILL``, divided by the largest factor by which a local move of this study measured over its predicted
+        share of the budget."""
+        limits, over = self._screen.limits, 1.0
+        for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get(LOCAL_LOAD):
+                measured = max(t.values[OBJECTIVES.index(key)] / limit for key, limit in limits.items())
+                over = max(over, measured / t.user_attrs[LOCAL_LOAD])
+        return FILL / over
+
+    def _queue_move(self, base: optuna.trial.FrozenTrial, *, must_fit: bool, fill_to: float | None = None,
                     measured: Mapping[str, float] | None = None) -> bool:
         """Queue a local move from ``base`` (:func:`~autocomp.search._local.local_move`); whether one was queued."""
         move = local_move(base, space=self._space, heads_per_block=self._heads, allowed=self._allowed,
                           predictor=self._screen.predictor if self._screen is not None else None,
                           limits=self._screen.limits if self._screen is not None else {},
-                          seen=self._seen(), rng=self._rng, measured=measured, must_fit=must_fit, fill=fill)
+                          seen=self._seen(), rng=self._rng, measured=measured, must_fit=must_fit, fill_to=fill_to,
+                          drops=self._drops)
         if move is None:
             return False
-        params, label = move
-        self._study.enqueue_trial(params, user_attrs={LOCAL: f"from trial {base.number}: {label}"},
-                                  skip_if_exists=False)
+        attrs = {LOCAL: f"from trial {base.number}: {move.label}"}
+        if move.load is not None and measured is not None:
+            attrs[LOCAL_LOAD] = move.load
+        self._study.enqueue_trial(move.params, user_attrs=attrs, skip_if_exists=False)
         return True
 
     def _seen(self, *, but: int | None = None) -> dict[str, int]:

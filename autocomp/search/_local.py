@@ -6,9 +6,12 @@ parameters, so its draws are close to random mixes. What per-block freedom can b
 it. The best recipe within budget leaves part of the budget unspent (a uniform step is coarse), and moving one
 block's knob one step lighter, or one block's lighter and another's heavier, spends it. So part of the per-block
 draws are such moves from the best trial within budget, among those the cost model predicts to fit the budget, and
-then filled: further knobs a step lighter, one at a time, while the recipe is predicted to stay under ``FILL`` of the
-budget. (One step alone spent little: in the first runs, the best recipe with every block alike sat at 0.50x under
-a 0.6x limit, and its one-step neighbours at 0.51-0.56x.)
+then filled: further knobs a step lighter, one at a time, while the recipe is predicted to stay under a target share
+of the budget (``FILL`` at first). One step alone spent little: in the first runs, the best recipe with every block
+alike sat at 0.50x under a 0.6x limit, and its one-step neighbours at 0.51-0.56x. Each fill step takes the knob that
+the sensitivity pass says gives back the most accuracy per predicted cost: filled at random, the moves spent the
+budget on fp32 weights (which cost time and give back almost nothing: int8 costs about 0.1 point) and measured
+0.63-0.65x for at most +0.2 point.
 
 The same moves replace a recipe the sampler proposes again (a duplicate): re-running it would only repeat its score.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import optuna
 
@@ -27,9 +30,18 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import RANK, SearchSpace
 
-__all__ = ["recipe_key", "local_move", "incumbent", "FILL"]
+__all__ = ["recipe_key", "local_move", "incumbent", "Move", "FILL"]
 
-FILL = 0.97  # a move is filled up to this share of each limit (predicted): its measurement varies by a few percent
+FILL = 0.95  # a move is filled up to this share of each limit (predicted) at first: measurements vary by several %
+
+
+class Move(NamedTuple):
+    """A local move: the Optuna parameters of its recipe, what it changes, and its predicted share of the budget
+    (the largest ratio of predicted cost to limit; None when not predicted)."""
+
+    params: dict[str, Any]
+    label: str
+    load: float | None
 
 
 def recipe_key(recipe: Mapping[str, Any]) -> str:
@@ -71,16 +83,19 @@ def _moves(params: Mapping[str, Any], distributions: Mapping[str, optuna.distrib
 def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_block: Sequence[int],
                allowed: Mapping[str, Sequence[Any]] | None, predictor: CostPredictor | None,
                limits: Mapping[str, float], seen: set[str], rng: random.Random,
-               measured: Mapping[str, float] | None = None, must_fit: bool = True,
-               fill: bool = False) -> tuple[dict[str, Any], str] | None:
+               measured: Mapping[str, float] | None = None, must_fit: bool = True, fill_to: float | None = None,
+               drops: Mapping[tuple[int, str, float], float] | None = None) -> Move | None:
     """A move from ``base``'s parameters to a recipe not in ``seen`` (:func:`recipe_key`), drawn with ``rng``; with
     its label. None when there is none to draw.
 
     Drawn among the moves the predictor puts within ``limits``, and among those, the ones that spend at least as
     much of the budget as ``base`` (the largest ratio of predicted cost to limit) when there are any. Without a
-    predictor, or when no move is predicted within budget and not ``must_fit``: among all unseen moves. ``fill``:
-    then, while a knob a step lighter keeps the recipe predicted under ``FILL`` of every limit, one such step more
-    (drawn among them).
+    predictor, or when no move is predicted within budget and not ``must_fit``: among all unseen moves.
+
+    ``fill_to``: the moves drawn are those predicted under this share of every limit (not just under the limits);
+    then, while a knob a step lighter keeps the recipe under it, one such step more: the one whose accuracy given
+    back (``drops``: the sensitivity pass's points lost per block, knob and setting, alone and before distillation)
+    is largest per predicted cost (ties drawn at random).
 
     ``measured``: ``base``'s measured costs (``latency_ms``, ``memory_mb``). The moves' predictions are then scaled
     by measured / predicted of ``base``: a move's cost relative to its base is predicted better than its absolute
@@ -105,7 +120,7 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
         if must_fit:
             return None
         params, label, _ = rng.choice(unseen)
-        return params, label
+        return Move(params, label, None)
 
     scale = dict.fromkeys(limits, 1.0)
     if measured is not None and "recipe" in base.user_attrs:
@@ -127,18 +142,40 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
         return max((predicted[key] / limit for key, limit in limits.items()), default=0.0)
 
     floor = load(Recipe.from_dict(base.user_attrs["recipe"])) if "recipe" in base.user_attrs else None
-    fitting = [(params, label, share) for params, label, recipe in unseen if (share := load(recipe)) is not None]
+    cap = 1.0 if fill_to is None else fill_to
+    fitting = [(params, label, share) for params, label, recipe in unseen
+               if (share := load(recipe)) is not None and share <= cap]
     spending = [m for m in fitting if floor is not None and m[2] >= floor]
     drawn = spending or fitting or ([] if must_fit else [(p, lb, None) for p, lb, _ in unseen])
     if not drawn:
         return None
     params, label, share = rng.choice(drawn)
-    while fill and share is not None and share <= FILL:
+    while fill_to is not None and share is not None and share <= fill_to:
         steps = [(step, step_label, after) for step, step_label, recipe
                  in new(_moves(params, base.distributions, lighter_only=True))
-                 if (after := load(recipe)) is not None and after <= FILL]
+                 if (after := load(recipe)) is not None and after <= fill_to]
         if not steps:
             break
-        params, step_label, share = rng.choice(steps)
+        worth = [_given_back(params, step, space, heads_per_block, allowed, drops or {}) / max(after - share, 1e-3)
+                 for step, _, after in steps]
+        params, step_label, share = rng.choice([m for m, w in zip(steps, worth) if w >= max(worth) - 1e-9])
         label += f", {step_label}"
-    return params, label
+    return Move(params, label, share)
+
+
+def _given_back(before: Mapping[str, Any], after: Mapping[str, Any], space: SearchSpace,
+                heads_per_block: Sequence[int], allowed: Mapping[str, Sequence[Any]] | None,
+                drops: Mapping[tuple[int, str, float], float]) -> float:
+    """Points of accuracy the sensitivity pass says a change of parameters gives back (a knob a step lighter: the
+    drop of its old setting less that of its new one, in each block it applies to; 0 where the pass has no
+    figure, as for the lightest setting)."""
+    total = 0.0
+    for name, value in after.items():
+        if before.get(name) == value or name.startswith("distill"):
+            continue
+        param, knob = name.removesuffix(RANK), name.removesuffix(RANK).split(".", 1)[1]
+        choices = sorted((allowed or {}).get(param, getattr(space, knob)))
+        old, new = (choices[v] if name.endswith(RANK) else v for v in (before[name], value))
+        blocks = range(len(heads_per_block)) if param.startswith("all.") else [int(param.split(".")[0][1:])]
+        total += sum((drops.get((b, knob, old)) or 0.0) - (drops.get((b, knob, new)) or 0.0) for b in blocks)
+    return total

@@ -168,6 +168,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
                                               local=config.local if config.sampler == "tpe" else 0.0,
+                                              drops={(s.block, s.knob, s.value): s.accuracy_drop for s in settings
+                                                     if s.accuracy_drop is not None},
                                               seed=config.seed + done)
                 started = time.perf_counter()
                 with display:
