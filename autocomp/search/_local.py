@@ -92,10 +92,10 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
     much of the budget as ``base`` (the largest ratio of predicted cost to limit) when there are any. Without a
     predictor, or when no move is predicted within budget and not ``must_fit``: among all unseen moves.
 
-    ``fill_to``: the moves drawn are those predicted under this share of every limit (not just under the limits);
-    then, while a knob a step lighter keeps the recipe under it, one such step more: the one whose accuracy given
-    back (``drops``: the sensitivity pass's points lost per block, knob and setting, alone and before distillation)
-    is largest per predicted cost (ties drawn at random).
+    ``fill_to``: the moves drawn are those predicted under this share of every limit, or no dearer than ``base``
+    (not just under the limits); then, while a knob a step lighter keeps the recipe under it, one such step more:
+    the one whose accuracy given back (``drops``: the sensitivity pass's points lost per block, knob and setting,
+    alone and before distillation) is largest per predicted cost (ties drawn at random).
 
     ``measured``: ``base``'s measured costs (``latency_ms``, ``memory_mb``). The moves' predictions are then scaled
     by measured / predicted of ``base``: a move's cost relative to its base is predicted better than its absolute
@@ -142,7 +142,7 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
         return max((predicted[key] / limit for key, limit in limits.items()), default=0.0)
 
     floor = load(Recipe.from_dict(base.user_attrs["recipe"])) if "recipe" in base.user_attrs else None
-    cap = 1.0 if fill_to is None else fill_to
+    cap = 1.0 if fill_to is None else max(fill_to, floor or 0.0)  # no dearer than the base, which measured within
     fitting = [(params, label, share) for params, label, recipe in unseen
                if (share := load(recipe)) is not None and share <= cap]
     spending = [m for m in fitting if floor is not None and m[2] >= floor]
