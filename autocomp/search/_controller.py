@@ -259,7 +259,7 @@ class OptunaController(Searcher):
         if self._duplicates_left > 0:
             self._duplicates_left -= 1
             self._remaining += 1
-        if coarse is not None:  # drawn as new by the coarse sampler: a recipe queued meanwhile (a retry's) had it
+        if coarse is not None:  # a safeguard: coarse draws are checked against the same recipes before queued
             self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
         self._queue_move(frozen, must_fit=False)
         self._told(frozen)
