@@ -1,4 +1,4 @@
-"""Local moves: recipes one or two block knobs away from a measured one, for the per-block stage of the search.
+"""Local moves: recipes a few block knobs away from a measured one, for the per-block stage of the search.
 
 In the benchmark (session 8, ONNX Runtime at 0.6x), the per-block TPE draws after the coarse stage were mostly worse
 than the best recipe with every block alike: 16-30 trials leave TPE barely past its start over 30-odd per-block
