@@ -29,7 +29,8 @@ import optuna
 from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
-from autocomp.search._local import FILL, incumbent, local_move, recipe_key
+from autocomp.results import best_feasible, trial_rows
+from autocomp.search._local import FILL, local_move, recipe_key
 from autocomp.search._objective import ERROR, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
@@ -200,10 +201,11 @@ class OptunaController(Searcher):
                 or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))):
             return
         self._local_credit = min(1.0, self._local_credit + self._local)
-        best = incumbent(self._study.get_trials(deepcopy=False))
+        best = best_feasible(trial_rows(self._study, list(self._screen.limits)))  # ranked as best/ is named
         if self._local_credit < 1.0 - 1e-9 or best is None:
             return
         self._local_credit -= 1.0
+        best = self._study.get_trials(deepcopy=False)[best.number]
         self._queue_move(best, must_fit=True, fill_to=self._fill_target(),
                          measured=dict(zip(OBJECTIVES, best.values)))
 

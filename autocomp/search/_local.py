@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import optuna
 
@@ -30,7 +30,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import RANK, SearchSpace
 
-__all__ = ["recipe_key", "local_move", "incumbent", "Move", "FILL"]
+__all__ = ["recipe_key", "local_move", "Move", "FILL"]
 
 FILL = 0.95  # a move is filled up to this share of each limit (predicted) at first: measurements vary by several %
 
@@ -47,13 +47,6 @@ class Move(NamedTuple):
 def recipe_key(recipe: Mapping[str, Any]) -> str:
     """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike."""
     return json.dumps(recipe, sort_keys=True)
-
-
-def incumbent(trials: Iterable[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    """The most accurate complete trial within budget scored in full (not stopped after its short score)."""
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "recipe" in t.user_attrs
-            and t.user_attrs.get("fidelity") != "short" and feasible(t.constraints)]
-    return max(done, key=lambda t: t.values[0], default=None)
 
 
 def _moves(params: Mapping[str, Any], distributions: Mapping[str, optuna.distributions.BaseDistribution], *,
