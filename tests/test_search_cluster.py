@@ -4,6 +4,7 @@ two-node cluster that loses its worker node mid-search, and one that loses the n
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,7 +18,6 @@ import optuna
 import pytest
 import yaml
 
-from autocomp.cli import main
 from autocomp.results import load_run_study, read_trials
 from test_search_e2e import write_job
 
@@ -68,13 +68,14 @@ def _search(job: Path, run: Path, address: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait_until(condition, process: subprocess.Popen, seconds: float, what: str) -> None:
+def _wait_until(condition, process: subprocess.Popen, run: Path, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
             return
         if process.poll() is not None:
-            raise AssertionError(f"the search ended before {what}: {process.stderr.read()}")
+            raise AssertionError(f"the search ended (exit {process.returncode}) before {what}; trials (number, "
+                                 f"state, node): {_trials_read_only(run)}; stderr: {process.stderr.read()}")
         time.sleep(0.2)
     raise AssertionError(f"not within {seconds} s: {what}")
 
@@ -89,6 +90,8 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path, tiny_teacher, mo
     """As a new user would: `ray start --head` in a terminal, then `autocomp search ... --ray-address HOST:PORT`
     (on loopback, Ray's command line wants token authentication, and so does every process that joins)."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    # the token the head and the search share (a fresh machine has no ~/.ray/auth_token: `ray start` then refuses)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
     head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
@@ -99,7 +102,9 @@ def test_a_search_joins_a_head_started_with_ray_start(tmp_path, tiny_teacher, mo
         _wait_for_port(port, head)
         job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=2, workers=2)
         run = tmp_path / "run"
-        assert main(["search", str(job), "--out", str(run), "--ray-address", f"127.0.0.1:{port}", "--quiet"]) == 0
+        search = _search(job, run, f"127.0.0.1:{port}")  # a process of its own, as from the user's shell
+        _, err = search.communicate(timeout=600)
+        assert search.returncode == 0, err
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=60)
@@ -145,7 +150,8 @@ def cluster():
 def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tmp_path, tiny_teacher):
     worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     head = cluster.head_node.node_id
-    # enough trials that some are left when the worker node, which starts cold, has finished its first
+    # enough trials that some are left when the worker node has finished its first (its worker starts while the
+    # search gets ready; trials of about 2 s, shorter than a worker's start, once all ran on the head: see _loop)
     trials, run = 12, tmp_path / "run"
     search = _search(_slow_job(tmp_path, tiny_teacher, trials=trials, workers=2), run, cluster.address)
     try:
@@ -153,7 +159,7 @@ def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tm
             rows = _trials_read_only(run)
             on_worker = [state for _, state, node in rows if node == worker.node_id]
             return "COMPLETE" in on_worker and sum(state == "RUNNING" for _, state, _ in rows) == 2
-        _wait_until(worker_busy_after_a_trial, search, 900, "a trial finished on the worker node")
+        _wait_until(worker_busy_after_a_trial, search, run, 900, "a trial finished on the worker node")
         cluster.remove_node(worker, allow_graceful=False)  # as if the machine died
         removed = time.monotonic()
         _, err = search.communicate(timeout=600)
@@ -183,7 +189,7 @@ def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(c
     job = _slow_job(tmp_path, tiny_teacher, trials=trials, workers=1, hardware=tmp_path / "device.yaml")
     search = _search(job, run, cluster.address)
     try:
-        _wait_until(lambda: [s for _, s, _ in _trials_read_only(run)].count("COMPLETE") >= 1, search, 900,
+        _wait_until(lambda: [s for _, s, _ in _trials_read_only(run)].count("COMPLETE") >= 1, search, run, 900,
                     "a trial finished")
         cluster.remove_node(device, allow_graceful=False)
         _, err = search.communicate(timeout=600)

@@ -21,15 +21,17 @@ class _Controller:
     """Stands for the Optuna controller: hands out the given recipes, then finishes; keeps the results."""
 
     def __init__(self, recipes: list[Recipe]) -> None:
-        self._recipes, self.results = list(recipes), []
+        self._recipes, self.results, self.asked, self.told = list(recipes), [], [], {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str:
         if not self._recipes:
             return Searcher.FINISHED
+        self.asked.append(trial_id)
         return {"trial_number": len(self.results), "recipe": self._recipes.pop(0).to_dict()}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.results.append(result)
+        self.told[trial_id] = result
 
 
 @pytest.fixture
@@ -48,11 +50,16 @@ def test_the_workers_start_before_the_search_is_ready_and_its_trials_run_on_them
         loop.wait_for_workers(timeout_s=300)
         started = loop.workers()
         assert len(set(started)) == 2 and not loop.done  # two workers up, and no trial asked for yet
+        placeholders = set(loop._searcher._waiting)
         controller = _Controller([UNCOMPRESSED, INT8, UNCOMPRESSED, INT8])
         loop.run(controller)
     assert loop.done and len(controller.results) == 4
     assert all("accuracy" in result for result in controller.results)  # real trials, the placeholders left out
     assert {result["pid"] for result in controller.results} <= set(started)  # no worker started for them
+    # the placeholders ran the first two trials, one in each worker they started (a placeholder that ended instead
+    # left its worker to Tune's cache, which may stop it: then no trial ran on a second Ray node, see _loop)
+    assert set(controller.asked[:2]) == placeholders
+    assert {controller.told[trial_id]["pid"] for trial_id in placeholders} == set(started)
 
 
 def test_a_search_that_fails_before_its_trials_ends_the_loop(local_ray, tiny_teacher, digits_splits, tmp_path):

@@ -4,8 +4,13 @@ A fresh Ray worker takes seconds before its first trial: a new process imports t
 receives the model and the data. Started with the first trial, that time is lost to every worker of every search
 (most of a short search's overhead). So the loop starts before the sensitivity pass: Tune runs in a thread of the
 driver, and its first trials are placeholders, one per worker, that start the workers and wait at a gate. When the
-search is ready (:meth:`TrialLoop.run`), the gate opens, the placeholders end, and the real trials reuse their
-workers (Tune's ``reuse_actors``).
+search is ready (:meth:`TrialLoop.run`), the gate opens and hands each placeholder the controller's next trial,
+which it runs in the worker it started. Later trials reuse the workers (Tune's ``reuse_actors``).
+
+A placeholder that ended at the gate instead would leave its worker to Tune's actor cache, which stops a worker no
+trial is waiting for at that moment; the next trial then starts a fresh one, and gives it up again when a busy worker
+frees first (Tune prefers a started worker). Trials shorter than a worker's start then never ran on a second Ray node
+(seen in the cluster test: 16 trials of 2 s, all on the head node).
 """
 
 from __future__ import annotations
@@ -31,60 +36,87 @@ PLACEHOLDER = "placeholder"  # config key of the trials that start a worker and 
 
 
 class _Gate:
-    """A Ray actor the placeholder trials wait at (and count themselves in) until the search is ready."""
+    """A Ray actor the placeholder trials wait at (and count themselves in) until the search is ready; it then hands
+    each its first real trial (by Tune trial id), if there is one."""
 
     def __init__(self) -> None:
         import asyncio
 
-        self._open, self._parked = asyncio.Event(), []
+        self._open, self._parked, self._first = asyncio.Event(), [], {}
 
-    async def park(self, pid: int) -> None:
+    async def park(self, pid: int, trial_id: str) -> dict[str, Any] | None:
         self._parked.append(pid)
         await self._open.wait()
+        return self._first.get(trial_id)
 
     async def parked(self) -> list[int]:
         return self._parked
 
-    async def open(self) -> None:
+    async def open(self, first: dict[str, dict[str, Any]]) -> None:
+        self._first = first
         self._open.set()
 
 
 class _Gated(Searcher):
     """Hands Tune the placeholder trials first, then nothing until the controller is set, then the controller's
-    trials (the placeholders' ends are not the controller's business)."""
+    trials. Placeholders handed a real trial (:meth:`hand_over`) are the controller's; the ends of the others are
+    not its business. Tune calls from its own thread: the lock keeps the controller to one caller at a time."""
 
     def __init__(self, placeholders: int) -> None:
         super().__init__()
         self._placeholders, self._waiting = placeholders, set()
+        self._lock = threading.Lock()
         self.controller: OptunaController | None = None
         self.finished = False
 
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher into its checkpoint: not the lock
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.finished:
-            return Searcher.FINISHED
-        if self._placeholders > 0:
-            self._placeholders -= 1
-            self._waiting.add(trial_id)
-            return {PLACEHOLDER: True}
-        return None if self.controller is None else self.controller.suggest(trial_id)
+        with self._lock:
+            if self.finished:
+                return Searcher.FINISHED
+            if self._placeholders > 0:
+                self._placeholders -= 1
+                self._waiting.add(trial_id)
+                return {PLACEHOLDER: True}
+            return None if self.controller is None else self.controller.suggest(trial_id)
+
+    def hand_over(self, controller: OptunaController) -> dict[str, dict[str, Any]]:
+        """Set the controller, and ask it for a trial for each placeholder still waiting: {Tune trial id: config}."""
+        with self._lock:
+            self.controller, first = controller, {}
+            for trial_id in sorted(self._waiting):
+                config = controller.suggest(trial_id)
+                if not isinstance(config, dict):  # nothing more to run
+                    break
+                first[trial_id] = config
+                self._waiting.discard(trial_id)
+            return first
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._waiting:
-            self._waiting.discard(trial_id)
-        elif self.controller is not None:
-            self.controller.on_trial_complete(trial_id, result, error)
+        with self._lock:
+            if trial_id in self._waiting:
+                self._waiting.discard(trial_id)
+            elif self.controller is not None:
+                self.controller.on_trial_complete(trial_id, result, error)
 
 
 def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_early: bool) -> None:
-    """One Tune trial: a placeholder waits at the gate; a real one runs its recipe and reports the result (first
-    the short one, under multi-fidelity: a scheduler that stops the trial ends this thread in that report)."""
+    """One Tune trial: a placeholder waits at the gate, then runs the trial the gate hands it, if any; a real one
+    runs its recipe. Each reports its result (first the short one, under multi-fidelity: a scheduler that stops the
+    trial ends this thread in that report)."""
     import ray
     from ray import tune
 
     if config.get(PLACEHOLDER):
-        ray.get(gate.park.remote(os.getpid()))
-        tune.report({PLACEHOLDER: 1})
-        return
+        config = ray.get(gate.park.remote(os.getpid(), tune.get_context().get_trial_id()))
+        if config is None:
+            tune.report({PLACEHOLDER: 1})
+            return
     torch.set_num_threads(inputs.threads)
     node = ray.get_runtime_context().get_node_id()
 
@@ -176,14 +208,14 @@ class TrialLoop:
             time.sleep(0.2)
 
     def run(self, controller: OptunaController) -> None:
-        """Hand Tune the controller's trials and wait until they are done."""
-        self._searcher.controller = controller
-        self._open_gate()
+        """Hand Tune the controller's trials (the first ones to the waiting placeholders) and wait until they are
+        done."""
+        self._open_gate(self._searcher.hand_over(controller))
         self._thread.join()
         if self._error is not None:
             raise self._error
 
-    def _open_gate(self) -> None:
+    def _open_gate(self, first: dict[str, dict[str, Any]] | None = None) -> None:
         import ray
 
-        ray.get(self._gate.open.remote())
+        ray.get(self._gate.open.remote(first or {}))
