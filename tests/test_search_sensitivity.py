@@ -188,3 +188,18 @@ def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_no
     seen = fastest_measures([])
     _check(tiny_teacher, digits_splits, ratios, 0.8)  # heads alone meet it: nothing measured
     assert seen == []
+
+
+def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path):
+    from autocomp.search._runner import SENSITIVITY, _sensitivity
+    from autocomp.search._sensitivity import read_sensitivity
+
+    settings = [Setting(0, "heads_keep", 0.5, 3.25, 0.81), Setting(1, "weight_bits", 8, None, None),
+                Setting(1, "mlp_keep", 0.75, -0.125, None)]
+    write_sensitivity(tmp_path, settings, drop_above=5.0)
+    assert read_sensitivity(tmp_path) == settings and read_sensitivity(tmp_path / "none") == []
+    (tmp_path / SENSITIVITY).write_text(json.dumps({"b0.heads_keep": [0.5, 1.0]}))
+    # a resumed run returns before it would need the model, data or target: nothing is measured again
+    resumed = _sensitivity(tmp_path, None, SPACE, [4, 4], None, None, None, print, fresh=False, profile=None,
+                           limits={}, base_latency_ms=1.0, before_timing=None)
+    assert resumed == (settings, {"b0.heads_keep": (0.5, 1.0)})

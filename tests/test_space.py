@@ -94,3 +94,22 @@ def test_fractions_that_keep_the_same_number_of_heads_are_offered_once():
     # a uniform space keeps a fraction that is distinct in any block
     assert dataclasses.replace(space, uniform=True).distinct([4, 4]) == {"all.heads_keep": (0.5, 0.83, 1.0)}
     assert dataclasses.replace(space, uniform=True).distinct([4, 6]) == {}
+
+
+@pytest.mark.parametrize("uniform, allowed", [(False, {}), (False, {"b0.heads_keep": (1.0,), "b1.weight_bits": (8,)}),
+                                              (True, {})])
+def test_the_space_size_counts_every_different_recipe(uniform, allowed):
+    from autocomp.search._local import recipe_key
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 8),
+                        quantize_layers=("all", "qkv,fc1"), distill_steps=(0, 100), distill_alpha=(0.5, 0.9),
+                        uniform=uniform)
+    recipes = set()
+
+    def objective(trial):
+        recipes.add(recipe_key(space.sample(trial, [4, 4], allowed=allowed).to_dict()))
+        return 0.0
+
+    study = optuna.create_study(sampler=optuna.samplers.BruteForceSampler(seed=0))
+    study.optimize(objective)  # every combination of the parameters, then it stops
+    assert space.size(2, allowed=allowed) == len(recipes) > 1

@@ -39,8 +39,9 @@ from autocomp.search._objective import TrialInputs, distill_subset, metrics_of
 from autocomp.search._ray import ray_session, require_trial_resources
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, load_space
-from autocomp.search._sensitivity import (Setting, allowed_choices, sensitivity_pass, uniform_latencies,
-                                          without_slow, write_sensitivity, write_uniform_latencies)
+from autocomp.search._sensitivity import (Setting, allowed_choices, read_sensitivity, sensitivity_pass,
+                                          uniform_latencies, without_slow, write_sensitivity,
+                                          write_uniform_latencies)
 from autocomp.search._start import START, lightest, recipe_of, start_points, uniform_values
 from autocomp.train import evaluate
 
@@ -158,6 +159,11 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                     if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
+                recipes = space.size(len(heads), allowed=allowed)
+                if recipes < remaining:
+                    log(f"the space offers {recipes} different recipes (after the sensitivity pass), fewer than the "
+                        f"{remaining} trials left: at most {recipes} will run, as a recipe drawn again is not run; "
+                        f"widen the space (or raise sensitivity.drop_above) to use the trials")
                 if config.start_points and config.trials >= 4 and not study.trials:
                     if "latency_ms" in limits:  # the all-knobs point is measured: not while workers start
                         loop.wait_for_workers()
@@ -219,7 +225,7 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
                  profile: HardwareProfile, limits: Mapping[str, float], base_latency_ms: float,
                  before_timing: Callable[[], None]) -> tuple[list[Setting], dict[str, tuple]]:
     """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
-    reuses the choices it saved.
+    reuses the settings and choices it saved (the settings guide the local moves' fill).
 
     Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
     that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
@@ -227,7 +233,8 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
     called before them (it waits until the trials' workers have started)."""
     saved = run_dir / SENSITIVITY
     if saved.is_file():
-        return [], {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
+        allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
+        return read_sensitivity(run_dir), allowed
     if not fresh:  # a study begun before the choices were saved: offer them as it did
         return [], {}
     settings: list[Setting] = []

@@ -165,8 +165,22 @@ def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above:
         _heatmap(run_dir / "sensitivity.png", settings, drop_above)
 
 
+def read_sensitivity(run_dir: Path) -> list[Setting]:
+    """The settings :func:`write_sensitivity` saved in ``run_dir`` (none when the run has no ``sensitivity.csv``)."""
+    path = run_dir / "sensitivity.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [Setting(int(row["block"]), row["knob"], float(row["value"]), _number(row["accuracy_drop"]),
+                        _number(row["predicted_latency_ratio"])) for row in csv.DictReader(handle)]
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text else None
 
 
 def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None:

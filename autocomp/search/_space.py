@@ -126,6 +126,21 @@ class SearchSpace:
         return {name: tuple(v for v in self.heads_keep if v in values) for name, values in kept.items()
                 if len(values) < len(self.heads_keep)}
 
+    def size(self, blocks: int, *, allowed: Mapping[str, Sequence[Any]] | None = None) -> int:
+        """How many different recipes :meth:`sample` can make for ``blocks`` blocks, given ``allowed`` (heads
+        fractions that keep the same count are told apart only by ``allowed``, as :meth:`distinct` gives it)."""
+        allowed = allowed or {}
+        total = 1
+        for index in range(1 if self.uniform else blocks):
+            def count(knob: str) -> int:
+                return len(allowed.get(self.name(index, knob), getattr(self, knob)))  # noqa: B023 - called at once
+
+            bits = allowed.get(self.name(index, "weight_bits"), self.weight_bits)
+            quantized = sum(b != FLOAT_BITS for b in bits) * count("quantize_layers")
+            total *= (count("heads_keep") * count("mlp_keep") * count("rank") * count("tokens_keep")
+                      * (len(bits) - sum(b != FLOAT_BITS for b in bits) + quantized))
+        return total * sum(len(self.distill_alpha) if steps > 0 else 1 for steps in self.distill_steps)
+
     def name(self, block: int, knob: str) -> str:
         """The Optuna parameter (before the rank suffix) of a per-block knob: ``b3.heads_keep``, or
         ``all.heads_keep`` in a uniform space."""
