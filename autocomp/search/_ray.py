@@ -44,7 +44,8 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
     except ConnectionError as exc:
         raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
                             "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started with "
-                            "it, or omit --ray-address for an embedded local Ray") from None
+                            "it (with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, set before the "
+                            "process starts), or omit --ray-address for an embedded local Ray") from None
     try:
         if ray_address:
             require_same_versions()
