@@ -10,7 +10,8 @@ which it runs in the worker it started. Later trials reuse the workers (Tune's `
 A placeholder that ended at the gate instead would leave its worker to Tune's actor cache, which stops a worker no
 trial is waiting for at that moment; the next trial then starts a fresh one, and gives it up again when a busy worker
 frees first (Tune prefers a started worker). Trials shorter than a worker's start then never ran on a second Ray node
-(seen in the cluster test: 16 trials of 2 s, all on the head node).
+(seen in the cluster test: 16 trials of 2 s, all on the head node). For the same reason the gate opens only once
+every worker has started (at most :meth:`TrialLoop.wait_for_workers`' wait).
 """
 
 from __future__ import annotations
@@ -208,8 +209,10 @@ class TrialLoop:
             time.sleep(0.2)
 
     def run(self, controller: OptunaController) -> None:
-        """Hand Tune the controller's trials (the first ones to the waiting placeholders) and wait until they are
-        done."""
+        """Hand Tune the controller's trials (the first ones to the waiting placeholders, once every worker the
+        cluster has room for has started: a placeholder still starting would lose its trial to the first worker
+        free, as above) and wait until they are done."""
+        self.wait_for_workers()
         self._open_gate(self._searcher.hand_over(controller))
         self._thread.join()
         if self._error is not None:
