@@ -83,13 +83,14 @@ def train(model: nn.Module, split: Split, config: TrainConfig,
         raise AutocompError(f"train.patch_drop needs a timm ViT (a model with a patch_drop layer); "
                             f"{type(model).__name__} has none: set patch_drop to 0")
     drop_epochs = config.epochs if config.patch_drop_epochs is None else config.patch_drop_epochs
+    dropping = (PatchDropout(config.patch_drop, num_prefix_tokens=model.num_prefix_tokens) if config.patch_drop
+                else None)
     model.train()
     start = time.perf_counter()
     try:
         for epoch in range(config.epochs):
-            if config.patch_drop:  # a fresh layer each epoch: the original is put back for the last ones, and after
-                model.patch_drop = (PatchDropout(config.patch_drop, num_prefix_tokens=model.num_prefix_tokens)
-                                    if epoch < drop_epochs else keep_tokens)
+            if dropping is not None:  # the model's own layer is put back for the last epochs, and after
+                model.patch_drop = dropping if epoch < drop_epochs else keep_tokens
             running = 0.0
             for x, y in split.batches(config.batch_size, shuffle=True, generator=generator):
                 if config.hflip:
@@ -105,7 +106,7 @@ def train(model: nn.Module, split: Split, config: TrainConfig,
                 log(f"epoch {epoch + 1}/{config.epochs}: loss {running / steps_per_epoch:.4f} "
                     f"({time.perf_counter() - start:.0f} s)")
     finally:
-        if config.patch_drop:
+        if dropping is not None:
             model.patch_drop = keep_tokens
     return model.eval()
 

@@ -136,9 +136,9 @@ class SearchSpace:
                 return len(allowed.get(self.name(index, knob), getattr(self, knob)))  # noqa: B023 - called at once
 
             bits = allowed.get(self.name(index, "weight_bits"), self.weight_bits)
-            quantized = sum(b != FLOAT_BITS for b in bits) * count("quantize_layers")
+            floats = sum(b == FLOAT_BITS for b in bits)  # a quantized width comes with each choice of layers
             total *= (count("heads_keep") * count("mlp_keep") * count("rank") * count("tokens_keep")
-                      * (len(bits) - sum(b != FLOAT_BITS for b in bits) + quantized))
+                      * (floats + (len(bits) - floats) * count("quantize_layers")))
         return total * sum(len(self.distill_alpha) if steps > 0 else 1 for steps in self.distill_steps)
 
     def name(self, block: int, knob: str) -> str:
