@@ -129,7 +129,7 @@ def test_weight_bytes_match_what_autocomp_predicts(tiny_teacher, exported, name,
 
 @pytest.mark.parametrize("config", [Quantize(), Quantize(weight_bits=8, layers=("qkv", "fc1"))], ids=["all", "qkv,fc1"])
 def test_int8_weights_become_integer_ops_holding_autocomps_codes(exported, tmp_path, config):
-    model, result, _ = exported("quantize", config)
+    model, result, _ = exported("quantize", config, OnnxExportConfig(int8_weights="matmul_integer"))
     layers = _quantized(model)
     types = op_types(result.path)
     assert types["DynamicQuantizeLinear"] == types["MatMulInteger"] == len(layers) == len(result.layers)
@@ -140,6 +140,46 @@ def test_int8_weights_become_integer_ops_holding_autocomps_codes(exported, tmp_p
         assert tensors[f"{name}.weight_int8"].dtype == np.int8
         np.testing.assert_array_equal(tensors[f"{name}.weight_int8"], weight.t().numpy())
         np.testing.assert_array_equal(tensors[f"{name}.weight_scale"], scale.numpy())
+
+
+def test_int8_weights_as_uint8_hold_the_same_codes_and_agree(exported, images, tmp_path):
+    model, result, session = exported("quantize", Quantize(), OnnxExportConfig(int8_weights="matmul_integer_u8"))
+    layers = _quantized(model)
+    types = op_types(result.path)
+    assert types["DynamicQuantizeLinear"] == types["MatMulInteger"] == len(layers)
+    tensors = _initializers(result.path)
+    for name, layer in layers.items():
+        weight, _, _ = layer.unpacked()
+        assert tensors[f"{name}.weight_uint8"].dtype == np.uint8
+        np.testing.assert_array_equal(tensors[f"{name}.weight_uint8"].astype(np.int32) - 128, weight.t().numpy())
+    zero_points = [tensors[node.input[3]] for node in onnx.load(str(result.path)).graph.node
+                   if node.op_type == "MatMulInteger"]  # one shared initializer: the exporter merges equal ones
+    assert len(zero_points) == len(layers) and all(z.dtype == np.uint8 and z == 128 for z in zero_points)
+    assert compare_outputs(model, session, images).top1 >= 0.99
+    signed = exported("quantize", Quantize(), OnnxExportConfig(int8_weights="matmul_integer"))[1]
+    assert result.weight_nbytes == signed.weight_nbytes + 1  # one byte per weight either way, + the zero point
+
+
+def test_default_int8_form_is_the_one_this_cpu_computes_exactly(tmp_path, monkeypatch):
+    """The worst case of a u8 x s8 kernel that sums pairs of products in 16 bits: every input code 255 against
+    weights of 127. The default export must give the exact sum on this CPU, whatever its kernels (on x86 without
+    VNNI the int8 form would give about half)."""
+    from autocomp.ops.quantize import quantize_linear
+    from autocomp.runtimes import onnx as onnx_export
+
+    linear = torch.nn.Linear(64, 4, bias=False)
+    torch.nn.init.ones_(linear.weight)
+    layer = quantize_linear(linear, Quantize())
+    assert int(layer.unpacked()[0].max()) == 127
+    x = torch.full((2, 64), 0.5)  # DynamicQuantizeLinear: range [0, 0.5] -> every code 255
+    result = export_onnx(layer, x, tmp_path / "worst.onnx")
+    got = ort_session(result.path).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, np.full((2, 4), 64 * 0.5), rtol=1e-3)
+    form = "uint8" if not onnx_export.ort_u8s8_exact() else "int8)"
+    assert form in result.layers[0].onnx
+    monkeypatch.setattr(onnx_export, "ort_u8s8_exact", lambda: False)  # as on a CPU without VNNI
+    saturating = export_onnx(layer, x, tmp_path / "u8.onnx").layers[0]
+    assert "uint8" in saturating.onnx and "saturates on this CPU" in saturating.note
 
 
 def test_static_activations_are_qdq_with_the_calibrated_quantizer(exported, tmp_path):
@@ -258,7 +298,8 @@ def test_export_config_errors_name_the_bad_value():
         OnnxExportConfig(nbits_accuracy_level=2)
     with pytest.raises(AutocompError, match="opset must be a whole number in 18..22 .* got 23"):
         OnnxExportConfig(opset=23)
-    with pytest.raises(AutocompError, match=r"int8_weights must be one of \['matmul_integer', 'dequantize_linear'\], "
+    with pytest.raises(AutocompError, match=r"int8_weights must be one of \['auto', 'matmul_integer', "
+                                            r"'matmul_integer_u8', 'dequantize_linear'\], "
                                             "got 'qdq'"):
         OnnxExportConfig(int8_weights="qdq")
 

@@ -29,15 +29,18 @@ above are the ones those tools write, filled with autocomp's tensors; ORT's grap
 A group size ``MatMulNBits`` cannot express (not a multiple of 16) falls back to an fp32 MatMul on the dequantized
 weight: exact numbers, no speed or size gain; :class:`LayerExport` says so for each layer.
 
-Checked on a Xeon with AVX-512 VNNI and AMX only. On x86 CPUs with AVX2 but without VNNI, ORT's u8 x s8 kernels sum
-pairs of products in 16 bits and may saturate with full-range int8 weights (ORT advises ``reduce_range`` there);
-static activations saved with codes up to 127 (autocomp's calibration on such CPUs) are clipped before
-QuantizeLinear, but weights-only int8 (``DynamicQuantizeLinear``) is not protected.
+On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ORT's u8 x s8 kernels sum pairs of products in 16 bits
+and saturate with full-range codes (ORT advises ``reduce_range`` there). Static activations saved with codes up to
+127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported in the
+form this CPU runs exactly (``int8_weights="auto"``): :func:`ort_u8s8_exact` runs ORT's kernel on the worst case,
+and where it saturates the weights are written as uint8 (code + 128, zero point 128), which ORT computes exactly
+with its u8 x u8 kernel: the same numbers, at that kernel's speed.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -58,7 +61,7 @@ __all__ = ["OnnxExportConfig", "LayerExport", "OnnxExport", "Agreement", "Sessio
            "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
 
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes powers of two >= 16; these are the ones tried
-INT8_WEIGHT_FORMS = ("matmul_integer", "dequantize_linear")
+INT8_WEIGHT_FORMS = ("auto", "matmul_integer", "matmul_integer_u8", "dequantize_linear")
 _STORAGE_BITS = {2: 2, 3: 4, 4: 4, 6: 8}  # autocomp bits -> the MatMulNBits width that holds them (2, 4, 8 exist)
 
 
@@ -77,14 +80,17 @@ class OnnxExportConfig:
             a few rows on (1.4-1.6x at M=16..197, a ViT's tokens; ``benchmarks/onnx_runtime.py``). A per-device
             choice: it belongs with the hardware profile.
         int8_weights: how 8-bit weights without static activations are written: ``matmul_integer``
-            (DynamicQuantizeLinear -> MatMulInteger: ORT fuses it into its int8 kernel) or ``dequantize_linear``
+            (DynamicQuantizeLinear -> MatMulInteger with int8 weights: ORT fuses it into its u8 x s8 kernel),
+            ``matmul_integer_u8`` (the same with the weights as uint8, code + 128 with zero point 128: ORT's
+            u8 x u8 kernel, exact where the u8 x s8 one saturates), ``auto`` (the first where
+            :func:`ort_u8s8_exact` says this CPU computes it exactly, else the second) or ``dequantize_linear``
             (DequantizeLinear -> MatMul: the compressed-weight pattern OpenVINO runs fast; ORT would not).
     """
 
     opset: int = 20
     dynamic_batch: bool = True
     nbits_accuracy_level: int = 0
-    int8_weights: str = "matmul_integer"
+    int8_weights: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not 18 <= self.opset <= 22:
@@ -180,6 +186,14 @@ class _OnnxLinear(nn.Module):
         y = _op("MatMulInteger", (q, self.weight_int8, zero), dtype=torch.int32, shape=self._out_shape(x))
         return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
 
+    def _int8_dynamic_u8(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale, zero = torch.onnx.ops.symbolic_multi_out(
+            "::DynamicQuantizeLinear", (x,), {}, dtypes=(torch.uint8, torch.float32, torch.uint8),
+            shapes=(x.shape, (), ()))
+        y = _op("MatMulInteger", (q, self.weight_uint8, zero, self.weight_zero_point), dtype=torch.int32,
+                shape=self._out_shape(x))
+        return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
+
     def _int8_qdq(self, x: torch.Tensor) -> torch.Tensor:
         weight = _op("DequantizeLinear", (self.weight_int8, self.weight_scale), {"axis": 1}, dtype=torch.float32,
                      shape=self.weight_int8.shape)
@@ -251,8 +265,15 @@ def _stand_in(name: str, layer: QuantizedLinear, config: OnnxExportConfig) -> tu
         if layer.act_qparams is not None or config.int8_weights == "dequantize_linear":
             return _OnnxLinear(layer, "int8_qdq", tensors), LayerExport(
                 name, tag, "DequantizeLinear(int8, per channel) -> MatMul" + act)
-        return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
-            name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)")
+        if config.int8_weights == "matmul_integer" or (config.int8_weights == "auto" and ort_u8s8_exact()):
+            return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
+                name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)")
+        tensors["weight_uint8"] = (tensors.pop("weight_int8").to(torch.int16) + 128).to(torch.uint8)
+        tensors["weight_zero_point"] = torch.tensor(128, dtype=torch.uint8)
+        return _OnnxLinear(layer, "int8_dynamic_u8", tensors), LayerExport(
+            name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)",
+            "ORT's u8 x s8 kernel saturates on this CPU: the same codes, run by its exact u8 x u8 kernel"
+            if config.int8_weights == "auto" else "")
     if isinstance(layer, Bf16Linear):
         tensors = {"weight": layer.state_dict()["weight"].t(), **_bias(layer, torch.bfloat16)}
         return _OnnxLinear(layer, "bf16", tensors), LayerExport(
@@ -378,6 +399,27 @@ def op_types(path: str | Path) -> dict[str, int]:
         key = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+@functools.cache
+def ort_u8s8_exact() -> bool:
+    """Whether ONNX Runtime's u8 x s8 integer GEMM is exact on this CPU over the full code range: True where it
+    sums the products in 32 bits (VNNI, AMX, ARM), False where pairs of them are summed in 16 bits and saturate
+    (x86 without VNNI). Found by running ``MatMulInteger`` on the worst case, inputs at 255 against constant weights
+    of 127 (prepacked, as a model's are), and comparing with the exact sum."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    width = 64
+    weight = helper.make_tensor("w", TensorProto.INT8, (width, 4), [127] * (width * 4))
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "u8s8",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, (2, width))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, (2, 4))], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.full((2, width), 255, dtype=np.uint8)})[0]
+    return bool((out == 255 * 127 * width).all())
 
 
 def ort_session(path: str | Path, *, threads: int = 1, spinning: bool = False) -> Any:
