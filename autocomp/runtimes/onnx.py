@@ -11,6 +11,8 @@ autocomp layer                ONNX (initializers)                               
 ============================  ==================================================  ==================================
 ``Int8Linear`` (w8)           DynamicQuantizeLinear -> MatMulInteger -> Cast ->   ``DynamicQuantizeMatMul`` (fused
                               Mul -> Add (int8 [in, out], fp32 scale, bias)       by ORT): u8 x s8 GEMM
+w8 where u8 x s8 saturates    the same with uint8 weights (code + 128) and a      u8 x u8 GEMM (exact; see below)
+                              zero point of 128
 w8 + static a8                QuantizeLinear/DequantizeLinear on the input (the   QDQ fusion: int8 GEMM with fp32
                               calibrated scale, zero point), DequantizeLinear of  output
                               the int8 weight per channel, MatMul, Add
