@@ -185,15 +185,10 @@ class _OnnxLinear(nn.Module):
         q, scale, zero = torch.onnx.ops.symbolic_multi_out(
             "::DynamicQuantizeLinear", (x,), {}, dtypes=(torch.uint8, torch.float32, torch.uint8),
             shapes=(x.shape, (), ()))
-        y = _op("MatMulInteger", (q, self.weight_int8, zero), dtype=torch.int32, shape=self._out_shape(x))
-        return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
-
-    def _int8_dynamic_u8(self, x: torch.Tensor) -> torch.Tensor:
-        q, scale, zero = torch.onnx.ops.symbolic_multi_out(
-            "::DynamicQuantizeLinear", (x,), {}, dtypes=(torch.uint8, torch.float32, torch.uint8),
-            shapes=(x.shape, (), ()))
-        y = _op("MatMulInteger", (q, self.weight_uint8, zero, self.weight_zero_point), dtype=torch.int32,
-                shape=self._out_shape(x))
+        # int8 weights (zero point 0, implied), or uint8 ones with their zero point of 128
+        weight = (self.weight_uint8, zero, self.weight_zero_point) if hasattr(self, "weight_uint8") else \
+            (self.weight_int8, zero)
+        y = _op("MatMulInteger", (q, *weight), dtype=torch.int32, shape=self._out_shape(x))
         return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
 
     def _int8_qdq(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,7 +267,7 @@ def _stand_in(name: str, layer: QuantizedLinear, config: OnnxExportConfig) -> tu
                 name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)")
         tensors["weight_uint8"] = (tensors.pop("weight_int8").to(torch.int16) + 128).to(torch.uint8)
         tensors["weight_zero_point"] = torch.tensor(128, dtype=torch.uint8)
-        return _OnnxLinear(layer, "int8_dynamic_u8", tensors), LayerExport(
+        return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
             name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)",
             "ORT's u8 x s8 kernel saturates on this CPU: the same codes, run by its exact u8 x u8 kernel"
             if config.int8_weights == "auto" else "")
