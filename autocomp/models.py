@@ -127,6 +127,10 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 def vit_blocks(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a timm ViT-family model, checked to have the standard layout."""
     blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+        raise AutocompError(f"{type(model).__name__} is not supported: its blocks ({type(blocks[0]).__name__} in an "
+                            "nn.ModuleList, as in timm's Eva, RoPE and relative-position ViTs) take inputs of their "
+                            "own; autocomp compresses timm's VisionTransformer family (vit_*, deit_*, flexivit_*, ...)")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         raise AutocompError(f"{type(model).__name__} has no 'blocks' sequence; autocomp needs a timm ViT-family "
                             "model (VisionTransformer, DeiT, ...)")

@@ -38,10 +38,11 @@ class TrainConfig:
         hflip: random horizontal flips as augmentation.
         seed: seed of shuffling and initialisation-independent randomness.
         patch_drop: share of the patch tokens each training image leaves out, at random (timm's ``PatchDropout``;
-            a timm ViT's ``patch_drop`` only). It makes each step cheaper by about that share; the trained model is
-            the same architecture and sees every token at evaluation. 0: off.
-        patch_drop_epochs: how many of the first epochs drop patches (None: all of them); the last ones then train
-            on every token, as the model is evaluated.
+            a timm ViT's ``patch_drop`` only), or a list of shares, one per epoch (e.g. ``[0.75, 0.5, 0]``). It
+            makes each step cheaper by about that share; the trained model is the same architecture and sees every
+            token at evaluation. 0: off.
+        patch_drop_epochs: with one share, how many of the first epochs drop patches (None: all of them); the last
+            ones then train on every token, as the model is evaluated.
     """
 
     epochs: int = 6
@@ -52,15 +53,32 @@ class TrainConfig:
     label_smoothing: float = 0.1
     hflip: bool = True
     seed: int = 0
-    patch_drop: float = 0.0
+    patch_drop: float | tuple[float, ...] = 0.0
     patch_drop_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.patch_drop < 1.0:
-            raise AutocompError(f"train.patch_drop must be a share in [0, 1), got {self.patch_drop!r}")
+        shares = self.patch_drop if isinstance(self.patch_drop, (list, tuple)) else [self.patch_drop]
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 <= s < 1.0 for s in shares):
+            raise AutocompError(f"train.patch_drop must be a share in [0, 1) or a list of them, got "
+                                f"{self.patch_drop!r}")
+        if isinstance(self.patch_drop, (list, tuple)):
+            if len(self.patch_drop) != self.epochs:
+                raise AutocompError(f"train.patch_drop lists {len(self.patch_drop)} shares for {self.epochs} epochs; "
+                                    "give one per epoch")
+            if self.patch_drop_epochs is not None:
+                raise AutocompError("train.patch_drop_epochs goes with a single patch_drop share; a list already "
+                                    "gives each epoch its own (0 for every token)")
+            object.__setattr__(self, "patch_drop", tuple(float(s) for s in self.patch_drop))
         if self.patch_drop_epochs is not None and not 0 <= self.patch_drop_epochs <= self.epochs:
             raise AutocompError(f"train.patch_drop_epochs must be between 0 and epochs ({self.epochs}), got "
                                 f"{self.patch_drop_epochs!r}")
+
+    def epoch_patch_drop(self) -> list[float]:
+        """The share of patches dropped in each epoch."""
+        if isinstance(self.patch_drop, tuple):
+            return list(self.patch_drop)
+        dropping = self.epochs if self.patch_drop_epochs is None else self.patch_drop_epochs
+        return [self.patch_drop if epoch < dropping else 0.0 for epoch in range(self.epochs)]
 
 
 def train(model: nn.Module, split: Split, config: TrainConfig,
@@ -79,18 +97,17 @@ def train(model: nn.Module, split: Split, config: TrainConfig,
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     keep_tokens = getattr(model, "patch_drop", None)
-    if config.patch_drop and keep_tokens is None:
+    drops = config.epoch_patch_drop()
+    if any(drops) and keep_tokens is None:
         raise AutocompError(f"train.patch_drop needs a timm ViT (a model with a patch_drop layer); "
                             f"{type(model).__name__} has none: set patch_drop to 0")
-    drop_epochs = config.epochs if config.patch_drop_epochs is None else config.patch_drop_epochs
-    dropping = (PatchDropout(config.patch_drop, num_prefix_tokens=model.num_prefix_tokens) if config.patch_drop
-                else None)
     model.train()
     start = time.perf_counter()
     try:
-        for epoch in range(config.epochs):
-            if dropping is not None:  # the model's own layer is put back for the last epochs, and after
-                model.patch_drop = dropping if epoch < drop_epochs else keep_tokens
+        for epoch, share in enumerate(drops):
+            if keep_tokens is not None:  # the model's own layer for epochs on every token, and after
+                model.patch_drop = (PatchDropout(share, num_prefix_tokens=model.num_prefix_tokens) if share
+                                    else keep_tokens)
             running = 0.0
             for x, y in split.batches(config.batch_size, shuffle=True, generator=generator):
                 if config.hflip:
@@ -106,7 +123,7 @@ def train(model: nn.Module, split: Split, config: TrainConfig,
                 log(f"epoch {epoch + 1}/{config.epochs}: loss {running / steps_per_epoch:.4f} "
                     f"({time.perf_counter() - start:.0f} s)")
     finally:
-        if dropping is not None:
+        if keep_tokens is not None:
             model.patch_drop = keep_tokens
     return model.eval()
 

@@ -35,3 +35,10 @@ def test_checkpoint_that_does_not_fit_names_the_difference(tmp_path, tiny_teache
 def test_non_vit_model_is_refused():
     with pytest.raises(AutocompError, match="has no 'blocks' sequence"):
         create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))
+
+
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "vit_relpos_small_patch16_224"])
+def test_vits_with_blocks_of_their_own_are_refused_by_name(name):
+    with pytest.raises(AutocompError, match="is not supported: its blocks .* compresses timm's VisionTransformer"):
+        create_model(ModelSpec(name=name, kwargs={"img_size": 28, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                                                  "num_classes": 3}))

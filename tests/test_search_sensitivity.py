@@ -203,3 +203,15 @@ def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path)
     resumed = _sensitivity(tmp_path, None, SPACE, [4, 4], None, None, None, print, fresh=False, profile=None,
                            limits={}, base_latency_ms=1.0, before_timing=None)
     assert resumed == (settings, {"b0.heads_keep": (0.5, 1.0)})
+
+
+@pytest.mark.parametrize("workers, cpu, machine, expected", [(2, 1, 2, 2), (4, 1, 2, 2), (1, 1, 8, 1), (2, 3, 2, 3)])
+def test_the_work_before_the_trials_uses_the_cpus_the_trials_will_share(monkeypatch, workers, cpu, machine,
+                                                                         expected):
+    from types import SimpleNamespace
+
+    from autocomp.search import _runner
+
+    monkeypatch.setattr(_runner.os, "sched_getaffinity", lambda _pid: set(range(machine)), raising=False)
+    config = SimpleNamespace(workers=workers, resources=SimpleNamespace(cpu=cpu))
+    assert _runner._setup_threads(config) == expected  # never more than the machine, never fewer than a trial's

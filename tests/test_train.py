@@ -46,6 +46,15 @@ def test_patch_drop_trains_on_fewer_tokens_then_on_all_and_keeps_the_model(digit
     assert seen == [TOKENS]
 
 
+def test_patch_drop_per_epoch_follows_the_list(digits_splits):
+    model = _tiny()
+    config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, warmup_steps=4, hflip=False, patch_drop=[0.75, 0.5, 0])
+    per_epoch = _tokens_per_epoch(model, digits_splits.train.subset(256), config)
+    patches = TOKENS - 1
+    assert per_epoch == [{1 + int(patches * 0.25)}, {1 + int(patches * 0.5)}, {TOKENS}]  # timm keeps int(L * (1 - p))
+    assert isinstance(model.patch_drop, torch.nn.Identity)
+
+
 def test_patch_drop_still_learns(digits_splits):
     model = _tiny()
     train(model, digits_splits.train, TrainConfig(epochs=15, batch_size=64, lr=3e-3, warmup_steps=20, hflip=False,
@@ -58,6 +67,12 @@ def test_patch_drop_is_checked(digits_splits):
         TrainConfig(patch_drop=1.0)
     with pytest.raises(AutocompError, match="patch_drop_epochs must be between 0 and epochs \\(3\\)"):
         TrainConfig(epochs=3, patch_drop=0.5, patch_drop_epochs=4)
+    with pytest.raises(AutocompError, match="lists 2 shares for 3 epochs; give one per epoch"):
+        TrainConfig(epochs=3, patch_drop=[0.5, 0])
+    with pytest.raises(AutocompError, match="must be a share in \\[0, 1\\) or a list of them"):
+        TrainConfig(epochs=2, patch_drop=[0.5, 1.5])
+    with pytest.raises(AutocompError, match="patch_drop_epochs goes with a single patch_drop share"):
+        TrainConfig(epochs=2, patch_drop=[0.5, 0], patch_drop_epochs=1)
     cnn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     with pytest.raises(AutocompError, match="needs a timm ViT .*Sequential has none: set patch_drop to 0"):
         train(cnn, digits_splits.train.subset(64), TrainConfig(epochs=1, patch_drop=0.5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -247,7 +248,7 @@ def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list
         started = time.perf_counter()
         settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
                                     calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
-                                    threads=config.resources.cpu)
+                                    threads=_setup_threads(config))
         drop_above = config.sensitivity.drop_above
         offered = allowed
         allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=offered)
@@ -406,15 +407,22 @@ def _screen(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, An
     return Screen(predictor=predictor, limits=limits, margin=config.skip_margin)
 
 
+def _setup_threads(config: JobConfig) -> int:
+    """Threads for the driver's work before the first trial (the teacher's outputs, the sensitivity pass): no trial
+    runs yet, so it may use the CPUs the trials will share, as far as this machine has them."""
+    here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(config.resources.cpu, min(config.workers * config.resources.cpu, here))
+
+
 def _teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: JobConfig,
                    log: Callable[[str], None]) -> TeacherCache | None:
     """The teacher's logits on every batch the space's distillations draw (the longest one; the others take a
-    prefix), computed once with the trials' threads; None when the space never distils."""
+    prefix), computed once before the trials; None when the space never distils."""
     steps = max(space.distill_steps)
     if steps == 0:
         return None
     started = time.perf_counter()
-    with num_threads(config.resources.cpu):
+    with num_threads(_setup_threads(config)):
         cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5))
     log(f"teacher outputs for {steps} distillation steps computed once for all trials "
         f"({time.perf_counter() - started:.1f} s)")
