@@ -68,7 +68,8 @@ def _trial_number(text: str) -> int | str:
 def _export(args: argparse.Namespace) -> None:
     from autocomp.search import export_trial
 
-    path = export_trial(Path(args.run_dir), args.trial, Path(args.out), format=args.format)
+    path = export_trial(Path(args.run_dir), args.trial, Path(args.out), format=args.format,
+                        int8_weights=args.int8_weights)
     print(f"{'the best model' if args.trial == 'best' else f'trial {args.trial}'} written to {path}")
     if args.format != "pytorch":
         info = json.loads((path / "export.json").read_text())
@@ -156,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("pytorch", "onnx", "openvino"), default="pytorch",
                         help="pytorch: a folder autocomp.load reads (always written); onnx: also model.onnx (ONNX "
                              "Runtime); openvino: also model.xml/.bin (OpenVINO IR); both checked against PyTorch")
+    export.add_argument("--int8-weights", default="auto",
+                        choices=("auto", "matmul_integer", "matmul_integer_u8", "dequantize_linear"),
+                        help="onnx only: how int8 weights are written. auto (default): the form this machine's CPU "
+                             "computes exactly; matmul_integer: int8 (ONNX Runtime's u8 x s8 kernel: exact and "
+                             "fastest on CPUs with VNNI or on ARM, saturates on x86 without VNNI); "
+                             "matmul_integer_u8: uint8 + zero point 128 (u8 x u8 kernel: exact on every CPU); "
+                             "dequantize_linear: DequantizeLinear -> MatMul (fp32 compute)")
     export.set_defaults(run=_export)
     profile = commands.add_parser("profile", help="calibrate a hardware profile on this machine")
     profile.add_argument("--out", required=True, help="profile YAML to write")

@@ -10,7 +10,7 @@ import json
 import pytest
 
 import autocomp
-from autocomp.cli import main
+from autocomp.cli import build_parser, main
 from autocomp.measure import backends
 from tests.test_cli_errors import run_cli
 from tests.test_search_e2e import write_job
@@ -134,3 +134,34 @@ def test_the_default_export_is_the_best_model_as_saved_after_any_final_distillat
     with pytest.raises(SystemExit):
         main(["export", str(run_dir), "--trial", "last", "--out", str(tmp_path / "x")])
     assert "expected a trial number or 'best', got 'last'" in capsys.readouterr().err
+
+
+def test_onnx_int8_weights_can_be_written_for_another_cpu(run, tmp_path):
+    """--int8-weights matmul_integer_u8: every int8 weight as uint8 with a zero point, whatever this CPU prefers."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS
+
+    run_dir, trial, _ = run
+    out = tmp_path / "u8"
+    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "onnx",
+                 "--int8-weights", "matmul_integer_u8"]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["int8_weights"] == "matmul_integer_u8" and info["top1_agreement"] >= 0.9
+    graph = onnx.load(str(out / "model.onnx")).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    matmuls = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert matmuls and all(initializers[n.input[1]].dtype.name == "uint8" and len(n.input) == 4 for n in matmuls)
+    for form in INT8_WEIGHT_FORMS:  # the CLI offers every form the exporter knows
+        assert build_parser().parse_args(["export", "r", "--out", "o", "--int8-weights", form]).int8_weights == form
+
+
+def test_int8_weights_is_refused_with_another_format(run, tmp_path, capsys):
+    run_dir, trial, _ = run
+    err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "x"), "--format",
+                   "openvino", "--int8-weights", "matmul_integer"], capsys)
+    assert err == ("autocomp: error: --int8-weights is a choice of the ONNX file; with --format openvino leave it "
+                   "out")
+    assert not (tmp_path / "x").exists()

@@ -31,6 +31,7 @@ def remeasure_as(monkeypatch):
         queue = list(ratios)
 
         def fake(model, profile, *, example, reference=None, timeout_s=None):
+            assert profile.repeats == 3 * HardwareProfile(name="t").repeats  # longer than a trial's measurement
             measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=queue.pop(0),
                                       weights_mb=1.0, activations_mb=0.0)
             return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)

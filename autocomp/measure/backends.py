@@ -269,10 +269,13 @@ class OnnxRuntimeCpu(_Exported):
         return (f"CPUExecutionProvider, intra_op_num_threads={profile.threads}, sequential, ORT_ENABLE_ALL, "
                 f"no spinning, batch {profile.batch_size}")
 
-    def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        from autocomp.runtimes.onnx import export_onnx
+    def __init__(self, int8_weights: str = "auto") -> None:
+        self.int8_weights = int8_weights  # the form of int8 weights in the file (OnnxExportConfig.int8_weights)
 
-        return export_onnx(model, batch, path).weight_nbytes
+    def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
+        from autocomp.runtimes.onnx import OnnxExportConfig, export_onnx
+
+        return export_onnx(model, batch, path, config=OnnxExportConfig(int8_weights=self.int8_weights)).weight_nbytes
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
         from autocomp.runtimes.onnx import OrtModule, ort_session

@@ -18,7 +18,7 @@ from autocomp.config import load_config
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
-from autocomp.measure.backends import CHECK_IMAGES, Backend, Prepared, backend_of
+from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
@@ -34,26 +34,36 @@ CHECK_BATCH = 16  # images per run of the exported model when it is checked
 
 
 def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module | None = None,
-                 format: str = "pytorch") -> Path:  # noqa: A002 - the CLI's --format
+                 format: str = "pytorch", int8_weights: str = "auto") -> Path:  # noqa: A002 - the CLI's --format
     """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe
     (``number`` ``"best"``: the run's ``best/`` model, as the search saved it, after any final distillation); with
     ``format`` ``onnx`` or ``openvino`` also the deployable file, checked against the PyTorch model (top-1
     agreement and largest logit difference on validation images, in ``out/export.json``).
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
+    ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``): ``auto`` picks
+    the one this machine's CPU computes exactly; a file for another CPU may need another (``matmul_integer_u8`` is
+    exact on every x86 CPU; ``matmul_integer`` is faster where the CPU has VNNI).
 
     Raises:
         AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown
-            format, the format's runtime not installed (before anything is rebuilt), or an export that fails or
-            disagrees with PyTorch (the files stay in ``out`` to look at).
+            format or int8 form, the format's runtime not installed (before anything is rebuilt), or an export that
+            fails or disagrees with PyTorch (the files stay in ``out`` to look at).
     """
+    from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS
+
     if format not in FORMATS:
         raise AutocompError(f"unknown export format {format!r}; known: {list(FORMATS)}")
+    if int8_weights not in INT8_WEIGHT_FORMS:
+        raise AutocompError(f"unknown int8 weight form {int8_weights!r}; known: {list(INT8_WEIGHT_FORMS)}")
+    if int8_weights != "auto" and format != "onnx":
+        raise AutocompError(f"--int8-weights is a choice of the ONNX file; with --format {format} leave it out")
     profile = (HardwareProfile(name="export", backend=FORMATS[format], batch_size=CHECK_BATCH)
                if FORMATS[format] else None)
-    if profile is not None:
+    backend = None if profile is None else (OnnxRuntimeCpu(int8_weights) if format == "onnx" else backend_of(profile))
+    if backend is not None:
         try:
-            backend_of(profile).require()
+            backend.require()
         except AutocompError as exc:
             raise AutocompError(f"--format {format}: {exc}") from None
     if not study_file(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
@@ -79,9 +89,10 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=splits.preprocessing)
-    if profile is not None:
+    if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
-        _write_deployable(backend_of(profile), model, images, out, profile, format)
+        _write_deployable(backend, model, images, out, profile, format,
+                          extra={"int8_weights": int8_weights} if format == "onnx" else {})
     return out
 
 
@@ -95,12 +106,13 @@ def _complete_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
 
 
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
-                      profile: HardwareProfile, format: str) -> None:  # noqa: A002
+                      profile: HardwareProfile, format: str, extra: dict) -> None:  # noqa: A002
     """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
     prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
-    info = {"format": format, "file": path.name, "weight_nbytes": nbytes, "runtime": backend.describe(profile)}
+    info = {"format": format, "file": path.name, "weight_nbytes": nbytes, "runtime": backend.describe(profile),
+            **extra}
     try:
         agreement = backend.check(model, prepared, images, profile)
     except AutocompError as exc:

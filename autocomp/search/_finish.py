@@ -138,6 +138,7 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
 
 
 CONFIRM = 5  # the most accurate candidates within budget measured again before the best is named
+CONFIRM_REPEATS = 3  # each measured again with this many times the profile's timed repeats
 
 
 def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: HardwareProfile, example: torch.Tensor,
@@ -146,7 +147,8 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     after the other on the device the trials no longer load: the most accurate whose second measurement is still
     within budget (a single measurement at the budget's edge can be luck). Latency does not depend on the weights,
     so each candidate is compressed again (not distilled) and measured, interleaved with the uncompressed model, as
-    in its trial.
+    in its trial, over ``CONFIRM_REPEATS`` times as many timed runs (on a shared machine the ratio of one
+    measurement moves by several percent from one minute to the next; the longer one averages over more of it).
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
@@ -154,12 +156,13 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     """
     feasible = ranked_feasible(rows)
     remeasured, best = [], None
+    longer = dataclasses.replace(profile, repeats=profile.repeats * CONFIRM_REPEATS)
     for row in feasible[:CONFIRM]:
         # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory, whose
         # NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
         with torch.no_grad():
             model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
-        placed = measure_on_device(model, profile, example=example, reference=base)
+        placed = measure_on_device(model, longer, example=example, reference=base)
         again = metrics_of(placed.measurement, baseline_latency_ms)
         holds = feasible_metrics(violations(again, limits))
         remeasured.append({"trial": row.number, "accuracy": row.accuracy, "latency_ms": row.latency_ms,
