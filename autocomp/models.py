@@ -128,9 +128,10 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a timm ViT-family model, checked to have the standard layout."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-        raise AutocompError(f"{type(model).__name__} is not supported: its blocks ({type(blocks[0]).__name__} in an "
-                            "nn.ModuleList, as in timm's Eva, RoPE and relative-position ViTs) take inputs of their "
-                            "own; autocomp compresses timm's VisionTransformer family (vit_*, deit_*, flexivit_*, ...)")
+        raise AutocompError(f"{type(model).__name__} is not supported: its blocks are an nn.ModuleList of "
+                            f"{type(blocks[0]).__name__} (as in timm's Eva, RoPE and relative-position ViTs, whose "
+                            "blocks take position inputs of their own); autocomp compresses timm's VisionTransformer "
+                            "family (vit_*, deit_*, flexivit_*, ...), whose blocks are an nn.Sequential")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         raise AutocompError(f"{type(model).__name__} has no 'blocks' sequence; autocomp needs a timm ViT-family "
                             "model (VisionTransformer, DeiT, ...)")
