@@ -135,7 +135,7 @@ def test_the_pass_narrows_the_choices_already_narrowed():
 @pytest.fixture
 def fastest_measures(monkeypatch):
     """Replace the target by a list of latency ratios, one per model measured; records the models."""
-    from autocomp.search import _runner
+    from autocomp.search import _before
 
     def install(ratios):
         seen, queue = [], list(ratios)
@@ -145,7 +145,7 @@ def fastest_measures(monkeypatch):
                 seen.append(model)
                 return queue.pop(0)
             return ratio
-        monkeypatch.setattr(_runner, "_ratio_of", ratio_of)
+        monkeypatch.setattr(_before, "ratio_of", ratio_of)
         return seen
     return install
 
@@ -153,17 +153,17 @@ def fastest_measures(monkeypatch):
 def _check(tiny_teacher, digits_splits, ratios, limit_ratio):
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
-    from autocomp.search import _runner
+    from autocomp.search import _before
 
     space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 16, 8),
                         head_importance="weight_norm")
     config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
-    _runner._check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
-                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0)
+    _before.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
+                                    HardwareProfile(name="target"), limit_ratio * 10.0, 10.0)
 
 
 def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
-    from autocomp.search._runner import LatencyUnreachable
+    from autocomp.search._before import LatencyUnreachable
 
     seen = fastest_measures([0.72])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
@@ -191,7 +191,7 @@ def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_no
 
 
 def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path):
-    from autocomp.search._runner import SENSITIVITY, _sensitivity
+    from autocomp.search._before import SENSITIVITY, sensitivity
     from autocomp.search._sensitivity import read_sensitivity
 
     settings = [Setting(0, "heads_keep", 0.5, 3.25, 0.81), Setting(1, "weight_bits", 8, None, None),
@@ -200,8 +200,8 @@ def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path)
     assert read_sensitivity(tmp_path) == settings and read_sensitivity(tmp_path / "none") == []
     (tmp_path / SENSITIVITY).write_text(json.dumps({"b0.heads_keep": [0.5, 1.0]}))
     # a resumed run returns before it would need the model, data or target: nothing is measured again
-    resumed = _sensitivity(tmp_path, None, SPACE, [4, 4], None, None, None, print, fresh=False, profile=None,
-                           limits={}, base_latency_ms=1.0, before_timing=None)
+    resumed = sensitivity(tmp_path, None, SPACE, [4, 4], None, None, None, print, fresh=False, profile=None,
+                          limits={}, base_latency_ms=1.0, before_timing=None)
     assert resumed == (settings, {"b0.heads_keep": (0.5, 1.0)})
 
 
@@ -210,8 +210,8 @@ def test_the_work_before_the_trials_uses_the_cpus_the_trials_will_share(monkeypa
                                                                          expected):
     from types import SimpleNamespace
 
-    from autocomp.search import _runner
+    from autocomp.search import _before
 
-    monkeypatch.setattr(_runner.os, "sched_getaffinity", lambda _pid: set(range(machine)), raising=False)
+    monkeypatch.setattr(_before.os, "sched_getaffinity", lambda _pid: set(range(machine)), raising=False)
     config = SimpleNamespace(workers=workers, resources=SimpleNamespace(cpu=cpu))
-    assert _runner._setup_threads(config) == expected  # never more than the machine, never fewer than a trial's
+    assert _before.setup_threads(config) == expected  # never more than the machine, never fewer than a trial's

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -14,37 +13,30 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
-import torch
 import yaml
 from torch import nn
 
-from autocomp.compress import compress
 from autocomp.config import JobConfig
-from autocomp.data import Split, Splits, load_splits
-from autocomp.distill import TeacherCache
+from autocomp.data import load_splits
 from autocomp.errors import AutocompError
-from autocomp.hardware import HardwareProfile
-from autocomp.measure import num_threads
 from autocomp.measure.backends import check_images
-from autocomp.measure.placement import measure_on_device, require_device
+from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, vit_blocks
-from autocomp.recipe import Distill, Recipe
+from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
 from autocomp.saving import GIVEN_AS
+from autocomp.search import _before as before
 from autocomp.search import _finish as finish
 from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaController, counted
 from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
-from autocomp.search._objective import TrialInputs, distill_subset, metrics_of
+from autocomp.search._objective import TrialInputs, distill_subset
 from autocomp.search._ray import ray_session, require_trial_resources
-from autocomp.search._screen import CostPredictor, Screen
+from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
-from autocomp.search._sensitivity import (Setting, allowed_choices, read_sensitivity, sensitivity_pass,
-                                          uniform_latencies, without_slow, write_sensitivity,
-                                          write_uniform_latencies)
-from autocomp.search._start import START, lightest, recipe_of, start_points, uniform_values
-from autocomp.train import evaluate
+from autocomp.search._sensitivity import Setting
+from autocomp.search._start import START, start_points
 
 __all__ = ["run_search"]
 
@@ -94,7 +86,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     if previous is not None:
         baseline = previous["baseline"]
     elif profile.ray_resource is None:  # before an embedded Ray starts: its start-up load would bias the anchor
-        baseline = _baseline(config, base, profile, splits)
+        baseline = before.baseline(config, base, profile, splits)
     else:
         baseline = None  # measured on the device's node, once Ray is up
     # a device on a Ray node is needed for the baseline, the trials, and the final re-measurement of the best
@@ -106,15 +98,15 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                     f"{profile.ray_resource!r})")
             require_trial_resources(config.resources, ray_address=ray_address)
         if baseline is None:
-            baseline = _baseline(config, base, profile, splits)
+            baseline = before.baseline(config, base, profile, splits)
         if previous is not None:  # resuming: keep the limits the earlier trials were judged by
             limits = previous["limits"]
         else:
             limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
-        screen = _screen(base, profile, baseline, limits, config, log) if remaining else None
+        screen = before.screen_of(base, profile, baseline, limits, config, log) if remaining else None
         if previous is None:
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
-                _check_reachable(space, heads, screen, config, log)
+                before.check_reachable(space, heads, screen, config, log)
             _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits)
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
@@ -126,7 +118,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=train, profile=profile,
                              limits=limits, base_latency_ms=baseline["latency_ms"], threads=config.resources.cpu,
                              skip_margin=config.skip_margin,
-                             teacher_cache=_teacher_cache(base, train, space, config, log) if remaining else None,
+                             teacher_cache=before.teacher_cache(base, train, space, config, log) if remaining else None,
                              weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0,
                              trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s,
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
@@ -152,11 +144,11 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             with TrialLoop(inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
                            resources=config.resources, rule=rule) as loop:  # room for retries and replacements
                 try:
-                    settings, allowed = _sensitivity(run_dir, base, space, heads, splits, screen, config, log,
-                                                     fresh=not study.trials, profile=profile, limits=limits,
-                                                     base_latency_ms=baseline["latency_ms"],
-                                                     before_timing=loop.wait_for_workers)
-                except LatencyUnreachable:
+                    settings, allowed = before.sensitivity(run_dir, base, space, heads, splits, screen, config,
+                                                           log, fresh=not study.trials, profile=profile,
+                                                           limits=limits, base_latency_ms=baseline["latency_ms"],
+                                                           before_timing=loop.wait_for_workers)
+                except before.LatencyUnreachable:
                     if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
@@ -169,8 +161,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                     if "latency_ms" in limits:  # the all-knobs point is measured: not while workers start
                         loop.wait_for_workers()
                     _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
-                                          settings=settings, measure=_latency_of(base, profile, splits, config,
-                                                                                 screen, baseline["latency_ms"]))
+                                          settings=settings,
+                                          measure=before.latency_of(base, profile, splits, config, screen,
+                                                                    baseline["latency_ms"]))
                 controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
@@ -193,156 +186,6 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                                limits=limits, profile=profile, log=log,
                                loop_seconds=study.user_attrs.get(LOOP_SECONDS))
-
-
-def _check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
-                     log: Callable[[str], None]) -> None:
-    """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
-    strongest in every block) exceeds: memory is counted, so the prediction is the candidate's own. A latency limit
-    beyond the fastest candidate's prediction is only warned about: the cost model can be off."""
-    strongest = {space.name(i, knob): min(getattr(space, knob)) for i in range(len(heads)) for knob in lightest(space)}
-    try:
-        predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
-    except AutocompError:  # a combination the operators refuse: nothing to conclude
-        return
-    what = "every block at " + ", ".join(f"{knob} {min(getattr(space, knob)):g}" for knob in lightest(space))
-    limit = screen.limits.get("memory_mb")
-    if limit is not None and predicted["memory_mb"] > limit:
-        raise AutocompError(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its smallest "
-                            f"candidate ({what}) holds {predicted['memory_mb']:.4g} MB of weights and activations; "
-                            "loosen the budget or widen the search space")
-    limit = screen.limits.get("latency_ms")
-    if limit is not None and predicted["latency_ms"] > limit:
-        log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
-            f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
-            "budget")
-
-
-SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume
-
-
-def _sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
-                 screen: Screen | None, config: JobConfig, log: Callable[[str], None], *, fresh: bool,
-                 profile: HardwareProfile, limits: Mapping[str, float], base_latency_ms: float,
-                 before_timing: Callable[[], None]) -> tuple[list[Setting], dict[str, tuple]]:
-    """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
-    reuses the settings and choices it saved (the settings guide the local moves' fill).
-
-    Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
-    that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
-    not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
-    called before them (it waits until the trials' workers have started)."""
-    saved = run_dir / SENSITIVITY
-    if saved.is_file():
-        allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
-        return read_sensitivity(run_dir), allowed
-    if not fresh:  # a study begun before the choices were saved: offer them as it did
-        return [], {}
-    settings: list[Setting] = []
-    allowed = space.distinct(heads)  # one choice per head count
-    if allowed:
-        log("heads_keep: choices that keep as many heads as a larger one are offered once: "
-            + "; ".join(f"{name} {list(values)}" for name, values in allowed.items()))
-    passes = config.sensitivity.images > 0 and bool(lightest(space))
-    if passes and not space.uniform:
-        started = time.perf_counter()
-        settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
-                                    calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
-                                    threads=_setup_threads(config))
-        drop_above = config.sensitivity.drop_above
-        offered = allowed
-        allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=offered)
-        write_sensitivity(run_dir, settings, drop_above=drop_above)
-        removed = sum(len(offered.get(name, getattr(space, name.split(".")[1]))) - len(values)
-                      for name, values in allowed.items())
-        log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
-            f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
-            f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
-    if passes and "latency_ms" in limits and "memory_mb" not in limits:
-        before_timing()
-        started = time.perf_counter()
-
-        with num_threads(config.resources.cpu):
-            ratios = uniform_latencies(  # the cost model learns from them before the first trial
-                base, space, heads, calib=splits.calib.x, measure=_ratio_of(base, profile, splits, config),
-                observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms))
-        minimum = config.sensitivity.min_saving
-        _check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
-                                 base_latency_ms)
-        allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
-        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if r > 1 - minimum]
-        write_uniform_latencies(run_dir, ratios, min_saving=minimum)
-        log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
-            f"s; " + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
-                      "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
-    saved.write_text(json.dumps(allowed, indent=1))
-    return settings, allowed
-
-
-REACH_TOLERANCE = 0.1  # a latency limit is refused when the space's fastest candidate measures >10% over it
-
-
-class LatencyUnreachable(AutocompError):
-    """No candidate of the search space can meet the latency limit (measured before any trial)."""
-
-
-def _check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
-                             heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
-                             limit: float, base_latency_ms: float) -> None:
-    """Refuse a latency limit that the space's fastest candidate misses: every block at each knob's fastest setting
-    (as the latency pass measured each alone), measured on the target more than ``REACH_TOLERANCE`` over the limit.
-    Nothing is measured when one setting alone already meets the limit. The tolerance leaves room for timing noise
-    and for per-block recipes a little faster than the uniform one.
-
-    Raises:
-        LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
-    """
-    if not ratios or any(r * base_latency_ms <= limit for r in ratios.values()):
-        return
-    light = lightest(space)
-    fastest = {}
-    for (knob, value), ratio in ratios.items():
-        if ratio < min(1.0, ratios.get((knob, fastest.get(knob)), 1.0)):
-            fastest[knob] = value
-    try:
-        with torch.no_grad(), num_threads(config.resources.cpu):
-            model = compress(base, recipe_of(space, heads, uniform_values(space, {**light, **fastest}, len(heads))),
-                             calibration=splits.calib.x)
-    except AutocompError:  # a combination the operators refuse: nothing to conclude
-        return
-    ratio = _ratio_of(base, profile, splits, config)(model)
-    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
-        what = ", ".join(f"{knob} {value:g}" for knob, value in fastest.items())
-        raise LatencyUnreachable(
-            f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
-            f"candidate (every block at {what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
-            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space")
-
-
-def _ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
-              config: JobConfig) -> Callable[[nn.Module], float]:
-    """A model's latency as a fraction of ``base``'s, measured on the target interleaved with it."""
-    def ratio(model: nn.Module) -> float:
-        placed = measure_on_device(model, profile, example=splits.calib.x, reference=base,
-                                   timeout_s=config.measure_timeout_s)
-        return placed.measurement.latency_ratio
-    return ratio
-
-
-def _latency_of(base: nn.Module, profile: HardwareProfile, splits: Splits, config: JobConfig, screen: Screen | None,
-                base_latency_ms: float) -> Callable[[Recipe], float] | None:
-    """A recipe's latency in ms, compressed and measured on the target (the cost model learns from it); None
-    without a cost model (nothing is predicted that a measurement would check)."""
-    if screen is None:
-        return None
-    ratio = _ratio_of(base, profile, splits, config)
-
-    def latency_ms(recipe: Recipe) -> float:
-        with torch.no_grad(), num_threads(config.resources.cpu):
-            measured = ratio(compress(base, recipe, calibration=splits.calib.x)) * base_latency_ms
-        screen.observe(recipe, measured)
-        return measured
-    return latency_ms
 
 
 def _coarse_draws(study: optuna.Study, space: SearchSpace, config: JobConfig) -> int:
@@ -386,47 +229,6 @@ def _requeue_interrupted(study: optuna.Study) -> list[int]:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
     return [trial.number for trial in stale]
-
-
-def _baseline(config: JobConfig, base: nn.Module, profile: HardwareProfile, splits: Splits) -> dict[str, float]:
-    """The uncompressed model's accuracy and cost, measured on the device."""
-    measurement = measure_on_device(base, profile, example=splits.calib.x).measurement
-    return {"val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test),
-            **metrics_of(measurement, measurement.latency_ms)}
-
-
-def _screen(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, Any], limits: Mapping[str, float],
-            config: JobConfig, log: Callable[[str], None]) -> Screen | None:
-    """The cost predictor and skip rule of the run; None (nothing predicted or skipped) for a model the cost model
-    cannot describe, which is said in the log."""
-    try:
-        predictor = CostPredictor(base=base, profile=profile, base_latency_ms=baseline["latency_ms"])
-    except AutocompError as exc:
-        log(f"cost model unavailable ({exc}); trials are not predicted and none is skipped")
-        return None
-    return Screen(predictor=predictor, limits=limits, margin=config.skip_margin)
-
-
-def _setup_threads(config: JobConfig) -> int:
-    """Threads for the driver's work before the first trial (the teacher's outputs, the sensitivity pass): no trial
-    runs yet, so it may use the CPUs the trials will share, as far as this machine has them."""
-    here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(config.resources.cpu, min(config.workers * config.resources.cpu, here))
-
-
-def _teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: JobConfig,
-                   log: Callable[[str], None]) -> TeacherCache | None:
-    """The teacher's logits on every batch the space's distillations draw (the longest one; the others take a
-    prefix), computed once before the trials; None when the space never distils."""
-    steps = max(space.distill_steps)
-    if steps == 0:
-        return None
-    started = time.perf_counter()
-    with num_threads(_setup_threads(config)):
-        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5))
-    log(f"teacher outputs for {steps} distillation steps computed once for all trials "
-        f"({time.perf_counter() - started:.1f} s)")
-    return cache
 
 
 def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> FrontRule | None:

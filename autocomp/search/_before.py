@@ -1,0 +1,226 @@
+"""What a search does before its first trial: the uncompressed model's accuracy and cost (the baseline), the cost
+model's screen, the checks that the budget can be met at all, the sensitivity and latency passes that narrow the
+choices, and the teacher's outputs every distillation reuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from autocomp.compress import compress
+from autocomp.config import JobConfig
+from autocomp.data import Split, Splits
+from autocomp.distill import TeacherCache
+from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
+from autocomp.measure import num_threads
+from autocomp.measure.placement import measure_on_device
+from autocomp.recipe import Distill, Recipe
+from autocomp.search._objective import metrics_of
+from autocomp.search._screen import CostPredictor, Screen
+from autocomp.search._space import SearchSpace
+from autocomp.search._sensitivity import (Setting, allowed_choices, read_sensitivity, sensitivity_pass,
+                                          uniform_latencies, without_slow, write_sensitivity,
+                                          write_uniform_latencies)
+from autocomp.search._start import lightest, recipe_of, uniform_values
+from autocomp.train import evaluate
+
+__all__ = ["baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable", "latency_of",
+           "teacher_cache", "LatencyUnreachable", "SENSITIVITY"]
+
+
+def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
+                    log: Callable[[str], None]) -> None:
+    """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
+    strongest in every block) exceeds: memory is counted, so the prediction is the candidate's own. A latency limit
+    beyond the fastest candidate's prediction is only warned about: the cost model can be off."""
+    strongest = {space.name(i, knob): min(getattr(space, knob)) for i in range(len(heads)) for knob in lightest(space)}
+    try:
+        predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
+    except AutocompError:  # a combination the operators refuse: nothing to conclude
+        return
+    what = "every block at " + ", ".join(f"{knob} {min(getattr(space, knob)):g}" for knob in lightest(space))
+    limit = screen.limits.get("memory_mb")
+    if limit is not None and predicted["memory_mb"] > limit:
+        raise AutocompError(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its smallest "
+                            f"candidate ({what}) holds {predicted['memory_mb']:.4g} MB of weights and activations; "
+                            "loosen the budget or widen the search space")
+    limit = screen.limits.get("latency_ms")
+    if limit is not None and predicted["latency_ms"] > limit:
+        log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
+            f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
+            "budget")
+
+
+SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume
+
+
+def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
+                screen: Screen | None, config: JobConfig, log: Callable[[str], None], *, fresh: bool,
+                profile: HardwareProfile, limits: Mapping[str, float], base_latency_ms: float,
+                before_timing: Callable[[], None]) -> tuple[list[Setting], dict[str, tuple]]:
+    """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
+    reuses the settings and choices it saved (the settings guide the local moves' fill).
+
+    Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
+    that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
+    not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
+    called before them (it waits until the trials' workers have started)."""
+    saved = run_dir / SENSITIVITY
+    if saved.is_file():
+        allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
+        return read_sensitivity(run_dir), allowed
+    if not fresh:  # a study begun before the choices were saved: offer them as it did
+        return [], {}
+    settings: list[Setting] = []
+    allowed = space.distinct(heads)  # one choice per head count
+    if allowed:
+        log("heads_keep: choices that keep as many heads as a larger one are offered once: "
+            + "; ".join(f"{name} {list(values)}" for name, values in allowed.items()))
+    passes = config.sensitivity.images > 0 and bool(lightest(space))
+    if passes and not space.uniform:
+        started = time.perf_counter()
+        settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
+                                    calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
+                                    threads=setup_threads(config))
+        drop_above = config.sensitivity.drop_above
+        offered = allowed
+        allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=offered)
+        write_sensitivity(run_dir, settings, drop_above=drop_above)
+        removed = sum(len(offered.get(name, getattr(space, name.split(".")[1]))) - len(values)
+                      for name, values in allowed.items())
+        log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
+            f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
+            f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
+    if passes and "latency_ms" in limits and "memory_mb" not in limits:
+        before_timing()
+        started = time.perf_counter()
+
+        with num_threads(config.resources.cpu):
+            ratios = uniform_latencies(  # the cost model learns from them before the first trial
+                base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
+                observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms))
+        minimum = config.sensitivity.min_saving
+        check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
+                                base_latency_ms)
+        allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
+        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if r > 1 - minimum]
+        write_uniform_latencies(run_dir, ratios, min_saving=minimum)
+        log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
+            f"s; " + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
+                      "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
+    saved.write_text(json.dumps(allowed, indent=1))
+    return settings, allowed
+
+
+REACH_TOLERANCE = 0.1  # a latency limit is refused when the space's fastest candidate measures >10% over it
+
+
+class LatencyUnreachable(AutocompError):
+    """No candidate of the search space can meet the latency limit (measured before any trial)."""
+
+
+def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
+                            heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
+                            limit: float, base_latency_ms: float) -> None:
+    """Refuse a latency limit that the space's fastest candidate misses: every block at each knob's fastest setting
+    (as the latency pass measured each alone), measured on the target more than ``REACH_TOLERANCE`` over the limit.
+    Nothing is measured when one setting alone already meets the limit. The tolerance leaves room for timing noise
+    and for per-block recipes a little faster than the uniform one.
+
+    Raises:
+        LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
+    """
+    if not ratios or any(r * base_latency_ms <= limit for r in ratios.values()):
+        return
+    light = lightest(space)
+    fastest = {}
+    for (knob, value), ratio in ratios.items():
+        if ratio < min(1.0, ratios.get((knob, fastest.get(knob)), 1.0)):
+            fastest[knob] = value
+    try:
+        with torch.no_grad(), num_threads(config.resources.cpu):
+            model = compress(base, recipe_of(space, heads, uniform_values(space, {**light, **fastest}, len(heads))),
+                             calibration=splits.calib.x)
+    except AutocompError:  # a combination the operators refuse: nothing to conclude
+        return
+    ratio = ratio_of(base, profile, splits, config)(model)
+    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
+        what = ", ".join(f"{knob} {value:g}" for knob, value in fastest.items())
+        raise LatencyUnreachable(
+            f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
+            f"candidate (every block at {what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
+            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space")
+
+
+def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
+             config: JobConfig) -> Callable[[nn.Module], float]:
+    """A model's latency as a fraction of ``base``'s, measured on the target interleaved with it."""
+    def ratio(model: nn.Module) -> float:
+        placed = measure_on_device(model, profile, example=splits.calib.x, reference=base,
+                                   timeout_s=config.measure_timeout_s)
+        return placed.measurement.latency_ratio
+    return ratio
+
+
+def latency_of(base: nn.Module, profile: HardwareProfile, splits: Splits, config: JobConfig, screen: Screen | None,
+               base_latency_ms: float) -> Callable[[Recipe], float] | None:
+    """A recipe's latency in ms, compressed and measured on the target (the cost model learns from it); None
+    without a cost model (nothing is predicted that a measurement would check)."""
+    if screen is None:
+        return None
+    ratio = ratio_of(base, profile, splits, config)
+
+    def latency_ms(recipe: Recipe) -> float:
+        with torch.no_grad(), num_threads(config.resources.cpu):
+            measured = ratio(compress(base, recipe, calibration=splits.calib.x)) * base_latency_ms
+        screen.observe(recipe, measured)
+        return measured
+    return latency_ms
+
+
+def baseline(config: JobConfig, base: nn.Module, profile: HardwareProfile, splits: Splits) -> dict[str, float]:
+    """The uncompressed model's accuracy and cost, measured on the device."""
+    measurement = measure_on_device(base, profile, example=splits.calib.x).measurement
+    return {"val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test),
+            **metrics_of(measurement, measurement.latency_ms)}
+
+
+def screen_of(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, Any], limits: Mapping[str, float],
+              config: JobConfig, log: Callable[[str], None]) -> Screen | None:
+    """The cost predictor and skip rule of the run; None (nothing predicted or skipped) for a model the cost model
+    cannot describe, which is said in the log."""
+    try:
+        predictor = CostPredictor(base=base, profile=profile, base_latency_ms=baseline["latency_ms"])
+    except AutocompError as exc:
+        log(f"cost model unavailable ({exc}); trials are not predicted and none is skipped")
+        return None
+    return Screen(predictor=predictor, limits=limits, margin=config.skip_margin)
+
+
+def setup_threads(config: JobConfig) -> int:
+    """Threads for the driver's work before the first trial (the teacher's outputs, the sensitivity pass): no trial
+    runs yet, so it may use the CPUs the trials will share, as far as this machine has them."""
+    here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(config.resources.cpu, min(config.workers * config.resources.cpu, here))
+
+
+def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: JobConfig,
+                  log: Callable[[str], None]) -> TeacherCache | None:
+    """The teacher's logits on every batch the space's distillations draw (the longest one; the others take a
+    prefix), computed once before the trials; None when the space never distils."""
+    steps = max(space.distill_steps)
+    if steps == 0:
+        return None
+    started = time.perf_counter()
+    with num_threads(setup_threads(config)):
+        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5))
+    log(f"teacher outputs for {steps} distillation steps computed once for all trials "
+        f"({time.perf_counter() - started:.1f} s)")
+    return cache
