@@ -56,7 +56,9 @@ def test_settings_that_cost_too_much_alone_are_not_offered_and_the_lightest_alwa
     assert labels == ["uncompressed", "each block at the strongest settings that alone cost <= 0.5 point"]
 
 
-def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_teacher):
+def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_teacher, capsys):
+    import re
+
     from autocomp.cli import main
     from test_search_e2e import write_job
 
@@ -64,10 +66,13 @@ def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_
     space.write_text("heads_keep: [0.25, 0.5, 1.0]\nweight_bits: [32, 8]\n")
     job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=4, workers=1)
     values = {**yaml.safe_load(job.read_text()), "search_space": str(space),
-              "sensitivity": {"images": 200, "drop_above": 0.0}}
+              "sensitivity": {"images": 100_000, "drop_above": 0.0}}  # more than validation holds
     job.write_text(yaml.safe_dump(values))
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    val = re.search(r"training, (\d+) validation", printed).group(1)
+    assert f"scored on {val} validation images" in printed  # the images it was scored on, not those asked for
     rows = list(csv.DictReader((run / "sensitivity.csv").open()))
     assert len(rows) == 2 * 3 and (run / "sensitivity.png").is_file()
     allowed = json.loads((run / "sensitivity.json").read_text())

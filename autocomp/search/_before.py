@@ -86,7 +86,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     passes = config.sensitivity.images > 0 and bool(lightest(space))
     if passes and not space.uniform:
         started = time.perf_counter()
-        settings = sensitivity_pass(base, space, heads, val=splits.val.subset(config.sensitivity.images),
+        subset = splits.val.subset(config.sensitivity.images)  # all of validation when it is smaller
+        settings = sensitivity_pass(base, space, heads, val=subset,
                                     calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
                                     threads=setup_threads(config))
         drop_above = config.sensitivity.drop_above
@@ -95,7 +96,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         write_sensitivity(run_dir, settings, drop_above=drop_above)
         removed = sum(len(offered.get(name, getattr(space, name.split(".")[1]))) - len(values)
                       for name, values in allowed.items())
-        log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {config.sensitivity.images} "
+        log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {len(subset)} "
             f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
             f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
     if passes and "latency_ms" in limits and "memory_mb" not in limits:
