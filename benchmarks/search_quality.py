@@ -100,11 +100,10 @@ def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
             break
     best = summary.get("best") or {}
     loop = summary.get("overhead") or {}
-    idle = loop["idle_seconds"] / (loop["workers"] * loop["loop_seconds"]) if loop else None
     return {"val": best.get("val_accuracy"), "test": best.get("test_accuracy"),
             "hypervolume": hypervolume(points, latency_ref=1.0, accuracy_ref=base["val_accuracy"] - REFERENCE_DROP),
             "first_close": close, "stopped": summary["early_stopped"]["stopped"],
-            "overhead": loop.get("share"), "idle": idle, "proposals": summary.get("proposals")}
+            "overhead": loop.get("share"), "idle": loop.get("idle_share"), "proposals": summary.get("proposals")}
 
 
 def _mean_sd(values: list[float]) -> str:

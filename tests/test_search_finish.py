@@ -97,6 +97,7 @@ def test_the_overhead_is_split_into_per_trial_engine_time_worker_start_and_idle_
     assert split["per_trial_seconds"] == pytest.approx(0.5)
     assert split["worker_start_seconds"] == pytest.approx(6.0)
     assert split["idle_seconds"] == pytest.approx(60 - 48 - 9)  # the slots no trial held
+    assert split["idle_share"] == pytest.approx((60 - 48 - 9) / 60)
     assert _finish.overhead(rows, None, workers=2) is None
 
 

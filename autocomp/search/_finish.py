@@ -214,7 +214,8 @@ def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int)
       writing;
     - ``worker_start_seconds``: what trials took beyond that median, mostly each Ray worker's start (a fresh process
       importing torch and receiving the data) before its first trial;
-    - ``idle_seconds``: the rest: slots with no trial, e.g. one worker waiting while the last trial finishes.
+    - ``idle_seconds``: the rest: slots with no trial, e.g. one worker waiting while the last trial finishes
+      (``idle_share``: as a share of the workers' time, as ``share`` is).
     """
     if not loop_seconds:
         return None
@@ -223,10 +224,11 @@ def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int)
     engine = [r.seconds["engine"] for r in ran if r.seconds.get("engine") is not None]
     usual = statistics.median(engine) if engine else 0.0
     start = sum(max(0.0, e - usual) for e in engine)
+    idle = max(0.0, workers * loop_seconds - busy - sum(engine))
     return {"loop_seconds": round(loop_seconds, 1), "trial_seconds": round(busy, 1), "workers": workers,
             "share": round(max(0.0, 1 - busy / (workers * loop_seconds)), 4),
             "per_trial_seconds": round(usual, 2), "worker_start_seconds": round(start, 1),
-            "idle_seconds": round(max(0.0, workers * loop_seconds - busy - sum(engine)), 1)}
+            "idle_seconds": round(idle, 1), "idle_share": round(idle / (workers * loop_seconds), 4)}
 
 
 def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:
