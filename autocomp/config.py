@@ -136,6 +136,12 @@ class JobConfig:
             round) and fails with the reason; None: no limit.
         measure_timeout_s: a measurement not done within this time (waiting for a busy device included) fails its
             trial; None: no limit.
+        quiet_timing: while a trial times its candidate on its own machine, the run's other trials there pause at
+            their next distillation step or evaluation batch (:mod:`autocomp._quiet`), so that no candidate is
+            timed beside another trial's compute. Costs throughput: about (trials at once per machine - 1) x the
+            measure phase's share of a trial (the summary's ``quiet_timing`` gives the seconds paused). False: trials
+            time while the others compute (noisier figures). No effect with one worker, or with a profile that
+            measures on a device node of its own (``ray_resource``).
         final_distill_steps: distil the best candidate within budget again from its compressed weights, for this
             many steps on the whole training split, before it is saved as ``best/`` (the trials distil briefly, on a
             subset, to rank candidates; the deployed model gets the long recovery). Its cost does not change:
@@ -163,6 +169,7 @@ class JobConfig:
     fidelity: FidelityConfig | None = dataclasses.field(default_factory=FidelityConfig)
     trial_timeout_s: float | None = None
     measure_timeout_s: float | None = 600.0
+    quiet_timing: bool = True
     final_distill_steps: int = 0
     source: Path | None = dataclasses.field(default=None, metadata={"yaml": False})
 
@@ -173,6 +180,8 @@ class JobConfig:
                 raise AutocompError(f"{key} must be a whole number >= {minimum}, got {value!r}")
         if self.sampler not in SAMPLERS:
             raise AutocompError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if not isinstance(self.quiet_timing, bool):
+            raise AutocompError(f"quiet_timing must be true or false, got {self.quiet_timing!r}")
         for key in ("trial_timeout_s", "measure_timeout_s"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

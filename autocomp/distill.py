@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autocomp import _quiet
 from autocomp._timeout import check_time
 from autocomp.data import Split
 from autocomp.errors import AutocompError
@@ -136,19 +137,20 @@ def _train(student: nn.Module, teacher: nn.Module, split: Split, config: Distill
     student.train()
     for step, (x, y) in enumerate(_batches(split, config), start=1):
         check_time()
-        x, y = x.to(device), y.to(device)
-        if cached is not None:
-            teacher_logits = cached[step - 1].to(device)
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-        loss = distillation_loss(student(x), teacher_logits, y, config.alpha, config.temperature)
-        if features is not None:
-            loss = loss + config.feature_weight * features.loss()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        with _quiet.step():  # waits while another trial on this machine times its candidate
+            x, y = x.to(device), y.to(device)
+            if cached is not None:
+                teacher_logits = cached[step - 1].to(device)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            loss = distillation_loss(student(x), teacher_logits, y, config.alpha, config.temperature)
+            if features is not None:
+                loss = loss + config.feature_weight * features.loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
         if log is not None:
             running += loss.detach()
             if step % every == 0 or step == config.steps:

@@ -67,6 +67,7 @@ class TrialRow:
     fidelity: str | None = None  # "short": stopped after a short distillation, scored on a validation subset
     short_accuracy: float | None = None  # the short score of a trial that had one (stopped or not)
     saved_seconds: float | None = None  # a stopped trial: what finishing it would have cost (estimated)
+    paused_seconds: float | None = None  # of its distill and evaluate time: waiting while other trials timed
 
     @property
     def complete(self) -> bool:
@@ -91,7 +92,7 @@ class TrialRow:
                 "duplicate_of": self.duplicate_of, "runtime": self.runtime,
                 "export_top1": self.export_top1, "export_max_logit_diff": self.export_max_logit_diff,
                 "fidelity": self.fidelity, "short_accuracy": self.short_accuracy,
-                "saved_seconds": self.saved_seconds,
+                "saved_seconds": self.saved_seconds, "paused_seconds": self.paused_seconds,
                 **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
@@ -175,7 +176,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
             skipped_reason=trial.user_attrs.get("skipped_reason"), trial_seconds=trial.user_attrs.get("trial_seconds"),
             fidelity=trial.user_attrs.get("fidelity"), short_accuracy=trial.user_attrs.get("short_accuracy"),
-            saved_seconds=trial.user_attrs.get("saved_seconds")))
+            saved_seconds=trial.user_attrs.get("saved_seconds"), paused_seconds=trial.user_attrs.get("paused_seconds")))
     return rows
 
 
@@ -227,7 +228,8 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
-               "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "skipped_reason",
+               "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "paused_seconds",
+               "skipped_reason",
                "fidelity", "short_accuracy", "saved_seconds", "export_top1", "export_max_logit_diff", "error", "node",
                "start_point", "local_move", "duplicate_of", "runtime"]
     tmp = run_dir / "trials.csv.tmp"

@@ -13,6 +13,7 @@ from torch import nn
 from timm.layers import PatchDropout
 from torch.nn import functional as F
 
+from autocomp import _quiet
 from autocomp._timeout import check_time
 from autocomp.data import Split
 from autocomp.errors import AutocompError
@@ -136,7 +137,8 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int | None = None) -
     correct = 0
     for x, y in split.batches(batch_size or split.eval_batch_size()):
         check_time()
-        correct += (model(x).argmax(-1) == y).sum().item()
+        with _quiet.step():  # waits while another trial on this machine times its candidate
+            correct += (model(x).argmax(-1) == y).sum().item()
     model.train(was_training)
     return 100.0 * correct / max(1, len(split))
 

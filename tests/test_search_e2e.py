@@ -44,6 +44,15 @@ def finished_run(tmp_path_factory, tiny_teacher):
     return tmp, tmp / "run"
 
 
+def test_two_workers_time_quietly_and_the_summary_says_what_it_cost(finished_run):
+    _, run = finished_run
+    rows = [r for r in csv.DictReader((run / "trials.csv").open()) if r["state"] == "COMPLETE"]
+    paused = [float(r["paused_seconds"]) for r in rows]  # empty (not 0) when quiet timing is off
+    assert rows and all(p >= 0 for p in paused)
+    quiet = json.loads((run / "summary.json").read_text())["quiet_timing"]
+    assert quiet["trials"] == len(rows) and quiet["paused_seconds"] == pytest.approx(sum(paused), abs=0.1)
+
+
 def test_search_writes_every_result(finished_run):
     _, run = finished_run
     for name in ("trials.csv", "pareto.json", "pareto.png", "summary.json", "study.journal", "best/recipe.yaml",

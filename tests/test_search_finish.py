@@ -101,6 +101,14 @@ def test_the_overhead_is_split_into_per_trial_engine_time_worker_start_and_idle_
     assert _finish.overhead(rows, None, workers=2) is None
 
 
+def test_quiet_timings_cost_is_the_seconds_trials_paused_against_their_time():
+    rows = [dataclasses.replace(_row(n, 90.0, 5.0), trial_seconds=10.0, paused_seconds=paused)
+            for n, paused in enumerate([0.0, 0.5, 1.5])]
+    assert _finish.paused(rows) == {"trials": 3, "paused_seconds": 2.0, "share": pytest.approx(2.0 / 30, abs=1e-4)}
+    off = [dataclasses.replace(r, paused_seconds=None) for r in rows]  # quiet timing off: no figure, not 0 s
+    assert _finish.paused(off) is None
+
+
 def _trial_entry(model, splits):
     from autocomp.train import evaluate
 

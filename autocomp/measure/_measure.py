@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autocomp import _quiet
 from autocomp.hardware import HardwareProfile
 from autocomp._timing import peak_activation_nbytes
 from autocomp.measure.backends import backend_of
@@ -76,7 +77,8 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
     agreement = backend.check(model, candidate, check, profile) if check is not None else None
     runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
                               if reference is not None else [])
-    times = backend.time(runs, batch, profile)
+    with _quiet.timing():  # the run's other trials on this machine hold still (when the trial set it up)
+        times = backend.time(runs, batch, profile)
     own = sorted(times[0])
     quartiles = statistics.quantiles(own, n=4) if len(own) > 1 else [own[0]] * 3
     ratio = statistics.median(a / b for a, b in zip(times[0], times[1])) if reference is not None else None

@@ -43,7 +43,8 @@ OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", "runtime", "export_top1",
-            "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", *(f"seconds_{p}" for p in PHASES))
+            "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", "paused_seconds",
+            *(f"seconds_{p}" for p in PHASES))
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary

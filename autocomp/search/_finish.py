@@ -55,6 +55,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         **skipped_summary(rows), "proposals": proposals(rows, best), "cost_model": prediction_fidelity(rows),
         "time_split": time_split(rows),
         "early_stopped": early_stopped(rows), "overhead": overhead(rows, loop_seconds, config.workers),
+        "quiet_timing": paused(rows),
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
@@ -229,6 +230,17 @@ def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int)
             "share": round(max(0.0, 1 - busy / (workers * loop_seconds)), 4),
             "per_trial_seconds": round(usual, 2), "worker_start_seconds": round(start, 1),
             "idle_seconds": round(idle, 1), "idle_share": round(idle / (workers * loop_seconds), 4)}
+
+
+def paused(rows: Sequence[TrialRow]) -> dict[str, Any] | None:
+    """Quiet timing's cost: the seconds trials waited while others timed (``paused_seconds``, summed) and their
+    share of those trials' time; None when no trial ran with quiet timing (off, one worker, a device node)."""
+    quiet = [r for r in rows if r.paused_seconds is not None and r.trial_seconds]
+    if not quiet:
+        return None
+    waited = sum(r.paused_seconds for r in quiet)
+    return {"trials": len(quiet), "paused_seconds": round(waited, 1),
+            "share": round(waited / sum(r.trial_seconds for r in quiet), 4)}
 
 
 def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:

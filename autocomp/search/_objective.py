@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from autocomp import _quiet
 from autocomp._timeout import TimedOut, time_limit
 from autocomp.budget import feasible, violations
 from autocomp.compress import compress
@@ -54,6 +55,8 @@ class TrialInputs:
             check).
         fidelity: the multi-fidelity rule (a short distillation and score first; see :class:`FidelityConfig`), or
             None: every candidate is distilled fully and scored on all of ``val``.
+        quiet_key: the run's name for quiet timing (:mod:`autocomp._quiet`): trials with the same key on one
+            machine pause their steps while one of them times; None: every trial times while the others compute.
     """
 
     base: nn.Module
@@ -72,6 +75,7 @@ class TrialInputs:
     measure_timeout_s: float | None = None
     check_images: torch.Tensor | None = None
     fidelity: FidelityConfig | None = None
+    quiet_key: str | None = None
 
 
 def build_candidate(base: nn.Module, recipe: Recipe, calib: torch.Tensor, train: Split, *,
@@ -136,7 +140,9 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     than ``inputs.skip_margin`` over a limit is scored without distillation (``distilled`` False) and is infeasible
     anyway. A trial within budget keeps its weights under ``inputs.weights_dir`` so that ``best/`` and export need
     not distil again. Also returned: ``seconds_<phase>`` for each of ``PHASES``, ``trial_seconds`` (their total
-    with the rest of the trial) and ``measured_on``, the Ray node id the measurement ran on (None: in this process).
+    with the rest of the trial), ``paused_seconds`` (the part of distill and evaluate spent waiting while other
+    trials timed: quiet timing, ``inputs.quiet_key``) and ``measured_on``, the Ray node id the measurement ran on
+    (None: in this process).
 
     Multi-fidelity (``inputs.fidelity`` and ``short`` given): after the first part of its distillation, a candidate
     is scored on the validation subset and this result (``fidelity`` ``short``, ``short_accuracy``,
@@ -149,7 +155,7 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     or run the candidate as PyTorch does; one whose device left the cluster returns ``{ERROR: why, STOP: True}``.
     """
     try:
-        with time_limit(inputs.trial_timeout_s, setting="trial_timeout_s"):
+        with time_limit(inputs.trial_timeout_s, setting="trial_timeout_s"), _quiet.quiet_machine(inputs.quiet_key):
             return _run_trial(Recipe.from_dict(recipe_dict), inputs, number, short)
     except (TimedOut, ExportFailed) as exc:
         return {ERROR: str(exc), "retry": False}
@@ -197,6 +203,8 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
                 "simulated_layers": len(simulated_layers(model)),
                 "int8_activations": activation_kernels(model),  # onednn-u8, onednn-u7 (no VNNI), simulated or None
                 **{f"seconds_{phase}": value for phase, value in seconds.items()},
+                "paused_seconds": _quiet.paused_seconds(),  # of distill and evaluate: waiting for others' timings
+                # (None: quiet timing off)
                 "trial_seconds": time.perf_counter() - started, **{f"violation:{k}": v for k, v in over.items()}}
 
     def go_on(probe: nn.Module) -> bool:

@@ -16,9 +16,11 @@ import optuna
 import yaml
 from torch import nn
 
+from autocomp import _quiet
 from autocomp.config import JobConfig
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
+from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import load_profile, profile_note
@@ -123,7 +125,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                              trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s,
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
                                                        splits.val.input_numel()),
-                             fidelity=config.fidelity)
+                             fidelity=config.fidelity, quiet_key=_quiet_key(config, profile, run_dir))
         display = _Progress(total=config.trials, done=done, enabled=progress)
 
         plotted = [0.0]  # when pareto.png was last drawn: the driver draws it at most every PLOT_EVERY_S seconds,
@@ -186,6 +188,14 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                                limits=limits, profile=profile, log=log,
                                loop_seconds=study.user_attrs.get(LOOP_SECONDS))
+
+
+def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
+    """The run's quiet-timing key (:mod:`autocomp._quiet`), or None where trials need not wait for each other's
+    timings: one worker, the job's ``quiet_timing: false``, or timings on a device node of their own."""
+    if config.workers == 1 or not config.quiet_timing or profile.ray_resource is not None:
+        return None
+    return _quiet.run_key(run_dir)
 
 
 def _coarse_draws(study: optuna.Study, space: SearchSpace, config: JobConfig) -> int:
