@@ -13,6 +13,7 @@ from torch import nn
 from autocomp import AutocompError, Recipe, compress
 from autocomp.measure import weight_nbytes
 from autocomp.ops import Int8Linear
+from autocomp.ops import _qlayers, _quantizers
 from autocomp.ops import quantize as q
 from autocomp.ops._quantizers import pack_codes, search_scale, unpack_codes
 from autocomp.ops.qat import FakeQuantLinear, deployed, trainable, trainable_layer
@@ -140,8 +141,8 @@ def _heavy_tailed():
 
 def _error(weight, bits, group, method):
     scale = search_scale(weight, bits, group, method)
-    codes = q.quantize_codes(weight, scale, bits, group)
-    return float(((q.dequantize(codes, scale, group) - weight) ** 2).sum())
+    codes = _quantizers.quantize_codes(weight, scale, bits, group)
+    return float(((_quantizers.dequantize(codes, scale, group) - weight) ** 2).sum())
 
 
 @pytest.mark.parametrize("bits, group", [(8, None), (6, 64), (4, 64), (3, 32), (2, 64)])
@@ -160,7 +161,7 @@ def test_percentile_clipping_beats_minmax_on_heavy_tailed_weights_at_low_bits(bi
     weight = _heavy_tailed()
     assert _error(weight, bits, 64, "percentile") < 0.995 * _error(weight, bits, 64, "minmax")
     scale = search_scale(weight, bits, 64, "percentile")
-    expected = torch.quantile(weight.abs().view(64, 4, 64), 0.999, dim=-1) / q.levels(bits)
+    expected = torch.quantile(weight.abs().view(64, 4, 64), 0.999, dim=-1) / _quantizers.levels(bits)
     assert torch.equal(scale, expected.half().float())
 
 
@@ -288,7 +289,7 @@ def test_static_int8_activations_run_the_onednn_kernel_and_match_their_simulatio
                         raising=False)
     expected = real(x)
     assert len(calls) == 8
-    monkeypatch.setattr(q, "int8_static_range", lambda: None)  # a backend without it: simulated, labelled
+    monkeypatch.setattr(_qlayers, "int8_static_range", lambda: None)  # a backend without it: simulated, labelled
     simulated = _compress(Quantize(weight_bits=8, act_bits=8))
     assert {type(m) for m in simulated.blocks.modules() if isinstance(m, q.QuantizedLinear)} == {Int8Linear}
     assert len(simulated_layers(simulated)) == 8 and simulated_layers(simulated)[0] == "blocks.0.attn.qkv"
@@ -375,15 +376,15 @@ def test_the_static_int8_kernel_is_exact_over_the_range_its_layers_use():
 
 def test_a_full_range_layer_on_a_cpu_that_would_saturate_is_simulated_with_the_same_numbers(monkeypatch):
     x = torch.randn(4, 3, 16, 16)
-    monkeypatch.setattr(q, "int8_static_range", lambda: 255)
+    monkeypatch.setattr(_qlayers, "int8_static_range", lambda: 255)
     full = _compress(Quantize(weight_bits=8, act_bits=8))
     assert {m.act_qparams.quant_max for m in full.modules() if isinstance(m, Int8StaticLinear)} == {255}
     assert q.activation_kernels(full) == "onednn-u8"
-    monkeypatch.setattr(q, "int8_static_range", lambda: 127)  # the same weights on a CPU without VNNI
+    monkeypatch.setattr(_qlayers, "int8_static_range", lambda: 127)  # the same weights on a CPU without VNNI
     assert len(simulated_layers(full)) == 8 and q.activation_kernels(full) == "simulated"
-    monkeypatch.setattr(q, "int8_static_range", lambda: None)
+    monkeypatch.setattr(_qlayers, "int8_static_range", lambda: None)
     simulated_everywhere = full(x)
-    monkeypatch.setattr(q, "int8_static_range", lambda: 127)
+    monkeypatch.setattr(_qlayers, "int8_static_range", lambda: 127)
     assert torch.allclose(full(x), simulated_everywhere, rtol=1e-4, atol=1e-4)
     reduced = _compress(Quantize(weight_bits=8, act_bits=8))  # calibrated here: 0..127, run by the kernel
     assert {m.act_qparams.quant_max for m in reduced.modules() if isinstance(m, Int8StaticLinear)} == {127}

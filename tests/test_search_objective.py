@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autocomp.hardware import HardwareProfile
-from autocomp.ops import quantize as q
+from autocomp.ops import _qlayers
 from autocomp.recipe import Recipe
 from autocomp.search._controller import RECORDED
 from autocomp.search._objective import TrialInputs, distill_subset, run_trial
@@ -22,7 +22,7 @@ def _inputs(model, splits):
                                                        (None, "simulated", 8)])
 def test_a_trial_records_how_its_static_int8_activations_ran(tiny_teacher, digits_splits, monkeypatch, top,
                                                             recorded, simulated):
-    monkeypatch.setattr(q, "int8_static_range", lambda: top)  # VNNI, a CPU without it, no oneDNN kernel
+    monkeypatch.setattr(_qlayers, "int8_static_range", lambda: top)  # VNNI, a CPU without it, no oneDNN kernel
     recipe = Recipe.from_dict({"blocks": [{"quantize": {"weight_bits": 8, "act_bits": 8}}, {}]})
     result = run_trial(recipe.to_dict(), _inputs(tiny_teacher[1], digits_splits))
     assert result["int8_activations"] == recorded and result["simulated_layers"] == simulated // 2
