@@ -67,7 +67,7 @@ class TrialRow:
     fidelity: str | None = None  # "short": stopped after a short distillation, scored on a validation subset
     short_accuracy: float | None = None  # the short score of a trial that had one (stopped or not)
     saved_seconds: float | None = None  # a stopped trial: what finishing it would have cost (estimated)
-    paused_seconds: float | None = None  # of its distill and evaluate time: waiting while other trials timed
+    paused_seconds: float | None = None  # of its phases' time: waiting for quiet timing (None: off)
 
     @property
     def complete(self) -> bool:

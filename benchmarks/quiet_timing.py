@@ -93,18 +93,20 @@ def main() -> None:
     sets = {"idle": SLEEP, "busy": DISTIL, "quiet": DISTIL_QUIET}
     order = random.Random(0)
     try:
-        for number in range(args.rounds):
-            conditions = list(results)
-            order.shuffle(conditions)
-            for condition in conditions:
-                mode.value = sets[condition]
-                time.sleep(1.0)  # the neighbour is under way (or asleep)
-                before, began = steps.value, time.perf_counter()
-                with _quiet.quiet_machine(key if condition == "quiet" else None):
-                    measured = measure(candidate, profile, example=example, reference=base)
-                took = time.perf_counter() - began
-                results[condition].append((measured.latency_ratio, measured.latency_ms, (steps.value - before) / took))
-            print(f"round {number + 1}: " + ", ".join(f"{c} {results[c][-1][0]:.3f}" for c in results), flush=True)
+        with _quiet.removed_after(key):
+            for number in range(args.rounds):
+                conditions = list(results)
+                order.shuffle(conditions)
+                for condition in conditions:
+                    mode.value = sets[condition]
+                    time.sleep(1.0)  # the neighbour is under way (or asleep)
+                    before, began = steps.value, time.perf_counter()
+                    with _quiet.quiet_machine(key if condition == "quiet" else None):
+                        measured = measure(candidate, profile, example=example, reference=base)
+                    took = time.perf_counter() - began
+                    stepped = (steps.value - before) / took
+                    results[condition].append((measured.latency_ratio, measured.latency_ms, stepped))
+                print(f"round {number + 1}: " + ", ".join(f"{c} {results[c][-1][0]:.3f}" for c in results), flush=True)
     finally:
         mode.value = -1
         process.join(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 import threading
 import time
 import uuid
@@ -17,6 +18,13 @@ from autocomp.hardware import HardwareProfile
 from autocomp.measure import measure
 
 HOLD_S = 0.4  # how long one side holds its lock while the test checks that the other waits
+
+
+@pytest.fixture(autouse=True)
+def lock_files_in_tmp_path(tmp_path, monkeypatch):
+    """The lock folders go under the test's tmp_path (this process's and spawned children's temporary folder)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def _key() -> str:
@@ -176,3 +184,71 @@ def test_quiet_timing_takes_true_or_false_only():
 
     with pytest.raises(AutocompError, match="quiet_timing must be true or false, got 'no'"):
         JobConfig(model=None, data=None, search_space=Path("x"), hardware=Path("x"), budget=None, quiet_timing="no")
+
+
+def test_the_runs_lock_files_are_removed_when_its_trial_loop_ends(tmp_path):
+    key = _key()
+    with _quiet.removed_after(key):
+        with _quiet.quiet_machine(key), _quiet.step():
+            folders = [p for p in tmp_path.rglob(key)]
+            assert folders and (folders[0] / "gate").is_file()  # where the trials of the run meet
+    assert not list(tmp_path.rglob(key))
+
+
+def test_a_temporary_folder_that_cannot_be_locked_turns_quiet_timing_off_with_a_warning(monkeypatch):
+    import errno
+
+    def no_locks(file, mode):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(_quiet.fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="quiet timing is off in this trial: cannot lock files in .*TMPDIR"):
+        with _quiet.quiet_machine(_key()):
+            with _quiet.step(), _quiet.timing():  # neither waits nor fails
+                pass
+            assert _quiet.paused_seconds() is None  # recorded as off, not as a pause of 0 s
+
+
+def _while_another_times(key: str, body) -> dict:
+    """Run ``body`` in a thread while another context of ``key`` times; check that it waits for the timing to end.
+    Returns what the thread recorded."""
+    release = threading.Event()
+    timer, timing, _ = _in_thread(key, _hold(_quiet.timing, release))
+    assert timing.wait(5)
+    worker, done, out = _in_thread(key, lambda entered: (body(), entered.set())[0])
+    try:
+        assert not done.wait(HOLD_S)  # held before its first step
+    finally:
+        release.set()
+    assert done.wait(60)
+    for thread in (timer, worker):
+        thread.join(5)
+    return out
+
+
+@pytest.mark.parametrize("work", ["evaluate", "distill"])
+def test_evaluation_and_distillation_wait_while_another_trial_of_the_run_times(work, tiny_teacher, digits_splits):
+    import copy
+
+    from autocomp.distill import distill
+    from autocomp.recipe import Distill
+    from autocomp.train import evaluate
+
+    teacher = tiny_teacher[1]
+    body = {"evaluate": lambda: evaluate(teacher, digits_splits.val),
+            "distill": lambda: distill(copy.deepcopy(teacher), teacher, digits_splits.calib,
+                                       Distill(steps=2, alpha=0.5, batch_size=16))}[work]
+    assert _while_another_times(_key(), body)["paused"] >= 0.5 * HOLD_S
+
+
+def test_a_trial_of_the_run_waits_while_another_times_and_reports_the_wait(tiny_teacher, digits_splits):
+    from autocomp import Recipe
+    from autocomp.search._objective import TrialInputs, run_trial
+
+    key = _key()
+    inputs = TrialInputs(base=tiny_teacher[1], val=digits_splits.val, calib=digits_splits.calib.x,
+                         train=digits_splits.calib, profile=HardwareProfile(name="t", repeats=3, warmup=1),
+                         limits={"memory_mb": 100.0}, base_latency_ms=1.0, quiet_key=key)
+    recipe = Recipe.from_dict({"blocks": [{"quantize": {}}, {}]}).to_dict()
+    out = _while_another_times(key, lambda: run_trial(recipe, inputs))  # run_trial sets up quiet timing itself
+    assert out["result"]["paused_seconds"] >= 0.5 * HOLD_S  # its first step waited, and the trial says so

@@ -73,18 +73,21 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
     """
     backend = backend_of(profile)
     batch = _batch(example, profile.batch_size)
-    candidate = backend.prepare(model, batch, profile)
-    agreement = backend.check(model, candidate, check, profile) if check is not None else None
-    runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
-                              if reference is not None else [])
-    with _quiet.timing():  # the run's other trials on this machine hold still (when the trial set it up)
+    with _quiet.step():  # exports and checks are compute: not while another trial of the run times (if set up)
+        candidate = backend.prepare(model, batch, profile)
+        agreement = backend.check(model, candidate, check, profile) if check is not None else None
+        runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
+                                  if reference is not None else [])
+    with _quiet.timing():  # and the run's other trials on this machine hold still while this one times
         times = backend.time(runs, batch, profile)
+    with _quiet.step():
+        activations = peak_activation_nbytes(model, batch)
     own = sorted(times[0])
     quartiles = statistics.quantiles(own, n=4) if len(own) > 1 else [own[0]] * 3
     ratio = statistics.median(a / b for a, b in zip(times[0], times[1])) if reference is not None else None
     return Measurement(latency_ms=1e3 * statistics.median(own), latency_iqr_ms=1e3 * (quartiles[2] - quartiles[0]),
                        latency_ratio=ratio, weights_mb=candidate.weight_nbytes / MB,
-                       activations_mb=peak_activation_nbytes(model, batch) / MB,
+                       activations_mb=activations / MB,
                        runtime=(backend.describe(profile) + f"; weights counted in the {candidate.weights_from}, "
                                 "activations in PyTorch"),
                        agreement=None if agreement is None else agreement.top1,

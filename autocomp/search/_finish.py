@@ -71,6 +71,10 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         stopped = summary["early_stopped"]
         log(f"multi-fidelity: {stopped['stopped']} of {stopped['short_scored']} distilled candidates stopped after "
             f"their short score (about {stopped['saved_seconds']:.0f} s of distillation and validation saved)")
+    if summary["quiet_timing"]:
+        quiet = summary["quiet_timing"]
+        log(f"quiet timing: trials waited {quiet['paused_seconds']:.0f} s in all ({100 * quiet['share']:.1f}% of "
+            "their time) so that no candidate was timed beside another trial's compute")
     if best is not None:
         recipe = Recipe.from_dict(best.recipe)
         model = kept_model(base, recipe, run_dir / KEPT / str(best.number))  # the weights the trial scored
@@ -233,8 +237,9 @@ def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int)
 
 
 def paused(rows: Sequence[TrialRow]) -> dict[str, Any] | None:
-    """Quiet timing's cost: the seconds trials waited while others timed (``paused_seconds``, summed) and their
-    share of those trials' time; None when no trial ran with quiet timing (off, one worker, a device node)."""
+    """Quiet timing's cost: the seconds trials waited for it (``paused_seconds``, summed: steps for other trials'
+    timings, timings for other trials' steps) and their share of those trials' time; None when no trial ran with
+    quiet timing (off, one worker, a device node)."""
     quiet = [r for r in rows if r.paused_seconds is not None and r.trial_seconds]
     if not quiet:
         return None

@@ -140,9 +140,9 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     than ``inputs.skip_margin`` over a limit is scored without distillation (``distilled`` False) and is infeasible
     anyway. A trial within budget keeps its weights under ``inputs.weights_dir`` so that ``best/`` and export need
     not distil again. Also returned: ``seconds_<phase>`` for each of ``PHASES``, ``trial_seconds`` (their total
-    with the rest of the trial), ``paused_seconds`` (the part of distill and evaluate spent waiting while other
-    trials timed: quiet timing, ``inputs.quiet_key``) and ``measured_on``, the Ray node id the measurement ran on
-    (None: in this process).
+    with the rest of the trial), ``paused_seconds`` (the part of them spent waiting for quiet timing,
+    ``inputs.quiet_key``: for other trials' timings, or for their steps to end before this one's timing; None when
+    off) and ``measured_on``, the Ray node id the measurement ran on (None: in this process).
 
     Multi-fidelity (``inputs.fidelity`` and ``short`` given): after the first part of its distillation, a candidate
     is scored on the validation subset and this result (``fidelity`` ``short``, ``short_accuracy``,
@@ -176,7 +176,8 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
 
     with num_threads(inputs.threads):
         try:
-            model = timed("compress", lambda: compress(inputs.base, recipe, calibration=inputs.calib))
+            with _quiet.step():  # not while another trial on this machine times its candidate
+                model = timed("compress", lambda: compress(inputs.base, recipe, calibration=inputs.calib))
         except TimedOut:
             raise
         except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
@@ -203,8 +204,7 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
                 "simulated_layers": len(simulated_layers(model)),
                 "int8_activations": activation_kernels(model),  # onednn-u8, onednn-u7 (no VNNI), simulated or None
                 **{f"seconds_{phase}": value for phase, value in seconds.items()},
-                "paused_seconds": _quiet.paused_seconds(),  # of distill and evaluate: waiting for others' timings
-                # (None: quiet timing off)
+                "paused_seconds": _quiet.paused_seconds(),  # of the phases: waiting for quiet timing (None: off)
                 "trial_seconds": time.perf_counter() - started, **{f"violation:{k}": v for k, v in over.items()}}
 
     def go_on(probe: nn.Module) -> bool:

@@ -143,8 +143,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         if remaining:
             rule = _front_rule(study, config, len(splits.val))
             # the trials' Ray workers start (and receive the inputs) while the sensitivity pass runs
-            with TrialLoop(inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
-                           resources=config.resources, rule=rule) as loop:  # room for retries and replacements
+            with _quiet.removed_after(inputs.quiet_key), TrialLoop(
+                    inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
+                    resources=config.resources, rule=rule) as loop:  # room for retries and replacements
                 try:
                     settings, allowed = before.sensitivity(run_dir, base, space, heads, splits, screen, config,
                                                            log, fresh=not study.trials, profile=profile,
