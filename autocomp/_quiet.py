@@ -60,7 +60,7 @@ class _Locks:
         folder.mkdir(parents=True, exist_ok=True)
         self.gate: IO[bytes] = open(folder / "gate", "ab")
         self.work: IO[bytes] = open(folder / "work", "ab")
-        self.in_step = False
+        self.in_step = self.in_timing = False
         self.paused = 0.0
         try:  # flock works here: a lock is taken, or refused because another process holds it
             fcntl.flock(self.gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -144,9 +144,11 @@ def timing() -> Iterator[None]:
     locks.paused += _take(locks.gate, fcntl.LOCK_EX, TIMING_POLL_S)  # another trial's timing
     try:
         locks.paused += _take(locks.work, fcntl.LOCK_EX, TIMING_POLL_S)  # the steps under way
+        locks.in_timing = True
         try:
             yield
         finally:
+            locks.in_timing = False
             fcntl.flock(locks.work, fcntl.LOCK_UN)
     finally:
         fcntl.flock(locks.gate, fcntl.LOCK_UN)
@@ -157,7 +159,7 @@ def step() -> Iterator[None]:
     """One step of compute (compressing a candidate, exporting it, a distillation step, an evaluation batch): it
     waits while another process times."""
     locks = _current.get()
-    if locks is None or locks.in_step:
+    if locks is None or locks.in_step or locks.in_timing:  # (taking the shared lock would weaken the timing's own)
         yield
         return
     locks.paused += _take(locks.gate, fcntl.LOCK_SH, STEP_POLL_S)

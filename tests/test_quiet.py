@@ -252,3 +252,23 @@ def test_a_trial_of_the_run_waits_while_another_times_and_reports_the_wait(tiny_
     recipe = Recipe.from_dict({"blocks": [{"quantize": {}}, {}]}).to_dict()
     out = _while_another_times(key, lambda: run_trial(recipe, inputs))  # run_trial sets up quiet timing itself
     assert out["result"]["paused_seconds"] >= 0.5 * HOLD_S  # its first step waited, and the trial says so
+
+
+def test_a_step_inside_a_timing_of_the_same_trial_keeps_the_machine_held():
+    key, release = _key(), threading.Event()
+
+    def time_with_a_step_inside(entered: threading.Event) -> None:
+        with _quiet.timing(), _quiet.step():  # e.g. a backend whose timed run evaluates something
+            entered.set()
+            release.wait(10)
+
+    timer, timing, _ = _in_thread(key, time_with_a_step_inside)
+    assert timing.wait(5)
+    stepper, stepping, _ = _in_thread(key, _step_once)
+    try:
+        assert not stepping.wait(HOLD_S)  # the inner step did not turn the timing's exclusive lock into a shared one
+    finally:
+        release.set()
+    assert stepping.wait(5)
+    for thread in (timer, stepper):
+        thread.join(5)
