@@ -2,12 +2,12 @@
 
 Concurrent trials share the machine's cores, caches and memory bandwidth. A candidate timed while another trial
 distils reads faster or slower at random (on the 2-core demo machine the ratio's spread over repeated measurements
-was 1.3x to 2.4x that with quiet timing in three runs of ``benchmarks/quiet_timing.py``), and a search that keeps the
-candidates measured within budget keeps the lucky readings. With quiet timing on, a trial's timing waits until the
-steps under way elsewhere on its machine end, and no step starts until it is done; the trials report the seconds they
-waited. A step is a trial's compression of its candidate, the export and checks of a measurement, a distillation
-step or an evaluation batch. Not paused: the driver (the sampler, results writing) and the data-loader processes
-that decode an image folder's images ahead of a trial.
+was 1.3x to 2.4x that with quiet timing in four of five runs of ``benchmarks/quiet_timing.py``), and a search that
+keeps the candidates measured within budget keeps the lucky readings. With quiet timing on, a trial's timing waits
+until the steps under way elsewhere on its machine end, and no step starts until it is done; the trials report the
+seconds they waited. A step is a trial's compression of its candidate, the export and checks of a measurement, a
+distillation step or an evaluation batch. Not paused: the driver (the sampler, results writing) and the data-loader
+processes that decode an image folder's images ahead of a trial.
 
 Two lock files in a folder of the machine's temporary directory, one folder per run, taken with ``flock`` (a process
 that dies releases its locks, so a killed trial does not leave the others waiting; data-loader processes it forked

@@ -6,8 +6,8 @@ and on an idle machine, side by side in one run.
 What a trial of a two-worker search on this machine sees: the demo model's shape (weights do not change latency, so it
 runs without the trained checkpoint) and a candidate with 5 of 6 heads and int8 weights in every block, measured the
 way a trial measures it (``autocomp.measure.measure``, the local CPU profile: batch 16, 30 interleaved pairs against
-the uncompressed model) while a neighbour process distils a copy of the model with one thread, as the other worker
-does. Each round measures three ways, in a shuffled order:
+the uncompressed model) while a neighbour process distils a copy of the model with one thread through
+``autocomp.distill``, as the other worker does. Each round measures three ways, in a shuffled order:
 
 - ``idle``: the neighbour sleeps (what the deployed model sees on its own);
 - ``busy``: the neighbour distils throughout (``quiet_timing: false``);
@@ -22,48 +22,54 @@ steps).
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing
 import random
 import statistics
 import time
 import uuid
-from contextlib import nullcontext
 
 import torch
 
-MODEL = ("deit_tiny_patch16_224", dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6,
-                                       num_heads=6, mlp_ratio=2.0))
+DEMO = "examples/fashion_mnist/search.yaml"  # the demo job: its model's architecture (no trained weights needed)
 SLEEP, DISTIL, DISTIL_QUIET = 0, 1, 2  # what the neighbour does
+CHUNK = 4  # distillation steps per call: the neighbour reads what to do between calls
+
+
+def demo_model() -> torch.nn.Module:
+    from autocomp.config import load_config
+    from autocomp.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(load_config(DEMO).model, load_weights=False).eval()
 
 
 def neighbour(mode, steps, key: str) -> None:
-    """Distil a copy of the model with one thread while ``mode`` says so; count the steps."""
-    import timm
-
+    """Distil a copy of the model with one thread, as a trial does (``autocomp.distill``, its steps passing through
+    quiet timing when ``mode`` says so), or sleep; count the steps."""
     from autocomp import _quiet
+    from autocomp.data import TensorSplit
+    from autocomp.distill import distill
+    from autocomp.recipe import Distill
 
     torch.set_num_threads(1)
-    torch.manual_seed(1)
-    model = timm.create_model(MODEL[0], pretrained=False, **MODEL[1]).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    with _quiet.quiet_machine(key):
-        while mode.value >= 0:
-            if mode.value == SLEEP:
-                time.sleep(0.01)
-                continue
-            with _quiet.step() if mode.value == DISTIL_QUIET else nullcontext():
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            with steps.get_lock():
-                steps.value += 1
+    teacher = demo_model()
+    student = copy.deepcopy(teacher)
+    generator = torch.Generator().manual_seed(1)
+    split = TensorSplit(x=torch.randn(256, 1, 28, 28, generator=generator),
+                        y=torch.randint(0, 10, (256,), generator=generator))
+    config = Distill(steps=CHUNK, alpha=0.5, batch_size=64)
+    while mode.value >= 0:
+        if mode.value == SLEEP:
+            time.sleep(0.01)
+            continue
+        with _quiet.quiet_machine(key if mode.value == DISTIL_QUIET else None):
+            student = distill(student, teacher, split, config)
+        with steps.get_lock():
+            steps.value += CHUNK
 
 
 def main() -> None:
-    import timm
-
     from autocomp import Recipe, _quiet, compress
     from autocomp.measure import measure
     from autocomp.measure.profiling import cpu_description, load_profile
@@ -78,8 +84,7 @@ def main() -> None:
         profile = dataclasses.replace(profile, threads=args.threads)
     print(f"CPU: {cpu_description()}; torch {torch.__version__}; profile {profile.name}: batch {profile.batch_size}, "
           f"{profile.threads} thread(s), {profile.repeats} interleaved pairs; {args.rounds} rounds")
-    torch.manual_seed(0)
-    base = timm.create_model(MODEL[0], pretrained=False, **MODEL[1]).eval()
+    base = demo_model()
     example = torch.randn(16, 1, 28, 28)
     block = {"prune_heads": {"keep": 5, "importance": "weight_norm"}, "quantize": {"weight_bits": 8}}
     candidate = compress(base, Recipe.from_dict({"blocks": [block] * 6}), calibration=example).eval()

@@ -15,12 +15,10 @@ import argparse
 import statistics
 import time
 
-import timm
 import torch
 from torch.nn import functional as F
 
-KWARGS = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=6,
-              mlp_ratio=2.0)
+DEMO = "examples/fashion_mnist/search.yaml"  # the demo job: its model is the teacher (weights do not matter here)
 IMAGES = 2048  # per timed stretch, whatever the batch size
 
 
@@ -40,6 +38,13 @@ def stepper(model: torch.nn.Module, batch: int):
     return run
 
 
+def teacher() -> torch.nn.Module:
+    from autocomp.config import load_config
+    from autocomp.models import create_model
+
+    return create_model(load_config(DEMO).model, load_weights=False).train()
+
+
 def main() -> None:
     from autocomp.measure.profiling import cpu_description
 
@@ -52,10 +57,9 @@ def main() -> None:
     print(f"CPU: {cpu_description()}; torch {torch.__version__}; {torch.get_num_threads()} threads; {IMAGES} images "
           f"per timed stretch, {args.rounds} rounds")
     torch.manual_seed(0)
-    runs = {f"eager, batch {b}": stepper(timm.create_model("deit_tiny_patch16_224", **KWARGS).train(), b)
-            for b in batches}
+    runs = {f"eager, batch {b}": stepper(teacher(), b) for b in batches}
     if args.compile:
-        compiled = torch.compile(timm.create_model("deit_tiny_patch16_224", **KWARGS).train())
+        compiled = torch.compile(teacher())
         run = stepper(compiled, batches[0])
         print(f"compile and first 2 steps: {run(2):.1f} s")
         runs[f"compiled, batch {batches[0]}"] = run
