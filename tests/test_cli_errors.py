@@ -181,3 +181,15 @@ def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     assert err.endswith("or widen the search space")
     assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
     assert load_run_study(tmp_path / "run").trials == []
+
+
+def test_autocomps_own_warnings_print_as_one_line_and_a_librarys_keep_their_source():
+    import warnings
+
+    from autocomp import cli
+
+    ours = cli._format_warning(UserWarning("openvino-cpu cannot run int8 layers"), UserWarning,
+                               str(Path(cli.__file__).parent / "measure" / "profiling.py"), 249)
+    assert ours == "warning: openvino-cpu cannot run int8 layers\n"
+    theirs = cli._format_warning(UserWarning("deprecated"), UserWarning, warnings.__file__, 1)
+    assert warnings.__file__ in theirs and "UserWarning: deprecated" in theirs

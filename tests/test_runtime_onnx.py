@@ -35,6 +35,7 @@ from autocomp.runtimes import (  # noqa: E402
     ort_session,
     time_sessions,
 )
+from tests.conftest import skip_where_openvino_lacks_compressed_weights  # noqa: E402
 
 SETTINGS = {  # every operator, each bit width; a new operator must add its own here (checked below)
     "prune_heads": [PruneHeads(keep=2)],
@@ -326,5 +327,10 @@ def test_openvino_runs_the_export_with_autocomps_numbers(tiny_teacher, digits_sp
     assert result.onnx.weight_nbytes <= result.weight_nbytes <= result.onnx.weight_nbytes + 2 * fp16 + 2048
     if name == "quantize" and not config.act_bits:
         assert "MatMulInteger" not in op_types(result.onnx.path)  # weights-only int8 as DequantizeLinear -> MatMul
-    agreement = compare_outputs(model, OvModule(ov_compiled(result.path)), images)
+    try:
+        agreement = compare_outputs(model, OvModule(ov_compiled(result.path)), images)
+    except RuntimeError as exc:
+        if name != "quantize" or config.act_bits:
+            raise
+        skip_where_openvino_lacks_compressed_weights(exc)
     assert agreement.top1 >= 0.99, agreement

@@ -128,6 +128,65 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
     assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered
 
 
+def test_a_setting_the_target_cannot_run_is_offered_in_no_block(tiny_teacher, digits_splits, tmp_path):
+    from autocomp.measure.backends import ExportFailed
+    from autocomp.ops.quantize import Int8Linear
+    from autocomp.search._sensitivity import uniform_latencies, without_slow, write_uniform_latencies
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), head_importance="weight_norm")
+
+    def measure(model):  # a runtime without an int8 kernel on this CPU
+        if any(isinstance(m, Int8Linear) for m in model.modules()):
+            raise ExportFailed("fake-cpu: no int8 kernel here")
+        return 0.7
+
+    observed, refused = [], []
+    ratios = uniform_latencies(tiny_teacher[1], space, [4, 4], calib=digits_splits.calib.x, measure=measure,
+                               observe=lambda recipe, r: observed.append(r),
+                               refused=lambda knob, value, exc: refused.append((knob, value, str(exc))))
+    assert ratios == {("heads_keep", 0.5): 0.7, ("weight_bits", 8): float("inf")}
+    assert refused == [("weight_bits", 8, "fake-cpu: no int8 kernel here")] and observed == [0.7]
+    assert without_slow({}, ratios, space, 2, min_saving=0.03) == {"b0.weight_bits": (32,), "b1.weight_bits": (32,)}
+    write_uniform_latencies(tmp_path, ratios, min_saving=0.03)
+    rows = {(r["knob"], r["value"]): r for r in csv.DictReader((tmp_path / "uniform_latency.csv").open())}
+    assert rows[("weight_bits", "8")]["latency_ratio"] == "inf" and rows[("weight_bits", "8")]["offered"] == "False"
+
+
+def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, tiny_teacher, monkeypatch, capsys):
+    """OpenVINO cannot compile int8 weights on some CPUs: the search leaves them out instead of stopping."""
+    from autocomp.cli import main
+    from autocomp.measure.backends import ExportFailed
+    from autocomp.ops.quantize import Int8Linear
+    from autocomp.search import _before
+    from test_search_e2e import write_job
+
+    real = _before.ratio_of
+
+    def ratio_of(base, profile, splits, config):
+        measure = real(base, profile, splits, config)
+
+        def ratio(model):
+            if any(isinstance(m, Int8Linear) for m in model.modules()):
+                raise ExportFailed("fake-cpu: no int8 kernel here")
+            return measure(model)
+        return ratio
+
+    monkeypatch.setattr(_before, "ratio_of", ratio_of)
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [32, 8]\n")
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=3, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "sensitivity": {"images": 100, "min_saving": 0.0}}))
+    run = tmp_path / "run"
+    assert main(["search", str(job), "--out", str(run)]) == 0
+    assert "weight_bits 8 is offered in no block, the target cannot run it: fake-cpu: no int8 kernel here" in \
+        capsys.readouterr().out
+    allowed = json.loads((run / "sensitivity.json").read_text())
+    assert allowed["b0.weight_bits"] == [32] and allowed["b1.weight_bits"] == [32]
+    trials = load_run_study(run).get_trials()
+    assert trials and not any("quantize" in block for t in trials for block in t.user_attrs["recipe"]["blocks"])
+
+
 def test_the_pass_narrows_the_choices_already_narrowed():
     settings = [Setting(0, "heads_keep", 0.5, 9.0, None), Setting(0, "heads_keep", 0.83, 0.5, None)]
     space = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0))

@@ -247,7 +247,11 @@ class _Exported(Backend):
                 x = images[start:start + batch].contiguous()
                 expected = model(x).float()
                 # a static batch is padded: int8 activation scales are taken over the batch, so pad only if needed
-                got = torch.as_tensor(prepared.run(_fit(x, batch) if self.static_batch else x))[:len(x)].float()
+                try:
+                    got = prepared.run(_fit(x, batch) if self.static_batch else x)
+                except Exception as exc:  # noqa: BLE001 - the runtime fails on the export: the trial fails
+                    raise ExportFailed(f"{self.name}: the runtime fails on the export: {_reason(exc)}") from exc
+                got = torch.as_tensor(got)[:len(x)].float()
                 same += int((expected.argmax(-1) == got.argmax(-1)).sum())
                 largest = max(largest, float((expected - got).abs().max()))
         agreement = Agreement(top1=same / len(images), max_logit_diff=largest, images=len(images))
@@ -283,7 +287,7 @@ class OnnxRuntimeCpu(_Exported):
         try:
             return OrtModule(ort_session(path, threads=profile.threads))
         except Exception as exc:  # noqa: BLE001 - ORT refuses an operator it has no kernel for
-            raise ExportFailed(f"{self.name}: ONNX Runtime cannot load the export: {str(exc)[:300]}") from exc
+            raise ExportFailed(f"{self.name}: ONNX Runtime cannot load the export: {_reason(exc)}") from exc
 
 
 class OpenVinoCpu(_Exported):
@@ -309,7 +313,15 @@ class OpenVinoCpu(_Exported):
         try:
             return OvModule(ov_compiled(path, threads=profile.threads, batch=profile.batch_size))
         except Exception as exc:  # noqa: BLE001 - the CPU plugin refuses an operator
-            raise ExportFailed(f"{self.name}: OpenVINO cannot compile the export: {str(exc)[:300]}") from exc
+            raise ExportFailed(f"{self.name}: OpenVINO cannot compile the export: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """A runtime's error in one line: its last line that is not a "where it was raised" line (OpenVINO stacks
+    ``Exception from src/...`` lines above the reason)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith("Exception from ")]
+    return ((reasons or lines or [type(exc).__name__])[-1])[:300]
 
 
 _BACKENDS = {backend.name: backend for backend in (PyTorchCpu(), PyTorchCuda(), OnnxRuntimeCpu(), OpenVinoCpu())}

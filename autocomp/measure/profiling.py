@@ -128,7 +128,8 @@ def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[G
             except ExportFailed as exc:  # e.g. OpenVINO's compressed-weight kernels under ONEDNN_MAX_CPU_ISA=AVX2
                 details[f"gemm.{precision}.unavailable"] = 0.0
                 peaks.pop(precision, None)
-                warnings.warn(f"calibration leaves {precision} out: {exc}", stacklevel=2)
+                warnings.warn(f"{backend} cannot run {precision} layers on this CPU; the profile leaves them out "
+                              f"(the cost model predicts them as fp32): {exc}", stacklevel=2)
                 break
             rate = 2 * shape.macs / seconds / 1e9
             details[f"gemm.{precision}.{shape.tokens}x{shape.in_features}x{shape.out_features}"] = rate

@@ -5,6 +5,7 @@ choices, and the teacher's outputs every distillation reuses."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -106,16 +107,18 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
                 base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
-                observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms))
+                observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
+                refused=lambda knob, value, exc: log(f"latency: {knob} {value:g} is offered in no block, the target "
+                                                     f"cannot run it: {exc}"))
         minimum = config.sensitivity.min_saving
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms)
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
-        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if r > 1 - minimum]
+        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if 1 - minimum < r < math.inf]
         write_uniform_latencies(run_dir, ratios, min_saving=minimum)
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             f"s; " + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
-                      "each saves time here") + f": {run_dir / 'uniform_latency.csv'}")
+                      "each one the target runs saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
 

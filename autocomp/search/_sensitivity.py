@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from autocomp.compress import compress
 from autocomp.data import Split
 from autocomp.errors import AutocompError
 from autocomp.measure import num_threads
+from autocomp.measure.backends import ExportFailed
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import SearchSpace
@@ -103,12 +105,17 @@ def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_abo
 
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
                       measure: Callable[[nn.Module], float],
-                      observe: Callable[[Recipe, float], None] | None = None) -> dict[tuple[str, Any], float]:
+                      observe: Callable[[Recipe, float], None] | None = None,
+                      refused: Callable[[str, Any, ExportFailed], None] | None = None) -> dict[tuple[str, Any], float]:
     """Each non-lightest setting of each searched knob applied to every block at once, measured: its latency as a
     fraction of the uncompressed model's (``measure`` times a model against it, on the target); ``observe`` gets
     each recipe with its ratio (the cost model learns from them). What the cost model predicts from MACs and kernel
     rates, this measures: on a small model in PyTorch eager, low-rank pairs or
-    simulated 4-bit weights can cost more time than they save. Settings the operators refuse are left out."""
+    simulated 4-bit weights can cost more time than they save. Settings the operators refuse are left out.
+
+    A setting the target's runtime cannot run (:class:`~autocomp.measure.backends.ExportFailed`: e.g. OpenVINO
+    without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it, and is
+    passed to ``refused`` with the runtime's reason."""
     light = lightest(space)
     ratios = {}
     for knob, value in _settings(space, light):
@@ -119,7 +126,13 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
                 model = compress(base, recipe, calibration=calib)
         except AutocompError:
             continue
-        ratios[(knob, value)] = measure(model)
+        try:
+            ratios[(knob, value)] = measure(model)
+        except ExportFailed as exc:
+            ratios[(knob, value)] = math.inf
+            if refused is not None:
+                refused(knob, value, exc)
+            continue
         if observe is not None:
             observe(recipe, ratios[(knob, value)])
     return ratios
@@ -143,7 +156,8 @@ def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], 
 
 
 def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], float], *, min_saving: float) -> None:
-    """``uniform_latency.csv``: each setting measured in every block at once, and whether it is offered."""
+    """``uniform_latency.csv``: each setting measured in every block at once (``inf``: the target cannot run it),
+    and whether it is offered."""
     with (run_dir / "uniform_latency.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["knob", "value", "latency_ratio", "offered"])
