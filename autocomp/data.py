@@ -44,10 +44,13 @@ class DataConfig:
     Attributes:
         dataset: one of ``fashion_mnist``, ``digits``, ``imagefolder``.
         root: folder of the files (Fashion-MNIST idx files; the image folder); None for the default.
-        val_size: images held out of the training set to score candidates (image folders with ``val/`` use it).
-        calib_size: images taken from the training set for calibration (importance scores, quantization ranges).
+        val_size: images held out of the training set to score candidates (an image folder's ``val/``: at most this
+            many of it); None: a fifth of the training images left after calibration, at most ``VAL_SIZE`` (all of
+            ``val/`` up to ``VAL_SIZE``).
+        calib_size: images taken from the training set for calibration (importance scores, quantization ranges);
+            None: a fifth of the training images, at most ``CALIB_SIZE``.
         test_size: images held out for the test split when the data has none (digits, an image folder without
-            ``test/``).
+            ``test/``); None: a fifth of the images, at most ``TEST_SIZE``.
         seed: seed of the split permutation.
         image_size: model input size in pixels; None: the model's.
         mean: per-channel normalization mean; None: the model's (image folders) or the training split's.
@@ -59,9 +62,9 @@ class DataConfig:
 
     dataset: str = "fashion_mnist"
     root: str | None = None
-    val_size: int = 5000
-    calib_size: int = 256
-    test_size: int = 360
+    val_size: int | None = None
+    calib_size: int | None = None
+    test_size: int | None = None
     seed: int = 0
     image_size: int | None = None
     mean: tuple[float, ...] | None = None
@@ -73,12 +76,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise AutocompError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
-        for name in ("val_size", "calib_size"):
+        for name in ("val_size", "calib_size", "test_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise AutocompError(f"data.{name} must be a positive number of images, got {value!r}")
-        if isinstance(self.test_size, bool) or not isinstance(self.test_size, int) or self.test_size < 1:
-            raise AutocompError(f"data.test_size must be a positive number of images, got {self.test_size!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise AutocompError(f"data.{name} must be a positive number of images or null (a fifth of them, "
+                                    f"up to a limit), got {value!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise AutocompError(f"data.workers must be a whole number >= 0 (0: decode in the trial itself), got "
                                 f"{self.workers!r}")
@@ -367,7 +369,17 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
                   num_classes=num_classes, preprocessing=preprocessing)
 
 
-def _hold_out(count: int, size: int, generator: torch.Generator, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+VAL_SIZE = 5000  # the most validation images a split takes unless data.val_size says otherwise
+CALIB_SIZE = 256  # the most calibration images unless data.calib_size says otherwise
+TEST_SIZE = 360  # the most test images held out of data without a test split unless data.test_size says otherwise
+
+
+def _hold_out(count: int, size: int | None, generator: torch.Generator, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if size is None:
+        size = min(TEST_SIZE, count // 5)
+        if size < 1:
+            raise AutocompError(f"{count} images are too few to hold a test split out of them; add images or a "
+                                "test/ folder")
     if size >= count:
         raise AutocompError(f"{name}={size} leaves no training images out of {count}; lower it")
     order = torch.randperm(count, generator=generator)
@@ -376,8 +388,10 @@ def _hold_out(count: int, size: int, generator: torch.Generator, name: str) -> t
 
 def _val_calib_train(count: int, config: DataConfig, generator: torch.Generator,
                      val_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    val_size = config.val_size if val_size is None else val_size
-    held_out = val_size + config.calib_size
+    calib_size = config.calib_size or min(CALIB_SIZE, max(1, count // 5))
+    if val_size is None:
+        val_size = config.val_size or min(VAL_SIZE, max(1, (count - calib_size) // 5))
+    held_out = val_size + calib_size
     if held_out >= count:
         raise AutocompError(f"data.val_size + data.calib_size = {held_out} leaves no training images out of "
                             f"{count}; lower them")
@@ -492,7 +506,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
             train_files, train_labels = _take(train_files, train_labels, keep)
         if "val" in listed:
             _, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator, val_size=0)
-            val_order = torch.randperm(len(listed["val"][0]), generator=generator)[:config.val_size]
+            val_order = torch.randperm(len(listed["val"][0]), generator=generator)[:config.val_size or VAL_SIZE]
             val_files, val_labels = _take(*listed["val"], val_order)
         else:
             val_idx, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator)

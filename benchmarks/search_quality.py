@@ -134,6 +134,7 @@ def main() -> None:
                                final_distill_steps=0)
     budgets = [tuple(item.split("=")) for item in args.budgets.split(",")]
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    images = {"val": 0}
     import ray
 
     ray.init(address="local", num_cpus=max(base.workers, os.cpu_count() or 1), include_dashboard=False,
@@ -152,6 +153,7 @@ def main() -> None:
                     except AutocompError as exc:  # e.g. a technique alone that cannot reach the budget at all
                         print(f"{name}: refused: {exc}", flush=True)
                         break  # the other seeds would be refused alike
+                    images = summary["images"]
                     figures = {**score(root / name, summary), "wall_s": time.perf_counter() - started}
                     results.setdefault((method, f"{kind} {fraction}x"), []).append(figures)
                     print(f"{name}: {figures}", flush=True)
@@ -170,7 +172,7 @@ def main() -> None:
               f"{_mean_sd([100 * r['overhead'] for r in runs if r['overhead'] is not None])}% "
               f"({_mean_sd([100 * r['idle'] for r in runs if r['idle'] is not None])}%) | "
               f"{_mean_sd([r['wall_s'] for r in runs])} |")
-    _print_noise(results, val_images=base.data.val_size)
+    _print_noise(results, val_images=images["val"])
 
 
 def _print_noise(results: dict[tuple[str, str], list[dict[str, Any]]], *, val_images: int) -> None:
@@ -181,7 +183,7 @@ def _print_noise(results: dict[tuple[str, str], list[dict[str, Any]]], *, val_im
     import scipy.stats  # the benchmark's statistics only
 
     accuracies = [r["val"] for runs in results.values() for r in runs if r["val"] is not None]
-    if not accuracies:
+    if not accuracies or not val_images:
         return
     p = statistics.mean(accuracies) / 100
     print(f"\nOne validation accuracy near {100 * p:.1f}% on {val_images} images: standard error "

@@ -110,6 +110,24 @@ def test_train_and_test_folders_without_val_hold_validation_out_of_train(tmp_pat
         load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path)), tiny_rgb_vit())
 
 
+def test_split_sizes_left_unset_take_a_fifth_of_a_small_folder_and_cap_at_their_limits(tmp_path):
+    from autocomp.data import CALIB_SIZE, TEST_SIZE, VAL_SIZE
+
+    make_folder(tmp_path / "small", {"cat": 25, "dog": 25})  # 50 images, no train/val/test folders
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "small"), workers=0), tiny_rgb_vit())
+    # test: a fifth of 50; calibration: a fifth of the 40 left; validation: a fifth of the 32 after it
+    assert (len(splits.test), len(splits.calib), len(splits.val), len(splits.train)) == (10, 8, 6, 26)
+    make_folder(tmp_path / "split" / "train", {"cat": 30, "dog": 30})
+    make_folder(tmp_path / "split" / "val", {"cat": 3, "dog": 3})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "split"), workers=0), tiny_rgb_vit())
+    assert (len(splits.test), len(splits.calib), len(splits.val), len(splits.train)) == (12, 9, 6, 39)
+    big = load_splits(DataConfig(dataset="digits"))  # 1,797 images: test and calibration capped, validation not
+    assert (len(big.test), len(big.calib), len(big.val)) == (min(TEST_SIZE, 359), min(CALIB_SIZE, 287), 236)
+    assert VAL_SIZE == 5000 and len(load_splits(DataConfig(dataset="fashion_mnist")).val) == VAL_SIZE
+    with pytest.raises(AutocompError, match="data.val_size must be a positive number of images or null"):
+        DataConfig(val_size=0)
+
+
 def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tmp_path):
     from PIL import Image
     from timm.data import create_transform, resolve_model_data_config

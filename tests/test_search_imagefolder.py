@@ -42,6 +42,7 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path):
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 2
+    assert summary["images"] == {"train": 24 - 3 - 4, "calib": 4, "val": 9, "test": 3}
     own = timm.data.resolve_model_data_config(model)  # the model's own preprocessing, as timm gives it
     assert summary["preprocessing"] == {"image_size": 224, "channels": 3, "mean": list(own["mean"]),
                                         "std": list(own["std"]), "interpolation": own["interpolation"],

@@ -35,6 +35,46 @@ def test_each_setting_is_scored_on_one_block_alone(tiny_teacher, digits_splits):
     assert one.predicted_latency_ratio is None  # no cost model given
 
 
+def test_scoring_from_the_blocks_input_gives_the_whole_models_accuracy(tiny_teacher, digits_splits, monkeypatch):
+    from autocomp.search import _sensitivity
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), tokens_keep=(0.5, 1.0), token_method="merge",
+                        weight_bits=(32, 8), head_importance="weight_norm")
+    val = digits_splits.val.subset(200)
+    seen = []
+    real = _sensitivity.BlockInputs.accuracy
+    monkeypatch.setattr(_sensitivity.BlockInputs, "accuracy", lambda self, model: seen.append(self.block) or
+                        real(self, model))
+    fast = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,
+                            threads=1)
+    assert seen == [0] * 4 + [1] * 4  # every setting scored from its block's input
+    monkeypatch.setattr(_sensitivity, "BLOCK_INPUTS_BYTES", 0)  # too large to hold: the whole model runs
+    seen.clear()
+    whole = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,
+                             threads=1)
+    assert seen == [] and fast == whole and len({s.accuracy_drop for s in fast}) > 1
+
+
+def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatch):
+    from autocomp.search import _sensitivity
+
+    monkeypatch.setattr(_sensitivity, "PROGRESS_S", 0.0)  # a line at every setting
+    lines = []
+    sensitivity_pass(tiny_teacher[1], SPACE, [4, 4], val=digits_splits.val.subset(20), calib=digits_splits.calib.x,
+                     predictor=None, threads=1, log=lines.append)
+    assert [line.split(" settings")[0] for line in lines] == [f"sensitivity: {k} of 8" for k in range(8)]
+    assert "min left" not in lines[0] and all("min left)" in line for line in lines[1:])  # a pace needs one done
+    lines.clear()
+    _sensitivity.uniform_latencies(tiny_teacher[1], SPACE, [4, 4], calib=digits_splits.calib.x,
+                                   measure=lambda model: 0.9, log=lines.append)
+    assert [line.split(" settings")[0] for line in lines] == [f"latency: {k} of 4" for k in range(4)]
+    monkeypatch.setattr(_sensitivity, "PROGRESS_S", 3600.0)
+    lines.clear()
+    sensitivity_pass(tiny_teacher[1], SPACE, [4, 4], val=digits_splits.val.subset(20), calib=digits_splits.calib.x,
+                     predictor=None, threads=1, log=lines.append)
+    assert lines == []  # a pass shorter than the interval says nothing
+
+
 def test_settings_that_cost_too_much_alone_are_not_offered_and_the_lightest_always_is(tmp_path):
     settings = [Setting(0, "heads_keep", 0.5, 12.0, 0.8), Setting(0, "mlp_keep", 0.5, 1.0, 0.9),
                 Setting(0, "mlp_keep", 0.25, 7.0, 0.8), Setting(1, "heads_keep", 0.5, 0.2, 0.8),

@@ -82,15 +82,19 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     settings: list[Setting] = []
     allowed = space.distinct(heads)  # one choice per head count
     if allowed:
-        log("heads_keep: choices that keep as many heads as a larger one are offered once: "
-            + "; ".join(f"{name} {list(values)}" for name, values in allowed.items()))
+        groups: dict[tuple, list[str]] = {}
+        for name, values in allowed.items():
+            groups.setdefault(tuple(values), []).append(name.split(".")[0])
+        log("heads_keep: choices that keep as many heads as a larger one are offered once: " + "; ".join(
+            f"{'every block' if len(blocks) == len(heads) else ', '.join(blocks)} {list(values)}"
+            for values, blocks in groups.items()))
     passes = config.sensitivity.images > 0 and bool(lightest(space))
     if passes and not space.uniform:
         started = time.perf_counter()
         subset = splits.val.subset(config.sensitivity.images)  # all of validation when it is smaller
         settings = sensitivity_pass(base, space, heads, val=subset,
                                     calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
-                                    threads=setup_threads(config))
+                                    threads=setup_threads(config), log=log)
         drop_above = config.sensitivity.drop_above
         offered = allowed
         allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=offered)
@@ -109,7 +113,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
                 refused=lambda knob, value, exc: log(f"latency: {knob} {value:g} is offered in no block, the target "
-                                                     f"cannot run it: {exc}"))
+                                                     f"cannot run it: {exc}"), log=log)
         minimum = config.sensitivity.min_saving
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms)

@@ -59,6 +59,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
+        "images": {name: len(getattr(splits, name)) for name in ("train", "calib", "val", "test")},
         "hardware": {"profile": profile.name, "backend": profile.backend, "runtime": baseline.get("runtime"),
                      "measured_on": profile.measured_on,
                      "this_cpu": cpu_description(), "note": profile_note(profile)},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,28 +58,145 @@ class Setting:
 
 
 def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, val: Split,
-                     calib: torch.Tensor, predictor: CostPredictor | None, threads: int) -> list[Setting]:
-    """Score each non-lightest choice of each searched knob on each block alone (see the module docstring)."""
+                     calib: torch.Tensor, predictor: CostPredictor | None, threads: int,
+                     log: Callable[[str], None] | None = None) -> list[Setting]:
+    """Score each non-lightest choice of each searched knob on each block alone (see the module docstring);
+    ``log`` hears how far it is, every ``PROGRESS_S`` seconds (a 224-px ViT takes minutes on a laptop)."""
     light = lightest(space)
     uncompressed = {f"b{i}.{knob}": value for i in range(len(heads_per_block)) for knob, value in light.items()}
     space = dataclasses.replace(space, uniform=False)  # each block alone, even where the search keeps them alike
-    with num_threads(threads):
+    total = len(heads_per_block) * len(_settings(space, light))
+    tick = _progress(log, "sensitivity", total)
+    with num_threads(threads), torch.no_grad():
         reference = evaluate(base, val)
         base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \
             if predictor is not None else None
+        inputs = BlockInputs.of(base, val)
         settings = []
         for block in range(len(heads_per_block)):
+            if inputs is not None and block > 0:
+                inputs.advance()
             for knob, value in _settings(space, light):
+                tick(len(settings))
                 recipe = recipe_of(space, heads_per_block, {**uncompressed, f"b{block}.{knob}": value})
                 try:
-                    with torch.no_grad():
-                        model = compress(base, recipe, calibration=calib)
+                    model = compress(base, recipe, calibration=calib)
                 except AutocompError:  # e.g. a rank that saves nothing on this block's shapes
                     settings.append(Setting(block, knob, value, None, None))
                     continue
                 ratio = predictor.predict(recipe)["latency_ms"] / base_latency if predictor is not None else None
-                settings.append(Setting(block, knob, value, reference - evaluate(model, val), ratio))
+                accuracy = inputs.accuracy(model) if inputs is not None else evaluate(model, val)
+                settings.append(Setting(block, knob, value, reference - accuracy, ratio))
     return settings
+
+
+class _Skip(nn.Module):
+    """Stands in for a block whose output is already known: passes its input on."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+
+class _Captured(Exception):
+    """Ends a forward pass once the input of the first block is captured."""
+
+
+BLOCK_INPUTS_BYTES = 1 << 30  # the most a pass holds of block inputs; beyond, each setting runs the whole model
+
+
+class BlockInputs:
+    """The validation images' input to one block of the uncompressed model, batch by batch, moved on one block at a
+    time. A setting on block ``b`` leaves blocks ``0..b-1`` as they are, so their output is the same for every
+    setting of ``b``: the pass runs blocks ``b..`` only (half the blocks on average), and decodes the images once.
+    The accuracy is the same as :func:`autocomp.train.evaluate`'s, batch for batch."""
+
+    def __init__(self, base: nn.Module, inputs: list[torch.Tensor], labels: list[torch.Tensor],
+                 probe: torch.Tensor) -> None:
+        self.base, self.inputs, self.labels, self.probe, self.block = base, inputs, labels, probe, 0
+
+    @classmethod
+    def of(cls, base: nn.Module, val: Split) -> BlockInputs | None:
+        """The input of block 0 for ``val``; None for a model whose blocks do not simply follow one another (a
+        token-reducing base) or when the inputs would take more than ``BLOCK_INPUTS_BYTES``."""
+        blocks = base.blocks
+        if getattr(blocks, "plan", None) or not len(val):
+            return None
+        captured: list[torch.Tensor] = []
+
+        def capture(module: nn.Module, args: tuple) -> None:
+            captured.append(args[0])
+            raise _Captured
+
+        labels, probe, handle = [], None, blocks[0].register_forward_pre_hook(capture)
+        was_training = base.training
+        base.eval()
+        try:
+            for x, y in val.batches(val.eval_batch_size()):
+                try:
+                    base(x)
+                except _Captured:
+                    pass
+                labels.append(y)
+                probe = x[:1] if probe is None else probe
+                if sum(h.numel() * h.element_size() for h in captured) > BLOCK_INPUTS_BYTES:
+                    return None
+        finally:
+            handle.remove()
+            base.train(was_training)
+        if len(captured) != len(labels):  # a forward that does not call its first block: score the whole model
+            return None
+        return cls(base, captured, labels, probe)
+
+    def advance(self) -> None:
+        """Move on to the next block's input."""
+        block = self.base.blocks[self.block]
+        was_training = block.training
+        block.eval()
+        self.inputs = [block(h) for h in self.inputs]
+        block.train(was_training)
+        self.block += 1
+
+    def accuracy(self, model: nn.Module) -> float:
+        """Top-1 accuracy in percent of ``model``, whose blocks before ``self.block`` are the uncompressed model's:
+        those are skipped and the block gets the known input (the stem runs on one image, its output replaced)."""
+        blocks, batch = model.blocks, []
+        kept = [blocks[index] for index in range(self.block)]
+        for index in range(self.block):
+            blocks[index] = _Skip()
+        handle = blocks[self.block].register_forward_pre_hook(lambda module, args: (batch[0], *args[1:]))
+        was_training = model.training
+        model.eval()
+        try:
+            correct = 0
+            for h, y in zip(self.inputs, self.labels):
+                batch[:] = [h]
+                correct += int((model(self.probe).argmax(-1) == y).sum())
+        finally:
+            handle.remove()
+            for index, block in enumerate(kept):
+                blocks[index] = block
+            model.train(was_training)
+        return 100.0 * correct / sum(len(y) for y in self.labels)
+
+
+PROGRESS_S = 30.0  # seconds between two progress lines of a pass before the trials
+
+
+def _progress(log: Callable[[str], None] | None, what: str, total: int) -> Callable[[int], None]:
+    """A callable taking how many of ``total`` items are done that logs it (with the minutes so far and, from the
+    pace so far, about how many are left) once ``PROGRESS_S`` seconds have passed since the start or its last
+    line: ``sensitivity: 12 of 96 settings scored (1.0 min; about 7 min left)``."""
+    started = last = time.perf_counter()
+
+    def tick(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if log is not None and now - last >= PROGRESS_S:
+            last, elapsed = now, now - started
+            left = f"; about {elapsed / done * (total - done) / 60:.0f} min left" if done else ""
+            log(f"{what}: {done} of {total} settings {'scored' if what == 'sensitivity' else 'measured'} "
+                f"({elapsed / 60:.1f} min{left})")
+    return tick
 
 
 def _settings(space: SearchSpace, light: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -106,7 +224,8 @@ def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_abo
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
                       measure: Callable[[nn.Module], float],
                       observe: Callable[[Recipe, float], None] | None = None,
-                      refused: Callable[[str, Any, ExportFailed], None] | None = None) -> dict[tuple[str, Any], float]:
+                      refused: Callable[[str, Any, ExportFailed], None] | None = None,
+                      log: Callable[[str], None] | None = None) -> dict[tuple[str, Any], float]:
     """Each non-lightest setting of each searched knob applied to every block at once, measured: its latency as a
     fraction of the uncompressed model's (``measure`` times a model against it, on the target); ``observe`` gets
     each recipe with its ratio (the cost model learns from them). What the cost model predicts from MACs and kernel
@@ -115,10 +234,13 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
 
     A setting the target's runtime cannot run (:class:`~autocomp.measure.backends.ExportFailed`: e.g. OpenVINO
     without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it, and is
-    passed to ``refused`` with the runtime's reason."""
+    passed to ``refused`` with the runtime's reason. ``log`` hears how far it is, as in :func:`sensitivity_pass`."""
     light = lightest(space)
     ratios = {}
-    for knob, value in _settings(space, light):
+    settings = _settings(space, light)
+    tick = _progress(log, "latency", len(settings))
+    for knob, value in settings:
+        tick(len(ratios))
         values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
         try:
             with torch.no_grad():
