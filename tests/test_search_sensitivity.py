@@ -148,15 +148,22 @@ def test_settings_that_save_no_latency_in_every_block_are_offered_in_none(tiny_t
         "b0.weight_bits": (32, 8), "b1.weight_bits": (32, 8)}
 
 
-def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_teacher):
-    from autocomp.cli import main
+def _heads_int8_job(tmp_path, tiny_teacher, *, trials: int, min_saving: float):
+    """A one-worker job at 0.99x latency over heads 0.5 and int8 weights, with the sensitivity and latency passes."""
     from test_search_e2e import write_job
 
     space = tmp_path / "space.yaml"
     space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [32, 8]\n")
-    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=4, workers=1)
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=trials, workers=1)
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
-                                   "sensitivity": {"images": 100, "min_saving": 0.99}}))
+                                   "sensitivity": {"images": 100, "min_saving": min_saving}}))
+    return job
+
+
+def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_teacher):
+    from autocomp.cli import main
+
+    job = _heads_int8_job(tmp_path, tiny_teacher, trials=4, min_saving=0.99)
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
     rows = list(csv.DictReader((run / "uniform_latency.csv").open()))
@@ -198,7 +205,6 @@ def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, t
     from autocomp.measure.backends import ExportFailed
     from autocomp.ops.quantize import Int8Linear
     from autocomp.search import _before
-    from test_search_e2e import write_job
 
     real = _before.ratio_of
 
@@ -212,11 +218,7 @@ def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, t
         return ratio
 
     monkeypatch.setattr(_before, "ratio_of", ratio_of)
-    space = tmp_path / "space.yaml"
-    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [32, 8]\n")
-    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=3, workers=1)
-    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
-                                   "sensitivity": {"images": 100, "min_saving": 0.0}}))
+    job = _heads_int8_job(tmp_path, tiny_teacher, trials=3, min_saving=0.0)
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run)]) == 0
     assert "weight_bits 8 is offered in no block, the target cannot run it: fake-cpu: no int8 kernel here" in \
