@@ -15,7 +15,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopba
 os.environ["AUTOCOMP_CACHE"] = _CACHE = tempfile.mkdtemp(prefix="autocomp-test-cache-")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 # PyTorch runs int8 Linear layers on FBGEMM (its "x86" engine) only where the CPU has AVX2, and on oneDNN elsewhere:
-# the Makefile's capped run sets this to "onednn" to take the path of CPUs without AVX2
+# the Makefile's capped run sets this to "onednn" to take the path of CPUs without AVX2 (in the pytest process: Ray
+# workers and subprocesses keep PyTorch's own choice)
 if os.environ.get("AUTOCOMP_TEST_QENGINE"):
     torch.backends.quantized.engine = os.environ["AUTOCOMP_TEST_QENGINE"]
 

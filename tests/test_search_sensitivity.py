@@ -284,6 +284,16 @@ def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, di
     assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in model.blocks)
 
 
+def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits_splits, fastest_measures):
+    from autocomp.search._before import LatencyUnreachable
+
+    fastest_measures([1.0])
+    inf = float("inf")
+    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(nothing compressed: the target runs none "
+                                                 r"of its settings\) measured 10 ms, 1.00x"):
+        _check(tiny_teacher, digits_splits, {("heads_keep", 0.5): inf, ("weight_bits", 8): inf}, 0.6)
+
+
 def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_not_refused(tiny_teacher,
                                                                                          digits_splits,
                                                                                          fastest_measures):

@@ -160,10 +160,11 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         return
     ratio = ratio_of(base, profile, splits, config)(model)
     if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
-        what = ", ".join(f"{knob} {value:g}" for knob, value in fastest.items())
+        what = "every block at " + ", ".join(f"{knob} {value:g}" for knob, value in fastest.items()) if fastest \
+            else "nothing compressed: the target runs none of its settings"
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
-            f"candidate (every block at {what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
+            f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
             f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space")
 
 

@@ -65,13 +65,15 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
     light = lightest(space)
     uncompressed = {f"b{i}.{knob}": value for i in range(len(heads_per_block)) for knob, value in light.items()}
     space = dataclasses.replace(space, uniform=False)  # each block alone, even where the search keeps them alike
-    total = len(heads_per_block) * len(_settings(space, light))
-    tick = _progress(log, "sensitivity", total)
+    depth, per_block = len(heads_per_block), len(_settings(space, light))
     with num_threads(threads), torch.no_grad():
         reference = evaluate(base, val)
         base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \
             if predictor is not None else None
         inputs = BlockInputs.of(base, val)
+        # from a block's input, a setting on block b runs depth - b blocks (and the compression, about one more)
+        tick = _progress(log, "sensitivity", [depth - b + 1 if inputs is not None else 1
+                                              for b in range(depth) for _ in range(per_block)])
         settings = []
         for block in range(len(heads_per_block)):
             if inputs is not None and block > 0:
@@ -182,19 +184,21 @@ class BlockInputs:
 PROGRESS_S = 30.0  # seconds between two progress lines of a pass before the trials
 
 
-def _progress(log: Callable[[str], None] | None, what: str, total: int) -> Callable[[int], None]:
-    """A callable taking how many of ``total`` items are done that logs it (with the minutes so far and, from the
-    pace so far, about how many are left) once ``PROGRESS_S`` seconds have passed since the start or its last
-    line: ``sensitivity: 12 of 96 settings scored (1.0 min; about 7 min left)``."""
+def _progress(log: Callable[[str], None] | None, what: str, work: Sequence[float]) -> Callable[[int], None]:
+    """A callable taking how many of the items are done (``work``: what each costs, relative to the others) that
+    logs it, with the minutes so far and, from the pace so far, about how many are left, once ``PROGRESS_S``
+    seconds have passed since the start or its last line: ``sensitivity: 12 of 96 settings scored (1.0 min; about
+    7 min left)``."""
     started = last = time.perf_counter()
+    total = sum(work)
 
     def tick(done: int) -> None:
         nonlocal last
         now = time.perf_counter()
         if log is not None and now - last >= PROGRESS_S:
-            last, elapsed = now, now - started
-            left = f"; about {elapsed / done * (total - done) / 60:.0f} min left" if done else ""
-            log(f"{what}: {done} of {total} settings {'scored' if what == 'sensitivity' else 'measured'} "
+            last, elapsed, share = now, now - started, sum(work[:done]) / total
+            left = f"; about {elapsed / share * (1 - share) / 60:.0f} min left" if share else ""
+            log(f"{what}: {done} of {len(work)} settings {'scored' if what == 'sensitivity' else 'measured'} "
                 f"({elapsed / 60:.1f} min{left})")
     return tick
 
@@ -238,7 +242,7 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
     light = lightest(space)
     ratios = {}
     settings = _settings(space, light)
-    tick = _progress(log, "latency", len(settings))
+    tick = _progress(log, "latency", [1] * len(settings))
     for knob, value in settings:
         tick(len(ratios))
         values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
