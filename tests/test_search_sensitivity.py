@@ -187,12 +187,12 @@ def test_a_setting_the_target_cannot_run_is_offered_in_no_block(tiny_teacher, di
             raise ExportFailed("fake-cpu: no int8 kernel here")
         return 0.7
 
-    observed, refused = [], []
+    observed, lines = [], []
     ratios = uniform_latencies(tiny_teacher[1], space, [4, 4], calib=digits_splits.calib.x, measure=measure,
-                               observe=lambda recipe, r: observed.append(r),
-                               refused=lambda knob, value, exc: refused.append((knob, value, str(exc))))
+                               observe=lambda recipe, r: observed.append(r), log=lines.append)
     assert ratios == {("heads_keep", 0.5): 0.7, ("weight_bits", 8): float("inf")}
-    assert refused == [("weight_bits", 8, "fake-cpu: no int8 kernel here")] and observed == [0.7]
+    assert lines == ["latency: weight_bits 8 is offered in no block, the target cannot run it: fake-cpu: no int8 "
+                     "kernel here"] and observed == [0.7]
     assert without_slow({}, ratios, space, 2, min_saving=0.03) == {"b0.weight_bits": (32,), "b1.weight_bits": (32,)}
     write_uniform_latencies(tmp_path, ratios, min_saving=0.03)
     rows = {(r["knob"], r["value"]): r for r in csv.DictReader((tmp_path / "uniform_latency.csv").open())}

@@ -112,8 +112,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
                 base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
-                refused=lambda knob, value, exc: log(f"latency: {knob} {value:g} is offered in no block, the target "
-                                                     f"cannot run it: {exc}"), log=log)
+                log=log)
         minimum = config.sensitivity.min_saving
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms)

@@ -72,8 +72,8 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
             if predictor is not None else None
         inputs = BlockInputs.of(base, val)
         # from a block's input, a setting on block b runs depth - b blocks (and the compression, about one more)
-        tick = _progress(log, "sensitivity", [depth - b + 1 if inputs is not None else 1
-                                              for b in range(depth) for _ in range(per_block)])
+        tick = _progress(log, "sensitivity: {done} of {total} settings scored",
+                         [depth - b + 1 if inputs is not None else 1 for b in range(depth) for _ in range(per_block)])
         settings = []
         for block in range(len(heads_per_block)):
             if inputs is not None and block > 0:
@@ -184,11 +184,11 @@ class BlockInputs:
 PROGRESS_S = 30.0  # seconds between two progress lines of a pass before the trials
 
 
-def _progress(log: Callable[[str], None] | None, what: str, work: Sequence[float]) -> Callable[[int], None]:
+def _progress(log: Callable[[str], None] | None, message: str, work: Sequence[float]) -> Callable[[int], None]:
     """A callable taking how many of the items are done (``work``: what each costs, relative to the others) that
-    logs it, with the minutes so far and, from the pace so far, about how many are left, once ``PROGRESS_S``
-    seconds have passed since the start or its last line: ``sensitivity: 12 of 96 settings scored (1.0 min; about
-    7 min left)``."""
+    logs ``message`` (with ``{done}`` and ``{total}``), the minutes so far and, from the pace so far, about how many
+    are left, once ``PROGRESS_S`` seconds have passed since the start or its last line: ``sensitivity: 12 of 96
+    settings scored (1.0 min; about 7 min left)``."""
     started = last = time.perf_counter()
     total = sum(work)
 
@@ -198,8 +198,7 @@ def _progress(log: Callable[[str], None] | None, what: str, work: Sequence[float
         if log is not None and now - last >= PROGRESS_S:
             last, elapsed, share = now, now - started, sum(work[:done]) / total
             left = f"; about {elapsed / share * (1 - share) / 60:.0f} min left" if share else ""
-            log(f"{what}: {done} of {len(work)} settings {'scored' if what == 'sensitivity' else 'measured'} "
-                f"({elapsed / 60:.1f} min{left})")
+            log(f"{message.format(done=done, total=len(work))} ({elapsed / 60:.1f} min{left})")
     return tick
 
 
@@ -228,7 +227,6 @@ def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_abo
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
                       measure: Callable[[nn.Module], float],
                       observe: Callable[[Recipe, float], None] | None = None,
-                      refused: Callable[[str, Any, ExportFailed], None] | None = None,
                       log: Callable[[str], None] | None = None) -> dict[tuple[str, Any], float]:
     """Each non-lightest setting of each searched knob applied to every block at once, measured: its latency as a
     fraction of the uncompressed model's (``measure`` times a model against it, on the target); ``observe`` gets
@@ -237,12 +235,12 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
     simulated 4-bit weights can cost more time than they save. Settings the operators refuse are left out.
 
     A setting the target's runtime cannot run (:class:`~autocomp.measure.backends.ExportFailed`: e.g. OpenVINO
-    without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it, and is
-    passed to ``refused`` with the runtime's reason. ``log`` hears how far it is, as in :func:`sensitivity_pass`."""
+    without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it; ``log``
+    hears which, with the runtime's reason, and how far the pass is, as in :func:`sensitivity_pass`."""
     light = lightest(space)
     ratios = {}
     settings = _settings(space, light)
-    tick = _progress(log, "latency", [1] * len(settings))
+    tick = _progress(log, "latency: {done} of {total} settings measured", [1] * len(settings))
     for knob, value in settings:
         tick(len(ratios))
         values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
@@ -256,8 +254,8 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
             ratios[(knob, value)] = measure(model)
         except ExportFailed as exc:
             ratios[(knob, value)] = math.inf
-            if refused is not None:
-                refused(knob, value, exc)
+            if log is not None:
+                log(f"latency: {knob} {value:g} is offered in no block, the target cannot run it: {exc}")
             continue
         if observe is not None:
             observe(recipe, ratios[(knob, value)])
