@@ -64,14 +64,20 @@ class TeacherCache:
     outputs: tuple[torch.Tensor, ...]
 
     @classmethod
-    def build(cls, teacher: nn.Module, split: Split, config: Distill) -> TeacherCache:
-        """Run the teacher on the first ``config.steps`` batches ``distill`` would draw for ``config``."""
+    def build(cls, teacher: nn.Module, split: Split, config: Distill,
+              progress: Callable[[int], None] | None = None) -> TeacherCache:
+        """Run the teacher on the first ``config.steps`` batches ``distill`` would draw for ``config``;
+        ``progress`` gets the number of batches done after each."""
         was_training = teacher.training
         teacher.eval()
+        outputs = []
         with torch.no_grad():
-            outputs = tuple(teacher(x) for x, _ in _batches(split, config))
+            for x, _ in _batches(split, config):
+                outputs.append(teacher(x))
+                if progress is not None:
+                    progress(len(outputs))
         teacher.train(was_training)
-        return cls(batch_size=config.batch_size, seed=config.seed, outputs=outputs)
+        return cls(batch_size=config.batch_size, seed=config.seed, outputs=tuple(outputs))
 
     def serves(self, config: Distill) -> bool:
         """Whether ``config`` draws a prefix of the cached batches (feature distillation needs the teacher run)."""

@@ -201,3 +201,40 @@ def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["hardware"]["backend"] == "onnxruntime-cpu"
     assert summary["hardware"]["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
+
+
+def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no_block(tiny_teacher, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """No latency pass runs under a memory budget, so each setting is run on the target once instead: one the
+    runtime cannot run (OpenVINO's int8 weights on some CPUs; faked here) would otherwise fail every trial."""
+    _needs("onnxruntime", "onnx", "onnxscript")
+    from autocomp.ops.quantize import Int8Linear
+    from autocomp.results import load_run_study
+    from autocomp.search import _before
+
+    real, ran = _before.run_once, []
+
+    def run_once(profile, splits, config):
+        run = real(profile, splits, config)
+
+        def faked(model):
+            ran.append(model)
+            if any(isinstance(m, Int8Linear) for m in model.modules()):
+                raise ExportFailed("onnxruntime-cpu: the runtime fails on the export: no int8 kernel here")
+            run(model)
+        return faked
+
+    monkeypatch.setattr(_before, "run_once", run_once)
+    job = _job(tmp_path, tiny_teacher[0], ROOT / "hardware_profiles" / "onnxruntime_cpu.yaml", trials=3)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "sensitivity": {"images": 100}}))
+    run = tmp_path / "run"
+    assert main(["search", str(job), "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "runtime: weight_bits 8 is offered in no block, the target cannot run it: onnxruntime-cpu: the runtime " \
+           "fails on the export: no int8 kernel here" in printed
+    assert "the target cannot run weight_bits 8" in printed and len(ran) == 4  # heads 0.83, 0.67, 0.5, int8: once each
+    allowed = json.loads((run / "sensitivity.json").read_text())
+    assert all(allowed[f"b{i}.weight_bits"] == [32] for i in range(2))
+    assert 0.5 in allowed["b1.heads_keep"]  # heads 0.5 runs: still offered (block 0 lost it to the sensitivity pass)
+    trials = load_run_study(run).get_trials()
+    assert trials and not any("quantize" in block for t in trials for block in t.user_attrs["recipe"]["blocks"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from autocomp.compress import compress
 from autocomp.results import load_run_study
+from autocomp.search._before import teacher_cache
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
@@ -68,6 +70,11 @@ def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatc
     _sensitivity.uniform_latencies(tiny_teacher[1], SPACE, [4, 4], calib=digits_splits.calib.x,
                                    measure=lambda model: 0.9, log=lines.append)
     assert [line.split(" settings")[0] for line in lines] == [f"latency: {k} of 4" for k in range(4)]
+    lines.clear()
+    config = SimpleNamespace(workers=1, resources=SimpleNamespace(cpu=1))
+    teacher_cache(tiny_teacher[1], digits_splits.train, SearchSpace(distill_steps=(3,)), config, lines.append)
+    assert [line.split(" distillation")[0] for line in lines[:-1]] == [f"teacher outputs: {k} of 3" for k in (1, 2, 3)]
+    assert lines[-1].startswith("teacher outputs for 3 distillation steps computed once")
     monkeypatch.setattr(_sensitivity, "PROGRESS_S", 3600.0)
     lines.clear()
     sensitivity_pass(tiny_teacher[1], SPACE, [4, 4], val=digits_splits.val.subset(20), calib=digits_splits.calib.x,
@@ -92,8 +99,10 @@ def test_settings_that_cost_too_much_alone_are_not_offered_and_the_lightest_alwa
     assert (tmp_path / "sensitivity.png").stat().st_size > 0
     labels = [label for label, _ in start_points(SPACE, [4, 4], predictor=None, limits={}, cap=10, allowed=allowed,
                                                   sensitivity=settings)]
-    # uniform int8 uses a choice block 1 lost; the quiet point: block 1 at heads 0.5 (0.2 points alone)
-    assert labels == ["uncompressed", "each block at the strongest settings that alone cost <= 0.5 point"]
+    # uniform int8 uses a choice block 1 lost; the quiet point: block 1 at heads 0.5 (0.2 points alone); the fast
+    # end adds block 0's MLP 0.5 (1.0 point), not its 0.25 (not offered)
+    assert labels == ["uncompressed", "each block at the strongest settings that alone cost <= 0.5 point",
+                      "the fast end: the strongest settings that alone cost <= 5 points added up"]
 
 
 def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_teacher, capsys):

@@ -251,3 +251,27 @@ def test_a_second_uniform_mix_compresses_other_knobs_and_is_measured_too(predict
     points = dict(start_points(SPACE, HEADS, **kwargs, measure=measure))
     assert not any(label.startswith("all knobs alike, other knobs") for label in points)
     assert 1 < len(over) <= 1 + 4
+
+
+def test_the_fast_end_takes_the_strongest_settings_cheapest_first_until_their_costs_add_up_to_its_limit():
+    from autocomp.search._sensitivity import Setting
+    from autocomp.search._start import FAST, QUIET
+
+    settings = [Setting(0, "heads_keep", 0.83, 0.1, 0.9), Setting(0, "heads_keep", 0.5, 3.0, 0.7),
+                Setting(0, "mlp_keep", 0.5, 1.5, 0.8), Setting(1, "heads_keep", 0.5, -0.4, 0.7),
+                Setting(1, "mlp_keep", 0.75, 0.3, 0.9), Setting(1, "mlp_keep", 0.5, FAST, 0.8),
+                Setting(1, "weight_bits", 8, 0.0, 0.9)]
+    points = dict(start_points(SPACE, HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
+    [quiet] = [p for label, p in points.items() if label.startswith("each block")]
+    [fast] = [p for label, p in points.items() if label.startswith("the fast end")]
+    values = lambda params: {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix(  # noqa: E731
+        "#rank")))[v] for name, v in params.items()}
+    assert values(quiet) == {**UNCOMPRESSED, "b0.heads_keep": 0.83, "b1.heads_keep": 0.5, "b1.mlp_keep": 0.75,
+                             "b1.weight_bits": 8}  # each alone <= QUIET
+    assert QUIET < 1.5
+    # cheapest first: b1 heads 0.5 (a gain counts as 0), int8, b0 heads 0.83, b1 MLP 0.75, b0 MLP 0.5 (1.9 spent),
+    # then b0 heads 0.5 in place of 0.83 (4.8); b1 MLP 0.5 would make 9.5 > FAST
+    assert values(fast) == {**UNCOMPRESSED, "b0.heads_keep": 0.5, "b0.mlp_keep": 0.5, "b1.heads_keep": 0.5,
+                            "b1.mlp_keep": 0.75, "b1.weight_bits": 8}
+    assert "the fast end" not in " ".join(label for label, _ in start_points(
+        dataclasses.replace(SPACE, uniform=True), HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))

@@ -4,6 +4,7 @@ choices, and the teacher's outputs every distillation reuses."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,14 +22,15 @@ from autocomp.distill import TeacherCache
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import num_threads
+from autocomp.measure.backends import PyTorchCpu, backend_of
 from autocomp.measure.placement import measure_on_device
 from autocomp.recipe import Distill, Recipe
 from autocomp.search._objective import metrics_of
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace
-from autocomp.search._sensitivity import (Setting, allowed_choices, read_sensitivity, sensitivity_pass,
-                                          uniform_latencies, without_slow, write_sensitivity,
-                                          write_uniform_latencies)
+from autocomp.search._sensitivity import (Setting, allowed_choices, progress_lines, read_sensitivity,
+                                          runnable_settings, sensitivity_pass, uniform_latencies, without_slow,
+                                          write_sensitivity, write_uniform_latencies)
 from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
@@ -72,7 +74,9 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
     that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
     not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
-    called before them (it waits until the trials' workers have started)."""
+    called before them (it waits until the trials' workers have started). Under another budget, on a target other
+    than PyTorch on the CPU, each setting in every block at once is run there once instead (exported and checked,
+    not timed). Either way a setting the target cannot run is offered in no block."""
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
@@ -122,6 +126,15 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             f"s; " + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
                       "each one the target runs saves time here") + f": {run_dir / 'uniform_latency.csv'}")
+    elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
+        started = time.perf_counter()
+        with num_threads(config.resources.cpu):
+            runs = runnable_settings(base, space, heads, calib=splits.calib.x, run=run_once(profile, splits, config),
+                                     log=log)
+        allowed = without_slow(allowed, runs, space, len(heads), min_saving=0.0)
+        refused = [f"{knob} {value:g}" for (knob, value), r in runs.items() if r == math.inf]
+        log(f"runtime: {len(runs)} settings run in every block at once in {time.perf_counter() - started:.0f} s; "
+            + ("the target cannot run " + ", ".join(refused) if refused else "the target runs each one"))
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
 
@@ -177,6 +190,20 @@ def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
     return ratio
 
 
+def run_once(profile: HardwareProfile, splits: Splits, config: JobConfig) -> Callable[[nn.Module], None]:
+    """Runs a model on the target as a trial's measurement does (exported, checked against PyTorch on a batch of
+    validation images), timed once: raises :class:`~autocomp.measure.backends.ExportFailed` where it cannot run."""
+    once = dataclasses.replace(profile, warmup=0, repeats=1)
+
+    def run(model: nn.Module) -> None:
+        measure_on_device(model, once, example=splits.calib.x, timeout_s=config.measure_timeout_s,
+                          check=splits.val.subset(RUN_CHECK_IMAGES).tensors()[0])
+    return run
+
+
+RUN_CHECK_IMAGES = 64  # validation images a setting's run on the target is checked on (a trial checks up to 256)
+
+
 def latency_of(base: nn.Module, profile: HardwareProfile, splits: Splits, config: JobConfig, screen: Screen | None,
                base_latency_ms: float) -> Callable[[Recipe], float] | None:
     """A recipe's latency in ms, compressed and measured on the target (the cost model learns from it); None
@@ -227,8 +254,9 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
     if steps == 0:
         return None
     started = time.perf_counter()
+    tick = progress_lines(log, "teacher outputs: {done} of {total} distillation batches", [1] * steps)
     with num_threads(setup_threads(config)):
-        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5))
+        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5), progress=tick)
     log(f"teacher outputs for {steps} distillation steps computed once for all trials "
         f"({time.perf_counter() - started:.1f} s)")
     return cache

@@ -33,7 +33,7 @@ from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
-           "without_slow", "write_uniform_latencies"]
+           "runnable_settings", "without_slow", "write_uniform_latencies", "progress_lines"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
             if predictor is not None else None
         inputs = BlockInputs.of(base, val)
         # from a block's input, a setting on block b runs depth - b blocks (and the compression, about one more)
-        tick = _progress(log, "sensitivity: {done} of {total} settings scored",
+        tick = progress_lines(log, "sensitivity: {done} of {total} settings scored",
                          [depth - b + 1 if inputs is not None else 1 for b in range(depth) for _ in range(per_block)])
         settings = []
         for block in range(len(heads_per_block)):
@@ -184,7 +184,7 @@ class BlockInputs:
 PROGRESS_S = 30.0  # seconds between two progress lines of a pass before the trials
 
 
-def _progress(log: Callable[[str], None] | None, message: str, work: Sequence[float]) -> Callable[[int], None]:
+def progress_lines(log: Callable[[str], None] | None, message: str, work: Sequence[float]) -> Callable[[int], None]:
     """A callable taking how many of the items are done (``work``: what each costs, relative to the others) that
     logs ``message`` (with ``{done}`` and ``{total}``), the minutes so far and, from the pace so far, about how many
     are left, once ``PROGRESS_S`` seconds have passed since the start or its last line: ``sensitivity: 12 of 96
@@ -237,12 +237,34 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
     A setting the target's runtime cannot run (:class:`~autocomp.measure.backends.ExportFailed`: e.g. OpenVINO
     without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it; ``log``
     hears which, with the runtime's reason, and how far the pass is, as in :func:`sensitivity_pass`."""
+    return _on_target(base, space, heads_per_block, calib=calib, measure=measure, observe=observe, log=log,
+                      name="latency", done="measured")
+
+
+def runnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
+                      run: Callable[[nn.Module], None],
+                      log: Callable[[str], None] | None = None) -> dict[tuple[str, Any], float]:
+    """:func:`uniform_latencies` without the timing, where it does not run (a memory limit): each setting in every
+    block at once given to ``run`` (exported and run on the target once); 1.0 where it runs, ``inf`` where the
+    target cannot run it (logged, with the runtime's reason), as :func:`without_slow` takes them."""
+    def runs(model: nn.Module) -> float:
+        run(model)
+        return 1.0
+    return _on_target(base, space, heads_per_block, calib=calib, measure=runs, observe=None, log=log,
+                      name="runtime", done="run on the target")
+
+
+def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
+               measure: Callable[[nn.Module], float], observe: Callable[[Recipe, float], None] | None,
+               log: Callable[[str], None] | None, name: str, done: str) -> dict[tuple[str, Any], float]:
+    """``measure`` of each setting in every block at once (``inf``: the target cannot run it); the log lines begin
+    with the pass's ``name`` and say how many settings are ``done``."""
     light = lightest(space)
-    ratios = {}
+    results = {}
     settings = _settings(space, light)
-    tick = _progress(log, "latency: {done} of {total} settings measured", [1] * len(settings))
+    tick = progress_lines(log, f"{name}: {{done}} of {{total}} settings {done}", [1] * len(settings))
     for knob, value in settings:
-        tick(len(ratios))
+        tick(len(results))
         values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
         try:
             with torch.no_grad():
@@ -251,15 +273,15 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
         except AutocompError:
             continue
         try:
-            ratios[(knob, value)] = measure(model)
+            results[(knob, value)] = measure(model)
         except ExportFailed as exc:
-            ratios[(knob, value)] = math.inf
+            results[(knob, value)] = math.inf
             if log is not None:
-                log(f"latency: {knob} {value:g} is offered in no block, the target cannot run it: {exc}")
+                log(f"{name}: {knob} {value:g} is offered in no block, the target cannot run it: {exc}")
             continue
         if observe is not None:
-            observe(recipe, ratios[(knob, value)])
-    return ratios
+            observe(recipe, results[(knob, value)])
+    return results
 
 
 def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], float], space: SearchSpace,

@@ -8,8 +8,11 @@ anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform
 within budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
 the latency pass the cost model is corrected by what that pass measured; under a latency budget the best-ranked
 combinations are measured on the target until one is within it); after a sensitivity pass, every block at
-the strongest settings that alone cost it at most ``QUIET`` points; and for each searched knob alone the uniform
-setting the cost model predicts to fit the budget with the least compression. Per-block knobs are given; the
+the strongest settings that alone cost it at most ``QUIET`` points; the front's fast end: the strongest settings,
+those that cost least alone first, while what they cost alone adds up to at most ``FAST`` points (one trial far
+under a latency budget, but the Pareto front handed back then shows what a much faster model costs, and later trials
+near the budget need not find it by chance); and for each searched knob alone the uniform setting the cost model
+predicts to fit the budget with the least compression. Per-block knobs are given; the
 distillation settings are left to the sampler. A point that uses a choice the sensitivity pass removed from a block,
 or that the cost model predicts over budget (the uncompressed model under any budget below 1x), is left out.
 """
@@ -35,6 +38,7 @@ START = "start_point"  # user attr of a queued starting trial: what it is
 # per-block knobs, each with its "not compressed" value
 KNOBS = {"heads_keep": 1.0, "mlp_keep": 1.0, "rank": 1.0, "tokens_keep": 1.0, "weight_bits": FLOAT_BITS}
 QUIET = 0.5  # accuracy points a setting may cost alone, without distillation, to be in the least-sensitive point
+FAST = 5.0  # accuracy points the fast-end point's settings may cost alone, without distillation, added up
 
 
 def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predictor: CostPredictor | None,
@@ -66,6 +70,9 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
     if quiet is not None:
         points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
+    fast = None if space.uniform else _fast_end(space, light, blocks, sensitivity, allowed or {})
+    if fast is not None:
+        points.append((f"the fast end: the strongest settings that alone cost <= {FAST:g} points added up", fast))
     if predictor is not None:
         for knob in light:
             value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob)
@@ -231,6 +238,22 @@ def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int, 
             continue
         if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
             values[name] = s.value
+    return None if values == uniform_values(space, light, blocks) else values
+
+
+def _fast_end(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
+              allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+    """Per block and knob the strongest setting offered to the search, taking the settings that cost least alone
+    first, while what the settings taken cost alone (gains as 0) adds up to at most ``FAST`` points; None when no
+    setting fits."""
+    values = uniform_values(space, light, blocks)
+    spent: dict[str, float] = {}
+    scored = [s for s in sensitivity if s.accuracy_drop is not None
+              and s.value in allowed.get(f"b{s.block}.{s.knob}", (s.value,))]
+    for s in sorted(scored, key=lambda s: (max(s.accuracy_drop, 0.0), s.value)):
+        name, drop = f"b{s.block}.{s.knob}", max(s.accuracy_drop, 0.0)
+        if s.value < values[name] and sum(spent.values()) - spent.get(name, 0.0) + drop <= FAST:
+            values[name], spent[name] = s.value, drop
     return None if values == uniform_values(space, light, blocks) else values
 
 
