@@ -4,8 +4,9 @@ of tensors allocated during the pass that are alive at once (the input image and
 It walks the forward pass of timm's ViT and of ``autocomp.ops.tokens`` and, at each allocation, adds up what Python
 still references there. What is referenced follows from the code, e.g.: the stem's output stays alive through all
 blocks (the caller holds it); a block's input stays alive while the block runs (``nn.Sequential`` holds it); the
-norm's output stays alive while the attention or MLP it feeds runs (it is their call argument); a reducing block's
-``qkv`` output stays alive until the next reducing block (the query/key capture keeps a view of it).
+norm's output stays alive while the attention or MLP it feeds runs (it is their call argument); in a reducing block
+what the reduction scores tokens by (the keys averaged over heads, or the class token's attention) is computed as
+the attention runs and stays alive until the reduction has run.
 """
 
 from __future__ import annotations
@@ -42,19 +43,20 @@ def peak_activation_nbytes(description: ViTDescription, plans: list[BlockPlan], 
     peak.see(patches, stem)  # the prefix concatenated in front of the patches (or the position add)
     if d.num_prefix_tokens:
         peak.see(patches, stem, stem)  # then the position embedding added
-    x_in, lingering, sizes = stem, 0, 0
+    x_in, sizes = stem, 0
     for index, block in enumerate(plans):
         n, width = block.tokens, d.embed_dim
         x = rows(n, width)
         sizes = (act + STAT_BYTES) * batch * n if block.masked else 0  # size mask and token sizes after a merge
-        held = (stem if index else 0) + x_in + (0 if block.reduce else lingering) + sizes
+        held = (stem if index else 0) + x_in + sizes
         qkv = rows(n, 3 * block.attn_dim)
         peak.see(held, x, stats(n))  # norm1
         _linear(peak, [held, x], block, "qkv", d, profile, batch)
-        attn_out = _attention(peak, block, d, profile, batch, [held, x, qkv])
-        _linear(peak, [held, x, qkv, attn_out], block, "proj", d, profile, batch)
-        peak.see(held, x, x)  # first residual add
-        held = held + x + (qkv if block.reduce else 0)  # the block input and the first residual
+        scored = _scoring(peak, block, d, batch, [held, x, qkv])
+        attn_out = _attention(peak, block, d, profile, batch, [held, x, qkv, scored])
+        _linear(peak, [held, x, qkv, attn_out, scored], block, "proj", d, profile, batch)
+        peak.see(held, x, x, scored)  # first residual add
+        held = held + x + scored  # the block input, the first residual and what the reduction scores by
         hidden = rows(n, block.hidden)
         peak.see(held, x, stats(n))  # norm2
         _linear(peak, [held, x], block, "fc1", d, profile, batch)
@@ -65,8 +67,7 @@ def peak_activation_nbytes(description: ViTDescription, plans: list[BlockPlan], 
         peak.see(held, x, x)  # second residual add
         x_in = rows(block.tokens_out, width)
         if block.reduce is not None:
-            _reduction(peak, block, d, batch, held=stem + x + qkv + sizes)
-            lingering = qkv
+            _reduction(peak, block, d, batch, held=stem + x + sizes)
     last = plans[-1].tokens_out if plans else d.num_tokens
     peak.see(rows(last, d.embed_dim), rows(last, d.embed_dim), stats(last))  # final norm
     return peak.value
@@ -128,6 +129,20 @@ def _attention(peak: _Peak, block: BlockPlan, d: ViTDescription, profile: Hardwa
     return out
 
 
+def _scoring(peak: _Peak, block: BlockPlan, d: ViTDescription, batch: int, live: list[int]) -> int:
+    """Record the peak of what a reducing block computes, as its attention runs, to score tokens by; return its bytes
+    (0 for a block that reduces nothing): the keys averaged over heads (merging), or the class token's attention
+    from its query row (pruning)."""
+    act, n = d.dtype_bytes, block.tokens
+    if block.reduce is None:
+        return 0
+    if block.reduce.method == "merge":
+        return act * batch * n * d.head_dim
+    query = act * batch * block.heads * d.head_dim
+    peak.see(*live, query, 3 * act * batch * block.heads * n)  # scaled query row, logits, softmax
+    return act * batch * n
+
+
 def _reduction(peak: _Peak, block: BlockPlan, d: ViTDescription, batch: int, *, held: int) -> None:
     """Record the peak of the token reduction after ``block`` (``held``: what stays alive around it)."""
     act, rest = d.dtype_bytes, block.tokens - d.num_prefix_tokens
@@ -135,7 +150,7 @@ def _reduction(peak: _Peak, block: BlockPlan, d: ViTDescription, batch: int, *, 
     if block.reduce.method == "prune":
         kept = block.tokens_out - d.num_prefix_tokens - 1  # tokens_out counts the fused token
         dropped = act * batch * (rest - kept) * d.embed_dim
-        peak.see(held, 3 * act * batch * block.heads * block.tokens)  # class-attention scores
+        held += act * batch * block.tokens  # the class token's attention it scores by
         peak.see(held, dropped, dropped)  # the dropped tokens gathered, then weighted
         peak.see(held, act * batch * d.embed_dim, act * batch * kept * d.embed_dim, out)  # kept gathered, cat
         return

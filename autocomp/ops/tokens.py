@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -99,13 +99,12 @@ class TokenReducingBlocks(nn.Sequential):
             if config is None or kept_tokens(rest, config.keep) == rest:
                 x = block(x) if bias is None else block(x, attn_mask=bias)
                 continue
-            with _capture_query_key(block.attn) as qk:
+            with _scoring(block.attn, config.method, bias) as scored:
                 x = block(x) if bias is None else block(x, attn_mask=bias)
-            if config.method == "merge":
-                x, size = _merge(x, size, qk["k"], self.num_prefix_tokens, config.keep)
+            if config.method == "merge":  # popped: the reduction alone holds what it scores by, until it ends
+                x, size = _merge(x, size, scored.pop("metric"), self.num_prefix_tokens, config.keep)
             else:
-                scores = _class_attention(qk["q"], qk["k"], bias, block.attn.scale)
-                x, size = _prune(x, size, scores, self.num_prefix_tokens, config.keep)
+                x, size = _prune(x, size, scored.pop("scores"), self.num_prefix_tokens, config.keep)
         return x, size
 
     def tokens_entering(self, num_tokens: int) -> list[int]:
@@ -121,12 +120,25 @@ class TokenReducingBlocks(nn.Sequential):
 
 
 @contextlib.contextmanager
-def _capture_query_key(attn: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the attention's queries and keys ``(B, heads, N, head_dim)`` as it runs: timm's ``Attention`` passes
-    them through ``q_norm``/``k_norm`` (Identity or a norm), so nothing is recomputed."""
+def _scoring(attn: nn.Module, method: str, bias: torch.Tensor | None) -> Iterator[dict[str, torch.Tensor]]:
+    """What the reduction after the block scores tokens by, taken from the attention's queries and keys
+    ``(B, heads, N, head_dim)`` as it runs (timm's ``Attention`` passes them through ``q_norm``/``k_norm``, Identity
+    or a norm, so nothing is recomputed): ``metric``, the keys averaged over heads ``(B, N, head_dim)`` (merging), or
+    ``scores``, the class token's attention ``(B, N)`` (pruning). Only these are kept, not the queries and keys,
+    which would otherwise stay alive through the block's MLP and raise its activation peak."""
     captured: dict[str, torch.Tensor] = {}
-    hooks = [getattr(attn, f"{name}_norm").register_forward_hook(
-        lambda module, args, out, name=name: captured.__setitem__(name, out)) for name in ("q", "k")]
+
+    def query(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if method != "merge":
+            captured["q"] = out[:, :, :1].clone()  # the class token's query row (a view would keep all of q)
+
+    def key(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if method == "merge":
+            captured["metric"] = out.mean(dim=1)
+        else:
+            captured["scores"] = _class_attention(captured.pop("q"), out, bias, attn.scale)
+
+    hooks = [attn.q_norm.register_forward_hook(query), attn.k_norm.register_forward_hook(key)]
     try:
         yield captured
     finally:
@@ -135,8 +147,9 @@ def _capture_query_key(attn: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
 
 def _class_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Score: the class token's attention to every token ``(B, N)``, averaged over heads; only its row of q.k."""
-    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
+    """Score: the class token's attention to every token ``(B, N)``, averaged over heads; ``q`` is its query row
+    ``(B, heads, 1, head_dim)``."""
+    logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1).mean(dim=1)[:, 0]
@@ -161,14 +174,15 @@ def _merge_rows(values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, unme
     return torch.cat([a.gather(1, index(unmerged)), b], dim=1)
 
 
-def _merge(x: torch.Tensor, size: torch.Tensor | None, keys: torch.Tensor, prefix: int,
+def _merge(x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, prefix: int,
            keep: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """ToMe merging of the non-prefix tokens of ``x`` down to ``kept_tokens(n, keep)``, in rounds of at most |A|."""
+    """ToMe merging of the non-prefix tokens of ``x`` down to ``kept_tokens(n, keep)``, in rounds of at most |A|;
+    ``metric``: the keys averaged over heads ``(B, N, head_dim)``, as in ToMe."""
     if size is None:
         size = x.new_ones(x.shape[:2], dtype=torch.float32)
     head, tokens = x[:, :prefix], x[:, prefix:]
     head_size, tokens_size = size[:, :prefix], size[:, prefix:]
-    metric = keys.mean(dim=1)[:, prefix:]  # (B, n, head_dim): keys averaged over heads, as in ToMe
+    metric = metric[:, prefix:]
     target = kept_tokens(tokens.shape[1], keep)
     while tokens.shape[1] > target:
         r = min(tokens.shape[1] - target, (tokens.shape[1] + 1) // 2)

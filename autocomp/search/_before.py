@@ -194,10 +194,10 @@ def run_once(profile: HardwareProfile, splits: Splits, config: JobConfig) -> Cal
     """Runs a model on the target as a trial's measurement does (exported, checked against PyTorch on a batch of
     validation images), timed once: raises :class:`~autocomp.measure.backends.ExportFailed` where it cannot run."""
     once = dataclasses.replace(profile, warmup=0, repeats=1)
+    images = splits.val.subset(RUN_CHECK_IMAGES).tensors()[0]
 
     def run(model: nn.Module) -> None:
-        measure_on_device(model, once, example=splits.calib.x, timeout_s=config.measure_timeout_s,
-                          check=splits.val.subset(RUN_CHECK_IMAGES).tensors()[0])
+        measure_on_device(model, once, example=splits.calib.x, timeout_s=config.measure_timeout_s, check=images)
     return run
 
 

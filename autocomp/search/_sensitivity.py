@@ -72,8 +72,8 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
             if predictor is not None else None
         inputs = BlockInputs.of(base, val)
         # from a block's input, a setting on block b runs depth - b blocks (and the compression, about one more)
-        tick = progress_lines(log, "sensitivity: {done} of {total} settings scored",
-                         [depth - b + 1 if inputs is not None else 1 for b in range(depth) for _ in range(per_block)])
+        work = [depth - b + 1 if inputs is not None else 1 for b in range(depth) for _ in range(per_block)]
+        tick = progress_lines(log, "sensitivity: {done} of {total} settings scored", work)
         settings = []
         for block in range(len(heads_per_block)):
             if inputs is not None and block > 0:
