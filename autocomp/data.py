@@ -4,7 +4,8 @@ images into model inputs.
 Sources: Fashion-MNIST (Debian's ``dataset-fashion-mnist`` files) and scikit-learn's digits, small enough to be held
 as tensors; and image folders of any size, read from disk and decoded by ``DataLoader`` workers as batches are
 needed (only the calibration images are ever held as one tensor). An image folder is either a root with ``train/``
-and ``val/`` (optional ``test/``) folders of class folders, or a root of class folders split deterministically.
+and ``val/`` (optional ``test/``; also named ``training/``, ``valid/`` or ``validation/``, ``testing/``) folders of
+class folders, or a root of class folders split deterministically.
 
 Preprocessing (:class:`Preprocessing`) comes from the model: timm's data config (resize, centre crop, interpolation,
 per-channel mean and std) unless the job config sets ``data.image_size``, ``mean``, ``std``, ``interpolation`` or
@@ -485,17 +486,17 @@ def _folder_root(config: DataConfig) -> Path:
 def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     root = _folder_root(config)
     generator = torch.Generator().manual_seed(config.seed)
-    split_dirs = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
+    split_dirs = _split_folders(root)
     if split_dirs:  # split folders: train/ is required, val/ and test/ are held out of it when missing
         if "train" not in split_dirs:
-            raise AutocompError(f"{root} has {sorted(split_dirs)} but no train/ folder; add train/ with one folder "
-                                "of images per class")
+            raise AutocompError(f"{root} has {sorted(p.name for p in split_dirs.values())} but no train/ folder; add "
+                                "train/ with one folder of images per class")
         parts = {name: _classes(path) for name, path in split_dirs.items()}
         classes = sorted(parts["train"])
         for name, found in parts.items():
             if sorted(found) != classes:
-                raise AutocompError(f"{root / name} has classes {sorted(found)} but {root / 'train'} has {classes}; "
-                                    "every split needs the same class folders")
+                raise AutocompError(f"{split_dirs[name]} has classes {sorted(found)} but {split_dirs['train']} has "
+                                    f"{classes}; every split needs the same class folders")
         listed = {name: _flatten(found, classes) for name, found in parts.items()}
         train_files, train_labels = listed["train"]
         if "test" in listed:
@@ -532,6 +533,28 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     return Splits(train=split(train_files, train_labels), calib=TensorSplit(x=calib_x, y=calib_y),
                   val=split(val_files, val_labels), test=split(test_files, test_labels), num_classes=len(classes),
                   preprocessing=preprocessing)
+
+
+# the folder names a split may have under an image folder's root (as torchvision's and Hugging Face's data sets name
+# them)
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """Split name -> its folder under ``root``, for the splits that have one.
+
+    Raises:
+        AutocompError: two folders name the same split (``val/`` and ``validation/``).
+    """
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        there = [root / name for name in names if (root / name).is_dir()]
+        if len(there) > 1:
+            raise AutocompError(f"{root} has {', '.join(p.name + '/' for p in there)}: each is a {split} split; keep "
+                                "one of them (or move the other out of the root)")
+        if there:
+            found[split] = there[0]
+    return found
 
 
 def _flatten(found: dict[str, list[str]], classes: list[str]) -> tuple[list[str], list[int]]:

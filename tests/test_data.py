@@ -105,8 +105,25 @@ def test_train_and_test_folders_without_val_hold_validation_out_of_train(tmp_pat
     assert all(f.startswith("train/") for f in splits.val.files + splits.train.files)
     assert (len(splits.val), len(splits.train)) == (4, 20 - 4 - 2)
     assert not set(splits.val.files) & set(splits.train.files)
-    (tmp_path / "train").rename(tmp_path / "training")
+    (tmp_path / "train").rename(tmp_path / "images")
     with pytest.raises(AutocompError, match=r"has \['test'\] but no train/ folder"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path)), tiny_rgb_vit())
+
+
+@pytest.mark.parametrize("names", [("training", "valid", "testing"), ("train", "validation", "test")])
+def test_split_folders_may_have_their_other_common_names(tmp_path, names):
+    train, val, test = names
+    make_folder(tmp_path / train, {"cat": 10, "dog": 10})
+    make_folder(tmp_path / val, {"cat": 3, "dog": 3})
+    make_folder(tmp_path / test, {"cat": 2, "dog": 2})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=2, workers=0),
+                         tiny_rgb_vit())
+    assert splits.num_classes == 2  # cat and dog, not the split folders
+    assert len(splits.val) == 6 and all(f.startswith(f"{val}/") for f in splits.val.files)
+    assert len(splits.test) == 4 and all(f.startswith(f"{test}/") for f in splits.test.files)
+    assert len(splits.train) == 18 and all(f.startswith(f"{train}/") for f in splits.train.files)
+    make_folder(tmp_path / "val", {"cat": 1, "dog": 1})
+    with pytest.raises(AutocompError, match=f"has val/, {val}/: each is a val split; keep one of them"):
         load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path)), tiny_rgb_vit())
 
 
