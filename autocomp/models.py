@@ -103,8 +103,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+            if "Weights only load failed" in str(exc):
+                raise AutocompError(
+                    f"cannot read checkpoint {path}: it holds pickled Python objects (a whole model saved with "
+                    "torch.save(model)?), which autocomp does not unpickle; save model.state_dict() instead, or pass "
+                    "the nn.Module itself in Python (run_search with the config's model replaced: README)") from None
             raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    if isinstance(state, dict):
+        from timm.models import clean_state_dict
+
+        state = clean_state_dict(state)  # the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -24,6 +24,27 @@ def test_pth_checkpoint_loads_with_weights_only(tmp_path):
     assert torch.equal(model(x), again(x))
 
 
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
+def test_a_checkpoint_saved_from_a_ddp_or_compiled_model_loads(tmp_path, prefix):
+    from safetensors.torch import save_file
+
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    state = {prefix + key: value for key, value in model.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "w.pth")
+    save_file(state, tmp_path / "w.safetensors")
+    x = torch.randn(2, 1, 8, 8)
+    for name in ("w.pth", "w.safetensors"):
+        again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / name)))
+        assert torch.equal(model(x), again(x))
+
+
+def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path):
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    torch.save(model, tmp_path / "whole.pth")
+    with pytest.raises(AutocompError, match=r"holds pickled Python objects .* save model.state_dict\(\) instead"):
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "whole.pth")))
+
+
 def test_checkpoint_that_does_not_fit_names_the_difference(tmp_path, tiny_teacher):
     spec, _ = tiny_teacher
     wider = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs={**KW, "embed_dim": 48}))
