@@ -238,3 +238,10 @@ def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no
     assert 0.5 in allowed["b1.heads_keep"]  # heads 0.5 runs: still offered (block 0 lost it to the sensitivity pass)
     trials = load_run_study(run).get_trials()
     assert trials and not any("quantize" in block for t in trials for block in t.user_attrs["recipe"]["blocks"])
+    # a limit only int8 weights could reach: refused once the pass has left them out, before any trial
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "budget": {"memory": 0.9}}))
+    assert main(["search", str(job), "--out", str(tmp_path / "tight")]) == 2
+    error = capsys.readouterr().err
+    assert "budget: memory_mb <= " in error and "cannot be met" in error and "smallest candidate offered to the " \
+        "search" in error and "weight_bits 32" in error
+    assert not (tmp_path / "tight" / "run.json").exists()  # a rerun with another budget starts afresh

@@ -35,25 +35,38 @@ from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable", "latency_of",
-           "teacher_cache", "LatencyUnreachable", "SENSITIVITY"]
+           "teacher_cache", "BudgetUnreachable", "LatencyUnreachable", "SENSITIVITY"]
 
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
-                    log: Callable[[str], None]) -> None:
+                    log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None) -> None:
     """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
-    strongest in every block) exceeds: memory is counted, so the prediction is the candidate's own. A latency limit
-    beyond the fastest candidate's prediction is only warned about: the cost model can be off."""
-    strongest = {space.name(i, knob): min(getattr(space, knob)) for i in range(len(heads)) for knob in lightest(space)}
+    strongest in every block; with ``allowed``, the strongest choice each block is offered) exceeds: memory is
+    counted, so the prediction is the candidate's own. A latency limit beyond the fastest candidate's prediction is
+    only warned about (without ``allowed``): the cost model can be off.
+
+    Raises:
+        BudgetUnreachable: the memory limit, with the smallest candidate's bytes.
+    """
+    choices = {space.name(i, knob): (allowed or {}).get(space.name(i, knob), getattr(space, knob))
+               for i in range(len(heads)) for knob in lightest(space)}
+    strongest = {name: min(values) for name, values in choices.items()}
     try:
         predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
     except AutocompError:  # a combination the operators refuse: nothing to conclude
         return
-    what = "every block at " + ", ".join(f"{knob} {min(getattr(space, knob)):g}" for knob in lightest(space))
+    per_block = [", ".join(f"{knob} {strongest[space.name(i, knob)]:g}" for knob in lightest(space))
+                 for i in range(len(heads))]
+    what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
+            else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
     limit = screen.limits.get("memory_mb")
     if limit is not None and predicted["memory_mb"] > limit:
-        raise AutocompError(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its smallest "
-                            f"candidate ({what}) holds {predicted['memory_mb']:.4g} MB of weights and activations; "
-                            "loosen the budget or widen the search space")
+        offered = " offered to the search" if allowed else ""
+        raise BudgetUnreachable(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its "
+                                f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
+                                "weights and activations; loosen the budget or widen the search space")
+    if allowed is not None:
+        return
     limit = screen.limits.get("latency_ms")
     if limit is not None and predicted["latency_ms"] > limit:
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
@@ -135,6 +148,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         refused = [f"{knob} {value:g}" for (knob, value), r in runs.items() if r == math.inf]
         log(f"runtime: {len(runs)} settings run in every block at once in {time.perf_counter() - started:.0f} s; "
             + ("the target cannot run " + ", ".join(refused) if refused else "the target runs each one"))
+        if refused and screen is not None:  # what is left may not reach the memory limit
+            check_reachable(space, heads, screen, config, log, allowed=allowed)
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
 
@@ -142,7 +157,11 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
 REACH_TOLERANCE = 0.1  # a latency limit is refused when the space's fastest candidate measures >10% over it
 
 
-class LatencyUnreachable(AutocompError):
+class BudgetUnreachable(AutocompError):
+    """No candidate of the search space can meet the budget (found before any trial)."""
+
+
+class LatencyUnreachable(BudgetUnreachable):
     """No candidate of the search space can meet the latency limit (measured before any trial)."""
 
 

@@ -151,7 +151,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                                            log, fresh=not study.trials, profile=profile,
                                                            limits=limits, base_latency_ms=baseline["latency_ms"],
                                                            before_timing=loop.wait_for_workers)
-                except before.LatencyUnreachable:
+                except before.BudgetUnreachable:
                     if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
