@@ -29,8 +29,8 @@ from autocomp.search._objective import metrics_of
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace
 from autocomp.search._sensitivity import (Setting, allowed_choices, progress_lines, read_sensitivity,
-                                          runnable_settings, sensitivity_pass, uniform_latencies, without_slow,
-                                          write_sensitivity, write_uniform_latencies)
+                                          sensitivity_pass, uniform_latencies, unrunnable_settings, without,
+                                          without_slow, write_sensitivity, write_uniform_latencies)
 from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
@@ -142,12 +142,12 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
         started = time.perf_counter()
         with num_threads(config.resources.cpu):
-            runs = runnable_settings(base, space, heads, calib=splits.calib.x, run=run_once(profile, splits, config),
-                                     log=log)
-        allowed = without_slow(allowed, runs, space, len(heads), min_saving=0.0)
-        refused = [f"{knob} {value:g}" for (knob, value), r in runs.items() if r == math.inf]
-        log(f"runtime: {len(runs)} settings run in every block at once in {time.perf_counter() - started:.0f} s; "
-            + ("the target cannot run " + ", ".join(refused) if refused else "the target runs each one"))
+            refused = unrunnable_settings(base, space, heads, calib=splits.calib.x,
+                                          run=run_once(profile, splits, config), log=log)
+        allowed = without(allowed, refused, space, len(heads))
+        log(f"runtime: the settings run in every block at once in {time.perf_counter() - started:.0f} s; "
+            + ("the target cannot run " + ", ".join(f"{knob} {value:g}" for knob, value in sorted(refused))
+               if refused else "the target runs each one"))
         if refused and screen is not None:  # what is left may not reach the memory limit
             check_reachable(space, heads, screen, config, log, allowed=allowed)
     saved.write_text(json.dumps(allowed, indent=1))

@@ -33,7 +33,7 @@ from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
-           "runnable_settings", "without_slow", "write_uniform_latencies", "progress_lines"]
+           "unrunnable_settings", "without_slow", "without", "write_uniform_latencies", "progress_lines"]
 
 
 @dataclass(frozen=True)
@@ -241,17 +241,18 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
                       name="latency", done="measured")
 
 
-def runnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
-                      run: Callable[[nn.Module], None],
-                      log: Callable[[str], None] | None = None) -> dict[tuple[str, Any], float]:
+def unrunnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *,
+                        calib: torch.Tensor, run: Callable[[nn.Module], None],
+                        log: Callable[[str], None] | None = None) -> set[tuple[str, Any]]:
     """:func:`uniform_latencies` without the timing, where it does not run (a memory limit): each setting in every
-    block at once given to ``run`` (exported and run on the target once); 1.0 where it runs, ``inf`` where the
-    target cannot run it (logged, with the runtime's reason), as :func:`without_slow` takes them."""
+    block at once given to ``run`` (exported and run on the target once); the settings the target cannot run
+    (logged, with the runtime's reason)."""
     def runs(model: nn.Module) -> float:
         run(model)
-        return 1.0
-    return _on_target(base, space, heads_per_block, calib=calib, measure=runs, observe=None, log=log,
-                      name="runtime", done="run on the target")
+        return 0.0
+    results = _on_target(base, space, heads_per_block, calib=calib, measure=runs, observe=None, log=log,
+                         name="runtime", done="run on the target")
+    return {setting for setting, result in results.items() if result == math.inf}
 
 
 def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
@@ -288,14 +289,21 @@ def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], 
                  blocks: int, *, min_saving: float) -> dict[str, tuple]:
     """``allowed`` (see :func:`allowed_choices`) with every setting that saves less than ``min_saving`` of the
     latency in every block at once removed from every block (the lightest choice always stays)."""
-    light = lightest(space)
     slow = {(knob, value) for (knob, value), ratio in ratios.items() if ratio > 1 - min_saving}
+    return without(allowed, slow, space, blocks)
+
+
+def without(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space: SearchSpace,
+            blocks: int) -> dict[str, tuple]:
+    """``allowed`` (see :func:`allowed_choices`) with each (knob, value) of ``settings`` removed from every block
+    (the lightest choice always stays)."""
+    light = lightest(space)
     result = dict(allowed)
     for index in range(blocks):
         for knob in light:
             name = space.name(index, knob)
             choices = result.get(name, tuple(getattr(space, knob)))
-            kept = tuple(v for v in choices if (knob, v) not in slow or v == light[knob])
+            kept = tuple(v for v in choices if (knob, v) not in settings or v == light[knob])
             if kept != tuple(getattr(space, knob)):
                 result[name] = kept
     return result
