@@ -117,8 +117,9 @@ class JobConfig:
         workers: trials run at once.
         seed: seed of the sampler.
         skip_margin: skip (never compress, distil, measure or evaluate) a candidate the cost model predicts to
-            exceed a budget limit by more than this fraction (0.5: 50 % over), and do not distil one measured that
-            far over; None never skips.
+            exceed a budget limit by more than this fraction (0.5: 50 % over), narrower once the cost model has
+            come closer on this run's measurements (:class:`~autocomp.search._screen.Screen`), and do not distil one
+            measured that far over; None never skips.
         resources: CPUs and GPUs per trial.
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
         sampler: how Optuna draws recipes: ``tpe`` (multivariate TPE), ``nsga2`` or ``random``.

@@ -19,7 +19,7 @@ from autocomp.cli import main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import load_run_study
-from autocomp.search._screen import CORRECT_AFTER, CostPredictor, Screen
+from autocomp.search._screen import CORRECT_AFTER, FLOOR, PROVEN, CostPredictor, Screen
 from test_search_e2e import write_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,35 @@ def test_the_screen_skips_only_beyond_the_margin_and_only_after_a_measured_trial
     assert Screen(predictor=predictor, limits={"latency_ms": predicted / 1.2}, margin=0.25).judge(
         HALF_HEADS).skip_reason is None  # 20 % over: within the margin
     assert Screen(predictor=predictor, limits={"latency_ms": 1e-9}, margin=None).judge(HALF_HEADS).skip_reason is None
+
+
+def _recipes(n):
+    """``n`` different two-block recipes (heads kept and int8 per block)."""
+    blocks = [{**({"prune_heads": {"keep": keep}} if keep < 6 else {}),
+               **({"quantize": {"weight_bits": 8}} if q else {})} for keep in (6, 5, 4, 3, 2) for q in (False, True)]
+    return [Recipe.from_dict({"blocks": [a, b]}) for a in blocks for b in blocks][:n]
+
+
+@pytest.mark.parametrize("error", [0.0, 0.3])
+def test_the_margin_narrows_once_the_cost_model_has_come_close(base, error):
+    """Predicted 20 % over with a 50 % margin: run while the cost model is unproven, skipped once it has come within
+    a few % of what was measured; run still when its predictions were 30 % off."""
+    predictor = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
+    predicted = predictor.predict(HALF_HEADS)["latency_ms"]
+    screen = Screen(predictor=predictor, limits={"latency_ms": predicted / 1.2}, margin=0.5)
+    recipes = _recipes(CORRECT_AFTER + PROVEN)
+    for i, recipe in enumerate(recipes):
+        truth = predictor.predict(recipe)["latency_ms"]  # the device as predicted, but for the error given
+        screen.observe(recipe, truth * (1 + (error if i % 2 else -error / 2)))
+        if i < CORRECT_AFTER + PROVEN - 1:
+            assert screen.judge(HALF_HEADS).skip_reason is None  # unproven: the configured margin
+    verdict = screen.judge(HALF_HEADS)
+    if error:
+        assert screen.margin_now()[0] > 0.25 and verdict.skip_reason is None  # its errors keep it wide
+    else:
+        assert screen.margin_now()[0] == pytest.approx(FLOOR)
+        assert "20% over the limit" in verdict.skip_reason and "skip margin 10%" in verdict.skip_reason
+        assert "the cost model came within 0% of the last 3 measured" in verdict.skip_reason
 
 
 def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):
