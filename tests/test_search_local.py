@@ -238,3 +238,22 @@ def test_moves_that_measured_over_their_prediction_lower_the_fill_of_the_next(pr
     number = controller.suggest("c")["trial_number"]
     again = study.trials[number]  # a move no dearer than the base (0.9 of the limit) or the new fill (0.79)
     assert again.user_attrs[LOCAL].startswith("from trial 0") and again.user_attrs[LOCAL_LOAD] <= 0.9 + 1e-9
+
+
+def test_coarse_draws_the_screen_would_skip_are_drawn_again_at_no_trials_cost():
+    predictor = CostPredictor(base=small_vit(), profile=PROFILE, base_latency_ms=10.0)
+    predictor.observe(Recipe.identity(2), 10.0)  # one measured: the screen may skip
+    alike = sorted(_latency(predictor, {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", h),
+                                                                                       ("mlp_keep", m))})
+                   for h in SPACE.heads_keep for m in SPACE.mlp_keep)
+    limit = alike[5]  # 6 of the 12 alike recipes fit; half the coarse study's random draws do not
+    study = _study()
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=4, coarse=4, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=0.0))
+    asked = [controller.suggest(t) for t in "abcd"]
+    assert all(isinstance(a, dict) for a in asked)  # four trials run: none of them spent on a skip
+    for a in asked:
+        assert predictor.predict(Recipe.from_dict(a["recipe"]))["latency_ms"] <= limit
+    assert all("coarse" in t.user_attrs and "skipped_reason" not in t.user_attrs for t in study.trials)
+    redrawn = controller._uniform_study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert redrawn and all(t.system_attrs["constraints:latency_ms"] > 0 for t in redrawn)  # it learns the budget

@@ -15,7 +15,9 @@ knobs a step lighter while the recipe is predicted to stay under the budget.
 
 A recipe the sampler proposes again (a duplicate of one measured, running or skipped) is not run: it is told as
 PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
-The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times.
+The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times, and in place of a draw the screen would skip
+(told to the coarse study as PRUNED, with its predicted violations): the coarse stage is a handful of trials, and a
+uniform recipe predicted over budget spent one of them on a candidate that could not be the answer.
 """
 
 from __future__ import annotations
@@ -170,14 +172,23 @@ class OptunaController(Searcher):
         allowed = {uniform.name(0, knob): choices
                    for knob, choices in alike_choices(self._space, blocks, self._allowed or {}).items()}
         seen = self._seen()
-        for _ in range(COARSE_REDRAWS):  # a uniform recipe already run is drawn again, at random (the coarse space
-            coarse = self._uniform_study.ask()  # is small: its TPE, which ignores failed trials, may keep to one)
+        # a uniform recipe already run is drawn again, at random (the coarse space is small: its TPE, which ignores
+        # failed trials, may keep to one); one the screen would skip is drawn again after the coarse study is told
+        # its predicted violations (it learns where the budget lies, and no trial is spent on it)
+        for _ in range(COARSE_REDRAWS):
+            coarse = self._uniform_study.ask()
             recipe = uniform.sample(coarse, self._heads, allowed=allowed)
-            if recipe_key(recipe.to_dict()) not in seen:
+            if recipe_key(recipe.to_dict()) in seen:
+                drawn = self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
+                self._uniform_study.enqueue_trial({name: _at_random(dist, self._rng)
+                                                   for name, dist in drawn.distributions.items()})
+                continue
+            verdict = self._screen.judge(recipe) if self._screen is not None else None
+            if verdict is None or verdict.skip_reason is None:
                 break
-            drawn = self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
-            self._uniform_study.enqueue_trial({name: _at_random(dist, self._rng)
-                                               for name, dist in drawn.distributions.items()})
+            for key, value in verdict.violations.items():
+                coarse.set_constraint(key, value)
+            self._uniform_study.tell(coarse, state=optuna.trial.TrialState.PRUNED)
         else:
             return None  # the per-block sampler draws this one
         values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
