@@ -9,8 +9,8 @@ Every method searches the same model with the same number of trials, budget and 
   alike, then multivariate TPE per block and local moves from the best trial within budget, multi-fidelity);
 - ``joint_tpe``: the same without local moves (the per-block TPE draws every recipe after the coarse stage);
 - ``joint_nsga2``: the same with NSGA-II as the sampler (the sampler is chosen by this comparison);
-- ``random``: random search over the same space (no sensitivity pass, no starting points, every candidate distilled
-  fully);
+- ``random``: random search over the same space (no sensitivity pass, no starting points, no cost model screen:
+  every candidate distilled fully);
 - ``uniform``: the same knobs, one setting for every block, chosen by the same search;
 - ``heads``, ``mlp``, ``rank``, ``tokens``, ``bits``: one technique alone, per block, by the same search.
 
@@ -58,7 +58,7 @@ def method_config(base: JobConfig, method: str, space_dir: Path) -> JobConfig:
     """``base`` searched the way ``method`` says."""
     space = load_space(base.search_space)
     if method == "random":
-        return dataclasses.replace(base, sampler="random", start_points=False,
+        return dataclasses.replace(base, sampler="random", start_points=False, skip_margin=None,
                                    sensitivity=SensitivityConfig(images=0), fidelity=None)
     if method == "joint_nsga2":
         return dataclasses.replace(base, sampler="nsga2")

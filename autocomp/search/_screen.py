@@ -18,8 +18,8 @@ The screen skips a candidate predicted over a limit by more than its margin: ``s
 model is unproven on this machine, and narrower once it has shown how close it comes. Each latency the corrected model
 predicted before it was measured (latency pass and trials) is an error sample; the margin is then 1.5x the worst of
 the last ``TRACKED`` (at least ``FLOOR``). In a benchmark search at 0.6x (session 16) the corrected model came within
-14 % of every trial, while the 50 % margin let four coarse draws predicted 24-39 % over run, measure 0.61-0.84x, and
-stop as over budget: a quarter of the trials spent on candidates the cost model had already placed out of reach.
+14 % of every trial, while the 50 % margin let three coarse draws predicted 24-39 % over run, measure 0.75-0.84x, and
+stop as over budget: 3 of 16 trials spent on candidates the cost model had already placed out of reach.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.recipe import Recipe
 
-__all__ = ["CostPredictor", "Screen", "Verdict", "CORRECT_AFTER", "MIN_MEASURED", "TRACKED", "FLOOR"]
+__all__ = ["CostPredictor", "Screen", "Verdict", "CORRECT_AFTER", "MIN_MEASURED", "TRACKED", "PROVEN", "FLOOR"]
 
 MB = 1e6
 CORRECT_AFTER = 5  # measured trials before the fitted correction replaces the anchored ratio
