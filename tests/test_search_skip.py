@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -104,25 +105,37 @@ def _recipes(n):
 
 
 @pytest.mark.parametrize("error", [0.0, 0.3])
-def test_the_margin_narrows_once_the_cost_model_has_come_close(base, error):
-    """Predicted 20 % over with a 50 % margin: run while the cost model is unproven, skipped once it has come within
-    a few % of what was measured; run still when its predictions were 30 % off."""
+def test_the_margin_narrows_once_the_cost_model_has_shown_it_does_not_over_predict(base, error):
+    """Predicted 20 % over with a 50 % margin: run while the cost model is unproven; skipped once it has come within
+    a few % of what was measured; run still when it over-predicted some by 30 %."""
     predictor = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
     predicted = predictor.predict(HALF_HEADS)["latency_ms"]
     screen = Screen(predictor=predictor, limits={"latency_ms": predicted / 1.2}, margin=0.5)
     recipes = _recipes(CORRECT_AFTER + PROVEN)
     for i, recipe in enumerate(recipes):
         truth = predictor.predict(recipe)["latency_ms"]  # the device as predicted, but for the error given
-        screen.observe(recipe, truth * (1 + (error if i % 2 else -error / 2)))
+        screen.observe(recipe, truth / (1 + error) if i % 2 else truth)
         if i < CORRECT_AFTER + PROVEN - 1:
             assert screen.judge(HALF_HEADS).skip_reason is None  # unproven: the configured margin
     verdict = screen.judge(HALF_HEADS)
     if error:
-        assert screen.margin_now()[0] > 0.25 and verdict.skip_reason is None  # its errors keep it wide
+        assert screen.margin_now()[0] > 0.25 and verdict.skip_reason is None  # it may be within: it runs
     else:
         assert screen.margin_now()[0] == pytest.approx(FLOOR)
         assert "20% over the limit" in verdict.skip_reason and "skip margin 10%" in verdict.skip_reason
-        assert "the cost model came within 0% of the last 3 measured" in verdict.skip_reason
+        assert "over-predicted the last 3 measured by at most 0%" in verdict.skip_reason
+
+
+def test_only_over_predictions_widen_the_margin(predictor):
+    """A candidate predicted over a limit is within it only if the model over-predicts: measured slower than
+    predicted (log(predicted / measured) < 0), however much, it is over all the more."""
+    screen = Screen(predictor=predictor, limits={"latency_ms": 1.0}, margin=0.5)
+    predictor.errors = [-0.4, -0.2, 0.0]
+    assert screen.margin_now()[0] == pytest.approx(FLOOR)
+    predictor.errors = [-0.4, 0.1, 0.0]  # over-predicted one by 10.5 %: 1.5x that in log terms
+    assert screen.margin_now()[0] == pytest.approx(math.exp(0.15) - 1)
+    predictor.errors = [0.4, 0.1]  # too few to go by
+    assert screen.margin_now()[0] == 0.5
 
 
 def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):

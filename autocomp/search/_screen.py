@@ -16,10 +16,12 @@ depend on the machine's load.
 
 The screen skips a candidate predicted over a limit by more than its margin: ``skip_margin`` (50 %) while the cost
 model is unproven on this machine, and narrower once it has shown how close it comes. Each latency the corrected model
-predicted before it was measured (latency pass and trials) is an error sample; the margin is then 1.5x the worst of
-the last ``TRACKED`` (at least ``FLOOR``). In a benchmark search at 0.6x (session 16) the corrected model came within
-14 % of every trial, while the 50 % margin let three coarse draws predicted 24-39 % over run, measure 0.75-0.84x, and
-stop as over budget: 3 of 16 trials spent on candidates the cost model had already placed out of reach.
+predicted before it was measured (latency pass and trials) is an error sample. A candidate predicted over a limit is
+within it only if the model over-predicts it by that much, so the margin is 1.5x the largest over-prediction among the
+last ``TRACKED`` samples (at least ``FLOOR``; under-predictions, however large, only make such a candidate slower).
+In a benchmark search at 0.6x (session 16) the corrected model over-predicted no trial by more than 6 %, while the
+50 % margin let three coarse draws predicted 24-39 % over run, measure 0.75-0.84x, and stop as over budget: 3 of 16
+trials spent on candidates the cost model had already placed out of reach.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class CostPredictor:
         self._correction = CorrectedCostModel()
         self._correction.add(identity, identity.latency_ms)
         self.measured = 0
-        self.errors: list[float] = []  # |log(measured / predicted)| of latencies the corrected model predicted
+        self.errors: list[float] = []  # log(predicted / measured) of latencies the corrected model predicted
 
     def prediction(self, recipe: Recipe) -> Prediction:
         """The cost model's own prediction (roofline terms per operator)."""
@@ -82,7 +84,7 @@ class CostPredictor:
     def observe(self, recipe: Recipe, latency_ms: float) -> None:
         """Learn from a measured trial."""
         if self.measured >= CORRECT_AFTER and latency_ms > 0:
-            self.errors.append(abs(math.log(latency_ms / self.predict(recipe)["latency_ms"])))
+            self.errors.append(math.log(self.predict(recipe)["latency_ms"] / latency_ms))
         self._correction.add(self._model.predict(recipe), latency_ms / self._ms_per_unit)
         self.measured += 1
 
@@ -121,11 +123,12 @@ class Screen:
         recent = self.predictor.errors[-TRACKED:]
         if self.margin is None or len(recent) < PROVEN:
             return self.margin, ""
-        worst = math.exp(max(recent)) - 1
-        learnt = max(FLOOR, math.exp(1.5 * max(recent)) - 1)
+        worst = max(0.0, *recent)  # the largest over-prediction
+        learnt = max(FLOOR, math.exp(1.5 * worst) - 1)
         if learnt >= self.margin:
             return self.margin, ""
-        return learnt, f"; the cost model came within {100 * worst:.0f}% of the last {len(recent)} measured"
+        return learnt, (f"; the cost model over-predicted the last {len(recent)} measured by at most "
+                        f"{100 * (math.exp(worst) - 1):.0f}%")
 
     def judge(self, recipe: Recipe) -> Verdict:
         try:
