@@ -1,4 +1,4 @@
-"""Kill the demo search with SIGKILL at random moments, rerun it each time, and count what was lost or recomputed.
+"""Kill the demo search (PyTorch eager) with SIGKILL at random moments, rerun it, count what was lost or recomputed.
 
     .venv/bin/python benchmarks/kill_resume.py                 # 5 kills, seed 0
     .venv/bin/python benchmarks/kill_resume.py --kills 5 --seed 1 --config job.yaml
@@ -45,7 +45,7 @@ def finished(run: Path) -> dict[int, tuple[tuple[float, ...], str, int | None]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search_eager.yaml")
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spread", type=float, default=150.0, help="seconds after each start a kill is drawn in")

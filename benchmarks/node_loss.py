@@ -1,6 +1,6 @@
 """A worker node killed mid-search: which trials the loss failed, where they ran again, whether the search finished.
 
-    .venv/bin/python benchmarks/node_loss.py                      # the demo job, 12 trials
+    .venv/bin/python benchmarks/node_loss.py                      # the demo job in PyTorch eager, 12 trials
     .venv/bin/python benchmarks/node_loss.py --config job.yaml --trials 30
 
 Starts a two-node Ray cluster on loopback (``ray.cluster_utils.Cluster``: a head and a worker node, one CPU each),
@@ -50,7 +50,7 @@ def _states(run: Path) -> list[tuple[str, str | None]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search_eager.yaml")
     parser.add_argument("--trials", type=int, default=12)
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only

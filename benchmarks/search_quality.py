@@ -123,7 +123,7 @@ def _mean_sd(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "examples" / "fashion_mnist" / "search_eager.yaml")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "vit_all.yaml",
                         help="the joint space; the other methods are cut from it")
     parser.add_argument("--methods", default=",".join(METHODS))
