@@ -17,10 +17,9 @@ JOBS = sorted(path for path in (ROOT / "examples").glob("*/*.yaml") if not path.
 
 @pytest.mark.parametrize("job", JOBS, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_example_job_loads_with_its_space_and_profile(job):
-    config = load_config(job)
+    config = load_config(job)  # each of these raises AutocompError, naming the file, on what it cannot read
+    read_profile(config.hardware)
     assert load_space(config.search_space).size(blocks=2) > 1, f"{job.name}: its search space offers one recipe"
-    assert read_profile(config.hardware).name
-    assert config.budget.latency or config.budget.memory or config.budget.latency_ms or config.budget.memory_mb
 
 
 def test_make_demo_runs_an_example_job_that_exists():

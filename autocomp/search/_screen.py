@@ -19,9 +19,9 @@ model is unproven on this machine, and narrower once it has shown how close it c
 predicted before it was measured (latency pass and trials) is an error sample. A candidate predicted over a limit is
 within it only if the model over-predicts it by that much, so the margin is 1.5x the largest over-prediction among the
 last ``TRACKED`` samples (at least ``FLOOR``; under-predictions, however large, only make such a candidate slower).
-In one benchmark search at 0.6x (session 16) the corrected model over-predicted no trial by more than 6 %, while the
-50 % margin let three coarse draws predicted 24-39 % over run, measure 0.75-0.84x, and stop as over budget: 3 of 16
-trials spent on candidates the cost model had already placed out of reach.
+In session 16's benchmark at 0.6x (BENCHMARKS.md: 3 seeds, 48 trials) the fixed 50 % margin let five coarse draws
+predicted 12-39 % over run, measure 0.63-0.84x and stop as over budget: trials spent on candidates the cost model
+had already placed out of reach.
 """
 
 from __future__ import annotations
