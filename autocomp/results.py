@@ -68,6 +68,7 @@ class TrialRow:
     short_accuracy: float | None = None  # the short score of a trial that had one (stopped or not)
     saved_seconds: float | None = None  # a stopped trial: what finishing it would have cost (estimated)
     paused_seconds: float | None = None  # of its phases' time: waiting for quiet timing (None: off)
+    measurement_of: int | None = None  # the earlier trial of the same compression whose measurement it reused
 
     @property
     def complete(self) -> bool:
@@ -93,6 +94,7 @@ class TrialRow:
                 "export_top1": self.export_top1, "export_max_logit_diff": self.export_max_logit_diff,
                 "fidelity": self.fidelity, "short_accuracy": self.short_accuracy,
                 "saved_seconds": self.saved_seconds, "paused_seconds": self.paused_seconds,
+                "measurement_of": self.measurement_of,
                 **{f"seconds_{k}": v for k, v in self.seconds.items()}, "feasible": self.feasible,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_memory_mb": self.predicted_memory_mb, "skipped_reason": self.skipped_reason,
@@ -176,7 +178,8 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             predicted_memory_mb=trial.user_attrs.get("predicted_memory_mb"),
             skipped_reason=trial.user_attrs.get("skipped_reason"), trial_seconds=trial.user_attrs.get("trial_seconds"),
             fidelity=trial.user_attrs.get("fidelity"), short_accuracy=trial.user_attrs.get("short_accuracy"),
-            saved_seconds=trial.user_attrs.get("saved_seconds"), paused_seconds=trial.user_attrs.get("paused_seconds")))
+            saved_seconds=trial.user_attrs.get("saved_seconds"), paused_seconds=trial.user_attrs.get("paused_seconds"),
+            measurement_of=trial.user_attrs.get("measurement_of")))
     return rows
 
 
@@ -231,7 +234,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
                "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "paused_seconds",
                "skipped_reason",
                "fidelity", "short_accuracy", "saved_seconds", "export_top1", "export_max_logit_diff", "error", "node",
-               "start_point", "local_move", "duplicate_of", "runtime"]
+               "start_point", "local_move", "duplicate_of", "measurement_of", "runtime"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -17,8 +17,11 @@ from conftest import small_vit
 LIMITS = {"latency_ms": 10.0}
 
 
-def _row(number: int, accuracy: float, latency_ms: float) -> TrialRow:
-    return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe={"blocks": [{}, {}]},
+def _row(number: int, accuracy: float, latency_ms: float, *, distill: float | None = None) -> TrialRow:
+    # one compression per trial number (int8 weights in block 0 for trial 1, in block 1 for trial 2, ...)
+    blocks = [{"quantize": {"weight_bits": 8}} if b == number - 1 else {} for b in range(max(2, number))]
+    recipe = {"blocks": blocks, **({"distill": {"steps": 10, "alpha": distill}} if distill is not None else {})}
+    return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe=recipe,
                     accuracy=accuracy, latency_ms=latency_ms, memory_mb=1.0, latency_ratio=latency_ms / 12.0,
                     weights_mb=1.0, activations_mb=0.0, simulated_layers=0,
                     violations={"latency_ms": latency_ms / LIMITS["latency_ms"] - 1})
@@ -61,6 +64,18 @@ def test_when_no_candidate_holds_the_trials_own_best_is_kept_and_nothing_feasibl
                                             profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
                                             baseline_latency_ms=12.0, limits=LIMITS)
     assert best is None and remeasured == []
+
+
+def test_candidates_that_differ_only_in_their_distillation_are_measured_once(remeasure_as):
+    alike = [_row(1, 91.0, 9.0, distill=0.3), TrialRow(**{**_row(1, 90.5, 9.2, distill=0.7).__dict__, "number": 5}),
+             _row(2, 90.0, 8.0)]
+    remeasure_as([9.5 / 12, 8.1 / 12])  # two measurements for three candidates: a third would find the queue empty
+    best, remeasured = _finish.confirm_best(alike, base=small_vit(), profile=HardwareProfile(name="t"),
+                                            example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
+                                            limits=LIMITS)
+    assert [(m["trial"], m["remeasured_latency_ms"]) for m in remeasured] == [
+        (1, pytest.approx(9.5)), (5, pytest.approx(9.5)), (2, pytest.approx(8.1))]
+    assert best.number == 1
 
 
 def test_the_remeasured_candidate_holds_its_compressed_weights_not_uninitialized_memory(monkeypatch):
@@ -157,3 +172,11 @@ def test_final_distill_steps_must_be_a_whole_number():
     with pytest.raises(AutocompError, match="final_distill_steps must be a whole number >= 0"):
         JobConfig(model=small_vit(), data=None, search_space="s.yaml", hardware="h.yaml", budget=None,
                   final_distill_steps=-1)
+
+
+def test_the_summary_counts_reused_measurements_and_the_time_they_saved():
+    measured = [TrialRow(**{**_row(n, 90.0, 9.0).__dict__, "seconds": {"measure": s}}) for n, s in ((1, 4.0), (2, 6.0))]
+    reused = TrialRow(**{**_row(1, 91.0, 9.0, distill=0.7).__dict__, "number": 3, "measurement_of": 1,
+                         "seconds": {"measure": 0.0}})
+    assert _finish.reused(measured + [reused]) == {"trials": 1, "saved_seconds": 5.0}  # the mean of those measured
+    assert _finish.reused(measured) == {"trials": 0, "saved_seconds": 0.0}

@@ -11,6 +11,7 @@ from ray.tune.search import Searcher
 from autocomp.config import Resources
 from autocomp.recipe import Recipe
 from autocomp.search._loop import TrialLoop
+from autocomp.search._objective import MEASURED
 from autocomp.search._ray import trial_room
 from test_search_objective import _inputs
 
@@ -20,14 +21,18 @@ UNCOMPRESSED, INT8 = Recipe.from_dict({"blocks": [{}, {}]}), Recipe.from_dict({"
 class _Controller:
     """Stands for the Optuna controller: hands out the given recipes, then finishes; keeps the results."""
 
-    def __init__(self, recipes: list[Recipe]) -> None:
+    def __init__(self, recipes: list[Recipe], measured: dict[int, dict] | None = None) -> None:
         self._recipes, self.results, self.asked, self.told = list(recipes), [], [], {}
+        self._measured = measured or {}  # the n-th recipe handed out reuses this measurement
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str:
         if not self._recipes:
             return Searcher.FINISHED
         self.asked.append(trial_id)
-        return {"trial_number": len(self.results), "recipe": self._recipes.pop(0).to_dict()}
+        config = {"trial_number": len(self.results), "recipe": self._recipes.pop(0).to_dict()}
+        if len(self.asked) - 1 in self._measured:
+            config["measured"] = self._measured[len(self.asked) - 1]
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.results.append(result)
@@ -51,9 +56,15 @@ def test_the_workers_start_before_the_search_is_ready_and_its_trials_run_on_them
         started = loop.workers()
         assert len(set(started)) == 2 and not loop.done  # two workers up, and no trial asked for yet
         placeholders = set(loop._searcher._waiting)
-        controller = _Controller([UNCOMPRESSED, INT8, UNCOMPRESSED, INT8])
+        reused = {**dict.fromkeys(MEASURED, None), "trial": 1, "latency_ms": 123.0, "memory_mb": 45.0,
+                  "runtime": "an earlier trial's"}
+        controller = _Controller([UNCOMPRESSED, INT8, UNCOMPRESSED, INT8], measured={3: reused})
         loop.run(controller)
     assert loop.done and len(controller.results) == 4
+    # the trial handed an earlier one's measurement reports it instead of measuring (no export or timing)
+    again = [result for result in controller.results if result["measurement_of"] is not None]
+    assert len(again) == 1 and again[0]["measurement_of"] == 1 and again[0]["seconds_measure"] == 0.0
+    assert (again[0]["latency_ms"], again[0]["memory_mb"], again[0]["runtime"]) == (123.0, 45.0, "an earlier trial's")
     assert all("accuracy" in result for result in controller.results)  # real trials, the placeholders left out
     assert {result["pid"] for result in controller.results} <= set(started)  # no worker started for them
     # the placeholders ran the first two trials, one in each worker they started (a placeholder that ended instead

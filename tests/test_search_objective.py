@@ -213,3 +213,55 @@ def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_blo
     assert len(coarse) == 3 and [t.values[0] for t in coarse] == [80.0, 81.0, 82.0]
     assert [t.system_attrs["constraints:latency_ms"] for t in coarse] == [-1.0, 0.0, 1.0]
     assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_a_trial_handed_an_earlier_measurement_distils_and_scores_without_measuring(tiny_teacher, digits_splits,
+                                                                                    monkeypatch):
+    from autocomp.search import _objective
+    from autocomp.search._objective import MEASURED, build_candidate
+    from autocomp.train import evaluate
+
+    own = run_trial(_distilled().to_dict(), _inputs(tiny_teacher[1], digits_splits), number=0)
+    assert own["measurement_of"] is None and own["seconds_measure"] > 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(_objective, "measure_on_device", refuse)
+    alpha = Recipe.from_dict({**_distilled().to_dict(), "distill": {"steps": 20, "alpha": 0.9}})
+    again = run_trial(alpha.to_dict(), _inputs(tiny_teacher[1], digits_splits), number=1,
+                      measured={"trial": 0, **{key: own[key] for key in MEASURED}})
+    assert again["measurement_of"] == 0 and again["seconds_measure"] == 0.0
+    assert {key: again[key] for key in MEASURED} == {key: own[key] for key in MEASURED}
+    assert again["distilled"] is True and again["seconds_distill"] > 0
+    rebuilt = build_candidate(tiny_teacher[1], alpha, digits_splits.calib.x, distill_subset(digits_splits.train))
+    assert again["accuracy"] == evaluate(rebuilt, digits_splits.val)  # its own distillation, scored
+    assert again["violation:memory_mb"] == own["violation:memory_mb"]  # judged by the measurement it reused
+
+
+def test_a_recipe_that_compresses_as_a_measured_trial_reuses_its_measurement():
+    from autocomp.search._controller import OptunaController
+    from autocomp.search._space import SearchSpace
+
+    study = _study()
+    space = SearchSpace(heads_keep=(0.5, 1.0), distill_steps=(10,), distill_alpha=(0.3, 0.7))
+    halved, mixed = {"b0.heads_keep": 0.5, "b1.heads_keep": 0.5}, {"b0.heads_keep": 1.0, "b1.heads_keep": 0.5}
+    for values in ({**halved, "distill_alpha": 0.3}, {**halved, "distill_alpha": 0.7},
+                   {**mixed, "distill_alpha": 0.3}, {**mixed, "distill_alpha": 0.7}):
+        study.enqueue_trial(space.params(values))
+    controller = OptunaController(study=study, space=space, heads_per_block=[4, 4], n_trials=4)
+    first = controller.suggest("a")
+    assert "measured" not in first
+    controller.on_trial_complete("a", result={**_result(90.0, 3.0), "runtime": "onnxruntime", "export_top1": 0.99,
+                                              "measured_on": "node-1", "latency_ratio": 0.6})
+    alpha = controller.suggest("b")  # the same compression, another distillation weight
+    assert alpha["recipe"]["blocks"] == first["recipe"]["blocks"]
+    assert alpha["recipe"]["distill"] != first["recipe"]["distill"]
+    assert alpha["measured"] == {"trial": 0, "latency_ms": 3.0, "latency_ratio": 0.6, "raw_latency_ms": None,
+                                 "latency_iqr_ms": None, "memory_mb": 1.0, "weights_mb": None,
+                                 "activations_mb": None, "runtime": "onnxruntime", "export_top1": 0.99,
+                                 "export_max_logit_diff": None, "measured_on": "node-1"}
+    other = controller.suggest("c")  # another compression
+    assert other["recipe"]["blocks"] != first["recipe"]["blocks"] and "measured" not in other
+    while_running = controller.suggest("d")  # c's compression, not measured yet: measured by its own trial
+    assert while_running["recipe"]["blocks"] == other["recipe"]["blocks"] and "measured" not in while_running

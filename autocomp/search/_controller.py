@@ -13,6 +13,10 @@ that works instead of learning 30-odd per-block parameters from scratch. After i
 away, or one a step lighter and another a step heavier, predicted to fit the budget, then filled with further
 knobs a step lighter while the recipe is predicted to stay under the budget.
 
+A recipe that compresses as a trial already measured did, and differs from it only in its distillation, reuses that
+trial's measurement (the trial measures its candidate before distilling it, so it would export and time the same
+model again): only its distillation and score run.
+
 A recipe the sampler proposes again (a duplicate of one measured, running or skipped) is not run: it is told as
 PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
 The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times, and in place of a draw the screen would skip
@@ -32,8 +36,8 @@ from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
 from autocomp.results import best_feasible, trial_rows
-from autocomp.search._local import FILL, local_move, recipe_key
-from autocomp.search._objective import ERROR, PHASES, STOP
+from autocomp.search._local import FILL, compression_key, local_move, recipe_key
+from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
 from autocomp.search._start import alike_choices
@@ -45,7 +49,7 @@ OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", "runtime", "export_top1",
-            "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", "paused_seconds",
+            "export_max_logit_diff", "fidelity", "short_accuracy", "saved_seconds", "paused_seconds", MEASUREMENT_OF,
             *(f"seconds_{p}" for p in PHASES))
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
@@ -158,8 +162,22 @@ class OptunaController(Searcher):
                 self._coarse[trial_id] = coarse
             self._live[trial_id] = (trial, recipe)
             self._started[trial_id] = time.perf_counter()
-            return {"trial_number": trial.number, "recipe": recipe.to_dict()}
+            config = {"trial_number": trial.number, "recipe": recipe.to_dict()}
+            measured = self._measurement(recipe)
+            if measured is not None:
+                config["measured"] = measured
+            return config
         return Searcher.FINISHED
+
+    def _measurement(self, recipe: Recipe) -> dict[str, Any] | None:
+        """The measurement of the first trial complete in the study that compresses as ``recipe`` does (its number
+        under ``trial``, and the ``MEASURED`` keys), or None."""
+        key = compression_key(recipe.to_dict())
+        for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if "recipe" in t.user_attrs and compression_key(t.user_attrs["recipe"]) == key:
+                values = dict(zip(OBJECTIVES, t.values))
+                return {"trial": t.number, **{k: values[k] if k in values else t.user_attrs.get(k) for k in MEASURED}}
+        return None
 
     def _ask_coarse(self) -> optuna.Trial | None:
         """While coarse draws are left and nothing else is queued: a uniform recipe from the coarse study, queued
@@ -322,7 +340,7 @@ class OptunaController(Searcher):
             if started is not None:  # Ray, transfers and results writing: everything but the trial's own work
                 trial.set_user_attr("engine_seconds", max(0.0, time.perf_counter() - started - result["trial_seconds"]))
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
-            if self._screen is not None:
+            if self._screen is not None and result.get(MEASUREMENT_OF) is None:  # a reused one is known already
                 self._screen.observe(recipe, result["latency_ms"])
         self._tell_coarse(trial_id, frozen)
         self._told(frozen)

@@ -27,6 +27,7 @@ from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Distill, Recipe
 from autocomp.results import TrialRow, closest_trial, ranked_feasible, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
+from autocomp.search._local import compression_key
 from autocomp.search._objective import build_candidate, distill_subset, kept_model, metrics_of
 from autocomp.train import evaluate
 
@@ -54,7 +55,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "errors": {str(r.number): r.error for r in rows if r.state == "FAIL"},
         **skipped_summary(rows), "proposals": proposals(rows, best), "cost_model": prediction_fidelity(rows),
         "time_split": time_split(rows),
-        "early_stopped": early_stopped(rows), "overhead": overhead(rows, loop_seconds, config.workers),
+        "early_stopped": early_stopped(rows), "measurements_reused": reused(rows),
+        "overhead": overhead(rows, loop_seconds, config.workers),
         "quiet_timing": paused(rows),
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
@@ -72,6 +74,10 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         stopped = summary["early_stopped"]
         log(f"multi-fidelity: {stopped['stopped']} of {stopped['short_scored']} distilled candidates stopped after "
             f"their short score (about {stopped['saved_seconds']:.0f} s of distillation and validation saved)")
+    if summary["measurements_reused"]["trials"]:
+        again = summary["measurements_reused"]
+        log(f"{again['trials']} trials compressed as an earlier trial did (another distillation): they reused its "
+            f"measurement (about {again['saved_seconds']:.0f} s of export and timing saved)")
     if summary["quiet_timing"]:
         quiet = summary["quiet_timing"]
         log(f"quiet timing: trials waited {quiet['paused_seconds']:.0f} s in all ({100 * quiet['share']:.1f}% of "
@@ -155,6 +161,7 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     so each candidate is compressed again (not distilled) and measured, interleaved with the uncompressed model, as
     in its trial, over ``CONFIRM_REPEATS`` times as many timed runs (on a shared machine the ratio of one
     measurement moves by several percent from one minute to the next; the longer one averages over more of it).
+    Candidates that compress alike (they differ in their distillation) are one model to measure: measured once.
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
@@ -163,13 +170,17 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     feasible = ranked_feasible(rows)
     remeasured, best = [], None
     longer = dataclasses.replace(profile, repeats=profile.repeats * CONFIRM_REPEATS)
+    measured: dict[str, dict[str, Any]] = {}  # compression -> its measurement
     for row in feasible[:CONFIRM]:
-        # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory, whose
-        # NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
-        with torch.no_grad():
-            model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
-        placed = measure_on_device(model, longer, example=example, reference=base)
-        again = metrics_of(placed.measurement, baseline_latency_ms)
+        key = compression_key(row.recipe)
+        if key not in measured:
+            # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory,
+            # whose NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
+            with torch.no_grad():
+                model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
+            placed = measure_on_device(model, longer, example=example, reference=base)
+            measured[key] = metrics_of(placed.measurement, baseline_latency_ms)
+        again = measured[key]
         holds = feasible_metrics(violations(again, limits))
         remeasured.append({"trial": row.number, "accuracy": row.accuracy, "latency_ms": row.latency_ms,
                            "remeasured_latency_ms": again["latency_ms"], "memory_mb": row.memory_mb,
@@ -249,6 +260,15 @@ def paused(rows: Sequence[TrialRow]) -> dict[str, Any] | None:
             "share": round(waited / sum(r.trial_seconds for r in quiet), 4)}
 
 
+def reused(rows: Sequence[TrialRow]) -> dict[str, Any]:
+    """Trials that reused the measurement of an earlier trial of the same compression (``trials``), and the time
+    that saved (``saved_seconds``: their count times the mean measurement of the trials that measured)."""
+    complete = [r for r in rows if r.complete]
+    again = [r for r in complete if r.measurement_of is not None]
+    own = [r.seconds["measure"] for r in complete if r.measurement_of is None and "measure" in r.seconds]
+    return {"trials": len(again), "saved_seconds": round(len(again) * statistics.mean(own), 1) if own else 0.0}
+
+
 def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:
     """Multi-fidelity's figures: trials that had a short score, how many stopped there, and the time that saved
     (each stopped trial's remaining distillation and full validation, estimated from its own pace)."""
@@ -280,7 +300,8 @@ def skipped_summary(rows: Sequence[TrialRow]) -> dict[str, Any]:
 def prediction_fidelity(rows: Sequence[TrialRow]) -> dict[str, Any] | None:
     """How the predictions made before each trial compare with its measurement (see
     :func:`autocomp.costmodel.fidelity`), for latency and memory; None before any trial with a prediction ran."""
-    done = [r for r in rows if r.complete and r.predicted_latency_ms is not None]
+    # a reused measurement is the earlier trial's: counted once
+    done = [r for r in rows if r.complete and r.predicted_latency_ms is not None and r.measurement_of is None]
     if not done:
         return None
     report = {}

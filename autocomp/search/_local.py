@@ -30,7 +30,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import RANK, SearchSpace
 
-__all__ = ["recipe_key", "local_move", "Move", "FILL"]
+__all__ = ["recipe_key", "compression_key", "local_move", "Move", "FILL"]
 
 FILL = 0.95  # a move is filled up to this share of each limit (predicted) at first: measurements vary by several %
 
@@ -47,6 +47,12 @@ class Move(NamedTuple):
 def recipe_key(recipe: Mapping[str, Any]) -> str:
     """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike."""
     return json.dumps(recipe, sort_keys=True)
+
+
+def compression_key(recipe: Mapping[str, Any]) -> str:
+    """What a recipe compresses, without its distillation: two trials with one key build the same candidate, and a
+    trial measures its candidate before distilling it, so they measure the same model."""
+    return recipe_key({name: value for name, value in recipe.items() if name != "distill"})
 
 
 def _moves(params: Mapping[str, Any], distributions: Mapping[str, optuna.distributions.BaseDistribution], *,

@@ -127,7 +127,7 @@ def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_ear
 
     try:
         result = run_trial(config["recipe"], inputs, number=config["trial_number"],
-                           short=short if stops_early else None)
+                           short=short if stops_early else None, measured=config.get("measured"))
     except Exception as exc:  # noqa: BLE001 - any crash becomes a failed trial with its reason, the search goes on
         result = {ERROR: f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
     tune.report({**result, "node": node, "pid": os.getpid()})

@@ -29,7 +29,7 @@ from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES",
-           "ERROR", "STOP"]
+           "MEASURED", "MEASUREMENT_OF", "ERROR", "STOP"]
 
 
 @dataclass(frozen=True)
@@ -126,13 +126,17 @@ def metrics_of(measurement: Measurement, base_latency_ms: float) -> dict[str, fl
 
 
 PHASES = ("compress", "measure", "distill", "evaluate")  # a trial's steps, timed as seconds_<phase>
+MEASURED = ("latency_ms", "latency_ratio", "raw_latency_ms", "latency_iqr_ms", "memory_mb", "weights_mb",
+            "activations_mb", "runtime", "export_top1", "export_max_logit_diff", "measured_on")  # a measurement's keys
+MEASUREMENT_OF = "measurement_of"  # result key: the earlier trial whose measurement this one reused (None: its own)
 SHORT, FULL = "short", "full"  # a trial's fidelity: stopped after the short distillation and score, or finished
 ERROR = "error"  # a failed trial reports why under this key
 STOP = "stop_search"  # set in a failed trial's result when the search cannot go on (the device left)
 
 
 def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: int | None = None,
-              short: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+              short: Callable[[dict[str, Any]], bool] | None = None,
+              measured: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build, measure and score one candidate; returns its metrics and, flat, its budget violations
     (``violation:latency_ms`` ...: Ray Tune flattens nested results).
 
@@ -150,13 +154,18 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
     which says whether to go on (inside Ray Tune it reports the result, and a scheduler that stops the trial ends it
     there). A candidate that goes on comes back with ``fidelity`` ``full`` and its full accuracy.
 
+    ``measured``: the measurement of an earlier trial of the same compression (``trial``, its number, and the
+    ``MEASURED`` keys of its result), which this trial reuses instead of exporting and timing the same candidate
+    again (``measurement_of`` says which; None: measured here). Trials that differ only in their distillation
+    measure the same model, since a trial measures its candidate before distilling it.
+
     A trial that fails for a reason a rerun would meet again returns ``{ERROR: why, "retry": False}``: a recipe
     the operators refuse (``refused``), non-finite logits, a time limit passed, a runtime backend that cannot export
     or run the candidate as PyTorch does; one whose device left the cluster returns ``{ERROR: why, STOP: True}``.
     """
     try:
         with time_limit(inputs.trial_timeout_s, setting="trial_timeout_s"), _quiet.quiet_machine(inputs.quiet_key):
-            return _run_trial(Recipe.from_dict(recipe_dict), inputs, number, short)
+            return _run_trial(Recipe.from_dict(recipe_dict), inputs, number, short, measured)
     except (TimedOut, ExportFailed) as exc:
         return {ERROR: str(exc), "retry": False}
     except DeviceLost as exc:
@@ -164,7 +173,7 @@ def run_trial(recipe_dict: Mapping[str, Any], inputs: TrialInputs, *, number: in
 
 
 def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
-               short: Callable[[dict[str, Any]], bool] | None) -> dict[str, Any]:
+               short: Callable[[dict[str, Any]], bool] | None, measured: Mapping[str, Any] | None) -> dict[str, Any]:
     started = time.perf_counter()
     seconds = dict.fromkeys(PHASES, 0.0)
 
@@ -182,11 +191,15 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
             raise
         except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
             return {"refused": str(exc)}
-    placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
-                                                        reference=inputs.base, timeout_s=inputs.measure_timeout_s,
-                                                        check=inputs.check_images))
-    metrics: dict[str, Any] = {**metrics_of(placed.measurement, inputs.base_latency_ms), "fidelity": FULL,
-                               "short_accuracy": None, "saved_seconds": 0.0, "measured_on": placed.node_id}
+    if measured is None:
+        placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
+                                                            reference=inputs.base, timeout_s=inputs.measure_timeout_s,
+                                                            check=inputs.check_images))
+        measurement = {**metrics_of(placed.measurement, inputs.base_latency_ms), "measured_on": placed.node_id,
+                       MEASUREMENT_OF: None}
+    else:
+        measurement = {**{key: measured[key] for key in MEASURED}, MEASUREMENT_OF: measured["trial"]}
+    metrics: dict[str, Any] = {**measurement, "fidelity": FULL, "short_accuracy": None, "saved_seconds": 0.0}
     over = violations(metrics, inputs.limits)
     wants = distils(recipe)
     distilled = wants and not (inputs.skip_margin is not None and max(over.values(), default=0.0) > inputs.skip_margin)
