@@ -118,7 +118,7 @@ class OptunaController(Searcher):
         self._started: dict[str, float] = {}  # when each trial was handed to Ray: the rest of its time is the engine's
         if screen is not None:  # resuming: what earlier runs measured
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-                if "recipe" in trial.user_attrs:
+                if "recipe" in trial.user_attrs and trial.user_attrs.get(MEASUREMENT_OF) is None:  # once each
                     screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1])
 
     def __getstate__(self) -> dict[str, Any]:
