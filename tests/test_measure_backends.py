@@ -18,7 +18,7 @@ from autocomp import AutocompError, Recipe, compress
 from autocomp.cli import main
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import backends, measure
-from autocomp.measure.backends import ExportFailed, backend_of, require_backend
+from autocomp.measure.backends import ExportFailed, backend_of, holds_export, require_backend
 from autocomp.ops import PruneHeads, PruneMlp, Quantize
 from autocomp.search._objective import ERROR, TrialInputs, run_trial
 from tests.conftest import DIGITS, TINY_KWARGS, skip_where_openvino_lacks_compressed_weights
@@ -102,6 +102,34 @@ def test_the_exported_reference_is_cached_and_candidates_are_not(candidate, monk
     assert len(calls) == 3
 
 
+def test_a_candidates_export_kept_in_a_folder_is_read_back_not_written_again(candidate, monkeypatch, tmp_path):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    base, model, splits = candidate
+    profile = _profile("onnxruntime-cpu")
+    backend = backend_of(profile)
+    calls = []
+    real = type(backend)._export
+    monkeypatch.setattr(type(backend), "_export", lambda self, m, b, p: calls.append(m) or real(self, m, b, p))
+    keep = tmp_path / "7" / "timed_export"
+    keep.parent.mkdir()
+    first = measure(model, profile, example=splits.calib.x, reference=base, keep=keep)
+    assert [m is model for m in calls].count(True) == 1 and holds_export(keep)
+    again = measure(model, profile, example=splits.calib.x, reference=base, keep=keep)
+    assert [m is model for m in calls].count(True) == 1  # read back
+    assert again.weights_mb == first.weights_mb and again.latency_ratio is not None
+    # a folder whose parent is not there (a Ray node that does not see the run folder): a temporary export
+    measure(model, profile, example=splits.calib.x, keep=tmp_path / "elsewhere" / "timed_export")
+    assert [m is model for m in calls].count(True) == 2 and not (tmp_path / "elsewhere").exists()
+
+    def fails(self, m, b, p):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(type(backend), "_export", fails)
+    with pytest.raises(ExportFailed, match="no kernel"):
+        measure(model, profile, example=splits.calib.x, keep=keep.parent / "other")
+    assert sorted(keep.parent.iterdir()) == [keep]  # nothing half-written left beside it
+
+
 def test_an_export_that_disagrees_with_pytorch_fails_the_trial_with_its_reason(candidate, monkeypatch):
     _needs("onnxruntime", "onnx", "onnxscript")
     base, _, splits = candidate
@@ -120,6 +148,22 @@ def test_an_export_that_disagrees_with_pytorch_fails_the_trial_with_its_reason(c
     assert result["retry"] is False
     assert result[ERROR].startswith("onnxruntime-cpu: the exported model agrees with the PyTorch one on ")
     assert "validation images" in result[ERROR] and "accuracy" not in result
+
+
+def test_a_trial_within_budget_keeps_its_export_for_the_re_measurement_and_one_over_budget_does_not(candidate,
+                                                                                                   tmp_path):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    base, _, splits = candidate
+    kept = tmp_path / "trials"  # the run folder's trials/: the run folder (tmp_path) is there
+    inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=splits.train,
+                         profile=_profile("onnxruntime-cpu"), limits={"latency_ms": 1e9}, base_latency_ms=1.0,
+                         weights_dir=str(kept))
+    within = run_trial(RECIPE.to_dict(), inputs, number=3)
+    assert "accuracy" in within and holds_export(kept / "3" / "timed_export")
+    over = run_trial(RECIPE.to_dict(), dataclasses.replace(inputs, limits={"latency_ms": 1e-9}), number=4)
+    assert over["violation:latency_ms"] > 0 and not (kept / "4" / "timed_export").exists()
+    run_trial(RECIPE.to_dict(), dataclasses.replace(inputs, profile=_profile("pytorch-cpu")), number=5)
+    assert not (kept / "5" / "timed_export").exists()  # nothing exported, nothing kept
 
 
 def test_an_export_that_fails_is_a_failed_trial_not_a_crash(candidate, monkeypatch):
@@ -200,6 +244,8 @@ def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_
         assert float(row["export_top1"]) >= 0.9 and float(row["export_max_logit_diff"]) >= 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["hardware"]["backend"] == "onnxruntime-cpu"
+    # the files the trials timed (undistilled weights) served the re-measurement and are gone: none to deploy by mistake
+    assert summary["remeasured"] and not list((tmp_path / "run" / "trials").glob("*/timed_export"))
     assert summary["hardware"]["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
 
 

@@ -18,8 +18,8 @@ LIMITS = {"latency_ms": 10.0}
 
 
 def _row(number: int, accuracy: float, latency_ms: float, *, distill: float | None = None) -> TrialRow:
-    # one compression per trial number (int8 weights in block 0 for trial 1, in block 1 for trial 2, ...)
-    blocks = [{"quantize": {"weight_bits": 8}} if b == number - 1 else {} for b in range(max(2, number))]
+    # one compression per trial number below 6 (block 0 keeps 6 - number of its 6 heads)
+    blocks = [{"prune_heads": {"keep": 6 - number}} if 0 < number < 6 else {}, {}]
     recipe = {"blocks": blocks, **({"distill": {"steps": 10, "alpha": distill}} if distill is not None else {})}
     return TrialRow(number=number, state="COMPLETE", recipe_summary="", recipe=recipe,
                     accuracy=accuracy, latency_ms=latency_ms, memory_mb=1.0, latency_ratio=latency_ms / 12.0,
@@ -33,7 +33,7 @@ def remeasure_as(monkeypatch):
     def install(ratios):
         queue = list(ratios)
 
-        def fake(model, profile, *, example, reference=None, timeout_s=None):
+        def fake(model, profile, *, example, reference=None, timeout_s=None, keep=None):
             assert profile.repeats == 3 * HardwareProfile(name="t").repeats  # longer than a trial's measurement
             measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=queue.pop(0),
                                       weights_mb=1.0, activations_mb=0.0)
@@ -78,6 +78,27 @@ def test_candidates_that_differ_only_in_their_distillation_are_measured_once(rem
     assert best.number == 1
 
 
+def test_a_runtime_backend_times_again_the_file_the_trial_kept(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(model, profile, *, example, reference=None, timeout_s=None, keep=None):
+        seen[len(seen)] = keep
+        measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=0.5, weights_mb=1.0,
+                                  activations_mb=0.0)
+        return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)
+
+    monkeypatch.setattr(_finish, "measure_on_device", fake)
+    for trial in (1, 2):  # trials 1 and 2 kept their exports; trial 3's was not kept (another node, or pruned)
+        (tmp_path / str(trial) / "timed_export").mkdir(parents=True)
+        (tmp_path / str(trial) / "timed_export" / "weight_nbytes").write_text("100")
+    (tmp_path / "3" / "timed_export").mkdir(parents=True)  # an export that never finished
+    reused = TrialRow(**{**_row(4, 89.0, 8.0).__dict__, "measurement_of": 2})  # measured as trial 2 was
+    rows = [_row(1, 91.0, 9.0), _row(3, 90.0, 9.0), reused]
+    _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
+                         baseline_latency_ms=12.0, limits=LIMITS, kept=tmp_path)
+    assert seen == {0: tmp_path / "1" / "timed_export", 1: None, 2: tmp_path / "2" / "timed_export"}
+
+
 def test_the_remeasured_candidate_holds_its_compressed_weights_not_uninitialized_memory(monkeypatch):
     """A structure-only rebuild holds whatever memory it got (NaNs made an int8 low-rank layer's dynamic
     quantization fail in a search on ONNX Runtime); the re-measured model is the recipe compressed again."""
@@ -87,7 +108,7 @@ def test_the_remeasured_candidate_holds_its_compressed_weights_not_uninitialized
     row = TrialRow(**{**_row(0, 91.0, 9.0).__dict__, "recipe": recipe})
     base, example, seen = small_vit(), torch.randn(4, 3, 16, 16), []
 
-    def fake(model, profile, *, example, reference=None, timeout_s=None):
+    def fake(model, profile, *, example, reference=None, timeout_s=None, keep=None):
         seen.append(model)
         measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=0.75, weights_mb=1.0,
                                   activations_mb=0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ class Measurement:
 
 
 def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor,
-            reference: nn.Module | None = None, check: torch.Tensor | None = None) -> Measurement:
+            reference: nn.Module | None = None, check: torch.Tensor | None = None,
+            keep: Path | None = None) -> Measurement:
     """Measure latency and memory of ``model`` on the profile's backend, at its batch size and thread count.
 
     Args:
@@ -66,6 +68,10 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
         example: one input image batch of any size; it is repeated or cut to the profile's batch size.
         reference: timed interleaved with ``model`` to give a drift-free ratio.
         check: images a runtime backend compares its exported model on (``agreement``); None: no check.
+        keep: a folder where a runtime backend keeps its export of ``model``, or reads it from if an earlier
+            measurement of the same model kept it there (``model`` itself is still needed: activation memory is
+            counted in PyTorch); ignored where the folder's parent does not exist (a Ray node that does not see the
+            caller's files). None: the export goes to a temporary folder.
 
     Raises:
         autocomp.measure.backends.ExportFailed: a runtime backend could not export or run the model as PyTorch
@@ -74,7 +80,8 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
     backend = backend_of(profile)
     batch = _batch(example, profile.batch_size)
     with _quiet.step():  # exports and checks are compute: not while another trial of the run times (if set up)
-        candidate = backend.prepare(model, batch, profile)
+        candidate = backend.prepare(model, batch, profile,
+                                    keep=keep if keep is not None and keep.parent.is_dir() else None)
         agreement = backend.check(model, candidate, check, profile) if check is not None else None
         runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
                                   if reference is not None else [])

@@ -41,7 +41,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp._timing import num_threads, time_models, weight_nbytes
 
 __all__ = ["Backend", "Prepared", "Agreement", "ExportFailed", "backend_of", "require_backend", "check_images",
-           "AGREEMENT_MIN", "CHECK_IMAGES"]
+           "holds_export", "AGREEMENT_MIN", "CHECK_IMAGES"]
 
 # top-1 agreement of an exported candidate with its PyTorch model below which the trial fails. An export bug agrees
 # far less; ONNX Runtime's int8 kernels round differently from PyTorch's (dynamic activation scales, accumulation), and
@@ -109,8 +109,11 @@ class Backend:
     def options(self, profile: HardwareProfile) -> str:
         return f"{profile.threads} thread(s), batch {profile.batch_size}"
 
-    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
-        """``model`` in the backend's form (the caller's model is not changed)."""
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, *,
+                keep: Path | None = None) -> Prepared:
+        """``model`` in the backend's form (the caller's model is not changed). ``keep``: a folder where a backend
+        that exports keeps its file, or reads it from if an earlier call kept it there (the caller's promise: the same
+        model); other backends ignore it."""
         raise NotImplementedError
 
     def prepare_reference(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
@@ -132,7 +135,8 @@ class Backend:
 class PyTorchCpu(Backend):
     name = "pytorch-cpu"
 
-    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, *,
+                keep: Path | None = None) -> Prepared:
         return Prepared(run=model, weight_nbytes=weight_nbytes(model), weights_from="PyTorch tensors")
 
 
@@ -151,7 +155,8 @@ class PyTorchCuda(Backend):
         name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
         return f"{name}, CUDA {torch.version.cuda}, batch {profile.batch_size}, CUDA events"
 
-    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, *,
+                keep: Path | None = None) -> Prepared:
         from autocomp.ops.quantize import Int8Linear, QuantizedLinear
 
         for name, module in model.named_modules():
@@ -186,7 +191,8 @@ class PyTorchCuda(Backend):
 
 
 class _Exported(Backend):
-    """A backend that runs an exported file: candidates exported to a temporary folder, the reference to the cache."""
+    """A backend that runs an exported file: candidates exported to a temporary folder (or the folder the caller
+    keeps them in), the reference to the cache."""
 
     suffix = ".onnx"
     exports = True
@@ -200,7 +206,10 @@ class _Exported(Backend):
         """The written file ready to run (a module taking and returning torch tensors)."""
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
+    def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, *,
+                keep: Path | None = None) -> Prepared:
+        if keep is not None:
+            return self._kept(model, batch, profile, keep)
         folder = Path(tempfile.mkdtemp(prefix="autocomp-export-"))
         try:
             nbytes = self.write(model, batch, folder / f"model{self.suffix}")
@@ -210,15 +219,21 @@ class _Exported(Backend):
             shutil.rmtree(folder, ignore_errors=True)  # the session holds what it needs
 
     def prepare_reference(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
-        folder = cache_dir() / "exports" / f"{self.name}-{_fingerprint(model, batch)}"
+        return self._kept(model, batch, profile, cache_dir() / "exports" / f"{self.name}-{_fingerprint(model, batch)}")
+
+    def _kept(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, folder: Path) -> Prepared:
+        """``model`` exported into ``folder``, or read from there if it holds an export already."""
         path = folder / f"model{self.suffix}"
-        if not (folder / "weight_nbytes").is_file():
+        if not holds_export(folder):
             scratch = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=_mkdir(folder.parent)))
-            (scratch / "weight_nbytes").write_text(str(self.write(model, batch, scratch / path.name)))
             try:
-                scratch.rename(folder)  # atomic; a concurrent trial may have won the race, and that is fine
-            except OSError:
-                shutil.rmtree(scratch, ignore_errors=True)
+                (scratch / "weight_nbytes").write_text(str(self.write(model, batch, scratch / path.name)))
+                try:
+                    scratch.rename(folder)  # atomic
+                except OSError:
+                    pass  # a concurrent trial won the race with the same model's export, and that is fine
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)  # left only by a failed export or a lost race
         return Prepared(run=self.load(path, profile), weight_nbytes=int((folder / "weight_nbytes").read_text()),
                         weights_from=self.weights_from)
 
@@ -353,6 +368,11 @@ def check_images(profile: HardwareProfile, images: Callable[[int], torch.Tensor]
     if not backend_of(profile).exports:
         return None
     return images(int(max(1, min(CHECK_IMAGES, CHECK_BYTES // (4 * max(1, input_numel))))))
+
+
+def holds_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished export (as :meth:`Backend.prepare` keeps one): its last file is written."""
+    return (folder / "weight_nbytes").is_file()
 
 
 def _fit(x: torch.Tensor, size: int) -> torch.Tensor:

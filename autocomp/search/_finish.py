@@ -22,13 +22,14 @@ from autocomp.costmodel import fidelity
 from autocomp.data import Splits
 from autocomp.distill import distill
 from autocomp.hardware import HardwareProfile
+from autocomp.measure.backends import holds_export
 from autocomp.measure.placement import measure_on_device
 from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Distill, Recipe
 from autocomp.results import TrialRow, closest_trial, ranked_feasible, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
 from autocomp.search._local import compression_key
-from autocomp.search._objective import build_candidate, distill_subset, kept_model, metrics_of
+from autocomp.search._objective import EXPORT_FOLDER, build_candidate, distill_subset, kept_model, metrics_of
 from autocomp.train import evaluate
 
 __all__ = ["finalize", "final_distillation", "confirm_best", "skipped_summary", "prediction_fidelity", "time_split",
@@ -47,7 +48,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     rows = trial_rows(study, list(limits))
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
-                                    baseline_latency_ms=baseline["latency_ms"], limits=limits)
+                                    baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT)
+    drop_timed_exports(run_dir / KEPT)
     summary: dict[str, Any] = {
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
         "trials": {"total": len(rows), "complete": sum(r.complete for r in rows),
@@ -154,7 +156,8 @@ CONFIRM_REPEATS = 3  # each measured again with this many times the profile's ti
 
 
 def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: HardwareProfile, example: torch.Tensor,
-                 baseline_latency_ms: float, limits: Mapping[str, float]) -> tuple[TrialRow | None, list[dict]]:
+                 baseline_latency_ms: float, limits: Mapping[str, float],
+                 kept: Path | None = None) -> tuple[TrialRow | None, list[dict]]:
     """The best trial, named after measuring the ``CONFIRM`` most accurate candidates within budget again, one
     after the other on the device the trials no longer load: the most accurate whose second measurement is still
     within budget (a single measurement at the budget's edge can be luck). Latency does not depend on the weights,
@@ -162,6 +165,8 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     in its trial, over ``CONFIRM_REPEATS`` times as many timed runs (on a shared machine the ratio of one
     measurement moves by several percent from one minute to the next; the longer one averages over more of it).
     Candidates that compress alike (they differ in their distillation) are one model to measure: measured once.
+    A runtime backend times the file the trial exported where the trial kept it (``kept``: the run's
+    ``trials/`` folder; ``<trial>/export/``), and exports the candidate again where it did not.
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
@@ -178,7 +183,7 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
             # whose NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
             with torch.no_grad():
                 model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
-            placed = measure_on_device(model, longer, example=example, reference=base)
+            placed = measure_on_device(model, longer, example=example, reference=base, keep=_kept_export(kept, row))
             measured[key] = metrics_of(placed.measurement, baseline_latency_ms)
         again = measured[key]
         holds = feasible_metrics(violations(again, limits))
@@ -194,6 +199,24 @@ def _trial_entry(row: TrialRow) -> dict[str, Any]:
     return {"trial": row.number, "recipe_summary": row.recipe_summary, "val_accuracy": row.accuracy,
             "latency_ms": row.latency_ms, "latency_ratio": row.latency_ratio, "memory_mb": row.memory_mb,
             "violations": dict(row.violations)}
+
+
+def drop_timed_exports(kept: Path) -> None:
+    """Delete the files the trials timed, once the best is named: their weights are undistilled (see
+    ``EXPORT_FOLDER``), and the disk they take is the size of the models."""
+    import shutil
+
+    for folder in kept.glob(f"*/{EXPORT_FOLDER}"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kept_export(kept: Path | None, row: TrialRow) -> Path | None:
+    """The export a trial kept of ``row``'s candidate (its own, or that of the trial whose measurement it reused), or
+    None."""
+    if kept is None:
+        return None
+    folder = kept / str(row.measurement_of if row.measurement_of is not None else row.number) / EXPORT_FOLDER
+    return folder if holds_export(folder) else None
 
 
 def time_split(rows: Sequence[TrialRow]) -> dict[str, float] | None:

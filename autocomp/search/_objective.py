@@ -4,6 +4,7 @@ in-process."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +23,14 @@ from autocomp.distill import TeacherCache, distill
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement, num_threads
-from autocomp.measure.backends import ExportFailed
+from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
 from autocomp.train import evaluate
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES",
-           "MEASURED", "MEASUREMENT_OF", "ERROR", "STOP"]
+           "MEASURED", "MEASUREMENT_OF", "EXPORT_FOLDER", "ERROR", "STOP"]
 
 
 @dataclass(frozen=True)
@@ -191,16 +192,19 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
             raise
         except AutocompError as exc:  # a sampled combination the operators refuse (e.g. a rank that saves nothing)
             return {"refused": str(exc)}
+    export = _export_folder(inputs, number) if measured is None else None
     if measured is None:
         placed = timed("measure", lambda: measure_on_device(model, inputs.profile, example=inputs.calib,
                                                             reference=inputs.base, timeout_s=inputs.measure_timeout_s,
-                                                            check=inputs.check_images))
+                                                            check=inputs.check_images, keep=export))
         measurement = {**metrics_of(placed.measurement, inputs.base_latency_ms), "measured_on": placed.node_id,
                        MEASUREMENT_OF: None}
     else:
         measurement = {**{key: measured[key] for key in MEASURED}, MEASUREMENT_OF: measured["trial"]}
     metrics: dict[str, Any] = {**measurement, "fidelity": FULL, "short_accuracy": None, "saved_seconds": 0.0}
     over = violations(metrics, inputs.limits)
+    if export is not None and not feasible(over):  # only a candidate within budget is measured again at the end
+        shutil.rmtree(export, ignore_errors=True)
     wants = distils(recipe)
     distilled = wants and not (inputs.skip_margin is not None and max(over.values(), default=0.0) > inputs.skip_margin)
     stopped = False
@@ -258,6 +262,22 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
 
 
 WEIGHTS_FILE = "weights.safetensors"
+# <weights_dir>/<trial>/timed_export/: the file a runtime backend timed in the trial, until the best is named; its
+# weights are undistilled (latency does not depend on them): a file to time, never to deploy
+EXPORT_FOLDER = "timed_export"
+
+
+def _export_folder(inputs: TrialInputs, number: int | None) -> Path | None:
+    """Where a trial keeps its candidate's export for the re-measurement of the best (latency does not depend on
+    the weights: the file measured in the trial is the one to time again), or None: a backend that exports
+    nothing, no run folder here (a node without the shared folder), or no trial number."""
+    weights_dir = inputs.weights_dir
+    if (not backend_of(inputs.profile).exports or weights_dir is None or number is None
+            or not Path(weights_dir).parent.is_dir()):
+        return None
+    folder = Path(weights_dir) / str(number)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / EXPORT_FOLDER
 
 
 def _keep_weights(model: nn.Module, directory: Path) -> None:
