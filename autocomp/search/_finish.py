@@ -166,7 +166,7 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     measurement moves by several percent from one minute to the next; the longer one averages over more of it).
     Candidates that compress alike (they differ in their distillation) are one model to measure: measured once.
     A runtime backend times the file the trial exported where the trial kept it (``kept``: the run's
-    ``trials/`` folder; ``<trial>/export/``), and exports the candidate again where it did not.
+    ``trials/`` folder; ``<trial>/timed_export/``), and exports the candidate again where it did not.
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
