@@ -20,7 +20,7 @@ from autocomp.cli import main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import load_run_study
-from autocomp.search._screen import CORRECT_AFTER, FLOOR, PROVEN, CostPredictor, Screen
+from autocomp.search._screen import CORRECT_AFTER, FLOOR, MEMORY_FLOOR, PROVEN, CostPredictor, Screen
 from test_search_e2e import write_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +136,51 @@ def test_only_over_predictions_widen_the_margin(predictor):
     assert screen.margin_now()[0] == pytest.approx(math.exp(0.15) - 1)
     predictor.errors = [0.4, 0.1]  # too few to go by
     assert screen.margin_now()[0] == 0.5
+
+
+def test_memory_has_a_margin_of_its_own_learnt_from_the_measured_memory(base):
+    """Memory is counted, not timed: once the cost model has predicted it closely, a candidate predicted 5 % over a
+    memory limit is skipped, however far the latency predictions were off; where it over-predicted memory, it runs."""
+    predictor = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
+    limit = predictor.predict(HALF_HEADS)["memory_mb"] / 1.05
+    screen = Screen(predictor=predictor, limits={"memory_mb": limit}, margin=0.5)
+    recipes = _recipes(PROVEN)
+    for i, recipe in enumerate(recipes):
+        predicted = predictor.predict(recipe)
+        screen.observe(recipe, predicted["latency_ms"] * 3, predicted["memory_mb"])  # latency 3x off, memory exact
+        if i < PROVEN - 1:
+            assert screen.judge(HALF_HEADS).skip_reason is None  # unproven: the configured margin
+    assert screen.margin_now("memory_mb")[0] == pytest.approx(MEMORY_FLOOR) and screen.margin_now()[0] == 0.5
+    verdict = screen.judge(HALF_HEADS)
+    assert "predicted memory_mb" in verdict.skip_reason and "5% over the limit" in verdict.skip_reason
+    assert "skip margin 2%" in verdict.skip_reason
+    loose = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
+    screen = Screen(predictor=loose, limits={"memory_mb": limit}, margin=0.5)
+    for recipe in recipes:  # measured 10 % under what was predicted: a candidate predicted 5 % over may be within
+        screen.observe(recipe, 1.0, loose.predict(recipe)["memory_mb"] / 1.1)
+    assert screen.judge(HALF_HEADS).skip_reason is None and screen.margin_now("memory_mb")[0] > 0.1
+
+
+def test_the_controller_teaches_the_screen_each_trials_measured_memory(base):
+    from autocomp.search._controller import DIRECTIONS, RECORDED, OptunaController
+    from autocomp.search._space import SearchSpace
+
+    def controller(predictor, study):
+        return OptunaController(study=study, space=SearchSpace(heads_keep=(0.5, 1.0)), heads_per_block=[6, 6],
+                                n_trials=1, screen=Screen(predictor=predictor, limits={"memory_mb": 100.0}, margin=0.5))
+
+    predictor = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
+    study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
+    running = controller(predictor, study)
+    asked = running.suggest("a")
+    memory = predictor.predict(Recipe.from_dict(asked["recipe"]))["memory_mb"]
+    running.on_trial_complete("a", result={**dict.fromkeys(RECORDED, None), "accuracy": 1.0, "latency_ms": 1.0,
+                                           "memory_mb": memory / 2, "trial_seconds": 1.0,
+                                           "violation:memory_mb": -0.5})
+    assert predictor.memory_errors == [pytest.approx(math.log(2))]  # over-predicted twice over
+    resumed = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
+    controller(resumed, study)  # a resumed search learns it from the study
+    assert resumed.memory_errors == [pytest.approx(math.log(2))]
 
 
 def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):

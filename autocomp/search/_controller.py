@@ -119,7 +119,7 @@ class OptunaController(Searcher):
         if screen is not None:  # resuming: what earlier runs measured
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
                 if "recipe" in trial.user_attrs and trial.user_attrs.get(MEASUREMENT_OF) is None:  # once each
-                    screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1])
+                    screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1], trial.values[2])
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its searcher into its experiment checkpoint; the study lives in its file and is resumed from
@@ -341,7 +341,7 @@ class OptunaController(Searcher):
                 trial.set_user_attr("engine_seconds", max(0.0, time.perf_counter() - started - result["trial_seconds"]))
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
             if self._screen is not None and result.get(MEASUREMENT_OF) is None:  # a reused one is known already
-                self._screen.observe(recipe, result["latency_ms"])
+                self._screen.observe(recipe, result["latency_ms"], result["memory_mb"])
         self._tell_coarse(trial_id, frozen)
         self._told(frozen)
 
