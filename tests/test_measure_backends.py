@@ -164,6 +164,10 @@ def test_a_trial_within_budget_keeps_its_export_for_the_re_measurement_and_one_o
     assert over["violation:latency_ms"] > 0 and not (kept / "4" / "timed_export").exists()
     run_trial(RECIPE.to_dict(), dataclasses.replace(inputs, profile=_profile("pytorch-cpu")), number=5)
     assert not (kept / "5" / "timed_export").exists()  # nothing exported, nothing kept
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # a trial folder that cannot be made in it: keeping is optional, the trial goes on
+    assert "accuracy" in run_trial(RECIPE.to_dict(), dataclasses.replace(inputs, weights_dir=str(blocked)),
+                                   number=6)
 
 
 def test_an_export_that_fails_is_a_failed_trial_not_a_crash(candidate, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import Measurement
+from autocomp.measure.backends import NBYTES_FILE
 from autocomp.measure.placement import Placed
 from autocomp.results import TrialRow
 from autocomp.search import _finish
@@ -90,7 +91,7 @@ def test_a_runtime_backend_times_again_the_file_the_trial_kept(monkeypatch, tmp_
     monkeypatch.setattr(_finish, "measure_on_device", fake)
     for trial in (1, 2):  # trials 1 and 2 kept their exports; trial 3's was not kept (another node, or pruned)
         (tmp_path / str(trial) / "timed_export").mkdir(parents=True)
-        (tmp_path / str(trial) / "timed_export" / "weight_nbytes").write_text("100")
+        (tmp_path / str(trial) / "timed_export" / NBYTES_FILE).write_text("100")
     (tmp_path / "3" / "timed_export").mkdir(parents=True)  # an export that never finished
     reused = TrialRow(**{**_row(4, 89.0, 8.0).__dict__, "measurement_of": 2})  # measured as trial 2 was
     rows = [_row(1, 91.0, 9.0), _row(3, 90.0, 9.0), reused]

@@ -41,7 +41,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp._timing import num_threads, time_models, weight_nbytes
 
 __all__ = ["Backend", "Prepared", "Agreement", "ExportFailed", "backend_of", "require_backend", "check_images",
-           "holds_export", "AGREEMENT_MIN", "CHECK_IMAGES"]
+           "holds_export", "NBYTES_FILE", "AGREEMENT_MIN", "CHECK_IMAGES"]
 
 # top-1 agreement of an exported candidate with its PyTorch model below which the trial fails. An export bug agrees
 # far less; ONNX Runtime's int8 kernels round differently from PyTorch's (dynamic activation scales, accumulation), and
@@ -69,6 +69,7 @@ class Prepared(NamedTuple):
     run: Callable[[torch.Tensor], Any]
     weight_nbytes: int
     weights_from: str
+NBYTES_FILE = "weight_nbytes"  # written last in an export's folder: the file's weight bytes
 
 
 @dataclass(frozen=True)
@@ -227,14 +228,14 @@ class _Exported(Backend):
         if not holds_export(folder):
             scratch = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=_mkdir(folder.parent)))
             try:
-                (scratch / "weight_nbytes").write_text(str(self.write(model, batch, scratch / path.name)))
+                (scratch / NBYTES_FILE).write_text(str(self.write(model, batch, scratch / path.name)))
                 try:
                     scratch.rename(folder)  # atomic
                 except OSError:
                     pass  # a concurrent trial won the race with the same model's export, and that is fine
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)  # left only by a failed export or a lost race
-        return Prepared(run=self.load(path, profile), weight_nbytes=int((folder / "weight_nbytes").read_text()),
+        return Prepared(run=self.load(path, profile), weight_nbytes=int((folder / NBYTES_FILE).read_text()),
                         weights_from=self.weights_from)
 
     def write(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
@@ -372,7 +373,7 @@ def check_images(profile: HardwareProfile, images: Callable[[int], torch.Tensor]
 
 def holds_export(folder: Path) -> bool:
     """Whether ``folder`` holds a finished export (as :meth:`Backend.prepare` keeps one): its last file is written."""
-    return (folder / "weight_nbytes").is_file()
+    return (folder / NBYTES_FILE).is_file()
 
 
 def _fit(x: torch.Tensor, size: int) -> torch.Tensor:

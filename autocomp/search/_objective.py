@@ -256,8 +256,8 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
             seconds["distill"] = time.perf_counter() - distill_began - seconds["evaluate"]
         accuracy = timed("evaluate", lambda: evaluate(model, inputs.val))
     result = finished(model, accuracy)
-    if ERROR not in result and number is not None and inputs.weights_dir is not None and feasible(over):
-        _keep_weights(model, Path(inputs.weights_dir) / str(number))
+    if ERROR not in result and feasible(over) and (folder := _trial_folder(inputs.weights_dir, number)) is not None:
+        _keep_weights(model, folder)
     return result
 
 
@@ -267,29 +267,34 @@ WEIGHTS_FILE = "weights.safetensors"
 EXPORT_FOLDER = "timed_export"
 
 
+def _trial_folder(weights_dir: str | None, number: int | None) -> Path | None:
+    """``<weights_dir>/<number>/`` (made if missing), where a trial keeps its weights and its timed export; None
+    without a trial number, where this process does not see the run folder (a node without the shared file system)
+    or cannot write there: keeping is optional (the end of the search then rebuilds or exports again)."""
+    if weights_dir is None or number is None or not Path(weights_dir).parent.is_dir():  # the parent: the run folder
+        return None
+    folder = Path(weights_dir) / str(number)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
 def _export_folder(inputs: TrialInputs, number: int | None) -> Path | None:
     """Where a trial keeps its candidate's export for the re-measurement of the best (latency does not depend on
     the weights: the file measured in the trial is the one to time again), or None: a backend that exports
-    nothing, no run folder here (a node without the shared folder), or no trial number."""
-    weights_dir = inputs.weights_dir
-    if (not backend_of(inputs.profile).exports or weights_dir is None or number is None
-            or not Path(weights_dir).parent.is_dir()):
-        return None
-    folder = Path(weights_dir) / str(number)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / EXPORT_FOLDER
+    nothing, or no trial folder (:func:`_trial_folder`)."""
+    folder = _trial_folder(inputs.weights_dir, number) if backend_of(inputs.profile).exports else None
+    return folder / EXPORT_FOLDER if folder is not None else None
 
 
 def _keep_weights(model: nn.Module, directory: Path) -> None:
-    """Save the trial's weights; a node that does not see the run folder (no shared file system), or cannot write
-    there, keeps nothing (the end of the search then rebuilds the model)."""
+    """Save the trial's weights in its folder (:func:`_trial_folder`); one that cannot be written keeps nothing."""
     from safetensors.torch import save_file
 
-    if not directory.parent.parent.is_dir():  # the run folder itself: absent on a node without the shared folder
-        return
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         tmp.replace(directory / WEIGHTS_FILE)
     except Exception:  # noqa: BLE001 - disk full, permissions, safetensors' own errors: keeping weights is optional
