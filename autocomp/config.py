@@ -113,7 +113,8 @@ class JobConfig:
         search_space: path of the search-space YAML.
         hardware: path of the hardware-profile YAML.
         budget: the hard constraint.
-        trials: candidates to evaluate.
+        trials: candidates to build, distil and measure (those the cost model skips as far over budget are not
+            counted: up to 3 per trial, another candidate is drawn in their place).
         workers: trials run at once.
         seed: seed of the sampler.
         skip_margin: skip (never compress, distil, measure or evaluate) a candidate the cost model predicts to

@@ -20,6 +20,7 @@ from autocomp.cli import main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import load_run_study
+from autocomp.search._controller import SKIPS_PER_TRIAL
 from autocomp.search._screen import CORRECT_AFTER, FLOOR, MEMORY_FLOOR, PROVEN, CostPredictor, Screen
 from test_search_e2e import write_job
 
@@ -183,8 +184,65 @@ def test_the_controller_teaches_the_screen_each_trials_measured_memory(base):
     assert resumed.memory_errors == [pytest.approx(math.log(2))]
 
 
+class _EveryOther:
+    """A screen that skips every other candidate it judges (the first one runs), or all of them."""
+
+    limits = {"latency_ms": 1.0}
+
+    def __init__(self, *, skip_all: bool = False) -> None:
+        self.judged, self._skip_all = 0, skip_all
+
+    def judge(self, recipe):
+        from autocomp.search._screen import Verdict
+
+        self.judged += 1
+        if self._skip_all or self.judged % 2 == 0:
+            return Verdict(predicted={"latency_ms": 2.0}, skip_reason="predicted 100% over",
+                           violations={"latency_ms": 1.0})
+        return Verdict(predicted={"latency_ms": 0.5})
+
+    def observe(self, *args) -> None:
+        pass
+
+
+def _controller_with(screen, n_trials):
+    from autocomp.search._controller import DIRECTIONS, OptunaController
+    from autocomp.search._space import SearchSpace
+
+    study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
+    space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
+    return study, OptunaController(study=study, space=space, heads_per_block=[4, 4, 4], n_trials=n_trials,
+                                   screen=screen)
+
+
+def test_a_skipped_candidate_does_not_use_up_a_trial_of_the_job():
+    """Trials asked for are candidates measured: one the screen skips is drawn again in its place."""
+    from ray.tune.search import Searcher
+
+    from autocomp.search._controller import counted
+
+    study, controller = _controller_with(_EveryOther(), n_trials=3)
+    handed = [controller.suggest(f"t{i}") for i in range(4)]
+    assert all(isinstance(h, dict) for h in handed[:3]) and handed[3] == Searcher.FINISHED  # 3 run, 2 skipped between
+    skipped = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(skipped) == 2 and all("skipped_reason" in t.user_attrs for t in skipped)
+    assert not any(counted(t) for t in skipped)  # a resumed search asks for them again
+
+
+def test_skipped_candidates_stop_being_free_after_the_cap():
+    """A budget the screen judges nothing to meet still ends the search: beyond ``SKIPS_PER_TRIAL`` per trial, each
+    skipped candidate takes a trial's place."""
+    from ray.tune.search import Searcher
+
+    from autocomp.search._controller import SKIPS_PER_TRIAL
+
+    study, controller = _controller_with(_EveryOther(skip_all=True), n_trials=2)
+    assert controller.suggest("a") == Searcher.FINISHED
+    assert len(study.get_trials()) == 2 + SKIPS_PER_TRIAL * 2
+
+
 def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):
-    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e-3}, trials=3, workers=1)  # met by nothing
+    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e-3}, trials=2, workers=1)  # met by nothing
     data = yaml.safe_load(job.read_text())
     job.write_text(yaml.safe_dump({**data, "skip_margin": 0}))
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
@@ -194,9 +252,11 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     trials = [t for t in load_run_study(run).get_trials() if "duplicate_of" not in t.user_attrs]  # drawn again: not run
     ran = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     skipped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert len(trials) == 3 and len(ran) == 1 and len(skipped) == 2  # the first trial runs: nothing is measured yet
-    assert summary["skipped"] == 2
-    assert summary["time_saved_s"] == pytest.approx(2 * ran[0].user_attrs["trial_seconds"])
+    # the first trial runs (nothing is measured yet); then every candidate is skipped, 3 per trial asked for drawn
+    # again in its place, and the one trial left is spent by the next skipped one
+    assert len(ran) == 1 and len(skipped) == 2 * SKIPS_PER_TRIAL + 1 and len(trials) == len(ran) + len(skipped)
+    assert summary["skipped"] == len(skipped)
+    assert summary["time_saved_s"] == pytest.approx(len(skipped) * ran[0].user_attrs["trial_seconds"])
     for trial in trials:
         assert trial.user_attrs["predicted_latency_ms"] > 1e-3 and trial.user_attrs["predicted_memory_mb"] > 0
     for trial in skipped:
@@ -207,6 +267,6 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
         predicted = trial.user_attrs["predicted_latency_ms"] / 1e-3 - 1
         assert trial.constraints == {"latency_ms": pytest.approx(predicted)} and predicted > 0
     rows = [r for r in csv.DictReader((run / "trials.csv").open()) if not r["duplicate_of"]]
-    assert [r["state"] for r in rows] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert [r["state"] for r in rows] == ["COMPLETE"] + ["PRUNED"] * len(skipped)
     assert rows[1]["skipped_reason"] and float(rows[0]["predicted_memory_mb"]) > 0
     assert summary["cost_model"]["memory_mb"]["mape"] < 0.05  # memory is counted, so its prediction is close

@@ -2,7 +2,9 @@
 
 Before a recipe is handed to Ray, the controller predicts its cost; a candidate the screen judges far over budget is
 told to the study as PRUNED (user attr ``skipped_reason``) without ever being compressed, distilled, measured or
-evaluated, and the next recipe is asked for in its place. It carries its predicted budget violations as its
+evaluated, and the next recipe is asked for in its place: a skipped candidate does not use up one of the job's
+trials (up to ``SKIPS_PER_TRIAL`` per trial asked for in a run; beyond that each one does, so that a budget the
+sampler can hardly meet still ends the search). It carries its predicted budget violations as its
 constraints: TPE ranks infeasible trials by how far they violate the budget, whatever their state, so the sampler
 learns where the budget lies from them (told as plain PRUNED trials, they ranked above measured near misses).
 
@@ -53,6 +55,7 @@ RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "
             *(f"seconds_{p}" for p in PHASES))
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
+SKIPS_PER_TRIAL = 3  # skipped candidates that use up no trial, per trial asked for in a run
 COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary
 COARSE_REDRAWS = 20  # coarse draws of recipes already run, before the per-block sampler takes the draw
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
@@ -62,8 +65,9 @@ DUPLICATE = "duplicate_of"  # user attr of a proposal not run (state PRUNED): th
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a stored trial counts towards the job's trial count on resume: measured, or skipped by the screen."""
-    return trial.state == optuna.trial.TrialState.COMPLETE or SKIPPED in trial.user_attrs
+    """Whether a stored trial counts towards the job's trial count on resume: a measured one (not one the screen
+    skipped, nor one that failed: both are asked for again)."""
+    return trial.state == optuna.trial.TrialState.COMPLETE
 
 
 class OptunaController(Searcher):
@@ -73,7 +77,8 @@ class OptunaController(Searcher):
         study: the multi-objective study (accuracy up, latency down, memory down).
         space: what to sample per block.
         heads_per_block: head count of each block of the base model.
-        n_trials: trials to ask for in this run (skipped ones included).
+        n_trials: trials to measure in this run. A candidate the screen skips is asked for again, at most
+            ``SKIPS_PER_TRIAL * n_trials`` times in a run; beyond that, each skipped one takes a trial's place.
         on_told: called with each finished Optuna trial (progress, anytime results).
         screen: predicts each recipe's cost and skips those far over budget; None predicts nothing. It learns from
             the trials already complete in the study and from each one measured here.
@@ -106,6 +111,7 @@ class OptunaController(Searcher):
         self._local_credit = 1.0 - self._local  # the first draw after the coarse stage is a local move
         self._drops = dict(drops or {})
         self._duplicates_left = n_trials  # duplicates replaced at no trial's cost, at most this many per run
+        self._skips_left = SKIPS_PER_TRIAL * n_trials  # ... and skipped candidates
         self._rng = random.Random(seed)
         self._coarse: dict[str, optuna.Trial] = {}  # Ray trial id -> its trial in the coarse study
         self._uniform_study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.TPESampler(
@@ -130,7 +136,7 @@ class OptunaController(Searcher):
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
                              _started={}, _retries=0, _replacements=0, stopped=None,
                              _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None, _local=0.0,
-                             _local_credit=0.0, _duplicates_left=0, _rng=random.Random(0), _drops={})
+                             _local_credit=0.0, _duplicates_left=0, _skips_left=0, _rng=random.Random(0), _drops={})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
@@ -156,6 +162,9 @@ class OptunaController(Searcher):
                             coarse.set_constraint(key, value)
                     if coarse is not None:
                         self._uniform_study.tell(coarse, state=optuna.trial.TrialState.PRUNED)
+                    if self._skips_left > 0:
+                        self._skips_left -= 1
+                        self._remaining += 1
                     self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
                     continue
             if coarse is not None:

@@ -90,7 +90,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
             params = space.params(values, allowed=allowed)
             if predictor is not None and limits and not feasible(violations(
                     predictor.predict(recipe_of(space, heads_per_block, values)), limits)):
-                continue  # over budget it cannot be the answer, and a trial run or skipped counts all the same
+                continue  # over budget it cannot be the answer
         except AutocompError:  # a choice the sensitivity pass removed from some block, or the operators refuse
             continue
         if all(params != seen for _, seen in unique):
