@@ -8,8 +8,18 @@ import shutil
 import tempfile
 
 import pytest
-import torch
 
+# pytest-xdist's workers share the cores: each keeps its share of threads, since two processes with as many threads
+# as there are cores each spin against the other (the Makefile's two-process phase: 1.9 min with 2 threads each, 1.2
+# with 1, on 2 cores)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import torch  # noqa: E402
+
+if _WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback only
 # the suite's own cache (calibrated profiles, teachers): never the user's, and measured afresh on each run
 os.environ["AUTOCOMP_CACHE"] = _CACHE = tempfile.mkdtemp(prefix="autocomp-test-cache-")
