@@ -168,10 +168,13 @@ def test_the_summary_counts_the_moves_those_within_budget_and_the_duplicates():
 
     rows = [row(0, 9.0), row(1, 9.5, local_move="from trial 0: b1.heads_keep up"),
             row(2, 11.0, local_move="from trial 0: b0.mlp_keep up"),
-            dataclasses.replace(row(3, 9.0, duplicate_of=0), state="PRUNED", accuracy=None)]
+            dataclasses.replace(row(3, 9.0, duplicate_of=0), state="PRUNED", accuracy=None),
+            row(4, 9.9, local_move="from trial 5: repaired: b0.mlp_keep down")]
     assert proposals(rows, rows[1]) == {"local_moves": 2, "local_within_budget": 1, "best_is_local_move": True,
+                                        "repairs": 1, "repairs_within_budget": 1, "best_is_repair": False,
                                         "duplicates": 1}
     assert proposals(rows, rows[0])["best_is_local_move"] is False
+    assert proposals(rows, rows[4])["best_is_repair"] and not proposals(rows, rows[4])["best_is_local_move"]
 
 
 def test_moves_are_predicted_relative_to_the_base_as_measured(predictor):
@@ -257,3 +260,73 @@ def test_coarse_draws_the_screen_would_skip_are_drawn_again_at_no_trials_cost():
     assert all("coarse" in t.user_attrs and "skipped_reason" not in t.user_attrs for t in study.trials)
     redrawn = controller._uniform_study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert redrawn and all(t.system_attrs["constraints:latency_ms"] > 0 for t in redrawn)  # it learns the budget
+
+
+FULL = {f"b{i}.{k}": 1.0 for i in range(2) for k in ("heads_keep", "mlp_keep")}  # the uncompressed recipe
+
+
+def _predicted_latency(predictor, params):
+    return predictor.predict(SPACE.sample(optuna.trial.FixedTrial(params), HEADS))["latency_ms"]
+
+
+def _skipped(study, values):
+    study.enqueue_trial(SPACE.params({**values, "distill_alpha": 0.3}))
+    trial = study.ask()
+    trial.set_user_attr("recipe", SPACE.sample(trial, HEADS).to_dict())
+    return study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_a_recipe_over_budget_is_repaired_by_the_steps_that_cost_least_accuracy(predictor):
+    from autocomp.search._local import repair
+
+    limit, fill = 0.995 * _latency(predictor, FULL), 0.97  # a few steps of either knob alone reach the target
+    skipped = _skipped(_study(), FULL)
+    moves = {}
+    for cheap in ("heads_keep", "mlp_keep"):  # the other knob costs 10 points per step, this one nothing
+        drops = {(b, knob, v): 0.0 if knob == cheap else 10.0 * (1 - v)
+                 for b in range(2) for knob in ("heads_keep", "mlp_keep") for v in (0.5, 0.67, 0.75, 0.83)}
+        moves[cheap] = repair(skipped, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                              limits={"latency_ms": limit}, seen=set(), fill_to=fill, drops=drops)
+    for cheap, move in moves.items():
+        assert move is not None and move.load <= fill
+        assert _predicted_latency(predictor, move.params) <= fill * limit  # predicted under the target
+        assert move.label.startswith("repaired: ") and f"{cheap} down" in move.label
+        costly = "mlp_keep" if cheap == "heads_keep" else "heads_keep"
+        assert all(move.params[f"b{i}.{costly}#rank"] == skipped.params[f"b{i}.{costly}#rank"] for i in range(2))
+        assert all(move.params[k] <= skipped.params[k] for k in move.params)  # only ever heavier
+
+
+def test_a_repair_that_cannot_fit_or_was_run_already_is_none(predictor):
+    from autocomp.search._local import repair
+
+    skipped = _skipped(_study(), FULL)
+    kwargs = dict(space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor, fill_to=FILL, drops={})
+    lightest = _latency(predictor, HALF)
+    assert repair(skipped, limits={"latency_ms": 0.9 * lightest}, seen=set(), **kwargs) is None
+    move = repair(skipped, limits={"latency_ms": 1.1 * lightest}, seen=set(), **kwargs)
+    assert move is not None
+    recipe = SPACE.sample(optuna.trial.FixedTrial(move.params), HEADS)
+    assert repair(skipped, limits={"latency_ms": 1.1 * lightest}, seen={recipe_key(recipe.to_dict())}, **kwargs) is None
+
+
+def test_the_controller_runs_the_repair_of_a_skipped_proposal_next(predictor):
+    from autocomp.search._controller import SKIPPED
+
+    memory = {name: predictor.predict(recipe_of(SPACE, HEADS, values))["memory_mb"]
+              for name, values in (("half", HALF), ("full", FULL))}
+    limit = 0.9 * memory["full"]  # the uncompressed recipe is 11% over it
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))  # measured first: the screen may skip
+    study.enqueue_trial(SPACE.params({**FULL, "distill_alpha": 0.3}))  # then skipped
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=2, seed=0,
+                                  screen=Screen(predictor=predictor, limits={"memory_mb": limit}, margin=0.05))
+    controller.suggest("a")
+    controller.on_trial_complete("a", result={**dict.fromkeys(RECORDED, None), "accuracy": 80.0, "latency_ms": 1.0,
+                                              "memory_mb": memory["half"], "trial_seconds": 1.0,
+                                              "violation:memory_mb": memory["half"] / limit - 1.0})
+    asked = controller.suggest("b")
+    skipped, repaired = study.trials[1], study.trials[asked["trial_number"]]
+    assert SKIPPED in skipped.user_attrs and repaired.number == 2
+    assert repaired.user_attrs[LOCAL].startswith("from trial 1: repaired: ")
+    recipe = SPACE.sample(optuna.trial.FixedTrial(repaired.params), HEADS)
+    assert predictor.predict(recipe)["memory_mb"] <= FILL * limit

@@ -19,6 +19,9 @@ A recipe that compresses as a trial already measured did, and differs from it on
 trial's measurement (the trial measures its candidate before distilling it, so it would export and time the same
 model again): only its distillation and score run.
 
+A recipe the screen skips is repaired (:func:`~autocomp.search._local.repair`): its knobs made heavier, those that
+cost least accuracy first, until it is predicted under the budget, and queued as the next trial.
+
 A recipe the sampler proposes again (a duplicate of one measured, running or skipped) is not run: it is told as
 PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
 The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times, and in place of a draw the screen would skip
@@ -38,7 +41,7 @@ from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
 from autocomp.results import best_feasible, trial_rows
-from autocomp.search._local import FILL, compression_key, local_move, recipe_key
+from autocomp.search._local import FILL, compression_key, local_move, recipe_key, repair
 from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
@@ -165,7 +168,10 @@ class OptunaController(Searcher):
                     if self._skips_left > 0:
                         self._skips_left -= 1
                         self._remaining += 1
-                    self._told(self._study.tell(trial, state=optuna.trial.TrialState.PRUNED))
+                    frozen = self._study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    if coarse is None:
+                        self._queue_repair(frozen)
+                    self._told(frozen)
                     continue
             if coarse is not None:
                 self._coarse[trial_id] = coarse
@@ -273,6 +279,16 @@ class OptunaController(Searcher):
             attrs[LOCAL_LOAD] = move.load
         self._study.enqueue_trial(move.params, user_attrs=attrs, skip_if_exists=False)
         return True
+
+    def _queue_repair(self, skipped: optuna.trial.FrozenTrial) -> None:
+        """Queue ``skipped``'s recipe made heavier until predicted under the fill target
+        (:func:`~autocomp.search._local.repair`), where one is reached that was not run or skipped already."""
+        move = repair(skipped, space=self._space, heads_per_block=self._heads, allowed=self._allowed,
+                      predictor=self._screen.predictor, limits=self._screen.limits, seen=self._seen(),
+                      fill_to=self._fill_target(), drops=self._drops)
+        if move is not None:
+            self._study.enqueue_trial(move.params, user_attrs={LOCAL: f"from trial {skipped.number}: {move.label}",
+                                                               LOCAL_LOAD: move.load}, skip_if_exists=False)
 
     def _seen(self, *, but: int | None = None) -> dict[str, int]:
         """The recipes already run, running or skipped in the study (not those that crashed: a rerun may succeed),

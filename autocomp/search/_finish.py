@@ -28,7 +28,7 @@ from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Distill, Recipe
 from autocomp.results import TrialRow, closest_trial, ranked_feasible, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
-from autocomp.search._local import compression_key
+from autocomp.search._local import REPAIRED, compression_key
 from autocomp.search._objective import EXPORT_FOLDER, build_candidate, distill_subset, kept_model, metrics_of
 from autocomp.train import evaluate
 
@@ -303,11 +303,16 @@ def early_stopped(rows: Sequence[TrialRow]) -> dict[str, Any]:
 
 def proposals(rows: Sequence[TrialRow], best: TrialRow | None) -> dict[str, Any]:
     """Where the per-block stage's recipes came from: ``local_moves`` (queued from the best trial within budget),
-    how many of them ended within budget, and whether ``best`` is one; ``duplicates``: proposals of a recipe
-    already run, replaced at no trial's cost."""
-    local = [r for r in rows if r.local_move is not None and r.complete]
+    how many of them ended within budget, and whether ``best`` is one; the same of ``repairs`` (proposals the screen
+    skipped, made heavier until predicted within budget); ``duplicates``: proposals of a recipe already run, replaced
+    at no trial's cost."""
+    moved = [r for r in rows if r.local_move is not None and r.complete]
+    repairs = [r for r in moved if REPAIRED in r.local_move]
+    local = [r for r in moved if REPAIRED not in r.local_move]
     return {"local_moves": len(local), "local_within_budget": sum(r.feasible for r in local),
-            "best_is_local_move": best is not None and best.local_move is not None,
+            "best_is_local_move": best is not None and best.local_move is not None and REPAIRED not in best.local_move,
+            "repairs": len(repairs), "repairs_within_budget": sum(r.feasible for r in repairs),
+            "best_is_repair": best is not None and best.local_move is not None and REPAIRED in best.local_move,
             "duplicates": sum(r.duplicate_of is not None for r in rows)}
 
 
