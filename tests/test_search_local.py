@@ -329,4 +329,19 @@ def test_the_controller_runs_the_repair_of_a_skipped_proposal_next(predictor):
     assert SKIPPED in skipped.user_attrs and repaired.number == 2
     assert repaired.user_attrs[LOCAL].startswith("from trial 1: repaired: ")
     recipe = SPACE.sample(optuna.trial.FixedTrial(repaired.params), HEADS)
-    assert predictor.predict(recipe)["memory_mb"] <= FILL * limit
+    assert predictor.predict(recipe)["memory_mb"] <= limit  # memory is counted: no room left for noise
+
+
+def test_a_repair_leaves_room_for_timing_noise_under_a_latency_limit_and_none_under_memory(predictor):
+    """Latency is timed (a repair aims at ``FILL`` of the limit); memory is counted, so the limit itself will do."""
+    from autocomp.search._local import repair
+
+    skipped = _skipped(_study(), FULL)
+    kwargs = dict(space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor, fill_to=FILL, drops={},
+                  seen=set())
+    lightest = predictor.predict(recipe_of(SPACE, HEADS, HALF))
+    assert repair(skipped, limits={"latency_ms": lightest["latency_ms"] / 0.97}, **kwargs) is None  # over FILL
+    limit = lightest["memory_mb"] / 0.97
+    move = repair(skipped, limits={"memory_mb": limit}, **kwargs)
+    assert move is not None and FILL < move.load <= 1.0
+    assert predictor.predict(SPACE.sample(optuna.trial.FixedTrial(move.params), HEADS))["memory_mb"] <= limit

@@ -157,26 +157,28 @@ def repair(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_bloc
            allowed: Mapping[str, Sequence[Any]] | None, predictor: CostPredictor, limits: Mapping[str, float],
            seen: set[str], fill_to: float, drops: Mapping[tuple[int, str, float], float] | None = None) -> Move | None:
     """``base``'s parameters (a recipe predicted over budget) with knobs a step heavier, one at a time, until the
-    recipe is predicted under ``fill_to`` of every limit; None when no such recipe is reached or it is in ``seen``.
+    recipe is predicted under ``fill_to`` of a latency limit and under a memory limit (memory is counted, not timed:
+    no room is left for it to vary); None when no such recipe is reached or it is in ``seen``.
 
     Each step is the one that costs the least accuracy (``drops``, as in :func:`local_move`) per share of the
     budget it saves, and among equal ones the one that saves the most; where that one reaches the target, the one
     that reaches it using the most of the budget, among those that cost no more."""
+    targets = {key: limit * (1.0 if key == "memory_mb" else fill_to) for key, limit in limits.items()}
     params, label = dict(base.params), []
     share = _share(space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed), predictor,
-                   limits, {})
-    while share is not None and share > fill_to:
+                   targets, {})
+    while share is not None and share > 1.0:
         steps = [(step, step_label, after) for step, step_label, recipe
                  in _unseen(_moves(params, base.distributions, heavier_only=True), space, heads_per_block, allowed,
                             set())
-                 if (after := _share(recipe, predictor, limits, {})) is not None and after < share - 1e-9]
+                 if (after := _share(recipe, predictor, targets, {})) is not None and after < share - 1e-9]
         if not steps:
             return None
         cost = [max(0.0, -_given_back(params, step, space, heads_per_block, allowed, drops or {}))
                 for step, _, _ in steps]
         best, least = min(zip(steps, cost), key=lambda mc: (mc[1] / (share - mc[0][2]), mc[0][2]))
-        if best[2] <= fill_to:  # the last step: of those as cheap that reach the target, the one nearest to it
-            best = max((m for m, c in zip(steps, cost) if c <= least and m[2] <= fill_to), key=lambda m: m[2])
+        if best[2] <= 1.0:  # the last step: of those as cheap that reach the target, the one nearest to it
+            best = max((m for m, c in zip(steps, cost) if c <= least and m[2] <= 1.0), key=lambda m: m[2])
         params, step_label, share = best
         label.append(step_label)
     if share is None:
@@ -184,7 +186,7 @@ def repair(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_bloc
     recipe = space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed)
     if recipe_key(recipe.to_dict()) in seen:
         return None
-    return Move(params, REPAIRED + ", ".join(label), share)
+    return Move(params, REPAIRED + ", ".join(label), _share(recipe, predictor, limits, {}))
 
 
 def _unseen(moves: list[tuple[dict[str, Any], str]], space: SearchSpace, heads_per_block: Sequence[int],
