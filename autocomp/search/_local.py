@@ -17,9 +17,10 @@ The same moves replace a recipe the sampler proposes again (a duplicate): re-run
 
 A recipe the screen skips as far over budget is *repaired* (:func:`repair`): knobs a step heavier, one at a time,
 each time the one the sensitivity pass says costs the least accuracy per predicted saving, until the recipe is
-predicted under the fill target. Under a tight budget most of the sampler's per-block draws are far over it (at
-memory 0.5x on the demo job, 53 of 64 proposals per seed were skipped, and 11 of the 16 trials asked for were
-measured); repaired, a draw keeps what the sampler chose where the budget allows it and is run near the budget.
+predicted under the fill target of a latency limit, or under a memory limit itself. Under a tight budget most of the
+sampler's per-block draws are far over it (at memory 0.5x on the demo job, 52-53 of 63-64 proposals per seed were
+skipped, and 11-12 trials measured); repaired, a draw keeps what the sampler chose where the budget allows it and
+is run near the budget.
 """
 
 from __future__ import annotations

@@ -325,8 +325,7 @@ class _Progress:
         self._progress.__exit__(*exc)
 
     def update(self, rows: list) -> None:
-        finished = [r for r in rows if r.state == "COMPLETE"]  # the trials asked for: skipped and failed ones are
-        # asked for again
+        finished = [r for r in rows if r.state == "COMPLETE"]  # skipped and failed ones are asked for again
         feasible = [r for r in rows if r.feasible]
         best = max((r.accuracy for r in feasible if r.final), default=None)
         skipped = sum(r.skipped_reason is not None for r in rows)
