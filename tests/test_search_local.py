@@ -345,3 +345,25 @@ def test_a_repair_leaves_room_for_timing_noise_under_a_latency_limit_and_none_un
     move = repair(skipped, limits={"memory_mb": limit}, **kwargs)
     assert move is not None and FILL < move.load <= 1.0
     assert predictor.predict(SPACE.sample(optuna.trial.FixedTrial(move.params), HEADS))["memory_mb"] <= limit
+
+
+def test_a_move_is_filled_up_to_a_memory_limit_itself_and_to_fill_of_a_latency_limit(predictor):
+    """Memory is counted, not timed (``budget.TIMED``): a move leaves room for timing noise under a latency limit
+    only."""
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))
+    trial = study.ask()
+    trial.set_user_attr("recipe", SPACE.sample(trial, HEADS).to_dict())
+    base = study.tell(trial, [80.0, 1.0, 1.0])
+    lightest, full = (predictor.predict(recipe_of(SPACE, HEADS, values))
+                      for values in (HALF, {name: 1.0 for name in HALF}))
+    loads = {}
+    for key in ("latency_ms", "memory_mb"):
+        limit = (lightest[key] + full[key]) / 2  # room for several steps, not all
+        moves = [local_move(base, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                            limits={key: limit}, seen=set(), rng=random.Random(seed), fill_to=FILL, drops={})
+                 for seed in range(8)]
+        loads[key] = [move.load for move in moves]
+        assert all(predictor.predict(SPACE.sample(optuna.trial.FixedTrial(move.params), HEADS))[key] <= limit
+                   for move in moves)
+    assert max(loads["latency_ms"]) <= FILL and max(loads["memory_mb"]) > FILL

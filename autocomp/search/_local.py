@@ -7,7 +7,8 @@ it. The best recipe within budget leaves part of the budget unspent (a uniform s
 block's knob one step lighter, or one block's lighter and another's heavier, spends it. So part of the per-block
 draws are such moves from the best trial within budget, among those the cost model predicts to fit the budget, and
 then filled: further knobs a step lighter, one at a time, while the recipe is predicted to stay under a target share
-of the budget (``FILL`` at first). One step alone spent little: in the first runs, the best recipe with every block
+of a latency limit (``FILL`` at first: timings vary) and under a memory limit itself (counted, not timed;
+``budget.TIMED``). One step alone spent little: in the first runs, the best recipe with every block
 alike sat at 0.50x under a 0.6x limit, and its one-step neighbours at 0.51-0.56x. Each fill step takes the knob that
 the sensitivity pass says gives back the most accuracy per predicted cost: filled at random, the moves spent the
 budget on fp32 weights (which cost time and give back almost nothing: int8 costs about 0.1 point) and measured
@@ -17,10 +18,10 @@ The same moves replace a recipe the sampler proposes again (a duplicate): re-run
 
 A recipe the screen skips as far over budget is *repaired* (:func:`repair`): knobs a step heavier, one at a time,
 each time the one the sensitivity pass says costs the least accuracy per predicted saving, until the recipe is
-predicted under the fill target of a latency limit, or under a memory limit itself. Under a tight budget most of the
-sampler's per-block draws are far over it (at memory 0.5x on the demo job, 52-53 of 63-64 proposals per seed were
-skipped, and 11-12 trials measured); repaired, a draw keeps what the sampler chose where the budget allows it and
-is run near the budget.
+predicted under the fill target of a latency limit, or under a memory limit itself (as a move is filled). Under a
+tight budget most of the sampler's per-block draws are far over it (at memory 0.5x on the demo job, 52-53 of 63-64
+proposals per seed were skipped, and 11-12 trials measured); repaired, a draw keeps what the sampler chose where the
+budget allows it and is run near the budget.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import optuna
 
+from autocomp.budget import aims
 from autocomp.errors import AutocompError
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
@@ -98,8 +100,9 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
     much of the budget as ``base`` (the largest ratio of predicted cost to limit) when there are any. Without a
     predictor, or when no move is predicted within budget and not ``must_fit``: among all unseen moves.
 
-    ``fill_to``: the moves drawn are those predicted under this share of every limit, or no dearer than ``base``
-    (not just under the limits); then, while a knob a step lighter keeps the recipe under it, one such step more:
+    ``fill_to``: the moves drawn are those predicted under this share of every timed limit and under every counted
+    one (:func:`~autocomp.budget.aims`), or no dearer than ``base`` (not just under the limits); then, while a knob a
+    step lighter keeps the recipe under them, one such step more:
     the one whose accuracy given back (``drops``: the sensitivity pass's points lost per block, knob and setting,
     alone and before distillation) is largest per predicted cost (ties drawn at random).
 
@@ -127,31 +130,33 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
         except AutocompError:
             pass
 
+    targets = aims(limits, 1.0 if fill_to is None else fill_to)
+
     def load(recipe: Recipe) -> float | None:
-        """The largest predicted share of a limit the recipe uses; None when it is predicted over one."""
-        share = _share(recipe, predictor, limits, scale)
-        return share if share is not None and share <= 1.0 else None
+        """The largest predicted share of a target the recipe uses; None when it is predicted over a limit."""
+        within = _share(recipe, predictor, limits, scale)
+        return _share(recipe, predictor, targets, scale) if within is not None and within <= 1.0 else None
 
     floor = load(Recipe.from_dict(base.user_attrs["recipe"])) if "recipe" in base.user_attrs else None
-    cap = 1.0 if fill_to is None else max(fill_to, floor or 0.0)  # no dearer than the base, which measured within
-    fitting = [(params, label, share) for params, label, recipe in unseen
+    cap = max(1.0, floor or 0.0)  # no dearer than the base, which measured within
+    fitting = [(params, label, recipe, share) for params, label, recipe in unseen
                if (share := load(recipe)) is not None and share <= cap]
-    spending = [m for m in fitting if floor is not None and m[2] >= floor]
-    drawn = spending or fitting or ([] if must_fit else [(p, lb, None) for p, lb, _ in unseen])
+    spending = [m for m in fitting if floor is not None and m[3] >= floor]
+    drawn = spending or fitting or ([] if must_fit else [(p, lb, r, None) for p, lb, r in unseen])
     if not drawn:
         return None
-    params, label, share = rng.choice(drawn)
-    while fill_to is not None and share is not None and share <= fill_to:
-        steps = [(step, step_label, after) for step, step_label, recipe
+    params, label, recipe, share = rng.choice(drawn)
+    while fill_to is not None and share is not None and share <= 1.0:
+        steps = [(step, step_label, after_recipe, after) for step, step_label, after_recipe
                  in new(_moves(params, base.distributions, lighter_only=True))
-                 if (after := load(recipe)) is not None and after <= fill_to]
+                 if (after := load(after_recipe)) is not None and after <= 1.0]
         if not steps:
             break
         worth = [_given_back(params, step, space, heads_per_block, allowed, drops or {}) / max(after - share, 1e-3)
-                 for step, _, after in steps]
-        params, step_label, share = rng.choice([m for m, w in zip(steps, worth) if w >= max(worth) - 1e-9])
+                 for step, _, _, after in steps]
+        params, step_label, recipe, share = rng.choice([m for m, w in zip(steps, worth) if w >= max(worth) - 1e-9])
         label += f", {step_label}"
-    return Move(params, label, share)
+    return Move(params, label, None if share is None else _share(recipe, predictor, limits, scale))
 
 
 def repair(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_block: Sequence[int],
@@ -164,7 +169,7 @@ def repair(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_bloc
     Each step is the one that costs the least accuracy (``drops``, as in :func:`local_move`) per share of the
     budget it saves, and among equal ones the one that saves the most; where that one reaches the target, the one
     that reaches it using the most of the budget, among those that cost no more."""
-    targets = {key: limit * (1.0 if key == "memory_mb" else fill_to) for key, limit in limits.items()}
+    targets = aims(limits, fill_to)
     params, label = dict(base.params), []
     share = _share(space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed), predictor,
                    targets, {})

@@ -40,7 +40,7 @@ from typing import Mapping
 
 from torch import nn
 
-from autocomp.budget import violations
+from autocomp.budget import TIMED, violations
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
@@ -55,7 +55,7 @@ MIN_MEASURED = 1  # nothing is skipped before a trial was measured: the run keep
 TRACKED = 10  # the latest prediction errors the skip margin is learnt from
 PROVEN = 3  # ... and how many it needs: fewer, and the configured margin holds
 FLOOR = 0.05  # the narrowest learnt margin: timings swing by a few % (the learnt margin covers those it has seen)
-MEMORY_FLOOR = 0.02  # ... for memory, which is counted (weights' and activations' bytes), not timed
+MEMORY_FLOOR = 0.02  # ... for a limit counted, not timed (memory: weights' and activations' bytes; budget.TIMED)
 
 
 class CostPredictor:
@@ -133,12 +133,11 @@ class Screen:
     def margin_now(self, key: str = "latency_ms") -> tuple[float | None, str]:
         """The margin in force for the limit ``key`` (``latency_ms``, ``memory_mb``), and how it was set (for the skip
         reason)."""
-        memory = key == "memory_mb"
-        recent = (self.predictor.memory_errors if memory else self.predictor.errors)[-TRACKED:]
+        recent = (self.predictor.memory_errors if key == "memory_mb" else self.predictor.errors)[-TRACKED:]
         if self.margin is None or len(recent) < PROVEN:
             return self.margin, ""
         worst = max(0.0, *recent)  # the largest over-prediction
-        learnt = max(MEMORY_FLOOR if memory else FLOOR, math.exp(worst) - 1)
+        learnt = max(FLOOR if key in TIMED else MEMORY_FLOOR, math.exp(worst) - 1)
         if learnt >= self.margin:
             return self.margin, ""
         return learnt, (f"; the cost model over-predicted the last {len(recent)} measured by at most "
