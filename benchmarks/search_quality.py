@@ -111,7 +111,7 @@ def score(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
                 accuracy_ref=base["val_accuracy"] - REFERENCE_DROP),
             "first_close": close, "stopped": summary["early_stopped"]["stopped"],
             "over": sum(r.complete and not r.feasible for r in rows),
-            "overhead": loop.get("share"), "idle": loop.get("idle_share"), "proposals": summary.get("proposals")}
+            "overhead": loop.get("share"), "engine": loop.get("engine_share"), "proposals": summary.get("proposals")}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -165,10 +165,10 @@ def main() -> None:
                     figures = {**score(root / name, summary), "wall_s": time.perf_counter() - started}
                     results.setdefault((method, f"{kind} {fraction}x"), []).append(figures)
                     print(f"{name}: {figures}", flush=True)
-    # overhead: the workers' time outside trials; of it, idle slots (no trial to run: a worker waiting for the
-    # last trials to end) and the rest, the engine's (sampler, Ray, results writing, each worker's start)
+    # overhead: the workers' time outside trials; of it, the engine's (sampler and screen while a slot waits, Ray,
+    # results writing, each worker's start), the rest slots left without a trial (a worker waiting for the last to end)
     print("\n| budget | method | best val within budget | its test | hypervolume | hypervolume within budget | "
-          "trials to close | seconds to close | over budget | stopped early | overhead (idle slots) | wall s |\n"
+          "trials to close | seconds to close | over budget | stopped early | overhead (the engine's) | wall s |\n"
           + "|---" * 12 + "|")
     for (method, budget), runs in results.items():
         close = [r["first_close"] for r in runs if r["first_close"] is not None]
@@ -180,7 +180,7 @@ def main() -> None:
               f"{_mean_sd([c[1] for c in close]) if close else '-'} | {_mean_sd([r['over'] for r in runs])} | "
               f"{_mean_sd([r['stopped'] for r in runs])} | "
               f"{_mean_sd([100 * r['overhead'] for r in runs if r['overhead'] is not None])}% "
-              f"({_mean_sd([100 * r['idle'] for r in runs if r['idle'] is not None])}%) | "
+              f"({_mean_sd([100 * r['engine'] for r in runs if r['engine'] is not None])}%) | "
               f"{_mean_sd([r['wall_s'] for r in runs])} |")
     _print_noise(results, val_images=images["val"])
 

@@ -135,6 +135,10 @@ def test_the_overhead_is_split_into_per_trial_engine_time_worker_start_and_idle_
     assert split["worker_start_seconds"] == pytest.approx(6.0)
     assert split["idle_seconds"] == pytest.approx(60 - 48 - 9)  # the slots no trial held
     assert split["idle_share"] == pytest.approx((60 - 48 - 9) / 60)
+    asked = _finish.overhead(rows, 30.0, workers=2, asking_seconds=2.0)  # the controller chose trials for 2 s of it
+    assert asked["asking_seconds"] == pytest.approx(2.0) and asked["tail_seconds"] == pytest.approx(60 - 48 - 9 - 2)
+    assert asked["engine_share"] == pytest.approx((9 + 2) / 60, abs=1e-4)
+    assert split["engine_share"] == pytest.approx(9 / 60, abs=1e-4)
     assert _finish.overhead(rows, None, workers=2) is None
 
 

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import optuna
@@ -244,6 +245,20 @@ def test_skipped_candidates_stop_being_free_after_the_cap():
     study, controller = _controller_with(_EveryOther(skip_all=True), n_trials=2)
     assert controller.suggest("a") == Searcher.FINISHED
     assert len(study.get_trials()) == 2 + SKIPS_PER_TRIAL * 2
+
+
+def test_the_time_spent_choosing_trials_counts_the_candidates_skipped_too():
+    """The controller's asking time (the search's overhead while a slot waits) covers every candidate it judged."""
+    class Slow(_EveryOther):
+        def judge(self, recipe):
+            time.sleep(0.05)
+            return super().judge(recipe)
+
+    screen = Slow()
+    _, controller = _controller_with(screen, n_trials=2)
+    controller.suggest("a")
+    controller.suggest("b")
+    assert screen.judged == 3 and 3 * 0.05 <= controller.asking_seconds < 3 * 0.05 + 2.0
 
 
 def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):

@@ -125,6 +125,7 @@ class OptunaController(Searcher):
         self.stopped: str | None = None
         self._live: dict[str, tuple[optuna.Trial, Recipe]] = {}
         self._started: dict[str, float] = {}  # when each trial was handed to Ray: the rest of its time is the engine's
+        self.asking_seconds = 0.0  # time spent choosing trials (sampler, screen, moves, repairs), while a slot waits
         if screen is not None:  # resuming: what earlier runs measured
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
                 if "recipe" in trial.user_attrs and trial.user_attrs.get(MEASUREMENT_OF) is None:  # once each
@@ -139,9 +140,17 @@ class OptunaController(Searcher):
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
                              _started={}, _retries=0, _replacements=0, stopped=None,
                              _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None, _local=0.0,
-                             _local_credit=0.0, _duplicates_left=0, _skips_left=0, _rng=random.Random(0), _drops={})
+                             _local_credit=0.0, _duplicates_left=0, _skips_left=0, _rng=random.Random(0), _drops={},
+                             asking_seconds=0.0)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        started = time.perf_counter()
+        try:
+            return self._suggest(trial_id)
+        finally:
+            self.asking_seconds += time.perf_counter() - started
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self._remaining > 0:
             self._remaining -= 1
             coarse = self._ask_coarse()

@@ -41,10 +41,12 @@ BEST = "best"  # run_dir/best/: the best model within budget, ready to load
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
              baseline: Mapping[str, Any], limits: Mapping[str, float], profile: HardwareProfile,
-             log: Callable[[str], None] = print, loop_seconds: float | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] = print, loop_seconds: float | None = None,
+             asking_seconds: float | None = None) -> dict[str, Any]:
     """Write all results; save best/ (the most accurate trial within budget) and summary.json.
 
-    ``loop_seconds``: the wall time of the trial loop(s), for the search's own overhead (None: not known)."""
+    ``loop_seconds``: the wall time of the trial loop(s), and ``asking_seconds`` the controller's time choosing
+    trials in them, for the search's own overhead (None: not known)."""
     rows = trial_rows(study, list(limits))
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
@@ -58,7 +60,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         **skipped_summary(rows), "proposals": proposals(rows, best), "cost_model": prediction_fidelity(rows),
         "time_split": time_split(rows),
         "early_stopped": early_stopped(rows), "measurements_reused": reused(rows),
-        "overhead": overhead(rows, loop_seconds, config.workers),
+        "overhead": overhead(rows, loop_seconds, config.workers, asking_seconds),
         "quiet_timing": paused(rows),
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
@@ -245,7 +247,8 @@ def prune_kept(run_dir: Path, rows: Sequence[TrialRow]) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int) -> dict[str, Any] | None:
+def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int,
+             asking_seconds: float | None = None) -> dict[str, Any] | None:
     """The search's own share of the trial loop's wall time: what the workers did not spend inside trials; None when
     the loop's time is not known. It is split three ways (seconds of worker time):
 
@@ -255,7 +258,10 @@ def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int)
     - ``worker_start_seconds``: what trials took beyond that median, mostly each Ray worker's start (a fresh process
       importing torch and receiving the data) before its first trial;
     - ``idle_seconds``: the rest: slots with no trial, e.g. one worker waiting while the last trial finishes
-      (``idle_share``: as a share of the workers' time, as ``share`` is).
+      (``idle_share``: as a share of the workers' time, as ``share`` is). Of it, ``asking_seconds`` (given: the
+      controller's time choosing trials, the sampler's asks for candidates skipped too, while a slot waits for one)
+      is the search's; the rest (``tail_seconds``) is slots left without a trial, mostly at the end of the loop.
+      ``engine_share``: the search's own part of ``share`` (the per-trial time, workers' starts and the asking).
     """
     if not loop_seconds:
         return None
@@ -265,10 +271,13 @@ def overhead(rows: Sequence[TrialRow], loop_seconds: float | None, workers: int)
     usual = statistics.median(engine) if engine else 0.0
     start = sum(max(0.0, e - usual) for e in engine)
     idle = max(0.0, workers * loop_seconds - busy - sum(engine))
+    asking = min(idle, asking_seconds or 0.0)
     return {"loop_seconds": round(loop_seconds, 1), "trial_seconds": round(busy, 1), "workers": workers,
             "share": round(max(0.0, 1 - busy / (workers * loop_seconds)), 4),
             "per_trial_seconds": round(usual, 2), "worker_start_seconds": round(start, 1),
-            "idle_seconds": round(idle, 1), "idle_share": round(idle / (workers * loop_seconds), 4)}
+            "idle_seconds": round(idle, 1), "idle_share": round(idle / (workers * loop_seconds), 4),
+            "asking_seconds": round(asking, 1), "tail_seconds": round(idle - asking, 1),
+            "engine_share": round((sum(engine) + asking) / (workers * loop_seconds), 4)}
 
 
 def paused(rows: Sequence[TrialRow]) -> dict[str, Any] | None:

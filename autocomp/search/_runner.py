@@ -45,6 +45,7 @@ __all__ = ["run_search"]
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
 PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
+ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
 
 
 def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | None = None,
@@ -183,12 +184,14 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                     f"{run_dir}; run the same command again to resume once it is back")
             took = time.perf_counter() - started
             study.set_user_attr(LOOP_SECONDS, study.user_attrs.get(LOOP_SECONDS, 0.0) + took)
+            study.set_user_attr(ASKING_SECONDS, study.user_attrs.get(ASKING_SECONDS, 0.0) + controller.asking_seconds)
             log(f"{remaining} trials in {took:.0f} s"
                 + (f"; {rule.stopped} stopped after the short distillation and score, {rule.promoted} finished"
                    if rule is not None and rule.stopped + rule.promoted else ""))
         return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                                limits=limits, profile=profile, log=log,
-                               loop_seconds=study.user_attrs.get(LOOP_SECONDS))
+                               loop_seconds=study.user_attrs.get(LOOP_SECONDS),
+                               asking_seconds=study.user_attrs.get(ASKING_SECONDS))
 
 
 def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
