@@ -134,8 +134,10 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
 
     def load(recipe: Recipe) -> float | None:
         """The largest predicted share of a target the recipe uses; None when it is predicted over a limit."""
-        within = _share(recipe, predictor, limits, scale)
-        return _share(recipe, predictor, targets, scale) if within is not None and within <= 1.0 else None
+        predicted = _predicted(recipe, predictor, scale)
+        if predicted is None or _most(predicted, limits) > 1.0:
+            return None
+        return _most(predicted, targets)
 
     floor = load(Recipe.from_dict(base.user_attrs["recipe"])) if "recipe" in base.user_attrs else None
     cap = max(1.0, floor or 0.0)  # no dearer than the base, which measured within
@@ -213,10 +215,20 @@ def _share(recipe: Recipe, predictor: CostPredictor, limits: Mapping[str, float]
            scale: Mapping[str, float]) -> float | None:
     """The largest predicted share of a limit ``recipe`` uses (each prediction times its ``scale``, 1 where none);
     None when it cannot be predicted."""
+    predicted = _predicted(recipe, predictor, scale)
+    return None if predicted is None else _most(predicted, limits)
+
+
+def _predicted(recipe: Recipe, predictor: CostPredictor, scale: Mapping[str, float]) -> dict[str, float] | None:
+    """``recipe``'s predicted costs, each times its ``scale`` (1 where none); None when it cannot be predicted."""
     try:
-        predicted = {key: value * scale.get(key, 1.0) for key, value in predictor.predict(recipe).items()}
+        return {key: value * scale.get(key, 1.0) for key, value in predictor.predict(recipe).items()}
     except AutocompError:
         return None
+
+
+def _most(predicted: Mapping[str, float], limits: Mapping[str, float]) -> float:
+    """The largest share of a limit the costs ``predicted`` use."""
     return max((predicted[key] / limit for key, limit in limits.items()), default=0.0)
 
 
