@@ -292,3 +292,55 @@ def test_the_fast_end_takes_the_strongest_settings_cheapest_first_until_their_co
                             "b1.mlp_keep": 0.75, "b1.weight_bits": 8}
     assert "the fast end" not in " ".join(label for label, _ in start_points(
         dataclasses.replace(SPACE, uniform=True), HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
+
+
+def _decoded(params):
+    return {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix("#rank")))[v]
+            for name, v in params.items() if name.endswith("#rank") and not name.startswith("distill")}
+
+
+def test_the_quiet_point_takes_only_as_many_quiet_settings_as_the_budget_needs(predictor):
+    from autocomp.search._sensitivity import Setting
+    from autocomp.search._start import QUIET
+
+    def latency(values):
+        return predictor.predict(recipe_of(SPACE, HEADS, {**UNCOMPRESSED, **values}))["latency_ms"]
+
+    # every setting quiet but half the heads in block 0 and int8 weights, which cost a lot
+    loud = {(0, "heads_keep", 0.5), (0, "weight_bits", 8), (1, "weight_bits", 8)}
+    settings = [Setting(i, knob, value, 3.0 if (i, knob, value) in loud else 0.0, None)
+                for i in range(2) for knob in ("heads_keep", "mlp_keep", "weight_bits")
+                for value in getattr(SPACE, knob) if value not in (1.0, 32)]
+    limits = {"latency_ms": 0.97 * latency({})}
+    points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10, sensitivity=settings))
+    [sized] = [_decoded(p) for label, p in points.items()
+               if label.startswith(f"the settings that alone cost <= {QUIET:g} point")]
+    strongest = {"b0.heads_keep": 0.67, "b1.heads_keep": 0.5, "b0.mlp_keep": 0.5, "b1.mlp_keep": 0.5}
+    assert latency(strongest) < 0.95 * FILL * limits["latency_ms"]  # every quiet setting at once: under the aim
+    assert latency(strongest) < latency(sized) <= FILL * limits["latency_ms"]
+    assert sized["b0.heads_keep"] != 0.5 and sized["b0.weight_bits"] == sized["b1.weight_bits"] == 32  # quiet only
+    # without a cost model, every block at its strongest quiet settings, as before
+    points = dict(start_points(SPACE, HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
+    [every] = [_decoded(p) for label, p in points.items() if label.startswith("each block at the strongest")]
+    assert every == {**UNCOMPRESSED, **strongest}
+
+
+def test_a_gain_in_one_block_does_not_hide_a_loss_in_another_when_uniform_mixes_are_ranked(predictor):
+    from autocomp.search._sensitivity import Setting
+
+    def values(heads, mlp):
+        return {**UNCOMPRESSED, **{f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", heads),
+                                                                                  ("mlp_keep", mlp))}}
+
+    def latency(heads, mlp):
+        return predictor.predict(recipe_of(SPACE, HEADS, values(heads, mlp)))["latency_ms"]
+
+    limits = {"latency_ms": 1.001 * max(latency(0.67, 1.0), latency(1.0, 0.75))}
+    drop = {(0, "heads_keep", 0.67): -2.0, (1, "heads_keep", 0.67): 1.9,  # added up -0.1: a "gain"
+            (0, "mlp_keep", 0.75): 0.2, (1, "mlp_keep", 0.75): 0.2}
+    settings = [Setting(i, knob, value, drop.get((i, knob, value), 5.0), None)
+                for i in range(2) for knob in ("heads_keep", "mlp_keep", "weight_bits")
+                for value in getattr(SPACE, knob) if value not in (1.0, 32)]
+    points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10, sensitivity=settings))
+    [mix] = [_decoded(p) for label, p in points.items() if label.startswith("all knobs alike: ")]
+    assert mix["b0.heads_keep"] == mix["b1.heads_keep"] == 1.0 and mix["b0.mlp_keep"] == 0.75

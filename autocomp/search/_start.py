@@ -7,8 +7,10 @@ therefore starts from, in this order (a quarter of the trials at most): the unco
 anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform combination of knobs predicted
 within budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
 the latency pass the cost model is corrected by what that pass measured; under a latency budget the best-ranked
-combinations are measured on the target until one is within it); after a sensitivity pass, every block at
-the strongest settings that alone cost it at most ``QUIET`` points; the front's fast end: the strongest settings,
+combinations are measured on the target until one is within it); after a sensitivity pass, the quiet point: only
+settings that alone cost a block at most ``QUIET`` points, as many as the budget needs (the uncompressed model
+repaired into the budget through them, :func:`~autocomp.search._local.repair`; without a budget or a cost model,
+every block at the strongest of them); the front's fast end: the strongest settings,
 those that cost least alone first, while what they cost alone adds up to at most ``FAST`` points (one trial far
 under a latency budget, but the Pareto front handed back then shows what a much faster model costs, and later trials
 near the budget need not find it by chance); and for each searched knob alone the uniform setting the cost model
@@ -29,9 +31,9 @@ import optuna
 from autocomp.budget import feasible, violations
 from autocomp.errors import AutocompError
 from autocomp.recipe import Recipe
-from autocomp.search._local import FILL
+from autocomp.search._local import FILL, repair
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import FLOAT_BITS, SearchSpace
+from autocomp.search._space import FLOAT_BITS, RANK, SearchSpace
 
 __all__ = ["start_points", "lightest", "recipe_of", "alike_choices", "uniform_values", "KNOBS", "START", "QUIET"]
 
@@ -69,7 +71,12 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     for mix in mixes[:1]:
         points.append(("all knobs alike: " + _described(mix, light) + how, uniform_values(space, mix, blocks)))
     quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
-    if quiet is not None:
+    sized = None if quiet is None or predictor is None or not limits else _sized(
+        space, heads_per_block, light, sensitivity, _quiet_choices(space, light, blocks, sensitivity, allowed or {}),
+        predictor, limits)
+    if sized is not None:
+        points.append((f"the settings that alone cost <= {QUIET:g} point, as many as the budget needs", sized))
+    elif quiet is not None:
         points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
     fast = None if space.uniform else _fast_end(space, light, blocks, sensitivity, allowed or {})
     if fast is not None:
@@ -137,11 +144,14 @@ MIXES = 2
 
 def _uniform_drops(sensitivity: Sequence[Any]) -> dict[tuple[str, Any], float]:
     """Per (knob, setting): the accuracy points the sensitivity pass saw it cost, added up over the blocks (each
-    block alone, before distillation): a rough estimate of what the setting costs in every block at once."""
+    block alone, before distillation): a rough estimate of what the setting costs in every block at once. A gain
+    counts as 0: compression gives back no accuracy before distillation, so a gain is the subset's noise, and added
+    up it would hide another block's loss (on the demo teacher, heads 0.67 "gained" 0.39 point over six blocks, each
+    within one image of 512, and ranked the mix that pruned them first)."""
     drops: dict[tuple[str, Any], float] = {}
     for s in sensitivity:
         if s.accuracy_drop is not None:
-            drops[(s.knob, s.value)] = drops.get((s.knob, s.value), 0.0) + s.accuracy_drop
+            drops[(s.knob, s.value)] = drops.get((s.knob, s.value), 0.0) + max(s.accuracy_drop, 0.0)
     return drops
 
 
@@ -243,6 +253,43 @@ def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int, 
         if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
             values[name] = s.value
     return None if values == uniform_values(space, light, blocks) else values
+
+
+def _quiet_choices(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
+                   allowed: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
+    """Per block knob, the choices the quiet point may use: the lightest, and those offered that alone cost at most
+    ``QUIET`` points; a quantized block at the space's first choice of layers (as :func:`recipe_of` predicts it)."""
+    quiet = {space.name(i, knob): {value} for i in range(blocks) for knob, value in light.items()}
+    for s in sensitivity:
+        name = f"b{s.block}.{s.knob}"
+        if (name in quiet and s.accuracy_drop is not None and s.accuracy_drop <= QUIET
+                and s.value in allowed.get(name, (s.value,))):
+            quiet[name].add(s.value)
+    layers = {space.name(i, "quantize_layers"): space.quantize_layers[:1] for i in range(blocks)}
+    return {**layers, **{name: tuple(sorted(values)) for name, values in quiet.items()}}
+
+
+def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[str, Any], sensitivity: Sequence[Any],
+           quiet: Mapping[str, Sequence[Any]], predictor: CostPredictor,
+           limits: Mapping[str, float]) -> dict[str, Any] | None:
+    """The uncompressed model made heavier through the ``quiet`` choices only, a step at a time, the one that costs
+    least per share of the budget saved first, until it is predicted under ``FILL`` of a latency limit and under a
+    memory limit (:func:`~autocomp.search._local.repair`); its knob values, or None when the quiet settings cannot
+    reach the budget. Every quiet setting at once sat far under a loose budget: on a 4-block model at 0.65x it
+    measured 0.37-0.38x and 1.3 points under the teacher, a starting trial spent where the budget asks for nothing."""
+    blocks = len(heads_per_block)
+    distill = {name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")}
+    fixed = optuna.trial.FixedTrial(space.params({**distill, **uniform_values(space, light, blocks)}, allowed=quiet))
+    space.sample(fixed, heads_per_block, allowed=quiet)  # records each parameter's distribution
+    base = optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
+                                     state=optuna.trial.TrialState.WAITING)
+    drops = {(s.block, s.knob, s.value): s.accuracy_drop for s in sensitivity if s.accuracy_drop is not None}
+    move = repair(base, space=space, heads_per_block=heads_per_block, allowed=quiet, predictor=predictor,
+                  limits=limits, seen=set(), fill_to=FILL, drops=drops)
+    if move is None:
+        return None
+    return {name: sorted(quiet[name])[move.params[name + RANK]] if name + RANK in move.params else quiet[name][0]
+            for name in uniform_values(space, light, blocks)}
 
 
 def _fast_end(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
