@@ -70,14 +70,15 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
            + (" within budget at the least sensitivity" if drops else " closest under the budget"))
     for mix in mixes[:1]:
         points.append(("all knobs alike: " + _described(mix, light) + how, uniform_values(space, mix, blocks)))
-    quiet = None if space.uniform else _least_sensitive(space, light, blocks, sensitivity, allowed or {})
-    sized = None if quiet is None or predictor is None or not limits else _sized(
-        space, heads_per_block, light, sensitivity, _quiet_choices(space, light, blocks, sensitivity, allowed or {}),
-        predictor, limits)
-    if sized is not None:
-        points.append((f"the settings that alone cost <= {QUIET:g} point, as many as the budget needs", sized))
-    elif quiet is not None:
-        points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point", quiet))
+    quiet = {} if space.uniform else _quiet_choices(space, light, blocks, sensitivity, allowed or {})
+    if any(len(choices) > 1 for name, choices in quiet.items() if not name.endswith("quantize_layers")):
+        sized = _sized(space, heads_per_block, light, sensitivity, quiet, predictor, limits) \
+            if predictor is not None and limits else None
+        if sized is not None:
+            points.append((f"the settings that alone cost <= {QUIET:g} point, as many as the budget needs", sized))
+        else:
+            points.append((f"each block at the strongest settings that alone cost <= {QUIET:g} point",
+                           {name: min(quiet[name]) for name in uniform_values(space, light, blocks)}))
     fast = None if space.uniform else _fast_end(space, light, blocks, sensitivity, allowed or {})
     if fast is not None:
         points.append((f"the fast end: the strongest settings that alone cost <= {FAST:g} points added up", fast))
@@ -239,20 +240,6 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
         if feasible(violations(predicted, within)):
             return None if value == light[knob] else value
     return None
-
-
-def _least_sensitive(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
-                     allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
-    """Every block at, per knob, its most compressing setting offered to the search that alone cost at most
-    ``QUIET`` points; None when no setting is that quiet."""
-    values = uniform_values(space, light, blocks)
-    for s in sensitivity:
-        name = f"b{s.block}.{s.knob}"
-        if s.value not in allowed.get(name, (s.value,)):
-            continue
-        if s.accuracy_drop is not None and s.accuracy_drop <= QUIET and s.value < values[name]:
-            values[name] = s.value
-    return None if values == uniform_values(space, light, blocks) else values
 
 
 def _quiet_choices(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
