@@ -263,7 +263,8 @@ def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[st
     least per share of the budget saved first, until it is predicted under ``FILL`` of a latency limit and under a
     memory limit (:func:`~autocomp.search._local.repair`); its knob values, or None when the quiet settings cannot
     reach the budget. Every quiet setting at once sat far under a loose budget: on a 4-block model at 0.65x it
-    measured 0.37-0.38x and 1.3 points under the teacher, a starting trial spent where the budget asks for nothing."""
+    measured 0.37-0.39x and 1.3-1.8 points under the teacher, a starting trial spent where the budget asked for
+    nothing."""
     blocks = len(heads_per_block)
     distill = {name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")}
     fixed = optuna.trial.FixedTrial(space.params({**distill, **uniform_values(space, light, blocks)}, allowed=quiet))
