@@ -33,15 +33,19 @@ def predictor():
     return CostPredictor(base=small_vit(), profile=PROFILE, base_latency_ms=10.0)
 
 
+def _decoded(params):
+    """The knob values of a starting point's Optuna parameters (every one an ordered knob's rank in ``SPACE``)."""
+    return {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix("#rank")))[v]
+            for name, v in params.items()}
+
+
 def test_the_search_starts_from_uniform_int8_and_uniform_settings_that_fit_never_from_one_over_budget(predictor):
     limits = {"latency_ms": 0.96 * predictor.predict(recipe_of(SPACE, HEADS, UNCOMPRESSED))["latency_ms"]}
     points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10))
     labels = list(points)
     assert labels[0] == "uniform weight_bits 8" and "uncompressed" not in labels  # that one is over the budget
     for params in points.values():
-        values = {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix("#rank")))[v]
-                  for name, v in params.items()}
-        assert feasible(violations(predictor.predict(recipe_of(SPACE, HEADS, values)), limits))
+        assert feasible(violations(predictor.predict(recipe_of(SPACE, HEADS, _decoded(params))), limits))
     fill = FILL * limits["latency_ms"]
     for knob in ("heads_keep", "mlp_keep"):  # each alone, at the lightest setting predicted within FILL of budget
         found = [label for label in labels if label.startswith(f"uniform {knob} ")]
@@ -281,22 +285,15 @@ def test_the_fast_end_takes_the_strongest_settings_cheapest_first_until_their_co
     points = dict(start_points(SPACE, HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
     [quiet] = [p for label, p in points.items() if label.startswith("each block")]
     [fast] = [p for label, p in points.items() if label.startswith("the fast end")]
-    values = lambda params: {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix(  # noqa: E731
-        "#rank")))[v] for name, v in params.items()}
-    assert values(quiet) == {**UNCOMPRESSED, "b0.heads_keep": 0.83, "b1.heads_keep": 0.5, "b1.mlp_keep": 0.75,
-                             "b1.weight_bits": 8}  # each alone <= QUIET
+    assert _decoded(quiet) == {**UNCOMPRESSED, "b0.heads_keep": 0.83, "b1.heads_keep": 0.5, "b1.mlp_keep": 0.75,
+                               "b1.weight_bits": 8}  # each alone <= QUIET
     assert QUIET < 1.5
     # cheapest first: b1 heads 0.5 (a gain counts as 0), int8, b0 heads 0.83, b1 MLP 0.75, b0 MLP 0.5 (1.9 spent),
     # then b0 heads 0.5 in place of 0.83 (4.8); b1 MLP 0.5 would make 9.5 > FAST
-    assert values(fast) == {**UNCOMPRESSED, "b0.heads_keep": 0.5, "b0.mlp_keep": 0.5, "b1.heads_keep": 0.5,
-                            "b1.mlp_keep": 0.75, "b1.weight_bits": 8}
+    assert _decoded(fast) == {**UNCOMPRESSED, "b0.heads_keep": 0.5, "b0.mlp_keep": 0.5, "b1.heads_keep": 0.5,
+                              "b1.mlp_keep": 0.75, "b1.weight_bits": 8}
     assert "the fast end" not in " ".join(label for label, _ in start_points(
         dataclasses.replace(SPACE, uniform=True), HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
-
-
-def _decoded(params):
-    return {name.removesuffix("#rank"): sorted(getattr(SPACE, name.split(".")[1].removesuffix("#rank")))[v]
-            for name, v in params.items() if name.endswith("#rank") and not name.startswith("distill")}
 
 
 def test_the_quiet_point_takes_only_as_many_quiet_settings_as_the_budget_needs(predictor):
