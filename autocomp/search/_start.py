@@ -71,7 +71,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     for mix in mixes[:1]:
         points.append(("all knobs alike: " + _described(mix, light) + how, uniform_values(space, mix, blocks)))
     quiet = {} if space.uniform else _quiet_choices(space, light, blocks, sensitivity, allowed or {})
-    if any(len(choices) > 1 for name, choices in quiet.items() if not name.endswith("quantize_layers")):
+    if any(len(choices) > 1 for choices in quiet.values()):
         sized = _sized(space, heads_per_block, light, sensitivity, quiet, predictor, limits) \
             if predictor is not None and limits else None
         if sized is not None:
@@ -245,15 +245,14 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
 def _quiet_choices(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensitivity: Sequence[Any],
                    allowed: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
     """Per block knob, the choices the quiet point may use: the lightest, and those offered that alone cost at most
-    ``QUIET`` points; a quantized block at the space's first choice of layers (as :func:`recipe_of` predicts it)."""
+    ``QUIET`` points."""
     quiet = {space.name(i, knob): {value} for i in range(blocks) for knob, value in light.items()}
     for s in sensitivity:
         name = f"b{s.block}.{s.knob}"
         if (name in quiet and s.accuracy_drop is not None and s.accuracy_drop <= QUIET
                 and s.value in allowed.get(name, (s.value,))):
             quiet[name].add(s.value)
-    layers = {space.name(i, "quantize_layers"): space.quantize_layers[:1] for i in range(blocks)}
-    return {**layers, **{name: tuple(sorted(values)) for name, values in quiet.items()}}
+    return {name: tuple(sorted(values)) for name, values in quiet.items()}
 
 
 def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[str, Any], sensitivity: Sequence[Any],
@@ -266,6 +265,8 @@ def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[st
     measured 0.37-0.39x and 1.3-1.8 points under the teacher, a starting trial spent where the budget asked for
     nothing."""
     blocks = len(heads_per_block)
+    # a quantized block at the space's first choice of layers, as recipe_of predicts it
+    quiet = {**{space.name(i, "quantize_layers"): space.quantize_layers[:1] for i in range(blocks)}, **quiet}
     distill = {name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")}
     fixed = optuna.trial.FixedTrial(space.params({**distill, **uniform_values(space, light, blocks)}, allowed=quiet))
     space.sample(fixed, heads_per_block, allowed=quiet)  # records each parameter's distribution
