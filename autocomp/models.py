@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from timm.layers import Attention
 from torch import nn
 
 from autocomp.errors import AutocompError
@@ -149,6 +150,14 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
             if _get(block, path) is None:
                 raise AutocompError(f"block {index} has no {path}; autocomp supports blocks with a fused qkv "
                                     "Linear, attn.proj, mlp.fc1 and mlp.fc2 (timm's standard ViT block)")
+        attn = block.attn
+        if not isinstance(attn, Attention) or getattr(attn, "num_kv_groups", 1) != 1:
+            raise AutocompError(
+                f"block {index}: its attention is a {type(attn).__module__}.{type(attn).__name__}, not timm's "
+                "multi-head Attention (timm.layers.Attention, one fused qkv Linear for every head), whose heads "
+                "autocomp prunes and whose keys it reads to merge tokens; attention that mixes heads (CaiT), is "
+                "windowed or relative-position (SAM) or differential is not supported; build the model's blocks "
+                "with timm.layers.Attention")
     return list(blocks)
 
 

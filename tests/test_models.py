@@ -58,6 +58,16 @@ def test_non_vit_model_is_refused():
         create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))
 
 
+@pytest.mark.parametrize("name, kind", [("cait_xxs24_224", "TalkingHeadAttn"), ("samvit_base_patch16", "sam"),
+                                        ("vit_dwee_patch16_reg1_gap_256", "DiffAttention")])
+def test_vits_whose_attention_is_not_timms_multi_head_attention_are_refused_by_name(name, kind):
+    # their blocks have a fused qkv, proj, fc1 and fc2, but heads are mixed, windowed or differential: pruning a head
+    # or merging tokens would break them (they failed inside the operators before this check)
+    kwargs = {"embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 3}
+    with pytest.raises(AutocompError, match=f"block 0: its attention is a .*{kind}.*, not timm's multi-head"):
+        create_model(ModelSpec(name=name, kwargs=kwargs))
+
+
 @pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "vit_relpos_small_patch16_224"])
 def test_vits_with_blocks_of_their_own_are_refused_by_name(name):
     with pytest.raises(AutocompError, match="is not supported: its blocks .* compresses timm's VisionTransformer"):
