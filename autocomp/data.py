@@ -165,8 +165,7 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     embed = getattr(model, "patch_embed", None)  # what the model really takes, if it was built at another size
     if getattr(embed, "img_size", None) is not None and not getattr(embed, "dynamic_img_size", False):
         height = embed.img_size[0]
-    if getattr(getattr(embed, "proj", None), "in_channels", None) is not None:
-        channels = embed.proj.in_channels
+    channels = _input_channels(embed) or channels
     for name in ("mean", "std"):
         if getattr(config, name) is None and len(timm_config[name]) not in (1, channels):
             raise AutocompError(f"the model takes {channels} channel(s) but its timm config gives {name} "
@@ -176,6 +175,17 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
                          mean=config.mean or tuple(timm_config["mean"]), std=config.std or tuple(timm_config["std"]),
                          interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
                          crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0))
+
+
+def _input_channels(embed: nn.Module | None) -> int | None:
+    """The image channels a patch embedding takes: its ``in_chans``, or the first convolution's input channels (the
+    stem of a hybrid ViT's CNN, whose ``proj`` takes the CNN's features, not the image); None when it has neither."""
+    if isinstance(getattr(embed, "in_chans", None), int):
+        return embed.in_chans
+    for module in embed.modules() if isinstance(embed, nn.Module) else ():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return None
 
 
 class Split:

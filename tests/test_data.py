@@ -229,6 +229,21 @@ def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["vit_small_r26_s32_224", "vit_small_resnet26d_224"])
+def test_a_hybrid_vit_takes_images_of_its_stems_channels(tmp_path, name):
+    # its patch embedding's proj reads the CNN's 1024-2048 feature maps: taken for the image, it refused the model
+    import timm
+
+    make_folder(tmp_path, {"red": 5, "green": 5}, size=(20, 18))
+    model = timm.create_model(name, pretrained=False, img_size=64, num_classes=2, embed_dim=32, depth=1,
+                              num_heads=2).eval()
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                    test_size=2, workers=0), model)
+    x, _ = splits.val.tensors()
+    assert (splits.preprocessing.channels, splits.preprocessing.image_size, tuple(x.shape[1:])) == (3, 64, (3, 64, 64))
+    assert model(x).shape == (2, 2)
+
+
 def test_mean_and_std_must_match_the_channels(tmp_path):
     make_folder(tmp_path, {"a": 4, "b": 4})
     with pytest.raises(AutocompError, match=r"data.mean has 2 values but the model takes 3 channel\(s\)"):
