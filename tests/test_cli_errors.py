@@ -85,6 +85,22 @@ def test_a_one_channel_model_on_an_image_folder_asks_for_its_mean_and_std(job, t
     assert "set data.mean and data.std to 1 value(s) each" in err
 
 
+def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_path, capsys):
+    # 10 outputs on a folder of 3 classes: it scored near chance and distilled against labels it has no output for
+    from PIL import Image
+
+    for label in ("a", "b", "c"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(8):
+            Image.new("L", (8, 8), color=index * 9).save(tmp_path / "images" / label / f"{index}.png")
+    edit_job(job, lambda d: d.update(data={"dataset": "imagefolder", "root": str(tmp_path / "images"), "val_size": 4,
+                                           "calib_size": 4, "test_size": 4, "workers": 0, "mean": [0.5],
+                                           "std": [0.5]}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert ("the model has 10 outputs but the data has 3 classes; its outputs must be the data's classes (class "
+            "folders in sorted order): set model.kwargs.num_classes: 3") in err
+
+
 def test_checkpoint_that_does_not_fit(job, tmp_path, capsys):
     edit_job(job, lambda d: d["model"]["kwargs"].update(embed_dim=48))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)

@@ -34,8 +34,20 @@ from autocomp.search._sensitivity import (Setting, allowed_choices, progress_lin
 from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
-__all__ = ["baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable", "latency_of",
+__all__ = ["check_classes", "baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable", "latency_of",
            "teacher_cache", "BudgetUnreachable", "LatencyUnreachable", "SENSITIVITY"]
+
+
+def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
+    """Refuse a model whose outputs are not the data's classes (one calibration image through it): an ImageNet head
+    on a folder of 37 classes would score near 0 and distil against labels it has no output for."""
+    with torch.no_grad():
+        outputs = base(splits.calib.x[:1]).shape[-1]
+    if outputs != splits.num_classes:
+        order = " (class folders in sorted order)" if data == "imagefolder" else ""
+        raise AutocompError(f"the model has {outputs} outputs but the data has {splits.num_classes} classes; its "
+                            f"outputs must be the data's classes{order}: set model.kwargs.num_classes: "
+                            f"{splits.num_classes} and give a checkpoint trained on these classes")
 
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,

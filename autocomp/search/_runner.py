@@ -68,6 +68,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     splits = load_splits(config.data, base)
+    before.check_classes(base, splits, config.data.dataset)
     log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
         f"preprocessing {splits.preprocessing.to_dict()}")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
