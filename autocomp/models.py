@@ -64,9 +64,17 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
         near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
         raise AutocompError(f"unknown timm model {spec.name!r}{hint}")
+    overlay = spec.kwargs.get("pretrained_cfg_overlay")  # may also set the preprocessing: refused for a weight file
+    weights = sorted(set(spec.kwargs) & {"pretrained", "checkpoint_path"}) + (
+        ["pretrained_cfg_overlay"] if isinstance(overlay, Mapping) and {"file", "url", "hf_hub_id"} & set(overlay)
+        else [])
+    if weights:
+        raise AutocompError(f"model.kwargs.{weights[0]}: autocomp builds the architecture from the kwargs and reads "
+                            "weights only from model.checkpoint (it never downloads); give the weights file there, "
+                            f"e.g. timm's model.safetensors for {spec.name} from the Hugging Face hub (timm/<name>)")
     try:
         model = timm.create_model(spec.name, pretrained=False, **dict(spec.kwargs))
-    except (TypeError, ValueError, AssertionError) as exc:
+    except (TypeError, ValueError, AssertionError, OSError) as exc:
         raise AutocompError(f"timm could not build {spec.name!r} with kwargs {dict(spec.kwargs)}: {exc}") from None
     vit_blocks(model)
     if load_weights and spec.checkpoint:

@@ -53,6 +53,23 @@ def test_checkpoint_that_does_not_fit_names_the_difference(tmp_path, tiny_teache
         load_checkpoint(wider, spec.checkpoint)
 
 
+@pytest.mark.parametrize("kwargs", [{"pretrained": True}, {"checkpoint_path": "/nowhere/w.pth"},
+                                    {"pretrained_cfg_overlay": {"file": "/nowhere/w.safetensors"}}])
+def test_weights_asked_for_through_timms_kwargs_are_refused_with_model_checkpoint_named(kwargs):
+    # pretrained=True clashed with autocomp's own pretrained=False (a TypeError), a checkpoint_path escaped as a bare
+    # FileNotFoundError, and a pretrained_cfg_overlay file was silently ignored (random weights)
+    with pytest.raises(AutocompError, match=f"model.kwargs.{next(iter(kwargs))}: .* reads weights only from "
+                                            "model.checkpoint"):
+        create_model(ModelSpec(name="vit_tiny_patch16_224", kwargs={"img_size": 32, "depth": 1, **kwargs}))
+
+
+def test_a_pretrained_cfg_overlay_that_sets_the_preprocessing_is_kept():
+    overlay = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    model = create_model(ModelSpec(name="vit_tiny_patch16_224", kwargs={"img_size": 32, "depth": 1,
+                                                                        "pretrained_cfg_overlay": overlay}))
+    assert (model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) == (overlay["mean"], overlay["std"])
+
+
 def test_non_vit_model_is_refused():
     with pytest.raises(AutocompError, match="has no 'blocks' sequence"):
         create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))

@@ -34,8 +34,8 @@ from autocomp.search._sensitivity import (Setting, allowed_choices, progress_lin
 from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
-__all__ = ["check_classes", "baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable", "latency_of",
-           "teacher_cache", "BudgetUnreachable", "LatencyUnreachable", "SENSITIVITY"]
+__all__ = ["check_classes", "baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable",
+           "latency_of", "teacher_cache", "BudgetUnreachable", "LatencyUnreachable", "SENSITIVITY"]
 
 
 def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
