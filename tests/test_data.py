@@ -244,6 +244,18 @@ def test_a_hybrid_vit_takes_images_of_its_stems_channels(tmp_path, name):
     assert model(x).shape == (2, 2)
 
 
+@pytest.mark.parametrize("name, mean", [("vit_small_patch16_224.dino", (0.485, 0.456, 0.406)),
+                                        ("vit_small_patch16_224", (0.5, 0.5, 0.5))])
+def test_a_timm_name_with_a_pretrained_tag_takes_that_tags_preprocessing(tmp_path, name, mean):
+    from autocomp.models import ModelSpec, create_model
+
+    make_folder(tmp_path, {"red": 5, "green": 5})
+    model = create_model(ModelSpec(name=name, kwargs={"img_size": 32, "depth": 1, "num_classes": 2}))
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                    test_size=2, workers=0), model)
+    assert (splits.preprocessing.mean, splits.preprocessing.image_size) == (mean, 32)
+
+
 def test_mean_and_std_must_match_the_channels(tmp_path):
     make_folder(tmp_path, {"a": 4, "b": 4})
     with pytest.raises(AutocompError, match=r"data.mean has 2 values but the model takes 3 channel\(s\)"):
