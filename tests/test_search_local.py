@@ -12,7 +12,7 @@ import pytest
 from autocomp.budget import feasible
 from autocomp.measure.profiling import load_profile
 from autocomp.recipe import Recipe
-from autocomp.search._controller import COARSE_FLOOR, DUPLICATE, LOCAL, RECORDED, OptunaController, counted
+from autocomp.search._controller import DUPLICATE, LOCAL, RECORDED, OptunaController, counted
 from autocomp.search._local import FILL, _moves, local_move, recipe_key
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace
@@ -260,24 +260,6 @@ def test_coarse_draws_the_screen_would_skip_are_drawn_again_at_no_trials_cost():
     assert all("coarse" in t.user_attrs and "skipped_reason" not in t.user_attrs for t in study.trials)
     redrawn = controller._uniform_study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert redrawn and all(t.system_attrs["constraints:latency_ms"] > 0 for t in redrawn)  # it learns the budget
-
-
-def test_coarse_draws_far_under_a_loose_budget_are_drawn_again_at_no_trials_cost():
-    predictor = CostPredictor(base=small_vit(), profile=PROFILE, base_latency_ms=10.0)
-    alike = sorted(_latency(predictor, {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", h),
-                                                                                       ("mlp_keep", m))})
-                   for h in SPACE.heads_keep for m in SPACE.mlp_keep)
-    limit = 2.0 * (alike[5] + alike[6]) / 2  # 6 of the 12 alike recipes are predicted under half of it, none over it
-    assert alike[-1] <= limit
-    study = _study()
-    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=6, coarse=6, seed=0,
-                                  screen=Screen(predictor=predictor, limits={"latency_ms": limit}, margin=0.0))
-    asked = [controller.suggest(t) for t in "abcdef"]
-    assert all(isinstance(a, dict) for a in asked)
-    for a in asked:
-        assert predictor.predict(Recipe.from_dict(a["recipe"]))["latency_ms"] >= COARSE_FLOOR * limit
-    assert all("coarse" in t.user_attrs for t in study.trials) and len(study.trials) == 6
-    assert controller._uniform_study.get_trials(states=(optuna.trial.TrialState.FAIL,))  # drawn again
 
 
 FULL = {f"b{i}.{k}": 1.0 for i in range(2) for k in ("heads_keep", "mlp_keep")}  # the uncompressed recipe

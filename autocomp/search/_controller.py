@@ -26,11 +26,7 @@ A recipe the sampler proposes again (a duplicate of one measured, running or ski
 PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
 The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times, and in place of a draw the screen would skip
 (told to the coarse study as PRUNED, with its predicted violations): the coarse stage is a handful of trials, and a
-uniform recipe predicted over budget spent one of them on a candidate that could not be the answer. It draws again
-(at random) in place of a recipe predicted to use less than ``COARSE_FLOOR`` of every limit, too: every knob alike
-stacks compression fast, and under a loose budget most coarse draws sat far under it (on the wide Fashion-MNIST
-model at 0.8x latency, 9-11 of 16 trials under 0.5x), where the search's answer, the best model within budget, is
-not; the cheap end of the front still has its starting points (uniform int8, the fast end).
+uniform recipe predicted over budget spent one of them on a candidate that could not be the answer.
 """
 
 from __future__ import annotations
@@ -65,7 +61,6 @@ SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRU
 SKIPS_PER_TRIAL = 3  # skipped candidates that use up no trial, per trial asked for in a run
 COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary
 COARSE_REDRAWS = 20  # coarse draws of recipes already run, before the per-block sampler takes the draw
-COARSE_FLOOR = 0.5  # a coarse draw predicted under this share of every limit is drawn again
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 LOCAL = "local_move"  # user attr of a trial queued as a local move: from which trial, and what it changes
 LOCAL_LOAD = "local_load"  # ... and its predicted share of the budget (scaled by its base's measurement)
@@ -225,12 +220,12 @@ class OptunaController(Searcher):
         for _ in range(COARSE_REDRAWS):
             coarse = self._uniform_study.ask()
             recipe = uniform.sample(coarse, self._heads, allowed=allowed)
-            verdict = self._screen.judge(recipe) if self._screen is not None else None
-            if recipe_key(recipe.to_dict()) in seen or (verdict is not None and self._far_under(verdict)):
+            if recipe_key(recipe.to_dict()) in seen:
                 drawn = self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
                 self._uniform_study.enqueue_trial({name: _at_random(dist, self._rng)
                                                    for name, dist in drawn.distributions.items()})
                 continue
+            verdict = self._screen.judge(recipe) if self._screen is not None else None
             if verdict is None or verdict.skip_reason is None:
                 break
             for key, value in verdict.violations.items():
@@ -252,12 +247,6 @@ class OptunaController(Searcher):
         self._study.enqueue_trial(self._space.params(values, allowed=self._allowed),
                                   user_attrs={COARSE: recipe.summary()})
         return coarse
-
-    def _far_under(self, verdict: Any) -> bool:
-        """Whether a recipe is predicted to use less than ``COARSE_FLOOR`` of every limit of the budget."""
-        limits = self._screen.limits
-        return bool(limits) and all(key in verdict.predicted and verdict.predicted[key] < COARSE_FLOOR * limit
-                                    for key, limit in limits.items())
 
     def _ask_local(self) -> None:
         """After the coarse stage, while nothing else is queued: queue a local move from the best trial within
