@@ -139,6 +139,15 @@ def test_unmeetable_budget_still_writes_results_and_names_the_closest(tmp_path, 
     assert "no candidate met the budget" in capsys.readouterr().out
 
 
+def test_a_budget_the_uncompressed_model_meets_already_is_said(tmp_path, tiny_teacher, capsys):
+    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e6}, trials=1, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "note: the uncompressed model meets this budget already" in capsys.readouterr().out
+    tight = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=1, workers=1)
+    assert main(["search", str(tight), "--out", str(tmp_path / "run2"), "--quiet"]) == 0
+    assert "meets this budget already" not in capsys.readouterr().out
+
+
 def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher):
     """A model given as an nn.Module (no timm spec): the run keeps its weights (never a pickle); best/ and export need
     the module given back."""

@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 
 from autocomp import _quiet
+from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
@@ -115,6 +116,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
+        if feasible(violations(baseline, limits)):
+            log("note: the uncompressed model meets this budget already; the search still looks for smaller models "
+                "within it, and best/ is the most accurate of those (a tighter budget asks for a smaller model)")
         if done:
             log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run")
 
