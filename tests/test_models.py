@@ -70,6 +70,34 @@ def test_a_pretrained_cfg_overlay_that_sets_the_preprocessing_is_kept():
     assert (model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) == (overlay["mean"], overlay["std"])
 
 
+@pytest.mark.parametrize("name", ["vit_base_patch16_siglip_224", "vit_small_patch14_reg4_dinov2", "flexivit_small",
+                                  "deit_tiny_distilled_patch16_224", "vit_small_r26_s32_224",
+                                  "vit_base_patch16_clip_224", "naflexvit_base_patch16_gap"])
+def test_the_vit_families_the_readme_names_compress_with_every_operator_and_run_in_onnx_runtime(name, tmp_path):
+    # attention-pool head, register tokens with LayerScale, flexible patches, a distillation token, a ResNet stem,
+    # a pre-norm CLIP tower, NaFlex's embedding: benchmarks/model_coverage.py over every timm name, in small
+    from autocomp import Recipe, compress
+    from autocomp.runtimes import export_onnx
+    from autocomp.runtimes.onnx import ort_session
+
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(name=name, kwargs={"img_size": 64, "depth": 2, "embed_dim": 64, "num_heads": 4,
+                                                      "num_classes": 5}))
+    method = "prune" if getattr(model, "cls_token", None) is not None else "merge"
+    recipe = Recipe.from_dict({"blocks": [
+        {"prune_heads": {"keep": 2}, "prune_mlp": {"keep": 0.5}, "low_rank": {"rank": 0.5},
+         "reduce_tokens": {"keep": 0.7}, "quantize": {"weight_bits": 8, "act_bits": 8}},
+        {"reduce_tokens": {"keep": 0.7, "method": method}, "quantize": {"weight_bits": 4}}]})
+    images = torch.randn(8, 3, 64, 64)
+    smaller = compress(model, recipe, calibration=images)
+    assert [b.attn.num_heads for b in smaller.blocks] == [2, 4] and smaller.blocks[0].mlp.fc1.out_features == 128
+    with torch.no_grad():
+        logits = smaller(images[:2])
+    session = ort_session(export_onnx(smaller, images[:2], tmp_path / "model.onnx").path)
+    ort = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images[:2].numpy()})[0])
+    assert logits.shape == (2, 5) and torch.allclose(ort, logits, atol=1e-2)
+
+
 def test_non_vit_model_is_refused():
     with pytest.raises(AutocompError, match="has no 'blocks' sequence"):
         create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))
