@@ -64,10 +64,10 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
         near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
         raise AutocompError(f"unknown timm model {spec.name!r}{hint}")
-    overlay = spec.kwargs.get("pretrained_cfg_overlay")  # may also set the preprocessing: refused for a weight file
-    weights = sorted(set(spec.kwargs) & {"pretrained", "checkpoint_path"}) + (
-        ["pretrained_cfg_overlay"] if isinstance(overlay, Mapping) and {"file", "url", "hf_hub_id"} & set(overlay)
-        else [])
+    weights = [key for key in ("pretrained", "checkpoint_path") if key in spec.kwargs]
+    overlay = spec.kwargs.get("pretrained_cfg_overlay")  # may set the preprocessing too: refused for a weight file
+    if isinstance(overlay, Mapping) and {"file", "url", "hf_hub_id"} & set(overlay):
+        weights.append("pretrained_cfg_overlay")
     if weights:
         raise AutocompError(f"model.kwargs.{weights[0]}: autocomp builds the architecture from the kwargs and reads "
                             "weights only from model.checkpoint (it never downloads); give the weights file there, "
