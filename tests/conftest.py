@@ -69,7 +69,7 @@ def skip_where_openvino_lacks_compressed_weights(exc: Exception) -> None:
     """Skip a test of OpenVINO running weights-only int8 or 4-bit weights where its CPU plugin cannot compile them:
     seen with oneDNN capped at AVX2 (the Makefile's capped run); there the profile's calibration and the search's
     latency pass leave such weights out (tested in test_search_sensitivity.py). A real CPU without VNNI (an AVX2
-    EPYC, BENCHMARKS.md session 23) runs them, and so must one with VNNI: ``exc`` is raised again there."""
+    EPYC, BENCHMARKS.md session 23) runs them; on a CPU with VNNI they must run, so ``exc`` is raised again there."""
     from autocomp.ops._qlayers import int8_static_range
 
     if int8_static_range() == 255:
