@@ -1,0 +1,88 @@
+"""int8 weights on this CPU: the forms ONNX Runtime can run them in, and PyTorch's activation range against ORT's.
+
+    python benchmarks/int8_forms.py [--config examples/fashion_mnist/search.yaml] [--runs 3] [--images 512]
+
+The job's teacher with int8 weights in every block. First, each ``OnnxExportConfig.int8_weights`` form exported and
+timed in ORT interleaved with the uncompressed export (batch 16, one thread; ``runs`` ratios of 30 pairs each), with
+its top-1 agreement with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``auto`` picks the
+form from that). Second, validation accuracy of PyTorch's dynamic int8 Linear with activations quantized to 0..127
+(``reduce_range``, as ``Int8Linear`` runs) and to 0..255 (as ORT's ``DynamicQuantizeLinear`` does), and of the ORT
+file itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+from pathlib import Path
+
+import torch
+
+from autocomp import Recipe, compress
+from autocomp.config import load_config
+from autocomp.data import load_splits
+from autocomp.measure.profiling import cpu_description
+from autocomp.models import create_model
+from autocomp.ops._qlayers import Int8Linear
+from autocomp.runtimes import OnnxExportConfig, export_onnx, ort_session, time_sessions
+from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS, OrtModule, compare_outputs, ort_u8s8_exact
+from autocomp.train import evaluate
+
+
+@contextlib.contextmanager
+def full_activation_range():
+    """Int8Linear with activations quantized to 0..255 instead of 0..127, while the block runs."""
+    shipped = Int8Linear._linear
+    Int8Linear._linear = lambda self, x: torch.ops.quantized.linear_dynamic(x, self._packed, False)
+    try:
+        yield
+    finally:
+        Int8Linear._linear = shipped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="examples/fashion_mnist/search.yaml")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=512)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    job = load_config(args.config)
+    base = create_model(job.model).eval()
+    splits = load_splits(job.data, base)
+    calib = splits.calib.tensors()[0]
+    images = splits.val.tensors()[0][:args.images]
+    model = compress(base, Recipe.from_dict({"blocks": [{"quantize": {"weight_bits": 8}}] * len(base.blocks)}),
+                     calibration=calib)
+    print(cpu_description())
+    print(f"ORT's u8 x s8 kernel exact on this CPU: {ort_u8s8_exact()}")
+    folder = Path(tempfile.mkdtemp())
+    reference = ort_session(export_onnx(base, calib[:2], folder / "fp32.onnx").path)
+    print("| int8_weights | latency ratio | top-1 agreement (largest logit difference) |\n| --- | --- | --- |")
+    for form in (f for f in INT8_WEIGHT_FORMS if f != "auto"):
+        path = export_onnx(model, calib[:2], folder / f"{form}.onnx",
+                           config=OnnxExportConfig(int8_weights=form)).path
+        session = ort_session(path)
+        agreement = compare_outputs(model, session, images)
+        ratios = [time_sessions(session, reference, calib[:16], repeats=30).ratio for _ in range(args.runs)]
+        print(f"| {form} | {min(ratios):.3f}-{max(ratios):.3f} | {100 * agreement.top1:.2f}% "
+              f"({agreement.max_logit_diff:.3f}) |")
+    shipped = evaluate(model, splits.val)
+    with full_activation_range():
+        full = evaluate(model, splits.val)
+    auto = OrtModule(ort_session(export_onnx(model, calib[:2], folder / "auto.onnx").path))
+    file = evaluate(auto, splits.val)
+    print(f"validation accuracy: fp32 {evaluate(base, splits.val):.2f}%, PyTorch int8 with activations 0..127 "
+          f"(as shipped) {shipped:.2f}%, 0..255 {full:.2f}%, the ORT file (auto form) {file:.2f}%")
+    with torch.no_grad():
+        ort_top1 = auto(images).argmax(1)
+        agree_shipped = (model(images).argmax(1) == ort_top1).float().mean().item()
+        with full_activation_range():
+            agree_full = (model(images).argmax(1) == ort_top1).float().mean().item()
+    print(f"top-1 agreement with the ORT file on {len(images)} images: 0..127 {100 * agree_shipped:.2f}%, "
+          f"0..255 {100 * agree_full:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
