@@ -24,7 +24,7 @@ from autocomp.config import load_config
 from autocomp.data import load_splits
 from autocomp.measure.profiling import cpu_description
 from autocomp.models import create_model
-from autocomp.ops._qlayers import Int8Linear
+from autocomp.ops.quantize import Int8Linear
 from autocomp.runtimes import OnnxExportConfig, export_onnx, ort_session, time_sessions
 from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS, OrtModule, compare_outputs, ort_u8s8_exact
 from autocomp.train import evaluate
