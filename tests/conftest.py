@@ -55,6 +55,29 @@ def tiny_teacher(tmp_path_factory, digits_splits):
     return spec, model
 
 
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One embedded Ray for a test file's searches. A search runs on the Ray it finds initialized, as it would on a
+    user's (:func:`autocomp.search._ray.ray_session`), instead of starting and stopping its own: about 5 s of CPU a
+    search on a 2-core EPYC. Ray's workers inherit the environment it starts with: a test that sets a variable for
+    them, or checks the embedded Ray's own start and stop, runs in a file without this fixture."""
+    import ray
+
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def own_ray():
+    """For a test that sets the environment of Ray's workers in a file with :func:`shared_ray`: the shared Ray is
+    stopped first, so that the search starts its own with that environment (the file's later tests do the same)."""
+    import ray
+
+    ray.shutdown()
+
+
 def small_vit(**overrides):
     """A seeded 2-block, 6-head ViT on 16x16 RGB images (width 48) for operator tests."""
     import timm

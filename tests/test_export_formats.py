@@ -12,8 +12,8 @@ import pytest
 import autocomp
 from autocomp.cli import build_parser, main
 from autocomp.measure import backends
-from tests.test_cli_errors import run_cli
-from tests.test_search_e2e import write_job
+from test_cli_errors import run_cli
+from test_search_e2e import write_job
 
 
 @pytest.fixture(scope="module")

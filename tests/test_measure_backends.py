@@ -21,7 +21,9 @@ from autocomp.measure import backends, measure
 from autocomp.measure.backends import ExportFailed, backend_of, holds_export, require_backend
 from autocomp.ops import PruneHeads, PruneMlp, Quantize
 from autocomp.search._objective import ERROR, TrialInputs, run_trial
-from tests.conftest import DIGITS, TINY_KWARGS, skip_where_openvino_lacks_compressed_weights
+from conftest import DIGITS, TINY_KWARGS, skip_where_openvino_lacks_compressed_weights
+
+pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the file's searches (conftest.py)
 
 ROOT = Path(__file__).parent.parent
 RECIPE = Recipe(blocks=[{"prune_heads": PruneHeads(keep=2), "quantize": Quantize(weight_bits=8)},

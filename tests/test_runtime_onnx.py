@@ -35,7 +35,7 @@ from autocomp.runtimes import (  # noqa: E402
     ort_session,
     time_sessions,
 )
-from tests.conftest import skip_where_openvino_lacks_compressed_weights  # noqa: E402
+from conftest import skip_where_openvino_lacks_compressed_weights  # noqa: E402
 
 SETTINGS = {  # every operator, each bit width; a new operator must add its own here (checked below)
     "prune_heads": [PruneHeads(keep=2)],

@@ -19,6 +19,8 @@ from autocomp.search._controller import SKIPS_PER_TRIAL
 from autocomp.train import evaluate
 from conftest import DIGITS, TINY_KWARGS
 
+pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the file's searches (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -173,7 +175,7 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     assert autocomp.load(tmp_path / "t0", base=model)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
-def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch):
+def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch, own_ray):
     """model: {factory: package.module:function}: no timm name, nothing pickled, best/ loads on its own."""
     (tmp_path / "my_models.py").write_text(
         "import timm\n\n"

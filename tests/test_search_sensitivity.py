@@ -18,6 +18,8 @@ from autocomp.search._space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
 from autocomp.train import evaluate
 
+pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the file's searches (conftest.py)
+
 SPACE = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.25, 0.5, 1.0), weight_bits=(32, 8))
 
 
