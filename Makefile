@@ -41,9 +41,9 @@ CAPPED_TESTS := tests/test_ops_quantize.py tests/test_distill.py tests/test_cost
 CAPPED_SKIP  := --deselect tests/test_measure_backends.py::test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no_block
 CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 AUTOCOMP_TEST_QENGINE=onednn
 
-# Every phase but the last two runs in two pytest processes, a file each at a time. The files that start Ray (their
-# searches) have a phase of their own: much of their time is spent waiting on Ray's and its workers' start, which
-# two processes overlap (on a 2-core AVX2 EPYC: 7.8 min in two processes against 10.4 in one). The multi-node
+# The Ray-free, Ray and capped phases run in two pytest processes, a file each at a time. The files that start Ray
+# (their searches) have a phase of their own: much of their time is spent waiting on Ray's and its workers' start,
+# which two processes overlap (on a 2-core AVX2 EPYC: 7.8 min in two processes against 10.4 in one). The multi-node
 # cluster tests run in a pytest process of their own: after the rest of the suite's in-process Ray sessions, a fresh
 # Cluster's worker node was left without trials (seen in CI; alone, the file passes). The timed noise test runs with
 # nothing beside it (after the cluster tests, in their process), uncapped and capped.

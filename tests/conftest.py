@@ -58,9 +58,10 @@ def tiny_teacher(tmp_path_factory, digits_splits):
 @pytest.fixture(scope="module")
 def shared_ray():
     """One embedded Ray for a test file's searches. A search runs on the Ray it finds initialized, as it would on a
-    user's (:func:`autocomp.search._ray.ray_session`), instead of starting and stopping its own: about 5 s of CPU a
-    search on a 2-core EPYC. Ray's workers inherit the environment it starts with: a test that sets a variable for
-    them, or checks the embedded Ray's own start and stop, runs in a file without this fixture."""
+    user's (:func:`autocomp.search._ray.ray_session`), instead of starting and stopping its own each time (seconds
+    of CPU a search: BENCHMARKS.md, session 24). Ray's workers inherit the environment Ray starts with: a test that
+    sets a variable for them takes :func:`own_ray`; one that checks the embedded Ray's own start and stop, or a Ray
+    address, belongs in a file without this fixture."""
     import ray
 
     ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
