@@ -62,12 +62,10 @@ def shared_ray():
     of CPU a search: BENCHMARKS.md, session 24). Ray's workers inherit the environment Ray starts with: a test that
     sets a variable for them takes :func:`own_ray`; one that checks the embedded Ray's own start and stop, or a Ray
     address, belongs in a file without this fixture."""
-    import ray
+    from autocomp.search._ray import ray_session
 
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with ray_session(workers=1, ray_address=None):  # the embedded Ray a search would start, kept for the file
+        yield
 
 
 @pytest.fixture
