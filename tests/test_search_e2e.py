@@ -161,7 +161,9 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     spec, model = tiny_teacher
     config = dataclasses.replace(load_config(write_job(tmp_path, spec, {"memory": 0.99}, trials=2, workers=1)),
                                  model=model)
-    summary = run_search(config, tmp_path / "run", log=lambda _: None, progress=False)
+    said: list[str] = []
+    summary = run_search(config, tmp_path / "run", log=said.append, progress=False)
+    assert any(line.startswith("Ray: the one already initialized in this process") for line in said)  # shared_ray
     assert (tmp_path / "run" / "base.safetensors").is_file() and not list((tmp_path / "run").rglob("*.pt"))
     assert summary["met_budget"]
     with pytest.raises(autocomp.AutocompError, match=r"given as an nn.Module; pass it: autocomp.load\(path, base="):
@@ -173,6 +175,24 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
 
     export_trial(tmp_path / "run", 0, tmp_path / "t0", base=model)
     assert autocomp.load(tmp_path / "t0", base=model)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_another_ray_address_than_the_initialized_ray_is_refused_before_anything_runs(tmp_path, tiny_teacher,
+                                                                                      capsys):
+    """Ray is initialized in this process (the file's shared one): a search given another cluster's address says so
+    and stops before it loads anything, instead of running on the initialized Ray; that Ray's own address is taken."""
+    import ray
+
+    from autocomp.search._ray import check_ray_address
+
+    running = ray.get_runtime_context().gcs_address
+    check_ray_address(running), check_ray_address("auto"), check_ray_address(None)  # the Ray it would run on
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--ray-address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"the Ray address 127.0.0.1:1 is not that of the Ray already initialized in this process ({running}); " \
+           "call ray.shutdown() before the search" in err
+    assert not (tmp_path / "run").exists() and ray.is_initialized()  # nothing computed; the caller's Ray kept
 
 
 def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch, own_ray):

@@ -9,30 +9,38 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["ray_session", "require_trial_resources", "require_same_versions", "trial_room"]
+__all__ = ["check_ray_address", "ray_session", "require_trial_resources", "require_same_versions", "trial_room"]
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
 
 
 @contextmanager
-def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
-    """Ray for the duration of the block: the caller's, if Ray is already initialized; else joined at
-    ``ray_address`` or started embedded, and shut down on exit."""
+def ray_session(*, workers: int, ray_address: str | None,
+                log: Callable[[str], None] = print) -> Iterator[None]:
+    """Ray for the duration of the block: the caller's, if Ray is already initialized in this process (it must be
+    the cluster at ``ray_address``, when one is given); else joined at ``ray_address`` or started embedded, and shut
+    down on exit.
+
+    Raises:
+        AutocompError: a ``ray://`` address, an initialized Ray other than ``ray_address``, a cluster that cannot be
+            joined, or one whose nodes run other versions than the driver.
+    """
     ray = import_ray()
+    check_ray_address(ray_address)
     if ray.is_initialized():
+        running = ray.get_runtime_context().gcs_address
+        log(f"Ray: the one already initialized in this process ({running}); it stays up after the search")
+        if ray_address:
+            require_same_versions()
         yield
         return
-    if ray_address and ray_address.startswith("ray://"):
-        raise AutocompError(f"--ray-address {ray_address}: Ray Client (ray://) addresses are not supported, the "
-                            "search keeps its study in a local file next to the driver; run autocomp on a "
-                            "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
     try:
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
@@ -52,6 +60,43 @@ def ray_session(*, workers: int, ray_address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_ray_address(ray_address: str | None) -> None:
+    """Refuse, before anything is computed, a ``ray_address`` the search cannot run on.
+
+    Raises:
+        AutocompError: a Ray Client (``ray://``) address, or Ray already initialized in this process on another
+            cluster than ``ray_address``.
+    """
+    if not ray_address:
+        return
+    if ray_address.startswith("ray://"):
+        raise AutocompError(f"--ray-address {ray_address}: Ray Client (ray://) addresses are not supported, the "
+                            "search keeps its study in a local file next to the driver; run autocomp on a "
+                            "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
+    ray = import_ray()
+    if ray.is_initialized() and not _same_address(ray_address, running := ray.get_runtime_context().gcs_address):
+        raise AutocompError(f"the Ray address {ray_address} is not that of the Ray already initialized in this "
+                            f"process ({running}); call ray.shutdown() before the search to join {ray_address}, or "
+                            f"pass {running} (or no address) to search on the Ray already there")
+
+
+def _same_address(given: str, running: str) -> bool:
+    """Whether ``given`` (``auto``, or HOST:PORT of a head) names the Ray whose GCS runs at ``running``."""
+    import socket
+
+    if given == "auto":  # the cluster on this machine: the one this process is connected to, if any
+        return True
+
+    def resolved(address: str) -> tuple[str, str]:
+        host, _, port = address.rpartition(":")
+        try:
+            return socket.gethostbyname(host), port
+        except OSError:  # a name this machine cannot resolve: compared as written
+            return host, port
+
+    return resolved(given) == resolved(running)
 
 
 def _package_dir() -> str:

@@ -35,7 +35,7 @@ from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaCont
 from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
 from autocomp.search._objective import TrialInputs, distill_subset
-from autocomp.search._ray import ray_session, require_trial_resources
+from autocomp.search._ray import check_ray_address, ray_session, require_trial_resources
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
@@ -59,6 +59,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     Candidates the cost model predicts to be more than ``config.skip_margin`` over a limit are skipped
     (:mod:`autocomp.search._screen`).
     """
+    check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     profile = load_profile(config.hardware, log=log)
@@ -96,7 +97,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         baseline = None  # measured on the device's node, once Ray is up
     # a device on a Ray node is needed for the baseline, the trials, and the final re-measurement of the best
     needs_ray = remaining > 0 or baseline is None or profile.ray_resource is not None
-    with ray_session(workers=config.workers, ray_address=ray_address) if needs_ray else nullcontext():
+    with ray_session(workers=config.workers, ray_address=ray_address, log=log) if needs_ray else nullcontext():
         if needs_ray:
             if profile.ray_resource is not None:
                 log(f"measuring on {require_device(profile, source=config.hardware)} (node holding "
