@@ -140,7 +140,10 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     _wait_for_other_rays_to_end()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    # a killed node is declared dead after 3 failed health checks a second apart (Ray's default: 5, 3 s apart)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1",
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     try:
         yield cluster
     finally:
