@@ -186,7 +186,8 @@ def test_another_ray_address_than_the_initialized_ray_is_refused_before_anything
     from autocomp.search._ray import check_ray_address
 
     running = ray.get_runtime_context().gcs_address
-    check_ray_address(running), check_ray_address("auto"), check_ray_address(None)  # the Ray it would run on
+    for same in (running, "auto", None):  # addresses of the Ray it would run on: taken
+        check_ray_address(same)
     job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--ray-address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
