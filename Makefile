@@ -10,7 +10,15 @@ STAMP   := $(VENV)/.autocomp-installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install data bench clean
+.PHONY: help demo test install data bench clean
+
+# the default goal only prints: a plain `make` (or `make -p` to read a variable) installs nothing
+help:
+	@echo "make demo     install, train or reuse the teacher, search on Fashion-MNIST (runs/demo)"
+	@echo "make test     install, run the test suite"
+	@echo "make install  the virtual environment $(VENV) with autocomp editable and its ONNX Runtime and OpenVINO extras"
+	@echo "make bench    install, run benchmarks/int8_latency.py"
+	@echo "make clean    remove runs/ and .pytest_cache"
 
 install: $(STAMP)
 
