@@ -85,3 +85,20 @@ def test_the_loop_awaits_only_the_workers_the_cluster_has_room_for(local_ray):
     # two CPUs and no GPU: a placeholder the cluster cannot hold would keep the latency pass waiting for nothing
     assert [trial_room(Resources(cpu=cpu)) for cpu in (1, 2, 3)] == [2, 1, 0]
     assert trial_room(Resources(cpu=1, gpu=1)) == 0
+
+
+def test_the_gate_reaches_its_actor_by_value_without_autocomps_imports():
+    """Ray sends the gate's class itself, not the name of its module: importing autocomp.search._loop (torch, timm,
+    Ray Tune, Optuna) in the gate's process cost seconds of CPU in every search."""
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    from autocomp.search._loop import _gate_class
+
+    code = ("import pickle, sys; gate = pickle.loads(sys.stdin.buffer.read())(); "
+            "print(sorted(m for m in ('torch', 'timm', 'autocomp', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(_gate_class()), capture_output=True,
+                         check=True)
+    assert out.stdout.decode().strip() == "[]"

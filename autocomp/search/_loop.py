@@ -36,26 +36,33 @@ __all__ = ["TrialLoop"]
 PLACEHOLDER = "placeholder"  # config key of the trials that start a worker and wait at the gate
 
 
-class _Gate:
-    """A Ray actor the placeholder trials wait at (and count themselves in) until the search is ready; it then hands
-    each its first real trial (by Tune trial id), if there is one."""
+def _gate_class() -> type:
+    """The class of the gate: a Ray actor the placeholder trials wait at (and count themselves in) until the search
+    is ready; it then hands each its first real trial (by Tune trial id), if there is one.
 
-    def __init__(self) -> None:
-        import asyncio
+    It is made in a function so that Ray sends the class itself to the actor's process (a class it cannot import by
+    name is pickled by value) instead of this module's name: importing this module there (torch, timm, Ray Tune,
+    Optuna) cost the gate's process 6 s of CPU in every search, beside the trial workers' start on two cores."""
 
-        self._open, self._parked, self._first = asyncio.Event(), [], {}
+    class Gate:
+        def __init__(self) -> None:
+            import asyncio
 
-    async def park(self, pid: int, trial_id: str) -> dict[str, Any] | None:
-        self._parked.append(pid)
-        await self._open.wait()
-        return self._first.get(trial_id)
+            self._open, self._parked, self._first = asyncio.Event(), [], {}
 
-    async def parked(self) -> list[int]:
-        return self._parked
+        async def park(self, pid: int, trial_id: str) -> dict[str, Any] | None:
+            self._parked.append(pid)
+            await self._open.wait()
+            return self._first.get(trial_id)
 
-    async def open(self, first: dict[str, dict[str, Any]]) -> None:
-        self._first = first
-        self._open.set()
+        async def parked(self) -> list[int]:
+            return self._parked
+
+        async def open(self, first: dict[str, dict[str, Any]]) -> None:
+            self._first = first
+            self._open.set()
+
+    return Gate
 
 
 class _Gated(Searcher):
@@ -154,7 +161,7 @@ class TrialLoop:
         from ray import tune
 
         self._room = min(workers, trial_room(resources))  # the placeholders that can run at once
-        self._gate = ray.remote(num_cpus=0)(_Gate).remote()
+        self._gate = ray.remote(num_cpus=0)(_gate_class()).remote()
         self._searcher = _Gated(workers)
         self._error: BaseException | None = None
         asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
