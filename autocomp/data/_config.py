@@ -1,0 +1,165 @@
+"""The data section of a job config, and the preprocessing that turns an image into a model input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from autocomp.errors import AutocompError
+
+DATASETS = ("fashion_mnist", "digits", "imagefolder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, how to split it, and how to preprocess it (where the model's own preprocessing is not wanted).
+
+    Attributes:
+        dataset: one of ``fashion_mnist``, ``digits``, ``imagefolder``.
+        root: folder of the files (Fashion-MNIST idx files; the image folder); None for the default.
+        val_size: images held out of the training set to score candidates (an image folder's ``val/``: at most this
+            many of it); None: a fifth of the training images left after calibration, at most ``VAL_SIZE`` (all of
+            ``val/`` up to ``VAL_SIZE``).
+        calib_size: images taken from the training set for calibration (importance scores, quantization ranges);
+            None: a fifth of the training images, at most ``CALIB_SIZE``.
+        test_size: images held out for the test split when the data has none (digits, an image folder without
+            ``test/``); None: a fifth of the images, at most ``TEST_SIZE``.
+        seed: seed of the split permutation.
+        image_size: model input size in pixels; None: the model's.
+        mean: per-channel normalization mean; None: the model's (image folders) or the training split's.
+        std: per-channel normalization std; None: as ``mean``.
+        interpolation: resize interpolation (``bicubic``, ``bilinear`` ...); None: the model's.
+        crop_pct: centre-crop fraction (resize to ``image_size / crop_pct``, then crop); None: the model's.
+        workers: ``DataLoader`` worker processes decoding image-folder images (0: in the calling process).
+    """
+
+    dataset: str = "fashion_mnist"
+    root: str | None = None
+    val_size: int | None = None
+    calib_size: int | None = None
+    test_size: int | None = None
+    seed: int = 0
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise AutocompError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        for name in ("val_size", "calib_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise AutocompError(f"data.{name} must be a positive number of images or null (a fifth of them, "
+                                    f"up to a limit), got {value!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise AutocompError(f"data.workers must be a whole number >= 0 (0: decode in the trial itself), got "
+                                f"{self.workers!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            raise AutocompError(f"data.image_size must be a number of pixels >= 1 or null (the model's), got "
+                                f"{self.image_size!r}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise AutocompError(f"data.interpolation must be one of {list(INTERPOLATIONS)}, got "
+                                f"{self.interpolation!r}")
+        if self.crop_pct is not None and not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
+            raise AutocompError(f"data.crop_pct must be a fraction in (0, 1], got {self.crop_pct!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, (int, float)):
+                    value = (value,)
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise AutocompError(f"data.std must be positive, got {list(self.std)}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input: the one used for the teacher's score, calibration, distillation,
+    evaluation and the measurement input, recorded in the summary and next to a saved model.
+
+    Attributes:
+        image_size: the model's input size (square), in pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel std divided by.
+        interpolation: resize interpolation.
+        crop_pct: resize the shorter side to ``image_size / crop_pct``, then centre-crop ``image_size``.
+    """
+
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) == 1 and self.channels > 1:
+                object.__setattr__(self, name, tuple(values) * self.channels)
+            elif len(values) != self.channels:
+                raise AutocompError(f"data.{name} has {len(values)} values but the model takes {self.channels} "
+                                    f"channel(s); give {self.channels} values or one")
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalized (C, H, W) tensor: timm's eval transform with these settings."""
+        from timm.data import create_transform
+        from torchvision import transforms
+
+        timm_transform = create_transform(input_size=(self.channels, self.image_size, self.image_size),
+                                          interpolation=self.interpolation, mean=self.mean, std=self.std,
+                                          crop_pct=self.crop_pct, is_training=False)
+        mode = "L" if self.channels == 1 else "RGB"
+        return transforms.Compose([transforms.Lambda(lambda image: image.convert(mode)), timm_transform])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "channels": self.channels, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
+    def timm_config(self) -> dict[str, Any]:
+        """The same settings as timm's data config (``input_size``, ``mean`` ...), e.g. for ``pretrained_cfg``."""
+        return {"input_size": (self.channels, self.image_size, self.image_size), "mean": self.mean, "std": self.std,
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
+
+def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing:
+    """The model's timm data config with the job config's overrides (image folders). The input size and channels
+    are those the model was built with (a timm model made at ``img_size=32`` keeps its pretrained config's 224)."""
+    from timm.data import resolve_model_data_config
+
+    timm_config = resolve_model_data_config(model)
+    channels, height, _ = timm_config["input_size"]
+    embed = getattr(model, "patch_embed", None)  # what the model really takes, if it was built at another size
+    if getattr(embed, "img_size", None) is not None and not getattr(embed, "dynamic_img_size", False):
+        height = embed.img_size[0]
+    channels = _input_channels(embed) or channels
+    for name in ("mean", "std"):
+        if getattr(config, name) is None and len(timm_config[name]) not in (1, channels):
+            raise AutocompError(f"the model takes {channels} channel(s) but its timm config gives {name} "
+                                f"{list(timm_config[name])}; set data.mean and data.std to {channels} value(s) "
+                                "each (the statistics the model was trained with)")
+    return Preprocessing(image_size=config.image_size or height, channels=channels,
+                         mean=config.mean or tuple(timm_config["mean"]), std=config.std or tuple(timm_config["std"]),
+                         interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
+                         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0))
+
+
+def _input_channels(embed: nn.Module | None) -> int | None:
+    """The image channels a patch embedding takes: its ``in_chans``, or the first convolution's input channels (the
+    stem of a hybrid ViT's CNN, whose ``proj`` takes the CNN's features, not the image); None when it has neither."""
+    if isinstance(getattr(embed, "in_chans", None), int):
+        return embed.in_chans
+    for module in embed.modules() if isinstance(embed, nn.Module) else ():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return None

@@ -1,0 +1,256 @@
+"""The sources (Fashion-MNIST, scikit-learn's digits, image folders) and their deterministic, seeded split into
+train / calibration / validation / test."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocomp.data._config import IMAGE_EXTENSIONS, DataConfig, Preprocessing, resolve_preprocessing
+from autocomp.data._splits import FolderSplit, Splits, TensorSplit
+from autocomp.errors import AutocompError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+
+
+def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
+    """Load the dataset and split it deterministically (same config, same splits).
+
+    Args:
+        config: the data section of the job config.
+        model: the base model, whose timm data config gives an image folder's preprocessing (required for
+            ``imagefolder``).
+    """
+    if config.dataset == "imagefolder":
+        if model is None:
+            raise AutocompError("an image folder is preprocessed as the model expects; pass the model to "
+                                "load_splits")
+        _folder_root(config)  # a wrong path is the first thing to say, before anything about the model
+        return _folder_splits(config, resolve_preprocessing(model, config))
+    loader = {"fashion_mnist": _fashion_mnist, "digits": _digits}[config.dataset]
+    train_x, train_y, test_x, test_y, num_classes = loader(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    if test_x is None:  # no official test split: hold one out first
+        test_idx, train_idx = _hold_out(len(train_y), config.test_size, generator, "data.test_size")
+        test_x, test_y, train_x, train_y = train_x[test_idx], train_y[test_idx], train_x[train_idx], train_y[train_idx]
+    val_idx, calib_idx, train_idx = _val_calib_train(len(train_y), config, generator)
+    channels = train_x.shape[1]
+    stats = train_x[train_idx]
+    mean = config.mean or tuple(stats.mean(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.mean())])
+    std = config.std or tuple(stats.std(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.std())])
+    preprocessing = Preprocessing(image_size=train_x.shape[-1], channels=channels, mean=mean, std=std,
+                                  interpolation=config.interpolation or "bilinear", crop_pct=1.0)
+    shift = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
+    scale = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
+
+    def split(x: torch.Tensor, y: torch.Tensor) -> TensorSplit:
+        return TensorSplit(x=((x - shift) / scale).contiguous(), y=y)
+
+    return Splits(train=split(train_x[train_idx], train_y[train_idx]),
+                  calib=split(train_x[calib_idx], train_y[calib_idx]),
+                  val=split(train_x[val_idx], train_y[val_idx]), test=split(test_x, test_y),
+                  num_classes=num_classes, preprocessing=preprocessing)
+
+
+VAL_SIZE = 5000  # the most validation images a split takes unless data.val_size says otherwise
+CALIB_SIZE = 256  # the most calibration images unless data.calib_size says otherwise
+TEST_SIZE = 360  # the most test images held out of data without a test split unless data.test_size says otherwise
+
+
+def _hold_out(count: int, size: int | None, generator: torch.Generator, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if size is None:
+        size = min(TEST_SIZE, count // 5)
+        if size < 1:
+            raise AutocompError(f"{count} images are too few to hold a test split out of them; add images or a "
+                                "test/ folder")
+    if size >= count:
+        raise AutocompError(f"{name}={size} leaves no training images out of {count}; lower it")
+    order = torch.randperm(count, generator=generator)
+    return order[:size], order[size:]
+
+
+def _val_calib_train(count: int, config: DataConfig, generator: torch.Generator,
+                     val_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    calib_size = config.calib_size or min(CALIB_SIZE, max(1, count // 5))
+    if val_size is None:
+        val_size = config.val_size or min(VAL_SIZE, max(1, (count - calib_size) // 5))
+    held_out = val_size + calib_size
+    if held_out >= count:
+        raise AutocompError(f"data.val_size + data.calib_size = {held_out} leaves no training images out of "
+                            f"{count}; lower them")
+    order = torch.randperm(count, generator=generator)
+    return order[:val_size], order[val_size:held_out], order[held_out:]
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)
+
+
+def _fashion_mnist(config: DataConfig):
+    root = Path(config.root) if config.root else FASHION_MNIST_DIR
+    files = {part: root / f"{part}-{kind}-idx{dims}-ubyte.gz"
+             for part, kind, dims in [("train", "images", 3), ("t10k", "images", 3)]}
+    if not all(path.exists() for path in files.values()):
+        if config.root:  # the user's folder: the path is what to fix
+            raise AutocompError(f"data.root: Fashion-MNIST files not found in {root.resolve()} (train-images-idx3-"
+                                f"ubyte.gz, t10k-images-idx3-ubyte.gz and their labels); fix data.root, or leave it "
+                                f"out to use {FASHION_MNIST_DIR} (sudo apt-get install -y dataset-fashion-mnist)")
+        raise AutocompError(f"Fashion-MNIST files not found in {root}; install them with: {FASHION_INSTALL}")
+
+    def part(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
+        labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz", 8)
+        return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+
+    train_x, train_y = part("train")
+    test_x, test_y = part("t10k")
+    return train_x, train_y, test_x, test_y, 10
+
+
+def _digits(config: DataConfig):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
+    return x, torch.from_numpy(digits.target.astype(np.int64)), None, None, 10
+
+
+# -- image folders ----------------------------------------------------------------------------------------------
+
+_IGNORED = ("thumbs.db", "desktop.ini")
+
+
+def _classes(folder: Path) -> dict[str, list[str]]:
+    """Class name -> image paths relative to ``folder``'s parent set, for a folder of class folders."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise AutocompError(f"{folder} has no class folders; put each class's images in a folder of its own "
+                            f"({folder}/<class>/<image>)")
+    found: dict[str, list[str]] = {}
+    for name in classes:
+        files = []
+        for path in sorted((folder / name).rglob("*")):
+            if path.is_dir() or path.name.startswith(".") or path.name.lower() in _IGNORED:
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise AutocompError(f"{path} is not an image ({', '.join(IMAGE_EXTENSIONS)}); remove it or move it "
+                                    "out of the class folders")
+            files.append(str(path))
+        found[name] = files
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        raise AutocompError(f"class folder(s) {empty} under {folder} hold no images; add images or remove them")
+    return found
+
+
+def _check_readable(paths: list[str]) -> None:
+    """Open each file's header (fast: no decoding) so that a broken file is named before any trial runs."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - reading the header is the check
+        except (OSError, UnidentifiedImageError) as exc:
+            raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+
+
+def _folder_root(config: DataConfig) -> Path:
+    root = Path(config.root) if config.root else None
+    if root is None or not root.is_dir():
+        where = f" ({root.resolve()})" if root is not None else ""
+        raise AutocompError(f"data.root: image folder {config.root!r}{where} is not a directory; set data.root to a "
+                            "folder with train/ and val/ folders of class folders, or one folder of class folders")
+    return root
+
+
+def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+    root = _folder_root(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    split_dirs = _split_folders(root)
+    if split_dirs:  # split folders: train/ is required, val/ and test/ are held out of it when missing
+        if "train" not in split_dirs:
+            raise AutocompError(f"{root} has {sorted(p.name for p in split_dirs.values())} but no train/ folder; add "
+                                "train/ with one folder of images per class")
+        parts = {name: _classes(path) for name, path in split_dirs.items()}
+        classes = sorted(parts["train"])
+        for name, found in parts.items():
+            if sorted(found) != classes:
+                raise AutocompError(f"{split_dirs[name]} has classes {sorted(found)} but {split_dirs['train']} has "
+                                    f"{classes}; every split needs the same class folders")
+        listed = {name: _flatten(found, classes) for name, found in parts.items()}
+        train_files, train_labels = listed["train"]
+        if "test" in listed:
+            test_files, test_labels = listed["test"]
+        else:
+            test_idx, keep = _hold_out(len(train_files), config.test_size, generator, "data.test_size")
+            test_files, test_labels = _take(train_files, train_labels, test_idx)
+            train_files, train_labels = _take(train_files, train_labels, keep)
+        if "val" in listed:
+            _, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator, val_size=0)
+            val_order = torch.randperm(len(listed["val"][0]), generator=generator)[:config.val_size or VAL_SIZE]
+            val_files, val_labels = _take(*listed["val"], val_order)
+        else:
+            val_idx, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator)
+            val_files, val_labels = _take(train_files, train_labels, val_idx)
+    else:
+        found = _classes(root)
+        classes = sorted(found)
+        files, labels = _flatten(found, classes)
+        test_idx, keep = _hold_out(len(files), config.test_size, generator, "data.test_size")
+        test_files, test_labels = _take(files, labels, test_idx)
+        train_files, train_labels = _take(files, labels, keep)
+        val_idx, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator)
+        val_files, val_labels = _take(train_files, train_labels, val_idx)
+    calib_files, calib_labels = _take(train_files, train_labels, calib_idx)
+    train_files, train_labels = _take(train_files, train_labels, train_idx)
+    _check_readable(train_files + val_files + test_files + calib_files)
+
+    def split(files: list[str], labels: list[int]) -> FolderSplit:
+        return FolderSplit(root=str(root), files=tuple(os.path.relpath(f, root) for f in files),
+                           labels=tuple(labels), preprocessing=preprocessing, workers=config.workers)
+
+    calib_x, calib_y = split(calib_files, calib_labels).tensors()
+    return Splits(train=split(train_files, train_labels), calib=TensorSplit(x=calib_x, y=calib_y),
+                  val=split(val_files, val_labels), test=split(test_files, test_labels), num_classes=len(classes),
+                  preprocessing=preprocessing)
+
+
+# the folder names a split may have under an image folder's root (as torchvision's and Hugging Face's data sets name
+# them)
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """Split name -> its folder under ``root``, for the splits that have one.
+
+    Raises:
+        AutocompError: two folders name the same split (``val/`` and ``validation/``).
+    """
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        there = [root / name for name in names if (root / name).is_dir()]
+        if len(there) > 1:
+            raise AutocompError(f"{root} has {', '.join(p.name + '/' for p in there)}: each is a {split} split; keep "
+                                "one of them (or move the other out of the root)")
+        if there:
+            found[split] = there[0]
+    return found
+
+
+def _flatten(found: dict[str, list[str]], classes: list[str]) -> tuple[list[str], list[int]]:
+    files = [path for name in classes for path in found[name]]
+    labels = [index for index, name in enumerate(classes) for _ in found[name]]
+    return files, labels
+
+
+def _take(files: list[str], labels: list[int], index: torch.Tensor) -> tuple[list[str], list[int]]:
+    picked = index.tolist()
+    return [files[i] for i in picked], [labels[i] for i in picked]

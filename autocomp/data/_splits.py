@@ -1,0 +1,167 @@
+"""A split's images and labels, held in memory (small data sets) or read from an image folder batch by batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from autocomp.data._config import Preprocessing
+from autocomp.errors import AutocompError
+
+EVAL_BATCH_BYTES = 32 * 2**20  # evaluation batches of about this many input bytes (28 px: 512 images, 224 px: 55)
+
+
+class Split:
+    """Images and labels of one split: :meth:`batches` streams them; :meth:`tensors` loads all (small splits)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches ``(x, y)`` in order, or shuffled by ``generator``; ``with_index`` adds each item's index."""
+        raise NotImplementedError
+
+    def subset(self, count: int) -> Split:
+        """The first ``count`` items (the splits are already shuffled)."""
+        raise NotImplementedError
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images and labels as two tensors."""
+        xs, ys = zip(*self.batches(256)) if len(self) else ((), ())
+        return (torch.cat(xs) if xs else torch.empty(0)), (torch.cat(ys) if ys else torch.empty(0, dtype=torch.long))
+
+    def input_numel(self) -> int:
+        """Values in one preprocessed input image."""
+        raise NotImplementedError
+
+    def eval_batch_size(self) -> int:
+        """A throughput-friendly batch size: about ``EVAL_BATCH_BYTES`` of fp32 input, at most 512 images."""
+        return max(1, min(512, EVAL_BATCH_BYTES // (max(1, self.input_numel()) * 4)))
+
+
+def _order(count: int, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+
+
+@dataclass(frozen=True)
+class TensorSplit(Split):
+    """Normalized images ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64, in memory."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = _order(len(self), shuffle, generator)
+        for start in range(0, len(self), batch_size):
+            index = order[start:start + batch_size]
+            yield (self.x[index], self.y[index], index) if with_index else (self.x[index], self.y[index])
+
+    def subset(self, count: int) -> TensorSplit:
+        return TensorSplit(x=self.x[:count], y=self.y[:count])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+    def input_numel(self) -> int:
+        return self.x[0].numel() if len(self) else 0
+
+
+@dataclass(frozen=True)
+class FolderSplit(Split):
+    """Image files and their labels, decoded and preprocessed batch by batch by ``DataLoader`` workers.
+
+    Attributes:
+        root: the image folder (checked before reading, so a node without it says so).
+        files: paths relative to ``root``.
+        labels: class index of each file.
+        preprocessing: how a decoded image becomes an input.
+        workers: ``DataLoader`` worker processes (0: decode in the calling process).
+    """
+
+    root: str
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    preprocessing: Preprocessing
+    workers: int = 2
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        if not Path(self.root).is_dir():
+            raise AutocompError(f"image folder {self.root} does not exist on {_node()}; put the data at the same "
+                                "path on every node of the cluster (or on a shared file system)")
+        order = _order(len(self), shuffle, generator).tolist()
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        dataset = _Images(self.root, self.files, self.labels, self.preprocessing)
+        workers = min(self.workers, len(batches))
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                             collate_fn=_collate)
+        for (x, y), index in zip(loader, batches, strict=True):
+            yield (x, y, torch.tensor(index)) if with_index else (x, y)
+
+    def input_numel(self) -> int:  # known from the preprocessing: no image is decoded to size a batch
+        return self.preprocessing.channels * self.preprocessing.image_size ** 2
+
+    def subset(self, count: int) -> FolderSplit:
+        return FolderSplit(root=self.root, files=self.files[:count], labels=self.labels[:count],
+                           preprocessing=self.preprocessing, workers=self.workers)
+
+
+def _node() -> str:
+    """This machine as a Ray user knows it: the Ray node id when running in Ray, else the host name."""
+    import socket
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"Ray node {ray.get_runtime_context().get_node_id()} ({socket.gethostname()})"
+    except ImportError:
+        pass
+    return f"host {socket.gethostname()}"
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, root: str, files: tuple[str, ...], labels: tuple[int, ...],
+                 preprocessing: Preprocessing) -> None:
+        self.root, self.files, self.labels = Path(root), files, labels
+        self.transform = preprocessing.transform()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path = self.root / self.files[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image), self.labels[index]
+        except (OSError, ValueError) as exc:
+            raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+
+
+def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The four splits, the class count and the preprocessing that made their inputs."""
+
+    train: Split
+    calib: TensorSplit
+    val: Split
+    test: Split
+    num_classes: int
+    preprocessing: Preprocessing | None = None
