@@ -17,6 +17,7 @@ help:
 	@echo "make demo     install, train or reuse the teacher, search on Fashion-MNIST (runs/demo)"
 	@echo "make test     install, run the test suite"
 	@echo "make install  the virtual environment $(VENV) with autocomp editable and its ONNX Runtime and OpenVINO extras"
+	@echo "make data     the Fashion-MNIST files the demo trains on (apt package dataset-fashion-mnist)"
 	@echo "make bench    install, run benchmarks/int8_latency.py"
 	@echo "make clean    remove runs/ and .pytest_cache"
 
