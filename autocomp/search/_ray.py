@@ -24,16 +24,14 @@ PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worke
 @contextmanager
 def ray_session(*, workers: int, ray_address: str | None,
                 log: Callable[[str], None] = print) -> Iterator[None]:
-    """Ray for the duration of the block: the caller's, if Ray is already initialized in this process (it must be
-    the cluster at ``ray_address``, when one is given); else joined at ``ray_address`` or started embedded, and shut
-    down on exit.
+    """Ray for the duration of the block: the caller's, if Ray is already initialized in this process; else joined
+    at ``ray_address`` or started embedded, and shut down on exit. ``ray_address`` is one that
+    :func:`check_ray_address` took (:func:`~autocomp.search.run_search` checks it first thing, before any load).
 
     Raises:
-        AutocompError: a ``ray://`` address, an initialized Ray other than ``ray_address``, a cluster that cannot be
-            joined, or one whose nodes run other versions than the driver.
+        AutocompError: a cluster that cannot be joined, or one whose nodes run other versions than the driver.
     """
     ray = import_ray()
-    check_ray_address(ray_address)
     if ray.is_initialized():
         running = ray.get_runtime_context().gcs_address
         log(f"Ray: the one already initialized in this process ({running}); it stays up after the search")
