@@ -18,8 +18,8 @@ images in memory or on disk, and how they are batched) and ``_load`` (the source
 
 from __future__ import annotations
 
-from autocomp.data._config import DATASETS, IMAGE_EXTENSIONS, DataConfig, Preprocessing, resolve_preprocessing
-from autocomp.data._load import CALIB_SIZE, TEST_SIZE, VAL_SIZE, load_splits
+from autocomp.data._config import DATASETS, DataConfig, Preprocessing, resolve_preprocessing
+from autocomp.data._load import CALIB_SIZE, IMAGE_EXTENSIONS, TEST_SIZE, VAL_SIZE, load_splits
 from autocomp.data._splits import FolderSplit, Split, Splits, TensorSplit
 
 __all__ = ["DataConfig", "Preprocessing", "Split", "TensorSplit", "FolderSplit", "Splits", "load_splits",

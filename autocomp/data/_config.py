@@ -11,7 +11,6 @@ from torch import nn
 from autocomp.errors import AutocompError
 
 DATASETS = ("fashion_mnist", "digits", "imagefolder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 

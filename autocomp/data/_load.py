@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocomp.data._config import IMAGE_EXTENSIONS, DataConfig, Preprocessing, resolve_preprocessing
+from autocomp.data._config import DataConfig, Preprocessing, resolve_preprocessing
 from autocomp.data._splits import FolderSplit, Splits, TensorSplit
 from autocomp.errors import AutocompError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
