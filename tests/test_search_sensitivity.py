@@ -210,6 +210,38 @@ def test_a_setting_the_target_cannot_run_is_offered_in_no_block(tiny_teacher, di
     assert rows[("weight_bits", "8")]["latency_ratio"] == "inf" and rows[("weight_bits", "8")]["offered"] == "False"
 
 
+def test_the_runtime_pass_runs_each_setting_in_the_first_block_and_only_failures_in_every_block(tiny_teacher,
+                                                                                                digits_splits):
+    """Under a memory budget each setting is run on the target once: in a copy cut to the first block, and in the
+    whole model only where that failed; refused only where the whole model fails too."""
+    from autocomp.measure.backends import ExportFailed
+    from autocomp.ops.quantize import Int8Linear
+    from autocomp.search._sensitivity import unrunnable_settings
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 8),
+                        head_importance="weight_norm")
+    base, ran, lines = tiny_teacher[1], [], []
+
+    def run(model):  # no int8 kernel on this target; and a quirk of one-block models with MLP 0.5
+        ran.append((len(model.blocks), [b.mlp.fc1.out_features for b in model.blocks],
+                    any(isinstance(m, Int8Linear) for m in model.modules())))
+        if ran[-1][2]:
+            raise ExportFailed("fake-cpu: no int8 kernel here")
+        if len(model.blocks) == 1 and ran[-1][1] == [64]:
+            raise ExportFailed("fake-cpu: a failure of the cut model's own")
+
+    refused = unrunnable_settings(base, space, [4, 4], calib=digits_splits.calib.x, run=run, log=lines.append)
+    assert refused == {("weight_bits", 8)}
+    assert ran == [(1, [128], False), (1, [64], False), (1, [128], True),     # heads 0.5, MLP 0.5, int8: first block
+                   (2, [64, 64], False), (2, [128, 128], True)]               # the two it failed: every block
+    assert lines == ["runtime: weight_bits 8 is offered in no block, the target cannot run it: fake-cpu: no int8 "
+                     "kernel here"]
+    assert len(base.blocks) == 2 and not any(isinstance(m, Int8Linear) for m in base.modules())  # base untouched
+    ran.clear()
+    assert unrunnable_settings(base, SearchSpace(heads_keep=(0.5, 1.0), head_importance="weight_norm"), [4, 4],
+                               calib=digits_splits.calib.x, run=run) == set() and len(ran) == 1  # all ran cut
+
+
 def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, tiny_teacher, monkeypatch, capsys):
     """OpenVINO cannot compile int8 weights on some CPUs: the search leaves them out instead of stopping."""
     from autocomp.cli import main

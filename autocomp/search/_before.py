@@ -100,8 +100,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
     not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
     called before them (it waits until the trials' workers have started). Under another budget, on a target other
-    than PyTorch on the CPU, each setting in every block at once is run there once instead (exported and checked,
-    not timed). Either way a setting the target cannot run is offered in no block."""
+    than PyTorch on the CPU, each setting is run there once instead (exported and checked, not timed; in the first
+    block, and in every block where that fails). Either way a setting the target cannot run is offered in no block."""
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
@@ -157,7 +157,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
             refused = unrunnable_settings(base, space, heads, calib=splits.calib.x,
                                           run=run_once(profile, splits, config), log=log)
         allowed = without(allowed, refused, space, len(heads))
-        log(f"runtime: the settings run in every block at once in {time.perf_counter() - started:.0f} s; "
+        log(f"runtime: the settings run on the target in {time.perf_counter() - started:.0f} s (each in the first "
+            "block, and in every block where that failed); "
             + ("the target cannot run " + ", ".join(f"{knob} {value:g}" for knob, value in sorted(refused))
                if refused else "the target runs each one"))
         if refused and screen is not None:  # what is left may not reach the memory limit

@@ -9,6 +9,7 @@ from scratch on a small data set; without this, the sampler spends its trials le
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import math
@@ -33,7 +34,8 @@ from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
-           "unrunnable_settings", "without_slow", "without", "write_uniform_latencies", "progress_lines"]
+           "unrunnable_settings", "first_block_only", "without_slow", "without", "write_uniform_latencies",
+           "progress_lines"]
 
 
 @dataclass(frozen=True)
@@ -244,25 +246,50 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
 def unrunnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *,
                         calib: torch.Tensor, run: Callable[[nn.Module], None],
                         log: Callable[[str], None] | None = None) -> set[tuple[str, Any]]:
-    """:func:`uniform_latencies` without the timing, where it does not run (a memory limit): each setting in every
-    block at once given to ``run`` (exported and run on the target once); the settings the target cannot run
-    (logged, with the runtime's reason)."""
+    """:func:`uniform_latencies` without the timing, where it does not run (a memory limit): the settings the target
+    cannot run (logged, with the runtime's reason), each given to ``run`` (exported and run on the target once).
+
+    Each setting runs first on :func:`first_block_only` of ``base``: an operator changes a block's layers alike in
+    any block, so the target runs them in the first block or in none, and a 12-block ViT cut to one exports and runs
+    in a fraction of the time (BENCHMARKS.md, session 27). A setting the cut model fails runs again in every block of
+    the whole model, and is refused only if it fails there too: nothing is left out for a reason of the cut model's
+    own. How far the outputs drift over every block is each trial's export check."""
     def runs(model: nn.Module) -> float:
         run(model)
         return 0.0
+    cut, suspects = first_block_only(base), None
+    if cut is not None:
+        first = _on_target(cut, space, heads_per_block[:1], calib=calib, measure=runs, observe=None, log=log,
+                           name="runtime", done="run on the target in the first block", report=False)
+        suspects = [setting for setting, result in first.items() if result == math.inf]
+        if not suspects:
+            return set()
     results = _on_target(base, space, heads_per_block, calib=calib, measure=runs, observe=None, log=log,
-                         name="runtime", done="run on the target")
+                         name="runtime", done="run on the target in every block", settings=suspects)
     return {setting for setting, result in results.items() if result == math.inf}
+
+
+def first_block_only(model: nn.Module) -> nn.Module | None:
+    """A shallow copy of ``model`` (its modules shared) that runs its first transformer block alone, for a question
+    any block answers alike; None where its blocks are not a plain ``nn.Sequential`` of two or more."""
+    blocks = getattr(model, "blocks", None)
+    if type(blocks) is not nn.Sequential or len(blocks) < 2:
+        return None
+    cut = copy.copy(model)
+    cut._modules = {**model._modules, "blocks": nn.Sequential(blocks[0])}
+    return cut
 
 
 def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
                measure: Callable[[nn.Module], float], observe: Callable[[Recipe, float], None] | None,
-               log: Callable[[str], None] | None, name: str, done: str) -> dict[tuple[str, Any], float]:
-    """``measure`` of each setting in every block at once (``inf``: the target cannot run it); the log lines begin
-    with the pass's ``name`` and say how many settings are ``done``."""
+               log: Callable[[str], None] | None, name: str, done: str,
+               settings: Sequence[tuple[str, Any]] | None = None, report: bool = True) -> dict[tuple[str, Any], float]:
+    """``measure`` of each setting (of ``settings``, else every one) in every block at once (``inf``: the target
+    cannot run it); the log lines begin with the pass's ``name``, say how many settings are ``done`` and, with
+    ``report``, each setting the target cannot run."""
     light = lightest(space)
     results = {}
-    settings = _settings(space, light)
+    settings = _settings(space, light) if settings is None else list(settings)
     tick = progress_lines(log, f"{name}: {{done}} of {{total}} settings {done}", [1] * len(settings))
     for knob, value in settings:
         tick(len(results))
@@ -277,7 +304,7 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
             results[(knob, value)] = measure(model)
         except ExportFailed as exc:
             results[(knob, value)] = math.inf
-            if log is not None:
+            if log is not None and report:
                 log(f"{name}: {knob} {value:g} is offered in no block, the target cannot run it: {exc}")
             continue
         if observe is not None:
