@@ -41,7 +41,7 @@ class Resources:
                                 f"a whole number, got {self.gpu!r}")
 
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,16 @@ class JobConfig:
             measured that far over; None never skips.
         resources: CPUs and GPUs per trial.
         retries: how many times a crashed trial's recipe is run again (on top of ``trials``).
-        sampler: how Optuna draws recipes: ``tpe`` (multivariate TPE), ``nsga2`` or ``random``.
+        sampler: how Optuna draws recipes: ``tpe`` (multivariate TPE), ``gp`` (Optuna's Gaussian-process sampler
+            in TPE's place after the coarse stage), ``nsga2`` or ``random``.
         sensitivity: the sensitivity pass that shows which blocks tolerate what and narrows their choices.
-        coarse: with the ``tpe`` sampler, the fraction of the trials drawn coarse first: every block alike, by a TPE
-            over the uniform settings, before the per-block TPE refines from them (0: per block from the start).
-        local: with the ``tpe`` sampler, the share of the draws after the coarse stage that are local moves from the
-            best trial within budget: one block knob a step lighter or heavier, or one lighter and another heavier,
-            among the moves the cost model predicts to fit the budget (0: TPE draws them all).
+        coarse: with the ``tpe`` or ``gp`` sampler, the fraction of the trials drawn coarse first: every block
+            alike, by a TPE over the uniform settings, before the per-block sampler refines from them (0: per block
+            from the start).
+        local: with the ``tpe`` or ``gp`` sampler, the share of the draws after the coarse stage that are local
+            moves from the best trial within budget: one block knob a step lighter or heavier, or one lighter and
+            another heavier, among the moves the cost model predicts to fit the budget (0: the sampler draws them
+            all).
         fidelity: stop candidates early that cannot enter the front (:class:`FidelityConfig`); None distils every
             candidate fully and scores it on all of validation.
         start_points: evaluate known-good recipes first (the uncompressed model, uniform int8, per knob the uniform

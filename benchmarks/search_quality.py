@@ -8,7 +8,9 @@ Every method searches the same model with the same number of trials, budget and 
 - ``joint``: autocomp as it ships (sensitivity and latency pass, starting points, a coarse stage with every block
   alike, then multivariate TPE per block and local moves from the best trial within budget, multi-fidelity);
 - ``joint_tpe``: the same without local moves (the per-block TPE draws every recipe after the coarse stage);
-- ``joint_nsga2``: the same with NSGA-II as the sampler (the sampler is chosen by this comparison);
+- ``joint_gp``: the same with Optuna's Gaussian-process sampler in the per-block TPE's place;
+- ``joint_nsga2``: the same with NSGA-II as the sampler, without the coarse stage and local moves (the sampler
+  is chosen by this comparison);
 - ``random``: random search over the same space (no sensitivity pass, no starting points, no cost model screen:
   every candidate distilled fully);
 - ``uniform``: the same knobs, one setting for every block, chosen by the same search;
@@ -50,7 +52,7 @@ from autocomp.search import load_space, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOBS = {"heads": "heads_keep", "mlp": "mlp_keep", "rank": "rank", "tokens": "tokens_keep", "bits": "weight_bits"}
-METHODS = ("joint", "joint_tpe", "joint_nsga2", "random", "uniform", *KNOBS)
+METHODS = ("joint", "joint_tpe", "joint_gp", "joint_nsga2", "random", "uniform", *KNOBS)
 REFERENCE_DROP = 20.0  # accuracy points below the uncompressed model: the hypervolume's reference point
 
 
@@ -62,6 +64,8 @@ def method_config(base: JobConfig, method: str, space_dir: Path) -> JobConfig:
                                    sensitivity=SensitivityConfig(images=0), fidelity=None)
     if method == "joint_nsga2":
         return dataclasses.replace(base, sampler="nsga2")
+    if method == "joint_gp":
+        return dataclasses.replace(base, sampler="gp")
     if method == "joint_tpe":
         return dataclasses.replace(base, local=0.0)
     if method == "uniform":

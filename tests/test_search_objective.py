@@ -215,6 +215,34 @@ def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_blo
     assert all(t.state.name == "COMPLETE" for t in study.trials)
 
 
+def test_the_gp_sampler_refines_per_block_after_the_coarse_stage_as_tpe_does():
+    """``sampler: gp`` puts Optuna's Gaussian-process sampler in the per-block TPE's place: the coarse stage still
+    runs first (not with NSGA-II or random search), and the GP itself, not its random fallback, draws after it."""
+    from pathlib import Path
+
+    from autocomp.config import JobConfig
+    from autocomp.search._controller import OptunaController
+    from autocomp.search._runner import _coarse_draws, _sampler
+    from autocomp.search._space import SearchSpace
+
+    space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
+
+    def config(sampler):
+        return JobConfig(model=None, data=None, search_space=Path("x"), hardware=Path("x"), budget=None,
+                         sampler=sampler, trials=16)
+
+    assert [_coarse_draws(_study(), space, config(s)) for s in ("tpe", "gp", "nsga2", "random")] == [8, 8, 0, 0]
+    study = _study()
+    study.sampler = _sampler(config("gp"), seed=0)  # a random start-up of 4 trials (a fifth of 16, at least 4)
+    controller = OptunaController(study=study, space=space, heads_per_block=[4, 4, 4], n_trials=8, coarse=3, seed=0)
+    for index in range(8):
+        controller.suggest(str(index))
+        controller.on_trial_complete(str(index), result=_result(80.0 + index, 4.0 + index % 3))
+    assert [("coarse" in t.user_attrs) for t in study.trials[:4]] == [True] * 3 + [False]
+    drawn_by_the_gp = [any(key.startswith("gp:relative_params") for key in t.system_attrs) for t in study.trials]
+    assert drawn_by_the_gp[:4] == [False] * 4 and all(drawn_by_the_gp[4:8])
+
+
 def test_a_trial_handed_an_earlier_measurement_distils_and_scores_without_measuring(tiny_teacher, digits_splits,
                                                                                     monkeypatch):
     from autocomp.search import _objective

@@ -47,6 +47,7 @@ BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Modul
 PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
+GUIDED = ("tpe", "gp")  # the samplers the coarse stage and the local moves run with
 
 
 def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | None = None,
@@ -177,7 +178,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                 controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
-                                              local=config.local if config.sampler == "tpe" else 0.0,
+                                              local=config.local if config.sampler in GUIDED else 0.0,
                                               drops={(s.block, s.knob, s.value): s.accuracy_drop for s in settings
                                                      if s.accuracy_drop is not None},
                                               seed=config.seed + done)
@@ -211,22 +212,24 @@ def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> st
 def _coarse_draws(study: optuna.Study, space: SearchSpace, config: JobConfig) -> int:
     """How many recipes this run draws coarse (every block alike) before the per-block TPE: ``config.coarse`` of
     the job's trials, less those an earlier run of the job drew; none for another sampler or a uniform space."""
-    if config.sampler != "tpe" or space.uniform:
+    if config.sampler not in GUIDED or space.uniform:
         return 0
     drawn = sum(COARSE in t.user_attrs for t in study.get_trials(deepcopy=False))
     return max(0, round(config.coarse * config.trials) - drawn)
 
 
 def _sampler(config: JobConfig, *, seed: int) -> optuna.samplers.BaseSampler:
-    """The job's ``sampler``: multivariate TPE, NSGA-II, or random. TPE's random start-up is a fifth of the trials
-    (4 to 10): the starting points already spread the first trials, and a short search left random for 10 trials
-    would hardly be guided at all."""
+    """The job's ``sampler``: multivariate TPE, Optuna's Gaussian-process sampler, NSGA-II, or random. TPE's and the
+    GP's random start-up is a fifth of the trials (4 to 10): the starting points already spread the first trials, and
+    a short search left random for 10 trials would hardly be guided at all."""
+    startup = min(config.trials, 10, max(4, config.trials // 5))
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.trials // 3)))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                      n_startup_trials=min(config.trials, 10, max(4, config.trials // 5)))
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
 
 
 def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[int], screen: Screen | None,
