@@ -314,23 +314,40 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio):
 def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
     from autocomp.search._before import LatencyUnreachable
 
-    seen = fastest_measures([0.72])
+    seen = fastest_measures([0.74, 0.72])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
     expected = (r"its fastest candidate \(every block at heads_keep 0.5, mlp_keep 0.5, weight_bits 8\) measured "
                 r"7.2 ms, 0.72x the uncompressed model; loosen the budget to at least about 0.72x")
-    with pytest.raises(LatencyUnreachable, match=expected):
+    with pytest.raises(LatencyUnreachable, match=expected):  # over the limit twice: the faster measurement is named
         _check(tiny_teacher, digits_splits, ratios, 0.6)
-    (model,) = seen  # one measurement, of every knob at its fastest in every block (bf16 was slower: not taken)
+    model, again = seen  # every knob at its fastest in every block (bf16 was slower: not taken), measured twice
+    assert again is model
     assert all(block.attn.num_heads == 2 for block in model.blocks)
     assert all(block.mlp.fc1.out_features == tiny_teacher[1].blocks[0].mlp.fc1.out_features // 2
                for block in model.blocks)
     assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in model.blocks)
 
 
+def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastest_candidate(tiny_teacher,
+                                                                                             digits_splits,
+                                                                                             fastest_measures):
+    """A setting measured a little under 1.0x alone is offered in no block, so it is no part of the fastest
+    candidate: token merging, under 1.0x alone in one run, took that candidate to 0.83x where others measured it at
+    0.73x without, and a budget other seeds reached was refused (BENCHMARKS.md, session 27)."""
+    from autocomp.search._before import LatencyUnreachable
+
+    seen = fastest_measures([0.9, 0.9])
+    ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.98, ("weight_bits", 8): 0.85}
+    with pytest.raises(LatencyUnreachable, match=r"\(every block at heads_keep 0.5, weight_bits 8\) measured 9 ms"):
+        _check(tiny_teacher, digits_splits, ratios, 0.6)
+    width = tiny_teacher[1].blocks[0].mlp.fc1.out_features
+    assert all(block.mlp.fc1.out_features == width for block in seen[0].blocks)
+
+
 def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits_splits, fastest_measures):
     from autocomp.search._before import LatencyUnreachable
 
-    fastest_measures([1.0])
+    fastest_measures([1.0, 1.0])
     inf = float("inf")
     with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(nothing compressed: the target runs none "
                                                  r"of its settings\) measured 10 ms, 1.00x"):
@@ -344,6 +361,9 @@ def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_no
     seen = fastest_measures([0.65])
     _check(tiny_teacher, digits_splits, ratios, 0.6)  # 8% over: within the tolerance for noise
     assert len(seen) == 1
+    seen = fastest_measures([0.83, 0.65])
+    _check(tiny_teacher, digits_splits, ratios, 0.6)  # 38% over once, within the tolerance when measured again
+    assert len(seen) == 2
     seen = fastest_measures([])
     _check(tiny_teacher, digits_splits, ratios, 0.8)  # heads alone meet it: nothing measured
     assert seen == []
