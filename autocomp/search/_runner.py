@@ -210,8 +210,9 @@ def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> st
 
 
 def _coarse_draws(study: optuna.Study, space: SearchSpace, config: JobConfig) -> int:
-    """How many recipes this run draws coarse (every block alike) before the per-block TPE: ``config.coarse`` of
-    the job's trials, less those an earlier run of the job drew; none for another sampler or a uniform space."""
+    """How many recipes this run draws coarse (every block alike) before the per-block sampler (TPE or the GP):
+    ``config.coarse`` of the job's trials, less those an earlier run of the job drew; none for another sampler or a
+    uniform space."""
     if config.sampler not in GUIDED or space.uniform:
         return 0
     drawn = sum(COARSE in t.user_attrs for t in study.get_trials(deepcopy=False))
