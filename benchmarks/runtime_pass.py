@@ -2,22 +2,23 @@
 to its first block, against each setting run in every block of the whole model, side by side.
 
     python benchmarks/runtime_pass.py [--model deit_tiny_patch16_224] [--profile hardware_profiles/onnxruntime_cpu.yaml]
-                                      [--rounds 1]
+                                      [--space search_spaces/vit_all.yaml] [--rounds 1]
 
 Under a memory budget nothing is timed before the trials, but on a runtime each setting of the search space is
 exported and run there once (checked against PyTorch on 64 images, as ``autocomp.search._before.run_once`` does), so
 that a setting the runtime cannot run is offered in no block. The cut way
 (``autocomp.search._sensitivity.unrunnable_settings``) runs each setting in the first block alone, and in the whole
-model only where that failed; the whole way runs each in every block. The model has random weights and the images
-are random (only the time is compared, and the settings each way refuses are printed); the space is
-``search_spaces/vit_all.yaml``. Rounds alternate the two ways so that drift of a shared machine falls on both alike.
+model only where that failed; the whole way runs each in every block (the same function, with ``first_block_only``
+returning None, as for a model whose blocks cannot be cut). The model has random weights and the images are random
+(only the time is compared, and the settings each way refuses are printed); the space is
+``search_spaces/vit_all.yaml`` unless ``--space`` names another. Rounds alternate the two ways so that drift of a
+shared machine falls on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import statistics
 import time
 
@@ -56,12 +57,12 @@ def main() -> None:
         measure_on_device(candidate, once, example=calib, check=images)
 
     def whole() -> set:
-        def measure(candidate: torch.nn.Module) -> float:
-            run(candidate)
-            return 0.0
-        results = _sensitivity._on_target(model, space, heads, calib=calib, measure=measure, observe=None,
-                                          log=None, name="runtime", done="run")
-        return {setting for setting, result in results.items() if result == math.inf}
+        cut = _sensitivity.first_block_only
+        _sensitivity.first_block_only = lambda _model: None  # as a model whose blocks cannot be cut: every block
+        try:
+            return _sensitivity.unrunnable_settings(model, space, heads, calib=calib, run=run)
+        finally:
+            _sensitivity.first_block_only = cut
 
     ways = {"first block, every block where it failed": lambda: _sensitivity.unrunnable_settings(
         model, space, heads, calib=calib, run=run), "every block": whole}
