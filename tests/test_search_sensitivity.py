@@ -352,6 +352,10 @@ def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits
     with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(nothing compressed: the target runs none "
                                                  r"of its settings\) measured 10 ms, 1.00x"):
         _check(tiny_teacher, digits_splits, {("heads_keep", 0.5): inf, ("weight_bits", 8): inf}, 0.6)
+    fastest_measures([1.0, 1.0])
+    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(nothing compressed: none of its settings "
+                                                 r"saves time on the target\) measured 10 ms, 1.00x"):
+        _check(tiny_teacher, digits_splits, {("heads_keep", 0.5): 0.99, ("weight_bits", 8): inf}, 0.6)
 
 
 def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_not_refused(tiny_teacher,

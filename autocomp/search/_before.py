@@ -209,8 +209,9 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):  # measured again: a busy machine slows one run
         ratio = min(ratio, measure(model))
     if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
-        what = "every block at " + ", ".join(f"{knob} {value:g}" for knob, value in fastest.items()) if fastest \
-            else "nothing compressed: the target runs none of its settings"
+        what = ("every block at " + ", ".join(f"{knob} {value:g}" for knob, value in fastest.items()) if fastest
+                else "nothing compressed: the target runs none of its settings" if set(ratios.values()) == {math.inf}
+                else "nothing compressed: none of its settings saves time on the target")
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
