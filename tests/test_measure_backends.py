@@ -285,8 +285,9 @@ def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no
     assert "runtime: weight_bits 8 is offered in no block, the target cannot run it: onnxruntime-cpu: the runtime " \
            "fails on the export: no int8 kernel here" in printed
     assert "the target cannot run weight_bits 8" in printed
-    # heads 0.83, 0.67, 0.5 and int8 once each in the first block alone; int8, which failed there, in every block
-    assert [len(model.blocks) for model in ran] == [1, 1, 1, 1, 2]
+    # heads 0.83, 0.5 and int8 once each in the first block alone (not heads 0.67: it keeps as many heads as 0.83, so
+    # no block is offered it); int8, which failed there, in every block
+    assert [len(model.blocks) for model in ran] == [1, 1, 1, 2]
     allowed = json.loads((run / "sensitivity.json").read_text())
     assert all(allowed[f"b{i}.weight_bits"] == [32] for i in range(2))
     assert 0.5 in allowed["b1.heads_keep"]  # heads 0.5 runs: still offered (block 0 lost it to the sensitivity pass)

@@ -373,6 +373,57 @@ def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_no
     assert seen == []
 
 
+def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_ratio):
+    """The passes before the trials of a new search at ``limit_ratio`` x latency, on a fake target, after a fake
+    sensitivity pass: heads 0.5 costs both blocks 40 points, MLP 0.5 costs block 1 as much (block 0: 1 point),
+    int8 costs 0.5 points."""
+    from autocomp.config import JobConfig
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _before
+
+    settings = [Setting(block, knob, value, drop, None) for block in range(2)
+                for knob, value, drop in (("heads_keep", 0.5, 40.0), ("mlp_keep", 0.5, 40.0 if block else 1.0),
+                                          ("weight_bits", 8, 0.5))]
+    monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: settings)
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 8),
+                        head_importance="weight_norm")
+    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
+    lines = []
+    result = _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, None, config, lines.append,
+                                 fresh=True, profile=HardwareProfile(name="target"),
+                                 limits={"latency_ms": limit_ratio * 10.0}, base_latency_ms=10.0,
+                                 before_timing=lambda: None)
+    return result, lines
+
+
+def test_the_latency_pass_times_only_the_settings_the_sensitivity_pass_offers_in_some_block(
+        tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures):
+    """Each setting the latency pass times costs minutes on a 224-px model (30 interleaved rounds): one the
+    sensitivity pass took from every block would be timed for nothing."""
+    seen = fastest_measures([0.8, 0.7])
+    (_, allowed), lines = _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.9)
+    width = tiny_teacher[1].blocks[0].mlp.fc1.out_features
+    assert len(seen) == 2 and all(block.attn.num_heads == 4 for model in seen for block in model.blocks)
+    assert [model.blocks[0].mlp.fc1.out_features for model in seen] == [width // 2, width]  # MLP 0.5, then int8
+    assert allowed["b0.heads_keep"] == allowed["b1.heads_keep"] == (1.0,)
+    assert "b0.mlp_keep" not in allowed and allowed["b1.mlp_keep"] == (1.0,)  # listed only where choices are lost
+    rows = list(csv.DictReader((tmp_path / "uniform_latency.csv").open()))
+    assert {(r["knob"], r["value"]) for r in rows} == {("mlp_keep", "0.5"), ("weight_bits", "8")}
+    assert any(line.startswith("latency: 2 settings measured in every block at once in ") and "(1 more, which the "
+               "sensitivity pass offers in no block, not timed)" in line for line in lines)
+
+
+def test_a_refused_latency_limit_names_the_settings_the_sensitivity_pass_left_in_no_block(
+        tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures):
+    from autocomp.search._before import LatencyUnreachable
+
+    fastest_measures([0.8, 0.7, 0.65, 0.66])  # MLP 0.5 and int8 alone, then both in every block, twice
+    with pytest.raises(LatencyUnreachable, match=r"the sensitivity pass offers heads_keep 0.5 in no block: alone "
+                                                 r"they cost a block more than sensitivity.drop_above = 5 points; "
+                                                 r"raise it to let the search try them"):
+        _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.5)
+
+
 def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path):
     from autocomp.search._before import SENSITIVITY, sensitivity
     from autocomp.search._sensitivity import read_sensitivity

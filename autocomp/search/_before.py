@@ -10,7 +10,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,9 +28,9 @@ from autocomp.recipe import Distill, Recipe
 from autocomp.search._objective import metrics_of
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace
-from autocomp.search._sensitivity import (Setting, allowed_choices, progress_lines, read_sensitivity,
-                                          sensitivity_pass, uniform_latencies, unrunnable_settings, without,
-                                          without_slow, write_sensitivity, write_uniform_latencies)
+from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, progress_lines,
+                                          read_sensitivity, sensitivity_pass, uniform_latencies, unrunnable_settings,
+                                          without, without_slow, write_sensitivity, write_uniform_latencies)
 from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
@@ -96,12 +96,14 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
     reuses the settings and choices it saved (the settings guide the local moves' fill).
 
-    Under a latency budget (and no memory limit) it also measures each setting in every block at once: a setting
+    Under a latency budget (and no memory limit) it also measures each setting in every block at once (each that
+    the sensitivity pass left in some block: timing one it left in none would buy nothing): a setting
     that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
     not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
     called before them (it waits until the trials' workers have started). Under another budget, on a target other
-    than PyTorch on the CPU, each setting is run there once instead (exported and checked, not timed; in the first
-    block, and in every block where that fails). Either way a setting the target cannot run is offered in no block."""
+    than PyTorch on the CPU, each such setting is run there once instead (exported and checked, not timed; in the
+    first block, and in every block where that fails). Either way a setting the target cannot run is offered in no
+    block."""
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
@@ -136,26 +138,31 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     if passes and "latency_ms" in limits and "memory_mb" not in limits:
         before_timing()
         started = time.perf_counter()
-
+        timed = offered_settings(allowed, space, len(heads))  # one offered in no block has no time to buy
+        untimed = [setting for setting in offered_settings(space.distinct(heads), space, len(heads))
+                   if setting not in timed]  # what the sensitivity pass took from every block
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
                 base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
-                log=log)
+                log=log, settings=timed)
         minimum = config.sensitivity.min_saving
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
-                                base_latency_ms)
+                                base_latency_ms, dropped=untimed)
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
         slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if 1 - minimum < r < math.inf]
         write_uniform_latencies(run_dir, ratios, min_saving=minimum)
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
-            f"s; " + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
+            + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
+               else "s; ")
+            + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
                       "each one the target runs saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
         started = time.perf_counter()
         with num_threads(config.resources.cpu):
             refused = unrunnable_settings(base, space, heads, calib=splits.calib.x,
-                                          run=run_once(profile, splits, config), log=log)
+                                          run=run_once(profile, splits, config), log=log,
+                                          settings=offered_settings(allowed, space, len(heads)))
         allowed = without(allowed, refused, space, len(heads))
         log(f"runtime: the settings run on the target in {time.perf_counter() - started:.0f} s (each in the first "
             "block, and in every block where that failed); "
@@ -180,13 +187,15 @@ class LatencyUnreachable(BudgetUnreachable):
 
 def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
                             heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
-                            limit: float, base_latency_ms: float) -> None:
+                            limit: float, base_latency_ms: float,
+                            dropped: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse a latency limit that the space's fastest candidate misses: every block at each knob's fastest setting
     among those the search offers (as the latency pass measured each alone: one that saves less than
     ``sensitivity.min_saving`` is offered in no block), measured on the target more than ``REACH_TOLERANCE`` over
     the limit, twice (the faster counts: a busy machine slows a run). Nothing is measured when one setting alone
     already meets the limit. The tolerance leaves room for timing noise and for per-block recipes a little faster
-    than the uniform one.
+    than the uniform one. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``),
+    named in the refusal with the setting that would let the search try them.
 
     Raises:
         LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
@@ -215,7 +224,10 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
-            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space")
+            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space"
+            + (f" (the sensitivity pass offers {', '.join(f'{knob} {value:g}' for knob, value in dropped)} in no "
+               f"block: alone they cost a block more than sensitivity.drop_above = {config.sensitivity.drop_above:g} "
+               "points; raise it to let the search try them)" if dropped else ""))
 
 
 def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,

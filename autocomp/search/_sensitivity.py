@@ -226,11 +226,20 @@ def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_abo
     return result
 
 
+def offered_settings(allowed: Mapping[str, tuple], space: SearchSpace, blocks: int) -> list[tuple[str, Any]]:
+    """The (knob, value) settings of the space (the lightest aside) that ``allowed`` (see :func:`allowed_choices`)
+    offers in at least one of ``blocks`` blocks."""
+    return [(knob, value) for knob, value in _settings(space, lightest(space))
+            if any(value in allowed.get(space.name(index, knob), getattr(space, knob)) for index in range(blocks))]
+
+
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
                       measure: Callable[[nn.Module], float],
                       observe: Callable[[Recipe, float], None] | None = None,
-                      log: Callable[[str], None] | None = None) -> dict[tuple[str, Any], float]:
-    """Each non-lightest setting of each searched knob applied to every block at once, measured: its latency as a
+                      log: Callable[[str], None] | None = None,
+                      settings: Sequence[tuple[str, Any]] | None = None) -> dict[tuple[str, Any], float]:
+    """Each non-lightest setting of each searched knob (of ``settings``, else every one) applied to every block at
+    once, measured: its latency as a
     fraction of the uncompressed model's (``measure`` times a model against it, on the target); ``observe`` gets
     each recipe with its ratio (the cost model learns from them). What the cost model predicts from MACs and kernel
     rates, this measures: on a small model in PyTorch eager, low-rank pairs or
@@ -240,14 +249,16 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
     without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it; ``log``
     hears which, with the runtime's reason, and how far the pass is, as in :func:`sensitivity_pass`."""
     return _on_target(base, space, heads_per_block, calib=calib, measure=measure, observe=observe, log=log,
-                      name="latency", done="measured")
+                      name="latency", done="measured", settings=settings)
 
 
 def unrunnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *,
                         calib: torch.Tensor, run: Callable[[nn.Module], None],
-                        log: Callable[[str], None] | None = None) -> set[tuple[str, Any]]:
-    """:func:`uniform_latencies` without the timing, where it does not run (a memory limit): the settings the target
-    cannot run (logged, with the runtime's reason), each given to ``run`` (exported and run on the target once).
+                        log: Callable[[str], None] | None = None,
+                        settings: Sequence[tuple[str, Any]] | None = None) -> set[tuple[str, Any]]:
+    """:func:`uniform_latencies` without the timing, where it does not run (a memory limit): the settings (of
+    ``settings``, else every one) the target cannot run (logged, with the runtime's reason), each given to ``run``
+    (exported and run on the target once).
 
     Each setting runs first on :func:`first_block_only` of ``base``: an operator changes a block's layers alike in
     any block, so the target runs them in the first block or in none, and a 12-block ViT cut to one exports and runs
@@ -257,10 +268,11 @@ def unrunnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Se
     def runs(model: nn.Module) -> float:
         run(model)
         return 0.0
-    cut, suspects = first_block_only(base), None
+    cut, suspects = first_block_only(base), settings
     if cut is not None:
         first = _on_target(cut, space, heads_per_block[:1], calib=calib, measure=runs, observe=None, log=log,
-                           name="runtime", done="run on the target in the first block", report=False)
+                           name="runtime", done="run on the target in the first block", settings=settings,
+                           report=False)
         suspects = [setting for setting, result in first.items() if result == math.inf]
         if not suspects:
             return set()
