@@ -195,7 +195,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     the limit, twice (the faster counts: a busy machine slows a run). Nothing is measured when one setting alone
     already meets the limit. The tolerance leaves room for timing noise and for per-block recipes a little faster
     than the uniform one. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``),
-    named in the refusal with the setting that would let the search try them.
+    named in the refusal with the option that would let the search try them.
 
     Raises:
         LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
@@ -226,8 +226,8 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
             f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space"
             + (f" (the sensitivity pass offers {', '.join(f'{knob} {value:g}' for knob, value in dropped)} in no "
-               f"block: alone they cost a block more than sensitivity.drop_above = {config.sensitivity.drop_above:g} "
-               "points; raise it to let the search try them)" if dropped else ""))
+               f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
+               "lets the search try those that cost too much alone)" if dropped else ""))
 
 
 def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
