@@ -299,7 +299,7 @@ def fastest_measures(monkeypatch):
     return install
 
 
-def _check(tiny_teacher, digits_splits, ratios, limit_ratio):
+def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None):
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
     from autocomp.search import _before
@@ -308,7 +308,7 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio):
                         head_importance="weight_norm")
     config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
     _before.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
-                                    HardwareProfile(name="target"), limit_ratio * 10.0, 10.0)
+                                    HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
 
 
 def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
@@ -342,6 +342,24 @@ def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastes
         _check(tiny_teacher, digits_splits, ratios, 0.6)
     width = tiny_teacher[1].blocks[0].mlp.fc1.out_features
     assert all(block.mlp.fc1.out_features == width for block in seen[0].blocks)
+
+
+def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(tiny_teacher, digits_splits,
+                                                                                  fastest_measures):
+    """A setting the sensitivity pass left in some blocks only is in those blocks of the fastest candidate: the one
+    the search can build, not a faster one it never tries."""
+    from autocomp.search._before import LatencyUnreachable
+
+    ratios = {("heads_keep", 0.5): 0.6, ("weight_bits", 8): 0.85}
+    seen = fastest_measures([])
+    _check(tiny_teacher, digits_splits, ratios, 0.6)  # heads 0.5 in every block meets the limit alone
+    assert seen == []
+    seen = fastest_measures([0.75, 0.74])
+    with pytest.raises(LatencyUnreachable, match=r"\(weight_bits 8 in every block, heads_keep 0.5 in 1 of 2 blocks\) "
+                                                 r"measured 7.4 ms"):
+        _check(tiny_teacher, digits_splits, ratios, 0.6, allowed={"b0.heads_keep": (1.0,)})
+    assert [block.attn.num_heads for block in seen[0].blocks] == [4, 2]
+    assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in seen[0].blocks)
 
 
 def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits_splits, fastest_measures):

@@ -31,7 +31,7 @@ from autocomp.search._space import SearchSpace
 from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, progress_lines,
                                           read_sensitivity, sensitivity_pass, uniform_latencies, unrunnable_settings,
                                           without, without_slow, write_sensitivity, write_uniform_latencies)
-from autocomp.search._start import lightest, recipe_of, uniform_values
+from autocomp.search._start import alike_choices, lightest, recipe_of
 from autocomp.train import evaluate
 
 __all__ = ["check_classes", "baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable",
@@ -148,7 +148,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 log=log, settings=timed)
         minimum = config.sensitivity.min_saving
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
-                                base_latency_ms, dropped=untimed)
+                                base_latency_ms, allowed=allowed, dropped=untimed)
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
         slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if 1 - minimum < r < math.inf]
         write_uniform_latencies(run_dir, ratios, min_saving=minimum)
@@ -187,30 +187,37 @@ class LatencyUnreachable(BudgetUnreachable):
 
 def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
                             heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
-                            limit: float, base_latency_ms: float,
+                            limit: float, base_latency_ms: float, allowed: Mapping[str, tuple] | None = None,
                             dropped: Sequence[tuple[str, Any]] = ()) -> None:
-    """Refuse a latency limit that the space's fastest candidate misses: every block at each knob's fastest setting
-    among those the search offers (as the latency pass measured each alone: one that saves less than
-    ``sensitivity.min_saving`` is offered in no block), measured on the target more than ``REACH_TOLERANCE`` over
-    the limit, twice (the faster counts: a busy machine slows a run). Nothing is measured when one setting alone
-    already meets the limit. The tolerance leaves room for timing noise and for per-block recipes a little faster
-    than the uniform one. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``),
-    named in the refusal with the option that would let the search try them.
+    """Refuse a latency limit that the space's fastest candidate misses: each block at each knob's fastest setting
+    among those the search offers there (``allowed``, see :func:`~autocomp.search._sensitivity.allowed_choices`;
+    fastest as the latency pass measured each alone, and one that saves less than ``sensitivity.min_saving`` is
+    offered in no block), measured on the target more than ``REACH_TOLERANCE`` over the limit, twice (the faster
+    counts: a busy machine slows a run). Nothing is measured when one setting offered in every block already meets
+    the limit alone. The tolerance leaves room for timing noise and for per-block recipes a little faster than this
+    one. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``), named in the refusal
+    with the option that would let the search try them.
 
     Raises:
         LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
     """
-    if not ratios or any(r * base_latency_ms <= limit for r in ratios.values()):
+    allowed, blocks = allowed or {}, len(heads)
+    everywhere = alike_choices(space, blocks, allowed)
+    if not ratios or any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
+                         if value in everywhere[knob]):
         return
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
-    fastest = {}
-    for (knob, value), ratio in ratios.items():
-        if ratio <= offered and ratio < ratios.get((knob, fastest.get(knob)), 1.0):
-            fastest[knob] = value
+    values, used = {}, {}  # the candidate's Optuna parameters; how many blocks each setting is in
+    for index in range(blocks):
+        for knob in light:
+            name = space.name(index, knob)
+            fast = [v for v in allowed.get(name, getattr(space, knob)) if ratios.get((knob, v), math.inf) <= offered]
+            values[name] = min(fast, key=lambda v: ratios[(knob, v)], default=light[knob])
+            if values[name] != light[knob]:
+                used[(knob, values[name])] = used.get((knob, values[name]), 0) + 1
     try:
         with torch.no_grad(), num_threads(config.resources.cpu):
-            model = compress(base, recipe_of(space, heads, uniform_values(space, {**light, **fastest}, len(heads))),
-                             calibration=splits.calib.x)
+            model = compress(base, recipe_of(space, heads, values), calibration=splits.calib.x)
     except AutocompError:  # a combination the operators refuse: nothing to conclude
         return
     measure = ratio_of(base, profile, splits, config)
@@ -218,9 +225,15 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):  # measured again: a busy machine slows one run
         ratio = min(ratio, measure(model))
     if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
-        what = ("every block at " + ", ".join(f"{knob} {value:g}" for knob, value in fastest.items()) if fastest
-                else "nothing compressed: the target runs none of its settings" if set(ratios.values()) == {math.inf}
-                else "nothing compressed: none of its settings saves time on the target")
+        if set(ratios.values()) == {math.inf}:
+            what = "nothing compressed: the target runs none of its settings"
+        elif not used:
+            what = "nothing compressed: none of its settings saves time on the target"
+        elif set(used.values()) == {blocks}:
+            what = "every block at " + ", ".join(f"{knob} {value:g}" for knob, value in used)
+        else:  # the sensitivity pass left some settings in some blocks only
+            what = ", ".join(f"{knob} {value:g} in " + ("every block" if count == blocks else f"{count} of {blocks} "
+                                                        "blocks") for (knob, value), count in used.items())
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
