@@ -239,10 +239,9 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
                       log: Callable[[str], None] | None = None,
                       settings: Sequence[tuple[str, Any]] | None = None) -> dict[tuple[str, Any], float]:
     """Each non-lightest setting of each searched knob (of ``settings``, else every one) applied to every block at
-    once, measured: its latency as a
-    fraction of the uncompressed model's (``measure`` times a model against it, on the target); ``observe`` gets
-    each recipe with its ratio (the cost model learns from them). What the cost model predicts from MACs and kernel
-    rates, this measures: on a small model in PyTorch eager, low-rank pairs or
+    once, measured: its latency as a fraction of the uncompressed model's (``measure`` times a model against it, on
+    the target); ``observe`` gets each recipe with its ratio (the cost model learns from them). What the cost model
+    predicts from MACs and kernel rates, this measures: on a small model in PyTorch eager, low-rank pairs or
     simulated 4-bit weights can cost more time than they save. Settings the operators refuse are left out.
 
     A setting the target's runtime cannot run (:class:`~autocomp.measure.backends.ExportFailed`: e.g. OpenVINO
