@@ -435,8 +435,10 @@ def test_a_refused_latency_limit_names_the_settings_the_sensitivity_pass_left_in
         tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures):
     from autocomp.search._before import LatencyUnreachable
 
-    fastest_measures([0.8, 0.7, 0.65, 0.66])  # MLP 0.5 and int8 alone, then both in every block, twice
-    with pytest.raises(LatencyUnreachable, match=r"\(the sensitivity pass offers heads_keep 0.5 in no block, see "
+    fastest_measures([0.8, 0.7, 0.65, 0.66])  # MLP 0.5 and int8 alone, then the fastest candidate twice
+    with pytest.raises(LatencyUnreachable, match=r"\(mlp_keep 0.5 in 1 of 2 blocks, weight_bits 8 in every block\) "
+                                                 r"measured 6.5 ms.*"
+                                                 r"\(the sensitivity pass offers heads_keep 0.5 in no block, see "
                                                  r"sensitivity.csv: a sensitivity.drop_above over 5 points lets the "
                                                  r"search try those that cost too much alone\)"):
         _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.5)
