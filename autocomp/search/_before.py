@@ -111,10 +111,10 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     if not fresh:  # a study begun before the choices were saved: offer them as it did
         return [], {}
     settings: list[Setting] = []
-    allowed = space.distinct(heads)  # one choice per head count
-    if allowed:
+    distinct = allowed = space.distinct(heads)  # one choice per head count
+    if distinct:
         groups: dict[tuple, list[str]] = {}
-        for name, values in allowed.items():
+        for name, values in distinct.items():
             groups.setdefault(tuple(values), []).append(name.split(".")[0])
         log("heads_keep: choices that keep as many heads as a larger one are offered once: " + "; ".join(
             f"{'every block' if len(blocks) == len(heads) else ', '.join(blocks)} {list(values)}"
@@ -127,10 +127,9 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                                     calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
                                     threads=setup_threads(config), log=log)
         drop_above = config.sensitivity.drop_above
-        offered = allowed
-        allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=offered)
+        allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=distinct)
         write_sensitivity(run_dir, settings, drop_above=drop_above)
-        removed = sum(len(offered.get(name, getattr(space, name.split(".")[1]))) - len(values)
+        removed = sum(len(distinct.get(name, getattr(space, name.split(".")[1]))) - len(values)
                       for name, values in allowed.items())
         log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {len(subset)} "
             f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
@@ -139,7 +138,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         before_timing()
         started = time.perf_counter()
         timed = offered_settings(allowed, space, len(heads))  # one offered in no block has no time to buy
-        untimed = [setting for setting in offered_settings(space.distinct(heads), space, len(heads))
+        untimed = [setting for setting in offered_settings(distinct, space, len(heads))
                    if setting not in timed]  # what the sensitivity pass took from every block
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
