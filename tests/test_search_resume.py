@@ -81,7 +81,9 @@ def test_a_stale_local_ray_cluster_does_not_stop_an_embedded_search(tmp_path, ti
     """`ray start` (or one that died) leaves /tmp/ray/ray_current_cluster; a plain search starts its own Ray."""
     from pathlib import Path
 
-    marker = Path("/tmp/ray/ray_current_cluster")
+    from ray._common.utils import get_ray_address_file
+
+    marker = Path(get_ray_address_file(None))  # where Ray looks: /tmp/ray, or under RAY_TMPDIR (see conftest.py)
     saved = marker.read_text() if marker.is_file() else None
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("127.0.0.1:1")  # a head that is not there
