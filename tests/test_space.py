@@ -96,6 +96,16 @@ def test_fractions_that_keep_the_same_number_of_heads_are_offered_once():
     assert dataclasses.replace(space, uniform=True).distinct([4, 6]) == {}
 
 
+def test_a_block_is_offered_what_allowed_leaves_it_and_otherwise_the_whole_space():
+    space = SearchSpace(heads_keep=(0.5, 0.83, 1.0), weight_bits=(32, 8))
+    allowed = {"b1.heads_keep": (0.83, 1.0), "all.weight_bits": (32,)}
+    assert space.offered(1, "heads_keep", allowed) == (0.83, 1.0)
+    assert space.offered(0, "heads_keep", allowed) == (0.5, 0.83, 1.0)  # block 0 is not narrowed
+    assert space.offered(1, "weight_bits", allowed) == (32, 8)  # "all." names a uniform space's parameter
+    assert dataclasses.replace(space, uniform=True).offered(1, "weight_bits", allowed) == (32,)
+    assert space.offered(1, "heads_keep") == (0.5, 0.83, 1.0)
+
+
 @pytest.mark.parametrize("uniform, allowed", [(False, {}), (False, {"b0.heads_keep": (1.0,), "b1.weight_bits": (8,)}),
                                               (True, {})])
 def test_the_space_size_counts_every_different_recipe(uniform, allowed):

@@ -60,7 +60,7 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     Raises:
         BudgetUnreachable: the memory limit, with the smallest candidate's bytes.
     """
-    choices = {space.name(i, knob): (allowed or {}).get(space.name(i, knob), getattr(space, knob))
+    choices = {space.name(i, knob): space.offered(i, knob, allowed)
                for i in range(len(heads)) for knob in lightest(space)}
     strongest = {name: min(values) for name, values in choices.items()}
     try:
@@ -210,7 +210,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     for index in range(blocks):
         for knob in light:
             name = space.name(index, knob)
-            fast = [v for v in allowed.get(name, getattr(space, knob)) if ratios.get((knob, v), math.inf) <= offered]
+            fast = [v for v in space.offered(index, knob, allowed) if ratios.get((knob, v), math.inf) <= offered]
             values[name] = min(fast, key=lambda v: ratios[(knob, v)], default=light[knob])
             if values[name] != light[knob]:
                 used[(knob, values[name])] = used.get((knob, values[name]), 0) + 1

@@ -230,7 +230,7 @@ def offered_settings(allowed: Mapping[str, tuple], space: SearchSpace, blocks: i
     """The (knob, value) settings of the space (the lightest aside) that ``allowed`` (see :func:`allowed_choices`)
     offers in at least one of ``blocks`` blocks."""
     return [(knob, value) for knob, value in _settings(space, lightest(space))
-            if any(value in allowed.get(space.name(index, knob), getattr(space, knob)) for index in range(blocks))]
+            if any(value in space.offered(index, knob, allowed) for index in range(blocks))]
 
 
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,

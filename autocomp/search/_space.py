@@ -87,12 +87,10 @@ class SearchSpace:
 
         ``allowed``: narrower choices for some parameters (``b3.heads_keep``: what the sensitivity pass left).
         """
-        allowed = allowed or {}
         blocks = []
         for index, heads in enumerate(heads_per_block):
             def choose(knob: str) -> Any:
-                name = self.name(index, knob)
-                return _choose(trial, name, allowed.get(name, getattr(self, knob)))  # noqa: B023 - called at once
+                return _choose(trial, self.name(index, knob), self.offered(index, knob, allowed))  # noqa: B023
 
             block: dict[str, Any] = {}
             keep = max(1, round(choose("heads_keep") * heads))
@@ -129,17 +127,21 @@ class SearchSpace:
     def size(self, blocks: int, *, allowed: Mapping[str, Sequence[Any]] | None = None) -> int:
         """How many different recipes :meth:`sample` can make for ``blocks`` blocks, given ``allowed`` (heads
         fractions that keep the same count are told apart only by ``allowed``, as :meth:`distinct` gives it)."""
-        allowed = allowed or {}
         total = 1
         for index in range(1 if self.uniform else blocks):
             def count(knob: str) -> int:
-                return len(allowed.get(self.name(index, knob), getattr(self, knob)))  # noqa: B023 - called at once
+                return len(self.offered(index, knob, allowed))  # noqa: B023 - called at once
 
-            bits = allowed.get(self.name(index, "weight_bits"), self.weight_bits)
+            bits = self.offered(index, "weight_bits", allowed)
             floats = sum(b == FLOAT_BITS for b in bits)  # a quantized width comes with each choice of layers
             total *= (count("heads_keep") * count("mlp_keep") * count("rank") * count("tokens_keep")
                       * (floats + (len(bits) - floats) * count("quantize_layers")))
         return total * sum(len(self.distill_alpha) if steps > 0 else 1 for steps in self.distill_steps)
+
+    def offered(self, block: int, knob: str, allowed: Mapping[str, Sequence[Any]] | None = None) -> tuple:
+        """The choices of the per-block ``knob`` offered in ``block``: those ``allowed`` (as for :meth:`sample`)
+        leaves it, else all of the space's."""
+        return tuple((allowed or {}).get(self.name(block, knob), getattr(self, knob)))
 
     def name(self, block: int, knob: str) -> str:
         """The Optuna parameter (before the rank suffix) of a per-block knob: ``b3.heads_keep``, or

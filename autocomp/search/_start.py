@@ -126,7 +126,7 @@ def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequenc
     """Per knob, the choices offered in every block (``allowed``: what the sensitivity pass left per parameter):
     what a recipe with every block alike may use."""
     return {knob: tuple(v for v in getattr(space, knob)
-                        if all(v in allowed.get(space.name(i, knob), (v,)) for i in range(blocks))) for knob in KNOBS}
+                        if all(v in space.offered(i, knob, allowed) for i in range(blocks))) for knob in KNOBS}
 
 
 def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
@@ -248,9 +248,9 @@ def _quiet_choices(space: SearchSpace, light: Mapping[str, Any], blocks: int, se
     ``QUIET`` points."""
     quiet = {space.name(i, knob): {value} for i in range(blocks) for knob, value in light.items()}
     for s in sensitivity:
-        name = f"b{s.block}.{s.knob}"
+        name = space.name(s.block, s.knob)
         if (name in quiet and s.accuracy_drop is not None and s.accuracy_drop <= QUIET
-                and s.value in allowed.get(name, (s.value,))):
+                and s.value in space.offered(s.block, s.knob, allowed)):
             quiet[name].add(s.value)
     return {name: tuple(sorted(values)) for name, values in quiet.items()}
 
@@ -289,7 +289,7 @@ def _fast_end(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensiti
     values = uniform_values(space, light, blocks)
     spent: dict[str, float] = {}
     scored = [s for s in sensitivity if s.accuracy_drop is not None
-              and s.value in allowed.get(f"b{s.block}.{s.knob}", (s.value,))]
+              and s.value in space.offered(s.block, s.knob, allowed)]
     for s in sorted(scored, key=lambda s: (max(s.accuracy_drop, 0.0), s.value)):
         name, drop = f"b{s.block}.{s.knob}", max(s.accuracy_drop, 0.0)
         if s.value < values[name] and sum(spent.values()) - spent.get(name, 0.0) + drop <= FAST:
