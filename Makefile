@@ -60,8 +60,8 @@ CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 AUTOCOMP_TES
 # pytest process of their own: after the rest of the suite's in-process Ray sessions, a fresh Cluster's worker node
 # was left without trials (seen in CI; alone, the file passes). That process runs beside the capped phase (no Ray
 # there): the cluster tests spend much of their 4 minutes waiting on their Rays' and searches' start, and the
-# capped phase a minute and a half on its longest file alone (test_runtime_onnx.py); its output is printed once it
-# ends. The timed noise test runs last, with nothing beside it, uncapped and capped.
+# capped phase a minute and a half on its longest file alone (test_runtime_onnx.py); the cluster tests' output is
+# printed once both end. The timed noise test runs last, with nothing beside it, uncapped and capped.
 RAY_TESTS   := tests/test_measure_backends.py tests/test_search_e2e.py tests/test_search_device.py \
                tests/test_search_sensitivity.py tests/test_search_resume.py tests/test_export_formats.py \
                tests/test_cli_errors.py tests/test_search_loop.py tests/test_search_fidelity.py tests/test_search_start.py \

@@ -291,7 +291,7 @@ def _fast_end(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensiti
     scored = [s for s in sensitivity if s.accuracy_drop is not None
               and s.value in space.offered(s.block, s.knob, allowed)]
     for s in sorted(scored, key=lambda s: (max(s.accuracy_drop, 0.0), s.value)):
-        name, drop = f"b{s.block}.{s.knob}", max(s.accuracy_drop, 0.0)
+        name, drop = space.name(s.block, s.knob), max(s.accuracy_drop, 0.0)
         if s.value < values[name] and sum(spent.values()) - spent.get(name, 0.0) + drop <= FAST:
             values[name], spent[name] = s.value, drop
     return None if values == uniform_values(space, light, blocks) else values
