@@ -137,7 +137,10 @@ def _check_costmodel(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autocomp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="autocomp", epilog="e.g. autocomp search examples/fashion_mnist/search.yaml --out runs/demo",
+        description="Find the best compressed Vision Transformer for a device budget (search), then print its "
+                    "Pareto front, export a model, calibrate a hardware profile or check the cost model.")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="search compressed models within a budget")
     search.add_argument("config", help="job config YAML")

@@ -31,6 +31,16 @@ def job(tmp_path, tiny_teacher):
     return write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
 
 
+def test_the_help_says_what_autocomp_does_and_names_every_command(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    assert stopped.value.code == 0
+    printed = capsys.readouterr().out
+    # a sentence of its own, not the module docstring's first line cut short, with its reStructuredText quotes
+    assert "Find the best compressed Vision Transformer for a device budget" in printed and "``" not in printed
+    assert all(command in printed for command in ("search", "pareto", "export", "profile", "check-costmodel"))
+
+
 def test_unknown_model_name(job, tmp_path, capsys):
     edit_job(job, lambda d: d["model"].update(name="deit_tiny_patch16_22"))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
