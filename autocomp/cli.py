@@ -151,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress display")
     search.set_defaults(run=_search)
     pareto = commands.add_parser("pareto", help="print a run's Pareto front")
-    pareto.add_argument("run_dir")
+    pareto.add_argument("run_dir", help="a search's run folder (its --out)")
     pareto.set_defaults(run=_pareto)
     export = commands.add_parser("export", help="write the best model, or any trial's, for loading or deployment")
-    export.add_argument("run_dir")
+    export.add_argument("run_dir", help="a search's run folder (its --out)")
     export.add_argument("--trial", type=_trial_number, default="best",
                         help="a trial number (autocomp pareto lists them), or best (default): the run's best/ model, "
                              "after any final distillation")
-    export.add_argument("--out", required=True)
+    export.add_argument("--out", required=True, help="folder to write the model to")
     export.add_argument("--format", choices=("pytorch", "onnx", "openvino"), default="pytorch",
                         help="pytorch: a folder autocomp.load reads (always written); onnx: also model.onnx (ONNX "
                              "Runtime); openvino: also model.xml/.bin (OpenVINO IR); both checked against PyTorch")
