@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopba
 # the suite's own cache (calibrated profiles, teachers): never the user's, and measured afresh on each run
 os.environ["AUTOCOMP_CACHE"] = _CACHE = tempfile.mkdtemp(prefix="autocomp-test-cache-")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-# Ray's session folders (logs, sockets; about 0.4 MB for each Ray a test starts, a hundred a run) in a folder of this
+# Ray's session folders (logs, sockets; about 0.4 MB for each Ray a test starts, some twenty a run) in a folder of this
 # process, removed at its exit, instead of piling up in /tmp/ray; short, for Ray's socket paths (107 characters at most)
 os.environ["RAY_TMPDIR"] = _RAY_TMP = tempfile.mkdtemp(prefix="autocomp-ray-", dir="/tmp")
 atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)
