@@ -2,16 +2,38 @@
 
 The pipeline, in the layout of this package: ``recipe`` -> ``ops`` (compress) -> ``measure`` / ``hardware`` ->
 ``search`` -> ``results`` (load, export).
+
+Importing the package loads neither torch nor timm: :func:`compress`, :class:`Recipe` and :class:`Distill` are
+imported on first use, so that ``autocomp --help`` and ``autocomp pareto`` answer at once.
 """
 
 from __future__ import annotations
 
-from autocomp.compress import compress
+import importlib
+from typing import TYPE_CHECKING
+
 from autocomp.errors import AutocompError
-from autocomp.recipe import Distill, Recipe
+
+if TYPE_CHECKING:
+    from autocomp._compress import compress
+    from autocomp.recipe import Distill, Recipe
 
 __all__ = ["AutocompError", "Recipe", "Distill", "compress", "load", "load_preprocessing"]
 __version__ = "0.1.0"
+
+_ON_FIRST_USE = {"compress": "autocomp._compress", "Recipe": "autocomp.recipe", "Distill": "autocomp.recipe"}
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the exports that need torch
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module 'autocomp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ON_FIRST_USE))
 
 
 def load(path, *, base=None):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving

@@ -10,9 +10,9 @@ from typing import Any, Mapping
 import yaml
 from torch import nn
 
+from autocomp._compress import compress
 from autocomp._io import write_json
 from autocomp._loader import build, read_yaml
-from autocomp.compress import compress
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec, create_model

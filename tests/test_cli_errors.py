@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,25 @@ def test_the_help_says_what_autocomp_does_and_names_every_command(capsys):
     # a sentence of its own, not the module docstring's first line cut short, with its reStructuredText quotes
     assert "Find the best compressed Vision Transformer for a device budget" in printed and "``" not in printed
     assert all(command in printed for command in ("search", "pareto", "export", "profile", "check-costmodel"))
+
+
+def test_help_and_pareto_start_without_torch_and_the_package_still_exports_compress(tmp_path):
+    """torch and timm take seconds to import: ``autocomp --help`` and ``autocomp pareto`` need neither, and the
+    package's exports that do are imported on first use, the functions and classes, not their modules."""
+    code = ("import sys\nfrom autocomp.cli import main\n"
+            "for argv in (['--help'], ['pareto', sys.argv[1]]):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('imported:', sorted({'torch', 'timm'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-run")], capture_output=True, text=True,
+                          check=True)
+    assert "has no pareto.json" in done.stderr  # the pareto command ran as far as reading the run folder
+    assert done.stdout.splitlines()[-1] == "imported: []"
+    import autocomp
+    import autocomp._compress  # the module behind autocomp.compress, once imported, leaves the function in place
+    import autocomp.recipe
+
+    assert autocomp.compress is autocomp._compress.compress and autocomp.Recipe is autocomp.recipe.Recipe
+    assert {"compress", "Recipe", "Distill"} <= set(dir(autocomp))
 
 
 def test_unknown_model_name(job, tmp_path, capsys):

@@ -30,7 +30,7 @@ def _inputs(model, splits, **kwargs):
 
 
 def _student(teacher, splits):
-    from autocomp.compress import compress
+    from autocomp._compress import compress
 
     with torch.no_grad():
         return compress(teacher, Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 2}}, {}]}),

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from autocomp.compress import compress
+from autocomp._compress import compress
 from autocomp.results import load_run_study
 from autocomp.search._before import teacher_cache
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity

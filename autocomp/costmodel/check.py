@@ -25,7 +25,7 @@ import optuna
 import torch
 from torch import nn
 
-from autocomp.compress import compress
+from autocomp._compress import compress
 from autocomp.config import JobConfig
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
 from autocomp.data import load_splits

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from autocomp.compress import compress
+from autocomp._compress import compress
 from autocomp.config import JobConfig
 from autocomp.data import Split, Splits
 from autocomp.distill import TeacherCache

@@ -14,9 +14,9 @@ import optuna
 import torch
 from torch import nn
 
+from autocomp._compress import compress
 from autocomp.budget import feasible as feasible_metrics
 from autocomp.budget import violations
-from autocomp.compress import compress
 from autocomp.config import JobConfig
 from autocomp.costmodel import fidelity
 from autocomp.data import Splits

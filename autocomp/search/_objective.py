@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from autocomp import _quiet
+from autocomp._compress import compress
 from autocomp._timeout import TimedOut, time_limit
 from autocomp.budget import feasible, violations
-from autocomp.compress import compress
 from autocomp.config import FidelityConfig
 from autocomp.data import Split
 from autocomp.distill import TeacherCache, distill

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocomp.compress import compress
+from autocomp._compress import compress
 from autocomp.data import Split
 from autocomp.errors import AutocompError
 from autocomp.measure import num_threads
