@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import types
+
+import pytest
 import timm
 import torch
 from torch import nn
 
+from autocomp import _timing
 from autocomp.hardware import HardwareProfile
-from autocomp.measure import measure, peak_activation_nbytes, weight_nbytes
+from autocomp.measure import measure, peak_activation_nbytes, time_models, weight_nbytes
 
 
 def test_weight_bytes_are_counted_from_the_tensors_held():
@@ -38,5 +42,47 @@ def test_a_model_measured_against_itself_has_ratio_near_one():
     profile = HardwareProfile(name="t", batch_size=4, repeats=15, warmup=2)
     result = measure(model, profile, example=torch.randn(3, 64), reference=model)
     assert 0.7 < result.latency_ratio < 1.4
-    assert result.memory_mb == result.weights_mb + result.activations_mb
     assert result.weights_mb == weight_nbytes(model) / 1e6
+    assert result.activations_mb == peak_activation_nbytes(model, torch.randn(4, 64)) / 1e6  # at the batch size
+
+
+class _Takes(nn.Module):
+    """A model whose forward passes take ``seconds`` in turn on a fake clock, and are logged by ``name``."""
+
+    def __init__(self, name: str, seconds: list[float], clock: types.SimpleNamespace, log: list[str]) -> None:
+        super().__init__()
+        self.label, self.seconds, self.clock, self.log, self.calls = name, seconds, clock, log, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.label)
+        self.clock.now += self.seconds[self.calls % len(self.seconds)]
+        self.calls += 1
+        return x
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The timing's clock, moved only by :class:`_Takes` models."""
+    fake = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(_timing, "time", types.SimpleNamespace(perf_counter=lambda: fake.now))
+    return fake
+
+
+def test_timing_interleaves_the_models_reversing_the_order_every_other_round(clock):
+    log = []
+    a, b = _Takes("a", [0.001, 0.002, 0.003], clock, log), _Takes("b", [0.010], clock, log)
+    times = time_models([a, b], torch.zeros(1), warmup=1, repeats=4, threads=1)
+    assert log == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then a round each way
+    assert times[0] == pytest.approx([0.002, 0.003, 0.001, 0.002]) and times[1] == pytest.approx([0.010] * 4)
+
+
+def test_a_measurement_reports_the_median_its_spread_and_the_median_of_the_per_round_ratios(clock):
+    log = []
+    model = _Takes("model", [0.001, 0.002, 0.003, 0.004, 0.010], clock, log)
+    reference = _Takes("reference", [0.001, 0.004, 0.001, 0.004, 0.001], clock, log)
+    profile = HardwareProfile(name="t", batch_size=1, warmup=0, repeats=5)
+    result = measure(model, profile, example=torch.zeros(1), reference=reference)
+    assert result.latency_ms == pytest.approx(3.0)  # the median of 1, 2, 3, 4 and 10 ms
+    assert result.latency_iqr_ms == pytest.approx(7.0 - 1.5)  # the quartiles of the five
+    # round by round 1/1, 2/4, 3/1, 4/4 and 10/1: their median, 1, not the ratio of the medians (3 ms / 1 ms)
+    assert result.latency_ratio == pytest.approx(1.0)
