@@ -64,6 +64,14 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
         near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
         raise AutocompError(f"unknown timm model {spec.name!r}{hint}")
+    architecture, _, tag = spec.name.partition(".")
+    if tag:  # timm.is_model accepts any tag; create_model fails later with a traceback
+        tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{architecture}.*")]
+        if tag not in tags:
+            near = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
+            raise AutocompError(f"timm has no pretrained tag {tag!r} for {architecture}"
+                                + (f"; did you mean {', '.join(f'{architecture}.{t}' for t in near)}?" if near else
+                                   f"; its tags: {', '.join(tags) or 'none'}"))
     weights = [key for key in ("pretrained", "checkpoint_path") if key in spec.kwargs]
     overlay = spec.kwargs.get("pretrained_cfg_overlay")  # may set the preprocessing too: refused for a weight file
     if isinstance(overlay, Mapping) and {"file", "url", "hf_hub_id"} & set(overlay):
@@ -74,7 +82,7 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
                             f"e.g. timm's model.safetensors for {spec.name} from the Hugging Face hub (timm/<name>)")
     try:
         model = timm.create_model(spec.name, pretrained=False, **dict(spec.kwargs))
-    except (TypeError, ValueError, AssertionError, OSError) as exc:
+    except (TypeError, ValueError, AssertionError, OSError, RuntimeError) as exc:
         raise AutocompError(f"timm could not build {spec.name!r} with kwargs {dict(spec.kwargs)}: {exc}") from None
     vit_blocks(model)
     if load_weights and spec.checkpoint:

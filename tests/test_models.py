@@ -16,6 +16,16 @@ def test_unknown_model_lists_near_matches():
     assert "deit_tiny_patch16_224" in str(info.value)
 
 
+
+def test_a_misspelt_pretrained_tag_is_named_with_the_tags_timm_has():
+    with pytest.raises(AutocompError) as info:
+        create_model(ModelSpec(name="vit_small_patch16_224.augreg_in21k_ft_in1", kwargs={"depth": 1}))
+    assert str(info.value) == ("timm has no pretrained tag 'augreg_in21k_ft_in1' for vit_small_patch16_224; did you "
+                               "mean vit_small_patch16_224.augreg_in21k_ft_in1k, vit_small_patch16_224.augreg_in21k, "
+                               "vit_small_patch16_224.augreg_in1k?")
+    with pytest.raises(AutocompError, match=r"no pretrained tag 'x' for vit_small_patch16_224; its tags: augreg_in1k"):
+        create_model(ModelSpec(name="vit_small_patch16_224.x", kwargs={"depth": 1}))
+
 def test_pth_checkpoint_loads_with_weights_only(tmp_path):
     model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pth")
