@@ -136,6 +136,21 @@ def test_the_default_export_is_the_best_model_as_saved_after_any_final_distillat
     assert "expected a trial number or 'best', got 'last'" in capsys.readouterr().err
 
 
+
+def test_the_best_model_exports_without_the_data_with_the_preprocessing_it_was_scored_with(run, tmp_path,
+                                                                                           monkeypatch):
+    """On a deployment machine the training images are not there: best/ alone needs none of them."""
+    from autocomp.search import _export
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(_export, "load_splits", no_data)
+    out = tmp_path / "deploy"
+    assert main(["export", str(run[0]), "--out", str(out)]) == 0
+    assert (out / "preprocessing.json").read_text() == (run[0] / "best" / "preprocessing.json").read_text()
+    assert (out / "weights.safetensors").read_bytes() == (run[0] / "best" / "weights.safetensors").read_bytes()
+
 def test_onnx_int8_weights_can_be_written_for_another_cpu(run, tmp_path):
     """--int8-weights matmul_integer_u8: every int8 weight as uint8 with a zero point, whatever this CPU prefers."""
     pytest.importorskip("onnxruntime")

@@ -22,7 +22,7 @@ from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Pre
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
-from autocomp.saving import load_model, save_model
+from autocomp.saving import load_model, load_preprocessing, save_model
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import build_candidate, distill_subset, kept_model
 
@@ -78,17 +78,22 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         trial = _complete_trial(run_dir, number)
     config = load_config(run_dir / "config.yaml", model=base)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
-    splits = load_splits(config.data, base)
+    # the images: a trial's rebuild and a deployable file's check; best/ alone needs none (nor the data's folder)
+    splits = load_splits(config.data, base) if number != BEST or backend is not None else None
     if number == BEST:
         model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
+        preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
     else:
         recipe, metrics = Recipe.from_dict(trial.user_attrs["recipe"]), {"trial": number, **trial.user_attrs}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
-    save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=splits.preprocessing)
+        preprocessing = None
+    if preprocessing is None and splits is not None:
+        preprocessing = splits.preprocessing
+    save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
         _write_deployable(backend, model, images, out, profile, format,
