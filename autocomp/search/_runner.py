@@ -275,7 +275,9 @@ def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], s
     else:
         model = config.model.to_dict()
         identity = json.dumps(model, sort_keys=True)
-    job = {"model": model, "data": vars(config.data).copy(), "search_space": str(config.search_space),
+    # data settings left unset stay out: one a later version adds (None by default) keeps an earlier run's job
+    data = {key: value for key, value in vars(config.data).items() if value is not None}
+    job = {"model": model, "data": data, "search_space": str(config.search_space),
            "hardware": str(config.hardware), "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
     parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
     return job, hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
