@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,10 +165,66 @@ def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tm
     expected = torch.stack([timm_transform(Image.open(tmp_path / f).convert("RGB")) for f in splits.val.files])
     assert torch.equal(x, expected)
     overridden = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
-                                        test_size=2, workers=0, mean=[0.5], std=[0.5], image_size=12,
+                                        test_size=2, workers=0, mean=[0.5], std=[0.5],
                                         interpolation="bilinear", crop_pct=1.0), model)
-    assert overridden.preprocessing.mean == (0.5, 0.5, 0.5) and overridden.calib.x.shape[-1] == 12
+    assert overridden.preprocessing.mean == (0.5, 0.5, 0.5) and overridden.preprocessing.crop_pct == 1.0
+    assert overridden.preprocessing.interpolation == "bilinear" and overridden.calib.x.shape[-1] == 16
 
+
+
+def test_a_squash_models_images_are_squashed_as_timm_does_and_saved_so(tmp_path):
+    """CLIP and SigLIP fine-tunes resize both sides (``crop_mode: squash``): a centre crop of a wide image is
+    another input."""
+    import timm
+    from PIL import Image
+    from timm.data import create_transform, resolve_model_data_config
+
+    from autocomp.data import Preprocessing
+    from autocomp.saving import load_preprocessing
+
+    make_folder(tmp_path, {"red": 5, "green": 5}, size=(48, 16))  # 3:1, so a crop and a squash differ
+    model = timm.create_model("vit_base_patch16_clip_384.openai_ft_in1k", pretrained=False, img_size=16,
+                              patch_size=4, num_classes=2, embed_dim=32, depth=1, num_heads=2).eval()
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                    test_size=2, workers=0), model)
+    assert splits.preprocessing.crop_mode == "squash"
+    timm_transform = create_transform(**{**resolve_model_data_config(model), "input_size": (3, 16, 16)},
+                                      is_training=False)
+    x, _ = splits.val.tensors()
+    expected = torch.stack([timm_transform(Image.open(tmp_path / f).convert("RGB")) for f in splits.val.files])
+    assert torch.allclose(x, expected, atol=1e-6)
+    cropped = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                     test_size=2, workers=0, crop_mode="center"), model)
+    assert not torch.allclose(cropped.val.tensors()[0], expected, atol=1e-2)  # the override is taken
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "preprocessing.json").write_text(json.dumps(splits.preprocessing.to_dict()))
+    assert load_preprocessing(tmp_path / "saved") == splits.preprocessing
+    older = {k: v for k, v in splits.preprocessing.to_dict().items() if k != "crop_mode"}  # saved before crop_mode
+    (tmp_path / "saved" / "preprocessing.json").write_text(json.dumps(older))
+    assert load_preprocessing(tmp_path / "saved").crop_mode == "center"
+    with pytest.raises(AutocompError, match=r"data.crop_mode must be one of \['center', 'squash', 'border'\]"):
+        DataConfig(crop_mode="sqaush")
+    assert Preprocessing(**{**older, "crop_mode": "border"}).timm_config()["crop_mode"] == "border"
+
+
+@pytest.mark.parametrize("kwargs, data, message", [
+    ({"in_chans": 4}, {}, "the model takes 4-channel images, and autocomp reads images as grayscale"),
+    ({"img_size": (16, 24)}, {}, "the model takes 16x24 images, and autocomp's preprocessing makes square ones"),
+    ({}, {"image_size": 24}, "data.image_size is 24 but the model was built for 16x16 images"),
+    ({}, {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+     "data.mean [123.675, 116.28, 103.53] is on the 0..255 scale, but pixels are scaled to [0, 1] before "
+     "normalization; divide it by 255: [0.485, 0.456, 0.406]"),
+])
+def test_a_model_or_preprocessing_the_images_cannot_feed_is_refused_in_one_line(tmp_path, kwargs, data, message):
+    import timm
+
+    make_folder(tmp_path, {"a": 4, "b": 4})
+    with pytest.raises(AutocompError, match=re.escape(message)) as info:
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{"img_size": 16, **kwargs},
+                                  patch_size=4, num_classes=2, embed_dim=32, depth=1, num_heads=2).eval()
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
+                               **data), model)
+    assert "\n" not in str(info.value)
 
 def test_a_model_trained_on_its_own_preprocessing_scores_the_same_through_autocomp(tmp_path):
     from PIL import Image
@@ -209,7 +267,8 @@ def test_a_model_trained_on_its_own_preprocessing_scores_the_same_through_autoco
     ({**{f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "cat/b.png": "not a png"},
      "cannot read image"),
     ({"train/cat/a.png": None, "train/dog/a.png": None, "val/cat/a.png": None, "val/fox/a.png": None},
-     "has classes ['cat', 'fox'] but"),
+     "has classes ['fox'] that"),
+    ({"train/cat/a.png": None, "train/dog/a.png": None, "val/cat/": None}, "holds no images; add images to its class"),
 ])
 def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
     from PIL import Image
@@ -275,3 +334,90 @@ def test_a_missing_folder_on_a_node_is_named(tmp_path):
 def test_too_large_holdout_is_refused():
     with pytest.raises(AutocompError, match="leaves no training images"):
         load_splits(DataConfig(dataset="digits", val_size=1500, calib_size=100, test_size=300))
+
+
+def test_data_root_is_found_as_the_jobs_other_paths_are(tmp_path, monkeypatch):
+    """Next to the job's YAML file wherever the command runs, and with ``{cache}``, ``~`` and variables expanded."""
+    import yaml
+
+    from autocomp.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    job = {"model": {"name": "deit_tiny_patch16_224", "kwargs": {"img_size": 16, "patch_size": 4, "depth": 1}},
+           "search_space": str(root / "search_spaces" / "heads_int8.yaml"),
+           "hardware": str(root / "hardware_profiles" / "local_cpu.yaml"), "budget": {"memory": 0.5}}
+    (tmp_path / "jobs" / "pets").mkdir(parents=True)
+    (tmp_path / "cache" / "pets").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PETS", str(tmp_path / "jobs" / "pets"))
+    for given, found in (("pets", tmp_path / "jobs" / "pets"), ("{cache}/pets", tmp_path / "cache" / "pets"),
+                         ("$PETS", tmp_path / "jobs" / "pets")):
+        path = tmp_path / "jobs" / "job.yaml"
+        path.write_text(yaml.safe_dump({**job, "data": {"dataset": "imagefolder", "root": given}}))
+        assert load_config(path).data.root == str(found.resolve())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_broken_past_its_header_is_one_line_naming_it_when_read(tmp_path, workers):
+    """A half-written JPEG passes the header check of load_splits; decoding it, in the caller or in a loader's
+    worker process, says which file in one line."""
+    from PIL import Image
+
+    make_folder(tmp_path / "train", {"red": 6, "green": 6})
+    make_folder(tmp_path / "val", {"red": 2, "green": 2})
+    broken = tmp_path / "val" / "red" / "half.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(broken, quality=95)
+    broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) // 2])  # the header, half the pixels
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=5, calib_size=2,
+                                    test_size=2, workers=workers), tiny_rgb_vit())
+    assert "val/red/half.jpg" in splits.val.files
+    with pytest.raises(AutocompError) as info:
+        for _ in splits.val.batches(2):
+            pass
+    assert str(info.value).startswith(f"cannot read image {broken}: ") and "\n" not in str(info.value)
+
+
+def test_16_bit_images_are_scaled_and_float_ones_refused(tmp_path):
+    from PIL import Image
+
+    from autocomp.data import Preprocessing
+
+    Image.fromarray(np.full((8, 8), 100 * 257, dtype=np.uint16)).save(tmp_path / "grey.png")  # 16-bit grey 100/255
+    transform = Preprocessing(image_size=8, channels=3, mean=(0.0,), std=(1.0,)).transform()
+    with Image.open(tmp_path / "grey.png") as image:
+        assert image.mode.startswith("I") and torch.allclose(transform(image), torch.full((3, 8, 8), 100 / 255))
+    Image.fromarray(np.full((8, 8), 0.4, dtype=np.float32)).save(tmp_path / "float.tif")
+    with Image.open(tmp_path / "float.tif") as image, pytest.raises(ValueError, match="32-bit floats"):
+        transform(image)
+
+
+def test_val_may_lack_a_class_and_its_labels_stay_trains(tmp_path):
+    """A rare class with no validation images: its folder empty or missing; the others keep train/'s indices."""
+    make_folder(tmp_path / "train", {"blue": 4, "green": 4, "red": 4})
+    make_folder(tmp_path / "val", {"green": 2, "red": 2})
+    (tmp_path / "val" / "blue").mkdir()  # empty
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=4, calib_size=1,
+                                    test_size=2), tiny_rgb_vit(num_classes=3))
+    assert splits.num_classes == 3
+    assert {f.split("/")[1]: label for f, label in zip(splits.val.files, splits.val.labels)} == {"green": 1, "red": 2}
+
+
+def test_class_folders_may_hold_linked_folders_and_their_hidden_folders_are_left_out(tmp_path):
+    """As torchvision's ImageFolder: a folder linked into a class folder is read (a link loop once); a notebook's
+    .ipynb_checkpoints is not data."""
+    import os
+
+    make_folder(tmp_path / "data", {"red": 4, "green": 4})
+    make_folder(tmp_path / "more", {"red": 3})
+    os.symlink(tmp_path / "more" / "red", tmp_path / "data" / "red" / "linked")
+    os.symlink(tmp_path / "data" / "red", tmp_path / "data" / "red" / "loop")
+    make_folder(tmp_path / "data" / "green" / ".ipynb_checkpoints", {"x": 2})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "data"), val_size=1, calib_size=1,
+                                    test_size=1), tiny_rgb_vit())
+    files = splits.train.files + splits.val.files + splits.test.files
+    assert len(files) + 1 == 4 + 3 + 4  # the calibration image is the one not listed
+    assert sum("linked" in f for f in files) >= 2 and not any(".ipynb" in f or "loop" in f for f in files)

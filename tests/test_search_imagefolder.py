@@ -46,7 +46,7 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path):
     own = timm.data.resolve_model_data_config(model)  # the model's own preprocessing, as timm gives it
     assert summary["preprocessing"] == {"image_size": 224, "channels": 3, "mean": list(own["mean"]),
                                         "std": list(own["std"]), "interpolation": own["interpolation"],
-                                        "crop_pct": own["crop_pct"]}
+                                        "crop_pct": own["crop_pct"], "crop_mode": own["crop_mode"]}
     assert summary["met_budget"]
     best = autocomp.load(tmp_path / "run" / "best")
     assert tuple(best.pretrained_cfg["mean"]) == tuple(own["mean"])  # the preprocessing comes back with it

@@ -12,6 +12,7 @@ from autocomp.errors import AutocompError
 
 DATASETS = ("fashion_mnist", "digits", "imagefolder")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+CROP_MODES = ("center", "squash", "border")  # timm's: see Preprocessing.crop_mode
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataConfig:
         std: per-channel normalization std; None: as ``mean``.
         interpolation: resize interpolation (``bicubic``, ``bilinear`` ...); None: the model's.
         crop_pct: centre-crop fraction (resize to ``image_size / crop_pct``, then crop); None: the model's.
+        crop_mode: ``center``, ``squash`` or ``border`` (see :class:`Preprocessing`); None: the model's.
         workers: ``DataLoader`` worker processes decoding image-folder images (0: in the calling process).
     """
 
@@ -48,6 +50,7 @@ class DataConfig:
     std: tuple[float, ...] | None = None
     interpolation: str | None = None
     crop_pct: float | None = None
+    crop_mode: str | None = None
     workers: int = 2
 
     def __post_init__(self) -> None:
@@ -70,6 +73,8 @@ class DataConfig:
                                 f"{self.interpolation!r}")
         if self.crop_pct is not None and not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
             raise AutocompError(f"data.crop_pct must be a fraction in (0, 1], got {self.crop_pct!r}")
+        if self.crop_mode is not None and self.crop_mode not in CROP_MODES:
+            raise AutocompError(f"data.crop_mode must be one of {list(CROP_MODES)}, got {self.crop_mode!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:
@@ -78,6 +83,12 @@ class DataConfig:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         if self.std is not None and any(v <= 0 for v in self.std):
             raise AutocompError(f"data.std must be positive, got {list(self.std)}")
+        for name in ("mean", "std"):  # pixels are scaled to [0, 1] first: statistics of 0..255 values never fit
+            value = getattr(self, name)
+            if value is not None and any(abs(v) > 1 for v in value):
+                raise AutocompError(f"data.{name} {list(value)} is on the 0..255 scale, but pixels are scaled to "
+                                    f"[0, 1] before normalization; divide it by 255: "
+                                    f"{[round(v / 255, 4) for v in value]}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,11 @@ class Preprocessing:
         mean: per-channel mean subtracted after scaling pixels to [0, 1].
         std: per-channel std divided by.
         interpolation: resize interpolation.
-        crop_pct: resize the shorter side to ``image_size / crop_pct``, then centre-crop ``image_size``.
+        crop_pct: with ``crop_mode`` center, resize the shorter side to ``image_size / crop_pct``, then
+            centre-crop ``image_size``.
+        crop_mode: ``center`` (as above), ``squash`` (resize both sides to ``image_size / crop_pct``, the aspect
+            ratio not kept, then centre-crop: CLIP and SigLIP fine-tunes) or ``border`` (fit the longer side, pad
+            with the mean); timm's, from the model's ``pretrained_cfg``.
     """
 
     image_size: int
@@ -100,8 +115,11 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
+        if self.crop_mode not in CROP_MODES:
+            raise AutocompError(f"crop_mode must be one of {list(CROP_MODES)}, got {self.crop_mode!r}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) == 1 and self.channels > 1:
@@ -117,18 +135,35 @@ class Preprocessing:
 
         timm_transform = create_transform(input_size=(self.channels, self.image_size, self.image_size),
                                           interpolation=self.interpolation, mean=self.mean, std=self.std,
-                                          crop_pct=self.crop_pct, is_training=False)
+                                          crop_pct=self.crop_pct, crop_mode=self.crop_mode, is_training=False)
         mode = "L" if self.channels == 1 else "RGB"
-        return transforms.Compose([transforms.Lambda(lambda image: image.convert(mode)), timm_transform])
+        return transforms.Compose([transforms.Lambda(lambda image: _to_8_bits(image).convert(mode)), timm_transform])
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "channels": self.channels, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+                "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct,
+                "crop_mode": self.crop_mode}
 
     def timm_config(self) -> dict[str, Any]:
         """The same settings as timm's data config (``input_size``, ``mean`` ...), e.g. for ``pretrained_cfg``."""
         return {"input_size": (self.channels, self.image_size, self.image_size), "mean": self.mean, "std": self.std,
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
+
+
+def _to_8_bits(image: Any) -> Any:
+    """A 16-bit grayscale image (PIL modes ``I;16*`` and ``I``) scaled to 8 bits: PIL's ``convert`` would clip
+    every value over 255 to white. Float pixels (mode ``F``) have no fixed range: refused."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise ValueError("its pixels are 32-bit floats, whose range autocomp cannot know; save it as an 8- or 16-bit "
+                         "image")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        import numpy as np
+
+        pixels = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(pixels / 257), 0, 255).astype(np.uint8))
+    return image
 
 
 def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing:
@@ -137,11 +172,23 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     from timm.data import resolve_model_data_config
 
     timm_config = resolve_model_data_config(model)
-    channels, height, _ = timm_config["input_size"]
+    channels, height, width = timm_config["input_size"]
     embed = getattr(model, "patch_embed", None)  # what the model really takes, if it was built at another size
-    if getattr(embed, "img_size", None) is not None and not getattr(embed, "dynamic_img_size", False):
-        height = embed.img_size[0]
+    fixed = getattr(embed, "img_size", None) is not None and not getattr(embed, "dynamic_img_size", False)
+    if fixed:
+        height, width = embed.img_size
+    if height != width and (fixed or config.image_size is None):
+        raise AutocompError(f"the model takes {height}x{width} images, and autocomp's preprocessing makes square "
+                            "ones; build it with a square img_size (or dynamic_img_size=True and set "
+                            "data.image_size)")
+    if fixed and config.image_size is not None and config.image_size != height:
+        raise AutocompError(f"data.image_size is {config.image_size} but the model was built for {height}x{width} "
+                            f"images (patch_embed.img_size); remove data.image_size, or build the model with "
+                            f"img_size={config.image_size} (or dynamic_img_size=True)")
     channels = _input_channels(embed) or channels
+    if channels not in (1, 3):
+        raise AutocompError(f"the model takes {channels}-channel images, and autocomp reads images as grayscale "
+                            "(1 channel) or RGB (3); give it a model with in_chans 1 or 3")
     for name in ("mean", "std"):
         if getattr(config, name) is None and len(timm_config[name]) not in (1, channels):
             raise AutocompError(f"the model takes {channels} channel(s) but its timm config gives {name} "
@@ -150,7 +197,8 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     return Preprocessing(image_size=config.image_size or height, channels=channels,
                          mean=config.mean or tuple(timm_config["mean"]), std=config.std or tuple(timm_config["std"]),
                          interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
-                         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0))
+                         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0),
+                         crop_mode=config.crop_mode or timm_config.get("crop_mode") or "center")
 
 
 def _input_channels(embed: nn.Module | None) -> int | None:

@@ -128,8 +128,9 @@ def _digits(config: DataConfig):
 _IGNORED = ("thumbs.db", "desktop.ini")
 
 
-def _classes(folder: Path) -> dict[str, list[str]]:
-    """Class name -> image paths relative to ``folder``'s parent set, for a folder of class folders."""
+def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
+    """Class name -> image paths, for a folder of class folders. ``held_out``: a val/ or test/ folder, where a class
+    folder may be empty or missing (its classes are train/'s); in a training folder every class needs images."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise AutocompError(f"{folder} has no class folders; put each class's images in a folder of its own "
@@ -137,8 +138,8 @@ def _classes(folder: Path) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name in classes:
         files = []
-        for path in sorted((folder / name).rglob("*")):
-            if path.is_dir() or path.name.startswith(".") or path.name.lower() in _IGNORED:
+        for path in _files_under(folder / name):
+            if path.name.lower() in _IGNORED:
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise AutocompError(f"{path} is not an image ({', '.join(IMAGE_EXTENSIONS)}); remove it or move it "
@@ -146,9 +147,29 @@ def _classes(folder: Path) -> dict[str, list[str]]:
             files.append(str(path))
         found[name] = files
     empty = [name for name, files in found.items() if not files]
+    if empty and held_out and len(empty) < len(found):
+        return {name: files for name, files in found.items() if files}
+    if len(empty) == len(found) and held_out:
+        raise AutocompError(f"{folder} holds no images; add images to its class folders, or remove it (then images "
+                            "are held out of the training folder)")
     if empty:
         raise AutocompError(f"class folder(s) {empty} under {folder} hold no images; add images or remove them")
     return found
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files under ``folder`` at any depth, in sorted order: folders linked into it followed (each once), hidden
+    files and folders (``.ipynb_checkpoints``) left out."""
+    files, seen = [], set()
+    for current, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:  # a link back to a folder already walked
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        files += [Path(current) / name for name in names if not name.startswith(".")]
+    return sorted(files)
 
 
 def _check_readable(paths: list[str]) -> None:
@@ -159,7 +180,7 @@ def _check_readable(paths: list[str]) -> None:
         try:
             with Image.open(path) as image:
                 image.size  # noqa: B018 - reading the header is the check
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
 
@@ -180,12 +201,13 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         if "train" not in split_dirs:
             raise AutocompError(f"{root} has {sorted(p.name for p in split_dirs.values())} but no train/ folder; add "
                                 "train/ with one folder of images per class")
-        parts = {name: _classes(path) for name, path in split_dirs.items()}
+        parts = {name: _classes(path, held_out=name != "train") for name, path in split_dirs.items()}
         classes = sorted(parts["train"])
-        for name, found in parts.items():
-            if sorted(found) != classes:
-                raise AutocompError(f"{split_dirs[name]} has classes {sorted(found)} but {split_dirs['train']} has "
-                                    f"{classes}; every split needs the same class folders")
+        for name, found in parts.items():  # val/ and test/ may lack a rare class; none may add one
+            if set(found) - set(classes):
+                raise AutocompError(f"{split_dirs[name]} has classes {sorted(set(found) - set(classes))} that "
+                                    f"{split_dirs['train']} has not ({classes}); the classes are train/'s: add "
+                                    "them there or remove them here")
         listed = {name: _flatten(found, classes) for name, found in parts.items()}
         train_files, train_labels = listed["train"]
         if "test" in listed:
@@ -247,8 +269,9 @@ def _split_folders(root: Path) -> dict[str, Path]:
 
 
 def _flatten(found: dict[str, list[str]], classes: list[str]) -> tuple[list[str], list[int]]:
-    files = [path for name in classes for path in found[name]]
-    labels = [index for index, name in enumerate(classes) for _ in found[name]]
+    """Files and their labels, a class's label its index in ``classes`` (a split may lack some of them)."""
+    files = [path for name in classes for path in found.get(name, [])]
+    labels = [index for index, name in enumerate(classes) for _ in found.get(name, [])]
     return files, labels
 
 

@@ -106,7 +106,10 @@ class FolderSplit(Split):
         workers = min(self.workers, len(batches))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                              collate_fn=_collate)
-        for (x, y), index in zip(loader, batches, strict=True):
+        for batch, index in zip(loader, batches, strict=True):
+            if isinstance(batch, _Unreadable):  # said here, in one line, not inside the loader's worker traceback
+                raise AutocompError(batch.message)
+            x, y = batch
             yield (x, y, torch.tensor(index)) if with_index else (x, y)
 
     def input_numel(self) -> int:  # known from the preprocessing: no image is decoded to size a batch
@@ -140,18 +143,28 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | _Unreadable:
         from PIL import Image
 
         path = self.root / self.files[index]
         try:
             with Image.open(path) as image:
                 return self.transform(image), self.labels[index]
-        except (OSError, ValueError) as exc:
-            raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt, too large
+            return _Unreadable(f"cannot read image {path}: {exc}; remove or replace the file")
 
 
-def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image that could not be read, passed back from a loader's worker to be raised in the caller."""
+
+    message: str
+
+
+def _collate(items: list[tuple[torch.Tensor, int] | _Unreadable]) -> tuple[torch.Tensor, torch.Tensor] | _Unreadable:
+    unreadable = [item for item in items if isinstance(item, _Unreadable)]
+    if unreadable:
+        return unreadable[0]
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
 
 
