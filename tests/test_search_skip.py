@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 import optuna
@@ -247,21 +246,28 @@ def test_skipped_candidates_stop_being_free_after_the_cap():
     assert len(study.get_trials()) == 2 + SKIPS_PER_TRIAL * 2
 
 
-def test_the_time_spent_choosing_trials_counts_the_candidates_skipped_too():
+def test_the_time_spent_choosing_trials_counts_the_candidates_skipped_too(monkeypatch):
     """The controller's asking time (the search's overhead while a slot waits) covers every candidate it judged."""
+    import types
+
+    from autocomp.search import _controller
+
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(_controller, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+
     class Slow(_EveryOther):
         def judge(self, recipe):
-            time.sleep(0.05)
+            clock.now += 1.0  # each judgement takes a second on the controller's clock; nothing else moves it
             return super().judge(recipe)
 
     screen = Slow()
     _, controller = _controller_with(screen, n_trials=2)
     controller.suggest("a")
     controller.suggest("b")
-    assert screen.judged == 3 and 3 * 0.05 <= controller.asking_seconds < 3 * 0.05 + 2.0
+    assert screen.judged == 3 and controller.asking_seconds == 3.0
 
 
-def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher):
+def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_teacher, capsys):
     job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e-3}, trials=2, workers=1)  # met by nothing
     data = yaml.safe_load(job.read_text())
     job.write_text(yaml.safe_dump({**data, "skip_margin": 0}))
@@ -269,12 +275,17 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
 
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
+    # nothing met the budget: the results are still written, and the closest trial is named
+    assert summary["met_budget"] is False and not (run / "best").exists()
+    assert "no candidate met the budget; closest was trial" in summary["message"]
+    assert "no candidate met the budget" in capsys.readouterr().out
     trials = [t for t in load_run_study(run).get_trials() if "duplicate_of" not in t.user_attrs]  # drawn again: not run
     ran = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     skipped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     # the first trial runs (nothing is measured yet); then every candidate is skipped, 3 per trial asked for drawn
     # again in its place, and the one trial left is spent by the next skipped one
     assert len(ran) == 1 and len(skipped) == 2 * SKIPS_PER_TRIAL + 1 and len(trials) == len(ran) + len(skipped)
+    assert summary["closest"]["trial"] == ran[0].number
     assert summary["skipped"] == len(skipped)
     assert summary["time_saved_s"] == pytest.approx(len(skipped) * ran[0].user_attrs["trial_seconds"])
     for trial in trials:
