@@ -50,3 +50,58 @@ def test_a_folder_made_before_the_journal_is_read_and_resumed_in_sqlite(tmp_path
     _add_trial(tmp_path, 89.0)
     assert [t.values[0] for t in read_trials(tmp_path)] == [88.0, 89.0]
     assert not (tmp_path / "study.journal").exists()
+
+
+def _fingerprint_before_2026_12_02(config, root_as_written: str) -> str:
+    """What autocomp computed for a job's fingerprint until 2026-12-02 (ff48cbe): every data setting, unset ones
+    too, and data.root as the YAML wrote it."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    model = config.model.to_dict()
+    data = {**{k: v for k, v in vars(config.data).items() if k != "crop_mode"}, "root": root_as_written}
+    job = {"model": model, "data": data, "search_space": str(config.search_space), "hardware": str(config.hardware),
+           "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
+    parts = [json.dumps(model, sort_keys=True), job, Path(config.search_space).read_text(),
+             Path(config.hardware).read_text()]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_refused(tmp_path):
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from autocomp import AutocompError
+    from autocomp.config import load_config
+    from autocomp.models import create_model
+    from autocomp.search._runner import _earlier_fingerprint, _job_identity, _previous_run
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "jobs" / "imgs").mkdir(parents=True)
+    job_file = tmp_path / "jobs" / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "model": {"name": "deit_tiny_patch16_224", "kwargs": {"img_size": 16, "patch_size": 4, "depth": 1}},
+        "data": {"dataset": "imagefolder", "root": "imgs"}, "budget": {"memory": 0.5},
+        "search_space": str(root / "search_spaces" / "heads_int8.yaml"),
+        "hardware": str(root / "hardware_profiles" / "local_cpu.yaml")}))
+    config = load_config(job_file)
+    base = create_model(config.model)
+    run = tmp_path / "run"
+    run.mkdir()
+    study_file(run).touch()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "imagefolder", "root": "imgs"}}))
+    (run / "run.json").write_text(json.dumps({"fingerprint": _fingerprint_before_2026_12_02(config, "imgs"),
+                                              "baseline": {"val_accuracy": 50.0}, "limits": {}}))
+
+    def previous(config):
+        job, fingerprint = _job_identity(config, base)
+        return _previous_run(run, [fingerprint, _earlier_fingerprint(config, base, job, run)])
+
+    assert previous(config)["baseline"] == {"val_accuracy": 50.0}
+    squashed = dataclasses.replace(config, data=dataclasses.replace(config.data, crop_mode="squash"))
+    with pytest.raises(AutocompError, match="holds a search of a different job"):  # not what the earlier run scored
+        previous(squashed)

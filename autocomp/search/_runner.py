@@ -10,13 +10,14 @@ import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 import yaml
 from torch import nn
 
 from autocomp import _quiet
+from autocomp._paths import resolve_path
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
 from autocomp.data import load_splits
@@ -78,7 +79,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     log(f"base model {getattr(config.model, 'name', type(base).__name__)}: {len(heads)} blocks, heads {heads}")
 
     job, fingerprint = _job_identity(config, base)
-    previous = _previous_run(run_dir, fingerprint)
+    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, base, job, run_dir)])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
                                 load_if_exists=True, directions=list(DIRECTIONS))
@@ -271,25 +272,48 @@ def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], s
     """The job as written to config.yaml, and a fingerprint of everything that decides a trial's result."""
     if isinstance(config.model, nn.Module):
         model: dict[str, Any] = {GIVEN_AS: "nn.Module", "weights": BASE_WEIGHTS}
-        identity = hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
     else:
         model = config.model.to_dict()
-        identity = json.dumps(model, sort_keys=True)
     # data settings left unset stay out: one a later version adds (None by default) keeps an earlier run's job
     data = {key: value for key, value in vars(config.data).items() if value is not None}
     job = {"model": model, "data": data, "search_space": str(config.search_space),
            "hardware": str(config.hardware), "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
+    return job, _fingerprint(config, base, job)
+
+
+def _fingerprint(config: JobConfig, base: nn.Module, job: Mapping[str, Any]) -> str:
+    identity = (hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
+                if isinstance(config.model, nn.Module) else json.dumps(job["model"], sort_keys=True))
     parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
-    return job, hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _previous_run(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The run.json of an earlier search of the same job in ``run_dir``; a different job there is refused."""
+def _earlier_fingerprint(config: JobConfig, base: nn.Module, job: Mapping[str, Any], run_dir: Path) -> str | None:
+    """The fingerprint versions before 2026-12-02 gave the same job: every data setting, unset ones too, but none
+    added since (``crop_mode``: None where one is set, a job those versions could not run), and ``data.root`` as the
+    job's YAML wrote it (recorded in the run's config.yaml) where it names the same folder."""
+    if config.data.crop_mode is not None:
+        return None
+    try:
+        written = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        written = {}
+    data = {key: value for key, value in vars(config.data).items() if key != "crop_mode"}
+    if config.data.root and isinstance(written, Mapping) and written.get("root"):
+        folder = config.source.parent if config.source else None
+        if resolve_path(written["root"], base=folder, must_exist=False, keep_links=True) == Path(config.data.root):
+            data["root"] = written["root"]
+    return _fingerprint(config, base, {**job, "data": data})
+
+
+def _previous_run(run_dir: Path, fingerprints: Sequence[str | None]) -> dict[str, Any] | None:
+    """The run.json of an earlier search of the same job in ``run_dir`` (its fingerprint one of ``fingerprints``:
+    this version's, or an earlier version's for the same job); a different job there is refused."""
     info, study = run_dir / "run.json", study_file(run_dir)
     if not (info.is_file() and study.is_file()):
         return None
     previous = json.loads(info.read_text())
-    if previous.get("fingerprint") != fingerprint:
+    if previous.get("fingerprint") not in fingerprints:
         raise AutocompError(f"{run_dir} holds a search of a different job (model, data, search space, hardware "
                             "or budget changed); use a new --out folder or delete this one")
     return previous
