@@ -17,18 +17,19 @@ def cache_dir() -> Path:
 
 
 def resolve_path(value: str | os.PathLike, *, base: Path | None = None, what: str = "file",
-                 must_exist: bool = True) -> Path:
+                 must_exist: bool = True, keep_links: bool = False) -> Path:
     """Resolve a path from a YAML file.
 
     ``{cache}`` expands to :func:`cache_dir`; ``~`` and environment variables expand; a relative path is looked up
-    next to ``base`` (the YAML file's folder) first, then in the current directory.
+    next to ``base`` (the YAML file's folder) first, then in the current directory. ``keep_links``: an absolute path
+    with its symbolic links kept (a data folder that Ray nodes reach through the same link, not its target here).
     """
     text = os.path.expandvars(str(value)).replace("{cache}", str(cache_dir()))
     path = Path(text).expanduser()
     candidates = [path] if path.is_absolute() else ([base / path] if base else []) + [Path.cwd() / path]
     for candidate in candidates:
         if candidate.exists():
-            return candidate.resolve()
+            return Path(os.path.abspath(candidate)) if keep_links else candidate.resolve()
     if must_exist:
         tried = ", ".join(str(c) for c in candidates)
         raise AutocompError(f"{what} not found: {value!r} (looked at {tried}); fix the path")

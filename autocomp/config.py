@@ -232,7 +232,7 @@ def load_config(path: str | Path, *, model: nn.Module | None = None) -> JobConfi
             values[key] = resolve_path(values[key], base=base, what=what)
     config = build(JobConfig, values, where=str(path))
     if config.data.root:  # on a Ray node without this folder, the split names it (autocomp.data)
-        root = resolve_path(config.data.root, base=base, what="data.root", must_exist=False)
+        root = resolve_path(config.data.root, base=base, what="data.root", must_exist=False, keep_links=True)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(root)))
     if isinstance(config.model, ModelSpec) and config.model.checkpoint:
         checkpoint = resolve_path(config.model.checkpoint, base=base, what="checkpoint", must_exist=False)
