@@ -212,6 +212,9 @@ def test_a_squash_models_images_are_squashed_as_timm_does_and_saved_so(tmp_path)
     ({"in_chans": 4}, {}, "the model takes 4-channel images, and autocomp reads images as grayscale"),
     ({"img_size": (16, 24)}, {}, "the model takes 16x24 images, and autocomp's preprocessing makes square ones"),
     ({}, {"image_size": 24}, "data.image_size is 24 but the model was built for 16x16 images"),
+    ({"img_size": (16, 24), "dynamic_img_size": True}, {}, "the model takes 16x24 images, and autocomp's "
+     "preprocessing makes square ones; build it with a square img_size (or dynamic_img_size=True and set "
+     "data.image_size)"),
     ({}, {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
      "data.mean [123.675, 116.28, 103.53] is on the 0..255 scale, but pixels are scaled to [0, 1] before "
      "normalization; divide it by 255: [0.485, 0.456, 0.406]"),
@@ -270,6 +273,8 @@ def test_a_model_trained_on_its_own_preprocessing_scores_the_same_through_autoco
     ({"train/cat/a.png": None, "train/dog/a.png": None, "val/cat/a.png": None, "val/fox/a.png": None},
      "has classes ['fox'] that"),
     ({"train/cat/a.png": None, "train/dog/a.png": None, "val/cat/": None}, "holds no images; add images to its class"),
+    ({**{f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "cat/f.tif": "float"},
+     "f.tif: its pixels are 32-bit floats"),
 ])
 def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
     from PIL import Image
@@ -281,6 +286,8 @@ def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
             path.mkdir(exist_ok=True)
         elif content is None:
             Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
+        elif content == "float":
+            Image.fromarray(np.zeros((8, 8), dtype=np.float32)).save(path)
         else:
             path.write_text(content)
     with pytest.raises(AutocompError, match=re.escape(message)) as info:
@@ -416,9 +423,26 @@ def test_class_folders_may_hold_linked_folders_and_their_hidden_folders_are_left
     make_folder(tmp_path / "more", {"red": 3})
     os.symlink(tmp_path / "more" / "red", tmp_path / "data" / "red" / "linked")
     os.symlink(tmp_path / "data" / "red", tmp_path / "data" / "red" / "loop")
+    os.symlink(tmp_path / "data", tmp_path / "data" / "red" / "up")  # would label green's images red
     make_folder(tmp_path / "data" / "green" / ".ipynb_checkpoints", {"x": 2})
     splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "data"), val_size=1, calib_size=1,
                                     test_size=1), tiny_rgb_vit())
     files = splits.train.files + splits.val.files + splits.test.files
     assert len(files) + 1 == 4 + 3 + 4  # the calibration image is the one not listed
-    assert sum("linked" in f for f in files) >= 2 and not any(".ipynb" in f or "loop" in f for f in files)
+    assert sum("linked" in f for f in files) >= 2 and not any(".ipynb" in f or "loop" in f or "up" in f
+                                                               for f in files)
+
+
+def test_a_model_of_any_image_size_takes_data_image_size():
+    """timm's dynamic_img_size: built at 16 px (its default input), it runs 24-px images when asked for them."""
+    import timm
+
+    from autocomp.data._config import resolve_preprocessing
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(16, 24), patch_size=4,
+                              num_classes=2, embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True).eval()
+    assert resolve_preprocessing(model, DataConfig(dataset="imagefolder", image_size=24)).image_size == 24
+    square = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=2,
+                               embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True).eval()
+    assert resolve_preprocessing(square, DataConfig(dataset="imagefolder")).image_size == 16
+    assert model(torch.zeros(1, 3, 24, 24)).shape == (1, 2)

@@ -150,14 +150,16 @@ class Preprocessing:
                 "interpolation": self.interpolation, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
 
 
+FLOAT_PIXELS = "its pixels are 32-bit floats, whose range autocomp cannot know; save it as an 8- or 16-bit image"
+
+
 def _to_8_bits(image: Any) -> Any:
     """A 16-bit grayscale image (PIL modes ``I;16*`` and ``I``) scaled to 8 bits: PIL's ``convert`` would clip
     every value over 255 to white. Float pixels (mode ``F``) have no fixed range: refused."""
     from PIL import Image
 
     if image.mode == "F":
-        raise ValueError("its pixels are 32-bit floats, whose range autocomp cannot know; save it as an 8- or 16-bit "
-                         "image")
+        raise ValueError(FLOAT_PIXELS)
     if image.mode == "I" or image.mode.startswith("I;16"):
         import numpy as np
 
@@ -174,9 +176,11 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     timm_config = resolve_model_data_config(model)
     channels, height, width = timm_config["input_size"]
     embed = getattr(model, "patch_embed", None)  # what the model really takes, if it was built at another size
-    fixed = getattr(embed, "img_size", None) is not None and not getattr(embed, "dynamic_img_size", False)
-    if fixed:
+    if getattr(embed, "img_size", None) is not None:
         height, width = embed.img_size
+    # timm's dynamic_img_size is the model's (its patch embedding then takes any size: strict_img_size False)
+    dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(embed, "strict_img_size", True)
+    fixed = getattr(embed, "img_size", None) is not None and not dynamic
     if height != width and (fixed or config.image_size is None):
         raise AutocompError(f"the model takes {height}x{width} images, and autocomp's preprocessing makes square "
                             "ones; build it with a square img_size (or dynamic_img_size=True and set "

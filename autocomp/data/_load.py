@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocomp.data._config import DataConfig, Preprocessing, resolve_preprocessing
+from autocomp.data._config import FLOAT_PIXELS, DataConfig, Preprocessing, resolve_preprocessing
 from autocomp.data._splits import FolderSplit, Splits, TensorSplit
 from autocomp.errors import AutocompError
 
@@ -158,16 +158,21 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """The files under ``folder`` at any depth, in sorted order: folders linked into it followed (each once), hidden
-    files and folders (``.ipynb_checkpoints``) left out."""
-    files, seen = [], set()
-    for current, folders, names in os.walk(folder, followlinks=True):
+    """The files under ``folder`` at any depth, in sorted order: folders linked into it followed (each once; not one
+    that holds ``folder`` itself, whose other classes' images would take this one's label), hidden files and folders
+    (``.ipynb_checkpoints``) left out."""
+    def unreadable(error: OSError) -> None:
+        raise AutocompError(f"cannot read folder {error.filename}: {error.strerror}; fix its permissions or move it "
+                            "out of the class folders")
+
+    top, files, seen = os.path.realpath(folder), [], set()
+    for current, folders, names in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(current)
-        if real in seen:  # a link back to a folder already walked
+        if real in seen or (real != top and os.path.commonpath([real, top]) == real):  # walked, or holds folder
             folders[:] = []
             continue
         seen.add(real)
-        folders[:] = [name for name in folders if not name.startswith(".")]
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
         files += [Path(current) / name for name in names if not name.startswith(".")]
     return sorted(files)
 
@@ -179,9 +184,11 @@ def _check_readable(paths: list[str]) -> None:
     for path in paths:
         try:
             with Image.open(path) as image:
-                image.size  # noqa: B018 - reading the header is the check
+                mode = image.mode  # the header is the check
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        if mode == "F":
+            raise AutocompError(f"cannot read image {path}: {FLOAT_PIXELS}")
 
 
 def _folder_root(config: DataConfig) -> Path:
