@@ -65,8 +65,8 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
         hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
         raise AutocompError(f"unknown timm model {spec.name!r}{hint}")
     architecture, _, tag = spec.name.partition(".")
-    if tag:  # timm.is_model accepts any tag; create_model fails later with a traceback
-        tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{architecture}.*")]
+    if tag and "pretrained_cfg" not in spec.kwargs:  # is_model accepts any tag; create_model fails with a traceback
+        tags = [name.partition(".")[2] for name in timm.list_models(f"{architecture}.*", include_tags=True)]
         if tag not in tags:
             near = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
             raise AutocompError(f"timm has no pretrained tag {tag!r} for {architecture}"

@@ -25,6 +25,8 @@ def test_a_misspelt_pretrained_tag_is_named_with_the_tags_timm_has():
                                "vit_small_patch16_224.augreg_in1k?")
     with pytest.raises(AutocompError, match=r"no pretrained tag 'x' for vit_small_patch16_224; its tags: augreg_in1k"):
         create_model(ModelSpec(name="vit_small_patch16_224.x", kwargs={"depth": 1}))
+    # every tag timm knows builds, those it hosts no weights for too
+    assert create_model(ModelSpec(name="vit_base_patch16_gap_224.untrained", kwargs={"depth": 1})) is not None
 
 def test_pth_checkpoint_loads_with_weights_only(tmp_path):
     model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
