@@ -10,6 +10,7 @@ imported on first use, so that ``autocomp --help`` and ``autocomp pareto`` answe
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from autocomp.errors import AutocompError
@@ -24,12 +25,14 @@ __version__ = "0.1.0"
 _ON_FIRST_USE = {"compress": "autocomp._compress", "Recipe": "autocomp.recipe", "Distill": "autocomp.recipe"}
 
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the exports that need torch
-    if name not in _ON_FIRST_USE:
-        raise AttributeError(f"module 'autocomp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
-    globals()[name] = value
-    return value
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the exports that need torch, and the submodules
+    if name in _ON_FIRST_USE:
+        value = getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # autocomp.ops ... after a bare `import autocomp`
+    raise AttributeError(f"module 'autocomp' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

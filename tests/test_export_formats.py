@@ -77,7 +77,7 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits):
     # another model (the uncompressed one, say) gives logits a whole unit or more apart
     agreement = compare_outputs(autocomp.load(out), OvModule(ov_compiled(out / "model.xml")),
                                 digits_splits.val.tensors()[0][:128])
-    assert agreement.top1 >= 0.9 and agreement.max_logit_diff < 1.0, agreement
+    assert agreement.top1 >= 0.9 and agreement.max_logit_diff < 2.0, agreement  # here 0.11; the base: 5.4
 
 
 def test_a_missing_runtime_is_refused_before_anything_is_rebuilt(run, tmp_path, monkeypatch, capsys):

@@ -91,8 +91,8 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
         preprocessing = None
-    if preprocessing is None and splits is not None:
-        preprocessing = splits.preprocessing
+    if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
+        preprocessing = (splits or load_splits(config.data, base)).preprocessing
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
