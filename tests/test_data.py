@@ -266,6 +266,8 @@ def test_a_model_trained_on_its_own_preprocessing_scores_the_same_through_autoco
 
 @pytest.mark.parametrize("layout, message", [
     ({"loose.png": None}, "has no class folders; put each class's images in a folder of its own"),
+    ({"cat/a.png": None, "dog/a.png": None, "stray.png": None, "labels.csv": "a,cat"},
+     "holds 1 image(s) beside its class folders (stray.png); move each into its class's folder"),
     ({"cat/a.png": None, "dog/": None}, "class folder(s) ['dog'] under"),
     ({"cat/a.png": None, "cat/notes.txt": "text"}, "notes.txt is not an image"),
     ({**{f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "cat/b.png": "not a png"},

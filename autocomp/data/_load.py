@@ -135,6 +135,11 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
     if not classes:
         raise AutocompError(f"{folder} has no class folders; put each class's images in a folder of its own "
                             f"({folder}/<class>/<image>)")
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if loose:  # beside the class folders: no class, and not read
+        raise AutocompError(f"{folder} holds {len(loose)} image(s) beside its class folders ({', '.join(loose[:3])}"
+                            f"{' ...' if len(loose) > 3 else ''}); move each into its class's folder, or out of "
+                            f"{folder}")
     found: dict[str, list[str]] = {}
     for name in classes:
         files = []
