@@ -247,7 +247,7 @@ def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_
     for row in rows:
         assert row["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
         assert "weights counted in the ONNX file" in row["runtime"]
-        assert float(row["export_top1"]) >= 0.9 and float(row["export_max_logit_diff"]) >= 0
+        assert float(row["export_top1"]) >= 0.9 and float(row["export_max_logit_diff"]) < 2.0  # another model: ~5
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["hardware"]["backend"] == "onnxruntime-cpu"
     # the files the trials timed (undistilled weights) served the re-measurement and are gone: none to deploy by mistake

@@ -152,11 +152,11 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
             files.append(str(path))
         found[name] = files
     empty = [name for name, files in found.items() if not files]
-    if empty and held_out and len(empty) < len(found):
+    if held_out:
+        if len(empty) == len(found):
+            raise AutocompError(f"{folder} holds no images; add images to its class folders, or remove it (then "
+                                "images are held out of the training folder)")
         return {name: files for name, files in found.items() if files}
-    if len(empty) == len(found) and held_out:
-        raise AutocompError(f"{folder} holds no images; add images to its class folders, or remove it (then images "
-                            "are held out of the training folder)")
     if empty:
         raise AutocompError(f"class folder(s) {empty} under {folder} hold no images; add images or remove them")
     return found
