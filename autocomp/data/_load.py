@@ -199,7 +199,7 @@ def _check_readable(paths: list[str]) -> None:
 def _folder_root(config: DataConfig) -> Path:
     root = Path(config.root) if config.root else None
     if root is None or not root.is_dir():
-        where = f" ({root.resolve()})" if root is not None else ""
+        where = f" ({root.resolve()})" if root is not None and str(root.resolve()) != config.root else ""
         raise AutocompError(f"data.root: image folder {config.root!r}{where} is not a directory; set data.root to a "
                             "folder with train/ and val/ folders of class folders, or one folder of class folders")
     return root
