@@ -98,8 +98,8 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
                                               "baseline": {"val_accuracy": 50.0}, "limits": {}}))
 
     def previous(config):
-        job, fingerprint = _job_identity(config, base)
-        return _previous_run(run, [fingerprint, _earlier_fingerprint(config, base, job, run)])
+        job, identity, fingerprint = _job_identity(config, base)
+        return _previous_run(run, [fingerprint, _earlier_fingerprint(config, identity, job, run)])
 
     assert previous(config)["baseline"] == {"val_accuracy": 50.0}
     squashed = dataclasses.replace(config, data=dataclasses.replace(config.data, crop_mode="squash"))

@@ -78,8 +78,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', type(base).__name__)}: {len(heads)} blocks, heads {heads}")
 
-    job, fingerprint = _job_identity(config, base)
-    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, base, job, run_dir)])
+    job, identity, fingerprint = _job_identity(config, base)
+    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
                                 load_if_exists=True, directions=list(DIRECTIONS))
@@ -268,27 +268,28 @@ def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> Fron
     return FrontRule(slack=config.fidelity.slack, images=min(config.fidelity.images, val_images), seen=seen)
 
 
-def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str]:
-    """The job as written to config.yaml, and a fingerprint of everything that decides a trial's result."""
+def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str, str]:
+    """The job as written to config.yaml, the model's identity (its weights' hash for a model given as an
+    ``nn.Module``) and a fingerprint of everything that decides a trial's result."""
     if isinstance(config.model, nn.Module):
         model: dict[str, Any] = {GIVEN_AS: "nn.Module", "weights": BASE_WEIGHTS}
+        identity = hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
     else:
         model = config.model.to_dict()
+        identity = json.dumps(model, sort_keys=True)
     # data settings left unset stay out: one a later version adds (None by default) keeps an earlier run's job
     data = {key: value for key, value in vars(config.data).items() if value is not None}
     job = {"model": model, "data": data, "search_space": str(config.search_space),
            "hardware": str(config.hardware), "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
-    return job, _fingerprint(config, base, job)
+    return job, identity, _fingerprint(config, identity, job)
 
 
-def _fingerprint(config: JobConfig, base: nn.Module, job: Mapping[str, Any]) -> str:
-    identity = (hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
-                if isinstance(config.model, nn.Module) else json.dumps(job["model"], sort_keys=True))
+def _fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]) -> str:
     parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _earlier_fingerprint(config: JobConfig, base: nn.Module, job: Mapping[str, Any], run_dir: Path) -> str | None:
+def _earlier_fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any], run_dir: Path) -> str | None:
     """The fingerprint versions before 2026-12-02 gave the same job: every data setting, unset ones too, but none
     added since (``crop_mode``: None where one is set, a job those versions could not run), and ``data.root`` as the
     job's YAML wrote it (recorded in the run's config.yaml) where it names the same folder."""
@@ -303,7 +304,7 @@ def _earlier_fingerprint(config: JobConfig, base: nn.Module, job: Mapping[str, A
         folder = config.source.parent if config.source else None
         if resolve_path(written["root"], base=folder, must_exist=False, keep_links=True) == Path(config.data.root):
             data["root"] = written["root"]
-    return _fingerprint(config, base, {**job, "data": data})
+    return _fingerprint(config, identity, {**job, "data": data})
 
 
 def _previous_run(run_dir: Path, fingerprints: Sequence[str | None]) -> dict[str, Any] | None:
