@@ -80,15 +80,14 @@ class DataConfig:
             if value is not None:
                 if isinstance(value, (int, float)):
                     value = (value,)
-                object.__setattr__(self, name, tuple(float(v) for v in value))
+                value = tuple(float(v) for v in value)
+                object.__setattr__(self, name, value)
+                if any(abs(v) > 1 for v in value):  # pixels are scaled to [0, 1] first: 0..255 statistics never fit
+                    raise AutocompError(f"data.{name} {list(value)} is on the 0..255 scale, but pixels are scaled "
+                                        f"to [0, 1] before normalization; divide it by 255: "
+                                        f"{[round(v / 255, 4) for v in value]}")
         if self.std is not None and any(v <= 0 for v in self.std):
             raise AutocompError(f"data.std must be positive, got {list(self.std)}")
-        for name in ("mean", "std"):  # pixels are scaled to [0, 1] first: statistics of 0..255 values never fit
-            value = getattr(self, name)
-            if value is not None and any(abs(v) > 1 for v in value):
-                raise AutocompError(f"data.{name} {list(value)} is on the 0..255 scale, but pixels are scaled to "
-                                    f"[0, 1] before normalization; divide it by 255: "
-                                    f"{[round(v / 255, 4) for v in value]}")
 
 
 @dataclass(frozen=True)
