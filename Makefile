@@ -45,11 +45,11 @@ demo: install data
 # with every extension cannot hide a bug of the CPUs without them. Left out there: test_measure_backends.py, whose
 # exports run on ONNX Runtime's and OpenVINO's own kernels (MLAS, OpenVINO's), which neither cap changes: what the caps
 # change in them, the PyTorch side of an export's check, the capped tests of test_runtime_onnx.py check export by
-# export; and the profile calibration on ONNX Runtime alone.
+# export; and the tests marked uncapped_only (pyproject.toml): fp32 structure, the profile calibration on ONNX Runtime.
 CAPPED_TESTS := tests/test_ops_quantize.py tests/test_distill.py tests/test_costmodel.py \
                 tests/test_search_objective.py tests/test_hardware.py tests/test_ops_contract.py \
-                tests/test_runtime_onnx.py
-CAPPED_SKIP  := --deselect 'tests/test_costmodel.py::test_every_shipped_profile_predicts[onnxruntime_cpu]'
+                tests/test_runtime_onnx.py tests/test_runtime_openvino.py
+CAPPED_SKIP  := -m 'not uncapped_only'
 CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 AUTOCOMP_TEST_QENGINE=onednn
 
 # The Ray-free, Ray and capped phases run in two pytest processes, a file each at a time. The files that start Ray

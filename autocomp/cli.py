@@ -163,12 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pytorch: a folder autocomp.load reads (always written); onnx: also model.onnx (ONNX "
                              "Runtime); openvino: also model.xml/.bin (OpenVINO IR); both checked against PyTorch")
     export.add_argument("--int8-weights", default="auto",
-                        choices=("auto", "matmul_integer", "matmul_integer_u8", "dequantize_linear"),
+                        choices=("auto", "matmul_integer", "matmul_integer_reduce_range", "matmul_integer_u8",
+                                 "dequantize_linear"),
                         help="onnx only: how int8 weights are written. auto (default): the form this machine's CPU "
-                             "computes exactly; matmul_integer: int8 (ONNX Runtime's u8 x s8 kernel: exact and "
-                             "fastest on CPUs with VNNI or on ARM, saturates on x86 without VNNI); "
-                             "matmul_integer_u8: uint8 + zero point 128 (u8 x u8 kernel: exact on every CPU); "
-                             "dequantize_linear: DequantizeLinear -> MatMul (fp32 compute)")
+                             "computes exactly; matmul_integer: input codes 0..255 (ONNX Runtime's u8 x s8 kernel: "
+                             "exact and fastest on CPUs with VNNI or on ARM, saturates on x86 without VNNI); "
+                             "matmul_integer_reduce_range: input codes 0..127 as the scored model's (the same kernel, "
+                             "exact on every CPU); matmul_integer_u8: uint8 weights + zero point 128 (u8 x u8 kernel: "
+                             "exact on every CPU, slower); dequantize_linear: DequantizeLinear -> MatMul (fp32 "
+                             "compute)")
     export.set_defaults(run=_export)
     profile = commands.add_parser("profile", help="calibrate a hardware profile on this machine")
     profile.add_argument("--out", required=True, help="profile YAML to write")

@@ -1,13 +1,15 @@
 """int8 weights on this CPU: the forms ONNX Runtime can run them in, and PyTorch's activation range against ORT's.
 
     python benchmarks/int8_forms.py [--config examples/fashion_mnist/search.yaml] [--runs 3] [--images 512]
+    python benchmarks/int8_forms.py --model vit_small_patch16_224 --batch 1 --images 64
 
-The job's teacher with int8 weights in every block. First, each ``OnnxExportConfig.int8_weights`` form exported and
-timed in ORT interleaved with the uncompressed export (batch 16, one thread; ``runs`` ratios of 30 pairs each), with
-its top-1 agreement with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``auto`` picks the
-form from that). Second, validation accuracy of PyTorch's dynamic int8 Linear with activations quantized to 0..127
-(``reduce_range``, as ``Int8Linear`` runs) and to 0..255 (as ORT's ``DynamicQuantizeLinear`` does), and of the ORT
-file itself.
+The job's teacher (or ``--model``: a timm model with random weights, on random images) with int8 weights in every
+block. First, each ``OnnxExportConfig.int8_weights`` form exported and timed in ORT interleaved with the
+uncompressed export (``--batch`` images, one thread; ``runs`` ratios of 30 pairs each), with its top-1 agreement and
+largest logit difference with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``auto`` picks
+the form from that). Second, with a job only: validation accuracy of PyTorch's dynamic int8 Linear with activations
+quantized to 0..127 (``reduce_range``, as ``Int8Linear`` runs) and to 0..255 (as ORT's ``DynamicQuantizeLinear``
+does), and of the ORT file itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
+import timm
 import torch
 
 from autocomp import Recipe, compress
@@ -46,13 +49,21 @@ def main() -> None:
     parser.add_argument("--config", default="examples/fashion_mnist/search.yaml")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--model", help="a timm model name, random weights and images (no accuracy section)")
+    parser.add_argument("--batch", type=int, default=16, help="images per timed run")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    job = load_config(args.config)
-    base = create_model(job.model).eval()
-    splits = load_splits(job.data, base)
-    calib = splits.calib.tensors()[0]
-    images = splits.val.tensors()[0][:args.images]
+    if args.model:
+        base, splits = timm.create_model(args.model, pretrained=False).eval(), None
+        torch.manual_seed(0)
+        images = torch.randn(max(args.images, args.batch), *base.pretrained_cfg["input_size"])
+        calib = images
+    else:
+        job = load_config(args.config)
+        base = create_model(job.model).eval()
+        splits = load_splits(job.data, base)
+        calib = splits.calib.tensors()[0]
+        images = splits.val.tensors()[0][:args.images]
     model = compress(base, Recipe.from_dict({"blocks": [{"quantize": {"weight_bits": 8}}] * len(base.blocks)}),
                      calibration=calib)
     print(cpu_description())
@@ -65,9 +76,11 @@ def main() -> None:
                            config=OnnxExportConfig(int8_weights=form)).path
         session = ort_session(path)
         agreement = compare_outputs(model, session, images)
-        ratios = [time_sessions(session, reference, calib[:16], repeats=30).ratio for _ in range(args.runs)]
+        ratios = [time_sessions(session, reference, calib[:args.batch], repeats=30).ratio for _ in range(args.runs)]
         print(f"| {form} | {min(ratios):.3f}-{max(ratios):.3f} | {100 * agreement.top1:.2f}% "
-              f"({agreement.max_logit_diff:.3f}) |")
+              f"({agreement.max_logit_diff:.3f}) |", flush=True)
+    if splits is None:
+        return
     shipped = evaluate(model, splits.val)
     with full_activation_range():
         full = evaluate(model, splits.val)

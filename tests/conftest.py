@@ -65,6 +65,37 @@ def tiny_teacher(tmp_path_factory, digits_splits):
     return spec, model
 
 
+@pytest.fixture(scope="session")
+def digits_images(digits_splits):
+    """The 600 validation and test digits: what exports are compared with their PyTorch model on."""
+    return torch.cat([digits_splits.val.tensors()[0], digits_splits.test.tensors()[0]])
+
+
+def shipped_profiles() -> list:
+    """The hardware profiles in hardware_profiles/, as test parameters named by file. Loading one calibrates it on
+    first use; ONNX Runtime's runs its own kernels (MLAS), which the capped run's caps do not change: uncapped only."""
+    from pathlib import Path
+
+    return [pytest.param(path, id=path.stem, marks=[pytest.mark.uncapped_only] * (path.stem == "onnxruntime_cpu"))
+            for path in sorted((Path(__file__).parent.parent / "hardware_profiles").glob("*.yaml"))]
+
+
+def both_blocks(name: str, config):
+    """A recipe with ``config`` for operator ``name`` in both blocks of the tiny teacher (token reduction in the first
+    only: the second then has as few tokens as the first leaves)."""
+    from autocomp import Recipe
+
+    return Recipe(blocks=({name: config}, {name: config} if name != "reduce_tokens" else {}))
+
+
+def onnx_initializers(path) -> dict:
+    """An ONNX file's initializers by name, as numpy arrays."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
 @pytest.fixture(scope="module")
 def shared_ray():
     """One embedded Ray for a test file's searches. A search runs on the Ray it finds initialized, as it would on a

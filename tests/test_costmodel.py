@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_vit
+from conftest import shipped_profiles, small_vit
 
 from autocomp import AutocompError, Recipe, compress
 from autocomp.costmodel import CorrectedCostModel, CostModel, ViTDescription, describe, fidelity, linear_nbytes, plan
@@ -21,7 +21,7 @@ from autocomp.measure import peak_activation_nbytes, weight_nbytes
 from autocomp.ops.quantize import WEIGHT_BITS, Quantize, stored_nbytes_for
 from autocomp.ops.tokens import TokenReducingBlocks
 
-PROFILES = sorted((Path(__file__).parent.parent / "hardware_profiles").glob("*.yaml"))
+PROFILES = shipped_profiles()
 # A made-up device: 100 GFLOP/s fp32, 400 GOP/s int8, 10 GB/s, 5 us per op: ridge point at 10 FLOP/byte.
 MADE_UP = HardwareProfile(name="made-up", batch_size=1, peak_gflops={"fp32": 100.0, "int8": 400.0},
                           memory_bandwidth_gbs=10.0, memory_gb=1.0, op_overhead_us=5.0, fast_weight_bits={8: "int8"},
@@ -138,7 +138,7 @@ def test_sixteen_bit_weights_run_at_the_half_precision_peak_with_casts():
     assert op(prediction, "blocks.0.mlp.fc1.cast").nbytes == (4 + 2) * 197 * (256 + 1024)
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+@pytest.mark.parametrize("path", PROFILES)
 def test_every_shipped_profile_predicts(path):
     profile = load_profile(path)
     prediction = CostModel(description=one_block(), profile=profile).predict(recipe({"quantize": {}}))

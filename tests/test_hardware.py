@@ -10,13 +10,14 @@ from autocomp.errors import AutocompError
 from autocomp.measure import profiling
 from autocomp.hardware import PRECISIONS, HardwareProfile, read_profile
 from autocomp.measure.profiling import cpu_description, load_profile, profile_note
+from conftest import shipped_profiles
 
-PROFILES = sorted((Path(__file__).parent.parent / "hardware_profiles").glob("*.yaml"))
+PROFILES = shipped_profiles()
 LOCAL = Path(__file__).parent.parent / "hardware_profiles" / "local_cpu.yaml"
 DATASHEET = Path(__file__).parent.parent / "hardware_profiles" / "x86_server_vnni.yaml"
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+@pytest.mark.parametrize("path", PROFILES)
 def test_every_shipped_profile_loads_and_can_predict(path):
     profile = load_profile(path)
     assert profile.missing_device_facts() == []
@@ -25,7 +26,7 @@ def test_every_shipped_profile_loads_and_can_predict(path):
         assert precision in profile.peak_gflops
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+@pytest.mark.parametrize("path", PROFILES)
 def test_every_device_number_has_a_source(path):
     profile = load_profile(path)
     needed = [f"peak_gflops.{p}" for p in profile.peak_gflops]

@@ -11,8 +11,10 @@ autocomp layer                ONNX (initializers)                               
 ============================  ==================================================  ==================================
 ``Int8Linear`` (w8)           DynamicQuantizeLinear -> MatMulInteger -> Cast ->   ``DynamicQuantizeMatMul`` (fused
                               Mul -> Add (int8 [in, out], fp32 scale, bias)       by ORT): u8 x s8 GEMM
-w8 where u8 x s8 saturates    the same with uint8 weights (code + 128) and a      u8 x u8 GEMM (exact; see below)
-                              zero point of 128
+w8 where u8 x s8 saturates    the input's range, scale and zero point computed    ``MatMulIntegerToFloat`` (fused by
+                              in the graph for codes 0..127 (PyTorch's            ORT): u8 x s8 GEMM, exact with
+                              ``reduce_range``), QuantizeLinear, MatMulInteger    these codes (see below)
+                              with the int8 weights, Cast, Mul, Add
 w8 + static a8                QuantizeLinear/DequantizeLinear on the input (the   QDQ fusion: int8 GEMM with fp32
                               calibrated scale, zero point), DequantizeLinear of  output
                               the int8 weight per channel, MatMul, Add
@@ -35,8 +37,12 @@ On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ORT's u8 x s8 kernels sum 
 and saturate with full-range codes (ORT advises ``reduce_range`` there). Static activations saved with codes up to
 127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported in the
 form this CPU runs exactly (``int8_weights="auto"``): :func:`ort_u8s8_exact` runs ORT's kernel on the worst case,
-and where it saturates the weights are written as uint8 (code + 128, zero point 128), which ORT computes exactly
-with its u8 x u8 kernel: the same numbers, at that kernel's speed.
+and where it saturates the input is quantized to codes 0..127 in the graph, whose pair sums fit in 16 bits: the
+grid ``Int8Linear`` itself computes on (PyTorch's dynamic int8 Linear quantizes its input with ``reduce_range``, on
+every CPU), so the file computes the scored model's numbers (but for a rare code rounded the other way), on the
+u8 x s8 kernel. On an AVX2 EPYC that form ran ViT-S/16 at 0.67-0.72x of fp32 against 0.73-0.77x for the exact
+u8 x u8 kernel with codes 0..255 (``matmul_integer_u8``), and moved the demo model's logits by 0.06 at most against
+0.22 (BENCHMARKS.md, session 31).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ __all__ = ["OnnxExportConfig", "LayerExport", "OnnxExport", "Agreement", "Sessio
            "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
 
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes powers of two >= 16; these are the ones tried
-INT8_WEIGHT_FORMS = ("auto", "matmul_integer", "matmul_integer_u8", "dequantize_linear")
+INT8_WEIGHT_FORMS = ("auto", "matmul_integer", "matmul_integer_reduce_range", "matmul_integer_u8", "dequantize_linear")
 _STORAGE_BITS = {2: 2, 3: 4, 4: 4, 6: 8}  # autocomp bits -> the MatMulNBits width that holds them (2, 4, 8 exist)
 
 
@@ -82,9 +88,11 @@ class OnnxExportConfig:
             a few rows on (1.4-1.6x at M=16..197, a ViT's tokens; ``benchmarks/onnx_runtime.py``). A per-device
             choice: it belongs with the hardware profile.
         int8_weights: how 8-bit weights without static activations are written: ``matmul_integer``
-            (DynamicQuantizeLinear -> MatMulInteger with int8 weights: ORT fuses it into its u8 x s8 kernel),
-            ``matmul_integer_u8`` (the same with the weights as uint8, code + 128 with zero point 128: ORT's
-            u8 x u8 kernel, exact where the u8 x s8 one saturates), ``auto`` (the first where
+            (DynamicQuantizeLinear -> MatMulInteger with int8 weights: ORT fuses it into its u8 x s8 kernel;
+            input codes 0..255), ``matmul_integer_reduce_range`` (input codes 0..127, quantized in the graph as
+            ``Int8Linear`` quantizes them, then the same kernel: exact on every CPU, and the scored model's own
+            numbers), ``matmul_integer_u8`` (input codes 0..255, the weights as uint8, code + 128 with zero point
+            128: ORT's u8 x u8 kernel, exact on every CPU, slower), ``auto`` (the first where
             :func:`ort_u8s8_exact` says this CPU computes it exactly, else the second) or ``dequantize_linear``
             (DequantizeLinear -> MatMul: the compressed-weight pattern OpenVINO runs fast; ORT would not).
     """
@@ -191,6 +199,17 @@ class _OnnxLinear(nn.Module):
         y = _op("MatMulInteger", (q, *weight), dtype=torch.int32, shape=self._out_shape(x))
         return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
 
+    def _int8_reduce_range(self, x: torch.Tensor) -> torch.Tensor:
+        # the input's qparams as PyTorch's dynamic int8 Linear chooses them with reduce_range: the range widened to
+        # hold 0, codes 0..127 (so that u8 x s8 pair sums fit in 16 bits), the zero point rounded to a code
+        low = torch.clamp(_op("ReduceMin", (x,), {"keepdims": 0}, dtype=torch.float32, shape=()), max=0.0)
+        high = torch.clamp(_op("ReduceMax", (x,), {"keepdims": 0}, dtype=torch.float32, shape=()), min=0.0)
+        scale = torch.clamp((high - low) / 127, min=torch.finfo(torch.float32).tiny)
+        zero = torch.clamp(torch.round(-low / scale), 0, 127).to(torch.uint8)
+        q = _op("QuantizeLinear", (x, scale, zero), dtype=torch.uint8, shape=x.shape)
+        y = _op("MatMulInteger", (q, self.weight_int8, zero), dtype=torch.int32, shape=self._out_shape(x))
+        return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
+
     def _int8_qdq(self, x: torch.Tensor) -> torch.Tensor:
         weight = _op("DequantizeLinear", (self.weight_int8, self.weight_scale), {"axis": 1}, dtype=torch.float32,
                      shape=self.weight_int8.shape)
@@ -262,15 +281,21 @@ def _stand_in(name: str, layer: QuantizedLinear, config: OnnxExportConfig) -> tu
         if layer.act_qparams is not None or config.int8_weights == "dequantize_linear":
             return _OnnxLinear(layer, "int8_qdq", tensors), LayerExport(
                 name, tag, "DequantizeLinear(int8, per channel) -> MatMul" + act)
-        if config.int8_weights == "matmul_integer" or (config.int8_weights == "auto" and ort_u8s8_exact()):
+        form = config.int8_weights
+        if form == "auto":
+            form = "matmul_integer" if ort_u8s8_exact() else "matmul_integer_reduce_range"
+        if form == "matmul_integer":
             return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
                 name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)")
+        if form == "matmul_integer_reduce_range":
+            return _OnnxLinear(layer, "int8_reduce_range", tensors), LayerExport(
+                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's) -> MatMulInteger(int8)",
+                "ORT's u8 x s8 kernel saturates on this CPU with codes up to 255: the input takes 0..127, as in "
+                "the scored model" if config.int8_weights == "auto" else "")
         tensors["weight_uint8"] = (tensors.pop("weight_int8").to(torch.int16) + 128).to(torch.uint8)
         tensors["weight_zero_point"] = torch.tensor(128, dtype=torch.uint8)
         return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
-            name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)",
-            "ORT's u8 x s8 kernel saturates on this CPU: the same codes, run by its exact u8 x u8 kernel"
-            if config.int8_weights == "auto" else "")
+            name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)")
     if isinstance(layer, Bf16Linear):
         tensors = {"weight": layer.state_dict()["weight"].t(), **_bias(layer, torch.bfloat16)}
         return _OnnxLinear(layer, "bf16", tensors), LayerExport(

@@ -42,8 +42,9 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``): ``auto`` picks
-    the one this machine's CPU computes exactly; a file for another CPU may need another (``matmul_integer_u8`` is
-    exact on every x86 CPU; ``matmul_integer`` is faster where the CPU has VNNI).
+    the one this machine's CPU computes exactly; a file for another CPU may need another
+    (``matmul_integer_reduce_range`` is exact on every CPU, with the scored model's input codes;
+    ``matmul_integer`` is faster where the CPU has VNNI).
 
     Raises:
         AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown

@@ -1,0 +1,44 @@
+"""OpenVINO: the IR of a compressed model holds autocomp's numbers and bytes, runs in OpenVINO's CPU plugin, and
+agrees with the PyTorch model (the tiny digits teacher on the 600 validation and test digits). No test asserts a
+time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from autocomp import compress  # noqa: E402
+from autocomp.ops import Quantize, ReduceTokens  # noqa: E402
+from autocomp.runtimes import compare_outputs, op_types  # noqa: E402
+from autocomp.runtimes.openvino import OvModule, export_openvino, ov_compiled  # noqa: E402
+from conftest import both_blocks, onnx_initializers, skip_where_openvino_lacks_compressed_weights  # noqa: E402
+
+CASES = [pytest.param("quantize", Quantize(), id="w8"),
+         pytest.param("quantize", Quantize(weight_bits=4, group_size=16), id="w4g16"),
+         pytest.param("quantize", Quantize(act_bits=8), id="w8a8"),
+         pytest.param("reduce_tokens", ReduceTokens(keep=0.5), id="tokens", marks=pytest.mark.uncapped_only)]
+
+
+@pytest.mark.parametrize("name, config", CASES)
+def test_openvino_runs_the_export_with_autocomps_numbers(tiny_teacher, digits_splits, digits_images, tmp_path, name,
+                                                         config):
+    calibration = digits_splits.calib.tensors()[0]
+    model = compress(tiny_teacher[1], both_blocks(name, config), calibration=calibration)
+    result = export_openvino(model, calibration[:2], tmp_path / "model.xml")
+    assert result.path.is_file()
+    # the IR adds a few shape constants, and holds MatMulNBits' fp16 scales as fp32 (2 more bytes each)
+    fp16 = sum(t.size for t in onnx_initializers(result.onnx.path).values() if t.dtype == np.float16)
+    assert result.onnx.weight_nbytes <= result.weight_nbytes <= result.onnx.weight_nbytes + 2 * fp16 + 2048
+    if name == "quantize" and not config.act_bits:
+        assert "MatMulInteger" not in op_types(result.onnx.path)  # weights-only int8 as DequantizeLinear -> MatMul
+    try:
+        agreement = compare_outputs(model, OvModule(ov_compiled(result.path)), digits_images)
+    except RuntimeError as exc:
+        if name != "quantize" or config.act_bits:
+            raise
+        skip_where_openvino_lacks_compressed_weights(exc)
+    assert agreement.top1 >= 0.99, agreement
