@@ -67,6 +67,20 @@ def test_the_local_profile_is_measured_once_per_cpu(monkeypatch, tmp_path):
     assert other.measured_on == "Another CPU (x86_64, 4 CPUs; avx avx2 fma)"
 
 
+def test_a_runtime_profile_is_measured_anew_when_the_form_of_what_it_runs_changes(monkeypatch):
+    """A profile calibrated on ONNX Runtime timed the exporter's int8 form of this CPU: another form (a CPU whose
+    kernel is exact with codes 0..255, or a later autocomp's form) is another cache entry; PyTorch's key stays."""
+    pytest.importorskip("onnxruntime")
+    from autocomp.runtimes import onnx as onnx_export
+
+    ort_profile = LOCAL.with_name("onnxruntime_cpu.yaml")
+    keys = {}
+    for exact in (True, False):
+        monkeypatch.setattr(onnx_export, "ort_u8s8_exact", lambda exact=exact: exact)
+        keys[exact] = (profiling._calibration_key(ort_profile), profiling._calibration_key(LOCAL))
+    assert keys[True][0] != keys[False][0] and keys[True][1] == keys[False][1]
+
+
 def test_a_profile_measured_on_another_cpu_says_so():
     profile = dataclasses.replace(load_profile(LOCAL), measured_on="Some other CPU (x86_64, 2 CPUs; avx fma)")
     note = profile_note(profile)

@@ -110,6 +110,11 @@ class Backend:
     def options(self, profile: HardwareProfile) -> str:
         return f"{profile.threads} thread(s), batch {profile.batch_size}"
 
+    def export_forms(self) -> str:
+        """What decides the file a backend that exports times, besides the runtimes' versions: part of the cache key
+        of a profile calibrated on it, so that a new export form is measured anew. Empty where nothing is exported."""
+        return ""
+
     def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, *,
                 keep: Path | None = None) -> Prepared:
         """``model`` in the backend's form (the caller's model is not changed). ``keep``: a folder where a backend
@@ -291,6 +296,11 @@ class OnnxRuntimeCpu(_Exported):
 
     def __init__(self, int8_weights: str = "auto") -> None:
         self.int8_weights = int8_weights  # the form of int8 weights in the file (OnnxExportConfig.int8_weights)
+
+    def export_forms(self) -> str:
+        from autocomp.runtimes.onnx import int8_weight_form
+
+        return f"int8 weights {int8_weight_form(self.int8_weights)}"
 
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
         from autocomp.runtimes.onnx import OnnxExportConfig, export_onnx

@@ -265,10 +265,12 @@ def profile_note(profile: HardwareProfile) -> str | None:
 
 
 def _calibration_key(path: Path) -> str:
-    """What a cached calibration depends on: this CPU and the profile file's own settings."""
-    runtime = backend_of(read_profile(path)).runtime_versions(besides_torch=True)  # torch is in the description
-    return hashlib.sha256((cpu_description() + "\n" + (runtime + "\n" if runtime else "")
-                           + path.read_text()).encode()).hexdigest()[:12]
+    """What a cached calibration depends on: this CPU, the runtime and the form of what it runs, and the profile
+    file's own settings."""
+    backend = backend_of(read_profile(path))
+    runtime = backend.runtime_versions(besides_torch=True)  # torch is in the description
+    return hashlib.sha256("\n".join(part for part in (cpu_description(), runtime, backend.export_forms(),
+                                                       path.read_text()) if part).encode()).hexdigest()[:12]
 
 
 def write_profile(path: Path, data: Mapping[str, Any], *, header: str) -> None:

@@ -38,11 +38,11 @@ and saturate with full-range codes (ORT advises ``reduce_range`` there). Static 
 127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported in the
 form this CPU runs exactly (``int8_weights="auto"``): :func:`ort_u8s8_exact` runs ORT's kernel on the worst case,
 and where it saturates the input is quantized to codes 0..127 in the graph, whose pair sums fit in 16 bits: the
-grid ``Int8Linear`` itself computes on (PyTorch's dynamic int8 Linear quantizes its input with ``reduce_range``, on
-every CPU), so the file computes the scored model's numbers (but for a rare code rounded the other way), on the
-u8 x s8 kernel. On an AVX2 EPYC that form ran ViT-S/16 at 0.67-0.72x of fp32 against 0.73-0.77x for the exact
-u8 x u8 kernel with codes 0..255 (``matmul_integer_u8``), and moved the demo model's logits by 0.06 at most against
-0.22 (BENCHMARKS.md, session 31).
+grid ``Int8Linear`` itself computes on (PyTorch's dynamic int8 Linear quantizes its input with ``reduce_range`` on
+x86, with FBGEMM or oneDNN), so the file computes the scored model's numbers (but for a rare code rounded the other
+way), on the u8 x s8 kernel. On an AVX2 EPYC that form ran ViT-S/16 at 0.67-0.72x of fp32 against 0.73-0.77x for
+the exact u8 x u8 kernel with codes 0..255 (``matmul_integer_u8``), and moved the demo model's logits by 0.06 at
+most against 0.22 (BENCHMARKS.md, session 31).
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, Quantize
 
 __all__ = ["OnnxExportConfig", "LayerExport", "OnnxExport", "Agreement", "SessionTiming", "OrtModule",
            "export_onnx", "onnx_weight_nbytes", "op_types", "compare_outputs", "ort_session", "time_sessions",
-           "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
+           "int8_weight_form", "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
 
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes powers of two >= 16; these are the ones tried
+SMALL_SCALE = 6.1e-5  # FBGEMM's smallest dynamic activation scale (SMALL_SCALE_THRESHOLD): PyTorch's int8 Linear
 INT8_WEIGHT_FORMS = ("auto", "matmul_integer", "matmul_integer_reduce_range", "matmul_integer_u8", "dequantize_linear")
 _STORAGE_BITS = {2: 2, 3: 4, 4: 4, 6: 8}  # autocomp bits -> the MatMulNBits width that holds them (2, 4, 8 exist)
 
@@ -90,8 +91,8 @@ class OnnxExportConfig:
         int8_weights: how 8-bit weights without static activations are written: ``matmul_integer``
             (DynamicQuantizeLinear -> MatMulInteger with int8 weights: ORT fuses it into its u8 x s8 kernel;
             input codes 0..255), ``matmul_integer_reduce_range`` (input codes 0..127, quantized in the graph as
-            ``Int8Linear`` quantizes them, then the same kernel: exact on every CPU, and the scored model's own
-            numbers), ``matmul_integer_u8`` (input codes 0..255, the weights as uint8, code + 128 with zero point
+            ``Int8Linear`` quantizes them on x86, then the same kernel: exact on every CPU, and the scored model's
+            own numbers), ``matmul_integer_u8`` (input codes 0..255, the weights as uint8, code + 128 with zero point
             128: ORT's u8 x u8 kernel, exact on every CPU, slower), ``auto`` (the first where
             :func:`ort_u8s8_exact` says this CPU computes it exactly, else the second) or ``dequantize_linear``
             (DequantizeLinear -> MatMul: the compressed-weight pattern OpenVINO runs fast; ORT would not).
@@ -200,12 +201,15 @@ class _OnnxLinear(nn.Module):
         return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
 
     def _int8_reduce_range(self, x: torch.Tensor) -> torch.Tensor:
-        # the input's qparams as PyTorch's dynamic int8 Linear chooses them with reduce_range: the range widened to
-        # hold 0, codes 0..127 (so that u8 x s8 pair sums fit in 16 bits), the zero point rounded to a code
+        # the input's qparams as PyTorch's dynamic int8 Linear chooses them with reduce_range (FBGEMM's
+        # ChooseQuantizationParams): the range widened to hold 0, over codes 0..127 (the top one may round to 128:
+        # u8 x s8 pair sums still fit in 16 bits), a scale of at least SMALL_SCALE, the zero point from the range
         low = torch.clamp(_op("ReduceMin", (x,), {"keepdims": 0}, dtype=torch.float32, shape=()), max=0.0)
         high = torch.clamp(_op("ReduceMax", (x,), {"keepdims": 0}, dtype=torch.float32, shape=()), min=0.0)
-        scale = torch.clamp((high - low) / 127, min=torch.finfo(torch.float32).tiny)
-        zero = torch.clamp(torch.round(-low / scale), 0, 127).to(torch.uint8)
+        step = (high - low) / 127
+        scale = torch.clamp(step, min=SMALL_SCALE)
+        zero = torch.clamp(torch.round(-low / torch.clamp(step, min=torch.finfo(torch.float32).tiny)), 0, 127)
+        zero = zero.to(torch.uint8)
         q = _op("QuantizeLinear", (x, scale, zero), dtype=torch.uint8, shape=x.shape)
         y = _op("MatMulInteger", (q, self.weight_int8, zero), dtype=torch.int32, shape=self._out_shape(x))
         return self._add_bias(y.to(torch.float32) * (scale * self.weight_scale))
@@ -281,9 +285,7 @@ def _stand_in(name: str, layer: QuantizedLinear, config: OnnxExportConfig) -> tu
         if layer.act_qparams is not None or config.int8_weights == "dequantize_linear":
             return _OnnxLinear(layer, "int8_qdq", tensors), LayerExport(
                 name, tag, "DequantizeLinear(int8, per channel) -> MatMul" + act)
-        form = config.int8_weights
-        if form == "auto":
-            form = "matmul_integer" if ort_u8s8_exact() else "matmul_integer_reduce_range"
+        form = int8_weight_form(config.int8_weights)
         if form == "matmul_integer":
             return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
                 name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)")
@@ -421,6 +423,14 @@ def op_types(path: str | Path) -> dict[str, int]:
         key = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def int8_weight_form(int8_weights: str = "auto") -> str:
+    """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine: ``auto``
+    resolved by :func:`ort_u8s8_exact`, any other form as it is."""
+    if int8_weights != "auto":
+        return int8_weights
+    return "matmul_integer" if ort_u8s8_exact() else "matmul_integer_reduce_range"
 
 
 @functools.cache
