@@ -43,6 +43,9 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     assert info["format"] == "onnx" and info["file"] == "model.onnx" and info["top1_agreement"] >= 0.9
     assert info["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
     from autocomp.runtimes import compare_outputs, onnx_weight_nbytes, ort_session
+    from autocomp.runtimes.onnx import int8_weight_form
+
+    assert info["int8_weights"] == int8_weight_form()  # the form written (auto's choice on this CPU), for another CPU
 
     assert info["weight_nbytes"] == onnx_weight_nbytes(out / "model.onnx")
     model = autocomp.load(out)  # the PyTorch folder is still there and loads

@@ -41,9 +41,9 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     agreement and largest logit difference on validation images, in ``out/export.json``).
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
-    ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``): ``auto`` picks
-    the one this machine's CPU computes exactly; a file for another CPU may need another
-    (``matmul_integer_reduce_range`` is exact on every CPU, with the scored model's input codes;
+    ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
+    names the one written): ``auto`` picks the one this machine's CPU computes exactly; a file for another CPU may
+    need another (``matmul_integer_reduce_range`` is exact on every CPU, with the scored model's input codes;
     ``matmul_integer`` is faster where the CPU has VNNI).
 
     Raises:
@@ -51,7 +51,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             format or int8 form, the format's runtime not installed (before anything is rebuilt), or an export that
             fails or disagrees with PyTorch (the files stay in ``out`` to look at).
     """
-    from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS
+    from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS, int8_weight_form
 
     if format not in FORMATS:
         raise AutocompError(f"unknown export format {format!r}; known: {list(FORMATS)}")
@@ -98,7 +98,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
         _write_deployable(backend, model, images, out, profile, format,
-                          extra={"int8_weights": int8_weights} if format == "onnx" else {})
+                          extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {})
     return out
 
 
