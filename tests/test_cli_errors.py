@@ -227,7 +227,10 @@ def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "budget: latency_ms <= " in err and " cannot be met in " in err
-    assert re.search(r"its fastest candidate \([^)]*(heads_keep 0.5|weight_bits 8) ", err)  # it names what it holds
+    # it names what it holds, a setting of the space that saves time; which settings those are is the timing's call
+    # (under load the tiny model's fastest once held neither heads_keep 0.5 nor int8 and measured 0.98x)
+    held = re.search(r"its fastest candidate \((.+?)\) measured ", err).group(1)
+    assert held.startswith("nothing compressed: ") or re.search(r"heads_keep 0\.(5|67|83)\b|weight_bits 8\b", held)
     assert "x the uncompressed model" in err
     assert err.endswith("or widen the search space")
     assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
