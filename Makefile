@@ -71,7 +71,9 @@ FREE_TESTS  := $(filter-out $(RAY_TESTS) $(TIMED_TESTS) tests/test_search_cluste
 # the profiles calibrated on this machine, shared by the run's pytest processes (see tests/conftest.py), afresh each run
 TEST_PROFILES := .pytest_cache/autocomp-profiles
 CLUSTER_LOG   := .pytest_cache/cluster-tests.log
-PYTEST      := RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 AUTOCOMP_TEST_PROFILES=$(TEST_PROFILES) $(PY) -m pytest -q
+# each phase ends with its slowest tests and their times, to see where the suite's time goes (DURATIONS= for none)
+DURATIONS   ?= --durations=8 --durations-min=5
+PYTEST      := RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 AUTOCOMP_TEST_PROFILES=$(TEST_PROFILES) $(PY) -m pytest -q $(DURATIONS)
 
 test: install data
 	rm -rf $(TEST_PROFILES)
