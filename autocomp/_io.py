@@ -1,4 +1,5 @@
-"""Files written so that a reader never sees half of one: a temporary file, then an atomic rename."""
+"""Files written so that a reader never sees half of one (a temporary file, then an atomic rename), and weights read
+back with a clear error where a file is not whole."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["write_json"]
+from autocomp.errors import AutocompError
+
+__all__ = ["read_safetensors", "write_json"]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -23,3 +26,15 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def read_safetensors(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a file that is not one (truncated by an interrupted copy, another
+    format under the name) is refused with ``what`` it is, the reader's reason, and ``fix``: what the user can do."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise AutocompError(f"cannot read {what} {path}: {exc}; {fix}") from None

@@ -28,11 +28,26 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
     """The parsed YAML of ``path``; a missing file or invalid YAML is one line naming ``what`` and the file."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError:
         raise AutocompError(f"{what} not found: {path}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise AutocompError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise AutocompError(f"{what} {path} is not valid YAML: {_yaml_problem(exc, text)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """PyYAML's reason on one line, with the line and column it points at and that line's text."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(exc).split())
+    lines = text.splitlines()
+    quoted = f": {lines[mark.line].strip()!r}" if mark.line < len(lines) and lines[mark.line].strip() else ""
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None:
+        context += f" started at line {start.line + 1}, column {start.column + 1}"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}{quoted}" + (f" ({context})" if context else "")
 
 
 def build(cls: type, data: Any, *, where: str) -> Any:

@@ -23,7 +23,7 @@ class Budget:
     Attributes:
         latency_ms: at most this many milliseconds per forward pass.
         memory_mb: at most this many MB of weights plus peak activations.
-        latency: at most this fraction of the uncompressed model's latency (e.g. 0.5 = twice as fast).
+        latency: at most this fraction of the uncompressed model's latency (e.g. 0.5 = twice as fast; at most 1).
         memory: at most this fraction of the uncompressed model's memory.
     """
 
@@ -40,6 +40,12 @@ class Budget:
         for key, value in set_fields.items():
             if not isinstance(value, (int, float)) or value <= 0:
                 raise AutocompError(f"budget.{key} must be a positive number, got {value!r}")
+        for key, unit in (("latency", "latency_ms"), ("memory", "memory_mb")):
+            value = set_fields.get(key)
+            if value is not None and value > 1:  # the uncompressed model meets it: nothing to search for
+                guess = f"did you mean {value / 100:g} ({value:g}%)? " if value <= 100 else ""
+                raise AutocompError(f"budget.{key} is a fraction of the uncompressed model's {key} (0.5: half of it), "
+                                    f"at most 1, got {value!r}; {guess}an absolute limit is budget.{unit}")
         if self.latency_ms is not None and self.latency is not None:
             raise AutocompError("budget: give latency_ms or latency (fraction), not both")
         if self.memory_mb is not None and self.memory is not None:

@@ -12,6 +12,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from autocomp._io import read_safetensors
 from autocomp.errors import AutocompError
 
 __all__ = ["ModelSpec", "create_model", "load_checkpoint", "vit_blocks"]
@@ -113,9 +114,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise AutocompError(f"checkpoint not found: {path}; train or copy it there, or fix model.checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = read_safetensors(path, "checkpoint", "the file is damaged or not safetensors; copy or save it again")
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from autocomp._compress import compress
-from autocomp._io import write_json
+from autocomp._io import read_safetensors, write_json
 from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
@@ -69,8 +69,6 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
         AutocompError: not a saved model, a pickled one (never loaded: a pickle can run code), or a model given as
             an ``nn.Module`` without ``base``.
     """
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     if (directory / "model.pt").is_file() and not (directory / "model.yaml").is_file():
         raise AutocompError(f"{directory / 'model.pt'} is a pickle, which can run code when loaded, so autocomp does "
@@ -90,7 +88,8 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
         skeleton = create_model(build(ModelSpec, architecture, where=str(directory / "model.yaml")),
                                 load_weights=False)
     model = compress(skeleton, Recipe.load(directory / "recipe.yaml"), structure_only=True, inplace=True)
-    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+    model.load_state_dict(read_safetensors(directory / "weights.safetensors", "saved weights",
+                                           "the folder is damaged; export the trial again (autocomp export)"))
     preprocessing = load_preprocessing(directory)
     if preprocessing is not None:
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **preprocessing.timm_config()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,11 @@ def test_malformed_yaml(job, tmp_path, capsys):
     job.write_text("model: [unclosed\n")
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert f"{job} is not valid YAML" in err
+    assert err.endswith("(while parsing a flow sequence started at line 1, column 8)")  # where the list opened
+    job.write_text("data:\n  dataset: folder\n   root: images\n")  # one space too many
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err == (f"autocomp: error: config file {job} is not valid YAML: mapping values are not allowed here at "
+                   "line 3, column 8: 'root: images'")
 
 
 def test_unknown_key_names_key_and_file(job, tmp_path, capsys):
@@ -133,6 +139,38 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
             "folders in sorted order): set model.kwargs.num_classes: 3") in err
 
 
+def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job, tmp_path, capsys, monkeypatch):
+    # a module of the user's own without a timm data config gets timm's default size (224 px): its own forward error
+    # was a traceback through autocomp
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(8):
+            Image.new("RGB", (40, 40), color=(index * 9, 0, 0)).save(tmp_path / "images" / label / f"{index}.png")
+    (tmp_path / "my_vits.py").write_text(
+        "import torch\nfrom timm.models.vision_transformer import Block\n\n"
+        "class Small(torch.nn.Module):  # a ViT of the user's own, with no patch_embed to say its image size\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.blocks = torch.nn.Sequential(Block(dim=8, num_heads=2))\n\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[-1] != 32:\n"
+        "            raise RuntimeError(f'expected 32x32 images,\\n got {tuple(x.shape)}')\n"
+        "        return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 2)\n\n"
+        "def small(**kwargs):\n"
+        "    return Small()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    edit_job(job, lambda d: d.update(model={"factory": "my_vits:small"},
+                                     data={"dataset": "imagefolder", "root": str(tmp_path / "images"), "val_size": 4,
+                                           "calib_size": 4, "test_size": 4, "workers": 0, "mean": [0.5],
+                                           "std": [0.5]}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err == ("autocomp: error: the model fails on the data's images (3x224x224, channels x height x width): "
+                   "RuntimeError: expected 32x32 images, got (1, 3, 224, 224); set data.image_size (and data.mean, "
+                   "data.std) to the images the model was trained on")
+
+
 def test_checkpoint_that_does_not_fit(job, tmp_path, capsys):
     edit_job(job, lambda d: d["model"]["kwargs"].update(embed_dim=48))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
@@ -149,6 +187,13 @@ def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"latency": -1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert f"{job}: budget.latency must be a positive number, got -1" in err  # not "budget: budget.latency"
+    edit_job(job, lambda d: d.update(budget={"latency": 80}))  # a percentage where a fraction is meant
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err.endswith(f"{job}: budget.latency is a fraction of the uncompressed model's latency (0.5: half of it), "
+                        "at most 1, got 80; did you mean 0.8 (80%)? an absolute limit is budget.latency_ms")
+    edit_job(job, lambda d: d.update(budget={"memory": 400}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err.endswith("got 400; an absolute limit is budget.memory_mb")
 
 
 def test_bad_hardware_profile(job, tmp_path, capsys):
@@ -232,7 +277,13 @@ def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     held = re.search(r"its fastest candidate \((.+?)\) measured ", err).group(1)
     assert held.startswith("nothing compressed: ") or re.search(r"heads_keep 0\.(5|67|83)\b|weight_bits 8\b", held)
     assert "x the uncompressed model" in err
-    assert err.endswith("or widen the search space")
+    assert "or widen the search space" in err
+    # the timings that decided it are on disk, and a setting left out for saving too little is named with its ratio
+    timed = csv.DictReader((tmp_path / "run" / "uniform_latency.csv").open())
+    rows = {(r["knob"], float(r["value"])): r for r in timed}
+    slow = {(knob, float(value)) for knob, value in re.findall(r"([a-z_]+) ([\d.]+) \([\d.]+x\)", err)}
+    assert all(rows[s]["offered"] == "False" for s in slow)
+    assert err.endswith("see uniform_latency.csv)") == bool(slow)
     assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
     assert load_run_study(tmp_path / "run").trials == []
 

@@ -173,6 +173,29 @@ def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tm
 
 
 
+def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_and_the_user_told(tmp_path):
+    """A VisionTransformer built directly (not by timm.create_model) has no pretrained_cfg: timm resolves ImageNet's
+    statistics for it, which are not what a model trained with others was; the user is told what to set."""
+    import warnings
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    make_folder(tmp_path, {"red": 5, "green": 5})
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, num_classes=2, embed_dim=32, depth=1, num_heads=2).eval()
+    config = dict(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2, test_size=2, workers=0)
+    with pytest.warns(UserWarning, match=r"no timm data config \(pretrained_cfg\), so its images are normalized "
+                                         r"with timm's defaults, mean \[0.485, 0.456, 0.406\] and std \[0.229, "
+                                         r"0.224, 0.225\]; set data.mean and data.std to those it was trained with"):
+        assert load_splits(DataConfig(**config), model).preprocessing.mean == (0.485, 0.456, 0.406)
+    with pytest.warns(UserWarning, match=r"; set data.std to those"):  # only what is not set
+        load_splits(DataConfig(**config, mean=[0.5]), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # set by the user, or a timm model's own: nothing to say
+        load_splits(DataConfig(**config, mean=[0.5], std=[0.5]), model)
+        load_splits(DataConfig(**config), tiny_rgb_vit())
+
+
 def test_a_squash_models_images_are_squashed_as_timm_does_and_saved_so(tmp_path):
     """CLIP and SigLIP fine-tunes resize both sides (``crop_mode: squash``): a centre crop of a wide image is
     another input."""

@@ -57,6 +57,22 @@ def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path):
         create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "whole.pth")))
 
 
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_checkpoint_is_refused_in_one_line_with_the_file_named(tmp_path, name, damage):
+    from safetensors.torch import save_file
+
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    path = tmp_path / name
+    save_file(model.state_dict(), path) if name.endswith(".safetensors") else torch.save(model.state_dict(), path)
+    whole = path.read_bytes()  # as after an interrupted copy, or another file under the checkpoint's name
+    path.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"not a checkpoint at all\n")
+    with pytest.raises(AutocompError) as info:
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(path)))
+    assert str(info.value).startswith(f"cannot read checkpoint {path}: ")
+    assert "\n" not in str(info.value)
+
+
 def test_checkpoint_that_does_not_fit_names_the_difference(tmp_path, tiny_teacher):
     spec, _ = tiny_teacher
     wider = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs={**KW, "embed_dim": 48}))

@@ -205,6 +205,18 @@ def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypa
     assert evaluate(loaded, load_splits(DIGITS).val) == summary["best"]["val_accuracy"]
 
 
+def test_a_saved_model_with_damaged_weights_is_refused_with_the_fix(finished_run, tmp_path):
+    import shutil
+
+    _, run = finished_run
+    saved = Path(shutil.copytree(run / "best", tmp_path / "best"))
+    weights = saved / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(autocomp.AutocompError, match=r"^cannot read saved weights .*weights.safetensors: .*; the "
+                                                      r"folder is damaged; export the trial again"):
+        autocomp.load(saved)
+
+
 def test_a_pickled_model_is_never_loaded(tmp_path):
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "model.pt").write_bytes(b"not read")

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KWARGS = {"num_classes": 3, "depth": 2}  # vit_tiny_patch16_224 at 224 px, two of its blocks
 
 
-def test_a_224px_vit_on_train_and_val_folders(tmp_path):
+def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
+    """... and an image broken after the trials (so first read by the final distillation, as one past the trials'
+    training subset would be) stops the search with the file named, keeping its trials for the same command."""
     make_folder(tmp_path / "data" / "train", {"red": 8, "green": 8, "blue": 8}, size=(64, 48))
     make_folder(tmp_path / "data" / "val", {"red": 3, "green": 3, "blue": 3}, size=(64, 48))
     torch.manual_seed(0)
@@ -36,9 +38,26 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path):
     job = {"model": {"name": "vit_tiny_patch16_224", "kwargs": KWARGS,
                      "checkpoint": str(tmp_path / "teacher.safetensors")},
            "data": data, "search_space": str(tmp_path / "space.yaml"), "hardware": str(tmp_path / "hw.yaml"),
-           "budget": {"memory": 0.99}, "trials": 2, "workers": 1, "seed": 0}
+           "budget": {"memory": 0.99}, "trials": 2, "workers": 1, "seed": 0, "final_distill_steps": 1}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    broken = tmp_path / "data" / "train" / "red" / "5.png"
+    whole = broken.read_bytes()
+
+    def breaking(*args, **kwargs):
+        broken.write_bytes(whole[: len(whole) // 2])  # its header intact: the check before the trials passes
+        return finalize(*args, **kwargs)
+    from autocomp.search import _finish
+    finalize = _finish.finalize
+    monkeypatch.setattr(_finish, "finalize", breaking)
+    assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"autocomp: error: cannot read image {broken}: ") and len(err.splitlines()) == 1
+    assert err.endswith(f"; remove or replace the file; the 2 trials done are kept in {tmp_path / 'run'}: once that "
+                        "is mended, the same command finishes the search without running them again")
+    monkeypatch.setattr(_finish, "finalize", finalize)
+    broken.write_bytes(whole)
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "resuming: 2 trials already in " in capsys.readouterr().out  # none run again
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -197,11 +198,20 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
             raise AutocompError(f"the model takes {channels} channel(s) but its timm config gives {name} "
                                 f"{list(timm_config[name])}; set data.mean and data.std to {channels} value(s) "
                                 "each (the statistics the model was trained with)")
-    return Preprocessing(image_size=config.image_size or height, channels=channels,
-                         mean=config.mean or tuple(timm_config["mean"]), std=config.std or tuple(timm_config["std"]),
-                         interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
-                         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0),
-                         crop_mode=config.crop_mode or timm_config.get("crop_mode") or "center")
+    preprocessing = Preprocessing(
+        image_size=config.image_size or height, channels=channels, mean=config.mean or tuple(timm_config["mean"]),
+        std=config.std or tuple(timm_config["std"]),
+        interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
+        crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0),
+        crop_mode=config.crop_mode or timm_config.get("crop_mode") or "center")
+    guessed = [name for name in ("mean", "std") if getattr(config, name) is None]
+    if guessed and not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
+        # a module not made by timm.create_model: timm falls back to ImageNet's statistics without a word
+        warnings.warn(f"the model has no timm data config (pretrained_cfg), so its images are normalized with "
+                      f"timm's defaults, mean {list(preprocessing.mean)} and std {list(preprocessing.std)}; set "
+                      f"{' and '.join(f'data.{name}' for name in guessed)} to those it was trained with",
+                      UserWarning, stacklevel=2)
+    return preprocessing
 
 
 def _input_channels(embed: nn.Module | None) -> int | None:

@@ -41,8 +41,18 @@ __all__ = ["check_classes", "baseline", "screen_of", "check_reachable", "sensiti
 def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
     """Refuse a model whose outputs are not the data's classes (one calibration image through it): an ImageNet head
     on a folder of 37 classes would score near 0 and distil against labels it has no output for."""
-    with torch.no_grad():
-        outputs = base(splits.calib.x[:1]).shape[-1]
+    image = splits.calib.x[:1]
+    try:
+        with torch.no_grad():
+            outputs = base(image).shape[-1]
+    except Exception as exc:  # noqa: BLE001 - the user's forward, on the images the data section makes
+        fix = ("set data.image_size (and data.mean, data.std) to the images the model was trained on"
+               if data == "imagefolder" else f"the {data} dataset's images are {tuple(image.shape[1:])}; give a "
+               f"model built for them")
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        raise AutocompError(f"the model fails on the data's images ({'x'.join(map(str, image.shape[1:]))}, "
+                            f"channels x height x width): {type(exc).__name__}: {reason}; {fix}") from None
     if outputs != splits.num_classes:
         order = " (class folders in sorted order)" if data == "imagefolder" else ""
         raise AutocompError(f"the model has {outputs} outputs but the data has {splits.num_classes} classes; its "
@@ -146,11 +156,11 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
                 log=log, settings=timed)
         minimum = config.sensitivity.min_saving
+        write_uniform_latencies(run_dir, ratios, min_saving=minimum)  # before a refusal too: it explains it
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms, allowed=allowed, dropped=untimed)
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
         slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if 1 - minimum < r < math.inf]
-        write_uniform_latencies(run_dir, ratios, min_saving=minimum)
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
                else "s; ")
@@ -233,13 +243,16 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         else:  # the sensitivity pass left some settings in some blocks only
             what = ", ".join(f"{knob} {value:g} in " + ("every block" if count == blocks else f"{count} of {blocks} "
                                                         "blocks") for (knob, value), count in used.items())
+        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if offered < r < math.inf]
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
             f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space"
             + (f" (the sensitivity pass offers {', '.join(f'{knob} {value:g}' for knob, value in dropped)} in no "
                f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
-               "lets the search try those that cost too much alone)" if dropped else ""))
+               "lets the search try those that cost too much alone)" if dropped else "")
+            + (f" (it holds none of {', '.join(slow)}: in every block at once each saves less than "
+               f"{100 * config.sensitivity.min_saving:g}% here, see uniform_latency.csv)" if slow else ""))
 
 
 def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,

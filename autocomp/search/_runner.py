@@ -196,10 +196,15 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
             log(f"{remaining} trials in {took:.0f} s"
                 + (f"; {rule.stopped} stopped after the short distillation and score, {rule.promoted} finished"
                    if rule is not None and rule.stopped + rule.promoted else ""))
-        return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
-                               limits=limits, profile=profile, log=log,
-                               loop_seconds=study.user_attrs.get(LOOP_SECONDS),
-                               asking_seconds=study.user_attrs.get(ASKING_SECONDS))
+        try:
+            return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
+                                   limits=limits, profile=profile, log=log,
+                                   loop_seconds=study.user_attrs.get(LOOP_SECONDS),
+                                   asking_seconds=study.user_attrs.get(ASKING_SECONDS))
+        except AutocompError as exc:  # e.g. an image past the trials' subset, first read by the final distillation
+            kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
+            raise AutocompError(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
+                                "command finishes the search without running them again") from None
 
 
 def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
