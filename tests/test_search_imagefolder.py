@@ -4,6 +4,7 @@ train/ and val/, with the model's own per-channel preprocessing."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import timm
@@ -24,7 +25,8 @@ KWARGS = {"num_classes": 3, "depth": 2}  # vit_tiny_patch16_224 at 224 px, two o
 
 def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     """... and an image broken after the trials (so first read by the final distillation, as one past the trials'
-    training subset would be) stops the search with the file named, keeping its trials for the same command."""
+    training subset would be) stops the search with the file named, keeping its trials for the same command; a
+    resumed search whose training images changed goes on, one whose validation images changed is refused."""
     make_folder(tmp_path / "data" / "train", {"red": 8, "green": 8, "blue": 8}, size=(64, 48))
     make_folder(tmp_path / "data" / "val", {"red": 3, "green": 3, "blue": 3}, size=(64, 48))
     torch.manual_seed(0)
@@ -40,7 +42,7 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
            "data": data, "search_space": str(tmp_path / "space.yaml"), "hardware": str(tmp_path / "hw.yaml"),
            "budget": {"memory": 0.99}, "trials": 2, "workers": 1, "seed": 0, "final_distill_steps": 1}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    broken = tmp_path / "data" / "train" / "red" / "5.png"
+    broken = tmp_path / "data" / load_splits(DataConfig(**data), model).train.files[0]  # not held out of train/
     whole = broken.read_bytes()
 
     def breaking(*args, **kwargs):
@@ -73,3 +75,17 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     splits = load_splits(DataConfig(**data), model)
     assert preprocessing == splits.preprocessing and len(splits.val) == 9  # val/ is the validation split
     assert evaluate(best, splits.val) == summary["best"]["val_accuracy"]
+
+    broken.unlink()  # a run resumed without a training image: said, and the search goes on
+    assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "note: the training images changed since the earlier trials ran" in capsys.readouterr().out
+    shutil.copy(tmp_path / "data" / "val" / "red" / "0.png", tmp_path / "data" / "val" / "red" / "new.png")
+    assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"autocomp: error: the images of the val split changed since the trials in {tmp_path / 'run'} ran, so their "
+        "scores would not compare with new ones; put the images back as they were, or search into a new --out folder")
+    (tmp_path / "data" / "val" / "red" / "new.png").unlink()
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "images"}))
+    assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0  # as made
+    assert "was searched by an earlier autocomp, which drew" in capsys.readouterr().out  # before the digests

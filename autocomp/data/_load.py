@@ -1,9 +1,15 @@
 """The sources (Fashion-MNIST, scikit-learn's digits, image folders) and their deterministic, seeded split into
-train / calibration / validation / test."""
+train / calibration / validation / test.
+
+An image folder's held-out splits are drawn in an order each file's own path decides (a hash of it and the seed),
+not by a permutation of the file list: a training image removed (a broken one) or added leaves validation, test and
+calibration as they were, so a search resumed after it compares like with like (the run records each split's
+files: :attr:`Splits.digests`)."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,9 +44,10 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
     train_x, train_y, test_x, test_y, num_classes = loader(config)
     generator = torch.Generator().manual_seed(config.seed)
     if test_x is None:  # no official test split: hold one out first
-        test_idx, train_idx = _hold_out(len(train_y), config.test_size, generator, "data.test_size")
+        test_idx, train_idx = _hold_out(torch.randperm(len(train_y), generator=generator), config.test_size,
+                                        "data.test_size")
         test_x, test_y, train_x, train_y = train_x[test_idx], train_y[test_idx], train_x[train_idx], train_y[train_idx]
-    val_idx, calib_idx, train_idx = _val_calib_train(len(train_y), config, generator)
+    val_idx, calib_idx, train_idx = _val_calib_train(torch.randperm(len(train_y), generator=generator), config)
     channels = train_x.shape[1]
     stats = train_x[train_idx]
     mean = config.mean or tuple(stats.mean(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.mean())])
@@ -64,7 +71,9 @@ CALIB_SIZE = 256  # the most calibration images unless data.calib_size says othe
 TEST_SIZE = 360  # the most test images held out of data without a test split unless data.test_size says otherwise
 
 
-def _hold_out(count: int, size: int | None, generator: torch.Generator, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _hold_out(order: torch.Tensor, size: int | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` of ``order`` (indices of the images) and the rest."""
+    count = len(order)
     if size is None:
         size = min(TEST_SIZE, count // 5)
         if size < 1:
@@ -72,12 +81,13 @@ def _hold_out(count: int, size: int | None, generator: torch.Generator, name: st
                                 "test/ folder")
     if size >= count:
         raise AutocompError(f"{name}={size} leaves no training images out of {count}; lower it")
-    order = torch.randperm(count, generator=generator)
     return order[:size], order[size:]
 
 
-def _val_calib_train(count: int, config: DataConfig, generator: torch.Generator,
+def _val_calib_train(order: torch.Tensor, config: DataConfig,
                      val_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validation, calibration and training indices: consecutive parts of ``order``."""
+    count = len(order)
     calib_size = config.calib_size or min(CALIB_SIZE, max(1, count // 5))
     if val_size is None:
         val_size = config.val_size or min(VAL_SIZE, max(1, (count - calib_size) // 5))
@@ -85,8 +95,20 @@ def _val_calib_train(count: int, config: DataConfig, generator: torch.Generator,
     if held_out >= count:
         raise AutocompError(f"data.val_size + data.calib_size = {held_out} leaves no training images out of "
                             f"{count}; lower them")
-    order = torch.randperm(count, generator=generator)
     return order[:val_size], order[val_size:held_out], order[held_out:]
+
+
+def _stable_order(files: list[str], root: Path, seed: int) -> torch.Tensor:
+    """Indices of ``files`` ordered by a hash of the seed and each file's path under ``root``: where a file falls
+    does not depend on the others."""
+    keys = [hashlib.sha256(f"{seed}/{os.path.relpath(f, root)}".encode()).digest() for f in files]
+    return torch.tensor(sorted(range(len(files)), key=keys.__getitem__), dtype=torch.int64)
+
+
+def _digest(files: list[str], labels: list[int], root: Path) -> str:
+    """A split's identity: its files (paths under ``root``) and labels."""
+    listed = "\n".join(f"{os.path.relpath(f, root)}\t{label}" for f, label in zip(files, labels))
+    return hashlib.sha256(listed.encode()).hexdigest()[:16]
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
@@ -207,8 +229,11 @@ def _folder_root(config: DataConfig) -> Path:
 
 def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     root = _folder_root(config)
-    generator = torch.Generator().manual_seed(config.seed)
     split_dirs = _split_folders(root)
+
+    def order(files: list[str]) -> torch.Tensor:
+        return _stable_order(files, root, config.seed)
+
     if split_dirs:  # split folders: train/ is required, val/ and test/ are held out of it when missing
         if "train" not in split_dirs:
             raise AutocompError(f"{root} has {sorted(p.name for p in split_dirs.values())} but no train/ folder; add "
@@ -225,24 +250,24 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         if "test" in listed:
             test_files, test_labels = listed["test"]
         else:
-            test_idx, keep = _hold_out(len(train_files), config.test_size, generator, "data.test_size")
+            test_idx, keep = _hold_out(order(train_files), config.test_size, "data.test_size")
             test_files, test_labels = _take(train_files, train_labels, test_idx)
             train_files, train_labels = _take(train_files, train_labels, keep)
         if "val" in listed:
-            _, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator, val_size=0)
-            val_order = torch.randperm(len(listed["val"][0]), generator=generator)[:config.val_size or VAL_SIZE]
+            _, calib_idx, train_idx = _val_calib_train(order(train_files), config, val_size=0)
+            val_order = order(listed["val"][0])[:config.val_size or VAL_SIZE]
             val_files, val_labels = _take(*listed["val"], val_order)
         else:
-            val_idx, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator)
+            val_idx, calib_idx, train_idx = _val_calib_train(order(train_files), config)
             val_files, val_labels = _take(train_files, train_labels, val_idx)
     else:
         found = _classes(root)
         classes = sorted(found)
         files, labels = _flatten(found, classes)
-        test_idx, keep = _hold_out(len(files), config.test_size, generator, "data.test_size")
+        test_idx, keep = _hold_out(order(files), config.test_size, "data.test_size")
         test_files, test_labels = _take(files, labels, test_idx)
         train_files, train_labels = _take(files, labels, keep)
-        val_idx, calib_idx, train_idx = _val_calib_train(len(train_files), config, generator)
+        val_idx, calib_idx, train_idx = _val_calib_train(order(train_files), config)
         val_files, val_labels = _take(train_files, train_labels, val_idx)
     calib_files, calib_labels = _take(train_files, train_labels, calib_idx)
     train_files, train_labels = _take(train_files, train_labels, train_idx)
@@ -253,9 +278,12 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
                            labels=tuple(labels), preprocessing=preprocessing, workers=config.workers)
 
     calib_x, calib_y = split(calib_files, calib_labels).tensors()
+    digests = {name: _digest(files, labels, root) for name, (files, labels) in {
+        "train": (train_files, train_labels), "calib": (calib_files, calib_labels), "val": (val_files, val_labels),
+        "test": (test_files, test_labels)}.items()}
     return Splits(train=split(train_files, train_labels), calib=TensorSplit(x=calib_x, y=calib_y),
                   val=split(val_files, val_labels), test=split(test_files, test_labels), num_classes=len(classes),
-                  preprocessing=preprocessing)
+                  preprocessing=preprocessing, digests=digests)
 
 
 # the folder names a split may have under an image folder's root (as torchvision's and Hugging Face's data sets name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -170,7 +170,9 @@ def _collate(items: list[tuple[torch.Tensor, int] | _Unreadable]) -> tuple[torch
 
 @dataclass(frozen=True)
 class Splits:
-    """The four splits, the class count and the preprocessing that made their inputs."""
+    """The four splits, the class count, the preprocessing that made their inputs, and (an image folder's) each
+    split's identity: a digest of its files and labels, by split name (None for the built-in data sets, which the
+    job's data settings decide)."""
 
     train: Split
     calib: TensorSplit
@@ -178,3 +180,4 @@ class Splits:
     test: Split
     num_classes: int
     preprocessing: Preprocessing | None = None
+    digests: Mapping[str, str] | None = None

@@ -80,6 +80,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
 
     job, identity, fingerprint = _job_identity(config, base)
     previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
+    if previous is not None:
+        _check_same_images(previous.get("images"), splits.digests, run_dir, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
                                 load_if_exists=True, directions=list(DIRECTIONS))
@@ -115,7 +117,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         if previous is None:
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 before.check_reachable(space, heads, screen, config, log)
-            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits)
+            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, splits.digests)
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
@@ -325,8 +327,30 @@ def _previous_run(run_dir: Path, fingerprints: Sequence[str | None]) -> dict[str
     return previous
 
 
+def _check_same_images(before: Mapping[str, str] | None, now: Mapping[str, str] | None, run_dir: Path,
+                       log: Callable[[str], None]) -> None:
+    """Resuming on an image folder whose files changed: refused where the trials were scored or calibrated on other
+    images than those to come (validation, test, calibration), said where only the training images changed (a
+    broken one removed: the trials to come distil on the others). A run from before the digests is warned about."""
+    if not now:
+        return
+    if not before:
+        log(f"warning: {run_dir} was searched by an earlier autocomp, which drew an image folder's validation, test "
+            "and calibration images another way: the trials to come are scored on other images than its trials; "
+            "search into a new --out folder to compare like with like")
+        return
+    changed = [name for name in ("val", "test", "calib") if before.get(name) != now.get(name)]
+    if changed:
+        raise AutocompError(f"the images of the {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} changed "
+                            f"since the trials in {run_dir} ran, so their scores would not compare with new ones; "
+                            "put the images back as they were, or search into a new --out folder")
+    if before.get("train") != now.get("train"):
+        log("note: the training images changed since the earlier trials ran (validation, test and calibration did "
+            "not); the trials to come distil on the new ones")
+
+
 def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
-                    baseline: dict, limits: dict) -> None:
+                    baseline: dict, limits: dict, images: Mapping[str, str] | None) -> None:
     """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
     as an nn.Module, its weights (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
@@ -334,7 +358,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
 
         save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(run_dir / BASE_WEIGHTS))
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
-                                                  "limits": limits}, indent=2))
+                                                  "limits": limits, "images": images}, indent=2))
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
