@@ -43,7 +43,7 @@ class Budget:
         for key, unit in (("latency", "latency_ms"), ("memory", "memory_mb")):
             value = set_fields.get(key)
             if value is not None and value > 1:  # the uncompressed model meets it: nothing to search for
-                guess = f"did you mean {value / 100:g} ({value:g}%)? " if value <= 100 else ""
+                guess = f"did you mean {value / 100:g} ({value:g}%)? " if 10 <= value <= 100 else ""
                 raise AutocompError(f"budget.{key} is a fraction of the uncompressed model's {key} (0.5: half of it), "
                                     f"at most 1, got {value!r}; {guess}an absolute limit is budget.{unit}")
         if self.latency_ms is not None and self.latency is not None:

@@ -165,7 +165,11 @@ def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job,
                                      data={"dataset": "imagefolder", "root": str(tmp_path / "images"), "val_size": 4,
                                            "calib_size": 4, "test_size": 4, "workers": 0, "mean": [0.5],
                                            "std": [0.5]}))
-    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    with pytest.warns(UserWarning) as said:  # the size it guessed, then what that did
+        err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert [str(w.message) for w in said] == ["the model has no timm data config (pretrained_cfg), so its images are "
+                                              "made with timm's defaults: image_size 224; set data.image_size to what "
+                                              "it was trained with"]
     assert err == ("autocomp: error: the model fails on the data's images (3x224x224, channels x height x width): "
                    "RuntimeError: expected 32x32 images, got (1, 3, 224, 224); set data.image_size (and data.mean, "
                    "data.std) to the images the model was trained on")

@@ -108,6 +108,41 @@ def test_a_training_image_removed_or_added_leaves_the_held_out_splits_as_they_we
     assert load_splits(dataclasses.replace(config, seed=1), model).digests["val"] != first.digests["val"]
 
 
+def test_a_resumed_run_keeps_its_held_out_sizes_and_refuses_other_held_out_images(tmp_path):
+    """Sizes left unset depend on the image count (a fifth of a small folder): a resumed run takes those its trials
+    had, so that a broken training image removed changes nothing held out; an image added where it falls in a
+    held-out split, or a run from before the record, is refused."""
+    import shutil
+    from types import SimpleNamespace
+
+    from autocomp.search._runner import OLDER, _images, _run_splits
+
+    make_folder(tmp_path / "data", {"cat": 30, "dog": 30})  # no split folders, no sizes: each a fifth or so
+    config, model, said = SimpleNamespace(data=DataConfig(dataset="imagefolder", root=str(tmp_path / "data"),
+                                                          workers=0)), tiny_rgb_vit(), []
+    first = _run_splits(config, model, None, tmp_path, said.append)
+    recorded = _images(first)
+    counts = {name: recorded[name]["images"] for name in ("test", "calib", "val")}
+    assert counts == {"test": 12, "calib": 9, "val": 7}  # 60 // 5; then 48 // 5 and (48 - 9) // 5
+    (tmp_path / "data" / first.train.files[0]).unlink()  # 59 images: an unset test size would now be 11
+    again = _run_splits(config, model, recorded, tmp_path, said.append)
+    assert (again.val.files, again.test.files) == (first.val.files, first.test.files)
+    assert torch.equal(again.calib.x, first.calib.x) and len(again.train) == len(first.train) - 1
+    assert said == ["note: the training images changed since the earlier trials ran (validation, test and "
+                    "calibration did not); the trials to come distil on the new ones"]
+    for index in range(60):  # an added image that falls in a held-out split
+        added = tmp_path / "data" / "dog" / f"added{index}.png"
+        shutil.copy(tmp_path / "data" / "dog" / "0.png", added)
+        if f"dog/added{index}.png" not in load_splits(config.data, model).train.files:
+            break
+        added.unlink()
+    with pytest.raises(AutocompError, match=r"^the images of the (val|test|calib)( and (val|test|calib))* splits? "
+                                            r"changed since the trials in .* ran"):
+        _run_splits(config, model, recorded, tmp_path, said.append)
+    with pytest.raises(AutocompError, match="was searched by an earlier autocomp, which drew an image folder's"):
+        _run_splits(config, model, OLDER, tmp_path, said.append)
+
+
 def test_train_and_val_folders_are_splits_not_classes(tmp_path):
     make_folder(tmp_path / "train", {"cat": 8, "dog": 8, "fox": 8})
     make_folder(tmp_path / "val", {"cat": 2, "dog": 2, "fox": 2})
@@ -205,11 +240,11 @@ def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_an
     torch.manual_seed(0)
     model = VisionTransformer(img_size=16, patch_size=4, num_classes=2, embed_dim=32, depth=1, num_heads=2).eval()
     config = dict(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2, test_size=2, workers=0)
-    with pytest.warns(UserWarning, match=r"no timm data config \(pretrained_cfg\), so its images are normalized "
-                                         r"with timm's defaults, mean \[0.485, 0.456, 0.406\] and std \[0.229, "
-                                         r"0.224, 0.225\]; set data.mean and data.std to those it was trained with"):
+    with pytest.warns(UserWarning, match=r"no timm data config \(pretrained_cfg\), so its images are made with "
+                                         r"timm's defaults: mean \[0.485, 0.456, 0.406\], std \[0.229, 0.224, "
+                                         r"0.225\]; set data.mean, data.std to what it was trained with$"):
         assert load_splits(DataConfig(**config), model).preprocessing.mean == (0.485, 0.456, 0.406)
-    with pytest.warns(UserWarning, match=r"; set data.std to those"):  # only what is not set
+    with pytest.warns(UserWarning, match=r"defaults: std \[0.229, 0.224, 0.225\]; set data.std to "):  # not the user's
         load_splits(DataConfig(**config, mean=[0.5]), model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # set by the user, or a timm model's own: nothing to say

@@ -204,12 +204,14 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
         interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0),
         crop_mode=config.crop_mode or timm_config.get("crop_mode") or "center")
-    guessed = [name for name in ("mean", "std") if getattr(config, name) is None]
+    guessed = {name: list(getattr(preprocessing, name)) for name in ("mean", "std") if getattr(config, name) is None}
+    if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
+        guessed["image_size"] = preprocessing.image_size
     if guessed and not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
-        # a module not made by timm.create_model: timm falls back to ImageNet's statistics without a word
-        warnings.warn(f"the model has no timm data config (pretrained_cfg), so its images are normalized with "
-                      f"timm's defaults, mean {list(preprocessing.mean)} and std {list(preprocessing.std)}; set "
-                      f"{' and '.join(f'data.{name}' for name in guessed)} to those it was trained with",
+        # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word
+        warnings.warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
+                      "defaults: " + ", ".join(f"{name} {value}" for name, value in guessed.items()) + "; set "
+                      f"{', '.join(f'data.{name}' for name in guessed)} to what it was trained with",
                       UserWarning, stacklevel=2)
     return preprocessing
 

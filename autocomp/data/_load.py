@@ -2,9 +2,9 @@
 train / calibration / validation / test.
 
 An image folder's held-out splits are drawn in an order each file's own path decides (a hash of it and the seed),
-not by a permutation of the file list: a training image removed (a broken one) or added leaves validation, test and
-calibration as they were, so a search resumed after it compares like with like (the run records each split's
-files: :attr:`Splits.digests`)."""
+not by a permutation of the file list: with the same split sizes (a resumed search keeps its own), a training image
+removed (a broken one) leaves validation, test and calibration as they were, and an added one changes them only
+where it falls among them (the run records each split's files, :attr:`Splits.digests`, and compares them)."""
 
 from __future__ import annotations
 

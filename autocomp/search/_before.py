@@ -29,8 +29,9 @@ from autocomp.search._objective import metrics_of
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace
 from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, progress_lines,
-                                          read_sensitivity, sensitivity_pass, uniform_latencies, unrunnable_settings,
-                                          without, without_slow, write_sensitivity, write_uniform_latencies)
+                                          read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
+                                          unrunnable_settings, without, without_slow, write_sensitivity,
+                                          write_uniform_latencies)
 from autocomp.search._start import alike_choices, lightest, recipe_of
 from autocomp.train import evaluate
 
@@ -47,8 +48,7 @@ def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
             outputs = base(image).shape[-1]
     except Exception as exc:  # noqa: BLE001 - the user's forward, on the images the data section makes
         fix = ("set data.image_size (and data.mean, data.std) to the images the model was trained on"
-               if data == "imagefolder" else f"the {data} dataset's images are {tuple(image.shape[1:])}; give a "
-               f"model built for them")
+               if data == "imagefolder" else f"give a model built for {data}'s images")
         reason = " ".join(str(exc).split())
         reason = reason if len(reason) <= 300 else reason[:300] + " ..."
         raise AutocompError(f"the model fails on the data's images ({'x'.join(map(str, image.shape[1:]))}, "
@@ -160,7 +160,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms, allowed=allowed, dropped=untimed)
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
-        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if 1 - minimum < r < math.inf]
+        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=minimum).items()]
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
                else "s; ")
@@ -243,7 +243,8 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         else:  # the sensitivity pass left some settings in some blocks only
             what = ", ".join(f"{knob} {value:g} in " + ("every block" if count == blocks else f"{count} of {blocks} "
                                                         "blocks") for (knob, value), count in used.items())
-        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in ratios.items() if offered < r < math.inf]
+        slow = [f"{knob} {value:g} ({r:.2f}x)"
+                for (knob, value), r in too_slow(ratios, min_saving=config.sensitivity.min_saving).items()]
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "

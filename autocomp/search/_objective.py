@@ -15,6 +15,7 @@ from torch import nn
 
 from autocomp import _quiet
 from autocomp._compress import compress
+from autocomp._io import read_safetensors
 from autocomp._timeout import TimedOut, time_limit
 from autocomp.budget import feasible, violations
 from autocomp.config import FidelityConfig
@@ -303,11 +304,10 @@ def _keep_weights(model: nn.Module, directory: Path) -> None:
 
 def kept_model(base: nn.Module, recipe: Recipe, directory: Path) -> nn.Module | None:
     """The model a trial kept under ``directory`` (its structure rebuilt, its weights loaded), or None."""
-    from safetensors.torch import load_file
-
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         return None
     model = compress(base, recipe, structure_only=True)
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(read_safetensors(path, "a trial's kept weights", f"delete {directory} to have the trial "
+                                           "compressed and distilled again from its recipe"))
     return model.eval()

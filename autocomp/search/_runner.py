@@ -4,6 +4,7 @@ trial."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -17,10 +18,11 @@ import yaml
 from torch import nn
 
 from autocomp import _quiet
+from autocomp._io import write_json
 from autocomp._paths import resolve_path
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
-from autocomp.data import load_splits
+from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import check_images
@@ -71,17 +73,15 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         log(f"measuring on {require_device(profile, source=config.hardware)}")
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
-    splits = load_splits(config.data, base)
+    job, identity, fingerprint = _job_identity(config, base)
+    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
+    splits = _run_splits(config, base, None if previous is None else previous.get("images", OLDER), run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
     log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
         f"preprocessing {splits.preprocessing.to_dict()}")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', type(base).__name__)}: {len(heads)} blocks, heads {heads}")
 
-    job, identity, fingerprint = _job_identity(config, base)
-    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
-    if previous is not None:
-        _check_same_images(previous.get("images"), splits.digests, run_dir, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
                                 load_if_exists=True, directions=list(DIRECTIONS))
@@ -117,7 +117,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         if previous is None:
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 before.check_reachable(space, heads, screen, config, log)
-            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, splits.digests)
+            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, _images(splits))
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
@@ -205,8 +205,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                    asking_seconds=study.user_attrs.get(ASKING_SECONDS))
         except AutocompError as exc:  # e.g. an image past the trials' subset, first read by the final distillation
             kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
-            raise AutocompError(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
-                                "command finishes the search without running them again") from None
+            raise type(exc)(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
+                            "command finishes the search without running them again") from exc
 
 
 def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
@@ -327,38 +327,54 @@ def _previous_run(run_dir: Path, fingerprints: Sequence[str | None]) -> dict[str
     return previous
 
 
-def _check_same_images(before: Mapping[str, str] | None, now: Mapping[str, str] | None, run_dir: Path,
-                       log: Callable[[str], None]) -> None:
-    """Resuming on an image folder whose files changed: refused where the trials were scored or calibrated on other
-    images than those to come (validation, test, calibration), said where only the training images changed (a
-    broken one removed: the trials to come distil on the others). A run from before the digests is warned about."""
-    if not now:
-        return
-    if not before:
-        log(f"warning: {run_dir} was searched by an earlier autocomp, which drew an image folder's validation, test "
-            "and calibration images another way: the trials to come are scored on other images than its trials; "
-            "search into a new --out folder to compare like with like")
-        return
-    changed = [name for name in ("val", "test", "calib") if before.get(name) != now.get(name)]
+OLDER = "older"  # run.json of a run made before it recorded its images
+
+
+def _run_splits(config: JobConfig, base: nn.Module, recorded: Mapping[str, Any] | str | None, run_dir: Path,
+                log: Callable[[str], None]) -> Splits:
+    """The data's splits; resuming on an image folder, with the held-out sizes the trials had (those left unset
+    depend on the image count, which a removed broken image changes), and checked against the images the trials
+    had (``recorded``: run.json's ``images``; None for a new run): refused where they were scored or calibrated on
+    other images (validation, test, calibration), or on images drawn before the order of :mod:`autocomp.data`'s
+    image folders was stable (``OLDER``); said where only training images changed (the trials to come distil on
+    them)."""
+    if recorded is None or config.data.dataset != "imagefolder":
+        return load_splits(config.data, base)
+    if recorded == OLDER:
+        raise AutocompError(f"{run_dir} was searched by an earlier autocomp, which drew an image folder's validation, "
+                            "test and calibration images another way: new trials would be scored on other images than "
+                            "its trials; search into a new --out folder (autocomp export still reads this one)")
+    sizes = {f"{name}_size": recorded[name]["images"] for name in ("val", "calib", "test")}
+    splits = load_splits(dataclasses.replace(config.data, **sizes), base)
+    changed = [name for name in ("val", "test", "calib") if recorded[name]["digest"] != splits.digests[name]]
     if changed:
         raise AutocompError(f"the images of the {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} changed "
                             f"since the trials in {run_dir} ran, so their scores would not compare with new ones; "
                             "put the images back as they were, or search into a new --out folder")
-    if before.get("train") != now.get("train"):
+    if recorded["train"]["digest"] != splits.digests["train"]:
         log("note: the training images changed since the earlier trials ran (validation, test and calibration did "
             "not); the trials to come distil on the new ones")
+    return splits
+
+
+def _images(splits: Splits) -> dict[str, dict[str, Any]] | None:
+    """What run.json records of an image folder's splits: each one's image count and digest."""
+    if splits.digests is None:
+        return None
+    counts = {"train": len(splits.train), "calib": len(splits.calib), "val": len(splits.val), "test": len(splits.test)}
+    return {name: {"images": counts[name], "digest": digest} for name, digest in splits.digests.items()}
 
 
 def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
-                    baseline: dict, limits: dict, images: Mapping[str, str] | None) -> None:
+                    baseline: dict, limits: dict, images: Mapping[str, Any] | None) -> None:
     """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
     as an nn.Module, its weights (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
         from safetensors.torch import save_file
 
         save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(run_dir / BASE_WEIGHTS))
-    (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "baseline": baseline,
-                                                  "limits": limits, "images": images}, indent=2))
+    write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
+                                      "images": images})
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,

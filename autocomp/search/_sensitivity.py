@@ -34,7 +34,7 @@ from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
-           "unrunnable_settings", "first_block_only", "without_slow", "without", "write_uniform_latencies",
+           "unrunnable_settings", "first_block_only", "too_slow", "without_slow", "without", "write_uniform_latencies",
            "progress_lines"]
 
 
@@ -321,6 +321,12 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
         if observe is not None:
             observe(recipe, results[(knob, value)])
     return results
+
+
+def too_slow(ratios: Mapping[tuple[str, Any], float], *, min_saving: float) -> dict[tuple[str, Any], float]:
+    """The settings that, in every block at once, save less than ``min_saving`` of the latency, and their ratios
+    (one the target cannot run, ``inf``, is not among them)."""
+    return {setting: ratio for setting, ratio in ratios.items() if 1 - min_saving < ratio < math.inf}
 
 
 def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], float], space: SearchSpace,
