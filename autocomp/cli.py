@@ -80,6 +80,16 @@ def _export(args: argparse.Namespace) -> None:
               f"difference {info['max_logit_diff']:.3g}")
 
 
+def _output_file(out: str, example: str) -> Path:
+    """``--out`` of a command that writes one file, refused before any measurement where no file can be written."""
+    path = Path(out)
+    if path.is_dir():
+        raise AutocompError(f"--out {out} is a folder; give the file to write, e.g. {path / example}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise AutocompError(f"--out {out}: {path.parent} is a file, not a folder; give a path in a folder")
+    return path
+
+
 def _profile(args: argparse.Namespace) -> None:
     import datetime
 
@@ -88,6 +98,7 @@ def _profile(args: argparse.Namespace) -> None:
     from autocomp.hardware import read_profile
     from autocomp.measure.profiling import VIT_GEMMS, calibrate, calibrated_profile, write_profile
 
+    out = _output_file(args.out, "my_cpu.yaml")
     base: dict[str, Any] | None = None
     backend = args.backend or "pytorch-cpu"
     if args.base:
@@ -109,7 +120,6 @@ def _profile(args: argparse.Namespace) -> None:
     calibration = calibrate(threads=threads, backend=backend, **settings)
     data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,
                               copy_mb=settings.get("copy_mb", 512))
-    out = Path(args.out)
     details = "\n".join(f"  {key}: {value:.4g}" for key, value in calibration.details.items())
     write_profile(out, data, header=f"Measured by autocomp profile on {datetime.date.today()} with {threads} "
                   f"thread(s) on {backend}"
@@ -125,7 +135,8 @@ def _check_costmodel(args: argparse.Namespace) -> None:
     from autocomp.config import load_config
     from autocomp.costmodel.check import check_costmodel
 
-    report = check_costmodel(load_config(args.config), samples=args.samples, out=Path(args.out))
+    out = _output_file(args.out, "costmodel.json")
+    report = check_costmodel(load_config(args.config), samples=args.samples, out=out)
     print()
     for key in ("latency", "memory"):
         for stage in report[key]:

@@ -76,3 +76,24 @@ def test_check_costmodel_needs_three_samples(tmp_path, tiny_teacher, capsys):
     job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
     err = run_cli(["check-costmodel", str(job), "--samples", "2", "--out", str(tmp_path / "r.json")], capsys)
     assert "--samples must be a whole number >= 3" in err
+
+
+def test_an_out_path_no_file_can_be_written_to_is_refused_before_anything_is_measured(tmp_path, capsys, monkeypatch):
+    import autocomp.costmodel.check
+    import autocomp.measure.profiling
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before --out was checked")
+    monkeypatch.setattr(autocomp.measure.profiling, "calibrate", measured)
+    monkeypatch.setattr(autocomp.costmodel.check, "check_costmodel", measured)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    err = run_cli(["profile", "--out", str(tmp_path / "folder"), "--quick"], capsys)
+    assert err == (f"autocomp: error: --out {tmp_path / 'folder'} is a folder; give the file to write, e.g. "
+                   f"{tmp_path / 'folder' / 'my_cpu.yaml'}")
+    err = run_cli(["check-costmodel", "job.yaml", "--out", str(tmp_path / "a_file" / "r.json")], capsys)
+    assert err == (f"autocomp: error: --out {tmp_path / 'a_file' / 'r.json'}: {tmp_path / 'a_file'} is a file, not "
+                   "a folder; give a path in a folder")
+    err = run_cli(["check-costmodel", "job.yaml", "--out", str(tmp_path / "folder")], capsys)
+    assert "is a folder; give the file to write, e.g. " in err and err.endswith("costmodel.json")
+    assert not list((tmp_path / "folder").iterdir())  # nothing left behind
