@@ -74,6 +74,21 @@ def _check_number(config: Distill, name: str, meaning: str, low: float, high: fl
     object.__setattr__(config, name, float(value))  # YAML's 1 and 1.0 are the same setting
 
 
+def _block(index: int, block: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
+    """One block's operators, each config built from its plain settings (an operator's config is kept)."""
+    block = block or {}
+    if not isinstance(block, Mapping):
+        raise AutocompError(f"{source}: block {index} must be a mapping of operator -> settings")
+    parsed = {}
+    for name, settings in block.items():
+        if name not in OPERATORS:
+            raise AutocompError(f"{source}: block {index}: unknown operator {name!r}; known: {sorted(OPERATORS)}")
+        config_cls = OPERATORS[name].config_cls
+        parsed[name] = settings if isinstance(settings, config_cls) else build(
+            config_cls, settings or {}, where=f"{source}: block {index}: {name}")
+    return parsed
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Per-block operator configs.
@@ -86,6 +101,21 @@ class Recipe:
 
     blocks: tuple[Mapping[str, Any], ...]
     distill: Distill | None = None
+
+    def __post_init__(self) -> None:
+        """Settings given as plain data (``Recipe(blocks=({"quantize": {"weight_bits": 8}},))``) are checked and
+        built as :meth:`from_dict` builds them; operator configs are kept as they are."""
+        if not isinstance(self.blocks, (tuple, list)):
+            raise AutocompError(f"recipe: blocks must be a sequence with one entry per transformer block, got "
+                                f"{type(self.blocks).__name__}")
+        plain = not all(isinstance(block, Mapping) and all(
+            name in OPERATORS and isinstance(config, OPERATORS[name].config_cls) for name, config in block.items())
+            for block in self.blocks)
+        if plain or isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(_block(index, block, "recipe")
+                                                     for index, block in enumerate(self.blocks)))
+        if self.distill is not None and not isinstance(self.distill, Distill):
+            object.__setattr__(self, "distill", build(Distill, self.distill, where="recipe: distill"))
 
     @classmethod
     def identity(cls, depth: int) -> Recipe:
@@ -100,21 +130,10 @@ class Recipe:
         unknown = set(data) - {"format", "blocks", "distill"}
         if unknown:
             raise AutocompError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: 'format', 'blocks', 'distill'")
-        ops = OPERATORS
-        blocks = []
-        for index, block in enumerate(data["blocks"]):
-            block = block or {}
-            if not isinstance(block, Mapping):
-                raise AutocompError(f"{source}: block {index} must be a mapping of operator -> settings")
-            parsed = {}
-            for name, settings in block.items():
-                if name not in ops:
-                    raise AutocompError(f"{source}: block {index}: unknown operator {name!r}; known: {sorted(ops)}")
-                parsed[name] = build(ops[name].config_cls, settings or {}, where=f"{source}: block {index}: {name}")
-            blocks.append(parsed)
+        blocks = tuple(_block(index, block, source) for index, block in enumerate(data["blocks"]))
         distill = data.get("distill")
         distill = build(Distill, distill, where=f"{source}: distill") if distill is not None else None
-        return cls(blocks=tuple(blocks), distill=distill)
+        return cls(blocks=blocks, distill=distill)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML-ready dict form (operators in application order)."""

@@ -5,6 +5,7 @@ import torch
 
 from autocomp import AutocompError, Recipe, compress
 from autocomp.ops import PruneHeads, Quantize
+from autocomp.recipe import Distill
 
 
 def test_yaml_round_trip_is_exact_and_gives_identical_outputs(tmp_path, tiny_teacher, digits_splits):
@@ -51,3 +52,18 @@ def test_keeping_more_heads_than_exist_is_refused(tiny_teacher):
     _, model = tiny_teacher
     with pytest.raises(AutocompError, match="block 1: prune_heads.keep=5 but the block has 4 heads; allowed 1..4"):
         compress(model, Recipe.from_dict({"blocks": [{}, {"prune_heads": {"keep": 5}}]}))
+
+
+def test_a_recipe_built_in_python_from_plain_settings_is_checked_and_built_as_from_yaml():
+    """Recipe(blocks=...) with plain dicts was accepted, then failed inside compress ('dict' object has no attribute
+    'layers')."""
+    plain = Recipe(blocks=({"quantize": {"weight_bits": 8}}, None), distill={"steps": 10, "alpha": 0.5})
+    assert plain == Recipe.from_dict({"blocks": [{"quantize": {"weight_bits": 8}}, {}],
+                                      "distill": {"steps": 10, "alpha": 0.5}})
+    assert isinstance(plain.blocks, tuple) and isinstance(plain.distill, Distill)
+    with pytest.raises(AutocompError, match=r"^recipe: block 0: unknown operator 'quantise'; known: "):
+        Recipe(blocks=({"quantise": {}},))
+    with pytest.raises(AutocompError, match=r"^recipe: block 1: quantize"):
+        Recipe(blocks=({}, {"quantize": {"weight_bits": 7.5}}))
+    with pytest.raises(AutocompError, match=r"^recipe: blocks must be a sequence"):
+        Recipe(blocks={"quantize": {}})
