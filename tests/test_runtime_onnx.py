@@ -120,7 +120,7 @@ def test_weight_bytes_match_what_autocomp_predicts(tiny_teacher, exported, name,
 
 def test_the_file_holds_the_graph_and_weights_not_the_exporters_notes(exported):
     """torch.onnx's notes (stack traces with this machine's source paths, FX names) were most of a small model's
-    file: an int8 export 4x its weights' bytes, larger than the fp32 one."""
+    file: an int8 export 4x its weights' bytes (in a 3-block model larger than the fp32 export)."""
     from pathlib import Path
 
     import autocomp
