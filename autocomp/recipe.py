@@ -108,12 +108,8 @@ class Recipe:
         if not isinstance(self.blocks, (tuple, list)):
             raise AutocompError(f"recipe: blocks must be a sequence with one entry per transformer block, got "
                                 f"{type(self.blocks).__name__}")
-        plain = not all(isinstance(block, Mapping) and all(
-            name in OPERATORS and isinstance(config, OPERATORS[name].config_cls) for name, config in block.items())
-            for block in self.blocks)
-        if plain or isinstance(self.blocks, list):
-            object.__setattr__(self, "blocks", tuple(_block(index, block, "recipe")
-                                                     for index, block in enumerate(self.blocks)))
+        object.__setattr__(self, "blocks", tuple(_block(index, block, "recipe")
+                                                 for index, block in enumerate(self.blocks)))
         if self.distill is not None and not isinstance(self.distill, Distill):
             object.__setattr__(self, "distill", build(Distill, self.distill, where="recipe: distill"))
 

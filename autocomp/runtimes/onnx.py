@@ -397,16 +397,14 @@ def _optimize(model: Any) -> None:
 
 def _strip_export_notes(model: Any) -> None:
     """The exporter's notes on the graph, every node and every value (stack traces, source paths of the exporting
-    machine, FX names): most of a small model's file (a 2-block int8 ViT's file 4x its weights), in a file meant for
-    deployment. What the graph computes is unchanged."""
-    for graph in (model.graph, *model.functions.values()):
-        graph.metadata_props.clear()
+    machine, FX names): most of a small model's file, in a file meant for deployment. What
+    the graph computes is unchanged."""
+    for graph in (model.graph, *model.functions.values()):  # a function has no initializers of its own
         values = [*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()]
-        for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
-            node.metadata_props.clear()
+        for node in graph.all_nodes():
             values += node.outputs
-        for value in values:
-            value.metadata_props.clear()
+        for item in (graph, *graph.all_nodes(), *values):
+            item.metadata_props.clear()
 
 
 def _tensor_nbytes(tensor: Any) -> int:
