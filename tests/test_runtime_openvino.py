@@ -18,6 +18,7 @@ from autocomp.runtimes.openvino import OvModule, export_openvino, ov_compiled  #
 from conftest import both_blocks, onnx_initializers, skip_where_openvino_lacks_compressed_weights  # noqa: E402
 
 CASES = [pytest.param("quantize", Quantize(), id="w8"),
+         pytest.param("quantize", Quantize(weight_bits=16), id="w16"),
          pytest.param("quantize", Quantize(weight_bits=4, group_size=16), id="w4g16"),
          pytest.param("quantize", Quantize(act_bits=8), id="w8a8"),
          pytest.param("reduce_tokens", ReduceTokens(keep=0.5), id="tokens", marks=pytest.mark.uncapped_only)]
@@ -30,7 +31,8 @@ def test_openvino_runs_the_export_with_autocomps_numbers(tiny_teacher, digits_sp
     model = compress(tiny_teacher[1], both_blocks(name, config), calibration=calibration)
     result = export_openvino(model, calibration[:2], tmp_path / "model.xml")
     assert result.path.is_file()
-    # the IR adds a few shape constants, and holds MatMulNBits' fp16 scales as fp32 (2 more bytes each)
+    # the IR adds a few shape constants, and holds MatMulNBits' fp16 scales as fp32 (2 more bytes each); bf16
+    # weights stay bf16 (convert_model alone would widen them to fp32)
     fp16 = sum(t.size for t in onnx_initializers(result.onnx.path).values() if t.dtype == np.float16)
     assert result.onnx.weight_nbytes <= result.weight_nbytes <= result.onnx.weight_nbytes + 2 * fp16 + 2048
     if name == "quantize" and not config.act_bits:

@@ -7,12 +7,19 @@ with the weights kept compressed and the activations quantized on the fly (``DYN
 ``DynamicQuantizeLinear -> MatMulInteger`` (ORT's int8 form) is not recognised, so the export for OpenVINO writes
 weights-only int8 as ``DequantizeLinear -> MatMul`` (:data:`OPENVINO_EXPORT`).
 
+bf16 weights (``Bf16Linear``) are bf16 initializers cast to fp32 in the ONNX file; ``convert_model`` folds the cast,
+which would leave the IR holding them in fp32 (4 bytes where autocomp's model and the ONNX file hold 2). The export
+stores them in bf16 again, each behind a ``Convert`` (:func:`_narrow_to_bf16`): lossless, and compiled as before (the
+CPU plugin widens them when it loads the model, as ONNX Runtime does).
+
 Not used: ``nncf.compress_weights`` chooses its own scales (it would deploy numbers the search never evaluated), and
 ``save_model``'s default ``compress_to_fp16`` would round the fp32 weights; both are left out on purpose.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -51,8 +58,49 @@ def export_openvino(model: nn.Module, example: torch.Tensor, path: str | Path, *
 
     path = Path(path)
     exported = export_onnx(model, example, path.with_suffix(".onnx"), config=config)
-    ov.save_model(ov.convert_model(str(exported.path)), str(path), compress_to_fp16=False)
+    converted = ov.convert_model(str(exported.path))
+    _narrow_to_bf16(converted, _bf16_initializers(exported.path))
+    ov.save_model(converted, str(path), compress_to_fp16=False)
     return OpenVinoExport(path=path, onnx=exported, weight_nbytes=ir_weight_nbytes(path))
+
+
+def _bf16_initializers(path: Path) -> dict[int, set[bytes]]:
+    """The ONNX file's bf16 initializers widened to fp32: size -> digests of their values (:func:`_digest`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    found: dict[int, set[bytes]] = {}
+    for tensor in onnx.load(str(path)).graph.initializer:
+        if tensor.data_type == onnx.TensorProto.BFLOAT16:
+            values = numpy_helper.to_array(tensor).astype(np.float32)
+            found.setdefault(values.size, set()).add(_digest(values))
+    return found
+
+
+def _digest(values: np.ndarray) -> bytes:
+    # of the values in order: convert_model transposes weights (MatMul's transpose_b) and reshapes biases
+    return hashlib.sha256(np.sort(values, axis=None).tobytes()).digest()
+
+
+def _narrow_to_bf16(model: Any, bf16: dict[int, set[bytes]]) -> int:
+    """Replace each fp32 constant of ``model`` holding the values of one of the ``bf16`` initializers by a bf16
+    constant and a ``Convert`` to fp32 (exact: its values are bf16's). Returns how many were replaced."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    narrowed = 0
+    for op in model.get_ops():
+        if (op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.f32
+                or math.prod(op.get_output_shape(0)) not in bf16):
+            continue
+        values = np.ascontiguousarray(op.get_data(), dtype=np.float32)
+        if _digest(values) not in bf16[values.size]:
+            continue
+        tensor = ov.Tensor(ov.Type.bf16, ov.Shape(list(values.shape)))
+        np.asarray(tensor.data).view(np.uint16).reshape(-1)[:] = (values.view(np.uint32) >> 16).reshape(-1)
+        op.output(0).replace(ops.convert(ov.op.Constant(tensor), ov.Type.f32).output(0))
+        narrowed += 1
+    return narrowed
 
 
 def ir_weight_nbytes(path: str | Path) -> int:
