@@ -132,8 +132,9 @@ def test_bad_fidelity_settings_are_named(values, key):
 
 
 def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_finished(tmp_path, tiny_teacher,
-                                                                                        monkeypatch):
-    """Through Ray Tune: the scheduler (on the driver) stops every other short result; those trials end there."""
+                                                                                        digits_splits, monkeypatch):
+    """Through Ray Tune: the scheduler (on the driver) stops every other short result; those trials end there. An
+    export of a stopped trial is distilled in full, a model the search never scored: scored and said so."""
     import csv
     import json
 
@@ -170,3 +171,19 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     assert summary["early_stopped"]["stopped"] == 2 and summary["early_stopped"]["short_scored"] == 4
     assert str(summary["best"]["trial"]) in {r["number"] for r in full}
     assert summary["best"]["weights"] == "kept by the trial"
+
+    import autocomp
+    from autocomp.search import export_trial
+
+    said = []
+    out = export_trial(run, int(short[0]["number"]), tmp_path / "short", log=said.append)
+    rebuilt = json.loads((out / "metrics.json").read_text())["rebuilt"]
+    assert said == [rebuilt["note"]] and "never scored" in rebuilt["note"]
+    assert rebuilt["short_accuracy"] == pytest.approx(float(short[0]["short_accuracy"]))
+    assert rebuilt["images"] == len(digits_splits.val)
+    assert evaluate(autocomp.load(out), digits_splits.val) == pytest.approx(rebuilt["val_accuracy"])
+    out = export_trial(run, int(full[0]["number"]), tmp_path / "full", log=said.append)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(said) == 1 and "rebuilt" not in metrics  # a finished trial is the model it scored
+    assert metrics["accuracy"] == pytest.approx(float(full[0]["accuracy"]))
+    assert evaluate(autocomp.load(out), digits_splits.val) == pytest.approx(metrics["accuracy"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from autocomp._io import write_json
 from autocomp.config import load_config
-from autocomp.data import load_splits
+from autocomp.data import Split, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
@@ -24,7 +25,8 @@ from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
 from autocomp.saving import load_model, load_preprocessing, save_model
 from autocomp.search._finish import BEST, KEPT
-from autocomp.search._objective import build_candidate, distill_subset, kept_model
+from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
+from autocomp.train import evaluate
 
 __all__ = ["export_trial", "FORMATS"]
 
@@ -34,11 +36,16 @@ CHECK_BATCH = 16  # images per run of the exported model when it is checked
 
 
 def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module | None = None,
-                 format: str = "pytorch", int8_weights: str = "auto") -> Path:  # noqa: A002 - the CLI's --format
+                 format: str = "pytorch", int8_weights: str = "auto",  # noqa: A002 - the CLI's --format
+                 log: Callable[[str], None] = print) -> Path:
     """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe
     (``number`` ``"best"``: the run's ``best/`` model, as the search saved it, after any final distillation); with
     ``format`` ``onnx`` or ``openvino`` also the deployable file, checked against the PyTorch model (top-1
     agreement and largest logit difference on validation images, in ``out/export.json``).
+
+    A trial the search stopped after the short part of its distillation (``fidelity`` ``short``) is rebuilt with its
+    whole distillation, a model the search never scored: it is scored on all of validation, ``metrics.json`` records
+    both scores (``rebuilt``), and ``log`` says so.
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
@@ -86,11 +93,15 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
     else:
-        recipe, metrics = Recipe.from_dict(trial.user_attrs["recipe"]), {"trial": number, **trial.user_attrs}
+        recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+        metrics = {"trial": number, **dict(zip(("accuracy", "latency_ms", "memory_mb"), trial.values)),
+                   **trial.user_attrs}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
+            if trial.user_attrs.get("fidelity") == SHORT and distils(recipe):
+                metrics["rebuilt"] = _finished_distillation(model, trial, splits.val, log)
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
@@ -109,6 +120,18 @@ def _complete_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
         raise AutocompError(f"trial {number} is not a complete trial of {run_dir}; complete trials: "
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
     return trials[number]
+
+
+def _finished_distillation(model: nn.Module, trial: optuna.trial.FrozenTrial, val: Split,
+                           log: Callable[[str], None]) -> dict[str, Any]:
+    """Score the fully distilled rebuild of a trial stopped at its short score; what ``metrics.json`` records."""
+    accuracy = evaluate(model, val)
+    note = (f"trial {trial.number} stopped after the short part of its distillation (scored "
+            f"{trial.user_attrs['short_accuracy']:.2f}% on a validation subset): rebuilt with its whole distillation, "
+            f"which the search never scored: {accuracy:.2f}% on all {len(val)} validation images")
+    log(note)
+    return {"note": note, "val_accuracy": accuracy, "images": len(val),
+            "short_accuracy": trial.user_attrs["short_accuracy"]}
 
 
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
