@@ -47,6 +47,10 @@ def _print_front(run_dir: Path) -> None:
     if not path.is_file():
         raise AutocompError(f"{run_dir} has no pareto.json; run 'autocomp search CONFIG --out {run_dir}' first")
     data = json.loads(path.read_text())
+    if not data["trials"]:
+        print(f"no trial of {run_dir} has a full score yet, so there is no front: {_trial_counts(run_dir)}; "
+              f"trials.csv lists each with its reason")
+        return
     limits = data.get("limits", {})
     title = "Pareto front" + (f" (budget: {', '.join(f'{k} <= {v:.3g}' for k, v in limits.items())})" if limits else "")
     table = Table(title=title)
@@ -56,6 +60,24 @@ def _print_front(run_dir: Path) -> None:
         table.add_row(str(row["number"]), f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}",
                       f"{row['memory_mb']:.3f}", "yes" if row["feasible"] else "no", row["recipe_summary"])
     Console(width=max(120, Console().width)).print(table)
+
+
+def _trial_counts(run_dir: Path) -> str:
+    """How a run's trials ended, from its trials.csv: e.g. ``3 stopped at their short score, 1 failed``."""
+    import csv
+
+    if not (run_dir / "trials.csv").is_file():
+        return "no trials.csv"
+    counts: dict[str, int] = {}
+    for row in csv.DictReader((run_dir / "trials.csv").open()):
+        if row["state"] == "COMPLETE":
+            what = "stopped at their short score" if row["fidelity"] == "short" else "scored in full"
+        elif row["state"] == "PRUNED":
+            what = "not run (drawn again)" if row["duplicate_of"] else "skipped by the cost model"
+        else:
+            what = {"FAIL": "failed", "RUNNING": "running"}.get(row["state"], row["state"].lower())
+        counts[what] = counts.get(what, 0) + 1
+    return ", ".join(f"{n} {what}" for what, n in counts.items()) or "no trials yet"
 
 
 def _trial_number(text: str) -> int | str:

@@ -244,7 +244,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     tmp.replace(run_dir / "trials.csv")
     front = pareto_front(rows)
     write_json(run_dir / "pareto.json", {"limits": dict(limits), "trials": [r.as_dict() for r in front]})
-    if front and plot:
+    if plot and any(r.complete for r in rows):  # with no front too: where the candidates fell against the budget
         plot_front(run_dir / "pareto.png", rows, front, limits)
     return front
 
@@ -268,9 +268,10 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
                          label="within budget, stopped early (short score)")
         axis.scatter([getattr(r, key) for r in feasible], [r.accuracy for r in feasible], c="tab:blue", s=18,
                      label="within budget")
-        ordered = sorted(front, key=lambda r: getattr(r, key))
-        axis.plot([getattr(r, key) for r in ordered], [r.accuracy for r in ordered], "o", mfc="none", mec="tab:red",
-                  ms=9, label="Pareto front (3 objectives)")
+        if front:
+            ordered = sorted(front, key=lambda r: getattr(r, key))
+            axis.plot([getattr(r, key) for r in ordered], [r.accuracy for r in ordered], "o", mfc="none",
+                      mec="tab:red", ms=9, label="Pareto front (3 objectives)")
         if key in limits:
             axis.axvline(limits[key], color="tab:red", ls="--", lw=1, label=f"budget {limits[key]:.3g}")
         axis.set_xlabel(label)

@@ -124,6 +124,21 @@ def test_short_scores_never_name_the_best_or_the_front():
     assert [r.number for r in pareto_front(rows)] == [2, 0]
 
 
+def test_a_run_with_no_full_score_prints_why_it_has_no_front_and_still_plots(tmp_path, capsys):
+    from autocomp.cli import main
+    from autocomp.results import write_results
+
+    over = {"latency_ms": 0.2}  # every candidate over budget: each stopped at its short score
+    rows = [dataclasses.replace(_row(0, 85.0, 4.0, "short"), violations=over),
+            dataclasses.replace(_row(1, 80.0, 5.0, "short"), violations=over),
+            dataclasses.replace(_row(2, 0.0, 0.0, None), state="FAIL", accuracy=None, error="boom")]
+    assert write_results(tmp_path, rows, {"latency_ms": 3.0}) == []
+    assert (tmp_path / "pareto.png").is_file()  # where the candidates fell against the budget
+    assert main(["pareto", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "no front" in printed and "2 stopped at their short score, 1 failed" in printed, printed
+
+
 @pytest.mark.parametrize("values, key", [({"steps": 1.0}, "fidelity.steps"), ({"steps": 0}, "fidelity.steps"),
                                          ({"images": 0}, "fidelity.images"), ({"slack": -1}, "fidelity.slack")])
 def test_bad_fidelity_settings_are_named(values, key):
