@@ -133,11 +133,18 @@ def _profile(args: argparse.Namespace) -> None:
         backend = args.backend or profile.backend
         base["backend"] = backend
     elif backend != "pytorch-cpu":
-        base = {"name": f"local-{backend}", "device": "cpu", "backend": backend, "batch_size": 1, "warmup": 5,
-                "repeats": 30}
+        base = {"name": f"local-{backend}", "device": "cpu", "backend": backend, "warmup": 5, "repeats": 30}
     threads = args.threads if args.threads is not None else (base or {}).get("threads", 1)
     if threads < 1:
         raise AutocompError(f"--threads must be a whole number >= 1, got {threads}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise AutocompError(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
+    if args.batch_size is not None or not args.base:  # the batch the searches time at: said where it came from
+        base = dict(base or {"name": "local-cpu", "device": "cpu", "backend": backend, "warmup": 5, "repeats": 30})
+        base["batch_size"] = args.batch_size or 1
+        base["sources"] = {**(base.get("sources") or {}), "batch_size": (
+            f"autocomp profile --batch-size {args.batch_size}" if args.batch_size else
+            "autocomp profile's default, one image per forward pass; --batch-size sets the batch you serve")}
     settings = {"shapes": VIT_GEMMS[:1], "repeats": 5, "copy_mb": 64} if args.quick else {}
     calibration = calibrate(threads=threads, backend=backend, **settings)
     data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,
@@ -214,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="profile YAML whose other fields (name, batch size, memory, kernels, ray_resource) "
                               "are kept")
     profile.add_argument("--name", default=None, help="name of the written profile")
+    profile.add_argument("--batch-size", type=int, default=None,
+                         help="images per forward pass when searches time candidates (default: the base profile's, "
+                              "else 1)")
     profile.add_argument("--backend", default=None, choices=("pytorch-cpu", "onnxruntime-cpu", "openvino-cpu"),
                          help="whose kernels to measure (default: the base profile's, else pytorch-cpu)")
     profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats: seconds, rougher numbers")

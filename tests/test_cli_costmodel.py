@@ -21,6 +21,7 @@ def test_profile_writes_a_profile_that_loads(tmp_path, capsys):
     assert main(["profile", "--out", str(out), "--quick", "--name", "here"]) == 0
     profile = load_profile(out)
     assert profile.name == "here" and profile.threads == 1 and profile.device == "cpu"
+    assert profile.batch_size == 1 and "--batch-size sets the batch you serve" in profile.sources["batch_size"]
     assert {"fp32", "int8"} <= set(profile.peak_gflops) and profile.memory_bandwidth_gbs > 0
     assert profile.memory_gb > 0 and profile.op_overhead_us > 0
     for field in ("peak_gflops.fp32", "memory_bandwidth_gbs", "op_overhead_us", "memory_gb"):
@@ -40,11 +41,17 @@ def test_profile_on_a_base_keeps_its_other_fields(tmp_path):
     assert profile.sources["memory_gb"].split(": ", 1)[1] == base.sources["memory_gb"].split(": ", 1)[1]
     assert profile.sources["peak_gflops.fp32"].startswith("measured by autocomp profile on ")
     assert set(profile.fast_weight_bits.values()) <= set(profile.peak_gflops)
+    assert main(["profile", "--out", str(out), "--quick", "--base", str(LOCAL), "--batch-size", "4"]) == 0
+    profile = load_profile(out)
+    assert profile.batch_size == 4 and profile.sources["batch_size"] == "autocomp profile --batch-size 4"
+    assert profile.name == base.name
 
 
 def test_profile_mistakes_are_one_line(tmp_path, capsys):
     assert "--threads must be a whole number >= 1, got 0" in run_cli(
         ["profile", "--out", str(tmp_path / "p.yaml"), "--threads", "0"], capsys)
+    assert "--batch-size must be a whole number >= 1, got 0" in run_cli(
+        ["profile", "--out", str(tmp_path / "p.yaml"), "--batch-size", "0"], capsys)
     assert "hardware profile not found" in run_cli(
         ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(tmp_path / "none.yaml")], capsys)
     jetson = ROOT / "hardware_profiles" / "jetson_orin_nano.yaml"
