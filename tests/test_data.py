@@ -115,13 +115,14 @@ def test_a_resumed_run_keeps_its_held_out_sizes_and_refuses_other_held_out_image
     import shutil
     from types import SimpleNamespace
 
-    from autocomp.search._runner import OLDER, _images, _run_splits
+    from autocomp.search._images import OLDER, record
+    from autocomp.search._runner import _run_splits
 
     make_folder(tmp_path / "data", {"cat": 30, "dog": 30})  # no split folders, no sizes: each a fifth or so
     config, model, said = SimpleNamespace(data=DataConfig(dataset="imagefolder", root=str(tmp_path / "data"),
                                                           workers=0)), tiny_rgb_vit(), []
     first = _run_splits(config, model, None, tmp_path, said.append)
-    recorded = _images(first)
+    recorded = record(first)
     counts = {name: recorded[name]["images"] for name in ("test", "calib", "val")}
     assert counts == {"test": 12, "calib": 9, "val": 7}  # 60 // 5; then 48 // 5 and (48 - 9) // 5
     (tmp_path / "data" / first.train.files[0]).unlink()  # 59 images: an unset test size would now be 11

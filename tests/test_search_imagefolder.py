@@ -3,6 +3,7 @@ train/ and val/, with the model's own per-channel preprocessing."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +27,8 @@ KWARGS = {"num_classes": 3, "depth": 2}  # vit_tiny_patch16_224 at 224 px, two o
 def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     """... and an image broken after the trials (so first read by the final distillation, as one past the trials'
     training subset would be) stops the search with the file named, keeping its trials for the same command; a
-    resumed search whose training images changed goes on, one whose validation images changed is refused."""
+    resumed search whose training images changed goes on (a trial rebuilt from them says it is not the model the
+    trial scored), one whose validation images changed is refused."""
     make_folder(tmp_path / "data" / "train", {"red": 8, "green": 8, "blue": 8}, size=(64, 48))
     make_folder(tmp_path / "data" / "val", {"red": 3, "green": 3, "blue": 3}, size=(64, 48))
     torch.manual_seed(0)
@@ -34,7 +36,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "teacher.safetensors"))
     profile = yaml.safe_load((ROOT / "hardware_profiles" / "local_cpu.yaml").read_text())
     (tmp_path / "hw.yaml").write_text(yaml.safe_dump({**profile, "batch_size": 2, "repeats": 3, "warmup": 1}))
-    (tmp_path / "space.yaml").write_text("heads_keep: [0.67]\nweight_bits: [32, 8]\n")  # all within budget
+    (tmp_path / "space.yaml").write_text("heads_keep: [0.67]\nweight_bits: [32, 8]\n"  # all within budget
+                                         "distill_steps: [1]\n")
     data = {"dataset": "imagefolder", "root": str(tmp_path / "data"), "val_size": 9, "calib_size": 4,
             "test_size": 3, "workers": 1}
     job = {"model": {"name": "vit_tiny_patch16_224", "kwargs": KWARGS,
@@ -79,6 +82,13 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     broken.unlink()  # a run resumed without a training image: said, and the search goes on
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "note: the training images changed since the earlier trials ran" in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))
+    trial = next(r["number"] for r in rows if r["state"] == "COMPLETE" and r["distilled"] == "True")
+    shutil.rmtree(tmp_path / "run" / "trials" / trial, ignore_errors=True)  # no kept weights: rebuilt
+    assert main(["export", str(tmp_path / "run"), "--trial", trial, "--out", str(tmp_path / "t")]) == 0
+    rebuilt = json.loads((tmp_path / "t" / "metrics.json").read_text())["rebuilt"]  # not the model it scored: said
+    assert "the training images it distilled on changed since the run" in rebuilt["note"]
+    assert rebuilt["note"] in capsys.readouterr().out and rebuilt["images"] == 9
     shutil.copy(tmp_path / "data" / "val" / "red" / "0.png", tmp_path / "data" / "val" / "red" / "new.png")
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -24,6 +24,7 @@ from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
 from autocomp.saving import load_model, load_preprocessing, save_model
+from autocomp.search import _images as run_images
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
 from autocomp.train import evaluate
@@ -43,9 +44,10 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     ``format`` ``onnx`` or ``openvino`` also the deployable file, checked against the PyTorch model (top-1
     agreement and largest logit difference on validation images, in ``out/export.json``).
 
-    A trial the search stopped after the short part of its distillation (``fidelity`` ``short``) is rebuilt with its
-    whole distillation, a model the search never scored: it is scored on all of validation, ``metrics.json`` records
-    both scores (``rebuilt``), and ``log`` says so.
+    A rebuild that is not the model its trial scored (a trial stopped after the short part of its distillation,
+    ``fidelity`` ``short``, is rebuilt with all of it; an image folder's calibration or training images changed since
+    the run) is scored on all of validation, ``metrics.json`` records why and the score (``rebuilt``), and ``log``
+    says so.
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
@@ -87,7 +89,8 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     config = load_config(run_dir / "config.yaml", model=base)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
     # the images: a trial's rebuild and a deployable file's check; best/ alone needs none (nor the data's folder)
-    splits = load_splits(config.data, base) if number != BEST or backend is not None else None
+    recorded = run_images.recorded(run_dir, config.data)
+    splits = run_images.read_splits(config.data, base, recorded) if number != BEST or backend is not None else None
     if number == BEST:
         model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
@@ -100,8 +103,9 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         if model is None:
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
-            if trial.user_attrs.get("fidelity") == SHORT and distils(recipe):
-                metrics["rebuilt"] = _finished_distillation(model, trial, splits.val, log)
+            reasons = _why_unscored(trial, recipe, run_images.changed(recorded, splits, ("calib", "train")))
+            if reasons:
+                metrics["rebuilt"] = _score_rebuild(model, trial, reasons, splits.val, log)
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
@@ -122,16 +126,30 @@ def _complete_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
     return trials[number]
 
 
-def _finished_distillation(model: nn.Module, trial: optuna.trial.FrozenTrial, val: Split,
-                           log: Callable[[str], None]) -> dict[str, Any]:
-    """Score the fully distilled rebuild of a trial stopped at its short score; what ``metrics.json`` records."""
+def _why_unscored(trial: optuna.trial.FrozenTrial, recipe: Recipe, changed: list[str]) -> list[str]:
+    """Why a trial's rebuild is not the model the trial scored: stopped at its short score (the rebuild is distilled
+    in full), or built from other calibration or training images than the run's (``changed``)."""
+    reasons = []
+    if trial.user_attrs.get("fidelity") == SHORT and distils(recipe):
+        short = trial.user_attrs["short_accuracy"]
+        reasons.append(f"it stopped after the short part of its distillation (scored {short:.2f}% on a validation "
+                       "subset) and is rebuilt with all of it")
+    if "calib" in changed:
+        reasons.append("the calibration images changed since the run")
+    if "train" in changed and distils(recipe):
+        reasons.append("the training images it distilled on changed since the run")
+    return reasons
+
+
+def _score_rebuild(model: nn.Module, trial: optuna.trial.FrozenTrial, reasons: list[str], val: Split,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Score a rebuild the search never scored on all of validation; what ``metrics.json`` records of it."""
     accuracy = evaluate(model, val)
-    note = (f"trial {trial.number} stopped after the short part of its distillation (scored "
-            f"{trial.user_attrs['short_accuracy']:.2f}% on a validation subset): rebuilt with its whole distillation, "
-            f"which the search never scored: {accuracy:.2f}% on all {len(val)} validation images")
+    note = (f"trial {trial.number} rebuilt as a model the search never scored: {'; '.join(reasons)}. It scores "
+            f"{accuracy:.2f}% on all {len(val)} validation images")
     log(note)
     return {"note": note, "val_accuracy": accuracy, "images": len(val),
-            "short_accuracy": trial.user_attrs["short_accuracy"]}
+            "short_accuracy": trial.user_attrs.get("short_accuracy")}
 
 
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,

@@ -4,7 +4,6 @@ trial."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -34,6 +33,7 @@ from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, 
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _before as before
 from autocomp.search import _finish as finish
+from autocomp.search import _images as run_images
 from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaController, counted
 from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
@@ -75,7 +75,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = _job_identity(config, base)
     previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
-    splits = _run_splits(config, base, None if previous is None else previous.get("images", OLDER), run_dir, log)
+    recorded = None if previous is None else previous.get("images", run_images.OLDER)
+    splits = _run_splits(config, base, recorded, run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
     log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
         f"preprocessing {splits.preprocessing.to_dict()}")
@@ -117,7 +118,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         if previous is None:
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 before.check_reachable(space, heads, screen, config, log)
-            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, _images(splits))
+            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits))
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
@@ -327,46 +328,33 @@ def _previous_run(run_dir: Path, fingerprints: Sequence[str | None]) -> dict[str
     return previous
 
 
-OLDER = "older"  # run.json of a run made before it recorded its images
-
-
-def _run_splits(config: JobConfig, base: nn.Module, recorded: Mapping[str, Any] | str | None, run_dir: Path,
+def _run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,
                 log: Callable[[str], None]) -> Splits:
-    """The data's splits; resuming on an image folder, with the held-out sizes the trials had (those left unset
-    depend on the image count, which a removed broken image changes), and checked against the images the trials
-    had (``recorded``: run.json's ``images``; None for a new run): refused where they were scored or calibrated on
-    other images (validation, test, calibration), or on images drawn before the order of :mod:`autocomp.data`'s
-    image folders was stable (``OLDER``); said where only training images changed (the trials to come distil on
-    them)."""
+    """The data's splits; resuming on an image folder, with the held-out sizes the trials had, and checked against
+    the images the trials had (``recorded``: run.json's ``images``; None for a new run): refused where they were
+    scored or calibrated on other images (validation, test, calibration), or on images drawn before the order of
+    :mod:`autocomp.data`'s image folders was stable (``OLDER``); said where only training images changed (the trials
+    to come distil on them)."""
     if recorded is None or config.data.dataset != "imagefolder":
         return load_splits(config.data, base)
-    if recorded == OLDER:
+    if recorded == run_images.OLDER:
         raise AutocompError(f"{run_dir} was searched by an earlier autocomp, which drew an image folder's validation, "
                             "test and calibration images another way: new trials would be scored on other images than "
                             "its trials; search into a new --out folder (autocomp export still reads this one)")
-    sizes = {f"{name}_size": recorded[name]["images"] for name in ("val", "calib", "test")}
-    splits = load_splits(dataclasses.replace(config.data, **sizes), base)
-    changed = [name for name in ("val", "test", "calib") if recorded[name]["digest"] != splits.digests[name]]
-    if changed:
-        raise AutocompError(f"the images of the {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} changed "
-                            f"since the trials in {run_dir} ran, so their scores would not compare with new ones; "
-                            "put the images back as they were, or search into a new --out folder")
-    if recorded["train"]["digest"] != splits.digests["train"]:
+    splits = run_images.read_splits(config.data, base, recorded)
+    held_out = run_images.changed(recorded, splits, ("val", "test", "calib"))
+    if held_out:
+        raise AutocompError(f"the images of the {' and '.join(held_out)} split{'s' if len(held_out) > 1 else ''} "
+                            f"changed since the trials in {run_dir} ran, so their scores would not compare with new "
+                            "ones; put the images back as they were, or search into a new --out folder")
+    if run_images.changed(recorded, splits, ("train",)):
         log("note: the training images changed since the earlier trials ran (validation, test and calibration did "
             "not); the trials to come distil on the new ones")
     return splits
 
 
-def _images(splits: Splits) -> dict[str, dict[str, Any]] | None:
-    """What run.json records of an image folder's splits: each one's image count and digest."""
-    if splits.digests is None:
-        return None
-    counts = {"train": len(splits.train), "calib": len(splits.calib), "val": len(splits.val), "test": len(splits.test)}
-    return {name: {"images": counts[name], "digest": digest} for name, digest in splits.digests.items()}
-
-
 def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
-                    baseline: dict, limits: dict, images: Mapping[str, Any] | None) -> None:
+                    baseline: dict, limits: dict, recorded: Mapping[str, Any] | None) -> None:
     """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
     as an nn.Module, its weights (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
@@ -374,7 +362,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
 
         save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(run_dir / BASE_WEIGHTS))
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
-                                      "images": images})
+                                      "images": recorded})
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
