@@ -69,11 +69,13 @@ def _trial_counts(run_dir: Path) -> str:
     if not (run_dir / "trials.csv").is_file():
         return "no trials.csv"
     counts: dict[str, int] = {}
-    for row in csv.DictReader((run_dir / "trials.csv").open()):
+    with (run_dir / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # columns added later are missing from an older run's file
         if row["state"] == "COMPLETE":
-            what = "stopped at their short score" if row["fidelity"] == "short" else "scored in full"
+            what = "stopped at their short score" if row.get("fidelity") == "short" else "scored in full"
         elif row["state"] == "PRUNED":
-            what = "not run (drawn again)" if row["duplicate_of"] else "skipped by the cost model"
+            what = "not run (drawn again)" if row.get("duplicate_of") else "skipped by the cost model"
         else:
             what = {"FAIL": "failed", "RUNNING": "running"}.get(row["state"], row["state"].lower())
         counts[what] = counts.get(what, 0) + 1
@@ -139,7 +141,7 @@ def _profile(args: argparse.Namespace) -> None:
         raise AutocompError(f"--threads must be a whole number >= 1, got {threads}")
     if args.batch_size is not None and args.batch_size < 1:
         raise AutocompError(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
-    if args.batch_size is not None or not args.base:  # the batch the searches time at: said where it came from
+    if args.batch_size is not None or "batch_size" not in (base or {}):  # the batch searches time at, and whence
         base = dict(base or {"name": "local-cpu", "device": "cpu", "backend": backend, "warmup": 5, "repeats": 30})
         base["batch_size"] = args.batch_size or 1
         base["sources"] = {**(base.get("sources") or {}), "batch_size": (

@@ -113,6 +113,11 @@ class Recipe:
         if self.distill is not None and not isinstance(self.distill, Distill):
             object.__setattr__(self, "distill", build(Distill, self.distill, where="recipe: distill"))
 
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether compressing with this recipe reads the calibration images (other images give another model)."""
+        return any(getattr(config, "reads_calibration", False) for block in self.blocks for config in block.values())
+
     @classmethod
     def identity(cls, depth: int) -> Recipe:
         """The recipe that changes nothing in a model of ``depth`` blocks."""

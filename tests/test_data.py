@@ -115,7 +115,7 @@ def test_a_resumed_run_keeps_its_held_out_sizes_and_refuses_other_held_out_image
     import shutil
     from types import SimpleNamespace
 
-    from autocomp.search._images import OLDER, record
+    from autocomp.search._images import OLDER, changed_for_trial, record
     from autocomp.search._runner import _run_splits
 
     make_folder(tmp_path / "data", {"cat": 30, "dog": 30})  # no split folders, no sizes: each a fifth or so
@@ -131,6 +131,10 @@ def test_a_resumed_run_keeps_its_held_out_sizes_and_refuses_other_held_out_image
     assert torch.equal(again.calib.x, first.calib.x) and len(again.train) == len(first.train) - 1
     assert said == ["note: the training images changed since the earlier trials ran (validation, test and "
                     "calibration did not); the trials to come distil on the new ones"]
+    history = [[0, recorded["train"]["digest"]], [5, again.digests["train"]]]  # trials 5.. distilled on the new
+    assert changed_for_trial(recorded, again, 4, history) == ["train"] and changed_for_trial(recorded, again, 5,
+                                                                                             history) == []
+    assert changed_for_trial(recorded, first, 5, history) == ["train"]  # the images put back: trial 5 had others
     for index in range(60):  # an added image that falls in a held-out split
         added = tmp_path / "data" / "dog" / f"added{index}.png"
         shutil.copy(tmp_path / "data" / "dog" / "0.png", added)

@@ -44,3 +44,23 @@ def test_openvino_runs_the_export_with_autocomps_numbers(tiny_teacher, digits_sp
             raise
         skip_where_openvino_lacks_compressed_weights(exc)
     assert agreement.top1 >= 0.99, agreement
+
+
+def test_every_bf16_weight_stays_bf16_in_the_ir_signed_zeros_too(tiny_teacher, digits_splits, tmp_path):
+    """convert_model widens bf16 initializers to fp32 constants (transposed); the export narrows each back, including
+    a weight holding both 0.0 and -0.0, which a float sort leaves in no fixed order."""
+    import copy
+
+    import openvino as ov
+    import torch
+
+    teacher = copy.deepcopy(tiny_teacher[1])
+    with torch.no_grad():
+        teacher.blocks[0].mlp.fc1.weight[0, :4] = torch.tensor([0.0, -0.0, 0.0, -0.0])  # as a pruning mask leaves
+    calibration = digits_splits.calib.tensors()[0]
+    model = compress(teacher, both_blocks("quantize", Quantize(weight_bits=16)), calibration=calibration)
+    result = export_openvino(model, calibration[:2], tmp_path / "model.xml")
+    bf16 = [t for t in onnx_initializers(result.onnx.path).values() if t.dtype.name == "bfloat16"]
+    narrowed = [op for op in ov.Core().read_model(str(result.path)).get_ops()
+                if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.bf16]
+    assert len(narrowed) == len(bf16) == 16  # both blocks' four Linears: weights and biases

@@ -137,6 +137,9 @@ def test_a_run_with_no_full_score_prints_why_it_has_no_front_and_still_plots(tmp
     assert main(["pareto", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "no front" in printed and "2 stopped at their short score, 1 failed" in printed, printed
+    (tmp_path / "trials.csv").write_text("number,state\n0,COMPLETE\n1,FAIL\n")  # an older run's columns
+    assert main(["pareto", str(tmp_path)]) == 0
+    assert "1 scored in full, 1 failed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("values, key", [({"steps": 1.0}, "fidelity.steps"), ({"steps": 0}, "fidelity.steps"),
@@ -149,7 +152,8 @@ def test_bad_fidelity_settings_are_named(values, key):
 def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_finished(tmp_path, tiny_teacher,
                                                                                         digits_splits, monkeypatch):
     """Through Ray Tune: the scheduler (on the driver) stops every other short result; those trials end there. An
-    export of a stopped trial is distilled in full, a model the search never scored: scored and said so."""
+    export of a stopped trial is distilled in full, a model the search never scored: scored and said so; one scored
+    undistilled is rebuilt undistilled."""
     import csv
     import json
 
@@ -196,9 +200,28 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     assert said == [rebuilt["note"]] and "never scored" in rebuilt["note"]
     assert rebuilt["short_accuracy"] == pytest.approx(float(short[0]["short_accuracy"]))
     assert rebuilt["images"] == len(digits_splits.val)
+    metrics = json.loads((out / "metrics.json").read_text())  # its accuracy is the rebuild's, the trial's beside it
+    assert metrics["accuracy"] == rebuilt["val_accuracy"] and metrics["trial_accuracy"] == rebuilt["short_accuracy"]
     assert evaluate(autocomp.load(out), digits_splits.val) == pytest.approx(rebuilt["val_accuracy"])
     out = export_trial(run, int(full[0]["number"]), tmp_path / "full", log=said.append)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(said) == 1 and "rebuilt" not in metrics  # a finished trial is the model it scored
     assert metrics["accuracy"] == pytest.approx(float(full[0]["accuracy"]))
     assert evaluate(autocomp.load(out), digits_splits.val) == pytest.approx(metrics["accuracy"])
+
+    import shutil
+
+    from autocomp._compress import compress
+    from autocomp.search import _export
+
+    found = _export._complete_trial  # a trial scored undistilled (measured far over budget) is rebuilt so
+    undistilled = copy.deepcopy(found(run, int(full[0]["number"]))[0])
+    undistilled.user_attrs = {**undistilled.user_attrs, "distilled": False}
+    monkeypatch.setattr(_export, "_complete_trial", lambda *args: (undistilled, None))
+    shutil.rmtree(run / "trials" / full[0]["number"], ignore_errors=True)  # no kept weights: rebuilt
+    out = export_trial(run, undistilled.number, tmp_path / "undistilled", log=said.append)
+    recipe = autocomp.Recipe.load(out / "recipe.yaml")
+    assert recipe.distill is None and len(said) == 1
+    with torch.no_grad():
+        plain = compress(tiny_teacher[1], recipe, calibration=digits_splits.calib.x)
+    assert torch.equal(autocomp.load(out)(digits_splits.val.x[:64]), plain.eval()(digits_splits.val.x[:64]))

@@ -18,6 +18,7 @@ from test_data import make_folder
 import autocomp
 from autocomp.cli import main
 from autocomp.data import DataConfig, load_splits
+from autocomp.results import load_run_study
 from autocomp.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +83,14 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     broken.unlink()  # a run resumed without a training image: said, and the search goes on
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "note: the training images changed since the earlier trials ran" in capsys.readouterr().out
+    history = load_run_study(tmp_path / "run").user_attrs["train_images"]  # trials 2.. would distil on the new
+    assert [first for first, _ in history] == [0, 2] and history[0][1] != history[1][1]
     rows = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))
     trial = next(r["number"] for r in rows if r["state"] == "COMPLETE" and r["distilled"] == "True")
     shutil.rmtree(tmp_path / "run" / "trials" / trial, ignore_errors=True)  # no kept weights: rebuilt
     assert main(["export", str(tmp_path / "run"), "--trial", trial, "--out", str(tmp_path / "t")]) == 0
     rebuilt = json.loads((tmp_path / "t" / "metrics.json").read_text())["rebuilt"]  # not the model it scored: said
-    assert "the training images it distilled on changed since the run" in rebuilt["note"]
+    assert "the training images it distilled on changed since it ran" in rebuilt["note"]
     assert rebuilt["note"] in capsys.readouterr().out and rebuilt["images"] == 9
     shutil.copy(tmp_path / "data" / "val" / "red" / "0.png", tmp_path / "data" / "val" / "red" / "new.png")
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2

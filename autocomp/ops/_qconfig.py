@@ -73,6 +73,11 @@ class Quantize:
         """Input weights per scale; None for one scale per output channel (8 bits) or none at all (16 bits)."""
         return self.group_size if self.weight_bits < 8 else None
 
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether the layers depend on the calibration images (static activation ranges)."""
+        return bool(self.act_bits)
+
     def tag(self) -> str:
         """E.g. ``w8``, ``w4g64``, ``w3g32-mse``, ``w8a8``."""
         text = f"w{self.weight_bits}" + (f"g{self.group_size}" if self.weight_bits < 8 else "")

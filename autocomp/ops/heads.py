@@ -35,6 +35,11 @@ class PruneHeads:
         if self.importance not in HEAD_SCORES:
             raise AutocompError(f"importance must be one of {sorted(HEAD_SCORES)}, got {self.importance!r}")
 
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether the heads kept depend on the calibration images (a data-aware score)."""
+        return self.importance == "output_norm"
+
     def tag(self) -> str:
         return f"h{self.keep}"
 

@@ -54,6 +54,11 @@ class LowRank:
         if self.method not in LOW_RANK_METHODS:
             raise AutocompError(f"method must be one of {list(LOW_RANK_METHODS)}, got {self.method!r}")
 
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether the factors depend on the calibration images (whitened by their activations)."""
+        return self.method == "whitened"
+
     def tag(self) -> str:
         tag = f"r{self.rank:g}" + ("w" if self.method == "whitened" else "")
         if self.layers != LowRank.layers:

@@ -37,6 +37,11 @@ class PruneMlp:
         if self.importance not in NEURON_SCORES:
             raise AutocompError(f"importance must be one of {sorted(NEURON_SCORES)}, got {self.importance!r}")
 
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether the neurons kept depend on the calibration images (a data-aware score)."""
+        return self.importance == "activation"
+
     def tag(self) -> str:
         return f"m{self.keep:g}"
 

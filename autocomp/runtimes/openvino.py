@@ -71,15 +71,17 @@ def _bf16_initializers(path: Path) -> dict[int, set[bytes]]:
 
     found: dict[int, set[bytes]] = {}
     for tensor in onnx.load(str(path)).graph.initializer:
-        if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        if tensor.data_type == onnx.TensorProto.BFLOAT16 and math.prod(tensor.dims) > 0:
             values = numpy_helper.to_array(tensor).astype(np.float32)
             found.setdefault(values.size, set()).add(_digest(values))
     return found
 
 
 def _digest(values: np.ndarray) -> bytes:
-    # of the values in order: convert_model transposes weights (MatMul's transpose_b) and reshapes biases
-    return hashlib.sha256(np.sort(values, axis=None).tobytes()).digest()
+    # of the bit patterns in order (convert_model transposes weights and reshapes biases); sorted as integers, since
+    # a float sort leaves 0.0 and -0.0 (and NaNs) in no fixed order
+    return hashlib.sha256(np.sort(np.ascontiguousarray(values, dtype=np.float32).view(np.uint32), axis=None)
+                          .tobytes()).digest()
 
 
 def _narrow_to_bf16(model: Any, bf16: dict[int, set[bytes]]) -> int:
@@ -91,7 +93,7 @@ def _narrow_to_bf16(model: Any, bf16: dict[int, set[bytes]]) -> int:
     narrowed = 0
     for op in model.get_ops():
         if (op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.f32
-                or math.prod(op.get_output_shape(0)) not in bf16):
+                or math.prod(op.get_output_shape(0)) not in bf16 or not _feeds_linear(op)):
             continue
         values = np.ascontiguousarray(op.get_data(), dtype=np.float32)
         if _digest(values) not in bf16[values.size]:
@@ -101,6 +103,13 @@ def _narrow_to_bf16(model: Any, bf16: dict[int, set[bytes]]) -> int:
         op.output(0).replace(ops.convert(ov.op.Constant(tensor), ov.Type.f32).output(0))
         narrowed += 1
     return narrowed
+
+
+def _feeds_linear(constant: Any) -> bool:
+    """Whether every consumer of ``constant`` is a MatMul or an Add: a Linear's weight or bias, not a constant of
+    the graph's own arithmetic (which a plugin's fusions match as a Constant)."""
+    consumers = [target.get_node().get_type_name() for target in constant.output(0).get_target_inputs()]
+    return bool(consumers) and all(name in ("MatMul", "Add") for name in consumers)
 
 
 def ir_weight_nbytes(path: str | Path) -> int:

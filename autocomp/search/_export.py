@@ -5,6 +5,7 @@ exported with autocomp's own numbers by the backend that measures on that runtim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -85,7 +86,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     elif not isinstance(number, int):
         raise AutocompError(f"--trial must be a trial number or 'best', got {number!r}")
     else:
-        trial = _complete_trial(run_dir, number)
+        trial, history = _complete_trial(run_dir, number)
     config = load_config(run_dir / "config.yaml", model=base)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
     # the images: a trial's rebuild and a deployable file's check; best/ alone needs none (nor the data's folder)
@@ -97,15 +98,20 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
     else:
         recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+        if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
+            recipe = dataclasses.replace(recipe, distill=None)
         metrics = {"trial": number, **dict(zip(("accuracy", "latency_ms", "memory_mb"), trial.values)),
                    **trial.user_attrs}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
-            reasons = _why_unscored(trial, recipe, run_images.changed(recorded, splits, ("calib", "train")))
-            if reasons:
+            changed = run_images.changed_for_trial(recorded, splits, number, history)
+            reasons = _why_unscored(trial, recipe, changed, older=recorded == run_images.OLDER,
+                                    gpu=config.resources.gpu > 0)
+            if reasons:  # the accuracy of the model written is the rebuild's; the trial's is kept beside it
                 metrics["rebuilt"] = _score_rebuild(model, trial, reasons, splits.val, log)
+                metrics.update(trial_accuracy=metrics["accuracy"], accuracy=metrics["rebuilt"]["val_accuracy"])
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
@@ -117,27 +123,38 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     return out
 
 
-def _complete_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
-    trials = {t.number: t for t in load_run_study(run_dir).get_trials(deepcopy=False)}
+def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTrial, list | None]:
+    """Trial ``number`` of the run, and the study's record of the training images its trials distilled on."""
+    study = load_run_study(run_dir)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
         complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
         raise AutocompError(f"trial {number} is not a complete trial of {run_dir}; complete trials: "
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
-    return trials[number]
+    return trials[number], study.user_attrs.get(run_images.TRAIN_HISTORY)
 
 
-def _why_unscored(trial: optuna.trial.FrozenTrial, recipe: Recipe, changed: list[str]) -> list[str]:
+def _why_unscored(trial: optuna.trial.FrozenTrial, recipe: Recipe, changed: list[str], *, older: bool,
+                  gpu: bool) -> list[str]:
     """Why a trial's rebuild is not the model the trial scored: stopped at its short score (the rebuild is distilled
-    in full), or built from other calibration or training images than the run's (``changed``)."""
+    in full), built from other calibration or training images than the trial's (``changed``; ``older``: a run that
+    recorded none), or distilled on a GPU (the rebuild distils on this CPU)."""
     reasons = []
-    if trial.user_attrs.get("fidelity") == SHORT and distils(recipe):
+    distilled = distils(recipe)
+    if trial.user_attrs.get("fidelity") == SHORT and distilled:
         short = trial.user_attrs["short_accuracy"]
         reasons.append(f"it stopped after the short part of its distillation (scored {short:.2f}% on a validation "
                        "subset) and is rebuilt with all of it")
-    if "calib" in changed:
-        reasons.append("the calibration images changed since the run")
-    if "train" in changed and distils(recipe):
-        reasons.append("the training images it distilled on changed since the run")
+    if older and (recipe.reads_calibration or distilled):
+        reasons.append("the run predates autocomp's record of its images: the calibration and training images it "
+                       "was built from may have been other ones")
+    else:
+        if "calib" in changed and recipe.reads_calibration:
+            reasons.append("the calibration images its compression read changed since the run")
+        if "train" in changed and distilled:
+            reasons.append("the training images it distilled on changed since it ran")
+    if gpu and distilled:
+        reasons.append("it distilled on a GPU; the rebuild distils on this CPU (its sums in another order)")
     return reasons
 
 

@@ -9,13 +9,16 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import optuna
 from torch import nn
 
 from autocomp.data import DataConfig, Splits, load_splits
 
-__all__ = ["OLDER", "record", "recorded", "read_splits", "changed"]
+__all__ = ["OLDER", "TRAIN_HISTORY", "record", "recorded", "read_splits", "changed", "note_train_images",
+           "changed_for_trial"]
 
 OLDER = "older"  # run.json of a run made before it recorded its images
+TRAIN_HISTORY = "train_images"  # study user attr: [[first trial number, training images' digest], ...]
 
 Recorded = Mapping[str, Any] | str | None  # run.json's images; OLDER; None: nothing recorded (a new run, built-ins)
 
@@ -53,3 +56,30 @@ def changed(images: Recorded, splits: Splits, names: Sequence[str]) -> list[str]
     if not isinstance(images, Mapping) or splits.digests is None:
         return []
     return [name for name in names if images[name]["digest"] != splits.digests[name]]
+
+
+def note_train_images(study: optuna.Study, images: Recorded, splits: Splits) -> None:
+    """Remember, in the study, from which trial on a resumed run distils on other training images than its first
+    trials did (run.json keeps the first run's record)."""
+    if not isinstance(images, Mapping) or splits.digests is None:
+        return
+    history = study.user_attrs.get(TRAIN_HISTORY) or [[0, images["train"]["digest"]]]
+    if history[-1][1] != splits.digests["train"]:
+        study.set_user_attr(TRAIN_HISTORY, [*history, [len(study.trials), splits.digests["train"]]])
+
+
+def changed_for_trial(images: Recorded, splits: Splits, number: int, history: Sequence[Sequence[Any]] | None
+                      ) -> list[str]:
+    """Which of the calibration and training images differ now from those trial ``number`` was built from
+    (``history``: the study's ``TRAIN_HISTORY``, where a resumed run's training images changed)."""
+    found = changed(images, splits, ("calib",))
+    if isinstance(images, Mapping) and splits.digests is not None:
+        then = images["train"]["digest"]
+        for first, digest in history or ():
+            if first <= number:
+                then = digest
+        if then != splits.digests["train"]:
+            found.append("train")
+    elif images == OLDER:
+        found.append("train")
+    return found

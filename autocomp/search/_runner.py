@@ -88,6 +88,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
                                 load_if_exists=True, directions=list(DIRECTIONS))
     # Resuming: the sampler's random start-up must not repeat the recipes the first run drew from the same seed
     study.sampler = _sampler(config, seed=config.seed + len(study.trials))
+    run_images.note_train_images(study, recorded, splits)  # before the interrupted trials are queued anew
     interrupted = _requeue_interrupted(study)
     if interrupted:
         log(f"trials {interrupted} were running when an earlier search stopped; they are marked failed and run "
