@@ -41,6 +41,9 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
     (directory / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "weights.safetensors"))
+    for name, content in (("metrics.json", metrics), ("preprocessing.json", preprocessing)):
+        if content is None:  # none of a model saved here before
+            (directory / name).unlink(missing_ok=True)
     if metrics is not None:
         write_json(directory / "metrics.json", dict(metrics))
     if preprocessing is not None:

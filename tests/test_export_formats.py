@@ -81,6 +81,10 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits):
     agreement = compare_outputs(autocomp.load(out), OvModule(ov_compiled(out / "model.xml")),
                                 digits_splits.val.tensors()[0][:128])
     assert agreement.top1 >= 0.9 and agreement.max_logit_diff < 2.0, agreement  # here 0.11; the base: 5.4
+    # the same folder again, PyTorch alone: no IR, ONNX file or export.json of the model before is left beside it
+    assert main(["export", str(run_dir), "--trial", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.yaml", "preprocessing.json", "recipe.yaml",
+                                                     "weights.safetensors"]
 
 
 def test_a_missing_runtime_is_refused_before_anything_is_rebuilt(run, tmp_path, monkeypatch, capsys):

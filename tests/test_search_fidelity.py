@@ -197,7 +197,7 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     said = []
     out = export_trial(run, int(short[0]["number"]), tmp_path / "short", log=said.append)
     rebuilt = json.loads((out / "metrics.json").read_text())["rebuilt"]
-    assert said == [rebuilt["note"]] and "never scored" in rebuilt["note"]
+    assert said == [rebuilt["note"]] and "never scored" in rebuilt["note"] and "on 64 validation images" in said[0]
     assert rebuilt["short_accuracy"] == pytest.approx(float(short[0]["short_accuracy"]))
     assert rebuilt["images"] == len(digits_splits.val)
     metrics = json.loads((out / "metrics.json").read_text())  # its accuracy is the rebuild's, the trial's beside it

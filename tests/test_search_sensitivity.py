@@ -493,3 +493,35 @@ def test_a_refused_latency_budget_names_the_settings_left_out_for_saving_too_lit
         "0.5) measured 9 ms, 0.90x the uncompressed model; loosen the budget to at least about 0.90x or widen the "
         "search space (it holds none of weight_bits 8 (0.99x): in every block at once each saves less than 3% here, "
         "see uniform_latency.csv)")
+
+
+def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_is_refused(tiny_teacher, digits_splits,
+                                                                                          tmp_path, monkeypatch):
+    """The first check counts the space's smallest candidate; once the pass has left heads 0.5 out of block 0, the
+    smallest candidate offered is larger: a limit between the two is refused before any trial, naming the pass."""
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _before
+    from autocomp.search._screen import CostPredictor, Screen
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), head_importance="weight_norm")
+    profile = HardwareProfile(name="cpu", batch_size=4, peak_gflops={"fp32": 100.0, "int8": 200.0},
+                              memory_bandwidth_gbs=10.0, memory_gb=8.0, fast_weight_bits={8: "int8"})
+    predictor = CostPredictor(base=tiny_teacher[1], profile=profile, base_latency_ms=1.0)
+    strongest = {"b0.heads_keep": 0.5, "b1.heads_keep": 0.5, "b0.weight_bits": 8, "b1.weight_bits": 8}
+    smallest = predictor.predict(recipe_of(space, [4, 4], strongest))["memory_mb"]
+    offered = predictor.predict(recipe_of(space, [4, 4], {**strongest, "b0.heads_keep": 1.0}))["memory_mb"]
+    limit = (smallest + offered) / 2
+    screen = Screen(predictor=predictor, limits={"memory_mb": limit}, margin=0.5)
+    config = SimpleNamespace(sensitivity=SimpleNamespace(images=64, drop_above=5.0), search_space="space.yaml",
+                             resources=SimpleNamespace(cpu=1), workers=1)
+    _before.check_reachable(space, [4, 4], screen, config, print)  # the space's smallest meets it
+    monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: [])
+    monkeypatch.setattr(_before, "allowed_choices", lambda *args, **kwargs: {"b0.heads_keep": (1.0,)})
+    with pytest.raises(_before.BudgetUnreachable, match=(
+            rf"^budget: memory_mb <= {limit:.4g} cannot be met in space.yaml: its smallest candidate offered to the "
+            rf"search \(block 0 at heads_keep 1, weight_bits 8; block 1 at heads_keep 0.5, weight_bits 8\) holds "
+            rf"{offered:.4g} MB .* loosen the budget to at least {offered:.4g} MB .* a higher sensitivity.drop_above")):
+        _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, screen, config, print,
+                            fresh=True, profile=profile, limits={"memory_mb": limit}, before_timing=lambda: None,
+                            base_latency_ms=1.0)
+    assert not (tmp_path / "sensitivity.json").exists()  # a rerun with another budget runs the pass again

@@ -86,7 +86,12 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         offered = " offered to the search" if allowed else ""
         raise BudgetUnreachable(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its "
                                 f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
-                                "weights and activations; loosen the budget or widen the search space")
+                                f"weights and activations; loosen the budget to at least {predicted['memory_mb']:.4g} "
+                                "MB or widen the search space" + (
+                                    f" (the sensitivity pass leaves out settings that alone cost a block more than "
+                                    f"{config.sensitivity.drop_above:g} points, see sensitivity.csv, and the runtime "
+                                    "pass those the target cannot run: a higher sensitivity.drop_above lets the "
+                                    "search try the former)" if allowed else ""))
     if allowed is not None:
         return
     limit = screen.limits.get("latency_ms")
@@ -177,8 +182,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
             "block, and in every block where that failed); "
             + ("the target cannot run " + ", ".join(f"{knob} {value:g}" for knob, value in sorted(refused))
                if refused else "the target runs each one"))
-        if refused and screen is not None:  # what is left may not reach the memory limit
-            check_reachable(space, heads, screen, config, log, allowed=allowed)
+    if screen is not None and "memory_mb" in limits and allowed != distinct:  # what the passes left may not reach it
+        check_reachable(space, heads, screen, config, log, allowed=allowed)
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
 

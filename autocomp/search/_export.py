@@ -35,6 +35,7 @@ __all__ = ["export_trial", "FORMATS"]
 # --format -> the backend whose export it is (None: the PyTorch folder alone)
 FORMATS = {"pytorch": None, "onnx": "onnxruntime-cpu", "openvino": "openvino-cpu"}
 CHECK_BATCH = 16  # images per run of the exported model when it is checked
+DEPLOYABLE = ("model.onnx", "model.xml", "model.bin", "export.json")  # what a --format onnx|openvino export writes
 
 
 def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module | None = None,
@@ -107,14 +108,17 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
             changed = run_images.changed_for_trial(recorded, splits, number, history)
+            short_images = min(config.fidelity.images, len(splits.val)) if config.fidelity else len(splits.val)
             reasons = _why_unscored(trial, recipe, changed, older=recorded == run_images.OLDER,
-                                    gpu=config.resources.gpu > 0)
+                                    gpu=config.resources.gpu > 0, short_images=short_images)
             if reasons:  # the accuracy of the model written is the rebuild's; the trial's is kept beside it
                 metrics["rebuilt"] = _score_rebuild(model, trial, reasons, splits.val, log)
                 metrics.update(trial_accuracy=metrics["accuracy"], accuracy=metrics["rebuilt"]["val_accuracy"])
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
+    for name in DEPLOYABLE:  # an earlier export's files into the same folder: not this model's
+        (out / name).unlink(missing_ok=True)
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
@@ -135,16 +139,17 @@ def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTria
 
 
 def _why_unscored(trial: optuna.trial.FrozenTrial, recipe: Recipe, changed: list[str], *, older: bool,
-                  gpu: bool) -> list[str]:
+                  gpu: bool, short_images: int) -> list[str]:
     """Why a trial's rebuild is not the model the trial scored: stopped at its short score (the rebuild is distilled
     in full), built from other calibration or training images than the trial's (``changed``; ``older``: a run that
-    recorded none), or distilled on a GPU (the rebuild distils on this CPU)."""
+    recorded none), or distilled on a GPU (the rebuild distils on this CPU). ``short_images``: the validation images
+    of a short score."""
     reasons = []
     distilled = distils(recipe)
     if trial.user_attrs.get("fidelity") == SHORT and distilled:
         short = trial.user_attrs["short_accuracy"]
-        reasons.append(f"it stopped after the short part of its distillation (scored {short:.2f}% on a validation "
-                       "subset) and is rebuilt with all of it")
+        reasons.append(f"it stopped after the short part of its distillation (scored {short:.2f}% on "
+                       f"{short_images} validation images) and is rebuilt with all of it")
     if older and (recipe.reads_calibration or distilled):
         reasons.append("the run predates autocomp's record of its images: the calibration and training images it "
                        "was built from may have been other ones")
