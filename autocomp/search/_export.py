@@ -46,10 +46,11 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     ``format`` ``onnx`` or ``openvino`` also the deployable file, checked against the PyTorch model (top-1
     agreement and largest logit difference on validation images, in ``out/export.json``).
 
-    A rebuild that is not the model its trial scored (a trial stopped after the short part of its distillation,
-    ``fidelity`` ``short``, is rebuilt with all of it; an image folder's calibration or training images changed since
-    the run) is scored on all of validation, ``metrics.json`` records why and the score (``rebuilt``), and ``log``
-    says so.
+    A trial scored undistilled (measured far over budget) is rebuilt undistilled. A rebuild that is not the model its
+    trial scored (a trial stopped after the short part of its distillation, ``fidelity`` ``short``, is rebuilt with
+    all of it; an image folder's calibration or training images changed since the trial ran; it distilled on a GPU)
+    is scored on all of validation: ``metrics.json`` records why (``rebuilt``), its ``accuracy`` is the rebuild's
+    (``trial_accuracy`` the trial's), and ``log`` says so.
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
