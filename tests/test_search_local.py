@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._controller import DUPLICATE, LOCAL, RECORDED, OptunaController, counted
 from autocomp.search._local import FILL, _moves, local_move, recipe_key
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._space import SearchSpace
+from autocomp.search._space import RANK, SearchSpace
 from autocomp.search._start import recipe_of
 from conftest import small_vit
 
@@ -212,10 +213,16 @@ def test_a_move_is_filled_with_the_steps_the_sensitivity_pass_says_give_back_mos
     steps = {}
     for costly in ("heads_keep", "mlp_keep"):
         weights = {(b, costly, v): 10.0 * (1 - v) for b in range(2) for v in (0.5, 0.67, 0.75, 0.83)}
-        labels = [local_move(base, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
-                             limits={"latency_ms": limit}, seen=set(), rng=random.Random(seed), fill_to=FILL,
-                             drops=weights).label for seed in range(8)]
-        steps[costly] = [sum(label.count(f"{knob} up") for label in labels) for knob in ("heads_keep", "mlp_keep")]
+        moves = [local_move(base, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                            limits={"latency_ms": limit}, seen=set(), rng=random.Random(seed), fill_to=FILL,
+                            drops=weights) for seed in range(8)]
+        labels = [move.label for move in moves]
+        steps[costly] = [sum(int(n or 1) for label in labels for n in re.findall(rf"{knob} up(?: (\d+))?", label))
+                         for knob in ("heads_keep", "mlp_keep")]
+        for move in moves:  # the net change of each knob, once: no step named that a later one undoes
+            named = re.findall(r"(b\d\.\w+) (?:up|down)", move.label)
+            changed = {name.removesuffix(RANK) for name, value in move.params.items() if value != base.params[name]}
+            assert len(named) == len(set(named)) and set(named) == changed, move.label
     assert steps["heads_keep"][0] > steps["mlp_keep"][0] and steps["mlp_keep"][1] > steps["heads_keep"][1]
 
 
@@ -367,3 +374,21 @@ def test_a_move_is_filled_up_to_a_memory_limit_itself_and_to_fill_of_a_latency_l
         assert all(predictor.predict(SPACE.sample(optuna.trial.FixedTrial(move.params), HEADS))[key] <= limit
                    for move in moves)
     assert max(loads["latency_ms"]) <= FILL and max(loads["memory_mb"]) > FILL
+
+
+def test_a_moves_label_names_each_knobs_net_change_once(predictor):
+    """A pair move (one knob a step up, another down) filled up with steps up may undo its own step down: the label
+    names what the recipe changes, not the steps that cancelled."""
+    middle = {f"b{i}.{k}": v for i in range(2) for k, v in (("heads_keep", 0.67), ("mlp_keep", 0.75))}
+    limit = 1.1 * _latency(predictor, middle)
+    study = _study()
+    study.enqueue_trial(SPACE.params({**middle, "distill_alpha": 0.3}))
+    trial = study.ask()
+    trial.set_user_attr("recipe", SPACE.sample(trial, HEADS).to_dict())
+    base = study.tell(trial, [80.0, 1.0, 1.0])
+    for seed in range(30):
+        move = local_move(base, space=SPACE, heads_per_block=HEADS, allowed=None, predictor=predictor,
+                          limits={"latency_ms": limit}, seen=set(), rng=random.Random(seed), fill_to=FILL)
+        named = re.findall(r"(b\d\.\w+) (?:up|down)", move.label)
+        changed = {name.removesuffix(RANK) for name, value in move.params.items() if value != base.params[name]}
+        assert len(named) == len(set(named)) and set(named) == changed, (seed, move.label)

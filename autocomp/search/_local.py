@@ -156,9 +156,25 @@ def local_move(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_
             break
         worth = [_given_back(params, step, space, heads_per_block, allowed, drops or {}) / max(after - share, 1e-3)
                  for step, _, _, after in steps]
-        params, step_label, recipe, share = rng.choice([m for m, w in zip(steps, worth) if w >= max(worth) - 1e-9])
-        label += f", {step_label}"
+        params, _, recipe, share = rng.choice([m for m, w in zip(steps, worth) if w >= max(worth) - 1e-9])
+        label = _net_label(base.params, params, base.distributions)  # a step up may undo the move's step down
     return Move(params, label, None if share is None else _share(recipe, predictor, limits, scale))
+
+
+def _net_label(before: Mapping[str, Any], after: Mapping[str, Any],
+               distributions: Mapping[str, optuna.distributions.BaseDistribution]) -> str:
+    """What ``after`` changes from ``before``, knob by knob: ``b0.heads_keep up 2``, ``b1.weight_bits down``."""
+    parts = []
+    for name, value in after.items():
+        if value == before.get(name) or name.startswith("distill") or name not in distributions:
+            continue
+        knob = name.removesuffix(RANK)
+        if isinstance(distributions[name], optuna.distributions.IntDistribution):
+            steps = value - before[name]
+            parts.append(f"{knob} {'up' if steps > 0 else 'down'}" + (f" {abs(steps)}" if abs(steps) > 1 else ""))
+        else:
+            parts.append(f"{knob} {value}")
+    return ", ".join(parts)
 
 
 def repair(base: optuna.trial.FrozenTrial, *, space: SearchSpace, heads_per_block: Sequence[int],
