@@ -392,3 +392,18 @@ def test_a_moves_label_names_each_knobs_net_change_once(predictor):
         named = re.findall(r"(b\d\.\w+) (?:up|down)", move.label)
         changed = {name.removesuffix(RANK) for name, value in move.params.items() if value != base.params[name]}
         assert len(named) == len(set(named)) and set(named) == changed, (seed, move.label)
+
+
+def test_a_trial_scored_undistilled_is_shown_without_its_distillation():
+    """Measured far over budget, a candidate is scored undistilled (``distilled`` False): its summary says so, its
+    recipe keeps what it asked for."""
+    study = _study()
+    study.enqueue_trial(SPACE.params({**HALF, "distill_alpha": 0.3}))
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=1, seed=0)
+    asked = controller.suggest("a")
+    controller.on_trial_complete("a", result={**dict.fromkeys(RECORDED, None), "accuracy": 40.0, "latency_ms": 9.0,
+                                              "memory_mb": 1.0, "trial_seconds": 1.0, "distilled": False,
+                                              "violation:latency_ms": 2.0})
+    trial = study.trials[asked["trial_number"]]
+    assert trial.user_attrs["recipe_summary"].endswith(" (not distilled: far over budget)")
+    assert " + kd" not in trial.user_attrs["recipe_summary"] and trial.user_attrs["recipe"]["distill"] is not None

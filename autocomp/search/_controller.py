@@ -371,6 +371,10 @@ class OptunaController(Searcher):
                     trial.set_constraint(key.split(":", 1)[1], value)
             for key in RECORDED:
                 trial.set_user_attr(key, result[key])
+            if result.get("distilled") is False and recipe is not None and recipe.distill is not None:
+                # measured far over budget: scored undistilled, and shown so (its recipe keeps what it asked for)
+                trial.set_user_attr("recipe_summary", dataclasses.replace(recipe, distill=None).summary()
+                                    + " (not distilled: far over budget)")
             if started is not None:  # Ray, transfers and results writing: everything but the trial's own work
                 trial.set_user_attr("engine_seconds", max(0.0, time.perf_counter() - started - result["trial_seconds"]))
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
