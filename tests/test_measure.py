@@ -86,3 +86,12 @@ def test_a_measurement_reports_the_median_its_spread_and_the_median_of_the_per_r
     assert result.latency_iqr_ms == pytest.approx(7.0 - 1.5)  # the quartiles of the five
     # round by round 1/1, 2/4, 3/1, 4/4 and 10/1: their median, 1, not the ratio of the medians (3 ms / 1 ms)
     assert result.latency_ratio == pytest.approx(1.0)
+
+
+def test_a_timing_spread_over_a_quarter_of_its_median_is_warned_about():
+    from autocomp.measure import spread_warning
+
+    assert spread_warning("the uncompressed model", 10.0, 2.5) is None  # a quarter: quiet enough
+    warning = spread_warning("the uncompressed model", 10.0, 4.2)
+    assert warning.startswith("warning: the uncompressed model was timed at 10 ms with repeats spread over 4.2 ms")
+    assert "rerun on a quieter machine" in warning

@@ -30,7 +30,7 @@ from autocomp.config import JobConfig
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
-from autocomp.measure import measure
+from autocomp.measure import measure, spread_warning
 from autocomp.measure.profiling import load_profile
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Recipe
@@ -67,6 +67,8 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     anchor = reference.latency_ms / identity.latency_ms  # measured ms per roofline ms
     log(f"uncompressed: {reference.latency_ms:.3f} ms (IQR {reference.latency_iqr_ms:.3f}), "
         f"{reference.memory_mb:.3f} MB; roofline {identity.latency_ms:.3f} ms")
+    if (warning := spread_warning("the uncompressed model", reference.latency_ms, reference.latency_iqr_ms)):
+        log(warning)
 
     rows, predictions = _sample_and_measure(base, cost, space, heads, calib, profile, reference.latency_ms,
                                             samples=samples, seed=config.seed, log=log)

@@ -19,9 +19,20 @@ from autocomp.hardware import HardwareProfile
 from autocomp._timing import peak_activation_nbytes
 from autocomp.measure.backends import backend_of
 
-__all__ = ["MB", "Measurement", "measure"]
+__all__ = ["MB", "Measurement", "measure", "spread_warning"]
 
 MB = 1e6
+NOISY_SPREAD = 0.25  # a timing whose repeats spread over more than this share of their median: a busy machine
+
+
+def spread_warning(what: str, latency_ms: float, iqr_ms: float) -> str | None:
+    """A warning for a timing whose repeats spread widely (interquartile range over ``NOISY_SPREAD`` of the median):
+    the latencies reported in ms are ratios times this figure, so they scale with its noise; None otherwise."""
+    if latency_ms <= 0 or iqr_ms <= NOISY_SPREAD * latency_ms:
+        return None
+    return (f"warning: {what} was timed at {latency_ms:.3g} ms with repeats spread over {iqr_ms:.3g} ms (IQR): the "
+            "machine is busy; latencies in ms are ratios (timed interleaved, robust) times this figure, and share its "
+            "noise: rerun on a quieter machine for absolute figures")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from autocomp.config import JobConfig
 from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
+from autocomp.measure import spread_warning
 from autocomp.measure.backends import check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import load_profile, profile_note
@@ -123,6 +124,9 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
+        if previous is None and (warning := spread_warning("the uncompressed model", baseline["latency_ms"],
+                                                            baseline["latency_iqr_ms"])):
+            log(warning)
         if feasible(violations(baseline, limits)):
             log("note: the uncompressed model meets this budget already; the search still looks for smaller models "
                 "within it, and best/ is the most accurate of those (a tighter budget asks for a smaller model)")
