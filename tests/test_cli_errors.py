@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,7 +259,8 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "budget: memory_mb <= 0.0001 cannot be met in " in err
     assert "its smallest candidate (every block at heads_keep 0.5, weight_bits 8) holds " in err
-    assert err.endswith("loosen the budget or widen the search space")
+    smallest = re.search(r" holds ([\d.]+) MB of weights and activations", err).group(1)
+    assert err.endswith(f"loosen the budget to at least {smallest} MB or widen the search space")
     assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
     assert load_run_study(tmp_path / "run").trials == []
 
