@@ -8,6 +8,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -299,4 +300,6 @@ def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no
     error = capsys.readouterr().err
     assert "budget: memory_mb <= " in error and "cannot be met" in error and "smallest candidate offered to the " \
         "search" in error and "weight_bits 32" in error
+    needed = re.search(r"loosen the budget to at least memory: ([\d.]+) \([\d.]+ MB\)", error)  # as it was given
+    assert needed and float(needed.group(1)) > 0.9 and "the target cannot run weight_bits 8" in error, error
     assert not (tmp_path / "tight" / "run.json").exists()  # a rerun with another budget starts afresh

@@ -407,3 +407,11 @@ def test_a_trial_scored_undistilled_is_shown_without_its_distillation():
     trial = study.trials[asked["trial_number"]]
     assert trial.user_attrs["recipe_summary"].endswith(" (not distilled: far over budget)")
     assert " + kd" not in trial.user_attrs["recipe_summary"] and trial.user_attrs["recipe"]["distill"] is not None
+    full = {f"b{i}.{k}": 1.0 for i in range(2) for k in ("heads_keep", "mlp_keep")}  # nothing to distil: as it was
+    study.enqueue_trial(SPACE.params({**full, "distill_alpha": 0.3}))
+    controller = OptunaController(study=study, space=SPACE, heads_per_block=HEADS, n_trials=1, seed=0)
+    asked = controller.suggest("b")
+    controller.on_trial_complete("b", result={**dict.fromkeys(RECORDED, None), "accuracy": 90.0, "latency_ms": 1.0,
+                                              "memory_mb": 1.0, "trial_seconds": 1.0, "distilled": False,
+                                              "violation:latency_ms": -0.5})
+    assert "not distilled" not in study.trials[asked["trial_number"]].user_attrs["recipe_summary"]

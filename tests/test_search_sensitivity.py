@@ -501,6 +501,7 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     smallest candidate offered is larger: a limit between the two is refused before any trial, naming the pass."""
     from autocomp.hardware import HardwareProfile
     from autocomp.search import _before
+    from autocomp.search._before import _rounded_up
     from autocomp.search._screen import CostPredictor, Screen
 
     space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), head_importance="weight_norm")
@@ -513,15 +514,19 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     limit = (smallest + offered) / 2
     screen = Screen(predictor=predictor, limits={"memory_mb": limit}, margin=0.5)
     config = SimpleNamespace(sensitivity=SimpleNamespace(images=64, drop_above=5.0), search_space="space.yaml",
-                             resources=SimpleNamespace(cpu=1), workers=1)
+                             resources=SimpleNamespace(cpu=1), workers=1,
+                             budget=SimpleNamespace(memory=None, memory_mb=limit))
     _before.check_reachable(space, [4, 4], screen, config, print)  # the space's smallest meets it
     monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: [])
     monkeypatch.setattr(_before, "allowed_choices", lambda *args, **kwargs: {"b0.heads_keep": (1.0,)})
     with pytest.raises(_before.BudgetUnreachable, match=(
             rf"^budget: memory_mb <= {limit:.4g} cannot be met in space.yaml: its smallest candidate offered to the "
             rf"search \(block 0 at heads_keep 1, weight_bits 8; block 1 at heads_keep 0.5, weight_bits 8\) holds "
-            rf"{offered:.4g} MB .* loosen the budget to at least {offered:.4g} MB .* a higher sensitivity.drop_above")):
+            rf"{offered:.4g} MB .* loosen the budget to at least {_rounded_up(offered)} MB or widen the search space "
+            r"\(the sensitivity pass left out 1 settings .* a higher sensitivity.drop_above lets the search try the "
+            r"former\)$")):
         _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, screen, config, print,
                             fresh=True, profile=profile, limits={"memory_mb": limit}, before_timing=lambda: None,
                             base_latency_ms=1.0)
     assert not (tmp_path / "sensitivity.json").exists()  # a rerun with another budget runs the pass again
+    assert _rounded_up(12.3449) == "12.35" and _rounded_up(0.4477) == "0.4477" and _rounded_up(1234.01) == "1235"

@@ -61,14 +61,17 @@ def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
 
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
-                    log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None) -> None:
+                    log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
+                    left_out: str = "") -> None:
     """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
     strongest in every block; with ``allowed``, the strongest choice each block is offered) exceeds: memory is
     counted, so the prediction is the candidate's own. A latency limit beyond the fastest candidate's prediction is
     only warned about (without ``allowed``): the cost model can be off.
 
+    ``left_out``: what the passes before the search left out of ``allowed``, said in the refusal.
+
     Raises:
-        BudgetUnreachable: the memory limit, with the smallest candidate's bytes.
+        BudgetUnreachable: the memory limit, with the smallest candidate's bytes and the budget that admits it.
     """
     choices = {space.name(i, knob): space.offered(i, knob, allowed)
                for i in range(len(heads)) for knob in lightest(space)}
@@ -84,14 +87,13 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     limit = screen.limits.get("memory_mb")
     if limit is not None and predicted["memory_mb"] > limit:
         offered = " offered to the search" if allowed else ""
+        needed = f"{_rounded_up(predicted['memory_mb'])} MB"
+        if config.budget.memory is not None and config.budget.memory_mb is None:  # given as a fraction: as one
+            needed = f"memory: {_rounded_up(config.budget.memory * predicted['memory_mb'] / limit)} ({needed})"
         raise BudgetUnreachable(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its "
                                 f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
-                                f"weights and activations; loosen the budget to at least {predicted['memory_mb']:.4g} "
-                                "MB or widen the search space" + (
-                                    f" (the sensitivity pass leaves out settings that alone cost a block more than "
-                                    f"{config.sensitivity.drop_above:g} points, see sensitivity.csv, and the runtime "
-                                    "pass those the target cannot run: a higher sensitivity.drop_above lets the "
-                                    "search try the former)" if allowed else ""))
+                                f"weights and activations; loosen the budget to at least {needed} or widen the "
+                                "search space" + (f" ({left_out})" if left_out else ""))
     if allowed is not None:
         return
     limit = screen.limits.get("latency_ms")
@@ -99,6 +101,14 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
             f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
             "budget")
+
+
+def _rounded_up(value: float, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits, rounded up: a budget set to it admits what it was computed from."""
+    if value <= 0:
+        return f"{value:.{digits}g}"
+    scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
+    return f"{math.ceil(value * scale - 1e-9) / scale:.{digits}g}"
 
 
 SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume
@@ -126,6 +136,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     if not fresh:  # a study begun before the choices were saved: offer them as it did
         return [], {}
     settings: list[Setting] = []
+    removed, refused = 0, set()  # what the sensitivity pass and the runtime pass leave out
     distinct = allowed = space.distinct(heads)  # one choice per head count
     if distinct:
         groups: dict[tuple, list[str]] = {}
@@ -183,7 +194,11 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
             + ("the target cannot run " + ", ".join(f"{knob} {value:g}" for knob, value in sorted(refused))
                if refused else "the target runs each one"))
     if screen is not None and "memory_mb" in limits and allowed != distinct:  # what the passes left may not reach it
-        check_reachable(space, heads, screen, config, log, allowed=allowed)
+        said = ([f"the sensitivity pass left out {removed} settings that alone cost a block more than "
+                 f"{config.sensitivity.drop_above:g} points or that the operators refuse, see sensitivity.csv: a "
+                 "higher sensitivity.drop_above lets the search try the former"] if removed else [])
+        said += [f"the target cannot run {', '.join(f'{k} {v:g}' for k, v in sorted(refused))}"] if refused else []
+        check_reachable(space, heads, screen, config, log, allowed=allowed, left_out="; ".join(said))
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
 

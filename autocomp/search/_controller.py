@@ -42,7 +42,7 @@ from ray.tune.search import Searcher
 from autocomp.recipe import Recipe
 from autocomp.results import best_feasible, trial_rows
 from autocomp.search._local import FILL, compression_key, local_move, recipe_key, repair
-from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP
+from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP, distils
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
 from autocomp.search._start import alike_choices
@@ -371,7 +371,7 @@ class OptunaController(Searcher):
                     trial.set_constraint(key.split(":", 1)[1], value)
             for key in RECORDED:
                 trial.set_user_attr(key, result[key])
-            if result.get("distilled") is False and recipe is not None and recipe.distill is not None:
+            if result.get("distilled") is False and recipe is not None and distils(recipe):
                 # measured far over budget: scored undistilled, and shown so (its recipe keeps what it asked for)
                 trial.set_user_attr("recipe_summary", dataclasses.replace(recipe, distill=None).summary()
                                     + " (not distilled: far over budget)")

@@ -118,8 +118,11 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
-    for name in DEPLOYABLE:  # an earlier export's files into the same folder: not this model's
-        (out / name).unlink(missing_ok=True)
+    if (out / "export.json").is_file():  # an earlier export's deployable files here: not this model's
+        stale = [name for name in DEPLOYABLE if (out / name).is_file()]
+        for name in stale:
+            (out / name).unlink()
+        log(f"{out}: removed the earlier export's {', '.join(stale)}")
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
