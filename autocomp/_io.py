@@ -4,6 +4,7 @@ back with a clear error where a file is not whole."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from autocomp.errors import AutocompError
 
-__all__ = ["read_safetensors", "write_json"]
+__all__ = ["read_safetensors", "write_json", "write_safetensors"]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -26,6 +27,20 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save ``tensors`` to ``path`` (``.safetensors``) readable as any other file written here: safetensors creates
+    its files for the owner alone (0600), which a folder copied to a server run by another user could not load."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()}, str(tmp))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    tmp.replace(path)
 
 
 def read_safetensors(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:

@@ -277,7 +277,7 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
         axis.set_xlabel(label)
         axis.set_ylabel("validation accuracy (%)")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="best")  # where it hides the fewest points
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from autocomp._compress import compress
-from autocomp._io import read_safetensors, write_json
+from autocomp._io import read_safetensors, write_json, write_safetensors
 from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
@@ -31,16 +31,13 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
     The architecture is model.yaml: the timm name or factory and its kwargs; for a model given as an ``nn.Module``
     it says so, and loading needs that module (``load_model(path, base=module)``). Nothing is pickled.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     recipe.save(directory / "recipe.yaml")
     architecture = ({k: v for k, v in spec.to_dict().items() if k != "checkpoint"} if isinstance(spec, ModelSpec)
                     else {GIVEN_AS: "nn.Module"})
     (directory / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "weights.safetensors"))
+    write_safetensors(directory / "weights.safetensors", model.state_dict())
     for name, content in (("metrics.json", metrics), ("preprocessing.json", preprocessing)):
         if content is None:  # none of a model saved here before
             (directory / name).unlink(missing_ok=True)

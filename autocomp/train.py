@@ -149,8 +149,7 @@ def train_or_reuse(spec: "ModelSpec", splits: "Splits", config: TrainConfig, che
     saved there (safetensors). Returns (model, trained_now)."""
     import dataclasses
 
-    from safetensors.torch import save_file
-
+    from autocomp._io import write_safetensors
     from autocomp.models import create_model
 
     checkpoint = Path(checkpoint)
@@ -161,7 +160,5 @@ def train_or_reuse(spec: "ModelSpec", splits: "Splits", config: TrainConfig, che
     log(f"training {spec.name} {dict(spec.kwargs)} for {config.epochs} epochs -> {checkpoint}")
     train(model, splits.train, config, log=log)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tmp = checkpoint.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(checkpoint)
+    write_safetensors(checkpoint, model.state_dict())
     return model, True

@@ -74,6 +74,7 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits):
     out = tmp_path / "ov"
     assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "openvino"]) == 0
     assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    assert not (out / "model.onnx").exists()  # the file the IR was converted from is not left to be mistaken for it
     info = json.loads((out / "export.json").read_text())
     assert info["file"] == "model.xml" and info["top1_agreement"] >= 0.9 and info["images"] > 0
     # the IR against the loadable folder beside it, checked here rather than taken from export.json: an IR of
@@ -194,3 +195,16 @@ def test_int8_weights_is_refused_with_another_format(run, tmp_path, capsys):
     assert err == ("autocomp: error: --int8-weights is a choice of the ONNX file; with --format openvino leave it "
                    "out")
     assert not (tmp_path / "x").exists()
+
+
+def test_an_export_is_refused_onto_a_file_or_into_the_run_folder(run, tmp_path, capsys):
+    """Into the run folder (its best/ above all) an export would replace what the search wrote."""
+    run_dir, trial, _ = run
+    (tmp_path / "a_file").write_text("mine")
+    err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "a_file")], capsys)
+    assert err == f"autocomp: error: --out {tmp_path / 'a_file'} is a file; give a folder to write the model to"
+    for inside in (run_dir / "best", run_dir):
+        err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(inside)], capsys)
+        assert err.startswith(f"autocomp: error: --out {inside} is inside the run folder {run_dir}")
+    assert (tmp_path / "a_file").read_text() == "mine"
+

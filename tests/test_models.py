@@ -146,3 +146,20 @@ def test_vits_with_blocks_of_their_own_are_refused_by_name(name):
     with pytest.raises(AutocompError, match="is not supported: its blocks .* compresses timm's VisionTransformer"):
         create_model(ModelSpec(name=name, kwargs={"img_size": 28, "embed_dim": 32, "depth": 1, "num_heads": 2,
                                                   "num_classes": 3}))
+
+
+def test_saved_weights_are_readable_as_the_users_other_files(tmp_path):
+    """safetensors creates files for their owner alone (0600): a model folder copied to a server that runs as
+    another user could not be loaded there."""
+    import os
+
+    from autocomp._io import write_safetensors
+
+    mask = os.umask(0o022)
+    try:
+        write_safetensors(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert not (tmp_path / "w.safetensors.tmp").exists()
+

@@ -371,10 +371,11 @@ class OptunaController(Searcher):
                     trial.set_constraint(key.split(":", 1)[1], value)
             for key in RECORDED:
                 trial.set_user_attr(key, result[key])
-            if result.get("distilled") is False and recipe is not None and distils(recipe):
-                # measured far over budget: scored undistilled, and shown so (its recipe keeps what it asked for)
+            if result.get("distilled") is False and recipe is not None and recipe.distill is not None:
+                # scored undistilled: shown without the distillation (its recipe keeps what it asked for), and why
+                # where it had something to recover: measured far over budget
                 trial.set_user_attr("recipe_summary", dataclasses.replace(recipe, distill=None).summary()
-                                    + " (not distilled: far over budget)")
+                                    + (" (not distilled: far over budget)" if distils(recipe) else ""))
             if started is not None:  # Ray, transfers and results writing: everything but the trial's own work
                 trial.set_user_attr("engine_seconds", max(0.0, time.perf_counter() - started - result["trial_seconds"]))
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])

@@ -81,6 +81,12 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             raise AutocompError(f"--format {format}: {exc}") from None
     if not study_file(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
         raise AutocompError(f"{run_dir} is not a search run folder (no {study_file(run_dir).name} / config.yaml)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AutocompError(f"--out {out} is a file; give a folder to write the model to")
+    if out.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in out.resolve().parents:
+        raise AutocompError(f"--out {out} is inside the run folder {run_dir}, whose files (best/ among them) the "
+                            "search wrote; give a folder outside it")
     if number == BEST:
         if not (run_dir / BEST / "weights.safetensors").is_file():
             raise AutocompError(f"{run_dir} has no {BEST}/ model (no candidate met the budget, or the search has not "
@@ -103,7 +109,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
             recipe = dataclasses.replace(recipe, distill=None)
         metrics = {"trial": number, **dict(zip(("accuracy", "latency_ms", "memory_mb"), trial.values)),
-                   **trial.user_attrs}
+                   **trial.user_attrs, "recipe": recipe.to_dict()}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
@@ -193,3 +199,5 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
         raise
     write_json(out / "export.json", {**info, "top1_agreement": agreement.top1,
                                       "max_logit_diff": agreement.max_logit_diff, "images": agreement.images})
+    if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
+        path.with_suffix(".onnx").unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from torch import nn
 
 from autocomp import _quiet
 from autocomp._compress import compress
-from autocomp._io import read_safetensors
+from autocomp._io import read_safetensors, write_safetensors
 from autocomp._timeout import TimedOut, time_limit
 from autocomp.budget import feasible, violations
 from autocomp.config import FidelityConfig
@@ -292,14 +292,10 @@ def _export_folder(inputs: TrialInputs, number: int | None) -> Path | None:
 
 def _keep_weights(model: nn.Module, directory: Path) -> None:
     """Save the trial's weights in its folder (:func:`_trial_folder`); one that cannot be written keeps nothing."""
-    from safetensors.torch import save_file
-
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
     try:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        tmp.replace(directory / WEIGHTS_FILE)
+        write_safetensors(directory / WEIGHTS_FILE, model.state_dict())
     except Exception:  # noqa: BLE001 - disk full, permissions, safetensors' own errors: keeping weights is optional
-        tmp.unlink(missing_ok=True)
+        (directory / (WEIGHTS_FILE + ".tmp")).unlink(missing_ok=True)
 
 
 def kept_model(base: nn.Module, recipe: Recipe, directory: Path) -> nn.Module | None:

@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from autocomp import _quiet
-from autocomp._io import write_json
+from autocomp._io import write_json, write_safetensors
 from autocomp._paths import resolve_path
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
@@ -363,9 +363,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
     """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
     as an nn.Module, its weights (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(run_dir / BASE_WEIGHTS))
+        write_safetensors(run_dir / BASE_WEIGHTS, base.state_dict())
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded})
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
