@@ -37,10 +37,20 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file({name: tensor.detach().contiguous() for name, tensor in tensors.items()}, str(tmp))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp.replace(path)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` sets one to read it, which a file another thread
+    creates meanwhile would get)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022  # not Linux: the usual default
 
 
 def read_safetensors(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:

@@ -155,11 +155,12 @@ def test_saved_weights_are_readable_as_the_users_other_files(tmp_path):
 
     from autocomp._io import write_safetensors
 
-    mask = os.umask(0o022)
-    try:
-        write_safetensors(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
-    finally:
-        os.umask(mask)
-    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):  # as the user's umask makes their other files
+        mask = os.umask(umask)
+        try:
+            write_safetensors(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
+        finally:
+            os.umask(mask)
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode
     assert not (tmp_path / "w.safetensors.tmp").exists()
 

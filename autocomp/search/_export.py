@@ -128,7 +128,8 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         stale = [name for name in DEPLOYABLE if (out / name).is_file()]
         for name in stale:
             (out / name).unlink()
-        log(f"{out}: removed the earlier export's {', '.join(stale)}")
+        if stale:
+            log(f"{out}: removed the earlier export's {', '.join(stale)}")
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
