@@ -38,9 +38,6 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
                     else {GIVEN_AS: "nn.Module"})
     (directory / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
     write_safetensors(directory / "weights.safetensors", model.state_dict())
-    for name, content in (("metrics.json", metrics), ("preprocessing.json", preprocessing)):
-        if content is None:  # none of a model saved here before
-            (directory / name).unlink(missing_ok=True)
     if metrics is not None:
         write_json(directory / "metrics.json", dict(metrics))
     if preprocessing is not None:
