@@ -532,3 +532,17 @@ def test_a_model_of_any_image_size_takes_data_image_size():
                                embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True).eval()
     assert resolve_preprocessing(square, DataConfig(dataset="imagefolder")).image_size == 16
     assert model(torch.zeros(1, 3, 24, 24)).shape == (1, 2)
+
+
+def test_file_names_that_are_not_utf8_are_read_like_any_other(tmp_path):
+    import os
+
+    make_folder(tmp_path, {"cat": 6, "dog": 6})
+    for i in range(6):  # an old archive's Latin-1 names
+        os.rename(os.fsencode(tmp_path / "cat" / f"{i}.png"), os.fsencode(tmp_path / "cat") + b"/caf\xe9%d.png" % i)
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2,
+                                    test_size=2, workers=0), tiny_rgb_vit())
+    files = [*splits.train.files, *splits.val.files, *splits.test.files]
+    assert len(set(files)) == 10 and sum("caf\udce9" in f for f in files) >= 4
+    x, y = splits.train.tensors()  # decoded too
+    assert x.shape == (6, 3, 16, 16)

@@ -101,14 +101,14 @@ def _val_calib_train(order: torch.Tensor, config: DataConfig,
 def _stable_order(files: list[str], root: Path, seed: int) -> torch.Tensor:
     """Indices of ``files`` ordered by a hash of the seed and each file's path under ``root``: where a file falls
     does not depend on the others."""
-    keys = [hashlib.sha256(f"{seed}/{os.path.relpath(f, root)}".encode()).digest() for f in files]
+    keys = [hashlib.sha256(os.fsencode(f"{seed}/{os.path.relpath(f, root)}")).digest() for f in files]
     return torch.tensor(sorted(range(len(files)), key=keys.__getitem__), dtype=torch.int64)
 
 
 def _digest(files: list[str], labels: list[int], root: Path) -> str:
     """A split's identity: its files (paths under ``root``) and labels."""
     listed = "\n".join(f"{os.path.relpath(f, root)}\t{label}" for f, label in zip(files, labels))
-    return hashlib.sha256(listed.encode()).hexdigest()[:16]
+    return hashlib.sha256(os.fsencode(listed)).hexdigest()[:16]
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
