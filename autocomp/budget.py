@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -38,7 +39,7 @@ class Budget:
             raise AutocompError("budget is empty; set at least one of latency_ms, memory_mb, latency (fraction), "
                                 "memory (fraction)")
         for key, value in set_fields.items():
-            if not isinstance(value, (int, float)) or value <= 0:
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:  # .nan, .inf too
                 raise AutocompError(f"budget.{key} must be a positive number, got {value!r}")
         for key, unit in (("latency", "latency_ms"), ("memory", "memory_mb")):
             value = set_fields.get(key)

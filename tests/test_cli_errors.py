@@ -192,6 +192,10 @@ def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"latency": -1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert f"{job}: budget.latency must be a positive number, got -1" in err  # not "budget: budget.latency"
+    for bad, shown in ((float("nan"), "nan"), (float("inf"), "inf")):  # YAML's .nan and .inf: no limit at all
+        edit_job(job, lambda d: d.update(budget={"memory_mb": bad}))
+        err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+        assert f"budget.memory_mb must be a positive number, got {shown}" in err
     edit_job(job, lambda d: d.update(budget={"latency": 80}))  # a percentage where a fraction is meant
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert err.endswith(f"{job}: budget.latency is a fraction of the uncompressed model's latency (0.5: half of it), "
