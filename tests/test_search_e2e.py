@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import yaml
 import autocomp
 from autocomp.cli import main
 from autocomp.data import load_splits
+from autocomp.measure import COUNTING
+from autocomp.models import create_model
 from autocomp.results import load_run_study
 from autocomp.train import evaluate
 from conftest import DIGITS, TINY_KWARGS
@@ -235,3 +238,43 @@ def test_resuming_a_folder_of_another_job_is_refused(finished_run, tiny_teacher,
     other = write_job(tmp_path, tiny_teacher[0], {"memory": 0.5}, trials=4)
     assert main(["search", str(other), "--out", str(run), "--quiet"]) == 2
     assert "holds a search of a different job" in capsys.readouterr().err
+
+
+def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run, tmp_path, capsys):
+    tmp, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "run.json").read_text())
+    assert info["measured_with"]["backend"].startswith("pytorch-cpu (torch ")
+    assert info["measured_with"]["counting"] == COUNTING
+
+    def resumed(measured_with) -> str:
+        (copy / "run.json").write_text(json.dumps({**info, "measured_with": measured_with}))
+        assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", "1"]) == 0
+        return capsys.readouterr().out
+
+    assert "were measured" not in resumed(info["measured_with"])
+    earlier = {**info["measured_with"], "counting": COUNTING - 1}
+    assert f"measured by autocomp's counting {COUNTING - 1}, now {COUNTING}" in resumed(earlier)
+    assert "measured by an earlier autocomp, which did not record how" in resumed(None)
+
+
+def test_a_resumed_run_whose_model_changed_is_refused(finished_run, tiny_teacher, tmp_path, capsys):
+    from autocomp.search._runner import _model_digest
+
+    tmp, run = finished_run
+    digest = _model_digest(create_model(tiny_teacher[0]))
+    assert json.loads((run / "run.json").read_text())["model"] == digest  # what the search read, recorded
+    nudged = create_model(tiny_teacher[0])
+    with torch.no_grad():
+        nudged.head.bias[0] += 1e-3
+    regrouped = create_model(tiny_teacher[0])  # the same weights, split into other heads
+    for block in regrouped.blocks:
+        block.attn.num_heads *= 2
+    assert len({digest, _model_digest(nudged), _model_digest(regrouped)}) == 3
+    copy = tmp_path / "run"  # the checkpoint at the job's path held other weights when its trials ran
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "model": _model_digest(nudged)}))
+    assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", "1", "--quiet"]) == 2
+    assert "the model's weights or heads changed since the trials" in capsys.readouterr().err

@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-from autocomp.measure._measure import MB, Measurement, measure, spread_warning
+from autocomp.measure._measure import COUNTING, MB, Measurement, measure, spread_warning
 from autocomp._timing import num_threads, peak_activation_nbytes, time_models, weight_nbytes
 
-__all__ = ["MB", "Measurement", "measure", "spread_warning", "num_threads", "peak_activation_nbytes", "time_models",
-           "weight_nbytes"]
+__all__ = ["COUNTING", "MB", "Measurement", "measure", "spread_warning", "num_threads", "peak_activation_nbytes",
+           "time_models", "weight_nbytes"]

@@ -19,9 +19,12 @@ from autocomp.hardware import HardwareProfile
 from autocomp._timing import peak_activation_nbytes
 from autocomp.measure.backends import backend_of
 
-__all__ = ["MB", "Measurement", "measure", "spread_warning"]
+__all__ = ["COUNTING", "MB", "Measurement", "measure", "spread_warning"]
 
 MB = 1e6
+# How measure() counts: raised when a change makes the same model's figures differ from an earlier version's, so
+# that a search resumed across it says so. 2: an OpenVINO IR holds bf16 weights as bf16 (version 1 kept them fp32).
+COUNTING = 2
 NOISY_SPREAD = 0.25  # a timing whose repeats spread over more than this share of their median: a busy machine
 
 

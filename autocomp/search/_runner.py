@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
+import torch
 import yaml
 from torch import nn
 
@@ -24,7 +25,7 @@ from autocomp.config import JobConfig
 from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
-from autocomp.measure import spread_warning
+from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import load_profile, profile_note
@@ -70,12 +71,19 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     profile = load_profile(config.hardware, log=log)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
+    measuring = None
     if profile.ray_resource is None:  # a missing runtime is said before the data and model load
-        log(f"measuring on {require_device(profile, source=config.hardware)}")
+        measuring = require_device(profile, source=config.hardware)
+        log(f"measuring on {measuring}")
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = _job_identity(config, base)
     previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
+    model_digest = _model_digest(base)
+    if previous is not None and previous.get("model", model_digest) != model_digest:  # older runs recorded none
+        raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (the same "
+                            "checkpoint path or module, other contents), so their scores would not compare with new "
+                            "ones; put the model back as it was, or search into a new --out folder")
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = _run_splits(config, base, recorded, run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
@@ -107,8 +115,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     with ray_session(workers=config.workers, ray_address=ray_address, log=log) if needs_ray else nullcontext():
         if needs_ray:
             if profile.ray_resource is not None:
-                log(f"measuring on {require_device(profile, source=config.hardware)} (node holding "
-                    f"{profile.ray_resource!r})")
+                measuring = require_device(profile, source=config.hardware)
+                log(f"measuring on {measuring} (node holding {profile.ray_resource!r})")
             require_trial_resources(config.resources, ray_address=ray_address)
         if baseline is None:
             baseline = before.baseline(config, base, profile, splits)
@@ -117,10 +125,15 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
         else:
             limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
         screen = before.screen_of(base, profile, baseline, limits, config, log) if remaining else None
+        measured_with = {"backend": measuring, "counting": COUNTING}
         if previous is None:
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 before.check_reachable(space, heads, screen, config, log)
-            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits))
+            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
+                            measured_with, model_digest)
+        elif (note := _measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
+            log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
+                "(the earlier trials keep theirs): search into a new --out folder to measure every trial alike")
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
@@ -297,6 +310,16 @@ def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], s
     return job, identity, _fingerprint(config, identity, job)
 
 
+def _model_digest(base: nn.Module) -> str:
+    """A hash of the model the trials compress: its weights (names, dtypes, shapes, bytes) and each block's heads
+    (which a state dict does not show), recorded in run.json so that a resumed run notices a changed checkpoint."""
+    digest = hashlib.sha256(json.dumps([block.attn.num_heads for block in vit_blocks(base)]).encode())
+    for name, value in sorted(base.state_dict().items()):
+        digest.update(f"{name} {value.dtype} {tuple(value.shape)}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]) -> str:
     parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -358,14 +381,28 @@ def _run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorde
     return splits
 
 
+def _measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
+    """How the earlier trials of a resumed run were measured, against how the trials to come are (run.json's
+    ``measured_with``: the backend's description with its runtimes' versions and options, and how autocomp counts,
+    :data:`~autocomp.measure.COUNTING`); None where alike."""
+    if earlier is None:
+        return "by an earlier autocomp, which did not record how"
+    changed = [f"{what} {earlier.get(key)!r}, now {now[key]!r}" for key, what in
+               (("backend", "on"), ("counting", "by autocomp's counting")) if earlier.get(key) != now[key]]
+    return "; ".join(changed) or None
+
+
 def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
-                    baseline: dict, limits: dict, recorded: Mapping[str, Any] | None) -> None:
-    """run.json (fingerprint, baseline, limits), config.yaml (the job with resolved paths) and, for a model given
-    as an nn.Module, its weights (base.safetensors; never a pickle): what export and resume need."""
+                    baseline: dict, limits: dict, recorded: Mapping[str, Any] | None,
+                    measured_with: Mapping[str, Any], model_digest: str) -> None:
+    """run.json (fingerprint, baseline, limits, the images, how the trials are measured and the model's digest),
+    config.yaml (the job with resolved paths) and, for a model given as an nn.Module, its weights
+    (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
         write_safetensors(run_dir / BASE_WEIGHTS, base.state_dict())
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
-                                      "images": recorded})
+                                      "images": recorded, "measured_with": measured_with,
+                                      "model": model_digest})
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
