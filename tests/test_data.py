@@ -414,6 +414,8 @@ def test_mean_and_std_must_match_the_channels(tmp_path):
     with pytest.raises(AutocompError, match=r"data.mean has 2 values but the model takes 3 channel\(s\)"):
         load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
                                mean=[0.5, 0.5]), tiny_rgb_vit())
+    with pytest.raises(AutocompError, match="data.std is empty; give one value per input channel, or leave it out"):
+        DataConfig(dataset="imagefolder", root=str(tmp_path), std=[])  # not the model's statistics, unsaid
 
 
 def test_a_missing_folder_on_a_node_is_named(tmp_path):

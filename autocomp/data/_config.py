@@ -82,6 +82,9 @@ class DataConfig:
                 if isinstance(value, (int, float)):
                     value = (value,)
                 value = tuple(float(v) for v in value)
+                if not value:  # [] would fall back to the model's statistics unsaid
+                    raise AutocompError(f"data.{name} is empty; give one value per input channel, or leave it out "
+                                        "for the model's own")
                 object.__setattr__(self, name, value)
                 if any(abs(v) > 1 for v in value):  # pixels are scaled to [0, 1] first: 0..255 statistics never fit
                     raise AutocompError(f"data.{name} {list(value)} is on the 0..255 scale, but pixels are scaled "

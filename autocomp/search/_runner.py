@@ -90,7 +90,7 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
         f"preprocessing {splits.preprocessing.to_dict()}")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
-    log(f"base model {getattr(config.model, 'name', type(base).__name__)}: {len(heads)} blocks, heads {heads}")
+    log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
