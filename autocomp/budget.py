@@ -39,7 +39,8 @@ class Budget:
             raise AutocompError("budget is empty; set at least one of latency_ms, memory_mb, latency (fraction), "
                                 "memory (fraction)")
         for key, value in set_fields.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:  # .nan, .inf too
+            finite = not isinstance(value, float) or math.isfinite(value)  # YAML's .nan and .inf are not
+            if not isinstance(value, (int, float)) or not finite or value <= 0:
                 raise AutocompError(f"budget.{key} must be a positive number, got {value!r}")
         for key, unit in (("latency", "latency_ms"), ("memory", "memory_mb")):
             value = set_fields.get(key)

@@ -81,9 +81,11 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
     model_digest = _model_digest(base)
     if previous is not None and previous.get("model", model_digest) != model_digest:  # older runs recorded none
+        fix = ("give model.checkpoint (a model without one starts from other random weights in every run)"
+               if getattr(config.model, "checkpoint", "") is None else "put the model back as it was")
         raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (the same "
                             "checkpoint path or module, other contents), so their scores would not compare with new "
-                            "ones; put the model back as it was, or search into a new --out folder")
+                            f"ones; {fix}, or search into a new --out folder")
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = _run_splits(config, base, recorded, run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
@@ -315,6 +317,9 @@ def _model_digest(base: nn.Module) -> str:
     (which a state dict does not show), recorded in run.json so that a resumed run notices a changed checkpoint."""
     digest = hashlib.sha256(json.dumps([block.attn.num_heads for block in vit_blocks(base)]).encode())
     for name, value in sorted(base.state_dict().items()):
+        if not isinstance(value, torch.Tensor):  # a module's extra state
+            digest.update(name.encode())
+            continue
         digest.update(f"{name} {value.dtype} {tuple(value.shape)}".encode())
         digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
