@@ -1,5 +1,5 @@
-"""Files written so that a reader never sees half of one (a temporary file, then an atomic rename), and weights read
-back with a clear error where a file is not whole."""
+"""Files written so that a reader never sees half of one (a temporary file, then an atomic rename), weights read
+back with a clear error where a file is not whole, and a model's weights hashed."""
 
 from __future__ import annotations
 
@@ -9,10 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from autocomp.errors import AutocompError
 
-__all__ = ["read_safetensors", "write_json", "write_safetensors"]
+__all__ = ["hash_weights", "read_safetensors", "write_json", "write_safetensors"]
+
+
+def hash_weights(model: nn.Module, digest: Any) -> None:
+    """Feed ``digest`` (a :mod:`hashlib` object) each state-dict entry of ``model``: its name, dtype, shape and bytes
+    (a module's extra state, not a tensor, by its repr)."""
+    for name, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{name} {value.dtype} {tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{name} {value!r}".encode())
 
 
 def write_json(path: Path, data: Any) -> None:

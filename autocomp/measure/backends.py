@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from autocomp._io import hash_weights
 from autocomp._paths import cache_dir
 from autocomp._timeout import check_time
 from autocomp.errors import AutocompError
@@ -401,12 +402,7 @@ def _fingerprint(model: nn.Module, batch: torch.Tensor) -> str:
     digest.update(repr(tuple(batch.shape[1:])).encode())
     digest.update(" ".join(f"{name}={_version(name)}" for name in ("torch", "onnx", "onnxscript", "onnxruntime",
                                                                     "openvino")).encode())
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        if isinstance(value, torch.Tensor):
-            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            digest.update(repr(value).encode())
+    hash_weights(model, digest)
     return digest.hexdigest()
 
 

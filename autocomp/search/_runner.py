@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
-import torch
 import yaml
 from torch import nn
 
 from autocomp import _quiet
-from autocomp._io import write_json, write_safetensors
+from autocomp._io import hash_weights, write_json, write_safetensors
 from autocomp._paths import resolve_path
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
@@ -316,12 +315,7 @@ def _model_digest(base: nn.Module) -> str:
     """A hash of the model the trials compress: its weights (names, dtypes, shapes, bytes) and each block's heads
     (which a state dict does not show), recorded in run.json so that a resumed run notices a changed checkpoint."""
     digest = hashlib.sha256(json.dumps([block.attn.num_heads for block in vit_blocks(base)]).encode())
-    for name, value in sorted(base.state_dict().items()):
-        if not isinstance(value, torch.Tensor):  # a module's extra state
-            digest.update(name.encode())
-            continue
-        digest.update(f"{name} {value.dtype} {tuple(value.shape)}".encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_weights(base, digest)
     return digest.hexdigest()[:16]
 
 
