@@ -253,6 +253,35 @@ def test_a_ray_client_address_is_refused_with_the_way_to_run(job, tmp_path, caps
     assert "Ray Client (ray://) addresses are not supported" in err and "HOST:PORT" in err
 
 
+def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, tmp_path, capsys):
+    """Ray retries an address for minutes, and only after the data and the baseline loaded: an address without a
+    port, a port where nothing listens, and one where a web server (the dashboard's port, say) answers are refused
+    first, each with what to give instead."""
+    import http.server
+    import socket
+    import threading
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    free_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # stderr is the CLI's, read by the test
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        for address, said in [("127.0.0.1", "give the head's HOST:PORT"),
+                              (f"127.0.0.1:{free_port}", "nothing answers there (Connection refused)"),
+                              (f"127.0.0.1:{web.server_port}", "what answers there is not a Ray head")]:
+            err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address", address], capsys)
+            assert f"--ray-address {address}: {said}" in err and "ray start --head" in err
+            assert not (tmp_path / "r").exists()
+    finally:
+        web.shutdown()
+
+
 def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
 
     from autocomp.results import load_run_study

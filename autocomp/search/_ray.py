@@ -19,6 +19,10 @@ __all__ = ["check_ray_address", "ray_session", "require_trial_resources", "requi
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
+# an HTTP/2 client's first bytes, then an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with its SETTINGS
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4  # the frame type, a frame header's fourth byte
+JOIN_PORT = "its port is 6379 unless ray start --head --port chose another"
 
 
 @contextmanager
@@ -64,8 +68,9 @@ def check_ray_address(ray_address: str | None) -> None:
     """Refuse, before anything is computed, a ``ray_address`` the search cannot run on.
 
     Raises:
-        AutocompError: a Ray Client (``ray://``) address, or Ray already initialized in this process on another
-            cluster than ``ray_address``.
+        AutocompError: a Ray Client (``ray://``) address; one that is not ``auto`` nor HOST:PORT; a HOST:PORT where
+            nothing answers, or something other than a Ray head (Ray would retry it for minutes, after the data and
+            the baseline loaded); Ray already initialized in this process on another cluster than ``ray_address``.
     """
     if not ray_address:
         return
@@ -74,10 +79,52 @@ def check_ray_address(ray_address: str | None) -> None:
                             "search keeps its study in a local file next to the driver; run autocomp on a "
                             "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
     ray = import_ray()
-    if ray.is_initialized() and not _same_address(ray_address, running := ray.get_runtime_context().gcs_address):
-        raise AutocompError(f"the Ray address {ray_address} is not that of the Ray already initialized in this "
-                            f"process ({running}); call ray.shutdown() before the search to join {ray_address}, or "
-                            f"pass {running} (or no address) to search on the Ray already there")
+    if ray.is_initialized():
+        if not _same_address(ray_address, running := ray.get_runtime_context().gcs_address):
+            raise AutocompError(f"the Ray address {ray_address} is not that of the Ray already initialized in this "
+                                f"process ({running}); call ray.shutdown() before the search to join {ray_address}, "
+                                f"or pass {running} (or no address) to search on the Ray already there")
+        return
+    if ray_address != "auto":  # auto: Ray finds the cluster on this machine itself, or says at once there is none
+        _require_ray_head(ray_address, *_host_port(ray_address))
+
+
+def _host_port(ray_address: str) -> tuple[str, int]:
+    """The host and port of a HOST:PORT address (an IPv6 host in brackets: ``[::1]:6379``)."""
+    host, _, port = ray_address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AutocompError(f"--ray-address {ray_address}: give the head's HOST:PORT, e.g. 10.0.0.5:6379 (the "
+                            f"address ray start --head printed for other nodes to join; {JOIN_PORT}), or auto for the "
+                            "cluster started on this machine")
+    return host, int(port)
+
+
+def _require_ray_head(ray_address: str, host: str, port: int, timeout_s: float = 10.0) -> None:
+    """Refuse a head address where nothing answers, or where what answers does not speak gRPC as Ray's GCS does
+    (the dashboard's port, say): Ray itself would retry such an address for minutes."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            conn.sendall(HTTP2_HELLO)
+            reply = conn.recv(9) if not _tls() else None  # a TLS head answers plain text with an alert
+    except OSError as exc:
+        reason = f"no answer within {timeout_s:.0f} s" if isinstance(exc, TimeoutError) else \
+            (exc.strerror or str(exc) or type(exc).__name__)
+        raise AutocompError(f"--ray-address {ray_address}: nothing answers there ({reason}); start the cluster's "
+                            f"head there (ray start --head --port={port}), check the address ray start --head "
+                            "printed for other nodes to join, or omit --ray-address for an embedded local "
+                            "Ray") from None
+    if reply is not None and (len(reply) < 4 or reply[3] != HTTP2_SETTINGS):
+        raise AutocompError(f"--ray-address {ray_address}: what answers there is not a Ray head (it does not speak "
+                            f"gRPC; it said {reply[:16]!r}); give the address ray start --head printed for other "
+                            f"nodes to join ({JOIN_PORT}; the dashboard's 8265 and the Ray Client's 10001 are "
+                            "other ports)")
+
+
+def _tls() -> bool:
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 def _same_address(given: str, running: str) -> bool:
