@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -280,6 +281,33 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
             assert not (tmp_path / "r").exists()
     finally:
         web.shutdown()
+
+
+def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, capsys):
+    """While a search holds its run folder (its process and host in the lock), another one into the same folder
+    stops before it loads anything; once the first lets go, the folder is the next search's."""
+    import fcntl
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("process 4242 on elsewhere")
+        held.flush()
+        err = run_cli(["search", str(job), "--out", str(run)], capsys)
+        assert f"another search is running into {run} (process 4242 on elsewhere); wait for it to end" in err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
+    from autocomp.search._runner import _one_search_at_a_time
+
+    with _one_search_at_a_time(run):  # released: taken by the next one, which names itself
+        assert (run / ".lock").read_text().startswith(f"process {os.getpid()} on ")
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused(job, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "run"):
+        err = run_cli(["search", str(job), "--out", str(out)], capsys)
+        assert f"cannot write the run folder {out} (" in err and "give --out a folder you can write" in err
 
 
 def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):

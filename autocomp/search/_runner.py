@@ -4,13 +4,15 @@ trial."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
 import yaml
@@ -48,6 +50,7 @@ from autocomp.search._start import START, start_points
 __all__ = ["run_search"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
+LOCK = ".lock"  # held by the search running into the folder; it names that search's process and host
 PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
@@ -66,7 +69,45 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     """
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with _one_search_at_a_time(run_dir):
+        return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
+
+
+@contextmanager
+def _one_search_at_a_time(run_dir: Path) -> Iterator[None]:
+    """Create ``run_dir`` and hold its lock for the block: a second search into the same folder (which would run the
+    trials again beside the first's, and write the same files) is refused while the first one runs.
+
+    Raises:
+        AutocompError: a folder that cannot be created or written, or one another search holds.
+    """
+    import socket
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK, "a+")
+    except OSError as exc:
+        raise AutocompError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); give --out a folder "
+                            "you can write, not a file nor one under a file") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise AutocompError(f"another search is running into {run_dir} ({holder}); wait for it to end (the "
+                                "same command then resumes the run, if trials are left) or give another --out "
+                                "folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield  # closing the file releases the lock; the file stays, as another search may hold it by then
+
+
+def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: Callable[[str], None],
+            progress: bool) -> dict[str, Any]:
+    """:func:`run_search`'s work, in a run folder it holds."""
     profile = load_profile(config.hardware, log=log)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
