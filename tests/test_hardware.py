@@ -67,6 +67,20 @@ def test_the_local_profile_is_measured_once_per_cpu(monkeypatch, tmp_path):
     assert other.measured_on == "Another CPU (x86_64, 4 CPUs; avx avx2 fma)"
 
 
+def test_a_cache_that_cannot_be_written_keeps_the_measured_profile_for_the_run(monkeypatch, tmp_path):
+    """AUTOCOMP_CACHE under a file (unwritable, even for root): the CPU measured is used all the same, said once."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "a-file" / "cache"))
+    real = profiling.calibrate
+    monkeypatch.setattr(profiling, "calibrate", lambda **kw: real(shapes=profiling.VIT_GEMMS[:1], repeats=2,
+                                                                  copy_mb=1, **kw))
+    said = []
+    profile = load_profile(LOCAL, log=said.append)
+    assert profile.measured_on == cpu_description() and profile.peak_gflops  # measured on this CPU
+    assert len(said) == 2 and "warning: cannot cache the measured profile at" in said[1]
+    assert "set AUTOCOMP_CACHE to a folder you can write" in said[1]
+
+
 def test_a_runtime_profile_is_measured_anew_when_the_form_of_what_it_runs_changes(monkeypatch):
     """A profile calibrated on ONNX Runtime timed the exporter's int8 form of this CPU: another form (a CPU whose
     kernel is exact with codes 0..255, or a later autocomp's form) is another cache entry; PyTorch's key stays."""

@@ -105,6 +105,16 @@ def test_the_exported_reference_is_cached_and_candidates_are_not(candidate, monk
     assert len(calls) == 3
 
 
+def test_the_exported_reference_is_measured_where_the_cache_cannot_be_written(candidate, monkeypatch, tmp_path):
+    _needs("onnxruntime", "onnx", "onnxscript")
+    base, _, splits = candidate
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "a-file" / "cache"))  # unwritable, even for root
+    prepared = backend_of(_profile("onnxruntime-cpu")).prepare_reference(base, splits.calib.x[:8],
+                                                                          _profile("onnxruntime-cpu"))
+    assert prepared.weight_nbytes > 0 and prepared.run(splits.calib.x[:16]).shape == (16, 10)
+
+
 def test_a_candidates_export_kept_in_a_folder_is_read_back_not_written_again(candidate, monkeypatch, tmp_path):
     _needs("onnxruntime", "onnx", "onnxscript")
     base, model, splits = candidate

@@ -226,7 +226,11 @@ class _Exported(Backend):
             shutil.rmtree(folder, ignore_errors=True)  # the session holds what it needs
 
     def prepare_reference(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile) -> Prepared:
-        return self._kept(model, batch, profile, cache_dir() / "exports" / f"{self.name}-{_fingerprint(model, batch)}")
+        try:
+            return self._kept(model, batch, profile,
+                              cache_dir() / "exports" / f"{self.name}-{_fingerprint(model, batch)}")
+        except OSError:  # a cache folder that cannot be written: exported for this use only
+            return self.prepare(model, batch, profile)
 
     def _kept(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, folder: Path) -> Prepared:
         """``model`` exported into ``folder``, or read from there if it holds an export already."""

@@ -249,7 +249,14 @@ def load_profile(path: str | Path, *, log: Callable[[str], None] | None = None) 
     base = yaml.safe_load(path.read_text())
     data = calibrated_profile(calibrate(threads=template.threads, backend=template.backend), base=base,
                               threads=template.threads)
-    write_profile(cached, data, header=f"Measured on first use of {path} by autocomp.measure.profiling.load_profile.")
+    try:
+        write_profile(cached, data, header=f"Measured on first use of {path} by "
+                                           "autocomp.measure.profiling.load_profile.")
+    except OSError as exc:  # what was measured is used all the same
+        if log is not None:
+            log(f"warning: cannot cache the measured profile at {cached} ({exc.strerror or exc}); this run uses it, "
+                "and the next one measures the CPU again: set AUTOCOMP_CACHE to a folder you can write")
+        return from_mapping(data, source=f"{path} (measured now)")
     return read_profile(cached)
 
 
