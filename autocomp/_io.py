@@ -13,7 +13,7 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 
-__all__ = ["hash_weights", "read_safetensors", "write_json", "write_safetensors"]
+__all__ = ["hash_weights", "read_safetensors", "tensor_bytes", "write_json", "write_safetensors"]
 
 
 def hash_weights(model: nn.Module, digest: Any) -> None:
@@ -22,9 +22,14 @@ def hash_weights(model: nn.Module, digest: Any) -> None:
     for name, value in model.state_dict().items():
         if isinstance(value, torch.Tensor):
             digest.update(f"{name} {value.dtype} {tuple(value.shape)}".encode())
-            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor_bytes(value))
         else:
             digest.update(f"{name} {value!r}".encode())
+
+
+def tensor_bytes(value: torch.Tensor) -> bytes:
+    """A tensor's bytes in C order, wherever it lives and whatever its dtype (bfloat16 has no NumPy form)."""
+    return value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -4,6 +4,8 @@ keyword arguments and a checkpoint; or (Python API) an ``nn.Module``. Nothing is
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,10 +14,10 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from autocomp._io import read_safetensors
+from autocomp._io import hash_weights, read_safetensors
 from autocomp.errors import AutocompError
 
-__all__ = ["ModelSpec", "create_model", "load_checkpoint", "vit_blocks"]
+__all__ = ["ModelSpec", "create_model", "load_checkpoint", "model_digest", "vit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; check model.name "
                             "and model.kwargs against the checkpoint")
     model.load_state_dict(state)
+
+
+def model_digest(model: nn.Module) -> str:
+    """A hash of a ViT: its weights (names, dtypes, shapes, bytes) and each block's heads (which a state dict does
+    not show). A run records its base model's, so that a resume or an export notices a changed checkpoint."""
+    digest = hashlib.sha256(json.dumps([block.attn.num_heads for block in vit_blocks(model)]).encode())
+    hash_weights(model, digest)
+    return digest.hexdigest()[:16]
 
 
 def vit_blocks(model: nn.Module) -> list[nn.Module]:

@@ -416,6 +416,8 @@ def test_mean_and_std_must_match_the_channels(tmp_path):
                                mean=[0.5, 0.5]), tiny_rgb_vit())
     with pytest.raises(AutocompError, match="data.std is empty; give one value per input channel, or leave it out"):
         DataConfig(dataset="imagefolder", root=str(tmp_path), std=[])  # not the model's statistics, unsaid
+    with pytest.raises(AutocompError, match=r"data.mean must be finite numbers, got \[0.5, nan\]"):
+        DataConfig(dataset="imagefolder", root=str(tmp_path), mean=[0.5, float("nan")])  # passed the range checks
 
 
 def test_a_missing_folder_on_a_node_is_named(tmp_path):

@@ -170,6 +170,26 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     assert autocomp.load(tmp_path / "t0", base=model)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_a_modules_identity_is_its_weights_values_in_any_dtype(tmp_path, tiny_teacher):
+    """A module's job identity hashes its weights' values as earlier versions did (their runs still resume), and a
+    bfloat16 module, which has no NumPy form, is hashed too: it crashed the search before."""
+    import copy
+    import dataclasses
+    import hashlib
+
+    from autocomp.config import load_config
+    from autocomp.search._runner import _job_identity
+
+    spec, model = tiny_teacher
+    config = dataclasses.replace(load_config(write_job(tmp_path, spec, {"memory": 0.99}, trials=2)), model=model)
+    _, identity, _ = _job_identity(config, model)
+    earlier = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
+    assert identity == earlier
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    _, other, _ = _job_identity(dataclasses.replace(config, model=half), half)
+    assert other != identity
+
+
 def test_another_ray_address_than_the_initialized_ray_is_refused_before_anything_runs(tmp_path, tiny_teacher,
                                                                                       capsys):
     """Ray is initialized in this process (the file's shared one): a search given another cluster's address says so
@@ -260,10 +280,10 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
 
 
 def test_a_resumed_run_whose_model_changed_is_refused(finished_run, tiny_teacher, tmp_path, capsys):
-    from autocomp.search._runner import _model_digest
+    from autocomp.models import model_digest
 
     tmp, run = finished_run
-    digest = _model_digest(create_model(tiny_teacher[0]))
+    digest = model_digest(create_model(tiny_teacher[0]))
     assert json.loads((run / "run.json").read_text())["model"] == digest  # what the search read, recorded
     nudged = create_model(tiny_teacher[0])
     with torch.no_grad():
@@ -271,10 +291,18 @@ def test_a_resumed_run_whose_model_changed_is_refused(finished_run, tiny_teacher
     regrouped = create_model(tiny_teacher[0])  # the same weights, split into other heads
     for block in regrouped.blocks:
         block.attn.num_heads *= 2
-    assert len({digest, _model_digest(nudged), _model_digest(regrouped)}) == 3
+    assert len({digest, model_digest(nudged), model_digest(regrouped)}) == 3
     copy = tmp_path / "run"  # the checkpoint at the job's path held other weights when its trials ran
     shutil.copytree(run, copy)
     info = json.loads((copy / "run.json").read_text())
-    (copy / "run.json").write_text(json.dumps({**info, "model": _model_digest(nudged)}))
+    (copy / "run.json").write_text(json.dumps({**info, "model": model_digest(nudged)}))
     assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", "1", "--quiet"]) == 2
     assert "the model's weights or heads changed since the trials" in capsys.readouterr().err
+    # an export: a trial rebuilt from its recipe on the changed model is refused; one that kept its weights is not
+    kept = sorted(int(p.name) for p in (copy / "trials").iterdir())
+    shutil.rmtree(copy / "trials" / str(kept[0]))
+    assert main(["export", str(copy), "--trial", str(kept[0]), "--out", str(tmp_path / "rebuilt")]) == 2
+    assert f"trial {kept[0]}, rebuilt from its recipe, would not be the model its trial scored" in \
+        capsys.readouterr().err and not (tmp_path / "rebuilt").exists()
+    if kept[1:]:
+        assert main(["export", str(copy), "--trial", str(kept[1]), "--out", str(tmp_path / "kept")]) == 0

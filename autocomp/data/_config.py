@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -85,6 +86,8 @@ class DataConfig:
                 if not value:  # [] would fall back to the model's statistics unsaid
                     raise AutocompError(f"data.{name} is empty; give one value per input channel, or leave it out "
                                         "for the model's own")
+                if not all(math.isfinite(v) for v in value):
+                    raise AutocompError(f"data.{name} must be finite numbers, got {list(value)}")
                 object.__setattr__(self, name, value)
                 if any(abs(v) > 1 for v in value):  # pixels are scaled to [0, 1] first: 0..255 statistics never fit
                     raise AutocompError(f"data.{name} {list(value)} is on the 0..255 scale, but pixels are scaled "

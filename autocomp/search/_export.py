@@ -21,7 +21,7 @@ from autocomp.data import Split, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
-from autocomp.models import ModelSpec, create_model
+from autocomp.models import ModelSpec, create_model, model_digest
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
 from autocomp.saving import load_model, load_preprocessing, save_model
@@ -97,6 +97,8 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         trial, history = _complete_trial(run_dir, number)
     config = load_config(run_dir / "config.yaml", model=base)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
+    if not isinstance(config.model, ModelSpec):  # the module is the skeleton even of kept weights
+        _require_searched_model(run_dir, base, "the export")
     # the images: a trial's rebuild and a deployable file's check; best/ alone needs none (nor the data's folder)
     recorded = run_images.recorded(run_dir, config.data)
     splits = run_images.read_splits(config.data, base, recorded) if number != BEST or backend is not None else None
@@ -112,6 +114,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
                    **trial.user_attrs, "recipe": recipe.to_dict()}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:
+            _require_searched_model(run_dir, base, f"trial {number}, rebuilt from its recipe,")
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
             changed = run_images.changed_for_trial(recorded, splits, number, history)
@@ -136,6 +139,18 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         _write_deployable(backend, model, images, out, profile, format,
                           extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {})
     return out
+
+
+def _require_searched_model(run_dir: Path, base: nn.Module, what: str) -> None:
+    """Refuse to build on a base model whose weights or heads are not those the run searched (run.json ``model``;
+    a run from before that record is not checked)."""
+    info = Path(run_dir) / "run.json"
+    recorded = json.loads(info.read_text()).get("model") if info.is_file() else None
+    if recorded is not None and recorded != model_digest(base):
+        raise AutocompError(f"the model's weights or heads changed since {run_dir} searched it (its run.json records "
+                            f"another model digest): {what} would not be the model its trial scored; put the model "
+                            "back as it was (the checkpoint the run searched), or search the new one into another "
+                            "--out folder")
 
 
 def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTrial, list | None]:

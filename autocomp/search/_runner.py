@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
+import torch
 import yaml
 from torch import nn
 
 from autocomp import _quiet
-from autocomp._io import hash_weights, write_json, write_safetensors
+from autocomp._io import tensor_bytes, write_json, write_safetensors
 from autocomp._paths import resolve_path
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
@@ -30,7 +31,7 @@ from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import load_profile, profile_note
-from autocomp.models import create_model, vit_blocks
+from autocomp.models import create_model, model_digest, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
 from autocomp.saving import GIVEN_AS
@@ -119,8 +120,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = _job_identity(config, base)
     previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
-    model_digest = _model_digest(base)
-    if previous is not None and previous.get("model", model_digest) != model_digest:  # older runs recorded none
+    digest = model_digest(base)
+    if previous is not None and previous.get("model", digest) != digest:  # older runs recorded none
         fix = ("give model.checkpoint (a model without one starts from other random weights in every run)"
                if getattr(config.model, "checkpoint", "") is None else "put the model back as it was")
         raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (the same "
@@ -172,7 +173,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 before.check_reachable(space, heads, screen, config, log)
             _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
-                            measured_with, model_digest)
+                            measured_with, digest)
         elif (note := _measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
             log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
                 "(the earlier trials keep theirs): search into a new --out folder to measure every trial alike")
@@ -341,7 +342,9 @@ def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], s
     ``nn.Module``) and a fingerprint of everything that decides a trial's result."""
     if isinstance(config.model, nn.Module):
         model: dict[str, Any] = {GIVEN_AS: "nn.Module", "weights": BASE_WEIGHTS}
-        identity = hashlib.sha256(b"".join(v.numpy().tobytes() for v in base.state_dict().values())).hexdigest()
+        # the values alone (an earlier form than model_digest's, kept: existing runs of modules resume by it)
+        identity = hashlib.sha256(b"".join(tensor_bytes(v) if isinstance(v, torch.Tensor) else repr(v).encode()
+                                           for v in base.state_dict().values())).hexdigest()
     else:
         model = config.model.to_dict()
         identity = json.dumps(model, sort_keys=True)
@@ -350,14 +353,6 @@ def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], s
     job = {"model": model, "data": data, "search_space": str(config.search_space),
            "hardware": str(config.hardware), "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
     return job, identity, _fingerprint(config, identity, job)
-
-
-def _model_digest(base: nn.Module) -> str:
-    """A hash of the model the trials compress: its weights (names, dtypes, shapes, bytes) and each block's heads
-    (which a state dict does not show), recorded in run.json so that a resumed run notices a changed checkpoint."""
-    digest = hashlib.sha256(json.dumps([block.attn.num_heads for block in vit_blocks(base)]).encode())
-    hash_weights(base, digest)
-    return digest.hexdigest()[:16]
 
 
 def _fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]) -> str:
@@ -434,7 +429,7 @@ def _measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any
 
 def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
                     baseline: dict, limits: dict, recorded: Mapping[str, Any] | None,
-                    measured_with: Mapping[str, Any], model_digest: str) -> None:
+                    measured_with: Mapping[str, Any], digest: str) -> None:
     """run.json (fingerprint, baseline, limits, the images, how the trials are measured and the model's digest),
     config.yaml (the job with resolved paths) and, for a model given as an nn.Module, its weights
     (base.safetensors; never a pickle): what export and resume need."""
@@ -442,7 +437,7 @@ def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict
         write_safetensors(run_dir / BASE_WEIGHTS, base.state_dict())
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
-                                      "model": model_digest})
+                                      "model": digest})
     data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
             "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
             "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
