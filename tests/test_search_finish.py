@@ -166,10 +166,14 @@ def test_the_final_distillation_recovers_what_the_trial_left_and_says_so_in_the_
     with torch.no_grad():
         trial_model = compress(teacher, recipe, calibration=digits_splits.calib.x)
     entry = _trial_entry(trial_model, digits_splits)
+    said: list[str] = []
     model, saved = _finish.final_distillation(trial_model, teacher, recipe, digits_splits, entry, steps=150,
-                                              log=lambda _: None)
+                                              log=said.append)
     final = entry["final_distillation"]
     assert final["kept"] and model is not trial_model
+    # said as it starts and as it goes (it takes minutes on a real training split), not only once it ends
+    assert said[0].startswith("final distillation of the best: 150 steps on ") and "CPU thread(s)" in said[0]
+    assert [line.split(":")[1] for line in said[1:-1]] == [f" distill step {k}/150" for k in range(30, 151, 30)]
     assert final["val_accuracy"] > final["trial_val_accuracy"]
     assert entry["val_accuracy"] == final["val_accuracy"] == evaluate(model, digits_splits.val)
     # the saved recipe says how the saved weights were made: the trial's settings with the longer distillation

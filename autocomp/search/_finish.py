@@ -133,10 +133,13 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
     settings = recipe.distill if recipe.distill is not None else Distill(steps=0, alpha=0.5)  # a space's default
     longer = dataclasses.replace(recipe, distill=dataclasses.replace(settings, steps=steps))
     started = time.perf_counter()
+    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    log(f"final distillation of the best: {steps} steps on {len(splits.train)} training images, on "
+        + (device if device != "cpu" else f"{torch.get_num_threads()} CPU thread(s)"))
     with torch.no_grad():
         student = compress(base, longer, calibration=splits.calib.x)
-    student = distill(student, base, splits.train, longer.distill,
-                      device="cuda" if gpu and torch.cuda.is_available() else "cpu").eval()
+    student = distill(student, base, splits.train, longer.distill, device=device,
+                      log=lambda line: log(f"final distillation: {line}")).eval()
     seconds = time.perf_counter() - started
     val, test = evaluate(student, splits.val), evaluate(student, splits.test)
     kept = val > entry["val_accuracy"]
@@ -144,8 +147,8 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
         "steps": steps, "images": len(splits.train), "seconds": round(seconds, 1), "kept": kept,
         "trial_val_accuracy": entry["val_accuracy"], "trial_test_accuracy": entry["test_accuracy"],
         "val_accuracy": val, "test_accuracy": test}
-    log(f"final distillation of the best: {steps} steps on {len(splits.train)} training images in {seconds:.0f} s: "
-        f"val {entry['val_accuracy']:.2f}% -> {val:.2f}%, test {entry['test_accuracy']:.2f}% -> {test:.2f}%"
+    log(f"final distillation of the best: {steps} steps in {seconds:.0f} s: val {entry['val_accuracy']:.2f}% -> "
+        f"{val:.2f}%, test {entry['test_accuracy']:.2f}% -> {test:.2f}%"
         + ("" if kept else "; not better on validation: the trial's weights are kept"))
     if not kept:
         return model, recipe
