@@ -523,6 +523,19 @@ def test_class_folders_may_hold_linked_folders_and_their_hidden_folders_are_left
                                                                for f in files)
 
 
+def test_a_folder_linked_into_two_classes_is_refused(tmp_path):
+    """A link from one class folder into another (or one outside folder linked from two classes) would give the same
+    images two labels, silently."""
+    import os
+
+    make_folder(tmp_path / "data", {"red": 4, "green": 4})
+    os.symlink(tmp_path / "data" / "green", tmp_path / "data" / "red" / "greens")
+    with pytest.raises(AutocompError, match=r"the images of folder .*green are read for class 'green' and for class "
+                                            r"'red' \(a link under .* leads to it from both\); an image has one label"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "data"), val_size=1, calib_size=1,
+                               test_size=1), tiny_rgb_vit())
+
+
 def test_a_model_of_any_image_size_takes_data_image_size():
     """timm's dynamic_img_size: built at 16 px (its default input), it runs 24-px images when asked for them."""
     import timm

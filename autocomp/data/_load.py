@@ -163,9 +163,16 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
                             f"{' ...' if len(loose) > 3 else ''}); move each into its class's folder, or out of "
                             f"{folder}")
     found: dict[str, list[str]] = {}
+    walked: dict[str, str] = {}  # each real folder read -> the class it was read for
     for name in classes:
         files = []
-        for path in _files_under(folder / name):
+        paths, reals = _files_under(folder / name)
+        for real in reals:
+            if walked.setdefault(real, name) != name:  # a link: the same images would carry two labels
+                raise AutocompError(f"the images of folder {real} are read for class {walked[real]!r} and for class "
+                                    f"{name!r} (a link under {folder} leads to it from both); an image has one label: "
+                                    "remove the link, or copy the images into the one class they belong to")
+        for path in paths:
             if path.name.lower() in _IGNORED:
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -184,10 +191,10 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
     return found
 
 
-def _files_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path) -> tuple[list[Path], set[str]]:
     """The files under ``folder`` at any depth, in sorted order: folders linked into it followed (each once; not one
     that holds ``folder`` itself, whose other classes' images would take this one's label), hidden files and folders
-    (``.ipynb_checkpoints``) left out."""
+    (``.ipynb_checkpoints``) left out; and the real paths of the folders read."""
     def unreadable(error: OSError) -> None:
         raise AutocompError(f"cannot read folder {error.filename}: {error.strerror}; fix its permissions or move it "
                             "out of the class folders")
@@ -201,7 +208,7 @@ def _files_under(folder: Path) -> list[Path]:
         seen.add(real)
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         files += [Path(current) / name for name in names if not name.startswith(".")]
-    return sorted(files)
+    return sorted(files), seen
 
 
 def _check_readable(paths: list[str]) -> None:
