@@ -168,8 +168,13 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                             "blocks take position inputs of their own); autocomp compresses timm's VisionTransformer "
                             "family (vit_*, deit_*, flexivit_*, ...), whose blocks are an nn.Sequential")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        inner = next((name for name, module in model.named_modules() if name
+                      and isinstance(getattr(module, "blocks", None), nn.Sequential)), None)
+        hint = "" if inner is None else (
+            f"; it holds one at .{inner} ({type(model.get_submodule(inner)).__name__}): search that module, with "
+            "the data section giving the preprocessing the wrapper did, if any (its outputs are the logits scored)")
         raise AutocompError(f"{type(model).__name__} has no 'blocks' sequence; autocomp needs a timm ViT-family "
-                            "model (VisionTransformer, DeiT, ...)")
+                            f"model (VisionTransformer, DeiT, ...){hint}")
     for index, block in enumerate(blocks):
         for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             if _get(block, path) is None:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
+from torch import nn
 
 from autocomp import AutocompError
-from autocomp.models import ModelSpec, create_model, load_checkpoint
+from autocomp.models import ModelSpec, create_model, load_checkpoint, vit_blocks
 
 KW = {"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 10, "embed_dim": 32, "depth": 2, "num_heads": 4}
 
@@ -127,8 +129,22 @@ def test_the_vit_families_the_readme_names_compress_with_every_operator_and_run_
 
 
 def test_non_vit_model_is_refused():
-    with pytest.raises(AutocompError, match="has no 'blocks' sequence"):
+    with pytest.raises(AutocompError, match="has no 'blocks' sequence; autocomp needs a timm ViT-family model "
+                                            r"\(VisionTransformer, DeiT, ...\)$"):
         create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))
+
+
+def test_a_wrapper_around_a_vit_is_refused_naming_the_vit_inside():
+    """A training wrapper (a LightningModule, say) holding the ViT: the refusal says where the ViT is."""
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.ModuleDict({"backbone": timm.create_model("vit_tiny_patch16_224", pretrained=False,
+                                                                    img_size=16, patch_size=8, depth=1)})
+
+    with pytest.raises(AutocompError, match=r"Wrapper has no 'blocks' sequence; .* it holds one at "
+                                            r"\.net\.backbone \(VisionTransformer\): search that module"):
+        vit_blocks(Wrapper())
 
 
 @pytest.mark.parametrize("name, kind", [("cait_xxs24_224", "TalkingHeadAttn"), ("samvit_base_patch16", "sam"),

@@ -257,7 +257,8 @@ def test_resuming_a_folder_of_another_job_is_refused(finished_run, tiny_teacher,
     _, run = finished_run
     other = write_job(tmp_path, tiny_teacher[0], {"memory": 0.5}, trials=4)
     assert main(["search", str(other), "--out", str(run), "--quiet"]) == 2
-    assert "holds a search of a different job" in capsys.readouterr().err
+    assert "holds a search of a different job (budget.memory was 0.99, now 0.5); rerun with the job as it was" in \
+        capsys.readouterr().err  # what changed, not a list of what might have
 
 
 def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run, tmp_path, capsys):

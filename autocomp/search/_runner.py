@@ -119,7 +119,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = _job_identity(config, base)
-    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)])
+    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)], job)
     digest = model_digest(base)
     if previous is not None and previous.get("model", digest) != digest:  # older runs recorded none
         fix = ("give model.checkpoint (a model without one starts from other random weights in every run)"
@@ -378,17 +378,44 @@ def _earlier_fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any
     return _fingerprint(config, identity, {**job, "data": data})
 
 
-def _previous_run(run_dir: Path, fingerprints: Sequence[str | None]) -> dict[str, Any] | None:
+def _previous_run(run_dir: Path, fingerprints: Sequence[str | None],
+                  job: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The run.json of an earlier search of the same job in ``run_dir`` (its fingerprint one of ``fingerprints``:
-    this version's, or an earlier version's for the same job); a different job there is refused."""
+    this version's, or an earlier version's for the same job); a different job there is refused, saying what
+    differs from the ``job`` recorded in its config.yaml."""
     info, study = run_dir / "run.json", study_file(run_dir)
     if not (info.is_file() and study.is_file()):
         return None
     previous = json.loads(info.read_text())
     if previous.get("fingerprint") not in fingerprints:
-        raise AutocompError(f"{run_dir} holds a search of a different job (model, data, search space, hardware "
-                            "or budget changed); use a new --out folder or delete this one")
+        raise AutocompError(f"{run_dir} holds a search of a different job ({_job_changes(run_dir, job)}); rerun "
+                            "with the job as it was to resume it, or search into a new --out folder")
     return previous
+
+
+JOB_PARTS = ("model", "data", "search_space", "hardware", "budget")
+
+
+def _job_changes(run_dir: Path, job: Mapping[str, Any] | None) -> str:
+    """What differs between the job recorded in ``run_dir``'s config.yaml and ``job``: each setting, as it was and
+    is; else the files whose contents the fingerprint holds."""
+    files = "the contents of the search space or hardware profile file, or the weights of a model given as a module"
+    try:
+        written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        written = None
+    if not isinstance(written, Mapping) or job is None:
+        return "model, data, search space, hardware or budget changed"
+    now = json.loads(json.dumps({part: job[part] for part in JOB_PARTS}, default=str))  # as YAML holds it
+    changed = []
+    for part in JOB_PARTS:
+        was, is_ = written.get(part), now[part]
+        if isinstance(was, Mapping) and isinstance(is_, Mapping):
+            changed += [f"{part}.{key} was {was.get(key)!r}, now {is_.get(key)!r}"
+                        for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)]
+        elif was != is_:
+            changed.append(f"{part} was {was!r}, now {is_!r}")
+    return "; ".join(changed) if changed else f"{files} changed"
 
 
 def _run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,
