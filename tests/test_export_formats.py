@@ -206,5 +206,9 @@ def test_an_export_is_refused_onto_a_file_or_into_the_run_folder(run, tmp_path, 
     for inside in (run_dir / "best", run_dir):
         err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(inside)], capsys)
         assert err.startswith(f"autocomp: error: --out {inside} is inside the run folder {run_dir}")
+    under = tmp_path / "a_file" / "model"  # refused before the trial is rebuilt
+    err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(under)], capsys)
+    assert err.startswith(f"autocomp: error: cannot write --out {under} (") and err.endswith("give a folder you can "
+                                                                                             "write")
     assert (tmp_path / "a_file").read_text() == "mine"
 

@@ -87,6 +87,12 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     if out.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in out.resolve().parents:
         raise AutocompError(f"--out {out} is inside the run folder {run_dir}, whose files (best/ among them) the "
                             "search wrote; give a folder outside it")
+    try:  # before a trial is rebuilt (minutes) for a folder that cannot be written
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".autocomp-write-check").touch()
+        (out / ".autocomp-write-check").unlink()
+    except OSError as exc:
+        raise AutocompError(f"cannot write --out {out} ({exc.strerror or exc}); give a folder you can write") from None
     if number == BEST:
         if not (run_dir / BEST / "weights.safetensors").is_file():
             raise AutocompError(f"{run_dir} has no {BEST}/ model (no candidate met the budget, or the search has not "
