@@ -88,9 +88,12 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         raise AutocompError(f"--out {out} is inside the run folder {run_dir}, whose files (best/ among them) the "
                             "search wrote; give a folder outside it")
     try:  # before a trial is rebuilt (minutes) for a folder that cannot be written
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         (out / ".autocomp-write-check").touch()
         (out / ".autocomp-write-check").unlink()
+        if created:  # made again once there is a model to write: a refusal below leaves no empty folder
+            out.rmdir()
     except OSError as exc:
         raise AutocompError(f"cannot write --out {out} ({exc.strerror or exc}); give a folder you can write") from None
     if number == BEST:
