@@ -105,3 +105,27 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
     squashed = dataclasses.replace(config, data=dataclasses.replace(config.data, crop_mode="squash"))
     with pytest.raises(AutocompError, match="holds a search of a different job"):  # not what the earlier run scored
         previous(squashed)
+
+
+def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
+    """An interrupted trial is marked failed and run again: once its recipe completes, the live line no longer says
+    'failed 1 (last: interrupted)' for the rest of the run; a failure not made good still shows."""
+    from autocomp.results import TrialRow
+    from autocomp.search._runner import _Progress
+
+    def row(number, state, blocks, error=None):
+        return TrialRow(number=number, state=state, recipe_summary="", recipe={"blocks": blocks},
+                        accuracy=90.0 if state == "COMPLETE" else None, latency_ms=1.0, memory_mb=1.0,
+                        latency_ratio=None, weights_mb=None, activations_mb=None, simulated_layers=None,
+                        violations={}, error=error)
+
+    progress = _Progress(total=4, done=0, enabled=True)  # pytest's stdout is no terminal: plain lines
+    interrupted = row(0, "FAIL", [{"quantize": {"weight_bits": 8}}], "interrupted")
+    progress.update([interrupted])
+    progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}])])
+    progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}]),
+                     row(2, "FAIL", [{}], "non-finite logits")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("failed 1 (last: interrupted)")
+    assert lines[1] == "search 1/4  within budget 1, best 90.00%"
+    assert lines[2].endswith("failed 1 (last: non-finite logits)")
