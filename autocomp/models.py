@@ -168,8 +168,7 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                             "blocks take position inputs of their own); autocomp compresses timm's VisionTransformer "
                             "family (vit_*, deit_*, flexivit_*, ...), whose blocks are an nn.Sequential")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
-        inner = next((name for name, module in model.named_modules() if name
-                      and isinstance(getattr(module, "blocks", None), nn.Sequential)), None)
+        inner = next((name for name, module in model.named_modules() if name and _is_vit(module)), None)
         hint = "" if inner is None else (
             f"; it holds one at .{inner} ({type(model.get_submodule(inner)).__name__}): search that module, with "
             "the data section giving the preprocessing the wrapper did, if any (its outputs are the logits scored)")
@@ -189,6 +188,14 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                 "windowed or relative-position (SAM) or differential is not supported; build the model's blocks "
                 "with timm.layers.Attention")
     return list(blocks)
+
+
+def _is_vit(module: nn.Module) -> bool:
+    """Whether ``module`` is a ViT autocomp compresses (a ConvNeXt's or Swin's stages have blocks too)."""
+    try:
+        return hasattr(module, "patch_embed") and bool(vit_blocks(module))
+    except AutocompError:
+        return False
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from autocomp.cli import main
+from autocomp.errors import AutocompError
 from test_search_e2e import write_job
 
 
@@ -272,8 +273,23 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
 
     web = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=web.serve_forever, daemon=True).start()
+    grpc_like = socket.socket()  # answers as a gRPC server does: its SETTINGS frame first
+    grpc_like.bind(("127.0.0.1", 0))
+    grpc_like.listen()
+
+    def answer():
+        conn, _ = grpc_like.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+
+    threading.Thread(target=answer, daemon=True).start()
+    from autocomp.search._ray import check_ray_address
+
+    check_ray_address(f"127.0.0.1:{grpc_like.getsockname()[1]}")  # taken: a Ray head would answer so
+    grpc_like.close()
     try:
-        for address, said in [("127.0.0.1", "give the head's HOST:PORT"),
+        for address, said in [("127.0.0.1", "give the head's HOST:PORT"), ("::1", "give the head's HOST:PORT"),
                               (f"127.0.0.1:{free_port}", "nothing answers there (Connection refused)"),
                               (f"127.0.0.1:{web.server_port}", "what answers there is not a Ray head")]:
             err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address", address], capsys)
@@ -301,6 +317,27 @@ def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, caps
 
     with _one_search_at_a_time(run):  # released: taken by the next one, which names itself
         assert (run / ".lock").read_text().startswith(f"process {os.getpid()} on ")
+    with pytest.raises(AutocompError, match="unreachable"), _one_search_at_a_time(run):
+        raise AutocompError("unreachable")  # a search refused midway ...
+    with _one_search_at_a_time(run):  # ... lets go of the folder all the same
+        pass
+
+
+def test_a_run_folder_on_a_file_system_without_locks_is_searched_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from autocomp.search._runner import _one_search_at_a_time
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    said = []
+    with _one_search_at_a_time(tmp_path / "r", said.append):
+        ran = True
+    assert ran and said == [f"note: the file system of {tmp_path / 'r'} takes no locks (No locks available): "
+                            "nothing stops a second search into this folder while this one runs"]
 
 
 def test_an_out_folder_that_cannot_be_written_is_refused(job, tmp_path, capsys):

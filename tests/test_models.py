@@ -128,10 +128,11 @@ def test_the_vit_families_the_readme_names_compress_with_every_operator_and_run_
     assert logits.shape == (2, 5) and torch.allclose(ort, logits, atol=1e-2)
 
 
-def test_non_vit_model_is_refused():
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])  # a ConvNeXt's stages have blocks: no ViT inside
+def test_non_vit_model_is_refused(name):
     with pytest.raises(AutocompError, match="has no 'blocks' sequence; autocomp needs a timm ViT-family model "
                                             r"\(VisionTransformer, DeiT, ...\)$"):
-        create_model(ModelSpec(name="resnet18", kwargs={"num_classes": 3}))
+        create_model(ModelSpec(name=name, kwargs={"num_classes": 3}))
 
 
 def test_a_wrapper_around_a_vit_is_refused_naming_the_vit_inside():

@@ -89,21 +89,25 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
         "search_space": str(root / "search_spaces" / "heads_int8.yaml"),
         "hardware": str(root / "hardware_profiles" / "local_cpu.yaml")}))
     config = load_config(job_file)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, mean=(0.5, 0.5, 0.5)))  # a tuple
     base = create_model(config.model)
     run = tmp_path / "run"
     run.mkdir()
     study_file(run).touch()
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "imagefolder", "root": "imgs"}}))
+    job = _job_identity(config, base)[0]  # config.yaml as those versions wrote it: the root as the job did
+    (run / "config.yaml").write_text(yaml.safe_dump({**job, "data": {**job["data"], "root": "imgs"}}))
     (run / "run.json").write_text(json.dumps({"fingerprint": _fingerprint_before_2026_12_02(config, "imgs"),
                                               "baseline": {"val_accuracy": 50.0}, "limits": {}}))
 
     def previous(config):
         job, identity, fingerprint = _job_identity(config, base)
-        return _previous_run(run, [fingerprint, _earlier_fingerprint(config, identity, job, run)])
+        return _previous_run(run, [fingerprint, _earlier_fingerprint(config, identity, job, run)], job, config)
 
     assert previous(config)["baseline"] == {"val_accuracy": 50.0}
     squashed = dataclasses.replace(config, data=dataclasses.replace(config.data, crop_mode="squash"))
-    with pytest.raises(AutocompError, match="holds a search of a different job"):  # not what the earlier run scored
+    # not what the earlier run scored; said as the one change (the root as written and the mean's tuple are none)
+    with pytest.raises(AutocompError, match=r"holds a search of a different job \(data.crop_mode was None, now "
+                                            r"'squash'\); rerun with the job as it was"):
         previous(squashed)
 
 

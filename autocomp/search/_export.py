@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from autocomp.saving import load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
+from autocomp.search._runner import BASE_WEIGHTS
 from autocomp.train import evaluate
 
 __all__ = ["export_trial", "FORMATS"]
@@ -88,12 +90,12 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         raise AutocompError(f"--out {out} is inside the run folder {run_dir}, whose files (best/ among them) the "
                             "search wrote; give a folder outside it")
     try:  # before a trial is rebuilt (minutes) for a folder that cannot be written
-        created = not out.exists()
+        made = next((folder for folder in [*reversed(out.parents), out] if not folder.exists()), None)
         out.mkdir(parents=True, exist_ok=True)
         (out / ".autocomp-write-check").touch()
         (out / ".autocomp-write-check").unlink()
-        if created:  # made again once there is a model to write: a refusal below leaves no empty folder
-            out.rmdir()
+        if made is not None:  # made again once there is a model to write: a refusal below leaves no empty folder
+            shutil.rmtree(made)
     except OSError as exc:
         raise AutocompError(f"cannot write --out {out} ({exc.strerror or exc}); give a folder you can write") from None
     if number == BEST:
@@ -106,8 +108,6 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         trial, history = _complete_trial(run_dir, number)
     config = load_config(run_dir / "config.yaml", model=base)
     base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
-    if not isinstance(config.model, ModelSpec):  # the module is the skeleton even of kept weights
-        _require_searched_model(run_dir, base, "the export")
     # the images: a trial's rebuild and a deployable file's check; best/ alone needs none (nor the data's folder)
     recorded = run_images.recorded(run_dir, config.data)
     splits = run_images.read_splits(config.data, base, recorded) if number != BEST or backend is not None else None
@@ -123,7 +123,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
                    **trial.user_attrs, "recipe": recipe.to_dict()}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:
-            _require_searched_model(run_dir, base, f"trial {number}, rebuilt from its recipe,")
+            _require_searched_model(run_dir, base, config.model, number)
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
             changed = run_images.changed_for_trial(recorded, splits, number, history)
@@ -150,16 +150,24 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     return out
 
 
-def _require_searched_model(run_dir: Path, base: nn.Module, what: str) -> None:
-    """Refuse to build on a base model whose weights or heads are not those the run searched (run.json ``model``;
-    a run from before that record is not checked)."""
+def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | nn.Module, number: int) -> None:
+    """Refuse to rebuild trial ``number`` from its recipe on a base model whose weights or heads are not those the
+    run searched (run.json ``model``; a run from before that record is not checked). Kept weights, best/'s among
+    them, take only the model's structure and are not checked (as :func:`autocomp.load`)."""
     info = Path(run_dir) / "run.json"
     recorded = json.loads(info.read_text()).get("model") if info.is_file() else None
-    if recorded is not None and recorded != model_digest(base):
-        raise AutocompError(f"the model's weights or heads changed since {run_dir} searched it (its run.json records "
-                            f"another model digest): {what} would not be the model its trial scored; put the model "
-                            "back as it was (the checkpoint the run searched), or search the new one into another "
-                            "--out folder")
+    if recorded is None or recorded == model_digest(base):
+        return
+    if isinstance(given, nn.Module):
+        fix = (f"load the weights the run searched into the module first ({Path(run_dir) / BASE_WEIGHTS}, with "
+               "safetensors.torch.load_file and load_state_dict; its heads as they were)")
+    elif given.checkpoint is None:
+        fix = "no rebuild can be: the run's model has no checkpoint (random weights, other ones in every process)"
+    else:
+        fix = f"put the checkpoint back as it was ({given.checkpoint})"
+    raise AutocompError(f"the model's weights or heads changed since {run_dir} searched it (its run.json records "
+                        f"another model digest): trial {number}, rebuilt from its recipe, would not be the model "
+                        f"it scored; {fix}, or export a trial that kept its weights (best, or one on the front)")
 
 
 def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTrial, list | None]:

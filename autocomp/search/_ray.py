@@ -85,7 +85,8 @@ def check_ray_address(ray_address: str | None) -> None:
                                 f"process ({running}); call ray.shutdown() before the search to join {ray_address}, "
                                 f"or pass {running} (or no address) to search on the Ray already there")
         return
-    if ray_address != "auto":  # auto: Ray finds the cluster on this machine itself, or says at once there is none
+    if ray_address not in ("auto", "local"):  # auto: Ray finds the cluster on this machine itself, or says at once
+        # there is none; local: an embedded Ray, as with no address
         _require_ray_head(ray_address, *_host_port(ray_address))
 
 
@@ -93,8 +94,9 @@ def _host_port(ray_address: str) -> tuple[str, int]:
     """The host and port of a HOST:PORT address (an IPv6 host in brackets: ``[::1]:6379``)."""
     host, _, port = ray_address.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise AutocompError(f"--ray-address {ray_address}: give the head's HOST:PORT, e.g. 10.0.0.5:6379 (the "
+    if not host or ":" in host or not port.isdigit() or not 0 < int(port) < 65536:  # ::1 is an IPv6 host
+        raise AutocompError(f"--ray-address {ray_address}: give the head's HOST:PORT, e.g. 10.0.0.5:6379 or "
+                            "[fd00::5]:6379 (the "
                             f"address ray start --head printed for other nodes to join; {JOIN_PORT}), or auto for the "
                             "cluster started on this machine")
     return host, int(port)
@@ -106,9 +108,7 @@ def _require_ray_head(ray_address: str, host: str, port: int, timeout_s: float =
     import socket
 
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as conn:
-            conn.sendall(HTTP2_HELLO)
-            reply = conn.recv(9) if not _tls() else None  # a TLS head answers plain text with an alert
+        conn = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as exc:
         reason = f"no answer within {timeout_s:.0f} s" if isinstance(exc, TimeoutError) else \
             (exc.strerror or str(exc) or type(exc).__name__)
@@ -116,11 +116,23 @@ def _require_ray_head(ray_address: str, host: str, port: int, timeout_s: float =
                             f"head there (ray start --head --port={port}), check the address ray start --head "
                             "printed for other nodes to join, or omit --ray-address for an embedded local "
                             "Ray") from None
-    if reply is not None and (len(reply) < 4 or reply[3] != HTTP2_SETTINGS):
-        raise AutocompError(f"--ray-address {ray_address}: what answers there is not a Ray head (it does not speak "
-                            f"gRPC; it said {reply[:16]!r}); give the address ray start --head printed for other "
-                            f"nodes to join ({JOIN_PORT}; the dashboard's 8265 and the Ray Client's 10001 are "
-                            "other ports)")
+    with conn:
+        if _tls():  # a TLS head answers plain text with an alert: the connection is all that is checked
+            return
+        try:
+            conn.sendall(HTTP2_HELLO)
+            reply = conn.recv(9)
+        except TimeoutError:
+            said = f"nothing within {timeout_s:.0f} s"
+        except OSError as exc:
+            said = f"nothing ({exc.strerror or exc})"
+        else:
+            if len(reply) >= 4 and reply[3] == HTTP2_SETTINGS:
+                return
+            said = repr(reply) if reply else "nothing (it closed the connection)"
+    raise AutocompError(f"--ray-address {ray_address}: what answers there is not a Ray head (it does not speak gRPC; "
+                        f"it said {said}); give the address ray start --head printed for other nodes to join "
+                        f"({JOIN_PORT}; the dashboard's 8265 and the Ray Client's 10001 are other ports)")
 
 
 def _tls() -> bool:

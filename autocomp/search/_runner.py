@@ -70,23 +70,28 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     """
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
-    with _one_search_at_a_time(run_dir):
+    with _one_search_at_a_time(run_dir, log):
         return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
 
 
 @contextmanager
-def _one_search_at_a_time(run_dir: Path) -> Iterator[None]:
+def _one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None]:
     """Create ``run_dir`` and hold its lock for the block: a second search into the same folder (which would run the
-    trials again beside the first's, and write the same files) is refused while the first one runs.
+    trials again beside the first's, and write the same files) is refused while the first one runs. On a file
+    system without locks (some network ones) the search runs unlocked, said through ``log``.
 
     Raises:
         AutocompError: a folder that cannot be created or written, or one another search holds.
     """
+    import errno
     import socket
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / LOCK, "a+")
+        try:
+            handle = open(run_dir / LOCK, "a+")
+        except PermissionError:  # another user's lock file in a shared folder: locked as well through reading
+            handle = open(run_dir / LOCK)
     except OSError as exc:
         raise AutocompError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); give --out a folder "
                             "you can write, not a file nor one under a file") from None
@@ -99,10 +104,16 @@ def _one_search_at_a_time(run_dir: Path) -> Iterator[None]:
             raise AutocompError(f"another search is running into {run_dir} ({holder}); wait for it to end (the "
                                 "same command then resumes the run, if trials are left) or give another --out "
                                 "folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            log(f"note: the file system of {run_dir} takes no locks ({exc.strerror}): nothing stops a second search "
+                "into this folder while this one runs")
+        if handle.writable():
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
         yield  # closing the file releases the lock; the file stays, as another search may hold it by then
 
 
@@ -119,7 +130,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = _job_identity(config, base)
-    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)], job)
+    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)], job,
+                             config)
     digest = model_digest(base)
     if previous is not None and previous.get("model", digest) != digest:  # older runs recorded none
         fix = ("give model.checkpoint (a model without one starts from other random weights in every run)"
@@ -371,15 +383,22 @@ def _earlier_fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any
     except (OSError, yaml.YAMLError, AttributeError):
         written = {}
     data = {key: value for key, value in vars(config.data).items() if key != "crop_mode"}
-    if config.data.root and isinstance(written, Mapping) and written.get("root"):
-        folder = config.source.parent if config.source else None
-        if resolve_path(written["root"], base=folder, must_exist=False, keep_links=True) == Path(config.data.root):
-            data["root"] = written["root"]
+    if isinstance(written, Mapping) and _same_root(config, written.get("root")):
+        data["root"] = written["root"]
     return _fingerprint(config, identity, {**job, "data": data})
 
 
-def _previous_run(run_dir: Path, fingerprints: Sequence[str | None],
-                  job: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+def _same_root(config: JobConfig, written: Any) -> bool:
+    """Whether ``written``, a ``data.root`` as a run's config.yaml holds it (versions before 2026-12-02 wrote it as
+    the job did, often relative to the job's file), names the job's image folder."""
+    if not written or not config.data.root:
+        return False
+    folder = config.source.parent if config.source else None
+    return resolve_path(written, base=folder, must_exist=False, keep_links=True) == Path(config.data.root)
+
+
+def _previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping[str, Any] | None = None,
+                  config: JobConfig | None = None) -> dict[str, Any] | None:
     """The run.json of an earlier search of the same job in ``run_dir`` (its fingerprint one of ``fingerprints``:
     this version's, or an earlier version's for the same job); a different job there is refused, saying what
     differs from the ``job`` recorded in its config.yaml."""
@@ -388,15 +407,16 @@ def _previous_run(run_dir: Path, fingerprints: Sequence[str | None],
         return None
     previous = json.loads(info.read_text())
     if previous.get("fingerprint") not in fingerprints:
-        raise AutocompError(f"{run_dir} holds a search of a different job ({_job_changes(run_dir, job)}); rerun "
-                            "with the job as it was to resume it, or search into a new --out folder")
+        changes = _job_changes(run_dir, job, config)
+        raise AutocompError(f"{run_dir} holds a search of a different job ({changes}); rerun with the job as it was "
+                            "to resume it, or search into a new --out folder")
     return previous
 
 
 JOB_PARTS = ("model", "data", "search_space", "hardware", "budget")
 
 
-def _job_changes(run_dir: Path, job: Mapping[str, Any] | None) -> str:
+def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig | None) -> str:
     """What differs between the job recorded in ``run_dir``'s config.yaml and ``job``: each setting, as it was and
     is; else the files whose contents the fingerprint holds."""
     files = "the contents of the search space or hardware profile file, or the weights of a model given as a module"
@@ -407,6 +427,9 @@ def _job_changes(run_dir: Path, job: Mapping[str, Any] | None) -> str:
     if not isinstance(written, Mapping) or job is None:
         return "model, data, search space, hardware or budget changed"
     now = json.loads(json.dumps({part: job[part] for part in JOB_PARTS}, default=str))  # as YAML holds it
+    data = written.get("data")
+    if isinstance(data, Mapping) and config is not None and _same_root(config, data.get("root")):
+        written = {**written, "data": {**data, "root": now["data"].get("root")}}  # as an earlier version wrote it
     changed = []
     for part in JOB_PARTS:
         was, is_ = written.get(part), now[part]
