@@ -111,6 +111,8 @@ def test_loaded_best_model_reproduces_the_recorded_accuracy(finished_run):
 def test_export_any_trial_and_print_the_front(finished_run, capsys):
     tmp, run = finished_run
     assert main(["export", str(run), "--trial", "1", "--out", str(tmp / "t1")]) == 0
+    metrics = json.loads((tmp / "t1" / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == metrics["accuracy"] is not None  # best/metrics.json's name, in every export
     model = autocomp.load(tmp / "t1")
     recipe = autocomp.Recipe.load(tmp / "t1" / "recipe.yaml")
     assert [b.attn.num_heads for b in model.blocks] == [

@@ -133,6 +133,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             if reasons:  # the accuracy of the model written is the rebuild's; the trial's is kept beside it
                 metrics["rebuilt"] = _score_rebuild(model, trial, reasons, splits.val, log)
                 metrics.update(trial_accuracy=metrics["accuracy"], accuracy=metrics["rebuilt"]["val_accuracy"])
+        metrics["val_accuracy"] = metrics["accuracy"]  # under best/'s name for it too
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
