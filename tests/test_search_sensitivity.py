@@ -12,7 +12,7 @@ import yaml
 
 from autocomp._compress import compress
 from autocomp.results import load_run_study
-from autocomp.search._before import teacher_cache
+from autocomp.search._before import LatencyUnreachable, teacher_cache
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
@@ -391,7 +391,7 @@ def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_no
     assert seen == []
 
 
-def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_ratio):
+def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_ratio, memory_mb=None):
     """The passes before the trials of a new search at ``limit_ratio`` x latency, on a fake target, after a fake
     sensitivity pass: heads 0.5 costs both blocks 40 points, MLP 0.5 costs block 1 as much (block 0: 1 point),
     int8 costs 0.5 points."""
@@ -409,9 +409,33 @@ def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_rati
     lines = []
     result = _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, None, config, lines.append,
                                  fresh=True, profile=HardwareProfile(name="target"),
-                                 limits={"latency_ms": limit_ratio * 10.0}, base_latency_ms=10.0,
+                                 limits={"latency_ms": limit_ratio * 10.0,
+                                         **({"memory_mb": memory_mb} if memory_mb else {})}, base_latency_ms=10.0,
                                  before_timing=lambda: None)
     return result, lines
+
+
+@pytest.mark.parametrize("memory_mb", [None, 1.0])
+def test_under_a_memory_limit_too_the_latency_pass_runs_and_keeps_what_saves_no_time(
+        tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures, memory_mb):
+    """A latency limit is timed and checked whether or not the budget limits memory as well (it was skipped then:
+    no refusal of an unreachable limit, nothing for the cost model to learn); int8 weights that save no time are
+    left out under a latency limit alone, and kept with a memory limit, whose bytes they save."""
+    seen = fastest_measures([0.8, 1.0, 0.85])  # MLP 0.5, int8, then the fastest candidate
+    (_, allowed), lines = _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.9, memory_mb)
+    assert len(seen) == 3
+    rows = {(r["knob"], r["value"]): r["offered"] for r in csv.DictReader((tmp_path / "uniform_latency.csv").open())}
+    said = [line for line in lines if line.startswith("latency: 2 settings measured")]
+    if memory_mb is None:
+        assert allowed["b0.weight_bits"] == allowed["b1.weight_bits"] == (32,) and rows[("weight_bits", "8")] == "False"
+        assert "not offered, they save less than 3% here: weight_bits 8 (1.00x)" in said[0]
+    else:
+        assert "b0.weight_bits" not in allowed and rows[("weight_bits", "8")] == "True"
+        assert "offered for the memory limit although they save less than 3% here: weight_bits 8 (1.00x)" in said[0]
+    fastest_measures([0.8, 1.0, 0.95, 0.95])
+    (tmp_path / "again").mkdir()
+    with pytest.raises(LatencyUnreachable):  # and a limit under the fastest candidate is refused either way
+        _latency_pass(tmp_path / "again", tiny_teacher, digits_splits, monkeypatch, 0.8, memory_mb)
 
 
 def test_the_latency_pass_times_only_the_settings_the_sensitivity_pass_offers_in_some_block(

@@ -121,10 +121,11 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     """The sensitivity pass of a new search (its settings, and the choices it leaves per parameter); a resumed one
     reuses the settings and choices it saved (the settings guide the local moves' fill).
 
-    Under a latency budget (and no memory limit) it also measures each setting in every block at once (each that
-    the sensitivity pass left in some block: timing one it left in none would buy nothing): a setting
-    that saves less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does
-    not buy time), and the cost model learns from these measurements before the first trial. ``before_timing`` is
+    Under a latency limit it also measures each setting in every block at once (each that the sensitivity pass
+    left in some block: timing one it left in none would buy nothing): without a memory limit, a setting that saves
+    less than ``sensitivity.min_saving`` of the latency is offered in no block (on this backend it does not buy
+    time; with one, it stays for the bytes it saves), and the cost model learns from these measurements before the
+    first trial. ``before_timing`` is
     called before them (it waits until the trials' workers have started). Under another budget, on a target other
     than PyTorch on the CPU, each such setting is run there once instead (exported and checked, not timed; in the
     first block, and in every block where that fails). Either way a setting the target cannot run is offered in no
@@ -160,7 +161,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {len(subset)} "
             f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
             f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
-    if passes and "latency_ms" in limits and "memory_mb" not in limits:
+    if passes and "latency_ms" in limits:
         before_timing()
         started = time.perf_counter()
         timed = offered_settings(allowed, space, len(heads))  # one offered in no block has no time to buy
@@ -171,17 +172,24 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
                 log=log, settings=timed)
-        minimum = config.sensitivity.min_saving
+        # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
+        minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None
         write_uniform_latencies(run_dir, ratios, min_saving=minimum)  # before a refusal too: it explains it
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms, allowed=allowed, dropped=untimed)
-        allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
-        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=minimum).items()]
+        if minimum is None:
+            refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}
+            allowed = without(allowed, refused, space, len(heads))
+        else:
+            allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
+        saving = config.sensitivity.min_saving
+        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=saving).items()]
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
                else "s; ")
-            + (f"not offered, they save less than {100 * minimum:g}% here: " + ", ".join(slow) if slow else
-                      "each one the target runs saves time here") + f": {run_dir / 'uniform_latency.csv'}")
+            + (("offered for the memory limit although they save less than " if minimum is None else
+                "not offered, they save less than ") + f"{100 * saving:g}% here: " + ", ".join(slow) if slow else
+               "each one the target runs saves time here") + f": {run_dir / 'uniform_latency.csv'}")
     elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
         started = time.perf_counter()
         with num_threads(config.resources.cpu):

@@ -353,14 +353,16 @@ def without(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space:
     return result
 
 
-def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], float], *, min_saving: float) -> None:
+def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], float], *,
+                            min_saving: float | None) -> None:
     """``uniform_latency.csv``: each setting measured in every block at once (``inf``: the target cannot run it),
-    and whether it is offered."""
+    and whether it is offered (``min_saving`` None: every one the target runs, as under a memory limit too)."""
     with (run_dir / "uniform_latency.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["knob", "value", "latency_ratio", "offered"])
         for (knob, value), ratio in ratios.items():
-            writer.writerow([knob, value, f"{ratio:.3f}", ratio <= 1 - min_saving])
+            writer.writerow([knob, value, f"{ratio:.3f}", ratio < math.inf if min_saving is None
+                             else ratio <= 1 - min_saving])
 
 
 def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float) -> None:
