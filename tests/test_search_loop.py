@@ -102,3 +102,18 @@ def test_the_gate_reaches_its_actor_by_value_without_autocomps_imports():
     out = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(_gate_class()), capture_output=True,
                          check=True)
     assert out.stdout.decode().strip() == "[]"
+
+
+def test_a_trial_engine_that_ends_before_the_trials_did_is_a_stopped_search_not_a_finished_one(
+        tmp_path, tiny_teacher, monkeypatch, capsys):
+    """Ray Tune returning with trials still to run and no error (its processes interrupted, the driver not) was
+    reported as a finished search of fewer trials; it is a stopped one, to resume."""
+    from autocomp.cli import main
+    from test_search_e2e import write_job
+
+    monkeypatch.setattr(TrialLoop, "run", lambda self, controller: None)  # Tune ran nothing and returned
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "search stopped: Ray Tune ended with 2 trial(s) not run or not finished, without an error" in err
+    assert "run the same command again to resume" in err and not (tmp_path / "run" / "summary.json").exists()

@@ -143,6 +143,11 @@ class OptunaController(Searcher):
                              _local_credit=0.0, _duplicates_left=0, _skips_left=0, _rng=random.Random(0), _drops={},
                              asking_seconds=0.0)
 
+    @property
+    def unfinished(self) -> int:
+        """The trials of this run not yet asked for, and those asked for and not yet told (0 once all ran)."""
+        return self._remaining + len(self._live)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         started = time.perf_counter()
         try:

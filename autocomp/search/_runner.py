@@ -266,6 +266,11 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                 kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
                 raise AutocompError(f"search stopped: {controller.stopped}; the {kept} trials done are kept in "
                                     f"{run_dir}; run the same command again to resume once it is back")
+            if controller.unfinished:  # Tune returned with trials to go, and no error: not a finished search
+                kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
+                raise AutocompError(f"search stopped: Ray Tune ended with {controller.unfinished} trial(s) not run "
+                                    "or not finished, without an error (were Ray's processes interrupted?); the "
+                                    f"{kept} trials done are kept in {run_dir}; run the same command again to resume")
             took = time.perf_counter() - started
             study.set_user_attr(LOOP_SECONDS, study.user_attrs.get(LOOP_SECONDS, 0.0) + took)
             study.set_user_attr(ASKING_SECONDS, study.user_attrs.get(ASKING_SECONDS, 0.0) + controller.asking_seconds)
