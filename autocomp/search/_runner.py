@@ -329,7 +329,8 @@ def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[i
                           cap=config.trials // 4, allowed=allowed, sensitivity=settings, measure=measure)
     for label, params in points:
         study.enqueue_trial(params, user_attrs={START: label})
-    log("starting points: " + "; ".join(label for label, _ in points))
+    log("starting points: " + ("; ".join(label for label, _ in points) if points else
+                               "none (no known-good recipe is predicted within budget; the sampler starts alone)"))
 
 
 def _requeue_interrupted(study: optuna.Study) -> list[int]:
