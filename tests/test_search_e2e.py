@@ -113,6 +113,8 @@ def test_export_any_trial_and_print_the_front(finished_run, capsys):
     assert main(["export", str(run), "--trial", "1", "--out", str(tmp / "t1")]) == 0
     metrics = json.loads((tmp / "t1" / "metrics.json").read_text())
     assert metrics["val_accuracy"] == metrics["accuracy"] is not None  # best/metrics.json's name, in every export
+    row = next(r for r in csv.DictReader((run / "trials.csv").open()) if r["number"] == "1")
+    assert metrics["within_budget"] == (row["feasible"] == "True")  # an export over budget says so
     model = autocomp.load(tmp / "t1")
     recipe = autocomp.Recipe.load(tmp / "t1" / "recipe.yaml")
     assert [b.attn.num_heads for b in model.blocks] == [

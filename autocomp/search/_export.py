@@ -17,6 +17,7 @@ import optuna
 from torch import nn
 
 from autocomp._io import write_json
+from autocomp.budget import violations
 from autocomp.config import load_config
 from autocomp.data import Split, load_splits
 from autocomp.errors import AutocompError
@@ -134,6 +135,10 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
                 metrics["rebuilt"] = _score_rebuild(model, trial, reasons, splits.val, log)
                 metrics.update(trial_accuracy=metrics["accuracy"], accuracy=metrics["rebuilt"]["val_accuracy"])
         metrics["val_accuracy"] = metrics["accuracy"]  # under best/'s name for it too
+        over = _over_budget(run_dir, metrics)
+        metrics["within_budget"] = not over
+        if over:
+            log(f"note: trial {number} is over the run's budget ({over}); exported as asked")
         preprocessing = None
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
@@ -169,6 +174,15 @@ def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | n
     raise AutocompError(f"the model's weights or heads changed since {run_dir} searched it (its run.json records "
                         f"another model digest): trial {number}, rebuilt from its recipe, would not be the model "
                         f"it scored; {fix}, or export a trial that kept its weights (best, or one on the front)")
+
+
+def _over_budget(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """How a trial's measured latency and memory exceed the run's limits (run.json), e.g. "latency_ms over by 14%";
+    empty within budget."""
+    info = Path(run_dir) / "run.json"
+    limits = json.loads(info.read_text()).get("limits", {}) if info.is_file() else {}
+    over = violations({key: metrics[key] for key in limits}, limits)
+    return ", ".join(f"{key} over by {100 * value:.1f}%" for key, value in over.items() if value > 0)
 
 
 def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTrial, list | None]:
