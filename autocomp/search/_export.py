@@ -102,7 +102,8 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     if number == BEST:
         if not (run_dir / BEST / "weights.safetensors").is_file():
             raise AutocompError(f"{run_dir} has no {BEST}/ model (no candidate met the budget, or the search has not "
-                                "finished); export a trial by number: --trial N (autocomp pareto lists them)")
+                                "finished); export a trial by number: --trial N (trials.csv lists every trial, "
+                                "autocomp pareto the front)")
     elif not isinstance(number, int):
         raise AutocompError(f"--trial must be a trial number or 'best', got {number!r}")
     else:
