@@ -344,6 +344,25 @@ def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastes
     assert all(block.mlp.fc1.out_features == width for block in seen[0].blocks)
 
 
+def test_the_fastest_candidate_keeps_the_least_not_the_setting_a_noisy_timing_put_first(tiny_teacher, digits_splits,
+                                                                                          fastest_measures):
+    """MLP 0.75 measured 0.944x alone and 0.5 measured 0.949x in one run (timing noise): the fastest candidate keeps
+    half the MLP, which does less work, and the refusal names it."""
+    from autocomp.config import JobConfig
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _before
+
+    seen = fastest_measures([0.9, 0.9])
+    ratios = {("mlp_keep", 0.5): 0.949, ("mlp_keep", 0.75): 0.944}
+    config_space = SearchSpace(mlp_keep=(0.5, 0.75, 1.0))
+    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
+    with pytest.raises(_before.LatencyUnreachable, match=r"\(every block at mlp_keep 0.5\) measured 9 ms"):
+        _before.check_latency_reachable(ratios, tiny_teacher[1], config_space, [4, 4], digits_splits, config,
+                                        HardwareProfile(name="target"), 6.0, 10.0)
+    width = tiny_teacher[1].blocks[0].mlp.fc1.out_features
+    assert all(block.mlp.fc1.out_features == width // 2 for block in seen[0].blocks)
+
+
 def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(tiny_teacher, digits_splits,
                                                                                   fastest_measures):
     """A setting the sensitivity pass left in some blocks only is in those blocks of the fastest candidate: the one
