@@ -254,7 +254,27 @@ def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_an
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # set by the user, or a timm model's own: nothing to say
         load_splits(DataConfig(**config, mean=[0.5], std=[0.5]), model)
+        load_splits(DataConfig(**config, crop_pct=1.0), tiny_rgb_vit())
+
+
+def test_a_timm_model_built_at_another_size_than_its_pretrained_configs_is_told_whose_crop_it_gets(tmp_path):
+    """A timm name built at img_size=16 keeps the 224-px tag's crop_pct 0.9 and statistics: rarely what a model
+    trained at 16 px had (a new user's 32-px model lost 8 points to the crop); said, naming what to set."""
+    import warnings
+
+    make_folder(tmp_path, {"red": 5, "green": 5})
+    config = dict(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2, test_size=2, workers=0)
+    with pytest.warns(UserWarning, match=r"built for 16-px images, but its timm data config is its pretrained "
+                                         r"weights', for 224 px: crop_pct 0.9 \(the centre 90% of each image\), "
+                                         r"mean .*; if it was trained otherwise, set data.crop_pct \(1.0: the whole "
+                                         r"image\), data.mean, data.std to what it was trained with$"):
         load_splits(DataConfig(**config), tiny_rgb_vit())
+    with pytest.warns(UserWarning, match=r"crop_pct 0.9 \(the centre 90% of each image\); if it was trained "
+                                         r"otherwise, set data.crop_pct \(1.0: the whole image\) to what"):
+        load_splits(DataConfig(**config, mean=[0.5], std=[0.5]), tiny_rgb_vit())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the crop given: nothing to say
+        load_splits(DataConfig(**config, crop_pct=0.9), tiny_rgb_vit())
 
 
 def test_a_squash_models_images_are_squashed_as_timm_does_and_saved_so(tmp_path):

@@ -211,6 +211,16 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0),
         crop_mode=config.crop_mode or timm_config.get("crop_mode") or "center")
     guessed = {name: list(getattr(preprocessing, name)) for name in ("mean", "std") if getattr(config, name) is None}
+    tag_size, timm_made = timm_config["input_size"][1], bool(getattr(model, "pretrained_cfg", None))
+    if timm_made and fixed and height != tag_size and config.crop_pct is None and preprocessing.crop_pct < 1:
+        # a timm name built at another size keeps its pretrained tag's settings, which a model trained at this
+        # size from scratch rarely had: a crop of 0.9 cost 8 points to such a model in a new user's hands
+        others = "".join(f", {name} {value}" for name, value in guessed.items())
+        warnings.warn(f"the model was built for {height}-px images, but its timm data config is its pretrained "
+                      f"weights', for {tag_size} px: crop_pct {preprocessing.crop_pct:g} (the centre "
+                      f"{preprocessing.crop_pct:.0%} of each image){others}; if it was trained otherwise, set "
+                      + ", ".join(["data.crop_pct (1.0: the whole image)"] + [f"data.{name}" for name in guessed])
+                      + " to what it was trained with", UserWarning, stacklevel=2)
     if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
         guessed["image_size"] = preprocessing.image_size
     if guessed and not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
