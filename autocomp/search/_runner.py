@@ -4,7 +4,6 @@ trial."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -47,6 +46,11 @@ from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
 from autocomp.search._start import START, start_points
+
+try:
+    import fcntl
+except ImportError:  # Windows: a search runs without the run folder's lock (said)
+    fcntl = None
 
 __all__ = ["run_search"]
 
@@ -97,6 +101,8 @@ def _one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> 
                             "you can write, not a file nor one under a file") from None
     with handle:
         try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "this system has no fcntl locks")
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
