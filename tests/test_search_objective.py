@@ -131,6 +131,23 @@ def test_a_failure_a_rerun_would_repeat_is_replaced_by_a_new_recipe(result):
     assert [t.state.name for t in ran] == ["FAIL", "COMPLETE"]
 
 
+def test_the_last_trials_failure_is_retried_while_another_worker_asks_for_more():
+    """Two workers, two trials: when the first ends, the second still runs and may fail; the controller must not
+    tell Tune it is finished (Tune would never ask for the retry, and the search end with a trial missing)."""
+    study = _study()
+    controller = _controller(study, n_trials=2, retries=1)
+    done = {"accuracy": 1.0, "latency_ms": 1.0, "memory_mb": 1.0, **dict.fromkeys(RECORDED, 0.0)}
+    controller.suggest("a")
+    second = controller.suggest("b")
+    controller.on_trial_complete("a", result=done)
+    assert controller.suggest("c") is None and controller.unfinished == 1  # not yet: "b" runs
+    controller.on_trial_complete("b", result={"error": "RuntimeError: worker died"})
+    retried = controller.suggest("d")
+    assert retried["recipe"] == second["recipe"] and controller.unfinished == 1
+    controller.on_trial_complete("d", result=done)
+    assert controller.suggest("e") == controller.FINISHED and controller.unfinished == 0
+
+
 def test_a_lost_device_stops_the_search_and_queues_the_recipe_for_the_resume():
     import optuna
 

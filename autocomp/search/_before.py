@@ -229,7 +229,8 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                             dropped: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse a latency limit that the space's fastest candidate misses: each block at each knob's fastest setting
     among those the search offers there (``allowed``, see :func:`~autocomp.search._sensitivity.allowed_choices`;
-    one that saves less than ``sensitivity.min_saving`` as the latency pass measured it is offered in no block;
+    one that saves less than ``sensitivity.min_saving`` as the latency pass measured it is no part of it, offered or
+    not (under a memory limit too it stays offered, for the bytes it saves);
     fastest: the strongest of a structural knob, ``LESS_IS_FASTER``; the bit width measured fastest alone),
     measured on the target more than ``REACH_TOLERANCE`` over the limit, twice (the faster counts: a busy machine
     slows a run). Nothing is measured when one setting offered in every block already meets

@@ -196,6 +196,8 @@ class OptunaController(Searcher):
             if measured is not None:
                 config["measured"] = measured
             return config
+        if self._live and self.stopped is None:  # one running may yet fail and be retried or replaced: ask later
+            return None
         return Searcher.FINISHED
 
     def _measurement(self, recipe: Recipe) -> dict[str, Any] | None:

@@ -137,7 +137,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
                 metrics.update(trial_accuracy=metrics["accuracy"], accuracy=metrics["rebuilt"]["val_accuracy"])
         metrics["val_accuracy"] = metrics["accuracy"]  # under best/'s name for it too
         over = _over_budget(run_dir, metrics)
-        metrics["within_budget"] = not over
+        metrics["within_budget"] = None if over is None else not over  # None: the run records no limits
         if over:
             log(f"note: trial {number} is over the run's budget ({over}); exported as asked")
         preprocessing = None
@@ -177,11 +177,13 @@ def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | n
                         f"it scored; {fix}, or export a trial that kept its weights (best, or one on the front)")
 
 
-def _over_budget(run_dir: Path, metrics: dict[str, Any]) -> str:
+def _over_budget(run_dir: Path, metrics: dict[str, Any]) -> str | None:
     """How a trial's measured latency and memory exceed the run's limits (run.json), e.g. "latency_ms over by 14%";
-    empty within budget."""
+    empty within budget; None where the run records no limits."""
     info = Path(run_dir) / "run.json"
-    limits = json.loads(info.read_text()).get("limits", {}) if info.is_file() else {}
+    limits = json.loads(info.read_text()).get("limits") if info.is_file() else None
+    if not limits:
+        return None
     over = violations({key: metrics[key] for key in limits}, limits)
     return ", ".join(f"{key} over by {100 * value:.1f}%" for key, value in over.items() if value > 0)
 

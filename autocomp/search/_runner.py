@@ -235,8 +235,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             rule = _front_rule(study, config, len(splits.val))
             # the trials' Ray workers start (and receive the inputs) while the sensitivity pass runs
             with _quiet.removed_after(inputs.quiet_key), TrialLoop(
-                    inputs, run_dir, trials=remaining * (2 + config.retries), workers=config.workers,
-                    resources=config.resources, rule=rule) as loop:  # room for retries and replacements
+                    inputs, run_dir, trials=2 * remaining * (1 + config.retries), workers=config.workers,
+                    resources=config.resources, rule=rule) as loop:  # room for replacements, and retries of all
                 try:
                     settings, allowed = before.sensitivity(run_dir, base, space, heads, splits, screen, config,
                                                            log, fresh=not study.trials, profile=profile,
