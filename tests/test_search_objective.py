@@ -148,6 +148,29 @@ def test_the_last_trials_failure_is_retried_while_another_worker_asks_for_more()
     assert controller.suggest("e") == controller.FINISHED and controller.unfinished == 0
 
 
+def test_a_trial_run_again_keeps_where_its_recipe_came_from():
+    """A retried (or interrupted and requeued) local move or starting point is still labelled so in trials.csv."""
+    import optuna
+
+    from autocomp.search._runner import _requeue_interrupted
+
+    study = _study()
+    controller = _controller(study, retries=1)
+    study.enqueue_trial({}, user_attrs={"local_move": "from trial 3: heads 0.5 in block 1", "local_load": 0.9})
+    controller.suggest("a")
+    controller.on_trial_complete("a", result={"error": "RuntimeError: worker died"})
+    controller.suggest("b")
+    retried = study.trials[-1].user_attrs
+    assert (retried["retry_of"], retried["local_move"], retried["local_load"]) == (
+        0, "from trial 3: heads 0.5 in block 1", 0.9)
+    stale = _study()  # a driver killed while a starting point ran
+    stale.enqueue_trial({}, user_attrs={"start_point": "uniform weight_bits 8"})
+    stale.ask()
+    assert _requeue_interrupted(stale) == [0]
+    assert stale.get_trials(states=(optuna.trial.TrialState.WAITING,))[0].user_attrs == {
+        "retry_of": 0, "start_point": "uniform weight_bits 8"}
+
+
 def test_a_lost_device_stops_the_search_and_queues_the_recipe_for_the_resume():
     import optuna
 

@@ -45,10 +45,10 @@ from autocomp.search._local import FILL, compression_key, local_move, recipe_key
 from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP, distils
 from autocomp.search._screen import Screen
 from autocomp.search._space import RANK, SearchSpace
-from autocomp.search._start import alike_choices
+from autocomp.search._start import START, alike_choices
 
 __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "LOCAL", "DUPLICATE", "ERROR",
-           "counted"]
+           "again", "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -64,6 +64,7 @@ COARSE_REDRAWS = 20  # coarse draws of recipes already run, before the per-block
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 LOCAL = "local_move"  # user attr of a trial queued as a local move: from which trial, and what it changes
 LOCAL_LOAD = "local_load"  # ... and its predicted share of the budget (scaled by its base's measurement)
+CARRIED = (START, LOCAL, LOCAL_LOAD)  # what a trial run again keeps of the one it repeats: where its recipe came from
 DUPLICATE = "duplicate_of"  # user attr of a proposal not run (state PRUNED): the trial that has its recipe
 
 
@@ -71,6 +72,12 @@ def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a stored trial counts towards the job's trial count on resume: a measured one (not one the screen
     skipped, nor one that failed: both are asked for again)."""
     return trial.state == optuna.trial.TrialState.COMPLETE
+
+
+def again(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The user attrs of ``trial``'s recipe queued to run again: which trial it repeats, and where the recipe came
+    from (a starting point, a local move)."""
+    return {RETRY_OF: trial.number, **{key: trial.user_attrs[key] for key in CARRIED if key in trial.user_attrs}}
 
 
 class OptunaController(Searcher):
@@ -400,7 +407,7 @@ class OptunaController(Searcher):
             attempt += 1
         if attempt > self._retries:
             return False
-        self._study.enqueue_trial(failed.params, user_attrs={RETRY_OF: failed.number}, skip_if_exists=False)
+        self._study.enqueue_trial(failed.params, user_attrs=again(failed), skip_if_exists=False)
         if self.stopped is None:  # stopped: the queued recipe waits in the study for the resumed search
             self._remaining += 1
         return True
@@ -413,7 +420,7 @@ class OptunaController(Searcher):
 
     def _stop(self, failed: optuna.trial.FrozenTrial, reason: str) -> None:
         """Ask for no further trial; the failed recipe waits in the study for the resumed search."""
-        self._study.enqueue_trial(failed.params, user_attrs={RETRY_OF: failed.number}, skip_if_exists=False)
+        self._study.enqueue_trial(failed.params, user_attrs=again(failed), skip_if_exists=False)
         self.stopped, self._remaining = reason, 0
 
     def _told(self, frozen: optuna.trial.FrozenTrial) -> None:

@@ -37,7 +37,7 @@ from autocomp.saving import GIVEN_AS
 from autocomp.search import _before as before
 from autocomp.search import _finish as finish
 from autocomp.search import _images as run_images
-from autocomp.search._controller import COARSE, DIRECTIONS, RETRY_OF, OptunaController, counted
+from autocomp.search._controller import COARSE, DIRECTIONS, OptunaController, again, counted
 from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
 from autocomp.search._objective import TrialInputs, distill_subset
@@ -345,7 +345,7 @@ def _requeue_interrupted(study: optuna.Study) -> list[int]:
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs=again(trial), skip_if_exists=False)
     return [trial.number for trial in stale]
 
 
