@@ -20,7 +20,7 @@ from autocomp.cli import main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import load_run_study
-from autocomp.search._controller import SKIPS_PER_TRIAL
+from autocomp.search._controller import RECORDED, SKIPS_PER_TRIAL
 from autocomp.search._screen import CORRECT_AFTER, FLOOR, MEMORY_FLOOR, PROVEN, CostPredictor, Screen
 from test_search_e2e import write_job
 
@@ -228,7 +228,12 @@ def test_a_skipped_candidate_does_not_use_up_a_trial_of_the_job():
 
     study, controller = _controller_with(_EveryOther(), n_trials=3)
     handed = [controller.suggest(f"t{i}") for i in range(4)]
-    assert all(isinstance(h, dict) for h in handed[:3]) and handed[3] == Searcher.FINISHED  # 3 run, 2 skipped between
+    assert all(isinstance(h, dict) for h in handed[:3]) and handed[3] is None  # 3 run, 2 skipped between; the 3
+    assert controller.unfinished == 3  # still run (one may fail and be retried): Tune is to ask again, not finish
+    for i in range(3):
+        controller.on_trial_complete(f"t{i}", result={"accuracy": 1.0, "latency_ms": 1.0, "memory_mb": 1.0,
+                                                      **dict.fromkeys(RECORDED, 0.0)})
+    assert controller.suggest("t4") == Searcher.FINISHED
     skipped = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.PRUNED]
     assert len(skipped) == 2 and all("skipped_reason" in t.user_attrs for t in skipped)
     assert not any(counted(t) for t in skipped)  # a resumed search asks for them again
