@@ -177,11 +177,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         write_uniform_latencies(run_dir, ratios, min_saving=minimum)  # before a refusal too: it explains it
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms, allowed=allowed, dropped=untimed)
-        if minimum is None:
-            refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}
-            allowed = without(allowed, refused, space, len(heads))
-        else:
-            allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
+        allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
+        refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}  # named if memory is short
         saving = config.sensitivity.min_saving
         slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=saving).items()]
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "

@@ -329,11 +329,18 @@ def too_slow(ratios: Mapping[tuple[str, Any], float], *, min_saving: float) -> d
     return {setting: ratio for setting, ratio in ratios.items() if 1 - min_saving < ratio < math.inf}
 
 
+def offered(ratio: float, *, min_saving: float | None) -> bool:
+    """Whether a setting measured at ``ratio`` of the latency in every block at once is offered to the search: it
+    saves at least ``min_saving``; with ``min_saving`` None (a memory limit too: it may save the bytes needed),
+    the target runs it."""
+    return ratio < math.inf if min_saving is None else ratio <= 1 - min_saving
+
+
 def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], float], space: SearchSpace,
-                 blocks: int, *, min_saving: float) -> dict[str, tuple]:
-    """``allowed`` (see :func:`allowed_choices`) with every setting that saves less than ``min_saving`` of the
-    latency in every block at once removed from every block (the lightest choice always stays)."""
-    slow = {(knob, value) for (knob, value), ratio in ratios.items() if ratio > 1 - min_saving}
+                 blocks: int, *, min_saving: float | None) -> dict[str, tuple]:
+    """``allowed`` (see :func:`allowed_choices`) with every setting not :func:`offered` removed from every block
+    (the lightest choice always stays)."""
+    slow = {setting for setting, ratio in ratios.items() if not offered(ratio, min_saving=min_saving)}
     return without(allowed, slow, space, blocks)
 
 
@@ -356,13 +363,12 @@ def without(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space:
 def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], float], *,
                             min_saving: float | None) -> None:
     """``uniform_latency.csv``: each setting measured in every block at once (``inf``: the target cannot run it),
-    and whether it is offered (``min_saving`` None: every one the target runs, as under a memory limit too)."""
+    and whether it is :func:`offered`."""
     with (run_dir / "uniform_latency.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["knob", "value", "latency_ratio", "offered"])
         for (knob, value), ratio in ratios.items():
-            writer.writerow([knob, value, f"{ratio:.3f}", ratio < math.inf if min_saving is None
-                             else ratio <= 1 - min_saving])
+            writer.writerow([knob, value, f"{ratio:.3f}", offered(ratio, min_saving=min_saving)])
 
 
 def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float) -> None:
