@@ -214,7 +214,7 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     tag_size, timm_made = timm_config["input_size"][1], bool(getattr(model, "pretrained_cfg", None))
     if timm_made and fixed and height != tag_size and config.crop_pct is None and preprocessing.crop_pct < 1:
         # a timm name built at another size keeps its pretrained tag's settings, which a model trained at this
-        # size from scratch rarely had: a crop of 0.9 cost 8 points to such a model in a new user's hands
+        # size from scratch rarely had: a crop it never saw costs such a model accuracy
         others = "".join(f", {name} {value}" for name, value in guessed.items())
         warnings.warn(f"the model was built for {height}-px images, but its timm data config is its pretrained "
                       f"weights', for {tag_size} px: crop_pct {preprocessing.crop_pct:g} (the centre "

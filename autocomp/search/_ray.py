@@ -96,9 +96,8 @@ def _host_port(ray_address: str) -> tuple[str, int]:
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not host or ":" in host or not port.isdigit() or not 0 < int(port) < 65536:  # ::1 is an IPv6 host
         raise AutocompError(f"--ray-address {ray_address}: give the head's HOST:PORT, e.g. 10.0.0.5:6379 or "
-                            "[fd00::5]:6379 (the "
-                            f"address ray start --head printed for other nodes to join; {JOIN_PORT}), or auto for the "
-                            "cluster started on this machine")
+                            "[fd00::5]:6379 (the address ray start --head printed for other nodes to join; "
+                            f"{JOIN_PORT}), or auto for the cluster started on this machine")
     return host, int(port)
 
 
