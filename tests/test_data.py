@@ -259,7 +259,7 @@ def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_an
 
 def test_a_timm_model_built_at_another_size_than_its_pretrained_configs_is_told_whose_crop_it_gets(tmp_path):
     """A timm name built at img_size=16 keeps the 224-px tag's crop_pct 0.9 and statistics: rarely what a model
-    trained at 16 px had (a new user's 32-px model lost 8 points to the crop); said, naming what to set."""
+    trained at 16 px had (a crop it never saw costs it accuracy); said, naming what to set."""
     import warnings
 
     make_folder(tmp_path, {"red": 5, "green": 5})
