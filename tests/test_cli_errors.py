@@ -313,13 +313,13 @@ def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, caps
         err = run_cli(["search", str(job), "--out", str(run)], capsys)
         assert f"another search is running into {run} (process 4242 on elsewhere); wait for it to end" in err
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
-    from autocomp.search._runner import _one_search_at_a_time
+    from autocomp.search._rundir import one_search_at_a_time
 
-    with _one_search_at_a_time(run):  # released: taken by the next one, which names itself
+    with one_search_at_a_time(run):  # released: taken by the next one, which names itself
         assert (run / ".lock").read_text().startswith(f"process {os.getpid()} on ")
-    with pytest.raises(AutocompError, match="unreachable"), _one_search_at_a_time(run):
+    with pytest.raises(AutocompError, match="unreachable"), one_search_at_a_time(run):
         raise AutocompError("unreachable")  # a search refused midway ...
-    with _one_search_at_a_time(run):  # ... lets go of the folder all the same
+    with one_search_at_a_time(run):  # ... lets go of the folder all the same
         pass
 
 
@@ -327,14 +327,14 @@ def test_a_run_folder_on_a_file_system_without_locks_is_searched_unlocked(tmp_pa
     import errno
     import fcntl
 
-    from autocomp.search._runner import _one_search_at_a_time
+    from autocomp.search._rundir import one_search_at_a_time
 
     def no_locks(*_):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     said = []
-    with _one_search_at_a_time(tmp_path / "r", said.append):
+    with one_search_at_a_time(tmp_path / "r", said.append):
         ran = True
     assert ran and said == [f"note: the file system of {tmp_path / 'r'} takes no locks (No locks available): "
                             "nothing stops a second search into this folder while this one runs"]

@@ -116,17 +116,17 @@ def test_a_resumed_run_keeps_its_held_out_sizes_and_refuses_other_held_out_image
     from types import SimpleNamespace
 
     from autocomp.search._images import OLDER, changed_for_trial, record
-    from autocomp.search._runner import _run_splits
+    from autocomp.search._rundir import run_splits
 
     make_folder(tmp_path / "data", {"cat": 30, "dog": 30})  # no split folders, no sizes: each a fifth or so
     config, model, said = SimpleNamespace(data=DataConfig(dataset="imagefolder", root=str(tmp_path / "data"),
                                                           workers=0)), tiny_rgb_vit(), []
-    first = _run_splits(config, model, None, tmp_path, said.append)
+    first = run_splits(config, model, None, tmp_path, said.append)
     recorded = record(first)
     counts = {name: recorded[name]["images"] for name in ("test", "calib", "val")}
     assert counts == {"test": 12, "calib": 9, "val": 7}  # 60 // 5; then 48 // 5 and (48 - 9) // 5
     (tmp_path / "data" / first.train.files[0]).unlink()  # 59 images: an unset test size would now be 11
-    again = _run_splits(config, model, recorded, tmp_path, said.append)
+    again = run_splits(config, model, recorded, tmp_path, said.append)
     assert (again.val.files, again.test.files) == (first.val.files, first.test.files)
     assert torch.equal(again.calib.x, first.calib.x) and len(again.train) == len(first.train) - 1
     assert said == ["note: the training images changed since the earlier trials ran (validation, test and "
@@ -143,9 +143,9 @@ def test_a_resumed_run_keeps_its_held_out_sizes_and_refuses_other_held_out_image
         added.unlink()
     with pytest.raises(AutocompError, match=r"^the images of the (val|test|calib)( and (val|test|calib))* splits? "
                                             r"changed since the trials in .* ran"):
-        _run_splits(config, model, recorded, tmp_path, said.append)
+        run_splits(config, model, recorded, tmp_path, said.append)
     with pytest.raises(AutocompError, match="was searched by an earlier autocomp, which drew an image folder's"):
-        _run_splits(config, model, OLDER, tmp_path, said.append)
+        run_splits(config, model, OLDER, tmp_path, said.append)
 
 
 def test_train_and_val_folders_are_splits_not_classes(tmp_path):

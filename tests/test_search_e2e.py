@@ -182,15 +182,15 @@ def test_a_modules_identity_is_its_weights_values_in_any_dtype(tmp_path, tiny_te
     import hashlib
 
     from autocomp.config import load_config
-    from autocomp.search._runner import _job_identity
+    from autocomp.search._rundir import job_identity
 
     spec, model = tiny_teacher
     config = dataclasses.replace(load_config(write_job(tmp_path, spec, {"memory": 0.99}, trials=2)), model=model)
-    _, identity, _ = _job_identity(config, model)
+    _, identity, _ = job_identity(config, model)
     earlier = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
     assert identity == earlier
     half = copy.deepcopy(model).to(torch.bfloat16)
-    _, other, _ = _job_identity(dataclasses.replace(config, model=half), half)
+    _, other, _ = job_identity(dataclasses.replace(config, model=half), half)
     assert other != identity
 
 

@@ -78,7 +78,7 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
     from autocomp import AutocompError
     from autocomp.config import load_config
     from autocomp.models import create_model
-    from autocomp.search._runner import _earlier_fingerprint, _job_identity, _previous_run
+    from autocomp.search._rundir import earlier_fingerprint, job_identity, previous_run
 
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "jobs" / "imgs").mkdir(parents=True)
@@ -94,14 +94,14 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
     run = tmp_path / "run"
     run.mkdir()
     study_file(run).touch()
-    job = _job_identity(config, base)[0]  # config.yaml as those versions wrote it: the root as the job did
+    job = job_identity(config, base)[0]  # config.yaml as those versions wrote it: the root as the job did
     (run / "config.yaml").write_text(yaml.safe_dump({**job, "data": {**job["data"], "root": "imgs"}}))
     (run / "run.json").write_text(json.dumps({"fingerprint": _fingerprint_before_2026_12_02(config, "imgs"),
                                               "baseline": {"val_accuracy": 50.0}, "limits": {}}))
 
     def previous(config):
-        job, identity, fingerprint = _job_identity(config, base)
-        return _previous_run(run, [fingerprint, _earlier_fingerprint(config, identity, job, run)], job, config)
+        job, identity, fingerprint = job_identity(config, base)
+        return previous_run(run, [fingerprint, earlier_fingerprint(config, identity, job, run)], job, config)
 
     assert previous(config)["baseline"] == {"val_accuracy": 50.0}
     squashed = dataclasses.replace(config, data=dataclasses.replace(config.data, crop_mode="squash"))

@@ -30,7 +30,7 @@ from autocomp.saving import load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
-from autocomp.search._runner import BASE_WEIGHTS
+from autocomp.search._rundir import BASE_WEIGHTS
 from autocomp.train import evaluate
 
 __all__ = ["export_trial", "FORMATS"]

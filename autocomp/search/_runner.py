@@ -4,26 +4,18 @@ trial."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import optuna
-import torch
-import yaml
 from torch import nn
 
 from autocomp import _quiet
-from autocomp._io import tensor_bytes, write_json, write_safetensors
-from autocomp._paths import resolve_path
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
-from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import COUNTING, spread_warning
@@ -33,10 +25,10 @@ from autocomp.measure.profiling import load_profile, profile_note
 from autocomp.models import create_model, model_digest, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
-from autocomp.saving import GIVEN_AS
 from autocomp.search import _before as before
 from autocomp.search import _finish as finish
 from autocomp.search import _images as run_images
+from autocomp.search import _rundir as rundir
 from autocomp.search._controller import COARSE, DIRECTIONS, OptunaController, again, counted
 from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
@@ -47,15 +39,8 @@ from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
 from autocomp.search._start import START, start_points
 
-try:
-    import fcntl
-except ImportError:  # Windows: a search runs without the run folder's lock (said)
-    fcntl = None
-
 __all__ = ["run_search"]
 
-BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
-LOCK = ".lock"  # held by the search running into the folder; it names that search's process and host
 PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
@@ -74,53 +59,8 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     """
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
-    with _one_search_at_a_time(run_dir, log):
+    with rundir.one_search_at_a_time(run_dir, log):
         return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
-
-
-@contextmanager
-def _one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Create ``run_dir`` and hold its lock for the block: a second search into the same folder (which would run the
-    trials again beside the first's, and write the same files) is refused while the first one runs. On a file
-    system without locks (some network ones) the search runs unlocked, said through ``log``.
-
-    Raises:
-        AutocompError: a folder that cannot be created or written, or one another search holds.
-    """
-    import errno
-    import socket
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            handle = open(run_dir / LOCK, "a+")
-        except PermissionError:  # another user's lock file in a shared folder: locked as well through reading
-            handle = open(run_dir / LOCK)
-    except OSError as exc:
-        raise AutocompError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); give --out a folder "
-                            "you can write, not a file nor one under a file") from None
-    with handle:
-        try:
-            if fcntl is None:
-                raise OSError(errno.ENOSYS, "this system has no fcntl locks")
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise AutocompError(f"another search is running into {run_dir} ({holder}); wait for it to end (the "
-                                "same command then resumes the run, if trials are left) or give another --out "
-                                "folder") from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            log(f"note: the file system of {run_dir} takes no locks ({exc.strerror}): nothing stops a second search "
-                "into this folder while this one runs")
-        if handle.writable():
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-            handle.flush()
-        yield  # closing the file releases the lock; the file stays, as another search may hold it by then
 
 
 def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: Callable[[str], None],
@@ -135,18 +75,14 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         log(f"measuring on {measuring}")
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
-    job, identity, fingerprint = _job_identity(config, base)
-    previous = _previous_run(run_dir, [fingerprint, _earlier_fingerprint(config, identity, job, run_dir)], job,
-                             config)
+    job, identity, fingerprint = rundir.job_identity(config, base)
+    previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir)],
+                                   job, config)
     digest = model_digest(base)
-    if previous is not None and previous.get("model", digest) != digest:  # older runs recorded none
-        fix = ("give model.checkpoint (a model without one starts from other random weights in every run)"
-               if getattr(config.model, "checkpoint", "") is None else "put the model back as it was")
-        raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (the same "
-                            "checkpoint path or module, other contents), so their scores would not compare with new "
-                            f"ones; {fix}, or search into a new --out folder")
+    if previous is not None:
+        rundir.require_same_model(previous, digest, config, run_dir)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
-    splits = _run_splits(config, base, recorded, run_dir, log)
+    splits = rundir.run_splits(config, base, recorded, run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
     log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
         f"preprocessing {splits.preprocessing.to_dict()}")
@@ -190,9 +126,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         if previous is None:
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 before.check_reachable(space, heads, screen, config, log)
-            _write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
+            rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
                             measured_with, digest)
-        elif (note := _measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
+        elif (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
             log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
                 "(the earlier trials keep theirs): search into a new --out folder to measure every trial alike")
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
@@ -359,157 +295,6 @@ def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> Fron
             if t.user_attrs.get("short_accuracy") is not None
             and all(t.system_attrs.get(f"constraints:{key}", 0.0) <= 0 for key in ("latency_ms", "memory_mb"))]
     return FrontRule(slack=config.fidelity.slack, images=min(config.fidelity.images, val_images), seen=seen)
-
-
-def _job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str, str]:
-    """The job as written to config.yaml, the model's identity (its weights' hash for a model given as an
-    ``nn.Module``) and a fingerprint of everything that decides a trial's result."""
-    if isinstance(config.model, nn.Module):
-        model: dict[str, Any] = {GIVEN_AS: "nn.Module", "weights": BASE_WEIGHTS}
-        # the values alone (an earlier form than model_digest's, kept: existing runs of modules resume by it)
-        identity = hashlib.sha256(b"".join(tensor_bytes(v) if isinstance(v, torch.Tensor) else repr(v).encode()
-                                           for v in base.state_dict().values())).hexdigest()
-    else:
-        model = config.model.to_dict()
-        identity = json.dumps(model, sort_keys=True)
-    # data settings left unset stay out: one a later version adds (None by default) keeps an earlier run's job
-    data = {key: value for key, value in vars(config.data).items() if value is not None}
-    job = {"model": model, "data": data, "search_space": str(config.search_space),
-           "hardware": str(config.hardware), "budget": {k: v for k, v in vars(config.budget).items() if v is not None}}
-    return job, identity, _fingerprint(config, identity, job)
-
-
-def _fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]) -> str:
-    parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _earlier_fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any], run_dir: Path) -> str | None:
-    """The fingerprint versions before 2026-12-02 gave the same job: every data setting, unset ones too, but none
-    added since (``crop_mode``: None where one is set, a job those versions could not run), and ``data.root`` as the
-    job's YAML wrote it (recorded in the run's config.yaml) where it names the same folder."""
-    if config.data.crop_mode is not None:
-        return None
-    try:
-        written = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        written = {}
-    data = {key: value for key, value in vars(config.data).items() if key != "crop_mode"}
-    if isinstance(written, Mapping) and _same_root(config, written.get("root")):
-        data["root"] = written["root"]
-    return _fingerprint(config, identity, {**job, "data": data})
-
-
-def _same_root(config: JobConfig, written: Any) -> bool:
-    """Whether ``written``, a ``data.root`` as a run's config.yaml holds it (versions before 2026-12-02 wrote it as
-    the job did, often relative to the job's file), names the job's image folder."""
-    if not written or not config.data.root:
-        return False
-    folder = config.source.parent if config.source else None
-    return resolve_path(written, base=folder, must_exist=False, keep_links=True) == Path(config.data.root)
-
-
-def _previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping[str, Any] | None = None,
-                  config: JobConfig | None = None) -> dict[str, Any] | None:
-    """The run.json of an earlier search of the same job in ``run_dir`` (its fingerprint one of ``fingerprints``:
-    this version's, or an earlier version's for the same job); a different job there is refused, saying what
-    differs from the ``job`` recorded in its config.yaml."""
-    info, study = run_dir / "run.json", study_file(run_dir)
-    if not (info.is_file() and study.is_file()):
-        return None
-    previous = json.loads(info.read_text())
-    if previous.get("fingerprint") not in fingerprints:
-        changes = _job_changes(run_dir, job, config)
-        raise AutocompError(f"{run_dir} holds a search of a different job ({changes}); rerun with the job as it was "
-                            "to resume it, or search into a new --out folder")
-    return previous
-
-
-JOB_PARTS = ("model", "data", "search_space", "hardware", "budget")
-
-
-def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig | None) -> str:
-    """What differs between the job recorded in ``run_dir``'s config.yaml and ``job``: each setting, as it was and
-    is; else the files whose contents the fingerprint holds."""
-    files = "the contents of the search space or hardware profile file, or the weights of a model given as a module"
-    try:
-        written = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        written = None
-    if not isinstance(written, Mapping) or job is None:
-        return "model, data, search space, hardware or budget changed"
-    now = json.loads(json.dumps({part: job[part] for part in JOB_PARTS}, default=str))  # as YAML holds it
-    data = written.get("data")
-    if isinstance(data, Mapping) and config is not None and _same_root(config, data.get("root")):
-        written = {**written, "data": {**data, "root": now["data"].get("root")}}  # as an earlier version wrote it
-    changed = []
-    for part in JOB_PARTS:
-        was, is_ = written.get(part), now[part]
-        if isinstance(was, Mapping) and isinstance(is_, Mapping):
-            changed += [f"{part}.{key} was {was.get(key)!r}, now {is_.get(key)!r}"
-                        for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)]
-        elif was != is_:
-            changed.append(f"{part} was {was!r}, now {is_!r}")
-    return "; ".join(changed) if changed else f"{files} changed"
-
-
-def _run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,
-                log: Callable[[str], None]) -> Splits:
-    """The data's splits; resuming on an image folder, with the held-out sizes the trials had, and checked against
-    the images the trials had (``recorded``: run.json's ``images``; None for a new run): refused where they were
-    scored or calibrated on other images (validation, test, calibration), or on images drawn before the order of
-    :mod:`autocomp.data`'s image folders was stable (``OLDER``); said where only training images changed (the trials
-    to come distil on them)."""
-    if recorded is None or config.data.dataset != "imagefolder":
-        return load_splits(config.data, base)
-    if recorded == run_images.OLDER:
-        raise AutocompError(f"{run_dir} was searched by an earlier autocomp, which drew an image folder's validation, "
-                            "test and calibration images another way: new trials would be scored on other images than "
-                            "its trials; search into a new --out folder (autocomp export still reads this one)")
-    splits = run_images.read_splits(config.data, base, recorded)
-    held_out = run_images.changed(recorded, splits, ("val", "test", "calib"))
-    if held_out:
-        raise AutocompError(f"the images of the {' and '.join(held_out)} split{'s' if len(held_out) > 1 else ''} "
-                            f"changed since the trials in {run_dir} ran, so their scores would not compare with new "
-                            "ones; put the images back as they were, or search into a new --out folder")
-    if run_images.changed(recorded, splits, ("train",)):
-        log("note: the training images changed since the earlier trials ran (validation, test and calibration did "
-            "not); the trials to come distil on the new ones")
-    return splits
-
-
-def _measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
-    """How the earlier trials of a resumed run were measured, against how the trials to come are (run.json's
-    ``measured_with``: the backend's description with its runtimes' versions and options, and how autocomp counts,
-    :data:`~autocomp.measure.COUNTING`); None where alike."""
-    if earlier is None:
-        return "by an earlier autocomp, which did not record how"
-    changed = [f"{what} {earlier.get(key)!r}, now {now[key]!r}" for key, what in
-               (("backend", "on"), ("counting", "by autocomp's counting")) if earlier.get(key) != now[key]]
-    return "; ".join(changed) or None
-
-
-def _write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
-                    baseline: dict, limits: dict, recorded: Mapping[str, Any] | None,
-                    measured_with: Mapping[str, Any], digest: str) -> None:
-    """run.json (fingerprint, baseline, limits, the images, how the trials are measured and the model's digest),
-    config.yaml (the job with resolved paths) and, for a model given as an nn.Module, its weights
-    (base.safetensors; never a pickle): what export and resume need."""
-    if isinstance(config.model, nn.Module):
-        write_safetensors(run_dir / BASE_WEIGHTS, base.state_dict())
-    write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
-                                      "images": recorded, "measured_with": measured_with,
-                                      "model": digest})
-    data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
-            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
-            "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
-            "local": config.local,
-            "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
-            "sensitivity": vars(config.sensitivity),
-            "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
-        shutil.copyfile(config.source, run_dir / "config.source.yaml")
 
 
 class _Progress:
