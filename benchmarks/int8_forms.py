@@ -29,7 +29,8 @@ from autocomp.measure.profiling import cpu_description
 from autocomp.models import create_model
 from autocomp.ops.quantize import Int8Linear
 from autocomp.runtimes import OnnxExportConfig, export_onnx, ort_session, time_sessions
-from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS, OrtModule, compare_outputs, ort_u8s8_exact
+from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS
+from autocomp.runtimes.ort import OrtModule, compare_outputs, ort_u8s8_exact
 from autocomp.train import evaluate
 
 

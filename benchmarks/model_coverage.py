@@ -32,7 +32,7 @@ import torch
 from autocomp import AutocompError, Recipe, compress
 from autocomp.models import ModelSpec, create_model
 from autocomp.runtimes import export_onnx
-from autocomp.runtimes.onnx import ort_session
+from autocomp.runtimes.ort import ort_session
 
 FAMILIES = ("vit", "deit", "deit3", "flexivit", "eva", "eva02", "beit", "beitv2", "samvit", "naflexvit", "aimv2",
             "vitamin", "cait", "xcit")

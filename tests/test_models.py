@@ -108,7 +108,7 @@ def test_the_vit_families_the_readme_names_compress_with_every_operator_and_run_
     # a pre-norm CLIP tower, NaFlex's embedding: benchmarks/model_coverage.py over every timm name, in small
     from autocomp import Recipe, compress
     from autocomp.runtimes import export_onnx
-    from autocomp.runtimes.onnx import ort_session
+    from autocomp.runtimes.ort import ort_session
 
     torch.manual_seed(0)
     model = create_model(ModelSpec(name=name, kwargs={"img_size": 64, "depth": 2, "embed_dim": 64, "num_heads": 4,

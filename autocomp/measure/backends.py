@@ -313,7 +313,7 @@ class OnnxRuntimeCpu(_Exported):
         return export_onnx(model, batch, path, config=OnnxExportConfig(int8_weights=self.int8_weights)).weight_nbytes
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
-        from autocomp.runtimes.onnx import OrtModule, ort_session
+        from autocomp.runtimes.ort import OrtModule, ort_session
 
         try:
             return OrtModule(ort_session(path, threads=profile.threads))
