@@ -31,7 +31,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import IO, Iterator
 import torch
 
 from autocomp._timeout import check_time
+from autocomp.errors import warn
 
 try:
     import fcntl
@@ -94,8 +94,8 @@ def quiet_machine(key: str | None) -> Iterator[None]:
     try:
         locks = _Locks(_folder(key))
     except OSError as exc:
-        warnings.warn(f"quiet timing is off in this trial: cannot lock files in {_folder(key)} ({exc}); set TMPDIR "
-                      "to a local folder this user can write, or quiet_timing: false to silence this", stacklevel=3)
+        warn(f"quiet timing is off in this trial: cannot lock files in {_folder(key)} ({exc}); set TMPDIR to a "
+             "local folder this user can write, or quiet_timing: false to silence this")
         yield
         return
     token = _current.set(locks)

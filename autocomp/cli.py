@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompWarning
 
 __all__ = ["main"]
 
@@ -244,7 +244,7 @@ _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
     """autocomp's own warnings as one line for the user (a library's keep Python's form, with their source)."""
-    if str(Path(filename).resolve()).startswith(_PACKAGE):
+    if issubclass(category, AutocompWarning) or str(Path(filename).resolve()).startswith(_PACKAGE):
         return f"warning: {message}\n"
     return _python_format(message, category, filename, lineno, line)
 

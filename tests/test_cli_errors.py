@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from autocomp.cli import main
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompWarning
 from test_search_e2e import write_job
 
 
@@ -403,3 +403,6 @@ def test_autocomps_own_warnings_print_as_one_line_and_a_librarys_keep_their_sour
     assert ours == "warning: openvino-cpu cannot run int8 layers\n"
     theirs = cli._format_warning(UserWarning("deprecated"), UserWarning, warnings.__file__, 1)
     assert warnings.__file__ in theirs and "UserWarning: deprecated" in theirs
+    # autocomp's warnings name the first line outside the package (under the command line, the entry script)
+    ours = cli._format_warning(AutocompWarning("set data.mean"), AutocompWarning, "/usr/bin/autocomp", 8)
+    assert ours == "warning: set data.mean\n"

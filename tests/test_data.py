@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autocomp import AutocompError
+from autocomp.errors import AutocompWarning
 from autocomp.data import DataConfig, FolderSplit, load_splits
 
 COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
@@ -247,8 +248,10 @@ def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_an
     config = dict(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2, test_size=2, workers=0)
     with pytest.warns(UserWarning, match=r"no timm data config \(pretrained_cfg\), so its images are made with "
                                          r"timm's defaults: mean \[0.485, 0.456, 0.406\], std \[0.229, 0.224, "
-                                         r"0.225\]; set data.mean, data.std to what it was trained with$"):
+                                         r"0.225\]; set data.mean, data.std to what it was trained with$") as said:
         assert load_splits(DataConfig(**config), model).preprocessing.mean == (0.485, 0.456, 0.406)
+    # attributed to the caller's own line (here this file), not to a file inside autocomp
+    assert said[0].category is AutocompWarning and said[0].filename == __file__
     with pytest.warns(UserWarning, match=r"defaults: std \[0.229, 0.224, 0.225\]; set data.std to "):  # not the user's
         load_splits(DataConfig(**config, mean=[0.5]), model)
     with warnings.catch_warnings():

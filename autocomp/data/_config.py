@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, warn
 
 DATASETS = ("fashion_mnist", "digits", "imagefolder")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
@@ -216,19 +215,18 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
         # a timm name built at another size keeps its pretrained tag's settings, which a model trained at this
         # size from scratch rarely had: a crop it never saw costs such a model accuracy
         others = "".join(f", {name} {value}" for name, value in guessed.items())
-        warnings.warn(f"the model was built for {height}-px images, but its timm data config is its pretrained "
+        warn(f"the model was built for {height}-px images, but its timm data config is its pretrained "
                       f"weights', for {tag_size} px: crop_pct {preprocessing.crop_pct:g} (the centre "
                       f"{preprocessing.crop_pct:.0%} of each image){others}; if it was trained otherwise, set "
                       + ", ".join(["data.crop_pct (1.0: the whole image)"] + [f"data.{name}" for name in guessed])
-                      + " to what it was trained with", UserWarning, stacklevel=2)
+                      + " to what it was trained with")
     if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
         guessed["image_size"] = preprocessing.image_size
     if guessed and not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
         # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word
-        warnings.warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
+        warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
                       "defaults: " + ", ".join(f"{name} {value}" for name, value in guessed.items()) + "; set "
-                      f"{', '.join(f'data.{name}' for name in guessed)} to what it was trained with",
-                      UserWarning, stacklevel=2)
+                      f"{', '.join(f'data.{name}' for name in guessed)} to what it was trained with")
     return preprocessing
 
 

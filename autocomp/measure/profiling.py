@@ -23,7 +23,6 @@ import hashlib
 import os
 import platform
 import statistics
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,7 +33,7 @@ from torch.nn import functional as F
 
 from autocomp._paths import cache_dir
 from autocomp.hardware import HardwareProfile, from_mapping, read_profile
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, warn
 from autocomp.measure import time_models
 from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
@@ -128,8 +127,8 @@ def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[G
             except ExportFailed as exc:  # e.g. OpenVINO's compressed-weight kernels under ONEDNN_MAX_CPU_ISA=AVX2
                 details[f"gemm.{precision}.unavailable"] = 0.0
                 peaks.pop(precision, None)
-                warnings.warn(f"{backend} cannot run {precision} layers on this CPU; the profile leaves them out "
-                              f"(the cost model predicts them as fp32): {exc}", stacklevel=2)
+                warn(f"{backend} cannot run {precision} layers on this CPU; the profile leaves them out (the cost "
+                     f"model predicts them as fp32): {exc}")
                 break
             rate = 2 * shape.macs / seconds / 1e9
             details[f"gemm.{precision}.{shape.tokens}x{shape.in_features}x{shape.out_features}"] = rate
