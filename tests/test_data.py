@@ -12,15 +12,20 @@ import torch
 from autocomp import AutocompError
 from autocomp.errors import AutocompWarning
 from autocomp.data import DataConfig, FolderSplit, load_splits
+from autocomp.data._load import SPLIT_FOLDERS
 
 COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
 
-def make_folder(root, counts, size=(12, 10)):
-    """Class folders of small PNGs; a class named after a colour is that colour plus noise."""
+SPLIT_SEEDS = {name: seed for seed, split in enumerate(("train", "val", "test")) for name in SPLIT_FOLDERS[split]}
+
+
+def make_folder(root, counts, size=(12, 10), seed=None):
+    """Class folders of small PNGs; a class named after a colour is that colour plus noise. The noise is seeded by
+    the split a folder is named after (a val/ folder made like train/ would hold copies of its first images)."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(SPLIT_SEEDS.get(root.name, 0) if seed is None else seed)
     for label, count in counts.items():
         (root / label).mkdir(parents=True, exist_ok=True)
         base = np.array(COLORS.get(label, (rng.integers(0, 255),) * 3), dtype=np.int16)
@@ -93,14 +98,15 @@ def test_a_training_image_removed_or_added_leaves_the_held_out_splits_as_they_we
     tested and calibrated on stay the same (a permutation of the file list drew them all anew), and the digests
     that a resumed search compares say which split changed."""
     import dataclasses
-    import shutil
+
+    from PIL import Image
 
     make_folder(tmp_path, {"cat": 20, "dog": 20})
     model = tiny_rgb_vit()
     config = DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=6, calib_size=4, test_size=5, workers=0)
     first = load_splits(config, model)
     (tmp_path / first.train.files[0]).unlink()
-    shutil.copy(tmp_path / "cat" / "0.png", tmp_path / "cat" / "new.png")
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(tmp_path / "cat" / "new.png")
     second = load_splits(config, model)
     assert "cat/new.png" in second.train.files  # where a file falls is its own path's (and the seed's) business
     assert (first.val.files, first.test.files) == (second.val.files, second.test.files)
@@ -173,6 +179,34 @@ def test_train_and_test_folders_without_val_hold_validation_out_of_train(tmp_pat
     (tmp_path / "train").rename(tmp_path / "images")
     with pytest.raises(AutocompError, match=r"has \['test'\] but no train/ folder"):
         load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path)), tiny_rgb_vit())
+
+
+def test_held_out_images_that_are_training_images_too_are_said(tmp_path):
+    """A validation image that is a training image (linked, or a copy of its bytes) scores the models on what they
+    learnt: said, with how many and an example. Files alike in size and first 4 KiB but not in contents (same-sized
+    BMPs, alike at the top) are not."""
+    import shutil
+    import warnings
+
+    from PIL import Image
+
+    make_folder(tmp_path / "train", {"cat": 8, "dog": 8})
+    make_folder(tmp_path / "val", {"cat": 2, "dog": 2})
+    top = np.zeros((64, 40, 3), dtype=np.uint8)  # 40x64 BMP: 7,734 bytes, its first 4 KiB the black top rows
+    for i, folder in enumerate(("train/cat", "val/dog")):
+        top[40:] = 90 + 60 * i
+        Image.fromarray(top).save(tmp_path / folder / "bmp.bmp")
+    config = DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=2, test_size=2, workers=0, crop_pct=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_splits(config, tiny_rgb_vit())
+    (tmp_path / "val" / "cat" / "linked.png").symlink_to(tmp_path / "train" / "cat" / "3.png")
+    shutil.copyfile(tmp_path / "train" / "dog" / "5.png", tmp_path / "val" / "dog" / "copied.png")
+    with pytest.warns(AutocompWarning, match=r"^2 of the 7 val images are train images too \(the same file through a "
+                                             r"link, or a copy of its bytes; e.g. val/cat/linked.png is "
+                                             r"train/cat/3.png\): accuracy on them reads higher than on new images; "
+                                             r"remove each image from all but one split$"):
+        load_splits(config, tiny_rgb_vit())
 
 
 @pytest.mark.parametrize("names", [("training", "valid", "testing"), ("train", "validation", "test")])
@@ -533,7 +567,7 @@ def test_class_folders_may_hold_linked_folders_and_their_hidden_folders_are_left
     import os
 
     make_folder(tmp_path / "data", {"red": 4, "green": 4})
-    make_folder(tmp_path / "more", {"red": 3})
+    make_folder(tmp_path / "more", {"red": 3}, seed=3)
     os.symlink(tmp_path / "more" / "red", tmp_path / "data" / "red" / "linked")
     os.symlink(tmp_path / "data" / "red", tmp_path / "data" / "red" / "loop")
     os.symlink(tmp_path / "data", tmp_path / "data" / "red" / "up")  # would label green's images red

@@ -19,7 +19,7 @@ from torch import nn
 
 from autocomp.data._config import FLOAT_PIXELS, DataConfig, Preprocessing, resolve_preprocessing
 from autocomp.data._splits import FolderSplit, Splits, TensorSplit
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, warn
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
@@ -225,6 +225,45 @@ def _check_readable(paths: list[str]) -> None:
             raise AutocompError(f"cannot read image {path}: {FLOAT_PIXELS}")
 
 
+def _warn_shared(splits: dict[str, list[str]], root: Path) -> None:
+    """Warn where an image of one split is also one of another (the same file through a link, or a copy of its
+    bytes): a held-out split that shares images with training scores the models partly on images they learnt.
+    Cheap where nothing is shared: only files of the same size are read, their first 4 KiB, then whole where those
+    agree."""
+    def digest(path: str, size: int) -> str:
+        with open(path, "rb") as file:
+            return hashlib.sha1(file.read(size)).hexdigest()
+
+    groups: dict[object, list[tuple[str, str]]] = {}
+    for split, files in splits.items():
+        for path in files:
+            groups.setdefault(os.stat(path).st_size, []).append((split, path))
+    for size in (4096, -1):  # narrowed to those of equal first 4 KiB, then to equal contents
+        narrowed: dict[object, list[tuple[str, str]]] = {}
+        for key, group in groups.items():
+            if len({split for split, _ in group}) > 1:
+                for split, path in group:
+                    narrowed.setdefault((key, digest(path, size)), []).append((split, path))
+        groups = narrowed
+    shared: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (split, other split) -> [(image, its twin there)]
+    for group in groups.values():
+        names = [split for split, _ in group]
+        for split, path in group:
+            for other in (name for name in splits if name != split and name in names):
+                if list(splits).index(other) < list(splits).index(split):  # each pair once: val in train, ...
+                    twin = next(p for s, p in group if s == other)
+                    shared.setdefault((split, other), []).append((path, twin))
+    if not shared:
+        return
+    counts = {pair: len({path for path, _ in pairs}) for pair, pairs in shared.items()}
+    said = [f"{count} of the {len(splits[split])} {split} images {'is a' if count == 1 else 'are'} {other} "
+            f"image{'' if count == 1 else 's'} too" for (split, other), count in counts.items()]
+    path, twin = next(iter(shared.values()))[0]
+    warn(f"{'; '.join(said)} (the same file through a link, or a copy of its bytes; e.g. "
+         f"{os.path.relpath(path, root)} is {os.path.relpath(twin, root)}): accuracy on them reads higher than on "
+         "new images; remove each image from all but one split")
+
+
 def _folder_root(config: DataConfig) -> Path:
     root = Path(config.root) if config.root else None
     if root is None or not root.is_dir():
@@ -279,6 +318,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
     calib_files, calib_labels = _take(train_files, train_labels, calib_idx)
     train_files, train_labels = _take(train_files, train_labels, train_idx)
     _check_readable(train_files + val_files + test_files + calib_files)
+    _warn_shared({"train": train_files + calib_files, "val": val_files, "test": test_files}, root)
 
     def split(files: list[str], labels: list[int]) -> FolderSplit:
         return FolderSplit(root=str(root), files=tuple(os.path.relpath(f, root) for f in files),
