@@ -265,7 +265,7 @@ def test_coarse_draws_the_screen_would_skip_are_drawn_again_at_no_trials_cost():
     for a in asked:
         assert predictor.predict(Recipe.from_dict(a["recipe"]))["latency_ms"] <= limit
     assert all("coarse" in t.user_attrs and "skipped_reason" not in t.user_attrs for t in study.trials)
-    redrawn = controller._uniform_study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    redrawn = controller.coarse.study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert redrawn and all(t.system_attrs["constraints:latency_ms"] > 0 for t in redrawn)  # it learns the budget
 
 

@@ -249,7 +249,7 @@ def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_blo
         assert recipe[0] == recipe[1] == recipe[2] and not any("prune_mlp" in b for b in recipe)
     assert len({str(recipe) for recipe in blocks[:3]}) == 3  # of 4 alike recipes, none drawn twice
     assert [("coarse" in t.user_attrs) for t in study.trials] == [True] * 3 + [False] * 5
-    coarse = controller._uniform_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))  # not the redraws
+    coarse = controller.coarse.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))  # not the redraws
     assert len(coarse) == 3 and [t.values[0] for t in coarse] == [80.0, 81.0, 82.0]
     assert [t.system_attrs["constraints:latency_ms"] for t in coarse] == [-1.0, 0.0, 1.0]
     assert all(t.state.name == "COMPLETE" for t in study.trials)

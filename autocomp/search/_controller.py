@@ -8,11 +8,10 @@ sampler can hardly meet still ends the search). It carries its predicted budget 
 constraints: TPE ranks infeasible trials by how far they violate the budget, whatever their state, so the sampler
 learns where the budget lies from them (told as plain PRUNED trials, they ranked above measured near misses).
 
-The first recipes can be drawn coarse (``coarse``): every block alike, by a TPE of its own over the few uniform
-parameters, and queued into the study as per-block recipes, so that the study's own sampler refines from a region
-that works instead of learning 30-odd per-block parameters from scratch. After it, a share of the draws
-(``local``) are local moves from the best trial within budget (:mod:`autocomp.search._local`): one block knob a step
-away, or one a step lighter and another a step heavier, predicted to fit the budget, then filled with further
+The first recipes can be drawn coarse (``coarse``, :mod:`autocomp.search._coarse`): every block alike, queued into
+the study as per-block recipes, so that its own sampler refines from a region that works. After it, a share of the
+draws (``local``) are local moves from the best trial within budget (:mod:`autocomp.search._local`): one block knob
+a step away, or one a step lighter and another a step heavier, predicted to fit the budget, then filled with further
 knobs a step lighter while the recipe is predicted to stay under the budget.
 
 A recipe that compresses as a trial already measured did, and differs from it only in its distillation, reuses that
@@ -24,9 +23,7 @@ cost least accuracy first, until it is predicted under the budget, and queued as
 
 A recipe the sampler proposes again (a duplicate of one measured, running or skipped) is not run: it is told as
 PRUNED with user attr ``duplicate_of``, does not count as a trial, and a local move from it is queued in its place.
-The coarse sampler draws again instead, up to ``COARSE_REDRAWS`` times, and in place of a draw the screen would skip
-(told to the coarse study as PRUNED, with its predicted violations): the coarse stage is a handful of trials, and a
-uniform recipe predicted over budget spent one of them on a candidate that could not be the answer.
+The coarse stage draws again instead (:mod:`autocomp.search._coarse`).
 """
 
 from __future__ import annotations
@@ -41,11 +38,12 @@ from ray.tune.search import Searcher
 
 from autocomp.recipe import Recipe
 from autocomp.results import best_feasible, trial_rows
+from autocomp.search._coarse import COARSE, CoarseStage
 from autocomp.search._local import FILL, compression_key, local_move, recipe_key, repair
 from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP, distils
 from autocomp.search._screen import Screen
-from autocomp.search._space import RANK, SearchSpace
-from autocomp.search._start import START, alike_choices
+from autocomp.search._space import SearchSpace
+from autocomp.search._start import START
 
 __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "LOCAL", "DUPLICATE", "ERROR",
            "again", "counted"]
@@ -59,8 +57,6 @@ RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "
 # set by the trainable: the Ray node id the trial ran on (``node``), recorded for failed trials too
 SKIPPED = "skipped_reason"  # user attr of a trial the screen skipped (state PRUNED)
 SKIPS_PER_TRIAL = 3  # skipped candidates that use up no trial, per trial asked for in a run
-COARSE = "coarse"  # user attr of a trial drawn in the coarse stage (every block alike): its recipe summary
-COARSE_REDRAWS = 20  # coarse draws of recipes already run, before the per-block sampler takes the draw
 RETRY_OF = "retry_of"  # user attr of a trial that runs again the recipe of one that failed or was interrupted
 LOCAL = "local_move"  # user attr of a trial queued as a local move: from which trial, and what it changes
 LOCAL_LOAD = "local_load"  # ... and its predicted share of the budget (scaled by its base's measurement)
@@ -116,16 +112,14 @@ class OptunaController(Searcher):
                  allowed: Mapping[str, Sequence[Any]] | None = None, coarse: int = 0, local: float = 0.0,
                  drops: Mapping[tuple[int, str, float], float] | None = None, seed: int = 0) -> None:
         super().__init__()
-        self._coarse_left = coarse
         self._local = local if screen is not None else 0.0
         self._local_credit = 1.0 - self._local  # the first draw after the coarse stage is a local move
         self._drops = dict(drops or {})
         self._duplicates_left = n_trials  # duplicates replaced at no trial's cost, at most this many per run
         self._skips_left = SKIPS_PER_TRIAL * n_trials  # ... and skipped candidates
         self._rng = random.Random(seed)
-        self._coarse: dict[str, optuna.Trial] = {}  # Ray trial id -> its trial in the coarse study
-        self._uniform_study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, n_startup_trials=min(4, max(1, coarse // 3)))) if coarse else None
+        self.coarse = CoarseStage(space, heads_per_block, draws=coarse, directions=DIRECTIONS, allowed=allowed,
+                                  seed=seed, rng=self._rng) if coarse else None
         self._study, self._space, self._heads = study, space, list(heads_per_block)
         self._remaining, self._on_told, self._screen = n_trials, on_told, screen
         self._retries, self._replacements, self._allowed = retries, n_trials, allowed
@@ -146,7 +140,7 @@ class OptunaController(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _study=None, _space=None, _heads=[], _on_told=None, _screen=None, _live={},
                              _started={}, _retries=0, _replacements=0, stopped=None,
-                             _allowed=None, _coarse_left=0, _coarse={}, _uniform_study=None, _local=0.0,
+                             _allowed=None, coarse=None, _local=0.0,
                              _local_credit=0.0, _duplicates_left=0, _skips_left=0, _rng=random.Random(0), _drops={},
                              asking_seconds=0.0)
 
@@ -182,10 +176,8 @@ class OptunaController(Searcher):
                     trial.set_user_attr(SKIPPED, verdict.skip_reason)
                     for key, value in verdict.violations.items():
                         trial.set_constraint(key, value)
-                        if coarse is not None:
-                            coarse.set_constraint(key, value)
                     if coarse is not None:
-                        self._uniform_study.tell(coarse, state=optuna.trial.TrialState.PRUNED)
+                        self.coarse.skipped(coarse, verdict.violations)
                     if self._skips_left > 0:
                         self._skips_left -= 1
                         self._remaining += 1
@@ -195,7 +187,7 @@ class OptunaController(Searcher):
                     self._told(frozen)
                     continue
             if coarse is not None:
-                self._coarse[trial_id] = coarse
+                self.coarse.started(trial_id, coarse)
             self._live[trial_id] = (trial, recipe)
             self._started[trial_id] = time.perf_counter()
             config = {"trial_number": trial.number, "recipe": recipe.to_dict()}
@@ -218,54 +210,17 @@ class OptunaController(Searcher):
         return None
 
     def _ask_coarse(self) -> optuna.Trial | None:
-        """While coarse draws are left and nothing else is queued: a uniform recipe from the coarse study, queued
-        into the study as per-block parameters (the study's next ask takes it); its coarse trial, or None."""
-        if self._coarse_left <= 0 or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        """While coarse draws are left and nothing else is queued: a uniform recipe queued into the study (its next
+        ask takes it); its coarse trial, or None."""
+        if (self.coarse is None or self.coarse.left <= 0
+                or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))):
             return None
-        self._coarse_left -= 1
-        blocks = len(self._heads)
-        uniform = dataclasses.replace(self._space, uniform=True)
-        allowed = {uniform.name(0, knob): choices
-                   for knob, choices in alike_choices(self._space, blocks, self._allowed or {}).items()}
-        seen = self._seen()
-        # a uniform recipe already run is drawn again, at random (the coarse space is small: its TPE, which ignores
-        # failed trials, may keep to one); one the screen would skip is drawn again after the coarse study is told
-        # its predicted violations (it learns where the budget lies, and no trial is spent on it)
-        for _ in range(COARSE_REDRAWS):
-            coarse = self._uniform_study.ask()
-            recipe = uniform.sample(coarse, self._heads, allowed=allowed)
-            if recipe_key(recipe.to_dict()) in seen:
-                drawn = self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
-                self._uniform_study.enqueue_trial({name: _at_random(dist, self._rng)
-                                                   for name, dist in drawn.distributions.items()})
-                continue
-            verdict = self._screen.judge(recipe) if self._screen is not None else None
-            if verdict is None or verdict.skip_reason is None:
-                break
-            for key, value in verdict.violations.items():
-                coarse.set_constraint(key, value)
-            self._uniform_study.tell(coarse, state=optuna.trial.TrialState.PRUNED)
-        else:
-            return None  # the per-block sampler draws this one
-        values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
-                  for name, options in allowed.items() if len(options) == 1 for i in range(blocks)}
-        for name, value in coarse.params.items():
-            name, ranked = name.removesuffix(RANK), name.endswith(RANK)
-            knob = name.removeprefix("all.")
-            if ranked:
-                value = sorted(allowed.get(name, getattr(self._space, knob)))[value]
-            if name.startswith("all."):
-                values.update({self._space.name(i, knob): value for i in range(blocks)})
-            else:
-                values[name] = value
-        self._study.enqueue_trial(self._space.params(values, allowed=self._allowed),
-                                  user_attrs={COARSE: recipe.summary()})
-        return coarse
+        return self.coarse.draw(self._study, self._seen(), self._screen)
 
     def _ask_local(self) -> None:
         """After the coarse stage, while nothing else is queued: queue a local move from the best trial within
         budget for ``local`` of the draws."""
-        if (self._local <= 0 or self._coarse_left > 0
+        if (self._local <= 0 or (self.coarse is not None and self.coarse.left > 0)
                 or self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))):
             return
         self._local_credit = min(1.0, self._local_credit + self._local)
@@ -340,22 +295,10 @@ class OptunaController(Searcher):
             self._duplicates_left -= 1
             self._remaining += 1
         if coarse is not None:  # a safeguard: coarse draws are checked against the same recipes before queued
-            self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
+            self.coarse.failed(coarse)
         self._queue_move(frozen, must_fit=False)
         self._told(frozen)
         return True
-
-    def _tell_coarse(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> None:
-        coarse = self._coarse.pop(trial_id, None)
-        if coarse is None:
-            return
-        for key, value in frozen.system_attrs.items():
-            if key.startswith("constraints:"):
-                coarse.set_constraint(key.split(":", 1)[1], value)
-        if frozen.state == optuna.trial.TrialState.COMPLETE:
-            self._uniform_study.tell(coarse, frozen.values)
-        else:
-            self._uniform_study.tell(coarse, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial, recipe = self._live.pop(trial_id, (None, None))
@@ -395,7 +338,8 @@ class OptunaController(Searcher):
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
             if self._screen is not None and result.get(MEASUREMENT_OF) is None:  # a reused one is known already
                 self._screen.observe(recipe, result["latency_ms"], result["memory_mb"])
-        self._tell_coarse(trial_id, frozen)
+        if self.coarse is not None:
+            self.coarse.tell(trial_id, frozen)
         self._told(frozen)
 
     def _retry(self, failed: optuna.trial.FrozenTrial) -> bool:
@@ -427,9 +371,3 @@ class OptunaController(Searcher):
         if self._on_told is not None:
             self._on_told(frozen)
 
-
-def _at_random(dist: optuna.distributions.BaseDistribution, rng: random.Random) -> Any:
-    """A value of a sampled parameter's distribution, drawn uniformly."""
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return rng.choice(dist.choices)
-    return rng.randint(dist.low, dist.high)  # the rank of an ordered knob's choice
