@@ -3,13 +3,16 @@ input or machine, attributed to their own line of code."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from pathlib import Path
 
 __all__ = ["AutocompError", "AutocompWarning", "warn"]
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+# where a warning is not attributed: autocomp's own files, and contextlib's (a context manager of autocomp's that
+# warns on entry is called from there)
+_NOT_THE_CALLER = (str(Path(__file__).resolve().parent), str(Path(contextlib.__file__).resolve()))
 
 
 class AutocompError(ValueError):
@@ -26,8 +29,10 @@ class AutocompWarning(UserWarning):
 
 def warn(message: str) -> None:
     """Warn with :class:`AutocompWarning`, attributed to the first caller outside autocomp: the user's own line
-    through the Python API (where ``stacklevel=2`` would name a file inside the package)."""
+    through the Python API (where ``stacklevel=2`` would name a file inside the package). Filter them by this
+    class (``warnings.filterwarnings("ignore", category=autocomp.AutocompWarning)``)."""
     frame, level = sys._getframe(1), 2
-    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE):
+    while frame is not None and any(Path(frame.f_code.co_filename).resolve().is_relative_to(skipped)
+                                    for skipped in _NOT_THE_CALLER):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, AutocompWarning, stacklevel=level)

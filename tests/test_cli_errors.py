@@ -147,10 +147,11 @@ def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job,
     # was a traceback through autocomp
     from PIL import Image
 
-    for label in ("a", "b"):
+    for channel, label in enumerate(("a", "b")):
         (tmp_path / "images" / label).mkdir(parents=True)
         for index in range(8):
-            Image.new("RGB", (40, 40), color=(index * 9, 0, 0)).save(tmp_path / "images" / label / f"{index}.png")
+            color = tuple((index + 1) * 9 if c == channel else 0 for c in range(3))  # no image in both classes
+            Image.new("RGB", (40, 40), color=color).save(tmp_path / "images" / label / f"{index}.png")
     (tmp_path / "my_vits.py").write_text(
         "import torch\nfrom timm.models.vision_transformer import Block\n\n"
         "class Small(torch.nn.Module):  # a ViT of the user's own, with no patch_embed to say its image size\n"
@@ -356,7 +357,7 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "budget: memory_mb <= 0.0001 cannot be met in " in err
-    assert "its smallest candidate (every block at heads_keep 0.5, weight_bits 8) holds " in err
+    assert "its smallest candidate (every block at heads_keep 0.5 (2 of 4 heads), weight_bits 8) holds " in err
     smallest = float(re.search(r" holds ([\d.]+) MB of weights and activations", err).group(1))
     needed = float(re.search(r"loosen the budget to at least ([\d.]+) MB or widen the search space$", err).group(1))
     assert smallest <= needed <= smallest * 1.001  # rounded up: a budget set to it admits the smallest candidate

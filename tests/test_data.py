@@ -192,20 +192,26 @@ def test_held_out_images_that_are_training_images_too_are_said(tmp_path):
 
     make_folder(tmp_path / "train", {"cat": 8, "dog": 8})
     make_folder(tmp_path / "val", {"cat": 2, "dog": 2})
-    top = np.zeros((64, 40, 3), dtype=np.uint8)  # 40x64 BMP: 7,734 bytes, its first 4 KiB the black top rows
+    image = np.zeros((160, 40, 3), dtype=np.uint8)  # a 40x160 BMP of 19,254 bytes
     for i, folder in enumerate(("train/cat", "val/dog")):
-        top[40:] = 90 + 60 * i
-        Image.fromarray(top).save(tmp_path / folder / "bmp.bmp")
+        image[40:56] = 90 + 60 * i  # rows neither in the 4 KiB at the start, middle nor end of the file
+        Image.fromarray(image).save(tmp_path / folder / "bmp.bmp")
+    one, other = ((tmp_path / folder / "bmp.bmp").read_bytes() for folder in ("train/cat", "val/dog"))
+    middle = slice(len(one) // 2 - 2048, len(one) // 2 + 2048)
+    assert len(one) == len(other) and one != other
+    assert one[:4096] == other[:4096] and one[middle] == other[middle] and one[-4096:] == other[-4096:]
     config = DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=2, test_size=2, workers=0, crop_pct=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_splits(config, tiny_rgb_vit())
     (tmp_path / "val" / "cat" / "linked.png").symlink_to(tmp_path / "train" / "cat" / "3.png")
-    shutil.copyfile(tmp_path / "train" / "dog" / "5.png", tmp_path / "val" / "dog" / "copied.png")
-    with pytest.warns(AutocompWarning, match=r"^2 of the 7 val images are train images too \(the same file through a "
-                                             r"link, or a copy of its bytes; e.g. val/cat/linked.png is "
+    with pytest.warns(AutocompWarning, match=r"^1 of the 6 val images is a train image too \(the same file through "
+                                             r"a link, or a copy of its bytes; e.g. val/cat/linked.png is "
                                              r"train/cat/3.png\): accuracy on them reads higher than on new images; "
-                                             r"remove each image from all but one split$"):
+                                             r"remove the copies and links, keeping one of each image$"):
+        load_splits(config, tiny_rgb_vit())
+    shutil.copyfile(tmp_path / "train" / "dog" / "5.png", tmp_path / "val" / "dog" / "copied.png")
+    with pytest.warns(AutocompWarning, match=r"^2 of the 7 val images are train images too \("):
         load_splits(config, tiny_rgb_vit())
 
 

@@ -108,6 +108,15 @@ def test_loaded_best_model_reproduces_the_recorded_accuracy(finished_run):
     assert abs(evaluate(model, splits.test) - summary["best"]["test_accuracy"]) < 0.1
 
 
+def test_an_export_of_a_moved_run_folder_names_where_best_is_now(finished_run, tmp_path):
+    import shutil
+
+    _, run = finished_run
+    moved = shutil.copytree(run, tmp_path / "moved")
+    assert main(["export", str(moved), "--out", str(tmp_path / "exported")]) == 0
+    assert json.loads((tmp_path / "exported" / "metrics.json").read_text())["path"] == str((moved / "best").resolve())
+
+
 def test_export_any_trial_and_print_the_front(finished_run, capsys):
     tmp, run = finished_run
     assert main(["export", str(run), "--trial", "1", "--out", str(tmp / "t1")]) == 0

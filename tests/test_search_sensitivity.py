@@ -316,8 +316,9 @@ def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, di
 
     seen = fastest_measures([0.74, 0.72])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
-    expected = (r"its fastest candidate \(every block at heads_keep 0.5, mlp_keep 0.5, weight_bits 8\) measured "
-                r"7.2 ms, 0.72x the uncompressed model; loosen the budget to at least about 0.72x")
+    expected = (r"its fastest candidate \(every block at heads_keep 0.5 \(2 of 4 heads\), mlp_keep 0.5, "
+                r"weight_bits 8\) measured 7.2 ms, 0.72x the uncompressed model; loosen the budget to at least "
+                r"about 0.72x")
     with pytest.raises(LatencyUnreachable, match=expected):  # over the limit twice: the faster measurement is named
         _check(tiny_teacher, digits_splits, ratios, 0.6)
     model, again = seen  # every knob at its fastest in every block (bf16 was slower: not taken), measured twice
@@ -338,7 +339,8 @@ def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastes
 
     seen = fastest_measures([0.9, 0.9])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.98, ("weight_bits", 8): 0.85}
-    with pytest.raises(LatencyUnreachable, match=r"\(every block at heads_keep 0.5, weight_bits 8\) measured 9 ms"):
+    with pytest.raises(LatencyUnreachable,
+                       match=r"\(every block at heads_keep 0.5 \(2 of 4 heads\), weight_bits 8\) measured 9 ms"):
         _check(tiny_teacher, digits_splits, ratios, 0.6)
     width = tiny_teacher[1].blocks[0].mlp.fc1.out_features
     assert all(block.mlp.fc1.out_features == width for block in seen[0].blocks)
@@ -374,8 +376,8 @@ def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(
     _check(tiny_teacher, digits_splits, ratios, 0.6)  # heads 0.5 in every block meets the limit alone
     assert seen == []
     seen = fastest_measures([0.75, 0.74])
-    with pytest.raises(LatencyUnreachable, match=r"\(weight_bits 8 in every block, heads_keep 0.5 in 1 of 2 blocks\) "
-                                                 r"measured 7.4 ms"):
+    with pytest.raises(LatencyUnreachable, match=r"\(weight_bits 8 in every block, heads_keep 0.5 \(2 of 4 heads\) "
+                                                 r"in 1 of 2 blocks\) measured 7.4 ms"):
         _check(tiny_teacher, digits_splits, ratios, 0.6, allowed={"b0.heads_keep": (1.0,)})
     assert [block.attn.num_heads for block in seen[0].blocks] == [4, 2]
     assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in seen[0].blocks)
@@ -533,9 +535,9 @@ def test_a_refused_latency_budget_names_the_settings_left_out_for_saving_too_lit
                                         SimpleNamespace(name="cpu"), 1.0, 10.0)
     assert str(refused.value) == (
         "budget: latency_ms <= 1 cannot be met in space.yaml on cpu: its fastest candidate (every block at heads_keep "
-        "0.5) measured 9 ms, 0.90x the uncompressed model; loosen the budget to at least about 0.90x or widen the "
-        "search space (it holds none of weight_bits 8 (0.99x): in every block at once each saves less than 3% here, "
-        "see uniform_latency.csv)")
+        "0.5 (3 of 6 heads)) measured 9 ms, 0.90x the uncompressed model; loosen the budget to at least about 0.90x or "
+        "widen the search space (it holds none of weight_bits 8 (0.99x): in every block at once each saves less than "
+        "3% here, see uniform_latency.csv)")
 
 
 def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_is_refused(tiny_teacher, digits_splits,
@@ -564,7 +566,8 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     monkeypatch.setattr(_before, "allowed_choices", lambda *args, **kwargs: {"b0.heads_keep": (1.0,)})
     with pytest.raises(_before.BudgetUnreachable, match=(
             rf"^budget: memory_mb <= {limit:.4g} cannot be met in space.yaml: its smallest candidate offered to the "
-            rf"search \(block 0 at heads_keep 1, weight_bits 8; block 1 at heads_keep 0.5, weight_bits 8\) holds "
+            rf"search \(block 0 at heads_keep 1 \(4 of 4 heads\), weight_bits 8; block 1 at heads_keep 0.5 \(2 of 4 "
+            rf"heads\), weight_bits 8\) holds "
             rf"{offered:.4g} MB .* loosen the budget to at least {_rounded_up(offered)} MB or widen the search space "
             r"\(the sensitivity pass left out 1 settings .* a higher sensitivity.drop_above lets the search try the "
             r"former\)$")):
@@ -573,3 +576,21 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
                             base_latency_ms=1.0)
     assert not (tmp_path / "sensitivity.json").exists()  # a rerun with another budget runs the pass again
     assert _rounded_up(12.3449) == "12.35" and _rounded_up(0.4477) == "0.4477" and _rounded_up(1234.01) == "1235"
+
+
+def test_the_fastest_candidate_is_named_by_the_head_fraction_the_search_offers(tiny_teacher):
+    """With 4 heads, heads_keep 0.4 and 0.5 both keep 2: the search offers 0.5 alone, and the warning on a latency
+    limit names that one, with the heads it keeps, as the latency pass's refusal does."""
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _before
+    from autocomp.search._screen import CostPredictor, Screen
+
+    space = SearchSpace(heads_keep=(0.4, 0.5, 1.0), weight_bits=(32, 8))
+    profile = HardwareProfile(name="cpu", batch_size=4, peak_gflops={"fp32": 100.0, "int8": 200.0},
+                              memory_bandwidth_gbs=10.0, memory_gb=8.0, fast_weight_bits={8: "int8"})
+    screen = Screen(predictor=CostPredictor(base=tiny_teacher[1], profile=profile, base_latency_ms=1.0),
+                    limits={"latency_ms": 1e-6}, margin=0.5)
+    said = []
+    _before.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
+    assert len(said) == 1 and said[0].startswith("warning: the cost model predicts even the fastest candidate (every "
+                                                 "block at heads_keep 0.5 (2 of 4 heads), weight_bits 8) at ")

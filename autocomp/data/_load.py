@@ -227,41 +227,53 @@ def _check_readable(paths: list[str]) -> None:
 
 def _warn_shared(splits: dict[str, list[str]], root: Path) -> None:
     """Warn where an image of one split is also one of another (the same file through a link, or a copy of its
-    bytes): a held-out split that shares images with training scores the models partly on images they learnt.
-    Cheap where nothing is shared: only files of the same size are read, their first 4 KiB, then whole where those
-    agree."""
-    def digest(path: str, size: int) -> str:
-        with open(path, "rb") as file:
-            return hashlib.sha1(file.read(size)).hexdigest()
+    bytes), whether in split folders or drawn by autocomp from one folder that holds an image twice: a held-out split
+    that shares images with training scores the models partly on images they learnt.
 
-    groups: dict[object, list[tuple[str, str]]] = {}
+    Cheap where nothing is shared: only files of equal size are compared, by a 4 KiB block at their start, then at
+    their middle and end, and read whole only where those agree."""
+    groups: dict[tuple, list[tuple[str, str]]] = {}
     for split, files in splits.items():
         for path in files:
-            groups.setdefault(os.stat(path).st_size, []).append((split, path))
-    for size in (4096, -1):  # narrowed to those of equal first 4 KiB, then to equal contents
-        narrowed: dict[object, list[tuple[str, str]]] = {}
+            groups.setdefault((os.stat(path).st_size,), []).append((split, path))
+    for part in (*_SAMPLES, None):
+        narrowed: dict[tuple, list[tuple[str, str]]] = {}
         for key, group in groups.items():
-            if len({split for split, _ in group}) > 1:
+            if len({split for split, _ in group}) > 1:  # equal files within one split are no leak
                 for split, path in group:
-                    narrowed.setdefault((key, digest(path, size)), []).append((split, path))
+                    narrowed.setdefault(key + (_contents(path, part),), []).append((split, path))
         groups = narrowed
-    shared: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (split, other split) -> [(image, its twin there)]
+    order = list(splits)
+    shared: dict[tuple[str, str], dict[str, str]] = {}  # (split, an earlier split) -> {image: its twin there}
     for group in groups.values():
-        names = [split for split, _ in group]
+        first: dict[str, str] = {}
         for split, path in group:
-            for other in (name for name in splits if name != split and name in names):
-                if list(splits).index(other) < list(splits).index(split):  # each pair once: val in train, ...
-                    twin = next(p for s, p in group if s == other)
-                    shared.setdefault((split, other), []).append((path, twin))
+            first.setdefault(split, path)
+        for split, path in group:
+            for other in order[:order.index(split)]:  # each pair once: val in train, test in train, test in val
+                if other in first:
+                    shared.setdefault((split, other), {})[path] = first[other]
     if not shared:
         return
-    counts = {pair: len({path for path, _ in pairs}) for pair, pairs in shared.items()}
-    said = [f"{count} of the {len(splits[split])} {split} images {'is a' if count == 1 else 'are'} {other} "
-            f"image{'' if count == 1 else 's'} too" for (split, other), count in counts.items()]
-    path, twin = next(iter(shared.values()))[0]
+    said = [f"{len(pairs)} of the {len(splits[split])} {split} images {'is a' if len(pairs) == 1 else 'are'} "
+            f"{other} image{'' if len(pairs) == 1 else 's'} too" for (split, other), pairs in shared.items()]
+    path, twin = next(iter(next(iter(shared.values())).items()))
     warn(f"{'; '.join(said)} (the same file through a link, or a copy of its bytes; e.g. "
          f"{os.path.relpath(path, root)} is {os.path.relpath(twin, root)}): accuracy on them reads higher than on "
-         "new images; remove each image from all but one split")
+         "new images; remove the copies and links, keeping one of each image")
+
+
+_SAMPLES = ("start", "middle", "end")  # where a 4 KiB block of two files of equal size is compared first
+
+
+def _contents(path: str, part: str | None, block: int = 4096) -> str:
+    """A digest of a 4 KiB block of the file (``part``: at its start, middle or end), or of all of it (None)."""
+    with open(path, "rb") as file:
+        if part is None:
+            return hashlib.file_digest(file, "sha1").hexdigest()
+        size = os.fstat(file.fileno()).st_size
+        file.seek({"start": 0, "middle": max(0, size // 2 - block // 2), "end": max(0, size - block)}[part])
+        return hashlib.sha1(file.read(block)).hexdigest()
 
 
 def _folder_root(config: DataConfig) -> Path:

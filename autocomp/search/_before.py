@@ -27,7 +27,7 @@ from autocomp.measure.placement import measure_on_device
 from autocomp.recipe import Distill, Recipe
 from autocomp.search._objective import metrics_of
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._space import SearchSpace
+from autocomp.search._space import SearchSpace, setting_label
 from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, progress_lines,
                                           read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
                                           unrunnable_settings, without, without_slow, write_sensitivity,
@@ -73,15 +73,16 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     Raises:
         BudgetUnreachable: the memory limit, with the smallest candidate's bytes and the budget that admits it.
     """
-    choices = {space.name(i, knob): space.offered(i, knob, allowed)
+    offered = allowed if allowed is not None else space.distinct(heads)  # one heads_keep per head count
+    choices = {space.name(i, knob): space.offered(i, knob, offered)
                for i in range(len(heads)) for knob in lightest(space)}
     strongest = {name: min(values) for name, values in choices.items()}
     try:
         predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
     except AutocompError:  # a combination the operators refuse: nothing to conclude
         return
-    per_block = [", ".join(f"{knob} {strongest[space.name(i, knob)]:g}" for knob in lightest(space))
-                 for i in range(len(heads))]
+    per_block = [", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
+                           for knob in lightest(space)) for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
     limit = screen.limits.get("memory_mb")
@@ -143,9 +144,10 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         groups: dict[tuple, list[str]] = {}
         for name, values in distinct.items():
             groups.setdefault(tuple(values), []).append(name.split(".")[0])
-        log("heads_keep: choices that keep as many heads as a larger one are offered once: " + "; ".join(
-            f"{'every block' if len(blocks) == len(heads) else ', '.join(blocks)} {list(values)}"
-            for values, blocks in groups.items()))
+        log("heads_keep: choices that keep as many heads as a larger one are offered once (the largest "
+            "fraction for each count): " + "; ".join(
+                f"{'every block' if len(blocks) == len(heads) else ', '.join(blocks)} {list(values)}"
+                for values, blocks in groups.items()))
     passes = config.sensitivity.images > 0 and bool(lightest(space))
     if passes and not space.uniform:
         started = time.perf_counter()
@@ -270,10 +272,11 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         elif not used:
             what = "nothing compressed: none of its settings saves time on the target"
         elif set(used.values()) == {blocks}:
-            what = "every block at " + ", ".join(f"{knob} {value:g}" for knob, value in used)
+            what = "every block at " + ", ".join(setting_label(knob, value, heads) for knob, value in used)
         else:  # the sensitivity pass left some settings in some blocks only
-            what = ", ".join(f"{knob} {value:g} in " + ("every block" if count == blocks else f"{count} of {blocks} "
-                                                        "blocks") for (knob, value), count in used.items())
+            what = ", ".join(f"{setting_label(knob, value, heads)} in " + (
+                "every block" if count == blocks else f"{count} of {blocks} blocks")
+                for (knob, value), count in used.items())
         slow = [f"{knob} {value:g} ({r:.2f}x)"
                 for (knob, value), r in too_slow(ratios, min_saving=config.sensitivity.min_saving).items()]
         raise LatencyUnreachable(

@@ -116,6 +116,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     if number == BEST:
         model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
+        metrics["path"] = str((run_dir / BEST).resolve())  # where it is now (the run folder may have moved)
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
     else:
         recipe = Recipe.from_dict(trial.user_attrs["recipe"])

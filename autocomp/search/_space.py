@@ -12,7 +12,7 @@ from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
 from autocomp.ops.quantize import WEIGHT_BITS
 from autocomp.recipe import Distill, Recipe
 
-__all__ = ["SearchSpace", "load_space"]
+__all__ = ["SearchSpace", "load_space", "setting_label"]
 
 FLOAT_BITS = 32
 RANK = "#rank"  # suffix of an ordered knob's Optuna parameter: the rank of its choice, smallest first
@@ -162,6 +162,16 @@ class SearchSpace:
                 continue
             params.update({name + RANK: sorted(options).index(value)} if _ordered(options) else {name: value})
         return params
+
+
+def setting_label(knob: str, value: Any, heads: Sequence[int]) -> str:
+    """A knob's setting as messages name it: ``mlp_keep 0.5``; a head fraction with the heads it keeps where the
+    blocks it is in (``heads``: their head counts) have as many (``heads_keep 0.83 (2 of 3 heads)``): fractions
+    that keep as many heads are one setting."""
+    label = f"{knob} {value:g}"
+    if knob == "heads_keep" and len(set(heads)) == 1:
+        label += f" ({max(1, round(value * heads[0]))} of {heads[0]} heads)"
+    return label
 
 
 def _layers(choice: str) -> tuple[str, ...] | None:
