@@ -407,3 +407,20 @@ def test_autocomps_own_warnings_print_as_one_line_and_a_librarys_keep_their_sour
     # autocomp's warnings name the first line outside the package (under the command line, the entry script)
     ours = cli._format_warning(AutocompWarning("set data.mean"), AutocompWarning, "/usr/bin/autocomp", 8)
     assert ours == "warning: set data.mean\n"
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_and_the_handler_before_comes_back():
+    """kill PID (a background search, where the shell leaves SIGINT ignored; a scheduler's preemption) raises
+    Terminated, a KeyboardInterrupt, so the search stops as on Ctrl-C: results kept, Ray shut down, one line."""
+    import os
+    import signal
+    import time
+
+    from autocomp import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(cli.Terminated), cli._terminated_as_interrupted():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode: never reached
+    assert signal.getsignal(signal.SIGTERM) is before
+

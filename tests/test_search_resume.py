@@ -3,6 +3,7 @@ the same recipes, and asks the sampler for new recipes instead of repeating the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 import optuna
+import pytest
 import yaml
 
 from autocomp.cli import main
@@ -29,16 +31,19 @@ def _states_while_running(run):
     return [t.state.name for t in read_trials(run) if t.state.name != "RUNNING" or "recipe" in t.user_attrs]
 
 
-def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path, tiny_teacher, monkeypatch):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path, tiny_teacher, monkeypatch, how):
+    """SIGKILL to the search's processes (nothing cleans up), or SIGTERM to its driver (kill PID: stopped as on
+    Ctrl-C, saying so; ray.init's own SIGTERM handler does not replace autocomp's)."""
     job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=TRIALS, workers=1)
     space = tmp_path / "space.yaml"  # a little distillation makes a trial last long enough to be killed in it
     space.write_text("heads_keep: [0.5, 0.75, 1.0]\nweight_bits: [32, 8]\ndistill_steps: [40]\n"
                      "distill_alpha: [0.5]\n")
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
     run = tmp_path / "run"
+    said = tmp_path / "stderr.txt"
     driver = subprocess.Popen([sys.executable, "-m", "autocomp.cli", "search", str(job), "--out", str(run),
-                               "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                               "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=said.open("w"))
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # kill it while trial 1 or 2 runs, after one has finished
@@ -49,8 +54,14 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
             time.sleep(0.05)
         else:
             raise AssertionError("no trial was running within 240 s")
+        if how == "SIGTERM":
+            driver.send_signal(signal.SIGTERM)
+            assert driver.wait(timeout=120) == 143
+            assert said.read_text().splitlines()[-1] == ("autocomp: terminated; results written so far are kept "
+                                                         "(rerun the same command to resume)")
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # SIGTERM: its Ray may be gone already
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     before = {t.number: t for t in _trials(run)}
     finished = {n: t for n, t in before.items() if t.state == optuna.trial.TrialState.COMPLETE}

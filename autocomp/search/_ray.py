@@ -8,6 +8,8 @@ the driver: other versions would give other numbers, or fail mid-search.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -43,6 +45,7 @@ def ray_session(*, workers: int, ray_address: str | None,
             require_same_versions()
         yield
         return
+    stop = signal.getsignal(signal.SIGTERM)  # ray.init sets its own (sys.exit): the caller's own stays
     try:
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
@@ -56,6 +59,8 @@ def ray_session(*, workers: int, ray_address: str | None,
                             "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started with "
                             "it (with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, set before the "
                             "process starts), or omit --ray-address for an embedded local Ray") from None
+    if callable(stop) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
     try:
         if ray_address:
             require_same_versions()
