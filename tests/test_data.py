@@ -411,6 +411,16 @@ def test_a_model_trained_on_its_own_preprocessing_scores_the_same_through_autoco
     assert evaluate(model, splits.val) == pytest.approx(timm_accuracy)
 
 
+def test_every_image_whose_header_is_broken_is_named_at_once(tmp_path):
+    make_folder(tmp_path, {"cat": 4, "dog": 4})
+    for name in ("cat/x.png", "dog/y.jpg"):
+        (tmp_path / name).write_text("not an image")
+    with pytest.raises(AutocompError, match=r"^cannot read 2 images: \S+/cat/x.png \(cannot identify image file .*\); "
+                                            r"\S+/dog/y.jpg \(cannot identify .*\); remove or replace them$"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=1, test_size=1),
+                    tiny_rgb_vit())
+
+
 @pytest.mark.parametrize("layout, message", [
     ({"loose.png": None}, "has no class folders; put each class's images in a folder of its own"),
     ({"cat/a.png": None, "dog/a.png": None, "stray.png": None, "labels.csv": "a,cat"},
@@ -540,6 +550,17 @@ def test_an_image_broken_past_its_header_is_one_line_naming_it_when_read(tmp_pat
         for _ in splits.val.batches(2):
             pass
     assert str(info.value).startswith(f"cannot read image {broken}: ") and "\n" not in str(info.value)
+    # a second one, in a later batch: both named at once (the split is read to its end), not one per run
+    also = tmp_path / "val" / "green" / "half.png"
+    Image.fromarray(noise).save(also)
+    also.write_bytes(also.read_bytes()[:len(also.read_bytes()) // 2])
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=6, calib_size=2,
+                                    test_size=2, workers=workers), tiny_rgb_vit())
+    with pytest.raises(AutocompError, match=rf"^cannot read 2 images: [^\n]*{also.name} \(.*; remove or replace "
+                                            r"them$") as info:
+        for _ in splits.val.batches(1):
+            pass
+    assert str(broken) in str(info.value) and str(also) in str(info.value)
 
 
 def test_16_bit_images_are_scaled_and_float_ones_refused(tmp_path):

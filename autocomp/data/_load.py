@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from autocomp.data._config import FLOAT_PIXELS, DataConfig, Preprocessing, resolve_preprocessing
-from autocomp.data._splits import FolderSplit, Splits, TensorSplit
+from autocomp.data._splits import FolderSplit, Splits, TensorSplit, unreadable
 from autocomp.errors import AutocompError, warn
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -212,17 +212,20 @@ def _files_under(folder: Path) -> tuple[list[Path], set[str]]:
 
 
 def _check_readable(paths: list[str]) -> None:
-    """Open each file's header (fast: no decoding) so that a broken file is named before any trial runs."""
+    """Open each file's header (fast: no decoding) so that broken files are named, all at once, before any trial
+    runs."""
     from PIL import Image, UnidentifiedImageError
 
+    broken = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                mode = image.mode  # the header is the check
+                if image.mode == "F":  # the header is the check
+                    broken.append((path, FLOAT_PIXELS))
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise AutocompError(f"cannot read image {path}: {exc}; remove or replace the file") from None
-        if mode == "F":
-            raise AutocompError(f"cannot read image {path}: {FLOAT_PIXELS}")
+            broken.append((path, str(exc)))
+    if broken:
+        raise AutocompError(unreadable(broken))
 
 
 def _warn_shared(splits: dict[str, list[str]], root: Path) -> None:

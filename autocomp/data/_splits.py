@@ -104,11 +104,14 @@ class FolderSplit(Split):
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         dataset = _Images(self.root, self.files, self.labels, self.preprocessing)
         workers = min(self.workers, len(batches))
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                             collate_fn=_collate)
+        loader = iter(torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                                  collate_fn=_collate))
         for batch, index in zip(loader, batches, strict=True):
             if isinstance(batch, _Unreadable):  # said here, in one line, not inside the loader's worker traceback
-                raise AutocompError(batch.message)
+                found = list(batch.images)
+                if len(self) <= READ_TO_THE_END:  # every broken image of the split named at once
+                    found += [image for rest in loader if isinstance(rest, _Unreadable) for image in rest.images]
+                raise AutocompError(unreadable(found))
             x, y = batch
             yield (x, y, torch.tensor(index)) if with_index else (x, y)
 
@@ -151,21 +154,34 @@ class _Images(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 return self.transform(image), self.labels[index]
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt, too large
-            return _Unreadable(f"cannot read image {path}: {exc}; remove or replace the file")
+            return _Unreadable(((str(path), str(exc)),))
 
 
 @dataclass(frozen=True)
 class _Unreadable:
-    """An image that could not be read, passed back from a loader's worker to be raised in the caller."""
+    """Images that could not be read (path, error), passed back from a loader's worker to be raised in the caller."""
 
-    message: str
+    images: tuple[tuple[str, str], ...]
 
 
 def _collate(items: list[tuple[torch.Tensor, int] | _Unreadable]) -> tuple[torch.Tensor, torch.Tensor] | _Unreadable:
-    unreadable = [item for item in items if isinstance(item, _Unreadable)]
-    if unreadable:
-        return unreadable[0]
+    broken = [image for item in items if isinstance(item, _Unreadable) for image in item.images]
+    if broken:
+        return _Unreadable(tuple(broken))
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+
+
+READ_TO_THE_END = 10_000  # a split of at most this many images is read to its end once one fails, to name them all
+NAMED = 5  # unreadable images named in the message, at most
+
+
+def unreadable(images: list[tuple[str, str]]) -> str:
+    """The message for images that cannot be read, (path, error) each: one line, naming the first ``NAMED``."""
+    if len(images) == 1:
+        return f"cannot read image {images[0][0]}: {images[0][1]}; remove or replace the file"
+    named = "; ".join(f"{path} ({error})" for path, error in images[:NAMED])
+    more = f"; and {len(images) - NAMED} more" if len(images) > NAMED else ""
+    return f"cannot read {len(images)} images: {named}{more}; remove or replace them"
 
 
 @dataclass(frozen=True)
