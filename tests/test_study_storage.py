@@ -111,6 +111,52 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
         previous(squashed)
 
 
+def test_a_run_of_a_module_whose_weights_changed_is_refused_saying_so(tmp_path):
+    """A model given as an nn.Module: its weights are part of the job. Refused as another job, naming the weights
+    (not a list of what might have changed); where the weights are the same, the files whose contents count."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    from autocomp import AutocompError
+    from autocomp.config import load_config
+    from autocomp.models import create_model, model_digest
+    from autocomp.search._rundir import job_identity, previous_run
+
+    root = Path(__file__).resolve().parents[1]
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "model": {"name": "deit_tiny_patch16_224", "kwargs": {"img_size": 16, "patch_size": 4, "depth": 1}},
+        "data": {"dataset": "digits"}, "budget": {"memory": 0.5},
+        "search_space": str(root / "search_spaces" / "heads_int8.yaml"),
+        "hardware": str(root / "hardware_profiles" / "local_cpu.yaml")}))
+    spec = load_config(job_file)
+    module = create_model(spec.model)
+    config = dataclasses.replace(spec, model=module)
+    job, _, fingerprint = job_identity(config, module)
+    run = tmp_path / "run"
+    run.mkdir()
+    study_file(run).touch()
+    (run / "config.yaml").write_text(yaml.safe_dump(job))
+    (run / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "model": model_digest(module)}))
+    assert previous_run(run, [fingerprint], job, config, model_digest(module)) is not None
+    weights = module.head.weight.detach().clone()
+    with torch.no_grad():
+        module.head.weight.add_(1.0)
+    job, _, changed = job_identity(config, module)
+    with pytest.raises(AutocompError, match=r"holds a search of a different job \(the weights of the model given as "
+                                            r"an nn.Module changed\); rerun with the job as it was"):
+        previous_run(run, [changed], job, config, model_digest(module))
+    with torch.no_grad():
+        module.head.weight.copy_(weights)
+    with pytest.raises(AutocompError, match=r"different job \(the contents of the search space or hardware profile "
+                                            r"file changed\)"):  # as a file's other contents would make it
+        previous_run(run, ["another fingerprint"], job, config, model_digest(module))
+
+
 def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
     """An interrupted trial is marked failed and run again: once its recipe completes, the live line no longer says
     'failed 1 (last: interrupted)' for the rest of the run; a failure not made good still shows."""

@@ -131,16 +131,25 @@ def _same_root(config: JobConfig, written: Any) -> bool:
 
 
 def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping[str, Any] | None = None,
-                  config: JobConfig | None = None) -> dict[str, Any] | None:
+                  config: JobConfig | None = None, digest: str | None = None) -> dict[str, Any] | None:
     """The run.json of an earlier search of the same job in ``run_dir`` (its fingerprint one of ``fingerprints``:
     this version's, or an earlier version's for the same job); a different job there is refused, saying what
-    differs from the ``job`` recorded in its config.yaml."""
+    differs from the ``job`` recorded in its config.yaml, or from the model's ``digest`` recorded in run.json."""
     info, study = run_dir / "run.json", study_file(run_dir)
     if not (info.is_file() and study.is_file()):
         return None
     previous = json.loads(info.read_text())
     if previous.get("fingerprint") not in fingerprints:
         changes = _job_changes(run_dir, job, config)
+        if changes is None:  # the same settings: a file's contents differ, or a module's weights
+            recorded = previous.get("model")  # the model's digest (runs before 2026-11 recorded none)
+            if digest is None or recorded is None:
+                changes = ("the contents of the search space or hardware profile file changed, or the weights of a "
+                           "model given as an nn.Module")
+            elif digest != recorded:
+                changes = "the weights of the model given as an nn.Module changed"
+            else:
+                changes = "the contents of the search space or hardware profile file changed"
         raise AutocompError(f"{run_dir} holds a search of a different job ({changes}); rerun with the job as it was "
                             "to resume it, or search into a new --out folder")
     return previous
@@ -162,10 +171,9 @@ def require_same_model(previous: Mapping[str, Any], digest: str, config: JobConf
 JOB_PARTS = ("model", "data", "search_space", "hardware", "budget")
 
 
-def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig | None) -> str:
+def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig | None) -> str | None:
     """What differs between the job recorded in ``run_dir``'s config.yaml and ``job``: each setting, as it was and
-    is; else the files whose contents the fingerprint holds."""
-    files = "the contents of the search space or hardware profile file, or the weights of a model given as a module"
+    is; None where no setting does."""
     try:
         written = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
@@ -184,7 +192,7 @@ def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig
                         for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)]
         elif was != is_:
             changed.append(f"{part} was {was!r}, now {is_!r}")
-    return "; ".join(changed) if changed else f"{files} changed"
+    return "; ".join(changed) or None
 
 
 def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,

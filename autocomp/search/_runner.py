@@ -76,9 +76,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = rundir.job_identity(config, base)
-    previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir)],
-                                   job, config)
     digest = model_digest(base)
+    previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir)],
+                                   job, config, digest)
     if previous is not None:
         rundir.require_same_model(previous, digest, config, run_dir)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
