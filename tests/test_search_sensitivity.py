@@ -412,6 +412,24 @@ def test_a_latency_limit_within_noise_of_the_fastest_or_met_by_one_setting_is_no
     assert seen == []
 
 
+def test_head_fractions_that_keep_as_many_heads_are_offered_once_and_said_with_their_heads(tmp_path, tiny_teacher,
+                                                                                           digits_splits):
+    from autocomp.config import JobConfig, SensitivityConfig
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _before
+
+    space = SearchSpace(heads_keep=(0.4, 0.5, 1.0), weight_bits=(32,))
+    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None,
+                       sensitivity=SensitivityConfig(images=0))
+    lines = []
+    _, allowed = _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, None, config,
+                                     lines.append, fresh=True, profile=HardwareProfile(name="target"), limits={},
+                                     base_latency_ms=10.0, before_timing=lambda: None)
+    assert allowed == {"b0.heads_keep": (0.5, 1.0), "b1.heads_keep": (0.5, 1.0)}  # 0.4 keeps 2 of 4 heads too
+    assert lines[0] == ("heads_keep: choices that keep as many heads as a larger one are offered once (the largest "
+                        "fraction for each count): every block 0.5 (2 of 4 heads), 1 (4 of 4 heads)")
+
+
 def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_ratio, memory_mb=None):
     """The passes before the trials of a new search at ``limit_ratio`` x latency, on a fake target, after a fake
     sensitivity pass: heads 0.5 costs both blocks 40 points, MLP 0.5 costs block 1 as much (block 0: 1 point),

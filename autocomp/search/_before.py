@@ -141,13 +141,15 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     removed, refused = 0, set()  # what the sensitivity pass and the runtime pass leave out
     distinct = allowed = space.distinct(heads)  # one choice per head count
     if distinct:
-        groups: dict[tuple, list[str]] = {}
+        groups: dict[tuple, list[str]] = {}  # (fractions offered, head count) -> the blocks
         for name, values in distinct.items():
-            groups.setdefault(tuple(values), []).append(name.split(".")[0])
+            block = name.split(".")[0]
+            groups.setdefault((tuple(values), heads[0 if block == "all" else int(block[1:])]), []).append(block)
         log("heads_keep: choices that keep as many heads as a larger one are offered once (the largest "
             "fraction for each count): " + "; ".join(
-                f"{'every block' if len(blocks) == len(heads) else ', '.join(blocks)} {list(values)}"
-                for values, blocks in groups.items()))
+                f"{'every block' if len(blocks) == len(heads) or blocks == ['all'] else ', '.join(blocks)} "
+                + ", ".join(setting_label("heads_keep", value, [count]).removeprefix("heads_keep ")
+                            for value in values) for (values, count), blocks in groups.items()))
     passes = config.sensitivity.images > 0 and bool(lightest(space))
     if passes and not space.uniform:
         started = time.perf_counter()
