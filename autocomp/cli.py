@@ -293,5 +293,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
