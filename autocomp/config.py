@@ -205,11 +205,12 @@ class JobConfig:
                                 f"limit) or null to never skip, got {margin!r}")
 
 
-def load_config(path: str | Path, *, model: nn.Module | None = None) -> JobConfig:
+def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_exist: bool = True) -> JobConfig:
     """Read a job config (:func:`autocomp._loader.build`); paths in it are resolved next to the file first.
 
     ``model``: the ``nn.Module`` a run's config.yaml says the search was given in Python (``given_as:
-    nn.Module``); nothing in a config is ever unpickled.
+    nn.Module``); nothing in a config is ever unpickled. ``files_must_exist``: the search space and hardware profile
+    files are refused where missing (off: a run folder's config read by what needs neither, such as an export).
     """
     path = Path(path)
     raw = read_yaml(path, what="config file")
@@ -229,7 +230,7 @@ def load_config(path: str | Path, *, model: nn.Module | None = None) -> JobConfi
         values["model"] = model.eval()
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):
         if isinstance(values.get(key), str):
-            values[key] = resolve_path(values[key], base=base, what=what)
+            values[key] = resolve_path(values[key], base=base, what=what, must_exist=files_must_exist)
     config = build(JobConfig, values, where=str(path))
     if config.data.root:  # on a Ray node without this folder, the split names it (autocomp.data)
         root = resolve_path(config.data.root, base=base, what="data.root", must_exist=False, keep_links=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,15 +36,23 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    recipe.save(directory / "recipe.yaml")
-    architecture = ({k: v for k, v in spec.to_dict().items() if k != "checkpoint"} if isinstance(spec, ModelSpec)
-                    else {GIVEN_AS: "nn.Module"})
-    (directory / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
-    write_safetensors(directory / "weights.safetensors", model.state_dict())
-    if metrics is not None:
-        write_json(directory / "metrics.json", dict(metrics))
-    if preprocessing is not None:
-        write_json(directory / "preprocessing.json", preprocessing.to_dict())
+    # written beside the folder's files first, then moved in: a save stopped half-way (Ctrl-C while the weights of
+    # a large model are written) leaves an earlier model whole, not its weights under a new recipe
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=directory))
+    try:
+        write_safetensors(staging / "weights.safetensors", model.state_dict())
+        architecture = ({k: v for k, v in spec.to_dict().items() if k != "checkpoint"} if isinstance(spec, ModelSpec)
+                        else {GIVEN_AS: "nn.Module"})
+        (staging / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
+        recipe.save(staging / "recipe.yaml")
+        if metrics is not None:
+            write_json(staging / "metrics.json", dict(metrics))
+        if preprocessing is not None:
+            write_json(staging / "preprocessing.json", preprocessing.to_dict())
+        for name in sorted(os.listdir(staging)):
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_preprocessing(directory: str | Path) -> Preprocessing | None:
@@ -85,8 +96,17 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
         skeleton = create_model(build(ModelSpec, architecture, where=str(directory / "model.yaml")),
                                 load_weights=False)
     model = compress(skeleton, Recipe.load(directory / "recipe.yaml"), structure_only=True, inplace=True)
-    model.load_state_dict(read_safetensors(directory / "weights.safetensors", "saved weights",
-                                           "the folder is damaged; export the trial again (autocomp export)"))
+    weights = read_safetensors(directory / "weights.safetensors", "saved weights",
+                               "the folder is damaged; export the trial again (autocomp export)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]  # after "Error(s) in ..."
+        first = lines[0] + (f" and {len(lines) - 1} more" if len(lines) > 1 else "") if lines else str(exc)
+        fix = ("pass as base the module the search was given (the run folder keeps its weights in "
+               "base.safetensors)" if base is not None else "export the trial again (autocomp export)")
+        raise AutocompError(f"the weights in {directory} do not fit the model its model.yaml and recipe.yaml "
+                            f"build{' from the base given' if base is not None else ''} ({first}); {fix}") from None
     preprocessing = load_preprocessing(directory)
     if preprocessing is not None:
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **preprocessing.timm_config()}

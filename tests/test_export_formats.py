@@ -121,6 +121,11 @@ def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_its_
     assert info["file"] == "model.onnx" and info["check"] == err.removeprefix("autocomp: error: ")
     assert (out / "model.onnx").is_file()
     assert autocomp.load(out) is not None  # the loadable folder was written before the check
+    # an export that failed before writing export.json (the runtime could not load the file, Ctrl-C) leaves a
+    # model.onnx too: the next export into the folder removes it all the same
+    (out / "export.json").unlink()
+    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out)]) == 0
+    assert not (out / "model.onnx").exists()
 
 
 def test_the_default_export_is_the_best_model_as_saved_after_any_final_distillation(run, tmp_path, capsys):

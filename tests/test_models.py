@@ -181,3 +181,42 @@ def test_saved_weights_are_readable_as_the_users_other_files(tmp_path):
         assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode
     assert not (tmp_path / "w.safetensors.tmp").exists()
 
+
+
+def test_a_saved_model_loaded_onto_another_base_is_refused_in_one_line(tmp_path):
+    """A run of a model given as an nn.Module loads onto the module passed as base: another module (other classes)
+    is refused naming the folder and the fix, not with load_state_dict's traceback."""
+    from autocomp import AutocompError, Recipe, compress
+    from autocomp.saving import load_model, save_model
+    from conftest import small_vit
+
+    base = small_vit()
+    recipe = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 3, "importance": "weight_norm"}}] * 2})
+    save_model(tmp_path / "best", compress(base, recipe), recipe, base)
+    assert load_model(tmp_path / "best", base=base) is not None
+    with pytest.raises(AutocompError, match=r"^the weights in \S+best do not fit the model its model.yaml and "
+                                            r"recipe.yaml build from the base given \(size mismatch for head.weight: "
+                                            r".* and 1 more\); pass as base the module the search was given \(the "
+                                            r"run folder keeps its weights in base.safetensors\)$"):
+        load_model(tmp_path / "best", base=small_vit(num_classes=7))
+
+
+def test_a_save_stopped_half_way_leaves_the_folders_earlier_model_whole(tmp_path, monkeypatch):
+    from autocomp import Recipe, compress, saving
+    from conftest import small_vit
+
+    base = small_vit()
+    first = Recipe.from_dict({"blocks": [{"prune_heads": {"keep": 3, "importance": "weight_norm"}}] * 2})
+    saving.save_model(tmp_path / "best", compress(base, first), first, base, metrics={"trial": 1})
+    second = Recipe.from_dict({"blocks": [{"prune_mlp": {"keep": 0.5, "importance": "weight_norm"}}] * 2})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C once the new weights and recipe are written, before the metrics
+
+    monkeypatch.setattr(saving, "write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        saving.save_model(tmp_path / "best", compress(base, second), second, base, metrics={"trial": 2})
+    assert Recipe.load(tmp_path / "best" / "recipe.yaml") == first
+    assert [b.attn.num_heads for b in saving.load_model(tmp_path / "best", base=base).blocks] == [3, 3]
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["metrics.json", "model.yaml", "recipe.yaml",
+                                                                     "weights.safetensors"]

@@ -73,6 +73,8 @@ def test_search_writes_every_result(finished_run):
     assert all(float(r["memory_mb"]) <= limit for r in feasible)
     # the best model is the weights its trial kept: it scores what its trial scored (csv rounds to 4 decimals)
     assert summary["best"]["weights"] == "kept by the trial"
+    again = next(m for m in summary["remeasured"] if m["trial"] == summary["best"]["trial"])
+    assert summary["best"]["within_budget_again"] is again["within_budget_again"] is True  # memory is counted
     assert abs(summary["best"]["val_accuracy"] - max(float(r["accuracy"]) for r in feasible)) < 1e-3
     kept = {p.name for p in (run / "trials").iterdir()}
     front = {str(t["number"]) for t in json.loads((run / "pareto.json").read_text())["trials"] if t["feasible"]}
@@ -108,13 +110,22 @@ def test_loaded_best_model_reproduces_the_recorded_accuracy(finished_run):
     assert abs(evaluate(model, splits.test) - summary["best"]["test_accuracy"]) < 0.1
 
 
-def test_an_export_of_a_moved_run_folder_names_where_best_is_now(finished_run, tmp_path):
-    import shutil
-
+def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(finished_run, tmp_path):
+    """best/ and a trial's kept weights need the model's structure alone: exported where the checkpoint, search
+    space and hardware profile the run's config.yaml names are not (another machine), naming where best/ is now."""
     _, run = finished_run
     moved = shutil.copytree(run, tmp_path / "moved")
+    job = yaml.safe_load((moved / "config.yaml").read_text())
+    job["model"]["checkpoint"] = job["search_space"] = job["hardware"] = "/on/the/search/machine/file"
+    (moved / "config.yaml").write_text(yaml.safe_dump(job))
     assert main(["export", str(moved), "--out", str(tmp_path / "exported")]) == 0
     assert json.loads((tmp_path / "exported" / "metrics.json").read_text())["path"] == str((moved / "best").resolve())
+    kept = json.loads((moved / "summary.json").read_text())["best"]["trial"]
+    assert main(["export", str(moved), "--trial", str(kept), "--out", str(tmp_path / "trial")]) == 0
+    assert json.loads((tmp_path / "trial" / "preprocessing.json").read_text()) == json.loads(
+        (moved / "best" / "preprocessing.json").read_text())
+    assert evaluate(autocomp.load(tmp_path / "trial"), load_splits(DIGITS).val) == pytest.approx(
+        json.loads((tmp_path / "trial" / "metrics.json").read_text())["accuracy"], abs=0.1)
 
 
 def test_export_any_trial_and_print_the_front(finished_run, capsys):

@@ -179,6 +179,8 @@ def test_the_final_distillation_recovers_what_the_trial_left_and_says_so_in_the_
     # the saved recipe says how the saved weights were made: the trial's settings with the longer distillation
     assert saved.distill == dataclasses.replace(recipe.distill, steps=150) and saved.blocks == recipe.blocks
     assert final["images"] == len(digits_splits.train)
+    # ... and so does metrics.json: not the trial's weights nor its distillation
+    assert entry["recipe_summary"] == saved.summary() and entry["weights"].startswith("final distillation (150 steps)")
 
 
 def test_a_final_distillation_that_scores_lower_keeps_the_trials_weights(tiny_teacher, digits_splits):
@@ -193,6 +195,7 @@ def test_a_final_distillation_that_scores_lower_keeps_the_trials_weights(tiny_te
     assert model is trial_model and saved is recipe
     assert not entry["final_distillation"]["kept"] and entry["val_accuracy"] == 100.0
     assert entry["final_distillation"]["val_accuracy"] < 100.0
+    assert "weights" not in entry and "recipe_summary" not in entry  # the trial's, as finalize set them
 
 
 def test_final_distill_steps_must_be_a_whole_number():

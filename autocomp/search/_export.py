@@ -17,9 +17,10 @@ import optuna
 from torch import nn
 
 from autocomp._io import write_json
+from autocomp._loader import build
 from autocomp.budget import violations
 from autocomp.config import load_config
-from autocomp.data import Split, load_splits
+from autocomp.data import Preprocessing, Split, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
@@ -41,7 +42,7 @@ CHECK_BATCH = 16  # images per run of the exported model when it is checked
 DEPLOYABLE = ("model.onnx", "model.xml", "model.bin", "export.json")  # what a --format onnx|openvino export writes
 
 
-def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module | None = None,
+def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, base: nn.Module | None = None,
                  format: str = "pytorch", int8_weights: str = "auto",  # noqa: A002 - the CLI's --format
                  log: Callable[[str], None] = print) -> Path:
     """Save trial ``number`` of ``run_dir`` to ``out``: the weights the trial kept, or rebuilt from its recipe
@@ -68,6 +69,7 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
     """
     from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS, int8_weight_form
 
+    run_dir, out = Path(run_dir), Path(out)
     if format not in FORMATS:
         raise AutocompError(f"unknown export format {format!r}; known: {list(FORMATS)}")
     if int8_weights not in INT8_WEIGHT_FORMS:
@@ -84,10 +86,9 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
             raise AutocompError(f"--format {format}: {exc}") from None
     if not study_file(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
         raise AutocompError(f"{run_dir} is not a search run folder (no {study_file(run_dir).name} / config.yaml)")
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise AutocompError(f"--out {out} is a file; give a folder to write the model to")
-    if out.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in out.resolve().parents:
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise AutocompError(f"--out {out} is inside the run folder {run_dir}, whose files (best/ among them) the "
                             "search wrote; give a folder outside it")
     try:  # before a trial is rebuilt (minutes) for a folder that cannot be written
@@ -108,11 +109,14 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         raise AutocompError(f"--trial must be a trial number or 'best', got {number!r}")
     else:
         trial, history = _complete_trial(run_dir, number)
-    config = load_config(run_dir / "config.yaml", model=base)
-    base = config.model if not isinstance(config.model, ModelSpec) else create_model(config.model)
-    # the images: a trial's rebuild and a deployable file's check; best/ alone needs none (nor the data's folder)
+    # best/ and the weights a trial kept need the model's structure alone: neither its checkpoint nor the search
+    # space or hardware profile file (a run folder copied to another machine exports them as they are)
+    config = load_config(run_dir / "config.yaml", model=base, files_must_exist=False)
+    spec = config.model
+    base = create_model(spec, load_weights=False) if isinstance(spec, ModelSpec) else spec
+    # the images: a deployable file's check and a trial's rebuild; best/ and kept weights alone need none
     recorded = run_images.recorded(run_dir, config.data)
-    splits = run_images.read_splits(config.data, base, recorded) if number != BEST or backend is not None else None
+    splits = run_images.read_splits(config.data, base, recorded) if backend is not None else None
     if number == BEST:
         model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
@@ -125,7 +129,9 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         metrics = {"trial": number, **dict(zip(("accuracy", "latency_ms", "memory_mb"), trial.values)),
                    **trial.user_attrs, "recipe": recipe.to_dict()}
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
-        if model is None:
+        if model is None:  # rebuilt from the searched model's weights, on the run's images
+            base = create_model(spec) if isinstance(spec, ModelSpec) else spec
+            splits = splits or run_images.read_splits(config.data, base, recorded)
             _require_searched_model(run_dir, base, config.model, number)
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
@@ -141,10 +147,11 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         metrics["within_budget"] = None if over is None else not over  # None: the run records no limits
         if over:
             log(f"note: trial {number} is over the run's budget ({over}); exported as asked")
-        preprocessing = None
+        preprocessing = _searched_preprocessing(run_dir)
     if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
         preprocessing = (splits or load_splits(config.data, base)).preprocessing
-    if (out / "export.json").is_file():  # an earlier export's deployable files here: not this model's
+    if (out / "export.json").is_file() or (out / "recipe.yaml").is_file():  # an earlier export's files (one that
+        # failed wrote no export.json): its deployable files are not this model's
         stale = [name for name in DEPLOYABLE if (out / name).is_file()]
         for name in stale:
             (out / name).unlink()
@@ -156,6 +163,16 @@ def export_trial(run_dir: Path, number: int | str, out: Path, *, base: nn.Module
         _write_deployable(backend, model, images, out, profile, format,
                           extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {})
     return out
+
+
+def _searched_preprocessing(run_dir: Path) -> Preprocessing | None:
+    """The preprocessing the run's trials were scored with, as summary.json records it (None: a run not finished,
+    or finished before it was recorded)."""
+    try:
+        recorded = json.loads((run_dir / "summary.json").read_text()).get("preprocessing")
+    except (OSError, ValueError):
+        return None
+    return build(Preprocessing, recorded, where=str(run_dir / "summary.json")) if recorded else None
 
 
 def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | nn.Module, number: int) -> None:

@@ -92,8 +92,15 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         entry = _trial_entry(best)
         again = next((m for m in remeasured if m["trial"] == best.number), None)
         entry["remeasured_latency_ms"] = again["remeasured_latency_ms"] if again else None
+        entry["within_budget_again"] = again["within_budget_again"] if again else None
         log(f"re-measured the {len(remeasured)} most accurate candidates within budget: "
             f"{sum(m['within_budget_again'] for m in remeasured)} still within budget")
+        if again is not None and not again["within_budget_again"]:
+            log(f"warning: none held on re-measurement: best/ is the trials' own best, trial {best.number}, within "
+                f"budget as its trial measured it, over it as measured again ({again['remeasured_latency_ms']:.4g} "
+                f"ms, {again['remeasured_memory_mb']:.4g} MB); a busy machine slows one measurement, and a "
+                "candidate at the budget's edge is within it by luck: search again on a quiet machine, or with a "
+                "little room under the budget")
         entry["weights"] = "kept by the trial" if model is not None else "rebuilt (compressed and distilled again)"
         if model is None:  # the trial ran where the run folder is not (another node), or before weights were kept
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
@@ -105,7 +112,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                                                gpu=config.resources.gpu > 0, log=log)
         save_model(run_dir / BEST, model, recipe, config.model, metrics=entry, preprocessing=splits.preprocessing)
         summary["best"] = entry
-        log(f"best within budget: trial {best.number}  val {entry['val_accuracy']:.2f}%  "
+        log(f"best within budget{'' if entry['within_budget_again'] is not False else ' (by its trial)'}: "
+            f"trial {best.number}  val {entry['val_accuracy']:.2f}%  "
             f"test {entry['test_accuracy']:.2f}%  latency {best.latency_ms:.2f} ms  memory {best.memory_mb:.2f} MB")
     else:
         closest = closest_trial(rows)
@@ -152,7 +160,8 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
         + ("" if kept else "; not better on validation: the trial's weights are kept"))
     if not kept:
         return model, recipe
-    entry.update(val_accuracy=val, test_accuracy=test)
+    entry.update(val_accuracy=val, test_accuracy=test, recipe_summary=longer.summary(),
+                 weights=f"final distillation ({steps} steps), from the trial's compressed weights")
     return student, longer
 
 
