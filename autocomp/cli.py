@@ -22,6 +22,11 @@ __all__ = ["main"]
 def _search(args: argparse.Namespace) -> None:
     import dataclasses
 
+    # read by Ray when it is imported (below): an embedded Ray listens on this machine alone (not on its network
+    # interface), and no Ray API called while the search stops (Ctrl-C) starts a new Ray once it is shut down
+    if not args.ray_address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     from autocomp.config import load_config
     from autocomp.search import run_search
 

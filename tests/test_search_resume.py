@@ -59,6 +59,8 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
             assert driver.wait(timeout=120) == 143
             assert said.read_text().splitlines()[-1] == ("autocomp: terminated; results written so far are kept "
                                                          "(rerun the same command to resume)")
+            # Tune's thread, still running as Ray shuts down, started no new Ray (Ray's auto-connect)
+            assert "SIGTERM handler is not set" not in said.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):  # SIGTERM: its Ray may be gone already
             os.killpg(driver.pid, signal.SIGKILL)
