@@ -54,7 +54,9 @@ class DeviceLost(AutocompError):
 
 
 def import_ray() -> Any:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep an embedded Ray on loopback
+    # an embedded Ray on loopback; read when Ray is first imported (the command line sets it before autocomp.search
+    # imports Ray), so from Python it holds where Ray is imported here first
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     return ray
