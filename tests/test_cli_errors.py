@@ -322,6 +322,13 @@ def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, caps
         raise AutocompError("unreachable")  # a search refused midway ...
     with one_search_at_a_time(run):  # ... lets go of the folder all the same
         pass
+    fresh = tmp_path / "new" / "run"  # a folder made for a search refused before it wrote anything is not left
+    with pytest.raises(AutocompError, match="refused"), one_search_at_a_time(fresh):
+        raise AutocompError("refused")
+    assert not fresh.exists() and (tmp_path / "new").is_dir()
+    with one_search_at_a_time(fresh):
+        (fresh / "run.json").write_text("{}")
+    assert sorted(p.name for p in fresh.iterdir()) == [".lock", "run.json"]
 
 
 def test_a_run_folder_on_a_file_system_without_locks_is_searched_unlocked(tmp_path, monkeypatch):

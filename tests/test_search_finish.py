@@ -46,9 +46,12 @@ def remeasure_as(monkeypatch):
 def test_a_candidate_that_was_within_budget_by_luck_is_not_named_best(remeasure_as):
     rows = [_row(0, 91.0, 9.9), _row(1, 90.0, 8.0), _row(2, 95.0, 11.0)]  # trial 2 is over budget
     remeasure_as([10.5 / 12, 8.1 / 12])  # trial 0, at the edge, measures over the limit the second time
+    said = []
     best, remeasured = _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
                                             example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
-                                            limits=LIMITS)
+                                            limits=LIMITS, log=said.append)
+    assert said == ["re-measuring candidate 1 of 2 within budget (trial 0) on t",  # minutes each on a big model
+                    "re-measuring candidate 2 of 2 within budget (trial 1) on t"]
     assert best.number == 1
     assert [(m["trial"], m["within_budget_again"]) for m in remeasured] == [(0, False), (1, True)]
     assert remeasured[0]["latency_ms"] == 9.9 and remeasured[0]["remeasured_latency_ms"] == pytest.approx(10.5)

@@ -50,7 +50,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     rows = trial_rows(study, list(limits))
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
-                                    baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT)
+                                    baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT,
+                                    log=log)
     drop_timed_exports(run_dir / KEPT)
     summary: dict[str, Any] = {
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
@@ -170,8 +171,8 @@ CONFIRM_REPEATS = 3  # each measured again with this many times the profile's ti
 
 
 def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: HardwareProfile, example: torch.Tensor,
-                 baseline_latency_ms: float, limits: Mapping[str, float],
-                 kept: Path | None = None) -> tuple[TrialRow | None, list[dict]]:
+                 baseline_latency_ms: float, limits: Mapping[str, float], kept: Path | None = None,
+                 log: Callable[[str], None] | None = None) -> tuple[TrialRow | None, list[dict]]:
     """The best trial, named after measuring the ``CONFIRM`` most accurate candidates within budget again, one
     after the other on the device the trials no longer load: the most accurate whose second measurement is still
     within budget (a single measurement at the budget's edge can be luck). Latency does not depend on the weights,
@@ -180,7 +181,8 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     measurement moves by several percent from one minute to the next; the longer one averages over more of it).
     Candidates that compress alike (they differ in their distillation) are one model to measure: measured once.
     A runtime backend times the file the trial exported where the trial kept it (``kept``: the run's
-    ``trials/`` folder; ``<trial>/timed_export/``), and exports the candidate again where it did not.
+    ``trials/`` folder; ``<trial>/timed_export/``), and exports the candidate again where it did not. ``log`` is
+    told of each measurement as it starts (on a 224-px model on a runtime backend each takes a minute or more).
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
@@ -190,9 +192,12 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     remeasured, best = [], None
     longer = dataclasses.replace(profile, repeats=profile.repeats * CONFIRM_REPEATS)
     measured: dict[str, dict[str, Any]] = {}  # compression -> its measurement
-    for row in feasible[:CONFIRM]:
+    for index, row in enumerate(feasible[:CONFIRM]):
         key = compression_key(row.recipe)
         if key not in measured:
+            if log is not None:
+                log(f"re-measuring candidate {index + 1} of {min(CONFIRM, len(feasible))} within budget (trial "
+                    f"{row.number}) on {profile.name}")
             # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory,
             # whose NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
             with torch.no_grad():

@@ -41,7 +41,8 @@ LOCK = ".lock"  # held by the search running into the folder; it names that sear
 def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None]:
     """Create ``run_dir`` and hold its lock for the block: a second search into the same folder (which would run the
     trials again beside the first's, and write the same files) is refused while the first one runs. On a file
-    system without locks (some network ones) the search runs unlocked, said through ``log``.
+    system without locks (some network ones) the search runs unlocked, said through ``log``. A folder created here
+    that holds nothing but the lock after the block (a search refused before it wrote anything) is removed.
 
     Raises:
         AutocompError: a folder that cannot be created or written, or one another search holds.
@@ -49,6 +50,7 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
     import errno
     import socket
 
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -79,7 +81,12 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
             handle.truncate()
             handle.write(f"process {os.getpid()} on {socket.gethostname()}")
             handle.flush()
-        yield  # closing the file releases the lock; the file stays, as another search may hold it by then
+        try:
+            yield  # closing the file releases the lock; the file stays, as another search may hold it by then
+        finally:
+            if created and [path.name for path in run_dir.iterdir()] == [LOCK]:  # refused before it wrote anything
+                (run_dir / LOCK).unlink()  # (still holding the lock)
+                run_dir.rmdir()
 
 
 def job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str, str]:

@@ -190,7 +190,7 @@ def progress_lines(log: Callable[[str], None] | None, message: str, work: Sequen
     """A callable taking how many of the items are done (``work``: what each costs, relative to the others) that
     logs ``message`` (with ``{done}`` and ``{total}``), the minutes so far and, from the pace so far, about how many
     are left, once ``PROGRESS_S`` seconds have passed since the start or its last line: ``sensitivity: 12 of 96
-    settings scored (1.0 min; about 7 min left)``."""
+    settings scored (1.0 min; about 7 min left)`` (seconds where less than 90 are left)."""
     started = last = time.perf_counter()
     total = sum(work)
 
@@ -199,7 +199,9 @@ def progress_lines(log: Callable[[str], None] | None, message: str, work: Sequen
         now = time.perf_counter()
         if log is not None and now - last >= PROGRESS_S:
             last, elapsed, share = now, now - started, sum(work[:done]) / total
-            left = f"; about {elapsed / share * (1 - share) / 60:.0f} min left" if share else ""
+            rest = elapsed / share * (1 - share) if share else None
+            left = ("" if rest is None else f"; about {rest:.0f} s left" if rest < 90
+                    else f"; about {rest / 60:.0f} min left")
             log(f"{message.format(done=done, total=len(work))} ({elapsed / 60:.1f} min{left})")
     return tick
 
