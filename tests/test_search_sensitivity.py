@@ -60,6 +60,22 @@ def test_scoring_from_the_blocks_input_gives_the_whole_models_accuracy(tiny_teac
     assert seen == [] and fast == whole and len({s.accuracy_drop for s in fast}) > 1
 
 
+def test_head_fractions_that_keep_as_many_heads_are_scored_once(tiny_teacher, digits_splits, monkeypatch):
+    """With 4 heads, heads_keep 0.4 keeps 2 as 0.5 does: the same model, compressed and scored once per block, its
+    row the same as 0.5's (a 3-head DeiT-tiny: 0.5, 0.67 and 0.83 all keep 2, a third of a pass)."""
+    from autocomp.search import _sensitivity
+
+    compressed = []
+    monkeypatch.setattr(_sensitivity, "compress", lambda base, recipe, **kw: compressed.append(recipe)
+                        or compress(base, recipe, **kw))
+    space = SearchSpace(heads_keep=(0.4, 0.5, 1.0), weight_bits=(32,), head_importance="weight_norm")
+    settings = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=digits_splits.val.subset(20),
+                                calib=digits_splits.calib.x, predictor=None, threads=1)
+    assert [(s.block, s.value) for s in settings] == [(0, 0.5), (0, 0.4), (1, 0.5), (1, 0.4)]
+    assert len(compressed) == 2  # 0.5 in each block
+    assert [s.accuracy_drop for s in settings[:2]] == [settings[0].accuracy_drop] * 2
+
+
 def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatch):
     from autocomp.search import _sensitivity
 

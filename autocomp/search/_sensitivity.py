@@ -29,7 +29,7 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import ExportFailed
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import SearchSpace
+from autocomp.search._space import SearchSpace, heads_kept
 from autocomp.search._start import lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
@@ -80,8 +80,12 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
         for block in range(len(heads_per_block)):
             if inputs is not None and block > 0:
                 inputs.advance()
+            scored: dict[int, Setting] = {}  # heads kept -> the (larger) fraction scored for it in this block
             for knob, value in _settings(space, light):
                 tick(len(settings))
+                if knob == "heads_keep" and (same := scored.get(heads_kept(value, heads_per_block[block]))):
+                    settings.append(dataclasses.replace(same, value=value))  # the same model: scored once
+                    continue
                 recipe = recipe_of(space, heads_per_block, {**uncompressed, f"b{block}.{knob}": value})
                 try:
                     model = compress(base, recipe, calibration=calib)
@@ -91,6 +95,8 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
                 ratio = predictor.predict(recipe)["latency_ms"] / base_latency if predictor is not None else None
                 accuracy = inputs.accuracy(model) if inputs is not None else evaluate(model, val)
                 settings.append(Setting(block, knob, value, reference - accuracy, ratio))
+                if knob == "heads_keep":
+                    scored[heads_kept(value, heads_per_block[block])] = settings[-1]
     return settings
 
 

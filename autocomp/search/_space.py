@@ -12,7 +12,7 @@ from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
 from autocomp.ops.quantize import WEIGHT_BITS
 from autocomp.recipe import Distill, Recipe
 
-__all__ = ["SearchSpace", "load_space", "setting_label"]
+__all__ = ["SearchSpace", "load_space", "heads_kept", "setting_label"]
 
 FLOAT_BITS = 32
 RANK = "#rank"  # suffix of an ordered knob's Optuna parameter: the rank of its choice, smallest first
@@ -93,7 +93,7 @@ class SearchSpace:
                 return _choose(trial, self.name(index, knob), self.offered(index, knob, allowed))  # noqa: B023
 
             block: dict[str, Any] = {}
-            keep = max(1, round(choose("heads_keep") * heads))
+            keep = heads_kept(choose("heads_keep"), heads)
             if keep < heads:
                 block["prune_heads"] = PruneHeads(keep=keep, importance=self.head_importance)
             if (mlp := choose("mlp_keep")) < 1:
@@ -119,7 +119,7 @@ class SearchSpace:
         for index, heads in enumerate(heads_per_block):
             counts: dict[int, float] = {}
             for fraction in sorted(self.heads_keep, reverse=True):
-                counts.setdefault(max(1, round(fraction * heads)), fraction)
+                counts.setdefault(heads_kept(fraction, heads), fraction)
             kept.setdefault(self.name(index, "heads_keep"), set()).update(counts.values())  # uniform: any block's
         return {name: tuple(v for v in self.heads_keep if v in values) for name, values in kept.items()
                 if len(values) < len(self.heads_keep)}
@@ -164,13 +164,18 @@ class SearchSpace:
         return params
 
 
+def heads_kept(fraction: float, heads: int) -> int:
+    """How many of a block's ``heads`` a ``heads_keep`` fraction keeps (at least one)."""
+    return max(1, round(fraction * heads))
+
+
 def setting_label(knob: str, value: Any, heads: Sequence[int]) -> str:
     """A knob's setting as messages name it: ``mlp_keep 0.5``; a head fraction with the heads it keeps where the
     blocks it is in (``heads``: their head counts) have as many (``heads_keep 0.83 (2 of 3 heads)``): fractions
     that keep as many heads are one setting."""
     label = f"{knob} {value:g}"
     if knob == "heads_keep" and len(set(heads)) == 1:
-        label += f" ({max(1, round(value * heads[0]))} of {heads[0]} heads)"
+        label += f" ({heads_kept(value, heads[0])} of {heads[0]} heads)"
     return label
 
 
