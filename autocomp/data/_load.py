@@ -195,12 +195,12 @@ def _files_under(folder: Path) -> tuple[list[Path], set[str]]:
     """The files under ``folder`` at any depth, in sorted order: folders linked into it followed (each once; not one
     that holds ``folder`` itself, whose other classes' images would take this one's label), hidden files and folders
     (``.ipynb_checkpoints``) left out; and the real paths of the folders read."""
-    def unreadable(error: OSError) -> None:
+    def unreadable_folder(error: OSError) -> None:
         raise AutocompError(f"cannot read folder {error.filename}: {error.strerror}; fix its permissions or move it "
                             "out of the class folders")
 
     top, files, seen = os.path.realpath(folder), [], set()
-    for current, folders, names in os.walk(folder, followlinks=True, onerror=unreadable):
+    for current, folders, names in os.walk(folder, followlinks=True, onerror=unreadable_folder):
         real = os.path.realpath(current)
         if real in seen or (real != top and os.path.commonpath([real, top]) == real):  # walked, or holds folder
             folders[:] = []
