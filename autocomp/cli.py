@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-costmodel", help="predict and measure random recipes of a job's search "
                                                          "space; report the cost model's fidelity")
     check.add_argument("config", help="job config YAML (model, data, search space, hardware profile)")
-    check.add_argument("--samples", type=int, default=20, help="random recipes to measure (default 20)")
+    check.add_argument("--samples", type=int, default=20, help="random recipes to measure (default 20), each "
+                                                               "twice: the second measurement is the noise floor")
     check.add_argument("--out", required=True, help="report JSON; the plot is written next to it (.png)")
     check.set_defaults(run=_check_costmodel)
     return parser

@@ -77,6 +77,7 @@ def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teac
     assert report["memory"]["after"]["mape"] < 0.05  # memory is counted, not guessed
     out_text = capsys.readouterr().out
     assert "latency  after " in out_text and "Spearman" in out_text
+    assert "measuring the 6 samples a second time" in out_text  # minutes on a large model: said as it starts
 
 
 def test_check_costmodel_needs_three_samples(tmp_path, tiny_teacher, capsys):

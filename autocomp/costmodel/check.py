@@ -133,6 +133,7 @@ def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: lis
             f"{result.memory_mb:.3f} MB")
     # The ceiling: a second measurement of every model, after all the first ones, predicts the first no better than
     # the machine allows. A cost model cannot rank candidates better than the measurement ranks itself.
+    log(f"measuring the {len(rows)} samples a second time (the noise floor no cost model can beat on this machine)")
     for row, model in zip(rows, models, strict=True):
         again = measure(model, profile, example=calib, reference=base)
         row["repeat_latency_ms"] = again.latency_ratio * base_latency_ms
