@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from autocomp._compress import compress
     from autocomp.recipe import Distill, Recipe
 
-__all__ = ["AutocompError", "AutocompWarning", "Recipe", "Distill", "compress", "load", "load_preprocessing"]
+__all__ = ["AutocompError", "AutocompWarning", "Recipe", "Distill", "compress", "load", "load_preprocessing",
+           "load_classes"]
 __version__ = "0.1.0"
 
 _ON_FIRST_USE = {"compress": "autocomp._compress", "Recipe": "autocomp.recipe", "Distill": "autocomp.recipe"}
@@ -50,5 +51,12 @@ def load(path, *, base=None):  # noqa: ANN001, ANN201 - thin re-export, typed in
 def load_preprocessing(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving
     """How a saved model's inputs are made (``.transform()`` turns a PIL image into one), or None."""
     from autocomp.saving import load_preprocessing as _load
+
+    return _load(path)
+
+
+def load_classes(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving
+    """The class of each output of a saved model, in order (an image folder's class folders), or None."""
+    from autocomp.saving import load_classes as _load
 
     return _load(path)

@@ -208,9 +208,10 @@ class JobConfig:
 def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_exist: bool = True) -> JobConfig:
     """Read a job config (:func:`autocomp._loader.build`); paths in it are resolved next to the file first.
 
-    ``model``: the ``nn.Module`` a run's config.yaml says the search was given in Python (``given_as:
-    nn.Module``); nothing in a config is ever unpickled. ``files_must_exist``: the search space and hardware profile
-    files are refused where missing (off: a run folder's config read by what needs neither, such as an export).
+    ``model``: the ``nn.Module`` to search, in a job that leaves ``model:`` out, or the one a run's config.yaml says
+    the search was given in Python (``given_as: nn.Module``); nothing in a config is ever unpickled.
+    ``files_must_exist``: the search space and hardware profile files are refused where missing (off: a run
+    folder's config read by what needs neither, such as an export).
     """
     path = Path(path)
     raw = read_yaml(path, what="config file")
@@ -223,10 +224,14 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         raise AutocompError(f"{path}: model.module (a pickled model) is not read: loading a pickle can run code; "
                             "give model: {factory: 'package.module:function', kwargs: {...}, checkpoint: "
                             "weights.safetensors}, or pass the nn.Module from Python")
-    if isinstance(section, Mapping) and section.get("given_as") == "nn.Module":  # a run folder's config.yaml
-        if model is None:
-            raise AutocompError(f"{path}: this search was given its model as an nn.Module in Python; pass the same "
-                                "module (e.g. autocomp.search.export_trial(run, number, out, base=my_model))")
+    given = isinstance(section, Mapping) and section.get("given_as") == "nn.Module"  # a run folder's config.yaml
+    if given and model is None:
+        raise AutocompError(f"{path}: this search was given its model as an nn.Module in Python; pass the same "
+                            "module (e.g. autocomp.search.export_trial(run, number, out, base=my_model))")
+    if model is not None and section is not None and not given:
+        raise AutocompError(f"{path} names its model ({section}) and an nn.Module was given too: leave model: out "
+                            "of the job to search the module, or give none to search the job's model")
+    if model is not None:
         values["model"] = model.eval()
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):
         if isinstance(values.get(key), str):

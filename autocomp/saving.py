@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 from torch import nn
@@ -21,15 +21,18 @@ from autocomp.errors import AutocompError
 from autocomp.models import ModelSpec, create_model
 from autocomp.recipe import Recipe
 
-__all__ = ["save_model", "load_model", "load_preprocessing", "GIVEN_AS"]
+__all__ = ["save_model", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
 
+CLASSES = "classes.json"  # a saved model's class names, output i's at [i]
 GIVEN_AS = "given_as"  # model.yaml of a model the search was given as an nn.Module: {given_as: nn.Module}
 
 
 def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec | nn.Module,
-               metrics: Mapping[str, Any] | None = None, preprocessing: Preprocessing | None = None) -> None:
-    """Write a loadable model folder: recipe.yaml, the base architecture, weights.safetensors and
-    preprocessing.json (how its inputs were made: size, crop, interpolation, mean, std).
+               metrics: Mapping[str, Any] | None = None, preprocessing: Preprocessing | None = None,
+               classes: Sequence[str] | None = None) -> None:
+    """Write a loadable model folder: recipe.yaml, the base architecture, weights.safetensors,
+    preprocessing.json (how its inputs were made: size, crop, interpolation, mean, std) and classes.json (the class
+    of each output, in order: an image folder's class folders).
 
     The architecture is model.yaml: the timm name or factory and its kwargs; for a model given as an ``nn.Module``
     it says so, and loading needs that module (``load_model(path, base=module)``). Nothing is pickled.
@@ -49,6 +52,8 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
             write_json(staging / "metrics.json", dict(metrics))
         if preprocessing is not None:
             write_json(staging / "preprocessing.json", preprocessing.to_dict())
+        if classes is not None:
+            write_json(staging / CLASSES, list(classes))
         for name in sorted(os.listdir(staging)):
             os.replace(staging / name, directory / name)
     finally:
@@ -64,10 +69,22 @@ def load_preprocessing(directory: str | Path) -> Preprocessing | None:
     return build(Preprocessing, json.loads(path.read_text()), where=str(path))
 
 
+def load_classes(directory: str | Path) -> list[str] | None:
+    """The class of each output of a saved model, in order, or None for a folder saved without them."""
+    path = Path(directory) / CLASSES
+    if not path.is_file():
+        return None
+    names = json.loads(path.read_text())
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise AutocompError(f"{path} is not a list of class names; export the model again (autocomp export)")
+    return names
+
+
 def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     """Rebuild a saved compressed model: base architecture, recipe shapes, then the saved weights. Its
     ``pretrained_cfg`` carries the saved preprocessing, so timm's ``resolve_model_data_config`` and
-    ``create_transform`` give the transform it was scored with.
+    ``create_transform`` give the transform it was scored with, and the class names (``label_names``, as timm's
+    pretrained models have them).
 
     Args:
         directory: a run's ``best/`` or a folder written by ``autocomp export``.
@@ -110,4 +127,7 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
     preprocessing = load_preprocessing(directory)
     if preprocessing is not None:
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **preprocessing.timm_config()}
+    classes = load_classes(directory)
+    if classes is not None:
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "label_names": classes}
     return model.eval()

@@ -171,7 +171,7 @@ def test_train_and_test_folders_without_val_hold_validation_out_of_train(tmp_pat
     make_folder(tmp_path / "test", {"cat": 2, "dog": 2})
     splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=4, calib_size=2,
                                     test_size=3, workers=0), tiny_rgb_vit())
-    assert splits.num_classes == 2  # cat and dog, not "test" and "train"
+    assert splits.classes == ("cat", "dog")  # not "test" and "train"
     assert all(f.startswith("test/") for f in splits.test.files) and len(splits.test) == 4
     assert all(f.startswith("train/") for f in splits.val.files + splits.train.files)
     assert (len(splits.val), len(splits.train)) == (4, 20 - 4 - 2)
@@ -223,7 +223,7 @@ def test_split_folders_may_have_their_other_common_names(tmp_path, names):
     make_folder(tmp_path / test, {"cat": 2, "dog": 2})
     splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=2, workers=0),
                          tiny_rgb_vit())
-    assert splits.num_classes == 2  # cat and dog, not the split folders
+    assert splits.classes == ("cat", "dog")  # not the split folders
     assert len(splits.val) == 6 and all(f.startswith(f"{val}/") for f in splits.val.files)
     assert len(splits.test) == 4 and all(f.startswith(f"{test}/") for f in splits.test.files)
     assert len(splits.train) == 18 and all(f.startswith(f"{train}/") for f in splits.train.files)

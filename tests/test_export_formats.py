@@ -84,8 +84,8 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits):
     assert agreement.top1 >= 0.9 and agreement.max_logit_diff < 2.0, agreement  # here 0.11; the base: 5.4
     # the same folder again, PyTorch alone: no IR, ONNX file or export.json of the model before is left beside it
     assert main(["export", str(run_dir), "--trial", "0", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.yaml", "preprocessing.json", "recipe.yaml",
-                                                     "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "metrics.json", "model.yaml", "preprocessing.json",
+                                                     "recipe.yaml", "weights.safetensors"]
 
 
 def test_a_missing_runtime_is_refused_before_anything_is_rebuilt(run, tmp_path, monkeypatch, capsys):
@@ -169,6 +169,7 @@ def test_the_best_model_exports_without_the_data_with_the_preprocessing_it_was_s
     out = tmp_path / "deploy"
     assert main(["export", str(run[0]), "--out", str(out)]) == 0
     assert (out / "preprocessing.json").read_text() == (run[0] / "best" / "preprocessing.json").read_text()
+    assert (out / "classes.json").read_text() == (run[0] / "best" / "classes.json").read_text()
     assert (out / "weights.safetensors").read_bytes() == (run[0] / "best" / "weights.safetensors").read_bytes()
 
 def test_onnx_int8_weights_can_be_written_for_another_cpu(run, tmp_path):

@@ -126,6 +126,9 @@ def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(fin
         (moved / "best" / "preprocessing.json").read_text())
     assert evaluate(autocomp.load(tmp_path / "trial"), load_splits(DIGITS).val) == pytest.approx(
         json.loads((tmp_path / "trial" / "metrics.json").read_text())["accuracy"], abs=0.1)
+    digits = [str(d) for d in range(10)]  # each output's class comes with the model, read from the run, not the data
+    assert autocomp.load_classes(tmp_path / "exported") == autocomp.load_classes(tmp_path / "trial") == digits
+    assert autocomp.load(tmp_path / "trial").pretrained_cfg["label_names"] == digits
 
 
 def test_export_any_trial_and_print_the_front(finished_run, capsys):
@@ -153,9 +156,13 @@ def test_export_any_trial_and_print_the_front(finished_run, capsys):
 
 def test_rerun_resumes_and_runs_only_the_missing_trials(finished_run):
     tmp, run = finished_run
+    first = {m["trial"] for m in json.loads((run / "summary.json").read_text())["remeasured"]}
     assert main(["search", str(tmp / "job.yaml"), "--out", str(run), "--trials", "5", "--quiet"]) == 0
     rows = [r for r in csv.DictReader((run / "trials.csv").open()) if not r["duplicate_of"]]  # drawn again: not run
     assert len(rows) == 5 and {r["state"] for r in rows} == {"COMPLETE"}
+    # the candidates the first run measured again are not measured a third time
+    again = json.loads((run / "summary.json").read_text())["remeasured"]
+    assert first and all(m["by_an_earlier_run"] for m in again if m["trial"] in first)
 
 
 def test_a_budget_the_uncompressed_model_meets_already_is_said(tmp_path, tiny_teacher, capsys):
@@ -170,14 +177,16 @@ def test_a_budget_the_uncompressed_model_meets_already_is_said(tmp_path, tiny_te
 def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher):
     """A model given as an nn.Module (no timm spec): the run keeps its weights (never a pickle); best/ and export need
     the module given back."""
-    import dataclasses
-
     from autocomp.config import load_config
     from autocomp.search import run_search
 
     spec, model = tiny_teacher
-    config = dataclasses.replace(load_config(write_job(tmp_path, spec, {"memory": 0.99}, trials=2, workers=1)),
-                                 model=model)
+    job = write_job(tmp_path, spec, {"memory": 0.99}, trials=2, workers=1)
+    with pytest.raises(autocomp.AutocompError, match="names its model .* and an nn.Module was given too: leave model: "
+                                                     "out of the job to search the module"):
+        load_config(job, model=model)  # which of the two to search is not guessed
+    job.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(job.read_text()).items() if k != "model"}))
+    config = load_config(job, model=model)  # a job that names no model, given one
     said: list[str] = []
     summary = run_search(config, tmp_path / "run", log=said.append, progress=False)
     assert any(line.startswith("Ray: the one already initialized in this process") for line in said)  # shared_ray

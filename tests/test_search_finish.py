@@ -82,6 +82,32 @@ def test_candidates_that_differ_only_in_their_distillation_are_measured_once(rem
     assert best.number == 1
 
 
+def test_a_rerun_of_the_folder_reuses_the_second_measurements_taken_as_it_measures_now(remeasure_as, tmp_path):
+    rows, record = [_row(0, 91.0, 9.9), _row(1, 90.0, 8.0)], tmp_path / _finish.REMEASURED
+    onnx = {"backend": "onnxruntime 1.32", "counting": 3}
+
+    def confirm(more_rows=(), measured_with=onnx):
+        said = []
+        best, remeasured = _finish.confirm_best([*rows, *more_rows], base=small_vit(),
+                                                profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
+                                                baseline_latency_ms=12.0, limits=LIMITS, record=record,
+                                                measured_with=measured_with, log=said.append)
+        return best, [(m["trial"], m["by_an_earlier_run"]) for m in remeasured], len(said)
+
+    remeasure_as([10.5 / 12, 8.1 / 12])
+    assert confirm() == (rows[1], [(0, False), (1, False)], 2)
+    remeasure_as([])  # nothing left to measure: a call would find the queue empty
+    assert confirm() == (rows[1], [(0, True), (1, True)], 0)  # the same verdict, from the record
+    remeasure_as([7.0 / 12])  # a trial added by the rerun is measured, the others are not
+    assert confirm([_row(2, 95.0, 7.5)]) == (_row(2, 95.0, 7.5), [(2, False), (0, True), (1, True)], 1)
+    remeasure_as([9.0 / 12, 9.0 / 12, 9.0 / 12])  # another runtime version: all measured anew
+    best, trials, said = confirm([_row(2, 95.0, 7.5)], {**onnx, "backend": "onnxruntime 1.33"})
+    assert best.number == 2 and trials == [(2, False), (0, False), (1, False)] and said == 3
+    record.write_text("{")  # a record cut short by a crash is ignored
+    remeasure_as([9.0 / 12, 9.0 / 12])
+    assert confirm()[1] == [(0, False), (1, False)]
+
+
 def test_a_runtime_backend_times_again_the_file_the_trial_kept(monkeypatch, tmp_path):
     seen = {}
 

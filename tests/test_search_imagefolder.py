@@ -75,6 +75,7 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     assert summary["met_budget"]
     best = autocomp.load(tmp_path / "run" / "best")
     assert tuple(best.pretrained_cfg["mean"]) == tuple(own["mean"])  # the preprocessing comes back with it
+    assert best.pretrained_cfg["label_names"] == ["blue", "green", "red"]  # as are the class of each output
     preprocessing = autocomp.load_preprocessing(tmp_path / "run" / "best")
     splits = load_splits(DataConfig(**data), model)
     assert preprocessing == splits.preprocessing and len(splits.val) == 9  # val/ is the validation split
@@ -89,6 +90,7 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     trial = next(r["number"] for r in rows if r["state"] == "COMPLETE" and r["distilled"] == "True")
     shutil.rmtree(tmp_path / "run" / "trials" / trial, ignore_errors=True)  # no kept weights: rebuilt
     assert main(["export", str(tmp_path / "run"), "--trial", trial, "--out", str(tmp_path / "t")]) == 0
+    assert autocomp.load_classes(tmp_path / "t") == ["blue", "green", "red"]
     rebuilt = json.loads((tmp_path / "t" / "metrics.json").read_text())["rebuilt"]  # not the model it scored: said
     assert "the training images it distilled on changed since it ran" in rebuilt["note"]
     assert rebuilt["note"] in capsys.readouterr().out and rebuilt["images"] == 9

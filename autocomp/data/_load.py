@@ -41,7 +41,7 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
         _folder_root(config)  # a wrong path is the first thing to say, before anything about the model
         return _folder_splits(config, resolve_preprocessing(model, config))
     loader = {"fashion_mnist": _fashion_mnist, "digits": _digits}[config.dataset]
-    train_x, train_y, test_x, test_y, num_classes = loader(config)
+    train_x, train_y, test_x, test_y, classes = loader(config)
     generator = torch.Generator().manual_seed(config.seed)
     if test_x is None:  # no official test split: hold one out first
         test_idx, train_idx = _hold_out(torch.randperm(len(train_y), generator=generator), config.test_size,
@@ -63,7 +63,7 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
     return Splits(train=split(train_x[train_idx], train_y[train_idx]),
                   calib=split(train_x[calib_idx], train_y[calib_idx]),
                   val=split(train_x[val_idx], train_y[val_idx]), test=split(test_x, test_y),
-                  num_classes=num_classes, preprocessing=preprocessing)
+                  classes=classes, preprocessing=preprocessing)
 
 
 VAL_SIZE = 5000  # the most validation images a split takes unless data.val_size says otherwise
@@ -116,6 +116,10 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
         return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")  # labels 0-9, as the data set's authors name them
+
+
 def _fashion_mnist(config: DataConfig):
     root = Path(config.root) if config.root else FASHION_MNIST_DIR
     files = {part: root / f"{part}-{kind}-idx{dims}-ubyte.gz"
@@ -134,7 +138,7 @@ def _fashion_mnist(config: DataConfig):
 
     train_x, train_y = part("train")
     test_x, test_y = part("t10k")
-    return train_x, train_y, test_x, test_y, 10
+    return train_x, train_y, test_x, test_y, FASHION_MNIST_CLASSES
 
 
 def _digits(config: DataConfig):
@@ -142,7 +146,7 @@ def _digits(config: DataConfig):
 
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
-    return x, torch.from_numpy(digits.target.astype(np.int64)), None, None, 10
+    return x, torch.from_numpy(digits.target.astype(np.int64)), None, None, tuple(str(d) for d in range(10))
 
 
 # -- image folders ----------------------------------------------------------------------------------------------
@@ -344,7 +348,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         "train": (train_files, train_labels), "calib": (calib_files, calib_labels), "val": (val_files, val_labels),
         "test": (test_files, test_labels)}.items()}
     return Splits(train=split(train_files, train_labels), calib=TensorSplit(x=calib_x, y=calib_y),
-                  val=split(val_files, val_labels), test=split(test_files, test_labels), num_classes=len(classes),
+                  val=split(val_files, val_labels), test=split(test_files, test_labels), classes=tuple(classes),
                   preprocessing=preprocessing, digests=digests)
 
 

@@ -186,14 +186,18 @@ def unreadable(images: list[tuple[str, str]]) -> str:
 
 @dataclass(frozen=True)
 class Splits:
-    """The four splits, the class count, the preprocessing that made their inputs, and (an image folder's) each
-    split's identity: a digest of its files and labels, by split name (None for the built-in data sets, which the
-    job's data settings decide)."""
+    """The four splits, the class names (label ``i`` is ``classes[i]``: an image folder's sorted class folders), the
+    preprocessing that made their inputs, and (an image folder's) each split's identity: a digest of its files and
+    labels, by split name (None for the built-in data sets, which the job's data settings decide)."""
 
     train: Split
     calib: TensorSplit
     val: Split
     test: Split
-    num_classes: int
+    classes: tuple[str, ...]
     preprocessing: Preprocessing | None = None
     digests: Mapping[str, str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

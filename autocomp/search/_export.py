@@ -27,7 +27,7 @@ from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Pre
 from autocomp.models import ModelSpec, create_model, model_digest
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
-from autocomp.saving import load_model, load_preprocessing, save_model
+from autocomp.saving import load_classes, load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
@@ -122,6 +122,7 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
         metrics["path"] = str((run_dir / BEST).resolve())  # where it is now (the run folder may have moved)
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
+        classes = load_classes(run_dir / BEST) or _searched(run_dir, "classes")
     else:
         recipe = Recipe.from_dict(trial.user_attrs["recipe"])
         if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
@@ -147,9 +148,12 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         metrics["within_budget"] = None if over is None else not over  # None: the run records no limits
         if over:
             log(f"note: trial {number} is over the run's budget ({over}); exported as asked")
-        preprocessing = _searched_preprocessing(run_dir)
-    if preprocessing is None:  # a trial, or a best/ saved before preprocessing.json was
-        preprocessing = (splits or load_splits(config.data, base)).preprocessing
+        preprocessing, classes = _searched(run_dir, "preprocessing"), _searched(run_dir, "classes")
+    if preprocessing is None:  # a trial of an unfinished run, or a run from before it was recorded
+        splits = splits or load_splits(config.data, base)
+        preprocessing = splits.preprocessing
+    if classes is None and splits is not None:  # likewise; never worth reading the images for alone
+        classes = splits.classes
     if (out / "export.json").is_file() or (out / "recipe.yaml").is_file():  # an earlier export's files (one that
         # failed wrote no export.json): its deployable files are not this model's
         stale = [name for name in DEPLOYABLE if (out / name).is_file()]
@@ -157,7 +161,7 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
             (out / name).unlink()
         if stale:
             log(f"{out}: removed the earlier export's {', '.join(stale)}")
-    save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing)
+    save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing, classes=classes)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
         _write_deployable(backend, model, images, out, profile, format,
@@ -165,14 +169,16 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     return out
 
 
-def _searched_preprocessing(run_dir: Path) -> Preprocessing | None:
-    """The preprocessing the run's trials were scored with, as summary.json records it (None: a run not finished,
-    or finished before it was recorded)."""
+def _searched(run_dir: Path, key: str) -> Any:
+    """The ``preprocessing`` the run's trials were scored with, or its ``classes``, as summary.json records them
+    (None: a run not finished, or finished before they were recorded)."""
     try:
-        recorded = json.loads((run_dir / "summary.json").read_text()).get("preprocessing")
+        recorded = json.loads((run_dir / "summary.json").read_text()).get(key)
     except (OSError, ValueError):
         return None
-    return build(Preprocessing, recorded, where=str(run_dir / "summary.json")) if recorded else None
+    if key == "preprocessing" and recorded:
+        return build(Preprocessing, recorded, where=str(run_dir / "summary.json"))
+    return recorded or None
 
 
 def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | nn.Module, number: int) -> None:

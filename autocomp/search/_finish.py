@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autocomp._compress import compress
+from autocomp._io import write_json
 from autocomp.budget import feasible as feasible_metrics
 from autocomp.budget import violations
 from autocomp.config import JobConfig
@@ -33,25 +34,27 @@ from autocomp.search._objective import EXPORT_FOLDER, build_candidate, distill_s
 from autocomp.train import evaluate
 
 __all__ = ["finalize", "final_distillation", "confirm_best", "skipped_summary", "prediction_fidelity", "time_split",
-           "KEPT", "BEST", "prune_kept"]
+           "KEPT", "BEST", "REMEASURED", "prune_kept"]
 
 KEPT = "trials"  # run_dir/trials/<number>/: the weights of trials within budget that are on the front
+REMEASURED = "remeasured.json"  # run_dir/remeasured.json: the best candidates' second measurements, for a rerun
 BEST = "best"  # run_dir/best/: the best model within budget, ready to load
 
 
 def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: Splits, base: nn.Module,
              baseline: Mapping[str, Any], limits: Mapping[str, float], profile: HardwareProfile,
              log: Callable[[str], None] = print, loop_seconds: float | None = None,
-             asking_seconds: float | None = None) -> dict[str, Any]:
+             asking_seconds: float | None = None, measured_with: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write all results; save best/ (the most accurate trial within budget) and summary.json.
 
     ``loop_seconds``: the wall time of the trial loop(s), and ``asking_seconds`` the controller's time choosing
-    trials in them, for the search's own overhead (None: not known)."""
+    trials in them, for the search's own overhead (None: not known); ``measured_with``: how the run measures
+    (run.json's), which an earlier run's re-measurements must share to be reused (see :func:`confirm_best`)."""
     rows = trial_rows(study, list(limits))
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
                                     baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT,
-                                    log=log)
+                                    record=run_dir / REMEASURED, measured_with=measured_with, log=log)
     drop_timed_exports(run_dir / KEPT)
     summary: dict[str, Any] = {
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
@@ -66,6 +69,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
+        "classes": list(splits.classes),
         "images": {name: len(getattr(splits, name)) for name in ("train", "calib", "val", "test")},
         "hardware": {"profile": profile.name, "backend": profile.backend, "runtime": baseline.get("runtime"),
                      "measured_on": profile.measured_on,
@@ -94,8 +98,10 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         again = next((m for m in remeasured if m["trial"] == best.number), None)
         entry["remeasured_latency_ms"] = again["remeasured_latency_ms"] if again else None
         entry["within_budget_again"] = again["within_budget_again"] if again else None
-        log(f"re-measured the {len(remeasured)} most accurate candidates within budget: "
-            f"{sum(m['within_budget_again'] for m in remeasured)} still within budget")
+        earlier = sum(m["by_an_earlier_run"] for m in remeasured)
+        log(f"re-measured the {len(remeasured)} most accurate candidates within budget"
+            + (f" ({earlier} of them by an earlier run of {run_dir}, as it measures now)" if earlier else "")
+            + f": {sum(m['within_budget_again'] for m in remeasured)} still within budget")
         if again is not None and not again["within_budget_again"]:
             log(f"warning: none held on re-measurement: best/ is the trials' own best, trial {best.number}, within "
                 f"budget as its trial measured it, over it as measured again ({again['remeasured_latency_ms']:.4g} "
@@ -111,7 +117,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         if config.final_distill_steps and any(recipe.blocks):  # the uncompressed model has nothing to recover
             model, recipe = final_distillation(model, base, recipe, splits, entry, steps=config.final_distill_steps,
                                                gpu=config.resources.gpu > 0, log=log)
-        save_model(run_dir / BEST, model, recipe, config.model, metrics=entry, preprocessing=splits.preprocessing)
+        save_model(run_dir / BEST, model, recipe, config.model, metrics=entry, preprocessing=splits.preprocessing,
+                   classes=splits.classes)
         summary["best"] = entry
         log(f"best within budget{'' if entry['within_budget_again'] is not False else ' (by its trial)'}: "
             f"trial {best.number}  val {entry['val_accuracy']:.2f}%  "
@@ -172,6 +179,7 @@ CONFIRM_REPEATS = 3  # each measured again with this many times the profile's ti
 
 def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: HardwareProfile, example: torch.Tensor,
                  baseline_latency_ms: float, limits: Mapping[str, float], kept: Path | None = None,
+                 record: Path | None = None, measured_with: Mapping[str, Any] | None = None,
                  log: Callable[[str], None] | None = None) -> tuple[TrialRow | None, list[dict]]:
     """The best trial, named after measuring the ``CONFIRM`` most accurate candidates within budget again, one
     after the other on the device the trials no longer load: the most accurate whose second measurement is still
@@ -183,6 +191,9 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     A runtime backend times the file the trial exported where the trial kept it (``kept``: the run's
     ``trials/`` folder; ``<trial>/timed_export/``), and exports the candidate again where it did not. ``log`` is
     told of each measurement as it starts (on a 224-px model on a runtime backend each takes a minute or more).
+    ``record`` (the run's ``REMEASURED`` file) keeps each measurement as it ends, with ``measured_with`` (how the
+    run measures: backend, runtime versions): a rerun of the folder, to resume or to add trials, measures again only
+    candidates the record lacks, and all of them where it was measured otherwise.
 
     Returns:
         the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
@@ -191,10 +202,13 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     feasible = ranked_feasible(rows)
     remeasured, best = [], None
     longer = dataclasses.replace(profile, repeats=profile.repeats * CONFIRM_REPEATS)
+    earlier = _earlier_remeasurements(record, measured_with)
     measured: dict[str, dict[str, Any]] = {}  # compression -> its measurement
     for index, row in enumerate(feasible[:CONFIRM]):
         key = compression_key(row.recipe)
-        if key not in measured:
+        if key not in measured and key in earlier:
+            measured[key] = earlier[key]
+        elif key not in measured:
             if log is not None:
                 log(f"re-measuring candidate {index + 1} of {min(CONFIRM, len(feasible))} within budget (trial "
                     f"{row.number}) on {profile.name}")
@@ -204,14 +218,31 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
                 model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
             placed = measure_on_device(model, longer, example=example, reference=base, keep=_kept_export(kept, row))
             measured[key] = metrics_of(placed.measurement, baseline_latency_ms)
+            if record is not None:
+                write_json(record, {"measured_with": measured_with, "measurements": {**earlier, **measured}})
         again = measured[key]
         holds = feasible_metrics(violations(again, limits))
         remeasured.append({"trial": row.number, "accuracy": row.accuracy, "latency_ms": row.latency_ms,
                            "remeasured_latency_ms": again["latency_ms"], "memory_mb": row.memory_mb,
-                           "remeasured_memory_mb": again["memory_mb"], "within_budget_again": holds})
+                           "remeasured_memory_mb": again["memory_mb"], "within_budget_again": holds,
+                           "by_an_earlier_run": key in earlier})
         if holds and best is None:
             best = row
     return (best or (feasible[0] if feasible else None)), remeasured
+
+
+def _earlier_remeasurements(record: Path | None, measured_with: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The re-measurements an earlier run of the folder recorded, by compression; none where it measured otherwise
+    (another runtime version, say) or its record is unreadable (a crash as it was written)."""
+    if record is None or not record.is_file():
+        return {}
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("measured_with") != measured_with:
+        return {}
+    return dict(data.get("measurements") or {})
 
 
 def _trial_entry(row: TrialRow) -> dict[str, Any]:

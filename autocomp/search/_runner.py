@@ -223,7 +223,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                                    limits=limits, profile=profile, log=log,
                                    loop_seconds=study.user_attrs.get(LOOP_SECONDS),
-                                   asking_seconds=study.user_attrs.get(ASKING_SECONDS))
+                                   asking_seconds=study.user_attrs.get(ASKING_SECONDS), measured_with=measured_with)
         except AutocompError as exc:  # e.g. an image past the trials' subset, first read by the final distillation
             kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
             raise type(exc)(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
