@@ -274,6 +274,25 @@ def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tm
     assert overridden.preprocessing.interpolation == "bilinear" and overridden.calib.x.shape[-1] == 16
 
 
+def test_where_the_preprocessing_came_from_is_said():
+    """The log and summary.json name the source of each value: the job's keys, the model's pretrained tag (a
+    checkpoint fine-tuned from another tag's weights wants that tag's mean and std), timm's defaults."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from autocomp.data import preprocessing_source
+
+    folder = DataConfig(dataset="imagefolder", root="images")
+    assert preprocessing_source(tiny_rgb_vit(), folder) == (
+        "from the model's timm data config (vit_tiny_patch16_224.augreg_in21k_ft_in1k)")
+    assert preprocessing_source(tiny_rgb_vit(), DataConfig(dataset="imagefolder", root="images", mean=[0.5],
+                                                           crop_pct=1.0)) == (
+        "data.mean, data.crop_pct from the job, the rest from the model's timm data config "
+        "(vit_tiny_patch16_224.augreg_in21k_ft_in1k)")
+    bare = VisionTransformer(img_size=16, patch_size=4, num_classes=2, embed_dim=32, depth=1, num_heads=2)
+    assert preprocessing_source(bare, folder) == "from timm's defaults (the model has no timm data config)"
+    assert preprocessing_source(bare, DataConfig(dataset="digits")).startswith("from the training split's statistics")
+
+
 
 def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_and_the_user_told(tmp_path):
     """A VisionTransformer built directly (not by timm.create_model) has no pretrained_cfg: timm resolves ImageNet's

@@ -65,18 +65,30 @@ def test_an_onnx_export_of_a_compressed_trial_holds_fewer_bytes_than_the_uncompr
     assert exported < 0.9 * base_nbytes
 
 
-def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits):
+def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch, capsys):
     pytest.importorskip("openvino")
     from autocomp.runtimes import compare_outputs
+    from autocomp.runtimes import openvino
     from autocomp.runtimes.openvino import OvModule, ov_compiled
 
     run_dir, trial, _ = run
     out = tmp_path / "ov"
+    here = openvino.default_precision()
+    assert here in ("f32", "bf16", "f16")
+    monkeypatch.setattr(openvino, "default_precision", lambda: "bf16")  # as on a CPU with AVX512_BF16 or AMX
+    capsys.readouterr()
     assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "openvino"]) == 0
     assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
     assert not (out / "model.onnx").exists()  # the file the IR was converted from is not left to be mistaken for it
     info = json.loads((out / "export.json").read_text())
     assert info["file"] == "model.xml" and info["top1_agreement"] >= 0.9 and info["images"] > 0
+    # a user compiling the IR with OpenVINO's defaults there runs another model than the one checked: said, measured
+    default = info["default_precision"]
+    assert default["precision"] == "bf16" and default["top1_agreement"] >= 0.9 and default["max_logit_diff"] >= 0
+    if here == "f32":  # compiled with the plugin's defaults, this CPU runs f32: the model checked
+        assert default["top1_agreement"] == pytest.approx(info["top1_agreement"], abs=0.02)
+    assert "compile it with {'INFERENCE_PRECISION_HINT': 'f32'} to run the model autocomp scored" in \
+        capsys.readouterr().out
     # the IR against the loadable folder beside it, checked here rather than taken from export.json: an IR of
     # another model (the uncompressed one, say) gives logits a whole unit or more apart
     agreement = compare_outputs(autocomp.load(out), OvModule(ov_compiled(out / "model.xml")),

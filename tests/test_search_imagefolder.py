@@ -72,6 +72,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     assert summary["preprocessing"] == {"image_size": 224, "channels": 3, "mean": list(own["mean"]),
                                         "std": list(own["std"]), "interpolation": own["interpolation"],
                                         "crop_pct": own["crop_pct"], "crop_mode": own["crop_mode"]}
+    assert summary["preprocessing_source"] == ("from the model's timm data config "
+                                               "(vit_tiny_patch16_224.augreg_in21k_ft_in1k)")
     assert summary["met_budget"]
     best = autocomp.load(tmp_path / "run" / "best")
     assert tuple(best.pretrained_cfg["mean"]) == tuple(own["mean"])  # the preprocessing comes back with it

@@ -230,6 +230,22 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     return preprocessing
 
 
+def preprocessing_source(model: nn.Module, config: DataConfig) -> str:
+    """Where the preprocessing's values came from, in words (the log, summary.json): the job's ``data:`` keys set,
+    and for the rest the model's timm data config (its pretrained tag named: a checkpoint fine-tuned from another
+    tag's weights may want that tag's mean and std), timm's defaults, or a built-in data set's own statistics."""
+    given = [f"data.{name}" for name in ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+             if getattr(config, name) is not None]
+    if config.dataset != "imagefolder":
+        rest = "the training split's statistics (mean and std) at the data set's own size"
+    elif cfg := getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
+        tag = ".".join(str(part) for part in (cfg.get("architecture"), cfg.get("tag")) if part)
+        rest = f"the model's timm data config{f' ({tag})' if tag else ''}"
+    else:
+        rest = "timm's defaults (the model has no timm data config)"
+    return f"{', '.join(given)} from the job, the rest from {rest}" if given else f"from {rest}"
+
+
 def _input_channels(embed: nn.Module | None) -> int | None:
     """The image channels a patch embedding takes: its ``in_chans``, or the first convolution's input channels (the
     stem of a hybrid ViT's CNN, whose ``proj`` takes the CNN's features, not the image); None when it has neither."""

@@ -30,7 +30,8 @@ from torch import nn
 
 from autocomp.runtimes.onnx import OnnxExport, OnnxExportConfig, export_onnx
 
-__all__ = ["OPENVINO_EXPORT", "OpenVinoExport", "OvModule", "export_openvino", "ir_weight_nbytes", "ov_compiled"]
+__all__ = ["OPENVINO_EXPORT", "OpenVinoExport", "OvModule", "default_precision", "export_openvino", "ir_weight_nbytes",
+           "ov_compiled"]
 
 OPENVINO_EXPORT = OnnxExportConfig(int8_weights="dequantize_linear")
 
@@ -120,7 +121,15 @@ def ir_weight_nbytes(path: str | Path) -> int:
     return sum(op.get_byte_size() for op in model.get_ops() if op.get_type_name() == "Constant")
 
 
-def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None, precision: str = "f32",
+def default_precision() -> str:
+    """The precision OpenVINO's CPU plugin runs fp32 layers in when compiled with its defaults on this CPU (``bf16``
+    on CPUs with AVX512_BF16 or AMX; ``f32`` elsewhere): what a user's ``compile_model(path, "CPU")`` gets."""
+    import openvino as ov
+
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None, precision: str | None = "f32",
                 properties: Mapping[str, Any] | None = None) -> Any:
     """A model compiled for OpenVINO's CPU plugin: ``threads`` inference threads, one stream, latency mode.
 
@@ -128,8 +137,9 @@ def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None,
         path: an IR ``.xml`` or an ``.onnx`` file.
         threads: ``INFERENCE_NUM_THREADS``.
         batch: make the batch axis static at this size (OpenVINO plans static shapes better); None keeps it.
-        precision: ``INFERENCE_PRECISION_HINT``; ``f32`` by default, since on CPUs with AMX the plugin would
-            otherwise run fp32 layers in bf16 (a different model from the one autocomp evaluated).
+        precision: ``INFERENCE_PRECISION_HINT``; ``f32`` by default, since on CPUs with AVX512_BF16 or AMX the
+            plugin would otherwise run fp32 layers in bf16 (a different model from the one autocomp evaluated);
+            None: the plugin's default (:func:`default_precision`).
         properties: further CPU properties, e.g. ``{"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}`` (off).
     """
     import openvino as ov
@@ -141,7 +151,8 @@ def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None,
         shape[0] = batch
         model.reshape({model.input(0): shape})
     settings = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": precision, "ENABLE_CPU_PINNING": False, **(properties or {})}
+                "ENABLE_CPU_PINNING": False, **({"INFERENCE_PRECISION_HINT": precision} if precision else {}),
+                **(properties or {})}
     return core.compile_model(model, "CPU", settings)
 
 

@@ -165,7 +165,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
         _write_deployable(backend, model, images, out, profile, format,
-                          extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {})
+                          extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {},
+                          log=log)
     return out
 
 
@@ -259,8 +260,27 @@ def _score_rebuild(model: nn.Module, trial: optuna.trial.FrozenTrial, reasons: l
             "short_accuracy": trial.user_attrs.get("short_accuracy")}
 
 
+def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
+                       log: Callable[[str], None]) -> dict[str, Any]:
+    """How the IR runs compiled with OpenVINO's defaults on this CPU, beside the f32 it was checked (and measured)
+    in: on CPUs with AVX512_BF16 or AMX the default runs its fp32 layers in bf16, another model; said when so."""
+    from autocomp.runtimes import compare_outputs
+    from autocomp.runtimes.openvino import OvModule, default_precision, ov_compiled
+
+    precision = default_precision()
+    if precision == "f32":
+        return {"precision": precision}
+    with torch.no_grad():
+        agreement = compare_outputs(model, OvModule(ov_compiled(path, precision=None)), images)
+    log(f"note: OpenVINO compiles {path.name} in {precision} by default on this CPU (top-1 agreement with the "
+        f"checked model {100 * agreement.top1:.1f}%, largest logit difference {agreement.max_logit_diff:.3g}); "
+        "compile it with {'INFERENCE_PRECISION_HINT': 'f32'} to run the model autocomp scored and measured")
+    return {"precision": precision, "top1_agreement": agreement.top1, "max_logit_diff": agreement.max_logit_diff}
+
+
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
-                      profile: HardwareProfile, format: str, extra: dict) -> None:  # noqa: A002
+                      profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
+                      log: Callable[[str], None] = print) -> None:
     """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
@@ -272,7 +292,9 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     except AutocompError as exc:
         write_json(out / "export.json", {**info, "check": str(exc)})
         raise
-    write_json(out / "export.json", {**info, "top1_agreement": agreement.top1,
-                                      "max_logit_diff": agreement.max_logit_diff, "images": agreement.images})
+    info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
+    if format == "openvino":
+        info["default_precision"] = _openvino_defaults(model, path, images, log)
+    write_json(out / "export.json", info)
     if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
         path.with_suffix(".onnx").unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from autocomp.budget import feasible as feasible_metrics
 from autocomp.budget import violations
 from autocomp.config import JobConfig
 from autocomp.costmodel import fidelity
-from autocomp.data import Splits
+from autocomp.data import Splits, preprocessing_source
 from autocomp.distill import distill
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import holds_export
@@ -69,7 +69,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "not_distilled": sum(r.distilled is False and r.recipe.get("distill") is not None for r in rows),
         "pareto_size": len(front), "met_budget": best is not None, "remeasured": remeasured,
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
-        "classes": list(splits.classes),
+        "preprocessing_source": preprocessing_source(base, config.data), "classes": list(splits.classes),
         "images": {name: len(getattr(splits, name)) for name in ("train", "calib", "val", "test")},
         "hardware": {"profile": profile.name, "backend": profile.backend, "runtime": baseline.get("runtime"),
                      "measured_on": profile.measured_on,

@@ -16,6 +16,7 @@ from torch import nn
 from autocomp import _quiet
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig
+from autocomp.data import preprocessing_source
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import COUNTING, spread_warning
@@ -85,7 +86,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
     log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
-        f"preprocessing {splits.preprocessing.to_dict()}")
+        f"preprocessing {splits.preprocessing.to_dict()} ({preprocessing_source(base, config.data)})")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
 
