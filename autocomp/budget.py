@@ -17,6 +17,9 @@ __all__ = ["Budget", "violations", "feasible", "TIMED", "aims"]
 TIMED = frozenset({"latency_ms"})
 
 
+UNIT_MISTAKE = 100  # an absolute limit this many times the uncompressed model's figure: given in another unit
+
+
 @dataclass(frozen=True)
 class Budget:
     """The hard constraint. Absolute limits, or fractions of the uncompressed model measured in the same run.
@@ -61,6 +64,18 @@ class Budget:
         if self.memory_mb is not None or self.memory is not None:
             limits["memory_mb"] = self.memory_mb if self.memory_mb is not None else self.memory * base_memory_mb
         return limits
+
+    def check_plausible(self, base_latency_ms: float, base_memory_mb: float) -> None:
+        """Refuse an absolute limit ``UNIT_MISTAKE`` times the uncompressed model's figure or more: it constrains
+        nothing, and is most likely given in another unit (bytes for MB, microseconds for ms), which a whole search
+        would not reveal."""
+        for key, given, base, unit, other in (("memory_mb", self.memory_mb, base_memory_mb, "MB", "bytes or KB"),
+                                              ("latency_ms", self.latency_ms, base_latency_ms, "ms",
+                                               "microseconds")):
+            if given is not None and given >= UNIT_MISTAKE * base:
+                raise AutocompError(f"budget.{key} is {given:g} {unit}, {given / base:,.0f}x the uncompressed "
+                                    f"model's {base:.4g} {unit}, so it constrains nothing: budget.{key} is in "
+                                    f"{unit} (was it given in {other}?); leave it out to search without that limit")
 
     def describe(self) -> str:
         parts = []

@@ -356,8 +356,6 @@ def test_an_out_folder_that_cannot_be_written_is_refused(job, tmp_path, capsys):
 
 
 def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
-
-    from autocomp.results import load_run_study
     from test_search_e2e import write_job
 
     job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-4}, trials=2, workers=1)
@@ -368,8 +366,7 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     smallest = float(re.search(r" holds ([\d.]+) MB of weights and activations", err).group(1))
     needed = float(re.search(r"loosen the budget to at least ([\d.]+) MB or widen the search space$", err).group(1))
     assert smallest <= needed <= smallest * 1.001  # rounded up: a budget set to it admits the smallest candidate
-    assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
-    assert load_run_study(tmp_path / "run").trials == []
+    assert not (tmp_path / "run").exists()  # nothing written: the same folder takes the corrected job
 
 
 def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):

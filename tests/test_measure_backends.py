@@ -80,6 +80,39 @@ def test_a_runtime_backend_measures_the_exported_model_and_counts_its_file(candi
     assert f"{runtime_package} {importlib.metadata.version(runtime_package)}" in result.runtime
 
 
+@pytest.mark.parametrize("backend,modules", [("onnxruntime-cpu", ("onnxruntime", "onnx", "onnxscript")),
+                                             ("openvino-cpu", ("openvino", "onnx", "onnxscript"))])
+def test_bf16_weights_count_as_the_fp32_a_runtime_holds_and_the_cost_model_counts_them_so(candidate, backend,
+                                                                                          modules, tmp_path):
+    """Both runtimes widen bf16 weights to fp32 as they load the file (their CPU kernels run fp32): a memory budget
+    met by halving the file would not be met by the running process (a user's OpenVINO search did so)."""
+    from autocomp.costmodel import CostModel, describe
+    from conftest import both_blocks
+
+    _needs(*modules)
+    base, _, splits = candidate
+    recipe = both_blocks("quantize", Quantize(weight_bits=16))
+    model = compress(base, recipe, calibration=splits.calib.x)
+    facts = dict(peak_gflops={"fp32": 100.0}, memory_bandwidth_gbs=10.0, memory_gb=8.0)
+    profile = _profile(backend, **facts)
+    held, fp32 = (measure(m, profile, example=splits.calib.x).weights_mb for m in (model, base))
+    if backend == "onnxruntime-cpu":
+        from autocomp.runtimes import export_onnx
+
+        in_file = export_onnx(model, splits.calib.x[:2], tmp_path / "m.onnx").weight_nbytes / 1e6
+    else:
+        from autocomp.runtimes.openvino import export_openvino
+
+        in_file = export_openvino(model, splits.calib.x[:2], tmp_path / "m.xml").weight_nbytes / 1e6
+    assert in_file < 0.75 * held and held == pytest.approx(fp32, rel=0.02)  # the file halves, the memory does not
+    identity = Recipe.identity(len(recipe.blocks))
+    for counted_on, widened in ((profile, True), (_profile("pytorch-cpu", **facts), False)):  # PyTorch holds bf16
+        cost = CostModel(description=describe(base), profile=counted_on)
+        bf16, whole = cost.predict(recipe).weight_nbytes, cost.predict(identity).weight_nbytes
+        assert (bf16 == whole) if widened else (bf16 < 0.75 * whole)
+    assert measure(model, _profile("pytorch-cpu"), example=splits.calib.x).weights_mb < 0.75 * fp32
+
+
 def test_pytorch_cpu_runs_the_model_itself_and_checks_nothing(candidate):
     base, model, splits = candidate
     result = measure(model, _profile("pytorch-cpu"), example=splits.calib.x, reference=base,
@@ -264,6 +297,13 @@ def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_
     # the files the trials timed (undistilled weights) served the re-measurement and are gone: none to deploy by mistake
     assert summary["remeasured"] and not list((tmp_path / "run" / "trials").glob("*/timed_export"))
     assert summary["hardware"]["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
+    # an exported trial's metrics keep that check apart, under its own name: not to be read as the export's
+    assert main(["export", str(tmp_path / "run"), "--trial", rows[0]["number"], "--out", str(tmp_path / "t")]) == 0
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert not {"runtime", "export_top1", "export_max_logit_diff"} & set(metrics)
+    check = metrics["search_check"]
+    assert check["runtime"] == rows[0]["runtime"] and check["top1_agreement"] == pytest.approx(
+        float(rows[0]["export_top1"]), abs=1e-4)
 
 
 def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no_block(tiny_teacher, tmp_path,

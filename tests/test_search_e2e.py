@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -166,9 +167,17 @@ def test_rerun_resumes_and_runs_only_the_missing_trials(finished_run):
 
 
 def test_a_budget_the_uncompressed_model_meets_already_is_said(tmp_path, tiny_teacher, capsys):
-    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e6}, trials=1, workers=1)
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 1.0}, trials=1, workers=1)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "note: the uncompressed model meets this budget already" in capsys.readouterr().out
+    # one in another unit (bytes for MB) constrains nothing: refused before a search is spent on it, no folder left
+    bytes_given = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 6.5e6}, trials=1, workers=1)
+    assert main(["search", str(bytes_given), "--out", str(tmp_path / "bytes"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"autocomp: error: budget.memory_mb is 6.5e\+06 MB, [\d,]+x the uncompressed model's "
+                        r"[\d.]+ MB, so it constrains nothing: budget.memory_mb is in MB \(was it given in bytes or "
+                        r"KB\?\); leave it out to search without that limit", err), err
+    assert not (tmp_path / "bytes").exists()
     tight = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=1, workers=1)
     assert main(["search", str(tight), "--out", str(tmp_path / "run2"), "--quiet"]) == 0
     assert "meets this budget already" not in capsys.readouterr().out

@@ -63,7 +63,10 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_finish, "finalize", finalize)
     broken.write_bytes(whole)
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert "resuming: 2 trials already in " in capsys.readouterr().out  # none run again
+    printed = capsys.readouterr().out
+    assert "resuming: 2 trials already in " in printed  # none run again
+    assert "data: 17 training (train/), 9 validation (val/), 3 test (held out of train/) images;" in printed
+    assert "note: the validation images are" not in printed  # val/ is a folder of its own
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 2

@@ -13,7 +13,8 @@ import yaml
 
 from autocomp._compress import compress
 from autocomp.results import load_run_study
-from autocomp.search._before import LatencyUnreachable, teacher_cache
+from autocomp.search._before import teacher_cache
+from autocomp.search._reach import LatencyUnreachable
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
@@ -264,9 +265,9 @@ def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, t
     from autocomp.cli import main
     from autocomp.measure.backends import ExportFailed
     from autocomp.ops.quantize import Int8Linear
-    from autocomp.search import _before
+    from autocomp.search import _reach
 
-    real = _before.ratio_of
+    real = _reach.ratio_of
 
     def ratio_of(base, profile, splits, config):
         measure = real(base, profile, splits, config)
@@ -277,7 +278,7 @@ def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, t
             return measure(model)
         return ratio
 
-    monkeypatch.setattr(_before, "ratio_of", ratio_of)
+    monkeypatch.setattr(_reach, "ratio_of", ratio_of)
     job = _heads_int8_job(tmp_path, tiny_teacher, trials=3, min_saving=0.0)
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run)]) == 0
@@ -301,7 +302,7 @@ def test_the_pass_narrows_the_choices_already_narrowed():
 @pytest.fixture
 def fastest_measures(monkeypatch):
     """Replace the target by a list of latency ratios, one per model measured; records the models."""
-    from autocomp.search import _before
+    from autocomp.search import _reach
 
     def install(ratios):
         seen, queue = [], list(ratios)
@@ -311,7 +312,7 @@ def fastest_measures(monkeypatch):
                 seen.append(model)
                 return queue.pop(0)
             return ratio
-        monkeypatch.setattr(_before, "ratio_of", ratio_of)
+        monkeypatch.setattr(_reach, "ratio_of", ratio_of)
         return seen
     return install
 
@@ -319,17 +320,17 @@ def fastest_measures(monkeypatch):
 def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None):
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
-    from autocomp.search import _before
+    from autocomp.search import _reach
 
     space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 16, 8),
                         head_importance="weight_norm")
     config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
-    _before.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
+    _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
 
 
 def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
-    from autocomp.search._before import LatencyUnreachable
+    from autocomp.search._reach import LatencyUnreachable
 
     seen = fastest_measures([0.74, 0.72])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
@@ -352,7 +353,7 @@ def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastes
     """A setting measured a little under 1.0x alone is offered in no block, so it is no part of the fastest
     candidate: token merging, under 1.0x alone in one run, took that candidate to 0.83x where others measured it at
     0.73x without, and a budget other seeds reached was refused (BENCHMARKS.md, session 27)."""
-    from autocomp.search._before import LatencyUnreachable
+    from autocomp.search._reach import LatencyUnreachable
 
     seen = fastest_measures([0.9, 0.9])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.98, ("weight_bits", 8): 0.85}
@@ -369,14 +370,14 @@ def test_the_fastest_candidate_keeps_the_least_not_the_setting_a_noisy_timing_pu
     half the MLP, which does less work, and the refusal names it."""
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
-    from autocomp.search import _before
+    from autocomp.search import _reach
 
     seen = fastest_measures([0.9, 0.9])
     ratios = {("mlp_keep", 0.5): 0.949, ("mlp_keep", 0.75): 0.944}
     config_space = SearchSpace(mlp_keep=(0.5, 0.75, 1.0))
     config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
-    with pytest.raises(_before.LatencyUnreachable, match=r"\(every block at mlp_keep 0.5\) measured 9 ms"):
-        _before.check_latency_reachable(ratios, tiny_teacher[1], config_space, [4, 4], digits_splits, config,
+    with pytest.raises(_reach.LatencyUnreachable, match=r"\(every block at mlp_keep 0.5\) measured 9 ms"):
+        _reach.check_latency_reachable(ratios, tiny_teacher[1], config_space, [4, 4], digits_splits, config,
                                         HardwareProfile(name="target"), 6.0, 10.0)
     width = tiny_teacher[1].blocks[0].mlp.fc1.out_features
     assert all(block.mlp.fc1.out_features == width // 2 for block in seen[0].blocks)
@@ -386,7 +387,7 @@ def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(
                                                                                   fastest_measures):
     """A setting the sensitivity pass left in some blocks only is in those blocks of the fastest candidate: the one
     the search can build, not a faster one it never tries."""
-    from autocomp.search._before import LatencyUnreachable
+    from autocomp.search._reach import LatencyUnreachable
 
     ratios = {("heads_keep", 0.5): 0.6, ("weight_bits", 8): 0.85}
     seen = fastest_measures([])
@@ -401,7 +402,7 @@ def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(
 
 
 def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits_splits, fastest_measures):
-    from autocomp.search._before import LatencyUnreachable
+    from autocomp.search._reach import LatencyUnreachable
 
     fastest_measures([1.0, 1.0])
     inf = float("inf")
@@ -513,7 +514,7 @@ def test_the_latency_pass_times_only_the_settings_the_sensitivity_pass_offers_in
 
 def test_a_refused_latency_limit_names_the_settings_the_sensitivity_pass_left_in_no_block(
         tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures):
-    from autocomp.search._before import LatencyUnreachable
+    from autocomp.search._reach import LatencyUnreachable
 
     fastest_measures([0.8, 0.7, 0.65, 0.66])  # MLP 0.5 and int8 alone, then the fastest candidate twice
     with pytest.raises(LatencyUnreachable, match=r"\(mlp_keep 0.5 in 1 of 2 blocks, weight_bits 8 in every block\) "
@@ -556,17 +557,17 @@ def test_a_refused_latency_budget_names_the_settings_left_out_for_saving_too_lit
     sensitivity.min_saving, so the fastest candidate holds none of it, which the message says with its ratio."""
     import torch
 
-    from autocomp.search import _before
+    from autocomp.search import _reach
     from conftest import small_vit
 
-    monkeypatch.setattr(_before, "ratio_of", lambda *args: lambda model: 0.9)  # the candidate as measured
+    monkeypatch.setattr(_reach, "ratio_of", lambda *args: lambda model: 0.9)  # the candidate as measured
     space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8))
     config = SimpleNamespace(resources=SimpleNamespace(cpu=1), search_space="space.yaml",
                              sensitivity=SimpleNamespace(min_saving=0.03, drop_above=5.0))
     splits = SimpleNamespace(calib=SimpleNamespace(x=torch.randn(4, 3, 16, 16)))
     ratios = {("heads_keep", 0.5): 0.8, ("weight_bits", 8): 0.99}
-    with pytest.raises(_before.LatencyUnreachable) as refused:
-        _before.check_latency_reachable(ratios, small_vit(), space, [6, 6], splits, config,
+    with pytest.raises(_reach.LatencyUnreachable) as refused:
+        _reach.check_latency_reachable(ratios, small_vit(), space, [6, 6], splits, config,
                                         SimpleNamespace(name="cpu"), 1.0, 10.0)
     assert str(refused.value) == (
         "budget: latency_ms <= 1 cannot be met in space.yaml on cpu: its fastest candidate (every block at heads_keep "
@@ -580,8 +581,8 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     """The first check counts the space's smallest candidate; once the pass has left heads 0.5 out of block 0, the
     smallest candidate offered is larger: a limit between the two is refused before any trial, naming the pass."""
     from autocomp.hardware import HardwareProfile
-    from autocomp.search import _before
-    from autocomp.search._before import _rounded_up
+    from autocomp.search import _before, _reach
+    from autocomp.search._reach import _rounded_up
     from autocomp.search._screen import CostPredictor, Screen
 
     space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), head_importance="weight_norm")
@@ -596,10 +597,10 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     config = SimpleNamespace(sensitivity=SimpleNamespace(images=64, drop_above=5.0), search_space="space.yaml",
                              resources=SimpleNamespace(cpu=1), workers=1,
                              budget=SimpleNamespace(memory=None, memory_mb=limit))
-    _before.check_reachable(space, [4, 4], screen, config, print)  # the space's smallest meets it
+    _reach.check_reachable(space, [4, 4], screen, config, print)  # the space's smallest meets it
     monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: [])
     monkeypatch.setattr(_before, "allowed_choices", lambda *args, **kwargs: {"b0.heads_keep": (1.0,)})
-    with pytest.raises(_before.BudgetUnreachable, match=(
+    with pytest.raises(_reach.BudgetUnreachable, match=(
             rf"^budget: memory_mb <= {limit:.4g} cannot be met in space.yaml: its smallest candidate offered to the "
             rf"search \(block 0 at heads_keep 1 \(4 of 4 heads\), weight_bits 8; block 1 at heads_keep 0.5 \(2 of 4 "
             rf"heads\), weight_bits 8\) holds "
@@ -617,7 +618,7 @@ def test_the_fastest_candidate_is_named_by_the_head_fraction_the_search_offers(t
     """With 4 heads, heads_keep 0.4 and 0.5 both keep 2: the search offers 0.5 alone, and the warning on a latency
     limit names that one, with the heads it keeps, as the latency pass's refusal does."""
     from autocomp.hardware import HardwareProfile
-    from autocomp.search import _before
+    from autocomp.search import _reach
     from autocomp.search._screen import CostPredictor, Screen
 
     space = SearchSpace(heads_keep=(0.4, 0.5, 1.0), weight_bits=(32, 8))
@@ -626,6 +627,6 @@ def test_the_fastest_candidate_is_named_by_the_head_fraction_the_search_offers(t
     screen = Screen(predictor=CostPredictor(base=tiny_teacher[1], profile=profile, base_latency_ms=1.0),
                     limits={"latency_ms": 1e-6}, margin=0.5)
     said = []
-    _before.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
+    _reach.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
     assert len(said) == 1 and said[0].startswith("warning: the cost model predicts even the fastest candidate (every "
                                                  "block at heads_keep 0.5 (2 of 4 heads), weight_bits 8) at ")

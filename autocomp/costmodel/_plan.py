@@ -137,8 +137,10 @@ def linear_nbytes(in_features: int, out_features: int, *, bias: bool, quantize: 
     return stored_nbytes_for(in_features, out_features, bias=bias, config=quantize)
 
 
-def weight_nbytes(description: ViTDescription, plans: list[BlockPlan]) -> dict[str, int]:
-    """Bytes held per part: ``stem``, ``blocks.<i>`` ..., ``head``; they add up to the compressed model's."""
+def weight_nbytes(description: ViTDescription, plans: list[BlockPlan], *,
+                  widens_bf16: bool = False) -> dict[str, int]:
+    """Bytes held per part: ``stem``, ``blocks.<i>`` ..., ``head``; they add up to the compressed model's.
+    ``widens_bf16``: bf16 Linears held as fp32, as a runtime backend loads them (``Backend.widens_bf16``)."""
     parts = {"stem": description.stem_nbytes}
     for index, block in enumerate(plans):
         total = description.block_fixed_nbytes[index]
@@ -147,7 +149,8 @@ def weight_nbytes(description: ViTDescription, plans: list[BlockPlan]) -> dict[s
         for name, parts_of_layer in block.linear_parts(description.embed_dim, description.bias).items():
             for (part_in, part_out, part_bias), quantize in zip(parts_of_layer, block.part_quantize(name),
                                                                  strict=True):
-                total += linear_nbytes(part_in, part_out, bias=part_bias, quantize=quantize,
+                widened = widens_bf16 and quantize is not None and quantize.weight_bits == 16
+                total += linear_nbytes(part_in, part_out, bias=part_bias, quantize=None if widened else quantize,
                                        dtype_bytes=description.dtype_bytes)
         parts[f"blocks.{index}"] = total
     parts["head"] = description.head_nbytes

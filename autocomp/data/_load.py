@@ -311,6 +311,9 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
                                     f"{split_dirs['train']} has not ({classes}); the classes are train/'s: add "
                                     "them there or remove them here")
         listed = {name: _flatten(found, classes) for name, found in parts.items()}
+        train_dir = f"{split_dirs['train'].name}/"
+        origins = {name: f"{split_dirs[name].name}/" if name in listed else f"held out of {train_dir}"
+                   for name in ("train", "val", "test")}
         train_files, train_labels = listed["train"]
         if "test" in listed:
             test_files, test_labels = listed["test"]
@@ -326,6 +329,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
             val_idx, calib_idx, train_idx = _val_calib_train(order(train_files), config)
             val_files, val_labels = _take(train_files, train_labels, val_idx)
     else:
+        origins = {"train": "the folder", "val": "held out of the folder", "test": "held out of the folder"}
         found = _classes(root)
         classes = sorted(found)
         files, labels = _flatten(found, classes)
@@ -349,7 +353,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         "test": (test_files, test_labels)}.items()}
     return Splits(train=split(train_files, train_labels), calib=TensorSplit(x=calib_x, y=calib_y),
                   val=split(val_files, val_labels), test=split(test_files, test_labels), classes=tuple(classes),
-                  preprocessing=preprocessing, digests=digests)
+                  preprocessing=preprocessing, digests=digests, origins=origins)
 
 
 # the folder names a split may have under an image folder's root (as torchvision's and Hugging Face's data sets name

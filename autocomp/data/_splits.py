@@ -188,7 +188,9 @@ def unreadable(images: list[tuple[str, str]]) -> str:
 class Splits:
     """The four splits, the class names (label ``i`` is ``classes[i]``: an image folder's sorted class folders), the
     preprocessing that made their inputs, and (an image folder's) each split's identity: a digest of its files and
-    labels, by split name (None for the built-in data sets, which the job's data settings decide)."""
+    labels, by split name (None for the built-in data sets, which the job's data settings decide), and where the
+    train, val and test images come from (an image folder's: ``val/``, ``held out of train/`` ...; None for the
+    built-in data sets)."""
 
     train: Split
     calib: TensorSplit
@@ -197,6 +199,7 @@ class Splits:
     classes: tuple[str, ...]
     preprocessing: Preprocessing | None = None
     digests: Mapping[str, str] | None = None
+    origins: Mapping[str, str] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -3,9 +3,10 @@
 =================  ===============================================================================================
 ``pytorch-cpu``    PyTorch eager on the CPU, ``threads`` intra-op threads (autocomp's own quantized kernels).
 ``onnxruntime-cpu`` the candidate exported to ONNX with autocomp's own numbers (:mod:`autocomp.runtimes.onnx`) and
-                   run by ONNX Runtime's CPU provider; its weights are the bytes the file holds.
+                   run by ONNX Runtime's CPU provider; its weights are the bytes the file holds, bf16 ones as
+                   the fp32 ONNX Runtime widens them to when it loads the file.
 ``openvino-cpu``   the same export converted to OpenVINO IR (:mod:`autocomp.runtimes.openvino`), compiled for the
-                   CPU plugin at the profile's batch size; its weights are the bytes the IR holds.
+                   CPU plugin at the profile's batch size; its weights are the bytes the IR holds, bf16 as fp32.
 ``pytorch-cuda``   PyTorch eager on the first CUDA GPU, timed with CUDA events after a synchronize.
 =================  ===============================================================================================
 
@@ -91,6 +92,7 @@ class Backend:
     extra = ""                      # the pip extra that installs them
     versions: tuple[str, ...] = ("torch",)  # distributions whose versions the description names
     exports = False                 # runs an exported file (whose agreement with PyTorch is checked)
+    widens_bf16 = False             # holds bf16 weights as fp32 (they shrink its file, not its memory)
 
     def require(self) -> None:
         """Raise one clear line if this machine cannot run the backend."""
@@ -205,8 +207,10 @@ class _Exported(Backend):
     exports = True
     static_batch = False  # compiled for the profile's batch size only
 
+    widens_bf16 = True  # the runtimes' CPU kernels run fp32: bf16 weights are widened as the file loads
+
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        """Write ``model`` to ``path``; returns the weight bytes of the written file."""
+        """Write ``model`` to ``path``; returns the weight bytes the runtime holds once it loads the file."""
         raise NotImplementedError
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
@@ -249,7 +253,8 @@ class _Exported(Backend):
                         weights_from=self.weights_from)
 
     def write(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        """Export ``model`` (input shaped like ``batch``) to ``path``; returns the file's weight bytes.
+        """Export ``model`` (input shaped like ``batch``) to ``path``; returns the weight bytes the runtime holds
+        once it loads the file (the file's, bf16 as fp32).
 
         Raises:
             ExportFailed: the exporter or converter failed (its first line).
@@ -293,7 +298,7 @@ class OnnxRuntimeCpu(_Exported):
     name = "onnxruntime-cpu"
     packages, extra = ("onnx", "onnxscript", "onnxruntime"), "onnx"
     versions = ("onnxruntime", "onnx", "torch")
-    weights_from = "ONNX file"
+    weights_from = "ONNX file, bf16 as the fp32 ONNX Runtime holds"
 
     def options(self, profile: HardwareProfile) -> str:
         return (f"CPUExecutionProvider, intra_op_num_threads={profile.threads}, sequential, ORT_ENABLE_ALL, "
@@ -308,9 +313,10 @@ class OnnxRuntimeCpu(_Exported):
         return f"int8 weights {int8_weight_form(self.int8_weights)}"
 
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        from autocomp.runtimes.onnx import OnnxExportConfig, export_onnx
+        from autocomp.runtimes.onnx import OnnxExportConfig, export_onnx, onnx_weight_nbytes
 
-        return export_onnx(model, batch, path, config=OnnxExportConfig(int8_weights=self.int8_weights)).weight_nbytes
+        export_onnx(model, batch, path, config=OnnxExportConfig(int8_weights=self.int8_weights))
+        return onnx_weight_nbytes(path, loaded=True)
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
         from autocomp.runtimes.ort import OrtModule, ort_session
@@ -325,7 +331,7 @@ class OpenVinoCpu(_Exported):
     name = "openvino-cpu"
     packages, extra = ("onnx", "onnxscript", "openvino"), "openvino"
     versions = ("openvino", "onnx", "torch")
-    weights_from = "OpenVINO IR"
+    weights_from = "OpenVINO IR, bf16 as the fp32 the CPU plugin holds"
     suffix = ".xml"
     static_batch = True
 
@@ -334,9 +340,10 @@ class OpenVinoCpu(_Exported):
                 f"batch {profile.batch_size}")
 
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        from autocomp.runtimes.openvino import export_openvino
+        from autocomp.runtimes.openvino import export_openvino, ir_weight_nbytes
 
-        return export_openvino(model, batch, path).weight_nbytes
+        export_openvino(model, batch, path)
+        return ir_weight_nbytes(path, loaded=True)
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
         from autocomp.runtimes.openvino import OvModule, ov_compiled

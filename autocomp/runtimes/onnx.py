@@ -404,24 +404,28 @@ def _strip_export_notes(model: Any) -> None:
             item.metadata_props.clear()
 
 
-def _tensor_nbytes(tensor: Any) -> int:
+def _tensor_nbytes(tensor: Any, *, loaded: bool = False) -> int:
     import onnx
 
     count = math.prod(tensor.dims)
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return math.ceil(count / 2)
+    if loaded and tensor.data_type == onnx.TensorProto.BFLOAT16:
+        return 4 * count  # cast to fp32 as the runtime loads the file
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def onnx_weight_nbytes(path: str | Path) -> int:
+def onnx_weight_nbytes(path: str | Path, *, loaded: bool = False) -> int:
     """Bytes of the tensors an ONNX file holds: its initializers plus ``Constant`` node values (at their
-    element size; 4-bit types packed two to a byte)."""
+    element size; 4-bit types packed two to a byte). ``loaded``: the bytes a CPU runtime holds once it loads the
+    file instead, bf16 tensors at 4 bytes (their ``Cast`` to fp32 is folded at load: ONNX Runtime's and OpenVINO's
+    CPU kernels run fp32)."""
     import onnx
 
     graph = onnx.load(str(path)).graph
     constants = [attr.t for node in graph.node if node.op_type == "Constant" for attr in node.attribute
                  if attr.name == "value"]
-    return sum(_tensor_nbytes(tensor) for tensor in list(graph.initializer) + constants)
+    return sum(_tensor_nbytes(tensor, loaded=loaded) for tensor in list(graph.initializer) + constants)
 
 
 def op_types(path: str | Path) -> dict[str, int]:

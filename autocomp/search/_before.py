@@ -1,6 +1,6 @@
 """What a search does before its first trial: the uncompressed model's accuracy and cost (the baseline), the cost
-model's screen, the checks that the budget can be met at all, the sensitivity and latency passes that narrow the
-choices, and the teacher's outputs every distillation reuses."""
+model's screen, the sensitivity and latency passes that narrow the choices (with the checks that the budget can be
+met at all, :mod:`autocomp.search._reach`), and the teacher's outputs every distillation reuses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -25,18 +25,19 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import PyTorchCpu, backend_of
 from autocomp.measure.placement import measure_on_device
 from autocomp.recipe import Distill, Recipe
+from autocomp.search import _reach
 from autocomp.search._objective import metrics_of
+from autocomp.search._reach import check_latency_reachable, check_reachable
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, setting_label
 from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, progress_lines,
                                           read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
                                           unrunnable_settings, without, without_slow, write_sensitivity,
                                           write_uniform_latencies)
-from autocomp.search._start import alike_choices, lightest, recipe_of
+from autocomp.search._start import lightest
 from autocomp.train import evaluate
 
-__all__ = ["check_classes", "baseline", "screen_of", "check_reachable", "sensitivity", "check_latency_reachable",
-           "latency_of", "teacher_cache", "BudgetUnreachable", "LatencyUnreachable", "SENSITIVITY"]
+__all__ = ["check_classes", "baseline", "screen_of", "sensitivity", "latency_of", "teacher_cache", "SENSITIVITY"]
 
 
 def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
@@ -58,58 +59,6 @@ def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
         raise AutocompError(f"the model has {outputs} outputs but the data has {splits.num_classes} classes; its "
                             f"outputs must be the data's classes{order}: set model.kwargs.num_classes: "
                             f"{splits.num_classes} and give a checkpoint trained on these classes")
-
-
-def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
-                    log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
-                    left_out: str = "") -> None:
-    """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
-    strongest in every block; with ``allowed``, the strongest choice each block is offered) exceeds: memory is
-    counted, so the prediction is the candidate's own. A latency limit beyond the fastest candidate's prediction is
-    only warned about (without ``allowed``): the cost model can be off.
-
-    ``left_out``: what the passes before the search left out of ``allowed``, said in the refusal.
-
-    Raises:
-        BudgetUnreachable: the memory limit, with the smallest candidate's bytes and the budget that admits it.
-    """
-    offered = allowed if allowed is not None else space.distinct(heads)  # one heads_keep per head count
-    choices = {space.name(i, knob): space.offered(i, knob, offered)
-               for i in range(len(heads)) for knob in lightest(space)}
-    strongest = {name: min(values) for name, values in choices.items()}
-    try:
-        predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
-    except AutocompError:  # a combination the operators refuse: nothing to conclude
-        return
-    per_block = [", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
-                           for knob in lightest(space)) for i in range(len(heads))]
-    what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
-            else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
-    limit = screen.limits.get("memory_mb")
-    if limit is not None and predicted["memory_mb"] > limit:
-        offered = " offered to the search" if allowed else ""
-        needed = f"{_rounded_up(predicted['memory_mb'])} MB"
-        if config.budget.memory is not None and config.budget.memory_mb is None:  # given as a fraction: as one
-            needed = f"memory: {_rounded_up(config.budget.memory * predicted['memory_mb'] / limit)} ({needed})"
-        raise BudgetUnreachable(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its "
-                                f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
-                                f"weights and activations; loosen the budget to at least {needed} or widen the "
-                                "search space" + (f" ({left_out})" if left_out else ""))
-    if allowed is not None:
-        return
-    limit = screen.limits.get("latency_ms")
-    if limit is not None and predicted["latency_ms"] > limit:
-        log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
-            f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
-            "budget")
-
-
-def _rounded_up(value: float, digits: int = 4) -> str:
-    """``value`` to ``digits`` significant digits, rounded up: a budget set to it admits what it was computed from."""
-    if value <= 0:
-        return f"{value:.{digits}g}"
-    scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
-    return f"{math.ceil(value * scale - 1e-9) / scale:.{digits}g}"
 
 
 SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume
@@ -173,7 +122,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                    if setting not in timed]  # what the sensitivity pass took from every block
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
-                base, space, heads, calib=splits.calib.x, measure=ratio_of(base, profile, splits, config),
+                base, space, heads, calib=splits.calib.x, measure=_reach.ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
                 log=log, settings=timed)
         # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
@@ -212,96 +161,6 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     return settings, allowed
 
 
-REACH_TOLERANCE = 0.1  # a latency limit is refused when the space's fastest candidate measures >10% over it
-LESS_IS_FASTER = ("heads_keep", "mlp_keep", "rank", "tokens_keep")  # knobs whose smaller value does less work
-
-
-class BudgetUnreachable(AutocompError):
-    """No candidate of the search space can meet the budget (found before any trial)."""
-
-
-class LatencyUnreachable(BudgetUnreachable):
-    """No candidate of the search space can meet the latency limit (measured before any trial)."""
-
-
-def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
-                            heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
-                            limit: float, base_latency_ms: float, allowed: Mapping[str, tuple] | None = None,
-                            dropped: Sequence[tuple[str, Any]] = ()) -> None:
-    """Refuse a latency limit that the space's fastest candidate misses: each block at each knob's fastest setting
-    among those the search offers there (``allowed``, see :func:`~autocomp.search._sensitivity.allowed_choices`;
-    one that saves less than ``sensitivity.min_saving`` as the latency pass measured it is no part of it, offered or
-    not (under a memory limit too it stays offered, for the bytes it saves);
-    fastest: the strongest of a structural knob, ``LESS_IS_FASTER``; the bit width measured fastest alone),
-    measured on the target more than ``REACH_TOLERANCE`` over the limit, twice (the faster counts: a busy machine
-    slows a run). Nothing is measured when one setting offered in every block already meets
-    the limit alone. The tolerance leaves room for timing noise and for per-block recipes a little faster than this
-    one. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``), named in the refusal
-    with the option that would let the search try them.
-
-    Raises:
-        LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
-    """
-    allowed, blocks = allowed or {}, len(heads)
-    everywhere = alike_choices(space, blocks, allowed)
-    if not ratios or any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
-                         if value in everywhere[knob]):
-        return
-    light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
-    values, used = {}, {}  # the candidate's Optuna parameters; how many blocks each setting is in
-    for index in range(blocks):
-        for knob in light:
-            name = space.name(index, knob)
-            fast = [v for v in space.offered(index, knob, allowed) if ratios.get((knob, v), math.inf) <= offered]
-            # less kept is less work: the strongest, not the one a single noisy timing put first (0.944x for MLP
-            # 0.75 against 0.949x for 0.5 was seen); a bit width by its timing (int8 can be slower than float)
-            values[name] = min(fast, key=(lambda v: v) if knob in LESS_IS_FASTER else (lambda v: ratios[(knob, v)]),
-                               default=light[knob])
-            if values[name] != light[knob]:
-                used[(knob, values[name])] = used.get((knob, values[name]), 0) + 1
-    try:
-        with torch.no_grad(), num_threads(config.resources.cpu):
-            model = compress(base, recipe_of(space, heads, values), calibration=splits.calib.x)
-    except AutocompError:  # a combination the operators refuse: nothing to conclude
-        return
-    measure = ratio_of(base, profile, splits, config)
-    ratio = measure(model)
-    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):  # measured again: a busy machine slows one run
-        ratio = min(ratio, measure(model))
-    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
-        if set(ratios.values()) == {math.inf}:
-            what = "nothing compressed: the target runs none of its settings"
-        elif not used:
-            what = "nothing compressed: none of its settings saves time on the target"
-        elif set(used.values()) == {blocks}:
-            what = "every block at " + ", ".join(setting_label(knob, value, heads) for knob, value in used)
-        else:  # the sensitivity pass left some settings in some blocks only
-            what = ", ".join(f"{setting_label(knob, value, heads)} in " + (
-                "every block" if count == blocks else f"{count} of {blocks} blocks")
-                for (knob, value), count in used.items())
-        slow = [f"{knob} {value:g} ({r:.2f}x)"
-                for (knob, value), r in too_slow(ratios, min_saving=config.sensitivity.min_saving).items()]
-        raise LatencyUnreachable(
-            f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
-            f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
-            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space"
-            + (f" (the sensitivity pass offers {', '.join(f'{knob} {value:g}' for knob, value in dropped)} in no "
-               f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
-               "lets the search try those that cost too much alone)" if dropped else "")
-            + (f" (it holds none of {', '.join(slow)}: in every block at once each saves less than "
-               f"{100 * config.sensitivity.min_saving:g}% here, see uniform_latency.csv)" if slow else ""))
-
-
-def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
-             config: JobConfig) -> Callable[[nn.Module], float]:
-    """A model's latency as a fraction of ``base``'s, measured on the target interleaved with it."""
-    def ratio(model: nn.Module) -> float:
-        placed = measure_on_device(model, profile, example=splits.calib.x, reference=base,
-                                   timeout_s=config.measure_timeout_s)
-        return placed.measurement.latency_ratio
-    return ratio
-
-
 def run_once(profile: HardwareProfile, splits: Splits, config: JobConfig) -> Callable[[nn.Module], None]:
     """Runs a model on the target as a trial's measurement does (exported, checked against PyTorch on a batch of
     validation images), timed once: raises :class:`~autocomp.measure.backends.ExportFailed` where it cannot run."""
@@ -322,7 +181,7 @@ def latency_of(base: nn.Module, profile: HardwareProfile, splits: Splits, config
     without a cost model (nothing is predicted that a measurement would check)."""
     if screen is None:
         return None
-    ratio = ratio_of(base, profile, splits, config)
+    ratio = _reach.ratio_of(base, profile, splits, config)
 
     def latency_ms(recipe: Recipe) -> float:
         with torch.no_grad(), num_threads(config.resources.cpu):

@@ -42,7 +42,8 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
     """Create ``run_dir`` and hold its lock for the block: a second search into the same folder (which would run the
     trials again beside the first's, and write the same files) is refused while the first one runs. On a file
     system without locks (some network ones) the search runs unlocked, said through ``log``. A folder created here
-    that holds nothing but the lock after the block (a search refused before it wrote anything) is removed.
+    that holds nothing but the lock and a study without trials after the block (no run.json: a search refused
+    before it wrote anything of its own) is removed.
 
     Raises:
         AutocompError: a folder that cannot be created or written, or one another search holds.
@@ -84,8 +85,10 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
         try:
             yield  # closing the file releases the lock; the file stays, as another search may hold it by then
         finally:
-            if created and [path.name for path in run_dir.iterdir()] == [LOCK]:  # refused before it wrote anything
-                (run_dir / LOCK).unlink()  # (still holding the lock)
+            scratch = {LOCK, study_file(run_dir).name}  # the lock (still held), the study before run.json: empty
+            if created and not (run_dir / "run.json").exists() and {p.name for p in run_dir.iterdir()} <= scratch:
+                for name in scratch:  # refused before it wrote anything of its own
+                    (run_dir / name).unlink(missing_ok=True)
                 run_dir.rmdir()
 
 

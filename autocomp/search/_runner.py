@@ -29,6 +29,7 @@ from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, 
 from autocomp.search import _before as before
 from autocomp.search import _finish as finish
 from autocomp.search import _images as run_images
+from autocomp.search import _reach as reach
 from autocomp.search import _rundir as rundir
 from autocomp.search._controller import COARSE, DIRECTIONS, OptunaController, again, counted
 from autocomp.search._fidelity import FrontRule
@@ -85,8 +86,14 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
     before.check_classes(base, splits, config.data.dataset)
-    log(f"data: {len(splits.train)} training, {len(splits.val)} validation, {len(splits.test)} test images; "
-        f"preprocessing {splits.preprocessing.to_dict()} ({preprocessing_source(base, config.data)})")
+    origins = splits.origins or {}
+    counts = ", ".join(f"{len(getattr(splits, name))} {what}" + (f" ({origins[name]})" if name in origins else "")
+                       for name, what in (("train", "training"), ("val", "validation"), ("test", "test")))
+    log(f"data: {counts} images; preprocessing {splits.preprocessing.to_dict()} "
+        f"({preprocessing_source(base, config.data)})")
+    if origins.get("val", "").startswith("held out of"):
+        log(f"note: the validation images are {origins['val']}, which the model may have been trained on: its "
+            "scores read high then, and every candidate's with them; a val/ folder of images it never saw avoids it")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
 
@@ -125,8 +132,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         screen = before.screen_of(base, profile, baseline, limits, config, log) if remaining else None
         measured_with = {"backend": measuring, "counting": COUNTING}
         if previous is None:
+            config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
-                before.check_reachable(space, heads, screen, config, log)
+                reach.check_reachable(space, heads, screen, config, log)
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
                             measured_with, digest)
         elif (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
@@ -179,7 +187,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                                            log, fresh=not study.trials, profile=profile,
                                                            limits=limits, base_latency_ms=baseline["latency_ms"],
                                                            before_timing=loop.wait_for_workers)
-                except before.BudgetUnreachable:
+                except reach.BudgetUnreachable:
                     if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
@@ -274,7 +282,8 @@ def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[i
                           cap=config.trials // 4, allowed=allowed, sensitivity=settings, measure=measure)
     for label, params in points:
         study.enqueue_trial(params, user_attrs={START: label})
-    log("starting points: " + ("; ".join(label for label, _ in points) if points else
+    log("starting points: " + (" ".join(f"({n}) {label};" for n, (label, _) in enumerate(points, 1))[:-1]
+                               if points else
                                "none (no known-good recipe is predicted within budget; the sampler starts alone)"))
 
 
