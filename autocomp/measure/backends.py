@@ -405,10 +405,15 @@ def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])]).contiguous()
 
 
+EXPORTING = 2  # raised when autocomp writes another file for the same model, or counts its weights otherwise
+# (2: bf16 weights counted as the fp32 the runtimes hold): a cached reference export from before is not reused
+
+
 def _fingerprint(model: nn.Module, batch: torch.Tensor) -> str:
-    """What an exported reference depends on: the model's structure and weights, the input shape and the versions
-    of the libraries that write and read the file."""
+    """What an exported reference depends on: the model's structure and weights, the input shape, the versions
+    of the libraries that write and read the file, and autocomp's own way of writing it (``EXPORTING``)."""
     digest = hashlib.blake2b(digest_size=10)
+    digest.update(f"autocomp exporting {EXPORTING}".encode())
     digest.update(repr(model).encode())
     digest.update(repr(tuple(batch.shape[1:])).encode())
     digest.update(" ".join(f"{name}={_version(name)}" for name in ("torch", "onnx", "onnxscript", "onnxruntime",
