@@ -107,7 +107,8 @@ def _export(args: argparse.Namespace) -> None:
     print(f"{'the best model' if args.trial == 'best' else f'trial {args.trial}'} written to {path}")
     if args.format != "pytorch":
         info = json.loads((path / "export.json").read_text())
-        print(f"{info['file']}: {info['weight_nbytes'] / 1e6:.3f} MB of weights; top-1 agreement with the PyTorch "
+        print(f"{info['file']}: {info['file_weight_nbytes'] / 1e6:.3f} MB of weights in the file, "
+              f"{info['weight_nbytes'] / 1e6:.3f} MB once the runtime loads it; top-1 agreement with the PyTorch "
               f"model {100 * info['top1_agreement']:.1f}% of {info['images']} validation images, largest logit "
               f"difference {info['max_logit_diff']:.3g}")
 

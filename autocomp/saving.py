@@ -54,8 +54,11 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
             write_json(staging / "preprocessing.json", preprocessing.to_dict())
         if classes is not None:
             write_json(staging / CLASSES, list(classes))
-        for name in sorted(os.listdir(staging)):
+        written = sorted(os.listdir(staging))
+        for name in written:
             os.replace(staging / name, directory / name)
+        for name in {"metrics.json", "preprocessing.json", CLASSES} - set(written):  # an earlier model's
+            (directory / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

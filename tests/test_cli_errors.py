@@ -137,7 +137,14 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
     edit_job(job, lambda d: d.update(data={"dataset": "imagefolder", "root": str(tmp_path / "images"), "val_size": 4,
                                            "calib_size": 4, "test_size": 4, "workers": 0, "mean": [0.5],
                                            "std": [0.5]}))
-    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert main(["search", str(job), "--out", str(tmp_path / "r")]) == 2
+    said = capsys.readouterr()
+    err = said.err.strip()
+    # what the data is comes first, with a note on validation images drawn from those it may have been trained on
+    assert re.search(r"data: \d+ training \(the folder\), 4 validation \(held out of the folder\), 4 test \(held "
+                     r"out of the folder\) images", said.out), said.out
+    assert "note: the validation images are held out of the folder, which the model may have been trained on" in \
+        said.out
     assert ("the model has 10 outputs but the data has 3 classes; its outputs must be the data's classes (class "
             "folders in sorted order): set model.kwargs.num_classes: 3") in err
 

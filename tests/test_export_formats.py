@@ -47,7 +47,9 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
 
     assert info["int8_weights"] == int8_weight_form()  # the form written (auto's choice on this CPU), for another CPU
 
-    assert info["weight_nbytes"] == onnx_weight_nbytes(out / "model.onnx")
+    assert info["file_weight_nbytes"] == onnx_weight_nbytes(out / "model.onnx")  # the file's, and as ORT holds it
+    assert info["weight_nbytes"] == onnx_weight_nbytes(out / "model.onnx", loaded=True) >= info["file_weight_nbytes"]
+    assert f"{info['file_weight_nbytes'] / 1e6:.3f} MB of weights in the file" in printed
     model = autocomp.load(out)  # the PyTorch folder is still there and loads
     images = digits_splits.val.tensors()[0][:128]
     agreement = compare_outputs(model, ort_session(out / "model.onnx"), images)

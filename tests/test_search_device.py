@@ -130,8 +130,7 @@ def test_a_search_on_a_cluster_without_the_resource_stops_before_any_trial(clust
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("autocomp: error: hardware profile ")
     assert "'no_such_device'" in err and str(tmp_path / "device.yaml") in err and "ray_resource: null" in err
-    assert not (tmp_path / "run" / "run.json").exists()  # not even the baseline was measured
-    assert load_run_study(tmp_path / "run").get_trials() == []
+    assert not (tmp_path / "run").exists()  # not even the baseline was measured: no folder left behind
 
 
 @pytest.mark.timeout(300)  # Ray itself would keep the infeasible task pending for ever: the test would hang

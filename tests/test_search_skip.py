@@ -306,3 +306,18 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     assert [r["state"] for r in rows] == ["COMPLETE"] + ["PRUNED"] * len(skipped)
     assert rows[1]["skipped_reason"] and float(rows[0]["predicted_memory_mb"]) > 0
     assert summary["cost_model"]["memory_mb"]["mape"] < 0.05  # memory is counted, so its prediction is close
+
+
+def test_an_absolute_limit_in_another_unit_is_refused_and_one_near_the_model_is_not():
+    """A limit 100x the uncompressed model's figure constrains nothing: given in microseconds, or bytes, by mistake."""
+    from autocomp import AutocompError
+    from autocomp.budget import Budget
+
+    with pytest.raises(AutocompError, match=r"^budget.latency_ms is 5000 ms, 1,000x the uncompressed model's 5 ms, so "
+                                            r"it constrains nothing: budget.latency_ms is in ms \(was it given in "
+                                            r"microseconds\?\); leave it out"):
+        Budget(latency_ms=5000).check_plausible(5.0, 8.0)
+    with pytest.raises(AutocompError, match=r"budget.memory_mb is 8e\+06 MB, 1,000,000x .* \(was it given in bytes"):
+        Budget(latency=0.5, memory_mb=8e6).check_plausible(5.0, 8.0)
+    Budget(latency_ms=400, memory_mb=799).check_plausible(5.0, 8.0)  # under 100x: met already, not a mistake
+    Budget(latency=1.0, memory=1.0).check_plausible(5.0, 8.0)  # fractions are never in another unit

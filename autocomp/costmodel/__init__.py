@@ -91,18 +91,18 @@ class CostModel:
         plans = plan(self.description, recipe)
         batch = self.profile.batch_size
         return Prediction(ops=tuple(inventory(self.description, plans, self.profile, batch=batch)),
-                          weight_parts=weight_nbytes(self.description, plans, widens_bf16=_widens_bf16(self.profile)),
+                          weight_parts=weight_nbytes(self.description, plans, widen_half=_widens_half(self.profile)),
                           activation_nbytes=peak_activation_nbytes(self.description, plans,
                                                                    _allocating(self.profile), batch=batch),
                           batch_size=batch)
 
 
-def _widens_bf16(profile: HardwareProfile) -> bool:
-    """Whether the profile's backend holds bf16 weights as fp32 (a runtime's CPU kernels: see
+def _widens_half(profile: HardwareProfile) -> bool:
+    """Whether the profile's backend holds fp16 and bf16 tensors as fp32 (a runtime's CPU kernels: see
     :mod:`autocomp.measure.backends`), so that they are counted as it holds them."""
     from autocomp.measure.backends import backend_of
 
-    return backend_of(profile).widens_bf16
+    return backend_of(profile).widens_half
 
 
 def _allocating(profile: HardwareProfile) -> HardwareProfile:

@@ -129,18 +129,19 @@ def merge_rounds(tokens: int, keep: float) -> list[tuple[int, int]]:
 
 
 def linear_nbytes(in_features: int, out_features: int, *, bias: bool, quantize: Quantize | None,
-                  dtype_bytes: int = 4) -> int:
+                  dtype_bytes: int = 4, widen_half: bool = False) -> int:
     """Bytes a Linear holds: float weights and bias, or what the quantize operator stores for ``quantize`` (its
     own :func:`~autocomp.ops.quantize.stored_nbytes_for`, so the two cannot drift apart)."""
     if quantize is None:
         return dtype_bytes * (in_features * out_features + (out_features if bias else 0))
-    return stored_nbytes_for(in_features, out_features, bias=bias, config=quantize)
+    return stored_nbytes_for(in_features, out_features, bias=bias, config=quantize, widen_half=widen_half)
 
 
 def weight_nbytes(description: ViTDescription, plans: list[BlockPlan], *,
-                  widens_bf16: bool = False) -> dict[str, int]:
+                  widen_half: bool = False) -> dict[str, int]:
     """Bytes held per part: ``stem``, ``blocks.<i>`` ..., ``head``; they add up to the compressed model's.
-    ``widens_bf16``: bf16 Linears held as fp32, as a runtime backend loads them (``Backend.widens_bf16``)."""
+    ``widen_half``: quantized layers' fp16 and bf16 tensors (bf16 weights, 2-6 bit scales) at 4 bytes, as a runtime
+    backend holds them once loaded (``Backend.widens_half``)."""
     parts = {"stem": description.stem_nbytes}
     for index, block in enumerate(plans):
         total = description.block_fixed_nbytes[index]
@@ -149,9 +150,8 @@ def weight_nbytes(description: ViTDescription, plans: list[BlockPlan], *,
         for name, parts_of_layer in block.linear_parts(description.embed_dim, description.bias).items():
             for (part_in, part_out, part_bias), quantize in zip(parts_of_layer, block.part_quantize(name),
                                                                  strict=True):
-                widened = widens_bf16 and quantize is not None and quantize.weight_bits == 16
-                total += linear_nbytes(part_in, part_out, bias=part_bias, quantize=None if widened else quantize,
-                                       dtype_bytes=description.dtype_bytes)
+                total += linear_nbytes(part_in, part_out, bias=part_bias, quantize=quantize,
+                                       dtype_bytes=description.dtype_bytes, widen_half=widen_half)
         parts[f"blocks.{index}"] = total
     parts["head"] = description.head_nbytes
     return parts

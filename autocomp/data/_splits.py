@@ -201,6 +201,10 @@ class Splits:
     digests: Mapping[str, str] | None = None
     origins: Mapping[str, str] | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, int):  # a class count, as Splits took it before it named the classes
+            object.__setattr__(self, "classes", tuple(str(label) for label in range(self.classes)))
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

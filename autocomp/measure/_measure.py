@@ -24,7 +24,7 @@ __all__ = ["COUNTING", "MB", "Measurement", "measure", "spread_warning"]
 MB = 1e6
 # How measure() counts: raised when a change makes the same model's figures differ from an earlier version's, so
 # that a search resumed across it says so. 2: an OpenVINO IR holds bf16 weights as bf16 (version 1 kept them fp32).
-# 3: a runtime backend counts bf16 weights as the fp32 the runtime holds once loaded (2 counted the file's bf16).
+# 3: a runtime backend counts bf16 weights and fp16 scales as the fp32 the runtime holds once loaded (2: the file's).
 COUNTING = 3
 NOISY_SPREAD = 0.25  # a timing whose repeats spread over more than this share of their median: a busy machine
 

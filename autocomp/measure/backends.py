@@ -3,10 +3,10 @@
 =================  ===============================================================================================
 ``pytorch-cpu``    PyTorch eager on the CPU, ``threads`` intra-op threads (autocomp's own quantized kernels).
 ``onnxruntime-cpu`` the candidate exported to ONNX with autocomp's own numbers (:mod:`autocomp.runtimes.onnx`) and
-                   run by ONNX Runtime's CPU provider; its weights are the bytes the file holds, bf16 ones as
-                   the fp32 ONNX Runtime widens them to when it loads the file.
+                   run by ONNX Runtime's CPU provider; its weights are the bytes the file holds, bf16 and fp16
+                   ones as the fp32 ONNX Runtime widens them to when it loads the file.
 ``openvino-cpu``   the same export converted to OpenVINO IR (:mod:`autocomp.runtimes.openvino`), compiled for the
-                   CPU plugin at the profile's batch size; its weights are the bytes the IR holds, bf16 as fp32.
+                   CPU plugin at the profile's batch size; its weights are the bytes the IR holds, half as fp32.
 ``pytorch-cuda``   PyTorch eager on the first CUDA GPU, timed with CUDA events after a synchronize.
 =================  ===============================================================================================
 
@@ -71,7 +71,9 @@ class Prepared(NamedTuple):
     run: Callable[[torch.Tensor], Any]
     weight_nbytes: int
     weights_from: str
-NBYTES_FILE = "weight_nbytes"  # written last in an export's folder: the file's weight bytes
+EXPORTING = 2  # raised when autocomp writes another file for the same model, or counts its weights otherwise
+# (2: bf16 and fp16 counted as the fp32 the runtimes hold): no export cached or kept before is reused
+NBYTES_FILE = f"weight_nbytes.{EXPORTING}"  # written last in an export's folder: the weight bytes it holds loaded
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class Backend:
     extra = ""                      # the pip extra that installs them
     versions: tuple[str, ...] = ("torch",)  # distributions whose versions the description names
     exports = False                 # runs an exported file (whose agreement with PyTorch is checked)
-    widens_bf16 = False             # holds bf16 weights as fp32 (they shrink its file, not its memory)
+    widens_half = False             # holds fp16 and bf16 tensors as fp32 (they shrink its file, not its memory)
 
     def require(self) -> None:
         """Raise one clear line if this machine cannot run the backend."""
@@ -207,7 +209,7 @@ class _Exported(Backend):
     exports = True
     static_batch = False  # compiled for the profile's batch size only
 
-    widens_bf16 = True  # the runtimes' CPU kernels run fp32: bf16 weights are widened as the file loads
+    widens_half = True  # the runtimes' CPU kernels run fp32: bf16 weights, fp16 scales widened as the file loads
 
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
         """Write ``model`` to ``path``; returns the weight bytes the runtime holds once it loads the file."""
@@ -254,7 +256,7 @@ class _Exported(Backend):
 
     def write(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
         """Export ``model`` (input shaped like ``batch``) to ``path``; returns the weight bytes the runtime holds
-        once it loads the file (the file's, bf16 as fp32).
+        once it loads the file (the file's, bf16 and fp16 as fp32).
 
         Raises:
             ExportFailed: the exporter or converter failed (its first line).
@@ -298,7 +300,7 @@ class OnnxRuntimeCpu(_Exported):
     name = "onnxruntime-cpu"
     packages, extra = ("onnx", "onnxscript", "onnxruntime"), "onnx"
     versions = ("onnxruntime", "onnx", "torch")
-    weights_from = "ONNX file, bf16 as the fp32 ONNX Runtime holds"
+    weights_from = "ONNX file, bf16 and fp16 as the fp32 ONNX Runtime holds"
 
     def options(self, profile: HardwareProfile) -> str:
         return (f"CPUExecutionProvider, intra_op_num_threads={profile.threads}, sequential, ORT_ENABLE_ALL, "
@@ -331,7 +333,7 @@ class OpenVinoCpu(_Exported):
     name = "openvino-cpu"
     packages, extra = ("onnx", "onnxscript", "openvino"), "openvino"
     versions = ("openvino", "onnx", "torch")
-    weights_from = "OpenVINO IR, bf16 as the fp32 the CPU plugin holds"
+    weights_from = "OpenVINO IR, bf16 and fp16 as the fp32 the CPU plugin holds"
     suffix = ".xml"
     static_batch = True
 
@@ -403,10 +405,6 @@ def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
     if len(x) >= size:
         return x
     return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])]).contiguous()
-
-
-EXPORTING = 2  # raised when autocomp writes another file for the same model, or counts its weights otherwise
-# (2: bf16 weights counted as the fp32 the runtimes hold): a cached reference export from before is not reused
 
 
 def _fingerprint(model: nn.Module, batch: torch.Tensor) -> str:

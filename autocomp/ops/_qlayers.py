@@ -154,8 +154,12 @@ class QuantizedLinear(nn.Module):
         self._set_state(state)
 
 
-def _nbytes(spec: Spec) -> int:
-    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in spec.values())
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _nbytes(spec: Spec, *, widen_half: bool = False) -> int:
+    return sum(math.prod(shape) * (4 if widen_half and dtype in HALF else dtype.itemsize)
+               for shape, dtype in spec.values())
 
 
 def _fp32_bias(out_features: int, bias: bool) -> Spec:
@@ -407,9 +411,13 @@ def module_class(config: Quantize) -> type[QuantizedLinear]:
     return PackedLinear
 
 
-def stored_nbytes_for(in_features: int, out_features: int, *, bias: bool, config: Quantize) -> int:
-    """Bytes a Linear of this shape holds once quantized with ``config`` (what the cost model should count)."""
-    return _nbytes(module_class(config).spec(in_features, out_features, bias=bias, config=config))
+def stored_nbytes_for(in_features: int, out_features: int, *, bias: bool, config: Quantize,
+                      widen_half: bool = False) -> int:
+    """Bytes a Linear of this shape holds once quantized with ``config`` (what the cost model should count);
+    ``widen_half``: its fp16 and bf16 tensors at 4 bytes, as a CPU runtime holds them once it loads the file
+    (``Backend.widens_half``)."""
+    return _nbytes(module_class(config).spec(in_features, out_features, bias=bias, config=config),
+                   widen_half=widen_half)
 
 
 def quantize_linear(linear: nn.Linear, config: Quantize, *, act: tuple | None = None) -> QuantizedLinear:

@@ -410,7 +410,7 @@ def _tensor_nbytes(tensor: Any, *, loaded: bool = False) -> int:
     count = math.prod(tensor.dims)
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return math.ceil(count / 2)
-    if loaded and tensor.data_type == onnx.TensorProto.BFLOAT16:
+    if loaded and tensor.data_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16):
         return 4 * count  # cast to fp32 as the runtime loads the file
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
@@ -418,8 +418,8 @@ def _tensor_nbytes(tensor: Any, *, loaded: bool = False) -> int:
 def onnx_weight_nbytes(path: str | Path, *, loaded: bool = False) -> int:
     """Bytes of the tensors an ONNX file holds: its initializers plus ``Constant`` node values (at their
     element size; 4-bit types packed two to a byte). ``loaded``: the bytes a CPU runtime holds once it loads the
-    file instead, bf16 tensors at 4 bytes (their ``Cast`` to fp32 is folded at load: ONNX Runtime's and OpenVINO's
-    CPU kernels run fp32)."""
+    file instead, bf16 and fp16 tensors at 4 bytes (their ``Cast`` to fp32 is folded at load: ONNX Runtime's and
+    OpenVINO's CPU kernels run fp32)."""
     import onnx
 
     graph = onnx.load(str(path)).graph

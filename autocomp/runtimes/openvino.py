@@ -115,12 +115,13 @@ def _feeds_linear(constant: Any) -> bool:
 
 def ir_weight_nbytes(path: str | Path, *, loaded: bool = False) -> int:
     """Bytes of the constants an OpenVINO IR (or any model file OpenVINO reads) holds; ``loaded``: those the CPU
-    plugin holds once it compiles it instead, bf16 constants widened to fp32 (its kernels run fp32 at the f32
-    precision autocomp compiles with)."""
+    plugin holds once it compiles it instead, bf16 and fp16 constants widened to fp32 (its kernels run fp32 at the
+    f32 precision autocomp compiles with)."""
     import openvino as ov
 
     model = ov.Core().read_model(str(path))
-    return sum(op.get_byte_size() * (2 if loaded and op.get_output_element_type(0) == ov.Type.bf16 else 1)
+    half = (ov.Type.bf16, ov.Type.f16)
+    return sum(op.get_byte_size() * (2 if loaded and op.get_output_element_type(0) in half else 1)
                for op in model.get_ops() if op.get_type_name() == "Constant")
 
 

@@ -31,13 +31,13 @@ from autocomp.results import TrialRow, closest_trial, ranked_feasible, pareto_fr
 from autocomp.saving import save_model
 from autocomp.search._local import REPAIRED, compression_key
 from autocomp.search._objective import EXPORT_FOLDER, build_candidate, distill_subset, kept_model, metrics_of
+from autocomp.search._rundir import REMEASURED
 from autocomp.train import evaluate
 
 __all__ = ["finalize", "final_distillation", "confirm_best", "skipped_summary", "prediction_fidelity", "time_split",
            "KEPT", "BEST", "REMEASURED", "prune_kept"]
 
 KEPT = "trials"  # run_dir/trials/<number>/: the weights of trials within budget that are on the front
-REMEASURED = "remeasured.json"  # run_dir/remeasured.json: the best candidates' second measurements, for a rerun
 BEST = "best"  # run_dir/best/: the best model within budget, ready to load
 
 
@@ -54,7 +54,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
                                     baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT,
-                                    record=run_dir / REMEASURED, measured_with=measured_with, log=log)
+                                    record=run_dir / REMEASURED, measured_with=_measuring(measured_with, profile),
+                                    log=log)
     drop_timed_exports(run_dir / KEPT)
     summary: dict[str, Any] = {
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
@@ -229,6 +230,19 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
         if holds and best is None:
             best = row
     return (best or (feasible[0] if feasible else None)), remeasured
+
+
+def _measuring(measured_with: Mapping[str, Any] | None, profile: HardwareProfile) -> dict[str, Any] | None:
+    """What an earlier run's re-measurements must share to be reused: how the run measures (run.json's), the export
+    forms this CPU chooses (an ONNX file's int8 form), and the machine (a run folder copied to another one)."""
+    if measured_with is None:
+        return None
+    import socket
+
+    from autocomp.measure.backends import backend_of
+
+    return {**measured_with, "forms": backend_of(profile).export_forms(),
+            "machine": f"{socket.gethostname()}: {cpu_description()}"}
 
 
 def _earlier_remeasurements(record: Path | None, measured_with: Mapping[str, Any] | None) -> dict[str, Any]:

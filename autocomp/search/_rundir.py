@@ -34,6 +34,7 @@ __all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fing
            "require_same_model", "run_splits", "measured_otherwise", "write_run_info"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
+REMEASURED = "remeasured.json"  # the best candidates' second measurements, for a rerun (search/_finish.py)
 LOCK = ".lock"  # held by the search running into the folder; it names that search's process and host
 
 
@@ -87,9 +88,12 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
         finally:
             scratch = {LOCK, study_file(run_dir).name}  # the lock (still held), the study before run.json: empty
             if created and not (run_dir / "run.json").exists() and {p.name for p in run_dir.iterdir()} <= scratch:
-                for name in scratch:  # refused before it wrote anything of its own
-                    (run_dir / name).unlink(missing_ok=True)
-                run_dir.rmdir()
+                try:  # refused before it wrote anything of its own; a failure here must not hide why
+                    for name in scratch:
+                        (run_dir / name).unlink(missing_ok=True)
+                    run_dir.rmdir()
+                except OSError:
+                    pass
 
 
 def job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], str, str]:
@@ -249,6 +253,7 @@ def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[
     (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
         write_safetensors(run_dir / BASE_WEIGHTS, base.state_dict())
+    (run_dir / REMEASURED).unlink(missing_ok=True)  # a study started afresh: measured against another baseline
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
                                       "model": digest})

@@ -85,7 +85,6 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         rundir.require_same_model(previous, digest, config, run_dir)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
-    before.check_classes(base, splits, config.data.dataset)
     origins = splits.origins or {}
     counts = ", ".join(f"{len(getattr(splits, name))} {what}" + (f" ({origins[name]})" if name in origins else "")
                        for name, what in (("train", "training"), ("val", "validation"), ("test", "test")))
@@ -94,6 +93,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     if origins.get("val", "").startswith("held out of"):
         log(f"note: the validation images are {origins['val']}, which the model may have been trained on: its "
             "scores read high then, and every candidate's with them; a val/ folder of images it never saw avoids it")
+    before.check_classes(base, splits, config.data.dataset)
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
 
