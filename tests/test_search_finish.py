@@ -12,7 +12,8 @@ from autocomp.measure import Measurement
 from autocomp.measure.backends import NBYTES_FILE
 from autocomp.measure.placement import Placed
 from autocomp.results import TrialRow
-from autocomp.search import _finish
+from autocomp.search import _confirm, _finish
+from autocomp.search._rundir import REMEASURED
 from conftest import small_vit
 
 LIMITS = {"latency_ms": 10.0}
@@ -39,7 +40,7 @@ def remeasure_as(monkeypatch):
             measurement = Measurement(latency_ms=1.0, latency_iqr_ms=0.0, latency_ratio=queue.pop(0),
                                       weights_mb=1.0, activations_mb=0.0)
             return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)
-        monkeypatch.setattr(_finish, "measure_on_device", fake)
+        monkeypatch.setattr(_confirm, "measure_on_device", fake)
     return install
 
 
@@ -47,7 +48,7 @@ def test_a_candidate_that_was_within_budget_by_luck_is_not_named_best(remeasure_
     rows = [_row(0, 91.0, 9.9), _row(1, 90.0, 8.0), _row(2, 95.0, 11.0)]  # trial 2 is over budget
     remeasure_as([10.5 / 12, 8.1 / 12])  # trial 0, at the edge, measures over the limit the second time
     said = []
-    best, remeasured = _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
+    best, remeasured = _confirm.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
                                             example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
                                             limits=LIMITS, log=said.append)
     assert said == ["re-measuring candidate 1 of 2 within budget (trial 0) on t",  # minutes each on a big model
@@ -60,11 +61,11 @@ def test_a_candidate_that_was_within_budget_by_luck_is_not_named_best(remeasure_
 def test_when_no_candidate_holds_the_trials_own_best_is_kept_and_nothing_feasible_means_none(remeasure_as):
     rows = [_row(0, 91.0, 9.9), _row(1, 90.0, 9.8)]
     remeasure_as([1.0, 1.0])
-    best, remeasured = _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
+    best, remeasured = _confirm.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"),
                                             example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
                                             limits=LIMITS)
     assert best.number == 0 and not any(m["within_budget_again"] for m in remeasured)
-    best, remeasured = _finish.confirm_best([_row(0, 91.0, 11.0)], base=small_vit(),
+    best, remeasured = _confirm.confirm_best([_row(0, 91.0, 11.0)], base=small_vit(),
                                             profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
                                             baseline_latency_ms=12.0, limits=LIMITS)
     assert best is None and remeasured == []
@@ -74,7 +75,7 @@ def test_candidates_that_differ_only_in_their_distillation_are_measured_once(rem
     alike = [_row(1, 91.0, 9.0, distill=0.3), TrialRow(**{**_row(1, 90.5, 9.2, distill=0.7).__dict__, "number": 5}),
              _row(2, 90.0, 8.0)]
     remeasure_as([9.5 / 12, 8.1 / 12])  # two measurements for three candidates: a third would find the queue empty
-    best, remeasured = _finish.confirm_best(alike, base=small_vit(), profile=HardwareProfile(name="t"),
+    best, remeasured = _confirm.confirm_best(alike, base=small_vit(), profile=HardwareProfile(name="t"),
                                             example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
                                             limits=LIMITS)
     assert [(m["trial"], m["remeasured_latency_ms"]) for m in remeasured] == [
@@ -83,12 +84,12 @@ def test_candidates_that_differ_only_in_their_distillation_are_measured_once(rem
 
 
 def test_a_rerun_of_the_folder_reuses_the_second_measurements_taken_as_it_measures_now(remeasure_as, tmp_path):
-    rows, record = [_row(0, 91.0, 9.9), _row(1, 90.0, 8.0)], tmp_path / _finish.REMEASURED
+    rows, record = [_row(0, 91.0, 9.9), _row(1, 90.0, 8.0)], tmp_path / REMEASURED
     onnx = {"backend": "onnxruntime 1.32", "counting": 3}
 
     def confirm(more_rows=(), measured_with=onnx):
         said = []
-        best, remeasured = _finish.confirm_best([*rows, *more_rows], base=small_vit(),
+        best, remeasured = _confirm.confirm_best([*rows, *more_rows], base=small_vit(),
                                                 profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
                                                 baseline_latency_ms=12.0, limits=LIMITS, record=record,
                                                 measured_with=measured_with, log=said.append)
@@ -117,14 +118,14 @@ def test_a_runtime_backend_times_again_the_file_the_trial_kept(monkeypatch, tmp_
                                   activations_mb=0.0)
         return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)
 
-    monkeypatch.setattr(_finish, "measure_on_device", fake)
+    monkeypatch.setattr(_confirm, "measure_on_device", fake)
     for trial in (1, 2):  # trials 1 and 2 kept their exports; trial 3's was not kept (another node, or pruned)
         (tmp_path / str(trial) / "timed_export").mkdir(parents=True)
         (tmp_path / str(trial) / "timed_export" / NBYTES_FILE).write_text("100")
     (tmp_path / "3" / "timed_export").mkdir(parents=True)  # an export that never finished
     reused = TrialRow(**{**_row(4, 89.0, 8.0).__dict__, "measurement_of": 2})  # measured as trial 2 was
     rows = [_row(1, 91.0, 9.0), _row(3, 90.0, 9.0), reused]
-    _finish.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
+    _confirm.confirm_best(rows, base=small_vit(), profile=HardwareProfile(name="t"), example=torch.randn(2, 3, 16, 16),
                          baseline_latency_ms=12.0, limits=LIMITS, kept=tmp_path)
     assert seen == {0: tmp_path / "1" / "timed_export", 1: None, 2: tmp_path / "2" / "timed_export"}
 
@@ -144,8 +145,8 @@ def test_the_remeasured_candidate_holds_its_compressed_weights_not_uninitialized
                                   activations_mb=0.0)
         return Placed(measurement=measurement, node_id=None, started=0.0, finished=0.0)
 
-    monkeypatch.setattr(_finish, "measure_on_device", fake)
-    _finish.confirm_best([row], base=base, profile=HardwareProfile(name="t"), example=example,
+    monkeypatch.setattr(_confirm, "measure_on_device", fake)
+    _confirm.confirm_best([row], base=base, profile=HardwareProfile(name="t"), example=example,
                          baseline_latency_ms=12.0, limits=LIMITS)
     expected = compress(base, Recipe.from_dict(recipe), calibration=example).eval()
     with torch.no_grad():

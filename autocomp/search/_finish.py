@@ -1,4 +1,5 @@
-"""The end of a search: final results, the summary, and the best model rebuilt, checked and saved."""
+"""The end of a search: final results, the summary, and the best model (named after the best candidates are measured
+again, :mod:`autocomp.search._confirm`) rebuilt, checked and saved."""
 
 from __future__ import annotations
 
@@ -15,27 +16,23 @@ import torch
 from torch import nn
 
 from autocomp._compress import compress
-from autocomp._io import write_json
-from autocomp.budget import feasible as feasible_metrics
-from autocomp.budget import violations
 from autocomp.config import JobConfig
 from autocomp.costmodel import fidelity
 from autocomp.data import Splits, preprocessing_source
 from autocomp.distill import distill
 from autocomp.hardware import HardwareProfile
-from autocomp.measure.backends import holds_export
-from autocomp.measure.placement import measure_on_device
 from autocomp.measure.profiling import cpu_description, profile_note
 from autocomp.recipe import Distill, Recipe
-from autocomp.results import TrialRow, closest_trial, ranked_feasible, pareto_front, trial_rows, write_results
+from autocomp.results import TrialRow, closest_trial, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
-from autocomp.search._local import REPAIRED, compression_key
-from autocomp.search._objective import EXPORT_FOLDER, build_candidate, distill_subset, kept_model, metrics_of
+from autocomp.search._confirm import confirm_best, drop_timed_exports, measuring
+from autocomp.search._local import REPAIRED
+from autocomp.search._objective import build_candidate, distill_subset, kept_model
 from autocomp.search._rundir import REMEASURED
 from autocomp.train import evaluate
 
-__all__ = ["finalize", "final_distillation", "confirm_best", "skipped_summary", "prediction_fidelity", "time_split",
-           "KEPT", "BEST", "REMEASURED", "prune_kept"]
+__all__ = ["finalize", "final_distillation", "skipped_summary", "prediction_fidelity", "time_split", "KEPT", "BEST",
+           "prune_kept"]
 
 KEPT = "trials"  # run_dir/trials/<number>/: the weights of trials within budget that are on the front
 BEST = "best"  # run_dir/best/: the best model within budget, ready to load
@@ -54,7 +51,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     front = write_results(run_dir, rows, limits)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
                                     baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT,
-                                    record=run_dir / REMEASURED, measured_with=_measuring(measured_with, profile),
+                                    record=run_dir / REMEASURED, measured_with=measuring(measured_with, profile),
                                     log=log)
     drop_timed_exports(run_dir / KEPT)
     summary: dict[str, Any] = {
@@ -174,113 +171,10 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
     return student, longer
 
 
-CONFIRM = 5  # the most accurate candidates within budget measured again before the best is named
-CONFIRM_REPEATS = 3  # each measured again with this many times the profile's timed repeats
-
-
-def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: HardwareProfile, example: torch.Tensor,
-                 baseline_latency_ms: float, limits: Mapping[str, float], kept: Path | None = None,
-                 record: Path | None = None, measured_with: Mapping[str, Any] | None = None,
-                 log: Callable[[str], None] | None = None) -> tuple[TrialRow | None, list[dict]]:
-    """The best trial, named after measuring the ``CONFIRM`` most accurate candidates within budget again, one
-    after the other on the device the trials no longer load: the most accurate whose second measurement is still
-    within budget (a single measurement at the budget's edge can be luck). Latency does not depend on the weights,
-    so each candidate is compressed again (not distilled) and measured, interleaved with the uncompressed model, as
-    in its trial, over ``CONFIRM_REPEATS`` times as many timed runs (on a shared machine the ratio of one
-    measurement moves by several percent from one minute to the next; the longer one averages over more of it).
-    Candidates that compress alike (they differ in their distillation) are one model to measure: measured once.
-    A runtime backend times the file the trial exported where the trial kept it (``kept``: the run's
-    ``trials/`` folder; ``<trial>/timed_export/``), and exports the candidate again where it did not. ``log`` is
-    told of each measurement as it starts (on a 224-px model on a runtime backend each takes a minute or more).
-    ``record`` (the run's ``REMEASURED`` file) keeps each measurement as it ends, with ``measured_with`` (how the
-    run measures: backend, runtime versions): a rerun of the folder, to resume or to add trials, measures again only
-    candidates the record lacks, and all of them where it was measured otherwise.
-
-    Returns:
-        the best (None when no trial met the budget; the trials' own best when none held on re-measurement),
-        and per candidate both measurements.
-    """
-    feasible = ranked_feasible(rows)
-    remeasured, best = [], None
-    longer = dataclasses.replace(profile, repeats=profile.repeats * CONFIRM_REPEATS)
-    earlier = _earlier_remeasurements(record, measured_with)
-    measured: dict[str, dict[str, Any]] = {}  # compression -> its measurement
-    for index, row in enumerate(feasible[:CONFIRM]):
-        key = compression_key(row.recipe)
-        if key not in measured and key in earlier:
-            measured[key] = earlier[key]
-        elif key not in measured:
-            if log is not None:
-                log(f"re-measuring candidate {index + 1} of {min(CONFIRM, len(feasible))} within budget (trial "
-                    f"{row.number}) on {profile.name}")
-            # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory,
-            # whose NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
-            with torch.no_grad():
-                model = compress(base, Recipe.from_dict(row.recipe), calibration=example).eval()
-            placed = measure_on_device(model, longer, example=example, reference=base, keep=_kept_export(kept, row))
-            measured[key] = metrics_of(placed.measurement, baseline_latency_ms)
-            if record is not None:
-                write_json(record, {"measured_with": measured_with, "measurements": {**earlier, **measured}})
-        again = measured[key]
-        holds = feasible_metrics(violations(again, limits))
-        remeasured.append({"trial": row.number, "accuracy": row.accuracy, "latency_ms": row.latency_ms,
-                           "remeasured_latency_ms": again["latency_ms"], "memory_mb": row.memory_mb,
-                           "remeasured_memory_mb": again["memory_mb"], "within_budget_again": holds,
-                           "by_an_earlier_run": key in earlier})
-        if holds and best is None:
-            best = row
-    return (best or (feasible[0] if feasible else None)), remeasured
-
-
-def _measuring(measured_with: Mapping[str, Any] | None, profile: HardwareProfile) -> dict[str, Any] | None:
-    """What an earlier run's re-measurements must share to be reused: how the run measures (run.json's), the export
-    forms this CPU chooses (an ONNX file's int8 form), and the machine (a run folder copied to another one)."""
-    if measured_with is None:
-        return None
-    import socket
-
-    from autocomp.measure.backends import backend_of
-
-    return {**measured_with, "forms": backend_of(profile).export_forms(),
-            "machine": f"{socket.gethostname()}: {cpu_description()}"}
-
-
-def _earlier_remeasurements(record: Path | None, measured_with: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The re-measurements an earlier run of the folder recorded, by compression; none where it measured otherwise
-    (another runtime version, say) or its record is unreadable (a crash as it was written)."""
-    if record is None or not record.is_file():
-        return {}
-    try:
-        data = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("measured_with") != measured_with:
-        return {}
-    return dict(data.get("measurements") or {})
-
-
 def _trial_entry(row: TrialRow) -> dict[str, Any]:
     return {"trial": row.number, "recipe_summary": row.recipe_summary, "val_accuracy": row.accuracy,
             "latency_ms": row.latency_ms, "latency_ratio": row.latency_ratio, "memory_mb": row.memory_mb,
             "violations": dict(row.violations)}
-
-
-def drop_timed_exports(kept: Path) -> None:
-    """Delete the files the trials timed, once the best is named: their weights are undistilled (see
-    ``EXPORT_FOLDER``), and the disk they take is the size of the models."""
-    import shutil
-
-    for folder in kept.glob(f"*/{EXPORT_FOLDER}"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _kept_export(kept: Path | None, row: TrialRow) -> Path | None:
-    """The export a trial kept of ``row``'s candidate (its own, or that of the trial whose measurement it reused), or
-    None."""
-    if kept is None:
-        return None
-    folder = kept / str(row.measurement_of if row.measurement_of is not None else row.number) / EXPORT_FOLDER
-    return folder if holds_export(folder) else None
 
 
 def time_split(rows: Sequence[TrialRow]) -> dict[str, float] | None:
