@@ -111,7 +111,7 @@ def test_loaded_best_model_reproduces_the_recorded_accuracy(finished_run):
     assert abs(evaluate(model, splits.test) - summary["best"]["test_accuracy"]) < 0.1
 
 
-def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(finished_run, tmp_path):
+def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(finished_run, tmp_path, tiny_teacher):
     """best/ and a trial's kept weights need the model's structure alone: exported where the checkpoint, search
     space and hardware profile the run's config.yaml names are not (another machine), naming where best/ is now."""
     _, run = finished_run
@@ -130,6 +130,13 @@ def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(fin
     digits = [str(d) for d in range(10)]  # each output's class comes with the model, read from the run, not the data
     assert autocomp.load_classes(tmp_path / "exported") == autocomp.load_classes(tmp_path / "trial") == digits
     assert autocomp.load(tmp_path / "trial").pretrained_cfg["label_names"] == digits
+    from autocomp.search import export_trial
+
+    with pytest.raises(autocomp.AutocompError, match=r"moved searched deit_tiny_patch16_224, the model its "
+                                                     r"config.yaml names, not one given as an nn.Module: leave base "
+                                                     r"out"):
+        export_trial(moved, kept, tmp_path / "wrong", base=tiny_teacher[1])  # base= is for a module's run
+    assert not (tmp_path / "wrong").exists()
 
 
 def test_export_any_trial_and_print_the_front(finished_run, capsys):

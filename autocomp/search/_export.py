@@ -17,7 +17,7 @@ import optuna
 from torch import nn
 
 from autocomp._io import write_json
-from autocomp._loader import build
+from autocomp._loader import build, read_yaml
 from autocomp.budget import violations
 from autocomp.config import load_config
 from autocomp.data import Preprocessing, Split, load_splits
@@ -27,7 +27,7 @@ from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Pre
 from autocomp.models import ModelSpec, create_model, model_digest
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
-from autocomp.saving import load_classes, load_model, load_preprocessing, save_model
+from autocomp.saving import GIVEN_AS, load_classes, load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
@@ -111,6 +111,11 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         raise AutocompError(f"--trial must be a trial number or 'best', got {number!r}")
     else:
         trial, history = _complete_trial(run_dir, number)
+    searched = (read_yaml(run_dir / "config.yaml", what="run config") or {}).get("model")
+    if base is not None and not (isinstance(searched, dict) and searched.get(GIVEN_AS) == "nn.Module"):
+        named = searched.get("name") or searched.get("factory") if isinstance(searched, dict) else searched
+        raise AutocompError(f"{run_dir} searched {named}, the model its config.yaml names, not one given as an "
+                            "nn.Module: leave base out (it is for runs searched on a module given in Python)")
     # best/ and the weights a trial kept need the model's structure alone: neither its checkpoint nor the search
     # space or hardware profile file (a run folder copied to another machine exports them as they are)
     config = load_config(run_dir / "config.yaml", model=base, files_must_exist=False)
