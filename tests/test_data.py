@@ -284,6 +284,13 @@ def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tm
     assert overridden.preprocessing.interpolation == "bilinear" and overridden.calib.x.shape[-1] == 16
 
 
+def test_splits_given_a_class_count_name_the_classes_by_their_labels():
+    from autocomp.data import Splits
+
+    assert Splits(None, None, None, None, 3).classes == ("0", "1", "2")  # as Splits took it before it named them
+    assert Splits(None, None, None, None, ("cat", "dog")).num_classes == 2
+
+
 def test_where_the_preprocessing_came_from_is_said():
     """The log and summary.json name the source of each value: the job's keys, the model's pretrained tag (a
     checkpoint fine-tuned from another tag's weights wants that tag's mean and std), timm's defaults."""

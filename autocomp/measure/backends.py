@@ -215,6 +215,11 @@ class _Exported(Backend):
         """Write ``model`` to ``path``; returns the weight bytes the runtime holds once it loads the file."""
         raise NotImplementedError
 
+    def weight_nbytes_in(self, path: Path, *, loaded: bool = True) -> int:
+        """The weight bytes of the file at ``path``: as the runtime holds them once loaded, or (``loaded`` False) as
+        the file holds them."""
+        raise NotImplementedError
+
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
         """The written file ready to run (a module taking and returning torch tensors)."""
         raise NotImplementedError
@@ -315,10 +320,15 @@ class OnnxRuntimeCpu(_Exported):
         return f"int8 weights {int8_weight_form(self.int8_weights)}"
 
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        from autocomp.runtimes.onnx import OnnxExportConfig, export_onnx, onnx_weight_nbytes
+        from autocomp.runtimes.onnx import OnnxExportConfig, export_onnx
 
         export_onnx(model, batch, path, config=OnnxExportConfig(int8_weights=self.int8_weights))
-        return onnx_weight_nbytes(path, loaded=True)
+        return self.weight_nbytes_in(path)
+
+    def weight_nbytes_in(self, path: Path, *, loaded: bool = True) -> int:
+        from autocomp.runtimes.onnx import onnx_weight_nbytes
+
+        return onnx_weight_nbytes(path, loaded=loaded)
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
         from autocomp.runtimes.ort import OrtModule, ort_session
@@ -342,10 +352,15 @@ class OpenVinoCpu(_Exported):
                 f"batch {profile.batch_size}")
 
     def _export(self, model: nn.Module, batch: torch.Tensor, path: Path) -> int:
-        from autocomp.runtimes.openvino import export_openvino, ir_weight_nbytes
+        from autocomp.runtimes.openvino import export_openvino
 
         export_openvino(model, batch, path)
-        return ir_weight_nbytes(path, loaded=True)
+        return self.weight_nbytes_in(path)
+
+    def weight_nbytes_in(self, path: Path, *, loaded: bool = True) -> int:
+        from autocomp.runtimes.openvino import ir_weight_nbytes
+
+        return ir_weight_nbytes(path, loaded=loaded)
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
         from autocomp.runtimes.openvino import OvModule, ov_compiled

@@ -295,13 +295,9 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
     prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
-    if format == "openvino":
-        from autocomp.runtimes.openvino import ir_weight_nbytes as in_file
-    else:
-        from autocomp.runtimes.onnx import onnx_weight_nbytes as in_file
     # the weights the runtime holds once it loads the file (what memory counted), and those of the file itself
-    info = {"format": format, "file": path.name, "weight_nbytes": nbytes, "file_weight_nbytes": in_file(path),
-            "runtime": backend.describe(profile),
+    info = {"format": format, "file": path.name, "weight_nbytes": nbytes,
+            "file_weight_nbytes": backend.weight_nbytes_in(path, loaded=False), "runtime": backend.describe(profile),
             **extra}
     try:
         agreement = backend.check(model, prepared, images, profile)
