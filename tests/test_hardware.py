@@ -85,7 +85,7 @@ def test_a_runtime_profile_is_measured_anew_when_the_form_of_what_it_runs_change
     """A profile calibrated on ONNX Runtime timed the exporter's int8 form of this CPU: another form (a CPU whose
     kernel is exact with codes 0..255, or a later autocomp's form) is another cache entry; PyTorch's key stays."""
     pytest.importorskip("onnxruntime")
-    from autocomp.runtimes import onnx as onnx_export
+    from autocomp.runtimes import onnx_layers as onnx_export
 
     ort_profile = LOCAL.with_name("onnxruntime_cpu.yaml")
     keys = {}

@@ -173,7 +173,7 @@ def test_default_int8_form_is_the_one_this_cpu_computes_exactly(tmp_path, monkey
     weights of 127. The default export must give the exact sum on this CPU, whatever its kernels (on x86 without
     VNNI the int8 form would give about half)."""
     from autocomp.ops.quantize import quantize_linear
-    from autocomp.runtimes import onnx as onnx_export
+    from autocomp.runtimes import onnx_layers as onnx_export
 
     linear = torch.nn.Linear(64, 4, bias=False)
     torch.nn.init.ones_(linear.weight)
