@@ -71,6 +71,7 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 2
     assert summary["images"] == {"train": 24 - 3 - 4, "calib": 4, "val": 9, "test": 3}
+    assert summary["images_from"] == {"train": "train/", "val": "val/", "test": "held out of train/"}
     own = timm.data.resolve_model_data_config(model)  # the model's own preprocessing, as timm gives it
     assert summary["preprocessing"] == {"image_size": 224, "channels": 3, "mean": list(own["mean"]),
                                         "std": list(own["std"]), "interpolation": own["interpolation"],

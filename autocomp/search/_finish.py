@@ -69,6 +69,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "preprocessing": splits.preprocessing.to_dict() if splits.preprocessing is not None else None,
         "preprocessing_source": preprocessing_source(base, config.data), "classes": list(splits.classes),
         "images": {name: len(getattr(splits, name)) for name in ("train", "calib", "val", "test")},
+        "images_from": dict(splits.origins) if splits.origins else None,
         "hardware": {"profile": profile.name, "backend": profile.backend, "runtime": baseline.get("runtime"),
                      "measured_on": profile.measured_on,
                      "this_cpu": cpu_description(), "note": profile_note(profile)},
