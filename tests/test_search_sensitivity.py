@@ -630,3 +630,25 @@ def test_the_fastest_candidate_is_named_by_the_head_fraction_the_search_offers(t
     _reach.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
     assert len(said) == 1 and said[0].startswith("warning: the cost model predicts even the fastest candidate (every "
                                                  "block at heads_keep 0.5 (2 of 4 heads), weight_bits 8) at ")
+
+
+def test_a_memory_refusal_on_a_runtime_names_no_bit_width_that_saves_nothing_there(tiny_teacher):
+    """ONNX Runtime holds bf16 weights as fp32: 16 bits saves no memory there, so the smallest candidate the refusal
+    names keeps 32-bit weights (with 16 bits held as stored, as in PyTorch, it names 16)."""
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _reach
+    from autocomp.search._screen import CostPredictor, Screen
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 16))
+    config = SimpleNamespace(search_space="space.yaml", budget=SimpleNamespace(memory=None, memory_mb=1e-4))
+    named = {}
+    for backend in ("onnxruntime-cpu", "pytorch-cpu"):
+        profile = HardwareProfile(name="cpu", backend=backend, batch_size=4, peak_gflops={"fp32": 100.0},
+                                  memory_bandwidth_gbs=10.0, memory_gb=8.0)
+        predictor = CostPredictor(base=tiny_teacher[1], profile=profile, base_latency_ms=1.0)
+        screen = Screen(predictor=predictor, limits={"memory_mb": 1e-4}, margin=0.5)
+        with pytest.raises(_reach.BudgetUnreachable) as refused:
+            _reach.check_reachable(space, [4, 4], screen, config, print)
+        named[backend] = re.search(r"smallest candidate \((.*?)\) holds", str(refused.value)).group(1)
+    assert named == {"onnxruntime-cpu": "every block at heads_keep 0.5 (2 of 4 heads), weight_bits 32",
+                     "pytorch-cpu": "every block at heads_keep 0.5 (2 of 4 heads), weight_bits 16"}

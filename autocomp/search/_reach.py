@@ -45,12 +45,15 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
     except AutocompError:  # a combination the operators refuse: nothing to conclude
         return
+    limit = screen.limits.get("memory_mb")
+    memory_refused = limit is not None and predicted["memory_mb"] > limit
+    if memory_refused:
+        strongest = _no_wider_than_needed(space, heads, screen, choices, strongest, predicted["memory_mb"])
     per_block = [", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
                            for knob in lightest(space)) for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
-    limit = screen.limits.get("memory_mb")
-    if limit is not None and predicted["memory_mb"] > limit:
+    if memory_refused:
         offered = " offered to the search" if allowed else ""
         needed = f"{_rounded_up(predicted['memory_mb'])} MB"
         if config.budget.memory is not None and config.budget.memory_mb is None:  # given as a fraction: as one
@@ -66,6 +69,26 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
             f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
             "budget")
+
+
+def _no_wider_than_needed(space: SearchSpace, heads: list[int], screen: Screen, choices: Mapping[str, tuple],
+                          strongest: dict[str, Any], memory_mb: float) -> dict[str, Any]:
+    """``strongest`` with each block's bit width as wide as holds no more bytes: where a runtime holds 16-bit
+    weights as fp32, the smallest candidate's blocks are at 32 bits, not at a setting that saves nothing."""
+    if "weight_bits" not in lightest(space):
+        return strongest
+    for index in range(len(heads)):
+        name = space.name(index, "weight_bits")
+        for bits in sorted((b for b in choices[name] if b > strongest[name]), reverse=True):
+            wider = {**strongest, name: bits}
+            try:
+                held = screen.predictor.predict(recipe_of(space, heads, wider))["memory_mb"]
+            except AutocompError:
+                continue
+            if held <= memory_mb:
+                strongest = wider
+                break
+    return strongest
 
 
 def _rounded_up(value: float, digits: int = 4) -> str:
