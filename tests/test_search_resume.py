@@ -112,3 +112,59 @@ def test_a_stale_local_ray_cluster_does_not_stop_an_embedded_search(tmp_path, ti
         else:
             marker.write_text(saved)
     assert len(_trials(tmp_path / "run")) == 1
+
+
+def test_ctrl_c_while_a_trial_runs_stops_it_and_ray_and_the_same_process_searches_again(tmp_path, tiny_teacher):
+    """An interrupt in a notebook cell while a trial distils: it is taken at once (not after the trials), the running
+    trial is stopped, Tune's thread has ended and Ray is shut down (a Tune thread left running started a Ray of its
+    own, and the next search in the process died joining it); the rerun in the same process resumes."""
+    import _thread
+    import threading
+
+    import ray
+
+    from autocomp.config import load_config
+    from autocomp.search import run_search
+
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=2, workers=1)
+    (tmp_path / "space.yaml").write_text("heads_keep: [0.5, 0.75]\ndistill_steps: [600]\n")
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(tmp_path / "space.yaml"),
+                                   "start_points": False, "fidelity": None}))
+    run = tmp_path / "run"
+
+    def interrupt_once_a_trial_runs():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "RUNNING" not in _states_while_running(run):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        _thread.interrupt_main()  # what a notebook's interrupt does, without a signal to wake a waiting thread
+    watcher = threading.Thread(target=interrupt_once_a_trial_runs, daemon=True)
+    watcher.start()
+    interrupted_at = None
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            run_search(load_config(job), run, log=lambda line: None, progress=False)
+        finally:
+            interrupted_at = _states_while_running(run)
+    watcher.join()
+    assert interrupted_at == ["RUNNING"]  # taken while the first trial distilled, not after the trials
+    assert not ray.is_initialized()
+    assert not [t.name for t in threading.enumerate() if t.name == "autocomp-tune"]
+    summary = run_search(load_config(job), run, log=lambda line: None, progress=False)
+    assert summary["trials"]["complete"] == 2 and not ray.is_initialized()
+
+
+def test_ctrl_c_while_ray_starts_stops_what_it_started(monkeypatch):
+    import ray
+
+    from autocomp.search._ray import ray_session
+
+    started = ray.init
+
+    def interrupted(*args, **kwargs):
+        started(*args, **kwargs)
+        raise KeyboardInterrupt  # as if it came a moment before ray.init returned
+    monkeypatch.setattr(ray, "init", interrupted)
+    with pytest.raises(KeyboardInterrupt), ray_session(workers=1, ray_address=None, log=print):
+        pass
+    assert not ray.is_initialized()

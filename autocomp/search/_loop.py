@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.tune import Stopper
 from ray.tune.search import Searcher
 
 from autocomp.config import Resources
@@ -34,6 +35,7 @@ from autocomp.search._ray import trial_room
 __all__ = ["TrialLoop"]
 
 PLACEHOLDER = "placeholder"  # config key of the trials that start a worker and wait at the gate
+STOP_WAIT_S = 60  # a search that fails or is interrupted waits this long at most for Tune to stop its trials
 
 
 def _gate_class() -> type:
@@ -113,6 +115,21 @@ class _Gated(Searcher):
                 self.controller.on_trial_complete(trial_id, result, error)
 
 
+class _StopAll(Stopper):
+    """Tune's experiment-wide stop: once ``stopping`` is set, Tune stops every running trial at its next step (a
+    tenth of a second), so that a search that fails or is interrupted ends its trials before Ray is shut down (a Tune
+    thread still running then would start a Ray of its own in the driver)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopping
+
+
 def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_early: bool) -> None:
     """One Tune trial: a placeholder waits at the gate, then runs the trial the gate hands it, if any; a real one
     runs its recipe. Each reports its result (first the short one, under multi-fidelity: a scheduler that stops the
@@ -162,7 +179,7 @@ class TrialLoop:
 
         self._room = min(workers, trial_room(resources))  # the placeholders that can run at once
         self._gate = ray.remote(num_cpus=0)(_gate_class()).remote()
-        self._searcher = _Gated(workers)
+        self._searcher, self._stopper = _Gated(workers), _StopAll()
         self._error: BaseException | None = None
         asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
         trainable = tune.with_parameters(_trainable, inputs=inputs, gate=self._gate, stops_early=rule is not None)
@@ -172,8 +189,11 @@ class TrialLoop:
                                         max_concurrent_trials=workers, reuse_actors=True,
                                         scheduler=FrontScheduler(rule) if rule is not None else None),
             run_config=tune.RunConfig(name="tune", storage_path=str((Path(run_dir) / "ray").resolve()), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=0), stop=self._stopper),
         )
+        # Tune's end is an event, not the thread's join: on Python 3.11 a join interrupted by Ctrl-C marks the
+        # thread as ended while it still runs (the bpo-45274 fix releases the lock the running thread holds)
+        self._ended = threading.Event()
         self._thread = threading.Thread(target=self._fit, args=(tuner,), name="autocomp-tune", daemon=True)
         self._thread.start()
 
@@ -182,24 +202,26 @@ class TrialLoop:
             tuner.fit()
         except BaseException as exc:  # noqa: BLE001 - raised again in the driver's thread by run()
             self._error = exc
+        finally:
+            self._ended.set()
 
     def __enter__(self) -> TrialLoop:
         return self
 
     def __exit__(self, kind: type | None, *_: object) -> None:
-        if kind is not None and self._thread.is_alive():  # the search failed before or while running its trials
+        if kind is not None and not self.done:  # the search failed before or while running its trials
             self._searcher.finished = True
+            self._stopper.stopping = True  # the running trials stop: an interrupted one runs again on resume
             try:
                 self._open_gate()
             except Exception:  # noqa: BLE001 - Ray itself may be what failed: the search's own error is raised
                 return
-            if kind is not KeyboardInterrupt:
-                self._thread.join(timeout=60)
+            self._ended.wait(timeout=STOP_WAIT_S)
 
     @property
     def done(self) -> bool:
         """Whether Tune's run has ended."""
-        return not self._thread.is_alive()
+        return self._ended.is_set()
 
     def workers(self) -> list[int]:
         """The process ids of the workers started so far (their placeholders wait at the gate)."""
@@ -221,7 +243,8 @@ class TrialLoop:
         free, as above) and wait until they are done."""
         self.wait_for_workers()
         self._open_gate(self._searcher.hand_over(controller))
-        self._thread.join()
+        while not self._ended.wait(timeout=1.0):  # in steps: an interrupt sent to this thread is taken within a second
+            pass
         if self._error is not None:
             raise self._error
 

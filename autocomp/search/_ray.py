@@ -46,22 +46,24 @@ def ray_session(*, workers: int, ray_address: str | None,
         yield
         return
     stop = signal.getsignal(signal.SIGTERM)  # ray.init sets its own (sys.exit): the caller's own stays
-    try:
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"py_modules": [_package_dir()], "excludes": ["__pycache__"]})
-        else:
-            # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) on the machine
-            ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR")
-    except ConnectionError as exc:
-        raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
-                            "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started with "
-                            "it (with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, set before the "
-                            "process starts), or omit --ray-address for an embedded local Ray") from None
-    if callable(stop) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-    try:
+    try:  # an interrupt while Ray starts too: what it started so far is stopped
+        try:
+            if ray_address:
+                ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
+                         runtime_env={"py_modules": [_package_dir()], "excludes": ["__pycache__"]})
+            else:
+                # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) here
+                ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
+                         log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as exc:
+            raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
+                                "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started "
+                                "with it (with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, set "
+                                "before the process starts), or omit --ray-address for an embedded local Ray") from None
+        finally:  # the default handler too: a process forked later (OpenVINO's telemetry forks one per event and
+            # terminates it) would inherit Ray's C++ one, which can deadlock there and outlive the search
+            if stop is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, stop)
         if ray_address:
             require_same_versions()
         yield
