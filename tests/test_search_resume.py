@@ -154,17 +154,26 @@ def test_ctrl_c_while_a_trial_runs_stops_it_and_ray_and_the_same_process_searche
     assert summary["trials"]["complete"] == 2 and not ray.is_initialized()
 
 
-def test_ctrl_c_while_ray_starts_stops_what_it_started(monkeypatch):
+def test_ctrl_c_while_ray_starts_stops_what_it_started_and_the_default_sigterm_comes_back(monkeypatch):
+    """The caller's SIGTERM handler comes back after ray.init, the default one too: a process forked later (OpenVINO's
+    telemetry forks one per event and terminates it) would inherit Ray's, which can deadlock there."""
     import ray
 
     from autocomp.search._ray import ray_session
 
     started = ray.init
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with ray_session(workers=1, ray_address=None, log=print):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert not ray.is_initialized()
 
-    def interrupted(*args, **kwargs):
-        started(*args, **kwargs)
-        raise KeyboardInterrupt  # as if it came a moment before ray.init returned
-    monkeypatch.setattr(ray, "init", interrupted)
-    with pytest.raises(KeyboardInterrupt), ray_session(workers=1, ray_address=None, log=print):
-        pass
-    assert not ray.is_initialized()
+        def interrupted(*args, **kwargs):
+            started(*args, **kwargs)
+            raise KeyboardInterrupt  # as if it came a moment before ray.init returned
+        monkeypatch.setattr(ray, "init", interrupted)
+        with pytest.raises(KeyboardInterrupt), ray_session(workers=1, ray_address=None, log=print):
+            pass
+        assert not ray.is_initialized() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
