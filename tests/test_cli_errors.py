@@ -143,8 +143,9 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
     # what the data is comes first, with a note on validation images drawn from those it may have been trained on
     assert re.search(r"data: \d+ training \(the folder\), 4 validation \(held out of the folder\), 4 test \(held "
                      r"out of the folder\) images", said.out), said.out
-    assert "note: the validation images are held out of the folder, which the model may have been trained on" in \
-        said.out
+    assert "note: the validation and test images are held out of the folder, which the model may have been trained " \
+        "on: their scores read high then, and every candidate's with them; val/ and test/ folders of images it never " \
+        "saw avoid it" in said.out
     assert ("the model has 10 outputs but the data has 3 classes; its outputs must be the data's classes (class "
             "folders in sorted order): set model.kwargs.num_classes: 3") in err
 

@@ -66,7 +66,9 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "resuming: 2 trials already in " in printed  # none run again
     assert "data: 17 training (train/), 9 validation (val/), 3 test (held out of train/) images;" in printed
-    assert "note: the validation images are" not in printed  # val/ is a folder of its own
+    assert "note: the validation" not in printed  # val/ is a folder of its own; test/ is not:
+    assert "note: the test images are held out of train/, which the model may have been trained on: its scores read " \
+        "high then, and every candidate's with them; a test/ folder of images it never saw avoids it" in printed
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 2

@@ -47,6 +47,7 @@ PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
 GUIDED = ("tpe", "gp")  # the samplers the coarse stage and the local moves run with
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # as the log names the splits
 
 
 def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | None = None,
@@ -87,12 +88,16 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
     origins = splits.origins or {}
     counts = ", ".join(f"{len(getattr(splits, name))} {what}" + (f" ({origins[name]})" if name in origins else "")
-                       for name, what in (("train", "training"), ("val", "validation"), ("test", "test")))
+                       for name, what in SPLIT_NAMES.items())
     log(f"data: {counts} images; preprocessing {splits.preprocessing.to_dict()} "
         f"({preprocessing_source(base, config.data)})")
-    if origins.get("val", "").startswith("held out of"):
-        log(f"note: the validation images are {origins['val']}, which the model may have been trained on: its "
-            "scores read high then, and every candidate's with them; a val/ folder of images it never saw avoids it")
+    held = [name for name in ("val", "test") if origins.get(name, "").startswith("held out of")]
+    if held:  # a model trained on every image of the folder has seen these: the scores read high
+        one = len(held) == 1
+        log(f"note: the {' and '.join(SPLIT_NAMES[name] for name in held)} images are {origins[held[0]]}, which the "
+            f"model may have been trained on: {'its' if one else 'their'} scores read high then, and every "
+            f"candidate's with them; {'a ' if one else ''}{' and '.join(f'{name}/' for name in held)} "
+            f"folder{'' if one else 's'} of images it never saw avoid{'s' if one else ''} it")
     before.check_classes(base, splits, config.data.dataset)
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
