@@ -25,6 +25,7 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
 from autocomp.models import ModelSpec, create_model, model_digest
+from autocomp.ops.quantize import Int8Linear
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
 from autocomp.saving import GIVEN_AS, load_classes, load_model, load_preprocessing, save_model
@@ -174,9 +175,18 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing, classes=classes)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
-        _write_deployable(backend, model, images, out, profile, format,
-                          extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {},
-                          log=log)
+        extra = {}
+        if format == "onnx":
+            extra["int8_weights"] = form = int8_weight_form(int8_weights)
+            if form == "matmul_integer" and any(isinstance(m, Int8Linear) and m.act_qparams is None
+                                                for m in model.modules()):
+                extra["int8_weights_note"] = note = (
+                    "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs "
+                    "with VNNI; on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate "
+                    "and the outputs are wrong: for a file exact on every CPU, export with --int8-weights "
+                    "matmul_integer_reduce_range (the scored model's own input codes, a little slower here)")
+                log(f"note: {note}")
+        _write_deployable(backend, model, images, out, profile, format, extra=extra, log=log)
     return out
 
 
