@@ -82,10 +82,12 @@ def build(cls: type, data: Any, *, where: str) -> Any:
         raise AutocompError(f"{where}: missing key(s) {missing}")
     try:  # the dataclass's own checks first, on the values as written (its messages then quote them)
         cls(**data)
+    except TypeError:  # a check that tripped over a value of the wrong type, or a section not yet built (an
+        pass  # AutocompError that is a TypeError too): the loader converts it, or names it, below
     except AutocompError as exc:
         raise AutocompError(_located(where, str(exc))) from None
-    except (TypeError, ValueError):
-        pass  # a check that tripped over a value of the wrong type: the loader names it below
+    except ValueError:
+        pass
     hints = typing.get_type_hints(cls)
     values, wrong = {}, {}
     for name, value in data.items():

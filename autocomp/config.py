@@ -203,6 +203,33 @@ class JobConfig:
                                    or not margin >= 0):
             raise AutocompError(f"skip_margin must be a fraction >= 0 (0.5 = skip candidates predicted 50% over a "
                                 f"limit) or null to never skip, got {margin!r}")
+        # a JobConfig made in Python (dataclasses.replace(config, budget=...)): each part of the type it must be
+        for key, kind, example in (
+                ("model", (ModelSpec, nn.Module), "autocomp.models.ModelSpec(name='vit_small_patch16_224'), or the "
+                                                  "nn.Module itself"),
+                ("data", DataConfig, "autocomp.data.DataConfig(dataset='imagefolder', root='images')"),
+                ("budget", Budget, "autocomp.budget.Budget(latency=0.5)"),
+                ("resources", Resources, "autocomp.config.Resources(cpu=2)"),
+                ("sensitivity", SensitivityConfig, "autocomp.config.SensitivityConfig(drop_above=5.0)"),
+                ("fidelity", (FidelityConfig, type(None)), "autocomp.config.FidelityConfig(), or None")):
+            value = getattr(self, key)
+            if not isinstance(value, kind):
+                raise WrongType(f"{key} must be {example}, got {type(value).__name__} {_short(value)}")
+        for key in ("search_space", "hardware"):
+            value = getattr(self, key)
+            if not isinstance(value, (str, Path)):
+                raise WrongType(f"{key} must be the path of a YAML file, got {type(value).__name__} {_short(value)}")
+            object.__setattr__(self, key, Path(value))
+
+
+class WrongType(AutocompError, TypeError):
+    """A part of a job given in Python of another type than it takes (caught as either)."""
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a module's or a tensor's runs to pages)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_exist: bool = True) -> JobConfig:

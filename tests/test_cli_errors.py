@@ -436,3 +436,30 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_the_handler_before_comes_bac
         time.sleep(5)  # the handler runs at the next bytecode: never reached
     assert signal.getsignal(signal.SIGTERM) is before
 
+
+
+def test_a_job_config_made_in_python_with_a_part_of_the_wrong_type_is_refused_naming_it(job):
+    """dataclasses.replace(config, budget=0.8), as a Python user changes a job: the field and the type it takes,
+    in an AutocompError (not a TypeError from deep in the run); run_search takes a job's path too."""
+    import dataclasses
+
+    from autocomp.config import load_config
+    from autocomp.search import run_search
+
+    config = load_config(job)
+    for field, value, said in (
+            ("budget", 0.8, "budget must be autocomp.budget.Budget(latency=0.5), got float 0.8"),
+            ("data", "digits", "data must be autocomp.data.DataConfig(dataset='imagefolder', root='images'), got "
+                               "str 'digits'"),
+            ("model", "vit_tiny_patch16_224", "model must be autocomp.models.ModelSpec(name='vit_small_patch16_224'), "
+                                              "or the nn.Module itself, got str 'vit_tiny_patch16_224'"),
+            ("hardware", None, "hardware must be the path of a YAML file, got NoneType None")):
+        with pytest.raises(AutocompError) as refused:
+            dataclasses.replace(config, **{field: value})
+        assert str(refused.value) == said
+    assert dataclasses.replace(config, hardware=str(config.hardware)).hardware == config.hardware  # a str: a Path
+    with pytest.raises(AutocompError, match=r"^run_search takes a JobConfig .* or the path of a job YAML, got dict$"):
+        run_search({"trials": 2}, "run")
+    edit_job(job, lambda d: d.update(trials=0))
+    with pytest.raises(AutocompError, match="trials must be a whole number >= 1, got 0"):  # the path is read
+        run_search(str(job), "run")

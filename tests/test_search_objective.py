@@ -260,7 +260,10 @@ def test_the_gp_sampler_refines_per_block_after_the_coarse_stage_as_tpe_does():
     runs first (not with NSGA-II or random search), and the GP itself, not its random fallback, draws after it."""
     from pathlib import Path
 
+    from autocomp.budget import Budget
     from autocomp.config import JobConfig
+    from autocomp.data import DataConfig
+    from autocomp.models import ModelSpec
     from autocomp.search._controller import OptunaController
     from autocomp.search._runner import _coarse_draws, _sampler
     from autocomp.search._space import SearchSpace
@@ -268,8 +271,9 @@ def test_the_gp_sampler_refines_per_block_after_the_coarse_stage_as_tpe_does():
     space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
 
     def config(sampler):
-        return JobConfig(model=None, data=None, search_space=Path("x"), hardware=Path("x"), budget=None,
-                         sampler=sampler, trials=16)
+        return JobConfig(model=ModelSpec(name="vit_tiny_patch16_224"), data=DataConfig(dataset="digits"),
+                         search_space=Path("x"), hardware=Path("x"), budget=Budget(latency=0.5), sampler=sampler,
+                         trials=16)
 
     assert [_coarse_draws(_study(), space, config(s)) for s in ("tpe", "gp", "nsga2", "random")] == [8, 8, 0, 0]
     study = _study()

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from autocomp._compress import compress
+from autocomp.budget import Budget
+from autocomp.data import DataConfig
 from autocomp.results import load_run_study
 from autocomp.search._before import teacher_cache
 from autocomp.search._reach import LatencyUnreachable
@@ -324,7 +326,8 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None):
 
     space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 16, 8),
                         head_importance="weight_norm")
-    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
+    config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
+                       hardware="h.yaml", budget=Budget(latency=0.5))
     _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
 
@@ -375,7 +378,8 @@ def test_the_fastest_candidate_keeps_the_least_not_the_setting_a_noisy_timing_pu
     seen = fastest_measures([0.9, 0.9])
     ratios = {("mlp_keep", 0.5): 0.949, ("mlp_keep", 0.75): 0.944}
     config_space = SearchSpace(mlp_keep=(0.5, 0.75, 1.0))
-    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
+    config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
+                       hardware="h.yaml", budget=Budget(latency=0.5))
     with pytest.raises(_reach.LatencyUnreachable, match=r"\(every block at mlp_keep 0.5\) measured 9 ms"):
         _reach.check_latency_reachable(ratios, tiny_teacher[1], config_space, [4, 4], digits_splits, config,
                                         HardwareProfile(name="target"), 6.0, 10.0)
@@ -437,7 +441,8 @@ def test_head_fractions_that_keep_as_many_heads_are_offered_once_and_said_with_t
     from autocomp.search import _before
 
     space = SearchSpace(heads_keep=(0.4, 0.5, 1.0), weight_bits=(32,))
-    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None,
+    config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
+                       hardware="h.yaml", budget=Budget(latency=0.5),
                        sensitivity=SensitivityConfig(images=0))
     lines = []
     _, allowed = _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, None, config,
@@ -462,7 +467,8 @@ def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_rati
     monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: settings)
     space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 8),
                         head_importance="weight_norm")
-    config = JobConfig(model=tiny_teacher[1], data=None, search_space="space.yaml", hardware="h.yaml", budget=None)
+    config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
+                       hardware="h.yaml", budget=Budget(latency=0.5))
     lines = []
     result = _before.sensitivity(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, None, config, lines.append,
                                  fresh=True, profile=HardwareProfile(name="target"),

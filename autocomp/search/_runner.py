@@ -15,7 +15,7 @@ from torch import nn
 
 from autocomp import _quiet
 from autocomp.budget import feasible, violations
-from autocomp.config import JobConfig
+from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
@@ -50,9 +50,10 @@ GUIDED = ("tpe", "gp")  # the samplers the coarse stage and the local moves run 
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # as the log names the splits
 
 
-def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | None = None,
+def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_address: str | None = None,
                log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    """Search compressed variants of ``config.model`` within ``config.budget``; returns the summary.
+    """Search compressed variants of ``config.model`` within ``config.budget``; returns the summary. ``config``: a
+    :class:`JobConfig`, or the path of a job YAML (:func:`~autocomp.config.load_config`).
 
     Results land in ``run_dir`` as trials finish. Running again on the same ``run_dir`` resumes the study: only the
     trials still missing are run. When the hardware profile names a ``ray_resource``, every measurement runs on the
@@ -60,6 +61,11 @@ def run_search(config: JobConfig, run_dir: str | Path, *, ray_address: str | Non
     Candidates the cost model predicts to be more than ``config.skip_margin`` over a limit are skipped
     (:mod:`autocomp.search._screen`).
     """
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif not isinstance(config, JobConfig):
+        raise AutocompError(f"run_search takes a JobConfig (autocomp.config.load_config('job.yaml')) or the path of "
+                            f"a job YAML, got {type(config).__name__}")
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
     with rundir.one_search_at_a_time(run_dir, log):
