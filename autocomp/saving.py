@@ -103,6 +103,11 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
                             "not load it; export the trial again with this version (weights as safetensors)")
     needed = [directory / name for name in ("model.yaml", "recipe.yaml", "weights.safetensors")]
     missing = [p.name for p in needed if not p.is_file()]
+    if missing and not directory.exists() and (directory.parent / "run.json").is_file():  # a run's best/, unsaved
+        raise AutocompError(f"{directory} does not exist: the search in {directory.parent} saved no {directory.name}/ "
+                            "model (no candidate met the budget, or the search has not finished); export a trial "
+                            f"and load that (autocomp export {directory.parent} --trial N --out folder; summary.json "
+                            "'closest' names the trial nearest the budget)")
     if missing:
         raise AutocompError(f"{directory} is not a saved autocomp model (missing {missing}); pass a run's best/ "
                             "folder or one written by 'autocomp export'")

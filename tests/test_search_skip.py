@@ -15,7 +15,8 @@ import torch
 import yaml
 from conftest import small_vit
 
-from autocomp import Recipe, compress
+import autocomp
+from autocomp import AutocompError, Recipe, compress
 from autocomp.cli import main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
@@ -291,6 +292,9 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     # again in its place, and the one trial left is spent by the next skipped one
     assert len(ran) == 1 and len(skipped) == 2 * SKIPS_PER_TRIAL + 1 and len(trials) == len(ran) + len(skipped)
     assert summary["closest"]["trial"] == ran[0].number
+    with pytest.raises(AutocompError, match=r"run/best does not exist: the search in .* saved no best/ model \(no "
+                                            r"candidate met the budget"):
+        autocomp.load(run / "best")
     assert summary["skipped"] == len(skipped)
     assert summary["time_saved_s"] == pytest.approx(len(skipped) * ran[0].user_attrs["trial_seconds"])
     for trial in trials:
