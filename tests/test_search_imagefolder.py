@@ -102,6 +102,14 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     rebuilt = json.loads((tmp_path / "t" / "metrics.json").read_text())["rebuilt"]  # not the model it scored: said
     assert "the training images it distilled on changed since it ran" in rebuilt["note"]
     assert rebuilt["note"] in capsys.readouterr().out and rebuilt["images"] == 9
+    (tmp_path / "data").rename(tmp_path / "elsewhere")  # the run folder on a machine without the images
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autocomp: error: the onnx file is checked against the PyTorch model on the run's "
+                          f"validation images: data.root: image folder '{tmp_path / 'data'}'") and err.endswith(
+        f"(the data section of {tmp_path / 'run' / 'config.yaml'} says where they are: edit it to point at them on "
+        "this machine)")
+    (tmp_path / "elsewhere").rename(tmp_path / "data")
     shutil.copy(tmp_path / "data" / "val" / "red" / "0.png", tmp_path / "data" / "val" / "red" / "new.png")
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -19,8 +19,8 @@ from torch import nn
 from autocomp._io import write_json
 from autocomp._loader import build, read_yaml
 from autocomp.budget import violations
-from autocomp.config import load_config
-from autocomp.data import Preprocessing, Split, load_splits
+from autocomp.config import JobConfig, load_config
+from autocomp.data import Preprocessing, Split, Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
@@ -124,7 +124,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     base = create_model(spec, load_weights=False) if isinstance(spec, ModelSpec) else spec
     # the images: a deployable file's check and a trial's rebuild; best/ and kept weights alone need none
     recorded = run_images.recorded(run_dir, config.data)
-    splits = run_images.read_splits(config.data, base, recorded) if backend is not None else None
+    splits = _run_splits(config, base, recorded, run_dir, f"the {format} file is checked against the PyTorch model "
+                         "on the run's validation images") if backend is not None else None
     if number == BEST:
         model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
@@ -143,7 +144,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         model = kept_model(base, recipe, run_dir / KEPT / str(number))  # the weights the trial scored, if kept
         if model is None:  # rebuilt from the searched model's weights, on the run's images
             base = create_model(spec) if isinstance(spec, ModelSpec) else spec
-            splits = splits or run_images.read_splits(config.data, base, recorded)
+            splits = splits or _run_splits(config, base, recorded, run_dir, f"trial {number} kept no weights and "
+                                           "is rebuilt from its recipe on the run's images")
             _require_searched_model(run_dir, base, config.model, number)
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
@@ -188,6 +190,16 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
                 log(f"note: {note}")
         _write_deployable(backend, model, images, out, profile, format, extra=extra, log=log)
     return out
+
+
+def _run_splits(config: JobConfig, base: nn.Module, recorded: Any, run_dir: Path, why: str) -> Splits:
+    """The run's images, as :func:`run_images.read_splits` reads them; where they cannot be read (a run folder
+    copied to another machine), the error says why the export needs them and where to say where they are."""
+    try:
+        return run_images.read_splits(config.data, base, recorded)
+    except AutocompError as exc:
+        raise AutocompError(f"{why}: {exc} (the data section of {run_dir / 'config.yaml'} says where they are: "
+                            "edit it to point at them on this machine)") from None
 
 
 def _searched(run_dir: Path, key: str) -> Any:
