@@ -51,7 +51,7 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
         if metrics is not None:
             write_json(staging / "metrics.json", dict(metrics))
         if preprocessing is not None:
-            write_json(staging / "preprocessing.json", preprocessing.to_dict())
+            write_json(staging / "preprocessing.json", {**preprocessing.to_dict(), "steps": preprocessing.steps()})
         if classes is not None:
             write_json(staging / CLASSES, list(classes))
         written = sorted(os.listdir(staging))
@@ -69,7 +69,10 @@ def load_preprocessing(directory: str | Path) -> Preprocessing | None:
     path = Path(directory) / "preprocessing.json"
     if not path.is_file():
         return None
-    return build(Preprocessing, json.loads(path.read_text()), where=str(path))
+    settings = json.loads(path.read_text())
+    if isinstance(settings, dict):
+        settings.pop("steps", None)  # the settings in words, for a reader
+    return build(Preprocessing, settings, where=str(path))
 
 
 def load_classes(directory: str | Path) -> list[str] | None:

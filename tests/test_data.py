@@ -284,6 +284,31 @@ def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tm
     assert overridden.preprocessing.interpolation == "bilinear" and overridden.calib.x.shape[-1] == 16
 
 
+def test_preprocessing_steps_in_words_give_the_transforms_input_with_pil_and_numpy_alone(tmp_path):
+    """preprocessing.json's steps are what a deployment without timm or torchvision follows: done with PIL and
+    numpy, they give the tensor the transform gives (a square image: no rounding of the resized size to guess)."""
+    from PIL import Image
+
+    from autocomp.data import Preprocessing
+    from autocomp.saving import load_preprocessing
+
+    p = Preprocessing(image_size=16, channels=3, mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3),
+                      interpolation="bicubic", crop_pct=0.8)
+    steps = p.steps()
+    assert steps == ["convert the image to 8-bit RGB (16-bit images scaled to 8 bits first)",
+                     "resize the shorter side to 20 px, keeping the aspect ratio (bicubic interpolation, antialiased "
+                     "as PIL's resize is)",
+                     "crop the centre 16 x 16 px", "scale the pixels to [0, 1] (divide by 255)",
+                     "per channel, subtract mean [0.3, 0.4, 0.5] and divide by std [0.2, 0.25, 0.3]",
+                     "batch as float32 (N, 3, 16, 16), channels first"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    by_hand = np.asarray(image.convert("RGB").resize((20, 20), Image.BICUBIC))[2:18, 2:18] / 255.0
+    by_hand = ((by_hand - np.array(p.mean)) / np.array(p.std)).transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_allclose(p.transform()(image).numpy(), by_hand, atol=1e-5)
+    (tmp_path / "preprocessing.json").write_text(json.dumps({**p.to_dict(), "steps": steps}))
+    assert load_preprocessing(tmp_path) == p  # the words are for a reader: the settings load as they were
+
+
 def test_splits_given_a_class_count_name_the_classes_by_their_labels():
     from autocomp.data import Splits
 

@@ -149,6 +149,23 @@ class Preprocessing:
                 "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct,
                 "crop_mode": self.crop_mode}
 
+    def steps(self) -> list[str]:
+        """What :meth:`transform` does, in words, for a deployment without timm or torchvision (written beside
+        the settings in ``preprocessing.json``)."""
+        size, scaled = self.image_size, math.floor(self.image_size / self.crop_pct)
+        how = f"{self.interpolation} interpolation, antialiased as PIL's resize is"
+        resize = {"center": [f"resize the shorter side to {scaled} px, keeping the aspect ratio ({how})",
+                             f"crop the centre {size} x {size} px"],
+                  "squash": [f"resize to {scaled} x {scaled} px, not keeping the aspect ratio ({how})",
+                             f"crop the centre {size} x {size} px"],
+                  "border": [f"resize the longer side to {scaled} px, keeping the aspect ratio ({how})",
+                             f"pad (with the mean colour) or crop the centre to {size} x {size} px"]}[self.crop_mode]
+        mode = "8-bit grayscale (PIL mode L)" if self.channels == 1 else "8-bit RGB"
+        return [f"convert the image to {mode} (16-bit images scaled to 8 bits first)", *resize,
+                "scale the pixels to [0, 1] (divide by 255)",
+                f"per channel, subtract mean {list(self.mean)} and divide by std {list(self.std)}",
+                f"batch as float32 (N, {self.channels}, {size}, {size}), channels first"]
+
     def timm_config(self) -> dict[str, Any]:
         """The same settings as timm's data config (``input_size``, ``mean`` ...), e.g. for ``pretrained_cfg``."""
         return {"input_size": (self.channels, self.image_size, self.image_size), "mean": self.mean, "std": self.std,
