@@ -302,7 +302,7 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
                               (f"127.0.0.1:{free_port}", "nothing answers there (Connection refused)"),
                               (f"127.0.0.1:{web.server_port}", "what answers there is not a Ray head")]:
             err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address", address], capsys)
-            assert f"--ray-address {address}: {said}" in err and "ray start --head" in err
+            assert f"Ray address {address} (--ray-address): {said}" in err and "ray start --head" in err
             assert not (tmp_path / "r").exists()
     finally:
         web.shutdown()
@@ -360,7 +360,7 @@ def test_an_out_folder_that_cannot_be_written_is_refused(job, tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
     for out in (tmp_path / "a-file", tmp_path / "a-file" / "run"):
         err = run_cli(["search", str(job), "--out", str(out)], capsys)
-        assert f"cannot write the run folder {out} (" in err and "give --out a folder you can write" in err
+        assert f"cannot write the run folder {out} (" in err and "give a run folder (--out) you can write" in err
 
 
 def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):

@@ -114,7 +114,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"autocomp: error: the images of the val split changed since the trials in {tmp_path / 'run'} ran, so their "
-        "scores would not compare with new ones; put the images back as they were, or search into a new --out folder")
+        "scores would not compare with new ones; put the images back as they were, or search into a new run folder "
+        "(--out)")
     (tmp_path / "data" / "val" / "red" / "new.png").unlink()
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     (tmp_path / "run" / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "images"}))

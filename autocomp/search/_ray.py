@@ -59,7 +59,8 @@ def ray_session(*, workers: int, ray_address: str | None,
             raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
                                 "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started "
                                 "with it (with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token, set "
-                                "before the process starts), or omit --ray-address for an embedded local Ray") from None
+                                "before the process starts), or give no Ray address (no --ray-address) for an "
+                                "embedded local Ray") from None
         finally:  # the default handler too: a process forked later (OpenVINO's telemetry forks one per event and
             # terminates it) would inherit Ray's C++ one, which can deadlock there and outlive the search
             if stop is not None and threading.current_thread() is threading.main_thread():
@@ -82,9 +83,9 @@ def check_ray_address(ray_address: str | None) -> None:
     if not ray_address:
         return
     if ray_address.startswith("ray://"):
-        raise AutocompError(f"--ray-address {ray_address}: Ray Client (ray://) addresses are not supported, the "
-                            "search keeps its study in a local file next to the driver; run autocomp on a "
-                            "node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
+        raise AutocompError(f"Ray address {ray_address} (--ray-address): Ray Client (ray://) addresses are not "
+                            "supported, the search keeps its study in a local file next to the driver; run autocomp "
+                            "on a node of the cluster (e.g. with ray job submit) and pass the head's HOST:PORT")
     ray = import_ray()
     if ray.is_initialized():
         if not _same_address(ray_address, running := ray.get_runtime_context().gcs_address):
@@ -102,9 +103,9 @@ def _host_port(ray_address: str) -> tuple[str, int]:
     host, _, port = ray_address.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not host or ":" in host or not port.isdigit() or not 0 < int(port) < 65536:  # ::1 is an IPv6 host
-        raise AutocompError(f"--ray-address {ray_address}: give the head's HOST:PORT, e.g. 10.0.0.5:6379 or "
-                            "[fd00::5]:6379 (the address ray start --head printed for other nodes to join; "
-                            f"{JOIN_PORT}), or auto for the cluster started on this machine")
+        raise AutocompError(f"Ray address {ray_address} (--ray-address): give the head's HOST:PORT, e.g. "
+                            "10.0.0.5:6379 or [fd00::5]:6379 (the address ray start --head printed for other nodes "
+                            f"to join; {JOIN_PORT}), or auto for the cluster started on this machine")
     return host, int(port)
 
 
@@ -118,10 +119,10 @@ def _require_ray_head(ray_address: str, host: str, port: int, timeout_s: float =
     except OSError as exc:
         reason = f"no answer within {timeout_s:.0f} s" if isinstance(exc, TimeoutError) else \
             (exc.strerror or str(exc) or type(exc).__name__)
-        raise AutocompError(f"--ray-address {ray_address}: nothing answers there ({reason}); start the cluster's "
-                            f"head there (ray start --head --port={port}), check the address ray start --head "
-                            "printed for other nodes to join, or omit --ray-address for an embedded local "
-                            "Ray") from None
+        raise AutocompError(f"Ray address {ray_address} (--ray-address): nothing answers there ({reason}); start "
+                            f"the cluster's head there (ray start --head --port={port}), check the address ray start "
+                            "--head printed for other nodes to join, or give no Ray address (no --ray-address) for an "
+                            "embedded local Ray") from None
     with conn:
         if _tls():  # a TLS head answers plain text with an alert: the connection is all that is checked
             return
@@ -136,9 +137,9 @@ def _require_ray_head(ray_address: str, host: str, port: int, timeout_s: float =
             if len(reply) >= 4 and reply[3] == HTTP2_SETTINGS:
                 return
             said = repr(reply) if reply else "nothing (it closed the connection)"
-    raise AutocompError(f"--ray-address {ray_address}: what answers there is not a Ray head (it does not speak gRPC; "
-                        f"it said {said}); give the address ray start --head printed for other nodes to join "
-                        f"({JOIN_PORT}; the dashboard's 8265 and the Ray Client's 10001 are other ports)")
+    raise AutocompError(f"Ray address {ray_address} (--ray-address): what answers there is not a Ray head (it does "
+                        f"not speak gRPC; it said {said}); give the address ray start --head printed for other "
+                        f"nodes to join ({JOIN_PORT}; the dashboard's 8265 and the Ray Client's 10001 are other ports)")
 
 
 def _tls() -> bool:

@@ -60,7 +60,7 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
         except PermissionError:  # another user's lock file in a shared folder: locked as well through reading
             handle = open(run_dir / LOCK)
     except OSError as exc:
-        raise AutocompError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); give --out a folder "
+        raise AutocompError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); give a run folder (--out) "
                             "you can write, not a file nor one under a file") from None
     with handle:
         try:
@@ -71,8 +71,8 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise AutocompError(f"another search is running into {run_dir} ({holder}); wait for it to end (the "
-                                "same command then resumes the run, if trials are left) or give another --out "
-                                "folder") from None
+                                "same command then resumes the run, if trials are left) or give another run folder "
+                                "(--out)") from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
@@ -165,7 +165,7 @@ def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping
             else:
                 changes = "the contents of the search space or hardware profile file changed"
         raise AutocompError(f"{run_dir} holds a search of a different job ({changes}); rerun with the job as it was "
-                            "to resume it, or search into a new --out folder")
+                            "to resume it, or search into a new run folder (--out)")
     return previous
 
 
@@ -179,7 +179,7 @@ def require_same_model(previous: Mapping[str, Any], digest: str, config: JobConf
            if getattr(config.model, "checkpoint", "") is None else "put the model back as it was")
     raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (the same "
                         "checkpoint path or module, other contents), so their scores would not compare with new "
-                        f"ones; {fix}, or search into a new --out folder")
+                        f"ones; {fix}, or search into a new run folder (--out)")
 
 
 JOB_PARTS = ("model", "data", "search_space", "hardware", "budget")
@@ -221,13 +221,13 @@ def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded
     if recorded == run_images.OLDER:
         raise AutocompError(f"{run_dir} was searched by an earlier autocomp, which drew an image folder's validation, "
                             "test and calibration images another way: new trials would be scored on other images than "
-                            "its trials; search into a new --out folder (autocomp export still reads this one)")
+                            "its trials; search into a new run folder (--out) (autocomp export still reads this one)")
     splits = run_images.read_splits(config.data, base, recorded)
     held_out = run_images.changed(recorded, splits, ("val", "test", "calib"))
     if held_out:
         raise AutocompError(f"the images of the {' and '.join(held_out)} split{'s' if len(held_out) > 1 else ''} "
                             f"changed since the trials in {run_dir} ran, so their scores would not compare with new "
-                            "ones; put the images back as they were, or search into a new --out folder")
+                            "ones; put the images back as they were, or search into a new run folder (--out)")
     if run_images.changed(recorded, splits, ("train",)):
         log("note: the training images changed since the earlier trials ran (validation, test and calibration did "
             "not); the trials to come distil on the new ones")

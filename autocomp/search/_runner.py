@@ -150,7 +150,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                             measured_with, digest)
         elif (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
             log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
-                "(the earlier trials keep theirs): search into a new --out folder to measure every trial alike")
+                "(the earlier trials keep theirs): search into a new run folder (--out) to measure every trial alike")
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
