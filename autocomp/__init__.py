@@ -13,14 +13,14 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING
 
-from autocomp.errors import AutocompError, AutocompWarning
+from autocomp.errors import AutocompError, AutocompTypeError, AutocompWarning
 
 if TYPE_CHECKING:
     from autocomp._compress import compress
     from autocomp.recipe import Distill, Recipe
 
-__all__ = ["AutocompError", "AutocompWarning", "Recipe", "Distill", "compress", "load", "load_preprocessing",
-           "load_classes"]
+__all__ = ["AutocompError", "AutocompTypeError", "AutocompWarning", "Recipe", "Distill", "compress", "load",
+           "load_preprocessing", "load_classes"]
 __version__ = "0.1.0"
 
 _ON_FIRST_USE = {"compress": "autocomp._compress", "Recipe": "autocomp.recipe", "Distill": "autocomp.recipe"}

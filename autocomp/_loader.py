@@ -97,9 +97,12 @@ def build(cls: type, data: Any, *, where: str) -> Any:
             wrong[name] = value
     try:
         built = cls(**values)
+    except TypeError as exc:  # a check that tripped over a value of the wrong type: the loader's words for it below
+        if not wrong:
+            raise AutocompError(_located(where, str(exc))) from None
     except AutocompError as exc:
         raise AutocompError(_located(where, str(exc))) from None
-    except (TypeError, ValueError) as exc:  # a check that tripped over a value of the wrong type
+    except ValueError as exc:
         if not wrong:
             raise AutocompError(_located(where, str(exc))) from None
     if wrong:

@@ -13,7 +13,7 @@ from autocomp._loader import build, read_yaml
 from autocomp._paths import resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompTypeError
 from autocomp.models import ModelSpec
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
@@ -214,16 +214,13 @@ class JobConfig:
                 ("fidelity", (FidelityConfig, type(None)), "autocomp.config.FidelityConfig(), or None")):
             value = getattr(self, key)
             if not isinstance(value, kind):
-                raise WrongType(f"{key} must be {example}, got {type(value).__name__} {_short(value)}")
+                raise AutocompTypeError(f"{key} must be {example}, got {type(value).__name__} {_short(value)}")
         for key in ("search_space", "hardware"):
             value = getattr(self, key)
             if not isinstance(value, (str, Path)):
-                raise WrongType(f"{key} must be the path of a YAML file, got {type(value).__name__} {_short(value)}")
+                raise AutocompTypeError(f"{key} must be the path of a YAML file, got {type(value).__name__} "
+                                        f"{_short(value)}")
             object.__setattr__(self, key, Path(value))
-
-
-class WrongType(AutocompError, TypeError):
-    """A part of a job given in Python of another type than it takes (caught as either)."""
 
 
 def _short(value: object, limit: int = 60) -> str:

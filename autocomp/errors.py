@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["AutocompError", "AutocompWarning", "warn"]
+__all__ = ["AutocompError", "AutocompTypeError", "AutocompWarning", "warn"]
 
 # where a warning is not attributed: autocomp's own files, and contextlib's (a context manager of autocomp's that
 # warns on entry is called from there)
@@ -20,6 +20,10 @@ class AutocompError(ValueError):
 
     The command line prints it as one line without a traceback; the message names the bad value and the fix.
     """
+
+
+class AutocompTypeError(AutocompError, TypeError):
+    """A value given in Python of another type than it takes (a job's budget given as a number): caught as either."""
 
 
 class AutocompWarning(UserWarning):

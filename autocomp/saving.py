@@ -106,7 +106,7 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
                             "not load it; export the trial again with this version (weights as safetensors)")
     needed = [directory / name for name in ("model.yaml", "recipe.yaml", "weights.safetensors")]
     missing = [p.name for p in needed if not p.is_file()]
-    if missing and not directory.exists() and (directory.parent / "run.json").is_file():  # a run's best/, unsaved
+    if missing and directory.name == "best" and not directory.exists() and (directory.parent / "run.json").is_file():
         raise AutocompError(f"{directory} does not exist: the search in {directory.parent} saved no {directory.name}/ "
                             "model (no candidate met the budget, or the search has not finished); export a trial "
                             f"and load that (autocomp export {directory.parent} --trial N --out folder; summary.json "

@@ -457,7 +457,15 @@ def test_a_job_config_made_in_python_with_a_part_of_the_wrong_type_is_refused_na
         with pytest.raises(AutocompError) as refused:
             dataclasses.replace(config, **{field: value})
         assert str(refused.value) == said
+        assert isinstance(refused.value, TypeError)  # caught as either
     assert dataclasses.replace(config, hardware=str(config.hardware)).hardware == config.hardware  # a str: a Path
+    written = job.read_text()
+    for section, value in (("budget", 0.8), ("resources", 2)):  # in a YAML file: the loader's words, not Python's
+        edit_job(job, lambda d: d.update({section: value}))
+        with pytest.raises(AutocompError) as refused:
+            load_config(job)
+        assert str(refused.value) == f"{job}: {section} must be a mapping of {section.title()} settings, got {value}"
+        job.write_text(written)
     with pytest.raises(AutocompError, match=r"^run_search takes a JobConfig .* or the path of a job YAML, got dict$"):
         run_search({"trials": 2}, "run")
     edit_job(job, lambda d: d.update(trials=0))

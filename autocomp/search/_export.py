@@ -25,7 +25,6 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
 from autocomp.models import ModelSpec, create_model, model_digest
-from autocomp.ops.quantize import Int8Linear
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
 from autocomp.saving import GIVEN_AS, load_classes, load_model, load_preprocessing, save_model
@@ -177,27 +176,21 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing, classes=classes)
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
-        extra = {}
-        if format == "onnx":
-            extra["int8_weights"] = form = int8_weight_form(int8_weights)
-            if form == "matmul_integer" and any(isinstance(m, Int8Linear) and m.act_qparams is None
-                                                for m in model.modules()):
-                extra["int8_weights_note"] = note = (
-                    "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs "
-                    "with VNNI; on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate "
-                    "and the outputs are wrong: for a file exact on every CPU, export with --int8-weights "
-                    "matmul_integer_reduce_range (the scored model's own input codes, a little slower here)")
-                log(f"note: {note}")
-        _write_deployable(backend, model, images, out, profile, format, extra=extra, log=log)
+        _write_deployable(backend, model, images, out, profile, format,
+                          extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {},
+                          log=log)
     return out
 
 
 def _run_splits(config: JobConfig, base: nn.Module, recorded: Any, run_dir: Path, why: str) -> Splits:
     """The run's images, as :func:`run_images.read_splits` reads them; where they cannot be read (a run folder
-    copied to another machine), the error says why the export needs them and where to say where they are."""
+    copied to another machine, its image folder elsewhere), the error says why the export needs them and where to
+    say where they are."""
     try:
         return run_images.read_splits(config.data, base, recorded)
     except AutocompError as exc:
+        if config.data.root is None or Path(config.data.root).is_dir():  # the images are there: another problem
+            raise
         raise AutocompError(f"{why}: {exc} (the data section of {run_dir / 'config.yaml'} says where they are: "
                             "edit it to point at them on this machine)") from None
 
@@ -310,6 +303,12 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
     return {"precision": precision, "top1_agreement": agreement.top1, "max_logit_diff": agreement.max_logit_diff}
 
 
+def _holds_int8_matmuls(path: Path) -> bool:
+    from autocomp.runtimes.onnx import op_types
+
+    return "MatMulInteger" in op_types(path)
+
+
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
                       profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
                       log: Callable[[str], None] = print) -> None:
@@ -329,6 +328,13 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
+    if info.get("int8_weights") == "matmul_integer" and _holds_int8_matmuls(path):
+        info["int8_weights_note"] = note = (
+            "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI; "
+            "on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are wrong: for a file "
+            "exact on every CPU, export with --int8-weights matmul_integer_reduce_range (the scored model's own "
+            "input codes, a little slower here)")
+        log(f"note: {note}")
     write_json(out / "export.json", info)
     if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
         path.with_suffix(".onnx").unlink(missing_ok=True)

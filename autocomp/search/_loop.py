@@ -215,7 +215,7 @@ class TrialLoop:
             try:
                 self._open_gate()
             except Exception:  # noqa: BLE001 - Ray itself may be what failed: the search's own error is raised
-                return
+                pass  # the stopper needs no gate: Tune still stops what runs
             self._ended.wait(timeout=STOP_WAIT_S)
 
     @property

@@ -17,7 +17,7 @@ from autocomp import _quiet
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompTypeError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import check_images
@@ -64,8 +64,8 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif not isinstance(config, JobConfig):
-        raise AutocompError(f"run_search takes a JobConfig (autocomp.config.load_config('job.yaml')) or the path of "
-                            f"a job YAML, got {type(config).__name__}")
+        raise AutocompTypeError(f"run_search takes a JobConfig (autocomp.config.load_config('job.yaml')) or the "
+                                f"path of a job YAML, got {type(config).__name__}")
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
     with rundir.one_search_at_a_time(run_dir, log):
