@@ -708,3 +708,14 @@ def test_file_names_that_are_not_utf8_are_read_like_any_other(tmp_path):
     assert len(set(files)) == 10 and sum("caf\udce9" in f for f in files) >= 4
     x, y = splits.train.tensors()  # decoded too
     assert x.shape == (6, 3, 16, 16)
+
+
+def test_a_split_prints_as_a_line_not_its_tensors_or_files(tmp_path):
+    from autocomp.data import TensorSplit
+
+    split = TensorSplit(x=torch.zeros(300, 1, 8, 8), y=torch.arange(300) % 10)
+    assert repr(split) == "TensorSplit(300 images of (1, 8, 8), labels 0..9)"
+    make_folder(tmp_path, {"red": 6, "green": 6}, size=(8, 8))
+    folder = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
+                                    workers=0), tiny_rgb_vit())
+    assert repr(folder.train) == f"FolderSplit(9 images under {tmp_path}, labels 0..1)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -67,6 +67,9 @@ class TensorSplit(Split):
     def subset(self, count: int) -> TensorSplit:
         return TensorSplit(x=self.x[:count], y=self.y[:count])
 
+    def __repr__(self) -> str:  # not the tensors' values: pages of them
+        return f"TensorSplit({len(self)} images of {tuple(self.x.shape[1:])}, labels {_label_range(self.y)})"
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
 
@@ -121,6 +124,15 @@ class FolderSplit(Split):
     def subset(self, count: int) -> FolderSplit:
         return FolderSplit(root=self.root, files=self.files[:count], labels=self.labels[:count],
                            preprocessing=self.preprocessing, workers=self.workers)
+
+    def __repr__(self) -> str:  # not every file name
+        return f"FolderSplit({len(self)} images under {self.root}, labels {_label_range(self.labels)})"
+
+
+def _label_range(labels: Any) -> str:
+    """``0..9`` for a split's labels (``none`` for an empty one)."""
+    labels = torch.as_tensor(labels)
+    return f"{int(labels.min())}..{int(labels.max())}" if len(labels) else "none"
 
 
 def _node() -> str:
