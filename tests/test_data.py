@@ -296,8 +296,8 @@ def test_preprocessing_steps_in_words_give_the_transforms_input_with_pil_and_num
                       interpolation="bicubic", crop_pct=0.8)
     steps = p.steps()
     assert steps == ["convert the image to 8-bit RGB (16-bit images scaled to 8 bits first)",
-                     "resize the shorter side to 20 px, keeping the aspect ratio (bicubic interpolation, antialiased "
-                     "as PIL's resize is)",
+                     "resize the shorter side to 20 px, the longer to 20 x longer / shorter rounded down (bicubic "
+                     "interpolation, antialiased as PIL's resize is)",
                      "crop the centre 16 x 16 px", "scale the pixels to [0, 1] (divide by 255)",
                      "per channel, subtract mean [0.3, 0.4, 0.5] and divide by std [0.2, 0.25, 0.3]",
                      "batch as float32 (N, 3, 16, 16), channels first"]

@@ -123,7 +123,7 @@ def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(fin
     exported = json.loads((tmp_path / "exported" / "metrics.json").read_text())
     assert exported["path"] == str((moved / "best").resolve())
     runtime = json.loads((moved / "summary.json").read_text())["hardware"]["runtime"]  # what its latency means
-    assert exported["measured_with"] == runtime and "batch " in runtime and "thread" in runtime
+    assert exported["runtime"] == runtime and "batch " in runtime and "thread" in runtime
     kept = json.loads((moved / "summary.json").read_text())["best"]["trial"]
     assert main(["export", str(moved), "--trial", str(kept), "--out", str(tmp_path / "trial")]) == 0
     assert json.loads((tmp_path / "trial" / "preprocessing.json").read_text()) == json.loads(

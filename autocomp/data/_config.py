@@ -154,7 +154,8 @@ class Preprocessing:
         the settings in ``preprocessing.json``)."""
         size, scaled = self.image_size, math.floor(self.image_size / self.crop_pct)
         how = f"{self.interpolation} interpolation, antialiased as PIL's resize is"
-        resize = {"center": [f"resize the shorter side to {scaled} px, keeping the aspect ratio ({how})",
+        resize = {"center": [f"resize the shorter side to {scaled} px, the longer to {scaled} x longer / shorter "
+                             f"rounded down ({how})",
                              f"crop the centre {size} x {size} px"],
                   "squash": [f"resize to {scaled} x {scaled} px, not keeping the aspect ratio ({how})",
                              f"crop the centre {size} x {size} px"],

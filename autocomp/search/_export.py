@@ -303,16 +303,12 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
     return {"precision": precision, "top1_agreement": agreement.top1, "max_logit_diff": agreement.max_logit_diff}
 
 
-def _holds_int8_matmuls(path: Path) -> bool:
-    from autocomp.runtimes.onnx import op_types
-
-    return "MatMulInteger" in op_types(path)
-
-
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
                       profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
                       log: Callable[[str], None] = print) -> None:
     """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
+    from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
+
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
     prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
@@ -328,7 +324,7 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
-    if info.get("int8_weights") == "matmul_integer" and _holds_int8_matmuls(path):
+    if info.get("int8_weights") == "matmul_integer" and "MatMulInteger" in op_types(path):
         info["int8_weights_note"] = note = (
             "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI; "
             "on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are wrong: for a file "

@@ -113,7 +113,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                                     threads=config.resources.cpu)
         entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
                      path=str((run_dir / BEST).resolve()),
-                     measured_with=baseline.get("runtime"))  # what its latency means: runtime, threads, batch
+                     runtime=baseline.get("runtime"))  # what its latency means: runtime, threads, batch
         if config.final_distill_steps and any(recipe.blocks):  # the uncompressed model has nothing to recover
             model, recipe = final_distillation(model, base, recipe, splits, entry, steps=config.final_distill_steps,
                                                gpu=config.resources.gpu > 0, log=log)
