@@ -12,10 +12,15 @@ trial is waiting for at that moment; the next trial then starts a fresh one, and
 frees first (Tune prefers a started worker). Trials shorter than a worker's start then never ran on a second Ray node
 (seen in the cluster test: 16 trials of 2 s, all on the head node). For the same reason the gate opens only once
 every worker has started (at most :meth:`TrialLoop.wait_for_workers`' wait).
+
+While the loop runs, Ray Tune logs its errors only, as on the embedded Ray (``logging_level="ERROR"``), on a Ray the
+caller initialized too: its warnings there concern what autocomp turned off or does itself (it found no result
+files, it does not save the searcher: the Optuna journal is what resumes), and the search says what it does.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -194,6 +199,8 @@ class TrialLoop:
         # Tune's end is an event, not the thread's join: on Python 3.11 a join interrupted by Ctrl-C marks the
         # thread as ended while it still runs (the bpo-45274 fix releases the lock the running thread holds)
         self._ended = threading.Event()
+        self._tune_log, self._tune_level = logging.getLogger("ray.tune"), logging.getLogger("ray.tune").level
+        self._tune_log.setLevel(max(logging.ERROR, self._tune_log.getEffectiveLevel()))
         self._thread = threading.Thread(target=self._fit, args=(tuner,), name="autocomp-tune", daemon=True)
         self._thread.start()
 
@@ -217,6 +224,7 @@ class TrialLoop:
             except Exception:  # noqa: BLE001 - Ray itself may be what failed: the search's own error is raised
                 pass  # the stopper needs no gate: Tune still stops what runs
             self._ended.wait(timeout=STOP_WAIT_S)
+        self._tune_log.setLevel(self._tune_level)
 
     @property
     def done(self) -> bool:
