@@ -159,7 +159,8 @@ def test_a_run_of_a_module_whose_weights_changed_is_refused_saying_so(tmp_path):
 
 def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
     """An interrupted trial is marked failed and run again: once its recipe completes, the live line no longer says
-    'failed 1 (last: interrupted)' for the rest of the run; a failure not made good still shows."""
+    'failed 1 (last: interrupted)' for the rest of the run; a failure not made good still shows. The plain lines go
+    where the search's log goes (a caller's ``log=``), not around it to standard output."""
     from autocomp.results import TrialRow
     from autocomp.search._runner import _Progress
 
@@ -169,13 +170,15 @@ def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
                         latency_ratio=None, weights_mb=None, activations_mb=None, simulated_layers=None,
                         violations={}, error=error)
 
-    progress = _Progress(total=4, done=0, enabled=True)  # pytest's stdout is no terminal: plain lines
+    said: list[str] = []
+    progress = _Progress(total=4, done=0, enabled=True, log=said.append)  # pytest's stdout is no terminal: lines
     interrupted = row(0, "FAIL", [{"quantize": {"weight_bits": 8}}], "interrupted")
     progress.update([interrupted])
     progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}])])
     progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}]),
                      row(2, "FAIL", [{}], "non-finite logits")])
-    lines = capsys.readouterr().out.splitlines()
+    assert not capsys.readouterr().out
+    lines = said
     assert lines[0].endswith("failed 1 (last: interrupted)")
     assert lines[1] == "search 1/4  within budget 1, best 90.00%"
     assert lines[2].endswith("failed 1 (last: non-finite logits)")

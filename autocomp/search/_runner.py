@@ -4,6 +4,7 @@ trial."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import nullcontext
@@ -173,7 +174,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
                                                        splits.val.input_numel()),
                              fidelity=config.fidelity, quiet_key=_quiet_key(config, profile, run_dir))
-        display = _Progress(total=config.trials, done=done, enabled=progress)
+        display = _Progress(total=config.trials, done=done, enabled=progress, log=log)
 
         plotted = [0.0]  # when pareto.png was last drawn: the driver draws it at most every PLOT_EVERY_S seconds,
         # since Ray starts no trial while the driver is busy (the end of the search draws it once more)
@@ -321,14 +322,16 @@ def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> Fron
 
 
 class _Progress:
-    """A live line: trials done of total, how many within budget, best accuracy within budget."""
+    """A live line: trials done of total, how many within budget, best accuracy within budget. Where standard
+    output is no terminal (a log file, CI, a notebook), a plain line per finished trial, given to ``log``."""
 
-    def __init__(self, *, total: int, done: int, enabled: bool) -> None:
+    def __init__(self, *, total: int, done: int, enabled: bool, log: Callable[[str], None] = print) -> None:
         import sys
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._total = total
+        self._say = functools.partial(print, flush=True) if log is print else log  # shown as each trial ends
         self._lines = enabled and not sys.stdout.isatty()  # plain lines in logs and CI, a live bar in a terminal
         enabled = enabled and not self._lines
         self._progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
@@ -355,4 +358,4 @@ class _Progress:
                   + (f", failed {len(failed)} (last: {failed[-1].error})" if failed else ""))
         self._progress.update(self._task, completed=len(finished), status=status)
         if self._lines:
-            print(f"search {len(finished)}/{self._total}  {status}", flush=True)
+            self._say(f"search {len(finished)}/{self._total}  {status}")
