@@ -14,7 +14,7 @@ from autocomp._paths import resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
 from autocomp.errors import AutocompError, AutocompTypeError
-from autocomp.models import ModelSpec
+from autocomp.models import ModelSpec, vit_blocks
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
 
@@ -256,6 +256,10 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         raise AutocompError(f"{path} names its model ({section}) and an nn.Module was given too: leave model: out "
                             "of the job to search the module, or give none to search the job's model")
     if model is not None:
+        if not isinstance(model, nn.Module):
+            raise AutocompTypeError(f"model= takes the nn.Module to search, got {type(model).__name__} "
+                                    f"{_short(model)}; a timm name or a factory goes in the job's model: section")
+        vit_blocks(model)  # a model autocomp cannot compress is refused here, not when the search starts
         values["model"] = model.eval()
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):
         if isinstance(values.get(key), str):

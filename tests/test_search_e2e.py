@@ -217,6 +217,10 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
                                                      "out of the job to search the module"):
         load_config(job, model=model)  # which of the two to search is not guessed
     job.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(job.read_text()).items() if k != "model"}))
+    with pytest.raises(autocomp.AutocompError, match="Linear has no 'blocks' sequence; autocomp needs a timm"):
+        load_config(job, model=torch.nn.Linear(64, 10))  # refused when the job is made, not when the search starts
+    with pytest.raises(autocomp.AutocompTypeError, match="model= takes the nn.Module to search, got str 'vit_tiny"):
+        load_config(job, model="vit_tiny_patch16_224")
     config = load_config(job, model=model)  # a job that names no model, given one
     said: list[str] = []
     tune_said, tune_log = _Records(), logging.getLogger("ray.tune")  # what Ray Tune logs, at the level a caller's
