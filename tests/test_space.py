@@ -57,6 +57,12 @@ def test_distillation_is_searched_and_applied(tiny_teacher, digits_splits):
     recipe = space.sample(trial, [4, 4])
     assert recipe.distill is not None and (recipe.distill.steps, recipe.distill.alpha) == (5, 0.9)
     assert recipe.summary().endswith("+ kd5a0.9T4")
+    # the uncompressed model is one recipe whatever the draw's distillation, so the search knows it ran it already
+    choices = SearchSpace(heads_keep=(1.0, 0.5), distill_steps=(0, 5), distill_alpha=(0.3, 0.9))
+    uncompressed = [choices.sample(optuna.trial.FixedTrial(choices.params(
+        {"b0.heads_keep": 1.0, "b1.heads_keep": 1.0, "distill_steps": 5, "distill_alpha": alpha})), [4, 4])
+        for alpha in (0.3, 0.9)]
+    assert uncompressed[0] == uncompressed[1] and uncompressed[0].distill is None
     _, model = tiny_teacher
     plain = build_candidate(model, type(recipe)(blocks=recipe.blocks), digits_splits.calib.x, digits_splits.train)
     tuned = build_candidate(model, recipe, digits_splits.calib.x, digits_splits.train)

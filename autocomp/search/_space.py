@@ -107,7 +107,10 @@ class SearchSpace:
             blocks.append(block)
         steps = _choose(trial, "distill_steps", self.distill_steps)
         alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
-        distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) if steps > 0 else None
+        # the uncompressed model has nothing to recover: one recipe, whatever the draw's distillation (it would be
+        # the same model run again under another name)
+        distill = Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature) \
+            if steps > 0 and any(blocks) else None
         return Recipe(blocks=tuple(blocks), distill=distill)
 
     def distinct(self, heads_per_block: Sequence[int]) -> dict[str, tuple]:
@@ -127,16 +130,21 @@ class SearchSpace:
     def size(self, blocks: int, *, allowed: Mapping[str, Sequence[Any]] | None = None) -> int:
         """How many different recipes :meth:`sample` can make for ``blocks`` blocks, given ``allowed`` (heads
         fractions that keep the same count are told apart only by ``allowed``, as :meth:`distinct` gives it)."""
-        total = 1
+        total = uncompressed = 1  # the block choices, and those of them that compress nothing
         for index in range(1 if self.uniform else blocks):
             def count(knob: str) -> int:
                 return len(self.offered(index, knob, allowed))  # noqa: B023 - called at once
+
+            def none(knob: str) -> int:
+                return sum(value == 1 for value in self.offered(index, knob, allowed))  # noqa: B023
 
             bits = self.offered(index, "weight_bits", allowed)
             floats = sum(b == FLOAT_BITS for b in bits)  # a quantized width comes with each choice of layers
             total *= (count("heads_keep") * count("mlp_keep") * count("rank") * count("tokens_keep")
                       * (floats + (len(bits) - floats) * count("quantize_layers")))
-        return total * sum(len(self.distill_alpha) if steps > 0 else 1 for steps in self.distill_steps)
+            uncompressed *= none("heads_keep") * none("mlp_keep") * none("rank") * none("tokens_keep") * floats
+        distillations = sum(len(self.distill_alpha) if steps > 0 else 1 for steps in self.distill_steps)
+        return total * distillations - uncompressed * (distillations - 1)  # the uncompressed model is never distilled
 
     def offered(self, block: int, knob: str, allowed: Mapping[str, Sequence[Any]] | None = None) -> tuple:
         """The choices of the per-block ``knob`` offered in ``block``: those ``allowed`` (as for :meth:`sample`)
