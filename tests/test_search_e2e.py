@@ -330,8 +330,15 @@ def test_a_pickled_model_is_never_loaded(tmp_path):
         load_config(config)
 
 
-def test_resuming_a_folder_of_another_job_is_refused(finished_run, tiny_teacher, tmp_path, capsys):
+def test_resuming_a_folder_of_another_job_is_refused(finished_run, tiny_teacher, tmp_path, capsys, monkeypatch):
+    """Refused saying what changed, and before the hardware profile loads (one measured on first use takes half a
+    minute: it was measured before the refusal)."""
     _, run = finished_run
+
+    def measured(*_, **__):
+        raise AssertionError("the profile was loaded (measured on first use) before the refusal")
+
+    monkeypatch.setattr("autocomp.search._runner.load_profile", measured)
     other = write_job(tmp_path, tiny_teacher[0], {"memory": 0.5}, trials=4)
     assert main(["search", str(other), "--out", str(run), "--quiet"]) == 2
     assert "holds a search of a different job (budget.memory was 0.99, now 0.5); rerun with the job as it was" in \

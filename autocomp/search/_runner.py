@@ -76,21 +76,22 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
 def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: Callable[[str], None],
             progress: bool) -> dict[str, Any]:
     """:func:`run_search`'s work, in a run folder it holds."""
-    profile = load_profile(config.hardware, log=log)
-    if (note := profile_note(profile)) is not None:
-        log(f"warning: {note}")
-    measuring = None
-    if profile.ray_resource is None:  # a missing runtime is said before the data and model load
-        measuring = require_device(profile, source=config.hardware)
-        log(f"measuring on {measuring}")
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
+    # another job in the run folder is refused before a profile is measured on first use (half a minute)
     previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir)],
                                    job, config, digest)
     if previous is not None:
         rundir.require_same_model(previous, digest, config, run_dir)
+    profile = load_profile(config.hardware, log=log)
+    if (note := profile_note(profile)) is not None:
+        log(f"warning: {note}")
+    measuring = None
+    if profile.ray_resource is None:  # a missing runtime is said before the data load
+        measuring = require_device(profile, source=config.hardware)
+        log(f"measuring on {measuring}")
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
     origins = splits.origins or {}
