@@ -364,6 +364,23 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
     assert "measured by an earlier autocomp, which did not record how" in resumed(None)
 
 
+def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):
+    """A rerun with other search settings resumes: config.yaml then holds them (it kept the first run's), save the
+    sensitivity section, which the run's pass, kept, did not run with: the log says so."""
+    tmp, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    job = yaml.safe_load((tmp / "job.yaml").read_text())
+    other = tmp_path / "job.yaml"
+    other.write_text(yaml.safe_dump({**job, "seed": 7, "sensitivity": {"images": 64, "drop_above": 50.0}}))
+    assert main(["search", str(other), "--out", str(copy)]) == 0
+    said = capsys.readouterr().out
+    assert "note: the sensitivity settings changed since this run's sensitivity pass (images 0 -> 64, drop_above " \
+           "5.0 -> 50.0); the choices it left are kept" in said, said
+    recorded, first = (yaml.safe_load((folder / "config.yaml").read_text()) for folder in (copy, run))
+    assert first["seed"] == 0 and recorded == {**first, "seed": 7}  # the job as it was, the pass's section too
+
+
 def test_a_resumed_run_whose_model_changed_is_refused(finished_run, tiny_teacher, tmp_path, capsys):
     from autocomp.models import model_digest
 

@@ -257,13 +257,48 @@ def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
                                       "model": digest})
-    data = {**job, "trials": config.trials, "workers": config.workers, "seed": config.seed,
-            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
-            "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
-            "local": config.local,
-            "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
-            "sensitivity": vars(config.sensitivity),
-            "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    _write_yaml(run_dir / "config.yaml", {**job, **_settings(config)})
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")
+
+
+def _settings(config: JobConfig) -> dict[str, Any]:
+    """The search settings that are not the job (a rerun with others resumes it), as config.yaml holds them."""
+    return {"trials": config.trials, "workers": config.workers, "seed": config.seed,
+            "skip_margin": config.skip_margin, "resources": vars(config.resources), "retries": config.retries,
+            "start_points": config.start_points, "sampler": config.sampler, "coarse": config.coarse,
+            "local": config.local, "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
+            "sensitivity": vars(config.sensitivity),
+            "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
+
+
+def _write_yaml(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+    tmp.replace(path)
+
+
+def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool,
+                            log: Callable[[str], None] = print) -> None:
+    """A resumed search's settings (trials, seed, workers, ...: :func:`_settings`) into the run's config.yaml, which
+    kept the first run's, so that it says how the run's trials were last searched and a search from it resumes
+    alike. Where the run's sensitivity pass is kept (``pass_kept``: its choices shaped the trials already run), a
+    changed ``sensitivity`` section is not taken: the log says so, and config.yaml keeps the one the pass ran with."""
+    path = run_dir / "config.yaml"
+    try:
+        written = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(written, dict):
+        return
+    now = json.loads(json.dumps(_settings(config), default=str))  # as YAML holds it
+    ran = written.get("sensitivity")
+    if pass_kept and isinstance(ran, Mapping) and ran != now["sensitivity"]:
+        changed = ", ".join(f"{key} {ran.get(key)} -> {value}" for key, value in now["sensitivity"].items()
+                            if ran.get(key) != value)
+        log(f"note: the sensitivity settings changed since this run's sensitivity pass ({changed}); the choices it "
+            "left are kept, as the trials already run were drawn from them: search into a new run folder (--out) "
+            "for a pass with the new settings")
+        now["sensitivity"] = ran
+    if any(written.get(key) != value for key, value in now.items()):
+        _write_yaml(path, {**written, **now})
