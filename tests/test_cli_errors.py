@@ -308,6 +308,30 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
         web.shutdown()
 
 
+def test_a_search_says_when_its_clusters_head_stops_answering():
+    """Ray ends the driver a minute after the head is lost, with a message of its own: the search says first that
+    the head is silent, what is kept and how to resume; not while the head answers, and once."""
+    import socket
+    import time
+
+    from autocomp.search._ray import HeadWatch
+
+    head = socket.socket()
+    head.bind(("127.0.0.1", 0))
+    head.listen(64)  # the watch's connections wait there, never accepted
+    address = f"127.0.0.1:{head.getsockname()[1]}"
+    said: list[str] = []
+    watch = HeadWatch(address, said.append, every_s=0.05, silent_s=0.3)
+    watch.start()
+    time.sleep(0.6)
+    assert not said  # it answers
+    head.close()
+    watch.join(timeout=10)
+    assert not watch.is_alive() and len(said) == 1
+    assert said[0].startswith(f"warning: the Ray cluster's head at {address} has not answered for 0.3 s (stopped, or ")
+    assert "the same command resumes them once the head runs again" in said[0]
+
+
 def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, capsys):
     """While a search holds its run folder (its process and host in the lock), another one into the same folder
     stops before it loads anything; once the first lets go, the folder is the next search's."""

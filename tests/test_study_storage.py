@@ -116,6 +116,7 @@ def test_a_run_of_a_module_whose_weights_changed_is_refused_saying_so(tmp_path):
     (not a list of what might have changed); where the weights are the same, the files whose contents count."""
     import dataclasses
     import json
+    import shutil
     from pathlib import Path
 
     import torch
@@ -154,6 +155,18 @@ def test_a_run_of_a_module_whose_weights_changed_is_refused_saying_so(tmp_path):
         module.head.weight.copy_(weights)
     with pytest.raises(AutocompError, match=r"different job \(the contents of the search space or hardware profile "
                                             r"file changed\)"):  # as a file's other contents would make it
+        previous_run(run, ["another fingerprint"], job, config, model_digest(module))
+    # a run that recorded its files' digests (since 2026-12-03) names the one whose text changed
+    from autocomp.search._rundir import _file_digests
+
+    space = tmp_path / "space.yaml"
+    shutil.copyfile(root / "search_spaces" / "heads_int8.yaml", space)
+    config = dataclasses.replace(config, search_space=space)
+    (run / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "model": model_digest(module),
+                                              "files": _file_digests(config)}))
+    space.write_text(space.read_text() + "# a comment\n")
+    with pytest.raises(AutocompError, match=rf"different job \(the contents of the search space file {space} changed "
+                                            r"\(its text: a comment or a blank line counts\)\)"):
         previous_run(run, ["another fingerprint"], job, config, model_digest(module))
 
 

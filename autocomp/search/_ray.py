@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -25,6 +26,8 @@ PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worke
 HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 HTTP2_SETTINGS = 4  # the frame type, a frame header's fourth byte
 JOIN_PORT = "its port is 6379 unless ray start --head --port chose another"
+HEAD_POLL_S = 5.0  # how often a search on a cluster checks that its head answers
+HEAD_SILENT_S = 20.0  # a head silent this long is said to be lost (Ray ends the driver after 60 s by default)
 
 
 @contextmanager
@@ -67,9 +70,50 @@ def ray_session(*, workers: int, ray_address: str | None,
                 signal.signal(signal.SIGTERM, stop)
         if ray_address:
             require_same_versions()
-        yield
+            watch = HeadWatch(ray.get_runtime_context().gcs_address, log)
+            watch.start()
+            try:
+                yield
+            finally:
+                watch.stop.set()
+        else:
+            yield
     finally:
         ray.shutdown()
+
+
+class HeadWatch(threading.Thread):
+    """Says, once, that the cluster's head stopped answering (its GCS port refuses or times out ``silent_s`` on
+    end): Ray ends the driver's process a minute after it loses the head (``gcs_rpc_server_reconnect_timeout_s``)
+    with a message of its own that says nothing of the search, so the search's user learns first what is kept and
+    how to resume. Polls the port every ``every_s`` until ``stop`` is set."""
+
+    def __init__(self, gcs_address: str, log: Callable[[str], None], *, every_s: float = HEAD_POLL_S,
+                 silent_s: float = HEAD_SILENT_S) -> None:
+        super().__init__(name="autocomp-head-watch", daemon=True)
+        self.address, self.log, self.every_s, self.silent_s = gcs_address, log, every_s, silent_s
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import socket
+        import sys
+
+        host, port = _host_port(self.address)
+        since = None
+        while not self.stop.wait(self.every_s):
+            try:
+                socket.create_connection((host, port), timeout=self.every_s).close()
+                since = None
+            except OSError:
+                since = time.monotonic() if since is None else since
+                if time.monotonic() - since >= self.silent_s:
+                    self.log(f"warning: the Ray cluster's head at {self.address} has not answered for "
+                             f"{self.silent_s:g} s (stopped, or its machine lost); unless it answers again, Ray "
+                             "ends this search a minute after losing it: the trials done are kept in the run "
+                             "folder, and the same command resumes them once the head runs again (or with no Ray "
+                             "address, on an embedded Ray)")
+                    sys.stdout.flush()  # Ray's end of the process flushes nothing
+                    return
 
 
 def check_ray_address(ray_address: str | None) -> None:

@@ -163,10 +163,31 @@ def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping
             elif digest != recorded:
                 changes = "the weights of the model given as an nn.Module changed"
             else:
-                changes = "the contents of the search space or hardware profile file changed"
+                changes = _changed_files(previous, config) or \
+                    "the contents of the search space or hardware profile file changed"
         raise AutocompError(f"{run_dir} holds a search of a different job ({changes}); rerun with the job as it was "
                             "to resume it, or search into a new run folder (--out)")
     return previous
+
+
+FILES = {"search_space": "search space", "hardware": "hardware profile"}  # the job's files, read whole
+
+
+def _file_digests(config: JobConfig) -> dict[str, str]:
+    return {key: hashlib.sha256(Path(getattr(config, key)).read_bytes()).hexdigest()[:16] for key in FILES}
+
+
+def _changed_files(previous: Mapping[str, Any], config: JobConfig | None) -> str | None:
+    """Which of the job's files has other contents than run.json recorded (runs before 2026-12-03 recorded none)."""
+    recorded = previous.get("files")
+    if not isinstance(recorded, Mapping) or config is None:
+        return None
+    now = _file_digests(config)
+    changed = [key for key in FILES if recorded.get(key) != now[key]]
+    if not changed:
+        return None
+    return " and ".join(f"the contents of the {FILES[key]} file {getattr(config, key)} changed" for key in changed) \
+        + " (its text: a comment or a blank line counts)"
 
 
 def require_same_model(previous: Mapping[str, Any], digest: str, config: JobConfig, run_dir: Path) -> None:
@@ -256,7 +277,7 @@ def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[
     (run_dir / REMEASURED).unlink(missing_ok=True)  # a study started afresh: measured against another baseline
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
-                                      "model": digest})
+                                      "model": digest, "files": _file_digests(config)})
     _write_yaml(run_dir / "config.yaml", {**job, **_settings(config)})
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")
