@@ -179,9 +179,10 @@ def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job,
                                            "std": [0.5]}))
     with pytest.warns(UserWarning) as said:  # the size it guessed, then what that did
         err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-    assert [str(w.message) for w in said] == ["the model has no timm data config (pretrained_cfg), so its images are "
-                                              "made with timm's defaults: image_size 224; set data.image_size to what "
-                                              "it was trained with"]
+    assert [str(w.message) for w in said] == [
+        "the model has no timm data config (pretrained_cfg), so its images are made with timm's defaults: image_size "
+        "224, crop_pct 0.875 (the centre 87.5% of each image), interpolation bicubic; set data.image_size, "
+        "data.crop_pct, data.interpolation to what it was trained with (data.crop_pct 1.0: the whole image)"]
     assert err == ("autocomp: error: the model fails on the data's images (3x224x224, channels x height x width): "
                    "RuntimeError: expected 32x32 images, got (1, 3, 224, 224); set data.image_size (and data.mean, "
                    "data.std) to the images the model was trained on")

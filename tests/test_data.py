@@ -338,7 +338,8 @@ def test_where_the_preprocessing_came_from_is_said():
 
 def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_and_the_user_told(tmp_path):
     """A VisionTransformer built directly (not by timm.create_model) has no pretrained_cfg: timm resolves ImageNet's
-    statistics for it, which are not what a model trained with others was; the user is told what to set."""
+    statistics and crop for it, which are not what a model trained otherwise had; the user is told what to set (the
+    crop too: a model trained on whole images, its mean and std given, lost 5 points to it without a word)."""
     import warnings
 
     from timm.models.vision_transformer import VisionTransformer
@@ -349,15 +350,21 @@ def test_a_model_without_a_timm_data_config_is_normalized_with_timms_defaults_an
     config = dict(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2, test_size=2, workers=0)
     with pytest.warns(UserWarning, match=r"no timm data config \(pretrained_cfg\), so its images are made with "
                                          r"timm's defaults: mean \[0.485, 0.456, 0.406\], std \[0.229, 0.224, "
-                                         r"0.225\]; set data.mean, data.std to what it was trained with$") as said:
+                                         r"0.225\], crop_pct 0.875 \(the centre 87.5% of each image\), interpolation "
+                                         r"bicubic; set data.mean, data.std, data.crop_pct, data.interpolation to "
+                                         r"what it was trained with \(data.crop_pct 1.0: the whole image\)$") as said:
         assert load_splits(DataConfig(**config), model).preprocessing.mean == (0.485, 0.456, 0.406)
     # attributed to the caller's own line (here this file), not to a file inside autocomp
     assert said[0].category is AutocompWarning and said[0].filename == __file__
-    with pytest.warns(UserWarning, match=r"defaults: std \[0.229, 0.224, 0.225\]; set data.std to "):  # not the user's
+    with pytest.warns(UserWarning, match=r"defaults: std \[0.229, 0.224, 0.225\], crop_pct 0.875 .*; set data.std, "
+                                         r"data.crop_pct, data.interpolation to "):  # not the user's mean
         load_splits(DataConfig(**config, mean=[0.5]), model)
+    with pytest.warns(UserWarning, match=r"defaults: crop_pct 0.875 \(the centre 87.5% of each image\), interpolation "
+                                         r"bicubic; set data.crop_pct, data.interpolation to what"):
+        load_splits(DataConfig(**config, mean=[0.5], std=[0.5]), model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # set by the user, or a timm model's own: nothing to say
-        load_splits(DataConfig(**config, mean=[0.5], std=[0.5]), model)
+        load_splits(DataConfig(**config, mean=[0.5], std=[0.5], crop_pct=1.0, interpolation="bilinear"), model)
         load_splits(DataConfig(**config, crop_pct=1.0), tiny_rgb_vit())
 
 

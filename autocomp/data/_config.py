@@ -240,11 +240,19 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
                       + " to what it was trained with")
     if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
         guessed["image_size"] = preprocessing.image_size
-    if guessed and not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
-        # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word
-        warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
-                      "defaults: " + ", ".join(f"{name} {value}" for name, value in guessed.items()) + "; set "
-                      f"{', '.join(f'data.{name}' for name in guessed)} to what it was trained with")
+    if not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
+        # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word, a crop of
+        # the centre 87.5% among them (a model trained on whole images loses points to it)
+        guessed.update({name: getattr(preprocessing, name) for name in ("crop_pct", "interpolation")
+                        if getattr(config, name) is None})
+        if guessed:
+            crop = "crop_pct" in guessed
+            warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
+                 "defaults: " + ", ".join(f"{name} {value}" + (f" (the centre {value:.1%} of each image)"
+                                                                if name == "crop_pct" else "")
+                                          for name, value in guessed.items())
+                 + f"; set {', '.join(f'data.{name}' for name in guessed)} to what it was trained with"
+                 + (" (data.crop_pct 1.0: the whole image)" if crop else ""))
     return preprocessing
 
 
