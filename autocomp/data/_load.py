@@ -362,14 +362,16 @@ SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "valida
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
-    """Split name -> its folder under ``root``, for the splits that have one.
+    """Split name -> its folder under ``root``, for the splits that have one (its name in any case).
 
     Raises:
         AutocompError: two folders name the same split (``val/`` and ``validation/``).
     """
     found = {}
+    folders = sorted(path for path in root.iterdir() if path.is_dir())  # Val/ and VALIDATION/ too
     for split, names in SPLIT_FOLDERS.items():
-        there = [root / name for name in names if (root / name).is_dir()]
+        there = sorted((path for path in folders if path.name.lower() in names),
+                       key=lambda path: (names.index(path.name.lower()), path.name))  # noqa: B023 - sorted at once
         if len(there) > 1:
             raise AutocompError(f"{root} has {', '.join(p.name + '/' for p in there)}: each is a {split} split; keep "
                                 "one of them (or move the other out of the root)")
