@@ -150,6 +150,37 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
             "folders in sorted order): set model.kwargs.num_classes: 3") in err
 
 
+def test_a_forward_that_returns_no_logits_tensor_is_refused_saying_so():
+    """A forward returning a tuple or a dict was said to fail on the data's images ("'tuple' object has no attribute
+    'shape'; set data.image_size"), and a module with another class count was told to set model.kwargs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from autocomp.search._before import check_classes
+
+    class Returns(torch.nn.Module):
+        def __init__(self, make):
+            super().__init__()
+            self.make = make
+
+        def forward(self, x):
+            return self.make(len(x))
+
+    splits = SimpleNamespace(calib=SimpleNamespace(x=torch.zeros(2, 3, 8, 8)), num_classes=3)
+    for make, got in [(lambda n: (torch.zeros(n, 3), None), "a tuple"),
+                      (lambda n: {"logits": torch.zeros(n, 3)}, "a dict"),
+                      (lambda n: torch.zeros(n, 5, 3), "a tensor of shape (1, 5, 3)")]:
+        model = Returns(make)
+        with pytest.raises(AutocompError, match=f"^the model's forward returns {re.escape(got)} for one image; "
+                                                "autocomp scores and distils the logits, a tensor of "):
+            check_classes(model, splits, SimpleNamespace(data=SimpleNamespace(dataset="imagefolder"), model=model))
+    model = Returns(lambda n: torch.zeros(n, 10))
+    with pytest.raises(AutocompError, match=r"has 10 outputs but the data has 3 classes; .*: give a module with 3 "
+                                            r"outputs trained on these classes \(a timm model's reset_classifier"):
+        check_classes(model, splits, SimpleNamespace(data=SimpleNamespace(dataset="imagefolder"), model=model))
+
+
 def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job, tmp_path, capsys, monkeypatch):
     # a module of the user's own without a timm data config gets timm's default size (224 px): its own forward error
     # was a traceback through autocomp

@@ -40,13 +40,14 @@ from autocomp.train import evaluate
 __all__ = ["check_classes", "baseline", "screen_of", "sensitivity", "latency_of", "teacher_cache", "SENSITIVITY"]
 
 
-def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
+def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
     """Refuse a model whose outputs are not the data's classes (one calibration image through it): an ImageNet head
-    on a folder of 37 classes would score near 0 and distil against labels it has no output for."""
-    image = splits.calib.x[:1]
+    on a folder of 37 classes would score near 0 and distil against labels it has no output for. So is a forward
+    that returns other than a logits tensor (a tuple, a dict)."""
+    image, data = splits.calib.x[:1], config.data.dataset
     try:
         with torch.no_grad():
-            outputs = base(image).shape[-1]
+            logits = base(image)
     except Exception as exc:  # noqa: BLE001 - the user's forward, on the images the data section makes
         fix = ("set data.image_size (and data.mean, data.std) to the images the model was trained on"
                if data == "imagefolder" else f"give a model built for {data}'s images")
@@ -54,11 +55,20 @@ def check_classes(base: nn.Module, splits: Splits, data: str) -> None:
         reason = reason if len(reason) <= 300 else reason[:300] + " ..."
         raise AutocompError(f"the model fails on the data's images ({'x'.join(map(str, image.shape[1:]))}, "
                             f"channels x height x width): {type(exc).__name__}: {reason}; {fix}") from None
-    if outputs != splits.num_classes:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = f"a tensor of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else \
+            f"a {type(logits).__name__}"
+        raise AutocompError(f"the model's forward returns {got} for one image; autocomp scores and distils the "
+                            "logits, a tensor of (images, classes): give it a module whose forward returns them "
+                            "(e.g. a wrapper returning the logits item of the tuple or dict)")
+    if (outputs := logits.shape[-1]) != splits.num_classes:
         order = " (class folders in sorted order)" if data == "imagefolder" else ""
-        raise AutocompError(f"the model has {outputs} outputs but the data has {splits.num_classes} classes; its "
-                            f"outputs must be the data's classes{order}: set model.kwargs.num_classes: "
-                            f"{splits.num_classes} and give a checkpoint trained on these classes")
+        count = splits.num_classes
+        fix = (f"give a module with {count} outputs trained on these classes (a timm model's reset_classifier("
+               f"{count}) makes such a head, untrained)" if isinstance(config.model, nn.Module) else
+               f"set model.kwargs.num_classes: {count} and give a checkpoint trained on these classes")
+        raise AutocompError(f"the model has {outputs} outputs but the data has {count} classes; its outputs must be "
+                            f"the data's classes{order}: {fix}")
 
 
 SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume

@@ -106,7 +106,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             f"model may have been trained on: {'its' if one else 'their'} scores read high then, and every "
             f"candidate's with them; {'a ' if one else ''}{' and '.join(f'{name}/' for name in held)} "
             f"folder{'' if one else 's'} of images it never saw avoid{'s' if one else ''} it")
-    before.check_classes(base, splits, config.data.dataset)
+    before.check_classes(base, splits, config)
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
 
