@@ -524,6 +524,23 @@ def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_class_named_in_another_unicode_form_in_val_is_trains_class(tmp_path):
+    """val/Trousér copied from macOS (e + a combining accent) is train/'s Trousér (one character): it was refused as
+    a class train/ has not, in a message where both names print alike. The classes stay train/'s as written (their
+    order is the model's outputs')."""
+    import unicodedata
+
+    composed, decomposed = unicodedata.normalize("NFC", "Trousér"), unicodedata.normalize("NFD", "Trousér")
+    assert composed != decomposed
+    make_folder(tmp_path / "train", {composed: 6, "cat": 6})
+    make_folder(tmp_path / "val", {decomposed: 3, "cat": 3})
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=2, workers=0),
+                         tiny_rgb_vit())
+    assert splits.classes == tuple(sorted((composed, "cat")))
+    labels = {file.split("/")[1]: label for file, label in zip(splits.val.files, splits.val.labels)}
+    assert labels == {decomposed: splits.classes.index(composed), "cat": splits.classes.index("cat")}
+
+
 @pytest.mark.parametrize("name", ["vit_small_r26_s32_224", "vit_small_resnet26d_224"])
 def test_a_hybrid_vit_takes_images_of_its_stems_channels(tmp_path, name):
     # its patch embedding's proj reads the CNN's 1024-2048 feature maps: taken for the image, it refused the model

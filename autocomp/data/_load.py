@@ -304,7 +304,8 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
             raise AutocompError(f"{root} has {sorted(p.name for p in split_dirs.values())} but no train/ folder; add "
                                 "train/ with one folder of images per class")
         parts = {name: _classes(path, held_out=name != "train") for name, path in split_dirs.items()}
-        classes = sorted(parts["train"])
+        classes = sorted(parts["train"])  # as written in train/ (a model trained with torchvision's ImageFolder)
+        parts = {name: _same_names(found, classes) for name, found in parts.items()}
         for name, found in parts.items():  # val/ and test/ may lack a rare class; none may add one
             if set(found) - set(classes):
                 raise AutocompError(f"{split_dirs[name]} has classes {sorted(set(found) - set(classes))} that "
@@ -378,6 +379,20 @@ def _split_folders(root: Path) -> dict[str, Path]:
         if there:
             found[split] = there[0]
     return found
+
+
+def _same_names(found: dict[str, list[str]], classes: list[str]) -> dict[str, list[str]]:
+    """``found`` with its class names written as ``classes`` writes them where they are the same text in another
+    Unicode form: a folder copied from macOS names ``é`` as ``e`` and a combining accent, one made elsewhere as one
+    character; the two print alike."""
+    import unicodedata
+
+    form = {unicodedata.normalize("NFC", name): name for name in classes}
+    named: dict[str, list[str]] = {}
+    for name, files in found.items():
+        named.setdefault(name if name in classes else form.get(unicodedata.normalize("NFC", name), name),
+                         []).extend(files)
+    return named
 
 
 def _flatten(found: dict[str, list[str]], classes: list[str]) -> tuple[list[str], list[int]]:
