@@ -570,9 +570,17 @@ def test_a_timm_name_with_a_pretrained_tag_takes_that_tags_preprocessing(tmp_pat
 
 def test_mean_and_std_must_match_the_channels(tmp_path):
     make_folder(tmp_path, {"a": 4, "b": 4})
-    with pytest.raises(AutocompError, match=r"data.mean has 2 values but the model takes 3 channel\(s\)"):
+    with pytest.raises(AutocompError, match=r"data.mean has 2 values but the model takes 3 channels; give 3 values "
+                                            r"or one$"):
         load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
                                mean=[0.5, 0.5]), tiny_rgb_vit())
+    import timm
+
+    gray = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=1, in_chans=1,
+                             num_classes=2)
+    with pytest.raises(AutocompError, match=r"data.mean has 3 values but the model takes 1 channel; give one value$"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
+                               mean=[0.5, 0.5, 0.5], std=[0.5]), gray)
     with pytest.raises(AutocompError, match="data.std is empty; give one value per input channel, or leave it out"):
         DataConfig(dataset="imagefolder", root=str(tmp_path), std=[])  # not the model's statistics, unsaid
     with pytest.raises(AutocompError, match=r"data.mean must be finite numbers, got \[0.5, nan\]"):

@@ -130,8 +130,9 @@ class Preprocessing:
             if len(values) == 1 and self.channels > 1:
                 object.__setattr__(self, name, tuple(values) * self.channels)
             elif len(values) != self.channels:
+                give = "one value" if self.channels == 1 else f"{self.channels} values or one"
                 raise AutocompError(f"data.{name} has {len(values)} values but the model takes {self.channels} "
-                                    f"channel(s); give {self.channels} values or one")
+                                    f"channel{'s' if self.channels > 1 else ''}; give {give}")
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """PIL image -> normalized (C, H, W) tensor: timm's eval transform with these settings."""
