@@ -172,13 +172,20 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
         hint = "" if inner is None else (
             f"; it holds one at .{inner} ({type(model.get_submodule(inner)).__name__}): search that module, with "
             "the data section giving the preprocessing the wrapper did, if any (its outputs are the logits scored)")
-        raise AutocompError(f"{type(model).__name__} has no 'blocks' sequence; autocomp needs a timm ViT-family "
-                            f"model (VisionTransformer, DeiT, ...){hint}")
+        kind = type(model)
+        named = kind.__name__ if kind.__module__.startswith("timm.") else f"{kind.__module__}.{kind.__qualname__}"
+        raise AutocompError(f"{named} has no 'blocks' sequence; autocomp needs a timm ViT-family model "
+                            f"(timm's VisionTransformer, DeiT, ...){hint}")
     for index, block in enumerate(blocks):
         for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             if _get(block, path) is None:
-                raise AutocompError(f"block {index} has no {path}; autocomp supports blocks with a fused qkv "
-                                    "Linear, attn.proj, mlp.fc1 and mlp.fc2 (timm's standard ViT block)")
+                attn = getattr(block, "attn", None)
+                found = f" (its attn is a {type(attn).__module__}.{type(attn).__qualname__})" \
+                    if isinstance(attn, nn.Module) else ""
+                raise AutocompError(f"block {index} has no {path}{found}; autocomp supports blocks with a fused qkv "
+                                    "Linear, attn.proj, mlp.fc1 and mlp.fc2 (timm's standard ViT block): build the "
+                                    "model's blocks with timm.models.vision_transformer.Block, or their attention "
+                                    "with timm.layers.Attention and their MLP with timm.layers.Mlp")
         attn = block.attn
         if not isinstance(attn, Attention) or getattr(attn, "num_kv_groups", 1) != 1:
             raise AutocompError(

@@ -131,8 +131,34 @@ def test_the_vit_families_the_readme_names_compress_with_every_operator_and_run_
 @pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])  # a ConvNeXt's stages have blocks: no ViT inside
 def test_non_vit_model_is_refused(name):
     with pytest.raises(AutocompError, match="has no 'blocks' sequence; autocomp needs a timm ViT-family model "
-                                            r"\(VisionTransformer, DeiT, ...\)$"):
+                                            r"\(timm's VisionTransformer, DeiT, ...\)$"):
         create_model(ModelSpec(name=name, kwargs={"num_classes": 3}))
+
+
+def test_vits_of_other_libraries_are_refused_naming_what_they_are_and_what_to_build():
+    """torchvision's VisionTransformer was refused as 'VisionTransformer has no blocks ...; autocomp needs ...
+    (VisionTransformer, ...)'; a block whose attention is nn.MultiheadAttention got no fix."""
+    from torchvision.models import VisionTransformer as TorchvisionViT
+
+    with pytest.raises(AutocompError, match=r"^torchvision.models.vision_transformer.VisionTransformer has no 'blocks' "
+                                            r"sequence; autocomp needs a timm ViT-family model \(timm's "):
+        vit_blocks(TorchvisionViT(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(Block())
+
+    with pytest.raises(AutocompError, match=r"^block 0 has no attn.qkv \(its attn is a torch.nn.modules.activation."
+                                            r"MultiheadAttention\); .*: build the model's blocks with timm.models."
+                                            r"vision_transformer.Block, or their attention with timm.layers.Attention"):
+        vit_blocks(Own())
 
 
 def test_a_wrapper_around_a_vit_is_refused_naming_the_vit_inside():
