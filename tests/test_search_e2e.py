@@ -18,7 +18,7 @@ import autocomp
 from autocomp.cli import main
 from autocomp.data import load_splits
 from autocomp.measure import COUNTING
-from autocomp.models import create_model
+from autocomp.models import create_model, model_digest
 from autocomp.results import load_run_study
 from autocomp.train import evaluate
 from conftest import DIGITS, TINY_KWARGS
@@ -222,6 +222,7 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     with pytest.raises(autocomp.AutocompTypeError, match="model= takes the nn.Module to search, got str 'vit_tiny"):
         load_config(job, model="vit_tiny_patch16_224")
     config = load_config(job, model=model)  # a job that names no model, given one
+    given = model_digest(model)
     said: list[str] = []
     tune_said, tune_log = _Records(), logging.getLogger("ray.tune")  # what Ray Tune logs, at the level a caller's
     tune_log.addHandler(tune_said)  # ray.init() leaves (INFO; the shared Ray's is ERROR)
@@ -234,6 +235,7 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     # Tune's result files are off in a search: its warning that it found none in them would only alarm the caller
     assert not [r for r in tune_said.records if r.levelno >= logging.WARNING], tune_said.records
     assert any(line.startswith("Ray: the one already initialized in this process") for line in said)  # shared_ray
+    assert model_digest(model) == given  # the caller's module: its weights and heads as they were
     assert (tmp_path / "run" / "base.safetensors").is_file() and not list((tmp_path / "run").rglob("*.pt"))
     assert summary["met_budget"]
     with pytest.raises(autocomp.AutocompError, match=r"given as an nn.Module; pass it: autocomp.load\(path, base="):
@@ -382,8 +384,6 @@ def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finis
 
 
 def test_a_resumed_run_whose_model_changed_is_refused(finished_run, tiny_teacher, tmp_path, capsys):
-    from autocomp.models import model_digest
-
     tmp, run = finished_run
     digest = model_digest(create_model(tiny_teacher[0]))
     assert json.loads((run / "run.json").read_text())["model"] == digest  # what the search read, recorded
