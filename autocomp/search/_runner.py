@@ -166,7 +166,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             log("note: the uncompressed model meets this budget already; the search still looks for smaller models "
                 "within it, and best/ is the most accurate of those (a tighter budget asks for a smaller model)")
         if done:
-            log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run")
+            log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run"
+                + (f" (more than the {config.trials} asked for: all {done} are kept, on the front and for best/)"
+                   if done > config.trials else ""))
 
         train = distill_subset(splits.train)
         inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=train, profile=profile,
