@@ -63,6 +63,10 @@ def test_distillation_is_searched_and_applied(tiny_teacher, digits_splits):
         {"b0.heads_keep": 1.0, "b1.heads_keep": 1.0, "distill_steps": 5, "distill_alpha": alpha})), [4, 4])
         for alpha in (0.3, 0.9)]
     assert uncompressed[0] == uncompressed[1] and uncompressed[0].distill is None
+    from autocomp.search._local import recipe_key
+
+    earlier = {**uncompressed[0].to_dict(), "distill": recipe.to_dict()["distill"]}  # as a study before recorded it
+    assert recipe_key(earlier) == recipe_key(uncompressed[0].to_dict()) != recipe_key(recipe.to_dict())
     _, model = tiny_teacher
     plain = build_candidate(model, type(recipe)(blocks=recipe.blocks), digits_splits.calib.x, digits_splits.train)
     tuned = build_candidate(model, recipe, digits_splits.calib.x, digits_splits.train)

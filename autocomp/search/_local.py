@@ -54,7 +54,10 @@ class Move(NamedTuple):
 
 
 def recipe_key(recipe: Mapping[str, Any]) -> str:
-    """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike."""
+    """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike. The
+    uncompressed model is one recipe whatever distillation it names (studies before 2026-12-03 recorded one)."""
+    if not any(recipe.get("blocks", ())):
+        recipe = {name: value for name, value in recipe.items() if name != "distill"}
     return json.dumps(recipe, sort_keys=True)
 
 
