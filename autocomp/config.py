@@ -237,6 +237,10 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
     ``files_must_exist``: the search space and hardware profile files are refused where missing (off: a run
     folder's config read by what needs neither, such as an export).
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise AutocompTypeError(f"the model given in Python (load_config's model=, export_trial's base=) "
+                                f"must be the nn.Module, got {type(model).__name__} {_short(model)}; a timm "
+                                "name or a factory goes in the job's model: section")
     path = Path(path)
     raw = read_yaml(path, what="config file")
     if not isinstance(raw, Mapping):
@@ -256,9 +260,6 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         raise AutocompError(f"{path} names its model ({section}) and an nn.Module was given too: leave model: out "
                             "of the job to search the module, or give none to search the job's model")
     if model is not None:
-        if not isinstance(model, nn.Module):
-            raise AutocompTypeError(f"model= takes the nn.Module to search, got {type(model).__name__} "
-                                    f"{_short(model)}; a timm name or a factory goes in the job's model: section")
         vit_blocks(model)  # a model autocomp cannot compress is refused here, not when the search starts
         values["model"] = model.eval()
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):

@@ -179,9 +179,10 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     for index, block in enumerate(blocks):
         for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             if _get(block, path) is None:
-                attn = getattr(block, "attn", None)
-                found = f" (its attn is a {type(attn).__module__}.{type(attn).__qualname__})" \
-                    if isinstance(attn, nn.Module) else ""
+                part = path.split(".")[0]  # attn or mlp: what the block has in its place, named
+                held = getattr(block, part, None)
+                found = f" (its {part} is a {type(held).__module__}.{type(held).__qualname__})" \
+                    if isinstance(held, nn.Module) else ""
                 raise AutocompError(f"block {index} has no {path}{found}; autocomp supports blocks with a fused qkv "
                                     "Linear, attn.proj, mlp.fc1 and mlp.fc2 (timm's standard ViT block): build the "
                                     "model's blocks with timm.models.vision_transformer.Block, or their attention "

@@ -362,6 +362,15 @@ def test_a_search_says_when_its_clusters_head_stops_answering():
     assert not watch.is_alive() and len(said) == 1
     assert said[0].startswith(f"warning: the Ray cluster's head at {address} has not answered for 0.3 s (stopped, or ")
     assert "the same command resumes them once the head runs again" in said[0]
+    again = socket.socket()
+    again.bind(("127.0.0.1", 0))
+    again.listen(64)
+    quiet = HeadWatch(f"127.0.0.1:{again.getsockname()[1]}", said.append, every_s=0.05, silent_s=0.3)
+    quiet.start()
+    quiet.stop.set()  # the search ended: the watch ends with it, silent
+    quiet.join(timeout=10)
+    again.close()
+    assert not quiet.is_alive() and len(said) == 1
 
 
 def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, capsys):

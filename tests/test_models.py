@@ -159,6 +159,11 @@ def test_vits_of_other_libraries_are_refused_naming_what_they_are_and_what_to_bu
                                             r"MultiheadAttention\); .*: build the model's blocks with timm.models."
                                             r"vision_transformer.Block, or their attention with timm.layers.Attention"):
         vit_blocks(Own())
+    own = Own()
+    own.blocks[0].attn = timm.layers.Attention(8, num_heads=2)  # timm's: what lacks fc1 is the MLP, named
+    with pytest.raises(AutocompError, match=r"^block 0 has no mlp.fc1 \(its mlp is a torch.nn.modules.container."
+                                            r"Sequential\); "):
+        vit_blocks(own)
 
 
 def test_a_wrapper_around_a_vit_is_refused_naming_the_vit_inside():

@@ -216,11 +216,12 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     with pytest.raises(autocomp.AutocompError, match="names its model .* and an nn.Module was given too: leave model: "
                                                      "out of the job to search the module"):
         load_config(job, model=model)  # which of the two to search is not guessed
+    with pytest.raises(autocomp.AutocompTypeError, match=r"^the model given in Python \(load_config's model=, "
+                                                         r"export_trial's base=\) must be the nn.Module, got str"):
+        load_config(job, model="vit_tiny_patch16_224")  # not taken for a module given beside the job's model
     job.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(job.read_text()).items() if k != "model"}))
     with pytest.raises(autocomp.AutocompError, match="Linear has no 'blocks' sequence; autocomp needs a timm"):
         load_config(job, model=torch.nn.Linear(64, 10))  # refused when the job is made, not when the search starts
-    with pytest.raises(autocomp.AutocompTypeError, match="model= takes the nn.Module to search, got str 'vit_tiny"):
-        load_config(job, model="vit_tiny_patch16_224")
     config = load_config(job, model=model)  # a job that names no model, given one
     given = model_digest(model)
     said: list[str] = []

@@ -128,7 +128,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         summary["closest"] = _trial_entry(closest) if closest is not None else None
         message = "no candidate met the budget"
         if closest is not None:
-            over = ", ".join(f"{k} over by {100 * v:.1f}%" for k, v in closest.violations.items() if v > 0)
+            over = ", ".join(f"{k} over by {100 * v:.1f}%" if v >= 0.001 else f"{k} over by {100 * v:.2g}%"
+                             for k, v in closest.violations.items() if v > 0)  # 0.04%, not 0.0%
             message += f"; closest was trial {closest.number} ({over})"
         summary["message"] = message + "; loosen the budget or widen the search space"
         log(summary["message"])

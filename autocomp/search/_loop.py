@@ -179,6 +179,16 @@ class TrialLoop:
                  rule: FrontRule | None = None) -> None:
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        self._tune_log, self._tune_level = logging.getLogger("ray.tune"), logging.getLogger("ray.tune").level
+        self._tune_log.setLevel(max(logging.ERROR, self._tune_log.getEffectiveLevel()))  # the process's: Tune's
+        try:  # warnings on the Tuner's making and run are silenced; restored on exit, or if the loop cannot start
+            self._start(inputs, run_dir, trials=trials, workers=workers, resources=resources, rule=rule)
+        except BaseException:
+            self._tune_log.setLevel(self._tune_level)
+            raise
+
+    def _start(self, inputs: TrialInputs, run_dir: Path, *, trials: int, workers: int, resources: Resources,
+               rule: FrontRule | None) -> None:
         import ray
         from ray import tune
 
@@ -199,8 +209,6 @@ class TrialLoop:
         # Tune's end is an event, not the thread's join: on Python 3.11 a join interrupted by Ctrl-C marks the
         # thread as ended while it still runs (the bpo-45274 fix releases the lock the running thread holds)
         self._ended = threading.Event()
-        self._tune_log, self._tune_level = logging.getLogger("ray.tune"), logging.getLogger("ray.tune").level
-        self._tune_log.setLevel(max(logging.ERROR, self._tune_log.getEffectiveLevel()))
         self._thread = threading.Thread(target=self._fit, args=(tuner,), name="autocomp-tune", daemon=True)
         self._thread.start()
 

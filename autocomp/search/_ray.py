@@ -98,11 +98,13 @@ class HeadWatch(threading.Thread):
         import socket
         import sys
 
-        host, port = _host_port(self.address)
-        since = None
+        host, _, port = self.address.rpartition(":")  # as Ray writes it: an IPv6 host in brackets, or not
+        if not port.isdigit():
+            return
+        host, since = host.strip("[]"), None
         while not self.stop.wait(self.every_s):
             try:
-                socket.create_connection((host, port), timeout=self.every_s).close()
+                socket.create_connection((host, int(port)), timeout=self.every_s).close()
                 since = None
             except OSError:
                 since = time.monotonic() if since is None else since

@@ -314,12 +314,14 @@ def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool
         return
     now = json.loads(json.dumps(_settings(config), default=str))  # as YAML holds it
     ran = written.get("sensitivity")
-    if pass_kept and isinstance(ran, Mapping) and ran != now["sensitivity"]:
-        changed = ", ".join(f"{key} {ran.get(key)} -> {value}" for key, value in now["sensitivity"].items()
-                            if ran.get(key) != value)
+    # the settings the pass recorded (a config.yaml of an earlier version lacks those added since)
+    changed = ", ".join(f"{key} {ran[key]} -> {value}" for key, value in now["sensitivity"].items()
+                        if key in ran and ran[key] != value) if isinstance(ran, Mapping) else ""
+    if pass_kept and changed:
         log(f"note: the sensitivity settings changed since this run's sensitivity pass ({changed}); the choices it "
             "left are kept, as the trials already run were drawn from them: search into a new run folder (--out) "
             "for a pass with the new settings")
+    if pass_kept and isinstance(ran, Mapping):
         now["sensitivity"] = ran
     if any(written.get(key) != value for key, value in now.items()):
         _write_yaml(path, {**written, **now})

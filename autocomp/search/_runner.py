@@ -76,22 +76,21 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
 def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: Callable[[str], None],
             progress: bool) -> dict[str, Any]:
     """:func:`run_search`'s work, in a run folder it holds."""
+    # a new search says a missing runtime before the model loads (a pretrained one downloads); a resumed one
+    # refuses another job in its folder first, before a profile is measured on first use (half a minute)
+    resuming = (run_dir / "run.json").is_file()
+    if not resuming:
+        profile, measuring = _target(config, log)
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
-    # another job in the run folder is refused before a profile is measured on first use (half a minute)
     previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir)],
                                    job, config, digest)
     if previous is not None:
         rundir.require_same_model(previous, digest, config, run_dir)
-    profile = load_profile(config.hardware, log=log)
-    if (note := profile_note(profile)) is not None:
-        log(f"warning: {note}")
-    measuring = None
-    if profile.ray_resource is None:  # a missing runtime is said before the data load
-        measuring = require_device(profile, source=config.hardware)
-        log(f"measuring on {measuring}")
+    if resuming:
+        profile, measuring = _target(config, log)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
     origins = splits.origins or {}
@@ -255,6 +254,19 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
             raise type(exc)(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
                             "command finishes the search without running them again") from exc
+
+
+def _target(config: JobConfig, log: Callable[[str], None]) -> tuple[HardwareProfile, str | None]:
+    """The hardware profile (measured on first use) and, for a target on this machine, what measures there (a
+    runtime that is missing is refused here); a target on a Ray node is checked once Ray is up."""
+    profile = load_profile(config.hardware, log=log)
+    if (note := profile_note(profile)) is not None:
+        log(f"warning: {note}")
+    measuring = None
+    if profile.ray_resource is None:
+        measuring = require_device(profile, source=config.hardware)
+        log(f"measuring on {measuring}")
+    return profile, measuring
 
 
 def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
