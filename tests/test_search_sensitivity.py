@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from types import SimpleNamespace
@@ -335,19 +336,37 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None):
 def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
     from autocomp.search._reach import LatencyUnreachable
 
-    seen = fastest_measures([0.74, 0.72])
+    seen = fastest_measures([0.74, 0.72, 0.8, 0.9, 0.75])  # then without heads, without MLP, without int8
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
     expected = (r"its fastest candidate \(every block at heads_keep 0.5 \(2 of 4 heads\), mlp_keep 0.5, "
                 r"weight_bits 8\) measured 7.2 ms, 0.72x the uncompressed model; loosen the budget to at least "
                 r"about 0.72x")
     with pytest.raises(LatencyUnreachable, match=expected):  # over the limit twice: the faster measurement is named
         _check(tiny_teacher, digits_splits, ratios, 0.6)
-    model, again = seen  # every knob at its fastest in every block (bf16 was slower: not taken), measured twice
-    assert again is model
+    model, again = seen[:2]  # every knob at its fastest in every block (bf16 was slower: not taken), measured twice
+    assert again is model and len(seen) == 5
     assert all(block.attn.num_heads == 2 for block in model.blocks)
     assert all(block.mlp.fc1.out_features == tiny_teacher[1].blocks[0].mlp.fc1.out_features // 2
                for block in model.blocks)
     assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in model.blocks)
+
+
+def test_settings_fast_alone_but_slow_together_do_not_refuse_a_budget_the_space_meets(tiny_teacher, digits_splits,
+                                                                                      fastest_measures):
+    """int8 alone measured fast, and int8 on thin low-rank layers slow: every knob at its fastest measured 0.86x
+    where the same candidate without int8 measured 0.68x, and a budget of 0.8x that other runs met was refused at
+    random (as the latency pass's timings fell). The candidate without each knob in turn is measured before a
+    refusal, which names the fastest."""
+    from autocomp.search._reach import LatencyUnreachable
+
+    ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 8): 0.85}
+    seen = fastest_measures([0.86, 0.86, 0.9, 0.9, 0.55])  # all, all again, without heads, without MLP, without int8
+    _check(tiny_teacher, digits_splits, ratios, 0.6)
+    assert len(seen) == 5 and all(type(block.mlp.fc1).__name__ == "Linear" for block in seen[-1].blocks)
+    fastest_measures([0.86, 0.86, 0.9, 0.9, 0.7])
+    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(every block at heads_keep 0.5 \(2 of 4 "
+                                                 r"heads\), mlp_keep 0.5\) measured 7 ms, 0.70x"):
+        _check(tiny_teacher, digits_splits, ratios, 0.6)
 
 
 def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastest_candidate(tiny_teacher,
@@ -358,7 +377,7 @@ def test_a_setting_that_saves_too_little_to_be_offered_is_left_out_of_the_fastes
     0.73x without, and a budget other seeds reached was refused (BENCHMARKS.md, session 27)."""
     from autocomp.search._reach import LatencyUnreachable
 
-    seen = fastest_measures([0.9, 0.9])
+    seen = fastest_measures([0.9, 0.9, 0.95, 0.95])
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.98, ("weight_bits", 8): 0.85}
     with pytest.raises(LatencyUnreachable,
                        match=r"\(every block at heads_keep 0.5 \(2 of 4 heads\), weight_bits 8\) measured 9 ms"):
@@ -375,7 +394,7 @@ def test_the_fastest_candidate_keeps_the_least_not_the_setting_a_noisy_timing_pu
     from autocomp.hardware import HardwareProfile
     from autocomp.search import _reach
 
-    seen = fastest_measures([0.9, 0.9])
+    seen = fastest_measures([0.9, 0.9, 1.0])
     ratios = {("mlp_keep", 0.5): 0.949, ("mlp_keep", 0.75): 0.944}
     config_space = SearchSpace(mlp_keep=(0.5, 0.75, 1.0))
     config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
@@ -397,7 +416,7 @@ def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(
     seen = fastest_measures([])
     _check(tiny_teacher, digits_splits, ratios, 0.6)  # heads 0.5 in every block meets the limit alone
     assert seen == []
-    seen = fastest_measures([0.75, 0.74])
+    seen = fastest_measures([0.75, 0.74, 0.9, 0.9])
     with pytest.raises(LatencyUnreachable, match=r"\(weight_bits 8 in every block, heads_keep 0.5 \(2 of 4 heads\) "
                                                  r"in 1 of 2 blocks\) measured 7.4 ms"):
         _check(tiny_teacher, digits_splits, ratios, 0.6, allowed={"b0.heads_keep": (1.0,)})
@@ -636,6 +655,13 @@ def test_the_fastest_candidate_is_named_by_the_head_fraction_the_search_offers(t
     _reach.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
     assert len(said) == 1 and said[0].startswith("warning: the cost model predicts even the fastest candidate (every "
                                                  "block at heads_keep 0.5 (2 of 4 heads), weight_bits 8) at ")
+    # where int8 is slow (here: a target with a tenth of fp32's int8 throughput), the fastest is without it
+    slow_int8 = dataclasses.replace(profile, peak_gflops={"fp32": 100.0, "int8": 10.0})
+    screen = Screen(predictor=CostPredictor(base=tiny_teacher[1], profile=slow_int8, base_latency_ms=1.0),
+                    limits={"latency_ms": 1e-6}, margin=0.5)
+    _reach.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
+    assert said[1].startswith("warning: the cost model predicts even the fastest candidate (every block at heads_keep "
+                              "0.5 (2 of 4 heads), weight_bits 32) at "), said[1]
 
 
 def test_a_memory_refusal_on_a_runtime_names_no_bit_width_that_saves_nothing_there(tiny_teacher):

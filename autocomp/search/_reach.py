@@ -49,6 +49,18 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     memory_refused = limit is not None and predicted["memory_mb"] > limit
     if memory_refused:
         strongest = _no_wider_than_needed(space, heads, screen, choices, strongest, predicted["memory_mb"])
+    limit_ms = screen.limits.get("latency_ms")
+    if not memory_refused and allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
+        # settings fast alone can be slow together (int8 on thin low-rank layers): the fastest of the candidate and
+        # of it without each knob in turn is the one warned about
+        for knob, light in lightest(space).items():
+            without = {**strongest, **{space.name(i, knob): light for i in range(len(heads))}}
+            try:
+                faster = screen.predictor.predict(recipe_of(space, heads, without))
+            except AutocompError:
+                continue
+            if faster["latency_ms"] < predicted["latency_ms"]:
+                strongest, predicted = without, faster
     per_block = [", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
                            for knob in lightest(space)) for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
@@ -62,12 +74,9 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
                                 f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
                                 f"weights and activations; loosen the budget to at least {needed} or widen the "
                                 "search space" + (f" ({left_out})" if left_out else ""))
-    if allowed is not None:
-        return
-    limit = screen.limits.get("latency_ms")
-    if limit is not None and predicted["latency_ms"] > limit:
+    if allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
-            f"{predicted['latency_ms']:.4g} ms, over the limit {limit:.4g} ms; the search may find nothing within "
+            f"{predicted['latency_ms']:.4g} ms, over the limit {limit_ms:.4g} ms; the search may find nothing within "
             "budget")
 
 
@@ -121,10 +130,11 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     not (under a memory limit too it stays offered, for the bytes it saves);
     fastest: the strongest of a structural knob, ``LESS_IS_FASTER``; the bit width measured fastest alone),
     measured on the target more than ``REACH_TOLERANCE`` over the limit, twice (the faster counts: a busy machine
-    slows a run). Nothing is measured when one setting offered in every block already meets
-    the limit alone. The tolerance leaves room for timing noise and for per-block recipes a little faster than this
-    one. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``), named in the refusal
-    with the option that would let the search try them.
+    slows a run), and so is the same candidate without each of its knobs in turn (settings fast alone can be slow
+    together); the fastest of these is named. Nothing is measured when one setting offered in every block already
+    meets the limit alone. The tolerance leaves room for timing noise and for per-block recipes a little faster
+    than these. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``), named in the
+    refusal with the option that would let the search try them.
 
     Raises:
         LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.
@@ -135,7 +145,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                          if value in everywhere[knob]):
         return
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
-    values, used = {}, {}  # the candidate's Optuna parameters; how many blocks each setting is in
+    values = {}  # the candidate's Optuna parameters
     for index in range(blocks):
         for knob in light:
             name = space.name(index, knob)
@@ -144,18 +154,36 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             # 0.75 against 0.949x for 0.5 was seen); a bit width by its timing (int8 can be slower than float)
             values[name] = min(fast, key=(lambda v: v) if knob in LESS_IS_FASTER else (lambda v: ratios[(knob, v)]),
                                default=light[knob])
-            if values[name] != light[knob]:
-                used[(knob, values[name])] = used.get((knob, values[name]), 0) + 1
-    try:
-        with torch.no_grad(), num_threads(config.resources.cpu):
-            model = compress(base, recipe_of(space, heads, values), calibration=splits.calib.x)
-    except AutocompError:  # a combination the operators refuse: nothing to conclude
+
+    def build(values: Mapping[str, Any]) -> nn.Module | None:
+        try:
+            with torch.no_grad(), num_threads(config.resources.cpu):
+                return compress(base, recipe_of(space, heads, values), calibration=splits.calib.x)
+        except AutocompError:  # a combination the operators refuse
+            return None
+
+    over = limit * (1 + REACH_TOLERANCE) / base_latency_ms  # the ratio a candidate must measure over to refuse
+    model = build(values)
+    if model is None:  # nothing to conclude
         return
     measure = ratio_of(base, profile, splits, config)
     ratio = measure(model)
-    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):  # measured again: a busy machine slows one run
+    if ratio > over:  # measured again: a busy machine slows one run
         ratio = min(ratio, measure(model))
-    if ratio * base_latency_ms > limit * (1 + REACH_TOLERANCE):
+    # settings fast alone can be slow together (int8 on thin low-rank layers measured 0.86x with, 0.68x without):
+    # the candidate without each knob in turn, before the budget is refused
+    for knob in [knob for knob in light if any(values[space.name(i, knob)] != light[knob] for i in range(blocks))]:
+        if ratio <= over:
+            return
+        without = {**values, **{space.name(i, knob): light[knob] for i in range(blocks)}}
+        if (model := build(without)) is not None and (fewer := measure(model)) < ratio:
+            ratio, values = fewer, without
+    used: dict[tuple[str, Any], int] = {}  # how many blocks each setting of the candidate named is in
+    for index in range(blocks):
+        for knob in light:
+            if (value := values[space.name(index, knob)]) != light[knob]:
+                used[(knob, value)] = used.get((knob, value), 0) + 1
+    if ratio > over:
         if set(ratios.values()) == {math.inf}:
             what = "nothing compressed: the target runs none of its settings"
         elif not used:
