@@ -50,6 +50,7 @@ def _pareto(args: argparse.Namespace) -> None:
 def _print_front(run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     path = run_dir / "pareto.json"
     if not path.is_file():
@@ -64,9 +65,9 @@ def _print_front(run_dir: Path) -> None:
     table = Table(title=title)
     for column in ("trial", "val acc %", "latency ms", "memory MB", "within budget", "recipe (per block)"):
         table.add_column(column, overflow="fold")
-    for row in data["trials"]:
+    for row in data["trials"]:  # the recipe as written: w8[qkv,fc1] is no markup
         table.add_row(str(row["number"]), f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}",
-                      f"{row['memory_mb']:.3f}", "yes" if row["feasible"] else "no", row["recipe_summary"])
+                      f"{row['memory_mb']:.3f}", "yes" if row["feasible"] else "no", Text(row["recipe_summary"]))
     Console(width=max(120, Console().width)).print(table)
 
 

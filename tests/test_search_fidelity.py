@@ -142,6 +142,18 @@ def test_a_run_with_no_full_score_prints_why_it_has_no_front_and_still_plots(tmp
     assert "1 scored in full, 1 failed" in capsys.readouterr().out
 
 
+def test_the_printed_front_shows_each_recipe_as_written(tmp_path, capsys):
+    """A recipe quantizing some layers reads w8[qkv,fc1]: the printed table took the brackets for markup and showed
+    w8, as if every layer were int8."""
+    from autocomp.cli import main
+    from autocomp.results import write_results
+
+    row = dataclasses.replace(_row(0, 85.0, 4.0, "full"), recipe_summary="m0.5:w8[qkv,fc1] | h2:w8[fc1]")
+    assert [r.number for r in write_results(tmp_path, [row], {"latency_ms": 5.0})] == [0]
+    assert main(["pareto", str(tmp_path)]) == 0
+    assert "m0.5:w8[qkv,fc1] | h2:w8[fc1]" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("values, key", [({"steps": 1.0}, "fidelity.steps"), ({"steps": 0}, "fidelity.steps"),
                                          ({"images": 0}, "fidelity.images"), ({"slack": -1}, "fidelity.slack")])
 def test_bad_fidelity_settings_are_named(values, key):

@@ -353,7 +353,8 @@ class _Progress:
         self._lines = enabled and not sys.stdout.isatty()  # plain lines in logs and CI, a live bar in a terminal
         enabled = enabled and not self._lines
         self._progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled)
+                                  TextColumn("{task.fields[status]}", markup=False),  # errors may hold [...]
+                                  TimeElapsedColumn(), disable=not enabled)
         self._task = self._progress.add_task("search", total=total, completed=done, status="")
 
     def __enter__(self) -> _Progress:
