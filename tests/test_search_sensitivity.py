@@ -56,7 +56,9 @@ def test_scoring_from_the_blocks_input_gives_the_whole_models_accuracy(tiny_teac
                         real(self, model))
     fast = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,
                             threads=1)
-    assert seen == [0] * 4 + [1] * 4  # every setting scored from its block's input
+    assert seen == [0] * 4 + [1] * 3  # every setting scored from its block's input
+    # but tokens merged after the last block (nothing after it reads fewer): offered nowhere, as a refused setting
+    assert [(s.block, s.accuracy_drop) for s in fast if s.knob == "tokens_keep"][1] == (1, None)
     monkeypatch.setattr(_sensitivity, "BLOCK_INPUTS_BYTES", 0)  # too large to hold: the whole model runs
     seen.clear()
     whole = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,
@@ -514,7 +516,7 @@ def test_under_a_memory_limit_too_the_latency_pass_runs_and_keeps_what_saves_no_
     else:
         assert "b0.weight_bits" not in allowed and rows[("weight_bits", "8")] == "True"
         assert "offered for the memory limit although they save less than 3% here: weight_bits 8 (1.00x)" in said[0]
-    fastest_measures([0.8, 1.0, 0.95, 0.95])
+    fastest_measures([0.8, 1.0, 0.95, 0.95, 0.97, 0.97])  # ..., the candidate without each of its knobs
     (tmp_path / "again").mkdir()
     with pytest.raises(LatencyUnreachable):  # and a limit under the fastest candidate is refused either way
         _latency_pass(tmp_path / "again", tiny_teacher, digits_splits, monkeypatch, 0.8, memory_mb)
@@ -541,7 +543,8 @@ def test_a_refused_latency_limit_names_the_settings_the_sensitivity_pass_left_in
         tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures):
     from autocomp.search._reach import LatencyUnreachable
 
-    fastest_measures([0.8, 0.7, 0.65, 0.66])  # MLP 0.5 and int8 alone, then the fastest candidate twice
+    fastest_measures([0.8, 0.7, 0.65, 0.66, 0.7, 0.9])  # MLP 0.5 and int8 alone, the fastest candidate twice, then
+    # without MLP 0.5 and without int8
     with pytest.raises(LatencyUnreachable, match=r"\(mlp_keep 0.5 in 1 of 2 blocks, weight_bits 8 in every block\) "
                                                  r"measured 6.5 ms.*"
                                                  r"\(the sensitivity pass offers heads_keep 0.5 in no block, see "

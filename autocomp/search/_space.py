@@ -100,7 +100,9 @@ class SearchSpace:
                 block["prune_mlp"] = PruneMlp(keep=mlp)
             if (rank := choose("rank")) < 1:
                 block["low_rank"] = LowRank(rank=rank, method=self.lowrank_method)
-            if (tokens := choose("tokens_keep")) < 1:
+            # after the last block, fewer tokens reach only the head's pooling: nothing is saved, and the class
+            # token the head reads is never merged (the recipe says what was done)
+            if (tokens := choose("tokens_keep")) < 1 and index < len(heads_per_block) - 1:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
                 block["quantize"] = Quantize(weight_bits=bits, layers=_layers(choose("quantize_layers")))
@@ -132,10 +134,14 @@ class SearchSpace:
         fractions that keep the same count are told apart only by ``allowed``, as :meth:`distinct` gives it)."""
         total = uncompressed = 1  # the block choices, and those of them that compress nothing
         for index in range(1 if self.uniform else blocks):
+            last = index == blocks - 1  # where tokens are never reduced (sample), every choice is the same
+
             def count(knob: str) -> int:
-                return len(self.offered(index, knob, allowed))  # noqa: B023 - called at once
+                return 1 if knob == "tokens_keep" and last else len(self.offered(index, knob, allowed))  # noqa: B023
 
             def none(knob: str) -> int:
+                if knob == "tokens_keep" and last:  # noqa: B023
+                    return 1
                 return sum(value == 1 for value in self.offered(index, knob, allowed))  # noqa: B023
 
             bits = self.offered(index, "weight_bits", allowed)
