@@ -95,6 +95,25 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
         assert default["top1_agreement"] == pytest.approx(info["top1_agreement"], abs=0.02)
     assert "compile it with {'INFERENCE_PRECISION_HINT': 'f32'} to run the model autocomp scored" in \
         capsys.readouterr().out
+    # where the default precision cannot compile the IR (oneDNN capped to AVX2 beside OpenVINO's bf16 default: no
+    # bf16 Softmax), the export stands, checked in f32, and says so; it ended in a traceback, without export.json
+    compiled = openvino.ov_compiled
+
+    def no_default(path, *, precision="f32", **kwargs):
+        if precision is None:
+            raise RuntimeError("Supported primitive descriptors list is empty for node: Softmax_1 type: Softmax")
+        return compiled(path, precision=precision, **kwargs)
+
+    monkeypatch.setattr(openvino, "ov_compiled", no_default)
+    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "ov2"), "--format",
+                 "openvino"]) == 0
+    info = json.loads((tmp_path / "ov2" / "export.json").read_text())
+    assert info["top1_agreement"] >= 0.9 and info["default_precision"] == {
+        "precision": "bf16", "error": "RuntimeError: Supported primitive descriptors list is empty for node: Softmax_1 "
+                                      "type: Softmax"}
+    assert "note: OpenVINO's default precision on this CPU, bf16, cannot compile model.xml here" in \
+        capsys.readouterr().out
+    monkeypatch.setattr(openvino, "ov_compiled", compiled)
     # the IR against the loadable folder beside it, checked here rather than taken from export.json: an IR of
     # another model (the uncompressed one, say) gives logits a whole unit or more apart
     agreement = compare_outputs(autocomp.load(out), OvModule(ov_compiled(out / "model.xml")),

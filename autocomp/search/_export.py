@@ -295,8 +295,15 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
     precision = default_precision()
     if precision == "f32":
         return {"precision": precision}
-    with torch.no_grad():
-        agreement = compare_outputs(model, OvModule(ov_compiled(path, precision=None)), images)
+    try:
+        with torch.no_grad():
+            agreement = compare_outputs(model, OvModule(ov_compiled(path, precision=None)), images)
+    except Exception as exc:  # noqa: BLE001 - a check beside the export's own: said, the export stands
+        reason = " ".join(str(exc).split())[:300]
+        log(f"note: OpenVINO's default precision on this CPU, {precision}, cannot compile {path.name} here "
+            f"({type(exc).__name__}: {reason}); compile it with {{'INFERENCE_PRECISION_HINT': 'f32'}}, the precision "
+            "autocomp checked and measured it in")
+        return {"precision": precision, "error": f"{type(exc).__name__}: {reason}"}
     log(f"note: OpenVINO compiles {path.name} in {precision} by default on this CPU (top-1 agreement with the "
         f"checked model {100 * agreement.top1:.1f}%, largest logit difference {agreement.max_logit_diff:.3g}); "
         "compile it with {'INFERENCE_PRECISION_HINT': 'f32'} to run the model autocomp scored and measured")
