@@ -80,6 +80,28 @@ def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teac
     assert "measuring the 6 samples a second time" in out_text  # minutes on a large model: said as it starts
 
 
+def test_check_costmodel_draws_again_where_the_target_cannot_run_a_sample(tmp_path, tiny_teacher, capsys,
+                                                                          monkeypatch):
+    """OpenVINO with oneDNN capped to AVX2 cannot compile int8 weights: the check died on its first int8 sample,
+    writing nothing; the search offers such settings in no block, and the check draws another sample."""
+    import autocomp.costmodel.check
+    from autocomp.measure.backends import ExportFailed
+
+    measured = autocomp.costmodel.check.measure
+
+    def no_int8(model, profile, **kwargs):
+        if any(type(m).__name__ == "Int8Linear" for m in model.modules()):
+            raise ExportFailed("openvino-cpu: OpenVINO cannot compile the export: could not create a primitive")
+        return measured(model, profile, **kwargs)
+
+    monkeypatch.setattr(autocomp.costmodel.check, "measure", no_int8)
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
+    assert main(["check-costmodel", str(job), "--samples", "3", "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["rows"]) == 3 and not any("w8" in row["recipe_summary"] for row in report["rows"])
+    assert "not measured: the target cannot run " in capsys.readouterr().out
+
+
 def test_check_costmodel_needs_three_samples(tmp_path, tiny_teacher, capsys):
     job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
     err = run_cli(["check-costmodel", str(job), "--samples", "2", "--out", str(tmp_path / "r.json")], capsys)

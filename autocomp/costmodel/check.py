@@ -31,6 +31,7 @@ from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, descri
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
 from autocomp.measure import measure, spread_warning
+from autocomp.measure.backends import ExportFailed
 from autocomp.measure.profiling import load_profile
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Recipe
@@ -107,7 +108,7 @@ def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: lis
     rows: list[dict[str, Any]] = []
     predictions: list[Prediction] = []
     models: list[nn.Module] = []
-    refused = 0
+    refused = unrunnable = 0
     while len(rows) < samples:
         recipe = Recipe(blocks=space.sample(study.ask(), heads).blocks)  # distillation changes no cost
         try:
@@ -120,7 +121,15 @@ def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: lis
                 raise AutocompError(f"the operators refused {refused} of the recipes sampled from the search "
                                     "space; check its fractions (e.g. a rank that saves nothing)") from None
             continue
-        result = measure(model, profile, example=calib, reference=base)
+        try:
+            result = measure(model, profile, example=calib, reference=base)
+        except ExportFailed as exc:  # the target cannot run it (e.g. int8 weights on OpenVINO without the kernel)
+            unrunnable += 1
+            log(f"not measured: the target cannot run {recipe.summary()} ({exc}); another sample is drawn")
+            if unrunnable > 10 * samples:
+                raise AutocompError(f"the target cannot run {unrunnable} of the recipes sampled from the search "
+                                    "space; leave out of it the settings it cannot run (the log names them)") from None
+            continue
         rows.append({"recipe_summary": recipe.summary(), "recipe": recipe.to_dict(),
                      "roofline_latency_ms": prediction.latency_ms,
                      "measured_latency_ms": result.latency_ratio * base_latency_ms,
