@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear
+from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear, int8_static_range
 from autocomp.runtimes.ort import ort_u8s8_exact
 
 __all__ = ["LayerExport", "export_form", "int8_weight_form", "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
@@ -262,7 +262,11 @@ def export_form(name: str, layer: QuantizedLinear, *, int8_weights: str = "auto"
 
 def int8_weight_form(int8_weights: str = "auto") -> str:
     """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine: ``auto``
-    resolved by :func:`ort_u8s8_exact`, any other form as it is."""
+    resolved by :func:`ort_u8s8_exact` and, for a CPU whose capability is capped, by oneDNN's
+    :func:`~autocomp.ops.quantize.int8_static_range`; any other form as it is."""
     if int8_weights != "auto":
         return int8_weights
-    return "matmul_integer" if ort_u8s8_exact() else "matmul_integer_reduce_range"
+    # not where oneDNN's int8 kernels saturate either: a CPU capped with ONEDNN_MAX_CPU_ISA to emulate one without
+    # VNNI, which ONNX Runtime does not read (its own kernel is this CPU's), is a target where full codes saturate
+    exact = ort_u8s8_exact() and int8_static_range() != 127
+    return "matmul_integer" if exact else "matmul_integer_reduce_range"
