@@ -96,6 +96,22 @@ def test_a_runtime_profile_is_measured_anew_when_the_form_of_what_it_runs_change
     assert keys[True][0] != keys[False][0] and keys[True][1] == keys[False][1]
 
 
+def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_or_openvino(monkeypatch):
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA emulate a CPU without AVX-512 or VNNI for PyTorch; ONNX Runtime reads
+    neither, and OpenVINO only in part: a user emulating their target there was told nothing."""
+    from autocomp.measure.profiling import cap_note
+
+    ort = dataclasses.replace(load_profile(LOCAL), backend="onnxruntime-cpu")
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert cap_note(ort) is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cap_note(ort).startswith("ONEDNN_MAX_CPU_ISA=AVX2 cap PyTorch's kernels; ONNX Runtime reads neither, so "
+                                    "onnxruntime-cpu latencies are measured as this CPU runs them")
+    assert "OpenVINO follows" in cap_note(dataclasses.replace(ort, backend="openvino-cpu"))
+    assert cap_note(load_profile(LOCAL)) is None  # PyTorch on the CPU: the caps hold
+
+
 def test_a_profile_measured_on_another_cpu_says_so():
     profile = dataclasses.replace(load_profile(LOCAL), measured_on="Some other CPU (x86_64, 2 CPUs; avx fma)")
     note = profile_note(profile)

@@ -39,8 +39,8 @@ from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
 
 __all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "BACKEND_PRECISIONS", "BACKEND_KERNELS", "calibrate",
-           "calibrated_profile", "cpu_description", "load_profile", "profile_note", "pytorch_fuses_attention",
-           "write_profile"]
+           "calibrated_profile", "cap_note", "cpu_description", "load_profile", "profile_note",
+           "pytorch_fuses_attention", "write_profile"]
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,22 @@ def profile_note(profile: HardwareProfile) -> str | None:
     return (f"hardware profile {profile.name!r} was measured on {profile.measured_on}, but this is {here}: its "
             "numbers may not describe this CPU; measure it with autocomp profile, or use a profile with "
             "calibrate: on_first_use")
+
+
+CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # what caps PyTorch's and oneDNN's kernels to a lesser CPU's
+CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads neither", "openvino-cpu": "OpenVINO follows "
+                  "ONEDNN_MAX_CPU_ISA in part (its default precision and its CPU checks do not)"}
+
+
+def cap_note(profile: HardwareProfile) -> str | None:
+    """A note when the CPU capability is capped (to emulate a CPU without AVX-512 or VNNI) and the target is a
+    runtime the caps do not hold for: its timings are this CPU's; None otherwise."""
+    capped = [f"{name}={os.environ[name]}" for name in CAPS if os.environ.get(name)]
+    if not capped or profile.backend not in CAPPED_IN_PART:
+        return None
+    return (f"{' and '.join(capped)} cap PyTorch's kernels; {CAPPED_IN_PART[profile.backend]}, so {profile.backend} "
+            "latencies are measured as this CPU runs them, not as the CPU the caps emulate (measure there for its "
+            "figures); int8 weights are exported in the form exact on it")
 
 
 def _calibration_key(path: Path) -> str:

@@ -23,7 +23,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import check_images
 from autocomp.measure.placement import require_device
-from autocomp.measure.profiling import load_profile, profile_note
+from autocomp.measure.profiling import cap_note, load_profile, profile_note
 from autocomp.models import create_model, model_digest, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
@@ -262,6 +262,8 @@ def _target(config: JobConfig, log: Callable[[str], None]) -> tuple[HardwareProf
     profile = load_profile(config.hardware, log=log)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
+    if (note := cap_note(profile)) is not None:
+        log(f"note: {note}")
     measuring = None
     if profile.ray_resource is None:
         measuring = require_device(profile, source=config.hardware)
