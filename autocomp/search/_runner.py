@@ -308,7 +308,8 @@ def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[i
                           allowed: Mapping[str, tuple], settings: list[Setting],
                           measure: Callable[[Recipe], float] | None) -> None:
     """Queue the known-good starting recipes (:mod:`autocomp.search._start`), a quarter of the trials at most."""
-    if measure is not None:  # minutes on a large model on a runtime backend: said before, not only after
+    if measure is not None and "latency_ms" in limits:  # minutes on a large model on a runtime backend: said
+        # before, not only after (under a memory limit alone nothing is measured: start_points predicts)
         log("starting points: measuring the candidates with every knob alike on the target")
     points = start_points(space, heads, predictor=screen.predictor if screen is not None else None, limits=limits,
                           cap=config.trials // 4, allowed=allowed, sensitivity=settings, measure=measure)
