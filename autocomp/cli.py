@@ -130,7 +130,7 @@ def _profile(args: argparse.Namespace) -> None:
     import yaml
 
     from autocomp.hardware import read_profile
-    from autocomp.measure.profiling import VIT_GEMMS, calibrate, calibrated_profile, write_profile
+    from autocomp.measure.profiling import VIT_GEMMS, calibrate, calibrated_profile, cap_note, write_profile
 
     out = _output_file(args.out, "my_cpu.yaml")
     base: dict[str, Any] | None = None
@@ -157,6 +157,8 @@ def _profile(args: argparse.Namespace) -> None:
         base["sources"] = {**(base.get("sources") or {}), "batch_size": (
             f"autocomp profile --batch-size {args.batch_size}" if args.batch_size else
             "autocomp profile's default, one image per forward pass; --batch-size sets the batch you serve")}
+    if (note := cap_note(backend)) is not None:  # the profile's measured_on names the caps: they do not hold here
+        print(f"note: {note}")
     settings = {"shapes": VIT_GEMMS[:1], "repeats": 5, "copy_mb": 64} if args.quick else {}
     calibration = calibrate(threads=threads, backend=backend, **settings)
     data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,

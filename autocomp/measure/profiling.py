@@ -275,13 +275,13 @@ CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads neither", "openvino-cpu
                   "ONEDNN_MAX_CPU_ISA in part (its default precision and its CPU checks do not)"}
 
 
-def cap_note(profile: HardwareProfile) -> str | None:
-    """A note when the CPU capability is capped (to emulate a CPU without AVX-512 or VNNI) and the target is a
+def cap_note(backend: str) -> str | None:
+    """A note when the CPU capability is capped (to emulate a CPU without AVX-512 or VNNI) and ``backend`` is a
     runtime the caps do not hold for: its timings are this CPU's; None otherwise."""
     capped = [f"{name}={os.environ[name]}" for name in CAPS if os.environ.get(name)]
-    if not capped or profile.backend not in CAPPED_IN_PART:
+    if not capped or backend not in CAPPED_IN_PART:
         return None
-    return (f"{' and '.join(capped)} cap PyTorch's kernels; {CAPPED_IN_PART[profile.backend]}, so {profile.backend} "
+    return (f"{' and '.join(capped)} cap PyTorch's kernels; {CAPPED_IN_PART[backend]}, so {backend} "
             "latencies are measured as this CPU runs them, not as the CPU the caps emulate (measure there for its "
             "figures); int8 weights are exported in the form exact on it")
 

@@ -262,7 +262,7 @@ def _target(config: JobConfig, log: Callable[[str], None]) -> tuple[HardwareProf
     profile = load_profile(config.hardware, log=log)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
-    if (note := cap_note(profile)) is not None:
+    if (note := cap_note(profile.backend)) is not None:
         log(f"note: {note}")
     measuring = None
     if profile.ray_resource is None:
