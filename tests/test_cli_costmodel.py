@@ -99,6 +99,7 @@ def test_check_costmodel_draws_again_where_the_target_cannot_run_a_sample(tmp_pa
     assert main(["check-costmodel", str(job), "--samples", "3", "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["rows"]) == 3 and not any("w8" in row["recipe_summary"] for row in report["rows"])
+    assert report["not_run"] > 0  # the report says it covers the samples the target runs
     assert "not measured: the target cannot run " in capsys.readouterr().out
 
 

@@ -57,8 +57,14 @@ def test_scoring_from_the_blocks_input_gives_the_whole_models_accuracy(tiny_teac
     fast = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,
                             threads=1)
     assert seen == [0] * 4 + [1] * 3  # every setting scored from its block's input
-    # but tokens merged after the last block (nothing after it reads fewer): offered nowhere, as a refused setting
-    assert [(s.block, s.accuracy_drop) for s in fast if s.knob == "tokens_keep"][1] == (1, None)
+    # but tokens after the last block, which the recipe leaves out (nothing after it reads fewer): not scored, as
+    # the uncompressed model costs nothing; still offered, so that every block alike may reduce tokens
+    assert [(s.block, s.accuracy_drop) for s in fast if s.knob == "tokens_keep"][1] == (1, 0.0)
+    from autocomp.search._start import alike_choices
+
+    # every block alike (the coarse stage, the starting points) still reduces tokens (in all blocks but the last)
+    allowed = _sensitivity.allowed_choices(fast, space, drop_above=100.0)
+    assert "b1.tokens_keep" not in allowed and alike_choices(space, 2, allowed)["tokens_keep"] == (0.5, 1.0)
     monkeypatch.setattr(_sensitivity, "BLOCK_INPUTS_BYTES", 0)  # too large to hold: the whole model runs
     seen.clear()
     whole = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,

@@ -71,8 +71,9 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     if (warning := spread_warning("the uncompressed model", reference.latency_ms, reference.latency_iqr_ms)):
         log(warning)
 
-    rows, predictions = _sample_and_measure(base, cost, space, heads, calib, profile, reference.latency_ms,
-                                            samples=samples, seed=config.seed, log=log)
+    rows, predictions, unrunnable = _sample_and_measure(base, cost, space, heads, calib, profile,
+                                                        reference.latency_ms, samples=samples, seed=config.seed,
+                                                        log=log)
     measured = [r["measured_latency_ms"] for r in rows]
     corrected = _leave_one_out(identity, predictions, measured, anchor)
     for row, prediction, value in zip(rows, predictions, corrected, strict=True):
@@ -83,6 +84,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     report = {
         "config": str(config.source) if config.source else None, "hardware": str(config.hardware),
         "profile": profile.name, "samples": len(rows), "seed": config.seed,
+        "not_run": unrunnable,  # samples the target cannot run, drawn again: the report covers the others
         "base": {"measured_latency_ms": reference.latency_ms, "latency_iqr_ms": reference.latency_iqr_ms,
                  "roofline_latency_ms": identity.latency_ms, "measured_memory_mb": reference.memory_mb,
                  "predicted_memory_mb": identity.memory_nbytes / MB},
@@ -102,7 +104,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
 
 def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: list[int], calib: torch.Tensor,
                         profile: Any, base_latency_ms: float, *, samples: int, seed: int,
-                        log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[Prediction]]:
+                        log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[Prediction], int]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     rows: list[dict[str, Any]] = []
@@ -146,7 +148,7 @@ def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: lis
     for row, model in zip(rows, models, strict=True):
         again = measure(model, profile, example=calib, reference=base)
         row["repeat_latency_ms"] = again.latency_ratio * base_latency_ms
-    return rows, predictions
+    return rows, predictions, unrunnable
 
 
 def _correction(identity: Prediction, predictions: Sequence[Prediction], measured: Sequence[float],

@@ -283,7 +283,7 @@ def cap_note(backend: str) -> str | None:
         return None
     return (f"{' and '.join(capped)} cap PyTorch's kernels; {CAPPED_IN_PART[backend]}, so {backend} "
             "latencies are measured as this CPU runs them, not as the CPU the caps emulate (measure there for its "
-            "figures); int8 weights are exported in the form exact on it")
+            "figures)")
 
 
 def _calibration_key(path: Path) -> str:

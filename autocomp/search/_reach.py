@@ -130,11 +130,13 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     not (under a memory limit too it stays offered, for the bytes it saves);
     fastest: the strongest of a structural knob, ``LESS_IS_FASTER``; the bit width measured fastest alone),
     measured on the target more than ``REACH_TOLERANCE`` over the limit, twice (the faster counts: a busy machine
-    slows a run), and so is the same candidate without each of its knobs in turn (settings fast alone can be slow
-    together); the fastest of these is named. Nothing is measured when one setting offered in every block already
-    meets the limit alone. The tolerance leaves room for timing noise and for per-block recipes a little faster
-    than these. ``dropped``: the settings the sensitivity pass offers in no block (not in ``ratios``), named in the
-    refusal with the option that would let the search try them.
+    slows a run), and then that candidate without each of its knobs in turn, each removal kept where it measures
+    faster (settings fast alone can be slow together); the fastest is named. Nothing is measured when one setting
+    offered in every block already meets the limit alone. The tolerance leaves room for timing noise and for
+    per-block recipes a little faster than these. A memory limit beside the latency one is not checked here: a
+    candidate without int8 may be faster and too large (the search then finds nothing within both). ``dropped``:
+    the settings the sensitivity pass offers in no block (not in ``ratios``), named in the refusal with the option
+    that would let the search try them.
 
     Raises:
         LatencyUnreachable: with the fastest candidate's latency and the budget that would admit it.

@@ -83,8 +83,9 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
             scored: dict[int, Setting] = {}  # heads kept -> the (larger) fraction scored for it in this block
             for knob, value in _settings(space, light):
                 tick(len(settings))
-                if knob == "tokens_keep" and block == depth - 1:  # nothing after it to save on: offered nowhere
-                    settings.append(Setting(block, knob, value, None, None))
+                if knob == "tokens_keep" and block == depth - 1:  # the recipe leaves it out (nothing after the
+                    # last block reads fewer tokens): the uncompressed model, which costs nothing to score
+                    settings.append(Setting(block, knob, value, 0.0, 1.0 if predictor is not None else None))
                     continue
                 if knob == "heads_keep" and (same := scored.get(heads_kept(value, heads_per_block[block]))):
                     settings.append(dataclasses.replace(same, value=value))  # the same model: scored once
