@@ -175,7 +175,7 @@ def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
     'failed 1 (last: interrupted)' for the rest of the run; a failure not made good still shows. The plain lines go
     where the search's log goes (a caller's ``log=``), not around it to standard output."""
     from autocomp.results import TrialRow
-    from autocomp.search._runner import _Progress
+    from autocomp.search._progress import Progress
 
     def row(number, state, blocks, error=None):
         return TrialRow(number=number, state=state, recipe_summary="", recipe={"blocks": blocks},
@@ -184,7 +184,7 @@ def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
                         violations={}, error=error)
 
     said: list[str] = []
-    progress = _Progress(total=4, done=0, enabled=True, log=said.append)  # pytest's stdout is no terminal: lines
+    progress = Progress(total=4, done=0, enabled=True, log=said.append)  # pytest's stdout is no terminal: lines
     interrupted = row(0, "FAIL", [{"quantize": {"weight_bits": 8}}], "interrupted")
     progress.update([interrupted])
     progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}])])

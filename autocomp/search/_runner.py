@@ -4,8 +4,6 @@ trial."""
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,6 +34,7 @@ from autocomp.search._controller import COARSE, DIRECTIONS, OptunaController, ag
 from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
 from autocomp.search._objective import TrialInputs, distill_subset
+from autocomp.search._progress import Progress
 from autocomp.search._ray import check_ray_address, ray_session, require_trial_resources
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
@@ -179,7 +178,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
                                                        splits.val.input_numel()),
                              fidelity=config.fidelity, quiet_key=_quiet_key(config, profile, run_dir))
-        display = _Progress(total=config.trials, done=done, enabled=progress, log=log)
+        display = Progress(total=config.trials, done=done, enabled=progress, log=log)
 
         plotted = [0.0]  # when pareto.png was last drawn: the driver draws it at most every PLOT_EVERY_S seconds,
         # since Ray starts no trial while the driver is busy (the end of the search draws it once more)
@@ -340,44 +339,3 @@ def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> Fron
             if t.user_attrs.get("short_accuracy") is not None
             and all(t.system_attrs.get(f"constraints:{key}", 0.0) <= 0 for key in ("latency_ms", "memory_mb"))]
     return FrontRule(slack=config.fidelity.slack, images=min(config.fidelity.images, val_images), seen=seen)
-
-
-class _Progress:
-    """A live line: trials done of total, how many within budget, best accuracy within budget. Where standard
-    output is no terminal (a log file, CI, a notebook), a plain line per finished trial, given to ``log``."""
-
-    def __init__(self, *, total: int, done: int, enabled: bool, log: Callable[[str], None] = print) -> None:
-        import sys
-
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._total = total
-        self._say = functools.partial(print, flush=True) if log is print else log  # shown as each trial ends
-        self._lines = enabled and not sys.stdout.isatty()  # plain lines in logs and CI, a live bar in a terminal
-        enabled = enabled and not self._lines
-        self._progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[status]}", markup=False),  # errors may hold [...]
-                                  TimeElapsedColumn(), disable=not enabled)
-        self._task = self._progress.add_task("search", total=total, completed=done, status="")
-
-    def __enter__(self) -> _Progress:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
-
-    def update(self, rows: list) -> None:
-        finished = [r for r in rows if r.state == "COMPLETE"]  # skipped and failed ones are asked for again
-        feasible = [r for r in rows if r.feasible]
-        best = max((r.accuracy for r in feasible if r.final), default=None)
-        skipped = sum(r.skipped_reason is not None for r in rows)
-        # a failure whose recipe a retry then completed (an interrupted trial run again) no longer counts here
-        completed = {json.dumps(r.recipe, sort_keys=True) for r in finished}
-        failed = [r for r in rows if r.state == "FAIL" and json.dumps(r.recipe, sort_keys=True) not in completed]
-        status = (f"within budget {len(feasible)}" + (f", best {best:.2f}%" if best is not None else "")
-                  + (f", skipped {skipped}" if skipped else "")
-                  + (f", failed {len(failed)} (last: {failed[-1].error})" if failed else ""))
-        self._progress.update(self._task, completed=len(finished), status=status)
-        if self._lines:
-            self._say(f"search {len(finished)}/{self._total}  {status}")
