@@ -100,8 +100,8 @@ class SearchSpace:
                 block["prune_mlp"] = PruneMlp(keep=mlp)
             if (rank := choose("rank")) < 1:
                 block["low_rank"] = LowRank(rank=rank, method=self.lowrank_method)
-            # after the last block, fewer tokens reach only the head's pooling: nothing is saved, and the class
-            # token the head reads is never merged (the recipe says what was done)
+            # after the last block, fewer tokens reach only the head's pooling: no block runs on fewer, nothing is
+            # saved (and the recipe says what was done)
             if (tokens := choose("tokens_keep")) < 1 and index < len(heads_per_block) - 1:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
