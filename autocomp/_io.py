@@ -13,7 +13,7 @@ from torch import nn
 
 from autocomp.errors import AutocompError
 
-__all__ = ["hash_weights", "read_safetensors", "tensor_bytes", "write_json", "write_safetensors"]
+__all__ = ["hash_weights", "read_safetensors", "tensor_bytes", "write_json", "write_safetensors", "write_yaml"]
 
 
 def hash_weights(model: nn.Module, digest: Any) -> None:
@@ -35,6 +35,14 @@ def tensor_bytes(value: torch.Tensor) -> bytes:
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    import yaml
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     tmp.replace(path)
 
 

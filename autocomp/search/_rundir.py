@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from autocomp._io import tensor_bytes, write_json, write_safetensors
+from autocomp._io import tensor_bytes, write_json, write_safetensors, write_yaml
 from autocomp._paths import resolve_path
 from autocomp.config import JobConfig
 from autocomp.data import Splits, load_splits
@@ -278,7 +278,7 @@ def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
                                       "model": digest, "files": _file_digests(config)})
-    _write_yaml(run_dir / "config.yaml", {**job, **_settings(config)})
+    write_yaml(run_dir / "config.yaml", {**job, **_settings(config)})
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")
 
@@ -291,12 +291,6 @@ def _settings(config: JobConfig) -> dict[str, Any]:
             "local": config.local, "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
             "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
-
-
-def _write_yaml(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False))
-    tmp.replace(path)
 
 
 def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool,
@@ -324,4 +318,4 @@ def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool
     if pass_kept and isinstance(ran, Mapping):
         now["sensitivity"] = ran
     if any(written.get(key) != value for key, value in now.items()):
-        _write_yaml(path, {**written, **now})
+        write_yaml(path, {**written, **now})
