@@ -17,8 +17,10 @@ from test_data import make_folder
 
 import autocomp
 from autocomp.cli import main
+from autocomp.config import load_config
 from autocomp.data import DataConfig, load_splits
 from autocomp.results import load_run_study
+from autocomp.search._rundir import job_identity
 from autocomp.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +119,34 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
         "scores would not compare with new ones; put the images back as they were, or search into a new run folder "
         "(--out)")
     (tmp_path / "data" / "val" / "red" / "new.png").unlink()
+    # the project folder moved (its job's paths relative to it): resumed, saying so, with the new paths recorded
+    project = tmp_path / "moved" / "project"
+    project.mkdir(parents=True)
+    for name in ("data", "run", "teacher.safetensors", "hw.yaml", "space.yaml"):
+        (tmp_path / name).rename(project / name)
+    relative = {**job, "model": {**job["model"], "checkpoint": "teacher.safetensors"},
+                "data": {**data, "root": "data"}, "search_space": "space.yaml", "hardware": "hw.yaml"}
+    (project / "job.yaml").write_text(yaml.safe_dump(relative))
+    (project / "space.yaml").write_text((project / "space.yaml").read_text() + "# a comment\n")
+    assert main(["search", str(project / "job.yaml"), "--out", str(project / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (  # moved, and a file's contents changed: that is what is named
+        f"autocomp: error: {project / 'run'} holds a search of a different job (the contents of the search space "
+        f"file {project / 'space.yaml'} changed (its text: a comment or a blank line counts)); rerun with the job as "
+        "it was to resume it, or search into a new run folder (--out)")
+    (project / "space.yaml").write_text((project / "space.yaml").read_text().removesuffix("# a comment\n"))
+    assert main(["search", str(project / "job.yaml"), "--out", str(project / "run"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: the job's files moved since the trials in {project / 'run'} ran (model.checkpoint " \
+        f"{tmp_path / 'teacher.safetensors'} -> {project / 'teacher.safetensors'}; data.root {tmp_path / 'data'} -> " \
+        f"{project / 'data'}; search_space {tmp_path / 'space.yaml'} -> {project / 'space.yaml'}; hardware " \
+        f"{tmp_path / 'hw.yaml'} -> {project / 'hw.yaml'}); what they hold is the same: resuming" in printed
+    assert "resuming: 2 trials already in " in printed
+    written = yaml.safe_load((project / "run" / "config.yaml").read_text())
+    assert (written["data"]["root"], written["hardware"]) == (str(project / "data"), str(project / "hw.yaml"))
+    fingerprint = job_identity(load_config(project / "job.yaml"), model)[2]  # the next resume matches as it is
+    assert json.loads((project / "run" / "run.json").read_text())["fingerprint"] == fingerprint
+    for name in ("data", "run", "teacher.safetensors", "hw.yaml", "space.yaml"):
+        (project / name).rename(tmp_path / name)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     (tmp_path / "run" / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "images"}))
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2

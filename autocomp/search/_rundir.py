@@ -30,8 +30,8 @@ try:
 except ImportError:  # Windows: a search runs without the run folder's lock (said)
     fcntl = None
 
-__all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fingerprint", "previous_run",
-           "require_same_model", "run_splits", "measured_otherwise", "write_run_info"]
+__all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fingerprint", "moved", "previous_run",
+           "require_same_model", "run_splits", "measured_otherwise", "write_run_info", "record_move"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
 REMEASURED = "remeasured.json"  # the best candidates' second measurements, for a rerun (search/_finish.py)
@@ -125,14 +125,68 @@ def earlier_fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]
     job's YAML wrote it (recorded in the run's config.yaml) where it names the same folder."""
     if config.data.crop_mode is not None:
         return None
-    try:
-        written = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        written = {}
+    written = (_written(run_dir) or {}).get("data", {})
     data = {key: value for key, value in vars(config.data).items() if key != "crop_mode"}
     if isinstance(written, Mapping) and _same_root(config, written.get("root")):
         data["root"] = written["root"]
     return _fingerprint(config, identity, {**job, "data": data})
+
+
+PATHS = (("model", "checkpoint"), ("data", "root"), ("search_space",), ("hardware",))  # the job's files and folder
+
+
+def _at(job: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        job = job.get(key) if isinstance(job, Mapping) else None
+    return job
+
+
+def moved(config: JobConfig, identity: str, job: Mapping[str, Any], run_dir: Path) -> tuple[str, list[str]] | None:
+    """A job whose files or image folder moved since its run's trials ran (the project folder moved, or copied to
+    another machine): the fingerprint it has with the paths the run's config.yaml recorded, and what moved ('data.root
+    A -> B'); None where no path differs. The paths alone: what they hold is checked apart (the files' contents by
+    the fingerprint, the checkpoint's weights by :func:`require_same_model`, the images by :func:`run_splits`), so a
+    checkpoint moved is taken only from a run that recorded its model's digest."""
+    written = _written(run_dir)
+    if written is None:
+        return None
+    then = json.loads(json.dumps(job, default=str))
+    moves = []
+    for keys in PATHS:
+        was, now = _at(written, keys), _at(then, keys)
+        if isinstance(was, str) and isinstance(now, str) and was != now:
+            _at(then, keys[:-1])[keys[-1]] = was  # keys[:-1] empty: the job itself
+            moves.append(f"{'.'.join(keys)} {was} -> {now}")
+    if not moves:
+        return None
+    if any(move.startswith("model.") for move in moves) and "model" not in _run_info(run_dir):
+        return None
+    if not isinstance(config.model, nn.Module):  # a timm model's identity is its settings, the checkpoint's path too
+        identity = json.dumps(then["model"], sort_keys=True)
+    return _fingerprint(config, identity, then), moves
+
+
+def record_move(run_dir: Path, job: Mapping[str, Any], fingerprint: str, moves: Sequence[str],
+                log: Callable[[str], None] = print) -> None:
+    """The paths of a job that moved (:func:`moved`) into its run's run.json and config.yaml, saying so."""
+    log(f"note: the job's files moved since the trials in {run_dir} ran ({'; '.join(moves)}); what they hold is "
+        "the same: resuming, with the new paths recorded")
+    write_json(run_dir / "run.json", {**_run_info(run_dir), "fingerprint": fingerprint})
+    now = json.loads(json.dumps({part: job[part] for part in JOB_PARTS}, default=str))  # as YAML holds it
+    write_yaml(run_dir / "config.yaml", {**(_written(run_dir) or {}), **now})
+
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def _written(run_dir: Path) -> Mapping[str, Any] | None:
+    """The job as the run's config.yaml holds it; None where it has none, or not a mapping."""
+    try:
+        written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return written if isinstance(written, Mapping) else None
 
 
 def _same_root(config: JobConfig, written: Any) -> bool:
@@ -154,17 +208,21 @@ def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping
         return None
     previous = json.loads(info.read_text())
     if previous.get("fingerprint") not in fingerprints:
-        changes = _job_changes(run_dir, job, config)
-        if changes is None:  # the same settings: a file's contents differ, or a module's weights
-            recorded = previous.get("model")  # the model's digest (runs before 2026-11 recorded none)
-            if digest is None or recorded is None:
-                changes = ("the contents of the search space or hardware profile file changed, or the weights of a "
-                           "model given as an nn.Module")
-            elif digest != recorded:
-                changes = "the weights of the model given as an nn.Module changed"
-            else:
-                changes = _changed_files(previous, config) or \
-                    "the contents of the search space or hardware profile file changed"
+        settings, paths = _job_changes(run_dir, job, config)
+        recorded = previous.get("model")  # the model's digest (runs before 2026-11 recorded none)
+        if settings:
+            changes = "; ".join(settings)
+        elif digest is not None and recorded is not None and digest != recorded:
+            changes = "the weights of the model given as an nn.Module changed"
+        elif files := _changed_files(previous, config):
+            changes = files
+        elif paths:  # moved, but not taken as a move (a run that recorded no model digest)
+            changes = "; ".join(paths)
+        elif digest is None or recorded is None:
+            changes = ("the contents of the search space or hardware profile file changed, or the weights of a "
+                       "model given as an nn.Module")
+        else:
+            changes = "the contents of the search space or hardware profile file changed"
         raise AutocompError(f"{run_dir} holds a search of a different job ({changes}); rerun with the job as it was "
                             "to resume it, or search into a new run folder (--out)")
     return previous
@@ -198,36 +256,35 @@ def require_same_model(previous: Mapping[str, Any], digest: str, config: JobConf
         return
     fix = ("give model.checkpoint (a model without one starts from other random weights in every run)"
            if getattr(config.model, "checkpoint", "") is None else "put the model back as it was")
-    raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (the same "
-                        "checkpoint path or module, other contents), so their scores would not compare with new "
-                        f"ones; {fix}, or search into a new run folder (--out)")
+    raise AutocompError(f"the model's weights or heads changed since the trials in {run_dir} ran (its checkpoint "
+                        "or module holds others), so their scores would not compare with new ones; "
+                        f"{fix}, or search into a new run folder (--out)")
 
 
 JOB_PARTS = ("model", "data", "search_space", "hardware", "budget")
 
 
-def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig | None) -> str | None:
+def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig | None
+                 ) -> tuple[list[str], list[str]]:
     """What differs between the job recorded in ``run_dir``'s config.yaml and ``job``: each setting, as it was and
-    is; None where no setting does."""
-    try:
-        written = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        written = None
-    if not isinstance(written, Mapping) or job is None:
-        return "model, data, search space, hardware or budget changed"
+    is, apart from the paths of the job's files and image folder (:data:`PATHS`), which come second."""
+    written = _written(run_dir)
+    if written is None or job is None:
+        return ["model, data, search space, hardware or budget changed"], []
     now = json.loads(json.dumps({part: job[part] for part in JOB_PARTS}, default=str))  # as YAML holds it
     data = written.get("data")
     if isinstance(data, Mapping) and config is not None and _same_root(config, data.get("root")):
         written = {**written, "data": {**data, "root": now["data"].get("root")}}  # as an earlier version wrote it
-    changed = []
+    changed = {}
     for part in JOB_PARTS:
         was, is_ = written.get(part), now[part]
         if isinstance(was, Mapping) and isinstance(is_, Mapping):
-            changed += [f"{part}.{key} was {was.get(key)!r}, now {is_.get(key)!r}"
-                        for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)]
+            changed |= {(part, key): f"{part}.{key} was {was.get(key)!r}, now {is_.get(key)!r}"
+                        for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)}
         elif was != is_:
-            changed.append(f"{part} was {was!r}, now {is_!r}")
-    return "; ".join(changed) or None
+            changed[(part,)] = f"{part} was {was!r}, now {is_!r}"
+    return ([said for keys, said in changed.items() if keys not in PATHS],
+            [said for keys, said in changed.items() if keys in PATHS])
 
 
 def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,
@@ -299,12 +356,8 @@ def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool
     kept the first run's, so that it says how the run's trials were last searched and a search from it resumes
     alike. Where the run's sensitivity pass is kept (``pass_kept``: its choices shaped the trials already run), a
     changed ``sensitivity`` section is not taken: the log says so, and config.yaml keeps the one the pass ran with."""
-    path = run_dir / "config.yaml"
-    try:
-        written = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return
-    if not isinstance(written, dict):
+    written = _written(run_dir)
+    if written is None:
         return
     now = json.loads(json.dumps(_settings(config), default=str))  # as YAML holds it
     ran = written.get("sensitivity")
@@ -318,4 +371,4 @@ def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool
     if pass_kept and isinstance(ran, Mapping):
         now["sensitivity"] = ran
     if any(written.get(key) != value for key, value in now.items()):
-        write_yaml(path, {**written, **now})
+        write_yaml(run_dir / "config.yaml", {**written, **now})
