@@ -14,7 +14,7 @@ from autocomp._paths import resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
 from autocomp.errors import AutocompError, AutocompTypeError
-from autocomp.models import ModelSpec, vit_blocks
+from autocomp.models import ModelSpec, factory_folder, vit_blocks
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
 
@@ -272,4 +272,8 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
     if isinstance(config.model, ModelSpec) and config.model.checkpoint:
         checkpoint = resolve_path(config.model.checkpoint, base=base, what="checkpoint", must_exist=False)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(checkpoint)))
+    if isinstance(config.model, ModelSpec) and config.model.factory is not None:  # a module beside the job file
+        folder = (str(resolve_path(config.model.path, base=base, what="model.path", must_exist=files_must_exist))
+                  if config.model.path is not None else factory_folder(config.model.factory, [base, Path.cwd()]))
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=folder))
     return dataclasses.replace(config, source=path)

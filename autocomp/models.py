@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from timm.layers import Attention
@@ -17,7 +17,8 @@ from torch import nn
 from autocomp._io import hash_weights, read_safetensors
 from autocomp.errors import AutocompError
 
-__all__ = ["ModelSpec", "create_model", "load_checkpoint", "model_digest", "vit_blocks"]
+__all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
+           "vit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,17 @@ class ModelSpec:
         kwargs: keyword arguments for ``timm.create_model`` or the factory (``img_size``, ``embed_dim``, ...).
         checkpoint: weights to load: ``.safetensors``, or ``.pth``/``.pt`` (loaded with ``weights_only=True``).
         factory: ``package.module:function`` returning the model (a timm ViT-family ``nn.Module``), for a model
-            timm does not name; importable where autocomp runs.
+            timm does not name; importable where autocomp runs, or found in ``path``.
+        path: the folder holding the factory's module (``module.py`` or a package folder) where Python does not
+            find it on its own; a job's config sets it to the job file's folder, or the current one, that holds it
+            (:func:`factory_folder`), so that its run folder and ``best/`` find the module too.
     """
 
     name: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     factory: str | None = None
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.factory is None):
@@ -46,7 +51,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"name": self.name, "kwargs": dict(self.kwargs), "checkpoint": self.checkpoint}
-        return data | ({"factory": self.factory} if self.factory is not None else {})
+        return data | {key: getattr(self, key) for key in ("factory", "path") if getattr(self, key) is not None}
 
     def describe(self) -> str:
         return self.name if self.name is not None else self.factory
@@ -93,15 +98,52 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
     return model.eval()
 
 
+def factory_folder(factory: str, folders: Sequence[Path]) -> str | None:
+    """The first of ``folders`` holding the module of ``factory`` (``package.module:function``: ``package.py`` or
+    ``package/``), where Python does not import it from its own path; None where it does, or none holds it."""
+    import importlib.util
+
+    top = _top_module(factory)
+    try:
+        if not top or importlib.util.find_spec(top) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    return next((str(folder.resolve()) for folder in folders if _module_in(folder, top) is not None), None)
+
+
+def _top_module(factory: str) -> str:
+    return factory.partition(":")[0].partition(".")[0]
+
+
+def _module_in(folder: Path, top: str) -> Path | None:
+    return next((found for found in (folder / f"{top}.py", folder / top) if found.exists()), None)
+
+
+def factory_module(spec: ModelSpec | nn.Module) -> Path | None:
+    """The file or package folder of the factory's module that ``spec.path`` holds (None: no factory, or one
+    Python imports from its own path)."""
+    if not isinstance(spec, ModelSpec) or spec.factory is None or spec.path is None:
+        return None
+    return _module_in(Path(spec.path), _top_module(spec.factory))
+
+
 def _from_factory(spec: ModelSpec) -> nn.Module:
     import importlib
+    import sys
 
     module_name, _, function = spec.factory.partition(":")
+    if spec.path is not None and spec.path not in sys.path:
+        sys.path.append(spec.path)  # after the installed packages: it holds a module they do not
     try:
         make = getattr(importlib.import_module(module_name), function)
     except ImportError as exc:
-        raise AutocompError(f"model.factory {spec.factory!r}: cannot import {module_name} ({exc}); install it or "
-                            "add its folder to PYTHONPATH") from None
+        where = f" (not in model.path {spec.path})" if spec.path is not None else ""
+        fix = (f"give the module's name, not its file: {module_name.removesuffix('.py')}:{function}"
+               if module_name.endswith(".py") else
+               "install it, put it beside the job file, or add its folder to PYTHONPATH")
+        raise AutocompError(f"model.factory {spec.factory!r}: cannot import {module_name}{where} ({exc}); "
+                            f"{fix}") from None
     except AttributeError:
         raise AutocompError(f"model.factory {spec.factory!r}: {module_name} has no {function!r}") from None
     model = make(**dict(spec.kwargs))

@@ -219,6 +219,20 @@ def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job,
                    "data.std) to the images the model was trained on")
 
 
+def test_a_factory_module_that_cannot_be_imported_says_where_it_can_be(job, tmp_path, capsys):
+    """Not installed, beside the job file, on PYTHONPATH: said with the three places; a module named by its file
+    (my_vits.py:small) with its name (my_vits:small)."""
+    edit_job(job, lambda d: d.update(model={"factory": "nowhere_vits:small"}))
+    assert run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys) == (
+        "autocomp: error: model.factory 'nowhere_vits:small': cannot import nowhere_vits (No module named "
+        "'nowhere_vits'); install it, put it beside the job file, or add its folder to PYTHONPATH")
+    (job.parent / "my_vits.py").write_text("def small():\n    raise RuntimeError('not reached')\n")
+    edit_job(job, lambda d: d.update(model={"factory": "my_vits.py:small"}))
+    assert run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys).endswith(
+        "; give the module's name, not its file: my_vits:small")
+    assert not (tmp_path / "r").exists()
+
+
 def test_checkpoint_that_does_not_fit(job, tmp_path, capsys):
     edit_job(job, lambda d: d["model"]["kwargs"].update(embed_dim=48))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)

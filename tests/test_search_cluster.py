@@ -203,7 +203,7 @@ def test_losing_the_device_node_stops_the_search_which_resumes_when_it_is_back(c
     line = err.strip()
     assert len(line.splitlines()) == 1 and line.startswith("autocomp: error: search stopped: the Ray node holding "
                                                            "the device resource 'test_device' left the cluster")
-    assert "run the same command again to resume once it is back" in line
+    assert "run the same command again to resume once that is put right" in line
     kept = {t.number: t.values for t in _complete(run)}
     assert 1 <= len(kept) < trials and (run / "trials.csv").is_file()
 

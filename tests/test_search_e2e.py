@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -290,13 +289,25 @@ def test_another_ray_address_than_the_initialized_ray_is_refused_before_anything
 
 
 def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch, own_ray):
-    """model: {factory: package.module:function}: no timm name, nothing pickled, best/ loads on its own."""
+    """model: {factory: module:function}, the module beside the job file (no PYTHONPATH, the search run from another
+    folder), its model of a class of its own, which the Ray workers unpickle: no timm name, nothing pickled from a
+    file, and best/ loads on its own in a fresh process."""
+    import subprocess
+    import sys
+
     (tmp_path / "my_models.py").write_text(
-        "import timm\n\n"
+        "import timm\n"
+        "from timm.models.vision_transformer import VisionTransformer\n\n"
+        "class MyViT(VisionTransformer):\n"
+        "    pass\n\n"
         "def tiny(**kwargs):\n"
-        "    return timm.create_model('deit_tiny_patch16_224', pretrained=False, **kwargs)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")  # for Ray's workers
+        "    model = timm.create_model('deit_tiny_patch16_224', pretrained=False, **kwargs)\n"
+        "    model.__class__ = MyViT\n"
+        "    return model\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the search adds the module's folder to this process's
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
     data = yaml.safe_load(job.read_text())
     data["model"] = {"factory": "my_models:tiny", "kwargs": data["model"]["kwargs"],
@@ -304,8 +315,45 @@ def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypa
     job.write_text(yaml.safe_dump(data))
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    loaded = autocomp.load(tmp_path / "run" / "best")
-    assert evaluate(loaded, load_splits(DIGITS).val) == summary["best"]["val_accuracy"]
+    assert summary["trials"]["complete"] == 1  # the worker imported my_models to unpickle the model
+    loaded = subprocess.run([sys.executable, "-c", "import autocomp, sys; "
+                             "print(type(autocomp.load(sys.argv[1])).__name__)", str(tmp_path / "run" / "best")],
+                            capture_output=True, text=True, cwd=elsewhere)
+    assert loaded.stdout.strip() == "MyViT", loaded.stderr
+    assert evaluate(autocomp.load(tmp_path / "run" / "best"), load_splits(DIGITS).val) == \
+        summary["best"]["val_accuracy"]
+
+
+def test_a_model_class_the_ray_workers_cannot_import_stops_the_search_saying_so(tmp_path, tiny_teacher,
+                                                                                 monkeypatch, own_ray):
+    """A module given in Python whose class only the driver imports (its folder on this process's sys.path alone):
+    the first trial stops the search with the worker's import error, not a retry after retry of 'worker died'."""
+
+    from autocomp import AutocompError
+    from autocomp.config import load_config
+    from autocomp.search import run_search
+
+    (tmp_path / "here_only").mkdir()
+    (tmp_path / "here_only" / "driver_models.py").write_text(
+        "from timm.models.vision_transformer import VisionTransformer\n\n"
+        "class DriverViT(VisionTransformer):\n"
+        "    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "here_only"))
+    from driver_models import DriverViT
+
+    model = create_model(tiny_teacher[0])
+    model.__class__ = DriverViT
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=3, workers=1)
+    data = yaml.safe_load(job.read_text())
+    del data["model"]
+    job.write_text(yaml.safe_dump(data))
+    with pytest.raises(AutocompError) as stopped:
+        run_search(load_config(job, model=model), tmp_path / "run", log=lambda line: None)
+    assert str(stopped.value).startswith("search stopped: a trial's Ray worker cannot load the model and data "
+                                         "(ModuleNotFoundError: No module named 'driver_models'): every module a "
+                                         "class of the model comes from must be importable on every Ray node")
+    trials = load_run_study(tmp_path / "run").get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # one try; its recipe queued for the resume
 
 
 def test_a_saved_model_with_damaged_weights_is_refused_with_the_fix(finished_run, tmp_path):

@@ -34,7 +34,7 @@ from ray.tune.search import Searcher
 from autocomp.config import Resources
 from autocomp.search._controller import OptunaController
 from autocomp.search._fidelity import FrontRule, FrontScheduler
-from autocomp.search._objective import ERROR, TrialInputs, run_trial
+from autocomp.search._objective import ERROR, STOP, TrialInputs, run_trial
 from autocomp.search._ray import trial_room
 
 __all__ = ["TrialLoop"]
@@ -135,7 +135,30 @@ class _StopAll(Stopper):
         return self.stopping
 
 
-def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_early: bool) -> None:
+class Shipped:
+    """The trials' inputs as they travel to the workers: pickled bytes, which the trial unpickles itself (once per
+    worker process), so that a worker that cannot import a class of the model's (a module found on the driver only)
+    fails as the trial's error, which stops the search saying so, not as a worker that died without a word."""
+
+    _opened: dict[str, TrialInputs] = {}  # per process: the inputs of the search it runs trials of
+
+    def __init__(self, inputs: TrialInputs) -> None:
+        import uuid
+
+        import cloudpickle
+
+        self.key, self.data = uuid.uuid4().hex, cloudpickle.dumps(inputs)
+
+    def open(self) -> TrialInputs:
+        import cloudpickle
+
+        if self.key not in Shipped._opened:
+            Shipped._opened.clear()  # a worker process kept from an earlier search holds no other's inputs
+            Shipped._opened[self.key] = cloudpickle.loads(self.data)
+        return Shipped._opened[self.key]
+
+
+def _trainable(config: dict[str, Any], shipped: Shipped, gate: Any, stops_early: bool) -> None:
     """One Tune trial: a placeholder waits at the gate, then runs the trial the gate hands it, if any; a real one
     runs its recipe. Each reports its result (first the short one, under multi-fidelity: a scheduler that stops the
     trial ends this thread in that report)."""
@@ -147,8 +170,16 @@ def _trainable(config: dict[str, Any], inputs: TrialInputs, gate: Any, stops_ear
         if config is None:
             tune.report({PLACEHOLDER: 1})
             return
-    torch.set_num_threads(inputs.threads)
     node = ray.get_runtime_context().get_node_id()
+    try:
+        inputs = shipped.open()
+    except Exception as exc:  # noqa: BLE001 - every trial on this worker would fail alike: the search stops
+        tune.report({ERROR: f"a trial's Ray worker cannot load the model and data ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}): every module a class of the model "
+                            "comes from must be importable on every Ray node (a factory's module beside the job "
+                            "file is sent to the workers)", STOP: True, "node": node, "pid": os.getpid()})
+        return
+    torch.set_num_threads(inputs.threads)
 
     def short(result: dict[str, Any]) -> bool:
         tune.report({**result, "node": node, "pid": os.getpid()})
@@ -197,7 +228,8 @@ class TrialLoop:
         self._searcher, self._stopper = _Gated(workers), _StopAll()
         self._error: BaseException | None = None
         asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
-        trainable = tune.with_parameters(_trainable, inputs=inputs, gate=self._gate, stops_early=rule is not None)
+        trainable = tune.with_parameters(_trainable, shipped=Shipped(inputs), gate=self._gate,
+                                         stops_early=rule is not None)
         tuner = tune.Tuner(
             tune.with_resources(trainable, asked),
             tune_config=tune.TuneConfig(search_alg=self._searcher, num_samples=trials + workers,

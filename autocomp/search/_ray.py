@@ -12,7 +12,8 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 from autocomp.config import Resources
 from autocomp.errors import AutocompError
@@ -31,11 +32,14 @@ HEAD_SILENT_S = 20.0  # a head silent this long is said to be lost (Ray ends the
 
 
 @contextmanager
-def ray_session(*, workers: int, ray_address: str | None,
-                log: Callable[[str], None] = print) -> Iterator[None]:
+def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], None] = print,
+                modules: Sequence[Path] = ()) -> Iterator[None]:
     """Ray for the duration of the block: the caller's, if Ray is already initialized in this process; else joined
     at ``ray_address`` or started embedded, and shut down on exit. ``ray_address`` is one that
     :func:`check_ray_address` took (:func:`~autocomp.search.run_search` checks it first thing, before any load).
+    ``modules``: Python modules (a ``.py`` file or a package's folder) the workers import that their Python does not
+    find on its own (a factory's module beside the job file): on their ``PYTHONPATH`` on an embedded Ray, sent to
+    every node of a cluster joined by address (Ray's ``py_modules``).
 
     Raises:
         AutocompError: a cluster that cannot be joined, or one whose nodes run other versions than the driver.
@@ -53,11 +57,14 @@ def ray_session(*, workers: int, ray_address: str | None,
         try:
             if ray_address:
                 ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"py_modules": [_package_dir()], "excludes": ["__pycache__"]})
+                         runtime_env={"py_modules": [_package_dir(), *map(str, modules)], "excludes": ["__pycache__"]})
             else:
                 # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) here
+                path = os.pathsep.join(dict.fromkeys([*(str(Path(m).parent) for m in modules),
+                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
                 ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR")
+                         log_to_driver=False, logging_level="ERROR",
+                         runtime_env={"env_vars": {"PYTHONPATH": path}} if modules else None)
         except ConnectionError as exc:
             raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
                                 "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started "

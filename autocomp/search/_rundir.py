@@ -132,7 +132,7 @@ def earlier_fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]
     return _fingerprint(config, identity, {**job, "data": data})
 
 
-PATHS = (("model", "checkpoint"), ("data", "root"), ("search_space",), ("hardware",))  # the job's files and folder
+PATHS = (("model", "checkpoint"), ("model", "path"), ("data", "root"), ("search_space",), ("hardware",))  # its files
 
 
 def _at(job: Mapping[str, Any], keys: Sequence[str]) -> Any:

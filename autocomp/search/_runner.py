@@ -22,7 +22,7 @@ from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import cap_note, load_profile, profile_note
-from autocomp.models import create_model, model_digest, vit_blocks
+from autocomp.models import create_model, factory_module, model_digest, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
 from autocomp.search import _before as before
@@ -134,7 +134,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         baseline = None  # measured on the device's node, once Ray is up
     # a device on a Ray node is needed for the baseline, the trials, and the final re-measurement of the best
     needs_ray = remaining > 0 or baseline is None or profile.ray_resource is not None
-    with ray_session(workers=config.workers, ray_address=ray_address, log=log) if needs_ray else nullcontext():
+    modules = [module] if (module := factory_module(config.model)) is not None else []
+    with ray_session(workers=config.workers, ray_address=ray_address, log=log, modules=modules) if needs_ray \
+            else nullcontext():
         if needs_ray:
             if profile.ray_resource is not None:
                 measuring = require_device(profile, source=config.hardware)
@@ -235,7 +237,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             if controller.stopped is not None:
                 kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
                 raise AutocompError(f"search stopped: {controller.stopped}; the {kept} trials done are kept in "
-                                    f"{run_dir}; run the same command again to resume once it is back")
+                                    f"{run_dir}; run the same command again to resume once that is put right")
             if controller.unfinished:  # Tune returned with trials to go, and no error: not a finished search
                 kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
                 raise AutocompError(f"search stopped: Ray Tune ended with {controller.unfinished} trial(s) not run "
