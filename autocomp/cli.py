@@ -176,7 +176,7 @@ def _profile(args: argparse.Namespace) -> None:
 
 def _check_costmodel(args: argparse.Namespace) -> None:
     from autocomp.config import load_config
-    from autocomp.costmodel.check import check_costmodel
+    from autocomp.costmodel.check import LEGEND, check_costmodel
 
     out = _output_file(args.out, "costmodel.json")
     report = check_costmodel(load_config(args.config), samples=args.samples, out=out)
@@ -187,6 +187,14 @@ def _check_costmodel(args: argparse.Namespace) -> None:
             rho = "n/a" if stats["spearman"] is None else f"{stats['spearman']:.3f}"
             print(f"{key:8s} {stage:8s}  Spearman {rho}  MAPE {100 * stats['mape']:.1f}%  "
                   f"within ±10% {100 * stats['within_10pct']:.0f}%")
+    print("\nSpearman: rank agreement with the measurements (1: the same order, what a search needs most); MAPE: "
+          "mean error; within ±10%: the share of samples predicted that close. Latency predicted as")
+    for stage, meaning in LEGEND.items():
+        print(f"  {stage:8s}  {meaning}")
+    print("memory is counted (the bytes the model holds and allocates), not fitted: before and after are the same")
+    print("\n" + "\n".join(f"verdict: {line}" for line in report["verdict"]))
+    if report.get("note"):
+        print(f"note: {report['note']}")
     print(f"\nreport written to {args.out}, plot to {report['plot']}")
 
 

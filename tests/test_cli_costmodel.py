@@ -13,7 +13,7 @@ from test_search_e2e import write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "hardware_profiles" / "local_cpu.yaml"
-STATS = {"n", "spearman", "mape", "within_10pct", "median_ratio"}
+STATS = {"n", "spearman", "mape", "within_10pct", "median_ratio", "max_ratio"}
 
 
 def test_profile_writes_a_profile_that_loads(tmp_path, capsys):
@@ -78,6 +78,35 @@ def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teac
     out_text = capsys.readouterr().out
     assert "latency  after " in out_text and "Spearman" in out_text
     assert "measuring the 6 samples a second time" in out_text  # minutes on a large model: said as it starts
+    assert "  repeat    a second measurement of each sample against its first: the noise floor" in out_text
+    over = max(report["latency"][stage]["max_ratio"] for stage in ("anchored", "after"))
+    assert report["verdict"][0].startswith("6 samples are too few to judge the cost model")
+    assert report["verdict"][-1].startswith(f"the worst over-prediction was {100 * max(over - 1, 0):.0f}% over the "
+                                            "measured latency, ")
+    assert all(f"verdict: {line}" in out_text for line in report["verdict"])
+
+
+def test_the_verdict_says_whether_a_search_would_skip_a_candidate_within_budget():
+    from autocomp.costmodel.check import verdict
+
+    def report(after, repeat, over, samples=20):
+        stats = {"mape": after, "max_ratio": over}
+        return {"samples": samples, "latency": {"anchored": {"mape": 0.3, "max_ratio": 1.0}, "after": stats,
+                                                "repeat": {"mape": repeat, "max_ratio": 1.02}}}
+
+    close = verdict(report(0.05, 0.03, 1.2), skip_margin=0.5)
+    assert close == ["corrected latency predictions are off by 5.0% on average, the machine's own repeat by 3.0%: "
+                     "within twice the noise floor: as good as this machine's measurements allow",
+                     "the worst over-prediction was 20% over the measured latency, within the job's skip_margin "
+                     "(50%): no sample within budget would have been skipped"]
+    coarse = verdict(report(0.3, 0.03, 1.8), skip_margin=0.5)
+    assert coarse[0].endswith("by 3.0%: 10.0x the noise floor: a search's predictions are coarse here, its "
+                              "measurements decide")
+    assert coarse[1] == ("the worst over-prediction was 80% over the measured latency, more than the job's "
+                         "skip_margin (50%): a search could skip a candidate within budget as predicted over it; "
+                         "raise skip_margin above 0.80")
+    assert len(verdict(report(0.05, 0.03, 1.8), skip_margin=None)) == 1  # never skips: nothing to say of the margin
+    assert verdict(report(0.05, 0.03, 1.2, samples=5), skip_margin=0.5)[0].startswith("5 samples are too few")
 
 
 def test_check_costmodel_draws_again_where_the_target_cannot_run_a_sample(tmp_path, tiny_teacher, capsys,

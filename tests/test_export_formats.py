@@ -12,6 +12,7 @@ import pytest
 import autocomp
 from autocomp.cli import build_parser, main
 from autocomp.measure import backends
+from conftest import skip_where_openvino_lacks_compressed_weights
 from test_cli_errors import run_cli
 from test_search_e2e import write_job
 
@@ -83,7 +84,11 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
     assert here in ("f32", "bf16", "f16")
     monkeypatch.setattr(openvino, "default_precision", lambda: "bf16")  # as on a CPU with AVX512_BF16 or AMX
     capsys.readouterr()
-    assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "openvino"]) == 0
+    exported = main(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "openvino"])
+    if exported != 0 and "OpenVINO cannot compile the export" in (err := capsys.readouterr().err):  # int8 weights
+        assert "(ONEDNN_MAX_CPU_ISA=" in err  # the cap is named where it is what refuses them
+        skip_where_openvino_lacks_compressed_weights(AssertionError(err))
+    assert exported == 0
     assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
     assert not (out / "model.onnx").exists()  # the file the IR was converted from is not left to be mistaken for it
     info = json.loads((out / "export.json").read_text())

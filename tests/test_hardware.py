@@ -96,9 +96,10 @@ def test_a_runtime_profile_is_measured_anew_when_the_form_of_what_it_runs_change
     assert keys[True][0] != keys[False][0] and keys[True][1] == keys[False][1]
 
 
-def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_or_openvino(monkeypatch):
+def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_fbgemm(monkeypatch):
     """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA emulate a CPU without AVX-512 or VNNI for PyTorch; ONNX Runtime reads
-    neither, and OpenVINO only in part: a user emulating their target there was told nothing."""
+    neither, OpenVINO only in part, nor does FBGEMM, PyTorch's dynamic int8 Linear on its default quantized engine:
+    a user emulating their target there was told nothing."""
     from autocomp.measure.profiling import cap_note
 
     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
@@ -109,7 +110,15 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_or_openvino(
                                                   "neither, so onnxruntime-cpu latencies are measured as this CPU "
                                                   "runs them")
     assert "OpenVINO follows" in cap_note("openvino-cpu")
-    assert cap_note(load_profile(LOCAL).backend) is None  # PyTorch on the CPU: the caps hold
+    import torch
+
+    monkeypatch.setattr(torch.backends.quantized, "engine", "onednn")
+    assert cap_note(load_profile(LOCAL).backend) is None  # PyTorch on the CPU, int8 on oneDNN: the caps hold
+    monkeypatch.setattr(torch.backends.quantized, "engine", "x86")  # PyTorch's default: FBGEMM picks its own
+    assert cap_note("pytorch-cpu").startswith("ONEDNN_MAX_CPU_ISA=AVX2 cap PyTorch's kernels; PyTorch's dynamic int8 "
+                                              "Linear (quantized engine 'x86': FBGEMM) reads neither, so dynamic int8 "
+                                              "layers' latencies (and the profile's int8 peak) are measured as this "
+                                              "CPU runs them")
 
 
 def test_a_profile_measured_on_another_cpu_says_so():

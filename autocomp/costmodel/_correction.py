@@ -40,7 +40,8 @@ def fidelity(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
         ``n``; ``spearman``: rank correlation (what a search needs: the right order; nan below 2 points or when
         one side is constant); ``mape``: mean absolute percentage error, as a fraction; ``within_10pct``: share of
         predictions within ±10 % of the measurement; ``median_ratio``: median of predicted / measured (a
-        systematic bias shows here).
+        systematic bias shows here); ``max_ratio``: the largest predicted / measured (the worst over-prediction,
+        which decides whether a candidate within budget is skipped as predicted over it).
     """
     p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     if p.shape != m.shape or p.ndim != 1:
@@ -51,7 +52,8 @@ def fidelity(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
         raise AutocompError("measured latencies must be positive")
     error = np.abs(p - m) / m
     return {"n": float(len(m)), "spearman": _spearman(p, m), "mape": float(error.mean()),
-            "within_10pct": float(np.mean(error <= WITHIN + 1e-12)), "median_ratio": float(np.median(p / m))}
+            "within_10pct": float(np.mean(error <= WITHIN + 1e-12)), "median_ratio": float(np.median(p / m)),
+            "max_ratio": float(np.max(p / m))}
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,15 +32,25 @@ from autocomp.data import load_splits
 from autocomp.errors import AutocompError
 from autocomp.measure import measure, spread_warning
 from autocomp.measure.backends import ExportFailed
-from autocomp.measure.profiling import load_profile
+from autocomp.measure.profiling import cap_note, load_profile
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.search._space import load_space
 
-__all__ = ["check_costmodel", "MIN_SAMPLES"]
+__all__ = ["check_costmodel", "verdict", "LEGEND", "MIN_SAMPLES"]
 
 MB = 1e6
 MIN_SAMPLES = 3  # leave-one-out needs at least two others to fit on
+FEW_SAMPLES = 10  # below: a rank correlation or an error over so few recipes says little
+LEGEND = {
+    "before": "the roofline's own milliseconds, from the hardware profile's peaks",
+    "anchored": "the roofline's ratio to the uncompressed model times its measured latency (a search's first "
+                "predictions)",
+    "after": "anchored, then corrected by a fit on the other samples (leave-one-out: as for a recipe not yet seen; "
+             "a search's predictions once it has measured trials)",
+    "repeat": "a second measurement of each sample against its first: the noise floor, the best any cost model "
+              "can do on this machine",
+}
 
 
 def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
@@ -84,6 +94,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     report = {
         "config": str(config.source) if config.source else None, "hardware": str(config.hardware),
         "profile": profile.name, "samples": len(rows), "seed": config.seed,
+        "note": cap_note(profile.backend),  # the environment caps the CPU's kernels, and not this runtime's
         "not_run": unrunnable,  # samples the target cannot run, drawn again: the report covers the others
         "base": {"measured_latency_ms": reference.latency_ms, "latency_iqr_ms": reference.latency_iqr_ms,
                  "roofline_latency_ms": identity.latency_ms, "measured_memory_mb": reference.memory_mb,
@@ -97,9 +108,39 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
                        "anchor_ms_per_roofline_ms": anchor, "scales_fitted_on_all": full.scales},
         "rows": rows, "plot": str(out.with_suffix(".png")),
     }
+    report["verdict"] = verdict(report, config.skip_margin)
     out.write_text(json.dumps(report, indent=2))
     plot_fidelity(out.with_suffix(".png"), rows)
     return report
+
+
+def verdict(report: dict[str, Any], skip_margin: float | None) -> list[str]:
+    """What a report means for a search of the job, in sentences: whether there were samples enough to judge, how
+    far the corrected model is from the noise floor, and whether its worst over-prediction would make a search skip
+    a candidate within budget (the job's ``skip_margin``)."""
+    latency, said = report["latency"], []
+    if report["samples"] < FEW_SAMPLES:
+        said.append(f"{report['samples']} samples are too few to judge the cost model (a rank correlation of 1 "
+                    f"over 3 means little): --samples {2 * FEW_SAMPLES} or more")
+    after, noise = latency["after"]["mape"], latency["repeat"]["mape"]
+    if after is not None and noise is not None:
+        how = ("within twice the noise floor: as good as this machine's measurements allow" if after <= 2 * noise
+               else f"{after / max(noise, 1e-9):.1f}x the noise floor: a search's predictions are coarse here, its "
+               "measurements decide")
+        said.append(f"corrected latency predictions are off by {100 * after:.1f}% on average, the machine's own "
+                    f"repeat by {100 * noise:.1f}%: {how}")
+    over = max((latency[stage]["max_ratio"] for stage in ("anchored", "after")
+                if latency[stage].get("max_ratio") is not None), default=None)
+    if over is not None and skip_margin is not None:
+        if over - 1 > skip_margin:
+            said.append(f"the worst over-prediction was {100 * (over - 1):.0f}% over the measured latency, more than "
+                        f"the job's skip_margin ({100 * skip_margin:.0f}%): a search could skip a candidate within "
+                        f"budget as predicted over it; raise skip_margin above {over - 1:.2f}")
+        else:
+            said.append(f"the worst over-prediction was {100 * max(over - 1, 0):.0f}% over the measured latency, "
+                        f"within the job's skip_margin ({100 * skip_margin:.0f}%): no sample within budget would "
+                        "have been skipped")
+    return said
 
 
 def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: list[int], calib: torch.Tensor,

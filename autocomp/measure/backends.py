@@ -363,12 +363,14 @@ class OpenVinoCpu(_Exported):
         return ir_weight_nbytes(path, loaded=loaded)
 
     def load(self, path: Path, profile: HardwareProfile) -> nn.Module:
-        from autocomp.runtimes.openvino import OvModule, ov_compiled
+        from autocomp.runtimes.openvino import OvModule, capped_isa, ov_compiled
 
         try:
             return OvModule(ov_compiled(path, threads=profile.threads, batch=profile.batch_size))
         except Exception as exc:  # noqa: BLE001 - the CPU plugin refuses an operator
-            raise ExportFailed(f"{self.name}: OpenVINO cannot compile the export: {_reason(exc)}") from exc
+            raise ExportFailed(f"{self.name}: OpenVINO cannot compile the export: {_reason(exc)}" + capped_isa(
+                "a real CPU of that kind compiles layers the capped plugin refuses, int8 and 2-6 bit weights among "
+                "them; unset it to compile here")) from exc
 
 
 def _reason(exc: BaseException) -> str:

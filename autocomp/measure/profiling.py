@@ -276,14 +276,22 @@ CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads neither", "openvino-cpu
 
 
 def cap_note(backend: str) -> str | None:
-    """A note when the CPU capability is capped (to emulate a CPU without AVX-512 or VNNI) and ``backend`` is a
-    runtime the caps do not hold for: its timings are this CPU's; None otherwise."""
+    """A note when the CPU capability is capped (to emulate a CPU without AVX-512 or VNNI) and ``backend`` runs
+    kernels the caps do not hold for: their timings are this CPU's; None otherwise."""
     capped = [f"{name}={os.environ[name]}" for name in CAPS if os.environ.get(name)]
-    if not capped or backend not in CAPPED_IN_PART:
+    if not capped:
         return None
-    return (f"{' and '.join(capped)} cap PyTorch's kernels; {CAPPED_IN_PART[backend]}, so {backend} "
-            "latencies are measured as this CPU runs them, not as the CPU the caps emulate (measure there for its "
-            "figures)")
+    if backend in CAPPED_IN_PART:
+        ignored, what = CAPPED_IN_PART[backend], f"{backend} latencies are"
+    elif backend == "pytorch-cpu" and torch.backends.quantized.engine in ("x86", "fbgemm"):
+        # FBGEMM picks its kernels from the CPU itself (cpuinfo): ATen's and oneDNN's caps do not reach it
+        ignored = (f"PyTorch's dynamic int8 Linear (quantized engine {torch.backends.quantized.engine!r}: FBGEMM) "
+                   "reads neither")
+        what = "dynamic int8 layers' latencies (and the profile's int8 peak) are"
+    else:
+        return None
+    return (f"{' and '.join(capped)} cap PyTorch's kernels; {ignored}, so {what} measured as this CPU runs them, "
+            "not as the CPU the caps emulate (measure there for its figures)")
 
 
 def _calibration_key(path: Path) -> str:

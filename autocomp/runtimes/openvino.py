@@ -30,8 +30,8 @@ from torch import nn
 
 from autocomp.runtimes.onnx import OnnxExport, OnnxExportConfig, export_onnx
 
-__all__ = ["OPENVINO_EXPORT", "OpenVinoExport", "OvModule", "default_precision", "export_openvino", "ir_weight_nbytes",
-           "ov_compiled"]
+__all__ = ["OPENVINO_EXPORT", "OpenVinoExport", "OvModule", "capped_isa", "default_precision", "export_openvino",
+           "ir_weight_nbytes", "ov_compiled"]
 
 OPENVINO_EXPORT = OnnxExportConfig(int8_weights="dequantize_linear")
 
@@ -123,6 +123,16 @@ def ir_weight_nbytes(path: str | Path, *, loaded: bool = False) -> int:
     half = (ov.Type.bf16, ov.Type.f16)
     return sum(op.get_byte_size() * (2 if loaded and op.get_output_element_type(0) in half else 1)
                for op in model.get_ops() if op.get_type_name() == "Constant")
+
+
+def capped_isa(what: str) -> str:
+    """Where oneDNN is capped to a lesser CPU's instructions (``ONEDNN_MAX_CPU_ISA``, which OpenVINO's CPU plugin
+    follows in part), a sentence that says so after an OpenVINO failure, ``what`` being how a real CPU of that kind
+    fares (the plugin picks its kernels and default precision from this CPU, then compiles under the cap); else ""."""
+    import os
+
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f" (ONEDNN_MAX_CPU_ISA={capped} is set here, which OpenVINO follows in part: {what})" if capped else ""
 
 
 def default_precision() -> str:

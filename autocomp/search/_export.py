@@ -290,7 +290,7 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
     """How the IR runs compiled with OpenVINO's defaults on this CPU, beside the f32 it was checked (and measured)
     in: on CPUs with AVX512_BF16 or AMX the default runs its fp32 layers in bf16, another model; said when so."""
     from autocomp.runtimes import compare_outputs
-    from autocomp.runtimes.openvino import OvModule, default_precision, ov_compiled
+    from autocomp.runtimes.openvino import OvModule, capped_isa, default_precision, ov_compiled
 
     precision = default_precision()
     if precision == "f32":
@@ -302,7 +302,9 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
         reason = " ".join(str(exc).split())[:300]
         log(f"note: OpenVINO's default precision on this CPU, {precision}, cannot compile {path.name} here "
             f"({type(exc).__name__}: {reason}); compile it with {{'INFERENCE_PRECISION_HINT': 'f32'}}, the precision "
-            "autocomp checked and measured it in")
+            "autocomp checked and measured it in"
+            + capped_isa(f"it takes {precision} from this CPU; a CPU without AVX-512 defaults to f32, the precision "
+                         "checked"))
         return {"precision": precision, "error": f"{type(exc).__name__}: {reason}"}
     log(f"note: OpenVINO compiles {path.name} in {precision} by default on this CPU (top-1 agreement with the "
         f"checked model {100 * agreement.top1:.1f}%, largest logit difference {agreement.max_logit_diff:.3g}); "

@@ -21,7 +21,7 @@ from autocomp.costmodel import fidelity
 from autocomp.data import Splits, preprocessing_source
 from autocomp.distill import distill
 from autocomp.hardware import HardwareProfile
-from autocomp.measure.profiling import cpu_description, profile_note
+from autocomp.measure.profiling import cap_note, cpu_description, profile_note
 from autocomp.recipe import Distill, Recipe
 from autocomp.results import TrialRow, closest_trial, pareto_front, trial_rows, write_results
 from autocomp.saving import save_model
@@ -72,7 +72,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         "images_from": dict(splits.origins) if splits.origins else None,
         "hardware": {"profile": profile.name, "backend": profile.backend, "runtime": baseline.get("runtime"),
                      "measured_on": profile.measured_on,
-                     "this_cpu": cpu_description(), "note": profile_note(profile)},
+                     "this_cpu": cpu_description(),
+                     "note": "; ".join(filter(None, [profile_note(profile), cap_note(profile.backend)])) or None},
     }
     if summary["skipped"]:
         saved = summary["time_saved_s"]
