@@ -141,8 +141,8 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
     said = capsys.readouterr()
     err = said.err.strip()
     # what the data is comes first, with a note on validation images drawn from those it may have been trained on
-    assert re.search(r"data: \d+ training \(the folder\), 4 validation \(held out of the folder\), 4 test \(held "
-                     r"out of the folder\) images", said.out), said.out
+    assert re.search(r"data: \d+ training \(the folder\), 4 calibration \(held out of the folder\), 4 validation "
+                     r"\(held out of the folder\), 4 test \(held out of the folder\) images", said.out), said.out
     assert "note: the validation and test images are held out of the folder, which the model may have been trained " \
         "on: their scores read high then, and every candidate's with them; val/ and test/ folders of images it never " \
         "saw avoid it" in said.out

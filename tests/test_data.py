@@ -230,11 +230,13 @@ def test_split_folders_may_have_their_other_common_names(tmp_path, names):
     assert len(splits.val) == 6 and all(f.startswith(f"{val}/") for f in splits.val.files)
     assert len(splits.test) == 4 and all(f.startswith(f"{test}/") for f in splits.test.files)
     assert len(splits.train) == 18 and all(f.startswith(f"{train}/") for f in splits.train.files)
-    assert splits.origins == {"train": f"{train}/", "val": f"{val}/", "test": f"{test}/"}  # as the log says
+    assert splits.origins == {"train": f"{train}/", "calib": f"held out of {train}/", "val": f"{val}/",
+                              "test": f"{test}/"}  # as the log says
     shutil.rmtree(tmp_path / val)  # validation drawn from the training images, which the log says with a note
     splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=2, workers=0),
                          tiny_rgb_vit())
-    assert splits.origins == {"train": f"{train}/", "val": f"held out of {train}/", "test": f"{test}/"}
+    assert splits.origins == {"train": f"{train}/", "calib": f"held out of {train}/", "val": f"held out of {train}/",
+                              "test": f"{test}/"}
     assert load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / train), calib_size=2, workers=0),
                        tiny_rgb_vit()).origins["val"] == "held out of the folder"
     make_folder(tmp_path / val, {"cat": 3, "dog": 3})

@@ -288,7 +288,7 @@ def test_another_ray_address_than_the_initialized_ray_is_refused_before_anything
     assert not (tmp_path / "run").exists() and ray.is_initialized()  # nothing computed; the caller's Ray kept
 
 
-def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch, own_ray):
+def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypatch, own_ray, capsys):
     """model: {factory: module:function}, the module beside the job file (no PYTHONPATH, the search run from another
     folder), its model of a class of its own, which the Ray workers unpickle: no timm name, nothing pickled from a
     file, and best/ loads on its own in a fresh process."""
@@ -316,6 +316,9 @@ def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypa
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 1  # the worker imported my_models to unpickle the model
+    printed = capsys.readouterr().out  # one trial: too few for start points, said
+    assert "note: no start points: they take a quarter of the trials at most, none of 1 (4 trials or more" in printed
+    assert "\n1 trial in " in printed
     loaded = subprocess.run([sys.executable, "-c", "import autocomp, sys; "
                              "print(type(autocomp.load(sys.argv[1])).__name__)", str(tmp_path / "run" / "best")],
                             capture_output=True, text=True, cwd=elsewhere)

@@ -67,7 +67,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     assert main(["search", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "resuming: 2 trials already in " in printed  # none run again
-    assert "data: 17 training (train/), 9 validation (val/), 3 test (held out of train/) images;" in printed
+    assert "data: 17 training (train/), 4 calibration (held out of train/), 9 validation (val/), 3 test (held out " \
+        "of train/) images;" in printed
     assert "note: the validation" not in printed  # val/ is a folder of its own; test/ is not:
     assert "note: the test images are held out of train/, which the model may have been trained on: its scores read " \
         "high then, and every candidate's with them; a test/ folder of images it never saw avoids it" in printed
@@ -75,7 +76,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 2
     assert summary["images"] == {"train": 24 - 3 - 4, "calib": 4, "val": 9, "test": 3}
-    assert summary["images_from"] == {"train": "train/", "val": "val/", "test": "held out of train/"}
+    assert summary["images_from"] == {"train": "train/", "calib": "held out of train/", "val": "val/",
+                                      "test": "held out of train/"}
     own = timm.data.resolve_model_data_config(model)  # the model's own preprocessing, as timm gives it
     assert summary["preprocessing"] == {"image_size": 224, "channels": 3, "mean": list(own["mean"]),
                                         "std": list(own["std"]), "interpolation": own["interpolation"],

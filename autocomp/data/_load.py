@@ -314,7 +314,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         listed = {name: _flatten(found, classes) for name, found in parts.items()}
         train_dir = f"{split_dirs['train'].name}/"
         origins = {name: f"{split_dirs[name].name}/" if name in listed else f"held out of {train_dir}"
-                   for name in ("train", "val", "test")}
+                   for name in ("train", "calib", "val", "test")}
         train_files, train_labels = listed["train"]
         if "test" in listed:
             test_files, test_labels = listed["test"]
@@ -330,7 +330,8 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
             val_idx, calib_idx, train_idx = _val_calib_train(order(train_files), config)
             val_files, val_labels = _take(train_files, train_labels, val_idx)
     else:
-        origins = {"train": "the folder", "val": "held out of the folder", "test": "held out of the folder"}
+        origins = {"train": "the folder", "calib": "held out of the folder", "val": "held out of the folder",
+                   "test": "held out of the folder"}
         found = _classes(root)
         classes = sorted(found)
         files, labels = _flatten(found, classes)

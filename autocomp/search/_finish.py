@@ -77,7 +77,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     }
     if summary["skipped"]:
         saved = summary["time_saved_s"]
-        log(f"skipped {summary['skipped']} candidates predicted over budget"
+        log(f"skipped {summary['skipped']} candidate{'s' if summary['skipped'] != 1 else ''} predicted over budget"
             + (f" (about {saved:.0f} s saved)" if saved is not None else ""))
     if summary["early_stopped"]["stopped"]:
         stopped = summary["early_stopped"]

@@ -47,7 +47,7 @@ PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
 GUIDED = ("tpe", "gp")  # the samplers the coarse stage and the local moves run with
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}  # as the log names the splits
+SPLIT_NAMES = {"train": "training", "calib": "calibration", "val": "validation", "test": "test"}  # as logged
 
 
 def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_address: str | None = None,
@@ -217,6 +217,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     log(f"the space offers {recipes} different recipes (after the sensitivity pass), fewer than the "
                         f"{remaining} trials left: at most {recipes} will run, as a recipe drawn again is not run; "
                         f"widen the space (or raise sensitivity.drop_above) to use the trials")
+                if config.start_points and config.trials < 4 and not study.trials:
+                    log(f"note: no start points: they take a quarter of the trials at most, none of {config.trials} "
+                        "(4 trials or more queue the uncompressed model, uniform int8 and the like first)")
                 if config.start_points and config.trials >= 4 and not study.trials:
                     if "latency_ms" in limits:  # the all-knobs point is measured: not while workers start
                         loop.wait_for_workers()
@@ -246,7 +249,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             took = time.perf_counter() - started
             study.set_user_attr(LOOP_SECONDS, study.user_attrs.get(LOOP_SECONDS, 0.0) + took)
             study.set_user_attr(ASKING_SECONDS, study.user_attrs.get(ASKING_SECONDS, 0.0) + controller.asking_seconds)
-            log(f"{remaining} trials in {took:.0f} s"
+            log(f"{remaining} trial{'s' if remaining != 1 else ''} in {took:.0f} s"
                 + (f"; {rule.stopped} stopped after the short distillation and score, {rule.promoted} finished"
                    if rule is not None and rule.stopped + rule.promoted else ""))
         try:
