@@ -103,15 +103,7 @@ def _trial_number(text: str) -> int | str:
 def _export(args: argparse.Namespace) -> None:
     from autocomp.search import export_trial
 
-    path = export_trial(Path(args.run_dir), args.trial, Path(args.out), format=args.format,
-                        int8_weights=args.int8_weights)
-    print(f"{'the best model' if args.trial == 'best' else f'trial {args.trial}'} written to {path}")
-    if args.format != "pytorch":
-        info = json.loads((path / "export.json").read_text())
-        print(f"{info['file']}: {info['file_weight_nbytes'] / 1e6:.3f} MB of weights in the file, "
-              f"{info['weight_nbytes'] / 1e6:.3f} MB once the runtime loads it; top-1 agreement with the PyTorch "
-              f"model {100 * info['top1_agreement']:.1f}% of {info['images']} validation images, largest logit "
-              f"difference {info['max_logit_diff']:.3g}")
+    export_trial(Path(args.run_dir), args.trial, Path(args.out), format=args.format, int8_weights=args.int8_weights)
 
 
 def _output_file(out: str, example: str) -> Path:

@@ -48,7 +48,7 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
 
     assert info["int8_weights"] == int8_weight_form()  # the form written (auto's choice on this CPU), for another CPU
     # every trial is int8: the form exact on VNNI CPUs alone says so, with the portable form to export instead
-    portable = "for a file exact on every CPU, export with --int8-weights matmul_integer_reduce_range"
+    portable = "for a file exact on every CPU, export with int8 weights matmul_integer_reduce_range (--int8-weights"
     assert (portable in info.get("int8_weights_note", "")) == (info["int8_weights"] == "matmul_integer")
     assert (portable in printed) == (info["int8_weights"] == "matmul_integer")
 

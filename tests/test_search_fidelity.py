@@ -209,7 +209,8 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     said = []
     out = export_trial(run, int(short[0]["number"]), tmp_path / "short", log=said.append)
     rebuilt = json.loads((out / "metrics.json").read_text())["rebuilt"]
-    assert said == [rebuilt["note"]] and "never scored" in rebuilt["note"] and "on 64 validation images" in said[0]
+    assert said == [rebuilt["note"], f"trial {short[0]['number']} written to {out}"]  # export_trial's log as the CLI's
+    assert "never scored" in rebuilt["note"] and "on 64 validation images" in said[0]
     assert rebuilt["short_accuracy"] == pytest.approx(float(short[0]["short_accuracy"]))
     assert rebuilt["images"] == len(digits_splits.val)
     metrics = json.loads((out / "metrics.json").read_text())  # its accuracy is the rebuild's, the trial's beside it
@@ -217,7 +218,8 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     assert evaluate(autocomp.load(out), digits_splits.val) == pytest.approx(rebuilt["val_accuracy"])
     out = export_trial(run, int(full[0]["number"]), tmp_path / "full", log=said.append)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(said) == 1 and "rebuilt" not in metrics  # a finished trial is the model it scored
+    assert said[2:] == [f"trial {full[0]['number']} written to {out}"] and "rebuilt" not in metrics  # a finished
+    # trial is the model it scored
     assert metrics["accuracy"] == pytest.approx(float(full[0]["accuracy"]))
     assert evaluate(autocomp.load(out), digits_splits.val) == pytest.approx(metrics["accuracy"])
 
@@ -233,7 +235,7 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     shutil.rmtree(run / "trials" / full[0]["number"], ignore_errors=True)  # no kept weights: rebuilt
     out = export_trial(run, undistilled.number, tmp_path / "undistilled", log=said.append)
     recipe = autocomp.Recipe.load(out / "recipe.yaml")
-    assert recipe.distill is None and len(said) == 1
+    assert recipe.distill is None and said[3:] == [f"trial {undistilled.number} written to {out}"]
     with torch.no_grad():
         plain = compress(tiny_teacher[1], recipe, calibration=digits_splits.calib.x)
     assert torch.equal(autocomp.load(out)(digits_splits.val.x[:64]), plain.eval()(digits_splits.val.x[:64]))

@@ -179,6 +179,13 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         _write_deployable(backend, model, images, out, profile, format,
                           extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {},
                           log=log)
+    log(f"{'the best model' if number == BEST else f'trial {number}'} written to {out}")
+    if backend is not None:
+        info = json.loads((out / "export.json").read_text())
+        log(f"{info['file']}: {info['file_weight_nbytes'] / 1e6:.3f} MB of weights in the file, "
+            f"{info['weight_nbytes'] / 1e6:.3f} MB once the runtime loads it; top-1 agreement with the PyTorch "
+            f"model {100 * info['top1_agreement']:.1f}% of {info['images']} validation images, largest logit "
+            f"difference {info['max_logit_diff']:.3g}")
     return out
 
 
@@ -337,8 +344,8 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
         info["int8_weights_note"] = note = (
             "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI; "
             "on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are wrong: for a file "
-            "exact on every CPU, export with --int8-weights matmul_integer_reduce_range (the scored model's own "
-            "input codes, a little slower here)")
+            "exact on every CPU, export with int8 weights matmul_integer_reduce_range (--int8-weights; export_trial's "
+            "int8_weights=), the scored model's own input codes, a little slower here")
         log(f"note: {note}")
     write_json(out / "export.json", info)
     if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
