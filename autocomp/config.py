@@ -14,7 +14,7 @@ from autocomp._paths import resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
 from autocomp.errors import AutocompError, AutocompTypeError
-from autocomp.models import ModelSpec, factory_folder, vit_blocks
+from autocomp.models import ModelSpec, factory_folder, factory_module, vit_blocks
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
 
@@ -273,7 +273,17 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         checkpoint = resolve_path(config.model.checkpoint, base=base, what="checkpoint", must_exist=False)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(checkpoint)))
     if isinstance(config.model, ModelSpec) and config.model.factory is not None:  # a module beside the job file
-        folder = (str(resolve_path(config.model.path, base=base, what="model.path", must_exist=files_must_exist))
-                  if config.model.path is not None else factory_folder(config.model.factory, [base, Path.cwd()]))
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=folder))
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                       path=_module_folder(config.model, base)))
     return dataclasses.replace(config, source=path)
+
+
+def _module_folder(model: ModelSpec, base: Path) -> str | None:
+    """``model.path``: the folder given, where it holds the factory's module; else the config file's folder or the
+    current one, where either does and Python does not find the module on its own (:func:`factory_folder`: a run's
+    config.yaml recorded a folder its project has moved from since)."""
+    given = None if model.path is None else str(resolve_path(model.path, base=base, what="model.path",
+                                                             must_exist=False))
+    if given is not None and factory_module(dataclasses.replace(model, path=given)) is not None:
+        return given
+    return factory_folder(model.factory, [base, Path.cwd()]) or given

@@ -99,17 +99,27 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
 
 
 def factory_folder(factory: str, folders: Sequence[Path]) -> str | None:
-    """The first of ``folders`` holding the module of ``factory`` (``package.module:function``: ``package.py`` or
-    ``package/``), where Python does not import it from its own path; None where it does, or none holds it."""
+    """The first of ``folders`` holding the module of ``factory`` (``package.module:function``: ``package/`` or
+    ``package.py``), where Python does not import it from elsewhere: None where it does (an installed module, one on
+    PYTHONPATH), or none holds it. A module imported already from one of ``folders`` (an earlier search in this
+    process) gives that folder: the answer does not depend on what the process imported before."""
     import importlib.util
 
     top = _top_module(factory)
+    if not top:
+        return None
     try:
-        if not top or importlib.util.find_spec(top) is not None:
-            return None
+        found = importlib.util.find_spec(top)
     except (ImportError, ValueError):
-        pass
-    return next((str(folder.resolve()) for folder in folders if _module_in(folder, top) is not None), None)
+        found = None
+    if found is None:
+        return next((str(folder.resolve()) for folder in folders if _module_in(folder, top) is not None), None)
+    origin = found.origin or next(iter(found.submodule_search_locations or []), None)
+    if origin is None:
+        return None
+    origin = Path(origin).resolve()  # the module's file, its package's __init__.py, or a namespace package's folder
+    return next((str(folder) for folder in (Path(f).resolve() for f in folders)
+                 if origin == folder / f"{top}.py" or folder / top in (origin, origin.parent)), None)
 
 
 def _top_module(factory: str) -> str:
@@ -117,7 +127,8 @@ def _top_module(factory: str) -> str:
 
 
 def _module_in(folder: Path, top: str) -> Path | None:
-    return next((found for found in (folder / f"{top}.py", folder / top) if found.exists()), None)
+    """``folder``'s module ``top`` as Python would import it from there: the package before the file."""
+    return next((found for found in (folder / top, folder / f"{top}.py") if found.exists()), None)
 
 
 def factory_module(spec: ModelSpec | nn.Module) -> Path | None:
@@ -136,7 +147,7 @@ def _from_factory(spec: ModelSpec) -> nn.Module:
     if spec.path is not None and spec.path not in sys.path:
         sys.path.append(spec.path)  # after the installed packages: it holds a module they do not
     try:
-        make = getattr(importlib.import_module(module_name), function)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         where = f" (not in model.path {spec.path})" if spec.path is not None else ""
         fix = (f"give the module's name, not its file: {module_name.removesuffix('.py')}:{function}"
@@ -144,8 +155,10 @@ def _from_factory(spec: ModelSpec) -> nn.Module:
                "install it, put it beside the job file, or add its folder to PYTHONPATH")
         raise AutocompError(f"model.factory {spec.factory!r}: cannot import {module_name}{where} ({exc}); "
                             f"{fix}") from None
-    except AttributeError:
-        raise AutocompError(f"model.factory {spec.factory!r}: {module_name} has no {function!r}") from None
+    make = getattr(module, function, None)
+    if make is None:  # a module of the user's named like an installed one imports the installed one
+        raise AutocompError(f"model.factory {spec.factory!r}: {module_name} ({getattr(module, '__file__', None)}) "
+                            f"has no {function!r}; if yours is another module of that name, rename it")
     model = make(**dict(spec.kwargs))
     if not isinstance(model, nn.Module):
         raise AutocompError(f"model.factory {spec.factory!r} returned a {type(model).__name__}, not an nn.Module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from autocomp._io import read_safetensors, write_json, write_safetensors
 from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
-from autocomp.models import ModelSpec, create_model
+from autocomp.models import ModelSpec, create_model, factory_folder, factory_module
 from autocomp.recipe import Recipe
 
 __all__ = ["save_model", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
@@ -121,8 +122,10 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
                                 "autocomp.load(path, base=my_model)")
         skeleton = copy.deepcopy(base)
     else:
-        skeleton = create_model(build(ModelSpec, architecture, where=str(directory / "model.yaml")),
-                                load_weights=False)
+        spec = build(ModelSpec, architecture, where=str(directory / "model.yaml"))
+        if spec.factory is not None and factory_module(spec) is None:  # the folder it recorded moved: found here?
+            spec = dataclasses.replace(spec, path=factory_folder(spec.factory, [Path.cwd()]) or spec.path)
+        skeleton = create_model(spec, load_weights=False)
     model = compress(skeleton, Recipe.load(directory / "recipe.yaml"), structure_only=True, inplace=True)
     weights = read_safetensors(directory / "weights.safetensors", "saved weights",
                                "the folder is damaged; export the trial again (autocomp export)")

@@ -310,7 +310,7 @@ def test_a_ray_client_address_is_refused_with_the_way_to_run(job, tmp_path, caps
     assert "Ray Client (ray://) addresses are not supported" in err and "HOST:PORT" in err
 
 
-def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, tmp_path, capsys):
+def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, tmp_path, capsys, monkeypatch):
     """Ray retries an address for minutes, and only after the data and the baseline loaded: an address without a
     port, a port where nothing listens, and one where a web server (the dashboard's port, say) answers are refused
     first, each with what to give instead."""
@@ -342,6 +342,19 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
     from autocomp.search._ray import check_ray_address
 
     check_ray_address(f"127.0.0.1:{grpc_like.getsockname()[1]}")  # taken: a Ray head would answer so
+    # ... unless Ray would look for it elsewhere: without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, at this machine's own
+    # address (here another loopback address, where nothing listens), and would retry it without end
+    threading.Thread(target=answer, daemon=True).start()
+    import ray.util
+
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.2")
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address",
+                   f"127.0.0.1:{grpc_like.getsockname()[1]}"], capsys)
+    assert err == (f"autocomp: error: Ray address 127.0.0.1:{grpc_like.getsockname()[1]} (--ray-address): Ray would "
+                   f"join it at this machine's address 127.0.0.2:{grpc_like.getsockname()[1]}, where the head does not "
+                   "listen (it listens on loopback alone); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here, as where the "
+                   "head was started, so that Ray stays on loopback, or give the head's other address")
+    monkeypatch.undo()
     grpc_like.close()
     try:
         for address, said in [("127.0.0.1", "give the head's HOST:PORT"), ("::1", "give the head's HOST:PORT"),

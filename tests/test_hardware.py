@@ -112,6 +112,8 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_
     assert "OpenVINO follows" in cap_note("openvino-cpu")
     import torch
 
+    if not {"onednn", "x86"} <= set(torch.backends.quantized.supported_engines):
+        return  # an ARM build: neither engine, nor FBGEMM
     monkeypatch.setattr(torch.backends.quantized, "engine", "onednn")
     assert cap_note(load_profile(LOCAL).backend) is None  # PyTorch on the CPU, int8 on oneDNN: the caps hold
     monkeypatch.setattr(torch.backends.quantized, "engine", "x86")  # PyTorch's default: FBGEMM picks its own

@@ -323,6 +323,16 @@ def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypa
                              "print(type(autocomp.load(sys.argv[1])).__name__)", str(tmp_path / "run" / "best")],
                             capture_output=True, text=True, cwd=elsewhere)
     assert loaded.stdout.strip() == "MyViT", loaded.stderr
+    from autocomp.config import load_config
+
+    # the job read again in this process, which imported my_models: the same folder (no other fingerprint, and the
+    # workers of a second search get it too)
+    assert load_config(job).model.path == str(tmp_path.resolve())
+    (tmp_path / "my_models.py").rename(elsewhere / "my_models.py")  # the folder best/ recorded no longer holds it
+    loaded = subprocess.run([sys.executable, "-c", "import autocomp, sys; "
+                             "print(type(autocomp.load(sys.argv[1])).__name__)", str(tmp_path / "run" / "best")],
+                            capture_output=True, text=True, cwd=elsewhere)
+    assert loaded.stdout.strip() == "MyViT", loaded.stderr  # found in the current folder
     assert evaluate(autocomp.load(tmp_path / "run" / "best"), load_splits(DIGITS).val) == \
         summary["best"]["val_accuracy"]
 

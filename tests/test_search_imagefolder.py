@@ -138,10 +138,11 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     (project / "space.yaml").write_text((project / "space.yaml").read_text().removesuffix("# a comment\n"))
     assert main(["search", str(project / "job.yaml"), "--out", str(project / "run"), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert f"note: the job's files moved since the trials in {project / 'run'} ran (model.checkpoint " \
-        f"{tmp_path / 'teacher.safetensors'} -> {project / 'teacher.safetensors'}; data.root {tmp_path / 'data'} -> " \
-        f"{project / 'data'}; search_space {tmp_path / 'space.yaml'} -> {project / 'space.yaml'}; hardware " \
-        f"{tmp_path / 'hw.yaml'} -> {project / 'hw.yaml'}); what they hold is the same: resuming" in printed
+    assert f"note: the job's files moved since the trials in {project / 'run'} ran (model.checkpoint was " \
+        f"'{tmp_path / 'teacher.safetensors'}', now '{project / 'teacher.safetensors'}'; data.root was " \
+        f"'{tmp_path / 'data'}', now '{project / 'data'}'; search_space was '{tmp_path / 'space.yaml'}', now " \
+        f"'{project / 'space.yaml'}'; hardware was '{tmp_path / 'hw.yaml'}', now '{project / 'hw.yaml'}'); what they " \
+        "hold is the same: resuming" in printed
     assert "resuming: 2 trials already in " in printed
     written = yaml.safe_load((project / "run" / "config.yaml").read_text())
     assert (written["data"]["root"], written["hardware"]) == (str(project / "data"), str(project / "hw.yaml"))

@@ -111,6 +111,52 @@ def test_a_run_folder_of_an_earlier_version_is_resumed_and_one_of_another_job_re
         previous(squashed)
 
 
+def test_a_checkpoint_left_out_is_named_not_taken_for_a_move(tmp_path):
+    """A checkpoint path to another place is a move (checked by the weights' digest); one added or removed is another
+    job, named as the setting it is."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import yaml
+    from safetensors.torch import save_file
+
+    from autocomp import AutocompError
+    from autocomp.config import load_config
+    from autocomp.models import ModelSpec, create_model, model_digest
+    from autocomp.search._rundir import job_identity, moved, previous_run
+
+    root = Path(__file__).resolve().parents[1]
+    job_file = tmp_path / "job.yaml"
+    kwargs = {"img_size": 16, "patch_size": 4, "depth": 1}
+    weights = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=kwargs)).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "w.safetensors"))
+    job_file.write_text(yaml.safe_dump({
+        "model": {"name": "deit_tiny_patch16_224", "kwargs": kwargs, "checkpoint": "w.safetensors"},
+        "data": {"dataset": "digits"}, "budget": {"memory": 0.5},
+        "search_space": str(root / "search_spaces" / "heads_int8.yaml"),
+        "hardware": str(root / "hardware_profiles" / "local_cpu.yaml")}))
+    config = load_config(job_file)
+    base = create_model(config.model)
+    job, identity, fingerprint = job_identity(config, base)
+    run = tmp_path / "run"
+    run.mkdir()
+    study_file(run).touch()
+    (run / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(job, default=str))))
+    (run / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "model": model_digest(base)}))
+    none = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=None))
+    job, identity, fingerprint = job_identity(none, base)
+    assert moved(none, identity, job, run) is None
+    with pytest.raises(AutocompError, match=r"different job \(model.checkpoint was '.*w.safetensors', now None\)"):
+        previous_run(run, [fingerprint, moved(none, identity, job, run)], job, none, model_digest(base))
+    (tmp_path / "w.safetensors").rename(tmp_path / "v.safetensors")  # moved: the same job where its weights are
+    there = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                  checkpoint=str(tmp_path / "v.safetensors")))
+    job, identity, fingerprint = job_identity(there, base)
+    assert previous_run(run, [fingerprint, moved(there, identity, job, run)], job, there,
+                        model_digest(base)) is not None
+
+
 def test_a_run_of_a_module_whose_weights_changed_is_refused_saying_so(tmp_path):
     """A model given as an nn.Module: its weights are part of the job. Refused as another job, naming the weights
     (not a list of what might have changed); where the weights are the same, the files whose contents count."""

@@ -369,8 +369,8 @@ class OpenVinoCpu(_Exported):
             return OvModule(ov_compiled(path, threads=profile.threads, batch=profile.batch_size))
         except Exception as exc:  # noqa: BLE001 - the CPU plugin refuses an operator
             raise ExportFailed(f"{self.name}: OpenVINO cannot compile the export: {_reason(exc)}" + capped_isa(
-                "a real CPU of that kind compiles layers the capped plugin refuses, int8 and 2-6 bit weights among "
-                "them; unset it to compile here")) from exc
+                "capped so, the plugin refuses layers a real CPU of that kind compiles, int8 and 2-6 bit weights "
+                "among them; unset it to see whether the cap is the cause")) from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -310,8 +310,8 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
         log(f"note: OpenVINO's default precision on this CPU, {precision}, cannot compile {path.name} here "
             f"({type(exc).__name__}: {reason}); compile it with {{'INFERENCE_PRECISION_HINT': 'f32'}}, the precision "
             "autocomp checked and measured it in"
-            + capped_isa(f"it takes {precision} from this CPU; a CPU without AVX-512 defaults to f32, the precision "
-                         "checked"))
+            + capped_isa(f"it takes {precision} from this CPU; a CPU without AVX512_BF16 or AMX defaults to f32, the "
+                         "precision checked"))
         return {"precision": precision, "error": f"{type(exc).__name__}: {reason}"}
     log(f"note: OpenVINO compiles {path.name} in {precision} by default on this CPU (top-1 agreement with the "
         f"checked model {100 * agreement.top1:.1f}%, largest logit difference {agreement.max_logit_diff:.3g}); "

@@ -146,8 +146,10 @@ class Shipped:
         import uuid
 
         import cloudpickle
+        import numpy as np
 
-        self.key, self.data = uuid.uuid4().hex, cloudpickle.dumps(inputs)
+        # as a numpy array: Ray hands it to each worker of a node from its shared memory, not as a copy per trial
+        self.key, self.data = uuid.uuid4().hex, np.frombuffer(cloudpickle.dumps(inputs), dtype=np.uint8)
 
     def open(self) -> TrialInputs:
         import cloudpickle
@@ -174,10 +176,11 @@ def _trainable(config: dict[str, Any], shipped: Shipped, gate: Any, stops_early:
     try:
         inputs = shipped.open()
     except Exception as exc:  # noqa: BLE001 - every trial on this worker would fail alike: the search stops
-        tune.report({ERROR: f"a trial's Ray worker cannot load the model and data ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}): every module a class of the model "
-                            "comes from must be importable on every Ray node (a factory's module beside the job "
-                            "file is sent to the workers)", STOP: True, "node": node, "pid": os.getpid()})
+        said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        fix = (": every module a class of the model comes from must be importable on every Ray node (installed "
+               "there, or on its PYTHONPATH)" if isinstance(exc, (ImportError, AttributeError)) else "")
+        tune.report({ERROR: f"a trial's Ray worker cannot load the model and data ({said}){fix}", STOP: True,
+                     "node": node, "pid": os.getpid()})
         return
     torch.set_num_threads(inputs.threads)
 

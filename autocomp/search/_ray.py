@@ -38,8 +38,9 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
     at ``ray_address`` or started embedded, and shut down on exit. ``ray_address`` is one that
     :func:`check_ray_address` took (:func:`~autocomp.search.run_search` checks it first thing, before any load).
     ``modules``: Python modules (a ``.py`` file or a package's folder) the workers import that their Python does not
-    find on its own (a factory's module beside the job file): on their ``PYTHONPATH`` on an embedded Ray, sent to
-    every node of a cluster joined by address (Ray's ``py_modules``).
+    find on its own (a factory's module beside the job file): their folders are put at the end of the workers'
+    ``sys.path`` on an embedded Ray (as the driver's: :func:`worker_path`), and the modules are sent to every node of a
+    cluster joined by address (Ray's ``py_modules``: the module alone, not the folder's other files).
 
     Raises:
         AutocompError: a cluster that cannot be joined, or one whose nodes run other versions than the driver.
@@ -48,6 +49,10 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
     if ray.is_initialized():
         running = ray.get_runtime_context().gcs_address
         log(f"Ray: the one already initialized in this process ({running}); it stays up after the search")
+        if modules:
+            log(f"note: its workers import {', '.join(Path(m).name for m in modules)} only if they find it on their "
+                "own: start it with ray.init(runtime_env={'py_modules': [...]}) naming it, or let the search start "
+                "its own Ray")
         if ray_address:
             require_same_versions()
         yield
@@ -60,11 +65,11 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
                          runtime_env={"py_modules": [_package_dir(), *map(str, modules)], "excludes": ["__pycache__"]})
             else:
                 # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) here
-                path = os.pathsep.join(dict.fromkeys([*(str(Path(m).parent) for m in modules),
-                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+                folders = os.pathsep.join(dict.fromkeys(str(Path(m).parent) for m in modules))
                 ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
                          log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"env_vars": {"PYTHONPATH": path}} if modules else None)
+                         runtime_env={"env_vars": {WORKER_PATH: folders},
+                                      "worker_process_setup_hook": f"{__name__}.worker_path"} if modules else None)
         except ConnectionError as exc:
             raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
                                 "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started "
@@ -149,6 +154,33 @@ def check_ray_address(ray_address: str | None) -> None:
     if ray_address not in ("auto", "local"):  # auto: Ray finds the cluster on this machine itself, or says at once
         # there is none; local: an embedded Ray, as with no address
         _require_ray_head(ray_address, *_host_port(ray_address))
+        _require_head_where_ray_looks(ray_address, *_host_port(ray_address))
+
+
+def _require_head_where_ray_looks(ray_address: str, host: str, port: int, timeout_s: float = 2.0) -> None:
+    """Ray joins a loopback address (127.0.0.1, localhost, ::1) at this machine's own address instead, unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set when it was imported: a head listening on loopback alone (started
+    with that variable, as one kept off the network is) is then never reached, and ray.init retries without end,
+    deaf to Ctrl-C. Refused here, saying so."""
+    import ipaddress
+    import socket
+
+    from ray.util import get_node_ip_address
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    looks_at = get_node_ip_address() if loopback else host
+    if looks_at == host:
+        return
+    try:
+        socket.create_connection((looks_at, port), timeout=timeout_s).close()
+    except OSError:
+        raise AutocompError(f"Ray address {ray_address} (--ray-address): Ray would join it at this machine's address "
+                            f"{looks_at}:{port}, where the head does not listen (it listens on loopback alone); set "
+                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here, as where the head was started, so that Ray "
+                            "stays on loopback, or give the head's other address") from None
 
 
 def _host_port(ray_address: str) -> tuple[str, int]:
@@ -214,6 +246,20 @@ def _same_address(given: str, running: str) -> bool:
             return host, port
 
     return resolved(given) == resolved(running)
+
+
+WORKER_PATH = "AUTOCOMP_WORKER_PATH"  # folders an embedded Ray's workers import from, after their own sys.path
+
+
+def worker_path() -> None:
+    """An embedded Ray's worker setup: the folders of ``WORKER_PATH`` at the end of ``sys.path``, where the driver
+    has them (:func:`autocomp.models.create_model`), so that a module of the user's named like one Python has (a
+    ``random.py`` beside the job file) hides none of it."""
+    import sys
+
+    for folder in os.environ.get(WORKER_PATH, "").split(os.pathsep):
+        if folder and folder not in sys.path:
+            sys.path.append(folder)
 
 
 def _package_dir() -> str:

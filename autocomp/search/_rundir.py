@@ -106,7 +106,7 @@ def job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], st
                                            for v in base.state_dict().values())).hexdigest()
     else:
         model = config.model.to_dict()
-        identity = json.dumps(model, sort_keys=True)
+        identity = json.dumps({key: value for key, value in model.items() if key != "path"}, sort_keys=True)
     # data settings left unset stay out: one a later version adds (None by default) keeps an earlier run's job
     data = {key: value for key, value in vars(config.data).items() if value is not None}
     job = {"model": model, "data": data, "search_space": str(config.search_space),
@@ -115,6 +115,10 @@ def job_identity(config: JobConfig, base: nn.Module) -> tuple[dict[str, Any], st
 
 
 def _fingerprint(config: JobConfig, identity: str, job: Mapping[str, Any]) -> str:
+    """What decides a trial's result: the model's identity, the job, the search space's and profile's text. Not
+    where a factory's module is imported from (``model.path``, set only where Python does not find it on its own)."""
+    if isinstance(job.get("model"), Mapping) and "path" in job["model"]:
+        job = {**job, "model": {key: value for key, value in job["model"].items() if key != "path"}}
     parts = [identity, job, Path(config.search_space).read_text(), Path(config.hardware).read_text()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -141,39 +145,49 @@ def _at(job: Mapping[str, Any], keys: Sequence[str]) -> Any:
     return job
 
 
-def moved(config: JobConfig, identity: str, job: Mapping[str, Any], run_dir: Path) -> tuple[str, list[str]] | None:
-    """A job whose files or image folder moved since its run's trials ran (the project folder moved, or copied to
-    another machine): the fingerprint it has with the paths the run's config.yaml recorded, and what moved ('data.root
-    A -> B'); None where no path differs. The paths alone: what they hold is checked apart (the files' contents by
-    the fingerprint, the checkpoint's weights by :func:`require_same_model`, the images by :func:`run_splits`), so a
-    checkpoint moved is taken only from a run that recorded its model's digest."""
+def moved(config: JobConfig, identity: str, job: Mapping[str, Any], run_dir: Path) -> str | None:
+    """The fingerprint of a job whose files or image folder moved since its run's trials ran (the project folder
+    moved, or copied to another machine), with the paths the run's config.yaml recorded; None where no path differs.
+    The paths alone: what they hold is checked apart (the files' contents by the fingerprint, the checkpoint's weights
+    by :func:`require_same_model`, the images by :func:`run_splits`), so a checkpoint moved is taken only from a run
+    that recorded its model's digest."""
     written = _written(run_dir)
     if written is None:
         return None
     then = json.loads(json.dumps(job, default=str))
-    moves = []
-    for keys in PATHS:
-        was, now = _at(written, keys), _at(then, keys)
-        if isinstance(was, str) and isinstance(now, str) and was != now:
-            _at(then, keys[:-1])[keys[-1]] = was  # keys[:-1] empty: the job itself
-            moves.append(f"{'.'.join(keys)} {was} -> {now}")
-    if not moves:
+    keys_moved = [keys for keys in PATHS if _moved(_at(written, keys), _at(then, keys))]
+    if not keys_moved:
         return None
-    if any(move.startswith("model.") for move in moves) and "model" not in _run_info(run_dir):
+    if ("model", "checkpoint") in keys_moved and "model" not in _run_info(run_dir):
         return None
+    for keys in keys_moved:
+        _at(then, keys[:-1])[keys[-1]] = _at(written, keys)  # keys[:-1] empty: the job itself
     if not isinstance(config.model, nn.Module):  # a timm model's identity is its settings, the checkpoint's path too
-        identity = json.dumps(then["model"], sort_keys=True)
-    return _fingerprint(config, identity, then), moves
+        identity = json.dumps({key: value for key, value in then["model"].items() if key != "path"}, sort_keys=True)
+    return _fingerprint(config, identity, then)
 
 
-def record_move(run_dir: Path, job: Mapping[str, Any], fingerprint: str, moves: Sequence[str],
+def _moved(was: Any, now: Any) -> bool:
+    """Whether a path setting names another place (a path added or removed is another job, not a move)."""
+    return isinstance(was, str) and isinstance(now, str) and was != now
+
+
+def record_move(run_dir: Path, config: JobConfig, job: Mapping[str, Any], fingerprint: str,
                 log: Callable[[str], None] = print) -> None:
-    """The paths of a job that moved (:func:`moved`) into its run's run.json and config.yaml, saying so."""
-    log(f"note: the job's files moved since the trials in {run_dir} ran ({'; '.join(moves)}); what they hold is "
-        "the same: resuming, with the new paths recorded")
-    write_json(run_dir / "run.json", {**_run_info(run_dir), "fingerprint": fingerprint})
+    """Where the run being resumed recorded other paths than its job's (it moved: :func:`moved`; or only the folder
+    its factory's module is imported from changed), the new paths into its config.yaml and the fingerprint into its
+    run.json, saying so; nothing otherwise."""
+    _, paths = _job_changes(run_dir, job, config)
+    if paths:
+        log(f"note: the job's files moved since the trials in {run_dir} ran ({'; '.join(paths)}); what they hold is "
+            "the same: resuming, with the new paths recorded")
+    written = _written(run_dir)
     now = json.loads(json.dumps({part: job[part] for part in JOB_PARTS}, default=str))  # as YAML holds it
-    write_yaml(run_dir / "config.yaml", {**(_written(run_dir) or {}), **now})
+    module = _at(now, ("model", "path"))
+    if written is not None and (paths or module not in (None, _at(written, ("model", "path")))):
+        write_yaml(run_dir / "config.yaml", {**written, **now})  # model.path too: where export finds the module
+    if _run_info(run_dir).get("fingerprint") != fingerprint:  # an earlier version's, or the paths before a move
+        write_json(run_dir / "run.json", {**_run_info(run_dir), "fingerprint": fingerprint})
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
@@ -207,13 +221,14 @@ def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping
     if not (info.is_file() and study.is_file()):
         return None
     previous = json.loads(info.read_text())
-    if previous.get("fingerprint") not in fingerprints:
+    if previous.get("fingerprint") not in [fingerprint for fingerprint in fingerprints if fingerprint]:
         settings, paths = _job_changes(run_dir, job, config)
         recorded = previous.get("model")  # the model's digest (runs before 2026-11 recorded none)
         if settings:
             changes = "; ".join(settings)
         elif digest is not None and recorded is not None and digest != recorded:
-            changes = "the weights of the model given as an nn.Module changed"
+            changes = ("the weights of the model given as an nn.Module changed" if config is None
+                       or isinstance(config.model, nn.Module) else "the model's weights (its checkpoint) changed")
         elif files := _changed_files(previous, config):
             changes = files
         elif paths:  # moved, but not taken as a move (a run that recorded no model digest)
@@ -283,8 +298,11 @@ def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig
                         for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)}
         elif was != is_:
             changed[(part,)] = f"{part} was {was!r}, now {is_!r}"
-    return ([said for keys, said in changed.items() if keys not in PATHS],
-            [said for keys, said in changed.items() if keys in PATHS])
+    def moved_only(keys: tuple[str, ...]) -> bool:  # a path to another place, not one added or removed
+        return keys in PATHS and _moved(_at(written, keys), _at(now, keys))
+
+    return ([said for keys, said in changed.items() if not moved_only(keys)],
+            [said for keys, said in changed.items() if moved_only(keys)])
 
 
 def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,

@@ -84,17 +84,17 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
-    move = rundir.moved(config, identity, job, run_dir) if resuming else None
     previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir),
-                                             move and move[0]], job, config, digest)
+                                             rundir.moved(config, identity, job, run_dir) if resuming else None],
+                                   job, config, digest)
     if previous is not None:
         rundir.require_same_model(previous, digest, config, run_dir)
     if resuming:
         profile, measuring = _target(config, log)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
-    if move is not None and previous is not None and previous["fingerprint"] == move[0]:  # and what they hold checked
-        rundir.record_move(run_dir, job, fingerprint, move[1], log)
+    if previous is not None:  # what the job's files hold checked: where they moved, the new paths are kept
+        rundir.record_move(run_dir, config, job, fingerprint, log)
     origins = splits.origins or {}
     counts = ", ".join(f"{len(getattr(splits, name))} {what}" + (f" ({origins[name]})" if name in origins else "")
                        for name, what in SPLIT_NAMES.items())
