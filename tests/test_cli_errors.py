@@ -348,6 +348,7 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
     import ray.util
 
     monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.2")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # as Ray was imported with (here it was not)
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address",
                    f"127.0.0.1:{grpc_like.getsockname()[1]}"], capsys)
     assert err == (f"autocomp: error: Ray address 127.0.0.1:{grpc_like.getsockname()[1]} (--ray-address): Ray would "

@@ -136,9 +136,10 @@ class _StopAll(Stopper):
 
 
 class Shipped:
-    """The trials' inputs as they travel to the workers: pickled bytes, which the trial unpickles itself (once per
-    worker process), so that a worker that cannot import a class of the model's (a module found on the driver only)
-    fails as the trial's error, which stops the search saying so, not as a worker that died without a word."""
+    """The trials' inputs as they travel to the workers: pickled, as an array of bytes, which the trial unpickles
+    itself (once per worker process), so that a worker that cannot import a class of the model's (a module found on
+    the driver only) fails as the trial's error, which stops the search saying so, not as a worker that died without
+    a word."""
 
     _opened: dict[str, TrialInputs] = {}  # per process: the inputs of the search it runs trials of
 

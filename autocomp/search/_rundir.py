@@ -298,10 +298,12 @@ def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig
                         for key in sorted(set(was) | set(is_)) if was.get(key) != is_.get(key)}
         elif was != is_:
             changed[(part,)] = f"{part} was {was!r}, now {is_!r}"
+
     def moved_only(keys: tuple[str, ...]) -> bool:  # a path to another place, not one added or removed
         return keys in PATHS and _moved(_at(written, keys), _at(now, keys))
 
-    return ([said for keys, said in changed.items() if not moved_only(keys)],
+    module = ("model", "path")  # where a factory's module is found: never what makes another job
+    return ([said for keys, said in changed.items() if not moved_only(keys) and keys != module],
             [said for keys, said in changed.items() if moved_only(keys)])
 
 
