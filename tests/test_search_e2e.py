@@ -363,8 +363,9 @@ def test_a_model_class_the_ray_workers_cannot_import_stops_the_search_saying_so(
     with pytest.raises(AutocompError) as stopped:
         run_search(load_config(job, model=model), tmp_path / "run", log=lambda line: None)
     assert str(stopped.value).startswith("search stopped: a trial's Ray worker cannot load the model and data "
-                                         "(ModuleNotFoundError: No module named 'driver_models'): every module a "
-                                         "class of the model comes from must be importable on every Ray node")
+                                         "(RaySystemError: System error: No module named 'driver_models'): every "
+                                         "module a class of the model comes from must be importable on every Ray "
+                                         "node")
     trials = load_run_study(tmp_path / "run").get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # one try; its recipe queued for the resume
 

@@ -13,9 +13,11 @@ frees first (Tune prefers a started worker). Trials shorter than a worker's star
 (seen in the cluster test: 16 trials of 2 s, all on the head node). For the same reason the gate opens only once
 every worker has started (at most :meth:`TrialLoop.wait_for_workers`' wait).
 
-While the loop runs, Ray Tune logs its errors only, as on the embedded Ray (``logging_level="ERROR"``), on a Ray the
-caller initialized too: its warnings there concern what autocomp turned off or does itself (it found no result
-files, it does not save the searcher: the Optuna journal is what resumes), and the search says what it does.
+While the loop runs, Ray Tune logs nothing below CRITICAL, on the embedded Ray and on one the caller initialized:
+its warnings concern what autocomp turned off or does itself (it found no result files, it does not save the
+searcher: the Optuna journal is what resumes), and its errors are trials that failed (a traceback for a worker lost
+with its node, "Trials did not complete"), which the search says itself, one line each, with the reason in
+trials.csv; Tune keeps each trial's error in the run folder's ``ray/``.
 """
 
 from __future__ import annotations
@@ -135,33 +137,23 @@ class _StopAll(Stopper):
         return self.stopping
 
 
-class Shipped:
-    """The trials' inputs as they travel to the workers: pickled, as an array of bytes, which the trial unpickles
-    itself (once per worker process), so that a worker that cannot import a class of the model's (a module found on
-    the driver only) fails as the trial's error, which stops the search saying so, not as a worker that died without
-    a word."""
-
-    _opened: dict[str, TrialInputs] = {}  # per process: the inputs of the search it runs trials of
-
-    def __init__(self, inputs: TrialInputs) -> None:
-        import uuid
-
-        import cloudpickle
-        import numpy as np
-
-        # as a numpy array: Ray hands it to each worker of a node from its shared memory, not as a copy per trial
-        self.key, self.data = uuid.uuid4().hex, np.frombuffer(cloudpickle.dumps(inputs), dtype=np.uint8)
-
-    def open(self) -> TrialInputs:
-        import cloudpickle
-
-        if self.key not in Shipped._opened:
-            Shipped._opened.clear()  # a worker process kept from an earlier search holds no other's inputs
-            Shipped._opened[self.key] = cloudpickle.loads(self.data)
-        return Shipped._opened[self.key]
+_OPENED: dict[str, TrialInputs] = {}  # per worker process: the inputs of the search it runs trials of
 
 
-def _trainable(config: dict[str, Any], shipped: Shipped, gate: Any, stops_early: bool) -> None:
+def _open(inputs: Any) -> TrialInputs:
+    """The trials' inputs, which travel to the workers as a reference the trial fetches itself (once per worker
+    process), so that a worker that cannot import a class of the model's (a module found on the driver only) fails
+    as the trial's error, which stops the search saying so, not as a worker that died without a word."""
+    import ray
+
+    key = inputs.hex()
+    if key not in _OPENED:
+        _OPENED.clear()  # a worker process kept from an earlier search holds no other's inputs
+        _OPENED[key] = ray.get(inputs)
+    return _OPENED[key]
+
+
+def _trainable(config: dict[str, Any], inputs: list[Any], gate: Any, stops_early: bool) -> None:
     """One Tune trial: a placeholder waits at the gate, then runs the trial the gate hands it, if any; a real one
     runs its recipe. Each reports its result (first the short one, under multi-fidelity: a scheduler that stops the
     trial ends this thread in that report)."""
@@ -175,11 +167,11 @@ def _trainable(config: dict[str, Any], shipped: Shipped, gate: Any, stops_early:
             return
     node = ray.get_runtime_context().get_node_id()
     try:
-        inputs = shipped.open()
+        inputs = _open(inputs[0])  # a reference in a list: Tune hands it over as it is, unfetched
     except Exception as exc:  # noqa: BLE001 - every trial on this worker would fail alike: the search stops
         said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         fix = (": every module a class of the model comes from must be importable on every Ray node (installed "
-               "there, or on its PYTHONPATH)" if isinstance(exc, (ImportError, AttributeError)) else "")
+               "there, or on its PYTHONPATH)" if "No module named" in said or "Can't get attribute" in said else "")
         tune.report({ERROR: f"a trial's Ray worker cannot load the model and data ({said}){fix}", STOP: True,
                      "node": node, "pid": os.getpid()})
         return
@@ -215,7 +207,7 @@ class TrialLoop:
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         self._tune_log, self._tune_level = logging.getLogger("ray.tune"), logging.getLogger("ray.tune").level
-        self._tune_log.setLevel(max(logging.ERROR, self._tune_log.getEffectiveLevel()))  # the process's: Tune's
+        self._tune_log.setLevel(max(logging.CRITICAL, self._tune_log.getEffectiveLevel()))  # the process's: Tune's
         try:  # warnings on the Tuner's making and run are silenced; restored on exit, or if the loop cannot start
             self._start(inputs, run_dir, trials=trials, workers=workers, resources=resources, rule=rule)
         except BaseException:
@@ -232,7 +224,8 @@ class TrialLoop:
         self._searcher, self._stopper = _Gated(workers), _StopAll()
         self._error: BaseException | None = None
         asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
-        trainable = tune.with_parameters(_trainable, shipped=Shipped(inputs), gate=self._gate,
+        self._inputs = ray.put(inputs)  # held here for as long as the loop: the trials fetch it (:func:`_open`)
+        trainable = tune.with_parameters(_trainable, inputs=[self._inputs], gate=self._gate,
                                          stops_early=rule is not None)
         tuner = tune.Tuner(
             tune.with_resources(trainable, asked),
