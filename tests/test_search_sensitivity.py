@@ -151,7 +151,7 @@ def test_a_search_shows_the_pass_and_keeps_its_choices_on_resume(tmp_path, tiny_
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    val = re.search(r"training, (\d+) validation", printed).group(1)
+    val = re.search(r"calibration, (\d+) validation", printed).group(1)
     assert f"scored on {val} validation images" in printed  # the images it was scored on, not those asked for
     rows = list(csv.DictReader((run / "sensitivity.csv").open()))
     assert len(rows) == 2 * 3 and (run / "sensitivity.png").is_file()
