@@ -165,11 +165,13 @@ def test_trials_run_on_both_nodes_and_the_search_survives_losing_one(cluster, tm
         _wait_until(worker_busy_after_a_trial, search, run, 900, "a trial finished on the worker node")
         cluster.remove_node(worker, allow_graceful=False)  # as if the machine died
         removed = time.monotonic()
-        _, err = search.communicate(timeout=600)
+        out, err = search.communicate(timeout=600)
     finally:
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
     assert search.returncode == 0, err
+    assert f"Ray: joined the cluster at {cluster.address}: 2 nodes (2 CPUs)" in out  # what the trials run on
+    assert "tune_controller" not in err  # the worker lost with its node: the search's to say, not Tune's traceback
     complete = _complete(run)
     assert len(complete) == trials  # every trial asked for, despite the loss
     nodes = {t.user_attrs["node"] for t in complete}

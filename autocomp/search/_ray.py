@@ -82,6 +82,7 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
                 signal.signal(signal.SIGTERM, stop)
         if ray_address:
             require_same_versions()
+            log(f"Ray: joined the cluster at {ray.get_runtime_context().gcs_address}: {_nodes()}")
             watch = HeadWatch(ray.get_runtime_context().gcs_address, log)
             watch.start()
             try:
@@ -92,6 +93,16 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
             yield
     finally:
         ray.shutdown()
+
+
+def _nodes() -> str:
+    """The cluster's live nodes and what they hold, as the log says them: '2 nodes (3 CPUs, 1 GPU)'."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    held = {key: sum(node.get("Resources", {}).get(key, 0) for node in alive) for key in ("CPU", "GPU")}
+    return (f"{len(alive)} node{'s' if len(alive) != 1 else ''} ({held['CPU']:g} CPUs"
+            + (f", {held['GPU']:g} GPUs" if held["GPU"] else "") + ")")
 
 
 class HeadWatch(threading.Thread):
