@@ -164,8 +164,9 @@ def check_ray_address(ray_address: str | None) -> None:
         return
     if ray_address not in ("auto", "local"):  # auto: Ray finds the cluster on this machine itself, or says at once
         # there is none; local: an embedded Ray, as with no address
-        _require_ray_head(ray_address, *_host_port(ray_address))
-        _require_head_where_ray_looks(ray_address, *_host_port(ray_address))
+        host, port = _host_port(ray_address)
+        _require_ray_head(ray_address, host, port)
+        _require_head_where_ray_looks(ray_address, host, port)
 
 
 def _require_head_where_ray_looks(ray_address: str, host: str, port: int, timeout_s: float = 2.0) -> None:
