@@ -6,8 +6,9 @@
 The job's teacher (or ``--model``: a timm model with random weights, on random images) with int8 weights in every
 block. First, each ``OnnxExportConfig.int8_weights`` form exported and timed in ORT interleaved with the
 uncompressed export (``--batch`` images, one thread; ``runs`` ratios of 30 pairs each), with its top-1 agreement and
-largest logit difference with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``auto`` picks
-the form from that). Second, with a job only: validation accuracy of PyTorch's dynamic int8 Linear with activations
+largest logit difference with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``matmul_integer``
+saturates where it is not; ``auto`` is the scored model's input codes, ``matmul_integer_reduce_range`` on x86).
+Second, with a job only: validation accuracy of PyTorch's dynamic int8 Linear with activations
 quantized to 0..127 (``reduce_range``, as ``Int8Linear`` runs) and to 0..255 (as ORT's ``DynamicQuantizeLinear``
 does), and of the ORT file itself.
 """

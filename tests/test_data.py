@@ -426,6 +426,19 @@ def test_a_squash_models_images_are_squashed_as_timm_does_and_saved_so(tmp_path)
     assert Preprocessing(**{**older, "crop_mode": "border"}).timm_config()["crop_mode"] == "border"
 
 
+def test_resizing_keys_are_refused_for_builtin_data_sets():
+    """Nothing resizes or crops Fashion-MNIST or digits: image_size, interpolation, crop_pct and crop_mode would be
+    ignored (and preprocessing_source would say they came from the job), so they are refused by name; mean and std
+    apply and stay accepted."""
+    with pytest.raises(AutocompError, match=r"^data.image_size, data.crop_pct: for image folders only; digits images "
+                                            r"are used as they come \(8 px, no resize or crop\): remove them"):
+        DataConfig(dataset="digits", image_size=16, crop_pct=0.5)
+    with pytest.raises(AutocompError, match=r"^data.interpolation: .*fashion_mnist images .*\(28 px.*remove it "):
+        DataConfig(interpolation="bicubic")
+    assert DataConfig(dataset="digits", mean=[0.3], std=[0.2]).mean == (0.3,)
+    assert DataConfig(dataset="imagefolder", image_size=16, crop_pct=0.5).crop_pct == 0.5
+
+
 @pytest.mark.parametrize("kwargs, data, message", [
     ({"in_chans": 4}, {}, "the model takes 4-channel images, and autocomp reads images as grayscale"),
     ({"img_size": (16, 24)}, {}, "the model takes 16x24 images, and autocomp's preprocessing makes square ones"),

@@ -14,6 +14,7 @@ from autocomp.errors import AutocompError, warn
 DATASETS = ("fashion_mnist", "digits", "imagefolder")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 CROP_MODES = ("center", "squash", "border")  # timm's: see Preprocessing.crop_mode
+BUILTIN_SIZES = {"fashion_mnist": 28, "digits": 8}  # the built-in data sets' images, in pixels (square, grayscale)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class DataConfig:
                                         f"{[round(v / 255, 4) for v in value]}")
         if self.std is not None and any(v <= 0 for v in self.std):
             raise AutocompError(f"data.std must be positive, got {list(self.std)}")
+        resizing = [f"data.{name}" for name in ("image_size", "interpolation", "crop_pct", "crop_mode")
+                    if getattr(self, name) is not None]
+        if self.dataset != "imagefolder" and resizing:  # nothing resizes or crops them: the keys would be ignored
+            raise AutocompError(f"{', '.join(resizing)}: for image folders only; {self.dataset} images are used as "
+                                f"they come ({BUILTIN_SIZES[self.dataset]} px, no resize or crop): remove "
+                                f"{'it' if len(resizing) == 1 else 'them'} (data.mean and data.std do apply)")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
     mean = config.mean or tuple(stats.mean(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.mean())])
     std = config.std or tuple(stats.std(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.std())])
     preprocessing = Preprocessing(image_size=train_x.shape[-1], channels=channels, mean=mean, std=std,
-                                  interpolation=config.interpolation or "bilinear", crop_pct=1.0)
+                                  interpolation="bilinear", crop_pct=1.0)
     shift = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
     scale = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
 

@@ -5,12 +5,12 @@ activation quantizers). :func:`autocomp.runtimes.onnx.export_onnx` swaps the sta
 ============================  ==================================================  ==================================
 autocomp layer                ONNX (initializers)                                 ORT CPU runs it as
 ============================  ==================================================  ==================================
-``Int8Linear`` (w8)           DynamicQuantizeLinear -> MatMulInteger -> Cast ->   ``DynamicQuantizeMatMul`` (fused
-                              Mul -> Add (int8 [in, out], fp32 scale, bias)       by ORT): u8 x s8 GEMM
-w8 where u8 x s8 saturates    the input's range, scale and zero point computed    ``MatMulIntegerToFloat`` (fused by
+``Int8Linear`` (w8)           the input's range, scale and zero point computed    ``MatMulIntegerToFloat`` (fused by
                               in the graph for codes 0..127 (PyTorch's            ORT): u8 x s8 GEMM, exact with
-                              ``reduce_range``), QuantizeLinear, MatMulInteger    these codes (see below)
-                              with the int8 weights, Cast, Mul, Add
+                              ``reduce_range``), QuantizeLinear, MatMulInteger    these codes on every CPU (see
+                              with the int8 weights, Cast, Mul, Add               below)
+w8, ``matmul_integer``        DynamicQuantizeLinear -> MatMulInteger -> Cast ->   ``DynamicQuantizeMatMul`` (fused
+                              Mul -> Add (int8 [in, out], fp32 scale, bias)       by ORT): u8 x s8 GEMM
 w8 + static a8                QuantizeLinear/DequantizeLinear on the input (the   QDQ fusion: int8 GEMM with fp32
                               calibrated scale, zero point), DequantizeLinear of  output
                               the int8 weight per channel, MatMul, Add
@@ -31,14 +31,16 @@ weight: exact numbers, no speed or size gain; :class:`LayerExport` says so for e
 
 On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ORT's u8 x s8 kernels sum pairs of products in 16 bits
 and saturate with full-range codes (ORT advises ``reduce_range`` there). Static activations saved with codes up to
-127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported in the
-form this CPU runs exactly (``int8_weights="auto"``): :func:`ort_u8s8_exact` runs ORT's kernel on the worst case,
-and where it saturates the input is quantized to codes 0..127 in the graph, whose pair sums fit in 16 bits: the
-grid ``Int8Linear`` itself computes on (PyTorch's dynamic int8 Linear quantizes its input with ``reduce_range`` on
-x86, with FBGEMM or oneDNN), so the file computes the scored model's numbers (but for a rare code rounded the other
-way), on the u8 x s8 kernel. On an AVX2 EPYC that form ran ViT-S/16 at 0.67-0.72x of fp32 against 0.73-0.77x for
-the exact u8 x u8 kernel with codes 0..255 (``matmul_integer_u8``), and moved the demo model's logits by 0.06 at
-most against 0.22 (BENCHMARKS.md, session 31).
+127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported with the
+scored model's own input codes (``int8_weights="auto"``, :func:`int8_weight_form`): PyTorch's dynamic int8 Linear
+quantizes its input with ``reduce_range`` on x86 (FBGEMM or oneDNN), to codes 0..127, so the graph quantizes it
+the same way, and pair sums of such codes fit in 16 bits: the file computes the scored model's numbers (but for a
+rare code rounded the other way) on the u8 x s8 kernel of any CPU. ``matmul_integer`` (ORT's own
+DynamicQuantizeLinear, codes 0..255) quantizes more finely, so its outputs differ from the scored model's (top-1
+agreement 93% on a weak model's validation images in session 40), and saturates without VNNI; on an AVX2 EPYC
+the reduce-range form ran ViT-S/16 at 0.67-0.72x of fp32 against 0.64-0.70x for it, 0.73-0.77x for the exact
+u8 x u8 kernel with codes 0..255 (``matmul_integer_u8``), and moved the demo model's logits by 0.06 at most
+against 0.22 (BENCHMARKS.md, sessions 31 and 41).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear, int8_static_range
+from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear
 from autocomp.runtimes.ort import ort_u8s8_exact
 
 __all__ = ["LayerExport", "export_form", "int8_weight_form", "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
@@ -217,16 +219,15 @@ def export_form(name: str, layer: QuantizedLinear, *, int8_weights: str = "auto"
         form = int8_weight_form(int8_weights)
         if form == "matmul_integer":
             return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
-                name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)")
+                name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)", _full_codes_note())
         if form == "matmul_integer_reduce_range":
             return _OnnxLinear(layer, "int8_reduce_range", tensors), LayerExport(
-                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's) -> MatMulInteger(int8)",
-                "ORT's u8 x s8 kernel saturates on this CPU with codes up to 255: the input takes 0..127, as in "
-                "the scored model" if int8_weights == "auto" else "")
+                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's) -> MatMulInteger(int8)")
         tensors["weight_uint8"] = (tensors.pop("weight_int8").to(torch.int16) + 128).to(torch.uint8)
         tensors["weight_zero_point"] = torch.tensor(128, dtype=torch.uint8)
         return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
-            name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)")
+            name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)",
+            _full_codes_note())
     if isinstance(layer, Bf16Linear):
         tensors = {"weight": layer.state_dict()["weight"].t(), **_bias(layer, torch.bfloat16)}
         return _OnnxLinear(layer, "bf16", tensors), LayerExport(
@@ -260,13 +261,26 @@ def export_form(name: str, layer: QuantizedLinear, *, int8_weights: str = "auto"
                         "Bf16Linear, PackedLinear")
 
 
+def _full_codes_note() -> str:
+    """Why a layer whose input DynamicQuantizeLinear quantizes to codes 0..255 differs from the scored one."""
+    if _full_codes_scored():
+        return ""
+    return "input codes 0..255 where the scored Int8Linear's are 0..127: its outputs differ a little"
+
+
+def _full_codes_scored() -> bool:
+    """Whether ``Int8Linear`` quantizes its input to codes 0..255 here: QNNPACK ignores ``reduce_range``."""
+    return torch.backends.quantized.engine == "qnnpack"
+
+
 def int8_weight_form(int8_weights: str = "auto") -> str:
-    """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine: ``auto``
-    resolved by :func:`ort_u8s8_exact` and, for a CPU whose capability is capped, by oneDNN's
-    :func:`~autocomp.ops.quantize.int8_static_range`; any other form as it is."""
+    """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine; any form but
+    ``auto`` as it is.
+
+    ``auto`` is the scored model's input codes: ``Int8Linear`` quantizes its input to 0..127 with PyTorch's x86
+    engines (``reduce_range``), which ``matmul_integer_reduce_range`` reproduces and every CPU computes exactly;
+    QNNPACK (ARM) ignores ``reduce_range`` and uses 0..255, which ``matmul_integer`` reproduces where ONNX Runtime's
+    u8 x s8 kernel computes them exactly (:func:`ort_u8s8_exact`)."""
     if int8_weights != "auto":
         return int8_weights
-    # not where oneDNN's int8 kernels saturate either: a CPU capped with ONEDNN_MAX_CPU_ISA to emulate one without
-    # VNNI, which ONNX Runtime does not read (its own kernel is this CPU's), is a target where full codes saturate
-    exact = ort_u8s8_exact() and int8_static_range() != 127
-    return "matmul_integer" if exact else "matmul_integer_reduce_range"
+    return "matmul_integer" if _full_codes_scored() and ort_u8s8_exact() else "matmul_integer_reduce_range"

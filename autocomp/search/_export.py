@@ -60,9 +60,9 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
-    names the one written): ``auto`` picks the one this machine's CPU computes exactly; a file for another CPU may
-    need another (``matmul_integer_reduce_range`` is exact on every CPU, with the scored model's input codes;
-    ``matmul_integer`` is faster where the CPU has VNNI).
+    names the one written): ``auto`` takes the scored model's input codes (``matmul_integer_reduce_range`` on x86:
+    exact on every CPU); ``matmul_integer`` is a little faster where the CPU has VNNI, its outputs a little off the
+    scored model's.
 
     Raises:
         AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown
@@ -345,7 +345,7 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
             "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI; "
             "on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are wrong: for a file "
             "exact on every CPU, export with int8 weights matmul_integer_reduce_range (--int8-weights; export_trial's "
-            "int8_weights=), the scored model's own input codes, a little slower here")
+            "int8_weights=, the default), the scored model's own input codes, a little slower here")
         log(f"note: {note}")
     write_json(out / "export.json", info)
     if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
