@@ -35,11 +35,11 @@ def _search(args: argparse.Namespace) -> None:
     config = dataclasses.replace(config, **overrides)
     summary = run_search(config, args.out, ray_address=args.ray_address, progress=not args.quiet)
     print()
-    _print_front(Path(args.out))
+    shown = _print_front(Path(args.out))
     if summary["met_budget"]:
         print(f"\nbest model within budget: {summary['best']['path']}  "
               f"(load it with autocomp.load({summary['best']['path']!r}))")
-    else:
+    elif shown:  # said again below the table; without one it is the line printed just before
         print(f"\n{summary['message']}")
 
 
@@ -47,7 +47,8 @@ def _pareto(args: argparse.Namespace) -> None:
     _print_front(Path(args.run_dir))
 
 
-def _print_front(run_dir: Path) -> None:
+def _print_front(run_dir: Path) -> bool:
+    """Print the run's front as a table; False where it has none yet (said in a line instead)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -59,7 +60,7 @@ def _print_front(run_dir: Path) -> None:
     if not data["trials"]:
         print(f"no trial of {run_dir} has a full score yet, so there is no front: {_trial_counts(run_dir)}; "
               f"trials.csv lists each with its reason")
-        return
+        return False
     limits = data.get("limits", {})
     title = "Pareto front" + (f" (budget: {', '.join(f'{k} <= {v:.3g}' for k, v in limits.items())})" if limits else "")
     table = Table(title=title)
@@ -69,6 +70,7 @@ def _print_front(run_dir: Path) -> None:
         table.add_row(str(row["number"]), f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}",
                       f"{row['memory_mb']:.3f}", "yes" if row["feasible"] else "no", Text(row["recipe_summary"]))
     Console(width=max(120, Console().width)).print(table)
+    return True
 
 
 def _trial_counts(run_dir: Path) -> str:

@@ -564,3 +564,30 @@ def test_a_job_config_made_in_python_with_a_part_of_the_wrong_type_is_refused_na
     edit_job(job, lambda d: d.update(trials=0))
     with pytest.raises(AutocompError, match="trials must be a whole number >= 1, got 0"):  # the path is read
         run_search(str(job), "run")
+
+
+def test_a_search_without_a_front_says_its_outcome_once(tmp_path, capsys, monkeypatch):
+    """The outcome is said again below the front's table, where the table pushed it up; a run with no front yet
+    prints a line instead of the table, right below the outcome: repeating it there printed it twice in a row."""
+    import json
+
+    import autocomp.search
+
+    message = "no candidate met the budget; closest was trial 1 (latency_ms over by 20.7%); loosen the budget"
+
+    def search(config, out, **kwargs):
+        print(message)
+        return {"met_budget": False, "message": message}
+
+    monkeypatch.setattr(autocomp.search, "run_search", search)
+    example = Path(__file__).parents[1] / "examples" / "fashion_mnist" / "search.yaml"
+    (tmp_path / "pareto.json").write_text(json.dumps({"trials": [], "limits": {}}))
+    assert main(["search", str(example), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(message) == 1 and "so there is no front" in out
+    front = {"number": 3, "accuracy": 90.0, "latency_ms": 9.0, "memory_mb": 2.0, "feasible": False,
+             "recipe_summary": "b0: heads 0.5"}
+    (tmp_path / "pareto.json").write_text(json.dumps({"trials": [front], "limits": {"latency_ms": 8.0}}))
+    assert main(["search", str(example), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(message) == 2 and out.rstrip().endswith(message)  # below the table too

@@ -289,7 +289,8 @@ def test_the_preprocessing_is_the_models_own_and_matches_timms_eval_transform(tm
 
 def test_preprocessing_steps_in_words_give_the_transforms_input_with_pil_and_numpy_alone(tmp_path):
     """preprocessing.json's steps are what a deployment without timm or torchvision follows: done with PIL and
-    numpy, they give the tensor the transform gives (a square image: no rounding of the resized size to guess)."""
+    numpy, they give the tensor the transform gives, for a square image and for one whose centre crop starts half
+    way between two pixels (the words say how that rounds: a user's floor would shift it by one)."""
     from PIL import Image
 
     from autocomp.data import Preprocessing
@@ -301,13 +302,18 @@ def test_preprocessing_steps_in_words_give_the_transforms_input_with_pil_and_num
     assert steps == ["convert the image to 8-bit RGB (16-bit images scaled to 8 bits first)",
                      "resize the shorter side to 20 px, the longer to 20 x longer / shorter rounded down (bicubic "
                      "interpolation, antialiased as PIL's resize is)",
-                     "crop the centre 16 x 16 px", "scale the pixels to [0, 1] (divide by 255)",
+                     "crop the centre 16 x 16 px (from the left at round((width - 16) / 2), the top at "
+                     "round((height - 16) / 2), halves rounded to even as Python's round)",
+                     "scale the pixels to [0, 1] (divide by 255)",
                      "per channel, subtract mean [0.3, 0.4, 0.5] and divide by std [0.2, 0.25, 0.3]",
                      "batch as float32 (N, 3, 16, 16), channels first"]
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    by_hand = np.asarray(image.convert("RGB").resize((20, 20), Image.BICUBIC))[2:18, 2:18] / 255.0
-    by_hand = ((by_hand - np.array(p.mean)) / np.array(p.std)).transpose(2, 0, 1).astype(np.float32)
-    np.testing.assert_allclose(p.transform()(image).numpy(), by_hand, atol=1e-5)
+    for width, left in ((40, 2), (46, 4)):  # 46 x 40 -> 23 x 20: the crop starts at round(3.5) = 4, not 3
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, width, 3), dtype=np.uint8))
+        resized = (20 * width // 40, 20)
+        assert left == round((resized[0] - 16) / 2)
+        by_hand = np.asarray(image.convert("RGB").resize(resized, Image.BICUBIC))[2:18, left:left + 16] / 255.0
+        by_hand = ((by_hand - np.array(p.mean)) / np.array(p.std)).transpose(2, 0, 1).astype(np.float32)
+        np.testing.assert_allclose(p.transform()(image).numpy(), by_hand, atol=1e-5)
     (tmp_path / "preprocessing.json").write_text(json.dumps({**p.to_dict(), "steps": steps}))
     assert load_preprocessing(tmp_path) == p  # the words are for a reader: the settings load as they were
 
@@ -687,12 +693,15 @@ def test_16_bit_images_are_scaled_and_float_ones_refused(tmp_path):
 
 
 def test_val_may_lack_a_class_and_its_labels_stay_trains(tmp_path):
-    """A rare class with no validation images: its folder empty or missing; the others keep train/'s indices."""
+    """A rare class with no validation images: its folder empty or missing; the others keep train/'s indices, and
+    the user is told which classes validation leaves out (a folder deleted by mistake went unsaid)."""
     make_folder(tmp_path / "train", {"blue": 4, "green": 4, "red": 4})
     make_folder(tmp_path / "val", {"green": 2, "red": 2})
     (tmp_path / "val" / "blue").mkdir()  # empty
-    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=4, calib_size=1,
-                                    test_size=2), tiny_rgb_vit(num_classes=3))
+    with pytest.warns(AutocompWarning, match=r"val has no images of 1 of the 3 classes \(blue\): its accuracy is "
+                                             r"over the others alone"):
+        splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=4, calib_size=1,
+                                        test_size=2), tiny_rgb_vit(num_classes=3))
     assert splits.num_classes == 3
     assert {f.split("/")[1]: label for f, label in zip(splits.val.files, splits.val.labels)} == {"green": 1, "red": 2}
 

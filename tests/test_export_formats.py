@@ -163,11 +163,21 @@ def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_its_
     assert info["file"] == "model.onnx" and info["check"] == err.removeprefix("autocomp: error: ")
     assert (out / "model.onnx").is_file()
     assert autocomp.load(out) is not None  # the loadable folder was written before the check
-    # an export that failed before writing export.json (the runtime could not load the file, Ctrl-C) leaves a
-    # model.onnx too: the next export into the folder removes it all the same
+    # an export that failed before writing export.json (Ctrl-C) leaves a model.onnx too: the next export into the
+    # folder removes it all the same
     (out / "export.json").unlink()
     assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(out)]) == 0
     assert not (out / "model.onnx").exists()
+    # a file the runtime cannot load (OpenVINO under a CPU cap) is said so beside it too: it left model.xml/.bin
+    # with no export.json, to be deployed by mistake
+
+    def unloadable(self, path, profile):
+        raise backends.ExportFailed("onnxruntime-cpu: ONNX Runtime cannot load the export: no kernel for it")
+
+    monkeypatch.setattr(backends.OnnxRuntimeCpu, "load", unloadable)
+    err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "onnx"], capsys)
+    assert err == "autocomp: error: onnxruntime-cpu: ONNX Runtime cannot load the export: no kernel for it"
+    assert json.loads((out / "export.json").read_text())["check"] == err.removeprefix("autocomp: error: ")
 
 
 def test_the_default_export_is_the_best_model_as_saved_after_any_final_distillation(run, tmp_path, capsys):

@@ -162,11 +162,11 @@ class Preprocessing:
         the settings in ``preprocessing.json``)."""
         size, scaled = self.image_size, math.floor(self.image_size / self.crop_pct)
         how = f"{self.interpolation} interpolation, antialiased as PIL's resize is"
+        crop = (f"crop the centre {size} x {size} px (from the left at round((width - {size}) / 2), the top at "
+                f"round((height - {size}) / 2), halves rounded to even as Python's round)")
         resize = {"center": [f"resize the shorter side to {scaled} px, the longer to {scaled} x longer / shorter "
-                             f"rounded down ({how})",
-                             f"crop the centre {size} x {size} px"],
-                  "squash": [f"resize to {scaled} x {scaled} px, not keeping the aspect ratio ({how})",
-                             f"crop the centre {size} x {size} px"],
+                             f"rounded down ({how})", crop],
+                  "squash": [f"resize to {scaled} x {scaled} px, not keeping the aspect ratio ({how})", crop],
                   "border": [f"resize the longer side to {scaled} px, keeping the aspect ratio ({how})",
                              f"pad (with the mean colour) or crop the centre to {size} x {size} px"]}[self.crop_mode]
         mode = "8-bit grayscale (PIL mode L)" if self.channels == 1 else "8-bit RGB"

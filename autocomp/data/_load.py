@@ -311,6 +311,11 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
                 raise AutocompError(f"{split_dirs[name]} has classes {sorted(set(found) - set(classes))} that "
                                     f"{split_dirs['train']} has not ({classes}); the classes are train/'s: add "
                                     "them there or remove them here")
+            if missing := [c for c in classes if c not in found]:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                warn(f"{split_dirs[name]} has no images of {len(missing)} of the {len(classes)} classes "
+                     f"({shown}): its accuracy is over the others alone; add images of them there if they were "
+                     "left out by mistake")
         listed = {name: _flatten(found, classes) for name, found in parts.items()}
         train_dir = f"{split_dirs['train'].name}/"
         origins = {name: f"{split_dirs[name].name}/" if name in listed else f"held out of {train_dir}"

@@ -37,10 +37,12 @@ quantizes its input with ``reduce_range`` on x86 (FBGEMM or oneDNN), to codes 0.
 the same way, and pair sums of such codes fit in 16 bits: the file computes the scored model's numbers (but for a
 rare code rounded the other way) on the u8 x s8 kernel of any CPU. ``matmul_integer`` (ORT's own
 DynamicQuantizeLinear, codes 0..255) quantizes more finely, so its outputs differ from the scored model's (top-1
-agreement 93% on a weak model's validation images in session 40), and saturates without VNNI; on an AVX2 EPYC
-the reduce-range form ran ViT-S/16 at 0.67-0.72x of fp32 against 0.64-0.70x for it, 0.73-0.77x for the exact
-u8 x u8 kernel with codes 0..255 (``matmul_integer_u8``), and moved the demo model's logits by 0.06 at most
-against 0.22 (BENCHMARKS.md, sessions 31 and 41).
+agreement 93% on a weak model's validation images in session 40), and saturates without VNNI. The reduce-range
+form pays for its input quantization in a few more graph nodes per layer: on an AVX-512/VNNI EPYC it ran ViT-S/16
+at 0.44-0.46x of fp32 against 0.43-0.45x for ``matmul_integer``, the demo model's 96-wide layers at 0.71-0.74x
+against 0.66-0.67x; on an AVX2 EPYC ViT-S/16 at 0.67-0.72x against 0.73-0.77x for the exact u8 x u8 kernel with
+codes 0..255 (``matmul_integer_u8``). It moves the demo model's logits by 0.06 at most against 0.23 for codes
+0..255 (BENCHMARKS.md, sessions 31 and 41).
 """
 
 from __future__ import annotations

@@ -327,12 +327,12 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
 
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
-    prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
     # the weights the runtime holds once it loads the file (what memory counted), and those of the file itself
     info = {"format": format, "file": path.name, "weight_nbytes": nbytes,
             "file_weight_nbytes": backend.weight_nbytes_in(path, loaded=False), "runtime": backend.describe(profile),
             **extra}
-    try:
+    try:  # a file the runtime cannot load, or whose outputs disagree, is said so beside it: never taken as checked
+        prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
         agreement = backend.check(model, prepared, images, profile)
     except AutocompError as exc:
         write_json(out / "export.json", {**info, "check": str(exc)})
