@@ -307,7 +307,8 @@ def test_preprocessing_steps_in_words_give_the_transforms_input_with_pil_and_num
                      "scale the pixels to [0, 1] (divide by 255)",
                      "per channel, subtract mean [0.3, 0.4, 0.5] and divide by std [0.2, 0.25, 0.3]",
                      "batch as float32 (N, 3, 16, 16), channels first"]
-    for width, left in ((40, 2), (46, 4)):  # 46 x 40 -> 23 x 20: the crop starts at round(3.5) = 4, not 3
+    # 46 x 40 -> 23 x 20: the crop starts at round(3.5) = 4, not 3; 42 x 40 -> 21 x 20: at round(2.5) = 2, not 3
+    for width, left in ((40, 2), (46, 4), (42, 2)):
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, width, 3), dtype=np.uint8))
         resized = (20 * width // 40, 20)
         assert left == round((resized[0] - 16) / 2)

@@ -82,8 +82,8 @@ def test_a_cache_that_cannot_be_written_keeps_the_measured_profile_for_the_run(m
 
 
 def test_a_runtime_profile_is_measured_anew_when_the_form_of_what_it_runs_changes(monkeypatch):
-    """A profile calibrated on ONNX Runtime timed the exporter's int8 form of this CPU: another form (on ARM, where
-    the scored model takes codes 0..255, a CPU whose kernel is exact with them, or a later autocomp's form) is
+    """A profile calibrated on ONNX Runtime timed the exporter's int8 form of this CPU: another form (under QNNPACK,
+    where the scored model takes codes 0..255, a CPU whose kernel is exact with them, or a later autocomp's form) is
     another cache entry; PyTorch's key stays."""
     pytest.importorskip("onnxruntime")
     from autocomp.runtimes import onnx_layers as onnx_export

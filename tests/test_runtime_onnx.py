@@ -168,12 +168,17 @@ def test_int8_weights_as_uint8_hold_the_same_codes_and_agree(exported, digits_im
     assert result.weight_nbytes == signed.weight_nbytes + 1  # one byte per weight either way, + the zero point
 
 
+X86_ENGINE = torch.backends.quantized.engine in ("x86", "fbgemm", "onednn")  # QNNPACK ignores reduce_range
+
+
+@pytest.mark.skipif(not X86_ENGINE, reason="PyTorch's int8 Linear quantizes its input with reduce_range on x86 only")
 def test_default_int8_form_is_the_scored_models_codes(tmp_path, monkeypatch):
     """The default export quantizes an int8 layer's input as the scored ``Int8Linear`` does: codes 0..127 on x86
     (PyTorch's ``reduce_range``), whose 16-bit pair sums are exact on every CPU, so the worst case of a u8 x s8
     kernel (every input code at the top against weights of 127) gives the exact sum (on x86 without VNNI full
     codes would give about half), and the layer's own outputs on random inputs. Full codes (``matmul_integer``)
-    only where the scored layer uses them too (QNNPACK) and ORT's kernel computes them exactly."""
+    only where the scored layer uses them too (QNNPACK) and ORT's kernel computes them exactly, else the exact
+    u8 x u8 form of the same codes."""
     from autocomp.ops.quantize import quantize_linear
     from autocomp.runtimes import onnx_layers as onnx_export
 
@@ -201,8 +206,18 @@ def test_default_int8_form_is_the_scored_models_codes(tmp_path, monkeypatch):
     assert largest_difference("auto") < largest_difference("matmul_integer_u8") / 4
     full = export_onnx(layer, x, tmp_path / "full.onnx", config=OnnxExportConfig(int8_weights="matmul_integer"))
     assert "differ a little" in full.layers[0].note  # it says so (PyTorch's x86 engine here: codes 0..127)
+    # which codes the scored layer takes is found by running one: QNNPACK (PyTorch's mobile engine, built here
+    # too) ignores reduce_range
+    assert onnx_export.int8_linear_top_code() == 127
+    if "qnnpack" in torch.backends.quantized.supported_engines:
+        shipped = torch.backends.quantized.engine
+        try:
+            torch.backends.quantized.engine = "qnnpack"
+            assert onnx_export.int8_linear_top_code() == 255
+        finally:
+            torch.backends.quantized.engine = shipped
     for scored_full, ort_exact, expected in [(True, True, "matmul_integer"),
-                                             (True, False, "matmul_integer_reduce_range"),
+                                             (True, False, "matmul_integer_u8"),  # 0..255, exact on every CPU
                                              (False, True, "matmul_integer_reduce_range")]:
         monkeypatch.setattr(onnx_export, "_full_codes_scored", lambda scored_full=scored_full: scored_full)
         monkeypatch.setattr(onnx_export, "ort_u8s8_exact", lambda ort_exact=ort_exact: ort_exact)
@@ -210,6 +225,28 @@ def test_default_int8_form_is_the_scored_models_codes(tmp_path, monkeypatch):
     assert onnx_export.int8_weight_form("matmul_integer") == "matmul_integer"
 
 
+@pytest.mark.skipif(not X86_ENGINE, reason="PyTorch's int8 Linear quantizes its input with reduce_range on x86 only")
+@pytest.mark.parametrize("inputs", ["normal", "zero", "positive", "negative", "tiny", "constant", "ties"])
+def test_reduce_range_int8_quantizes_the_input_as_int8linear_does(tmp_path, inputs):
+    """Scale and zero point from the range widened to hold 0, 127 steps, a scale of at least FBGEMM's smallest: the
+    layer's output in ONNX Runtime (the default export) is PyTorch's, for inputs of one sign, none, a tiny range or
+    codes half-way."""
+    from autocomp.ops.quantize import quantize_linear
+
+    torch.manual_seed(0)
+    layer = quantize_linear(torch.nn.Linear(64, 8), Quantize())
+    x = {"normal": torch.randn(3, 5, 64), "zero": torch.zeros(3, 5, 64), "positive": torch.rand(3, 5, 64) + 0.5,
+         "negative": -torch.rand(3, 5, 64), "tiny": torch.randn(3, 5, 64) * 1e-6,
+         "constant": torch.full((3, 5, 64), 2.0), "ties": torch.linspace(-1, 1, 3 * 5 * 64).reshape(3, 5, 64)}[inputs]
+    result = export_onnx(layer, x[:1], tmp_path / "m.onnx")  # the default form, on x86 matmul_integer_reduce_range
+    assert "codes 0..127" in result.layers[0].onnx
+    got = ort_session(result.path).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        expected = layer(x).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * float(np.abs(expected).max()))
+
+
+@pytest.mark.skipif(not X86_ENGINE, reason="PyTorch's int8 Linear quantizes its input with reduce_range on x86 only")
 def test_reduce_range_int8_computes_the_scored_models_numbers(exported, digits_images, tmp_path):
     """Activation codes 0..127 quantized in the graph, as ``Int8Linear`` quantizes its input (PyTorch's
     ``reduce_range``), against the int8 weights: the same integer products, so the file's logits are the PyTorch

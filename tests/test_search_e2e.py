@@ -427,6 +427,12 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
     earlier = {**info["measured_with"], "counting": COUNTING - 1}
     assert f"measured by autocomp's counting {COUNTING - 1}, now {COUNTING}" in resumed(earlier)
     assert "measured by an earlier autocomp, which did not record how" in resumed(None)
+    # a backend that exports times a form of the model (its int8 weights): one timed in another form is said so; a
+    # run from before the forms were recorded, on a backend that exports nothing, is alike
+    assert info["measured_with"]["forms"] == ""  # PyTorch eager: nothing exported
+    assert "were measured" not in resumed({k: v for k, v in info["measured_with"].items() if k != "forms"})
+    other = {**info["measured_with"], "forms": "int8 weights matmul_integer"}
+    assert "measured with the export's 'int8 weights matmul_integer', now ''" in resumed(other)
 
 
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):

@@ -47,7 +47,9 @@ codes 0..255 (``matmul_integer_u8``). It moves the demo model's logits by 0.06 a
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +57,12 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear
+from autocomp.ops._qconfig import Quantize
+from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear, quantize_linear
 from autocomp.runtimes.ort import ort_u8s8_exact
 
-__all__ = ["LayerExport", "export_form", "int8_weight_form", "NBITS_BLOCK_SIZES", "INT8_WEIGHT_FORMS"]
+__all__ = ["LayerExport", "export_form", "int8_weight_form", "int8_linear_top_code", "NBITS_BLOCK_SIZES",
+           "INT8_WEIGHT_FORMS"]
 
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes powers of two >= 16; these are the ones tried
 SMALL_SCALE = 6.1e-5  # FBGEMM's smallest dynamic activation scale (SMALL_SCALE_THRESHOLD): PyTorch's int8 Linear
@@ -221,15 +225,16 @@ def export_form(name: str, layer: QuantizedLinear, *, int8_weights: str = "auto"
         form = int8_weight_form(int8_weights)
         if form == "matmul_integer":
             return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
-                name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)", _full_codes_note())
+                name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)", _codes_note(form))
         if form == "matmul_integer_reduce_range":
             return _OnnxLinear(layer, "int8_reduce_range", tensors), LayerExport(
-                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's) -> MatMulInteger(int8)")
+                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's on x86) -> MatMulInteger(int8)",
+                _codes_note(form))
         tensors["weight_uint8"] = (tensors.pop("weight_int8").to(torch.int16) + 128).to(torch.uint8)
         tensors["weight_zero_point"] = torch.tensor(128, dtype=torch.uint8)
         return _OnnxLinear(layer, "int8_dynamic", tensors), LayerExport(
             name, tag, "DynamicQuantizeLinear -> MatMulInteger(uint8 = int8 + 128, zero point 128)",
-            _full_codes_note())
+            _codes_note(form))
     if isinstance(layer, Bf16Linear):
         tensors = {"weight": layer.state_dict()["weight"].t(), **_bias(layer, torch.bfloat16)}
         return _OnnxLinear(layer, "bf16", tensors), LayerExport(
@@ -263,26 +268,49 @@ def export_form(name: str, layer: QuantizedLinear, *, int8_weights: str = "auto"
                         "Bf16Linear, PackedLinear")
 
 
-def _full_codes_note() -> str:
-    """Why a layer whose input DynamicQuantizeLinear quantizes to codes 0..255 differs from the scored one."""
-    if _full_codes_scored():
-        return ""
-    return "input codes 0..255 where the scored Int8Linear's are 0..127: its outputs differ a little"
+def _codes_note(form: str) -> str:
+    """Why a layer exported in ``form`` computes other numbers than the scored ``Int8Linear``, or ''."""
+    if form == "matmul_integer" and not ort_u8s8_exact():
+        return "input codes 0..255 on a u8 x s8 kernel that saturates on this CPU: its outputs are wrong here"
+    full = _full_codes_scored()
+    if full == (form == "matmul_integer_reduce_range"):
+        scored, written = ("0..255", "0..127") if full else ("0..127", "0..255")
+        return f"input codes {written} where the scored Int8Linear's are {scored}: its outputs differ a little"
+    return ""
+
+
+def int8_linear_top_code() -> int:
+    """The top code ``Int8Linear`` quantizes its input to with PyTorch's quantized engine: 127 (``reduce_range``,
+    FBGEMM and oneDNN) or 255 (QNNPACK ignores it). Found by running one, once per engine."""
+    return _int8_linear_top_code(torch.backends.quantized.engine)
 
 
 def _full_codes_scored() -> bool:
-    """Whether ``Int8Linear`` quantizes its input to codes 0..255 here: QNNPACK ignores ``reduce_range``."""
-    return torch.backends.quantized.engine == "qnnpack"
+    return int8_linear_top_code() == 255
+
+
+@functools.cache
+def _int8_linear_top_code(engine: str) -> int:
+    # 1.0 + 0.3 through weights of 1 (code 127, scale 1/127): 0.3 rounds to code 38 of 127 or to 76 of 255
+    linear = nn.Linear(3, 1, bias=False)
+    nn.init.ones_(linear.weight)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # QNNPACK's: it ignores reduce_range
+        got = float(quantize_linear(linear, Quantize())(torch.tensor([[0.0, 1.0, 0.3]])))
+    return min((127, 255), key=lambda top: abs(got - (1.0 + round(0.3 * top) / top)))
 
 
 def int8_weight_form(int8_weights: str = "auto") -> str:
     """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine; any form but
     ``auto`` as it is.
 
-    ``auto`` is the scored model's input codes: ``Int8Linear`` quantizes its input to 0..127 with PyTorch's x86
-    engines (``reduce_range``), which ``matmul_integer_reduce_range`` reproduces and every CPU computes exactly;
-    QNNPACK (ARM) ignores ``reduce_range`` and uses 0..255, which ``matmul_integer`` reproduces where ONNX Runtime's
-    u8 x s8 kernel computes them exactly (:func:`ort_u8s8_exact`)."""
+    ``auto`` is the scored model's input codes: ``Int8Linear`` quantizes its input to 0..127 with PyTorch's
+    FBGEMM and oneDNN engines (``reduce_range``), which ``matmul_integer_reduce_range`` reproduces and every CPU
+    computes exactly; QNNPACK (PyTorch's mobile builds, or set as ``torch.backends.quantized.engine``) ignores
+    ``reduce_range`` and takes 0..255, which ``matmul_integer`` reproduces where ONNX Runtime's u8 x s8 kernel
+    computes them exactly (:func:`ort_u8s8_exact`), and ``matmul_integer_u8`` elsewhere."""
     if int8_weights != "auto":
         return int8_weights
-    return "matmul_integer" if _full_codes_scored() and ort_u8s8_exact() else "matmul_integer_reduce_range"
+    if not _full_codes_scored():
+        return "matmul_integer_reduce_range"
+    return "matmul_integer" if ort_u8s8_exact() else "matmul_integer_u8"

@@ -1,7 +1,7 @@
 """Run an ONNX file in ONNX Runtime's CPU provider: a session, the session called as a PyTorch module, its top-1
 agreement with the model it was exported from, its latency timed interleaved with a reference, and whether this
-CPU's u8 x s8 integer kernel is exact over the full code range (which decides the int8 form
-:mod:`autocomp.runtimes.onnx` exports).
+CPU's u8 x s8 integer kernel is exact over the full code range (which ``matmul_integer``, an int8 form of
+:mod:`autocomp.runtimes.onnx`, needs).
 
 ``onnxruntime`` is imported when used.
 """

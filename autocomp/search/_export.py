@@ -324,6 +324,7 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
                       log: Callable[[str], None] = print) -> None:
     """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
+    from autocomp.runtimes.onnx_layers import int8_linear_top_code
 
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
@@ -341,11 +342,13 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
     if info.get("int8_weights") == "matmul_integer" and "MatMulInteger" in op_types(path):
+        exact = ("matmul_integer_u8, the scored model's own input codes here" if int8_linear_top_code() == 255 else
+                 "matmul_integer_reduce_range (the default), the scored model's own input codes")
         info["int8_weights_note"] = note = (
-            "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI; "
-            "on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are wrong: for a file "
-            "exact on every CPU, export with int8 weights matmul_integer_reduce_range (--int8-weights; export_trial's "
-            "int8_weights=, the default), the scored model's own input codes, a little slower here")
+            "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI "
+            "and on ARM; on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are "
+            f"wrong: for a file exact on every CPU, export with int8 weights {exact} (--int8-weights; "
+            "export_trial's int8_weights=), a little slower here")
         log(f"note: {note}")
     write_json(out / "export.json", info)
     if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed

@@ -334,12 +334,14 @@ def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded
 
 def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
     """How the earlier trials of a resumed run were measured, against how the trials to come are (run.json's
-    ``measured_with``: the backend's description with its runtimes' versions and options, and how autocomp counts,
-    :data:`~autocomp.measure.COUNTING`); None where alike."""
+    ``measured_with``: the backend's description with its runtimes' versions and options, how autocomp counts,
+    :data:`~autocomp.measure.COUNTING`, and the form of what an exporting backend times, e.g. its int8 weights);
+    None where alike."""
     if earlier is None:
         return "by an earlier autocomp, which did not record how"
     changed = [f"{what} {earlier.get(key)!r}, now {now[key]!r}" for key, what in
-               (("backend", "on"), ("counting", "by autocomp's counting")) if earlier.get(key) != now[key]]
+               (("backend", "on"), ("counting", "by autocomp's counting"), ("forms", "with the export's"))
+               if earlier.get(key, "") != now.get(key, "")]  # "": nothing exported (a run from before "forms" too)
     return "; ".join(changed) or None
 
 

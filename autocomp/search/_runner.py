@@ -19,7 +19,7 @@ from autocomp.data import preprocessing_source
 from autocomp.errors import AutocompError, AutocompTypeError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import COUNTING, spread_warning
-from autocomp.measure.backends import check_images
+from autocomp.measure.backends import backend_of, check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import cap_note, load_profile, profile_note
 from autocomp.models import create_model, factory_module, model_digest, vit_blocks
@@ -149,7 +149,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         else:
             limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
         screen = before.screen_of(base, profile, baseline, limits, config, log) if remaining else None
-        measured_with = {"backend": measuring, "counting": COUNTING}
+        measured_with = {"backend": measuring, "counting": COUNTING, "forms": backend_of(profile).export_forms()}
         if previous is None:
             config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
