@@ -7,10 +7,11 @@ The job's teacher (or ``--model``: a timm model with random weights, on random i
 block. First, each ``OnnxExportConfig.int8_weights`` form exported and timed in ORT interleaved with the
 uncompressed export (``--batch`` images, one thread; ``runs`` ratios of 30 pairs each), with its top-1 agreement and
 largest logit difference with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``matmul_integer``
-saturates where it is not; ``auto`` is the scored model's input codes, ``matmul_integer_reduce_range`` on x86).
+saturates where it is not; ``auto`` is the scored model's input codes: ``matmul_integer`` with VNNI or AMX,
+``matmul_integer_reduce_range`` on x86 without).
 Second, with a job only: validation accuracy of PyTorch's dynamic int8 Linear with activations
-quantized to 0..127 (``reduce_range``, as ``Int8Linear`` runs) and to 0..255 (as ORT's ``DynamicQuantizeLinear``
-does), and of the ORT file itself.
+quantized to 0..127 (``reduce_range``, as ``Int8Linear`` runs on x86 without VNNI) and to 0..255 (as it runs with
+VNNI or AMX, and ORT's ``DynamicQuantizeLinear``), and of the ORT file itself.
 """
 
 from __future__ import annotations
@@ -28,18 +29,18 @@ from autocomp.config import load_config
 from autocomp.data import load_splits
 from autocomp.measure.profiling import cpu_description
 from autocomp.models import create_model
-from autocomp.ops.quantize import Int8Linear
+from autocomp.ops.quantize import Int8Linear, int8_linear_top_code
 from autocomp.runtimes import OnnxExportConfig, export_onnx, ort_session, time_sessions
-from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS
+from autocomp.runtimes.onnx import INT8_WEIGHT_FORMS, int8_weight_form
 from autocomp.runtimes.ort import OrtModule, compare_outputs, ort_u8s8_exact
 from autocomp.train import evaluate
 
 
 @contextlib.contextmanager
-def full_activation_range():
-    """Int8Linear with activations quantized to 0..255 instead of 0..127, while the block runs."""
+def input_codes(top: int):
+    """Int8Linear with its input quantized to codes 0..top (127: ``reduce_range``; 255), while the block runs."""
     shipped = Int8Linear._linear
-    Int8Linear._linear = lambda self, x: torch.ops.quantized.linear_dynamic(x, self._packed, False)
+    Int8Linear._linear = lambda self, x: torch.ops.quantized.linear_dynamic(x, self._packed, top == 127)
     try:
         yield
     finally:
@@ -83,21 +84,19 @@ def main() -> None:
               f"({agreement.max_logit_diff:.3f}) |", flush=True)
     if splits is None:
         return
-    shipped = evaluate(model, splits.val)
-    with full_activation_range():
-        full = evaluate(model, splits.val)
+    accuracy, agreement = {}, {}
     auto = OrtModule(ort_session(export_onnx(model, calib[:2], folder / "auto.onnx").path))
-    file = evaluate(auto, splits.val)
-    print(f"validation accuracy: fp32 {evaluate(base, splits.val):.2f}%, PyTorch int8 with activations 0..127 "
-          f"(as shipped) {shipped:.2f}%, 0..255 {full:.2f}%, the ORT file (auto form) {file:.2f}%")
     with torch.no_grad():
         ort_top1 = auto(images).argmax(1)
-        agree_shipped = (model(images).argmax(1) == ort_top1).float().mean().item()
-        with full_activation_range():
-            agree_full = (model(images).argmax(1) == ort_top1).float().mean().item()
-    print(f"top-1 agreement with the ORT file on {len(images)} images: 0..127 {100 * agree_shipped:.2f}%, "
-          f"0..255 {100 * agree_full:.2f}%")
-
+    for top in (127, 255):
+        with input_codes(top), torch.no_grad():
+            accuracy[top] = evaluate(model, splits.val)
+            agreement[top] = (model(images).argmax(1) == ort_top1).float().mean().item()
+    print(f"validation accuracy: fp32 {evaluate(base, splits.val):.2f}%, PyTorch int8 with activations 0..127 "
+          f"{accuracy[127]:.2f}%, 0..255 {accuracy[255]:.2f}% (Int8Linear here: 0..{int8_linear_top_code()}), the ORT "
+          f"file (auto form, {int8_weight_form()}) {evaluate(auto, splits.val):.2f}%")
+    print(f"top-1 agreement with the ORT file on {len(images)} images: 0..127 {100 * agreement[127]:.2f}%, "
+          f"0..255 {100 * agreement[255]:.2f}%")
 
 if __name__ == "__main__":
     main()

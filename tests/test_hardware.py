@@ -106,7 +106,13 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_
     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
         monkeypatch.delenv(name, raising=False)
     assert cap_note("onnxruntime-cpu") is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # oneDNN's own "no cap": nothing to say
+    assert cap_note("onnxruntime-cpu") is None and cap_note("openvino-cpu") is None
+    from autocomp.runtimes.openvino import capped_isa
+
+    assert capped_isa("x") == ""
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert capped_isa("x") == " (ONEDNN_MAX_CPU_ISA=AVX2 is set here, which OpenVINO follows in part: x)"
     assert cap_note("onnxruntime-cpu").startswith("ONEDNN_MAX_CPU_ISA=AVX2 cap PyTorch's kernels; ONNX Runtime reads "
                                                   "neither, so onnxruntime-cpu latencies are measured as this CPU "
                                                   "runs them")

@@ -398,7 +398,29 @@ def test_a_cpu_without_vnni_is_detected_and_gets_seven_bit_activations(isa):
     import subprocess
     import sys
 
-    script = "from autocomp.ops import quantize as q; print(q.int8_static_range(), q.activation_quant_max())"
+    script = ("import torch; from autocomp.ops import quantize as q; torch.backends.quantized.engine = 'onednn'; "
+              "print(q.int8_static_range(), q.activation_quant_max(), q.int8_linear_top_code())")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": isa}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["127", "127"]  # oneDNN there sums u8 x s8 pairs in 16 bits
+    # oneDNN there sums u8 x s8 pairs in 16 bits: static and dynamic int8 Linears take codes 0..127
+    assert result.stdout.split() == ["127", "127", "127"]
+
+
+@pytest.mark.skipif(torch.backends.quantized.engine not in ("x86", "fbgemm"), reason="FBGEMM's kernels")
+def test_int8_linear_takes_full_range_codes_where_fbgemm_has_vnni():
+    """FBGEMM (PyTorch's x86 engine for dynamic int8) sums u8 x s8 products in 32 bits with AVX512-VNNI: Int8Linear
+    takes codes 0..255 there (and the ONNX export writes ORT's fused DynamicQuantizeLinear form), 0..127 on other
+    x86 CPUs, whose 16-bit pair sums would saturate. QNNPACK (PyTorch's mobile engine, built on x86 too) sums in
+    32 bits everywhere."""
+    from pathlib import Path
+
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert q.int8_linear_top_code() == (255 if "avx512_vnni" in flags else 127)
+    if "qnnpack" in torch.backends.quantized.supported_engines:
+        shipped = torch.backends.quantized.engine
+        try:
+            torch.backends.quantized.engine = "qnnpack"
+            assert q.int8_linear_top_code() == 255
+        finally:
+            torch.backends.quantized.engine = shipped

@@ -39,7 +39,7 @@ from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
 
 __all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "BACKEND_PRECISIONS", "BACKEND_KERNELS", "calibrate",
-           "calibrated_profile", "cap_note", "cpu_description", "load_profile", "profile_note",
+           "calibrated_profile", "cap_note", "caps_set", "cpu_description", "load_profile", "profile_note",
            "pytorch_fuses_attention", "write_profile"]
 
 
@@ -201,7 +201,14 @@ def _gemm(precision: str, shape: GemmShape) -> torch.nn.Module | None:
 # CPU features that decide which kernels PyTorch and oneDNN run (x86, then Arm)
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
               "asimd", "asimddp", "i8mm", "bf16", "sve")
-_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # environment variables that cap the kernels' ISA
+CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # what caps PyTorch's and oneDNN's kernels to a lesser CPU's
+
+
+def caps_set() -> list[str]:
+    """The caps the environment sets, as ``NAME=value``: ``ONEDNN_MAX_CPU_ISA=ALL`` (oneDNN's own "no cap") and
+    empty values are none."""
+    values = {name: os.environ.get(name, "").strip() for name in CAPS}
+    return [f"{name}={value}" for name, value in values.items() if value and value.upper() != "ALL"]
 
 
 @functools.cache
@@ -220,7 +227,7 @@ def cpu_description() -> str:
     except OSError:
         pass
     extensions = " ".join(f for f in _CPU_FLAGS if f in flags) or "no listed extensions"
-    caps = [f"{name}={os.environ[name]}" for name in _CAPS if os.environ.get(name)]
+    caps = caps_set()
     top = int8_static_range()
     return (f"{model} ({platform.machine()}, {os.cpu_count()} CPUs; {extensions}; "
             f"ATen {torch.backends.cpu.get_cpu_capability()}, int8 static range {top or 'none'}"
@@ -270,7 +277,6 @@ def profile_note(profile: HardwareProfile) -> str | None:
             "calibrate: on_first_use")
 
 
-CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # what caps PyTorch's and oneDNN's kernels to a lesser CPU's
 CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads neither", "openvino-cpu": "OpenVINO follows "
                   "ONEDNN_MAX_CPU_ISA in part (its default precision and its CPU checks do not)"}
 
@@ -278,7 +284,7 @@ CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads neither", "openvino-cpu
 def cap_note(backend: str) -> str | None:
     """A note when the CPU capability is capped (to emulate a CPU without AVX-512 or VNNI) and ``backend`` runs
     kernels the caps do not hold for: their timings are this CPU's; None otherwise."""
-    capped = [f"{name}={os.environ[name]}" for name in CAPS if os.environ.get(name)]
+    capped = caps_set()
     if not capped:
         return None
     if backend in CAPPED_IN_PART:

@@ -20,12 +20,14 @@ backend with oneDNN's int8 kernel; elsewhere the layer fake-quantizes its input 
 :func:`autocomp.ops.quantize.simulated_layers`). The choices were measured on this machine's CPU:
 ``benchmarks/quant_kernels.py``.
 
-oneDNN's int8 GEMM is exact over the whole uint8 input range only where the CPU has VNNI or AMX (32-bit sums of
-u8 x s8 products). Without them (AVX2, AVX-512 without VNNI, older x86) pairs of products are summed in 16 bits and
+x86 int8 GEMMs are exact over the whole uint8 input range only where the CPU has VNNI or AMX (32-bit sums of u8 x s8
+products). Without them (AVX2, AVX-512 without VNNI, older x86) pairs of products are summed in 16 bits and
 saturate, so activations are quantized to ``0 .. 127`` there, as PyTorch's own x86 backends do with
-``reduce_range``. :func:`int8_static_range` finds out which by running the kernel on inputs that would saturate;
-the range is saved with each layer, and a layer saved with the full range on a machine that cannot run it exactly
-is simulated (and labelled) instead of computing wrong numbers.
+``reduce_range``, and to ``0 .. 255`` where the kernel computes that exactly: :func:`int8_static_range` (oneDNN's
+static kernel) and :func:`int8_linear_top_code` (the dynamic one) find out which by running the kernel on inputs that
+would saturate. A static layer's range is saved with it, and a layer saved with the full range on a machine that
+cannot run it exactly is simulated (and labelled) instead of computing wrong numbers; a dynamic layer quantizes its
+input per call, with the range of the CPU it runs on.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from autocomp.ops._quantizers import (
 )
 
 __all__ = ["QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear", "quantize_linear",
-           "stored_nbytes_for", "module_class", "int8_static_range", "activation_quant_max"]
+           "stored_nbytes_for", "module_class", "int8_static_range", "int8_linear_top_code",
+           "activation_quant_max"]
 
 Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]  # saved tensor name -> (shape, dtype)
 
@@ -167,7 +170,9 @@ def _fp32_bias(out_features: int, bias: bool) -> Spec:
 
 
 class Int8Linear(QuantizedLinear):
-    """8-bit weights, per output channel, run by the int8 dynamic-quantization kernel.
+    """8-bit weights, per output channel, run by the int8 dynamic-quantization kernel, which quantizes the input per
+    call to codes 0..255, or 0..127 (``reduce_range``) where full-range codes would saturate on this CPU
+    (:func:`int8_linear_top_code`).
 
     The module holds only the kernel's packed weight; its state dict holds plain tensors (``weight_int8``,
     ``weight_scale``, ``bias``) so it saves to safetensors.
@@ -222,7 +227,7 @@ class Int8Linear(QuantizedLinear):
         return self.unpacked()[1]
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+        return torch.ops.quantized.linear_dynamic(x, self._packed, int8_linear_top_code() != 255)
 
 
 _NO_ZERO_POINT = torch.zeros(1, dtype=torch.long)  # symmetric weights; shared by all layers
@@ -394,6 +399,34 @@ def int8_static_range() -> int | None:
     except (AttributeError, RuntimeError, NotImplementedError):
         return None
     return None
+
+
+def int8_linear_top_code() -> int:
+    """The top code ``Int8Linear`` quantizes its input to, with PyTorch's quantized engine on this CPU: 255 where
+    the engine's dynamic int8 kernel sums u8 x s8 products of full-range codes exactly (32-bit sums: VNNI, AMX;
+    QNNPACK), 127 where pairs of them are summed in 16 bits and saturate (x86 without VNNI), the ``reduce_range``
+    PyTorch's x86 engines offer for it. Found by running the kernel on the worst case, all inputs at the top code
+    against weights of 127, once per engine: FBGEMM picks its kernels from the CPU itself, oneDNN under
+    ``ONEDNN_MAX_CPU_ISA``."""
+    return _int8_linear_top_code(torch.backends.quantized.engine)
+
+
+@functools.cache
+def _int8_linear_top_code(engine: str) -> int:
+    with warnings.catch_warnings():  # the quantized-tensor API is deprecated; QNNPACK warns about reduce_range
+        warnings.simplefilter("ignore")
+        for rows, width, outputs in ((2, 64, 4), (64, 256, 32)):  # a few rows and a ViT's tokens' many
+            try:
+                weight = torch.quantize_per_channel(
+                    torch.ones(outputs, width), torch.full((outputs,), 1 / 127, dtype=torch.double),
+                    torch.zeros(outputs, dtype=torch.long), 0, torch.qint8)
+                packed = torch.ops.quantized.linear_prepack(weight, None)
+                out = torch.ops.quantized.linear_dynamic(torch.ones(rows, width), packed, False)  # codes 255
+            except (RuntimeError, NotImplementedError):
+                return 127
+            if not torch.allclose(out, torch.full_like(out, float(width)), rtol=1e-3):
+                return 127
+    return 255
 
 
 def activation_quant_max() -> int:

@@ -5,12 +5,13 @@ activation quantizers). :func:`autocomp.runtimes.onnx.export_onnx` swaps the sta
 ============================  ==================================================  ==================================
 autocomp layer                ONNX (initializers)                                 ORT CPU runs it as
 ============================  ==================================================  ==================================
+``Int8Linear`` (w8)           DynamicQuantizeLinear (codes 0..255) ->             ``DynamicQuantizeMatMul`` (fused
+(``auto`` where its codes     MatMulInteger -> Cast -> Mul -> Add (int8 [in,      by ORT): u8 x s8 GEMM
+are 0..255: VNNI, AMX)        out], fp32 scale, bias): ``matmul_integer``
 ``Int8Linear`` (w8)           the input's range, scale and zero point computed    ``MatMulIntegerToFloat`` (fused by
-                              in the graph for codes 0..127 (PyTorch's            ORT): u8 x s8 GEMM, exact with
-                              ``reduce_range``), QuantizeLinear, MatMulInteger    these codes on every CPU (see
-                              with the int8 weights, Cast, Mul, Add               below)
-w8, ``matmul_integer``        DynamicQuantizeLinear -> MatMulInteger -> Cast ->   ``DynamicQuantizeMatMul`` (fused
-                              Mul -> Add (int8 [in, out], fp32 scale, bias)       by ORT): u8 x s8 GEMM
+(``auto`` where its codes     in the graph for codes 0..127 (PyTorch's            ORT): u8 x s8 GEMM, exact with
+are 0..127: x86 without       ``reduce_range``), QuantizeLinear, MatMulInteger    these codes on every CPU (see
+VNNI)                         with the int8 weights, Cast, Mul, Add               below)
 w8 + static a8                QuantizeLinear/DequantizeLinear on the input (the   QDQ fusion: int8 GEMM with fp32
                               calibrated scale, zero point), DequantizeLinear of  output
                               the int8 weight per channel, MatMul, Add
@@ -32,24 +33,23 @@ weight: exact numbers, no speed or size gain; :class:`LayerExport` says so for e
 On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ORT's u8 x s8 kernels sum pairs of products in 16 bits
 and saturate with full-range codes (ORT advises ``reduce_range`` there). Static activations saved with codes up to
 127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported with the
-scored model's own input codes (``int8_weights="auto"``, :func:`int8_weight_form`): PyTorch's dynamic int8 Linear
-quantizes its input with ``reduce_range`` on x86 (FBGEMM or oneDNN), to codes 0..127, so the graph quantizes it
-the same way, and pair sums of such codes fit in 16 bits: the file computes the scored model's numbers (but for a
-rare code rounded the other way) on the u8 x s8 kernel of any CPU. ``matmul_integer`` (ORT's own
-DynamicQuantizeLinear, codes 0..255) quantizes more finely, so its outputs differ from the scored model's (top-1
-agreement 93% on a weak model's validation images in session 40), and saturates without VNNI. The reduce-range
-form pays for its input quantization in a few more graph nodes per layer: on an AVX-512/VNNI EPYC it ran ViT-S/16
-at 0.44-0.46x of fp32 against 0.43-0.45x for ``matmul_integer``, the demo model's 96-wide layers at 0.71-0.74x
-against 0.66-0.67x; on an AVX2 EPYC ViT-S/16 at 0.67-0.72x against 0.73-0.77x for the exact u8 x u8 kernel with
-codes 0..255 (``matmul_integer_u8``). It moves the demo model's logits by 0.06 at most against 0.23 for codes
-0..255 (BENCHMARKS.md, sessions 31 and 41).
+scored model's own input codes (``int8_weights="auto"``, :func:`int8_weight_form`). ``Int8Linear`` quantizes its
+input to codes 0..255 where PyTorch's kernel computes them exactly (VNNI, AMX) and to 0..127 elsewhere
+(:func:`~autocomp.ops.quantize.int8_linear_top_code`). Full codes are ORT's own DynamicQuantizeLinear, fused with
+the GEMM (``matmul_integer``: the scored layer's numbers but for a rare code rounded the other way); the
+reduced codes are quantized in the graph as FBGEMM quantizes them, and their pair sums fit in 16 bits, so that
+file computes the scored model's numbers on the u8 x s8 kernel of any CPU (``matmul_integer_reduce_range``), at
+the cost of a few more graph nodes per layer. The forms compared on the demo model's 96-wide layers, as ratios to
+fp32 in ORT: 0.755 for ``matmul_integer`` against 0.88-0.89 for the reduce-range form on a Xeon with AMX (session
+42), 0.66-0.67 against 0.71-0.74 on an AVX-512/VNNI EPYC; ViT-S/16 at 0.43-0.45 against 0.44-0.46 there; on an
+AVX2 EPYC ViT-S/16 at 0.67-0.72x for the reduce-range form against 0.73-0.77x for the exact u8 x u8 kernel with
+codes 0..255 (``matmul_integer_u8``). The scored model's codes move the demo model's logits by 0.04-0.07 at
+most, the other codes by 0.2-0.3 (BENCHMARKS.md, sessions 31, 41 and 42).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +57,10 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.ops._qconfig import Quantize
-from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear, quantize_linear
+from autocomp.ops.quantize import Bf16Linear, Int8Linear, PackedLinear, QuantizedLinear, int8_linear_top_code
 from autocomp.runtimes.ort import ort_u8s8_exact
 
-__all__ = ["LayerExport", "export_form", "int8_weight_form", "int8_linear_top_code", "NBITS_BLOCK_SIZES",
+__all__ = ["LayerExport", "export_form", "int8_weight_form", "NBITS_BLOCK_SIZES",
            "INT8_WEIGHT_FORMS"]
 
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes powers of two >= 16; these are the ones tried
@@ -279,36 +278,19 @@ def _codes_note(form: str) -> str:
     return ""
 
 
-def int8_linear_top_code() -> int:
-    """The top code ``Int8Linear`` quantizes its input to with PyTorch's quantized engine: 127 (``reduce_range``,
-    FBGEMM and oneDNN) or 255 (QNNPACK ignores it). Found by running one, once per engine."""
-    return _int8_linear_top_code(torch.backends.quantized.engine)
-
-
 def _full_codes_scored() -> bool:
     return int8_linear_top_code() == 255
-
-
-@functools.cache
-def _int8_linear_top_code(engine: str) -> int:
-    # 1.0 + 0.3 through weights of 1 (code 127, scale 1/127): 0.3 rounds to code 38 of 127 or to 76 of 255
-    linear = nn.Linear(3, 1, bias=False)
-    nn.init.ones_(linear.weight)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # QNNPACK's: it ignores reduce_range
-        got = float(quantize_linear(linear, Quantize())(torch.tensor([[0.0, 1.0, 0.3]])))
-    return min((127, 255), key=lambda top: abs(got - (1.0 + round(0.3 * top) / top)))
 
 
 def int8_weight_form(int8_weights: str = "auto") -> str:
     """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine; any form but
     ``auto`` as it is.
 
-    ``auto`` is the scored model's input codes: ``Int8Linear`` quantizes its input to 0..127 with PyTorch's
-    FBGEMM and oneDNN engines (``reduce_range``), which ``matmul_integer_reduce_range`` reproduces and every CPU
-    computes exactly; QNNPACK (PyTorch's mobile builds, or set as ``torch.backends.quantized.engine``) ignores
-    ``reduce_range`` and takes 0..255, which ``matmul_integer`` reproduces where ONNX Runtime's u8 x s8 kernel
-    computes them exactly (:func:`ort_u8s8_exact`), and ``matmul_integer_u8`` elsewhere."""
+    ``auto`` is the scored model's input codes (:func:`~autocomp.ops.quantize.int8_linear_top_code`): where
+    ``Int8Linear`` quantizes its input to 0..255 (x86 with VNNI or AMX; QNNPACK), ``matmul_integer`` reproduces
+    them where ONNX Runtime's u8 x s8 kernel computes them exactly (:func:`ort_u8s8_exact`), and
+    ``matmul_integer_u8`` elsewhere; where it takes 0..127 (``reduce_range``: x86 without VNNI),
+    ``matmul_integer_reduce_range``, which every CPU computes exactly."""
     if int8_weights != "auto":
         return int8_weights
     if not _full_codes_scored():

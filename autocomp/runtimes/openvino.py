@@ -131,8 +131,10 @@ def capped_isa(what: str) -> str:
     fares (the plugin picks its kernels and default precision from this CPU, then compiles under the cap); else ""."""
     import os
 
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return f" (ONEDNN_MAX_CPU_ISA={capped} is set here, which OpenVINO follows in part: {what})" if capped else ""
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip()
+    if not capped or capped.upper() == "ALL":  # ALL: oneDNN's own "no cap"
+        return ""
+    return f" (ONEDNN_MAX_CPU_ISA={capped} is set here, which OpenVINO follows in part: {what})"
 
 
 def default_precision() -> str:

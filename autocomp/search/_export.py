@@ -60,9 +60,9 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
-    names the one written): ``auto`` takes the scored model's input codes (``matmul_integer_reduce_range`` on x86:
-    exact on every CPU); ``matmul_integer`` is a little faster where the CPU has VNNI, its outputs a little off the
-    scored model's.
+    names the one written): ``auto`` takes the scored model's input codes: ``matmul_integer`` (0..255) on x86 CPUs
+    with VNNI or AMX, whose outputs would be wrong on x86 without VNNI (``export.json`` notes it), and
+    ``matmul_integer_reduce_range`` (0..127, exact on every CPU) on x86 without VNNI.
 
     Raises:
         AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown
@@ -324,7 +324,7 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
                       log: Callable[[str], None] = print) -> None:
     """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
-    from autocomp.runtimes.onnx_layers import int8_linear_top_code
+    from autocomp.ops.quantize import int8_linear_top_code
 
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)
@@ -342,13 +342,16 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
     if info.get("int8_weights") == "matmul_integer" and "MatMulInteger" in op_types(path):
-        exact = ("matmul_integer_u8, the scored model's own input codes here" if int8_linear_top_code() == 255 else
-                 "matmul_integer_reduce_range (the default), the scored model's own input codes")
+        exact = ("matmul_integer_u8 (the scored model's input codes, a slower kernel) or "
+                 "matmul_integer_reduce_range (codes 0..127: outputs a little off the scored model's, a few more "
+                 "nodes)" if int8_linear_top_code() == 255 else
+                 "matmul_integer_reduce_range (the default here: the scored model's own input codes, a few more "
+                 "nodes)")
         info["int8_weights_note"] = note = (
             "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI "
-            "and on ARM; on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs are "
-            f"wrong: for a file exact on every CPU, export with int8 weights {exact} (--int8-weights; "
-            "export_trial's int8_weights=), a little slower here")
+            "or AMX and on ARM; on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs "
+            f"are wrong: for a file exact on every CPU, export with int8 weights {exact} (--int8-weights; "
+            "export_trial's int8_weights=)")
         log(f"note: {note}")
     write_json(out / "export.json", info)
     if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
