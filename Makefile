@@ -50,7 +50,8 @@ CAPPED_TESTS := tests/test_ops_quantize.py tests/test_distill.py tests/test_cost
                 tests/test_search_objective.py tests/test_hardware.py tests/test_ops_contract.py \
                 tests/test_runtime_onnx.py tests/test_runtime_openvino.py
 CAPPED_SKIP  := -m 'not uncapped_only'
-CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 AUTOCOMP_TEST_QENGINE=onednn
+CPU_CAP      := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+                AUTOCOMP_TEST_QENGINE=onednn
 
 # The Ray-free, Ray and capped phases run in two pytest processes, a file each at a time. The files that start Ray
 # (their searches) have a phase of their own: much of their time is spent waiting on Ray's and its workers' start,

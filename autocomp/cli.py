@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("auto", "matmul_integer", "matmul_integer_reduce_range", "matmul_integer_u8",
                                  "dequantize_linear"),
                         help="onnx only: how int8 weights are written. auto (default): the scored model's input codes "
-                             "(matmul_integer on x86 with VNNI or AMX, matmul_integer_reduce_range on x86 without); "
+                             "(matmul_integer on x86 with AVX512-VNNI or AMX, matmul_integer_reduce_range on other "
+                             "x86); "
                              "matmul_integer: input codes 0..255 (ONNX Runtime's u8 x s8 kernel: fastest, saturates "
                              "on x86 without VNNI); matmul_integer_reduce_range: input codes 0..127 (the same kernel "
                              "and a few more nodes, exact on every CPU); matmul_integer_u8: uint8 weights + zero "

@@ -7,11 +7,11 @@ The job's teacher (or ``--model``: a timm model with random weights, on random i
 block. First, each ``OnnxExportConfig.int8_weights`` form exported and timed in ORT interleaved with the
 uncompressed export (``--batch`` images, one thread; ``runs`` ratios of 30 pairs each), with its top-1 agreement and
 largest logit difference with the PyTorch model; whether ORT's u8 x s8 kernel is exact on this CPU (``matmul_integer``
-saturates where it is not; ``auto`` is the scored model's input codes: ``matmul_integer`` with VNNI or AMX,
-``matmul_integer_reduce_range`` on x86 without).
+saturates where it is not; ``auto`` is the scored model's input codes: ``matmul_integer`` with AVX512-VNNI or AMX,
+``matmul_integer_reduce_range`` on other x86).
 Second, with a job only: validation accuracy of PyTorch's dynamic int8 Linear with activations
-quantized to 0..127 (``reduce_range``, as ``Int8Linear`` runs on x86 without VNNI) and to 0..255 (as it runs with
-VNNI or AMX, and ORT's ``DynamicQuantizeLinear``), and of the ORT file itself.
+quantized to 0..127 (``reduce_range``, as ``Int8Linear`` runs on most x86 CPUs) and to 0..255 (as it runs with
+AVX512-VNNI or AMX, and ORT's ``DynamicQuantizeLinear``), and of the ORT file itself.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_
     a user emulating their target there was told nothing."""
     from autocomp.measure.profiling import cap_note
 
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS"):
         monkeypatch.delenv(name, raising=False)
     assert cap_note("onnxruntime-cpu") is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # oneDNN's own "no cap": nothing to say
@@ -114,7 +114,7 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert capped_isa("x") == " (ONEDNN_MAX_CPU_ISA=AVX2 is set here, which OpenVINO follows in part: x)"
     assert cap_note("onnxruntime-cpu").startswith("ONEDNN_MAX_CPU_ISA=AVX2 cap PyTorch's kernels; ONNX Runtime reads "
-                                                  "neither, so onnxruntime-cpu latencies are measured as this CPU "
+                                                  "none of them, so onnxruntime-cpu latencies are measured as this CPU "
                                                   "runs them")
     assert "OpenVINO follows" in cap_note("openvino-cpu")
     import torch
@@ -125,9 +125,12 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_
     assert cap_note(load_profile(LOCAL).backend) is None  # PyTorch on the CPU, int8 on oneDNN: the caps hold
     monkeypatch.setattr(torch.backends.quantized, "engine", "x86")  # PyTorch's default: FBGEMM picks its own
     assert cap_note("pytorch-cpu").startswith("ONEDNN_MAX_CPU_ISA=AVX2 cap PyTorch's kernels; PyTorch's dynamic int8 "
-                                              "Linear (quantized engine 'x86': FBGEMM) reads neither, so dynamic int8 "
-                                              "layers' latencies (and the profile's int8 peak) are measured as this "
-                                              "CPU runs them")
+                                              "Linear (quantized engine 'x86': FBGEMM) reads only "
+                                              "FBGEMM_ENABLE_INSTRUCTIONS (e.g. AVX2), which is not set, so dynamic "
+                                              "int8 layers' latencies and input codes (and the profile's int8 peak) "
+                                              "are measured as this CPU runs them")
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")  # FBGEMM's own cap: the caps hold for it too
+    assert cap_note("pytorch-cpu") is None
 
 
 def test_a_profile_measured_on_another_cpu_says_so():

@@ -424,3 +424,30 @@ def test_int8_linear_takes_full_range_codes_where_fbgemm_has_vnni():
             assert q.int8_linear_top_code() == 255
         finally:
             torch.backends.quantized.engine = shipped
+
+
+@pytest.mark.skipif(not {"x86", "qnnpack"} <= set(torch.backends.quantized.supported_engines),
+                    reason="needs FBGEMM and QNNPACK")
+def test_an_int8_layer_keeps_the_codes_of_the_kernel_that_packed_it():
+    """A layer packed by FBGEMM on a CPU without VNNI (FBGEMM_ENABLE_INSTRUCTIONS=AVX2) sums codes 0..127 only; the
+    engine switched afterwards (to QNNPACK, exact with 0..255) must not give it codes its packed kernel saturates
+    on, while a copy made under QNNPACK is packed by QNNPACK, and takes 0..255."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import copy, torch
+from autocomp.ops.quantize import Quantize, quantize_linear
+linear = torch.nn.Linear(256, 4, bias=False)
+torch.nn.init.ones_(linear.weight)
+torch.backends.quantized.engine = "x86"
+layer = quantize_linear(linear, Quantize())
+torch.backends.quantized.engine = "qnnpack"
+x = torch.full((2, 256), 0.5)
+print(float(layer(x)[0, 0]), float(copy.deepcopy(layer)(x)[0, 0]), copy.deepcopy(layer)._reduce_range)
+"""
+    env = {**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    kept, copied, reduce_range = result.stdout.split()
+    assert abs(float(kept) - 128.0) < 0.2 and abs(float(copied) - 128.0) < 0.2 and reduce_range == "False"

@@ -71,9 +71,10 @@ class Prepared(NamedTuple):
     run: Callable[[torch.Tensor], Any]
     weight_nbytes: int
     weights_from: str
-EXPORTING = 3  # raised when autocomp writes another file for the same model, or counts its weights otherwise
+EXPORTING = 4  # raised when autocomp writes another file for the same model, or counts its weights otherwise
 # (2: bf16 and fp16 counted as the fp32 the runtimes hold; 3: int8 weights in the scored model's input codes on
-# every x86 CPU): no export cached or kept before is reused
+# every x86 CPU; 4: codes 0..255 on CPUs whose int8 kernels sum them exactly): no export cached or kept before is
+# reused
 NBYTES_FILE = f"weight_nbytes.{EXPORTING}"  # written last in an export's folder: the weight bytes it holds loaded
 
 

@@ -201,7 +201,8 @@ def _gemm(precision: str, shape: GemmShape) -> torch.nn.Module | None:
 # CPU features that decide which kernels PyTorch and oneDNN run (x86, then Arm)
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
               "asimd", "asimddp", "i8mm", "bf16", "sve")
-CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # what caps PyTorch's and oneDNN's kernels to a lesser CPU's
+# what caps PyTorch's, oneDNN's and FBGEMM's (PyTorch's dynamic int8 Linear) kernels to a lesser CPU's
+CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS")
 
 
 def caps_set() -> list[str]:
@@ -277,7 +278,7 @@ def profile_note(profile: HardwareProfile) -> str | None:
             "calibrate: on_first_use")
 
 
-CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads neither", "openvino-cpu": "OpenVINO follows "
+CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads none of them", "openvino-cpu": "OpenVINO follows "
                   "ONEDNN_MAX_CPU_ISA in part (its default precision and its CPU checks do not)"}
 
 
@@ -289,11 +290,12 @@ def cap_note(backend: str) -> str | None:
         return None
     if backend in CAPPED_IN_PART:
         ignored, what = CAPPED_IN_PART[backend], f"{backend} latencies are"
-    elif backend == "pytorch-cpu" and torch.backends.quantized.engine in ("x86", "fbgemm"):
-        # FBGEMM picks its kernels from the CPU itself (cpuinfo): ATen's and oneDNN's caps do not reach it
+    elif (backend == "pytorch-cpu" and torch.backends.quantized.engine in ("x86", "fbgemm")
+          and not any(cap.startswith("FBGEMM_ENABLE_INSTRUCTIONS=") for cap in capped)):
+        # FBGEMM picks its kernels from the CPU itself (cpuinfo) unless told by its own variable
         ignored = (f"PyTorch's dynamic int8 Linear (quantized engine {torch.backends.quantized.engine!r}: FBGEMM) "
-                   "reads neither")
-        what = "dynamic int8 layers' latencies (and the profile's int8 peak) are"
+                   "reads only FBGEMM_ENABLE_INSTRUCTIONS (e.g. AVX2), which is not set")
+        what = "dynamic int8 layers' latencies and input codes (and the profile's int8 peak) are"
     else:
         return None
     return (f"{' and '.join(capped)} cap PyTorch's kernels; {ignored}, so {what} measured as this CPU runs them, "

@@ -201,6 +201,11 @@ class Int8Linear(QuantizedLinear):
             qweight = torch._make_per_channel_quantized_tensor(
                 weight_int8, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self._reduce_range = int8_linear_top_code() != 255  # the packing engine's: a later switch leaves it packed
+
+    def __setstate__(self, state: dict) -> None:  # unpickled (Ray, deepcopy): the engine here packed it anew
+        super().__setstate__(state)
+        self._reduce_range = int8_linear_top_code() != 255
 
     def unpacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(int8 weight, fp32 per-channel scale, fp32 bias or None)."""
@@ -227,7 +232,7 @@ class Int8Linear(QuantizedLinear):
         return self.unpacked()[1]
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, int8_linear_top_code() != 255)
+        return torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
 
 
 _NO_ZERO_POINT = torch.zeros(1, dtype=torch.long)  # symmetric weights; shared by all layers
@@ -403,11 +408,12 @@ def int8_static_range() -> int | None:
 
 def int8_linear_top_code() -> int:
     """The top code ``Int8Linear`` quantizes its input to, with PyTorch's quantized engine on this CPU: 255 where
-    the engine's dynamic int8 kernel sums u8 x s8 products of full-range codes exactly (32-bit sums: VNNI, AMX;
-    QNNPACK), 127 where pairs of them are summed in 16 bits and saturate (x86 without VNNI), the ``reduce_range``
-    PyTorch's x86 engines offer for it. Found by running the kernel on the worst case, all inputs at the top code
-    against weights of 127, once per engine: FBGEMM picks its kernels from the CPU itself, oneDNN under
-    ``ONEDNN_MAX_CPU_ISA``."""
+    the engine's dynamic int8 kernel sums u8 x s8 products of full-range codes exactly (32-bit sums: FBGEMM with
+    AVX512-VNNI or AMX; QNNPACK), 127 where pairs of them are summed in 16 bits and saturate (other x86 CPUs,
+    AVX-VNNI alone included), the ``reduce_range`` PyTorch's x86 engines offer for it. Found by running the kernel
+    on the worst case, all inputs at the top code against weights of 127, once per engine: FBGEMM picks its kernels
+    from the CPU (or ``FBGEMM_ENABLE_INSTRUCTIONS``), oneDNN under ``ONEDNN_MAX_CPU_ISA``. A layer keeps the answer
+    of the engine that packed it."""
     return _int8_linear_top_code(torch.backends.quantized.engine)
 
 

@@ -45,9 +45,9 @@ class OnnxExportConfig:
             choice: it belongs with the hardware profile.
         int8_weights: how 8-bit weights without static activations are written: ``matmul_integer``
             (DynamicQuantizeLinear -> MatMulInteger with int8 weights: ORT fuses it into its u8 x s8 kernel;
-            input codes 0..255, as ``Int8Linear`` takes them on CPUs with VNNI or AMX; saturating on x86
+            input codes 0..255, as ``Int8Linear`` takes them on CPUs with AVX512-VNNI or AMX; saturating on x86
             without VNNI), ``matmul_integer_reduce_range`` (input codes 0..127, quantized in the graph as
-            ``Int8Linear`` quantizes them on x86 without VNNI, then the same kernel: exact on every CPU),
+            ``Int8Linear`` quantizes them on other x86 CPUs, then the same kernel: exact on every CPU),
             ``matmul_integer_u8`` (input codes 0..255, the weights as uint8, code + 128 with zero point 128: ORT's
             u8 x u8 kernel, exact on every CPU, slower), ``auto`` (the scored model's input codes:
             :func:`~autocomp.runtimes.onnx_layers.int8_weight_form`) or ``dequantize_linear`` (DequantizeLinear ->

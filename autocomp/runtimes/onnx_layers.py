@@ -7,11 +7,11 @@ autocomp layer                ONNX (initializers)                               
 ============================  ==================================================  ==================================
 ``Int8Linear`` (w8)           DynamicQuantizeLinear (codes 0..255) ->             ``DynamicQuantizeMatMul`` (fused
 (``auto`` where its codes     MatMulInteger -> Cast -> Mul -> Add (int8 [in,      by ORT): u8 x s8 GEMM
-are 0..255: VNNI, AMX)        out], fp32 scale, bias): ``matmul_integer``
+are 0..255: AVX512-VNNI, AMX) out], fp32 scale, bias): ``matmul_integer``
 ``Int8Linear`` (w8)           the input's range, scale and zero point computed    ``MatMulIntegerToFloat`` (fused by
 (``auto`` where its codes     in the graph for codes 0..127 (PyTorch's            ORT): u8 x s8 GEMM, exact with
-are 0..127: x86 without       ``reduce_range``), QuantizeLinear, MatMulInteger    these codes on every CPU (see
-VNNI)                         with the int8 weights, Cast, Mul, Add               below)
+are 0..127: other x86)        ``reduce_range``), QuantizeLinear, MatMulInteger    these codes on every CPU (see
+                              with the int8 weights, Cast, Mul, Add               below)
 w8 + static a8                QuantizeLinear/DequantizeLinear on the input (the   QDQ fusion: int8 GEMM with fp32
                               calibrated scale, zero point), DequantizeLinear of  output
                               the int8 weight per channel, MatMul, Add
@@ -34,14 +34,14 @@ On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ORT's u8 x s8 kernels sum 
 and saturate with full-range codes (ORT advises ``reduce_range`` there). Static activations saved with codes up to
 127 (autocomp's calibration on such CPUs) are clipped before QuantizeLinear. Weights-only int8 is exported with the
 scored model's own input codes (``int8_weights="auto"``, :func:`int8_weight_form`). ``Int8Linear`` quantizes its
-input to codes 0..255 where PyTorch's kernel computes them exactly (VNNI, AMX) and to 0..127 elsewhere
+input to codes 0..255 where PyTorch's kernel computes them exactly (AVX512-VNNI, AMX) and to 0..127 elsewhere
 (:func:`~autocomp.ops.quantize.int8_linear_top_code`). Full codes are ORT's own DynamicQuantizeLinear, fused with
 the GEMM (``matmul_integer``: the scored layer's numbers but for a rare code rounded the other way); the
 reduced codes are quantized in the graph as FBGEMM quantizes them, and their pair sums fit in 16 bits, so that
 file computes the scored model's numbers on the u8 x s8 kernel of any CPU (``matmul_integer_reduce_range``), at
 the cost of a few more graph nodes per layer. The forms compared on the demo model's 96-wide layers, as ratios to
-fp32 in ORT: 0.755 for ``matmul_integer`` against 0.88-0.89 for the reduce-range form on a Xeon with AMX (session
-42), 0.66-0.67 against 0.71-0.74 on an AVX-512/VNNI EPYC; ViT-S/16 at 0.43-0.45 against 0.44-0.46 there; on an
+fp32 in ORT: 0.755-0.763 for ``matmul_integer`` against 0.84-0.89 for the reduce-range form on a Xeon with AMX
+(session 42), 0.66-0.67 against 0.71-0.74 on an AVX-512/VNNI EPYC; ViT-S/16 at 0.43-0.45 against 0.44-0.46 there; on an
 AVX2 EPYC ViT-S/16 at 0.67-0.72x for the reduce-range form against 0.73-0.77x for the exact u8 x u8 kernel with
 codes 0..255 (``matmul_integer_u8``). The scored model's codes move the demo model's logits by 0.04-0.07 at
 most, the other codes by 0.2-0.3 (BENCHMARKS.md, sessions 31, 41 and 42).
@@ -227,7 +227,7 @@ def export_form(name: str, layer: QuantizedLinear, *, int8_weights: str = "auto"
                 name, tag, "DynamicQuantizeLinear -> MatMulInteger(int8)", _codes_note(form))
         if form == "matmul_integer_reduce_range":
             return _OnnxLinear(layer, "int8_reduce_range", tensors), LayerExport(
-                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's on x86) -> MatMulInteger(int8)",
+                name, tag, "QuantizeLinear(codes 0..127, as Int8Linear's with reduce_range) -> MatMulInteger(int8)",
                 _codes_note(form))
         tensors["weight_uint8"] = (tensors.pop("weight_int8").to(torch.int16) + 128).to(torch.uint8)
         tensors["weight_zero_point"] = torch.tensor(128, dtype=torch.uint8)
@@ -286,10 +286,11 @@ def int8_weight_form(int8_weights: str = "auto") -> str:
     """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine; any form but
     ``auto`` as it is.
 
-    ``auto`` is the scored model's input codes (:func:`~autocomp.ops.quantize.int8_linear_top_code`): where
-    ``Int8Linear`` quantizes its input to 0..255 (x86 with VNNI or AMX; QNNPACK), ``matmul_integer`` reproduces
-    them where ONNX Runtime's u8 x s8 kernel computes them exactly (:func:`ort_u8s8_exact`), and
-    ``matmul_integer_u8`` elsewhere; where it takes 0..127 (``reduce_range``: x86 without VNNI),
+    ``auto`` is the scored model's input codes as this machine computes them
+    (:func:`~autocomp.ops.quantize.int8_linear_top_code`): where ``Int8Linear`` quantizes its input to 0..255 (x86
+    with AVX512-VNNI or AMX; QNNPACK), ``matmul_integer`` reproduces them where ONNX Runtime's u8 x s8 kernel computes
+    them exactly (:func:`ort_u8s8_exact`), and ``matmul_integer_u8`` elsewhere; where it takes 0..127
+    (``reduce_range``: other x86 CPUs),
     ``matmul_integer_reduce_range``, which every CPU computes exactly."""
     if int8_weights != "auto":
         return int8_weights

@@ -60,9 +60,10 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
-    names the one written): ``auto`` takes the scored model's input codes: ``matmul_integer`` (0..255) on x86 CPUs
-    with VNNI or AMX, whose outputs would be wrong on x86 without VNNI (``export.json`` notes it), and
-    ``matmul_integer_reduce_range`` (0..127, exact on every CPU) on x86 without VNNI.
+    names the one written): ``auto`` takes the scored model's input codes as this machine computes them:
+    ``matmul_integer`` (0..255) on x86 CPUs with AVX512-VNNI or AMX, whose outputs would be wrong on x86 without
+    VNNI (``export.json`` notes it), and ``matmul_integer_reduce_range`` (0..127, exact on every CPU) on other x86
+    CPUs.
 
     Raises:
         AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown
