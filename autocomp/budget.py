@@ -20,6 +20,11 @@ TIMED = frozenset({"latency_ms"})
 UNIT_MISTAKE = 100  # an absolute limit this many times the uncompressed model's figure: given in another unit
 
 
+_UNITS = {"latency_ms": "of milliseconds, e.g. 5", "memory_mb": "of megabytes (10^6 bytes), e.g. 8",
+          "latency": "(a fraction of the uncompressed model's latency), e.g. 0.6",
+          "memory": "(a fraction of the uncompressed model's memory), e.g. 0.5"}
+
+
 @dataclass(frozen=True)
 class Budget:
     """The hard constraint. Absolute limits, or fractions of the uncompressed model measured in the same run.
@@ -44,7 +49,7 @@ class Budget:
         for key, value in set_fields.items():
             finite = not isinstance(value, float) or math.isfinite(value)  # YAML's .nan and .inf are not
             if not isinstance(value, (int, float)) or not finite or value <= 0:
-                raise AutocompError(f"budget.{key} must be a positive number, got {value!r}")
+                raise AutocompError(f"budget.{key} must be a positive number {_UNITS[key]}, got {value!r}")
         for key, unit in (("latency", "latency_ms"), ("memory", "memory_mb")):
             value = set_fields.get(key)
             if value is not None and value > 1:  # the uncompressed model meets it: nothing to search for

@@ -248,11 +248,12 @@ def test_missing_checkpoint(job, tmp_path, capsys):
 def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"latency": -1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-    assert f"{job}: budget.latency must be a positive number, got -1" in err  # not "budget: budget.latency"
+    assert (f"{job}: budget.latency must be a positive number (a fraction of the uncompressed model's latency), "
+            "e.g. 0.6, got -1") in err  # not "budget: budget.latency"
     for bad, shown in ((float("nan"), "nan"), (float("inf"), "inf")):  # YAML's .nan and .inf: no limit at all
         edit_job(job, lambda d: d.update(budget={"memory_mb": bad}))
         err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-        assert f"budget.memory_mb must be a positive number, got {shown}" in err
+        assert f"budget.memory_mb must be a positive number of megabytes (10^6 bytes), e.g. 8, got {shown}" in err
     edit_job(job, lambda d: d.update(budget={"latency": 80}))  # a percentage where a fraction is meant
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert err.endswith(f"{job}: budget.latency is a fraction of the uncompressed model's latency (0.5: half of it), "
