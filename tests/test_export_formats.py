@@ -75,6 +75,35 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     assert portable in capsys.readouterr().out
 
 
+def test_an_export_takes_the_int8_codes_the_run_scored_its_trials_with(run, tmp_path, capsys):
+    """A run scored on another CPU (or before int8 layers took 0..255 where the kernel sums them exactly) records
+    its codes in run.json: auto writes the file in those codes, and the export says that the model loaded here
+    scores a little differently."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from autocomp.ops.quantize import int8_linear_top_code
+    from autocomp.runtimes.onnx import int8_weight_form
+
+    run_dir, trial, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    info = json.loads((copy / "run.json").read_text())
+    other = 382 - int8_linear_top_code()  # 127 <-> 255
+    info["measured_with"]["int8_codes"] = other
+    (copy / "run.json").write_text(json.dumps(info))
+    assert main(["export", str(copy), "--trial", str(trial), "--out", str(tmp_path / "o"), "--format", "onnx"]) == 0
+    exported = json.loads((tmp_path / "o" / "export.json").read_text())
+    assert exported["int8_weights"] == int8_weight_form(top=other) != int8_weight_form()
+    note = f"the run scored its int8 layers with input codes 0..{other}, which PyTorch here quantizes to "
+    assert exported["int8_codes_note"].startswith(note) and note in capsys.readouterr().out
+    del info["measured_with"]["int8_codes"]  # a run from before the record: its export form tells
+    info["measured_with"]["forms"] = "int8 weights matmul_integer_reduce_range"
+    (copy / "run.json").write_text(json.dumps(info))
+    assert main(["export", str(copy), "--trial", str(trial), "--out", str(tmp_path / "p"), "--format", "onnx"]) == 0
+    assert json.loads((tmp_path / "p" / "export.json").read_text())["int8_weights"] == "matmul_integer_reduce_range"
+
+
 def test_an_onnx_export_of_a_compressed_trial_holds_fewer_bytes_than_the_uncompressed(run, tmp_path, tiny_teacher):
     pytest.importorskip("onnxruntime")
     run_dir, trial, weights_mb = run

@@ -433,6 +433,14 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
     assert "were measured" not in resumed({k: v for k, v in info["measured_with"].items() if k != "forms"})
     other = {**info["measured_with"], "forms": "int8 weights matmul_integer"}
     assert "measured with the export's 'int8 weights matmul_integer', now ''" in resumed(other)
+    # int8 layers scored with other input codes (a run from another CPU, or from before the codes followed the CPU):
+    # their accuracies do not compare either
+    from autocomp.ops.quantize import int8_linear_top_code
+
+    top = int8_linear_top_code()
+    assert info["measured_with"]["int8_codes"] == top
+    other = {**info["measured_with"], "int8_codes": 382 - top}  # 127 <-> 255
+    assert f"with int8 input codes 0..{382 - top}, now 0..{top} (accuracy too)" in resumed(other)
 
 
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):

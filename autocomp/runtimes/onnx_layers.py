@@ -282,7 +282,7 @@ def _full_codes_scored() -> bool:
     return int8_linear_top_code() == 255
 
 
-def int8_weight_form(int8_weights: str = "auto") -> str:
+def int8_weight_form(int8_weights: str = "auto", *, top: int | None = None) -> str:
     """The form ``OnnxExportConfig.int8_weights`` writes weights-only int8 layers in on this machine; any form but
     ``auto`` as it is.
 
@@ -291,9 +291,10 @@ def int8_weight_form(int8_weights: str = "auto") -> str:
     with AVX512-VNNI or AMX; QNNPACK), ``matmul_integer`` reproduces them where ONNX Runtime's u8 x s8 kernel computes
     them exactly (:func:`ort_u8s8_exact`), and ``matmul_integer_u8`` elsewhere; where it takes 0..127
     (``reduce_range``: other x86 CPUs),
-    ``matmul_integer_reduce_range``, which every CPU computes exactly."""
+    ``matmul_integer_reduce_range``, which every CPU computes exactly. ``top``: the scored model's top code where
+    it was scored elsewhere (a run's record), instead of this machine's."""
     if int8_weights != "auto":
         return int8_weights
-    if not _full_codes_scored():
+    if not (_full_codes_scored() if top is None else top == 255):
         return "matmul_integer_reduce_range"
     return "matmul_integer" if ort_u8s8_exact() else "matmul_integer_u8"

@@ -25,13 +25,14 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
 from autocomp.models import ModelSpec, create_model, model_digest
+from autocomp.ops.quantize import Int8Linear, int8_linear_top_code
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file
 from autocomp.saving import GIVEN_AS, load_classes, load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
-from autocomp.search._rundir import BASE_WEIGHTS
+from autocomp.search._rundir import BASE_WEIGHTS, scored_int8_codes
 from autocomp.train import evaluate
 
 __all__ = ["export_trial", "FORMATS"]
@@ -81,7 +82,9 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         raise AutocompError(f"--int8-weights is a choice of the ONNX file; with --format {format} leave it out")
     profile = (HardwareProfile(name="export", backend=FORMATS[format], batch_size=CHECK_BATCH)
                if FORMATS[format] else None)
-    backend = None if profile is None else (OnnxRuntimeCpu(int8_weights) if format == "onnx" else backend_of(profile))
+    scored_top = scored_int8_codes(_run_info(run_dir).get("measured_with"))  # the codes its trials were scored with
+    form = int8_weight_form(int8_weights, top=scored_top)  # auto: those codes, wherever it is exported
+    backend = None if profile is None else (OnnxRuntimeCpu(form) if format == "onnx" else backend_of(profile))
     if backend is not None:
         try:
             backend.require()
@@ -175,11 +178,18 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         if stale:
             log(f"{out}: removed the earlier export's {', '.join(stale)}")
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing, classes=classes)
+    extra = {"int8_weights": form} if format == "onnx" else {}
+    here = int8_linear_top_code()
+    if scored_top not in (None, here) and any(isinstance(layer, Int8Linear) for layer in model.modules()):
+        extra["int8_codes_note"] = note = (
+            f"the run scored its int8 layers with input codes 0..{scored_top}, which PyTorch here quantizes to "
+            f"0..{here}: the model loaded here scores a little differently from metrics.json"
+            + (f" (the ONNX file takes the scored codes, {form})" if format == "onnx" and int8_weights == "auto"
+               else ""))
+        log(f"note: {note}")
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
-        _write_deployable(backend, model, images, out, profile, format,
-                          extra={"int8_weights": int8_weight_form(int8_weights)} if format == "onnx" else {},
-                          log=log)
+        _write_deployable(backend, model, images, out, profile, format, extra=extra, log=log)
     log(f"{'the best model' if number == BEST else f'trial {number}'} written to {out}")
     if backend is not None:
         info = json.loads((out / "export.json").read_text())
@@ -233,6 +243,16 @@ def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | n
     raise AutocompError(f"the model's weights or heads changed since {run_dir} searched it (its run.json records "
                         f"another model digest): trial {number}, rebuilt from its recipe, would not be the model "
                         f"it scored; {fix}, or export a trial that kept its weights (best, or one on the front)")
+
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json, or {} (a run from before it, or a folder that is not a run's: refused elsewhere)."""
+    info = Path(run_dir) / "run.json"
+    try:
+        data = json.loads(info.read_text()) if info.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _over_budget(run_dir: Path, metrics: dict[str, Any]) -> str | None:
@@ -325,7 +345,6 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
                       log: Callable[[str], None] = print) -> None:
     """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
-    from autocomp.ops.quantize import int8_linear_top_code
 
     path = out / f"model{backend.suffix}"
     nbytes = backend.write(model.eval(), images[:2], path)

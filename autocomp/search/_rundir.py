@@ -332,6 +332,19 @@ def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded
     return splits
 
 
+def scored_int8_codes(measured_with: Mapping[str, Any] | None) -> int | None:
+    """The top input code the run's int8 layers (``Int8Linear``) were scored with: run.json's record, or, for a run
+    from before it, what its ONNX export form implies; None where unknown."""
+    if not measured_with:
+        return None
+    if measured_with.get("int8_codes") in (127, 255):
+        return int(measured_with["int8_codes"])
+    forms = str(measured_with.get("forms") or "")
+    if "matmul_integer_reduce_range" in forms:
+        return 127
+    return 255 if "matmul_integer" in forms else None
+
+
 def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
     """How the earlier trials of a resumed run were measured, against how the trials to come are (run.json's
     ``measured_with``: the backend's description with its runtimes' versions and options, how autocomp counts,
@@ -342,6 +355,9 @@ def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]
     changed = [f"{what} {earlier.get(key)!r}, now {now[key]!r}" for key, what in
                (("backend", "on"), ("counting", "by autocomp's counting"), ("forms", "with the export's"))
                if earlier.get(key, "") != now.get(key, "")]  # "": nothing exported (a run from before "forms" too)
+    codes = scored_int8_codes(earlier), scored_int8_codes(now)
+    if None not in codes and codes[0] != codes[1]:  # their accuracy too: int8 layers quantize their inputs otherwise
+        changed.append(f"with int8 input codes 0..{codes[0]}, now 0..{codes[1]} (accuracy too)")
     return "; ".join(changed) or None
 
 

@@ -23,6 +23,7 @@ from autocomp.measure.backends import backend_of, check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import cap_note, load_profile, profile_note
 from autocomp.models import create_model, factory_module, model_digest, vit_blocks
+from autocomp.ops.quantize import int8_linear_top_code
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
 from autocomp.search import _before as before
@@ -149,7 +150,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         else:
             limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
         screen = before.screen_of(base, profile, baseline, limits, config, log) if remaining else None
-        measured_with = {"backend": measuring, "counting": COUNTING, "forms": backend_of(profile).export_forms()}
+        measured_with = {"backend": measuring, "counting": COUNTING, "forms": backend_of(profile).export_forms(),
+                         "int8_codes": int8_linear_top_code()}  # Int8Linear's inputs, as its trials are scored
         if previous is None:
             config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
