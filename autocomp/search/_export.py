@@ -369,8 +369,9 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
                  "nodes)")
         info["int8_weights_note"] = note = (
             "its int8 layers take input codes 0..255 on ONNX Runtime's u8 x s8 kernel, exact on x86 CPUs with VNNI "
-            "or AMX and on ARM; on x86 CPUs without VNNI (AVX2 alone) that kernel's sums saturate and the outputs "
-            f"are wrong: for a file exact on every CPU, export with int8 weights {exact} (--int8-weights; "
+            "or AMX and on ARM; on x86 CPUs without VNNI (AVX2 alone) that kernel sums pairs of products in 16 bits, "
+            "which saturate on large codes, and the outputs are off the scored model's by as much as that "
+            f"happens: for a file exact on every CPU, export with int8 weights {exact} (--int8-weights; "
             "export_trial's int8_weights=)")
         log(f"note: {note}")
     write_json(out / "export.json", info)
