@@ -78,9 +78,12 @@ class Budget:
                                               ("latency_ms", self.latency_ms, base_latency_ms, "ms",
                                                "microseconds")):
             if given is not None and given >= UNIT_MISTAKE * base:
+                alone = sum(value is not None for value in dataclasses.asdict(self).values()) == 1
+                fix = ("give the limit in " + unit + ", or a fraction (budget." + key.split("_")[0] + ": 0.5 for "
+                       "half the uncompressed model's)") if alone else "leave it out to search without that limit"
                 raise AutocompError(f"budget.{key} is {given:g} {unit}, {given / base:,.0f}x the uncompressed "
                                     f"model's {base:.4g} {unit}, so it constrains nothing: budget.{key} is in "
-                                    f"{unit} (was it given in {other}?); leave it out to search without that limit")
+                                    f"{unit} (was it given in {other}?); {fix}")
 
     def describe(self) -> str:
         parts = []

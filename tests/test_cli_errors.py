@@ -457,9 +457,16 @@ def test_an_out_folder_that_cannot_be_written_is_refused(job, tmp_path, capsys):
         assert f"cannot write the run folder {out} (" in err and "give a run folder (--out) you can write" in err
 
 
-def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
+def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys,
+                                                                            monkeypatch):
+    """Refused before the uncompressed model is measured (up to a minute on a runtime backend): memory is
+    counted."""
     from test_search_e2e import write_job
 
+    def measured(*args, **kwargs):
+        raise AssertionError("the uncompressed model was measured before an impossible memory budget was refused")
+
+    monkeypatch.setattr("autocomp.search._before.baseline", measured)
     job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-4}, trials=2, workers=1)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

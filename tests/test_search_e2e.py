@@ -197,8 +197,12 @@ def test_a_budget_the_uncompressed_model_meets_already_is_said(tmp_path, tiny_te
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"autocomp: error: budget.memory_mb is 6.5e\+06 MB, [\d,]+x the uncompressed model's "
                         r"[\d.]+ MB, so it constrains nothing: budget.memory_mb is in MB \(was it given in bytes or "
-                        r"KB\?\); leave it out to search without that limit", err), err
+                        r"KB\?\); give the limit in MB, or a fraction \(budget.memory: 0.5 for half the uncompressed "
+                        r"model's\)", err), err  # the only limit: leaving it out would leave no budget
     assert not (tmp_path / "bytes").exists()
+    beside = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 6.5e6, "latency": 0.9}, trials=1, workers=1)
+    assert main(["search", str(beside), "--out", str(tmp_path / "beside"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith("leave it out to search without that limit")
     tight = write_job(tmp_path, tiny_teacher[0], {"latency": 0.99}, trials=1, workers=1)
     assert main(["search", str(tight), "--out", str(tmp_path / "run2"), "--quiet"]) == 0
     assert "meets this budget already" not in capsys.readouterr().out

@@ -16,13 +16,13 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import num_threads
 from autocomp.measure.placement import measure_on_device
-from autocomp.search._screen import Screen
+from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._sensitivity import too_slow
 from autocomp.search._space import SearchSpace, setting_label
 from autocomp.search._start import alike_choices, lightest, recipe_of
 
-__all__ = ["check_reachable", "check_latency_reachable", "ratio_of", "BudgetUnreachable", "LatencyUnreachable",
-           "REACH_TOLERANCE"]
+__all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "ratio_of", "BudgetUnreachable",
+           "LatencyUnreachable", "REACH_TOLERANCE"]
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
                     log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
@@ -78,6 +78,21 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
             f"{predicted['latency_ms']:.4g} ms, over the limit {limit_ms:.4g} ms; the search may find nothing within "
             "budget")
+
+
+def check_memory_first(space: SearchSpace, heads: list[int], base: nn.Module, profile: HardwareProfile,
+                       config: JobConfig, log: Callable[[str], None]) -> None:
+    """:func:`check_reachable`'s memory half for an absolute limit (``budget.memory_mb``), before the uncompressed
+    model is measured (up to a minute on a runtime backend): memory is counted, and the cost model's count does not
+    depend on the measured latency, so the refusal is the one the check after the measurement would make."""
+    if config.budget.memory_mb is None or config.trials <= 0:
+        return
+    try:
+        predictor = CostPredictor(base=base, profile=profile, base_latency_ms=1.0)  # no latency is asked of it
+    except AutocompError:  # a model the cost model cannot describe: nothing predicted
+        return
+    check_reachable(space, heads, Screen(predictor=predictor, limits={"memory_mb": config.budget.memory_mb},
+                                         margin=config.skip_margin), config, log)
 
 
 def _no_wider_than_needed(space: SearchSpace, heads: list[int], screen: Screen, choices: Mapping[str, tuple],

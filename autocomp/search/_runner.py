@@ -111,6 +111,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     before.check_classes(base, splits, config)
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
+    if previous is None:  # an absolute memory limit no candidate meets: refused before the measuring
+        reach.check_memory_first(space, heads, base, profile, config, log)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(run_dir, writer=True),
