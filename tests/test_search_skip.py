@@ -322,9 +322,11 @@ def test_an_absolute_limit_in_another_unit_is_refused_and_one_near_the_model_is_
 
     with pytest.raises(AutocompError, match=r"^budget.latency_ms is 5000 ms, 1,000x the uncompressed model's 5 ms, so "
                                             r"it constrains nothing: budget.latency_ms is in ms \(was it given in "
-                                            r"microseconds\?\); leave it out"):
+                                            r"microseconds\?\); give the limit in ms, or a fraction \(budget.latency: "
+                                            r"0.5 for half the uncompressed model's\)$"):  # alone: no budget left
         Budget(latency_ms=5000).check_plausible(5.0, 8.0)
-    with pytest.raises(AutocompError, match=r"budget.memory_mb is 8e\+06 MB, 1,000,000x .* \(was it given in bytes"):
+    with pytest.raises(AutocompError, match=r"budget.memory_mb is 8e\+06 MB, 1,000,000x .* \(was it given in bytes "
+                                            r"or KB\?\); leave it out to search without that limit$"):
         Budget(latency=0.5, memory_mb=8e6).check_plausible(5.0, 8.0)
     Budget(latency_ms=400, memory_mb=799).check_plausible(5.0, 8.0)  # under 100x: met already, not a mistake
     Budget(latency=1.0, memory=1.0).check_plausible(5.0, 8.0)  # fractions are never in another unit
