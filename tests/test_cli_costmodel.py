@@ -4,6 +4,7 @@ its plot; their mistakes end in one line."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from autocomp.cli import main
@@ -81,8 +82,13 @@ def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teac
     assert "  repeat    a second measurement of each sample against its first: the noise floor" in out_text
     over = max(report["latency"][stage]["max_ratio"] for stage in ("anchored", "after"))
     assert report["verdict"][0].startswith("6 samples are too few to judge the cost model")
-    assert report["verdict"][-1].startswith(f"the worst over-prediction was {100 * max(over - 1, 0):.0f}% over the "
-                                            "measured latency, ")
+    said = [line for line in report["verdict"] if line.startswith("the worst over-prediction")]
+    assert said[0].startswith(f"the worst over-prediction was {100 * max(over - 1, 0):.0f}% over the measured "
+                              "latency, ")
+    far = {group for group, scale in report["correction"]["scales_fitted_on_all"].items()
+           if group not in ("overhead", "fixed_ms") and abs(math.log(scale)) > math.log(1.2)}
+    named = [line for line in report["verdict"] if line.startswith("the correction fitted on every sample")]
+    assert bool(named) == bool(far) and all(f"{group} by " in named[0] for group in far)  # misjudged here, named
     assert all(f"verdict: {line}" in out_text for line in report["verdict"])
 
 
@@ -107,6 +113,12 @@ def test_the_verdict_says_whether_a_search_would_skip_a_candidate_within_budget(
                          "raise skip_margin above 0.80")
     assert len(verdict(report(0.05, 0.03, 1.8), skip_margin=None)) == 1  # never skips: nothing to say of the margin
     assert verdict(report(0.05, 0.03, 1.2, samples=5), skip_margin=0.5)[0].startswith("5 samples are too few")
+    # the groups the correction scales most are named, furthest first; the overhead and fixed terms are not groups
+    scaled = {**report(0.05, 0.03, 1.2), "correction": {"scales_fitted_on_all": {
+        "linear.fp32": 0.83, "linear.int8": 1.36, "tokens": 1.23, "norm": 1.1, "overhead": 3.0, "fixed_ms": 0.5}}}
+    assert verdict(scaled, skip_margin=0.5)[-1].startswith(
+        "the correction fitted on every sample scales the roofline's time of linear.int8 by 1.36, tokens by 1.23, "
+        "linear.fp32 by 0.83 (over 1: slower here than the roofline predicts")
 
 
 def test_check_costmodel_draws_again_where_the_target_cannot_run_a_sample(tmp_path, tiny_teacher, capsys,

@@ -28,6 +28,7 @@ from torch import nn
 from autocomp._compress import compress
 from autocomp.config import JobConfig
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
+from autocomp.costmodel._correction import FIXED, OVERHEAD
 from autocomp.data import load_splits
 from autocomp.errors import AutocompError
 from autocomp.measure import measure, spread_warning
@@ -42,6 +43,7 @@ __all__ = ["check_costmodel", "verdict", "LEGEND", "MIN_SAMPLES"]
 MB = 1e6
 MIN_SAMPLES = 3  # leave-one-out needs at least two others to fit on
 FEW_SAMPLES = 10  # below: a rank correlation or an error over so few recipes says little
+FAR_SCALE = 1.2  # a group the correction scales by more (or less than 1 / it) is named in the verdict
 LEGEND = {
     "before": "the roofline's own milliseconds, from the hardware profile's peaks",
     "anchored": "the roofline's ratio to the uncompressed model times its measured latency (a search's first "
@@ -140,6 +142,14 @@ def verdict(report: dict[str, Any], skip_margin: float | None) -> list[str]:
             said.append(f"the worst over-prediction was {100 * max(over - 1, 0):.0f}% over the measured latency, "
                         f"within the job's skip_margin ({100 * skip_margin:.0f}%): no sample within budget would "
                         "have been skipped")
+    scales = {group: scale for group, scale in report.get("correction", {}).get("scales_fitted_on_all", {}).items()
+              if group not in (OVERHEAD, FIXED) and scale > 0 and abs(math.log(scale)) > math.log(FAR_SCALE)}
+    if scales:  # which kinds of work the roofline misjudges here, before any trial has corrected it
+        far = sorted(scales.items(), key=lambda item: -abs(math.log(item[1])))
+        said.append("the correction fitted on every sample scales the roofline's time of " + ", ".join(
+            f"{group} by {scale:.2f}" for group, scale in far) + " (over 1: slower here than the roofline "
+            "predicts, so a search's predictions of it read fast until its trials correct them; under 1: faster; a "
+            "group whose time varies little across the samples is fitted loosely)")
     return said
 
 
