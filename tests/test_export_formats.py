@@ -75,7 +75,7 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     assert portable in capsys.readouterr().out
 
 
-def test_an_export_takes_the_int8_codes_the_run_scored_its_trials_with(run, tmp_path, capsys):
+def test_an_export_takes_the_int8_codes_the_run_scored_its_trials_with(run, tmp_path, capsys, monkeypatch):
     """A run scored on another CPU (or before int8 layers took 0..255 where the kernel sums them exactly) records
     its codes in run.json: auto writes the file in those codes, and the export says that the model loaded here
     scores a little differently."""
@@ -97,6 +97,14 @@ def test_an_export_takes_the_int8_codes_the_run_scored_its_trials_with(run, tmp_
     assert exported["int8_weights"] == int8_weight_form(top=other) != int8_weight_form()
     note = f"the run scored its int8 layers with input codes 0..{other}, which PyTorch here quantizes to "
     assert exported["int8_codes_note"].startswith(note) and note in capsys.readouterr().out
+    # the full-code form asked for: its note's exact forms are those of the codes the run scored with
+    monkeypatch.setattr(backends, "AGREEMENT_MIN", 0.0)  # saturating on x86 without VNNI: the note is what is read
+    assert main(["export", str(copy), "--trial", str(trial), "--out", str(tmp_path / "f"), "--format", "onnx",
+                 "--int8-weights", "matmul_integer"]) == 0
+    full = json.loads((tmp_path / "f" / "export.json").read_text())["int8_weights_note"]
+    assert ("matmul_integer_u8 (the scored model's input codes" in full) == (other == 255)
+    assert ("matmul_integer_reduce_range (the default here: the scored model's own input codes" in full) == (
+        other == 127)
     del info["measured_with"]["int8_codes"]  # a run from before the record: its export form tells
     info["measured_with"]["forms"] = "int8 weights matmul_integer_reduce_range"
     (copy / "run.json").write_text(json.dumps(info))

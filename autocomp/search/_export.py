@@ -61,10 +61,10 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
 
     ``base``: the uncompressed model, when the search was given it as an ``nn.Module`` in Python.
     ``int8_weights``: with ``onnx``, the form of int8 weights (``OnnxExportConfig.int8_weights``; ``export.json``
-    names the one written): ``auto`` takes the scored model's input codes as this machine computes them:
-    ``matmul_integer`` (0..255) on x86 CPUs with AVX512-VNNI or AMX, whose outputs would be wrong on x86 without
-    VNNI (``export.json`` notes it), and ``matmul_integer_reduce_range`` (0..127, exact on every CPU) on other x86
-    CPUs.
+    names the one written): ``auto`` takes the input codes the run scored its trials with (run.json's
+    ``measured_with.int8_codes``; for a run from before that record, what its export form implies; else this
+    machine's): ``matmul_integer`` for 0..255 (x86 CPUs with AVX512-VNNI or AMX), whose outputs would be off on x86
+    without VNNI (``export.json`` notes it), and ``matmul_integer_reduce_range`` for 0..127 (exact on every CPU).
 
     Raises:
         AutocompError: not a run folder, not a complete trial, no ``best/`` (nothing met the budget), an unknown
@@ -180,7 +180,9 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing, classes=classes)
     extra = {"int8_weights": form} if format == "onnx" else {}
     here = int8_linear_top_code()
-    if scored_top not in (None, here) and any(isinstance(layer, Int8Linear) for layer in model.modules()):
+    if scored_top is None:
+        scored_top = here
+    elif scored_top != here and any(isinstance(layer, Int8Linear) for layer in model.modules()):
         extra["int8_codes_note"] = note = (
             f"the run scored its int8 layers with input codes 0..{scored_top}, which PyTorch here quantizes to "
             f"0..{here}: the model loaded here scores a little differently from metrics.json"
@@ -189,7 +191,7 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         log(f"note: {note}")
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
-        _write_deployable(backend, model, images, out, profile, format, extra=extra, log=log)
+        _write_deployable(backend, model, images, out, profile, format, extra=extra, scored_top=scored_top, log=log)
     log(f"{'the best model' if number == BEST else f'trial {number}'} written to {out}")
     if backend is not None:
         info = json.loads((out / "export.json").read_text())
@@ -229,8 +231,7 @@ def _require_searched_model(run_dir: Path, base: nn.Module, given: ModelSpec | n
     """Refuse to rebuild trial ``number`` from its recipe on a base model whose weights or heads are not those the
     run searched (run.json ``model``; a run from before that record is not checked). Kept weights, best/'s among
     them, take only the model's structure and are not checked (as :func:`autocomp.load`)."""
-    info = Path(run_dir) / "run.json"
-    recorded = json.loads(info.read_text()).get("model") if info.is_file() else None
+    recorded = _run_info(run_dir).get("model")
     if recorded is None or recorded == model_digest(base):
         return
     if isinstance(given, nn.Module):
@@ -258,8 +259,7 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
 def _over_budget(run_dir: Path, metrics: dict[str, Any]) -> str | None:
     """How a trial's measured latency and memory exceed the run's limits (run.json), e.g. "latency_ms over by 14%";
     empty within budget; None where the run records no limits."""
-    info = Path(run_dir) / "run.json"
-    limits = json.loads(info.read_text()).get("limits") if info.is_file() else None
+    limits = _run_info(run_dir).get("limits")
     if not limits:
         return None
     over = violations({key: metrics[key] for key in limits}, limits)
@@ -342,8 +342,9 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
 
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
                       profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
-                      log: Callable[[str], None] = print) -> None:
-    """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json."""
+                      scored_top: int, log: Callable[[str], None] = print) -> None:
+    """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json.
+    ``scored_top``: the top int8 input code the model was scored with."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
 
     path = out / f"model{backend.suffix}"
@@ -364,7 +365,7 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     if info.get("int8_weights") == "matmul_integer" and "MatMulInteger" in op_types(path):
         exact = ("matmul_integer_u8 (the scored model's input codes, a slower kernel) or "
                  "matmul_integer_reduce_range (codes 0..127: outputs a little off the scored model's, a few more "
-                 "nodes)" if int8_linear_top_code() == 255 else
+                 "nodes)" if scored_top == 255 else
                  "matmul_integer_reduce_range (the default here: the scored model's own input codes, a few more "
                  "nodes)")
         info["int8_weights_note"] = note = (
