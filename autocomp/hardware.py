@@ -22,7 +22,8 @@ from typing import Any, Mapping
 from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 
-__all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "BACKENDS", "PRECISIONS", "WEIGHT_BITS",
+__all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "BACKENDS", "PRECISIONS", "INT8_STATIC",
+           "WEIGHT_BITS",
            "FAST_OPS", "REQUIRED_IN_FILE", "CALIBRATE", "BACKEND_DEVICES"]
 
 DEVICES = ("cpu", "gpu", "npu")
@@ -32,6 +33,9 @@ BACKEND_DEVICES = {"pytorch-cpu": "cpu", "onnxruntime-cpu": "cpu", "openvino-cpu
 BACKENDS = tuple(BACKEND_DEVICES)
 # Arithmetic precisions a peak throughput can be given for; unquantized layers run at fp32.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+# The int8 GEMM with static (calibrated) activations, where its rate is known apart from the dynamic one's (which
+# finds each batch's range as it runs): a peak_gflops key beside the precisions, never a fast_weight_bits kernel.
+INT8_STATIC = "int8_static"
 # Weight bit-widths a quantize recipe may ask for (32 is the unquantized model itself).
 WEIGHT_BITS = (16, 8, 6, 4, 3, 2)
 FAST_OPS = (
@@ -57,7 +61,9 @@ class HardwareProfile:
         warmup: untimed forward passes before timing.
         repeats: timed forward passes (the median is reported).
         peak_gflops: precision (from ``PRECISIONS``) -> dense peak throughput in GFLOP/s (GOP/s for integers),
-            counting a multiply-add as 2 operations as vendors do; must include ``fp32``.
+            counting a multiply-add as 2 operations as vendors do; must include ``fp32``. ``int8_static``, where
+            given, is the rate of int8 GEMMs whose activations are quantized statically (``act_bits: 8``), each
+            with its input's quantization; without it they are predicted at ``int8`` plus a quantize op.
         memory_bandwidth_gbs: memory bandwidth in GB/s (1e9 bytes per second).
         memory_gb: memory capacity in GB (1e9 bytes) available to the model.
         op_overhead_us: fixed cost of launching one operator (dispatch, kernel launch), in microseconds.
@@ -131,9 +137,10 @@ class HardwareProfile:
     def _check_peaks(self) -> None:
         if not isinstance(self.peak_gflops, Mapping):
             raise AutocompError(f"peak_gflops must be a mapping precision -> GFLOP/s, got {self.peak_gflops!r}")
-        unknown = sorted(str(p) for p in self.peak_gflops if p not in PRECISIONS)
+        unknown = sorted(str(p) for p in self.peak_gflops if p not in (*PRECISIONS, INT8_STATIC))
         if unknown:
-            raise AutocompError(f"peak_gflops: unknown precision(s) {unknown}; allowed: {list(PRECISIONS)}")
+            raise AutocompError(f"peak_gflops: unknown precision(s) {unknown}; allowed: "
+                                f"{list((*PRECISIONS, INT8_STATIC))}")
         for precision, value in self.peak_gflops.items():
             _check_positive(f"peak_gflops.{precision}", value)
         if self.peak_gflops and "fp32" not in self.peak_gflops:

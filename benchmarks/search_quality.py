@@ -72,8 +72,10 @@ def method_config(base: JobConfig, method: str, space_dir: Path) -> JobConfig:
         space = dataclasses.replace(space, uniform=True)
     elif method in KNOBS:
         keep = KNOBS[method]
-        space = dataclasses.replace(space, **{knob: (1.0,) if knob != "weight_bits" else (32,)
-                                             for knob in KNOBS.values() if knob != keep})
+        alone = {knob: (1.0,) if knob != "weight_bits" else (32,) for knob in KNOBS.values() if knob != keep}
+        if keep != "weight_bits":  # static activations are a choice of 8-bit blocks: none left
+            alone["act_bits"] = (None,)
+        space = dataclasses.replace(space, **alone)
         if len(getattr(space, keep)) < 2:
             raise SystemExit(f"{base.search_space} does not search {keep}: '{method}' has nothing to search")
     path = space_dir / f"{method}.yaml"

@@ -277,7 +277,8 @@ def test_calibrating_a_runtime_measures_its_own_kernels():
 
     result = calibrate(backend="onnxruntime-cpu", shapes=(GemmShape(16, 64, 64),), repeats=2, copy_mb=1)
     assert "attention" not in result.details  # kernels' details are PyTorch's only: exports cost seconds
-    assert set(result.peak_gflops) == {"fp32", "int8", "int4"}  # ORT's GEMM, MatMulInteger, MatMulNBits
+    # ORT's GEMM, MatMulInteger, the static int8 GEMM its QDQ fusion makes, MatMulNBits
+    assert set(result.peak_gflops) == {"fp32", "int8", "int8_static", "int4"}
     assert result.op_overhead_us > 0 and result.details["call_us"] > 0
     with pytest.raises(AutocompError, match="autocomp profile calibrates CPU backends"):
         calibrate(backend="pytorch-cuda")
@@ -315,6 +316,30 @@ def test_a_search_on_onnx_runtime_records_the_runtime_and_the_export_check(tiny_
     check = metrics["search_check"]
     assert check["runtime"] == rows[0]["runtime"] and check["top1_agreement"] == pytest.approx(
         float(rows[0]["export_top1"]), abs=1e-4)
+
+
+def test_a_search_with_static_activations_measures_them_on_openvino_and_exports_them(tiny_teacher, tmp_path):
+    """act_bits in the space: the trials' int8 blocks calibrate their inputs, the export written for OpenVINO
+    carries them (its check against PyTorch passes), and an exported trial loads with them."""
+    _needs("openvino", "onnx", "onnxscript")
+    from autocomp import load
+    from autocomp.ops.quantize import QuantizedLinear
+
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [8]\nact_bits: [8]\n")
+    job = _job(tmp_path, tiny_teacher[0], ROOT / "hardware_profiles" / "openvino_cpu.yaml", trials=2)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run")]) == 0
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "trials.csv").open()) if r["state"] == "COMPLETE"]
+    assert rows
+    for row in rows:
+        assert row["runtime"].startswith("openvino-cpu (openvino ")
+        assert all(block.split(":")[-1] == "w8a8" for block in row["recipe_summary"].split(" | ")), row
+        assert row["int8_activations"] and row["simulated_layers"] == "0"
+        assert float(row["export_top1"]) >= 0.9
+    assert main(["export", str(tmp_path / "run"), "--trial", rows[0]["number"], "--out", str(tmp_path / "t")]) == 0
+    layers = [m for m in load(tmp_path / "t").modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(m.act_qparams is not None for m in layers)
 
 
 def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no_block(tiny_teacher, tmp_path,

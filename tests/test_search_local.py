@@ -203,6 +203,10 @@ def test_a_move_is_filled_with_the_steps_the_sensitivity_pass_says_give_back_mos
     before = {"b0.heads_keep#rank": 0, "b1.mlp_keep#rank": 0, "all.heads_keep#rank": 1}
     after = {"b0.heads_keep#rank": 1, "b1.mlp_keep#rank": 1, "all.heads_keep#rank": 2}
     assert _given_back(before, after, SPACE, HEADS, None, drops) == pytest.approx((6 - 3) + (2 - 0) + 2 * (3 - 1))
+    # a named choice (static activations, null or 8): its own value, no rank to look up
+    static = dataclasses.replace(SPACE, weight_bits=(32, 8), act_bits=(None, 8))
+    assert _given_back({"b1.act_bits": 8}, {"b1.act_bits": None}, static, HEADS, None,
+                       {(1, "act_bits", 8): 1.5}) == pytest.approx(1.5)
 
     limit = 1.12 * _latency(predictor, HALF)  # room for a few steps, not all
     study = _study()

@@ -301,6 +301,46 @@ def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, t
     assert trials and not any("quantize" in block for t in trials for block in t.user_attrs["recipe"]["blocks"])
 
 
+def test_static_activations_are_a_setting_of_their_own_in_the_passes(tiny_teacher, digits_splits):
+    """Offered both, the passes score and time 8-bit weights with dynamic activations (weight_bits 8) and with
+    static ones (act_bits 8) apart: which is faster depends on the runtime, and a pretrained model can lose more to
+    static ranges than to int8 weights."""
+    from autocomp.ops.quantize import QuantizedLinear
+    from autocomp.search._sensitivity import offered_settings, uniform_latencies, without, without_slow
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), act_bits=(8, None), head_importance="weight_norm")
+    base, val, calib = tiny_teacher[1], digits_splits.val.subset(200), digits_splits.calib.x
+    settings = sensitivity_pass(base, space, [4, 4], val=val, calib=calib, predictor=None, threads=1)
+    assert [(s.block, s.knob, s.value) for s in settings] == [
+        (b, k, v) for b in (0, 1) for k, v in (("heads_keep", 0.5), ("weight_bits", 8), ("act_bits", 8))]
+    static = recipe_of(space, [4, 4], {"b0.heads_keep": 1.0, "b1.heads_keep": 1.0, "b0.weight_bits": 8,
+                                       "b0.act_bits": 8, "b1.weight_bits": 32})
+    assert static.summary() == "w8a8 | -"
+    one = next(s for s in settings if (s.block, s.knob) == (0, "act_bits"))
+    assert one.accuracy_drop == pytest.approx(evaluate(base, val) - evaluate(compress(base, static, calibration=calib),
+                                                                              val))
+    seen = {}
+
+    def measure(model):  # a fake target where static int8 is the fast one
+        acts = {m.act_qparams is not None for m in model.modules() if isinstance(m, QuantizedLinear)}
+        seen[frozenset(acts)] = model
+        return {frozenset(): 0.8, frozenset({False}): 0.99, frozenset({True}): 0.6}[frozenset(acts)]
+
+    ratios = uniform_latencies(base, space, [4, 4], calib=calib, measure=measure)
+    assert ratios == {("heads_keep", 0.5): 0.8, ("weight_bits", 8): 0.99, ("act_bits", 8): 0.6}
+    # dynamic int8 saves too little: 8-bit blocks stay, with static activations only
+    assert without_slow({}, ratios, space, 2, min_saving=0.03) == {"b0.act_bits": (8,), "b1.act_bits": (8,)}
+    # static int8 unrunnable: 8-bit blocks keep dynamic activations; both gone: no 8-bit block
+    assert without({}, {("act_bits", 8)}, space, 2) == {"b0.act_bits": (None,), "b1.act_bits": (None,)}
+    both = without({}, {("act_bits", 8), ("weight_bits", 8)}, space, 2)
+    assert both["b0.weight_bits"] == both["b1.weight_bits"] == (32,)
+    # a block whose static setting cost too much alone is offered dynamic activations only
+    dropped = allowed_choices([Setting(1, "act_bits", 8, 9.0, None)], space, drop_above=5.0)
+    assert dropped == {"b1.act_bits": (None,)}
+    assert ("act_bits", 8) in offered_settings(dropped, space, 2)  # still in block 0
+    assert ("act_bits", 8) not in offered_settings({**dropped, "b0.weight_bits": (32,)}, space, 2)
+
+
 def test_the_pass_narrows_the_choices_already_narrowed():
     settings = [Setting(0, "heads_keep", 0.5, 9.0, None), Setting(0, "heads_keep", 0.83, 0.5, None)]
     space = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0))
@@ -430,6 +470,28 @@ def test_the_fastest_candidate_holds_a_setting_only_in_the_blocks_that_offer_it(
         _check(tiny_teacher, digits_splits, ratios, 0.6, allowed={"b0.heads_keep": (1.0,)})
     assert [block.attn.num_heads for block in seen[0].blocks] == [4, 2]
     assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in seen[0].blocks)
+
+
+def test_the_fastest_candidate_has_static_activations_where_they_measured_faster(tiny_teacher, digits_splits,
+                                                                                 fastest_measures):
+    from autocomp.config import JobConfig
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _reach
+
+    space = SearchSpace(weight_bits=(32, 8), act_bits=(None, 8))
+    config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
+                       hardware="h.yaml", budget=Budget(latency=0.5))
+    seen = fastest_measures([0.9, 0.9, 0.95, 0.95])  # twice, then without int8, then with dynamic activations
+    ratios = {("weight_bits", 8): 0.9, ("act_bits", 8): 0.7}
+    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(every block at weight_bits 8, act_bits 8\)"):
+        _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
+                                       HardwareProfile(name="target"), 5.0, 10.0)
+    assert all(seen[0].blocks[i].attn.qkv.act_qparams is not None for i in (0, 1))
+    assert not [m for m in seen[2].modules() if hasattr(m, "act_qparams")]  # fp32
+    assert seen[3].blocks[0].attn.qkv.act_qparams is None and hasattr(seen[3].blocks[0].attn.qkv, "act_qparams")
+    # met by static int8 alone: nothing measured
+    _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
+                                   HardwareProfile(name="target"), 7.0, 10.0)
 
 
 def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits_splits, fastest_measures):

@@ -4,6 +4,7 @@ import dataclasses
 
 import optuna
 import pytest
+import torch
 
 from autocomp import AutocompError
 from autocomp.search._space import SearchSpace, load_space
@@ -48,6 +49,10 @@ def test_single_choice_knobs_are_not_searched():
     ("quantize_layers: 8\n", "quantize_layers must be a list of strings, got 8"),
     ("heads_keep: half\n", "heads_keep must be a list of numbers, got 'half'"),  # not its letters
     ("weight_bits: '8'\n", "weight_bits must be a list of whole numbers, got '8'"),
+    ("weight_bits: [32, 8]\nact_bits: [4]\n", "act_bits must list null (dynamic: the int8 kernel quantizes each "
+                                             "batch) and/or 8 (static: calibrated), e.g. [null, 8], got [4]"),
+    ("weight_bits: [32, 4]\nact_bits: [null, 8]\n", "act_bits offers 8 (static activations), which only blocks "
+                                                   "with 8-bit weights use, but weight_bits [32, 4] has no 8"),
     ("", "is empty; the keys are ['heads_keep', "),
     ("- heads_keep: [0.5]\n", "is a list; write 'key: value' lines, not '- ' items"),
 ])
@@ -103,6 +108,35 @@ def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layer
     assert int8 == {"0.attn.qkv", "0.mlp.fc1", "1.attn.qkv", "1.attn.proj", "1.mlp.fc1", "1.mlp.fc2"}
 
 
+def test_static_activations_are_a_choice_of_8_bit_blocks_only():
+    """act_bits 8 runs for real only beside 8-bit weights: a block at other bits is never asked for it (a choice
+    it would ignore, or simulate)."""
+    from conftest import small_vit
+
+    from autocomp import compress
+    from autocomp.ops.quantize import Int8Linear, Int8StaticLinear, int8_static_range
+
+    space = SearchSpace(weight_bits=(32, 8, 4), act_bits=(None, 8))
+    trial = optuna.trial.FixedTrial(space.params({"b0.weight_bits": 8, "b0.act_bits": 8, "b1.weight_bits": 4,
+                                                  "b2.weight_bits": 8, "b2.act_bits": None}))
+    recipe = space.sample(trial, [6, 6, 6])
+    assert recipe.summary() == "w8a8 | w4g64 | w8"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        space.sample(trial, [6, 6, 6])
+        for b in range(3):
+            asked = f"b{b}.act_bits" in trial.params
+            assert asked == (trial.params[f"b{b}.weight_bits#rank"] == 1), trial.params  # rank 1 of (4, 8, 32): 8
+    model = compress(small_vit(depth=3), recipe, calibration=torch.randn(8, 3, 16, 16))
+    static = Int8StaticLinear if int8_static_range() is not None else Int8Linear
+    layers = {name.split(".")[0]: type(m) for name, m in model.blocks.named_modules() if "qkv" in name}
+    assert layers["0"] is static and model.blocks[0].attn.qkv.act_qparams is not None
+    assert layers["2"] is Int8Linear and model.blocks[2].attn.qkv.act_qparams is None
+    assert SearchSpace(weight_bits=(32, 8), act_bits=(8,)).sample(
+        optuna.trial.FixedTrial({"b0.weight_bits#rank": 0}), [6]).summary() == "w8a8"  # the only choice: static
+
+
 def test_fractions_that_keep_the_same_number_of_heads_are_offered_once():
     space = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0))
     assert space.distinct([6, 6]) == {}  # 3, 4, 5 and 6 heads: all different
@@ -128,15 +162,15 @@ def test_a_block_is_offered_what_allowed_leaves_it_and_otherwise_the_whole_space
     assert space.offered(1, "heads_keep") == (0.5, 0.83, 1.0)
 
 
-@pytest.mark.parametrize("uniform, allowed, tokens", [
-    (False, {}, (1.0,)), (False, {"b0.heads_keep": (1.0,), "b1.weight_bits": (8,)}, (0.7, 1.0)),
-    (True, {}, (0.7, 1.0))])
-def test_the_space_size_counts_every_different_recipe(uniform, allowed, tokens):
+@pytest.mark.parametrize("uniform, allowed, tokens, act", [
+    (False, {}, (1.0,), (None,)), (False, {"b0.heads_keep": (1.0,), "b1.weight_bits": (8,)}, (0.7, 1.0), (None,)),
+    (True, {}, (0.7, 1.0), (None,)), (False, {"b0.heads_keep": (1.0,), "b1.mlp_keep": (1.0,)}, (1.0,), (None, 8))])
+def test_the_space_size_counts_every_different_recipe(uniform, allowed, tokens, act):
     from autocomp.search._local import recipe_key
 
-    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 8),
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 8, 4) if act[-1] else (32, 8),
                         quantize_layers=("all", "qkv,fc1"), tokens_keep=tokens, distill_steps=(0, 100),
-                        distill_alpha=(0.5, 0.9), uniform=uniform)
+                        distill_alpha=(0.5, 0.9), uniform=uniform, act_bits=act)
     recipes = set()
 
     def objective(trial):

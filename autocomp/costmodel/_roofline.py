@@ -14,7 +14,7 @@ from autocomp.costmodel._describe import ViTDescription
 from autocomp.costmodel._plan import BlockPlan, linear_nbytes, merge_rounds
 from autocomp.errors import AutocompError
 from autocomp.flops import attention_macs
-from autocomp.hardware import HardwareProfile
+from autocomp.hardware import INT8_STATIC, HardwareProfile
 from autocomp.ops.quantize import Quantize
 
 __all__ = ["OpCost", "roofline", "inventory"]
@@ -124,9 +124,12 @@ class _Inventory:
             part = name if len(parts) == 1 else f"{name}.{('first', 'second')[index]}"
             weights = linear_nbytes(in_f, out_f, bias=bias, quantize=quantize, dtype_bytes=self.act)
             act = self.act
-            if quantize is not None and quantize.act_bits:  # inputs quantized to 8 bits before the GEMM
-                self.add(f"{part}.act_quant", "elementwise", flops=tokens * in_f,
-                         nbytes=(self.act + 1) * tokens * in_f, launches=2)
+            if quantize is not None and quantize.act_bits:  # static 8-bit inputs
+                if precision == "int8" and INT8_STATIC in self.profile.peak_gflops:
+                    precision = INT8_STATIC  # measured as such, its input's quantization included
+                else:  # another kernel's rate, and the inputs quantized to 8 bits before it
+                    self.add(f"{part}.act_quant", "elementwise", flops=tokens * in_f,
+                             nbytes=(self.act + 1) * tokens * in_f, launches=2)
             if precision is None:
                 per_code = 8 // math.gcd(8, bits)
                 self.add(f"{part}.unpack", "unpack", flops=4 * in_f * out_f,

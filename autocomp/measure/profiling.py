@@ -32,11 +32,12 @@ import yaml
 from torch.nn import functional as F
 
 from autocomp._paths import cache_dir
-from autocomp.hardware import HardwareProfile, from_mapping, read_profile
+from autocomp.hardware import INT8_STATIC, HardwareProfile, from_mapping, read_profile
 from autocomp.errors import AutocompError, warn
 from autocomp.measure import time_models
 from autocomp.measure.backends import ExportFailed, backend_of
-from autocomp.ops.quantize import Quantize, int8_static_range, quantize_linear
+from autocomp.ops.quantize import (Quantize, activation_qparams, activation_quant_max, int8_static_range,
+                                   quantize_linear)
 
 __all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "BACKEND_PRECISIONS", "BACKEND_KERNELS", "calibrate",
            "calibrated_profile", "cap_note", "caps_set", "cpu_description", "load_profile", "profile_note",
@@ -79,12 +80,17 @@ class Calibration:
 
 
 # The precisions whose GEMM rate each CPU backend is calibrated for, and which of them each weight bit-width's
-# layer computes at there (``fast_weight_bits``). On pytorch-cpu: autocomp's bf16 GEMM and int8 dynamic kernel; 2-6
+# layer computes at there (``fast_weight_bits``); ``int8_static`` is the int8 GEMM with static activations (one
+# calibrated scale per input: no range to find per batch; the runtimes fuse its quantization), measured apart because
+# it runs at another rate than the dynamic one, faster or slower by runtime (DeiT-S, BENCHMARKS.md: 0.38x against
+# 0.69x of fp32 in OpenVINO, 0.42x against 0.39x in ONNX Runtime). On pytorch-cpu: autocomp's bf16 GEMM and int8
+# dynamic and static kernels (static only where oneDNN's kernel runs: elsewhere the layer is simulated); 2-6
 # bits are unpacked to fp32. On the runtimes, 16-bit weights run an fp32 GEMM (cast when the file is loaded), 8-bit
 # the runtime's int8 kernel, 2-6 bits its low-bit weight kernel (``MatMulNBits`` / compressed weights), whose
 # measured rate is listed as ``int4``.
-BACKEND_PRECISIONS = {"pytorch-cpu": ("fp32", "bf16", "int8"), "onnxruntime-cpu": ("fp32", "int8", "int4"),
-                      "openvino-cpu": ("fp32", "int8", "int4")}
+BACKEND_PRECISIONS = {"pytorch-cpu": ("fp32", "bf16", "int8", INT8_STATIC),
+                      "onnxruntime-cpu": ("fp32", "int8", INT8_STATIC, "int4"),
+                      "openvino-cpu": ("fp32", "int8", INT8_STATIC, "int4")}
 _LOW_BITS = {6: "int4", 4: "int4", 3: "int4", 2: "int4"}
 BACKEND_KERNELS = {"pytorch-cpu": {16: "bf16", 8: "int8"}, "onnxruntime-cpu": {16: "fp32", 8: "int8", **_LOW_BITS},
                    "openvino-cpu": {16: "fp32", 8: "int8", **_LOW_BITS}}
@@ -122,8 +128,12 @@ def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[G
             layer = _gemm(precision, shape)
             if layer is None:
                 break
+            # static int8 as a ViT runs it, on (images, tokens, features): ONNX Runtime fuses the quantized input
+            # into its int8 GEMM for a MatMul, not for the Gemm a 2-D Linear exports to (3x slower than fp32 there)
+            size = (1, shape.tokens, shape.in_features) if precision == INT8_STATIC else (shape.tokens,
+                                                                                           shape.in_features)
             try:
-                seconds = timer(layer, torch.randn(shape.tokens, shape.in_features))
+                seconds = timer(layer, torch.randn(size))
             except ExportFailed as exc:  # e.g. OpenVINO's compressed-weight kernels under ONEDNN_MAX_CPU_ISA=AVX2
                 details[f"gemm.{precision}.unavailable"] = 0.0
                 peaks.pop(precision, None)
@@ -186,9 +196,14 @@ def _gemm(precision: str, shape: GemmShape) -> torch.nn.Module | None:
     linear = torch.nn.Linear(shape.in_features, shape.out_features)
     if precision == "fp32":
         return linear
-    bits = {"bf16": 16, "int8": 8, "int4": 4}.get(precision)
+    bits = {"bf16": 16, "int8": 8, INT8_STATIC: 8, "int4": 4}.get(precision)
     if bits is None:
         return None
+    if precision == INT8_STATIC:  # inputs of the timing are standard normal: a calibrated range of +-4
+        if int8_static_range() is None:  # no static int8 kernel in this PyTorch: the layer would be simulated
+            return None
+        return quantize_linear(linear, Quantize(weight_bits=8, act_bits=8),
+                               act=activation_qparams(-4.0, 4.0, activation_quant_max()))
     layer = quantize_linear(linear, Quantize(weight_bits=bits, group_size=min(64, shape.in_features)))
     try:
         with torch.no_grad():
@@ -305,10 +320,12 @@ def cap_note(backend: str) -> str | None:
 def _calibration_key(path: Path) -> str:
     """What a cached calibration depends on: this CPU, the runtime and the form of what it runs, and the profile
     file's own settings."""
-    backend = backend_of(read_profile(path))
+    profile = read_profile(path)
+    backend = backend_of(profile)
     runtime = backend.runtime_versions(besides_torch=True)  # torch is in the description
+    measured = "measures " + ",".join(BACKEND_PRECISIONS.get(profile.backend, ()))  # a cache lacking one is stale
     return hashlib.sha256("\n".join(part for part in (cpu_description(), runtime, backend.export_forms(),
-                                                       path.read_text()) if part).encode()).hexdigest()[:12]
+                                                       path.read_text(), measured) if part).encode()).hexdigest()[:12]
 
 
 def write_profile(path: Path, data: Mapping[str, Any], *, header: str) -> None:

@@ -32,7 +32,7 @@ from autocomp.ops._quantizers import SCALE_METHODS, ActQuant, activation_qparams
 __all__ = ["Quantize", "QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear",
            "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "ActQuant", "quantize_linear",
            "stored_nbytes_for", "simulated_layers", "activation_kernels", "module_class", "int8_static_range",
-           "int8_linear_top_code", "activation_quant_max"]
+           "int8_linear_top_code", "activation_quant_max", "activation_qparams"]
 
 
 def simulated_layers(model: nn.Module) -> list[str]:

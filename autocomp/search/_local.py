@@ -262,8 +262,11 @@ def _given_back(before: Mapping[str, Any], after: Mapping[str, Any], space: Sear
         if before.get(name) == value or name.startswith("distill"):
             continue
         param, knob = name.removesuffix(RANK), name.removesuffix(RANK).split(".", 1)[1]
-        choices = sorted((allowed or {}).get(param, getattr(space, knob)))
-        old, new = (choices[v] if name.endswith(RANK) else v for v in (before[name], value))
+        if name.endswith(RANK):  # an ordered knob's rank: its value
+            choices = sorted((allowed or {}).get(param, getattr(space, knob)))
+            old, new = choices[before[name]], choices[value]
+        else:  # a named choice (act_bits: null or 8)
+            old, new = before[name], value
         blocks = range(len(heads_per_block)) if param.startswith("all.") else [int(param.split(".")[0][1:])]
         total += sum((drops.get((b, knob, old)) or 0.0) - (drops.get((b, knob, new)) or 0.0) for b in blocks)
     return total

@@ -18,8 +18,8 @@ from autocomp.measure import num_threads
 from autocomp.measure.placement import measure_on_device
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._sensitivity import too_slow
-from autocomp.search._space import SearchSpace, setting_label
-from autocomp.search._start import alike_choices, lightest, recipe_of
+from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, setting_label
+from autocomp.search._start import alike_choices, lightest, recipe_of, setting_values
 
 __all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "ratio_of", "BudgetUnreachable",
            "LatencyUnreachable", "REACH_TOLERANCE"]
@@ -159,7 +159,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     allowed, blocks = allowed or {}, len(heads)
     everywhere = alike_choices(space, blocks, allowed)
     if not ratios or any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
-                         if value in everywhere[knob]):
+                         if all(v in everywhere[k] for k, v in setting_values(knob, value).items())):
         return
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
     values = {}  # the candidate's Optuna parameters
@@ -171,6 +171,13 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             # 0.75 against 0.949x for 0.5 was seen); a bit width by its timing (int8 can be slower than float)
             values[name] = min(fast, key=(lambda v: v) if knob in LESS_IS_FASTER else (lambda v: ratios[(knob, v)]),
                                default=light[knob])
+        bits = space.name(index, "weight_bits")  # 8-bit weights with static activations, where measured faster
+        if (ratios.get(STATIC, math.inf) < min(offered, ratios.get(("weight_bits", values.get(bits)), 1.0))
+                and all(v in space.offered(index, k, allowed) for k, v in setting_values(*STATIC).items())):
+            values[bits] = values[space.name(index, "act_bits")] = STATIC_BITS
+    if space.chooses_activations:  # each block's activations as the search may choose them, dynamic where unsaid
+        light = {**light, "act_bits": None}
+        values = {**{space.name(i, "act_bits"): None for i in range(blocks)}, **values}
 
     def build(values: Mapping[str, Any]) -> nn.Module | None:
         try:

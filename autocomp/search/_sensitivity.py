@@ -29,8 +29,8 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import ExportFailed
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import SearchSpace, heads_kept
-from autocomp.search._start import lightest, recipe_of, uniform_values
+from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, heads_kept
+from autocomp.search._start import lightest, recipe_of, setting_values, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
@@ -44,7 +44,8 @@ class Setting:
 
     Attributes:
         block: the block's index.
-        knob: ``heads_keep``, ``mlp_keep``, ``rank``, ``tokens_keep`` or ``weight_bits``.
+        knob: ``heads_keep``, ``mlp_keep``, ``rank``, ``tokens_keep``, ``weight_bits`` or ``act_bits`` (value 8:
+            8-bit weights with static activations, ``STATIC``).
         value: the setting.
         accuracy_drop: points lost against the uncompressed model on the subset, before any distillation (None:
             the operators refuse the setting on this block).
@@ -90,7 +91,8 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
                 if knob == "heads_keep" and (same := scored.get(heads_kept(value, heads_per_block[block]))):
                     settings.append(dataclasses.replace(same, value=value))  # the same model: scored once
                     continue
-                recipe = recipe_of(space, heads_per_block, {**uncompressed, f"b{block}.{knob}": value})
+                recipe = recipe_of(space, heads_per_block, {**uncompressed, **{
+                    space.name(block, k): v for k, v in setting_values(knob, value).items()}})
                 try:
                     model = compress(base, recipe, calibration=calib)
                 except AutocompError:  # e.g. a rank that saves nothing on this block's shapes
@@ -217,8 +219,10 @@ def progress_lines(log: Callable[[str], None] | None, message: str, work: Sequen
 
 
 def _settings(space: SearchSpace, light: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    return [(knob, value) for knob in light for value in sorted(getattr(space, knob), reverse=True)
-            if value != light[knob]]
+    """Each searched knob's choices but the lightest, and 8-bit weights with static activations where a block
+    chooses its activations (``STATIC``: beside ``weight_bits 8``, which then has dynamic ones)."""
+    return ([(knob, value) for knob in light for value in sorted(getattr(space, knob), reverse=True)
+             if value != light[knob]] + ([STATIC] if space.chooses_activations else []))
 
 
 def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_above: float,
@@ -233,8 +237,9 @@ def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_abo
             removed.setdefault(f"b{s.block}.{s.knob}", set()).add(s.value)
     result = dict(allowed or {})
     for name, gone in removed.items():
-        knob = name.split(".")[1]
-        result[name] = tuple(v for v in result.get(name, getattr(space, knob)) if v not in gone or v == light[knob])
+        knob = name.split(".")[1]  # act_bits has no lightest choice among the knobs: dynamic always stays
+        result[name] = tuple(v for v in result.get(name, getattr(space, knob))
+                             if v not in gone or v == light.get(knob))
     return result
 
 
@@ -242,7 +247,8 @@ def offered_settings(allowed: Mapping[str, tuple], space: SearchSpace, blocks: i
     """The (knob, value) settings of the space (the lightest aside) that ``allowed`` (see :func:`allowed_choices`)
     offers in at least one of ``blocks`` blocks."""
     return [(knob, value) for knob, value in _settings(space, lightest(space))
-            if any(value in space.offered(index, knob, allowed) for index in range(blocks))]
+            if any(all(v in space.offered(index, k, allowed) for k, v in setting_values(knob, value).items())
+                   for index in range(blocks))]
 
 
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
@@ -316,7 +322,7 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
     tick = progress_lines(log, f"{name}: {{done}} of {{total}} settings {done}", [1] * len(settings))
     for knob, value in settings:
         tick(len(results))
-        values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
+        values = uniform_values(space, {**light, **setting_values(knob, value)}, len(heads_per_block))
         try:
             with torch.no_grad():
                 recipe = recipe_of(space, heads_per_block, values)
@@ -359,14 +365,21 @@ def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], 
 def without(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space: SearchSpace,
             blocks: int) -> dict[str, tuple]:
     """``allowed`` (see :func:`allowed_choices`) with each (knob, value) of ``settings`` removed from every block
-    (the lightest choice always stays)."""
+    (the lightest choice always stays). ``weight_bits 8`` (with dynamic activations) removed while ``STATIC`` is
+    not leaves 8-bit blocks with static activations only; ``STATIC`` removed leaves them dynamic ones."""
     light = lightest(space)
+    static = space.chooses_activations and STATIC not in settings  # 8-bit weights can still run, statically
     result = dict(allowed)
     for index in range(blocks):
-        for knob in light:
+        for knob in [*light, "act_bits"] if space.chooses_activations else light:
             name = space.name(index, knob)
             choices = result.get(name, tuple(getattr(space, knob)))
-            kept = tuple(v for v in choices if (knob, v) not in settings or v == light[knob])
+            gone = {v for v in choices if (knob, v) in settings and v != light.get(knob)}
+            if knob == "weight_bits" and STATIC_BITS in gone and static:
+                gone.discard(STATIC_BITS)
+                act = space.name(index, "act_bits")
+                result[act] = tuple(v for v in result.get(act, space.act_bits) if v is not None)
+            kept = tuple(v for v in choices if v not in gone)
             if kept != tuple(getattr(space, knob)):
                 result[name] = kept
     return result

@@ -9,13 +9,15 @@ from typing import Any, Mapping, Sequence
 from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
-from autocomp.ops.quantize import WEIGHT_BITS
+from autocomp.ops.quantize import ACT_BITS, WEIGHT_BITS
 from autocomp.recipe import Distill, Recipe
 
-__all__ = ["SearchSpace", "load_space", "heads_kept", "setting_label"]
+__all__ = ["SearchSpace", "load_space", "heads_kept", "setting_label", "STATIC", "STATIC_BITS"]
 
 FLOAT_BITS = 32
 RANK = "#rank"  # suffix of an ordered knob's Optuna parameter: the rank of its choice, smallest first
+STATIC_BITS = 8  # the weight bit-width static activations (``act_bits``) come with: they run for real only beside it
+STATIC = ("act_bits", STATIC_BITS)  # the setting "8-bit weights, static activations" of the passes before a search
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,12 @@ class SearchSpace:
         weight_bits: weight bit-widths; 32 leaves the block in fp32.
         quantize_layers: which Linears of a block a quantized block quantizes: ``all``, or names joined by commas
             (``qkv,fc1``: int8 qkv and fc1, fp32 proj and fc2), as :class:`~autocomp.ops.Quantize`'s ``layers``.
+        act_bits: the activations of a block with 8-bit weights, as :class:`~autocomp.ops.Quantize`'s ``act_bits``:
+            ``null`` (dynamic: the int8 kernel quantizes each batch's inputs as it runs) or ``8`` (static: one scale
+            per layer input, calibrated on the calibration images; no per-batch range to find, and runtimes fuse
+            it into the GEMM). Blocks at other bit-widths keep float activations: static activations run for real
+            only beside 8-bit weights. Offered both, the passes before the search score static activations as a
+            setting of their own (``STATIC``) and 8-bit weights otherwise with dynamic ones (:attr:`first_act`).
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
@@ -48,6 +56,7 @@ class SearchSpace:
     tokens_keep: tuple[float, ...] = (1.0,)
     weight_bits: tuple[int, ...] = (FLOAT_BITS,)
     quantize_layers: tuple[str, ...] = ("all",)
+    act_bits: tuple[int | None, ...] = (None,)
     head_importance: str = "output_norm"
     token_method: str = "merge"
     lowrank_method: str = "svd"
@@ -57,7 +66,7 @@ class SearchSpace:
     uniform: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers",
+        for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers", "act_bits",
                      "distill_steps", "distill_alpha"):
             if isinstance(getattr(self, name), str):  # not a list of its letters; the loader names the type wanted
                 raise TypeError(f"{name} must be a list of choices, got {getattr(self, name)!r}")
@@ -73,6 +82,13 @@ class SearchSpace:
             raise AutocompError("quantize_layers must list at least one choice, e.g. [all, 'qkv,fc1']")
         for choice in self.quantize_layers:
             Quantize(layers=_layers(choice))  # the operator's own check of the names, with its message
+        if not self.act_bits or any(isinstance(b, bool) or b not in ACT_BITS for b in self.act_bits):
+            raise AutocompError(f"act_bits must list null (dynamic: the int8 kernel quantizes each batch) and/or 8 "
+                                f"(static: calibrated), e.g. [null, 8], got {list(self.act_bits)}")
+        if STATIC_BITS in self.act_bits and STATIC_BITS not in self.weight_bits:
+            raise AutocompError(f"act_bits offers {STATIC_BITS} (static activations), which only blocks with "
+                                f"{STATIC_BITS}-bit weights use, but weight_bits {list(self.weight_bits)} has no "
+                                f"{STATIC_BITS}; add {STATIC_BITS} to weight_bits or leave act_bits out")
         # the operators' own configs validate the method names, with their messages
         PruneHeads(keep=1, importance=self.head_importance)
         ReduceTokens(keep=1.0, method=self.token_method)
@@ -80,6 +96,17 @@ class SearchSpace:
         for steps in self.distill_steps:
             for alpha in self.distill_alpha:
                 Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature)
+
+    @property
+    def chooses_activations(self) -> bool:
+        """Whether a block with 8-bit weights chooses between dynamic and static activations."""
+        return len(self.act_bits) > 1
+
+    @property
+    def first_act(self) -> int | None:
+        """The activations of an 8-bit block where nothing chooses them (a recipe of the passes before the search,
+        a starting point): dynamic where the space offers them."""
+        return None if None in self.act_bits else STATIC_BITS
 
     def sample(self, trial: Any, heads_per_block: Sequence[int], *,
                allowed: Mapping[str, Sequence[Any]] | None = None) -> Recipe:
@@ -105,7 +132,8 @@ class SearchSpace:
             if (tokens := choose("tokens_keep")) < 1 and index < len(heads_per_block) - 1:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
-                block["quantize"] = Quantize(weight_bits=bits, layers=_layers(choose("quantize_layers")))
+                act = choose("act_bits") if bits == STATIC_BITS else None
+                block["quantize"] = Quantize(weight_bits=bits, act_bits=act, layers=_layers(choose("quantize_layers")))
             blocks.append(block)
         steps = _choose(trial, "distill_steps", self.distill_steps)
         alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
@@ -145,9 +173,11 @@ class SearchSpace:
                 return sum(value == 1 for value in self.offered(index, knob, allowed))  # noqa: B023
 
             bits = self.offered(index, "weight_bits", allowed)
-            floats = sum(b == FLOAT_BITS for b in bits)  # a quantized width comes with each choice of layers
+            floats = sum(b == FLOAT_BITS for b in bits)
+            # a quantized width comes with each choice of layers, an 8-bit one with each of activations too
+            quantized = sum(count("act_bits") if b == STATIC_BITS else 1 for b in bits if b != FLOAT_BITS)
             total *= (count("heads_keep") * count("mlp_keep") * count("rank") * count("tokens_keep")
-                      * (floats + (len(bits) - floats) * count("quantize_layers")))
+                      * (floats + quantized * count("quantize_layers")))
             uncompressed *= none("heads_keep") * none("mlp_keep") * none("rank") * none("tokens_keep") * floats
         distillations = sum(len(self.distill_alpha) if steps > 0 else 1 for steps in self.distill_steps)
         return total * distillations - uncompressed * (distillations - 1)  # the uncompressed model is never distilled

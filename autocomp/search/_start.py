@@ -4,7 +4,8 @@ before the sampler draws its own.
 A pretrained ViT is fragile (one head pruned in every block can cost 20 points before distillation), so random
 start-up trials, mostly heavy compression, can spend a whole small budget far from anything usable. The search
 therefore starts from, in this order (a quarter of the trials at most): the uncompressed model (the accuracy
-anchor); uniform int8 weights (cheap in accuracy almost everywhere); the uniform combination of knobs predicted
+anchor); uniform int8 weights (cheap in accuracy almost everywhere; with each choice of ``act_bits`` the space
+offers, dynamic and static activations); the uniform combination of knobs predicted
 within budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
 the latency pass the cost model is corrected by what that pass measured; under a latency budget the best-ranked
 combinations are measured on the target until one is within it); after a sensitivity pass, the quiet point: only
@@ -33,9 +34,10 @@ from autocomp.errors import AutocompError
 from autocomp.recipe import Recipe
 from autocomp.search._local import FILL, repair
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import FLOAT_BITS, RANK, SearchSpace
+from autocomp.search._space import FLOAT_BITS, RANK, STATIC, STATIC_BITS, SearchSpace
 
-__all__ = ["start_points", "lightest", "recipe_of", "alike_choices", "uniform_values", "KNOBS", "START", "QUIET"]
+__all__ = ["start_points", "lightest", "recipe_of", "setting_values", "alike_choices", "uniform_values", "KNOBS",
+           "START", "QUIET"]
 
 START = "start_point"  # user attr of a queued starting trial: what it is
 # per-block knobs, each with its "not compressed" value
@@ -60,8 +62,11 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     """
     light, blocks = lightest(space), len(heads_per_block)
     points = [("uncompressed", uniform_values(space, light, blocks))]
-    if 8 in space.weight_bits and len(space.weight_bits) > 1:
-        points.append(("uniform weight_bits 8", uniform_values(space, {**light, "weight_bits": 8}, blocks)))
+    if STATIC_BITS in space.weight_bits and len(space.weight_bits) > 1:
+        int8 = uniform_values(space, {**light, "weight_bits": STATIC_BITS}, blocks)
+        for act in space.act_bits:  # dynamic and static activations, in the space's order
+            label = f"uniform weight_bits {STATIC_BITS}" + (", static activations" if act else "")
+            points.append((label, {**int8, **{space.name(i, "act_bits"): act for i in range(blocks)}}))
     drops = _uniform_drops(sensitivity)
     measure = measure if "latency_ms" in limits else None
     mixes = _uniform_mixes_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}, drops,
@@ -107,13 +112,16 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
 
 
 def _with_layers(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
-    """``values`` with each quantized block's ``quantize_layers`` at the space's first choice, as :func:`recipe_of`
-    predicts it, unless given."""
-    if len(space.quantize_layers) < 2:
-        return dict(values)
-    layers = {space.name(i, "quantize_layers"): space.quantize_layers[0] for i in range(blocks)
-              if values.get(space.name(i, "weight_bits"), FLOAT_BITS) != FLOAT_BITS}
-    return {**layers, **values}
+    """``values`` with each quantized block's ``quantize_layers`` at the space's first choice (and an 8-bit block's
+    ``act_bits`` at its :attr:`~SearchSpace.first_act`), as :func:`recipe_of` predicts it, unless given."""
+    first = {}
+    for i in range(blocks):
+        if (bits := values.get(space.name(i, "weight_bits"), FLOAT_BITS)) != FLOAT_BITS:
+            if len(space.quantize_layers) > 1:
+                first[space.name(i, "quantize_layers")] = space.quantize_layers[0]
+            if bits == STATIC_BITS and space.chooses_activations:
+                first[space.name(i, "act_bits")] = space.first_act
+    return {**first, **values}
 
 
 def lightest(space: SearchSpace) -> dict[str, Any]:
@@ -126,7 +134,8 @@ def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequenc
     """Per knob, the choices offered in every block (``allowed``: what the sensitivity pass left per parameter):
     what a recipe with every block alike may use."""
     return {knob: tuple(v for v in getattr(space, knob)
-                        if all(v in space.offered(i, knob, allowed) for i in range(blocks))) for knob in KNOBS}
+                        if all(v in space.offered(i, knob, allowed) for i in range(blocks)))
+            for knob in (*KNOBS, "act_bits")}
 
 
 def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
@@ -265,8 +274,9 @@ def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[st
     measured 0.37-0.39x and 1.3-1.8 points under the teacher, a starting trial spent where the budget asked for
     nothing."""
     blocks = len(heads_per_block)
-    # a quantized block at the space's first choice of layers, as recipe_of predicts it
-    quiet = {**{space.name(i, "quantize_layers"): space.quantize_layers[:1] for i in range(blocks)}, **quiet}
+    # a quantized block at the space's first choice of layers and activations, as recipe_of predicts it
+    quiet = {**{space.name(i, "quantize_layers"): space.quantize_layers[:1] for i in range(blocks)},
+             **{space.name(i, "act_bits"): (space.first_act,) for i in range(blocks)}, **quiet}
     distill = {name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")}
     fixed = optuna.trial.FixedTrial(space.params({**distill, **uniform_values(space, light, blocks)}, allowed=quiet))
     space.sample(fixed, heads_per_block, allowed=quiet)  # records each parameter's distribution
@@ -292,15 +302,25 @@ def _fast_end(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensiti
               and s.value in space.offered(s.block, s.knob, allowed)]
     for s in sorted(scored, key=lambda s: (max(s.accuracy_drop, 0.0), s.value)):
         name, drop = space.name(s.block, s.knob), max(s.accuracy_drop, 0.0)
+        if name not in values:  # static activations: the sampler's to choose, never the fast end's
+            continue
         if s.value < values[name] and sum(spent.values()) - spent.get(name, 0.0) + drop <= FAST:
             values[name], spent[name] = s.value, drop
     return None if values == uniform_values(space, light, blocks) else values
 
 
+def setting_values(knob: str, value: Any) -> dict[str, Any]:
+    """The knob values of one setting of the passes before the search: ``knob`` at ``value``, or for ``STATIC``
+    8-bit weights with static activations."""
+    return {"weight_bits": STATIC_BITS, "act_bits": STATIC_BITS} if (knob, value) == STATIC else {knob: value}
+
+
 def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any]) -> Recipe:
-    """The recipe of the knob ``values`` (distillation at its first choices: it changes no cost)."""
+    """The recipe of the knob ``values`` (distillation at its first choices: it changes no cost; an 8-bit block's
+    activations at :attr:`~SearchSpace.first_act`, unless given)."""
+    blocks = range(len(heads_per_block))
     fixed = {**{name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")},
-             **{space.name(index, "quantize_layers"): space.quantize_layers[0]
-                for index in range(len(heads_per_block))},
+             **{space.name(index, "quantize_layers"): space.quantize_layers[0] for index in blocks},
+             **{space.name(index, "act_bits"): space.first_act for index in blocks},
              **values}
     return space.sample(optuna.trial.FixedTrial(space.params(fixed)), heads_per_block)
