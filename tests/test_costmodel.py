@@ -122,9 +122,9 @@ def test_int8_with_a_fast_kernel_is_faster_without_one_slower():
 
 
 def test_static_activations_run_at_their_measured_rate_where_the_profile_has_one():
-    """A static int8 GEMM runs at another rate than the dynamic one (OpenVINO: 2.2x it on this Xeon, ONNX
-    Runtime 1.2x): with ``int8_static`` measured it is predicted at that rate, its input's quantization included;
-    without, at the int8 rate plus a quantize op."""
+    """A static int8 GEMM runs at another rate than the dynamic one (on a Xeon with AMX, OpenVINO's 2.1x it, ONNX
+    Runtime's 0.93x: benchmarks/static_activations.py): with ``int8_static`` measured it is predicted at that rate,
+    its input's quantization included; without, at the int8 rate plus a quantize op."""
     description = one_block()
     dynamic, static = recipe({"quantize": {"weight_bits": 8}}), recipe({"quantize": {"weight_bits": 8, "act_bits": 8}})
     measured = CostModel(description=description, profile=dataclasses.replace(

@@ -339,6 +339,16 @@ def test_static_activations_are_a_setting_of_their_own_in_the_passes(tiny_teache
     assert dropped == {"b1.act_bits": (None,)}
     assert ("act_bits", 8) in offered_settings(dropped, space, 2)  # still in block 0
     assert ("act_bits", 8) not in offered_settings({**dropped, "b0.weight_bits": (32,)}, space, 2)
+    # ... and where dynamic int8 then saves too little, that block has no 8-bit choice left; block 0 keeps static
+    slow = without(dropped, {("weight_bits", 8)}, space, 2)
+    assert slow == {"b0.act_bits": (8,), "b1.act_bits": (None,), "b1.weight_bits": (32,)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = {space.sample(study.ask(), [4, 4], allowed=slow).summary().split(" + ")[0] for _ in range(30)}
+    assert {d.split(" | ")[0].split(":")[-1] for d in drawn} >= {"w8a8"} and not any("w8" in d.split(" | ")[1]
+                                                                                     for d in drawn)
+    # dynamic int8 costing too much alone in a block where static does not: 8-bit with static activations there
+    assert allowed_choices([Setting(0, "weight_bits", 8, 9.0, None), Setting(0, "act_bits", 8, 1.0, None)], space,
+                           drop_above=5.0) == {"b0.act_bits": (8,)}
 
 
 def test_the_pass_narrows_the_choices_already_narrowed():
@@ -483,7 +493,8 @@ def test_the_fastest_candidate_has_static_activations_where_they_measured_faster
                        hardware="h.yaml", budget=Budget(latency=0.5))
     seen = fastest_measures([0.9, 0.9, 0.95, 0.95])  # twice, then without int8, then with dynamic activations
     ratios = {("weight_bits", 8): 0.9, ("act_bits", 8): 0.7}
-    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(every block at weight_bits 8, act_bits 8\)"):
+    fastest = r"its fastest candidate \(every block at weight_bits 8 with static activations\)"
+    with pytest.raises(LatencyUnreachable, match=fastest):
         _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
                                        HardwareProfile(name="target"), 5.0, 10.0)
     assert all(seen[0].blocks[i].attn.qkv.act_qparams is not None for i in (0, 1))
@@ -615,7 +626,8 @@ def test_a_refused_latency_limit_names_the_settings_the_sensitivity_pass_left_in
     # without MLP 0.5 and without int8
     with pytest.raises(LatencyUnreachable, match=r"\(mlp_keep 0.5 in 1 of 2 blocks, weight_bits 8 in every block\) "
                                                  r"measured 6.5 ms.*"
-                                                 r"\(the sensitivity pass offers heads_keep 0.5 in no block, see "
+                                                 r"\(the sensitivity pass offers heads_keep 0.5 \(2 of 4 heads\) in no "
+                                                 r"block, see "
                                                  r"sensitivity.csv: a sensitivity.drop_above over 5 points lets the "
                                                  r"search try those that cost too much alone\)"):
         _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.5)
@@ -733,6 +745,15 @@ def test_the_fastest_candidate_is_named_by_the_head_fraction_the_search_offers(t
     _reach.check_reachable(space, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
     assert said[1].startswith("warning: the cost model predicts even the fastest candidate (every block at heads_keep "
                               "0.5 (2 of 4 heads), weight_bits 32) at "), said[1]
+    # a space choosing activations, on a target whose static int8 is the fast one: the fastest has them
+    fast_static = dataclasses.replace(profile, peak_gflops={"fp32": 100.0, "int8": 200.0, "int8_static": 2000.0},
+                                      memory_bandwidth_gbs=1000.0)
+    screen = Screen(predictor=CostPredictor(base=tiny_teacher[1], profile=fast_static, base_latency_ms=1.0),
+                    limits={"latency_ms": 1e-6}, margin=0.5)
+    static = dataclasses.replace(space, act_bits=(None, 8))
+    _reach.check_reachable(static, [4, 4], screen, SimpleNamespace(search_space="space.yaml"), said.append)
+    assert said[2].startswith("warning: the cost model predicts even the fastest candidate (every block at heads_keep "
+                              "0.5 (2 of 4 heads), weight_bits 8 with static activations) at "), said[2]
 
 
 def test_a_memory_refusal_on_a_runtime_names_no_bit_width_that_saves_nothing_there(tiny_teacher):

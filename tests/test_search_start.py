@@ -257,6 +257,23 @@ def test_uniform_int8_is_queued_with_each_choice_of_activations(predictor):
                                                                                 limits={}, cap=10))
 
 
+def test_where_only_static_activations_are_left_the_starting_points_use_them(predictor):
+    """Where the latency pass found dynamic int8 too slow and left 8-bit blocks static activations only, a point
+    with 8-bit blocks is queued (and predicted) with static ones, not dropped for a choice the search no longer
+    offers."""
+    space = dataclasses.replace(SPACE, act_bits=(None, 8))
+    allowed = {f"b{i}.act_bits": (8,) for i in range(2)}
+    limits = {"latency_ms": 10 * predictor.predict(recipe_of(space, HEADS, UNCOMPRESSED))["latency_ms"]}
+    points = dict(start_points(space, HEADS, predictor=predictor, limits=limits, cap=10, allowed=allowed))
+    assert "uniform weight_bits 8" not in points  # dynamic: not offered
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(points["uniform weight_bits 8, static activations"])
+    assert space.sample(study.ask(), HEADS, allowed=allowed).summary().startswith("w8a8 | w8a8")
+    int8 = {**UNCOMPRESSED, "b0.weight_bits": 8, "b1.weight_bits": 8}
+    assert recipe_of(space, HEADS, int8, allowed=allowed).summary().startswith("w8a8 | w8a8")
+    assert recipe_of(space, HEADS, int8).summary().startswith("w8 | w8")
+
+
 def test_a_second_uniform_mix_compresses_other_knobs_and_is_measured_too(predictor):
     """The sensitivity pass ranks settings by what they cost before distillation; a second mix of other knobs
     hedges against that ranking."""

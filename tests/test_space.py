@@ -137,6 +137,20 @@ def test_static_activations_are_a_choice_of_8_bit_blocks_only():
         optuna.trial.FixedTrial({"b0.weight_bits#rank": 0}), [6]).summary() == "w8a8"  # the only choice: static
 
 
+def test_a_block_made_8_bit_by_a_move_gets_the_choices_its_base_never_drew():
+    """A local move from a 4-bit (or float) block to 8 bits needs the block's layers and activations, which its base
+    never drew: completed with the first layers offered and dynamic activations (static where only they are)."""
+    space = SearchSpace(weight_bits=(32, 8, 4), act_bits=(None, 8), quantize_layers=("all", "qkv,fc1"))
+    base = space.params({"b0.weight_bits": 4, "b0.quantize_layers": "qkv,fc1", "b1.weight_bits": 32})
+    moved = {**base, "b0.weight_bits#rank": 1, "b1.weight_bits#rank": 1}  # both blocks to 8 bits
+    done = space.completed(moved, 2, allowed={"b1.act_bits": (8,)})
+    assert done == {**moved, "b0.act_bits": None, "b1.quantize_layers": "all"}  # b1's one choice is no parameter
+    recipe = space.sample(optuna.trial.FixedTrial(done), [6, 6], allowed={"b1.act_bits": (8,)})
+    assert recipe.summary() == "w8[qkv,fc1] | w8a8"
+    assert space.completed(base, 2) == base  # nothing missing
+    assert not SearchSpace(weight_bits=(32, 8), act_bits=(None, None)).chooses_activations  # one choice, twice
+
+
 def test_fractions_that_keep_the_same_number_of_heads_are_offered_once():
     space = SearchSpace(heads_keep=(0.5, 0.67, 0.83, 1.0))
     assert space.distinct([6, 6]) == {}  # 3, 4, 5 and 6 heads: all different

@@ -125,7 +125,7 @@ def calibrate(*, threads: int = 1, backend: str = "pytorch-cpu", shapes: tuple[G
         shapes = VIT_GEMMS if backend == "pytorch-cpu" else (VIT_GEMMS[0], VIT_GEMMS[3])
     for precision in precisions or BACKEND_PRECISIONS[backend]:
         for shape in shapes:
-            layer = _gemm(precision, shape)
+            layer = _gemm(precision, shape, backend)
             if layer is None:
                 break
             # static int8 as a ViT runs it, on (images, tokens, features): ONNX Runtime fuses the quantized input
@@ -190,9 +190,9 @@ class _Timer:
         return statistics.median(self.backend.time([prepared.run], x, profile)[0])
 
 
-def _gemm(precision: str, shape: GemmShape) -> torch.nn.Module | None:
-    """A Linear of ``shape`` whose GEMM runs at ``precision`` (the layer autocomp's quantize operator deploys), or
-    None if this build cannot run it."""
+def _gemm(precision: str, shape: GemmShape, backend: str) -> torch.nn.Module | None:
+    """A Linear of ``shape`` whose GEMM runs at ``precision`` on ``backend`` (the layer autocomp's quantize operator
+    deploys), or None if it cannot run it there."""
     linear = torch.nn.Linear(shape.in_features, shape.out_features)
     if precision == "fp32":
         return linear
@@ -200,10 +200,10 @@ def _gemm(precision: str, shape: GemmShape) -> torch.nn.Module | None:
     if bits is None:
         return None
     if precision == INT8_STATIC:  # inputs of the timing are standard normal: a calibrated range of +-4
-        if int8_static_range() is None:  # no static int8 kernel in this PyTorch: the layer would be simulated
-            return None
-        return quantize_linear(linear, Quantize(weight_bits=8, act_bits=8),
-                               act=activation_qparams(-4.0, 4.0, activation_quant_max()))
+        if int8_static_range() is None and backend == "pytorch-cpu":
+            return None  # no static int8 kernel in this PyTorch: the layer would be simulated, not timed
+        top = activation_quant_max() if int8_static_range() is not None else 255  # as the quantize operator does
+        return quantize_linear(linear, Quantize(weight_bits=8, act_bits=8), act=activation_qparams(-4.0, 4.0, top))
     layer = quantize_linear(linear, Quantize(weight_bits=bits, group_size=min(64, shape.in_features)))
     try:
         with torch.no_grad():

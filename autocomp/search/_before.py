@@ -90,6 +90,9 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     than PyTorch on the CPU, each such setting is run there once instead (exported and checked, not timed; in the
     first block, and in every block where that fails). Either way a setting the target cannot run is offered in no
     block."""
+    def label(knob: str, value: Any) -> str:
+        return setting_label(knob, value, dynamic=space.chooses_activations)
+
     saved = run_dir / SENSITIVITY
     if saved.is_file():
         allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
@@ -143,7 +146,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
         refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}  # named if memory is short
         saving = config.sensitivity.min_saving
-        slow = [f"{knob} {value:g} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=saving).items()]
+        slow = [f"{label(knob, value)} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=saving).items()]
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
                else "s; ")
@@ -159,13 +162,13 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         allowed = without(allowed, refused, space, len(heads))
         log(f"runtime: the settings run on the target in {time.perf_counter() - started:.0f} s (each in the first "
             "block, and in every block where that failed); "
-            + ("the target cannot run " + ", ".join(f"{knob} {value:g}" for knob, value in sorted(refused))
+            + ("the target cannot run " + ", ".join(label(knob, value) for knob, value in sorted(refused))
                if refused else "the target runs each one"))
     if screen is not None and "memory_mb" in limits and allowed != distinct:  # what the passes left may not reach it
         said = ([f"the sensitivity pass left out {removed} settings that alone cost a block more than "
                  f"{config.sensitivity.drop_above:g} points or that the operators refuse, see sensitivity.csv: a "
                  "higher sensitivity.drop_above lets the search try the former"] if removed else [])
-        said += [f"the target cannot run {', '.join(f'{k} {v:g}' for k, v in sorted(refused))}"] if refused else []
+        said += [f"the target cannot run {', '.join(label(k, v) for k, v in sorted(refused))}"] if refused else []
         check_reachable(space, heads, screen, config, log, allowed=allowed, left_out="; ".join(said))
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed

@@ -182,7 +182,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     here = int8_linear_top_code()
     if scored_top is None:
         scored_top = here
-    elif scored_top != here and any(isinstance(layer, Int8Linear) for layer in model.modules()):
+    elif scored_top != here and any(isinstance(layer, Int8Linear) and layer.act_qparams is None  # static layers
+                                    for layer in model.modules()):  # keep the codes they were saved with
         extra["int8_codes_note"] = note = (
             f"the run scored its int8 layers with input codes 0..{scored_top}, which PyTorch here quantizes to "
             f"0..{here}: the model loaded here scores a little differently from metrics.json"

@@ -36,7 +36,7 @@ from autocomp.budget import aims
 from autocomp.errors import AutocompError
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import RANK, SearchSpace
+from autocomp.search._space import RANK, STATIC, STATIC_BITS, SearchSpace
 
 __all__ = ["recipe_key", "compression_key", "local_move", "repair", "Move", "FILL", "REPAIRED"]
 
@@ -221,9 +221,11 @@ def _unseen(moves: list[tuple[dict[str, Any], str]], space: SearchSpace, heads_p
     """The moves to recipes not in ``seen``, with their recipes."""
     found = []
     for params, label in moves:
+        # a block the move quantizes, or makes 8-bit, asks what its base never drew: its layers, its activations
+        params = space.completed(params, len(heads_per_block), allowed=allowed)
         try:
             recipe = space.sample(optuna.trial.FixedTrial(params), heads_per_block, allowed=allowed)
-        except ValueError:  # the move needs a parameter the base never drew (quantized layers of a float block)
+        except ValueError:  # a parameter still missing
             continue
         if recipe_key(recipe.to_dict()) not in seen:
             found.append((params, label, recipe))
@@ -265,8 +267,16 @@ def _given_back(before: Mapping[str, Any], after: Mapping[str, Any], space: Sear
         if name.endswith(RANK):  # an ordered knob's rank: its value
             choices = sorted((allowed or {}).get(param, getattr(space, knob)))
             old, new = choices[before[name]], choices[value]
-        else:  # a named choice (act_bits: null or 8)
-            old, new = before[name], value
+        else:  # a named choice: layers, activations (none before: a block just quantized)
+            old, new = before.get(name), value
         blocks = range(len(heads_per_block)) if param.startswith("all.") else [int(param.split(".")[0][1:])]
-        total += sum((drops.get((b, knob, old)) or 0.0) - (drops.get((b, knob, new)) or 0.0) for b in blocks)
+        total += sum(_drop(drops, b, knob, old) - _drop(drops, b, knob, new) for b in blocks)
     return total
+
+
+def _drop(drops: Mapping[tuple[int, str, float], float], block: int, knob: str, value: Any) -> float:
+    """Points the sensitivity pass saw ``knob`` at ``value`` cost ``block`` alone (0 where it has no figure); static
+    activations: what they cost beyond 8-bit weights with dynamic ones (their row is both together)."""
+    if (knob, value) == STATIC:
+        return (drops.get((block, *STATIC)) or 0.0) - (drops.get((block, "weight_bits", STATIC_BITS)) or 0.0)
+    return drops.get((block, knob, value)) or 0.0

@@ -61,8 +61,22 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
                 continue
             if faster["latency_ms"] < predicted["latency_ms"]:
                 strongest, predicted = without, faster
+        if space.chooses_activations:  # its 8-bit blocks with static activations, where predicted faster
+            static = {**strongest, **{space.name(i, "act_bits"): STATIC_BITS for i in range(len(heads))}}
+            try:
+                faster = screen.predictor.predict(recipe_of(space, heads, static))
+            except AutocompError:
+                faster = predicted
+            if faster["latency_ms"] < predicted["latency_ms"]:
+                strongest, predicted = static, faster
+
+    def static(i: int) -> bool:
+        return (strongest.get(space.name(i, "act_bits")) == STATIC_BITS
+                and strongest.get(space.name(i, "weight_bits"), STATIC_BITS) == STATIC_BITS)
+
     per_block = [", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
-                           for knob in lightest(space)) for i in range(len(heads))]
+                           for knob in lightest(space)) + (" with static activations" if static(i) else "")
+                 for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
     if memory_refused:
@@ -177,7 +191,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             values[bits] = values[space.name(index, "act_bits")] = STATIC_BITS
     if space.chooses_activations:  # each block's activations as the search may choose them, dynamic where unsaid
         light = {**light, "act_bits": None}
-        values = {**{space.name(i, "act_bits"): None for i in range(blocks)}, **values}
+        values = {**{space.name(i, "act_bits"): space.first_act(i, allowed) for i in range(blocks)}, **values}
 
     def build(values: Mapping[str, Any]) -> nn.Module | None:
         try:
@@ -202,10 +216,18 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         without = {**values, **{space.name(i, knob): light[knob] for i in range(blocks)}}
         if (model := build(without)) is not None and (fewer := measure(model)) < ratio:
             ratio, values = fewer, without
+    def label(knob: str, value: Any) -> str:
+        return setting_label(knob, value, heads, dynamic=space.chooses_activations)
+
     used: dict[tuple[str, Any], int] = {}  # how many blocks each setting of the candidate named is in
     for index in range(blocks):
-        for knob in light:
-            if (value := values[space.name(index, knob)]) != light[knob]:
+        block = {knob: values[space.name(index, knob)] for knob in light}
+        if block.get("weight_bits", STATIC_BITS) != STATIC_BITS:
+            block.pop("act_bits", None)  # no activations to choose
+        elif block.get("act_bits") == STATIC_BITS:
+            block.pop("weight_bits", None)  # named once, as 8-bit weights with static activations
+        for knob, value in block.items():
+            if value != light[knob]:
                 used[(knob, value)] = used.get((knob, value), 0) + 1
     if ratio > over:
         if set(ratios.values()) == {math.inf}:
@@ -213,18 +235,18 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         elif not used:
             what = "nothing compressed: none of its settings saves time on the target"
         elif set(used.values()) == {blocks}:
-            what = "every block at " + ", ".join(setting_label(knob, value, heads) for knob, value in used)
+            what = "every block at " + ", ".join(label(knob, value) for knob, value in used)
         else:  # the sensitivity pass left some settings in some blocks only
-            what = ", ".join(f"{setting_label(knob, value, heads)} in " + (
+            what = ", ".join(f"{label(knob, value)} in " + (
                 "every block" if count == blocks else f"{count} of {blocks} blocks")
                 for (knob, value), count in used.items())
-        slow = [f"{knob} {value:g} ({r:.2f}x)"
+        slow = [f"{label(knob, value)} ({r:.2f}x)"
                 for (knob, value), r in too_slow(ratios, min_saving=config.sensitivity.min_saving).items()]
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
             f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space"
-            + (f" (the sensitivity pass offers {', '.join(f'{knob} {value:g}' for knob, value in dropped)} in no "
+            + (f" (the sensitivity pass offers {', '.join(label(knob, value) for knob, value in dropped)} in no "
                f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
                "lets the search try those that cost too much alone)" if dropped else "")
             + (f" (it holds none of {', '.join(slow)}: in every block at once each saves less than "

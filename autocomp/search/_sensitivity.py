@@ -29,7 +29,7 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import ExportFailed
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, heads_kept
+from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, heads_kept, setting_label
 from autocomp.search._start import lightest, recipe_of, setting_values, uniform_values
 from autocomp.train import evaluate
 
@@ -228,18 +228,15 @@ def _settings(space: SearchSpace, light: Mapping[str, Any]) -> list[tuple[str, A
 def allowed_choices(settings: Sequence[Setting], space: SearchSpace, *, drop_above: float,
                     allowed: Mapping[str, tuple] | None = None) -> dict[str, tuple]:
     """Per Optuna parameter name (``b3.heads_keep``), the choices left (of ``allowed``, else of the space) once
-    those that alone lose more than ``drop_above`` points (or that the operators refuse) are removed; only names
-    that lost a choice are listed."""
-    light = lightest(space)
-    removed: dict[str, set] = {}
+    those that alone lose more than ``drop_above`` points (or that the operators refuse) are removed (as
+    :func:`without` removes them from a block); only names that lost a choice are listed."""
+    removed: dict[int, set[tuple[str, Any]]] = {}
     for s in settings:
         if s.accuracy_drop is None or s.accuracy_drop > drop_above:
-            removed.setdefault(f"b{s.block}.{s.knob}", set()).add(s.value)
+            removed.setdefault(s.block, set()).add((s.knob, s.value))
     result = dict(allowed or {})
-    for name, gone in removed.items():
-        knob = name.split(".")[1]  # act_bits has no lightest choice among the knobs: dynamic always stays
-        result[name] = tuple(v for v in result.get(name, getattr(space, knob))
-                             if v not in gone or v == light.get(knob))
+    for block, gone in removed.items():
+        result = _without_in(result, gone, space, block)
     return result
 
 
@@ -334,7 +331,8 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
         except ExportFailed as exc:
             results[(knob, value)] = math.inf
             if log is not None and report:
-                log(f"{name}: {knob} {value:g} is offered in no block, the target cannot run it: {exc}")
+                log(f"{name}: {setting_label(knob, value, dynamic=space.chooses_activations)} is offered in no "
+                    f"block, the target cannot run it: {exc}")
             continue
         if observe is not None:
             observe(recipe, results[(knob, value)])
@@ -365,23 +363,32 @@ def without_slow(allowed: Mapping[str, tuple], ratios: Mapping[tuple[str, Any], 
 def without(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space: SearchSpace,
             blocks: int) -> dict[str, tuple]:
     """``allowed`` (see :func:`allowed_choices`) with each (knob, value) of ``settings`` removed from every block
-    (the lightest choice always stays). ``weight_bits 8`` (with dynamic activations) removed while ``STATIC`` is
-    not leaves 8-bit blocks with static activations only; ``STATIC`` removed leaves them dynamic ones."""
-    light = lightest(space)
-    static = space.chooses_activations and STATIC not in settings  # 8-bit weights can still run, statically
+    (see :func:`_without_in`)."""
     result = dict(allowed)
     for index in range(blocks):
-        for knob in [*light, "act_bits"] if space.chooses_activations else light:
-            name = space.name(index, knob)
-            choices = result.get(name, tuple(getattr(space, knob)))
-            gone = {v for v in choices if (knob, v) in settings and v != light.get(knob)}
-            if knob == "weight_bits" and STATIC_BITS in gone and static:
-                gone.discard(STATIC_BITS)
-                act = space.name(index, "act_bits")
-                result[act] = tuple(v for v in result.get(act, space.act_bits) if v is not None)
-            kept = tuple(v for v in choices if v not in gone)
-            if kept != tuple(getattr(space, knob)):
-                result[name] = kept
+        result = _without_in(result, settings, space, index)
+    return result
+
+
+def _without_in(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space: SearchSpace,
+                block: int) -> dict[str, tuple]:
+    """``allowed`` with each (knob, value) of ``settings`` removed from ``block`` (the lightest choice always stays;
+    dynamic activations too). ``weight_bits 8`` (with dynamic activations) removed where the block still offers
+    ``STATIC`` leaves its 8-bit choice with static activations only; without ``STATIC`` left, it goes."""
+    light = lightest(space)
+    result = dict(allowed)
+    act = space.name(block, "act_bits")
+    static = (space.chooses_activations and STATIC not in settings
+              and STATIC_BITS in result.get(act, space.act_bits))
+    for knob in [*light, "act_bits"] if space.chooses_activations else light:
+        name = space.name(block, knob)
+        choices = result.get(name, tuple(getattr(space, knob)))
+        gone = {v for v in choices if (knob, v) in settings and v != light.get(knob)}
+        if knob == "weight_bits" and STATIC_BITS in gone and static:
+            gone.discard(STATIC_BITS)
+            result[act] = (STATIC_BITS,)
+        if gone:
+            result[name] = tuple(v for v in choices if v not in gone)
     return result
 
 
@@ -446,7 +453,8 @@ def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None
     for s in settings:
         if s.accuracy_drop is None or s.accuracy_drop > drop_above:
             axis.text(columns.index((s.knob, s.value)), blocks.index(s.block), "x", ha="center", va="center")
-    axis.set_xticks(range(len(columns)), [f"{k} {v:g}" for k, v in columns], rotation=60, ha="right", fontsize=8)
+    axis.set_xticks(range(len(columns)), [setting_label(k, v) for k, v in columns], rotation=60, ha="right",
+                    fontsize=8)
     axis.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks], fontsize=8)
     fig.colorbar(image, label="points lost, no distillation")
     axis.set_title(f"each setting alone; x: not offered (drop > {drop_above:g} or refused)", fontsize=9)

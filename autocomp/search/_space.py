@@ -37,7 +37,7 @@ class SearchSpace:
             per layer input, calibrated on the calibration images; no per-batch range to find, and runtimes fuse
             it into the GEMM). Blocks at other bit-widths keep float activations: static activations run for real
             only beside 8-bit weights. Offered both, the passes before the search score static activations as a
-            setting of their own (``STATIC``) and 8-bit weights otherwise with dynamic ones (:attr:`first_act`).
+            setting of their own (``STATIC``) and 8-bit weights otherwise with dynamic ones (:meth:`first_act`).
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
@@ -100,13 +100,36 @@ class SearchSpace:
     @property
     def chooses_activations(self) -> bool:
         """Whether a block with 8-bit weights chooses between dynamic and static activations."""
-        return len(self.act_bits) > 1
+        return len(set(self.act_bits)) > 1
 
-    @property
-    def first_act(self) -> int | None:
-        """The activations of an 8-bit block where nothing chooses them (a recipe of the passes before the search,
-        a starting point): dynamic where the space offers them."""
-        return None if None in self.act_bits else STATIC_BITS
+    def first_act(self, block: int, allowed: Mapping[str, Sequence[Any]] | None = None) -> int | None:
+        """The activations of ``block``, at 8 bits, where nothing chooses them (a recipe of the passes before the
+        search, a starting point, a local move that makes the block 8-bit): dynamic where offered (``allowed``, as
+        for :meth:`sample`), else static."""
+        return None if None in self.offered(block, "act_bits", allowed) else STATIC_BITS
+
+    def completed(self, params: Mapping[str, Any], blocks: int, *,
+                  allowed: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+        """``params`` (Optuna's, as :meth:`params` gives them) with what a quantized block asks and ``params`` lacks
+        (a move that quantizes a block its base left in float, or makes it 8-bit): ``quantize_layers`` at the first
+        choice offered, an 8-bit block's ``act_bits`` at :meth:`first_act`."""
+        done = dict(params)
+        for index in range(1 if self.uniform else blocks):
+            options = self.offered(index, "weight_bits", allowed)
+            name = self.name(index, "weight_bits")
+            if len(options) == 1:
+                bits = options[0]
+            elif name + RANK in done:
+                bits = sorted(options)[done[name + RANK]]
+            else:  # not a parameter set: sample says what is missing
+                continue
+            if bits == FLOAT_BITS:
+                continue
+            if len(layers := self.offered(index, "quantize_layers", allowed)) > 1:
+                done.setdefault(self.name(index, "quantize_layers"), layers[0])
+            if bits == STATIC_BITS and len(self.offered(index, "act_bits", allowed)) > 1:
+                done.setdefault(self.name(index, "act_bits"), self.first_act(index, allowed))
+        return done
 
     def sample(self, trial: Any, heads_per_block: Sequence[int], *,
                allowed: Mapping[str, Sequence[Any]] | None = None) -> Recipe:
@@ -213,11 +236,16 @@ def heads_kept(fraction: float, heads: int) -> int:
     return max(1, round(fraction * heads))
 
 
-def setting_label(knob: str, value: Any, heads: Sequence[int]) -> str:
+def setting_label(knob: str, value: Any, heads: Sequence[int] = (), *, dynamic: bool = False) -> str:
     """A knob's setting as messages name it: ``mlp_keep 0.5``; a head fraction with the heads it keeps where the
     blocks it is in (``heads``: their head counts) have as many (``heads_keep 0.83 (2 of 3 heads)``): fractions
-    that keep as many heads are one setting."""
+    that keep as many heads are one setting; ``STATIC`` as ``weight_bits 8 with static activations``, and with
+    ``dynamic`` (a space that chooses activations) ``weight_bits 8`` as ``... with dynamic activations``."""
+    if (knob, value) == STATIC:
+        return f"weight_bits {STATIC_BITS:g} with static activations"
     label = f"{knob} {value:g}"
+    if dynamic and (knob, value) == ("weight_bits", STATIC_BITS):
+        label += " with dynamic activations"
     if knob == "heads_keep" and len(set(heads)) == 1:
         label += f" ({heads_kept(value, heads[0])} of {heads[0]} heads)"
     return label
@@ -233,6 +261,9 @@ def _layers(choice: str) -> tuple[str, ...] | None:
 def _choose(trial: Any, name: str, options: Sequence[Any]) -> Any:
     """One of ``options``: numbers are ordered (the sampler sees their rank, an integer, so it learns that 0.67
     lies between 0.5 and 0.83), names are categories."""
+    if not options:
+        raise AutocompError(f"{name}: no choice is left to offer (the passes before the search removed every one); "
+                            "this is a bug in autocomp, please report it with the run folder's sensitivity.csv")
     if len(options) == 1:
         return options[0]
     if _ordered(options):

@@ -77,7 +77,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         points.append(("all knobs alike: " + _described(mix, light) + how, uniform_values(space, mix, blocks)))
     quiet = {} if space.uniform else _quiet_choices(space, light, blocks, sensitivity, allowed or {})
     if any(len(choices) > 1 for choices in quiet.values()):
-        sized = _sized(space, heads_per_block, light, sensitivity, quiet, predictor, limits) \
+        sized = _sized(space, heads_per_block, light, sensitivity, quiet, predictor, limits, allowed or {}) \
             if predictor is not None and limits else None
         if sized is not None:
             points.append((f"the settings that alone cost <= {QUIET:g} point, as many as the budget needs", sized))
@@ -89,7 +89,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         points.append((f"the fast end: the strongest settings that alone cost <= {FAST:g} points added up", fast))
     if predictor is not None:
         for knob in light:
-            value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob)
+            value = _least_compression_that_fits(space, heads_per_block, predictor, limits, light, knob, allowed)
             if value is not None:
                 points.append((f"uniform {knob} {value:g}, predicted within budget",
                                uniform_values(space, {**light, knob: value}, blocks)))
@@ -98,7 +98,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
                        uniform_values(space, mix, blocks)))
     unique: list[tuple[str, dict[str, Any]]] = []
     for label, values in points:
-        values = _with_layers(space, values, blocks)  # the recipe predicted (and measured) is the one queued
+        values = _with_layers(space, values, blocks, allowed)  # the recipe predicted (and measured) is the one queued
         try:
             params = space.params(values, allowed=allowed)
             if predictor is not None and limits and not feasible(violations(
@@ -111,16 +111,18 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     return unique[:cap]
 
 
-def _with_layers(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
+def _with_layers(space: SearchSpace, values: Mapping[str, Any], blocks: int,
+                 allowed: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
     """``values`` with each quantized block's ``quantize_layers`` at the space's first choice (and an 8-bit block's
-    ``act_bits`` at its :attr:`~SearchSpace.first_act`), as :func:`recipe_of` predicts it, unless given."""
+    ``act_bits`` at its :meth:`~SearchSpace.first_act` given ``allowed``), as :func:`recipe_of` predicts it, unless
+    given."""
     first = {}
     for i in range(blocks):
         if (bits := values.get(space.name(i, "weight_bits"), FLOAT_BITS)) != FLOAT_BITS:
             if len(space.quantize_layers) > 1:
                 first[space.name(i, "quantize_layers")] = space.quantize_layers[0]
             if bits == STATIC_BITS and space.chooses_activations:
-                first[space.name(i, "act_bits")] = space.first_act
+                first[space.name(i, "act_bits")] = space.first_act(i, allowed)
     return {**first, **values}
 
 
@@ -193,7 +195,8 @@ def _uniform_mixes_at_budget(space: SearchSpace, heads_per_block: Sequence[int],
     for combination in itertools.product(*choices.values()):
         values = dict(zip(choices, combination))
         try:
-            predicted = predictor.predict(recipe_of(space, heads_per_block, uniform_values(space, values, blocks)))
+            predicted = predictor.predict(recipe_of(space, heads_per_block, uniform_values(space, values, blocks),
+                                                    allowed=allowed))
         except AutocompError:  # a combination the operators refuse
             continue
         if not feasible(violations(predicted, limits)):
@@ -214,7 +217,8 @@ def _uniform_mixes_at_budget(space: SearchSpace, heads_per_block: Sequence[int],
             measured, left = left[:MEASURED_MIXES], []
             for values in measured:
                 ranked.remove(values)  # measured once
-                if measure(recipe_of(space, heads_per_block, uniform_values(space, values, blocks))) <= \
+                if measure(recipe_of(space, heads_per_block, uniform_values(space, values, blocks),
+                                     allowed=allowed)) <= \
                         limits["latency_ms"]:
                     left = [values]
                     break
@@ -234,7 +238,8 @@ def _described(values: Mapping[str, Any], light: Mapping[str, Any]) -> str:
 
 
 def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[int], predictor: CostPredictor,
-                                 limits: Mapping[str, float], light: Mapping[str, Any], knob: str) -> Any:
+                                 limits: Mapping[str, float], light: Mapping[str, Any], knob: str,
+                                 allowed: Mapping[str, Sequence[Any]] | None = None) -> Any:
     """The least compressing choice of ``knob`` predicted within ``FILL`` of the budget when set alike in every block
     (the other knobs at their lightest); None when even the strongest does not fit, or the lightest already does.
     Not right at the limit: measurements vary by several %, and a point predicted 4% under a 0.6x limit (tokens
@@ -243,7 +248,7 @@ def _least_compression_that_fits(space: SearchSpace, heads_per_block: Sequence[i
     for value in sorted(getattr(space, knob), reverse=True):  # fractions and bit widths: larger compresses less
         values = uniform_values(space, {**light, knob: value}, len(heads_per_block))
         try:
-            predicted = predictor.predict(recipe_of(space, heads_per_block, values))
+            predicted = predictor.predict(recipe_of(space, heads_per_block, values, allowed=allowed))
         except AutocompError:  # a combination the operators refuse
             continue
         if feasible(violations(predicted, within)):
@@ -265,8 +270,8 @@ def _quiet_choices(space: SearchSpace, light: Mapping[str, Any], blocks: int, se
 
 
 def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[str, Any], sensitivity: Sequence[Any],
-           quiet: Mapping[str, Sequence[Any]], predictor: CostPredictor,
-           limits: Mapping[str, float]) -> dict[str, Any] | None:
+           quiet: Mapping[str, Sequence[Any]], predictor: CostPredictor, limits: Mapping[str, float],
+           allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
     """The uncompressed model made heavier through the ``quiet`` choices only, a step at a time, the one that costs
     least per share of the budget saved first, until it is predicted under ``FILL`` of a latency limit and under a
     memory limit (:func:`~autocomp.search._local.repair`); its knob values, or None when the quiet settings cannot
@@ -276,7 +281,7 @@ def _sized(space: SearchSpace, heads_per_block: Sequence[int], light: Mapping[st
     blocks = len(heads_per_block)
     # a quantized block at the space's first choice of layers and activations, as recipe_of predicts it
     quiet = {**{space.name(i, "quantize_layers"): space.quantize_layers[:1] for i in range(blocks)},
-             **{space.name(i, "act_bits"): (space.first_act,) for i in range(blocks)}, **quiet}
+             **{space.name(i, "act_bits"): (space.first_act(i, allowed),) for i in range(blocks)}, **quiet}
     distill = {name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")}
     fixed = optuna.trial.FixedTrial(space.params({**distill, **uniform_values(space, light, blocks)}, allowed=quiet))
     space.sample(fixed, heads_per_block, allowed=quiet)  # records each parameter's distribution
@@ -315,12 +320,13 @@ def setting_values(knob: str, value: Any) -> dict[str, Any]:
     return {"weight_bits": STATIC_BITS, "act_bits": STATIC_BITS} if (knob, value) == STATIC else {knob: value}
 
 
-def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any]) -> Recipe:
+def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any], *,
+              allowed: Mapping[str, Sequence[Any]] | None = None) -> Recipe:
     """The recipe of the knob ``values`` (distillation at its first choices: it changes no cost; an 8-bit block's
-    activations at :attr:`~SearchSpace.first_act`, unless given)."""
+    activations at :meth:`~SearchSpace.first_act` given ``allowed``, unless given)."""
     blocks = range(len(heads_per_block))
     fixed = {**{name: getattr(space, name)[0] for name in ("distill_steps", "distill_alpha")},
              **{space.name(index, "quantize_layers"): space.quantize_layers[0] for index in blocks},
-             **{space.name(index, "act_bits"): space.first_act for index in blocks},
+             **{space.name(index, "act_bits"): space.first_act(index, allowed) for index in blocks},
              **values}
     return space.sample(optuna.trial.FixedTrial(space.params(fixed)), heads_per_block)
