@@ -347,8 +347,23 @@ def test_static_activations_are_a_setting_of_their_own_in_the_passes(tiny_teache
     assert {d.split(" | ")[0].split(":")[-1] for d in drawn} >= {"w8a8"} and not any("w8" in d.split(" | ")[1]
                                                                                      for d in drawn)
     # dynamic int8 costing too much alone in a block where static does not: 8-bit with static activations there
-    assert allowed_choices([Setting(0, "weight_bits", 8, 9.0, None), Setting(0, "act_bits", 8, 1.0, None)], space,
-                           drop_above=5.0) == {"b0.act_bits": (8,)}
+    static_only = allowed_choices([Setting(0, "weight_bits", 8, 9.0, None), Setting(0, "act_bits", 8, 1.0, None)],
+                                  space, drop_above=5.0)
+    assert static_only == {"b0.act_bits": (8,)}
+    # ... and then static too slow (dynamic fast): block 0 has no 8-bit choice left, never an empty one
+    assert without_slow(static_only, {("weight_bits", 8): 0.7, ("act_bits", 8): 0.99}, space, 2, min_saving=0.05) \
+        == {"b0.act_bits": (None,), "b0.weight_bits": (32,), "b1.act_bits": (None,)}
+    # blocks left different activations (0 static only, 1 dynamic only): a coarse draw with every block alike has
+    # no 8-bit choice, not an empty choice of activations
+    from autocomp.search._start import alike_choices
+
+    mixed = {"b0.act_bits": (8,), "b1.act_bits": (None,)}
+    alike = alike_choices(space, 2, mixed)
+    assert alike["weight_bits"] == (32,) and alike["act_bits"] == (None,)
+    uniform = dataclasses.replace(space, uniform=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        uniform.sample(study.ask(), [4, 4], allowed={f"all.{knob}": v for knob, v in alike.items()})
 
 
 def test_the_pass_narrows_the_choices_already_narrowed():
@@ -503,6 +518,14 @@ def test_the_fastest_candidate_has_static_activations_where_they_measured_faster
     # met by static int8 alone: nothing measured
     _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
                                    HardwareProfile(name="target"), 7.0, 10.0)
+    # dynamic int8 meets the limit, but the passes left 8-bit blocks static activations only: not met by it; the
+    # fastest candidate offered is static, measured once with them and once without int8
+    seen = fastest_measures([0.9, 0.9, 0.95])
+    with pytest.raises(LatencyUnreachable, match=fastest):
+        _reach.check_latency_reachable({("weight_bits", 8): 0.4, ("act_bits", 8): 0.8}, tiny_teacher[1], space, [4, 4],
+                                       digits_splits, config, HardwareProfile(name="target"), 5.0, 10.0,
+                                       allowed={"b0.act_bits": (8,), "b1.act_bits": (8,)})
+    assert len(seen) == 3 and seen[0].blocks[1].attn.qkv.act_qparams is not None
 
 
 def test_a_target_that_runs_none_of_the_settings_is_said_so(tiny_teacher, digits_splits, fastest_measures):

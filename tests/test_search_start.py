@@ -257,6 +257,16 @@ def test_uniform_int8_is_queued_with_each_choice_of_activations(predictor):
                                                                                 limits={}, cap=10))
 
 
+def test_a_space_of_8_bit_blocks_only_starts_from_each_choice_of_activations():
+    """weight_bits with one choice (8) is no parameter: the points still carry the blocks' activations, so that what
+    is queued is what was predicted."""
+    space = dataclasses.replace(SPACE, weight_bits=(8,), act_bits=(None, 8))
+    points = dict(start_points(space, HEADS, predictor=None, limits={}, cap=10))
+    assert points["uncompressed"]["b0.act_bits"] is None and points["uncompressed"]["b1.act_bits"] is None
+    static = points["uniform weight_bits 8, static activations"]
+    assert static["b0.act_bits"] == static["b1.act_bits"] == 8
+
+
 def test_where_only_static_activations_are_left_the_starting_points_use_them(predictor):
     """Where the latency pass found dynamic int8 too slow and left 8-bit blocks static activations only, a point
     with 8-bit blocks is queued (and predicted) with static ones, not dropped for a choice the search no longer

@@ -50,7 +50,11 @@ def test_single_choice_knobs_are_not_searched():
     ("heads_keep: half\n", "heads_keep must be a list of numbers, got 'half'"),  # not its letters
     ("weight_bits: '8'\n", "weight_bits must be a list of whole numbers, got '8'"),
     ("weight_bits: [32, 8]\nact_bits: [4]\n", "act_bits must list null (dynamic: the int8 kernel quantizes each "
-                                             "batch) and/or 8 (static: calibrated), e.g. [null, 8], got [4]"),
+                                             "batch) and/or 8 (static: calibrated), each once, e.g. [null, 8], got "
+                                             "[4]"),
+    ("act_bits: null\n", "act_bits must list null (dynamic: the int8 kernel quantizes each batch) and/or 8 (static: "
+                         "calibrated), each once, e.g. [null, 8], got None"),
+    ("weight_bits: [32, 8]\nact_bits: [null, null]\n", "each once, e.g. [null, 8], got [None, None]"),
     ("weight_bits: [32, 4]\nact_bits: [null, 8]\n", "act_bits offers 8 (static activations), which only blocks "
                                                    "with 8-bit weights use, but weight_bits [32, 4] has no 8"),
     ("", "is empty; the keys are ['heads_keep', "),
@@ -148,7 +152,6 @@ def test_a_block_made_8_bit_by_a_move_gets_the_choices_its_base_never_drew():
     recipe = space.sample(optuna.trial.FixedTrial(done), [6, 6], allowed={"b1.act_bits": (8,)})
     assert recipe.summary() == "w8[qkv,fc1] | w8a8"
     assert space.completed(base, 2) == base  # nothing missing
-    assert not SearchSpace(weight_bits=(32, 8), act_bits=(None, None)).chooses_activations  # one choice, twice
 
 
 def test_fractions_that_keep_the_same_number_of_heads_are_offered_once():

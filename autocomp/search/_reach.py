@@ -172,8 +172,14 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     """
     allowed, blocks = allowed or {}, len(heads)
     everywhere = alike_choices(space, blocks, allowed)
+    def everywhere_offered(knob: str, value: Any) -> bool:  # 8-bit weights: with the activations the ratio had
+        values = setting_values(knob, value)
+        if space.chooses_activations and (knob, value) == ("weight_bits", STATIC_BITS):
+            values["act_bits"] = None
+        return all(v in everywhere[k] for k, v in values.items())
+
     if not ratios or any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
-                         if all(v in everywhere[k] for k, v in setting_values(knob, value).items())):
+                         if everywhere_offered(knob, value)):
         return
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
     values = {}  # the candidate's Optuna parameters
@@ -210,12 +216,17 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         ratio = min(ratio, measure(model))
     # settings fast alone can be slow together (int8 on thin low-rank layers measured 0.86x with, 0.68x without):
     # the candidate without each knob in turn, before the budget is refused
-    for knob in [knob for knob in light if any(values[space.name(i, knob)] != light[knob] for i in range(blocks))]:
+    # without a knob: each block at its lightest choice (activations: those where nothing chooses them)
+    unset = {space.name(i, knob): space.first_act(i, allowed) if knob == "act_bits" else light[knob]
+             for i in range(blocks) for knob in light}
+    for knob in [knob for knob in light if any(values[space.name(i, knob)] != unset[space.name(i, knob)]
+                                               for i in range(blocks))]:
         if ratio <= over:
             return
-        without = {**values, **{space.name(i, knob): light[knob] for i in range(blocks)}}
+        without = {**values, **{space.name(i, knob): unset[space.name(i, knob)] for i in range(blocks)}}
         if (model := build(without)) is not None and (fewer := measure(model)) < ratio:
             ratio, values = fewer, without
+
     def label(knob: str, value: Any) -> str:
         return setting_label(knob, value, heads, dynamic=space.chooses_activations)
 

@@ -389,6 +389,11 @@ def _without_in(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], sp
             result[act] = (STATIC_BITS,)
         if gone:
             result[name] = tuple(v for v in choices if v not in gone)
+    if space.chooses_activations and not result.get(act, space.act_bits):  # neither activation left at 8 bits
+        bits = space.name(block, "weight_bits")
+        if light.get("weight_bits", STATIC_BITS) != STATIC_BITS:
+            result[bits] = tuple(v for v in result.get(bits, space.weight_bits) if v != STATIC_BITS)
+        result[act] = (space.first_act(block),)  # asked of no block then; where 8 bits is the lightest, dynamic
     return result
 
 

@@ -82,9 +82,10 @@ class SearchSpace:
             raise AutocompError("quantize_layers must list at least one choice, e.g. [all, 'qkv,fc1']")
         for choice in self.quantize_layers:
             Quantize(layers=_layers(choice))  # the operator's own check of the names, with its message
-        if not self.act_bits or any(isinstance(b, bool) or b not in ACT_BITS for b in self.act_bits):
+        if (not isinstance(self.act_bits, (list, tuple)) or not self.act_bits or len(set(self.act_bits)) < len(
+                self.act_bits) or any(isinstance(b, bool) or b not in ACT_BITS for b in self.act_bits)):
             raise AutocompError(f"act_bits must list null (dynamic: the int8 kernel quantizes each batch) and/or 8 "
-                                f"(static: calibrated), e.g. [null, 8], got {list(self.act_bits)}")
+                                f"(static: calibrated), each once, e.g. [null, 8], got {self.act_bits!r}")
         if STATIC_BITS in self.act_bits and STATIC_BITS not in self.weight_bits:
             raise AutocompError(f"act_bits offers {STATIC_BITS} (static activations), which only blocks with "
                                 f"{STATIC_BITS}-bit weights use, but weight_bits {list(self.weight_bits)} has no "

@@ -62,7 +62,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     """
     light, blocks = lightest(space), len(heads_per_block)
     points = [("uncompressed", uniform_values(space, light, blocks))]
-    if STATIC_BITS in space.weight_bits and len(space.weight_bits) > 1:
+    if STATIC_BITS in space.weight_bits and (len(space.weight_bits) > 1 or space.chooses_activations):
         int8 = uniform_values(space, {**light, "weight_bits": STATIC_BITS}, blocks)
         for act in space.act_bits:  # dynamic and static activations, in the space's order
             label = f"uniform weight_bits {STATIC_BITS}" + (", static activations" if act else "")
@@ -118,7 +118,9 @@ def _with_layers(space: SearchSpace, values: Mapping[str, Any], blocks: int,
     given."""
     first = {}
     for i in range(blocks):
-        if (bits := values.get(space.name(i, "weight_bits"), FLOAT_BITS)) != FLOAT_BITS:
+        offered = space.offered(i, "weight_bits", allowed)  # one choice: no parameter, the block's bits all the same
+        if (bits := values.get(space.name(i, "weight_bits"), offered[0] if len(offered) == 1 else FLOAT_BITS)) \
+                != FLOAT_BITS:
             if len(space.quantize_layers) > 1:
                 first[space.name(i, "quantize_layers")] = space.quantize_layers[0]
             if bits == STATIC_BITS and space.chooses_activations:
@@ -135,9 +137,13 @@ def lightest(space: SearchSpace) -> dict[str, Any]:
 def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
     """Per knob, the choices offered in every block (``allowed``: what the sensitivity pass left per parameter):
     what a recipe with every block alike may use."""
-    return {knob: tuple(v for v in getattr(space, knob)
-                        if all(v in space.offered(i, knob, allowed) for i in range(blocks)))
-            for knob in (*KNOBS, "act_bits")}
+    alike = {knob: tuple(v for v in getattr(space, knob)
+                         if all(v in space.offered(i, knob, allowed) for i in range(blocks)))
+             for knob in (*KNOBS, "act_bits")}
+    if not alike["act_bits"]:  # blocks left different activations: no 8-bit blocks alike
+        alike["weight_bits"] = tuple(v for v in alike["weight_bits"] if v != STATIC_BITS)
+        alike["act_bits"] = (space.first_act(0),)
+    return alike
 
 
 def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
