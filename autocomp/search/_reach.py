@@ -172,6 +172,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     """
     allowed, blocks = allowed or {}, len(heads)
     everywhere = alike_choices(space, blocks, allowed)
+
     def everywhere_offered(knob: str, value: Any) -> bool:  # 8-bit weights: with the activations the ratio had
         values = setting_values(knob, value)
         if space.chooses_activations and (knob, value) == ("weight_bits", STATIC_BITS):
@@ -215,8 +216,8 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     if ratio > over:  # measured again: a busy machine slows one run
         ratio = min(ratio, measure(model))
     # settings fast alone can be slow together (int8 on thin low-rank layers measured 0.86x with, 0.68x without):
-    # the candidate without each knob in turn, before the budget is refused
-    # without a knob: each block at its lightest choice (activations: those where nothing chooses them)
+    # the candidate without each knob in turn (each block at its lightest choice; activations: those where nothing
+    # chooses them), before the budget is refused
     unset = {space.name(i, knob): space.first_act(i, allowed) if knob == "act_bits" else light[knob]
              for i in range(blocks) for knob in light}
     for knob in [knob for knob in light if any(values[space.name(i, knob)] != unset[space.name(i, knob)]
