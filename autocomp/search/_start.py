@@ -98,34 +98,18 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
                        uniform_values(space, mix, blocks)))
     unique: list[tuple[str, dict[str, Any]]] = []
     for label, values in points:
-        values = _with_layers(space, values, blocks, allowed)  # the recipe predicted (and measured) is the one queued
         try:
-            params = space.params(values, allowed=allowed)
+            # the recipe queued is the one predicted (and measured): a quantized block's layers and activations at
+            # the choices recipe_of gives them
+            params = space.completed(space.params(values, allowed=allowed), blocks, allowed=allowed)
             if predictor is not None and limits and not feasible(violations(
-                    predictor.predict(recipe_of(space, heads_per_block, values)), limits)):
+                    predictor.predict(recipe_of(space, heads_per_block, values, allowed=allowed)), limits)):
                 continue  # over budget it cannot be the answer
         except AutocompError:  # a choice the sensitivity pass removed from some block, or the operators refuse
             continue
         if all(params != seen for _, seen in unique):
             unique.append((label, params))
     return unique[:cap]
-
-
-def _with_layers(space: SearchSpace, values: Mapping[str, Any], blocks: int,
-                 allowed: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
-    """``values`` with each quantized block's ``quantize_layers`` at the space's first choice (and an 8-bit block's
-    ``act_bits`` at its :meth:`~SearchSpace.first_act` given ``allowed``), as :func:`recipe_of` predicts it, unless
-    given."""
-    first = {}
-    for i in range(blocks):
-        offered = space.offered(i, "weight_bits", allowed)  # one choice: no parameter, the block's bits all the same
-        if (bits := values.get(space.name(i, "weight_bits"), offered[0] if len(offered) == 1 else FLOAT_BITS)) \
-                != FLOAT_BITS:
-            if len(space.quantize_layers) > 1:
-                first[space.name(i, "quantize_layers")] = space.quantize_layers[0]
-            if bits == STATIC_BITS and space.chooses_activations:
-                first[space.name(i, "act_bits")] = space.first_act(i, allowed)
-    return {**first, **values}
 
 
 def lightest(space: SearchSpace) -> dict[str, Any]:
