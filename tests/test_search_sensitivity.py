@@ -339,6 +339,9 @@ def test_static_activations_are_a_setting_of_their_own_in_the_passes(tiny_teache
     assert dropped == {"b1.act_bits": (None,)}
     assert ("act_bits", 8) in offered_settings(dropped, space, 2)  # still in block 0
     assert ("act_bits", 8) not in offered_settings({**dropped, "b0.weight_bits": (32,)}, space, 2)
+    # blocks left static activations only: dynamic int8 is no setting to time, static is
+    static_everywhere = offered_settings({"b0.act_bits": (8,), "b1.act_bits": (8,)}, space, 2)
+    assert ("act_bits", 8) in static_everywhere and ("weight_bits", 8) not in static_everywhere
     # ... and where dynamic int8 then saves too little, that block has no 8-bit choice left; block 0 keeps static
     slow = without(dropped, {("weight_bits", 8)}, space, 2)
     assert slow == {"b0.act_bits": (8,), "b1.act_bits": (None,), "b1.weight_bits": (32,)}

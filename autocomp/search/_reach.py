@@ -173,14 +173,8 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     allowed, blocks = allowed or {}, len(heads)
     everywhere = alike_choices(space, blocks, allowed)
 
-    def everywhere_offered(knob: str, value: Any) -> bool:  # 8-bit weights: with the activations the ratio had
-        values = setting_values(knob, value)
-        if space.chooses_activations and (knob, value) == ("weight_bits", STATIC_BITS):
-            values["act_bits"] = None
-        return all(v in everywhere[k] for k, v in values.items())
-
     if not ratios or any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
-                         if everywhere_offered(knob, value)):
+                         if all(v in everywhere[k] for k, v in setting_values(space, knob, value).items())):
         return
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
     values = {}  # the candidate's Optuna parameters
@@ -194,7 +188,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                                default=light[knob])
         bits = space.name(index, "weight_bits")  # 8-bit weights with static activations, where measured faster
         if (ratios.get(STATIC, math.inf) < min(offered, ratios.get(("weight_bits", values.get(bits)), 1.0))
-                and all(v in space.offered(index, k, allowed) for k, v in setting_values(*STATIC).items())):
+                and all(v in space.offered(index, k, allowed) for k, v in setting_values(space, *STATIC).items())):
             values[bits] = values[space.name(index, "act_bits")] = STATIC_BITS
     if space.chooses_activations:  # each block's activations as the search may choose them, dynamic where unsaid
         light = {**light, "act_bits": None}

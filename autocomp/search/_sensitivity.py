@@ -92,7 +92,7 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
                     settings.append(dataclasses.replace(same, value=value))  # the same model: scored once
                     continue
                 recipe = recipe_of(space, heads_per_block, {**uncompressed, **{
-                    space.name(block, k): v for k, v in setting_values(knob, value).items()}})
+                    space.name(block, k): v for k, v in setting_values(space, knob, value).items()}})
                 try:
                     model = compress(base, recipe, calibration=calib)
                 except AutocompError:  # e.g. a rank that saves nothing on this block's shapes
@@ -244,7 +244,7 @@ def offered_settings(allowed: Mapping[str, tuple], space: SearchSpace, blocks: i
     """The (knob, value) settings of the space (the lightest aside) that ``allowed`` (see :func:`allowed_choices`)
     offers in at least one of ``blocks`` blocks."""
     return [(knob, value) for knob, value in _settings(space, lightest(space))
-            if any(all(v in space.offered(index, k, allowed) for k, v in setting_values(knob, value).items())
+            if any(all(v in space.offered(index, k, allowed) for k, v in setting_values(space, knob, value).items())
                    for index in range(blocks))]
 
 
@@ -319,7 +319,7 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
     tick = progress_lines(log, f"{name}: {{done}} of {{total}} settings {done}", [1] * len(settings))
     for knob, value in settings:
         tick(len(results))
-        values = uniform_values(space, {**light, **setting_values(knob, value)}, len(heads_per_block))
+        values = uniform_values(space, {**light, **setting_values(space, knob, value)}, len(heads_per_block))
         try:
             with torch.no_grad():
                 recipe = recipe_of(space, heads_per_block, values)

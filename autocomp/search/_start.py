@@ -304,10 +304,14 @@ def _fast_end(space: SearchSpace, light: Mapping[str, Any], blocks: int, sensiti
     return None if values == uniform_values(space, light, blocks) else values
 
 
-def setting_values(knob: str, value: Any) -> dict[str, Any]:
-    """The knob values of one setting of the passes before the search: ``knob`` at ``value``, or for ``STATIC``
-    8-bit weights with static activations."""
-    return {"weight_bits": STATIC_BITS, "act_bits": STATIC_BITS} if (knob, value) == STATIC else {knob: value}
+def setting_values(space: SearchSpace, knob: str, value: Any) -> dict[str, Any]:
+    """The knob values of one setting of the passes before the search: ``knob`` at ``value``; for ``STATIC`` 8-bit
+    weights with static activations, and ``weight_bits 8`` with dynamic ones where ``space`` offers both."""
+    if (knob, value) == STATIC:
+        return {"weight_bits": STATIC_BITS, "act_bits": STATIC_BITS}
+    if (knob, value) == ("weight_bits", STATIC_BITS) and space.chooses_activations:
+        return {"weight_bits": STATIC_BITS, "act_bits": None}
+    return {knob: value}
 
 
 def recipe_of(space: SearchSpace, heads_per_block: Sequence[int], values: Mapping[str, Any], *,
