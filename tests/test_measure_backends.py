@@ -334,7 +334,7 @@ def test_a_search_with_static_activations_measures_them_on_openvino_and_exports_
     assert rows
     for row in rows:
         assert row["runtime"].startswith("openvino-cpu (openvino ")
-        assert all(block.split(":")[-1] == "w8a8" for block in row["recipe_summary"].split(" | ")), row
+        assert all(block.split(":")[-1] == "w8a8-sq" for block in row["recipe_summary"].split(" | ")), row
         assert row["int8_activations"] and row["simulated_layers"] == "0"
         assert float(row["export_top1"]) >= 0.9
     assert main(["export", str(tmp_path / "run"), "--trial", rows[0]["number"], "--out", str(tmp_path / "t")]) == 0

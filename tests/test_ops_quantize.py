@@ -20,11 +20,11 @@ from autocomp.ops.qat import FakeQuantLinear, deployed, trainable, trainable_lay
 from autocomp.ops.quantize import (Bf16Linear, Int8StaticLinear, PackedLinear, Quantize, quantize_linear,
                                    simulated_layers)
 
-CONFIGS = [  # every deployed form: bit-widths, scale searches, a short last group, static activations
+CONFIGS = [  # every deployed form: bit-widths, scale searches, a short last group, static activations, smoothing
     Quantize(weight_bits=16), Quantize(), Quantize(weight_bits=8, scale="mse"), Quantize(weight_bits=6),
     Quantize(weight_bits=4), Quantize(weight_bits=3, group_size=32, scale="percentile"),
     Quantize(weight_bits=2, group_size=20, scale="mse"), Quantize(weight_bits=8, act_bits=8),
-    Quantize(weight_bits=4, act_bits=8),
+    Quantize(weight_bits=4, act_bits=8), Quantize(smooth=0.5), Quantize(act_bits=8, smooth=0.5),
 ]
 IDS = [c.tag() for c in CONFIGS]
 
@@ -337,7 +337,8 @@ def test_bf16_layer_computes_in_bf16():
     ({"group_size": "64"}, "group_size must be a whole number >= 8, got '64'"),
     ({"scale": "max"}, "scale must be one of ['minmax', 'percentile', 'mse'], got 'max'"),
     ({"act_bits": 4}, "act_bits must be one of [None, 8] (null: weights only), got 4"),
-    ({"bits": 4}, "unknown key(s) ['bits']; allowed: ['weight_bits', 'group_size', 'scale', 'act_bits', 'layers']"),
+    ({"bits": 4}, "unknown key(s) ['bits']; allowed: ['weight_bits', 'group_size', 'scale', 'act_bits', 'smooth', "
+                  "'layers']"),
 ])
 def test_impossible_settings_are_refused_when_the_recipe_is_read(settings, message):
     with pytest.raises(AutocompError) as info:
@@ -347,7 +348,7 @@ def test_impossible_settings_are_refused_when_the_recipe_is_read(settings, messa
 
 def test_activation_quantization_without_calibration_images_is_refused():
     recipe = Recipe(blocks=({}, {"quantize": Quantize(act_bits=8)}))
-    with pytest.raises(AutocompError, match=r"block 1: quantize.act_bits=8 calibrates .* pass calibration="):
+    with pytest.raises(AutocompError, match=r"block 1: quantize w8a8 calibrates .* pass calibration="):
         compress(small_vit(), recipe)
     compress(small_vit(), recipe, structure_only=True)  # loading saved weights needs none
 
@@ -451,3 +452,85 @@ print(float(layer(x)[0, 0]), float(copy.deepcopy(layer)(x)[0, 0]), copy.deepcopy
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     kept, copied, reduce_range = result.stdout.split()
     assert abs(float(kept) - 128.0) < 0.2 and abs(float(copied) - 128.0) < 0.2 and reduce_range == "False"
+
+
+def _with_outlier_channels(model, factor=100.0):
+    """``model`` computing the same function, its LayerNorm outputs carrying two channels ``factor`` times larger
+    (a LayerNorm weight and bias scaled up, the Linear fed by it scaled down): what pretrained ViTs look like."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in model.blocks:
+            for norm, linear in ((block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc1)):
+                norm.weight[:2] *= factor
+                norm.bias[:2] *= factor
+                linear.weight[:, :2] /= factor
+    return model
+
+
+def _output_error(model, reference, images):
+    return float((model(images) - reference(images)).pow(2).mean() / reference(images).pow(2).mean())
+
+
+@pytest.mark.parametrize("act_bits", [None, 8])
+def test_smoothing_keeps_int8_activations_accurate_under_layernorm_outlier_channels(act_bits):
+    base = _with_outlier_channels(small_vit())
+    torch.manual_seed(1)
+    images = torch.randn(32, 3, 16, 16)
+    with torch.no_grad():
+        assert _output_error(base, small_vit(), images) < 1e-8  # the same function
+        recipes = {smooth: Recipe(blocks=({"quantize": Quantize(act_bits=act_bits, smooth=smooth)},) * 2)
+                   for smooth in (None, 0.5)}
+        plain, smoothed = (compress(base, recipes[smooth], calibration=images) for smooth in (None, 0.5))
+        assert _output_error(smoothed, base, images) < _output_error(plain, base, images) / 10
+    assert [type(m) for m in smoothed.modules()] == [type(m) for m in plain.modules()]  # nothing added at run time
+    assert _linear_bytes(smoothed) == _linear_bytes(plain)
+    for block, reference in zip(smoothed.blocks, base.blocks):  # folded into the LayerNorms instead
+        assert not torch.equal(block.norm1.weight, reference.norm1.weight)
+        assert not torch.equal(block.norm2.weight, reference.norm2.weight)
+
+
+def test_smoothing_folds_into_layernorms_only_where_every_linear_they_feed_is_quantized():
+    base = _with_outlier_channels(small_vit())
+    torch.manual_seed(1)
+    images = torch.randn(16, 3, 16, 16)
+    recipe = Recipe(blocks=({"quantize": Quantize(smooth=0.5, layers=("fc1",))},) * 2)
+    with torch.no_grad():
+        model = compress(base, recipe, calibration=images)
+        for block, reference in zip(model.blocks, base.blocks):
+            assert torch.equal(block.norm1.weight, reference.norm1.weight)  # qkv stays fp32: it reads norm1 as is
+            assert not torch.equal(block.norm2.weight, reference.norm2.weight)
+            assert isinstance(block.mlp.fc1, Int8Linear) and type(block.attn.qkv) is nn.Linear
+        # the low-rank form: norm1 feeds qkv's first factor, which is quantized with the second
+        factored = compress(base, Recipe.from_dict({"blocks": [{"low_rank": {"rank": 0.25},
+                                                                "quantize": {"smooth": 0.5}}] * 2}),
+                            calibration=images)
+        assert not torch.equal(factored.blocks[0].norm1.weight, base.blocks[0].norm1.weight)
+        assert _output_error(factored, compress(base, Recipe.from_dict({"blocks": [{"low_rank": {"rank": 0.25}}] * 2})),
+                      images) < 1e-3
+
+
+def test_smoothing_leaves_a_block_whose_linears_do_not_read_its_layernorm_output_alone():
+    from timm.models.vision_transformer import ResPostBlock  # norm after attention: qkv reads the residual stream
+
+    base = small_vit(block_fn=ResPostBlock)
+    torch.manual_seed(1)
+    images = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        model = compress(base, Recipe(blocks=({"quantize": Quantize(smooth=0.5)},) * 2), calibration=images)
+        unsmoothed = compress(base, Recipe(blocks=({"quantize": Quantize()},) * 2), calibration=images)
+        for block, reference in zip(model.blocks, base.blocks):
+            assert torch.equal(block.norm1.weight, reference.norm1.weight)
+            assert torch.equal(block.norm2.weight, reference.norm2.weight)
+        assert torch.equal(model(images), unsmoothed(images))
+
+
+def test_smoothing_settings_are_checked():
+    assert Quantize(smooth=0.5).tag() == "w8-sq" and Quantize(act_bits=8, smooth=1).tag() == "w8a8-sq1"
+    assert Quantize(smooth=0.5).reads_calibration and not Quantize().reads_calibration
+    for bad in (0, 1.5, True, "0.5"):
+        with pytest.raises(AutocompError, match="smooth must be null"):
+            Quantize(smooth=bad)
+    with pytest.raises(AutocompError, match="only 8-bit weights quantize activations.*weight_bits is 4"):
+        Quantize(weight_bits=4, smooth=0.5)
+    with pytest.raises(AutocompError, match=r"block 0: quantize w8-sq smooths activations .* pass calibration="):
+        compress(small_vit(), Recipe(blocks=({"quantize": Quantize(smooth=0.5)}, {})))

@@ -315,7 +315,7 @@ def test_static_activations_are_a_setting_of_their_own_in_the_passes(tiny_teache
         (b, k, v) for b in (0, 1) for k, v in (("heads_keep", 0.5), ("weight_bits", 8), ("act_bits", 8))]
     static = recipe_of(space, [4, 4], {"b0.heads_keep": 1.0, "b1.heads_keep": 1.0, "b0.weight_bits": 8,
                                        "b0.act_bits": 8, "b1.weight_bits": 32})
-    assert static.summary() == "w8a8 | -"
+    assert static.summary() == "w8a8-sq | -"
     one = next(s for s in settings if (s.block, s.knob) == (0, "act_bits"))
     assert one.accuracy_drop == pytest.approx(evaluate(base, val) - evaluate(compress(base, static, calibration=calib),
                                                                               val))
@@ -347,7 +347,7 @@ def test_static_activations_are_a_setting_of_their_own_in_the_passes(tiny_teache
     assert slow == {"b0.act_bits": (8,), "b1.act_bits": (None,), "b1.weight_bits": (32,)}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     drawn = {space.sample(study.ask(), [4, 4], allowed=slow).summary().split(" + ")[0] for _ in range(30)}
-    assert {d.split(" | ")[0].split(":")[-1] for d in drawn} >= {"w8a8"} and not any("w8" in d.split(" | ")[1]
+    assert {d.split(" | ")[0].split(":")[-1] for d in drawn} >= {"w8a8-sq"} and not any("w8" in d.split(" | ")[1]
                                                                                      for d in drawn)
     # dynamic int8 costing too much alone in a block where static does not: 8-bit with static activations there
     static_only = allowed_choices([Setting(0, "weight_bits", 8, 9.0, None), Setting(0, "act_bits", 8, 1.0, None)],

@@ -119,7 +119,7 @@ def test_a_new_search_runs_its_starting_points_first(tmp_path, tiny_teacher):
     trials = load_run_study(tmp_path / "run").get_trials()
     # the uncompressed model is over the budget (0.99x its memory): not queued
     assert trials[0].user_attrs["start_point"] == "uniform weight_bits 8"
-    assert trials[0].user_attrs["recipe_summary"] == "w8 | w8"
+    assert trials[0].user_attrs["recipe_summary"] == "w8-sq | w8-sq"
     assert all(t.user_attrs.get("start_point") != "uncompressed" for t in trials)
     assert all("start_point" not in t.user_attrs for t in trials[2:])  # cap: a quarter of the 8 trials
 
@@ -248,11 +248,11 @@ def test_uniform_int8_is_queued_with_each_choice_of_activations(predictor):
     def blocks(recipe):  # the distillation is the sampler's
         return dataclasses.replace(recipe, distill=None).summary()
 
-    assert blocks(space.sample(study.ask(), HEADS)) == blocks(recipe_of(space, HEADS, int8)) == "w8 | w8"
-    assert blocks(space.sample(study.ask(), HEADS)) == "w8a8 | w8a8"
+    assert blocks(space.sample(study.ask(), HEADS)) == blocks(recipe_of(space, HEADS, int8)) == "w8-sq | w8-sq"
+    assert blocks(space.sample(study.ask(), HEADS)) == "w8a8-sq | w8a8-sq"
     # where nothing chooses them, 8-bit blocks have dynamic activations if the space offers them
-    assert blocks(recipe_of(dataclasses.replace(space, act_bits=(8, None)), HEADS, int8)) == "w8 | w8"
-    assert blocks(recipe_of(dataclasses.replace(space, act_bits=(8,)), HEADS, int8)) == "w8a8 | w8a8"
+    assert blocks(recipe_of(dataclasses.replace(space, act_bits=(8, None)), HEADS, int8)) == "w8-sq | w8-sq"
+    assert blocks(recipe_of(dataclasses.replace(space, act_bits=(8,)), HEADS, int8)) == "w8a8-sq | w8a8-sq"
     assert "uniform weight_bits 8, static activations" not in dict(start_points(SPACE, HEADS, predictor=None,
                                                                                 limits={}, cap=10))
 
@@ -278,10 +278,10 @@ def test_where_only_static_activations_are_left_the_starting_points_use_them(pre
     assert "uniform weight_bits 8" not in points  # dynamic: not offered
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(points["uniform weight_bits 8, static activations"])
-    assert space.sample(study.ask(), HEADS, allowed=allowed).summary().startswith("w8a8 | w8a8")
+    assert space.sample(study.ask(), HEADS, allowed=allowed).summary().startswith("w8a8-sq | w8a8-sq")
     int8 = {**UNCOMPRESSED, "b0.weight_bits": 8, "b1.weight_bits": 8}
-    assert recipe_of(space, HEADS, int8, allowed=allowed).summary().startswith("w8a8 | w8a8")
-    assert recipe_of(space, HEADS, int8).summary().startswith("w8 | w8")
+    assert recipe_of(space, HEADS, int8, allowed=allowed).summary().startswith("w8a8-sq | w8a8-sq")
+    assert recipe_of(space, HEADS, int8).summary().startswith("w8-sq | w8-sq")
 
 
 def test_a_second_uniform_mix_compresses_other_knobs_and_is_measured_too(predictor):

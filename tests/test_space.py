@@ -17,7 +17,7 @@ def test_sample_builds_the_recipe_of_the_chosen_values():
         "b0.heads_keep": 0.5, "b0.mlp_keep": 1.0, "b0.rank": 0.25, "b0.tokens_keep": 0.7, "b0.weight_bits": 8,
         "b1.heads_keep": 1.0, "b1.mlp_keep": 0.5, "b1.rank": 1.0, "b1.tokens_keep": 1.0, "b1.weight_bits": 32}))
     recipe = space.sample(trial, [6, 6])
-    assert recipe.summary() == "h3:r0.25:tm0.7:w8 | m0.5"
+    assert recipe.summary() == "h3:r0.25:tm0.7:w8-sq | m0.5"
 
 
 def test_tokens_are_never_reduced_after_the_last_block():
@@ -106,8 +106,8 @@ def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layer
     trial = optuna.trial.FixedTrial(space.params({"b0.weight_bits": 8, "b0.quantize_layers": "qkv,fc1",
                                                   "b1.weight_bits": 8, "b1.quantize_layers": "all"}))
     recipe = space.sample(trial, [6, 6])
-    assert recipe.summary() == "w8[qkv,fc1] | w8"
-    model = compress(small_vit(), recipe)
+    assert recipe.summary() == "w8-sq[qkv,fc1] | w8-sq"
+    model = compress(small_vit(), recipe, calibration=torch.randn(8, 3, 16, 16))
     int8 = {name for name, m in model.blocks.named_modules() if isinstance(m, Int8Linear)}
     assert int8 == {"0.attn.qkv", "0.mlp.fc1", "1.attn.qkv", "1.attn.proj", "1.mlp.fc1", "1.mlp.fc2"}
 
@@ -124,7 +124,7 @@ def test_static_activations_are_a_choice_of_8_bit_blocks_only():
     trial = optuna.trial.FixedTrial(space.params({"b0.weight_bits": 8, "b0.act_bits": 8, "b1.weight_bits": 4,
                                                   "b2.weight_bits": 8, "b2.act_bits": None}))
     recipe = space.sample(trial, [6, 6, 6])
-    assert recipe.summary() == "w8a8 | w4g64 | w8"
+    assert recipe.summary() == "w8a8-sq | w4g64 | w8-sq"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
@@ -138,7 +138,7 @@ def test_static_activations_are_a_choice_of_8_bit_blocks_only():
     assert layers["0"] is static and model.blocks[0].attn.qkv.act_qparams is not None
     assert layers["2"] is Int8Linear and model.blocks[2].attn.qkv.act_qparams is None
     assert SearchSpace(weight_bits=(32, 8), act_bits=(8,)).sample(
-        optuna.trial.FixedTrial({"b0.weight_bits#rank": 0}), [6]).summary() == "w8a8"  # the only choice: static
+        optuna.trial.FixedTrial({"b0.weight_bits#rank": 0}), [6]).summary() == "w8a8-sq"  # the only choice: static
 
 
 def test_a_block_made_8_bit_by_a_move_gets_the_choices_its_base_never_drew():
@@ -150,7 +150,7 @@ def test_a_block_made_8_bit_by_a_move_gets_the_choices_its_base_never_drew():
     done = space.completed(moved, 2, allowed={"b1.act_bits": (8,)})
     assert done == {**moved, "b0.act_bits": None, "b1.quantize_layers": "all"}  # b1's one choice is no parameter
     recipe = space.sample(optuna.trial.FixedTrial(done), [6, 6], allowed={"b1.act_bits": (8,)})
-    assert recipe.summary() == "w8[qkv,fc1] | w8a8"
+    assert recipe.summary() == "w8-sq[qkv,fc1] | w8a8-sq"
     assert space.completed(base, 2) == base  # nothing missing
 
 

@@ -26,6 +26,14 @@ class Quantize:
         scale: how scales are chosen, one of ``SCALE_METHODS`` (``minmax``, ``percentile``, ``mse``).
         act_bits: None (weights only; 8-bit weights still quantize activations per batch in their kernel) or 8:
             static uint8 activations, one scale per layer input, calibrated on the calibration images.
+        smooth: None, or the migration strength ``alpha`` in (0, 1] of SmoothQuant (Xiao et al. 2023), 8-bit
+            weights only: a Linear fed by its block's LayerNorm (``qkv`` by ``norm1``, ``fc1`` by ``norm2``, or the
+            first factor of their low-rank form) has each input channel ``j`` divided by
+            ``s_j = max|x_j| ** alpha / max|W[:, j]| ** (1 - alpha)`` (``x`` over the calibration images) and its
+            weight column multiplied by it. The division is folded into the LayerNorm's weight and bias, so the
+            float model computes the same function and nothing is added at run time, but the outlier channels of a
+            pretrained ViT's LayerNorm outputs no longer set the range that every other channel is quantized on (the
+            per-tensor activation scale, static or dynamic). Linears fed by anything else are quantized unsmoothed.
         layers: None for every Linear of the block, or which: a name matches a Linear whose path in the block has
             it as a part (``qkv`` matches ``attn.qkv`` and both factors of a low-rank ``attn.qkv``), and ``re:`` plus
             a regular expression matches whole paths (``re:mlp[.].*``). E.g. ``[qkv, fc1]``: int8 qkv and fc1, fp32
@@ -36,6 +44,7 @@ class Quantize:
     group_size: int = 64
     scale: str = "minmax"
     act_bits: int | None = None
+    smooth: float | None = None
     layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -47,6 +56,15 @@ class Quantize:
             raise AutocompError(f"scale must be one of {list(SCALE_METHODS)}, got {self.scale!r}")
         if self.act_bits is not None and (not _is_int(self.act_bits) or self.act_bits not in ACT_BITS):
             raise AutocompError(f"act_bits must be one of {list(ACT_BITS)} (null: weights only), got {self.act_bits!r}")
+        if self.smooth is not None:
+            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) or not 0 < self.smooth <= 1:
+                raise AutocompError(f"smooth must be null (off) or a migration strength in (0, 1], e.g. 0.5, got "
+                                    f"{self.smooth!r}")
+            if self.weight_bits != 8:
+                raise AutocompError(f"smooth={self.smooth} moves activation outliers into the weights, which only "
+                                    f"8-bit weights quantize activations for; weight_bits is {self.weight_bits}: "
+                                    "leave smooth out")
+            object.__setattr__(self, "smooth", float(self.smooth))
         if self.layers is not None:
             if (not isinstance(self.layers, (list, tuple)) or not self.layers
                     or not all(isinstance(e, str) and e for e in self.layers)):
@@ -75,15 +93,17 @@ class Quantize:
 
     @property
     def reads_calibration(self) -> bool:
-        """Whether the layers depend on the calibration images (static activation ranges)."""
-        return bool(self.act_bits)
+        """Whether the layers depend on the calibration images (static activation ranges, smoothing scales)."""
+        return bool(self.act_bits) or self.smooth is not None
 
     def tag(self) -> str:
-        """E.g. ``w8``, ``w4g64``, ``w3g32-mse``, ``w8a8``."""
+        """E.g. ``w8``, ``w4g64``, ``w3g32-mse``, ``w8a8``, ``w8a8-sq`` (smoothed at alpha 0.5), ``w8-sq0.8``."""
         text = f"w{self.weight_bits}" + (f"g{self.group_size}" if self.weight_bits < 8 else "")
         if self.scale != "minmax" and self.weight_bits <= 8:
             text += f"-{self.scale}"
         text += f"a{self.act_bits}" if self.act_bits else ""
+        if self.smooth is not None:
+            text += "-sq" + ("" if self.smooth == 0.5 else f"{self.smooth:g}")
         return text + ("[" + ",".join(self.layers) + "]" if self.layers is not None else "")
 
 

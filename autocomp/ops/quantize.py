@@ -12,7 +12,7 @@ from torch import nn
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
 from autocomp.ops import _qlayers
-from autocomp.ops._base import CompressContext, observe
+from autocomp.ops._base import CompressContext
 from autocomp.ops._qconfig import ACT_BITS, MIN_GROUP_SIZE, WEIGHT_BITS, Quantize
 from autocomp.ops._qlayers import (
     Bf16Linear,
@@ -54,41 +54,106 @@ def activation_kernels(model: nn.Module) -> str | None:
 def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressContext) -> None:
     blocks = vit_blocks(model)
     targets = {index: _targets(blocks[index], config, index) for index, config in configs.items()}
-    calibrate = [index for index, config in configs.items() if config.act_bits]
-    ranges: dict[nn.Module, list[float]] = {}
-    if calibrate and not context.structure_only:
+    data_aware = [index for index, config in configs.items() if config.reads_calibration]
+    inputs: dict[nn.Module, _Inputs] = {}
+    if data_aware and not context.structure_only:
         if context.calibration is None:
-            raise AutocompError(f"block {calibrate[0]}: quantize.act_bits=8 calibrates activation ranges on "
-                                "calibration images; pass calibration= (the calibration split) to compress")
-        ranges = _input_ranges(model, [child for index in calibrate for _, _, child in targets[index]],
-                               context.calibration)
+            config = configs[data_aware[0]]
+            what = "calibrates activation ranges" if config.act_bits else "smooths activations"
+            raise AutocompError(f"block {data_aware[0]}: quantize {config.tag()} {what} on calibration images; "
+                                "pass calibration= (the calibration split) to compress")
+        inputs = _observe_inputs([blocks[index] for index in data_aware], model, context.calibration)
+        for index in data_aware:
+            if configs[index].smooth is not None:
+                _smooth(blocks[index], [child for _, _, child in targets[index]], inputs, configs[index].smooth)
     for index, config in configs.items():
         cls = module_class(config)
         for parent, name, child in targets[index]:
             if context.structure_only:
                 module = cls(child.in_features, child.out_features, bias=child.bias is not None, config=config)
             else:
-                if config.act_bits and child not in ranges:
+                if config.act_bits and child not in inputs:
                     raise AutocompError(f"block {index}: {name} never ran on the calibration images, so its input "
                                         "range is unknown; leave act_bits out for this block")
                 # simulated layers: an ideal kernel (_qlayers' own, so that a test or benchmark patches one place)
                 top = _qlayers.activation_quant_max() if cls is Int8StaticLinear else 255
-                act = activation_qparams(*ranges[child], top) if config.act_bits else None
+                seen = inputs.get(child)
+                act = activation_qparams(float(seen.low.min()), float(seen.high.max()), top) if config.act_bits \
+                    else None
                 module = quantize_linear(child, config, act=act)
             setattr(parent, name, module)
 
 
-def _input_ranges(model: nn.Module, layers: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, list[float]]:
-    """[min, max] of each layer's input over one forward pass of ``images``."""
-    ranges: dict[nn.Module, list[float]] = {}
+class _Inputs:
+    """What one forward pass showed of a Linear's input: per-channel (last axis) minimum and maximum, and the
+    LayerNorm of its block whose output the input was at every call (None if not, or not always the same)."""
 
-    def record(layer: nn.Module, inputs: torch.Tensor) -> None:
-        low, high = float(inputs.min()), float(inputs.max())
-        seen = ranges.setdefault(layer, [low, high])
-        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+    def __init__(self, x: torch.Tensor, source: nn.Module | None) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        self.low, self.high, self.source = flat.amin(dim=0), flat.amax(dim=0), source
 
-    observe(model, images, {layer: layer for layer in layers}, record)
-    return ranges
+    def add(self, x: torch.Tensor, source: nn.Module | None) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        self.low, self.high = torch.minimum(self.low, flat.amin(dim=0)), torch.maximum(self.high, flat.amax(dim=0))
+        if source is not self.source:
+            self.source = None
+
+
+def _norms(block: nn.Module) -> list[nn.Module]:
+    """The block's LayerNorms a scale can be folded into: ``norm1`` and ``norm2`` with a per-channel weight."""
+    return [norm for norm in (getattr(block, "norm1", None), getattr(block, "norm2", None))
+            if isinstance(norm, nn.Module) and isinstance(getattr(norm, "weight", None), torch.Tensor)
+            and norm.weight.dim() == 1]
+
+
+def _observe_inputs(blocks: list[nn.Module], model: nn.Module, images: torch.Tensor) -> dict[nn.Module, _Inputs]:
+    """One forward pass of ``images``: :class:`_Inputs` of every Linear of ``blocks`` that ran."""
+    outputs: dict[nn.Module, torch.Tensor] = {}
+    inputs: dict[nn.Module, _Inputs] = {}
+
+    def record(layer: nn.Module, args: tuple, norms: list[nn.Module]) -> None:
+        x = args[0].detach()
+        source = next((norm for norm in norms if outputs.get(norm) is args[0]), None)
+        if layer in inputs:
+            inputs[layer].add(x, source)
+        else:
+            inputs[layer] = _Inputs(x, source)
+
+    hooks = []
+    try:
+        for block in blocks:
+            norms = _norms(block)
+            hooks += [norm.register_forward_hook(lambda norm, args, out: outputs.__setitem__(norm, out))
+                      for norm in norms]
+            hooks += [layer.register_forward_pre_hook(lambda layer, args, norms=norms: record(layer, args, norms))
+                      for layer in block.modules() if isinstance(layer, nn.Linear)]
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return inputs
+
+
+def _smooth(block: nn.Module, targets: list[nn.Linear], inputs: dict[nn.Module, _Inputs], alpha: float) -> None:
+    """SmoothQuant on ``block`` (see :class:`Quantize` ``smooth``): for each LayerNorm whose output feeds only
+    Linears in ``targets``, divide its output channels by ``s`` and multiply those Linears' input columns by it;
+    ``inputs`` is updated to the smoothed inputs."""
+    for norm in _norms(block):
+        fed = [layer for layer in block.modules() if isinstance(layer, nn.Linear)
+               and layer in inputs and inputs[layer].source is norm]
+        if not fed or any(layer not in targets for layer in fed):
+            continue  # nothing to smooth, or a Linear left unquantized would see the divided input
+        seen = inputs[fed[0]]
+        act = torch.maximum(seen.low.abs(), seen.high.abs())
+        weight = torch.stack([layer.weight.detach().abs().amax(dim=0) for layer in fed]).amax(dim=0)
+        scale = torch.where((act > 0) & (weight > 0),
+                            act.clamp(min=1e-5) ** alpha / weight.clamp(min=1e-5) ** (1 - alpha), 1.0)
+        norm.weight.div_(scale)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(scale)
+        for layer in fed:
+            layer.weight.mul_(scale)
+            inputs[layer].low, inputs[layer].high = inputs[layer].low / scale, inputs[layer].high / scale
 
 
 def _targets(block: nn.Module, config: Quantize, index: int) -> list[tuple[nn.Module, str, nn.Linear]]:

@@ -38,6 +38,10 @@ class SearchSpace:
             it into the GEMM). Blocks at other bit-widths keep float activations: static activations run for real
             only beside 8-bit weights. Offered both, the passes before the search score static activations as a
             setting of their own (``STATIC``) and 8-bit weights otherwise with dynamic ones (:meth:`first_act`).
+        smooth: the SmoothQuant migration strength of every block with 8-bit weights, as
+            :class:`~autocomp.ops.Quantize`'s ``smooth`` (null: none). Not searched: folded into the LayerNorms, it
+            costs nothing at run time; it moves the outlier channels of pretrained ViTs' LayerNorm outputs into the
+            weights, so that int8 activations (dynamic or static) keep their resolution.
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
@@ -57,6 +61,7 @@ class SearchSpace:
     weight_bits: tuple[int, ...] = (FLOAT_BITS,)
     quantize_layers: tuple[str, ...] = ("all",)
     act_bits: tuple[int | None, ...] = (None,)
+    smooth: float | None = 0.5
     head_importance: str = "output_norm"
     token_method: str = "merge"
     lowrank_method: str = "svd"
@@ -90,7 +95,8 @@ class SearchSpace:
             raise AutocompError(f"act_bits offers {STATIC_BITS} (static activations), which only blocks with "
                                 f"{STATIC_BITS}-bit weights use, but weight_bits {list(self.weight_bits)} has no "
                                 f"{STATIC_BITS}; add {STATIC_BITS} to weight_bits or leave act_bits out")
-        # the operators' own configs validate the method names, with their messages
+        # the operators' own configs validate the method names and the smoothing strength, with their messages
+        Quantize(weight_bits=8, smooth=self.smooth)
         PruneHeads(keep=1, importance=self.head_importance)
         ReduceTokens(keep=1.0, method=self.token_method)
         LowRank(rank=1.0, method=self.lowrank_method)
@@ -157,7 +163,8 @@ class SearchSpace:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
                 act = choose("act_bits") if bits == STATIC_BITS else None
-                block["quantize"] = Quantize(weight_bits=bits, act_bits=act, layers=_layers(choose("quantize_layers")))
+                block["quantize"] = Quantize(weight_bits=bits, act_bits=act, smooth=self.smooth if bits == 8 else None,
+                                             layers=_layers(choose("quantize_layers")))
             blocks.append(block)
         steps = _choose(trial, "distill_steps", self.distill_steps)
         alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
