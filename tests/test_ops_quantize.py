@@ -462,7 +462,8 @@ def _with_outlier_channels(model, factor=100.0):
         for block in model.blocks:
             for norm, linear in ((block.norm1, block.attn.qkv), (block.norm2, block.mlp.fc1)):
                 norm.weight[:2] *= factor
-                norm.bias[:2] *= factor
+                if getattr(norm, "bias", None) is not None:
+                    norm.bias[:2] *= factor
                 linear.weight[:, :2] /= factor
     return model
 
@@ -471,13 +472,20 @@ def _output_error(model, reference, images):
     return float((model(images) - reference(images)).pow(2).mean() / reference(images).pow(2).mean())
 
 
-@pytest.mark.parametrize("act_bits", [None, 8])
-def test_smoothing_keeps_int8_activations_accurate_under_layernorm_outlier_channels(act_bits):
-    base = _with_outlier_channels(small_vit())
+def _rms_norm_vit():
+    from timm.layers import RmsNorm
+
+    return small_vit(norm_layer=RmsNorm)
+
+
+@pytest.mark.parametrize("act_bits, make", [(None, small_vit), (8, small_vit), (8, _rms_norm_vit)],
+                         ids=["w8", "w8a8", "w8a8-rmsnorm"])
+def test_smoothing_keeps_int8_activations_accurate_under_layernorm_outlier_channels(act_bits, make):
+    base = _with_outlier_channels(make())
     torch.manual_seed(1)
     images = torch.randn(32, 3, 16, 16)
     with torch.no_grad():
-        assert _output_error(base, small_vit(), images) < 1e-8  # the same function
+        assert _output_error(base, make(), images) < 1e-8  # the same function
         recipes = {smooth: Recipe(blocks=({"quantize": Quantize(act_bits=act_bits, smooth=smooth)},) * 2)
                    for smooth in (None, 0.5)}
         plain, smoothed = (compress(base, recipes[smooth], calibration=images) for smooth in (None, 0.5))
@@ -487,6 +495,16 @@ def test_smoothing_keeps_int8_activations_accurate_under_layernorm_outlier_chann
     for block, reference in zip(smoothed.blocks, base.blocks):  # folded into the LayerNorms instead
         assert not torch.equal(block.norm1.weight, reference.norm1.weight)
         assert not torch.equal(block.norm2.weight, reference.norm2.weight)
+    if act_bits:  # the static range is the smoothed input's
+        seen = []
+        hook = smoothed.blocks[0].attn.qkv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            smoothed(images)
+        hook.remove()
+        layer = smoothed.blocks[0].attn.qkv
+        expected = q.activation_qparams(float(seen[0].min()), float(seen[0].max()), layer.act_qparams.quant_max)
+        assert layer.act_qparams.scale == pytest.approx(expected.scale, rel=1e-5)
+        assert layer.act_qparams.zero_point == expected.zero_point
 
 
 def test_smoothing_folds_into_layernorms_only_where_every_linear_they_feed_is_quantized():
@@ -507,6 +525,23 @@ def test_smoothing_folds_into_layernorms_only_where_every_linear_they_feed_is_qu
         assert not torch.equal(factored.blocks[0].norm1.weight, base.blocks[0].norm1.weight)
         assert _output_error(factored, compress(base, Recipe.from_dict({"blocks": [{"low_rank": {"rank": 0.25}}] * 2})),
                       images) < 1e-3
+        # compressed again: qkv, already int8, is no Linear to fold a scale into, so norm1 stays as it is
+        again = compress(compress(base, Recipe(blocks=({"quantize": Quantize(layers=("qkv",))},) * 2)),
+                         Recipe(blocks=({"quantize": Quantize(smooth=0.5)},) * 2), calibration=images)
+        assert torch.equal(again.blocks[0].norm1.weight, base.blocks[0].norm1.weight)
+        assert not torch.equal(again.blocks[0].norm2.weight, base.blocks[0].norm2.weight)
+
+
+def test_the_calibration_pass_stops_after_the_last_block_it_reads():
+    base = small_vit()
+    runs = []
+    base.blocks[1].register_forward_pre_hook(lambda module, args: runs.append(1))
+    images = torch.randn(8, 3, 16, 16)
+    compress(base, Recipe(blocks=({"quantize": Quantize(act_bits=8, smooth=0.5)}, {"quantize": Quantize()})),
+             calibration=images)
+    assert runs == []
+    compress(base, Recipe(blocks=({}, {"quantize": Quantize(act_bits=8)})), calibration=images)
+    assert runs == [1]
 
 
 def test_smoothing_leaves_a_block_whose_linears_do_not_read_its_layernorm_output_alone():
@@ -527,10 +562,14 @@ def test_smoothing_leaves_a_block_whose_linears_do_not_read_its_layernorm_output
 def test_smoothing_settings_are_checked():
     assert Quantize(smooth=0.5).tag() == "w8-sq" and Quantize(act_bits=8, smooth=1).tag() == "w8a8-sq1"
     assert Quantize(smooth=0.5).reads_calibration and not Quantize().reads_calibration
+    assert not Quantize(smooth=0.5, layers=("proj", "fc2")).smooths  # no LayerNorm feeds them
+    assert not Quantize(smooth=0.5, layers=("proj", "fc2")).reads_calibration
+    assert Quantize(smooth=0.5, layers=("re:attn[.]qkv[.]first",)).smooths
     for bad in (0, 1.5, True, "0.5"):
         with pytest.raises(AutocompError, match="smooth must be null"):
             Quantize(smooth=bad)
     with pytest.raises(AutocompError, match="only 8-bit weights quantize activations.*weight_bits is 4"):
         Quantize(weight_bits=4, smooth=0.5)
-    with pytest.raises(AutocompError, match=r"block 0: quantize w8-sq smooths activations .* pass calibration="):
+    with pytest.raises(AutocompError, match=r"block 0: quantize w8-sq smooths activations .* pass calibration=.* "
+                                            r"or set smooth: null"):
         compress(small_vit(), Recipe(blocks=({"quantize": Quantize(smooth=0.5)}, {})))

@@ -112,6 +112,24 @@ def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layer
     assert int8 == {"0.attn.qkv", "0.mlp.fc1", "1.attn.qkv", "1.attn.proj", "1.mlp.fc1", "1.mlp.fc2"}
 
 
+def test_8_bit_blocks_are_smoothed_where_a_layernorm_feeds_what_they_quantize():
+    from autocomp.search._local import recipe_key
+
+    space = SearchSpace(weight_bits=(32, 8, 4), quantize_layers=("all", "proj,fc2"))
+    trial = optuna.trial.FixedTrial(space.params({"b0.weight_bits": 8, "b0.quantize_layers": "all",
+                                                  "b1.weight_bits": 8, "b1.quantize_layers": "proj,fc2",
+                                                  "b2.weight_bits": 4, "b2.quantize_layers": "all"}))
+    recipe = space.sample(trial, [6, 6, 6])
+    assert [block["quantize"].smooth for block in recipe.blocks] == [0.5, None, None]
+    assert dataclasses.replace(space, smooth=None).sample(trial, [6, 6, 6]).summary() == "w8 | w8[proj,fc2] | w4g64"
+    with pytest.raises(AutocompError, match="smooth must be null"):
+        SearchSpace(smooth=2.0)
+    # a study recorded before quantize had smooth: the same recipe as one with its default
+    earlier = recipe.to_dict()
+    del earlier["blocks"][2]["quantize"]["smooth"]
+    assert recipe_key(earlier) == recipe_key(recipe.to_dict())
+
+
 def test_static_activations_are_a_choice_of_8_bit_blocks_only():
     """act_bits 8 runs for real only beside 8-bit weights: a block at other bits is never asked for it (a choice
     it would ignore, or simulate)."""

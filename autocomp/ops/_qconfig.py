@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from autocomp.errors import AutocompError
 from autocomp.ops._quantizers import SCALE_METHODS
 
-__all__ = ["Quantize", "WEIGHT_BITS", "ACT_BITS", "MIN_GROUP_SIZE"]
+__all__ = ["Quantize", "WEIGHT_BITS", "ACT_BITS", "MIN_GROUP_SIZE", "NORM_FED"]
 
 WEIGHT_BITS = (16, 8, 6, 4, 3, 2)
 ACT_BITS = (None, 8)
 MIN_GROUP_SIZE = 8
+NORM_FED = ("attn.qkv", "mlp.fc1")  # the Linears a timm Block's LayerNorms feed: where smoothing folds a scale
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,20 @@ class Quantize:
         return self.group_size if self.weight_bits < 8 else None
 
     @property
+    def reads_norm_outputs(self) -> bool:
+        """Whether the layers include one a LayerNorm feeds (``NORM_FED``, or the first factor of its low-rank form):
+        the only ones smoothing changes."""
+        return any(self.targets(path) for layer in NORM_FED for path in (layer, layer + ".first"))
+
+    @property
+    def smooths(self) -> bool:
+        """Whether ``smooth`` changes anything: it is set and the layers include one a LayerNorm feeds."""
+        return self.smooth is not None and self.reads_norm_outputs
+
+    @property
     def reads_calibration(self) -> bool:
         """Whether the layers depend on the calibration images (static activation ranges, smoothing scales)."""
-        return bool(self.act_bits) or self.smooth is not None
+        return bool(self.act_bits) or self.smooths
 
     def tag(self) -> str:
         """E.g. ``w8``, ``w4g64``, ``w3g32-mse``, ``w8a8``, ``w8a8-sq`` (smoothed at alpha 0.5), ``w8-sq0.8``."""

@@ -7,11 +7,14 @@ stores and which kernel runs it, are in ``_qlayers.py``. Both are imported from 
 from __future__ import annotations
 
 import torch
+from timm.layers import RmsNorm
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
 from autocomp.ops import _qlayers
+from autocomp.ops.lowrank import LowRankLinear
 from autocomp.ops._base import CompressContext
 from autocomp.ops._qconfig import ACT_BITS, MIN_GROUP_SIZE, WEIGHT_BITS, Quantize
 from autocomp.ops._qlayers import (
@@ -59,12 +62,13 @@ def apply(model: nn.Module, configs: dict[int, Quantize], context: CompressConte
     if data_aware and not context.structure_only:
         if context.calibration is None:
             config = configs[data_aware[0]]
-            what = "calibrates activation ranges" if config.act_bits else "smooths activations"
+            what, fix = (("calibrates activation ranges", "") if config.act_bits else
+                         ("smooths activations", ", or set smooth: null in its quantize entries (no smoothing)"))
             raise AutocompError(f"block {data_aware[0]}: quantize {config.tag()} {what} on calibration images; "
-                                "pass calibration= (the calibration split) to compress")
-        inputs = _observe_inputs([blocks[index] for index in data_aware], model, context.calibration)
+                                f"pass calibration= (the calibration split) to compress{fix}")
+        inputs = _observe_inputs(model, [blocks[index] for index in data_aware], context.calibration)
         for index in data_aware:
-            if configs[index].smooth is not None:
+            if configs[index].smooths:
                 _smooth(blocks[index], [child for _, _, child in targets[index]], inputs, configs[index].smooth)
     for index, config in configs.items():
         cls = module_class(config)
@@ -99,61 +103,86 @@ class _Inputs:
             self.source = None
 
 
-def _norms(block: nn.Module) -> list[nn.Module]:
-    """The block's LayerNorms a scale can be folded into: ``norm1`` and ``norm2`` with a per-channel weight."""
-    return [norm for norm in (getattr(block, "norm1", None), getattr(block, "norm2", None))
-            if isinstance(norm, nn.Module) and isinstance(getattr(norm, "weight", None), torch.Tensor)
-            and norm.weight.dim() == 1]
+class _Seen(Exception):
+    """Raised after the last observed block: the rest of the model has nothing to show."""
 
 
-def _observe_inputs(blocks: list[nn.Module], model: nn.Module, images: torch.Tensor) -> dict[nn.Module, _Inputs]:
-    """One forward pass of ``images``: :class:`_Inputs` of every Linear of ``blocks`` that ran."""
+def _norm_fed(block: nn.Module) -> list[tuple[nn.Module, nn.Linear]]:
+    """(LayerNorm, the Linear that reads its output) pairs a smoothing scale can be folded into: in a block that
+    runs timm's ``Block.forward`` (``attn(norm1(x))``, ``mlp(norm2(x))``), ``norm1`` feeds ``attn.qkv`` and only it,
+    ``norm2`` feeds ``mlp.fc1``; the reader is that Linear, or the first factor of its low-rank form. Other blocks,
+    norms (not a LayerNorm or RmsNorm with a per-channel weight) and readers (already quantized) give none."""
+    if type(block).forward is not Block.forward:
+        return []
+    pairs = []
+    for norm_name, path in (("norm1", "attn.qkv"), ("norm2", "mlp.fc1")):
+        norm, reader = getattr(block, norm_name, None), block.get_submodule(path)
+        if isinstance(reader, LowRankLinear):
+            reader = reader.first
+        if (isinstance(norm, (nn.LayerNorm, RmsNorm)) and isinstance(getattr(norm, "weight", None), torch.Tensor)
+                and type(reader) is nn.Linear):
+            pairs.append((norm, reader))
+    return pairs
+
+
+@torch.no_grad()
+def _observe_inputs(model: nn.Module, blocks: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, _Inputs]:
+    """A forward pass of ``images`` up to the last of ``blocks``: :class:`_Inputs` of every Linear of ``blocks``
+    that ran, each checked against the output of the LayerNorm that should feed it (:func:`_norm_fed`)."""
     outputs: dict[nn.Module, torch.Tensor] = {}
     inputs: dict[nn.Module, _Inputs] = {}
+    finished: set[nn.Module] = set()
 
     def record(layer: nn.Module, args: tuple, norms: list[nn.Module]) -> None:
-        x = args[0].detach()
         source = next((norm for norm in norms if outputs.get(norm) is args[0]), None)
         if layer in inputs:
-            inputs[layer].add(x, source)
+            inputs[layer].add(args[0], source)
         else:
-            inputs[layer] = _Inputs(x, source)
+            inputs[layer] = _Inputs(args[0], source)
+
+    def done(block: nn.Module, norms: list[nn.Module]) -> None:
+        for norm in norms:  # one block's activations held at a time, not every block's
+            outputs.pop(norm, None)
+        finished.add(block)
+        if len(finished) == len(blocks):
+            raise _Seen
 
     hooks = []
     try:
         for block in blocks:
-            norms = _norms(block)
+            norms = [norm for norm, _ in _norm_fed(block)]
             hooks += [norm.register_forward_hook(lambda norm, args, out: outputs.__setitem__(norm, out))
                       for norm in norms]
             hooks += [layer.register_forward_pre_hook(lambda layer, args, norms=norms: record(layer, args, norms))
                       for layer in block.modules() if isinstance(layer, nn.Linear)]
+            hooks.append(block.register_forward_hook(lambda block, args, out, norms=norms: done(block, norms)))
         model(images)
+    except _Seen:
+        pass
     finally:
         for hook in hooks:
             hook.remove()
     return inputs
 
 
+@torch.no_grad()
 def _smooth(block: nn.Module, targets: list[nn.Linear], inputs: dict[nn.Module, _Inputs], alpha: float) -> None:
-    """SmoothQuant on ``block`` (see :class:`Quantize` ``smooth``): for each LayerNorm whose output feeds only
-    Linears in ``targets``, divide its output channels by ``s`` and multiply those Linears' input columns by it;
-    ``inputs`` is updated to the smoothed inputs."""
-    for norm in _norms(block):
-        fed = [layer for layer in block.modules() if isinstance(layer, nn.Linear)
-               and layer in inputs and inputs[layer].source is norm]
-        if not fed or any(layer not in targets for layer in fed):
-            continue  # nothing to smooth, or a Linear left unquantized would see the divided input
-        seen = inputs[fed[0]]
+    """SmoothQuant on ``block`` (see :class:`Quantize` ``smooth``): for each LayerNorm whose reader is in
+    ``targets`` and was seen reading its output, divide the norm's output channels by ``s`` and multiply the
+    reader's input columns by it; ``inputs`` is updated to the smoothed inputs."""
+    for norm, reader in _norm_fed(block):
+        seen = inputs.get(reader)
+        if reader not in targets or seen is None or seen.source is not norm:
+            continue
         act = torch.maximum(seen.low.abs(), seen.high.abs())
-        weight = torch.stack([layer.weight.detach().abs().amax(dim=0) for layer in fed]).amax(dim=0)
+        weight = reader.weight.abs().amax(dim=0)
         scale = torch.where((act > 0) & (weight > 0),
                             act.clamp(min=1e-5) ** alpha / weight.clamp(min=1e-5) ** (1 - alpha), 1.0)
         norm.weight.div_(scale)
         if getattr(norm, "bias", None) is not None:
             norm.bias.div_(scale)
-        for layer in fed:
-            layer.weight.mul_(scale)
-            inputs[layer].low, inputs[layer].high = inputs[layer].low / scale, inputs[layer].high / scale
+        reader.weight.mul_(scale)
+        seen.low, seen.high = seen.low / scale, seen.high / scale
 
 
 def _targets(block: nn.Module, config: Quantize, index: int) -> list[tuple[nn.Module, str, nn.Linear]]:

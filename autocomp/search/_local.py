@@ -55,7 +55,12 @@ class Move(NamedTuple):
 
 def recipe_key(recipe: Mapping[str, Any]) -> str:
     """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike. The
-    uncompressed model is one recipe whatever distillation it names (studies before 2026-12-03 recorded one)."""
+    uncompressed model is one recipe whatever distillation it names (studies before 2026-12-03 recorded one); a
+    recipe recorded before a key existed reads as one with the key's default."""
+    try:
+        recipe = Recipe.from_dict(recipe).to_dict()
+    except AutocompError:  # not a recipe autocomp reads today: compared as recorded
+        pass
     if not any(recipe.get("blocks", ())):
         recipe = {name: value for name, value in recipe.items() if name != "distill"}
     return json.dumps(recipe, sort_keys=True)

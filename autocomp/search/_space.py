@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -163,8 +164,9 @@ class SearchSpace:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
                 act = choose("act_bits") if bits == STATIC_BITS else None
-                block["quantize"] = Quantize(weight_bits=bits, act_bits=act, smooth=self.smooth if bits == 8 else None,
-                                             layers=_layers(choose("quantize_layers")))
+                config = Quantize(weight_bits=bits, act_bits=act, layers=_layers(choose("quantize_layers")))
+                smoothed = bits == 8 and config.reads_norm_outputs  # smoothing changes nothing else
+                block["quantize"] = dataclasses.replace(config, smooth=self.smooth) if smoothed else config
             blocks.append(block)
         steps = _choose(trial, "distill_steps", self.distill_steps)
         alpha = _choose(trial, "distill_alpha", self.distill_alpha) if steps > 0 else None
