@@ -559,6 +559,25 @@ def test_smoothing_leaves_a_block_whose_linears_do_not_read_its_layernorm_output
         assert torch.equal(model(images), unsmoothed(images))
 
 
+def test_smoothing_leaves_a_layernorm_alone_that_feeds_another_linear_too():
+    from timm.layers import Attention
+
+    class GatedAttention(Attention):  # its gate reads norm1's output beside qkv, so no scale can be folded there
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, gated=True, **kwargs)
+
+    base = small_vit(attn_layer=GatedAttention)
+    torch.manual_seed(1)
+    images = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        for layers in (None, ("qkv", "fc1")):  # the gate quantized too, or left in float
+            model = compress(base, Recipe(blocks=({"quantize": Quantize(smooth=0.5, layers=layers)},) * 2),
+                             calibration=images)
+            for block, reference in zip(model.blocks, base.blocks):
+                assert torch.equal(block.norm1.weight, reference.norm1.weight)
+                assert not torch.equal(block.norm2.weight, reference.norm2.weight)
+
+
 def test_smoothing_settings_are_checked():
     assert Quantize(smooth=0.5).tag() == "w8-sq" and Quantize(act_bits=8, smooth=1).tag() == "w8a8-sq1"
     assert Quantize(smooth=0.5).reads_calibration and not Quantize().reads_calibration

@@ -129,9 +129,12 @@ def _norm_fed(block: nn.Module) -> list[tuple[nn.Module, nn.Linear]]:
 def _observe_inputs(model: nn.Module, blocks: list[nn.Module], images: torch.Tensor) -> dict[nn.Module, _Inputs]:
     """A forward pass of ``images`` up to the last of ``blocks``: :class:`_Inputs` of every Linear of ``blocks``
     that ran, each checked against the output of the LayerNorm that should feed it (:func:`_norm_fed`)."""
+    blocks = list({id(block): block for block in blocks}.values())
+    # runs of these blocks in a forward pass (a model may run one block module at two places)
+    calls = sum(any(block is seen for seen in blocks) for block in vit_blocks(model))
     outputs: dict[nn.Module, torch.Tensor] = {}
     inputs: dict[nn.Module, _Inputs] = {}
-    finished: set[nn.Module] = set()
+    finished = []
 
     def record(layer: nn.Module, args: tuple, norms: list[nn.Module]) -> None:
         source = next((norm for norm in norms if outputs.get(norm) is args[0]), None)
@@ -143,8 +146,8 @@ def _observe_inputs(model: nn.Module, blocks: list[nn.Module], images: torch.Ten
     def done(block: nn.Module, norms: list[nn.Module]) -> None:
         for norm in norms:  # one block's activations held at a time, not every block's
             outputs.pop(norm, None)
-        finished.add(block)
-        if len(finished) == len(blocks):
+        finished.append(block)
+        if len(finished) == calls:
             raise _Seen
 
     hooks = []
@@ -174,6 +177,8 @@ def _smooth(block: nn.Module, targets: list[nn.Linear], inputs: dict[nn.Module, 
         seen = inputs.get(reader)
         if reader not in targets or seen is None or seen.source is not norm:
             continue
+        if any(layer is not reader and observed.source is norm for layer, observed in inputs.items()):
+            continue  # another Linear reads it too (a gated attention's gate): it would see the divided input
         act = torch.maximum(seen.low.abs(), seen.high.abs())
         weight = reader.weight.abs().amax(dim=0)
         scale = torch.where((act > 0) & (weight > 0),

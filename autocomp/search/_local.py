@@ -26,6 +26,7 @@ budget allows it and is run near the budget.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -57,6 +58,13 @@ def recipe_key(recipe: Mapping[str, Any]) -> str:
     """A recipe's identity (its dict form, keys sorted): two trials with one key compress and distil alike. The
     uncompressed model is one recipe whatever distillation it names (studies before 2026-12-03 recorded one); a
     recipe recorded before a key existed reads as one with the key's default."""
+    return _key(json.dumps(recipe, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(recorded: str) -> str:
+    """:func:`recipe_key` of a recipe's JSON, read once: a search asks for the keys of every trial at every draw."""
+    recipe = json.loads(recorded)
     try:
         recipe = Recipe.from_dict(recipe).to_dict()
     except AutocompError:  # not a recipe autocomp reads today: compared as recorded
