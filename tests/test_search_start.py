@@ -346,6 +346,32 @@ def test_the_fast_end_takes_the_strongest_settings_cheapest_first_until_their_co
         dataclasses.replace(SPACE, uniform=True), HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
 
 
+def test_a_block_left_static_activations_only_is_ranked_by_what_int8_costs_there_with_them():
+    """Where the latency pass left a block static activations only, 8-bit weights there are w8a8: the quiet point and
+    the fast end count its static row, not the dynamic one (which the block no longer offers)."""
+    from autocomp.search._sensitivity import Setting
+    from autocomp.search._start import FAST
+
+    space = dataclasses.replace(SPACE, act_bits=(None, 8))
+    settings = [Setting(0, "weight_bits", 8, 0.0, 0.9), Setting(1, "weight_bits", 8, 0.0, 0.9),
+                Setting(0, "act_bits", 8, FAST + 1.0, 0.8), Setting(1, "act_bits", 8, 0.1, 0.8),
+                Setting(1, "heads_keep", 0.83, 0.2, 0.9), Setting(1, "mlp_keep", 0.5, 1.0, 0.8)]
+    allowed = {"b0.act_bits": (8,), "b1.act_bits": (8,)}
+    points = dict(start_points(space, HEADS, predictor=None, limits={}, cap=10, sensitivity=settings,
+                               allowed=allowed))
+    [quiet] = [p for label, p in points.items() if label.startswith("each block")]
+    [fast] = [p for label, p in points.items() if label.startswith("the fast end")]
+    # block 0's static int8 costs more than either allows; block 1's does not
+    assert _decoded(quiet) == {**UNCOMPRESSED, "b1.weight_bits": 8, "b1.heads_keep": 0.83}
+    assert _decoded(fast) == {**UNCOMPRESSED, "b1.weight_bits": 8, "b1.heads_keep": 0.83, "b1.mlp_keep": 0.5}
+    # with dynamic activations still offered, 8 bits there means dynamic: its row counts
+    points = dict(start_points(space, HEADS, predictor=None, limits={}, cap=10, sensitivity=settings))
+    [quiet] = [p for label, p in points.items() if label.startswith("each block")]
+    assert quiet["b0.act_bits"] is None and quiet["b1.act_bits"] is None
+    assert {k: v for k, v in _decoded({k: v for k, v in quiet.items() if k.endswith("#rank")}).items()
+            if "weight_bits" in k} == {"b0.weight_bits": 8, "b1.weight_bits": 8}
+
+
 def test_the_quiet_point_takes_only_as_many_quiet_settings_as_the_budget_needs(predictor):
     from autocomp.search._sensitivity import Setting
     from autocomp.search._start import QUIET

@@ -22,6 +22,7 @@ or that the cost model predicts over budget (the uncompressed model under any bu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +62,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
             cost model is least sure of combinations, and one predicted just under the limit often measures over.
     """
     light, blocks = lightest(space), len(heads_per_block)
+    sensitivity = _as_built(space, sensitivity, allowed or {})
     points = [("uncompressed", uniform_values(space, light, blocks))]
     if STATIC_BITS in space.weight_bits and (len(space.weight_bits) > 1 or space.chooses_activations):
         int8 = uniform_values(space, {**light, "weight_bits": STATIC_BITS}, blocks)
@@ -110,6 +112,17 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         if all(params != seen for _, seen in unique):
             unique.append((label, params))
     return unique[:cap]
+
+
+def _as_built(space: SearchSpace, sensitivity: Sequence[Any], allowed: Mapping[str, Sequence[Any]]) -> list[Any]:
+    """The sensitivity rows as the points build their settings: in a block left static activations only (by the
+    latency pass), 8-bit weights come with them, so its ``weight_bits 8`` row costs what its ``STATIC`` row does."""
+    static = {s.block: s for s in sensitivity if (s.knob, s.value) == STATIC}
+    return [dataclasses.replace(s, accuracy_drop=static[s.block].accuracy_drop,
+                                predicted_latency_ratio=static[s.block].predicted_latency_ratio)
+            if (s.knob, s.value) == ("weight_bits", STATIC_BITS) and s.block in static
+            and space.first_act(s.block, allowed) == STATIC_BITS else s
+            for s in sensitivity]
 
 
 def lightest(space: SearchSpace) -> dict[str, Any]:
