@@ -13,9 +13,9 @@ activations, static ones at the full uint8 range and at 0..127 (what CPUs withou
 smoothing, and scored on validation images before any distillation.
 
 ``--layers`` adds, for each LayerNorm-fed Linear of the demo teacher (``qkv``, ``fc1``), the relative squared error of
-its output with int8 weights (per output channel) and uint8 activations (one range) simulated, on the calibration
-images' tokens, unsmoothed and at migration strengths 0.25, 0.5 and 0.75: does smoothing help a layer that has no
-outlier channels?
+its output (bias left out) with int8 weights (per output channel) and uint8 activations (one range) simulated, on
+the tokens of the first 64 calibration images (which also give the ranges and the smoothing scales), unsmoothed and
+at migration strengths 0.25, 0.5 and 0.75: does smoothing help a layer that has no outlier channels?
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ ALPHAS = (None, 0.25, 0.5, 0.75)
 def _simulated_error(x: torch.Tensor, weight: torch.Tensor, alpha: float | None) -> float:
     """Relative squared error of ``x @ weight.T`` with int8 weights per output channel and uint8 activations on the
     range of ``x``, after smoothing at ``alpha`` (None: none)."""
-    scale = torch.ones(x.shape[1]) if alpha is None else (
-        x.abs().amax(dim=0).clamp(min=1e-5) ** alpha / weight.abs().amax(dim=0).clamp(min=1e-5) ** (1 - alpha))
+    act, top = x.abs().amax(dim=0), weight.abs().amax(dim=0)
+    scale = torch.ones(x.shape[1]) if alpha is None else torch.where(
+        (act > 0) & (top > 0), act.clamp(min=1e-5) ** alpha / top.clamp(min=1e-5) ** (1 - alpha), 1.0)
     x, w = x / scale, weight * scale
     act = activation_qparams(float(x.min()), float(x.max()))
     xq = (torch.clamp(torch.round(x / act.scale) + act.zero_point, 0, act.quant_max) - act.zero_point) * act.scale

@@ -40,7 +40,7 @@ from autocomp.search._ray import check_ray_address, ray_session, require_trial_r
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
-from autocomp.search._start import START, start_points
+from autocomp.search._start import START, as_built, start_points
 
 __all__ = ["run_search"]
 
@@ -235,7 +235,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
                                               local=config.local if config.sampler in GUIDED else 0.0,
-                                              drops={(s.block, s.knob, s.value): s.accuracy_drop for s in settings
+                                              drops={(s.block, s.knob, s.value): s.accuracy_drop
+                                                     for s in as_built(space, settings, allowed or {})
                                                      if s.accuracy_drop is not None},
                                               seed=config.seed + done)
                 started = time.perf_counter()

@@ -37,8 +37,8 @@ from autocomp.search._local import FILL, repair
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import FLOAT_BITS, RANK, STATIC, STATIC_BITS, SearchSpace
 
-__all__ = ["start_points", "lightest", "recipe_of", "setting_values", "alike_choices", "uniform_values", "KNOBS",
-           "START", "QUIET"]
+__all__ = ["start_points", "as_built", "lightest", "recipe_of", "setting_values", "alike_choices", "uniform_values",
+           "KNOBS", "START", "QUIET"]
 
 START = "start_point"  # user attr of a queued starting trial: what it is
 # per-block knobs, each with its "not compressed" value
@@ -62,7 +62,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
             cost model is least sure of combinations, and one predicted just under the limit often measures over.
     """
     light, blocks = lightest(space), len(heads_per_block)
-    sensitivity = _as_built(space, sensitivity, allowed or {})
+    sensitivity = as_built(space, sensitivity, allowed or {})
     points = [("uncompressed", uniform_values(space, light, blocks))]
     if STATIC_BITS in space.weight_bits and (len(space.weight_bits) > 1 or space.chooses_activations):
         int8 = uniform_values(space, {**light, "weight_bits": STATIC_BITS}, blocks)
@@ -114,9 +114,10 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     return unique[:cap]
 
 
-def _as_built(space: SearchSpace, sensitivity: Sequence[Any], allowed: Mapping[str, Sequence[Any]]) -> list[Any]:
-    """The sensitivity rows as the points build their settings: in a block left static activations only (by the
-    latency pass), 8-bit weights come with them, so its ``weight_bits 8`` row costs what its ``STATIC`` row does."""
+def as_built(space: SearchSpace, sensitivity: Sequence[Any], allowed: Mapping[str, Sequence[Any]]) -> list[Any]:
+    """The sensitivity rows as recipes build their settings: in a block the passes before the search left static
+    activations only, 8-bit weights come with them, so its ``weight_bits 8`` row costs what its ``STATIC`` row does
+    (the starting points and the controller's moves rank settings by these)."""
     static = {s.block: s for s in sensitivity if (s.knob, s.value) == STATIC}
     return [dataclasses.replace(s, accuracy_drop=static[s.block].accuracy_drop,
                                 predicted_latency_ratio=static[s.block].predicted_latency_ratio)
