@@ -592,3 +592,28 @@ def test_smoothing_settings_are_checked():
     with pytest.raises(AutocompError, match=r"block 0: quantize w8-sq smooths activations .* pass calibration=.* "
                                             r"or set smooth: null"):
         compress(small_vit(), Recipe(blocks=({"quantize": Quantize(smooth=0.5)}, {})))
+
+
+@pytest.mark.parametrize("variant", [{}, {"qk_norm": True}, {"init_values": 1e-2}, {"reg_tokens": 2},
+                                     {"class_token": False, "global_pool": "avg"}, {"qkv_bias": False},
+                                     {"pre_norm": True}, {"global_pool": "avg", "fc_norm": True}],
+                         ids=["plain", "qk_norm", "layerscale", "reg_tokens", "avgpool", "no_qkv_bias", "pre_norm",
+                              "fc_norm"])
+def test_the_smoothing_fold_alone_keeps_each_vit_variants_function(variant):
+    """The fold without quantization: every LayerNorm takes its scale and the float model computes what it did."""
+    model = small_vit(**variant)
+    torch.manual_seed(1)
+    images = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        for block in model.blocks:  # LayerNorms that are not the identity, so that a wrong fold shows
+            for norm in (block.norm1, block.norm2):
+                norm.weight.uniform_(0.5, 3.0)
+                norm.bias.normal_()
+        reference = copy.deepcopy(model)
+        inputs = q._observe_inputs(model, list(model.blocks), images)
+        for block in model.blocks:
+            q._smooth(block, [m for m in block.modules() if isinstance(m, nn.Linear)], inputs, 0.5)
+        for block, before in zip(model.blocks, reference.blocks):
+            assert not torch.equal(block.norm1.weight, before.norm1.weight)
+            assert not torch.equal(block.norm2.weight, before.norm2.weight)
+        assert _output_error(model, reference, images) < 1e-10
