@@ -215,6 +215,28 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
     assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered
 
 
+def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, tiny_teacher, capsys):
+    """weight_bits [8] with act_bits [null, 8]: static activations are the one setting, scored and timed per block."""
+    from autocomp.cli import main
+    from test_search_e2e import write_job
+
+    space = tmp_path / "space.yaml"
+    space.write_text("weight_bits: [8]\nact_bits: [null, 8]\n")
+    # a loose budget: on so small a model int8 may be slower than float, and this is about the passes running
+    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 2.0}, trials=4, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "sensitivity": {"images": 100}}))
+    run = tmp_path / "run"
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    rows = list(csv.DictReader((run / "sensitivity.csv").open()))
+    blocks = len(tiny_teacher[1].blocks)
+    assert [(r["block"], r["knob"], r["value"]) for r in rows] == [(str(i), "act_bits", "8") for i in range(blocks)]
+    timed = list(csv.DictReader((run / "uniform_latency.csv").open()))
+    assert [(r["knob"], r["value"]) for r in timed] == [("act_bits", "8")]
+    printed = capsys.readouterr().out
+    assert "(1) the least compression the space offers" in printed and "(1) uncompressed" not in printed
+
+
 def test_a_setting_the_target_cannot_run_is_offered_in_no_block(tiny_teacher, digits_splits, tmp_path):
     from autocomp.measure.backends import ExportFailed
     from autocomp.ops.quantize import Int8Linear

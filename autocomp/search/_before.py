@@ -112,7 +112,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 f"{'every block' if len(blocks) == len(heads) or blocks == ['all'] else ', '.join(blocks)} "
                 + ", ".join(setting_label("heads_keep", value, [count]).removeprefix("heads_keep ")
                             for value in values) for (values, count), blocks in groups.items()))
-    passes = config.sensitivity.images > 0 and bool(lightest(space))
+    passes = config.sensitivity.images > 0 and (bool(lightest(space)) or space.chooses_activations)
     if passes and not space.uniform:
         started = time.perf_counter()
         subset = splits.val.subset(config.sensitivity.images)  # all of validation when it is smaller

@@ -63,7 +63,10 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     """
     light, blocks = lightest(space), len(heads_per_block)
     sensitivity = as_built(space, sensitivity, allowed or {})
-    points = [("uncompressed", uniform_values(space, light, blocks))]
+    # a space without each knob's "not compressed" value (weight_bits [8]) starts from its least compression
+    least = ("uncompressed" if all(value in getattr(space, knob) for knob, value in KNOBS.items())
+             else "the least compression the space offers")
+    points = [(least, uniform_values(space, light, blocks))]
     if STATIC_BITS in space.weight_bits and (len(space.weight_bits) > 1 or space.chooses_activations):
         int8 = uniform_values(space, {**light, "weight_bits": STATIC_BITS}, blocks)
         for act in space.act_bits:  # dynamic and static activations, in the space's order
