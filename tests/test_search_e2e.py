@@ -447,6 +447,31 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
     assert f"with int8 input codes 0..{382 - top}, now 0..{top} (accuracy too)" in resumed(other)
 
 
+def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_run, tmp_path, capsys):
+    """The space file's text is the same (else another job), but a default a later version added or changed
+    (``smooth``) makes its trials to come differ from the earlier ones: the resume says which."""
+    tmp, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "run.json").read_text())
+    assert info["space"]["smooth"] == 0.5 and info["space"]["weight_bits"] == [32, 8]  # heads_int8.yaml, resolved
+    done = len(load_run_study(copy).get_trials())
+
+    def resumed(space) -> str:
+        (copy / "run.json").write_text(json.dumps({**info, "space": space}))
+        trials = len(load_run_study(copy).get_trials()) + 1
+        assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
+        return capsys.readouterr().out
+
+    assert "search space's defaults" not in resumed(info["space"])
+    before = {key: value for key, value in info["space"].items() if key != "smooth"}
+    assert "the search space's defaults differ from the earlier trials': smooth none in that version, now 0.5" \
+        in resumed(before)
+    assert "smooth 0.8, now 0.5" in resumed({**info["space"], "smooth": 0.8})
+    assert "did not record its search space's defaults" in resumed(None)
+    assert len(load_run_study(copy).get_trials()) == done + 4  # a note, not a refusal
+
+
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):
     """A rerun with other search settings resumes: config.yaml then holds them (it kept the first run's), save the
     sensitivity section, which the run's pass, kept, did not run with: the log says so."""

@@ -4,6 +4,7 @@ folder again is resumed, or refused as a different job."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from autocomp.errors import AutocompError
 from autocomp.results import study_file
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _images as run_images
+from autocomp.search._space import SearchSpace
 
 try:
     import fcntl
@@ -31,7 +33,8 @@ except ImportError:  # Windows: a search runs without the run folder's lock (sai
     fcntl = None
 
 __all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fingerprint", "moved", "previous_run",
-           "require_same_model", "run_splits", "measured_otherwise", "write_run_info", "record_move"]
+           "require_same_model", "run_splits", "measured_otherwise", "space_otherwise", "resolved_space",
+           "write_run_info", "record_move"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
 REMEASURED = "remeasured.json"  # the best candidates' second measurements, for a rerun (search/_finish.py)
@@ -361,10 +364,28 @@ def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]
     return "; ".join(changed) or None
 
 
+def resolved_space(space: SearchSpace) -> dict[str, Any]:
+    """The search space as the trials sample it, every setting the file leaves out at this version's default."""
+    return json.loads(json.dumps(dataclasses.asdict(space)))
+
+
+def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
+    """How the search space the earlier trials of a resumed run sampled (run.json's ``space``, resolved) differs
+    from the one the trials to come sample: a default a later version changed or added (``smooth``); None where
+    alike. The file's text is the same (else the run is another job)."""
+    if earlier is None:
+        return ("the earlier trials ran under an autocomp that did not record its search space's defaults; the "
+                "settings the file leaves out may be filled in otherwise now")
+    changed = [f"{key} {earlier[key]!r}, now {now[key]!r}" if key in earlier else f"{key} none in that version, now {now[key]!r}"
+               for key in now if earlier.get(key, object()) != now[key]]
+    return ("the search space's defaults differ from the earlier trials': " + "; ".join(changed)) if changed else None
+
+
 def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,
-                    baseline: dict, limits: dict, recorded: Mapping[str, Any] | None,
-                    measured_with: Mapping[str, Any], digest: str) -> None:
-    """run.json (fingerprint, baseline, limits, the images, how the trials are measured and the model's digest),
+                   baseline: dict, limits: dict, recorded: Mapping[str, Any] | None,
+                   measured_with: Mapping[str, Any], digest: str, space: SearchSpace) -> None:
+    """run.json (fingerprint, baseline, limits, the images, how the trials are measured, the model's digest and
+    the search space resolved),
     config.yaml (the job with resolved paths) and, for a model given as an nn.Module, its weights
     (base.safetensors; never a pickle): what export and resume need."""
     if isinstance(config.model, nn.Module):
@@ -372,7 +393,8 @@ def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[
     (run_dir / REMEASURED).unlink(missing_ok=True)  # a study started afresh: measured against another baseline
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
-                                      "model": digest, "files": _file_digests(config)})
+                                      "model": digest, "files": _file_digests(config),
+                                      "space": resolved_space(space)})
     write_yaml(run_dir / "config.yaml", {**job, **_settings(config)})
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")

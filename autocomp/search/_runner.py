@@ -159,10 +159,16 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 reach.check_reachable(space, heads, screen, config, log)
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
-                            measured_with, digest)
-        elif (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
-            log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
-                "(the earlier trials keep theirs): search into a new run folder (--out) to measure every trial alike")
+                            measured_with, digest, space)
+        else:
+            if (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
+                log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
+                    "(the earlier trials keep theirs): search into a new run folder (--out) to measure every trial "
+                    "alike")
+            if remaining and (note := rundir.space_otherwise(previous.get("space"),
+                                                             rundir.resolved_space(space))) is not None:
+                log(f"note: {note}; each trial is recorded as it ran, but the sampler learns from both: search into "
+                    "a new run folder (--out) to search every trial alike")
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
