@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -20,9 +21,10 @@ TIMED = frozenset({"latency_ms"})
 UNIT_MISTAKE = 100  # an absolute limit this many times the uncompressed model's figure: given in another unit
 
 
+_PERCENT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*%")
 _UNITS = {"latency_ms": "of milliseconds, e.g. 5", "memory_mb": "of megabytes (10^6 bytes), e.g. 8",
-          "latency": "(a fraction of the uncompressed model's latency), e.g. 0.6",
-          "memory": "(a fraction of the uncompressed model's memory), e.g. 0.5"}
+          "latency": "(a fraction of the uncompressed model's latency), e.g. 0.6 or \"60%\"",
+          "memory": "(a fraction of the uncompressed model's memory), e.g. 0.5 or \"50%\""}
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,21 @@ class Budget:
     Attributes:
         latency_ms: at most this many milliseconds per forward pass.
         memory_mb: at most this many MB of weights plus peak activations.
-        latency: at most this fraction of the uncompressed model's latency (e.g. 0.5 = twice as fast; at most 1).
-        memory: at most this fraction of the uncompressed model's memory.
+        latency: at most this fraction of the uncompressed model's latency (e.g. 0.5 = twice as fast; at most 1),
+            or a percentage as text (``"50%"``).
+        memory: at most this fraction of the uncompressed model's memory (or a percentage, ``"50%"``).
     """
 
     latency_ms: float | None = None
     memory_mb: float | None = None
-    latency: float | None = None
-    memory: float | None = None
+    latency: float | str | None = None  # a str only as written ("65%"): a float once built
+    memory: float | str | None = None
 
     def __post_init__(self) -> None:
+        for key in ("latency", "memory"):  # a fraction may be written as a percentage: "65%" is 0.65
+            value = getattr(self, key)
+            if isinstance(value, str) and (match := _PERCENT.fullmatch(value.strip())):
+                object.__setattr__(self, key, float(match.group(1)) / 100)
         set_fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         if not set_fields:
             raise AutocompError("budget is empty; set at least one of latency_ms, memory_mb, latency (fraction), "

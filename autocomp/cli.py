@@ -58,7 +58,7 @@ def _print_front(run_dir: Path) -> bool:
         raise AutocompError(f"{run_dir} has no pareto.json; run 'autocomp search CONFIG --out {run_dir}' first")
     data = json.loads(path.read_text())
     if not data["trials"]:
-        print(f"no trial of {run_dir} has a full score yet, so there is no front: {_trial_counts(run_dir)}; "
+        print(f"no trial of {run_dir} has a full score, so there is no front: {_trial_counts(run_dir)}; "
               f"trials.csv lists each with its reason")
         return False
     limits = data.get("limits", {})

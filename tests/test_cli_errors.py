@@ -249,7 +249,7 @@ def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"latency": -1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert (f"{job}: budget.latency must be a positive number (a fraction of the uncompressed model's latency), "
-            "e.g. 0.6, got -1") in err  # not "budget: budget.latency"
+            'e.g. 0.6 or "60%", got -1') in err  # not "budget: budget.latency"
     for bad, shown in ((float("nan"), "nan"), (float("inf"), "inf")):  # YAML's .nan and .inf: no limit at all
         edit_job(job, lambda d: d.update(budget={"memory_mb": bad}))
         err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
@@ -261,6 +261,18 @@ def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"memory": 400}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert err.endswith("got 400; an absolute limit is budget.memory_mb")
+
+
+def test_a_fraction_written_as_a_percentage_is_that_fraction(job):
+    """The README words budgets as "at most 65% of the current latency": "65%" in the job is 0.65, the same job."""
+    from autocomp.budget import Budget
+    from autocomp.config import load_config
+
+    edit_job(job, lambda d: d.update(budget={"latency": "65%", "memory": "12.5 %"}))
+    assert load_config(job).budget == Budget(latency=0.65, memory=0.125)
+    for bad in ("65", "%", "65%%", "-5%"):  # a number as text without %, no number: refused as before
+        with pytest.raises(AutocompError, match=f"budget.latency must be a positive number .* got '{bad}'"):
+            Budget(latency=bad)
 
 
 def test_bad_hardware_profile(job, tmp_path, capsys):

@@ -418,7 +418,7 @@ def fastest_measures(monkeypatch):
     return install
 
 
-def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None):
+def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None, budget=None):
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
     from autocomp.search import _reach
@@ -426,7 +426,7 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None):
     space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 1.0), weight_bits=(32, 16, 8),
                         head_importance="weight_norm")
     config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
-                       hardware="h.yaml", budget=Budget(latency=0.5))
+                       hardware="h.yaml", budget=budget or Budget(latency=0.5))
     _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
 
@@ -447,6 +447,16 @@ def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, di
     assert all(block.mlp.fc1.out_features == tiny_teacher[1].blocks[0].mlp.fc1.out_features // 2
                for block in model.blocks)
     assert all(type(block.mlp.fc1).__name__ == "Int8Linear" for block in model.blocks)
+
+
+def test_a_refused_latency_limit_given_in_ms_says_the_limit_that_would_do_in_ms(tiny_teacher, digits_splits,
+                                                                                fastest_measures):
+    from autocomp.search._reach import LatencyUnreachable
+
+    fastest_measures([0.72, 0.72, 0.8, 0.9, 0.75])
+    ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 8): 0.85}
+    with pytest.raises(LatencyUnreachable, match=r"loosen the budget to at least about latency_ms: 7.2 \(0.72x\) "):
+        _check(tiny_teacher, digits_splits, ratios, 0.6, budget=Budget(latency_ms=6.0))
 
 
 def test_settings_fast_alone_but_slow_together_do_not_refuse_a_budget_the_space_meets(tiny_teacher, digits_splits,
@@ -718,7 +728,7 @@ def test_a_refused_latency_budget_names_the_settings_left_out_for_saving_too_lit
 
     monkeypatch.setattr(_reach, "ratio_of", lambda *args: lambda model: 0.9)  # the candidate as measured
     space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8))
-    config = SimpleNamespace(resources=SimpleNamespace(cpu=1), search_space="space.yaml",
+    config = SimpleNamespace(resources=SimpleNamespace(cpu=1), search_space="space.yaml", budget=Budget(latency=0.1),
                              sensitivity=SimpleNamespace(min_saving=0.03, drop_above=5.0))
     splits = SimpleNamespace(calib=SimpleNamespace(x=torch.randn(4, 3, 16, 16)))
     ratios = {("heads_keep", 0.5): 0.8, ("weight_bits", 8): 0.99}

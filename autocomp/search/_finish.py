@@ -132,7 +132,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
             over = ", ".join(f"{k} over by {100 * v:.1f}%" if v >= 0.001 else f"{k} over by {100 * v:.2g}%"
                              for k, v in closest.violations.items() if v > 0)  # 0.04%, not 0.0%
             message += f"; closest was trial {closest.number} ({over})"
-        summary["message"] = message + "; loosen the budget or widen the search space"
+        summary["message"] = message + ("; loosen the budget, widen the search space, or run more trials (the same "
+                                        "command with a larger --trials resumes this run)")
         log(summary["message"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -248,10 +248,13 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                 for (knob, value), count in used.items())
         slow = [f"{label(knob, value)} ({r:.2f}x)"
                 for (knob, value), r in too_slow(ratios, min_saving=config.sensitivity.min_saving).items()]
+        needed = f"{ratio:.2f}x"  # in the form the budget was given: a fraction, or ms
+        if config.budget.latency_ms is not None and config.budget.latency is None:
+            needed = f"latency_ms: {_rounded_up(ratio * base_latency_ms, 3)} ({needed})"
         raise LatencyUnreachable(
             f"budget: latency_ms <= {limit:.4g} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
-            f"uncompressed model; loosen the budget to at least about {ratio:.2f}x or widen the search space"
+            f"uncompressed model; loosen the budget to at least about {needed} or widen the search space"
             + (f" (the sensitivity pass offers {', '.join(label(knob, value) for knob, value in dropped)} in no "
                f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
                "lets the search try those that cost too much alone)" if dropped else "")

@@ -376,7 +376,8 @@ def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -
     if earlier is None:
         return ("the earlier trials ran under an autocomp that did not record its search space's defaults; the "
                 "settings the file leaves out may be filled in otherwise now")
-    changed = [f"{key} {earlier[key]!r}, now {now[key]!r}" if key in earlier else f"{key} none in that version, now {now[key]!r}"
+    changed = [f"{key} {earlier[key]!r}, now {now[key]!r}" if key in earlier
+               else f"{key} none in that version, now {now[key]!r}"
                for key in now if earlier.get(key, object()) != now[key]]
     return ("the search space's defaults differ from the earlier trials': " + "; ".join(changed)) if changed else None
 
