@@ -188,6 +188,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 
         state = clean_state_dict(state)  # the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add
     own = model.state_dict()
+    if isinstance(state, dict):
+        state = _under_prefix(state, own, path)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -204,6 +206,24 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; check model.name "
                             "and model.kwargs against the checkpoint")
     model.load_state_dict(state)
+
+
+def _under_prefix(state: dict[str, Any], own: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """``state``, or the model's weights held in it under a prefix (a Lightning module's ``model.``, a wrapper's
+    ``backbone.``, up to two levels deep) where its own keys do not fit but those under one prefix do, exactly."""
+    if set(state) == set(own):
+        return state
+    found = {}
+    for depth in (1, 2):
+        for prefix in sorted({".".join(key.split(".")[:depth]) + "." for key in state if key.count(".") >= depth}):
+            inner = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+            if set(inner) == set(own):
+                found[prefix] = inner
+    if len(found) > 1:
+        raise AutocompError(f"checkpoint {path} holds the model's weights under {len(found)} prefixes "
+                            f"({', '.join(repr(p) for p in found)}: a model and its EMA copy?); save the one to "
+                            "compress as a plain state dict")
+    return next(iter(found.values()), state)
 
 
 def model_digest(model: nn.Module) -> str:

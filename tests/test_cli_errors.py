@@ -275,6 +275,23 @@ def test_a_fraction_written_as_a_percentage_is_that_fraction(job):
             Budget(latency=bad)
 
 
+def test_one_number_for_every_channel_and_a_capitalised_interpolation_are_taken(job):
+    """data.mean: 0.5 is what the error for a wrong count asks for ("give 3 values or one"), as [0.5] is; BICUBIC,
+    as PIL spells it, is bicubic."""
+    from autocomp.config import load_config
+
+    edit_job(job, lambda d: d["data"].update(mean=0.5, std=[0.25]))
+    assert (load_config(job).data.mean, load_config(job).data.std) == ((0.5,), (0.25,))
+    data = load_config(job).data
+    edit_job(job, lambda d: d["data"].update(mean=[0.5], std=0.25))
+    assert load_config(job).data == data  # the same job, however written
+    from autocomp.data import DataConfig
+
+    assert DataConfig(dataset="imagefolder", root="x", interpolation="BICUBIC").interpolation == "bicubic"
+    with pytest.raises(AutocompError, match="data.interpolation must be one of"):
+        DataConfig(dataset="imagefolder", root="x", interpolation="cubic")
+
+
 def test_bad_hardware_profile(job, tmp_path, capsys):
     profile = tmp_path / "hw.yaml"
     profile.write_text("name: x\nthreads: 0\n")

@@ -52,6 +52,30 @@ def test_a_checkpoint_saved_from_a_ddp_or_compiled_model_loads(tmp_path, prefix)
         assert torch.equal(model(x), again(x))
 
 
+@pytest.mark.parametrize("extra", [{}, {"criterion.weight": torch.ones(3)}, {"model.head_extra": torch.ones(1)}])
+def test_a_lightning_checkpoint_of_the_model_under_a_prefix_loads(tmp_path, extra):
+    """A LightningModule holding the ViT as ``self.model``: its weights under ``model.``, beside the module's own
+    (a loss's weight); a key under the prefix that the model lacks is still refused, as any extra key is."""
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    torch.save({"state_dict": {**{"model." + k: v for k, v in model.state_dict().items()}, **extra},
+                "epoch": 3}, tmp_path / "w.ckpt")
+    spec = ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.ckpt"))
+    if "model.head_extra" in extra:
+        with pytest.raises(AutocompError, match="unexpected key"):
+            create_model(spec)
+        return
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), create_model(spec)(x))
+
+
+def test_a_checkpoint_with_the_model_under_two_prefixes_is_refused_naming_them(tmp_path):
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    state = {prefix + k: v for prefix in ("model.", "model_ema.") for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(AutocompError, match=r"under 2 prefixes \('model.', 'model_ema.': a model and its EMA copy"):
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.pth")))
+
+
 def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path):
     model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
     torch.save(model, tmp_path / "whole.pth")

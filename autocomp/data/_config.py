@@ -48,8 +48,8 @@ class DataConfig:
     test_size: int | None = None
     seed: int = 0
     image_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | float | None = None  # one number as written (every channel alike): a tuple once built
+    std: tuple[float, ...] | float | None = None
     interpolation: str | None = None
     crop_pct: float | None = None
     crop_mode: str | None = None
@@ -70,6 +70,8 @@ class DataConfig:
                                             or self.image_size < 1):
             raise AutocompError(f"data.image_size must be a number of pixels >= 1 or null (the model's), got "
                                 f"{self.image_size!r}")
+        if isinstance(self.interpolation, str):  # BICUBIC as PIL names it is bicubic
+            object.__setattr__(self, "interpolation", self.interpolation.lower())
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise AutocompError(f"data.interpolation must be one of {list(INTERPOLATIONS)}, got "
                                 f"{self.interpolation!r}")
