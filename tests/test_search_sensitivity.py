@@ -431,6 +431,37 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None, budge
                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
 
 
+def test_limits_each_within_reach_but_not_together_are_warned_about():
+    """int8 saves memory and costs time, pruning heads saves both: under 0.6 MB only int8 blocks fit, and the
+    fastest of those (with half the heads) is over 1.1 ms; predicted, or measured where the prediction fits."""
+    from autocomp.search._reach import warn_jointly_unreachable
+
+    class Predictor:
+        def predict(self, recipe):
+            int8, heads = "quantize" in recipe.blocks[0], "prune_heads" in recipe.blocks[0]
+            return {"memory_mb": 1.0 - 0.5 * int8 - 0.2 * heads, "latency_ms": 1.0 + 0.5 * int8 - 0.3 * heads}
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8))
+    screen = SimpleNamespace(predictor=Predictor(), limits={"latency_ms": 1.1, "memory_mb": 0.6})
+    logged = []
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append, measure=lambda recipe: 9.0)
+    assert len(logged) == 1 and ("within memory_mb <= 0.6 (every block at heads_keep 0.5 (2 of 4 heads), "
+                                 "weight_bits 8) predicted at 1.2 ms, over latency_ms <= 1.1;") in logged[0]
+    screen.limits = {"latency_ms": 1.25, "memory_mb": 0.6}  # predicted within both
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append)
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append, measure=lambda recipe: 1.24)
+    assert len(logged) == 1
+    measured = []
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append,
+                             measure=lambda recipe: measured.append(recipe) or 1.4)
+    assert len(logged) == 2 and "(every block at heads_keep 0.5 (2 of 4 heads), weight_bits 8) measured 1.4 ms " \
+        "(predicted 1.2), over latency_ms <= 1.25" in logged[1]
+    assert [(b["prune_heads"].keep, b["quantize"].weight_bits) for b in measured[0].blocks] == [(2, 8), (2, 8)]
+    screen.limits = {"latency_ms": 1.1}  # one limit: its own check says all there is
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append)
+    assert len(logged) == 2
+
+
 def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, digits_splits, fastest_measures):
     from autocomp.search._reach import LatencyUnreachable
 

@@ -3,6 +3,7 @@ smallest candidate (counted, so refused outright), a latency limit against its f
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -16,10 +17,11 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import num_threads
 from autocomp.measure.placement import measure_on_device
+from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._sensitivity import too_slow
 from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, setting_label
-from autocomp.search._start import alike_choices, lightest, recipe_of, setting_values
+from autocomp.search._start import MAX_MIXES, alike_choices, lightest, recipe_of, setting_values, uniform_values
 
 __all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "ratio_of", "BudgetUnreachable",
            "LatencyUnreachable", "REACH_TOLERANCE"]
@@ -107,6 +109,50 @@ def check_memory_first(space: SearchSpace, heads: list[int], base: nn.Module, pr
         return
     check_reachable(space, heads, Screen(predictor=predictor, limits={"memory_mb": config.budget.memory_mb},
                                          margin=config.skip_margin), config, log)
+
+
+def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Screen, log: Callable[[str], None], *,
+                             allowed: Mapping[str, tuple] | None = None,
+                             measure: Callable[[Recipe], float] | None = None) -> None:
+    """Under a latency and a memory limit, each within reach alone: warn where the candidate with every block alike
+    predicted fastest within the memory limit (counted: exact) is over the latency limit, predicted or, with
+    ``measure`` (a recipe's latency in ms on the target), measured: the cost model's latency of a combination can be
+    well under what it measures (int8 slower than float on a small model). Not a refusal: blocks set differently may
+    meet both where no uniform setting does."""
+    limits = screen.limits
+    if not {"latency_ms", "memory_mb"} <= set(limits):
+        return
+    blocks, light = len(heads), lightest(space)
+    alike = alike_choices(space, blocks, allowed or {})
+    choices = {knob: alike[knob] for knob in [*light, *(["act_bits"] if space.chooses_activations else [])]}
+    if not light or math.prod(len(values) for values in choices.values()) > MAX_MIXES:
+        return
+    small: list[tuple[float, Recipe, dict[str, Any]]] = []  # predicted latency, recipe, values: within memory
+    for combination in itertools.product(*choices.values()):
+        values = dict(zip(choices, combination))
+        try:
+            recipe = recipe_of(space, heads, uniform_values(space, values, blocks), allowed=allowed)
+            predicted = screen.predictor.predict(recipe)
+        except AutocompError:  # a combination the operators refuse
+            continue
+        if predicted["memory_mb"] <= limits["memory_mb"]:
+            small.append((predicted["latency_ms"], recipe, values))
+    if not small:  # none alike is within the memory limit: blocks set differently are (the memory check passed)
+        return
+    latency, recipe, values = min(small, key=lambda item: item[0])
+    figure = f"predicted at {latency:.4g} ms"
+    if latency <= limits["latency_ms"]:
+        if measure is None or (measured := measure(recipe)) <= limits["latency_ms"]:
+            return
+        figure = f"measured {measured:.4g} ms (predicted {latency:.4g})"
+    what = ", ".join(setting_label(knob, value, heads[:1], dynamic=space.chooses_activations)
+                     for knob, value in values.items() if knob in light and value != light[knob]
+                     or knob == "act_bits" and value == STATIC_BITS and values.get("weight_bits") == STATIC_BITS)
+    what = f"every block at {what}" if what else "nothing compressed"
+    log(f"warning: each limit is within reach alone, but the candidate with every block alike predicted fastest "
+        f"within memory_mb <= {limits['memory_mb']:.4g} ({what}) {figure}, over latency_ms <= "
+        f"{limits['latency_ms']:.4g}; blocks set differently may meet both, but the search may find nothing within "
+        "budget: loosen one limit")
 
 
 def _no_wider_than_needed(space: SearchSpace, heads: list[int], screen: Screen, choices: Mapping[str, tuple],

@@ -222,6 +222,11 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
+                if screen is not None and not study.trials and {"latency_ms", "memory_mb"} <= set(limits):
+                    loop.wait_for_workers()  # it may measure a candidate: not while workers start
+                    reach.warn_jointly_unreachable(space, heads, screen, log, allowed=allowed,
+                                                   measure=before.latency_of(base, profile, splits, config, screen,
+                                                                             baseline["latency_ms"]))
                 recipes = space.size(len(heads), allowed=allowed)
                 if recipes < remaining:
                     log(f"the space offers {recipes} different recipes (after the sensitivity pass), fewer than the "
