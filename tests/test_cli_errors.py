@@ -495,7 +495,7 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     def measured(*args, **kwargs):
         raise AssertionError("the uncompressed model was measured before an impossible memory budget was refused")
 
-    monkeypatch.setattr("autocomp.search._before.baseline", measured)
+    monkeypatch.setattr("autocomp.search._before.baseline_cost", measured)
     job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-4}, trials=2, workers=1)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -505,6 +505,22 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     needed = float(re.search(r"loosen the budget to at least ([\d.]+) MB or widen the search space$", err).group(1))
     assert smallest <= needed <= smallest * 1.001  # rounded up: a budget set to it admits the smallest candidate
     assert not (tmp_path / "run").exists()  # nothing written: the same folder takes the corrected job
+
+
+def test_a_memory_fraction_no_candidate_can_meet_is_refused_before_the_model_is_scored(tmp_path, tiny_teacher,
+                                                                                       capsys, monkeypatch):
+    """A fraction needs the uncompressed model's bytes, measured; not its accuracy on validation and test (minutes
+    on a 224-px ViT): the refusal comes between the two."""
+    from test_search_e2e import write_job
+
+    def scored(*args, **kwargs):
+        raise AssertionError("the uncompressed model was scored before an impossible memory budget was refused")
+
+    monkeypatch.setattr("autocomp.search._before.baseline_accuracy", scored)
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.01}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be met in " in err and "loosen the budget to at least memory: " in err
 
 
 def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):

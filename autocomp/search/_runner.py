@@ -132,7 +132,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     if previous is not None:
         baseline = previous["baseline"]
     elif profile.ray_resource is None:  # before an embedded Ray starts: its start-up load would bias the anchor
-        baseline = before.baseline(config, base, profile, splits)
+        baseline = before.baseline_cost(base, profile, splits)
     else:
         baseline = None  # measured on the device's node, once Ray is up
     # a device on a Ray node is needed for the baseline, the trials, and the final re-measurement of the best
@@ -146,7 +146,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                 log(f"measuring on {measuring} (node holding {profile.ray_resource!r})")
             require_trial_resources(config.resources, ray_address=ray_address)
         if baseline is None:
-            baseline = before.baseline(config, base, profile, splits)
+            baseline = before.baseline_cost(base, profile, splits)
         if previous is not None:  # resuming: keep the limits the earlier trials were judged by
             limits = previous["limits"]
         else:
@@ -158,6 +158,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 reach.check_reachable(space, heads, screen, config, log)
+            baseline = {**before.baseline_accuracy(base, splits), **baseline}
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
                             measured_with, digest, space)
         else:
