@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -48,7 +49,11 @@ class Budget:
         for key in ("latency", "memory"):  # a fraction may be written as a percentage: "65%" is 0.65
             value = getattr(self, key)
             if isinstance(value, str) and (match := _PERCENT.fullmatch(value.strip())):
-                object.__setattr__(self, key, float(match.group(1)) / 100)
+                percent = Decimal(match.group(1))  # "33.3%" is 0.333, as written, not 0.33299999999999996
+                if not 0 < percent <= 100:
+                    raise AutocompError(f"budget.{key} is a percentage of the uncompressed model's {key}, above 0% "
+                                        f"and at most 100%, got {value!r}")
+                object.__setattr__(self, key, float(percent / 100))
         set_fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         if not set_fields:
             raise AutocompError("budget is empty; set at least one of latency_ms, memory_mb, latency (fraction), "

@@ -211,7 +211,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 def _under_prefix(state: dict[str, Any], own: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """``state``, or the model's weights held in it under a prefix (a Lightning module's ``model.``, a wrapper's
     ``backbone.``, up to two levels deep) where its own keys do not fit but those under one prefix do, exactly."""
-    if set(state) == set(own):
+    if set(own) <= set(state):  # the model's keys at the top: those beside them are refused as unexpected
         return state
     found = {}
     for depth in (1, 2):

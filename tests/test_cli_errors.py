@@ -273,6 +273,10 @@ def test_a_fraction_written_as_a_percentage_is_that_fraction(job):
     for bad in ("65", "%", "65%%", "-5%"):  # a number as text without %, no number: refused as before
         with pytest.raises(AutocompError, match=f"budget.latency must be a positive number .* got '{bad}'"):
             Budget(latency=bad)
+    assert Budget(latency="33.3%") == Budget(latency=0.333)  # as written: the same job as 0.333
+    for bad in ("0%", "1000%"):
+        with pytest.raises(AutocompError, match=f"above 0% and at most 100%, got '{bad}'"):
+            Budget(latency=bad)
 
 
 def test_one_number_for_every_channel_and_a_capitalised_interpolation_are_taken(job):

@@ -68,6 +68,16 @@ def test_a_lightning_checkpoint_of_the_model_under_a_prefix_loads(tmp_path, extr
     assert torch.equal(model(x), create_model(spec)(x))
 
 
+def test_a_checkpoint_with_the_model_at_the_top_and_a_prefixed_copy_is_not_read_from_the_copy(tmp_path):
+    """An EMA kept as a submodule (``ema.``) beside the model's own keys: the copy's keys are unexpected, as before,
+    not the weights loaded."""
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    state = model.state_dict()
+    torch.save({**state, **{"ema." + k: v + 1 for k, v in state.items()}}, tmp_path / "w.pth")
+    with pytest.raises(AutocompError, match=r"unexpected key\(s\), e.g. ema\."):
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.pth")))
+
+
 def test_a_checkpoint_with_the_model_under_two_prefixes_is_refused_naming_them(tmp_path):
     model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
     state = {prefix + k: v for prefix in ("model.", "model_ema.") for k, v in model.state_dict().items()}

@@ -469,7 +469,12 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
         in resumed(before)
     assert "smooth 0.8, now 0.5" in resumed({**info["space"], "smooth": 0.8})
     assert "did not record its search space's defaults" in resumed(None)
-    assert len(load_run_study(copy).get_trials()) == done + 4  # a note, not a refusal
+    recorded = json.loads((copy / "run.json").read_text())  # said once: the space is recorded then
+    assert recorded["space"] == info["space"] and recorded["space_recorded"] == "late"
+    trials = len(load_run_study(copy).get_trials()) + 1
+    assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
+    assert "search space's defaults" not in capsys.readouterr().out
+    assert len(load_run_study(copy).get_trials()) == done + 5  # a note, not a refusal
 
 
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):

@@ -44,6 +44,29 @@ def test_each_setting_is_scored_on_one_block_alone(tiny_teacher, digits_splits):
     assert one.predicted_latency_ratio is None  # no cost model given
 
 
+def test_where_every_candidate_holds_int8_weights_a_setting_costs_what_it_loses_against_that(tiny_teacher,
+                                                                                             digits_splits):
+    """weight_bits [8]: the drop of static activations in block 1 is against int8 weights in block 1 (scored from
+    block 1's input, as the setting is), not against the float model, whose int8 loss is not the setting's."""
+    from autocomp.search._sensitivity import BlockInputs
+
+    base, val = tiny_teacher[1], digits_splits.val.subset(200)
+    space = SearchSpace(weight_bits=(8,), act_bits=(None, 8), mlp_keep=(0.5, 1.0))
+    settings = sensitivity_pass(base, space, [4, 4], val=val, calib=digits_splits.calib.x, predictor=None,
+                                threads=1)
+    calib = digits_splits.calib.x
+    full = {"b0.mlp_keep": 1.0, "b1.mlp_keep": 1.0}
+    least = compress(base, recipe_of(space, [4, 4], full), calibration=calib)
+    static = compress(base, recipe_of(space, [4, 4], {**full, "b1.act_bits": 8}), calibration=calib)
+    inputs = BlockInputs.of(base, val)
+    inputs.advance()
+    one = next(s for s in settings if (s.block, s.knob, s.value) == (1, "act_bits", 8))
+    assert one.accuracy_drop == pytest.approx(inputs.accuracy(least) - inputs.accuracy(static))
+    first = next(s for s in settings if (s.block, s.knob, s.value) == (0, "mlp_keep", 0.5))
+    halved = compress(base, recipe_of(space, [4, 4], {**full, "b0.mlp_keep": 0.5}), calibration=calib)
+    assert first.accuracy_drop == pytest.approx(evaluate(least, val) - evaluate(halved, val))
+
+
 def test_scoring_from_the_blocks_input_gives_the_whole_models_accuracy(tiny_teacher, digits_splits, monkeypatch):
     from autocomp.search import _sensitivity
 
@@ -215,10 +238,18 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
     assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered
 
 
-def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, tiny_teacher, capsys):
-    """weight_bits [8] with act_bits [null, 8]: static activations are the one setting, scored and timed per block."""
+def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, tiny_teacher, capsys, monkeypatch):
+    """weight_bits [8] with act_bits [null, 8]: static activations are the one setting, scored and timed per block,
+    and judged against what every candidate holds (int8 weights, dynamic activations), not against the float model:
+    here int8 is slower than float (1.5x), static activations faster than dynamic (1.3x): offered."""
     from autocomp.cli import main
+    from autocomp.search import _reach
     from test_search_e2e import write_job
+
+    def ratio_of(*_args):  # the target, as the passes before the search time it
+        return lambda model: 1.3 if any(getattr(m, "act_qparams", None) is not None for m in model.modules()) \
+            else 1.5
+    monkeypatch.setattr(_reach, "ratio_of", ratio_of)
 
     space = tmp_path / "space.yaml"
     space.write_text("weight_bits: [8]\nact_bits: [null, 8]\n")
@@ -232,9 +263,14 @@ def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, ti
     blocks = len(tiny_teacher[1].blocks)
     assert [(r["block"], r["knob"], r["value"]) for r in rows] == [(str(i), "act_bits", "8") for i in range(blocks)]
     timed = list(csv.DictReader((run / "uniform_latency.csv").open()))
-    assert [(r["knob"], r["value"]) for r in timed] == [("act_bits", "8")]
+    assert [(r["knob"], r["value"], r["latency_ratio"], r["offered"]) for r in timed] == [
+        ("act_bits", "8", "1.300", "True")]
+    allowed = json.loads((run / "sensitivity.json").read_text())  # a name left out offers every choice
+    assert all(8 in allowed.get(f"b{i}.act_bits", [None, 8]) for i in range(blocks))
     printed = capsys.readouterr().out
-    assert "(1) the least compression the space offers" in printed and "(1) uncompressed" not in printed
+    assert "each one the target runs saves time here against weight_bits 8 in every block (1.50x)" in printed
+    assert "(1) the least compression the space offers (weight_bits 8)" in printed and "(1) uncompressed" not in \
+        printed
 
 
 def test_a_setting_the_target_cannot_run_is_offered_in_no_block(tiny_teacher, digits_splits, tmp_path):
@@ -459,6 +495,33 @@ def test_limits_each_within_reach_but_not_together_are_warned_about():
     assert [(b["prune_heads"].keep, b["quantize"].weight_bits) for b in measured[0].blocks] == [(2, 8), (2, 8)]
     screen.limits = {"latency_ms": 1.1}  # one limit: its own check says all there is
     warn_jointly_unreachable(space, [4, 4], screen, logged.append)
+    assert len(logged) == 2
+
+
+def test_the_joint_warning_names_static_int8_once_and_goes_on_where_the_target_cannot_run_the_candidate():
+    from autocomp.measure.backends import ExportFailed
+    from autocomp.search._reach import warn_jointly_unreachable
+
+    class Predictor:
+        def predict(self, recipe):
+            quantize = recipe.blocks[0].get("quantize")
+            static = quantize is not None and quantize.act_bits == 8
+            return {"memory_mb": 0.5 if quantize else 1.0, "latency_ms": 1.3 if static else 1.5 if quantize else 1.0}
+
+    space = SearchSpace(weight_bits=(32, 8), act_bits=(None, 8))
+    screen = SimpleNamespace(predictor=Predictor(), limits={"latency_ms": 1.1, "memory_mb": 0.6})
+    logged = []
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append)
+    assert "(every block at weight_bits 8 with static activations) predicted at 1.3 ms" in logged[0]
+    fixed = SearchSpace(weight_bits=(8,), act_bits=(None, 8))  # 8-bit weights in every candidate: still named
+    warn_jointly_unreachable(fixed, [4, 4], screen, logged.append)
+    assert "(every block at weight_bits 8 with static activations) predicted at 1.3 ms" in logged[1]
+
+    def fails(recipe):
+        raise ExportFailed("the runtime refuses it")
+
+    screen.limits = {"latency_ms": 1.4, "memory_mb": 0.6}  # predicted within both: measured, and it cannot run
+    warn_jointly_unreachable(space, [4, 4], screen, logged.append, measure=fails)
     assert len(logged) == 2
 
 

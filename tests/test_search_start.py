@@ -262,7 +262,7 @@ def test_a_space_of_8_bit_blocks_only_starts_from_each_choice_of_activations():
     is queued is what was predicted."""
     space = dataclasses.replace(SPACE, weight_bits=(8,), act_bits=(None, 8))
     points = dict(start_points(space, HEADS, predictor=None, limits={}, cap=10))
-    least = points["the least compression the space offers"]  # not "uncompressed": it has int8 weights
+    least = points["the least compression the space offers (weight_bits 8)"]  # not "uncompressed": int8 weights
     assert least["b0.act_bits"] is None and least["b1.act_bits"] is None and "uncompressed" not in points
     static = points["uniform weight_bits 8, static activations"]
     assert static["b0.act_bits"] == static["b1.act_bits"] == 8

@@ -34,7 +34,7 @@ from autocomp.search._sensitivity import (Setting, allowed_choices, offered_sett
                                           read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
                                           unrunnable_settings, without, without_slow, write_sensitivity,
                                           write_uniform_latencies)
-from autocomp.search._start import lightest
+from autocomp.search._start import held_by_all, lightest, recipe_of
 from autocomp.train import evaluate
 
 __all__ = ["check_classes", "baseline_cost", "baseline_accuracy", "screen_of", "sensitivity", "latency_of",
@@ -139,21 +139,27 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 base, space, heads, calib=splits.calib.x, measure=_reach.ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
                 log=log, settings=timed)
+            # a space whose every candidate holds some compression (weight_bits [8]): a setting saves time or not
+            # against that, the least the search can choose, not against the uncompressed model
+            floor = _floor_ratio(base, space, heads, splits, config, profile, screen, base_latency_ms) \
+                if held_by_all(space) else 1.0
+        judged = {setting: ratio / floor for setting, ratio in ratios.items()}
         # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
         minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None
-        write_uniform_latencies(run_dir, ratios, min_saving=minimum)  # before a refusal too: it explains it
+        write_uniform_latencies(run_dir, ratios, min_saving=minimum, floor=floor)  # before a refusal: it explains it
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
-                                base_latency_ms, allowed=allowed, dropped=untimed)
-        allowed = without_slow(allowed, ratios, space, len(heads), min_saving=minimum)
+                                base_latency_ms, allowed=allowed, dropped=untimed, floor=floor)
+        allowed = without_slow(allowed, judged, space, len(heads), min_saving=minimum)
         refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}  # named if memory is short
         saving = config.sensitivity.min_saving
-        slow = [f"{label(knob, value)} ({r:.2f}x)" for (knob, value), r in too_slow(ratios, min_saving=saving).items()]
+        slow = [f"{label(knob, value)} ({r:.2f}x)" for (knob, value), r in too_slow(judged, min_saving=saving).items()]
+        against = "" if floor == 1.0 else f" against {held_by_all(space)} in every block ({floor:.2f}x)"
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
                else "s; ")
             + (("offered for the memory limit although they save less than " if minimum is None else
-                "not offered, they save less than ") + f"{100 * saving:g}% here: " + ", ".join(slow) if slow else
-               "each one the target runs saves time here") + f": {run_dir / 'uniform_latency.csv'}")
+                "not offered, they save less than ") + f"{100 * saving:g}% here{against}: " + ", ".join(slow) if slow
+               else f"each one the target runs saves time here{against}") + f": {run_dir / 'uniform_latency.csv'}")
     elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
         started = time.perf_counter()
         with num_threads(config.resources.cpu):
@@ -173,6 +179,19 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         check_reachable(space, heads, screen, config, log, allowed=allowed, left_out="; ".join(said))
     saved.write_text(json.dumps(allowed, indent=1))
     return settings, allowed
+
+
+def _floor_ratio(base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits, config: JobConfig,
+                 profile: HardwareProfile, screen: Screen | None, base_latency_ms: float) -> float:
+    """The latency, as a fraction of the uncompressed model's, of the space's least compression in every block (what
+    every candidate holds: ``held_by_all``), measured on the target (the cost model learns from it)."""
+    recipe = recipe_of(space, heads, {})
+    with torch.no_grad():
+        model = compress(base, recipe, calibration=splits.calib.x)
+    ratio = _reach.ratio_of(base, profile, splits, config)(model)
+    if screen is not None:
+        screen.observe(recipe, ratio * base_latency_ms)
+    return ratio
 
 
 def run_once(profile: HardwareProfile, splits: Splits, config: JobConfig) -> Callable[[nn.Module], None]:

@@ -21,10 +21,12 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._sensitivity import too_slow
 from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, setting_label
-from autocomp.search._start import MAX_MIXES, alike_choices, lightest, recipe_of, setting_values, uniform_values
+from autocomp.measure.placement import DeviceLost
+from autocomp.search._start import (MAX_MIXES, alike_choices, held_by_all, lightest, recipe_of, setting_values,
+                                    uniform_values)
 
-__all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "ratio_of", "BudgetUnreachable",
-           "LatencyUnreachable", "REACH_TOLERANCE"]
+__all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "warn_jointly_unreachable", "ratio_of",
+           "BudgetUnreachable", "LatencyUnreachable", "REACH_TOLERANCE"]
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
                     log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
@@ -76,9 +78,9 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         return (strongest.get(space.name(i, "act_bits")) == STATIC_BITS
                 and strongest.get(space.name(i, "weight_bits"), STATIC_BITS) == STATIC_BITS)
 
-    per_block = [", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
-                           for knob in lightest(space)) + (" with static activations" if static(i) else "")
-                 for i in range(len(heads))]
+    per_block = [(", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
+                            for knob in lightest(space)) or held_by_all(space) or "nothing compressed")
+                 + (" with static activations" if static(i) else "") for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
     if memory_refused:
@@ -125,7 +127,7 @@ def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Scree
     blocks, light = len(heads), lightest(space)
     alike = alike_choices(space, blocks, allowed or {})
     choices = {knob: alike[knob] for knob in [*light, *(["act_bits"] if space.chooses_activations else [])]}
-    if not light or math.prod(len(values) for values in choices.values()) > MAX_MIXES:
+    if not choices or math.prod(len(values) for values in choices.values()) > MAX_MIXES:
         return
     small: list[tuple[float, Recipe, dict[str, Any]]] = []  # predicted latency, recipe, values: within memory
     for combination in itertools.product(*choices.values()):
@@ -142,13 +144,24 @@ def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Scree
     latency, recipe, values = min(small, key=lambda item: item[0])
     figure = f"predicted at {latency:.4g} ms"
     if latency <= limits["latency_ms"]:
-        if measure is None or (measured := measure(recipe)) <= limits["latency_ms"]:
+        if measure is None:
+            return
+        try:
+            measured = measure(recipe)
+        except DeviceLost:
+            raise
+        except AutocompError:  # the target does not run it: nothing to warn about from it
+            return
+        if measured <= limits["latency_ms"]:
             return
         figure = f"measured {measured:.4g} ms (predicted {latency:.4g})"
-    what = ", ".join(setting_label(knob, value, heads[:1], dynamic=space.chooses_activations)
-                     for knob, value in values.items() if knob in light and value != light[knob]
-                     or knob == "act_bits" and value == STATIC_BITS and values.get("weight_bits") == STATIC_BITS)
-    what = f"every block at {what}" if what else "nothing compressed"
+    static = values.get("act_bits") == STATIC_BITS and values.get("weight_bits", STATIC_BITS) == STATIC_BITS
+    named = [setting_label(knob, value, heads[:1]) for knob, value in values.items()
+             if knob in light and value != light[knob] and not (static and knob == "weight_bits")]
+    if static:  # named once, as 8-bit weights with static activations
+        named.append(f"weight_bits {STATIC_BITS} with static activations")
+    named = ", ".join(named) or held_by_all(space)
+    what = f"every block at {named}" if named else "nothing compressed"
     log(f"warning: each limit is within reach alone, but the candidate with every block alike predicted fastest "
         f"within memory_mb <= {limits['memory_mb']:.4g} ({what}) {figure}, over latency_ms <= "
         f"{limits['latency_ms']:.4g}; blocks set differently may meet both, but the search may find nothing within "
@@ -198,7 +211,7 @@ class LatencyUnreachable(BudgetUnreachable):
 def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
                             heads: list[int], splits: Splits, config: JobConfig, profile: HardwareProfile,
                             limit: float, base_latency_ms: float, allowed: Mapping[str, tuple] | None = None,
-                            dropped: Sequence[tuple[str, Any]] = ()) -> None:
+                            dropped: Sequence[tuple[str, Any]] = (), floor: float = 1.0) -> None:
     """Refuse a latency limit that the space's fastest candidate misses: each block at each knob's fastest setting
     among those the search offers there (``allowed``, see :func:`~autocomp.search._sensitivity.allowed_choices`;
     one that saves less than ``sensitivity.min_saving`` as the latency pass measured it is no part of it, offered or
@@ -223,17 +236,18 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                          if all(v in everywhere[k] for k, v in setting_values(space, knob, value).items())):
         return
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
+    judged = {setting: ratio / floor for setting, ratio in ratios.items()}  # against what every candidate holds
     values = {}  # the candidate's Optuna parameters
     for index in range(blocks):
         for knob in light:
             name = space.name(index, knob)
-            fast = [v for v in space.offered(index, knob, allowed) if ratios.get((knob, v), math.inf) <= offered]
+            fast = [v for v in space.offered(index, knob, allowed) if judged.get((knob, v), math.inf) <= offered]
             # less kept is less work: the strongest, not the one a single noisy timing put first (0.944x for MLP
             # 0.75 against 0.949x for 0.5 was seen); a bit width by its timing (int8 can be slower than float)
             values[name] = min(fast, key=(lambda v: v) if knob in LESS_IS_FASTER else (lambda v: ratios[(knob, v)]),
                                default=light[knob])
         bits = space.name(index, "weight_bits")  # 8-bit weights with static activations, where measured faster
-        if (ratios.get(STATIC, math.inf) < min(offered, ratios.get(("weight_bits", values.get(bits)), 1.0))
+        if (judged.get(STATIC, math.inf) < min(offered, judged.get(("weight_bits", values.get(bits)), 1.0))
                 and all(v in space.offered(index, k, allowed) for k, v in setting_values(space, *STATIC).items())):
             values[bits] = values[space.name(index, "act_bits")] = STATIC_BITS
     if space.chooses_activations:  # each block's activations as the search may choose them, dynamic where unsaid
@@ -285,7 +299,8 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         if set(ratios.values()) == {math.inf}:
             what = "nothing compressed: the target runs none of its settings"
         elif not used:
-            what = "nothing compressed: none of its settings saves time on the target"
+            what = (f"every block at {held_by_all(space)}, what every candidate holds" if held_by_all(space)
+                    else "nothing compressed") + ": none of its settings saves time on the target"
         elif set(used.values()) == {blocks}:
             what = "every block at " + ", ".join(label(knob, value) for knob, value in used)
         else:  # the sensitivity pass left some settings in some blocks only
@@ -293,7 +308,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                 "every block" if count == blocks else f"{count} of {blocks} blocks")
                 for (knob, value), count in used.items())
         slow = [f"{label(knob, value)} ({r:.2f}x)"
-                for (knob, value), r in too_slow(ratios, min_saving=config.sensitivity.min_saving).items()]
+                for (knob, value), r in too_slow(judged, min_saving=config.sensitivity.min_saving).items()]
         needed = f"{ratio:.2f}x"  # in the form the budget was given: a fraction, or ms
         if config.budget.latency_ms is not None and config.budget.latency is None:
             needed = f"latency_ms: {_rounded_up(ratio * base_latency_ms, 3)} ({needed})"

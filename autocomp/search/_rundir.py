@@ -34,6 +34,7 @@ except ImportError:  # Windows: a search runs without the run folder's lock (sai
 
 __all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fingerprint", "moved", "previous_run",
            "require_same_model", "run_splits", "measured_otherwise", "space_otherwise", "resolved_space",
+           "record_space",
            "write_run_info", "record_move"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
@@ -380,6 +381,12 @@ def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -
                else f"{key} none in that version, now {now[key]!r}"
                for key in now if earlier.get(key, object()) != now[key]]
     return ("the search space's defaults differ from the earlier trials': " + "; ".join(changed)) if changed else None
+
+
+def record_space(run_dir: Path, space: SearchSpace) -> None:
+    """Into the run.json of a run from before it recorded its space: the space as resolved now, marked as recorded
+    on a resume (the trials before it may have sampled other defaults)."""
+    write_json(run_dir / "run.json", {**_run_info(run_dir), "space": resolved_space(space), "space_recorded": "late"})
 
 
 def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[str, Any], fingerprint: str,

@@ -170,6 +170,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                                              rundir.resolved_space(space))) is not None:
                 log(f"note: {note}; each trial is recorded as it ran, but the sampler learns from both: search into "
                     "a new run folder (--out) to search every trial alike")
+                if previous.get("space") is None:  # said once: later resumes compare with the space as now
+                    rundir.record_space(run_dir, space)
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))

@@ -30,7 +30,7 @@ from autocomp.measure.backends import ExportFailed
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, heads_kept, setting_label
-from autocomp.search._start import lightest, recipe_of, setting_values, uniform_values
+from autocomp.search._start import held_by_all, lightest, recipe_of, setting_values, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
@@ -71,9 +71,15 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
     depth, per_block = len(heads_per_block), len(_settings(space, light))
     with num_threads(threads), torch.no_grad():
         reference = evaluate(base, val)
+        # a space whose every candidate holds some compression (weight_bits [8]): a setting costs what it loses
+        # against that, scored from the same block's input, not against the uncompressed model
+        least = compress(base, recipe_of(space, heads_per_block, uncompressed), calibration=calib) \
+            if held_by_all(space) else None
         base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \
             if predictor is not None else None
         inputs = BlockInputs.of(base, val)
+        if least is not None and inputs is None:
+            reference = evaluate(least, val)
         # from a block's input, a setting on block b runs depth - b blocks (and the compression, about one more)
         work = [depth - b + 1 if inputs is not None else 1 for b in range(depth) for _ in range(per_block)]
         tick = progress_lines(log, "sensitivity: {done} of {total} settings scored", work)
@@ -81,6 +87,8 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
         for block in range(len(heads_per_block)):
             if inputs is not None and block > 0:
                 inputs.advance()
+            if least is not None and inputs is not None:  # blocks b.. at the least compression, from b's input
+                reference = inputs.accuracy(least)
             scored: dict[int, Setting] = {}  # heads kept -> the (larger) fraction scored for it in this block
             for knob, value in _settings(space, light):
                 tick(len(settings))
@@ -398,14 +406,15 @@ def _without_in(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], sp
 
 
 def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], float], *,
-                            min_saving: float | None) -> None:
-    """``uniform_latency.csv``: each setting measured in every block at once (``inf``: the target cannot run it),
-    and whether it is :func:`offered`."""
+                            min_saving: float | None, floor: float = 1.0) -> None:
+    """``uniform_latency.csv``: each setting measured in every block at once (``inf``: the target cannot run it), as
+    a fraction of the uncompressed model's latency, and whether it is :func:`offered` (judged against ``floor``: the
+    ratio of what every candidate of the space holds, 1 where that is nothing)."""
     with (run_dir / "uniform_latency.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["knob", "value", "latency_ratio", "offered"])
         for (knob, value), ratio in ratios.items():
-            writer.writerow([knob, value, f"{ratio:.3f}", offered(ratio, min_saving=min_saving)])
+            writer.writerow([knob, value, f"{ratio:.3f}", offered(ratio / floor, min_saving=min_saving)])
 
 
 def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float) -> None:

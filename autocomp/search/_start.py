@@ -37,8 +37,8 @@ from autocomp.search._local import FILL, repair
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import FLOAT_BITS, RANK, STATIC, STATIC_BITS, SearchSpace
 
-__all__ = ["start_points", "as_built", "lightest", "recipe_of", "setting_values", "alike_choices", "uniform_values",
-           "KNOBS", "START", "QUIET"]
+__all__ = ["start_points", "as_built", "lightest", "held_by_all", "recipe_of", "setting_values", "alike_choices",
+           "uniform_values", "KNOBS", "START", "QUIET"]
 
 START = "start_point"  # user attr of a queued starting trial: what it is
 # per-block knobs, each with its "not compressed" value
@@ -65,6 +65,7 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
     sensitivity = as_built(space, sensitivity, allowed or {})
     # a space without each knob's "not compressed" value (weight_bits [8]) starts from its least compression
     least = ("uncompressed" if all(value in getattr(space, knob) for knob, value in KNOBS.items())
+             else f"the least compression the space offers ({held_by_all(space)})" if held_by_all(space)
              else "the least compression the space offers")
     points = [(least, uniform_values(space, light, blocks))]
     if STATIC_BITS in space.weight_bits and (len(space.weight_bits) > 1 or space.chooses_activations):
@@ -127,6 +128,13 @@ def as_built(space: SearchSpace, sensitivity: Sequence[Any], allowed: Mapping[st
             if (s.knob, s.value) == ("weight_bits", STATIC_BITS) and s.block in static
             and space.first_act(s.block, allowed) == STATIC_BITS else s
             for s in sensitivity]
+
+
+def held_by_all(space: SearchSpace) -> str:
+    """The compression every candidate of ``space`` holds (a knob with one choice, not its "not compressed" one),
+    e.g. ``weight_bits 8``; empty where there is none."""
+    return ", ".join(f"{knob} {getattr(space, knob)[0]:g}" for knob, value in KNOBS.items()
+                     if len(getattr(space, knob)) == 1 and getattr(space, knob)[0] != value)
 
 
 def lightest(space: SearchSpace) -> dict[str, Any]:
