@@ -296,6 +296,23 @@ def test_one_number_for_every_channel_and_a_capitalised_interpolation_are_taken(
         DataConfig(dataset="imagefolder", root="x", interpolation="cubic")
 
 
+def test_a_quantize_layers_choice_naming_no_linear_of_the_model_is_refused_before_the_passes(job, tmp_path, capsys,
+                                                                                              monkeypatch):
+    """The space alone cannot know the model's layer names: a typo (fcX) would make the operators refuse every 8-bit
+    candidate, and the passes leave 8-bit weights out of every block unsaid."""
+    def measured(*args, **kwargs):
+        raise AssertionError("the uncompressed model was measured before the space's layer names were checked")
+
+    monkeypatch.setattr("autocomp.search._before.baseline_cost", measured)
+    space = tmp_path / "space.yaml"
+    space.write_text("weight_bits: [32, 8]\nquantize_layers: [all, 'qkv,fcX']\n")
+    edit_job(job, lambda d: d.update(search_space=str(space)))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert (f"search space {space}: quantize_layers choice 'qkv,fcX': block 0: quantize.layers entry 'fcX' matches "
+            "no Linear of the block; its Linears: ['attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2']") in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_hardware_profile(job, tmp_path, capsys):
     profile = tmp_path / "hw.yaml"
     profile.write_text("name: x\nthreads: 0\n")

@@ -43,7 +43,10 @@ def test_single_choice_knobs_are_not_searched():
 @pytest.mark.parametrize("text, message", [
     ("heads_keep: [0, 1.0]\n", "heads_keep must list fractions in (0, 1], got [0, 1.0]"),
     ("weight_bits: [32, 5]\n", "weight_bits must list values from [32, "),
-    ("token_method: blend\n", "method must be one of ['merge', 'prune'], got 'blend'"),
+    ("token_method: blend\n", "token_method: method must be one of ['merge', 'prune'], got 'blend'"),
+    ("distill_alpha: [2.0]\n", "distill_alpha must be the weight of the distillation term, a number in [0, 1], "
+                                "got 2.0"),
+    ("smooth: 2\n", ": smooth must be null (off) or a migration strength"),
     ("tokens: [0.5]\n", "unknown key(s) ['tokens']"),
     ("quantize_layers: ['']\n", "quantize_layers choices are 'all' or layer names joined by commas, got ''"),
     ("quantize_layers: 8\n", "quantize_layers must be a list of strings, got 8"),

@@ -35,7 +35,7 @@ from autocomp.ops._quantizers import SCALE_METHODS, ActQuant, activation_qparams
 __all__ = ["Quantize", "QuantizedLinear", "Int8Linear", "Int8StaticLinear", "Bf16Linear", "PackedLinear",
            "WEIGHT_BITS", "ACT_BITS", "SCALE_METHODS", "MIN_GROUP_SIZE", "ActQuant", "quantize_linear",
            "stored_nbytes_for", "simulated_layers", "activation_kernels", "module_class", "int8_static_range",
-           "int8_linear_top_code", "activation_quant_max", "activation_qparams"]
+           "int8_linear_top_code", "activation_quant_max", "activation_qparams", "check_layers"]
 
 
 def simulated_layers(model: nn.Module) -> list[str]:
@@ -188,6 +188,12 @@ def _smooth(block: nn.Module, targets: list[nn.Linear], inputs: dict[nn.Module, 
             norm.bias.div_(scale)
         reader.weight.mul_(scale)
         seen.low, seen.high = seen.low / scale, seen.high / scale
+
+
+def check_layers(block: nn.Module, config: Quantize, index: int = 0) -> None:
+    """Refuse ``config.layers`` where an entry matches no Linear of ``block`` (as :func:`apply` would), naming the
+    block's Linears: what a search space checks against the model before its passes."""
+    _targets(block, config, index)
 
 
 def _targets(block: nn.Module, config: Quantize, index: int) -> list[tuple[nn.Module, str, nn.Linear]]:

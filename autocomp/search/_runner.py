@@ -83,6 +83,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         profile, measuring = _target(config, log)
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
     previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir),

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from torch import nn
+
 from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
+from autocomp.models import vit_blocks
 from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
-from autocomp.ops.quantize import ACT_BITS, WEIGHT_BITS
+from autocomp.ops.quantize import ACT_BITS, WEIGHT_BITS, check_layers
 from autocomp.recipe import Distill, Recipe
 
 __all__ = ["SearchSpace", "load_space", "heads_kept", "setting_label", "STATIC", "STATIC_BITS"]
@@ -96,14 +99,35 @@ class SearchSpace:
             raise AutocompError(f"act_bits offers {STATIC_BITS} (static activations), which only blocks with "
                                 f"{STATIC_BITS}-bit weights use, but weight_bits {list(self.weight_bits)} has no "
                                 f"{STATIC_BITS}; add {STATIC_BITS} to weight_bits or leave act_bits out")
-        # the operators' own configs validate the method names and the smoothing strength, with their messages
-        Quantize(weight_bits=8, smooth=self.smooth)
-        PruneHeads(keep=1, importance=self.head_importance)
-        ReduceTokens(keep=1.0, method=self.token_method)
-        LowRank(rank=1.0, method=self.lowrank_method)
-        for steps in self.distill_steps:
-            for alpha in self.distill_alpha:
-                Distill(steps=steps, alpha=alpha, temperature=self.distill_temperature)
+        # the operators' own configs validate the method names and the smoothing strength, with their messages,
+        # said with the space's key (its alpha is distill_alpha)
+        checks = [("smooth", lambda: Quantize(weight_bits=8, smooth=self.smooth)),
+                  ("head_importance", lambda: PruneHeads(keep=1, importance=self.head_importance)),
+                  ("token_method", lambda: ReduceTokens(keep=1.0, method=self.token_method)),
+                  ("lowrank_method", lambda: LowRank(rank=1.0, method=self.lowrank_method))]
+        checks += [("distill", lambda steps=steps, alpha=alpha: Distill(steps=steps, alpha=alpha,
+                                                                        temperature=self.distill_temperature))
+                   for steps in self.distill_steps for alpha in self.distill_alpha]
+        for key, check in checks:
+            try:
+                check()
+            except AutocompError as exc:  # "alpha must be" of distill_alpha, "method must be" of token_method
+                text = str(exc)
+                raise AutocompError(text if text.startswith(key + " ") else f"distill_{text}" if key == "distill"
+                                    else f"{key}: {text}") from None
+
+    def check_layers(self, base: nn.Module, *, where: str) -> None:
+        """Refuse a ``quantize_layers`` choice that names no Linear of ``base``'s first block (the names are checked
+        alone when the space is read; here against the model): the operators would refuse every such candidate,
+        and the passes before the search would leave 8-bit weights out of every block unsaid."""
+        if not any(bits != FLOAT_BITS for bits in self.weight_bits):
+            return
+        block = vit_blocks(base)[0]
+        for choice in self.quantize_layers:
+            try:
+                check_layers(block, Quantize(layers=_layers(choice)))
+            except AutocompError as exc:
+                raise AutocompError(f"{where}: quantize_layers choice {choice!r}: {exc}") from None
 
     @property
     def chooses_activations(self) -> bool:
