@@ -11,6 +11,7 @@ not a number; an ``int`` is accepted for a ``float``; a list for a ``tuple``; a 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -74,7 +75,10 @@ def build(cls: type, data: Any, *, where: str) -> Any:
         raise AutocompError(f"{where} {got}; the keys are {list(fields)}")
     unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:
-        raise AutocompError(f"{where}: unknown key(s) {unknown}; allowed: {list(fields)}")
+        guesses = [f"{close[0]!r} for {key!r}" for key in unknown
+                   if (close := difflib.get_close_matches(key, list(fields), n=1, cutoff=0.75))]
+        raise AutocompError(f"{where}: unknown key(s) {unknown}; allowed: {list(fields)}"
+                            + (f"; did you mean {', '.join(guesses)}?" if guesses else ""))
     required = [name for name, f in fields.items()
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [name for name in required if name not in data]

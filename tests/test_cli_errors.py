@@ -88,6 +88,10 @@ def test_unknown_key_names_key_and_file(job, tmp_path, capsys):
     edit_job(job, lambda d: d["data"].update(vals_size=3))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert f"{job}: data: unknown key(s) ['vals_size']" in err
+    assert err.endswith("; did you mean 'val_size' for 'vals_size'?")  # a typo of a key it has
+    edit_job(job, lambda d: (d["data"].pop("vals_size"), d.update(trails=3)))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert "unknown key(s) ['trails']" in err and err.endswith("; did you mean 'trials' for 'trails'?")
 
 
 def test_unknown_key_in_search_space(job, tmp_path, capsys):
@@ -95,7 +99,7 @@ def test_unknown_key_in_search_space(job, tmp_path, capsys):
     space.write_text("heads_keep: [0.5, 1.0]\nbits: [8]\n")
     edit_job(job, lambda d: d.update(search_space=str(space)))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-    assert f"search space {space}: unknown key(s) ['bits']" in err
+    assert f"search space {space}: unknown key(s) ['bits']" in err and "did you mean" not in err  # none close
 
 
 def test_missing_dataset(job, tmp_path, capsys):
