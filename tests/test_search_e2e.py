@@ -88,6 +88,9 @@ def test_search_writes_every_result(finished_run):
     again = next(m for m in summary["remeasured"] if m["trial"] == summary["best"]["trial"])
     assert summary["best"]["within_budget_again"] is again["within_budget_again"] is True  # memory is counted
     assert abs(summary["best"]["val_accuracy"] - max(float(r["accuracy"]) for r in feasible)) < 1e-3
+    best = summary["best"]  # its memory with what it adds up, as best/metrics.json holds them
+    assert best["weights_mb"] + best["activations_mb"] == pytest.approx(best["memory_mb"], rel=1e-6)
+    assert json.loads((run / "best" / "metrics.json").read_text())["weights_mb"] == best["weights_mb"]
     kept = {p.name for p in (run / "trials").iterdir()}
     front = {str(t["number"]) for t in json.loads((run / "pareto.json").read_text())["trials"] if t["feasible"]}
     assert str(summary["best"]["trial"]) in kept and kept <= front  # weights only of the front within budget

@@ -179,6 +179,7 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
 def _trial_entry(row: TrialRow) -> dict[str, Any]:
     return {"trial": row.number, "recipe_summary": row.recipe_summary, "val_accuracy": row.accuracy,
             "latency_ms": row.latency_ms, "latency_ratio": row.latency_ratio, "memory_mb": row.memory_mb,
+            "weights_mb": row.weights_mb, "activations_mb": row.activations_mb,  # what memory_mb adds up
             "violations": dict(row.violations)}
 
 
