@@ -322,3 +322,25 @@ def test_an_export_is_refused_onto_a_file_or_into_the_run_folder(run, tmp_path, 
                                                                                              "write")
     assert (tmp_path / "a_file").read_text() == "mine"
 
+
+
+def test_exporting_a_trial_that_did_not_run_says_why(tmp_path):
+    """A trial drawn again (its recipe ran as another) or skipped by the cost model is named with its reason."""
+    import optuna
+
+    from autocomp.errors import AutocompError
+    from autocomp.results import STUDY_NAME, study_storage
+    from autocomp.search._export import _complete_trial
+
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(tmp_path, writer=True),
+                                directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[90.0, 1.0]))
+    for attrs in ({"duplicate_of": 0}, {"skipped_reason": "predicted latency_ms 9 is 80% over the limit 5"}):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs=attrs))
+    with pytest.raises(AutocompError, match=r"trial 1 is not a complete trial of .* \(its recipe was drawn again, "
+                                            r"not run: trial 0 has it\); complete trials: \[0\]"):
+        _complete_trial(tmp_path, 1)
+    with pytest.raises(AutocompError, match=r"\(skipped by the cost model: predicted latency_ms 9 is 80% over"):
+        _complete_trial(tmp_path, 2)
+    with pytest.raises(AutocompError, match=r"trial 7 is not a complete trial of [^(]*; complete trials: \[0\]"):
+        _complete_trial(tmp_path, 7)
