@@ -928,3 +928,11 @@ def test_a_memory_refusal_on_a_runtime_names_no_bit_width_that_saves_nothing_the
         named[backend] = re.search(r"smallest candidate \((.*?)\) holds", str(refused.value)).group(1)
     assert named == {"onnxruntime-cpu": "every block at heads_keep 0.5 (2 of 4 heads), weight_bits 32",
                      "pytorch-cpu": "every block at heads_keep 0.5 (2 of 4 heads), weight_bits 16"}
+
+
+def test_a_setting_kept_out_for_no_saving_is_said_so_without_a_zero_percent():
+    from autocomp.search._reach import saves_too_little
+
+    assert saves_too_little(0.03) == "saves less than 3%" and saves_too_little(0.03, plural=True) == \
+        "save less than 3%"
+    assert saves_too_little(0.0) == "saves no time"  # min_saving 0: what it leaves out is slower, not "< 0%"

@@ -157,8 +157,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
             + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
                else "s; ")
-            + (("offered for the memory limit although they save less than " if minimum is None else
-                "not offered, they save less than ") + f"{100 * saving:g}% here{against}: " + ", ".join(slow) if slow
+            + (("offered for the memory limit although they " if minimum is None else "not offered, they ")
+               + f"{_reach.saves_too_little(saving, plural=True)} here{against}: " + ", ".join(slow) if slow
                else f"each one the target runs saves time here{against}") + f": {run_dir / 'uniform_latency.csv'}")
     elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
         started = time.perf_counter()

@@ -26,7 +26,7 @@ from autocomp.search._start import (MAX_MIXES, alike_choices, held_by_all, light
                                     uniform_values)
 
 __all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "warn_jointly_unreachable", "ratio_of",
-           "BudgetUnreachable", "LatencyUnreachable", "REACH_TOLERANCE"]
+           "BudgetUnreachable", "LatencyUnreachable", "REACH_TOLERANCE", "saves_too_little"]
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
                     log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
@@ -319,8 +319,15 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             + (f" (the sensitivity pass offers {', '.join(label(knob, value) for knob, value in dropped)} in no "
                f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
                "lets the search try those that cost too much alone)" if dropped else "")
-            + (f" (it holds none of {', '.join(slow)}: in every block at once each saves less than "
-               f"{100 * config.sensitivity.min_saving:g}% here, see uniform_latency.csv)" if slow else ""))
+            + (f" (it holds none of {', '.join(slow)}: in every block at once each "
+               f"{saves_too_little(config.sensitivity.min_saving)} here, see uniform_latency.csv)" if slow else ""))
+
+
+def saves_too_little(min_saving: float, *, plural: bool = False) -> str:
+    """What a setting :func:`~autocomp.search._sensitivity.too_slow` does: ``saves less than 3%``, or, with no
+    saving asked for, ``saves no time`` (it is slower than the uncompressed model)."""
+    verb = "save" if plural else "saves"
+    return f"{verb} no time" if min_saving == 0 else f"{verb} less than {100 * min_saving:g}%"
 
 
 def ratio_of(base: nn.Module, profile: HardwareProfile, splits: Splits,
