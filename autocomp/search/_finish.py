@@ -113,6 +113,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
         entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
+                     # dynamic int8 activations take one scale per batch: another batch size scores a little apart
+                     accuracy_batch={"val": splits.val.eval_batch_size(), "test": splits.test.eval_batch_size()},
                      path=str((run_dir / BEST).resolve()),
                      runtime=baseline.get("runtime"))  # what its latency means: runtime, threads, batch
         if config.final_distill_steps and any(recipe.blocks):  # the uncompressed model has nothing to recover
