@@ -936,3 +936,24 @@ def test_a_setting_kept_out_for_no_saving_is_said_so_without_a_zero_percent():
     assert saves_too_little(0.03) == "saves less than 3%" and saves_too_little(0.03, plural=True) == \
         "save less than 3%"
     assert saves_too_little(0.0) == "saves no time"  # min_saving 0: what it leaves out is slower, not "< 0%"
+
+
+def test_a_setting_the_operators_refuse_keeps_their_reason_through_the_run_folder(tiny_teacher, digits_splits,
+                                                                                  tmp_path):
+    """rank 0.9 of a square Linear saves nothing: refused by the operator, whose message the pass keeps (the csv
+    and the log say why it is not offered; a run's file from before the column reads as no reason)."""
+    from autocomp.search._sensitivity import read_sensitivity, write_sensitivity
+
+    space = SearchSpace(rank=(0.9, 1.0))
+    settings = sensitivity_pass(tiny_teacher[1], space, [4, 4], val=digits_splits.val.subset(50),
+                                calib=digits_splits.calib.x, predictor=None, threads=1)
+    assert settings and all(s.accuracy_drop is None and "use rank <=" in s.refused for s in settings)
+    write_sensitivity(tmp_path, settings, drop_above=5.0)
+    assert read_sensitivity(tmp_path) == settings
+    rows = list(csv.DictReader((tmp_path / "sensitivity.csv").open()))
+    assert rows[0]["refused"] == settings[0].refused and rows[0]["offered"] == "False"
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "sensitivity.csv").write_text("block,knob,value,accuracy_drop,predicted_latency_ratio,offered\n"
+                                           "0,rank,0.9,,,False\n")
+    assert read_sensitivity(older) == [Setting(0, "rank", 0.9, None, None)]

@@ -128,6 +128,13 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {len(subset)} "
             f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
             f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
+        refusals: dict[tuple[str, Any], list[Setting]] = {}
+        for s in settings:
+            if s.refused:
+                refusals.setdefault((s.knob, s.value), []).append(s)
+        for (knob, value), refused in refusals.items():  # said once per setting, with the first block's reason
+            log(f"sensitivity: the operators refuse {label(knob, value)} in {len(refused)} of {len(heads)} blocks "
+                f"({refused[0].refused})")  # "block 0: low_rank rank=0.5 keeps ..."
     if passes and "latency_ms" in limits:
         before_timing()
         started = time.perf_counter()

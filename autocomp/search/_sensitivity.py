@@ -51,6 +51,7 @@ class Setting:
             the operators refuse the setting on this block).
         predicted_latency_ratio: the cost model's latency for it, as a fraction of the uncompressed model's (None
             without a cost model).
+        refused: why the operators refuse it on this block (their message), None where they do not.
     """
 
     block: int
@@ -58,6 +59,7 @@ class Setting:
     value: float
     accuracy_drop: float | None
     predicted_latency_ratio: float | None
+    refused: str | None = None
 
 
 def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, val: Split,
@@ -103,8 +105,8 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
                     space.name(block, k): v for k, v in setting_values(space, knob, value).items()}})
                 try:
                     model = compress(base, recipe, calibration=calib)
-                except AutocompError:  # e.g. a rank that saves nothing on this block's shapes
-                    settings.append(Setting(block, knob, value, None, None))
+                except AutocompError as exc:  # e.g. a rank that saves nothing on this block's shapes
+                    settings.append(Setting(block, knob, value, None, None, refused=str(exc)))
                     continue
                 ratio = predictor.predict(recipe)["latency_ms"] / base_latency if predictor is not None else None
                 accuracy = inputs.accuracy(model) if inputs is not None else evaluate(model, val)
@@ -422,11 +424,11 @@ def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above:
     accuracy drop; settings not offered to the search are crossed)."""
     with (run_dir / "sensitivity.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["block", "knob", "value", "accuracy_drop", "predicted_latency_ratio", "offered"])
+        writer.writerow(["block", "knob", "value", "accuracy_drop", "predicted_latency_ratio", "offered", "refused"])
         for s in settings:
             offered = s.accuracy_drop is not None and s.accuracy_drop <= drop_above
             writer.writerow([s.block, s.knob, s.value, _fmt(s.accuracy_drop), _fmt(s.predicted_latency_ratio),
-                             offered])
+                             offered, s.refused or ""])
     if settings:
         _heatmap(run_dir / "sensitivity.png", settings, drop_above)
 
@@ -438,7 +440,8 @@ def read_sensitivity(run_dir: Path) -> list[Setting]:
         return []
     with path.open(newline="") as handle:
         return [Setting(int(row["block"]), row["knob"], float(row["value"]), _number(row["accuracy_drop"]),
-                        _number(row["predicted_latency_ratio"])) for row in csv.DictReader(handle)]
+                        _number(row["predicted_latency_ratio"]), refused=row.get("refused") or None)
+                for row in csv.DictReader(handle)]  # a run's file from before "refused": None
 
 
 def _fmt(value: float | None) -> str:
