@@ -423,9 +423,10 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
         web.shutdown()
 
 
-def test_a_search_says_when_its_clusters_head_stops_answering():
-    """Ray ends the driver a minute after the head is lost, with a message of its own: the search says first that
-    the head is silent, what is kept and how to resume; not while the head answers, and once."""
+def test_a_search_says_when_its_clusters_head_stops_answering(monkeypatch):
+    """Ray ends the driver when the head is lost (within seconds where it stopped on this machine, a minute after
+    where its machine is lost), with a message of its own: the search says first that the head stopped, what is
+    kept and how to resume; not while the head answers, and once."""
     import socket
     import time
 
@@ -436,15 +437,42 @@ def test_a_search_says_when_its_clusters_head_stops_answering():
     head.listen(64)  # the watch's connections wait there, never accepted
     address = f"127.0.0.1:{head.getsockname()[1]}"
     said: list[str] = []
-    watch = HeadWatch(address, said.append, every_s=0.05, silent_s=0.3)
+    watch = HeadWatch(address, said.append, every_s=0.05, silent_s=30.0)
     watch.start()
     time.sleep(0.6)
     assert not said  # it answers
-    head.close()
+    head.close()  # nothing listens: refused, said at once (not after silent_s)
     watch.join(timeout=10)
     assert not watch.is_alive() and len(said) == 1
-    assert said[0].startswith(f"warning: the Ray cluster's head at {address} has not answered for 0.3 s (stopped, or ")
-    assert "the same command resumes them once the head runs again" in said[0]
+    assert said[0].startswith(f"warning: the Ray cluster's head at {address} refuses connections (stopped); Ray ends "
+                              "this search within seconds: the trials done are kept in the run folder")
+    assert "the same command resumes them once the cluster runs again" in said[0]
+    lost: list[str] = []  # a head whose machine is gone: no refusal, silence (each connection times out)
+
+    def times_out(*args, **kwargs):
+        raise TimeoutError("timed out")
+    monkeypatch.setattr(socket, "create_connection", times_out)
+    silent = HeadWatch("192.0.2.1:6379", lost.append, every_s=0.05, silent_s=0.3)
+    silent.start()
+    silent.join(timeout=10)
+    assert not silent.is_alive() and len(lost) == 1
+    assert lost[0].startswith("warning: the Ray cluster's head at 192.0.2.1:6379 has not answered for 0.3 s")
+    assert "unless it answers again, Ray ends this search a minute after losing it" in lost[0]
+    monkeypatch.undo()
+    raylet = socket.socket()  # the node this search runs on: its raylet stops before the head (ray stop)
+    raylet.bind(("127.0.0.1", 0))
+    own = f"127.0.0.1:{raylet.getsockname()[1]}"
+    raylet.close()  # nothing listens there
+    head = socket.socket()
+    head.bind(("127.0.0.1", 0))
+    head.listen(64)
+    node: list[str] = []
+    watch = HeadWatch(f"127.0.0.1:{head.getsockname()[1]}", node.append, raylet=own, every_s=0.05, silent_s=30.0)
+    watch.start()
+    watch.join(timeout=10)
+    head.close()
+    assert len(node) == 1 and node[0].startswith(f"warning: the Ray node this search runs on (its raylet at {own}) "
+                                                 "stopped; Ray ends this search within seconds")
     again = socket.socket()
     again.bind(("127.0.0.1", 0))
     again.listen(64)

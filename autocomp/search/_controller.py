@@ -41,6 +41,7 @@ from autocomp.results import best_feasible, trial_rows
 from autocomp.search._coarse import COARSE, CoarseStage
 from autocomp.search._local import FILL, compression_key, local_move, recipe_key, repair
 from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP, distils
+from autocomp.search._ray import check_cluster
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace
 from autocomp.search._start import START
@@ -314,6 +315,8 @@ class OptunaController(Searcher):
             frozen = self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self._replace()
         elif error or "accuracy" not in result:
+            if not result.get(ERROR):  # its worker died: the cluster this search joined may have stopped (said)
+                check_cluster()
             reason = result.get(ERROR) or ("the trial's Ray worker died without a result (its node left the "
                                            "cluster, or the process crashed, e.g. out of memory)")
             trial.set_user_attr(ERROR, reason)

@@ -27,7 +27,7 @@ PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worke
 HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 HTTP2_SETTINGS = 4  # the frame type, a frame header's fourth byte
 JOIN_PORT = "its port is 6379 unless ray start --head --port chose another"
-HEAD_POLL_S = 5.0  # how often a search on a cluster checks that its head answers
+HEAD_POLL_S = 1.0  # how often a search on a cluster checks that its head answers (a connection attempt)
 HEAD_SILENT_S = 20.0  # a head silent this long is said to be lost (Ray ends the driver after 60 s by default)
 
 
@@ -83,16 +83,29 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
         if ray_address:
             require_same_versions()
             log(f"Ray: joined the cluster at {ray.get_runtime_context().gcs_address}: {_nodes()}")
-            watch = HeadWatch(ray.get_runtime_context().gcs_address, log)
+            global _WATCH
+            _WATCH = watch = HeadWatch(ray.get_runtime_context().gcs_address, log, raylet=_own_raylet())
             watch.start()
             try:
                 yield
             finally:
                 watch.stop.set()
+                _WATCH = None
         else:
             yield
     finally:
         ray.shutdown()
+
+
+def _own_raylet() -> str | None:
+    """HOST:PORT of the raylet of the node this process joined the cluster on (None where Ray does not say)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    own = next((node for node in ray.nodes() if node.get("NodeID") == node_id), None)
+    if own is None or not own.get("NodeManagerAddress") or not own.get("NodeManagerPort"):
+        return None
+    return f"{own['NodeManagerAddress']}:{own['NodeManagerPort']}"
 
 
 def _nodes() -> str:
@@ -106,39 +119,88 @@ def _nodes() -> str:
 
 
 class HeadWatch(threading.Thread):
-    """Says, once, that the cluster's head stopped answering (its GCS port refuses or times out ``silent_s`` on
-    end): Ray ends the driver's process a minute after it loses the head (``gcs_rpc_server_reconnect_timeout_s``)
-    with a message of its own that says nothing of the search, so the search's user learns first what is kept and
-    how to resume. Polls the port every ``every_s`` until ``stop`` is set."""
+    """Says, once, that the Ray this search runs on stopped: the raylet of the node this process joined on, or the
+    cluster's head (its GCS), refuses connections (nothing listens there: said at once, as Ray ends the driver's
+    process within seconds of losing its raylet: ``ray stop`` on the driver's machine stops the raylet seconds before
+    the GCS), or the head has not answered for ``silent_s`` (its machine lost: Ray ends the driver's process a minute
+    after it loses the head, ``gcs_rpc_server_reconnect_timeout_s``). Ray's own end of the process says nothing of
+    the search, so the search's user learns first what is kept and how to resume. Polls every ``every_s`` until
+    ``stop`` is set."""
 
-    def __init__(self, gcs_address: str, log: Callable[[str], None], *, every_s: float = HEAD_POLL_S,
-                 silent_s: float = HEAD_SILENT_S) -> None:
+    def __init__(self, gcs_address: str, log: Callable[[str], None], *, raylet: str | None = None,
+                 every_s: float = HEAD_POLL_S, silent_s: float = HEAD_SILENT_S) -> None:
         super().__init__(name="autocomp-head-watch", daemon=True)
-        self.address, self.log, self.every_s, self.silent_s = gcs_address, log, every_s, silent_s
+        self.address, self.raylet, self.log, self.every_s, self.silent_s = gcs_address, raylet, log, every_s, silent_s
         self.stop = threading.Event()
 
+        self.said, self._lock, self._since = False, threading.Lock(), None
+
     def run(self) -> None:
-        import socket
+        while not self.stop.wait(self.every_s) and not self.check():
+            pass
+
+    def check(self) -> bool:
+        """One look at the raylet and the head (the poll's, or at once where a trial's worker died: Ray may end
+        the process before the next poll); True once it has said they stopped."""
         import sys
 
-        host, _, port = self.address.rpartition(":")  # as Ray writes it: an IPv6 host in brackets, or not
-        if not port.isdigit():
-            return
-        host, since = host.strip("[]"), None
-        while not self.stop.wait(self.every_s):
-            try:
-                socket.create_connection((host, int(port)), timeout=self.every_s).close()
-                since = None
-            except OSError:
-                since = time.monotonic() if since is None else since
-                if time.monotonic() - since >= self.silent_s:
-                    self.log(f"warning: the Ray cluster's head at {self.address} has not answered for "
-                             f"{self.silent_s:g} s (stopped, or its machine lost); unless it answers again, Ray "
-                             "ends this search a minute after losing it: the trials done are kept in the run "
-                             "folder, and the same command resumes them once the head runs again (or with no Ray "
-                             "address, on an embedded Ray)")
-                    sys.stdout.flush()  # Ray's end of the process flushes nothing
-                    return
+        with self._lock:
+            if self.said:
+                return True
+            head, own = _split(self.address), _split(self.raylet) if self.raylet else None
+            if head is None:
+                return True  # nothing to watch
+            if own is not None and _refused(own, self.every_s):
+                what, soon = f"the Ray node this search runs on (its raylet at {self.raylet}) stopped", True
+            else:
+                soon = _refused(head, self.every_s)  # True: refused; None: no answer
+                if soon is False:
+                    self._since = None
+                    return False
+                self._since = time.monotonic() if self._since is None else self._since
+                if soon is None and time.monotonic() - self._since < self.silent_s:
+                    return False
+                what = f"the Ray cluster's head at {self.address} " + (
+                    "refuses connections (stopped)" if soon else
+                    f"has not answered for {self.silent_s:g} s (stopped, or its machine lost)")
+            self.log(f"warning: {what}; "
+                     + ("Ray ends this search within seconds" if soon
+                        else "unless it answers again, Ray ends this search a minute after losing it")
+                     + ": the trials done are kept in the run folder, and the same command resumes them once the "
+                     "cluster runs again (or with no Ray address, on an embedded Ray)")
+            sys.stdout.flush()  # Ray's end of the process flushes nothing
+            self.said = True
+            return True
+
+
+_WATCH: HeadWatch | None = None  # the watch of the cluster this process joined by address, while a search runs
+
+
+def check_cluster() -> None:
+    """Where a search joined a cluster by address: look at once whether its Ray stopped (a trial's worker just
+    died), and say so (:class:`HeadWatch`)."""
+    if (watch := _WATCH) is not None:
+        watch.check()
+
+
+def _split(address: str) -> tuple[str, int] | None:
+    """(host, port) of HOST:PORT as Ray writes it (an IPv6 host in brackets, or not); None if it has no port."""
+    host, _, port = address.rpartition(":")
+    return (host.strip("[]"), int(port)) if port.isdigit() else None
+
+
+def _refused(address: tuple[str, int], timeout: float) -> bool | None:
+    """Whether a connection to ``address`` is refused (nothing listens: True), made (False), or neither (timed out
+    or unreachable: None)."""
+    import socket
+
+    try:
+        socket.create_connection(address, timeout=timeout).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return None
 
 
 def check_ray_address(ray_address: str | None) -> None:
