@@ -303,14 +303,20 @@ def cap_note(backend: str) -> str | None:
     capped = caps_set()
     if not capped:
         return None
+    # FBGEMM picks its kernels from the CPU itself (cpuinfo) unless told by its own variable: the input codes int8
+    # layers are scored with (0..255 with VNNI, 0..127 without), on every backend, and an export's int8 form follow
+    fbgemm = (torch.backends.quantized.engine in ("x86", "fbgemm")
+              and not any(cap.startswith("FBGEMM_ENABLE_INSTRUCTIONS=") for cap in capped))
+    codes = ("PyTorch's dynamic int8 Linear (quantized engine "
+             f"{torch.backends.quantized.engine!r}: FBGEMM) reads only FBGEMM_ENABLE_INSTRUCTIONS (e.g. AVX2), "
+             "which is not set")
     if backend in CAPPED_IN_PART:
         ignored, what = CAPPED_IN_PART[backend], f"{backend} latencies are"
-    elif (backend == "pytorch-cpu" and torch.backends.quantized.engine in ("x86", "fbgemm")
-          and not any(cap.startswith("FBGEMM_ENABLE_INSTRUCTIONS=") for cap in capped)):
-        # FBGEMM picks its kernels from the CPU itself (cpuinfo) unless told by its own variable
-        ignored = (f"PyTorch's dynamic int8 Linear (quantized engine {torch.backends.quantized.engine!r}: FBGEMM) "
-                   "reads only FBGEMM_ENABLE_INSTRUCTIONS (e.g. AVX2), which is not set")
-        what = "dynamic int8 layers' latencies and input codes (and the profile's int8 peak) are"
+        if fbgemm:
+            ignored += f"; {codes}"
+            what = f"{backend} latencies and the int8 layers' input codes (and so the export's int8 form) are"
+    elif backend == "pytorch-cpu" and fbgemm:
+        ignored, what = codes, "dynamic int8 layers' latencies and input codes (and the profile's int8 peak) are"
     else:
         return None
     return (f"{' and '.join(capped)} cap PyTorch's kernels; {ignored}, so {what} measured as this CPU runs them, "
