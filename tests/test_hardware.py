@@ -129,9 +129,9 @@ def test_capped_cpu_capability_is_said_not_to_hold_for_onnx_runtime_openvino_or_
                                               "int8 layers' latencies and input codes (and the profile's int8 peak) "
                                               "are measured as this CPU runs them")
     # the input codes int8 layers are scored with follow FBGEMM on every backend: so does an export's int8 form
-    assert cap_note("onnxruntime-cpu").endswith("so onnxruntime-cpu latencies and the int8 layers' input codes (and so "
-                                                "the export's int8 form) are measured as this CPU runs them, not as the "
-                                                "CPU the caps emulate (measure there for its figures)")
+    assert cap_note("onnxruntime-cpu").endswith(
+        "so onnxruntime-cpu latencies and the int8 layers' input codes (and so the export's int8 form) are measured as "
+        "this CPU runs them, not as the CPU the caps emulate (measure there for its figures)")
     monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")  # FBGEMM's own cap: the caps hold for it too
     assert cap_note("pytorch-cpu") is None
     assert cap_note("onnxruntime-cpu").startswith("ONEDNN_MAX_CPU_ISA=AVX2 and FBGEMM_ENABLE_INSTRUCTIONS=AVX2 cap "

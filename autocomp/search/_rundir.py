@@ -25,7 +25,7 @@ from autocomp.errors import AutocompError
 from autocomp.results import study_file
 from autocomp.saving import GIVEN_AS
 from autocomp.search import _images as run_images
-from autocomp.search._space import SearchSpace
+from autocomp.search._space import SearchSpace, load_space
 
 try:
     import fcntl
@@ -233,7 +233,7 @@ def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping
         elif digest is not None and recorded is not None and digest != recorded:
             changes = ("the weights of the model given as an nn.Module changed" if config is None
                        or isinstance(config.model, nn.Module) else "the model's weights (its checkpoint) changed")
-        elif files := _changed_files(previous, config):
+        elif files := _changed_files(previous, config, paths):
             changes = files
         elif paths:  # moved, but not taken as a move (a run that recorded no model digest)
             changes = "; ".join(paths)
@@ -254,8 +254,10 @@ def _file_digests(config: JobConfig) -> dict[str, str]:
     return {key: hashlib.sha256(Path(getattr(config, key)).read_bytes()).hexdigest()[:16] for key in FILES}
 
 
-def _changed_files(previous: Mapping[str, Any], config: JobConfig | None) -> str | None:
-    """Which of the job's files has other contents than run.json recorded (runs before 2026-12-03 recorded none)."""
+def _changed_files(previous: Mapping[str, Any], config: JobConfig | None, paths: Sequence[str] = ()) -> str | None:
+    """Which of the job's files has other contents than run.json recorded (runs before 2026-12-03 recorded none):
+    another file where the job names another path (``paths``: those :func:`_job_changes` found moved), and for the
+    search space, what resolves otherwise (run.json's ``space``), or that nothing does (its text alone changed)."""
     recorded = previous.get("files")
     if not isinstance(recorded, Mapping) or config is None:
         return None
@@ -263,8 +265,23 @@ def _changed_files(previous: Mapping[str, Any], config: JobConfig | None) -> str
     changed = [key for key in FILES if recorded.get(key) != now[key]]
     if not changed:
         return None
-    return " and ".join(f"the contents of the {FILES[key]} file {getattr(config, key)} changed" for key in changed) \
-        + " (its text: a comment or a blank line counts)"
+    said = []
+    for key in changed:
+        moved = next((p for p in paths if p.startswith(f"{key} was ")), None)
+        text = (f"the {FILES[key]} is another file with other contents ({moved})" if moved
+                else f"the contents of the {FILES[key]} file {getattr(config, key)} changed")
+        space = None
+        if key == "search_space" and isinstance(previous.get("space"), Mapping):
+            try:
+                space = resolved_space(load_space(config.search_space))
+            except AutocompError:
+                pass
+        differ = [f"{k} {previous['space'].get(k)!r}, now {v!r}" for k, v in (space or {}).items()
+                  if previous["space"].get(k) != v]
+        said.append(text + (" (" + "; ".join(differ) + ")" if differ else
+                            " (its text alone: it resolves to the same space, but a comment or a blank line counts)"
+                            if space is not None else " (its text: a comment or a blank line counts)"))
+    return " and ".join(said)
 
 
 def require_same_model(previous: Mapping[str, Any], digest: str, config: JobConfig, run_dir: Path) -> None:
