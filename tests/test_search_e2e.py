@@ -481,6 +481,31 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
     assert len(load_run_study(copy).get_trials()) == done + 5  # a note, not a refusal
 
 
+def test_a_resume_refused_for_its_search_space_says_what_changed(finished_run, tmp_path, capsys):
+    """A value added to the space's file, a comment alone, the job pointed at another file: each refusal says
+    which (run.json's resolved space against the file's)."""
+    tmp, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    job = yaml.safe_load((tmp / "job.yaml").read_text())
+    space = tmp_path / "space.yaml"
+    original = Path(job["search_space"]).read_text()
+
+    def refused(text: str, path: Path = space) -> str:
+        path.write_text(text)
+        other = tmp_path / "job.yaml"
+        other.write_text(yaml.safe_dump({**job, "search_space": str(path)}))
+        assert main(["search", str(other), "--out", str(copy), "--trials", "5"]) == 2
+        return capsys.readouterr().err
+
+    said = refused(original.replace("heads_keep: [0.5, 0.67, 0.83, 1.0]", "heads_keep: [0.5, 0.75, 1.0]"))
+    assert f"(the contents of the search space file {space} differ from the run's (search_space was " \
+           f"{job['search_space']!r}, now {str(space)!r}) (heads_keep [0.5, 0.67, 0.83, 1.0], now [0.5, 0.75, 1.0]))" \
+        in said, said
+    said = refused(original + "# a note\n")
+    assert "(its text alone: it resolves to the same space, but a comment or a blank line counts)" in said, said
+
+
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):
     """A rerun with other search settings resumes: config.yaml then holds them (it kept the first run's), save the
     sensitivity section, which the run's pass, kept, did not run with: the log says so."""

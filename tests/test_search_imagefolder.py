@@ -133,7 +133,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     assert main(["search", str(project / "job.yaml"), "--out", str(project / "run"), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (  # moved, and a file's contents changed: that is what is named
         f"autocomp: error: {project / 'run'} holds a search of a different job (the contents of the search space "
-        f"file {project / 'space.yaml'} changed (its text alone: it resolves to the same space, but a comment or a "
+        f"file {project / 'space.yaml'} differ from the run's (search_space was '{tmp_path / 'space.yaml'}', now "
+        f"'{project / 'space.yaml'}') (its text alone: it resolves to the same space, but a comment or a "
         "blank line counts)); rerun with the job as "
         "it was to resume it, or search into a new run folder (--out)")
     (project / "space.yaml").write_text((project / "space.yaml").read_text().removesuffix("# a comment\n"))

@@ -268,7 +268,7 @@ def _changed_files(previous: Mapping[str, Any], config: JobConfig | None, paths:
     said = []
     for key in changed:
         moved = next((p for p in paths if p.startswith(f"{key} was ")), None)
-        text = (f"the {FILES[key]} is another file with other contents ({moved})" if moved
+        text = (f"the contents of the {FILES[key]} file {getattr(config, key)} differ from the run's ({moved})" if moved
                 else f"the contents of the {FILES[key]} file {getattr(config, key)} changed")
         space = None
         if key == "search_space" and isinstance(previous.get("space"), Mapping):
