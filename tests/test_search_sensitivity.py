@@ -957,3 +957,41 @@ def test_a_setting_the_operators_refuse_keeps_their_reason_through_the_run_folde
     (older / "sensitivity.csv").write_text("block,knob,value,accuracy_drop,predicted_latency_ratio,offered\n"
                                            "0,rank,0.9,,,False\n")
     assert read_sensitivity(older) == [Setting(0, "rank", 0.9, None, None)]
+
+
+def test_an_int8_throughout_space_with_a_searched_knob_runs_its_passes_under_a_latency_budget(tmp_path, tiny_teacher,
+                                                                                                monkeypatch):
+    """heads searched, weight_bits [8]: the floor (int8 weights in every block, every head) is built with the
+    searched knobs at their lightest, measured, and the settings judged against it."""
+    from autocomp.cli import main
+    from autocomp.search import _reach
+    from test_search_e2e import write_job
+
+    def ratio_of(*_args):  # int8 alone 1.5x the float model; half the heads with it 1.2x: 0.8x of the floor
+        return lambda model: 1.2 if model.blocks[0].attn.num_heads == 2 else 1.5
+    monkeypatch.setattr(_reach, "ratio_of", ratio_of)
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [8]\nhead_importance: weight_norm\n")
+    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 2.0}, trials=2, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "sensitivity": {"images": 100}}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    timed = list(csv.DictReader((tmp_path / "run" / "uniform_latency.csv").open()))
+    assert [(r["knob"], r["value"], r["latency_ratio"], r["offered"]) for r in timed] == [
+        ("heads_keep", "0.5", "1.200", "True")]  # 0.8x of the floor: offered, though 1.2x the float model
+
+
+def test_a_memory_search_whose_sensitivity_pass_meets_a_refused_setting_goes_on(tmp_path, tiny_teacher, capsys):
+    """rank 0.9 saves nothing (refused in every block): said once, and the search runs (the memory check after the
+    passes names what they left out)."""
+    from autocomp.cli import main
+    from test_search_e2e import write_job
+
+    space = tmp_path / "space.yaml"
+    space.write_text("rank: [0.9, 0.25, 1.0]\nweight_bits: [32, 8]\n")
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.9}, trials=2, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "sensitivity": {"images": 100}}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("sensitivity: the operators refuse rank 0.9 in 2 of 2 blocks (block 0: low_rank rank=0.9") == 1

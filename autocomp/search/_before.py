@@ -23,7 +23,7 @@ from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import num_threads
 from autocomp.measure.backends import PyTorchCpu, backend_of
-from autocomp.measure.placement import measure_on_device
+from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.recipe import Distill, Recipe
 from autocomp.search import _reach
 from autocomp.search._objective import metrics_of
@@ -34,7 +34,7 @@ from autocomp.search._sensitivity import (Setting, allowed_choices, offered_sett
                                           read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
                                           unrunnable_settings, without, without_slow, write_sensitivity,
                                           write_uniform_latencies)
-from autocomp.search._start import held_by_all, lightest, recipe_of
+from autocomp.search._start import held_by_all, lightest, recipe_of, uniform_values
 from autocomp.train import evaluate
 
 __all__ = ["check_classes", "baseline_cost", "baseline_accuracy", "screen_of", "sensitivity", "latency_of",
@@ -132,9 +132,9 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         for s in settings:
             if s.refused:
                 refusals.setdefault((s.knob, s.value), []).append(s)
-        for (knob, value), refused in refusals.items():  # said once per setting, with the first block's reason
-            log(f"sensitivity: the operators refuse {label(knob, value)} in {len(refused)} of {len(heads)} blocks "
-                f"({refused[0].refused})")  # "block 0: low_rank rank=0.5 keeps ..."
+        for (knob, value), blocks in refusals.items():  # said once per setting, with the first block's reason
+            log(f"sensitivity: the operators refuse {label(knob, value)} in {len(blocks)} of {len(heads)} blocks "
+                f"({blocks[0].refused})")  # "block 0: low_rank rank=0.5 keeps ..."
     if passes and "latency_ms" in limits:
         before_timing()
         started = time.perf_counter()
@@ -148,8 +148,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 log=log, settings=timed)
             # a space whose every candidate holds some compression (weight_bits [8]): a setting saves time or not
             # against that, the least the search can choose, not against the uncompressed model
-            floor = _floor_ratio(base, space, heads, splits, config, profile, screen, base_latency_ms) \
-                if held_by_all(space) else 1.0
+            floor = _floor_ratio(base, space, heads, splits, config, profile, screen, base_latency_ms, log) \
+                if held_by_all(space) and any(r < math.inf for r in ratios.values()) else 1.0
         judged = {setting: ratio / floor for setting, ratio in ratios.items()}
         # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
         minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None
@@ -189,13 +189,22 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
 
 
 def _floor_ratio(base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits, config: JobConfig,
-                 profile: HardwareProfile, screen: Screen | None, base_latency_ms: float) -> float:
+                 profile: HardwareProfile, screen: Screen | None, base_latency_ms: float,
+                 log: Callable[[str], None]) -> float:
     """The latency, as a fraction of the uncompressed model's, of the space's least compression in every block (what
-    every candidate holds: ``held_by_all``), measured on the target (the cost model learns from it)."""
-    recipe = recipe_of(space, heads, {})
-    with torch.no_grad():
-        model = compress(base, recipe, calibration=splits.calib.x)
-    ratio = _reach.ratio_of(base, profile, splits, config)(model)
+    every candidate holds: ``held_by_all``), measured on the target (the cost model learns from it); 1 (settings
+    judged against the uncompressed model) where the operators refuse it or the target cannot run it (said)."""
+    recipe = recipe_of(space, heads, uniform_values(space, lightest(space), len(heads)))
+    try:
+        with torch.no_grad():
+            model = compress(base, recipe, calibration=splits.calib.x)
+        ratio = _reach.ratio_of(base, profile, splits, config)(model)
+    except DeviceLost:
+        raise
+    except AutocompError as exc:
+        log(f"latency: {held_by_all(space)} in every block, what every candidate holds, was not measured ({exc}); "
+            "each setting is judged against the uncompressed model")
+        return 1.0
     if screen is not None:
         screen.observe(recipe, ratio * base_latency_ms)
     return ratio

@@ -320,7 +320,9 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
                "lets the search try those that cost too much alone)" if dropped else "")
             + (f" (it holds none of {', '.join(slow)}: in every block at once each "
-               f"{saves_too_little(config.sensitivity.min_saving)} here, see uniform_latency.csv)" if slow else ""))
+               f"{saves_too_little(config.sensitivity.min_saving)} here"
+               + (f" against {held_by_all(space)} in every block" if floor != 1.0 else "")
+               + ", see uniform_latency.csv)" if slow else ""))
 
 
 def saves_too_little(min_saving: float, *, plural: bool = False) -> str:

@@ -75,8 +75,12 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
         reference = evaluate(base, val)
         # a space whose every candidate holds some compression (weight_bits [8]): a setting costs what it loses
         # against that, scored from the same block's input, not against the uncompressed model
-        least = compress(base, recipe_of(space, heads_per_block, uncompressed), calibration=calib) \
-            if held_by_all(space) else None
+        least = None
+        if held_by_all(space):
+            try:
+                least = compress(base, recipe_of(space, heads_per_block, uncompressed), calibration=calib)
+            except AutocompError:  # the operators refuse it: so they do each setting with it (marked so below)
+                pass
         base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \
             if predictor is not None else None
         inputs = BlockInputs.of(base, val)

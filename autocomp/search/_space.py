@@ -127,7 +127,8 @@ class SearchSpace:
             try:
                 check_layers(block, Quantize(layers=_layers(choice)))
             except AutocompError as exc:
-                raise AutocompError(f"{where}: quantize_layers choice {choice!r}: {exc}") from None
+                raise AutocompError(f"{where}: quantize_layers choice {choice!r}: {exc} (checked on the uncompressed "
+                                    "model's first block)") from None
 
     @property
     def chooses_activations(self) -> bool:
