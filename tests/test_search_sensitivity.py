@@ -211,6 +211,18 @@ def test_settings_that_save_no_latency_in_every_block_are_offered_in_none(tiny_t
         "b0.weight_bits": (32, 8), "b1.weight_bits": (32, 8)}
 
 
+def _space_job(tmp_path, tiny_teacher, space: str, budget: dict, *, trials: int):
+    """A one-worker job over the search space ``space`` (its YAML text), with the sensitivity pass on 100 images."""
+    from test_search_e2e import write_job
+
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    job = write_job(tmp_path, tiny_teacher[0], budget, trials=trials, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(path),
+                                   "sensitivity": {"images": 100}}))
+    return job
+
+
 def _heads_int8_job(tmp_path, tiny_teacher, *, trials: int, min_saving: float):
     """A one-worker job at 0.99x latency over heads 0.5 and int8 weights, with the sensitivity and latency passes."""
     from test_search_e2e import write_job
@@ -244,19 +256,13 @@ def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, ti
     here int8 is slower than float (1.5x), static activations faster than dynamic (1.3x): offered."""
     from autocomp.cli import main
     from autocomp.search import _reach
-    from test_search_e2e import write_job
 
     def ratio_of(*_args):  # the target, as the passes before the search time it
         return lambda model: 1.3 if any(getattr(m, "act_qparams", None) is not None for m in model.modules()) \
             else 1.5
     monkeypatch.setattr(_reach, "ratio_of", ratio_of)
-
-    space = tmp_path / "space.yaml"
-    space.write_text("weight_bits: [8]\nact_bits: [null, 8]\n")
     # a loose budget: on so small a model int8 may be slower than float, and this is about the passes running
-    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 2.0}, trials=4, workers=1)
-    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
-                                   "sensitivity": {"images": 100}}))
+    job = _space_job(tmp_path, tiny_teacher, "weight_bits: [8]\nact_bits: [null, 8]\n", {"latency_ms": 2.0}, trials=4)
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
     rows = list(csv.DictReader((run / "sensitivity.csv").open()))
@@ -965,16 +971,12 @@ def test_an_int8_throughout_space_with_a_searched_knob_runs_its_passes_under_a_l
     searched knobs at their lightest, measured, and the settings judged against it."""
     from autocomp.cli import main
     from autocomp.search import _reach
-    from test_search_e2e import write_job
 
     def ratio_of(*_args):  # int8 alone 1.5x the float model; half the heads with it 1.2x: 0.8x of the floor
         return lambda model: 1.2 if model.blocks[0].attn.num_heads == 2 else 1.5
     monkeypatch.setattr(_reach, "ratio_of", ratio_of)
-    space = tmp_path / "space.yaml"
-    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [8]\nhead_importance: weight_norm\n")
-    job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 2.0}, trials=2, workers=1)
-    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
-                                   "sensitivity": {"images": 100}}))
+    job = _space_job(tmp_path, tiny_teacher, "heads_keep: [0.5, 1.0]\nweight_bits: [8]\nhead_importance: weight_norm\n",
+                     {"latency_ms": 2.0}, trials=2)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     timed = list(csv.DictReader((tmp_path / "run" / "uniform_latency.csv").open()))
     assert [(r["knob"], r["value"], r["latency_ratio"], r["offered"]) for r in timed] == [
@@ -985,13 +987,9 @@ def test_a_memory_search_whose_sensitivity_pass_meets_a_refused_setting_goes_on(
     """rank 0.9 saves nothing (refused in every block): said once, and the search runs (the memory check after the
     passes names what they left out)."""
     from autocomp.cli import main
-    from test_search_e2e import write_job
 
-    space = tmp_path / "space.yaml"
-    space.write_text("rank: [0.9, 0.25, 1.0]\nweight_bits: [32, 8]\n")
-    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.9}, trials=2, workers=1)
-    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
-                                   "sensitivity": {"images": 100}}))
+    job = _space_job(tmp_path, tiny_teacher, "rank: [0.9, 0.25, 1.0]\nweight_bits: [32, 8]\n", {"memory": 0.9},
+                     trials=2)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     said = capsys.readouterr().out
     assert said.count("sensitivity: the operators refuse rank 0.9 in 2 of 2 blocks (block 0: low_rank rank=0.9") == 1
