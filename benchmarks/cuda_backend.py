@@ -1,0 +1,147 @@
+"""The ``pytorch-cuda`` backend on a real GPU: its tests, the cost model's fidelity, and a short search end to end.
+
+    python benchmarks/cuda_backend.py --out runs/cuda [--profile hardware_profiles/nvidia_h200.yaml]
+                                      [--steps tests,costmodel,search] [--samples 16] [--trials 6]
+
+Needs a CUDA GPU (the machines the suite runs on have none). The model is timm's ``vit_small_patch16_224`` with
+random weights and 3 classes, and the images are random noise written as PNG files to an image folder under
+``--out`` (nothing to download): the cost model's fidelity and a search's mechanics (the latency pass timed on the
+GPU, distillation on the trial's GPU, each candidate timed with CUDA events, the best exported) do not depend on the
+weights, but the accuracies do, and here they are chance level.
+
+- ``tests``: the suite's tests that run only where CUDA is (``-k cuda``).
+- ``costmodel``: ``autocomp check-costmodel`` on ``--samples`` recipes of a GPU space (heads, MLP width, rank,
+  tokens, 32-, 16- and 4-bit weights) with the profile, the report and plot to ``--out``.
+- ``search``: ``autocomp search`` for ``--trials`` trials under a latency budget of 0.7x, one GPU per trial.
+- ``scoring``: the time to score the model on 512 images (a search scores the uncompressed model, each setting of
+  the sensitivity pass and each trial) on this machine's CPU and on the GPU, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = {"heads_keep": [0.5, 0.75, 1.0], "mlp_keep": [0.5, 0.75, 1.0], "rank": [0.25, 1.0], "tokens_keep": [0.7, 1.0],
+         "weight_bits": [32, 16, 4], "token_method": "merge", "distill_steps": [20], "distill_alpha": [0.5]}
+
+
+def image_folder(root: Path, per_class: int = 24, classes: int = 3, size: int = 224) -> Path:
+    """train/ and val/ folders of ``classes`` class folders of random PNG images (made once)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in range(classes):
+            folder = root / split / f"class{label}"
+            if folder.is_dir():
+                continue
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def job(out: Path, profile: Path, trials: int) -> Path:
+    """The job config: the model, the image folder, the GPU space, the profile (its Ray resource left out: the GPU
+    is this machine's), a latency budget."""
+    local = yaml.safe_load(profile.read_text())
+    local["ray_resource"] = None
+    (out / "profile.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
+    (out / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    config = {"model": {"name": "vit_small_patch16_224", "kwargs": {"num_classes": 3}},
+              "data": {"dataset": "imagefolder", "root": str(image_folder(out / "images")), "val_size": 72,
+                       "calib_size": 16, "test_size": 16, "workers": 2},
+              "search_space": "space.yaml", "hardware": "profile.yaml", "budget": {"latency": 0.7},
+              "trials": trials, "workers": 1, "seed": 0, "resources": {"cpu": 4, "gpu": 1},
+              "sensitivity": {"images": 64}, "fidelity": None}
+    path = out / "job.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run(step: str, command: list[str], timeout: float) -> int:
+    """Run ``command`` (its output passes through), say how long it took and how it ended."""
+    print(f"\n=== {step}: {' '.join(command)}", flush=True)
+    began = time.perf_counter()
+    try:
+        code = subprocess.run(command, cwd=ROOT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        code = 124
+    print(f"=== {step}: exit {code} in {time.perf_counter() - began:.0f} s", flush=True)
+    return code
+
+
+def scoring(images: int = 512) -> None:
+    """Seconds to score the model on ``images`` random images on the CPU (all its cores) and on the GPU."""
+    import timm
+
+    from autocomp.data import TensorSplit
+    from autocomp.train import evaluate
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=3).eval()
+    split = TensorSplit(torch.randn(images, 3, 224, 224), torch.randint(0, 3, (images,)))
+    seconds = {}
+    for device in ("cpu", "cuda"):
+        for _ in range(2):  # the first on each device warms it up
+            began = time.perf_counter()
+            evaluate(model.to(device), split) if device == "cpu" else _evaluate_on_gpu(model, split)
+            seconds[device] = time.perf_counter() - began
+    print(f"scoring {images} images at 224 px: CPU ({torch.get_num_threads()} threads) {seconds['cpu']:.2f} s, "
+          f"GPU {seconds['cuda']:.2f} s ({seconds['cpu'] / seconds['cuda']:.0f}x)", flush=True)
+
+
+def _evaluate_on_gpu(model: torch.nn.Module, split) -> float:  # noqa: ANN001
+    model = model.to("cuda")
+    correct = 0
+    with torch.no_grad():
+        for x, y in split.batches(split.eval_batch_size()):
+            correct += (model(x.to("cuda")).argmax(-1).cpu() == y).sum().item()
+    model.to("cpu")
+    return 100.0 * correct / len(split)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--profile", type=Path, default=ROOT / "hardware_profiles" / "nvidia_h200.yaml")
+    parser.add_argument("--steps", default="tests,costmodel,search,scoring")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds for each step")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here: this benchmark runs the pytorch-cuda backend")
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = job(args.out, args.profile.resolve(), args.trials)
+    cli = [sys.executable, "-m", "autocomp.cli"]
+    ended = {}
+    for step in args.steps.split(","):
+        if step == "tests":
+            ended[step] = run(step, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
+                                     "tests/test_distill.py", "tests/test_measure_backends.py"], args.timeout)
+        elif step == "costmodel":
+            ended[step] = run(step, [*cli, "check-costmodel", str(config), "--samples", str(args.samples),
+                                     "--out", str(args.out / "fidelity.json")], args.timeout)
+        elif step == "search":
+            ended[step] = run(step, [*cli, "search", str(config), "--out", str(args.out / "run")], args.timeout)
+        elif step == "scoring":
+            scoring()
+        else:
+            raise SystemExit(f"unknown step {step!r}: tests, costmodel, search or scoring")
+    print(json.dumps(ended))
+
+
+if __name__ == "__main__":
+    main()
