@@ -472,13 +472,18 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
     assert "the search space's defaults differ from the earlier trials': smooth none in that version, now 0.5" \
         in resumed(before)
     assert "smooth 0.8, now 0.5" in resumed({**info["space"], "smooth": 0.8})
+    # a key added later at the value that did what the versions before it did: no difference
+    older = {key: value for key, value in info["space"].items() if key != "lowrank_layers"}
+    assert "search space's defaults" not in resumed(older)
+    assert "lowrank_layers ['qkv', 'fc1'], now ['qkv', 'proj', 'fc1', 'fc2']" in resumed(
+        {**info["space"], "lowrank_layers": ["qkv", "fc1"]})
     assert "did not record its search space's defaults" in resumed(None)
     recorded = json.loads((copy / "run.json").read_text())  # said once: the space is recorded then
     assert recorded["space"] == info["space"] and recorded["space_recorded"] == "late"
     trials = len(load_run_study(copy).get_trials()) + 1
     assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
     assert "search space's defaults" not in capsys.readouterr().out
-    assert len(load_run_study(copy).get_trials()) == done + 5  # a note, not a refusal
+    assert len(load_run_study(copy).get_trials()) == done + 7  # a note, not a refusal
 
 
 def test_a_resume_refused_for_its_search_space_says_what_changed(finished_run, tmp_path, capsys):

@@ -60,6 +60,9 @@ def test_single_choice_knobs_are_not_searched():
     ("weight_bits: [32, 8]\nact_bits: [null, null]\n", "each once, e.g. [null, 8], got [None, None]"),
     ("weight_bits: [32, 4]\nact_bits: [null, 8]\n", "act_bits offers 8 (static activations), which only blocks "
                                                    "with 8-bit weights use, but weight_bits [32, 4] has no 8"),
+    ("lowrank_layers: [qkv, attn]\n", "lowrank_layers must name each of ['qkv', 'proj', 'fc1', 'fc2'] at most "
+                                       "once, got ['qkv', 'attn']"),
+    ("lowrank_layers: []\n", "lowrank_layers must be a non-empty list of layer names"),
     ("", "is empty; the keys are ['heads_keep', "),
     ("- heads_keep: [0.5]\n", "is a list; write 'key: value' lines, not '- ' items"),
 ])
@@ -113,6 +116,27 @@ def test_mixed_precision_is_sampled_per_block_and_quantizes_only_the_named_layer
     model = compress(small_vit(), recipe, calibration=torch.randn(8, 3, 16, 16))
     int8 = {name for name, m in model.blocks.named_modules() if isinstance(m, Int8Linear)}
     assert int8 == {"0.attn.qkv", "0.mlp.fc1", "1.attn.qkv", "1.attn.proj", "1.mlp.fc1", "1.mlp.fc2"}
+
+
+def test_a_rank_that_saves_nothing_on_the_square_proj_factorizes_the_layers_the_space_names():
+    """rank 0.6 keeps more of the square ``proj``'s ranks than its two factors can save: the operator refuses it
+    there, and so the whole setting in every block; without ``proj`` in ``lowrank_layers`` it factorizes the rest."""
+    from conftest import small_vit
+
+    from autocomp import compress
+    from autocomp.ops.lowrank import LowRankLinear
+
+    every = SearchSpace(rank=(0.6, 1.0))
+    trial = optuna.trial.FixedTrial(every.params({"b0.rank": 0.6, "b1.rank": 1.0}))
+    with pytest.raises(AutocompError, match=r"ranks of proj .* or leave 'proj' out of layers \(lowrank_layers in a "
+                                            r"search space\)"):
+        compress(small_vit(), every.sample(trial, [6, 6]))
+    wide = dataclasses.replace(every, lowrank_layers=("qkv", "fc1", "fc2"))
+    recipe = wide.sample(trial, [6, 6])
+    assert recipe.summary() == "r0.6[qkv,fc1,fc2] | -"
+    model = compress(small_vit(), recipe)
+    factored = {name for name, m in model.blocks.named_modules() if isinstance(m, LowRankLinear)}
+    assert factored == {"0.attn.qkv", "0.mlp.fc1", "0.mlp.fc2"}
 
 
 def test_8_bit_blocks_are_smoothed_where_a_layernorm_feeds_what_they_quantize():

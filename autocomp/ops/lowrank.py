@@ -161,7 +161,8 @@ def checked_rank(config: LowRank, layer: nn.Linear, index: int, name: str) -> in
     raise AutocompError(f"block {index}: low_rank rank={config.rank} keeps {rank} of {full} ranks of {name} "
                         f"({layer.in_features} -> {layer.out_features}), whose factors would hold "
                         f"{rank * (layer.in_features + layer.out_features)} weights against {size} for the layer "
-                        f"itself; {fix}, or leave {name!r} out of layers")
+                        f"itself; {fix}, or leave {name!r} out of layers (lowrank_layers in a search "
+                        "space)")
 
 
 def apply(model: nn.Module, configs: dict[int, LowRank], context: CompressContext) -> None:

@@ -387,6 +387,12 @@ def resolved_space(space: SearchSpace) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(space)))
 
 
+# search-space keys added after run.json began to record the space, each at the value that does what the versions
+# before it did: a run recorded without one sampled exactly that (a key whose default changed what the trials
+# sample, such as ``smooth``, is not listed: its absence is a difference)
+ADDED_AS_BEFORE: dict[str, Any] = {"lowrank_layers": ["qkv", "proj", "fc1", "fc2"]}
+
+
 def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
     """How the search space the earlier trials of a resumed run sampled (run.json's ``space``, resolved) differs
     from the one the trials to come sample: a default a later version changed or added (``smooth``); None where
@@ -394,6 +400,7 @@ def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -
     if earlier is None:
         return ("the earlier trials ran under an autocomp that did not record its search space's defaults; the "
                 "settings the file leaves out may be filled in otherwise now")
+    earlier = {**{key: value for key, value in ADDED_AS_BEFORE.items() if key in now}, **earlier}
     changed = [f"{key} {earlier[key]!r}, now {now[key]!r}" if key in earlier
                else f"{key} none in that version, now {now[key]!r}"
                for key in now if earlier.get(key, object()) != now[key]]

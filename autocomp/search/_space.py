@@ -49,6 +49,9 @@ class SearchSpace:
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
+        lowrank_layers: which Linears of a block a ``rank`` below 1 factorizes (not searched), as
+            :class:`~autocomp.ops.LowRank`'s ``layers``: a rank fraction that saves nothing on a square layer
+            (``proj``: 0.5 and above) still saves on the wider ``qkv``, ``fc1`` and ``fc2`` when ``proj`` is left out.
         distill_steps: distillation steps after compression (0 = no distillation). With several values the sampler
             picks per candidate; distillation changes no deployed cost, only the trial's time, so offering 0 beside
             a positive count spends trials on candidates worse at the same cost.
@@ -69,6 +72,7 @@ class SearchSpace:
     head_importance: str = "output_norm"
     token_method: str = "merge"
     lowrank_method: str = "svd"
+    lowrank_layers: tuple[str, ...] = LowRank.layers
     distill_steps: tuple[int, ...] = (0,)
     distill_alpha: tuple[float, ...] = (0.5,)
     distill_temperature: float = 4.0
@@ -76,7 +80,7 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers", "act_bits",
-                     "distill_steps", "distill_alpha"):
+                     "lowrank_layers", "distill_steps", "distill_alpha"):
             if isinstance(getattr(self, name), str):  # not a list of its letters; the loader names the type wanted
                 raise TypeError(f"{name} must be a list of choices, got {getattr(self, name)!r}")
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep"):
@@ -104,7 +108,8 @@ class SearchSpace:
         checks = [("smooth", lambda: Quantize(weight_bits=8, smooth=self.smooth)),
                   ("head_importance", lambda: PruneHeads(keep=1, importance=self.head_importance)),
                   ("token_method", lambda: ReduceTokens(keep=1.0, method=self.token_method)),
-                  ("lowrank_method", lambda: LowRank(rank=1.0, method=self.lowrank_method))]
+                  ("lowrank_method", lambda: LowRank(rank=1.0, method=self.lowrank_method)),
+                  ("lowrank_layers", lambda: LowRank(rank=1.0, layers=self.lowrank_layers))]
         checks += [("distill", lambda steps=steps, alpha=alpha: Distill(steps=steps, alpha=alpha,
                                                                         temperature=self.distill_temperature))
                    for steps in self.distill_steps for alpha in self.distill_alpha]
@@ -114,7 +119,7 @@ class SearchSpace:
             except AutocompError as exc:  # "alpha must be" of distill_alpha, "method must be" of token_method
                 text = str(exc)
                 raise AutocompError(text if text.startswith(key + " ") else f"distill_{text}" if key == "distill"
-                                    else f"{key}: {text}") from None
+                                    else f"lowrank_{text}" if key == "lowrank_layers" else f"{key}: {text}") from None
 
     def check_layers(self, base: nn.Module, *, where: str) -> None:
         """Refuse a ``quantize_layers`` choice that names no Linear of ``base``'s first block (the names are checked
@@ -182,7 +187,7 @@ class SearchSpace:
             if (mlp := choose("mlp_keep")) < 1:
                 block["prune_mlp"] = PruneMlp(keep=mlp)
             if (rank := choose("rank")) < 1:
-                block["low_rank"] = LowRank(rank=rank, method=self.lowrank_method)
+                block["low_rank"] = LowRank(rank=rank, method=self.lowrank_method, layers=self.lowrank_layers)
             # after the last block, fewer tokens reach only the head's pooling: no block runs on fewer, nothing is
             # saved (and the recipe says what was done)
             if (tokens := choose("tokens_keep")) < 1 and index < len(heads_per_block) - 1:
