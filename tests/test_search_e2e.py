@@ -486,6 +486,28 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
     assert len(load_run_study(copy).get_trials()) == done + 7  # a note, not a refusal
 
 
+def test_a_resume_with_another_seed_says_that_it_draws_only_the_trials_left(finished_run, tmp_path, capsys):
+    """The seed is a search setting, not the job: a rerun with another one resumes the run. With every trial done it
+    ran nothing and said nothing; now it says why, and what would search with the new seed."""
+    tmp, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**yaml.safe_load((tmp / "job.yaml").read_text()), "seed": 7}))
+    done = len(load_run_study(copy).get_trials())
+    assert main(["search", str(job), "--out", str(copy), "--trials", str(done)]) == 0
+    assert (f"note: seed 7 is not this run's (0), but no trial is left to run ({done} of trials {done} done): for a "
+            "search with seed 7, give another run folder (--out), or raise --trials") in capsys.readouterr().out
+    assert len(load_run_study(copy).get_trials()) == done
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "seed": 8}))
+    assert main(["search", str(job), "--out", str(copy), "--trials", str(done + 1)]) == 0
+    # config.yaml now holds seed 7, the run's last
+    assert (f"note: seed 8 is not this run's (7): it draws the 1 trial still to run; the {done} already run stay as "
+            "they are") in capsys.readouterr().out
+    assert main(["search", str(job), "--out", str(copy), "--trials", str(done + 2)]) == 0
+    assert "is not this run's" not in capsys.readouterr().out
+
+
 def test_a_resume_refused_for_its_search_space_says_what_changed(finished_run, tmp_path, capsys):
     """A value added to the space's file, a comment alone, the job pointed at another file: each refusal says
     which (run.json's resolved space against the file's)."""

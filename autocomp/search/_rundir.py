@@ -34,7 +34,7 @@ except ImportError:  # Windows: a search runs without the run folder's lock (sai
 
 __all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fingerprint", "moved", "previous_run",
            "require_same_model", "run_splits", "measured_otherwise", "space_otherwise", "resolved_space",
-           "record_space",
+           "record_space", "seed_otherwise",
            "write_run_info", "record_move"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
@@ -440,6 +440,22 @@ def _settings(config: JobConfig) -> dict[str, Any]:
             "local": config.local, "fidelity": vars(config.fidelity) if config.fidelity is not None else None,
             "sensitivity": vars(config.sensitivity),
             "trial_timeout_s": config.trial_timeout_s, "measure_timeout_s": config.measure_timeout_s}
+
+
+def seed_otherwise(run_dir: Path, config: JobConfig, *, done: int, remaining: int) -> str | None:
+    """What another seed than the run's last (config.yaml's ``seed``) does on a resume: it draws only the trials
+    still to run (None where the seed is the same, or the run's config.yaml names none)."""
+    written = _written(run_dir)
+    ran = written.get("seed") if written is not None else None
+    if not isinstance(ran, int) or isinstance(ran, bool) or ran == config.seed:
+        return None
+    if remaining:
+        return (f"note: seed {config.seed} is not this run's ({ran}): it draws the {remaining} trial"
+                f"{'s' if remaining != 1 else ''} still to run; the {done} already run stay as they are (a search "
+                f"with seed {config.seed} from the start: another run folder, --out)")
+    return (f"note: seed {config.seed} is not this run's ({ran}), but no trial is left to run ({done} of trials "
+            f"{config.trials} done): for a search with seed {config.seed}, give another run folder (--out), or raise "
+            "--trials to add trials drawn with it")
 
 
 def record_resumed_settings(run_dir: Path, config: JobConfig, *, pass_kept: bool,

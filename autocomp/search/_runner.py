@@ -127,6 +127,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             "again with the same recipes")
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     remaining = max(0, config.trials - done)
+    if previous is not None and (note := rundir.seed_otherwise(run_dir, config, done=done, remaining=remaining)):
+        log(note)
     if previous is not None:  # the pass is run again only where it left nothing and no trial ran
         rundir.record_resumed_settings(run_dir, config, log=log,
                                        pass_kept=(run_dir / before.SENSITIVITY).is_file() or bool(study.trials))
