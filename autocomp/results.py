@@ -226,8 +226,9 @@ def closest_trial(rows: Sequence[TrialRow]) -> TrialRow | None:
 
 
 def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, float], *,
-                  plot: bool = True) -> list[TrialRow]:
-    """Write trials.csv, pareto.json and (``plot``) pareto.png; returns the front."""
+                  plot: bool = True, baseline: Mapping[str, Any] | None = None) -> list[TrialRow]:
+    """Write trials.csv, pareto.json and (``plot``) pareto.png, with the uncompressed model (``baseline``: its
+    ``val_accuracy``, ``latency_ms``, ``memory_mb``) marked where given; returns the front."""
     run_dir = Path(run_dir)
     columns = ["number", "state", "recipe_summary", "accuracy", "latency_ms", "memory_mb", "feasible",
                "predicted_latency_ms", "predicted_memory_mb", "latency_ratio", "weights_mb", "activations_mb",
@@ -245,11 +246,27 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     front = pareto_front(rows)
     write_json(run_dir / "pareto.json", {"limits": dict(limits), "trials": [r.as_dict() for r in front]})
     if plot and any(r.complete for r in rows):  # with no front too: where the candidates fell against the budget
-        plot_front(run_dir / "pareto.png", rows, front, limits)
+        plot_front(run_dir / "pareto.png", rows, front, limits, baseline=baseline)
     return front
 
 
-def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Mapping[str, float]) -> None:
+UNITS = {"latency_ms": "ms", "memory_mb": "MB"}
+
+
+def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Mapping[str, float], *,
+               baseline: Mapping[str, Any] | None = None) -> None:
+    """pareto.png: :func:`front_figure`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = front_figure(rows, front, limits, baseline=baseline)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def front_figure(rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Mapping[str, float], *,
+                 baseline: Mapping[str, Any] | None = None) -> Any:
+    """Every complete trial's validation accuracy against its latency and its memory, the front circled, each
+    limit a dashed line and the uncompressed model (``baseline``) a star; returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,26 +278,31 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
         feasible = [r for r in done if r.feasible and r.final]
         short = [r for r in done if r.feasible and not r.final]
         other = [r for r in done if not r.feasible]
-        axis.scatter([getattr(r, key) for r in other], [r.accuracy for r in other], c="0.7", s=18,
-                     label="over budget")
+        if other:
+            axis.scatter([getattr(r, key) for r in other], [r.accuracy for r in other], c="0.7", s=18,
+                         label="over budget")
         if short:
             axis.scatter([getattr(r, key) for r in short], [r.accuracy for r in short], c="lightsteelblue", s=18,
                          label="within budget, stopped early (short score)")
-        axis.scatter([getattr(r, key) for r in feasible], [r.accuracy for r in feasible], c="tab:blue", s=18,
-                     label="within budget")
+        if feasible:
+            axis.scatter([getattr(r, key) for r in feasible], [r.accuracy for r in feasible], c="tab:blue", s=18,
+                         label="within budget")
         if front:
             ordered = sorted(front, key=lambda r: getattr(r, key))
             axis.plot([getattr(r, key) for r in ordered], [r.accuracy for r in ordered], "o", mfc="none",
                       mec="tab:red", ms=9, label="Pareto front (3 objectives)")
         if key in limits:
-            axis.axvline(limits[key], color="tab:red", ls="--", lw=1, label=f"budget {limits[key]:.3g}")
+            axis.axvline(limits[key], color="tab:red", ls="--", lw=1,
+                         label=f"budget {limits[key]:.3g} {UNITS[key]}")
+        if baseline is not None and baseline.get(key) is not None and baseline.get("val_accuracy") is not None:
+            axis.plot([baseline[key]], [baseline["val_accuracy"]], "*", color="black", ms=11,
+                      label=f"uncompressed ({baseline['val_accuracy']:.2f}%, {baseline[key]:.3g} {UNITS[key]})")
         axis.set_xlabel(label)
         axis.set_ylabel("validation accuracy (%)")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")  # where it hides the fewest points
+        axis.legend(fontsize=8, loc="best")  # where it hides the fewest points; each axis its own figures
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _fmt(value: Any) -> Any:

@@ -239,3 +239,18 @@ def test_a_search_stops_the_trials_the_rule_stops_and_names_the_best_among_the_f
     with torch.no_grad():
         plain = compress(tiny_teacher[1], recipe, calibration=digits_splits.calib.x)
     assert torch.equal(autocomp.load(out)(digits_splits.val.x[:64]), plain.eval()(digits_splits.val.x[:64]))
+
+
+def test_the_front_plot_marks_the_uncompressed_model_and_gives_the_budget_its_unit():
+    import matplotlib.pyplot as plt
+
+    from autocomp.results import front_figure
+
+    rows = [_row(0, 85.0, 4.0, "full"), _row(1, 80.0, 2.0, "full")]
+    baseline = {"val_accuracy": 88.78, "latency_ms": 7.5, "memory_mb": 12.0}
+    fig = front_figure(rows, pareto_front(rows), {"latency_ms": 5.0}, baseline=baseline)
+    latency, memory = ([text.get_text() for text in axis.get_legend().get_texts()] for axis in fig.axes)
+    plt.close(fig)
+    assert "budget 5 ms" in latency and "uncompressed (88.78%, 7.5 ms)" in latency
+    assert "uncompressed (88.78%, 12 MB)" in memory and not any(label.startswith("budget") for label in memory)
+    assert "over budget" not in latency  # every trial is within it: no empty series in the legend

@@ -48,7 +48,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     trials in them, for the search's own overhead (None: not known); ``measured_with``: how the run measures
     (run.json's), which an earlier run's re-measurements must share to be reused (see :func:`confirm_best`)."""
     rows = trial_rows(study, list(limits))
-    front = write_results(run_dir, rows, limits)
+    front = write_results(run_dir, rows, limits, baseline=baseline)
     best, remeasured = confirm_best(rows, base=base, profile=profile, example=splits.calib.x,
                                     baseline_latency_ms=baseline["latency_ms"], limits=limits, kept=run_dir / KEPT,
                                     record=run_dir / REMEASURED, measured_with=measuring(measured_with, profile),

@@ -207,7 +207,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         def on_told(_trial: optuna.trial.FrozenTrial) -> None:
             rows = trial_rows(study, list(limits))
             plot = time.perf_counter() - plotted[0] >= PLOT_EVERY_S
-            write_results(run_dir, rows, limits, plot=plot)
+            write_results(run_dir, rows, limits, plot=plot, baseline=baseline)
             if plot:
                 plotted[0] = time.perf_counter()
             finish.prune_kept(run_dir, rows)
