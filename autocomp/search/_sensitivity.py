@@ -469,15 +469,24 @@ def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None
     for s in settings:
         if s.accuracy_drop is not None:
             grid[blocks.index(s.block), columns.index((s.knob, s.value))] = s.accuracy_drop
+    from matplotlib.colors import TwoSlopeNorm
+
     fig, axis = plt.subplots(figsize=(2.5 + 0.6 * len(columns), 2.0 + 0.35 * len(blocks)))
-    image = axis.imshow(grid, cmap="Reds", vmin=0, aspect="auto")
+    # losses red, gains blue (a setting that alone scores above its reference: noise or a real gain), 0 white
+    scored = grid[~np.isnan(grid)]
+    low, high = (float(scored.min()), float(scored.max())) if scored.size else (0.0, 0.0)
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=min(low, -0.5), vmax=max(high, 0.5))
+    image = axis.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
     for s in settings:
-        if s.accuracy_drop is None or s.accuracy_drop > drop_above:
-            axis.text(columns.index((s.knob, s.value)), blocks.index(s.block), "x", ha="center", va="center")
+        where = columns.index((s.knob, s.value)), blocks.index(s.block)
+        dark = s.accuracy_drop is not None and abs(float(norm(s.accuracy_drop)) - 0.5) > 0.3
+        text = "x" if s.accuracy_drop is None or s.accuracy_drop > drop_above else f"{s.accuracy_drop:.1f}"
+        axis.text(*where, text, ha="center", va="center", fontsize=8 if text == "x" else 6,
+                  color="white" if dark else "black")
     axis.set_xticks(range(len(columns)), [setting_label(k, v) for k, v in columns], rotation=60, ha="right",
                     fontsize=8)
     axis.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks], fontsize=8)
-    fig.colorbar(image, label="points lost, no distillation")
+    fig.colorbar(image, label="points lost, no distillation (below 0: gained)")
     axis.set_title(f"each setting alone; x: not offered (drop > {drop_above:g} or refused)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
