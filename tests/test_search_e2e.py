@@ -451,6 +451,13 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
     assert f"with int8 input codes 0..{382 - top}, now 0..{top} (accuracy too)" in resumed(other)
 
 
+def _counted(run: Path) -> int:
+    """The trials of a run that count towards ``trials`` (not those drawn again, nor skipped in place of another)."""
+    from autocomp.search._controller import counted
+
+    return sum(counted(t) for t in load_run_study(run).get_trials())
+
+
 def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_run, tmp_path, capsys):
     """The space file's text is the same (else another job), but a default a later version added or changed
     (``smooth``) makes its trials to come differ from the earlier ones: the resume says which."""
@@ -459,11 +466,11 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
     shutil.copytree(run, copy)
     info = json.loads((copy / "run.json").read_text())
     assert info["space"]["smooth"] == 0.5 and info["space"]["weight_bits"] == [32, 8]  # heads_int8.yaml, resolved
-    done = len(load_run_study(copy).get_trials())
+    done = _counted(copy)
 
     def resumed(space) -> str:
         (copy / "run.json").write_text(json.dumps({**info, "space": space}))
-        trials = len(load_run_study(copy).get_trials()) + 1
+        trials = _counted(copy) + 1
         assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
         return capsys.readouterr().out
 
@@ -480,10 +487,10 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
     assert "did not record its search space's defaults" in resumed(None)
     recorded = json.loads((copy / "run.json").read_text())  # said once: the space is recorded then
     assert recorded["space"] == info["space"] and recorded["space_recorded"] == "late"
-    trials = len(load_run_study(copy).get_trials()) + 1
+    trials = _counted(copy) + 1
     assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
     assert "search space's defaults" not in capsys.readouterr().out
-    assert len(load_run_study(copy).get_trials()) == done + 7  # a note, not a refusal
+    assert _counted(copy) == done + 7  # a note, not a refusal
 
 
 def test_a_resume_with_another_seed_says_that_it_draws_only_the_trials_left(finished_run, tmp_path, capsys):
@@ -494,11 +501,11 @@ def test_a_resume_with_another_seed_says_that_it_draws_only_the_trials_left(fini
     shutil.copytree(run, copy)
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**yaml.safe_load((tmp / "job.yaml").read_text()), "seed": 7}))
-    done = len(load_run_study(copy).get_trials())
+    done = _counted(copy)
     assert main(["search", str(job), "--out", str(copy), "--trials", str(done)]) == 0
     assert (f"note: seed 7 is not this run's (0), but no trial is left to run ({done} of trials {done} done): for a "
             "search with seed 7, give another run folder (--out), or raise --trials") in capsys.readouterr().out
-    assert len(load_run_study(copy).get_trials()) == done
+    assert _counted(copy) == done
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "seed": 8}))
     assert main(["search", str(job), "--out", str(copy), "--trials", str(done + 1)]) == 0
     # config.yaml now holds seed 7, the run's last
