@@ -586,3 +586,18 @@ def test_a_resumed_run_whose_model_changed_is_refused(finished_run, tiny_teacher
     err = capsys.readouterr().err
     assert f"trial {kept}, rebuilt from its recipe, would not be the model it scored; put the checkpoint back as " \
            f"it was ({tiny_teacher[0].checkpoint})" in err and not (tmp_path / "rebuilt").exists()
+
+
+def test_a_search_whose_every_trial_failed_says_why_rather_than_blaming_the_budget(tmp_path, tiny_teacher, capsys):
+    """Every trial timed out: the outcome named the budget (loosen it, widen the space, run more trials), none of
+    which helps; it names the failure, the most common reason first."""
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=2, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "trial_timeout_s": 0.001}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["trials"]["complete"] == 0 and summary["trials"]["failed"] >= 2
+    assert summary["message"] == (f"no candidate met the budget: every trial failed ({summary['trials']['failed']}), "
+                                  "each with: timed out: ran past trial_timeout_s = 0.001 s; trials.csv lists each "
+                                  "with its reason: fix that, and the same command resumes the run (a failed trial "
+                                  "does not count towards trials)")
+    assert "loosen the budget" not in capsys.readouterr().out

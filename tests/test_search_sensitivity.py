@@ -711,15 +711,16 @@ def test_head_fractions_that_keep_as_many_heads_are_offered_once_and_said_with_t
                         "fraction for each count): every block 0.5 (2 of 4 heads), 1 (4 of 4 heads)")
 
 
-def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_ratio, memory_mb=None):
+def _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, limit_ratio, memory_mb=None, *,
+                  costly: bool = False):
     """The passes before the trials of a new search at ``limit_ratio`` x latency, on a fake target, after a fake
     sensitivity pass: heads 0.5 costs both blocks 40 points, MLP 0.5 costs block 1 as much (block 0: 1 point),
-    int8 costs 0.5 points."""
+    int8 costs 0.5 points (``costly``: every setting 40 points)."""
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
     from autocomp.search import _before
 
-    settings = [Setting(block, knob, value, drop, None) for block in range(2)
+    settings = [Setting(block, knob, value, 40.0 if costly else drop, None) for block in range(2)
                 for knob, value, drop in (("heads_keep", 0.5, 40.0), ("mlp_keep", 0.5, 40.0 if block else 1.0),
                                           ("weight_bits", 8, 0.5))]
     monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: settings)
@@ -785,10 +786,29 @@ def test_a_refused_latency_limit_names_the_settings_the_sensitivity_pass_left_in
     with pytest.raises(LatencyUnreachable, match=r"\(mlp_keep 0.5 in 1 of 2 blocks, weight_bits 8 in every block\) "
                                                  r"measured 6.5 ms.*"
                                                  r"\(the sensitivity pass offers heads_keep 0.5 \(2 of 4 heads\) in no "
-                                                 r"block, see "
-                                                 r"sensitivity.csv: a sensitivity.drop_above over 5 points lets the "
-                                                 r"search try those that cost too much alone\)"):
+                                                 r"block: alone they cost a block more than 5 points, or the operators "
+                                                 r"refuse them, see sensitivity.csv; a higher sensitivity.drop_above "
+                                                 r"lets the search try the former\)"):
         _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.5)
+
+
+def test_a_latency_limit_is_refused_where_the_sensitivity_pass_leaves_no_setting_in_any_block(
+        tmp_path, tiny_teacher, digits_splits, monkeypatch, fastest_measures):
+    """Nothing left to time: the only candidate is the uncompressed model, over the limit. The check returned
+    early (no ratios), and the search ran that one model, drawn again for every trial, to say the budget was not
+    met."""
+    from autocomp.search._reach import LatencyUnreachable
+
+    seen = fastest_measures([])
+    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(nothing compressed: the sensitivity pass "
+                                                 r"offers none of its settings in any block\) measured 10 ms, 1.00x "
+                                                 r".*\(the sensitivity pass offers heads_keep 0.5 \(2 of 4 heads\), "
+                                                 r"mlp_keep 0.5, weight_bits 8 in no block: alone they cost a block "
+                                                 r"more than 5 points"):
+        _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.5, costly=True)
+    assert seen == []  # nothing measured: the uncompressed model's time is known
+    (_, allowed), _ = _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 1.02, costly=True)
+    assert allowed["b0.heads_keep"] == (1.0,)  # within reach of the uncompressed model (timing noise): it runs
 
 
 def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path):
@@ -983,13 +1003,54 @@ def test_an_int8_throughout_space_with_a_searched_knob_runs_its_passes_under_a_l
         ("heads_keep", "0.5", "1.200", "True")]  # 0.8x of the floor: offered, though 1.2x the float model
 
 
-def test_a_memory_search_whose_sensitivity_pass_meets_a_refused_setting_goes_on(tmp_path, tiny_teacher, capsys):
-    """rank 0.9 saves nothing (refused in every block): said once, and the search runs (the memory check after the
-    passes names what they left out)."""
+def test_a_memory_search_whose_sensitivity_pass_meets_a_refused_setting_goes_on(tmp_path, tiny_teacher):
+    """rank 0.6 saves nothing on block 1's square proj, but does on block 0's, whose heads are pruned (16 -> 32):
+    refused in one block, said once, and the search runs (the memory check after the passes names what they left
+    out)."""
+    from autocomp.config import load_config
+    from autocomp.models import create_model
+    from autocomp.ops import PruneHeads
+    from autocomp.recipe import Recipe
+    from autocomp.search import run_search
+
+    halved = Recipe(blocks=({"prune_heads": PruneHeads(keep=2, importance="weight_norm")}, {}))
+    pruned = compress(create_model(tiny_teacher[0]), halved)
+    job = _space_job(tmp_path, tiny_teacher, "rank: [0.6, 0.25, 1.0]\nweight_bits: [32, 8]\n", {"memory": 0.9},
+                     trials=2)
+    data = yaml.safe_load(job.read_text())
+    del data["model"]
+    job.write_text(yaml.safe_dump(data))
+    said = []
+    run_search(load_config(job, model=pruned), tmp_path / "run", log=said.append, progress=False)
+    refusals = [line for line in said if line.startswith("sensitivity: the operators refuse rank 0.6")]
+    assert refusals == [refusals[0]] and refusals[0].startswith(
+        "sensitivity: the operators refuse rank 0.6 in 1 of 2 blocks (block 1: low_rank rank=0.6 keeps 19 of 32 "
+        "ranks of proj (32 -> 32)")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["trials"]["complete"] >= 1
+
+
+@pytest.mark.parametrize("space, message", [
+    ("rank: [0.6, 0.25, 1.0]\nweight_bits: [32, 8]\n",
+     ": rank 0.6 saves nothing in any block of the model: block 0: low_rank rank=0.6 keeps 19 of 32 ranks of proj "
+     "(32 -> 32), whose factors would hold 1216 weights against 1024 for the layer itself; use rank <= 0.468 for "
+     "this layer, or leave 'proj' out of layers (lowrank_layers in a search space)"),
+    ("rank: [0.25, 0.6]\n", ": rank 0.6 saves nothing in any block"),  # its least compression: it stopped the search
+    ("heads_keep: [1.0]\ndistill_steps: [0, 50]\n", " offers nothing to search: no knob has a choice that "
+                                                     "compresses, so its only candidate is the uncompressed model"),
+])
+def test_a_space_the_model_cannot_take_is_refused_before_the_images_load(tmp_path, tiny_teacher, capsys, space,
+                                                                          message):
+    """A rank no block takes (the operators refuse it everywhere; where it was the least compression of its knob,
+    the passes stopped the search after the baseline), and a space with nothing to search (its one candidate, the
+    uncompressed model, drawn again for every trial), each refused in one line naming the space file; a space
+    taking ranks without the square proj (lowrank_layers) is not."""
     from autocomp.cli import main
 
-    job = _space_job(tmp_path, tiny_teacher, "rank: [0.9, 0.25, 1.0]\nweight_bits: [32, 8]\n", {"memory": 0.9},
-                     trials=2)
-    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    said = capsys.readouterr().out
-    assert said.count("sensitivity: the operators refuse rank 0.9 in 2 of 2 blocks (block 0: low_rank rank=0.9") == 1
+    job = _space_job(tmp_path, tiny_teacher, space, {"memory": 0.9}, trials=2)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"autocomp: error: search space {tmp_path / 'space.yaml'}{message}") and "\n" not in err
+    assert not (tmp_path / "run" / "run.json").exists()
+    if "rank" in space:
+        (tmp_path / "space.yaml").write_text(space + "lowrank_layers: [qkv, fc1, fc2]\n")
+        assert main(["search", str(job), "--out", str(tmp_path / "run2"), "--quiet"]) == 0

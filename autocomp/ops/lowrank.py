@@ -165,6 +165,19 @@ def checked_rank(config: LowRank, layer: nn.Linear, index: int, name: str) -> in
                         "space)")
 
 
+def refusal(config: LowRank, block: nn.Module, index: int) -> str | None:
+    """Why ``config`` cannot factorize ``block`` (block ``index`` of its model): the first of its layers it refuses
+    (:func:`checked_rank`), or None where it takes them all."""
+    if config.rank >= 1:
+        return None
+    try:
+        for name in config.layers:
+            checked_rank(config, _layer(block, name, index), index, name)
+    except AutocompError as exc:
+        return str(exc)
+    return None
+
+
 def apply(model: nn.Module, configs: dict[int, LowRank], context: CompressContext) -> None:
     blocks = vit_blocks(model)
     ranks = {}

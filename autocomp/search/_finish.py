@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -129,13 +130,22 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     else:
         closest = closest_trial(rows)
         summary["closest"] = _trial_entry(closest) if closest is not None else None
-        message = "no candidate met the budget"
-        if closest is not None:
-            over = ", ".join(f"{k} over by {100 * v:.1f}%" if v >= 0.001 else f"{k} over by {100 * v:.2g}%"
-                             for k, v in closest.violations.items() if v > 0)  # 0.04%, not 0.0%
-            message += f"; closest was trial {closest.number} ({over})"
-        summary["message"] = message + ("; loosen the budget, widen the search space, or run more trials (the same "
-                                        "command with a larger --trials resumes this run)")
+        failed = [r for r in rows if r.state == "FAIL"]
+        if closest is None and failed:  # nothing was scored: the budget is not what stopped it
+            reason, count = Counter(r.error or "no reason recorded" for r in failed).most_common(1)[0]
+            summary["message"] = (f"no candidate met the budget: every trial failed ({len(failed)}), "
+                                  + ("each" if count == len(failed) else f"{count} of them") + f" with: {reason}; "
+                                  "trials.csv lists each with its reason: fix that, and the same command "
+                                  "resumes the run (a failed trial does not count towards trials)")
+        else:
+            message = "no candidate met the budget"
+            if closest is not None:
+                over = ", ".join(f"{k} over by {100 * v:.1f}%" if v >= 0.001 else f"{k} over by {100 * v:.2g}%"
+                                 for k, v in closest.violations.items() if v > 0)  # 0.04%, not 0.0%
+                short = " (stopped at its short score: not on the front)" if not closest.final else ""
+                message += f"; closest was trial {closest.number}{short} ({over})"
+            summary["message"] = message + ("; loosen the budget, widen the search space, or run more trials (the "
+                                            "same command with a larger --trials resumes this run)")
         log(summary["message"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -232,9 +232,12 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
     allowed, blocks = allowed or {}, len(heads)
     everywhere = alike_choices(space, blocks, allowed)
 
-    if not ratios or any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
-                         if all(v in everywhere[k] for k, v in setting_values(space, knob, value).items())):
+    if any(r * base_latency_ms <= limit for (knob, value), r in ratios.items()
+           if all(v in everywhere[k] for k, v in setting_values(space, knob, value).items())):
         return
+    over = limit * (1 + REACH_TOLERANCE) / base_latency_ms  # the ratio a candidate must measure over to refuse
+    if not ratios and (held_by_all(space) or over >= 1):  # nothing timed: the fastest candidate is the least
+        return  # compression, the uncompressed model (within reach) or what every candidate holds (unmeasured)
     light, offered = lightest(space), 1 - config.sensitivity.min_saving  # a slower setting is offered in no block
     judged = {setting: ratio / floor for setting, ratio in ratios.items()}  # against what every candidate holds
     values = {}  # the candidate's Optuna parameters
@@ -261,26 +264,27 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         except AutocompError:  # a combination the operators refuse
             return None
 
-    over = limit * (1 + REACH_TOLERANCE) / base_latency_ms  # the ratio a candidate must measure over to refuse
-    model = build(values)
-    if model is None:  # nothing to conclude
-        return
-    measure = ratio_of(base, profile, splits, config)
-    ratio = measure(model)
-    if ratio > over:  # measured again: a busy machine slows one run
-        ratio = min(ratio, measure(model))
-    # settings fast alone can be slow together (int8 on thin low-rank layers measured 0.86x with, 0.68x without):
-    # the candidate without each knob in turn (each block at its lightest choice; activations: those where nothing
-    # chooses them), before the budget is refused
-    unset = {space.name(i, knob): space.first_act(i, allowed) if knob == "act_bits" else light[knob]
-             for i in range(blocks) for knob in light}
-    for knob in [knob for knob in light if any(values[space.name(i, knob)] != unset[space.name(i, knob)]
-                                               for i in range(blocks))]:
-        if ratio <= over:
+    ratio = 1.0  # nothing timed (the passes offer no setting in any block): the uncompressed model, measured
+    if ratios:
+        model = build(values)
+        if model is None:  # nothing to conclude
             return
-        without = {**values, **{space.name(i, knob): unset[space.name(i, knob)] for i in range(blocks)}}
-        if (model := build(without)) is not None and (fewer := measure(model)) < ratio:
-            ratio, values = fewer, without
+        measure = ratio_of(base, profile, splits, config)
+        ratio = measure(model)
+        if ratio > over:  # measured again: a busy machine slows one run
+            ratio = min(ratio, measure(model))
+        # settings fast alone can be slow together (int8 on thin low-rank layers measured 0.86x with, 0.68x
+        # without): the candidate without each knob in turn (each block at its lightest choice; activations: those
+        # where nothing chooses them), before the budget is refused
+        unset = {space.name(i, knob): space.first_act(i, allowed) if knob == "act_bits" else light[knob]
+                 for i in range(blocks) for knob in light}
+        for knob in [knob for knob in light if any(values[space.name(i, knob)] != unset[space.name(i, knob)]
+                                                   for i in range(blocks))]:
+            if ratio <= over:
+                return
+            without = {**values, **{space.name(i, knob): unset[space.name(i, knob)] for i in range(blocks)}}
+            if (model := build(without)) is not None and (fewer := measure(model)) < ratio:
+                ratio, values = fewer, without
 
     def label(knob: str, value: Any) -> str:
         return setting_label(knob, value, heads, dynamic=space.chooses_activations)
@@ -296,7 +300,9 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             if value != light[knob]:
                 used[(knob, value)] = used.get((knob, value), 0) + 1
     if ratio > over:
-        if set(ratios.values()) == {math.inf}:
+        if not ratios:
+            what = "nothing compressed: the sensitivity pass offers none of its settings in any block"
+        elif set(ratios.values()) == {math.inf}:
             what = "nothing compressed: the target runs none of its settings"
         elif not used:
             what = (f"every block at {held_by_all(space)}, what every candidate holds" if held_by_all(space)
@@ -317,8 +323,9 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
             f"uncompressed model; loosen the budget to at least about {needed} or widen the search space"
             + (f" (the sensitivity pass offers {', '.join(label(knob, value) for knob, value in dropped)} in no "
-               f"block, see sensitivity.csv: a sensitivity.drop_above over {config.sensitivity.drop_above:g} points "
-               "lets the search try those that cost too much alone)" if dropped else "")
+               f"block: alone they cost a block more than {config.sensitivity.drop_above:g} points, or the "
+               "operators refuse them, see sensitivity.csv; a higher sensitivity.drop_above lets the search try the "
+               "former)" if dropped else "")
             + (f" (it holds none of {', '.join(slow)}: in every block at once each "
                f"{saves_too_little(config.sensitivity.min_saving)} here"
                + (f" against {held_by_all(space)} in every block" if floor != 1.0 else "")

@@ -40,7 +40,7 @@ from autocomp.search._ray import check_ray_address, ray_session, require_trial_r
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
-from autocomp.search._start import START, as_built, start_points
+from autocomp.search._start import START, as_built, require_choices, start_points
 
 __all__ = ["run_search"]
 
@@ -84,6 +84,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
+    if not resuming:  # a run begun before these checks keeps what its passes left
+        space.check_ranks(base, where=f"search space {config.search_space}")
+        require_choices(space, where=f"search space {config.search_space}")
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
     previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir),

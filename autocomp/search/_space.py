@@ -13,6 +13,7 @@ from autocomp._loader import build, read_yaml
 from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
 from autocomp.ops import LowRank, PruneHeads, PruneMlp, Quantize, ReduceTokens
+from autocomp.ops.lowrank import refusal
 from autocomp.ops.quantize import ACT_BITS, WEIGHT_BITS, check_layers
 from autocomp.recipe import Distill, Recipe
 
@@ -120,6 +121,18 @@ class SearchSpace:
                 text = str(exc)
                 raise AutocompError(text if text.startswith(key + " ") else f"distill_{text}" if key == "distill"
                                     else f"lowrank_{text}" if key == "lowrank_layers" else f"{key}: {text}") from None
+
+    def check_ranks(self, base: nn.Module, *, where: str) -> None:
+        """Refuse a ``rank`` that saves nothing in any block of ``base`` (``rank: [0.3, 0.6]``: 0.6 keeps more of
+        the square ``proj``'s ranks than its two factors can hold; ``lowrank_layers`` without ``proj`` would take
+        it). The operators would refuse every candidate with it: the passes before the search would offer it in no
+        block, or, where it is the knob's least compressing choice, stop the search."""
+        blocks = vit_blocks(base)
+        for value in self.rank:
+            reasons = [refusal(LowRank(rank=value, layers=self.lowrank_layers), block, index)
+                       for index, block in enumerate(blocks)]
+            if value < 1 and all(reasons):
+                raise AutocompError(f"{where}: rank {value:g} saves nothing in any block of the model: {reasons[0]}")
 
     def check_layers(self, base: nn.Module, *, where: str) -> None:
         """Refuse a ``quantize_layers`` choice that names no Linear of ``base``'s first block (the names are checked

@@ -137,6 +137,15 @@ def held_by_all(space: SearchSpace) -> str:
                      if len(getattr(space, knob)) == 1 and getattr(space, knob)[0] != value)
 
 
+def require_choices(space: SearchSpace, *, where: str) -> None:
+    """Refuse a space whose only candidate is the uncompressed model (no knob has a choice that compresses): its
+    search would run that one model, drawn again for every other trial, and say the budget was not met."""
+    if not lightest(space) and not held_by_all(space):
+        raise AutocompError(f"{where} offers nothing to search: no knob has a choice that compresses, so its only "
+                            "candidate is the uncompressed model; give a knob choices, e.g. heads_keep: [0.5, 0.75, "
+                            "1.0] or weight_bits: [32, 8]")
+
+
 def lightest(space: SearchSpace) -> dict[str, Any]:
     """Each searched per-block knob's least compressing choice."""
     return {knob: KNOBS[knob] if KNOBS[knob] in getattr(space, knob) else max(getattr(space, knob))
