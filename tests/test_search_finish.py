@@ -75,9 +75,13 @@ def test_candidates_that_differ_only_in_their_distillation_are_measured_once(rem
     alike = [_row(1, 91.0, 9.0, distill=0.3), TrialRow(**{**_row(1, 90.5, 9.2, distill=0.7).__dict__, "number": 5}),
              _row(2, 90.0, 8.0)]
     remeasure_as([9.5 / 12, 8.1 / 12])  # two measurements for three candidates: a third would find the queue empty
+    said = []
     best, remeasured = _confirm.confirm_best(alike, base=small_vit(), profile=HardwareProfile(name="t"),
                                             example=torch.randn(2, 3, 16, 16), baseline_latency_ms=12.0,
-                                            limits=LIMITS)
+                                            limits=LIMITS, log=said.append)
+    # counted by the models measured (it said 1 of 3, then 3 of 3, as if one had been skipped)
+    assert said == ["re-measuring candidate 1 of 2 within budget (trial 1; trial 5 compresses alike, differing in "
+                    "distillation) on t", "re-measuring candidate 2 of 2 within budget (trial 2) on t"]
     assert [(m["trial"], m["remeasured_latency_ms"]) for m in remeasured] == [
         (1, pytest.approx(9.5)), (5, pytest.approx(9.5)), (2, pytest.approx(8.1))]
     assert best.number == 1

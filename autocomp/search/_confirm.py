@@ -57,14 +57,22 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
     longer = dataclasses.replace(profile, repeats=profile.repeats * CONFIRM_REPEATS)
     earlier = _earlier_remeasurements(record, measured_with)
     measured: dict[str, dict[str, Any]] = {}  # compression -> its measurement
-    for index, row in enumerate(feasible[:CONFIRM]):
+    alike: dict[str, list[int]] = {}  # compression -> the trials of it among the candidates
+    for row in feasible[:CONFIRM]:
+        alike.setdefault(compression_key(row.recipe), []).append(row.number)
+    to_measure = [key for key in alike if key not in earlier]
+    for row in feasible[:CONFIRM]:
         key = compression_key(row.recipe)
         if key not in measured and key in earlier:
             measured[key] = earlier[key]
         elif key not in measured:
             if log is not None:
-                log(f"re-measuring candidate {index + 1} of {min(CONFIRM, len(feasible))} within budget (trial "
-                    f"{row.number}) on {profile.name}")
+                others = [number for number in alike[key] if number != row.number]
+                log(f"re-measuring candidate {to_measure.index(key) + 1} of {len(to_measure)} within budget (trial "
+                    f"{row.number}" + (f"; trial{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} "
+                                       f"compress{'' if len(others) > 1 else 'es'} alike, differing in distillation"
+                                       if others else "")
+                    + f") on {profile.name}")
             # the compressed weights themselves (undistilled): a structure-only model holds uninitialized memory,
             # whose NaNs make an int8 layer's dynamic quantization fail, and a runtime backend exports what it holds
             with torch.no_grad():
