@@ -166,7 +166,8 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             activations_mb=trial.user_attrs.get("activations_mb"),
             simulated_layers=trial.user_attrs.get("simulated_layers"),
             int8_activations=trial.user_attrs.get("int8_activations"), distilled=trial.user_attrs.get("distilled"),
-            error=_error(trial), node=trial.user_attrs.get("node"), start_point=trial.user_attrs.get("start_point"),
+            error=trial_error(trial), node=trial.user_attrs.get("node"),
+            start_point=trial.user_attrs.get("start_point"),
             local_move=trial.user_attrs.get("local_move"), duplicate_of=trial.user_attrs.get("duplicate_of"),
             runtime=trial.user_attrs.get("runtime"), export_top1=trial.user_attrs.get("export_top1"),
             export_max_logit_diff=trial.user_attrs.get("export_max_logit_diff"),
@@ -183,7 +184,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
     return rows
 
 
-def _error(trial: optuna.trial.FrozenTrial) -> str | None:
+def trial_error(trial: optuna.trial.FrozenTrial) -> str | None:
     """Why a trial failed: its reported error, or, for one that a stopped search left behind, that it was
     interrupted."""
     if "error" in trial.user_attrs:

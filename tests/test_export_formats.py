@@ -325,7 +325,8 @@ def test_an_export_is_refused_onto_a_file_or_into_the_run_folder(run, tmp_path, 
 
 
 def test_exporting_a_trial_that_did_not_run_says_why(tmp_path):
-    """A trial drawn again (its recipe ran as another) or skipped by the cost model is named with its reason."""
+    """A trial drawn again (its recipe ran as another), skipped by the cost model or failed is named with its
+    reason."""
     import optuna
 
     from autocomp.errors import AutocompError
@@ -344,3 +345,13 @@ def test_exporting_a_trial_that_did_not_run_says_why(tmp_path):
         _complete_trial(tmp_path, 2)
     with pytest.raises(AutocompError, match=r"trial 7 is not a complete trial of [^(]*; complete trials: \[0\]"):
         _complete_trial(tmp_path, 7)
+    # a trial a stopped search left behind, its recipe run again by a later one; one failing with its error
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    study.add_trial(optuna.trial.create_trial(values=[89.0, 1.0], user_attrs={"retry_of": 3}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"error": "boom"}))
+    with pytest.raises(AutocompError, match=r"trial 3 is not a complete trial of .* \(failed: interrupted: the search "
+                                            r"stopped while it ran \(its recipe runs again on resume\); trial 4 ran "
+                                            r"its recipe again\); complete trials: \[0, 4\]"):
+        _complete_trial(tmp_path, 3)
+    with pytest.raises(AutocompError, match=r"\(failed: boom\); complete trials"):
+        _complete_trial(tmp_path, 5)

@@ -807,8 +807,9 @@ def test_a_latency_limit_is_refused_where_the_sensitivity_pass_leaves_no_setting
                                                  r"more than 5 points"):
         _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 0.5, costly=True)
     assert seen == []  # nothing measured: the uncompressed model's time is known
-    (_, allowed), _ = _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 1.02, costly=True)
+    (_, allowed), lines = _latency_pass(tmp_path, tiny_teacher, digits_splits, monkeypatch, 1.02, costly=True)
     assert allowed["b0.heads_keep"] == (1.0,)  # within reach of the uncompressed model (timing noise): it runs
+    assert "latency: nothing to time: the sensitivity pass offers no setting in any block" in lines
 
 
 def test_a_resumed_search_reads_back_the_settings_that_guide_its_moves(tmp_path):

@@ -161,12 +161,16 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         saving = config.sensitivity.min_saving
         slow = [f"{label(knob, value)} ({r:.2f}x)" for (knob, value), r in too_slow(judged, min_saving=saving).items()]
         against = "" if floor == 1.0 else f" against {held_by_all(space)} in every block ({floor:.2f}x)"
-        log(f"latency: {len(ratios)} settings measured in every block at once in {time.perf_counter() - started:.0f} "
-            + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
-               else "s; ")
-            + (("offered for the memory limit although they " if minimum is None else "not offered, they ")
-               + f"{_reach.saves_too_little(saving, plural=True)} here{against}: " + ", ".join(slow) if slow
-               else f"each one the target runs saves time here{against}") + f": {run_dir / 'uniform_latency.csv'}")
+        if not ratios:
+            log("latency: nothing to time: the sensitivity pass offers no setting in any block")
+        else:
+            took = time.perf_counter() - started
+            log(f"latency: {len(ratios)} settings measured in every block at once in {took:.0f} "
+                + (f"s ({len(untimed)} more, which the sensitivity pass offers in no block, not timed); " if untimed
+                   else "s; ")
+                + (("offered for the memory limit although they " if minimum is None else "not offered, they ")
+                   + f"{_reach.saves_too_little(saving, plural=True)} here{against}: " + ", ".join(slow) if slow
+                   else f"each one the target runs saves time here{against}") + f": {run_dir / 'uniform_latency.csv'}")
     elif passes and backend_of(profile).name != PyTorchCpu.name:  # untimed: what the target cannot run is left out
         started = time.perf_counter()
         with num_threads(config.resources.cpu):

@@ -27,10 +27,10 @@ from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Pre
 from autocomp.models import ModelSpec, create_model, model_digest
 from autocomp.ops.quantize import Int8Linear, int8_linear_top_code
 from autocomp.recipe import Recipe
-from autocomp.results import load_run_study, study_file
+from autocomp.results import load_run_study, study_file, trial_error
 from autocomp.saving import GIVEN_AS, load_classes, load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
-from autocomp.search._controller import DUPLICATE, SKIPPED
+from autocomp.search._controller import DUPLICATE, RETRY_OF, SKIPPED
 from autocomp.search._finish import BEST, KEPT
 from autocomp.search._objective import SHORT, build_candidate, distill_subset, distils, kept_model
 from autocomp.search._rundir import BASE_WEIGHTS, scored_int8_codes
@@ -274,10 +274,15 @@ def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTria
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
         complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
-        same = trials[number].user_attrs.get(DUPLICATE) if number in trials else None
+        trial = trials.get(number)
+        same = trial.user_attrs.get(DUPLICATE) if trial is not None else None
+        again = [n for n, t in trials.items() if t.user_attrs.get(RETRY_OF) == number]
         why = (f" (its recipe was drawn again, not run: trial {same} has it)" if same is not None
-               else f" (skipped by the cost model: {trials[number].user_attrs[SKIPPED]})"
-               if number in trials and SKIPPED in trials[number].user_attrs else "")
+               else f" (skipped by the cost model: {trial.user_attrs[SKIPPED]})"
+               if trial is not None and SKIPPED in trial.user_attrs
+               else f" (failed: {trial_error(trial)}" + (f"; trial {again[0]} ran its recipe again" if again else "")
+               + ")" if trial is not None and trial.state == optuna.trial.TrialState.FAIL
+               else " (queued: it has not run yet)" if trial is not None else "")
         raise AutocompError(f"trial {number} is not a complete trial of {run_dir}{why}; complete trials: "
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
     return trials[number], study.user_attrs.get(run_images.TRAIN_HISTORY)
