@@ -98,8 +98,10 @@ def test_unknown_key_in_search_space(job, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("heads_keep: [0.5, 1.0]\nbits: [8]\n")
     edit_job(job, lambda d: d.update(search_space=str(space)))
-    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert main(["search", str(job), "--out", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
     assert f"search space {space}: unknown key(s) ['bits']" in err and "did you mean" not in err  # none close
+    assert "measuring on" not in out  # said before the target is looked at (a profile may calibrate first)
 
 
 def test_missing_dataset(job, tmp_path, capsys):

@@ -79,9 +79,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     # a new search says a missing runtime before the model loads (a pretrained one downloads); a resumed one
     # refuses another job in its folder first, before a profile is measured on first use (half a minute)
     resuming = (run_dir / "run.json").is_file()
+    space = load_space(config.search_space)  # a mistake in its file is said first: it costs nothing to read
     if not resuming:
         profile, measuring = _target(config, log)
-    space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
     if not resuming:  # a run begun before these checks keeps what its passes left
