@@ -1,7 +1,10 @@
 """The ``pytorch-cuda`` backend on a real GPU: its tests, the cost model's fidelity, and a short search end to end.
 
     python benchmarks/cuda_backend.py --out runs/cuda [--profile hardware_profiles/nvidia_h200.yaml]
-                                      [--steps tests,costmodel,search] [--samples 16] [--trials 6]
+                                      [--steps tests,costmodel,search,scoring] [--samples 16] [--trials 6]
+
+(each step at most ``--timeout`` seconds, 240 by default: where one call is bounded, as the lent GPU machines' 10
+minutes, run ``--steps tests,costmodel,scoring`` and ``--steps search`` apart; the exit status is 1 if a step failed)
 
 Needs a CUDA GPU (the machines the suite runs on have none). The model is timm's ``vit_small_patch16_224`` with
 random weights and 3 classes, and the images are random noise written as PNG files to an image folder under
@@ -63,19 +66,27 @@ def job(out: Path, profile: Path, trials: int) -> Path:
                        "calib_size": 16, "test_size": 16, "workers": 2},
               "search_space": "space.yaml", "hardware": "profile.yaml", "budget": {"latency": 0.7},
               "trials": trials, "workers": 1, "seed": 0, "resources": {"cpu": 4, "gpu": 1},
-              "sensitivity": {"images": 64}, "fidelity": None}
+              "sensitivity": {"images": 32}, "fidelity": None}  # 12 blocks x 8 settings scored on the CPU
     path = out / "job.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
 def run(step: str, command: list[str], timeout: float) -> int:
-    """Run ``command`` (its output passes through), say how long it took and how it ended."""
+    """Run ``command`` (its output passes through), say how long it took and how it ended; past ``timeout`` it is
+    stopped as Ctrl-C would (a search keeps its results and shuts its Ray down), then killed 30 s later."""
     print(f"\n=== {step}: {' '.join(command)}", flush=True)
     began = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT)
     try:
-        code = subprocess.run(command, cwd=ROOT, timeout=timeout).returncode
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         code = 124
     print(f"=== {step}: exit {code} in {time.perf_counter() - began:.0f} s", flush=True)
     return code
@@ -118,8 +129,10 @@ def main() -> None:
     parser.add_argument("--steps", default="tests,costmodel,search,scoring")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--timeout", type=float, default=300, help="seconds for each step")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds for each step (one device call of at "
+                                                                     "most 10 minutes: run the steps in two)")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the steps run from the repository's root
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here: this benchmark runs the pytorch-cuda backend")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
@@ -129,8 +142,9 @@ def main() -> None:
     ended = {}
     for step in args.steps.split(","):
         if step == "tests":
-            ended[step] = run(step, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
-                                     "tests/test_distill.py", "tests/test_measure_backends.py"], args.timeout)
+            ended[step] = run(step, [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k",
+                                     "cuda or gpu", "tests/test_distill.py", "tests/test_measure_backends.py"],
+                              args.timeout)
         elif step == "costmodel":
             ended[step] = run(step, [*cli, "check-costmodel", str(config), "--samples", str(args.samples),
                                      "--out", str(args.out / "fidelity.json")], args.timeout)
@@ -138,9 +152,11 @@ def main() -> None:
             ended[step] = run(step, [*cli, "search", str(config), "--out", str(args.out / "run")], args.timeout)
         elif step == "scoring":
             scoring()
+            ended[step] = 0
         else:
             raise SystemExit(f"unknown step {step!r}: tests, costmodel, search or scoring")
     print(json.dumps(ended))
+    sys.exit(1 if any(ended.values()) else 0)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,20 @@ def test_check_costmodel_needs_three_samples(tmp_path, tiny_teacher, capsys):
     assert "--samples must be a whole number >= 3" in err
 
 
+def test_check_costmodel_refuses_a_space_the_model_cannot_take_as_a_search_does(tmp_path, tiny_teacher, capsys):
+    """rank 0.6 saves nothing in any block (the square proj): every sample with it was refused and drawn again, so
+    the samples leaned towards rank 1.0, unsaid."""
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text("rank: [0.6, 1.0]\nheads_keep: [0.5, 1.0]\n")
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
+    err = run_cli(["check-costmodel", str(job), "--samples", "3", "--out", str(tmp_path / "r.json")], capsys)
+    assert err.startswith(f"autocomp: error: search space {space}: rank 0.6 saves nothing in any block of the model")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_an_out_path_no_file_can_be_written_to_is_refused_before_anything_is_measured(tmp_path, capsys, monkeypatch):
     import autocomp.costmodel.check
     import autocomp.measure.profiling

@@ -538,6 +538,12 @@ def test_a_resume_refused_for_its_search_space_says_what_changed(finished_run, t
         in said, said
     said = refused(original + "# a note\n")
     assert "(its text alone: it resolves to the same space, but a comment or a blank line counts)" in said, said
+    # a run recorded before a key was added (lowrank_layers) sampled what it does at its default: no difference
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "space": {k: v for k, v in info["space"].items()
+                                                                  if k != "lowrank_layers"}}))
+    said = refused(original + "# a note\n")
+    assert "(its text alone: it resolves to the same space" in said and "lowrank_layers" not in said, said
 
 
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):

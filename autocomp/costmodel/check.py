@@ -37,6 +37,7 @@ from autocomp.measure.profiling import cap_note, load_profile
 from autocomp.models import create_model, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.search._space import load_space
+from autocomp.search._start import require_choices
 
 __all__ = ["check_costmodel", "verdict", "LEGEND", "MIN_SAMPLES"]
 
@@ -72,6 +73,10 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     profile = load_profile(config.hardware, log=log)
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    where = f"search space {config.search_space}"
+    space.check_layers(base, where=where)  # what the operators would refuse in every sample, as a search refuses it
+    space.check_ranks(base, where=where)
+    require_choices(space, where=where)
     calib = load_splits(config.data, base).calib.x
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     cost = CostModel(description=describe(base), profile=profile)

@@ -165,14 +165,21 @@ def checked_rank(config: LowRank, layer: nn.Linear, index: int, name: str) -> in
                         "space)")
 
 
-def refusal(config: LowRank, block: nn.Module, index: int) -> str | None:
-    """Why ``config`` cannot factorize ``block`` (block ``index`` of its model): the first of its layers it refuses
-    (:func:`checked_rank`), or None where it takes them all."""
+def layer_ranks(config: LowRank, block: nn.Module, index: int) -> dict[str, int]:
+    """The rank ``config`` gives each of its layers in ``block`` (block ``index`` of its model); none at rank 1.
+
+    Raises:
+        AutocompError: a layer it cannot factorize (:func:`checked_rank`, :func:`_layer`).
+    """
     if config.rank >= 1:
-        return None
+        return {}
+    return {name: checked_rank(config, _layer(block, name, index), index, name) for name in config.layers}
+
+
+def refusal(config: LowRank, block: nn.Module, index: int) -> str | None:
+    """Why ``config`` cannot factorize ``block``: the first of its layers it refuses, or None where it takes them."""
     try:
-        for name in config.layers:
-            checked_rank(config, _layer(block, name, index), index, name)
+        layer_ranks(config, block, index)
     except AutocompError as exc:
         return str(exc)
     return None
@@ -180,12 +187,8 @@ def refusal(config: LowRank, block: nn.Module, index: int) -> str | None:
 
 def apply(model: nn.Module, configs: dict[int, LowRank], context: CompressContext) -> None:
     blocks = vit_blocks(model)
-    ranks = {}
-    for index, config in configs.items():
-        for name in config.layers:
-            layer = _layer(blocks[index], name, index)
-            if config.rank < 1:
-                ranks[index, name] = checked_rank(config, layer, index, name)
+    ranks = {(index, name): rank for index, config in configs.items()
+             for name, rank in layer_ranks(config, blocks[index], index).items()}
     whitened = [key for key in ranks if configs[key[0]].method == "whitened"]
     if whitened and context.calibration is None and not context.structure_only:
         raise AutocompError("low_rank method 'whitened' needs calibration data; pass calibration images or use "

@@ -282,6 +282,8 @@ def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTria
                if trial is not None and SKIPPED in trial.user_attrs
                else f" (failed: {trial_error(trial)}" + (f"; trial {again[0]} ran its recipe again" if again else "")
                + ")" if trial is not None and trial.state == optuna.trial.TrialState.FAIL
+               else " (running, or left running by a search that stopped)"
+               if trial is not None and trial.state == optuna.trial.TrialState.RUNNING
                else " (queued: it has not run yet)" if trial is not None else "")
         raise AutocompError(f"trial {number} is not a complete trial of {run_dir}{why}; complete trials: "
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")

@@ -276,8 +276,8 @@ def _changed_files(previous: Mapping[str, Any], config: JobConfig | None, paths:
                 space = resolved_space(load_space(config.search_space))
             except AutocompError:
                 pass
-        differ = [f"{k} {previous['space'].get(k)!r}, now {v!r}" for k, v in (space or {}).items()
-                  if previous["space"].get(k) != v]
+        earlier = as_recorded(previous["space"], space or {})
+        differ = [f"{k} {earlier.get(k)!r}, now {v!r}" for k, v in (space or {}).items() if earlier.get(k) != v]
         said.append(text + (" (" + "; ".join(differ) + ")" if differ else
                             " (its text alone: it resolves to the same space, but a comment or a blank line counts)"
                             if space is not None else " (its text: a comment or a blank line counts)"))
@@ -393,6 +393,11 @@ def resolved_space(space: SearchSpace) -> dict[str, Any]:
 ADDED_AS_BEFORE: dict[str, Any] = {"lowrank_layers": ["qkv", "proj", "fc1", "fc2"]}
 
 
+def as_recorded(earlier: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """A space run.json recorded (resolved), with the keys of ``now`` added since at what they did before them."""
+    return {**{key: value for key, value in ADDED_AS_BEFORE.items() if key in now}, **earlier}
+
+
 def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
     """How the search space the earlier trials of a resumed run sampled (run.json's ``space``, resolved) differs
     from the one the trials to come sample: a default a later version changed or added (``smooth``); None where
@@ -400,7 +405,7 @@ def space_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -
     if earlier is None:
         return ("the earlier trials ran under an autocomp that did not record its search space's defaults; the "
                 "settings the file leaves out may be filled in otherwise now")
-    earlier = {**{key: value for key, value in ADDED_AS_BEFORE.items() if key in now}, **earlier}
+    earlier = as_recorded(earlier, now)
     changed = [f"{key} {earlier[key]!r}, now {now[key]!r}" if key in earlier
                else f"{key} none in that version, now {now[key]!r}"
                for key in now if earlier.get(key, object()) != now[key]]
