@@ -276,7 +276,7 @@ def _changed_files(previous: Mapping[str, Any], config: JobConfig | None, paths:
                 space = resolved_space(load_space(config.search_space))
             except AutocompError:
                 pass
-        earlier = as_recorded(previous["space"], space or {})
+        earlier = as_recorded(previous["space"], space) if space is not None else {}
         differ = [f"{k} {earlier.get(k)!r}, now {v!r}" for k, v in (space or {}).items() if earlier.get(k) != v]
         said.append(text + (" (" + "; ".join(differ) + ")" if differ else
                             " (its text alone: it resolves to the same space, but a comment or a blank line counts)"
