@@ -165,7 +165,7 @@ def _profile(args: argparse.Namespace) -> None:
                   + details)
     print(f"profile {data['name']!r} ({backend}) written to {out}: peak GFLOP/s "
           + ", ".join(f"{k} {v:.0f}" for k, v in data["peak_gflops"].items())
-          + f"; memory bandwidth {data['memory_bandwidth_gbs']:.1f} GB/s; op overhead {data['op_overhead_us']:.1f} us")
+          + f"; memory bandwidth {data['memory_bandwidth_gbs']:.1f} GB/s; op overhead {data['op_overhead_us']:.3g} us")
 
 
 def _check_costmodel(args: argparse.Namespace) -> None:

@@ -298,6 +298,7 @@ def front_figure(rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Ma
         if baseline is not None and baseline.get(key) is not None and baseline.get("val_accuracy") is not None:
             axis.plot([baseline[key]], [baseline["val_accuracy"]], "*", color="black", ms=11,
                       label=f"uncompressed ({baseline['val_accuracy']:.2f}%, {baseline[key]:.3g} {UNITS[key]})")
+        axis.set_ylim(top=min(axis.get_ylim()[1], 101.0))  # no room above 100%
         axis.set_xlabel(label)
         axis.set_ylabel("validation accuracy (%)")
         axis.grid(alpha=0.3)

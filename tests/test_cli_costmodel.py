@@ -160,7 +160,8 @@ def test_check_costmodel_refuses_a_space_the_model_cannot_take_as_a_search_does(
     job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
     err = run_cli(["check-costmodel", str(job), "--samples", "3", "--out", str(tmp_path / "r.json")], capsys)
-    assert err.startswith(f"autocomp: error: search space {space}: rank 0.6 saves nothing in any block of the model")
+    assert err.startswith(f"autocomp: error: search space {space}: the operator refuses rank 0.6 in every block "
+                          "of the model")
     assert not (tmp_path / "r.json").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,15 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
         "saw avoid it" in said.out
     assert ("the model has 10 outputs but the data has 3 classes; its outputs must be the data's classes (class "
             "folders in sorted order): set model.kwargs.num_classes: 3") in err
+    # one class folder: that advice (num_classes: 1) ran a search where every candidate scored 100%
+    for label in ("b", "c"):
+        shutil.rmtree(tmp_path / "images" / label)
+    for index in range(8, 24):  # images enough for the held-out splits
+        Image.new("L", (8, 8), color=index * 9).save(tmp_path / "images" / "a" / f"{index}.png")
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r1")], capsys)
+    assert err.endswith(f"the data has 1 class ({tmp_path / 'images'}: one class folder): every image has the same "
+                        "label, so every candidate scores 100% and nothing tells them apart; give images of at least "
+                        "2 classes")
 
 
 def test_a_forward_that_returns_no_logits_tensor_is_refused_saying_so():

@@ -1032,10 +1032,12 @@ def test_a_memory_search_whose_sensitivity_pass_meets_a_refused_setting_goes_on(
 
 @pytest.mark.parametrize("space, message", [
     ("rank: [0.6, 0.25, 1.0]\nweight_bits: [32, 8]\n",
-     ": rank 0.6 saves nothing in any block of the model: block 0: low_rank rank=0.6 keeps 19 of 32 ranks of proj "
+     ": the operator refuses rank 0.6 in every block of the model, as one of lowrank_layers cannot take it: "
+     "block 0: low_rank rank=0.6 keeps 19 of 32 ranks of proj "
      "(32 -> 32), whose factors would hold 1216 weights against 1024 for the layer itself; use rank <= 0.468 for "
      "this layer, or leave 'proj' out of layers (lowrank_layers in a search space)"),
-    ("rank: [0.25, 0.6]\n", ": rank 0.6 saves nothing in any block"),  # its least compression: it stopped the search
+    # rank 0.6 the least compression of its knob: it stopped the search after the baseline
+    ("rank: [0.25, 0.6]\n", ": the operator refuses rank 0.6 in every block"),
     ("heads_keep: [1.0]\ndistill_steps: [0, 50]\n", " offers nothing to search: no knob has a choice that "
                                                      "compresses, so its only candidate is the uncompressed model"),
 ])

@@ -127,8 +127,8 @@ def verdict(report: dict[str, Any], skip_margin: float | None) -> list[str]:
     a candidate within budget (the job's ``skip_margin``)."""
     latency, said = report["latency"], []
     if report["samples"] < FEW_SAMPLES:
-        said.append(f"{report['samples']} samples are too few to judge the cost model (a rank correlation of 1 "
-                    f"over 3 means little): --samples {2 * FEW_SAMPLES} or more")
+        said.append(f"{report['samples']} samples are too few to judge the cost model (a rank correlation over so "
+                    f"few means little): --samples {2 * FEW_SAMPLES} or more")
     after, noise = latency["after"]["mape"], latency["repeat"]["mape"]
     if after is not None and noise is not None:
         how = ("within twice the noise floor: as good as this machine's measurements allow" if after <= 2 * noise

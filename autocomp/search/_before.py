@@ -62,6 +62,11 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
         raise AutocompError(f"the model's forward returns {got} for one image; autocomp scores and distils the "
                             "logits, a tensor of (images, classes): give it a module whose forward returns them "
                             "(e.g. a wrapper returning the logits item of the tuple or dict)")
+    if splits.num_classes < 2:
+        where = f" ({config.data.root}: one class folder)" if data == "imagefolder" else ""
+        raise AutocompError(f"the data has {splits.num_classes} class{where}: every image has the same label, so "
+                            "every candidate scores 100% and nothing tells them apart; give images of at least 2 "
+                            "classes")
     if (outputs := logits.shape[-1]) != splits.num_classes:
         order = " (class folders in sorted order)" if data == "imagefolder" else ""
         count = splits.num_classes

@@ -486,7 +486,7 @@ def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None
     axis.set_xticks(range(len(columns)), [setting_label(k, v) for k, v in columns], rotation=60, ha="right",
                     fontsize=8)
     axis.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks], fontsize=8)
-    fig.colorbar(image, label="points lost, no distillation (below 0: gained)")
+    fig.colorbar(image, label="points lost undistilled (< 0: gained)")
     axis.set_title(f"each setting alone; x: not offered (drop > {drop_above:g} or refused)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -132,7 +132,8 @@ class SearchSpace:
             reasons = [refusal(LowRank(rank=value, layers=self.lowrank_layers), block, index)
                        for index, block in enumerate(blocks)]
             if value < 1 and all(reasons):
-                raise AutocompError(f"{where}: rank {value:g} saves nothing in any block of the model: {reasons[0]}")
+                raise AutocompError(f"{where}: the operator refuses rank {value:g} in every block of the model, as one "
+                                    f"of lowrank_layers cannot take it: {reasons[0]}")
 
     def check_layers(self, base: nn.Module, *, where: str) -> None:
         """Refuse a ``quantize_layers`` choice that names no Linear of ``base``'s first block (the names are checked
