@@ -602,8 +602,8 @@ def test_a_search_whose_every_trial_failed_says_why_rather_than_blaming_the_budg
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 0 and summary["trials"]["failed"] >= 2
-    assert summary["message"] == (f"no candidate met the budget: every trial failed ({summary['trials']['failed']}), "
-                                  "each with: timed out: ran past trial_timeout_s = 0.001 s; trials.csv lists each "
-                                  "with its reason: fix that, and the same command resumes the run (a failed trial "
-                                  "does not count towards trials)")
+    assert summary["message"] == (f"no candidate met the budget: every trial that ran failed "
+                                  f"({summary['trials']['failed']}), each with: timed out: ran past trial_timeout_s "
+                                  "= 0.001 s; trials.csv lists each with its reason: fix that, and the same command "
+                                  "resumes the run (a failed trial does not count towards trials)")
     assert "loosen the budget" not in capsys.readouterr().out

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -274,20 +274,24 @@ def _complete_trial(run_dir: Path, number: int) -> tuple[optuna.trial.FrozenTria
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials or trials[number].state != optuna.trial.TrialState.COMPLETE:
         complete = [n for n, t in trials.items() if t.state == optuna.trial.TrialState.COMPLETE]
-        trial = trials.get(number)
-        same = trial.user_attrs.get(DUPLICATE) if trial is not None else None
-        again = [n for n, t in trials.items() if t.user_attrs.get(RETRY_OF) == number]
-        why = (f" (its recipe was drawn again, not run: trial {same} has it)" if same is not None
-               else f" (skipped by the cost model: {trial.user_attrs[SKIPPED]})"
-               if trial is not None and SKIPPED in trial.user_attrs
-               else f" (failed: {trial_error(trial)}" + (f"; trial {again[0]} ran its recipe again" if again else "")
-               + ")" if trial is not None and trial.state == optuna.trial.TrialState.FAIL
-               else " (running, or left running by a search that stopped)"
-               if trial is not None and trial.state == optuna.trial.TrialState.RUNNING
-               else " (queued: it has not run yet)" if trial is not None else "")
+        why = f" ({_not_complete(trials[number], trials)})" if number in trials else ""
         raise AutocompError(f"trial {number} is not a complete trial of {run_dir}{why}; complete trials: "
                             f"{complete[:20]}{' ...' if len(complete) > 20 else ''}")
     return trials[number], study.user_attrs.get(run_images.TRAIN_HISTORY)
+
+
+def _not_complete(trial: optuna.trial.FrozenTrial, trials: Mapping[int, optuna.trial.FrozenTrial]) -> str:
+    """Why ``trial`` (one of ``trials``, by number) has no score to export."""
+    if (same := trial.user_attrs.get(DUPLICATE)) is not None:
+        return f"its recipe was drawn again, not run: trial {same} has it"
+    if SKIPPED in trial.user_attrs:
+        return f"skipped by the cost model: {trial.user_attrs[SKIPPED]}"
+    if trial.state == optuna.trial.TrialState.FAIL:
+        again = [n for n, t in trials.items() if t.user_attrs.get(RETRY_OF) == trial.number]
+        return f"failed: {trial_error(trial)}" + (f"; trial {again[0]} ran its recipe again" if again else "")
+    if trial.state == optuna.trial.TrialState.RUNNING:
+        return "running, or left running by a search that stopped"
+    return "queued: it has not run yet"
 
 
 def _why_unscored(trial: optuna.trial.FrozenTrial, recipe: Recipe, changed: list[str], *, older: bool,

@@ -133,7 +133,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         failed = [r for r in rows if r.state == "FAIL"]
         if closest is None and failed:  # nothing was scored: the budget is not what stopped it
             reason, count = Counter(r.error or "no reason recorded" for r in failed).most_common(1)[0]
-            summary["message"] = (f"no candidate met the budget: every trial failed ({len(failed)}), "
+            summary["message"] = (f"no candidate met the budget: every trial that ran failed ({len(failed)}), "
                                   + ("each" if count == len(failed) else f"{count} of them") + f" with: {reason}; "
                                   "trials.csv lists each with its reason: fix that, and the same command "
                                   "resumes the run (a failed trial does not count towards trials)")

@@ -123,15 +123,15 @@ class SearchSpace:
                                     else f"lowrank_{text}" if key == "lowrank_layers" else f"{key}: {text}") from None
 
     def check_ranks(self, base: nn.Module, *, where: str) -> None:
-        """Refuse a ``rank`` that saves nothing in any block of ``base`` (``rank: [0.3, 0.6]``: 0.6 keeps more of
-        the square ``proj``'s ranks than its two factors can hold; ``lowrank_layers`` without ``proj`` would take
-        it). The operators would refuse every candidate with it: the passes before the search would offer it in no
-        block, or, where it is the knob's least compressing choice, stop the search."""
+        """Refuse a ``rank`` the operator refuses in every block of ``base`` (``rank: [0.3, 0.6]``: 0.6 keeps more
+        of the square ``proj``'s ranks than its two factors can hold; ``lowrank_layers`` without ``proj`` would take
+        it). The passes before the search would offer it in no block, or, where it is the knob's least compressing
+        choice, stop the search."""
         blocks = vit_blocks(base)
-        for value in self.rank:
+        for value in (v for v in self.rank if v < 1):
             reasons = [refusal(LowRank(rank=value, layers=self.lowrank_layers), block, index)
                        for index, block in enumerate(blocks)]
-            if value < 1 and all(reasons):
+            if all(reasons):
                 raise AutocompError(f"{where}: the operator refuses rank {value:g} in every block of the model, as one "
                                     f"of lowrank_layers cannot take it: {reasons[0]}")
 
