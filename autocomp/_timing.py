@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 
 from autocomp._timeout import check_time
 
-__all__ = ["weight_nbytes", "peak_activation_nbytes", "num_threads", "time_models"]
+__all__ = ["weight_nbytes", "peak_activation_nbytes", "unpacking", "num_threads", "time_models"]
 
 
 def weight_nbytes(model: nn.Module) -> int:
@@ -35,20 +35,37 @@ def weight_nbytes(model: nn.Module) -> int:
     return total
 
 
-class _LiveTensorBytes(TorchDispatchMode):
-    """Counts the bytes of tensors that ops allocate, and frees them when the tensors die."""
+_UNPACKING = [0]  # depth of unpacking() blocks running now
 
-    def __init__(self) -> None:
+
+@contextmanager
+def unpacking() -> Iterator[None]:
+    """Mark the body as unpacking stored weights to a temporary form (PyTorch's 2-6 bit layers, which have no
+    kernel): what it allocates is not counted where the model deploys on a runtime that computes on the packed
+    weights (``peak_activation_nbytes(..., count_unpacking=False)``)."""
+    _UNPACKING[0] += 1
+    try:
+        yield
+    finally:
+        _UNPACKING[0] -= 1
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of tensors that ops allocate, and frees them when the tensors die; ``count_unpacking``
+    False: not those allocated in :func:`unpacking` blocks."""
+
+    def __init__(self, *, count_unpacking: bool = True) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
+        self.count_unpacking = count_unpacking
 
     def _release(self, nbytes: int) -> None:
         self.live -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         out = func(*args, **(kwargs or {}))
-        if func.is_view or func._schema.is_mutable:
+        if func.is_view or func._schema.is_mutable or (_UNPACKING[0] and not self.count_unpacking):
             return out  # views and in-place ops allocate nothing new
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor._base is None:
@@ -60,9 +77,11 @@ class _LiveTensorBytes(TorchDispatchMode):
 
 
 @torch.no_grad()
-def peak_activation_nbytes(model: nn.Module, example: torch.Tensor) -> int:
-    """Peak bytes of live tensors allocated during one forward pass (the input and weights not counted)."""
-    counter = _LiveTensorBytes()
+def peak_activation_nbytes(model: nn.Module, example: torch.Tensor, *, count_unpacking: bool = True) -> int:
+    """Peak bytes of live tensors allocated during one forward pass (the input and weights not counted).
+    ``count_unpacking`` False: without the temporary weights PyTorch's packed layers unpack to (:func:`unpacking`),
+    as a runtime that computes on the packed weights runs the model."""
+    counter = _LiveTensorBytes(count_unpacking=count_unpacking)
     with counter:
         output = model(example)
     del output

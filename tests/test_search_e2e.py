@@ -164,6 +164,8 @@ def test_export_any_trial_and_print_the_front(finished_run, capsys):
     assert metrics["val_accuracy"] == metrics["accuracy"] is not None  # best/metrics.json's name, in every export
     row = next(r for r in csv.DictReader((run / "trials.csv").open()) if r["number"] == "1")
     assert metrics["within_budget"] == (row["feasible"] == "True")  # an export over budget says so
+    assert float(row["seconds_engine"]) == pytest.approx(metrics["seconds_engine"], abs=0.01)  # named as trials.csv
+    assert "engine_seconds" not in metrics
     model = autocomp.load(tmp / "t1")
     recipe = autocomp.Recipe.load(tmp / "t1" / "recipe.yaml")
     assert [b.attn.num_heads for b in model.blocks] == [
@@ -324,8 +326,9 @@ def test_a_model_built_by_the_users_own_factory(tmp_path, tiny_teacher, monkeypa
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["trials"]["complete"] == 1  # the worker imported my_models to unpickle the model
-    printed = capsys.readouterr().out  # one trial: too few for start points, said
-    assert "note: no start points: they take a quarter of the trials at most, none of 1 (4 trials or more" in printed
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))  # one trial: the best-placed start point
+    assert [row["start_point"] for row in rows] == ["uniform weight_bits 8"], rows
     assert "\n1 trial in " in printed
     loaded = subprocess.run([sys.executable, "-c", "import autocomp, sys; "
                              "print(type(autocomp.load(sys.argv[1])).__name__)", str(tmp_path / "run" / "best")],
@@ -449,6 +452,13 @@ def test_a_resumed_run_says_when_its_trials_were_measured_otherwise(finished_run
     assert info["measured_with"]["int8_codes"] == top
     other = {**info["measured_with"], "int8_codes": 382 - top}  # 127 <-> 255
     assert f"with int8 input codes 0..{382 - top}, now 0..{top} (accuracy too)" in resumed(other)
+    # a runtime backend's activations counted without PyTorch's unpacked 2-6 bit weights: a run counted with them
+    from autocomp.search._rundir import PACKED, measured_otherwise
+
+    runtime = {**info["measured_with"], "activations": PACKED}
+    assert "2-6 bit layers unpack to in PyTorch counted in their activations, now not" in \
+        measured_otherwise(info["measured_with"], runtime)
+    assert measured_otherwise(runtime, runtime) is None
 
 
 def _counted(run: Path) -> int:
@@ -516,34 +526,41 @@ def test_a_resume_with_another_seed_says_that_it_draws_only_the_trials_left(fini
 
 
 def test_a_resume_refused_for_its_search_space_says_what_changed(finished_run, tmp_path, capsys):
-    """A value added to the space's file, a comment alone, the job pointed at another file: each refusal says
-    which (run.json's resolved space against the file's)."""
+    """A value added to the space's file is refused, saying which (run.json's resolved space against the file's);
+    a comment alone, which resolves to the same space, resumes, saying so, and records the file's new text."""
     tmp, run = finished_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     job = yaml.safe_load((tmp / "job.yaml").read_text())
     space = tmp_path / "space.yaml"
     original = Path(job["search_space"]).read_text()
+    done = _counted(copy)
 
-    def refused(text: str, path: Path = space) -> str:
+    def resumed(text: str, path: Path = space) -> tuple[int, str]:
         path.write_text(text)
         other = tmp_path / "job.yaml"
         other.write_text(yaml.safe_dump({**job, "search_space": str(path)}))
-        assert main(["search", str(other), "--out", str(copy), "--trials", "5"]) == 2
-        return capsys.readouterr().err
+        code = main(["search", str(other), "--out", str(copy), "--trials", str(done)])
+        return code, capsys.readouterr()
 
-    said = refused(original.replace("heads_keep: [0.5, 0.67, 0.83, 1.0]", "heads_keep: [0.5, 0.75, 1.0]"))
-    assert f"(the contents of the search space file {space} differ from the run's (search_space was " \
-           f"{job['search_space']!r}, now {str(space)!r}) (heads_keep [0.5, 0.67, 0.83, 1.0], now [0.5, 0.75, 1.0]))" \
-        in said, said
-    said = refused(original + "# a note\n")
-    assert "(its text alone: it resolves to the same space, but a comment or a blank line counts)" in said, said
-    # a run recorded before a key was added (lowrank_layers) sampled what it does at its default: no difference
+    code, said = resumed(original.replace("heads_keep: [0.5, 0.67, 0.83, 1.0]", "heads_keep: [0.5, 0.75, 1.0]"))
+    assert code == 2 and f"(the contents of the search space file {space} differ from the run's (search_space was " \
+        f"{job['search_space']!r}, now {str(space)!r}) (heads_keep [0.5, 0.67, 0.83, 1.0], now [0.5, 0.75, 1.0]))" \
+        in said.err, said
+    # a run recorded before a key was added (lowrank_layers) sampled what it does at its default: the same space
     info = json.loads((copy / "run.json").read_text())
     (copy / "run.json").write_text(json.dumps({**info, "space": {k: v for k, v in info["space"].items()
                                                                   if k != "lowrank_layers"}}))
-    said = refused(original + "# a note\n")
-    assert "(its text alone: it resolves to the same space" in said and "lowrank_layers" not in said, said
+    code, said = resumed(original + "# a note\n")
+    assert code == 0, said
+    assert (f"note: the search space file {space} changed since the trials in {copy} ran, but only in its text (a "
+            "comment or a blank line): it resolves to the same space; resuming, with its new text recorded") \
+        in said.out, said
+    assert _counted(copy) == done
+    code, said = resumed(original + "# a note\n")  # recorded: said once
+    assert code == 0 and "changed since the trials" not in said.out, said
+    code, said = resumed(original + "# a note\nseed: 3\n")  # a key the space file does not take: still refused
+    assert code == 2 and "seed" in said.err, said
 
 
 def test_a_resumed_run_records_its_settings_and_keeps_its_sensitivity_pass(finished_run, tmp_path, capsys):

@@ -92,8 +92,9 @@ class CostModel:
         batch = self.profile.batch_size
         return Prediction(ops=tuple(inventory(self.description, plans, self.profile, batch=batch)),
                           weight_parts=weight_nbytes(self.description, plans, widen_half=_widens_half(self.profile)),
-                          activation_nbytes=peak_activation_nbytes(self.description, plans,
-                                                                   _allocating(self.profile), batch=batch),
+                          activation_nbytes=peak_activation_nbytes(
+                              self.description, plans, _allocating(self.profile), batch=batch,
+                              count_unpacking=not _exports(self.profile)),
                           batch_size=batch)
 
 
@@ -105,14 +106,20 @@ def _widens_half(profile: HardwareProfile) -> bool:
     return backend_of(profile).widens_half
 
 
+def _exports(profile: HardwareProfile) -> bool:
+    """Whether the profile's backend runs an export (whose runtime computes on packed weights, unpacking none)."""
+    from autocomp.measure.backends import backend_of
+
+    return backend_of(profile).exports
+
+
 def _allocating(profile: HardwareProfile) -> HardwareProfile:
     """The profile whose kernels decide the activation bytes that are measured: on a runtime backend those are
     still PyTorch's on the CPU (the runtimes report none, see :mod:`autocomp.measure.backends`), so its kernels and
-    its attention there."""
-    from autocomp.measure.backends import backend_of
+    its attention there (its unpacking of packed weights aside: :func:`_exports`)."""
     from autocomp.measure.profiling import BACKEND_KERNELS, pytorch_fuses_attention
 
-    if not backend_of(profile).exports:
+    if not _exports(profile):
         return profile
 
     return HardwareProfile(name=profile.name, batch_size=profile.batch_size,

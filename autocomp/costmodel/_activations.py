@@ -34,8 +34,10 @@ class _Peak:
 
 
 def peak_activation_nbytes(description: ViTDescription, plans: list[BlockPlan], profile: HardwareProfile, *,
-                           batch: int) -> int:
-    """Predicted peak bytes of live activations in one forward pass of ``batch`` images."""
+                           batch: int, count_unpacking: bool = True) -> int:
+    """Predicted peak bytes of live activations in one forward pass of ``batch`` images; ``count_unpacking``
+    False: without the temporary fp32 weights that bits without a kernel are unpacked to (a runtime backend, which
+    computes on the packed weights: :func:`autocomp.measure.peak_activation_nbytes` counts so for it)."""
     d, peak, act = description, _Peak(), description.dtype_bytes
     rows = lambda tokens, width: act * batch * tokens * width  # noqa: E731 - bytes of a (batch, tokens, width)
     stats = lambda tokens: 2 * STAT_BYTES * batch * tokens  # noqa: E731
@@ -51,19 +53,20 @@ def peak_activation_nbytes(description: ViTDescription, plans: list[BlockPlan], 
         held = (stem if index else 0) + x_in + sizes
         qkv = rows(n, 3 * block.attn_dim)
         peak.see(held, x, stats(n))  # norm1
-        _linear(peak, [held, x], block, "qkv", d, profile, batch)
+        linear = lambda live, name: _linear(peak, live, block, name, d, profile, batch, count_unpacking)  # noqa: E731
+        linear([held, x], "qkv")
         scored = _scoring(peak, block, d, batch, [held, x, qkv])
         attn_out = _attention(peak, block, d, profile, batch, [held, x, qkv, scored])
-        _linear(peak, [held, x, qkv, attn_out, scored], block, "proj", d, profile, batch)
+        linear([held, x, qkv, attn_out, scored], "proj")
         peak.see(held, x, x, scored)  # first residual add
         held = held + x + scored  # the block input, the first residual and what the reduction scores by
         hidden = rows(n, block.hidden)
         peak.see(held, x, stats(n))  # norm2
-        _linear(peak, [held, x], block, "fc1", d, profile, batch)
+        linear([held, x], "fc1")
         peak.see(held, x, hidden, hidden)  # GELU
         if d.mlp_norm:
             peak.see(held, x, hidden, hidden, stats(n))
-        _linear(peak, [held, x, hidden], block, "fc2", d, profile, batch)
+        linear([held, x, hidden], "fc2")
         peak.see(held, x, x)  # second residual add
         x_in = rows(block.tokens_out, width)
         if block.reduce is not None:
@@ -74,7 +77,7 @@ def peak_activation_nbytes(description: ViTDescription, plans: list[BlockPlan], 
 
 
 def _linear(peak: _Peak, live: list[int], block: BlockPlan, name: str, d: ViTDescription, profile: HardwareProfile,
-            batch: int) -> None:
+            batch: int, count_unpacking: bool) -> None:
     """Record the peak of one Linear (or its two low-rank factors) reading inputs while ``live`` is alive.
 
     What a Linear allocates besides its output: a float one without bias runs as ``mm`` plus ``_unsafe_view``, which
@@ -82,7 +85,8 @@ def _linear(peak: _Peak, live: list[int], block: BlockPlan, name: str, d: ViTDes
     are unpacked to a temporary fp32 weight (uint8 codes, their fp32 conversion and the scaled weight: 9 bytes a
     weight at once, plus the scales in fp32, copied per weight when the groups do not divide the row); a 16-bit
     kernel casts its input down and its output back up; 8-bit activations are quantized (one byte, two while the
-    quantized tensor is converted) or, without a static int8 kernel, fake-quantized.
+    quantized tensor is converted) or, without a static int8 kernel, fake-quantized. ``count_unpacking`` False: the
+    unpacked weight not counted.
     """
     act = d.dtype_bytes
     rows = batch * block.tokens
@@ -103,8 +107,10 @@ def _linear(peak: _Peak, live: list[int], block: BlockPlan, name: str, d: ViTDes
             if quantize is not None:
                 groups = math.ceil(in_f / quantize.group_size)
                 scales = 4 * out_f * groups * (quantize.group_size if in_f % quantize.group_size else 1)
-            peak.see(*live, previous, extra, UNPACK_PEAK_BYTES * in_f * out_f + scales)
-            peak.see(*live, previous, extra, 4 * in_f * out_f, out * double)
+            weight = 4 * in_f * out_f if count_unpacking else 0
+            if count_unpacking:
+                peak.see(*live, previous, extra, UNPACK_PEAK_BYTES * in_f * out_f + scales)
+            peak.see(*live, previous, extra, weight, out * double)
         elif half:
             peak.see(*live, previous, extra, 2 * rows * in_f, out // 2 * double)  # input cast down, bf16 GEMM
             peak.see(*live, previous, extra, out // 2, out)  # output cast back to fp32

@@ -50,7 +50,8 @@ class Measurement:
         weights_mb: bytes of the weights the deployed model holds, in MB (1e6 bytes): PyTorch's tensors, or the
             exported file's for a runtime backend.
         activations_mb: peak bytes of live activation tensors during one PyTorch forward pass, in MB (the runtimes
-            do not report theirs).
+            do not report theirs; for a runtime backend, without the temporary weights PyTorch's 2-6 bit layers
+            unpack to, since the runtime computes on the packed ones).
         runtime: the backend, its version, device and options (:meth:`autocomp.measure.backends.Backend.describe`).
         agreement: top-1 agreement of the exported model with the PyTorch one on the check images (None: no
             export, or no images).
@@ -103,7 +104,7 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
     with _quiet.timing():  # and the run's other trials on this machine hold still while this one times
         times = backend.time(runs, batch, profile)
     with _quiet.step():
-        activations = peak_activation_nbytes(model, batch)
+        activations = peak_activation_nbytes(model, batch, count_unpacking=not backend.exports)
     own = sorted(times[0])
     quartiles = statistics.quantiles(own, n=4) if len(own) > 1 else [own[0]] * 3
     ratio = statistics.median(a / b for a, b in zip(times[0], times[1])) if reference is not None else None
@@ -111,7 +112,8 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
                        latency_ratio=ratio, weights_mb=candidate.weight_nbytes / MB,
                        activations_mb=activations / MB,
                        runtime=(backend.describe(profile) + f"; weights counted in the {candidate.weights_from}, "
-                                "activations in PyTorch"),
+                                "activations in PyTorch" + (" (packed weights not unpacked, as the runtime runs them)"
+                                                            if backend.exports else "")),
                        agreement=None if agreement is None else agreement.top1,
                        max_logit_diff=None if agreement is None else agreement.max_logit_diff)
 

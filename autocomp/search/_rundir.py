@@ -35,7 +35,7 @@ except ImportError:  # Windows: a search runs without the run folder's lock (sai
 __all__ = ["BASE_WEIGHTS", "one_search_at_a_time", "job_identity", "earlier_fingerprint", "moved", "previous_run",
            "require_same_model", "run_splits", "measured_otherwise", "space_otherwise", "resolved_space",
            "record_space", "seed_otherwise",
-           "write_run_info", "record_move"]
+           "write_run_info", "record_move", "PACKED"]
 
 BASE_WEIGHTS = "base.safetensors"  # the weights of a model given as an nn.Module
 REMEASURED = "remeasured.json"  # the best candidates' second measurements, for a rerun (search/_finish.py)
@@ -180,7 +180,8 @@ def record_move(run_dir: Path, config: JobConfig, job: Mapping[str, Any], finger
                 log: Callable[[str], None] = print) -> None:
     """Where the run being resumed recorded other paths than its job's (it moved: :func:`moved`; or only the folder
     its factory's module is imported from changed), the new paths into its config.yaml and the fingerprint into its
-    run.json, saying so; nothing otherwise."""
+    run.json, saying so; where its search space file's text alone changed (:func:`_space_text_alone`), its new digest
+    into run.json, saying so; nothing otherwise."""
     _, paths = _job_changes(run_dir, job, config)
     if paths:
         log(f"note: the job's files moved since the trials in {run_dir} ran ({'; '.join(paths)}); what they hold is "
@@ -190,8 +191,16 @@ def record_move(run_dir: Path, config: JobConfig, job: Mapping[str, Any], finger
     module = _at(now, ("model", "path"))
     if written is not None and (paths or module not in (None, _at(written, ("model", "path")))):
         write_yaml(run_dir / "config.yaml", {**written, **now})  # model.path too: where export finds the module
-    if _run_info(run_dir).get("fingerprint") != fingerprint:  # an earlier version's, or the paths before a move
-        write_json(run_dir / "run.json", {**_run_info(run_dir), "fingerprint": fingerprint})
+    info = _run_info(run_dir)
+    files = _file_digests(config)
+    if isinstance(info.get("files"), Mapping) and info["files"] != files:  # the same space (_space_text_alone)
+        log(f"note: the search space file {config.search_space} changed since the trials in {run_dir} ran, but only "
+            "in its text (a comment or a blank line): it resolves to the same space; resuming, with its new text "
+            "recorded")
+    if info.get("fingerprint") != fingerprint or info.get("files", files) != files:
+        # an earlier version's fingerprint, the paths before a move, or the space file's text before an edit
+        write_json(run_dir / "run.json", {**info, "fingerprint": fingerprint,
+                                          **({"files": files} if "files" in info else {})})
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
@@ -219,8 +228,9 @@ def _same_root(config: JobConfig, written: Any) -> bool:
 def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping[str, Any] | None = None,
                   config: JobConfig | None = None, digest: str | None = None) -> dict[str, Any] | None:
     """The run.json of an earlier search of the same job in ``run_dir`` (its fingerprint one of ``fingerprints``:
-    this version's, or an earlier version's for the same job); a different job there is refused, saying what
-    differs from the ``job`` recorded in its config.yaml, or from the model's ``digest`` recorded in run.json."""
+    this version's, or an earlier version's for the same job, or another only in the search space file's text, which
+    resolves to the same space); a different job there is refused, saying what differs from the ``job`` recorded in
+    its config.yaml, or from the model's ``digest`` recorded in run.json."""
     info, study = run_dir / "run.json", study_file(run_dir)
     if not (info.is_file() and study.is_file()):
         return None
@@ -228,6 +238,8 @@ def previous_run(run_dir: Path, fingerprints: Sequence[str | None], job: Mapping
     if previous.get("fingerprint") not in [fingerprint for fingerprint in fingerprints if fingerprint]:
         settings, paths = _job_changes(run_dir, job, config)
         recorded = previous.get("model")  # the model's digest (runs before 2026-11 recorded none)
+        if not settings and digest is not None and digest == recorded and _space_text_alone(previous, config):
+            return previous  # the same job: record_move records the file's new text
         if settings:
             changes = "; ".join(settings)
         elif digest is not None and recorded is not None and digest != recorded:
@@ -252,6 +264,22 @@ FILES = {"search_space": "search space", "hardware": "hardware profile"}  # the 
 
 def _file_digests(config: JobConfig) -> dict[str, str]:
     return {key: hashlib.sha256(Path(getattr(config, key)).read_bytes()).hexdigest()[:16] for key in FILES}
+
+
+def _space_text_alone(previous: Mapping[str, Any], config: JobConfig | None) -> bool:
+    """Whether, of the job's files, only the search space's text differs from what run.json recorded, and it resolves
+    to the space the run recorded (a comment or a blank line edited): the trials to come sample what the earlier did."""
+    recorded = previous.get("files")
+    if config is None or not isinstance(recorded, Mapping) or not isinstance(previous.get("space"), Mapping):
+        return False
+    now = _file_digests(config)
+    if [key for key in FILES if recorded.get(key) != now[key]] != ["search_space"]:
+        return False
+    try:
+        space = resolved_space(load_space(config.search_space))
+    except AutocompError:
+        return False
+    return as_recorded(previous["space"], space) == space
 
 
 def _changed_files(previous: Mapping[str, Any], config: JobConfig | None, paths: Sequence[str] = ()) -> str | None:
@@ -366,16 +394,22 @@ def scored_int8_codes(measured_with: Mapping[str, Any] | None) -> int | None:
     return 255 if "matmul_integer" in forms else None
 
 
+PACKED = "packed"  # measured_with["activations"]: a runtime backend's, counted without PyTorch's unpacked weights
+
+
 def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
     """How the earlier trials of a resumed run were measured, against how the trials to come are (run.json's
     ``measured_with``: the backend's description with its runtimes' versions and options, how autocomp counts,
-    :data:`~autocomp.measure.COUNTING`, and the form of what an exporting backend times, e.g. its int8 weights);
-    None where alike."""
+    :data:`~autocomp.measure.COUNTING`, and the form of what an exporting backend times, e.g. its int8 weights, and
+    how it counts activations, :data:`PACKED`); None where alike."""
     if earlier is None:
         return "by an earlier autocomp, which did not record how"
     changed = [f"{what} {earlier.get(key)!r}, now {now[key]!r}" for key, what in
                (("backend", "on"), ("counting", "by autocomp's counting"), ("forms", "with the export's"))
                if earlier.get(key, "") != now.get(key, "")]  # "": nothing exported (a run from before "forms" too)
+    if earlier.get("activations") != now.get("activations") and now.get("activations") == PACKED:
+        changed.append("with the fp32 weights 2-6 bit layers unpack to in PyTorch counted in their activations, now "
+                       "not (the runtime computes on the packed weights)")
     codes = scored_int8_codes(earlier), scored_int8_codes(now)
     if None not in codes and codes[0] != codes[1]:  # their accuracy too: int8 layers quantize their inputs otherwise
         changed.append(f"with int8 input codes 0..{codes[0]}, now 0..{codes[1]} (accuracy too)")

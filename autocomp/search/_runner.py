@@ -159,7 +159,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
         screen = before.screen_of(base, profile, baseline, limits, config, log) if remaining else None
         measured_with = {"backend": measuring, "counting": COUNTING, "forms": backend_of(profile).export_forms(),
-                         "int8_codes": int8_linear_top_code()}  # Int8Linear's inputs, as its trials are scored
+                         "int8_codes": int8_linear_top_code(),  # Int8Linear's inputs, as its trials are scored
+                         **({"activations": rundir.PACKED} if backend_of(profile).exports else {})}
         if previous is None:
             config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
@@ -241,10 +242,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     log(f"the space offers {recipes} different recipes (after the sensitivity pass), fewer than the "
                         f"{remaining} trials left: at most {recipes} will run, as a recipe drawn again is not run; "
                         f"widen the space (or raise sensitivity.drop_above) to use the trials")
-                if config.start_points and config.trials < 4 and not study.trials:
-                    log(f"note: no start points: they take a quarter of the trials at most, none of {config.trials} "
-                        "(4 trials or more queue the uncompressed model, uniform int8 and the like first)")
-                if config.start_points and config.trials >= 4 and not study.trials:
+                if config.start_points and not study.trials:
                     if "latency_ms" in limits:  # the all-knobs point is measured: not while workers start
                         loop.wait_for_workers()
                     _enqueue_start_points(study, space, heads, screen, limits, config, log, allowed=allowed,
@@ -339,12 +337,13 @@ def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[i
                           limits: Mapping[str, float], config: JobConfig, log: Callable[[str], None], *,
                           allowed: Mapping[str, tuple], settings: list[Setting],
                           measure: Callable[[Recipe], float] | None) -> None:
-    """Queue the known-good starting recipes (:mod:`autocomp.search._start`), a quarter of the trials at most."""
+    """Queue the known-good starting recipes (:mod:`autocomp.search._start`), a quarter of the trials at most, and
+    one where that is none (a search of 1 to 3 trials spends one on the best-placed, not on a random draw)."""
     if measure is not None and "latency_ms" in limits:  # minutes on a large model on a runtime backend: said
         # before, not only after (under a memory limit alone nothing is measured: start_points predicts)
         log("starting points: measuring the candidates with every knob alike on the target")
     points = start_points(space, heads, predictor=screen.predictor if screen is not None else None, limits=limits,
-                          cap=config.trials // 4, allowed=allowed, sensitivity=settings, measure=measure)
+                          cap=max(1, config.trials // 4), allowed=allowed, sensitivity=settings, measure=measure)
     for label, params in points:
         study.enqueue_trial(params, user_attrs={START: label})
     log("starting points: " + (" ".join(f"({n}) {label};" for n, (label, _) in enumerate(points, 1))[:-1]

@@ -3,10 +3,10 @@ before the sampler draws its own.
 
 A pretrained ViT is fragile (one head pruned in every block can cost 20 points before distillation), so random
 start-up trials, mostly heavy compression, can spend a whole small budget far from anything usable. The search
-therefore starts from, in this order (a quarter of the trials at most): the uncompressed model (the accuracy
-anchor); uniform int8 weights (cheap in accuracy almost everywhere; with each choice of ``act_bits`` the space
-offers, dynamic and static activations); the uniform combination of knobs predicted
-within budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
+therefore starts from, in this order (a quarter of the trials at most, one in a search of 1 to 3): the uncompressed
+model (the accuracy anchor); uniform int8 weights (cheap in accuracy almost everywhere; with each choice of
+``act_bits`` the space offers, dynamic and static activations); the uniform combination of knobs predicted within
+budget that the sensitivity pass says costs least, or without one, predicted closest under the budget (after
 the latency pass the cost model is corrected by what that pass measured; under a latency budget the best-ranked
 combinations are measured on the target until one is within it); after a sensitivity pass, the quiet point: only
 settings that alone cost a block at most ``QUIET`` points, as many as the budget needs (the uncompressed model
