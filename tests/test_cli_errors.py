@@ -496,6 +496,40 @@ def test_a_search_says_when_its_clusters_head_stops_answering(monkeypatch):
     assert not quiet.is_alive() and len(said) == 1
 
 
+def test_a_search_on_its_own_ray_says_when_that_ray_is_stopped(monkeypatch):
+    """`ray stop` on this machine stops every Ray there, a search's embedded one too, and Ray then ends the search
+    with a message of its own (it had ended with none): the search says first that its own Ray stopped, what is kept
+    and how to resume."""
+    import socket
+    import types
+
+    from autocomp.search import _ray
+
+    raylet = socket.socket()
+    raylet.bind(("127.0.0.1", 0))
+    port = raylet.getsockname()[1]
+    raylet.close()  # stopped: nothing listens there
+    head = socket.socket()
+    head.bind(("127.0.0.1", 0))
+    head.listen(64)
+    context = types.SimpleNamespace(gcs_address=f"127.0.0.1:{head.getsockname()[1]}", get_node_id=lambda: "own")
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kwargs: None, shutdown=lambda: None,
+                                 get_runtime_context=lambda: context,
+                                 nodes=lambda: [{"NodeID": "own", "NodeManagerAddress": "127.0.0.1",
+                                                 "NodeManagerPort": port, "Alive": True}])
+    monkeypatch.setattr(_ray, "import_ray", lambda: fake)
+    said: list[str] = []
+    try:
+        with _ray.ray_session(workers=1, ray_address=None, log=said.append):
+            _ray._WATCH.join(timeout=10)
+    finally:
+        head.close()
+    assert _ray._WATCH is None  # the search ended: no watch left
+    assert said == [f"warning: this search's own Ray (its raylet at 127.0.0.1:{port}) stopped (`ray stop` on this "
+                    "machine stops every Ray here, this one too); Ray ends this search within seconds: the trials "
+                    "done are kept in the run folder, and the same command resumes them, on a Ray of its own again"]
+
+
 def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, capsys):
     """While a search holds its run folder (its process and host in the lock), another one into the same folder
     stops before it loads anything; once the first lets go, the folder is the next search's."""

@@ -83,24 +83,22 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
         if ray_address:
             require_same_versions()
             log(f"Ray: joined the cluster at {ray.get_runtime_context().gcs_address}: {_nodes()}")
-            global _WATCH
-            _WATCH = watch = HeadWatch(ray.get_runtime_context().gcs_address, log, raylet=_own_raylet())
-            watch.start()
-            try:
-                yield
-            finally:
-                watch.stop.set()
-                _WATCH = None
-        else:
+        global _WATCH
+        _WATCH = watch = HeadWatch(ray.get_runtime_context().gcs_address, log, raylet=_own_raylet(),
+                                   embedded=not ray_address)
+        watch.start()
+        try:
             yield
+        finally:
+            watch.stop.set()
+            _WATCH = None
     finally:
         ray.shutdown()
 
 
 def _own_raylet() -> str | None:
     """HOST:PORT of the raylet of the node this process joined the cluster on (None where Ray does not say)."""
-    import ray
-
+    ray = import_ray()
     node_id = ray.get_runtime_context().get_node_id()
     own = next((node for node in ray.nodes() if node.get("NodeID") == node_id), None)
     if own is None or not own.get("NodeManagerAddress") or not own.get("NodeManagerPort"):
@@ -125,12 +123,14 @@ class HeadWatch(threading.Thread):
     the GCS), or the head has not answered for ``silent_s`` (its machine lost: Ray ends the driver's process a minute
     after it loses the head, ``gcs_rpc_server_reconnect_timeout_s``). Ray's own end of the process says nothing of
     the search, so the search's user learns first what is kept and how to resume. Polls every ``every_s`` until
-    ``stop`` is set."""
+    ``stop`` is set. ``embedded``: the search's own Ray, which ``ray stop`` on this machine stops too (it stops
+    every Ray here)."""
 
     def __init__(self, gcs_address: str, log: Callable[[str], None], *, raylet: str | None = None,
-                 every_s: float = HEAD_POLL_S, silent_s: float = HEAD_SILENT_S) -> None:
+                 every_s: float = HEAD_POLL_S, silent_s: float = HEAD_SILENT_S, embedded: bool = False) -> None:
         super().__init__(name="autocomp-head-watch", daemon=True)
         self.address, self.raylet, self.log, self.every_s, self.silent_s = gcs_address, raylet, log, every_s, silent_s
+        self.embedded = embedded
         self.stop = threading.Event()
 
         self.said, self._lock, self._since = False, threading.Lock(), None
@@ -151,7 +151,8 @@ class HeadWatch(threading.Thread):
             if head is None:
                 return True  # nothing to watch
             if own is not None and _refused(own, self.every_s):
-                what, soon = f"the Ray node this search runs on (its raylet at {self.raylet}) stopped", True
+                where, soon = f"its raylet at {self.raylet}", True
+                what = f"the Ray node this search runs on ({where}) stopped"
             else:
                 soon = _refused(head, self.every_s)  # True: refused; None: no answer
                 if soon is False:
@@ -160,25 +161,31 @@ class HeadWatch(threading.Thread):
                 self._since = time.monotonic() if self._since is None else self._since
                 if soon is None and time.monotonic() - self._since < self.silent_s:
                     return False
+                where = f"its head at {self.address}"
                 what = f"the Ray cluster's head at {self.address} " + (
                     "refuses connections (stopped)" if soon else
                     f"has not answered for {self.silent_s:g} s (stopped, or its machine lost)")
-            self.log(f"warning: {what}; "
-                     + ("Ray ends this search within seconds" if soon
-                        else "unless it answers again, Ray ends this search a minute after losing it")
-                     + ": the trials done are kept in the run folder, and the same command resumes them once the "
-                     "cluster runs again (or with no Ray address, on an embedded Ray)")
+            if self.embedded:  # on this machine: stopped, not lost
+                self.log(f"warning: this search's own Ray ({where}) stopped (`ray stop` on this machine stops every "
+                         "Ray here, this one too); Ray ends this search within seconds: the trials done are kept in "
+                         "the run folder, and the same command resumes them, on a Ray of its own again")
+            else:
+                self.log(f"warning: {what}; "
+                         + ("Ray ends this search within seconds" if soon
+                            else "unless it answers again, Ray ends this search a minute after losing it")
+                         + ": the trials done are kept in the run folder, and the same command resumes them once the "
+                         "cluster runs again (or with no Ray address, on an embedded Ray)")
             sys.stdout.flush()  # Ray's end of the process flushes nothing
             self.said = True
             return True
 
 
-_WATCH: HeadWatch | None = None  # the watch of the cluster this process joined by address, while a search runs
+_WATCH: HeadWatch | None = None  # the watch of the Ray this process runs its search on (joined or its own)
 
 
 def check_cluster() -> None:
-    """Where a search joined a cluster by address: look at once whether its Ray stopped (a trial's worker just
-    died), and say so (:class:`HeadWatch`)."""
+    """Where a search runs on a Ray it joined by address or started: look at once whether that Ray stopped (a
+    trial's worker just died), and say so (:class:`HeadWatch`)."""
     if (watch := _WATCH) is not None:
         watch.check()
 
