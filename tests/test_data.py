@@ -517,7 +517,7 @@ def test_every_image_whose_header_is_broken_is_named_at_once(tmp_path):
     ({"cat/a.png": None, "dog/a.png": None, "stray.png": None, "labels.csv": "a,cat"},
      "holds 1 image(s) beside its class folders (stray.png); move each into its class's folder"),
     ({"cat/a.png": None, "dog/": None}, "class folder(s) ['dog'] under"),
-    ({"cat/a.png": None, "cat/notes.txt": "text"}, "notes.txt is not an image"),
+    ({"cat/photo.heic": "HEIC", "dog/a.png": None, "dog/notes.txt": "text"}, "class folder(s) ['cat'] under"),
     ({**{f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "cat/b.png": "not a png"},
      "cannot read image"),
     ({"train/cat/a.png": None, "train/dog/a.png": None, "val/cat/a.png": None, "val/fox/a.png": None},
@@ -544,6 +544,24 @@ def test_bad_image_folders_are_one_clear_line(tmp_path, layout, message):
         load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1),
                     tiny_rgb_vit())
     assert "\n" not in str(info.value)
+
+
+def test_files_that_are_not_images_in_class_folders_are_left_out_and_named(tmp_path):
+    """A labels file or notes beside a class's images are left out, as torchvision's ImageFolder does (they stopped
+    the search), with one warning naming them: a format the loader does not read is not lost unsaid."""
+    from autocomp import AutocompWarning
+
+    make_folder(tmp_path, {"cat": 6, "dog": 6})
+    (tmp_path / "cat" / "labels.csv").write_text("a,cat")
+    (tmp_path / "dog" / "photo.heic").write_text("HEIC")
+    with pytest.warns(AutocompWarning) as said:
+        splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=1,
+                                        test_size=1, workers=0), tiny_rgb_vit())
+    assert len(splits.train) + len(splits.val) + len(splits.test) + len(splits.calib.y) == 12
+    assert [str(w.message) for w in said if "class folders" in str(w.message)] == [
+        f"2 file(s) in the class folders of {tmp_path} are not images and are left out (cat/labels.csv, "
+        "dog/photo.heic); images are .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp: convert any other "
+        "image format to one of them"]
 
 
 def test_a_class_named_in_another_unicode_form_in_val_is_trains_class(tmp_path):

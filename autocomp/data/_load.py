@@ -168,6 +168,7 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
                             f"{folder}")
     found: dict[str, list[str]] = {}
     walked: dict[str, str] = {}  # each real folder read -> the class it was read for
+    other: list[Path] = []  # files that are not images (notes, labels, annotations): left out, as torchvision does
     for name in classes:
         files = []
         paths, reals = _files_under(folder / name)
@@ -180,10 +181,14 @@ def _classes(folder: Path, *, held_out: bool = False) -> dict[str, list[str]]:
             if path.name.lower() in _IGNORED:
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise AutocompError(f"{path} is not an image ({', '.join(IMAGE_EXTENSIONS)}); remove it or move it "
-                                    "out of the class folders")
+                other.append(path)
+                continue
             files.append(str(path))
         found[name] = files
+    if other:
+        shown = ", ".join(str(path.relative_to(folder)) for path in other[:3]) + (" ..." if len(other) > 3 else "")
+        warn(f"{len(other)} file(s) in the class folders of {folder} are not images and are left out ({shown}); "
+             f"images are {', '.join(IMAGE_EXTENSIONS)}: convert any other image format to one of them")
     empty = [name for name, files in found.items() if not files]
     if held_out:
         if len(empty) == len(found):
