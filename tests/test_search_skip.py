@@ -251,6 +251,7 @@ def test_skipped_candidates_stop_being_free_after_the_cap():
     study, controller = _controller_with(_EveryOther(skip_all=True), n_trials=2)
     assert controller.suggest("a") == Searcher.FINISHED
     assert len(study.get_trials()) == 2 + SKIPS_PER_TRIAL * 2
+    assert controller.places_taken == {"skipped": 2, "drawn again": 0}  # what the run's log says of its 2 trials
 
 
 def test_the_time_spent_choosing_trials_counts_the_candidates_skipped_too(monkeypatch):
@@ -287,7 +288,11 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     # by how much, to a tenth of a percent (0.43% over read "over by 0%")
     assert re.search(r"no candidate met the budget; closest was trial \d+ \(latency_ms over by \d+\.\d%\)",
                      summary["message"]), summary["message"]
-    assert "no candidate met the budget" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no candidate met the budget" in printed
+    # the trial that built nothing is said so (the log counted it with those measured)
+    assert "2 trials in " in printed and ("note: 1 of the 2 trials built no model: taken 1 by candidates the cost "
+                                          "model skipped (predicted over budget)") in printed
     trials = [t for t in load_run_study(run).get_trials() if "duplicate_of" not in t.user_attrs]  # drawn again: not run
     ran = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     skipped = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]

@@ -118,6 +118,7 @@ class OptunaController(Searcher):
         self._drops = dict(drops or {})
         self._duplicates_left = n_trials  # duplicates replaced at no trial's cost, at most this many per run
         self._skips_left = SKIPS_PER_TRIAL * n_trials  # ... and skipped candidates
+        self.places_taken = {"skipped": 0, "drawn again": 0}  # trials of the run they took once none was left
         self._rng = random.Random(seed)
         self.coarse = CoarseStage(space, heads_per_block, draws=coarse, directions=DIRECTIONS, allowed=allowed,
                                   seed=seed, rng=self._rng) if coarse else None
@@ -143,7 +144,7 @@ class OptunaController(Searcher):
                              _started={}, _retries=0, _replacements=0, stopped=None,
                              _allowed=None, coarse=None, _local=0.0,
                              _local_credit=0.0, _duplicates_left=0, _skips_left=0, _rng=random.Random(0), _drops={},
-                             asking_seconds=0.0)
+                             asking_seconds=0.0, places_taken={"skipped": 0, "drawn again": 0})
 
     @property
     def unfinished(self) -> int:
@@ -182,6 +183,8 @@ class OptunaController(Searcher):
                     if self._skips_left > 0:
                         self._skips_left -= 1
                         self._remaining += 1
+                    else:
+                        self.places_taken["skipped"] += 1
                     frozen = self._study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     if coarse is None:
                         self._queue_repair(frozen)
@@ -295,6 +298,8 @@ class OptunaController(Searcher):
         if self._duplicates_left > 0:
             self._duplicates_left -= 1
             self._remaining += 1
+        else:
+            self.places_taken["drawn again"] += 1
         if coarse is not None:  # a safeguard: coarse draws are checked against the same recipes before queued
             self.coarse.failed(coarse)
         self._queue_move(frozen, must_fit=False)

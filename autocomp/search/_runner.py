@@ -275,6 +275,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             log(f"{remaining} trial{'s' if remaining != 1 else ''} in {took:.0f} s"
                 + (f"; {rule.stopped} stopped after the short distillation and score, {rule.promoted} finished"
                    if rule is not None and rule.stopped + rule.promoted else ""))
+            if taken := _places_taken(controller.places_taken, remaining):
+                log(taken)
         try:
             return finish.finalize(run_dir, study, config=config, splits=splits, base=base, baseline=baseline,
                                    limits=limits, profile=profile, log=log,
@@ -284,6 +286,18 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
             raise type(exc)(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
                             "command finishes the search without running them again") from exc
+
+
+def _places_taken(taken: Mapping[str, int], asked: int) -> str | None:
+    """What the trials of a run that built nothing went to: candidates skipped, or recipes drawn again, once the
+    draws that take no trial's place ran out (the sampler finds few new recipes within budget); None where none."""
+    if not sum(taken.values()):
+        return None
+    by = {"skipped": "candidates the cost model skipped (predicted over budget)", "drawn again": "recipes drawn again"}
+    what = " and ".join(f"{count} by {by[key]}" for key, count in taken.items() if count)
+    return (f"note: {sum(taken.values())} of the {asked} trials built no model: taken {what}, once the extra draws "
+            "that take no trial's place ran out. Few recipes of the space not yet run fit the budget: a rerun with "
+            "more trials would mostly draw such ones again; widen the search space or loosen the budget")
 
 
 def _target(config: JobConfig, log: Callable[[str], None]) -> tuple[HardwareProfile, str | None]:
