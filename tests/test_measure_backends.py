@@ -399,6 +399,11 @@ def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no
     allowed = json.loads((run / "sensitivity.json").read_text())
     assert all(allowed[f"b{i}.weight_bits"] == [32] for i in range(2))
     assert 0.5 in allowed["b1.heads_keep"]  # heads 0.5 runs: still offered (block 0 lost it to the sensitivity pass)
+    rows = list(csv.DictReader((run / "sensitivity.csv").open()))  # the pass's file says what the search sampled
+    int8 = [r for r in rows if r["knob"] == "weight_bits" and float(r["value"]) == 8]
+    assert len(int8) == 2 and all(r["offered"] == "False" and r["left_out"] == "the target cannot run it" for r in int8)
+    assert all((r["offered"] == "True") == (float(r["value"]) in allowed.get(f"b{r['block']}.{r['knob']}", ()))
+               for r in rows if r["knob"] == "heads_keep")
     trials = load_run_study(run).get_trials()
     assert trials and not any("quantize" in block for t in trials for block in t.user_attrs["recipe"]["blocks"])
     # a limit only int8 weights could reach: refused once the pass has left them out, before any trial

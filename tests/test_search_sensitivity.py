@@ -248,6 +248,12 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
     assert allowed["b0.heads_keep"] == [1.0] and allowed["b1.weight_bits"] == [32]
     trials = load_run_study(run).get_trials()
     assert all(not any(trial.user_attrs["recipe"]["blocks"]) for trial in trials)  # nothing else was offered
+    # the sensitivity pass's file and plot say so too, with why (they showed what that pass alone left out)
+    per_block = list(csv.DictReader((run / "sensitivity.csv").open()))
+    assert {r["offered"] for r in per_block} == {"False"}, per_block
+    assert all(r["left_out"].startswith("in every block it saves less than 99% of the latency (")
+               and r["left_out"].endswith("x, uniform_latency.csv)") for r in per_block
+               if r["accuracy_drop"] and float(r["accuracy_drop"]) <= 5.0)
 
 
 def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, tiny_teacher, capsys, monkeypatch):

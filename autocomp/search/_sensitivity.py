@@ -423,18 +423,36 @@ def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], floa
             writer.writerow([knob, value, f"{ratio:.3f}", offered(ratio / floor, min_saving=min_saving)])
 
 
-def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float) -> None:
+def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float,
+                      offer: tuple[SearchSpace, Mapping[str, tuple]] | None = None,
+                      left_out: Mapping[tuple[str, Any], str] | None = None) -> None:
     """``sensitivity.csv`` (one row per setting) and ``sensitivity.png`` (blocks x settings, coloured by the
-    accuracy drop; settings not offered to the search are crossed)."""
+    accuracy drop; settings not offered to the search are crossed). Offered: by the drop alone, or, with ``offer``
+    (the space and the choices the passes left, :func:`allowed_choices` and after), as the search samples; why a
+    setting is not (``left_out``: by the passes after this one, e.g. "the target cannot run it")."""
+    def offered(s: Setting) -> bool:
+        if s.accuracy_drop is None or s.accuracy_drop > drop_above or offer is None:
+            return s.accuracy_drop is not None and s.accuracy_drop <= drop_above
+        space, allowed = offer
+        return all(v in space.offered(s.block, k, allowed) for k, v in setting_values(space, s.knob, s.value).items())
+
+    def why(s: Setting) -> str:
+        if s.refused:
+            return "the operators refuse it"
+        if s.accuracy_drop is None or s.accuracy_drop > drop_above:
+            return f"alone it costs more than {drop_above:g} points"
+        return (left_out or {}).get((s.knob, s.value), "not offered")
+
+    marks = [offered(s) for s in settings]
     with (run_dir / "sensitivity.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["block", "knob", "value", "accuracy_drop", "predicted_latency_ratio", "offered", "refused"])
-        for s in settings:
-            offered = s.accuracy_drop is not None and s.accuracy_drop <= drop_above
+        writer.writerow(["block", "knob", "value", "accuracy_drop", "predicted_latency_ratio", "offered", "refused",
+                         "left_out"])
+        for s, mark in zip(settings, marks):
             writer.writerow([s.block, s.knob, s.value, _fmt(s.accuracy_drop), _fmt(s.predicted_latency_ratio),
-                             offered, s.refused or ""])
+                             mark, s.refused or "", "" if mark else why(s)])
     if settings:
-        _heatmap(run_dir / "sensitivity.png", settings, drop_above)
+        _heatmap(run_dir / "sensitivity.png", settings, marks, drop_above)
 
 
 def read_sensitivity(run_dir: Path) -> list[Setting]:
@@ -456,7 +474,7 @@ def _number(text: str) -> float | None:
     return float(text) if text else None
 
 
-def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None:
+def _heatmap(path: Path, settings: Sequence[Setting], offered: Sequence[bool], drop_above: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,17 +495,17 @@ def _heatmap(path: Path, settings: Sequence[Setting], drop_above: float) -> None
     low, high = (float(scored.min()), float(scored.max())) if scored.size else (0.0, 0.0)
     norm = TwoSlopeNorm(vcenter=0.0, vmin=min(low, -0.5), vmax=max(high, 0.5))
     image = axis.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
-    for s in settings:
+    for s, mark in zip(settings, offered):
         where = columns.index((s.knob, s.value)), blocks.index(s.block)
         dark = s.accuracy_drop is not None and abs(float(norm(s.accuracy_drop)) - 0.5) > 0.3
-        text = "x" if s.accuracy_drop is None or s.accuracy_drop > drop_above else f"{s.accuracy_drop:.1f}"
+        text = f"{s.accuracy_drop:.1f}" if mark else "x"
         axis.text(*where, text, ha="center", va="center", fontsize=8 if text == "x" else 6,
                   color="white" if dark else "black")
     axis.set_xticks(range(len(columns)), [setting_label(k, v) for k, v in columns], rotation=60, ha="right",
                     fontsize=8)
     axis.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks], fontsize=8)
     fig.colorbar(image, label="points lost undistilled (< 0: gained)")
-    axis.set_title(f"each setting alone; x: not offered (drop > {drop_above:g} or refused)", fontsize=9)
+    axis.set_title(f"each setting alone; x: not offered (drop > {drop_above:g}, or see sensitivity.csv)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
