@@ -170,6 +170,17 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
     assert "note: OpenVINO's default precision on this CPU, bf16, cannot compile model.xml here" in \
         capsys.readouterr().out
     monkeypatch.setattr(openvino, "ov_compiled", compiled)
+    # an IR OpenVINO cannot compile (a CPU cap): left to look at, without the ONNX file it was converted from
+    def uncompilable(self, path, profile):
+        raise backends.ExportFailed("openvino-cpu: OpenVINO cannot compile the export: no primitive")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(backends.OpenVinoCpu, "load", uncompilable)
+        assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "ov3"), "--format",
+                     "openvino"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"model.xml, failed so, is left in {tmp_path / 'ov3'} to look "
+                                                    "at (export.json's check says why): not for deployment")
+    assert (tmp_path / "ov3" / "model.xml").is_file() and not (tmp_path / "ov3" / "model.onnx").exists()
     # the IR against the loadable folder beside it, checked here rather than taken from export.json: an IR of
     # another model (the uncompressed one, say) gives logits a whole unit or more apart
     agreement = compare_outputs(autocomp.load(out), OvModule(ov_compiled(out / "model.xml")),
@@ -210,8 +221,10 @@ def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_its_
     err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "onnx"], capsys)
     assert err.startswith("autocomp: error: onnxruntime-cpu: the exported model agrees with the PyTorch one on ")
     assert "(top-1; at least 101% required), largest logit difference " in err
+    left = f"; model.onnx, failed so, is left in {out} to look at (export.json's check says why): not for deployment"
+    assert err.endswith(left)  # where the files are, and that they are not to be deployed
     info = json.loads((out / "export.json").read_text())  # the failed check is recorded for the user to read
-    assert info["file"] == "model.onnx" and info["check"] == err.removeprefix("autocomp: error: ")
+    assert info["file"] == "model.onnx" and info["check"] == err.removeprefix("autocomp: error: ").removesuffix(left)
     assert (out / "model.onnx").is_file()
     assert autocomp.load(out) is not None  # the loadable folder was written before the check
     # an export that failed before writing export.json (Ctrl-C) leaves a model.onnx too: the next export into the
@@ -227,8 +240,9 @@ def test_an_export_that_disagrees_with_pytorch_fails_in_one_line_and_leaves_its_
 
     monkeypatch.setattr(backends.OnnxRuntimeCpu, "load", unloadable)
     err = run_cli(["export", str(run_dir), "--trial", str(trial), "--out", str(out), "--format", "onnx"], capsys)
-    assert err == "autocomp: error: onnxruntime-cpu: ONNX Runtime cannot load the export: no kernel for it"
-    assert json.loads((out / "export.json").read_text())["check"] == err.removeprefix("autocomp: error: ")
+    assert err == "autocomp: error: onnxruntime-cpu: ONNX Runtime cannot load the export: no kernel for it" + left
+    assert json.loads((out / "export.json").read_text())["check"] == \
+        err.removeprefix("autocomp: error: ").removesuffix(left)
 
 
 def test_the_default_export_is_the_best_model_as_saved_after_any_final_distillation(run, tmp_path, capsys):

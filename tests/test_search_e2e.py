@@ -136,7 +136,8 @@ def test_a_run_folder_copied_to_another_machine_exports_best_and_kept_trials(fin
     (moved / "config.yaml").write_text(yaml.safe_dump(job))
     assert main(["export", str(moved), "--out", str(tmp_path / "exported")]) == 0
     exported = json.loads((tmp_path / "exported" / "metrics.json").read_text())
-    assert exported["path"] == str((moved / "best").resolve())
+    assert exported["exported_from"] == str((moved / "best").resolve())  # where best/ is now
+    assert exported["path"] == str((tmp_path / "exported").resolve())  # this copy's folder, as best/'s names best/
     runtime = json.loads((moved / "summary.json").read_text())["hardware"]["runtime"]  # what its latency means
     assert exported["runtime"] == runtime and "batch " in runtime and "thread" in runtime
     kept = json.loads((moved / "summary.json").read_text())["best"]["trial"]
@@ -165,6 +166,9 @@ def test_export_any_trial_and_print_the_front(finished_run, capsys):
     row = next(r for r in csv.DictReader((run / "trials.csv").open()) if r["number"] == "1")
     assert metrics["within_budget"] == (row["feasible"] == "True")  # an export over budget says so
     assert float(row["seconds_engine"]) == pytest.approx(metrics["seconds_engine"], abs=0.01)  # named as trials.csv
+    best = json.loads((run / "best" / "metrics.json").read_text())  # what best/ says of itself, a trial says too
+    assert {"violations", "runtime", "path"} <= set(best) & set(metrics), set(best) - set(metrics)
+    assert metrics["violations"].keys() == best["violations"].keys()
     assert "engine_seconds" not in metrics
     model = autocomp.load(tmp / "t1")
     recipe = autocomp.Recipe.load(tmp / "t1" / "recipe.yaml")

@@ -134,7 +134,7 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     if number == BEST:
         model, recipe = load_model(run_dir / BEST, base=base), Recipe.load(run_dir / BEST / "recipe.yaml")
         metrics = json.loads((run_dir / BEST / "metrics.json").read_text())
-        metrics["path"] = str((run_dir / BEST).resolve())  # where it is now (the run folder may have moved)
+        metrics["exported_from"] = str((run_dir / BEST).resolve())  # where it is now (the run folder may move)
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
         classes = load_classes(run_dir / BEST) or _searched(run_dir, "classes")
     else:
@@ -142,8 +142,9 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
             recipe = dataclasses.replace(recipe, distill=None)
         metrics = {"trial": number, **dict(zip(("accuracy", "latency_ms", "memory_mb"), trial.values)),
-                   **{NAMED.get(k, k): v for k, v in trial.user_attrs.items() if k not in SEARCH_CHECK},
-                   "recipe": recipe.to_dict()}
+                   **{NAMED.get(k, k): v for k, v in trial.user_attrs.items()
+                      if k not in SEARCH_CHECK or k == "runtime"},  # what its latency was measured on, as best/'s
+                   "recipe": recipe.to_dict(), "exported_from": str(run_dir.resolve())}
         if trial.user_attrs.get("runtime") is not None:  # apart from this export's own check (export.json)
             metrics["search_check"] = {"of": "the undistilled candidate the trial timed",
                                        **{name: trial.user_attrs.get(key) for key, name in SEARCH_CHECK.items()}}
@@ -165,6 +166,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         metrics["val_accuracy"] = metrics["accuracy"]  # under best/'s name for it too
         over = _over_budget(run_dir, metrics)
         metrics["within_budget"] = None if over is None else not over  # None: the run records no limits
+        if limits := _run_info(run_dir).get("limits"):  # as best/metrics.json has them
+            metrics["violations"] = violations({key: metrics[key] for key in limits}, limits)
         if over:
             log(f"note: trial {number} is over the run's budget ({over}); exported as asked")
         preprocessing, classes = _searched(run_dir, "preprocessing"), _searched(run_dir, "classes")
@@ -180,6 +183,7 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
             (out / name).unlink()
         if stale:
             log(f"{out}: removed the earlier export's {', '.join(stale)}")
+    metrics["path"] = str(out.resolve())  # this model's folder (best/'s names best/)
     save_model(out, model, recipe, config.model, metrics=metrics, preprocessing=preprocessing, classes=classes)
     extra = {"int8_weights": form} if format == "onnx" else {}
     here = int8_linear_top_code()
@@ -377,7 +381,9 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
         agreement = backend.check(model, prepared, images, profile)
     except AutocompError as exc:
         write_json(out / "export.json", {**info, "check": str(exc)})
-        raise
+        _drop_intermediate(path)
+        raise type(exc)(f"{exc}; {path.name}, failed so, is left in {out} to look at (export.json's check says why): "
+                        "not for deployment") from exc
     info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
@@ -395,5 +401,10 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
             "export_trial's int8_weights=)")
         log(f"note: {note}")
     write_json(out / "export.json", info)
-    if path.suffix != ".onnx":  # the ONNX file an IR was converted from: not part of what is deployed
+    _drop_intermediate(path)
+
+
+def _drop_intermediate(path: Path) -> None:
+    """Remove the ONNX file an IR at ``path`` was converted from: not part of what is deployed."""
+    if path.suffix != ".onnx":
         path.with_suffix(".onnx").unlink(missing_ok=True)
