@@ -75,8 +75,10 @@ def build(cls: type, data: Any, *, where: str) -> Any:
         raise AutocompError(f"{where} {got}; the keys are {list(fields)}")
     unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:
-        guesses = [f"{close[0]!r} for {key!r}" for key in unknown
-                   if (close := difflib.get_close_matches(key, list(fields), n=1, cutoff=0.75))]
+        def closest(key: str) -> list[str]:  # the same key in other case first (memory_MB: memory_mb, not memory)
+            same = [name for name in fields if name.lower() == key.lower()]
+            return same or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.75)
+        guesses = [f"{close[0]!r} for {key!r}" for key in unknown if (close := closest(key))]
         raise AutocompError(f"{where}: unknown key(s) {unknown}; allowed: {list(fields)}"
                             + (f"; did you mean {', '.join(guesses)}?" if guesses else ""))
     required = [name for name, f in fields.items()

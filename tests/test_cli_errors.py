@@ -93,6 +93,11 @@ def test_unknown_key_names_key_and_file(job, tmp_path, capsys):
     edit_job(job, lambda d: (d["data"].pop("vals_size"), d.update(trails=3)))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert "unknown key(s) ['trails']" in err and err.endswith("; did you mean 'trials' for 'trails'?")
+    # a key in other case is that key (memory_MB: memory_mb, an absolute limit), not the nearest spelling (memory,
+    # a fraction, which the same number would mean otherwise)
+    edit_job(job, lambda d: (d.pop("trails"), d.update(budget={"memory_MB": 0.7})))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err.endswith("; did you mean 'memory_mb' for 'memory_MB'?"), err
 
 
 def test_unknown_key_in_search_space(job, tmp_path, capsys):
