@@ -256,6 +256,29 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
                if r["accuracy_drop"] and float(r["accuracy_drop"]) <= 5.0)
 
 
+def test_a_resumed_search_learns_again_what_the_passes_measured(tmp_path, tiny_teacher, monkeypatch):
+    """The latency pass's measurements teach the cost model before the first trial; a resume does not run the pass
+    again, so it learns them from the study: it skips as the first run would have gone on to (a resumed search
+    spent its trials on candidates the first run had learnt were over budget)."""
+    from autocomp.cli import main
+    from autocomp.search import _runner
+
+    seen = []
+
+    class Recording(_runner.OptunaController):
+        def __init__(self, **kwargs):
+            seen.append(kwargs["screen"].predictor.measured)  # what the screen learnt before the trials
+            super().__init__(**kwargs)
+    monkeypatch.setattr(_runner, "OptunaController", Recording)
+    job = _heads_int8_job(tmp_path, tiny_teacher, trials=2, min_saving=0.0)
+    run = tmp_path / "run"
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    learnt = load_run_study(run).user_attrs["learnt_before_trials"]
+    assert len(learnt) >= 2 and seen == [len(learnt)]  # heads 0.5 and int8, each in every block at once
+    assert main(["search", str(job), "--out", str(run), "--quiet", "--trials", "3"]) == 0
+    assert seen == [len(learnt)] * 2
+
+
 def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, tiny_teacher, capsys, monkeypatch):
     """weight_bits [8] with act_bits [null, 8]: static activations are the one setting, scored and timed per block,
     and judged against what every candidate holds (int8 weights, dynamic activations), not against the float model:

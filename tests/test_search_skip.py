@@ -107,6 +107,26 @@ def _recipes(n):
     return [Recipe.from_dict({"blocks": [a, b]}) for a in blocks for b in blocks][:n]
 
 
+def test_a_recipe_that_compresses_nothing_costs_what_the_uncompressed_model_measured(predictor):
+    """The uncompressed model is measured at the start of the run: a draw that compresses nothing (the sampler's, a
+    coarse stage's) is skipped where that measurement is over a limit, from the first draw (it had run as a trial,
+    predicted within the unproven margin); within every limit it runs (distilled, it may score more)."""
+    from autocomp.recipe import Distill
+
+    uncompressed = {"latency_ms": 10.0, "memory_mb": 2.0}
+    screen = Screen(predictor=predictor, limits={"latency_ms": 7.0}, margin=0.5, uncompressed=uncompressed)
+    for recipe in (Recipe.identity(2), Recipe(blocks=[{}, {}], distill=Distill(steps=10, alpha=0.5))):
+        verdict = screen.judge(recipe)
+        assert verdict.skip_reason == ("it compresses nothing: the uncompressed model measured latency_ms 10 at the "
+                                       "start of the run, 43% over the limit 7")
+        assert verdict.violations == {"latency_ms": pytest.approx(10 / 7 - 1)}
+    assert screen.judge(HALF_HEADS).skip_reason is None  # predicted: nothing measured yet, it runs
+    assert Screen(predictor=predictor, limits={"latency_ms": 12.0}, margin=0.5,
+                  uncompressed=uncompressed).judge(Recipe.identity(2)).skip_reason is None  # within the limit
+    assert Screen(predictor=predictor, limits={"latency_ms": 7.0}, margin=None,
+                  uncompressed=uncompressed).judge(Recipe.identity(2)).skip_reason is None  # skip_margin null: none
+
+
 @pytest.mark.parametrize("error", [0.0, 0.3])
 def test_the_margin_narrows_once_the_cost_model_has_shown_it_does_not_over_predict(base, error):
     """Predicted 20 % over with a 50 % margin: run while the cost model is unproven; skipped once it has come within

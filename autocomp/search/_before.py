@@ -279,7 +279,7 @@ def screen_of(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, 
     except AutocompError as exc:
         log(f"cost model unavailable ({exc}); trials are not predicted and none is skipped")
         return None
-    return Screen(predictor=predictor, limits=limits, margin=config.skip_margin)
+    return Screen(predictor=predictor, limits=limits, margin=config.skip_margin, uncompressed=baseline)
 
 
 def setup_threads(config: JobConfig) -> int:

@@ -47,6 +47,7 @@ __all__ = ["run_search"]
 PLOT_EVERY_S = 60.0
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
+LEARNT_BEFORE = "learnt_before_trials"  # ... and the measurements the cost model learnt from before the first trial
 GUIDED = ("tpe", "gp")  # the samplers the coarse stage and the local moves run with
 SPLIT_NAMES = {"train": "training", "calib": "calibration", "val": "validation", "test": "test"}  # as logged
 
@@ -249,6 +250,12 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                           settings=settings,
                                           measure=before.latency_of(base, profile, splits, config, screen,
                                                                     baseline["latency_ms"]))
+                if screen is not None:  # what the cost model learnt before the first trial, learnt again on a
+                    # resume (the passes are not run again): it skips as the first run would have gone on to
+                    if (learnt := study.user_attrs.get(LEARNT_BEFORE)) is None:
+                        study.set_user_attr(LEARNT_BEFORE, screen.observed)
+                    else:
+                        screen.learn_again(learnt)
                 controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),

@@ -36,11 +36,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from autocomp.budget import TIMED, violations
+from autocomp.budget import TIMED, feasible, violations
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
@@ -125,10 +125,16 @@ class Screen:
         limits: the absolute budget limits (``latency_ms``, ``memory_mb``).
         margin: the widest margin: how far over a limit a prediction may be and the candidate still run; None never
             skips.
+        uncompressed: the uncompressed model's cost measured at the start of the run (``latency_ms``,
+            ``memory_mb``): a recipe that compresses nothing costs that, measured, not predicted, and is skipped
+            where that is over a limit (it had run as a trial, a sampler's or coarse stage's draw).
     """
 
-    def __init__(self, *, predictor: CostPredictor, limits: Mapping[str, float], margin: float | None) -> None:
+    def __init__(self, *, predictor: CostPredictor, limits: Mapping[str, float], margin: float | None,
+                 uncompressed: Mapping[str, float] | None = None) -> None:
         self.predictor, self.limits, self.margin = predictor, dict(limits), margin
+        self.uncompressed = None if uncompressed is None else {key: uncompressed[key] for key in self.limits}
+        self.observed: list[list[Any]] = []  # [recipe as a dict, latency_ms, memory_mb] of each measurement learnt
 
     def margin_now(self, key: str = "latency_ms") -> tuple[float | None, str]:
         """The margin in force for the limit ``key`` (``latency_ms``, ``memory_mb``), and how it was set (for the skip
@@ -144,6 +150,14 @@ class Screen:
                         f"{100 * (math.exp(worst) - 1):.0f}%")
 
     def judge(self, recipe: Recipe) -> Verdict:
+        if self.margin is not None and self.uncompressed is not None and not any(recipe.blocks):
+            over = violations(self.uncompressed, self.limits)
+            if not feasible(over):
+                worst = max(over, key=over.__getitem__)
+                return Verdict(predicted=dict(self.uncompressed), violations=over,
+                               skip_reason=f"it compresses nothing: the uncompressed model measured {worst} "
+                                           f"{self.uncompressed[worst]:.4g} at the start of the run, "
+                                           f"{100 * over[worst]:.0f}% over the limit {self.limits[worst]:.4g}")
         try:
             predicted = self.predictor.predict(recipe)
         except AutocompError:
@@ -163,3 +177,10 @@ class Screen:
 
     def observe(self, recipe: Recipe, latency_ms: float, memory_mb: float | None = None) -> None:
         self.predictor.observe(recipe, latency_ms, memory_mb)
+        self.observed.append([recipe.to_dict(), latency_ms, memory_mb])
+
+    def learn_again(self, observed: Sequence[Sequence[Any]]) -> None:
+        """Learn again what an earlier run of the search learnt before its trials (the passes' and start points'
+        measurements, :attr:`observed` then), so that a resumed search skips as the run would have gone on to."""
+        for recipe, latency_ms, memory_mb in observed:
+            self.observe(Recipe.from_dict(recipe), latency_ms, memory_mb)
