@@ -60,6 +60,7 @@ class TrialRow:
     start_point: str | None = None  # a known-good recipe the search started from: which
     local_move: str | None = None  # a local move from the best trial within budget: from which, what it changes
     duplicate_of: int | None = None  # a proposal not run (PRUNED): the trial that has its recipe
+    retry_of: int | None = None  # a recipe run again: the trial that failed or was interrupted with it
     runtime: str | None = None  # the backend that measured it, its version, device and options
     export_top1: float | None = None  # a runtime backend's export against PyTorch: top-1 agreement on validation
     export_max_logit_diff: float | None = None  # ... and the largest logit difference
@@ -90,7 +91,7 @@ class TrialRow:
                 "activations_mb": self.activations_mb, "simulated_layers": self.simulated_layers,
                 "int8_activations": self.int8_activations, "distilled": self.distilled, "error": self.error,
                 "node": self.node, "start_point": self.start_point, "local_move": self.local_move,
-                "duplicate_of": self.duplicate_of, "runtime": self.runtime,
+                "duplicate_of": self.duplicate_of, "retry_of": self.retry_of, "runtime": self.runtime,
                 "export_top1": self.export_top1, "export_max_logit_diff": self.export_max_logit_diff,
                 "fidelity": self.fidelity, "short_accuracy": self.short_accuracy,
                 "saved_seconds": self.saved_seconds, "paused_seconds": self.paused_seconds,
@@ -169,6 +170,7 @@ def trial_rows(study: optuna.Study, limit_keys: Sequence[str]) -> list[TrialRow]
             error=trial_error(trial), node=trial.user_attrs.get("node"),
             start_point=trial.user_attrs.get("start_point"),
             local_move=trial.user_attrs.get("local_move"), duplicate_of=trial.user_attrs.get("duplicate_of"),
+            retry_of=trial.user_attrs.get("retry_of"),
             runtime=trial.user_attrs.get("runtime"), export_top1=trial.user_attrs.get("export_top1"),
             export_max_logit_diff=trial.user_attrs.get("export_max_logit_diff"),
             seconds={key[len("seconds_"):] if key.startswith("seconds_") else "engine": value
@@ -236,7 +238,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
                "simulated_layers", "int8_activations", "distilled", "trial_seconds", *SECONDS, "paused_seconds",
                "skipped_reason",
                "fidelity", "short_accuracy", "saved_seconds", "export_top1", "export_max_logit_diff", "error", "node",
-               "start_point", "local_move", "duplicate_of", "measurement_of", "runtime"]
+               "start_point", "local_move", "duplicate_of", "retry_of", "measurement_of", "runtime"]
     tmp = run_dir / "trials.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -462,7 +462,7 @@ def test_a_search_says_when_its_clusters_head_stops_answering(monkeypatch):
     watch.join(timeout=10)
     assert not watch.is_alive() and len(said) == 1
     assert said[0].startswith(f"warning: the Ray cluster's head at {address} refuses connections (stopped); Ray ends "
-                              "this search within seconds: the trials done are kept in the run folder")
+                              "this search within a minute: the trials done are kept in the run folder")
     assert "the same command resumes them once the cluster runs again" in said[0]
     lost: list[str] = []  # a head whose machine is gone: no refusal, silence (each connection times out)
 
@@ -489,7 +489,7 @@ def test_a_search_says_when_its_clusters_head_stops_answering(monkeypatch):
     watch.join(timeout=10)
     head.close()
     assert len(node) == 1 and node[0].startswith(f"warning: the Ray node this search runs on (its raylet at {own}) "
-                                                 "stopped; Ray ends this search within seconds")
+                                                 "stopped; Ray ends this search within a minute")
     again = socket.socket()
     again.bind(("127.0.0.1", 0))
     again.listen(64)
@@ -531,7 +531,7 @@ def test_a_search_on_its_own_ray_says_when_that_ray_is_stopped(monkeypatch):
         head.close()
     assert _ray._WATCH is None  # the search ended: no watch left
     assert said == [f"warning: this search's own Ray (its raylet at 127.0.0.1:{port}) stopped (`ray stop` on this "
-                    "machine stops every Ray here, this one too); Ray ends this search within seconds: the trials "
+                    "machine stops every Ray here, this one too); Ray ends this search within a minute: the trials "
                     "done are kept in the run folder, and the same command resumes them, on a Ray of its own again"]
 
 

@@ -131,7 +131,8 @@ def test_a_proposal_already_run_is_not_run_again_nor_counted_and_a_move_takes_it
     second = controller.suggest("b")
     duplicate, move = study.trials[1], study.trials[2]
     assert duplicate.state.name == "PRUNED" and duplicate.user_attrs[DUPLICATE] == 0 and not counted(duplicate)
-    assert second["trial_number"] == move.number and move.user_attrs[LOCAL].startswith("from trial 1: ")
+    # the move names the trial that ran the recipe, not the draw of it that never ran (it named trial 1)
+    assert second["trial_number"] == move.number and move.user_attrs[LOCAL].startswith("from trial 0: ")
     assert recipe_key(second["recipe"]) != recipe_key(first["recipe"])
     _tell(controller, "b", second, predictor, limit)
     assert controller.suggest("c") == controller.FINISHED  # two trials run: the duplicate took none of them

@@ -4,6 +4,7 @@ the same recipes, and asks the sampler for new recipes instead of repeating the 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import signal
 import subprocess
@@ -89,6 +90,8 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
     rows = {r.number: r for r in trial_rows(load_run_study(run),
                                              ["memory_mb"])}
     assert all(rows[n].error.startswith("interrupted") for n in interrupted)
+    csv_rows = {int(r["number"]): r for r in csv.DictReader((run / "trials.csv").open())}  # the rerun is traceable
+    assert {int(r["retry_of"]) for r in csv_rows.values() if r["retry_of"]} == set(interrupted)
     # the resumed sampler does not replay the first run's draws (seed 0 again): it is seeded past the trials so far
     assert seeds == [len(before)] and len(before) > 0
 

@@ -256,7 +256,8 @@ class OptunaController(Searcher):
                           drops=self._drops)
         if move is None:
             return False
-        attrs = {LOCAL: f"from trial {base.number}: {move.label}"}
+        # a recipe drawn again moves from the trial that ran it (the draw itself never ran)
+        attrs = {LOCAL: f"from trial {base.user_attrs.get(DUPLICATE, base.number)}: {move.label}"}
         if move.load is not None and measured is not None:
             attrs[LOCAL_LOAD] = move.load
         self._study.enqueue_trial(move.params, user_attrs=attrs, skip_if_exists=False)

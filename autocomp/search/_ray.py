@@ -119,12 +119,12 @@ def _nodes() -> str:
 class HeadWatch(threading.Thread):
     """Says, once, that the Ray this search runs on stopped: the raylet of the node this process joined on, or the
     cluster's head (its GCS), refuses connections (nothing listens there: said at once, as Ray ends the driver's
-    process within seconds of losing its raylet: ``ray stop`` on the driver's machine stops the raylet seconds before
-    the GCS), or the head has not answered for ``silent_s`` (its machine lost: Ray ends the driver's process a minute
-    after it loses the head, ``gcs_rpc_server_reconnect_timeout_s``). Ray's own end of the process says nothing of
-    the search, so the search's user learns first what is kept and how to resume. Polls every ``every_s`` until
-    ``stop`` is set. ``embedded``: the search's own Ray, which ``ray stop`` on this machine stops too (it stops
-    every Ray here)."""
+    process within seconds of losing its raylet (a minute where its head went with it): ``ray stop`` on the driver's
+    machine stops the raylet seconds before the GCS), or the head has not answered for ``silent_s`` (its machine
+    lost: Ray ends the driver's process a minute after it loses the head, ``gcs_rpc_server_reconnect_timeout_s``).
+    Ray's own end of the process says nothing of the search, so the search's user learns first what is kept and how
+    to resume. Polls every ``every_s`` until ``stop`` is set. ``embedded``: the search's own Ray, which ``ray stop``
+    on this machine stops too (it stops every Ray here)."""
 
     def __init__(self, gcs_address: str, log: Callable[[str], None], *, raylet: str | None = None,
                  every_s: float = HEAD_POLL_S, silent_s: float = HEAD_SILENT_S, embedded: bool = False) -> None:
@@ -167,11 +167,11 @@ class HeadWatch(threading.Thread):
                     f"has not answered for {self.silent_s:g} s (stopped, or its machine lost)")
             if self.embedded:  # on this machine: stopped, not lost
                 self.log(f"warning: this search's own Ray ({where}) stopped (`ray stop` on this machine stops every "
-                         "Ray here, this one too); Ray ends this search within seconds: the trials done are kept in "
+                         "Ray here, this one too); Ray ends this search within a minute: the trials done are kept in "
                          "the run folder, and the same command resumes them, on a Ray of its own again")
             else:
                 self.log(f"warning: {what}; "
-                         + ("Ray ends this search within seconds" if soon
+                         + ("Ray ends this search within a minute" if soon
                             else "unless it answers again, Ray ends this search a minute after losing it")
                          + ": the trials done are kept in the run folder, and the same command resumes them once the "
                          "cluster runs again (or with no Ray address, on an embedded Ray)")
