@@ -553,6 +553,7 @@ def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, caps
 
     with one_search_at_a_time(run):  # released: taken by the next one, which names itself
         assert (run / ".lock").read_text().startswith(f"process {os.getpid()} on ")
+    assert (run / ".lock").read_text() == ""  # once it ends, the lock names no process (it named one still)
     with pytest.raises(AutocompError, match="unreachable"), one_search_at_a_time(run):
         raise AutocompError("unreachable")  # a search refused midway ...
     with one_search_at_a_time(run):  # ... lets go of the folder all the same

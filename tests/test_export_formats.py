@@ -44,6 +44,7 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     info = json.loads((out / "export.json").read_text())
     assert info["format"] == "onnx" and info["file"] == "model.onnx" and info["top1_agreement"] >= 0.9
     assert info["runtime"].startswith("onnxruntime-cpu (onnxruntime ")
+    assert info["runtime"].endswith("; as the check ran it (the file takes any batch size)")  # not the file's
     from autocomp.runtimes import compare_outputs, onnx_weight_nbytes, ort_session
     from autocomp.runtimes.onnx import int8_weight_form
 

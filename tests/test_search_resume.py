@@ -188,3 +188,24 @@ def test_ctrl_c_while_ray_starts_stops_what_it_started_and_the_default_sigterm_c
         assert not ray.is_initialized() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_search_stopped_before_its_first_trial_says_what_its_rerun_keeps(tmp_path, tiny_teacher, monkeypatch,
+                                                                          capsys):
+    """Stopped after its passes, before a trial finished: the rerun says it resumes, and what it keeps (it said
+    nothing of the run it went on with)."""
+    from autocomp.search import _runner
+
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
+    run = tmp_path / "run"
+
+    def stopped(**kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patched:
+        patched.setattr(_runner, "OptunaController", stopped)
+        assert main(["search", str(job), "--out", str(run)]) == 130
+    assert (run / "run.json").is_file() and (run / "sensitivity.json").is_file()
+    capsys.readouterr()
+    assert main(["search", str(job), "--out", str(run)]) == 0
+    assert (f"resuming {run}: no trial had finished; its measurement of the uncompressed model is kept, and the "
+            "passes before the trials") in capsys.readouterr().out

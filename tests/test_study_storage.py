@@ -241,3 +241,6 @@ def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
     assert lines[0].endswith("failed 1 (last: interrupted)")
     assert lines[1] == "search 1/4  within budget 1, best 90.00%"
     assert lines[2].endswith("failed 1 (last: non-finite logits)")
+    progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}]),
+                     row(2, "FAIL", [{}], "non-finite logits")])  # told again, nothing changed: not said again
+    assert len(said) == 3

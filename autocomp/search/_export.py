@@ -374,7 +374,8 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     nbytes = backend.write(model.eval(), images[:2], path)
     # the weights the runtime holds once it loads the file (what memory counted), and those of the file itself
     info = {"format": format, "file": path.name, "weight_nbytes": nbytes,
-            "file_weight_nbytes": backend.weight_nbytes_in(path, loaded=False), "runtime": backend.describe(profile),
+            "file_weight_nbytes": backend.weight_nbytes_in(path, loaded=False),
+            "runtime": backend.describe(profile) + "; as the check ran it (the file takes any batch size)",
             **extra}
     try:  # a file the runtime cannot load, or whose outputs disagree, is said so beside it: never taken as checked
         prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)

@@ -11,7 +11,8 @@ __all__ = ["Progress"]
 
 class Progress:
     """A live line: trials done of total, how many within budget, best accuracy within budget. Where standard
-    output is no terminal (a log file, CI, a notebook), a plain line per finished trial, given to ``log``."""
+    output is no terminal (a log file, CI, a notebook), a plain line per trial told that changed it, given to
+    ``log``."""
 
     def __init__(self, *, total: int, done: int, enabled: bool, log: Callable[[str], None] = print) -> None:
         import sys
@@ -27,6 +28,7 @@ class Progress:
             progress.TextColumn("{task.fields[status]}", markup=False),  # errors may hold [...]
             progress.TimeElapsedColumn(), disable=not enabled)
         self._task = self._progress.add_task("search", total=total, completed=done, status="")
+        self._last = ""  # the plain line said last
 
     def __enter__(self) -> Progress:
         self._progress.__enter__()
@@ -47,5 +49,7 @@ class Progress:
                   + (f", skipped {skipped}" if skipped else "")
                   + (f", failed {len(failed)} (last: {failed[-1].error})" if failed else ""))
         self._progress.update(self._task, completed=len(finished), status=status)
-        if self._lines:
-            self._say(f"search {len(finished)}/{self._total}  {status}")
+        line = f"search {len(finished)}/{self._total}  {status}"
+        if self._lines and line != self._last:  # a trial told without changing the figures: said once
+            self._say(line)
+        self._last = line

@@ -90,6 +90,10 @@ def one_search_at_a_time(run_dir: Path, log: Callable[[str], None] = print) -> I
         try:
             yield  # closing the file releases the lock; the file stays, as another search may hold it by then
         finally:
+            if handle.writable():  # still held: emptied, so that the file names no process once none runs
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
             scratch = {LOCK, study_file(run_dir).name}  # the lock (still held), the study before run.json: empty
             if created and not (run_dir / "run.json").exists() and {p.name for p in run_dir.iterdir()} <= scratch:
                 try:  # refused before it wrote anything of its own; a failure here must not hide why

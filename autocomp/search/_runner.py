@@ -193,6 +193,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run"
                 + (f" (more than the {config.trials} asked for: all {done} are kept, on the front and for best/)"
                    if done > config.trials else ""))
+        elif previous is not None:  # stopped before a trial finished: what it measured before them is kept
+            log(f"resuming {run_dir}: no trial had finished; its measurement of the uncompressed model is kept"
+                + (", and the passes before the trials" if (run_dir / before.SENSITIVITY).is_file() else ""))
 
         train = distill_subset(splits.train)
         inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=train, profile=profile,
