@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import weakref
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -35,7 +36,7 @@ def weight_nbytes(model: nn.Module) -> int:
     return total
 
 
-_UNPACKING = [0]  # depth of unpacking() blocks running now
+_UNPACKING: ContextVar[bool] = ContextVar("unpacking", default=False)  # in an unpacking() block (this thread's)
 
 
 @contextmanager
@@ -43,11 +44,11 @@ def unpacking() -> Iterator[None]:
     """Mark the body as unpacking stored weights to a temporary form (PyTorch's 2-6 bit layers, which have no
     kernel): what it allocates is not counted where the model deploys on a runtime that computes on the packed
     weights (``peak_activation_nbytes(..., count_unpacking=False)``)."""
-    _UNPACKING[0] += 1
+    token = _UNPACKING.set(True)
     try:
         yield
     finally:
-        _UNPACKING[0] -= 1
+        _UNPACKING.reset(token)
 
 
 class _LiveTensorBytes(TorchDispatchMode):
@@ -65,7 +66,7 @@ class _LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         out = func(*args, **(kwargs or {}))
-        if func.is_view or func._schema.is_mutable or (_UNPACKING[0] and not self.count_unpacking):
+        if func.is_view or func._schema.is_mutable or (_UNPACKING.get() and not self.count_unpacking):
             return out  # views and in-place ops allocate nothing new
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor._base is None:

@@ -530,9 +530,16 @@ def test_a_search_on_its_own_ray_says_when_that_ray_is_stopped(monkeypatch):
     finally:
         head.close()
     assert _ray._WATCH is None  # the search ended: no watch left
-    assert said == [f"warning: this search's own Ray (its raylet at 127.0.0.1:{port}) stopped (`ray stop` on this "
-                    "machine stops every Ray here, this one too); Ray ends this search within a minute: the trials "
-                    "done are kept in the run folder, and the same command resumes them, on a Ray of its own again"]
+    assert said == [f"warning: this search's own Ray (its raylet at 127.0.0.1:{port}) stopped or was killed (`ray "
+                    "stop` on this machine stops every Ray here, this one too); Ray ends this search within a minute: "
+                    "the trials done are kept in the run folder, and the same command resumes them, on a Ray of its "
+                    "own again"]
+    # a search being stopped (a SIGTERM to its process group takes its Ray down too) says nothing of it
+    quiet = _ray.HeadWatch(context.gcs_address, said.append, raylet=f"127.0.0.1:{port}", every_s=0.05, embedded=True)
+    _ray._WATCH = quiet
+    _ray.search_ending()
+    assert quiet.check() and len(said) == 1
+    _ray._WATCH = None
 
 
 def test_a_second_search_into_a_run_folder_in_use_is_refused(job, tmp_path, capsys):

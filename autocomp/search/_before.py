@@ -128,7 +128,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                                     threads=setup_threads(config), log=log)
         drop_above = config.sensitivity.drop_above
         allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=distinct)
-        write_sensitivity(run_dir, settings, drop_above=drop_above, offer=(space, allowed))
+        write_sensitivity(run_dir, settings, drop_above=drop_above, offer=(space, allowed, heads))
         removed = sum(len(distinct.get(name, getattr(space, name.split(".")[1]))) - len(values)
                       for name, values in allowed.items())
         log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {len(subset)} "
@@ -166,11 +166,11 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}  # named if memory is short
         saving = config.sensitivity.min_saving
         slow = [f"{label(knob, value)} ({r:.2f}x)" for (knob, value), r in too_slow(judged, min_saving=saving).items()]
-        if minimum is not None:
-            left_out |= {setting: f"in every block it saves less than {minimum:.0%} of the latency "
-                         f"({ratio:.2f}x, uniform_latency.csv)" for setting, ratio in too_slow(judged,
-                                                                                         min_saving=minimum).items()}
         against = "" if floor == 1.0 else f" against {held_by_all(space)} in every block ({floor:.2f}x)"
+        if minimum is not None:  # the ratio as uniform_latency.csv has it
+            left_out |= {setting: f"in every block it saves less than {minimum:.0%} of the latency{against} "
+                         f"({ratios[setting]:.2f}x, uniform_latency.csv)"
+                         for setting in too_slow(judged, min_saving=minimum)}
         if not ratios:
             log("latency: nothing to time: the sensitivity pass offers no setting in any block")
         else:
@@ -194,7 +194,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                if refused else "the target runs each one"))
     left_out |= {setting: "the target cannot run it" for setting in refused}
     if settings and left_out:  # what the passes after the sensitivity pass left out: its file says so too
-        write_sensitivity(run_dir, settings, drop_above=config.sensitivity.drop_above, offer=(space, allowed),
+        write_sensitivity(run_dir, settings, drop_above=config.sensitivity.drop_above, offer=(space, allowed, heads),
                           left_out=left_out)
     if screen is not None and "memory_mb" in limits and allowed != distinct:  # what the passes left may not reach it
         said = ([f"the sensitivity pass left out {removed} settings that alone cost a block more than "

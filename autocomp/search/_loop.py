@@ -37,7 +37,7 @@ from autocomp.config import Resources
 from autocomp.search._controller import OptunaController
 from autocomp.search._fidelity import FrontRule, FrontScheduler
 from autocomp.search._objective import ERROR, STOP, TrialInputs, run_trial
-from autocomp.search._ray import trial_room
+from autocomp.search._ray import search_ending, trial_room
 
 __all__ = ["TrialLoop"]
 
@@ -254,6 +254,7 @@ class TrialLoop:
 
     def __exit__(self, kind: type | None, *_: object) -> None:
         if kind is not None and not self.done:  # the search failed before or while running its trials
+            search_ending()  # a SIGTERM to the process group takes Ray down as well: not a `ray stop` to warn of
             self._searcher.finished = True
             self._stopper.stopping = True  # the running trials stop: an interrupted one runs again on resume
             try:

@@ -19,7 +19,8 @@ from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["check_ray_address", "ray_session", "require_trial_resources", "require_same_versions", "trial_room"]
+__all__ = ["check_ray_address", "ray_session", "require_trial_resources", "require_same_versions", "trial_room",
+           "search_ending", "check_cluster", "HeadWatch"]
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
@@ -91,6 +92,7 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
             yield
         finally:
             watch.stop.set()
+            watch.join(timeout=3 * watch.every_s)  # a look in flight ends before Ray is shut down, unsaid
             _WATCH = None
     finally:
         ray.shutdown()
@@ -145,7 +147,7 @@ class HeadWatch(threading.Thread):
         import sys
 
         with self._lock:
-            if self.said:
+            if self.said or self.stop.is_set():
                 return True
             head, own = _split(self.address), _split(self.raylet) if self.raylet else None
             if head is None:
@@ -165,10 +167,12 @@ class HeadWatch(threading.Thread):
                 what = f"the Ray cluster's head at {self.address} " + (
                     "refuses connections (stopped)" if soon else
                     f"has not answered for {self.silent_s:g} s (stopped, or its machine lost)")
-            if self.embedded:  # on this machine: stopped, not lost
-                self.log(f"warning: this search's own Ray ({where}) stopped (`ray stop` on this machine stops every "
-                         "Ray here, this one too); Ray ends this search within a minute: the trials done are kept in "
-                         "the run folder, and the same command resumes them, on a Ray of its own again")
+            if self.stop.is_set():  # the search ended (or is being stopped) while this look ran: Ray's own end
+                return True
+            if self.embedded:  # on this machine: stopped or killed, not lost
+                self.log(f"warning: this search's own Ray ({where}) stopped or was killed (`ray stop` on this machine "
+                         "stops every Ray here, this one too); Ray ends this search within a minute: the trials done "
+                         "are kept in the run folder, and the same command resumes them, on a Ray of its own again")
             else:
                 self.log(f"warning: {what}; "
                          + ("Ray ends this search within a minute" if soon
@@ -181,6 +185,12 @@ class HeadWatch(threading.Thread):
 
 
 _WATCH: HeadWatch | None = None  # the watch of the Ray this process runs its search on (joined or its own)
+
+
+def search_ending() -> None:
+    """The search is stopping (interrupted, terminated, failed): its Ray going down now is no news to say."""
+    if (watch := _WATCH) is not None:
+        watch.stop.set()
 
 
 def check_cluster() -> None:

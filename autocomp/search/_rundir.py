@@ -197,10 +197,15 @@ def record_move(run_dir: Path, config: JobConfig, job: Mapping[str, Any], finger
         write_yaml(run_dir / "config.yaml", {**written, **now})  # model.path too: where export finds the module
     info = _run_info(run_dir)
     files = _file_digests(config)
-    if isinstance(info.get("files"), Mapping) and info["files"] != files:  # the same space (_space_text_alone)
-        log(f"note: the search space file {config.search_space} changed since the trials in {run_dir} ran, but only "
-            "in its text (a comment or a blank line): it resolves to the same space; resuming, with its new text "
-            "recorded")
+    recorded = info.get("files") if isinstance(info.get("files"), Mapping) else files  # none before 2026-12-03
+    for key in (key for key in FILES if recorded.get(key) != files[key]):
+        if key == "search_space":  # the same space (_space_text_alone)
+            log(f"note: the search space file {config.search_space} changed since the trials in {run_dir} ran, but "
+                "only in its text (a comment or a blank line): it resolves to the same space; resuming, with its new "
+                "text recorded")
+        else:  # the same text read (the fingerprint's): another form of it, e.g. its line endings
+            log(f"note: the {FILES[key]} file {getattr(config, key)} differs from the one the trials in {run_dir} "
+                "ran with in its bytes alone (its text reads the same: line endings, say); resuming")
     if info.get("fingerprint") != fingerprint or info.get("files", files) != files:
         # an earlier version's fingerprint, the paths before a move, or the space file's text before an edit
         write_json(run_dir / "run.json", {**info, "fingerprint": fingerprint,
@@ -401,17 +406,19 @@ def scored_int8_codes(measured_with: Mapping[str, Any] | None) -> int | None:
 PACKED = "packed"  # measured_with["activations"]: a runtime backend's, counted without PyTorch's unpacked weights
 
 
-def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
+def measured_otherwise(earlier: Mapping[str, Any] | None, now: Mapping[str, Any], *,
+                       packed: bool = True) -> str | None:
     """How the earlier trials of a resumed run were measured, against how the trials to come are (run.json's
     ``measured_with``: the backend's description with its runtimes' versions and options, how autocomp counts,
     :data:`~autocomp.measure.COUNTING`, and the form of what an exporting backend times, e.g. its int8 weights, and
-    how it counts activations, :data:`PACKED`); None where alike."""
+    how it counts activations, :data:`PACKED`, which ``packed`` False, a space without 2-6 bit weights, leaves
+    aside); None where alike."""
     if earlier is None:
         return "by an earlier autocomp, which did not record how"
     changed = [f"{what} {earlier.get(key)!r}, now {now[key]!r}" for key, what in
                (("backend", "on"), ("counting", "by autocomp's counting"), ("forms", "with the export's"))
                if earlier.get(key, "") != now.get(key, "")]  # "": nothing exported (a run from before "forms" too)
-    if earlier.get("activations") != now.get("activations") and now.get("activations") == PACKED:
+    if packed and earlier.get("activations") != now.get("activations") and now.get("activations") == PACKED:
         changed.append("with the fp32 weights 2-6 bit layers unpack to in PyTorch counted in their activations, now "
                        "not (the runtime computes on the packed weights)")
     codes = scored_int8_codes(earlier), scored_int8_codes(now)

@@ -170,7 +170,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
                             measured_with, digest, space)
         else:
-            if (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with)) is not None:
+            if (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with,
+                                                  packed=any(bits < 8 for bits in space.weight_bits))) is not None:
                 log(f"note: the trials in {run_dir} were measured {note}; figures measured apart may not compare "
                     "(the earlier trials keep theirs): search into a new run folder (--out) to measure every trial "
                     "alike")
@@ -227,6 +228,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             with _quiet.removed_after(inputs.quiet_key), TrialLoop(
                     inputs, run_dir, trials=2 * remaining * (1 + config.retries), workers=config.workers,
                     resources=config.resources, rule=rule) as loop:  # room for replacements, and retries of all
+                if screen is not None:  # what the cost model learnt before the first trial in an earlier run of the
+                    # search (its passes, not run again): learnt again, so that it skips as that run would have
+                    screen.learn_again(study.user_attrs.get(LEARNT_BEFORE, []))
                 try:
                     settings, allowed = before.sensitivity(run_dir, base, space, heads, splits, screen, config,
                                                            log, fresh=not study.trials, profile=profile,
@@ -236,6 +240,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     if not study.trials:  # nothing ran: a rerun with another budget starts afresh in this folder
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
+                _keep_learnt(study, screen)
                 if screen is not None and not study.trials and {"latency_ms", "memory_mb"} <= set(limits):
                     loop.wait_for_workers()  # it may measure a candidate: not while workers start
                     reach.warn_jointly_unreachable(space, heads, screen, log, allowed=allowed,
@@ -253,12 +258,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                           settings=settings,
                                           measure=before.latency_of(base, profile, splits, config, screen,
                                                                     baseline["latency_ms"]))
-                if screen is not None:  # what the cost model learnt before the first trial, learnt again on a
-                    # resume (the passes are not run again): it skips as the first run would have gone on to
-                    if (learnt := study.user_attrs.get(LEARNT_BEFORE)) is None:
-                        study.set_user_attr(LEARNT_BEFORE, screen.observed)
-                    else:
-                        screen.learn_again(learnt)
+                _keep_learnt(study, screen)  # the joint check's and the start points' measurements too
                 controller = OptunaController(study=study, space=space, heads_per_block=heads, n_trials=remaining,
                                               on_told=on_told, screen=screen, retries=config.retries,
                                               allowed=allowed, coarse=_coarse_draws(study, space, config),
@@ -296,6 +296,13 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             kept = sum(counted(t) for t in study.get_trials(deepcopy=False))
             raise type(exc)(f"{exc}; the {kept} trials done are kept in {run_dir}: once that is mended, the same "
                             "command finishes the search without running them again") from exc
+
+
+def _keep_learnt(study: optuna.Study, screen: Screen | None) -> None:
+    """Record in the study what the cost model has learnt so far before the first trial (that of an earlier run of
+    the search, learnt again, and this run's): after each phase, so that a run stopped in the next one keeps it."""
+    if screen is not None and study.user_attrs.get(LEARNT_BEFORE) != screen.observed:
+        study.set_user_attr(LEARNT_BEFORE, screen.observed)
 
 
 def _places_taken(taken: Mapping[str, int], asked: int) -> str | None:
@@ -363,11 +370,14 @@ def _enqueue_start_points(study: optuna.Study, space: SearchSpace, heads: list[i
                           measure: Callable[[Recipe], float] | None) -> None:
     """Queue the known-good starting recipes (:mod:`autocomp.search._start`), a quarter of the trials at most, and
     one where that is none (a search of 1 to 3 trials spends one on the best-placed, not on a random draw)."""
+    cap = max(1, config.trials // 4)
+    if cap == 1:  # one point, predicted: measuring mixes on the target (minutes) that the cap would drop is waste
+        measure = None
     if measure is not None and "latency_ms" in limits:  # minutes on a large model on a runtime backend: said
         # before, not only after (under a memory limit alone nothing is measured: start_points predicts)
         log("starting points: measuring the candidates with every knob alike on the target")
     points = start_points(space, heads, predictor=screen.predictor if screen is not None else None, limits=limits,
-                          cap=max(1, config.trials // 4), allowed=allowed, sensitivity=settings, measure=measure)
+                          cap=cap, allowed=allowed, sensitivity=settings, measure=measure)
     for label, params in points:
         study.enqueue_trial(params, user_attrs={START: label})
     log("starting points: " + (" ".join(f"({n}) {label};" for n, (label, _) in enumerate(points, 1))[:-1]

@@ -424,16 +424,20 @@ def write_uniform_latencies(run_dir: Path, ratios: Mapping[tuple[str, Any], floa
 
 
 def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above: float,
-                      offer: tuple[SearchSpace, Mapping[str, tuple]] | None = None,
+                      offer: tuple[SearchSpace, Mapping[str, tuple], Sequence[int]] | None = None,
                       left_out: Mapping[tuple[str, Any], str] | None = None) -> None:
     """``sensitivity.csv`` (one row per setting) and ``sensitivity.png`` (blocks x settings, coloured by the
     accuracy drop; settings not offered to the search are crossed). Offered: by the drop alone, or, with ``offer``
-    (the space and the choices the passes left, :func:`allowed_choices` and after), as the search samples; why a
-    setting is not (``left_out``: by the passes after this one, e.g. "the target cannot run it")."""
+    (the space, the choices the passes left, :func:`allowed_choices` and after, and the blocks' head counts), as the
+    search samples (a head fraction that keeps as many heads as one offered is that one); why a setting is not
+    (``left_out``: by the passes after this one, e.g. "the target cannot run it")."""
     def offered(s: Setting) -> bool:
         if s.accuracy_drop is None or s.accuracy_drop > drop_above or offer is None:
             return s.accuracy_drop is not None and s.accuracy_drop <= drop_above
-        space, allowed = offer
+        space, allowed, heads = offer
+        if s.knob == "heads_keep":
+            return any(heads_kept(v, heads[s.block]) == heads_kept(s.value, heads[s.block])
+                       for v in space.offered(s.block, "heads_keep", allowed))
         return all(v in space.offered(s.block, k, allowed) for k, v in setting_values(space, s.knob, s.value).items())
 
     def why(s: Setting) -> str:
