@@ -227,6 +227,26 @@ def test_merge_is_a_size_weighted_average():
     assert torch.allclose(weighted, out[0][:, prefix:].sum(dim=1), atol=1e-4)
 
 
+def test_an_average_pooled_model_averages_the_patches_its_merged_tokens_stand_for():
+    """Without a class token (timm's 'avg' pooling), the output is the mean over tokens: a merged token is weighed by
+    the patches it stands for, as ToMe averages (counted once, a 0.7 merge cost a user's model 5 points more); a
+    model read through its class token is not touched."""
+    for overrides in ({"class_token": False, "global_pool": "avg"},
+                      {"class_token": False, "global_pool": "avg", "reg_tokens": 2}):
+        model = compress(_model(**overrides), _recipe({0: {"keep": 0.5, "method": "merge"}}))
+        images = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            x, size = model.blocks.forward_with_sizes(_tokens(model, images))
+            prefix = model.num_prefix_tokens
+            weights = size[:, prefix:, None] / size[:, prefix:].sum(dim=1)[:, None, None]
+            pooled = (x[:, prefix:] * weights).sum(dim=1)  # by hand: the average over the patches
+            expected = model.head(model.fc_norm(pooled))
+            assert torch.allclose(model(images), expected, atol=1e-5)
+            plain = model.head(model.fc_norm(x[:, prefix:].mean(dim=1)))  # what it was: each token once
+            assert not torch.allclose(model(images), plain, atol=1e-3)
+    assert compress(_model(), _recipe({0: {"keep": 0.5, "method": "merge"}})).blocks.averaged is None
+
+
 @pytest.mark.parametrize("method", ["merge", "prune"])
 def test_reducing_tokens_lowers_the_activation_peak(method):
     """The reduction keeps only what it scores tokens by, not the attention's queries and keys: holding those
