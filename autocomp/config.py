@@ -213,6 +213,8 @@ class JobConfig:
                 ("sensitivity", SensitivityConfig, "autocomp.config.SensitivityConfig(drop_above=5.0)"),
                 ("fidelity", (FidelityConfig, type(None)), "autocomp.config.FidelityConfig(), or None")):
             value = getattr(self, key)
+            if key == "budget" and not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= 1:
+                example = f"autocomp.budget.Budget(latency={value!r}) (or memory=)"  # the number given, in place
             if not isinstance(value, kind):
                 raise AutocompTypeError(f"{key} must be {example}, got {type(value).__name__} {_short(value)}")
         for key in ("search_space", "hardware"):

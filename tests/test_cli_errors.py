@@ -706,7 +706,7 @@ def test_a_job_config_made_in_python_with_a_part_of_the_wrong_type_is_refused_na
 
     config = load_config(job)
     for field, value, said in (
-            ("budget", 0.8, "budget must be autocomp.budget.Budget(latency=0.5), got float 0.8"),
+            ("budget", 0.8, "budget must be autocomp.budget.Budget(latency=0.8) (or memory=), got float 0.8"),
             ("data", "digits", "data must be autocomp.data.DataConfig(dataset='imagefolder', root='images'), got "
                                "str 'digits'"),
             ("model", "vit_tiny_patch16_224", "model must be autocomp.models.ModelSpec(name='vit_small_patch16_224'), "

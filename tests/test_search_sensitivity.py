@@ -1086,3 +1086,18 @@ def test_a_space_the_model_cannot_take_is_refused_before_the_images_load(tmp_pat
     if "rank" in space:
         (tmp_path / "space.yaml").write_text(space + "lowrank_layers: [qkv, fc1, fc2]\n")
         assert main(["search", str(job), "--out", str(tmp_path / "run2"), "--quiet"]) == 0
+
+
+def test_sensitivity_csv_says_tokens_are_never_reduced_after_the_last_block(tmp_path):
+    """The pass scores token reduction in the last block as nothing (no recipe reduces there): the file said it was
+    offered at no cost, and on a model refused pruning elsewhere it was the one block said to take it."""
+    from autocomp.search._sensitivity import Setting, write_sensitivity
+    from autocomp.search._space import SearchSpace
+
+    space = SearchSpace(heads_keep=(1.0,), tokens_keep=(0.7, 1.0))
+    settings = [Setting(0, "tokens_keep", 0.7, 0.4, 0.9), Setting(1, "tokens_keep", 0.7, 0.0, 1.0)]
+    write_sensitivity(tmp_path, settings, drop_above=5.0, offer=(space, {}, [2, 2]))
+    rows = list(csv.DictReader((tmp_path / "sensitivity.csv").open()))
+    assert [(r["block"], r["offered"], r["left_out"]) for r in rows] == [
+        ("0", "True", ""),
+        ("1", "False", "after the last block no block reads fewer tokens: the search never reduces them there")]

@@ -242,3 +242,22 @@ def test_the_space_size_counts_every_different_recipe(uniform, allowed, tokens, 
     study = optuna.create_study(sampler=optuna.samplers.BruteForceSampler(seed=0))
     study.optimize(objective)  # every combination of the parameters, then it stops
     assert space.size(2, allowed=allowed) == len(recipes) > 1
+
+
+def test_pruning_tokens_on_a_model_without_a_class_token_is_refused_before_the_images_load():
+    """Pruning ranks tokens by the class token's attention: on an average-pooled model without one the operator
+    refused it in every block, and the search ran on without token reduction, said as 'refused in 2 of 3 blocks'."""
+    import timm
+
+    from autocomp.search._space import SearchSpace
+
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2, num_classes=3)
+    pooled = timm.create_model("vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg",
+                               **kwargs)
+    space = SearchSpace(tokens_keep=(0.7, 1.0), token_method="prune")
+    with pytest.raises(AutocompError, match=r"^space.yaml: token_method prune ranks tokens by the class token's "
+                                            r"attention, and this model has no class token: use token_method merge"):
+        space.check_tokens(pooled, where="space.yaml")
+    SearchSpace(tokens_keep=(0.7, 1.0)).check_tokens(pooled, where="space.yaml")  # merge: no class token needed
+    SearchSpace(tokens_keep=(1.0,), token_method="prune").check_tokens(pooled, where="space.yaml")  # none offered
+    space.check_tokens(timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs), where="space.yaml")

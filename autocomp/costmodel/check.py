@@ -76,6 +76,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     where = f"search space {config.search_space}"
     space.check_layers(base, where=where)  # what the operators would refuse in every sample, as a search refuses it
     space.check_ranks(base, where=where)
+    space.check_tokens(base, where=where)
     require_choices(space, where=where)
     calib = load_splits(config.data, base).calib.x
     heads = [block.attn.num_heads for block in vit_blocks(base)]

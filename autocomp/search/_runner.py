@@ -87,6 +87,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
     if not resuming:  # a run begun before these checks keeps what its passes left
         space.check_ranks(base, where=f"search space {config.search_space}")
+        space.check_tokens(base, where=f"search space {config.search_space}")
         require_choices(space, where=f"search space {config.search_space}")
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)

@@ -435,12 +435,16 @@ def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above:
         if s.accuracy_drop is None or s.accuracy_drop > drop_above or offer is None:
             return s.accuracy_drop is not None and s.accuracy_drop <= drop_above
         space, allowed, heads = offer
+        if s.knob == "tokens_keep" and s.block == len(heads) - 1:  # scored as nothing: no recipe reduces there
+            return False
         if s.knob == "heads_keep":
             return any(heads_kept(v, heads[s.block]) == heads_kept(s.value, heads[s.block])
                        for v in space.offered(s.block, "heads_keep", allowed))
         return all(v in space.offered(s.block, k, allowed) for k, v in setting_values(space, s.knob, s.value).items())
 
     def why(s: Setting) -> str:
+        if offer is not None and s.knob == "tokens_keep" and s.block == len(offer[2]) - 1:
+            return "after the last block no block reads fewer tokens: the search never reduces them there"
         if s.refused:
             return "the operators refuse it"
         if s.accuracy_drop is None or s.accuracy_drop > drop_above:

@@ -135,6 +135,15 @@ class SearchSpace:
                 raise AutocompError(f"{where}: the operator refuses rank {value:g} in every block of the model, as one "
                                     f"of lowrank_layers cannot take it: {reasons[0]}")
 
+    def check_tokens(self, base: nn.Module, *, where: str) -> None:
+        """Refuse ``token_method: prune`` with a token reduction offered on a model without a class token: pruning
+        ranks tokens by the class token's attention, so the operator refuses it in every block (the passes before
+        the search left it out of every block, and the search ran without token reduction)."""
+        if (self.token_method == "prune" and any(keep < 1 for keep in self.tokens_keep)
+                and getattr(base, "cls_token", None) is None):
+            raise AutocompError(f"{where}: token_method prune ranks tokens by the class token's attention, and this "
+                                "model has no class token: use token_method merge, or leave tokens_keep out")
+
     def check_layers(self, base: nn.Module, *, where: str) -> None:
         """Refuse a ``quantize_layers`` choice that names no Linear of ``base``'s first block (the names are checked
         alone when the space is read; here against the model): the operators would refuse every such candidate,
