@@ -209,3 +209,28 @@ def test_a_search_stopped_before_its_first_trial_says_what_its_rerun_keeps(tmp_p
     assert main(["search", str(job), "--out", str(run)]) == 0
     assert (f"resuming {run}: no trial had finished; its measurement of the uncompressed model is kept, and the "
             "passes before the trials") in capsys.readouterr().out
+
+
+def test_an_interrupt_landing_inside_a_librarys_handler_is_still_an_interrupt(tmp_path, tiny_teacher, monkeypatch,
+                                                                                capsys):
+    """Ctrl-C landing while Optuna releases its journal lock came out as that handler's FileNotFoundError (a
+    traceback, in CI): it is the user's interrupt, said as one, with the work kept."""
+    from autocomp.search import _runner
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise FileNotFoundError(2, "No such file or directory", "study.journal.lock.rename")  # Optuna's cleanup
+    monkeypatch.setattr(_runner, "_search", interrupted)
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=1, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        _runner.run_search(job, tmp_path / "run", log=lambda line: None, progress=False)
+    assert main(["search", str(job), "--out", str(tmp_path / "run")]) == 130
+    assert "interrupted; results written so far are kept" in capsys.readouterr().err
+
+    def failed(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "x")  # no interrupt behind it: its own error
+    monkeypatch.setattr(_runner, "_search", failed)
+    with pytest.raises(FileNotFoundError):
+        _runner.run_search(job, tmp_path / "run", log=lambda line: None, progress=False)

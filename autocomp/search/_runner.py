@@ -71,7 +71,25 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
     with rundir.one_search_at_a_time(run_dir, log):
-        return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
+        try:
+            return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
+        except Exception as exc:  # an interrupt landing inside a library's own handler (Optuna's journal lock,
+            # releasing) comes out as that handler's error: still the user's interrupt, with what is kept
+            if (interrupt := _interrupt_behind(exc)) is not None:
+                raise interrupt from None
+            raise
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or SIGTERM as the command line raises it) that ``exc`` was raised while
+    handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
 
 
 def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: Callable[[str], None],
