@@ -258,8 +258,13 @@ def offered_settings(allowed: Mapping[str, tuple], space: SearchSpace, blocks: i
     """The (knob, value) settings of the space (the lightest aside) that ``allowed`` (see :func:`allowed_choices`)
     offers in at least one of ``blocks`` blocks."""
     return [(knob, value) for knob, value in _settings(space, lightest(space))
-            if any(all(v in space.offered(index, k, allowed) for k, v in setting_values(space, knob, value).items())
-                   for index in range(blocks))]
+            if any(offered_in(space, allowed, index, knob, value) for index in range(blocks))]
+
+
+def offered_in(space: SearchSpace, allowed: Mapping[str, tuple], block: int, knob: str, value: Any) -> bool:
+    """Whether ``allowed`` offers the setting (knob, value) in ``block``: each choice it takes (static activations:
+    8-bit weights and ``act_bits`` 8) offered there."""
+    return all(v in space.offered(block, k, allowed) for k, v in setting_values(space, knob, value).items())
 
 
 def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
@@ -440,7 +445,7 @@ def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above:
         if s.knob == "heads_keep":
             return any(heads_kept(v, heads[s.block]) == heads_kept(s.value, heads[s.block])
                        for v in space.offered(s.block, "heads_keep", allowed))
-        return all(v in space.offered(s.block, k, allowed) for k, v in setting_values(space, s.knob, s.value).items())
+        return offered_in(space, allowed, s.block, s.knob, s.value)
 
     def why(s: Setting) -> str:
         if offer is not None and s.knob == "tokens_keep" and s.block == len(offer[2]) - 1:
