@@ -16,8 +16,8 @@ weights, but the accuracies do, and here they are chance level.
 - ``costmodel``: ``autocomp check-costmodel`` on ``--samples`` recipes of a GPU space (heads, MLP width, rank,
   tokens, 32-, 16- and 4-bit weights) with the profile, the report and plot to ``--out``.
 - ``search``: ``autocomp search`` for ``--trials`` trials under a latency budget of 0.7x, one GPU per trial.
-- ``scoring``: the time to score the model on 512 images (a search scores the uncompressed model, each setting of
-  the sensitivity pass and each trial) on this machine's CPU and on the GPU, side by side.
+- ``scoring``: the time to score the model on 512 images (a trial with a GPU scores there; the sensitivity pass
+  scores on the CPU) on this machine's CPU and on the GPU, side by side.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def run(step: str, command: list[str], timeout: float) -> int:
 
 
 def scoring(images: int = 512) -> None:
-    """Seconds to score the model on ``images`` random images on the CPU (all its cores) and on the GPU."""
+    """Seconds to score the model on ``images`` random images on the CPU (all its cores) and on the GPU, as a trial
+    scores (:func:`autocomp.train.evaluate`)."""
     import timm
 
     from autocomp.data import TensorSplit
@@ -102,24 +103,15 @@ def scoring(images: int = 512) -> None:
     torch.manual_seed(0)
     model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=3).eval()
     split = TensorSplit(torch.randn(images, 3, 224, 224), torch.randint(0, 3, (images,)))
-    seconds = {}
+    seconds, accuracy = {}, {}
     for device in ("cpu", "cuda"):
         for _ in range(2):  # the first on each device warms it up
             began = time.perf_counter()
-            evaluate(model.to(device), split) if device == "cpu" else _evaluate_on_gpu(model, split)
+            accuracy[device] = evaluate(model, split, device=device)
             seconds[device] = time.perf_counter() - began
     print(f"scoring {images} images at 224 px: CPU ({torch.get_num_threads()} threads) {seconds['cpu']:.2f} s, "
-          f"GPU {seconds['cuda']:.2f} s ({seconds['cpu'] / seconds['cuda']:.0f}x)", flush=True)
-
-
-def _evaluate_on_gpu(model: torch.nn.Module, split) -> float:  # noqa: ANN001
-    model = model.to("cuda")
-    correct = 0
-    with torch.no_grad():
-        for x, y in split.batches(split.eval_batch_size()):
-            correct += (model(x.to("cuda")).argmax(-1).cpu() == y).sum().item()
-    model.to("cpu")
-    return 100.0 * correct / len(split)
+          f"GPU {seconds['cuda']:.2f} s ({seconds['cpu'] / seconds['cuda']:.0f}x); top-1 {accuracy['cpu']:.2f}% "
+          f"and {accuracy['cuda']:.2f}%", flush=True)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from autocomp.measure import backends, measure
 from autocomp.measure.backends import ExportFailed, backend_of, holds_export, require_backend
 from autocomp.ops import PruneHeads, PruneMlp, Quantize
 from autocomp.search._objective import ERROR, TrialInputs, run_trial
+from autocomp.train import evaluate
 from conftest import DIGITS, TINY_KWARGS, skip_where_openvino_lacks_compressed_weights
 
 pytestmark = pytest.mark.usefixtures("shared_ray")  # one Ray for the file's searches (conftest.py)
@@ -290,6 +291,27 @@ def test_pytorch_cuda_refuses_autocomps_cpu_only_int8_layers_by_name(candidate):
     with pytest.raises(ExportFailed, match=r"backend pytorch-cuda cannot run blocks\.0\.attn\.qkv \(w8\): "):
         backend_of(HardwareProfile(name="g", device="gpu", backend="pytorch-cuda")).prepare(
             model, splits.calib.x[:2], HardwareProfile(name="g", device="gpu", backend="pytorch-cuda"))
+
+
+def test_a_model_holding_cpu_only_layers_is_scored_on_the_cpu_wherever_asked(candidate):
+    # a trial with a GPU scores there, but autocomp's int8 layers run on the CPU alone (checked without CUDA: asked
+    # for cuda, the model would fail to move here)
+    _, model, splits = candidate
+    assert evaluate(model, splits.val, device="cuda") == evaluate(model, splits.val)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one exists")
+def test_pytorch_cuda_times_and_scores_16_and_4_bit_layers_on_the_gpu(tiny_teacher, digits_splits):
+    base = tiny_teacher[1]
+    recipe = Recipe(blocks=[{"prune_heads": PruneHeads(keep=2), "quantize": Quantize(weight_bits=16)},
+                            {"prune_mlp": PruneMlp(keep=0.5), "quantize": Quantize(weight_bits=4, group_size=16)}])
+    model = compress(base, recipe, calibration=digits_splits.calib.x)
+    on_gpu = measure(model, _profile("pytorch-cuda", device="gpu"), example=digits_splits.calib.x, reference=base)
+    here = measure(model, _profile("pytorch-cpu"), example=digits_splits.calib.x)
+    assert on_gpu.latency_ms > 0 and on_gpu.weights_mb == here.weights_mb  # the 16- and 4-bit storage, as held
+    on_cpu = evaluate(model, digits_splits.val)
+    assert abs(evaluate(model, digits_splits.val, device="cuda") - on_cpu) <= 100 / len(digits_splits.val)  # an image
+    assert {tensor.device.type for tensor in model.state_dict().values()} == {"cpu"}  # back where it was
 
 
 def test_calibrating_a_runtime_measures_its_own_kernels():

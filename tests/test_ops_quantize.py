@@ -250,6 +250,32 @@ def test_a_model_pickles_and_copies_with_every_kernel():
     assert torch.equal(copy.deepcopy(quantized)(x), quantized(x))
 
 
+@pytest.mark.parametrize("config", [Quantize(weight_bits=16), Quantize(weight_bits=4, group_size=20),
+                                    Quantize(weight_bits=3, group_size=32)], ids=lambda c: c.tag())
+def test_a_layer_moved_to_another_device_takes_the_tensors_it_holds_in_their_formats(config):
+    # they are neither parameters nor buffers, so torch's .to() would leave them behind (a model on the GPU then
+    # failed at its first 16-bit layer); the meta device stands in for a GPU here and runs the same code
+    model = _compress(config)
+    layer = model.blocks[0].attn.qkv
+    formats = {name: tensor.dtype for name, tensor in layer._state().items()}
+    model.half().float()  # a dtype change leaves a layer's storage as it is: it is the format
+    x = torch.randn(2, 3, 16, 16)
+    assert {name: tensor.dtype for name, tensor in layer._state().items()} == formats
+    model.to("meta")
+    assert {name: (tensor.device.type, tensor.dtype) for name, tensor in layer._state().items()} == {
+        name: ("meta", dtype) for name, dtype in formats.items()}
+    assert layer(torch.randn(2, 17, 48, device="meta")).shape == (2, 17, 144)  # codes unpacked where they are
+    assert model(x.to("meta")).shape == (2, 5)
+
+
+def test_an_int8_layer_refuses_to_leave_the_cpu_by_name():
+    model = _compress(Quantize(weight_bits=8))
+    model.to("cpu").float()  # no move: nothing to refuse
+    with pytest.raises(AutocompError, match=r"Int8Linear \(w8\) cannot move to meta: its int8 kernel is a CPU "
+                                            r"kernel; search weight bits 16 or 2-6 for a GPU"):
+        model.to("meta")
+
+
 @pytest.mark.parametrize("config", [Quantize(weight_bits=16), Quantize(weight_bits=4, group_size=32),
                                     Quantize(weight_bits=8, act_bits=8)], ids=["w16", "w4g32", "w8a8"])
 def test_straight_through_gradients_reach_the_fp32_weights(config):

@@ -130,6 +130,20 @@ class QuantizedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.config.tag()}, "
                 f"kernel={self.kernel}" + (", simulated activations" if self.simulated else ""))
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
+        """``.to(device)``, ``.cuda()``, ``.cpu()``: the tensors the layer holds (neither parameters nor buffers, so
+        torch does not see them) move too. Their dtypes stay: a layer's storage is its format (``.half()`` leaves
+        it as it is)."""
+        super()._apply(fn, recurse)
+        device = fn(torch.zeros(())).device
+        state = self._state()
+        if any(tensor.device != device for tensor in state.values()):
+            self._move(state, device)
+        return self
+
+    def _move(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
+        self._set_state({name: tensor.to(device) for name, tensor in state.items()})
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - torch's signature
         for name, tensor in self._state().items():
             destination[prefix + name] = tensor
@@ -234,6 +248,10 @@ class Int8Linear(QuantizedLinear):
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
+
+    def _move(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
+        raise AutocompError(f"{type(self).__name__} ({self.config.tag()}) cannot move to {device}: its int8 kernel "
+                            "is a CPU kernel; search weight bits 16 or 2-6 for a GPU")
 
 
 _NO_ZERO_POINT = torch.zeros(1, dtype=torch.long)  # symmetric weights; shared by all layers

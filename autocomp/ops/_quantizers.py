@@ -126,7 +126,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.reshape(-1).to(torch.int32)
     count = flat.numel()
     flat = torch.nn.functional.pad(flat, (0, (-count) % per_chunk)).view(-1, per_chunk)
-    words = torch.zeros(flat.shape[0], dtype=torch.int32)
+    words = torch.zeros(flat.shape[0], dtype=torch.int32, device=flat.device)
     for index in range(per_chunk):
         words |= flat[:, index] << (index * bits)
     stream = torch.stack([(words >> (8 * b)) & 255 for b in range(chunk_bytes)], dim=-1)
@@ -137,7 +137,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """The first ``count`` unsigned codes (uint8) of a stream written by :func:`pack_codes`."""
     per_chunk, chunk_bytes = _chunk(bits)
     stream = torch.nn.functional.pad(packed, (0, (-packed.numel()) % chunk_bytes)).view(-1, chunk_bytes)
-    codes = torch.empty(stream.shape[0], per_chunk, dtype=torch.uint8)
+    codes = torch.empty(stream.shape[0], per_chunk, dtype=torch.uint8, device=packed.device)
     for index in range(per_chunk):  # uint8 arithmetic throughout: a code spans at most two bytes
         byte, offset = divmod(index * bits, 8)
         code = stream[:, byte] >> offset

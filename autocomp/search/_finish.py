@@ -30,7 +30,7 @@ from autocomp.search._confirm import confirm_best, drop_timed_exports, measuring
 from autocomp.search._local import REPAIRED
 from autocomp.search._objective import build_candidate, distill_subset, kept_model
 from autocomp.search._rundir import REMEASURED
-from autocomp.train import evaluate
+from autocomp.train import evaluate, scoring_device
 
 __all__ = ["finalize", "final_distillation", "skipped_summary", "prediction_fidelity", "time_split", "KEPT", "BEST",
            "prune_kept"]
@@ -113,7 +113,9 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         if model is None:  # the trial ran where the run folder is not (another node), or before weights were kept
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
-        entry.update(val_accuracy=evaluate(model, splits.val), test_accuracy=evaluate(model, splits.test),
+        device = scoring_device(config.resources.gpu)
+        entry.update(val_accuracy=evaluate(model, splits.val, device=device),
+                     test_accuracy=evaluate(model, splits.test, device=device),
                      # dynamic int8 activations take one scale per batch: another batch size scores a little apart
                      accuracy_batch={"val": splits.val.eval_batch_size(), "test": splits.test.eval_batch_size()},
                      path=str((run_dir / BEST).resolve()),
@@ -164,7 +166,7 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
     settings = recipe.distill if recipe.distill is not None else Distill(steps=0, alpha=0.5)  # a space's default
     longer = dataclasses.replace(recipe, distill=dataclasses.replace(settings, steps=steps))
     started = time.perf_counter()
-    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    device = scoring_device(gpu)
     log(f"final distillation of the best: {steps} steps on {len(splits.train)} training images, on "
         + (device if device != "cpu" else f"{torch.get_num_threads()} CPU thread(s)"))
     with torch.no_grad():
@@ -172,7 +174,7 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
     student = distill(student, base, splits.train, longer.distill, device=device,
                       log=lambda line: log(f"final distillation: {line}")).eval()
     seconds = time.perf_counter() - started
-    val, test = evaluate(student, splits.val), evaluate(student, splits.test)
+    val, test = evaluate(student, splits.val, device=device), evaluate(student, splits.test, device=device)
     kept = val > entry["val_accuracy"]
     entry["final_distillation"] = {
         "steps": steps, "images": len(splits.train), "seconds": round(seconds, 1), "kept": kept,

@@ -28,7 +28,7 @@ from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
-from autocomp.train import evaluate
+from autocomp.train import evaluate, scoring_device
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES",
            "MEASURED", "MEASUREMENT_OF", "EXPORT_FOLDER", "ERROR", "STOP"]
@@ -229,7 +229,7 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
         nonlocal stopped
         subset = inputs.val.subset(inputs.fidelity.images)
         begin = time.perf_counter()
-        accuracy = evaluate(probe, subset)
+        accuracy = evaluate(probe, subset, device=device)
         took = time.perf_counter() - begin
         seconds["evaluate"] += took
         seconds["distill"] += time.perf_counter() - distill_began - took
@@ -242,9 +242,9 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
             metrics.update(fidelity=FULL, saved_seconds=0.0)
         return not stopped
 
+    device = scoring_device(inputs.gpu)  # where it distils and scores
     with num_threads(inputs.threads):
         if distilled:
-            device = "cuda" if inputs.gpu and torch.cuda.is_available() else "cpu"
             pause = None
             if short is not None and inputs.fidelity is not None:
                 pause_at = max(1, round(recipe.distill.steps * inputs.fidelity.steps))
@@ -255,7 +255,7 @@ def _run_trial(recipe: Recipe, inputs: TrialInputs, number: int | None,
             if stopped:  # its result is the short one (fidelity short)
                 return finished(model, metrics["short_accuracy"])
             seconds["distill"] = time.perf_counter() - distill_began - seconds["evaluate"]
-        accuracy = timed("evaluate", lambda: evaluate(model, inputs.val))
+        accuracy = timed("evaluate", lambda: evaluate(model, inputs.val, device=device))
     result = finished(model, accuracy)
     if ERROR not in result and feasible(over) and (folder := _trial_folder(inputs.weights_dir, number)) is not None:
         _keep_weights(model, folder)

@@ -41,6 +41,7 @@ from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
 from autocomp.search._start import START, as_built, require_choices, start_points
+from autocomp.train import scoring_device
 
 __all__ = ["run_search"]
 
@@ -185,7 +186,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
             if screen is not None:  # before run.json: a rerun with a budget that can be met starts afresh
                 reach.check_reachable(space, heads, screen, config, log)
-            baseline = {**before.baseline_accuracy(base, splits), **baseline}
+            scored = before.baseline_accuracy(base, splits, device=scoring_device(config.resources.gpu))
+            baseline = {**scored, **baseline}
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
                             measured_with, digest, space)
         else:
