@@ -65,18 +65,22 @@ class TeacherCache:
 
     @classmethod
     def build(cls, teacher: nn.Module, split: Split, config: Distill,
-              progress: Callable[[int], None] | None = None) -> TeacherCache:
-        """Run the teacher on the first ``config.steps`` batches ``distill`` would draw for ``config``;
-        ``progress`` gets the number of batches done after each."""
+              progress: Callable[[int], None] | None = None, *, device: str = "cpu") -> TeacherCache:
+        """Run the teacher on the first ``config.steps`` batches ``distill`` would draw for ``config``, on ``device``
+        (a copy of the teacher goes there; the logits are kept on the CPU); ``progress`` gets the number of
+        batches done after each."""
         was_training = teacher.training
         teacher.eval()
+        on_device = teacher if device == "cpu" else copy.deepcopy(teacher).to(device)
         outputs = []
-        with torch.no_grad():
-            for x, _ in _batches(split, config):
-                outputs.append(teacher(x))
-                if progress is not None:
-                    progress(len(outputs))
-        teacher.train(was_training)
+        try:
+            with torch.no_grad():
+                for x, _ in _batches(split, config):
+                    outputs.append(on_device(x.to(device)).cpu())
+                    if progress is not None:
+                        progress(len(outputs))
+        finally:
+            teacher.train(was_training)
         return cls(batch_size=config.batch_size, seed=config.seed, outputs=tuple(outputs))
 
     def serves(self, config: Distill) -> bool:

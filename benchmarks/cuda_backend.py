@@ -16,8 +16,8 @@ weights, but the accuracies do, and here they are chance level.
 - ``costmodel``: ``autocomp check-costmodel`` on ``--samples`` recipes of a GPU space (heads, MLP width, rank,
   tokens, 32-, 16- and 4-bit weights) with the profile, the report and plot to ``--out``.
 - ``search``: ``autocomp search`` for ``--trials`` trials under a latency budget of 0.7x, one GPU per trial.
-- ``scoring``: the time to score the model on 512 images (a trial with a GPU scores there; the sensitivity pass
-  scores on the CPU) on this machine's CPU and on the GPU, side by side.
+- ``scoring``: the time to score the model on 512 images (a job with a GPU scores its trials and sensitivity pass
+  there) on this machine's CPU and on the GPU, side by side.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def job(out: Path, profile: Path, trials: int) -> Path:
                        "calib_size": 16, "test_size": 16, "workers": 2},
               "search_space": "space.yaml", "hardware": "profile.yaml", "budget": {"latency": 0.7},
               "trials": trials, "workers": 1, "seed": 0, "resources": {"cpu": 4, "gpu": 1},
-              "sensitivity": {"images": 32}, "fidelity": None}  # 12 blocks x 8 settings scored on the CPU
+              "sensitivity": {"images": 32}, "fidelity": None}  # 12 blocks x 8 settings, scored on the GPU
     path = out / "job.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -135,7 +135,8 @@ def main() -> None:
     for step in args.steps.split(","):
         if step == "tests":
             ended[step] = run(step, [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k",
-                                     "cuda or gpu", "tests/test_distill.py", "tests/test_measure_backends.py"],
+                                     "cuda or gpu", "tests/test_distill.py", "tests/test_measure_backends.py",
+                                     "tests/test_search_sensitivity.py"],
                               args.timeout)
         elif step == "costmodel":
             ended[step] = run(step, [*cli, "check-costmodel", str(config), "--samples", str(args.samples),

@@ -233,3 +233,18 @@ def test_distillation_on_a_gpu_returns_a_packed_student_on_the_cpu(tiny_teacher,
     assert sum(isinstance(m, Int8Linear) for m in tuned.modules()) == 8
     assert next(teacher.parameters()).device.type == "cpu"
     assert evaluate(tuned, digits_splits.val) >= before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one exists")
+def test_teacher_outputs_computed_on_a_gpu_are_the_cpus_kept_on_the_cpu(tiny_teacher, digits_splits):
+    from autocomp.distill import TeacherCache
+
+    _, teacher = tiny_teacher
+    config = Distill(steps=4, alpha=0.5, batch_size=32)
+    on_cpu = TeacherCache.build(teacher, digits_splits.train, config)
+    on_gpu = TeacherCache.build(teacher, digits_splits.train, config, device="cuda")
+    assert next(teacher.parameters()).device.type == "cpu"  # a copy went to the GPU
+    assert {t.device.type for t in on_gpu.outputs} == {"cpu"}
+    for a, b in zip(on_cpu.outputs, on_gpu.outputs, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+

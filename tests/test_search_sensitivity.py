@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from autocomp._compress import compress
@@ -42,6 +43,19 @@ def test_each_setting_is_scored_on_one_block_alone(tiny_teacher, digits_splits):
     alone = evaluate(compress(base, recipe, calibration=digits_splits.calib.x), val)
     assert one.accuracy_drop == pytest.approx(evaluate(base, val) - alone)
     assert one.predicted_latency_ratio is None  # no cost model given
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one exists")
+def test_the_pass_on_a_gpu_scores_what_it_scores_on_the_cpu(tiny_teacher, digits_splits):
+    # int8 settings (CPU-only layers) are scored on the CPU from the block inputs kept on the GPU
+    base, val = tiny_teacher[1], digits_splits.val.subset(200)
+    args = dict(val=val, calib=digits_splits.calib.x, predictor=None, threads=1)
+    on_cpu = sensitivity_pass(base, SPACE, [4, 4], **args)
+    on_gpu = sensitivity_pass(base, SPACE, [4, 4], **args, device="cuda")
+    assert [(s.block, s.knob, s.value) for s in on_gpu] == [(s.block, s.knob, s.value) for s in on_cpu]
+    for a, b in zip(on_cpu, on_gpu):
+        assert b.accuracy_drop == pytest.approx(a.accuracy_drop, abs=2 * 100 / len(val) + 1e-9), (b.knob, b.block)
+    assert next(base.parameters()).device.type == "cpu"
 
 
 def test_where_every_candidate_holds_int8_weights_a_setting_costs_what_it_loses_against_that(tiny_teacher,
@@ -125,7 +139,7 @@ def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatc
                                    measure=lambda model: 0.9, log=lines.append)
     assert [line.split(" settings")[0] for line in lines] == [f"latency: {k} of 4" for k in range(4)]
     lines.clear()
-    config = SimpleNamespace(workers=1, resources=SimpleNamespace(cpu=1))
+    config = SimpleNamespace(workers=1, resources=SimpleNamespace(cpu=1, gpu=0))
     teacher_cache(tiny_teacher[1], digits_splits.train, SearchSpace(distill_steps=(3,)), config, lines.append)
     assert [line.split(" distillation")[0] for line in lines[:-1]] == [f"teacher outputs: {k} of 3" for k in (1, 2, 3)]
     assert lines[-1].startswith("teacher outputs for 3 distillation steps computed once")
@@ -864,7 +878,7 @@ def test_the_work_before_the_trials_uses_the_cpus_the_trials_will_share(monkeypa
     from autocomp.search import _before
 
     monkeypatch.setattr(_before.os, "sched_getaffinity", lambda _pid: set(range(machine)), raising=False)
-    config = SimpleNamespace(workers=workers, resources=SimpleNamespace(cpu=cpu))
+    config = SimpleNamespace(workers=workers, resources=SimpleNamespace(cpu=cpu, gpu=0))
     assert _before.setup_threads(config) == expected  # never more than the machine, never fewer than a trial's
 
 
@@ -878,8 +892,8 @@ def test_a_refused_latency_budget_names_the_settings_left_out_for_saving_too_lit
 
     monkeypatch.setattr(_reach, "ratio_of", lambda *args: lambda model: 0.9)  # the candidate as measured
     space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8))
-    config = SimpleNamespace(resources=SimpleNamespace(cpu=1), search_space="space.yaml", budget=Budget(latency=0.1),
-                             sensitivity=SimpleNamespace(min_saving=0.03, drop_above=5.0))
+    config = SimpleNamespace(resources=SimpleNamespace(cpu=1, gpu=0), search_space="space.yaml",
+                             budget=Budget(latency=0.1), sensitivity=SimpleNamespace(min_saving=0.03, drop_above=5.0))
     splits = SimpleNamespace(calib=SimpleNamespace(x=torch.randn(4, 3, 16, 16)))
     ratios = {("heads_keep", 0.5): 0.8, ("weight_bits", 8): 0.99}
     with pytest.raises(_reach.LatencyUnreachable) as refused:
@@ -911,7 +925,7 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     limit = (smallest + offered) / 2
     screen = Screen(predictor=predictor, limits={"memory_mb": limit}, margin=0.5)
     config = SimpleNamespace(sensitivity=SimpleNamespace(images=64, drop_above=5.0), search_space="space.yaml",
-                             resources=SimpleNamespace(cpu=1), workers=1,
+                             resources=SimpleNamespace(cpu=1, gpu=0), workers=1,
                              budget=SimpleNamespace(memory=None, memory_mb=limit))
     _reach.check_reachable(space, [4, 4], screen, config, print)  # the space's smallest meets it
     monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: [])

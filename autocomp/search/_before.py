@@ -35,7 +35,7 @@ from autocomp.search._sensitivity import (Setting, allowed_choices, offered_sett
                                           unrunnable_settings, without, without_slow, write_sensitivity,
                                           write_uniform_latencies)
 from autocomp.search._start import held_by_all, lightest, recipe_of, uniform_values
-from autocomp.train import evaluate
+from autocomp.train import evaluate, scoring_device
 
 __all__ = ["check_classes", "baseline_cost", "baseline_accuracy", "screen_of", "sensitivity", "latency_of",
            "teacher_cache", "SENSITIVITY"]
@@ -123,16 +123,18 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     if passes and not space.uniform:
         started = time.perf_counter()
         subset = splits.val.subset(config.sensitivity.images)  # all of validation when it is smaller
+        device = scoring_device(config.resources.gpu)
         settings = sensitivity_pass(base, space, heads, val=subset,
                                     calib=splits.calib.x, predictor=screen.predictor if screen is not None else None,
-                                    threads=setup_threads(config), log=log)
+                                    threads=setup_threads(config), log=log, device=device)
         drop_above = config.sensitivity.drop_above
         allowed = allowed_choices(settings, space, drop_above=drop_above, allowed=distinct)
         write_sensitivity(run_dir, settings, drop_above=drop_above, offer=(space, allowed, heads))
         removed = sum(len(distinct.get(name, getattr(space, name.split(".")[1]))) - len(values)
                       for name, values in allowed.items())
         log(f"sensitivity: {len(settings)} settings, each on one block alone, scored on {len(subset)} "
-            f"validation images in {time.perf_counter() - started:.0f} s; {removed} not offered to the search (alone "
+            f"validation images{' on the GPU' if device != 'cpu' else ''} in {time.perf_counter() - started:.0f} s; "
+            f"{removed} not offered to the search (alone "
             f"they cost more than {drop_above:g} points, or the operators refuse them): {run_dir / 'sensitivity.csv'}")
         refusals: dict[tuple[str, Any], list[Setting]] = {}
         for s in settings:
@@ -300,8 +302,9 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
         return None
     started = time.perf_counter()
     tick = progress_lines(log, "teacher outputs: {done} of {total} distillation batches", [1] * steps)
+    device = scoring_device(config.resources.gpu)  # where the trials distil
     with num_threads(setup_threads(config)):
-        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5), progress=tick)
+        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5), progress=tick, device=device)
     log(f"teacher outputs for {steps} distillation steps computed once for all trials "
-        f"({time.perf_counter() - started:.1f} s)")
+        f"({time.perf_counter() - started:.1f} s{', on the GPU' if device != 'cpu' else ''})")
     return cache

@@ -31,7 +31,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
 from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, heads_kept, setting_label
 from autocomp.search._start import held_by_all, lightest, recipe_of, setting_values, uniform_values
-from autocomp.train import evaluate
+from autocomp.train import cpu_only, evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
            "unrunnable_settings", "first_block_only", "too_slow", "without_slow", "without", "write_uniform_latencies",
@@ -64,15 +64,16 @@ class Setting:
 
 def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, val: Split,
                      calib: torch.Tensor, predictor: CostPredictor | None, threads: int,
-                     log: Callable[[str], None] | None = None) -> list[Setting]:
-    """Score each non-lightest choice of each searched knob on each block alone (see the module docstring);
-    ``log`` hears how far it is, every ``PROGRESS_S`` seconds (a 224-px ViT takes minutes on a laptop)."""
+                     log: Callable[[str], None] | None = None, device: str = "cpu") -> list[Setting]:
+    """Score each non-lightest choice of each searched knob on each block alone (see the module docstring), on
+    ``device`` (``cuda``: where the trials score; a setting with CPU-only layers on the CPU); ``log`` hears how far
+    it is, every ``PROGRESS_S`` seconds (a 224-px ViT takes minutes on a laptop's CPU)."""
     light = lightest(space)
     uncompressed = {f"b{i}.{knob}": value for i in range(len(heads_per_block)) for knob, value in light.items()}
     space = dataclasses.replace(space, uniform=False)  # each block alone, even where the search keeps them alike
     depth, per_block = len(heads_per_block), len(_settings(space, light))
     with num_threads(threads), torch.no_grad():
-        reference = evaluate(base, val)
+        reference = evaluate(base, val, device=device)
         # a space whose every candidate holds some compression (weight_bits [8]): a setting costs what it loses
         # against that, scored from the same block's input, not against the uncompressed model
         least = None
@@ -83,9 +84,9 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
                 pass
         base_latency = predictor.predict(recipe_of(space, heads_per_block, uncompressed))["latency_ms"] \
             if predictor is not None else None
-        inputs = BlockInputs.of(base, val)
+        inputs = BlockInputs.of(base, val, device=device)
         if least is not None and inputs is None:
-            reference = evaluate(least, val)
+            reference = evaluate(least, val, device=device)
         # from a block's input, a setting on block b runs depth - b blocks (and the compression, about one more)
         work = [depth - b + 1 if inputs is not None else 1 for b in range(depth) for _ in range(per_block)]
         tick = progress_lines(log, "sensitivity: {done} of {total} settings scored", work)
@@ -113,7 +114,7 @@ def sensitivity_pass(base: nn.Module, space: SearchSpace, heads_per_block: Seque
                     settings.append(Setting(block, knob, value, None, None, refused=str(exc)))
                     continue
                 ratio = predictor.predict(recipe)["latency_ms"] / base_latency if predictor is not None else None
-                accuracy = inputs.accuracy(model) if inputs is not None else evaluate(model, val)
+                accuracy = inputs.accuracy(model) if inputs is not None else evaluate(model, val, device=device)
                 settings.append(Setting(block, knob, value, reference - accuracy, ratio))
                 if knob == "heads_keep":
                     scored[heads_kept(value, heads_per_block[block])] = settings[-1]
@@ -138,19 +139,22 @@ class BlockInputs:
     """The validation images' input to one block of the uncompressed model, batch by batch, moved on one block at a
     time. A setting on block ``b`` leaves blocks ``0..b-1`` as they are, so their output is the same for every
     setting of ``b``: the pass runs blocks ``b..`` only (half the blocks on average), and decodes the images once.
-    The accuracy is the same as :func:`autocomp.train.evaluate`'s, batch for batch."""
+    The accuracy is the same as :func:`autocomp.train.evaluate`'s, batch for batch, on the same device."""
 
     def __init__(self, base: nn.Module, inputs: list[torch.Tensor], labels: list[torch.Tensor],
-                 probe: torch.Tensor) -> None:
+                 probe: torch.Tensor, device: str = "cpu") -> None:
         self.base, self.inputs, self.labels, self.probe, self.block = base, inputs, labels, probe, 0
+        self.device = device
 
     @classmethod
-    def of(cls, base: nn.Module, val: Split) -> BlockInputs | None:
-        """The input of block 0 for ``val``; None for a model whose blocks do not simply follow one another (a
-        token-reducing base) or when the inputs would take more than ``BLOCK_INPUTS_BYTES``."""
-        blocks = base.blocks
-        if getattr(blocks, "plan", None) or not len(val):
+    def of(cls, base: nn.Module, val: Split, *, device: str = "cpu") -> BlockInputs | None:
+        """The input of block 0 for ``val``, computed and kept on ``device`` (a copy of ``base`` goes there); None
+        for a model whose blocks do not simply follow one another (a token-reducing base) or when the inputs would
+        take more than ``BLOCK_INPUTS_BYTES``."""
+        if getattr(base.blocks, "plan", None) or not len(val):
             return None
+        base = base if device == "cpu" else copy.deepcopy(base).to(device)
+        blocks = base.blocks
         captured: list[torch.Tensor] = []
 
         def capture(module: nn.Module, args: tuple) -> None:
@@ -163,11 +167,11 @@ class BlockInputs:
         try:
             for x, y in val.batches(val.eval_batch_size()):
                 try:
-                    base(x)
+                    base(x.to(device))
                 except _Captured:
                     pass
                 labels.append(y)
-                probe = x[:1] if probe is None else probe
+                probe = x[:1].to(device) if probe is None else probe
                 if sum(h.numel() * h.element_size() for h in captured) > BLOCK_INPUTS_BYTES:
                     return None
         finally:
@@ -175,7 +179,7 @@ class BlockInputs:
             base.train(was_training)
         if len(captured) != len(labels):  # a forward that does not call its first block: score the whole model
             return None
-        return cls(base, captured, labels, probe)
+        return cls(base, captured, labels, probe, device)
 
     def advance(self) -> None:
         """Move on to the next block's input."""
@@ -188,24 +192,26 @@ class BlockInputs:
 
     def accuracy(self, model: nn.Module) -> float:
         """Top-1 accuracy in percent of ``model``, whose blocks before ``self.block`` are the uncompressed model's:
-        those are skipped and the block gets the known input (the stem runs on one image, its output replaced)."""
+        those are skipped and the block gets the known input (the stem runs on one image, its output replaced).
+        It runs on the inputs' device, or on the CPU for a model holding CPU-only layers; it is on the CPU after."""
+        device = "cpu" if cpu_only(model) else self.device
         blocks, batch = model.blocks, []
         kept = [blocks[index] for index in range(self.block)]
         for index in range(self.block):
             blocks[index] = _Skip()
         handle = blocks[self.block].register_forward_pre_hook(lambda module, args: (batch[0], *args[1:]))
         was_training = model.training
-        model.eval()
+        model.eval().to(device)
         try:
             correct = 0
             for h, y in zip(self.inputs, self.labels):
-                batch[:] = [h]
-                correct += int((model(self.probe).argmax(-1) == y).sum())
+                batch[:] = [h.to(device)]
+                correct += int((model(self.probe.to(device)).argmax(-1).cpu() == y).sum())
         finally:
             handle.remove()
             for index, block in enumerate(kept):
                 blocks[index] = block
-            model.train(was_training)
+            model.to("cpu").train(was_training)
         return 100.0 * correct / sum(len(y) for y in self.labels)
 
 
