@@ -113,7 +113,8 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         if model is None:  # the trial ran where the run folder is not (another node), or before weights were kept
             model = build_candidate(base, recipe, splits.calib.x, distill_subset(splits.train),
                                     threads=config.resources.cpu)
-        device = scoring_device(config.resources.gpu)
+        # best/'s scores are the target's arithmetic (a trial's GPU ranks candidates; a CPU target's best on the CPU)
+        device = scoring_device(config.resources.gpu) if profile.device == "gpu" else "cpu"
         entry.update(val_accuracy=evaluate(model, splits.val, device=device),
                      test_accuracy=evaluate(model, splits.test, device=device),
                      # dynamic int8 activations take one scale per batch: another batch size scores a little apart
@@ -122,7 +123,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                      runtime=baseline.get("runtime"))  # what its latency means: runtime, threads, batch
         if config.final_distill_steps and any(recipe.blocks):  # the uncompressed model has nothing to recover
             model, recipe = final_distillation(model, base, recipe, splits, entry, steps=config.final_distill_steps,
-                                               gpu=config.resources.gpu > 0, log=log)
+                                               gpu=config.resources.gpu > 0, scored_on=device, log=log)
         save_model(run_dir / BEST, model, recipe, config.model, metrics=entry, preprocessing=splits.preprocessing,
                    classes=splits.classes)
         summary["best"] = entry
@@ -154,14 +155,16 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
 
 
 def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits: Splits, entry: dict[str, Any], *,
-                       steps: int, gpu: bool = False, log: Callable[[str], None] = print) -> tuple[nn.Module, Recipe]:
+                       steps: int, gpu: bool = False, scored_on: str = "cpu",
+                       log: Callable[[str], None] = print) -> tuple[nn.Module, Recipe]:
     """The best candidate distilled again from its compressed weights for ``steps`` steps on the whole training split
     (a trial distils briefly on a subset: enough to rank candidates, not to recover all it can), with the trial's
     distillation settings (weight, temperature, learning rate), or the defaults if the trial distilled nothing.
 
     Returns the model and recipe to save: the longer-distilled ones if they score higher on validation, else the
     trial's own. ``entry`` gets ``final_distillation`` (steps, seconds, both models' validation and test accuracy,
-    which was kept) and, if kept, the new model's ``val_accuracy`` and ``test_accuracy``.
+    which was kept) and, if kept, the new model's ``val_accuracy`` and ``test_accuracy``. ``gpu``: distil on the
+    GPU (where this process sees one); ``scored_on``: where the new model is scored (where ``entry``'s were).
     """
     settings = recipe.distill if recipe.distill is not None else Distill(steps=0, alpha=0.5)  # a space's default
     longer = dataclasses.replace(recipe, distill=dataclasses.replace(settings, steps=steps))
@@ -174,7 +177,7 @@ def final_distillation(model: nn.Module, base: nn.Module, recipe: Recipe, splits
     student = distill(student, base, splits.train, longer.distill, device=device,
                       log=lambda line: log(f"final distillation: {line}")).eval()
     seconds = time.perf_counter() - started
-    val, test = evaluate(student, splits.val, device=device), evaluate(student, splits.test, device=device)
+    val, test = evaluate(student, splits.val, device=scored_on), evaluate(student, splits.test, device=scored_on)
     kept = val > entry["val_accuracy"]
     entry["final_distillation"] = {
         "steps": steps, "images": len(splits.train), "seconds": round(seconds, 1), "kept": kept,
