@@ -133,7 +133,7 @@ def train(model: nn.Module, split: Split, config: TrainConfig,
 def evaluate(model: nn.Module, split: Split, *, batch_size: int | None = None, device: str = "cpu") -> float:
     """Top-1 accuracy in percent; batches of ``split.eval_batch_size()`` unless ``batch_size`` is given.
 
-    ``device``: where the model runs (``cuda``: a trial's GPU, 25x faster than 16 CPU threads on an H200 for a
+    ``device``: where the model runs (``cuda``: a trial's GPU, 23x faster than 16 CPU threads on an H200 for a
     224-px ViT-S: ``benchmarks/cuda_backend.py --steps scoring``); a model holding CPU-only layers (autocomp's int8
     kernels) runs on the CPU wherever asked. The model is on the CPU again after."""
     if device != "cpu" and cpu_only(model):
@@ -147,7 +147,7 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int | None = None, d
             with _quiet.step():  # waits while another trial on this machine times its candidate
                 correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item()
     finally:
-        model.to("cpu").train(was_training)
+        model.to("cpu").train(was_training)  # no copy where it is there already
     return 100.0 * correct / max(1, len(split))
 
 
@@ -155,6 +155,13 @@ def scoring_device(gpus: float) -> str:
     """Where a job with ``gpus`` GPUs per trial distils and scores: ``cuda`` where it asks for one and this process
     sees one, else ``cpu``."""
     return "cuda" if gpus and torch.cuda.is_available() else "cpu"
+
+
+def release_gpu() -> None:
+    """Hand the GPU memory PyTorch's allocator keeps cached in this process back to the device (where a driver's
+    passes used the GPU its trials share)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def cpu_only(model: nn.Module) -> bool:

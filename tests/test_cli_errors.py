@@ -266,6 +266,17 @@ def test_missing_checkpoint(job, tmp_path, capsys):
     assert "checkpoint not found" in err
 
 
+def test_a_timm_name_without_a_checkpoint_is_said_to_be_random_weights(job, tmp_path, capsys):
+    # timm would start vit_* from random weights: a search then ranks a random model's accuracies
+    edit_job(job, lambda d: d["model"].pop("checkpoint"))
+    edit_job(job, lambda d: d.update(data={"dataset": "imagefolder", "root": str(tmp_path / "nowhere")}))
+    assert main(["search", str(job), "--out", str(tmp_path / "r")]) == 2  # stopped at the images, after the model
+    out = capsys.readouterr().out
+    assert ("warning: model.checkpoint is not given: deit_tiny_patch16_224 starts from random weights (autocomp never "
+            "downloads timm's pretrained ones)") in out
+    assert "give the trained weights file (.safetensors or .pth) in model.checkpoint" in out
+
+
 def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"latency": -1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)

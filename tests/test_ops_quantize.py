@@ -261,7 +261,7 @@ def test_a_layer_moved_to_another_device_takes_the_tensors_it_holds_in_their_for
     model.half().float()  # a dtype change leaves a layer's storage as it is: it is the format
     x = torch.randn(2, 3, 16, 16)
     assert {name: tensor.dtype for name, tensor in layer._state().items()} == formats
-    model.to("meta")
+    model.to("meta").half().float()  # a dtype change on another device leaves them there too
     assert {name: (tensor.device.type, tensor.dtype) for name, tensor in layer._state().items()} == {
         name: ("meta", dtype) for name, dtype in formats.items()}
     assert layer(torch.randn(2, 17, 48, device="meta")).shape == (2, 17, 144)  # codes unpacked where they are

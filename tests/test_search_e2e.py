@@ -92,6 +92,7 @@ def test_search_writes_every_result(finished_run):
     assert best["weights_mb"] + best["activations_mb"] == pytest.approx(best["memory_mb"], rel=1e-6)
     assert json.loads((run / "best" / "metrics.json").read_text())["weights_mb"] == best["weights_mb"]
     assert best["accuracy_batch"]["val"] > 1  # the batch its accuracies were scored in (dynamic int8 depends on it)
+    assert best["scored_on"] == "cpu"  # a CPU target's arithmetic, wherever the trials scored
     kept = {p.name for p in (run / "trials").iterdir()}
     front = {str(t["number"]) for t in json.loads((run / "pareto.json").read_text())["trials"] if t["feasible"]}
     assert str(summary["best"]["trial"]) in kept and kept <= front  # weights only of the front within budget

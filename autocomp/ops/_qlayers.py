@@ -135,14 +135,18 @@ class QuantizedLinear(nn.Module):
         torch does not see them) move too. Their dtypes stay: a layer's storage is its format (``.half()`` leaves
         it as it is)."""
         super()._apply(fn, recurse)
-        device = fn(torch.zeros(())).device
-        state = self._state()
-        if any(tensor.device != device for tensor in state.values()):
-            self._move(state, device)
+        here = self._device()
+        device = fn(torch.zeros((), device=here)).device  # where fn sends a tensor from here: a dtype change stays
+        if device != here:
+            self._move(device)
         return self
 
-    def _move(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
-        self._set_state({name: tensor.to(device) for name, tensor in state.items()})
+    def _device(self) -> torch.device:
+        """Where the tensors the layer holds are (all on one device)."""
+        return next(iter(self._state().values())).device
+
+    def _move(self, device: torch.device) -> None:
+        self._set_state({name: tensor.to(device) for name, tensor in self._state().items()})
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - torch's signature
         for name, tensor in self._state().items():
@@ -249,7 +253,10 @@ class Int8Linear(QuantizedLinear):
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
 
-    def _move(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
+    def _device(self) -> torch.device:
+        return torch.device("cpu")  # a CPU kernel's packed weight
+
+    def _move(self, device: torch.device) -> None:
         raise AutocompError(f"{type(self).__name__} ({self.config.tag()}) cannot move to {device}: its int8 kernel "
                             "is a CPU kernel; search weight bits 16 or 2-6 for a GPU")
 

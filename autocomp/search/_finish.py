@@ -115,7 +115,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
                                     threads=config.resources.cpu)
         # best/'s scores are the target's arithmetic (a trial's GPU ranks candidates; a CPU target's best on the CPU)
         device = scoring_device(config.resources.gpu) if profile.device == "gpu" else "cpu"
-        entry.update(val_accuracy=evaluate(model, splits.val, device=device),
+        entry.update(scored_on=device, val_accuracy=evaluate(model, splits.val, device=device),
                      test_accuracy=evaluate(model, splits.test, device=device),
                      # dynamic int8 activations take one scale per batch: another batch size scores a little apart
                      accuracy_batch={"val": splits.val.eval_batch_size(), "test": splits.test.eval_batch_size()},

@@ -4,6 +4,8 @@ trial."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +24,7 @@ from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import backend_of, check_images
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import cap_note, load_profile, profile_note
-from autocomp.models import create_model, factory_module, model_digest, vit_blocks
+from autocomp.models import ModelSpec, create_model, factory_module, model_digest, vit_blocks
 from autocomp.ops.quantize import int8_linear_top_code
 from autocomp.recipe import Recipe
 from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
@@ -41,7 +43,7 @@ from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
 from autocomp.search._start import START, as_built, require_choices, start_points
-from autocomp.train import scoring_device
+from autocomp.train import release_gpu, scoring_device
 
 __all__ = ["run_search"]
 
@@ -101,8 +103,12 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     resuming = (run_dir / "run.json").is_file()
     space = load_space(config.search_space)  # a mistake in its file is said first: it costs nothing to read
     if not resuming:
-        profile, measuring = _target(config, log)
+        profile, measuring = _target(config, log, ray_address=ray_address)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    if isinstance(config.model, ModelSpec) and config.model.name is not None and not config.model.checkpoint:
+        log(f"warning: model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
+            "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "
+            "trained weights file (.safetensors or .pth) in model.checkpoint")
     space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
     if not resuming:  # a run begun before these checks keeps what its passes left
         space.check_ranks(base, where=f"search space {config.search_space}")
@@ -116,7 +122,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     if previous is not None:
         rundir.require_same_model(previous, digest, config, run_dir)
     if resuming:
-        profile, measuring = _target(config, log)
+        profile, measuring = _target(config, log, ray_address=ray_address)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
     if previous is not None:  # what the job's files hold checked: where they moved, the new paths are kept
@@ -288,6 +294,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                                      for s in as_built(space, settings, allowed or {})
                                                      if s.accuracy_drop is not None},
                                               seed=config.seed + done)
+                release_gpu()  # what the passes before cached there: the trials on this GPU need it
                 started = time.perf_counter()
                 with display:
                     loop.run(controller)
@@ -338,10 +345,16 @@ def _places_taken(taken: Mapping[str, int], asked: int) -> str | None:
             "more trials would mostly draw such ones again; widen the search space or loosen the budget")
 
 
-def _target(config: JobConfig, log: Callable[[str], None]) -> tuple[HardwareProfile, str | None]:
+def _target(config: JobConfig, log: Callable[[str], None], *,
+            ray_address: str | None) -> tuple[HardwareProfile, str | None]:
     """The hardware profile (measured on first use) and, for a target on this machine, what measures there (a
-    runtime that is missing is refused here); a target on a Ray node is checked once Ray is up."""
+    runtime that is missing is refused here); a target on a Ray node is checked once Ray is up. A profile's
+    ``ray_resource`` names a node of a cluster: a search on its own embedded Ray (one machine) measures here."""
     profile = load_profile(config.hardware, log=log)
+    if profile.ray_resource is not None and ray_address is None and not _ray_running():
+        log(f"note: hardware profile {config.hardware} measures on the Ray node declaring {profile.ray_resource!r}; "
+            "with no --ray-address the search runs on this machine alone, and measures here")
+        profile = dataclasses.replace(profile, ray_resource=None)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
     if (note := cap_note(profile.backend)) is not None:
@@ -351,6 +364,11 @@ def _target(config: JobConfig, log: Callable[[str], None]) -> tuple[HardwareProf
         measuring = require_device(profile, source=config.hardware)
         log(f"measuring on {measuring}")
     return profile, measuring
+
+
+def _ray_running() -> bool:
+    """Whether this process has initialized Ray itself (a search then runs on that Ray, with its nodes)."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
