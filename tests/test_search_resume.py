@@ -42,9 +42,9 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
                      "distill_alpha: [0.5]\n")
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
     run = tmp_path / "run"
-    said = tmp_path / "stderr.txt"
+    said, logged = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
     driver = subprocess.Popen([sys.executable, "-m", "autocomp.cli", "search", str(job), "--out", str(run),
-                               "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=said.open("w"))
+                               "--quiet"], start_new_session=True, stdout=logged.open("w"), stderr=said.open("w"))
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # kill it while trial 1 or 2 runs, after one has finished
@@ -60,6 +60,9 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
             assert driver.wait(timeout=120) == 143
             assert said.read_text().splitlines()[-1] == ("autocomp: terminated; results written so far are kept "
                                                          "(rerun the same command to resume)")
+            # said as it began to stop, not only once it had (Tune and Ray take seconds)
+            assert logged.read_text().splitlines()[-1] == ("stopping: the trials under way end and Ray shuts down "
+                                                           "(seconds); every finished trial is kept")
             # Tune's thread, still running as Ray shuts down, started no new Ray (Ray's auto-connect)
             assert "SIGTERM handler is not set" not in said.read_text()
     finally:

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ray.tune import Stopper
@@ -200,10 +200,12 @@ class TrialLoop:
         workers: trials at once; as many placeholders start the workers.
         resources: CPUs and GPUs per trial.
         rule: the multi-fidelity rule, or None.
+        log: hears that an interrupted search is stopping (it takes seconds: said at once, not at the end).
     """
 
     def __init__(self, inputs: TrialInputs, run_dir: Path, *, trials: int, workers: int, resources: Resources,
-                 rule: FrontRule | None = None) -> None:
+                 rule: FrontRule | None = None, log: Callable[[str], None] = print) -> None:
+        self._log = log
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         self._tune_log, self._tune_level = logging.getLogger("ray.tune"), logging.getLogger("ray.tune").level
@@ -254,6 +256,9 @@ class TrialLoop:
 
     def __exit__(self, kind: type | None, *_: object) -> None:
         if kind is not None and not self.done:  # the search failed before or while running its trials
+            if issubclass(kind, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the user waits for the prompt
+                self._log("stopping: the trials under way end and Ray shuts down (seconds); every finished trial "
+                          "is kept")
             search_ending()  # a SIGTERM to the process group takes Ray down as well: not a `ray stop` to warn of
             self._searcher.finished = True
             self._stopper.stopping = True  # the running trials stop: an interrupted one runs again on resume

@@ -252,9 +252,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         if remaining:
             rule = _front_rule(study, config, len(splits.val))
             # the trials' Ray workers start (and receive the inputs) while the sensitivity pass runs
-            with _quiet.removed_after(inputs.quiet_key), TrialLoop(
+            with _quiet.removed_after(inputs.quiet_key), TrialLoop(  # room for replacements, and retries of all
                     inputs, run_dir, trials=2 * remaining * (1 + config.retries), workers=config.workers,
-                    resources=config.resources, rule=rule) as loop:  # room for replacements, and retries of all
+                    resources=config.resources, rule=rule, log=log) as loop:
                 if screen is not None:  # what the cost model learnt before the first trial in an earlier run of the
                     # search (its passes, not run again): learnt again, so that it skips as that run would have
                     screen.learn_again(study.user_attrs.get(LEARNT_BEFORE, []))
