@@ -157,6 +157,21 @@ def test_8_bit_blocks_are_smoothed_where_a_layernorm_feeds_what_they_quantize():
     assert recipe_key(earlier) == recipe_key(recipe.to_dict())
 
 
+def test_the_group_size_of_low_bit_blocks_is_the_spaces(tmp_path):
+    space = SearchSpace(weight_bits=(32, 8, 4), group_size=32)
+    trial = optuna.trial.FixedTrial(space.params({"b0.weight_bits": 8, "b1.weight_bits": 4, "b2.weight_bits": 32}))
+    recipe = space.sample(trial, [6, 6, 6])
+    assert recipe.summary() == "w8-sq | w4g32 | -"
+    assert recipe.blocks[0]["quantize"] == SearchSpace(weight_bits=(32, 8, 4)).sample(trial, [6, 6, 6]).blocks[0][
+        "quantize"]  # 8 bits: a scale per output channel, the same recipe whatever the group size
+    path = tmp_path / "space.yaml"
+    path.write_text("weight_bits: [32, 4]\ngroup_size: 128\n")
+    assert load_space(path).group_size == 128
+    path.write_text("weight_bits: [32, 4]\ngroup_size: 4\n")
+    with pytest.raises(AutocompError, match=r"group_size must be a whole number >= 8, got 4"):
+        load_space(path)
+
+
 def test_static_activations_are_a_choice_of_8_bit_blocks_only():
     """act_bits 8 runs for real only beside 8-bit weights: a block at other bits is never asked for it (a choice
     it would ignore, or simulate)."""

@@ -47,6 +47,9 @@ class SearchSpace:
             :class:`~autocomp.ops.Quantize`'s ``smooth`` (null: none). Not searched: folded into the LayerNorms, it
             costs nothing at run time; it moves the outlier channels of pretrained ViTs' LayerNorm outputs into the
             weights, so that int8 activations (dynamic or static) keep their resolution.
+        group_size: input weights sharing one scale in every block with 2-6 bit weights, as
+            :class:`~autocomp.ops.Quantize`'s ``group_size`` (not searched): smaller groups keep more accuracy and
+            hold more scales (one fp16 scale per group).
         head_importance: how heads are scored (``autocomp.importance.HEAD_SCORES``).
         token_method: ``merge`` (ToMe) or ``prune`` (EViT).
         lowrank_method: ``svd`` or ``whitened``.
@@ -70,6 +73,7 @@ class SearchSpace:
     quantize_layers: tuple[str, ...] = ("all",)
     act_bits: tuple[int | None, ...] = (None,)
     smooth: float | None = 0.5
+    group_size: int = 64
     head_importance: str = "output_norm"
     token_method: str = "merge"
     lowrank_method: str = "svd"
@@ -107,6 +111,7 @@ class SearchSpace:
         # the operators' own configs validate the method names and the smoothing strength, with their messages,
         # said with the space's key (its alpha is distill_alpha)
         checks = [("smooth", lambda: Quantize(weight_bits=8, smooth=self.smooth)),
+                  ("group_size", lambda: Quantize(weight_bits=4, group_size=self.group_size)),
                   ("head_importance", lambda: PruneHeads(keep=1, importance=self.head_importance)),
                   ("token_method", lambda: ReduceTokens(keep=1.0, method=self.token_method)),
                   ("lowrank_method", lambda: LowRank(rank=1.0, method=self.lowrank_method)),
@@ -217,7 +222,8 @@ class SearchSpace:
                 block["reduce_tokens"] = ReduceTokens(keep=tokens, method=self.token_method)
             if (bits := choose("weight_bits")) != FLOAT_BITS:
                 act = choose("act_bits") if bits == STATIC_BITS else None
-                config = Quantize(weight_bits=bits, act_bits=act, layers=_layers(choose("quantize_layers")))
+                config = Quantize(weight_bits=bits, act_bits=act, layers=_layers(choose("quantize_layers")),
+                                  **({"group_size": self.group_size} if bits < 8 else {}))  # 8+: per channel
                 smoothed = bits == 8 and config.reads_norm_outputs  # smoothing changes nothing else
                 block["quantize"] = dataclasses.replace(config, smooth=self.smooth) if smoothed else config
             blocks.append(block)
