@@ -25,9 +25,9 @@ RESOURCE = "test_device"
 
 
 def test_a_device_profile_on_an_embedded_ray_measures_on_this_machine(tiny_teacher, tmp_path, capsys):
-    """Without --ray-address the search runs on this machine alone: a shipped profile naming a cluster's device node
-    measures here, and its backend is checked here (this machine has no CUDA GPU: refused before Ray starts). (First
-    in this module: the cluster fixture is not up yet.)"""
+    """Without --ray-address the search runs on this machine alone: a profile naming a cluster's device node
+    measures here, and its backend is checked here (a GPU profile on this machine without CUDA: refused before Ray
+    starts, naming --ray-address). (First in this module: the cluster fixture is not up yet.)"""
     import ray
 
     assert not ray.is_initialized()
@@ -39,11 +39,20 @@ def test_a_device_profile_on_an_embedded_ray_measures_on_this_machine(tiny_teach
         pytest.skip("this machine has a CUDA GPU: the search would run")
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     out, err = capsys.readouterr()
-    assert (f"note: hardware profile {shipped} measures on the Ray node declaring 'nvidia_h100'; with no "
-            "--ray-address the search runs on this machine alone, and measures here") in out
+    assert "measures here" not in out  # it cannot: said once, in the refusal
     assert len(err.strip().splitlines()) == 1
     assert f"hardware profile {shipped}: backend pytorch-cuda needs a CUDA GPU" in err
+    assert err.strip().endswith("without --ray-address the search runs on this machine alone: pass the address of "
+                                "the Ray cluster whose node declares 'nvidia_h100' (the profile's ray_resource) to "
+                                "measure there")
     assert not ray.is_initialized()  # refused before any Ray started
+    local = yaml.safe_load((ROOT / "hardware_profiles" / "local_cpu.yaml").read_text())  # a device this machine is
+    (tmp_path / "here.yaml").write_text(yaml.safe_dump({**local, "ray_resource": "my_box"}))
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "hardware": str(tmp_path / "here.yaml")}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (f"note: hardware profile {tmp_path / 'here.yaml'} measures on the Ray node declaring 'my_box'; with no "
+            "--ray-address the search runs on this machine alone, and measures here") in capsys.readouterr().out
+    assert not ray.is_initialized()
 
 
 @pytest.fixture(scope="module")

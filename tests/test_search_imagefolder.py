@@ -69,6 +69,8 @@ def test_a_224px_vit_on_train_and_val_folders(tmp_path, monkeypatch, capsys):
     assert "resuming: 2 trials already in " in printed  # none run again
     assert "data: 17 training (train/), 4 calibration (held out of train/), 9 validation (val/), 3 test (held out " \
         "of train/) images;" in printed
+    assert ("warning: validation holds 9 images: each is 11.1 points of accuracy, so the scores, the sensitivity "
+            "pass's 5-point rule and the front are noise at this size; give more labelled images") in printed
     assert "note: the validation" not in printed  # val/ is a folder of its own; test/ is not:
     assert "note: the test images are held out of train/, which the model may have been trained on: its scores read " \
         "high then, and every candidate's with them; a test/ folder of images it never saw avoids it" in printed

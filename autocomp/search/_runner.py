@@ -48,6 +48,7 @@ from autocomp.train import release_gpu, scoring_device
 __all__ = ["run_search"]
 
 PLOT_EVERY_S = 60.0
+FEW_IMAGES = 50  # validation images below which one image moves a score by more than 2 points
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
 LEARNT_BEFORE = "learnt_before_trials"  # ... and the measurements the cost model learnt from before the first trial
@@ -132,6 +133,11 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                        for name, what in SPLIT_NAMES.items())
     log(f"data: {counts} images; preprocessing {splits.preprocessing.to_dict()} "
         f"({preprocessing_source(base, config.data)})")
+    if len(splits.val) < FEW_IMAGES:  # e.g. a folder of a few images each: every score a coin's throw
+        log(f"warning: validation holds {len(splits.val)} image{'s' if len(splits.val) != 1 else ''}: each is "
+            f"{100 / len(splits.val):.3g} points of accuracy, so the scores, the sensitivity pass's "
+            f"{config.sensitivity.drop_above:g}-point rule and the front are noise at this size; give more labelled "
+            f"images (a val/ folder, or more in train/ to hold validation out of), {FEW_IMAGES} at the very least")
     held = [name for name in ("val", "test") if origins.get(name, "").startswith("held out of")]
     if held:  # a model trained on every image of the folder has seen these: the scores read high
         one = len(held) == 1
@@ -153,8 +159,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     run_images.note_train_images(study, recorded, splits)  # before the interrupted trials are queued anew
     interrupted = _requeue_interrupted(study)
     if interrupted:
-        log(f"trials {interrupted} were running when an earlier search stopped; they are marked failed and run "
-            "again with the same recipes")
+        log(f"trials {interrupted} were running when an earlier search stopped; they are marked failed and queued "
+            "again with the same recipes (one the cost model now predicts over budget is skipped, as a new one is)")
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     remaining = max(0, config.trials - done)
     if previous is not None and (note := rundir.seed_otherwise(run_dir, config, done=done, remaining=remaining)):
@@ -351,9 +357,9 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
     runtime that is missing is refused here); a target on a Ray node is checked once Ray is up. A profile's
     ``ray_resource`` names a node of a cluster: a search on its own embedded Ray (one machine) measures here."""
     profile = load_profile(config.hardware, log=log)
-    if profile.ray_resource is not None and ray_address is None and not _ray_running():
-        log(f"note: hardware profile {config.hardware} measures on the Ray node declaring {profile.ray_resource!r}; "
-            "with no --ray-address the search runs on this machine alone, and measures here")
+    name = profile.ray_resource  # a cluster's node: a search on its own embedded Ray (this machine) measures here
+    alone = name is not None and ray_address is None and not _ray_running()
+    if alone:
         profile = dataclasses.replace(profile, ray_resource=None)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
@@ -361,7 +367,17 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
         log(f"note: {note}")
     measuring = None
     if profile.ray_resource is None:
-        measuring = require_device(profile, source=config.hardware)
+        try:
+            measuring = require_device(profile, source=config.hardware)
+        except AutocompError as exc:
+            if not alone:
+                raise
+            raise AutocompError(f"{exc}; without --ray-address the search runs on this machine alone: pass the "
+                                f"address of the Ray cluster whose node declares {name!r} (the profile's "
+                                "ray_resource) to measure there") from None
+        if alone:
+            log(f"note: hardware profile {config.hardware} measures on the Ray node declaring {name!r}; with no "
+                "--ray-address the search runs on this machine alone, and measures here")
         log(f"measuring on {measuring}")
     return profile, measuring
 
