@@ -270,11 +270,12 @@ def test_a_timm_name_without_a_checkpoint_is_said_to_be_random_weights(job, tmp_
     # timm would start vit_* from random weights: a search then ranks a random model's accuracies
     edit_job(job, lambda d: d["model"].pop("checkpoint"))
     edit_job(job, lambda d: d.update(data={"dataset": "imagefolder", "root": str(tmp_path / "nowhere")}))
-    assert main(["search", str(job), "--out", str(tmp_path / "r")]) == 2  # stopped at the images, after the model
-    out = capsys.readouterr().out
-    assert ("warning: model.checkpoint is not given: deit_tiny_patch16_224 starts from random weights (autocomp never "
-            "downloads timm's pretrained ones)") in out
-    assert "give the trained weights file (.safetensors or .pth) in model.checkpoint" in out
+    with pytest.warns(AutocompWarning) as said:  # stopped at the images, after the model
+        assert main(["search", str(job), "--out", str(tmp_path / "r")]) == 2
+    assert [str(w.message) for w in said] == [
+        "model.checkpoint is not given: deit_tiny_patch16_224 starts from random weights (autocomp never downloads "
+        "timm's pretrained ones), so every accuracy of this search is a random model's; give the trained weights "
+        "file (.safetensors or .pth) in model.checkpoint"]
 
 
 def test_bad_budget(job, tmp_path, capsys):

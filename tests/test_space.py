@@ -170,6 +170,10 @@ def test_the_group_size_of_low_bit_blocks_is_the_spaces(tmp_path):
     path.write_text("weight_bits: [32, 4]\ngroup_size: 4\n")
     with pytest.raises(AutocompError, match=r"group_size must be a whole number >= 8, got 4"):
         load_space(path)
+    path.write_text("weight_bits: [32, 4]\ngroup_size: 24\n")  # Quantize's, but no runtime kernel's
+    with pytest.raises(AutocompError, match=r"group_size must be a multiple of 16, got 24: the low-bit kernels of "
+                                            r"ONNX Runtime and OpenVINO take blocks of 16, 32, 64 ..., and other "):
+        load_space(path)
 
 
 def test_static_activations_are_a_choice_of_8_bit_blocks_only():

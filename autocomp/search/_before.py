@@ -167,11 +167,11 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         allowed = without_slow(allowed, judged, space, len(heads), min_saving=minimum)
         refused = {setting for setting, ratio in ratios.items() if ratio == math.inf}  # named if memory is short
         saving = config.sensitivity.min_saving
-        slow = [f"{label(knob, value)} ({r:.2f}x{': slower' if r > 1 else ''})"
+        slow = [f"{label(knob, value)} ({r:.2f}x{': slower' if round(r, 2) > 1 else ''})"
                 for (knob, value), r in too_slow(judged, min_saving=saving).items()]
         against = "" if floor == 1.0 else f" against {held_by_all(space)} in every block ({floor:.2f}x)"
         if minimum is not None:  # the ratio as uniform_latency.csv has it
-            left_out |= {setting: ("in every block it slows the model" if judged[setting] > 1 else
+            left_out |= {setting: ("in every block it slows the model" if round(judged[setting], 2) > 1 else
                                    f"in every block it saves less than {minimum:.0%} of the latency")
                          + f"{against} ({ratios[setting]:.2f}x, uniform_latency.csv)"
                          for setting in too_slow(judged, min_saving=minimum)}

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
+import torch
 from torch import nn
 
 from autocomp import _quiet
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
-from autocomp.errors import AutocompError, AutocompTypeError
+from autocomp.errors import AutocompError, AutocompTypeError, warn
 from autocomp.hardware import HardwareProfile
 from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import backend_of, check_images
@@ -107,9 +108,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         profile, measuring = _target(config, log, ray_address=ray_address)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     if isinstance(config.model, ModelSpec) and config.model.name is not None and not config.model.checkpoint:
-        log(f"warning: model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
-            "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "
-            "trained weights file (.safetensors or .pth) in model.checkpoint")
+        warn(f"model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
+             "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "
+             "trained weights file (.safetensors or .pth) in model.checkpoint")
     space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
     if not resuming:  # a run begun before these checks keeps what its passes left
         space.check_ranks(base, where=f"search space {config.search_space}")
@@ -133,11 +134,6 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                        for name, what in SPLIT_NAMES.items())
     log(f"data: {counts} images; preprocessing {splits.preprocessing.to_dict()} "
         f"({preprocessing_source(base, config.data)})")
-    if len(splits.val) < FEW_IMAGES:  # e.g. a folder of a few images each: every score a coin's throw
-        log(f"warning: validation holds {len(splits.val)} image{'s' if len(splits.val) != 1 else ''}: each is "
-            f"{100 / len(splits.val):.3g} points of accuracy, so the scores, the sensitivity pass's "
-            f"{config.sensitivity.drop_above:g}-point rule and the front are noise at this size; give more labelled "
-            f"images (a val/ folder, or more in train/ to hold validation out of), {FEW_IMAGES} at the very least")
     held = [name for name in ("val", "test") if origins.get(name, "").startswith("held out of")]
     if held:  # a model trained on every image of the folder has seen these: the scores read high
         one = len(held) == 1
@@ -146,6 +142,11 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             f"candidate's with them; {'a ' if one else ''}{' and '.join(f'{name}/' for name in held)} "
             f"folder{'' if one else 's'} of images it never saw avoid{'s' if one else ''} it")
     before.check_classes(base, splits, config)
+    if len(splits.val) < FEW_IMAGES:  # e.g. a folder of a few images each: every score a coin's throw
+        warn(f"validation holds {len(splits.val)} image{'s' if len(splits.val) != 1 else ''}: each is "
+             f"{100 / len(splits.val):.3g} points of accuracy, so the scores and the front are noise at this size; "
+             f"give more labelled images (a val/ folder, or more in train/ to hold validation out of), {FEW_IMAGES} "
+             "at the very least")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
     if previous is None:  # an absolute memory limit no candidate meets: refused before the measuring
@@ -357,9 +358,14 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
     runtime that is missing is refused here); a target on a Ray node is checked once Ray is up. A profile's
     ``ray_resource`` names a node of a cluster: a search on its own embedded Ray (one machine) measures here."""
     profile = load_profile(config.hardware, log=log)
-    name = profile.ray_resource  # a cluster's node: a search on its own embedded Ray (this machine) measures here
-    alone = name is not None and ray_address is None and not _ray_running()
+    name = profile.ray_resource  # a GPU profile's node: a search on its own Ray (this machine) measures its GPU
+    alone = name is not None and profile.device == "gpu" and ray_address is None and not _ray_running()
     if alone:
+        if not torch.cuda.is_available():
+            raise AutocompError(f"hardware profile {config.hardware} measures on a CUDA GPU, on the Ray node "
+                                f"declaring {name!r} (its ray_resource), and this machine has none that torch "
+                                f"{torch.__version__} can use; pass --ray-address of the Ray cluster holding that "
+                                "node, or search with a CPU profile")
         profile = dataclasses.replace(profile, ray_resource=None)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
@@ -367,17 +373,10 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
         log(f"note: {note}")
     measuring = None
     if profile.ray_resource is None:
-        try:
-            measuring = require_device(profile, source=config.hardware)
-        except AutocompError as exc:
-            if not alone:
-                raise
-            raise AutocompError(f"{exc}; without --ray-address the search runs on this machine alone: pass the "
-                                f"address of the Ray cluster whose node declares {name!r} (the profile's "
-                                "ray_resource) to measure there") from None
+        measuring = require_device(profile, source=config.hardware)
         if alone:
             log(f"note: hardware profile {config.hardware} measures on the Ray node declaring {name!r}; with no "
-                "--ray-address the search runs on this machine alone, and measures here")
+                "--ray-address the search runs on this machine alone, and measures on its GPU")
         log(f"measuring on {measuring}")
     return profile, measuring
 

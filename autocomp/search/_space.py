@@ -126,6 +126,10 @@ class SearchSpace:
                 text = str(exc)
                 raise AutocompError(text if text.startswith(key + " ") else f"distill_{text}" if key == "distill"
                                     else f"lowrank_{text}" if key == "lowrank_layers" else f"{key}: {text}") from None
+        if self.group_size % 16:  # the runtimes' low-bit kernels (MatMulNBits) take blocks of 16 and more
+            raise AutocompError(f"group_size must be a multiple of 16, got {self.group_size}: the low-bit kernels of "
+                                "ONNX Runtime and OpenVINO take blocks of 16, 32, 64 ..., and other groups would run "
+                                "as fp32 there")
 
     def check_ranks(self, base: nn.Module, *, where: str) -> None:
         """Refuse a ``rank`` the operator refuses in every block of ``base`` (``rank: [0.3, 0.6]``: 0.6 keeps more
