@@ -355,8 +355,9 @@ def _places_taken(taken: Mapping[str, int], asked: int) -> str | None:
 def _target(config: JobConfig, log: Callable[[str], None], *,
             ray_address: str | None) -> tuple[HardwareProfile, str | None]:
     """The hardware profile (measured on first use) and, for a target on this machine, what measures there (a
-    runtime that is missing is refused here); a target on a Ray node is checked once Ray is up. A profile's
-    ``ray_resource`` names a node of a cluster: a search on its own embedded Ray (one machine) measures here."""
+    runtime that is missing is refused here); a target on a Ray node is checked once Ray is up. A GPU profile's
+    ``ray_resource`` names a cluster's node: a search on its own embedded Ray (one machine) measures on its GPU (a
+    CPU profile's stays: this CPU is not that device)."""
     profile = load_profile(config.hardware, log=log)
     name = profile.ray_resource  # a GPU profile's node: a search on its own Ray (this machine) measures its GPU
     alone = name is not None and profile.device == "gpu" and ray_address is None and not _ray_running()
