@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 import yaml
+from torch import nn
 from torch.nn import functional as F
 
 from autocomp import Recipe, compress
@@ -229,22 +230,49 @@ def test_merge_is_a_size_weighted_average():
 
 def test_an_average_pooled_model_averages_the_patches_its_merged_tokens_stand_for():
     """Without a class token (timm's 'avg' pooling), the output is the mean over tokens: a merged token is weighed by
-    the patches it stands for, as ToMe averages (counted once, a 0.7 merge cost a user's model 5 points more); a
-    model read through its class token is not touched."""
+    the patches it stands for, as ToMe averages (counted once, a 0.7 merge cost a user's model 5 points more), also
+    where the model's LayerNorm sits between the blocks and the pooling (fc_norm=False, as in timm's *_gap_* ViTs,
+    where scaling the tokens before the norm would change nothing); a model read through its class token is not
+    touched."""
     for overrides in ({"class_token": False, "global_pool": "avg"},
-                      {"class_token": False, "global_pool": "avg", "reg_tokens": 2}):
-        model = compress(_model(**overrides), _recipe({0: {"keep": 0.5, "method": "merge"}}))
+                      {"class_token": False, "global_pool": "avg", "reg_tokens": 2},
+                      {"class_token": False, "global_pool": "avg", "fc_norm": False}):
+        base = _model(**overrides)
+        model = compress(base, _recipe({0: {"keep": 0.5, "method": "merge"}}))
+        assert isinstance(base.norm, nn.LayerNorm) is (overrides.get("fc_norm") is False)
         images = torch.randn(2, 3, 32, 32)
         with torch.no_grad():
             x, size = model.blocks.forward_with_sizes(_tokens(model, images))
             prefix = model.num_prefix_tokens
             weights = size[:, prefix:, None] / size[:, prefix:].sum(dim=1)[:, None, None]
-            pooled = (x[:, prefix:] * weights).sum(dim=1)  # by hand: the average over the patches
+            normed = base.norm(x[:, prefix:])  # the model's own norm, on each token
+            pooled = (normed * weights).sum(dim=1)  # by hand: the average over the patches
             expected = model.head(model.fc_norm(pooled))
             assert torch.allclose(model(images), expected, atol=1e-5)
-            plain = model.head(model.fc_norm(x[:, prefix:].mean(dim=1)))  # what it was: each token once
+            plain = model.head(model.fc_norm(normed.mean(dim=1)))  # what it was: each token once
             assert not torch.allclose(model(images), plain, atol=1e-3)
     assert compress(_model(), _recipe({0: {"keep": 0.5, "method": "merge"}})).blocks.averaged is None
+
+
+def test_a_pool_weighted_model_saves_and_loads(tmp_path):
+    """The norm the weights pass through keeps its weights (as norm.norm.*), and a second compression of the model
+    wraps it once."""
+    from autocomp.models import ModelSpec
+    from autocomp.saving import load_model, save_model
+
+    overrides = {"class_token": False, "global_pool": "avg", "fc_norm": False}
+    model = compress(_model(**overrides), _recipe({0: {"keep": 0.5, "method": "merge"}}))
+    model = compress(model, _recipe({2: {"keep": 0.5, "method": "merge"}}))
+    assert isinstance(model.norm.norm, nn.LayerNorm) and sorted(model.blocks.plan) == [0, 2]
+    with torch.no_grad():
+        model.norm.norm.weight.mul_(2.0)  # distinct from a fresh norm's
+    recipe = Recipe.from_dict({"blocks": [{"reduce_tokens": {"keep": 0.5}}, {}, {"reduce_tokens": {"keep": 0.5}}, {}]})
+    spec = ModelSpec(name="vit_tiny_patch16_224", kwargs=dict(img_size=32, patch_size=4, embed_dim=48, depth=4,
+                                                                num_heads=3, num_classes=5, **overrides))
+    save_model(tmp_path, model, recipe, spec)
+    images = _images()
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path)(images), model(images), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["merge", "prune"])

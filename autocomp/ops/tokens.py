@@ -11,7 +11,9 @@ Two methods:
   tokens are fused into one extra token, their attention-weighted average, placed after the kept ones.
 
 The blocks are wrapped in :class:`TokenReducingBlocks` (an ``nn.Sequential`` holding the same block modules, so
-parameter names and other operators are unaffected); its ``plan`` maps block index to :class:`ReduceTokens`.
+parameter names and other operators are unaffected); its ``plan`` maps block index to :class:`ReduceTokens`. A
+model that averages its output tokens (timm's ``global_pool='avg'``) averages the patches they stand for: its norm
+after the blocks is wrapped in :class:`PoolWeighted` (``norm.*`` weights become ``norm.norm.*``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from autocomp.errors import AutocompError
 from autocomp.models import vit_blocks
 from autocomp.ops._base import CompressContext
 
-__all__ = ["ReduceTokens", "TokenReducingBlocks", "TOKEN_METHODS", "kept_tokens", "reduced_count", "size_bias"]
+__all__ = ["PoolWeighted", "ReduceTokens", "TokenReducingBlocks", "TOKEN_METHODS", "kept_tokens", "reduced_count",
+           "size_bias"]
 
 TOKEN_METHODS = ("merge", "prune")
 
@@ -85,18 +88,20 @@ class TokenReducingBlocks(nn.Sequential):
         super().__init__(*blocks)
         self.num_prefix_tokens = num_prefix_tokens
         self.plan: dict[int, ReduceTokens] = {}
-        self.averaged: int | None = None  # the model averages its output tokens from this one on (see apply)
+        # the model averages its output tokens from this one on: the output carries their weights (see apply)
+        self.averaged: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = self.forward_with_sizes(x)
         if self.averaged is None or size is None:
             return x
-        # a merged token stands for ``size`` patches: scaled so that the model's plain average over the tokens is
-        # the average over the patches they stand for (ToMe's size-weighted average; counted once each, a merge to
-        # 0.7 cost a user's average-pooled ViT 5 points more before distillation)
+        # a merged token stands for ``size`` patches: its weight in the model's average over tokens, handed to the
+        # norm after the blocks as one extra channel (see PoolWeighted; counted once each, a merge to 0.7 cost a
+        # user's average-pooled ViT 5 points more before distillation)
         first = self.averaged
-        weight = size[:, first:] * (size.shape[1] - first) / size[:, first:].sum(dim=1, keepdim=True)
-        return torch.cat([x[:, :first], x[:, first:] * weight[..., None].to(x.dtype)], dim=1)
+        weight = x.new_ones(x.shape[:2])
+        weight[:, first:] = size[:, first:] * (size.shape[1] - first) / size[:, first:].sum(dim=1, keepdim=True)
+        return torch.cat([x, weight[..., None]], dim=-1)
 
     def forward_with_sizes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the blocks; also return each token's size ``(B, N)`` (patches it stands for), or None while no
@@ -126,6 +131,26 @@ class TokenReducingBlocks(nn.Sequential):
 
     def extra_repr(self) -> str:
         return "plan={" + ", ".join(f"{i}: {c.tag()}" for i, c in sorted(self.plan.items())) + "}"
+
+
+class PoolWeighted(nn.Module):
+    """The model's norm after the blocks, then each token scaled by its weight in the average pool that follows, so
+    that the plain average over tokens is ToMe's size-weighted one: the average over the patches the tokens stand
+    for, with the norm applied to each token as the model does. :class:`TokenReducingBlocks` hands the weights over
+    as one channel after the ``width`` of the tokens (one tensor passes between modules), which this strips; tokens
+    without it (no merge happened) pass the norm alone, as in the model before."""
+
+    def __init__(self, norm: nn.Module, width: int) -> None:
+        super().__init__()
+        self.norm, self.width = norm, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.width:
+            return self.norm(x)
+        return self.norm(x[..., :-1].contiguous()) * x[..., -1:]
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
 
 
 @contextlib.contextmanager
@@ -240,9 +265,9 @@ def apply(model: nn.Module, configs: dict[int, ReduceTokens], context: CompressC
     if not isinstance(model.blocks, TokenReducingBlocks):
         model.blocks = TokenReducingBlocks(blocks, num_prefix_tokens=prefix)
     model.blocks.plan.update(configs)
-    # timm's average pooling straight over the blocks' output (no final norm between, as by default with 'avg':
-    # fc_norm after the pooling): weighted by the merged tokens' sizes; another pooling, or a norm before it (which
-    # a scale would not pass), averages them as they are
-    if (getattr(model, "global_pool", None) == "avg" and getattr(model, "attn_pool", None) is None
-            and isinstance(getattr(model, "norm", None), nn.Identity)):
+    # timm's average pooling over the tokens (after the model's norm, LayerNorm or Identity): weighted by the
+    # merged tokens' sizes; another pooling averages them as they are
+    if getattr(model, "global_pool", None) == "avg" and getattr(model, "attn_pool", None) is None:
+        if not isinstance(model.norm, PoolWeighted):
+            model.norm = PoolWeighted(model.norm, model.embed_dim)
         model.blocks.averaged = 0 if getattr(model, "pool_include_prefix", False) else prefix
