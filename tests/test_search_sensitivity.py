@@ -1047,11 +1047,12 @@ def test_an_int8_throughout_space_with_a_searched_knob_runs_its_passes_under_a_l
     from autocomp.cli import main
     from autocomp.search import _reach
 
-    def ratio_of(*_args):  # int8 alone 1.5x the float model; half the heads with it 1.2x: 0.8x of the floor
-        return lambda model: 1.2 if model.blocks[0].attn.num_heads == 2 else 1.5
+    def ratio_of(*_args):  # int8 alone 1.5x the float model; half the heads with it 1.2x: 0.8x of the floor (in
+        # whichever block the sensitivity pass leaves them: on some machines' teachers, block 0 loses 5 points)
+        return lambda model: 1.2 if any(block.attn.num_heads == 2 for block in model.blocks) else 1.5
     monkeypatch.setattr(_reach, "ratio_of", ratio_of)
     job = _space_job(tmp_path, tiny_teacher, "heads_keep: [0.5, 1.0]\nweight_bits: [8]\nhead_importance: weight_norm\n",
-                     {"latency_ms": 2.0}, trials=2)
+                     {"latency_ms": 50.0}, trials=2)  # far from the ~1.5 ms model (an absolute limit: not a ratio)
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     timed = list(csv.DictReader((tmp_path / "run" / "uniform_latency.csv").open()))
     assert [(r["knob"], r["value"], r["latency_ratio"], r["offered"]) for r in timed] == [
