@@ -255,8 +255,8 @@ def test_an_average_pooled_model_averages_the_patches_its_merged_tokens_stand_fo
 
 
 def test_a_pool_weighted_model_saves_and_loads(tmp_path):
-    """The norm the weights pass through keeps its weights (as norm.norm.*), and a second compression of the model
-    wraps it once."""
+    """The norm the weights pass through keeps its weights (as norm.norm.*; those saved as norm.* before it was
+    wrapped load too), and a second compression of the model wraps it once."""
     from autocomp.models import ModelSpec
     from autocomp.saving import load_model, save_model
 
@@ -273,6 +273,10 @@ def test_a_pool_weighted_model_saves_and_loads(tmp_path):
     images = _images()
     with torch.no_grad():
         assert torch.allclose(load_model(tmp_path)(images), model(images), atol=1e-6)
+    older = {key.replace("norm.norm.", "norm."): value for key, value in model.state_dict().items()}
+    again = compress(_model(**overrides), recipe, structure_only=True)
+    again.load_state_dict(older)  # as saved before the norm was wrapped
+    assert torch.equal(again.norm.norm.weight, model.norm.norm.weight)
 
 
 @pytest.mark.parametrize("method", ["merge", "prune"])

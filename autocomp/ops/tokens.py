@@ -143,6 +143,14 @@ class PoolWeighted(nn.Module):
     def __init__(self, norm: nn.Module, width: int) -> None:
         super().__init__()
         self.norm, self.width = norm, width
+        self._register_load_state_dict_pre_hook(self._saved_unwrapped)
+
+    @staticmethod
+    def _saved_unwrapped(state: dict, prefix: str, *_args: Any) -> None:
+        """Weights saved before the norm was wrapped (``norm.weight``, by versions that averaged each token once)
+        load under the wrapped names (``norm.norm.weight``)."""
+        for key in [key for key in state if key.startswith(prefix) and not key.startswith(f"{prefix}norm.")]:
+            state[f"{prefix}norm.{key[len(prefix):]}"] = state.pop(key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.width:
