@@ -11,7 +11,7 @@ import torch
 
 from autocomp import AutocompError
 from autocomp.errors import AutocompWarning
-from autocomp.data import DataConfig, FolderSplit, load_splits
+from autocomp.data import DataConfig, FolderSplit, Preprocessing, load_splits
 from autocomp.data._load import SPLIT_FOLDERS
 
 COLORS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
@@ -317,6 +317,31 @@ def test_preprocessing_steps_in_words_give_the_transforms_input_with_pil_and_num
         np.testing.assert_allclose(p.transform()(image).numpy(), by_hand, atol=1e-5)
     (tmp_path / "preprocessing.json").write_text(json.dumps({**p.to_dict(), "steps": steps}))
     assert load_preprocessing(tmp_path) == p  # the words are for a reader: the settings load as they were
+
+
+def test_the_digits_preprocessing_says_their_scale_and_reproduces_the_model_input(tmp_path):
+    """sklearn's digits hold values 0..16, divided by 16: the record says so (it said divide by 255, and a deployer
+    who followed it fed the model a sixteenth of its input: 10% accuracy), and its transform and timm config, which
+    divide by 255, give the split's tensors from the raw values."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from autocomp.saving import load_preprocessing
+
+    splits = load_splits(DataConfig(dataset="digits", val_size=50, calib_size=10, seed=0))
+    p = splits.preprocessing
+    assert p.pixel_max == 16 and "scale the pixels to [0, 1] (divide by 16: the images' values run 0..16)" in p.steps()
+    raw = load_digits().images  # (1797, 8, 8), values 0..16
+    by_steps = torch.from_numpy(((raw / 16 - p.mean[0]) / p.std[0]).astype(np.float32))
+    by_transform = torch.stack([p.transform()(Image.fromarray(image.astype(np.uint8)))[0] for image in raw])
+    assert torch.allclose(by_transform, by_steps, atol=1e-5)
+    val = splits.val.x[:, 0]  # each validation image is one of the raw images, as the steps make it
+    distance = (val[:, None] - by_steps[None]).abs().amax(dim=(2, 3)).min(dim=1).values
+    assert distance.max() < 1e-5
+    (tmp_path / "preprocessing.json").write_text(json.dumps(p.to_dict()))
+    assert load_preprocessing(tmp_path) == p
+    assert Preprocessing(**{**p.to_dict(), "pixel_max": 255}).to_dict().keys() == {  # 8-bit: as recorded before
+        "image_size", "channels", "mean", "std", "interpolation", "crop_pct", "crop_mode"}
 
 
 def test_splits_given_a_class_count_name_the_classes_by_their_labels():

@@ -15,6 +15,7 @@ DATASETS = ("fashion_mnist", "digits", "imagefolder")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 CROP_MODES = ("center", "squash", "border")  # timm's: see Preprocessing.crop_mode
 BUILTIN_SIZES = {"fashion_mnist": 28, "digits": 8}  # the built-in data sets' images, in pixels (square, grayscale)
+BUILTIN_PIXEL_MAX = {"fashion_mnist": 255, "digits": 16}  # their largest pixel value (sklearn's digits: 0..16)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class Preprocessing:
         crop_mode: ``center`` (as above), ``squash`` (resize both sides to ``image_size / crop_pct``, the aspect
             ratio not kept, then centre-crop: CLIP and SigLIP fine-tunes) or ``border`` (fit the longer side, pad
             with the mean); timm's, from the model's ``pretrained_cfg``.
+        pixel_max: the images' largest pixel value, which scales them to [0, 1]: 255 (8-bit images), or 16 for
+            sklearn's digits (values 0..16).
     """
 
     image_size: int
@@ -130,6 +133,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
     crop_mode: str = "center"
+    pixel_max: int = 255
 
     def __post_init__(self) -> None:
         if self.crop_mode not in CROP_MODES:
@@ -148,16 +152,17 @@ class Preprocessing:
         from timm.data import create_transform
         from torchvision import transforms
 
-        timm_transform = create_transform(input_size=(self.channels, self.image_size, self.image_size),
-                                          interpolation=self.interpolation, mean=self.mean, std=self.std,
-                                          crop_pct=self.crop_pct, crop_mode=self.crop_mode, is_training=False)
+        config = self.timm_config()
+        timm_transform = create_transform(input_size=config["input_size"], interpolation=self.interpolation,
+                                          mean=config["mean"], std=config["std"], crop_pct=self.crop_pct,
+                                          crop_mode=self.crop_mode, is_training=False)
         mode = "L" if self.channels == 1 else "RGB"
         return transforms.Compose([transforms.Lambda(lambda image: _to_8_bits(image).convert(mode)), timm_transform])
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "channels": self.channels, "mean": list(self.mean),
                 "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct,
-                "crop_mode": self.crop_mode}
+                "crop_mode": self.crop_mode, **({} if self.pixel_max == 255 else {"pixel_max": self.pixel_max})}
 
     def steps(self) -> list[str]:
         """What :meth:`transform` does, in words, for a deployment without timm or torchvision (written beside
@@ -173,13 +178,17 @@ class Preprocessing:
                              f"pad (with the mean colour) or crop the centre to {size} x {size} px"]}[self.crop_mode]
         mode = "8-bit grayscale (PIL mode L)" if self.channels == 1 else "8-bit RGB"
         return [f"convert the image to {mode} (16-bit images scaled to 8 bits first)", *resize,
-                "scale the pixels to [0, 1] (divide by 255)",
+                f"scale the pixels to [0, 1] (divide by {self.pixel_max}"
+                + (")" if self.pixel_max == 255 else f": the images' values run 0..{self.pixel_max})"),
                 f"per channel, subtract mean {list(self.mean)} and divide by std {list(self.std)}",
                 f"batch as float32 (N, {self.channels}, {size}, {size}), channels first"]
 
     def timm_config(self) -> dict[str, Any]:
-        """The same settings as timm's data config (``input_size``, ``mean`` ...), e.g. for ``pretrained_cfg``."""
-        return {"input_size": (self.channels, self.image_size, self.image_size), "mean": self.mean, "std": self.std,
+        """The same settings as timm's data config (``input_size``, ``mean`` ...), e.g. for ``pretrained_cfg``;
+        timm divides pixels by 255, so images of another ``pixel_max`` have mean and std in that scale."""
+        scale = self.pixel_max / 255
+        return {"input_size": (self.channels, self.image_size, self.image_size),
+                "mean": tuple(m * scale for m in self.mean), "std": tuple(s * scale for s in self.std),
                 "interpolation": self.interpolation, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
 
 

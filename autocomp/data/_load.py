@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocomp.data._config import FLOAT_PIXELS, DataConfig, Preprocessing, resolve_preprocessing
+from autocomp.data._config import BUILTIN_PIXEL_MAX, FLOAT_PIXELS, DataConfig, Preprocessing, resolve_preprocessing
 from autocomp.data._splits import FolderSplit, Splits, TensorSplit, unreadable
 from autocomp.errors import AutocompError, warn
 
@@ -53,7 +53,7 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
     mean = config.mean or tuple(stats.mean(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.mean())])
     std = config.std or tuple(stats.std(dim=(0, 2, 3)).tolist() if channels > 1 else [float(stats.std())])
     preprocessing = Preprocessing(image_size=train_x.shape[-1], channels=channels, mean=mean, std=std,
-                                  interpolation="bilinear", crop_pct=1.0)
+                                  interpolation="bilinear", crop_pct=1.0, pixel_max=BUILTIN_PIXEL_MAX[config.dataset])
     shift = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
     scale = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
 
@@ -134,7 +134,8 @@ def _fashion_mnist(config: DataConfig):
     def part(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
         labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz", 8)
-        return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+        return (torch.from_numpy(images.astype(np.float32) / BUILTIN_PIXEL_MAX["fashion_mnist"]),
+                torch.from_numpy(labels.astype(np.int64)))
 
     train_x, train_y = part("train")
     test_x, test_y = part("t10k")
@@ -145,7 +146,7 @@ def _digits(config: DataConfig):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = torch.from_numpy(digits.images.astype(np.float32) / BUILTIN_PIXEL_MAX["digits"]).unsqueeze(1)
     return x, torch.from_numpy(digits.target.astype(np.int64)), None, None, tuple(str(d) for d in range(10))
 
 
