@@ -68,6 +68,16 @@ def test_help_and_pareto_start_without_torch_and_the_package_still_exports_compr
     assert {"compress", "Recipe", "Distill"} <= set(dir(autocomp))
 
 
+def test_python_dash_m_autocomp_is_the_command(tmp_path):
+    """Where the venv's scripts folder is not on the PATH, ``python -m autocomp`` runs the same command (it said
+    "No module named autocomp.__main__"), with its exit status."""
+    helped = subprocess.run([sys.executable, "-m", "autocomp", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: autocomp ")
+    refused = subprocess.run([sys.executable, "-m", "autocomp", "pareto", str(tmp_path / "no-run")],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "has no pareto.json" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_unknown_model_name(job, tmp_path, capsys):
     edit_job(job, lambda d: d["model"].update(name="deit_tiny_patch16_22"))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
