@@ -290,6 +290,26 @@ def test_the_best_model_exports_without_the_data_with_the_preprocessing_it_was_s
     assert (out / "classes.json").read_text() == (run[0] / "best" / "classes.json").read_text()
     assert (out / "weights.safetensors").read_bytes() == (run[0] / "best" / "weights.safetensors").read_bytes()
 
+def test_exporting_a_best_model_over_budget_as_measured_again_says_so(run, tmp_path, capsys):
+    """Where no candidate held its budget on re-measurement, best/ is the trials' own best: the search warns, and an
+    export of it says so too (it said nothing, and its metrics.json's violations read 'met')."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    path = run_dir / "best" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "held")]) == 0
+    assert "not as measured again" not in capsys.readouterr().out
+    path.write_text(json.dumps({**metrics, "within_budget_again": False,
+                                "remeasured_latency_ms": 1.05 * metrics["latency_ms"]}))
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "over")]) == 0
+    said = capsys.readouterr().out
+    assert (f"note: best/ (trial {metrics['trial']}) is within the run's budget as its trial measured it "
+            f"({metrics['latency_ms']:.4g} ms), not as measured again before it was named "
+            f"({1.05 * metrics['latency_ms']:.4g} ms; metrics.json within_budget_again)") in said
+
+
 def test_onnx_int8_weights_can_be_written_for_another_cpu(run, tmp_path):
     """--int8-weights matmul_integer_u8: every int8 weight as uint8 with a zero point, whatever this CPU prefers."""
     pytest.importorskip("onnxruntime")

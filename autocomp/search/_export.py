@@ -137,6 +137,11 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         metrics["exported_from"] = str((run_dir / BEST).resolve())  # where it is now (the run folder may move)
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
         classes = load_classes(run_dir / BEST) or _searched(run_dir, "classes")
+        if metrics.get("within_budget_again") is False:  # as the search warned when it named best/
+            log(f"note: best/ (trial {metrics.get('trial')}) is within the run's budget as its trial measured it "
+                f"({metrics['latency_ms']:.4g} ms), not as measured again before it was named "
+                f"({metrics['remeasured_latency_ms']:.4g} ms; metrics.json within_budget_again): a candidate at the "
+                "budget's edge; exported as asked")
     else:
         recipe = Recipe.from_dict(trial.user_attrs["recipe"])
         if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
