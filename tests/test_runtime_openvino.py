@@ -64,3 +64,31 @@ def test_every_bf16_weight_stays_bf16_in_the_ir_signed_zeros_too(tiny_teacher, d
     narrowed = [op for op in ov.Core().read_model(str(result.path)).get_ops()
                 if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.bf16]
     assert len(narrowed) == len(bf16) == 16  # both blocks' four Linears: weights and biases
+
+
+def test_attention_with_as_many_heads_as_tokens_runs_right_at_a_static_batch(tmp_path):
+    """OpenVINO's CPU plugin (2026.4) fuses attention at a static batch into kernels that compute it wrongly where
+    a block's heads equal its tokens (token merging and head pruning can make one so): such a model is compiled
+    with those kernels off, and exact; at another token count nothing is said."""
+    import timm
+    import torch
+
+    from autocomp.runtimes.openvino import heads_equal_tokens, ir_heads_equal_tokens
+
+    torch.manual_seed(0)
+    for size, expected in ((8, "4 heads over 4 tokens"), (12, None)):  # 2 x 2 patches, then 3 x 3
+        model = timm.create_model("vit_tiny_patch16_224", img_size=size, patch_size=4, embed_dim=64, depth=2,
+                                  num_heads=4, num_classes=5, class_token=False, global_pool="avg").eval()
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.qkv.weight.mul_(8)  # peaked attention, as trained weights have it (random: near uniform)
+        images = torch.randn(16, 3, size, size)
+        path = export_openvino(model, images, tmp_path / f"model{size}.xml").path
+        assert ir_heads_equal_tokens(path) == expected
+        with torch.no_grad():
+            assert (OvModule(ov_compiled(path, batch=16))(images) - model(images)).abs().max() < 1e-4
+    import openvino as ov
+
+    reshaped = ov.Core().read_model(str(tmp_path / "model8.xml"))
+    reshaped.reshape({reshaped.input(0): [16, 3, 8, 8]})
+    assert heads_equal_tokens(reshaped) == "4 heads over 4 tokens"

@@ -30,8 +30,8 @@ from torch import nn
 
 from autocomp.runtimes.onnx import OnnxExport, OnnxExportConfig, export_onnx
 
-__all__ = ["OPENVINO_EXPORT", "OpenVinoExport", "OvModule", "capped_isa", "default_precision", "export_openvino",
-           "ir_weight_nbytes", "ov_compiled"]
+__all__ = ["OPENVINO_EXPORT", "SNIPPETS_OFF", "OpenVinoExport", "OvModule", "capped_isa", "default_precision",
+           "export_openvino", "heads_equal_tokens", "ir_heads_equal_tokens", "ir_weight_nbytes", "ov_compiled"]
 
 OPENVINO_EXPORT = OnnxExportConfig(int8_weights="dequantize_linear")
 
@@ -145,6 +145,35 @@ def default_precision() -> str:
     return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
 
 
+# OpenVINO's CPU plugin (2026.4) fuses attention into a "snippets" kernel at static shapes, which computes it wrongly
+# where the heads equal the tokens (4 heads over 4 tokens: logits off by 0.5-3 on trained weights; another count, a
+# dynamic batch or snippets off are exact). Token merging and head pruning can make a block so.
+SNIPPETS_OFF = {"SNIPPETS_MODE": "DISABLE"}
+
+
+def heads_equal_tokens(model: Any) -> str | None:
+    """Where an OpenVINO model's attention has as many heads as tokens (its ``ScaledDotProductAttention`` query, or
+    a softmax over the scores, shaped ``(batch, heads, tokens, ...)`` with heads == tokens), e.g. "4 heads over 4
+    tokens"; None where none has."""
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("ScaledDotProductAttention", "Softmax"):
+            continue
+        shape = op.get_input_partial_shape(0)
+        if shape.rank.is_static and shape.rank.get_length() == 4:
+            heads, tokens = shape[1], shape[2]
+            if heads.is_static and tokens.is_static and heads.get_length() == tokens.get_length():
+                return f"{heads.get_length()} heads over {tokens.get_length()} tokens"
+    return None
+
+
+def ir_heads_equal_tokens(path: str | Path) -> str | None:
+    """:func:`heads_equal_tokens` of the IR (or ONNX file) at ``path``."""
+    import openvino as ov
+
+    return heads_equal_tokens(ov.Core().read_model(str(path)))
+
+
 def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None, precision: str | None = "f32",
                 properties: Mapping[str, Any] | None = None) -> Any:
     """A model compiled for OpenVINO's CPU plugin: ``threads`` inference threads, one stream, latency mode.
@@ -152,7 +181,8 @@ def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None,
     Args:
         path: an IR ``.xml`` or an ``.onnx`` file.
         threads: ``INFERENCE_NUM_THREADS``.
-        batch: make the batch axis static at this size (OpenVINO plans static shapes better); None keeps it.
+        batch: make the batch axis static at this size (OpenVINO plans static shapes better); None keeps it. A
+            model whose attention has as many heads as tokens is then compiled with :data:`SNIPPETS_OFF`.
         precision: ``INFERENCE_PRECISION_HINT``; ``f32`` by default, since on CPUs with AVX512_BF16 or AMX the
             plugin would otherwise run fp32 layers in bf16 (a different model from the one autocomp evaluated);
             None: the plugin's default (:func:`default_precision`).
@@ -168,7 +198,7 @@ def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None,
         model.reshape({model.input(0): shape})
     settings = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                 "ENABLE_CPU_PINNING": False, **({"INFERENCE_PRECISION_HINT": precision} if precision else {}),
-                **(properties or {})}
+                **(SNIPPETS_OFF if batch is not None and heads_equal_tokens(model) else {}), **(properties or {})}
     return core.compile_model(model, "CPU", settings)
 
 

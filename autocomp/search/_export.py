@@ -393,6 +393,15 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
+        from autocomp.runtimes.openvino import SNIPPETS_OFF, ir_heads_equal_tokens
+
+        if (where := ir_heads_equal_tokens(path)) is not None:
+            info["static_batch_properties"] = SNIPPETS_OFF
+            info["static_batch_note"] = note = (
+                f"its attention has {where} in a block, which OpenVINO's CPU plugin computes wrongly at a static "
+                f"batch (the file reshaped to one) in its fused kernels: autocomp checked and measured it compiled "
+                f"with {SNIPPETS_OFF}; compile it so where you fix the batch (kept dynamic, it is exact)")
+            log(f"note: {note}")
     if info.get("int8_weights") == "matmul_integer" and "MatMulInteger" in op_types(path):
         exact = ("matmul_integer_u8 (the scored model's input codes, a slower kernel) or "
                  "matmul_integer_reduce_range (codes 0..127: outputs a little off the scored model's, a few more "
