@@ -183,6 +183,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                     "the nn.Module itself in Python (run_search with the config's model replaced: README)") from None
             raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        state = _under_key(state, path)
     if isinstance(state, dict):
         from timm.models import clean_state_dict
 
@@ -206,6 +207,19 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; check model.name "
                             "and model.kwargs against the checkpoint")
     model.load_state_dict(state)
+
+
+def _under_key(state: Any, path: Path) -> Any:
+    """A training checkpoint's weights saved under a key of its own (``{'net': state_dict, 'epoch': 3}``): the one
+    dict of tensors among its values, where the checkpoint holds no tensor at its top."""
+    if not isinstance(state, dict) or any(isinstance(value, torch.Tensor) for value in state.values()):
+        return state
+    held = [key for key, value in state.items() if isinstance(value, dict) and value
+            and all(isinstance(tensor, torch.Tensor) for tensor in value.values())]
+    if len(held) > 1:
+        raise AutocompError(f"checkpoint {path} holds weights under {len(held)} keys ({', '.join(map(repr, held))}: "
+                            "a model and its EMA copy?); save the one to compress as a plain state dict")
+    return state[held[0]] if held else state
 
 
 def _under_prefix(state: dict[str, Any], own: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -38,6 +38,22 @@ def test_pth_checkpoint_loads_with_weights_only(tmp_path):
     assert torch.equal(model(x), again(x))
 
 
+def test_a_training_checkpoint_with_the_weights_under_a_key_of_its_own_loads(tmp_path):
+    """``{'net': state_dict, 'optimizer': ..., 'epoch': 3}`` (a user's own training loop): the weights under 'net'
+    load (it was refused with advice to check the model's name); two such dicts are refused by name."""
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    torch.save({"net": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3}, tmp_path / "w.pth")
+    again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.pth")))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), again(x))
+    torch.save({"net": model.state_dict(), "ema_net": model.state_dict(), "epoch": 3}, tmp_path / "two.pth")
+    with pytest.raises(AutocompError, match=r"holds weights under 2 keys \('net', 'ema_net'"):
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "two.pth")))
+
+
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
 def test_a_checkpoint_saved_from_a_ddp_or_compiled_model_loads(tmp_path, prefix):
     from safetensors.torch import save_file
