@@ -423,6 +423,26 @@ def test_a_timm_model_built_at_another_size_than_its_pretrained_configs_is_told_
         load_splits(DataConfig(**config, crop_pct=0.9), tiny_rgb_vit())
 
 
+def test_a_crop_pct_rounded_below_a_whole_resize_is_told_what_it_resizes_to(tmp_path):
+    """crop_pct 0.888889 for "resize 36, crop 32" resized to 35 px (32 / 0.888889 = 35.99996, rounded down as timm
+    rounds it): a user's model then scored 2 points off their own evaluation without a word; said, with the exact
+    fraction to give (here at 16 px: 18 meant, 17 done). An exact fraction, or one far from a whole size, says
+    nothing."""
+    import warnings
+
+    make_folder(tmp_path, {"red": 5, "green": 5})
+    config = dict(dataset="imagefolder", root=str(tmp_path), val_size=2, calib_size=2, test_size=2, workers=0)
+    with pytest.warns(AutocompWarning, match=r"^data.crop_pct 0.888889 resizes to 17 px before the 16-px crop "
+                                             r"\(16 / 0.888889 = 17.99999775, rounded down as timm rounds it\); for 18 "
+                                             r"px, give crop_pct 0.8888888888888888 \(16 / 18\)$"):
+        splits = load_splits(DataConfig(**config, crop_pct=0.888889), tiny_rgb_vit())
+    assert splits.preprocessing.steps()[1].startswith("resize the shorter side to 17 px")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for crop_pct in (16 / 18, 0.875):
+            load_splits(DataConfig(**config, crop_pct=crop_pct), tiny_rgb_vit())
+
+
 def test_a_squash_models_images_are_squashed_as_timm_does_and_saved_so(tmp_path):
     """CLIP and SigLIP fine-tunes resize both sides (``crop_mode: squash``): a centre crop of a wide image is
     another input."""

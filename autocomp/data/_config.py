@@ -257,6 +257,14 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
                       f"{preprocessing.crop_pct:.0%} of each image){others}; if it was trained otherwise, set "
                       + ", ".join(["data.crop_pct (1.0: the whole image)"] + [f"data.{name}" for name in guessed])
                       + " to what it was trained with")
+    size, scaled = preprocessing.image_size, preprocessing.image_size / preprocessing.crop_pct
+    if config.crop_pct is not None and math.floor(scaled) != math.floor(scaled + 1e-3):  # a rounded 32 / 36
+        near = math.floor(scaled) + 1
+        # size / near may divide back to just under near (20 / (20 / 29) = 28.999...): then the float below it
+        exact = size / near if math.floor(size / (size / near)) == near else math.nextafter(size / near, 0)
+        warn(f"data.crop_pct {config.crop_pct!r} resizes to {math.floor(scaled)} px before the {size}-px crop "
+             f"({size} / {config.crop_pct!r} = {scaled:.10g}, rounded down as timm rounds it); for {near} px, give "
+             f"crop_pct {exact!r} ({size} / {near})")
     if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
         guessed["image_size"] = preprocessing.image_size
     if not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
