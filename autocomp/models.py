@@ -182,15 +182,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                     "torch.save(model)?), which autocomp does not unpickle; save model.state_dict() instead, or pass "
                     "the nn.Module itself in Python (run_search with the config's model replaced: README)") from None
             raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-        state = _under_key(state, path)
-    if isinstance(state, dict):
-        from timm.models import clean_state_dict
-
-        state = clean_state_dict(state)  # the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add
+        if isinstance(state, dict):  # a trainer's checkpoint: the weights under a key ('model': a name is not them)
+            state = next((state[key] for key in ("state_dict", "model") if isinstance(state.get(key), dict)), state)
     own = model.state_dict()
+    state = _under_key(state, own, path)
     if isinstance(state, dict):
-        state = _under_prefix(state, own, path)
+        state = _under_prefix(_cleaned(state), own, path)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -209,17 +206,27 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def _under_key(state: Any, path: Path) -> Any:
-    """A training checkpoint's weights saved under a key of its own (``{'net': state_dict, 'epoch': 3}``): the one
-    dict of tensors among its values, where the checkpoint holds no tensor at its top."""
+def _cleaned(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the prefixes DDP (``module.``) and torch.compile (``_orig_mod.``) add."""
+    from timm.models import clean_state_dict
+
+    return clean_state_dict(state)
+
+
+def _under_key(state: Any, own: Mapping[str, Any], path: Path) -> Any:
+    """A training checkpoint's weights saved under a key of its own (``{'net': state_dict, 'epoch': 3}``), where
+    it holds no tensor at its top: the dict of tensors under it that holds the model's keys (those of a metric or
+    an optimizer do not), or the one dict of tensors there is (its mismatch then said as any checkpoint's)."""
     if not isinstance(state, dict) or any(isinstance(value, torch.Tensor) for value in state.values()):
         return state
     held = [key for key, value in state.items() if isinstance(value, dict) and value
             and all(isinstance(tensor, torch.Tensor) for tensor in value.values())]
-    if len(held) > 1:
-        raise AutocompError(f"checkpoint {path} holds weights under {len(held)} keys ({', '.join(map(repr, held))}: "
-                            "a model and its EMA copy?); save the one to compress as a plain state dict")
-    return state[held[0]] if held else state
+    fits = [key for key in held if set(own) <= set(_under_prefix(_cleaned(state[key]), own, path))]
+    if len(fits) > 1:
+        raise AutocompError(f"checkpoint {path} holds the model's weights under {len(fits)} keys "
+                            f"({', '.join(map(repr, fits))}: a model and its EMA copy?); save the one to compress as a "
+                            "plain state dict")
+    return state[fits[0]] if fits else state[held[0]] if len(held) == 1 else state
 
 
 def _under_prefix(state: dict[str, Any], own: Mapping[str, Any], path: Path) -> dict[str, Any]:

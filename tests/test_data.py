@@ -340,6 +340,9 @@ def test_the_digits_preprocessing_says_their_scale_and_reproduces_the_model_inpu
     assert distance.max() < 1e-5
     (tmp_path / "preprocessing.json").write_text(json.dumps(p.to_dict()))
     assert load_preprocessing(tmp_path) == p
+    for wrong in (0, -1, True, "16"):
+        with pytest.raises(AutocompError, match=r"pixel_max must be the images' largest pixel value"):
+            Preprocessing(**{**p.to_dict(), "pixel_max": wrong})
     assert Preprocessing(**{**p.to_dict(), "pixel_max": 255}).to_dict().keys() == {  # 8-bit: as recorded before
         "image_size", "channels", "mean", "std", "interpolation", "crop_pct", "crop_mode"}
 

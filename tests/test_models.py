@@ -49,8 +49,12 @@ def test_a_training_checkpoint_with_the_weights_under_a_key_of_its_own_loads(tmp
     again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.pth")))
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(model(x), again(x))
+    beside = {"best": {"acc": torch.tensor(0.9)}, "model": "deit_tiny", "epoch": 3}  # a metric, the model's name
+    torch.save({"net": model.state_dict(), **beside}, tmp_path / "named.pth")
+    again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "named.pth")))
+    assert torch.equal(model(x), again(x))
     torch.save({"net": model.state_dict(), "ema_net": model.state_dict(), "epoch": 3}, tmp_path / "two.pth")
-    with pytest.raises(AutocompError, match=r"holds weights under 2 keys \('net', 'ema_net'"):
+    with pytest.raises(AutocompError, match=r"holds the model's weights under 2 keys \('net', 'ema_net'"):
         create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "two.pth")))
 
 

@@ -73,7 +73,7 @@ def test_attention_with_as_many_heads_as_tokens_runs_right_at_a_static_batch(tmp
     import timm
     import torch
 
-    from autocomp.runtimes.openvino import heads_equal_tokens, ir_heads_equal_tokens
+    from autocomp.runtimes.openvino import compile_settings, heads_equal_tokens, ir_heads_equal_tokens
 
     torch.manual_seed(0)
     for size, expected in ((8, "4 heads over 4 tokens"), (12, None)):  # 2 x 2 patches, then 3 x 3
@@ -89,6 +89,9 @@ def test_attention_with_as_many_heads_as_tokens_runs_right_at_a_static_batch(tmp
             assert (OvModule(ov_compiled(path, batch=16))(images) - model(images)).abs().max() < 1e-4
     import openvino as ov
 
-    reshaped = ov.Core().read_model(str(tmp_path / "model8.xml"))
-    reshaped.reshape({reshaped.input(0): [16, 3, 8, 8]})
-    assert heads_equal_tokens(reshaped) == "4 heads over 4 tokens"
+    for size, off in ((8, True), (12, False)):  # asked for whether or not this CPU's plugin fuses the attention
+        reshaped = ov.Core().read_model(str(tmp_path / f"model{size}.xml"))
+        reshaped.reshape({reshaped.input(0): [16, 3, size, size]})
+        assert (heads_equal_tokens(reshaped) is not None) is off
+        assert (compile_settings(reshaped, static=True).get("SNIPPETS_MODE") == "DISABLE") is off
+        assert "SNIPPETS_MODE" not in compile_settings(reshaped, static=False)  # a dynamic batch is exact

@@ -136,6 +136,9 @@ class Preprocessing:
     pixel_max: int = 255
 
     def __post_init__(self) -> None:
+        if isinstance(self.pixel_max, bool) or not isinstance(self.pixel_max, int) or self.pixel_max < 1:
+            raise AutocompError(f"pixel_max must be the images' largest pixel value, a whole number >= 1 (255 for "
+                                f"8-bit images), got {self.pixel_max!r}")
         if self.crop_mode not in CROP_MODES:
             raise AutocompError(f"crop_mode must be one of {list(CROP_MODES)}, got {self.crop_mode!r}")
         for name in ("mean", "std"):

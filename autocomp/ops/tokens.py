@@ -13,7 +13,8 @@ Two methods:
 The blocks are wrapped in :class:`TokenReducingBlocks` (an ``nn.Sequential`` holding the same block modules, so
 parameter names and other operators are unaffected); its ``plan`` maps block index to :class:`ReduceTokens`. A
 model that averages its output tokens (timm's ``global_pool='avg'``) averages the patches they stand for: its norm
-after the blocks is wrapped in :class:`PoolWeighted` (``norm.*`` weights become ``norm.norm.*``).
+after the blocks is wrapped in :class:`PoolWeighted` (``norm.*`` weights become ``norm.norm.*``), so its
+``forward_features`` gives each token scaled by its weight in that average.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class PoolWeighted(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.width:
             return self.norm(x)
-        return self.norm(x[..., :-1].contiguous()) * x[..., -1:]
+        return self.norm(x[..., :-1]) * x[..., -1:]
 
     def extra_repr(self) -> str:
         return f"width={self.width}"
@@ -275,7 +276,8 @@ def apply(model: nn.Module, configs: dict[int, ReduceTokens], context: CompressC
     model.blocks.plan.update(configs)
     # timm's average pooling over the tokens (after the model's norm, LayerNorm or Identity): weighted by the
     # merged tokens' sizes; another pooling averages them as they are
-    if getattr(model, "global_pool", None) == "avg" and getattr(model, "attn_pool", None) is None:
+    if (getattr(model, "global_pool", None) == "avg" and getattr(model, "attn_pool", None) is None
+            and isinstance(getattr(model, "norm", None), nn.Module)):
         if not isinstance(model.norm, PoolWeighted):
             model.norm = PoolWeighted(model.norm, model.embed_dim)
         model.blocks.averaged = 0 if getattr(model, "pool_include_prefix", False) else prefix

@@ -31,7 +31,8 @@ from torch import nn
 from autocomp.runtimes.onnx import OnnxExport, OnnxExportConfig, export_onnx
 
 __all__ = ["OPENVINO_EXPORT", "SNIPPETS_OFF", "OpenVinoExport", "OvModule", "capped_isa", "default_precision",
-           "export_openvino", "heads_equal_tokens", "ir_heads_equal_tokens", "ir_weight_nbytes", "ov_compiled"]
+           "compile_settings", "export_openvino", "heads_equal_tokens", "ir_heads_equal_tokens", "ir_weight_nbytes",
+           "ov_compiled"]
 
 OPENVINO_EXPORT = OnnxExportConfig(int8_weights="dequantize_linear")
 
@@ -196,10 +197,23 @@ def ov_compiled(path: str | Path, *, threads: int = 1, batch: int | None = None,
         shape = model.input(0).get_partial_shape()
         shape[0] = batch
         model.reshape({model.input(0): shape})
-    settings = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                "ENABLE_CPU_PINNING": False, **({"INFERENCE_PRECISION_HINT": precision} if precision else {}),
-                **(SNIPPETS_OFF if batch is not None and heads_equal_tokens(model) else {}), **(properties or {})}
-    return core.compile_model(model, "CPU", settings)
+    settings = compile_settings(model, threads=threads, static=batch is not None, precision=precision,
+                                properties=properties)
+    try:
+        return core.compile_model(model, "CPU", settings)
+    except RuntimeError:
+        if settings.get("SNIPPETS_MODE") != SNIPPETS_OFF["SNIPPETS_MODE"] or "SNIPPETS_MODE" in (properties or {}):
+            raise
+        # an OpenVINO that refuses that (internal) property: the batch left dynamic, where attention is exact
+        return ov_compiled(path, threads=threads, batch=None, precision=precision, properties=properties)
+
+
+def compile_settings(model: Any, *, threads: int = 1, static: bool = False, precision: str | None = "f32",
+                     properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The CPU plugin's settings :func:`ov_compiled` compiles ``model`` with (``static``: its batch made static)."""
+    return {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False, **({"INFERENCE_PRECISION_HINT": precision} if precision else {}),
+            **(SNIPPETS_OFF if static and heads_equal_tokens(model) else {}), **(properties or {})}
 
 
 class OvModule(nn.Module):

@@ -21,6 +21,7 @@ from autocomp._loader import build, read_yaml
 from autocomp.budget import violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import Preprocessing, Split, Splits, load_splits
+from autocomp.data._config import BUILTIN_PIXEL_MAX
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
@@ -138,10 +139,14 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         preprocessing = load_preprocessing(run_dir / BEST)  # as the search scored it
         classes = load_classes(run_dir / BEST) or _searched(run_dir, "classes")
         if metrics.get("within_budget_again") is False:  # as the search warned when it named best/
+            figures = [(f"{metrics[key]:.4g} {unit}", f"{metrics[again]:.4g} {unit}")
+                       for key, again, unit in (("latency_ms", "remeasured_latency_ms", "ms"),
+                                                ("memory_mb", "remeasured_memory_mb", "MB"))
+                       if metrics.get(again) is not None]
             log(f"note: best/ (trial {metrics.get('trial')}) is within the run's budget as its trial measured it "
-                f"({metrics['latency_ms']:.4g} ms), not as measured again before it was named "
-                f"({metrics['remeasured_latency_ms']:.4g} ms; metrics.json within_budget_again): a candidate at the "
-                "budget's edge; exported as asked")
+                f"({', '.join(first for first, _ in figures)}), not as measured again before it was named "
+                f"({', '.join(second for _, second in figures)}; metrics.json within_budget_again): a candidate at "
+                "the budget's edge; exported as asked")
     else:
         recipe = Recipe.from_dict(trial.user_attrs["recipe"])
         if trial.user_attrs.get("distilled") is False:  # measured far over budget: scored undistilled
@@ -179,6 +184,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     if preprocessing is None:  # a trial of an unfinished run, or a run from before it was recorded
         splits = splits or load_splits(config.data, base)
         preprocessing = splits.preprocessing
+    if config.data.dataset in BUILTIN_PIXEL_MAX:  # recorded before pixel_max was (digits: 0..16, not 0..255)
+        preprocessing = dataclasses.replace(preprocessing, pixel_max=BUILTIN_PIXEL_MAX[config.data.dataset])
     if classes is None and splits is not None:  # likewise; never worth reading the images for alone
         classes = splits.classes
     if (out / "export.json").is_file() or (out / "recipe.yaml").is_file():  # an earlier export's files (one that
@@ -400,7 +407,8 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
             info["static_batch_note"] = note = (
                 f"its attention has {where} in a block, which OpenVINO's CPU plugin computes wrongly at a static "
                 f"batch (the file reshaped to one) in its fused kernels: autocomp checked and measured it compiled "
-                f"with {SNIPPETS_OFF}; compile it so where you fix the batch (kept dynamic, it is exact)")
+                f"with {SNIPPETS_OFF}; pass those properties to compile_model whenever you reshape it to a static "
+                "batch (with the batch kept dynamic, it is exact)")
             log(f"note: {note}")
     if info.get("int8_weights") == "matmul_integer" and "MatMulInteger" in op_types(path):
         exact = ("matmul_integer_u8 (the scored model's input codes, a slower kernel) or "

@@ -98,6 +98,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         entry = _trial_entry(best)
         again = next((m for m in remeasured if m["trial"] == best.number), None)
         entry["remeasured_latency_ms"] = again["remeasured_latency_ms"] if again else None
+        entry["remeasured_memory_mb"] = again["remeasured_memory_mb"] if again else None
         entry["within_budget_again"] = again["within_budget_again"] if again else None
         earlier = sum(m["by_an_earlier_run"] for m in remeasured)
         log(f"re-measured the {len(remeasured)} most accurate candidates within budget"
