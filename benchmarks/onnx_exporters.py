@@ -36,6 +36,7 @@ def session(path: Path, profile: bool = False) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_profiling = profile
+    options.profile_file_prefix = str(path.with_suffix("")) + "_profile"  # beside the file, in a temporary folder
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
