@@ -18,10 +18,11 @@ images in memory or on disk, and how they are batched) and ``_load`` (the source
 
 from __future__ import annotations
 
-from autocomp.data._config import DATASETS, DataConfig, Preprocessing, preprocessing_source, resolve_preprocessing
+from autocomp.data._config import (BUILTIN_PIXEL_MAX, DATASETS, DataConfig, Preprocessing, preprocessing_source,
+                                   resolve_preprocessing)
 from autocomp.data._load import CALIB_SIZE, IMAGE_EXTENSIONS, TEST_SIZE, VAL_SIZE, load_splits
 from autocomp.data._splits import FolderSplit, Split, Splits, TensorSplit
 
 __all__ = ["DataConfig", "Preprocessing", "Split", "TensorSplit", "FolderSplit", "Splits", "load_splits",
-           "resolve_preprocessing", "preprocessing_source", "DATASETS", "IMAGE_EXTENSIONS", "VAL_SIZE", "CALIB_SIZE",
-           "TEST_SIZE"]
+           "resolve_preprocessing", "preprocessing_source", "DATASETS", "BUILTIN_PIXEL_MAX", "IMAGE_EXTENSIONS",
+           "VAL_SIZE", "CALIB_SIZE", "TEST_SIZE"]

@@ -147,8 +147,9 @@ def default_precision() -> str:
 
 
 # OpenVINO's CPU plugin (2026.4) fuses attention into a "snippets" kernel at static shapes, which computes it wrongly
-# where the heads equal the tokens (4 heads over 4 tokens: logits off by 0.5-3 on trained weights; another count, a
-# dynamic batch or snippets off are exact). Token merging and head pruning can make a block so.
+# where the heads equal the tokens (4 heads over 4 tokens: logits off by 0.69 on a user's model, BENCHMARKS.md
+# "Session 49"; another count, a dynamic batch or snippets off are exact). Token merging and head pruning can make a
+# block so.
 SNIPPETS_OFF = {"SNIPPETS_MODE": "DISABLE"}
 
 

@@ -20,8 +20,7 @@ from autocomp._io import write_json
 from autocomp._loader import build, read_yaml
 from autocomp.budget import violations
 from autocomp.config import JobConfig, load_config
-from autocomp.data import Preprocessing, Split, Splits, load_splits
-from autocomp.data._config import BUILTIN_PIXEL_MAX
+from autocomp.data import BUILTIN_PIXEL_MAX, Preprocessing, Split, Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
