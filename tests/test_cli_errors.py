@@ -778,3 +778,24 @@ def test_a_search_without_a_front_says_its_outcome_once(tmp_path, capsys, monkey
     assert main(["search", str(example), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count(message) == 2 and out.rstrip().endswith(message)  # below the table too
+
+
+@pytest.mark.parametrize("mistake", ["checkpoint", "mean"])
+def test_a_mistake_in_the_job_is_said_before_the_cpu_is_measured_on_first_use(job, tmp_path, capsys, monkeypatch,
+                                                                             mistake):
+    # measuring a profile on first use takes half a minute: a missing file or a wrong data setting, found in a
+    # second, is said first (it was said after the measurement)
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "empty-cache"))
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the CPU was measured before the job's mistake was said")
+
+    monkeypatch.setattr("autocomp.measure.profiling.calibrate", measured)
+    if mistake == "checkpoint":
+        edit_job(job, lambda d: d["model"].update(checkpoint=str(tmp_path / "nope.safetensors")))
+    else:
+        edit_job(job, lambda d: d["data"].update(mean=[0.5, 0.5]))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    said = {"checkpoint": "checkpoint not found",
+            "mean": "data.mean has 2 values but the model takes 1 channel; give one value"}[mistake]
+    assert said in err

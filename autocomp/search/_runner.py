@@ -20,9 +20,9 @@ from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
 from autocomp.errors import AutocompError, AutocompTypeError, warn
-from autocomp.hardware import HardwareProfile
+from autocomp.hardware import HardwareProfile, read_profile
 from autocomp.measure import COUNTING, spread_warning
-from autocomp.measure.backends import backend_of, check_images
+from autocomp.measure.backends import backend_of, check_images, require_backend
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import cap_note, load_profile, profile_note
 from autocomp.models import ModelSpec, create_model, factory_module, model_digest, vit_blocks
@@ -100,12 +100,11 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
 def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: Callable[[str], None],
             progress: bool) -> dict[str, Any]:
     """:func:`run_search`'s work, in a run folder it holds."""
-    # a new search says a missing runtime before the model loads (a pretrained one downloads); a resumed one
-    # refuses another job in its folder first, before a profile is measured on first use (half a minute)
+    # what costs nothing is checked first: the space's file, the target's runtime, the model and its weights, the
+    # folder's other job, the data and its preprocessing; a profile is measured on first use (half a minute) last
     resuming = (run_dir / "run.json").is_file()
     space = load_space(config.search_space)  # a mistake in its file is said first: it costs nothing to read
-    if not resuming:
-        profile, measuring = _target(config, log, ray_address=ray_address)
+    _runtime_first(config)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     if isinstance(config.model, ModelSpec) and config.model.name is not None and not config.model.checkpoint:
         warn(f"model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
@@ -123,10 +122,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                    job, config, digest)
     if previous is not None:
         rundir.require_same_model(previous, digest, config, run_dir)
-    if resuming:
-        profile, measuring = _target(config, log, ray_address=ray_address)
     recorded = None if previous is None else previous.get("images", run_images.OLDER)
     splits = rundir.run_splits(config, base, recorded, run_dir, log)
+    profile, measuring = _target(config, log, ray_address=ray_address)
     if previous is not None:  # what the job's files hold checked: where they moved, the new paths are kept
         rundir.record_move(run_dir, config, job, fingerprint, log)
     origins = splits.origins or {}
@@ -380,6 +378,14 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
                 "--ray-address the search runs on this machine alone, and measures on its GPU")
         log(f"measuring on {measuring}")
     return profile, measuring
+
+
+def _runtime_first(config: JobConfig) -> None:
+    """A runtime missing here for a target on this machine, said before the model and data load (a profile on a
+    Ray node is checked on that node, once Ray is up)."""
+    template = read_profile(config.hardware)
+    if template.ray_resource is None:
+        require_backend(template, source=config.hardware)
 
 
 def _ray_running() -> bool:
