@@ -145,6 +145,7 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
     assert not (out / "model.onnx").exists()  # the file the IR was converted from is not left to be mistaken for it
     info = json.loads((out / "export.json").read_text())
     assert info["file"] == "model.xml" and info["top1_agreement"] >= 0.9 and info["images"] > 0
+    assert "static_batch_note" not in info and "static_batch_properties" not in info  # heads never equal tokens here
     # a user compiling the IR with OpenVINO's defaults there runs another model than the one checked: said, measured
     default = info["default_precision"]
     assert default["precision"] == "bf16" and default["top1_agreement"] >= 0.9 and default["max_logit_diff"] >= 0
@@ -171,6 +172,16 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
     assert "note: OpenVINO's default precision on this CPU, bf16, cannot compile model.xml here" in \
         capsys.readouterr().out
     monkeypatch.setattr(openvino, "ov_compiled", compiled)
+    # a block with as many heads as tokens (computed wrongly by the plugin's fused kernels at a static batch): the
+    # export.json a deployer reads names the properties to compile it with, and the export says so
+    with monkeypatch.context() as patched:
+        patched.setattr(openvino, "ir_heads_equal_tokens", lambda path: "4 heads over 4 tokens")
+        assert main(["export", str(run_dir), "--trial", str(trial), "--out", str(tmp_path / "ov4"), "--format",
+                     "openvino"]) == 0
+    info = json.loads((tmp_path / "ov4" / "export.json").read_text())
+    assert info["static_batch_properties"] == {"SNIPPETS_MODE": "DISABLE"}
+    assert info["static_batch_note"].startswith("its attention has 4 heads over 4 tokens in a block, which OpenVINO's")
+    assert f"note: {info['static_batch_note']}" in capsys.readouterr().out
     # an IR OpenVINO cannot compile (a CPU cap): left to look at, without the ONNX file it was converted from
     def uncompilable(self, path, profile):
         raise backends.ExportFailed("openvino-cpu: OpenVINO cannot compile the export: no primitive")
