@@ -15,7 +15,7 @@ from timm.layers import Attention
 from torch import nn
 
 from autocomp._io import hash_weights, read_safetensors
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, warn
 
 __all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
            "vit_blocks"]
@@ -29,6 +29,9 @@ class ModelSpec:
         name: a timm model name (``timm.list_models()``), e.g. ``deit_tiny_patch16_224``; or None with ``factory``.
         kwargs: keyword arguments for ``timm.create_model`` or the factory (``img_size``, ``embed_dim``, ...).
         checkpoint: weights to load: ``.safetensors``, or ``.pth``/``.pt`` (loaded with ``weights_only=True``).
+        checkpoint_key: the key of a training checkpoint the weights are under (``state_dict_ema``, say); None:
+            as timm's ``load_checkpoint`` takes them (an EMA copy first: ``state_dict_ema``, ``model_ema``; then
+            ``state_dict``, ``model``), or the one dict of the model's weights the checkpoint holds.
         factory: ``package.module:function`` returning the model (a timm ViT-family ``nn.Module``), for a model
             timm does not name; importable where autocomp runs, or found in ``path``.
         path: the folder holding the factory's module (``module.py`` or a package folder) where Python does not
@@ -41,6 +44,7 @@ class ModelSpec:
     checkpoint: str | None = None
     factory: str | None = None
     path: str | None = None
+    checkpoint_key: str | None = None
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.factory is None):
@@ -51,7 +55,8 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"name": self.name, "kwargs": dict(self.kwargs), "checkpoint": self.checkpoint}
-        return data | {key: getattr(self, key) for key in ("factory", "path") if getattr(self, key) is not None}
+        return data | {key: getattr(self, key) for key in ("factory", "path", "checkpoint_key")
+                       if getattr(self, key) is not None}
 
     def describe(self) -> str:
         return self.name if self.name is not None else self.factory
@@ -66,7 +71,7 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
         model = _from_factory(spec)
         vit_blocks(model)
         if load_weights and spec.checkpoint:
-            load_checkpoint(model, spec.checkpoint)
+            load_checkpoint(model, spec.checkpoint, key=spec.checkpoint_key)
         return model.eval()
     if not timm.is_model(spec.name):
         near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
@@ -94,7 +99,7 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
         raise AutocompError(f"timm could not build {spec.name!r} with kwargs {dict(spec.kwargs)}: {exc}") from None
     vit_blocks(model)
     if load_weights and spec.checkpoint:
-        load_checkpoint(model, spec.checkpoint)
+        load_checkpoint(model, spec.checkpoint, key=spec.checkpoint_key)
     return model.eval()
 
 
@@ -165,16 +170,24 @@ def _from_factory(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict into ``model``; a checkpoint that does not fit is refused with what differs."""
+# where a trainer's checkpoint keeps the weights, in the order timm's load_checkpoint takes them: an EMA copy first
+TRAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = None) -> None:
+    """Load a state dict into ``model``; a checkpoint that does not fit is refused with what differs. ``key``: the
+    key of a training checkpoint the weights are under (:class:`ModelSpec`'s ``checkpoint_key``)."""
+    import argparse
+
     path = Path(path)
     if not path.is_file():
         raise AutocompError(f"checkpoint not found: {path}; train or copy it there, or fix model.checkpoint")
     if path.suffix == ".safetensors":
         state = read_safetensors(path, "checkpoint", "the file is damaged or not safetensors; copy or save it again")
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # timm's train.py saves its arguments beside the weights, as an argparse.Namespace of plain values
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
             if "Weights only load failed" in str(exc):
                 raise AutocompError(
@@ -182,8 +195,21 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                     "torch.save(model)?), which autocomp does not unpickle; save model.state_dict() instead, or pass "
                     "the nn.Module itself in Python (run_search with the config's model replaced: README)") from None
             raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-        if isinstance(state, dict):  # a trainer's checkpoint: the weights under a key ('model': a name is not them)
-            state = next((state[key] for key in ("state_dict", "model") if isinstance(state.get(key), dict)), state)
+    if key is not None:
+        if not isinstance(state, dict) or not isinstance(state.get(key), dict):
+            held = [name for name, value in state.items() if isinstance(value, dict)] if isinstance(state, dict) \
+                else []
+            raise AutocompError(f"model.checkpoint_key {key!r}: checkpoint {path} holds no weights under it; its "
+                                f"keys holding dicts: {', '.join(map(repr, held)) or 'none'}")
+        state = state[key]
+    elif isinstance(state, dict):  # a trainer's checkpoint: the weights under a key ('model': a name is not them)
+        keys = [name for name in TRAINER_KEYS if isinstance(state.get(name), dict) and state[name]]
+        plain = [name for name in keys if name not in TRAINER_KEYS[:2]]
+        if keys and keys[0] in TRAINER_KEYS[:2] and plain:  # an EMA copy beside the weights: which is taken, said
+            warn(f"checkpoint {path} holds the model's weights under {plain[0]!r} and their EMA copy under "
+                 f"{keys[0]!r}: autocomp takes the EMA copy, as timm's load_checkpoint does; set "
+                 f"model.checkpoint_key: {plain[0]} for the others")
+        state = state[keys[0]] if keys else state
     own = model.state_dict()
     state = _under_key(state, own, path)
     if isinstance(state, dict):
@@ -224,8 +250,8 @@ def _under_key(state: Any, own: Mapping[str, Any], path: Path) -> Any:
     fits = [key for key in held if set(own) <= set(_under_prefix(_cleaned(state[key]), own, path))]
     if len(fits) > 1:
         raise AutocompError(f"checkpoint {path} holds the model's weights under {len(fits)} keys "
-                            f"({', '.join(map(repr, fits))}: a model and its EMA copy?); save the one to compress as a "
-                            "plain state dict")
+                            f"({', '.join(map(repr, fits))}: a model and its EMA copy?); name the one to compress in "
+                            "model.checkpoint_key")
     return state[fits[0]] if fits else state[held[0]] if len(held) == 1 else state
 
 

@@ -54,8 +54,47 @@ def test_a_training_checkpoint_with_the_weights_under_a_key_of_its_own_loads(tmp
     again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "named.pth")))
     assert torch.equal(model(x), again(x))
     torch.save({"net": model.state_dict(), "ema_net": model.state_dict(), "epoch": 3}, tmp_path / "two.pth")
-    with pytest.raises(AutocompError, match=r"holds the model's weights under 2 keys \('net', 'ema_net'"):
+    with pytest.raises(AutocompError, match=r"holds the model's weights under 2 keys \('net', 'ema_net'.*"
+                                            r"name the one to compress in model.checkpoint_key"):
         create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "two.pth")))
+    named = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "two.pth"),
+                                   checkpoint_key="ema_net"))
+    assert torch.equal(model(x), named(x))
+
+
+def test_a_checkpoint_of_timms_train_script_loads_its_ema_copy_as_timm_does_and_says_so(tmp_path):
+    """timm's train.py saves ``{'epoch', 'arch', 'state_dict', 'optimizer', 'version', 'args': argparse.Namespace,
+    'state_dict_ema'}``: it was refused as a pickled model (the Namespace), and had it loaded, the weights would
+    have been taken without a word about the EMA copy beside them."""
+    import argparse
+    import warnings
+
+    from autocomp import AutocompWarning
+
+    model, ema = (create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW)) for _ in range(2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = argparse.Namespace(model="deit_tiny_patch16_224", mean=[0.5], std=[0.5], crop_pct=1.0, lr=0.1)
+    torch.save({"epoch": 3, "arch": "deit_tiny_patch16_224", "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "version": 2, "args": args, "state_dict_ema": ema.state_dict(),
+                "metric": 47.0}, tmp_path / "model_best.pth.tar")
+    x = torch.randn(2, 1, 8, 8)
+    path = str(tmp_path / "model_best.pth.tar")
+    with pytest.warns(AutocompWarning) as said:
+        taken = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=path))
+    assert torch.equal(taken(x), ema(x)) and not torch.equal(taken(x), model(x))
+    assert [str(w.message) for w in said] == [
+        f"checkpoint {path} holds the model's weights under 'state_dict' and their EMA copy under 'state_dict_ema': "
+        "autocomp takes the EMA copy, as timm's load_checkpoint does; set model.checkpoint_key: state_dict for the "
+        "others"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # named: nothing to say
+        taken = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=path,
+                                       checkpoint_key="state_dict"))
+    assert torch.equal(taken(x), model(x))
+    with pytest.raises(AutocompError) as refused:
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=path, checkpoint_key="ema"))
+    assert str(refused.value) == (f"model.checkpoint_key 'ema': checkpoint {path} holds no weights under it; its keys "
+                                  "holding dicts: 'state_dict', 'optimizer', 'state_dict_ema'")
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
