@@ -6,14 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from autocomp._signals import Terminated, terminated_as_interrupted
 from autocomp.errors import AutocompError, AutocompWarning
 
 __all__ = ["main"]
@@ -269,33 +267,11 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
 _python_format = warnings.formatwarning
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill PID``, a scheduler's preemption), stopping a command as Ctrl-C does: a search running in the
-    background, where a shell leaves SIGINT ignored, is stopped that way."""
-
-
-@contextmanager
-def _terminated_as_interrupted() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` in the block (in the main thread, where signals are handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _format_warning
     try:
-        with _terminated_as_interrupted():
+        with terminated_as_interrupted(ctrl_c=True):
             args.run(args)
     except AutocompError as exc:
         print(f"autocomp: error: {exc}", file=sys.stderr)

@@ -709,9 +709,10 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_the_handler_before_comes_bac
     import time
 
     from autocomp import cli
+    from autocomp._signals import terminated_as_interrupted
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(cli.Terminated), cli._terminated_as_interrupted():
+    with pytest.raises(cli.Terminated), terminated_as_interrupted():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler runs at the next bytecode: never reached
     assert signal.getsignal(signal.SIGTERM) is before
@@ -799,3 +800,47 @@ def test_a_mistake_in_the_job_is_said_before_the_cpu_is_measured_on_first_use(jo
     said = {"checkpoint": "checkpoint not found",
             "mean": "data.mean has 2 values but the model takes 1 channel; give one value"}[mistake]
     assert said in err
+
+
+def test_a_process_forked_while_sigterm_stops_the_search_ends_by_it_as_by_default():
+    """OpenVINO's telemetry forks a process per event and terminates it: the fork inherits the search's handler,
+    which raised Terminated there too (a traceback from a copy of the search in its log); it now ends as by default."""
+    import os
+    import signal
+    import time
+
+    from autocomp._signals import terminated_as_interrupted
+
+    with terminated_as_interrupted():
+        child = os.fork()
+        if child == 0:
+            try:
+                time.sleep(30)
+            finally:
+                os._exit(7)  # reached only where the handler raised in the child
+        time.sleep(0.2)
+        os.kill(child, signal.SIGTERM)
+        _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself, as Python says it
+def test_an_interrupt_python_drops_in_a_finalizer_is_raised_where_the_search_waits():
+    """A SIGTERM that lands while Python runs a finalizer (a weakref callback, ``__del__``) raises there, and Python
+    drops it ("Exception ignored in ..."): a search so terminated went on to its end. It is remembered, and the
+    search's waits raise it; once the block that took it ends, it is forgotten."""
+    import os
+    import signal
+    import time
+
+    from autocomp._signals import Terminated, raise_pending, terminated_as_interrupted
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, inside the finalizer
+
+    with pytest.raises(Terminated), terminated_as_interrupted():
+        Finalized()  # dropped at once: its finalizer takes the signal
+        raise_pending()
+    raise_pending()  # nothing pending after the block

@@ -32,10 +32,13 @@ def _states_while_running(run):
     return [t.state.name for t in read_trials(run) if t.state.name != "RUNNING" or "recipe" in t.user_attrs]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGTERM to Python", "SIGTERM to the group"])
 def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path, tiny_teacher, monkeypatch, how):
     """SIGKILL to the search's processes (nothing cleans up), or SIGTERM to its driver (kill PID: stopped as on
-    Ctrl-C, saying so; ray.init's own SIGTERM handler does not replace autocomp's)."""
+    Ctrl-C, saying so; ray.init's own SIGTERM handler does not replace autocomp's): the command line's, or a Python
+    script's calling run_search (it died at once, its lock file naming it, a trial RUNNING, Ray's agents left
+    behind), which then ends by the SIGTERM as it would have; or to its process group (coreutils' timeout, a
+    scheduler), its Ray's head included: the search waited a minute on that Ray, which ended the process first."""
     job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=TRIALS, workers=1)
     space = tmp_path / "space.yaml"  # a little distillation makes a trial last long enough to be killed in it
     space.write_text("heads_keep: [0.5, 0.75, 1.0]\nweight_bits: [32, 8]\ndistill_steps: [40]\n"
@@ -43,8 +46,11 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
     job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space)}))
     run = tmp_path / "run"
     said, logged = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
-    driver = subprocess.Popen([sys.executable, "-m", "autocomp.cli", "search", str(job), "--out", str(run),
-                               "--quiet"], start_new_session=True, stdout=logged.open("w"), stderr=said.open("w"))
+    command = ["-m", "autocomp.cli", "search", str(job), "--out", str(run), "--quiet"] if how != "SIGTERM to Python" \
+        else ["-c", "import sys\nfrom autocomp.search import run_search\nrun_search(sys.argv[1], sys.argv[2], "
+                    "progress=False)\nprint('not reached')", str(job), str(run)]
+    driver = subprocess.Popen([sys.executable, *command], start_new_session=True, stdout=logged.open("w"),
+                              stderr=said.open("w"))
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # kill it while trial 1 or 2 runs, after one has finished
@@ -55,8 +61,11 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
             time.sleep(0.05)
         else:
             raise AssertionError("no trial was running within 240 s")
-        if how == "SIGTERM":
-            driver.send_signal(signal.SIGTERM)
+        if how in ("SIGTERM", "SIGTERM to the group"):
+            if how == "SIGTERM":
+                driver.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(driver.pid, signal.SIGTERM)
             assert driver.wait(timeout=120) == 143
             assert said.read_text().splitlines()[-1] == ("autocomp: terminated; results written so far are kept "
                                                          "(rerun the same command to resume)")
@@ -65,6 +74,13 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
                                                            "finished trial is kept")
             # Tune's thread, still running as Ray shuts down, started no new Ray (Ray's auto-connect)
             assert "SIGTERM handler is not set" not in said.read_text()
+        if how == "SIGTERM to Python":
+            driver.send_signal(signal.SIGTERM)
+            assert driver.wait(timeout=120) == -signal.SIGTERM  # ended by the signal, once the search had stopped
+            assert logged.read_text().splitlines()[-2:] == [
+                "stopping (seconds): any trial under way ends; every finished trial is kept",
+                f"terminated; results written so far are kept in {run} (run the same search again to resume)"]
+            assert "Traceback" not in said.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):  # SIGTERM: its Ray may be gone already
             os.killpg(driver.pid, signal.SIGKILL)

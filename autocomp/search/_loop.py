@@ -33,11 +33,12 @@ import torch
 from ray.tune import Stopper
 from ray.tune.search import Searcher
 
+from autocomp._signals import raise_pending
 from autocomp.config import Resources
 from autocomp.search._controller import OptunaController
 from autocomp.search._fidelity import FrontRule, FrontScheduler
 from autocomp.search._objective import ERROR, STOP, TrialInputs, run_trial
-from autocomp.search._ray import search_ending, trial_room
+from autocomp.search._ray import ray_gone, search_ending, trial_room
 
 __all__ = ["TrialLoop"]
 
@@ -265,7 +266,11 @@ class TrialLoop:
                 self._open_gate()
             except Exception:  # noqa: BLE001 - Ray itself may be what failed: the search's own error is raised
                 pass  # the stopper needs no gate: Tune still stops what runs
-            self._ended.wait(timeout=STOP_WAIT_S)
+            deadline = time.monotonic() + STOP_WAIT_S
+            # not where Ray went down (a SIGTERM to the search's process group): Tune would wait on it for a minute,
+            # and Ray end this process first, before the search says what it kept
+            while not self._ended.wait(timeout=0.5) and time.monotonic() < deadline and not ray_gone():
+                pass
         self._tune_log.setLevel(self._tune_level)
 
     @property
@@ -285,6 +290,7 @@ class TrialLoop:
         meanwhile."""
         deadline = time.monotonic() + timeout_s
         while not self.done and time.monotonic() < deadline and len(self.workers()) < self._room:
+            raise_pending()
             time.sleep(0.2)
 
     def run(self, controller: OptunaController) -> None:
@@ -294,7 +300,7 @@ class TrialLoop:
         self.wait_for_workers()
         self._open_gate(self._searcher.hand_over(controller))
         while not self._ended.wait(timeout=1.0):  # in steps: an interrupt sent to this thread is taken within a second
-            pass
+            raise_pending()  # and one Python dropped (it landed in a finalizer) is raised here
         if self._error is not None:
             raise self._error
 

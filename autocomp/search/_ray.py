@@ -193,6 +193,15 @@ def search_ending() -> None:
         watch.stop.set()
 
 
+def ray_gone(timeout_s: float = 0.5) -> bool:
+    """Whether the Ray this search runs on refuses connections now (its raylet or its head stopped: a SIGTERM to
+    the search's process group ends them with it); Ray calls then wait a minute for it, and Ray ends the process."""
+    if (watch := _WATCH) is None:
+        return False
+    return any(address is not None and _refused(address, timeout_s) is True
+               for address in (_split(watch.address), _split(watch.raylet) if watch.raylet else None))
+
+
 def check_cluster() -> None:
     """Where a search runs on a Ray it joined by address or started: look at once whether that Ray stopped (a
     trial's worker just died), and say so (:class:`HeadWatch`)."""

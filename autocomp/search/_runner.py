@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autocomp import _quiet
+from autocomp._signals import Terminated, end_as_terminated, terminated_as_interrupted
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
@@ -75,14 +76,23 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
                                 f"path of a job YAML, got {type(config).__name__}")
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
-    with rundir.one_search_at_a_time(run_dir, log):
+    # kill PID stops a search begun from Python as Ctrl-C does, then ends the process as it would have (the
+    # command line, which takes SIGTERM itself, and a caller with a handler of its own keep theirs)
+    with terminated_as_interrupted(unless_handled=True) as taken:
         try:
-            return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
-        except Exception as exc:  # an interrupt landing inside a library's own handler (Optuna's journal lock,
-            # releasing) comes out as that handler's error: still the user's interrupt, with what is kept
-            if (interrupt := _interrupt_behind(exc)) is not None:
-                raise interrupt from None
-            raise
+            with rundir.one_search_at_a_time(run_dir, log):
+                try:
+                    return _search(config, run_dir, ray_address=ray_address, log=log, progress=progress)
+                except Exception as exc:  # an interrupt landing inside a library's own handler (Optuna's journal
+                    # lock, releasing) comes out as that handler's error: still the user's interrupt, with what is kept
+                    if (interrupt := _interrupt_behind(exc)) is not None:
+                        raise interrupt from None
+                    raise
+        except Terminated:
+            if not taken:
+                raise
+            log(f"terminated; results written so far are kept in {run_dir} (run the same search again to resume)")
+    end_as_terminated()
 
 
 def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:

@@ -1,0 +1,80 @@
+"""SIGTERM (``kill PID``, a scheduler's preemption) stopping a search as Ctrl-C does: its trials end, what is written
+is kept, the Ray it started is shut down. The command line takes it for the whole command; a search started from
+Python where the process has the default handler takes it for the search, then ends the process as SIGTERM would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C's KeyboardInterrupt is: a search running in the background,
+    where a shell leaves SIGINT ignored, is stopped that way."""
+
+
+_PENDING: list[type[KeyboardInterrupt]] = []  # the interrupt taken and not yet handled (see raise_pending)
+
+
+@contextmanager
+def terminated_as_interrupted(*, unless_handled: bool = False, ctrl_c: bool = False) -> Iterator[bool]:
+    """SIGTERM raises :class:`Terminated` in the block (in the main thread, where signals are handled); yields
+    whether it does. ``unless_handled``: only where SIGTERM has the default handler (a caller's own stays).
+    ``ctrl_c``: Ctrl-C's KeyboardInterrupt is remembered as well (the command line's).
+
+    Python drops an exception raised while it runs a finalizer (a weakref callback, ``__del__``: "Exception
+    ignored in ..."), where a signal lands now and then: the interrupt is remembered until the block ends, for
+    :func:`raise_pending` to raise where the search waits. A process forked in the block (OpenVINO's telemetry
+    forks one per event, and terminates it) inherits the handler: there SIGTERM ends it as by default."""
+    if threading.current_thread() is not threading.main_thread() or \
+            (unless_handled and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield False
+        return
+    owner = os.getpid()
+
+    def terminate(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        _PENDING[:] = [Terminated]
+        raise Terminated
+
+    def interrupt(signum: int, frame: object) -> None:
+        _PENDING[:] = [KeyboardInterrupt]
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    before = signal.signal(signal.SIGINT, interrupt) if ctrl_c else None
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if ctrl_c:
+            signal.signal(signal.SIGINT, before)
+        _PENDING.clear()
+
+
+def raise_pending() -> None:
+    """Raise the interrupt taken in a :func:`terminated_as_interrupted` block where it was lost (dropped in a
+    finalizer); a search calls it where it waits, which it otherwise does until its trials end."""
+    if _PENDING:
+        raise _PENDING[0]
+
+
+def end_as_terminated() -> NoReturn:
+    """End this process as SIGTERM's default handler does (exit status 143 to a shell), once a search has stopped
+    and cleaned up after it."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: nothing more can be said there
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os._exit(128 + signal.SIGTERM)  # not reached: the signal ends the process first
