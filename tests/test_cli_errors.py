@@ -442,13 +442,20 @@ def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, 
     import ray.util
 
     monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.2")
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # as Ray was imported with (here it was not)
+    from ray._private import ray_constants
+
+    # as Ray was imported without the variable (here it was not); set now, as a script sets it after importing
+    # autocomp.search, Ray does not see it, and the fix said was to start the head on loopback, as it was already
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r"), "--ray-address",
                    f"127.0.0.1:{grpc_like.getsockname()[1]}"], capsys)
     assert err == (f"autocomp: error: Ray address 127.0.0.1:{grpc_like.getsockname()[1]} (--ray-address): Ray would "
                    f"join it at this machine's address 127.0.0.2:{grpc_like.getsockname()[1]}, where the head does not "
-                   "listen (it listens on loopback alone); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here, as where the "
-                   "head was started, so that Ray stays on loopback, or give the head's other address")
+                   "listen (it listens on loopback alone); set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python "
+                   "starts (export it, as where the head was started: Ray reads it once, when first imported, and "
+                   "`import autocomp.search` imports Ray), so that Ray stays on loopback, or give the head's other "
+                   "address")
     monkeypatch.undo()
     grpc_like.close()
     try:

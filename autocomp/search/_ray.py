@@ -277,13 +277,22 @@ def _require_head_where_ray_looks(ray_address: str, host: str, port: int, timeou
     try:
         socket.create_connection((looks_at, port), timeout=timeout_s).close()
     except OSError:
-        fix = ("start the head on 127.0.0.1 (ray start --head --node-ip-address=127.0.0.1)"
-               if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0" else
-               "set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here, as where the head was started, so that Ray stays on "
-               "loopback, or give the head's other address")
+        fix = ("start the head on 127.0.0.1 (ray start --head --node-ip-address=127.0.0.1)" if _ray_on_loopback() else
+               "set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python starts (export it, as where the head was "
+               "started: Ray reads it once, when first imported, and `import autocomp.search` imports Ray), so that "
+               "Ray stays on loopback, or give the head's other address")
         raise AutocompError(f"Ray address {ray_address} (--ray-address): Ray would join it at this machine's address "
                             f"{looks_at}:{port}, where the head does not listen (it listens on loopback alone); "
                             f"{fix}") from None
+
+
+def _ray_on_loopback() -> bool:
+    """Whether Ray was imported with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (set afterwards, Ray does not see it)."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # moved in another Ray: the variable as it reads now
+        return os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
+    return not getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
 
 
 def _host_port(ray_address: str) -> tuple[str, int]:
