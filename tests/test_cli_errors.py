@@ -645,6 +645,9 @@ def test_a_memory_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_p
     smallest = float(re.search(r" holds ([\d.]+) MB of weights and activations", err).group(1))
     needed = float(re.search(r"loosen the budget to at least ([\d.]+) MB or widen the search space$", err).group(1))
     assert smallest <= needed <= smallest * 1.001  # rounded up: a budget set to it admits the smallest candidate
+    # beside it, the uncompressed model's (counted: what the search measures it at), more than the smallest's
+    whole = float(re.search(r"weights and activations \(the uncompressed model: ([\d.]+) MB\)", err).group(1))
+    assert whole > smallest
     assert not (tmp_path / "run").exists()  # nothing written: the same folder takes the corrected job
 
 

@@ -88,9 +88,12 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         needed = f"{_rounded_up(predicted['memory_mb'])} MB"
         if config.budget.memory is not None and config.budget.memory_mb is None:  # given as a fraction: as one
             needed = f"memory: {_rounded_up(config.budget.memory * predicted['memory_mb'] / limit)} ({needed})"
+        whole = (screen.uncompressed or {}).get("memory_mb")
         raise BudgetUnreachable(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its "
                                 f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
-                                f"weights and activations; loosen the budget to at least {needed} or widen the "
+                                "weights and activations" + (f" (the uncompressed model: {whole:.4g} MB)" if whole
+                                                             else "")
+                                + f"; loosen the budget to at least {needed} or widen the "
                                 "search space" + (f" ({left_out})" if left_out else ""))
     if allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
@@ -109,8 +112,12 @@ def check_memory_first(space: SearchSpace, heads: list[int], base: nn.Module, pr
         predictor = CostPredictor(base=base, profile=profile, base_latency_ms=1.0)  # no latency is asked of it
     except AutocompError:  # a model the cost model cannot describe: nothing predicted
         return
+    try:  # said beside the smallest candidate's: memory counts the activations too, not the weights alone
+        whole = {"memory_mb": predictor.predict(Recipe.from_dict({"blocks": [{} for _ in heads]}))["memory_mb"]}
+    except AutocompError:
+        whole = None
     check_reachable(space, heads, Screen(predictor=predictor, limits={"memory_mb": config.budget.memory_mb},
-                                         margin=config.skip_margin), config, log)
+                                         margin=config.skip_margin, uncompressed=whole), config, log)
 
 
 def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Screen, log: Callable[[str], None], *,

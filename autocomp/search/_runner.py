@@ -225,7 +225,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     rundir.record_space(run_dir, space)
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
-            + ", ".join(f"{k} <= {v:.3g}" for k, v in limits.items()))
+            + ", ".join(f"{k} <= {v:.3g}" + _share(k, v, baseline, config) for k, v in limits.items()))
         if previous is None and (warning := spread_warning("the uncompressed model", baseline["latency_ms"],
                                                             baseline["latency_iqr_ms"])):
             log(warning)
@@ -388,6 +388,13 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
                 "--ray-address the search runs on this machine alone, and measures on its GPU")
         log(f"measuring on {measuring}")
     return profile, measuring
+
+
+def _share(key: str, limit: float, baseline: Mapping[str, float], config: JobConfig) -> str:
+    """What an absolute limit asks of the uncompressed model as measured now (' (0.83x the uncompressed)'): how much
+    compression a budget in ms or MB takes is known only once it is measured, here."""
+    given = {"latency_ms": config.budget.latency_ms, "memory_mb": config.budget.memory_mb}[key]
+    return "" if given is None or not baseline.get(key) else f" ({limit / baseline[key]:.2f}x the uncompressed)"
 
 
 def _runtime_first(config: JobConfig) -> None:
