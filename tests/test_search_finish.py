@@ -84,6 +84,8 @@ def test_candidates_that_differ_only_in_their_distillation_are_measured_once(rem
                     "distillation) on t", "re-measuring candidate 2 of 2 within budget (trial 2) on t"]
     assert [(m["trial"], m["remeasured_latency_ms"]) for m in remeasured] == [
         (1, pytest.approx(9.5)), (5, pytest.approx(9.5)), (2, pytest.approx(8.1))]
+    # the summary names the measurement each one shares (the search's last line counted 3 models re-measured)
+    assert [m["measured_as_trial"] for m in remeasured] == [None, 1, None]
     assert best.number == 1
 
 

@@ -86,7 +86,9 @@ def confirm_best(rows: Sequence[TrialRow], *, base: nn.Module, profile: Hardware
         remeasured.append({"trial": row.number, "accuracy": row.accuracy, "latency_ms": row.latency_ms,
                            "remeasured_latency_ms": again["latency_ms"], "memory_mb": row.memory_mb,
                            "remeasured_memory_mb": again["memory_mb"], "within_budget_again": holds,
-                           "by_an_earlier_run": key in earlier})
+                           "by_an_earlier_run": key in earlier,
+                           # the candidate measured for it (it compresses alike), where that is another trial
+                           "measured_as_trial": alike[key][0] if alike[key][0] != row.number else None})
         if holds and best is None:
             best = row
     return (best or (feasible[0] if feasible else None)), remeasured

@@ -101,7 +101,10 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
         entry["remeasured_memory_mb"] = again["remeasured_memory_mb"] if again else None
         entry["within_budget_again"] = again["within_budget_again"] if again else None
         earlier = sum(m["by_an_earlier_run"] for m in remeasured)
+        shared = sum(m.get("measured_as_trial") is not None for m in remeasured)
         log(f"re-measured the {len(remeasured)} most accurate candidates within budget"
+            + (f" ({len(remeasured) - shared} models: {shared} compress{'es' if shared == 1 else ''} as another of "
+               f"them does, differing in distillation)" if shared else "")
             + (f" ({earlier} of them by an earlier run of {run_dir}, as it measures now)" if earlier else "")
             + f": {sum(m['within_budget_again'] for m in remeasured)} still within budget")
         if again is not None and not again["within_budget_again"]:
