@@ -15,6 +15,7 @@ from timm.layers import Attention
 from torch import nn
 
 from autocomp._io import hash_weights, read_safetensors
+from autocomp.data._config import TRAINED_WITH, trained_with
 from autocomp.errors import AutocompError, warn
 
 __all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
@@ -195,6 +196,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
                     "torch.save(model)?), which autocomp does not unpickle; save model.state_dict() instead, or pass "
                     "the nn.Module itself in Python (run_search with the config's model replaced: README)") from None
             raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    args = state.get("args") if isinstance(state, dict) else None  # timm's train.py: how it made its images
     if key is not None:
         if not isinstance(state, dict) or not isinstance(state.get(key), dict):
             held = [name for name, value in state.items() if isinstance(value, dict)] if isinstance(state, dict) \
@@ -230,6 +232,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
         raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; check model.name "
                             "and model.kwargs against the checkpoint")
     model.load_state_dict(state)
+    if trained := trained_with(args):  # an image folder's preprocessing takes them over the timm config's
+        setattr(model, TRAINED_WITH, trained)
 
 
 def _cleaned(state: dict[str, Any]) -> dict[str, Any]:

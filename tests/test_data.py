@@ -843,3 +843,43 @@ def test_a_split_prints_as_a_line_not_its_tensors_or_files(tmp_path):
     folder = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=1, calib_size=1, test_size=1,
                                     workers=0), tiny_rgb_vit())
     assert repr(folder.train) == f"FolderSplit(9 images under {tmp_path}, labels 0..1)"
+
+
+def test_a_checkpoints_training_arguments_give_the_preprocessing_the_job_leaves_out(tmp_path):
+    """timm's train.py saves its arguments in its checkpoints: a model trained with mean, std, crop and
+    interpolation of its own (not its pretrained tag's) was fed images made with the tag's, unless the job repeated
+    every one of them; the job's keys still come first, and the source of each is said."""
+    import argparse
+    import warnings
+
+    from autocomp import AutocompWarning
+    from autocomp.data import preprocessing_source
+    from autocomp.data._config import resolve_preprocessing
+    from autocomp.models import ModelSpec, create_model
+
+    trained = tiny_rgb_vit()
+    args = argparse.Namespace(model="vit_tiny_patch16_224", mean=[0.4, 0.4, 0.4], std=(0.2, 0.2, 0.2), crop_pct=1.0,
+                              interpolation="bilinear", img_size=16, lr=0.1, input_size=None)
+    torch.save({"epoch": 3, "state_dict": trained.state_dict(), "args": args}, tmp_path / "last.pth.tar")
+    spec = ModelSpec(name="vit_tiny_patch16_224", checkpoint=str(tmp_path / "last.pth.tar"),
+                     kwargs={"img_size": 16, "patch_size": 4, "num_classes": 2, "embed_dim": 32, "depth": 1,
+                             "num_heads": 2})
+    model = create_model(spec)
+    folder = DataConfig(dataset="imagefolder", root="images")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)  # no "built for 16 px, its config's crop is 224 px's"
+        made = resolve_preprocessing(model, folder)
+    assert (made.mean, made.std, made.crop_pct, made.interpolation) == ((0.4,) * 3, (0.2,) * 3, 1.0, "bilinear")
+    assert preprocessing_source(model, folder) == (
+        "mean, std, interpolation, crop_pct from the checkpoint's training arguments (its args), the rest from the "
+        "model's timm data config (vit_tiny_patch16_224.augreg_in21k_ft_in1k)")
+    job = DataConfig(dataset="imagefolder", root="images", mean=[0.5])
+    assert resolve_preprocessing(model, job).mean == (0.5,) * 3
+    assert preprocessing_source(model, job).startswith("data.mean from the job, std, interpolation, crop_pct from the "
+                                                       "checkpoint's training arguments (its args), the rest from")
+    # train.py's unset arguments (None, '') leave the model's config as it is
+    torch.save({"state_dict": trained.state_dict(), "args": argparse.Namespace(mean=None, std=None, crop_pct=None,
+                                                                               interpolation="")},
+               tmp_path / "last.pth.tar")
+    assert preprocessing_source(create_model(spec), folder) == (
+        "from the model's timm data config (vit_tiny_patch16_224.augreg_in21k_ft_in1k)")

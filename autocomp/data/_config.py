@@ -213,12 +213,39 @@ def _to_8_bits(image: Any) -> Any:
     return image
 
 
+TRAINED_WITH = "autocomp_trained_with"  # a model's attribute: the preprocessing its checkpoint's training args give
+
+
+def trained_with(args: Any) -> dict[str, Any]:
+    """The preprocessing a training script's arguments hold (timm's train.py saves them in its checkpoints, an
+    ``argparse.Namespace`` or a dict under ``args``): ``mean``, ``std``, ``crop_pct``, ``interpolation`` and
+    ``crop_mode`` where set (None or '' is the model's default there, as train.py reads them) and valid."""
+    values = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else args
+    if not isinstance(values, dict):
+        return {}
+    found: dict[str, Any] = {}
+    for name in ("mean", "std"):
+        value = values.get(name)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and 0 <= abs(v) <= 1
+                                                              for v in value):
+            found[name] = tuple(float(v) for v in value)
+    if isinstance(crop := values.get("crop_pct"), (int, float)) and 0 < crop <= 1:
+        found["crop_pct"] = float(crop)
+    if values.get("interpolation") in INTERPOLATIONS:
+        found["interpolation"] = values["interpolation"]
+    if values.get("crop_mode") in CROP_MODES:
+        found["crop_mode"] = values["crop_mode"]
+    return found
+
+
 def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing:
     """The model's timm data config with the job config's overrides (image folders). The input size and channels
     are those the model was built with (a timm model made at ``img_size=32`` keeps its pretrained config's 224)."""
     from timm.data import resolve_model_data_config
 
-    timm_config = resolve_model_data_config(model)
+    # the checkpoint's training arguments over the model's timm config, the job's keys over both
+    trained = dict(getattr(model, TRAINED_WITH, None) or {})
+    timm_config = {**resolve_model_data_config(model), **trained}
     channels, height, width = timm_config["input_size"]
     embed = getattr(model, "patch_embed", None)  # what the model really takes, if it was built at another size
     if getattr(embed, "img_size", None) is not None:
@@ -249,9 +276,11 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
         interpolation=config.interpolation or timm_config.get("interpolation", "bicubic"),
         crop_pct=config.crop_pct or timm_config.get("crop_pct", 1.0),
         crop_mode=config.crop_mode or timm_config.get("crop_mode") or "center")
-    guessed = {name: list(getattr(preprocessing, name)) for name in ("mean", "std") if getattr(config, name) is None}
+    guessed = {name: list(getattr(preprocessing, name)) for name in ("mean", "std")
+               if getattr(config, name) is None and name not in trained}
     tag_size, timm_made = timm_config["input_size"][1], bool(getattr(model, "pretrained_cfg", None))
-    if timm_made and fixed and height != tag_size and config.crop_pct is None and preprocessing.crop_pct < 1:
+    if timm_made and fixed and height != tag_size and config.crop_pct is None and "crop_pct" not in trained and \
+            preprocessing.crop_pct < 1:
         # a timm name built at another size keeps its pretrained tag's settings, which a model trained at this
         # size from scratch rarely had: a crop it never saw costs such a model accuracy
         others = "".join(f", {name} {value}" for name, value in guessed.items())
@@ -274,7 +303,7 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
         # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word, a crop of
         # the centre 87.5% among them (a model trained on whole images loses points to it)
         guessed.update({name: getattr(preprocessing, name) for name in ("crop_pct", "interpolation")
-                        if getattr(config, name) is None})
+                        if getattr(config, name) is None and name not in trained})
         if guessed:
             crop = "crop_pct" in guessed
             warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
@@ -288,10 +317,14 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
 
 def preprocessing_source(model: nn.Module, config: DataConfig) -> str:
     """Where the preprocessing's values came from, in words (the log, summary.json): the job's ``data:`` keys set,
-    and for the rest the model's timm data config (its pretrained tag named: a checkpoint fine-tuned from another
-    tag's weights may want that tag's mean and std), timm's defaults, or a built-in data set's own statistics."""
-    given = [f"data.{name}" for name in ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-             if getattr(config, name) is not None]
+    those a checkpoint's training arguments give (:func:`trained_with`), and for the rest the model's timm data
+    config (its pretrained tag named: a checkpoint fine-tuned from another tag's weights may want that tag's mean and
+    std), timm's defaults, or a built-in data set's own statistics."""
+    names = ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+    given = [f"data.{name}" for name in names if getattr(config, name) is not None]
+    trained = getattr(model, TRAINED_WITH, None) or {}
+    from_args = [name for name in names if getattr(config, name) is None and name in trained] \
+        if config.dataset == "imagefolder" else []
     if config.dataset != "imagefolder":
         rest = "the training split's statistics (mean and std) at the data set's own size"
     elif cfg := getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
@@ -299,7 +332,9 @@ def preprocessing_source(model: nn.Module, config: DataConfig) -> str:
         rest = f"the model's timm data config{f' ({tag})' if tag else ''}"
     else:
         rest = "timm's defaults (the model has no timm data config)"
-    return f"{', '.join(given)} from the job, the rest from {rest}" if given else f"from {rest}"
+    parts = ([f"{', '.join(given)} from the job"] if given else []) + \
+        ([f"{', '.join(from_args)} from the checkpoint's training arguments (its args)"] if from_args else [])
+    return f"{', '.join(parts)}, the rest from {rest}" if parts else f"from {rest}"
 
 
 def _input_channels(embed: nn.Module | None) -> int | None:
