@@ -27,3 +27,76 @@ def test_make_demo_runs_an_example_job_that_exists():
     jobs = re.findall(r"autocomp search (\S+\.yaml)", recipe)
     assert jobs, "make demo runs no autocomp search"
     assert all((ROOT / job).is_file() and (ROOT / job) in JOBS for job in jobs)
+
+
+def _deploy_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_onnx", ROOT / "examples" / "deploy_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("settings", [
+    dict(image_size=16, channels=3, crop_pct=0.875, interpolation="bicubic", crop_mode="center"),
+    dict(image_size=16, channels=3, crop_pct=0.8, interpolation="bilinear", crop_mode="squash"),
+    dict(image_size=12, channels=1, crop_pct=1.0, interpolation="bilinear", crop_mode="center")])
+def test_the_deployment_example_makes_the_model_input_the_search_made(settings):
+    """examples/deploy_onnx.py follows preprocessing.json without torch or timm: its input is the transform's, on
+    images wider and taller than square, whose centre crops start half way between pixels, and 16-bit ones."""
+    import numpy as np
+    from PIL import Image
+
+    from autocomp.data import Preprocessing
+
+    made = Preprocessing(mean=(0.3,) * settings["channels"], std=(0.2,) * settings["channels"], **settings)
+    record = json_record(made)
+    deploy = _deploy_example()
+    rng = np.random.default_rng(0)
+    for width, height in ((40, 40), (46, 40), (40, 53), (17, 31)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        np.testing.assert_allclose(deploy.preprocess(image, record), made.transform()(image).numpy(), atol=1e-5)
+    deep = Image.fromarray(rng.integers(0, 65536, (30, 24), dtype=np.uint16))
+    np.testing.assert_allclose(deploy.preprocess(deep, record), made.transform()(deep).numpy(), atol=1e-5)
+
+
+def json_record(preprocessing):
+    import json
+
+    return json.loads(json.dumps({**preprocessing.to_dict(), "steps": preprocessing.steps()}))  # as written
+
+
+def test_the_deployment_example_classifies_a_folder_as_the_model_does_without_torch(tmp_path):
+    """The example run as a deployer runs it: its top-1 accuracy on class folders is the PyTorch model's on the same
+    images, through the ONNX file in ONNX Runtime, and it imports neither torch nor autocomp."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    from PIL import Image
+
+    from autocomp.data import Preprocessing
+    from autocomp.runtimes import export_onnx
+    from test_data import make_folder, tiny_rgb_vit
+
+    model = tiny_rgb_vit(num_classes=3)
+    made = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                         interpolation="bicubic", crop_pct=0.875)
+    export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "best" / "model.onnx")
+    (tmp_path / "best" / "preprocessing.json").write_text(json.dumps(json_record(made)))
+    classes = ["blue", "green", "red"]
+    (tmp_path / "best" / "classes.json").write_text(json.dumps(classes))
+    make_folder(tmp_path / "val", {name: 6 for name in classes}, size=(23, 19))
+    files = sorted((tmp_path / "val").glob("*/*.png"))
+    with torch.no_grad():
+        top = model(torch.stack([made.transform()(Image.open(p)) for p in files])).argmax(dim=1)
+    right = sum(classes[k] == p.parent.name for k, p in zip(top.tolist(), files))
+    run = ("import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+           "print('imported:', sorted({'torch', 'timm', 'autocomp'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / "deploy_onnx.py"),
+                           str(tmp_path / "best"), "--folder", str(tmp_path / "val"), "--batch", "4",
+                           str(files[0])], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.splitlines() == [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
+                                        f"{files[0]}: {classes[top[0]]}", "imported: []"]

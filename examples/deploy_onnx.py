@@ -1,0 +1,92 @@
+"""Run an exported model where it is deployed: ONNX Runtime, PIL and numpy, no autocomp, torch or timm.
+
+    autocomp export runs/x --out exported/best --format onnx
+    python examples/deploy_onnx.py exported/best photo.jpg other.png      # the top class of each image
+    python examples/deploy_onnx.py exported/best --folder data/val          # top-1 accuracy on class folders
+
+The folder holds ``model.onnx``, ``preprocessing.json`` (how the search made each model input, as settings and as
+``steps`` in words: this file follows them) and ``classes.json`` (the class of each output). The batch axis of the
+file is dynamic: ``--batch`` sets how many images run at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+def load_record(folder: Path) -> tuple[dict, list[str]]:
+    """``preprocessing.json``'s settings and ``classes.json``'s names."""
+    record = json.loads((folder / "preprocessing.json").read_text())
+    if record.get("crop_mode", "center") not in ("center", "squash"):
+        raise SystemExit(f"{folder}: crop_mode {record['crop_mode']!r} is not written out here; follow the "
+                         "preprocessing.json steps, or use autocomp.load_preprocessing(folder).transform()")
+    return record, json.loads((folder / "classes.json").read_text())
+
+
+def preprocess(image: Image.Image, record: dict) -> np.ndarray:
+    """One image as the model's input (channels, size, size), float32: preprocessing.json's steps."""
+    size, channels = record["image_size"], record["channels"]
+    scaled = math.floor(size / record["crop_pct"])
+    if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit: scaled to 8 bits first
+        image = Image.fromarray(np.clip(np.round(np.asarray(image, np.float64) / 257), 0, 255).astype(np.uint8))
+    image = image.convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    if record.get("crop_mode", "center") == "squash":
+        resized = (scaled, scaled)
+    elif width <= height:  # the shorter side to `scaled`, the longer in proportion, rounded down
+        resized = (scaled, int(scaled * height / width))
+    else:
+        resized = (int(scaled * width / height), scaled)
+    image = image.resize(resized, RESAMPLE[record["interpolation"]])
+    left, top = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32).reshape(size, size, channels)
+    pixels = pixels / record.get("pixel_max", 255)
+    pixels = (pixels - np.array(record["mean"], np.float32)) / np.array(record["std"], np.float32)
+    return pixels.transpose(2, 0, 1).astype(np.float32)
+
+
+def session(folder: Path):
+    """The model in ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def predict(model, images: list[np.ndarray], batch: int) -> np.ndarray:
+    """The top class of each preprocessed image."""
+    name = model.get_inputs()[0].name
+    return np.concatenate([model.run(None, {name: np.stack(images[i:i + batch])})[0].argmax(axis=1)
+                           for i in range(0, len(images), batch)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export", type=Path, help="the folder autocomp export wrote (--format onnx)")
+    parser.add_argument("images", nargs="*", type=Path, help="images to classify")
+    parser.add_argument("--folder", type=Path, help="a folder of class folders (named as classes.json names them)")
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_intermixed_args()
+    record, classes = load_record(args.export)
+    model = session(args.export)
+    if args.folder is not None:
+        files = sorted(p for p in args.folder.glob("*/*") if p.is_file() and p.parent.name in classes)
+        top = predict(model, [preprocess(Image.open(p), record) for p in files], args.batch)
+        right = sum(classes[k] == p.parent.name for k, p in zip(top, files))
+        print(f"top-1 accuracy {100 * right / max(1, len(files)):.2f}% on {len(files)} images")
+    if args.images:
+        for path, k in zip(args.images, predict(model, [preprocess(Image.open(p), record) for p in args.images],
+                                                args.batch)):
+            print(f"{path}: {classes[k]}")
+
+
+if __name__ == "__main__":
+    main()
