@@ -47,14 +47,18 @@ def terminated_as_interrupted(*, unless_handled: bool = False, ctrl_c: bool = Fa
         _PENDING[:] = [KeyboardInterrupt]
         raise KeyboardInterrupt
 
+    # Ctrl-C only where Python's own handler takes it: a shell running the command in the background from a script
+    # has it ignored, and so it stays
+    ctrl_c = ctrl_c and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     previous = signal.signal(signal.SIGTERM, terminate)
-    before = signal.signal(signal.SIGINT, interrupt) if ctrl_c else None
+    if ctrl_c:
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         if ctrl_c:
-            signal.signal(signal.SIGINT, before)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _PENDING.clear()
 
 

@@ -3,9 +3,11 @@ keyword arguments and a checkpoint; or (Python API) an ``nn.Module``. Nothing is
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -186,15 +188,21 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
     if path.suffix == ".safetensors":
         state = read_safetensors(path, "checkpoint", "the file is damaged or not safetensors; copy or save it again")
     else:
-        try:  # timm's train.py saves its arguments beside the weights, as an argparse.Namespace of plain values
-            with torch.serialization.safe_globals([argparse.Namespace]):
+        # timm's train.py saves its arguments beside the weights, as an argparse.Namespace of plain values (torch
+        # 2.5 on; an older torch refuses it below, as any object)
+        allowed = getattr(torch.serialization, "safe_globals", None)
+        try:
+            with allowed([argparse.Namespace]) if allowed is not None else contextlib.nullcontext():
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
             if "Weights only load failed" in str(exc):
+                found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
                 raise AutocompError(
-                    f"cannot read checkpoint {path}: it holds pickled Python objects (a whole model saved with "
-                    "torch.save(model)?), which autocomp does not unpickle; save model.state_dict() instead, or pass "
-                    "the nn.Module itself in Python (run_search with the config's model replaced: README)") from None
+                    f"cannot read checkpoint {path}: it holds pickled Python objects"
+                    + (f" ({found.group(1)})" if found else "") + " (a whole model saved with torch.save(model), "
+                    "or objects saved beside the weights), which autocomp does not unpickle; save model.state_dict() "
+                    "alone instead, or pass the nn.Module itself in Python (run_search with the config's model "
+                    "replaced: README)") from None
             raise AutocompError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
     args = state.get("args") if isinstance(state, dict) else None  # timm's train.py: how it made its images
     if key is not None:
@@ -205,7 +213,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
                                 f"keys holding dicts: {', '.join(map(repr, held)) or 'none'}")
         state = state[key]
     elif isinstance(state, dict):  # a trainer's checkpoint: the weights under a key ('model': a name is not them)
-        keys = [name for name in TRAINER_KEYS if isinstance(state.get(name), dict) and state[name]]
+        keys = [name for name in TRAINER_KEYS if _tensors(state.get(name))]
         plain = [name for name in keys if name not in TRAINER_KEYS[:2]]
         if keys and keys[0] in TRAINER_KEYS[:2] and plain:  # an EMA copy beside the weights: which is taken, said
             warn(f"checkpoint {path} holds the model's weights under {plain[0]!r} and their EMA copy under "
@@ -236,6 +244,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
         setattr(model, TRAINED_WITH, trained)
 
 
+def _tensors(value: Any) -> bool:
+    """Whether ``value`` is a non-empty dict of tensors (a state dict; not a config or an optimizer's state)."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def _cleaned(state: dict[str, Any]) -> dict[str, Any]:
     """``state`` without the prefixes DDP (``module.``) and torch.compile (``_orig_mod.``) add."""
     from timm.models import clean_state_dict
@@ -249,8 +262,7 @@ def _under_key(state: Any, own: Mapping[str, Any], path: Path) -> Any:
     an optimizer do not), or the one dict of tensors there is (its mismatch then said as any checkpoint's)."""
     if not isinstance(state, dict) or any(isinstance(value, torch.Tensor) for value in state.values()):
         return state
-    held = [key for key, value in state.items() if isinstance(value, dict) and value
-            and all(isinstance(tensor, torch.Tensor) for tensor in value.values())]
+    held = [key for key, value in state.items() if _tensors(value)]
     fits = [key for key in held if set(own) <= set(_under_prefix(_cleaned(state[key]), own, path))]
     if len(fits) > 1:
         raise AutocompError(f"checkpoint {path} holds the model's weights under {len(fits)} keys "

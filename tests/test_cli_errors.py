@@ -854,3 +854,23 @@ def test_an_interrupt_python_drops_in_a_finalizer_is_raised_where_the_search_wai
         Finalized()  # dropped at once: its finalizer takes the signal
         raise_pending()
     raise_pending()  # nothing pending after the block
+
+
+def test_ctrl_c_left_ignored_by_the_shell_stays_ignored():
+    """A script's `autocomp search ... &` runs with SIGINT ignored: Ctrl-C in its terminal is not for it (the
+    command took it all the same, and stopped)."""
+    import signal
+
+    from autocomp._signals import terminated_as_interrupted
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with terminated_as_interrupted(ctrl_c=True) as taken:
+            assert taken and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with terminated_as_interrupted(ctrl_c=True):  # Python's own: remembered as well (see the finalizer test)
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

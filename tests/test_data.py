@@ -883,3 +883,11 @@ def test_a_checkpoints_training_arguments_give_the_preprocessing_the_job_leaves_
                tmp_path / "last.pth.tar")
     assert preprocessing_source(create_model(spec), folder) == (
         "from the model's timm data config (vit_tiny_patch16_224.augreg_in21k_ft_in1k)")
+
+
+def test_training_arguments_of_the_wrong_kind_are_not_taken_for_preprocessing():
+    from autocomp.data._config import trained_with
+
+    assert trained_with({"mean": [0.5, 0.5, 0.5, 0.5], "std": [0.2], "crop_pct": True, "interpolation": "cubic",
+                         "crop_mode": None}) == {"std": (0.2,)}
+    assert trained_with("a string") == {} and trained_with(None) == {}

@@ -344,3 +344,30 @@ def test_a_save_stopped_half_way_leaves_the_folders_earlier_model_whole(tmp_path
     assert [b.attn.num_heads for b in saving.load_model(tmp_path / "best", base=base).blocks] == [3, 3]
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["metrics.json", "model.yaml", "recipe.yaml",
                                                                      "weights.safetensors"]
+
+
+def test_a_checkpoints_weights_are_the_dict_of_tensors_under_its_keys_and_what_else_it_pickles_is_named(tmp_path,
+                                                                                                  monkeypatch):
+    """A trainer's key holding a config ({'state_dict': {'lr': 0.1}, 'model': weights}) is not taken for the
+    weights; an object saved beside them (a pathlib path in a script's arguments) is named where it is refused (it
+    was "a whole model saved with torch.save(model)?"); a torch without ``safe_globals`` (2.2 to 2.4) loads a plain
+    state dict (every .pth failed there)."""
+    import argparse
+    import pathlib
+
+    model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
+    x = torch.randn(2, 1, 8, 8)
+    for held in ({"state_dict": {"lr": 0.1}, "model": model.state_dict()},
+                 {"model": {"arch": "vit"}, "weights": model.state_dict()}):
+        torch.save(held, tmp_path / "w.pth")
+        again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "w.pth")))
+        assert torch.equal(model(x), again(x))
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(output=pathlib.Path("/runs"))},
+               tmp_path / "path.pth")
+    with pytest.raises(AutocompError, match=r"holds pickled Python objects \(pathlib\.\w*Path\) \(a whole model "
+                                            r"saved with torch.save\(model\), or objects saved beside the weights\)"):
+        create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "path.pth")))
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    again = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "plain.pth")))
+    assert torch.equal(model(x), again(x))

@@ -226,10 +226,11 @@ def trained_with(args: Any) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for name in ("mean", "std"):
         value = values.get(name)
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and 0 <= abs(v) <= 1
-                                                              for v in value):
+        if isinstance(value, (list, tuple)) and len(value) in (1, 3) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1 for v in value):
             found[name] = tuple(float(v) for v in value)
-    if isinstance(crop := values.get("crop_pct"), (int, float)) and 0 < crop <= 1:
+    crop = values.get("crop_pct")
+    if isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop <= 1:
         found["crop_pct"] = float(crop)
     if values.get("interpolation") in INTERPOLATIONS:
         found["interpolation"] = values["interpolation"]

@@ -113,7 +113,7 @@ def check_memory_first(space: SearchSpace, heads: list[int], base: nn.Module, pr
     except AutocompError:  # a model the cost model cannot describe: nothing predicted
         return
     try:  # said beside the smallest candidate's: memory counts the activations too, not the weights alone
-        whole = {"memory_mb": predictor.predict(Recipe.from_dict({"blocks": [{} for _ in heads]}))["memory_mb"]}
+        whole = {"memory_mb": predictor.predict(Recipe.identity(len(heads)))["memory_mb"]}
     except AutocompError:
         whole = None
     check_reachable(space, heads, Screen(predictor=predictor, limits={"memory_mb": config.budget.memory_mb},

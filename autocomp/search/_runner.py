@@ -114,7 +114,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     # folder's other job, the data and its preprocessing; a profile is measured on first use (half a minute) last
     resuming = (run_dir / "run.json").is_file()
     space = load_space(config.search_space)  # a mistake in its file is said first: it costs nothing to read
-    _runtime_first(config)
+    _runtime_first(config, ray_address)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     if isinstance(config.model, ModelSpec) and config.model.name is not None and not config.model.checkpoint:
         warn(f"model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
@@ -368,13 +368,8 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
     CPU profile's stays: this CPU is not that device)."""
     profile = load_profile(config.hardware, log=log)
     name = profile.ray_resource  # a GPU profile's node: a search on its own Ray (this machine) measures its GPU
-    alone = name is not None and profile.device == "gpu" and ray_address is None and not _ray_running()
+    alone = _gpu_here(profile, config, ray_address)
     if alone:
-        if not torch.cuda.is_available():
-            raise AutocompError(f"hardware profile {config.hardware} measures on a CUDA GPU, on the Ray node "
-                                f"declaring {name!r} (its ray_resource), and this machine has none that torch "
-                                f"{torch.__version__} can use; pass --ray-address of the Ray cluster holding that "
-                                "node, or search with a CPU profile")
         profile = dataclasses.replace(profile, ray_resource=None)
     if (note := profile_note(profile)) is not None:
         log(f"warning: {note}")
@@ -397,12 +392,26 @@ def _share(key: str, limit: float, baseline: Mapping[str, float], config: JobCon
     return "" if given is None or not baseline.get(key) else f" ({limit / baseline[key]:.2f}x the uncompressed)"
 
 
-def _runtime_first(config: JobConfig) -> None:
-    """A runtime missing here for a target on this machine, said before the model and data load (a profile on a
-    Ray node is checked on that node, once Ray is up)."""
+def _gpu_here(profile: HardwareProfile, config: JobConfig, ray_address: str | None) -> bool:
+    """Whether a GPU profile naming a Ray node measures on this machine's GPU instead (a search on its own Ray: this
+    machine alone); refused where this machine has none."""
+    alone = profile.ray_resource is not None and profile.device == "gpu" and ray_address is None and \
+        not _ray_running()
+    if alone and not torch.cuda.is_available():
+        raise AutocompError(f"hardware profile {config.hardware} measures on a CUDA GPU, on the Ray node declaring "
+                            f"{profile.ray_resource!r} (its ray_resource), and this machine has none that torch "
+                            f"{torch.__version__} can use; pass --ray-address of the Ray cluster holding that node, "
+                            "or search with a CPU profile")
+    return alone
+
+
+def _runtime_first(config: JobConfig, ray_address: str | None) -> None:
+    """A runtime or GPU missing here for a target on this machine, said before the model and data load (a profile
+    on a Ray node is checked on that node, once Ray is up)."""
     template = read_profile(config.hardware)
-    if template.ray_resource is None:
-        require_backend(template, source=config.hardware)
+    if template.ray_resource is None or _gpu_here(template, config, ray_address):
+        require_backend(template if template.ray_resource is None else
+                        dataclasses.replace(template, ray_resource=None), source=config.hardware)
 
 
 def _ray_running() -> bool:
