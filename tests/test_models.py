@@ -148,7 +148,8 @@ def test_a_checkpoint_with_the_model_under_two_prefixes_is_refused_naming_them(t
 def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path):
     model = create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW))
     torch.save(model, tmp_path / "whole.pth")
-    with pytest.raises(AutocompError, match=r"holds pickled Python objects .* save model.state_dict\(\) instead"):
+    with pytest.raises(AutocompError, match=r"holds pickled Python objects \(timm.models.vision_transformer."
+                                            r"VisionTransformer\) .* save model.state_dict\(\) alone instead"):
         create_model(ModelSpec(name="deit_tiny_patch16_224", kwargs=KW, checkpoint=str(tmp_path / "whole.pth")))
 
 
