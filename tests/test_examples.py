@@ -100,3 +100,47 @@ def test_the_deployment_example_classifies_a_folder_as_the_model_does_without_to
                            str(files[0])], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert done.stdout.splitlines() == [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
                                         f"{files[0]}: {classes[top[0]]}", "imported: []"]
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic batch", "static batch"])
+def test_the_openvino_deployment_example_classifies_a_folder_as_the_model_does(tmp_path, static):
+    """examples/deploy_openvino.py compiles the IR as autocomp checked it (f32; at a static batch with export.json's
+    properties) and, with deploy_onnx.py's preprocessing, classifies as the PyTorch model does, the last batch
+    padded at a static batch."""
+    pytest.importorskip("openvino")
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    from PIL import Image
+
+    from autocomp.data import Preprocessing
+    from autocomp.runtimes.openvino import export_openvino
+    from test_data import make_folder, tiny_rgb_vit
+
+    model = tiny_rgb_vit(num_classes=3)
+    made = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                         interpolation="bilinear", crop_pct=0.9)
+    export_openvino(model, torch.randn(2, 3, 16, 16), tmp_path / "best" / "model.xml")
+    (tmp_path / "best" / "model.onnx").unlink(missing_ok=True)  # as autocomp export leaves the folder
+    (tmp_path / "best" / "preprocessing.json").write_text(json.dumps(json_record(made)))
+    classes = ["blue", "green", "red"]
+    (tmp_path / "best" / "classes.json").write_text(json.dumps(classes))
+    (tmp_path / "best" / "export.json").write_text(json.dumps({"static_batch_properties": {"SNIPPETS_MODE":
+                                                                                           "DISABLE"}}))
+    make_folder(tmp_path / "val", {name: 5 for name in classes}, size=(19, 23))
+    files = sorted((tmp_path / "val").glob("*/*.png"))
+    with torch.no_grad():
+        top = model(torch.stack([made.transform()(Image.open(p)) for p in files])).argmax(dim=1)
+    right = sum(classes[k] == p.parent.name for k, p in zip(top.tolist(), files))
+    run = ("import os, runpy, sys\nsys.argv = sys.argv[1:]\n"
+           "sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python examples/deploy_openvino.py` has it\n"
+           "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+           "print('imported:', sorted({'torch', 'timm', 'autocomp'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / "deploy_openvino.py"),
+                           str(tmp_path / "best"), "--folder", str(tmp_path / "val"), "--batch", "4",
+                           *(["--static-batch"] if static else []), str(files[0])],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.splitlines() == [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
+                                        f"{files[0]}: {classes[top[0]]}", "imported: []"]
