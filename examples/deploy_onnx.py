@@ -68,24 +68,34 @@ def predict(model, images: list[np.ndarray], batch: int) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export", type=Path, help="the folder autocomp export wrote (--format onnx)")
+def arguments(description: str, format: str) -> argparse.ArgumentParser:  # noqa: A002 - autocomp's option
+    """The command line both deployment examples take."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("export", type=Path, help=f"the folder autocomp export wrote (--format {format})")
     parser.add_argument("images", nargs="*", type=Path, help="images to classify")
     parser.add_argument("--folder", type=Path, help="a folder of class folders (named as classes.json names them)")
     parser.add_argument("--batch", type=int, default=16)
-    args = parser.parse_intermixed_args()
-    record, classes = load_record(args.export)
-    model = session(args.export)
+    return parser
+
+
+def report(top_of, args: argparse.Namespace, record: dict, classes: list[str]) -> None:
+    """Print the top-1 accuracy on ``args.folder``'s class folders, then each of ``args.images``' class;
+    ``top_of(inputs)``: the top class of each preprocessed image."""
     if args.folder is not None:
         files = sorted(p for p in args.folder.glob("*/*") if p.is_file() and p.parent.name in classes)
-        top = predict(model, [preprocess(Image.open(p), record) for p in files], args.batch)
+        top = top_of([preprocess(Image.open(p), record) for p in files])
         right = sum(classes[k] == p.parent.name for k, p in zip(top, files))
         print(f"top-1 accuracy {100 * right / max(1, len(files)):.2f}% on {len(files)} images")
     if args.images:
-        for path, k in zip(args.images, predict(model, [preprocess(Image.open(p), record) for p in args.images],
-                                                args.batch)):
+        for path, k in zip(args.images, top_of([preprocess(Image.open(p), record) for p in args.images])):
             print(f"{path}: {classes[k]}")
+
+
+def main() -> None:
+    args = arguments(__doc__.split("\n\n")[0], "onnx").parse_intermixed_args()
+    record, classes = load_record(args.export)
+    model = session(args.export)
+    report(lambda inputs: predict(model, inputs, args.batch), args, record, classes)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ preprocessing is ``deploy_onnx.py``'s.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from deploy_onnx import load_record, preprocess  # the example beside this one: preprocessing.json's steps
+# the example beside this one: preprocessing.json's steps, the command line, what is printed
+from deploy_onnx import arguments, load_record, report
 
 
 def compiled(folder: Path, static_shape: list[int] | None = None):
@@ -51,25 +50,13 @@ def predict(model, images: list[np.ndarray], batch: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export", type=Path, help="the folder autocomp export wrote (--format openvino)")
-    parser.add_argument("images", nargs="*", type=Path, help="images to classify")
-    parser.add_argument("--folder", type=Path, help="a folder of class folders (named as classes.json names them)")
-    parser.add_argument("--batch", type=int, default=16)
+    parser = arguments(__doc__.split("\n\n")[0], "openvino")
     parser.add_argument("--static-batch", action="store_true", help="compile at a fixed batch of --batch images")
     args = parser.parse_intermixed_args()
     record, classes = load_record(args.export)
     size = record["image_size"]
     model = compiled(args.export, [args.batch, record["channels"], size, size] if args.static_batch else None)
-    if args.folder is not None:
-        files = sorted(p for p in args.folder.glob("*/*") if p.is_file() and p.parent.name in classes)
-        top = predict(model, [preprocess(Image.open(p), record) for p in files], args.batch)
-        right = sum(classes[k] == p.parent.name for k, p in zip(top, files))
-        print(f"top-1 accuracy {100 * right / max(1, len(files)):.2f}% on {len(files)} images")
-    if args.images:
-        for path, k in zip(args.images, predict(model, [preprocess(Image.open(p), record) for p in args.images],
-                                                args.batch)):
-            print(f"{path}: {classes[k]}")
+    report(lambda inputs: predict(model, inputs, args.batch), args, record, classes)
 
 
 if __name__ == "__main__":

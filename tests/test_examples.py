@@ -67,9 +67,10 @@ def json_record(preprocessing):
     return json.loads(json.dumps({**preprocessing.to_dict(), "steps": preprocessing.steps()}))  # as written
 
 
-def test_the_deployment_example_classifies_a_folder_as_the_model_does_without_torch(tmp_path):
-    """The example run as a deployer runs it: its top-1 accuracy on class folders is the PyTorch model's on the same
-    images, through the ONNX file in ONNX Runtime, and it imports neither torch nor autocomp."""
+def _deploy(tmp_path, script, export, extra=(), size=(23, 19)):
+    """Run examples/``script`` as a deployer runs it on a folder holding the model ``export(model, path)`` wrote,
+    with preprocessing.json and classes.json, over class folders of images of ``size``: its lines, and those the
+    PyTorch model's predictions on the same images give."""
     import json
     import subprocess
     import sys
@@ -78,28 +79,41 @@ def test_the_deployment_example_classifies_a_folder_as_the_model_does_without_to
     from PIL import Image
 
     from autocomp.data import Preprocessing
-    from autocomp.runtimes import export_onnx
     from test_data import make_folder, tiny_rgb_vit
 
     model = tiny_rgb_vit(num_classes=3)
     made = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
                          interpolation="bicubic", crop_pct=0.875)
-    export_onnx(model, torch.randn(2, 3, 16, 16), tmp_path / "best" / "model.onnx")
+    export(model, tmp_path / "best")
     (tmp_path / "best" / "preprocessing.json").write_text(json.dumps(json_record(made)))
     classes = ["blue", "green", "red"]
     (tmp_path / "best" / "classes.json").write_text(json.dumps(classes))
-    make_folder(tmp_path / "val", {name: 6 for name in classes}, size=(23, 19))
+    make_folder(tmp_path / "val", {name: 5 for name in classes}, size=size)
     files = sorted((tmp_path / "val").glob("*/*.png"))
     with torch.no_grad():
         top = model(torch.stack([made.transform()(Image.open(p)) for p in files])).argmax(dim=1)
     right = sum(classes[k] == p.parent.name for k, p in zip(top.tolist(), files))
-    run = ("import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    run = ("import os, runpy, sys\nsys.argv = sys.argv[1:]\n"
+           "sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python examples/<script>` has it\n"
+           "runpy.run_path(sys.argv[0], run_name='__main__')\n"
            "print('imported:', sorted({'torch', 'timm', 'autocomp'} & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / "deploy_onnx.py"),
-                           str(tmp_path / "best"), "--folder", str(tmp_path / "val"), "--batch", "4",
-                           str(files[0])], capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert done.stdout.splitlines() == [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
-                                        f"{files[0]}: {classes[top[0]]}", "imported: []"]
+    done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / script), str(tmp_path / "best"),
+                           "--folder", str(tmp_path / "val"), "--batch", "4", *extra, str(files[0])],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    return done.stdout.splitlines(), [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
+                                      f"{files[0]}: {classes[top[0]]}", "imported: []"]
+
+
+def test_the_deployment_example_classifies_a_folder_as_the_model_does_without_torch(tmp_path):
+    """The example run as a deployer runs it: its top-1 accuracy on class folders is the PyTorch model's on the same
+    images, through the ONNX file in ONNX Runtime, and it imports neither torch nor autocomp."""
+    import torch
+
+    from autocomp.runtimes import export_onnx
+
+    said, expected = _deploy(tmp_path, "deploy_onnx.py",
+                             lambda model, folder: export_onnx(model, torch.randn(2, 3, 16, 16), folder / "model.onnx"))
+    assert said == expected
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic batch", "static batch"])
@@ -109,38 +123,16 @@ def test_the_openvino_deployment_example_classifies_a_folder_as_the_model_does(t
     padded at a static batch."""
     pytest.importorskip("openvino")
     import json
-    import subprocess
-    import sys
 
     import torch
-    from PIL import Image
 
-    from autocomp.data import Preprocessing
     from autocomp.runtimes.openvino import export_openvino
-    from test_data import make_folder, tiny_rgb_vit
 
-    model = tiny_rgb_vit(num_classes=3)
-    made = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
-                         interpolation="bilinear", crop_pct=0.9)
-    export_openvino(model, torch.randn(2, 3, 16, 16), tmp_path / "best" / "model.xml")
-    (tmp_path / "best" / "model.onnx").unlink(missing_ok=True)  # as autocomp export leaves the folder
-    (tmp_path / "best" / "preprocessing.json").write_text(json.dumps(json_record(made)))
-    classes = ["blue", "green", "red"]
-    (tmp_path / "best" / "classes.json").write_text(json.dumps(classes))
-    (tmp_path / "best" / "export.json").write_text(json.dumps({"static_batch_properties": {"SNIPPETS_MODE":
-                                                                                           "DISABLE"}}))
-    make_folder(tmp_path / "val", {name: 5 for name in classes}, size=(19, 23))
-    files = sorted((tmp_path / "val").glob("*/*.png"))
-    with torch.no_grad():
-        top = model(torch.stack([made.transform()(Image.open(p)) for p in files])).argmax(dim=1)
-    right = sum(classes[k] == p.parent.name for k, p in zip(top.tolist(), files))
-    run = ("import os, runpy, sys\nsys.argv = sys.argv[1:]\n"
-           "sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python examples/deploy_openvino.py` has it\n"
-           "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-           "print('imported:', sorted({'torch', 'timm', 'autocomp'} & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / "deploy_openvino.py"),
-                           str(tmp_path / "best"), "--folder", str(tmp_path / "val"), "--batch", "4",
-                           *(["--static-batch"] if static else []), str(files[0])],
-                          capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert done.stdout.splitlines() == [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
-                                        f"{files[0]}: {classes[top[0]]}", "imported: []"]
+    def export(model, folder):
+        export_openvino(model, torch.randn(2, 3, 16, 16), folder / "model.xml")
+        (folder / "model.onnx").unlink(missing_ok=True)  # as autocomp export leaves the folder
+        (folder / "export.json").write_text(json.dumps({"static_batch_properties": {"SNIPPETS_MODE": "DISABLE"}}))
+
+    said, expected = _deploy(tmp_path, "deploy_openvino.py", export, ["--static-batch"] if static else [],
+                             size=(19, 23))
+    assert said == expected
