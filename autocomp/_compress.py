@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError
-from autocomp.models import vit_blocks
+from autocomp.models import timm_equivalent, vit_blocks
 from autocomp.ops import OPERATORS, CompressContext
 from autocomp.recipe import Recipe
 
@@ -32,6 +32,9 @@ def compress(model: nn.Module, recipe: Recipe, *, calibration: torch.Tensor | No
     Raises:
         AutocompError: the recipe does not fit the model (block count, head count).
     """
+    rebuilt = timm_equivalent(model)  # a torchvision ViT comes back as timm's, with its weights
+    if rebuilt is not model:
+        model, inplace = rebuilt, True  # a new module already: the caller's is not changed
     blocks = vit_blocks(model)
     if len(recipe.blocks) != len(blocks):
         raise AutocompError(f"the recipe has {len(recipe.blocks)} blocks but the model has {len(blocks)}; "

@@ -14,7 +14,7 @@ from autocomp._paths import resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
 from autocomp.errors import AutocompError, AutocompTypeError
-from autocomp.models import ModelSpec, factory_folder, factory_module, vit_blocks
+from autocomp.models import ModelSpec, factory_folder, factory_module, timm_equivalent, vit_blocks
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
 
@@ -217,6 +217,8 @@ class JobConfig:
                 example = f"autocomp.budget.Budget(latency={value!r}) (or memory=)"  # the number given, in place
             if not isinstance(value, kind):
                 raise AutocompTypeError(f"{key} must be {example}, got {type(value).__name__} {_short(value)}")
+        if isinstance(self.model, nn.Module):  # a torchvision ViT is searched as timm's, with its weights
+            object.__setattr__(self, "model", timm_equivalent(self.model))
         for key in ("search_space", "hardware"):
             value = getattr(self, key)
             if not isinstance(value, (str, Path)):
@@ -262,6 +264,7 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         raise AutocompError(f"{path} names its model ({section}) and an nn.Module was given too: leave model: out "
                             "of the job to search the module, or give none to search the job's model")
     if model is not None:
+        model = timm_equivalent(model)  # a torchvision ViT: timm's, with its weights
         vit_blocks(model)  # a model autocomp cannot compress is refused here, not when the search starts
         values["model"] = model.eval()
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):

@@ -16,12 +16,13 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from autocomp._foreign import is_foreign_vit, timm_equivalent
 from autocomp._io import hash_weights, read_safetensors
 from autocomp.data._config import TRAINED_WITH, trained_with
 from autocomp.errors import AutocompError, warn
 
 __all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
-           "vit_blocks"]
+           "timm_equivalent", "vit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,11 @@ def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
 
     if spec.factory is not None:
         model = _from_factory(spec)
-        vit_blocks(model)
-        if load_weights and spec.checkpoint:
+        if not is_foreign_vit(model):
+            vit_blocks(model)
+        if load_weights and spec.checkpoint:  # into the model the factory made: a torchvision ViT's own keys
             load_checkpoint(model, spec.checkpoint, key=spec.checkpoint_key)
-        return model.eval()
+        return timm_equivalent(model).eval()  # a torchvision ViT: timm's, with its weights
     if not timm.is_model(spec.name):
         near = difflib.get_close_matches(spec.name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models('*vit*')"
@@ -305,8 +307,13 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                             f"{type(blocks[0]).__name__} (as in timm's Eva, RoPE and relative-position ViTs, whose "
                             "blocks take position inputs of their own); autocomp compresses timm's VisionTransformer "
                             "family (vit_*, deit_*, flexivit_*, ...), whose blocks are an nn.Sequential")
+    if is_foreign_vit(model):  # the search, compress, load and export take it as it is: they rebuild it so
+        raise AutocompError(f"{type(model).__module__}.{type(model).__qualname__} is torchvision's ViT: rebuild it "
+                            "as timm's with autocomp.models.timm_equivalent(model) (the same weights and outputs) "
+                            "to use it here")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
-        inner = next((name for name, module in model.named_modules() if name and _is_vit(module)), None)
+        inner = next((name for name, module in model.named_modules()
+                      if name and (_is_vit(module) or is_foreign_vit(module))), None)
         hint = "" if inner is None else (
             f"; it holds one at .{inner} ({type(model.get_submodule(inner)).__name__}): search that module, with "
             "the data section giving the preprocessing the wrapper did, if any (its outputs are the logits scored)")

@@ -19,7 +19,7 @@ from autocomp._io import read_safetensors, write_json, write_safetensors
 from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
-from autocomp.models import ModelSpec, create_model, factory_folder, factory_module
+from autocomp.models import ModelSpec, create_model, factory_folder, factory_module, timm_equivalent
 from autocomp.recipe import Recipe
 
 __all__ = ["save_model", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
@@ -120,7 +120,8 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
         if base is None:
             raise AutocompError(f"{directory} was searched on a model given as an nn.Module; pass it: "
                                 "autocomp.load(path, base=my_model)")
-        skeleton = copy.deepcopy(base)
+        rebuilt = timm_equivalent(base)  # a torchvision ViT: timm's (a new module already)
+        skeleton = copy.deepcopy(base) if rebuilt is base else rebuilt
     else:
         spec = build(ModelSpec, architecture, where=str(directory / "model.yaml"))
         if spec.factory is not None and factory_module(spec) is None:  # the folder it recorded moved: found here?

@@ -230,14 +230,8 @@ def test_non_vit_model_is_refused(name):
 
 
 def test_vits_of_other_libraries_are_refused_naming_what_they_are_and_what_to_build():
-    """torchvision's VisionTransformer was refused as 'VisionTransformer has no blocks ...; autocomp needs ...
-    (VisionTransformer, ...)'; a block whose attention is nn.MultiheadAttention got no fix."""
-    from torchvision.models import VisionTransformer as TorchvisionViT
-
-    with pytest.raises(AutocompError, match=r"^torchvision.models.vision_transformer.VisionTransformer has no 'blocks' "
-                                            r"sequence; autocomp needs a timm ViT-family model \(timm's "):
-        vit_blocks(TorchvisionViT(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16))
-
+    """A block whose attention is nn.MultiheadAttention got no fix (torchvision's VisionTransformer itself is
+    rebuilt as timm's: test_foreign.py)."""
     class Block(nn.Module):
         def __init__(self):
             super().__init__()

@@ -264,6 +264,54 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     assert autocomp.load(tmp_path / "t0", base=model)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
+def _as_torchvision(model: torch.nn.Module) -> torch.nn.Module:
+    """timm's tiny teacher as torchvision's VisionTransformer with the same weights (a 1-channel patch convolution)."""
+    from torchvision.models import VisionTransformer
+
+    blocks, dim = model.blocks, model.embed_dim
+    out = VisionTransformer(image_size=8, patch_size=2, num_layers=len(blocks), num_heads=blocks[0].attn.num_heads,
+                            hidden_dim=dim, mlp_dim=blocks[0].mlp.fc1.out_features, num_classes=10)
+    out.conv_proj = torch.nn.Conv2d(1, dim, 2, 2)
+    parts = {"conv_proj": model.patch_embed.proj, "encoder.ln": model.norm, "heads.head": model.head}
+    for index, block in enumerate(blocks):
+        layer = f"encoder.layers.encoder_layer_{index}"
+        parts.update({f"{layer}.ln_1": block.norm1, f"{layer}.self_attention.out_proj": block.attn.proj,
+                      f"{layer}.ln_2": block.norm2, f"{layer}.mlp.0": block.mlp.fc1, f"{layer}.mlp.3": block.mlp.fc2})
+    state = {f"{name}.{kind}": getattr(module, kind) for name, module in parts.items() for kind in ("weight", "bias")}
+    for index, block in enumerate(blocks):
+        attention = f"encoder.layers.encoder_layer_{index}.self_attention"
+        state.update({f"{attention}.in_proj_weight": block.attn.qkv.weight,
+                      f"{attention}.in_proj_bias": block.attn.qkv.bias})
+    out.load_state_dict({"class_token": model.cls_token, "encoder.pos_embedding": model.pos_embed, **state})
+    return out.eval()
+
+
+def test_search_of_a_torchvision_vit_given_in_python(tmp_path, tiny_teacher):
+    """torchvision's VisionTransformer is searched as timm's, with its weights: the uncompressed model scores as the
+    same weights in timm's layout do; best/ and an export load onto the torchvision module given back."""
+    from torchvision.models import VisionTransformer
+
+    from autocomp.config import load_config
+    from autocomp.search import export_trial, run_search
+
+    spec, model = tiny_teacher
+    source = _as_torchvision(model)
+    val = load_splits(DIGITS).val
+    assert evaluate(source, val) == evaluate(model, val)  # the same model in torchvision's layout
+    job = write_job(tmp_path, spec, {"memory": 0.99}, trials=2, workers=1)
+    job.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(job.read_text()).items() if k != "model"}))
+    said: list[str] = []
+    summary = run_search(load_config(job, model=source), tmp_path / "run", log=said.append, progress=False)
+    assert any(line.startswith("model: torchvision's VisionTransformer, rebuilt as timm's VisionTransformer with "
+                               "the same weights") for line in said), said
+    assert summary["baseline"]["val_accuracy"] == pytest.approx(evaluate(model, val), abs=1e-9)
+    assert summary["met_budget"] and type(source) is VisionTransformer
+    loaded = autocomp.load(tmp_path / "run" / "best", base=source)
+    assert abs(evaluate(loaded, val) - summary["best"]["val_accuracy"]) < 1e-9
+    export_trial(tmp_path / "run", 0, tmp_path / "t0", base=source)
+    assert autocomp.load(tmp_path / "t0", base=source)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
 def test_a_modules_identity_is_its_weights_values_in_any_dtype(tmp_path, tiny_teacher):
     """A module's job identity hashes its weights' values as earlier versions did (their runs still resume), and a
     bfloat16 module, which has no NumPy form, is hashed too: it crashed the search before."""

@@ -214,6 +214,7 @@ def _to_8_bits(image: Any) -> Any:
 
 
 TRAINED_WITH = "autocomp_trained_with"  # a model's attribute: the preprocessing its checkpoint's training args give
+REBUILT_FROM = "autocomp_rebuilt_from"  # a model's attribute: the library's ViT it was rebuilt from (autocomp._foreign)
 
 
 def trained_with(args: Any) -> dict[str, Any]:
@@ -300,17 +301,20 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
              f"crop_pct {exact!r} ({size} / {near})")
     if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
         guessed["image_size"] = preprocessing.image_size
-    if not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
+    rebuilt = getattr(model, REBUILT_FROM, None)  # its library's weights' preprocessing, which the user's may not be
+    if rebuilt or not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
         # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word, a crop of
         # the centre 87.5% among them (a model trained on whole images loses points to it)
         guessed.update({name: getattr(preprocessing, name) for name in ("crop_pct", "interpolation")
                         if getattr(config, name) is None and name not in trained})
         if guessed:
             crop = "crop_pct" in guessed
-            warn("the model has no timm data config (pretrained_cfg), so its images are made with timm's "
-                 "defaults: " + ", ".join(f"{name} {value}" + (f" (the centre {value:.1%} of each image)"
-                                                                if name == "crop_pct" else "")
-                                          for name, value in guessed.items())
+            made = (f"the model is {rebuilt}, whose images are made as torchvision's ImageNet weights had theirs "
+                    "made" if rebuilt else "the model has no timm data config (pretrained_cfg), so its images are "
+                    "made with timm's defaults")
+            warn(f"{made}: " + ", ".join(f"{name} {value}" + (f" (the centre {value:.1%} of each image)"
+                                                              if name == "crop_pct" else "")
+                                         for name, value in guessed.items())
                  + f"; set {', '.join(f'data.{name}' for name in guessed)} to what it was trained with"
                  + (" (data.crop_pct 1.0: the whole image)" if crop else ""))
     return preprocessing
@@ -328,6 +332,8 @@ def preprocessing_source(model: nn.Module, config: DataConfig) -> str:
         if config.dataset == "imagefolder" else []
     if config.dataset != "imagefolder":
         rest = "the training split's statistics (mean and std) at the data set's own size"
+    elif rebuilt := getattr(model, REBUILT_FROM, None):
+        rest = f"torchvision's ImageNet weights' preprocessing (the model is {rebuilt})"
     elif cfg := getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
         tag = ".".join(str(part) for part in (cfg.get("architecture"), cfg.get("tag")) if part)
         rest = f"the model's timm data config{f' ({tag})' if tag else ''}"

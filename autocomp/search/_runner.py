@@ -20,6 +20,7 @@ from autocomp._signals import Terminated, end_as_terminated, terminated_as_inter
 from autocomp.budget import feasible, violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
+from autocomp.data._config import REBUILT_FROM
 from autocomp.errors import AutocompError, AutocompTypeError, warn
 from autocomp.hardware import HardwareProfile, read_profile
 from autocomp.measure import COUNTING, spread_warning
@@ -116,6 +117,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     space = load_space(config.search_space)  # a mistake in its file is said first: it costs nothing to read
     _runtime_first(config, ray_address)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    if rebuilt := getattr(base, REBUILT_FROM, None):
+        log(f"model: {rebuilt}, rebuilt as timm's VisionTransformer with the same weights (the same outputs): the "
+            "candidates, best/ and the exports are timm's")
     if isinstance(config.model, ModelSpec) and config.model.name is not None and not config.model.checkpoint:
         warn(f"model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
              "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "

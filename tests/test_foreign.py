@@ -1,0 +1,126 @@
+"""torchvision's VisionTransformer, rebuilt as timm's with its weights: the same outputs, compressed, loaded from a
+factory's checkpoint, its images made as torchvision's weights had theirs made (its search: test_search_e2e.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torchvision.models import vision_transformer as tv
+
+import autocomp
+from autocomp.data import DataConfig
+from autocomp.data._config import REBUILT_FROM, preprocessing_source, resolve_preprocessing
+from autocomp.errors import AutocompError, AutocompWarning
+from autocomp.models import ModelSpec, create_model, timm_equivalent, vit_blocks
+from autocomp.ops import PruneHeads, PruneMlp
+
+
+def torchvision_vit(**kwargs) -> tv.VisionTransformer:
+    """A torchvision ViT with every weight drawn (its head is zeros when built: outputs would agree trivially)."""
+    torch.manual_seed(0)
+    model = tv.VisionTransformer(**{"image_size": 32, "patch_size": 8, "num_layers": 3, "num_heads": 4,
+                                    "hidden_dim": 64, "mlp_dim": 100, "num_classes": 7, **kwargs})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_a_torchvision_vit_is_rebuilt_as_timms_with_the_same_outputs_and_left_as_it_was():
+    """Every weight in its place (a width that is no multiple of the embedding, dropout rates, the train/eval mode),
+    a new module: the caller's is not changed."""
+    source = torchvision_vit(dropout=0.1, attention_dropout=0.05)
+    before = {key: value.clone() for key, value in source.state_dict().items()}
+    rebuilt = timm_equivalent(source)
+    assert type(rebuilt) is VisionTransformer and getattr(rebuilt, REBUILT_FROM) == "torchvision's VisionTransformer"
+    assert rebuilt.blocks[0].mlp.fc1.out_features == 100 and rebuilt.blocks[0].attn.num_heads == 4
+    assert rebuilt.blocks[0].attn.attn_drop.p == 0.05 and rebuilt.blocks[0].mlp.drop1.p == 0.1
+    assert not rebuilt.training and timm_equivalent(source.train()).training
+    source.eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(images)
+        assert (expected[0] - expected[1]).abs().max() > 0.05  # weights that make a difference
+        assert (rebuilt(images) - expected).abs().max() < 1e-5
+    assert all(torch.equal(before[key], value) for key, value in source.state_dict().items())
+    assert timm_equivalent(rebuilt) is rebuilt  # timm's: taken as it is
+
+
+def test_compress_takes_a_torchvision_vit_and_returns_timms_compressed():
+    source = torchvision_vit()
+    images = torch.randn(2, 3, 32, 32)
+    same = autocomp.compress(source, autocomp.Recipe.identity(3))
+    with torch.no_grad():
+        assert (same(images) - source(images)).abs().max() < 1e-5
+    recipe = autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=2)}, {"prune_mlp": PruneMlp(keep=0.5)}, {}))
+    smaller = autocomp.compress(source, recipe, calibration=torch.randn(8, 3, 32, 32))
+    assert smaller.blocks[0].attn.qkv.out_features == 3 * 2 * 16 and smaller.blocks[1].mlp.fc1.out_features == 50
+    assert type(source) is tv.VisionTransformer and source.encoder.layers[0].self_attention.num_heads == 4
+
+
+def test_torchvision_vits_the_rebuild_cannot_express_are_refused_saying_why():
+    stem = tv.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                                conv_stem_configs=[tv.ConvStemConfig(out_channels=8, kernel_size=3, stride=2)])
+    with pytest.raises(AutocompError, match=r"has a convolutional stem \(conv_stem_configs\)"):
+        timm_equivalent(stem)
+    with pytest.raises(AutocompError, match=r"has a pre-logits layer \(representation_size=12\)"):
+        timm_equivalent(torchvision_vit(representation_size=12))
+
+    class Pooled(tv.VisionTransformer):
+        def forward(self, x):  # average of the tokens: not what timm's rebuild would compute
+            return self.heads(self.encoder(self._process_input(x)).mean(1))
+
+    with pytest.raises(AutocompError, match="Pooled subclasses torchvision's VisionTransformer with a forward of its "
+                                            "own"):
+        timm_equivalent(Pooled(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32))
+    with pytest.raises(AutocompError, match=r"is torchvision's ViT: rebuild it as timm's with "
+                                            r"autocomp.models.timm_equivalent\(model\)"):
+        vit_blocks(torchvision_vit())  # the parts of autocomp that take a model as it is say how
+
+
+def test_a_factory_making_a_torchvision_vit_loads_its_torchvision_checkpoint_then_is_rebuilt(tmp_path):
+    """The checkpoint holds torchvision's keys (encoder.layers...): it is loaded into the factory's model, which is
+    then rebuilt; the job's model stays the factory, so best/ loads on its own."""
+    (tmp_path / "tvfactory.py").write_text(
+        "from torchvision.models import VisionTransformer\n\n"
+        "def build(classes):\n"
+        "    return VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=4, hidden_dim=64, "
+        "mlp_dim=100, num_classes=classes)\n")
+    source = torchvision_vit()
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    model = create_model(ModelSpec(factory="tvfactory:build", kwargs={"classes": 7}, path=str(tmp_path),
+                                   checkpoint=str(tmp_path / "weights.pth")))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert type(model) is VisionTransformer and (model(images) - source(images)).abs().max() < 1e-5
+
+
+def test_a_rebuilt_models_images_are_made_as_torchvisions_weights_had_theirs_made_and_said_so():
+    rebuilt = timm_equivalent(torchvision_vit())
+    with pytest.warns(AutocompWarning, match=r"the model is torchvision's VisionTransformer, whose images are made as "
+                                             r"torchvision's ImageNet weights had theirs made: mean .*, crop_pct "
+                                             r"0.875 .*interpolation bilinear; set data.mean, data.std, "
+                                             r"data.crop_pct, data.interpolation to what it was trained with"):
+        made = resolve_preprocessing(rebuilt, DataConfig(dataset="imagefolder", root="images"))
+    assert (made.image_size, made.interpolation, made.crop_pct) == (32, "bilinear", 0.875)
+    assert made.mean == pytest.approx((0.485, 0.456, 0.406)) and made.std == pytest.approx((0.229, 0.224, 0.225))
+    own = DataConfig(dataset="imagefolder", root="images", mean=0.5, std=0.25, crop_pct=1.0, interpolation="bicubic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)  # every setting given: nothing guessed, nothing said
+        assert resolve_preprocessing(rebuilt, own).crop_pct == 1.0
+    assert preprocessing_source(rebuilt, DataConfig(dataset="imagefolder", root="images")) == \
+        "from torchvision's ImageNet weights' preprocessing (the model is torchvision's VisionTransformer)"
+
+
+def test_a_wrapper_holding_a_torchvision_vit_names_it():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torchvision_vit()
+
+    with pytest.raises(AutocompError, match=r"it holds one at \.backbone \(VisionTransformer\): search that module"):
+        vit_blocks(Wrapper())
