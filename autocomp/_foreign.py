@@ -1,15 +1,18 @@
 """ViTs of other libraries, rebuilt as timm's VisionTransformer with the same weights, so that autocomp's operators
 (written for timm's blocks) compress them: torchvision's ``VisionTransformer`` (``vit_b_16`` ..., or one built with
-sizes of its own).
+sizes of its own) and Hugging Face transformers' ``ViTForImageClassification`` (transformers 4 and 5).
 
-The rebuilt model computes what the original does (the same layers in the same order; its outputs agree up to float
-rounding), and carries the preprocessing its library's weights were trained with as its timm data config, named as
-such, so that an image folder is read as the user's model expects unless the job's ``data:`` says otherwise.
+The rebuilt model computes what the original does (the same layers in the same order; its outputs, the original's
+logits, agree up to float rounding), and carries as its timm data config the preprocessing its library gives such a
+model by default, named as such, so that an image folder is read as the user's model most likely expects unless the
+job's ``data:`` says otherwise (a warning says each value taken).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -18,13 +21,43 @@ from torch import nn
 from autocomp.data._config import REBUILT_FROM, TRAINED_WITH
 from autocomp.errors import AutocompError
 
-__all__ = ["REBUILT_FROM", "timm_equivalent", "is_foreign_vit"]
+__all__ = ["timm_equivalent", "is_foreign_vit"]
 
-TORCHVISION = "torchvision's VisionTransformer"
-# torchvision's ImageNet ViT weights (ViT_B_16_Weights.IMAGENET1K_V1 ...): ImageClassification(crop_size=224),
-# a bilinear resize to 256 then the centre 224 (crop_pct 0.875), ImageNet's mean and std
-TORCHVISION_PREPROCESSING = {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-                             "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center"}
+# torchvision's ImageNet ViT weights (ViT_B_16_Weights.IMAGENET1K_V1 ...): ImageClassification(crop_size=224), a
+# bilinear resize to 256 then the centre 224 (crop_pct 0.875), ImageNet's mean and std
+TORCHVISION = {"model": "torchvision's VisionTransformer",
+               "preprocessing": "torchvision's ImageNet weights had theirs made",
+               "defaults": "torchvision's ImageNet weights' preprocessing",
+               "settings": {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "interpolation": "bilinear",
+                            "crop_pct": 0.875, "crop_mode": "center"}}
+# transformers' ViTImageProcessor by default (google/vit-base-patch16-224's preprocessor_config.json too): a bilinear
+# resize of the whole image to the model's size (no crop: timm's squash), mean and std 0.5
+TRANSFORMERS = {"model": "transformers' ViTForImageClassification",
+                "preprocessing": "transformers' ViTImageProcessor makes them by default (its preprocessor_config.json "
+                                 "may say otherwise)",
+                "defaults": "transformers' ViTImageProcessor's defaults",
+                "settings": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
+                             "crop_pct": 1.0, "crop_mode": "squash"}}
+# transformers' hidden_act values timm's GELU computes exactly (gelu_new is the tanh form, as gelu_pytorch_tanh)
+HF_ACTIVATIONS = {"gelu": nn.GELU, "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh"),
+                  "gelu_new": partial(nn.GELU, approximate="tanh")}
+
+
+@dataclass
+class _Layout:
+    """A ViT's sizes and where each of timm's weights is in it."""
+
+    image_size: int
+    patch_size: int
+    channels: int
+    classes: int
+    dim: int
+    heads: int
+    width: int  # the MLP's hidden neurons
+    eps: float
+    act: Any
+    drops: dict[str, float]  # timm's pos_drop_rate, proj_drop_rate, attn_drop_rate
+    weights: dict[str, torch.Tensor | None]  # timm's names: the tensors (None: a bias the model does not have)
 
 
 def _torchvision_vit() -> type | None:
@@ -35,28 +68,35 @@ def _torchvision_vit() -> type | None:
     return VisionTransformer
 
 
+def _from_transformers(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("transformers.")
+
+
 def is_foreign_vit(module: nn.Module) -> bool:
-    """Whether :func:`timm_equivalent` rebuilds ``module``."""
+    """Whether :func:`timm_equivalent` takes ``module`` (to rebuild it, or to say why it cannot)."""
     kind = _torchvision_vit()
-    return kind is not None and isinstance(module, kind)
+    return (kind is not None and isinstance(module, kind)) or \
+        (_from_transformers(module) and hasattr(module, "config") and getattr(module.config, "model_type", None)
+         in ("vit", "deit", "beit", "dinov2", "vit_msn", "vit_mae", "dinov2_with_registers", "vit_hybrid"))
 
 
 def timm_equivalent(model: nn.Module) -> nn.Module:
     """``model`` itself, or, for a ViT of another library autocomp knows, timm's VisionTransformer holding its weights
-    (a new module, in ``model``'s mode, dtype and device; ``model`` is not changed).
+    (a new module, in ``model``'s mode, dtype and device, whose output is the original's logits; ``model`` is not
+    changed).
 
     Raises:
         AutocompError: a variant the rebuild cannot express (a convolutional stem, a pre-logits layer, a forward of
-            a subclass's own), named, with what to do.
+            a subclass's own, another transformers model than ViTForImageClassification), named, with what to do.
     """
     if not is_foreign_vit(model):
         return model
-    return _from_torchvision(model)
+    source, layout = (TRANSFORMERS, _transformers_layout(model)) if _from_transformers(model) else \
+        (TORCHVISION, _torchvision_layout(model))
+    return _assemble(model, layout, source)
 
 
-def _from_torchvision(source: nn.Module) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
+def _torchvision_layout(source: nn.Module) -> _Layout:
     kind = _torchvision_vit()
     name = f"{type(source).__module__}.{type(source).__qualname__}"
     if type(source).forward is not kind.forward or type(source)._process_input is not kind._process_input:
@@ -84,37 +124,108 @@ def _from_torchvision(source: nn.Module) -> nn.Module:
         raise AutocompError(f"{name} has layers torchvision's ViT builder does not make (other norms, activations "
                             "or attention settings, or blocks of different sizes); autocomp rebuilds torchvision "
                             "ViTs as torchvision.models.VisionTransformer builds them")
-    dim, width = source.hidden_dim, widths.pop()
-    model = VisionTransformer(
-        img_size=source.image_size, patch_size=source.patch_size, in_chans=source.conv_proj.in_channels,
-        num_classes=source.num_classes, global_pool="token", embed_dim=dim, depth=len(layers),
-        num_heads=attention[0].num_heads, mlp_ratio=(width + 0.5) / dim,  # int(dim * ratio) is the width exactly
-        qkv_bias=attention[0].in_proj_bias is not None, proj_bias=attention[0].out_proj.bias is not None,
-        norm_layer=partial(nn.LayerNorm, eps=norms[0].eps),
-        pos_drop_rate=source.encoder.dropout.p, proj_drop_rate=source.dropout,
-        attn_drop_rate=source.attention_dropout, weight_init="skip")
     weights = {"cls_token": source.class_token, "pos_embed": source.encoder.pos_embedding,
-               "patch_embed.proj.weight": source.conv_proj.weight, "patch_embed.proj.bias": source.conv_proj.bias,
-               "norm.weight": source.encoder.ln.weight, "norm.bias": source.encoder.ln.bias,
-               "head.weight": source.heads.head.weight, "head.bias": source.heads.head.bias}
+               **_linear("patch_embed.proj", source.conv_proj), **_linear("norm", source.encoder.ln),
+               **_linear("head", source.heads.head)}
     for index, layer in enumerate(layers):
+        # nn.MultiheadAttention's in_proj is timm's fused qkv: query, key, value rows, each split by head alike
         parts = {"norm1": layer.ln_1, "norm2": layer.ln_2, "mlp.fc1": layer.mlp[0], "mlp.fc2": layer.mlp[3],
                  "attn.proj": layer.self_attention.out_proj}
         for part, module in parts.items():
-            weights[f"blocks.{index}.{part}.weight"] = module.weight
-            weights[f"blocks.{index}.{part}.bias"] = module.bias  # None (left out below) where it has none
-        # nn.MultiheadAttention's in_proj is timm's fused qkv: query, key, value rows, each split by head alike
+            weights.update(_linear(f"blocks.{index}.{part}", module))
         weights[f"blocks.{index}.attn.qkv.weight"] = layer.self_attention.in_proj_weight
         weights[f"blocks.{index}.attn.qkv.bias"] = layer.self_attention.in_proj_bias
+    return _Layout(image_size=source.image_size, patch_size=source.patch_size,
+                   channels=source.conv_proj.in_channels, classes=source.num_classes, dim=source.hidden_dim,
+                   heads=attention[0].num_heads, width=widths.pop(), eps=norms[0].eps, act=nn.GELU,
+                   drops={"pos_drop_rate": source.encoder.dropout.p, "proj_drop_rate": source.dropout,
+                          "attn_drop_rate": source.attention_dropout},
+                   weights=weights)
+
+
+def _transformers_layout(source: nn.Module) -> _Layout:
+    kind, config = type(source).__name__, source.config
+    if kind != "ViTForImageClassification":
+        raise AutocompError(f"transformers' {kind} is not rebuilt by autocomp: it rebuilds ViTForImageClassification "
+                            "(and torchvision's VisionTransformer) as timm's VisionTransformer; for "
+                            f"{config.model_type} weights, load them into the timm model of that family")
+    act = HF_ACTIVATIONS.get(config.hidden_act) if isinstance(config.hidden_act, str) else None
+    if act is None:
+        raise AutocompError(f"transformers' ViTForImageClassification with hidden_act {config.hidden_act!r}: "
+                            f"autocomp rebuilds those with {', '.join(HF_ACTIVATIONS)}")
+    vit = source.vit
+    layers = list(vit.layers if hasattr(vit, "layers") else vit.encoder.layer)  # transformers 5; 4
+    embeddings = vit.embeddings
+    size = _square(config.image_size, "image_size")
+    weights = {"cls_token": embeddings.cls_token, "pos_embed": embeddings.position_embeddings,
+               **_linear("patch_embed.proj", embeddings.patch_embeddings.projection),
+               **_linear("norm", vit.layernorm), **_linear("head", source.classifier)}
+    for index, layer in enumerate(layers):
+        attention = layer.attention
+        if hasattr(attention, "q_proj"):  # transformers 5
+            query, key, value, out = attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj
+            fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+        else:  # transformers 4: ViTSelfAttention's query, key, value; ViTSelfOutput's, ViTIntermediate's, ViTOutput's
+            query, key, value = attention.attention.query, attention.attention.key, attention.attention.value
+            out, fc1, fc2 = attention.output.dense, layer.intermediate.dense, layer.output.dense
+        parts = {"norm1": layer.layernorm_before, "norm2": layer.layernorm_after, "attn.proj": out, "mlp.fc1": fc1,
+                 "mlp.fc2": fc2}
+        for part, module in parts.items():
+            weights.update(_linear(f"blocks.{index}.{part}", module))
+        weights[f"blocks.{index}.attn.qkv.weight"] = torch.cat([query.weight, key.weight, value.weight])
+        weights[f"blocks.{index}.attn.qkv.bias"] = None if query.bias is None else \
+            torch.cat([query.bias, key.bias, value.bias])
+    if not isinstance(source.classifier, nn.Linear):
+        raise AutocompError("transformers' ViTForImageClassification without a classifier (num_labels 0): autocomp "
+                            "compresses classifiers; give the model its labels (num_labels)")
+    return _Layout(image_size=size, patch_size=_square(config.patch_size, "patch_size"),
+                   channels=config.num_channels, classes=source.classifier.out_features, dim=config.hidden_size,
+                   heads=config.num_attention_heads, width=config.intermediate_size, eps=config.layer_norm_eps,
+                   act=act, drops={"pos_drop_rate": config.hidden_dropout_prob,
+                                   "proj_drop_rate": config.hidden_dropout_prob,
+                                   "attn_drop_rate": config.attention_probs_dropout_prob},
+                   weights=weights)
+
+
+def _square(value: Any, name: str) -> int:
+    if isinstance(value, int):
+        return value
+    if len(set(value)) != 1:
+        raise AutocompError(f"transformers' ViTForImageClassification with {name} {list(value)}: autocomp rebuilds "
+                            "square ones")
+    return int(value[0])
+
+
+def _linear(name: str, module: nn.Module) -> dict[str, torch.Tensor | None]:
+    """A layer's weight and bias (None where it has none) under timm's ``name``."""
+    return {f"{name}.weight": module.weight, f"{name}.bias": module.bias}
+
+
+def _assemble(source: nn.Module, layout: _Layout, library: dict[str, Any]) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    weights = layout.weights
+    depth = sum(key.endswith(".attn.qkv.weight") for key in weights)
+    model = VisionTransformer(
+        img_size=layout.image_size, patch_size=layout.patch_size, in_chans=layout.channels,
+        num_classes=layout.classes, global_pool="token", embed_dim=layout.dim, depth=depth, num_heads=layout.heads,
+        mlp_ratio=(layout.width + 0.5) / layout.dim,  # int(dim * ratio) is the width exactly
+        qkv_bias=weights["blocks.0.attn.qkv.bias"] is not None,
+        proj_bias=weights["blocks.0.attn.proj.bias"] is not None,
+        norm_layer=partial(nn.LayerNorm, eps=layout.eps), act_layer=layout.act, weight_init="skip", **layout.drops)
+    own = model.state_dict()
+    given = {key: value.detach().clone() for key, value in weights.items() if value is not None}
+    wrong = [key for key in own if key not in given or tuple(given[key].shape) != tuple(own[key].shape)]
+    if wrong or set(given) - set(own):
+        raise AutocompError(f"{library['model']} does not fit the timm ViT its sizes make (e.g. {wrong[:1] or '?'}): "
+                            "blocks of different sizes are not rebuilt")
     with torch.no_grad():
-        model.load_state_dict({key: value.detach().clone() for key, value in weights.items() if value is not None})
+        model.load_state_dict(given)
     first = next(source.parameters())
     model.to(device=first.device, dtype=first.dtype).train(source.training)
-    channels = source.conv_proj.in_channels
-    model.pretrained_cfg = {**TORCHVISION_PREPROCESSING, "input_size": (channels, source.image_size,
-                                                                        source.image_size),
-                            "num_classes": source.num_classes, "architecture": TORCHVISION}
-    setattr(model, REBUILT_FROM, TORCHVISION)
+    model.pretrained_cfg = {**library["settings"], "num_classes": layout.classes, "architecture": library["model"],
+                            "input_size": (layout.channels, layout.image_size, layout.image_size)}
+    setattr(model, REBUILT_FROM, {key: library[key] for key in ("model", "preprocessing", "defaults")})
     if hasattr(source, TRAINED_WITH):  # a checkpoint's training arguments, read when it was loaded
         setattr(model, TRAINED_WITH, getattr(source, TRAINED_WITH))
     return model

@@ -25,7 +25,7 @@ from autocomp import _quiet
 from autocomp._timeout import check_time
 from autocomp.data import Split
 from autocomp.errors import AutocompError
-from autocomp.models import vit_blocks
+from autocomp.models import timm_equivalent, vit_blocks
 from autocomp.ops.qat import deployed, trainable
 from autocomp.recipe import Distill
 
@@ -116,6 +116,7 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
     """
     if config.steps == 0:
         return student.eval()
+    teacher = timm_equivalent(teacher)  # torchvision's or transformers' ViT: timm's (transformers' gives no tensor)
     _check_inputs(student, teacher, split, config)
     cached = cache.outputs if cache is not None and cache.serves(config) else None
     on_device = teacher if device == "cpu" or cached is not None else copy.deepcopy(teacher).to(device)

@@ -1,5 +1,6 @@
-"""torchvision's VisionTransformer, rebuilt as timm's with its weights: the same outputs, compressed, loaded from a
-factory's checkpoint, its images made as torchvision's weights had theirs made (its search: test_search_e2e.py)."""
+"""torchvision's VisionTransformer and transformers' ViTForImageClassification, rebuilt as timm's with their weights:
+the same outputs, compressed, loaded from a factory's checkpoint, their images made as their libraries make them by
+default (a search of the torchvision one: test_search_e2e.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from torchvision.models import vision_transformer as tv
 
 import autocomp
-from autocomp.data import DataConfig
+from autocomp.data import DataConfig, TensorSplit
 from autocomp.data._config import REBUILT_FROM, preprocessing_source, resolve_preprocessing
 from autocomp.errors import AutocompError, AutocompWarning
 from autocomp.models import ModelSpec, create_model, timm_equivalent, vit_blocks
@@ -36,7 +37,8 @@ def test_a_torchvision_vit_is_rebuilt_as_timms_with_the_same_outputs_and_left_as
     source = torchvision_vit(dropout=0.1, attention_dropout=0.05)
     before = {key: value.clone() for key, value in source.state_dict().items()}
     rebuilt = timm_equivalent(source)
-    assert type(rebuilt) is VisionTransformer and getattr(rebuilt, REBUILT_FROM) == "torchvision's VisionTransformer"
+    assert type(rebuilt) is VisionTransformer
+    assert getattr(rebuilt, REBUILT_FROM)["model"] == "torchvision's VisionTransformer"
     assert rebuilt.blocks[0].mlp.fc1.out_features == 100 and rebuilt.blocks[0].attn.num_heads == 4
     assert rebuilt.blocks[0].attn.attn_drop.p == 0.05 and rebuilt.blocks[0].mlp.drop1.p == 0.1
     assert not rebuilt.training and timm_equivalent(source.train()).training
@@ -124,3 +126,55 @@ def test_a_wrapper_holding_a_torchvision_vit_names_it():
 
     with pytest.raises(AutocompError, match=r"it holds one at \.backbone \(VisionTransformer\): search that module"):
         vit_blocks(Wrapper())
+
+
+def transformers_vit(**kwargs):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(**{"image_size": 32, "patch_size": 8, "num_channels": 3, "hidden_size": 64,
+                          "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 100, "num_labels": 7,
+                          **kwargs})
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])
+def test_a_transformers_vit_is_rebuilt_as_timms_giving_its_logits(act):
+    """query, key and value (three Linears) are timm's fused qkv; the LayerNorm's eps (1e-12) and the activation are
+    the model's; the output is the logits of its ImageClassifierOutput."""
+    source = transformers_vit(hidden_act=act, hidden_dropout_prob=0.1, qkv_bias=act == "gelu")
+    rebuilt = timm_equivalent(source)
+    assert type(rebuilt) is VisionTransformer and rebuilt.norm.eps == 1e-12 and rebuilt.pos_drop.p == 0.1
+    assert (rebuilt.blocks[0].attn.qkv.bias is not None) == (act == "gelu")
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(images).logits
+        assert (expected[0] - expected[1]).abs().max() > 0.01
+        assert (rebuilt(images) - expected).abs().max() < 1e-5
+    with pytest.warns(AutocompWarning, match=r"the model is transformers' ViTForImageClassification, whose images are "
+                                             r"made as transformers' ViTImageProcessor makes them by default .*: mean "
+                                             r"\[0.5, 0.5, 0.5\], std \[0.5, 0.5, 0.5\], crop_pct 1.0 .*, "
+                                             r"interpolation bilinear; set "):
+        made = resolve_preprocessing(rebuilt, DataConfig(dataset="imagefolder", root="images"))
+    assert (made.image_size, made.crop_mode, made.crop_pct) == (32, "squash", 1.0)
+    student = autocomp.compress(source, autocomp.Recipe(blocks=({"prune_mlp": PruneMlp(keep=0.5)}, {}, {})),
+                                calibration=torch.randn(8, 3, 32, 32))
+    split = TensorSplit(x=torch.randn(16, 3, 32, 32), y=torch.randint(0, 7, (16,)))
+    before = student.blocks[0].mlp.fc1.weight.clone()
+    autocomp.distill.distill(student, source, split, autocomp.Distill(steps=2, alpha=1.0, batch_size=8))  # its logits
+    assert not torch.equal(before, student.blocks[0].mlp.fc1.weight)
+
+
+def test_transformers_models_the_rebuild_cannot_express_are_refused_saying_why():
+    from transformers import ViTConfig, ViTModel
+
+    with pytest.raises(AutocompError, match=r"with hidden_act 'relu': autocomp rebuilds those with gelu, "):
+        timm_equivalent(transformers_vit(hidden_act="relu"))
+    with pytest.raises(AutocompError, match=r"transformers' ViTModel is not rebuilt by autocomp: it rebuilds "
+                                            r"ViTForImageClassification"):
+        timm_equivalent(ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=32)))

@@ -214,7 +214,8 @@ def _to_8_bits(image: Any) -> Any:
 
 
 TRAINED_WITH = "autocomp_trained_with"  # a model's attribute: the preprocessing its checkpoint's training args give
-REBUILT_FROM = "autocomp_rebuilt_from"  # a model's attribute: the library's ViT it was rebuilt from (autocomp._foreign)
+# a model's attribute: the other library's ViT it was rebuilt from, and that library's preprocessing, in words
+REBUILT_FROM = "autocomp_rebuilt_from"  # (autocomp._foreign: model, preprocessing, defaults)
 
 
 def trained_with(args: Any) -> dict[str, Any]:
@@ -309,8 +310,8 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
                         if getattr(config, name) is None and name not in trained})
         if guessed:
             crop = "crop_pct" in guessed
-            made = (f"the model is {rebuilt}, whose images are made as torchvision's ImageNet weights had theirs "
-                    "made" if rebuilt else "the model has no timm data config (pretrained_cfg), so its images are "
+            made = (f"the model is {rebuilt['model']}, whose images are made as {rebuilt['preprocessing']}"
+                    if rebuilt else "the model has no timm data config (pretrained_cfg), so its images are "
                     "made with timm's defaults")
             warn(f"{made}: " + ", ".join(f"{name} {value}" + (f" (the centre {value:.1%} of each image)"
                                                               if name == "crop_pct" else "")
@@ -333,7 +334,7 @@ def preprocessing_source(model: nn.Module, config: DataConfig) -> str:
     if config.dataset != "imagefolder":
         rest = "the training split's statistics (mean and std) at the data set's own size"
     elif rebuilt := getattr(model, REBUILT_FROM, None):
-        rest = f"torchvision's ImageNet weights' preprocessing (the model is {rebuilt})"
+        rest = f"{rebuilt['defaults']} (the model is {rebuilt['model']})"
     elif cfg := getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
         tag = ".".join(str(part) for part in (cfg.get("architecture"), cfg.get("tag")) if part)
         rest = f"the model's timm data config{f' ({tag})' if tag else ''}"

@@ -118,8 +118,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     _runtime_first(config, ray_address)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     if rebuilt := getattr(base, REBUILT_FROM, None):
-        log(f"model: {rebuilt}, rebuilt as timm's VisionTransformer with the same weights (the same outputs): the "
-            "candidates, best/ and the exports are timm's")
+        log(f"model: {rebuilt['model']}, rebuilt as timm's VisionTransformer with the same weights (the same "
+            "outputs): the candidates, best/ and the exports are timm's")
     if isinstance(config.model, ModelSpec) and config.model.name is not None and not config.model.checkpoint:
         warn(f"model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
              "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "
