@@ -239,11 +239,23 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
             details.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; check model.name "
-                            "and model.kwargs against the checkpoint")
+        library = _library_of(unexpected)
+        fix = (f"it holds {library[0]} weights: build that model in a factory (model: {{factory: ..., checkpoint: "
+               f"...}}, returning {library[1]}), which autocomp rebuilds as timm's with these weights" if library else
+               "check model.name and model.kwargs against the checkpoint")
+        raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; {fix}")
     model.load_state_dict(state)
     if trained := trained_with(args):  # an image folder's preprocessing takes them over the timm config's
         setattr(model, TRAINED_WITH, trained)
+
+
+def _library_of(keys: Sequence[str]) -> tuple[str, str] | None:
+    """The library whose ViT has weights named ``keys`` (autocomp rebuilds its model as timm's), and that model."""
+    if any(key.startswith(("vit.encoder.layer.", "vit.layers.", "vit.embeddings.")) for key in keys):
+        return "Hugging Face transformers' ViT", "transformers.ViTForImageClassification(ViTConfig(...))"
+    if any(key.startswith("encoder.layers.encoder_layer_") for key in keys):
+        return "torchvision's ViT", "torchvision.models.vit_b_16(num_classes=...) or another of its ViT builders"
+    return None
 
 
 def _tensors(value: Any) -> bool:

@@ -178,3 +178,15 @@ def test_transformers_models_the_rebuild_cannot_express_are_refused_saying_why()
                                             r"ViTForImageClassification"):
         timm_equivalent(ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
                                            num_attention_heads=2, intermediate_size=32)))
+
+
+def test_a_timm_model_given_another_librarys_checkpoint_is_told_to_build_that_librarys_model(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.save(torchvision_vit().state_dict(), tmp_path / "tv.pth")
+    save_file({k: v.contiguous() for k, v in transformers_vit().state_dict().items()}, tmp_path / "hf.safetensors")
+    spec = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "num_classes": 7}}
+    for file, library in (("tv.pth", "torchvision's ViT"), ("hf.safetensors", "Hugging Face transformers' ViT")):
+        with pytest.raises(AutocompError, match=f"does not fit the model: .*; it holds {library} weights: build that "
+                                                "model in a factory .* which autocomp rebuilds as timm's"):
+            create_model(ModelSpec(**spec, checkpoint=str(tmp_path / file)))
