@@ -8,6 +8,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 import autocomp
 from autocomp.cli import build_parser, main
@@ -15,6 +16,13 @@ from autocomp.measure import backends
 from conftest import skip_where_openvino_lacks_compressed_weights
 from test_cli_errors import run_cli
 from test_search_e2e import write_job
+
+
+def backends_batch() -> int:
+    """The batch an export's file is checked and scored in."""
+    from autocomp.search._export import CHECK_BATCH
+
+    return CHECK_BATCH
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,16 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     images = digits_splits.val.tensors()[0][:128]
     agreement = compare_outputs(model, ort_session(out / "model.onnx"), images)
     assert agreement.top1 >= 0.9
+    # the file's own accuracy in its runtime, beside the PyTorch model's, on the test images in the check's batches
+    from autocomp.runtimes import OrtModule
+    from autocomp.train import evaluate
+
+    test, batch = digits_splits.test, backends_batch()
+    assert info["test_runtime"] == "onnxruntime-cpu" and info["test_images"] == len(test) > 0
+    assert info["test_accuracy"] == evaluate(OrtModule(ort_session(out / "model.onnx")), test, batch_size=batch)
+    assert info["test_accuracy_pytorch"] == evaluate(model, test, batch_size=batch)
+    assert f"test accuracy in onnxruntime-cpu {info['test_accuracy']:.2f}% (the PyTorch model " \
+           f"{info['test_accuracy_pytorch']:.2f}%, on the same {len(test)} test images)" in printed
     # every trial is int8: the form exact on VNNI CPUs alone, asked for, says so, with the portable form instead
     # (on a CPU without VNNI its outputs are wrong: its check is let pass, to read the note)
     monkeypatch.setattr(backends, "AGREEMENT_MIN", 0.0)
@@ -145,6 +163,13 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
     assert not (out / "model.onnx").exists()  # the file the IR was converted from is not left to be mistaken for it
     info = json.loads((out / "export.json").read_text())
     assert info["file"] == "model.xml" and info["top1_agreement"] >= 0.9 and info["images"] > 0
+    # its accuracy in OpenVINO: compiled at the check's static batch, the last batch padded, as the export ran it
+    batch, test = backends_batch(), digits_splits.test
+    compiled, right = OvModule(ov_compiled(out / "model.xml", batch=batch)), 0
+    for x, y in test.batches(batch):
+        right += int((torch.as_tensor(compiled(backends._fit(x, batch)))[:len(x)].argmax(-1) == y).sum())
+    assert info["test_runtime"] == "openvino-cpu" and info["test_images"] == len(test)
+    assert info["test_accuracy"] == 100.0 * right / len(test)
     assert "static_batch_note" not in info and "static_batch_properties" not in info  # heads never equal tokens here
     # a user compiling the IR with OpenVINO's defaults there runs another model than the one checked: said, measured
     default = info["default_precision"]

@@ -283,18 +283,10 @@ class _Exported(Backend):
         if not len(images):
             return None
         batch, same, largest = profile.batch_size, 0, 0.0
-        with num_threads(profile.threads):
-            for start in range(0, len(images), batch):
-                x = images[start:start + batch].contiguous()
-                expected = model(x).float()
-                # a static batch is padded: int8 activation scales are taken over the batch, so pad only if needed
-                try:
-                    got = prepared.run(_fit(x, batch) if self.static_batch else x)
-                except Exception as exc:  # noqa: BLE001 - the runtime fails on the export: the trial fails
-                    raise ExportFailed(f"{self.name}: the runtime fails on the export: {_reason(exc)}") from exc
-                got = torch.as_tensor(got)[:len(x)].float()
-                same += int((expected.argmax(-1) == got.argmax(-1)).sum())
-                largest = max(largest, float((expected - got).abs().max()))
+        for start in range(0, len(images), batch):
+            expected, got = self.outputs(model, prepared, images[start:start + batch], profile)
+            same += int((expected.argmax(-1) == got.argmax(-1)).sum())
+            largest = max(largest, float((expected - got).abs().max()))
         agreement = Agreement(top1=same / len(images), max_logit_diff=largest, images=len(images))
         if agreement.top1 < AGREEMENT_MIN:
             raise ExportFailed(f"{self.name}: the exported model agrees with the PyTorch one on "
@@ -302,6 +294,25 @@ class _Exported(Backend):
                                f"{100 * AGREEMENT_MIN:.0f}% required), largest logit difference "
                                f"{agreement.max_logit_diff:.3g}")
         return agreement
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, prepared: Prepared, images: torch.Tensor,
+                profile: HardwareProfile) -> tuple[torch.Tensor, torch.Tensor]:
+        """The PyTorch model's and the exported file's logits on ``images`` (at most the profile's batch size), as
+        the file runs where it is measured: the profile's threads and batch.
+
+        Raises:
+            ExportFailed: the runtime fails on the file.
+        """
+        x = images.contiguous()
+        with num_threads(profile.threads):
+            expected = model(x).float()
+            # a static batch is padded: int8 activation scales are taken over the batch, so pad only if needed
+            try:
+                got = prepared.run(_fit(x, profile.batch_size) if self.static_batch else x)
+            except Exception as exc:  # noqa: BLE001 - the runtime fails on the export: the trial fails
+                raise ExportFailed(f"{self.name}: the runtime fails on the export: {_reason(exc)}") from exc
+        return expected, torch.as_tensor(got)[:len(x)].float()
 
 
 class OnnxRuntimeCpu(_Exported):

@@ -210,14 +210,18 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
         log(f"note: {note}")
     if backend is not None:
         images = splits.val.subset(CHECK_IMAGES).tensors()[0]
-        _write_deployable(backend, model, images, out, profile, format, extra=extra, scored_top=scored_top, log=log)
+        _write_deployable(backend, model, images, out, profile, format, extra=extra, scored_top=scored_top,
+                          test=splits.test, log=log)
     log(f"{'the best model' if number == BEST else f'trial {number}'} written to {out}")
     if backend is not None:
         info = json.loads((out / "export.json").read_text())
         log(f"{info['file']}: {info['file_weight_nbytes'] / 1e6:.3f} MB of weights in the file, "
             f"{info['weight_nbytes'] / 1e6:.3f} MB once the runtime loads it; top-1 agreement with the PyTorch "
             f"model {100 * info['top1_agreement']:.1f}% of {info['images']} validation images, largest logit "
-            f"difference {info['max_logit_diff']:.3g}")
+            f"difference {info['max_logit_diff']:.3g}"
+            + (f"; test accuracy in {info['test_runtime']} {info['test_accuracy']:.2f}% (the PyTorch model "
+               f"{info['test_accuracy_pytorch']:.2f}%, on the same {info['test_images']} test images)"
+               if info.get("test_images") else ""))
     return out
 
 
@@ -376,9 +380,10 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
 
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
                       profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
-                      scored_top: int, log: Callable[[str], None] = print) -> None:
-    """Export ``model`` into ``out`` with ``backend``, check it on ``images`` and record both in export.json.
-    ``scored_top``: the top int8 input code the model was scored with."""
+                      scored_top: int, test: Split | None = None, log: Callable[[str], None] = print) -> None:
+    """Export ``model`` into ``out`` with ``backend``, check it on ``images``, score it on ``test`` (beside the
+    PyTorch model, on the same batches) and record it all in export.json. ``scored_top``: the top int8 input code
+    the model was scored with."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
 
     path = out / f"model{backend.suffix}"
@@ -397,6 +402,8 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
         raise type(exc)(f"{exc}; {path.name}, failed so, is left in {out} to look at (export.json's check says why): "
                         "not for deployment") from exc
     info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
+    if test is not None and len(test):
+        info.update(_test_accuracy(backend, model, prepared, test, profile))
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
         from autocomp.runtimes.openvino import SNIPPETS_OFF, ir_heads_equal_tokens
@@ -424,6 +431,19 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
         log(f"note: {note}")
     write_json(out / "export.json", info)
     _drop_intermediate(path)
+
+
+def _test_accuracy(backend: Backend, model: nn.Module, prepared: Prepared, test: Split,
+                   profile: HardwareProfile) -> dict[str, Any]:
+    """Top-1 accuracy (%) of the exported file in its runtime and of the PyTorch model, on the same batches of the
+    test images (the check's size): what a deployment scores, beside how often it agrees."""
+    right = {"runtime": 0, "pytorch": 0}
+    for x, y in test.batches(profile.batch_size):
+        expected, got = backend.outputs(model, prepared, x, profile)
+        right["pytorch"] += int((expected.argmax(-1) == y).sum())
+        right["runtime"] += int((got.argmax(-1) == y).sum())
+    return {"test_runtime": backend.name, "test_accuracy": 100.0 * right["runtime"] / len(test),
+            "test_accuracy_pytorch": 100.0 * right["pytorch"] / len(test), "test_images": len(test)}
 
 
 def _drop_intermediate(path: Path) -> None:
