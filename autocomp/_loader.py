@@ -25,6 +25,27 @@ from autocomp.errors import AutocompError
 __all__ = ["read_yaml", "build"]
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last without a word: a
+    budget written twice lost its first limit, a search space's second weight_bits replaced the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<': merged keys may be overridden, as YAML says
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = key in first
+            except TypeError:  # an unhashable key: the base loader says what is wrong with it
+                continue
+            if seen:
+                problem = f"the key {key!r} is given a second time (keep one; the first is at line {first[key] + 1})"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, *, what: str) -> Any:
     """The parsed YAML of ``path``; a missing file or invalid YAML is one line naming ``what`` and the file."""
     path = Path(path)
@@ -33,7 +54,7 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
     except OSError:
         raise AutocompError(f"{what} not found: {path}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise AutocompError(f"{what} {path} is not valid YAML: {_yaml_problem(exc, text)}") from None
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from autocomp._loader import read_yaml
 from autocomp.cli import main
 from autocomp.errors import AutocompError, AutocompWarning
+from autocomp.recipe import Recipe
 from test_search_e2e import write_job
 
 
@@ -93,6 +95,26 @@ def test_malformed_yaml(job, tmp_path, capsys):
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert err == (f"autocomp: error: config file {job} is not valid YAML: mapping values are not allowed here at "
                    "line 3, column 8: 'root: images'")
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(job, tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys: a budget written twice lost its first limit without a word; a
+    space's or a recipe's key twice in a flow mapping likewise. A YAML merge key may still be overridden."""
+    text = job.read_text()
+    job.write_text(text + "budget: {memory: 0.9}\n")
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    line = len(text.splitlines()) + 1
+    first = next(number for number, row in enumerate(text.splitlines(), 1) if row.startswith("budget:"))
+    assert err == (f"autocomp: error: config file {job} is not valid YAML: the key 'budget' is given a second time "
+                   f"(keep one; the first is at line {first}) at line {line}, column 1: 'budget: {{memory: 0.9}}'")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("blocks:\n  - {prune_heads: {keep: 2}, prune_heads: {keep: 3}}\n")
+    with pytest.raises(AutocompError, match=r"the key 'prune_heads' is given a second time \(keep one; the first "
+                                            r"is at line 2\) at line 2, column 30"):
+        Recipe.load(recipe)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("a: &x {b: 1}\nc:\n  <<: *x\n  b: 2\n")
+    assert read_yaml(merged, what="file") == {"a": {"b": 1}, "c": {"b": 2}}
 
 
 def test_unknown_key_names_key_and_file(job, tmp_path, capsys):
