@@ -22,7 +22,7 @@ from autocomp.data._config import TRAINED_WITH, trained_with
 from autocomp.errors import AutocompError, warn
 
 __all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
-           "timm_equivalent", "vit_blocks"]
+           "model_structure", "structure_difference", "timm_equivalent", "vit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -309,6 +309,27 @@ def model_digest(model: nn.Module) -> str:
     digest = hashlib.sha256(json.dumps([block.attn.num_heads for block in vit_blocks(model)]).encode())
     hash_weights(model, digest)
     return digest.hexdigest()[:16]
+
+
+def model_structure(model: nn.Module) -> dict[str, Any]:
+    """What a compressed model's saved weights need of the base model they are loaded onto that their shapes do not
+    show: each block's heads (2 heads or 4 over the same qkv shapes compute other outputs), the pooling and the
+    class and register tokens. A run searched on a module given in Python records it (best/model.yaml, run.json), so
+    that loading onto another module is refused, not silently wrong (other shapes: ``load_state_dict`` says which)."""
+    return {"heads": [block.attn.num_heads for block in vit_blocks(model)],
+            "pool": str(getattr(model, "global_pool", None)),
+            "prefix_tokens": getattr(model, "num_prefix_tokens", None)}
+
+
+def structure_difference(recorded: Mapping[str, Any], model: nn.Module) -> str | None:
+    """How ``model`` differs from the structure ``recorded`` (:func:`model_structure`), in words, or None."""
+    own = model_structure(model)
+    if recorded.get("heads") is not None and own["heads"] != recorded["heads"]:
+        return f"its blocks have {own['heads']} heads, the searched module's {recorded['heads']}"
+    for key, what in (("pool", "pooling differs"), ("prefix_tokens", "class and register tokens differ")):
+        if key in recorded and own[key] != recorded[key]:
+            return f"its {what} from the searched module's ({own[key]} against {recorded[key]})"
+    return None
 
 
 def vit_blocks(model: nn.Module) -> list[nn.Module]:

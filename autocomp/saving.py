@@ -19,13 +19,15 @@ from autocomp._io import read_safetensors, write_json, write_safetensors
 from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
-from autocomp.models import ModelSpec, create_model, factory_folder, factory_module, timm_equivalent
+from autocomp.models import (ModelSpec, create_model, factory_folder, factory_module, model_structure,
+                             structure_difference, timm_equivalent)
 from autocomp.recipe import Recipe
 
 __all__ = ["save_model", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
 
 CLASSES = "classes.json"  # a saved model's class names, output i's at [i]
 GIVEN_AS = "given_as"  # model.yaml of a model the search was given as an nn.Module: {given_as: nn.Module}
+STRUCTURE = "structure"  # beside it, what its base must be (autocomp.models.model_structure); run.json's too
 
 
 def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpec | nn.Module,
@@ -46,7 +48,7 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
     try:
         write_safetensors(staging / "weights.safetensors", model.state_dict())
         architecture = ({k: v for k, v in spec.to_dict().items() if k != "checkpoint"} if isinstance(spec, ModelSpec)
-                        else {GIVEN_AS: "nn.Module"})
+                        else {GIVEN_AS: "nn.Module", STRUCTURE: model_structure(spec)})
         (staging / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
         recipe.save(staging / "recipe.yaml")
         if metrics is not None:
@@ -62,6 +64,12 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
             (directory / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def mismatch(exc: RuntimeError) -> str:
+    """``load_state_dict``'s refusal on one line: its first problem, and how many more."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]  # after "Error(s) in ..."
+    return lines[0] + (f" and {len(lines) - 1} more" if len(lines) > 1 else "") if lines else str(exc)
 
 
 def load_preprocessing(directory: str | Path) -> Preprocessing | None:
@@ -121,6 +129,11 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
             raise AutocompError(f"{directory} was searched on a model given as an nn.Module; pass it: "
                                 "autocomp.load(path, base=my_model)")
         rebuilt = timm_equivalent(base)  # a torchvision ViT: timm's (a new module already)
+        if isinstance(architecture.get(STRUCTURE), dict) and \
+                (difference := structure_difference(architecture[STRUCTURE], rebuilt)) is not None:
+            raise AutocompError(f"the base given is not the module {directory} was searched on: {difference}; pass "
+                                "the module the search was given (its weights may differ: the saved ones replace "
+                                "them)")
         skeleton = copy.deepcopy(base) if rebuilt is base else rebuilt
     else:
         spec = build(ModelSpec, architecture, where=str(directory / "model.yaml"))
@@ -133,8 +146,7 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
-        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]  # after "Error(s) in ..."
-        first = lines[0] + (f" and {len(lines) - 1} more" if len(lines) > 1 else "") if lines else str(exc)
+        first = mismatch(exc)
         fix = ("pass as base the module the search was given (the run folder keeps its weights in "
                "base.safetensors)" if base is not None else "export the trial again (autocomp export)")
         raise AutocompError(f"the weights in {directory} do not fit the model its model.yaml and recipe.yaml "

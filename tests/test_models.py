@@ -318,6 +318,14 @@ def test_a_saved_model_loaded_onto_another_base_is_refused_in_one_line(tmp_path)
                                             r".* and 1 more\); pass as base the module the search was given \(the "
                                             r"run folder keeps its weights in base.safetensors\)$"):
         load_model(tmp_path / "best", base=small_vit(num_classes=7))
+    # the same shapes with other heads (or pooling) loaded without a word and computed other outputs
+    with pytest.raises(AutocompError, match=r"^the base given is not the module \S+best was searched on: its blocks "
+                                            r"have \[3, 3\] heads, the searched module's \[6, 6\]; pass the module "
+                                            r"the search was given \(its weights may differ"):
+        load_model(tmp_path / "best", base=small_vit(num_heads=3))
+    with pytest.raises(AutocompError, match=r"its pooling differs from the searched module's \(avg against token\)"):
+        load_model(tmp_path / "best", base=small_vit(global_pool="avg"))
+    assert load_model(tmp_path / "best", base=small_vit()) is not None  # other weights, the same module: taken
 
 
 def test_a_save_stopped_half_way_leaves_the_folders_earlier_model_whole(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import re
@@ -262,6 +263,12 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
 
     export_trial(tmp_path / "run", 0, tmp_path / "t0", base=model)
     assert autocomp.load(tmp_path / "t0", base=model)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    # a module of the same shapes with other heads: every trial's weights would load onto it, computing otherwise
+    other = create_model(dataclasses.replace(spec, kwargs={**TINY_KWARGS, "num_heads": 2}, checkpoint=None))
+    for number in (0, 1):
+        with pytest.raises(autocomp.AutocompError, match=r"^the base given is not the module \S+ searched: its "
+                                                         r"blocks have \[2, 2\] heads, the searched module's \[4, 4\]"):
+            export_trial(tmp_path / "run", number, tmp_path / "other", base=other)
 
 
 def _as_torchvision(model: torch.nn.Module) -> torch.nn.Module:

@@ -24,11 +24,11 @@ from autocomp.data import BUILTIN_PIXEL_MAX, Preprocessing, Split, Splits, load_
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
-from autocomp.models import ModelSpec, create_model, model_digest
+from autocomp.models import ModelSpec, create_model, model_digest, structure_difference
 from autocomp.ops.quantize import Int8Linear, int8_linear_top_code
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file, trial_error
-from autocomp.saving import GIVEN_AS, load_classes, load_model, load_preprocessing, save_model
+from autocomp.saving import GIVEN_AS, STRUCTURE, load_classes, load_model, load_preprocessing, save_model
 from autocomp.search import _images as run_images
 from autocomp.search._controller import DUPLICATE, RETRY_OF, SKIPPED
 from autocomp.search._finish import BEST, KEPT
@@ -126,6 +126,11 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     # space or hardware profile file (a run folder copied to another machine exports them as they are)
     config = load_config(run_dir / "config.yaml", model=base, files_must_exist=False)
     spec = config.model
+    recorded_structure = _run_info(run_dir).get(STRUCTURE)  # a module's: what kept weights need of it (not its own)
+    if isinstance(spec, nn.Module) and isinstance(recorded_structure, dict) and \
+            (difference := structure_difference(recorded_structure, spec)) is not None:
+        raise AutocompError(f"the base given is not the module {run_dir} searched: {difference}; pass the module "
+                            "the search was given (export_trial's base=)")
     base = create_model(spec, load_weights=False) if isinstance(spec, ModelSpec) else spec
     # the images: a deployable file's check and a trial's rebuild; best/ and kept weights alone need none
     recorded = run_images.recorded(run_dir, config.data)

@@ -28,6 +28,7 @@ from autocomp.measure.backends import ExportFailed, backend_of
 from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.ops.quantize import activation_kernels, simulated_layers
 from autocomp.recipe import Recipe
+from autocomp.saving import mismatch
 from autocomp.train import evaluate, scoring_device
 
 __all__ = ["TrialInputs", "build_candidate", "distill_subset", "run_trial", "metrics_of", "kept_model", "PHASES",
@@ -304,6 +305,11 @@ def kept_model(base: nn.Module, recipe: Recipe, directory: Path) -> nn.Module | 
     if not path.is_file():
         return None
     model = compress(base, recipe, structure_only=True)
-    model.load_state_dict(read_safetensors(path, "a trial's kept weights", f"delete {directory} to have the trial "
-                                           "compressed and distilled again from its recipe"))
+    weights = read_safetensors(path, "a trial's kept weights", f"delete {directory} to have the trial compressed and "
+                               "distilled again from its recipe")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # a base module other than the searched one (a run before run.json recorded it)
+        raise AutocompError(f"the weights kept in {directory} do not fit the model its recipe builds from the base "
+                            f"given ({mismatch(exc)}); pass the module the search was given") from None
     return model.eval()

@@ -23,7 +23,8 @@ from autocomp.config import JobConfig
 from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
 from autocomp.results import study_file
-from autocomp.saving import GIVEN_AS
+from autocomp.models import model_structure
+from autocomp.saving import GIVEN_AS, STRUCTURE
 from autocomp.search import _images as run_images
 from autocomp.search._space import SearchSpace, load_space
 
@@ -476,7 +477,9 @@ def write_run_info(run_dir: Path, config: JobConfig, base: nn.Module, job: dict[
     write_json(run_dir / "run.json", {"fingerprint": fingerprint, "baseline": baseline, "limits": limits,
                                       "images": recorded, "measured_with": measured_with,
                                       "model": digest, "files": _file_digests(config),
-                                      "space": resolved_space(space)})
+                                      "space": resolved_space(space),
+                                      **({STRUCTURE: model_structure(base)} if isinstance(config.model, nn.Module)
+                                         else {})})
     write_yaml(run_dir / "config.yaml", {**job, **_settings(config)})
     if config.source and config.source.resolve() != (run_dir / "config.yaml").resolve():
         shutil.copyfile(config.source, run_dir / "config.source.yaml")
