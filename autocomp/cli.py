@@ -122,7 +122,8 @@ def _profile(args: argparse.Namespace) -> None:
     import yaml
 
     from autocomp.hardware import read_profile
-    from autocomp.measure.profiling import VIT_GEMMS, calibrate, calibrated_profile, cap_note, write_profile
+    from autocomp.measure.profiling import (VIT_GEMMS, calibrate, calibrated_profile, cap_note, cpu_description,
+                                            threads_note, write_profile)
 
     out = _output_file(args.out, "my_cpu.yaml")
     base: dict[str, Any] | None = None
@@ -151,6 +152,11 @@ def _profile(args: argparse.Namespace) -> None:
             "autocomp profile's default, one image per forward pass; --batch-size sets the batch you serve")}
     if (note := cap_note(backend)) is not None:  # the profile's measured_on names the caps: they do not hold here
         print(f"note: {note}")
+    if (note := threads_note(threads, "autocomp profile")) is not None:  # peaks measured so are not the device's
+        print(f"warning: {note}")
+    if args.base and not args.name:
+        print(f"note: the profile keeps the name {base.get('name')!r} of --base {args.base}, but its figures are "
+              f"this CPU's ({cpu_description()}, its measured_on); --name gives it one of its own")
     settings = {"shapes": VIT_GEMMS[:1], "repeats": 5, "copy_mb": 64} if args.quick else {}
     calibration = calibrate(threads=threads, backend=backend, **settings)
     data = calibrated_profile(calibration, base=base, threads=threads, name=args.name,

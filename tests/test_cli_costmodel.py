@@ -31,9 +31,11 @@ def test_profile_writes_a_profile_that_loads(tmp_path, capsys):
     assert "written to" in capsys.readouterr().out
 
 
-def test_profile_on_a_base_keeps_its_other_fields(tmp_path):
+def test_profile_on_a_base_keeps_its_other_fields(tmp_path, capsys):
     out = tmp_path / "measured.yaml"
     assert main(["profile", "--out", str(out), "--quick", "--base", str(LOCAL)]) == 0
+    # the base's name stays, over this CPU's figures: said (a board's profile re-measured here read as the board's)
+    assert "note: the profile keeps the name 'local-cpu' of --base" in capsys.readouterr().out
     profile, base = load_profile(out), load_profile(LOCAL)
     assert (profile.name, profile.batch_size, profile.memory_gb, profile.ray_resource) == \
         (base.name, base.batch_size, base.memory_gb, base.ray_resource)

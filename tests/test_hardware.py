@@ -9,7 +9,7 @@ import yaml
 from autocomp.errors import AutocompError
 from autocomp.measure import profiling
 from autocomp.hardware import PRECISIONS, HardwareProfile, read_profile
-from autocomp.measure.profiling import cpu_description, load_profile, profile_note
+from autocomp.measure.profiling import cpu_description, load_profile, profile_note, threads_note, usable_cpus
 from conftest import shipped_profiles
 
 PROFILES = shipped_profiles()
@@ -146,6 +146,21 @@ def test_a_profile_measured_on_another_cpu_says_so():
                            f"but this is {cpu_description()}")
     assert "autocomp profile" in note
     assert profile_note(load_profile(DATASHEET)) is None  # a datasheet's numbers claim no machine
+
+
+def test_a_profile_of_another_cpu_timed_on_this_machine_says_whose_latencies_they_are(tmp_path):
+    """A hand-written profile of another CPU without ray_resource is timed here: its run reported this machine's
+    latencies as the device's, without a word (summary.json's hardware note was null)."""
+    own = read_profile(_write(tmp_path, lambda d: d.update(ray_resource=None)))
+    note = profile_note(own)
+    assert note.startswith(f"hardware profile {own.name!r} describes a CPU of its own (its figures were not measured "
+                           f"here: no calibrate, no measured_on) and names no ray_resource, so its candidates are "
+                           f"timed where the trials run, on {cpu_description()}: the latencies are that CPU's")
+    assert "name it in ray_resource" in note and "set calibrate: on_first_use" in note
+    cpus = usable_cpus()
+    assert threads_note(cpus, "x") is None
+    assert threads_note(cpus + 2, "hardware profile 'x'").startswith(
+        f"hardware profile 'x' times with {cpus + 2} threads, but this machine gives this process {cpus} CPU(s)")
 
 
 def test_only_a_cpu_profile_can_be_measured_on_first_use(tmp_path):

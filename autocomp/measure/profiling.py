@@ -41,6 +41,7 @@ from autocomp.ops.quantize import (Quantize, activation_qparams, activation_quan
 
 __all__ = ["Calibration", "GemmShape", "VIT_GEMMS", "BACKEND_PRECISIONS", "BACKEND_KERNELS", "calibrate",
            "calibrated_profile", "cap_note", "caps_set", "cpu_description", "load_profile", "profile_note",
+           "threads_note", "usable_cpus",
            "pytorch_fuses_attention", "write_profile"]
 
 
@@ -283,14 +284,38 @@ def load_profile(path: str | Path, *, log: Callable[[str], None] | None = None) 
 
 
 def profile_note(profile: HardwareProfile) -> str | None:
-    """A warning when ``profile``'s numbers were measured on another CPU than this one; None when they were
-    measured here or come from a datasheet."""
+    """A warning when ``profile``'s latencies will not be its device's: its numbers were measured on another CPU
+    than this one, or they describe a device of their own (a datasheet's) that is measured on this machine (no
+    ``ray_resource`` naming the device's node); None when they were measured here, or on the device's node."""
     here = cpu_description()
+    if profile.measured_on is None and profile.calibrate is None and profile.ray_resource is None \
+            and profile.device == "cpu":
+        return (f"hardware profile {profile.name!r} describes a CPU of its own (its figures were not measured here: "
+                f"no calibrate, no measured_on) and names no ray_resource, so its candidates are timed where the "
+                f"trials run, on {here}: the latencies are that CPU's, and only the cost model's predictions use the "
+                "profile's figures; to time them on the device, run a Ray node there declaring a resource and name it "
+                "in ray_resource (README, \"On a Ray cluster\"); to describe this CPU, set calibrate: on_first_use")
     if profile.measured_on is None or profile.measured_on == here:
         return None
     return (f"hardware profile {profile.name!r} was measured on {profile.measured_on}, but this is {here}: its "
             "numbers may not describe this CPU; measure it with autocomp profile, or use a profile with "
             "calibrate: on_first_use")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or a cgroup's share), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_note(threads: int, what: str) -> str | None:
+    """A warning when ``what`` runs ``threads`` intra-op threads on fewer CPUs than that: they take turns, and
+    the timings are slower and noisier than on a machine with as many cores; None otherwise."""
+    cpus = usable_cpus()
+    if threads <= cpus:
+        return None
+    return (f"{what} times with {threads} threads, but this machine gives this process {cpus} CPU(s): the threads "
+            f"take turns, and the timings are slower and noisier than with {threads} cores; set threads to at most "
+            f"{cpus} here, or time on a machine with {threads} cores")
 
 
 CAPPED_IN_PART = {"onnxruntime-cpu": "ONNX Runtime reads none of them", "openvino-cpu": "OpenVINO follows "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,6 +23,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp.measure import num_threads
 from autocomp.measure.backends import PyTorchCpu, backend_of
 from autocomp.measure.placement import DeviceLost, measure_on_device
+from autocomp.measure.profiling import usable_cpus
 from autocomp.recipe import Distill, Recipe
 from autocomp.search import _reach
 from autocomp.search._objective import metrics_of
@@ -291,8 +291,7 @@ def screen_of(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, 
 def setup_threads(config: JobConfig) -> int:
     """Threads for the driver's work before the first trial (the teacher's outputs, the sensitivity pass): no trial
     runs yet, so it may use the CPUs the trials will share, as far as this machine has them."""
-    here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(config.resources.cpu, min(config.workers * config.resources.cpu, here))
+    return max(config.resources.cpu, min(config.workers * config.resources.cpu, usable_cpus()))
 
 
 def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: JobConfig,

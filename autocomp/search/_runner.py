@@ -26,7 +26,7 @@ from autocomp.hardware import HardwareProfile, read_profile
 from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import backend_of, check_images, require_backend
 from autocomp.measure.placement import require_device
-from autocomp.measure.profiling import cap_note, load_profile, profile_note
+from autocomp.measure.profiling import cap_note, load_profile, profile_note, threads_note
 from autocomp.models import ModelSpec, create_model, factory_module, model_digest, vit_blocks
 from autocomp.ops.quantize import int8_linear_top_code
 from autocomp.recipe import Recipe
@@ -376,6 +376,9 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
     if alone:
         profile = dataclasses.replace(profile, ray_resource=None)
     if (note := profile_note(profile)) is not None:
+        log(f"warning: {note}")
+    if profile.ray_resource is None and profile.device == "cpu" and \
+            (note := threads_note(profile.threads, f"hardware profile {profile.name!r}")) is not None:
         log(f"warning: {note}")
     if (note := cap_note(profile.backend)) is not None:
         log(f"note: {note}")
