@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from autocomp._compress import compress
     from autocomp.recipe import Distill, Recipe
 
-__all__ = ["AutocompError", "AutocompTypeError", "AutocompWarning", "Recipe", "Distill", "compress", "load",
+__all__ = ["AutocompError", "AutocompTypeError", "AutocompWarning", "Recipe", "Distill", "compress", "load", "save",
            "load_preprocessing", "load_classes"]
 __version__ = "0.1.0"
 
@@ -46,6 +46,30 @@ def load(path, *, base=None):  # noqa: ANN001, ANN201 - thin re-export, typed in
     from autocomp.saving import load_model
 
     return load_model(path, base=base)
+
+
+def save(path, model, recipe, *, base, preprocessing=None, classes=None):  # noqa: ANN001, ANN201 - typed in saving
+    """Save a model compressed with ``recipe`` (by :func:`compress`, then distilled, say) as a folder :func:`load`
+    reads: weights as safetensors, recipe.yaml, model.yaml. ``base``: what it was compressed from, the ``nn.Module``
+    (``load`` then needs it back, as for a search given a module) or a :class:`~autocomp.models.ModelSpec` (a timm
+    name or factory: the folder loads on its own); ``preprocessing`` (:class:`~autocomp.data.Preprocessing`) and
+    ``classes`` (the class of each output) are written beside it when given."""
+    from pathlib import Path
+
+    from torch import nn
+
+    from autocomp.errors import AutocompTypeError, shown
+    from autocomp.models import ModelSpec
+    from autocomp.recipe import Recipe
+    from autocomp.saving import save_model
+
+    for name, value, kind, what in (("model", model, nn.Module, "the compressed nn.Module"),
+                                    ("recipe", recipe, Recipe, "the autocomp.Recipe it was compressed with"),
+                                    ("base", base, (nn.Module, ModelSpec), "the uncompressed nn.Module, or a "
+                                     "ModelSpec")):
+        if not isinstance(value, kind):
+            raise AutocompTypeError(f"save's {name} must be {what}, got {type(value).__name__} {shown(value)}")
+    save_model(Path(path), model, recipe, base, preprocessing=preprocessing, classes=classes)
 
 
 def load_preprocessing(path):  # noqa: ANN001, ANN201 - thin re-export, typed in autocomp.saving

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompTypeError, shown
 from autocomp.models import timm_equivalent, vit_blocks
 from autocomp.ops import OPERATORS, CompressContext
 from autocomp.recipe import Recipe
@@ -32,6 +34,23 @@ def compress(model: nn.Module, recipe: Recipe, *, calibration: torch.Tensor | No
     Raises:
         AutocompError: the recipe does not fit the model (block count, head count).
     """
+    if not isinstance(model, nn.Module):
+        raise AutocompTypeError(f"compress's model must be the nn.Module to compress (a timm ViT, or torchvision's or "
+                                f"transformers' ViT), got {type(model).__name__} {shown(model)}; build it first, "
+                                "e.g. timm.create_model(name, pretrained=False, ...) with its weights loaded")
+    if isinstance(recipe, (str, Path)):  # the recipe.yaml of a run's best/, or one written by hand
+        recipe = Recipe.load(recipe)
+    elif isinstance(recipe, Mapping):  # Recipe.to_dict()'s form
+        recipe = Recipe.from_dict(recipe)
+    elif not isinstance(recipe, Recipe):
+        raise AutocompTypeError(f"compress's recipe must be an autocomp.Recipe, a recipe.yaml's path or its dict, "
+                                f"got {type(recipe).__name__} {shown(recipe)}")
+    if calibration is not None and (not isinstance(calibration, torch.Tensor) or calibration.dim() != 4
+                                    or not calibration.is_floating_point()):
+        got = (f"a {calibration.dim()}-D {calibration.dtype} tensor of shape {tuple(calibration.shape)}"
+               if isinstance(calibration, torch.Tensor) else type(calibration).__name__)
+        raise AutocompTypeError(f"compress's calibration must be a float tensor of preprocessed images (N, C, H, W), "
+                                f"got {got}; torch.as_tensor(...).float() a NumPy array, unsqueeze(1) gray images")
     rebuilt = timm_equivalent(model)  # a torchvision ViT comes back as timm's, with its weights
     if rebuilt is not model:
         model, inplace = rebuilt, True  # a new module already: the caller's is not changed

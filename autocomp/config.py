@@ -13,7 +13,7 @@ from autocomp._loader import build, read_yaml
 from autocomp._paths import resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
-from autocomp.errors import AutocompError, AutocompTypeError
+from autocomp.errors import AutocompError, AutocompTypeError, shown
 from autocomp.models import ModelSpec, factory_folder, factory_module, timm_equivalent, vit_blocks
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
@@ -181,8 +181,9 @@ class JobConfig:
     def __post_init__(self) -> None:
         for key, minimum in (("trials", 1), ("workers", 1), ("seed", 0), ("retries", 0), ("final_distill_steps", 0)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise AutocompError(f"{key} must be a whole number >= {minimum}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:  # of another type: a TypeError
+                error = AutocompError if isinstance(value, int) and not isinstance(value, bool) else AutocompTypeError
+                raise error(f"{key} must be a whole number >= {minimum}, got {value!r}")
         if self.sampler not in SAMPLERS:
             raise AutocompError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if not isinstance(self.quiet_timing, bool):
@@ -216,21 +217,15 @@ class JobConfig:
             if key == "budget" and not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= 1:
                 example = f"autocomp.budget.Budget(latency={value!r}) (or memory=)"  # the number given, in place
             if not isinstance(value, kind):
-                raise AutocompTypeError(f"{key} must be {example}, got {type(value).__name__} {_short(value)}")
+                raise AutocompTypeError(f"{key} must be {example}, got {type(value).__name__} {shown(value)}")
         if isinstance(self.model, nn.Module):  # a torchvision ViT is searched as timm's, with its weights
             object.__setattr__(self, "model", timm_equivalent(self.model))
         for key in ("search_space", "hardware"):
             value = getattr(self, key)
             if not isinstance(value, (str, Path)):
                 raise AutocompTypeError(f"{key} must be the path of a YAML file, got {type(value).__name__} "
-                                        f"{_short(value)}")
+                                        f"{shown(value)}")
             object.__setattr__(self, key, Path(value))
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a module's or a tensor's runs to pages)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_exist: bool = True) -> JobConfig:
@@ -243,7 +238,7 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
     """
     if model is not None and not isinstance(model, nn.Module):
         raise AutocompTypeError(f"the model given in Python (load_config's model=, export_trial's base=) "
-                                f"must be the nn.Module, got {type(model).__name__} {_short(model)}; a timm "
+                                f"must be the nn.Module, got {type(model).__name__} {shown(model)}; a timm "
                                 "name or a factory goes in the job's model: section")
     path = Path(path)
     raw = read_yaml(path, what="config file")

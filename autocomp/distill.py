@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from autocomp import _quiet
 from autocomp._timeout import check_time
 from autocomp.data import Split
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompTypeError, shown
 from autocomp.models import timm_equivalent, vit_blocks
 from autocomp.ops.qat import deployed, trainable
 from autocomp.recipe import Distill
@@ -114,6 +114,14 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
         AutocompError: the split is empty, or the two models do not match (class count; depth or width with
             feature distillation).
     """
+    if not isinstance(config, Distill):
+        raise AutocompTypeError(f"distill's config must be an autocomp.Distill, e.g. autocomp.Distill(steps=200, "
+                                f"alpha=0.9), got {type(config).__name__} {shown(config)}"
+                                + ("; a recipe without a distill section has recipe.distill None" if config is None
+                                   else ""))
+    if not isinstance(split, Split):
+        raise AutocompTypeError(f"distill's split must be an autocomp.data split of training images, e.g. "
+                                f"TensorSplit(x=images, y=labels), got {type(split).__name__} {shown(split)}")
     if config.steps == 0:
         return student.eval()
     teacher = timm_equivalent(teacher)  # torchvision's or transformers' ViT: timm's (transformers' gives no tensor)

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["AutocompError", "AutocompTypeError", "AutocompWarning", "warn"]
+__all__ = ["AutocompError", "AutocompTypeError", "AutocompWarning", "warn", "shown"]
 
 # where a warning is not attributed: autocomp's own files, and contextlib's (a context manager of autocomp's that
 # warns on entry is called from there)
@@ -40,3 +40,9 @@ def warn(message: str) -> None:
                                     for skipped in _NOT_THE_CALLER):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, AutocompWarning, stacklevel=level)
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a module's or a tensor's runs to pages), for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

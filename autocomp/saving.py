@@ -48,7 +48,7 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
     try:
         write_safetensors(staging / "weights.safetensors", model.state_dict())
         architecture = ({k: v for k, v in spec.to_dict().items() if k != "checkpoint"} if isinstance(spec, ModelSpec)
-                        else {GIVEN_AS: "nn.Module", STRUCTURE: model_structure(spec)})
+                        else {GIVEN_AS: "nn.Module", STRUCTURE: model_structure(timm_equivalent(spec))})
         (staging / "model.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
         recipe.save(staging / "recipe.yaml")
         if metrics is not None:

@@ -51,6 +51,9 @@ def test_single_choice_knobs_are_not_searched():
     ("quantize_layers: ['']\n", "quantize_layers choices are 'all' or layer names joined by commas, got ''"),
     ("quantize_layers: 8\n", "quantize_layers must be a list of strings, got 8"),
     ("heads_keep: half\n", "heads_keep must be a list of numbers, got 'half'"),  # not its letters
+    # per-block choices: its keys were read as the choices ("got [0, 1]")
+    ("heads_keep: {0: [1.0], 1: [0.5, 1.0]}\n", "heads_keep must be one list of choices for every block, got a "
+                                                 "mapping {0: [1.0], 1: [0.5, 1.0]}: choices per block are not taken"),
     ("weight_bits: '8'\n", "weight_bits must be a list of whole numbers, got '8'"),
     ("weight_bits: [32, 8]\nact_bits: [4]\n", "act_bits must list null (dynamic: the int8 kernel quantizes each "
                                              "batch) and/or 8 (static: calibrated), each once, e.g. [null, 8], got "

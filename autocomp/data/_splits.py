@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from autocomp.data._config import Preprocessing
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompTypeError
 
 EVAL_BATCH_BYTES = 32 * 2**20  # evaluation batches of about this many input bytes (28 px: 512 images, 224 px: 55)
 
@@ -53,6 +53,24 @@ class TensorSplit(Split):
 
     x: torch.Tensor
     y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        # what the caller gives from Python: a mistake here failed deep in training (float labels), or not at all
+        # (200 images and 100 labels were taken as 100 images)
+        if not isinstance(self.x, torch.Tensor) or self.x.dim() != 4 or not self.x.is_floating_point():
+            got = (f"a {self.x.dim()}-D {self.x.dtype} tensor" if isinstance(self.x, torch.Tensor)
+                   else type(self.x).__name__)
+            raise AutocompTypeError(f"TensorSplit's x must be a float tensor of preprocessed images (N, C, H, W), got "
+                                    f"{got}; torch.as_tensor(...).float() a NumPy array, unsqueeze(1) gray images")
+        if not isinstance(self.y, torch.Tensor) or self.y.dim() != 1 or self.y.is_floating_point() \
+                or self.y.dtype == torch.bool:
+            got = (f"a {self.y.dim()}-D {self.y.dtype} tensor" if isinstance(self.y, torch.Tensor)
+                   else type(self.y).__name__)
+            raise AutocompTypeError(f"TensorSplit's y must be a 1-D tensor of class indices (int64), got {got}; "
+                                    "labels.long() float labels, argmax(1) one-hot ones")
+        if len(self.x) != len(self.y):
+            raise AutocompError(f"TensorSplit has {len(self.x)} images (x) but {len(self.y)} labels (y): give one "
+                                "label per image")
 
     def __len__(self) -> int:
         return len(self.y)

@@ -75,6 +75,13 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
     elif not isinstance(config, JobConfig):
         raise AutocompTypeError(f"run_search takes a JobConfig (autocomp.config.load_config('job.yaml')) or the "
                                 f"path of a job YAML, got {type(config).__name__}")
+    if not isinstance(run_dir, (str, Path)):
+        raise AutocompTypeError(f"run_search's run_dir must be the path of the run folder (str or Path), got "
+                                f"{type(run_dir).__name__} {run_dir!r}")
+    if not callable(log):
+        raise AutocompTypeError(f"run_search's log must be a function taking each line (print, a logger's info, "
+                                f"list.append), got {type(log).__name__} {log!r}; to keep the lines in a file, pass "
+                                "e.g. open('search.log', 'a').write, or a logging.Logger's info")
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
     # kill PID stops a search begun from Python as Ctrl-C does, then ends the process as it would have (the

@@ -88,6 +88,11 @@ class SearchSpace:
                      "lowrank_layers", "distill_steps", "distill_alpha"):
             if isinstance(getattr(self, name), str):  # not a list of its letters; the loader names the type wanted
                 raise TypeError(f"{name} must be a list of choices, got {getattr(self, name)!r}")
+            if isinstance(getattr(self, name), Mapping):  # its keys were read as the choices
+                raise AutocompError(f"{name} must be one list of choices for every block, got a mapping "
+                                    f"{dict(getattr(self, name))!r}: choices per block are not taken (each block "
+                                    "draws from the list on its own; the sensitivity pass drops, block by block, "
+                                    "the settings that alone lose more than sensitivity.drop_above points)")
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep"):
             values = getattr(self, name)
             if not values or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1

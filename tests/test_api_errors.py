@@ -1,0 +1,111 @@
+"""The Python API given the wrong things: one error naming the argument, what it takes and the fix (it was an
+AttributeError or a ValueError from deep inside, or, for a split of 200 images and 100 labels, nothing at all)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import autocomp
+from autocomp.config import load_config
+from autocomp.data import TensorSplit
+from autocomp.errors import AutocompError, AutocompTypeError
+from autocomp.ops import PruneHeads
+from autocomp.search import run_search
+from conftest import small_vit
+
+JOB = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist" / "search.yaml"
+
+
+def test_compress_takes_a_recipe_its_file_or_its_dict_and_refuses_other_things(tmp_path):
+    model, images = small_vit(), torch.randn(4, 3, 16, 16)
+    recipe = autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=3)}, {}))
+    recipe.save(tmp_path / "recipe.yaml")
+    expected = autocomp.compress(model, recipe, calibration=images)(images)
+    for given in (tmp_path / "recipe.yaml", str(tmp_path / "recipe.yaml"), recipe.to_dict()):
+        assert torch.equal(autocomp.compress(model, given, calibration=images)(images), expected)
+    with pytest.raises(AutocompTypeError, match=r"^compress's recipe must be an autocomp.Recipe, a recipe.yaml's "
+                                                r"path or its dict, got int 5$"):
+        autocomp.compress(model, 5)
+    with pytest.raises(AutocompTypeError, match=r"^compress's model must be the nn.Module to compress .*, got str "
+                                                r"'vit_tiny_patch16_224'; build it first"):
+        autocomp.compress("vit_tiny_patch16_224", recipe)
+    for calibration, got in ((images[0], "a 3-D torch.float32 tensor of shape (3, 16, 16)"),
+                             (images.numpy(), "ndarray"), (images.to(torch.uint8), "a 4-D torch.uint8 tensor")):
+        with pytest.raises(AutocompTypeError, match=r"^compress's calibration must be a float tensor of preprocessed "
+                                                    rf"images \(N, C, H, W\), got {re.escape(got)}"):
+            autocomp.compress(model, recipe, calibration=calibration)
+
+
+def test_a_tensor_split_checks_its_images_and_labels():
+    images = torch.randn(6, 3, 16, 16)
+    assert len(TensorSplit(x=images, y=torch.arange(6) % 5)) == 6
+    with pytest.raises(AutocompError, match=r"^TensorSplit has 6 images \(x\) but 3 labels \(y\): give one label per "
+                                            r"image$"):
+        TensorSplit(x=images, y=torch.arange(3))
+    with pytest.raises(AutocompTypeError, match=r"^TensorSplit's y must be a 1-D tensor of class indices \(int64\), "
+                                                r"got a 1-D torch.float32 tensor; labels.long\(\) float labels"):
+        TensorSplit(x=images, y=torch.zeros(6))
+    with pytest.raises(AutocompTypeError, match=r"^TensorSplit's x must be a float tensor of preprocessed images "
+                                                r"\(N, C, H, W\), got ndarray"):
+        TensorSplit(x=np.zeros((6, 3, 16, 16), dtype=np.float32), y=torch.arange(6))
+
+
+def test_distill_without_a_distill_config_says_where_one_comes_from():
+    teacher = small_vit()
+    student = autocomp.compress(teacher, autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=3)}, {})),
+                                calibration=torch.randn(4, 3, 16, 16))
+    split = TensorSplit(x=torch.randn(8, 3, 16, 16), y=torch.arange(8) % 5)
+    with pytest.raises(AutocompTypeError, match=r"^distill's config must be an autocomp.Distill, e.g. autocomp."
+                                                r"Distill\(steps=200, alpha=0.9\), got NoneType None; a recipe without "
+                                                r"a distill section has recipe.distill None$"):
+        autocomp.distill.distill(student, teacher, split, None)
+    with pytest.raises(AutocompTypeError, match=r"^distill's split must be an autocomp.data split"):
+        autocomp.distill.distill(student, teacher, (split.x, split.y), autocomp.Distill(steps=1, alpha=0.5))
+
+
+def test_run_search_refuses_a_run_folder_or_log_of_another_kind_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AutocompTypeError, match=r"^run_search's run_dir must be the path of the run folder \(str or "
+                                                r"Path\), got int 5$"):
+        run_search(JOB, 5)
+    with pytest.raises(AutocompTypeError, match=r"^run_search's log must be a function taking each line .*, got str "
+                                                r"'search.log'; to keep the lines in a file"):
+        run_search(JOB, tmp_path / "run", log="search.log")
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_a_job_part_of_another_type_is_a_type_error_and_a_bad_value_is_not():
+    config = load_config(JOB, files_must_exist=False)
+    with pytest.raises(AutocompTypeError, match=r"^trials must be a whole number >= 1, got '3'$"):
+        dataclasses.replace(config, trials="3")
+    with pytest.raises(AutocompError, match=r"^trials must be a whole number >= 1, got 0$") as raised:
+        dataclasses.replace(config, trials=0)
+    assert not isinstance(raised.value, TypeError)
+
+
+def test_a_model_compressed_in_python_saves_and_loads_back(tmp_path):
+    """autocomp.save: the folder autocomp.load reads, onto the module it was compressed from (another of the same
+    shapes with other heads refused), or on its own from a timm spec."""
+    from autocomp.models import ModelSpec
+
+    base, images = small_vit(), torch.randn(4, 3, 16, 16)
+    recipe = autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=3)}, {"quantize": {"weight_bits": 8}}))
+    smaller = autocomp.compress(base, recipe, calibration=images)
+    autocomp.save(tmp_path / "mine", smaller, recipe, base=base)
+    assert torch.equal(autocomp.load(tmp_path / "mine", base=base)(images), smaller(images))
+    with pytest.raises(AutocompError, match="the base given is not the module"):
+        autocomp.load(tmp_path / "mine", base=small_vit(num_heads=3))
+    spec = ModelSpec(name="vit_tiny_patch16_224", kwargs={"img_size": 16, "patch_size": 4, "in_chans": 3,
+                                                          "num_classes": 5, "embed_dim": 48, "depth": 2,
+                                                          "num_heads": 6})
+    autocomp.save(tmp_path / "own", smaller, recipe, base=spec)
+    assert torch.equal(autocomp.load(tmp_path / "own")(images), smaller(images))
+    with pytest.raises(AutocompTypeError, match=r"^save's recipe must be the autocomp.Recipe it was compressed with, "
+                                                r"got dict"):
+        autocomp.save(tmp_path / "x", smaller, recipe.to_dict(), base=base)
