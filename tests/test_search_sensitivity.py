@@ -125,7 +125,27 @@ def test_head_fractions_that_keep_as_many_heads_are_scored_once(tiny_teacher, di
     assert [s.accuracy_drop for s in settings[:2]] == [settings[0].accuracy_drop] * 2
 
 
-def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatch):
+def test_the_teacher_outputs_are_kept_for_the_runs_next_start(tiny_teacher, digits_splits, tmp_path):
+    """A resume read them again (30 s on the demo, minutes on a 224-px model): kept in the run folder by the model
+    and images they are of; another model's are computed anew, and the stale file goes."""
+    config = SimpleNamespace(workers=1, resources=SimpleNamespace(cpu=1, gpu=0))
+    space, lines = SearchSpace(distill_steps=(2, 4)), []
+    first = teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
+                          identity="model a")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    again = teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
+                          identity="model a")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps read from teacher_outputs-")
+    assert len(again.outputs) == 4 and all(torch.equal(a, b) for a, b in zip(first.outputs, again.outputs))
+    assert (again.batch_size, again.seed) == (first.batch_size, first.seed)
+    kept = list(tmp_path.glob("teacher_outputs-*.safetensors"))
+    teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
+                  identity="model b")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    assert len(list(tmp_path.glob("teacher_outputs-*.safetensors"))) == 1 and not kept[0].exists()
+
+
+def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatch, tmp_path):
     from autocomp.search import _sensitivity
 
     monkeypatch.setattr(_sensitivity, "PROGRESS_S", 0.0)  # a line at every setting
@@ -140,7 +160,8 @@ def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatc
     assert [line.split(" settings")[0] for line in lines] == [f"latency: {k} of 4" for k in range(4)]
     lines.clear()
     config = SimpleNamespace(workers=1, resources=SimpleNamespace(cpu=1, gpu=0))
-    teacher_cache(tiny_teacher[1], digits_splits.train, SearchSpace(distill_steps=(3,)), config, lines.append)
+    teacher_cache(tiny_teacher[1], digits_splits.train, SearchSpace(distill_steps=(3,)), config, lines.append,
+                  run_dir=tmp_path, identity="")
     assert [line.split(" distillation")[0] for line in lines[:-1]] == [f"teacher outputs: {k} of 3" for k in (1, 2, 3)]
     assert lines[-1].startswith("teacher outputs for 3 distillation steps computed once")
     monkeypatch.setattr(_sensitivity, "PROGRESS_S", 3600.0)

@@ -5,6 +5,7 @@ met at all, :mod:`autocomp.search._reach`), and the teacher's outputs every dist
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from autocomp._compress import compress
+from autocomp._io import read_safetensors, write_safetensors
 from autocomp.config import JobConfig
 from autocomp.data import Split, Splits
 from autocomp.distill import TeacherCache
@@ -78,6 +80,7 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
 
 
 SENSITIVITY = "sensitivity.json"  # the choices the sensitivity pass left per parameter, reused on resume
+TEACHER_OUTPUTS = "teacher_outputs-{}.safetensors"  # the teacher's logits for distillation, reused on resume (key)
 
 
 def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
@@ -295,17 +298,38 @@ def setup_threads(config: JobConfig) -> int:
 
 
 def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: JobConfig,
-                  log: Callable[[str], None]) -> TeacherCache | None:
+                  log: Callable[[str], None], *, run_dir: Path, identity: str) -> TeacherCache | None:
     """The teacher's logits on every batch the space's distillations draw (the longest one; the others take a
-    prefix), computed once before the trials; None when the space never distils."""
+    prefix), computed once before the trials, and kept in the run folder for the run's next start (a resume):
+    ``identity`` says which model and images they are of (the file of another is computed again); None when the
+    space never distils."""
     steps = max(space.distill_steps)
     if steps == 0:
         return None
+    plan, device = Distill(steps=steps, alpha=0.5), scoring_device(config.resources.gpu)  # where the trials distil
+    key = hashlib.sha256(json.dumps([identity, len(train), steps, plan.batch_size, plan.seed, device]).encode())
+    path = run_dir / TEACHER_OUTPUTS.format(key.hexdigest()[:16])
+    if path.is_file():
+        try:
+            kept = read_safetensors(path, "teacher outputs", "")
+            cache = TeacherCache(batch_size=plan.batch_size, seed=plan.seed,
+                                 outputs=tuple(kept[str(step)] for step in range(steps)))
+        except (AutocompError, KeyError):  # damaged (a copy cut short): computed again below
+            pass
+        else:
+            log(f"teacher outputs for {steps} distillation steps read from {path.name}, as an earlier start of this "
+                "run computed them")
+            return cache
     started = time.perf_counter()
     tick = progress_lines(log, "teacher outputs: {done} of {total} distillation batches", [1] * steps)
-    device = scoring_device(config.resources.gpu)  # where the trials distil
     with num_threads(setup_threads(config)):
-        cache = TeacherCache.build(base, train, Distill(steps=steps, alpha=0.5), progress=tick, device=device)
+        cache = TeacherCache.build(base, train, plan, progress=tick, device=device)
     log(f"teacher outputs for {steps} distillation steps computed once for all trials "
         f"({time.perf_counter() - started:.1f} s{', on the GPU' if device != 'cpu' else ''})")
+    try:
+        for stale in run_dir.glob(TEACHER_OUTPUTS.format("*")):  # of a model or images the run no longer has
+            stale.unlink()
+        write_safetensors(path, {str(step): output for step, output in enumerate(cache.outputs)})
+    except OSError as exc:  # the trials have them all the same
+        log(f"note: cannot keep the teacher outputs in {path} ({exc.strerror or exc}); a resume computes them again")
     return cache

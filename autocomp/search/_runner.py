@@ -255,7 +255,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         inputs = TrialInputs(base=base, val=splits.val, calib=splits.calib.x, train=train, profile=profile,
                              limits=limits, base_latency_ms=baseline["latency_ms"], threads=config.resources.cpu,
                              skip_margin=config.skip_margin,
-                             teacher_cache=before.teacher_cache(base, train, space, config, log) if remaining else None,
+                             teacher_cache=before.teacher_cache(
+                                 base, train, space, config, log, run_dir=run_dir,
+                                 identity=repr((digest, splits.digests, config.data))) if remaining else None,
                              weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0,
                              trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s,
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
