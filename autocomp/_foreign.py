@@ -21,15 +21,20 @@ from torch import nn
 from autocomp.data._config import REBUILT_FROM, TRAINED_WITH
 from autocomp.errors import AutocompError
 
-__all__ = ["timm_equivalent", "is_foreign_vit"]
+__all__ = ["timm_equivalent", "is_foreign_vit", "library_model"]
 
-# torchvision's ImageNet ViT weights (ViT_B_16_Weights.IMAGENET1K_V1 ...): ImageClassification(crop_size=224), a
-# bilinear resize to 256 then the centre 224 (crop_pct 0.875), ImageNet's mean and std
+# torchvision's IMAGENET1K_V1 ViT weights (vit_b_16, vit_b_32, vit_l_32; vit_l_16's resizes to 242):
+# ImageClassification(crop_size=224), a bilinear resize to 256 then the centre 224 (crop_pct 0.875), ImageNet's mean
+# and std; its IMAGENET1K_SWAG_E2E_V1 weights, at 384, 512 and 518 px: a bicubic resize to the size, no crop
 TORCHVISION = {"model": "torchvision's VisionTransformer",
-               "preprocessing": "torchvision's ImageNet weights had theirs made",
-               "defaults": "torchvision's ImageNet weights' preprocessing",
+               "preprocessing": "torchvision's IMAGENET1K_V1 weights had theirs made",
+               "defaults": "torchvision's IMAGENET1K_V1 weights' preprocessing",
                "settings": {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "interpolation": "bilinear",
                             "crop_pct": 0.875, "crop_mode": "center"}}
+TORCHVISION_SWAG = {**TORCHVISION, "preprocessing": "torchvision's IMAGENET1K_SWAG_E2E_V1 weights had theirs made",
+                    "defaults": "torchvision's IMAGENET1K_SWAG_E2E_V1 weights' preprocessing",
+                    "settings": {**TORCHVISION["settings"], "interpolation": "bicubic", "crop_pct": 1.0}}
+SWAG_SIZES = (384, 512, 518)  # the SWAG end-to-end weights' image sizes (vit_b_16, vit_l_16, vit_h_14)
 # transformers' ViTImageProcessor by default (google/vit-base-patch16-224's preprocessor_config.json too): a bilinear
 # resize of the whole image to the model's size (no crop: timm's squash), mean and std 0.5
 TRANSFORMERS = {"model": "transformers' ViTForImageClassification",
@@ -58,6 +63,7 @@ class _Layout:
     act: Any
     drops: dict[str, float]  # timm's pos_drop_rate, proj_drop_rate, attn_drop_rate
     weights: dict[str, torch.Tensor | None]  # timm's names: the tensors (None: a bias the model does not have)
+    act_dropout: bool = True  # a dropout after the MLP's activation (timm's and torchvision's; transformers' has none)
 
 
 def _torchvision_vit() -> type | None:
@@ -70,6 +76,14 @@ def _torchvision_vit() -> type | None:
 
 def _from_transformers(module: nn.Module) -> bool:
     return type(module).__module__.startswith("transformers.")
+
+
+def library_model(module: nn.Module) -> str:
+    """What ``module`` is, in words: "torchvision's VisionTransformer", "transformers' DeiTForImageClassification"."""
+    if _from_transformers(module):
+        return f"transformers' {type(module).__name__}"
+    return "torchvision's VisionTransformer" + (f" ({type(module).__qualname__})"
+                                                 if type(module) is not _torchvision_vit() else "")
 
 
 def is_foreign_vit(module: nn.Module) -> bool:
@@ -91,9 +105,10 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
     """
     if not is_foreign_vit(model):
         return model
-    source, layout = (TRANSFORMERS, _transformers_layout(model)) if _from_transformers(model) else \
-        (TORCHVISION, _torchvision_layout(model))
-    return _assemble(model, layout, source)
+    if _from_transformers(model):
+        return _assemble(model, _transformers_layout(model), TRANSFORMERS)
+    layout = _torchvision_layout(model)
+    return _assemble(model, layout, TORCHVISION_SWAG if layout.image_size in SWAG_SIZES else TORCHVISION)
 
 
 def _torchvision_layout(source: nn.Module) -> _Layout:
@@ -106,10 +121,16 @@ def _torchvision_layout(source: nn.Module) -> _Layout:
     if not isinstance(source.conv_proj, nn.Conv2d):
         raise AutocompError(f"{name} has a convolutional stem (conv_stem_configs), which timm's VisionTransformer "
                             "does not have; autocomp rebuilds torchvision ViTs with a single patch convolution")
-    if set(dict(source.heads.named_children())) != {"head"}:
-        raise AutocompError(f"{name} has a pre-logits layer (representation_size={source.representation_size}), "
-                            "which timm's VisionTransformer does not have; autocomp rebuilds torchvision ViTs whose "
-                            "heads are one Linear (representation_size=None, as torchvision's weights have)")
+    # the head as built (heads.head), or as fine-tuning replaced it (heads.head = Linear(768, 10), or heads itself)
+    head = source.heads if isinstance(source.heads, nn.Linear) else getattr(source.heads, "head", None)
+    if "pre_logits" in dict(source.heads.named_children()):
+        raise AutocompError(f"{name} has a pre-logits layer (heads.pre_logits: representation_size), which timm's "
+                            "VisionTransformer does not have; autocomp rebuilds torchvision ViTs whose heads are one "
+                            "Linear (as torchvision's weights have)")
+    if not isinstance(head, nn.Linear) or head.bias is None or \
+            (not isinstance(source.heads, nn.Linear) and set(dict(source.heads.named_children())) != {"head"}):
+        raise AutocompError(f"{name}'s heads are {_described(source.heads)}; autocomp rebuilds torchvision ViTs "
+                            "whose heads are one Linear with a bias (heads.head, or heads itself)")
     layers = list(source.encoder.layers)
     attention = [layer.self_attention for layer in layers]
     norms = [module for module in source.modules() if isinstance(module, nn.LayerNorm)]
@@ -126,7 +147,7 @@ def _torchvision_layout(source: nn.Module) -> _Layout:
                             "ViTs as torchvision.models.VisionTransformer builds them")
     weights = {"cls_token": source.class_token, "pos_embed": source.encoder.pos_embedding,
                **_linear("patch_embed.proj", source.conv_proj), **_linear("norm", source.encoder.ln),
-               **_linear("head", source.heads.head)}
+               **_linear("head", head)}
     for index, layer in enumerate(layers):
         # nn.MultiheadAttention's in_proj is timm's fused qkv: query, key, value rows, each split by head alike
         parts = {"norm1": layer.ln_1, "norm2": layer.ln_2, "mlp.fc1": layer.mlp[0], "mlp.fc2": layer.mlp[3],
@@ -136,7 +157,7 @@ def _torchvision_layout(source: nn.Module) -> _Layout:
         weights[f"blocks.{index}.attn.qkv.weight"] = layer.self_attention.in_proj_weight
         weights[f"blocks.{index}.attn.qkv.bias"] = layer.self_attention.in_proj_bias
     return _Layout(image_size=source.image_size, patch_size=source.patch_size,
-                   channels=source.conv_proj.in_channels, classes=source.num_classes, dim=source.hidden_dim,
+                   channels=source.conv_proj.in_channels, classes=head.out_features, dim=source.hidden_dim,
                    heads=attention[0].num_heads, width=widths.pop(), eps=norms[0].eps, act=nn.GELU,
                    drops={"pos_drop_rate": source.encoder.dropout.p, "proj_drop_rate": source.dropout,
                           "attn_drop_rate": source.attention_dropout},
@@ -153,6 +174,15 @@ def _transformers_layout(source: nn.Module) -> _Layout:
     if act is None:
         raise AutocompError(f"transformers' ViTForImageClassification with hidden_act {config.hidden_act!r}: "
                             f"autocomp rebuilds those with {', '.join(HF_ACTIVATIONS)}")
+    if not isinstance(source.classifier, nn.Linear) or source.classifier.bias is None:
+        raise AutocompError(f"transformers' ViTForImageClassification whose classifier is "
+                            f"{_described(source.classifier)} (num_labels {config.num_labels}): autocomp rebuilds "
+                            "those with a Linear classifier; give the model its labels (num_labels)")
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim is not None and head_dim * config.num_attention_heads != config.hidden_size:
+        raise AutocompError(f"transformers' ViTForImageClassification with head_dim {head_dim} x "
+                            f"{config.num_attention_heads} heads != hidden_size {config.hidden_size}: autocomp "
+                            "rebuilds those whose heads split the width")
     vit = source.vit
     layers = list(vit.layers if hasattr(vit, "layers") else vit.encoder.layer)  # transformers 5; 4
     embeddings = vit.embeddings
@@ -175,16 +205,13 @@ def _transformers_layout(source: nn.Module) -> _Layout:
         weights[f"blocks.{index}.attn.qkv.weight"] = torch.cat([query.weight, key.weight, value.weight])
         weights[f"blocks.{index}.attn.qkv.bias"] = None if query.bias is None else \
             torch.cat([query.bias, key.bias, value.bias])
-    if not isinstance(source.classifier, nn.Linear):
-        raise AutocompError("transformers' ViTForImageClassification without a classifier (num_labels 0): autocomp "
-                            "compresses classifiers; give the model its labels (num_labels)")
     return _Layout(image_size=size, patch_size=_square(config.patch_size, "patch_size"),
                    channels=config.num_channels, classes=source.classifier.out_features, dim=config.hidden_size,
                    heads=config.num_attention_heads, width=config.intermediate_size, eps=config.layer_norm_eps,
                    act=act, drops={"pos_drop_rate": config.hidden_dropout_prob,
                                    "proj_drop_rate": config.hidden_dropout_prob,
                                    "attn_drop_rate": config.attention_probs_dropout_prob},
-                   weights=weights)
+                   weights=weights, act_dropout=False)
 
 
 def _square(value: Any, name: str) -> int:
@@ -194,6 +221,12 @@ def _square(value: Any, name: str) -> int:
         raise AutocompError(f"transformers' ViTForImageClassification with {name} {list(value)}: autocomp rebuilds "
                             "square ones")
     return int(value[0])
+
+
+def _described(module: nn.Module) -> str:
+    """A module in a few words: its class, or its children's (a Sequential of Dropout and Linear)."""
+    children = [type(child).__name__ for child in module.children()]
+    return f"a {type(module).__name__}" + (f" of {', '.join(children)}" if children else "")
 
 
 def _linear(name: str, module: nn.Module) -> dict[str, torch.Tensor | None]:
@@ -213,12 +246,18 @@ def _assemble(source: nn.Module, layout: _Layout, library: dict[str, Any]) -> nn
         qkv_bias=weights["blocks.0.attn.qkv.bias"] is not None,
         proj_bias=weights["blocks.0.attn.proj.bias"] is not None,
         norm_layer=partial(nn.LayerNorm, eps=layout.eps), act_layer=layout.act, weight_init="skip", **layout.drops)
+    if not layout.act_dropout:
+        for block in model.blocks:
+            block.mlp.drop1 = nn.Identity()
     own = model.state_dict()
-    given = {key: value.detach().clone() for key, value in weights.items() if value is not None}
+    given = {key: value.detach() for key, value in weights.items() if value is not None}  # copied in by the load
     wrong = [key for key in own if key not in given or tuple(given[key].shape) != tuple(own[key].shape)]
     if wrong or set(given) - set(own):
-        raise AutocompError(f"{library['model']} does not fit the timm ViT its sizes make (e.g. {wrong[:1] or '?'}): "
-                            "blocks of different sizes are not rebuilt")
+        key = (wrong or sorted(set(given) - set(own)))[0]
+        raise AutocompError(f"{library['model']} does not fit timm's ViT of its sizes (its {key}: "
+                            f"{tuple(given[key].shape) if key in given else 'none'}, timm's "
+                            f"{tuple(own[key].shape) if key in own else 'none'}): autocomp rebuilds it as its library "
+                            "builds it, every block of one size, with biases")
     with torch.no_grad():
         model.load_state_dict(given)
     first = next(source.parameters())

@@ -16,13 +16,13 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from autocomp._foreign import is_foreign_vit, timm_equivalent
+from autocomp._foreign import is_foreign_vit, library_model, timm_equivalent
 from autocomp._io import hash_weights, read_safetensors
 from autocomp.data._config import TRAINED_WITH, trained_with
 from autocomp.errors import AutocompError, warn
 
 __all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
-           "model_structure", "structure_difference", "timm_equivalent", "vit_blocks"]
+           "model_structure", "require_structure", "structure_difference", "timm_equivalent", "vit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -313,12 +313,23 @@ def model_digest(model: nn.Module) -> str:
 
 def model_structure(model: nn.Module) -> dict[str, Any]:
     """What a compressed model's saved weights need of the base model they are loaded onto that their shapes do not
-    show: each block's heads (2 heads or 4 over the same qkv shapes compute other outputs), the pooling and the
-    class and register tokens. A run searched on a module given in Python records it (best/model.yaml, run.json), so
-    that loading onto another module is refused, not silently wrong (other shapes: ``load_state_dict`` says which)."""
-    return {"heads": [block.attn.num_heads for block in vit_blocks(model)],
-            "pool": str(getattr(model, "global_pool", None)),
-            "prefix_tokens": getattr(model, "num_prefix_tokens", None)}
+    show: each block's heads (2 heads or 4 over the same qkv shapes compute other outputs), the pooling, the class
+    and register tokens, the LayerNorm's eps and the MLP's activation. A run searched on a module given in Python
+    records it (best/model.yaml, run.json), so that loading onto another module is refused, not silently wrong (other
+    shapes: ``load_state_dict`` says which)."""
+    blocks = vit_blocks(model)
+    return {"heads": [block.attn.num_heads for block in blocks], "pool": str(getattr(model, "global_pool", None)),
+            "prefix_tokens": getattr(model, "num_prefix_tokens", None),
+            "norm_eps": getattr(blocks[0].norm1, "eps", None), "act": repr(getattr(blocks[0].mlp, "act", None))}
+
+
+def require_structure(recorded: Any, model: nn.Module, where: str | Path) -> None:
+    """Refuse ``model`` as the base of ``where`` (a run folder, or a model saved from one, searched on a module given
+    in Python) where it differs from the structure recorded there (:func:`model_structure`); a record from before
+    there was one is not checked."""
+    if isinstance(recorded, Mapping) and (difference := structure_difference(recorded, model)) is not None:
+        raise AutocompError(f"the base given is not the module {where} was searched on: {difference}; pass the module "
+                            "the search was given (its weights may differ: the saved ones replace them)")
 
 
 def structure_difference(recorded: Mapping[str, Any], model: nn.Module) -> str | None:
@@ -326,7 +337,8 @@ def structure_difference(recorded: Mapping[str, Any], model: nn.Module) -> str |
     own = model_structure(model)
     if recorded.get("heads") is not None and own["heads"] != recorded["heads"]:
         return f"its blocks have {own['heads']} heads, the searched module's {recorded['heads']}"
-    for key, what in (("pool", "pooling differs"), ("prefix_tokens", "class and register tokens differ")):
+    for key, what in (("pool", "pooling differs"), ("prefix_tokens", "class and register tokens differ"),
+                      ("norm_eps", "LayerNorm eps differs"), ("act", "MLP activation differs")):
         if key in recorded and own[key] != recorded[key]:
             return f"its {what} from the searched module's ({own[key]} against {recorded[key]})"
     return None
@@ -341,8 +353,8 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                             "blocks take position inputs of their own); autocomp compresses timm's VisionTransformer "
                             "family (vit_*, deit_*, flexivit_*, ...), whose blocks are an nn.Sequential")
     if is_foreign_vit(model):  # the search, compress, load and export take it as it is: they rebuild it so
-        raise AutocompError(f"{type(model).__module__}.{type(model).__qualname__} is torchvision's ViT: rebuild it "
-                            "as timm's with autocomp.models.timm_equivalent(model) (the same weights and outputs) "
+        raise AutocompError(f"{type(model).__module__}.{type(model).__qualname__} is {library_model(model)}: rebuild "
+                            "it as timm's with autocomp.models.timm_equivalent(model) (the same weights and outputs) "
                             "to use it here")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         inner = next((name for name, module in model.named_modules()

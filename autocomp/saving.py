@@ -20,7 +20,7 @@ from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
 from autocomp.errors import AutocompError
 from autocomp.models import (ModelSpec, create_model, factory_folder, factory_module, model_structure,
-                             structure_difference, timm_equivalent)
+                             require_structure, timm_equivalent)
 from autocomp.recipe import Recipe
 
 __all__ = ["save_model", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
@@ -129,11 +129,7 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
             raise AutocompError(f"{directory} was searched on a model given as an nn.Module; pass it: "
                                 "autocomp.load(path, base=my_model)")
         rebuilt = timm_equivalent(base)  # a torchvision ViT: timm's (a new module already)
-        if isinstance(architecture.get(STRUCTURE), dict) and \
-                (difference := structure_difference(architecture[STRUCTURE], rebuilt)) is not None:
-            raise AutocompError(f"the base given is not the module {directory} was searched on: {difference}; pass "
-                                "the module the search was given (its weights may differ: the saved ones replace "
-                                "them)")
+        require_structure(architecture.get(STRUCTURE), rebuilt, directory)
         skeleton = copy.deepcopy(base) if rebuilt is base else rebuilt
     else:
         spec = build(ModelSpec, architecture, where=str(directory / "model.yaml"))

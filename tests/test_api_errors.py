@@ -45,6 +45,7 @@ def test_compress_takes_a_recipe_its_file_or_its_dict_and_refuses_other_things(t
 def test_a_tensor_split_checks_its_images_and_labels():
     images = torch.randn(6, 3, 16, 16)
     assert len(TensorSplit(x=images, y=torch.arange(6) % 5)) == 6
+    assert TensorSplit(x=images, y=torch.arange(6, dtype=torch.int32)).y.dtype == torch.int64  # as the losses take
     with pytest.raises(AutocompError, match=r"^TensorSplit has 6 images \(x\) but 3 labels \(y\): give one label per "
                                             r"image$"):
         TensorSplit(x=images, y=torch.arange(3))

@@ -52,6 +52,30 @@ def test_a_torchvision_vit_is_rebuilt_as_timms_with_the_same_outputs_and_left_as
     assert timm_equivalent(rebuilt) is rebuilt  # timm's: taken as it is
 
 
+@pytest.mark.parametrize("where", ["heads.head", "heads"])
+def test_a_torchvision_vit_whose_head_fine_tuning_replaced_is_rebuilt_with_it(where):
+    """torchvision's fine-tuning recipe replaces the head (heads.head = Linear(dim, classes)), and num_classes keeps
+    the old count: the rebuild was refused as 'blocks of different sizes'."""
+    source = torchvision_vit()
+    head = nn.Linear(64, 3)
+    if where == "heads":
+        source.heads = head
+    else:
+        source.heads.head = head
+    rebuilt = timm_equivalent(source)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rebuilt.num_classes == 3 and (rebuilt(images) - source(images)).abs().max() < 1e-5
+
+
+def test_a_torchvision_vit_at_the_swag_weights_sizes_is_read_as_those_weights_read_images():
+    source = tv.VisionTransformer(image_size=384, patch_size=64, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    with pytest.warns(AutocompWarning, match=r"whose images are made as torchvision's IMAGENET1K_SWAG_E2E_V1 weights "
+                                             r"had theirs made: .*crop_pct 1.0 .*interpolation bicubic"):
+        made = resolve_preprocessing(timm_equivalent(source), DataConfig(dataset="imagefolder", root="images"))
+    assert (made.image_size, made.interpolation, made.crop_pct) == (384, "bicubic", 1.0)
+
+
 def test_compress_takes_a_torchvision_vit_and_returns_timms_compressed():
     source = torchvision_vit()
     images = torch.randn(2, 3, 32, 32)
@@ -69,8 +93,13 @@ def test_torchvision_vits_the_rebuild_cannot_express_are_refused_saying_why():
                                 conv_stem_configs=[tv.ConvStemConfig(out_channels=8, kernel_size=3, stride=2)])
     with pytest.raises(AutocompError, match=r"has a convolutional stem \(conv_stem_configs\)"):
         timm_equivalent(stem)
-    with pytest.raises(AutocompError, match=r"has a pre-logits layer \(representation_size=12\)"):
+    with pytest.raises(AutocompError, match=r"has a pre-logits layer \(heads.pre_logits: representation_size\)"):
         timm_equivalent(torchvision_vit(representation_size=12))
+    dropped = torchvision_vit()
+    dropped.heads.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(64, 3))
+    with pytest.raises(AutocompError, match=r"'s heads are a Sequential of Sequential; autocomp rebuilds torchvision "
+                                            r"ViTs whose heads are one Linear with a bias"):
+        timm_equivalent(dropped)
 
     class Pooled(tv.VisionTransformer):
         def forward(self, x):  # average of the tokens: not what timm's rebuild would compute
@@ -79,7 +108,7 @@ def test_torchvision_vits_the_rebuild_cannot_express_are_refused_saying_why():
     with pytest.raises(AutocompError, match="Pooled subclasses torchvision's VisionTransformer with a forward of its "
                                             "own"):
         timm_equivalent(Pooled(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32))
-    with pytest.raises(AutocompError, match=r"is torchvision's ViT: rebuild it as timm's with "
+    with pytest.raises(AutocompError, match=r"is torchvision's VisionTransformer: rebuild it as timm's with "
                                             r"autocomp.models.timm_equivalent\(model\)"):
         vit_blocks(torchvision_vit())  # the parts of autocomp that take a model as it is say how
 
@@ -104,7 +133,7 @@ def test_a_factory_making_a_torchvision_vit_loads_its_torchvision_checkpoint_the
 def test_a_rebuilt_models_images_are_made_as_torchvisions_weights_had_theirs_made_and_said_so():
     rebuilt = timm_equivalent(torchvision_vit())
     with pytest.warns(AutocompWarning, match=r"the model is torchvision's VisionTransformer, whose images are made as "
-                                             r"torchvision's ImageNet weights had theirs made: mean .*, crop_pct "
+                                             r"torchvision's IMAGENET1K_V1 weights had theirs made: mean .*, crop_pct "
                                              r"0.875 .*interpolation bilinear; set data.mean, data.std, "
                                              r"data.crop_pct, data.interpolation to what it was trained with"):
         made = resolve_preprocessing(rebuilt, DataConfig(dataset="imagefolder", root="images"))
@@ -115,7 +144,7 @@ def test_a_rebuilt_models_images_are_made_as_torchvisions_weights_had_theirs_mad
         warnings.simplefilter("error", AutocompWarning)  # every setting given: nothing guessed, nothing said
         assert resolve_preprocessing(rebuilt, own).crop_pct == 1.0
     assert preprocessing_source(rebuilt, DataConfig(dataset="imagefolder", root="images")) == \
-        "from torchvision's ImageNet weights' preprocessing (the model is torchvision's VisionTransformer)"
+        "from torchvision's IMAGENET1K_V1 weights' preprocessing (the model is torchvision's VisionTransformer)"
 
 
 def test_a_wrapper_holding_a_torchvision_vit_names_it():
@@ -149,6 +178,8 @@ def test_a_transformers_vit_is_rebuilt_as_timms_giving_its_logits(act):
     source = transformers_vit(hidden_act=act, hidden_dropout_prob=0.1, qkv_bias=act == "gelu")
     rebuilt = timm_equivalent(source)
     assert type(rebuilt) is VisionTransformer and rebuilt.norm.eps == 1e-12 and rebuilt.pos_drop.p == 0.1
+    # dropouts where the model has them: none after the MLP's activation (timm's Mlp has one there)
+    assert isinstance(rebuilt.blocks[0].mlp.drop1, nn.Identity) and rebuilt.blocks[0].mlp.drop2.p == 0.1
     assert (rebuilt.blocks[0].attn.qkv.bias is not None) == (act == "gelu")
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -172,6 +203,12 @@ def test_a_transformers_vit_is_rebuilt_as_timms_giving_its_logits(act):
 def test_transformers_models_the_rebuild_cannot_express_are_refused_saying_why():
     from transformers import ViTConfig, ViTModel
 
+    with pytest.raises(AutocompError, match=r"ViTForImageClassification whose classifier is a Identity \(num_labels "
+                                            r"0\): autocomp rebuilds those with a Linear classifier"):
+        timm_equivalent(transformers_vit(num_labels=0))
+    with pytest.raises(AutocompError, match=r"ViTForImageClassification is transformers' ViTForImageClassification: "
+                                            r"rebuild it as timm's with autocomp.models.timm_equivalent"):
+        vit_blocks(transformers_vit())
     with pytest.raises(AutocompError, match=r"with hidden_act 'relu': autocomp rebuilds those with gelu, "):
         timm_equivalent(transformers_vit(hidden_act="relu"))
     with pytest.raises(AutocompError, match=r"transformers' ViTModel is not rebuilt by autocomp: it rebuilds "

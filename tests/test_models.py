@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import pytest
 import timm
 import torch
@@ -325,6 +327,9 @@ def test_a_saved_model_loaded_onto_another_base_is_refused_in_one_line(tmp_path)
         load_model(tmp_path / "best", base=small_vit(num_heads=3))
     with pytest.raises(AutocompError, match=r"its pooling differs from the searched module's \(avg against token\)"):
         load_model(tmp_path / "best", base=small_vit(global_pool="avg"))
+    with pytest.raises(AutocompError, match=r"its LayerNorm eps differs from the searched module's \(1e-12 against "
+                                            r"1e-06\)"):  # a transformers ViT's (1e-12) onto timm's of its shapes
+        load_model(tmp_path / "best", base=small_vit(norm_layer=functools.partial(nn.LayerNorm, eps=1e-12)))
     assert load_model(tmp_path / "best", base=small_vit()) is not None  # other weights, the same module: taken
 
 

@@ -266,8 +266,9 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     # a module of the same shapes with other heads: every trial's weights would load onto it, computing otherwise
     other = create_model(dataclasses.replace(spec, kwargs={**TINY_KWARGS, "num_heads": 2}, checkpoint=None))
     for number in (0, 1):
-        with pytest.raises(autocomp.AutocompError, match=r"^the base given is not the module \S+ searched: its "
-                                                         r"blocks have \[2, 2\] heads, the searched module's \[4, 4\]"):
+        with pytest.raises(autocomp.AutocompError, match=r"^the base given is not the module \S+ was searched on: "
+                                                         r"its blocks have \[2, 2\] heads, the searched module's "
+                                                         r"\[4, 4\]"):
             export_trial(tmp_path / "run", number, tmp_path / "other", base=other)
 
 

@@ -71,6 +71,8 @@ class TensorSplit(Split):
         if len(self.x) != len(self.y):
             raise AutocompError(f"TensorSplit has {len(self.x)} images (x) but {len(self.y)} labels (y): give one "
                                 "label per image")
+        if self.y.dtype != torch.int64:  # int32 or uint8 labels: the losses take int64
+            object.__setattr__(self, "y", self.y.long())
 
     def __len__(self) -> int:
         return len(self.y)

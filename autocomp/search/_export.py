@@ -24,7 +24,7 @@ from autocomp.data import BUILTIN_PIXEL_MAX, Preprocessing, Split, Splits, load_
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
 from autocomp.measure.backends import CHECK_IMAGES, Backend, OnnxRuntimeCpu, Prepared, backend_of
-from autocomp.models import ModelSpec, create_model, model_digest, structure_difference
+from autocomp.models import ModelSpec, create_model, model_digest, require_structure
 from autocomp.ops.quantize import Int8Linear, int8_linear_top_code
 from autocomp.recipe import Recipe
 from autocomp.results import load_run_study, study_file, trial_error
@@ -41,6 +41,7 @@ __all__ = ["export_trial", "FORMATS"]
 # --format -> the backend whose export it is (None: the PyTorch folder alone)
 FORMATS = {"pytorch": None, "onnx": "onnxruntime-cpu", "openvino": "openvino-cpu"}
 CHECK_BATCH = 16  # images per run of the exported model when it is checked
+TEST_SCORED = 1000  # test images an export scores in its runtime, at most (a listed test/ folder may hold 50,000)
 NAMED = {"engine_seconds": "seconds_engine"}  # a trial's record -> its name in metrics.json, as trials.csv has it
 # a trial's runtime check of the file it timed -> its name under metrics.json "search_check"
 SEARCH_CHECK = {"runtime": "runtime", "export_top1": "top1_agreement", "export_max_logit_diff": "max_logit_diff"}
@@ -126,11 +127,8 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     # space or hardware profile file (a run folder copied to another machine exports them as they are)
     config = load_config(run_dir / "config.yaml", model=base, files_must_exist=False)
     spec = config.model
-    recorded_structure = _run_info(run_dir).get(STRUCTURE)  # a module's: what kept weights need of it (not its own)
-    if isinstance(spec, nn.Module) and isinstance(recorded_structure, dict) and \
-            (difference := structure_difference(recorded_structure, spec)) is not None:
-        raise AutocompError(f"the base given is not the module {run_dir} searched: {difference}; pass the module "
-                            "the search was given (export_trial's base=)")
+    if isinstance(spec, nn.Module):  # what a trial's kept weights need of it (not its own weights)
+        require_structure(_run_info(run_dir).get(STRUCTURE), spec, run_dir)
     base = create_model(spec, load_weights=False) if isinstance(spec, ModelSpec) else spec
     # the images: a deployable file's check and a trial's rebuild; best/ and kept weights alone need none
     recorded = run_images.recorded(run_dir, config.data)
@@ -386,8 +384,9 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
                       profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
                       scored_top: int, test: Split | None = None, log: Callable[[str], None] = print) -> None:
-    """Export ``model`` into ``out`` with ``backend``, check it on ``images``, score it on ``test`` (beside the
-    PyTorch model, on the same batches) and record it all in export.json. ``scored_top``: the top int8 input code
+    """Export ``model`` into ``out`` with ``backend``, check it on ``images``, score it on the first
+    ``TEST_SCORED`` images of ``test`` (beside the PyTorch model, on the same batches) and record it all in
+    export.json. ``scored_top``: the top int8 input code
     the model was scored with."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
 
@@ -401,14 +400,15 @@ def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, 
     try:  # a file the runtime cannot load, or whose outputs disagree, is said so beside it: never taken as checked
         prepared = Prepared(run=backend.load(path, profile), weight_nbytes=nbytes, weights_from=backend.weights_from)
         agreement = backend.check(model, prepared, images, profile)
+        scored = _test_accuracy(backend, model, prepared, test.subset(TEST_SCORED), profile) \
+            if test is not None and len(test) else {}
     except AutocompError as exc:
         write_json(out / "export.json", {**info, "check": str(exc)})
         _drop_intermediate(path)
         raise type(exc)(f"{exc}; {path.name}, failed so, is left in {out} to look at (export.json's check says why): "
                         "not for deployment") from exc
-    info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images)
-    if test is not None and len(test):
-        info.update(_test_accuracy(backend, model, prepared, test, profile))
+    info.update(top1_agreement=agreement.top1, max_logit_diff=agreement.max_logit_diff, images=agreement.images,
+                **scored)
     if format == "openvino":
         info["default_precision"] = _openvino_defaults(model, path, images, log)
         from autocomp.runtimes.openvino import SNIPPETS_OFF, ir_heads_equal_tokens
