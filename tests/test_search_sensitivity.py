@@ -909,7 +909,7 @@ def test_the_work_before_the_trials_uses_the_cpus_the_trials_will_share(monkeypa
 
     from autocomp.search import _before
 
-    monkeypatch.setattr(_before.os, "sched_getaffinity", lambda _pid: set(range(machine)), raising=False)
+    monkeypatch.setattr(_before, "usable_cpus", lambda: machine)
     config = SimpleNamespace(workers=workers, resources=SimpleNamespace(cpu=cpu, gpu=0))
     assert _before.setup_threads(config) == expected  # never more than the machine, never fewer than a trial's
 
