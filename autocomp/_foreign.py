@@ -63,6 +63,7 @@ class _Layout:
     act: Any
     drops: dict[str, float]  # timm's pos_drop_rate, proj_drop_rate, attn_drop_rate
     weights: dict[str, torch.Tensor | None]  # timm's names: the tensors (None: a bias the model does not have)
+    labels: list[str] | None = None  # the name of each output, where the model names them (transformers' id2label)
     act_dropout: bool = True  # a dropout after the MLP's activation (timm's and torchvision's; transformers' has none)
 
 
@@ -105,6 +106,10 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
     """
     if not is_foreign_vit(model):
         return model
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise AutocompError(f"{library_model(model)} has its weights on the meta device (shapes without values): "
+                            "load its weights first (model.to_empty(device='cpu') then load_state_dict, or "
+                            "from_pretrained)")
     if _from_transformers(model):
         return _assemble(model, _transformers_layout(model), TRANSFORMERS)
     layout = _torchvision_layout(model)
@@ -211,7 +216,17 @@ def _transformers_layout(source: nn.Module) -> _Layout:
                    act=act, drops={"pos_drop_rate": config.hidden_dropout_prob,
                                    "proj_drop_rate": config.hidden_dropout_prob,
                                    "attn_drop_rate": config.attention_probs_dropout_prob},
-                   weights=weights, act_dropout=False)
+                   weights=weights, act_dropout=False, labels=_label_names(config, source.classifier.out_features))
+
+
+def _label_names(config: Any, count: int) -> list[str] | None:
+    """transformers' id2label as a list, output by output; None where it names them LABEL_0 ... (transformers'
+    default, which says nothing of the classes)."""
+    names = getattr(config, "id2label", None) or {}
+    listed = [names.get(index, names.get(str(index))) for index in range(count)]
+    if None in listed or listed == [f"LABEL_{index}" for index in range(count)]:
+        return None
+    return [str(name) for name in listed]
 
 
 def _square(value: Any, name: str) -> int:
@@ -263,7 +278,8 @@ def _assemble(source: nn.Module, layout: _Layout, library: dict[str, Any]) -> nn
     first = next(source.parameters())
     model.to(device=first.device, dtype=first.dtype).train(source.training)
     model.pretrained_cfg = {**library["settings"], "num_classes": layout.classes, "architecture": library["model"],
-                            "input_size": (layout.channels, layout.image_size, layout.image_size)}
+                            "input_size": (layout.channels, layout.image_size, layout.image_size),
+                            **({"label_names": layout.labels} if layout.labels else {})}
     setattr(model, REBUILT_FROM, {key: library[key] for key in ("model", "preprocessing", "defaults")})
     if hasattr(source, TRAINED_WITH):  # a checkpoint's training arguments, read when it was loaded
         setattr(model, TRAINED_WITH, getattr(source, TRAINED_WITH))

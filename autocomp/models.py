@@ -240,9 +240,15 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
         if unexpected:
             details.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
         library = _library_of(unexpected)
-        fix = (f"it holds {library[0]} weights: build that model in a factory (model: {{factory: ..., checkpoint: "
-               f"...}}, returning {library[1]}), which autocomp rebuilds as timm's with these weights" if library else
-               "check model.name and model.kwargs against the checkpoint")
+        if type(model).__module__.startswith("transformers."):  # the module's keys and its files' differ (5 and 4)
+            fix = (f"a file transformers' save_pretrained wrote keeps the key layout of its files, which only "
+                   f"from_pretrained reads into the module: build it in the factory with "
+                   f"{type(model).__name__}.from_pretrained('<the folder of the file>') and leave model.checkpoint out")
+        elif library and not is_foreign_vit(model):
+            fix = (f"it holds {library[0]} weights: build that model in a factory (model: {{factory: ..., checkpoint: "
+                   f"...}}, returning {library[1]}), which autocomp rebuilds as timm's with these weights")
+        else:
+            fix = "check model.name and model.kwargs (or the factory's model) against the checkpoint"
         raise AutocompError(f"checkpoint {path} does not fit the model: {'; '.join(details)}; {fix}")
     model.load_state_dict(state)
     if trained := trained_with(args):  # an image folder's preprocessing takes them over the timm config's

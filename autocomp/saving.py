@@ -126,7 +126,8 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
     architecture = read_yaml(directory / "model.yaml", what="saved architecture") or {}
     if architecture.get(GIVEN_AS) == "nn.Module":
         if base is None:
-            raise AutocompError(f"{directory} was searched on a model given as an nn.Module; pass it: "
+            raise AutocompError(f"{directory} holds a model compressed from one given as an nn.Module (a search "
+                                "given a module, or autocomp.save with base=module); pass that module: "
                                 "autocomp.load(path, base=my_model)")
         rebuilt = timm_equivalent(base)  # a torchvision ViT: timm's (a new module already)
         require_structure(architecture.get(STRUCTURE), rebuilt, directory)

@@ -227,3 +227,85 @@ def test_a_timm_model_given_another_librarys_checkpoint_is_told_to_build_that_li
         with pytest.raises(AutocompError, match=f"does not fit the model: .*; it holds {library} weights: build that "
                                                 "model in a factory .* which autocomp rebuilds as timm's"):
             create_model(ModelSpec(**spec, checkpoint=str(tmp_path / file)))
+
+
+def test_a_save_pretrained_file_is_read_through_from_pretrained_and_said_so_where_its_keys_are_not_the_modules(
+        tmp_path):
+    """transformers 5 names its modules' weights (vit.layers.0.attention.q_proj) otherwise than the files
+    save_pretrained writes (vit.encoder.layer.0.attention.attention.query); only from_pretrained converts."""
+    from safetensors.torch import load_file
+
+    source = transformers_vit()
+    source.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hffactory.py").write_text(
+        "from transformers import ViTConfig, ViTForImageClassification\n\n"
+        "def fresh(folder):\n    return ViTForImageClassification(ViTConfig.from_pretrained(folder))\n\n"
+        "def pretrained(folder):\n    return ViTForImageClassification.from_pretrained(folder)\n")
+    images, folder = torch.randn(2, 3, 32, 32), str(tmp_path / "hf")
+    with torch.no_grad():
+        expected = source(images).logits
+        made = create_model(ModelSpec(factory="hffactory:pretrained", kwargs={"folder": folder}, path=str(tmp_path)))
+        assert (made(images) - expected).abs().max() < 1e-5
+        spec = ModelSpec(factory="hffactory:fresh", kwargs={"folder": folder}, path=str(tmp_path),
+                         checkpoint=str(tmp_path / "hf" / "model.safetensors"))
+        if set(load_file(spec.checkpoint)) == set(source.state_dict()):  # a transformers whose files are its keys
+            assert (create_model(spec)(images) - expected).abs().max() < 1e-5
+        else:
+            with pytest.raises(AutocompError, match=r"a file transformers' save_pretrained wrote keeps the key layout "
+                                                    r"of its files, .* ViTForImageClassification.from_pretrained\("
+                                                    r"'<the folder of the file>'\) and leave model.checkpoint out"):
+                create_model(spec)
+
+
+def _folder(root, classes):
+    from PIL import Image
+
+    for number, name in enumerate(classes):
+        (root / "train" / name).mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (32, 32), (40 * index, 50 * number, 10)).save(root / "train" / name / f"{index}.png")
+
+
+def test_a_transformers_models_label_names_order_the_class_folders_as_its_outputs(tmp_path):
+    """A model trained with id2label {0: 'ship', 1: 'cat', ...} scores output 0 as ship: its class folders were
+    taken in sorted order without a word (28.75% for a model of 49.06%)."""
+    from autocomp.data import load_splits
+
+    _folder(tmp_path, ["airplane", "cat", "ship"])
+    named = {0: "ship", 1: "airplane", 2: "cat"}
+    rebuilt = timm_equivalent(transformers_vit(num_labels=3, id2label=named, label2id={v: k for k, v in
+                                                                                       named.items()}))
+    config = DataConfig(dataset="imagefolder", root=str(tmp_path), val_size=3, calib_size=3, test_size=3,
+                        mean=0.5, std=0.5, crop_pct=1.0, interpolation="bilinear", crop_mode="squash", workers=0)
+    splits = load_splits(config, rebuilt)
+    assert splits.classes == ("ship", "airplane", "cat")
+    folder_of = {path.split("/")[1] for split in (splits.train, splits.val) for path, label in
+                 zip(split.files, split.labels) if label == 0}
+    assert folder_of == {"ship"}  # label 0 is output 0's class
+    plain = timm_equivalent(transformers_vit(num_labels=3))  # LABEL_0 ...: says nothing of the classes
+    assert load_splits(config, plain).classes == ("airplane", "cat", "ship")
+    other = {0: "ship", 1: "plane", 2: "cat"}
+    with pytest.warns(AutocompWarning, match=r"the model names its outputs \['ship', 'plane', 'cat'\] \(its label "
+                                             r"names\), which are not the class folders \['airplane', 'cat', 'ship'\]"):
+        assert load_splits(config, timm_equivalent(transformers_vit(num_labels=3, id2label=other))).classes == \
+            ("airplane", "cat", "ship")
+
+
+def test_a_half_precision_or_meta_model_and_a_head_of_another_size_are_refused_saying_what_to_do():
+    from types import SimpleNamespace
+
+    from autocomp.search._before import check_classes
+
+    images = SimpleNamespace(x=torch.randn(1, 3, 32, 32))
+    config = SimpleNamespace(data=SimpleNamespace(dataset="imagefolder", root="images"), model=None)
+    rebuilt = timm_equivalent(transformers_vit())  # 7 outputs
+    with pytest.raises(AutocompError, match=r"the model's weights are float16; autocomp compresses and measures "
+                                            r"float32 models .*: give it the float32 model \(model.float\(\)\)"):
+        check_classes(rebuilt.half(), SimpleNamespace(calib=images, num_classes=7), config)
+    with pytest.raises(AutocompError, match=r"the model has 7 outputs but the data has 4 classes; .*\(transformers' "
+                                            r"ViTForImageClassification.from_pretrained\(..., num_labels=4, "
+                                            r"ignore_mismatched_sizes=True\) makes such a head, untrained\)"):
+        check_classes(rebuilt.float(), SimpleNamespace(calib=images, num_classes=4), config)
+    with pytest.raises(AutocompError, match=r"torchvision's VisionTransformer has its weights on the meta device "
+                                            r"\(shapes without values\): load its weights first"):
+        timm_equivalent(torchvision_vit().to("meta"))

@@ -254,7 +254,8 @@ def test_search_through_the_python_api_with_an_nn_module(tmp_path, tiny_teacher)
     assert model_digest(model) == given  # the caller's module: its weights and heads as they were
     assert (tmp_path / "run" / "base.safetensors").is_file() and not list((tmp_path / "run").rglob("*.pt"))
     assert summary["met_budget"]
-    with pytest.raises(autocomp.AutocompError, match=r"given as an nn.Module; pass it: autocomp.load\(path, base="):
+    with pytest.raises(autocomp.AutocompError, match=r"given as an nn.Module \(a search given a module, .*\); pass "
+                                                     r"that module: autocomp.load\(path, base="):
         autocomp.load(tmp_path / "run" / "best")
     loaded = autocomp.load(tmp_path / "run" / "best", base=model)
     assert abs(evaluate(loaded, load_splits(DIGITS).val) - summary["best"]["val_accuracy"]) < 1e-9

@@ -39,7 +39,8 @@ def load_splits(config: DataConfig, model: nn.Module | None = None) -> Splits:
             raise AutocompError("an image folder is preprocessed as the model expects; pass the model to "
                                 "load_splits")
         _folder_root(config)  # a wrong path is the first thing to say, before anything about the model
-        return _folder_splits(config, resolve_preprocessing(model, config))
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+        return _folder_splits(config, resolve_preprocessing(model, config), names=names)
     loader = {"fashion_mnist": _fashion_mnist, "digits": _digits}[config.dataset]
     train_x, train_y, test_x, test_y, classes = loader(config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -298,7 +299,7 @@ def _folder_root(config: DataConfig) -> Path:
     return root
 
 
-def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
+def _folder_splits(config: DataConfig, preprocessing: Preprocessing, names: list[str] | None = None) -> Splits:
     root = _folder_root(config)
     split_dirs = _split_folders(root)
 
@@ -310,7 +311,8 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
             raise AutocompError(f"{root} has {sorted(p.name for p in split_dirs.values())} but no train/ folder; add "
                                 "train/ with one folder of images per class")
         parts = {name: _classes(path, held_out=name != "train") for name, path in split_dirs.items()}
-        classes = sorted(parts["train"])  # as written in train/ (a model trained with torchvision's ImageFolder)
+        # as written in train/, sorted (a model trained with torchvision's ImageFolder), or as the model names them
+        classes = _class_order(sorted(parts["train"]), names)
         parts = {name: _same_names(found, classes) for name, found in parts.items()}
         for name, found in parts.items():  # val/ and test/ may lack a rare class; none may add one
             if set(found) - set(classes):
@@ -344,7 +346,7 @@ def _folder_splits(config: DataConfig, preprocessing: Preprocessing) -> Splits:
         origins = {"train": "the folder", "calib": "held out of the folder", "val": "held out of the folder",
                    "test": "held out of the folder"}
         found = _classes(root)
-        classes = sorted(found)
+        classes = _class_order(sorted(found), names)
         files, labels = _flatten(found, classes)
         test_idx, keep = _hold_out(order(files), config.test_size, "data.test_size")
         test_files, test_labels = _take(files, labels, test_idx)
@@ -391,6 +393,21 @@ def _split_folders(root: Path) -> dict[str, Path]:
         if there:
             found[split] = there[0]
     return found
+
+
+def _class_order(folders: list[str], names: list[str] | None) -> list[str]:
+    """The class folders (sorted) in the order of the model's outputs where the model names them (transformers'
+    id2label, the classes of a model autocomp saved) with the folders' names; else as they are, with a warning where
+    the names and the folders are partly the same (output i is then the i-th folder, which the names may contradict)."""
+    if not names:
+        return folders
+    if sorted(names) == folders:
+        return list(names)
+    if set(names) & set(folders):
+        warn(f"the model names its outputs {list(names)} (its label names), which are not the class folders "
+             f"{folders}: output i is taken as the i-th class folder in sorted order; name the folders as the model "
+             "names its classes, or give the model the folders' names")
+    return folders
 
 
 def _same_names(found: dict[str, list[str]], classes: list[str]) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ from autocomp._compress import compress
 from autocomp._io import read_safetensors, write_safetensors
 from autocomp.config import JobConfig
 from autocomp.data import Split, Splits
+from autocomp.data._config import REBUILT_FROM
 from autocomp.distill import TeacherCache
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
@@ -48,6 +49,12 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
     on a folder of 37 classes would score near 0 and distil against labels it has no output for. So is a forward
     that returns other than a logits tensor (a tuple, a dict)."""
     image, data = splits.calib.x[:1], config.data.dataset
+    kinds = sorted({str(p.dtype).removeprefix("torch.") for p in base.parameters() if p.is_floating_point()}
+                   - {"float32"})
+    if kinds:  # its first layer refused the images' float32 with a dtype error, read as wrong image settings
+        raise AutocompError(f"the model's weights are {', '.join(kinds)}; autocomp compresses and measures float32 "
+                            "models (its 16-bit, int8 and lower-bit settings start from them): give it the float32 "
+                            "model (model.float())")
     try:
         with torch.no_grad():
             logits = base(image)
@@ -72,8 +79,13 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
     if (outputs := logits.shape[-1]) != splits.num_classes:
         order = " (class folders in sorted order)" if data == "imagefolder" else ""
         count = splits.num_classes
-        fix = (f"give a module with {count} outputs trained on these classes (a timm model's reset_classifier("
-               f"{count}) makes such a head, untrained)" if isinstance(config.model, nn.Module) else
+        rebuilt = (getattr(base, REBUILT_FROM, None) or {}).get("model", "")
+        head = ("transformers' ViTForImageClassification.from_pretrained(..., num_labels="
+                f"{count}, ignore_mismatched_sizes=True)" if rebuilt.startswith("transformers'") else
+                f"torchvision's model.heads.head = nn.Linear(hidden_dim, {count})" if rebuilt.startswith("torchvision")
+                else f"a timm model's reset_classifier({count})")
+        fix = (f"give a module with {count} outputs trained on these classes ({head} makes such a head, untrained)"
+               if isinstance(config.model, nn.Module) or rebuilt else
                f"set model.kwargs.num_classes: {count} and give a checkpoint trained on these classes")
         raise AutocompError(f"the model has {outputs} outputs but the data has {count} classes; its outputs must be "
                             f"the data's classes{order}: {fix}")

@@ -153,6 +153,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                        for name, what in SPLIT_NAMES.items())
     log(f"data: {counts} images; preprocessing {splits.preprocessing.to_dict()} "
         f"({preprocessing_source(base, config.data)})")
+    if list(splits.classes) != sorted(splits.classes):  # an image folder's, as the model names its outputs
+        log(f"note: the class folders are the model's outputs in the order it names them (its label names): "
+            f"{list(splits.classes)}")
     held = [name for name in ("val", "test") if origins.get(name, "").startswith("held out of")]
     if held:  # a model trained on every image of the folder has seen these: the scores read high
         one = len(held) == 1
