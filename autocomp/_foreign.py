@@ -111,7 +111,8 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
                             "load its weights first (model.to_empty(device='cpu') then load_state_dict, or "
                             "from_pretrained)")
     if _from_transformers(model):
-        return _assemble(model, _transformers_layout(model), TRANSFORMERS)
+        layout = _transformers_layout(model)
+        return _assemble(model, layout, _processor_of(model, layout.image_size) or TRANSFORMERS)
     layout = _torchvision_layout(model)
     return _assemble(model, layout, TORCHVISION_SWAG if layout.image_size in SWAG_SIZES else TORCHVISION)
 
@@ -219,6 +220,39 @@ def _transformers_layout(source: nn.Module) -> _Layout:
                    weights=weights, act_dropout=False, labels=_label_names(config, source.classifier.out_features))
 
 
+# PIL's resampling filters by number, as a saved image processor gives them
+RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _processor_of(source: nn.Module, image_size: int) -> dict[str, Any] | None:
+    """The preprocessing the ``preprocessor_config.json`` beside a transformers model read by ``from_pretrained``
+    from a folder says (ViTImageProcessor's and DeiTImageProcessor's keys), as TRANSFORMERS's entries; None where
+    there is no such file, or one autocomp cannot follow (then ViTImageProcessor's defaults are taken, said)."""
+    import json
+    from pathlib import Path
+
+    folder = getattr(source, "name_or_path", None) or getattr(source.config, "_name_or_path", None)
+    path = Path(folder) / "preprocessor_config.json" if folder else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        size, crop = saved.get("size") or {}, saved.get("crop_size") or {}
+        resized = size.get("shortest_edge") or size.get("height")
+        cropped = (crop.get("height") or crop.get("shortest_edge")) if saved.get("do_center_crop") else resized
+        normalize = saved.get("do_normalize", True)
+        settings = {"mean": tuple(saved["image_mean"]) if normalize else (0.0,), "std": tuple(saved["image_std"])
+                    if normalize else (1.0,), "interpolation": RESAMPLE[int(saved.get("resample", 2))],
+                    "crop_pct": cropped / resized, "crop_mode": "center" if "shortest_edge" in size else "squash"}
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    rescaled = saved.get("do_rescale", True) and abs(saved.get("rescale_factor", 1 / 255) - 1 / 255) < 1e-9
+    if not rescaled or cropped != image_size or size.get("height", resized) != size.get("width", resized):
+        return None  # pixels not divided by 255, another size than the model's, a rectangle: not followed
+    return {**TRANSFORMERS, "preprocessing": f"its preprocessor_config.json ({path}) makes them",
+            "defaults": f"its preprocessor_config.json ({path})", "settings": settings, "read": True}
+
+
 def _label_names(config: Any, count: int) -> list[str] | None:
     """transformers' id2label as a list, output by output; None where it names them LABEL_0 ... (transformers'
     default, which says nothing of the classes)."""
@@ -280,7 +314,8 @@ def _assemble(source: nn.Module, layout: _Layout, library: dict[str, Any]) -> nn
     model.pretrained_cfg = {**library["settings"], "num_classes": layout.classes, "architecture": library["model"],
                             "input_size": (layout.channels, layout.image_size, layout.image_size),
                             **({"label_names": layout.labels} if layout.labels else {})}
-    setattr(model, REBUILT_FROM, {key: library[key] for key in ("model", "preprocessing", "defaults")})
+    setattr(model, REBUILT_FROM, {key: library[key] for key in ("model", "preprocessing", "defaults", "read")
+                                  if key in library})
     if hasattr(source, TRAINED_WITH):  # a checkpoint's training arguments, read when it was loaded
         setattr(model, TRAINED_WITH, getattr(source, TRAINED_WITH))
     return model

@@ -309,3 +309,30 @@ def test_a_half_precision_or_meta_model_and_a_head_of_another_size_are_refused_s
     with pytest.raises(AutocompError, match=r"torchvision's VisionTransformer has its weights on the meta device "
                                             r"\(shapes without values\): load its weights first"):
         timm_equivalent(torchvision_vit().to("meta"))
+
+
+def test_a_transformers_models_own_preprocessor_config_makes_its_images(tmp_path):
+    """A model from_pretrained read from a folder with its preprocessor_config.json (CIFAR's mean and std, say): its
+    images were made with ViTImageProcessor's defaults (38.75% for a 49.06% model)."""
+    from transformers import DeiTImageProcessor, ViTForImageClassification, ViTImageProcessor
+
+    transformers_vit().save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.49, 0.48, 0.45], image_std=[0.25, 0.24, 0.26],
+                      resample=3).save_pretrained(tmp_path / "vit")
+    rebuilt = timm_equivalent(ViTForImageClassification.from_pretrained(tmp_path / "vit"))
+    config = DataConfig(dataset="imagefolder", root="images")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)  # nothing guessed: nothing said
+        made = resolve_preprocessing(rebuilt, config)
+    assert made.mean == pytest.approx((0.49, 0.48, 0.45)) and made.std == pytest.approx((0.25, 0.24, 0.26))
+    assert (made.interpolation, made.crop_mode, made.crop_pct, made.image_size) == ("bicubic", "squash", 1.0, 32)
+    assert preprocessing_source(rebuilt, config).startswith(f"from its preprocessor_config.json ({tmp_path / 'vit'}")
+    # DeiT's processor: a square resize, then the centre crop
+    DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "vit")
+    made = resolve_preprocessing(timm_equivalent(ViTForImageClassification.from_pretrained(tmp_path / "vit")), config)
+    assert (made.crop_mode, made.crop_pct, made.interpolation) == ("squash", 32 / 36, "bicubic")
+    # one for another size than the model's is not followed: the defaults, said
+    ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(tmp_path / "vit")
+    with pytest.warns(AutocompWarning, match="made as transformers' ViTImageProcessor makes them by default"):
+        resolve_preprocessing(timm_equivalent(ViTForImageClassification.from_pretrained(tmp_path / "vit")), config)

@@ -303,7 +303,9 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     if config.image_size is None and getattr(embed, "img_size", None) is None:  # nothing in the model says it
         guessed["image_size"] = preprocessing.image_size
     rebuilt = getattr(model, REBUILT_FROM, None)  # its library's weights' preprocessing, which the user's may not be
-    if rebuilt or not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
+    if rebuilt and rebuilt.get("read"):  # its own file's (a transformers model's preprocessor_config.json)
+        rebuilt = None
+    elif rebuilt or not (getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)):
         # a module not made by timm.create_model: timm falls back to ImageNet's settings without a word, a crop of
         # the centre 87.5% among them (a model trained on whole images loses points to it)
         guessed.update({name: getattr(preprocessing, name) for name in ("crop_pct", "interpolation")
