@@ -178,6 +178,9 @@ def test_export_any_trial_and_print_the_front(finished_run, capsys):
         block["prune_heads"].keep if "prune_heads" in block else 4 for block in recipe.blocks]
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     capsys.readouterr()
+    assert main(["pareto", str(run / "best")]) == 2  # a model folder: its run is named (not 'search into best/')
+    assert capsys.readouterr().err.strip() == (f"autocomp: error: {run / 'best'} is a model folder, not a run folder; "
+                                               f"give its run: autocomp pareto {run}")
     assert main(["pareto", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "Pareto front" in printed
