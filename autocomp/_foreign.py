@@ -18,7 +18,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from autocomp.data._config import REBUILT_FROM, TRAINED_WITH
+from autocomp.data._config import REBUILT_FROM, TRAINED_WITH, crop_pct_for
 from autocomp.errors import AutocompError
 
 __all__ = ["timm_equivalent", "is_foreign_vit", "library_model"]
@@ -135,8 +135,10 @@ def _torchvision_layout(source: nn.Module) -> _Layout:
                             "Linear (as torchvision's weights have)")
     if not isinstance(head, nn.Linear) or head.bias is None or \
             (not isinstance(source.heads, nn.Linear) and set(dict(source.heads.named_children())) != {"head"}):
-        raise AutocompError(f"{name}'s heads are {_described(source.heads)}; autocomp rebuilds torchvision ViTs "
-                            "whose heads are one Linear with a bias (heads.head, or heads itself)")
+        odd = source.heads if head is None or isinstance(source.heads, nn.Linear) else head
+        where = "heads" if odd is source.heads else "heads.head"
+        raise AutocompError(f"{name}'s {where} is {_described(odd)}; autocomp rebuilds torchvision ViTs whose heads "
+                            "are one Linear with a bias (heads.head, or heads itself)")
     layers = list(source.encoder.layers)
     attention = [layer.self_attention for layer in layers]
     norms = [module for module in source.modules() if isinstance(module, nn.LayerNorm)]
@@ -220,6 +222,9 @@ def _transformers_layout(source: nn.Module) -> _Layout:
                    weights=weights, act_dropout=False, labels=_label_names(config, source.classifier.out_features))
 
 
+# the image processors whose saved keys autocomp follows (others, ConvNeXt's crop_pct say, are left for the defaults)
+VIT_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTFeatureExtractor")
+DEIT_PROCESSORS = ("DeiTImageProcessor", "DeiTImageProcessorFast", "DeiTFeatureExtractor")
 # PIL's resampling filters by number, as a saved image processor gives them
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -237,18 +242,23 @@ def _processor_of(source: nn.Module, image_size: int) -> dict[str, Any] | None:
         return None
     try:
         saved = json.loads(path.read_text())
+        kind = saved.get("image_processor_type") or saved.get("feature_extractor_type")
         size, crop = saved.get("size") or {}, saved.get("crop_size") or {}
+        if isinstance(size, int) and kind in VIT_PROCESSORS:  # an older file's: a square of that side
+            size = {"height": size, "width": size}
         resized = size.get("shortest_edge") or size.get("height")
         cropped = (crop.get("height") or crop.get("shortest_edge")) if saved.get("do_center_crop") else resized
         normalize = saved.get("do_normalize", True)
         settings = {"mean": tuple(saved["image_mean"]) if normalize else (0.0,), "std": tuple(saved["image_std"])
                     if normalize else (1.0,), "interpolation": RESAMPLE[int(saved.get("resample", 2))],
-                    "crop_pct": cropped / resized, "crop_mode": "center" if "shortest_edge" in size else "squash"}
-    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+                    "crop_pct": crop_pct_for(cropped, resized),
+                    "crop_mode": "center" if "shortest_edge" in size else "squash"}
+    except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):  # a file of another form
         return None
     rescaled = saved.get("do_rescale", True) and abs(saved.get("rescale_factor", 1 / 255) - 1 / 255) < 1e-9
-    if not rescaled or cropped != image_size or size.get("height", resized) != size.get("width", resized):
-        return None  # pixels not divided by 255, another size than the model's, a rectangle: not followed
+    if kind not in VIT_PROCESSORS + DEIT_PROCESSORS or not saved.get("do_resize", True) or not rescaled \
+            or cropped != image_size or size.get("height", resized) != size.get("width", resized):
+        return None  # another processor's keys, no resize, pixels not divided by 255, another size, a rectangle
     return {**TRANSFORMERS, "preprocessing": f"its preprocessor_config.json ({path}) makes them",
             "defaults": f"its preprocessor_config.json ({path})", "settings": settings, "read": True}
 

@@ -53,7 +53,7 @@ def _print_front(run_dir: Path) -> bool:
 
     path = run_dir / "pareto.json"
     if not path.is_file():
-        if (run_dir.parent / "pareto.json").is_file() and (run_dir / "recipe.yaml").is_file():  # best/, a trial's
+        if (run_dir.parent / "pareto.json").is_file() and (run_dir / "recipe.yaml").is_file():  # a run's best/
             raise AutocompError(f"{run_dir} is a model folder, not a run folder; give its run: autocomp pareto "
                                 f"{run_dir.parent}")
         raise AutocompError(f"{run_dir} has no pareto.json; run 'autocomp search CONFIG --out {run_dir}' first")

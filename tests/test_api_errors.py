@@ -110,3 +110,12 @@ def test_a_model_compressed_in_python_saves_and_loads_back(tmp_path):
     with pytest.raises(AutocompTypeError, match=r"^save's recipe must be the autocomp.Recipe it was compressed with, "
                                                 r"got dict"):
         autocomp.save(tmp_path / "x", smaller, recipe.to_dict(), base=base)
+
+
+def test_a_sample_of_a_split_in_class_order_draws_from_every_class():
+    """An export scores the deployable file on a sample of the test images: a listed test/ folder is in class order,
+    and its first 1,000 images were its first classes only (20 of ImageNet's 1,000)."""
+    ordered = TensorSplit(x=torch.randn(200, 3, 4, 4), y=torch.arange(5).repeat_interleave(40))
+    sample = ordered.sample(50)
+    assert len(sample) == 50 and set(sample.y.tolist()) == set(range(5))
+    assert torch.equal(sample.y, ordered.sample(50).y) and ordered.sample(500) is ordered  # seeded; all: itself

@@ -97,8 +97,8 @@ def test_torchvision_vits_the_rebuild_cannot_express_are_refused_saying_why():
         timm_equivalent(torchvision_vit(representation_size=12))
     dropped = torchvision_vit()
     dropped.heads.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(64, 3))
-    with pytest.raises(AutocompError, match=r"'s heads are a Sequential of Sequential; autocomp rebuilds torchvision "
-                                            r"ViTs whose heads are one Linear with a bias"):
+    with pytest.raises(AutocompError, match=r"'s heads.head is a Sequential of Dropout, Linear; autocomp rebuilds "
+                                            r"torchvision ViTs whose heads are one Linear with a bias"):
         timm_equivalent(dropped)
 
     class Pooled(tv.VisionTransformer):
@@ -336,3 +336,45 @@ def test_a_transformers_models_own_preprocessor_config_makes_its_images(tmp_path
     ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(tmp_path / "vit")
     with pytest.warns(AutocompWarning, match="made as transformers' ViTImageProcessor makes them by default"):
         resolve_preprocessing(timm_equivalent(ViTForImageClassification.from_pretrained(tmp_path / "vit")), config)
+
+
+@pytest.mark.parametrize("processor", ["vit_int_size", "deit_354"])
+def test_a_preprocessor_configs_images_are_the_processors_own_to_the_pixel(tmp_path, processor):
+    """autocomp's transform against the transformers processor the file describes, on one PIL image: an older file's
+    size as an int crashed the rebuild; a DeiT resize of 354 before a 224 crop was made one pixel short (timm rounds
+    size / crop_pct down)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from transformers import DeiTImageProcessor, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path / "vit"
+    transformers_vit(image_size=224, patch_size=32, hidden_size=16, num_attention_heads=2).save_pretrained(folder)
+    if processor == "vit_int_size":
+        real = ViTImageProcessor(size={"height": 224, "width": 224}, resample=3)
+        real.save_pretrained(folder)
+        saved = json.loads((folder / "preprocessor_config.json").read_text())
+        (folder / "preprocessor_config.json").write_text(json.dumps({**saved, "size": 224}))  # as older files have it
+    else:
+        real = DeiTImageProcessor(size={"height": 354, "width": 354}, crop_size={"height": 224, "width": 224})
+        real.save_pretrained(folder)
+    rebuilt = timm_equivalent(ViTForImageClassification.from_pretrained(folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)  # followed: nothing guessed
+        made = resolve_preprocessing(rebuilt, DataConfig(dataset="imagefolder", root="images"))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    expected = real(images=image, return_tensors="pt")["pixel_values"][0]
+    difference = (made.transform()(image) - expected).abs()
+    # at most one 8-bit level (1 / 255 / std 0.5: their resizes round a pixel here and there), almost always none
+    assert difference.max() < 1.01 * 2 / 255 and (difference > 1e-4).float().mean() < 0.02
+
+
+def test_a_preprocessor_config_of_another_processor_is_left_for_the_defaults_with_the_warning(tmp_path):
+    from transformers import ConvNextImageProcessor, ViTForImageClassification
+
+    transformers_vit().save_pretrained(tmp_path / "vit")
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path / "vit")  # its crop_pct: not followed
+    with pytest.warns(AutocompWarning, match="made as transformers' ViTImageProcessor makes them by default"):
+        resolve_preprocessing(timm_equivalent(ViTForImageClassification.from_pretrained(tmp_path / "vit")),
+                              DataConfig(dataset="imagefolder", root="images"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import csv
 import dataclasses
 import json
@@ -139,10 +141,22 @@ def test_the_teacher_outputs_are_kept_for_the_runs_next_start(tiny_teacher, digi
     assert len(again.outputs) == 4 and all(torch.equal(a, b) for a, b in zip(first.outputs, again.outputs))
     assert (again.batch_size, again.seed) == (first.batch_size, first.seed)
     kept = list(tmp_path.glob("teacher_outputs-*.safetensors"))
+    # a teacher that gives other outputs under the same key (an image replaced under its name, say): run again
+    other = copy.deepcopy(tiny_teacher[1])
+    with torch.no_grad():
+        other.head.bias += 1.0
+    shifted = teacher_cache(other, digits_splits.train, space, config, lines.append, run_dir=tmp_path,
+                            identity="model a")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    assert torch.allclose(shifted.outputs[0], first.outputs[0] + 1.0, atol=1e-5)
+    kept[0].write_bytes(kept[0].read_bytes()[:100])  # a copy cut short: computed again
+    teacher_cache(other, digits_splits.train, space, config, lines.append, run_dir=tmp_path, identity="model a")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    (tmp_path / (kept[0].name + ".tmp")).write_bytes(b"")  # a write cut short
     teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
                   identity="model b")
     assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
-    assert len(list(tmp_path.glob("teacher_outputs-*.safetensors"))) == 1 and not kept[0].exists()
+    assert len(list(tmp_path.glob("teacher_outputs-*"))) == 1 and not kept[0].exists()
 
 
 def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatch, tmp_path):

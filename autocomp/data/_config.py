@@ -241,6 +241,13 @@ def trained_with(args: Any) -> dict[str, Any]:
     return found
 
 
+def crop_pct_for(size: int, resize: int) -> float:
+    """The crop_pct that resizes to ``resize`` px before a ``size``-px crop as timm rounds it
+    (``floor(size / crop_pct)``): ``size / resize``, or the float just below it where that divides back to just under
+    ``resize`` (20 / (20 / 29) = 28.999...)."""
+    return size / resize if math.floor(size / (size / resize)) == resize else math.nextafter(size / resize, 0)
+
+
 def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing:
     """The model's timm data config with the job config's overrides (image folders). The input size and channels
     are those the model was built with (a timm model made at ``img_size=32`` keeps its pretrained config's 224)."""
@@ -295,8 +302,7 @@ def resolve_preprocessing(model: nn.Module, config: DataConfig) -> Preprocessing
     size, scaled = preprocessing.image_size, preprocessing.image_size / preprocessing.crop_pct
     if config.crop_pct is not None and math.floor(scaled) != math.floor(scaled + 1e-3):  # a rounded 32 / 36
         near = math.floor(scaled) + 1
-        # size / near may divide back to just under near (20 / (20 / 29) = 28.999...): then the float below it
-        exact = size / near if math.floor(size / (size / near)) == near else math.nextafter(size / near, 0)
+        exact = crop_pct_for(size, near)
         warn(f"data.crop_pct {config.crop_pct!r} resizes to {math.floor(scaled)} px before the {size}-px crop "
              f"({size} / {config.crop_pct!r} = {scaled:.10g}, rounded down as timm rounds it); for {near} px, give "
              f"crop_pct {exact!r} ({size} / {near})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -401,9 +402,11 @@ def _class_order(folders: list[str], names: list[str] | None) -> list[str]:
     the names and the folders are partly the same (output i is then the i-th folder, which the names may contradict)."""
     if not names:
         return folders
-    if sorted(names) == folders:
-        return list(names)
-    if set(names) & set(folders):
+    form = {unicodedata.normalize("NFC", name): name for name in folders}  # a folder copied from macOS: NFD
+    named = [form.get(unicodedata.normalize("NFC", str(name))) for name in names]
+    if None not in named and sorted(named) == folders:
+        return named
+    if set(form) & {unicodedata.normalize("NFC", str(name)) for name in names}:
         warn(f"the model names its outputs {list(names)} (its label names), which are not the class folders "
              f"{folders}: output i is taken as the i-th class folder in sorted order; name the folders as the model "
              "names its classes, or give the model the folders' names")

@@ -29,6 +29,17 @@ class Split:
         """The first ``count`` items (the splits are already shuffled)."""
         raise NotImplementedError
 
+    def sample(self, count: int, seed: int = 0) -> Split:
+        """``count`` items drawn at random (seeded), in their order here: a listed test/ folder is in class order,
+        where its first items would be its first classes only."""
+        if count >= len(self):
+            return self
+        return self.take(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values)
+
+    def take(self, indices: torch.Tensor) -> Split:
+        """The items at ``indices``, in that order."""
+        raise NotImplementedError
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images and labels as two tensors."""
         xs, ys = zip(*self.batches(256)) if len(self) else ((), ())
@@ -87,6 +98,9 @@ class TensorSplit(Split):
     def subset(self, count: int) -> TensorSplit:
         return TensorSplit(x=self.x[:count], y=self.y[:count])
 
+    def take(self, indices: torch.Tensor) -> TensorSplit:
+        return TensorSplit(x=self.x[indices], y=self.y[indices])
+
     def __repr__(self) -> str:  # not the tensors' values: pages of them
         return f"TensorSplit({len(self)} images of {tuple(self.x.shape[1:])}, labels {_label_range(self.y)})"
 
@@ -144,6 +158,12 @@ class FolderSplit(Split):
     def subset(self, count: int) -> FolderSplit:
         return FolderSplit(root=self.root, files=self.files[:count], labels=self.labels[:count],
                            preprocessing=self.preprocessing, workers=self.workers)
+
+    def take(self, indices: torch.Tensor) -> FolderSplit:
+        chosen = indices.tolist()
+        return FolderSplit(root=self.root, files=tuple(self.files[i] for i in chosen),
+                           labels=tuple(self.labels[i] for i in chosen), preprocessing=self.preprocessing,
+                           workers=self.workers)
 
     def __repr__(self) -> str:  # not every file name
         return f"FolderSplit({len(self)} images under {self.root}, labels {_label_range(self.labels)})"

@@ -303,6 +303,12 @@ def screen_of(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, 
     return Screen(predictor=predictor, limits=limits, margin=config.skip_margin, uncompressed=baseline)
 
 
+def _first_batch_same(base: nn.Module, train: Split, plan: Distill, kept: torch.Tensor, device: str) -> bool:
+    """Whether the teacher gives ``kept`` on the first batch ``plan`` draws (to float rounding: threads differ)."""
+    first = TeacherCache.build(base, train, dataclasses.replace(plan, steps=1), device=device).outputs[0]
+    return first.shape == kept.shape and torch.allclose(first, kept, rtol=1e-4, atol=1e-5)
+
+
 def setup_threads(config: JobConfig) -> int:
     """Threads for the driver's work before the first trial (the teacher's outputs, the sensitivity pass): no trial
     runs yet, so it may use the CPUs the trials will share, as far as this machine has them."""
@@ -327,8 +333,10 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
             cache = TeacherCache(batch_size=plan.batch_size, seed=plan.seed,
                                  outputs=tuple(kept[str(step)] for step in range(steps)))
         except (AutocompError, KeyError):  # damaged (a copy cut short): computed again below
-            pass
-        else:
+            cache = None
+        # the key holds the model, the images' names and labels and their preprocessing, not the pixels: the first
+        # batch run again tells an image replaced under its name (or a teacher changed otherwise)
+        if cache is not None and _first_batch_same(base, train, plan, cache.outputs[0], device):
             log(f"teacher outputs for {steps} distillation steps read from {path.name}, as an earlier start of this "
                 "run computed them")
             return cache
@@ -339,7 +347,7 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
     log(f"teacher outputs for {steps} distillation steps computed once for all trials "
         f"({time.perf_counter() - started:.1f} s{', on the GPU' if device != 'cpu' else ''})")
     try:
-        for stale in run_dir.glob(TEACHER_OUTPUTS.format("*")):  # of a model or images the run no longer has
+        for stale in run_dir.glob(TEACHER_OUTPUTS.format("*") + "*"):  # another model's or images', a write cut short
             stale.unlink()
         write_safetensors(path, {str(step): output for step, output in enumerate(cache.outputs)})
     except OSError as exc:  # the trials have them all the same

@@ -153,7 +153,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                        for name, what in SPLIT_NAMES.items())
     log(f"data: {counts} images; preprocessing {splits.preprocessing.to_dict()} "
         f"({preprocessing_source(base, config.data)})")
-    if list(splits.classes) != sorted(splits.classes):  # an image folder's, as the model names its outputs
+    names = (getattr(base, "pretrained_cfg", None) or {}).get("label_names")
+    if config.data.dataset == "imagefolder" and names and list(splits.classes) == list(names) and \
+            list(names) != sorted(names):  # the folders ordered as the model names its outputs
         log(f"note: the class folders are the model's outputs in the order it names them (its label names): "
             f"{list(splits.classes)}")
     held = [name for name in ("val", "test") if origins.get(name, "").startswith("held out of")]
@@ -260,7 +262,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                              skip_margin=config.skip_margin,
                              teacher_cache=before.teacher_cache(
                                  base, train, space, config, log, run_dir=run_dir,
-                                 identity=repr((digest, splits.digests, config.data))) if remaining else None,
+                                 identity=repr((digest, splits.digests, config.data, splits.preprocessing))
+                             ) if remaining else None,
                              weights_dir=str((run_dir / finish.KEPT).resolve()), gpu=config.resources.gpu > 0,
                              trial_timeout_s=config.trial_timeout_s, measure_timeout_s=config.measure_timeout_s,
                              check_images=check_images(profile, lambda n: splits.val.subset(n).tensors()[0],
