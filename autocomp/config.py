@@ -259,13 +259,13 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         raise AutocompError(f"{path} names its model ({section}) and an nn.Module was given too: leave model: out "
                             "of the job to search the module, or give none to search the job's model")
     if model is not None:
-        model = timm_equivalent(model)  # a torchvision ViT: timm's, with its weights
-        vit_blocks(model)  # a model autocomp cannot compress is refused here, not when the search starts
-        values["model"] = model.eval()
+        values["model"] = model.eval()  # JobConfig rebuilds a torchvision or transformers ViT as timm's
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):
         if isinstance(values.get(key), str):
             values[key] = resolve_path(values[key], base=base, what=what, must_exist=files_must_exist)
     config = build(JobConfig, values, where=str(path))
+    if model is not None:
+        vit_blocks(config.model)  # a model autocomp cannot compress is refused here, not when the search starts
     if config.data.root:  # on a Ray node without this folder, the split names it (autocomp.data)
         root = resolve_path(config.data.root, base=base, what="data.root", must_exist=False, keep_links=True)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(root)))

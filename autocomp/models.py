@@ -242,8 +242,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
         library = _library_of(unexpected)
         if type(model).__module__.startswith("transformers."):  # the module's keys and its files' differ (5 and 4)
             fix = (f"a file transformers' save_pretrained wrote keeps the key layout of its files, which only "
-                   f"from_pretrained reads into the module: build it in the factory with "
-                   f"{type(model).__name__}.from_pretrained('<the folder of the file>') and leave model.checkpoint out")
+                   f"from_pretrained reads into the module: build it in the factory with {type(model).__name__}"
+                   ".from_pretrained on the file's (local) folder and leave model.checkpoint out")
         elif library and not is_foreign_vit(model):
             fix = (f"it holds {library[0]} weights: build that model in a factory (model: {{factory: ..., checkpoint: "
                    f"...}}, returning {library[1]}), which autocomp rebuilds as timm's with these weights")

@@ -13,16 +13,10 @@ import torch
 import autocomp
 from autocomp.cli import build_parser, main
 from autocomp.measure import backends
+from autocomp.search._export import CHECK_BATCH
 from conftest import skip_where_openvino_lacks_compressed_weights
 from test_cli_errors import run_cli
 from test_search_e2e import write_job
-
-
-def backends_batch() -> int:
-    """The batch an export's file is checked and scored in."""
-    from autocomp.search._export import CHECK_BATCH
-
-    return CHECK_BATCH
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     from autocomp.runtimes import OrtModule
     from autocomp.train import evaluate
 
-    test, batch = digits_splits.test, backends_batch()
+    test, batch = digits_splits.test, CHECK_BATCH
     assert info["test_runtime"] == "onnxruntime-cpu" and info["test_images"] == len(test) > 0
     assert info["test_accuracy"] == evaluate(OrtModule(ort_session(out / "model.onnx")), test, batch_size=batch)
     assert info["test_accuracy_pytorch"] == evaluate(model, test, batch_size=batch)
@@ -164,7 +158,7 @@ def test_openvino_export_writes_the_ir(run, tmp_path, digits_splits, monkeypatch
     info = json.loads((out / "export.json").read_text())
     assert info["file"] == "model.xml" and info["top1_agreement"] >= 0.9 and info["images"] > 0
     # its accuracy in OpenVINO: compiled at the check's static batch, the last batch padded, as the export ran it
-    batch, test = backends_batch(), digits_splits.test
+    batch, test = CHECK_BATCH, digits_splits.test
     compiled, right = OvModule(ov_compiled(out / "model.xml", batch=batch)), 0
     for x, y in test.batches(batch):
         right += int((torch.as_tensor(compiled(backends._fit(x, batch)))[:len(x)].argmax(-1) == y).sum())

@@ -80,8 +80,8 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
         order = " (class folders in sorted order)" if data == "imagefolder" else ""
         count = splits.num_classes
         rebuilt = (getattr(base, REBUILT_FROM, None) or {}).get("model", "")
-        head = ("transformers' ViTForImageClassification.from_pretrained(..., num_labels="
-                f"{count}, ignore_mismatched_sizes=True)" if rebuilt.startswith("transformers'") else
+        head = (f"transformers' ViTForImageClassification.from_pretrained with num_labels={count} and "
+                "ignore_mismatched_sizes=True" if rebuilt.startswith("transformers'") else
                 f"torchvision's model.heads.head = nn.Linear(hidden_dim, {count})" if rebuilt.startswith("torchvision")
                 else f"a timm model's reset_classifier({count})")
         fix = (f"give a module with {count} outputs trained on these classes ({head} makes such a head, untrained)"

@@ -384,10 +384,9 @@ def _openvino_defaults(model: nn.Module, path: Path, images: torch.Tensor,
 def _write_deployable(backend: Backend, model: nn.Module, images: torch.Tensor, out: Path,
                       profile: HardwareProfile, format: str, extra: dict,  # noqa: A002
                       scored_top: int, test: Split | None = None, log: Callable[[str], None] = print) -> None:
-    """Export ``model`` into ``out`` with ``backend``, check it on ``images``, score it on the first
+    """Export ``model`` into ``out`` with ``backend``, check it on ``images``, score it on a seeded sample of
     ``TEST_SCORED`` images of ``test`` (beside the PyTorch model, on the same batches) and record it all in
-    export.json. ``scored_top``: the top int8 input code
-    the model was scored with."""
+    export.json. ``scored_top``: the top int8 input code the model was scored with."""
     from autocomp.runtimes.onnx import op_types  # both formats export through ONNX
 
     path = out / f"model{backend.suffix}"
