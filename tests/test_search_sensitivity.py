@@ -340,8 +340,9 @@ def test_a_space_that_searches_only_the_activations_runs_the_passes(tmp_path, ti
         return lambda model: 1.3 if any(getattr(m, "act_qparams", None) is not None for m in model.modules()) \
             else 1.5
     monkeypatch.setattr(_reach, "ratio_of", ratio_of)
-    # a loose budget: on so small a model int8 may be slower than float, and this is about the passes running
-    job = _space_job(tmp_path, tiny_teacher, "weight_bits: [8]\nact_bits: [null, 8]\n", {"latency_ms": 2.0}, trials=4)
+    # a loose budget: on so small a model int8 may be slower than float, and this is about the passes running; an
+    # absolute 2 ms (1.1x the uncompressed) failed on a busy machine where the int8 candidate was timed at 2.35 ms
+    job = _space_job(tmp_path, tiny_teacher, "weight_bits: [8]\nact_bits: [null, 8]\n", {"latency_ms": 8.0}, trials=4)
     run = tmp_path / "run"
     assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
     rows = list(csv.DictReader((run / "sensitivity.csv").open()))
