@@ -535,7 +535,9 @@ def _counted(run: Path) -> int:
 
 def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_run, tmp_path, capsys):
     """The space file's text is the same (else another job), but a default a later version added or changed
-    (``smooth``) makes its trials to come differ from the earlier ones: the resume says which."""
+    (``smooth``) makes its trials to come differ from the earlier ones: the resume says which, and resumes. A run
+    from before run.json recorded its space says so once, and records the space. (How two spaces compare, setting by
+    setting, is tested without a search in test_study_storage.py.)"""
     tmp, run = finished_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -544,28 +546,19 @@ def test_a_resumed_run_says_when_its_search_space_resolves_otherwise(finished_ru
     done = _counted(copy)
 
     def resumed(space) -> str:
-        (copy / "run.json").write_text(json.dumps({**info, "space": space}))
+        if space != "as recorded":
+            (copy / "run.json").write_text(json.dumps({**info, "space": space}))
         trials = _counted(copy) + 1
         assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
         return capsys.readouterr().out
 
-    assert "search space's defaults" not in resumed(info["space"])
-    before = {key: value for key, value in info["space"].items() if key != "smooth"}
-    assert "the search space's defaults differ from the earlier trials': smooth none in that version, now 0.5" \
-        in resumed(before)
-    assert "smooth 0.8, now 0.5" in resumed({**info["space"], "smooth": 0.8})
-    # a key added later at the value that did what the versions before it did: no difference
-    older = {key: value for key, value in info["space"].items() if key not in ("lowrank_layers", "group_size")}
-    assert "search space's defaults" not in resumed(older)
-    assert "lowrank_layers ['qkv', 'fc1'], now ['qkv', 'proj', 'fc1', 'fc2']" in resumed(
-        {**info["space"], "lowrank_layers": ["qkv", "fc1"]})
+    assert "the search space's defaults differ from the earlier trials': smooth 0.8, now 0.5" \
+        in resumed({**info["space"], "smooth": 0.8})
     assert "did not record its search space's defaults" in resumed(None)
     recorded = json.loads((copy / "run.json").read_text())  # said once: the space is recorded then
     assert recorded["space"] == info["space"] and recorded["space_recorded"] == "late"
-    trials = _counted(copy) + 1
-    assert main(["search", str(tmp / "job.yaml"), "--out", str(copy), "--trials", str(trials)]) == 0
-    assert "search space's defaults" not in capsys.readouterr().out
-    assert _counted(copy) == done + 7  # a note, not a refusal
+    assert "search space's defaults" not in resumed("as recorded")
+    assert _counted(copy) == done + 3  # a note, not a refusal
 
 
 def test_a_resume_with_another_seed_says_that_it_draws_only_the_trials_left(finished_run, tmp_path, capsys):

@@ -244,3 +244,28 @@ def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
     progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}]),
                      row(2, "FAIL", [{}], "non-finite logits")])  # told again, nothing changed: not said again
     assert len(said) == 3
+
+
+def test_a_resumed_space_is_compared_with_the_earlier_trials_setting_by_setting():
+    """run.json's resolved space against the one the trials to come sample: a changed default named with both
+    values, one a later version added named as absent before, one added at what the versions before it did not
+    named at all; a run that recorded no space said so."""
+    from pathlib import Path
+
+    from autocomp.search._rundir import resolved_space, space_otherwise
+    from autocomp.search._space import load_space
+
+    now = resolved_space(load_space(Path(__file__).parents[1] / "search_spaces" / "heads_int8.yaml"))
+    assert now["smooth"] == 0.5
+    assert space_otherwise(dict(now), now) is None
+    before = {key: value for key, value in now.items() if key != "smooth"}
+    assert space_otherwise(before, now) == ("the search space's defaults differ from the earlier trials': smooth "
+                                            "none in that version, now 0.5")
+    assert space_otherwise({**now, "smooth": 0.8}, now).endswith("smooth 0.8, now 0.5")
+    older = {key: value for key, value in now.items() if key not in ("lowrank_layers", "group_size")}
+    assert space_otherwise(older, now) is None  # added later at the value that did what the versions before did
+    assert space_otherwise({**now, "lowrank_layers": ["qkv", "fc1"]}, now).endswith(
+        "lowrank_layers ['qkv', 'fc1'], now ['qkv', 'proj', 'fc1', 'fc2']")
+    both = space_otherwise({**now, "smooth": 0.8, "group_size": 32}, now)
+    assert "smooth 0.8, now 0.5" in both and "group_size 32, now 64" in both
+    assert "did not record its search space's defaults" in space_otherwise(None, now)
