@@ -1,6 +1,8 @@
 """ViTs of other libraries, rebuilt as timm's VisionTransformer with the same weights, so that autocomp's operators
 (written for timm's blocks) compress them: torchvision's ``VisionTransformer`` (``vit_b_16`` ..., or one built with
-sizes of its own) and Hugging Face transformers' ``ViTForImageClassification`` (transformers 4 and 5).
+sizes of its own), Hugging Face transformers' ``ViTForImageClassification`` (transformers 4 and 5) and its DeiTs
+(``DeiTForImageClassification``, whose distillation token is timm's register token, and
+``DeiTForImageClassificationWithTeacher``, timm's ``VisionTransformerDistilled``).
 
 The rebuilt model computes what the original does (the same layers in the same order; its outputs, the original's
 logits, agree up to float rounding), and carries as its timm data config the preprocessing its library gives such a
@@ -43,6 +45,18 @@ TRANSFORMERS = {"model": "transformers' ViTForImageClassification",
                 "defaults": "transformers' ViTImageProcessor's defaults",
                 "settings": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
                              "crop_pct": 1.0, "crop_mode": "squash"}}
+# transformers' DeiTImageProcessor by default: the whole image resized bicubically to 256 x 256, then the centre
+# 224 x 224 (crop_pct 0.875 of a squash), mean and std 0.5 (IMAGENET_STANDARD_*; facebook/deit-*'s own
+# preprocessor_config.json say ImageNet's mean and std, and are followed where beside the model)
+TRANSFORMERS_DEIT = {"model": "transformers' DeiTForImageClassification",
+                     "preprocessing": "transformers' DeiTImageProcessor makes them by default (its "
+                                      "preprocessor_config.json may say otherwise)",
+                     "defaults": "transformers' DeiTImageProcessor's defaults",
+                     "settings": {**TRANSFORMERS["settings"], "interpolation": "bicubic", "crop_pct": 0.875}}
+# transformers' classification models autocomp rebuilds: the attribute holding the backbone, whether the output
+# averages a class-token head and a distillation-token head (timm's VisionTransformerDistilled in eval mode)
+TRANSFORMERS_KINDS = {"ViTForImageClassification": ("vit", False), "DeiTForImageClassification": ("deit", False),
+                      "DeiTForImageClassificationWithTeacher": ("deit", True)}
 # transformers' hidden_act values timm's GELU computes exactly (gelu_new is the tanh form, as gelu_pytorch_tanh)
 HF_ACTIVATIONS = {"gelu": nn.GELU, "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh"),
                   "gelu_new": partial(nn.GELU, approximate="tanh")}
@@ -65,6 +79,8 @@ class _Layout:
     weights: dict[str, torch.Tensor | None]  # timm's names: the tensors (None: a bias the model does not have)
     labels: list[str] | None = None  # the name of each output, where the model names them (transformers' id2label)
     act_dropout: bool = True  # a dropout after the MLP's activation (timm's and torchvision's; transformers' has none)
+    reg_tokens: int = 0  # tokens after the class token, in the position embedding (DeiT's distillation token)
+    distilled: bool = False  # a second head on the token after the class token, the two heads' logits averaged
 
 
 def _torchvision_vit() -> type | None:
@@ -112,7 +128,11 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
                             "from_pretrained)")
     if _from_transformers(model):
         layout = _transformers_layout(model)
-        return _assemble(model, layout, _processor_of(model, layout.image_size) or TRANSFORMERS)
+        kind = type(model).__name__
+        defaults = TRANSFORMERS if kind == "ViTForImageClassification" else {**TRANSFORMERS_DEIT,
+                                                                               "model": f"transformers' {kind}"}
+        return _assemble(model, layout, {**(_processor_of(model, layout.image_size) or defaults),
+                                         "model": defaults["model"]})
     layout = _torchvision_layout(model)
     return _assemble(model, layout, TORCHVISION_SWAG if layout.image_size in SWAG_SIZES else TORCHVISION)
 
@@ -174,30 +194,40 @@ def _torchvision_layout(source: nn.Module) -> _Layout:
 
 def _transformers_layout(source: nn.Module) -> _Layout:
     kind, config = type(source).__name__, source.config
-    if kind != "ViTForImageClassification":
-        raise AutocompError(f"transformers' {kind} is not rebuilt by autocomp: it rebuilds ViTForImageClassification "
-                            "(and torchvision's VisionTransformer) as timm's VisionTransformer; for "
-                            f"{config.model_type} weights, load them into the timm model of that family")
+    if kind not in TRANSFORMERS_KINDS:
+        raise AutocompError(f"transformers' {kind} is not rebuilt by autocomp: it rebuilds "
+                            f"{', '.join(TRANSFORMERS_KINDS)} (and torchvision's VisionTransformer) as timm's "
+                            f"VisionTransformer; for {config.model_type} weights, load them into the timm model of "
+                            "that family")
+    backbone, distilled = TRANSFORMERS_KINDS[kind]
     act = HF_ACTIVATIONS.get(config.hidden_act) if isinstance(config.hidden_act, str) else None
     if act is None:
-        raise AutocompError(f"transformers' ViTForImageClassification with hidden_act {config.hidden_act!r}: "
-                            f"autocomp rebuilds those with {', '.join(HF_ACTIVATIONS)}")
-    if not isinstance(source.classifier, nn.Linear) or source.classifier.bias is None:
-        raise AutocompError(f"transformers' ViTForImageClassification whose classifier is "
-                            f"{_described(source.classifier)} (num_labels {config.num_labels}): autocomp rebuilds "
-                            "those with a Linear classifier; give the model its labels (num_labels)")
+        raise AutocompError(f"transformers' {kind} with hidden_act {config.hidden_act!r}: autocomp rebuilds those "
+                            f"with {', '.join(HF_ACTIVATIONS)}")
+    heads = {"classifier": source.cls_classifier, "distillation_classifier": source.distillation_classifier} \
+        if distilled else {"classifier": source.classifier}
+    for name, head in heads.items():
+        if not isinstance(head, nn.Linear) or head.bias is None:
+            raise AutocompError(f"transformers' {kind} whose {name} is {_described(head)} (num_labels "
+                                f"{config.num_labels}): autocomp rebuilds those with a Linear classifier; give the "
+                                "model its labels (num_labels)")
     head_dim = getattr(config, "head_dim", None)
     if head_dim is not None and head_dim * config.num_attention_heads != config.hidden_size:
-        raise AutocompError(f"transformers' ViTForImageClassification with head_dim {head_dim} x "
-                            f"{config.num_attention_heads} heads != hidden_size {config.hidden_size}: autocomp "
-                            "rebuilds those whose heads split the width")
-    vit = source.vit
+        raise AutocompError(f"transformers' {kind} with head_dim {head_dim} x {config.num_attention_heads} heads != "
+                            f"hidden_size {config.hidden_size}: autocomp rebuilds those whose heads split the width")
+    vit = getattr(source, backbone)
     layers = list(vit.layers if hasattr(vit, "layers") else vit.encoder.layer)  # transformers 5; 4
     embeddings = vit.embeddings
-    size = _square(config.image_size, "image_size")
+    size = _square(config.image_size, "image_size", kind)
+    first = next(iter(heads.values()))
     weights = {"cls_token": embeddings.cls_token, "pos_embed": embeddings.position_embeddings,
                **_linear("patch_embed.proj", embeddings.patch_embeddings.projection),
-               **_linear("norm", vit.layernorm), **_linear("head", source.classifier)}
+               **_linear("norm", vit.layernorm), **_linear("head", first)}
+    distillation = getattr(embeddings, "distillation_token", None)
+    if distillation is not None:  # DeiT's: after the class token, before the patches, in the position embedding
+        weights["dist_token" if distilled else "reg_token"] = distillation
+    if distilled:
+        weights.update(_linear("head_dist", source.distillation_classifier))
     for index, layer in enumerate(layers):
         attention = layer.attention
         if hasattr(attention, "q_proj"):  # transformers 5
@@ -213,13 +243,14 @@ def _transformers_layout(source: nn.Module) -> _Layout:
         weights[f"blocks.{index}.attn.qkv.weight"] = torch.cat([query.weight, key.weight, value.weight])
         weights[f"blocks.{index}.attn.qkv.bias"] = None if query.bias is None else \
             torch.cat([query.bias, key.bias, value.bias])
-    return _Layout(image_size=size, patch_size=_square(config.patch_size, "patch_size"),
-                   channels=config.num_channels, classes=source.classifier.out_features, dim=config.hidden_size,
+    return _Layout(image_size=size, patch_size=_square(config.patch_size, "patch_size", kind),
+                   channels=config.num_channels, classes=first.out_features, dim=config.hidden_size,
                    heads=config.num_attention_heads, width=config.intermediate_size, eps=config.layer_norm_eps,
                    act=act, drops={"pos_drop_rate": config.hidden_dropout_prob,
                                    "proj_drop_rate": config.hidden_dropout_prob,
                                    "attn_drop_rate": config.attention_probs_dropout_prob},
-                   weights=weights, act_dropout=False, labels=_label_names(config, source.classifier.out_features))
+                   weights=weights, act_dropout=False, labels=_label_names(config, first.out_features),
+                   reg_tokens=int(distillation is not None and not distilled), distilled=distilled)
 
 
 # the image processors whose saved keys autocomp follows (others, ConvNeXt's crop_pct say, are left for the defaults)
@@ -244,8 +275,8 @@ def _processor_of(source: nn.Module, image_size: int) -> dict[str, Any] | None:
         saved = json.loads(path.read_text())
         kind = saved.get("image_processor_type") or saved.get("feature_extractor_type")
         size, crop = saved.get("size") or {}, saved.get("crop_size") or {}
-        if isinstance(size, int) and kind in VIT_PROCESSORS:  # an older file's: a square of that side
-            size = {"height": size, "width": size}
+        if kind in VIT_PROCESSORS + DEIT_PROCESSORS:  # an older file's int size (and crop): a square of that side
+            size, crop = ({"height": side, "width": side} if isinstance(side, int) else side for side in (size, crop))
         resized = size.get("shortest_edge") or size.get("height")
         cropped = (crop.get("height") or crop.get("shortest_edge")) if saved.get("do_center_crop") else resized
         normalize = saved.get("do_normalize", True)
@@ -273,12 +304,11 @@ def _label_names(config: Any, count: int) -> list[str] | None:
     return [str(name) for name in listed]
 
 
-def _square(value: Any, name: str) -> int:
+def _square(value: Any, name: str, kind: str) -> int:
     if isinstance(value, int):
         return value
     if len(set(value)) != 1:
-        raise AutocompError(f"transformers' ViTForImageClassification with {name} {list(value)}: autocomp rebuilds "
-                            "square ones")
+        raise AutocompError(f"transformers' {kind} with {name} {list(value)}: autocomp rebuilds square ones")
     return int(value[0])
 
 
@@ -294,17 +324,19 @@ def _linear(name: str, module: nn.Module) -> dict[str, torch.Tensor | None]:
 
 
 def _assemble(source: nn.Module, layout: _Layout, library: dict[str, Any]) -> nn.Module:
+    from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
     weights = layout.weights
     depth = sum(key.endswith(".attn.qkv.weight") for key in weights)
-    model = VisionTransformer(
+    model = (VisionTransformerDistilled if layout.distilled else VisionTransformer)(
         img_size=layout.image_size, patch_size=layout.patch_size, in_chans=layout.channels,
         num_classes=layout.classes, global_pool="token", embed_dim=layout.dim, depth=depth, num_heads=layout.heads,
         mlp_ratio=(layout.width + 0.5) / layout.dim,  # int(dim * ratio) is the width exactly
         qkv_bias=weights["blocks.0.attn.qkv.bias"] is not None,
         proj_bias=weights["blocks.0.attn.proj.bias"] is not None,
-        norm_layer=partial(nn.LayerNorm, eps=layout.eps), act_layer=layout.act, weight_init="skip", **layout.drops)
+        norm_layer=partial(nn.LayerNorm, eps=layout.eps), act_layer=layout.act, weight_init="skip",
+        **({"reg_tokens": layout.reg_tokens} if layout.reg_tokens else {}), **layout.drops)
     if not layout.act_dropout:
         for block in model.blocks:
             block.mlp.drop1 = nn.Identity()

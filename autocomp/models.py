@@ -259,6 +259,10 @@ def _library_of(keys: Sequence[str]) -> tuple[str, str] | None:
     """The library whose ViT has weights named ``keys`` (autocomp rebuilds its model as timm's), and that model."""
     if any(key.startswith(("vit.encoder.layer.", "vit.layers.", "vit.embeddings.")) for key in keys):
         return "Hugging Face transformers' ViT", "transformers.ViTForImageClassification(ViTConfig(...))"
+    if any(key.startswith(("deit.encoder.layer.", "deit.layers.", "deit.embeddings.")) for key in keys):
+        kind = "DeiTForImageClassificationWithTeacher" if any(key.startswith("distillation_classifier.")
+                                                               for key in keys) else "DeiTForImageClassification"
+        return "Hugging Face transformers' DeiT", f"transformers.{kind}(DeiTConfig(...))"
     if any(key.startswith("encoder.layers.encoder_layer_") for key in keys):
         return "torchvision's ViT", "torchvision.models.vit_b_16(num_classes=...) or another of its ViT builders"
     return None

@@ -3,11 +3,14 @@ time the rebuild takes, the largest difference between the two models' outputs (
 their top-1 agree, their weight bytes, and their batch-1 latency in PyTorch eager measured interleaved (median of
 ``--repeats``).
 
-    python benchmarks/foreign_vits.py [--models vit_b_16 vit_b_32 vit_l_16 vit_l_32 vit_h_14 hf_vit_base] [--repeats 5]
+    python benchmarks/foreign_vits.py [--models vit_b_16 vit_b_32 vit_l_16 vit_l_32 vit_h_14 hf_vit_base hf_deit_base]
+        [--repeats 5]
 
 ``vit_*``: torchvision's builders; ``hf_vit_base``: transformers' ViTForImageClassification at ViT-B/16's sizes
-(google/vit-base-patch16-224's config, 1000 labels). Random weights (torchvision builds its head as zeros: it is
-drawn too, or every output would be 0). Each model takes about half a minute on 2 cores; vit_h_14 needs ~6 GB.
+(google/vit-base-patch16-224's config, 1000 labels); ``hf_deit_base``: transformers'
+DeiTForImageClassificationWithTeacher at DeiT-B's sizes (facebook/deit-base-distilled-patch16-224's config).
+Random weights (torchvision builds its head as zeros: it is drawn too, or every output would be 0). Each model
+takes about half a minute on 2 cores; vit_h_14 needs ~6 GB.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def source_model(name: str) -> torch.nn.Module:
         from transformers import ViTConfig, ViTForImageClassification
 
         return ViTForImageClassification(ViTConfig(num_labels=1000)).eval()
+    if name == "hf_deit_base":
+        from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+        return DeiTForImageClassificationWithTeacher(DeiTConfig(num_labels=1000)).eval()
     model = getattr(tv, name)().eval()
     with torch.no_grad():
         model.heads.head.weight.normal_(0, 0.02)
@@ -59,7 +66,7 @@ def latencies(models: list[torch.nn.Module], images: torch.Tensor, repeats: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_b_32", "hf_vit_base"])
+    parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_b_32", "hf_vit_base", "hf_deit_base"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
