@@ -358,7 +358,10 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a timm ViT-family model, checked to have the standard layout."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-        raise AutocompError(f"{type(model).__name__} is not supported: its blocks are an nn.ModuleList of "
+        built = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")  # timm's name, if it made it
+        named = type(model).__name__ + (f" (timm builds {built} as one)" if built and built != type(model).__name__
+                                        else "")
+        raise AutocompError(f"{named} is not supported: its blocks are an nn.ModuleList of "
                             f"{type(blocks[0]).__name__} (as in timm's Eva, RoPE and relative-position ViTs, whose "
                             "blocks take position inputs of their own); autocomp compresses timm's VisionTransformer "
                             "family (vit_*, deit_*, flexivit_*, ...), whose blocks are an nn.Sequential")
