@@ -23,16 +23,17 @@ _PENDING: list[type[KeyboardInterrupt]] = []  # the interrupt taken and not yet 
 def terminated_as_interrupted(*, unless_handled: bool = False, ctrl_c: bool = False) -> Iterator[bool]:
     """SIGTERM raises :class:`Terminated` in the block (in the main thread, where signals are handled); yields
     whether it does. ``unless_handled``: only where SIGTERM has the default handler (a caller's own stays).
-    ``ctrl_c``: Ctrl-C's KeyboardInterrupt is remembered as well (the command line's).
+    ``ctrl_c``: Ctrl-C's KeyboardInterrupt is remembered as well, where Python's own handler takes it (the command
+    line's; a notebook's interrupt).
 
     Python drops an exception raised while it runs a finalizer (a weakref callback, ``__del__``: "Exception
     ignored in ..."), where a signal lands now and then: the interrupt is remembered until the block ends, for
     :func:`raise_pending` to raise where the search waits. A process forked in the block (OpenVINO's telemetry
     forks one per event, and terminates it) inherits the handler: there SIGTERM ends it as by default."""
-    if threading.current_thread() is not threading.main_thread() or \
-            (unless_handled and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    if threading.current_thread() is not threading.main_thread():
         yield False
         return
+    sigterm = not (unless_handled and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)
     owner = os.getpid()
 
     def terminate(signum: int, frame: object) -> None:
@@ -50,13 +51,17 @@ def terminated_as_interrupted(*, unless_handled: bool = False, ctrl_c: bool = Fa
     # Ctrl-C only where Python's own handler takes it: a shell running the command in the background from a script
     # has it ignored, and so it stays
     ctrl_c = ctrl_c and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    previous = signal.signal(signal.SIGTERM, terminate)
+    if not sigterm and not ctrl_c:  # both a caller's (the command line's, around a search it runs)
+        yield False
+        return
+    previous = signal.signal(signal.SIGTERM, terminate) if sigterm else None
     if ctrl_c:
         signal.signal(signal.SIGINT, interrupt)
     try:
-        yield True
+        yield sigterm
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        if sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         if ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         _PENDING.clear()

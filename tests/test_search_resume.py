@@ -209,6 +209,43 @@ def test_ctrl_c_while_ray_starts_stops_what_it_started_and_the_default_sigterm_c
         signal.signal(signal.SIGTERM, before)
 
 
+def test_ctrl_c_while_ray_starts_is_held_until_it_has_then_raised_and_ray_starts_again(monkeypatch):
+    """A KeyboardInterrupt inside ray.init left Ray's core worker made but not marked as started: ray.shutdown() did
+    not stop it, and the process's next ray.init aborted the process (a notebook's kernel died). Ctrl-C is held until
+    Ray is up, said, then raised, and Ray is shut down whole; a second Ctrl-C is raised at once."""
+    import ray
+
+    from autocomp.search._ray import ray_session
+
+    started, said = ray.init, []
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # its handler runs here, in the main thread
+        said.append("ray.init goes on")
+        return started(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ray, "init", interrupted)
+        with pytest.raises(KeyboardInterrupt), ray_session(workers=1, ray_address=None, log=said.append):
+            said.append("the block ran")
+    assert said[0].startswith("interrupted while Ray starts: stopping once it has") and said[1:] == [
+        "ray.init goes on"]
+    assert not ray.is_initialized() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with ray_session(workers=1, ray_address=None, log=print):  # the same process starts Ray again
+        assert ray.is_initialized()
+
+    def twice(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        said.append("not reached")
+    said.clear()
+    with monkeypatch.context() as patched:
+        patched.setattr(ray, "init", twice)
+        with pytest.raises(KeyboardInterrupt), ray_session(workers=1, ray_address=None, log=said.append):
+            pass
+    assert len(said) == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_search_stopped_before_its_first_trial_says_what_its_rerun_keeps(tmp_path, tiny_teacher, monkeypatch,
                                                                           capsys):
     """Stopped after its passes, before a trial finished: the rerun says it resumes, and what it keeps (it said

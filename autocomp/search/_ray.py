@@ -61,16 +61,8 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
     stop = signal.getsignal(signal.SIGTERM)  # ray.init sets its own (sys.exit): the caller's own stays
     try:  # an interrupt while Ray starts too: what it started so far is stopped
         try:
-            if ray_address:
-                ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"py_modules": [_package_dir(), *map(str, modules)], "excludes": ["__pycache__"]})
-            else:
-                # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) here
-                folders = os.pathsep.join(dict.fromkeys(str(Path(m).parent) for m in modules))
-                ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"env_vars": {WORKER_PATH: folders},
-                                      "worker_process_setup_hook": f"{__name__}.worker_path"} if modules else None)
+            with _ctrl_c_held(log):  # then raised, Ray up: ray.shutdown() stops it whole
+                _start_ray(ray, ray_address, workers, modules)
         except ConnectionError as exc:
             raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
                                 "(ray status shows it), set RAY_AUTH_MODE=token here if the cluster was started "
@@ -96,6 +88,51 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
             _WATCH = None
     finally:
         ray.shutdown()
+
+
+def _start_ray(ray, ray_address: str | None, workers: int, modules: Sequence[Path]) -> None:
+    if ray_address:
+        ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"py_modules": [_package_dir(), *map(str, modules)], "excludes": ["__pycache__"]})
+    else:
+        # "local": a Ray of our own, even where `ray start` left a cluster (or its address file) here
+        folders = os.pathsep.join(dict.fromkeys(str(Path(m).parent) for m in modules))
+        ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {WORKER_PATH: folders},
+                              "worker_process_setup_hook": f"{__name__}.worker_path"} if modules else None)
+
+
+@contextmanager
+def _ctrl_c_held(log: Callable[[str], None]) -> Iterator[None]:
+    """Ctrl-C held while the block runs (Ray's start), then raised as the handler before would have: a
+    KeyboardInterrupt inside ``ray.init`` leaves Ray's core worker made but not marked as started, which
+    ``ray.shutdown()`` does not stop, and the process's next ``ray.init`` aborts the process (a notebook's kernel
+    dies). A second Ctrl-C is raised at once (a Ray that does not start). Only in the main thread, and where Python
+    handles SIGINT (not where it is ignored)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(handler):
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if held:  # the second: now
+            signal.signal(signal.SIGINT, handler)
+            handler(signum, frame)
+            return
+        held.append(signum)
+        log("interrupted while Ray starts: stopping once it has (a few seconds; Ctrl-C again to stop now, after "
+            "which this process may not start Ray again)")
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is hold:
+            signal.signal(signal.SIGINT, handler)
+    if held:
+        handler(signal.SIGINT, None)
 
 
 def _own_raylet() -> str | None:

@@ -85,8 +85,9 @@ def run_search(config: JobConfig | str | Path, run_dir: str | Path, *, ray_addre
     check_ray_address(ray_address)  # before anything is computed
     run_dir = Path(run_dir)
     # kill PID stops a search begun from Python as Ctrl-C does, then ends the process as it would have (the
-    # command line, which takes SIGTERM itself, and a caller with a handler of its own keep theirs)
-    with terminated_as_interrupted(unless_handled=True) as taken:
+    # command line, which takes SIGTERM itself, and a caller with a handler of its own keep theirs); Ctrl-C (a
+    # notebook's interrupt) is remembered where Python would drop it (landing in a finalizer), as the command line's
+    with terminated_as_interrupted(unless_handled=True, ctrl_c=True) as taken:
         try:
             with rundir.one_search_at_a_time(run_dir, log):
                 try:
