@@ -23,9 +23,10 @@ from torch.nn import functional as F
 
 from autocomp import _quiet
 from autocomp._timeout import check_time
-from autocomp.data import Split
-from autocomp.errors import AutocompError, AutocompTypeError, shown
-from autocomp.models import timm_equivalent, vit_blocks
+from autocomp._timing import weight_nbytes
+from autocomp.data import Split, TensorSplit
+from autocomp.errors import AutocompError, AutocompTypeError, shown, warn
+from autocomp.models import model_images, timm_equivalent, vit_blocks
 from autocomp.ops.qat import deployed, trainable
 from autocomp.recipe import Distill
 
@@ -208,10 +209,24 @@ def _check_inputs(student: nn.Module, teacher: nn.Module, split: Split, config: 
     if len(split) == 0:
         raise AutocompError("distillation needs training images but the split is empty; lower data.val_size or "
                             "data.calib_size, or set distill steps to 0")
+    if student is teacher:
+        raise AutocompError("distill's student and teacher are the same module: the student is the compressed "
+                            "model, trained in place, the teacher the uncompressed one it was compressed from")
     classes = getattr(student, "num_classes", None), getattr(teacher, "num_classes", None)
     if None not in classes and classes[0] != classes[1]:
         raise AutocompError(f"the student predicts {classes[0]} classes but the teacher {classes[1]}; distil from "
                             "the model the student was compressed from")
+    if isinstance(split, TensorSplit):  # the caller's tensors (image folders are made as the model takes them)
+        model_images(teacher, split.x, "distill's split")
+        if classes[1] is not None and len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= classes[1]):
+            raise AutocompError(f"distill's split has labels {int(split.y.min())}..{int(split.y.max())}, but the "
+                                f"models predict {classes[1]} classes (labels 0..{classes[1] - 1}): give each image "
+                                "its class index among the model's outputs")
+    sizes = weight_nbytes(student), weight_nbytes(teacher)
+    if sizes[1] < sizes[0]:
+        warn(f"distill's teacher holds fewer weight bytes ({sizes[1] / 2**20:.2f} MB) than the student "
+             f"({sizes[0] / 2**20:.2f} MB), which is trained in place: were they given the other way round? "
+             "distill(student, teacher, ...) takes the compressed model first")
     if config.feature_weight == 0:
         return
     depths = len(vit_blocks(student)), len(vit_blocks(teacher))

@@ -22,7 +22,8 @@ from autocomp.data._config import TRAINED_WITH, trained_with
 from autocomp.errors import AutocompError, warn
 
 __all__ = ["ModelSpec", "create_model", "factory_folder", "factory_module", "load_checkpoint", "model_digest",
-           "model_structure", "require_structure", "structure_difference", "timm_equivalent", "vit_blocks"]
+           "model_images", "model_structure", "require_structure", "structure_difference", "timm_equivalent",
+           "vit_blocks"]
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,34 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                 "windowed or relative-position (SAM) or differential is not supported; build the model's blocks "
                 "with timm.layers.Attention")
     return list(blocks)
+
+
+def model_images(model: nn.Module, images: torch.Tensor, where: str) -> torch.Tensor:
+    """``images`` (a float ``(N, C, H, W)`` tensor) as ``model`` takes them: in float32 (float64 or half converted),
+    checked against the channels and size its patch embedding takes (a ViT built for one size only).
+
+    Raises:
+        AutocompError: other channels (a channels-last batch said as such) or another size, with ``where`` (what
+            holds them: "compress's calibration") and the fix; before the model's own assertion, deep in timm.
+    """
+    embed = getattr(model, "patch_embed", None)
+    if embed is None or hasattr(embed, "backbone"):  # a hybrid's CNN stem takes what it takes
+        return images if images.dtype == torch.float32 else images.float()
+    channels = getattr(getattr(embed, "proj", None), "in_channels", None)
+    fixed = getattr(embed, "strict_img_size", False) and not getattr(embed, "dynamic_img_size", False)
+    size = tuple(embed.img_size) if fixed and getattr(embed, "img_size", None) is not None else None
+    got = tuple(images.shape[1:])
+    if channels is not None and got[0] != channels:
+        flipped = got[-1] == channels and (size is None or tuple(got[:2]) == size)
+        raise AutocompError(f"{where} are images of {got[0]} channels at {got[1]}x{got[2]} px ({tuple(images.shape)}), "
+                            f"but the model takes {channels} channels"
+                            + (f" at {size[0]}x{size[1]} px" if size else "")
+                            + ("; they look channels-last (N, H, W, C): images.permute(0, 3, 1, 2) makes them "
+                               "(N, C, H, W)" if flipped else "; give (N, C, H, W) images"))
+    if size is not None and got[1:] != size:
+        raise AutocompError(f"{where} are {got[1]}x{got[2]} px images, but the model takes {size[0]}x{size[1]}: make "
+                            "them as the model's own preprocessing does, at the size it was built for")
+    return images if images.dtype == torch.float32 else images.float()
 
 
 def _is_vit(module: nn.Module) -> bool:

@@ -42,6 +42,69 @@ def test_compress_takes_a_recipe_its_file_or_its_dict_and_refuses_other_things(t
             autocomp.compress(model, recipe, calibration=calibration)
 
 
+def test_images_of_another_layout_size_or_float_type_are_said_against_the_model_or_converted():
+    """compress's calibration, distill's split and measure's example against the model: a channels-last batch and
+    another size were timm's AssertionError deep in the patch embedding, float64 images a RuntimeError there; each is
+    now said in one line with the fix, and float64 (NumPy's) taken as float32."""
+    from autocomp.hardware import HardwareProfile
+    from autocomp.measure import measure
+
+    model, images = small_vit(), torch.randn(4, 3, 16, 16)
+    recipe = autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=3)}, {}))
+    expected = autocomp.compress(model, recipe, calibration=images)(images)
+    assert torch.equal(autocomp.compress(model, recipe, calibration=images.double())(images), expected)
+    with pytest.raises(AutocompError, match=r"^compress's calibration images are images of 16 channels at 16x3 px "
+                                            r"\(\(4, 16, 16, 3\)\), but the model takes 3 channels at 16x16 px; they "
+                                            r"look channels-last \(N, H, W, C\): images.permute\(0, 3, 1, 2\)"):
+        autocomp.compress(model, recipe, calibration=images.permute(0, 2, 3, 1))
+    with pytest.raises(AutocompError, match=r"^compress's calibration images are 32x32 px images, but the model takes "
+                                            r"16x16: make them as the model's own preprocessing does"):
+        autocomp.compress(model, recipe, calibration=torch.randn(4, 3, 32, 32))
+    split = TensorSplit(x=torch.randn(8, 16, 16, 3).double(), y=torch.arange(8) % 5)
+    assert split.x.dtype == torch.float32  # as the models take them
+    student = autocomp.compress(model, recipe, calibration=images)
+    with pytest.raises(AutocompError, match=r"^distill's split are images of 16 channels .* channels-last"):
+        autocomp.distill.distill(student, model, split, autocomp.Distill(steps=1, alpha=0.5))
+    profile = HardwareProfile(name="t", backend="pytorch-cpu", batch_size=1, threads=1, warmup=0, repeats=1)
+    with pytest.raises(AutocompError, match=r"^measure's example are images of 16 channels"):
+        measure(model, profile, example=split.x)
+    assert measure(model, profile, example=images.double()).weights_mb > 0
+
+
+def test_measure_and_distill_refuse_the_wrong_things_in_one_line(tmp_path):
+    """measure given a DataLoader or a profile's path, distill given labels beyond the model's classes or the same
+    module twice: one line each (AttributeError, IndexError deep in the loss, or nothing); the two models given the
+    other way round are warned about (the uncompressed one was trained in place)."""
+    from torch.utils.data import DataLoader
+
+    from autocomp.errors import AutocompWarning
+    from autocomp.hardware import HardwareProfile
+    from autocomp.measure import measure
+
+    model, images = small_vit(), torch.randn(4, 3, 16, 16)
+    profile = HardwareProfile(name="t", backend="pytorch-cpu", batch_size=1, threads=1, warmup=0, repeats=1)
+    with pytest.raises(AutocompTypeError, match=r"^measure's example must be a float tensor of preprocessed images "
+                                                r"\(N, C, H, W\), got DataLoader "):
+        measure(model, profile, example=DataLoader(images))
+    with pytest.raises(AutocompTypeError, match=r"^measure's profile must be a HardwareProfile, got str "
+                                                r"'hardware_profiles/local_cpu.yaml': load it first: autocomp.measure."
+                                                r"profiling.load_profile\('hardware_profiles/local_cpu.yaml'\)"):
+        measure(model, "hardware_profiles/local_cpu.yaml", example=images)
+    student = autocomp.compress(model, autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=3)}, {})),
+                                calibration=images)
+    config = autocomp.Distill(steps=1, alpha=0.5, batch_size=4)
+    with pytest.raises(AutocompError, match=r"^distill's split has labels 0..7, but the models predict 5 classes "
+                                            r"\(labels 0..4\)"):
+        autocomp.distill.distill(student, model, TensorSplit(x=torch.randn(8, 3, 16, 16), y=torch.arange(8)), config)
+    split = TensorSplit(x=torch.randn(8, 3, 16, 16), y=torch.arange(8) % 5)
+    with pytest.raises(AutocompError, match=r"^distill's student and teacher are the same module"):
+        autocomp.distill.distill(model, model, split, config)
+    with pytest.warns(AutocompWarning, match=r"distill's teacher holds fewer weight bytes \(0.\d+ MB\) than the "
+                                             r"student \(0.\d+ MB\), which is trained in place: were they given the "
+                                             r"other way round\?"):
+        autocomp.distill.distill(small_vit(), student, split, config)
+
+
 def test_a_tensor_split_checks_its_images_and_labels():
     images = torch.randn(6, 3, 16, 16)
     assert len(TensorSplit(x=images, y=torch.arange(6) % 5)) == 6

@@ -117,6 +117,10 @@ def test_pareto_json_holds_only_non_dominated_trials(finished_run):
                          and (acc > member["accuracy"] + 1e-4 or lat < member["latency_ms"] - 1e-4
                               or mem < member["memory_mb"] - 1e-4))
             assert not dominates
+    # the summary run_search returns holds it too (a caller in Python had only pareto.json)
+    summary = json.loads((run / "summary.json").read_text())
+    assert [(t["trial"], t["val_accuracy"], t["latency_ms"], t["within_budget"]) for t in summary["pareto"]] == [
+        (t["number"], t["accuracy"], t["latency_ms"], t["feasible"]) for t in front]
 
 
 def test_loaded_best_model_reproduces_the_recorded_accuracy(finished_run):

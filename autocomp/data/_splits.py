@@ -84,6 +84,8 @@ class TensorSplit(Split):
                                 "label per image")
         if self.y.dtype != torch.int64:  # int32 or uint8 labels: the losses take int64
             object.__setattr__(self, "y", self.y.long())
+        if self.x.dtype != torch.float32:  # float64 (NumPy's) or half images: the models' weights are float32
+            object.__setattr__(self, "x", self.x.float())
 
     def __len__(self) -> int:
         return len(self.y)

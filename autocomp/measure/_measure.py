@@ -92,7 +92,10 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
     Raises:
         autocomp.measure.backends.ExportFailed: a runtime backend could not export or run the model as PyTorch
             does.
+        AutocompTypeError: an argument of another type (a DataLoader for ``example``, a profile's path: load it
+            with ``autocomp.measure.profiling.load_profile``).
     """
+    example = _checked(model, profile, example)
     backend = backend_of(profile)
     batch = _batch(example, profile.batch_size)
     with _quiet.step():  # exports and checks are compute: not while another trial of the run times (if set up)
@@ -116,6 +119,31 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
                                                             if backend.exports else "")),
                        agreement=None if agreement is None else agreement.top1,
                        max_logit_diff=None if agreement is None else agreement.max_logit_diff)
+
+
+def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor) -> torch.Tensor:
+    """What a caller gives from Python, checked before anything runs (a DataLoader failed as "'DataLoader' object
+    has no attribute 'repeat'"); the example as the model takes it (float32)."""
+    from autocomp.errors import AutocompTypeError, shown
+    from autocomp.models import model_images
+
+    if not isinstance(model, nn.Module):
+        raise AutocompTypeError(f"measure's model must be the nn.Module to measure, got {type(model).__name__} "
+                                f"{shown(model)}")
+    if not isinstance(profile, HardwareProfile):
+        fix = (f"load it first: autocomp.measure.profiling.load_profile({str(profile)!r}) (which calibrates a "
+               "profile that asks for it)" if isinstance(profile, (str, Path)) else
+               "autocomp.measure.profiling.load_profile('hardware_profiles/local_cpu.yaml') loads one")
+        raise AutocompTypeError(f"measure's profile must be a HardwareProfile, got {type(profile).__name__} "
+                                f"{shown(profile)}: {fix}")
+    if not isinstance(example, torch.Tensor) or example.dim() == 0 or not example.is_floating_point() \
+            or len(example) == 0:
+        got = (f"a {example.dim()}-D {example.dtype} tensor of shape {tuple(example.shape)}"
+               if isinstance(example, torch.Tensor) else f"{type(example).__name__} {shown(example)}")
+        raise AutocompTypeError(f"measure's example must be a float tensor of preprocessed images (N, C, H, W), "
+                                f"got {got}; e.g. a batch of your validation images, or torch.randn(1, 3, 224, 224)")
+    # a ViT's images against its channels and size (any float batch for other modules)
+    return model_images(model, example, "measure's example") if example.dim() == 4 else example.float()
 
 
 def _batch(example: torch.Tensor, size: int) -> torch.Tensor:
