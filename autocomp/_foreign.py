@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,14 +46,15 @@ TRANSFORMERS = {"model": "transformers' ViTForImageClassification",
                 "defaults": "transformers' ViTImageProcessor's defaults",
                 "settings": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
                              "crop_pct": 1.0, "crop_mode": "squash"}}
-# transformers' DeiTImageProcessor by default: the whole image resized bicubically to 256 x 256, then the centre
-# 224 x 224 (crop_pct 0.875 of a squash), mean and std 0.5 (IMAGENET_STANDARD_*; facebook/deit-*'s own
-# preprocessor_config.json say ImageNet's mean and std, and are followed where beside the model)
+# facebook/deit-*'s preprocessor_config.json (DeiTImageProcessor): the whole image resized bicubically to 256 x 256,
+# then the centre 224 x 224 (crop_pct 0.875 of a squash), ImageNet's mean and std, as DeiT was trained (the class's
+# own defaults say mean and std 0.5, which no DeiT weights were trained with)
 TRANSFORMERS_DEIT = {"model": "transformers' DeiTForImageClassification",
-                     "preprocessing": "transformers' DeiTImageProcessor makes them by default (its "
-                                      "preprocessor_config.json may say otherwise)",
-                     "defaults": "transformers' DeiTImageProcessor's defaults",
-                     "settings": {**TRANSFORMERS["settings"], "interpolation": "bicubic", "crop_pct": 0.875}}
+                     "preprocessing": "facebook/deit-* weights had theirs made (their preprocessor_config.json; the "
+                                      "model's own may say otherwise)",
+                     "defaults": "facebook/deit-* weights' preprocessing",
+                     "settings": {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+                                  "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "squash"}}
 # transformers' classification models autocomp rebuilds: the attribute holding the backbone, whether the output
 # averages a class-token head and a distillation-token head (timm's VisionTransformerDistilled in eval mode)
 TRANSFORMERS_KINDS = {"ViTForImageClassification": ("vit", False), "DeiTForImageClassification": ("deit", False),
@@ -261,15 +263,14 @@ RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5
 
 
 def _processor_of(source: nn.Module, image_size: int) -> dict[str, Any] | None:
-    """The preprocessing the ``preprocessor_config.json`` beside a transformers model read by ``from_pretrained``
-    from a folder says (ViTImageProcessor's and DeiTImageProcessor's keys), as TRANSFORMERS's entries; None where
-    there is no such file, or one autocomp cannot follow (then ViTImageProcessor's defaults are taken, said)."""
+    """The preprocessing the ``preprocessor_config.json`` of a transformers model read by ``from_pretrained`` says
+    (ViTImageProcessor's and DeiTImageProcessor's keys), as TRANSFORMERS's entries: the file beside it, read from a
+    folder, or the one the Hugging Face cache holds for its hub id (never downloaded); None where there is no such
+    file, or one autocomp cannot follow (then the library's defaults are taken, said)."""
     import json
-    from pathlib import Path
 
-    folder = getattr(source, "name_or_path", None) or getattr(source.config, "_name_or_path", None)
-    path = Path(folder) / "preprocessor_config.json" if folder else None
-    if path is None or not path.is_file():
+    path = _processor_file(getattr(source, "name_or_path", None) or getattr(source.config, "_name_or_path", None))
+    if path is None:
         return None
     try:
         saved = json.loads(path.read_text())
@@ -292,6 +293,26 @@ def _processor_of(source: nn.Module, image_size: int) -> dict[str, Any] | None:
         return None  # another processor's keys, no resize, pixels not divided by 255, another size, a rectangle
     return {**TRANSFORMERS, "preprocessing": f"its preprocessor_config.json ({path}) makes them",
             "defaults": f"its preprocessor_config.json ({path})", "settings": settings, "read": True}
+
+
+def _processor_file(name: str | None) -> Path | None:
+    """A model's ``preprocessor_config.json``: in its folder, or in the Hugging Face cache for a hub id (offline:
+    only a file a ``from_pretrained`` of its processor left there)."""
+    if not name:
+        return None
+    if (Path(name) / "preprocessor_config.json").is_file():
+        return Path(name) / "preprocessor_config.json"
+    if Path(name).exists():  # a folder without one
+        return None
+    try:
+        from transformers.utils import cached_file
+
+        found = cached_file(name, "preprocessor_config.json", local_files_only=True,
+                            _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)
+    except Exception:  # noqa: BLE001 - a name the hub's rules refuse, a transformers without these keys: none
+        return None
+    return Path(found) if found else None
 
 
 def _label_names(config: Any, count: int) -> list[str] | None:

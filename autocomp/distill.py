@@ -125,6 +125,9 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
                                 f"TensorSplit(x=images, y=labels), got {type(split).__name__} {shown(split)}")
     if config.steps == 0:
         return student.eval()
+    if student is teacher:  # before the teacher is rebuilt (a torchvision or transformers ViT is a new module then)
+        raise AutocompError("distill's student and teacher are the same module: the student is the compressed "
+                            "model, trained in place, the teacher the uncompressed one it was compressed from")
     teacher = timm_equivalent(teacher)  # torchvision's or transformers' ViT: timm's (transformers' gives no tensor)
     _check_inputs(student, teacher, split, config)
     cached = cache.outputs if cache is not None and cache.serves(config) else None
@@ -209,23 +212,20 @@ def _check_inputs(student: nn.Module, teacher: nn.Module, split: Split, config: 
     if len(split) == 0:
         raise AutocompError("distillation needs training images but the split is empty; lower data.val_size or "
                             "data.calib_size, or set distill steps to 0")
-    if student is teacher:
-        raise AutocompError("distill's student and teacher are the same module: the student is the compressed "
-                            "model, trained in place, the teacher the uncompressed one it was compressed from")
     classes = getattr(student, "num_classes", None), getattr(teacher, "num_classes", None)
     if None not in classes and classes[0] != classes[1]:
         raise AutocompError(f"the student predicts {classes[0]} classes but the teacher {classes[1]}; distil from "
                             "the model the student was compressed from")
     if isinstance(split, TensorSplit):  # the caller's tensors (image folders are made as the model takes them)
-        model_images(teacher, split.x, "distill's split")
+        model_images(teacher, split.x, "distill's split images")
         if classes[1] is not None and len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= classes[1]):
             raise AutocompError(f"distill's split has labels {int(split.y.min())}..{int(split.y.max())}, but the "
                                 f"models predict {classes[1]} classes (labels 0..{classes[1] - 1}): give each image "
                                 "its class index among the model's outputs")
     sizes = weight_nbytes(student), weight_nbytes(teacher)
     if sizes[1] < sizes[0]:
-        warn(f"distill's teacher holds fewer weight bytes ({sizes[1] / 2**20:.2f} MB) than the student "
-             f"({sizes[0] / 2**20:.2f} MB), which is trained in place: were they given the other way round? "
+        warn(f"distill's teacher holds fewer weight bytes ({sizes[1] / 1e6:.2f} MB) than the student "
+             f"({sizes[0] / 1e6:.2f} MB), which is trained in place: were they given the other way round? "
              "distill(student, teacher, ...) takes the compressed model first")
     if config.feature_weight == 0:
         return

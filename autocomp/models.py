@@ -329,7 +329,8 @@ def model_structure(model: nn.Module) -> dict[str, Any]:
     records it (best/model.yaml, run.json), so that loading onto another module is refused, not silently wrong (other
     shapes: ``load_state_dict`` says which)."""
     blocks = vit_blocks(model)
-    return {"heads": [block.attn.num_heads for block in blocks], "pool": str(getattr(model, "global_pool", None)),
+    return {"kind": type(model).__name__,  # VisionTransformer with a register token, or DeiT's distilled one
+            "heads": [block.attn.num_heads for block in blocks], "pool": str(getattr(model, "global_pool", None)),
             "prefix_tokens": getattr(model, "num_prefix_tokens", None),
             "norm_eps": getattr(blocks[0].norm1, "eps", None), "act": repr(getattr(blocks[0].mlp, "act", None))}
 
@@ -348,7 +349,8 @@ def structure_difference(recorded: Mapping[str, Any], model: nn.Module) -> str |
     own = model_structure(model)
     if recorded.get("heads") is not None and own["heads"] != recorded["heads"]:
         return f"its blocks have {own['heads']} heads, the searched module's {recorded['heads']}"
-    for key, what in (("pool", "pooling differs"), ("prefix_tokens", "class and register tokens differ"),
+    for key, what in (("kind", "class differs"), ("pool", "pooling differs"),
+                      ("prefix_tokens", "class and register tokens differ"),
                       ("norm_eps", "LayerNorm eps differs"), ("act", "MLP activation differs")):
         if key in recorded and own[key] != recorded[key]:
             return f"its {what} from the searched module's ({own[key]} against {recorded[key]})"
@@ -402,32 +404,35 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-def model_images(model: nn.Module, images: torch.Tensor, where: str) -> torch.Tensor:
-    """``images`` (a float ``(N, C, H, W)`` tensor) as ``model`` takes them: in float32 (float64 or half converted),
-    checked against the channels and size its patch embedding takes (a ViT built for one size only).
+def model_images(model: nn.Module, images: torch.Tensor, where: str, *,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``images`` (a float ``(N, C, H, W)`` tensor) as ``model`` takes them: in ``dtype`` (float64 or half
+    converted), checked against the channels and size its patch embedding takes (a ViT built for one size only; one
+    with a dynamic size, or a hybrid's CNN stem, takes others).
 
     Raises:
-        AutocompError: other channels (a channels-last batch said as such) or another size, with ``where`` (what
-            holds them: "compress's calibration") and the fix; before the model's own assertion, deep in timm.
+        AutocompError: other channels (a channels-last or gray batch said as such) or another size, with ``where``
+            (what holds them: "compress's calibration images") and the fix; before timm's assertion, deep inside.
     """
     embed = getattr(model, "patch_embed", None)
-    if embed is None or hasattr(embed, "backbone"):  # a hybrid's CNN stem takes what it takes
-        return images if images.dtype == torch.float32 else images.float()
-    channels = getattr(getattr(embed, "proj", None), "in_channels", None)
-    fixed = getattr(embed, "strict_img_size", False) and not getattr(embed, "dynamic_img_size", False)
-    size = tuple(embed.img_size) if fixed and getattr(embed, "img_size", None) is not None else None
-    got = tuple(images.shape[1:])
-    if channels is not None and got[0] != channels:
-        flipped = got[-1] == channels and (size is None or tuple(got[:2]) == size)
-        raise AutocompError(f"{where} are images of {got[0]} channels at {got[1]}x{got[2]} px ({tuple(images.shape)}), "
-                            f"but the model takes {channels} channels"
-                            + (f" at {size[0]}x{size[1]} px" if size else "")
-                            + ("; they look channels-last (N, H, W, C): images.permute(0, 3, 1, 2) makes them "
-                               "(N, C, H, W)" if flipped else "; give (N, C, H, W) images"))
-    if size is not None and got[1:] != size:
-        raise AutocompError(f"{where} are {got[1]}x{got[2]} px images, but the model takes {size[0]}x{size[1]}: make "
-                            "them as the model's own preprocessing does, at the size it was built for")
-    return images if images.dtype == torch.float32 else images.float()
+    if embed is not None and not hasattr(embed, "backbone"):  # a hybrid's CNN stem takes what it takes
+        channels = getattr(getattr(embed, "proj", None), "in_channels", None)
+        fixed = getattr(embed, "strict_img_size", False) and not getattr(embed, "dynamic_img_size", False)
+        size = tuple(embed.img_size) if fixed and getattr(embed, "img_size", None) is not None else None
+        got, shape = tuple(images.shape[1:]), tuple(images.shape)
+        at = f" at {size[0]}x{size[1]} px" if size else ""
+        if channels is not None and got[0] != channels:
+            if got[-1] == channels and (size is None or got[:2] == size):
+                raise AutocompError(f"{where} look channels-last, (N, H, W, C) {shape}, but the model takes (N, C, H, "
+                                    f"W) images of {channels} channels{at}: images.permute(0, 3, 1, 2) makes them so")
+            gray = got[0] == 1 and channels == 3
+            raise AutocompError(f"{where} have {got[0]} channel{'s' if got[0] != 1 else ''} {shape}, but the model "
+                                f"takes {channels}{at}: " + ("gray images as RGB: images.expand(-1, 3, -1, -1)"
+                                                             if gray else "give (N, C, H, W) images"))
+        if size is not None and got[1:] != size:
+            raise AutocompError(f"{where} are {got[1]}x{got[2]} px images, but the model takes {size[0]}x{size[1]}: "
+                                "make them as the model's own preprocessing does, at the size it was built for")
+    return images if images.dtype == dtype else images.to(dtype)
 
 
 def _is_vit(module: nn.Module) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,20 +54,23 @@ def test_images_of_another_layout_size_or_float_type_are_said_against_the_model_
     recipe = autocomp.Recipe(blocks=({"prune_heads": PruneHeads(keep=3)}, {}))
     expected = autocomp.compress(model, recipe, calibration=images)(images)
     assert torch.equal(autocomp.compress(model, recipe, calibration=images.double())(images), expected)
-    with pytest.raises(AutocompError, match=r"^compress's calibration images are images of 16 channels at 16x3 px "
-                                            r"\(\(4, 16, 16, 3\)\), but the model takes 3 channels at 16x16 px; they "
-                                            r"look channels-last \(N, H, W, C\): images.permute\(0, 3, 1, 2\)"):
+    with pytest.raises(AutocompError, match=r"^compress's calibration images look channels-last, \(N, H, W, C\) "
+                                            r"\(4, 16, 16, 3\), but the model takes \(N, C, H, W\) images of 3 "
+                                            r"channels at 16x16 px: images.permute\(0, 3, 1, 2\) makes them so$"):
         autocomp.compress(model, recipe, calibration=images.permute(0, 2, 3, 1))
+    with pytest.raises(AutocompError, match=r"^compress's calibration images have 1 channel \(4, 1, 16, 16\), but "
+                                            r"the model takes 3 at 16x16 px: gray images as RGB: images.expand"):
+        autocomp.compress(model, recipe, calibration=images[:, :1])
     with pytest.raises(AutocompError, match=r"^compress's calibration images are 32x32 px images, but the model takes "
                                             r"16x16: make them as the model's own preprocessing does"):
         autocomp.compress(model, recipe, calibration=torch.randn(4, 3, 32, 32))
     split = TensorSplit(x=torch.randn(8, 16, 16, 3).double(), y=torch.arange(8) % 5)
     assert split.x.dtype == torch.float32  # as the models take them
     student = autocomp.compress(model, recipe, calibration=images)
-    with pytest.raises(AutocompError, match=r"^distill's split are images of 16 channels .* channels-last"):
+    with pytest.raises(AutocompError, match=r"^distill's split images look channels-last"):
         autocomp.distill.distill(student, model, split, autocomp.Distill(steps=1, alpha=0.5))
     profile = HardwareProfile(name="t", backend="pytorch-cpu", batch_size=1, threads=1, warmup=0, repeats=1)
-    with pytest.raises(AutocompError, match=r"^measure's example are images of 16 channels"):
+    with pytest.raises(AutocompError, match=r"^measure's example images look channels-last"):
         measure(model, profile, example=split.x)
     assert measure(model, profile, example=images.double()).weights_mb > 0
 
@@ -99,6 +103,9 @@ def test_measure_and_distill_refuse_the_wrong_things_in_one_line(tmp_path):
     split = TensorSplit(x=torch.randn(8, 3, 16, 16), y=torch.arange(8) % 5)
     with pytest.raises(AutocompError, match=r"^distill's student and teacher are the same module"):
         autocomp.distill.distill(model, model, split, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)  # the right way round: nothing said
+        autocomp.distill.distill(student, model, split, config)
     with pytest.warns(AutocompWarning, match=r"distill's teacher holds fewer weight bytes \(0.\d+ MB\) than the "
                                              r"student \(0.\d+ MB\), which is trained in place: were they given the "
                                              r"other way round\?"):
@@ -182,3 +189,33 @@ def test_a_sample_of_a_split_in_class_order_draws_from_every_class():
     sample = ordered.sample(50)
     assert len(sample) == 50 and set(sample.y.tolist()) == set(range(5))
     assert torch.equal(sample.y, ordered.sample(50).y) and ordered.sample(500) is ordered  # seeded; all: itself
+
+
+def test_a_search_from_python_remembers_ctrl_c_and_leaves_the_callers_own_sigterm_handler():
+    """run_search's signal block: where the caller handles SIGTERM itself, its handler stays and the block says it
+    does not take SIGTERM; Ctrl-C (Python's own handler) is still taken and remembered (where Python drops it in a
+    finalizer, the search raises it where it waits), and Python's handler comes back after."""
+    import os
+    import signal
+
+    from autocomp import _signals
+
+    def own(signum, frame):
+        raise AssertionError("not called")
+
+    before = signal.signal(signal.SIGTERM, own)
+    try:
+        with _signals.terminated_as_interrupted(unless_handled=True, ctrl_c=True) as taken:
+            assert taken is False and signal.getsignal(signal.SIGTERM) is own
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+            with pytest.raises(KeyboardInterrupt):
+                _signals.raise_pending()  # remembered until the block ends
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is own
+        _signals.raise_pending()  # forgotten after it
+    finally:
+        signal.signal(signal.SIGTERM, before)

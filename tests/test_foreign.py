@@ -232,10 +232,11 @@ def test_a_transformers_deit_is_rebuilt_as_timms_with_its_distillation_token(tea
         assert (expected[0] - expected[1]).abs().max() > 0.01
         assert (rebuilt(images) - expected).abs().max() < 1e-5
     kind = type(source).__name__
+    # as DeiT's weights were trained (facebook/deit-*'s files), not DeiTImageProcessor's class defaults (0.5)
     with pytest.warns(AutocompWarning, match=rf"the model is transformers' {kind}, whose images are made as "
-                                             r"transformers' DeiTImageProcessor makes them by default .*: mean "
-                                             r"\[0.5, 0.5, 0.5\], std \[0.5, 0.5, 0.5\], crop_pct 0.875 .*"
-                                             r"interpolation bicubic; set "):
+                                             r"facebook/deit-\* weights had theirs made .*: mean \[0.485, 0.456, "
+                                             r"0.406\], std \[0.229, 0.224, 0.225\], crop_pct 0.875 .*interpolation "
+                                             r"bicubic; set "):
         made = resolve_preprocessing(rebuilt, DataConfig(dataset="imagefolder", root="images"))
     assert (made.crop_mode, made.crop_pct) == ("squash", 0.875)
     # compressed: a head pruned, tokens merged (the two tokens before the patches kept), an int8 block
@@ -426,6 +427,33 @@ def test_a_preprocessor_configs_images_are_the_processors_own_to_the_pixel(tmp_p
     difference = (made.transform()(image) - expected).abs()
     # at most one 8-bit level (1 / 255 / std: their resizes round a pixel here and there), almost always none
     assert difference.max() < 1.01 / 255 / min(real.image_std) and (difference > 1e-4).float().mean() < 0.02
+
+
+def test_a_hub_models_preprocessor_config_in_the_hugging_face_cache_is_followed(tmp_path, monkeypatch):
+    """from_pretrained("facebook/deit-...") names a hub id, not a folder: the file its processor's from_pretrained
+    left in the Hugging Face cache is read (never downloaded); an id the cache does not hold gets the defaults."""
+    import json
+
+    import huggingface_hub.constants
+    from transformers import DeiTImageProcessor
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--deit-cifar" / "snapshots" / "0123"
+    DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32},
+                       image_mean=[0.49, 0.48, 0.45], image_std=[0.25, 0.24, 0.26]).save_pretrained(snapshot)
+    (cache / "models--someone--deit-cifar" / "refs").mkdir()
+    (cache / "models--someone--deit-cifar" / "refs" / "main").write_text("0123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    model = transformers_deit()
+    model.config._name_or_path = "someone/deit-cifar"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)  # nothing guessed: nothing said
+        made = resolve_preprocessing(timm_equivalent(model), DataConfig(dataset="imagefolder", root="images"))
+    assert made.mean == pytest.approx((0.49, 0.48, 0.45)) and made.crop_pct == pytest.approx(32 / 36)
+    assert json.loads((snapshot / "preprocessor_config.json").read_text())["crop_size"]["height"] == 32
+    model.config._name_or_path = "someone/not-cached"
+    with pytest.warns(AutocompWarning, match="made as facebook/deit-"):
+        resolve_preprocessing(timm_equivalent(model), DataConfig(dataset="imagefolder", root="images"))
 
 
 def test_a_preprocessor_config_of_another_processor_is_left_for_the_defaults_with_the_warning(tmp_path):

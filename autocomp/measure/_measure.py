@@ -94,8 +94,9 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
             does.
         AutocompTypeError: an argument of another type (a DataLoader for ``example``, a profile's path: load it
             with ``autocomp.measure.profiling.load_profile``).
+        AutocompError: images of other channels or another size than the model takes.
     """
-    example = _checked(model, profile, example)
+    example, check = _checked(model, profile, example, check)
     backend = backend_of(profile)
     batch = _batch(example, profile.batch_size)
     with _quiet.step():  # exports and checks are compute: not while another trial of the run times (if set up)
@@ -121,9 +122,10 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
                        max_logit_diff=None if agreement is None else agreement.max_logit_diff)
 
 
-def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor) -> torch.Tensor:
+def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,
+             check: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What a caller gives from Python, checked before anything runs (a DataLoader failed as "'DataLoader' object
-    has no attribute 'repeat'"); the example as the model takes it (float32)."""
+    has no attribute 'repeat'"); ``example`` and ``check`` as the model takes them (its weights' float type)."""
     from autocomp.errors import AutocompTypeError, shown
     from autocomp.models import model_images
 
@@ -142,8 +144,13 @@ def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor) 
                if isinstance(example, torch.Tensor) else f"{type(example).__name__} {shown(example)}")
         raise AutocompTypeError(f"measure's example must be a float tensor of preprocessed images (N, C, H, W), "
                                 f"got {got}; e.g. a batch of your validation images, or torch.randn(1, 3, 224, 224)")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     # a ViT's images against its channels and size (any float batch for other modules)
-    return model_images(model, example, "measure's example") if example.dim() == 4 else example.float()
+    example = model_images(model, example, "measure's example images", dtype=dtype) if example.dim() == 4 \
+        else example.to(dtype)
+    if isinstance(check, torch.Tensor) and check.dim() == 4 and check.is_floating_point():
+        check = model_images(model, check, "measure's check images", dtype=dtype)
+    return example, check
 
 
 def _batch(example: torch.Tensor, size: int) -> torch.Tensor:

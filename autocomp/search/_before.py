@@ -80,7 +80,9 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
         order = " (class folders in sorted order)" if data == "imagefolder" else ""
         count = splits.num_classes
         rebuilt = (getattr(base, REBUILT_FROM, None) or {}).get("model", "")
-        head = (f"transformers' {rebuilt.split()[1]}.from_pretrained with num_labels={count} and "
+        kind = rebuilt.split()[1] if rebuilt.startswith("transformers'") else ""
+        kind = "DeiTForImageClassification" if kind.endswith("WithTeacher") else kind  # that one cannot be trained
+        head = (f"transformers' {kind}.from_pretrained with num_labels={count} and "
                 "ignore_mismatched_sizes=True" if rebuilt.startswith("transformers'") else
                 f"torchvision's model.heads.head = nn.Linear(hidden_dim, {count})" if rebuilt.startswith("torchvision")
                 else f"a timm model's reset_classifier({count})")

@@ -61,7 +61,7 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
     stop = signal.getsignal(signal.SIGTERM)  # ray.init sets its own (sys.exit): the caller's own stays
     try:  # an interrupt while Ray starts too: what it started so far is stopped
         try:
-            with _ctrl_c_held(log):  # then raised, Ray up: ray.shutdown() stops it whole
+            with _ctrl_c_held(log, "starts"):  # then raised, Ray up: ray.shutdown() stops it whole
                 _start_ray(ray, ray_address, workers, modules)
         except ConnectionError as exc:
             raise AutocompError(f"cannot join the Ray cluster at {ray_address!r}: {exc}; check the address "
@@ -87,7 +87,8 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
             watch.join(timeout=3 * watch.every_s)  # a look in flight ends before Ray is shut down, unsaid
             _WATCH = None
     finally:
-        ray.shutdown()
+        with _ctrl_c_held(log, "stops"):  # an impatient second Ctrl-C leaves it half stopped otherwise
+            ray.shutdown()
 
 
 def _start_ray(ray, ray_address: str | None, workers: int, modules: Sequence[Path]) -> None:
@@ -104,12 +105,12 @@ def _start_ray(ray, ray_address: str | None, workers: int, modules: Sequence[Pat
 
 
 @contextmanager
-def _ctrl_c_held(log: Callable[[str], None]) -> Iterator[None]:
-    """Ctrl-C held while the block runs (Ray's start), then raised as the handler before would have: a
-    KeyboardInterrupt inside ``ray.init`` leaves Ray's core worker made but not marked as started, which
-    ``ray.shutdown()`` does not stop, and the process's next ``ray.init`` aborts the process (a notebook's kernel
-    dies). A second Ctrl-C is raised at once (a Ray that does not start). Only in the main thread, and where Python
-    handles SIGINT (not where it is ignored)."""
+def _ctrl_c_held(log: Callable[[str], None], doing: str) -> Iterator[None]:
+    """Ctrl-C held while the block runs (Ray's start, or its stop: ``doing``), then raised as the handler before
+    would have: a KeyboardInterrupt inside ``ray.init`` leaves Ray's core worker made but not marked as started,
+    which ``ray.shutdown()`` does not stop, and the process's next ``ray.init`` aborts the process (a notebook's
+    kernel dies). A second Ctrl-C is raised at once (a Ray that does not start). Only in the main thread, and where
+    Python handles SIGINT (not where it is ignored)."""
     handler = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(handler):
         yield
@@ -122,8 +123,8 @@ def _ctrl_c_held(log: Callable[[str], None]) -> Iterator[None]:
             handler(signum, frame)
             return
         held.append(signum)
-        log("interrupted while Ray starts: stopping once it has (a few seconds; Ctrl-C again to stop now, after "
-            "which this process may not start Ray again)")
+        log(f"interrupted while Ray {doing}: stopping once it has (Ctrl-C again to stop now, after which this "
+            "process may not start Ray again)")
 
     signal.signal(signal.SIGINT, hold)
     try:
