@@ -420,3 +420,21 @@ def test_a_trial_scored_undistilled_is_shown_without_its_distillation():
                                               "memory_mb": 1.0, "trial_seconds": 1.0, "distilled": False,
                                               "violation:latency_ms": -0.5})
     assert study.trials[asked["trial_number"]].user_attrs["recipe_summary"] == "- | -"  # no distillation it never had
+
+
+def test_coarse_draws_keep_the_blocks_own_choices():
+    """A coarse draw sets every block alike; a block with choices of its own (``blocks``: the first at half its MLP
+    or more) takes its own least compressing choice where they leave the draw's value out, in the recipe queued and
+    in the recipe the screen judged."""
+    space = dataclasses.replace(SPACE, blocks={0: {"mlp_keep": [0.75, 1.0]}}).for_depth(2, where="space")
+    study = _study()
+    controller = OptunaController(study=study, space=space, heads_per_block=HEADS, n_trials=8, coarse=8, seed=0,
+                                  allowed=space.distinct(HEADS))
+    asked = [controller.suggest(t) for t in "abcdefgh"]
+    recipes = [Recipe.from_dict(a["recipe"]) for a in asked if isinstance(a, dict)]
+    assert len(recipes) == 8 and all("coarse" in t.user_attrs for t in study.trials)
+    assert all(block.get("prune_mlp") is None or block["prune_mlp"].keep >= 0.75 for block in
+               (recipe.blocks[0] for recipe in recipes))
+    assert any(recipe.blocks[1].get("prune_mlp") is not None and recipe.blocks[1]["prune_mlp"].keep == 0.5
+               for recipe in recipes)  # the other block draws the space's own
+    assert all(t.user_attrs["coarse"] == Recipe.from_dict(a["recipe"]).summary() for t, a in zip(study.trials, asked))

@@ -418,3 +418,36 @@ def test_a_gain_in_one_block_does_not_hide_a_loss_in_another_when_uniform_mixes_
     points = dict(start_points(SPACE, HEADS, predictor=predictor, limits=limits, cap=10, sensitivity=settings))
     [mix] = [_decoded(p) for label, p in points.items() if label.startswith("all knobs alike: ")]
     assert mix["b0.heads_keep"] == mix["b1.heads_keep"] == 1.0 and mix["b0.mlp_keep"] == 0.75
+
+
+def test_a_block_with_choices_of_its_own_keeps_them_in_every_trial_and_starting_point(tmp_path, tiny_teacher):
+    """``blocks: {0: {weight_bits: [32]}}`` (the first block kept in float): the starting point "uniform int8" is
+    int8 in the other block, no trial quantizes block 0, the sensitivity pass says why it is not offered there, and
+    run.json records the space as the file gives it."""
+    import csv
+    import json
+
+    import yaml
+
+    from autocomp.cli import main
+    from autocomp.results import load_run_study
+    from test_search_e2e import write_job
+
+    space = tmp_path / "space.yaml"
+    space.write_text("heads_keep: [0.5, 1.0]\nweight_bits: [32, 8]\nblocks: {0: {weight_bits: [32]}}\n")
+    job = write_job(tmp_path, tiny_teacher[0], {"memory": 0.99}, trials=6, workers=1)
+    job.write_text(yaml.safe_dump({**yaml.safe_load(job.read_text()), "search_space": str(space),
+                                   "sensitivity": {"images": 64}}))
+    run = tmp_path / "run"
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    trials = load_run_study(run).get_trials()
+    assert trials[0].user_attrs["start_point"] == "uniform weight_bits 8"
+    assert trials[0].user_attrs["recipe_summary"].split(" | ")[1].startswith("w8")
+    summaries = [t.user_attrs["recipe_summary"] for t in trials if "recipe_summary" in t.user_attrs]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 3  # of the 4 the passes leave
+    assert not any("w8" in summary.split(" | ")[0] for summary in summaries)  # run, skipped or drawn again
+    assert any("w8" in summary.split(" | ")[1] for summary in summaries)
+    rows = {(r["block"], r["knob"], r["value"]): r for r in csv.DictReader((run / "sensitivity.csv").open())}
+    assert rows["0", "weight_bits", "8"]["offered"] == "False"
+    assert rows["0", "weight_bits", "8"]["left_out"] == "the search space's blocks: leaves it out of this block"
+    assert json.loads((run / "run.json").read_text())["space"]["blocks"] == {"0": {"weight_bits": [32]}}

@@ -53,7 +53,18 @@ def test_single_choice_knobs_are_not_searched():
     ("heads_keep: half\n", "heads_keep must be a list of numbers, got 'half'"),  # not its letters
     # per-block choices: its keys were read as the choices ("got [0, 1]")
     ("heads_keep: {0: [1.0], 1: [0.5, 1.0]}\n", "heads_keep must be one list of choices for every block, got a "
-                                                 "mapping {0: [1.0], 1: [0.5, 1.0]}: choices per block are not taken"),
+                                                 "mapping {0: [1.0], 1: [0.5, 1.0]}: give some blocks choices of "
+                                                 "their own under blocks:, e.g. blocks: {0: {heads_keep: [...]}}"),
+    ("weight_bits: [32, 8]\nblocks: {0: {weight_bits: [4]}}\n", "blocks: 0: weight_bits [4] offers 4, which the "
+                                                                 "space's own weight_bits [32, 8] does not: a block's "
+                                                                 "choices are some of the space's (add 4"),
+    ("blocks: {first: {heads_keep: [1.0]}}\n", "blocks: 'first' is not a block: give a block index (0 the first, -1 "
+                                               "the last) or an inclusive range as \"2..5\""),
+    ("heads_keep: [0.5, 1.0]\nblocks: {0: {heads: [1.0]}}\n", "blocks: 0: 'heads' is not a per-block knob"),
+    ("heads_keep: [0.5, 1.0]\nblocks: {0: {heads_keep: 1.0}}\n", "blocks: 0: heads_keep must list that block's "
+                                                                  "choices, e.g. [0.5, 1.0], got 1.0"),
+    ("heads_keep: [0.5, 1.0]\nuniform: true\nblocks: {0: {heads_keep: [1.0]}}\n", "but uniform: true draws one "
+                                                                                   "choice for every block alike"),
     ("weight_bits: '8'\n", "weight_bits must be a list of whole numbers, got '8'"),
     ("weight_bits: [32, 8]\nact_bits: [4]\n", "act_bits must list null (dynamic: the int8 kernel quantizes each "
                                              "batch) and/or 8 (static: calibrated), each once, e.g. [null, 8], got "
@@ -283,3 +294,49 @@ def test_pruning_tokens_on_a_model_without_a_class_token_is_refused_before_the_i
     SearchSpace(tokens_keep=(0.7, 1.0)).check_tokens(pooled, where="space.yaml")  # merge: no class token needed
     SearchSpace(tokens_keep=(1.0,), token_method="prune").check_tokens(pooled, where="space.yaml")  # none offered
     space.check_tokens(timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs), where="space.yaml")
+
+
+def test_blocks_of_their_own_narrow_what_the_search_samples_there(tmp_path):
+    """``blocks:`` gives some blocks narrower choices (a first block kept in float, the last ones without token
+    merging), resolved against the model's depth: every draw honours them, as do the starting parameters."""
+    path = tmp_path / "space.yaml"
+    path.write_text("heads_keep: [0.5, 0.67, 1.0]\ntokens_keep: [0.7, 1.0]\nweight_bits: [32, 8]\n"
+                    "blocks:\n  0: {weight_bits: [32], heads_keep: [1.0]}\n  '-2..-1': {tokens_keep: [1.0]}\n"
+                    "  1: {heads_keep: [0.67, 1.0]}\n")
+    space = load_space(path).for_depth(4, where="space.yaml")
+    assert space.blocks == {0: {"weight_bits": (32,), "heads_keep": (1.0,)}, 1: {"heads_keep": (0.67, 1.0)},
+                            2: {"tokens_keep": (1.0,)}, 3: {"tokens_keep": (1.0,)}}
+    heads = [3, 3, 3, 3]
+    allowed = space.distinct(heads)  # the blocks' own, and one fraction per head count
+    assert allowed["b0.weight_bits"] == (32,) and allowed["b2.tokens_keep"] == (1.0,)
+    assert allowed["b1.heads_keep"] == allowed["b3.heads_keep"] == (0.67, 1.0)  # 0.5 and 0.67 keep 2 of 3 heads
+    assert allowed["b0.heads_keep"] == (1.0,)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"b0": set(), "b1": set(), "b3": set(), "tokens": set()}
+    for _ in range(40):
+        trial = study.ask()
+        recipe = space.sample(trial, heads, allowed=allowed)
+        study.tell(trial, 0.0)
+        assert "quantize" not in recipe.blocks[0] and "prune_heads" not in recipe.blocks[0]
+        assert not any("reduce_tokens" in block for block in recipe.blocks[2:])
+        seen["b1"].add(recipe.blocks[1]["prune_heads"].keep if "prune_heads" in recipe.blocks[1] else 3)
+        seen["b3"].add(recipe.blocks[3]["prune_heads"].keep if "prune_heads" in recipe.blocks[3] else 3)
+        seen["tokens"].add("reduce_tokens" in recipe.blocks[1])
+    assert seen["b1"] == {2, 3} and seen["b3"] == {2, 3} and seen["tokens"] == {True, False}
+    assert "b0.weight_bits#rank" not in trial.params and "b1.weight_bits#rank" in trial.params
+    with pytest.raises(AutocompError, match=r"b0.weight_bits = 8 is not among the space's choices \[32\]"):
+        space.params({"b0.weight_bits": 8}, allowed=allowed)
+    # a setting of every block alike (a starting point, the coarse stage): the blocks' own least compressing where
+    # they leave it out, and so still offered alike
+    from autocomp.search._start import alike_choices, uniform_values
+    assert uniform_values(space, {"weight_bits": 8, "tokens_keep": 0.7}, 4) == {
+        "b0.weight_bits": 32, "b1.weight_bits": 8, "b2.weight_bits": 8, "b3.weight_bits": 8,
+        "b0.tokens_keep": 0.7, "b1.tokens_keep": 0.7, "b2.tokens_keep": 1.0, "b3.tokens_keep": 1.0}
+    alike = alike_choices(space, 4, allowed)
+    assert alike["weight_bits"] == (32, 8) and alike["tokens_keep"] == (0.7, 1.0)
+    with pytest.raises(AutocompError, match=r"^space.yaml: blocks: 4 names blocks the model does not have: it has 4 "
+                                            r"\(0 to 3, or -4 to -1\)"):
+        dataclasses.replace(space, blocks={4: {"heads_keep": [1.0]}}).for_depth(4, where="space.yaml")
+    with pytest.raises(AutocompError, match=r"^space.yaml: blocks: 1 and '0..2' both give block 1's heads_keep"):
+        dataclasses.replace(space, blocks={1: {"heads_keep": [1.0]}, "0..2": {"heads_keep": [0.5]}}).for_depth(
+            4, where="space.yaml")

@@ -125,10 +125,10 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     settings: list[Setting] = []
     removed, refused = 0, set()  # what the sensitivity pass and the runtime pass leave out
     left_out: dict[tuple[str, Any], str] = {}  # why the passes after the sensitivity pass left a setting out
-    distinct = allowed = space.distinct(heads)  # one choice per head count
-    if distinct:
+    distinct = allowed = space.distinct(heads)  # the blocks' own choices, one heads_keep per head count
+    if fewer := space.distinct_heads(heads):
         groups: dict[tuple, list[str]] = {}  # (fractions offered, head count) -> the blocks
-        for name, values in distinct.items():
+        for name, values in fewer.items():
             block = name.split(".")[0]
             groups.setdefault((tuple(values), heads[0 if block == "all" else int(block[1:])]), []).append(block)
         log("heads_keep: choices that keep as many heads as a larger one are offered once (the largest "

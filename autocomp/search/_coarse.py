@@ -52,12 +52,17 @@ class CoarseStage:
         None where the redraws ran out."""
         self.left -= 1
         blocks = len(self._heads)
-        uniform = dataclasses.replace(self._space, uniform=True)
+        uniform = dataclasses.replace(self._space, uniform=True, blocks={})  # blocks of their own: _per_block
         allowed = {uniform.name(0, knob): choices
                    for knob, choices in alike_choices(self._space, blocks, self._allowed or {}).items()}
         for _ in range(COARSE_REDRAWS):
             coarse = self._study.ask()
             recipe = uniform.sample(coarse, self._heads, allowed=allowed)
+            values = self._per_block(coarse, allowed)
+            if self._space.blocks:  # a block with choices of its own takes its least compressing where it must
+                fixed = self._space.completed(self._space.params(values, allowed=self._allowed), blocks,
+                                              allowed=self._allowed)
+                recipe = self._space.sample(optuna.trial.FixedTrial(fixed), self._heads, allowed=self._allowed)
             if recipe_key(recipe.to_dict()) in seen:
                 drawn = self._study.tell(coarse, state=optuna.trial.TrialState.FAIL)
                 self._study.enqueue_trial({name: _at_random(dist, self._rng)
@@ -69,6 +74,13 @@ class CoarseStage:
             self.skipped(coarse, verdict.violations)
         else:
             return None
+        study.enqueue_trial(self._space.params(values, allowed=self._allowed), user_attrs={COARSE: recipe.summary()})
+        return coarse
+
+    def _per_block(self, coarse: optuna.Trial, allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """The per-block knob values of a coarse draw (``allowed``: the uniform parameters' choices), each block
+        with choices of its own at its least compressing where they leave the draw's value out."""
+        blocks = len(self._heads)
         values = {self._space.name(i, name.removeprefix("all.")): options[0]  # a knob with one choice left
                   for name, options in allowed.items() if len(options) == 1 for i in range(blocks)}
         for name, value in coarse.params.items():
@@ -80,8 +92,11 @@ class CoarseStage:
                 values.update({self._space.name(i, knob): value for i in range(blocks)})
             else:
                 values[name] = value
-        study.enqueue_trial(self._space.params(values, allowed=self._allowed), user_attrs={COARSE: recipe.summary()})
-        return coarse
+        for name, value in list(values.items()):
+            block, _, knob = name.partition(".")
+            if block[1:].isdigit():
+                values[name] = self._space.fitted(int(block[1:]), knob, value)
+        return values
 
     def skipped(self, coarse: optuna.Trial, violations: Mapping[str, float]) -> None:
         """``coarse``'s recipe is one the screen skips: told PRUNED, with its predicted violations."""

@@ -436,7 +436,7 @@ def resolved_space(space: SearchSpace) -> dict[str, Any]:
 # search-space keys added after run.json began to record the space, each at the value that does what the versions
 # before it did: a run recorded without one sampled exactly that (a key whose default changed what the trials
 # sample, such as ``smooth``, is not listed: its absence is a difference)
-ADDED_AS_BEFORE: dict[str, Any] = {"lowrank_layers": ["qkv", "proj", "fc1", "fc2"], "group_size": 64}
+ADDED_AS_BEFORE: dict[str, Any] = {"lowrank_layers": ["qkv", "proj", "fc1", "fc2"], "group_size": 64, "blocks": {}}
 
 
 def as_recorded(earlier: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:

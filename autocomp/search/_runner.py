@@ -132,6 +132,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         warn(f"model.checkpoint is not given: {config.model.name} starts from random weights (autocomp never "
              "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "
              "trained weights file (.safetensors or .pth) in model.checkpoint")
+    # the blocks' own choices resolved for this model (run.json records the file's, as written: ``given``)
+    given, space = space, space.for_depth(len(vit_blocks(base)), where=f"search space {config.search_space}")
     space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
     if not resuming:  # a run begun before these checks keeps what its passes left
         space.check_ranks(base, where=f"search space {config.search_space}")
@@ -227,7 +229,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             scored = before.baseline_accuracy(base, splits, device=scoring_device(config.resources.gpu))
             baseline = {**scored, **baseline}
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
-                            measured_with, digest, space)
+                            measured_with, digest, given)
         else:
             if (note := rundir.measured_otherwise(previous.get("measured_with"), measured_with,
                                                   packed=any(bits < 8 for bits in space.weight_bits))) is not None:
@@ -235,11 +237,11 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     "(the earlier trials keep theirs): search into a new run folder (--out) to measure every trial "
                     "alike")
             if remaining and (note := rundir.space_otherwise(previous.get("space"),
-                                                             rundir.resolved_space(space))) is not None:
+                                                             rundir.resolved_space(given))) is not None:
                 log(f"note: {note}; each trial is recorded as it ran, but the sampler learns from both: search into "
                     "a new run folder (--out) to search every trial alike")
                 if previous.get("space") is None:  # said once: later resumes compare with the space as now
-                    rundir.record_space(run_dir, space)
+                    rundir.record_space(run_dir, given)
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" + _share(k, v, baseline, config) for k, v in limits.items()))

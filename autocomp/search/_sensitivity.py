@@ -397,9 +397,10 @@ def without(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space:
 
 def _without_in(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], space: SearchSpace,
                 block: int) -> dict[str, tuple]:
-    """``allowed`` with each (knob, value) of ``settings`` removed from ``block`` (the lightest choice always stays;
-    dynamic activations too). ``weight_bits 8`` (with dynamic activations) removed where the block still offers
-    ``STATIC`` leaves its 8-bit choice with static activations only; without ``STATIC`` left, it goes."""
+    """``allowed`` with each (knob, value) of ``settings`` removed from ``block`` (its lightest choice always stays,
+    of its own where ``blocks`` gives it some; dynamic activations too). ``weight_bits 8`` (with dynamic activations)
+    removed where the block still offers ``STATIC`` leaves its 8-bit choice with static activations only; without
+    ``STATIC`` left, it goes."""
     light = lightest(space)
     result = dict(allowed)
     act = space.name(block, "act_bits")
@@ -408,7 +409,8 @@ def _without_in(allowed: Mapping[str, tuple], settings: set[tuple[str, Any]], sp
     for knob in [*light, "act_bits"] if space.chooses_activations else light:
         name = space.name(block, knob)
         choices = result.get(name, tuple(getattr(space, knob)))
-        gone = {v for v in choices if (knob, v) in settings and v != light.get(knob)}
+        kept = space.fitted(block, knob, light[knob]) if knob in light else None  # the block's lightest stays
+        gone = {v for v in choices if (knob, v) in settings and v != kept}
         if knob == "weight_bits" and STATIC_BITS in gone and static:
             gone.discard(STATIC_BITS)
             result[act] = (STATIC_BITS,)
@@ -456,6 +458,9 @@ def write_sensitivity(run_dir: Path, settings: Sequence[Setting], *, drop_above:
     def why(s: Setting) -> str:
         if offer is not None and s.knob == "tokens_keep" and s.block == len(offer[2]) - 1:
             return "after the last block no block reads fewer tokens: the search never reduces them there"
+        if offer is not None and any(offer[0].fitted(s.block, k, v) != v
+                                     for k, v in setting_values(offer[0], s.knob, s.value).items()):
+            return "the search space's blocks: leaves it out of this block"
         if s.refused:
             return "the operators refuse it"
         if s.accuracy_drop is None or s.accuracy_drop > drop_above:

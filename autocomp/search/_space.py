@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,6 +24,8 @@ FLOAT_BITS = 32
 RANK = "#rank"  # suffix of an ordered knob's Optuna parameter: the rank of its choice, smallest first
 STATIC_BITS = 8  # the weight bit-width static activations (``act_bits``) come with: they run for real only beside it
 STATIC = ("act_bits", STATIC_BITS)  # the setting "8-bit weights, static activations" of the passes before a search
+# the knobs a block's own choices (``blocks``) may narrow
+BLOCK_KNOBS = ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers", "act_bits")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class SearchSpace:
         distill_temperature: softmax temperature of the distillation term.
         uniform: one choice per knob for every block alike (a uniform setting, still searched), instead of one per
             block.
+        blocks: some blocks' own choices, narrower than the space's: ``{0: {weight_bits: [32]}, "-2..-1":
+            {tokens_keep: [1.0]}}`` (a block index, negative from the last, or an inclusive range ``a..b``), each
+            list some of the space's own choices of that knob (:data:`BLOCK_KNOBS`). :meth:`for_depth` resolves the
+            indices against a model; the passes before the search may narrow them further.
     """
 
     heads_keep: tuple[float, ...] = (1.0,)
@@ -82,6 +89,7 @@ class SearchSpace:
     distill_alpha: tuple[float, ...] = (0.5,)
     distill_temperature: float = 4.0
     uniform: bool = False
+    blocks: Mapping[Any, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers", "act_bits",
@@ -90,9 +98,8 @@ class SearchSpace:
                 raise TypeError(f"{name} must be a list of choices, got {getattr(self, name)!r}")
             if isinstance(getattr(self, name), Mapping):  # its keys were read as the choices
                 raise AutocompError(f"{name} must be one list of choices for every block, got a mapping "
-                                    f"{dict(getattr(self, name))!r}: choices per block are not taken (each block "
-                                    "draws from the list on its own; the sensitivity pass drops, block by block, "
-                                    "the settings that alone lose more than sensitivity.drop_above points)")
+                                    f"{dict(getattr(self, name))!r}: give some blocks choices of their own under "
+                                    f"blocks:, e.g. blocks: {{0: {{{name}: [...]}}}} (some of the space's {name})")
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep"):
             values = getattr(self, name)
             if not values or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
@@ -131,10 +138,65 @@ class SearchSpace:
                 text = str(exc)
                 raise AutocompError(text if text.startswith(key + " ") else f"distill_{text}" if key == "distill"
                                     else f"lowrank_{text}" if key == "lowrank_layers" else f"{key}: {text}") from None
+        object.__setattr__(self, "blocks", self._checked_blocks())
         if self.group_size % 16:  # the runtimes' low-bit kernels (MatMulNBits) take blocks of 16 and more
             raise AutocompError(f"group_size must be a multiple of 16, got {self.group_size}: the low-bit kernels of "
                                 "ONNX Runtime and OpenVINO take blocks of 16, 32, 64 ..., and other groups would run "
                                 "as fp32 there")
+
+    def _checked_blocks(self) -> dict[Any, dict[str, tuple]]:
+        """``blocks`` checked: keys a block index or a range, values the knobs' narrower choices (as tuples)."""
+        if not isinstance(self.blocks, Mapping):
+            raise AutocompError(f"blocks must map blocks to their own choices, e.g. {{0: {{weight_bits: [32]}}}}, got "
+                                f"{type(self.blocks).__name__} {self.blocks!r}")
+        if self.blocks and self.uniform:
+            raise AutocompError("blocks gives some blocks choices of their own, but uniform: true draws one choice for "
+                                "every block alike: leave one of the two out")
+        checked: dict[Any, dict[str, tuple]] = {}
+        for key, choices in self.blocks.items():
+            _block_range(key, depth=None)  # the key's form
+            if not isinstance(choices, Mapping) or not choices:
+                raise AutocompError(f"blocks: {key!r} must map knobs to that block's choices, e.g. {{weight_bits: "
+                                    f"[32]}}, got {choices!r}")
+            own = {}
+            for knob, values in choices.items():
+                if knob not in BLOCK_KNOBS:
+                    raise AutocompError(f"blocks: {key!r}: {knob!r} is not a per-block knob; blocks narrow "
+                                        f"{', '.join(BLOCK_KNOBS)}")
+                if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence) or not values:
+                    raise AutocompError(f"blocks: {key!r}: {knob} must list that block's choices, e.g. "
+                                        f"{list(getattr(self, knob))[:2]}, got {values!r}")
+                extra = [v for v in values if v not in getattr(self, knob)]
+                if extra:
+                    raise AutocompError(f"blocks: {key!r}: {knob} {list(values)} offers {extra[0]!r}, which the "
+                                        f"space's own {knob} {list(getattr(self, knob))} does not: a block's choices "
+                                        f"are some of the space's (add {extra[0]!r} to the space's {knob} to offer it)")
+                own[knob] = tuple(v for v in getattr(self, knob) if v in values)  # in the space's order
+            checked[key] = own
+        return checked
+
+    def for_depth(self, depth: int, *, where: str) -> SearchSpace:
+        """This space with ``blocks`` resolved for a model of ``depth`` blocks: each block index (0 .. depth - 1)
+        mapped to its own choices.
+
+        Raises:
+            AutocompError: a block the model does not have, or a knob given two lists for one block.
+        """
+        resolved: dict[int, dict[str, tuple]] = {}
+        given: dict[tuple[int, str], Any] = {}
+        for key, choices in self.blocks.items():
+            for index in _block_range(key, depth=depth, where=where):
+                for knob, values in choices.items():
+                    if (index, knob) in given:
+                        raise AutocompError(f"{where}: blocks: {given[index, knob]!r} and {key!r} both give block "
+                                            f"{index}'s {knob} (a {depth}-block model): give each block's knob once")
+                    given[index, knob] = key
+                    resolved.setdefault(index, {})[knob] = values
+        return dataclasses.replace(self, blocks=dict(sorted(resolved.items())))
+
+    def own(self, block: int, knob: str) -> tuple | None:
+        """``block``'s own choices of ``knob`` (``blocks``, resolved by :meth:`for_depth`), or None."""
+        return self.blocks.get(block, {}).get(knob)
 
     def check_ranks(self, base: nn.Module, *, where: str) -> None:
         """Refuse a ``rank`` the operator refuses in every block of ``base`` (``rank: [0.3, 0.6]``: 0.6 keeps more
@@ -245,18 +307,29 @@ class SearchSpace:
         return Recipe(blocks=tuple(blocks), distill=distill)
 
     def distinct(self, heads_per_block: Sequence[int]) -> dict[str, tuple]:
-        """Per parameter, the ``heads_keep`` choices that keep different numbers of heads (of each group, the largest
-        fraction), as ``allowed`` for :meth:`sample`; only parameters that lose a choice are listed. With 4 heads,
+        """Per parameter, the choices offered before the passes narrow them, as ``allowed`` for :meth:`sample`: a
+        block's own (``blocks``), of ``heads_keep`` one per head count (:meth:`distinct_heads`); only parameters
+        narrower than the space's lists are listed."""
+        own = {self.name(index, knob): values for index, choices in self.blocks.items()
+               if isinstance(index, int) and index < len(heads_per_block) for knob, values in choices.items()}
+        return {**own, **self.distinct_heads(heads_per_block)}
+
+    def distinct_heads(self, heads_per_block: Sequence[int]) -> dict[str, tuple]:
+        """Per ``heads_keep`` parameter, the choices (the block's own, else the space's) that keep different numbers
+        of heads (of each group, the largest fraction); only parameters that lose a choice are listed. With 4 heads,
         0.67 and 0.83 both keep 3: offered both, a sampler draws 3 heads twice as often as any other count, and a
         search spends its trials on one recipe under two names."""
         kept: dict[str, set] = {}
+        choices: dict[str, tuple] = {}
         for index, heads in enumerate(heads_per_block):
+            name = self.name(index, "heads_keep")
+            choices[name] = self.own(index, "heads_keep") or self.heads_keep  # a uniform space has no blocks' own
             counts: dict[int, float] = {}
-            for fraction in sorted(self.heads_keep, reverse=True):
+            for fraction in sorted(choices[name], reverse=True):
                 counts.setdefault(heads_kept(fraction, heads), fraction)
-            kept.setdefault(self.name(index, "heads_keep"), set()).update(counts.values())  # uniform: any block's
-        return {name: tuple(v for v in self.heads_keep if v in values) for name, values in kept.items()
-                if len(values) < len(self.heads_keep)}
+            kept.setdefault(name, set()).update(counts.values())  # uniform: any block's
+        return {name: tuple(v for v in choices[name] if v in values) for name, values in kept.items()
+                if len(values) < len(choices[name])}
 
     def size(self, blocks: int, *, allowed: Mapping[str, Sequence[Any]] | None = None) -> int:
         """How many different recipes :meth:`sample` can make for ``blocks`` blocks, given ``allowed`` (heads
@@ -285,8 +358,18 @@ class SearchSpace:
 
     def offered(self, block: int, knob: str, allowed: Mapping[str, Sequence[Any]] | None = None) -> tuple:
         """The choices of the per-block ``knob`` offered in ``block``: those ``allowed`` (as for :meth:`sample`)
-        leaves it, else all of the space's."""
+        leaves it, else all of the space's. The blocks' own choices (``blocks``) are in ``allowed`` from
+        :meth:`distinct` on: without it, a recipe of any of the space's choices is built as asked (the passes
+        before the search score each setting in every block)."""
         return tuple((allowed or {}).get(self.name(block, knob), getattr(self, knob)))
+
+    def fitted(self, block: int, knob: str, value: Any) -> Any:
+        """``value`` where ``block``'s own choices (``blocks``) offer it, else the least compressing of those: a
+        setting of every block alike (a starting point), in a block that keeps choices of its own."""
+        own = self.own(block, knob)
+        if own is None or value in own:
+            return value
+        return max(own) if _ordered(own) else own[0]
 
     def name(self, block: int, knob: str) -> str:
         """The Optuna parameter (before the rank suffix) of a per-block knob: ``b3.heads_keep``, or
@@ -307,6 +390,26 @@ class SearchSpace:
                 continue
             params.update({name + RANK: sorted(options).index(value)} if _ordered(options) else {name: value})
         return params
+
+
+def _block_range(key: Any, *, depth: int | None, where: str = "") -> range:
+    """The blocks a ``blocks`` key names in a model of ``depth`` blocks: ``3``, ``-1`` (the last), ``"0..3"``
+    (inclusive), ``"-3..-1"``; with ``depth`` None only the key's form is checked."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        ends = (key, key)
+    elif isinstance(key, str) and (match := re.fullmatch(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*", key)):
+        ends = (int(match[1]), int(match[2]))
+    else:
+        raise AutocompError(f"blocks: {key!r} is not a block: give a block index (0 the first, -1 the last) or an "
+                            "inclusive range as \"2..5\" or \"-3..-1\"")
+    if depth is None:
+        return range(0)
+    first, last = (end + depth if end < 0 else end for end in ends)
+    if not 0 <= first <= last < depth:
+        raise AutocompError(f"{where}: blocks: {key!r} names blocks the model does not have: it has {depth} (0 to "
+                            f"{depth - 1}, or -{depth} to -1)" + (": a range goes from its first block to its last"
+                                                                   if 0 <= last < first < depth else ""))
+    return range(first, last + 1)
 
 
 def heads_kept(fraction: float, heads: int) -> int:

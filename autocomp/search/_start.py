@@ -154,9 +154,11 @@ def lightest(space: SearchSpace) -> dict[str, Any]:
 
 def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
     """Per knob, the choices offered in every block (``allowed``: what the sensitivity pass left per parameter):
-    what a recipe with every block alike may use."""
+    what a recipe with every block alike may use; a block whose own choices (``blocks``) leave a choice out takes
+    its own least compressing one there (:func:`uniform_values`)."""
     alike = {knob: tuple(v for v in getattr(space, knob)
-                         if all(v in space.offered(i, knob, allowed) for i in range(blocks)))
+                         if all(v in space.offered(i, knob, allowed) for i in range(blocks)
+                                if space.fitted(i, knob, v) == v))
              for knob in (*KNOBS, "act_bits")}
     if not alike["act_bits"]:  # blocks left different activations: no 8-bit blocks alike
         alike["weight_bits"] = tuple(v for v in alike["weight_bits"] if v != STATIC_BITS)
@@ -165,8 +167,10 @@ def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequenc
 
 
 def uniform_values(space: SearchSpace, values: Mapping[str, Any], blocks: int) -> dict[str, Any]:
-    """Each knob of ``values`` set alike in every block, by Optuna parameter name."""
-    return {space.name(index, knob): value for index in range(blocks) for knob, value in values.items()}
+    """Each knob of ``values`` set alike in every block, by Optuna parameter name; a block whose own choices
+    (``blocks``) leave the value out at its least compressing one."""
+    return {space.name(index, knob): space.fitted(index, knob, value) for index in range(blocks)
+            for knob, value in values.items()}
 
 
 MAX_MIXES = 4096  # uniform knob combinations predicted for the mixed starting point, at most
@@ -284,7 +288,7 @@ def _quiet_choices(space: SearchSpace, light: Mapping[str, Any], blocks: int, se
                    allowed: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
     """Per block knob, the choices the quiet point may use: the lightest, and those offered that alone cost at most
     ``QUIET`` points."""
-    quiet = {space.name(i, knob): {value} for i in range(blocks) for knob, value in light.items()}
+    quiet = {name: {value} for name, value in uniform_values(space, light, blocks).items()}
     for s in sensitivity:
         name = space.name(s.block, s.knob)
         if (name in quiet and s.accuracy_drop is not None and s.accuracy_drop <= QUIET
