@@ -26,6 +26,7 @@ from autocomp._timeout import check_time
 from autocomp._timing import weight_nbytes
 from autocomp.data import Split, TensorSplit
 from autocomp.errors import AutocompError, AutocompTypeError, shown, warn
+from autocomp._foreign import is_foreign_vit, library_model
 from autocomp.models import model_images, timm_equivalent, vit_blocks
 from autocomp.ops.qat import deployed, trainable
 from autocomp.recipe import Distill
@@ -128,6 +129,10 @@ def distill(student: nn.Module, teacher: nn.Module, split: Split, config: Distil
     if student is teacher:  # before the teacher is rebuilt (a torchvision or transformers ViT is a new module then)
         raise AutocompError("distill's student and teacher are the same module: the student is the compressed "
                             "model, trained in place, the teacher the uncompressed one it was compressed from")
+    if is_foreign_vit(student):  # a teacher of another library is rebuilt; a student is compress's output
+        raise AutocompError(f"distill's student is {library_model(student)}: the student is the compressed model "
+                            "autocomp.compress returned (timm's), trained in place; the teacher is the uncompressed "
+                            "one (were they given the other way round? distill(student, teacher, ...))")
     teacher = timm_equivalent(teacher)  # torchvision's or transformers' ViT: timm's (transformers' gives no tensor)
     _check_inputs(student, teacher, split, config)
     cached = cache.outputs if cache is not None and cache.serves(config) else None

@@ -27,8 +27,8 @@ def _weight_norm(attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Ten
 def _output_norm(attn: nn.Module, proj_inputs: torch.Tensor | None) -> torch.Tensor:
     """Data-aware: mean L2 norm of each head's contribution to the block output on calibration tokens."""
     if proj_inputs is None:
-        raise AutocompError("importance 'output_norm' needs calibration data; pass calibration images or use "
-                            "importance 'weight_norm'")
+        raise AutocompError("importance 'output_norm' (prune_heads' default) needs calibration data; pass "
+                            "calibration images (compress(..., calibration=images)) or use importance 'weight_norm'")
     heads, head_dim = attn.num_heads, attn.head_dim
     per_head = proj_inputs.reshape(-1, heads, head_dim)  # tokens, heads, head_dim
     proj = attn.proj.weight.detach().reshape(-1, heads, head_dim)  # out, heads, head_dim

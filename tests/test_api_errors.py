@@ -90,6 +90,10 @@ def test_measure_and_distill_refuse_the_wrong_things_in_one_line(tmp_path):
     with pytest.raises(AutocompTypeError, match=r"^measure's example must be a float tensor of preprocessed images "
                                                 r"\(N, C, H, W\), got DataLoader "):
         measure(model, profile, example=DataLoader(images))
+    with pytest.raises(AutocompTypeError, match=r"^measure's example must be a batch of images \(N, C, H, W\) for a "
+                                                r"ViT, got a 3-D tensor of shape \(3, 16, 16\); one image: "
+                                                r"example.unsqueeze\(0\)$"):
+        measure(model, profile, example=images[0])
     with pytest.raises(AutocompTypeError, match=r"^measure's profile must be a HardwareProfile, got str "
                                                 r"'hardware_profiles/local_cpu.yaml': load it first: autocomp.measure."
                                                 r"profiling.load_profile\('hardware_profiles/local_cpu.yaml'\)"):

@@ -247,6 +247,10 @@ def test_a_transformers_deit_is_rebuilt_as_timms_with_its_distillation_token(tea
     with torch.no_grad():
         out = student(images)
     assert out.shape == (3, 5) and (out - expected).abs().max() > 1e-4  # compressed, not the same model
+    split = TensorSplit(x=torch.randn(8, 3, 32, 32), y=torch.arange(8) % 5)
+    with pytest.raises(AutocompError, match=rf"^distill's student is transformers' {kind}: the student is the "
+                                            r"compressed model autocomp.compress returned"):
+        autocomp.distill.distill(source, student, split, autocomp.Distill(steps=1, alpha=0.5, batch_size=4))
 
 
 def test_transformers_models_the_rebuild_cannot_express_are_refused_saying_why():

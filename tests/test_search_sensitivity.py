@@ -413,6 +413,12 @@ def test_the_runtime_pass_runs_each_setting_in_the_first_block_and_only_failures
     ran.clear()
     assert unrunnable_settings(base, SearchSpace(heads_keep=(0.5, 1.0), head_importance="weight_norm"), [4, 4],
                                calib=digits_splits.calib.x, run=run) == set() and len(ran) == 1  # all ran cut
+    # the first block kept in float by its own choices: int8 ran nothing there, and runs in every block
+    ran.clear()
+    kept = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), head_importance="weight_norm",
+                       blocks={0: {"weight_bits": [32]}}).for_depth(2, where="space")
+    assert unrunnable_settings(base, kept, [4, 4], calib=digits_splits.calib.x, run=run) == {("weight_bits", 8)}
+    assert ran[-1] == (2, [128, 128], True)
 
 
 def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, tiny_teacher, monkeypatch, capsys):

@@ -61,10 +61,17 @@ def test_single_choice_knobs_are_not_searched():
     ("blocks: {first: {heads_keep: [1.0]}}\n", "blocks: 'first' is not a block: give a block index (0 the first, -1 "
                                                "the last) or an inclusive range as \"2..5\""),
     ("heads_keep: [0.5, 1.0]\nblocks: {0: {heads: [1.0]}}\n", "blocks: 0: 'heads' is not a per-block knob"),
+    ("weight_bits: [32, 8]\nblocks: {0: {weight_bit: [32]}}\n", "blocks: 0: 'weight_bit' is not a per-block knob "
+                                                                "(did you mean 'weight_bits'?)"),
     ("heads_keep: [0.5, 1.0]\nblocks: {0: {heads_keep: 1.0}}\n", "blocks: 0: heads_keep must list that block's "
                                                                   "choices, e.g. [0.5, 1.0], got 1.0"),
     ("heads_keep: [0.5, 1.0]\nuniform: true\nblocks: {0: {heads_keep: [1.0]}}\n", "but uniform: true draws one "
                                                                                    "choice for every block alike"),
+    ("weight_bits: [32, 8]\nblocks: {-1: {weight_bits: [8]}}\n", "blocks: -1: weight_bits [8] leaves out the space's "
+                                                                 "least compressing choice, 32: a block's own choices "
+                                                                 "hold a block back from compression"),
+    ("weight_bits: [32, 8]\nact_bits: [null, 8]\nblocks: {0: {act_bits: [8]}}\n", "blocks: 0: 'act_bits' is not a "
+                                                                                  "per-block knob"),
     ("weight_bits: '8'\n", "weight_bits must be a list of whole numbers, got '8'"),
     ("weight_bits: [32, 8]\nact_bits: [4]\n", "act_bits must list null (dynamic: the int8 kernel quantizes each "
                                              "batch) and/or 8 (static: calibrated), each once, e.g. [null, 8], got "
@@ -302,7 +309,7 @@ def test_blocks_of_their_own_narrow_what_the_search_samples_there(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("heads_keep: [0.5, 0.67, 1.0]\ntokens_keep: [0.7, 1.0]\nweight_bits: [32, 8]\n"
                     "blocks:\n  0: {weight_bits: [32], heads_keep: [1.0]}\n  '-2..-1': {tokens_keep: [1.0]}\n"
-                    "  1: {heads_keep: [0.67, 1.0]}\n")
+                    "  '1': {heads_keep: [0.67, 1.0]}\n")  # a quoted index too (JSON's keys are strings)
     space = load_space(path).for_depth(4, where="space.yaml")
     assert space.blocks == {0: {"weight_bits": (32,), "heads_keep": (1.0,)}, 1: {"heads_keep": (0.67, 1.0)},
                             2: {"tokens_keep": (1.0,)}, 3: {"tokens_keep": (1.0,)}}
@@ -337,6 +344,32 @@ def test_blocks_of_their_own_narrow_what_the_search_samples_there(tmp_path):
     with pytest.raises(AutocompError, match=r"^space.yaml: blocks: 4 names blocks the model does not have: it has 4 "
                                             r"\(0 to 3, or -4 to -1\)"):
         dataclasses.replace(space, blocks={4: {"heads_keep": [1.0]}}).for_depth(4, where="space.yaml")
+    with pytest.raises(AutocompError, match=r"^space.yaml: blocks: '2..1' is a range written backwards \(blocks 2 "
+                                            r"to 1 of 4\): write \"1..2\", first block to last$"):
+        dataclasses.replace(space, blocks={"2..1": {"heads_keep": [1.0]}}).for_depth(4, where="space.yaml")
     with pytest.raises(AutocompError, match=r"^space.yaml: blocks: 1 and '0..2' both give block 1's heads_keep"):
-        dataclasses.replace(space, blocks={1: {"heads_keep": [1.0]}, "0..2": {"heads_keep": [0.5]}}).for_depth(
+        dataclasses.replace(space, blocks={1: {"heads_keep": [1.0]}, "0..2": {"heads_keep": [0.5, 1.0]}}).for_depth(
             4, where="space.yaml")
+
+
+def test_blocks_that_leave_nothing_to_compress_are_refused_before_the_search():
+    from autocomp.search._start import require_choices
+
+    space = SearchSpace(weight_bits=(32, 8), blocks={"0..-1": {"weight_bits": [32]}}).for_depth(3, where="s")
+    with pytest.raises(AutocompError, match=r"^s offers nothing to search: its blocks: leaves every block at its "
+                                            r"least compressing choices"):
+        require_choices(space, where="s", heads=[4, 4, 4])
+    require_choices(dataclasses.replace(space, blocks={0: {"weight_bits": (32,)}}), where="s", heads=[4, 4, 4])
+
+
+def test_uniform_int8_with_static_activations_starts_where_a_block_is_kept_in_float():
+    """The starting points "uniform int8" (dynamic and static activations) with block 0 kept in float: both queued,
+    block 0 in float, its activations not asked (it has no 8-bit choice)."""
+    from autocomp.search._start import start_points
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 8), act_bits=(None, 8),
+                        blocks={0: {"weight_bits": [32]}}).for_depth(3, where="s")
+    points = dict(start_points(space, [4, 4, 4], predictor=None, limits={}, cap=8, allowed=space.distinct([4] * 3)))
+    assert {"uniform weight_bits 8", "uniform weight_bits 8, static activations"} <= set(points)
+    static = points["uniform weight_bits 8, static activations"]
+    assert "b0.weight_bits#rank" not in static and static["b1.act_bits"] == 8 and "b0.act_bits" not in static

@@ -144,6 +144,10 @@ def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,
                if isinstance(example, torch.Tensor) else f"{type(example).__name__} {shown(example)}")
         raise AutocompTypeError(f"measure's example must be a float tensor of preprocessed images (N, C, H, W), "
                                 f"got {got}; e.g. a batch of your validation images, or torch.randn(1, 3, 224, 224)")
+    if hasattr(model, "patch_embed") and example.dim() != 4:  # a ViT: images
+        raise AutocompTypeError(f"measure's example must be a batch of images (N, C, H, W) for a ViT, got a "
+                                f"{example.dim()}-D tensor of shape {tuple(example.shape)}"
+                                + ("; one image: example.unsqueeze(0)" if example.dim() == 3 else ""))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     # a ViT's images against its channels and size (any float batch for other modules)
     example = model_images(model, example, "measure's example images", dtype=dtype) if example.dim() == 4 \

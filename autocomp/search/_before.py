@@ -120,8 +120,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     if saved.is_file():
         allowed = {name: tuple(values) for name, values in json.loads(saved.read_text()).items()}
         return read_sensitivity(run_dir), allowed
-    if not fresh:  # a study begun before the choices were saved: offer them as it did
-        return [], {}
+    if not fresh:  # a study begun before the choices were saved: offer them as it did (and the blocks' own)
+        return [], space.distinct(heads) if space.blocks else {}
     settings: list[Setting] = []
     removed, refused = 0, set()  # what the sensitivity pass and the runtime pass leave out
     left_out: dict[tuple[str, Any], str] = {}  # why the passes after the sensitivity pass left a setting out

@@ -78,8 +78,12 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         return (strongest.get(space.name(i, "act_bits")) == STATIC_BITS
                 and strongest.get(space.name(i, "weight_bits"), STATIC_BITS) == STATIC_BITS)
 
+    def said(i: int, knob: str) -> bool:  # after the last block no block reads fewer tokens: never reduced there
+        return not (knob == "tokens_keep" and i == len(heads) - 1)
+
     per_block = [(", ".join(setting_label(knob, strongest[space.name(i, knob)], heads[i:i + 1])
-                            for knob in lightest(space)) or held_by_all(space) or "nothing compressed")
+                            for knob in lightest(space) if said(i, knob)) or held_by_all(space)
+                  or "nothing compressed")
                  + (" with static activations" if static(i) else "") for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))

@@ -138,7 +138,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     if not resuming:  # a run begun before these checks keeps what its passes left
         space.check_ranks(base, where=f"search space {config.search_space}")
         space.check_tokens(base, where=f"search space {config.search_space}")
-        require_choices(space, where=f"search space {config.search_space}")
+        require_choices(space, where=f"search space {config.search_space}",
+                        heads=[block.attn.num_heads for block in vit_blocks(base)])
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
     previous = rundir.previous_run(run_dir, [fingerprint, rundir.earlier_fingerprint(config, identity, job, run_dir),
@@ -312,7 +313,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                                                                              baseline["latency_ms"]))
                 recipes = space.size(len(heads), allowed=allowed)
                 if recipes < remaining:
-                    log(f"the space offers {recipes} different recipes (after the sensitivity pass), fewer than the "
+                    log(f"the space offers {recipes} different recipe{'s' if recipes != 1 else ''} (after the "
+                        "sensitivity pass), fewer than the "
                         f"{remaining} trials left: at most {recipes} will run, as a recipe drawn again is not run; "
                         f"widen the space (or raise sensitivity.drop_above) to use the trials")
                 if config.start_points and not study.trials:

@@ -312,7 +312,9 @@ def unrunnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Se
         first = _on_target(cut, space, heads_per_block[:1], calib=calib, measure=runs, observe=None, log=log,
                            name="runtime", done="run on the target in the first block", settings=settings,
                            report=False)
-        suspects = [setting for setting, result in first.items() if result == math.inf]
+        # and those block 0's own choices leave out (run there as its lightest, they ran nothing)
+        suspects = [setting for setting, result in first.items() if result == math.inf
+                    or any(space.fitted(0, k, v) != v for k, v in setting_values(space, *setting).items())]
         if not suspects:
             return set()
     results = _on_target(base, space, heads_per_block, calib=calib, measure=runs, observe=None, log=log,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ FLOAT_BITS = 32
 RANK = "#rank"  # suffix of an ordered knob's Optuna parameter: the rank of its choice, smallest first
 STATIC_BITS = 8  # the weight bit-width static activations (``act_bits``) come with: they run for real only beside it
 STATIC = ("act_bits", STATIC_BITS)  # the setting "8-bit weights, static activations" of the passes before a search
-# the knobs a block's own choices (``blocks``) may narrow
-BLOCK_KNOBS = ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers", "act_bits")
+# the knobs a block's own choices (``blocks``) may narrow, each keeping the space's least compressing choice
+BLOCK_KNOBS = ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits")
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,11 @@ class SearchSpace:
             block.
         blocks: some blocks' own choices, narrower than the space's: ``{0: {weight_bits: [32]}, "-2..-1":
             {tokens_keep: [1.0]}}`` (a block index, negative from the last, or an inclusive range ``a..b``), each
-            list some of the space's own choices of that knob (:data:`BLOCK_KNOBS`). :meth:`for_depth` resolves the
-            indices against a model; the passes before the search may narrow them further.
+            list some of the space's own choices of that knob (:data:`BLOCK_KNOBS`), its least compressing one
+            among them: a block is held back from compression, never forced into it (every pass before the search,
+            the reach checks and the starting points build the least compressing candidate of each block).
+            :meth:`for_depth` resolves the indices against a model; the passes before the search may narrow them
+            further.
     """
 
     heads_keep: tuple[float, ...] = (1.0,)
@@ -89,7 +93,7 @@ class SearchSpace:
     distill_alpha: tuple[float, ...] = (0.5,)
     distill_temperature: float = 4.0
     uniform: bool = False
-    blocks: Mapping[Any, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
+    blocks: Mapping[Any, Mapping[str, Sequence[Any]]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for name in ("heads_keep", "mlp_keep", "rank", "tokens_keep", "weight_bits", "quantize_layers", "act_bits",
@@ -161,12 +165,19 @@ class SearchSpace:
             own = {}
             for knob, values in choices.items():
                 if knob not in BLOCK_KNOBS:
-                    raise AutocompError(f"blocks: {key!r}: {knob!r} is not a per-block knob; blocks narrow "
-                                        f"{', '.join(BLOCK_KNOBS)}")
+                    close = difflib.get_close_matches(str(knob), BLOCK_KNOBS, n=1, cutoff=0.75)
+                    raise AutocompError(f"blocks: {key!r}: {knob!r} is not a per-block knob"
+                                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                                        + f"; blocks narrow {', '.join(BLOCK_KNOBS)}")
                 if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence) or not values:
                     raise AutocompError(f"blocks: {key!r}: {knob} must list that block's choices, e.g. "
                                         f"{list(getattr(self, knob))[:2]}, got {values!r}")
                 extra = [v for v in values if v not in getattr(self, knob)]
+                lightest = max(getattr(self, knob))  # fractions and bit widths: the largest compresses least
+                if not extra and lightest not in values:
+                    raise AutocompError(f"blocks: {key!r}: {knob} {list(values)} leaves out the space's least "
+                                        f"compressing choice, {lightest:g}: a block's own choices hold a block back "
+                                        f"from compression, they do not force it (add {lightest:g})")
                 if extra:
                     raise AutocompError(f"blocks: {key!r}: {knob} {list(values)} offers {extra[0]!r}, which the "
                                         f"space's own {knob} {list(getattr(self, knob))} does not: a block's choices "
@@ -397,6 +408,8 @@ def _block_range(key: Any, *, depth: int | None, where: str = "") -> range:
     (inclusive), ``"-3..-1"``; with ``depth`` None only the key's form is checked."""
     if isinstance(key, int) and not isinstance(key, bool):
         ends = (key, key)
+    elif isinstance(key, str) and re.fullmatch(r"\s*-?\d+\s*", key):  # a quoted index ("0": JSON's keys)
+        ends = (int(key), int(key))
     elif isinstance(key, str) and (match := re.fullmatch(r"\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*", key)):
         ends = (int(match[1]), int(match[2]))
     else:
@@ -405,10 +418,12 @@ def _block_range(key: Any, *, depth: int | None, where: str = "") -> range:
     if depth is None:
         return range(0)
     first, last = (end + depth if end < 0 else end for end in ends)
-    if not 0 <= first <= last < depth:
+    if not (0 <= first < depth and 0 <= last < depth):
         raise AutocompError(f"{where}: blocks: {key!r} names blocks the model does not have: it has {depth} (0 to "
-                            f"{depth - 1}, or -{depth} to -1)" + (": a range goes from its first block to its last"
-                                                                   if 0 <= last < first < depth else ""))
+                            f"{depth - 1}, or -{depth} to -1)")
+    if first > last:
+        raise AutocompError(f"{where}: blocks: {key!r} is a range written backwards (blocks {first} to {last} of "
+                            f"{depth}): write \"{last}..{first}\", first block to last")
     return range(first, last + 1)
 
 

@@ -72,7 +72,8 @@ def start_points(space: SearchSpace, heads_per_block: Sequence[int], *, predicto
         int8 = uniform_values(space, {**light, "weight_bits": STATIC_BITS}, blocks)
         for act in space.act_bits:  # dynamic and static activations, in the space's order
             label = f"uniform weight_bits {STATIC_BITS}" + (", static activations" if act else "")
-            points.append((label, {**int8, **{space.name(i, "act_bits"): act for i in range(blocks)}}))
+            points.append((label, {**int8, **{space.name(i, "act_bits"): act for i in range(blocks)  # its 8-bit
+                                              if int8.get(space.name(i, "weight_bits")) == STATIC_BITS}}))
     drops = _uniform_drops(sensitivity)
     measure = measure if "latency_ms" in limits else None
     mixes = _uniform_mixes_at_budget(space, heads_per_block, predictor, limits, light, allowed or {}, drops,
@@ -137,13 +138,17 @@ def held_by_all(space: SearchSpace) -> str:
                      if len(getattr(space, knob)) == 1 and getattr(space, knob)[0] != value)
 
 
-def require_choices(space: SearchSpace, *, where: str) -> None:
-    """Refuse a space whose only candidate is the uncompressed model (no knob has a choice that compresses): its
-    search would run that one model, drawn again for every other trial, and say the budget was not met."""
+def require_choices(space: SearchSpace, *, where: str, heads: Sequence[int] = ()) -> None:
+    """Refuse a space whose only candidate is the uncompressed model (no knob has a choice that compresses, or the
+    blocks' own choices leave none in any of ``heads`` blocks): its search would run that one model, drawn again for
+    every other trial, and say the budget was not met."""
     if not lightest(space) and not held_by_all(space):
         raise AutocompError(f"{where} offers nothing to search: no knob has a choice that compresses, so its only "
                             "candidate is the uncompressed model; give a knob choices, e.g. heads_keep: [0.5, 0.75, "
                             "1.0] or weight_bits: [32, 8]")
+    if heads and space.blocks and space.size(len(heads), allowed=space.distinct(heads)) <= 1:
+        raise AutocompError(f"{where} offers nothing to search: its blocks: leaves every block at its least "
+                            "compressing choices, the uncompressed model; give some block a choice that compresses")
 
 
 def lightest(space: SearchSpace) -> dict[str, Any]:
@@ -159,7 +164,11 @@ def alike_choices(space: SearchSpace, blocks: int, allowed: Mapping[str, Sequenc
     alike = {knob: tuple(v for v in getattr(space, knob)
                          if all(v in space.offered(i, knob, allowed) for i in range(blocks)
                                 if space.fitted(i, knob, v) == v))
-             for knob in (*KNOBS, "act_bits")}
+             for knob in KNOBS}
+    # activations where a block can be 8-bit (a block kept in float by its own choices chooses none)
+    alike["act_bits"] = tuple(v for v in space.act_bits if all(
+        v in space.offered(i, "act_bits", allowed) for i in range(blocks)
+        if STATIC_BITS in space.offered(i, "weight_bits", allowed)))
     if not alike["act_bits"]:  # blocks left different activations: no 8-bit blocks alike
         alike["weight_bits"] = tuple(v for v in alike["weight_bits"] if v != STATIC_BITS)
         alike["act_bits"] = (space.first_act(0),)
