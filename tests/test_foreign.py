@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import vision_transformer as tv
 
 import autocomp
-from autocomp.data import DataConfig, TensorSplit
+from autocomp.data import DataConfig, TensorSplit, load_splits
 from autocomp.data._config import REBUILT_FROM, preprocessing_source, resolve_preprocessing
 from autocomp.errors import AutocompError, AutocompWarning
 from autocomp.models import ModelSpec, create_model, timm_equivalent, vit_blocks
@@ -322,7 +322,6 @@ def _folder(root, classes):
 def test_a_transformers_models_label_names_order_the_class_folders_as_its_outputs(tmp_path):
     """A model trained with id2label {0: 'ship', 1: 'cat', ...} scores output 0 as ship: its class folders were
     taken in sorted order without a word (28.75% for a model of 49.06%)."""
-    from autocomp.data import load_splits
 
     _folder(tmp_path, ["airplane", "cat", "ship"])
     named = {0: "ship", 1: "airplane", 2: "cat"}
@@ -468,3 +467,31 @@ def test_a_preprocessor_config_of_another_processor_is_left_for_the_defaults_wit
     with pytest.warns(AutocompWarning, match="made as transformers' ViTImageProcessor makes them by default"):
         resolve_preprocessing(timm_equivalent(ViTForImageClassification.from_pretrained(tmp_path / "vit")),
                               DataConfig(dataset="imagefolder", root="images"))
+
+
+def test_an_export_reads_the_run_images_with_the_preprocessing_its_trials_were_scored_with(tmp_path):
+    """A run of a model whose preprocessing was guessed (a transformers DeiT: the facebook/deit-* defaults, warned
+    about when it searched): an export reads the images with what summary.json records, warning no more."""
+    import dataclasses
+    import json
+
+    from types import SimpleNamespace
+
+    from autocomp.search._export import _run_splits
+
+    _folder(tmp_path / "data", ["a", "b", "c", "d", "e"])
+    source = transformers_deit()
+    config = SimpleNamespace(data=DataConfig(dataset="imagefolder", root=str(tmp_path / "data"), val_size=5,
+                                             calib_size=5, test_size=5, workers=0))  # the job's data section
+    base = timm_equivalent(source)
+    with pytest.warns(AutocompWarning, match="made as facebook/deit-"):  # as the search said it
+        searched = load_splits(config.data, base).preprocessing
+    (tmp_path / "summary.json").write_text(json.dumps({"preprocessing": searched.to_dict()}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutocompWarning)
+        splits = _run_splits(config, base, None, tmp_path, "checked")
+    given = load_splits(dataclasses.replace(config.data, mean=searched.mean, std=searched.std,
+                                            crop_pct=searched.crop_pct, interpolation=searched.interpolation,
+                                            crop_mode=searched.crop_mode), base)  # the same images, made alike
+    assert splits.preprocessing == searched
+    assert torch.equal(next(splits.val.batches(5))[0], next(given.val.batches(5))[0])

@@ -228,12 +228,20 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
     return out
 
 
+# the data section's keys that give the preprocessing, each as summary.json records it
+PREPROCESSING_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
 def _run_splits(config: JobConfig, base: nn.Module, recorded: Any, run_dir: Path, why: str) -> Splits:
     """The run's images, as :func:`run_images.read_splits` reads them; where they cannot be read (a run folder
     copied to another machine, its image folder elsewhere), the error says why the export needs them and where to
     say where they are."""
+    data, searched = config.data, _searched(run_dir, "preprocessing")
+    if searched is not None and data.dataset == "imagefolder":  # as the trials were scored: nothing guessed (and
+        # warned about) again
+        data = dataclasses.replace(data, **{key: getattr(searched, key) for key in PREPROCESSING_KEYS})
     try:
-        return run_images.read_splits(config.data, base, recorded)
+        return run_images.read_splits(data, base, recorded)
     except AutocompError as exc:
         if config.data.root is None or Path(config.data.root).is_dir():  # the images are there: another problem
             raise
