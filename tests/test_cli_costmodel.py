@@ -165,6 +165,9 @@ def test_check_costmodel_refuses_a_space_the_model_cannot_take_as_a_search_does(
     assert err.startswith(f"autocomp: error: search space {space}: the operator refuses rank 0.6 in every block "
                           "of the model")
     assert not (tmp_path / "r.json").exists()
+    space.write_text("heads_keep: [0.5, 1.0]\nblocks: {5: {heads_keep: [1.0]}}\n")  # the model has 2 blocks
+    err = run_cli(["check-costmodel", str(job), "--samples", "3", "--out", str(tmp_path / "r.json")], capsys)
+    assert err.startswith(f"autocomp: error: search space {space}: blocks: 5 names blocks the model does not have")
 
 
 def test_an_out_path_no_file_can_be_written_to_is_refused_before_anything_is_measured(tmp_path, capsys, monkeypatch):

@@ -74,6 +74,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     space = load_space(config.search_space)
     base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
     where = f"search space {config.search_space}"
+    space = space.for_depth(len(vit_blocks(base)), where=where)  # the blocks' own choices, as a search resolves them
     space.check_layers(base, where=where)  # what the operators would refuse in every sample, as a search refuses it
     space.check_ranks(base, where=where)
     space.check_tokens(base, where=where)
@@ -168,8 +169,9 @@ def _sample_and_measure(base: nn.Module, cost: CostModel, space: Any, heads: lis
     predictions: list[Prediction] = []
     models: list[nn.Module] = []
     refused = unrunnable = 0
+    offered = space.distinct(heads)  # as a search offers them: the blocks' own, one heads_keep per head count
     while len(rows) < samples:
-        recipe = Recipe(blocks=space.sample(study.ask(), heads).blocks)  # distillation changes no cost
+        recipe = Recipe(blocks=space.sample(study.ask(), heads, allowed=offered).blocks)  # distillation: no cost
         try:
             prediction = cost.predict(recipe)
             with torch.no_grad():
