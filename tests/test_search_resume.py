@@ -70,7 +70,7 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
             assert said.read_text().splitlines()[-1] == ("autocomp: terminated; results written so far are kept "
                                                          "(rerun the same command to resume)")
             # said as it began to stop, not only once it had (Tune and Ray take seconds)
-            assert logged.read_text().splitlines()[-1] == ("stopping (seconds): any trial under way ends; every "
+            assert logged.read_text().splitlines()[-1] == ("stopping (a few seconds): any trial under way ends; every "
                                                            "finished trial is kept")
             # Tune's thread, still running as Ray shuts down, started no new Ray (Ray's auto-connect)
             assert "SIGTERM handler is not set" not in said.read_text()
@@ -78,7 +78,7 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
             driver.send_signal(signal.SIGTERM)
             assert driver.wait(timeout=120) == -signal.SIGTERM  # ended by the signal, once the search had stopped
             assert logged.read_text().splitlines()[-2:] == [
-                "stopping (seconds): any trial under way ends; every finished trial is kept",
+                "stopping (a few seconds): any trial under way ends; every finished trial is kept",
                 f"terminated; results written so far are kept in {run} (run the same search again to resume)"]
             assert "Traceback" not in said.read_text()
     finally:

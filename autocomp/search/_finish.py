@@ -107,7 +107,11 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
             + (f" ({len(remeasured) - shared} models: {shared} compress{'es' if shared == 1 else ''} as another of "
                f"them does, differing in distillation)" if shared else "")
             + (f" ({earlier} of them by an earlier run of {run_dir}, as it measures now)" if earlier else "")
-            + f": {sum(m['within_budget_again'] for m in remeasured)} still within budget")
+            + f": {sum(m['within_budget_again'] for m in remeasured)} still within budget"
+            + ("; over it measured again, so not best/: " + ", ".join(
+                f"trial {m['trial']} ({m['remeasured_latency_ms']:.4g} ms, {m['remeasured_memory_mb']:.4g} MB)"
+                for m in remeasured if not m["within_budget_again"]) if not all(
+                m["within_budget_again"] for m in remeasured) else ""))
         if again is not None and not again["within_budget_again"]:
             log(f"warning: none held on re-measurement: best/ is the trials' own best, trial {best.number}, within "
                 f"budget as its trial measured it, over it as measured again ({again['remeasured_latency_ms']:.4g} "

@@ -258,7 +258,7 @@ class TrialLoop:
     def __exit__(self, kind: type | None, *_: object) -> None:
         if kind is not None and not self.done:  # the search failed before or while running its trials
             if issubclass(kind, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the user waits for the prompt
-                self._log("stopping (seconds): any trial under way ends; every finished trial is kept")
+                self._log("stopping (a few seconds): any trial under way ends; every finished trial is kept")
             search_ending()  # a SIGTERM to the process group takes Ray down as well: not a `ray stop` to warn of
             self._searcher.finished = True
             self._stopper.stopping = True  # the running trials stop: an interrupted one runs again on resume

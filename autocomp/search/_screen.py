@@ -146,8 +146,10 @@ class Screen:
         learnt = max(FLOOR if key in TIMED else MEMORY_FLOOR, math.exp(worst) - 1)
         if learnt >= self.margin:
             return self.margin, ""
-        return learnt, (f"; the cost model over-predicted the last {len(recent)} measured by at most "
-                        f"{100 * (math.exp(worst) - 1):.0f}%")
+        over = 100 * (math.exp(worst) - 1)
+        return learnt, (f"; the cost model over-predicted the last {len(recent)} measured by at most {over:.0f}%"
+                        if round(over) > 0 else f"; the cost model over-predicted none of the last {len(recent)} "
+                        "measured")
 
     def judge(self, recipe: Recipe) -> Verdict:
         if self.margin is not None and self.uncompressed is not None and not any(recipe.blocks):
