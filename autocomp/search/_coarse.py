@@ -58,11 +58,11 @@ class CoarseStage:
         for _ in range(COARSE_REDRAWS):
             coarse = self._study.ask()
             recipe = uniform.sample(coarse, self._heads, allowed=allowed)
-            values = self._per_block(coarse, allowed)
-            if self._space.blocks:  # a block with choices of its own takes its least compressing where it must
-                fixed = self._space.completed(self._space.params(values, allowed=self._allowed), blocks,
-                                              allowed=self._allowed)
-                recipe = self._space.sample(optuna.trial.FixedTrial(fixed), self._heads, allowed=self._allowed)
+            params = self._space.params(self._per_block(coarse, allowed), allowed=self._allowed)
+            if self._space.blocks:  # a block with choices of its own takes its least compressing where it must:
+                # the recipe screened and queued is that one, a block made 8-bit so given its layers and activations
+                params = self._space.completed(params, blocks, allowed=self._allowed)
+                recipe = self._space.sample(optuna.trial.FixedTrial(params), self._heads, allowed=self._allowed)
             if recipe_key(recipe.to_dict()) in seen:
                 drawn = self._study.tell(coarse, state=optuna.trial.TrialState.FAIL)
                 self._study.enqueue_trial({name: _at_random(dist, self._rng)
@@ -74,7 +74,7 @@ class CoarseStage:
             self.skipped(coarse, verdict.violations)
         else:
             return None
-        study.enqueue_trial(self._space.params(values, allowed=self._allowed), user_attrs={COARSE: recipe.summary()})
+        study.enqueue_trial(params, user_attrs={COARSE: recipe.summary()})
         return coarse
 
     def _per_block(self, coarse: optuna.Trial, allowed: Mapping[str, Sequence[Any]]) -> dict[str, Any]:

@@ -378,9 +378,7 @@ class SearchSpace:
         """``value`` where ``block``'s own choices (``blocks``) offer it, else the least compressing of those: a
         setting of every block alike (a starting point), in a block that keeps choices of its own."""
         own = self.own(block, knob)
-        if own is None or value in own:
-            return value
-        return max(own) if _ordered(own) else own[0]
+        return value if own is None or value in own else max(own)  # fractions and bit widths: larger is lighter
 
     def name(self, block: int, knob: str) -> str:
         """The Optuna parameter (before the rank suffix) of a per-block knob: ``b3.heads_keep``, or
