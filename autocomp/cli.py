@@ -17,7 +17,10 @@ from autocomp.errors import AutocompError, AutocompWarning
 __all__ = ["main"]
 
 
-def _search(args: argparse.Namespace) -> None:
+NOTHING_WITHIN_BUDGET = 3  # the exit status of a search that ended with no candidate within budget
+
+
+def _search(args: argparse.Namespace) -> int:
     import dataclasses
 
     # read by Ray when it is imported (below): an embedded Ray listens on this machine alone (not on its network
@@ -37,8 +40,10 @@ def _search(args: argparse.Namespace) -> None:
     if summary["met_budget"]:
         print(f"\nbest model within budget: {summary['best']['path']}  "
               f"(load it with autocomp.load({summary['best']['path']!r}))")
-    elif shown:  # said again below the table; without one it is the line printed just before
+        return 0
+    if shown:  # said again below the table; without one it is the line printed just before
         print(f"\n{summary['message']}")
+    return NOTHING_WITHIN_BUDGET  # a script's `autocomp search ... && deploy` stops here
 
 
 def _pareto(args: argparse.Namespace) -> None:
@@ -205,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the best compressed Vision Transformer for a device budget (search), then print its "
                     "Pareto front, export a model, calibrate a hardware profile or check the cost model.")
     commands = parser.add_subparsers(dest="command", required=True)
-    search = commands.add_parser("search", help="search compressed models within a budget")
+    search = commands.add_parser("search", help="search compressed models within a budget",
+                                 epilog=f"exit status: 0 with a best model within budget, {NOTHING_WITHIN_BUDGET} when "
+                                        "no candidate met the budget (the run folder holds the trials), 2 for a "
+                                        "mistake in the input, 130 interrupted (rerun to resume)")
     search.add_argument("config", help="job config YAML")
     search.add_argument("--out", required=True, help="run folder (results, study.journal); reusing it resumes")
     search.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: embedded)")
@@ -281,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     try:
         with terminated_as_interrupted(ctrl_c=True):
-            args.run(args)
+            status = args.run(args)
     except AutocompError as exc:
         print(f"autocomp: error: {exc}", file=sys.stderr)
         return 2
@@ -290,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autocomp: {stopped}; results written so far are kept (rerun the same command to resume)",
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from autocomp._loader import read_yaml
-from autocomp.cli import main
+from autocomp.cli import NOTHING_WITHIN_BUDGET, main
 from autocomp.errors import AutocompError, AutocompWarning
 from autocomp.recipe import Recipe
 from test_search_e2e import write_job
@@ -802,13 +802,13 @@ def test_a_search_without_a_front_says_its_outcome_once(tmp_path, capsys, monkey
     monkeypatch.setattr(autocomp.search, "run_search", search)
     example = Path(__file__).parents[1] / "examples" / "fashion_mnist" / "search.yaml"
     (tmp_path / "pareto.json").write_text(json.dumps({"trials": [], "limits": {}}))
-    assert main(["search", str(example), "--out", str(tmp_path)]) == 0
+    assert main(["search", str(example), "--out", str(tmp_path)]) == NOTHING_WITHIN_BUDGET == 3  # a script stops
     out = capsys.readouterr().out
     assert out.count(message) == 1 and "so there is no front" in out
     front = {"number": 3, "accuracy": 90.0, "latency_ms": 9.0, "memory_mb": 2.0, "feasible": False,
              "recipe_summary": "b0: heads 0.5"}
     (tmp_path / "pareto.json").write_text(json.dumps({"trials": [front], "limits": {"latency_ms": 8.0}}))
-    assert main(["search", str(example), "--out", str(tmp_path)]) == 0
+    assert main(["search", str(example), "--out", str(tmp_path)]) == NOTHING_WITHIN_BUDGET
     out = capsys.readouterr().out
     assert out.count(message) == 2 and out.rstrip().endswith(message)  # below the table too
 

@@ -17,6 +17,7 @@ import yaml
 
 from autocomp._compress import compress
 from autocomp.budget import Budget
+from autocomp.cli import NOTHING_WITHIN_BUDGET
 from autocomp.data import DataConfig
 from autocomp.results import load_run_study
 from autocomp.search._before import teacher_cache
@@ -272,6 +273,10 @@ def _space_job(tmp_path, tiny_teacher, space: str, budget: dict, *, trials: int)
     return job
 
 
+# a search at 0.99x latency ends with a model within budget or without one as the timing noise falls (exit status)
+EITHER_OUTCOME = (0, NOTHING_WITHIN_BUDGET)
+
+
 def _heads_int8_job(tmp_path, tiny_teacher, *, trials: int, min_saving: float):
     """A one-worker job at 0.99x latency over heads 0.5 and int8 weights, with the sensitivity and latency passes."""
     from test_search_e2e import write_job
@@ -289,7 +294,7 @@ def test_a_latency_budget_measures_each_setting_in_every_block(tmp_path, tiny_te
 
     job = _heads_int8_job(tmp_path, tiny_teacher, trials=4, min_saving=0.99)
     run = tmp_path / "run"
-    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) in EITHER_OUTCOME
     rows = list(csv.DictReader((run / "uniform_latency.csv").open()))
     assert {(r["knob"], r["value"]) for r in rows} == {("heads_keep", "0.5"), ("weight_bits", "8")}
     assert all(r["offered"] == "False" for r in rows)  # nothing saves 99% of the latency
@@ -322,10 +327,10 @@ def test_a_resumed_search_learns_again_what_the_passes_measured(tmp_path, tiny_t
     monkeypatch.setattr(_runner, "OptunaController", Recording)
     job = _heads_int8_job(tmp_path, tiny_teacher, trials=2, min_saving=0.0)
     run = tmp_path / "run"
-    assert main(["search", str(job), "--out", str(run), "--quiet"]) == 0
+    assert main(["search", str(job), "--out", str(run), "--quiet"]) in EITHER_OUTCOME
     learnt = load_run_study(run).user_attrs["learnt_before_trials"]
     assert len(learnt) >= 2 and seen == [len(learnt)]  # heads 0.5 and int8, each in every block at once
-    assert main(["search", str(job), "--out", str(run), "--quiet", "--trials", "3"]) == 0
+    assert main(["search", str(job), "--out", str(run), "--quiet", "--trials", "3"]) in EITHER_OUTCOME
     assert seen == [len(learnt)] * 2
 
 
@@ -442,7 +447,7 @@ def test_a_search_goes_on_without_the_settings_its_target_cannot_run(tmp_path, t
     monkeypatch.setattr(_reach, "ratio_of", ratio_of)
     job = _heads_int8_job(tmp_path, tiny_teacher, trials=3, min_saving=0.0)
     run = tmp_path / "run"
-    assert main(["search", str(job), "--out", str(run)]) == 0
+    assert main(["search", str(job), "--out", str(run)]) in EITHER_OUTCOME
     assert "weight_bits 8 is offered in no block, the target cannot run it: fake-cpu: no int8 kernel here" in \
         capsys.readouterr().out
     allowed = json.loads((run / "sensitivity.json").read_text())

@@ -18,7 +18,7 @@ from conftest import small_vit
 
 import autocomp
 from autocomp import AutocompError, Recipe, compress
-from autocomp.cli import main
+from autocomp.cli import NOTHING_WITHIN_BUDGET, main
 from autocomp.measure.profiling import load_profile
 from autocomp.measure import measure
 from autocomp.results import load_run_study
@@ -299,7 +299,7 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     job = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 1e-3}, trials=2, workers=1)  # met by nothing
     data = yaml.safe_load(job.read_text())
     job.write_text(yaml.safe_dump({**data, "skip_margin": 0}))
-    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == NOTHING_WITHIN_BUDGET
 
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
