@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -206,7 +208,6 @@ def test_a_model_whose_outputs_are_not_the_datas_classes_is_refused(job, tmp_pat
 def test_a_forward_that_returns_no_logits_tensor_is_refused_saying_so():
     """A forward returning a tuple or a dict was said to fail on the data's images ("'tuple' object has no attribute
     'shape'; set data.image_size"), and a module with another class count was told to set model.kwargs."""
-    from types import SimpleNamespace
 
     import torch
 
@@ -232,6 +233,30 @@ def test_a_forward_that_returns_no_logits_tensor_is_refused_saying_so():
     with pytest.raises(AutocompError, match=r"has 10 outputs but the data has 3 classes; .*: give a module with 3 "
                                             r"outputs trained on these classes \(a timm model's reset_classifier"):
         check_classes(model, splits, SimpleNamespace(data=SimpleNamespace(dataset="imagefolder"), model=model))
+
+
+def test_a_model_that_has_learnt_nothing_of_the_data_is_warned_about(tiny_teacher, digits_splits):
+    """An untrained checkpoint (a new user's cached teacher was one) searched without a word: every accuracy the run
+    reported was of a model at chance. Chance is the most common class's share, within two standard errors."""
+    import torch
+
+    from autocomp.data import TensorSplit
+    from autocomp.models import create_model
+    from autocomp.search._before import untrained_note
+    from autocomp.train import evaluate
+
+    spec, trained = tiny_teacher
+    config = SimpleNamespace(model=spec, data=SimpleNamespace(dataset="digits"))
+    assert untrained_note(evaluate(trained, digits_splits.val), digits_splits.val, config) is None
+    torch.manual_seed(0)
+    untrained = create_model(dataclasses.replace(spec, checkpoint=None))
+    accuracy = evaluate(untrained, digits_splits.val)
+    note = untrained_note(accuracy, digits_splits.val, config)
+    assert note.startswith(f"the uncompressed model scores {accuracy:.2f}% on validation, no better than always "
+                           "answering the most common class (") and f"(model.checkpoint: {spec.checkpoint})" in note
+    skewed = TensorSplit(x=torch.zeros(100, 1, 8, 8), y=torch.tensor([0] * 90 + [1] * 10))  # 90% one class
+    assert "(90.00% of the 100 images)" in untrained_note(92.0, skewed, config)  # within 2 s.e. (6 points)
+    assert untrained_note(97.0, skewed, config) is None
 
 
 def test_a_model_that_fails_on_the_datas_images_is_refused_with_what_to_set(job, tmp_path, capsys, monkeypatch):

@@ -49,6 +49,10 @@ class Split:
         """Values in one preprocessed input image."""
         raise NotImplementedError
 
+    def labels_only(self) -> torch.Tensor:
+        """The labels (N,) int64, without decoding or holding an image."""
+        raise NotImplementedError
+
     def eval_batch_size(self) -> int:
         """A throughput-friendly batch size: about ``EVAL_BATCH_BYTES`` of fp32 input, at most 512 images."""
         return max(1, min(512, EVAL_BATCH_BYTES // (max(1, self.input_numel()) * 4)))
@@ -109,6 +113,9 @@ class TensorSplit(Split):
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
 
+    def labels_only(self) -> torch.Tensor:
+        return self.y
+
     def input_numel(self) -> int:
         return self.x[0].numel() if len(self) else 0
 
@@ -156,6 +163,9 @@ class FolderSplit(Split):
 
     def input_numel(self) -> int:  # known from the preprocessing: no image is decoded to size a batch
         return self.preprocessing.channels * self.preprocessing.image_size ** 2
+
+    def labels_only(self) -> torch.Tensor:
+        return torch.tensor(self.labels, dtype=torch.long)
 
     def subset(self, count: int) -> FolderSplit:
         return FolderSplit(root=self.root, files=self.files[:count], labels=self.labels[:count],

@@ -27,6 +27,7 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import PyTorchCpu, backend_of
 from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.measure.profiling import usable_cpus
+from autocomp.models import ModelSpec
 from autocomp.recipe import Distill, Recipe
 from autocomp.search import _reach
 from autocomp.search._objective import metrics_of
@@ -40,8 +41,8 @@ from autocomp.search._sensitivity import (Setting, allowed_choices, offered_sett
 from autocomp.search._start import held_by_all, lightest, recipe_of, uniform_values
 from autocomp.train import evaluate, scoring_device
 
-__all__ = ["check_classes", "baseline_cost", "baseline_accuracy", "screen_of", "sensitivity", "latency_of",
-           "teacher_cache", "SENSITIVITY"]
+__all__ = ["check_classes", "baseline_cost", "baseline_accuracy", "untrained_note", "screen_of", "sensitivity",
+           "latency_of", "teacher_cache", "SENSITIVITY"]
 
 
 def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
@@ -291,6 +292,28 @@ def baseline_accuracy(base: nn.Module, splits: Splits, *, device: str = "cpu") -
     lose)."""
     return {"val_accuracy": evaluate(base, splits.val, device=device),
             "test_accuracy": evaluate(base, splits.test, device=device)}
+
+
+def untrained_note(val_accuracy: float, val: Split, config: JobConfig) -> str | None:
+    """A warning where the uncompressed model scores no better on validation than always answering its most common
+    class (within two binomial standard errors of that share): a wrong checkpoint (an untrained model), outputs in
+    another order than the classes, or preprocessing unlike its training's. The search would compress and distil a
+    model that knows nothing of the task, its every accuracy meaningless; None where the model has learnt something.
+    """
+    labels = val.labels_only()
+    if len(labels) == 0:
+        return None
+    share = torch.bincount(labels).max().item() / len(labels)
+    if val_accuracy > 100 * (share + 2 * math.sqrt(share * (1 - share) / len(labels))):
+        return None
+    checkpoint = getattr(config.model, "checkpoint", None) if isinstance(config.model, ModelSpec) else None
+    weights = f"its weights (model.checkpoint: {checkpoint})" if checkpoint else "its weights (is it trained?)"
+    folders = config.data.dataset == "imagefolder"
+    return (f"the uncompressed model scores {val_accuracy:.2f}% on validation, no better than always answering the "
+            f"most common class ({100 * share:.2f}% of the {len(labels)} images): {weights}, the order of its outputs"
+            + (" (the class folders in sorted order)" if folders else "") + " or its preprocessing (data.mean, "
+            f"data.std{', data.image_size' if folders else ''}) does not match these images; the search goes on, but "
+            "it compresses a model that has not learnt this task, and its accuracies measure nothing")
 
 
 def screen_of(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, Any], limits: Mapping[str, float],

@@ -246,6 +246,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" + _share(k, v, baseline, config) for k, v in limits.items()))
+        if (note := before.untrained_note(baseline["val_accuracy"], splits.val, config)) is not None:
+            warn(note)
         if previous is None and (warning := spread_warning("the uncompressed model", baseline["latency_ms"],
                                                             baseline["latency_iqr_ms"])):
             log(warning)
