@@ -61,7 +61,7 @@ def save(path, model, recipe, *, base, preprocessing=None, classes=None):  # noq
     from autocomp.errors import AutocompTypeError, shown
     from autocomp.models import ModelSpec
     from autocomp.recipe import Recipe
-    from autocomp.saving import save_model
+    from autocomp.saving import check_fits, save_model
 
     for name, value, kind, what in (("model", model, nn.Module, "the compressed nn.Module"),
                                     ("recipe", recipe, Recipe, "the autocomp.Recipe it was compressed with"),
@@ -69,6 +69,7 @@ def save(path, model, recipe, *, base, preprocessing=None, classes=None):  # noq
                                      "ModelSpec")):
         if not isinstance(value, kind):
             raise AutocompTypeError(f"save's {name} must be {what}, got {type(value).__name__} {shown(value)}")
+    check_fits(model, recipe, base)  # the folder loads: refused now, not when it is loaded
     save_model(Path(path), model, recipe, base, preprocessing=preprocessing, classes=classes)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import AutocompError, AutocompTypeError, shown
-from autocomp.models import model_images, timm_equivalent, vit_blocks
+from autocomp.models import model_images, require_float32, timm_equivalent, vit_blocks
 from autocomp.ops import OPERATORS, CompressContext
 from autocomp.recipe import Recipe
 
@@ -55,6 +55,7 @@ def compress(model: nn.Module, recipe: Recipe, *, calibration: torch.Tensor | No
     if rebuilt is not model:
         model, inplace = rebuilt, True  # a new module already: the caller's is not changed
     blocks = vit_blocks(model)
+    require_float32(model)
     if calibration is not None:
         calibration = model_images(model, calibration, "compress's calibration images")
     if len(recipe.blocks) != len(blocks):

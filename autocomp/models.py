@@ -404,6 +404,18 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
+def require_float32(model: nn.Module) -> None:
+    """Refuse a model whose floating weights are not float32 (half, bf16): autocomp's 16-bit, int8 and lower-bit
+    settings start from float32 weights, and its images are float32 (a half model's first layer refused them with a
+    dtype error from deep inside torch)."""
+    kinds = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()}
+                   - {"float32"})
+    if kinds:
+        raise AutocompError(f"the model's weights are {', '.join(kinds)}; autocomp compresses and measures float32 "
+                            "models (its 16-bit, int8 and lower-bit settings start from them): give it the float32 "
+                            "model (model.float())")
+
+
 def model_images(model: nn.Module, images: torch.Tensor, where: str, *,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``images`` (a float ``(N, C, H, W)`` tensor) as ``model`` takes them: in ``dtype`` (float64 or half
@@ -411,9 +423,15 @@ def model_images(model: nn.Module, images: torch.Tensor, where: str, *,
     with a dynamic size, or a hybrid's CNN stem, takes others).
 
     Raises:
-        AutocompError: other channels (a channels-last or gray batch said as such) or another size, with ``where``
-            (what holds them: "compress's calibration images") and the fix; before timm's assertion, deep inside.
+        AutocompError: no images, values that are NaN or infinite, other channels (a channels-last or gray batch
+            said as such) or another size, with ``where`` (what holds them: "compress's calibration images") and
+            the fix; before timm's assertion, deep inside.
     """
+    if len(images) == 0:  # importance scores from no images, activation ranges of nothing
+        raise AutocompError(f"{where} hold no images (a batch of 0, {tuple(images.shape)}); give at least one")
+    if not (finite := torch.isfinite(images)).all():  # NaN scores chose the heads to prune, NaN ranges failed
+        raise AutocompError(f"{where} hold {(~finite).sum().item():,} values that are NaN or infinite; give images "
+                            "preprocessed as the model takes them (a std of 0 in the normalization makes them)")
     embed = getattr(model, "patch_embed", None)
     if embed is not None and not hasattr(embed, "backbone"):  # a hybrid's CNN stem takes what it takes
         channels = getattr(getattr(embed, "proj", None), "in_channels", None)

@@ -18,12 +18,12 @@ from autocomp._compress import compress
 from autocomp._io import read_safetensors, write_json, write_safetensors
 from autocomp._loader import build, read_yaml
 from autocomp.data import Preprocessing
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, AutocompTypeError, shown
 from autocomp.models import (ModelSpec, create_model, factory_folder, factory_module, model_structure,
                              require_structure, timm_equivalent)
 from autocomp.recipe import Recipe
 
-__all__ = ["save_model", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
+__all__ = ["save_model", "check_fits", "load_model", "load_preprocessing", "load_classes", "GIVEN_AS", "CLASSES"]
 
 CLASSES = "classes.json"  # a saved model's class names, output i's at [i]
 GIVEN_AS = "given_as"  # model.yaml of a model the search was given as an nn.Module: {given_as: nn.Module}
@@ -64,6 +64,39 @@ def save_model(directory: Path, model: nn.Module, recipe: Recipe, spec: ModelSpe
             (directory / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def skeleton(base: nn.Module | ModelSpec, recipe: Recipe, *, rebuilt: nn.Module | None = None) -> nn.Module:
+    """What loading rebuilds before the weights: ``base``'s architecture (a timm name or factory, built with its
+    initial weights, or a copy of the module) with ``recipe``'s shapes. ``rebuilt``: ``timm_equivalent(base)``
+    where the caller has it already."""
+    if isinstance(base, nn.Module):
+        rebuilt = rebuilt if rebuilt is not None else timm_equivalent(base)  # a torchvision ViT: timm's (a new one)
+        model = copy.deepcopy(base) if rebuilt is base else rebuilt
+    else:
+        model = create_model(base, load_weights=False)
+    return compress(model, recipe, structure_only=True, inplace=True)
+
+
+def check_fits(model: nn.Module, recipe: Recipe, base: nn.Module | ModelSpec) -> None:
+    """Refuse to save ``model`` where its tensors are not the ones ``recipe`` applied to ``base`` makes: the folder
+    would be written, and refused only when loaded (the distilled model perhaps gone by then)."""
+    try:
+        expected = skeleton(base, recipe).state_dict()
+    except AutocompError as exc:
+        raise AutocompError(f"save: {exc}; give the recipe the model was compressed with, and as base the model it "
+                            "was compressed from") from None
+    held = model.state_dict()
+    problems = ([f"{key} is missing" for key in expected if key not in held]
+                + [f"{key} is not in what the recipe makes" for key in held if key not in expected]
+                + [f"{key} is {tuple(held[key].shape)}, the recipe makes {tuple(expected[key].shape)}"
+                   for key in expected if key in held and hasattr(held[key], "shape")
+                   and tuple(held[key].shape) != tuple(expected[key].shape)])
+    if problems:
+        raise AutocompError(f"save: the model is not what the recipe makes of the base ({problems[0]}"
+                            + (f", and {len(problems) - 1} more" if len(problems) > 1 else "") + "), so the folder "
+                            "would not load; give the recipe the model was compressed with (autocomp.compress(base, "
+                            "recipe)), and as base the model it was compressed from")
 
 
 def mismatch(exc: RuntimeError) -> str:
@@ -110,6 +143,10 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
             an ``nn.Module`` without ``base``.
     """
     directory = Path(directory)
+    if base is not None and not isinstance(base, nn.Module):
+        raise AutocompTypeError(f"load's base must be the nn.Module the model was compressed from (a folder saved "
+                                "from a timm name or a ModelSpec loads without one), got "
+                                f"{type(base).__name__} {shown(base)}")
     if (directory / "model.pt").is_file() and not (directory / "model.yaml").is_file():
         raise AutocompError(f"{directory / 'model.pt'} is a pickle, which can run code when loaded, so autocomp does "
                             "not load it; export the trial again with this version (weights as safetensors)")
@@ -120,6 +157,9 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
                             "model (no candidate met the budget, or the search has not finished); export a trial "
                             f"and load that (autocomp export {directory.parent} --trial N --out folder; summary.json "
                             "'closest' names the trial nearest the budget)")
+    if not directory.is_dir():
+        raise AutocompError(f"{directory} does not exist" + (" (it is a file)" if directory.exists() else "")
+                            + "; pass a run's best/ folder or one written by 'autocomp export' or autocomp.save")
     if missing:
         raise AutocompError(f"{directory} is not a saved autocomp model (missing {missing}); pass a run's best/ "
                             "folder or one written by 'autocomp export'")
@@ -129,15 +169,14 @@ def load_model(directory: str | Path, *, base: nn.Module | None = None) -> nn.Mo
             raise AutocompError(f"{directory} holds a model compressed from one given as an nn.Module (a search "
                                 "given a module, or autocomp.save with base=module); pass that module: "
                                 "autocomp.load(path, base=my_model)")
-        rebuilt = timm_equivalent(base)  # a torchvision ViT: timm's (a new module already)
+        rebuilt = timm_equivalent(base)
         require_structure(architecture.get(STRUCTURE), rebuilt, directory)
-        skeleton = copy.deepcopy(base) if rebuilt is base else rebuilt
+        model = skeleton(base, Recipe.load(directory / "recipe.yaml"), rebuilt=rebuilt)
     else:
-        spec = build(ModelSpec, architecture, where=str(directory / "model.yaml"))
-        if spec.factory is not None and factory_module(spec) is None:  # the folder it recorded moved: found here?
-            spec = dataclasses.replace(spec, path=factory_folder(spec.factory, [Path.cwd()]) or spec.path)
-        skeleton = create_model(spec, load_weights=False)
-    model = compress(skeleton, Recipe.load(directory / "recipe.yaml"), structure_only=True, inplace=True)
+        source = build(ModelSpec, architecture, where=str(directory / "model.yaml"))
+        if source.factory is not None and factory_module(source) is None:  # the folder it recorded moved: here?
+            source = dataclasses.replace(source, path=factory_folder(source.factory, [Path.cwd()]) or source.path)
+        model = skeleton(source, Recipe.load(directory / "recipe.yaml"))
     weights = read_safetensors(directory / "weights.safetensors", "saved weights",
                                "the folder is damaged; export the trial again (autocomp export)")
     try:

@@ -41,6 +41,18 @@ def test_compress_takes_a_recipe_its_file_or_its_dict_and_refuses_other_things(t
         with pytest.raises(AutocompTypeError, match=r"^compress's calibration must be a float tensor of preprocessed "
                                                     rf"images \(N, C, H, W\), got {re.escape(got)}"):
             autocomp.compress(model, recipe, calibration=calibration)
+    # heads chosen from no scores or NaN scores (accepted without a word), activation ranges of nothing (IndexError)
+    broken = images.clone()
+    broken[0, 0, :2, :3] = float("nan")
+    broken[1, 0, 0, 0] = float("inf")
+    for calibration, said in ((images[:0], r"hold no images \(a batch of 0, \(0, 3, 16, 16\)\); give at least one"),
+                              (broken, r"hold 7 values that are NaN or infinite; give images preprocessed")):
+        for given in (recipe, autocomp.Recipe(blocks=({"quantize": {"weight_bits": 8, "act_bits": 8}}, {}))):
+            with pytest.raises(AutocompError, match=rf"^compress's calibration images {said}"):
+                autocomp.compress(model, given, calibration=calibration)
+    with pytest.raises(AutocompError, match=r"^the model's weights are float16; autocomp compresses and measures "
+                                            r"float32 models .*\(model.float\(\)\)$"):  # a dtype error inside torch
+        autocomp.compress(small_vit().half(), recipe, calibration=images.half())
 
 
 def test_images_of_another_layout_size_or_float_type_are_said_against_the_model_or_converted():
@@ -184,6 +196,21 @@ def test_a_model_compressed_in_python_saves_and_loads_back(tmp_path):
     with pytest.raises(AutocompTypeError, match=r"^save's recipe must be the autocomp.Recipe it was compressed with, "
                                                 r"got dict"):
         autocomp.save(tmp_path / "x", smaller, recipe.to_dict(), base=base)
+    # a model and a recipe that do not go together: saved without a word, refused only when loaded
+    deeper = autocomp.Recipe(blocks=({}, {}, {}))
+    with pytest.raises(AutocompError, match=r"^save: the recipe has 3 blocks but the model has 2; .*; give the "
+                                            r"recipe the model was compressed with"):
+        autocomp.save(tmp_path / "x", smaller, deeper, base=base)
+    with pytest.raises(AutocompError, match=r"^save: the model is not what the recipe makes of the base \(.+, and "
+                                            r"\d+ more\), so the folder would not load; give the recipe the model "
+                                            r"was compressed with"):
+        autocomp.save(tmp_path / "x", base, recipe, base=base)  # the uncompressed model under a recipe
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(AutocompTypeError, match=r"^load's base must be the nn.Module the model was compressed from "
+                                                r".*, got str 'vit_tiny_patch16_224'$"):
+        autocomp.load(tmp_path / "own", base="vit_tiny_patch16_224")
+    with pytest.raises(AutocompError, match=r"nope does not exist; pass a run's best/ folder"):
+        autocomp.load(tmp_path / "nope")
 
 
 def test_a_sample_of_a_split_in_class_order_draws_from_every_class():

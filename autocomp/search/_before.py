@@ -27,7 +27,7 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import PyTorchCpu, backend_of
 from autocomp.measure.placement import DeviceLost, measure_on_device
 from autocomp.measure.profiling import usable_cpus
-from autocomp.models import ModelSpec
+from autocomp.models import ModelSpec, require_float32
 from autocomp.recipe import Distill, Recipe
 from autocomp.search import _reach
 from autocomp.search._objective import metrics_of
@@ -50,12 +50,7 @@ def check_classes(base: nn.Module, splits: Splits, config: JobConfig) -> None:
     on a folder of 37 classes would score near 0 and distil against labels it has no output for. So is a forward
     that returns other than a logits tensor (a tuple, a dict)."""
     image, data = splits.calib.x[:1], config.data.dataset
-    kinds = sorted({str(p.dtype).removeprefix("torch.") for p in base.parameters() if p.is_floating_point()}
-                   - {"float32"})
-    if kinds:  # its first layer refused the images' float32 with a dtype error, read as wrong image settings
-        raise AutocompError(f"the model's weights are {', '.join(kinds)}; autocomp compresses and measures float32 "
-                            "models (its 16-bit, int8 and lower-bit settings start from them): give it the float32 "
-                            "model (model.float())")
+    require_float32(base)  # its first layer refused the images' float32 with a dtype error, read as image settings
     try:
         with torch.no_grad():
             logits = base(image)
