@@ -32,5 +32,21 @@ def resolve_path(value: str | os.PathLike, *, base: Path | None = None, what: st
             return Path(os.path.abspath(candidate)) if keep_links else candidate.resolve()
     if must_exist:
         tried = ", ".join(str(c) for c in candidates)
-        raise AutocompError(f"{what} not found: {value!r} (looked at {tried}); fix the path")
+        raise AutocompError(f"{what} not found: {value!r} (looked at {tried}); fix the path" + shipped_hint(what, path))
     return candidates[0]
+
+
+SHIPPED = {"hardware profile": "hardware_profiles", "search space file": "search_spaces"}  # what -> folder of a clone
+
+
+def shipped_hint(what: str, path: Path) -> str:
+    """For a hardware profile or search space not found: the one of that name autocomp's clone holds, or the folder
+    of those it holds ("" where there is none: an install from a wheel)."""
+    folder = Path(__file__).resolve().parents[1] / SHIPPED.get(what, "")
+    if what not in SHIPPED or not folder.is_dir():
+        return ""
+    for name in (path.name, path.name + ".yaml"):
+        if (folder / name).is_file():
+            return f"; autocomp's own is {folder / name}"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    return f"; autocomp's own are in {folder} ({', '.join(names)})" if names else ""

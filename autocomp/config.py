@@ -258,6 +258,10 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
     if model is not None and section is not None and not given:
         raise AutocompError(f"{path} names its model ({section}) and an nn.Module was given too: leave model: out "
                             "of the job to search the module, or give none to search the job's model")
+    if section is None and model is None:  # said as the generic "missing key(s) ['model']", with no word of a module
+        raise AutocompError(f"{path} names no model; name one (model: {{name: vit_small_patch16_224, kwargs: "
+                            "{num_classes: 10}, checkpoint: weights.safetensors}), or, from Python, give the module: "
+                            f"load_config({str(path)!r}, model=my_vit)")
     if model is not None:
         values["model"] = model.eval()  # JobConfig rebuilds a torchvision or transformers ViT as timm's
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):

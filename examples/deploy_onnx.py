@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,10 @@ def report(top_of, args: argparse.Namespace, record: dict, classes: list[str]) -
     ``top_of(inputs)``: the top class of each preprocessed image."""
     if args.folder is not None:
         files = sorted(p for p in args.folder.glob("*/*") if p.is_file() and p.parent.name in classes)
+        other = sorted(p.name for p in args.folder.iterdir() if p.is_dir() and p.name not in classes)
+        if other:  # their images were left out of the accuracy without a word (a class named "T-shirt/top")
+            print(f"left out {len(other)} folder(s) not named as a class of classes.json: {other}; the classes are "
+                  f"{classes}", file=sys.stderr)
         top = top_of([preprocess(Image.open(p), record) for p in files])
         right = sum(classes[k] == p.parent.name for k, p in zip(top, files))
         print(f"top-1 accuracy {100 * right / max(1, len(files)):.2f}% on {len(files)} images")

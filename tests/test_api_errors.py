@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import autocomp
 from autocomp.config import load_config
@@ -165,6 +166,12 @@ def test_run_search_refuses_a_run_folder_or_log_of_another_kind_before_anything_
                                                 r"'search.log'; to keep the lines in a file"):
         run_search(JOB, tmp_path / "run", log="search.log")
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
+    # a job that leaves model: out for a module from Python: "missing key(s) ['model']" said nothing of the module
+    job = {key: value for key, value in yaml.safe_load(JOB.read_text()).items() if key != "model"}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    with pytest.raises(AutocompError, match=r"job.yaml names no model; name one \(model: \{name: .*\), or, from "
+                                            r"Python, give the module: load_config\('job.yaml', model=my_vit\)$"):
+        run_search("job.yaml", tmp_path / "run")
 
 
 def test_a_job_part_of_another_type_is_a_type_error_and_a_bad_value_is_not():

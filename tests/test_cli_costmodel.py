@@ -57,6 +57,12 @@ def test_profile_mistakes_are_one_line(tmp_path, capsys):
         ["profile", "--out", str(tmp_path / "p.yaml"), "--batch-size", "0"], capsys)
     assert "hardware profile not found" in run_cli(
         ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(tmp_path / "none.yaml")], capsys)
+    # a shipped profile by its name, or by its path from elsewhere than the clone: the one meant is named
+    assert f"hardware profile not found: onnxruntime_cpu; autocomp's own is {ROOT / 'hardware_profiles'}/" \
+           "onnxruntime_cpu.yaml" in run_cli(["profile", "--out", str(tmp_path / "p.yaml"), "--base",
+                                               "onnxruntime_cpu"], capsys)
+    assert f"autocomp's own are in {ROOT / 'hardware_profiles'} (jetson_orin_nano, local_cpu, " in run_cli(
+        ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(tmp_path / "none.yaml")], capsys)
     jetson = ROOT / "hardware_profiles" / "jetson_orin_nano.yaml"
     assert f"autocomp profile measures this machine's CPU, but --base {jetson} is a pytorch-cuda profile" in run_cli(
         ["profile", "--out", str(tmp_path / "p.yaml"), "--base", str(jetson)], capsys)

@@ -93,6 +93,7 @@ def _deploy(tmp_path, script, export, extra=(), size=(23, 19)):
     with torch.no_grad():
         top = model(torch.stack([made.transform()(Image.open(p)) for p in files])).argmax(dim=1)
     right = sum(classes[k] == p.parent.name for k, p in zip(top.tolist(), files))
+    make_folder(tmp_path / "val", {"T-shirt_top": 2}, size=size)  # no class is named so: left out, and said
     run = ("import os, runpy, sys\nsys.argv = sys.argv[1:]\n"
            "sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python examples/<script>` has it\n"
            "runpy.run_path(sys.argv[0], run_name='__main__')\n"
@@ -100,6 +101,8 @@ def _deploy(tmp_path, script, export, extra=(), size=(23, 19)):
     done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / script), str(tmp_path / "best"),
                            "--folder", str(tmp_path / "val"), "--batch", "4", *extra, str(files[0])],
                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stderr.splitlines()[-1] == ("left out 1 folder(s) not named as a class of classes.json: "
+                                            f"['T-shirt_top']; the classes are {classes}")
     return done.stdout.splitlines(), [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
                                       f"{files[0]}: {classes[top[0]]}", "imported: []"]
 
