@@ -69,12 +69,21 @@ def _print_front(run_dir: Path) -> bool:
         return False
     limits = data.get("limits", {})
     title = "Pareto front" + (f" (budget: {', '.join(f'{k} <= {v:.3g}' for k, v in limits.items())})" if limits else "")
+    summary = run_dir / "summary.json"  # the best candidates measured again before best/ was named
+    again = {m["trial"]: m for m in (json.loads(summary.read_text()).get("remeasured") or [])} \
+        if summary.is_file() else {}
     table = Table(title=title)
-    for column in ("trial", "val acc %", "latency ms", "memory MB", "within budget", "recipe (per block)"):
+    for column in ["trial", "val acc %", "latency ms", "memory MB", "within budget"] \
+            + (["measured again"] if again else []) + ["recipe (per block)"]:
         table.add_column(column, overflow="fold")
     for row in data["trials"]:  # the recipe as written: w8[qkv,fc1] is no markup
-        table.add_row(str(row["number"]), f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}",
-                      f"{row['memory_mb']:.3f}", "yes" if row["feasible"] else "no", Text(row["recipe_summary"]))
+        cells = [str(row["number"]), f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}", f"{row['memory_mb']:.3f}",
+                 "yes" if row["feasible"] else "no"]
+        if again:  # a trial within budget by its one measurement, over it measured again, is not best/
+            second = again.get(row["number"])
+            cells.append("-" if second is None else f"{second['remeasured_latency_ms']:.3f} ms, "
+                         + ("within" if second["within_budget_again"] else "over"))
+        table.add_row(*cells, Text(row["recipe_summary"]))
     Console(width=max(120, Console().width)).print(table)
     return True
 

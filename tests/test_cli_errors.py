@@ -235,6 +235,26 @@ def test_a_forward_that_returns_no_logits_tensor_is_refused_saying_so():
         check_classes(model, splits, SimpleNamespace(data=SimpleNamespace(dataset="imagefolder"), model=model))
 
 
+def test_the_front_shows_the_candidates_measured_again_and_whether_they_held(tmp_path, capsys):
+    """A trial within budget by its one measurement and over it measured again (so not best/) read "within budget:
+    yes" in the table, with nothing to say otherwise (a new user found it in summary.json)."""
+    import json
+
+    front = [{"number": n, "accuracy": a, "latency_ms": ms, "memory_mb": 1.0, "feasible": True,
+              "recipe_summary": "b0: heads 0.5"} for n, a, ms in ((5, 60.0, 12.873), (3, 50.0, 10.5), (1, 40.0, 9.0))]
+    (tmp_path / "pareto.json").write_text(json.dumps({"trials": front, "limits": {"latency_ms": 15.99}}))
+    assert main(["pareto", str(tmp_path)]) == 0
+    assert "measured again" not in capsys.readouterr().out  # a run still searching: no column
+    again = [{"trial": 5, "remeasured_latency_ms": 16.4, "within_budget_again": False},
+             {"trial": 3, "remeasured_latency_ms": 10.46, "within_budget_again": True}]
+    (tmp_path / "summary.json").write_text(json.dumps({"remeasured": again}))
+    assert main(["pareto", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "measured again" in next(line for line in lines if "trial" in line)
+    cells = {line.split("│")[1].strip(): line.split("│")[6].strip() for line in lines if line.count("│") == 8}
+    assert cells == {"5": "16.400 ms, over", "3": "10.460 ms, within", "1": "-"}
+
+
 def test_a_model_that_has_learnt_nothing_of_the_data_is_warned_about(tiny_teacher, digits_splits):
     """An untrained checkpoint (a new user's cached teacher was one) searched without a word: every accuracy the run
     reported was of a model at chance. Chance is the most common class's share, within two standard errors."""
