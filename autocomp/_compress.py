@@ -55,7 +55,8 @@ def compress(model: nn.Module, recipe: Recipe, *, calibration: torch.Tensor | No
     if rebuilt is not model:
         model, inplace = rebuilt, True  # a new module already: the caller's is not changed
     blocks = vit_blocks(model)
-    require_float32(model)
+    if not structure_only:  # loading onto a half base gives a half model, as before
+        require_float32(model)
     if calibration is not None:
         calibration = model_images(model, calibration, "compress's calibration images")
     if len(recipe.blocks) != len(blocks):

@@ -69,9 +69,10 @@ def _print_front(run_dir: Path) -> bool:
         return False
     limits = data.get("limits", {})
     title = "Pareto front" + (f" (budget: {', '.join(f'{k} <= {v:.3g}' for k, v in limits.items())})" if limits else "")
-    summary = run_dir / "summary.json"  # the best candidates measured again before best/ was named
-    again = {m["trial"]: m for m in (json.loads(summary.read_text()).get("remeasured") or [])} \
-        if summary.is_file() else {}
+    try:  # the best candidates measured again before best/ was named (none while the search runs)
+        again = {m["trial"]: m for m in json.loads((run_dir / "summary.json").read_text()).get("remeasured") or []}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # no summary yet, or one not of this form
+        again = {}
     table = Table(title=title)
     for column in ["trial", "val acc %", "latency ms", "memory MB", "within budget"] \
             + (["measured again"] if again else []) + ["recipe (per block)"]:
@@ -81,8 +82,11 @@ def _print_front(run_dir: Path) -> bool:
                  "yes" if row["feasible"] else "no"]
         if again:  # a trial within budget by its one measurement, over it measured again, is not best/
             second = again.get(row["number"])
-            cells.append("-" if second is None else f"{second['remeasured_latency_ms']:.3f} ms, "
-                         + ("within" if second["within_budget_again"] else "over"))
+            figures = [f"{second['remeasured_latency_ms']:.3f} ms"] if second is not None else []
+            if second is not None and "memory_mb" in limits:  # which of the two is over
+                figures.append(f"{second['remeasured_memory_mb']:.3f} MB")
+            cells.append(", ".join(figures + ["within" if second["within_budget_again"] else "over"])
+                         if second is not None else "-")
         table.add_row(*cells, Text(row["recipe_summary"]))
     Console(width=max(120, Console().width)).print(table)
     return True
@@ -222,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search compressed models within a budget",
                                  epilog=f"exit status: 0 with a best model within budget, {NOTHING_WITHIN_BUDGET} when "
                                         "no candidate met the budget (the run folder holds the trials), 2 for a "
-                                        "mistake in the input, 130 interrupted (rerun to resume)")
+                                        "mistake in the input, 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM): "
+                                        "rerun to resume")
     search.add_argument("config", help="job config YAML")
     search.add_argument("--out", required=True, help="run folder (results, study.journal); reusing it resumes")
     search.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: embedded)")

@@ -429,9 +429,11 @@ def model_images(model: nn.Module, images: torch.Tensor, where: str, *,
     """
     if len(images) == 0:  # importance scores from no images, activation ranges of nothing
         raise AutocompError(f"{where} hold no images (a batch of 0, {tuple(images.shape)}); give at least one")
-    if not (finite := torch.isfinite(images)).all():  # NaN scores chose the heads to prune, NaN ranges failed
-        raise AutocompError(f"{where} hold {(~finite).sum().item():,} values that are NaN or infinite; give images "
-                            "preprocessed as the model takes them (a std of 0 in the normalization makes them)")
+    if not torch.isfinite(images.sum(dtype=torch.float64)):  # NaN scores chose the heads to prune, NaN ranges failed
+        # (a NaN or an inf makes the sum so, with no copy of a large split made to find out)
+        raise AutocompError(f"{where} hold {(~torch.isfinite(images)).sum().item():,} values that are NaN or "
+                            "infinite; give images preprocessed as the model takes them (a std of 0 in the "
+                            "normalization makes them)")
     embed = getattr(model, "patch_embed", None)
     if embed is not None and not hasattr(embed, "backbone"):  # a hybrid's CNN stem takes what it takes
         channels = getattr(getattr(embed, "proj", None), "in_channels", None)

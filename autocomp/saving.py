@@ -79,24 +79,21 @@ def skeleton(base: nn.Module | ModelSpec, recipe: Recipe, *, rebuilt: nn.Module 
 
 
 def check_fits(model: nn.Module, recipe: Recipe, base: nn.Module | ModelSpec) -> None:
-    """Refuse to save ``model`` where its tensors are not the ones ``recipe`` applied to ``base`` makes: the folder
-    would be written, and refused only when loaded (the distilled model perhaps gone by then)."""
+    """Refuse to save ``model`` where its tensors do not load into what ``recipe`` applied to ``base`` makes, as
+    loading would refuse them: the folder would be written, and refused only when loaded (the distilled model
+    perhaps gone by then). A recipe that differs in no tensor (another token count, importance measure) is not told
+    apart."""
+    fix = ("give the recipe the model was compressed with (autocomp.compress(base, recipe)), and as base the model "
+           "it was compressed from")
     try:
-        expected = skeleton(base, recipe).state_dict()
-    except AutocompError as exc:
-        raise AutocompError(f"save: {exc}; give the recipe the model was compressed with, and as base the model it "
-                            "was compressed from") from None
-    held = model.state_dict()
-    problems = ([f"{key} is missing" for key in expected if key not in held]
-                + [f"{key} is not in what the recipe makes" for key in held if key not in expected]
-                + [f"{key} is {tuple(held[key].shape)}, the recipe makes {tuple(expected[key].shape)}"
-                   for key in expected if key in held and hasattr(held[key], "shape")
-                   and tuple(held[key].shape) != tuple(expected[key].shape)])
-    if problems:
-        raise AutocompError(f"save: the model is not what the recipe makes of the base ({problems[0]}"
-                            + (f", and {len(problems) - 1} more" if len(problems) > 1 else "") + "), so the folder "
-                            "would not load; give the recipe the model was compressed with (autocomp.compress(base, "
-                            "recipe)), and as base the model it was compressed from")
+        rebuilt = skeleton(base, recipe)
+    except AutocompError as exc:  # the recipe does not fit the base (blocks, heads)
+        raise AutocompError(f"save: {exc}; {fix}") from None
+    try:
+        rebuilt.load_state_dict(model.state_dict())
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        raise AutocompError(f"save: the model is not what the recipe makes of the base ({mismatch(exc)}), so the "
+                            f"folder would not load; {fix}") from None
 
 
 def mismatch(exc: RuntimeError) -> str:

@@ -208,7 +208,7 @@ def test_a_model_compressed_in_python_saves_and_loads_back(tmp_path):
     with pytest.raises(AutocompError, match=r"^save: the recipe has 3 blocks but the model has 2; .*; give the "
                                             r"recipe the model was compressed with"):
         autocomp.save(tmp_path / "x", smaller, deeper, base=base)
-    with pytest.raises(AutocompError, match=r"^save: the model is not what the recipe makes of the base \(.+, and "
+    with pytest.raises(AutocompError, match=r"^save: the model is not what the recipe makes of the base \(.+ and "
                                             r"\d+ more\), so the folder would not load; give the recipe the model "
                                             r"was compressed with"):
         autocomp.save(tmp_path / "x", base, recipe, base=base)  # the uncompressed model under a recipe

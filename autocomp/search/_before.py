@@ -162,18 +162,18 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         timed = offered_settings(allowed, space, len(heads))  # one offered in no block has no time to buy
         untimed = [setting for setting in offered_settings(distinct, space, len(heads))
                    if setting not in timed]  # what the sensitivity pass took from every block
+        # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
+        minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
                 base, space, heads, calib=splits.calib.x, measure=_reach.ratio_of(base, profile, splits, config),
                 observe=None if screen is None else lambda recipe, r: screen.observe(recipe, r * base_latency_ms),
-                log=log, settings=timed)
+                log=log, settings=timed, min_saving=minimum)
             # a space whose every candidate holds some compression (weight_bits [8]): a setting saves time or not
             # against that, the least the search can choose, not against the uncompressed model
             floor = _floor_ratio(base, space, heads, splits, config, profile, screen, base_latency_ms, log) \
                 if held_by_all(space) and any(r < math.inf for r in ratios.values()) else 1.0
         judged = {setting: ratio / floor for setting, ratio in ratios.items()}
-        # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
-        minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None
         write_uniform_latencies(run_dir, ratios, min_saving=minimum, floor=floor)  # before a refusal: it explains it
         check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
                                 base_latency_ms, allowed=allowed, dropped=untimed, floor=floor)
@@ -289,6 +289,9 @@ def baseline_accuracy(base: nn.Module, splits: Splits, *, device: str = "cpu") -
             "test_accuracy": evaluate(base, splits.test, device=device)}
 
 
+FEW_IMAGES = 50  # validation images below which one image moves a score by more than 2 points
+
+
 def untrained_note(val_accuracy: float, val: Split, config: JobConfig) -> str | None:
     """A warning where the uncompressed model scores no better on validation than always answering its most common
     class (within two binomial standard errors of that share): a wrong checkpoint (an untrained model), outputs in
@@ -296,7 +299,7 @@ def untrained_note(val_accuracy: float, val: Split, config: JobConfig) -> str | 
     model that knows nothing of the task, its every accuracy meaningless; None where the model has learnt something.
     """
     labels = val.labels_only()
-    if len(labels) == 0:
+    if len(labels) < FEW_IMAGES:  # a score of a few images is noise, said by a warning of its own
         return None
     share = torch.bincount(labels).max().item() / len(labels)
     if val_accuracy > 100 * (share + 2 * math.sqrt(share * (1 - share) / len(labels))):
@@ -304,8 +307,9 @@ def untrained_note(val_accuracy: float, val: Split, config: JobConfig) -> str | 
     checkpoint = getattr(config.model, "checkpoint", None) if isinstance(config.model, ModelSpec) else None
     weights = f"its weights (model.checkpoint: {checkpoint})" if checkpoint else "its weights (is it trained?)"
     folders = config.data.dataset == "imagefolder"
-    return (f"the uncompressed model scores {val_accuracy:.2f}% on validation, no better than always answering the "
-            f"most common class ({100 * share:.2f}% of the {len(labels)} images): {weights}, the order of its outputs"
+    return (f"the uncompressed model scores {val_accuracy:.2f}% on validation, not clearly better than always "
+            f"answering the most common class ({100 * share:.2f}% of the {len(labels)} images; within two standard "
+            f"errors): {weights}, the order of its outputs"
             + (" (the class folders in sorted order)" if folders else "") + " or its preprocessing (data.mean, "
             f"data.std{', data.image_size' if folders else ''}) does not match these images; the search goes on, but "
             "it compresses a model that has not learnt this task, and its accuracies measure nothing")

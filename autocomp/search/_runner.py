@@ -51,7 +51,6 @@ from autocomp.train import release_gpu, scoring_device
 __all__ = ["run_search"]
 
 PLOT_EVERY_S = 60.0
-FEW_IMAGES = 50  # validation images below which one image moves a score by more than 2 points
 LOOP_SECONDS = "loop_seconds"  # study user attr: wall time of the trial loops (every run of the job), for the overhead
 ASKING_SECONDS = "asking_seconds"  # ... and the time the controller spent choosing their trials
 LEARNT_BEFORE = "learnt_before_trials"  # ... and the measurements the cost model learnt from before the first trial
@@ -170,11 +169,11 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
             f"candidate's with them; {'a ' if one else ''}{' and '.join(f'{name}/' for name in held)} "
             f"folder{'' if one else 's'} of images it never saw avoid{'s' if one else ''} it")
     before.check_classes(base, splits, config)
-    if len(splits.val) < FEW_IMAGES:  # e.g. a folder of a few images each: every score a coin's throw
+    if len(splits.val) < before.FEW_IMAGES:  # e.g. a folder of a few images each: every score a coin's throw
         warn(f"validation holds {len(splits.val)} image{'s' if len(splits.val) != 1 else ''}: each is "
              f"{100 / len(splits.val):.3g} points of accuracy, so the scores and the front are noise at this size; "
-             f"give more labelled images (a val/ folder, or more in train/ to hold validation out of), {FEW_IMAGES} "
-             "at the very least")
+             "give more labelled images (a val/ folder, or more in train/ to hold validation out of), "
+             f"{before.FEW_IMAGES} at the very least")
     heads = [block.attn.num_heads for block in vit_blocks(base)]
     log(f"base model {getattr(config.model, 'name', None) or type(base).__name__}: {len(heads)} blocks, heads {heads}")
     if previous is None:  # an absolute memory limit no candidate meets: refused before the measuring

@@ -278,7 +278,8 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
                       measure: Callable[[nn.Module], float],
                       observe: Callable[[Recipe, float], None] | None = None,
                       log: Callable[[str], None] | None = None,
-                      settings: Sequence[tuple[str, Any]] | None = None) -> dict[tuple[str, Any], float]:
+                      settings: Sequence[tuple[str, Any]] | None = None,
+                      min_saving: float | None = None) -> dict[tuple[str, Any], float]:
     """Each non-lightest setting of each searched knob (of ``settings``, else every one) applied to every block at
     once, measured: its latency as a fraction of the uncompressed model's (``measure`` times a model against it, on
     the target); ``observe`` gets each recipe with its ratio (the cost model learns from them). What the cost model
@@ -287,9 +288,13 @@ def uniform_latencies(base: nn.Module, space: SearchSpace, heads_per_block: Sequ
 
     A setting the target's runtime cannot run (:class:`~autocomp.measure.backends.ExportFailed`: e.g. OpenVINO
     without a kernel for int8 weights on this CPU) gets the ratio ``inf``, so that no block is offered it; ``log``
-    hears which, with the runtime's reason, and how far the pass is, as in :func:`sensitivity_pass`."""
+    hears which, with the runtime's reason, and how far the pass is, as in :func:`sensitivity_pass`.
+
+    ``min_saving``: what a setting must save to be offered; one that would be left out though that is implausible
+    (:func:`out_of_order`) is measured twice more, and the median kept (None: each once, as where nothing is left
+    out for its time)."""
     return _on_target(base, space, heads_per_block, calib=calib, measure=measure, observe=observe, log=log,
-                      name="latency", done="measured", settings=settings)
+                      name="latency", done="measured", settings=settings, remeasure=min_saving)
 
 
 def unrunnable_settings(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *,
@@ -337,7 +342,8 @@ def first_block_only(model: nn.Module) -> nn.Module | None:
 def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[int], *, calib: torch.Tensor,
                measure: Callable[[nn.Module], float], observe: Callable[[Recipe, float], None] | None,
                log: Callable[[str], None] | None, name: str, done: str,
-               settings: Sequence[tuple[str, Any]] | None = None, report: bool = True) -> dict[tuple[str, Any], float]:
+               settings: Sequence[tuple[str, Any]] | None = None, report: bool = True,
+               remeasure: float | None = None) -> dict[tuple[str, Any], float]:
     """``measure`` of each setting (of ``settings``, else every one) in every block at once (``inf``: the target
     cannot run it); the log lines begin with the pass's ``name``, say how many settings are ``done`` and, with
     ``report``, each setting the target cannot run."""
@@ -363,19 +369,25 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
                     f"block, the target cannot run it: {exc}")
             continue
         recipes[(knob, value)] = recipe  # not the model: a 224-px ViT's every setting would be held at once
-    # a busy machine's one slow window, not the setting (against the uncompressed model where the space's lightest
-    # candidate is it: int8 throughout may be slower than it on this target)
-    for setting, lighter in out_of_order(results, uncompressed=not held_by_all(space)).items():
-        first = results[setting]
+    # a busy machine's one slow window, not the setting: what the pass would leave out for it is measured again
+    suspects = {} if remeasure is None else out_of_order(results, min_saving=remeasure,
+                                                         uncompressed=not held_by_all(space))
+    for setting, why in suspects.items():
+        first, again = results[setting], [results[setting]]
         with torch.no_grad():
             model = compress(base, recipes[setting], calibration=calib)
-        again = [first] + [measure(model) for _ in range(2)]
+        try:
+            again += [measure(model) for _ in range(2)]
+        except ExportFailed:  # ran once, not again: its first figure stands
+            continue
+        finally:
+            del model
         results[setting] = statistics.median(again)
         if log is not None:
             knob, value = setting
             log(f"{name}: {setting_label(knob, value, dynamic=space.chooses_activations)} measured {first:.2f}x, "
-                f"slower than {lighter}, which removes less: measured twice more, {results[setting]:.2f}x kept (the "
-                f"median of {', '.join(f'{r:.2f}' for r in again)})")
+                f"{why}: measured twice more, {results[setting]:.2f}x kept (the median of "
+                f"{', '.join(f'{r:.2f}' for r in again)})")
     if observe is not None:
         for setting, recipe in recipes.items():
             observe(recipe, results[setting])
@@ -383,27 +395,33 @@ def _on_target(base: nn.Module, space: SearchSpace, heads_per_block: Sequence[in
 
 
 SHRINKING = ("heads_keep", "mlp_keep", "rank", "tokens_keep")  # a smaller value removes more of the same work
-STRUCTURAL = ("heads_keep", "mlp_keep")  # smaller matrices only: never slower than the uncompressed model
+STRUCTURAL = ("heads_keep", "mlp_keep")  # smaller matrices only: faster than the uncompressed model
 
 
-def out_of_order(ratios: Mapping[tuple[str, Any], float], *, uncompressed: bool = True,
+def out_of_order(ratios: Mapping[tuple[str, Any], float], *, min_saving: float, uncompressed: bool = True,
                  margin: float = 0.03) -> dict[tuple[str, Any], str]:
-    """The settings of a knob that removes more work the smaller its value, measured more than ``margin`` slower
-    than a setting of the same knob that removes less (for pruned heads and MLP width, with ``uncompressed``, than
-    the uncompressed model too), each with what it is slower than: a busy machine slows one setting's window, and
-    the pass would leave the setting out of the search (a new user's 4 of 6 heads at 1.03x, between 5 heads at
-    0.77x and 3 at 0.71x)."""
+    """The settings of a knob that removes more work the smaller its value that the pass would leave out (saving
+    less than ``min_saving``) though that is implausible, each with why: measured more than ``margin`` slower than a
+    setting of the same knob that removes less, or, for pruned heads and MLP width (smaller matrices, nothing added),
+    at all where the space's lightest candidate is the ``uncompressed`` model. A busy machine slows one setting's
+    window (a new user's 4 of 6 heads at 1.03x, between 5 heads at 0.77x and 3 at 0.71x). Where every candidate holds
+    some compression (int8 throughout), the ratios are against the uncompressed model, not the least the search can
+    choose: only the settings' order is judged then."""
     found = {}
     for knob in SHRINKING:
         mine = sorted(((value, ratio) for (k, value), ratio in ratios.items()
                        if k == knob and ratio < math.inf and isinstance(value, (int, float))),
                       reverse=True)  # the least removed first
-        fastest, label = (1.0, "the uncompressed model") if knob in STRUCTURAL and uncompressed else (math.inf, "")
+        fastest, lighter = math.inf, ""
         for value, ratio in mine:
             if ratio > fastest * (1 + margin):
-                found[(knob, value)] = f"{label} ({fastest:.2f}x)"
-            elif ratio < fastest:
-                fastest, label = ratio, setting_label(knob, value)
+                found[(knob, value)] = f"slower than {lighter} ({fastest:.2f}x), which removes less"
+            elif knob in STRUCTURAL and uncompressed and ratio > 1 - min_saving:
+                found[(knob, value)] = (f"saving less than {min_saving:.0%} though it only makes matrices smaller")
+            if ratio < fastest and (knob, value) not in found:
+                fastest, lighter = ratio, setting_label(knob, value)
+    if uncompressed:  # a setting the pass keeps is not worth two more measurements
+        found = {setting: why for setting, why in found.items() if ratios[setting] > 1 - min_saving}
     return found
 
 
