@@ -17,6 +17,26 @@ class Terminated(KeyboardInterrupt):
 
 
 _PENDING: list[type[KeyboardInterrupt]] = []  # the interrupt taken and not yet handled (see raise_pending)
+_OURS: set = set()  # the handlers installed now by terminated_as_interrupted
+
+
+def _defaults_in_child() -> None:
+    """In a process forked while a handler of ours is installed: the default handlers back at once. A Python
+    handler runs only between bytecodes, and a child stuck in C never gets there: OpenVINO's telemetry forks a
+    process per event and terminates it after a timeout, and on an offline machine the child hangs in getaddrinfo
+    (a lock another thread of the parent held at the fork); it outlived SIGTERM, and the parent's exit waited on it
+    for ever (``autocomp export --format openvino`` never returned)."""
+    try:
+        if signal.getsignal(signal.SIGTERM) in _OURS:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGINT) in _OURS:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread of the main interpreter: nothing of ours can be installed there
+        pass
+    _OURS.clear()
+
+
+os.register_at_fork(after_in_child=_defaults_in_child)
 
 
 @contextmanager
@@ -37,7 +57,7 @@ def terminated_as_interrupted(*, unless_handled: bool = False, ctrl_c: bool = Fa
     owner = os.getpid()
 
     def terminate(signum: int, frame: object) -> None:
-        if os.getpid() != owner:
+        if os.getpid() != owner:  # a child forked in C, not by os.fork (its hook unrun): as by default
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
@@ -57,9 +77,11 @@ def terminated_as_interrupted(*, unless_handled: bool = False, ctrl_c: bool = Fa
     previous = signal.signal(signal.SIGTERM, terminate) if sigterm else None
     if ctrl_c:
         signal.signal(signal.SIGINT, interrupt)
+    _OURS.update({terminate, interrupt})
     try:
         yield sigterm
     finally:
+        _OURS.difference_update({terminate, interrupt})
         if sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         if ctrl_c:

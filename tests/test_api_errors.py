@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -257,3 +258,41 @@ def test_a_search_from_python_remembers_ctrl_c_and_leaves_the_callers_own_sigter
         _signals.raise_pending()  # forgotten after it
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _stuck_in_c() -> None:
+    """Hang where no Python handler can run: a second lock of a pthread mutex (OpenVINO's telemetry child hangs so
+    in getaddrinfo, on a lock another thread of the parent held when it forked)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # all zeros: PTHREAD_MUTEX_INITIALIZER on glibc
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+
+def test_a_process_forked_in_a_signal_block_ends_on_sigterm_even_stuck_in_c():
+    """`autocomp export --format openvino` never returned on an offline machine: OpenVINO's telemetry forks a
+    process per event and terminates it after a timeout; the child, stuck in getaddrinfo, had inherited the
+    command's Python SIGTERM handler, which never ran, and the parent's exit waited on it. Forked in the block, a
+    child has the default handlers back at once."""
+    import multiprocessing
+    import signal
+    import sys
+
+    from autocomp import _signals
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("a glibc pthread mutex")
+    with _signals.terminated_as_interrupted(ctrl_c=True):
+        child = multiprocessing.get_context("fork").Process(target=_stuck_in_c, daemon=True)
+        child.start()
+        try:
+            time.sleep(0.5)
+            child.terminate()
+            child.join(20)
+            assert child.exitcode == -signal.SIGTERM
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join()
