@@ -210,6 +210,13 @@ def test_a_budget_the_uncompressed_model_meets_already_is_said(tmp_path, tiny_te
     job = write_job(tmp_path, tiny_teacher[0], {"latency": 1.0}, trials=1, workers=1)  # int8 may be slower here
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) in (0, NOTHING_WITHIN_BUDGET)
     assert "note: the uncompressed model meets this budget already" in capsys.readouterr().out
+    # one limit met already, the other not: a new user's 80 ms, set from a reading at another load, was 2x the
+    # uncompressed model's as the run measured it, and nothing said that memory alone constrained the search
+    measured = json.loads((tmp_path / "run" / "run.json").read_text())["baseline"]["latency_ms"]
+    loose = write_job(tmp_path, tiny_teacher[0], {"latency_ms": 3 * measured, "memory": 0.99}, trials=1, workers=1)
+    assert main(["search", str(loose), "--out", str(tmp_path / "loose"), "--quiet"]) in (0, NOTHING_WITHIN_BUDGET)
+    assert re.search(r"note: the uncompressed model meets latency_ms <= [\d.e+-]+ already \([\d.e+-]+ ms\): only "
+                     r"memory_mb constrains the search", capsys.readouterr().out)
     # one in another unit (bytes for MB) constrains nothing: refused before a search is spent on it, no folder left
     bytes_given = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 6.5e6}, trials=1, workers=1)
     assert main(["search", str(bytes_given), "--out", str(tmp_path / "bytes"), "--quiet"]) == 2

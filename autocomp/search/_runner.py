@@ -250,9 +250,14 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         if previous is None and (warning := spread_warning("the uncompressed model", baseline["latency_ms"],
                                                             baseline["latency_iqr_ms"])):
             log(warning)
-        if feasible(violations(baseline, limits)):
+        over = violations(baseline, limits)
+        if feasible(over):
             log("note: the uncompressed model meets this budget already; the search still looks for smaller models "
                 "within it, and best/ is the most accurate of those (a tighter budget asks for a smaller model)")
+        elif met := [key for key, v in over.items() if v <= 0]:  # an absolute limit set from a reading at another load
+            log(f"note: the uncompressed model meets {', '.join(f'{k} <= {limits[k]:.3g}' for k in met)} already "
+                f"({', '.join(f'{baseline[k]:.3g} {UNIT[k]}' for k in met)}): only "
+                f"{', '.join(k for k in over if k not in met)} constrains the search")
         if done:
             log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run"
                 + (f" (more than the {config.trials} asked for: all {done} are kept, on the front and for best/)"
@@ -411,6 +416,9 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
                 "--ray-address the search runs on this machine alone, and measures on its GPU")
         log(f"measuring on {measuring}")
     return profile, measuring
+
+
+UNIT = {"latency_ms": "ms", "memory_mb": "MB"}
 
 
 def _share(key: str, limit: float, baseline: Mapping[str, float], config: JobConfig) -> str:
