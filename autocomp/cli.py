@@ -193,6 +193,43 @@ def _profile(args: argparse.Namespace) -> None:
           + f"; memory bandwidth {data['memory_bandwidth_gbs']:.1f} GB/s; op overhead {data['op_overhead_us']:.3g} us")
 
 
+def _measure(args: argparse.Namespace) -> None:
+    """What the job's uncompressed model costs on its target, measured ``--repeats`` times as a search measures it
+    first: the figures an absolute budget (ms, MB) is chosen from, with their spread."""
+    import statistics
+
+    from torch import nn
+
+    from autocomp.config import load_config
+    from autocomp.data import load_splits
+    from autocomp.measure import measure
+    from autocomp.measure.profiling import load_profile
+    from autocomp.models import create_model
+
+    if args.repeats < 1:
+        raise AutocompError(f"--repeats must be a whole number >= 1, got {args.repeats}")
+    config = load_config(args.config)
+    profile = load_profile(config.hardware, log=print)
+    if profile.ray_resource is not None:  # measured where that node is, not here
+        raise AutocompError(f"{config.hardware} measures on the Ray node holding {profile.ray_resource!r}; a search "
+                            "measures the uncompressed model there first (its log's 'uncompressed:' line)")
+    base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    calib = load_splits(config.data, base).calib.x
+    readings = []
+    for index in range(args.repeats):
+        cost = measure(base, profile, example=calib)
+        readings.append(cost)
+        print(f"{index + 1} of {args.repeats}: latency {cost.latency_ms:.4g} ms (IQR {cost.latency_iqr_ms:.2g} ms)  "
+              f"memory {cost.memory_mb:.4g} MB (weights {cost.weights_mb:.4g}, peak activations "
+              f"{cost.activations_mb:.4g})")
+    latencies = [r.latency_ms for r in readings]
+    print(f"the uncompressed model on {profile.name} ({readings[-1].runtime}; batch {profile.batch_size}): latency "
+          f"{statistics.median(latencies):.4g} ms (median of {len(latencies)}, {min(latencies):.4g} to "
+          f"{max(latencies):.4g}), memory {readings[-1].memory_mb:.4g} MB")
+    print("a search measures it again as it starts and judges a limit in ms against that reading (a busy machine "
+          "moves it): budget.latency (a fraction) follows the machine; budget.latency_ms and memory_mb are absolute")
+
+
 def _check_costmodel(args: argparse.Namespace) -> None:
     from autocomp.config import load_config
     from autocomp.costmodel.check import LEGEND, check_costmodel
@@ -221,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autocomp", epilog="e.g. autocomp search examples/fashion_mnist/search.yaml --out runs/demo",
         description="Find the best compressed Vision Transformer for a device budget (search), then print its "
-                    "Pareto front, export a model, calibrate a hardware profile or check the cost model.")
+                    "Pareto front, export a model, measure the uncompressed model, calibrate a hardware profile or "
+                    "check the cost model.")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="search compressed models within a budget",
                                  epilog=f"exit status: 0 with a best model within budget, {NOTHING_WITHIN_BUDGET} when "
@@ -275,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="whose kernels to measure (default: the base profile's, else pytorch-cpu)")
     profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats: seconds, rougher numbers")
     profile.set_defaults(run=_profile)
+    cost = commands.add_parser("measure", help="measure the job's uncompressed model on its target: what an "
+                                                "absolute budget (ms, MB) is chosen from")
+    cost.add_argument("config", help="job config YAML (model, data, hardware profile)")
+    cost.add_argument("--repeats", type=int, default=3, help="measurements, one after the other (default 3): "
+                                                             "their spread is the machine's noise")
+    cost.set_defaults(run=_measure)
     check = commands.add_parser("check-costmodel", help="predict and measure random recipes of a job's search "
                                                          "space; report the cost model's fidelity")
     check.add_argument("config", help="job config YAML (model, data, search space, hardware profile)")

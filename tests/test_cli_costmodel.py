@@ -69,6 +69,23 @@ def test_profile_mistakes_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "p.yaml").exists()
 
 
+def test_measure_says_what_the_uncompressed_model_costs_as_a_search_measures_it(tmp_path, tiny_teacher, capsys):
+    """A user choosing a budget in ms or MB had only the Python measure() (and a search's first line) to learn what
+    the model costs, and one reading at another load was 6x another: each reading is printed, with the median."""
+    import re
+
+    job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
+    assert main(["measure", str(job), "--repeats", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    readings = [float(re.search(r"latency ([\d.e+-]+) ms", line).group(1)) for line in lines
+                if re.match(r"[12] of 2: latency ", line)]
+    assert len(readings) == 2 and all(r > 0 for r in readings)
+    summary = next(line for line in lines if line.startswith("the uncompressed model on "))
+    low, high = sorted(readings)
+    assert f"(median of 2, {low:.4g} to {high:.4g})" in summary and " MB" in summary
+    assert "--repeats must be a whole number >= 1, got 0" in run_cli(["measure", str(job), "--repeats", "0"], capsys)
+
+
 def test_check_costmodel_writes_the_fidelity_report_and_plot(tmp_path, tiny_teacher, capsys):
     job = write_job(tmp_path, tiny_teacher[0], {"latency": 0.5}, trials=2)
     out = tmp_path / "fidelity" / "report.json"

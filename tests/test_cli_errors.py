@@ -49,7 +49,8 @@ def test_the_help_says_what_autocomp_does_and_names_every_command(capsys):
     printed = capsys.readouterr().out
     # a sentence of its own, not the module docstring's first line cut short, with its reStructuredText quotes
     assert "Find the best compressed Vision Transformer for a device budget" in printed and "``" not in printed
-    assert all(command in printed for command in ("search", "pareto", "export", "profile", "check-costmodel"))
+    assert all(command in printed for command in ("search", "pareto", "export", "measure", "profile",
+                                                          "check-costmodel"))
 
 
 def test_help_and_pareto_start_without_torch_and_the_package_still_exports_compress(tmp_path):
