@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from autocomp._paths import shipped_hint
 from autocomp.errors import AutocompError
 
 __all__ = ["read_yaml", "build"]
@@ -52,7 +53,7 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
     try:
         text = path.read_text()
     except OSError:
-        raise AutocompError(f"{what} not found: {path}") from None
+        raise AutocompError(f"{what} not found: {path}" + shipped_hint(what, path)) from None
     try:
         return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:

@@ -36,7 +36,9 @@ def resolve_path(value: str | os.PathLike, *, base: Path | None = None, what: st
     return candidates[0]
 
 
-SHIPPED = {"hardware profile": "hardware_profiles", "search space file": "search_spaces"}  # what -> folder of a clone
+# what a file not found is called (read_yaml's, resolve_path's) -> the folder of a clone holding autocomp's own
+SHIPPED = {"hardware profile": "hardware_profiles", "search space": "search_spaces",
+           "search space file": "search_spaces"}
 
 
 def shipped_hint(what: str, path: Path) -> str:

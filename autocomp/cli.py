@@ -198,13 +198,11 @@ def _measure(args: argparse.Namespace) -> None:
     first: the figures an absolute budget (ms, MB) is chosen from, with their spread."""
     import statistics
 
-    from torch import nn
-
     from autocomp.config import load_config
     from autocomp.data import load_splits
     from autocomp.measure import measure
     from autocomp.measure.profiling import load_profile
-    from autocomp.models import create_model
+    from autocomp.models import base_model
 
     if args.repeats < 1:
         raise AutocompError(f"--repeats must be a whole number >= 1, got {args.repeats}")
@@ -213,7 +211,7 @@ def _measure(args: argparse.Namespace) -> None:
     if profile.ray_resource is not None:  # measured where that node is, not here
         raise AutocompError(f"{config.hardware} measures on the Ray node holding {profile.ray_resource!r}; a search "
                             "measures the uncompressed model there first (its log's 'uncompressed:' line)")
-    base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    base = base_model(config.model)
     calib = load_splits(config.data, base).calib.x
     readings = []
     for index in range(args.repeats):

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from autocomp._loader import build, read_yaml
-from autocomp._paths import shipped_hint
 from autocomp.errors import AutocompError
 
 __all__ = ["HardwareProfile", "read_profile", "from_mapping", "DEVICES", "BACKENDS", "PRECISIONS", "INT8_STATIC",
@@ -206,8 +205,6 @@ def _check_positive(name: str, value: Any) -> None:
 def read_profile(path: str | Path) -> HardwareProfile:
     """Read and validate a hardware profile file as it is (a ``calibrate: on_first_use`` profile comes back
     without device facts); errors name the file and the field."""
-    if not Path(path).is_file():  # from Python, relative to the current folder, not to the clone
-        raise AutocompError(f"hardware profile not found: {path}" + shipped_hint("hardware profile", Path(path)))
     return from_mapping(read_yaml(path, what="hardware profile"), source=str(path))
 
 

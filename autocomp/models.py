@@ -67,6 +67,11 @@ class ModelSpec:
         return self.name if self.name is not None else self.factory
 
 
+def base_model(model: ModelSpec | nn.Module) -> nn.Module:
+    """A job's uncompressed model: the module given (in eval mode), or the one its spec builds with its weights."""
+    return model.eval() if isinstance(model, nn.Module) else create_model(model)
+
+
 def create_model(spec: ModelSpec, *, load_weights: bool = True) -> nn.Module:
     """Build the model of ``spec`` (a timm name, or the user's factory; never downloads anything) and load its
     checkpoint."""

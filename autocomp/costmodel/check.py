@@ -34,7 +34,7 @@ from autocomp.errors import AutocompError
 from autocomp.measure import measure, spread_warning
 from autocomp.measure.backends import ExportFailed
 from autocomp.measure.profiling import cap_note, load_profile
-from autocomp.models import create_model, vit_blocks
+from autocomp.models import base_model, vit_blocks
 from autocomp.recipe import Recipe
 from autocomp.search._space import load_space
 from autocomp.search._start import require_choices
@@ -72,7 +72,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     profile = load_profile(config.hardware, log=log)
     space = load_space(config.search_space)
-    base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    base = base_model(config.model)
     where = f"search space {config.search_space}"
     space = space.for_depth(len(vit_blocks(base)), where=where)  # the blocks' own choices, as a search resolves them
     space.check_layers(base, where=where)  # what the operators would refuse in every sample, as a search refuses it

@@ -13,7 +13,6 @@ from typing import Any, Callable, Mapping
 
 import optuna
 import torch
-from torch import nn
 
 from autocomp import _quiet
 from autocomp._signals import Terminated, end_as_terminated, terminated_as_interrupted
@@ -27,10 +26,10 @@ from autocomp.measure import COUNTING, spread_warning
 from autocomp.measure.backends import backend_of, check_images, require_backend
 from autocomp.measure.placement import require_device
 from autocomp.measure.profiling import cap_note, load_profile, profile_note, threads_note
-from autocomp.models import ModelSpec, create_model, factory_module, model_digest, vit_blocks
+from autocomp.models import ModelSpec, base_model, factory_module, model_digest, vit_blocks
 from autocomp.ops.quantize import int8_linear_top_code
 from autocomp.recipe import Recipe
-from autocomp.results import STUDY_NAME, study_file, study_storage, trial_rows, write_results
+from autocomp.results import STUDY_NAME, UNITS, study_file, study_storage, trial_rows, write_results
 from autocomp.search import _before as before
 from autocomp.search import _finish as finish
 from autocomp.search import _images as run_images
@@ -123,7 +122,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
     resuming = (run_dir / "run.json").is_file()
     space = load_space(config.search_space)  # a mistake in its file is said first: it costs nothing to read
     _runtime_first(config, ray_address)
-    base = config.model.eval() if isinstance(config.model, nn.Module) else create_model(config.model)
+    base = base_model(config.model)
     if rebuilt := getattr(base, REBUILT_FROM, None):
         log(f"model: {rebuilt['model']}, rebuilt as timm's VisionTransformer with the same weights (the same "
             "outputs): the candidates, best/ and the exports are timm's")
@@ -256,7 +255,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                 "within it, and best/ is the most accurate of those (a tighter budget asks for a smaller model)")
         elif met := [key for key, v in over.items() if v <= 0]:  # an absolute limit set from a reading at another load
             log(f"note: the uncompressed model meets {', '.join(f'{k} <= {limits[k]:.3g}' for k in met)} already "
-                f"({', '.join(f'{baseline[k]:.3g} {UNIT[k]}' for k in met)}): only "
+                f"({', '.join(f'{baseline[k]:.3g} {UNITS[k]}' for k in met)}): only "
                 f"{', '.join(k for k in over if k not in met)} constrains the search")
         if done:
             log(f"resuming: {done} trials already in {study_file(run_dir)}, {remaining} to run"
@@ -416,9 +415,6 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
                 "--ray-address the search runs on this machine alone, and measures on its GPU")
         log(f"measuring on {measuring}")
     return profile, measuring
-
-
-UNIT = {"latency_ms": "ms", "memory_mb": "MB"}
 
 
 def _share(key: str, limit: float, baseline: Mapping[str, float], config: JobConfig) -> str:
