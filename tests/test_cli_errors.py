@@ -766,6 +766,8 @@ def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     assert err.endswith("see uniform_latency.csv)") == bool(slow)
     assert not (tmp_path / "run" / "run.json").exists()  # so the same folder takes the corrected job
     assert load_run_study(tmp_path / "run").trials == []
+    # the cost model placed it out of reach: measured before the passes, not minutes after them
+    assert not (tmp_path / "run" / "sensitivity.csv").exists()
 
 
 def test_autocomps_own_warnings_print_as_one_line_and_a_librarys_keep_their_source():

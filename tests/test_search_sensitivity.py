@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
+from torch import nn
 import yaml
 
 from autocomp._compress import compress
@@ -603,6 +604,50 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None, budge
                        hardware="h.yaml", budget=budget or Budget(latency=0.5))
     _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
                                     HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
+
+
+def _early(tmp_path, tiny_teacher, digits_splits, limit_ratio):
+    """check_latency_early on a space of two strengths of MLP width: what it logs."""
+    from autocomp.config import JobConfig
+    from autocomp.hardware import HardwareProfile
+    from autocomp.search import _reach
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), mlp_keep=(0.5, 0.75, 1.0), weight_bits=(32, 8),
+                        head_importance="weight_norm")
+    config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
+                       hardware="h.yaml", budget=Budget(latency=limit_ratio))
+    said = []
+    _reach.check_latency_early(tmp_path, tiny_teacher[1], space, [4, 4], digits_splits, config,
+                               HardwareProfile(name="target"), {"latency_ms": limit_ratio * 10.0}, 10.0, said.append)
+    return said
+
+
+def test_a_latency_limit_the_cost_model_places_out_of_reach_is_measured_before_the_passes(tmp_path, tiny_teacher,
+                                                                                       digits_splits,
+                                                                                       fastest_measures):
+    """Only the strongest setting of each knob that does less work, and each bit width, each in every block: the
+    refusal is then the one the check after the passes makes, minutes earlier."""
+    from autocomp.search._reach import LatencyUnreachable
+
+    seen = fastest_measures([0.8, 0.9, 0.85] + [0.74, 0.72, 0.8, 0.9, 0.75])  # the settings, then as in the check
+    with pytest.raises(LatencyUnreachable, match=r"its fastest candidate \(every block at heads_keep 0.5 \(2 of 4 "
+                                                 r"heads\), mlp_keep 0.5, weight_bits 8\) measured 7.2 ms"):
+        _early(tmp_path, tiny_teacher, digits_splits, 0.6)
+    heads, mlp, int8 = seen[:3]  # mlp_keep 0.75 is not timed: 0.5 does less work
+    assert [b.attn.num_heads for b in heads.blocks] == [2, 2] and type(heads.blocks[0].mlp.fc1) is nn.Linear
+    assert [b.mlp.fc1.out_features for b in mlp.blocks] == [tiny_teacher[1].blocks[0].mlp.fc1.out_features // 2] * 2
+    assert type(int8.blocks[0].mlp.fc1).__name__ == "Int8Linear" and len(seen) == 8
+    timed = list(csv.DictReader((tmp_path / "uniform_latency.csv").open()))  # what decided it, on disk
+    assert [(r["knob"], r["value"], r["latency_ratio"]) for r in timed] == [
+        ("heads_keep", "0.5", "0.800"), ("mlp_keep", "0.5", "0.900"), ("weight_bits", "8", "0.850")]
+
+
+def test_a_latency_limit_a_fastest_setting_meets_goes_on_to_the_passes(tmp_path, tiny_teacher, digits_splits,
+                                                                       fastest_measures):
+    seen = fastest_measures([0.5, 0.9, 0.85])  # half the heads alone meets 0.6x: the cost model was wrong
+    said = _early(tmp_path, tiny_teacher, digits_splits, 0.6)
+    assert len(seen) == 3 and said[-1] == "latency: the fastest settings may reach the limit as measured; the " \
+                                          "passes go on"
 
 
 def test_limits_each_within_reach_but_not_together_are_warned_about():

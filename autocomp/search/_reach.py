@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -19,24 +20,28 @@ from autocomp.measure import num_threads
 from autocomp.measure.placement import measure_on_device
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._sensitivity import too_slow
+from autocomp.search._sensitivity import offered_settings, too_slow, uniform_latencies, write_uniform_latencies
 from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, setting_label
 from autocomp.measure.placement import DeviceLost
 from autocomp.search._start import (MAX_MIXES, alike_choices, held_by_all, lightest, recipe_of, setting_values,
                                     uniform_values)
 
-__all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "warn_jointly_unreachable", "ratio_of",
+__all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "check_latency_early",
+           "warn_jointly_unreachable", "ratio_of",
            "BudgetUnreachable", "LatencyUnreachable", "REACH_TOLERANCE", "saves_too_little"]
 
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
                     log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
-                    left_out: str = "") -> None:
+                    left_out: str = "") -> bool:
     """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
     strongest in every block; with ``allowed``, the strongest choice each block is offered) exceeds: memory is
     counted, so the prediction is the candidate's own. A latency limit beyond the fastest candidate's prediction is
     only warned about (without ``allowed``): the cost model can be off.
 
     ``left_out``: what the passes before the search left out of ``allowed``, said in the refusal.
+
+    Returns whether it warned: the fastest candidate is predicted over the latency limit (see
+    :func:`check_latency_early`).
 
     Raises:
         BudgetUnreachable: the memory limit, with the smallest candidate's bytes and the budget that admits it.
@@ -48,7 +53,7 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     try:
         predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
     except AutocompError:  # a combination the operators refuse: nothing to conclude
-        return
+        return False
     limit = screen.limits.get("memory_mb")
     memory_refused = limit is not None and predicted["memory_mb"] > limit
     if memory_refused:
@@ -103,6 +108,8 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
             f"{predicted['latency_ms']:.4g} ms, over the limit {limit_ms:.4g} ms; the search may find nothing within "
             "budget")
+        return True
+    return False
 
 
 def check_memory_first(space: SearchSpace, heads: list[int], base: nn.Module, profile: HardwareProfile,
@@ -341,6 +348,41 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
                f"{saves_too_little(config.sensitivity.min_saving)} here"
                + (f" against {held_by_all(space)} in every block" if floor != 1.0 else "")
                + ", see uniform_latency.csv)" if slow else ""))
+
+
+def check_latency_early(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
+                        config: JobConfig, profile: HardwareProfile, limits: Mapping[str, float],
+                        base_latency_ms: float, log: Callable[[str], None],
+                        observe: Callable[[Recipe, float], None] | None = None) -> None:
+    """:func:`check_latency_reachable` before the passes instead of after them (minutes on a 224-px ViT), where the
+    cost model predicts even the fastest candidate over the latency limit (:func:`check_reachable` warned): the
+    strongest setting of each knob that does less work (``LESS_IS_FASTER``) and each bit width, each in every block
+    at once, measured on the target. The passes only take settings away, so a limit these miss the check after
+    them misses too; one they may meet goes on to the passes, which measure every setting. The timings are
+    ``uniform_latency.csv`` in ``run_dir`` (the latency pass writes it anew); ``observe``: as
+    :func:`~autocomp.search._sensitivity.uniform_latencies`'.
+
+    Raises:
+        LatencyUnreachable: as :func:`check_latency_reachable`.
+    """
+    offered = space.distinct(heads)  # one heads_keep per head count
+    settings = offered_settings(offered, space, len(heads))
+    strongest = {knob: min(value for k, value in settings if k == knob)
+                 for knob in LESS_IS_FASTER if any(k == knob for k, _ in settings)}
+    settings = [(knob, value) for knob, value in settings if strongest.get(knob, value) == value]
+    if not settings:
+        return
+    log(f"latency: the cost model predicts the limit out of reach; the fastest settings first ({len(settings)}, each "
+        "in every block at once), to refuse it before the passes if it is")
+    minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None  # as the latency pass judges
+    with num_threads(config.resources.cpu):
+        ratios = uniform_latencies(base, space, heads, calib=splits.calib.x,
+                                   measure=ratio_of(base, profile, splits, config), observe=observe, log=log,
+                                   settings=settings, min_saving=minimum)
+    write_uniform_latencies(run_dir, ratios, min_saving=minimum)  # before a refusal: it explains it
+    check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
+                            base_latency_ms, allowed=offered)
+    log("latency: the fastest settings may reach the limit as measured; the passes go on")
 
 
 def saves_too_little(min_saving: float, *, plural: bool = False) -> str:
