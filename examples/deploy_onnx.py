@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+# the files autocomp reads as images in a class folder (others are left out, as are hidden files and these)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IGNORED = ("thumbs.db", "desktop.ini")
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
@@ -79,20 +83,58 @@ def arguments(description: str, format: str) -> argparse.ArgumentParser:  # noqa
     return parser
 
 
+def class_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[Path]]:
+    """The images in ``folder``'s class folders at any depth, as autocomp reads them (folders linked in followed,
+    each once; hidden files and folders left out), and the other files there, which are not images."""
+    images, other = [], []
+    for name in classes:
+        walked = set()
+        for current, folders, names in os.walk(folder / name, followlinks=True):
+            if (real := os.path.realpath(current)) in walked:  # a link back up: read once
+                folders[:] = []
+                continue
+            walked.add(real)
+            folders[:] = sorted(f for f in folders if not f.startswith("."))
+            for file in sorted(f for f in names if not f.startswith(".") and f.lower() not in IGNORED):
+                path = Path(current) / file
+                (images if path.suffix.lower() in IMAGE_EXTENSIONS else other).append(path)
+    return images, other
+
+
+def inputs_of(paths: list[Path], record: dict) -> list[np.ndarray]:
+    """Each image preprocessed; images that cannot be read are named, all at once, and nothing is run."""
+    inputs, broken = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                inputs.append(preprocess(image, record))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # not an image, truncated, damaged
+            broken.append(f"{path} ({exc})")
+    if broken:
+        raise SystemExit(f"cannot read {len(broken)} image(s): {'; '.join(broken)}; remove or replace them")
+    return inputs
+
+
 def report(top_of, args: argparse.Namespace, record: dict, classes: list[str]) -> None:
     """Print the top-1 accuracy on ``args.folder``'s class folders, then each of ``args.images``' class;
     ``top_of(inputs)``: the top class of each preprocessed image."""
     if args.folder is not None:
-        files = sorted(p for p in args.folder.glob("*/*") if p.is_file() and p.parent.name in classes)
+        files, not_images = class_images(args.folder, classes)
+        if not_images:  # notes, labels: left out, as the search leaves them out
+            print(f"left out {len(not_images)} file(s) that are not images ("
+                  + ", ".join(str(p.relative_to(args.folder)) for p in not_images[:3])
+                  + f"{' ...' if len(not_images) > 3 else ''}); images are {', '.join(IMAGE_EXTENSIONS)}",
+                  file=sys.stderr)
         other = sorted(p.name for p in args.folder.iterdir() if p.is_dir() and p.name not in classes)
         if other:  # their images were left out of the accuracy without a word (a class named "T-shirt/top")
             print(f"left out {len(other)} folder(s) not named as a class of classes.json: {other}; the classes are "
                   f"{classes}", file=sys.stderr)
-        top = top_of([preprocess(Image.open(p), record) for p in files])
-        right = sum(classes[k] == p.parent.name for k, p in zip(top, files))
+        top = top_of(inputs_of(files, record))
+        labels = [p.relative_to(args.folder).parts[0] for p in files]  # the class folder, at any depth below it
+        right = sum(classes[k] == label for k, label in zip(top, labels))
         print(f"top-1 accuracy {100 * right / max(1, len(files)):.2f}% on {len(files)} images")
     if args.images:
-        for path, k in zip(args.images, top_of([preprocess(Image.open(p), record) for p in args.images])):
+        for path, k in zip(args.images, top_of(inputs_of(args.images, record))):
             print(f"{path}: {classes[k]}")
 
 

@@ -346,6 +346,11 @@ def test_missing_checkpoint(job, tmp_path, capsys):
     edit_job(job, lambda d: d["model"].update(checkpoint=str(tmp_path / "nope.safetensors")))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert "checkpoint not found" in err
+    # relative: both places it was looked for are said, the job file's folder by name
+    edit_job(job, lambda d: d["model"].update(checkpoint="nope.safetensors"))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert f"checkpoint not found: {job.parent.resolve() / 'nope.safetensors'};" in err
+    assert "beside the job file, then in the current directory" in err
 
 
 def test_a_timm_name_without_a_checkpoint_is_said_to_be_random_weights(job, tmp_path, capsys):

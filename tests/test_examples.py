@@ -61,6 +61,29 @@ def test_the_deployment_example_makes_the_model_input_the_search_made(settings):
     np.testing.assert_allclose(deploy.preprocess(deep, record), made.transform()(deep).numpy(), atol=1e-5)
 
 
+def test_the_deployment_example_names_every_image_it_cannot_read_at_once(tmp_path):
+    """A damaged file is said in one line with the others, as the search says them, not as PIL's traceback."""
+    import io
+
+    from PIL import Image
+
+    from autocomp.data import Preprocessing
+
+    deploy = _deploy_example()
+    whole = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(whole, format="JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(whole.getvalue()[:200])  # its header, not its pixels
+    (tmp_path / "text.png").write_text("not an image")
+    Image.new("RGB", (40, 30), "blue").save(tmp_path / "fine.png")
+    record = json_record(Preprocessing(image_size=16, channels=3, mean=(0.5,) * 3, std=(0.2,) * 3))
+    with pytest.raises(SystemExit) as stopped:
+        deploy.inputs_of([tmp_path / name for name in ("fine.png", "truncated.jpg", "text.png")], record)
+    said = str(stopped.value)
+    assert said.startswith(f"cannot read 2 image(s): {tmp_path / 'truncated.jpg'} (") and said.endswith(
+        "; remove or replace them") and f"; {tmp_path / 'text.png'} (cannot identify image file" in said
+    assert len(deploy.inputs_of([tmp_path / "fine.png"], record)) == 1
+
+
 def json_record(preprocessing):
     import json
 
@@ -89,10 +112,22 @@ def _deploy(tmp_path, script, export, extra=(), size=(23, 19)):
     classes = ["blue", "green", "red"]
     (tmp_path / "best" / "classes.json").write_text(json.dumps(classes))
     make_folder(tmp_path / "val", {name: 5 for name in classes}, size=size)
-    files = sorted((tmp_path / "val").glob("*/*.png"))
+    # as image folders are: images in a sub-folder and in a folder linked in, which the search reads; a macOS
+    # index, its resource fork, Windows' thumbnails, notes, which it leaves out
+    deeper = tmp_path / "val" / "red" / "nested" / "deeper"
+    deeper.mkdir(parents=True)
+    for name in ("3.png", "4.png"):
+        (tmp_path / "val" / "red" / name).rename(deeper / name)
+    make_folder(tmp_path / "more", {"green": 2}, size=size, seed=5)
+    (tmp_path / "val" / "green" / "linked").symlink_to(tmp_path / "more" / "green", target_is_directory=True)
+    for junk in ("blue/.DS_Store", "red/._0.png", "blue/Thumbs.db", "blue/notes.txt"):
+        (tmp_path / "val" / junk).write_bytes(b"\x00\x05Bud1 not an image")
+    files = sorted([*(tmp_path / "val").glob("*/[0-9].png"), *deeper.glob("*.png"),
+                    *(tmp_path / "val" / "green" / "linked").glob("*.png")])
+    assert len(files) == 17
     with torch.no_grad():
         top = model(torch.stack([made.transform()(Image.open(p)) for p in files])).argmax(dim=1)
-    right = sum(classes[k] == p.parent.name for k, p in zip(top.tolist(), files))
+    right = sum(classes[k] == p.relative_to(tmp_path / "val").parts[0] for k, p in zip(top.tolist(), files))
     make_folder(tmp_path / "val", {"T-shirt_top": 2}, size=size)  # no class is named so: left out, and said
     run = ("import os, runpy, sys\nsys.argv = sys.argv[1:]\n"
            "sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python examples/<script>` has it\n"
@@ -101,8 +136,10 @@ def _deploy(tmp_path, script, export, extra=(), size=(23, 19)):
     done = subprocess.run([sys.executable, "-c", run, str(ROOT / "examples" / script), str(tmp_path / "best"),
                            "--folder", str(tmp_path / "val"), "--batch", "4", *extra, str(files[0])],
                           capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert done.stderr.splitlines()[-1] == ("left out 1 folder(s) not named as a class of classes.json: "
-                                            f"['T-shirt_top']; the classes are {classes}")
+    assert done.stderr.splitlines()[-2:] == [
+        "left out 1 file(s) that are not images (blue/notes.txt); images are .jpg, .jpeg, .png, .ppm, .bmp, .pgm, "
+        ".tif, .tiff, .webp", f"left out 1 folder(s) not named as a class of classes.json: ['T-shirt_top']; the "
+        f"classes are {classes}"]
     return done.stdout.splitlines(), [f"top-1 accuracy {100 * right / len(files):.2f}% on {len(files)} images",
                                       f"{files[0]}: {classes[top[0]]}", "imported: []"]
 
