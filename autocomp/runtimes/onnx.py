@@ -138,6 +138,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *,
                                     optimize=False, verbose=False)
     _optimize(program.model)
     _strip_export_notes(program.model)
+    _drop_intermediate_shapes(program.model)
     program.save(str(path), external_data=False)
     return OnnxExport(path=path, layers=tuple(layers), weight_nbytes=onnx_weight_nbytes(path),
                       torch_weight_nbytes=weight_nbytes(model))
@@ -167,6 +168,22 @@ def _strip_export_notes(model: Any) -> None:
             values += node.outputs
         for item in (graph, *graph.all_nodes(), *values):
             item.metadata_props.clear()
+
+
+def _drop_intermediate_shapes(model: Any) -> None:
+    """No shapes or types (``value_info``) for the values between nodes, as torch's legacy exporter writes none (the
+    graph's inputs, outputs and initializers keep theirs; ONNX Runtime infers the rest when it loads the file). With
+    them ORT 1.32 ran the uncompressed model 1.03-1.08x as long (CPU time, one thread; ``benchmarks/
+    onnx_exporters.py``): they let it fuse the last residual Add, the fc2 bias and the final norm into
+    ``SkipLayerNormalization``, whose CPU kernel took 3.5-5x the time of the Add, Add and LayerNormalization it
+    replaces, and the same graph ran 2-4% slower with them still. Every search ratio is against this file."""
+    for graph in (model.graph, *model.functions.values()):
+        keep = {*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()}
+        for node in graph:  # the top level: a subgraph's outputs keep their types
+            for value in node.outputs:
+                if value not in keep:
+                    value.shape = None
+                    value.type = None
 
 
 def _tensor_nbytes(tensor: Any, *, loaded: bool = False) -> int:
