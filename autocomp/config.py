@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -274,7 +275,10 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
         root = resolve_path(config.data.root, base=base, what="data.root", must_exist=False, keep_links=True)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(root)))
     if isinstance(config.model, ModelSpec) and config.model.checkpoint:
-        checkpoint = resolve_path(config.model.checkpoint, base=base, what="checkpoint", must_exist=False)
+        # relative and nowhere: both places it was looked for are said (an absolute one is said where it loads)
+        relative = not Path(os.path.expandvars(config.model.checkpoint)).expanduser().is_absolute()
+        checkpoint = resolve_path(config.model.checkpoint, base=base, what="checkpoint",
+                                  must_exist=files_must_exist and relative and "{cache}" not in config.model.checkpoint)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(checkpoint)))
     if isinstance(config.model, ModelSpec) and config.model.factory is not None:  # a module beside the job file
         config = dataclasses.replace(config, model=dataclasses.replace(config.model,

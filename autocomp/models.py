@@ -192,9 +192,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, key: str | None = Non
 
     path = Path(path)
     if not path.is_file():
-        raise AutocompError(f"checkpoint not found: {path}; train or copy it there, or fix model.checkpoint (a "
-                            "relative path in a job file is looked for beside the job file, then in the current "
-                            "directory)")
+        raise AutocompError(f"checkpoint not found: {path}; train or copy it there, or fix model.checkpoint")
     if path.suffix == ".safetensors":
         state = read_safetensors(path, "checkpoint", "the file is damaged or not safetensors; copy or save it again")
     else:

@@ -85,15 +85,29 @@ def arguments(description: str, format: str) -> argparse.ArgumentParser:  # noqa
 
 def class_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[Path]]:
     """The images in ``folder``'s class folders at any depth, as autocomp reads them (folders linked in followed,
-    each once; hidden files and folders left out), and the other files there, which are not images."""
-    images, other = [], []
+    each once, not one that holds the class folder; hidden files and folders left out), and the other files there,
+    which are not images. Refused as autocomp refuses them: images beside the class folders, a folder read for two
+    classes, a folder that cannot be read."""
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if loose:
+        raise SystemExit(f"{folder} holds {len(loose)} image(s) beside its class folders ({', '.join(loose[:3])}): "
+                         "they have no class; move each into its class's folder")
+
+    def unreadable(error: OSError) -> None:
+        raise SystemExit(f"cannot read folder {error.filename}: {error.strerror}")
+
+    images, other, walked = [], [], {}  # walked: each real folder read -> its class
     for name in classes:
-        walked = set()
-        for current, folders, names in os.walk(folder / name, followlinks=True):
-            if (real := os.path.realpath(current)) in walked:  # a link back up: read once
+        top = os.path.realpath(folder / name)
+        for current, folders, names in os.walk(folder / name, followlinks=True, onerror=unreadable):
+            real = os.path.realpath(current)
+            if walked.get(real) not in (None, name):
+                raise SystemExit(f"the images of folder {real} are read for class {walked[real]!r} and for class "
+                                 f"{name!r} (a link leads to it from both); an image has one label")
+            if real in walked or (real != top and os.path.commonpath([real, top]) == real):  # read, or holds it
                 folders[:] = []
                 continue
-            walked.add(real)
+            walked[real] = name
             folders[:] = sorted(f for f in folders if not f.startswith("."))
             for file in sorted(f for f in names if not f.startswith(".") and f.lower() not in IGNORED):
                 path = Path(current) / file
@@ -106,12 +120,16 @@ def inputs_of(paths: list[Path], record: dict) -> list[np.ndarray]:
     inputs, broken = [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                inputs.append(preprocess(image, record))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # not an image, truncated, damaged
+            image = Image.open(path)
+            image.load()  # decoded here: a truncated file fails now
+        except (OSError, Image.DecompressionBombError) as exc:  # not an image, truncated, damaged, too large
             broken.append(f"{path} ({exc})")
+            continue
+        with image:
+            inputs.append(preprocess(image, record))
     if broken:
-        raise SystemExit(f"cannot read {len(broken)} image(s): {'; '.join(broken)}; remove or replace them")
+        raise SystemExit(f"cannot read {len(broken)} image(s): {'; '.join(broken[:5])}"
+                         + (f"; and {len(broken) - 5} more" if len(broken) > 5 else "") + "; remove or replace them")
     return inputs
 
 

@@ -349,8 +349,8 @@ def test_missing_checkpoint(job, tmp_path, capsys):
     # relative: both places it was looked for are said, the job file's folder by name
     edit_job(job, lambda d: d["model"].update(checkpoint="nope.safetensors"))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
-    assert f"checkpoint not found: {job.parent.resolve() / 'nope.safetensors'};" in err
-    assert "beside the job file, then in the current directory" in err
+    assert (f"checkpoint not found: 'nope.safetensors' (looked at {job.parent.resolve() / 'nope.safetensors'}, "
+            f"{Path.cwd() / 'nope.safetensors'}); fix the path") in err
 
 
 def test_a_timm_name_without_a_checkpoint_is_said_to_be_random_weights(job, tmp_path, capsys):
@@ -745,8 +745,9 @@ def test_a_memory_fraction_no_candidate_can_meet_is_refused_before_the_model_is_
 
 
 def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
-    """Measured, not predicted: the latency pass times each setting alone; the space's fastest candidate (each block
-    at each knob's fastest setting offered there) is then timed, and a limit far under it is refused."""
+    """Measured, not predicted: each setting is timed in every block at once (before the passes, where the cost model
+    places the limit out of reach: the strongest of each knob and each bit width); the space's fastest candidate is
+    then timed, and a limit far under it is refused."""
     import re
 
     from autocomp.results import load_run_study

@@ -84,6 +84,34 @@ def test_the_deployment_example_names_every_image_it_cannot_read_at_once(tmp_pat
     assert len(deploy.inputs_of([tmp_path / "fine.png"], record)) == 1
 
 
+def test_the_deployment_example_reads_the_folders_the_search_reads_and_refuses_what_it_refuses(tmp_path):
+    """A link back up to the data is not read (its other classes would take this one's label), a folder linked
+    into two classes is refused, as are images beside the class folders: as autocomp's loader does."""
+    from autocomp.data import DataConfig, load_splits
+    from autocomp.errors import AutocompError
+    from test_data import make_folder, tiny_rgb_vit
+
+    deploy, model = _deploy_example(), tiny_rgb_vit()
+    make_folder(tmp_path / "train", {"red": 3, "blue": 2})
+    (tmp_path / "train" / "red" / "up").symlink_to(tmp_path / "train", target_is_directory=True)
+    images, _ = deploy.class_images(tmp_path / "train", ["blue", "red"])
+    assert sorted(p.relative_to(tmp_path / "train").as_posix() for p in images) == [
+        "blue/0.png", "blue/1.png", "red/0.png", "red/1.png", "red/2.png"]
+    splits = load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), calib_size=1, val_size=1,
+                                    test_size=1, workers=0), model)
+    assert sum(len(getattr(splits, name)) for name in ("train", "calib", "val", "test")) == len(images)  # as read
+    (tmp_path / "train" / "red" / "up").unlink()
+    (tmp_path / "train" / "red" / "blues").symlink_to(tmp_path / "train" / "blue", target_is_directory=True)
+    with pytest.raises(SystemExit, match=r"read for class 'blue' and for class 'red'"):
+        deploy.class_images(tmp_path / "train", ["blue", "red"])
+    with pytest.raises(AutocompError, match=r"read for class"):
+        load_splits(DataConfig(dataset="imagefolder", root=str(tmp_path), workers=0), model)
+    (tmp_path / "train" / "red" / "blues").unlink()
+    (tmp_path / "train" / "red" / "0.png").rename(tmp_path / "train" / "stray.png")
+    with pytest.raises(SystemExit, match=r"holds 1 image\(s\) beside its class folders \(stray.png\)"):
+        deploy.class_images(tmp_path / "train", ["blue", "red"])
+
+
 def json_record(preprocessing):
     import json
 

@@ -40,8 +40,8 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
 
     ``left_out``: what the passes before the search left out of ``allowed``, said in the refusal.
 
-    Returns whether it warned: the fastest candidate is predicted over the latency limit (see
-    :func:`check_latency_early`).
+    Returns whether the fastest candidate is predicted more than ``REACH_TOLERANCE`` over the latency limit (where
+    :func:`check_latency_early` measures it before the passes).
 
     Raises:
         BudgetUnreachable: the memory limit, with the smallest candidate's bytes and the budget that admits it.
@@ -108,7 +108,7 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
             f"{predicted['latency_ms']:.4g} ms, over the limit {limit_ms:.4g} ms; the search may find nothing within "
             "budget")
-        return True
+        return predicted["latency_ms"] > limit_ms * (1 + REACH_TOLERANCE)
     return False
 
 
@@ -223,7 +223,12 @@ class BudgetUnreachable(AutocompError):
 
 
 class LatencyUnreachable(BudgetUnreachable):
-    """No candidate of the search space can meet the latency limit (measured before any trial)."""
+    """No candidate of the search space can meet the latency limit (measured before any trial); ``ratio``: the
+    fastest candidate's latency as a fraction of the uncompressed model's."""
+
+    def __init__(self, message: str, ratio: float = math.inf) -> None:
+        super().__init__(message)
+        self.ratio = ratio
 
 
 def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Module, space: SearchSpace,
@@ -347,42 +352,60 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             + (f" (it holds none of {', '.join(slow)}: in every block at once each "
                f"{saves_too_little(config.sensitivity.min_saving)} here"
                + (f" against {held_by_all(space)} in every block" if floor != 1.0 else "")
-               + ", see uniform_latency.csv)" if slow else ""))
+               + ", see uniform_latency.csv)" if slow else ""), ratio=ratio)
 
 
 def check_latency_early(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[int], splits: Splits,
                         config: JobConfig, profile: HardwareProfile, limits: Mapping[str, float],
-                        base_latency_ms: float, log: Callable[[str], None],
-                        observe: Callable[[Recipe, float], None] | None = None) -> None:
-    """:func:`check_latency_reachable` before the passes instead of after them (minutes on a 224-px ViT), where the
-    cost model predicts even the fastest candidate over the latency limit (:func:`check_reachable` warned): the
-    strongest setting of each knob that does less work (``LESS_IS_FASTER``) and each bit width, each in every block
-    at once, measured on the target. The passes only take settings away, so a limit these miss the check after
-    them misses too; one they may meet goes on to the passes, which measure every setting. The timings are
-    ``uniform_latency.csv`` in ``run_dir`` (the latency pass writes it anew); ``observe``: as
-    :func:`~autocomp.search._sensitivity.uniform_latencies`'.
+                        base_latency_ms: float, log: Callable[[str], None]) -> None:
+    """:func:`check_latency_reachable` before the passes instead of after them (minutes on a 224-px ViT), for a
+    latency limit the cost model places out of reach (:func:`check_reachable`): each block's strongest setting of
+    each knob that does less work (``LESS_IS_FASTER``) and each bit width, each in every block at once, measured on
+    the target; then the check once for each bit width (and for none), since the passes may leave any of them
+    (4-bit weights fastest alone may be dropped for accuracy, 8-bit then fastest with a low rank). The limit is
+    refused where every one of them refuses it, with the fastest they measured: the passes only take settings away.
+    Nothing is refused where a strongest setting does not run on the target (a weaker one may), nor in a space
+    whose every candidate holds some compression (settings are judged against that there). The timings are
+    ``uniform_latency.csv`` in ``run_dir`` (the latency pass writes it anew, and the cost model learns from its
+    own: nothing is learnt twice).
 
     Raises:
         LatencyUnreachable: as :func:`check_latency_reachable`.
     """
-    offered = space.distinct(heads)  # one heads_keep per head count
-    settings = offered_settings(offered, space, len(heads))
-    strongest = {knob: min(value for k, value in settings if k == knob)
-                 for knob in LESS_IS_FASTER if any(k == knob for k, _ in settings)}
-    settings = [(knob, value) for knob, value in settings if strongest.get(knob, value) == value]
+    passes = config.sensitivity.images > 0 and (bool(lightest(space)) or space.chooses_activations)
+    if not passes or held_by_all(space):  # no check after the passes, or one against a floor not timed here
+        return
+    offered, blocks = space.distinct(heads), len(heads)  # one heads_keep per head count
+    # each block's own strongest: a block offered 0.75 at best is timed at 0.75, not left uncompressed
+    strongest = {(knob, min(space.offered(i, knob, offered))) for i in range(blocks) for knob in LESS_IS_FASTER
+                 if knob in lightest(space)}
+    settings = [setting for setting in offered_settings(offered, space, blocks)
+                if setting[0] not in LESS_IS_FASTER or setting in strongest]
     if not settings:
         return
-    log(f"latency: the cost model predicts the limit out of reach; the fastest settings first ({len(settings)}, each "
+    log(f"latency: the cost model places the limit out of reach; the fastest settings first ({len(settings)}, each "
         "in every block at once), to refuse it before the passes if it is")
     minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None  # as the latency pass judges
     with num_threads(config.resources.cpu):
         ratios = uniform_latencies(base, space, heads, calib=splits.calib.x,
-                                   measure=ratio_of(base, profile, splits, config), observe=observe, log=log,
-                                   settings=settings, min_saving=minimum)
+                                   measure=ratio_of(base, profile, splits, config), log=log, settings=settings,
+                                   min_saving=minimum)
     write_uniform_latencies(run_dir, ratios, min_saving=minimum)  # before a refusal: it explains it
-    check_latency_reachable(ratios, base, space, heads, splits, config, profile, limits["latency_ms"],
-                            base_latency_ms, allowed=offered)
-    log("latency: the fastest settings may reach the limit as measured; the passes go on")
+    if any(ratio == math.inf for (knob, _), ratio in ratios.items() if knob in LESS_IS_FASTER):
+        return  # a weaker setting of that knob may run: the passes time it
+    bits = [setting for setting in ratios if setting[0] not in LESS_IS_FASTER]
+    refusals = []
+    for chosen in [None, *sorted(bits, key=ratios.get)]:  # each bit width the passes may leave, and none
+        alone = {setting: ratio for setting, ratio in ratios.items() if setting not in bits or setting == chosen}
+        try:
+            check_latency_reachable(alone, base, space, heads, splits, config, profile, limits["latency_ms"],
+                                    base_latency_ms, allowed=offered)
+        except LatencyUnreachable as refused:
+            refusals.append(refused)
+            continue
+        log("latency: the fastest settings may reach the limit as measured; the passes go on")
+        return
+    raise min(refusals, key=lambda refused: refused.ratio)
 
 
 def saves_too_little(min_saving: float, *, plural: bool = False) -> str:

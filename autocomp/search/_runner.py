@@ -227,8 +227,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                 # run.json: a rerun with a budget that can be met starts afresh; where the cost model places the
                 # latency limit out of reach, measured before the passes
                 reach.check_latency_early(run_dir, base, space, heads, splits, config, profile, limits,
-                                          baseline["latency_ms"], log, observe=lambda recipe, r: screen.observe(
-                                              recipe, r * baseline["latency_ms"]))
+                                          baseline["latency_ms"], log)
             scored = before.baseline_accuracy(base, splits, device=scoring_device(config.resources.gpu))
             baseline = {**scored, **baseline}
             rundir.write_run_info(run_dir, config, base, job, fingerprint, baseline, limits, run_images.record(splits),
