@@ -13,6 +13,7 @@ import torch
 import autocomp
 from autocomp.cli import build_parser, main
 from autocomp.measure import backends
+from autocomp.ops import Int8Linear
 from autocomp.search._export import CHECK_BATCH
 from conftest import skip_where_openvino_lacks_compressed_weights
 from test_cli_errors import run_cli
@@ -72,6 +73,13 @@ def test_onnx_export_writes_a_checked_file_beside_the_loadable_folder(run, tmp_p
     assert info["test_accuracy_pytorch"] == evaluate(model, test, batch_size=batch)
     assert f"test accuracy in onnxruntime-cpu {info['test_accuracy']:.2f}% (the PyTorch model " \
            f"{info['test_accuracy_pytorch']:.2f}%, on the same {len(test)} test images)" in printed
+    # best/, scored by the run on the same images at another batch: its figure beside, and why it may differ
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "best"), "--format", "onnx"]) == 0
+    printed, best = capsys.readouterr().out, json.loads((run_dir / "best" / "metrics.json").read_text())
+    assert best["accuracy_batch"]["test"] != batch and any(isinstance(layer, Int8Linear) and layer.act_qparams is None
+                                                           for layer in autocomp.load(run_dir / "best").modules())
+    assert (f"; the run scored {best['test_accuracy']:.2f}% on them at batch {best['accuracy_batch']['test']}: its "
+            "int8 layers quantize their inputs per batch (dynamic activations)") in printed
     # every trial is int8: the form exact on VNNI CPUs alone, asked for, says so, with the portable form instead
     # (on a CPU without VNNI its outputs are wrong: its check is let pass, to read the note)
     monkeypatch.setattr(backends, "AGREEMENT_MIN", 0.0)

@@ -224,8 +224,22 @@ def export_trial(run_dir: str | Path, number: int | str, out: str | Path, *, bas
             f"difference {info['max_logit_diff']:.3g}"
             + (f"; test accuracy in {info['test_runtime']} {info['test_accuracy']:.2f}% (the PyTorch model "
                f"{info['test_accuracy_pytorch']:.2f}%, on the same {info['test_images']} test images)"
-               if info.get("test_images") else ""))
+               if info.get("test_images") else "") + _batch_note(metrics, info, model, splits, profile))
     return out
+
+
+def _batch_note(metrics: Mapping[str, Any], info: Mapping[str, Any], model: nn.Module, splits: Splits | None,
+                profile: HardwareProfile) -> str:
+    """Where the run scored the same test images at another batch size and the model's int8 layers quantize their
+    inputs per batch (dynamic activations): the run's figure, and why the export's differs from it by an image or
+    two (a new user took that for a wrong file)."""
+    scored, batch = metrics.get("test_accuracy"), (metrics.get("accuracy_batch") or {}).get("test")
+    dynamic = any(isinstance(layer, Int8Linear) and layer.act_qparams is None for layer in model.modules())
+    if (not dynamic or scored is None or batch in (None, profile.batch_size) or splits is None
+            or info.get("test_images") != len(splits.test)):
+        return ""
+    return (f"; the run scored {scored:.2f}% on them at batch {batch}: its int8 layers quantize their inputs per batch "
+            "(dynamic activations), so other batch sizes score an image or two apart")
 
 
 # the data section's keys that give the preprocessing, each as summary.json records it
