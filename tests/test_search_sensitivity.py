@@ -776,7 +776,7 @@ def test_a_latency_limit_under_the_fastest_candidate_is_refused(tiny_teacher, di
     ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 16): 1.05, ("weight_bits", 8): 0.85}
     expected = (r"its fastest candidate \(every block at heads_keep 0.5 \(2 of 4 heads\), mlp_keep 0.5, "
                 r"weight_bits 8\) measured 7.2 ms, 0.72x the uncompressed model; loosen the budget to at least "
-                r"about 0.80x \(that, and 10% for timing noise\) or widen")  # a limit at 0.72x is met in some runs
+                r"about 0.80x \(its measurement and 10% for timing noise\) or widen")  # at 0.72x: met in some runs
     with pytest.raises(LatencyUnreachable, match=expected):  # over the limit twice: the faster measurement is named
         _check(tiny_teacher, digits_splits, ratios, 0.6)
     model, again = seen[:2]  # every knob at its fastest in every block (bf16 was slower: not taken), measured twice
@@ -1117,9 +1117,9 @@ def test_a_refused_latency_budget_names_the_settings_left_out_for_saving_too_lit
     assert str(refused.value) == (
         "budget: latency <= 0.1x (1 ms, the uncompressed model measuring 10 ms now) cannot be met in space.yaml on "
         "cpu: its fastest candidate (every block at heads_keep 0.5 (3 of 6 heads)) measured 9 ms, 0.90x the "
-        "uncompressed model; loosen the budget to at least about 0.99x (that, and 10% for timing noise) or widen the "
-        "search space (it holds none of weight_bits 8 (0.99x): in every block at once each saves less than 3% here, "
-        "see uniform_latency.csv)")
+        "uncompressed model; loosen the budget to at least about 0.99x (its measurement and 10% for timing noise) or "
+        "widen the search space (it holds none of weight_bits 8 (0.99x): in every block at once each saves less than "
+        "3% here, see uniform_latency.csv)")
 
 
 def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_is_refused(tiny_teacher, digits_splits,

@@ -34,7 +34,7 @@ from autocomp.search._objective import metrics_of
 from autocomp.search._reach import check_latency_reachable, check_reachable
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._space import SearchSpace, setting_label
-from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, progress_lines,
+from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, passes_run, progress_lines,
                                           read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
                                           unrunnable_settings, without, without_slow, write_sensitivity,
                                           write_uniform_latencies)
@@ -132,7 +132,7 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
                 f"{'every block' if len(blocks) == len(heads) or blocks == ['all'] else ', '.join(blocks)} "
                 + ", ".join(setting_label("heads_keep", value, [count]).removeprefix("heads_keep ")
                             for value in values) for (values, count), blocks in groups.items()))
-    passes = config.sensitivity.images > 0 and (bool(lightest(space)) or space.chooses_activations)
+    passes = passes_run(space, config.sensitivity.images)
     if passes and not space.uniform:
         started = time.perf_counter()
         subset = splits.val.subset(config.sensitivity.images)  # all of validation when it is smaller

@@ -21,7 +21,8 @@ from autocomp.measure import num_threads
 from autocomp.measure.placement import measure_on_device
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._sensitivity import offered_settings, too_slow, uniform_latencies, write_uniform_latencies
+from autocomp.search._sensitivity import (offered_settings, passes_run, too_slow, uniform_latencies,
+                                          write_uniform_latencies)
 from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, setting_label
 from autocomp.measure.placement import DeviceLost
 from autocomp.search._start import (MAX_MIXES, alike_choices, held_by_all, lightest, recipe_of, setting_values,
@@ -353,7 +354,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         raise LatencyUnreachable(
             f"budget: {given} cannot be met in {config.search_space} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
-            f"uncompressed model; loosen the budget to at least about {needed} (that, and "
+            f"uncompressed model; loosen the budget to at least about {needed} (its measurement and "
             f"{REACH_TOLERANCE:.0%} for timing noise) or widen the search space"
             + (f" (the sensitivity pass offers {', '.join(label(knob, value) for knob, value in dropped)} in no "
                f"block: alone they cost a block more than {config.sensitivity.drop_above:g} points, or the "
@@ -382,9 +383,8 @@ def check_latency_early(run_dir: Path, base: nn.Module, space: SearchSpace, head
     Raises:
         LatencyUnreachable: as :func:`check_latency_reachable`.
     """
-    passes = config.sensitivity.images > 0 and (bool(lightest(space)) or space.chooses_activations)
-    if not passes or held_by_all(space):  # no check after the passes, or one against a floor not timed here
-        return
+    if not passes_run(space, config.sensitivity.images) or held_by_all(space):  # no check after the passes, or one
+        return  # against a floor not timed here
     offered, blocks = space.distinct(heads), len(heads)  # one heads_keep per head count
     # each block's own strongest: a block offered 0.75 at best is timed at 0.75, not left uncompressed
     strongest = {(knob, min(space.offered(i, knob, offered))) for i in range(blocks) for knob in LESS_IS_FASTER

@@ -35,8 +35,8 @@ from autocomp.search._start import held_by_all, lightest, recipe_of, setting_val
 from autocomp.train import cpu_only, evaluate
 
 __all__ = ["Setting", "sensitivity_pass", "allowed_choices", "write_sensitivity", "uniform_latencies",
-           "unrunnable_settings", "first_block_only", "too_slow", "without_slow", "without", "write_uniform_latencies",
-           "progress_lines"]
+           "unrunnable_settings", "passes_run", "first_block_only", "too_slow", "without_slow", "without",
+           "write_uniform_latencies", "progress_lines"]
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,12 @@ def progress_lines(log: Callable[[str], None] | None, message: str, work: Sequen
                     else f"; about {rest / 60:.0f} min left")
             log(f"{message.format(done=done, total=len(work))} ({elapsed / 60:.1f} min{left})")
     return tick
+
+
+def passes_run(space: SearchSpace, images: int) -> bool:
+    """Whether a new search runs the passes before its first trial (``sensitivity.images``: how many validation
+    images the sensitivity pass scores; 0 skips them): where the space has a knob or activations to choose."""
+    return images > 0 and (bool(lightest(space)) or space.chooses_activations)
 
 
 def _settings(space: SearchSpace, light: Mapping[str, Any]) -> list[tuple[str, Any]]:
