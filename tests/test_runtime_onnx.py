@@ -137,8 +137,8 @@ def test_the_file_holds_the_graph_and_weights_not_the_exporters_notes(exported):
 
 def test_the_file_says_no_shapes_between_its_nodes_as_torchs_legacy_exporter_writes_it(exported):
     """With the exporter's shapes of every value, ONNX Runtime fused the final norm into a SkipLayerNormalization
-    3.5-5x slower than the nodes it replaced, and the uncompressed model ran 1.03-1.08x as long as torch's legacy
-    export of it: the base of every ratio the search measures (benchmarks/onnx_exporters.py)."""
+    slower than the nodes it replaced, and the uncompressed model ran 1.02-1.10x as long as torch's legacy export
+    of it: the base of every ratio the search measures (benchmarks/onnx_exporters.py)."""
     _, result, _ = exported("quantize", Quantize())
     model = onnx.load(str(result.path))
     computed = {output for node in model.graph.node for output in node.output}

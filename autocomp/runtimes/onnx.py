@@ -173,10 +173,10 @@ def _strip_export_notes(model: Any) -> None:
 def _drop_intermediate_shapes(model: Any) -> None:
     """No shapes or types (``value_info``) for the values between nodes, as torch's legacy exporter writes none (the
     graph's inputs, outputs and initializers keep theirs; ONNX Runtime infers the rest when it loads the file). With
-    them ORT 1.32 ran the uncompressed model 1.02-1.10x as long (CPU time, one thread; ``benchmarks/
-    onnx_exporters.py``): they let it fuse the last residual Add, the fc2 bias and the final norm into
-    ``SkipLayerNormalization``, whose CPU kernel took 3.5-5x the time of the Add, Add and LayerNormalization it
-    replaces, and the same graph ran 2-4% slower with them still. Every search ratio is against this file."""
+    them ORT 1.32 ran the uncompressed model 1.02-1.10x as long as the legacy export (one thread;
+    ``benchmarks/onnx_exporters.py``, which prints each file's time per op type): they let it fuse the last
+    residual Add, the fc2 bias and the final norm into ``SkipLayerNormalization``, a slower CPU kernel than the
+    nodes it replaces. Every search ratio is against this file."""
     for graph in (model.graph, *model.functions.values()):
         keep = {*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()}
         for node in graph:  # the top level: a subgraph's outputs keep their types
