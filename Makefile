@@ -74,15 +74,18 @@ TEST_PROFILES := .pytest_cache/autocomp-profiles
 CLUSTER_LOG   := .pytest_cache/cluster-tests.log
 # each phase ends with its slowest tests and their times, to see where the suite's time goes (DURATIONS= for none)
 DURATIONS   ?= --durations=8 --durations-min=5
+# a pytest process that dies (a crash, or Ray ending it) fails the run with the test it ran: a replacement, xdist's
+# default, ran the rest of its file again and twice left the run waiting for ever (CI's limit) instead of failing
+XDIST       := -n 2 --dist loadfile --max-worker-restart=0
 PYTEST      := RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 AUTOCOMP_TEST_PROFILES=$(TEST_PROFILES) $(PY) -m pytest -q $(DURATIONS)
 
 test: install data
 	rm -rf $(TEST_PROFILES)
-	$(PYTEST) -n 2 --dist loadfile $(FREE_TESTS)
-	$(PYTEST) -n 2 --dist loadfile $(RAY_TESTS)
+	$(PYTEST) $(XDIST) $(FREE_TESTS)
+	$(PYTEST) $(XDIST) $(RAY_TESTS)
 	mkdir -p $(dir $(CLUSTER_LOG)); $(PYTEST) tests/test_search_cluster.py > $(CLUSTER_LOG) 2>&1 & cluster=$$!; \
 	trap 'kill $$cluster 2>/dev/null' INT TERM; \
-	$(CPU_CAP) $(PYTEST) -n 2 --dist loadfile $(CAPPED_TESTS) $(CAPPED_SKIP); capped=$$?; \
+	$(CPU_CAP) $(PYTEST) $(XDIST) $(CAPPED_TESTS) $(CAPPED_SKIP); capped=$$?; \
 	wait $$cluster; clustered=$$?; echo "--- tests/test_search_cluster.py (beside the capped tests):"; \
 	cat $(CLUSTER_LOG); [ $$capped = 0 ] && [ $$clustered = 0 ]
 	$(PYTEST) $(TIMED_TESTS)

@@ -81,6 +81,41 @@ def test_a_search_that_fails_before_its_trials_ends_the_loop(local_ray, tiny_tea
     assert loop.done  # Tune's thread has ended: no worker is left waiting at the gate
 
 
+def test_a_loop_left_with_its_trials_unrun_and_no_error_ends_tunes_thread_too(local_ray, tiny_teacher, digits_splits,
+                                                                              tmp_path):
+    """A block that leaves the loop without running its trials, and without an error (the search returned early):
+    Tune was left running, its thread outlived the search's Ray, and a Ray call of it started a new Ray (below)."""
+    inputs = _inputs(tiny_teacher[1], digits_splits)
+    with TrialLoop(inputs, tmp_path, trials=4, workers=2, resources=Resources(cpu=1)) as loop:
+        pass
+    assert loop.done
+
+
+def test_no_ray_is_started_by_a_thread_that_calls_ray_once_the_searchs_ray_is_down():
+    """Ray ties the processes of a Ray started by a thread to that thread (PR_SET_PDEATHSIG): Tune's thread, calling
+    Ray as the search's Ray shut down, started one that died with the thread, and the next search in the process
+    took that dead Ray for the caller's (Ray ended the process a minute later). In the block, Ray's calls raise."""
+    import threading
+
+    from autocomp.search._ray import no_new_ray
+
+    assert not ray.is_initialized()
+    caught: list[BaseException] = []
+
+    def tune_after_shutdown() -> None:
+        with no_new_ray():
+            try:
+                ray.put(1)
+            except Exception as exc:  # noqa: BLE001 - what Ray raises is its own
+                caught.append(exc)
+    thread = threading.Thread(target=tune_after_shutdown)
+    thread.start()
+    thread.join()
+    assert caught and not ray.is_initialized()
+    from ray._private import auto_init_hook
+    assert auto_init_hook.enable_auto_connect  # as it was before the block (the test's process leaves it on)
+
+
 def test_the_loop_awaits_only_the_workers_the_cluster_has_room_for(local_ray):
     # two CPUs and no GPU: a placeholder the cluster cannot hold would keep the latency pass waiting for nothing
     assert [trial_room(Resources(cpu=cpu)) for cpu in (1, 2, 3)] == [2, 1, 0]

@@ -38,7 +38,7 @@ from autocomp.config import Resources
 from autocomp.search._controller import OptunaController
 from autocomp.search._fidelity import FrontRule, FrontScheduler
 from autocomp.search._objective import ERROR, STOP, TrialInputs, run_trial
-from autocomp.search._ray import ray_gone, search_ending, trial_room
+from autocomp.search._ray import no_new_ray, ray_gone, search_ending, trial_room
 
 __all__ = ["TrialLoop"]
 
@@ -246,7 +246,8 @@ class TrialLoop:
 
     def _fit(self, tuner: Any) -> None:
         try:
-            tuner.fit()
+            with no_new_ray():  # Tune's calls once the search's Ray is shut down: see no_new_ray
+                tuner.fit()
         except BaseException as exc:  # noqa: BLE001 - raised again in the driver's thread by run()
             self._error = exc
         finally:
@@ -256,8 +257,10 @@ class TrialLoop:
         return self
 
     def __exit__(self, kind: type | None, *_: object) -> None:
-        if kind is not None and not self.done:  # the search failed before or while running its trials
-            if issubclass(kind, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the user waits for the prompt
+        if not self.done:  # the search failed before or while running its trials, or left them unrun: Tune is
+            # stopped before the search's Ray is shut down under it
+            if kind is not None and issubclass(kind, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the user waits for
+                # the prompt
                 self._log("stopping (a few seconds): any trial under way ends; every finished trial is kept")
             search_ending()  # a SIGTERM to the process group takes Ray down as well: not a `ray stop` to warn of
             self._searcher.finished = True

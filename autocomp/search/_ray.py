@@ -19,8 +19,8 @@ from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["check_ray_address", "ray_session", "require_trial_resources", "require_same_versions", "trial_room",
-           "search_ending", "check_cluster", "HeadWatch"]
+__all__ = ["check_ray_address", "no_new_ray", "ray_session", "require_trial_resources", "require_same_versions",
+           "trial_room", "search_ending", "check_cluster", "HeadWatch"]
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
@@ -89,6 +89,30 @@ def ray_session(*, workers: int, ray_address: str | None, log: Callable[[str], N
     finally:
         with _ctrl_c_held(log, "stops"):  # an impatient second Ctrl-C leaves it half stopped otherwise
             ray.shutdown()
+
+
+@contextmanager
+def no_new_ray() -> Iterator[None]:
+    """Ray's auto-connect off while the block runs: a Ray API called in it with no Ray initialized raises, instead of
+    starting a Ray. Tune's thread runs in it: a call it made as the search's Ray was being shut down started a new Ray
+    from that thread, and Ray ties its processes to the thread that started them (``PR_SET_PDEATHSIG``): they were
+    killed as the thread ended, the process still counted that Ray initialized, and the next search in the process
+    took it, waited a minute on its head, and Ray ended the process (seen in the test suite).
+    ``RAY_ENABLE_AUTO_CONNECT=0`` does the same where it is set before Ray is imported (the command line sets it)."""
+    try:
+        from ray._private import auto_init_hook
+    except ImportError:  # another Ray than this one's: its own behaviour
+        yield
+        return
+    before = getattr(auto_init_hook, "enable_auto_connect", None)
+    if before is None:
+        yield
+        return
+    auto_init_hook.enable_auto_connect = False
+    try:
+        yield
+    finally:
+        auto_init_hook.enable_auto_connect = before
 
 
 def _start_ray(ray, ray_address: str | None, workers: int, modules: Sequence[Path]) -> None:
