@@ -481,6 +481,30 @@ def test_a_ray_client_address_is_refused_with_the_way_to_run(job, tmp_path, caps
     assert "Ray Client (ray://) addresses are not supported" in err and "HOST:PORT" in err
 
 
+def test_a_ray_of_this_process_whose_head_is_gone_is_refused_before_anything_loads(job, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Ray initialized in this process, its head since stopped or killed (`ray stop`, the OOM killer): the search
+    took it, waited a minute on it, and Ray ended the process (a notebook's kernel with it)."""
+    import socket
+    import types
+
+    import ray
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    gone = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address=gone))
+    for address in (None, gone):
+        err = run_cli(["search", str(job), "--out", str(tmp_path / "r")]
+                      + (["--ray-address", address] if address else []), capsys)
+        assert err.startswith(f"autocomp: error: the Ray initialized in this process ({gone}) is not running any "
+                              "more: its head refuses connections (stopped, or killed); call ray.shutdown() before "
+                              "the search") and len(err.splitlines()) == 1
+        assert not (tmp_path / "r").exists()
+
+
 def test_a_ray_address_without_a_ray_head_is_refused_before_anything_loads(job, tmp_path, capsys, monkeypatch):
     """Ray retries an address for minutes, and only after the data and the baseline loaded: an address without a
     port, a port where nothing listens, and one where a web server (the dashboard's port, say) answers are refused

@@ -297,8 +297,19 @@ def check_ray_address(ray_address: str | None) -> None:
     Raises:
         AutocompError: a Ray Client (``ray://``) address; one that is not ``auto`` nor HOST:PORT; a HOST:PORT where
             nothing answers, or something other than a Ray head (Ray would retry it for minutes, after the data and
-            the baseline loaded); Ray already initialized in this process on another cluster than ``ray_address``.
+            the baseline loaded); Ray already initialized in this process on another cluster than ``ray_address``,
+            or on one whose head is gone (stopped or killed: the search would wait a minute on it, and Ray end the
+            process, a notebook's kernel with it).
     """
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # the caller's Ray: is it there still?
+        running = sys.modules["ray"].get_runtime_context().gcs_address
+        if (head := _split(running)) is not None and _refused(head, 2.0) is True:
+            raise AutocompError(f"the Ray initialized in this process ({running}) is not running any more: its head "
+                                "refuses connections (stopped, or killed); call ray.shutdown() before the search, "
+                                "which then starts a Ray of its own" + (f" or joins {ray_address}" if ray_address
+                                                                         else ""))
     if not ray_address:
         return
     if ray_address.startswith("ray://"):
