@@ -51,7 +51,9 @@ def local_ray():
 def test_the_workers_start_before_the_search_is_ready_and_its_trials_run_on_them(local_ray, tiny_teacher,
                                                                                 digits_splits, tmp_path):
     inputs = _inputs(tiny_teacher[1], digits_splits)
+    hooks = len(ray._private.worker._post_init_hooks)
     with TrialLoop(inputs, tmp_path, trials=4, workers=2, resources=Resources(cpu=1)) as loop:
+        assert [name for name in ray.util.list_named_actors() if name.startswith("autocomp-gate-")]
         loop.wait_for_workers(timeout_s=300)
         started = loop.workers()
         assert len(set(started)) == 2 and not loop.done  # two workers up, and no trial asked for yet
@@ -61,6 +63,12 @@ def test_the_workers_start_before_the_search_is_ready_and_its_trials_run_on_them
         controller = _Controller([UNCOMPRESSED, INT8, UNCOMPRESSED, INT8], measured={3: reused})
         loop.run(controller)
     assert loop.done and len(controller.results) == 4
+    # the Ray (the caller's: it stays up) holds nothing of the loop: its gate ended, and the inputs the gate held
+    # with it; tune.with_parameters, which the trials got them from before, had Ray keep its objects (an idle gate
+    # process, and the model and data in the object store: on a caller's Ray, every search's) for the life of the
+    # process, and registered a hook to keep them by (its hooks grew by one each search)
+    assert not [name for name in ray.util.list_named_actors() if name.startswith("autocomp-gate-")]
+    assert len(ray._private.worker._post_init_hooks) == hooks
     # the trial handed an earlier one's measurement reports it instead of measuring (no export or timing)
     again = [result for result in controller.results if result["measurement_of"] is not None]
     assert len(again) == 1 and again[0]["measurement_of"] == 1 and again[0]["seconds_measure"] == 0.0
@@ -132,7 +140,7 @@ def test_the_gate_reaches_its_actor_by_value_without_autocomps_imports():
 
     from autocomp.search._loop import _gate_class
 
-    code = ("import pickle, sys; gate = pickle.loads(sys.stdin.buffer.read())(); "
+    code = ("import pickle, sys; gate = pickle.loads(sys.stdin.buffer.read())([]); "
             "print(sorted(m for m in ('torch', 'timm', 'autocomp', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(_gate_class()), capture_output=True,
                          check=True)

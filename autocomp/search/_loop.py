@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,17 +49,28 @@ STOP_WAIT_S = 60  # a search that fails or is interrupted waits this long at mos
 
 def _gate_class() -> type:
     """The class of the gate: a Ray actor the placeholder trials wait at (and count themselves in) until the search
-    is ready; it then hands each its first real trial (by Tune trial id), if there is one.
+    is ready; it then hands each its first real trial (by Tune trial id), if there is one. It holds the reference to
+    the trials' inputs too, which the trials fetch from it (:func:`_open`).
+
+    The trials find it by its name (:func:`_trainable`), and nothing of Ray's travels inside Tune's trainable: an
+    object reference or actor handle given to ``tune.with_parameters`` (or captured by the trainable) is pickled
+    into Tune's registry of trainables, and Ray then keeps that object for the life of the driver's process. On a
+    Ray the caller initialized, which stays up after the search, each search left its inputs (the model and the
+    data) in the object store and an idle gate process of 126 MB.
 
     It is made in a function so that Ray sends the class itself to the actor's process (a class it cannot import by
     name is pickled by value) instead of this module's name: importing this module there (torch, timm, Ray Tune,
     Optuna) cost the gate's process 6 s of CPU in every search, beside the trial workers' start on two cores."""
 
     class Gate:
-        def __init__(self) -> None:
+        def __init__(self, inputs: list[Any]) -> None:
             import asyncio
 
             self._open, self._parked, self._first = asyncio.Event(), [], {}
+            self._inputs = inputs  # [reference]: in a list, Ray hands it over as it is, unfetched
+
+        async def inputs(self) -> list[Any]:
+            return self._inputs
 
         async def park(self, pid: int, trial_id: str) -> dict[str, Any] | None:
             self._parked.append(pid)
@@ -141,26 +153,27 @@ class _StopAll(Stopper):
 _OPENED: dict[str, TrialInputs] = {}  # per worker process: the inputs of the search it runs trials of
 
 
-def _open(inputs: Any) -> TrialInputs:
-    """The trials' inputs, which travel to the workers as a reference the trial fetches itself (once per worker
-    process), so that a worker that cannot import a class of the model's (a module found on the driver only) fails
-    as the trial's error, which stops the search saying so, not as a worker that died without a word."""
+def _open(gate: Any, name: str) -> TrialInputs:
+    """The trials' inputs, which travel to the workers as a reference the trial fetches itself from the gate (once
+    per worker process), so that a worker that cannot import a class of the model's (a module found on the driver
+    only) fails as the trial's error, which stops the search saying so, not as a worker that died without a word."""
     import ray
 
-    key = inputs.hex()
-    if key not in _OPENED:
+    if name not in _OPENED:
         _OPENED.clear()  # a worker process kept from an earlier search holds no other's inputs
-        _OPENED[key] = ray.get(inputs)
-    return _OPENED[key]
+        [reference] = ray.get(gate.inputs.remote())
+        _OPENED[name] = ray.get(reference)
+    return _OPENED[name]
 
 
-def _trainable(config: dict[str, Any], inputs: list[Any], gate: Any, stops_early: bool) -> None:
+def _trainable(config: dict[str, Any], gate_name: str, stops_early: bool) -> None:
     """One Tune trial: a placeholder waits at the gate, then runs the trial the gate hands it, if any; a real one
     runs its recipe. Each reports its result (first the short one, under multi-fidelity: a scheduler that stops the
     trial ends this thread in that report)."""
     import ray
     from ray import tune
 
+    gate = ray.get_actor(gate_name)
     if config.get(PLACEHOLDER):
         config = ray.get(gate.park.remote(os.getpid(), tune.get_context().get_trial_id()))
         if config is None:
@@ -168,7 +181,7 @@ def _trainable(config: dict[str, Any], inputs: list[Any], gate: Any, stops_early
             return
     node = ray.get_runtime_context().get_node_id()
     try:
-        inputs = _open(inputs[0])  # a reference in a list: Tune hands it over as it is, unfetched
+        inputs = _open(gate, gate_name)
     except Exception as exc:  # noqa: BLE001 - every trial on this worker would fail alike: the search stops
         said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         fix = (": every module a class of the model comes from must be importable on every Ray node (installed "
@@ -223,13 +236,15 @@ class TrialLoop:
         from ray import tune
 
         self._room = min(workers, trial_room(resources))  # the placeholders that can run at once
-        self._gate = ray.remote(num_cpus=0)(_gate_class()).remote()
+        # the trials fetch the inputs from the gate, found by its name: see _gate_class
+        name, stops_early = f"autocomp-gate-{uuid.uuid4().hex}", rule is not None
+        self._gate = ray.remote(num_cpus=0)(_gate_class()).options(name=name).remote([ray.put(inputs)])
         self._searcher, self._stopper = _Gated(workers), _StopAll()
         self._error: BaseException | None = None
         asked = {"cpu": resources.cpu, **({"gpu": resources.gpu} if resources.gpu else {})}
-        self._inputs = ray.put(inputs)  # held here for as long as the loop: the trials fetch it (:func:`_open`)
-        trainable = tune.with_parameters(_trainable, inputs=[self._inputs], gate=self._gate,
-                                         stops_early=rule is not None)
+
+        def trainable(config: dict[str, Any]) -> None:
+            _trainable(config, name, stops_early)
         tuner = tune.Tuner(
             tune.with_resources(trainable, asked),
             tune_config=tune.TuneConfig(search_alg=self._searcher, num_samples=trials + workers,
@@ -274,7 +289,18 @@ class TrialLoop:
             # and Ray end this process first, before the search says what it kept
             while not self._ended.wait(timeout=0.5) and time.monotonic() < deadline and not ray_gone():
                 pass
+        self._release()
         self._tune_log.setLevel(self._tune_level)
+
+    def _release(self) -> None:
+        """End the gate, and with it the inputs it holds: a Ray the caller initialized stays up after the search."""
+        import ray
+
+        if ray.is_initialized() and not ray_gone():  # a Ray that went down would be waited on for a minute
+            try:
+                ray.kill(self._gate)
+            except Exception:  # noqa: BLE001 - gone already, or Ray failing: nothing more to give back
+                pass
 
     @property
     def done(self) -> bool:
