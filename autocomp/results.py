@@ -84,6 +84,11 @@ class TrialRow:
     def feasible(self) -> bool:
         return self.complete and feasible(self.violations)
 
+    @property
+    def interrupted(self) -> bool:
+        """Failed only as the search stopped (Ctrl-C, a kill) while it ran: not the recipe's failure, and run again."""
+        return self.state == "FAIL" and self.error == INTERRUPTED
+
     def as_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, "recipe_summary": self.recipe_summary,
                 "accuracy": self.accuracy, "latency_ms": self.latency_ms, "memory_mb": self.memory_mb,
@@ -192,8 +197,11 @@ def trial_error(trial: optuna.trial.FrozenTrial) -> str | None:
     if "error" in trial.user_attrs:
         return trial.user_attrs["error"]
     if trial.state == optuna.trial.TrialState.FAIL:
-        return "interrupted: the search stopped while it ran (its recipe runs again on resume)"
+        return INTERRUPTED
     return None
+
+
+INTERRUPTED = "interrupted: the search stopped while it ran (its recipe runs again on resume)"
 
 
 def _dominates(a: TrialRow, b: TrialRow) -> bool:

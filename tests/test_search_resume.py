@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +112,9 @@ def test_a_killed_search_resumes_without_losing_or_recomputing_a_trial(tmp_path,
     rows = {r.number: r for r in trial_rows(load_run_study(run),
                                              ["memory_mb"])}
     assert all(rows[n].error.startswith("interrupted") for n in interrupted)
+    # counted as interrupted, not as failed: the recipe did not fail (a user counting failures counted the kill)
+    counts = json.loads((run / "summary.json").read_text())["trials"]
+    assert counts["interrupted"] == len(interrupted) and counts["failed"] == 0
     csv_rows = {int(r["number"]): r for r in csv.DictReader((run / "trials.csv").open())}  # the rerun is traceable
     assert {int(r["retry_of"]) for r in csv_rows.values() if r["retry_of"]} == set(interrupted)
     # the resumed sampler does not replay the first run's draws (seed 0 again): it is seeded past the trials so far

@@ -58,8 +58,10 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     summary: dict[str, Any] = {
         "budget": config.budget.describe(), "limits": dict(limits), "baseline": dict(baseline),
         "trials": {"total": len(rows), "complete": sum(r.complete for r in rows),
-                   "failed": sum(r.state == "FAIL" for r in rows), "within_budget": sum(r.feasible for r in rows)},
-        "errors": {str(r.number): r.error for r in rows if r.state == "FAIL"},
+                   # a trial a stopped search left is no failure of its recipe (run again on resume): said apart
+                   "failed": sum(r.state == "FAIL" and not r.interrupted for r in rows),
+                   "interrupted": sum(r.interrupted for r in rows), "within_budget": sum(r.feasible for r in rows)},
+        "errors": {str(r.number): r.error for r in rows if r.state == "FAIL" and not r.interrupted},
         **skipped_summary(rows), "proposals": proposals(rows, best), "cost_model": prediction_fidelity(rows),
         "time_split": time_split(rows),
         "early_stopped": early_stopped(rows), "measurements_reused": reused(rows),

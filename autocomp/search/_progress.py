@@ -44,7 +44,8 @@ class Progress:
         skipped = sum(r.skipped_reason is not None for r in rows)
         # a failure whose recipe a retry then completed (an interrupted trial run again) no longer counts here
         completed = {json.dumps(r.recipe, sort_keys=True) for r in finished}
-        failed = [r for r in rows if r.state == "FAIL" and json.dumps(r.recipe, sort_keys=True) not in completed]
+        failed = [r for r in rows if r.state == "FAIL" and not r.interrupted  # run again: not a failure
+                  and json.dumps(r.recipe, sort_keys=True) not in completed]
         status = (f"within budget {len(feasible)}" + (f", best {best:.2f}%" if best is not None else "")
                   + (f", skipped {skipped}" if skipped else "")
                   + (f", failed {len(failed)} (last: {failed[-1].error})" if failed else ""))
