@@ -19,8 +19,8 @@ from autocomp.config import Resources
 from autocomp.errors import AutocompError
 from autocomp.measure.placement import import_ray
 
-__all__ = ["check_ray_address", "no_new_ray", "ray_session", "require_trial_resources", "require_same_versions",
-           "trial_room", "search_ending", "check_cluster", "HeadWatch"]
+__all__ = ["check_ray_address", "no_new_ray", "ray_running", "ray_session", "require_trial_resources",
+           "require_same_versions", "trial_room", "search_ending", "check_cluster", "HeadWatch"]
 
 VERSIONED = ("torch", "timm", "ray", "optuna", "safetensors")  # what must match the driver's on every node
 PROBE_TIMEOUT_S = 600  # a loaded node can take minutes to start its first worker with the driver's package
@@ -291,6 +291,14 @@ def _refused(address: tuple[str, int], timeout: float) -> bool | None:
         return None
 
 
+def ray_running() -> bool:
+    """Whether this process has initialized Ray itself (a search then runs on that Ray, with its nodes); Ray is not
+    imported to find out."""
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
 def check_ray_address(ray_address: str | None) -> None:
     """Refuse, before anything is computed, a ``ray_address`` the search cannot run on.
 
@@ -301,10 +309,8 @@ def check_ray_address(ray_address: str | None) -> None:
             or on one whose head is gone (stopped or killed: the search would wait a minute on it, and Ray end the
             process, a notebook's kernel with it).
     """
-    import sys
-
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # the caller's Ray: is it there still?
-        running = sys.modules["ray"].get_runtime_context().gcs_address
+    if ray_running():  # the caller's Ray: is it there still?
+        running = import_ray().get_runtime_context().gcs_address
         if (head := _split(running)) is not None and _refused(head, 2.0) is True:
             raise AutocompError(f"the Ray initialized in this process ({running}) is not running any more: its head "
                                 "refuses connections (stopped, or killed); call ray.shutdown() before the search, "

@@ -5,7 +5,6 @@ trial."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,7 +39,7 @@ from autocomp.search._fidelity import FrontRule
 from autocomp.search._loop import TrialLoop
 from autocomp.search._objective import TrialInputs, distill_subset
 from autocomp.search._progress import Progress
-from autocomp.search._ray import check_ray_address, ray_session, require_trial_resources
+from autocomp.search._ray import check_ray_address, ray_running, ray_session, require_trial_resources
 from autocomp.search._screen import Screen
 from autocomp.search._space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
@@ -431,7 +430,7 @@ def _gpu_here(profile: HardwareProfile, config: JobConfig, ray_address: str | No
     """Whether a GPU profile naming a Ray node measures on this machine's GPU instead (a search on its own Ray: this
     machine alone); refused where this machine has none."""
     alone = profile.ray_resource is not None and profile.device == "gpu" and ray_address is None and \
-        not _ray_running()
+        not ray_running()
     if alone and not torch.cuda.is_available():
         raise AutocompError(f"hardware profile {config.hardware} measures on a CUDA GPU, on the Ray node declaring "
                             f"{profile.ray_resource!r} (its ray_resource), and this machine has none that torch "
@@ -447,11 +446,6 @@ def _runtime_first(config: JobConfig, ray_address: str | None) -> None:
     if template.ray_resource is None or _gpu_here(template, config, ray_address):
         require_backend(template if template.ray_resource is None else
                         dataclasses.replace(template, ray_resource=None), source=config.hardware)
-
-
-def _ray_running() -> bool:
-    """Whether this process has initialized Ray itself (a search then runs on that Ray, with its nodes)."""
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _quiet_key(config: JobConfig, profile: HardwareProfile, run_dir: Path) -> str | None:
