@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
+import yaml
 from torch import nn
 
 from autocomp._loader import build, read_yaml
-from autocomp._paths import resolve_path
+from autocomp._paths import cache_dir, resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
 from autocomp.errors import AutocompError, AutocompTypeError, shown
@@ -111,8 +113,11 @@ class JobConfig:
     Attributes:
         model: the base (teacher) model: a timm spec, or (Python API) the ``nn.Module`` itself.
         data: the dataset and its splits.
-        search_space: path of the search-space YAML.
-        hardware: path of the hardware-profile YAML.
+        search_space: path of the search-space YAML; given in Python, also a
+            :class:`~autocomp.search.SearchSpace` or the mapping its file would hold (written to a file in the cache
+            named by its content: :func:`given_file`).
+        hardware: path of the hardware-profile YAML; given in Python, also a
+            :class:`~autocomp.hardware.HardwareProfile` or the mapping its file would hold (as ``search_space``).
         budget: the hard constraint.
         trials: candidates to build, distil and measure (those the cost model skips as far over budget are not
             counted: up to 3 per trial, another candidate is drawn in their place).
@@ -158,7 +163,7 @@ class JobConfig:
 
     model: ModelSpec | nn.Module
     data: DataConfig
-    search_space: Path
+    search_space: Path  # a SearchSpace or a mapping given is its file's path once made (__post_init__)
     hardware: Path
     budget: Budget
     trials: int = 30
@@ -223,10 +228,54 @@ class JobConfig:
             object.__setattr__(self, "model", timm_equivalent(self.model))
         for key in ("search_space", "hardware"):
             value = getattr(self, key)
-            if not isinstance(value, (str, Path)):
-                raise AutocompTypeError(f"{key} must be the path of a YAML file, got {type(value).__name__} "
-                                        f"{shown(value)}")
-            object.__setattr__(self, key, Path(value))
+            object.__setattr__(self, key, Path(value) if isinstance(value, (str, Path)) else given_file(key, value))
+
+
+GIVEN = {"search_space": ("search space", "autocomp.search.SearchSpace(heads_keep=(1.0, 0.75), weight_bits=(32, 8))"),
+         "hardware": ("hardware profile", "dataclasses.replace(autocomp.hardware.read_profile("
+                                          "'hardware_profiles/local_cpu.yaml'), threads=2)")}
+
+
+def given_file(key: str, value: Any) -> Path:
+    """The file of a search space or hardware profile given in Python (the object, or the mapping its YAML file
+    would hold), checked as its file would be, then written to the cache under a name made of its content: every
+    step of a search (run folder, resume, export, Ray workers) reads a file, and the same space given again, either
+    way, is the same file, so its run resumes."""
+    from autocomp.hardware import HardwareProfile, from_mapping
+    from autocomp.search._space import SearchSpace
+
+    what, example = GIVEN[key]
+    kind = SearchSpace if key == "search_space" else HardwareProfile
+    if isinstance(value, kind):
+        data = _plain(dataclasses.asdict(value))
+    elif isinstance(value, Mapping):
+        data = _plain(value)
+    else:
+        raise AutocompTypeError(f"{key} must be the path of a {what} YAML file, the {kind.__name__} or the mapping "
+                                f"its file would hold (e.g. {example}), got {type(value).__name__} {shown(value)}")
+    # checked as its file would be, then written whole, every setting at its value: the same space, an object or a
+    # mapping, is one file
+    checked = (build(SearchSpace, data, where=f"{what} given in Python") if kind is SearchSpace
+               else from_mapping(data, source="given in Python"))
+    data = _plain(dataclasses.asdict(checked))
+    text = f"# The {what} given in Python to autocomp.config.JobConfig ({key}=).\n" + yaml.safe_dump(
+        data, sort_keys=False, width=1000)
+    path = cache_dir() / "given" / f"{key}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML writes it: tuples as lists, mappings as dicts (their keys kept: a block index, a bit-width)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_exist: bool = True) -> JobConfig:

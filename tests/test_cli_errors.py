@@ -848,7 +848,9 @@ def test_a_job_config_made_in_python_with_a_part_of_the_wrong_type_is_refused_na
                                "str 'digits'"),
             ("model", "vit_tiny_patch16_224", "model must be autocomp.models.ModelSpec(name='vit_small_patch16_224'), "
                                               "or the nn.Module itself, got str 'vit_tiny_patch16_224'"),
-            ("hardware", None, "hardware must be the path of a YAML file, got NoneType None")):
+            ("hardware", None, "hardware must be the path of a hardware profile YAML file, the HardwareProfile or the "
+                               "mapping its file would hold (e.g. dataclasses.replace(autocomp.hardware.read_profile("
+                               "'hardware_profiles/local_cpu.yaml'), threads=2)), got NoneType None")):
         with pytest.raises(AutocompError) as refused:
             dataclasses.replace(config, **{field: value})
         assert str(refused.value) == said

@@ -704,3 +704,39 @@ def test_an_absolute_budget_is_said_as_a_share_of_the_uncompressed_model_as_meas
     measured = {"latency_ms": 8.0, "memory_mb": 2.0}
     assert _runner._share("latency_ms", 5.0, measured, config) == " (0.62x the uncompressed)"
     assert _runner._share("memory_mb", 1.0, measured, config) == ""  # given as a share already
+
+
+def test_a_job_made_in_python_takes_its_search_space_and_profile_as_objects(tmp_path, tiny_teacher):
+    """A job built in code, with no YAML at all: a SearchSpace and a HardwareProfile (or the mappings their files
+    would hold) are checked as their files are and searched as given; the same space given again, as its mapping
+    this time, is the same job, so the run resumes."""
+    from autocomp.budget import Budget
+    from autocomp.config import JobConfig, SensitivityConfig
+    from autocomp.data import DataConfig
+    from autocomp.hardware import read_profile
+    from autocomp.search import SearchSpace, load_space, run_search
+
+    space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32,), distill_steps=(5,))
+    profile = read_profile(ROOT / "hardware_profiles" / "local_cpu.yaml")
+    data = DataConfig(dataset="digits", val_size=DIGITS.val_size, calib_size=DIGITS.calib_size,
+                      test_size=DIGITS.test_size, seed=DIGITS.seed)
+    config = JobConfig(model=tiny_teacher[1], data=data, search_space=space, hardware=profile,
+                       budget=Budget(memory=0.99), trials=2, sensitivity=SensitivityConfig(images=0))
+    assert load_space(config.search_space) == space and read_profile(config.hardware) == profile  # as files
+    with pytest.raises(autocomp.AutocompError, match=r"^search space given in Python: unknown key\(s\) "
+                                                     r"\['heads_kep'\].*did you mean 'heads_keep'"):
+        dataclasses.replace(config, search_space={"heads_kep": [0.5]})
+    with pytest.raises(autocomp.AutocompTypeError, match="^hardware must be the path of a hardware profile YAML "
+                                                         "file, the HardwareProfile or the mapping its file would "
+                                                         "hold"):
+        dataclasses.replace(config, hardware=3)
+    said: list[str] = []
+    summary = run_search(config, tmp_path / "run", log=said.append, progress=False)
+    assert summary["trials"]["complete"] == 2
+    searched = json.loads((tmp_path / "run" / "run.json").read_text())["space"]
+    assert searched["heads_keep"] == [0.5, 1.0] and searched["weight_bits"] == [32]  # the space given, not a default
+    as_mapping = {"heads_keep": [0.5, 1.0], "weight_bits": [32], "distill_steps": [5]}
+    again = dataclasses.replace(config, search_space=as_mapping, trials=3)
+    assert again.search_space == config.search_space  # one file: the same job, said nowhere to have moved
+    summary = run_search(again, tmp_path / "run", log=said.append, progress=False)
+    assert summary["trials"]["complete"] == 3  # the two trials kept, one more run
