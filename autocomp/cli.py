@@ -200,7 +200,7 @@ def _measure(args: argparse.Namespace) -> None:
 
     from autocomp.config import load_config
     from autocomp.data import load_splits
-    from autocomp.measure import measure
+    from autocomp.measure import busy, measure
     from autocomp.measure.profiling import load_profile
     from autocomp.models import base_model
 
@@ -219,11 +219,16 @@ def _measure(args: argparse.Namespace) -> None:
         readings.append(cost)
         print(f"{index + 1} of {args.repeats}: latency {cost.latency_ms:.4g} ms (IQR {cost.latency_iqr_ms:.2g} ms)  "
               f"memory {cost.memory_mb:.4g} MB (weights {cost.weights_mb:.4g}, peak activations "
-              f"{cost.activations_mb:.4g})")
+              f"{cost.activations_mb:.4g})" + ("" if cost.cpu_share is None or profile.threads != 1 else
+                                               f"  CPU {cost.cpu_share:.0%} of one while timing"))
     latencies = [r.latency_ms for r in readings]
     print(f"the uncompressed model on {profile.name} ({readings[-1].runtime}; batch {profile.batch_size}): latency "
           f"{statistics.median(latencies):.4g} ms (median of {len(latencies)}, {min(latencies):.4g} to "
           f"{max(latencies):.4g}), memory {readings[-1].memory_mb:.4g} MB")
+    if noisy := [str(index + 1) for index, cost in enumerate(readings) if busy(cost, profile.threads)]:
+        print(f"note: the machine was busy during reading {', '.join(noisy)} (its repeats spread over more than a "
+              "quarter of their median, or its thread got less than 80% of a CPU): the fastest reading is the "
+              "closest to what this CPU does alone")
     print("a search measures it again as it starts and judges a limit in ms against that reading (a busy machine "
           "moves it): budget.latency (a fraction) follows the machine; budget.latency_ms and memory_mb are absolute")
 

@@ -95,3 +95,48 @@ def test_a_timing_spread_over_a_quarter_of_its_median_is_warned_about():
     warning = spread_warning("the uncompressed model", 10.0, 4.2)
     assert warning.startswith("warning: the uncompressed model was timed at 10 ms with repeats spread over 4.2 ms")
     assert "rerun on a quieter machine" in warning
+    # a steady load: repeats alike, the thread starved; a budget in ms is judged against the figures
+    warning = spread_warning("the uncompressed model", 50.0, 1.0, cpu_share=0.25, absolute=True, cpu_ms=12.5)
+    assert warning.startswith("warning: the uncompressed model was timed at 50 ms while other processes took the CPU "
+                              "(its thread got 25% of one): the machine is busy; latencies in ms are ratios (timed "
+                              "interleaved, robust) times the CPU time of its passes, 12.5 ms")
+    assert warning.endswith("give it as a fraction (latency: 0.6)")
+    assert spread_warning("the uncompressed model", 50.0, 1.0, cpu_share=0.25, threads=4) is None
+
+
+@pytest.mark.parametrize("cpu_per_second, starved", [(1.0, False), (0.25, True)])
+def test_a_one_thread_timing_says_the_share_of_a_cpu_it_got(clock, monkeypatch, cpu_per_second, starved):
+    """A steady load slows every repeat alike, so the spread cannot show it; the process's CPU time against the wall
+    time does: a timing whose thread ran a quarter of the time is starved."""
+    from autocomp.measure import _measure, busy
+    from autocomp.measure import starved as is_starved
+
+    monkeypatch.setattr(_measure, "time", types.SimpleNamespace(perf_counter=lambda: clock.now,
+                                                                process_time=lambda: clock.now * cpu_per_second))
+    model = _Takes("model", [0.010], clock, [])
+    result = measure(model, HardwareProfile(name="t", batch_size=1, warmup=0, repeats=5), example=torch.zeros(1))
+    assert result.cpu_share == pytest.approx(cpu_per_second)
+    assert result.latency_iqr_ms == pytest.approx(0) and is_starved(result, 1) is starved and busy(result, 1) is starved
+    assert not is_starved(result, 4)  # several threads: a share under 1 is no sign of a load (they wait on each other)
+
+
+def test_a_busy_uncompressed_model_is_timed_again_and_starved_takes_its_cpu_time(monkeypatch):
+    """Every latency in ms of a run is a ratio times the uncompressed model's: on a busy machine it is timed up to
+    three times, the fastest kept, and where its thread still got too little of a CPU, the CPU time of its passes
+    stands for its latency (the wall time kept as raw_latency_ms)."""
+    from autocomp.measure import Measurement
+    from autocomp.measure.placement import Placed
+    from autocomp.search import _before
+
+    splits = types.SimpleNamespace(calib=types.SimpleNamespace(x=torch.zeros(1)))
+    profile = HardwareProfile(name="t")
+    readings = iter([(40.0, 0.3), (30.0, 0.5), (35.0, 0.4), (1.0, 1.0)])
+    monkeypatch.setattr(_before, "measure_on_device", lambda *args, **kwargs: Placed(
+        Measurement(latency_ms=(r := next(readings))[0], latency_iqr_ms=0.1, latency_ratio=None, weights_mb=1.0,
+                    activations_mb=1.0, cpu_share=r[1]), None, 0.0, 0.0))
+    cost = _before.baseline_cost(nn.Identity(), profile, splits)
+    assert cost["timings"] == 3 and cost["raw_latency_ms"] == 30.0 and cost["cpu_share"] == 0.5  # the fastest
+    assert cost["latency_ms"] == pytest.approx(15.0)  # its CPU time: 30 ms of wall time at half a CPU
+    readings = iter([(12.0, 0.97), (1.0, 1.0)])
+    cost = _before.baseline_cost(nn.Identity(), profile, splits)
+    assert cost["timings"] == 1 and cost["latency_ms"] == cost["raw_latency_ms"] == 12.0  # a quiet machine: once

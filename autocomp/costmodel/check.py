@@ -87,7 +87,8 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     anchor = reference.latency_ms / identity.latency_ms  # measured ms per roofline ms
     log(f"uncompressed: {reference.latency_ms:.3f} ms (IQR {reference.latency_iqr_ms:.3f}), "
         f"{reference.memory_mb:.3f} MB; roofline {identity.latency_ms:.3f} ms")
-    if (warning := spread_warning("the uncompressed model", reference.latency_ms, reference.latency_iqr_ms)):
+    if (warning := spread_warning("the uncompressed model", reference.latency_ms, reference.latency_iqr_ms,
+                                  cpu_share=reference.cpu_share, threads=profile.threads)):
         log(warning)
 
     rows, predictions, unrunnable = _sample_and_measure(base, cost, space, heads, calib, profile,

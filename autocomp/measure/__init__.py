@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-from autocomp.measure._measure import COUNTING, MB, Measurement, measure, spread_warning
+from autocomp.measure._measure import COUNTING, MB, Measurement, busy, measure, spread_warning, starved
 from autocomp._timing import num_threads, peak_activation_nbytes, time_models, weight_nbytes
 
-__all__ = ["COUNTING", "MB", "Measurement", "measure", "spread_warning", "num_threads", "peak_activation_nbytes",
-           "time_models", "weight_nbytes"]
+__all__ = ["COUNTING", "MB", "Measurement", "busy", "measure", "spread_warning", "starved", "num_threads",
+           "peak_activation_nbytes", "time_models", "weight_nbytes"]

@@ -8,6 +8,7 @@ latency ratio is the median of the per-pair ratios, which a slow drift of a shar
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from autocomp.hardware import HardwareProfile
 from autocomp._timing import peak_activation_nbytes
 from autocomp.measure.backends import backend_of
 
-__all__ = ["COUNTING", "MB", "Measurement", "measure", "spread_warning"]
+__all__ = ["COUNTING", "MB", "Measurement", "busy", "measure", "spread_warning", "starved"]
 
 MB = 1e6
 # How measure() counts: raised when a change makes the same model's figures differ from an earlier version's, so
@@ -27,16 +28,44 @@ MB = 1e6
 # 3: a runtime backend counts bf16 weights and fp16 scales as the fp32 the runtime holds once loaded (2: the file's).
 COUNTING = 3
 NOISY_SPREAD = 0.25  # a timing whose repeats spread over more than this share of their median: a busy machine
+# a one-thread timing whose process got less than this share of a CPU's time while it timed: other processes took the
+# rest (steady contention slows every repeat alike, so the spread does not show it)
+BUSY_SHARE = 0.8
 
 
-def spread_warning(what: str, latency_ms: float, iqr_ms: float) -> str | None:
-    """A warning for a timing whose repeats spread widely (interquartile range over ``NOISY_SPREAD`` of the median):
-    the latencies reported in ms are ratios times this figure, so they scale with its noise; None otherwise."""
-    if latency_ms <= 0 or iqr_ms <= NOISY_SPREAD * latency_ms:
+def busy(measurement: "Measurement", threads: int) -> bool:
+    """Whether ``measurement`` was timed on a busy machine: its repeats spread widely, or it was :func:`starved`."""
+    return measurement.latency_iqr_ms > NOISY_SPREAD * measurement.latency_ms or starved(measurement, threads)
+
+
+def starved(measurement: "Measurement", threads: int) -> bool:
+    """Whether a one-thread timing's process got less than ``BUSY_SHARE`` of a CPU's time while it timed: other
+    processes took the rest, and its wall times are stretched by about 1 / ``cpu_share``."""
+    share = measurement.cpu_share
+    return threads == 1 and share is not None and share < BUSY_SHARE
+
+
+def spread_warning(what: str, latency_ms: float, iqr_ms: float, *, cpu_share: float | None = None,
+                   threads: int = 1, absolute: bool = False, cpu_ms: float | None = None) -> str | None:
+    """A warning for a timing on a busy machine (:func:`busy`): its repeats spread over more than ``NOISY_SPREAD``
+    of their median (``latency_ms``), or its one thread got less than ``BUSY_SHARE`` of a CPU (``cpu_share``). The
+    latencies reported in ms are ratios times this figure, or ``cpu_ms`` (the CPU time of its passes) where that was
+    taken instead, so they share its error; ``absolute``: a budget in ms is judged against them. None for a quiet
+    timing."""
+    noisy = latency_ms > 0 and iqr_ms > NOISY_SPREAD * latency_ms
+    share = cpu_share if threads == 1 and cpu_share is not None and cpu_share < BUSY_SHARE else None
+    if not noisy and share is None:
         return None
-    return (f"warning: {what} was timed at {latency_ms:.3g} ms with repeats spread over {iqr_ms:.3g} ms (IQR): the "
-            "machine is busy; latencies in ms are ratios (timed interleaved, robust) times this figure, and share its "
-            "noise: rerun on a quieter machine for absolute figures")
+    how = " and ".join(part for part, said in (
+        (f"with repeats spread over {iqr_ms:.3g} ms (IQR)", noisy),
+        (f"while other processes took the CPU (its thread got {share or 0:.0%} of one)", share is not None)) if said)
+    taken = "this figure" if cpu_ms is None else (f"the CPU time of its passes, {cpu_ms:.3g} ms (about what it takes "
+                                                  "alone; other processes' use of the caches still slows it)")
+    fix = ("; a budget in ms (latency_ms) is judged against them, so it may be refused or barely constrain: rerun "
+           "on a quieter machine, or give it as a fraction (latency: 0.6)") if absolute else \
+        ": rerun on a quieter machine for absolute figures"
+    return (f"warning: {what} was timed at {latency_ms:.3g} ms {how}: the machine is busy; latencies in ms are ratios "
+            f"(timed interleaved, robust) times {taken}, and share its error{fix}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,9 @@ class Measurement:
         agreement: top-1 agreement of the exported model with the PyTorch one on the check images (None: no
             export, or no images).
         max_logit_diff: the largest absolute logit difference there (None likewise).
+        cpu_share: the CPU time the process used while timing, over the timing's wall time times the profile's
+            threads: about 1 where the timing had its CPUs to itself, less where other processes took them (None on
+            a GPU).
     """
 
     latency_ms: float
@@ -66,6 +98,7 @@ class Measurement:
     runtime: str = ""
     agreement: float | None = None
     max_logit_diff: float | None = None
+    cpu_share: float | None = None
 
     @property
     def memory_mb(self) -> float:
@@ -106,7 +139,9 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
         runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
                                   if reference is not None else [])
     with _quiet.timing():  # and the run's other trials on this machine hold still while this one times
+        wall, cpu = time.perf_counter(), time.process_time()
         times = backend.time(runs, batch, profile)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     with _quiet.step():
         activations = peak_activation_nbytes(model, batch, count_unpacking=not backend.exports)
     own = sorted(times[0])
@@ -119,7 +154,8 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
                                 "activations in PyTorch" + (" (packed weights not unpacked, as the runtime runs them)"
                                                             if backend.exports else "")),
                        agreement=None if agreement is None else agreement.top1,
-                       max_logit_diff=None if agreement is None else agreement.max_logit_diff)
+                       max_logit_diff=None if agreement is None else agreement.max_logit_diff,
+                       cpu_share=cpu / (wall * profile.threads) if backend.device == "cpu" and wall > 0 else None)
 
 
 def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,
