@@ -136,7 +136,7 @@ def test_the_teacher_outputs_are_kept_for_the_runs_next_start(tiny_teacher, digi
     space, lines = SearchSpace(distill_steps=(2, 4)), []
     first = teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
                           identity="model a")
-    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps (") and "computed once" in lines[-1]
     again = teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
                           identity="model a")
     assert lines[-1].startswith("teacher outputs for 4 distillation steps read from teacher_outputs-")
@@ -149,15 +149,15 @@ def test_the_teacher_outputs_are_kept_for_the_runs_next_start(tiny_teacher, digi
         other.head.bias += 1.0
     shifted = teacher_cache(other, digits_splits.train, space, config, lines.append, run_dir=tmp_path,
                             identity="model a")
-    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps (") and "computed once" in lines[-1]
     assert torch.allclose(shifted.outputs[0], first.outputs[0] + 1.0, atol=1e-5)
     kept[0].write_bytes(kept[0].read_bytes()[:100])  # a copy cut short: computed again
     teacher_cache(other, digits_splits.train, space, config, lines.append, run_dir=tmp_path, identity="model a")
-    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps (") and "computed once" in lines[-1]
     (tmp_path / (kept[0].name + ".tmp")).write_bytes(b"")  # a write cut short
     teacher_cache(tiny_teacher[1], digits_splits.train, space, config, lines.append, run_dir=tmp_path,
                   identity="model b")
-    assert lines[-1].startswith("teacher outputs for 4 distillation steps computed once")
+    assert lines[-1].startswith("teacher outputs for 4 distillation steps (") and "computed once" in lines[-1]
     assert len(list(tmp_path.glob("teacher_outputs-*"))) == 1 and not kept[0].exists()
 
 
@@ -178,8 +178,9 @@ def test_the_passes_say_how_far_they_are(tiny_teacher, digits_splits, monkeypatc
     config = SimpleNamespace(workers=1, resources=SimpleNamespace(cpu=1, gpu=0))
     teacher_cache(tiny_teacher[1], digits_splits.train, SearchSpace(distill_steps=(3,)), config, lines.append,
                   run_dir=tmp_path, identity="")
-    assert [line.split(" distillation")[0] for line in lines[:-1]] == [f"teacher outputs: {k} of 3" for k in (1, 2, 3)]
-    assert lines[-1].startswith("teacher outputs for 3 distillation steps computed once")
+    assert [line.split(" batches")[0] for line in lines[:-1]] == [f"teacher outputs: {k} of 3" for k in (1, 2, 3)]
+    assert lines[-1].startswith("teacher outputs for 3 distillation steps (192 images drawn, 192 of them apart, each "
+                                "run once) computed once")
     monkeypatch.setattr(_sensitivity, "PROGRESS_S", 3600.0)
     lines.clear()
     sensitivity_pass(tiny_teacher[1], SPACE, [4, 4], val=digits_splits.val.subset(20), calib=digits_splits.calib.x,

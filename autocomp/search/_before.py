@@ -381,11 +381,15 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
                 "run computed them")
             return cache
     started = time.perf_counter()
-    tick = progress_lines(log, "teacher outputs: {done} of {total} distillation batches", [1] * steps)
+    batches = TeacherCache.forward_batches(len(train), plan)  # each image drawn, once
+    tick = progress_lines(log, "teacher outputs: {done} of {total} batches of the images the distillations draw",
+                          [1] * batches)
     with num_threads(setup_threads(config)):
         cache = TeacherCache.build(base, train, plan, progress=tick, device=device)
-    log(f"teacher outputs for {steps} distillation steps computed once for all trials "
-        f"({time.perf_counter() - started:.1f} s{', on the GPU' if device != 'cpu' else ''})")
+    drawn = len(torch.unique(torch.cat(TeacherCache.drawn(len(train), plan))))
+    log(f"teacher outputs for {steps} distillation steps ({steps * plan.batch_size} images drawn, {drawn} of them "
+        f"apart, each run once) computed once for all trials ({time.perf_counter() - started:.1f} s"
+        f"{', on the GPU' if device != 'cpu' else ''})")
     try:
         for stale in run_dir.glob(TEACHER_OUTPUTS.format("*") + "*"):  # another model's or images', a write cut short
             stale.unlink()
