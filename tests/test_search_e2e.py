@@ -733,6 +733,8 @@ def test_a_job_made_in_python_takes_its_search_space_and_profile_as_objects(tmp_
     said: list[str] = []
     summary = run_search(config, tmp_path / "run", log=said.append, progress=False)
     assert summary["trials"]["complete"] == 2
+    # what a budget in ms limits: a forward pass of the profile's batch (16 images), said beside the figure
+    assert any(line.startswith("uncompressed: ") and " ms per batch of 16  memory " in line for line in said)
     searched = json.loads((tmp_path / "run" / "run.json").read_text())["space"]
     assert searched["heads_keep"] == [0.5, 1.0] and searched["weight_bits"] == [32]  # the space given, not a default
     as_mapping = {"heads_keep": [0.5, 1.0], "weight_bits": [32], "distill_steps": [5]}

@@ -594,7 +594,7 @@ def fastest_measures(monkeypatch):
     return install
 
 
-def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None, budget=None):
+def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None, budget=None, batch_size=1):
     from autocomp.config import JobConfig
     from autocomp.hardware import HardwareProfile
     from autocomp.search import _reach
@@ -604,7 +604,8 @@ def _check(tiny_teacher, digits_splits, ratios, limit_ratio, allowed=None, budge
     config = JobConfig(model=tiny_teacher[1], data=DataConfig(dataset="digits"), search_space="space.yaml",
                        hardware="h.yaml", budget=budget or Budget(latency=0.5))
     _reach.check_latency_reachable(ratios, tiny_teacher[1], space, [4, 4], digits_splits, config,
-                                    HardwareProfile(name="target"), limit_ratio * 10.0, 10.0, allowed=allowed)
+                                    HardwareProfile(name="target", batch_size=batch_size), limit_ratio * 10.0, 10.0,
+                                    allowed=allowed)
 
 
 @pytest.fixture
@@ -806,6 +807,19 @@ def test_a_latency_limit_a_thousand_times_under_the_fastest_asks_whether_it_was_
     with pytest.raises(LatencyUnreachable, match=r"latency_ms: 7.92 \(0.80x\) \(budget.latency_ms is in ms: was it "
                                                  r"given in seconds\?\)"):
         _check(tiny_teacher, digits_splits, ratios, 0.0005, budget=Budget(latency_ms=0.005))
+
+
+def test_a_latency_limit_met_per_image_but_not_per_batch_asks_whether_it_was_given_per_image(tiny_teacher,
+                                                                                              digits_splits,
+                                                                                              fastest_measures):
+    """A limit in ms holds a forward pass of the profile's batch (16 images in the shipped CPU profiles): a user's
+    "1 ms per image" was refused with a hint at seconds."""
+    fastest_measures([0.72, 0.72, 0.8, 0.9, 0.75])
+    ratios = {("heads_keep", 0.5): 0.8, ("mlp_keep", 0.5): 0.9, ("weight_bits", 8): 0.85}
+    with pytest.raises(LatencyUnreachable, match=r"latency_ms: 7.92 \(0.80x\) \(budget.latency_ms is per forward pass "
+                                                 r"of 16 images \(the profile's batch_size\): was it given per image\? "
+                                                 r"16 images at 0.5 ms each is latency_ms: 8\)"):
+        _check(tiny_teacher, digits_splits, ratios, 0.05, budget=Budget(latency_ms=0.5), batch_size=16)
 
 
 def test_settings_fast_alone_but_slow_together_do_not_refuse_a_budget_the_space_meets(tiny_teacher, digits_splits,

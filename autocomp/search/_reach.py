@@ -346,8 +346,13 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
         needed, given = f"{math.ceil(wanted * 100 - 1e-9) / 100:.2f}x", f"latency_ms <= {limit:.4g}"
         if config.budget.latency_ms is not None and config.budget.latency is None:
             needed = f"latency_ms: {_rounded_up(wanted * base_latency_ms, 3)} ({needed})"
+            batch = profile.batch_size  # what a limit in ms holds: one forward pass of the profile's batch
+            per = f" per forward pass of {batch} images (the profile's batch_size)" if batch > 1 else ""
             if limit * UNIT_MISTAKE <= ratio * base_latency_ms:  # 5 ms given as 0.005
-                needed += " (budget.latency_ms is in ms: was it given in seconds?)"
+                needed += f" (budget.latency_ms is in ms{per}: was it given in seconds?)"
+            elif per and limit * batch >= ratio * base_latency_ms:  # 16 images in 80 ms given as 5 ms an image
+                needed += (f" (budget.latency_ms is{per}: was it given per image? {batch} images at "
+                           f"{limit:.4g} ms each is latency_ms: {limit * batch:.4g})")
         elif config.budget.latency is not None:  # the fraction as given, and the ms it came to in this run
             given = (f"latency <= {config.budget.latency:g}x ({limit:.4g} ms, the uncompressed model measuring "
                      f"{base_latency_ms:.4g} ms now)")

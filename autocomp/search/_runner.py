@@ -252,7 +252,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     "a new run folder (--out) to search every trial alike")
                 if previous.get("space") is None:  # said once: later resumes compare with the space as now
                     rundir.record_space(run_dir, given)
-        log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms  "
+        per = f" per batch of {profile.batch_size}" if profile.batch_size > 1 else ""  # what a budget in ms limits
+        log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms{per}  "
             f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" + _share(k, v, baseline, config) for k, v in limits.items()))
         if (note := before.untrained_note(baseline["val_accuracy"], splits.val, config)) is not None:
