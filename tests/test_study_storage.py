@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 
@@ -239,11 +241,38 @@ def test_the_progress_line_forgets_a_failure_its_retry_completed(capsys):
     assert not capsys.readouterr().out
     lines = said
     assert lines[0].endswith("failed 1 (last: interrupted)")
-    assert lines[1] == "search 1/4  within budget 1, best 90.00%"
+    assert re.fullmatch(r"search 1/4 \(\d+\.\d min; about \d+ s left\)  within budget 1, best 90\.00%", lines[1])
     assert lines[2].endswith("failed 1 (last: non-finite logits)")
     progress.update([interrupted, row(1, "COMPLETE", [{"quantize": {"weight_bits": 8}}]),
                      row(2, "FAIL", [{}], "non-finite logits")])  # told again, nothing changed: not said again
     assert len(said) == 3
+
+
+def test_the_progress_line_says_the_time_left_at_the_pace_of_this_runs_trials(monkeypatch):
+    """A 224-px trial takes minutes, and a log said nothing for four: each line says the minutes so far and, at the
+    pace of the trials finished in this run (not those a resumed run found done), about how long the rest take."""
+    import types
+
+    from autocomp.results import TrialRow
+    from autocomp.search import _progress
+
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(_progress, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def rows(count):
+        return [TrialRow(number=n, state="COMPLETE", recipe_summary="", recipe={"blocks": [n]}, accuracy=90.0,
+                         latency_ms=1.0, memory_mb=1.0, latency_ratio=None, weights_mb=None, activations_mb=None,
+                         simulated_layers=None, violations={}) for n in range(count)]
+
+    said: list[str] = []
+    progress = _progress.Progress(total=5, done=1, enabled=True, log=said.append)  # one done before the resume
+    clock.now = 120.0
+    progress.update(rows(2))  # one trial in 2 min, three to go
+    clock.now = 360.0
+    progress.update(rows(4))
+    progress.update(rows(5))
+    assert [line.split("  ")[0] for line in said] == ["search 2/5 (2.0 min; about 6 min left)",
+                                                      "search 4/5 (6.0 min; about 2 min left)", "search 5/5 (6.0 min)"]
 
 
 def test_a_resumed_space_is_compared_with_the_earlier_trials_setting_by_setting():
