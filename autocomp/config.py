@@ -236,11 +236,11 @@ GIVEN = {"search_space": ("search space", "autocomp.search.SearchSpace(heads_kee
                                           "'hardware_profiles/local_cpu.yaml'), threads=2)")}
 
 
-def given_file(key: str, value: Any) -> Path:
+def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
     """The file of a search space or hardware profile given in Python (the object, or the mapping its YAML file
-    would hold), checked as its file would be, then written to the cache under a name made of its content: every
-    step of a search (run folder, resume, export, Ray workers) reads a file, and the same space given again, either
-    way, is the same file, so its run resumes."""
+    would hold) or as a mapping in a job file (``given``: where, for its messages), checked as its file would be,
+    then written to the cache under a name made of its content: every step of a search (run folder, resume, export,
+    Ray workers) reads a file, and the same space given again, either way, is the same file, so its run resumes."""
     from autocomp.hardware import HardwareProfile, from_mapping
     from autocomp.search._space import SearchSpace
 
@@ -255,10 +255,11 @@ def given_file(key: str, value: Any) -> Path:
                                 f"its file would hold (e.g. {example}), got {type(value).__name__} {shown(value)}")
     # checked as its file would be, then written whole, every setting at its value: the same space, an object or a
     # mapping, is one file
-    checked = (build(SearchSpace, data, where=f"{what} given in Python") if kind is SearchSpace
-               else from_mapping(data, source="given in Python"))
+    checked = (build(SearchSpace, data, where=f"{what} {given}") if kind is SearchSpace
+               else from_mapping(data, source=given))
     data = _plain(dataclasses.asdict(checked))
-    text = f"# The {what} given in Python to autocomp.config.JobConfig ({key}=).\n" + yaml.safe_dump(
+    # the same text wherever it was given from (a job file moved, or Python): the run's fingerprint reads it
+    text = f"# A {what} given as its settings (autocomp.config.given_file).\n" + yaml.safe_dump(
         data, sort_keys=False, width=1000)
     path = cache_dir() / "given" / f"{key}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.is_file():
@@ -267,6 +268,24 @@ def given_file(key: str, value: Any) -> Path:
         tmp.write_text(text)
         tmp.replace(path)
     return path
+
+
+def _extended(key: str, value: Mapping[str, Any], *, job: Path) -> Path:
+    """A job file's ``search_space`` or ``hardware`` written as a mapping: the keys of its file, or ``extends:`` a
+    file and the keys to change (``hardware: {extends: ../hardware_profiles/onnxruntime_cpu.yaml, batch_size:
+    1}``), as :func:`given_file` writes it."""
+    data, what = dict(value), GIVEN[key][0]
+    given = f"given in {job} ({key}:)"
+    if "extends" in data:
+        if not isinstance(data["extends"], str):
+            raise AutocompError(f"{job}: {key}.extends must be the path of a {what} file, got {data['extends']!r}")
+        parent = resolve_path(data.pop("extends"), base=job.parent, what="search space file" if key ==
+                              "search_space" else what)
+        inherited = read_yaml(parent, what=what)
+        if not isinstance(inherited, Mapping):
+            raise AutocompError(f"{job}: {key}.extends names {parent}, which holds no mapping of {what} settings")
+        data, given = {**inherited, **data}, f"given in {job} ({key}: {parent} with {sorted(data)} changed)"
+    return given_file(key, data, given=given)
 
 
 def _plain(value: Any) -> Any:
@@ -317,6 +336,8 @@ def load_config(path: str | Path, *, model: nn.Module | None = None, files_must_
     for key, what in (("search_space", "search space file"), ("hardware", "hardware profile")):
         if isinstance(values.get(key), str):
             values[key] = resolve_path(values[key], base=base, what=what, must_exist=files_must_exist)
+        elif isinstance(values.get(key), Mapping):  # the settings themselves, or a file's and the ones that change
+            values[key] = _extended(key, values[key], job=path)
     config = build(JobConfig, values, where=str(path))
     if model is not None:
         vit_blocks(config.model)  # a model autocomp cannot compress is refused here, not when the search starts

@@ -19,7 +19,7 @@ from autocomp._loader import read_yaml
 from autocomp.cli import NOTHING_WITHIN_BUDGET, main
 from autocomp.errors import AutocompError, AutocompWarning
 from autocomp.recipe import Recipe
-from test_search_e2e import write_job
+from test_search_e2e import ROOT, write_job
 
 
 def run_cli(args, capsys):
@@ -868,6 +868,33 @@ def test_a_job_config_made_in_python_with_a_part_of_the_wrong_type_is_refused_na
     edit_job(job, lambda d: d.update(trials=0))
     with pytest.raises(AutocompError, match="trials must be a whole number >= 1, got 0"):  # the path is read
         run_search(str(job), "run")
+
+
+def test_a_job_changes_a_profile_or_space_it_extends_without_copying_the_file(job, tmp_path, capsys):
+    """A 224-px user serving one image at a time could not set the shipped profile's batch of 16 from the job:
+    ``hardware: {extends: <file>, batch_size: 1}`` takes the file's settings and changes those given (a search space
+    likewise), checked as a file is; the same job read again is the same file, so its run resumes."""
+    from autocomp.config import load_config
+    from autocomp.hardware import read_profile
+    from autocomp.search import load_space
+
+    shipped_profile, shipped_space = ROOT / "hardware_profiles" / "local_cpu.yaml", ROOT / "search_spaces" / \
+        "heads_int8.yaml"
+    (tmp_path / "spaces").mkdir()
+    shutil.copy(shipped_space, tmp_path / "spaces" / "mine.yaml")
+    edit_job(job, lambda d: d.update(hardware={"extends": str(shipped_profile), "batch_size": 1},
+                                     search_space={"extends": "spaces/mine.yaml", "weight_bits": [32]}))  # beside it
+    config = load_config(job)
+    profile, file = read_profile(config.hardware), read_profile(shipped_profile)
+    assert profile.batch_size == 1 and profile == dataclasses.replace(file, batch_size=1)
+    space = load_space(config.search_space)
+    assert space.weight_bits == (32,) and space.heads_keep == load_space(shipped_space).heads_keep
+    assert load_config(job).hardware == config.hardware  # read again: the same file
+    edit_job(job, lambda d: d.update(hardware={"extends": str(shipped_profile), "bach_size": 1}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert (f"hardware profile given in {job} (hardware: {shipped_profile} with ['bach_size'] changed): unknown "
+            "key(s) ['bach_size']") in err and "did you mean 'batch_size'" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_search_without_a_front_says_its_outcome_once(tmp_path, capsys, monkeypatch):
