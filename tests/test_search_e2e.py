@@ -173,7 +173,8 @@ def test_export_any_trial_and_print_the_front(finished_run, capsys):
     assert metrics["within_budget"] == (row["feasible"] == "True")  # an export over budget says so
     assert float(row["seconds_engine"]) == pytest.approx(metrics["seconds_engine"], abs=0.01)  # named as trials.csv
     best = json.loads((run / "best" / "metrics.json").read_text())  # what best/ says of itself, a trial says too
-    assert {"violations", "runtime", "path"} <= set(best) & set(metrics), set(best) - set(metrics)
+    assert {"violations", "runtime", "path", "within_budget"} <= set(best) & set(metrics), set(best) - set(metrics)
+    assert best["within_budget"] is True
     assert metrics["violations"].keys() == best["violations"].keys()
     assert "engine_seconds" not in metrics
     model = autocomp.load(tmp / "t1")

@@ -98,7 +98,7 @@ def finalize(run_dir: Path, study: optuna.Study, *, config: JobConfig, splits: S
     if best is not None:
         recipe = Recipe.from_dict(best.recipe)
         model = kept_model(base, recipe, run_dir / KEPT / str(best.number))  # the weights the trial scored
-        entry = _trial_entry(best)
+        entry = {**_trial_entry(best), "within_budget": best.feasible}  # as a trial's export says it, and the front
         again = next((m for m in remeasured if m["trial"] == best.number), None)
         entry["remeasured_latency_ms"] = again["remeasured_latency_ms"] if again else None
         entry["remeasured_memory_mb"] = again["remeasured_memory_mb"] if again else None
