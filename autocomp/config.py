@@ -242,7 +242,7 @@ def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
     then written to the cache under a name made of its content: every step of a search (run folder, resume, export,
     Ray workers) reads a file, and the same space given again, either way, is the same file, so its run resumes."""
     from autocomp.hardware import HardwareProfile, from_mapping
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     what, example = GIVEN[key]
     kind = SearchSpace if key == "search_space" else HardwareProfile

@@ -30,7 +30,7 @@ from autocomp.measure.placement import measure_on_device
 from autocomp.measure.profiling import cpu_description
 from autocomp.models import vit_blocks
 from autocomp.search import _sensitivity
-from autocomp.search._space import load_space
+from autocomp.space import load_space
 
 
 def main() -> None:

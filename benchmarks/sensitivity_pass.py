@@ -28,7 +28,7 @@ from autocomp.data import DataConfig, load_splits
 from autocomp.measure.profiling import cpu_description
 from autocomp.models import vit_blocks
 from autocomp.search import _sensitivity
-from autocomp.search._space import SearchSpace
+from autocomp.space import SearchSpace
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -9,7 +9,7 @@ import pytest
 
 from autocomp.config import load_config
 from autocomp.hardware import read_profile
-from autocomp.search._space import load_space
+from autocomp.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted(path for path in (ROOT / "examples").glob("*/*.yaml") if not path.name.startswith("teacher"))

@@ -425,7 +425,7 @@ def test_under_a_memory_budget_a_setting_the_runtime_cannot_run_is_offered_in_no
     rows = list(csv.DictReader((run / "sensitivity.csv").open()))  # the pass's file says what the search sampled
     int8 = [r for r in rows if r["knob"] == "weight_bits" and float(r["value"]) == 8]
     assert len(int8) == 2 and all(r["offered"] == "False" and r["left_out"] == "the target cannot run it" for r in int8)
-    from autocomp.search._space import heads_kept
+    from autocomp.space import heads_kept
 
     heads = [block.attn.num_heads for block in tiny_teacher[1].blocks]  # a fraction keeping as many heads as one
     assert all((r["offered"] == "True") == any(  # offered is offered (0.67 as 0.83: both keep 3 of 4)

@@ -16,7 +16,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._controller import DUPLICATE, LOCAL, RECORDED, OptunaController, counted
 from autocomp.search._local import FILL, _moves, local_move, recipe_key
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._space import RANK, SearchSpace
+from autocomp.space import RANK, SearchSpace
 from autocomp.search._start import recipe_of
 from conftest import small_vit
 

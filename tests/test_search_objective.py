@@ -79,7 +79,7 @@ def test_a_diverged_distillation_is_a_failed_trial_with_its_reason(tiny_teacher,
 
 def _controller(study, n_trials=1, **kwargs):
     from autocomp.search._controller import OptunaController
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     return OptunaController(study=study, space=SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0)),
                             heads_per_block=[4, 4], n_trials=n_trials, **kwargs)
@@ -234,7 +234,7 @@ def test_the_coarse_stage_draws_every_block_alike_then_hands_over_to_the_per_blo
     import optuna
 
     from autocomp.search._controller import OptunaController
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     study = _study()
     space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
@@ -266,7 +266,7 @@ def test_the_gp_sampler_refines_per_block_after_the_coarse_stage_as_tpe_does():
     from autocomp.models import ModelSpec
     from autocomp.search._controller import OptunaController
     from autocomp.search._runner import _coarse_draws, _sampler
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))
 
@@ -313,7 +313,7 @@ def test_a_trial_handed_an_earlier_measurement_distils_and_scores_without_measur
 
 def test_a_recipe_that_compresses_as_a_measured_trial_reuses_its_measurement():
     from autocomp.search._controller import OptunaController
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     study = _study()
     space = SearchSpace(heads_keep=(0.5, 1.0), distill_steps=(10,), distill_alpha=(0.3, 0.7))

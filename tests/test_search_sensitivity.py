@@ -24,7 +24,7 @@ from autocomp.results import load_run_study
 from autocomp.search._before import teacher_cache
 from autocomp.search._reach import LatencyUnreachable
 from autocomp.search._sensitivity import Setting, allowed_choices, sensitivity_pass, write_sensitivity
-from autocomp.search._space import SearchSpace
+from autocomp.space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
 from autocomp.train import evaluate
 
@@ -1338,7 +1338,7 @@ def test_sensitivity_csv_says_tokens_are_never_reduced_after_the_last_block(tmp_
     """The pass scores token reduction in the last block as nothing (no recipe reduces there): the file said it was
     offered at no cost, and on a model refused pruning elsewhere it was the one block said to take it."""
     from autocomp.search._sensitivity import Setting, write_sensitivity
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     space = SearchSpace(heads_keep=(1.0,), tokens_keep=(0.7, 1.0))
     settings = [Setting(0, "tokens_keep", 0.7, 0.4, 0.9), Setting(1, "tokens_keep", 0.7, 0.0, 1.0)]

@@ -186,7 +186,7 @@ def test_memory_has_a_margin_of_its_own_learnt_from_the_measured_memory(base):
 
 def test_the_controller_teaches_the_screen_each_trials_measured_memory(base):
     from autocomp.search._controller import DIRECTIONS, RECORDED, OptunaController
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     def controller(predictor, study):
         return OptunaController(study=study, space=SearchSpace(heads_keep=(0.5, 1.0)), heads_per_block=[6, 6],
@@ -234,7 +234,7 @@ class _EveryOther:
 
 def _controller_with(screen, n_trials):
     from autocomp.search._controller import DIRECTIONS, OptunaController
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     study = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
     space = SearchSpace(heads_keep=(0.25, 0.5, 0.75, 1.0), mlp_keep=(0.5, 1.0))

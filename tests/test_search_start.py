@@ -13,7 +13,7 @@ from autocomp.budget import feasible, violations
 from autocomp.measure.profiling import load_profile
 from autocomp.search._local import FILL
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import SearchSpace
+from autocomp.space import SearchSpace
 from autocomp.search._start import recipe_of, start_points
 from conftest import small_vit
 
@@ -82,7 +82,7 @@ def test_no_uniform_setting_is_proposed_where_none_fits_or_nothing_is_needed(pre
 
 
 def test_ordered_knobs_are_sampled_by_rank_and_categories_by_name():
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     space = SearchSpace(heads_keep=(1.0, 0.5, 0.75), quantize_layers=("all", "qkv,fc1"), weight_bits=(32, 8),
                         distill_steps=(0, 50), distill_alpha=(0.5,))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autocomp import AutocompError
-from autocomp.search._space import SearchSpace, load_space
+from autocomp.space import SearchSpace, load_space
 
 
 def test_sample_builds_the_recipe_of_the_chosen_values():
@@ -289,7 +289,7 @@ def test_pruning_tokens_on_a_model_without_a_class_token_is_refused_before_the_i
     refused it in every block, and the search ran on without token reduction, said as 'refused in 2 of 3 blocks'."""
     import timm
 
-    from autocomp.search._space import SearchSpace
+    from autocomp.space import SearchSpace
 
     kwargs = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2, num_classes=3)
     pooled = timm.create_model("vit_tiny_patch16_224", pretrained=False, class_token=False, global_pool="avg",

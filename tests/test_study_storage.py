@@ -282,7 +282,7 @@ def test_a_resumed_space_is_compared_with_the_earlier_trials_setting_by_setting(
     from pathlib import Path
 
     from autocomp.search._rundir import resolved_space, space_otherwise
-    from autocomp.search._space import load_space
+    from autocomp.space import load_space
 
     now = resolved_space(load_space(Path(__file__).parents[1] / "search_spaces" / "heads_int8.yaml"))
     assert now["smooth"] == 0.5

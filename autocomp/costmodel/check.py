@@ -36,7 +36,7 @@ from autocomp.measure.backends import ExportFailed
 from autocomp.measure.profiling import cap_note, load_profile
 from autocomp.models import base_model, vit_blocks
 from autocomp.recipe import Recipe
-from autocomp.search._space import load_space
+from autocomp.space import load_space
 from autocomp.search._start import require_choices
 
 __all__ = ["check_costmodel", "verdict", "LEGEND", "MIN_SAMPLES"]

@@ -33,7 +33,7 @@ from autocomp.search import _reach
 from autocomp.search._objective import metrics_of
 from autocomp.search._reach import check_latency_reachable, check_reachable
 from autocomp.search._screen import CostPredictor, Screen
-from autocomp.search._space import SearchSpace, setting_label
+from autocomp.space import SearchSpace, setting_label
 from autocomp.search._sensitivity import (Setting, allowed_choices, offered_settings, passes_run, progress_lines,
                                           read_sensitivity, sensitivity_pass, too_slow, uniform_latencies,
                                           unrunnable_settings, without, without_slow, write_sensitivity,

@@ -18,7 +18,7 @@ import optuna
 
 from autocomp.search._local import recipe_key
 from autocomp.search._screen import Screen
-from autocomp.search._space import RANK, SearchSpace
+from autocomp.space import RANK, SearchSpace
 from autocomp.search._start import alike_choices
 
 __all__ = ["COARSE", "COARSE_REDRAWS", "CoarseStage"]

@@ -43,7 +43,7 @@ from autocomp.search._local import FILL, compression_key, local_move, recipe_key
 from autocomp.search._objective import ERROR, MEASURED, MEASUREMENT_OF, PHASES, STOP, distils
 from autocomp.search._ray import check_cluster
 from autocomp.search._screen import Screen
-from autocomp.search._space import SearchSpace
+from autocomp.space import SearchSpace
 from autocomp.search._start import START
 
 __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", "COARSE", "LOCAL", "DUPLICATE", "ERROR",

@@ -37,7 +37,7 @@ from autocomp.budget import aims
 from autocomp.errors import AutocompError
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import RANK, STATIC, STATIC_BITS, SearchSpace
+from autocomp.space import RANK, STATIC, STATIC_BITS, SearchSpace
 
 __all__ = ["recipe_key", "compression_key", "local_move", "repair", "Move", "FILL", "REPAIRED"]
 

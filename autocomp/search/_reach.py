@@ -23,7 +23,7 @@ from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor, Screen
 from autocomp.search._sensitivity import (offered_settings, passes_run, too_slow, uniform_latencies,
                                           write_uniform_latencies)
-from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, setting_label
+from autocomp.space import STATIC, STATIC_BITS, SearchSpace, setting_label
 from autocomp.measure.placement import DeviceLost
 from autocomp.search._start import (MAX_MIXES, alike_choices, held_by_all, lightest, recipe_of, setting_values,
                                     uniform_values)

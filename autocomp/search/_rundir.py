@@ -26,7 +26,7 @@ from autocomp.results import study_file
 from autocomp.models import model_structure
 from autocomp.saving import GIVEN_AS, STRUCTURE
 from autocomp.search import _images as run_images
-from autocomp.search._space import SearchSpace, load_space
+from autocomp.space import SearchSpace, load_space
 
 try:
     import fcntl

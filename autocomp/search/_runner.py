@@ -41,7 +41,7 @@ from autocomp.search._objective import TrialInputs, distill_subset
 from autocomp.search._progress import Progress
 from autocomp.search._ray import check_ray_address, ray_running, ray_session, require_trial_resources
 from autocomp.search._screen import Screen
-from autocomp.search._space import SearchSpace, load_space
+from autocomp.space import SearchSpace, load_space
 from autocomp.search._sensitivity import Setting
 from autocomp.search._start import START, as_built, require_choices, start_points
 from autocomp.train import release_gpu, scoring_device

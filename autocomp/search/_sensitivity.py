@@ -30,7 +30,7 @@ from autocomp.measure import num_threads
 from autocomp.measure.backends import ExportFailed
 from autocomp.recipe import Recipe
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import STATIC, STATIC_BITS, SearchSpace, heads_kept, setting_label
+from autocomp.space import STATIC, STATIC_BITS, SearchSpace, heads_kept, setting_label
 from autocomp.search._start import held_by_all, lightest, recipe_of, setting_values, uniform_values
 from autocomp.train import cpu_only, evaluate
 

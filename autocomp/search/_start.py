@@ -35,7 +35,7 @@ from autocomp.errors import AutocompError
 from autocomp.recipe import Recipe
 from autocomp.search._local import FILL, repair
 from autocomp.search._screen import CostPredictor
-from autocomp.search._space import FLOAT_BITS, RANK, STATIC, STATIC_BITS, SearchSpace
+from autocomp.space import FLOAT_BITS, RANK, STATIC, STATIC_BITS, SearchSpace
 
 __all__ = ["start_points", "as_built", "lightest", "held_by_all", "recipe_of", "setting_values", "alike_choices",
            "uniform_values", "KNOBS", "START", "QUIET"]
