@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,9 @@ from autocomp._paths import cache_dir, resolve_path
 from autocomp.budget import Budget
 from autocomp.data import DataConfig
 from autocomp.errors import AutocompError, AutocompTypeError, shown
+from autocomp.hardware import REQUIRED_IN_FILE, HardwareProfile, from_mapping
 from autocomp.models import ModelSpec, factory_folder, factory_module, timm_equivalent, vit_blocks
+from autocomp.space import SearchSpace
 
 __all__ = ["JobConfig", "FidelityConfig", "Resources", "SensitivityConfig", "load_config"]
 
@@ -239,11 +242,9 @@ GIVEN = {"search_space": ("search space", "autocomp.search.SearchSpace(heads_kee
 def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
     """The file of a search space or hardware profile given in Python (the object, or the mapping its YAML file
     would hold) or as a mapping in a job file (``given``: where, for its messages), checked as its file would be,
-    then written to the cache under a name made of its content: every step of a search (run folder, resume, export,
-    Ray workers) reads a file, and the same space given again, either way, is the same file, so its run resumes."""
-    from autocomp.hardware import HardwareProfile, from_mapping
-    from autocomp.space import SearchSpace
-
+    then written to the cache under a name made of its content: every step of a search that reads the space or the
+    profile (the run folder, a resume, the calibration of a profile measured on first use) reads a file, and the
+    same settings given again, either way, are the same file, so their run resumes."""
     what, example = GIVEN[key]
     kind = SearchSpace if key == "search_space" else HardwareProfile
     if isinstance(value, kind):
@@ -253,20 +254,29 @@ def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
     else:
         raise AutocompTypeError(f"{key} must be the path of a {what} YAML file, the {kind.__name__} or the mapping "
                                 f"its file would hold (e.g. {example}), got {type(value).__name__} {shown(value)}")
-    # checked as its file would be, then written whole, every setting at its value: the same space, an object or a
-    # mapping, is one file
+    # checked as its file would be, then written with the settings that differ from their defaults (and what a
+    # profile file must state), sorted: the same settings, an object or a mapping, are one file, a later version's
+    # new defaults apply as to a file, and what a profile measured on first use fills in where unset stays unset
     checked = (build(SearchSpace, data, where=f"{what} {given}") if kind is SearchSpace
                else from_mapping(data, source=given))
-    data = _plain(dataclasses.asdict(checked))
-    # the same text wherever it was given from (a job file moved, or Python): the run's fingerprint reads it
+    stated = REQUIRED_IN_FILE if kind is HardwareProfile else ()
+    data = {field.name: _plain(getattr(checked, field.name)) for field in sorted(dataclasses.fields(checked),
+                                                                                 key=lambda field: field.name)
+            if getattr(checked, field.name) != _default(field)
+            or (field.name in stated and getattr(checked, field.name) not in (None, "", {}))}
     text = f"# A {what} given as its settings (autocomp.config.given_file).\n" + yaml.safe_dump(
-        data, sort_keys=False, width=1000)
+        data, sort_keys=False, width=1000)  # (a block's own choices may mix whole and text keys: not sorted)
     path = cache_dir() / "given" / f"{key}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            with os.fdopen(handle, "w") as out:
+                out.write(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise AutocompError(f"cannot write the {what} {given} to {path} ({exc.strerror or exc}): set "
+                                "AUTOCOMP_CACHE to a folder you can write") from None
     return path
 
 
@@ -286,6 +296,12 @@ def _extended(key: str, value: Mapping[str, Any], *, job: Path) -> Path:
             raise AutocompError(f"{job}: {key}.extends names {parent}, which holds no mapping of {what} settings")
         data, given = {**inherited, **data}, f"given in {job} ({key}: {parent} with {sorted(data)} changed)"
     return given_file(key, data, given=given)
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
 def _plain(value: Any) -> Any:

@@ -890,6 +890,13 @@ def test_a_job_changes_a_profile_or_space_it_extends_without_copying_the_file(jo
     space = load_space(config.search_space)
     assert space.weight_bits == (32,) and space.heads_keep == load_space(shipped_space).heads_keep
     assert load_config(job).hardware == config.hardware  # read again: the same file
+    from autocomp.measure.profiling import load_profile
+
+    # measured on first use as its file is: what calibration fills in where unset (the kernels) filled in alike
+    # (a file written with every setting left them empty: no int8 kernel, int8 candidates predicted slower)
+    measured, file_measured = load_profile(config.hardware), load_profile(shipped_profile)
+    assert measured.fast_weight_bits == file_measured.fast_weight_bits and 8 in measured.fast_weight_bits
+    assert measured.fast_ops == file_measured.fast_ops and measured.batch_size == 1
     edit_job(job, lambda d: d.update(hardware={"extends": str(shipped_profile), "bach_size": 1}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert (f"hardware profile given in {job} (hardware: {shipped_profile} with ['bach_size'] changed): unknown "

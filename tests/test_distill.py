@@ -264,7 +264,7 @@ def test_the_teacher_runs_once_on_each_image_the_distillations_draw(tiny_teacher
     _, teacher = tiny_teacher
     seen = []
     hook = teacher.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
-    split, config = digits_splits.train.subset(100), Distill(steps=12, alpha=0.5, batch_size=32)  # 384 draws
+    split, config = digits_splits.train.subset(100), Distill(steps=12, alpha=0.5, batch_size=32)  # 4 passes
     try:
         cache = TeacherCache.build(teacher, split, config)
     finally:

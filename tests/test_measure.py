@@ -140,3 +140,17 @@ def test_a_busy_uncompressed_model_is_timed_again_and_starved_takes_its_cpu_time
     readings = iter([(12.0, 0.97), (1.0, 1.0)])
     cost = _before.baseline_cost(nn.Identity(), profile, splits)
     assert cost["timings"] == 1 and cost["latency_ms"] == cost["raw_latency_ms"] == 12.0  # a quiet machine: once
+
+
+def test_a_timing_its_cgroups_cpu_quota_held_back_is_not_taken_for_a_busy_machine(clock, monkeypatch):
+    """A container of half a CPU runs the model at half speed with nothing else running: its wall time is what the
+    model takes there, and the share it got says nothing of other processes (so its CPU time is not taken)."""
+    from autocomp.measure import _measure, starved
+
+    monkeypatch.setattr(_measure, "time", types.SimpleNamespace(perf_counter=lambda: clock.now,
+                                                                process_time=lambda: clock.now * 0.5))
+    held = iter([1_000, 5_000_000])  # ns its quota held the cgroup back: before and after the timing
+    monkeypatch.setattr(_measure, "throttled_ns", lambda: next(held))
+    result = measure(_Takes("model", [0.010], clock, []), HardwareProfile(name="t", batch_size=1, warmup=0, repeats=5),
+                     example=torch.zeros(1))
+    assert result.cpu_share is None and not starved(result, 1)

@@ -266,11 +266,14 @@ def test_the_progress_line_says_the_time_left_at_the_pace_of_this_runs_trials(mo
 
     said: list[str] = []
     progress = _progress.Progress(total=5, done=1, enabled=True, log=said.append)  # one done before the resume
-    clock.now = 120.0
+    clock.now = 600.0  # the passes before the trials: not the trials' pace
+    progress.__enter__()
+    clock.now = 720.0
     progress.update(rows(2))  # one trial in 2 min, three to go
-    clock.now = 360.0
+    clock.now = 960.0
     progress.update(rows(4))
     progress.update(rows(5))
+    progress.__exit__(None, None, None)
     assert [line.split("  ")[0] for line in said] == ["search 2/5 (2.0 min; about 6 min left)",
                                                       "search 4/5 (6.0 min; about 2 min left)", "search 5/5 (6.0 min)"]
 

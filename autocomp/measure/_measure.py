@@ -87,7 +87,8 @@ class Measurement:
         max_logit_diff: the largest absolute logit difference there (None likewise).
         cpu_share: the CPU time the process used while timing, over the timing's wall time times the profile's
             threads: about 1 where the timing had its CPUs to itself, less where other processes took them (None on
-            a GPU).
+            a GPU, and where its cgroup's CPU quota held it back while it timed: then the share says nothing of
+            other processes).
     """
 
     latency_ms: float
@@ -139,9 +140,11 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
         runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
                                   if reference is not None else [])
     with _quiet.timing():  # and the run's other trials on this machine hold still while this one times
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, held = time.perf_counter(), time.process_time(), throttled_ns()
         times = backend.time(runs, batch, profile)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        quota = held is not None and (throttled_ns() or 0) > held  # its cgroup's CPU quota held it back: the
+        # share says nothing of other processes (a container of half a CPU runs the model that slowly)
     with _quiet.step():
         activations = peak_activation_nbytes(model, batch, count_unpacking=not backend.exports)
     own = sorted(times[0])
@@ -155,7 +158,28 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
                                                             if backend.exports else "")),
                        agreement=None if agreement is None else agreement.top1,
                        max_logit_diff=None if agreement is None else agreement.max_logit_diff,
-                       cpu_share=cpu / (wall * profile.threads) if backend.device == "cpu" and wall > 0 else None)
+                       cpu_share=(cpu / (wall * profile.threads) if backend.device == "cpu" and wall > 0 and not quota
+                                  else None))
+
+
+# where a cgroup's CPU statistics say how long its quota has held its processes back: v2, v1, v1 with both
+# controllers mounted together (the key, and its unit in ns)
+_THROTTLED = (("/sys/fs/cgroup/cpu.stat", "throttled_usec", 1000), ("/sys/fs/cgroup/cpu/cpu.stat", "throttled_time", 1),
+              ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", "throttled_time", 1))
+
+
+def throttled_ns() -> int | None:
+    """Nanoseconds this process's cgroup has been held back by a CPU quota so far; None where no cgroup says."""
+    for path, key, ns in _THROTTLED:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value) * ns
+    return None
 
 
 def _checked(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,

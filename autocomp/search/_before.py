@@ -344,9 +344,11 @@ def screen_of(base: nn.Module, profile: HardwareProfile, baseline: Mapping[str, 
 
 
 def _first_batch_same(base: nn.Module, train: Split, plan: Distill, kept: torch.Tensor, device: str) -> bool:
-    """Whether the teacher gives ``kept`` on the first batch ``plan`` draws (to float rounding: threads differ)."""
+    """Whether the teacher gives ``kept`` on the first batch ``plan`` draws (to float rounding: threads and the
+    batches the images were run in differ)."""
     first = TeacherCache.build(base, train, dataclasses.replace(plan, steps=1), device=device).outputs[0]
-    return first.shape == kept.shape and torch.allclose(first, kept, rtol=1e-4, atol=1e-5)
+    tolerance = 1e-3 if device != "cpu" else 1e-4  # a GPU's convolutions (TF32) differ more from batch to batch
+    return first.shape == kept.shape and torch.allclose(first, kept, rtol=tolerance, atol=tolerance / 10)
 
 
 def setup_threads(config: JobConfig) -> int:
@@ -386,8 +388,9 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
                           [1] * batches)
     with num_threads(setup_threads(config)):
         cache = TeacherCache.build(base, train, plan, progress=tick, device=device)
-    drawn = len(torch.unique(torch.cat(TeacherCache.drawn(len(train), plan))))
-    log(f"teacher outputs for {steps} distillation steps ({steps * plan.batch_size} images drawn, {drawn} of them "
+    drawn = TeacherCache.drawn(len(train), plan)
+    apart = len(torch.unique(torch.cat(drawn))) if drawn else 0
+    log(f"teacher outputs for {steps} distillation steps ({sum(map(len, drawn))} images drawn, {apart} of them "
         f"apart, each run once) computed once for all trials ({time.perf_counter() - started:.1f} s"
         f"{', on the GPU' if device != 'cpu' else ''})")
     try:

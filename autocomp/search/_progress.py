@@ -28,12 +28,14 @@ class Progress:
         self._progress = progress.Progress(
             progress.TextColumn("[bold]search"), progress.BarColumn(), progress.MofNCompleteColumn(),
             progress.TextColumn("{task.fields[status]}", markup=False),  # errors may hold [...]
-            progress.TimeElapsedColumn(), progress.TimeRemainingColumn(), disable=not enabled)
+            progress.TimeElapsedColumn(), progress.TimeRemainingColumn(), disable=not enabled,
+            speed_estimate_period=24 * 3600.0)  # its pace over every trial: they may be minutes apart
         self._task = self._progress.add_task("search", total=total, completed=done, status="")
         self._last = ""  # the plain line said last, without its times
         self._started, self._done = time.perf_counter(), done  # the pace: of the trials finished in this run
 
     def __enter__(self) -> Progress:
+        self._started = time.perf_counter()  # the trials start here, after the passes before them
         self._progress.__enter__()
         return self
 
