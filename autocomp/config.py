@@ -266,7 +266,7 @@ def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
             or (field.name in stated and getattr(checked, field.name) not in (None, "", {}))}
     text = f"# A {what} given as its settings (autocomp.config.given_file).\n" + yaml.safe_dump(
         data, sort_keys=False, width=1000)  # (a block's own choices may mix whole and text keys: not sorted)
-    path = cache_dir() / "given" / f"{key}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    path = given_folder() / f"{key}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.is_file():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +278,11 @@ def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
             raise AutocompError(f"cannot write the {what} {given} to {path} ({exc.strerror or exc}): set "
                                 "AUTOCOMP_CACHE to a folder you can write") from None
     return path
+
+
+def given_folder() -> Path:
+    """Where :func:`given_file` writes the search spaces and profiles given as settings."""
+    return cache_dir() / "given"
 
 
 def _extended(key: str, value: Mapping[str, Any], *, job: Path) -> Path:

@@ -904,6 +904,25 @@ def test_a_job_changes_a_profile_or_space_it_extends_without_copying_the_file(jo
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_of_settings_given_as_a_mapping_says_which_setting_changed(job, tmp_path, tiny_teacher):
+    """Settings given in the job (or in Python) are a file in the cache: a run refused as another job named the two
+    cache files, not the setting that differs."""
+    from autocomp._io import write_yaml
+    from autocomp.config import load_config
+    from autocomp.search import _rundir
+
+    edit_job(job, lambda d: d.update(hardware={"extends": str(ROOT / "hardware_profiles" / "local_cpu.yaml"),
+                                               "batch_size": 1}))
+    recorded = _rundir.job_identity(load_config(job), tiny_teacher[1])[0]
+    (tmp_path / "run").mkdir()
+    write_yaml(tmp_path / "run" / "config.yaml", {key: str(value) if key in _rundir.FILES else value
+                                                  for key, value in recorded.items()})  # as a run writes it
+    edit_job(job, lambda d: d["hardware"].update(batch_size=2))
+    again = load_config(job)
+    settings, paths = _rundir._job_changes(tmp_path / "run", _rundir.job_identity(again, tiny_teacher[1])[0], again)
+    assert settings == ["hardware.batch_size was 1, now 2"] and not paths
+
+
 def test_a_search_without_a_front_says_its_outcome_once(tmp_path, capsys, monkeypatch):
     """The outcome is said again below the front's table, where the table pushed it up; a run with no front yet
     prints a line instead of the table, right below the outcome: repeating it there printed it twice in a row."""

@@ -19,9 +19,10 @@ from torch import nn
 
 from autocomp._io import tensor_bytes, write_json, write_safetensors, write_yaml
 from autocomp._paths import resolve_path
-from autocomp.config import JobConfig
+from autocomp.config import JobConfig, given_folder
 from autocomp.data import Splits, load_splits
 from autocomp.errors import AutocompError
+from autocomp.hardware import read_profile
 from autocomp.results import study_file
 from autocomp.models import model_structure
 from autocomp.saving import GIVEN_AS, STRUCTURE
@@ -358,12 +359,31 @@ def _job_changes(run_dir: Path, job: Mapping[str, Any] | None, config: JobConfig
         elif was != is_:
             changed[(part,)] = f"{part} was {was!r}, now {is_!r}"
 
+    for part in FILES:  # settings given in a job or in Python, not a file: which of them changed, not the paths
+        if (part,) in changed and (was := _given_settings(part, written.get(part))) is not None \
+                and (is_ := _given_settings(part, now[part])) is not None:
+            del changed[(part,)]
+            changed |= {(part, key): f"{part}.{key} was {was[key]!r}, now {is_[key]!r}" for key in was
+                        if was[key] != is_[key]}
+
     def moved_only(keys: tuple[str, ...]) -> bool:  # a path to another place, not one added or removed
         return keys in PATHS and _moved(_at(written, keys), _at(now, keys))
 
     module = ("model", "path")  # where a factory's module is found: never what makes another job
     return ([said for keys, said in changed.items() if not moved_only(keys) and keys != module],
             [said for keys, said in changed.items() if moved_only(keys)])
+
+
+def _given_settings(part: str, path: Any) -> dict[str, Any] | None:
+    """Every setting of a search space or profile given as settings (:func:`autocomp.config.given_file`), by the
+    path its file was written to; None for a file of the user's, or one no longer in the cache."""
+    if not isinstance(path, str) or Path(path).parent != given_folder() or not Path(path).is_file():
+        return None
+    try:
+        given = load_space(path) if part == "search_space" else read_profile(path)
+    except AutocompError:
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(given), default=str))
 
 
 def run_splits(config: JobConfig, base: nn.Module, recorded: run_images.Recorded, run_dir: Path,
