@@ -35,14 +35,21 @@ BUSY_SHARE = 0.8
 
 def busy(measurement: "Measurement", threads: int) -> bool:
     """Whether ``measurement`` was timed on a busy machine: its repeats spread widely, or it was :func:`starved`."""
-    return measurement.latency_iqr_ms > NOISY_SPREAD * measurement.latency_ms or starved(measurement, threads)
+    return _noisy(measurement.latency_ms, measurement.latency_iqr_ms) or starved(measurement, threads)
 
 
 def starved(measurement: "Measurement", threads: int) -> bool:
     """Whether a one-thread timing's process got less than ``BUSY_SHARE`` of a CPU's time while it timed: other
     processes took the rest, and its wall times are stretched by about 1 / ``cpu_share``."""
-    share = measurement.cpu_share
-    return threads == 1 and share is not None and share < BUSY_SHARE
+    return _starved(measurement.cpu_share, threads)
+
+
+def _noisy(latency_ms: float, iqr_ms: float) -> bool:
+    return latency_ms > 0 and iqr_ms > NOISY_SPREAD * latency_ms
+
+
+def _starved(cpu_share: float | None, threads: int) -> bool:
+    return threads == 1 and cpu_share is not None and cpu_share < BUSY_SHARE
 
 
 def spread_warning(what: str, latency_ms: float, iqr_ms: float, *, cpu_share: float | None = None,
@@ -52,13 +59,12 @@ def spread_warning(what: str, latency_ms: float, iqr_ms: float, *, cpu_share: fl
     latencies reported in ms are ratios times this figure, or ``cpu_ms`` (the CPU time of its passes) where that was
     taken instead, so they share its error; ``absolute``: a budget in ms is judged against them. None for a quiet
     timing."""
-    noisy = latency_ms > 0 and iqr_ms > NOISY_SPREAD * latency_ms
-    share = cpu_share if threads == 1 and cpu_share is not None and cpu_share < BUSY_SHARE else None
-    if not noisy and share is None:
+    noisy, short = _noisy(latency_ms, iqr_ms), _starved(cpu_share, threads)
+    if not noisy and not short:
         return None
     how = " and ".join(part for part, said in (
         (f"with repeats spread over {iqr_ms:.3g} ms (IQR)", noisy),
-        (f"while other processes took the CPU (its thread got {share or 0:.0%} of one)", share is not None)) if said)
+        (f"while other processes took the CPU (its thread got {cpu_share or 0:.0%} of one)", short)) if said)
     taken = "this figure" if cpu_ms is None else (f"the CPU time of its passes, {cpu_ms:.3g} ms (about what it takes "
                                                   "alone; other processes' use of the caches still slows it)")
     fix = ("; a budget in ms (latency_ms) is judged against them, so it may be refused or barely constrain: rerun "
