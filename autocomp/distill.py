@@ -79,18 +79,12 @@ class TeacherCache:
         return steps
 
     @classmethod
-    def forward_batches(cls, count: int, config: Distill) -> int:
-        """How many teacher batches :meth:`build` runs for a split of ``count`` items: each image drawn, once."""
-        drawn = cls.drawn(count, config)
-        return math.ceil(len(torch.unique(torch.cat(drawn))) / config.batch_size) if drawn else 0
-
-    @classmethod
     def build(cls, teacher: nn.Module, split: Split, config: Distill,
               progress: Callable[[int], None] | None = None, *, device: str = "cpu") -> TeacherCache:
         """Run the teacher once on each image of the first ``config.steps`` batches ``distill`` would draw for
         ``config``, in batches of ``config.batch_size``, on ``device`` (a copy of the teacher goes there; the logits
-        are kept on the CPU); ``progress`` gets the number of teacher batches done after each
-        (:meth:`forward_batches` in all)."""
+        are kept on the CPU); ``progress`` gets the number of teacher batches done after each (the images drawn
+        apart, in batches of ``config.batch_size``)."""
         drawn = cls.drawn(len(split), config)
         images = torch.unique(torch.cat(drawn)) if drawn else torch.zeros(0, dtype=torch.long)  # sorted
         was_training = teacher.training

@@ -383,13 +383,12 @@ def teacher_cache(base: nn.Module, train: Split, space: SearchSpace, config: Job
                 "run computed them")
             return cache
     started = time.perf_counter()
-    batches = TeacherCache.forward_batches(len(train), plan)  # each image drawn, once
+    drawn = TeacherCache.drawn(len(train), plan)
+    apart = len(torch.unique(torch.cat(drawn))) if drawn else 0  # each run once, in batches of the plan's
     tick = progress_lines(log, "teacher outputs: {done} of {total} batches of the images the distillations draw",
-                          [1] * batches)
+                          [1] * math.ceil(apart / plan.batch_size))
     with num_threads(setup_threads(config)):
         cache = TeacherCache.build(base, train, plan, progress=tick, device=device)
-    drawn = TeacherCache.drawn(len(train), plan)
-    apart = len(torch.unique(torch.cat(drawn))) if drawn else 0
     log(f"teacher outputs for {steps} distillation steps ({sum(map(len, drawn))} images drawn, {apart} of them "
         f"apart, each run once) computed once for all trials ({time.perf_counter() - started:.1f} s"
         f"{', on the GPU' if device != 'cpu' else ''})")
