@@ -72,6 +72,9 @@ class HardwareProfile:
             stored packed but unpacked to fp32 before an fp32 GEMM: they save memory, not time.
         fast_ops: ops with fused kernels, from ``FAST_OPS``.
         ray_resource: the Ray custom resource that marks the node holding this device, or None for any node.
+        cuda_graphs: backend ``pytorch-cuda`` only: time each model captured once in a CUDA graph and replayed
+            (:func:`autocomp.runtimes.cuda.cuda_graphed`, as a deployment that cares about latency runs it), where
+            False times PyTorch eager, whose kernel launches from Python can outlast a small model's kernels.
         calibrate: ``on_first_use``: the device facts are measured on the CPU that uses the profile, once, and
             cached per CPU (see :mod:`autocomp.measure.profiling`); None: the file states them.
         measured_on: the CPU the device facts were measured on (:func:`autocomp.measure.profiling.cpu_description`), or
@@ -93,6 +96,7 @@ class HardwareProfile:
     fast_weight_bits: Mapping[int, str] = dataclasses.field(default_factory=dict)
     fast_ops: tuple[str, ...] = ()
     ray_resource: str | None = None
+    cuda_graphs: bool = False
     calibrate: str | None = None
     measured_on: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -124,6 +128,11 @@ class HardwareProfile:
         self._check_kernels()
         if self.ray_resource is not None and (not isinstance(self.ray_resource, str) or not self.ray_resource):
             raise AutocompError(f"ray_resource must be a Ray resource name or null, got {self.ray_resource!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise AutocompError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        if self.cuda_graphs and self.backend != "pytorch-cuda":
+            raise AutocompError(f"cuda_graphs: true is how backend pytorch-cuda times a model, and this profile's "
+                                f"backend is {self.backend}; remove cuda_graphs, or set backend: pytorch-cuda")
         if self.calibrate is not None:
             if self.calibrate not in CALIBRATE:
                 raise AutocompError(f"calibrate must be one of {list(CALIBRATE)} or null, got {self.calibrate!r}")

@@ -2,6 +2,7 @@
 
     python benchmarks/cuda_backend.py --out runs/cuda [--profile hardware_profiles/nvidia_h200.yaml]
                                       [--steps tests,costmodel,search,scoring] [--samples 16] [--trials 6]
+                                     [--sensitivity 32]
 
 (each step at most ``--timeout`` seconds, 240 by default: where one call is bounded, as the lent GPU machines' 10
 minutes, run ``--steps tests,costmodel,scoring`` and ``--steps search`` apart; the exit status is 1 if a step failed)
@@ -14,8 +15,11 @@ weights, but the accuracies do, and here they are chance level.
 
 - ``tests``: the suite's tests that run only where CUDA is (``-k cuda``).
 - ``costmodel``: ``autocomp check-costmodel`` on ``--samples`` recipes of a GPU space (heads, MLP width, rank,
-  tokens, 32-, 16- and 4-bit weights) with the profile, the report and plot to ``--out``.
-- ``search``: ``autocomp search`` for ``--trials`` trials under a latency budget of 0.7x, one GPU per trial.
+  tokens, 32-, 16- and 4-bit weights) with the profile, timing each model eager and then replaying a CUDA graph
+  (``cuda_graphs``), the reports and plots to ``--out``, and a table of the two: the spread between two
+  measurements of the same sample, and the cost model's error.
+- ``search``: ``autocomp search`` for ``--trials`` trials under a latency budget of 0.7x, one GPU per trial, each
+  model timed replaying a CUDA graph.
 - ``scoring``: the time to score the model on 512 images (a job with a GPU scores its trials and sensitivity pass
   there) on this machine's CPU and on the GPU, side by side.
 """
@@ -54,20 +58,22 @@ def image_folder(root: Path, per_class: int = 24, classes: int = 3, size: int = 
     return root
 
 
-def job(out: Path, profile: Path, trials: int) -> Path:
+def job(out: Path, profile: Path, trials: int, *, graphs: bool = True, sensitivity: int = 32) -> Path:
     """The job config: the model, the image folder, the GPU space, the profile (its Ray resource left out: the GPU
-    is this machine's), a latency budget."""
+    is this machine's; each model timed replaying a CUDA graph, or eager), a latency budget."""
     local = yaml.safe_load(profile.read_text())
     local["ray_resource"] = None
-    (out / "profile.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
+    local["cuda_graphs"] = graphs
+    name = "" if graphs else "-eager"
+    (out / f"profile{name}.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
     (out / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
     config = {"model": {"name": "vit_small_patch16_224", "kwargs": {"num_classes": 3}},
               "data": {"dataset": "imagefolder", "root": str(image_folder(out / "images")), "val_size": 72,
                        "calib_size": 16, "test_size": 16, "workers": 2},
-              "search_space": "space.yaml", "hardware": "profile.yaml", "budget": {"latency": 0.7},
+              "search_space": "space.yaml", "hardware": f"profile{name}.yaml", "budget": {"latency": 0.7},
               "trials": trials, "workers": 1, "seed": 0, "resources": {"cpu": 4, "gpu": 1},
-              "sensitivity": {"images": 32}, "fidelity": None}  # 12 blocks x 8 settings, scored on the GPU
-    path = out / "job.yaml"
+              "sensitivity": {"images": sensitivity}, "fidelity": None}  # 12 blocks x 8 settings, on the GPU
+    path = out / f"job{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -114,6 +120,32 @@ def scoring(images: int = 512) -> None:
           f"and {accuracy['cuda']:.2f}%", flush=True)
 
 
+def fidelity_table(out: Path) -> None:
+    """The two check-costmodel reports side by side: how far a second measurement of each sample lands from its
+    first (the noise floor), and how far the corrected cost model's prediction does."""
+    print(f"{'timing':8} {'base ms':>8} {'base IQR':>9} {'repeat MAPE':>12} {'repeat rho':>11} {'model MAPE':>11} "
+          f"{'model rho':>10}")
+    for name in ("eager", "graphs"):
+        path = out / f"fidelity-{name}.json"
+        if not path.is_file():
+            print(f"{name:8} (no report)")
+            continue
+        report = json.loads(path.read_text())
+        base, latency = report["base"], report["latency"]
+        repeat, model = latency["repeat"], latency["after"]
+        print(f"{name:8} {base['measured_latency_ms']:8.2f} {base['latency_iqr_ms']:9.3f} "
+              f"{_percent(repeat['mape']):>12} {_number(repeat['spearman']):>11} {_percent(model['mape']):>11} "
+              f"{_number(model['spearman']):>10}", flush=True)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -121,6 +153,8 @@ def main() -> None:
     parser.add_argument("--steps", default="tests,costmodel,search,scoring")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--sensitivity", type=int, default=32, help="images the search's sensitivity pass scores "
+                                                                       "each setting on (0 skips it)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds for each step (one device call of at "
                                                                      "most 10 minutes: run the steps in two)")
     args = parser.parse_args()
@@ -129,7 +163,7 @@ def main() -> None:
         raise SystemExit("no CUDA GPU here: this benchmark runs the pytorch-cuda backend")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    config = job(args.out, args.profile.resolve(), args.trials)
+    config = job(args.out, args.profile.resolve(), args.trials, sensitivity=args.sensitivity)
     cli = [sys.executable, "-m", "autocomp.cli"]
     ended = {}
     for step in args.steps.split(","):
@@ -138,9 +172,12 @@ def main() -> None:
                                      "cuda or gpu", "tests/test_distill.py", "tests/test_measure_backends.py",
                                      "tests/test_search_sensitivity.py"],
                               args.timeout)
-        elif step == "costmodel":
-            ended[step] = run(step, [*cli, "check-costmodel", str(config), "--samples", str(args.samples),
-                                     "--out", str(args.out / "fidelity.json")], args.timeout)
+        elif step == "costmodel":  # the same samples timed eager, then replaying CUDA graphs
+            for graphs, name in ((False, "eager"), (True, "graphs")):
+                ended[f"{step}-{name}"] = run(f"{step} ({name})", [
+                    *cli, "check-costmodel", str(job(args.out, args.profile.resolve(), args.trials, graphs=graphs)),
+                    "--samples", str(args.samples), "--out", str(args.out / f"fidelity-{name}.json")], args.timeout)
+            fidelity_table(args.out)
         elif step == "search":
             ended[step] = run(step, [*cli, "search", str(config), "--out", str(args.out / "run")], args.timeout)
         elif step == "scoring":

@@ -228,6 +228,9 @@ BAD = [
      "backend pytorch-cuda runs on a gpu, but the profile says device: cpu; set device: gpu, or a cpu backend: "
      "['pytorch-cpu', 'onnxruntime-cpu', 'openvino-cpu']"),
     ("zero threads", _set("threads", 0), "threads must be a whole number >= 1, got 0"),
+    ("graphs on a CPU", _set("cuda_graphs", True), "cuda_graphs: true is how backend pytorch-cuda times a model, and "
+                                                  "this profile's backend is pytorch-cpu; remove cuda_graphs"),
+    ("graphs as text", _set("cuda_graphs", "yes"), "cuda_graphs must be true or false, got 'yes'"),
     ("source of nothing", _set("sources", {"clock": "ark"}), "sources: unknown field(s) ['clock']"),
 ]
 

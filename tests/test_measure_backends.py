@@ -314,6 +314,42 @@ def test_pytorch_cuda_times_and_scores_16_and_4_bit_layers_on_the_gpu(tiny_teach
     assert {tensor.device.type for tensor in model.state_dict().values()} == {"cpu"}  # back where it was
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one exists")
+def test_a_cuda_graph_replays_the_model_on_each_new_input(tiny_teacher, digits_splits):
+    from autocomp.runtimes import cuda_graphed
+
+    model = compress(tiny_teacher[1], Recipe(blocks=[{"prune_heads": PruneHeads(keep=2),
+                                                      "quantize": Quantize(weight_bits=4, group_size=16)}]),
+                     calibration=digits_splits.calib.x).cuda().eval()
+    first, second = digits_splits.val.x[:8].cuda(), digits_splits.val.x[8:16].cuda()
+    run = cuda_graphed(model, first)
+    with torch.no_grad():
+        eager = model(first), model(second)
+    assert torch.allclose(run(second), eager[1], atol=1e-4)  # the graph reads each call's images, not the first's
+    assert torch.allclose(run(first), eager[0], atol=1e-4)
+    profile = _profile("pytorch-cuda", device="gpu", cuda_graphs=True)
+    timed = measure(model.cpu(), profile, example=digits_splits.calib.x, reference=tiny_teacher[1])
+    assert "CUDA graphs" in timed.runtime and timed.latency_ratio is not None and timed.latency_ms > 0
+
+
+class _WaitsOnTheCpu(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.sum())  # a CPU sync: no graph can hold it
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one exists")
+def test_a_model_no_cuda_graph_can_hold_fails_its_trial_naming_the_fix():
+    profile = _profile("pytorch-cuda", device="gpu", cuda_graphs=True)
+    with pytest.raises(ExportFailed, match="could not capture the model in a CUDA graph .*set cuda_graphs: false"):
+        backend_of(profile).prepare(_WaitsOnTheCpu(), torch.randn(8, 4), profile)
+
+
+def test_a_cuda_profile_says_how_it_times():
+    eager, graphs = (_profile("pytorch-cuda", device="gpu", cuda_graphs=flag) for flag in (False, True))
+    assert ", eager, CUDA events" in backend_of(eager).options(eager)
+    assert ", CUDA graphs, CUDA events" in backend_of(graphs).options(graphs)
+
+
 def test_calibrating_a_runtime_measures_its_own_kernels():
     _needs("onnxruntime", "onnx", "onnxscript")
     from autocomp.measure.profiling import GemmShape, calibrate

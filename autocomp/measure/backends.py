@@ -7,7 +7,8 @@
                    ones as the fp32 ONNX Runtime widens them to when it loads the file.
 ``openvino-cpu``   the same export converted to OpenVINO IR (:mod:`autocomp.runtimes.openvino`), compiled for the
                    CPU plugin at the profile's batch size; its weights are the bytes the IR holds, half as fp32.
-``pytorch-cuda``   PyTorch eager on the first CUDA GPU, timed with CUDA events after a synchronize.
+``pytorch-cuda``   PyTorch on the first CUDA GPU, timed with CUDA events after a synchronize: eager, or each model
+                   captured once in a CUDA graph and replayed where the profile says ``cuda_graphs: true``.
 =================  ===============================================================================================
 
 Every backend times a candidate interleaved with the uncompressed model prepared the same way (the reference is
@@ -155,7 +156,8 @@ class PyTorchCpu(Backend):
 
 
 class PyTorchCuda(Backend):
-    """PyTorch eager on ``cuda:0``; autocomp's int8 layers (CPU kernels) cannot run there."""
+    """PyTorch on ``cuda:0``, eager or replaying a CUDA graph (``cuda_graphs``); autocomp's int8 layers (CPU
+    kernels) cannot run there."""
 
     name, device = "pytorch-cuda", "cuda"
 
@@ -167,7 +169,8 @@ class PyTorchCuda(Backend):
 
     def options(self, profile: HardwareProfile) -> str:
         name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-        return f"{name}, CUDA {torch.version.cuda}, batch {profile.batch_size}, CUDA events"
+        return (f"{name}, CUDA {torch.version.cuda}, batch {profile.batch_size}, "
+                f"{'CUDA graphs' if profile.cuda_graphs else 'eager'}, CUDA events")
 
     def prepare(self, model: nn.Module, batch: torch.Tensor, profile: HardwareProfile, *,
                 keep: Path | None = None) -> Prepared:
@@ -179,8 +182,17 @@ class PyTorchCuda(Backend):
                 raise ExportFailed(f"backend pytorch-cuda cannot run {name} ({module.config.tag()}): autocomp's "
                                    "int8 kernels are CPU kernels; search weight bits 16 or 2-6 on a GPU profile")
         on_gpu = copy.deepcopy(model).to("cuda").eval()
-        return Prepared(run=lambda x: on_gpu(x.to("cuda", non_blocking=True)), weight_nbytes=weight_nbytes(model),
-                        weights_from="PyTorch tensors")
+        run = lambda x: on_gpu(x.to("cuda", non_blocking=True))  # noqa: E731
+        if profile.cuda_graphs:
+            from autocomp.runtimes.cuda import cuda_graphed
+
+            try:
+                run = cuda_graphed(on_gpu, batch)
+            except RuntimeError as error:  # a forward pass that waits on the CPU, or makes data-dependent shapes
+                raise ExportFailed(f"backend pytorch-cuda could not capture the model in a CUDA graph "
+                                   f"({str(error).splitlines()[0]}); set cuda_graphs: false in the profile to time "
+                                   "it eager") from None
+        return Prepared(run=run, weight_nbytes=weight_nbytes(model), weights_from="PyTorch tensors")
 
     def time(self, runs: Sequence[Callable[[torch.Tensor], Any]], batch: torch.Tensor,
              profile: HardwareProfile) -> list[list[float]]:
