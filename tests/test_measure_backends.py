@@ -318,9 +318,9 @@ def test_pytorch_cuda_times_and_scores_16_and_4_bit_layers_on_the_gpu(tiny_teach
 def test_a_cuda_graph_replays_the_model_on_each_new_input(tiny_teacher, digits_splits):
     from autocomp.runtimes import cuda_graphed
 
-    model = compress(tiny_teacher[1], Recipe(blocks=[{"prune_heads": PruneHeads(keep=2),
-                                                      "quantize": Quantize(weight_bits=4, group_size=16)}]),
-                     calibration=digits_splits.calib.x).cuda().eval()
+    recipe = Recipe(blocks=[{"prune_heads": PruneHeads(keep=2), "quantize": Quantize(weight_bits=4, group_size=16)},
+                            {"prune_mlp": PruneMlp(keep=0.5), "quantize": Quantize(weight_bits=16)}])
+    model = compress(tiny_teacher[1], recipe, calibration=digits_splits.calib.x).cuda().eval()
     first, second = digits_splits.val.x[:8].cuda(), digits_splits.val.x[8:16].cuda()
     run = cuda_graphed(model, first)
     with torch.no_grad():
