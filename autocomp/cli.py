@@ -74,11 +74,13 @@ def _print_front(run_dir: Path) -> bool:
     except (OSError, ValueError, AttributeError, KeyError, TypeError):  # no summary yet, or one not of this form
         again = {}
     table = Table(title=title)
-    for column in ["trial", "val acc %", "latency ms", "memory MB", "within budget"] \
-            + (["measured again"] if again else []) + ["recipe (per block)"]:
+    weights = "weights_mb" in limits  # a limit on the weights alone: their MB beside the memory's
+    for column in ["trial", "val acc %", "latency ms", "memory MB", *(["weights MB"] if weights else []),
+                   "within budget"] + (["measured again"] if again else []) + ["recipe (per block)"]:
         table.add_column(column, overflow="fold")
     for row in data["trials"]:  # the recipe as written: w8[qkv,fc1] is no markup
         cells = [str(row["number"]), f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}", f"{row['memory_mb']:.3f}",
+                 *([f"{row['weights_mb']:.3f}" if row.get("weights_mb") is not None else "-"] if weights else []),
                  "yes" if row["feasible"] else "no"]
         if again:  # a trial within budget by its one measurement, over it measured again, is not best/
             second = again.get(row["number"])
@@ -224,13 +226,15 @@ def _measure(args: argparse.Namespace) -> None:
     latencies = [r.latency_ms for r in readings]
     print(f"the uncompressed model on {profile.name} ({readings[-1].runtime}; batch {profile.batch_size}): latency "
           f"{statistics.median(latencies):.4g} ms (median of {len(latencies)}, {min(latencies):.4g} to "
-          f"{max(latencies):.4g}), memory {readings[-1].memory_mb:.4g} MB")
+          f"{max(latencies):.4g}), memory {readings[-1].memory_mb:.4g} MB (weights {readings[-1].weights_mb:.4g} MB, "
+          "activations the rest)")
     if noisy := [str(index + 1) for index, cost in enumerate(readings) if busy(cost, profile.threads)]:
         print(f"note: the machine was busy during reading {', '.join(noisy)} (its repeats spread over more than a "
               "quarter of their median, or its thread got less than 80% of a CPU): the fastest reading is the "
               "closest to what this CPU does alone")
     print("a search measures it again as it starts and judges a limit in ms against that reading (a busy machine "
-          "moves it): budget.latency (a fraction) follows the machine; budget.latency_ms and memory_mb are absolute")
+          "moves it): budget.latency (a fraction) follows the machine; budget.latency_ms, memory_mb and weights_mb are "
+          "absolute")
 
 
 def _check_costmodel(args: argparse.Namespace) -> None:

@@ -381,6 +381,12 @@ def test_bad_budget(job, tmp_path, capsys):
     edit_job(job, lambda d: d.update(budget={"memory": 400}))
     err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
     assert err.endswith("got 400; an absolute limit is budget.memory_mb")
+    edit_job(job, lambda d: d.update(budget={"weights": 4}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err.endswith("got 4; an absolute limit is budget.weights_mb")
+    edit_job(job, lambda d: d.update(budget={"weights_mb": 8, "weights": 0.5}))
+    err = run_cli(["search", str(job), "--out", str(tmp_path / "r")], capsys)
+    assert err.endswith("budget: give weights_mb or weights (fraction), not both")
 
 
 def test_a_fraction_written_as_a_percentage_is_that_fraction(job):
@@ -766,6 +772,30 @@ def test_a_memory_fraction_no_candidate_can_meet_is_refused_before_the_model_is_
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot be met in " in err and "loosen the budget to at least memory: " in err
+
+
+def test_a_weights_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys,
+                                                                             monkeypatch):
+    """As a memory budget is: the weights are counted, and the smallest candidate's are named."""
+    from test_search_e2e import write_job
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the uncompressed model was measured before an impossible weights budget was refused")
+
+    monkeypatch.setattr("autocomp.search._before.baseline_cost", measured)
+    job = write_job(tmp_path, tiny_teacher[0], {"weights_mb": 1e-4, "latency": 0.9}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "budget: weights_mb <= 0.0001 cannot be met in " in err
+    smallest = float(re.search(r" holds ([\d.]+) MB of weights \(the uncompressed model: ([\d.]+) MB\)", err).group(1))
+    needed = float(re.search(r"loosen the budget to at least ([\d.]+) MB or widen the search space$", err).group(1))
+    assert 0 < smallest <= needed <= smallest * 1.001
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    job = write_job(tmp_path, tiny_teacher[0], {"weights": 0.01}, trials=2, workers=1)  # as a fraction: said as one
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "budget: weights_mb <= " in err and "loosen the budget to at least weights: " in err
 
 
 def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):

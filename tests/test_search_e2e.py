@@ -707,6 +707,27 @@ def test_an_absolute_budget_is_said_as_a_share_of_the_uncompressed_model_as_meas
     assert _runner._share("memory_mb", 1.0, measured, config) == ""  # given as a share already
 
 
+def test_a_budget_on_the_weights_alone_judges_each_trial_by_its_weights(tmp_path, tiny_teacher, capsys):
+    """"At most 8 MB" for a model that must fit a flash chip or a download is its weights, not the activations it
+    allocates at the profile's batch: budget.weights (a fraction) and weights_mb (absolute) limit them alone."""
+    job = write_job(tmp_path, tiny_teacher[0], {"weights": 0.6}, trials=3, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    limits = json.loads((run / "run.json").read_text())["limits"]
+    baseline = json.loads((run / "run.json").read_text())["baseline"]
+    assert list(limits) == ["weights_mb"] and limits["weights_mb"] == pytest.approx(0.6 * baseline["weights_mb"])
+    assert f"(weights {baseline['weights_mb']:.2f} MB);  budget: weights <= 0.6 x uncompressed -> weights_mb <= " in out
+    rows = [r for r in csv.DictReader((run / "trials.csv").open()) if r["state"] == "COMPLETE"]
+    assert rows and all((r["feasible"] == "True") == (float(r["weights_mb"]) <= limits["weights_mb"]) for r in rows)
+    assert any(r["feasible"] == "True" for r in rows)  # int8 weights hold a quarter of the bytes: within reach
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert best["weights_mb"] <= limits["weights_mb"] and set(best["violations"]) == {"weights_mb"}
+    assert best["memory_mb"] > best["weights_mb"]  # the activations, which this budget leaves out
+    assert main(["pareto", str(run)]) == 0
+    assert "weights MB" in capsys.readouterr().out  # the limited figure, in the front's table
+
+
 def test_a_job_made_in_python_takes_its_search_space_and_profile_as_objects(tmp_path, tiny_teacher):
     """A job built in code, with no YAML at all: a SearchSpace and a HardwareProfile (or the mappings their files
     would hold) are checked as their files are and searched as given; the same space given again, as its mapping

@@ -340,6 +340,9 @@ def test_a_tight_budget_skips_candidates_before_they_are_built(tmp_path, tiny_te
     assert summary["cost_model"]["memory_mb"]["mape"] < 0.05  # memory is counted, so its prediction is close
 
 
+BASE = {"latency_ms": 5.0, "memory_mb": 8.0, "weights_mb": 2.0}  # an uncompressed model's measured figures
+
+
 def test_an_absolute_limit_in_another_unit_is_refused_and_one_near_the_model_is_not():
     """A limit 100x the uncompressed model's figure constrains nothing: given in microseconds, or bytes, by mistake."""
     from autocomp import AutocompError
@@ -349,9 +352,13 @@ def test_an_absolute_limit_in_another_unit_is_refused_and_one_near_the_model_is_
                                             r"it constrains nothing: budget.latency_ms is in ms \(was it given in "
                                             r"microseconds\?\); give the limit in ms, or a fraction \(budget.latency: "
                                             r"0.5 for half the uncompressed model's\)$"):  # alone: no budget left
-        Budget(latency_ms=5000).check_plausible(5.0, 8.0)
+        Budget(latency_ms=5000).check_plausible(BASE)
     with pytest.raises(AutocompError, match=r"budget.memory_mb is 8e\+06 MB, 1,000,000x .* \(was it given in bytes "
                                             r"or KB\?\); leave it out to search without that limit$"):
-        Budget(latency=0.5, memory_mb=8e6).check_plausible(5.0, 8.0)
-    Budget(latency_ms=400, memory_mb=799).check_plausible(5.0, 8.0)  # under 100x: met already, not a mistake
-    Budget(latency=1.0, memory=1.0).check_plausible(5.0, 8.0)  # fractions are never in another unit
+        Budget(latency=0.5, memory_mb=8e6).check_plausible(BASE)
+    Budget(latency_ms=400, memory_mb=799).check_plausible(BASE)  # under 100x: met already, not a mistake
+    Budget(latency=1.0, memory=1.0).check_plausible(BASE)  # fractions are never in another unit
+    with pytest.raises(AutocompError, match=r"budget.weights_mb is 2e\+06 MB, 1,000,000x the uncompressed model's 2 "
+                                            r"MB, .* \(was it given in bytes or KB\?\)"):
+        Budget(weights_mb=2e6).check_plausible(BASE)
+    Budget(weights_mb=150).check_plausible(BASE)

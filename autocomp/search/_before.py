@@ -17,6 +17,7 @@ from torch import nn
 
 from autocomp._compress import compress
 from autocomp._io import read_safetensors, write_safetensors
+from autocomp.budget import COUNTED
 from autocomp.config import JobConfig
 from autocomp.data import Split, Splits
 from autocomp.data._config import REBUILT_FROM
@@ -162,8 +163,9 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
         timed = offered_settings(allowed, space, len(heads))  # one offered in no block has no time to buy
         untimed = [setting for setting in offered_settings(distinct, space, len(heads))
                    if setting not in timed]  # what the sensitivity pass took from every block
-        # under a memory limit as well, a setting that saves no time may save the bytes the budget needs: kept
-        minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None
+        # under a memory or weights limit as well, a setting that saves no time may save the bytes the budget
+        # needs: kept
+        minimum = None if any(key in limits for key in COUNTED) else config.sensitivity.min_saving
         with num_threads(config.resources.cpu):
             ratios = uniform_latencies(  # the cost model learns from them before the first trial
                 base, space, heads, calib=splits.calib.x, measure=_reach.ratio_of(base, profile, splits, config),
@@ -213,7 +215,8 @@ def sensitivity(run_dir: Path, base: nn.Module, space: SearchSpace, heads: list[
     if settings and left_out:  # what the passes after the sensitivity pass left out: its file says so too
         write_sensitivity(run_dir, settings, drop_above=config.sensitivity.drop_above, offer=(space, allowed, heads),
                           left_out=left_out)
-    if screen is not None and "memory_mb" in limits and allowed != distinct:  # what the passes left may not reach it
+    if screen is not None and any(key in limits for key in COUNTED) and allowed != distinct:  # what the passes left
+        # may not reach the bytes it needs
         said = ([f"the sensitivity pass left out {removed} settings that alone cost a block more than "
                  f"{config.sensitivity.drop_above:g} points or that the operators refuse, see sensitivity.csv: a "
                  "higher sensitivity.drop_above lets the search try the former"] if removed else [])

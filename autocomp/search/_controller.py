@@ -29,6 +29,7 @@ The coarse stage draws again instead (:mod:`autocomp.search._coarse`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -50,6 +51,11 @@ __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", 
            "again", "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
+
+
+def measured_of(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """A complete trial's objectives by name, and its weights' MB (a limit of the budget, not an objective)."""
+    return {**dict(zip(OBJECTIVES, trial.values)), "weights_mb": trial.user_attrs.get("weights_mb", math.nan)}
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", "runtime", "export_top1",
@@ -209,7 +215,7 @@ class OptunaController(Searcher):
         key = compression_key(recipe.to_dict())
         for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if "recipe" in t.user_attrs and compression_key(t.user_attrs["recipe"]) == key:
-                values = dict(zip(OBJECTIVES, t.values))
+                values = measured_of(t)
                 return {"trial": t.number, **{k: values[k] if k in values else t.user_attrs.get(k) for k in MEASURED}}
         return None
 
@@ -234,7 +240,7 @@ class OptunaController(Searcher):
         self._local_credit -= 1.0
         best = self._study.get_trials(deepcopy=False)[best.number]
         self._queue_move(best, must_fit=True, fill_to=self._fill_target(),
-                         measured=dict(zip(OBJECTIVES, best.values)))
+                         measured=measured_of(best))
 
     def _fill_target(self) -> float:
         """``FILL``, divided by the largest factor by which a local move of this study measured over its predicted
@@ -242,7 +248,8 @@ class OptunaController(Searcher):
         limits, over = self._screen.limits, 1.0
         for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if t.user_attrs.get(LOCAL_LOAD):
-                measured = max(t.values[OBJECTIVES.index(key)] / limit for key, limit in limits.items())
+                values = measured_of(t)
+                measured = max(values[key] / limit for key, limit in limits.items())
                 over = max(over, measured / t.user_attrs[LOCAL_LOAD])
         return FILL / over
 

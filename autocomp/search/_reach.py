@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from autocomp._compress import compress
-from autocomp.budget import UNIT_MISTAKE
+from autocomp.budget import COUNTED, UNIT_MISTAKE
 from autocomp.config import JobConfig
 from autocomp.data import Splits
 from autocomp.errors import AutocompError
@@ -35,8 +35,8 @@ __all__ = ["check_reachable", "check_memory_first", "check_latency_reachable", "
 def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config: JobConfig,
                     log: Callable[[str], None], *, allowed: Mapping[str, tuple] | None = None,
                     left_out: str = "") -> bool:
-    """Refuse, before any trial, a memory limit that even the space's smallest candidate (every knob at its
-    strongest in every block; with ``allowed``, the strongest choice each block is offered) exceeds: memory is
+    """Refuse, before any trial, a memory or weights limit that even the space's smallest candidate (every knob at
+    its strongest in every block; with ``allowed``, the strongest choice each block is offered) exceeds: bytes are
     counted, so the prediction is the candidate's own. A latency limit beyond the fastest candidate's prediction is
     only warned about (without ``allowed``): the cost model can be off.
 
@@ -46,7 +46,8 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     :func:`check_latency_early` measures it before the passes).
 
     Raises:
-        BudgetUnreachable: the memory limit, with the smallest candidate's bytes and the budget that admits it.
+        BudgetUnreachable: the memory or weights limit, with the smallest candidate's bytes and the budget that
+            admits it.
     """
     offered = allowed if allowed is not None else space.distinct(heads)  # one heads_keep per head count
     choices = {space.name(i, knob): space.offered(i, knob, offered)
@@ -56,10 +57,11 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         predicted = screen.predictor.predict(recipe_of(space, heads, strongest))
     except AutocompError:  # a combination the operators refuse: nothing to conclude
         return False
-    limit = screen.limits.get("memory_mb")
-    memory_refused = limit is not None and predicted["memory_mb"] > limit
+    over = [key for key in COUNTED if key in screen.limits and predicted[key] > screen.limits[key]]
+    memory_refused = bool(over)  # bytes: the memory, or the weights alone
     if memory_refused:
-        strongest = _no_wider_than_needed(space, heads, screen, choices, strongest, predicted["memory_mb"])
+        key, limit = over[0], screen.limits[over[0]]
+        strongest = _no_wider_than_needed(space, heads, screen, choices, strongest, key, predicted[key])
     limit_ms = screen.limits.get("latency_ms")
     if not memory_refused and allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
         # settings fast alone can be slow together (int8 on thin low-rank layers): the fastest of the candidate and
@@ -96,14 +98,14 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
     if memory_refused:
         offered = " offered to the search" if allowed else ""
-        needed = f"{_rounded_up(predicted['memory_mb'])} MB"
-        if config.budget.memory is not None and config.budget.memory_mb is None:  # given as a fraction: as one
-            needed = f"memory: {_rounded_up(config.budget.memory * predicted['memory_mb'] / limit)} ({needed})"
-        whole = (screen.uncompressed or {}).get("memory_mb")
-        raise BudgetUnreachable(f"budget: memory_mb <= {limit:.4g} cannot be met in {config.search_space}: its "
-                                f"smallest candidate{offered} ({what}) holds {predicted['memory_mb']:.4g} MB of "
-                                "weights and activations" + (f" (the uncompressed model: {whole:.4g} MB)" if whole
-                                                             else "")
+        needed = f"{_rounded_up(predicted[key])} MB"
+        if (fraction := config.budget.given_as_fraction(key)) is not None:  # given as a fraction: as one
+            needed = f"{key.split('_')[0]}: {_rounded_up(fraction * predicted[key] / limit)} ({needed})"
+        whole = (screen.uncompressed or {}).get(key)
+        held = "weights and activations" if key == "memory_mb" else "weights"
+        raise BudgetUnreachable(f"budget: {key} <= {limit:.4g} cannot be met in {config.search_space}: its "
+                                f"smallest candidate{offered} ({what}) holds {predicted[key]:.4g} MB of "
+                                f"{held}" + (f" (the uncompressed model: {whole:.4g} MB)" if whole else "")
                                 + f"; loosen the budget to at least {needed} or widen the "
                                 "search space" + (f" ({left_out})" if left_out else ""))
     if allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
@@ -116,33 +118,36 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
 
 def check_memory_first(space: SearchSpace, heads: list[int], base: nn.Module, profile: HardwareProfile,
                        config: JobConfig, log: Callable[[str], None]) -> None:
-    """:func:`check_reachable`'s memory half for an absolute limit (``budget.memory_mb``), before the uncompressed
-    model is measured (up to a minute on a runtime backend): memory is counted, and the cost model's count does not
-    depend on the measured latency, so the refusal is the one the check after the measurement would make."""
-    if config.budget.memory_mb is None or config.trials <= 0:
+    """:func:`check_reachable`'s memory half for absolute limits (``budget.memory_mb``, ``budget.weights_mb``),
+    before the uncompressed model is measured (up to a minute on a runtime backend): bytes are counted, and the cost
+    model's count does not depend on the measured latency, so the refusal is the one the check after the
+    measurement would make."""
+    limits = {key: getattr(config.budget, key) for key in COUNTED if getattr(config.budget, key) is not None}
+    if not limits or config.trials <= 0:
         return
     try:
         predictor = CostPredictor(base=base, profile=profile, base_latency_ms=1.0)  # no latency is asked of it
     except AutocompError:  # a model the cost model cannot describe: nothing predicted
         return
     try:  # said beside the smallest candidate's: memory counts the activations too, not the weights alone
-        whole = {"memory_mb": predictor.predict(Recipe.identity(len(heads)))["memory_mb"]}
+        whole = predictor.predict(Recipe.identity(len(heads)))
     except AutocompError:
         whole = None
-    check_reachable(space, heads, Screen(predictor=predictor, limits={"memory_mb": config.budget.memory_mb},
+    check_reachable(space, heads, Screen(predictor=predictor, limits=limits,
                                          margin=config.skip_margin, uncompressed=whole), config, log)
 
 
 def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Screen, log: Callable[[str], None], *,
                              allowed: Mapping[str, tuple] | None = None,
                              measure: Callable[[Recipe], float] | None = None) -> None:
-    """Under a latency and a memory limit, each within reach alone: warn where the candidate with every block alike
-    predicted fastest within the memory limit (counted: exact) is over the latency limit, predicted or, with
-    ``measure`` (a recipe's latency in ms on the target), measured: the cost model's latency of a combination can be
-    well under what it measures (int8 slower than float on a small model). Not a refusal: blocks set differently may
-    meet both where no uniform setting does."""
+    """Under a latency and a memory or weights limit, each within reach alone: warn where the candidate with every
+    block alike predicted fastest within the byte limits (counted: exact) is over the latency limit, predicted or,
+    with ``measure`` (a recipe's latency in ms on the target), measured: the cost model's latency of a combination
+    can be well under what it measures (int8 slower than float on a small model). Not a refusal: blocks set
+    differently may meet both where no uniform setting does."""
     limits = screen.limits
-    if not {"latency_ms", "memory_mb"} <= set(limits):
+    counted = [key for key in COUNTED if key in limits]
+    if "latency_ms" not in limits or not counted:
         return
     blocks, light = len(heads), lightest(space)
     alike = alike_choices(space, blocks, allowed or {})
@@ -157,7 +162,7 @@ def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Scree
             predicted = screen.predictor.predict(recipe)
         except AutocompError:  # a combination the operators refuse
             continue
-        if predicted["memory_mb"] <= limits["memory_mb"]:
+        if all(predicted[key] <= limits[key] for key in counted):
             small.append((predicted["latency_ms"], recipe, values))
     if not small:  # none alike is within the memory limit: blocks set differently are (the memory check passed)
         return
@@ -182,16 +187,17 @@ def warn_jointly_unreachable(space: SearchSpace, heads: list[int], screen: Scree
         named.append(f"weight_bits {STATIC_BITS} with static activations")
     named = ", ".join(named) or held_by_all(space)
     what = f"every block at {named}" if named else "nothing compressed"
+    within = " and ".join(f"{key} <= {limits[key]:.4g}" for key in counted)
     log(f"warning: each limit is within reach alone, but the candidate with every block alike predicted fastest "
-        f"within memory_mb <= {limits['memory_mb']:.4g} ({what}) {figure}, over latency_ms <= "
-        f"{limits['latency_ms']:.4g}; blocks set differently may meet both, but the search may find nothing within "
-        "budget: loosen one limit")
+        f"within {within} ({what}) {figure}, over latency_ms <= {limits['latency_ms']:.4g}; blocks set differently "
+        "may meet both, but the search may find nothing within budget: loosen one limit")
 
 
 def _no_wider_than_needed(space: SearchSpace, heads: list[int], screen: Screen, choices: Mapping[str, tuple],
-                          strongest: dict[str, Any], memory_mb: float) -> dict[str, Any]:
-    """``strongest`` with each block's bit width as wide as holds no more bytes: where a runtime holds 16-bit
-    weights as fp32, the smallest candidate's blocks are at 32 bits, not at a setting that saves nothing."""
+                          strongest: dict[str, Any], key: str, nbytes: float) -> dict[str, Any]:
+    """``strongest`` with each block's bit width as wide as holds no more of ``key`` (``memory_mb``, ``weights_mb``)
+    than ``nbytes``: where a runtime holds 16-bit weights as fp32, the smallest candidate's blocks are at 32 bits,
+    not at a setting that saves nothing."""
     if "weight_bits" not in lightest(space):
         return strongest
     for index in range(len(heads)):
@@ -199,10 +205,10 @@ def _no_wider_than_needed(space: SearchSpace, heads: list[int], screen: Screen, 
         for bits in sorted((b for b in choices[name] if b > strongest[name]), reverse=True):
             wider = {**strongest, name: bits}
             try:
-                held = screen.predictor.predict(recipe_of(space, heads, wider))["memory_mb"]
+                held = screen.predictor.predict(recipe_of(space, heads, wider))[key]
             except AutocompError:
                 continue
-            if held <= memory_mb:
+            if held <= nbytes:
                 strongest = wider
                 break
     return strongest
@@ -400,7 +406,8 @@ def check_latency_early(run_dir: Path, base: nn.Module, space: SearchSpace, head
         return
     log(f"latency: the cost model places the limit out of reach; the fastest settings first ({len(settings)}, each "
         "in every block at once), to refuse it before the passes if it is")
-    minimum = config.sensitivity.min_saving if "memory_mb" not in limits else None  # as the latency pass judges
+    minimum = None if any(key in limits for key in COUNTED) else config.sensitivity.min_saving  # as the latency
+    # pass judges
     with num_threads(config.resources.cpu):
         ratios = uniform_latencies(base, space, heads, calib=splits.calib.x,
                                    measure=ratio_of(base, profile, splits, config), log=log, settings=settings,

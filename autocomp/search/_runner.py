@@ -15,7 +15,7 @@ import torch
 
 from autocomp import _quiet
 from autocomp._signals import Terminated, end_as_terminated, terminated_as_interrupted
-from autocomp.budget import feasible, violations
+from autocomp.budget import COUNTED, feasible, violations
 from autocomp.config import JobConfig, load_config
 from autocomp.data import preprocessing_source
 from autocomp.data._config import REBUILT_FROM
@@ -215,7 +215,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
         if previous is not None:  # resuming: keep the limits the earlier trials were judged by
             limits = previous["limits"]
         else:
-            limits = config.budget.limits(baseline["latency_ms"], baseline["memory_mb"])
+            limits = config.budget.limits(baseline)
             timings = baseline.get("timings", 1)  # said before any check judges a budget in ms by it
             if warning := spread_warning("the uncompressed model" + (f" (the fastest of {timings} timings)"
                                                                      if timings > 1 else ""),
@@ -230,7 +230,7 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                          "int8_codes": int8_linear_top_code(),  # Int8Linear's inputs, as its trials are scored
                          **({"activations": rundir.PACKED} if backend_of(profile).exports else {})}
         if previous is None:
-            config.budget.check_plausible(baseline["latency_ms"], baseline["memory_mb"])  # before run.json too
+            config.budget.check_plausible(baseline)  # before run.json too
             if screen is not None and reach.check_reachable(space, heads, screen, config, log):  # before
                 # run.json: a rerun with a budget that can be met starts afresh; where the cost model places the
                 # latency limit out of reach, measured before the passes
@@ -254,7 +254,9 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                     rundir.record_space(run_dir, given)
         per = f" per batch of {profile.batch_size}" if profile.batch_size > 1 else ""  # what a budget in ms limits
         log(f"uncompressed: val {baseline['val_accuracy']:.2f}%  latency {baseline['latency_ms']:.2f} ms{per}  "
-            f"memory {baseline['memory_mb']:.2f} MB;  budget: {config.budget.describe()} -> "
+            f"memory {baseline['memory_mb']:.2f} MB"
+            + (f" (weights {baseline['weights_mb']:.2f} MB)" if "weights_mb" in limits else "")
+            + f";  budget: {config.budget.describe()} -> "
             + ", ".join(f"{k} <= {v:.3g}" + _share(k, v, baseline, config) for k, v in limits.items()))
         if (note := before.untrained_note(baseline["val_accuracy"], splits.val, config)) is not None:
             warn(note)
@@ -320,7 +322,8 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
                         (run_dir / "run.json").unlink(missing_ok=True)
                     raise
                 _keep_learnt(study, screen)
-                if screen is not None and not study.trials and {"latency_ms", "memory_mb"} <= set(limits):
+                if screen is not None and not study.trials and "latency_ms" in limits \
+                        and any(key in limits for key in COUNTED):
                     loop.wait_for_workers()  # it may measure a candidate: not while workers start
                     reach.warn_jointly_unreachable(space, heads, screen, log, allowed=allowed,
                                                    measure=before.latency_of(base, profile, splits, config, screen,
@@ -429,7 +432,7 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
 def _share(key: str, limit: float, baseline: Mapping[str, float], config: JobConfig) -> str:
     """What an absolute limit asks of the uncompressed model as measured now (' (0.83x the uncompressed)'): how much
     compression a budget in ms or MB takes is known only once it is measured, here."""
-    given = {"latency_ms": config.budget.latency_ms, "memory_mb": config.budget.memory_mb}[key]
+    given = getattr(config.budget, key)  # the absolute limit as given (None: given as a fraction)
     return "" if given is None or not baseline.get(key) else f" ({limit / baseline[key]:.2f}x the uncompressed)"
 
 
@@ -526,5 +529,5 @@ def _front_rule(study: optuna.Study, config: JobConfig, val_images: int) -> Fron
     seen = [(t.user_attrs["short_accuracy"], t.values[1], t.values[2])
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("short_accuracy") is not None
-            and all(t.system_attrs.get(f"constraints:{key}", 0.0) <= 0 for key in ("latency_ms", "memory_mb"))]
+            and all(value <= 0 for name, value in t.system_attrs.items() if name.startswith("constraints:"))]
     return FrontRule(slack=config.fidelity.slack, images=min(config.fidelity.images, val_images), seen=seen)

@@ -82,14 +82,16 @@ class CostPredictor:
         return self._model.predict(recipe)
 
     def predict(self, recipe: Recipe) -> dict[str, float]:
-        """``latency_ms`` and ``memory_mb`` of ``recipe`` (see the module docstring for how latency is anchored).
+        """``latency_ms``, ``memory_mb`` and ``weights_mb`` of ``recipe`` (see the module docstring for how latency is
+        anchored).
 
         Raises:
             AutocompError: the recipe does not fit the model.
         """
         prediction = self._model.predict(recipe)
         units = self._correction.latency_ms(prediction) if self.measured >= CORRECT_AFTER else prediction.latency_ms
-        return {"latency_ms": units * self._ms_per_unit, "memory_mb": prediction.memory_nbytes / MB}
+        return {"latency_ms": units * self._ms_per_unit, "memory_mb": prediction.memory_nbytes / MB,
+                "weights_mb": prediction.weight_nbytes / MB}
 
     def observe(self, recipe: Recipe, latency_ms: float, memory_mb: float | None = None) -> None:
         """Learn from a measured trial (``memory_mb``: its measured memory, where measured)."""
@@ -122,7 +124,7 @@ class Screen:
 
     Args:
         predictor: the run's cost predictor.
-        limits: the absolute budget limits (``latency_ms``, ``memory_mb``).
+        limits: the absolute budget limits (``latency_ms``, ``memory_mb``, ``weights_mb``).
         margin: the widest margin: how far over a limit a prediction may be and the candidate still run; None never
             skips.
         uncompressed: the uncompressed model's cost measured at the start of the run (``latency_ms``,
@@ -137,9 +139,10 @@ class Screen:
         self.observed: list[list[Any]] = []  # [recipe as a dict, latency_ms, memory_mb] of each measurement learnt
 
     def margin_now(self, key: str = "latency_ms") -> tuple[float | None, str]:
-        """The margin in force for the limit ``key`` (``latency_ms``, ``memory_mb``), and how it was set (for the skip
-        reason)."""
-        recent = (self.predictor.memory_errors if key == "memory_mb" else self.predictor.errors)[-TRACKED:]
+        """The margin in force for the limit ``key`` (``latency_ms``, ``memory_mb``, ``weights_mb``), and how it was
+        set (for the skip reason)."""
+        recent = (self.predictor.errors if key in TIMED else self.predictor.memory_errors)[-TRACKED:]  # the
+        # weights are part of the memory, counted alike
         if self.margin is None or len(recent) < PROVEN:
             return self.margin, ""
         worst = max(0.0, *recent)  # the largest over-prediction
