@@ -1157,7 +1157,7 @@ def test_a_memory_limit_only_settings_the_sensitivity_pass_left_out_could_meet_i
     screen = Screen(predictor=predictor, limits={"memory_mb": limit}, margin=0.5)
     config = SimpleNamespace(sensitivity=SimpleNamespace(images=64, drop_above=5.0), search_space="space.yaml",
                              resources=SimpleNamespace(cpu=1, gpu=0), workers=1,
-                             budget=SimpleNamespace(memory=None, memory_mb=limit))
+                             budget=Budget(memory_mb=limit))
     _reach.check_reachable(space, [4, 4], screen, config, print)  # the space's smallest meets it
     monkeypatch.setattr(_before, "sensitivity_pass", lambda *args, **kwargs: [])
     monkeypatch.setattr(_before, "allowed_choices", lambda *args, **kwargs: {"b0.heads_keep": (1.0,)})
@@ -1217,7 +1217,7 @@ def test_a_memory_refusal_on_a_runtime_names_no_bit_width_that_saves_nothing_the
     from autocomp.search._screen import CostPredictor, Screen
 
     space = SearchSpace(heads_keep=(0.5, 1.0), weight_bits=(32, 16))
-    config = SimpleNamespace(search_space="space.yaml", budget=SimpleNamespace(memory=None, memory_mb=1e-4))
+    config = SimpleNamespace(search_space="space.yaml", budget=Budget(memory_mb=1e-4))
     named = {}
     for backend in ("onnxruntime-cpu", "pytorch-cpu"):
         profile = HardwareProfile(name="cpu", backend=backend, batch_size=4, peak_gflops={"fp32": 100.0},
