@@ -217,7 +217,7 @@ def _measure(args: argparse.Namespace) -> None:
     calib = load_splits(config.data, base).calib.x
     readings = []
     for index in range(args.repeats):
-        cost = measure(base, profile, example=calib)
+        cost = measure(base, profile, example=calib, cached=True)  # exported once (runtimes), as a search does
         readings.append(cost)
         print(f"{index + 1} of {args.repeats}: latency {cost.latency_ms:.4g} ms (IQR {cost.latency_iqr_ms:.2g} ms)  "
               f"memory {cost.memory_mb:.4g} MB (weights {cost.weights_mb:.4g}, peak activations "

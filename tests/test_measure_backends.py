@@ -344,6 +344,25 @@ def test_a_model_no_cuda_graph_can_hold_fails_its_trial_naming_the_fix():
         backend_of(profile).prepare(_WaitsOnTheCpu(), torch.randn(8, 4), profile)
 
 
+def test_the_uncompressed_model_is_exported_once_however_often_it_is_timed(tiny_teacher, digits_splits, tmp_path,
+                                                                          monkeypatch):
+    """On a busy machine the uncompressed model is timed up to 3 times, and `autocomp measure` times it 3 times: a
+    runtime backend exports it once (seconds to a minute at 224 px), to the cache every trial's reference reads."""
+    _needs("onnxruntime", "onnx", "onnxscript")
+    from autocomp.search import _before
+
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path))  # nothing exported before
+    profile = _profile("onnxruntime-cpu")
+    written = []
+    write = backends.OnnxRuntimeCpu.write
+    monkeypatch.setattr(backends.OnnxRuntimeCpu, "write", lambda self, *args: written.append(1) or write(self, *args))
+    monkeypatch.setattr(_before, "busy", lambda *args: True)
+    assert _before.baseline_cost(tiny_teacher[1], profile, digits_splits)["timings"] == _before.BASELINE_TIMINGS
+    assert len(written) == 1
+    measure(tiny_teacher[1], profile, example=digits_splits.calib.x, reference=tiny_teacher[1])  # as a trial does
+    assert len(written) == 2  # its candidate; the reference read from the cache
+
+
 def test_a_cuda_profile_says_how_it_times():
     eager, graphs = (_profile("pytorch-cuda", device="gpu", cuda_graphs=flag) for flag in (False, True))
     assert ", eager, CUDA events" in backend_of(eager).options(eager)

@@ -115,7 +115,7 @@ class Measurement:
 
 def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor,
             reference: nn.Module | None = None, check: torch.Tensor | None = None,
-            keep: Path | None = None) -> Measurement:
+            keep: Path | None = None, cached: bool = False) -> Measurement:
     """Measure latency and memory of ``model`` on the profile's backend, at its batch size and thread count.
 
     Args:
@@ -128,6 +128,8 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
             measurement of the same model kept it there (``model`` itself is still needed: activation memory is
             counted in PyTorch); ignored where the folder's parent does not exist (a Ray node that does not see the
             caller's files). None: the export goes to a temporary folder.
+        cached: ``model`` is one measured again and again as it is (the uncompressed model): a runtime backend
+            exports it once, to the cache, where every trial's reference is read from too (``keep`` is ignored).
 
     Raises:
         autocomp.measure.backends.ExportFailed: a runtime backend could not export or run the model as PyTorch
@@ -140,8 +142,9 @@ def measure(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor
     backend = backend_of(profile)
     batch = _batch(example, profile.batch_size)
     with _quiet.step():  # exports and checks are compute: not while another trial of the run times (if set up)
-        candidate = backend.prepare(model, batch, profile,
-                                    keep=keep if keep is not None and keep.parent.is_dir() else None)
+        candidate = (backend.prepare_reference(model, batch, profile) if cached else
+                     backend.prepare(model, batch, profile, keep=keep if keep is not None and keep.parent.is_dir()
+                                     else None))
         agreement = backend.check(model, candidate, check, profile) if check is not None else None
         runs = [candidate.run] + ([backend.prepare_reference(reference, batch, profile).run]
                                   if reference is not None else [])

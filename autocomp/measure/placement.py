@@ -110,7 +110,7 @@ def require_device(profile: HardwareProfile, *, source: str | Path) -> str:
 
 def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: torch.Tensor,
                       reference: nn.Module | None = None, timeout_s: float | None = None,
-                      check: torch.Tensor | None = None, keep: Path | None = None) -> Placed:
+                      check: torch.Tensor | None = None, keep: Path | None = None, cached: bool = False) -> Placed:
     """:func:`autocomp.measure.measure`, run where the profile's device is.
 
     Without ``profile.ray_resource`` it runs in the calling process; with it, as a Ray task holding one unit of the
@@ -123,12 +123,12 @@ def measure_on_device(model: nn.Module, profile: HardwareProfile, *, example: to
     """
     with time_limit(timeout_s, setting="measure_timeout_s"):
         if profile.ray_resource is None:
-            return _measure(model, profile, example, reference, check, keep, node_id=None)
+            return _measure(model, profile, example, reference, check, keep, cached, node_id=None)
         # "DEFAULT" leaves the trial's placement group (Tune captures child tasks into it, and its bundles hold no
         # device) for the cluster's own scheduler, which finds the node with the resource
         task = _remote_measure().options(num_cpus=0, resources={profile.ray_resource: 1},
                                          scheduling_strategy="DEFAULT")
-        return _wait(task.remote(model, profile, example, reference, check, keep), profile.ray_resource)
+        return _wait(task.remote(model, profile, example, reference, check, keep, cached), profile.ray_resource)
 
 
 def _wait(ref: Any, resource: str) -> Placed:
@@ -156,9 +156,10 @@ def _check_device(resource: str) -> None:
 
 
 def _measure(model: nn.Module, profile: HardwareProfile, example: torch.Tensor, reference: nn.Module | None,
-             check: torch.Tensor | None, keep: Path | None, *, node_id: str | None) -> Placed:
+             check: torch.Tensor | None, keep: Path | None, cached: bool, *, node_id: str | None) -> Placed:
     started = time.time()
-    measurement = measure(model, profile, example=example, reference=reference, check=check, keep=keep)
+    measurement = measure(model, profile, example=example, reference=reference, check=check, keep=keep,
+                          cached=cached)
     return Placed(measurement=measurement, node_id=node_id, started=started, finished=time.time())
 
 
@@ -169,8 +170,9 @@ def _remote_measure() -> Any:
 
     @ray.remote(max_retries=0)
     def measure_task(model: nn.Module, profile: HardwareProfile, example: torch.Tensor,
-                     reference: nn.Module | None, check: torch.Tensor | None, keep: Path | None) -> Placed:
-        return _measure(model, profile, example, reference, check, keep,
+                     reference: nn.Module | None, check: torch.Tensor | None, keep: Path | None,
+                     cached: bool) -> Placed:
+        return _measure(model, profile, example, reference, check, keep, cached,
                         node_id=ray.get_runtime_context().get_node_id())
 
     return measure_task
