@@ -200,7 +200,7 @@ def _measure(args: argparse.Namespace) -> None:
     first: the figures an absolute budget (ms, MB) is chosen from, with their spread."""
     import statistics
 
-    from autocomp.config import load_config
+    from autocomp.config import load_config, named
     from autocomp.data import load_splits
     from autocomp.measure import busy, measure
     from autocomp.measure.profiling import load_profile
@@ -211,8 +211,8 @@ def _measure(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     profile = load_profile(config.hardware, log=print)
     if profile.ray_resource is not None:  # measured where that node is, not here
-        raise AutocompError(f"{config.hardware} measures on the Ray node holding {profile.ray_resource!r}; a search "
-                            "measures the uncompressed model there first (its log's 'uncompressed:' line)")
+        raise AutocompError(f"{named(config, 'hardware')} measures on the Ray node holding {profile.ray_resource!r}; "
+                            "a search measures the uncompressed model there first (its log's 'uncompressed:' line)")
     base = base_model(config.model)
     calib = load_splits(config.data, base).calib.x
     readings = []

@@ -280,6 +280,18 @@ def given_file(key: str, value: Any, *, given: str = "given in Python") -> Path:
     return path
 
 
+def named(config: Any, key: str, *, kind: bool = False) -> str:
+    """How a message names the job's ``search_space`` or ``hardware`` (``key``): its file as given (``kind``: after
+    what it is, ``search space search_spaces/x.yaml``), or, for one given as settings (in Python, or as a mapping in
+    the job file), where they were given (``the search space given in job.yaml``): the file the cache made of them
+    is no name the user knows."""
+    what, path = GIVEN[key][0], Path(getattr(config, key))
+    if path.parent == given_folder():
+        source = getattr(config, "source", None)
+        return f"the {what} given in {Path(source).name if source else 'Python'}"
+    return f"{what} {path}" if kind else str(path)
+
+
 def given_folder() -> Path:
     """Where :func:`given_file` writes the search spaces and profiles given as settings."""
     return cache_dir() / "given"

@@ -798,6 +798,20 @@ def test_a_weights_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     assert "budget: weights_mb <= " in err and "loosen the budget to at least weights: " in err
 
 
+def test_a_search_space_given_as_settings_is_named_where_they_were_given(tmp_path, tiny_teacher, capsys):
+    """Settings in the job file (or in Python) are written to a cache file to be read as a file is: messages name
+    where the user gave them, not that file."""
+    from test_search_e2e import ROOT, write_job
+
+    job = write_job(tmp_path, tiny_teacher[0], {"weights_mb": 1e-4}, trials=2, workers=1)
+    edit_job(job, lambda d: d.update(search_space={"extends": str(ROOT / "search_spaces" / "heads_int8.yaml"),
+                                                   "weight_bits": [32]}))
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "budget: weights_mb <= 0.0001 cannot be met in the search space given in job.yaml: its smallest " in err
+    assert "given/" not in err
+
+
 def test_a_latency_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_path, tiny_teacher, capsys):
     """Measured, not predicted: each setting is timed in every block at once (before the passes, where the cost model
     places the limit out of reach: the strongest of each knob and each bit width); the space's fastest candidate is

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from autocomp._compress import compress
-from autocomp.config import JobConfig
+from autocomp.config import JobConfig, named
 from autocomp.costmodel import CorrectedCostModel, CostModel, Prediction, describe, fidelity
 from autocomp.costmodel._correction import FIXED, OVERHEAD
 from autocomp.data import load_splits
@@ -73,7 +73,7 @@ def check_costmodel(config: JobConfig, *, samples: int, out: str | Path,
     profile = load_profile(config.hardware, log=log)
     space = load_space(config.search_space)
     base = base_model(config.model)
-    where = f"search space {config.search_space}"
+    where = named(config, "search_space", kind=True)
     space = space.for_depth(len(vit_blocks(base)), where=where)  # the blocks' own choices, as a search resolves them
     space.check_layers(base, where=where)  # what the operators would refuse in every sample, as a search refuses it
     space.check_ranks(base, where=where)

@@ -13,7 +13,7 @@ from torch import nn
 
 from autocomp._compress import compress
 from autocomp.budget import COUNTED, UNIT_MISTAKE
-from autocomp.config import JobConfig
+from autocomp.config import JobConfig, named
 from autocomp.data import Splits
 from autocomp.errors import AutocompError
 from autocomp.hardware import HardwareProfile
@@ -103,7 +103,7 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
             needed = f"{key.split('_')[0]}: {_rounded_up(fraction * predicted[key] / limit)} ({needed})"
         whole = (screen.uncompressed or {}).get(key)
         held = "weights and activations" if key == "memory_mb" else "weights"
-        raise BudgetUnreachable(f"budget: {key} <= {limit:.4g} cannot be met in {config.search_space}: its "
+        raise BudgetUnreachable(f"budget: {key} <= {limit:.4g} cannot be met in {named(config, 'search_space')}: its "
                                 f"smallest candidate{offered} ({what}) holds {predicted[key]:.4g} MB of "
                                 f"{held}" + (f" (the uncompressed model: {whole:.4g} MB)" if whole else "")
                                 + f"; loosen the budget to at least {needed} or widen the "
@@ -363,7 +363,7 @@ def check_latency_reachable(ratios: Mapping[tuple[str, Any], float], base: nn.Mo
             given = (f"latency <= {config.budget.latency:g}x ({limit:.4g} ms, the uncompressed model measuring "
                      f"{base_latency_ms:.4g} ms now)")
         raise LatencyUnreachable(
-            f"budget: {given} cannot be met in {config.search_space} on {profile.name}: its fastest "
+            f"budget: {given} cannot be met in {named(config, 'search_space')} on {profile.name}: its fastest "
             f"candidate ({what}) measured {ratio * base_latency_ms:.4g} ms, {ratio:.2f}x the "
             f"uncompressed model; loosen the budget to at least about {needed} (its measurement and "
             f"{REACH_TOLERANCE:.0%} for timing noise) or widen the search space"

@@ -16,7 +16,7 @@ import torch
 from autocomp import _quiet
 from autocomp._signals import Terminated, end_as_terminated, terminated_as_interrupted
 from autocomp.budget import COUNTED, feasible, violations
-from autocomp.config import JobConfig, load_config
+from autocomp.config import JobConfig, load_config, named
 from autocomp.data import preprocessing_source
 from autocomp.data._config import REBUILT_FROM
 from autocomp.errors import AutocompError, AutocompTypeError, warn
@@ -130,12 +130,12 @@ def _search(config: JobConfig, run_dir: Path, *, ray_address: str | None, log: C
              "downloads timm's pretrained ones), so every accuracy of this search is a random model's; give the "
              "trained weights file (.safetensors or .pth) in model.checkpoint")
     # the blocks' own choices resolved for this model (run.json records the file's, as written: ``given``)
-    given, space = space, space.for_depth(len(vit_blocks(base)), where=f"search space {config.search_space}")
-    space.check_layers(base, where=f"search space {config.search_space}")  # its names, before the images load
+    given, space = space, space.for_depth(len(vit_blocks(base)), where=named(config, "search_space", kind=True))
+    space.check_layers(base, where=named(config, "search_space", kind=True))  # its names, before the images load
     if not resuming:  # a run begun before these checks keeps what its passes left
-        space.check_ranks(base, where=f"search space {config.search_space}")
-        space.check_tokens(base, where=f"search space {config.search_space}")
-        require_choices(space, where=f"search space {config.search_space}",
+        space.check_ranks(base, where=named(config, "search_space", kind=True))
+        space.check_tokens(base, where=named(config, "search_space", kind=True))
+        require_choices(space, where=named(config, "search_space", kind=True),
                         heads=[block.attn.num_heads for block in vit_blocks(base)])
     job, identity, fingerprint = rundir.job_identity(config, base)
     digest = model_digest(base)
@@ -423,7 +423,7 @@ def _target(config: JobConfig, log: Callable[[str], None], *,
     if profile.ray_resource is None:
         measuring = require_device(profile, source=config.hardware)
         if alone:
-            log(f"note: hardware profile {config.hardware} measures on the Ray node declaring {name!r}; with no "
+            log(f"note: {named(config, 'hardware', kind=True)} measures on the Ray node declaring {name!r}; with no "
                 "--ray-address the search runs on this machine alone, and measures on its GPU")
         log(f"measuring on {measuring}")
     return profile, measuring
@@ -442,7 +442,7 @@ def _gpu_here(profile: HardwareProfile, config: JobConfig, ray_address: str | No
     alone = profile.ray_resource is not None and profile.device == "gpu" and ray_address is None and \
         not ray_running()
     if alone and not torch.cuda.is_available():
-        raise AutocompError(f"hardware profile {config.hardware} measures on a CUDA GPU, on the Ray node declaring "
+        raise AutocompError(f"{named(config, 'hardware', kind=True)} measures on a CUDA GPU, on the Ray node declaring "
                             f"{profile.ray_resource!r} (its ray_resource), and this machine has none that torch "
                             f"{torch.__version__} can use; pass --ray-address of the Ray cluster holding that node, "
                             "or search with a CPU profile")
