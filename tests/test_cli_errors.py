@@ -791,6 +791,12 @@ def test_a_weights_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     needed = float(re.search(r"loosen the budget to at least ([\d.]+) MB or widen the search space$", err).group(1))
     assert 0 < smallest <= needed <= smallest * 1.001
     assert not (tmp_path / "run").exists()
+    # a memory limit its weights would meet, but not with the activations: the refusal names the weights' limit
+    job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": round(needed * 1.01, 6)}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (f" MB), {smallest:.4g} MB of them weights (budget.weights_mb limits the weights alone); loosen the "
+            "budget to at least ") in err
     monkeypatch.undo()
     job = write_job(tmp_path, tiny_teacher[0], {"weights": 0.01}, trials=2, workers=1)  # as a fraction: said as one
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2

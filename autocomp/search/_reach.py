@@ -102,10 +102,12 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         if (fraction := config.budget.given_as_fraction(key)) is not None:  # given as a fraction: as one
             needed = f"{key.split('_')[0]}: {_rounded_up(fraction * predicted[key] / limit)} ({needed})"
         whole = (screen.uncompressed or {}).get(key)
-        held = "weights and activations" if key == "memory_mb" else "weights"
+        held = "weights" if key == "weights_mb" else "weights and activations"
+        weights = (f", {predicted['weights_mb']:.4g} MB of them weights (budget.weights_mb limits the weights alone)"
+                   if key == "memory_mb" and predicted["weights_mb"] <= limit else "")  # a limit on the model's size
         raise BudgetUnreachable(f"budget: {key} <= {limit:.4g} cannot be met in {named(config, 'search_space')}: its "
                                 f"smallest candidate{offered} ({what}) holds {predicted[key]:.4g} MB of "
-                                f"{held}" + (f" (the uncompressed model: {whole:.4g} MB)" if whole else "")
+                                f"{held}" + (f" (the uncompressed model: {whole:.4g} MB)" if whole else "") + weights
                                 + f"; loosen the budget to at least {needed} or widen the "
                                 "search space" + (f" ({left_out})" if left_out else ""))
     if allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
