@@ -40,7 +40,9 @@ class Budget:
         latency_ms: at most this many milliseconds per forward pass.
         memory_mb: at most this many MB of weights plus peak activations at the profile's batch size.
         weights_mb: at most this many MB of weights, as the target's runtime holds them (``memory_mb`` without the
-            activations): the limit for a model that must fit a flash chip or a download.
+            activations): the limit for a model that must fit the device's memory beside its other work. On ONNX
+            Runtime and OpenVINO 16-bit weights count 4 bytes each (the runtimes widen them to fp32 as they load
+            the file, which holds 2).
         latency: at most this fraction of the uncompressed model's latency (e.g. 0.5 = twice as fast; at most 1),
             or a percentage as text (``"50%"``).
         memory: at most this fraction of the uncompressed model's memory (or a percentage, ``"50%"``).

@@ -261,7 +261,7 @@ def write_results(run_dir: Path, rows: Sequence[TrialRow], limits: Mapping[str, 
     return front
 
 
-UNITS = {"latency_ms": "ms", "memory_mb": "MB"}
+UNITS = {"latency_ms": "ms", "memory_mb": "MB", "weights_mb": "MB"}  # each limit's unit
 
 
 def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Mapping[str, float], *,

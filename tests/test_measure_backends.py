@@ -342,6 +342,7 @@ def test_a_model_no_cuda_graph_can_hold_fails_its_trial_naming_the_fix():
     profile = _profile("pytorch-cuda", device="gpu", cuda_graphs=True)
     with pytest.raises(ExportFailed, match="could not capture the model in a CUDA graph .*set cuda_graphs: false"):
         backend_of(profile).prepare(_WaitsOnTheCpu(), torch.randn(8, 4), profile)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # later work runs on the stream it had
 
 
 def test_the_uncompressed_model_is_exported_once_however_often_it_is_timed(tiny_teacher, digits_splits, tmp_path,

@@ -708,8 +708,8 @@ def test_an_absolute_budget_is_said_as_a_share_of_the_uncompressed_model_as_meas
 
 
 def test_a_budget_on_the_weights_alone_judges_each_trial_by_its_weights(tmp_path, tiny_teacher, capsys):
-    """"At most 8 MB" for a model that must fit a flash chip or a download is its weights, not the activations it
-    allocates at the profile's batch: budget.weights (a fraction) and weights_mb (absolute) limit them alone."""
+    """"At most 8 MB" of a model is often its weights, not the activations it allocates at the profile's batch:
+    budget.weights (a fraction) and weights_mb (absolute) limit them alone."""
     job = write_job(tmp_path, tiny_teacher[0], {"weights": 0.6}, trials=3, workers=1)
     assert main(["search", str(job), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
@@ -726,6 +726,12 @@ def test_a_budget_on_the_weights_alone_judges_each_trial_by_its_weights(tmp_path
     assert best["memory_mb"] > best["weights_mb"]  # the activations, which this budget leaves out
     assert main(["pareto", str(run)]) == 0
     assert "weights MB" in capsys.readouterr().out  # the limited figure, in the front's table
+    # a weights limit the uncompressed model meets already, beside one it does not: said, and searched
+    job = write_job(tmp_path, tiny_teacher[0], {"weights": 1.0, "latency": 0.9}, trials=1, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "met"), "--quiet"]) in (0, 3)
+    limit = json.loads((tmp_path / "met" / "run.json").read_text())["limits"]["weights_mb"]
+    assert (f"note: the uncompressed model meets weights_mb <= {limit:.3g} already ({limit:.3g} MB): only latency_ms "
+            "constrains the search") in capsys.readouterr().out
 
 
 def test_a_job_made_in_python_takes_its_search_space_and_profile_as_objects(tmp_path, tiny_teacher):

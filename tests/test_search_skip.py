@@ -184,6 +184,24 @@ def test_memory_has_a_margin_of_its_own_learnt_from_the_measured_memory(base):
     assert screen.judge(HALF_HEADS).skip_reason is None and screen.margin_now("memory_mb")[0] == pytest.approx(0.1)
 
 
+def test_the_weights_have_a_margin_learnt_from_their_own_measurements(base):
+    """The memory predicted exactly does not narrow the weights' margin: a runtime's file can hold weights the cost
+    model does not count (a few % on a tiny model), and a candidate within a weights limit is then not skipped."""
+    predictor = CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0)
+    limit = predictor.predict(HALF_HEADS)["weights_mb"] / 1.05
+    screen = Screen(predictor=predictor, limits={"weights_mb": limit}, margin=0.5)
+    for recipe in _recipes(PROVEN):  # memory exact, the weights measured 10 % under their prediction
+        predicted = predictor.predict(recipe)
+        screen.observe(recipe, predicted["latency_ms"], predicted["memory_mb"], predicted["weights_mb"] / 1.1)
+    assert screen.margin_now("memory_mb")[0] == pytest.approx(MEMORY_FLOOR)
+    assert screen.margin_now("weights_mb")[0] == pytest.approx(0.1) and screen.judge(HALF_HEADS).skip_reason is None
+    again = Screen(predictor=CostPredictor(base=base, profile=FIXED, base_latency_ms=10.0), limits=screen.limits,
+                   margin=0.5)
+    again.learn_again(screen.observed)  # a resumed run learns the weights' errors again
+    assert again.margin_now("weights_mb")[0] == pytest.approx(0.1)
+    again.learn_again([observed[:3] for observed in screen.observed])  # a run folder from before they were kept
+
+
 def test_the_controller_teaches_the_screen_each_trials_measured_memory(base):
     from autocomp.search._controller import DIRECTIONS, RECORDED, OptunaController
     from autocomp.space import SearchSpace

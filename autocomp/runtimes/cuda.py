@@ -41,9 +41,13 @@ def cuda_graphed(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Ten
         for _ in range(WARMUP):
             model(static_input)
     torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        static_output = model(static_input)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(device)
+    try:
+        with torch.no_grad(), torch.cuda.graph(graph):
+            static_output = model(static_input)
+    except RuntimeError:  # a failed capture's end raises too, and leaves the capture's stream current: put back
+        torch.cuda.set_stream(stream)
+        raise
 
     def run(images: torch.Tensor) -> torch.Tensor:
         if images.shape != static_input.shape or images.dtype != static_input.dtype:

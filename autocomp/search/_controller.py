@@ -138,7 +138,8 @@ class OptunaController(Searcher):
         if screen is not None:  # resuming: what earlier runs measured
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
                 if "recipe" in trial.user_attrs and trial.user_attrs.get(MEASUREMENT_OF) is None:  # once each
-                    screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1], trial.values[2])
+                    screen.observe(Recipe.from_dict(trial.user_attrs["recipe"]), trial.values[1], trial.values[2],
+                                   trial.user_attrs.get("weights_mb"))
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its searcher into its experiment checkpoint; the study lives in its file and is resumed from
@@ -353,7 +354,7 @@ class OptunaController(Searcher):
                 trial.set_user_attr("engine_seconds", max(0.0, time.perf_counter() - started - result["trial_seconds"]))
             frozen = self._study.tell(trial, [result[key] for key in OBJECTIVES])
             if self._screen is not None and result.get(MEASUREMENT_OF) is None:  # a reused one is known already
-                self._screen.observe(recipe, result["latency_ms"], result["memory_mb"])
+                self._screen.observe(recipe, result["latency_ms"], result["memory_mb"], result.get("weights_mb"))
         if self.coarse is not None:
             self.coarse.tell(trial_id, frozen)
         self._told(frozen)

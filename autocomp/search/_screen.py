@@ -76,6 +76,8 @@ class CostPredictor:
         self.measured = 0
         self.errors: list[float] = []  # log(predicted / measured) of latencies the corrected model predicted
         self.memory_errors: list[float] = []  # log(predicted / measured) of memory
+        self.weights_errors: list[float] = []  # and of the weights alone (exact on PyTorch; a runtime's file may
+        # hold what the cost model did not count, on a tiny model a few % of it)
 
     def prediction(self, recipe: Recipe) -> Prediction:
         """The cost model's own prediction (roofline terms per operator)."""
@@ -93,12 +95,16 @@ class CostPredictor:
         return {"latency_ms": units * self._ms_per_unit, "memory_mb": prediction.memory_nbytes / MB,
                 "weights_mb": prediction.weight_nbytes / MB}
 
-    def observe(self, recipe: Recipe, latency_ms: float, memory_mb: float | None = None) -> None:
-        """Learn from a measured trial (``memory_mb``: its measured memory, where measured)."""
+    def observe(self, recipe: Recipe, latency_ms: float, memory_mb: float | None = None,
+                weights_mb: float | None = None) -> None:
+        """Learn from a measured trial (``memory_mb``, ``weights_mb``: its measured memory and weights, where
+        measured)."""
         if self.measured >= CORRECT_AFTER and latency_ms > 0:
             self.errors.append(math.log(self.predict(recipe)["latency_ms"] / latency_ms))
-        if memory_mb is not None and memory_mb > 0:
-            self.memory_errors.append(math.log(self.predict(recipe)["memory_mb"] / memory_mb))
+        for key, value, errors in (("memory_mb", memory_mb, self.memory_errors),
+                                   ("weights_mb", weights_mb, self.weights_errors)):
+            if value is not None and value > 0:
+                errors.append(math.log(self.predict(recipe)[key] / value))
         self._correction.add(self._model.predict(recipe), latency_ms / self._ms_per_unit)
         self.measured += 1
 
@@ -136,13 +142,14 @@ class Screen:
                  uncompressed: Mapping[str, float] | None = None) -> None:
         self.predictor, self.limits, self.margin = predictor, dict(limits), margin
         self.uncompressed = None if uncompressed is None else {key: uncompressed[key] for key in self.limits}
-        self.observed: list[list[Any]] = []  # [recipe as a dict, latency_ms, memory_mb] of each measurement learnt
+        self.observed: list[list[Any]] = []  # [recipe as a dict, latency_ms, memory_mb, weights_mb] of each
+        # measurement learnt
 
     def margin_now(self, key: str = "latency_ms") -> tuple[float | None, str]:
         """The margin in force for the limit ``key`` (``latency_ms``, ``memory_mb``, ``weights_mb``), and how it was
         set (for the skip reason)."""
-        recent = (self.predictor.errors if key in TIMED else self.predictor.memory_errors)[-TRACKED:]  # the
-        # weights are part of the memory, counted alike
+        recent = {"memory_mb": self.predictor.memory_errors, "weights_mb": self.predictor.weights_errors}.get(
+            key, self.predictor.errors)[-TRACKED:]
         if self.margin is None or len(recent) < PROVEN:
             return self.margin, ""
         worst = max(0.0, *recent)  # the largest over-prediction
@@ -180,12 +187,13 @@ class Screen:
                        skip_reason=f"predicted {worst} {predicted[worst]:.4g} is {100 * over[worst]:.0f}% over the "
                                    f"limit {self.limits[worst]:.4g} (skip margin {100 * margin:.0f}%{why})")
 
-    def observe(self, recipe: Recipe, latency_ms: float, memory_mb: float | None = None) -> None:
-        self.predictor.observe(recipe, latency_ms, memory_mb)
-        self.observed.append([recipe.to_dict(), latency_ms, memory_mb])
+    def observe(self, recipe: Recipe, latency_ms: float, memory_mb: float | None = None,
+                weights_mb: float | None = None) -> None:
+        self.predictor.observe(recipe, latency_ms, memory_mb, weights_mb)
+        self.observed.append([recipe.to_dict(), latency_ms, memory_mb, weights_mb])
 
     def learn_again(self, observed: Sequence[Sequence[Any]]) -> None:
         """Learn again what an earlier run of the search learnt before its trials (the passes' and start points'
         measurements, :attr:`observed` then), so that a resumed search skips as the run would have gone on to."""
-        for recipe, latency_ms, memory_mb in observed:
-            self.observe(Recipe.from_dict(recipe), latency_ms, memory_mb)
+        for recipe, latency_ms, memory_mb, *weights_mb in observed:  # (runs before weights were learnt: 3 long)
+            self.observe(Recipe.from_dict(recipe), latency_ms, memory_mb, *weights_mb)
