@@ -276,16 +276,19 @@ def plot_front(path: Path, rows: Sequence[TrialRow], front: Sequence[TrialRow], 
 
 def front_figure(rows: Sequence[TrialRow], front: Sequence[TrialRow], limits: Mapping[str, float], *,
                  baseline: Mapping[str, Any] | None = None) -> Any:
-    """Every complete trial's validation accuracy against its latency and its memory, the front circled, each
-    limit a dashed line and the uncompressed model (``baseline``) a star; returns the matplotlib figure."""
+    """Every complete trial's validation accuracy against its latency and its memory (and, under a limit on them,
+    its weights), the front circled, each limit a dashed line and the uncompressed model (``baseline``) a star;
+    returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r.complete]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, key, label in ((axes[0], "latency_ms", "latency (ms)"), (axes[1], "memory_mb", "memory (MB)")):
+    panels = [("latency_ms", "latency (ms)"), ("memory_mb", "memory (MB)")]
+    panels += [("weights_mb", "weights (MB)")] if "weights_mb" in limits else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for axis, (key, label) in zip(axes, panels):
         feasible = [r for r in done if r.feasible and r.final]
         short = [r for r in done if r.feasible and not r.final]
         other = [r for r in done if not r.feasible]

@@ -797,6 +797,11 @@ def test_a_weights_budget_no_candidate_can_meet_is_refused_before_any_trial(tmp_
     err = capsys.readouterr().err.strip()
     assert (f" MB), {smallest:.4g} MB of them weights (budget.weights_mb limits the weights alone); loosen the "
             "budget to at least ") in err
+    job = write_job(tmp_path, tiny_teacher[0], {"memory_mb": 1e-4, "weights_mb": 1e-4}, trials=2, workers=1)
+    assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()  # both limits out of reach: both said, not one after the other's fix
+    assert err.startswith("autocomp: error: budget: memory_mb <= 0.0001 cannot be met") and err.endswith(
+        f"; budget: weights_mb <= 0.0001 cannot be met either ({smallest:.4g} MB of weights: at least {needed:.4g} MB)")
     monkeypatch.undo()
     job = write_job(tmp_path, tiny_teacher[0], {"weights": 0.01}, trials=2, workers=1)  # as a fraction: said as one
     assert main(["search", str(job), "--out", str(tmp_path / "run"), "--quiet"]) == 2

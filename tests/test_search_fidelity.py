@@ -254,3 +254,9 @@ def test_the_front_plot_marks_the_uncompressed_model_and_gives_the_budget_its_un
     assert "budget 5 ms" in latency and "uncompressed (88.78%, 7.5 ms)" in latency
     assert "uncompressed (88.78%, 12 MB)" in memory and not any(label.startswith("budget") for label in memory)
     assert "over budget" not in latency  # every trial is within it: no empty series in the legend
+    weighed = [dataclasses.replace(row, weights_mb=row.latency_ms / 2) for row in rows]  # under a weights limit,
+    fig = front_figure(weighed, pareto_front(weighed), {"weights_mb": 3.0}, baseline={**baseline, "weights_mb": 4.0})
+    assert len(fig.axes) == 3  # a panel of the weights, with its limit and the uncompressed model's weights
+    weights = [text.get_text() for text in fig.axes[2].get_legend().get_texts()]
+    plt.close(fig)
+    assert "budget 3 MB" in weights and "uncompressed (88.78%, 4 MB)" in weights

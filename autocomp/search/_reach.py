@@ -104,12 +104,15 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
         whole = (screen.uncompressed or {}).get(key)
         held = "weights" if key == "weights_mb" else "weights and activations"
         weights = (f", {predicted['weights_mb']:.4g} MB of them weights (budget.weights_mb limits the weights alone)"
-                   if key == "memory_mb" and predicted["weights_mb"] <= limit else "")  # a limit on the model's size
+                   if key == "memory_mb" and predicted["weights_mb"] <= limit and "weights_mb" not in screen.limits
+                   else "")  # a limit on the model's size
+        also = "".join(f"; budget: {other} <= {screen.limits[other]:.4g} cannot be met either ({predicted[other]:.4g} "
+                       f"MB of weights: at least {_rounded_up(predicted[other])} MB)" for other in over[1:])
         raise BudgetUnreachable(f"budget: {key} <= {limit:.4g} cannot be met in {named(config, 'search_space')}: its "
                                 f"smallest candidate{offered} ({what}) holds {predicted[key]:.4g} MB of "
                                 f"{held}" + (f" (the uncompressed model: {whole:.4g} MB)" if whole else "") + weights
                                 + f"; loosen the budget to at least {needed} or widen the "
-                                "search space" + (f" ({left_out})" if left_out else ""))
+                                "search space" + (f" ({left_out})" if left_out else "") + also)
     if allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
         log(f"warning: the cost model predicts even the fastest candidate ({what}) at "
             f"{predicted['latency_ms']:.4g} ms, over the limit {limit_ms:.4g} ms; the search may find nothing within "
