@@ -224,10 +224,10 @@ def _measure(args: argparse.Namespace) -> None:
               f"{cost.activations_mb:.4g})" + ("" if cost.cpu_share is None or profile.threads != 1 else
                                                f"  CPU {cost.cpu_share:.0%} of one while timing"))
     latencies = [r.latency_ms for r in readings]
-    print(f"the uncompressed model on {profile.name} ({readings[-1].runtime}; batch {profile.batch_size}): latency "
+    print(f"the uncompressed model on {profile.name}, per batch of {profile.batch_size}: latency "
           f"{statistics.median(latencies):.4g} ms (median of {len(latencies)}, {min(latencies):.4g} to "
           f"{max(latencies):.4g}), memory {readings[-1].memory_mb:.4g} MB (weights {readings[-1].weights_mb:.4g} MB, "
-          "activations the rest)")
+          f"activations the rest); measured with {readings[-1].runtime}")
     if noisy := [str(index + 1) for index, cost in enumerate(readings) if busy(cost, profile.threads)]:
         print(f"note: the machine was busy during reading {', '.join(noisy)} (its repeats spread over more than a "
               "quarter of their median, or its thread got less than 80% of a CPU): the fastest reading is the "
