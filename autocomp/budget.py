@@ -17,7 +17,7 @@ __all__ = ["Budget", "violations", "feasible", "TIMED", "COUNTED", "aims"]
 # and activations; weights_mb: the weights alone) are counted, and a candidate counted under its limit stays under it.
 # What aims at a limit (the search's local moves and repairs) leaves room for the noise under a timed limit only.
 TIMED = frozenset({"latency_ms"})
-COUNTED = ("memory_mb", "weights_mb")  # the counted limits, each a candidate's bytes the cost model predicts exactly
+COUNTED = ("memory_mb", "weights_mb")  # the counted limits: bytes, which the cost model predicts, not timings
 
 
 UNIT_MISTAKE = 100  # an absolute limit this many times the uncompressed model's figure: given in another unit
@@ -106,8 +106,10 @@ class Budget:
         for key, given, unit, other in (("memory_mb", self.memory_mb, "MB", "bytes or KB"),
                                         ("weights_mb", self.weights_mb, "MB", "bytes or KB"),
                                         ("latency_ms", self.latency_ms, "ms", "microseconds")):
+            if given is None:
+                continue
             base_value = base[key]
-            if given is not None and given >= UNIT_MISTAKE * base_value:
+            if given >= UNIT_MISTAKE * base_value:
                 alone = sum(value is not None for value in dataclasses.asdict(self).values()) == 1
                 fix = ("give the limit in " + unit + ", or a fraction (budget." + key.split("_")[0] + ": 0.5 for "
                        "half the uncompressed model's)") if alone else "leave it out to search without that limit"
