@@ -51,11 +51,6 @@ __all__ = ["OptunaController", "OBJECTIVES", "RECORDED", "SKIPPED", "RETRY_OF", 
            "again", "counted"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "memory_mb")
-
-
-def measured_of(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
-    """A complete trial's objectives by name, and its weights' MB (a limit of the budget, not an objective)."""
-    return {**dict(zip(OBJECTIVES, trial.values)), "weights_mb": trial.user_attrs.get("weights_mb", math.nan)}
 DIRECTIONS = ("maximize", "minimize", "minimize")
 RECORDED = ("latency_ratio", "raw_latency_ms", "latency_iqr_ms", "weights_mb", "activations_mb", "simulated_layers",
             "int8_activations", "distilled", "trial_seconds", "measured_on", "runtime", "export_top1",
@@ -69,6 +64,11 @@ LOCAL = "local_move"  # user attr of a trial queued as a local move: from which 
 LOCAL_LOAD = "local_load"  # ... and its predicted share of the budget (scaled by its base's measurement)
 CARRIED = (START, LOCAL, LOCAL_LOAD)  # what a trial run again keeps of the one it repeats: where its recipe came from
 DUPLICATE = "duplicate_of"  # user attr of a proposal not run (state PRUNED): the trial that has its recipe
+
+
+def measured_of(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """A complete trial's objectives by name, and its weights' MB (a limit of the budget, not an objective)."""
+    return {**dict(zip(OBJECTIVES, trial.values)), "weights_mb": trial.user_attrs.get("weights_mb", math.nan)}
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
