@@ -58,12 +58,12 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
     except AutocompError:  # a combination the operators refuse: nothing to conclude
         return False
     over = [key for key in COUNTED if key in screen.limits and predicted[key] > screen.limits[key]]
-    memory_refused = bool(over)  # bytes: the memory, or the weights alone
-    if memory_refused:
+    bytes_refused = bool(over)  # the memory, or the weights alone
+    if bytes_refused:
         key, limit = over[0], screen.limits[over[0]]
         strongest = _no_wider_than_needed(space, heads, screen, choices, strongest, key, predicted[key])
     limit_ms = screen.limits.get("latency_ms")
-    if not memory_refused and allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
+    if not bytes_refused and allowed is None and limit_ms is not None and predicted["latency_ms"] > limit_ms:
         # settings fast alone can be slow together (int8 on thin low-rank layers): the fastest of the candidate and
         # of it without each knob in turn is the one warned about
         for knob, light in lightest(space).items():
@@ -96,7 +96,7 @@ def check_reachable(space: SearchSpace, heads: list[int], screen: Screen, config
                  + (" with static activations" if static(i) else "") for i in range(len(heads))]
     what = (f"every block at {per_block[0]}" if len(set(per_block)) == 1
             else "; ".join(f"block {i} at {values}" for i, values in enumerate(per_block)))
-    if memory_refused:
+    if bytes_refused:
         offered = " offered to the search" if allowed else ""
         needed = f"{_rounded_up(predicted[key])} MB"
         if (fraction := config.budget.given_as_fraction(key)) is not None:  # given as a fraction: as one
